@@ -1,0 +1,1 @@
+"""HTTP layer: routers (one per resource), dependencies, middleware and problem mapping."""

@@ -1,0 +1,119 @@
+"""/v1/bridges: the how-to's br0, as a resource."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import Ctx, Cursor, Limit, RequestId, Wait
+from app.api.presenters import bridge_out, mutation_headers
+from app.api.waiting import resource_settled, wait_until
+from app.db.models import Bridge, Operation
+from app.db.repositories import BridgeRepository
+from app.schemas.common import PROBLEM_RESPONSES, Page
+from app.schemas.links import Bridge as BridgeOut
+from app.schemas.links import BridgeCreate, BridgeUpdate, FdbEntry
+from app.services.links import BridgeService
+
+router = APIRouter(prefix="/v1/bridges", tags=["bridges"], responses=PROBLEM_RESPONSES)
+
+SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
+
+
+async def _present(ctx: Ctx, row: Bridge) -> BridgeOut:
+    ports = await ctx.host(ctx.inspector.bridge_ports, row.name)
+    return bridge_out(row, ports)
+
+
+async def _finish(
+    ctx: Ctx, response: Response, row: Bridge, op: Operation | None, wait: float | None,
+    settled_status: int,
+) -> BridgeOut | Response:
+    mutation_headers(response, "bridges", row.id, op)
+    if wait:
+        waited = await wait_until(
+            ctx, row.id, lambda s: BridgeRepository(s).get(row.id), resource_settled, wait
+        )
+        if waited is None:
+            return Response(status_code=204, headers=dict(response.headers))
+        assert isinstance(waited, Bridge)
+        row = waited
+    response.status_code = settled_status if resource_settled(row) else 202
+    return await _present(ctx, row)
+
+
+@router.post(
+    "",
+    operation_id="create_bridge",
+    status_code=202,
+    response_model=BridgeOut,
+    responses={201: {"model": BridgeOut, "description": "Created and settled (with ?wait=)"}},
+    summary="Create a bridge",
+    description=SETTLE_DOC,
+)
+async def create_bridge(
+    body: BridgeCreate, response: Response, ctx: Ctx, request_id: RequestId, wait: Wait = None
+) -> BridgeOut | Response:
+    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).create(body))
+    return await _finish(ctx, response, row, op, wait, 201)
+
+
+@router.get("", operation_id="list_bridges", response_model=Page[BridgeOut])
+async def list_bridges(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> Page[BridgeOut]:
+    rows, next_cursor = await ctx.read(lambda s: BridgeService(s).page(limit, cursor))
+    ports = await ctx.host(ctx.inspector.ports_by_bridge)
+    return Page(items=[bridge_out(r, ports.get(r.name)) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{bridge_id}", operation_id="get_bridge", response_model=BridgeOut)
+async def get_bridge(bridge_id: str, ctx: Ctx) -> BridgeOut:
+    row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
+    return await _present(ctx, row)
+
+
+@router.patch(
+    "/{bridge_id}",
+    operation_id="update_bridge",
+    response_model=BridgeOut,
+    responses={202: {"model": BridgeOut, "description": "Accepted, pending"}},
+    description="200 when nothing changed or the change settled within ?wait=; else 202.",
+)
+async def update_bridge(
+    bridge_id: str, body: BridgeUpdate, response: Response, ctx: Ctx, request_id: RequestId,
+    wait: Wait = None,
+) -> BridgeOut | Response:
+    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).update(bridge_id, body))
+    return await _finish(ctx, response, row, op, wait, 200)
+
+
+@router.delete(
+    "/{bridge_id}",
+    operation_id="delete_bridge",
+    status_code=202,
+    response_model=BridgeOut,
+    responses={204: {"description": "Deleted (with ?wait=)"}},
+    description="409 while taps are attached, unless ?detach_taps=true detaches them first.",
+)
+async def delete_bridge(
+    bridge_id: str,
+    response: Response,
+    ctx: Ctx,
+    request_id: RequestId,
+    wait: Wait = None,
+    detach_taps: Annotated[bool, Query(description="Detach attached taps first")] = False,
+) -> BridgeOut | Response:
+    row, op = await ctx.mutate(
+        lambda s: BridgeService(s, request_id).delete(bridge_id, detach_taps)
+    )
+    return await _finish(ctx, response, row, op, wait, 202)
+
+
+@router.get("/{bridge_id}/fdb", operation_id="list_bridge_fdb", response_model=list[FdbEntry])
+async def list_bridge_fdb(bridge_id: str, ctx: Ctx) -> list[FdbEntry]:
+    """The bridge's MAC table (like `brctl showmacs`): port, MAC, local flag, ageing timer."""
+    row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
+    entries = await ctx.host(ctx.inspector.fdb, row.name)
+    return [FdbEntry(**e) for e in entries]
+
+

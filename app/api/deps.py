@@ -1,0 +1,69 @@
+"""What routers receive: the app context, the request id, and helpers that run a service
+call in one unit of work on a worker thread (SQLite and netlink calls block)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.bus import EventBus
+from app.db.session import Database
+from app.services.ports import HostInspector, Nudger
+
+T = TypeVar("T")
+
+MAX_WAIT = 600.0
+
+
+@dataclass
+class AppContext:
+    db: Database
+    bus: EventBus
+    nudger: Nudger
+    inspector: HostInspector
+    is_ready: Callable[[], bool]
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        return await run_in_threadpool(self._in_unit_of_work, fn)
+
+    async def mutate(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn` in its own transaction, then tell the supervisor desired state moved."""
+        result = await run_in_threadpool(self._in_unit_of_work, fn)
+        self.nudger.nudge()
+        return result
+
+    async def host(self, fn: Callable[..., T], *args: Any) -> T:
+        return await run_in_threadpool(fn, *args)
+
+    def _in_unit_of_work(self, fn: Callable[[Session], T]) -> T:
+        with self.db.unit_of_work() as session:
+            return fn(session)
+
+
+def get_context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.context
+    return ctx
+
+
+def get_request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+Ctx = Annotated[AppContext, Depends(get_context)]
+RequestId = Annotated[str | None, Depends(get_request_id)]
+Wait = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=MAX_WAIT,
+        description="Block up to this many seconds until the change has settled "
+        "(applied or failed); without it the answer is immediate (202).",
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
+Cursor = Annotated[str | None, Query(max_length=512, description="From next_cursor")]

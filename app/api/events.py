@@ -1,0 +1,61 @@
+"""/v1/events: every state change as server-sent events (`curl -N` follows it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from sse_starlette.sse import EventSourceResponse
+
+from app.api.deps import Ctx
+from app.bus import Event
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+PING_SECONDS = 15
+
+
+def _sse(event: Event) -> dict[str, Any]:
+    return {"id": str(event.id), "event": event.type, "data": json.dumps(event.as_dict())}
+
+
+@router.get(
+    "",
+    operation_id="stream_events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "text/event-stream; each event's data is a JSON object with id, "
+            "type, resource, resource_id, name, status, status_reason, generation, "
+            "observed_generation, time. Resume with Last-Event-ID.",
+        }
+    },
+)
+async def stream_events(
+    ctx: Ctx,
+    resource: Annotated[
+        str | None, Query(max_length=32, description="Only events of this resource kind")
+    ] = None,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+) -> EventSourceResponse:
+    def wanted(event: Event) -> bool:
+        return resource is None or event.resource == resource
+
+    async def stream() -> AsyncIterator[dict[str, Any]]:
+        with ctx.bus.subscribe() as queue:
+            if last_event_id and last_event_id.isdigit():
+                for event in ctx.bus.since(int(last_event_id)):
+                    if wanted(event):
+                        yield _sse(event)
+            while True:
+                event = await queue.get()
+                if event is None:
+                    yield {"event": "overflow", "data": "{}"}
+                    return
+                if wanted(event):
+                    yield _sse(event)
+
+    return EventSourceResponse(stream(), ping=PING_SECONDS)

@@ -1,0 +1,32 @@
+"""Liveness and readiness; open on every listener (no token)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.deps import Ctx
+from app.schemas.host import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", operation_id="get_health", response_model=Health)
+async def get_health() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    operation_id="get_readiness",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Not ready yet"}},
+)
+async def get_readiness(ctx: Ctx) -> Health | JSONResponse:
+    """Ready once the supervisor has finished its first full reconcile pass."""
+    if ctx.is_ready():
+        return Health(status="ready")
+    return JSONResponse(
+        Health(status="starting", detail="first reconcile pass not finished").model_dump(),
+        status_code=503,
+    )

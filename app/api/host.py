@@ -1,0 +1,29 @@
+"""/v1/host: what the admin otherwise reads with ifconfig, route -n and by trial."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import Ctx
+from app.schemas.common import PROBLEM_RESPONSES
+from app.schemas.host import Capabilities, HostInterface, HostRoute
+
+router = APIRouter(prefix="/v1/host", tags=["host"], responses=PROBLEM_RESPONSES)
+
+
+@router.get("/interfaces", operation_id="list_host_interfaces", response_model=list[HostInterface])
+async def list_host_interfaces(ctx: Ctx) -> list[HostInterface]:
+    """Links with state, MTU, MAC, addresses, master and RX/TX counters (like ifconfig)."""
+    return [HostInterface(**i) for i in await ctx.host(ctx.inspector.interfaces)]
+
+
+@router.get("/routes", operation_id="list_host_routes", response_model=list[HostRoute])
+async def list_host_routes(ctx: Ctx) -> list[HostRoute]:
+    """IPv4 and IPv6 routes of the main tables (like route -n)."""
+    return [HostRoute(**r) for r in await ctx.host(ctx.inspector.routes)]
+
+
+@router.get("/capabilities", operation_id="get_host_capabilities", response_model=Capabilities)
+async def get_host_capabilities(ctx: Ctx) -> Capabilities:
+    """What this host can do, probed by trying (cached after the first probe)."""
+    return Capabilities(**await ctx.host(ctx.inspector.capabilities))

@@ -1,0 +1,34 @@
+"""/v1/operations: how an accepted mutation ended; ?wait= blocks until it has."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import Ctx, Wait
+from app.api.presenters import operation_out
+from app.api.waiting import wait_until
+from app.db.models import Operation
+from app.db.repositories import OperationRepository
+from app.domain.errors import NotFound
+from app.schemas.common import PROBLEM_RESPONSES
+from app.schemas.operations import OperationOut
+
+router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=PROBLEM_RESPONSES)
+
+
+@router.get("/{operation_id}", operation_id="get_operation", response_model=OperationOut)
+async def get_operation(operation_id: str, ctx: Ctx, wait: Wait = None) -> OperationOut:
+    def load(session: object) -> Operation:
+        op = OperationRepository(session).get(operation_id)  # type: ignore[arg-type]
+        if op is None:
+            raise NotFound(f"no operation {operation_id!r}")
+        return op
+
+    op = await ctx.read(load)
+    if wait and op.status == "running":
+        waited = await wait_until(
+            ctx, op.resource_id, load, lambda o: o.status != "running", wait  # type: ignore[union-attr]
+        )
+        assert isinstance(waited, Operation)
+        op = waited
+    return operation_out(op)

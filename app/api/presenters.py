@@ -1,0 +1,75 @@
+"""Rows to API representations, and the response conventions of mutations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Response
+
+from app.db.models import Bridge, Operation, Tap
+from app.schemas.links import Bridge as BridgeOut
+from app.schemas.links import BridgePort
+from app.schemas.links import Tap as TapOut
+from app.schemas.operations import OperationOut
+
+
+def _state(row: Bridge | Tap) -> dict[str, Any]:
+    return dict(
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        status_reason=row.status_reason,
+        generation=row.generation,
+        observed_generation=row.observed_generation,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        mtu=row.mtu,
+        mac=row.mac,
+        addresses=list(row.addresses),
+        ifindex=row.observed_ifindex,
+        observed_mac=row.observed_mac,
+    )
+
+
+def bridge_out(row: Bridge, ports: list[dict[str, Any]] | None = None) -> BridgeOut:
+    return BridgeOut(
+        **_state(row),
+        stp=row.stp,
+        forward_delay=row.forward_delay_cs / 100.0,
+        ports=[BridgePort(**p) for p in ports or []],
+    )
+
+
+def tap_out(row: Tap) -> TapOut:
+    return TapOut(
+        **_state(row),
+        bridge_id=row.bridge_id,
+        owner_uid=row.owner_uid,
+        owner_gid=row.owner_gid,
+        multi_queue=row.multi_queue,
+        vnet_hdr=row.vnet_hdr,
+    )
+
+
+def operation_out(op: Operation) -> OperationOut:
+    return OperationOut(
+        id=op.id,
+        action=op.action,
+        resource=op.resource,
+        resource_id=op.resource_id,
+        target_generation=op.target_generation,
+        status=op.status,
+        error=op.error,
+        request_id=op.request_id,
+        created_at=op.created_at,
+        finished_at=op.finished_at,
+    )
+
+
+def mutation_headers(
+    response: Response, collection: str, resource_id: str, operation: Operation | None
+) -> None:
+    response.headers["Location"] = f"/v1/{collection}/{resource_id}"
+    if operation is not None:
+        response.headers["Operation-Location"] = f"/v1/operations/{operation.id}"
+        response.headers["X-Operation-Id"] = operation.id

@@ -1,0 +1,109 @@
+"""/v1/taps: persistent taps (the how-to's `openvpn --mktun --dev tap1`), attach/detach."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import Ctx, Cursor, Limit, RequestId, Wait
+from app.api.presenters import mutation_headers, tap_out
+from app.api.waiting import resource_settled, wait_until
+from app.db.models import Operation, Tap
+from app.db.repositories import TapRepository
+from app.schemas.common import PROBLEM_RESPONSES, Page
+from app.schemas.links import Tap as TapOut
+from app.schemas.links import TapAttach, TapCreate, TapUpdate
+from app.services.links import TapService
+
+router = APIRouter(prefix="/v1/taps", tags=["taps"], responses=PROBLEM_RESPONSES)
+
+PENDING = {202: {"model": TapOut, "description": "Accepted, pending"}}
+
+
+async def _finish(
+    ctx: Ctx, response: Response, row: Tap, op: Operation | None, wait: float | None,
+    settled_status: int,
+) -> TapOut | Response:
+    mutation_headers(response, "taps", row.id, op)
+    if wait:
+        waited = await wait_until(
+            ctx, row.id, lambda s: TapRepository(s).get(row.id), resource_settled, wait
+        )
+        if waited is None:
+            return Response(status_code=204, headers=dict(response.headers))
+        assert isinstance(waited, Tap)
+        row = waited
+    response.status_code = settled_status if resource_settled(row) else 202
+    return tap_out(row)
+
+
+@router.post(
+    "",
+    operation_id="create_tap",
+    status_code=202,
+    response_model=TapOut,
+    responses={201: {"model": TapOut, "description": "Created and settled (with ?wait=)"}},
+)
+async def create_tap(
+    body: TapCreate, response: Response, ctx: Ctx, request_id: RequestId, wait: Wait = None
+) -> TapOut | Response:
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body))
+    return await _finish(ctx, response, row, op, wait, 201)
+
+
+@router.get("", operation_id="list_taps", response_model=Page[TapOut])
+async def list_taps(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> Page[TapOut]:
+    rows, next_cursor = await ctx.read(lambda s: TapService(s).page(limit, cursor))
+    return Page(items=[tap_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{tap_id}", operation_id="get_tap", response_model=TapOut)
+async def get_tap(tap_id: str, ctx: Ctx) -> TapOut:
+    return tap_out(await ctx.read(lambda s: TapService(s).get(tap_id)))
+
+
+@router.patch("/{tap_id}", operation_id="update_tap", response_model=TapOut, responses=PENDING)
+async def update_tap(
+    tap_id: str, body: TapUpdate, response: Response, ctx: Ctx, request_id: RequestId,
+    wait: Wait = None,
+) -> TapOut | Response:
+    """Change a tap. `bridge: null` detaches it; multi_queue, vnet_hdr and owner can only be
+    set at creation in the kernel, so changing them re-creates the tap."""
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).update(tap_id, body))
+    return await _finish(ctx, response, row, op, wait, 200)
+
+
+@router.post(
+    "/{tap_id}/attach", operation_id="attach_tap", response_model=TapOut, responses=PENDING
+)
+async def attach_tap(
+    tap_id: str, body: TapAttach, response: Response, ctx: Ctx, request_id: RequestId,
+    wait: Wait = None,
+) -> TapOut | Response:
+    """Attach the tap to a bridge (like `brctl addif`)."""
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).attach(tap_id, body.bridge))
+    return await _finish(ctx, response, row, op, wait, 200)
+
+
+@router.post(
+    "/{tap_id}/detach", operation_id="detach_tap", response_model=TapOut, responses=PENDING
+)
+async def detach_tap(
+    tap_id: str, response: Response, ctx: Ctx, request_id: RequestId, wait: Wait = None
+) -> TapOut | Response:
+    """Detach the tap from its bridge (like `brctl delif`)."""
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).attach(tap_id, None))
+    return await _finish(ctx, response, row, op, wait, 200)
+
+
+@router.delete(
+    "/{tap_id}",
+    operation_id="delete_tap",
+    status_code=202,
+    response_model=TapOut,
+    responses={204: {"description": "Deleted (with ?wait=)"}},
+)
+async def delete_tap(
+    tap_id: str, response: Response, ctx: Ctx, request_id: RequestId, wait: Wait = None
+) -> TapOut | Response:
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).delete(tap_id))
+    return await _finish(ctx, response, row, op, wait, 202)

@@ -1,0 +1,50 @@
+"""Blocking until a resource settles, driven by the event bus (no polling loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from app.api.deps import AppContext
+from app.db.models import Bridge, Operation, Tap
+from app.domain.status import Status, is_settled
+
+R = TypeVar("R", Bridge, Tap)
+
+
+def resource_settled(row: Bridge | Tap) -> bool:
+    return is_settled(Status(row.status), row.generation, row.observed_generation)
+
+
+async def wait_until(
+    ctx: AppContext,
+    resource_id: str,
+    load: Callable[[Session], R | Operation | None],
+    done: Callable[[R | Operation], bool],
+    timeout: float,
+) -> R | Operation | None:
+    """Re-read via `load` after every event about `resource_id` until `done` (or the row is
+    gone, returned as None) or `timeout` passes; returns the last row read."""
+    deadline = time.monotonic() + timeout
+    with ctx.bus.subscribe() as events:  # subscribe first: no event can slip past
+        while True:
+            row = await ctx.read(load)
+            if row is None or done(row):
+                return row
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return row
+            try:
+                while True:
+                    event = await asyncio.wait_for(events.get(), remaining)
+                    if event is None or event.resource_id == resource_id:
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+            except TimeoutError:
+                pass

@@ -1,0 +1,144 @@
+"""The `kvmnetd` command: serve, db upgrade, openapi.
+
+`serve` enters KVMNETD_NETNS (when set) before any thread exists, so every thread, netlink
+socket and child process of the daemon lives in that namespace; then it listens on the unix
+socket (mode 0600) and, when configured, on TCP (bearer token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from app.settings import Settings, load_settings
+
+log = logging.getLogger("kvmnetd")
+
+
+def _enter_netns(name: str) -> None:
+    from pyroute2 import netns
+
+    netns.setns(name, flags=0)
+
+
+def _unix_socket(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # never world-accessible, not even for an instant
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(1024)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server whose signals are handled by us (two servers share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve(settings: Settings) -> None:
+    from app.api.middleware import TcpTransport
+    from app.main import create_app, load_or_create_token
+
+    token = load_or_create_token(settings.admin_token_file)
+    app = create_app(settings, token)
+    unix_sock = _unix_socket(settings.socket_path)
+    log_config = None  # our logging setup stays in charge
+    servers = [
+        _Server(uvicorn.Config(app, lifespan="on", log_config=log_config, access_log=False))
+    ]
+    listen = settings.listen_address
+    if listen is not None:
+        servers.append(
+            _Server(
+                uvicorn.Config(
+                    TcpTransport(app), host=listen[0], port=listen[1], lifespan="off",
+                    log_config=log_config, access_log=False,
+                )
+            )
+        )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
+    print(f"kvmnetd {settings.netns and f'(netns {settings.netns}) ' or ''}listening on "
+          f"unix:{settings.socket_path}"
+          + (f" and http://{listen[0]}:{listen[1]}" if listen else ""), flush=True)
+    print(f"admin token: {settings.admin_token_file} (send Authorization: Bearer <token> over "
+          "TCP)", flush=True)
+    print(f"database: {settings.db_url}", flush=True)
+    main_task = asyncio.create_task(servers[0].serve(sockets=[unix_sock]))
+    # the TCP listener starts once the app's lifespan (migrations, supervisor) is up
+    while not servers[0].started and not main_task.done():
+        await asyncio.sleep(0.01)
+    others = [asyncio.create_task(s.serve()) for s in servers[1:]]
+    done, _ = await asyncio.wait([main_task, *others], return_when=asyncio.FIRST_COMPLETED)
+    for s in servers:
+        s.should_exit = True
+    await asyncio.gather(main_task, *others, return_exceptions=True)
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    if any(not s.started for s in servers) or (
+        main_task.done() and not servers[0].should_exit
+    ):
+        raise SystemExit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kvmnetd", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the daemon in the foreground")
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_argument("action", choices=["upgrade"])
+    sub.add_parser("openapi", help="print the OpenAPI document")
+    args = parser.parse_args(argv)
+
+    settings = load_settings(args.config)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "openapi":
+        from app.main import create_app
+
+        spec = create_app(settings, token="unused").openapi()
+        json.dump(spec, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    if args.command == "db":
+        from app.db.migrate import upgrade
+
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        upgrade(settings.db_url)
+        print(f"database {settings.db_url} is at the latest schema")
+        return 0
+    if settings.netns:
+        _enter_netns(settings.netns)  # before any thread: threads inherit the namespace
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    asyncio.run(_serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""SQLAlchemy 2 ORM models. The schema itself comes only from Alembic migrations.
+
+Desired state (written by the API) and observed state (written by the supervisor) live side
+by side on each row; `generation` / `observed_generation` tell whether they agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores UTC; always returns timezone-aware datetimes (SQLite drops the zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class ResourceColumns:
+    """Columns every reconciled resource has."""
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    observed_generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LinkColumns(ResourceColumns):
+    """Columns of resources that are one kernel link."""
+
+    mtu: Mapped[int | None] = mapped_column(Integer, default=None)
+    mac: Mapped[str | None] = mapped_column(String(17), default=None)
+    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # journal: set (and committed) right before the create call, cleared once marked
+    create_intent: Mapped[bool] = mapped_column(Boolean, default=False)
+    observed_ifindex: Mapped[int | None] = mapped_column(Integer, default=None)
+    observed_mac: Mapped[str | None] = mapped_column(String(17), default=None)
+
+
+class Bridge(LinkColumns, Base):
+    __tablename__ = "bridges"
+
+    stp: Mapped[bool] = mapped_column(Boolean, default=False)
+    forward_delay_cs: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Tap(LinkColumns, Base):
+    __tablename__ = "taps"
+
+    bridge_id: Mapped[str | None] = mapped_column(
+        ForeignKey("bridges.id", ondelete="RESTRICT"), default=None, index=True
+    )
+    owner_uid: Mapped[int | None] = mapped_column(Integer, default=None)
+    owner_gid: Mapped[int | None] = mapped_column(Integer, default=None)
+    multi_queue: Mapped[bool] = mapped_column(Boolean, default=False)
+    vnet_hdr: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LinkName(Base):
+    """Claims a kernel link name for one resource, so names are unique across kinds."""
+
+    __tablename__ = "link_names"
+
+    name: Mapped[str] = mapped_column(String(15), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(36), index=True)
+
+
+class Operation(Base):
+    """One accepted mutation; it succeeds when its resource reaches target_generation."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    action: Mapped[str] = mapped_column(String(16))  # create, update, delete
+    resource: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(36), index=True)
+    target_generation: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    request_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -1,0 +1,177 @@
+"""Repositories: the only place that builds queries. Generic paging plus link-specific reads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from app.db.models import Base, Bridge, LinkName, Operation, Tap
+from app.domain.errors import InvalidInput
+from app.domain.links import LinkKind, LinkSpec
+from app.domain.status import Status
+
+M = TypeVar("M", bound=Base)
+R = TypeVar("R", Bridge, Tap)
+
+
+def encode_cursor(created_at: dt.datetime, row_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, row_id = raw.partition("|")
+        created = dt.datetime.fromisoformat(stamp)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput(f"cursor {cursor!r} is not one this server issued") from None
+    if not row_id:
+        raise InvalidInput(f"cursor {cursor!r} is not one this server issued")
+    return created, row_id
+
+
+class Repository(Generic[M]):
+    def __init__(self, session: Session, model: type[M]) -> None:
+        self.session = session
+        self.model = model
+
+    def get(self, row_id: str) -> M | None:
+        return self.session.get(self.model, row_id)
+
+    def add(self, row: M) -> M:
+        self.session.add(row)
+        return row
+
+    def delete(self, row: M) -> None:
+        self.session.delete(row)
+
+
+class ResourceRepository(Repository[R]):
+    """Bridges and taps: lookup by id or name, keyset paging in creation order."""
+
+    def get_by_name(self, name: str) -> R | None:
+        model = self.model
+        return self.session.scalars(select(model).where(model.name == name)).first()
+
+    def find(self, ref: str) -> R | None:
+        """By id, else by name (OpenStack-style clients pass either)."""
+        return self.get(ref) or self.get_by_name(ref)
+
+    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[R], str | None]:
+        model = self.model
+        query = select(model).order_by(model.created_at, model.id).limit(limit + 1)
+        if cursor:
+            created, row_id = decode_cursor(cursor)
+            query = query.where(tuple_(model.created_at, model.id) > tuple_(created, row_id))
+        rows = self.session.scalars(query).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+        return rows, next_cursor
+
+
+class TapRepository(ResourceRepository[Tap]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Tap)
+
+    def on_bridge(self, bridge_id: str) -> Sequence[Tap]:
+        return self.session.scalars(select(Tap).where(Tap.bridge_id == bridge_id)).all()
+
+
+class BridgeRepository(ResourceRepository[Bridge]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Bridge)
+
+
+class LinkNameRepository(Repository[LinkName]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, LinkName)
+
+    def release(self, resource_id: str) -> None:
+        self.session.execute(delete(LinkName).where(LinkName.resource_id == resource_id))
+
+
+class OperationRepository(Repository[Operation]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Operation)
+
+    def running_for(self, resource_id: str) -> Sequence[Operation]:
+        return self.session.scalars(
+            select(Operation).where(
+                Operation.resource_id == resource_id, Operation.status == "running"
+            )
+        ).all()
+
+    def finish(self, resource_id: str, generation: int, status: str, error: str | None) -> None:
+        """Close the running operations of a resource that `generation` satisfies."""
+        self.session.execute(
+            update(Operation)
+            .where(
+                Operation.resource_id == resource_id,
+                Operation.status == "running",
+                Operation.target_generation <= generation,
+            )
+            .values(status=status, error=error, finished_at=dt.datetime.now(dt.UTC))
+        )
+
+
+def _link_spec(row: Bridge | Tap, bridge_names: dict[str, str]) -> LinkSpec:
+    common = dict(
+        id=row.id,
+        name=row.name,
+        mtu=row.mtu,
+        mac=row.mac,
+        addresses=tuple(row.addresses),
+        deleted=row.deleted,
+        create_intent=row.create_intent,
+    )
+    if isinstance(row, Bridge):
+        return LinkSpec(
+            kind=LinkKind.BRIDGE, stp=row.stp, forward_delay_cs=row.forward_delay_cs, **common
+        )
+    return LinkSpec(
+        kind=LinkKind.TAP,
+        master=bridge_names.get(row.bridge_id) if row.bridge_id else None,
+        owner_uid=row.owner_uid,
+        owner_gid=row.owner_gid,
+        multi_queue=row.multi_queue,
+        vnet_hdr=row.vnet_hdr,
+        **common,
+    )
+
+
+def load_link_specs(
+    session: Session,
+    dirty_only: bool = False,
+    names: list[str] | None = None,
+    also_ids: list[str] | None = None,
+) -> tuple[list[LinkSpec], dict[str, int]]:
+    """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
+    named), with the generation each was loaded at."""
+    bridge_names = dict(session.execute(select(Bridge.id, Bridge.name)).tuples().all())
+    specs: list[LinkSpec] = []
+    generations: dict[str, int] = {}
+    model: type[Bridge] | type[Tap]
+    for model in (Bridge, Tap):
+        query = select(model)
+        if dirty_only:
+            query = query.where(
+                or_(
+                    model.status.in_((Status.PENDING.value, Status.DELETING.value)),
+                    model.generation != model.observed_generation,
+                    model.id.in_(also_ids or []),
+                )
+            )
+        if names is not None:
+            query = query.where(model.name.in_(names))
+        for row in session.scalars(query):
+            specs.append(_link_spec(row, bridge_names))
+            generations[row.id] = row.generation
+    return specs, generations

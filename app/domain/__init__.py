@@ -1,0 +1,1 @@
+"""Pure domain: names, addresses, specs, statuses and the reconcile planner (stdlib only)."""

@@ -1,0 +1,51 @@
+"""The one exception base of the daemon; the API maps each kind to an HTTP problem."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a client may see. `kind` is the stable problem type slug."""
+
+    kind = "domain-error"
+    status = 400
+    title = "Request cannot be processed"
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidInput(DomainError, ValueError):
+    """Bad input; also a ValueError so schema validators report it as a field error."""
+
+    kind = "invalid-input"
+    status = 422
+    title = "Invalid input"
+
+
+class NotFound(DomainError):
+    kind = "not-found"
+    status = 404
+    title = "Resource not found"
+
+
+class Conflict(DomainError):
+    kind = "conflict"
+    status = 409
+    title = "Conflict with the current state"
+
+
+class NameTaken(Conflict):
+    kind = "name-taken"
+    title = "Name already in use"
+
+
+class InUse(Conflict):
+    kind = "in-use"
+    title = "Resource is in use"
+
+
+class BeingDeleted(Conflict):
+    kind = "being-deleted"
+    title = "Resource is being deleted"

@@ -1,0 +1,93 @@
+"""Validators for what crosses into the kernel: link names, MACs, interface addresses, MTUs.
+
+Every validator either returns a normalized value or raises InvalidInput with the reason;
+nothing is ever truncated or silently fixed up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from app.domain.errors import InvalidInput
+
+LINK_NAME_MAX = 15  # IFNAMSIZ - 1
+_LINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+MTU_MIN = 68
+MTU_MAX = 65521  # the largest MTU a tap accepts; bridges follow their ports
+MAX_ADDRESSES = 32
+
+
+def validate_link_name(name: str) -> str:
+    """A Linux interface name: 1-15 chars of [A-Za-z0-9_.-], not '.' or '..'."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("link name must be a non-empty string")
+    if len(name) > LINK_NAME_MAX:
+        raise InvalidInput(
+            f"link name {name!r} is {len(name)} characters; the kernel allows at most "
+            f"{LINK_NAME_MAX} and names are never truncated"
+        )
+    if not _LINK_NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            f"link name {name!r} may contain only letters, digits, '_', '.' and '-'"
+        )
+    if name in (".", ".."):
+        raise InvalidInput(f"link name {name!r} is reserved")
+    return name
+
+
+def validate_mac(mac: str) -> str:
+    """A unicast, non-zero Ethernet MAC in colon notation; returned lower-case."""
+    if not isinstance(mac, str):
+        raise InvalidInput("MAC address must be a string")
+    normalized = mac.strip().lower().replace("-", ":")
+    if not _MAC_RE.fullmatch(normalized):
+        raise InvalidInput(f"{mac!r} is not a MAC address like 52:54:00:12:34:56")
+    first_octet = int(normalized[:2], 16)
+    if first_octet & 1:
+        raise InvalidInput(f"MAC address {mac!r} is multicast; a NIC needs a unicast MAC")
+    if normalized == "00:00:00:00:00:00":
+        raise InvalidInput("MAC address 00:00:00:00:00:00 is not a valid interface address")
+    return normalized
+
+
+def validate_interface_address(value: str) -> str:
+    """A host address with prefix, e.g. 192.168.105.1/24 or fd00::1/64 (normalized)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise InvalidInput(f"{value!r} must be an address with a prefix length, like 192.168.105.1/24")
+    try:
+        iface = ipaddress.ip_interface(value.strip())
+    except ValueError as exc:
+        raise InvalidInput(f"{value!r} is not a valid interface address: {exc}") from None
+    ip = iface.ip
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+        raise InvalidInput(f"{value!r} cannot be assigned to a link (multicast/unspecified/loopback)")
+    net = iface.network
+    if isinstance(ip, ipaddress.IPv4Address) and net.prefixlen < 31 and ip in (
+        net.network_address,
+        net.broadcast_address,
+    ):
+        raise InvalidInput(f"{value!r} is the network or broadcast address of its subnet")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local:
+        raise InvalidInput(f"{value!r} is link-local; the kernel manages link-local addresses")
+    return str(iface)
+
+
+def validate_addresses(values: list[str]) -> list[str]:
+    """A list of interface addresses, normalized, without duplicates, bounded in size."""
+    if len(values) > MAX_ADDRESSES:
+        raise InvalidInput(f"at most {MAX_ADDRESSES} addresses per link")
+    normalized = [validate_interface_address(v) for v in values]
+    seen: set[str] = set()
+    for addr in normalized:
+        if addr in seen:
+            raise InvalidInput(f"address {addr} is listed twice")
+        seen.add(addr)
+    return normalized
+
+
+def validate_mtu(mtu: int) -> int:
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX:
+        raise InvalidInput(f"MTU must be an integer between {MTU_MIN} and {MTU_MAX}")
+    return mtu

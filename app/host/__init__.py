@@ -1,0 +1,1 @@
+"""The only layer with side effects on the host: netlink, nftables, qemu, dnsmasq."""

@@ -1,0 +1,245 @@
+"""Probes what this host can really do, by trying it, never by assuming.
+
+Link features are tried in a throwaway network namespace (removed afterwards), so probing
+never touches the daemon's own namespace. Accelerators are tried by running qemu: a tiny
+firmware that programs the timer, waits for its interrupt and exits through isa-debug-exit;
+and, when a guest kernel is available, a real kernel boot under each accelerator.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+# Real-mode firmware (assembled from a 16-bit listing): set up the IVT entry for IRQ0,
+# initialize the PIC and PIT, sti; hlt; on the timer interrupt write 0x31 to port 0xf4.
+# With -device isa-debug-exit,iobase=0xf4 qemu then exits with status (0x31 << 1) | 1.
+_FIRMWARE_CODE = bytes.fromhex(
+    "fa31c08ed88ed0bc0070c70620003a00c706220000f0b011e620b008e621b004e621b001e621"
+    "b0fee621b034e643b000e640b010e640fbf4ebfdb031e6f4f4ebfd"
+)
+_FIRMWARE_EXIT_STATUS = 99
+_RESET_VECTOR_JUMP = bytes([0xEA, 0x00, 0x00, 0x00, 0xF0])  # jmp far F000:0000
+
+
+def _firmware_image() -> bytes:
+    image = bytearray(b"\xf4" * 65536)
+    image[: len(_FIRMWARE_CODE)] = _FIRMWARE_CODE
+    image[0xFFF0 : 0xFFF0 + len(_RESET_VECTOR_JUMP)] = _RESET_VECTOR_JUMP
+    return bytes(image)
+
+
+def _try_link(ipr: IPRoute, **kwargs: Any) -> tuple[bool, str | None]:
+    try:
+        ipr.link("add", **kwargs)
+        return True, None
+    except NetlinkError as exc:
+        return False, f"{os.strerror(exc.code)} (errno {exc.code})"
+    except OSError as exc:
+        return False, str(exc)
+
+
+def probe_link_features() -> dict[str, dict[str, Any]]:
+    """Create each link kind in a private namespace; report what the kernel accepted."""
+    name = f"kvmnetd-probe-{uuid.uuid4().hex[:8]}"
+    results: dict[str, dict[str, Any]] = {}
+    netns.create(name)
+    try:
+        with IPRoute(netns=name) as ipr:
+            ok, why = _try_link(ipr, ifname="p0", kind="veth", peer="p1")
+            results["veth"] = {"available": ok, "reason": why}
+            parent = ipr.link_lookup(ifname="p0")[0] if ok else None
+            ok, why = _try_link(ipr, ifname="br0", kind="bridge")
+            results["bridge"] = {"available": ok, "reason": why}
+            ok, why = _try_link(ipr, ifname="tap0", kind="tuntap", mode="tap")
+            results["tuntap"] = {"available": ok, "reason": why}
+            results["vlan_filtering"] = _probe_vlan_filtering(ipr)
+            for kind, extra in (
+                ("vlan_8021q", {"kind": "vlan", "vlan_id": 10}),
+                ("macvtap", {"kind": "macvtap", "macvtap_mode": "bridge"}),
+                ("vxlan", {"kind": "vxlan", "vxlan_id": 42, "vxlan_port": 4789}),
+            ):
+                if parent is None:
+                    results[kind] = {"available": False, "reason": "no veth to stack on"}
+                    continue
+                link_key = "vxlan_link" if kind == "vxlan" else "link"
+                ok, why = _try_link(ipr, ifname=kind[:15], **{link_key: parent}, **extra)
+                results[kind] = {"available": ok, "reason": why}
+    finally:
+        netns.remove(name)
+    return results
+
+
+def _probe_vlan_filtering(ipr: IPRoute) -> dict[str, Any]:
+    ok, why = _try_link(ipr, ifname="brvf", kind="bridge", br_vlan_filtering=1)
+    if not ok:
+        return {"available": False, "reason": why}
+    msg = ipr.link("get", ifname="brvf")[0]
+    data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    if data is None or not data.get_attr("IFLA_BR_VLAN_FILTERING"):
+        return {"available": False, "reason": "the kernel ignored vlan_filtering=1"}
+    return {"available": True, "reason": None}
+
+
+def probe_vhost_net() -> dict[str, Any]:
+    try:
+        fd = os.open("/dev/vhost-net", os.O_RDWR)
+    except OSError as exc:
+        reason = "no /dev/vhost-net" if exc.errno == errno.ENOENT else str(exc)
+        return {"available": False, "reason": reason}
+    os.close(fd)
+    return {"available": True, "reason": None}
+
+
+def probe_tun_device() -> dict[str, Any]:
+    try:
+        os.close(os.open("/dev/net/tun", os.O_RDWR))
+    except OSError as exc:
+        return {"available": False, "reason": str(exc)}
+    return {"available": True, "reason": None}
+
+
+def probe_nftables() -> dict[str, Any]:
+    nft = shutil.which("nft")
+    if nft is None:
+        return {"available": False, "version": None, "reason": "nft is not installed"}
+    out = subprocess.run(
+        [nft, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10
+    )
+    version = out.stdout.strip() or None
+    # list (read-only) to prove the kernel side answers
+    check = subprocess.run(
+        [nft, "-j", "list", "tables"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10,
+    )
+    if check.returncode != 0:
+        return {"available": False, "version": version, "reason": check.stderr.strip()}
+    return {"available": True, "version": version, "reason": None}
+
+
+_DEVICE_RE = re.compile(r'^name "([^"]+)", bus ([^,\s]+)(?:, alias "([^"]+)")?(?:, desc "([^"]*)")?')
+
+
+def probe_qemu(binary: str) -> dict[str, Any]:
+    path = shutil.which(binary)
+    if path is None:
+        return {"available": False, "binary": binary, "version": None, "nic_models": [],
+                "reason": f"{binary} is not installed"}
+    version = subprocess.run(
+        [path, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10
+    ).stdout.splitlines()[0]
+    help_out = subprocess.run(
+        [path, "-machine", "none", "-nodefaults", "-device", "help"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=20,
+    ).stdout
+    models = []
+    in_network = False
+    for line in help_out.splitlines():
+        if line.endswith(":"):
+            in_network = line.startswith("Network devices")
+            continue
+        match = _DEVICE_RE.match(line) if in_network else None
+        if match:
+            models.append(
+                {"model": match[1], "bus": match[2], "alias": match[3], "description": match[4]}
+            )
+    return {"available": True, "binary": path, "version": version, "nic_models": models,
+            "reason": None}
+
+
+def _run_qemu(argv: list[str], timeout: float) -> tuple[int | None, float]:
+    """Run qemu; return (exit status or None on timeout, seconds)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        return proc.wait(timeout=timeout), time.monotonic() - started
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None, time.monotonic() - started
+
+
+def probe_accelerator(qemu: str, accel: str, guest_kernel: Path | None) -> dict[str, Any]:
+    """Whether `accel` runs code: the timer firmware always, a real kernel when we have one."""
+    result: dict[str, Any] = {"accelerator": accel}
+    if accel == "kvm":
+        try:
+            os.close(os.open("/dev/kvm", os.O_RDWR))
+        except OSError as exc:
+            return {**result, "available": False, "runs_guests": False,
+                    "reason": f"/dev/kvm: {exc.strerror}"}
+    with tempfile.TemporaryDirectory(prefix="kvmnetd-probe-") as tmp:
+        firmware = Path(tmp) / "timer.bin"
+        firmware.write_bytes(_firmware_image())
+        status, seconds = _run_qemu(
+            [qemu, "-machine", "isapc", "-accel", accel, "-m", "16", "-nodefaults",
+             "-no-user-config", "-display", "none", "-bios", str(firmware),
+             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"],
+            timeout=10,
+        )
+        result["firmware_probe"] = {
+            "passed": status == _FIRMWARE_EXIT_STATUS, "exit_status": status,
+            "seconds": round(seconds, 3),
+        }
+        if status != _FIRMWARE_EXIT_STATUS:
+            return {**result, "available": False, "runs_guests": False,
+                    "reason": "qemu did not run the timer firmware "
+                              f"(exit status {status}, None means it hung)"}
+        if guest_kernel is None or not guest_kernel.is_file():
+            return {**result, "available": True, "runs_guests": None,
+                    "reason": "no guest kernel to verify a real boot with; the timer firmware ran"}
+        serial = Path(tmp) / "serial.log"
+        status, seconds = _run_qemu(
+            [qemu, "-machine", "pc", "-accel", accel, "-m", "128", "-nodefaults",
+             "-no-user-config", "-display", "none", "-no-reboot",
+             "-serial", f"file:{serial}", "-kernel", str(guest_kernel),
+             "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"],
+            timeout=60 if accel == "tcg" else 8,  # a working KVM boots this in < 1 s
+        )
+        console = serial.read_text(errors="replace") if serial.exists() else ""
+        booted = "Kernel panic" in console or "VFS:" in console
+        result["guest_probe"] = {"booted": booted, "exit_status": status,
+                                 "seconds": round(seconds, 3)}
+        reason = None if booted else (
+            f"a guest kernel did not boot under {accel} (hung or died; exit status {status})"
+        )
+        return {**result, "available": True, "runs_guests": booted, "reason": reason}
+
+
+def probe_capabilities(qemu_binary: str, guest_kernel: Path | None = None) -> dict[str, Any]:
+    started = time.monotonic()
+    links = probe_link_features()
+    qemu = probe_qemu(qemu_binary)
+    accelerators = {}
+    if qemu["available"]:
+        for accel in ("tcg", "kvm"):
+            accelerators[accel] = probe_accelerator(qemu["binary"], accel, guest_kernel)
+    caps = {
+        "links": links,
+        "tun_device": probe_tun_device(),
+        "vhost_net": probe_vhost_net(),
+        "nftables": probe_nftables(),
+        "qemu": qemu,
+        "accelerators": accelerators,
+        "probe_seconds": 0.0,
+    }
+    caps["probe_seconds"] = round(time.monotonic() - started, 3)
+    return caps
+
+

@@ -1,0 +1,176 @@
+"""Read-only views of the host for the API: interfaces with counters (ifconfig), routes
+(route -n), bridge ports (brctl show) and a bridge's MAC table (brctl showmacs).
+
+pyroute2's sync sockets are bound to the thread that opens them, and API requests run on
+worker threads, so every view opens its own short-lived socket.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from collections import defaultdict
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from app.domain.links import parse_mark
+from app.host.capabilities import probe_capabilities
+
+AF_BRIDGE = 7
+NTF_MASTER = 0x04
+NUD_PERMANENT = 0x80
+IFF_UP = 0x1
+COUNTERS = (
+    "rx_packets", "rx_bytes", "rx_errors", "rx_dropped",
+    "tx_packets", "tx_bytes", "tx_errors", "tx_dropped",
+)
+RT_PROTO = {2: "kernel", 3: "boot", 4: "static", 16: "dhcp", 186: "bgp", 188: "ospf"}
+RT_SCOPE = {0: "universe", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
+
+
+def _managed_by(alias: str | None) -> dict[str, str] | None:
+    owner = parse_mark(alias)
+    return {"resource": owner[0].value, "id": owner[1]} if owner else None
+
+
+def _port(msg: Any) -> dict[str, Any]:
+    owner = parse_mark(msg.get_attr("IFLA_IFALIAS"))
+    return {
+        "name": msg.get_attr("IFLA_IFNAME"),
+        "ifindex": msg["index"],
+        "oper_state": (msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN").lower(),
+        "tap_id": owner[1] if owner else None,
+    }
+
+
+class LiveHostInspector:
+    """Implements app.services.ports.HostInspector on the daemon's network namespace."""
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        qemu_binary: str = "qemu-system-x86_64",
+        probe_kernel: Path | None = None,
+    ) -> None:
+        self.netns = netns
+        self.qemu_binary = qemu_binary
+        self.probe_kernel = probe_kernel
+        self._capabilities: dict[str, Any] | None = None
+        self._capabilities_lock = threading.Lock()
+
+    def _ipr(self) -> IPRoute:
+        return IPRoute(netns=self.netns) if self.netns else IPRoute()
+
+    def bridge_ports(self, bridge: str) -> list[dict[str, Any]]:
+        with self._ipr() as ipr:
+            found = ipr.link_lookup(ifname=bridge)
+            if not found:
+                return []
+            return [_port(m) for m in ipr.link("dump", master=found[0])]
+
+    def ports_by_bridge(self) -> dict[str, list[dict[str, Any]]]:
+        with self._ipr() as ipr:
+            links = list(ipr.link("dump"))
+        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in links}
+        result: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for msg in links:
+            master = msg.get_attr("IFLA_MASTER")
+            if master:
+                result[names.get(master, str(master))].append(_port(msg))
+        return result
+
+    def fdb(self, bridge: str) -> list[dict[str, Any]]:
+        with self._ipr() as ipr:
+            found = ipr.link_lookup(ifname=bridge)
+            if not found:
+                return []
+            bridge_index = found[0]
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.link("dump")}
+            entries = []
+            for msg in ipr.fdb("dump", master=bridge_index):
+                port = msg["ifindex"]
+                if port == bridge_index or not msg["flags"] & NTF_MASTER:
+                    continue  # the bridge's own entries are not in its forwarding table
+                if msg.get_attr("NDA_MASTER") not in (None, bridge_index):
+                    continue
+                cache = msg.get_attr("NDA_CACHEINFO")
+                is_local = bool(msg["state"] & NUD_PERMANENT)
+                entries.append(
+                    {
+                        "mac": msg.get_attr("NDA_LLADDR"),
+                        "port": names.get(port, str(port)),
+                        "port_index": port,
+                        "is_local": is_local,
+                        "ageing_timer": (
+                            None if is_local or cache is None else cache["ndm_updated"] / 100.0
+                        ),
+                        "vlan": msg.get_attr("NDA_VLAN"),
+                    }
+                )
+        return sorted(entries, key=lambda e: (e["port"], e["mac"]))
+
+    def interfaces(self) -> list[dict[str, Any]]:
+        with self._ipr() as ipr:
+            addresses: dict[int, list[str]] = defaultdict(list)
+            for a in ipr.addr("dump"):
+                addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+                addresses[a["index"]].append(f"{addr}/{a['prefixlen']}")
+            links = list(ipr.link("dump"))
+        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in links}
+        result = []
+        for m in links:
+            info = m.get_attr("IFLA_LINKINFO")
+            stats = m.get_attr("IFLA_STATS64") or m.get_attr("IFLA_STATS") or {}
+            master = m.get_attr("IFLA_MASTER")
+            result.append(
+                {
+                    "name": m.get_attr("IFLA_IFNAME"),
+                    "ifindex": m["index"],
+                    "kind": info.get_attr("IFLA_INFO_KIND") if info else None,
+                    "admin_up": bool(m["flags"] & IFF_UP),
+                    "oper_state": (m.get_attr("IFLA_OPERSTATE") or "UNKNOWN").lower(),
+                    "carrier": bool(m.get_attr("IFLA_CARRIER")),
+                    "mtu": m.get_attr("IFLA_MTU"),
+                    "mac": m.get_attr("IFLA_ADDRESS"),
+                    "master": names.get(master) if master else None,
+                    "addresses": addresses.get(m["index"], []),
+                    "counters": {k: int(stats.get(k, 0)) for k in COUNTERS},
+                    "managed_by": _managed_by(m.get_attr("IFLA_IFALIAS")),
+                }
+            )
+        return result
+
+    def routes(self) -> list[dict[str, Any]]:
+        with self._ipr() as ipr:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.link("dump")}
+            result = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for r in ipr.route("dump", family=family):
+                    table = r.get_attr("RTA_TABLE") or r["table"]
+                    if table == 255:  # the local table is not what route -n shows
+                        continue
+                    dst = r.get_attr("RTA_DST")
+                    default = "0.0.0.0" if family == socket.AF_INET else "::"
+                    oif = r.get_attr("RTA_OIF")
+                    result.append(
+                        {
+                            "family": "inet" if family == socket.AF_INET else "inet6",
+                            "destination": f"{dst or default}/{r['dst_len']}",
+                            "gateway": r.get_attr("RTA_GATEWAY"),
+                            "device": names.get(oif) if oif else None,
+                            "metric": r.get_attr("RTA_PRIORITY") or 0,
+                            "protocol": RT_PROTO.get(r["proto"], str(r["proto"])),
+                            "scope": RT_SCOPE.get(r["scope"], str(r["scope"])),
+                            "table": table,
+                            "source": r.get_attr("RTA_PREFSRC"),
+                        }
+                    )
+        return result
+
+    def capabilities(self) -> dict[str, Any]:
+        with self._capabilities_lock:
+            if self._capabilities is None:
+                self._capabilities = probe_capabilities(self.qemu_binary, self.probe_kernel)
+            return self._capabilities

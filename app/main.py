@@ -1,0 +1,110 @@
+"""create_app(settings): wires the database, event bus, supervisor, host inspector and API.
+
+The app's lifespan applies migrations, starts the supervisor (and the capability probe in
+the background) and stops them on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api import bridges, events, health, host, operations, taps
+from app.api.deps import AppContext
+from app.api.errors import install_error_handlers
+from app.api.middleware import BearerAuthMiddleware, BodyLimitMiddleware, RequestIdMiddleware
+from app.bus import EventBus
+from app.db.migrate import upgrade
+from app.db.session import Database
+from app.host.inspect import LiveHostInspector
+from app.settings import Settings
+from app.supervisor.loop import Supervisor
+
+log = logging.getLogger(__name__)
+
+TAGS = [
+    {"name": "bridges", "description": "Linux bridges (brctl addbr / showmacs)"},
+    {"name": "taps", "description": "Persistent tap devices and their bridge membership"},
+    {"name": "operations", "description": "The outcome of accepted mutations"},
+    {"name": "events", "description": "Server-sent events for every state change"},
+    {"name": "host", "description": "Interfaces, routes and probed capabilities"},
+    {"name": "health", "description": "Liveness and readiness"},
+]
+
+
+def load_or_create_token(path: Path) -> str:
+    """The admin token: generated once into a 0600 file, then reused."""
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def create_app(settings: Settings, token: str | None = None) -> FastAPI:
+    db = Database(settings.db_url)
+    bus = EventBus()
+    supervisor = Supervisor(db, bus, settings.reconcile_interval)
+    inspector = LiveHostInspector(
+        qemu_binary=settings.qemu_binary, probe_kernel=settings.probe_kernel_path
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        upgrade(db.url)
+        supervisor.start()
+        threading.Thread(
+            target=_probe_quietly, args=(inspector,), name="capability-probe", daemon=True
+        ).start()
+        try:
+            yield
+        finally:
+            supervisor.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="kvmnetd",
+        version=__version__,
+        summary="REST control plane for QEMU/KVM host networking",
+        description=(
+            "Bridges, taps, VLANs, NAT networks and VMs on a Linux host. Mutations answer "
+            "202 with the resource pending; `?wait=SECONDS` blocks until it settled; "
+            "`GET /v1/events` streams every change. Errors are RFC 9457 problem+json."
+        ),
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.context = AppContext(
+        db=db, bus=bus, nudger=supervisor, inspector=inspector, is_ready=supervisor.ready.is_set
+    )
+    app.state.supervisor = supervisor
+    for router in (bridges, taps, operations, events, host, health):
+        app.include_router(router.router)
+    install_error_handlers(app)
+    # added last = outermost: request id, then body limit, then auth
+    app.add_middleware(BearerAuthMiddleware, token=token or secrets.token_urlsafe(32))
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _probe_quietly(inspector: LiveHostInspector) -> None:
+    try:
+        inspector.capabilities()
+    except Exception:
+        log.exception("capability probe failed")

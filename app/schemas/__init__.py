@@ -1,0 +1,1 @@
+"""Pydantic request/response models of the REST API (never ORM classes)."""

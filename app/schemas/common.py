@@ -1,0 +1,105 @@
+"""Shared API shapes: problem details, pages, status, validated scalar types."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from app.domain.names import (
+    MTU_MAX,
+    MTU_MIN,
+    validate_interface_address,
+    validate_link_name,
+    validate_mac,
+)
+from app.domain.status import Status
+
+LinkNameStr = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,  # checked precisely (and explained) by the validator
+        description="Kernel link name: 1-15 characters of [A-Za-z0-9_.-], never truncated.",
+        examples=["br0"],
+    ),
+    AfterValidator(validate_link_name),
+]
+MacStr = Annotated[
+    str,
+    Field(max_length=64, description="Unicast, non-zero MAC", examples=["52:54:00:12:34:56"]),
+    AfterValidator(validate_mac),
+]
+InterfaceAddressStr = Annotated[
+    str,
+    Field(max_length=64, description="Address with prefix length", examples=["192.168.105.1/24"]),
+    AfterValidator(validate_interface_address),
+]
+Mtu = Annotated[int, Field(ge=MTU_MIN, le=MTU_MAX, examples=[1500])]
+Addresses = Annotated[
+    list[InterfaceAddressStr],
+    Field(max_length=32, description="Host addresses on the link (IPv4/IPv6 with prefix)"),
+    AfterValidator(lambda v: _unique(v)),
+]
+Id = Annotated[int, Field(ge=0, le=2**32 - 2)]
+
+
+def _unique(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("addresses must not repeat")
+    return values
+
+
+class RequestModel(BaseModel):
+    """Request bodies: strict types (no '1' for 1), unknown fields refused."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(examples=["https://kvmnetd.dev/problems/name-taken"])
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Field errors of a validation problem (loc, msg, type)"
+    )
+
+
+class ResourceState(BaseModel):
+    """Observed state every reconciled resource carries."""
+
+    id: str = Field(examples=["9b1f7c55-4a3e-4d8e-9a57-0c8b1d2e3f40"])
+    name: str
+    status: Status
+    status_reason: str | None = None
+    generation: int = Field(description="Bumped on every accepted change of desired state")
+    observed_generation: int = Field(description="The generation the supervisor last applied")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page")
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}, "description": desc}
+    for code, desc in {
+        400: "Bad request",
+        401: "Missing or wrong bearer token",
+        404: "Not found",
+        409: "Conflict",
+        413: "Body too large",
+        422: "Invalid input",
+    }.items()
+}

@@ -1,0 +1,102 @@
+"""Host views: interfaces (ifconfig), routes (route -n), capabilities, events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Counters(BaseModel):
+    rx_packets: int
+    rx_bytes: int
+    rx_errors: int
+    rx_dropped: int
+    tx_packets: int
+    tx_bytes: int
+    tx_errors: int
+    tx_dropped: int
+
+
+class ManagedBy(BaseModel):
+    resource: str
+    id: str
+
+
+class HostInterface(BaseModel):
+    name: str
+    ifindex: int
+    kind: str | None
+    admin_up: bool
+    oper_state: str
+    carrier: bool
+    mtu: int | None
+    mac: str | None
+    master: str | None
+    addresses: list[str]
+    counters: Counters
+    managed_by: ManagedBy | None = Field(None, description="Set when kvmnetd owns the link")
+
+
+class HostRoute(BaseModel):
+    family: str
+    destination: str
+    gateway: str | None
+    device: str | None
+    metric: int
+    protocol: str
+    scope: str
+    table: int
+    source: str | None
+
+
+class Feature(BaseModel):
+    available: bool
+    reason: str | None = None
+
+
+class NicModel(BaseModel):
+    model: str
+    bus: str
+    alias: str | None = None
+    description: str | None = None
+
+
+class QemuInfo(BaseModel):
+    available: bool
+    binary: str | None = None
+    version: str | None = None
+    nic_models: list[NicModel]
+    reason: str | None = None
+
+
+class Accelerator(BaseModel):
+    accelerator: str
+    available: bool
+    runs_guests: bool | None = Field(
+        description="A real guest kernel booted under it (null: no kernel to try with)"
+    )
+    reason: str | None = None
+    firmware_probe: dict[str, Any] | None = None
+    guest_probe: dict[str, Any] | None = None
+
+
+class Nftables(Feature):
+    version: str | None = None
+
+
+class Capabilities(BaseModel):
+    links: dict[str, Feature] = Field(
+        description="bridge, tuntap, veth, vlan_8021q, vlan_filtering, macvtap, vxlan"
+    )
+    tun_device: Feature
+    vhost_net: Feature
+    nftables: Nftables
+    qemu: QemuInfo
+    accelerators: dict[str, Accelerator]
+    probe_seconds: float
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    detail: str | None = None

@@ -1,0 +1,120 @@
+"""Bridges and taps as the API shows and accepts them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from app.schemas.common import (
+    Addresses,
+    Id,
+    LinkNameStr,
+    MacStr,
+    Mtu,
+    RequestModel,
+    ResourceState,
+)
+
+
+class BridgeCreate(RequestModel):
+    name: LinkNameStr
+    stp: bool = Field(False, description="Spanning tree (the how-to: bridge_stp off)")
+    forward_delay: float = Field(
+        0, ge=0, le=30, description="Forward delay in seconds (the how-to: bridge_fd 0)"
+    )
+    mtu: Mtu | None = None
+    mac: MacStr | None = Field(None, description="Pin the bridge's MAC")
+    addresses: Addresses = Field(default_factory=list)
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"name": "br0", "stp": False, "forward_delay": 0,
+                          "addresses": ["192.168.105.1/24"]}]
+        }
+    }
+
+
+class BridgeUpdate(RequestModel):
+    stp: bool | None = None
+    forward_delay: float | None = Field(None, ge=0, le=30)
+    mtu: Mtu | None = None
+    mac: MacStr | None = None
+    addresses: Addresses | None = None
+
+
+class BridgePort(BaseModel):
+    name: str
+    ifindex: int
+    oper_state: str
+    tap_id: str | None = Field(None, description="The tap resource, when the port is ours")
+
+
+class Bridge(ResourceState):
+    stp: bool
+    forward_delay: float
+    mtu: int | None
+    mac: str | None
+    addresses: list[str]
+    ifindex: int | None = Field(None, description="Kernel index, once created")
+    observed_mac: str | None = None
+    ports: list[BridgePort] = Field(
+        default_factory=list, description="Member ports as the kernel reports them now"
+    )
+
+
+class FdbEntry(BaseModel):
+    """One learned (or local) MAC of a bridge, like a row of `brctl showmacs`."""
+
+    mac: str
+    port: str
+    port_index: int
+    is_local: bool
+    ageing_timer: float | None = Field(None, description="Seconds since last seen")
+    vlan: int | None = None
+
+
+class TapCreate(RequestModel):
+    name: LinkNameStr
+    bridge: str | None = Field(
+        None, max_length=64, description="Bridge id or name to attach to", examples=["br0"]
+    )
+    mtu: Mtu | None = None
+    mac: MacStr | None = None
+    addresses: Addresses = Field(default_factory=list)
+    owner_uid: Id | None = Field(None, description="User allowed to open the tap (qemu's)")
+    owner_gid: Id | None = None
+    multi_queue: bool = False
+    vnet_hdr: bool = False
+
+    model_config = {
+        "json_schema_extra": {"examples": [{"name": "tap1", "bridge": "br0"}]}
+    }
+
+
+class TapUpdate(RequestModel):
+    bridge: str | None = Field(
+        None, max_length=64, description="Bridge id or name; null detaches"
+    )
+    mtu: Mtu | None = None
+    mac: MacStr | None = None
+    addresses: Addresses | None = None
+    owner_uid: Id | None = None
+    owner_gid: Id | None = None
+    multi_queue: bool | None = None
+    vnet_hdr: bool | None = None
+
+
+class TapAttach(RequestModel):
+    bridge: str = Field(max_length=64, description="Bridge id or name", examples=["br0"])
+
+
+class Tap(ResourceState):
+    bridge_id: str | None
+    mtu: int | None
+    mac: str | None
+    addresses: list[str]
+    owner_uid: int | None
+    owner_gid: int | None
+    multi_queue: bool
+    vnet_hdr: bool
+    ifindex: int | None = None
+    observed_mac: str | None = None

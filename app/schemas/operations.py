@@ -1,0 +1,21 @@
+"""Operations: the record of one accepted mutation and how it ended."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class OperationOut(BaseModel):
+    id: str
+    action: Literal["create", "update", "delete"]
+    resource: str = Field(examples=["tap"])
+    resource_id: str
+    target_generation: int
+    status: Literal["running", "succeeded", "failed"]
+    error: str | None = None
+    request_id: str | None = None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None = None

@@ -1,0 +1,207 @@
+"""Bridge and tap use cases. Each accepted mutation bumps `generation`, sets the resource
+pending and records an operation, all in the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import Bridge, LinkName, Operation, Tap, new_id
+from app.db.repositories import (
+    BridgeRepository,
+    LinkNameRepository,
+    OperationRepository,
+    TapRepository,
+)
+from app.domain.errors import BeingDeleted, InUse, NameTaken, NotFound
+from app.domain.status import Status, check_transition
+from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
+
+
+def _claim_name(session: Session, name: str, resource: str, resource_id: str) -> None:
+    names = LinkNameRepository(session)
+    existing = names.get(name)
+    if existing is not None:
+        raise NameTaken(
+            f"link name {name!r} is already used by {existing.resource} {existing.resource_id}"
+        )
+    names.add(LinkName(name=name, resource=resource, resource_id=resource_id))
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent request claimed it between our read and write
+        raise NameTaken(f"link name {name!r} is already in use") from None
+
+
+def _record(
+    session: Session, action: str, resource: str, row: Bridge | Tap, request_id: str | None
+) -> Operation:
+    operation = Operation(
+        action=action,
+        resource=resource,
+        resource_id=row.id,
+        target_generation=row.generation,
+        request_id=request_id,
+    )
+    OperationRepository(session).add(operation)
+    return operation
+
+
+def _bump(row: Bridge | Tap, target: Status = Status.PENDING) -> None:
+    row.status = check_transition(Status(row.status), target).value
+    row.status_reason = None
+    row.generation += 1
+
+
+def _apply_changes(row: Bridge | Tap, changes: dict[str, Any]) -> bool:
+    changed = False
+    for field, value in changes.items():
+        if getattr(row, field) != value:
+            setattr(row, field, value)
+            changed = True
+    return changed
+
+
+def _alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
+    if row is None:
+        raise NotFound(f"no {kind} {ref!r}")
+    if row.deleted:
+        raise BeingDeleted(f"{kind} {row.name!r} is being deleted")
+    return row
+
+
+class BridgeService:
+    def __init__(self, session: Session, request_id: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.bridges = BridgeRepository(session)
+        self.taps = TapRepository(session)
+
+    def get(self, ref: str) -> Bridge:
+        row = self.bridges.find(ref)
+        if row is None:
+            raise NotFound(f"no bridge {ref!r}")
+        return row
+
+    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Bridge], str | None]:
+        return self.bridges.page(limit, cursor)
+
+    def create(self, body: BridgeCreate) -> tuple[Bridge, Operation]:
+        row = Bridge(
+            id=new_id(),
+            name=body.name,
+            stp=body.stp,
+            forward_delay_cs=round(body.forward_delay * 100),
+            mtu=body.mtu,
+            mac=body.mac,
+            addresses=list(body.addresses),
+            generation=1,
+        )
+        _claim_name(self.session, body.name, "bridge", row.id)
+        self.bridges.add(row)
+        return row, _record(self.session, "create", "bridge", row, self.request_id)
+
+    def update(self, ref: str, body: BridgeUpdate) -> tuple[Bridge, Operation | None]:
+        row = _alive(self.bridges.find(ref), "bridge", ref)
+        assert isinstance(row, Bridge)
+        changes = body.model_dump(exclude_unset=True)
+        if "forward_delay" in changes:
+            changes["forward_delay_cs"] = round(changes.pop("forward_delay") * 100)
+        if not _apply_changes(row, changes):
+            return row, None
+        _bump(row)
+        return row, _record(self.session, "update", "bridge", row, self.request_id)
+
+    def delete(self, ref: str, detach_taps: bool) -> tuple[Bridge, Operation | None]:
+        row = self.get(ref)
+        if row.deleted:
+            return row, None
+        attached = [t for t in self.taps.on_bridge(row.id) if not t.deleted]
+        if attached and not detach_taps:
+            names = ", ".join(sorted(t.name for t in attached))
+            raise InUse(
+                f"bridge {row.name!r} has attached taps ({names}); detach them first or "
+                "pass ?detach_taps=true",
+                taps=[t.id for t in attached],
+            )
+        tap_service = TapService(self.session, self.request_id)
+        for tap in attached:
+            tap_service.set_bridge(tap, None)
+        row.deleted = True
+        _bump(row, Status.DELETING)
+        return row, _record(self.session, "delete", "bridge", row, self.request_id)
+
+
+class TapService:
+    def __init__(self, session: Session, request_id: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.taps = TapRepository(session)
+        self.bridges = BridgeRepository(session)
+
+    def get(self, ref: str) -> Tap:
+        row = self.taps.find(ref)
+        if row is None:
+            raise NotFound(f"no tap {ref!r}")
+        return row
+
+    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Tap], str | None]:
+        return self.taps.page(limit, cursor)
+
+    def _bridge_id(self, ref: str | None) -> str | None:
+        if ref is None:
+            return None
+        return _alive(self.bridges.find(ref), "bridge", ref).id
+
+    def create(self, body: TapCreate) -> tuple[Tap, Operation]:
+        row = Tap(
+            id=new_id(),
+            name=body.name,
+            bridge_id=self._bridge_id(body.bridge),
+            mtu=body.mtu,
+            mac=body.mac,
+            addresses=list(body.addresses),
+            owner_uid=body.owner_uid,
+            owner_gid=body.owner_gid,
+            multi_queue=body.multi_queue,
+            vnet_hdr=body.vnet_hdr,
+            generation=1,
+        )
+        _claim_name(self.session, body.name, "tap", row.id)
+        self.taps.add(row)
+        return row, _record(self.session, "create", "tap", row, self.request_id)
+
+    def update(self, ref: str, body: TapUpdate) -> tuple[Tap, Operation | None]:
+        row = _alive(self.taps.find(ref), "tap", ref)
+        assert isinstance(row, Tap)
+        changes = body.model_dump(exclude_unset=True)
+        if "bridge" in changes:
+            changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
+        if not _apply_changes(row, changes):
+            return row, None
+        _bump(row)
+        return row, _record(self.session, "update", "tap", row, self.request_id)
+
+    def set_bridge(self, row: Tap, bridge_ref: str | None) -> Operation | None:
+        bridge_id = self._bridge_id(bridge_ref)
+        if row.bridge_id == bridge_id:
+            return None
+        row.bridge_id = bridge_id
+        _bump(row)
+        return _record(self.session, "update", "tap", row, self.request_id)
+
+    def attach(self, ref: str, bridge_ref: str | None) -> tuple[Tap, Operation | None]:
+        row = _alive(self.taps.find(ref), "tap", ref)
+        assert isinstance(row, Tap)
+        return row, self.set_bridge(row, bridge_ref)
+
+    def delete(self, ref: str) -> tuple[Tap, Operation | None]:
+        row = self.get(ref)
+        if row.deleted:
+            return row, None
+        row.deleted = True
+        row.bridge_id = None  # a tap on its way out never holds its bridge
+        _bump(row, Status.DELETING)
+        return row, _record(self.session, "delete", "tap", row, self.request_id)

@@ -1,0 +1,28 @@
+"""Interfaces the API needs from the host side, implemented in app.host and wired in main.
+
+The API never imports app.host; it receives an object satisfying these protocols.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class HostInspector(Protocol):
+    """Read-only views of the host, like brctl show/showmacs, ifconfig and route -n."""
+
+    def bridge_ports(self, bridge: str) -> list[dict[str, Any]]: ...
+
+    def ports_by_bridge(self) -> dict[str, list[dict[str, Any]]]: ...
+
+    def fdb(self, bridge: str) -> list[dict[str, Any]]: ...
+
+    def interfaces(self) -> list[dict[str, Any]]: ...
+
+    def routes(self) -> list[dict[str, Any]]: ...
+
+    def capabilities(self) -> dict[str, Any]: ...
+
+
+class Nudger(Protocol):
+    def nudge(self) -> None: ...

@@ -1,0 +1,261 @@
+"""One reconcile pass over bridges and taps: load desired state, observe the kernel, plan,
+apply, write observed state back in one transaction, then publish events.
+
+Scopes: `dirty` (rows the API changed), `names` (links netlink told us about) and `full`
+(everything, including the orphan sweep, which is only sound with the whole desired set).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.bus import EventBus
+from app.db.models import Bridge, Tap
+from app.db.repositories import LinkNameRepository, OperationRepository, load_link_specs
+from app.db.session import Database
+from app.domain.links import (
+    Action,
+    ActionKind,
+    LinkKind,
+    LinkSpec,
+    ObservedLink,
+    changes_for_new_link,
+    plan,
+    plan_link,
+)
+from app.domain.retry import Backoff
+from app.domain.status import Status
+from app.host.netlink import LinkError, LinkOps
+
+log = logging.getLogger(__name__)
+
+DUMP_THRESHOLD = 32  # above this many links to look at, one dump beats per-link gets
+TRANSIENT_ATTEMPTS_BEFORE_ERROR = 5
+
+
+class Scope(enum.Enum):
+    DIRTY = "dirty"
+    NAMES = "names"
+    FULL = "full"
+
+
+@dataclass
+class Outcome:
+    """What happened to one resource in this pass."""
+
+    spec: LinkSpec
+    action: ActionKind
+    ok: bool
+    reason: str | None = None
+    transient: bool = False
+    ifindex: int | None = None
+    mac: str | None = None
+    master_index: int | None = None
+
+
+MODELS: dict[LinkKind, type[Bridge] | type[Tap]] = {LinkKind.BRIDGE: Bridge, LinkKind.TAP: Tap}
+
+
+class LinkReconciler:
+    """Runs passes; owns nothing but a netlink socket (LinkOps) from the supervisor thread."""
+
+    def __init__(self, db: Database, bus: EventBus, ops: LinkOps, backoff: Backoff) -> None:
+        self.db = db
+        self.bus = bus
+        self.ops = ops
+        self.backoff = backoff
+        # name -> master index we expect; the link monitor compares notifications to it
+        self.expected_master: dict[str, int | None] = {}
+
+    def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
+        """One pass; returns how many resources it changed or reported on."""
+        retry_ids = self.backoff.due_keys() if scope is Scope.DIRTY else []
+        with self.db.unit_of_work() as session:
+            specs, generations = load_link_specs(
+                session,
+                dirty_only=scope is Scope.DIRTY,
+                names=list(names) if scope is Scope.NAMES else None,
+                also_ids=retry_ids,
+            )
+        for gone in set(retry_ids) - generations.keys():
+            self.backoff.succeeded(gone)
+        specs = [s for s in specs if self.backoff.due(s.id) or scope is Scope.FULL]
+        if not specs and scope is not Scope.FULL:
+            return 0
+        actions = self._plan(scope, specs)
+        self._journal_create_intents(actions)
+        outcomes = [self._execute(action) for action in actions]
+        return self._write_back(scope, outcomes, generations)
+
+    # ---- planning --------------------------------------------------------------------------
+
+    def _plan(self, scope: Scope, specs: list[LinkSpec]) -> list[Action]:
+        if scope is Scope.FULL or len(specs) > DUMP_THRESHOLD:
+            actions = plan(specs, self.ops.dump())
+            if scope is not Scope.FULL:  # the sweep needs the whole desired set
+                actions = [a for a in actions if a.kind is not ActionKind.SWEEP]
+            return actions
+        masters: dict[int, str] = {}
+        for bridge in {s.master for s in specs if s.master}:
+            index = self.ops.index_of(bridge)
+            if index is not None:
+                masters[index] = bridge
+        return [plan_link(spec, self.ops.get(spec.name), masters) for spec in specs]
+
+    def _journal_create_intents(self, actions: list[Action]) -> None:
+        """Commit 'about to create' before creating, so a crash in between is adoptable."""
+        ids = [
+            a.spec.id
+            for a in actions
+            if a.spec is not None
+            and a.kind in (ActionKind.CREATE, ActionKind.RECREATE)
+            and not a.spec.create_intent
+        ]
+        if not ids:
+            return
+        with self.db.unit_of_work() as session:
+            for model in (Bridge, Tap):
+                session.execute(update(model).where(model.id.in_(ids)).values(create_intent=True))
+
+    # ---- applying --------------------------------------------------------------------------
+
+    def _execute(self, action: Action) -> Outcome | None:
+        spec, link = action.spec, action.observed
+        try:
+            if action.kind is ActionKind.SWEEP:
+                assert link is not None
+                log.info("removing orphan link %s (index %d, %s)", link.name, link.index, link.alias)
+                self.ops.delete(link.index, link.name)
+                self.expected_master.pop(link.name, None)
+                return None
+            assert spec is not None
+            if action.kind is ActionKind.CONFLICT:
+                return Outcome(spec, action.kind, ok=False, reason=action.reason)
+            if action.kind in (ActionKind.DELETE, ActionKind.FORGET):
+                if link is not None and action.kind is ActionKind.DELETE:
+                    self.ops.delete(link.index, link.name)
+                self.expected_master.pop(spec.name, None)
+                return Outcome(spec, action.kind, ok=True)
+            if action.kind is ActionKind.RECREATE:
+                assert link is not None
+                log.info("re-creating %s: %s", spec.name, action.reason)
+                self.ops.delete(link.index, link.name)
+            if action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
+                index = self.ops.create(spec)
+                self.ops.apply(index, spec.name, changes_for_new_link(spec))
+            else:
+                assert link is not None
+                index = link.index
+                if not action.changes.empty():
+                    self.ops.apply(index, spec.name, action.changes)
+            fresh = self.ops.get(spec.name) if action.kind is not ActionKind.SETTLED else link
+            return self._settled(spec, action.kind, fresh)
+        except LinkError as exc:
+            if spec is None:
+                log.warning("could not remove orphan %s: %s", action.name, exc)
+                return None
+            return Outcome(spec, action.kind, ok=False, reason=str(exc), transient=exc.transient)
+
+    def _settled(self, spec: LinkSpec, kind: ActionKind, link: ObservedLink | None) -> Outcome:
+        if link is None:
+            return Outcome(spec, kind, ok=False, reason=f"{spec.name} vanished", transient=True)
+        self.expected_master[spec.name] = link.master_index
+        return Outcome(spec, kind, ok=True, ifindex=link.index, mac=link.mac)
+
+    # ---- writing back ----------------------------------------------------------------------
+
+    def _write_back(
+        self, scope: Scope, outcomes: list[Outcome | None], generations: dict[str, int]
+    ) -> int:
+        events: list[dict[str, object]] = []
+        with self.db.unit_of_work() as session:
+            for outcome in outcomes:
+                if outcome is None:
+                    continue
+                event = self._record(session, scope, outcome, generations[outcome.spec.id])
+                if event is not None:
+                    events.append(event)
+        for event in events:
+            self.bus.publish(**event)
+        return len(events)
+
+    def _record(
+        self, session: Session, scope: Scope, outcome: Outcome, loaded_generation: int
+    ) -> dict[str, object] | None:
+        spec = outcome.spec
+        model = MODELS[spec.kind]
+        row = session.get(model, spec.id)
+        if row is None:
+            return None
+        before = (row.status, row.status_reason, row.observed_generation)
+        if outcome.ok and outcome.action in (ActionKind.DELETE, ActionKind.FORGET):
+            if not row.deleted:  # undeleted meanwhile: impossible today, but never lose it
+                return None
+            self.backoff.succeeded(spec.id)
+            OperationRepository(session).finish(spec.id, row.generation, "succeeded", None)
+            LinkNameRepository(session).release(spec.id)
+            session.delete(row)
+            return _event(spec, row, f"{spec.kind.value}.deleted", status="deleted")
+        current = row.generation == loaded_generation
+        if outcome.ok:
+            self.backoff.succeeded(spec.id)
+            drift = (
+                scope is not Scope.DIRTY
+                and row.status == Status.ACTIVE.value
+                and row.observed_generation == row.generation
+                and outcome.action is not ActionKind.SETTLED
+            )
+            row.create_intent = False
+            row.observed_ifindex = outcome.ifindex
+            row.observed_mac = outcome.mac
+            row.observed_generation = loaded_generation
+            if row.deleted:
+                row.status = Status.DELETING.value
+            else:
+                row.status = Status.ACTIVE.value if current else Status.PENDING.value
+                row.status_reason = None
+            if current:
+                OperationRepository(session).finish(spec.id, loaded_generation, "succeeded", None)
+            if drift:
+                return _event(
+                    spec, row, f"{spec.kind.value}.drift_repaired",
+                    reason=f"{outcome.action.value}: the kernel had drifted from the desired state",
+                )
+        elif outcome.transient and self.backoff.attempts(spec.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
+            delay = self.backoff.failed(spec.id)
+            row.status_reason = f"retrying in {delay:.1f}s: {outcome.reason}"
+        else:
+            self.backoff.succeeded(spec.id)  # permanent: retried at the next full resync
+            row.observed_generation = loaded_generation
+            row.status = Status.DELETING.value if row.deleted else Status.ERROR.value
+            row.status_reason = outcome.reason
+            if current and not row.deleted:
+                OperationRepository(session).finish(
+                    spec.id, loaded_generation, "failed", outcome.reason
+                )
+        if (row.status, row.status_reason, row.observed_generation) == before:
+            return None
+        return _event(spec, row, f"{spec.kind.value}.{row.status}")
+
+
+def _event(
+    spec: LinkSpec, row: Bridge | Tap, type_: str, status: str | None = None,
+    reason: str | None = None,
+) -> dict[str, object]:
+    return dict(
+        type=type_,
+        resource=spec.kind.value,
+        resource_id=spec.id,
+        name=spec.name,
+        status=status or row.status,
+        status_reason=reason or row.status_reason,
+        generation=row.generation,
+        observed_generation=row.observed_generation,
+    )
+

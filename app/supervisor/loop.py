@@ -1,0 +1,138 @@
+"""The supervisor thread: serial reconcile passes driven by nudges, netlink and a timer.
+
+One thread runs every pass, so no object is ever reconciled twice at once. It wakes when
+the API nudges it (desired state changed), when the link monitor reports a change to one of
+our links (drift), when a backed-off retry is due, and every `interval` seconds for a full
+resync, which also sweeps orphans. An unexpected error schedules an early full resync.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from app.bus import EventBus
+from app.db.session import Database
+from app.domain.links import parse_mark
+from app.domain.retry import Backoff
+from app.host.monitor import LinkMonitor
+from app.host.netlink import LinkOps
+from app.supervisor.links import LinkReconciler, Scope
+
+log = logging.getLogger(__name__)
+
+ERROR_RESYNC_DELAY = 1.0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        interval: float,
+        netns: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.interval = interval
+        self.netns = netns
+        self.clock = clock
+        self.ready = threading.Event()
+        self.passes = 0
+        self._wake = threading.Condition()
+        self._dirty = True
+        self._names: set[str] = set()
+        self._full_requested = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._monitor = LinkMonitor(self._on_link_event, netns)
+        self._reconciler: LinkReconciler | None = None
+
+    # ---- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._monitor.start()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._monitor.stop()
+
+    def nudge(self) -> None:
+        """Desired state changed: run a pass over unsettled resources soon."""
+        with self._wake:
+            self._dirty = True
+            self._wake.notify()
+
+    def resync(self) -> None:
+        """Ask for a full pass (with orphan sweep) now."""
+        with self._wake:
+            self._full_requested = True
+            self._wake.notify()
+
+    # ---- netlink ---------------------------------------------------------------------------
+
+    def _on_link_event(
+        self, event: str, name: str, alias: str | None, master: int | None, up: bool
+    ) -> None:
+        reconciler = self._reconciler
+        if reconciler is None or name not in reconciler.expected_master:
+            return
+        if event == "new":
+            ours = parse_mark(alias) is not None
+            if ours and up and reconciler.expected_master.get(name) == master:
+                return  # our own change, or nothing we manage changed
+        with self._wake:
+            self._names.add(name)
+            self._wake.notify()
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff(self.clock)
+        # pyroute2 sockets belong to the thread that opens them
+        with LinkOps() as ops:
+            self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)
+            next_full = self.clock()
+            while True:
+                scope, names = self._next_work(next_full, backoff)
+                if scope is None:
+                    return
+                try:
+                    self._reconciler.run(scope, names)
+                    if scope is Scope.FULL:
+                        next_full = self.clock() + self.interval
+                        self.ready.set()
+                except Exception:
+                    log.exception("%s reconcile pass failed; full resync scheduled", scope.value)
+                    next_full = self.clock() + ERROR_RESYNC_DELAY
+                    if scope is not Scope.FULL:
+                        self.nudge()
+                self.passes += 1
+
+    def _next_work(self, next_full: float, backoff: Backoff) -> tuple[Scope | None, set[str]]:
+        with self._wake:
+            while not self._stopping:
+                now = self.clock()
+                if self._full_requested or now >= next_full:
+                    self._full_requested = self._dirty = False
+                    self._names.clear()
+                    return Scope.FULL, set()
+                if self._names:
+                    names, self._names = self._names, set()
+                    return Scope.NAMES, names
+                retry_at = backoff.next_due()
+                if self._dirty or (retry_at is not None and now >= retry_at):
+                    self._dirty = False
+                    return Scope.DIRTY, set()
+                wake_at = min(next_full, retry_at) if retry_at is not None else next_full
+                self._wake.wait(timeout=max(0.0, wake_at - now))
+            return None, set()
