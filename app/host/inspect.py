@@ -19,7 +19,6 @@ from app.domain.links import parse_mark
 from app.host.capabilities import probe_capabilities
 
 AF_BRIDGE = 7
-NTF_MASTER = 0x04
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
 COUNTERS = (
@@ -91,9 +90,9 @@ class LiveHostInspector:
             entries = []
             for msg in ipr.fdb("dump", master=bridge_index):
                 port = msg["ifindex"]
-                if port == bridge_index or not msg["flags"] & NTF_MASTER:
-                    continue  # the bridge's own entries are not in its forwarding table
-                if msg.get_attr("NDA_MASTER") not in (None, bridge_index):
+                # the bridge's forwarding table only: not the ports' own (NTF_SELF) lists,
+                # not the bridge device's entries
+                if port == bridge_index or msg.get_attr("NDA_MASTER") != bridge_index:
                     continue
                 cache = msg.get_attr("NDA_CACHEINFO")
                 is_local = bool(msg["state"] & NUD_PERMANENT)

@@ -1,78 +1,89 @@
-"""Netlink link notifications: tells the supervisor the moment a link changes or vanishes."""
+"""Netlink link notifications: tells the supervisor the moment a link changes or vanishes.
+
+A plain AF_NETLINK socket subscribed to RTMGRP_LINK, read with select() (so stop() is
+prompt) and parsed with pyroute2's rtnl marshal. pyroute2's own socket buffers messages
+internally, which hides them from select(); reading the raw socket avoids that.
+"""
 
 from __future__ import annotations
 
 import logging
 import select
+import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 log = logging.getLogger(__name__)
 
 IFF_UP = 0x1
+NETLINK_ROUTE = 0
+RECV_BUFFER = 1 << 20
 
 LinkEventHandler = Callable[[str, str, str | None, int | None, bool], None]
 """(event 'new'|'del', link name, ifalias, master index, admin up)."""
 
 
 class LinkMonitor:
-    """Runs a thread that reads RTM_NEWLINK/RTM_DELLINK and calls `handler` for each."""
+    """A thread that reads link notifications of the current network namespace and calls
+    `handler` for each. Create it in (or after entering) the namespace to watch."""
 
-    def __init__(self, handler: LinkEventHandler, netns: str | None = None) -> None:
+    def __init__(self, handler: LinkEventHandler) -> None:
         self._handler = handler
-        self._netns = netns
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._ipr: IPRoute | None = None
+        self._sock: socket.socket | None = None
+        self._marshal = MarshalRtnl()
+        self.overruns = 0
 
     def start(self) -> None:
-        started = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(started,), name="link-monitor", daemon=True
-        )
-        self._thread.start()
         # subscribed before start() returns, so no change after it goes unseen
-        started.wait(timeout=10)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        sock.bind((0, RTMGRP_LINK))
+        self._sock = sock
+        self._thread = threading.Thread(target=self._run, name="link-monitor", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._ipr is not None:
-            self._ipr.close()
+        if self._sock is not None:
+            self._sock.close()
 
-    def _run(self, started: threading.Event) -> None:
-        # pyroute2's sync socket is bound to the thread that made it: make it here
-        self._ipr = IPRoute(netns=self._netns) if self._netns else IPRoute()
-        self._ipr.bind(groups=RTMGRP_LINK)
-        started.set()
-        fileno = self._ipr.fileno()
+    def _run(self) -> None:
+        assert self._sock is not None
         while not self._stop.is_set():
+            ready, _, _ = select.select([self._sock], [], [], 0.5)
+            if not ready:
+                continue
             try:
-                ready, _, _ = select.select([fileno], [], [], 0.5)
-                if not ready:
-                    continue
-                for msg in self._ipr.get():
+                data = self._sock.recv(RECV_BUFFER)
+            except OSError as exc:  # ENOBUFS: we fell behind; the resync covers the gap
+                self.overruns += 1
+                log.warning("link notifications lost (%s); relying on the next resync", exc)
+                continue
+            try:
+                for msg in self._marshal.parse(data):
                     self._dispatch(msg)
             except Exception:  # keep watching; the periodic resync is the safety net
-                if self._stop.is_set():
-                    return
-                log.exception("link monitor failed to read a notification")
+                log.exception("could not handle a link notification")
 
-    def _dispatch(self, msg: object) -> None:
-        event = msg.get("event")  # type: ignore[attr-defined]
+    def _dispatch(self, msg: Any) -> None:
+        event = msg.get("event")
         if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
             return
-        name = msg.get_attr("IFLA_IFNAME")  # type: ignore[attr-defined]
+        name = msg.get_attr("IFLA_IFNAME")
         if not name:
             return
         self._handler(
             "del" if event == "RTM_DELLINK" else "new",
             name,
-            msg.get_attr("IFLA_IFALIAS"),  # type: ignore[attr-defined]
-            msg.get_attr("IFLA_MASTER") or None,  # type: ignore[attr-defined]
-            bool(msg["flags"] & IFF_UP),  # type: ignore[index]
+            msg.get_attr("IFLA_IFALIAS"),
+            msg.get_attr("IFLA_MASTER") or None,
+            bool(msg["flags"] & IFF_UP),
         )

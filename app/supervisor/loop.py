@@ -48,7 +48,7 @@ class Supervisor:
         self._full_requested = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._monitor = LinkMonitor(self._on_link_event, netns)
+        self._monitor = LinkMonitor(self._on_link_event)
         self._reconciler: LinkReconciler | None = None
 
     # ---- control ---------------------------------------------------------------------------
