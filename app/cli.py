@@ -26,12 +26,6 @@ from app.settings import Settings, load_settings
 log = logging.getLogger("kvmnetd")
 
 
-def _enter_netns(name: str) -> None:
-    from pyroute2 import netns
-
-    netns.setns(name, flags=0)
-
-
 def _unix_socket(path: Path) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     with contextlib.suppress(FileNotFoundError):
@@ -133,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database {settings.db_url} is at the latest schema")
         return 0
     if settings.netns:
-        _enter_netns(settings.netns)  # before any thread: threads inherit the namespace
+        from app.host.netns import enter_for_this_thread
+
+        enter_for_this_thread(settings.netns)  # before any thread: threads inherit it
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     asyncio.run(_serve(settings))

@@ -55,12 +55,19 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
-def create_app(settings: Settings, token: str | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, token: str | None = None, host_netns: str | None = None
+) -> FastAPI:
+    """The daemon's app. `host_netns` makes the host-side parts work in that namespace
+    without the process entering it (in-process tests); `kvmnetd serve` instead enters
+    KVMNETD_NETNS for the whole process before calling this."""
     db = Database(settings.db_url)
     bus = EventBus()
-    supervisor = Supervisor(db, bus, settings.reconcile_interval)
+    supervisor = Supervisor(db, bus, settings.reconcile_interval, netns=host_netns)
     inspector = LiveHostInspector(
-        qemu_binary=settings.qemu_binary, probe_kernel=settings.probe_kernel_path
+        netns=host_netns,
+        qemu_binary=settings.qemu_binary,
+        probe_kernel=settings.probe_kernel_path,
     )
 
     @asynccontextmanager

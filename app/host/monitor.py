@@ -17,6 +17,8 @@ from typing import Any
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from app.host.netns import enter_for_this_thread
+
 log = logging.getLogger(__name__)
 
 IFF_UP = 0x1
@@ -31,8 +33,9 @@ class LinkMonitor:
     """A thread that reads link notifications of the current network namespace and calls
     `handler` for each. Create it in (or after entering) the namespace to watch."""
 
-    def __init__(self, handler: LinkEventHandler) -> None:
+    def __init__(self, handler: LinkEventHandler, netns: str | None = None) -> None:
         self._handler = handler
+        self._netns = netns
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -40,13 +43,14 @@ class LinkMonitor:
         self.overruns = 0
 
     def start(self) -> None:
-        # subscribed before start() returns, so no change after it goes unseen
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        sock.bind((0, RTMGRP_LINK))
-        self._sock = sock
-        self._thread = threading.Thread(target=self._run, name="link-monitor", daemon=True)
+        subscribed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(subscribed,), name="link-monitor", daemon=True
+        )
         self._thread.start()
+        # subscribed before start() returns, so no change after it goes unseen
+        if not subscribed.wait(timeout=10):
+            raise RuntimeError("the link monitor could not subscribe to netlink")
 
     def stop(self) -> None:
         self._stop.set()
@@ -55,8 +59,16 @@ class LinkMonitor:
         if self._sock is not None:
             self._sock.close()
 
-    def _run(self) -> None:
-        assert self._sock is not None
+    def _subscribe(self) -> socket.socket:
+        enter_for_this_thread(self._netns)  # the socket belongs to the namespace it is made in
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        sock.bind((0, RTMGRP_LINK))
+        return sock
+
+    def _run(self, subscribed: threading.Event) -> None:
+        self._sock = self._subscribe()
+        subscribed.set()
         while not self._stop.is_set():
             ready, _, _ = select.select([self._sock], [], [], 0.5)
             if not ready:

@@ -19,6 +19,7 @@ from app.domain.links import parse_mark
 from app.domain.retry import Backoff
 from app.host.monitor import LinkMonitor
 from app.host.netlink import LinkOps
+from app.host.netns import enter_for_this_thread
 from app.supervisor.links import LinkReconciler, Scope
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Supervisor:
         self._full_requested = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._monitor = LinkMonitor(self._on_link_event)
+        self._monitor = LinkMonitor(self._on_link_event, netns)
         self._reconciler: LinkReconciler | None = None
 
     # ---- control ---------------------------------------------------------------------------
@@ -98,6 +99,7 @@ class Supervisor:
 
     def _run(self) -> None:
         backoff = Backoff(self.clock)
+        enter_for_this_thread(self.netns)  # tap ioctls act in the thread's namespace
         # pyroute2 sockets belong to the thread that opens them
         with LinkOps() as ops:
             self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)

@@ -1,0 +1,58 @@
+# kvmnetd: `make run` sets up and runs the daemon; `make test` sets up and runs every test.
+# Both work on a fresh Debian 12 machine as root.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+APT_PACKAGES := iproute2 nftables qemu-system-x86 busybox-static dnsmasq-base python3-venv curl
+# the commands those packages provide, to skip apt when everything is there
+NEEDED_COMMANDS := ip nft qemu-system-x86_64 busybox dnsmasq curl
+
+VAR ?= $(CURDIR)/var
+RUN_ENV := KVMNETD_STATE_DIR=$(VAR)/lib/kvmnetd KVMNETD_RUN_DIR=$(VAR)/run/kvmnetd \
+	KVMNETD_LISTEN=$${KVMNETD_LISTEN-127.0.0.1:8080}
+
+.PHONY: run test deps system-deps lint unit openapi bench clean
+
+run: deps $(VAR)/lib/kvmnetd/kernel/vmlinuz
+	$(RUN_ENV) $(BIN)/kvmnetd db upgrade
+	$(RUN_ENV) exec $(BIN)/kvmnetd serve
+
+test: deps lint
+	$(BIN)/pytest -ra
+
+deps: system-deps $(STAMP)
+
+system-deps:
+	@missing=""; for c in $(NEEDED_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages (missing:$$missing)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# a Debian guest kernel: lets the capability probe check whether KVM really boots guests
+$(VAR)/lib/kvmnetd/kernel/vmlinuz:
+	deploy/fetch-guest-kernel $(dir $@)
+
+lint: deps
+	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/ruff format --check app tests bench migrations
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+openapi: deps
+	$(BIN)/kvmnetd openapi > openapi/openapi.json
+
+bench: deps
+	$(BIN)/python -m bench.taps
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
