@@ -57,27 +57,33 @@ async def _serve(settings: Settings) -> None:
     app = create_app(settings, token)
     unix_sock = _unix_socket(settings.socket_path)
     log_config = None  # our logging setup stays in charge
-    servers = [
-        _Server(uvicorn.Config(app, lifespan="on", log_config=log_config, access_log=False))
-    ]
+    servers = [_Server(uvicorn.Config(app, lifespan="on", log_config=log_config, access_log=False))]
     listen = settings.listen_address
     if listen is not None:
         servers.append(
             _Server(
                 uvicorn.Config(
-                    TcpTransport(app), host=listen[0], port=listen[1], lifespan="off",
-                    log_config=log_config, access_log=False,
+                    TcpTransport(app),
+                    host=listen[0],
+                    port=listen[1],
+                    lifespan="off",
+                    log_config=log_config,
+                    access_log=False,
                 )
             )
         )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
-    print(f"kvmnetd {settings.netns and f'(netns {settings.netns}) ' or ''}listening on "
-          f"unix:{settings.socket_path}"
-          + (f" and http://{listen[0]}:{listen[1]}" if listen else ""), flush=True)
-    print(f"admin token: {settings.admin_token_file} (send Authorization: Bearer <token> over "
-          "TCP)", flush=True)
+    print(
+        f"kvmnetd {(settings.netns and f'(netns {settings.netns}) ') or ''}listening on "
+        f"unix:{settings.socket_path}" + (f" and http://{listen[0]}:{listen[1]}" if listen else ""),
+        flush=True,
+    )
+    print(
+        f"admin token: {settings.admin_token_file} (send Authorization: Bearer <token> over TCP)",
+        flush=True,
+    )
     print(f"database: {settings.db_url}", flush=True)
     main_task = asyncio.create_task(servers[0].serve(sockets=[unix_sock]))
     # the TCP listener starts once the app's lifespan (migrations, supervisor) is up
@@ -91,9 +97,7 @@ async def _serve(settings: Settings) -> None:
     for task in done:
         if task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
-    if any(not s.started for s in servers) or (
-        main_task.done() and not servers[0].should_exit
-    ):
+    if any(not s.started for s in servers) or (main_task.done() and not servers[0].should_exit):
         raise SystemExit(1)
 
 

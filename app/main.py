@@ -20,7 +20,12 @@ from app import __version__
 from app.api import bridges, events, health, host, operations, taps
 from app.api.deps import AppContext
 from app.api.errors import install_error_handlers
-from app.api.middleware import BearerAuthMiddleware, BodyLimitMiddleware, RequestIdMiddleware
+from app.api.middleware import (
+    BearerAuthMiddleware,
+    BodyLimitMiddleware,
+    JsonContentTypeMiddleware,
+    RequestIdMiddleware,
+)
 from app.bus import EventBus
 from app.db.migrate import upgrade
 from app.db.session import Database
@@ -104,6 +109,7 @@ def create_app(
         app.include_router(router.router)
     install_error_handlers(app)
     # added last = outermost: request id, then body limit, then auth
+    app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(BearerAuthMiddleware, token=token or secrets.token_urlsafe(32))
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)

@@ -73,7 +73,6 @@ class Settings(BaseSettings):
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
-
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from overrides > environment > `config_file` (default: /etc/kvmnetd/config.toml
     when it exists) > defaults."""

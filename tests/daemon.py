@@ -44,8 +44,11 @@ class Daemon:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(KVMNETD), "serve"], env=self.env(), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
+                [str(KVMNETD), "serve"],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.wait_ready(timeout)
         return self

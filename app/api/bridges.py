@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import Ctx, Cursor, Limit, RequestId, Wait
-from app.api.presenters import bridge_out, mutation_headers
-from app.api.waiting import resource_settled, wait_until
+from app.api.presenters import bridge_out
+from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation
 from app.db.repositories import BridgeRepository
 from app.schemas.common import PROBLEM_RESPONSES, Page
@@ -27,20 +27,24 @@ async def _present(ctx: Ctx, row: Bridge) -> BridgeOut:
 
 
 async def _finish(
-    ctx: Ctx, response: Response, row: Bridge, op: Operation | None, wait: float | None,
+    ctx: Ctx,
+    response: Response,
+    row: Bridge,
+    op: Operation | None,
+    wait: float | None,
     settled_status: int,
 ) -> BridgeOut | Response:
-    mutation_headers(response, "bridges", row.id, op)
-    if wait:
-        waited = await wait_until(
-            ctx, row.id, lambda s: BridgeRepository(s).get(row.id), resource_settled, wait
-        )
-        if waited is None:
-            return Response(status_code=204, headers=dict(response.headers))
-        assert isinstance(waited, Bridge)
-        row = waited
-    response.status_code = settled_status if resource_settled(row) else 202
-    return await _present(ctx, row)
+    result = await settle_response(
+        ctx,
+        response,
+        "bridges",
+        row,
+        op,
+        wait,
+        settled_status,
+        lambda s: BridgeRepository(s).get(row.id),
+    )
+    return result if isinstance(result, Response) else await _present(ctx, result)
 
 
 @router.post(
@@ -80,7 +84,11 @@ async def get_bridge(bridge_id: str, ctx: Ctx) -> BridgeOut:
     description="200 when nothing changed or the change settled within ?wait=; else 202.",
 )
 async def update_bridge(
-    bridge_id: str, body: BridgeUpdate, response: Response, ctx: Ctx, request_id: RequestId,
+    bridge_id: str,
+    body: BridgeUpdate,
+    response: Response,
+    ctx: Ctx,
+    request_id: RequestId,
     wait: Wait = None,
 ) -> BridgeOut | Response:
     row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).update(bridge_id, body))
@@ -115,5 +123,3 @@ async def list_bridge_fdb(bridge_id: str, ctx: Ctx) -> list[FdbEntry]:
     row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
     entries = await ctx.host(ctx.inspector.fdb, row.name)
     return [FdbEntry(**e) for e in entries]
-
-

@@ -22,8 +22,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_problem(send: Send, status: int, extra_headers: list[Any] | None = None,
-                        **fields: Any) -> None:
+async def _send_problem(
+    send: Send, status: int, extra_headers: list[Any] | None = None, **fields: Any
+) -> None:
     body = problem_bytes(status, **fields)
     headers = [
         (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
@@ -58,6 +59,32 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class JsonContentTypeMiddleware:
+    """Bodies of POST/PATCH/PUT must be JSON; anything else (curl -d without -H) gets a 415
+    that says what to send, instead of a confusing validation error."""
+
+    METHODS = frozenset({"POST", "PATCH", "PUT"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in self.METHODS:
+            content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+            length = _header(scope, b"content-length")
+            has_body = length not in (None, "0") or _header(scope, b"transfer-encoding")
+            if has_body and content_type != "application/json":
+                await _send_problem(
+                    send,
+                    415,
+                    request_id=scope.get("state", {}).get("request_id"),
+                    detail=f"send the body as JSON with 'Content-Type: application/json' "
+                    f"(got {content_type or 'no content type'!r})",
+                )
+                return
+        await self.app(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
@@ -131,7 +158,9 @@ class BearerAuthMiddleware:
             given = (_header(scope, b"authorization") or "").encode("latin-1")
             if not hmac.compare_digest(given, self.expected):
                 await _send_problem(
-                    send, 401, request_id=state.get("request_id"),
+                    send,
+                    401,
+                    request_id=state.get("request_id"),
                     extra_headers=[(b"www-authenticate", b'Bearer realm="kvmnetd"')],
                     detail="send Authorization: Bearer <token>; the admin token is in the "
                     "daemon's token file",

@@ -27,7 +27,11 @@ async def get_operation(operation_id: str, ctx: Ctx, wait: Wait = None) -> Opera
     op = await ctx.read(load)
     if wait and op.status == "running":
         waited = await wait_until(
-            ctx, op.resource_id, load, lambda o: o.status != "running", wait  # type: ignore[union-attr]
+            ctx,
+            op.resource_id,
+            load,
+            lambda o: o.status != "running",
+            wait,  # type: ignore[union-attr]
         )
         assert isinstance(waited, Operation)
         op = waited

@@ -47,7 +47,9 @@ def problem_body(
     return body
 
 
-def problem_response(status: int, headers: dict[str, str] | None = None, **fields: Any) -> JSONResponse:
+def problem_response(
+    status: int, headers: dict[str, str] | None = None, **fields: Any
+) -> JSONResponse:
     return JSONResponse(
         problem_body(status, **fields),
         status_code=status,

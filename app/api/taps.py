@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import Ctx, Cursor, Limit, RequestId, Wait
-from app.api.presenters import mutation_headers, tap_out
-from app.api.waiting import resource_settled, wait_until
+from app.api.presenters import tap_out
+from app.api.waiting import settle_response
 from app.db.models import Operation, Tap
 from app.db.repositories import TapRepository
 from app.schemas.common import PROBLEM_RESPONSES, Page
@@ -20,20 +20,24 @@ PENDING = {202: {"model": TapOut, "description": "Accepted, pending"}}
 
 
 async def _finish(
-    ctx: Ctx, response: Response, row: Tap, op: Operation | None, wait: float | None,
+    ctx: Ctx,
+    response: Response,
+    row: Tap,
+    op: Operation | None,
+    wait: float | None,
     settled_status: int,
 ) -> TapOut | Response:
-    mutation_headers(response, "taps", row.id, op)
-    if wait:
-        waited = await wait_until(
-            ctx, row.id, lambda s: TapRepository(s).get(row.id), resource_settled, wait
-        )
-        if waited is None:
-            return Response(status_code=204, headers=dict(response.headers))
-        assert isinstance(waited, Tap)
-        row = waited
-    response.status_code = settled_status if resource_settled(row) else 202
-    return tap_out(row)
+    result = await settle_response(
+        ctx,
+        response,
+        "taps",
+        row,
+        op,
+        wait,
+        settled_status,
+        lambda s: TapRepository(s).get(row.id),
+    )
+    return result if isinstance(result, Response) else tap_out(result)
 
 
 @router.post(
@@ -63,7 +67,11 @@ async def get_tap(tap_id: str, ctx: Ctx) -> TapOut:
 
 @router.patch("/{tap_id}", operation_id="update_tap", response_model=TapOut, responses=PENDING)
 async def update_tap(
-    tap_id: str, body: TapUpdate, response: Response, ctx: Ctx, request_id: RequestId,
+    tap_id: str,
+    body: TapUpdate,
+    response: Response,
+    ctx: Ctx,
+    request_id: RequestId,
     wait: Wait = None,
 ) -> TapOut | Response:
     """Change a tap. `bridge: null` detaches it; multi_queue, vnet_hdr and owner can only be
@@ -76,7 +84,11 @@ async def update_tap(
     "/{tap_id}/attach", operation_id="attach_tap", response_model=TapOut, responses=PENDING
 )
 async def attach_tap(
-    tap_id: str, body: TapAttach, response: Response, ctx: Ctx, request_id: RequestId,
+    tap_id: str,
+    body: TapAttach,
+    response: Response,
+    ctx: Ctx,
+    request_id: RequestId,
     wait: Wait = None,
 ) -> TapOut | Response:
     """Attach the tap to a bridge (like `brctl addif`)."""

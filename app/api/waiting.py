@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from fastapi import Response
 from sqlalchemy.orm import Session
 
 from app.api.deps import AppContext
+from app.api.presenters import mutation_headers
 from app.db.models import Bridge, Operation, Tap
 from app.domain.status import Status, is_settled
 
@@ -48,3 +50,26 @@ async def wait_until(
                         break
             except TimeoutError:
                 pass
+
+
+async def settle_response(
+    ctx: AppContext,
+    response: Response,
+    collection: str,
+    row: R,
+    operation: Operation | None,
+    wait: float | None,
+    settled_status: int,
+    load: Callable[[Session], R | None],
+) -> R | Response:
+    """The common end of every mutation: Location/Operation-Location headers, the optional
+    wait, and the status code (settled_status once settled, 202 while pending, 204 when a
+    waited-for delete finished). Returns the row to present, or the 204 response."""
+    mutation_headers(response, collection, row.id, operation)
+    if wait:
+        waited = await wait_until(ctx, row.id, load, resource_settled, wait)
+        if waited is None:
+            return Response(status_code=204, headers=dict(response.headers))
+        row = waited  # type: ignore[assignment]
+    response.status_code = settled_status if resource_settled(row) else 202
+    return row

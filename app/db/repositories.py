@@ -155,7 +155,9 @@ def load_link_specs(
 ) -> tuple[list[LinkSpec], dict[str, int]]:
     """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
     named), with the generation each was loaded at."""
-    bridge_names = {row_id: name for row_id, name in session.execute(select(Bridge.id, Bridge.name))}
+    bridge_names = {
+        row_id: name for row_id, name in session.execute(select(Bridge.id, Bridge.name))
+    }
     specs: list[LinkSpec] = []
     generations: dict[str, int] = {}
     model: type[Bridge] | type[Tap]

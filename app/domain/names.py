@@ -29,9 +29,7 @@ def validate_link_name(name: str) -> str:
             f"{LINK_NAME_MAX} and names are never truncated"
         )
     if not _LINK_NAME_RE.fullmatch(name):
-        raise InvalidInput(
-            f"link name {name!r} may contain only letters, digits, '_', '.' and '-'"
-        )
+        raise InvalidInput(f"link name {name!r} may contain only letters, digits, '_', '.' and '-'")
     if name in (".", ".."):
         raise InvalidInput(f"link name {name!r} is reserved")
     return name
@@ -55,18 +53,27 @@ def validate_mac(mac: str) -> str:
 def validate_interface_address(value: str) -> str:
     """A host address with prefix, e.g. 192.168.105.1/24 or fd00::1/64 (normalized)."""
     if not isinstance(value, str) or "/" not in value:
-        raise InvalidInput(f"{value!r} must be an address with a prefix length, like 192.168.105.1/24")
+        raise InvalidInput(
+            f"{value!r} must be an address with a prefix length, like 192.168.105.1/24"
+        )
     try:
         iface = ipaddress.ip_interface(value.strip())
     except ValueError as exc:
         raise InvalidInput(f"{value!r} is not a valid interface address: {exc}") from None
     ip = iface.ip
     if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
-        raise InvalidInput(f"{value!r} cannot be assigned to a link (multicast/unspecified/loopback)")
+        raise InvalidInput(
+            f"{value!r} cannot be assigned to a link (multicast/unspecified/loopback)"
+        )
     net = iface.network
-    if isinstance(ip, ipaddress.IPv4Address) and net.prefixlen < 31 and ip in (
-        net.network_address,
-        net.broadcast_address,
+    if (
+        isinstance(ip, ipaddress.IPv4Address)
+        and net.prefixlen < 31
+        and ip
+        in (
+            net.network_address,
+            net.broadcast_address,
+        )
     ):
         raise InvalidInput(f"{value!r} is the network or broadcast address of its subnet")
     if isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local:

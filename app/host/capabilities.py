@@ -124,27 +124,40 @@ def probe_nftables() -> dict[str, Any]:
     # list (read-only) to prove the kernel side answers
     check = subprocess.run(
         [nft, "-j", "list", "tables"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=10,
     )
     if check.returncode != 0:
         return {"available": False, "version": version, "reason": check.stderr.strip()}
     return {"available": True, "version": version, "reason": None}
 
 
-_DEVICE_RE = re.compile(r'^name "([^"]+)", bus ([^,\s]+)(?:, alias "([^"]+)")?(?:, desc "([^"]*)")?')
+_DEVICE_RE = re.compile(
+    r'^name "([^"]+)", bus ([^,\s]+)(?:, alias "([^"]+)")?(?:, desc "([^"]*)")?'
+)
 
 
 def probe_qemu(binary: str) -> dict[str, Any]:
     path = shutil.which(binary)
     if path is None:
-        return {"available": False, "binary": binary, "version": None, "nic_models": [],
-                "reason": f"{binary} is not installed"}
+        return {
+            "available": False,
+            "binary": binary,
+            "version": None,
+            "nic_models": [],
+            "reason": f"{binary} is not installed",
+        }
     version = subprocess.run(
         [path, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10
     ).stdout.splitlines()[0]
     help_out = subprocess.run(
         [path, "-machine", "none", "-nodefaults", "-device", "help"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=20,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=20,
     ).stdout
     models = []
     in_network = False
@@ -157,8 +170,13 @@ def probe_qemu(binary: str) -> dict[str, Any]:
             models.append(
                 {"model": match[1], "bus": match[2], "alias": match[3], "description": match[4]}
             )
-    return {"available": True, "binary": path, "version": version, "nic_models": models,
-            "reason": None}
+    return {
+        "available": True,
+        "binary": path,
+        "version": version,
+        "nic_models": models,
+        "reason": None,
+    }
 
 
 def _run_qemu(argv: list[str], timeout: float) -> tuple[int | None, float]:
@@ -182,42 +200,90 @@ def probe_accelerator(qemu: str, accel: str, guest_kernel: Path | None) -> dict[
         try:
             os.close(os.open("/dev/kvm", os.O_RDWR))
         except OSError as exc:
-            return {**result, "available": False, "runs_guests": False,
-                    "reason": f"/dev/kvm: {exc.strerror}"}
+            return {
+                **result,
+                "available": False,
+                "runs_guests": False,
+                "reason": f"/dev/kvm: {exc.strerror}",
+            }
     with tempfile.TemporaryDirectory(prefix="kvmnetd-probe-") as tmp:
         firmware = Path(tmp) / "timer.bin"
         firmware.write_bytes(_firmware_image())
         status, seconds = _run_qemu(
-            [qemu, "-machine", "isapc", "-accel", accel, "-m", "16", "-nodefaults",
-             "-no-user-config", "-display", "none", "-bios", str(firmware),
-             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"],
+            [
+                qemu,
+                "-machine",
+                "isapc",
+                "-accel",
+                accel,
+                "-m",
+                "16",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-bios",
+                str(firmware),
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x01",
+            ],
             timeout=10,
         )
         result["firmware_probe"] = {
-            "passed": status == _FIRMWARE_EXIT_STATUS, "exit_status": status,
+            "passed": status == _FIRMWARE_EXIT_STATUS,
+            "exit_status": status,
             "seconds": round(seconds, 3),
         }
         if status != _FIRMWARE_EXIT_STATUS:
-            return {**result, "available": False, "runs_guests": False,
-                    "reason": "qemu did not run the timer firmware "
-                              f"(exit status {status}, None means it hung)"}
+            return {
+                **result,
+                "available": False,
+                "runs_guests": False,
+                "reason": "qemu did not run the timer firmware "
+                f"(exit status {status}, None means it hung)",
+            }
         if guest_kernel is None or not guest_kernel.is_file():
-            return {**result, "available": True, "runs_guests": None,
-                    "reason": "no guest kernel to verify a real boot with; the timer firmware ran"}
+            return {
+                **result,
+                "available": True,
+                "runs_guests": None,
+                "reason": "no guest kernel to verify a real boot with; the timer firmware ran",
+            }
         serial = Path(tmp) / "serial.log"
         status, seconds = _run_qemu(
-            [qemu, "-machine", "pc", "-accel", accel, "-m", "128", "-nodefaults",
-             "-no-user-config", "-display", "none", "-no-reboot",
-             "-serial", f"file:{serial}", "-kernel", str(guest_kernel),
-             "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"],
+            [
+                qemu,
+                "-machine",
+                "pc",
+                "-accel",
+                accel,
+                "-m",
+                "128",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-serial",
+                f"file:{serial}",
+                "-kernel",
+                str(guest_kernel),
+                "-append",
+                "console=ttyS0 panic=-1 root=/dev/nonexistent",
+            ],
             timeout=60 if accel == "tcg" else 8,  # a working KVM boots this in < 1 s
         )
         console = serial.read_text(errors="replace") if serial.exists() else ""
         booted = "Kernel panic" in console or "VFS:" in console
-        result["guest_probe"] = {"booted": booted, "exit_status": status,
-                                 "seconds": round(seconds, 3)}
-        reason = None if booted else (
-            f"a guest kernel did not boot under {accel} (hung or died; exit status {status})"
+        result["guest_probe"] = {
+            "booted": booted,
+            "exit_status": status,
+            "seconds": round(seconds, 3),
+        }
+        reason = (
+            None
+            if booted
+            else (f"a guest kernel did not boot under {accel} (hung or died; exit status {status})")
         )
         return {**result, "available": True, "runs_guests": booted, "reason": reason}
 
@@ -241,5 +307,3 @@ def probe_capabilities(qemu_binary: str, guest_kernel: Path | None = None) -> di
     }
     caps["probe_seconds"] = round(time.monotonic() - started, 3)
     return caps
-
-

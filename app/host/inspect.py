@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import socket
 import threading
-from pathlib import Path
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -22,8 +22,14 @@ AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
 COUNTERS = (
-    "rx_packets", "rx_bytes", "rx_errors", "rx_dropped",
-    "tx_packets", "tx_bytes", "tx_errors", "tx_dropped",
+    "rx_packets",
+    "rx_bytes",
+    "rx_errors",
+    "rx_dropped",
+    "tx_packets",
+    "tx_bytes",
+    "tx_errors",
+    "tx_dropped",
 )
 RT_PROTO = {2: "kernel", 3: "boot", 4: "static", 16: "dhcp", 186: "bgp", 188: "ospf"}
 RT_SCOPE = {0: "universe", 200: "site", 253: "link", 254: "host", 255: "nowhere"}

@@ -105,8 +105,7 @@ class LinkOps:
         """Every link of the namespace with its addresses: one link and one address dump."""
         addresses = self.addresses_by_index()
         return [
-            observed_from_msg(msg, addresses.get(msg["index"], ()))
-            for msg in self.ipr.link("dump")
+            observed_from_msg(msg, addresses.get(msg["index"], ())) for msg in self.ipr.link("dump")
         ]
 
     def get(self, name: str) -> ObservedLink | None:

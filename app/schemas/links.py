@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import (
     Addresses,
@@ -25,12 +25,13 @@ class BridgeCreate(RequestModel):
     mac: MacStr | None = Field(None, description="Pin the bridge's MAC")
     addresses: Addresses = Field(default_factory=list)
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [{"name": "br0", "stp": False, "forward_delay": 0,
-                          "addresses": ["192.168.105.1/24"]}]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "br0", "stp": False, "forward_delay": 0, "addresses": ["192.168.105.1/24"]}
+            ]
         }
-    }
+    )
 
 
 class BridgeUpdate(RequestModel):
@@ -85,15 +86,11 @@ class TapCreate(RequestModel):
     multi_queue: bool = False
     vnet_hdr: bool = False
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"name": "tap1", "bridge": "br0"}]}
-    }
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "tap1", "bridge": "br0"}]})
 
 
 class TapUpdate(RequestModel):
-    bridge: str | None = Field(
-        None, max_length=64, description="Bridge id or name; null detaches"
-    )
+    bridge: str | None = Field(None, max_length=64, description="Bridge id or name; null detaches")
     mtu: Mtu | None = None
     mac: MacStr | None = None
     addresses: Addresses | None = None

@@ -130,7 +130,9 @@ class LinkReconciler:
         try:
             if action.kind is ActionKind.SWEEP:
                 assert link is not None
-                log.info("removing orphan link %s (index %d, %s)", link.name, link.index, link.alias)
+                log.info(
+                    "removing orphan link %s (index %d, %s)", link.name, link.index, link.alias
+                )
                 self.ops.delete(link.index, link.name)
                 self.expected_master.pop(link.name, None)
                 return None
@@ -224,7 +226,9 @@ class LinkReconciler:
                 OperationRepository(session).finish(spec.id, loaded_generation, "succeeded", None)
             if drift:
                 return _event(
-                    spec, row, f"{spec.kind.value}.drift_repaired",
+                    spec,
+                    row,
+                    f"{spec.kind.value}.drift_repaired",
                     reason=f"{outcome.action.value}: the kernel had drifted from the desired state",
                 )
         elif outcome.transient and self.backoff.attempts(spec.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
@@ -245,7 +249,10 @@ class LinkReconciler:
 
 
 def _event(
-    spec: LinkSpec, row: Bridge | Tap, type_: str, status: str | None = None,
+    spec: LinkSpec,
+    row: Bridge | Tap,
+    type_: str,
+    status: str | None = None,
     reason: str | None = None,
 ) -> dict[str, object]:
     return dict(
@@ -258,4 +265,3 @@ def _event(
         generation=row.generation,
         observed_generation=row.observed_generation,
     )
-
