@@ -73,8 +73,13 @@ async def _serve(settings: Settings) -> None:
             )
         )
     loop = asyncio.get_running_loop()
+
+    def request_exit() -> None:
+        for server in servers:
+            server.should_exit = True
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
+        loop.add_signal_handler(sig, request_exit)
     print(
         f"kvmnetd {(settings.netns and f'(netns {settings.netns}) ') or ''}listening on "
         f"unix:{settings.socket_path}" + (f" and http://{listen[0]}:{listen[1]}" if listen else ""),

@@ -39,7 +39,7 @@ def install_error_handlers(app: FastAPI) -> None:
             detail=exc.detail,
             request_id=_request_id(request),
             instance=request.url.path,
-            **exc.extra,
+            extra=exc.extra,
         )
 
     @app.exception_handler(RequestValidationError)

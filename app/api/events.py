@@ -51,11 +51,11 @@ async def stream_events(
                     if wanted(event):
                         yield _sse(event)
             while True:
-                event = await queue.get()
-                if event is None:
+                queued = await queue.get()
+                if queued is None:
                     yield {"event": "overflow", "data": "{}"}
                     return
-                if wanted(event):
-                    yield _sse(event)
+                if wanted(queued):
+                    yield _sse(queued)
 
     return EventSourceResponse(stream(), ping=PING_SECONDS)

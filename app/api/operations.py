@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy.orm import Session
 
 from app.api.deps import Ctx, Wait
 from app.api.presenters import operation_out
@@ -18,21 +19,14 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=PROBL
 
 @router.get("/{operation_id}", operation_id="get_operation", response_model=OperationOut)
 async def get_operation(operation_id: str, ctx: Ctx, wait: Wait = None) -> OperationOut:
-    def load(session: object) -> Operation:
-        op = OperationRepository(session).get(operation_id)  # type: ignore[arg-type]
+    def load(session: Session) -> Operation:
+        op = OperationRepository(session).get(operation_id)
         if op is None:
             raise NotFound(f"no operation {operation_id!r}")
         return op
 
     op = await ctx.read(load)
     if wait and op.status == "running":
-        waited = await wait_until(
-            ctx,
-            op.resource_id,
-            load,
-            lambda o: o.status != "running",
-            wait,  # type: ignore[union-attr]
-        )
-        assert isinstance(waited, Operation)
-        op = waited
+        waited = await wait_until(ctx, op.resource_id, load, lambda o: o.status != "running", wait)
+        op = waited or op
     return operation_out(op)

@@ -52,18 +52,7 @@ def tap_out(row: Tap) -> TapOut:
 
 
 def operation_out(op: Operation) -> OperationOut:
-    return OperationOut(
-        id=op.id,
-        action=op.action,
-        resource=op.resource,
-        resource_id=op.resource_id,
-        target_generation=op.target_generation,
-        status=op.status,
-        error=op.error,
-        request_id=op.request_id,
-        created_at=op.created_at,
-        finished_at=op.finished_at,
-    )
+    return OperationOut.model_validate(op, from_attributes=True)
 
 
 def mutation_headers(

@@ -32,7 +32,8 @@ def problem_body(
     title: str | None = None,
     request_id: str | None = None,
     instance: str | None = None,
-    **extra: Any,
+    errors: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     default_kind, default_title = KIND_BY_STATUS.get(status, ("error", "Error"))
     body: dict[str, Any] = {
@@ -43,7 +44,9 @@ def problem_body(
         "instance": instance,
         "request_id": request_id,
     }
-    body.update({k: v for k, v in extra.items() if v is not None})
+    if errors is not None:
+        body["errors"] = errors
+    body.update({k: v for k, v in (extra or {}).items() if v is not None and k not in body})
     return body
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 
 from app.api.deps import Ctx, Cursor, Limit, RequestId, Wait
@@ -16,7 +18,9 @@ from app.services.links import TapService
 
 router = APIRouter(prefix="/v1/taps", tags=["taps"], responses=PROBLEM_RESPONSES)
 
-PENDING = {202: {"model": TapOut, "description": "Accepted, pending"}}
+PENDING: dict[int | str, dict[str, Any]] = {
+    202: {"model": TapOut, "description": "Accepted, pending"}
+}
 
 
 async def _finish(

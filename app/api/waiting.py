@@ -16,6 +16,7 @@ from app.db.models import Bridge, Operation, Tap
 from app.domain.status import Status, is_settled
 
 R = TypeVar("R", Bridge, Tap)
+W = TypeVar("W")
 
 
 def resource_settled(row: Bridge | Tap) -> bool:
@@ -25,10 +26,10 @@ def resource_settled(row: Bridge | Tap) -> bool:
 async def wait_until(
     ctx: AppContext,
     resource_id: str,
-    load: Callable[[Session], R | Operation | None],
-    done: Callable[[R | Operation], bool],
+    load: Callable[[Session], W | None],
+    done: Callable[[W], bool],
     timeout: float,
-) -> R | Operation | None:
+) -> W | None:
     """Re-read via `load` after every event about `resource_id` until `done` (or the row is
     gone, returned as None) or `timeout` passes; returns the last row read."""
     deadline = time.monotonic() + timeout
@@ -70,6 +71,6 @@ async def settle_response(
         waited = await wait_until(ctx, row.id, load, resource_settled, wait)
         if waited is None:
             return Response(status_code=204, headers=dict(response.headers))
-        row = waited  # type: ignore[assignment]
+        row = waited
     response.status_code = settled_status if resource_settled(row) else 202
     return row

@@ -123,28 +123,58 @@ class OperationRepository(Repository[Operation]):
 
 
 def _link_spec(row: Bridge | Tap, bridge_names: dict[str, str]) -> LinkSpec:
-    common = dict(
+    if isinstance(row, Bridge):
+        return LinkSpec(
+            id=row.id,
+            kind=LinkKind.BRIDGE,
+            name=row.name,
+            mtu=row.mtu,
+            mac=row.mac,
+            addresses=tuple(row.addresses),
+            deleted=row.deleted,
+            create_intent=row.create_intent,
+            stp=row.stp,
+            forward_delay_cs=row.forward_delay_cs,
+        )
+    return LinkSpec(
         id=row.id,
+        kind=LinkKind.TAP,
         name=row.name,
         mtu=row.mtu,
         mac=row.mac,
         addresses=tuple(row.addresses),
         deleted=row.deleted,
         create_intent=row.create_intent,
-    )
-    if isinstance(row, Bridge):
-        return LinkSpec(
-            kind=LinkKind.BRIDGE, stp=row.stp, forward_delay_cs=row.forward_delay_cs, **common
-        )
-    return LinkSpec(
-        kind=LinkKind.TAP,
         master=bridge_names.get(row.bridge_id) if row.bridge_id else None,
         owner_uid=row.owner_uid,
         owner_gid=row.owner_gid,
         multi_queue=row.multi_queue,
         vnet_hdr=row.vnet_hdr,
-        **common,
     )
+
+
+LINK_MODELS: tuple[type[Bridge], type[Tap]] = (Bridge, Tap)
+
+
+def _link_rows(
+    session: Session,
+    model: type[R],
+    dirty_only: bool,
+    names: list[str] | None,
+    also_ids: list[str] | None,
+) -> Sequence[R]:
+    query = select(model)
+    if dirty_only:
+        query = query.where(
+            or_(
+                model.status.in_((Status.PENDING.value, Status.DELETING.value)),
+                model.generation != model.observed_generation,
+                model.id.in_(also_ids or []),
+            )
+        )
+    if names is not None:
+        query = query.where(model.name.in_(names))
+    return session.scalars(query).all()
 
 
 def load_link_specs(
@@ -158,22 +188,9 @@ def load_link_specs(
     bridge_names = {
         row_id: name for row_id, name in session.execute(select(Bridge.id, Bridge.name))
     }
-    specs: list[LinkSpec] = []
-    generations: dict[str, int] = {}
-    model: type[Bridge] | type[Tap]
-    for model in (Bridge, Tap):
-        query = select(model)
-        if dirty_only:
-            query = query.where(
-                or_(
-                    model.status.in_((Status.PENDING.value, Status.DELETING.value)),
-                    model.generation != model.observed_generation,
-                    model.id.in_(also_ids or []),
-                )
-            )
-        if names is not None:
-            query = query.where(model.name.in_(names))
-        for row in session.scalars(query):
-            specs.append(_link_spec(row, bridge_names))
-            generations[row.id] = row.generation
-    return specs, generations
+    rows: list[Bridge | Tap] = [
+        *_link_rows(session, Bridge, dirty_only, names, also_ids),
+        *_link_rows(session, Tap, dirty_only, names, also_ids),
+    ]
+    specs = [_link_spec(row, bridge_names) for row in rows]
+    return specs, {row.id: row.generation for row in rows}

@@ -20,7 +20,7 @@ class Backoff:
         """Record a failure; return the delay before the next attempt."""
         attempts = self._attempts.get(key, 0) + 1
         self._attempts[key] = attempts
-        delay = min(self.cap, self.base * 2 ** (attempts - 1))
+        delay = min(self.cap, self.base * float(2 ** (attempts - 1)))
         self._not_before[key] = self.clock() + delay
         return delay
 

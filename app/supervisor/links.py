@@ -17,7 +17,12 @@ from sqlalchemy.orm import Session
 
 from app.bus import EventBus
 from app.db.models import Bridge, Tap
-from app.db.repositories import LinkNameRepository, OperationRepository, load_link_specs
+from app.db.repositories import (
+    LINK_MODELS,
+    LinkNameRepository,
+    OperationRepository,
+    load_link_specs,
+)
 from app.db.session import Database
 from app.domain.links import (
     Action,
@@ -57,9 +62,6 @@ class Outcome:
     ifindex: int | None = None
     mac: str | None = None
     master_index: int | None = None
-
-
-MODELS: dict[LinkKind, type[Bridge] | type[Tap]] = {LinkKind.BRIDGE: Bridge, LinkKind.TAP: Tap}
 
 
 class LinkReconciler:
@@ -120,7 +122,7 @@ class LinkReconciler:
         if not ids:
             return
         with self.db.unit_of_work() as session:
-            for model in (Bridge, Tap):
+            for model in LINK_MODELS:
                 session.execute(update(model).where(model.id.in_(ids)).values(create_intent=True))
 
     # ---- applying --------------------------------------------------------------------------
@@ -191,8 +193,11 @@ class LinkReconciler:
         self, session: Session, scope: Scope, outcome: Outcome, loaded_generation: int
     ) -> dict[str, object] | None:
         spec = outcome.spec
-        model = MODELS[spec.kind]
-        row = session.get(model, spec.id)
+        row: Bridge | Tap | None = (
+            session.get(Bridge, spec.id)
+            if spec.kind is LinkKind.BRIDGE
+            else session.get(Tap, spec.id)
+        )
         if row is None:
             return None
         before = (row.status, row.status_reason, row.observed_generation)
