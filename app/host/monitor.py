@@ -25,8 +25,8 @@ IFF_UP = 0x1
 NETLINK_ROUTE = 0
 RECV_BUFFER = 1 << 20
 
-LinkEventHandler = Callable[[str, str, str | None, int | None, bool], None]
-"""(event 'new'|'del', link name, ifalias, master index, admin up)."""
+LinkEventHandler = Callable[[str, str, str | None, int | None, bool, int | None], None]
+"""(event 'new'|'del', link name, ifalias, master index, admin up, mtu)."""
 
 
 class LinkMonitor:
@@ -98,4 +98,5 @@ class LinkMonitor:
             msg.get_attr("IFLA_IFALIAS"),
             msg.get_attr("IFLA_MASTER") or None,
             bool(msg["flags"] & IFF_UP),
+            msg.get_attr("IFLA_MTU"),
         )

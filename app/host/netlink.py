@@ -129,11 +129,9 @@ class LinkOps:
         """Create the link of `spec` (not yet marked or configured); return its index."""
         try:
             if spec.kind is LinkKind.BRIDGE:
-                extra: dict[str, Any] = {}
-                if spec.mac:
-                    extra["address"] = spec.mac
-                if spec.mtu:
-                    extra["mtu"] = spec.mtu
+                # the MTU is set afterwards (apply): only an MTU set on an existing bridge
+                # counts as set by the user, so the kernel stops following its ports' MTU
+                extra: dict[str, Any] = {"address": spec.mac} if spec.mac else {}
                 self.ipr.link(
                     "add",
                     ifname=spec.name,

@@ -72,8 +72,9 @@ class LinkReconciler:
         self.bus = bus
         self.ops = ops
         self.backoff = backoff
-        # name -> master index we expect; the link monitor compares notifications to it
-        self.expected_master: dict[str, int | None] = {}
+        # name -> (master index, mtu) as last applied; the link monitor compares
+        # notifications to it to spot changes made behind our back
+        self.expected: dict[str, tuple[int | None, int]] = {}
 
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
         """One pass; returns how many resources it changed or reported on."""
@@ -136,7 +137,7 @@ class LinkReconciler:
                     "removing orphan link %s (index %d, %s)", link.name, link.index, link.alias
                 )
                 self.ops.delete(link.index, link.name)
-                self.expected_master.pop(link.name, None)
+                self.expected.pop(link.name, None)
                 return None
             assert spec is not None
             if action.kind is ActionKind.CONFLICT:
@@ -144,7 +145,7 @@ class LinkReconciler:
             if action.kind in (ActionKind.DELETE, ActionKind.FORGET):
                 if link is not None and action.kind is ActionKind.DELETE:
                     self.ops.delete(link.index, link.name)
-                self.expected_master.pop(spec.name, None)
+                self.expected.pop(spec.name, None)
                 return Outcome(spec, action.kind, ok=True)
             if action.kind is ActionKind.RECREATE:
                 assert link is not None
@@ -169,7 +170,7 @@ class LinkReconciler:
     def _settled(self, spec: LinkSpec, kind: ActionKind, link: ObservedLink | None) -> Outcome:
         if link is None:
             return Outcome(spec, kind, ok=False, reason=f"{spec.name} vanished", transient=True)
-        self.expected_master[spec.name] = link.master_index
+        self.expected[spec.name] = (link.master_index, link.mtu)
         return Outcome(spec, kind, ok=True, ifindex=link.index, mac=link.mac)
 
     # ---- writing back ----------------------------------------------------------------------

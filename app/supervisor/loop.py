@@ -82,14 +82,20 @@ class Supervisor:
     # ---- netlink ---------------------------------------------------------------------------
 
     def _on_link_event(
-        self, event: str, name: str, alias: str | None, master: int | None, up: bool
+        self,
+        event: str,
+        name: str,
+        alias: str | None,
+        master: int | None,
+        up: bool,
+        mtu: int | None,
     ) -> None:
         reconciler = self._reconciler
-        if reconciler is None or name not in reconciler.expected_master:
+        if reconciler is None or name not in reconciler.expected:
             return
         if event == "new":
             ours = parse_mark(alias) is not None
-            if ours and up and reconciler.expected_master.get(name) == master:
+            if ours and up and reconciler.expected.get(name) == (master, mtu):
                 return  # our own change, or nothing we manage changed
         with self._wake:
             self._names.add(name)

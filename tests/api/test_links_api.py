@@ -2,25 +2,214 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
-from tests.kernel import links
+from app.api.middleware import TcpTransport
+from app.main import create_app
+from app.settings import Settings
+from tests.kernel import ip, links
+
+PROBLEM = "application/problem+json"
+
+
+def make_bridge(api: TestClient, name: str = "br0", **body: object) -> dict[str, object]:
+    r = api.post("/v1/bridges?wait=10", json={"name": name, **body})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def make_tap(api: TestClient, name: str, **body: object) -> dict[str, object]:
+    r = api.post("/v1/taps?wait=10", json={"name": name, **body})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
 
 
 def test_create_bridge_and_tap_appear_in_kernel(api: TestClient, netns: str) -> None:
-    r = api.post("/v1/bridges?wait=10", json={"name": "br0", "addresses": ["192.168.105.1/24"]})
-    assert r.status_code == 201, r.text
-    bridge = r.json()
+    bridge = make_bridge(api, addresses=["192.168.105.1/24"], mtu=1400)
+    tap = make_tap(api, "tap1", bridge="br0", owner_uid=65534, multi_queue=True)
     assert bridge["status"] == "active"
-    assert r.headers["location"] == f"/v1/bridges/{bridge['id']}"
-    r = api.post("/v1/taps?wait=10", json={"name": "tap1", "bridge": "br0"})
-    assert r.status_code == 201, r.text
     kernel = links(netns)
     assert kernel["br0"].kind == "bridge"
+    assert kernel["br0"].mtu == 1400
     assert "192.168.105.1/24" in kernel["br0"].addresses
     assert kernel["br0"].info["IFLA_BR_STP_STATE"] == 0
     assert kernel["br0"].info["IFLA_BR_FORWARD_DELAY"] == 0
     assert kernel["tap1"].kind == "tun"
     assert kernel["tap1"].master == "br0"
     assert kernel["tap1"].up
-    assert kernel["tap1"].alias == f"kvmnetd:tap:{r.json()['id']}"
+    assert kernel["tap1"].info["IFLA_TUN_OWNER"] == 65534
+    assert kernel["tap1"].info["IFLA_TUN_MULTI_QUEUE"] == 1
+    assert kernel["tap1"].alias == f"kvmnetd:tap:{tap['id']}"
+    assert tap["ifindex"] == kernel["tap1"].index
+    assert tap["observed_mac"] == kernel["tap1"].mac
+    ports = api.get("/v1/bridges/br0").json()["ports"]
+    assert [p["name"] for p in ports] == ["tap1"]
+    assert ports[0]["tap_id"] == tap["id"]
+
+
+def test_mutation_without_wait_is_202_pending_with_location_and_operation(
+    api: TestClient, netns: str
+) -> None:
+    r = api.post("/v1/bridges", json={"name": "br1", "stp": True, "forward_delay": 4})
+    assert r.status_code == 202
+    body = r.json()
+    assert body["status"] == "pending"
+    assert body["generation"] == 1
+    assert r.headers["location"] == f"/v1/bridges/{body['id']}"
+    op = api.get(f"{r.headers['operation-location']}?wait=10").json()
+    assert op["status"] == "succeeded"
+    assert op["action"] == "create"
+    assert op["request_id"] == r.headers["x-request-id"]
+    settled = api.get(f"/v1/bridges/{body['id']}").json()
+    assert settled["status"] == "active"
+    assert settled["observed_generation"] == 1
+    assert links(netns)["br1"].info["IFLA_BR_STP_STATE"] == 1
+    assert links(netns)["br1"].info["IFLA_BR_FORWARD_DELAY"] == 400
+
+
+def test_patch_attach_detach_and_recreate(api: TestClient, netns: str) -> None:
+    make_bridge(api)
+    tap = make_tap(api, "tap1")
+    assert links(netns)["tap1"].master is None
+    r = api.post("/v1/taps/tap1/attach?wait=10", json={"bridge": "br0"})
+    assert r.status_code == 200, r.text
+    assert r.json()["generation"] == 2
+    assert links(netns)["tap1"].master == "br0"
+    r = api.patch("/v1/taps/tap1?wait=10", json={"mtu": 1280, "addresses": ["10.1.0.1/24"]})
+    assert r.status_code == 200, r.text
+    kernel = links(netns)["tap1"]
+    assert (kernel.mtu, kernel.addresses[:1]) == (1280, ["10.1.0.1/24"])
+    r = api.patch("/v1/taps/tap1?wait=10", json={"vnet_hdr": True})  # only at creation
+    assert r.status_code == 200
+    after = links(netns)["tap1"]
+    assert after.info["IFLA_TUN_VNET_HDR"] == 1
+    assert after.master == "br0" and after.mtu == 1280  # re-created with everything
+    r = api.post("/v1/taps/tap1/detach?wait=10")
+    assert r.status_code == 200
+    assert links(netns)["tap1"].master is None
+    r = api.patch(f"/v1/taps/{tap['id']}", json={"mtu": 1280})
+    assert r.status_code == 200, "an unchanged PATCH is settled at once"
+
+
+def test_delete_bridge_with_taps_is_409_unless_detaching(api: TestClient, netns: str) -> None:
+    make_bridge(api)
+    make_tap(api, "tap1", bridge="br0")
+    r = api.delete("/v1/bridges/br0")
+    assert r.status_code == 409
+    assert r.headers["content-type"] == PROBLEM
+    assert r.json()["type"] == "urn:kvmnetd:problem:in-use"
+    assert "tap1" in r.json()["detail"]
+    assert "br0" in links(netns)
+    r = api.delete("/v1/bridges/br0?detach_taps=true&wait=10")
+    assert r.status_code == 204
+    kernel = links(netns)
+    assert "br0" not in kernel
+    assert kernel["tap1"].master is None
+    assert api.get("/v1/taps/tap1").json()["bridge_id"] is None
+    assert api.get("/v1/bridges/br0").status_code == 404
+    r = api.delete("/v1/taps/tap1?wait=10")
+    assert r.status_code == 204
+    assert "tap1" not in links(netns)
+
+
+def test_names_are_unique_across_kinds_and_reusable_after_delete(api: TestClient) -> None:
+    make_bridge(api, "x0")
+    r = api.post("/v1/taps", json={"name": "x0"})
+    assert r.status_code == 409
+    assert r.json()["type"] == "urn:kvmnetd:problem:name-taken"
+    assert api.delete("/v1/bridges/x0?wait=10").status_code == 204
+    make_tap(api, "x0")
+
+
+def test_pagination(api: TestClient) -> None:
+    for i in range(5):
+        assert api.post("/v1/taps", json={"name": f"tp{i}"}).status_code == 202
+    seen: list[str] = []
+    cursor = None
+    while True:
+        url = "/v1/taps?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = api.get(url).json()
+        seen += [t["name"] for t in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [f"tp{i}" for i in range(5)]
+    r = api.get("/v1/taps?cursor=not-a-cursor")
+    assert r.status_code == 422
+    assert r.headers["content-type"] == PROBLEM
+
+
+def test_request_ids_are_echoed_or_made(api: TestClient) -> None:
+    r = api.get("/v1/taps", headers={"X-Request-Id": "req-abc.123"})
+    assert r.headers["x-request-id"] == "req-abc.123"
+    assert r.headers["x-openstack-request-id"] == "req-abc.123"
+    r = api.get("/v1/taps", headers={"X-Request-Id": "bad id\twith space"})
+    assert r.headers["x-request-id"].startswith("req-")
+    assert r.headers["x-request-id"] != "bad id\twith space"
+
+
+def test_body_limits_and_content_type(api: TestClient) -> None:
+    r = api.post(
+        "/v1/taps",
+        content=b'{"name": "' + b"a" * (2 << 20) + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert r.headers["content-type"] == PROBLEM
+    r = api.post(
+        "/v1/taps",
+        content=b"name=tap1",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 415
+    assert "application/json" in r.json()["detail"]
+    r = api.post("/v1/taps", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_tcp_listener_needs_the_token_health_does_not(settings: Settings, netns: str) -> None:
+    app = create_app(settings, token="s3cret", host_netns=netns)
+    with TestClient(TcpTransport(app), base_url="http://kvmnetd") as tcp:
+        r = tcp.get("/v1/taps")
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.headers["content-type"] == PROBLEM
+        assert tcp.get("/v1/taps", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert tcp.get("/v1/taps", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert tcp.get("/healthz").status_code == 200
+        assert tcp.get("/readyz").status_code in (200, 503)
+
+
+def test_host_views(api: TestClient, netns: str) -> None:
+    make_bridge(api, addresses=["192.168.105.1/24"])
+    make_tap(api, "tap1", bridge="br0")
+    ip(netns, "route", "add", "10.99.0.0/16", "via", "192.168.105.254", "metric", "7")
+    interfaces = {i["name"]: i for i in api.get("/v1/host/interfaces").json()}
+    assert interfaces["br0"]["addresses"][0] == "192.168.105.1/24"
+    assert interfaces["tap1"]["master"] == "br0"
+    assert interfaces["tap1"]["managed_by"]["resource"] == "tap"
+    assert interfaces["lo"]["managed_by"] is None
+    assert set(interfaces["lo"]["counters"]) >= {"rx_packets", "tx_bytes", "rx_dropped"}
+    routes = api.get("/v1/host/routes").json()
+    (via,) = [r for r in routes if r["destination"] == "10.99.0.0/16"]
+    assert (via["gateway"], via["device"], via["metric"]) == ("192.168.105.254", "br0", 7)
+    assert any(r["destination"] == "192.168.105.0/24" and r["scope"] == "link" for r in routes)
+
+
+@pytest.mark.timeout(120)
+def test_capabilities_are_probed(api: TestClient) -> None:
+    caps = api.get("/v1/host/capabilities").json()
+    assert caps["links"]["bridge"]["available"] is True
+    assert caps["links"]["tuntap"]["available"] is True
+    # each answer was found by trying: a refusal carries the kernel's reason
+    for feature in caps["links"].values():
+        assert feature["available"] or feature["reason"]
+    import os
+
+    assert caps["vhost_net"]["available"] == os.path.exists("/dev/vhost-net")
+    assert caps["qemu"]["available"]
+    models = {m["model"] for m in caps["qemu"]["nic_models"]}
+    assert {"virtio-net-pci", "e1000", "rtl8139", "ne2k_pci", "pcnet", "ne2k_isa"} <= models
+    assert caps["accelerators"]["tcg"]["available"] is True
+    assert caps["accelerators"]["tcg"]["firmware_probe"]["passed"] is True
