@@ -32,10 +32,9 @@ class AppContext:
         return await run_in_threadpool(self._in_unit_of_work, fn)
 
     async def mutate(self, fn: Callable[[Session], T]) -> T:
-        """Run `fn` in its own transaction, then tell the supervisor desired state moved."""
-        result = await run_in_threadpool(self._in_unit_of_work, fn)
-        self.nudger.nudge()
-        return result
+        """Run `fn` in its own transaction (committed when this returns). The caller then
+        announces the change and nudges the supervisor (waiting.settle_response)."""
+        return await run_in_threadpool(self._in_unit_of_work, fn)
 
     async def host(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(fn, *args)

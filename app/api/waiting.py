@@ -67,6 +67,20 @@ async def settle_response(
     wait, and the status code (settled_status once settled, 202 while pending, 204 when a
     waited-for delete finished). Returns the row to present, or the 204 response."""
     mutation_headers(response, collection, row.id, operation)
+    if operation is not None:
+        # announce our own transition (to pending/deleting) before the supervisor can
+        # announce the next one, then wake it
+        ctx.bus.publish(
+            type=f"{operation.resource}.{row.status}",
+            resource=operation.resource,
+            resource_id=row.id,
+            name=row.name,
+            status=row.status,
+            status_reason=row.status_reason,
+            generation=row.generation,
+            observed_generation=row.observed_generation,
+        )
+        ctx.nudger.nudge()
     if wait:
         waited = await wait_until(ctx, row.id, load, resource_settled, wait)
         if waited is None:

@@ -209,6 +209,7 @@ class LinkReconciler:
             OperationRepository(session).finish(spec.id, row.generation, "succeeded", None)
             LinkNameRepository(session).release(spec.id)
             session.delete(row)
+            row.observed_generation = row.generation
             return _event(spec, row, f"{spec.kind.value}.deleted", status="deleted")
         current = row.generation == loaded_generation
         if outcome.ok:

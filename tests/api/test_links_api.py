@@ -213,3 +213,19 @@ def test_capabilities_are_probed(api: TestClient) -> None:
     assert {"virtio-net-pci", "e1000", "rtl8139", "ne2k_pci", "pcnet", "ne2k_isa"} <= models
     assert caps["accelerators"]["tcg"]["available"] is True
     assert caps["accelerators"]["tcg"]["firmware_probe"]["passed"] is True
+
+
+def test_event_stream_replays_every_transition_in_order(api: TestClient) -> None:
+    tap = make_tap(api, "tap1")
+    assert api.delete("/v1/taps/tap1?wait=10").status_code == 204
+    seen: list[tuple[str, str]] = []
+    with api.stream("GET", "/v1/events", headers={"Last-Event-ID": "0"}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                seen.append(("event", line[7:]))
+            if line.startswith("data: "):
+                assert tap["id"] in line
+            if len(seen) == 4:
+                break
+    assert [e for _, e in seen] == ["tap.pending", "tap.active", "tap.deleting", "tap.deleted"]
