@@ -36,8 +36,11 @@ class Event:
 
 
 class _Subscriber:
-    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, maxsize: int, resource_id: str | None
+    ) -> None:
         self.loop = loop
+        self.resource_id = resource_id
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=maxsize)
         self.overflowed = False
 
@@ -57,13 +60,16 @@ class EventBus:
         self._lock = threading.Lock()
         self._history: deque[Event] = deque(maxlen=history)
         self._subscribers: set[_Subscriber] = set()
+        # waiters for one resource: a thousand concurrent ?wait= calls must not each see
+        # every event of the others
+        self._by_resource: dict[str, set[_Subscriber]] = {}
         self._subscriber_queue = subscriber_queue
 
     def publish(self, **fields: Any) -> Event:
         with self._lock:
             event = Event(id=next(self._ids), **fields)
             self._history.append(event)
-            subscribers = list(self._subscribers)
+            subscribers = [*self._subscribers, *self._by_resource.get(event.resource_id, ())]
         for sub in subscribers:
             try:
                 sub.loop.call_soon_threadsafe(sub.offer, event)
@@ -81,11 +87,15 @@ class EventBus:
             return self._history[-1].id if self._history else 0
 
     @contextmanager
-    def subscribe(self) -> Iterator[asyncio.Queue[Event | None]]:
-        """An asyncio queue of events for the current loop; None means 'overflowed'."""
-        sub = _Subscriber(asyncio.get_running_loop(), self._subscriber_queue)
+    def subscribe(self, resource_id: str | None = None) -> Iterator[asyncio.Queue[Event | None]]:
+        """An asyncio queue of events (all, or one resource's) for the current loop; None in
+        the queue means it overflowed and the subscriber should re-read state."""
+        sub = _Subscriber(asyncio.get_running_loop(), self._subscriber_queue, resource_id)
         with self._lock:
-            self._subscribers.add(sub)
+            if resource_id is None:
+                self._subscribers.add(sub)
+            else:
+                self._by_resource.setdefault(resource_id, set()).add(sub)
         try:
             yield sub.queue
         finally:
@@ -93,4 +103,11 @@ class EventBus:
 
     def _discard(self, sub: _Subscriber) -> None:
         with self._lock:
-            self._subscribers.discard(sub)
+            if sub.resource_id is None:
+                self._subscribers.discard(sub)
+                return
+            waiters = self._by_resource.get(sub.resource_id)
+            if waiters is not None:
+                waiters.discard(sub)
+                if not waiters:
+                    del self._by_resource[sub.resource_id]

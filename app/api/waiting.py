@@ -33,7 +33,7 @@ async def wait_until(
     """Re-read via `load` after every event about `resource_id` until `done` (or the row is
     gone, returned as None) or `timeout` passes; returns the last row read."""
     deadline = time.monotonic() + timeout
-    with ctx.bus.subscribe() as events:  # subscribe first: no event can slip past
+    with ctx.bus.subscribe(resource_id) as events:  # subscribe first: no event slips past
         while True:
             row = await ctx.read(load)
             if row is None or done(row):

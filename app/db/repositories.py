@@ -102,12 +102,14 @@ class OperationRepository(Repository[Operation]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Operation)
 
-    def running_for(self, resource_id: str) -> Sequence[Operation]:
-        return self.session.scalars(
-            select(Operation).where(
-                Operation.resource_id == resource_id, Operation.status == "running"
+    def prune(self, finished_before: dt.datetime) -> int:
+        """Forget operations that ended before the given time; returns how many."""
+        result = self.session.execute(
+            delete(Operation).where(
+                Operation.status != "running", Operation.finished_at < finished_before
             )
-        ).all()
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def finish(self, resource_id: str, generation: int, status: str, error: str | None) -> None:
         """Close the running operations of a resource that `generation` satisfies."""

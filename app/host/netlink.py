@@ -126,7 +126,7 @@ class LinkOps:
     # ---- changing --------------------------------------------------------------------------
 
     def create(self, spec: LinkSpec) -> int:
-        """Create the link of `spec` (not yet marked or configured); return its index."""
+        """Create the bare link of `spec`; return its index. Mark it at once with mark()."""
         try:
             if spec.kind is LinkKind.BRIDGE:
                 # the MTU is set afterwards (apply): only an MTU set on an existing bridge
@@ -167,6 +167,13 @@ class LinkOps:
         if index is None:
             raise LinkError(f"{spec.name} vanished right after creation", errno.ENODEV)
         return index
+
+    def mark(self, index: int, name: str, mark: str) -> None:
+        """Put our ownership mark (ifalias) on a link."""
+        try:
+            self.ipr.link("set", index=index, ifalias=mark)
+        except NetlinkError as exc:
+            raise LinkError(f"marking {name}: {exc}", exc.code) from exc
 
     def apply(self, index: int, name: str, changes: LinkChanges) -> None:
         """Apply attribute changes to one link, in an order that cannot fail halfway usefully:

@@ -7,6 +7,7 @@ Scopes: `dirty` (rows the API changed), `names` (links netlink told us about) an
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import logging
 from collections.abc import Iterable
@@ -40,6 +41,7 @@ from app.host.netlink import LinkError, LinkOps
 
 log = logging.getLogger(__name__)
 
+OPERATION_RETENTION = dt.timedelta(days=1)
 DUMP_THRESHOLD = 32  # above this many links to look at, one dump beats per-link gets
 TRANSIENT_ATTEMPTS_BEFORE_ERROR = 5
 
@@ -62,6 +64,7 @@ class Outcome:
     ifindex: int | None = None
     mac: str | None = None
     master_index: int | None = None
+    create_failed: bool = False  # our create call failed: whatever holds the name is not ours
 
 
 class LinkReconciler:
@@ -91,6 +94,8 @@ class LinkReconciler:
         specs = [s for s in specs if self.backoff.due(s.id) or scope is Scope.FULL]
         if not specs and scope is not Scope.FULL:
             return 0
+        if scope is Scope.FULL:
+            self._prune_operations()
         actions = self._plan(scope, specs)
         self._journal_create_intents(actions)
         outcomes = [self._execute(action) for action in actions]
@@ -110,6 +115,13 @@ class LinkReconciler:
             if index is not None:
                 masters[index] = bridge
         return [plan_link(spec, self.ops.get(spec.name), masters) for spec in specs]
+
+    def _prune_operations(self) -> None:
+        cutoff = dt.datetime.now(dt.UTC) - OPERATION_RETENTION
+        with self.db.unit_of_work() as session:
+            pruned = OperationRepository(session).prune(cutoff)
+        if pruned:
+            log.info("forgot %d operations that ended before %s", pruned, cutoff.isoformat())
 
     def _journal_create_intents(self, actions: list[Action]) -> None:
         """Commit 'about to create' before creating, so a crash in between is adoptable."""
@@ -152,7 +164,19 @@ class LinkReconciler:
                 log.info("re-creating %s: %s", spec.name, action.reason)
                 self.ops.delete(link.index, link.name)
             if action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
-                index = self.ops.create(spec)
+                try:
+                    index = self.ops.create(spec)
+                except LinkError as exc:
+                    return Outcome(
+                        spec,
+                        action.kind,
+                        ok=False,
+                        reason=str(exc),
+                        transient=exc.transient,
+                        create_failed=True,
+                    )
+                # marked first and alone: the create-intent journal covers a crash until here
+                self.ops.mark(index, spec.name, spec.mark)
                 self.ops.apply(index, spec.name, changes_for_new_link(spec))
             else:
                 assert link is not None
@@ -212,6 +236,8 @@ class LinkReconciler:
             row.observed_generation = row.generation
             return _event(spec, row, f"{spec.kind.value}.deleted", status="deleted")
         current = row.generation == loaded_generation
+        if outcome.create_failed:
+            row.create_intent = False
         if outcome.ok:
             self.backoff.succeeded(spec.id)
             drift = (

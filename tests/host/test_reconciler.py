@@ -1,0 +1,162 @@
+"""The link reconciler against a real kernel namespace and a real SQLite database.
+
+Covers what the planner's unit tests cannot: ioctl/netlink effects, the create-intent journal
+(a crash between create and mark), foreign links, orphans and re-creation of tap flags.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from app.bus import EventBus
+from app.db.migrate import upgrade
+from app.db.models import Bridge, LinkName, Tap, new_id
+from app.db.session import Database
+from app.domain.retry import Backoff
+from app.host.netlink import LinkOps
+from app.host.netns import enter_for_this_thread
+from app.supervisor.links import LinkReconciler, Scope
+from tests.kernel import ip, links
+
+T = TypeVar("T")
+
+
+def in_netns(ns: str, fn: Callable[[], T]) -> T:
+    """Run `fn` on a thread that entered `ns` (pyroute2 sockets and tap ioctls are per-thread)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            enter_for_this_thread(ns)
+            result.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'kvmnetd.db'}")
+    upgrade(database.url)
+    yield database
+    database.dispose()
+
+
+def add_tap(db: Database, name: str, **fields: object) -> str:
+    tap_id = new_id()
+    with db.unit_of_work() as s:
+        s.add(LinkName(name=name, resource="tap", resource_id=tap_id))
+        s.add(Tap(id=tap_id, name=name, **{"addresses": [], **fields}))
+    return tap_id
+
+
+def add_bridge(db: Database, name: str, **fields: object) -> str:
+    bridge_id = new_id()
+    with db.unit_of_work() as s:
+        s.add(LinkName(name=name, resource="bridge", resource_id=bridge_id))
+        s.add(Bridge(id=bridge_id, name=name, **{"addresses": [], **fields}))
+    return bridge_id
+
+
+def full_pass(db: Database, ns: str, bus: EventBus | None = None) -> None:
+    def run() -> None:
+        with LinkOps() as ops:
+            LinkReconciler(db, bus or EventBus(), ops, Backoff(time.monotonic)).run(Scope.FULL)
+
+    in_netns(ns, run)
+
+
+def tap_row(db: Database, tap_id: str) -> Tap:
+    with db.unit_of_work() as s:
+        row = s.get(Tap, tap_id)
+        assert row is not None
+        return row
+
+
+def test_create_then_nothing_to_do(db: Database, netns: str) -> None:
+    bridge_id = add_bridge(db, "br0", addresses=["10.0.0.1/24"])
+    tap_id = add_tap(db, "tap1", bridge_id=bridge_id, owner_uid=65534, vnet_hdr=True)
+    full_pass(db, netns)
+    kernel = links(netns)
+    assert kernel["tap1"].master == "br0"
+    assert kernel["tap1"].info["IFLA_TUN_VNET_HDR"] == 1
+    assert kernel["br0"].addresses[0] == "10.0.0.1/24"
+    row = tap_row(db, tap_id)
+    assert (row.status, row.observed_generation, row.create_intent) == ("active", 1, False)
+    bus = EventBus()
+    full_pass(db, netns, bus)  # a second pass changes nothing and says nothing
+    assert links(netns)["tap1"].index == kernel["tap1"].index
+    assert bus.last_id == 0
+
+
+def test_interrupted_create_is_adopted(db: Database, netns: str) -> None:
+    """The daemon died after creating the tap but before marking it: the journal proves
+    the link is ours, so it is adopted (same ifindex), not reported as foreign."""
+    tap_id = add_tap(db, "tap1", create_intent=True)
+    ip(netns, "tuntap", "add", "dev", "tap1", "mode", "tap")
+    before = links(netns)["tap1"]
+    assert before.alias is None
+    full_pass(db, netns)
+    after = links(netns)["tap1"]
+    assert after.index == before.index
+    assert after.alias == f"kvmnetd:tap:{tap_id}"
+    assert after.up
+    assert tap_row(db, tap_id).status == "active"
+
+
+def test_foreign_link_is_left_alone_and_reported(db: Database, netns: str) -> None:
+    ip(netns, "link", "add", "tap1", "type", "bridge")
+    before = links(netns)["tap1"]
+    tap_id = add_tap(db, "tap1")
+    full_pass(db, netns)
+    after = links(netns)["tap1"]
+    assert (after.index, after.kind, after.alias, after.up) == (before.index, "bridge", None, False)
+    row = tap_row(db, tap_id)
+    assert row.status == "error"
+    assert row.status_reason is not None and "not managed by kvmnetd" in row.status_reason
+    assert not row.create_intent
+    ip(netns, "link", "del", "tap1")
+    full_pass(db, netns)  # the name is free now: the next resync creates ours
+    assert links(netns)["tap1"].alias == f"kvmnetd:tap:{tap_id}"
+    assert tap_row(db, tap_id).status == "active"
+
+
+def test_orphans_are_swept_foreign_links_survive(db: Database, netns: str) -> None:
+    ip(netns, "tuntap", "add", "dev", "orphan1", "mode", "tap")
+    ip(netns, "link", "set", "orphan1", "alias", f"kvmnetd:tap:{new_id()}")
+    ip(netns, "link", "add", "foreign0", "type", "bridge")
+    ip(netns, "link", "set", "foreign0", "alias", "uplink bridge")
+    ip(netns, "tuntap", "add", "dev", "plain0", "mode", "tap")
+    full_pass(db, netns)
+    kernel = links(netns)
+    assert "orphan1" not in kernel
+    assert kernel["foreign0"].alias == "uplink bridge"
+    assert "plain0" in kernel
+
+
+def test_changing_a_creation_only_flag_recreates_the_tap(db: Database, netns: str) -> None:
+    tap_id = add_tap(db, "tap1")
+    full_pass(db, netns)
+    assert links(netns)["tap1"].info["IFLA_TUN_MULTI_QUEUE"] == 0
+    with db.unit_of_work() as s:
+        row = s.get(Tap, tap_id)
+        assert row is not None
+        row.multi_queue = True
+        row.generation += 1
+        row.status = "pending"
+    full_pass(db, netns)
+    assert links(netns)["tap1"].info["IFLA_TUN_MULTI_QUEUE"] == 1
+    assert tap_row(db, tap_id).observed_generation == 2
