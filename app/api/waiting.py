@@ -70,16 +70,7 @@ async def settle_response(
     if operation is not None:
         # announce our own transition (to pending/deleting) before the supervisor can
         # announce the next one, then wake it
-        ctx.bus.publish(
-            type=f"{operation.resource}.{row.status}",
-            resource=operation.resource,
-            resource_id=row.id,
-            name=row.name,
-            status=row.status,
-            status_reason=row.status_reason,
-            generation=row.generation,
-            observed_generation=row.observed_generation,
-        )
+        ctx.bus.publish(**row.event_fields(operation.resource))
         ctx.nudger.nudge()
     if wait:
         waited = await wait_until(ctx, row.id, load, resource_settled, wait)

@@ -58,6 +58,22 @@ class ResourceColumns:
     generation: Mapped[int] = mapped_column(Integer, default=1)
     observed_generation: Mapped[int] = mapped_column(Integer, default=0)
 
+    def event_fields(
+        self, resource: str, what: str | None = None, **override: Any
+    ) -> dict[str, Any]:
+        """The fields of an event about this row: type `<resource>.<what or status>`."""
+        return {
+            "type": f"{resource}.{what or self.status}",
+            "resource": resource,
+            "resource_id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "status_reason": self.status_reason,
+            "generation": self.generation,
+            "observed_generation": self.observed_generation,
+            **override,
+        }
+
 
 class LinkColumns(ResourceColumns):
     """Columns of resources that are one kernel link."""

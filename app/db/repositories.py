@@ -6,6 +6,7 @@ import base64
 import binascii
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Generic, TypeVar
 
 from sqlalchemy import delete, or_, select, tuple_, update
@@ -125,28 +126,21 @@ class OperationRepository(Repository[Operation]):
 
 
 def _link_spec(row: Bridge | Tap, bridge_names: dict[str, str]) -> LinkSpec:
-    if isinstance(row, Bridge):
-        return LinkSpec(
-            id=row.id,
-            kind=LinkKind.BRIDGE,
-            name=row.name,
-            mtu=row.mtu,
-            mac=row.mac,
-            addresses=tuple(row.addresses),
-            deleted=row.deleted,
-            create_intent=row.create_intent,
-            stp=row.stp,
-            forward_delay_cs=row.forward_delay_cs,
-        )
-    return LinkSpec(
+    common = LinkSpec(
         id=row.id,
-        kind=LinkKind.TAP,
+        kind=LinkKind.BRIDGE,
         name=row.name,
         mtu=row.mtu,
         mac=row.mac,
         addresses=tuple(row.addresses),
         deleted=row.deleted,
         create_intent=row.create_intent,
+    )
+    if isinstance(row, Bridge):
+        return replace(common, stp=row.stp, forward_delay_cs=row.forward_delay_cs)
+    return replace(
+        common,
+        kind=LinkKind.TAP,
         master=bridge_names.get(row.bridge_id) if row.bridge_id else None,
         owner_uid=row.owner_uid,
         owner_gid=row.owner_gid,

@@ -217,6 +217,7 @@ class LinkReconciler:
     def _record(
         self, session: Session, scope: Scope, outcome: Outcome, loaded_generation: int
     ) -> dict[str, object] | None:
+        """Write one outcome onto its row; return the event to publish, if anything changed."""
         spec = outcome.spec
         row: Bridge | Tap | None = (
             session.get(Bridge, spec.id)
@@ -225,76 +226,72 @@ class LinkReconciler:
         )
         if row is None:
             return None
-        before = (row.status, row.status_reason, row.observed_generation)
         if outcome.ok and outcome.action in (ActionKind.DELETE, ActionKind.FORGET):
-            if not row.deleted:  # undeleted meanwhile: impossible today, but never lose it
-                return None
-            self.backoff.succeeded(spec.id)
-            OperationRepository(session).finish(spec.id, row.generation, "succeeded", None)
-            LinkNameRepository(session).release(spec.id)
-            session.delete(row)
-            row.observed_generation = row.generation
-            return _event(spec, row, f"{spec.kind.value}.deleted", status="deleted")
-        current = row.generation == loaded_generation
+            return self._record_gone(session, row, spec)
+        before = (row.status, row.status_reason, row.observed_generation)
         if outcome.create_failed:
             row.create_intent = False
         if outcome.ok:
-            self.backoff.succeeded(spec.id)
-            drift = (
-                scope is not Scope.DIRTY
-                and row.status == Status.ACTIVE.value
-                and row.observed_generation == row.generation
-                and outcome.action is not ActionKind.SETTLED
-            )
-            row.create_intent = False
-            row.observed_ifindex = outcome.ifindex
-            row.observed_mac = outcome.mac
-            row.observed_generation = loaded_generation
-            if row.deleted:
-                row.status = Status.DELETING.value
-            else:
-                row.status = Status.ACTIVE.value if current else Status.PENDING.value
-                row.status_reason = None
-            if current:
-                OperationRepository(session).finish(spec.id, loaded_generation, "succeeded", None)
-            if drift:
-                return _event(
-                    spec,
-                    row,
-                    f"{spec.kind.value}.drift_repaired",
-                    reason=f"{outcome.action.value}: the kernel had drifted from the desired state",
-                )
-        elif outcome.transient and self.backoff.attempts(spec.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
-            delay = self.backoff.failed(spec.id)
-            row.status_reason = f"retrying in {delay:.1f}s: {outcome.reason}"
+            drift_event = self._record_success(session, scope, row, outcome, loaded_generation)
+            if drift_event is not None:
+                return drift_event
         else:
-            self.backoff.succeeded(spec.id)  # permanent: retried at the next full resync
-            row.observed_generation = loaded_generation
-            row.status = Status.DELETING.value if row.deleted else Status.ERROR.value
-            row.status_reason = outcome.reason
-            if current and not row.deleted:
-                OperationRepository(session).finish(
-                    spec.id, loaded_generation, "failed", outcome.reason
-                )
+            self._record_failure(session, row, outcome, loaded_generation)
         if (row.status, row.status_reason, row.observed_generation) == before:
             return None
-        return _event(spec, row, f"{spec.kind.value}.{row.status}")
+        return row.event_fields(spec.kind.value)
 
+    def _record_gone(
+        self, session: Session, row: Bridge | Tap, spec: LinkSpec
+    ) -> dict[str, object] | None:
+        if not row.deleted:  # undeleted meanwhile: impossible today, but never lose it
+            return None
+        self.backoff.succeeded(spec.id)
+        OperationRepository(session).finish(spec.id, row.generation, "succeeded", None)
+        LinkNameRepository(session).release(spec.id)
+        session.delete(row)
+        return row.event_fields(
+            spec.kind.value, "deleted", status="deleted", observed_generation=row.generation
+        )
 
-def _event(
-    spec: LinkSpec,
-    row: Bridge | Tap,
-    type_: str,
-    status: str | None = None,
-    reason: str | None = None,
-) -> dict[str, object]:
-    return dict(
-        type=type_,
-        resource=spec.kind.value,
-        resource_id=spec.id,
-        name=spec.name,
-        status=status or row.status,
-        status_reason=reason or row.status_reason,
-        generation=row.generation,
-        observed_generation=row.observed_generation,
-    )
+    def _record_success(
+        self, session: Session, scope: Scope, row: Bridge | Tap, outcome: Outcome, loaded: int
+    ) -> dict[str, object] | None:
+        """Returns a drift_repaired event when a settled resource had to be fixed."""
+        self.backoff.succeeded(row.id)
+        drift = (
+            scope is not Scope.DIRTY
+            and row.status == Status.ACTIVE.value
+            and row.observed_generation == row.generation
+            and outcome.action is not ActionKind.SETTLED
+        )
+        current = row.generation == loaded
+        row.create_intent = False
+        row.observed_ifindex = outcome.ifindex
+        row.observed_mac = outcome.mac
+        row.observed_generation = loaded
+        if row.deleted:
+            row.status = Status.DELETING.value
+        else:
+            row.status = Status.ACTIVE.value if current else Status.PENDING.value
+            row.status_reason = None
+        if current:
+            OperationRepository(session).finish(row.id, loaded, "succeeded", None)
+        if not drift:
+            return None
+        reason = f"{outcome.action.value}: the kernel had drifted from the desired state"
+        return row.event_fields(outcome.spec.kind.value, "drift_repaired", status_reason=reason)
+
+    def _record_failure(
+        self, session: Session, row: Bridge | Tap, outcome: Outcome, loaded: int
+    ) -> None:
+        if outcome.transient and self.backoff.attempts(row.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
+            delay = self.backoff.failed(row.id)
+            row.status_reason = f"retrying in {delay:.1f}s: {outcome.reason}"
+            return
+        self.backoff.succeeded(row.id)  # permanent: retried at the next full resync
+        row.observed_generation = loaded
+        row.status = Status.DELETING.value if row.deleted else Status.ERROR.value
+        row.status_reason = outcome.reason
+        if row.generation == loaded and not row.deleted:
+            OperationRepository(session).finish(row.id, loaded, "failed", outcome.reason)
