@@ -50,9 +50,6 @@ class Repository(Generic[M]):
         self.session.add(row)
         return row
 
-    def delete(self, row: M) -> None:
-        self.session.delete(row)
-
 
 class ResourceRepository(Repository[R]):
     """Bridges and taps: lookup by id or name, keyset paging in creation order."""

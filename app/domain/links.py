@@ -129,13 +129,6 @@ class Action:
     changes: LinkChanges = field(default_factory=LinkChanges)
     reason: str = ""
 
-    @property
-    def resource_id(self) -> str | None:
-        if self.spec is not None:
-            return self.spec.id
-        owner = self.observed.owner if self.observed else None
-        return owner[1] if owner else None
-
 
 def _managed_addresses(addresses: Iterable[str]) -> set[str]:
     """Addresses we manage: everything but IPv6 link-local, which the kernel owns."""
