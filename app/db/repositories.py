@@ -6,7 +6,7 @@ import base64
 import binascii
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from sqlalchemy import delete, or_, select, tuple_, update
@@ -170,14 +170,35 @@ def _link_rows(
     return session.scalars(query).all()
 
 
+@dataclass(frozen=True)
+class ObservedState:
+    """What a row said about the kernel when a pass loaded it."""
+
+    generation: int
+    observed_generation: int
+    status: str
+    ifindex: int | None
+    mac: str | None
+
+    @classmethod
+    def of(cls, row: Bridge | Tap) -> ObservedState:
+        return cls(
+            row.generation,
+            row.observed_generation,
+            row.status,
+            row.observed_ifindex,
+            row.observed_mac,
+        )
+
+
 def load_link_specs(
     session: Session,
     dirty_only: bool = False,
     names: list[str] | None = None,
     also_ids: list[str] | None = None,
-) -> tuple[list[LinkSpec], dict[str, int]]:
+) -> tuple[list[LinkSpec], dict[str, ObservedState]]:
     """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
-    named), with the generation each was loaded at."""
+    named), with the state each row was in when loaded."""
     bridge_names = {
         row_id: name for row_id, name in session.execute(select(Bridge.id, Bridge.name))
     }
@@ -186,4 +207,13 @@ def load_link_specs(
         *_link_rows(session, Tap, dirty_only, names, also_ids),
     ]
     specs = [_link_spec(row, bridge_names) for row in rows]
-    return specs, {row.id: row.generation for row in rows}
+    return specs, {row.id: ObservedState.of(row) for row in rows}
+
+
+def link_rows(session: Session, ids: list[str]) -> dict[str, Bridge | Tap]:
+    """Bridge and tap rows by id, two queries whatever the count."""
+    rows: dict[str, Bridge | Tap] = {
+        b.id: b for b in session.scalars(select(Bridge).where(Bridge.id.in_(ids)))
+    }
+    rows.update({t.id: t for t in session.scalars(select(Tap).where(Tap.id.in_(ids)))})
+    return rows

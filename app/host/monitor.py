@@ -1,8 +1,8 @@
 """Netlink link notifications: tells the supervisor the moment a link changes or vanishes.
 
 A plain AF_NETLINK socket subscribed to RTMGRP_LINK, read with select() (so stop() is
-prompt) and parsed with pyroute2's rtnl marshal. pyroute2's own socket buffers messages
-internally, which hides them from select(); reading the raw socket avoids that.
+prompt) and decoded by app.host.rtnl. pyroute2's own socket buffers messages internally,
+which hides them from select(), and its full decoder cost ~0.4 ms per notification.
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ import select
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from pyroute2.netlink.rtnl import RTMGRP_LINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from app.host import rtnl
 from app.host.netns import enter_for_this_thread
 
 log = logging.getLogger(__name__)
 
-IFF_UP = 0x1
 NETLINK_ROUTE = 0
 RECV_BUFFER = 1 << 20
 
@@ -39,7 +37,6 @@ class LinkMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
-        self._marshal = MarshalRtnl()
         self.overruns = 0
 
     def start(self) -> None:
@@ -80,23 +77,10 @@ class LinkMonitor:
                 log.warning("link notifications lost (%s); relying on the next resync", exc)
                 continue
             try:
-                for msg in self._marshal.parse(data):
-                    self._dispatch(msg)
+                for link in rtnl.parse_messages(data):
+                    if link.name:
+                        self._handler(
+                            link.event, link.name, link.alias, link.master, link.up, link.mtu
+                        )
             except Exception:  # keep watching; the periodic resync is the safety net
                 log.exception("could not handle a link notification")
-
-    def _dispatch(self, msg: Any) -> None:
-        event = msg.get("event")
-        if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
-            return
-        name = msg.get_attr("IFLA_IFNAME")
-        if not name:
-            return
-        self._handler(
-            "del" if event == "RTM_DELLINK" else "new",
-            name,
-            msg.get_attr("IFLA_IFALIAS"),
-            msg.get_attr("IFLA_MASTER") or None,
-            bool(msg["flags"] & IFF_UP),
-            msg.get_attr("IFLA_MTU"),
-        )

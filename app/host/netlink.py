@@ -1,7 +1,8 @@
 """Kernel links through netlink (pyroute2 IPRoute): read observed links, apply planned changes.
 
 Every call is idempotent in effect and explicit about EEXIST/ENODEV. A `LinkOps` instance
-owns one netlink socket and must be used from one thread at a time.
+owns one pyroute2 socket (bound to the thread that made it) for changes; reads of links go
+through app.host.rtnl, which decodes only what the planner needs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import socket
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -17,12 +19,10 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, ObservedLink
+from app.host import rtnl
+from app.host.rtnl import RawLink
 
 log = logging.getLogger(__name__)
-
-IFF_UP = 0x1
-AF_INET = 2
-AF_INET6 = 10
 
 
 class LinkError(Exception):
@@ -39,50 +39,44 @@ class LinkError(Exception):
         return self.code in self.TRANSIENT
 
 
-def _attr(msg: Any, name: str) -> Any:
-    return msg.get_attr(name)
-
-
-def observed_from_msg(msg: Any, addresses: Iterable[str] = ()) -> ObservedLink:
-    """Convert one RTM_NEWLINK message into an ObservedLink."""
-    info = _attr(msg, "IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info else None
-    data = info.get_attr("IFLA_INFO_DATA") if info else None
+def observed(link: RawLink, addresses: Iterable[str] = ()) -> ObservedLink:
+    """The planner's view of one link."""
     fields: dict[str, Any] = {}
-    if data is not None and kind == "bridge":
-        fields["stp"] = bool(data.get_attr("IFLA_BR_STP_STATE"))
-        fields["forward_delay_cs"] = data.get_attr("IFLA_BR_FORWARD_DELAY")
-    elif data is not None and kind == "tun":
-        fields["tun_type"] = data.get_attr("IFLA_TUN_TYPE")
-        fields["tun_owner"] = data.get_attr("IFLA_TUN_OWNER")
-        fields["tun_group"] = data.get_attr("IFLA_TUN_GROUP")
-        fields["tun_multi_queue"] = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE"))
-        fields["tun_vnet_hdr"] = bool(data.get_attr("IFLA_TUN_VNET_HDR"))
+    if link.kind == "bridge":
+        stp = link.info_u32(rtnl.IFLA_BR_STP_STATE)
+        fields["stp"] = bool(stp) if stp is not None else None
+        fields["forward_delay_cs"] = link.info_u32(rtnl.IFLA_BR_FORWARD_DELAY)
+    elif link.kind == "tun":
+        fields["tun_type"] = link.info_u8(rtnl.IFLA_TUN_TYPE)
+        fields["tun_owner"] = link.info_u32(rtnl.IFLA_TUN_OWNER)
+        fields["tun_group"] = link.info_u32(rtnl.IFLA_TUN_GROUP)
+        fields["tun_multi_queue"] = bool(link.info_u8(rtnl.IFLA_TUN_MULTI_QUEUE))
+        fields["tun_vnet_hdr"] = bool(link.info_u8(rtnl.IFLA_TUN_VNET_HDR))
     return ObservedLink(
-        index=msg["index"],
-        name=_attr(msg, "IFLA_IFNAME"),
-        kind=kind,
-        alias=_attr(msg, "IFLA_IFALIAS"),
-        mtu=_attr(msg, "IFLA_MTU") or 0,
-        mac=_attr(msg, "IFLA_ADDRESS"),
-        up=bool(msg["flags"] & IFF_UP),
-        master_index=_attr(msg, "IFLA_MASTER") or None,
+        index=link.index,
+        name=link.name or "",
+        kind=link.kind,
+        alias=link.alias,
+        mtu=link.mtu or 0,
+        mac=link.mac,
+        up=link.up,
+        master_index=link.master,
         addresses=tuple(addresses),
         **fields,
     )
 
 
 def _cidr(msg: Any) -> str:
-    address = _attr(msg, "IFA_LOCAL") or _attr(msg, "IFA_ADDRESS")
+    address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
     return f"{address}/{msg['prefixlen']}"
 
 
 class LinkOps:
-    """Reads and changes links in one network namespace (None: the current one)."""
+    """Reads and changes links in the calling thread's network namespace (threads that
+    serve another namespace enter it first: app.host.netns)."""
 
-    def __init__(self, netns: str | None = None) -> None:
-        self.netns = netns
-        self.ipr = IPRoute(netns=netns) if netns else IPRoute()
+    def __init__(self) -> None:
+        self.ipr = IPRoute()
 
     def close(self) -> None:
         self.ipr.close()
@@ -104,24 +98,25 @@ class LinkOps:
     def dump(self) -> list[ObservedLink]:
         """Every link of the namespace with its addresses: one link and one address dump."""
         addresses = self.addresses_by_index()
-        return [
-            observed_from_msg(msg, addresses.get(msg["index"], ())) for msg in self.ipr.link("dump")
-        ]
+        return [observed(link, addresses.get(link.index, ())) for link in rtnl.dump_links()]
 
-    def get(self, name: str) -> ObservedLink | None:
+    def get(self, name: str, addresses: dict[int, list[str]] | None = None) -> ObservedLink | None:
+        """One link by name; pass `addresses` (addresses_by_index) when reading many."""
         try:
-            (msg,) = self.ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return None
-            raise LinkError(f"reading link {name}: {exc}", exc.code) from exc
-        index = msg["index"]
-        addrs = [_cidr(a) for a in self.ipr.addr("dump") if a["index"] == index]
-        return observed_from_msg(msg, addrs)
+            link = rtnl.get_link(name)
+        except OSError as exc:
+            raise LinkError(f"reading link {name}: {exc}", exc.errno) from exc
+        if link is None:
+            return None
+        if addresses is None:
+            addresses = self.addresses_by_index()
+        return observed(link, addresses.get(link.index, ()))
 
     def index_of(self, name: str) -> int | None:
-        found = self.ipr.link_lookup(ifname=name)
-        return found[0] if found else None
+        try:
+            return socket.if_nametoindex(name)
+        except OSError:
+            return None
 
     # ---- changing --------------------------------------------------------------------------
 

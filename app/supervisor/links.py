@@ -21,14 +21,15 @@ from app.db.models import Bridge, Tap
 from app.db.repositories import (
     LINK_MODELS,
     LinkNameRepository,
+    ObservedState,
     OperationRepository,
+    link_rows,
     load_link_specs,
 )
 from app.db.session import Database
 from app.domain.links import (
     Action,
     ActionKind,
-    LinkKind,
     LinkSpec,
     ObservedLink,
     changes_for_new_link,
@@ -42,7 +43,7 @@ from app.host.netlink import LinkError, LinkOps
 log = logging.getLogger(__name__)
 
 OPERATION_RETENTION = dt.timedelta(days=1)
-DUMP_THRESHOLD = 32  # above this many links to look at, one dump beats per-link gets
+DUMP_THRESHOLD = 256  # above this many links to look at, one dump beats per-link gets
 TRANSIENT_ATTEMPTS_BEFORE_ERROR = 5
 
 
@@ -63,7 +64,6 @@ class Outcome:
     transient: bool = False
     ifindex: int | None = None
     mac: str | None = None
-    master_index: int | None = None
     create_failed: bool = False  # our create call failed: whatever holds the name is not ours
 
 
@@ -83,13 +83,13 @@ class LinkReconciler:
         """One pass; returns how many resources it changed or reported on."""
         retry_ids = self.backoff.due_keys() if scope is Scope.DIRTY else []
         with self.db.unit_of_work() as session:
-            specs, generations = load_link_specs(
+            specs, states = load_link_specs(
                 session,
                 dirty_only=scope is Scope.DIRTY,
                 names=list(names) if scope is Scope.NAMES else None,
                 also_ids=retry_ids,
             )
-        for gone in set(retry_ids) - generations.keys():
+        for gone in set(retry_ids) - states.keys():
             self.backoff.succeeded(gone)
         specs = [s for s in specs if self.backoff.due(s.id) or scope is Scope.FULL]
         if not specs and scope is not Scope.FULL:
@@ -99,7 +99,7 @@ class LinkReconciler:
         actions = self._plan(scope, specs)
         self._journal_create_intents(actions)
         outcomes = [self._execute(action) for action in actions]
-        return self._write_back(scope, outcomes, generations)
+        return self._write_back(scope, outcomes, states)
 
     # ---- planning --------------------------------------------------------------------------
 
@@ -114,7 +114,8 @@ class LinkReconciler:
             index = self.ops.index_of(bridge)
             if index is not None:
                 masters[index] = bridge
-        return [plan_link(spec, self.ops.get(spec.name), masters) for spec in specs]
+        addresses = self.ops.addresses_by_index()
+        return [plan_link(spec, self.ops.get(spec.name, addresses), masters) for spec in specs]
 
     def _prune_operations(self) -> None:
         cutoff = dt.datetime.now(dt.UTC) - OPERATION_RETENTION
@@ -183,7 +184,8 @@ class LinkReconciler:
                 index = link.index
                 if not action.changes.empty():
                     self.ops.apply(index, spec.name, action.changes)
-            fresh = self.ops.get(spec.name) if action.kind is not ActionKind.SETTLED else link
+            # re-read the link itself (index, MAC, master, MTU); addresses are not recorded
+            fresh = link if action.kind is ActionKind.SETTLED else self.ops.get(spec.name, {})
             return self._settled(spec, action.kind, fresh)
         except LinkError as exc:
             if spec is None:
@@ -200,14 +202,20 @@ class LinkReconciler:
     # ---- writing back ----------------------------------------------------------------------
 
     def _write_back(
-        self, scope: Scope, outcomes: list[Outcome | None], generations: dict[str, int]
+        self, scope: Scope, outcomes: list[Outcome | None], states: dict[str, ObservedState]
     ) -> int:
+        """Record what changed in one transaction (a quiet pass writes nothing), then publish."""
+        changed = [o for o in outcomes if o is not None and not _nothing_new(o, states[o.spec.id])]
+        if not changed:
+            return 0
         events: list[dict[str, object]] = []
         with self.db.unit_of_work() as session:
-            for outcome in outcomes:
-                if outcome is None:
+            rows = link_rows(session, [o.spec.id for o in changed])
+            for outcome in changed:
+                row = rows.get(outcome.spec.id)
+                if row is None:  # deleted meanwhile by another pass: nothing to record
                     continue
-                event = self._record(session, scope, outcome, generations[outcome.spec.id])
+                event = self._record(session, scope, row, outcome, states[row.id].generation)
                 if event is not None:
                     events.append(event)
         for event in events:
@@ -215,19 +223,16 @@ class LinkReconciler:
         return len(events)
 
     def _record(
-        self, session: Session, scope: Scope, outcome: Outcome, loaded_generation: int
+        self,
+        session: Session,
+        scope: Scope,
+        row: Bridge | Tap,
+        outcome: Outcome,
+        loaded_generation: int,
     ) -> dict[str, object] | None:
         """Write one outcome onto its row; return the event to publish, if anything changed."""
-        spec = outcome.spec
-        row: Bridge | Tap | None = (
-            session.get(Bridge, spec.id)
-            if spec.kind is LinkKind.BRIDGE
-            else session.get(Tap, spec.id)
-        )
-        if row is None:
-            return None
         if outcome.ok and outcome.action in (ActionKind.DELETE, ActionKind.FORGET):
-            return self._record_gone(session, row, spec)
+            return self._record_gone(session, row, outcome.spec)
         before = (row.status, row.status_reason, row.observed_generation)
         if outcome.create_failed:
             row.create_intent = False
@@ -239,7 +244,7 @@ class LinkReconciler:
             self._record_failure(session, row, outcome, loaded_generation)
         if (row.status, row.status_reason, row.observed_generation) == before:
             return None
-        return row.event_fields(spec.kind.value)
+        return row.event_fields(outcome.spec.kind.value)
 
     def _record_gone(
         self, session: Session, row: Bridge | Tap, spec: LinkSpec
@@ -266,6 +271,7 @@ class LinkReconciler:
             and outcome.action is not ActionKind.SETTLED
         )
         current = row.generation == loaded
+        newly_applied = row.observed_generation != loaded or row.status != Status.ACTIVE.value
         row.create_intent = False
         row.observed_ifindex = outcome.ifindex
         row.observed_mac = outcome.mac
@@ -275,7 +281,7 @@ class LinkReconciler:
         else:
             row.status = Status.ACTIVE.value if current else Status.PENDING.value
             row.status_reason = None
-        if current:
+        if current and newly_applied:
             OperationRepository(session).finish(row.id, loaded, "succeeded", None)
         if not drift:
             return None
@@ -290,8 +296,20 @@ class LinkReconciler:
             row.status_reason = f"retrying in {delay:.1f}s: {outcome.reason}"
             return
         self.backoff.succeeded(row.id)  # permanent: retried at the next full resync
+        newly_failed = row.observed_generation != loaded or row.status != Status.ERROR.value
         row.observed_generation = loaded
         row.status = Status.DELETING.value if row.deleted else Status.ERROR.value
         row.status_reason = outcome.reason
-        if row.generation == loaded and not row.deleted:
+        if row.generation == loaded and not row.deleted and newly_failed:
             OperationRepository(session).finish(row.id, loaded, "failed", outcome.reason)
+
+
+def _nothing_new(outcome: Outcome, state: ObservedState) -> bool:
+    """A settled link whose row already says exactly this needs no write."""
+    return (
+        outcome.ok
+        and outcome.action is ActionKind.SETTLED
+        and state.status == Status.ACTIVE.value
+        and state.observed_generation == state.generation
+        and (state.ifindex, state.mac) == (outcome.ifindex, outcome.mac)
+    )
