@@ -53,9 +53,31 @@ def _try_link(ipr: IPRoute, **kwargs: Any) -> tuple[bool, str | None]:
         return False, str(exc)
 
 
+PROBE_NETNS_PREFIX = "kvmnetd-probe-"
+NETNS_DIR = Path("/run/netns")
+
+
+def _sweep_stale_probe_namespaces() -> None:
+    """Remove probe namespaces left by a daemon killed mid-probe (their pid is gone)."""
+    if not NETNS_DIR.is_dir():
+        return
+    for entry in NETNS_DIR.iterdir():
+        pid_text = entry.name.removeprefix(PROBE_NETNS_PREFIX).split("-", 1)[0]
+        if not entry.name.startswith(PROBE_NETNS_PREFIX) or not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            log.info("removing stale probe namespace %s", entry.name)
+            netns.remove(entry.name)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 def probe_link_features() -> dict[str, dict[str, Any]]:
     """Create each link kind in a private namespace; report what the kernel accepted."""
-    name = f"kvmnetd-probe-{uuid.uuid4().hex[:8]}"
+    _sweep_stale_probe_namespaces()
+    name = f"{PROBE_NETNS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     results: dict[str, dict[str, Any]] = {}
     netns.create(name)
     try:
