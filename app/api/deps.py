@@ -29,7 +29,7 @@ class AppContext:
     is_ready: Callable[[], bool]
 
     async def read(self, fn: Callable[[Session], T]) -> T:
-        return await run_in_threadpool(self._in_unit_of_work, fn)
+        return await run_in_threadpool(self._reading, fn)
 
     async def mutate(self, fn: Callable[[Session], T]) -> T:
         """Run `fn` in its own transaction (committed when this returns). The caller then
@@ -41,6 +41,10 @@ class AppContext:
 
     def _in_unit_of_work(self, fn: Callable[[Session], T]) -> T:
         with self.db.unit_of_work() as session:
+            return fn(session)
+
+    def _reading(self, fn: Callable[[Session], T]) -> T:
+        with self.db.reading() as session:
             return fn(session)
 
 

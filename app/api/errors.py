@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -63,6 +64,16 @@ def install_error_handlers(app: FastAPI) -> None:
             request_id=_request_id(request),
             instance=request.url.path,
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(request: Request, exc: IntegrityError) -> Response:
+        log.warning("constraint violated on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            409,
+            detail="the change conflicts with the current state (a unique name or a reference)",
+            request_id=_request_id(request),
+            instance=request.url.path,
         )
 
     @app.exception_handler(Exception)

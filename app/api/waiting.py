@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import AppContext
 from app.api.presenters import mutation_headers
+from app.bus import Event
 from app.db.models import Bridge, Operation, Tap
 from app.domain.status import Status, is_settled
 
@@ -23,34 +24,38 @@ def resource_settled(row: Bridge | Tap) -> bool:
     return is_settled(Status(row.status), row.generation, row.observed_generation)
 
 
+def event_settles(event: Event) -> bool:
+    """Whether an event alone shows its resource settled (or gone)."""
+    if event.status not in Status._value2member_map_:
+        return True  # "deleted": gone for good
+    return is_settled(Status(event.status), event.generation, event.observed_generation)
+
+
 async def wait_until(
     ctx: AppContext,
     resource_id: str,
     load: Callable[[Session], W | None],
     done: Callable[[W], bool],
     timeout: float,
+    event_ends_wait: Callable[[Event], bool] | None = None,
 ) -> W | None:
-    """Re-read via `load` after every event about `resource_id` until `done` (or the row is
-    gone, returned as None) or `timeout` passes; returns the last row read."""
+    """Read via `load` until `done` (or the row is gone: None) or `timeout` passes; returns
+    the last row read. Between reads it sleeps on the resource's events; with
+    `event_ends_wait` only an event that may end the wait triggers a read."""
     deadline = time.monotonic() + timeout
     with ctx.bus.subscribe(resource_id) as events:  # subscribe first: no event slips past
-        while True:
-            row = await ctx.read(load)
-            if row is None or done(row):
-                return row
+        row = await ctx.read(load)
+        while row is not None and not done(row):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return row
+                break
             try:
-                while True:
-                    event = await asyncio.wait_for(events.get(), remaining)
-                    if event is None or event.resource_id == resource_id:
-                        break
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
+                event = await asyncio.wait_for(events.get(), remaining)
             except TimeoutError:
-                pass
+                break
+            if event is None or event_ends_wait is None or event_ends_wait(event):
+                row = await ctx.read(load)
+        return row
 
 
 async def settle_response(
@@ -73,7 +78,7 @@ async def settle_response(
         ctx.bus.publish(**row.event_fields(operation.resource))
         ctx.nudger.nudge()
     if wait:
-        waited = await wait_until(ctx, row.id, load, resource_settled, wait)
+        waited = await wait_until(ctx, row.id, load, resource_settled, wait, event_settles)
         if waited is None:
             return Response(status_code=204, headers=dict(response.headers))
         row = waited

@@ -7,9 +7,9 @@ import binascii
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
-from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Base, Bridge, LinkName, Operation, Tap
@@ -96,6 +96,16 @@ class LinkNameRepository(Repository[LinkName]):
         self.session.execute(delete(LinkName).where(LinkName.resource_id == resource_id))
 
 
+@dataclass(frozen=True)
+class FinishedOperation:
+    """A resource reached `generation` (status succeeded) or failed at it."""
+
+    resource_id: str
+    generation: int
+    status: str
+    error: str | None = None
+
+
 class OperationRepository(Repository[Operation]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Operation)
@@ -109,16 +119,38 @@ class OperationRepository(Repository[Operation]):
         )
         return int(getattr(result, "rowcount", 0) or 0)
 
-    def finish(self, resource_id: str, generation: int, status: str, error: str | None) -> None:
-        """Close the running operations of a resource that `generation` satisfies."""
-        self.session.execute(
-            update(Operation)
+    def finish(self, outcomes: list[FinishedOperation]) -> None:
+        """Close the running operations that these outcomes satisfy: one UPDATE statement
+        run for all of them (executemany), whatever their number."""
+        if not outcomes:
+            return
+        table = cast(Table, Operation.__table__)
+        statement = (
+            update(table)
             .where(
-                Operation.resource_id == resource_id,
-                Operation.status == "running",
-                Operation.target_generation <= generation,
+                table.c.resource_id == bindparam("rid"),
+                table.c.status == "running",
+                table.c.target_generation <= bindparam("generation"),
             )
-            .values(status=status, error=error, finished_at=dt.datetime.now(dt.UTC))
+            .values(
+                status=bindparam("new_status"),
+                error=bindparam("error"),
+                finished_at=bindparam("now"),
+            )
+        )
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the column stores naive UTC
+        self.session.connection().execute(
+            statement,
+            [
+                {
+                    "rid": o.resource_id,
+                    "generation": o.generation,
+                    "new_status": o.status,
+                    "error": o.error,
+                    "now": now,
+                }
+                for o in outcomes
+            ],
         )
 
 

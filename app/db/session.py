@@ -2,11 +2,17 @@
 
 One unit of work per request (API) or per reconcile batch (supervisor): it commits when the
 block ends normally and rolls back on any exception. Services never commit themselves.
+
+Writers are serialized by a lock in this process before they reach SQLite. SQLite allows one
+writer at a time anyway, and a writer that finds the database locked waits in SQLite's busy
+handler, which sleeps in growing steps (up to 100 ms): under concurrent requests that, not
+the work, set the latency. Read-only units (`reading()`) take no lock: WAL readers never block.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,18 +52,30 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = threading.Lock()
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
+        """A read-write transaction: commits at the end, rolls back on an exception."""
+        with self._write_lock:
+            session = self._sessions()
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only unit: sees one consistent snapshot, never writes, never waits."""
         session = self._sessions()
         try:
             yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
         finally:
-            session.close()
+            session.close()  # ends the read transaction; loaded rows stay usable
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -268,11 +268,12 @@ def _action_order(action: Action) -> tuple[int, int, int]:
 
 
 def changes_for_new_link(spec: LinkSpec) -> LinkChanges:
-    """Everything to set on a link we just created (and already marked)."""
+    """Everything to set on a link we just created, our mark included."""
     return LinkChanges(
         mtu=spec.mtu,
         mac=spec.mac,
         set_up=True,
         master=spec.master,
         add_addresses=tuple(spec.addresses),
+        mark=spec.mark,
     )

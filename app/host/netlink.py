@@ -163,13 +163,6 @@ class LinkOps:
             raise LinkError(f"{spec.name} vanished right after creation", errno.ENODEV)
         return index
 
-    def mark(self, index: int, name: str, mark: str) -> None:
-        """Put our ownership mark (ifalias) on a link."""
-        try:
-            self.ipr.link("set", index=index, ifalias=mark)
-        except NetlinkError as exc:
-            raise LinkError(f"marking {name}: {exc}", exc.code) from exc
-
     def apply(self, index: int, name: str, changes: LinkChanges) -> None:
         """Apply attribute changes to one link, in an order that cannot fail halfway usefully:
         bridge options, then MTU/MAC/alias/master, then up, then addresses."""

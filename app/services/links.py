@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import Bridge, LinkName, Operation, Tap, new_id
@@ -28,11 +27,9 @@ def _claim_name(session: Session, name: str, resource: str, resource_id: str) ->
         raise NameTaken(
             f"link name {name!r} is already used by {existing.resource} {existing.resource_id}"
         )
+    # writers are serialized (Database.unit_of_work), so nothing can claim the name between
+    # the read above and this insert; the primary key still guards against any other writer
     names.add(LinkName(name=name, resource=resource, resource_id=resource_id))
-    try:
-        session.flush()
-    except IntegrityError:  # a concurrent request claimed it between our read and write
-        raise NameTaken(f"link name {name!r} is already in use") from None
 
 
 def _record(

@@ -20,6 +20,7 @@ from app.bus import EventBus
 from app.db.models import Bridge, Tap
 from app.db.repositories import (
     LINK_MODELS,
+    FinishedOperation,
     LinkNameRepository,
     ObservedState,
     OperationRepository,
@@ -78,11 +79,12 @@ class LinkReconciler:
         # name -> (master index, mtu) as last applied; the link monitor compares
         # notifications to it to spot changes made behind our back
         self.expected: dict[str, tuple[int | None, int]] = {}
+        self._finished: list[FinishedOperation] = []  # collected during one write-back
 
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
         """One pass; returns how many resources it changed or reported on."""
         retry_ids = self.backoff.due_keys() if scope is Scope.DIRTY else []
-        with self.db.unit_of_work() as session:
+        with self.db.reading() as session:
             specs, states = load_link_specs(
                 session,
                 dirty_only=scope is Scope.DIRTY,
@@ -176,8 +178,8 @@ class LinkReconciler:
                         transient=exc.transient,
                         create_failed=True,
                     )
-                # marked first and alone: the create-intent journal covers a crash until here
-                self.ops.mark(index, spec.name, spec.mark)
+                # the mark goes with the first configuration call; the create-intent journal
+                # covers a crash (or a failed call) until the link carries it
                 self.ops.apply(index, spec.name, changes_for_new_link(spec))
             else:
                 assert link is not None
@@ -209,6 +211,7 @@ class LinkReconciler:
         if not changed:
             return 0
         events: list[dict[str, object]] = []
+        self._finished = []
         with self.db.unit_of_work() as session:
             rows = link_rows(session, [o.spec.id for o in changed])
             for outcome in changed:
@@ -218,6 +221,7 @@ class LinkReconciler:
                 event = self._record(session, scope, row, outcome, states[row.id].generation)
                 if event is not None:
                     events.append(event)
+            OperationRepository(session).finish(self._finished)
         for event in events:
             self.bus.publish(**event)
         return len(events)
@@ -237,11 +241,11 @@ class LinkReconciler:
         if outcome.create_failed:
             row.create_intent = False
         if outcome.ok:
-            drift_event = self._record_success(session, scope, row, outcome, loaded_generation)
+            drift_event = self._record_success(scope, row, outcome, loaded_generation)
             if drift_event is not None:
                 return drift_event
         else:
-            self._record_failure(session, row, outcome, loaded_generation)
+            self._record_failure(row, outcome, loaded_generation)
         if (row.status, row.status_reason, row.observed_generation) == before:
             return None
         return row.event_fields(outcome.spec.kind.value)
@@ -252,7 +256,7 @@ class LinkReconciler:
         if not row.deleted:  # undeleted meanwhile: impossible today, but never lose it
             return None
         self.backoff.succeeded(spec.id)
-        OperationRepository(session).finish(spec.id, row.generation, "succeeded", None)
+        self._finished.append(FinishedOperation(spec.id, row.generation, "succeeded"))
         LinkNameRepository(session).release(spec.id)
         session.delete(row)
         return row.event_fields(
@@ -260,7 +264,7 @@ class LinkReconciler:
         )
 
     def _record_success(
-        self, session: Session, scope: Scope, row: Bridge | Tap, outcome: Outcome, loaded: int
+        self, scope: Scope, row: Bridge | Tap, outcome: Outcome, loaded: int
     ) -> dict[str, object] | None:
         """Returns a drift_repaired event when a settled resource had to be fixed."""
         self.backoff.succeeded(row.id)
@@ -282,15 +286,13 @@ class LinkReconciler:
             row.status = Status.ACTIVE.value if current else Status.PENDING.value
             row.status_reason = None
         if current and newly_applied:
-            OperationRepository(session).finish(row.id, loaded, "succeeded", None)
+            self._finished.append(FinishedOperation(row.id, loaded, "succeeded"))
         if not drift:
             return None
         reason = f"{outcome.action.value}: the kernel had drifted from the desired state"
         return row.event_fields(outcome.spec.kind.value, "drift_repaired", status_reason=reason)
 
-    def _record_failure(
-        self, session: Session, row: Bridge | Tap, outcome: Outcome, loaded: int
-    ) -> None:
+    def _record_failure(self, row: Bridge | Tap, outcome: Outcome, loaded: int) -> None:
         if outcome.transient and self.backoff.attempts(row.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
             delay = self.backoff.failed(row.id)
             row.status_reason = f"retrying in {delay:.1f}s: {outcome.reason}"
@@ -301,7 +303,7 @@ class LinkReconciler:
         row.status = Status.DELETING.value if row.deleted else Status.ERROR.value
         row.status_reason = outcome.reason
         if row.generation == loaded and not row.deleted and newly_failed:
-            OperationRepository(session).finish(row.id, loaded, "failed", outcome.reason)
+            self._finished.append(FinishedOperation(row.id, loaded, "failed", outcome.reason))
 
 
 def _nothing_new(outcome: Outcome, state: ObservedState) -> bool:

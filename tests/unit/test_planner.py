@@ -160,6 +160,7 @@ def test_stale_link_of_ours_under_a_reused_name_is_recreated() -> None:
 def test_new_link_changes_carry_mark_and_everything() -> None:
     spec = tap_spec(mtu=9000, mac="52:54:00:00:00:01", addresses=("10.0.0.1/24",))
     changes = changes_for_new_link(spec)
+    assert changes.mark == spec.mark
     assert (changes.mtu, changes.mac, changes.master, changes.set_up) == (
         9000,
         "52:54:00:00:00:01",
