@@ -1,0 +1,1 @@
+"""End-to-end tests: the real `kvmnetd serve` process in a throwaway namespace."""

@@ -1,0 +1,139 @@
+"""`kill -9` in the middle of 100 concurrent tap creates: after a restart the daemon must
+converge to exactly what it acknowledged (plus anything it committed but could not answer),
+with no duplicate, half-made or orphaned links in the kernel."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.helpers import (
+    E2EDaemon,
+    is_settled,
+    list_all,
+    managed_links,
+    ok,
+    running_daemon,
+    wait_for,
+)
+from tests.kernel import links
+
+pytestmark = pytest.mark.e2e
+
+BRIDGE = "brc"
+TAPS = [f"t{i:03d}" for i in range(100)]
+THREADS = 16
+KILL_AFTER_ACKS = 30
+
+
+@dataclass
+class Results:
+    """What the clients saw: acknowledged taps by name, and everything else."""
+
+    acked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    enough: threading.Event = field(default_factory=threading.Event)
+    killed: threading.Event = field(default_factory=threading.Event)
+
+    def record(self, name: str, response: httpx.Response | None, error: str | None) -> None:
+        with self.lock:
+            if response is not None and response.is_success:
+                self.acked[name] = response.json()
+                if len(self.acked) >= KILL_AFTER_ACKS:
+                    self.enough.set()
+            else:
+                self.failed[name] = error or f"{response.status_code if response else '?'}"
+
+
+def create_worker(daemon: E2EDaemon, names: list[str], lock: threading.Lock, out: Results) -> None:
+    """Take names off the shared list and POST them until it is empty or the daemon died."""
+    with daemon.client(timeout=10) as client:
+        while not out.killed.is_set():
+            with lock:
+                if not names:
+                    return
+                name = names.pop(0)
+            try:
+                response = client.post("/v1/taps", json={"name": name, "bridge": BRIDGE})
+            except httpx.HTTPError as exc:  # the kill landed during this request
+                out.record(name, None, repr(exc))
+                continue
+            out.record(name, response, None)
+
+
+def create_and_kill(daemon: E2EDaemon) -> Results:
+    """100 creates from THREADS threads; kill -9 once KILL_AFTER_ACKS were answered."""
+    out = Results()
+    names = list(TAPS)
+    lock = threading.Lock()
+    workers = [
+        threading.Thread(target=create_worker, args=(daemon, names, lock, out), daemon=True)
+        for _ in range(THREADS)
+    ]
+    for worker in workers:
+        worker.start()
+    assert out.enough.wait(30), f"only {len(out.acked)} creates answered: {out.failed}"
+    daemon.kill()
+    out.killed.set()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert not any(w.is_alive() for w in workers)
+    return out
+
+
+def settled_taps(client: httpx.Client) -> list[dict[str, Any]] | None:
+    taps = list_all(client, "taps")
+    return taps if all(is_settled(t) for t in taps) else None
+
+
+def assert_converged(
+    netns: str, bridge: dict[str, Any], taps: list[dict[str, Any]], out: Results
+) -> None:
+    by_name = {t["name"]: t for t in taps}
+    assert len(by_name) == len(taps), "a name appears twice in the database"
+    for tap in taps:
+        assert tap["status"] == "active", tap
+        assert tap["bridge_id"] == bridge["id"], tap
+    for name, acked in out.acked.items():
+        assert name in by_name, f"acknowledged tap {name} is not in the database"
+        assert by_name[name]["id"] == acked["id"]
+    kernel = links(netns)
+    for tap in taps:
+        link = kernel.get(tap["name"])
+        assert link is not None, f"{tap['name']} is in the database, not in the kernel"
+        assert link.kind == "tun"
+        assert link.master == BRIDGE, link
+        assert link.up, link
+        assert link.alias == f"kvmnetd:tap:{tap['id']}", link
+        assert link.index == tap["ifindex"]
+    wanted = {f"kvmnetd:tap:{t['id']}" for t in taps} | {f"kvmnetd:bridge:{bridge['id']}"}
+    marked = {link.alias for link in managed_links(netns).values()}
+    assert marked == wanted, f"orphans {marked - wanted}, missing {wanted - marked}"
+    kernel_taps = [link for link in kernel.values() if link.kind == "tun"]
+    assert len(kernel_taps) == len(taps)
+
+
+def test_kill_9_during_concurrent_creates_converges(
+    netns: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with running_daemon(netns, tmp_path, request) as daemon:
+        with daemon.client() as client:
+            bridge = ok(client.post("/v1/bridges?wait=10", json={"name": BRIDGE}), 201)
+        out = create_and_kill(daemon)
+        assert len(out.acked) >= KILL_AFTER_ACKS
+        assert daemon.proc is not None and daemon.proc.returncode == -9
+
+        daemon.start()
+        with daemon.client() as client:
+            taps = wait_for(lambda: settled_taps(client), 30, "every tap to settle")
+            bridge_now = ok(client.get(f"/v1/bridges/{bridge['id']}"), 200)
+        assert bridge_now["status"] == "active"
+        assert sorted(p["name"] for p in bridge_now["ports"]) == sorted(t["name"] for t in taps)
+        assert links(netns)[BRIDGE].alias == f"kvmnetd:bridge:{bridge['id']}"
+        assert_converged(netns, bridge, taps, out)
