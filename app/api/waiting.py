@@ -31,6 +31,28 @@ def event_settles(event: Event) -> bool:
     return is_settled(Status(event.status), event.generation, event.observed_generation)
 
 
+async def _wait(
+    ctx: AppContext,
+    events: asyncio.Queue[Event | None],
+    row: W | None,
+    load: Callable[[Session], W | None],
+    done: Callable[[W], bool],
+    deadline: float,
+    event_ends_wait: Callable[[Event], bool] | None,
+) -> W | None:
+    while row is not None and not done(row):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            event = await asyncio.wait_for(events.get(), remaining)
+        except TimeoutError:
+            break
+        if event is None or event_ends_wait is None or event_ends_wait(event):
+            row = await ctx.read(load)
+    return row
+
+
 async def wait_until(
     ctx: AppContext,
     resource_id: str,
@@ -45,17 +67,7 @@ async def wait_until(
     deadline = time.monotonic() + timeout
     with ctx.bus.subscribe(resource_id) as events:  # subscribe first: no event slips past
         row = await ctx.read(load)
-        while row is not None and not done(row):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                event = await asyncio.wait_for(events.get(), remaining)
-            except TimeoutError:
-                break
-            if event is None or event_ends_wait is None or event_ends_wait(event):
-                row = await ctx.read(load)
-        return row
+        return await _wait(ctx, events, row, load, done, deadline, event_ends_wait)
 
 
 async def settle_response(
@@ -68,19 +80,34 @@ async def settle_response(
     settled_status: int,
     load: Callable[[Session], R | None],
 ) -> R | Response:
-    """The common end of every mutation: Location/Operation-Location headers, the optional
-    wait, and the status code (settled_status once settled, 202 while pending, 204 when a
-    waited-for delete finished). Returns the row to present, or the 204 response."""
+    """The common end of every mutation: announce it, wake the supervisor, optionally wait
+    for it to settle, and answer settled_status once settled, 202 while pending, or 204 when
+    a waited-for delete finished. Returns the row to present, or the 204 response."""
     mutation_headers(response, collection, row.id, operation)
-    if operation is not None:
-        # announce our own transition (to pending/deleting) before the supervisor can
-        # announce the next one, then wake it
-        ctx.bus.publish(**row.event_fields(operation.resource))
-        ctx.nudger.nudge()
-    if wait:
+    if not wait:
+        _announce(ctx, row, operation)
+    elif operation is None:  # nothing changed now, but an earlier change may be under way
         waited = await wait_until(ctx, row.id, load, resource_settled, wait, event_settles)
+        if waited is None:
+            return Response(status_code=204, headers=dict(response.headers))
+        row = waited
+    else:
+        # subscribed before the supervisor is woken: the row we committed is then current
+        # until an event says otherwise, so no read is needed before waiting
+        with ctx.bus.subscribe(row.id) as events:
+            _announce(ctx, row, operation)
+            deadline = time.monotonic() + wait
+            waited = await _wait(ctx, events, row, load, resource_settled, deadline, event_settles)
         if waited is None:
             return Response(status_code=204, headers=dict(response.headers))
         row = waited
     response.status_code = settled_status if resource_settled(row) else 202
     return row
+
+
+def _announce(ctx: AppContext, row: Bridge | Tap, operation: Operation | None) -> None:
+    """Publish our own transition (to pending/deleting) before the supervisor can publish
+    the next one, then wake it."""
+    if operation is not None:
+        ctx.bus.publish(**row.event_fields(operation.resource))
+        ctx.nudger.nudge()
