@@ -18,6 +18,7 @@ from app.domain.links import LinkKind, LinkSpec
 from app.domain.status import Status
 
 M = TypeVar("M", bound=Base)
+UUID_LENGTH = 36
 R = TypeVar("R", Bridge, Tap)
 
 
@@ -59,8 +60,13 @@ class ResourceRepository(Repository[R]):
         return self.session.scalars(select(model).where(model.name == name)).first()
 
     def find(self, ref: str) -> R | None:
-        """By id, else by name (OpenStack-style clients pass either)."""
-        return self.get(ref) or self.get_by_name(ref)
+        """By id, else by name (OpenStack-style clients pass either). A valid link name is
+        never 36 characters long, so only a UUID-shaped ref can be an id."""
+        if len(ref) == UUID_LENGTH:
+            found = self.get(ref)
+            if found is not None:
+                return found
+        return self.get_by_name(ref)
 
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[R], str | None]:
         model = self.model
