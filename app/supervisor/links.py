@@ -144,56 +144,66 @@ class LinkReconciler:
     # ---- applying --------------------------------------------------------------------------
 
     def _execute(self, action: Action) -> Outcome | None:
-        spec, link = action.spec, action.observed
+        spec = action.spec
         try:
             if action.kind is ActionKind.SWEEP:
-                assert link is not None
-                log.info(
-                    "removing orphan link %s (index %d, %s)", link.name, link.index, link.alias
-                )
-                self.ops.delete(link.index, link.name)
-                self.expected.pop(link.name, None)
+                assert action.observed is not None
+                self._sweep(action.observed)
                 return None
             assert spec is not None
             if action.kind is ActionKind.CONFLICT:
                 return Outcome(spec, action.kind, ok=False, reason=action.reason)
             if action.kind in (ActionKind.DELETE, ActionKind.FORGET):
-                if link is not None and action.kind is ActionKind.DELETE:
-                    self.ops.delete(link.index, link.name)
-                self.expected.pop(spec.name, None)
-                return Outcome(spec, action.kind, ok=True)
-            if action.kind is ActionKind.RECREATE:
-                assert link is not None
-                log.info("re-creating %s: %s", spec.name, action.reason)
-                self.ops.delete(link.index, link.name)
+                return self._remove(spec, action)
             if action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
-                try:
-                    index = self.ops.create(spec)
-                except LinkError as exc:
-                    return Outcome(
-                        spec,
-                        action.kind,
-                        ok=False,
-                        reason=str(exc),
-                        transient=exc.transient,
-                        create_failed=True,
-                    )
-                # the mark goes with the first configuration call; the create-intent journal
-                # covers a crash (or a failed call) until the link carries it
-                self.ops.apply(index, spec.name, changes_for_new_link(spec))
-            else:
-                assert link is not None
-                index = link.index
-                if not action.changes.empty():
-                    self.ops.apply(index, spec.name, action.changes)
-            # re-read the link itself (index, MAC, master, MTU); addresses are not recorded
-            fresh = link if action.kind is ActionKind.SETTLED else self.ops.get(spec.name, {})
-            return self._settled(spec, action.kind, fresh)
+                return self._create(spec, action)
+            return self._update(spec, action)
         except LinkError as exc:
             if spec is None:
                 log.warning("could not remove orphan %s: %s", action.name, exc)
                 return None
             return Outcome(spec, action.kind, ok=False, reason=str(exc), transient=exc.transient)
+
+    def _sweep(self, link: ObservedLink) -> None:
+        log.info("removing orphan link %s (index %d, %s)", link.name, link.index, link.alias)
+        self.ops.delete(link.index, link.name)
+        self.expected.pop(link.name, None)
+
+    def _remove(self, spec: LinkSpec, action: Action) -> Outcome:
+        if action.kind is ActionKind.DELETE and action.observed is not None:
+            self.ops.delete(action.observed.index, action.observed.name)
+        self.expected.pop(spec.name, None)
+        return Outcome(spec, action.kind, ok=True)
+
+    def _create(self, spec: LinkSpec, action: Action) -> Outcome:
+        if action.kind is ActionKind.RECREATE:
+            assert action.observed is not None
+            log.info("re-creating %s: %s", spec.name, action.reason)
+            self.ops.delete(action.observed.index, action.observed.name)
+        try:
+            index = self.ops.create(spec)
+        except LinkError as exc:
+            return Outcome(
+                spec,
+                action.kind,
+                ok=False,
+                reason=str(exc),
+                transient=exc.transient,
+                create_failed=True,
+            )
+        # the mark goes with the first configuration call; the create-intent journal covers
+        # a crash (or a failed call) until the link carries it
+        self.ops.apply(index, spec.name, changes_for_new_link(spec))
+        return self._settled(spec, action.kind, self.ops.get(spec.name, {}))
+
+    def _update(self, spec: LinkSpec, action: Action) -> Outcome:
+        link = action.observed
+        assert link is not None
+        if action.kind is ActionKind.SETTLED:
+            return self._settled(spec, action.kind, link)
+        self.ops.apply(link.index, spec.name, action.changes)
+        # re-read the link itself (index, MAC, master, MTU); addresses are not recorded
+        return self._settled(spec, action.kind, self.ops.get(spec.name, {}))
 
     def _settled(self, spec: LinkSpec, kind: ActionKind, link: ObservedLink | None) -> Outcome:
         if link is None:
