@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,8 +51,22 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()  # never leave a half-started daemon behind
+            raise
         return self
+
+    def _accepting(self) -> bool:
+        """Whether the unix socket takes connections (checked without httpx, which leaks
+        its socket when a connect is refused)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -59,12 +74,10 @@ class Daemon:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                with self.client(timeout=2) as c:
+            if self._accepting():
+                with self.client(timeout=5) as c:
                     if c.get("/readyz").status_code == 200:
                         return
-            except httpx.TransportError:
-                pass
             time.sleep(0.05)
         raise TimeoutError(f"daemon not ready after {timeout}s:\n{self.logs()}")
 
