@@ -26,6 +26,7 @@ from app.api.middleware import (
     JsonContentTypeMiddleware,
     RequestIdMiddleware,
 )
+from app.api.openapi import install_openapi
 from app.bus import EventBus
 from app.db.migrate import upgrade
 from app.db.session import Database
@@ -108,6 +109,7 @@ def create_app(
     for router in (bridges, taps, operations, events, host, health):
         app.include_router(router.router)
     install_error_handlers(app)
+    install_openapi(app)
     # added last = outermost: request id, then body limit, then auth
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(BearerAuthMiddleware, token=token or secrets.token_urlsafe(32))

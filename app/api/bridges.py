@@ -11,9 +11,9 @@ from app.api.presenters import bridge_out
 from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation
 from app.db.repositories import BridgeRepository
-from app.schemas.common import PROBLEM_RESPONSES, Page
+from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Bridge as BridgeOut
-from app.schemas.links import BridgeCreate, BridgeUpdate, FdbEntry
+from app.schemas.links import BridgeCreate, BridgePage, BridgeUpdate, FdbEntry
 from app.services.links import BridgeService
 
 router = APIRouter(prefix="/v1/bridges", tags=["bridges"], responses=PROBLEM_RESPONSES)
@@ -63,11 +63,13 @@ async def create_bridge(
     return await _finish(ctx, response, row, op, wait, 201)
 
 
-@router.get("", operation_id="list_bridges", response_model=Page[BridgeOut])
-async def list_bridges(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> Page[BridgeOut]:
+@router.get("", operation_id="list_bridges", response_model=BridgePage)
+async def list_bridges(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> BridgePage:
     rows, next_cursor = await ctx.read(lambda s: BridgeService(s).page(limit, cursor))
     ports = await ctx.host(ctx.inspector.ports_by_bridge)
-    return Page(items=[bridge_out(r, ports.get(r.name)) for r in rows], next_cursor=next_cursor)
+    return BridgePage(
+        items=[bridge_out(r, ports.get(r.name)) for r in rows], next_cursor=next_cursor
+    )
 
 
 @router.get("/{bridge_id}", operation_id="get_bridge", response_model=BridgeOut)

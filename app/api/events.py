@@ -11,8 +11,9 @@ from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import Ctx
 from app.bus import Event
+from app.schemas.common import PROBLEM_RESPONSES
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
+router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
 
 PING_SECONDS = 15
 

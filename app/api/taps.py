@@ -11,9 +11,9 @@ from app.api.presenters import tap_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, Tap
 from app.db.repositories import TapRepository
-from app.schemas.common import PROBLEM_RESPONSES, Page
+from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Tap as TapOut
-from app.schemas.links import TapAttach, TapCreate, TapUpdate
+from app.schemas.links import TapAttach, TapCreate, TapPage, TapUpdate
 from app.services.links import TapService
 
 router = APIRouter(prefix="/v1/taps", tags=["taps"], responses=PROBLEM_RESPONSES)
@@ -58,10 +58,10 @@ async def create_tap(
     return await _finish(ctx, response, row, op, wait, 201)
 
 
-@router.get("", operation_id="list_taps", response_model=Page[TapOut])
-async def list_taps(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> Page[TapOut]:
+@router.get("", operation_id="list_taps", response_model=TapPage)
+async def list_taps(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> TapPage:
     rows, next_cursor = await ctx.read(lambda s: TapService(s).page(limit, cursor))
-    return Page(items=[tap_out(r) for r in rows], next_cursor=next_cursor)
+    return TapPage(items=[tap_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{tap_id}", operation_id="get_tap", response_model=TapOut)

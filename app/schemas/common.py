@@ -57,18 +57,28 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
+class FieldError(BaseModel):
+    """One invalid field of a request."""
 
-    type: str = Field(examples=["https://kvmnetd.dev/problems/name-taken"])
+    loc: list[str | int] = Field(examples=[["body", "name"]])
+    msg: str
+    type: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details. Extension members may follow (e.g. `taps` on in-use)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        description="Stable per error kind", examples=["urn:kvmnetd:problem:name-taken"]
+    )
     title: str
     status: int
     detail: str | None = None
     instance: str | None = None
     request_id: str | None = None
-    errors: list[dict[str, Any]] | None = Field(
-        None, description="Field errors of a validation problem (loc, msg, type)"
-    )
+    errors: list[FieldError] | None = Field(None, description="Fields of a validation problem")
 
 
 class ResourceState(BaseModel):

@@ -10,6 +10,7 @@ from app.schemas.common import (
     LinkNameStr,
     MacStr,
     Mtu,
+    Page,
     RequestModel,
     ResourceState,
 )
@@ -104,6 +105,10 @@ class TapAttach(RequestModel):
     bridge: str = Field(max_length=64, description="Bridge id or name", examples=["br0"])
 
 
+class BridgePage(Page[Bridge]):
+    """One page of bridges."""
+
+
 class Tap(ResourceState):
     bridge_id: str | None
     mtu: int | None
@@ -115,3 +120,7 @@ class Tap(ResourceState):
     vnet_hdr: bool
     ifindex: int | None = None
     observed_mac: str | None = None
+
+
+class TapPage(Page[Tap]):
+    """One page of taps."""

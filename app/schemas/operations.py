@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class OperationOut(BaseModel):
+    """One accepted mutation and how it ended."""
+
+    model_config = ConfigDict(title="Operation")
+
     id: str
     action: Literal["create", "update", "delete"]
     resource: str = Field(examples=["tap"])

@@ -1,0 +1,77 @@
+"""The OpenAPI document as SDK generators need it.
+
+FastAPI describes error bodies under application/json and validation errors with its own
+HTTPValidationError; the daemon answers every error as application/problem+json with the
+Problem schema. This rewrites the generated document to say exactly that, adds a default
+Problem response, the bearer scheme of the TCP listener, the mutation headers and the
+Event schema of the SSE stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.schemas.events import EventOut
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+PROBLEM_CONTENT = {"application/problem+json": {"schema": PROBLEM_REF}}
+MUTATION_HEADERS = {
+    "Location": {"description": "The resource", "schema": {"type": "string"}},
+    "Operation-Location": {
+        "description": "The operation that tracks this change",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def _is_error(code: str) -> bool:
+    return code == "default" or code.startswith(("4", "5"))
+
+
+def _fix_operation(method: str, operation: dict[str, Any]) -> None:
+    responses = operation.setdefault("responses", {})
+    responses.setdefault("default", {"description": "An error (problem details)"})
+    for code, response in responses.items():
+        if _is_error(code):
+            response["content"] = PROBLEM_CONTENT
+        elif method in ("post", "patch", "delete") and code in ("201", "202"):
+            response["headers"] = MUTATION_HEADERS
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    spec = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+    )
+    for methods in spec["paths"].values():
+        for method, operation in methods.items():
+            _fix_operation(method, operation)
+    schemas = spec["components"]["schemas"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["Event"] = EventOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    spec["components"]["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Needed on the TCP listener; the unix socket needs none",
+        }
+    }
+    spec["security"] = [{}, {"bearer": []}]
+    return spec
+
+
+def install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,22 @@
+"""The payload of one server-sent event on /v1/events."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EventOut(BaseModel):
+    """One state change. SSE `id` is `id`, SSE `event` is `type`."""
+
+    model_config = ConfigDict(title="Event")
+
+    id: int = Field(description="Increasing; send as Last-Event-ID to resume")
+    type: str = Field(examples=["tap.active", "bridge.deleted", "tap.drift_repaired"])
+    resource: str = Field(examples=["tap"])
+    resource_id: str
+    name: str
+    status: str = Field(description="pending, active, error, deleting, or deleted")
+    status_reason: str | None = None
+    generation: int
+    observed_generation: int
+    time: float = Field(description="Unix time")
