@@ -51,13 +51,12 @@ def kernel_link(
     return wait_for(probe, timeout, f"kernel link {name} in the expected state")
 
 
-def ok(response: httpx.Response, *statuses: int) -> dict[str, Any]:
+def ok(response: httpx.Response, *statuses: int) -> Any:
     """The JSON body of a response whose status is one of `statuses` (else fail loudly)."""
     assert response.status_code in statuses, (
         f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
     )
-    body: dict[str, Any] = response.json()
-    return body
+    return response.json()
 
 
 def is_settled(resource: dict[str, Any]) -> bool:
@@ -125,8 +124,8 @@ def managed_links(netns: str) -> dict[str, KernelLink]:
 
 class _ClosingUnixBackend(httpcore.SyncBackend):
     """httpcore 1.0.9 leaks the socket when connecting to a unix socket fails (a daemon that
-    is starting or was killed): a ResourceWarning, an error under our warning filters. This
-    backend closes it."""
+    was just killed, with clients still sending): a ResourceWarning, an error under our
+    warning filters. This backend closes it."""
 
     def connect_unix_socket(
         self,
@@ -158,7 +157,7 @@ class UnixTransport(httpx.HTTPTransport):
 
 
 class E2EDaemon(Daemon):
-    """tests.daemon.Daemon whose clients (also the one polling /readyz) do not leak sockets."""
+    """tests.daemon.Daemon whose clients do not leak sockets when the daemon is gone."""
 
     def client(self, timeout: float = 30) -> httpx.Client:
         return httpx.Client(
