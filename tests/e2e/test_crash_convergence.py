@@ -37,6 +37,7 @@ class Results:
     202, and requests that got no answer (the kill landed while they were in flight)."""
 
     acked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    operations: dict[str, str] = field(default_factory=dict)  # name -> Operation-Location
     rejected: dict[str, str] = field(default_factory=dict)
     unanswered: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -47,6 +48,7 @@ class Results:
         with self.lock:
             if response.status_code == 202:
                 self.acked[name] = response.json()
+                self.operations[name] = response.headers.get("operation-location", "")
                 if len(self.acked) >= KILL_AFTER_ACKS:
                     self.enough.set()
             else:
@@ -132,6 +134,15 @@ def assert_converged(
     assert len(kernel_taps) == len(taps)
 
 
+def assert_operations_succeeded(client: httpx.Client, out: Results) -> None:
+    """The operation of every acknowledged create survived the crash and ended well."""
+    for name, location in out.operations.items():
+        assert location.startswith("/v1/operations/"), (name, location)
+        operation = ok(client.get(location), 200)
+        assert operation["status"] == "succeeded", operation
+        assert operation["resource_id"] == out.acked[name]["id"]
+
+
 def test_kill_9_during_concurrent_creates_converges(
     netns: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -147,6 +158,7 @@ def test_kill_9_during_concurrent_creates_converges(
         with daemon.client() as client:
             taps = wait_for(lambda: settled_taps(client), 30, "every tap to settle")
             bridge_now = ok(client.get(f"/v1/bridges/{bridge['id']}"), 200)
+            assert_operations_succeeded(client, out)
         assert bridge_now["status"] == "active"
         assert sorted(p["name"] for p in bridge_now["ports"]) == sorted(t["name"] for t in taps)
         assert links(netns)[BRIDGE].alias == f"kvmnetd:bridge:{bridge['id']}"

@@ -84,6 +84,8 @@ def test_hand_made_drift_is_repaired(daemon: E2EDaemon, netns: str) -> None:
         assert now["status"] == "active"
         assert now["ifindex"] == link.index
         assert now["observed_generation"] == now["generation"] == tap["generation"]
+        repairs = [e for e in events.events if e["type"] == "tap.drift_repaired"]
+        assert len(repairs) == 3, repairs  # one per change by hand, no fighting itself
     assert not events.errors
 
 
