@@ -7,6 +7,7 @@ import re
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
@@ -23,9 +24,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def _send_problem(
-    send: Send, status: int, extra_headers: list[Any] | None = None, **fields: Any
+    send: Send, status: int, scope: Scope, extra_headers: list[Any] | None = None, **fields: Any
 ) -> None:
-    body = problem_bytes(status, **fields)
+    body = problem_bytes(
+        status,
+        request_id=scope.get("state", {}).get("request_id"),
+        instance=scope.get("path"),
+        **fields,
+    )
     headers = [
         (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
@@ -79,7 +85,7 @@ class JsonContentTypeMiddleware:
                 await _send_problem(
                     send,
                     415,
-                    request_id=scope.get("state", {}).get("request_id"),
+                    scope,
                     detail=f"send the body as JSON with 'Content-Type: application/json' "
                     f"(got {content_type or 'no content type'!r})",
                 )
@@ -87,12 +93,10 @@ class JsonContentTypeMiddleware:
         await self.app(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
-    """Refuses bodies over `limit` bytes with 413, by Content-Length or while streaming."""
+    """Refuses bodies over `limit` bytes with 413, by Content-Length or while streaming
+    (a chunked body): then an HTTPException(413) that the framework hands to the problem
+    handler, where any other exception raised while reading would become a 400."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -102,14 +106,12 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = scope.get("state", {}).get("request_id")
         detail = f"request bodies are limited to {self.limit} bytes"
         length = _header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await _send_problem(send, 413, detail=detail, request_id=request_id)
+            await _send_problem(send, 413, scope=scope, detail=detail)
             return
         received = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -117,20 +119,10 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _BodyTooLarge
+                    raise HTTPException(status_code=413, detail=detail)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_problem(send, 413, detail=detail, request_id=request_id)
+        await self.app(scope, counting_receive, send)
 
 
 class TcpTransport:
@@ -160,7 +152,7 @@ class BearerAuthMiddleware:
                 await _send_problem(
                     send,
                     401,
-                    request_id=state.get("request_id"),
+                    scope,
                     extra_headers=[(b"www-authenticate", b'Bearer realm="kvmnetd"')],
                     detail="send Authorization: Bearer <token>; the admin token is in the "
                     "daemon's token file",

@@ -170,6 +170,7 @@ def _link_spec(row: Bridge | Tap, bridge_names: dict[str, str]) -> LinkSpec:
         addresses=tuple(row.addresses),
         deleted=row.deleted,
         create_intent=row.create_intent,
+        ifindex=row.observed_ifindex,
     )
     if isinstance(row, Bridge):
         return replace(common, stp=row.stp, forward_delay_cs=row.forward_delay_cs)

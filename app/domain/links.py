@@ -2,8 +2,9 @@
 
 The planner compares what the database wants (specs) with what the kernel has (observed
 links) and returns the actions that make them equal. It never touches a link that does not
-carry our ownership mark, except one we provably started to create ourselves
-(`create_intent`, journaled before the create call, for a crash between create and mark).
+carry our ownership mark, except one that is provably ours: we journaled `create_intent`
+before the create call (a crash between create and mark), or it is the very link (same
+ifindex; the kernel does not reuse indexes soon) whose mark someone removed by hand.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class LinkSpec:
     addresses: tuple[str, ...] = ()
     deleted: bool = False
     create_intent: bool = False
+    ifindex: int | None = None  # the kernel index we last saw our link at
     # bridge
     stp: bool = False
     forward_delay_cs: int = 0
@@ -87,6 +89,21 @@ class ObservedLink:
     @property
     def owner(self) -> tuple[LinkKind, str] | None:
         return parse_mark(self.alias)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The attributes of a settled link whose change by hand is repaired at once."""
+
+    master_index: int | None
+    mtu: int
+    up: bool
+    stp: bool | None
+    forward_delay_cs: int | None
+
+
+def fingerprint(link: ObservedLink) -> Fingerprint:
+    return Fingerprint(link.master_index, link.mtu, link.up, link.stp, link.forward_delay_cs)
 
 
 class ActionKind(enum.StrEnum):
@@ -201,7 +218,8 @@ def plan_link(spec: LinkSpec, link: ObservedLink | None, masters: dict[int, str]
     if link.alias != spec.mark:
         if link.owner is not None:
             return Action(ActionKind.RECREATE, spec.name, spec, link, reason="stale link of ours")
-        if spec.create_intent and _immutable_mismatch(spec, link) is None:
+        provably_ours = spec.create_intent or spec.ifindex == link.index
+        if provably_ours and _immutable_mismatch(spec, link) is None:
             changes = diff_link(spec, link, masters, mark=spec.mark)
             return Action(ActionKind.ADOPT, spec.name, spec, link, changes)
         return Action(

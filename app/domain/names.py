@@ -14,7 +14,10 @@ from app.domain.errors import InvalidInput
 LINK_NAME_MAX = 15  # IFNAMSIZ - 1
 _LINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+RESERVED_LINK_NAMES = frozenset({".", "..", "all", "default"})
 MTU_MIN = 68
+IPV6_MIN_MTU = 1280
+STP_FORWARD_DELAY_CS = (200, 3000)  # with STP on, the kernel wants 2-30 s
 MTU_MAX = 65521  # the largest MTU a tap accepts; bridges follow their ports
 MAX_ADDRESSES = 32
 
@@ -30,8 +33,11 @@ def validate_link_name(name: str) -> str:
         )
     if not _LINK_NAME_RE.fullmatch(name):
         raise InvalidInput(f"link name {name!r} may contain only letters, digits, '_', '.' and '-'")
-    if name in (".", ".."):
-        raise InvalidInput(f"link name {name!r} is reserved")
+    if name in RESERVED_LINK_NAMES:
+        raise InvalidInput(
+            f"link name {name!r} is reserved (the kernel refuses it: it would clash with "
+            "/proc/sys/net/*/conf/all and .../default, or with the directory entries)"
+        )
     return name
 
 
@@ -92,6 +98,26 @@ def validate_addresses(values: list[str]) -> list[str]:
             raise InvalidInput(f"address {addr} is listed twice")
         seen.add(addr)
     return normalized
+
+
+def validate_link_settings(mtu: int | None, addresses: list[str]) -> None:
+    """Combinations the kernel would refuse after the link exists: IPv6 needs MTU >= 1280."""
+    if mtu is not None and mtu < IPV6_MIN_MTU:
+        v6 = [a for a in addresses if ":" in a]
+        if v6:
+            raise InvalidInput(
+                f"IPv6 address {v6[0]} needs an MTU of at least {IPV6_MIN_MTU}, not {mtu}"
+            )
+
+
+def validate_bridge_timers(stp: bool, forward_delay_cs: int) -> None:
+    """With STP on, the kernel only accepts a forward delay of 2-30 s."""
+    low, high = STP_FORWARD_DELAY_CS
+    if stp and not low <= forward_delay_cs <= high:
+        raise InvalidInput(
+            f"with stp on, forward_delay must be between {low // 100} and {high // 100} "
+            f"seconds (got {forward_delay_cs / 100:g}); turn stp off for a delay of 0"
+        )
 
 
 def validate_mtu(mtu: int) -> int:

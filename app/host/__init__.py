@@ -6,6 +6,24 @@ wake-up would forward that SIGTERM to the daemon and shut it down; children must
 default SIGTERM disposition instead.
 """
 
+import os as _os
+
 from pyroute2 import config as _pyroute2_config
 
 _pyroute2_config.disable_mp_signal = True
+
+
+def _default_signals_in_child() -> None:
+    # A forked child must neither act on the daemon's signals nor write them into the
+    # daemon's asyncio wake-up socket (shared after fork).
+    import signal
+
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread of the child: nothing was installed there
+        pass
+
+
+_os.register_at_fork(after_in_child=_default_signals_in_child)

@@ -1,4 +1,4 @@
-"""Netlink link notifications: tells the supervisor the moment a link changes or vanishes.
+"""Netlink notifications: tells the supervisor the moment a link or an address changes.
 
 A plain AF_NETLINK socket subscribed to RTMGRP_LINK, read with select() (so stop() is
 prompt) and decoded by app.host.rtnl. pyroute2's own socket buffers messages internally,
@@ -13,26 +13,34 @@ import socket
 import threading
 from collections.abc import Callable
 
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
 from app.host import rtnl
 from app.host.netns import enter_for_this_thread
+from app.host.rtnl import RawAddress, RawLink
 
 log = logging.getLogger(__name__)
 
 NETLINK_ROUTE = 0
 RECV_BUFFER = 1 << 20
 
-LinkEventHandler = Callable[[str, str, str | None, int | None, bool, int | None], None]
-"""(event 'new'|'del', link name, ifalias, master index, admin up, mtu)."""
+LinkEventHandler = Callable[[RawLink], None]
+AddressEventHandler = Callable[[RawAddress], None]
+GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 
 
 class LinkMonitor:
-    """A thread that reads link notifications of the current network namespace and calls
-    `handler` for each. Create it in (or after entering) the namespace to watch."""
+    """A thread that reads link and address notifications of a network namespace (None: the
+    current one) and calls `on_link` / `on_address` for each."""
 
-    def __init__(self, handler: LinkEventHandler, netns: str | None = None) -> None:
-        self._handler = handler
+    def __init__(
+        self,
+        on_link: LinkEventHandler,
+        on_address: AddressEventHandler,
+        netns: str | None = None,
+    ) -> None:
+        self._on_link = on_link
+        self._on_address = on_address
         self._netns = netns
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,7 +68,7 @@ class LinkMonitor:
         enter_for_this_thread(self._netns)  # the socket belongs to the namespace it is made in
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        sock.bind((0, RTMGRP_LINK))
+        sock.bind((0, GROUPS))
         return sock
 
     def _run(self, subscribed: threading.Event) -> None:
@@ -77,10 +85,10 @@ class LinkMonitor:
                 log.warning("link notifications lost (%s); relying on the next resync", exc)
                 continue
             try:
-                for link in rtnl.parse_messages(data):
-                    if link.name:
-                        self._handler(
-                            link.event, link.name, link.alias, link.master, link.up, link.mtu
-                        )
+                for message in rtnl.parse_messages(data):
+                    if isinstance(message, RawLink):
+                        self._on_link(message)
+                    else:
+                        self._on_address(message)
             except Exception:  # keep watching; the periodic resync is the safety net
                 log.exception("could not handle a link notification")

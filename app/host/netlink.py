@@ -71,6 +71,19 @@ def _cidr(msg: Any) -> str:
     return f"{address}/{msg['prefixlen']}"
 
 
+def _bridge_option_steps(changes: LinkChanges) -> list[dict[str, int]]:
+    """STP state and forward delay as separate messages, in the order the kernel accepts:
+    with STP on it refuses a forward delay under 2 s, and it applies the delay before the
+    STP state within one message. So STP goes off first, or the delay is set before STP
+    goes on."""
+    stp = None if changes.stp is None else {"br_stp_state": int(changes.stp)}
+    delay = (
+        None if changes.forward_delay_cs is None else {"br_forward_delay": changes.forward_delay_cs}
+    )
+    steps = [stp, delay] if changes.stp is False else [delay, stp]
+    return [step for step in steps if step is not None]
+
+
 class LinkOps:
     """Reads and changes links in the calling thread's network namespace (threads that
     serve another namespace enter it first: app.host.netns)."""
@@ -167,13 +180,8 @@ class LinkOps:
         """Apply attribute changes to one link, in an order that cannot fail halfway usefully:
         bridge options, then MTU/MAC/alias/master, then up, then addresses."""
         try:
-            if changes.stp is not None or changes.forward_delay_cs is not None:
-                bridge_opts: dict[str, int] = {}
-                if changes.stp is not None:
-                    bridge_opts["br_stp_state"] = int(changes.stp)
-                if changes.forward_delay_cs is not None:
-                    bridge_opts["br_forward_delay"] = changes.forward_delay_cs
-                self.ipr.link("set", index=index, kind="bridge", **bridge_opts)
+            for option in _bridge_option_steps(changes):
+                self.ipr.link("set", index=index, kind="bridge", **option)
             attrs: dict[str, Any] = {}
             if changes.mtu is not None:
                 attrs["mtu"] = changes.mtu

@@ -21,6 +21,8 @@ NLMSG_DONE = 3
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 IFF_UP = 0x1
@@ -75,6 +77,14 @@ class RawLink:
     def info_u8(self, attr: int) -> int | None:
         raw = self.info.get(attr)
         return raw[0] if raw else None
+
+
+@dataclass(frozen=True)
+class RawAddress:
+    """An address notification: only which link it concerns matters to us."""
+
+    event: str  # "new" or "del"
+    index: int
 
 
 def _attrs(data: bytes | memoryview, offset: int, end: int) -> Iterator[tuple[int, memoryview]]:
@@ -136,8 +146,9 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
     )
 
 
-def parse_messages(data: bytes) -> Iterator[RawLink]:
-    """Every link message in a buffer read from a netlink socket; errors raise OSError."""
+def parse_messages(data: bytes) -> Iterator[RawLink | RawAddress]:
+    """Every link and address message in a buffer read from a netlink socket; an error
+    message raises OSError."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, msg_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
@@ -149,6 +160,9 @@ def parse_messages(data: bytes) -> Iterator[RawLink]:
                 raise OSError(-code, os.strerror(-code))
         elif msg_type in (RTM_NEWLINK, RTM_DELLINK):
             yield parse_link(data, offset, length, msg_type)
+        elif msg_type in (RTM_NEWADDR, RTM_DELADDR):
+            (index,) = _U32.unpack_from(data, offset + _NLMSGHDR.size + 4)  # ifaddrmsg.index
+            yield RawAddress("del" if msg_type == RTM_DELADDR else "new", index)
         offset += (length + 3) & ~3
 
 
@@ -162,7 +176,7 @@ def dump_links() -> list[RawLink]:
         links: list[RawLink] = []
         while True:
             data = sock.recv(1 << 20)
-            links.extend(parse_messages(data))
+            links.extend(m for m in parse_messages(data) if isinstance(m, RawLink))
             if _ends_dump(data):
                 return links
 
@@ -190,7 +204,7 @@ def get_link(name: str) -> RawLink | None:
         sock.bind((0, 0))
         sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST, 1, 0) + ifinfo + attr)
         try:
-            found = list(parse_messages(sock.recv(1 << 16)))
+            found = [m for m in parse_messages(sock.recv(1 << 16)) if isinstance(m, RawLink)]
         except OSError as exc:
             if exc.errno == errno.ENODEV:
                 return None

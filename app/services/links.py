@@ -16,6 +16,7 @@ from app.db.repositories import (
     TapRepository,
 )
 from app.domain.errors import BeingDeleted, InUse, NameTaken, NotFound
+from app.domain.names import validate_bridge_timers, validate_link_settings
 from app.domain.status import Status, check_transition
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 
@@ -61,6 +62,11 @@ def _apply_changes(row: Bridge | Tap, changes: dict[str, Any]) -> bool:
     return changed
 
 
+def _check_bridge(row: Bridge) -> None:
+    validate_link_settings(row.mtu, row.addresses)
+    validate_bridge_timers(row.stp, row.forward_delay_cs)
+
+
 def _alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
     if row is None:
         raise NotFound(f"no {kind} {ref!r}")
@@ -96,6 +102,7 @@ class BridgeService:
             addresses=list(body.addresses),
             generation=1,
         )
+        _check_bridge(row)
         _claim_name(self.session, body.name, "bridge", row.id)
         self.bridges.add(row)
         return row, _record(self.session, "create", "bridge", row, self.request_id)
@@ -108,6 +115,7 @@ class BridgeService:
             changes["forward_delay_cs"] = round(changes.pop("forward_delay") * 100)
         if not _apply_changes(row, changes):
             return row, None
+        _check_bridge(row)  # the result as a whole; the transaction rolls back if refused
         _bump(row)
         return row, _record(self.session, "update", "bridge", row, self.request_id)
 
@@ -166,6 +174,7 @@ class TapService:
             vnet_hdr=body.vnet_hdr,
             generation=1,
         )
+        validate_link_settings(row.mtu, row.addresses)
         _claim_name(self.session, body.name, "tap", row.id)
         self.taps.add(row)
         return row, _record(self.session, "create", "tap", row, self.request_id)
@@ -178,6 +187,7 @@ class TapService:
             changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
         if not _apply_changes(row, changes):
             return row, None
+        validate_link_settings(row.mtu, row.addresses)
         _bump(row)
         return row, _record(self.session, "update", "tap", row, self.request_id)
 

@@ -31,9 +31,11 @@ from app.db.session import Database
 from app.domain.links import (
     Action,
     ActionKind,
+    Fingerprint,
     LinkSpec,
     ObservedLink,
     changes_for_new_link,
+    fingerprint,
     plan,
     plan_link,
 )
@@ -76,9 +78,10 @@ class LinkReconciler:
         self.bus = bus
         self.ops = ops
         self.backoff = backoff
-        # name -> (master index, mtu) as last applied; the link monitor compares
-        # notifications to it to spot changes made behind our back
-        self.expected: dict[str, tuple[int | None, int]] = {}
+        # name -> the link as last settled, and index -> name; the supervisor compares
+        # notifications to them to spot changes made behind our back
+        self.expected: dict[str, Fingerprint] = {}
+        self.names_by_index: dict[int, str] = {}
         self._finished: list[FinishedOperation] = []  # collected during one write-back
 
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
@@ -167,11 +170,12 @@ class LinkReconciler:
     def _sweep(self, link: ObservedLink) -> None:
         log.info("removing orphan link %s (index %d, %s)", link.name, link.index, link.alias)
         self.ops.delete(link.index, link.name)
-        self.expected.pop(link.name, None)
+        self._forget(link.name, link.index)
 
     def _remove(self, spec: LinkSpec, action: Action) -> Outcome:
         if action.kind is ActionKind.DELETE and action.observed is not None:
             self.ops.delete(action.observed.index, action.observed.name)
+            self._forget(spec.name, action.observed.index)
         self.expected.pop(spec.name, None)
         return Outcome(spec, action.kind, ok=True)
 
@@ -205,10 +209,15 @@ class LinkReconciler:
         # re-read the link itself (index, MAC, master, MTU); addresses are not recorded
         return self._settled(spec, action.kind, self.ops.get(spec.name, {}))
 
+    def _forget(self, name: str, index: int) -> None:
+        self.expected.pop(name, None)
+        self.names_by_index.pop(index, None)
+
     def _settled(self, spec: LinkSpec, kind: ActionKind, link: ObservedLink | None) -> Outcome:
         if link is None:
             return Outcome(spec, kind, ok=False, reason=f"{spec.name} vanished", transient=True)
-        self.expected[spec.name] = (link.master_index, link.mtu)
+        self.expected[spec.name] = fingerprint(link)
+        self.names_by_index[link.index] = spec.name
         return Outcome(spec, kind, ok=True, ifindex=link.index, mac=link.mac)
 
     # ---- writing back ----------------------------------------------------------------------

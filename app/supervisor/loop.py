@@ -15,11 +15,12 @@ from collections.abc import Callable
 
 from app.bus import EventBus
 from app.db.session import Database
-from app.domain.links import parse_mark
+from app.domain.links import fingerprint, parse_mark
 from app.domain.retry import Backoff
 from app.host.monitor import LinkMonitor
-from app.host.netlink import LinkOps
+from app.host.netlink import LinkOps, observed
 from app.host.netns import enter_for_this_thread
+from app.host.rtnl import RawAddress, RawLink
 from app.supervisor.links import LinkReconciler, Scope
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Supervisor:
         self._full_requested = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._monitor = LinkMonitor(self._on_link_event, netns)
+        self._monitor = LinkMonitor(self._on_link, self._on_address, netns)
         self._reconciler: LinkReconciler | None = None
 
     # ---- control ---------------------------------------------------------------------------
@@ -81,22 +82,23 @@ class Supervisor:
 
     # ---- netlink ---------------------------------------------------------------------------
 
-    def _on_link_event(
-        self,
-        event: str,
-        name: str,
-        alias: str | None,
-        master: int | None,
-        up: bool,
-        mtu: int | None,
-    ) -> None:
+    def _on_link(self, link: RawLink) -> None:
         reconciler = self._reconciler
-        if reconciler is None or name not in reconciler.expected:
+        if reconciler is None or not link.name or link.name not in reconciler.expected:
             return
-        if event == "new":
-            ours = parse_mark(alias) is not None
-            if ours and up and reconciler.expected.get(name) == (master, mtu):
+        if link.event == "new":
+            ours = parse_mark(link.alias) is not None
+            if ours and reconciler.expected.get(link.name) == fingerprint(observed(link)):
                 return  # our own change, or nothing we manage changed
+        self._repair(link.name)
+
+    def _on_address(self, address: RawAddress) -> None:
+        reconciler = self._reconciler
+        name = reconciler.names_by_index.get(address.index) if reconciler else None
+        if name is not None:
+            self._repair(name)
+
+    def _repair(self, name: str) -> None:
         with self._wake:
             self._names.add(name)
             self._wake.notify()

@@ -340,11 +340,6 @@ def assert_refused_and_nothing_changed(
     assert api_snapshot(client) == api_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BodyLimitMiddleware raises _BodyTooLarge inside receive(); FastAPI turns any "
-    "exception while reading the body into 400 'error parsing the body'",
-)
 def test_chunked_body_over_the_limit_is_413(daemon: E2EDaemon, netns: str) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"name": "brx", "padding": "'
@@ -362,11 +357,6 @@ def test_chunked_body_over_the_limit_is_413(daemon: E2EDaemon, netns: str) -> No
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validate_link_name accepts 'all' and 'default', which the kernel refuses "
-    "(EINVAL): the resource is stored and ends in status error instead of a 422",
-)
 def test_names_the_kernel_reserves_are_refused(daemon: E2EDaemon, netns: str) -> None:
     with daemon.client() as client:
         for name in ("all", "default"):
@@ -379,11 +369,6 @@ def test_names_the_kernel_reserves_are_refused(daemon: E2EDaemon, netns: str) ->
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an IPv6 address needs MTU >= 1280; the API accepts the pair, the kernel refuses "
-    "the address (EINVAL) and the link is left created, half-configured, in status error",
-)
 def test_ipv6_address_with_tiny_mtu_is_refused(daemon: E2EDaemon, netns: str) -> None:
     body = {"name": "br6", "mtu": 1000, "addresses": ["fd00:6::1/64"]}
     with daemon.client() as client:

@@ -191,11 +191,6 @@ def test_foreign_link_holding_a_wanted_name_is_left_alone(daemon: E2EDaemon, net
     assert link_state(links(netns)["tap9"]) == link_state(before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the link monitor (app/host/monitor.py) subscribes to RTMGRP_LINK only; an address "
-    "removed by hand comes back only at the next full resync (30 s by default)",
-)
 def test_bridge_address_removed_by_hand_is_repaired(daemon: E2EDaemon, netns: str) -> None:
     with daemon.client() as client:
         setup_bridge_with_tap(client)
@@ -203,12 +198,6 @@ def test_bridge_address_removed_by_hand_is_repaired(daemon: E2EDaemon, netns: st
     kernel_link(netns, "br0", REPAIR_SECONDS, lambda k: "192.168.105.1/24" in k.addresses)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Supervisor._on_link_event ignores bridge option changes, and the repair (stp off "
-    "and forward delay 0 in one message) fails with ERANGE: the kernel sets the forward delay "
-    "first, while STP is still on",
-)
 def test_stp_turned_on_by_hand_is_repaired(daemon: E2EDaemon, netns: str) -> None:
     with daemon.client() as client:
         setup_bridge_with_tap(client)

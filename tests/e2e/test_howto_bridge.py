@@ -143,12 +143,6 @@ def bridge_options(netns: str, name: str) -> tuple[int, int]:
     return int(info["IFLA_BR_STP_STATE"]), int(info["IFLA_BR_FORWARD_DELAY"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LinkOps.apply (app/host/netlink.py) sends stp_state and forward_delay in one "
-    "RTM_NEWLINK; the kernel applies IFLA_BR_FORWARD_DELAY first and refuses < 2 s while STP "
-    "is still on (ERANGE): the bridge ends in status error with STP still on",
-)
 def test_stp_off_with_forward_delay_0_on_an_stp_bridge(daemon: E2EDaemon, netns: str) -> None:
     """The how-to's settings (bridge_stp off, bridge_fd 0) applied to an existing STP bridge."""
     with daemon.client() as client:
@@ -161,12 +155,6 @@ def test_stp_off_with_forward_delay_0_on_an_stp_bridge(daemon: E2EDaemon, netns:
         assert bridge_options(netns, "brs") == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel STP clamps the forward delay to >= 2 s; the API accepts stp=true with "
-    "forward_delay 0 (the default), reports it active with forward_delay 0 while the kernel "
-    "has 2 s, and the next full resync fails with ERANGE",
-)
 def test_stp_on_with_forward_delay_below_2s(daemon: E2EDaemon, netns: str) -> None:
     """Either refused up front (422, nothing created) or applied as reported."""
     with daemon.client() as client:

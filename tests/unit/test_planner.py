@@ -168,3 +168,20 @@ def test_new_link_changes_carry_mark_and_everything() -> None:
         True,
     )
     assert changes.add_addresses == ("10.0.0.1/24",)
+
+
+def test_our_link_whose_mark_was_removed_by_hand_is_re_marked() -> None:
+    unmarked = tap_link(alias=None)
+    (same,) = [
+        a
+        for a in plan([bridge_spec(), tap_spec(ifindex=3)], [bridge_link(), unmarked])
+        if a.name == "tap1"
+    ]
+    assert same.kind is ActionKind.ADOPT
+    assert same.changes.mark == ownership_mark(LinkKind.TAP, TAP)
+    (other,) = [
+        a
+        for a in plan([bridge_spec(), tap_spec(ifindex=99)], [bridge_link(), unmarked])
+        if a.name == "tap1"
+    ]
+    assert other.kind is ActionKind.CONFLICT
