@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from app.settings import Settings, load_settings
 
@@ -49,61 +50,73 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve(settings: Settings) -> None:
+def _servers(settings: Settings, app: ASGIApp) -> list[_Server]:
+    """The unix-socket server (runs the app's lifespan) and, when configured, the TCP one."""
     from app.api.middleware import TcpTransport
-    from app.main import create_app, load_or_create_token
 
-    token = load_or_create_token(settings.admin_token_file)
-    app = create_app(settings, token)
-    unix_sock = _unix_socket(settings.socket_path)
-    log_config = None  # our logging setup stays in charge
-    servers = [_Server(uvicorn.Config(app, lifespan="on", log_config=log_config, access_log=False))]
+    servers = [_Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))]
     listen = settings.listen_address
     if listen is not None:
-        servers.append(
-            _Server(
-                uvicorn.Config(
-                    TcpTransport(app),
-                    host=listen[0],
-                    port=listen[1],
-                    lifespan="off",
-                    log_config=log_config,
-                    access_log=False,
-                )
-            )
+        tcp = uvicorn.Config(
+            TcpTransport(app),
+            host=listen[0],
+            port=listen[1],
+            lifespan="off",
+            log_config=None,  # our logging setup stays in charge
+            access_log=False,
         )
-    loop = asyncio.get_running_loop()
+        servers.append(_Server(tcp))
+    return servers
+
+
+def _announce(settings: Settings) -> None:
+    listen = settings.listen_address
+    where = f"unix:{settings.socket_path}" + (
+        f" and http://{listen[0]}:{listen[1]}" if listen else ""
+    )
+    netns = f" (netns {settings.netns})" if settings.netns else ""
+    print(f"kvmnetd{netns} listening on {where}", flush=True)
+    print(f"admin token: {settings.admin_token_file} (for TCP: Authorization: Bearer <token>)")
+    print(f"database: {settings.db_url}", flush=True)
+
+
+async def _started(servers: list[_Server], tasks: list[asyncio.Task[None]]) -> bool:
+    """Wait until every server listens (True) or one of them gave up (False)."""
+    while not all(s.started for s in servers):
+        if any(task.done() for task in tasks):
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def _serve(settings: Settings) -> None:
+    from app.main import create_app, load_or_create_token
+
+    app = create_app(settings, load_or_create_token(settings.admin_token_file))
+    unix_sock = _unix_socket(settings.socket_path)
+    servers = _servers(settings, app)
 
     def request_exit() -> None:
         for server in servers:
             server.should_exit = True
 
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_exit)
-    print(
-        f"kvmnetd {(settings.netns and f'(netns {settings.netns}) ') or ''}listening on "
-        f"unix:{settings.socket_path}" + (f" and http://{listen[0]}:{listen[1]}" if listen else ""),
-        flush=True,
-    )
-    print(
-        f"admin token: {settings.admin_token_file} (send Authorization: Bearer <token> over TCP)",
-        flush=True,
-    )
-    print(f"database: {settings.db_url}", flush=True)
     main_task = asyncio.create_task(servers[0].serve(sockets=[unix_sock]))
-    # the TCP listener starts once the app's lifespan (migrations, supervisor) is up
-    while not servers[0].started and not main_task.done():
-        await asyncio.sleep(0.01)
-    others = [asyncio.create_task(s.serve()) for s in servers[1:]]
-    done, _ = await asyncio.wait([main_task, *others], return_when=asyncio.FIRST_COMPLETED)
-    for s in servers:
-        s.should_exit = True
-    await asyncio.gather(main_task, *others, return_exceptions=True)
-    for task in done:
-        if task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
-    if any(not s.started for s in servers) or (main_task.done() and not servers[0].should_exit):
-        raise SystemExit(1)
+    # the TCP listener opens once the app's lifespan (migrations, supervisor) is up
+    await _started(servers[:1], [main_task])
+    tasks = [main_task, *(asyncio.create_task(s.serve()) for s in servers[1:])]
+    if await _started(servers, tasks):
+        _announce(settings)
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    request_exit()  # one server stopped (signal, or failed to start): stop the other
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if not all(s.started for s in servers):  # uvicorn logged why (e.g. the port is taken)
+        raise SystemExit("kvmnetd: a listener failed to start (see the log above)")
+    if failures:
+        raise failures[0]
 
 
 def main(argv: list[str] | None = None) -> int:
