@@ -38,7 +38,9 @@ class LinkMonitor:
         on_link: LinkEventHandler,
         on_address: AddressEventHandler,
         netns: str | None = None,
+        wanted: Callable[[int], bool] | None = None,
     ) -> None:
+        self._wanted = wanted  # which link indexes matter: the rest are never decoded
         self._on_link = on_link
         self._on_address = on_address
         self._netns = netns
@@ -85,7 +87,7 @@ class LinkMonitor:
                 log.warning("link notifications lost (%s); relying on the next resync", exc)
                 continue
             try:
-                for message in rtnl.parse_messages(data):
+                for message in rtnl.parse_messages(data, self._wanted):
                     if isinstance(message, RawLink):
                         self._on_link(message)
                     else:

@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 NETLINK_ROUTE = 0
@@ -49,6 +49,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
+_I32 = struct.Struct("=i")
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,11 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
     )
 
 
-def parse_messages(data: bytes) -> Iterator[RawLink | RawAddress]:
-    """Every link and address message in a buffer read from a netlink socket; an error
+def parse_messages(
+    data: bytes, wanted: Callable[[int], bool] | None = None
+) -> Iterator[RawLink | RawAddress]:
+    """Every link and address message in a buffer read from a netlink socket (only those
+    whose link index is `wanted`, when given: the others are not decoded at all); an error
     message raises OSError."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
@@ -159,10 +163,13 @@ def parse_messages(data: bytes) -> Iterator[RawLink | RawAddress]:
             if code:
                 raise OSError(-code, os.strerror(-code))
         elif msg_type in (RTM_NEWLINK, RTM_DELLINK):
-            yield parse_link(data, offset, length, msg_type)
+            (index,) = _I32.unpack_from(data, offset + _NLMSGHDR.size + 4)  # ifinfomsg.index
+            if wanted is None or wanted(index):
+                yield parse_link(data, offset, length, msg_type)
         elif msg_type in (RTM_NEWADDR, RTM_DELADDR):
             (index,) = _U32.unpack_from(data, offset + _NLMSGHDR.size + 4)  # ifaddrmsg.index
-            yield RawAddress("del" if msg_type == RTM_DELADDR else "new", index)
+            if wanted is None or wanted(index):
+                yield RawAddress("del" if msg_type == RTM_DELADDR else "new", index)
         offset += (length + 3) & ~3
 
 

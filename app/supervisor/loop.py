@@ -50,7 +50,7 @@ class Supervisor:
         self._full_requested = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._monitor = LinkMonitor(self._on_link, self._on_address, netns)
+        self._monitor = LinkMonitor(self._on_link, self._on_address, netns, self._watched)
         self._reconciler: LinkReconciler | None = None
 
     # ---- control ---------------------------------------------------------------------------
@@ -81,6 +81,12 @@ class Supervisor:
             self._wake.notify()
 
     # ---- netlink ---------------------------------------------------------------------------
+
+    def _watched(self, index: int) -> bool:
+        """Notifications about links we have settled are decoded; the rest (e.g. links we
+        are creating right now) are skipped unread."""
+        reconciler = self._reconciler
+        return reconciler is not None and index in reconciler.names_by_index
 
     def _on_link(self, link: RawLink) -> None:
         reconciler = self._reconciler
