@@ -88,6 +88,7 @@ def create_app(
             yield
         finally:
             supervisor.stop()
+            inspector.close()
             db.dispose()
 
     app = FastAPI(

@@ -66,7 +66,7 @@ async def create_bridge(
 @router.get("", operation_id="list_bridges", response_model=BridgePage)
 async def list_bridges(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> BridgePage:
     rows, next_cursor = await ctx.read(lambda s: BridgeService(s).page(limit, cursor))
-    ports = await ctx.host(ctx.inspector.ports_by_bridge)
+    ports = await ctx.host(ctx.inspector.ports_of, [r.name for r in rows])
     return BridgePage(
         items=[bridge_out(r, ports.get(r.name)) for r in rows], next_cursor=next_cursor
     )

@@ -1,8 +1,9 @@
 """Read-only views of the host for the API: interfaces with counters (ifconfig), routes
 (route -n), bridge ports (brctl show) and a bridge's MAC table (brctl showmacs).
 
-pyroute2's sync sockets are bound to the thread that opens them, and API requests run on
-worker threads, so every view opens its own short-lived socket.
+Every view runs on the inspector's own thread, which entered the namespace the daemon
+manages (when it is not the process's own): link views read through app.host.rtnl, the
+others through short-lived pyroute2 sockets (which are bound to the thread that opens them).
 """
 
 from __future__ import annotations
@@ -10,13 +11,20 @@ from __future__ import annotations
 import socket
 import threading
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
 from app.domain.links import parse_mark
+from app.host import rtnl
 from app.host.capabilities import probe_capabilities
+from app.host.netns import enter_for_this_thread
+from app.host.rtnl import RawLink
+
+T = TypeVar("T")
 
 AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
@@ -40,12 +48,12 @@ def _managed_by(alias: str | None) -> dict[str, str] | None:
     return {"resource": owner[0].value, "id": owner[1]} if owner else None
 
 
-def _port(msg: Any) -> dict[str, Any]:
-    owner = parse_mark(msg.get_attr("IFLA_IFALIAS"))
+def _port(link: RawLink) -> dict[str, Any]:
+    owner = parse_mark(link.alias)
     return {
-        "name": msg.get_attr("IFLA_IFNAME"),
-        "ifindex": msg["index"],
-        "oper_state": (msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN").lower(),
+        "name": link.name,
+        "ifindex": link.index,
+        "oper_state": link.oper_state,
         "tap_id": owner[1] if owner else None,
     }
 
@@ -64,30 +72,45 @@ class LiveHostInspector:
         self.probe_kernel = probe_kernel
         self._capabilities: dict[str, Any] | None = None
         self._capabilities_lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="host-inspector",
+            initializer=enter_for_this_thread,
+            initargs=(netns,),
+        )
 
-    def _ipr(self) -> IPRoute:
-        return IPRoute(netns=self.netns) if self.netns else IPRoute()
+    def _on_inspector_thread(self, fn: Callable[[], T]) -> T:
+        return self._thread.submit(fn).result()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False)
 
     def bridge_ports(self, bridge: str) -> list[dict[str, Any]]:
-        with self._ipr() as ipr:
-            found = ipr.link_lookup(ifname=bridge)
-            if not found:
-                return []
-            return [_port(m) for m in ipr.link("dump", master=found[0])]
+        return self.ports_of([bridge])[bridge]
 
-    def ports_by_bridge(self) -> dict[str, list[dict[str, Any]]]:
-        with self._ipr() as ipr:
-            links = list(ipr.link("dump"))
-        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in links}
-        result: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for msg in links:
-            master = msg.get_attr("IFLA_MASTER")
-            if master:
-                result[names.get(master, str(master))].append(_port(msg))
-        return result
+    def ports_of(self, bridges: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each bridge's ports, from one kernel-filtered dump per bridge."""
+        return self._on_inspector_thread(lambda: {b: self._ports(b) for b in bridges})
+
+    @staticmethod
+    def _ports(bridge: str) -> list[dict[str, Any]]:
+        try:
+            index = socket.if_nametoindex(bridge)
+        except OSError:
+            return []
+        return [_port(link) for link in rtnl.dump_links(master=index)]
 
     def fdb(self, bridge: str) -> list[dict[str, Any]]:
-        with self._ipr() as ipr:
+        return self._on_inspector_thread(lambda: self._fdb(bridge))
+
+    def interfaces(self) -> list[dict[str, Any]]:
+        return self._on_inspector_thread(self._interfaces)
+
+    def routes(self) -> list[dict[str, Any]]:
+        return self._on_inspector_thread(self._routes)
+
+    def _fdb(self, bridge: str) -> list[dict[str, Any]]:
+        with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=bridge)
             if not found:
                 return []
@@ -116,8 +139,8 @@ class LiveHostInspector:
                 )
         return sorted(entries, key=lambda e: (e["port"], e["mac"]))
 
-    def interfaces(self) -> list[dict[str, Any]]:
-        with self._ipr() as ipr:
+    def _interfaces(self) -> list[dict[str, Any]]:
+        with IPRoute() as ipr:
             addresses: dict[int, list[str]] = defaultdict(list)
             for a in ipr.addr("dump"):
                 addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
@@ -147,8 +170,8 @@ class LiveHostInspector:
             )
         return result
 
-    def routes(self) -> list[dict[str, Any]]:
-        with self._ipr() as ipr:
+    def _routes(self) -> list[dict[str, Any]]:
+        with IPRoute() as ipr:
             names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.link("dump")}
             result = []
             for family in (socket.AF_INET, socket.AF_INET6):

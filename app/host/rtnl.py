@@ -32,7 +32,9 @@ IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_MASTER = 10
 IFLA_LINKINFO = 18
+IFLA_OPERSTATE = 16
 IFLA_IFALIAS = 20
+OPER_STATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
 IFLA_EXT_MASK = 29
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
@@ -66,6 +68,7 @@ class RawLink:
     mac: str | None
     kind: str | None
     info: dict[int, bytes]  # IFLA_INFO_DATA attributes, raw
+    oper_state: str = "unknown"
 
     @property
     def up(self) -> bool:
@@ -131,6 +134,9 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
             fields["alias"] = _string(value) or None
         elif attr == IFLA_ADDRESS and len(value) == 6:
             fields["mac"] = bytes(value).hex(":")
+        elif attr == IFLA_OPERSTATE and len(value) >= 1:
+            state = value[0]
+            fields["oper_state"] = OPER_STATES[state] if state < len(OPER_STATES) else "unknown"
         elif attr == IFLA_LINKINFO:
             kind, info = _linkinfo(value)
     return RawLink(
@@ -144,6 +150,7 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
         mac=fields.get("mac"),  # type: ignore[arg-type]
         kind=kind,
         info=info,
+        oper_state=fields.get("oper_state", "unknown"),  # type: ignore[arg-type]
     )
 
 
@@ -173,13 +180,20 @@ def parse_messages(
         offset += (length + 3) & ~3
 
 
-def dump_links() -> list[RawLink]:
-    """One RTM_GETLINK dump of the calling thread's network namespace."""
+def _u32_attr(kind: int, value: int) -> bytes:
+    return _RTATTR.pack(_RTATTR.size + 4, kind) + _U32.pack(value)
+
+
+def dump_links(master: int | None = None) -> list[RawLink]:
+    """One RTM_GETLINK dump of the calling thread's network namespace; with `master`, the
+    kernel itself returns only that bridge's ports."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
-        ifinfo = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        length = _NLMSGHDR.size + len(ifinfo)
-        sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + ifinfo)
+        request = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        if master is not None:
+            request += _u32_attr(IFLA_MASTER, master)
+        length = _NLMSGHDR.size + len(request)
+        sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
         links: list[RawLink] = []
         while True:
             data = sock.recv(1 << 20)
