@@ -19,8 +19,12 @@ from app.schemas.common import (
 class BridgeCreate(RequestModel):
     name: LinkNameStr
     stp: bool = Field(False, description="Spanning tree (the how-to: bridge_stp off)")
-    forward_delay: float = Field(
-        0, ge=0, le=30, description="Forward delay in seconds (the how-to: bridge_fd 0)"
+    forward_delay: float | None = Field(
+        None,
+        ge=0,
+        le=30,
+        description="Forward delay in seconds (the how-to: bridge_fd 0). Default: 0 with stp "
+        "off, 15 with stp on (the kernel needs 2-30 s while STP runs)",
     )
     mtu: Mtu | None = None
     mac: MacStr | None = Field(None, description="Pin the bridge's MAC")
@@ -36,7 +40,9 @@ class BridgeCreate(RequestModel):
 
 
 class BridgeUpdate(RequestModel):
-    stp: bool | None = None
+    stp: bool | None = Field(
+        None, description="Turning STP on raises a forward delay under 2 s to 15 s"
+    )
     forward_delay: float | None = Field(None, ge=0, le=30)
     mtu: Mtu | None = None
     mac: MacStr | None = None

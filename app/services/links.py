@@ -16,7 +16,11 @@ from app.db.repositories import (
     TapRepository,
 )
 from app.domain.errors import BeingDeleted, InUse, NameTaken, NotFound
-from app.domain.names import validate_bridge_timers, validate_link_settings
+from app.domain.names import (
+    STP_FORWARD_DELAY_CS,
+    validate_bridge_timers,
+    validate_link_settings,
+)
 from app.domain.status import Status, check_transition
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 
@@ -62,6 +66,15 @@ def _apply_changes(row: Bridge | Tap, changes: dict[str, Any]) -> bool:
     return changed
 
 
+STP_DEFAULT_FORWARD_DELAY_CS = 1500  # the kernel's own default while STP runs
+
+
+def _delay_cs(stp: bool, forward_delay: float | None) -> int:
+    if forward_delay is None:
+        return STP_DEFAULT_FORWARD_DELAY_CS if stp else 0
+    return round(forward_delay * 100)
+
+
 def _check_bridge(row: Bridge) -> None:
     validate_link_settings(row.mtu, row.addresses)
     validate_bridge_timers(row.stp, row.forward_delay_cs)
@@ -96,7 +109,7 @@ class BridgeService:
             id=new_id(),
             name=body.name,
             stp=body.stp,
-            forward_delay_cs=round(body.forward_delay * 100),
+            forward_delay_cs=_delay_cs(body.stp, body.forward_delay),
             mtu=body.mtu,
             mac=body.mac,
             addresses=list(body.addresses),
@@ -113,6 +126,8 @@ class BridgeService:
         changes = body.model_dump(exclude_unset=True)
         if "forward_delay" in changes:
             changes["forward_delay_cs"] = round(changes.pop("forward_delay") * 100)
+        elif changes.get("stp") and row.forward_delay_cs < STP_FORWARD_DELAY_CS[0]:
+            changes["forward_delay_cs"] = STP_DEFAULT_FORWARD_DELAY_CS
         if not _apply_changes(row, changes):
             return row, None
         _check_bridge(row)  # the result as a whole; the transaction rolls back if refused

@@ -229,3 +229,23 @@ def test_event_stream_replays_every_transition_in_order(api: TestClient) -> None
             if len(seen) == 4:
                 break
     assert [e for _, e in seen] == ["tap.pending", "tap.active", "tap.deleting", "tap.deleted"]
+
+
+def test_stp_forward_delay_defaults_and_limits(api: TestClient, netns: str) -> None:
+    on = make_bridge(api, "brs", stp=True)
+    assert on["forward_delay"] == 15.0
+    assert links(netns)["brs"].info["IFLA_BR_FORWARD_DELAY"] == 1500
+    off = make_bridge(api, "brf")
+    assert off["forward_delay"] == 0.0
+    r = api.patch("/v1/bridges/brf?wait=10", json={"stp": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["forward_delay"] == 15.0
+    assert links(netns)["brf"].info["IFLA_BR_STP_STATE"] == 1
+    r = api.patch("/v1/bridges/brf?wait=10", json={"stp": False, "forward_delay": 0})
+    assert r.status_code == 200, r.text
+    kernel = links(netns)["brf"].info
+    assert (kernel["IFLA_BR_STP_STATE"], kernel["IFLA_BR_FORWARD_DELAY"]) == (0, 0)
+    r = api.post("/v1/bridges", json={"name": "brx", "stp": True, "forward_delay": 1})
+    assert r.status_code == 422
+    assert "between 2 and 30 seconds" in r.json()["detail"]
+    assert "brx" not in links(netns)
