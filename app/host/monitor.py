@@ -81,7 +81,7 @@ class LinkMonitor:
             if not ready:
                 continue
             try:
-                data = self._sock.recv(RECV_BUFFER)
+                data = rtnl.receive(self._sock)
             except OSError as exc:  # ENOBUFS: we fell behind; the resync covers the gap
                 self.overruns += 1
                 log.warning("link notifications lost (%s); relying on the next resync", exc)

@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -180,6 +181,20 @@ def parse_messages(
         offset += (length + 3) & ~3
 
 
+_buffers = threading.local()
+RECV_SIZE = 1 << 17  # more than one dump chunk of the kernel's (it fills up to 32 KiB)
+
+
+def receive(sock: socket.socket) -> bytes:
+    """One datagram, read into a per-thread buffer: a fresh large bytes object per recv()
+    costs more than decoding its messages."""
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = bytearray(RECV_SIZE)
+    size = sock.recv_into(buffer)
+    return bytes(memoryview(buffer)[:size])
+
+
 def _u32_attr(kind: int, value: int) -> bytes:
     return _RTATTR.pack(_RTATTR.size + 4, kind) + _U32.pack(value)
 
@@ -196,7 +211,7 @@ def dump_links(master: int | None = None) -> list[RawLink]:
         sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
         links: list[RawLink] = []
         while True:
-            data = sock.recv(1 << 20)
+            data = receive(sock)
             links.extend(m for m in parse_messages(data) if isinstance(m, RawLink))
             if _ends_dump(data):
                 return links
@@ -225,7 +240,7 @@ def get_link(name: str) -> RawLink | None:
         sock.bind((0, 0))
         sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST, 1, 0) + ifinfo + attr)
         try:
-            found = [m for m in parse_messages(sock.recv(1 << 16)) if isinstance(m, RawLink)]
+            found = [m for m in parse_messages(receive(sock)) if isinstance(m, RawLink)]
         except OSError as exc:
             if exc.errno == errno.ENODEV:
                 return None
