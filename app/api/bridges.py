@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from app.api.deps import Ctx, Cursor, Limit, RequestId, Wait
+from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
 from app.api.presenters import bridge_out
 from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation
@@ -21,13 +21,13 @@ router = APIRouter(prefix="/v1/bridges", tags=["bridges"], responses=PROBLEM_RES
 SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
 
 
-async def _present(ctx: Ctx, row: Bridge) -> BridgeOut:
+async def _present(ctx: AppContext, row: Bridge) -> BridgeOut:
     ports = await ctx.host(ctx.inspector.bridge_ports, row.name)
     return bridge_out(row, ports)
 
 
 async def _finish(
-    ctx: Ctx,
+    ctx: AppContext,
     response: Response,
     row: Bridge,
     op: Operation | None,
@@ -57,14 +57,16 @@ async def _finish(
     description=SETTLE_DOC,
 )
 async def create_bridge(
-    body: BridgeCreate, response: Response, ctx: Ctx, request_id: RequestId, wait: Wait = None
+    body: BridgeCreate, response: Response, request: Request, wait: Wait = None
 ) -> BridgeOut | Response:
+    ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).create(body))
     return await _finish(ctx, response, row, op, wait, 201)
 
 
 @router.get("", operation_id="list_bridges", response_model=BridgePage)
-async def list_bridges(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> BridgePage:
+async def list_bridges(request: Request, limit: Limit = 100, cursor: Cursor = None) -> BridgePage:
+    ctx = context(request)
     rows, next_cursor = await ctx.read(lambda s: BridgeService(s).page(limit, cursor))
     ports = await ctx.host(ctx.inspector.ports_of, [r.name for r in rows])
     return BridgePage(
@@ -73,7 +75,8 @@ async def list_bridges(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> B
 
 
 @router.get("/{bridge_id}", operation_id="get_bridge", response_model=BridgeOut)
-async def get_bridge(bridge_id: str, ctx: Ctx) -> BridgeOut:
+async def get_bridge(bridge_id: str, request: Request) -> BridgeOut:
+    ctx = context(request)
     row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
     return await _present(ctx, row)
 
@@ -89,10 +92,10 @@ async def update_bridge(
     bridge_id: str,
     body: BridgeUpdate,
     response: Response,
-    ctx: Ctx,
-    request_id: RequestId,
+    request: Request,
     wait: Wait = None,
 ) -> BridgeOut | Response:
+    ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).update(bridge_id, body))
     return await _finish(ctx, response, row, op, wait, 200)
 
@@ -108,11 +111,11 @@ async def update_bridge(
 async def delete_bridge(
     bridge_id: str,
     response: Response,
-    ctx: Ctx,
-    request_id: RequestId,
+    request: Request,
     wait: Wait = None,
     detach_taps: Annotated[bool, Query(description="Detach attached taps first")] = False,
 ) -> BridgeOut | Response:
+    ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(
         lambda s: BridgeService(s, request_id).delete(bridge_id, detach_taps)
     )
@@ -120,8 +123,9 @@ async def delete_bridge(
 
 
 @router.get("/{bridge_id}/fdb", operation_id="list_bridge_fdb", response_model=list[FdbEntry])
-async def list_bridge_fdb(bridge_id: str, ctx: Ctx) -> list[FdbEntry]:
+async def list_bridge_fdb(bridge_id: str, request: Request) -> list[FdbEntry]:
     """The bridge's MAC table (like `brctl showmacs`): port, MAC, local flag, ageing timer."""
+    ctx = context(request)
     row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
     entries = await ctx.host(ctx.inspector.fdb, row.name)
     return [FdbEntry(**e) for e in entries]

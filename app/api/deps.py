@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Query, Request
+from fastapi import Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -50,17 +50,17 @@ class AppContext:
             return fn(session)
 
 
-def get_context(request: Request) -> AppContext:
+def context(request: Request) -> AppContext:
+    """The app's context. Endpoints take the Request and call this rather than declaring a
+    FastAPI dependency: each dependency cost ~0.3 ms per request here (measured)."""
     ctx: AppContext = request.app.state.context
     return ctx
 
 
-def get_request_id(request: Request) -> str | None:
+def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-Ctx = Annotated[AppContext, Depends(get_context)]
-RequestId = Annotated[str | None, Depends(get_request_id)]
 Wait = Annotated[
     float | None,
     Query(

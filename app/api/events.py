@@ -6,10 +6,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
-from app.api.deps import Ctx
+from app.api.deps import context
 from app.bus import Event
 from app.schemas.common import PROBLEM_RESPONSES
 
@@ -36,12 +36,14 @@ def _sse(event: Event) -> dict[str, Any]:
     },
 )
 async def stream_events(
-    ctx: Ctx,
+    request: Request,
     resource: Annotated[
         str | None, Query(max_length=32, description="Only events of this resource kind")
     ] = None,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> EventSourceResponse:
+    ctx = context(request)
+
     def wanted(event: Event) -> bool:
         return resource is None or event.resource == resource
 

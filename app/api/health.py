@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Ctx
+from app.api.deps import context
 from app.schemas.host import Health
 
 router = APIRouter(tags=["health"])
@@ -22,8 +22,9 @@ async def get_health() -> Health:
     response_model=Health,
     responses={503: {"model": Health, "description": "Not ready yet"}},
 )
-async def get_readiness(ctx: Ctx) -> Health | JSONResponse:
+async def get_readiness(request: Request) -> Health | JSONResponse:
     """Ready once the supervisor has finished its first full reconcile pass."""
+    ctx = context(request)
     if ctx.is_ready():
         return Health(status="ready")
     return JSONResponse(

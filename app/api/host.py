@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from app.api.deps import Ctx
+from app.api.deps import context
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.host import Capabilities, HostInterface, HostRoute
 
@@ -12,18 +12,21 @@ router = APIRouter(prefix="/v1/host", tags=["host"], responses=PROBLEM_RESPONSES
 
 
 @router.get("/interfaces", operation_id="list_host_interfaces", response_model=list[HostInterface])
-async def list_host_interfaces(ctx: Ctx) -> list[HostInterface]:
+async def list_host_interfaces(request: Request) -> list[HostInterface]:
     """Links with state, MTU, MAC, addresses, master and RX/TX counters (like ifconfig)."""
+    ctx = context(request)
     return [HostInterface(**i) for i in await ctx.host(ctx.inspector.interfaces)]
 
 
 @router.get("/routes", operation_id="list_host_routes", response_model=list[HostRoute])
-async def list_host_routes(ctx: Ctx) -> list[HostRoute]:
+async def list_host_routes(request: Request) -> list[HostRoute]:
     """IPv4 and IPv6 routes of the main tables (like route -n)."""
+    ctx = context(request)
     return [HostRoute(**r) for r in await ctx.host(ctx.inspector.routes)]
 
 
 @router.get("/capabilities", operation_id="get_host_capabilities", response_model=Capabilities)
-async def get_host_capabilities(ctx: Ctx) -> Capabilities:
+async def get_host_capabilities(request: Request) -> Capabilities:
     """What this host can do, probed by trying (cached after the first probe)."""
+    ctx = context(request)
     return Capabilities(**await ctx.host(ctx.inspector.capabilities))

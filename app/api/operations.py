@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sqlalchemy.orm import Session
 
-from app.api.deps import Ctx, Wait
+from app.api.deps import Wait, context
 from app.api.presenters import operation_out
 from app.api.waiting import wait_until
 from app.db.models import Operation
@@ -18,7 +18,9 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=PROBL
 
 
 @router.get("/{operation_id}", operation_id="get_operation", response_model=OperationOut)
-async def get_operation(operation_id: str, ctx: Ctx, wait: Wait = None) -> OperationOut:
+async def get_operation(operation_id: str, request: Request, wait: Wait = None) -> OperationOut:
+    ctx = context(request)
+
     def load(session: Session) -> Operation:
         op = OperationRepository(session).get(operation_id)
         if op is None:

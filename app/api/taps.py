@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import Ctx, Cursor, Limit, RequestId, Wait
+from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
 from app.api.presenters import tap_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, Tap
@@ -24,7 +24,7 @@ PENDING: dict[int | str, dict[str, Any]] = {
 
 
 async def _finish(
-    ctx: Ctx,
+    ctx: AppContext,
     response: Response,
     row: Tap,
     op: Operation | None,
@@ -52,20 +52,23 @@ async def _finish(
     responses={201: {"model": TapOut, "description": "Created and settled (with ?wait=)"}},
 )
 async def create_tap(
-    body: TapCreate, response: Response, ctx: Ctx, request_id: RequestId, wait: Wait = None
+    body: TapCreate, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
+    ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body))
     return await _finish(ctx, response, row, op, wait, 201)
 
 
 @router.get("", operation_id="list_taps", response_model=TapPage)
-async def list_taps(ctx: Ctx, limit: Limit = 100, cursor: Cursor = None) -> TapPage:
+async def list_taps(request: Request, limit: Limit = 100, cursor: Cursor = None) -> TapPage:
+    ctx = context(request)
     rows, next_cursor = await ctx.read(lambda s: TapService(s).page(limit, cursor))
     return TapPage(items=[tap_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{tap_id}", operation_id="get_tap", response_model=TapOut)
-async def get_tap(tap_id: str, ctx: Ctx) -> TapOut:
+async def get_tap(tap_id: str, request: Request) -> TapOut:
+    ctx = context(request)
     return tap_out(await ctx.read(lambda s: TapService(s).get(tap_id)))
 
 
@@ -74,12 +77,12 @@ async def update_tap(
     tap_id: str,
     body: TapUpdate,
     response: Response,
-    ctx: Ctx,
-    request_id: RequestId,
+    request: Request,
     wait: Wait = None,
 ) -> TapOut | Response:
     """Change a tap. `bridge: null` detaches it; multi_queue, vnet_hdr and owner can only be
     set at creation in the kernel, so changing them re-creates the tap."""
+    ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: TapService(s, request_id).update(tap_id, body))
     return await _finish(ctx, response, row, op, wait, 200)
 
@@ -91,11 +94,11 @@ async def attach_tap(
     tap_id: str,
     body: TapAttach,
     response: Response,
-    ctx: Ctx,
-    request_id: RequestId,
+    request: Request,
     wait: Wait = None,
 ) -> TapOut | Response:
     """Attach the tap to a bridge (like `brctl addif`)."""
+    ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: TapService(s, request_id).attach(tap_id, body.bridge))
     return await _finish(ctx, response, row, op, wait, 200)
 
@@ -104,9 +107,10 @@ async def attach_tap(
     "/{tap_id}/detach", operation_id="detach_tap", response_model=TapOut, responses=PENDING
 )
 async def detach_tap(
-    tap_id: str, response: Response, ctx: Ctx, request_id: RequestId, wait: Wait = None
+    tap_id: str, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
     """Detach the tap from its bridge (like `brctl delif`)."""
+    ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: TapService(s, request_id).attach(tap_id, None))
     return await _finish(ctx, response, row, op, wait, 200)
 
@@ -119,7 +123,8 @@ async def detach_tap(
     responses={204: {"description": "Deleted (with ?wait=)"}},
 )
 async def delete_tap(
-    tap_id: str, response: Response, ctx: Ctx, request_id: RequestId, wait: Wait = None
+    tap_id: str, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
+    ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: TapService(s, request_id).delete(tap_id))
     return await _finish(ctx, response, row, op, wait, 202)
