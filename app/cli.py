@@ -151,7 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     if settings.netns:
         from app.host.netns import enter_for_this_thread
 
-        enter_for_this_thread(settings.netns)  # before any thread: threads inherit it
+        try:
+            enter_for_this_thread(settings.netns)  # before any thread: threads inherit it
+        except FileNotFoundError:
+            parser.exit(
+                2,
+                f"kvmnetd: network namespace {settings.netns!r} does not exist "
+                f"(create it with: ip netns add {settings.netns})\n",
+            )
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     asyncio.run(_serve(settings))
