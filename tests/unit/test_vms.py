@@ -1,0 +1,178 @@
+"""VM rules and the qemu command line: pure, no qemu needed (tests/host/test_qemu_argv.py
+runs the same argv through the real qemu)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.domain.errors import InvalidInput
+from app.domain.qemu_argv import qemu_argv, qemu_value
+from app.domain.vms import (
+    QEMU_DEFAULT_MAC,
+    Accelerator,
+    Backend,
+    BootSpec,
+    Machine,
+    NicSpec,
+    PortForward,
+    SocketNet,
+    UserNet,
+    Vhost,
+    VmSpec,
+    allocate_mac,
+    resolve_accelerator,
+    validate_vm,
+)
+
+ALL_MODELS = ["virtio-net-pci", "e1000", "rtl8139", "ne2k_pci", "pcnet", "ne2k_isa", "i82559a"]
+KERNEL = BootSpec(kernel="/k/vmlinuz", initrd="/k/initrd", cmdline="console=ttyS0 kvt.dhcp=1")
+
+
+def nic(**kw: object) -> NicSpec:
+    base: dict[str, object] = dict(
+        id="n0", model="virtio-net-pci", mac="52:54:00:00:00:01", backend=Backend.USER
+    )
+    return NicSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def vm(*nics: NicSpec, **kw: object) -> VmSpec:
+    base: dict[str, object] = dict(id="v1", name="vm1", boot=KERNEL, nics=nics)
+    return VmSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_isa_and_pci_models_need_the_right_machine() -> None:
+    validate_vm(vm(nic(model="ne2k_isa"), machine=Machine.ISAPC), ALL_MODELS)
+    with pytest.raises(InvalidInput, match="needs the isapc machine"):
+        validate_vm(vm(nic(model="ne2k_isa")), ALL_MODELS)
+    with pytest.raises(InvalidInput, match="no PCI bus"):
+        validate_vm(vm(nic(model="e1000"), machine=Machine.ISAPC), ALL_MODELS)
+
+
+def test_models_the_installed_qemu_lacks_are_refused_with_its_list() -> None:
+    with pytest.raises(InvalidInput, match="offers e1000, virtio-net-pci"):
+        validate_vm(vm(nic(model="rtl8139")), ["e1000", "virtio-net-pci"])
+    with pytest.raises(InvalidInput, match="not supported"):
+        validate_vm(vm(nic(model="i82559a")), ALL_MODELS)
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        (vm(memory_mib=8), "memory_mib"),
+        (vm(memory_mib=10**9), "memory_mib"),
+        (vm(vcpus=0), "vcpus"),
+        (vm(boot=BootSpec()), "either a kernel"),
+        (vm(boot=BootSpec(kernel="/k", disk="/d")), "either a kernel"),
+        (vm(nic(mac="01:00:5e:00:00:01")), "multicast"),
+        (vm(nic(), nic(id="n1")), "used twice"),
+        (vm(nic(queues=4)), "multiqueue"),
+        (vm(nic(vhost=Vhost.ON, backend=Backend.TAP, tap="tap1")), "/dev/vhost-net"),
+        (vm(nic(backend=Backend.BRIDGE)), "needs a tap"),
+        (vm(nic(backend=Backend.TAP, tap="a;rm -rf /")), "only letters"),
+        (vm(nic(backend=Backend.HUB)), "hub number"),
+        (vm(nic(backend=Backend.SOCKET, socket=SocketNet("listen", 0))), "socket port"),
+        (vm(nic(backend=Backend.SOCKET, socket=SocketNet("connect", 5, "10.0.0.1"))), "loopback"),
+        (vm(nic(backend=Backend.SOCKET, socket=SocketNet("mcast", 5))), "multicast group"),
+        (vm(nic(user=UserNet(host="10.9.9.9"))), "outside"),
+        (vm(nic(user=UserNet(forwards=(PortForward("sctp", 1, 2),)))), "tcp or udp"),
+        (vm(nic(user=UserNet(forwards=(PortForward("tcp", 70000, 22),)))), "host_port"),
+        (
+            vm(
+                nic(
+                    user=UserNet(
+                        forwards=(PortForward("tcp", 5555, 22), PortForward("tcp", 5555, 23))
+                    )
+                )
+            ),
+            "twice",
+        ),
+    ],
+)
+def test_refused_before_qemu_runs(spec: VmSpec, why: str) -> None:
+    with pytest.raises(InvalidInput, match=why):
+        validate_vm(spec, ALL_MODELS)
+
+
+def test_accelerator_resolution_never_pretends() -> None:
+    assert resolve_accelerator(Accelerator.AUTO, False) is Accelerator.TCG
+    assert resolve_accelerator(Accelerator.AUTO, None) is Accelerator.TCG
+    assert resolve_accelerator(Accelerator.AUTO, True) is Accelerator.KVM
+    with pytest.raises(InvalidInput, match="KVM does not run guests"):
+        resolve_accelerator(Accelerator.KVM, False)
+
+
+def test_mac_allocation_avoids_taken_ones_and_qemus_default() -> None:
+    draws = iter([0x123456, 0x000001, 0x000002])  # first one is QEMU's default
+    mac = allocate_mac(["52:54:00:00:00:01"], lambda bits: next(draws))
+    assert mac == "52:54:00:00:00:02"
+    assert QEMU_DEFAULT_MAC == "52:54:00:12:34:56"
+
+
+def test_argv_for_every_backend() -> None:
+    spec = vm(
+        nic(id="a", backend=Backend.BRIDGE, tap="vm1-0", queues=2),
+        nic(
+            id="b",
+            model="e1000",
+            mac="52:54:00:00:00:02",
+            user=UserNet(restrict=True, forwards=(PortForward("tcp", 5555, 22),)),
+        ),
+        nic(
+            id="c",
+            model="rtl8139",
+            mac="52:54:00:00:00:03",
+            backend=Backend.SOCKET,
+            socket=SocketNet("listen", 41234),
+        ),
+        nic(id="d", model="pcnet", mac="52:54:00:00:00:04", backend=Backend.HUB, hub=1),
+    )
+    argv = qemu_argv(spec, "qemu-system-x86_64", Accelerator.TCG)
+    assert argv[:9] == [
+        "qemu-system-x86_64",
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg",
+        "-smp",
+        "1",
+        "-m",
+        "256",
+    ]
+    assert argv[9:15] == [
+        "-kernel",
+        "/k/vmlinuz",
+        "-initrd",
+        "/k/initrd",
+        "-append",
+        "console=ttyS0 kvt.dhcp=1",
+    ]
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert netdevs == [
+        "tap,id=net0,ifname=vm1-0,script=no,downscript=no,queues=2,vhost=off",
+        "user,id=net1,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,restrict=on,"
+        "hostfwd=tcp:127.0.0.1:5555-:22",
+        "socket,id=net2,listen=127.0.0.1:41234",
+        "hubport,id=net3,hubid=1",
+    ]
+    assert devices == [
+        "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0,mq=on,vectors=6",
+        "e1000,netdev=net1,mac=52:54:00:00:00:02,id=nic1",
+        "rtl8139,netdev=net2,mac=52:54:00:00:00:03,id=nic2",
+        "pcnet,netdev=net3,mac=52:54:00:00:00:04,id=nic3",
+    ]
+
+
+def test_disk_boot_and_kvm() -> None:
+    spec = vm(boot=BootSpec(disk="/images/a,b.raw", snapshot=True))
+    argv = qemu_argv(spec, "qemu", Accelerator.KVM)
+    assert argv[9:11] == ["-cpu", "host"]
+    assert argv[11:] == ["-drive", "format=raw,file=/images/a,,b.raw,if=virtio,snapshot=on"]
+
+
+def test_values_cannot_smuggle_options() -> None:
+    assert qemu_value("a,script=/tmp/evil") == "a,,script=/tmp/evil"
+    with pytest.raises(InvalidInput):
+        qemu_value("x\ny")
+    with pytest.raises(ValueError, match="resolve the accelerator"):
+        qemu_argv(vm(), "qemu", Accelerator.AUTO)
