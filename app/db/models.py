@@ -131,3 +131,63 @@ class Operation(Base):
     request_id: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Vm(ResourceColumns, Base):
+    """A virtual machine: desired shape and power state, and what its qemu is doing."""
+
+    __tablename__ = "vms"
+
+    vcpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=256)
+    machine: Mapped[str] = mapped_column(String(16), default="pc")
+    accelerator: Mapped[str] = mapped_column(String(8), default="auto")
+    boot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    power_state: Mapped[str] = mapped_column(String(16), default="running")
+    restart_policy: Mapped[str] = mapped_column(String(16), default="never")
+    run_as_uid: Mapped[int | None] = mapped_column(Integer, default=None)
+    run_as_gid: Mapped[int | None] = mapped_column(Integer, default=None)
+    # observed
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    accelerator_used: Mapped[str | None] = mapped_column(String(8), default=None)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_output: Mapped[str | None] = mapped_column(Text, default=None)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class VmNic(Base):
+    """One guest NIC. MACs are unique across every VM the daemon knows (the index)."""
+
+    __tablename__ = "vm_nics"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(32))
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    tap_name: Mapped[str | None] = mapped_column(String(15), default=None)
+    bridge_id: Mapped[str | None] = mapped_column(
+        ForeignKey("bridges.id", ondelete="RESTRICT"), default=None, index=True
+    )
+    tap_id: Mapped[str | None] = mapped_column(
+        ForeignKey("taps.id", ondelete="RESTRICT"), default=None, index=True
+    )
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # user/socket/hub
+    queues: Mapped[int] = mapped_column(Integer, default=1)
+    vhost: Mapped[str] = mapped_column(String(8), default="auto")
+    link_up: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class HostPort(Base):
+    """A host port claimed by a user-networking forward (or, later, a network's forward):
+    the primary key makes clashes impossible."""
+
+    __tablename__ = "host_ports"
+
+    protocol: Mapped[str] = mapped_column(String(4), primary_key=True)
+    address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    port: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(16))  # "vm_nic"
+    owner_id: Mapped[str] = mapped_column(String(36), index=True)
