@@ -1,0 +1,79 @@
+"""Reading the test guest's serial console: its readiness line and its answer on TCP.
+
+The guest prints exactly one of
+    KVT-READY ip=192.168.105.2/24 mac=52:54:00:12:34:56 iface=eth0 driver=virtio_net
+    KVT-FAILED <reason>
+(a kernel panic counts as a failure too)
+and answers every TCP connection on its port with `KVT-HELLO ip=... mac=... iface=... driver=...`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FACTS = r"ip=(?P<ip>\S+) mac=(?P<mac>\S+) iface=(?P<iface>\S+) driver=(?P<driver>\S+)"
+READY_RE = re.compile(rf"KVT-READY {FACTS}")
+HELLO_RE = re.compile(rf"KVT-HELLO {FACTS}")
+FAILED_RE = re.compile(r"KVT-FAILED (?P<reason>[^\r\n]*)|(?P<panic>Kernel panic - [^\r\n]*)")
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What the guest reports about itself: ip as A.B.C.D/NN, its MAC, interface and driver."""
+
+    ip: str
+    mac: str
+    iface: str
+    driver: str
+
+    @property
+    def address(self) -> str:
+        return self.ip.split("/", 1)[0]
+
+
+class GuestFailed(RuntimeError):
+    """The guest said KVT-FAILED, its qemu died, or it did not get ready in time."""
+
+
+def parse_ready(text: str) -> Ready | None:
+    """The readiness facts in console output (None if not there yet); raises on KVT-FAILED."""
+    failed = FAILED_RE.search(text)
+    if failed:
+        reason = failed["reason"] or failed["panic"]
+        raise GuestFailed(f"guest failed: {reason}\n{tail(text)}")
+    ready = READY_RE.search(text)
+    return Ready(ready["ip"], ready["mac"], ready["iface"], ready["driver"]) if ready else None
+
+
+def parse_hello(text: str) -> Ready | None:
+    """The facts in the guest's TCP answer (None if it is not one)."""
+    hello = HELLO_RE.search(text)
+    return Ready(hello["ip"], hello["mac"], hello["iface"], hello["driver"]) if hello else None
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_ready(
+    log: Path, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> Ready:
+    """Poll a serial log (qemu `-serial file:LOG`) until the guest is ready; GuestFailed if it
+    reports a failure, `proc` (its qemu) exits, or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        ready = parse_ready(text)
+        if ready is not None:
+            return ready
+        if proc is not None and proc.poll() is not None:
+            raise GuestFailed(
+                f"qemu exited with {proc.returncode} before the guest was ready\n{tail(text)}"
+            )
+        if time.monotonic() > deadline:
+            raise GuestFailed(f"guest not ready after {timeout:.0f} s\n{tail(text)}")
+        time.sleep(0.05)

@@ -1,0 +1,136 @@
+#!/bin/busybox sh
+# /init of the kvmnetd test guest: busybox sh as PID 1 (built by tests/guest/build.py).
+# Kernel command line: kvt.ip=A.B.C.D/NN [kvt.gw=A.B.C.D] | kvt.dhcp=1, optional kvt.iface=NAME
+# and kvt.port=N (default 7777). Prints one line on the console: KVT-READY ip=... mac=...
+# iface=... driver=... or KVT-FAILED <reason>; then answers on TCP and keeps a shell.
+/bin/busybox mkdir -p /proc /sys /dev /run /tmp /bin /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PATH
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+shell_forever() {
+	while :; do
+		setsid cttyhack sh
+		sleep 1
+	done
+}
+
+fail() {
+	dmesg -n 1
+	echo "KVT-FAILED $*"
+	shell_forever
+}
+
+# param NAME: the value of kvt.NAME= on the kernel command line (status 1 if absent)
+param() {
+	for word in $(cat /proc/cmdline); do
+		case "$word" in
+		"kvt.$1="*)
+			echo "${word#*=}"
+			return 0
+			;;
+		esac
+	done
+	return 1
+}
+
+# insert every module of /etc/kvt-modules, in order, retrying those that fail
+load_modules() {
+	pending=$(cat /etc/kvt-modules)
+	round=0
+	while [ -n "$pending" ] && [ "$round" -lt 50 ]; do
+		left=""
+		for m in $pending; do
+			insmod "/lib/modules/$m.ko" 2>/dev/null || left="$left $m"
+		done
+		pending=$left
+		round=$((round + 1))
+		[ -z "$pending" ] || sleep 0.1
+	done
+	[ -z "$pending" ] || fail "modules did not load:$pending"
+}
+
+# the interface to configure: kvt.iface, else eth0, else the first one that is not lo
+find_iface() {
+	wanted=$(param iface) || wanted=""
+	tries=0
+	while [ "$tries" -lt 100 ]; do
+		if [ -n "$wanted" ]; then
+			[ -e "/sys/class/net/$wanted" ] && echo "$wanted" && return 0
+		elif [ -e /sys/class/net/eth0 ]; then
+			echo eth0 && return 0
+		else
+			for path in /sys/class/net/*; do
+				name=${path##*/}
+				[ "$name" != lo ] && [ -e "$path" ] && echo "$name" && return 0
+			done
+		fi
+		tries=$((tries + 1))
+		sleep 0.1
+	done
+	return 1
+}
+
+# wait up to 5 s for the link to come up (e1000 reports carrier ~2 s after it is set up)
+wait_carrier() {
+	tries=0
+	while [ "$(cat "/sys/class/net/$1/carrier" 2>/dev/null)" != 1 ] && [ "$tries" -lt 50 ]; do
+		tries=$((tries + 1))
+		sleep 0.1
+	done
+}
+
+configure() {
+	ip link set lo up
+	ip link set "$1" up || fail "cannot bring $1 up"
+	wait_carrier "$1"
+	if address=$(param ip); then
+		ip addr add "$address" dev "$1" || fail "cannot add $address to $1"
+		if gateway=$(param gw); then
+			ip route add default via "$gateway" || fail "cannot add default route via $gateway"
+		fi
+	elif [ "$(param dhcp)" = 1 ]; then
+		udhcpc -i "$1" -s /etc/udhcpc.sh -t 20 -T 1 -n >/run/udhcpc.log 2>&1 ||
+			fail "dhcp: no lease on $1"
+	else
+		fail "no kvt.ip= or kvt.dhcp=1 on the kernel command line"
+	fi
+}
+
+# shut down when the ACPI power button is pressed (QMP system_powerdown)
+watch_power_button() {
+	for dev in /sys/class/input/event*; do
+		[ "$(cat "$dev/device/name" 2>/dev/null)" = "Power Button" ] || continue
+		(
+			dd if="/dev/input/${dev##*/}" of=/dev/null bs=24 count=1 2>/dev/null
+			echo "KVT-POWEROFF"
+			sync
+			poweroff -f
+		) &
+	done
+}
+
+serve() {
+	port=$(param port) || port=7777
+	printf '#!/bin/sh\ncat /run/kvt-answer\n' >/run/kvt-answer.sh
+	chmod 755 /run/kvt-answer.sh
+	echo "$1" >/run/kvt-answer
+	nc -ll -p "$port" -e /run/kvt-answer.sh &
+}
+
+load_modules
+iface=$(find_iface) || fail "no network interface"
+configure "$iface"
+address=$(ip -o -4 addr show dev "$iface" | awk '{print $4; exit}')
+[ -n "$address" ] || fail "no IPv4 address on $iface"
+mac=$(cat "/sys/class/net/$iface/address")
+driver=$(basename "$(readlink "/sys/class/net/$iface/device/driver")" 2>/dev/null)
+facts="ip=$address mac=$mac iface=$iface driver=${driver:-unknown}"
+watch_power_button
+serve "KVT-HELLO $facts"
+dmesg -n 1
+echo "KVT-READY $facts"
+shell_forever

@@ -1,0 +1,234 @@
+"""The test guest works: real qemu under TCG, in throwaway kvt-* namespaces, no daemon involved.
+
+- the how-to's routed tap: a bridge with 192.168.105.1/24 and a tap, a virtio-net guest with a
+  static 192.168.105.2 and that gateway answers on TCP (naming its MAC) and to ping;
+- QEMU user networking: a DHCP guest gets 10.0.2.15 and answers through a host port forward,
+  then powers itself off on an ACPI powerdown (QMP system_powerdown);
+- the legacy NIC models with the linux-image-amd64 kernel get 10.0.2.15 the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from tests.guest.build import Guest, build_guest, kernel_cmdline
+from tests.guest.console import GuestFailed, Ready, parse_hello, parse_ready, wait_ready
+
+QEMU = "qemu-system-x86_64"
+GUEST_PORT = 7777
+HOST_PORT = 17777  # a fresh namespace has every port free
+READY_TIMEOUT = 30.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# a tiny TCP client run inside a namespace: prints what the server sends, retrying until data
+CLIENT = """
+import socket, sys, time
+host, port, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while True:
+    try:
+        with socket.create_connection((host, port), timeout=3) as s:
+            data = b"".join(iter(lambda: s.recv(4096), b""))
+        if data:
+            sys.stdout.write(data.decode(errors="replace"))
+            break
+    except OSError as exc:
+        if time.monotonic() > deadline:
+            sys.exit(f"no answer from {host}:{port}: {exc}")
+    if time.monotonic() > deadline:
+        sys.exit(f"no data from {host}:{port}")
+    time.sleep(0.2)
+"""
+
+
+@dataclass
+class Boot:
+    proc: subprocess.Popen[bytes]
+    ready: Ready
+    seconds: float  # wall time from spawn to the readiness line
+    cpu_seconds: float  # qemu's CPU time until then
+
+
+@pytest.fixture(scope="session")
+def virtio_guest() -> Guest:
+    return build_guest("virtio")
+
+
+@pytest.fixture(scope="session")
+def legacy_guest() -> Guest:
+    return build_guest("legacy-nics")
+
+
+def qemu_argv(ns: str, guest: Guest, log: Path, args: Sequence[str], cmdline: str) -> list[str]:
+    return [
+        *("ip", "netns", "exec", ns, QEMU),
+        *("-nodefaults", "-display", "none", "-serial", f"file:{log}"),
+        *("-m", "256", "-accel", "tcg"),
+        *("-kernel", str(guest.kernel), "-initrd", str(guest.initrd), "-append", cmdline),
+        *args,
+    ]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End this qemu by its pid: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def booted(ns: str, guest: Guest, tmp: Path, args: Sequence[str], cmdline: str) -> Iterator[Boot]:
+    """Boot the guest in `ns` (`args` add its NIC) until its readiness line; qemu is ended
+    afterwards, always."""
+    log, errors = tmp / "serial.log", tmp / "qemu.err"
+    with errors.open("wb") as err:
+        start = time.monotonic()
+        argv = qemu_argv(ns, guest, log, args, cmdline)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    try:
+        try:
+            ready = wait_ready(log, READY_TIMEOUT, proc)
+        except Exception:
+            print(f"--- qemu stderr ---\n{errors.read_text(errors='replace')}")
+            raise
+        boot = Boot(proc, ready, time.monotonic() - start, cpu_seconds(proc.pid))
+        print(f"boot: {boot.seconds:.1f} s wall, {boot.cpu_seconds:.1f} CPU-s, {ready}")
+        yield boot
+    finally:
+        stop(proc)
+
+
+def in_ns(ns: str, argv: Sequence[str], timeout: float = 20) -> str:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"{list(argv)} in {ns}: exit {proc.returncode}\n{proc}"
+    return proc.stdout
+
+
+def tcp_answer(ns: str, host: str, port: int) -> Ready:
+    """Connect from inside `ns` and parse the guest's KVT-HELLO."""
+    text = in_ns(ns, [sys.executable, "-c", CLIENT, host, str(port), "10"])
+    hello = parse_hello(text)
+    assert hello is not None, f"not a guest's answer: {text!r}"
+    return hello
+
+
+def qmp(sock: Path, command: str) -> None:
+    """One QMP command over qemu's `-qmp unix:SOCK,server=on,wait=off` socket."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(5)
+        conn.connect(str(sock))
+        stream = conn.makefile("rw")
+        stream.readline()  # the greeting
+        for execute in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": execute}) + "\n")
+            stream.flush()
+            while "return" not in (reply := json.loads(stream.readline())):
+                assert "error" not in reply, f"QMP {execute}: {reply}"
+
+
+def ping_argv() -> list[str]:
+    return ["ping"] if shutil.which("ping") else ["busybox", "ping"]
+
+
+def routed_tap(ns: str, bridge: str, tap: str, address: str, prefixlen: int) -> None:
+    """A bridge with `address` and a persistent tap enslaved to it, all up, inside `ns`."""
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("add", ifname=bridge, kind="bridge", br_stp_state=0, br_forward_delay=0)
+        ipr.link("add", ifname=tap, kind="tuntap", mode="tap")
+        br = ipr.link_lookup(ifname=bridge)[0]
+        ipr.link("set", index=ipr.link_lookup(ifname=tap)[0], master=br, state="up")
+        ipr.addr("add", index=br, address=address, prefixlen=prefixlen)
+        ipr.link("set", index=br, state="up")
+
+
+def user_nic(model: str, mac: str) -> list[str]:
+    forward = f"hostfwd=tcp:127.0.0.1:{HOST_PORT}-:{GUEST_PORT}"
+    return ["-netdev", f"user,id=n0,{forward}", "-device", f"{model},netdev=n0,mac={mac}"]
+
+
+def test_static_address_on_a_routed_tap(netns: str, virtio_guest: Guest, tmp_path: Path) -> None:
+    if not Path("/dev/net/tun").exists():
+        pytest.skip("the kernel offers no /dev/net/tun: cannot create taps")
+    routed_tap(netns, "br0", "tap0", "192.168.105.1", 24)
+    mac = "52:54:00:4b:56:01"
+    args = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]
+    args += ["-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
+    cmdline = kernel_cmdline(ip="192.168.105.2/24", gw="192.168.105.1")
+    with booted(netns, virtio_guest, tmp_path, args, cmdline) as boot:
+        assert boot.ready == Ready("192.168.105.2/24", mac, "eth0", "virtio_net")
+        assert tcp_answer(netns, "192.168.105.2", GUEST_PORT) == boot.ready
+        in_ns(netns, [*ping_argv(), "-c1", "-W2", "192.168.105.2"])
+
+
+def test_dhcp_over_user_networking_then_acpi_powerdown(
+    netns: str, virtio_guest: Guest, tmp_path: Path
+) -> None:
+    mac, sock = "52:54:00:4b:56:02", tmp_path / "qmp.sock"
+    args = [*user_nic("virtio-net-pci", mac), "-qmp", f"unix:{sock},server=on,wait=off"]
+    with booted(netns, virtio_guest, tmp_path, args, kernel_cmdline(dhcp=True)) as boot:
+        assert boot.ready == Ready("10.0.2.15/24", mac, "eth0", "virtio_net")
+        assert tcp_answer(netns, "127.0.0.1", HOST_PORT) == boot.ready
+        qmp(sock, "system_powerdown")  # the guest's /init powers off on the ACPI power button
+        assert boot.proc.wait(10) == 0
+        assert "KVT-POWEROFF" in (tmp_path / "serial.log").read_text(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("model", "driver"),
+    [("e1000", "e1000"), ("rtl8139", "8139cp"), ("ne2k_pci", "ne2k-pci"), ("pcnet", "pcnet32")],
+)
+def test_legacy_nic_model_gets_a_lease(
+    netns: str, legacy_guest: Guest, tmp_path: Path, model: str, driver: str
+) -> None:
+    mac = "52:54:00:4b:56:03"
+    args = user_nic(model, mac)
+    with booted(netns, legacy_guest, tmp_path, args, kernel_cmdline(dhcp=True)) as boot:
+        assert boot.ready == Ready("10.0.2.15/24", mac, "eth0", driver)
+        assert tcp_answer(netns, "127.0.0.1", HOST_PORT) == boot.ready
+
+
+def test_kernel_cmdline_takes_exactly_one_address_mode() -> None:
+    static = kernel_cmdline(ip="192.168.105.2/24", gw="192.168.105.1")
+    assert static == "console=ttyS0 kvt.ip=192.168.105.2/24 kvt.gw=192.168.105.1"
+    assert kernel_cmdline(dhcp=True, port=8000) == "console=ttyS0 kvt.dhcp=1 kvt.port=8000"
+    with pytest.raises(ValueError):
+        kernel_cmdline()
+    with pytest.raises(ValueError):
+        kernel_cmdline(ip="10.0.0.2/24", dhcp=True)
+    with pytest.raises(ValueError):
+        kernel_cmdline(ip="10.0.0.2")
+
+
+def test_console_lines_are_parsed() -> None:
+    line = "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000\r\n"
+    assert parse_ready(f"[    1.0] booting\r\n{line}") == Ready(
+        "10.0.2.15/24", "52:54:00:4b:56:03", "eth0", "e1000"
+    )
+    assert parse_ready("[    1.0] booting\r\n") is None
+    with pytest.raises(GuestFailed, match="no lease on eth0"):
+        parse_ready("KVT-FAILED dhcp: no lease on eth0\r\n")
+    with pytest.raises(GuestFailed, match="Kernel panic"):
+        parse_ready("[    1.7] Kernel panic - not syncing: No working init found.\r\n")
