@@ -80,7 +80,7 @@ def _check_bridge(row: Bridge) -> None:
     validate_bridge_timers(row.stp, row.forward_delay_cs)
 
 
-def _alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
+def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
     if row is None:
         raise NotFound(f"no {kind} {ref!r}")
     if row.deleted:
@@ -121,7 +121,7 @@ class BridgeService:
         return row, _record(self.session, "create", "bridge", row, self.request_id)
 
     def update(self, ref: str, body: BridgeUpdate) -> tuple[Bridge, Operation | None]:
-        row = _alive(self.bridges.find(ref), "bridge", ref)
+        row = require_alive(self.bridges.find(ref), "bridge", ref)
         assert isinstance(row, Bridge)
         changes = body.model_dump(exclude_unset=True)
         if "forward_delay" in changes:
@@ -173,7 +173,7 @@ class TapService:
     def _bridge_id(self, ref: str | None) -> str | None:
         if ref is None:
             return None
-        return _alive(self.bridges.find(ref), "bridge", ref).id
+        return require_alive(self.bridges.find(ref), "bridge", ref).id
 
     def create(self, body: TapCreate) -> tuple[Tap, Operation]:
         row = Tap(
@@ -195,7 +195,7 @@ class TapService:
         return row, _record(self.session, "create", "tap", row, self.request_id)
 
     def update(self, ref: str, body: TapUpdate) -> tuple[Tap, Operation | None]:
-        row = _alive(self.taps.find(ref), "tap", ref)
+        row = require_alive(self.taps.find(ref), "tap", ref)
         assert isinstance(row, Tap)
         changes = body.model_dump(exclude_unset=True)
         if "bridge" in changes:
@@ -215,7 +215,7 @@ class TapService:
         return _record(self.session, "update", "tap", row, self.request_id)
 
     def attach(self, ref: str, bridge_ref: str | None) -> tuple[Tap, Operation | None]:
-        row = _alive(self.taps.find(ref), "tap", ref)
+        row = require_alive(self.taps.find(ref), "tap", ref)
         assert isinstance(row, Tap)
         return row, self.set_bridge(row, bridge_ref)
 

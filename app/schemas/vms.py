@@ -1,0 +1,132 @@
+"""VMs as the API will accept and show them (issue 3; not routed yet)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from app.domain.vms import (
+    MEMORY_MIB,
+    PORTS,
+    QUEUES,
+    VCPUS,
+    Accelerator,
+    Backend,
+    Machine,
+    PowerState,
+    RestartPolicy,
+    Vhost,
+    VmStatus,
+)
+from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel, ResourceState
+
+Port = Field(ge=PORTS[0], le=PORTS[1])
+
+
+class PortForwardIn(RequestModel):
+    """The how-to's `-redir tcp:5555::22`."""
+
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_address: str = Field("127.0.0.1", max_length=15, examples=["127.0.0.1"])
+    host_port: int = Port
+    guest_port: int = Port
+    guest_address: str | None = Field(None, max_length=15)
+
+
+class UserNetIn(RequestModel):
+    network: str = Field("10.0.2.0/24", max_length=18)
+    host: str = Field("10.0.2.2", max_length=15)
+    dns: str = Field("10.0.2.3", max_length=15)
+    restrict: bool = False
+    forwards: list[PortForwardIn] = Field(default_factory=list, max_length=64)
+
+
+class SocketNetIn(RequestModel):
+    """listen: the daemon picks a free loopback port; connect: name the peer NIC as
+    `<vm name or id>/<nic index>`; mcast: a multicast group and port (stays on loopback)."""
+
+    mode: Literal["listen", "connect", "mcast"]
+    peer: str | None = Field(None, max_length=80, examples=["vm1/0"])
+    group: str | None = Field(None, max_length=15, examples=["230.0.0.1"])
+    port: int | None = Field(None, ge=PORTS[0], le=PORTS[1])
+
+
+class NicIn(RequestModel):
+    model: str = Field("virtio-net-pci", max_length=32)
+    mac: MacStr | None = Field(None, description="Allocated (unique) when omitted")
+    backend: Backend
+    bridge: str | None = Field(None, max_length=64, description="bridge backend: id or name")
+    tap: str | None = Field(None, max_length=64, description="tap backend: id or name")
+    user: UserNetIn | None = None
+    socket: SocketNetIn | None = None
+    hub: int | None = Field(None, ge=0, le=1024)
+    queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
+    vhost: Vhost = Vhost.AUTO
+    link_up: bool = True
+
+    @model_validator(mode="after")
+    def _backend_options(self) -> NicIn:
+        needed = {
+            Backend.BRIDGE: "bridge",
+            Backend.TAP: "tap",
+            Backend.SOCKET: "socket",
+            Backend.HUB: "hub",
+        }.get(self.backend)
+        if needed is not None and getattr(self, needed) is None:
+            raise ValueError(f"the {self.backend.value} backend needs `{needed}`")
+        return self
+
+
+class BootIn(RequestModel):
+    kernel: str | None = Field(None, max_length=4096)
+    initrd: str | None = Field(None, max_length=4096)
+    cmdline: str | None = Field(None, max_length=4096)
+    disk: str | None = Field(None, max_length=4096)
+    snapshot: bool = False
+
+
+class RunAsIn(RequestModel):
+    uid: Id
+    gid: Id
+
+
+class VmCreate(RequestModel):
+    name: LinkNameStr
+    vcpus: int = Field(1, ge=VCPUS[0], le=VCPUS[1])
+    memory_mib: int = Field(256, ge=MEMORY_MIB[0], le=MEMORY_MIB[1])
+    machine: Machine = Machine.PC
+    accelerator: Accelerator = Accelerator.AUTO
+    boot: BootIn
+    nics: list[NicIn] = Field(default_factory=list, max_length=16)
+    power_state: PowerState = PowerState.RUNNING
+    restart_policy: RestartPolicy = RestartPolicy.NEVER
+    run_as: RunAsIn | None = Field(None, description="Run qemu as this unprivileged user")
+
+
+class NicOut(BaseModel):
+    index: int
+    model: str
+    mac: str
+    backend: Backend
+    tap_name: str | None
+    bridge_id: str | None
+    tap_id: str | None
+    queues: int
+    vhost: Vhost
+    link_up: bool
+
+
+class Vm(ResourceState):
+    vcpus: int
+    memory_mib: int
+    machine: Machine
+    accelerator: Accelerator
+    accelerator_used: Accelerator | None
+    power_state: PowerState
+    restart_policy: RestartPolicy
+    vm_status: VmStatus | None = None
+    pid: int | None
+    exit_code: int | None
+    last_output: str | None = Field(None, description="The tail of qemu's output when it died")
+    nics: list[NicOut]

@@ -1,0 +1,125 @@
+"""Creating VMs in the database: allocation and clash rules (SQLite, no qemu)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.db.migrate import upgrade
+from app.db.models import HostPort, LinkName, VmNic
+from app.db.session import Database
+from app.domain.errors import Conflict, DomainError, InUse, InvalidInput, NameTaken, NotFound
+from app.domain.vms import QEMU_DEFAULT_MAC
+from app.schemas.links import BridgeCreate, TapCreate
+from app.schemas.vms import VmCreate
+from app.services.links import BridgeService, TapService
+from app.services.vms import HostFacts, VmService, vm_tap_name
+
+HOST = HostFacts(
+    nic_models=frozenset({"virtio-net-pci", "e1000", "rtl8139", "ne2k_pci", "pcnet", "ne2k_isa"}),
+    vhost_net=False,
+    kvm_runs_guests=False,
+)
+BOOT = {"kernel": "/k/vmlinuz", "initrd": "/k/initrd", "cmdline": "console=ttyS0"}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'k.db'}")
+    upgrade(database.url)
+    with database.unit_of_work() as s:
+        BridgeService(s).create(BridgeCreate(name="br0"))
+        TapService(s).create(TapCreate(name="tap1"))
+    yield database
+    database.dispose()
+
+
+def create(db: Database, name: str, *nics: dict[str, Any], **kw: Any) -> tuple[Any, list[VmNic]]:
+    # as the API receives it: JSON (strict models take enum values as strings only there)
+    body = VmCreate.model_validate_json(
+        json.dumps({"name": name, "boot": BOOT, "nics": list(nics), **kw})
+    )
+    with db.unit_of_work() as s:
+        vm, rows, _ = VmService(s).create(body, HOST)
+        return vm, rows
+
+
+def test_bridge_nic_gets_a_claimed_tap_name_and_a_fresh_mac(db: Database) -> None:
+    vm, (nic,) = create(db, "vm1", {"backend": "bridge", "bridge": "br0"})
+    assert nic.tap_name == vm_tap_name(vm.id, 0)
+    assert len(nic.tap_name) <= 15
+    assert nic.mac.startswith("52:54:00:") and nic.mac != QEMU_DEFAULT_MAC
+    with db.reading() as s:
+        claim = s.get(LinkName, nic.tap_name)
+        assert claim is not None and claim.resource_id == vm.id
+
+
+def test_macs_are_unique_across_vms(db: Database) -> None:
+    create(db, "vm1", {"backend": "user", "mac": "52:54:00:aa:00:01"})
+    with pytest.raises(Conflict, match="already used"):
+        create(db, "vm2", {"backend": "user", "mac": "52:54:00:aa:00:01"})
+    _, nics = create(db, "vm3", {"backend": "user"}, {"backend": "user"})
+    assert len({n.mac for n in nics}) == 2
+
+
+def test_port_forward_clashes_are_refused(db: Database) -> None:
+    fwd = {"backend": "user", "user": {"forwards": [{"host_port": 5555, "guest_port": 22}]}}
+    create(db, "vm1", fwd)
+    with pytest.raises(Conflict, match="clashes"):
+        create(db, "vm2", fwd)
+    wildcard = {
+        "backend": "user",
+        "user": {"forwards": [{"host_address": "0.0.0.0", "host_port": 5555, "guest_port": 22}]},
+    }
+    with pytest.raises(Conflict, match="clashes"):
+        create(db, "vm3", wildcard)
+    other = {"backend": "user", "user": {"forwards": [{"host_port": 5556, "guest_port": 22}]}}
+    create(db, "vm4", other)
+    with db.reading() as s:
+        assert {p.port for p in s.query(HostPort)} == {5555, 5556}
+
+
+def test_socket_pair_as_in_the_howto(db: Database) -> None:
+    _, (listen,) = create(db, "vm1", {"backend": "socket", "socket": {"mode": "listen"}})
+    port = listen.options["socket"]["port"]
+    assert 40000 <= port < 50000
+    _, (connect,) = create(
+        db,
+        "vm2",
+        {"backend": "socket", "model": "e1000", "socket": {"mode": "connect", "peer": "vm1/0"}},
+    )
+    assert connect.options["socket"]["port"] == port
+    with pytest.raises(InvalidInput, match="not a listening"):
+        create(db, "vm3", {"backend": "socket", "socket": {"mode": "connect", "peer": "vm2/0"}})
+
+
+@pytest.mark.parametrize(
+    ("nics", "kw", "error", "why"),
+    [
+        ([{"backend": "tap", "tap": "nope"}], {}, NotFound, "no tap"),
+        ([{"backend": "bridge", "bridge": "nope"}], {}, NotFound, "no bridge"),
+        ([{"backend": "user", "model": "ne2k_isa"}], {}, InvalidInput, "isapc"),
+        ([{"backend": "user", "model": "e1000"}], {"machine": "isapc"}, InvalidInput, "PCI"),
+        ([{"backend": "tap", "tap": "tap1", "queues": 2}], {}, InvalidInput, "multi_queue"),
+        ([], {"accelerator": "kvm"}, InvalidInput, "KVM does not run guests"),
+    ],
+)
+def test_refusals(
+    db: Database, nics: list[dict[str, Any]], kw: dict[str, Any], error: type[DomainError], why: str
+) -> None:
+    with pytest.raises(error, match=why):
+        create(db, "vmx", *nics, **kw)
+    with db.reading() as s:  # nothing half-written
+        assert s.query(VmNic).count() == 0
+
+
+def test_a_tap_serves_one_vm_and_names_are_unique(db: Database) -> None:
+    create(db, "vm1", {"backend": "tap", "tap": "tap1"})
+    with pytest.raises(InUse, match="already used"):
+        create(db, "vm2", {"backend": "tap", "tap": "tap1"})
+    with pytest.raises(NameTaken):
+        create(db, "vm1")
