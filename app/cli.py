@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # qemu.qmp logs a killed qemu's connection reset as an ERROR; the daemon reports exits
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "openapi":
         from app.main import create_app
 

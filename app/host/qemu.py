@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.domain.qemu_argv import qemu_value
 from app.host.netns import enter_for_this_thread
 from app.host.qmp import EventHandler, Qmp, QmpDisconnected, QmpError
 
@@ -226,18 +227,13 @@ def process_name(vm_id: str) -> str:
     return f"kvm-{vm_id[:8]}"
 
 
-def _escape(value: str) -> str:
-    """A value inside a qemu -opt key=value list: commas are doubled."""
-    return value.replace(",", ",,")
-
-
 def launch_argv(spec: LaunchSpec) -> list[str]:
     """The full command: the spec's argv plus identity, run-directory files and hardening."""
     paths = spec.paths
     argv = [
         *spec.argv,
         "-name",
-        f"guest={_escape(spec.name or spec.vm_id)},process={process_name(spec.vm_id)}",
+        f"guest={qemu_value(spec.name or spec.vm_id)},process={process_name(spec.vm_id)}",
         "-uuid",
         spec.vm_id,
         "-nodefaults",
@@ -247,11 +243,11 @@ def launch_argv(spec: LaunchSpec) -> list[str]:
         "-pidfile",
         str(paths.pidfile),
         "-chardev",
-        f"socket,id={QMP_CHARDEV},path={_escape(str(paths.qmp_socket))},server=on,wait=off",
+        f"socket,id={QMP_CHARDEV},path={qemu_value(str(paths.qmp_socket))},server=on,wait=off",
         "-mon",
         f"chardev={QMP_CHARDEV},mode=control",
         "-chardev",
-        f"file,id={CONSOLE_CHARDEV},path={_escape(str(paths.console_log))}",
+        f"file,id={CONSOLE_CHARDEV},path={qemu_value(str(paths.console_log))}",
         "-serial",
         f"chardev:{CONSOLE_CHARDEV}",
     ]
