@@ -12,10 +12,22 @@ from typing import Generic, TypeVar, cast
 from sqlalchemy import Table, bindparam, delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Base, Bridge, LinkName, Operation, Tap
+from app.db.models import Base, Bridge, LinkName, Operation, Tap, Vm, VmNic
 from app.domain.errors import InvalidInput
 from app.domain.links import LinkKind, LinkSpec
 from app.domain.status import Status
+from app.domain.vms import (
+    Accelerator,
+    Backend,
+    BootSpec,
+    Machine,
+    NicSpec,
+    PortForward,
+    SocketNet,
+    UserNet,
+    Vhost,
+    VmSpec,
+)
 
 M = TypeVar("M", bound=Base)
 UUID_LENGTH = 36
@@ -256,3 +268,44 @@ def link_rows(session: Session, ids: list[str]) -> dict[str, Bridge | Tap]:
     }
     rows.update({t.id: t for t in session.scalars(select(Tap).where(Tap.id.in_(ids)))})
     return rows
+
+
+def vm_spec(vm: Vm, nics: Sequence[VmNic]) -> VmSpec:
+    """A VM and its NICs as the domain's spec (what the qemu command line is built from)."""
+    return VmSpec(
+        id=vm.id,
+        name=vm.name,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        machine=Machine(vm.machine),
+        accelerator=Accelerator(vm.accelerator),
+        boot=BootSpec(**vm.boot),
+        nics=tuple(_nic_spec(nic) for nic in sorted(nics, key=lambda n: n.position)),
+    )
+
+
+def _nic_spec(nic: VmNic) -> NicSpec:
+    options = nic.options or {}
+    backend = Backend(nic.backend)
+    user = None
+    if backend is Backend.USER:
+        user_options = dict(options.get("user") or {})
+        forwards = tuple(PortForward(**f) for f in user_options.pop("forwards", []))
+        user = UserNet(**user_options, forwards=forwards)
+    socket = None
+    if backend is Backend.SOCKET:
+        raw = options["socket"]
+        socket = SocketNet(raw["mode"], int(raw["port"]), raw["address"])
+    return NicSpec(
+        id=nic.id,
+        model=nic.model,
+        mac=nic.mac,
+        backend=backend,
+        tap=nic.tap_name,
+        user=user,
+        socket=socket,
+        hub=options.get("hub"),
+        queues=nic.queues,
+        vhost=Vhost(nic.vhost),
+        link_up=nic.link_up,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,6 +44,16 @@ class HostFacts:
     nic_models: frozenset[str]
     vhost_net: bool
     kvm_runs_guests: bool | None
+
+    @classmethod
+    def from_capabilities(cls, capabilities: dict[str, Any]) -> HostFacts:
+        """From the capability probe's answer (GET /v1/host/capabilities)."""
+        kvm = capabilities.get("accelerators", {}).get("kvm", {})
+        return cls(
+            nic_models=frozenset(m["model"] for m in capabilities["qemu"]["nic_models"]),
+            vhost_net=bool(capabilities["vhost_net"]["available"]),
+            kvm_runs_guests=kvm.get("runs_guests") if kvm.get("available") else False,
+        )
 
 
 def vm_tap_name(vm_id: str, index: int) -> str:

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from app.db.migrate import upgrade
-from app.db.models import HostPort, LinkName, VmNic
+from app.db.models import HostPort, LinkName, Vm, VmNic
+from app.db.repositories import vm_spec
 from app.db.session import Database
 from app.domain.errors import Conflict, DomainError, InUse, InvalidInput, NameTaken, NotFound
-from app.domain.vms import QEMU_DEFAULT_MAC
+from app.domain.qemu_argv import qemu_argv
+from app.domain.vms import QEMU_DEFAULT_MAC, Accelerator
 from app.schemas.links import BridgeCreate, TapCreate
 from app.schemas.vms import VmCreate
 from app.services.links import BridgeService, TapService
@@ -123,3 +125,45 @@ def test_a_tap_serves_one_vm_and_names_are_unique(db: Database) -> None:
         create(db, "vm2", {"backend": "tap", "tap": "tap1"})
     with pytest.raises(NameTaken):
         create(db, "vm1")
+
+
+def test_stored_vm_turns_back_into_the_qemu_command_line(db: Database) -> None:
+    vm, _ = create(
+        db,
+        "vm1",
+        {"backend": "bridge", "bridge": "br0", "mac": "52:54:00:aa:00:01"},
+        {
+            "backend": "user",
+            "model": "e1000",
+            "mac": "52:54:00:aa:00:02",
+            "user": {"forwards": [{"host_port": 5555, "guest_port": 22}]},
+        },
+        {
+            "backend": "socket",
+            "model": "rtl8139",
+            "mac": "52:54:00:aa:00:03",
+            "socket": {"mode": "listen", "port": 41000},
+        },
+        {"backend": "hub", "model": "pcnet", "mac": "52:54:00:aa:00:04", "hub": 3},
+    )
+    with db.reading() as s:
+        spec = vm_spec(s.get(Vm, vm.id), VmService(s).nics(vm.id))
+    argv = qemu_argv(spec, "qemu-system-x86_64", Accelerator.TCG)
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    assert netdevs == [
+        f"tap,id=net0,ifname={vm_tap_name(vm.id, 0)},script=no,downscript=no,vhost=off",
+        "user,id=net1,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,hostfwd=tcp:127.0.0.1:5555-:22",
+        "socket,id=net2,listen=127.0.0.1:41000",
+        "hubport,id=net3,hubid=3",
+    ]
+    assert argv[argv.index("-kernel") + 1] == "/k/vmlinuz"
+
+
+def test_host_facts_from_the_capability_probe() -> None:
+    caps = {
+        "qemu": {"nic_models": [{"model": "e1000"}, {"model": "virtio-net-pci"}]},
+        "vhost_net": {"available": False},
+        "accelerators": {"kvm": {"available": True, "runs_guests": False}},
+    }
+    facts = HostFacts.from_capabilities(caps)
+    assert facts == HostFacts(frozenset({"e1000", "virtio-net-pci"}), False, False)
