@@ -1,0 +1,794 @@
+"""The VM worker: starts, watches, re-adopts and stops the qemu of every VM in the database.
+
+One thread runs one asyncio loop. Serial passes (woken by nudges, qemu exits, due restarts
+and a resync timer) read every VM, ask the pure decision (app.domain.vm_plan.decide) what to
+do, start the actions as tasks and write the observed state back in one transaction, then
+publish events. Actions (launch, the shutdown ladder, removal) run as one task per VM under a
+per-VM lock, so a VM is never acted on twice at once and a hung qemu delays only itself; every
+await on qemu, QMP or netlink has a deadline. Tasks change only the in-memory process table
+and nudge; the database is written by passes alone.
+
+Taps of `bridge` NICs are created (owned by the VM's run_as user, vnet_hdr, multi_queue with
+queues > 1), attached, brought up and marked `kvmnetd:vm:<vm id>` on a dedicated thread in the
+managed namespace: pyroute2's sync API runs its own event loop and must not run inside ours.
+
+qemu outlives the daemon: start() first re-adopts every qemu found in a VM's run directory
+(identity checked by app.host.qemu.adopt), so a restarted daemon never starts a second copy;
+stop() releases the handles and leaves qemu running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import errno
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from app.bus import EventBus
+from app.db.models import Bridge, HostPort, LinkName, Vm, VmNic
+from app.db.repositories import FinishedOperation, OperationRepository, vm_spec
+from app.db.session import Database
+from app.domain.errors import DomainError
+from app.domain.links import LinkChanges, LinkKind, LinkSpec
+from app.domain.qemu_argv import qemu_argv
+from app.domain.vm_plan import RestartRules, VmAction, VmDesired, VmObserved, decide
+from app.domain.vms import (
+    Backend,
+    PowerState,
+    RestartPolicy,
+    VmStatus,
+    resolve_accelerator,
+)
+from app.host.netlink import LinkError, LinkOps
+from app.host.netns import enter_for_this_thread
+from app.host.qemu import (
+    DEFAULT_DEADLINES,
+    LaunchRecord,
+    LaunchSpec,
+    QemuError,
+    QemuExit,
+    QemuLaunchError,
+    QemuProcess,
+    QemuUnresponsive,
+    ShutdownDeadlines,
+    adopt,
+    launch,
+    shutdown,
+)
+from app.host.qmp import QmpEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LAUNCH_TIMEOUT = 15.0  # spawn until QMP answers
+ADOPT_TIMEOUT = 5.0  # QMP greeting of a qemu found at start-up
+NETLINK_TIMEOUT = 10.0  # one batch of tap calls on the netlink thread
+RESYNC_INTERVAL = 30.0  # a pass even when nothing wakes us
+ERROR_RETRY = 1.0  # after a pass failed unexpectedly
+STOP_TIMEOUT = 10.0  # stop(): for in-flight actions to be cancelled and handles released
+RETRY_BASE, RETRY_MAX = 0.5, 30.0  # transient failures before a launch (a bridge not there yet)
+QMP_EVENTS = frozenset({"SHUTDOWN", "RESET", "STOP", "RESUME", "NIC_RX_FILTER_CHANGED"})
+DEFAULT_RULES = RestartRules()
+SETTLED_OK = frozenset({VmStatus.RUNNING, VmStatus.STOPPED})
+
+
+def tap_mark(vm_id: str) -> str:
+    """The ifalias of the taps the worker makes for a VM's bridge NICs."""
+    return f"kvmnetd:vm:{vm_id}"
+
+
+@dataclass(frozen=True)
+class TapPlan:
+    """One bridge NIC's tap."""
+
+    name: str
+    bridge: str | None  # None: the Bridge row is gone (cannot launch; removal still works)
+    uid: int | None
+    gid: int | None
+    multi_queue: bool
+
+
+@dataclass
+class VmState:
+    """What the worker knows about one VM's qemu (the in-memory process table)."""
+
+    vm_id: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+    busy: VmStatus | None = None  # the status while `task` runs
+    busy_reason: str | None = None
+    process: QemuProcess | None = None
+    accelerator: str | None = None
+    started_at: dt.datetime | None = None
+    exit_code: int | None = None  # shown; None when unknown (adopted) or never ran
+    exit_at: float | None = None  # the last exit the decision still has to account for
+    output: str | None = None  # tail of qemu's own output at the last exit / launch failure
+    stopped_by_us: bool = False
+    restart_times: list[float] = field(default_factory=list)
+    new_restarts: int = 0  # policy restarts not yet added to the row
+    held: tuple[int, str] | None = None  # (generation, reason): stays in error at it
+    retry_at: float | None = None  # a transient launch failure: try again then
+    retry_reason: str | None = None
+    retry_attempts: int = 0
+    taps: set[str] = field(default_factory=set)  # bridge taps that may exist in the kernel
+    removed: bool = False  # everything on the host is gone: the pass deletes the rows
+    generation: int = 0  # the desired generation last seen
+    event_fields: dict[str, Any] = field(default_factory=dict)  # for QMP events
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    def observed(self) -> VmObserved:
+        return VmObserved(
+            running=self.running,
+            last_exit_code=self.exit_code,
+            last_exit_at=self.exit_at,
+            stopped_by_us=self.stopped_by_us,
+            recent_restarts=tuple(self.restart_times),
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """The observed columns a pass wants one row to show."""
+
+    status: VmStatus
+    reason: str | None
+    settled: bool  # the loaded generation is applied (or failed for good)
+    pid: int | None
+    accelerator_used: str | None
+    started_at: dt.datetime | None
+    exit_code: int | None
+    last_output: str | None
+    restarts: int
+
+
+class VmWorker:
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        run_dir: Path,
+        qemu_binary: str,
+        kvm_runs_guests: Callable[[], bool | None],
+        vhost_net: Callable[[], bool],
+        netns: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rules: RestartRules = DEFAULT_RULES,
+        deadlines: ShutdownDeadlines = DEFAULT_DEADLINES,
+        resync_interval: float = RESYNC_INTERVAL,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.run_dir = run_dir
+        self.qemu_binary = qemu_binary
+        self.kvm_runs_guests = kvm_runs_guests
+        self.vhost_net = vhost_net
+        self.netns = netns
+        self.clock = clock
+        self.rules = rules
+        self.deadlines = deadlines
+        self.resync_interval = resync_interval
+        self.ready = threading.Event()
+        self.passes = 0
+        self._vms: dict[str, VmState] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._netlink: concurrent.futures.ThreadPoolExecutor | None = None
+        self._local = threading.local()  # the netlink thread's LinkOps
+
+    # ---- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vm-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = STOP_TIMEOUT + 5) -> None:
+        """Stop the worker; qemu processes keep running."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(self._request_stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def nudge(self) -> None:
+        """Thread-safe: desired state changed, run a pass soon."""
+        loop = self._loop
+        if loop is None:
+            return  # not started yet: the first pass reads everything anyway
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._set_wake)
+
+    def vm_dir(self, vm_id: str) -> Path:
+        return self.run_dir / "vms" / vm_id
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+        self._set_wake()
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:
+            log.exception("the VM worker ended unexpectedly")
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._netlink = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="vm-netlink",
+            initializer=enter_for_this_thread,
+            initargs=(self.netns,),
+        )
+        try:
+            await self._adopt_all()
+            next_at = self._pass_safely()
+            self.ready.set()
+            while not self._stopping:
+                timeout = max(0.0, min(next_at, self.clock() + self.resync_interval) - self.clock())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+                if self._stopping:
+                    break
+                self._wake.clear()
+                next_at = self._pass_safely()
+        finally:
+            await self._shutdown_worker()
+
+    def _pass_safely(self) -> float:
+        try:
+            return self._pass()
+        except Exception:
+            log.exception("VM pass failed; retrying in %g s", ERROR_RETRY)
+            return self.clock() + ERROR_RETRY
+        finally:
+            self.passes += 1
+
+    async def _shutdown_worker(self) -> None:
+        """Cancel in-flight actions, release every qemu handle (qemu keeps running)."""
+        tasks = [s.task for s in self._vms.values() if s.task is not None and not s.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+        for state in self._vms.values():
+            if state.process is not None:
+                process, state.process = state.process, None
+                with contextlib.suppress(Exception):
+                    await process.close()
+        if self._netlink is not None:
+            with contextlib.suppress(Exception):
+                self._netlink.submit(self._close_link_ops).result(NETLINK_TIMEOUT)
+            self._netlink.shutdown(wait=False)
+
+    # ---- start-up adoption -----------------------------------------------------------------
+
+    async def _adopt_all(self) -> None:
+        """Every VM with a run directory: take over its qemu if one still runs."""
+        with self.db.reading() as session:
+            rows = list(session.scalars(select(Vm)))
+        found = [row for row in rows if self.vm_dir(row.id).is_dir()]
+        await asyncio.gather(*(self._adopt_one(row) for row in found))
+
+    async def _adopt_one(self, row: Vm) -> None:
+        state = self._state(row)
+        try:
+            process = await adopt(
+                self.vm_dir(row.id), row.id, ADOPT_TIMEOUT, partial(self._on_qmp_event, state)
+            )
+        except QemuUnresponsive as exc:
+            # alive and ours but QMP is silent: hold it (never start a second copy); the
+            # ladder can still end it with signals
+            log.warning("adopted VM %s without QMP: %s", row.id, exc)
+            process = exc.process
+        except Exception:
+            log.exception("could not adopt the qemu of VM %s", row.id)
+            return
+        if process is None:
+            return
+        record = LaunchRecord.read(process.paths)
+        state.started_at = (
+            dt.datetime.fromtimestamp(record.launched_at, dt.UTC) if record else row.started_at
+        )
+        state.accelerator = _argv_option(process.argv, "-accel") or row.accelerator_used
+        state.exit_at, state.stopped_by_us, state.held = None, False, None
+        self._hold(state, process)
+
+    def _hold(self, state: VmState, process: QemuProcess) -> None:
+        state.process = process
+        process.watch().add_done_callback(partial(self._on_exit_future, state, process))
+
+    # ---- exits and QMP events --------------------------------------------------------------
+
+    def _on_exit_future(
+        self, state: VmState, process: QemuProcess, future: asyncio.Future[QemuExit]
+    ) -> None:
+        if future.cancelled():  # the handle was released (worker stopping)
+            return
+        self._record_exit(state, process, future.result())
+
+    def _record_exit(self, state: VmState, process: QemuProcess, exit: QemuExit) -> None:
+        if state.process is not process:
+            return  # already recorded
+        state.process = None
+        state.exit_code = exit.returncode
+        state.exit_at = self.clock()
+        state.output = exit.output_tail or None
+        log.info("VM %s: qemu pid %d ended (%s)", state.vm_id, exit.pid, exit.reason)
+        self._set_wake()
+
+    def _on_qmp_event(self, state: VmState, event: QmpEvent) -> None:
+        if event.name not in QMP_EVENTS or not state.event_fields:
+            return
+        fields = dict(state.event_fields)
+        fields["type"] = f"vm.qmp.{event.name}"
+        fields["status_reason"] = json.dumps(event.data, sort_keys=True) if event.data else None
+        self.bus.publish(**fields)
+
+    # ---- one pass --------------------------------------------------------------------------
+
+    def _state(self, row: Vm) -> VmState:
+        """The VM's entry in the process table; a VM seen for the first time (after a daemon
+        restart) takes what its row says about the last run, so that a crashed VM with policy
+        `never` stays crashed and a launch that failed at this generation stays failed."""
+        state = self._vms.get(row.id)
+        if state is not None:
+            return state
+        state = VmState(row.id, generation=row.generation)
+        state.exit_code, state.output = row.exit_code, row.last_output
+        state.accelerator, state.started_at = row.accelerator_used, row.started_at
+        applied = row.observed_generation == row.generation
+        status = row.status
+        if applied and status == VmStatus.ERROR.value:
+            state.held = (row.generation, row.status_reason or "failed")
+        elif applied and status not in (VmStatus.PENDING.value, VmStatus.STOPPED.value):
+            state.exit_at = self.clock()  # it ran; if it is not adopted, it ended meanwhile
+        elif applied and status == VmStatus.STOPPED.value and row.power_state == "running":
+            state.exit_at = self.clock()  # ended cleanly; the policy said no restart
+            state.exit_code = 0 if row.exit_code is None else row.exit_code
+        self._vms[row.id] = state
+        return state
+
+    def _pass(self) -> float:
+        """Decide and act for every VM; write what changed; returns when to wake next."""
+        now = self.clock()
+        wake_at = now + self.resync_interval
+        with self.db.reading() as session:
+            rows = list(session.scalars(select(Vm)))
+            nics_by_vm: dict[str, list[VmNic]] = {}
+            for nic in session.scalars(select(VmNic)):
+                nics_by_vm.setdefault(nic.vm_id, []).append(nic)
+            bridges = {
+                b_id: b_name for b_id, b_name in session.execute(select(Bridge.id, Bridge.name))
+            }
+        reports: dict[str, Report] = {}
+        for row in rows:
+            state = self._state(row)
+            nics = nics_by_vm.get(row.id, [])
+            report, due = self._decide_and_act(row, nics, bridges, state, now)
+            reports[row.id] = report
+            if due is not None:
+                wake_at = min(wake_at, due)
+        for gone in set(self._vms) - {row.id for row in rows}:
+            state = self._vms[gone]
+            if state.process is None and (state.task is None or state.task.done()):
+                del self._vms[gone]  # removed (by us) and forgotten
+        self._write_back(rows, reports)
+        return wake_at
+
+    def _decide_and_act(
+        self,
+        row: Vm,
+        nics: list[VmNic],
+        bridges: dict[str, str],
+        state: VmState,
+        now: float,
+    ) -> tuple[Report, float | None]:
+        if row.generation != state.generation:
+            self._new_generation(state, row.generation)
+        if state.task is not None and not state.task.done():
+            assert state.busy is not None
+            return self._report(row, state, state.busy, state.busy_reason, False), None
+        if row.deleted and state.removed:
+            return self._report(row, state, VmStatus.DELETING, None, True), None
+        desired = VmDesired(
+            PowerState(row.power_state), RestartPolicy(row.restart_policy), row.deleted
+        )
+        taps = _tap_plans(row, nics, bridges)
+        if (
+            state.held is not None
+            and state.held[0] == row.generation
+            and not row.deleted
+            and desired.power_state is PowerState.RUNNING
+            and not state.running
+        ):
+            self._clean_taps_if_needed(state, VmStatus.ERROR, state.held[1])
+            return self._report(row, state, VmStatus.ERROR, state.held[1], True), None
+        if (
+            state.retry_at is not None
+            and not row.deleted
+            and desired.power_state is PowerState.RUNNING
+            and not state.running
+            and now < state.retry_at
+        ):
+            return self._report(row, state, VmStatus.STARTING, state.retry_reason, False), (
+                state.retry_at
+            )
+        decision = decide(desired, state.observed(), now, self.rules)
+        action = decision.action
+        if action is VmAction.LAUNCH:
+            if state.exit_at is not None and not state.stopped_by_us:
+                state.restart_times.append(now)  # a policy restart
+                state.new_restarts += 1
+            self._spawn(
+                state, VmStatus.STARTING, decision.reason, self._launch(state, row, nics, taps)
+            )
+            return self._report(row, state, VmStatus.STARTING, decision.reason, False), None
+        if action is VmAction.STOP:
+            self._spawn(state, VmStatus.STOPPING, None, self._stop(state, row.name, taps))
+            return self._report(row, state, VmStatus.STOPPING, None, False), None
+        if action is VmAction.REMOVE:
+            self._spawn(state, VmStatus.DELETING, None, self._remove(state, taps))
+            return self._report(row, state, VmStatus.DELETING, None, False), None
+        if action is VmAction.WAIT:
+            self._clean_taps_if_needed(state, decision.status, decision.reason)
+            return self._report(row, state, decision.status, decision.reason, False), (
+                decision.not_before
+            )
+        if not state.running:
+            self._clean_taps_if_needed(state, decision.status, decision.reason)
+        return self._report(row, state, decision.status, decision.reason, True), None
+
+    def _new_generation(self, state: VmState, generation: int) -> None:
+        """The user changed the VM: a past exit, crash loop, failed launch or retry no longer
+        stands in the way of what they now want (a `start` of a crashed VM starts it)."""
+        state.generation = generation
+        if not state.running:
+            state.exit_at = None
+            state.stopped_by_us = False
+            state.restart_times.clear()
+        state.held = None
+        state.retry_at, state.retry_reason, state.retry_attempts = None, None, 0
+
+    def _report(
+        self, row: Vm, state: VmState, status: VmStatus, reason: str | None, settled: bool
+    ) -> Report:
+        process = state.process
+        return Report(
+            status=status,
+            reason=reason,
+            settled=settled,
+            pid=process.pid if process is not None else None,
+            accelerator_used=state.accelerator,
+            started_at=state.started_at,
+            exit_code=state.exit_code,
+            last_output=state.output,
+            restarts=row.restarts + state.new_restarts,
+        )
+
+    def _spawn(
+        self, state: VmState, status: VmStatus, reason: str | None, action: Awaitable[None]
+    ) -> None:
+        state.busy, state.busy_reason = status, reason
+
+        async def run() -> None:
+            async with state.lock:
+                await action
+
+        state.task = asyncio.create_task(run(), name=f"vm-{status.value}-{state.vm_id[:8]}")
+        state.task.add_done_callback(partial(self._action_done, state))
+
+    def _action_done(self, state: VmState, task: asyncio.Task[None]) -> None:
+        state.busy = state.busy_reason = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("action on VM %s failed", state.vm_id, exc_info=task.exception())
+        self._set_wake()
+
+    def _clean_taps_if_needed(self, state: VmState, status: VmStatus, reason: str | None) -> None:
+        """A VM that does not run keeps no taps (left by a crash, a failed launch, or a
+        daemon that died)."""
+        if state.taps and not state.running:
+            self._spawn(state, status, reason, self._drop_taps(state))
+
+    # ---- writing back ----------------------------------------------------------------------
+
+    def _write_back(self, rows: Sequence[Vm], reports: dict[str, Report]) -> None:
+        """One transaction for everything that changed, then the events."""
+        changed = [row for row in rows if _differs(row, reports[row.id], self._vms[row.id])]
+        events: list[dict[str, Any]] = []
+        finished: list[FinishedOperation] = []
+        written: list[tuple[VmState, int]] = []
+        if changed:
+            with self.db.unit_of_work() as session:
+                for loaded in changed:
+                    row = session.get(Vm, loaded.id)
+                    if row is None:
+                        continue
+                    state = self._vms[row.id]
+                    if row.deleted and state.removed:
+                        events.append(self._delete_rows(session, row, finished))
+                        continue
+                    report = reports[row.id]
+                    event = _record(row, report, loaded.generation, finished)
+                    written.append((state, state.new_restarts))
+                    if event is not None:
+                        events.append(event)
+                OperationRepository(session).finish(finished)
+            for state, restarts in written:
+                state.new_restarts -= restarts
+        for row in rows:  # what QMP events carry
+            state = self._vms[row.id]
+            report = reports[row.id]
+            state.event_fields = row.event_fields(
+                "vm", status=report.status.value, status_reason=report.reason
+            )
+        for event in events:
+            self.bus.publish(**event)
+
+    def _delete_rows(
+        self, session: Session, row: Vm, finished: list[FinishedOperation]
+    ) -> dict[str, Any]:
+        nic_ids = list(session.scalars(select(VmNic.id).where(VmNic.vm_id == row.id)))
+        if nic_ids:
+            session.execute(delete(HostPort).where(HostPort.owner_id.in_(nic_ids)))
+        session.execute(delete(LinkName).where(LinkName.resource_id == row.id))
+        session.execute(delete(VmNic).where(VmNic.vm_id == row.id))
+        session.execute(delete(Vm).where(Vm.id == row.id))
+        finished.append(FinishedOperation(row.id, row.generation, "succeeded"))
+        log.info("VM %s (%s) removed", row.name, row.id)
+        return row.event_fields(
+            "vm",
+            "deleted",
+            status="deleted",
+            status_reason=None,
+            observed_generation=row.generation,
+        )
+
+    # ---- actions (tasks, one at a time per VM) ---------------------------------------------
+
+    async def _launch(
+        self, state: VmState, row: Vm, nics: list[VmNic], taps: list[TapPlan]
+    ) -> None:
+        generation = row.generation
+        try:
+            vm = vm_spec(row, nics)
+            accelerator = resolve_accelerator(vm.accelerator, self.kvm_runs_guests())
+            argv = qemu_argv(vm, self.qemu_binary, accelerator, self.vhost_net())
+            spec = LaunchSpec(
+                vm_id=row.id,
+                argv=argv,
+                run_dir=self.vm_dir(row.id),
+                user=row.run_as_uid,
+                group=row.run_as_gid,
+                netns=self.netns,
+                sandbox=True,
+                name=row.name,
+            )
+            missing = [tap.name for tap in taps if tap.bridge is None]
+            if missing:
+                raise DomainError(f"the bridge of tap(s) {', '.join(missing)} is gone")
+        except (DomainError, ValueError) as exc:
+            state.held = (generation, str(exc))
+            return
+        if taps:
+            state.taps.update(tap.name for tap in taps)
+            try:
+                await self._on_netlink(self._ensure_taps_sync, row.id, taps)
+            except (LinkError, TimeoutError) as exc:
+                reason = f"creating taps: {exc or 'timed out'}"
+                if isinstance(exc, LinkError) and not exc.transient:
+                    state.held = (generation, reason)
+                else:
+                    delay = min(RETRY_MAX, RETRY_BASE * 2**state.retry_attempts)
+                    state.retry_attempts += 1
+                    state.retry_at = self.clock() + delay
+                    state.retry_reason = f"retrying in {delay:.1f} s: {reason}"
+                return
+        try:
+            process = await launch(spec, LAUNCH_TIMEOUT, partial(self._on_qmp_event, state))
+        except QemuLaunchError as exc:
+            state.held = (generation, str(exc).rpartition("\nargv: ")[0] or str(exc))
+            state.exit_code, state.output = exc.exit_code, exc.output or None
+            return
+        state.retry_at, state.retry_reason, state.retry_attempts = None, None, 0
+        state.accelerator = accelerator.value
+        state.started_at = dt.datetime.now(dt.UTC)
+        state.exit_code, state.exit_at, state.output = None, None, None
+        state.stopped_by_us = False
+        self._hold(state, process)
+        log.info("VM %s (%s) runs as pid %d under %s", row.name, row.id, process.pid, accelerator)
+
+    async def _end(self, state: VmState, name: str) -> None:
+        """The shutdown ladder for a running qemu; its exit is recorded."""
+        process = state.process
+        if process is None:
+            return
+        state.stopped_by_us = True
+        try:
+            step = await shutdown(process, deadlines=self.deadlines)
+            log.info("VM %s (%s) ended by %s", name, state.vm_id, step)
+        except QemuError as exc:  # survived SIGKILL: stuck in the kernel
+            log.error("VM %s: %s", state.vm_id, exc)
+            state.held = (state.generation, str(exc))
+        if process.exit is not None:
+            self._record_exit(state, process, process.exit)
+        elif state.process is process:
+            state.process = None  # released by shutdown(); what is left is reported above
+
+    async def _stop(self, state: VmState, name: str, taps: list[TapPlan]) -> None:
+        await self._end(state, name)
+        await self._drop_taps(state, [tap.name for tap in taps])
+
+    async def _remove(self, state: VmState, taps: list[TapPlan]) -> None:
+        await self._end(state, state.vm_id)
+        if state.process is not None:
+            return
+        await self._drop_taps(state, [tap.name for tap in taps])
+        if state.taps:
+            return  # netlink failed: the next pass tries again
+        await asyncio.to_thread(shutil.rmtree, self.vm_dir(state.vm_id), True)
+        state.removed = True
+
+    async def _drop_taps(self, state: VmState, names: Sequence[str] = ()) -> None:
+        wanted = sorted(state.taps.union(names))
+        if not wanted:
+            return
+        try:
+            await self._on_netlink(self._remove_taps_sync, state.vm_id, wanted)
+        except (LinkError, TimeoutError) as exc:
+            log.warning("VM %s: could not remove taps %s: %s", state.vm_id, wanted, exc)
+            return
+        state.taps.difference_update(wanted)
+
+    # ---- netlink (on its own thread, in the managed namespace) -----------------------------
+
+    async def _on_netlink(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._netlink is not None
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(NETLINK_TIMEOUT):
+            return await loop.run_in_executor(self._netlink, partial(fn, *args))
+
+    def _link_ops(self) -> LinkOps:
+        ops: LinkOps | None = getattr(self._local, "ops", None)
+        if ops is None:
+            ops = self._local.ops = LinkOps()
+        return ops
+
+    def _close_link_ops(self) -> None:
+        ops: LinkOps | None = getattr(self._local, "ops", None)
+        if ops is not None:
+            ops.close()
+            self._local.ops = None
+
+    def _ensure_taps_sync(self, vm_id: str, taps: list[TapPlan]) -> None:
+        """Fresh taps, attached, up and marked. A tap of ours left from an earlier run is
+        re-created (qemu does not run: the caller checked); a foreign link is never touched."""
+        ops = self._link_ops()
+        mark = tap_mark(vm_id)
+        for tap in taps:
+            existing = ops.get(tap.name)
+            if existing is not None:
+                if existing.alias != mark:
+                    raise LinkError(
+                        f"{tap.name} exists and is not ours (ifalias {existing.alias!r})",
+                        errno.EEXIST,
+                    )
+                ops.delete(existing.index, tap.name)
+            spec = LinkSpec(
+                id=vm_id,
+                kind=LinkKind.TAP,
+                name=tap.name,
+                owner_uid=tap.uid,
+                owner_gid=tap.gid,
+                multi_queue=tap.multi_queue,
+                vnet_hdr=True,
+            )
+            index = ops.create(spec)
+            try:
+                ops.apply(index, tap.name, LinkChanges(mark=mark, master=tap.bridge, set_up=True))
+            except LinkError:
+                ops.delete(index, tap.name)  # never leave an unmarked tap behind
+                raise
+
+    def _remove_taps_sync(self, vm_id: str, names: list[str]) -> None:
+        ops = self._link_ops()
+        mark = tap_mark(vm_id)
+        for name in names:
+            link = ops.get(name)
+            if link is None:
+                continue
+            if link.alias != mark:
+                log.warning("not removing %s: it is not ours (ifalias %r)", name, link.alias)
+                continue
+            ops.delete(link.index, name)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _tap_plans(row: Vm, nics: Sequence[VmNic], bridges: dict[str, str]) -> list[TapPlan]:
+    return [
+        TapPlan(
+            name=nic.tap_name,
+            bridge=bridges.get(nic.bridge_id) if nic.bridge_id else None,
+            uid=row.run_as_uid,
+            gid=row.run_as_gid,
+            multi_queue=nic.queues > 1,
+        )
+        for nic in sorted(nics, key=lambda n: n.position)
+        if nic.backend == Backend.BRIDGE.value and nic.tap_name
+    ]
+
+
+def _argv_option(argv: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(argv[:-1]):
+        if arg == name:
+            return argv[i + 1]
+    return None
+
+
+def _differs(row: Vm, report: Report, state: VmState) -> bool:
+    if row.deleted and state.removed:
+        return True
+    return (
+        (row.status, row.status_reason) != (report.status.value, report.reason)
+        or (row.pid, row.accelerator_used, row.started_at)
+        != (report.pid, report.accelerator_used, report.started_at)
+        or (row.exit_code, row.last_output, row.restarts)
+        != (report.exit_code, report.last_output, report.restarts)
+        or (report.settled and row.observed_generation != row.generation)
+    )
+
+
+def _record(
+    row: Vm, report: Report, loaded_generation: int, finished: list[FinishedOperation]
+) -> dict[str, Any] | None:
+    """Write a report onto its row; the event to publish when the status changed."""
+    before = (row.status, row.status_reason, row.observed_generation)
+    row.status = report.status.value
+    row.status_reason = report.reason
+    row.pid = report.pid
+    row.accelerator_used = report.accelerator_used
+    row.started_at = report.started_at
+    row.exit_code = report.exit_code
+    row.last_output = report.last_output
+    row.restarts = report.restarts
+    # a newer generation arrived while we decided: it is not applied yet
+    newly_applied = row.observed_generation != loaded_generation
+    if report.settled and row.generation == loaded_generation and newly_applied:
+        row.observed_generation = loaded_generation
+        if report.status in SETTLED_OK:
+            finished.append(FinishedOperation(row.id, loaded_generation, "succeeded"))
+        else:
+            reason = report.reason or report.status.value
+            finished.append(FinishedOperation(row.id, loaded_generation, "failed", reason))
+    if (row.status, row.status_reason, row.observed_generation) == before:
+        return None
+    return row.event_fields("vm")

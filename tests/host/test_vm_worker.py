@@ -1,0 +1,375 @@
+"""The VM worker against real qemu (TCG) in a kvt-* namespace, with a real SQLite database.
+
+Rows are made by the real create use case (VmService); desired-state changes are written the
+way the API writes them (bump `generation`, add an operation, nudge). Every qemu a test's VMs
+run is found through /proc by its -uuid, independently of the worker, and killed by pid in
+teardown if one is left; the logs are printed when a test failed.
+
+A TCG boot of the test guest costs ~3 CPU-seconds on a 2-core machine, so only one test boots
+the guest to its readiness line; the crash and removal tests act while the guest still boots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+from sqlalchemy import select
+
+from app.bus import EventBus
+from app.db.migrate import upgrade
+from app.db.models import HostPort, LinkName, Operation, Vm, VmNic
+from app.db.session import Database
+from app.domain.vm_plan import RestartRules
+from app.host.qemu import ShutdownDeadlines
+from app.schemas.links import BridgeCreate
+from app.schemas.vms import VmCreate
+from app.services.links import BridgeService
+from app.services.vms import HostFacts, VmService
+from app.supervisor.vms import VmWorker, tap_mark
+from tests.guest.build import Guest, build_guest, kernel_cmdline
+from tests.guest.console import wait_ready
+from tests.guest.test_guest import tcp_answer
+from tests.host.test_qemu import kill_by_pid, live_pids_with_uuid
+from tests.kernel import links
+
+QEMU = "qemu-system-x86_64"
+HOST = HostFacts(
+    nic_models=frozenset({"virtio-net-pci", "e1000", "rtl8139", "ne2k_pci", "pcnet", "ne2k_isa"}),
+    vhost_net=False,
+    kvm_runs_guests=False,
+)
+HOST_PORT = 17777
+GUEST_PORT = 7777
+
+
+@pytest.fixture(scope="module")
+def guest() -> Guest:
+    return build_guest("virtio")
+
+
+@dataclass
+class Env:
+    """One test's database, bus, run directory and workers; tracks every VM it creates."""
+
+    netns: str
+    base: Path
+    db: Database
+    bus: EventBus
+    guest: Guest
+    vm_ids: set[str] = field(default_factory=set)
+    workers: list[VmWorker] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.base / "run"
+
+    def worker(self, **kw: Any) -> VmWorker:
+        kw.setdefault("deadlines", ShutdownDeadlines(powerdown=10, quit=3, sigterm=3, sigkill=3))
+        worker = VmWorker(
+            self.db,
+            self.bus,
+            self.run_dir,
+            QEMU,
+            kvm_runs_guests=lambda: False,
+            vhost_net=lambda: False,
+            netns=self.netns,
+            **kw,
+        )
+        self.workers.append(worker)
+        worker.start()
+        assert worker.ready.wait(15), "the worker did not finish its first pass"
+        return worker
+
+    def create(self, name: str, *nics: dict[str, Any], **kw: Any) -> str:
+        boot = {
+            "kernel": str(self.guest.kernel),
+            "initrd": str(self.guest.initrd),
+            "cmdline": kernel_cmdline(dhcp=True),
+        }
+        body = VmCreate.model_validate_json(
+            json.dumps({"name": name, "boot": boot, "nics": list(nics), **kw})
+        )
+        with self.db.unit_of_work() as session:
+            vm, _, _ = VmService(session).create(body, HOST)
+        self.vm_ids.add(vm.id)
+        return vm.id
+
+    def desire(self, worker: VmWorker, vm_id: str, action: str, **fields: Any) -> int:
+        """Change desired state as the API does: new generation, an operation, a nudge."""
+        with self.db.unit_of_work() as session:
+            row = session.get(Vm, vm_id)
+            assert row is not None
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.generation += 1
+            session.add(
+                Operation(
+                    action=action,
+                    resource="vm",
+                    resource_id=vm_id,
+                    target_generation=row.generation,
+                )
+            )
+            generation = row.generation
+        worker.nudge()
+        return generation
+
+    def row(self, vm_id: str) -> Vm | None:
+        with self.db.reading() as session:
+            return session.get(Vm, vm_id)
+
+    def wait_for(
+        self, vm_id: str, check: Callable[[Vm | None], bool], timeout: float = 20
+    ) -> Vm | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.row(vm_id)
+            if check(row):
+                return row
+            if time.monotonic() > deadline:
+                shown = (
+                    {k: getattr(row, k) for k in ("status", "status_reason", "pid")}
+                    if row
+                    else None
+                )
+                raise AssertionError(f"VM {vm_id} did not get there in {timeout} s: {shown}")
+            time.sleep(0.01)
+
+    def operations(self, vm_id: str) -> list[tuple[str, int, str, str | None]]:
+        with self.db.reading() as session:
+            query = (
+                select(Operation)
+                .where(Operation.resource_id == vm_id)
+                .order_by(Operation.target_generation)
+            )
+            return [
+                (op.action, op.target_generation, op.status, op.error)
+                for op in session.scalars(query)
+            ]
+
+    def event_types(self, vm_id: str) -> list[str]:
+        return [e.type for e in self.bus.since(0) if e.resource_id == vm_id]
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted(self.run_dir.glob("vms/*/*.log*")):
+            out.append(f"--- {path} ---\n{path.read_text(errors='replace')[-3000:]}")
+        return "\n".join(out)
+
+
+@pytest.fixture
+def env(netns: str, guest: Guest, request: pytest.FixtureRequest) -> Iterator[Env]:
+    # short (unix socket paths) and reachable by an unprivileged qemu
+    base = Path(tempfile.mkdtemp(prefix="kvt-vmw-", dir="/tmp"))
+    base.chmod(0o711)
+    db = Database(f"sqlite:///{base / 'k.db'}")
+    upgrade(db.url)
+    environment = Env(netns, base, db, EventBus(), guest)
+    try:
+        yield environment
+    finally:
+        for worker in environment.workers:
+            worker.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(environment.logs())
+        leftovers = live_pids_with_uuid(environment.vm_ids)
+        for pid in leftovers:
+            kill_by_pid(pid, environment.vm_ids)
+        deadline = time.monotonic() + 5
+        while live_pids_with_uuid(environment.vm_ids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        db.dispose()
+        shutil.rmtree(base, ignore_errors=True)
+        assert leftovers == [] or report is None or report.failed, f"qemus left: {leftovers}"
+
+
+def make_bridge(env: Env, name: str = "br0") -> None:
+    """The bridge row and the kernel bridge (the link supervisor does not run here)."""
+    with env.db.unit_of_work() as session:
+        BridgeService(session).create(BridgeCreate(name=name))
+    with IPRoute(netns=env.netns) as ipr:
+        ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+
+
+def forward(port: int) -> dict[str, Any]:
+    return {
+        "backend": "user",
+        "user": {"forwards": [{"host_port": port, "guest_port": GUEST_PORT}]},
+    }
+
+
+def tap_names(env: Env, vm_id: str) -> list[str]:
+    with env.db.reading() as session:
+        query = select(VmNic.tap_name).where(VmNic.vm_id == vm_id, VmNic.tap_name.is_not(None))
+        return [name for name in session.scalars(query) if name]
+
+
+def running(row: Vm | None) -> bool:
+    return row is not None and row.status == "running" and row.observed_generation == row.generation
+
+
+# ---- boot, adoption, stop -------------------------------------------------------------------
+
+
+def test_boots_answers_is_adopted_by_a_new_worker_and_stops(env: Env) -> None:
+    make_bridge(env)
+    vm_id = env.create(
+        "web", forward(HOST_PORT), {"backend": "bridge", "bridge": "br0"}, memory_mib=192
+    )
+    (tap,) = tap_names(env, vm_id)
+    started = time.monotonic()
+    worker = env.worker()
+    row = env.wait_for(vm_id, running, timeout=20)
+    assert row is not None and row.pid is not None
+    launched = time.monotonic() - started
+    assert row.accelerator_used == "tcg" and row.started_at is not None
+    assert row.exit_code is None and row.status_reason is None
+    assert live_pids_with_uuid({vm_id}) == [row.pid]
+    assert env.operations(vm_id) == [("create", 1, "succeeded", None)]
+    assert env.event_types(vm_id)[:2] == ["vm.starting", "vm.running"]
+    # its tap: ours (marked), on the bridge, up, made for qemu's vnet headers
+    kernel = links(env.netns)
+    assert kernel[tap].alias == tap_mark(vm_id) and kernel[tap].master == "br0"
+    assert kernel[tap].up and kernel[tap].kind == "tun"
+
+    # the guest: DHCP from user networking, and its service through the port forward
+    console = env.run_dir / "vms" / vm_id / "console.log"
+    ready = wait_ready(console, timeout=40)
+    booted = time.monotonic() - started
+    assert ready.ip == "10.0.2.15/24" and ready.iface == "eth0"
+    hello = tcp_answer(env.netns, "127.0.0.1", HOST_PORT)
+    assert hello.address == "10.0.2.15"
+    print(f"QMP up after {launched:.2f} s, guest ready after {booted:.1f} s")
+
+    # the daemon goes away: qemu stays; a new worker adopts it and starts no second copy
+    pid = row.pid
+    worker.stop()
+    assert live_pids_with_uuid({vm_id}) == [pid]
+    started = time.monotonic()
+    successor = env.worker()
+    adopted_in = time.monotonic() - started
+    row = env.wait_for(vm_id, running)
+    assert row is not None and row.pid == pid
+    assert live_pids_with_uuid({vm_id}) == [pid]  # exactly one qemu with that -uuid
+    assert tcp_answer(env.netns, "127.0.0.1", HOST_PORT).address == "10.0.2.15"
+    print(f"adopted within {adopted_in:.2f} s")
+
+    # stop: the ladder's ACPI powerdown ends the guest; its tap goes with it
+    generation = env.desire(successor, vm_id, "update", power_state="stopped")
+    started = time.monotonic()
+    row = env.wait_for(vm_id, lambda r: r is not None and r.status == "stopped", timeout=20)
+    assert row is not None and row.observed_generation == generation and row.pid is None
+    print(f"stopped in {time.monotonic() - started:.2f} s")
+    assert live_pids_with_uuid({vm_id}) == []
+    assert tap not in links(env.netns)
+    assert "KVT-POWEROFF" in console.read_text(errors="replace")
+    assert env.operations(vm_id)[-1] == ("update", generation, "succeeded", None)
+    types = env.event_types(vm_id)
+    assert "vm.stopping" in types and types[-1] == "vm.stopped"
+    assert "vm.qmp.SHUTDOWN" in types  # the guest's own power-off, seen over QMP
+
+
+# ---- crashes and restart policy, removal ----------------------------------------------------
+
+
+def test_kill_9_is_seen_at_once_and_the_policy_applies_then_delete(env: Env) -> None:
+    make_bridge(env)
+    never = env.create("never", {"backend": "user"})
+    again = env.create(
+        "again",
+        forward(HOST_PORT),
+        {"backend": "bridge", "bridge": "br0"},
+        restart_policy="on-failure",
+    )
+    (tap,) = tap_names(env, again)
+    with env.db.reading() as session:
+        nic_ids = list(session.scalars(select(VmNic.id).where(VmNic.vm_id == again)))
+    worker = env.worker(
+        rules=RestartRules(base_delay=0.3),
+        deadlines=ShutdownDeadlines(powerdown=0.5, quit=3, sigterm=3, sigkill=3),
+    )
+    first = {vm: env.wait_for(vm, running) for vm in (never, again)}
+    pids = {vm: row.pid for vm, row in first.items() if row is not None}
+
+    for pid in pids.values():
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # qemus this test's worker started
+    killed = time.monotonic()
+    row = env.wait_for(never, lambda r: r is not None and r.status == "crashed", timeout=2)
+    latency = time.monotonic() - killed
+    assert latency < 1, latency
+    assert row is not None and row.exit_code == -signal.SIGKILL and row.pid is None
+    assert row.status_reason == "qemu died (exit status -9); restart policy never"
+    assert "vm.crashed" in env.event_types(never)
+
+    # on-failure: crashed, then launched again after its backoff, with a new pid
+    row = env.wait_for(
+        again, lambda r: running(r) and r is not None and r.pid != pids[again], timeout=10
+    )
+    assert row is not None and row.restarts == 1
+    restarted = time.monotonic() - killed
+    print(f"kill -9 seen after {latency * 1000:.0f} ms; restarted {restarted:.2f} s after it")
+    assert live_pids_with_uuid({again}) == [row.pid]
+    assert "vm.crashed" in env.event_types(again)
+    # the crashed VM stays crashed (policy never), and is not relaunched by later passes
+    worker.nudge()
+    time.sleep(0.3)
+    crashed = env.row(never)
+    assert crashed is not None and crashed.status == "crashed" and not live_pids_with_uuid({never})
+
+    # delete: its qemu, tap, run directory, claims and rows go; the operation closes
+    generation = env.desire(worker, again, "delete", deleted=True)
+    env.wait_for(again, lambda r: r is None, timeout=15)
+    assert live_pids_with_uuid({again}) == []
+    assert tap not in links(env.netns)
+    assert not (env.run_dir / "vms" / again).exists()
+    with env.db.reading() as session:
+        assert session.scalars(select(VmNic).where(VmNic.vm_id == again)).all() == []
+        assert session.scalars(select(LinkName).where(LinkName.resource_id == again)).all() == []
+        assert session.scalars(select(HostPort).where(HostPort.owner_id.in_(nic_ids))).all() == []
+    assert env.operations(again)[-1] == ("delete", generation, "succeeded", None)
+    assert env.event_types(again)[-1] == "vm.deleted"
+
+
+# ---- a qemu that cannot start ---------------------------------------------------------------
+
+
+def test_a_qemu_that_fails_to_start_reports_its_own_error(env: Env, tmp_path: Path) -> None:
+    vm_id = env.create("broken", {"backend": "user"})
+    with env.db.unit_of_work() as session:
+        row = session.get(Vm, vm_id)
+        assert row is not None
+        row.boot = {**row.boot, "kernel": str(tmp_path / "no-such-kernel")}
+    worker = env.worker()
+    row = env.wait_for(vm_id, lambda r: r is not None and r.status == "error")
+    assert row is not None and row.observed_generation == 1 and row.pid is None
+    assert row.exit_code == 1
+    assert "no-such-kernel" in (row.last_output or "")
+    assert "exited while starting" in (row.status_reason or "")
+    assert "no-such-kernel" in (row.status_reason or "")
+    ((action, generation, status, error),) = env.operations(vm_id)
+    assert (action, generation, status) == ("create", 1, "failed") and "no-such-kernel" in (
+        error or ""
+    )
+    # not retried over and over: passes leave it in error
+    passes = worker.passes
+    worker.nudge()
+    with contextlib.suppress(AssertionError):
+        env.wait_for(vm_id, lambda r: worker.passes > passes, timeout=2)
+    assert live_pids_with_uuid({vm_id}) == []
+    row = env.row(vm_id)
+    assert row is not None and row.status == "error"
