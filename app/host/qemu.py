@@ -596,6 +596,13 @@ def _reap_detached() -> None:
     _detached[:] = [child for child in _detached if child.poll() is None]
 
 
+def reap_detached() -> None:
+    """Collect our children that ended after their handle was closed: when a VM worker stops
+    and another one in the same process takes over (in-process tests), the qemu it adopts is
+    still our child, and its zombie would otherwise wait for the next launch()."""
+    _reap_detached()
+
+
 # ---- launch ---------------------------------------------------------------------------------
 
 

@@ -67,6 +67,7 @@ from app.host.qemu import (
     ShutdownDeadlines,
     adopt,
     launch,
+    reap_detached,
     shutdown,
 )
 from app.host.qmp import QmpEvent
@@ -378,6 +379,7 @@ class VmWorker:
 
     def _pass(self) -> float:
         """Decide and act for every VM; write what changed; returns when to wake next."""
+        reap_detached()
         now = self.clock()
         wake_at = now + self.resync_interval
         with self.db.reading() as session:

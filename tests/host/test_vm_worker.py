@@ -32,7 +32,7 @@ from app.db.migrate import upgrade
 from app.db.models import HostPort, LinkName, Operation, Vm, VmNic
 from app.db.session import Database
 from app.domain.vm_plan import RestartRules
-from app.host.qemu import ShutdownDeadlines
+from app.host.qemu import ShutdownDeadlines, reap_detached
 from app.schemas.links import BridgeCreate
 from app.schemas.vms import VmCreate
 from app.services.links import BridgeService
@@ -191,6 +191,7 @@ def env(netns: str, guest: Guest, request: pytest.FixtureRequest) -> Iterator[En
         deadline = time.monotonic() + 5
         while live_pids_with_uuid(environment.vm_ids) and time.monotonic() < deadline:
             time.sleep(0.02)
+        reap_detached()  # qemus a stopped worker launched and another one ended: our zombies
         db.dispose()
         shutil.rmtree(base, ignore_errors=True)
         assert leftovers == [] or report is None or report.failed, f"qemus left: {leftovers}"
@@ -373,3 +374,43 @@ def test_a_qemu_that_fails_to_start_reports_its_own_error(env: Env, tmp_path: Pa
     assert live_pids_with_uuid({vm_id}) == []
     row = env.row(vm_id)
     assert row is not None and row.status == "error"
+
+
+# ---- a hung qemu delays only itself -----------------------------------------------------------
+
+
+def test_a_hung_qemu_does_not_hold_up_the_others(env: Env) -> None:
+    hung, healthy = env.create("hung", {"backend": "user"}), env.create("fine", {"backend": "user"})
+    worker = env.worker(
+        deadlines=ShutdownDeadlines(powerdown=0.5, quit=0.5, sigterm=0.5, sigkill=3)
+    )
+    rows = {vm: env.wait_for(vm, running) for vm in (hung, healthy)}
+    hung_row = rows[hung]
+    assert hung_row is not None and hung_row.pid is not None
+    os.kill(hung_row.pid, signal.SIGSTOP)  # QMP stops answering, SIGTERM stays pending
+
+    started = time.monotonic()
+    env.desire(worker, hung, "update", power_state="stopped")
+    env.desire(worker, healthy, "update", power_state="stopped")
+    env.wait_for(healthy, lambda r: r is not None and r.status == "stopped", timeout=5)
+    healthy_took = time.monotonic() - started
+    still = env.row(hung)
+    assert still is not None and still.status == "stopping"  # its ladder is still climbing
+    env.wait_for(hung, lambda r: r is not None and r.status == "stopped", timeout=10)
+    hung_took = time.monotonic() - started
+    print(f"healthy VM stopped in {healthy_took:.2f} s, the hung one in {hung_took:.2f} s")
+    assert healthy_took < 1.2 and hung_took >= 1.5  # powerdown, quit, SIGTERM each waited out
+    assert live_pids_with_uuid({hung, healthy}) == []
+
+
+def test_a_vm_that_died_while_no_worker_ran_is_not_relaunched_by_policy_never(env: Env) -> None:
+    vm_id = env.create("lonely", {"backend": "user"})
+    worker = env.worker()
+    row = env.wait_for(vm_id, running)
+    assert row is not None and row.pid is not None
+    worker.stop()
+    os.kill(row.pid, signal.SIGKILL)  # the qemu this test's worker started
+    env.worker()
+    row = env.wait_for(vm_id, lambda r: r is not None and r.status == "crashed", timeout=5)
+    assert row is not None and row.pid is None
+    assert live_pids_with_uuid({vm_id}) == []
