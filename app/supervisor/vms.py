@@ -66,6 +66,7 @@ from app.host.qemu import (
     QemuUnresponsive,
     ShutdownDeadlines,
     adopt,
+    find_running,
     launch,
     reap_detached,
     shutdown,
@@ -123,6 +124,7 @@ class VmState:
     restart_times: list[float] = field(default_factory=list)
     new_restarts: int = 0  # policy restarts not yet added to the row
     held: tuple[int, str] | None = None  # (generation, reason): stays in error at it
+    stuck: str | None = None  # qemu survived the ladder (or runs unheld): no more actions
     retry_at: float | None = None  # a transient launch failure: try again then
     retry_reason: str | None = None
     retry_attempts: int = 0
@@ -248,7 +250,10 @@ class VmWorker:
             initargs=(self.netns,),
         )
         try:
-            await self._adopt_all()
+            try:
+                await self._adopt_all()
+            except Exception:  # launch() still refuses a second copy of a running VM
+                log.exception("start-up adoption failed")
             next_at = self._pass_safely()
             self.ready.set()
             while not self._stopping:
@@ -424,6 +429,9 @@ class VmWorker:
             PowerState(row.power_state), RestartPolicy(row.restart_policy), row.deleted
         )
         taps = _tap_plans(row, nics, bridges)
+        if state.stuck is not None:  # a qemu that survived SIGKILL: nothing more to try
+            status = VmStatus.DELETING if row.deleted else VmStatus.ERROR
+            return self._report(row, state, status, state.stuck, True), None
         if (
             state.held is not None
             and state.held[0] == row.generation
@@ -431,20 +439,19 @@ class VmWorker:
             and desired.power_state is PowerState.RUNNING
             and not state.running
         ):
-            self._clean_taps_if_needed(state, VmStatus.ERROR, state.held[1])
+            self._clean_taps_if_needed(state, VmStatus.ERROR, state.held[1], now)
             return self._report(row, state, VmStatus.ERROR, state.held[1], True), None
-        if (
-            state.retry_at is not None
-            and not row.deleted
-            and desired.power_state is PowerState.RUNNING
-            and not state.running
-            and now < state.retry_at
-        ):
-            return self._report(row, state, VmStatus.STARTING, state.retry_reason, False), (
-                state.retry_at
-            )
         decision = decide(desired, state.observed(), now, self.rules)
         action = decision.action
+        if (
+            state.retry_at is not None
+            and now < state.retry_at
+            and (action in (VmAction.LAUNCH, VmAction.REMOVE) or not state.running)
+        ):
+            # a host call failed (a bridge not there yet, netlink busy): not before retry_at
+            return self._report(row, state, decision.status, state.retry_reason, False), (
+                state.retry_at
+            )
         if action is VmAction.LAUNCH:
             if state.exit_at is not None and not state.stopped_by_us:
                 state.restart_times.append(now)  # a policy restart
@@ -460,12 +467,12 @@ class VmWorker:
             self._spawn(state, VmStatus.DELETING, None, self._remove(state, taps))
             return self._report(row, state, VmStatus.DELETING, None, False), None
         if action is VmAction.WAIT:
-            self._clean_taps_if_needed(state, decision.status, decision.reason)
+            self._clean_taps_if_needed(state, decision.status, decision.reason, now)
             return self._report(row, state, decision.status, decision.reason, False), (
                 decision.not_before
             )
         if not state.running:
-            self._clean_taps_if_needed(state, decision.status, decision.reason)
+            self._clean_taps_if_needed(state, decision.status, decision.reason, now)
         return self._report(row, state, decision.status, decision.reason, True), None
 
     def _new_generation(self, state: VmState, generation: int) -> None:
@@ -476,7 +483,7 @@ class VmWorker:
             state.exit_at = None
             state.stopped_by_us = False
             state.restart_times.clear()
-        state.held = None
+        state.held = state.stuck = None
         state.retry_at, state.retry_reason, state.retry_attempts = None, None, 0
 
     def _report(
@@ -513,11 +520,23 @@ class VmWorker:
             log.error("action on VM %s failed", state.vm_id, exc_info=task.exception())
         self._set_wake()
 
-    def _clean_taps_if_needed(self, state: VmState, status: VmStatus, reason: str | None) -> None:
+    def _clean_taps_if_needed(
+        self, state: VmState, status: VmStatus, reason: str | None, now: float
+    ) -> None:
         """A VM that does not run keeps no taps (left by a crash, a failed launch, or a
         daemon that died)."""
-        if state.taps and not state.running:
+        if state.taps and not state.running and (state.retry_at is None or now >= state.retry_at):
             self._spawn(state, status, reason, self._drop_taps(state))
+
+    def _retry_later(self, state: VmState, reason: str) -> None:
+        """A host call failed in a way worth retrying: back off (passes hold the VM)."""
+        delay = min(RETRY_MAX, RETRY_BASE * 2**state.retry_attempts)
+        state.retry_attempts += 1
+        state.retry_at = self.clock() + delay
+        state.retry_reason = f"retrying in {delay:.1f} s: {reason}"
+
+    def _retry_done(self, state: VmState) -> None:
+        state.retry_at, state.retry_reason, state.retry_attempts = None, None, 0
 
     # ---- writing back ----------------------------------------------------------------------
 
@@ -608,10 +627,7 @@ class VmWorker:
                 if isinstance(exc, LinkError) and not exc.transient:
                     state.held = (generation, reason)
                 else:
-                    delay = min(RETRY_MAX, RETRY_BASE * 2**state.retry_attempts)
-                    state.retry_attempts += 1
-                    state.retry_at = self.clock() + delay
-                    state.retry_reason = f"retrying in {delay:.1f} s: {reason}"
+                    self._retry_later(state, reason)
                 return
         try:
             process = await launch(spec, LAUNCH_TIMEOUT, partial(self._on_qmp_event, state))
@@ -619,7 +635,7 @@ class VmWorker:
             state.held = (generation, str(exc).rpartition("\nargv: ")[0] or str(exc))
             state.exit_code, state.output = exc.exit_code, exc.output or None
             return
-        state.retry_at, state.retry_reason, state.retry_attempts = None, None, 0
+        self._retry_done(state)
         state.accelerator = accelerator.value
         state.started_at = dt.datetime.now(dt.UTC)
         state.exit_code, state.exit_at, state.output = None, None, None
@@ -627,34 +643,40 @@ class VmWorker:
         self._hold(state, process)
         log.info("VM %s (%s) runs as pid %d under %s", row.name, row.id, process.pid, accelerator)
 
-    async def _end(self, state: VmState, name: str) -> None:
-        """The shutdown ladder for a running qemu; its exit is recorded."""
+    async def _end(self, state: VmState, name: str) -> bool:
+        """The shutdown ladder for a running qemu; its exit is recorded. False when qemu
+        survived it (then the VM is `stuck` until the user changes it)."""
         process = state.process
         if process is None:
-            return
+            return True
         state.stopped_by_us = True
         try:
             step = await shutdown(process, deadlines=self.deadlines)
             log.info("VM %s (%s) ended by %s", name, state.vm_id, step)
         except QemuError as exc:  # survived SIGKILL: stuck in the kernel
             log.error("VM %s: %s", state.vm_id, exc)
-            state.held = (state.generation, str(exc))
+            state.stuck = str(exc)
         if process.exit is not None:
             self._record_exit(state, process, process.exit)
-        elif state.process is process:
-            state.process = None  # released by shutdown(); what is left is reported above
+            return True
+        if state.process is process:
+            state.process = None  # the handle was released by shutdown()
+        return False
 
     async def _stop(self, state: VmState, name: str, taps: list[TapPlan]) -> None:
         await self._end(state, name)
         await self._drop_taps(state, [tap.name for tap in taps])
 
     async def _remove(self, state: VmState, taps: list[TapPlan]) -> None:
-        await self._end(state, state.vm_id)
-        if state.process is not None:
+        if not await self._end(state, state.vm_id):
+            return
+        running = find_running(state.vm_id)
+        if running:  # a qemu of this VM the worker does not hold: never orphan it
+            state.stuck = f"a qemu of this VM still runs as pid {running[0]}; not removing"
             return
         await self._drop_taps(state, [tap.name for tap in taps])
         if state.taps:
-            return  # netlink failed: the next pass tries again
+            return  # netlink failed: retried after a backoff
         await asyncio.to_thread(shutil.rmtree, self.vm_dir(state.vm_id), True)
         state.removed = True
 
@@ -666,8 +688,11 @@ class VmWorker:
             await self._on_netlink(self._remove_taps_sync, state.vm_id, wanted)
         except (LinkError, TimeoutError) as exc:
             log.warning("VM %s: could not remove taps %s: %s", state.vm_id, wanted, exc)
+            self._retry_later(state, f"removing taps: {exc or 'timed out'}")
             return
         state.taps.difference_update(wanted)
+        if state.retry_at is not None and not state.running:
+            self._retry_done(state)
 
     # ---- netlink (on its own thread, in the managed namespace) -----------------------------
 
