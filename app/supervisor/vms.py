@@ -79,6 +79,7 @@ T = TypeVar("T")
 
 LAUNCH_TIMEOUT = 15.0  # spawn until QMP answers
 ADOPT_TIMEOUT = 5.0  # QMP greeting of a qemu found at start-up
+QMP_TIMEOUT = 5.0  # one QMP command asked for through execute()
 NETLINK_TIMEOUT = 10.0  # one batch of tap calls on the netlink thread
 RESYNC_INTERVAL = 30.0  # a pass even when nothing wakes us
 ERROR_RETRY = 1.0  # after a pass failed unexpectedly
@@ -220,6 +221,39 @@ class VmWorker:
             return  # not started yet: the first pass reads everything anyway
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._set_wake)
+
+    def execute(
+        self,
+        vm_id: str,
+        command: str,
+        args: dict[str, object] | None = None,
+        timeout: float = QMP_TIMEOUT,
+    ) -> object:
+        """Thread-safe: run one QMP command on a VM's qemu (system_reset for a reboot,
+        set_link, ...) and return its answer, within `timeout` seconds. LookupError when the
+        worker holds no running qemu of that VM; app.host.qmp.QmpError when QMP fails."""
+        loop = self._loop
+        if loop is None:
+            raise LookupError("the VM worker is not running")
+        future = asyncio.run_coroutine_threadsafe(
+            self._execute(vm_id, command, args, timeout), loop
+        )
+        try:
+            return future.result(timeout + 1)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(
+                f"QMP {command} for VM {vm_id}: no answer in {timeout:g} s"
+            ) from None
+
+    async def _execute(
+        self, vm_id: str, command: str, args: dict[str, object] | None, timeout: float
+    ) -> object:
+        state = self._vms.get(vm_id)
+        process = state.process if state is not None else None
+        if process is None:
+            raise LookupError(f"VM {vm_id} has no running qemu")
+        return await process.qmp.execute(command, args, timeout=timeout)
 
     def vm_dir(self, vm_id: str) -> Path:
         return self.run_dir / "vms" / vm_id

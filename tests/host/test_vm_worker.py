@@ -305,6 +305,10 @@ def test_kill_9_is_seen_at_once_and_the_policy_applies_then_delete(env: Env) -> 
     )
     first = {vm: env.wait_for(vm, running) for vm in (never, again)}
     pids = {vm: row.pid for vm, row in first.items() if row is not None}
+    # QMP through the worker (what reboot and set_link use), with its deadline
+    assert worker.execute(never, "query-uuid") == {"UUID": never}
+    with pytest.raises(LookupError):
+        worker.execute("no-such-vm", "query-status")
 
     for pid in pids.values():
         assert pid is not None
