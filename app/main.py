@@ -13,11 +13,12 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import bridges, events, health, host, operations, taps
+from app.api import bridges, events, health, host, operations, taps, vms
 from app.api.deps import AppContext
 from app.api.errors import install_error_handlers
 from app.api.middleware import (
@@ -33,12 +34,14 @@ from app.db.session import Database
 from app.host.inspect import LiveHostInspector
 from app.settings import Settings
 from app.supervisor.loop import Supervisor
+from app.supervisor.vms import VmWorker
 
 log = logging.getLogger(__name__)
 
 TAGS = [
     {"name": "bridges", "description": "Linux bridges (brctl addbr / showmacs)"},
     {"name": "taps", "description": "Persistent tap devices and their bridge membership"},
+    {"name": "vms", "description": "Virtual machines: qemu processes supervised by the daemon"},
     {"name": "operations", "description": "The outcome of accepted mutations"},
     {"name": "events", "description": "Server-sent events for every state change"},
     {"name": "host", "description": "Interfaces, routes and probed capabilities"},
@@ -74,6 +77,17 @@ def create_app(
         netns=host_netns,
         qemu_binary=settings.qemu_binary,
         probe_kernel=settings.probe_kernel_path,
+        run_dir=settings.run_dir,
+    )
+    vm_worker = VmWorker(
+        db,
+        bus,
+        settings.run_dir,
+        settings.qemu_binary,
+        kvm_runs_guests=lambda: _kvm_runs_guests(inspector.capabilities()),
+        vhost_net=lambda: bool(inspector.capabilities()["vhost_net"]["available"]),
+        netns=host_netns,
+        resync_interval=settings.reconcile_interval,
     )
 
     @asynccontextmanager
@@ -81,12 +95,14 @@ def create_app(
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         upgrade(db.url)
         supervisor.start()
+        vm_worker.start()
         threading.Thread(
             target=_probe_quietly, args=(inspector,), name="capability-probe", daemon=True
         ).start()
         try:
             yield
         finally:
+            vm_worker.stop()  # the VMs keep running; a restarted daemon re-adopts them
             supervisor.stop()
             inspector.close()
             db.dispose()
@@ -104,10 +120,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.context = AppContext(
-        db=db, bus=bus, nudger=supervisor, inspector=inspector, is_ready=supervisor.ready.is_set
+        db=db,
+        bus=bus,
+        nudger=Nudgers(supervisor, vm_worker),
+        inspector=inspector,
+        is_ready=lambda: supervisor.ready.is_set() and vm_worker.ready.is_set(),
     )
     app.state.supervisor = supervisor
-    for router in (bridges, taps, operations, events, host, health):
+    app.state.vm_worker = vm_worker
+    for router in (bridges, taps, vms, operations, events, host, health):
         app.include_router(router.router)
     install_error_handlers(app)
     install_openapi(app)
@@ -117,6 +138,22 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+class Nudgers:
+    """Wakes every worker: each one looks only at what is unsettled among its own kinds."""
+
+    def __init__(self, *workers: Supervisor | VmWorker) -> None:
+        self.workers = workers
+
+    def nudge(self) -> None:
+        for worker in self.workers:
+            worker.nudge()
+
+
+def _kvm_runs_guests(capabilities: dict[str, Any]) -> bool | None:
+    kvm = capabilities.get("accelerators", {}).get("kvm", {})
+    return kvm.get("runs_guests") if kvm.get("available") else False
 
 
 def _probe_quietly(inspector: LiveHostInspector) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Response
 
-from app.db.models import Bridge, Operation, Tap
+from app.db.models import Bridge, Operation, Tap, Vm, VmNic
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgePort
 from app.schemas.links import Tap as TapOut
 from app.schemas.operations import OperationOut
+from app.schemas.vms import Vm as VmOut
 
 
 def _state(row: Bridge | Tap) -> dict[str, Any]:
@@ -62,3 +64,46 @@ def mutation_headers(
     if operation is not None:
         response.headers["Operation-Location"] = f"/v1/operations/{operation.id}"
         response.headers["X-Operation-Id"] = operation.id
+
+
+VM_FIELDS = (
+    "id",
+    "name",
+    "status",
+    "status_reason",
+    "generation",
+    "observed_generation",
+    "created_at",
+    "updated_at",
+    "vcpus",
+    "memory_mib",
+    "machine",
+    "accelerator",
+    "accelerator_used",
+    "power_state",
+    "restart_policy",
+    "pid",
+    "started_at",
+    "exit_code",
+    "restarts",
+    "last_output",
+)
+NIC_FIELDS = (
+    "model",
+    "mac",
+    "backend",
+    "tap_name",
+    "bridge_id",
+    "tap_id",
+    "queues",
+    "vhost",
+    "link_up",
+)
+
+
+def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
+    fields = {name: getattr(row, name) for name in VM_FIELDS}
+    fields["nics"] = [
+        {"index": n.position, **{name: getattr(n, name) for name in NIC_FIELDS}} for n in nics
+    ]
+    return VmOut.model_validate(fields)

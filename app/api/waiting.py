@@ -13,22 +13,29 @@ from sqlalchemy.orm import Session
 from app.api.deps import AppContext
 from app.api.presenters import mutation_headers
 from app.bus import Event
-from app.db.models import Bridge, Operation, Tap
+from app.db.models import Bridge, Operation, Tap, Vm
 from app.domain.status import Status, is_settled
+from app.domain.vms import VmStatus, vm_settled
 
-R = TypeVar("R", Bridge, Tap)
+R = TypeVar("R", Bridge, Tap, Vm)
 W = TypeVar("W")
 
 
-def resource_settled(row: Bridge | Tap) -> bool:
-    return is_settled(Status(row.status), row.generation, row.observed_generation)
+def _settled(status: str, generation: int, observed_generation: int) -> bool:
+    if status in Status._value2member_map_:
+        return is_settled(Status(status), generation, observed_generation)
+    if status in VmStatus._value2member_map_:
+        return vm_settled(VmStatus(status), generation, observed_generation)
+    return True  # "deleted": gone for good
+
+
+def resource_settled(row: Bridge | Tap | Vm) -> bool:
+    return _settled(row.status, row.generation, row.observed_generation)
 
 
 def event_settles(event: Event) -> bool:
     """Whether an event alone shows its resource settled (or gone)."""
-    if event.status not in Status._value2member_map_:
-        return True  # "deleted": gone for good
-    return is_settled(Status(event.status), event.generation, event.observed_generation)
+    return _settled(event.status, event.generation, event.observed_generation)
 
 
 async def _wait(
@@ -105,7 +112,7 @@ async def settle_response(
     return row
 
 
-def _announce(ctx: AppContext, row: Bridge | Tap, operation: Operation | None) -> None:
+def _announce(ctx: AppContext, row: Bridge | Tap | Vm, operation: Operation | None) -> None:
     """Publish our own transition (to pending/deleting) before the supervisor can publish
     the next one, then wake it."""
     if operation is not None:

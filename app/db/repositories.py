@@ -31,7 +31,7 @@ from app.domain.vms import (
 
 M = TypeVar("M", bound=Base)
 UUID_LENGTH = 36
-R = TypeVar("R", Bridge, Tap)
+R = TypeVar("R", Bridge, Tap, Vm)
 
 
 def encode_cursor(created_at: dt.datetime, row_id: str) -> str:
@@ -104,6 +104,15 @@ class TapRepository(ResourceRepository[Tap]):
 class BridgeRepository(ResourceRepository[Bridge]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Bridge)
+
+
+class VmRepository(ResourceRepository[Vm]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Vm)
+
+    def nics(self, vm_id: str) -> Sequence[VmNic]:
+        query = select(VmNic).where(VmNic.vm_id == vm_id).order_by(VmNic.position)
+        return self.session.scalars(query).all()
 
 
 class LinkNameRepository(Repository[LinkName]):

@@ -74,6 +74,12 @@ VM_TRANSITIONS: dict[VmStatus, frozenset[VmStatus]] = {
 }
 
 
+def vm_settled(status: VmStatus, generation: int, observed_generation: int) -> bool:
+    """Settled: the worker applied the latest generation and is not in mid-transition."""
+    in_flight = {VmStatus.PENDING, VmStatus.STARTING, VmStatus.STOPPING, VmStatus.DELETING}
+    return status not in in_flight and observed_generation >= generation
+
+
 class RestartPolicy(enum.StrEnum):
     NEVER = "never"
     ON_FAILURE = "on-failure"

@@ -66,8 +66,10 @@ class LiveHostInspector:
         netns: str | None = None,
         qemu_binary: str = "qemu-system-x86_64",
         probe_kernel: Path | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         self.netns = netns
+        self.run_dir = run_dir
         self.qemu_binary = qemu_binary
         self.probe_kernel = probe_kernel
         self._capabilities: dict[str, Any] | None = None
@@ -196,6 +198,19 @@ class LiveHostInspector:
                         }
                     )
         return result
+
+    def vm_console(self, vm_id: str, tail_bytes: int) -> str:
+        """The end of a VM's serial console log ("" before it ever ran)."""
+        if self.run_dir is None:
+            return ""
+        path = self.run_dir / "vms" / vm_id / "console.log"
+        try:
+            with path.open("rb") as log:
+                size = log.seek(0, 2)
+                log.seek(max(0, size - tail_bytes))
+                return log.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
 
     def capabilities(self) -> dict[str, Any]:
         with self._capabilities_lock:

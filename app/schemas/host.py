@@ -70,7 +70,7 @@ class QemuInfo(BaseModel):
     reason: str | None = None
 
 
-class Accelerator(BaseModel):
+class AcceleratorProbe(BaseModel):
     accelerator: str
     available: bool
     runs_guests: bool | None = Field(
@@ -93,7 +93,7 @@ class Capabilities(BaseModel):
     vhost_net: Feature
     nftables: Nftables
     qemu: QemuInfo
-    accelerators: dict[str, Accelerator]
+    accelerators: dict[str, AcceleratorProbe]
     probe_seconds: float
 
 

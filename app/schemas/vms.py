@@ -1,7 +1,8 @@
-"""VMs as the API will accept and show them (issue 3; not routed yet)."""
+"""VMs as the API accepts and shows them."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -19,7 +20,7 @@ from app.domain.vms import (
     Vhost,
     VmStatus,
 )
-from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel, ResourceState
+from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel
 
 Port = Field(ge=PORTS[0], le=PORTS[1])
 
@@ -55,14 +56,14 @@ class SocketNetIn(RequestModel):
 class NicIn(RequestModel):
     model: str = Field("virtio-net-pci", max_length=32)
     mac: MacStr | None = Field(None, description="Allocated (unique) when omitted")
-    backend: Backend
+    backend: Backend = Field(strict=False)  # FastAPI validates JSON as Python: take the value
     bridge: str | None = Field(None, max_length=64, description="bridge backend: id or name")
     tap: str | None = Field(None, max_length=64, description="tap backend: id or name")
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
     hub: int | None = Field(None, ge=0, le=1024)
     queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
-    vhost: Vhost = Vhost.AUTO
+    vhost: Vhost = Field(Vhost.AUTO, strict=False)
     link_up: bool = True
 
     @model_validator(mode="after")
@@ -95,12 +96,12 @@ class VmCreate(RequestModel):
     name: LinkNameStr
     vcpus: int = Field(1, ge=VCPUS[0], le=VCPUS[1])
     memory_mib: int = Field(256, ge=MEMORY_MIB[0], le=MEMORY_MIB[1])
-    machine: Machine = Machine.PC
-    accelerator: Accelerator = Accelerator.AUTO
+    machine: Machine = Field(Machine.PC, strict=False)
+    accelerator: Accelerator = Field(Accelerator.AUTO, strict=False)
     boot: BootIn
     nics: list[NicIn] = Field(default_factory=list, max_length=16)
-    power_state: PowerState = PowerState.RUNNING
-    restart_policy: RestartPolicy = RestartPolicy.NEVER
+    power_state: PowerState = Field(PowerState.RUNNING, strict=False)
+    restart_policy: RestartPolicy = Field(RestartPolicy.NEVER, strict=False)
     run_as: RunAsIn | None = Field(None, description="Run qemu as this unprivileged user")
 
 
@@ -117,16 +118,33 @@ class NicOut(BaseModel):
     link_up: bool
 
 
-class Vm(ResourceState):
+class Vm(BaseModel):
+    """A VM: desired shape and power state, and what its qemu is doing (`status`: pending,
+    starting, running, stopping, stopped, crashed, error, deleting)."""
+
+    id: str
+    name: str
+    status: VmStatus
+    status_reason: str | None = None
+    generation: int
+    observed_generation: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
     vcpus: int
     memory_mib: int
     machine: Machine
     accelerator: Accelerator
-    accelerator_used: Accelerator | None
+    accelerator_used: Accelerator | None = Field(None, description="What the VM really got")
     power_state: PowerState
     restart_policy: RestartPolicy
-    vm_status: VmStatus | None = None
-    pid: int | None
-    exit_code: int | None
+    pid: int | None = None
+    started_at: dt.datetime | None = None
+    exit_code: int | None = None
+    restarts: int = 0
     last_output: str | None = Field(None, description="The tail of qemu's output when it died")
     nics: list[NicOut]
+
+
+class VmPage(BaseModel):
+    items: list[Vm]
+    next_cursor: str | None = None

@@ -8,7 +8,7 @@ operation in the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,16 +16,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import HostPort, LinkName, Operation, Tap, Vm, VmNic, new_id
-from app.db.repositories import BridgeRepository, OperationRepository, TapRepository
-from app.domain.errors import Conflict, InUse, InvalidInput, NameTaken, NotFound
+from app.db.repositories import (
+    BridgeRepository,
+    OperationRepository,
+    TapRepository,
+    VmRepository,
+)
+from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameTaken, NotFound
 from app.domain.vms import (
     Backend,
     BootSpec,
     NicSpec,
     PortForward,
+    PowerState,
     SocketNet,
     UserNet,
     VmSpec,
+    VmStatus,
     allocate_mac,
     resolve_accelerator,
     validate_vm,
@@ -69,17 +76,16 @@ class VmService:
     # ---- lookups ---------------------------------------------------------------------------
 
     def get(self, ref: str) -> Vm:
-        row = (
-            self.session.get(Vm, ref)
-            or self.session.scalars(select(Vm).where(Vm.name == ref)).first()
-        )
+        row = VmRepository(self.session).find(ref)
         if row is None:
             raise NotFound(f"no VM {ref!r}")
         return row
 
     def nics(self, vm_id: str) -> list[VmNic]:
-        query = select(VmNic).where(VmNic.vm_id == vm_id).order_by(VmNic.position)
-        return list(self.session.scalars(query))
+        return list(VmRepository(self.session).nics(vm_id))
+
+    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Vm], str | None]:
+        return VmRepository(self.session).page(limit, cursor)
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -280,3 +286,42 @@ class VmService:
         if target is None or options.get("mode") != "listen":
             raise InvalidInput(f"peer {peer!r} is not a listening socket NIC")
         return int(options["port"])
+
+
+class VmPowerService:
+    """Start, stop and delete: each is a new desired state, a generation and an operation."""
+
+    def __init__(self, session: Session, request_id: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.vms = VmService(session, request_id)
+
+    def set_power(self, ref: str, power: PowerState) -> tuple[Vm, Operation | None]:
+        row = self.vms.get(ref)
+        if row.deleted:
+            raise BeingDeleted(f"VM {row.name!r} is being deleted")
+        if row.power_state == power.value and row.status != VmStatus.ERROR.value:
+            return row, None
+        row.power_state = power.value
+        return row, self._bump(row, "update", VmStatus.PENDING)
+
+    def delete(self, ref: str) -> tuple[Vm, Operation | None]:
+        row = self.vms.get(ref)
+        if row.deleted:
+            return row, None
+        row.deleted = True
+        return row, self._bump(row, "delete", VmStatus.DELETING)
+
+    def _bump(self, row: Vm, action: str, status: VmStatus) -> Operation:
+        row.generation += 1
+        row.status = status.value
+        row.status_reason = None
+        operation = Operation(
+            action=action,
+            resource="vm",
+            resource_id=row.id,
+            target_generation=row.generation,
+            request_id=self.request_id,
+        )
+        OperationRepository(self.session).add(operation)
+        return operation

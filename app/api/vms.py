@@ -1,0 +1,136 @@
+"""/v1/vms: virtual machines (create, inspect, start, stop, delete, console)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.presenters import vm_out
+from app.api.waiting import settle_response
+from app.db.models import Operation, Vm
+from app.db.repositories import VmRepository
+from app.domain.vms import PowerState
+from app.schemas.common import PROBLEM_RESPONSES
+from app.schemas.vms import Vm as VmOut
+from app.schemas.vms import VmCreate, VmPage
+from app.services.vms import HostFacts, VmPowerService, VmService
+
+router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=PROBLEM_RESPONSES)
+
+PENDING: dict[int | str, dict[str, Any]] = {202: {"model": VmOut, "description": "Accepted"}}
+CONSOLE_TAIL_MAX = 1 << 20
+
+
+async def _present(ctx: AppContext, row: Vm) -> VmOut:
+    nics = await ctx.read(lambda s: VmRepository(s).nics(row.id))
+    return vm_out(row, nics)
+
+
+async def _finish(
+    ctx: AppContext,
+    response: Response,
+    row: Vm,
+    op: Operation | None,
+    wait: float | None,
+    settled_status: int,
+) -> VmOut | Response:
+    result = await settle_response(
+        ctx, response, "vms", row, op, wait, settled_status, lambda s: VmRepository(s).get(row.id)
+    )
+    return result if isinstance(result, Response) else await _present(ctx, result)
+
+
+@router.post(
+    "",
+    operation_id="create_vm",
+    status_code=202,
+    response_model=VmOut,
+    responses={201: {"model": VmOut, "description": "Created and settled (with ?wait=)"}},
+)
+async def create_vm(
+    body: VmCreate, response: Response, request: Request, wait: Wait = None
+) -> VmOut | Response:
+    """Create a VM; with power_state running (the default) it starts at once."""
+    ctx, request_id = context(request), request_id_of(request)
+    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    row, _, op = await ctx.mutate(lambda s: VmService(s, request_id).create(body, host))
+    return await _finish(ctx, response, row, op, wait, 201)
+
+
+@router.get("", operation_id="list_vms", response_model=VmPage)
+async def list_vms(request: Request, limit: Limit = 100, cursor: Cursor = None) -> VmPage:
+    ctx = context(request)
+
+    def page(session: Any) -> tuple[list[VmOut], str | None]:
+        rows, next_cursor = VmService(session).page(limit, cursor)
+        repo = VmRepository(session)
+        return [vm_out(row, repo.nics(row.id)) for row in rows], next_cursor
+
+    items, next_cursor = await ctx.read(page)
+    return VmPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{vm_id}", operation_id="get_vm", response_model=VmOut)
+async def get_vm(vm_id: str, request: Request) -> VmOut:
+    ctx = context(request)
+    return await _present(ctx, await ctx.read(lambda s: VmService(s).get(vm_id)))
+
+
+async def _power(
+    request: Request, response: Response, vm_id: str, power: PowerState, wait: float | None
+) -> VmOut | Response:
+    ctx, request_id = context(request), request_id_of(request)
+    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).set_power(vm_id, power))
+    return await _finish(ctx, response, row, op, wait, 200)
+
+
+@router.post("/{vm_id}/start", operation_id="start_vm", response_model=VmOut, responses=PENDING)
+async def start_vm(
+    vm_id: str, request: Request, response: Response, wait: Wait = None
+) -> VmOut | Response:
+    return await _power(request, response, vm_id, PowerState.RUNNING, wait)
+
+
+@router.post("/{vm_id}/stop", operation_id="stop_vm", response_model=VmOut, responses=PENDING)
+async def stop_vm(
+    vm_id: str, request: Request, response: Response, wait: Wait = None
+) -> VmOut | Response:
+    """Graceful: ACPI powerdown, then QMP quit, then SIGTERM, then SIGKILL, each with a
+    deadline. The restart policy never undoes an explicit stop."""
+    return await _power(request, response, vm_id, PowerState.STOPPED, wait)
+
+
+@router.delete(
+    "/{vm_id}",
+    operation_id="delete_vm",
+    status_code=202,
+    response_model=VmOut,
+    responses={204: {"description": "Deleted (with ?wait=)"}},
+)
+async def delete_vm(
+    vm_id: str, request: Request, response: Response, wait: Wait = None
+) -> VmOut | Response:
+    """Stops the VM first, then removes everything of it (taps, run directory, claims)."""
+    ctx, request_id = context(request), request_id_of(request)
+    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).delete(vm_id))
+    return await _finish(ctx, response, row, op, wait, 202)
+
+
+@router.get(
+    "/{vm_id}/console",
+    operation_id="get_vm_console",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def get_vm_console(
+    vm_id: str,
+    request: Request,
+    tail: Annotated[int, Query(ge=1, le=CONSOLE_TAIL_MAX, description="Last N bytes")] = 65536,
+) -> PlainTextResponse:
+    """The serial console log (the last `tail` bytes)."""
+    ctx = context(request)
+    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    return PlainTextResponse(await ctx.host(ctx.inspector.vm_console, row.id, tail))

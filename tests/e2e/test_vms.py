@@ -1,0 +1,197 @@
+"""VMs through the real daemon with the real test guest under TCG: the how-to's user
+networking with a port forward, stop and delete, kill -9 of qemu, and a daemon restart that
+re-adopts the running VM instead of starting a second one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.host.netns import enter_for_this_thread
+from tests.e2e.helpers import E2EDaemon, assert_problem, ok, running_daemon, wait_for
+from tests.guest.build import Guest, build_guest, kernel_cmdline
+from tests.guest.console import parse_hello, parse_ready
+
+FORWARD_PORT = 45555
+
+
+@pytest.fixture(scope="module")
+def guest() -> Guest:
+    return build_guest("virtio")
+
+
+@pytest.fixture
+def daemon(netns: str, request: pytest.FixtureRequest) -> Iterator[E2EDaemon]:
+    # a short work dir: a VM's QMP socket path must fit a unix socket address (108 bytes)
+    workdir = Path(tempfile.mkdtemp(prefix="kvt-", dir="/tmp"))
+    try:
+        with running_daemon(netns, workdir, request) as d:
+            yield d
+    finally:
+        _kill_leftover_qemus(netns)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _qemus_in(netns: str) -> list[int]:
+    """VM qemu processes (they carry -uuid; the capability probe's short qemu runs do not)
+    running in `netns` (ours: the test created the namespace)."""
+    target = os.stat(f"/run/netns/{netns}").st_ino
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino != target:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"qemu-system" in argv[0] and b"-uuid" in argv:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _kill_leftover_qemus(netns: str) -> None:
+    for pid in _qemus_in(netns):
+        os.kill(pid, signal.SIGKILL)
+
+
+def vm_body(guest: Guest, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "memory_mib": 256,
+        "boot": {
+            "kernel": str(guest.kernel),
+            "initrd": str(guest.initrd),
+            "cmdline": kernel_cmdline(dhcp=True),
+        },
+        "nics": [
+            {
+                "backend": "user",
+                "user": {"forwards": [{"host_port": FORWARD_PORT, "guest_port": 7777}]},
+            }
+        ],
+        **extra,
+    }
+
+
+def tcp_hello(netns: str, port: int) -> str:
+    """Connect to 127.0.0.1:port inside `netns` (from a thread that entered it)."""
+    answer: list[str] = []
+
+    def run() -> None:
+        enter_for_this_thread(netns)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            answer.append(conn.recv(4096).decode(errors="replace"))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    return answer[0] if answer else ""
+
+
+def console_ready(daemon: E2EDaemon, vm_id: str) -> Any:
+    with daemon.client() as client:
+        return parse_ready(client.get(f"/v1/vms/{vm_id}/console").text)
+
+
+def test_user_networking_vm_with_port_forward(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
+    with daemon.client(timeout=120) as client:
+        vm = ok(client.post("/v1/vms?wait=60", json=vm_body(guest, "vm1")), 201)
+        assert vm["status"] == "running", vm
+        assert vm["accelerator_used"] == "tcg"  # auto never picks KVM where it hangs
+        assert vm["pid"] and vm["nics"][0]["mac"].startswith("52:54:00:")
+        ready = wait_for(lambda: console_ready(daemon, vm["id"]), 60, "the guest's readiness")
+        assert ready.address == "10.0.2.15"
+        assert ready.mac == vm["nics"][0]["mac"]
+        hello = parse_hello(
+            wait_for(lambda: tcp_hello(netns, FORWARD_PORT), 30, "the forwarded port")
+        )
+        assert hello is not None and hello.mac == vm["nics"][0]["mac"]
+
+        # a second VM may not take the same host port, nor the same MAC
+        clash = client.post("/v1/vms", json=vm_body(guest, "vm2"))
+        assert_problem(clash, 409)
+        mac = vm["nics"][0]["mac"]
+        body = vm_body(guest, "vm3", nics=[{"backend": "user", "mac": mac}])
+        assert_problem(client.post("/v1/vms", json=body), 409)
+
+        stopped = ok(client.post(f"/v1/vms/{vm['id']}/stop?wait=60"), 200)
+        assert stopped["status"] == "stopped"
+        assert not _alive(vm["pid"])
+        assert client.delete(f"/v1/vms/{vm['id']}?wait=60").status_code == 204
+        assert client.get(f"/v1/vms/{vm['id']}").status_code == 404
+    assert _qemus_in(netns) == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({"nics": [{"backend": "user", "model": "ne2k_isa"}]}, 422),  # ISA card on pc
+        ({"nics": [{"backend": "user", "model": "e1000"}], "machine": "isapc"}, 422),
+        ({"nics": [{"backend": "user", "model": "tulip-9000"}]}, 422),
+        ({"memory_mib": 10**9}, 422),
+        ({"nics": [{"backend": "bridge", "bridge": "nope"}]}, 404),
+    ],
+)
+def test_bad_vms_are_refused_before_qemu_runs(
+    daemon: E2EDaemon, netns: str, guest: Guest, change: dict[str, Any], status: int
+) -> None:
+    with daemon.client(timeout=60) as client:
+        assert_problem(client.post("/v1/vms", json={**vm_body(guest, "bad"), **change}), status)
+        assert ok(client.get("/v1/vms"), 200)["items"] == []
+    assert _qemus_in(netns) == []
+
+
+def test_qemu_failure_reports_qemus_own_message(daemon: E2EDaemon, guest: Guest) -> None:
+    body = vm_body(guest, "vm1")
+    body["boot"]["kernel"] = "/nonexistent/vmlinuz"
+    with daemon.client(timeout=60) as client:
+        vm = ok(client.post("/v1/vms?wait=30", json=body), 201, 202)
+        vm = wait_for(
+            lambda: (v := client.get(f"/v1/vms/{vm['id']}").json())["status"] == "error" and v,
+            30,
+            "the VM to fail",
+        )
+        assert "/nonexistent/vmlinuz" in (vm["last_output"] or vm["status_reason"] or "")
+
+
+def test_daemon_restart_readopts_the_vm_and_kill_9_is_seen(
+    daemon: E2EDaemon, netns: str, guest: Guest
+) -> None:
+    with daemon.client(timeout=120) as client:
+        vm = ok(client.post("/v1/vms?wait=60", json=vm_body(guest, "vm1")), 201)
+    daemon.kill()  # kill -9 of the daemon: the VM keeps running
+    assert _alive(vm["pid"])
+    daemon.start()
+    with daemon.client(timeout=120) as client:
+        again = ok(client.get(f"/v1/vms/{vm['id']}"), 200)
+        assert (again["status"], again["pid"]) == ("running", vm["pid"])
+        assert _qemus_in(netns) == [vm["pid"]]  # re-adopted, not started twice
+        os.kill(vm["pid"], signal.SIGKILL)
+        started = time.monotonic()
+        crashed = wait_for(
+            lambda: (v := client.get(f"/v1/vms/{vm['id']}").json())["status"] == "crashed" and v,
+            10,
+            "the crash to be seen",
+        )
+        assert time.monotonic() - started < 3
+        assert crashed["exit_code"] in (None, -9, 137)
