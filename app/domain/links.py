@@ -159,7 +159,9 @@ def _managed_addresses(addresses: Iterable[str]) -> set[str]:
 
 
 def _immutable_mismatch(spec: LinkSpec, link: ObservedLink) -> str | None:
-    """Why the link must be re-created, or None. Tap flags can only be set at creation."""
+    """Why the link must be re-created, or None. multi_queue and the owner can only be set
+    at creation. vnet_hdr (like pi) is not compared: whoever opens the tap (qemu) sets it
+    for its own use, and re-creating the tap under an open qemu would cut the VM off."""
     expected_kind = "bridge" if spec.kind is LinkKind.BRIDGE else "tun"
     if link.kind != expected_kind:
         return f"link kind is {link.kind}, want {expected_kind}"
@@ -168,8 +170,6 @@ def _immutable_mismatch(spec: LinkSpec, link: ObservedLink) -> str | None:
             return "link is a tun, not a tap"
         if bool(link.tun_multi_queue) != spec.multi_queue:
             return "multi_queue differs"
-        if bool(link.tun_vnet_hdr) != spec.vnet_hdr:
-            return "vnet_hdr differs"
         if link.tun_owner != spec.owner_uid or link.tun_group != spec.owner_gid:
             return "owner differs"
     return None

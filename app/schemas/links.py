@@ -103,8 +103,9 @@ class TapUpdate(RequestModel):
     addresses: Addresses | None = None
     owner_uid: Id | None = None
     owner_gid: Id | None = None
-    multi_queue: bool | None = None
-    vnet_hdr: bool | None = None
+    multi_queue: bool | None = Field(
+        None, description="Re-creates the tap; refused while a VM uses it"
+    )
 
 
 class TapAttach(RequestModel):

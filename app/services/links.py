@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, LinkName, Operation, Tap, new_id
+from app.db.models import Bridge, LinkName, Operation, Tap, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
@@ -200,11 +201,23 @@ class TapService:
         changes = body.model_dump(exclude_unset=True)
         if "bridge" in changes:
             changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
+        recreating = {"multi_queue", "owner_uid", "owner_gid"} & {
+            key for key, value in changes.items() if getattr(row, key) != value
+        }
+        user = self._vm_using(row.id) if recreating else None
+        if user is not None:
+            raise InUse(
+                f"tap {row.name!r} is used by VM {user}: changing {', '.join(sorted(recreating))} "
+                "would re-create it under the VM"
+            )
         if not _apply_changes(row, changes):
             return row, None
         validate_link_settings(row.mtu, row.addresses)
         _bump(row)
         return row, _record(self.session, "update", "tap", row, self.request_id)
+
+    def _vm_using(self, tap_id: str) -> str | None:
+        return self.session.scalars(select(VmNic.vm_id).where(VmNic.tap_id == tap_id)).first()
 
     def set_bridge(self, row: Tap, bridge_ref: str | None) -> Operation | None:
         bridge_id = self._bridge_id(bridge_ref)

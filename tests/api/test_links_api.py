@@ -80,11 +80,12 @@ def test_patch_attach_detach_and_recreate(api: TestClient, netns: str) -> None:
     assert r.status_code == 200, r.text
     kernel = links(netns)["tap1"]
     assert (kernel.mtu, kernel.addresses[:1]) == (1280, ["10.1.0.1/24"])
-    r = api.patch("/v1/taps/tap1?wait=10", json={"vnet_hdr": True})  # only at creation
+    r = api.patch("/v1/taps/tap1?wait=10", json={"multi_queue": True})  # only at creation
     assert r.status_code == 200
     after = links(netns)["tap1"]
-    assert after.info["IFLA_TUN_VNET_HDR"] == 1
-    assert after.master == "br0" and after.mtu == 1280  # re-created with everything
+    assert after.info["IFLA_TUN_MULTI_QUEUE"] == 1
+    assert after.index != tap["ifindex"]  # re-created...
+    assert after.master == "br0" and after.mtu == 1280  # ...with everything
     r = api.post("/v1/taps/tap1/detach?wait=10")
     assert r.status_code == 200
     assert links(netns)["tap1"].master is None

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -195,3 +196,96 @@ def test_daemon_restart_readopts_the_vm_and_kill_9_is_seen(
         )
         assert time.monotonic() - started < 3
         assert crashed["exit_code"] in (None, -9, 137)
+
+
+def static_vm(guest: Guest, name: str, backend: dict[str, Any], ip: str, gw: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "boot": {
+            "kernel": str(guest.kernel),
+            "initrd": str(guest.initrd),
+            "cmdline": kernel_cmdline(ip=ip, gw=gw),
+        },
+        "nics": [backend],
+    }
+
+
+def ping(netns: str, address: str) -> bool:
+    argv = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, *argv, "-c", "1", "-W", "2", address],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def test_two_vms_on_the_howto_bridge(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
+    """The how-to's br0 with two VMs, each with its own MAC: both reachable from the host's
+    address on the bridge, and the bridge's MAC table shows each guest on its own port."""
+    with daemon.client(timeout=120) as client:
+        ok(
+            client.post(
+                "/v1/bridges?wait=10", json={"name": "br0", "addresses": ["192.168.105.1/24"]}
+            ),
+            201,
+        )
+        vms = [
+            ok(
+                client.post(
+                    "/v1/vms?wait=60",
+                    json=static_vm(
+                        guest,
+                        f"vm{i}",
+                        {"backend": "bridge", "bridge": "br0"},
+                        f"192.168.105.{i + 1}/24",
+                        "192.168.105.1",
+                    ),
+                ),
+                201,
+            )
+            for i in (1, 2)
+        ]
+        for i, vm in enumerate(vms, start=1):
+            ready = wait_for(lambda vm=vm: console_ready(daemon, vm["id"]), 60, "readiness")
+            assert ready.address == f"192.168.105.{i + 1}"
+            assert wait_for(lambda i=i: ping(netns, f"192.168.105.{i + 1}"), 20, "ping")
+        fdb = ok(client.get("/v1/bridges/br0/fdb"), 200)
+        learned = {e["mac"]: e["port"] for e in fdb if not e["is_local"]}
+        for vm in vms:
+            nic = vm["nics"][0]
+            assert learned.get(nic["mac"]) == nic["tap_name"], fdb
+        ports = {p["name"] for p in ok(client.get("/v1/bridges/br0"), 200)["ports"]}
+        assert ports == {vm["nics"][0]["tap_name"] for vm in vms}
+
+
+def test_routed_tap_as_in_the_howto(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
+    """tap1 with 192.168.105.1/24 as the guest's gateway; the guest uses 192.168.105.2."""
+    with daemon.client(timeout=120) as client:
+        ok(
+            client.post(
+                "/v1/taps?wait=10", json={"name": "tap1", "addresses": ["192.168.105.1/24"]}
+            ),
+            201,
+        )
+        vm = ok(
+            client.post(
+                "/v1/vms?wait=60",
+                json=static_vm(
+                    guest,
+                    "vm1",
+                    {"backend": "tap", "tap": "tap1"},
+                    "192.168.105.2/24",
+                    "192.168.105.1",
+                ),
+            ),
+            201,
+        )
+        ready = wait_for(lambda: console_ready(daemon, vm["id"]), 60, "readiness")
+        assert ready.address == "192.168.105.2"
+        assert wait_for(lambda: ping(netns, "192.168.105.2"), 20, "ping through tap1")
+        # re-creating the tap under the running VM would cut it off: refused
+        assert_problem(client.patch("/v1/taps/tap1", json={"multi_queue": True}), 409)
+        assert ping(netns, "192.168.105.2")
+        assert ok(client.post(f"/v1/vms/{vm['id']}/stop?wait=60"), 200)["status"] == "stopped"
