@@ -289,3 +289,30 @@ def test_routed_tap_as_in_the_howto(daemon: E2EDaemon, netns: str, guest: Guest)
         assert_problem(client.patch("/v1/taps/tap1", json={"multi_queue": True}), 409)
         assert ping(netns, "192.168.105.2")
         assert ok(client.post(f"/v1/vms/{vm['id']}/stop?wait=60"), 200)["status"] == "stopped"
+
+
+@pytest.fixture(scope="module")
+def legacy_guest() -> Guest:
+    return build_guest("legacy-nics")
+
+
+@pytest.mark.parametrize(
+    ("model", "driver"),
+    [("e1000", "e1000"), ("rtl8139", "8139cp"), ("ne2k_pci", "ne2k-pci"), ("pcnet", "pcnet32")],
+)
+def test_every_pci_nic_model_gets_its_address(
+    daemon: E2EDaemon, legacy_guest: Guest, model: str, driver: str
+) -> None:
+    """The how-to's NIC models: the guest's own driver brings the link up and takes
+    10.0.2.15 from QEMU's user networking."""
+    body = vm_body(legacy_guest, f"vm-{model.replace('_', '-')}")
+    body["nics"] = [{"backend": "user", "model": model}]
+    with daemon.client(timeout=120) as client:
+        vm = ok(client.post("/v1/vms?wait=60", json=body), 201)
+        ready = wait_for(lambda: console_ready(daemon, vm["id"]), 60, f"{model} readiness")
+        assert (ready.address, ready.driver, ready.mac) == (
+            "10.0.2.15",
+            driver,
+            vm["nics"][0]["mac"],
+        )
+        assert client.delete(f"/v1/vms/{vm['id']}?wait=60").status_code == 204
