@@ -295,6 +295,12 @@ def validate_vm(spec: VmSpec, available_models: Iterable[str], vhost_net: bool =
         raise InvalidInput("boot from either a kernel (with optional initrd) or a disk image")
     if boot.kernel is None and (boot.initrd or boot.cmdline):
         raise InvalidInput("initrd and cmdline need a kernel")
+    for what, path in (("kernel", boot.kernel), ("initrd", boot.initrd), ("disk", boot.disk)):
+        if path is not None and not path.startswith("/"):
+            raise InvalidInput(
+                f"{what} must be an absolute path (qemu does not run in your "
+                f"directory), not {path!r}"
+            )
     models = list(available_models)
     macs: set[str] = set()
     for nic in spec.nics:

@@ -63,6 +63,8 @@ def test_models_the_installed_qemu_lacks_are_refused_with_its_list() -> None:
         (vm(vcpus=0), "vcpus"),
         (vm(boot=BootSpec()), "either a kernel"),
         (vm(boot=BootSpec(kernel="/k", disk="/d")), "either a kernel"),
+        (vm(boot=BootSpec(kernel="vmlinuz")), "absolute path"),
+        (vm(boot=BootSpec(disk="images/d.raw")), "absolute path"),
         (vm(nic(mac="01:00:5e:00:00:01")), "multicast"),
         (vm(nic(), nic(id="n1")), "used twice"),
         (vm(nic(queues=4)), "multiqueue"),
