@@ -31,7 +31,9 @@ from app.api.openapi import install_openapi
 from app.bus import EventBus
 from app.db.migrate import upgrade
 from app.db.session import Database
+from app.domain.errors import Conflict, Unavailable
 from app.host.inspect import LiveHostInspector
+from app.host.qmp import QmpError
 from app.settings import Settings
 from app.supervisor.loop import Supervisor
 from app.supervisor.vms import VmWorker
@@ -125,6 +127,7 @@ def create_app(
         nudger=Nudgers(supervisor, vm_worker),
         inspector=inspector,
         is_ready=lambda: supervisor.ready.is_set() and vm_worker.ready.is_set(),
+        vm_control=WorkerControl(vm_worker),
     )
     app.state.supervisor = supervisor
     app.state.vm_worker = vm_worker
@@ -149,6 +152,23 @@ class Nudgers:
     def nudge(self) -> None:
         for worker in self.workers:
             worker.nudge()
+
+
+class WorkerControl:
+    """app.services.ports.VmControl over the VM worker, with its errors as domain errors."""
+
+    def __init__(self, worker: VmWorker) -> None:
+        self.worker = worker
+
+    def execute(
+        self, vm_id: str, command: str, args: dict[str, object] | None, timeout: float
+    ) -> object:
+        try:
+            return self.worker.execute(vm_id, command, args, timeout)
+        except LookupError:
+            raise Conflict("the VM is not running") from None
+        except (QmpError, TimeoutError) as exc:
+            raise Unavailable(f"qemu did not answer {command}: {exc}") from None
 
 
 def _kvm_runs_guests(capabilities: dict[str, Any]) -> bool | None:

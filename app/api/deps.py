@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.bus import EventBus
 from app.db.session import Database
-from app.services.ports import HostInspector, Nudger
+from app.services.ports import HostInspector, Nudger, VmControl
 
 T = TypeVar("T")
 
@@ -27,6 +27,7 @@ class AppContext:
     nudger: Nudger
     inspector: HostInspector
     is_ready: Callable[[], bool]
+    vm_control: VmControl
 
     async def read(self, fn: Callable[[Session], T]) -> T:
         """Run a read on the event loop itself: a WAL read never waits for a lock and takes

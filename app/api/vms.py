@@ -12,10 +12,11 @@ from app.api.presenters import vm_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
 from app.db.repositories import VmRepository
+from app.domain.errors import NotFound
 from app.domain.vms import PowerState
 from app.schemas.common import PROBLEM_RESPONSES
+from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage
 from app.schemas.vms import Vm as VmOut
-from app.schemas.vms import VmCreate, VmPage
 from app.services.vms import HostFacts, VmPowerService, VmService
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=PROBLEM_RESPONSES)
@@ -134,3 +135,58 @@ async def get_vm_console(
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s).get(vm_id))
     return PlainTextResponse(await ctx.host(ctx.inspector.vm_console, row.id, tail))
+
+
+QMP_TIMEOUT = 5.0
+
+
+def _qmp(ctx: AppContext, vm_id: str, command: str, **args: object) -> Any:
+    return ctx.vm_control.execute(vm_id, command, args or None, QMP_TIMEOUT)
+
+
+@router.get("/{vm_id}/devices", operation_id="list_vm_devices", response_model=list[DeviceOut])
+async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
+    """The guest NICs as the running qemu reports them (QOM type and MAC): proof that the
+    device really exists, e.g. an ISA NE2000 on the isapc machine. 409 when not running."""
+    ctx = context(request)
+    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    nics = await ctx.read(lambda s: VmRepository(s).nics(row.id))
+
+    def observe() -> list[DeviceOut]:
+        devices = []
+        for nic in nics:
+            path = f"/machine/peripheral/nic{nic.position}"
+            devices.append(
+                DeviceOut(
+                    id=f"nic{nic.position}",
+                    type=str(_qmp(ctx, row.id, "qom-get", path=path, property="type")),
+                    mac=str(_qmp(ctx, row.id, "qom-get", path=path, property="mac")),
+                    link_up=nic.link_up,
+                )
+            )
+        return devices
+
+    return await ctx.host(observe)
+
+
+@router.post("/{vm_id}/reboot", operation_id="reboot_vm", status_code=204)
+async def reboot_vm(vm_id: str, request: Request) -> Response:
+    """A hard reset of the guest (QMP system_reset); 409 when the VM is not running."""
+    ctx = context(request)
+    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    await ctx.host(_qmp, ctx, row.id, "system_reset")
+    return Response(status_code=204)
+
+
+@router.put("/{vm_id}/nics/{index}/link", operation_id="set_vm_nic_link", response_model=DeviceOut)
+async def set_vm_nic_link(vm_id: str, index: int, body: LinkState, request: Request) -> DeviceOut:
+    """Pull or plug the virtual cable of one NIC at run time (QMP set_link)."""
+    ctx = context(request)
+    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    nics = await ctx.read(lambda s: VmRepository(s).nics(row.id))
+    nic = next((n for n in nics if n.position == index), None)
+    if nic is None:
+        raise NotFound(f"VM {row.name!r} has no NIC {index}")
+    await ctx.host(lambda: _qmp(ctx, row.id, "set_link", name=f"nic{index}", up=body.up))
+    await ctx.mutate(lambda s: VmService(s).record_link(nic.id, body.up))
+    return DeviceOut(id=f"nic{index}", type=nic.model, mac=nic.mac, link_up=body.up)

@@ -46,6 +46,12 @@ class InUse(Conflict):
     title = "Resource is in use"
 
 
+class Unavailable(DomainError):
+    kind = "unavailable"
+    status = 503
+    title = "A component did not answer in time"
+
+
 class BeingDeleted(Conflict):
     kind = "being-deleted"
     title = "Resource is being deleted"

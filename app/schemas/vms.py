@@ -148,3 +148,16 @@ class Vm(BaseModel):
 class VmPage(BaseModel):
     items: list[Vm]
     next_cursor: str | None = None
+
+
+class DeviceOut(BaseModel):
+    """A guest NIC as qemu itself reports it (QOM), not as the database says."""
+
+    id: str = Field(examples=["nic0"])
+    type: str = Field(examples=["ne2k_isa"])
+    mac: str | None = None
+    link_up: bool | None = None
+
+
+class LinkState(RequestModel):
+    up: bool

@@ -26,5 +26,14 @@ class HostInspector(Protocol):
     def vm_console(self, vm_id: str, tail_bytes: int) -> str: ...
 
 
+class VmControl(Protocol):
+    """Runtime control of a running VM's qemu (QMP), with a deadline. Raises Conflict when
+    the VM is not running and Unavailable when qemu does not answer."""
+
+    def execute(
+        self, vm_id: str, command: str, args: dict[str, object] | None, timeout: float
+    ) -> object: ...
+
+
 class Nudger(Protocol):
     def nudge(self) -> None: ...

@@ -87,6 +87,12 @@ class VmService:
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Vm], str | None]:
         return VmRepository(self.session).page(limit, cursor)
 
+    def record_link(self, nic_id: str, up: bool) -> None:
+        """The link state a NIC was last given at run time (applied by QMP set_link)."""
+        nic = self.session.get(VmNic, nic_id)
+        if nic is not None:
+            nic.link_up = up
+
     # ---- create ----------------------------------------------------------------------------
 
     def create(self, body: VmCreate, host: HostFacts) -> tuple[Vm, list[VmNic], Operation]:

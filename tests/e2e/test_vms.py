@@ -316,3 +316,58 @@ def test_every_pci_nic_model_gets_its_address(
             vm["nics"][0]["mac"],
         )
         assert client.delete(f"/v1/vms/{vm['id']}?wait=60").status_code == 204
+
+
+def test_isa_ne2000_is_really_there_on_isapc(daemon: E2EDaemon, guest: Guest) -> None:
+    """No Debian kernel has an ISA NE2000 driver, so no guest can use ne2k_isa: this proves,
+    through qemu's own QOM (QMP), that qemu runs the isapc machine with the card present."""
+    body = vm_body(
+        guest, "vm-isa", machine="isapc", nics=[{"backend": "user", "model": "ne2k_isa"}]
+    )
+    with daemon.client(timeout=120) as client:
+        vm = ok(client.post("/v1/vms?wait=60", json=body), 201)
+        assert vm["status"] == "running", vm
+        devices = ok(client.get(f"/v1/vms/{vm['id']}/devices"), 200)
+        assert devices == [
+            {"id": "nic0", "type": "ne2k_isa", "mac": vm["nics"][0]["mac"], "link_up": True}
+        ]
+
+
+def test_link_down_and_up_at_run_time(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
+    with daemon.client(timeout=120) as client:
+        ok(
+            client.post(
+                "/v1/bridges?wait=10", json={"name": "br0", "addresses": ["192.168.105.1/24"]}
+            ),
+            201,
+        )
+        vm = ok(
+            client.post(
+                "/v1/vms?wait=60",
+                json=static_vm(
+                    guest,
+                    "vm1",
+                    {"backend": "bridge", "bridge": "br0"},
+                    "192.168.105.2/24",
+                    "192.168.105.1",
+                ),
+            ),
+            201,
+        )
+        wait_for(lambda: console_ready(daemon, vm["id"]), 60, "readiness")
+        assert wait_for(lambda: ping(netns, "192.168.105.2"), 20, "ping")
+        down = ok(client.put(f"/v1/vms/{vm['id']}/nics/0/link", json={"up": False}), 200)
+        assert down["link_up"] is False
+        assert not ping(netns, "192.168.105.2")
+        ok(client.put(f"/v1/vms/{vm['id']}/nics/0/link", json={"up": True}), 200)
+        assert wait_for(lambda: ping(netns, "192.168.105.2"), 20, "ping after link up")
+        assert ok(client.get(f"/v1/vms/{vm['id']}"), 200)["nics"][0]["link_up"] is True
+        assert client.post(f"/v1/vms/{vm['id']}/reboot").status_code == 204
+        wait_for(  # the guest boots again (and so handles the ACPI power button below)
+            lambda: client.get(f"/v1/vms/{vm['id']}/console").text.count("KVT-READY") == 2,
+            60,
+            "the guest to come back after the reset",
+        )
+        stopped = ok(client.post(f"/v1/vms/{vm['id']}/stop?wait=60"), 200)
+        assert stopped["status"] == "stopped"
+        assert_problem(client.post(f"/v1/vms/{vm['id']}/reboot"), 409)  # not running
