@@ -104,6 +104,11 @@ NIC_FIELDS = (
 def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
     fields = {name: getattr(row, name) for name in VM_FIELDS}
     fields["nics"] = [
-        {"index": n.position, **{name: getattr(n, name) for name in NIC_FIELDS}} for n in nics
+        {
+            "index": n.position,
+            "hub": (n.options or {}).get("hub"),
+            **{name: getattr(n, name) for name in NIC_FIELDS},
+        }
+        for n in nics
     ]
     return VmOut.model_validate(fields)

@@ -155,6 +155,8 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
     def observe() -> list[DeviceOut]:
         devices = []
         for nic in nics:
+            if nic.model is None:
+                continue  # a hub join: no guest device
             path = f"/machine/peripheral/nic{nic.position}"
             devices.append(
                 DeviceOut(
@@ -187,6 +189,8 @@ async def set_vm_nic_link(vm_id: str, index: int, body: LinkState, request: Requ
     nic = next((n for n in nics if n.position == index), None)
     if nic is None:
         raise NotFound(f"VM {row.name!r} has no NIC {index}")
-    await ctx.host(lambda: _qmp(ctx, row.id, "set_link", name=f"nic{index}", up=body.up))
+    # a guest NIC is the device nic<i>; a hub join has only its backend, net<i>
+    target = f"nic{index}" if nic.model is not None else f"net{index}"
+    await ctx.host(lambda: _qmp(ctx, row.id, "set_link", name=target, up=body.up))
     await ctx.mutate(lambda s: VmService(s).record_link(nic.id, body.up))
-    return DeviceOut(id=f"nic{index}", type=nic.model, mac=nic.mac, link_up=body.up)
+    return DeviceOut(id=target, type=nic.model or "hubport", mac=nic.mac, link_up=body.up)

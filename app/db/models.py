@@ -164,7 +164,7 @@ class VmNic(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
-    model: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(32), default=None)  # None: a hub join
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     backend: Mapped[str] = mapped_column(String(16))
     tap_name: Mapped[str | None] = mapped_column(String(15), default=None)

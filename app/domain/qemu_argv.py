@@ -88,6 +88,7 @@ def netdev_arg(index: int, nic: NicSpec, vhost_net: bool) -> str:
 def device_arg(index: int, nic: NicSpec) -> str:
     """The guest NIC. Multiqueue virtio needs MSI-X vectors: 2 per queue pair + 2."""
     multiqueue = nic.queues > 1
+    assert nic.model is not None
     return _options(
         nic.model,
         netdev=f"net{index}",
@@ -141,5 +142,9 @@ def qemu_argv(
         argv += ["-cpu", "host"]
     argv += boot_args(spec)
     for index, nic in enumerate(spec.nics):
-        argv += ["-netdev", netdev_arg(index, nic, vhost_net), "-device", device_arg(index, nic)]
+        argv += ["-netdev", netdev_arg(index, nic, vhost_net)]
+        if nic.model is None:  # no guest NIC: the backend joins its hub
+            argv += ["-netdev", f"hubport,id=hub{index},hubid={nic.hub},netdev=net{index}"]
+        else:
+            argv += ["-device", device_arg(index, nic)]
     return argv

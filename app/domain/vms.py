@@ -158,8 +158,11 @@ class SocketNet:
 
 @dataclass(frozen=True)
 class NicSpec:
+    """A guest NIC on a backend; or, with no model, a backend that only joins hub `hub`
+    (the how-to's `-net tap -net socket` on one vlan: QEMU's hubport with netdev=)."""
+
     id: str
-    model: str
+    model: str | None
     mac: str
     backend: Backend
     tap: str | None = None  # the kernel tap (bridge and tap backends)
@@ -221,8 +224,23 @@ def validate_nic_model(model: str, machine: Machine, available: Iterable[str]) -
         raise InvalidInput(f"{model} is an ISA card: it needs the isapc machine")
 
 
+def _validate_hub_join(nic: NicSpec) -> None:
+    if nic.model is None:
+        if nic.backend is Backend.HUB or nic.hub is None:
+            raise InvalidInput(
+                "a backend without a guest NIC (model null) joins a hub: give `hub` and a "
+                "bridge, tap, user or socket backend"
+            )
+        if nic.queues > 1 or nic.vhost is Vhost.ON:
+            raise InvalidInput("queues and vhost belong to a guest NIC, not to a hub join")
+    elif nic.hub is not None and nic.backend is not Backend.HUB:
+        raise InvalidInput("`hub` on a NIC with a model needs the hub backend")
+
+
 def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost_net: bool) -> None:
-    validate_nic_model(nic.model, machine, available)
+    _validate_hub_join(nic)
+    if nic.model is not None:
+        validate_nic_model(nic.model, machine, available)
     validate_mac(nic.mac)
     _bounded("queues", nic.queues, QUEUES)
     if nic.queues > 1 and (nic.model != "virtio-net-pci" or nic.backend not in _TAP_BACKENDS):
@@ -239,7 +257,9 @@ def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost
         _validate_user(nic.user or UserNet())
     elif nic.backend is Backend.SOCKET:
         _validate_socket(nic.socket)
-    elif nic.backend is Backend.HUB and (nic.hub is None or not 0 <= nic.hub <= 1024):
+    if nic.hub is not None and not 0 <= nic.hub <= 1024:
+        raise InvalidInput("a hub number is between 0 and 1024")
+    if nic.backend is Backend.HUB and nic.hub is None:
         raise InvalidInput("a hub NIC needs a hub number between 0 and 1024")
 
 

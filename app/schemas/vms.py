@@ -54,14 +54,19 @@ class SocketNetIn(RequestModel):
 
 
 class NicIn(RequestModel):
-    model: str = Field("virtio-net-pci", max_length=32)
+    model: str | None = Field(
+        "virtio-net-pci",
+        max_length=32,
+        description="The guest NIC; null for a backend that only joins `hub` (with the hub "
+        "NICs on it, like the how-to's -net tap and -net socket on one vlan)",
+    )
     mac: MacStr | None = Field(None, description="Allocated (unique) when omitted")
     backend: Backend = Field(strict=False)  # FastAPI validates JSON as Python: take the value
     bridge: str | None = Field(None, max_length=64, description="bridge backend: id or name")
     tap: str | None = Field(None, max_length=64, description="tap backend: id or name")
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
-    hub: int | None = Field(None, ge=0, le=1024)
+    hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
     queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
     vhost: Vhost = Field(Vhost.AUTO, strict=False)
     link_up: bool = True
@@ -107,7 +112,8 @@ class VmCreate(RequestModel):
 
 class NicOut(BaseModel):
     index: int
-    model: str
+    model: str | None
+    hub: int | None = None
     mac: str
     backend: Backend
     tap_name: str | None

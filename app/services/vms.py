@@ -179,8 +179,8 @@ class VmService:
             spec = self._user_nic(row, spec, nic)
         elif nic.backend is Backend.SOCKET:
             spec = self._socket_nic(row, spec, nic)
-        else:
-            row.options = {"hub": nic.hub}
+        if nic.hub is not None:  # a hub NIC, or a backend that joins a hub
+            row.options = {**row.options, "hub": nic.hub}
             spec = replace(spec, hub=nic.hub)
         return row, spec
 

@@ -87,18 +87,8 @@ def vm_body(guest: Guest, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def tcp_hello(netns: str, port: int) -> str:
-    """Connect to 127.0.0.1:port inside `netns` (from a thread that entered it)."""
-    answer: list[str] = []
-
-    def run() -> None:
-        enter_for_this_thread(netns)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            answer.append(conn.recv(4096).decode(errors="replace"))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(10)
-    return answer[0] if answer else ""
+    """Connect to 127.0.0.1:port inside `netns`."""
+    return tcp_hello_to(netns, "127.0.0.1", port)
 
 
 def console_ready(daemon: E2EDaemon, vm_id: str) -> Any:
@@ -371,3 +361,54 @@ def test_link_down_and_up_at_run_time(daemon: E2EDaemon, netns: str, guest: Gues
         stopped = ok(client.post(f"/v1/vms/{vm['id']}/stop?wait=60"), 200)
         assert stopped["status"] == "stopped"
         assert_problem(client.post(f"/v1/vms/{vm['id']}/reboot"), 409)  # not running
+
+
+def test_socket_case_of_the_howto(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
+    """VM1 has tap1 (192.168.105.1 on the host) and listens on a socket, all on one hub;
+    VM2 has no tap: it connects to VM1's socket, joins the segment, and the host reaches it
+    through VM1's tap."""
+    with daemon.client(timeout=120) as client:
+        ok(
+            client.post(
+                "/v1/taps?wait=10", json={"name": "tap1", "addresses": ["192.168.105.1/24"]}
+            ),
+            201,
+        )
+        vm1 = static_vm(
+            guest, "vm1", {"backend": "hub", "hub": 0}, "192.168.105.2/24", "192.168.105.1"
+        )
+        vm1["nics"] += [
+            {"model": None, "backend": "tap", "tap": "tap1", "hub": 0},
+            {"model": None, "backend": "socket", "socket": {"mode": "listen"}, "hub": 0},
+        ]
+        first = ok(client.post("/v1/vms?wait=60", json=vm1), 201)
+        vm2 = static_vm(
+            guest,
+            "vm2",
+            {"backend": "socket", "socket": {"mode": "connect", "peer": "vm1/2"}},
+            "192.168.105.3/24",
+            "192.168.105.1",
+        )
+        second = ok(client.post("/v1/vms?wait=60", json=vm2), 201)
+        assert first["nics"][0]["mac"] != second["nics"][0]["mac"]
+        for vm in (first, second):
+            wait_for(lambda vm=vm: console_ready(daemon, vm["id"]), 60, "readiness")
+        assert wait_for(lambda: ping(netns, "192.168.105.2"), 20, "VM1 through tap1")
+        assert wait_for(lambda: ping(netns, "192.168.105.3"), 20, "VM2 through VM1's socket")
+        hello = parse_hello(tcp_hello_to(netns, "192.168.105.3", 7777))
+        assert hello is not None and hello.mac == second["nics"][0]["mac"]
+
+
+def tcp_hello_to(netns: str, address: str, port: int) -> str:
+    """What the guest answers on address:port, asked from a thread that entered `netns`."""
+    answer: list[str] = []
+
+    def run() -> None:
+        enter_for_this_thread(netns)
+        with socket.create_connection((address, port), timeout=5) as conn:
+            answer.append(conn.recv(4096).decode(errors="replace"))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    return answer[0] if answer else ""

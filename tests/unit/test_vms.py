@@ -178,3 +178,36 @@ def test_values_cannot_smuggle_options() -> None:
         qemu_value("x\ny")
     with pytest.raises(ValueError, match="resolve the accelerator"):
         qemu_argv(vm(), "qemu", Accelerator.AUTO)
+
+
+def test_a_backend_without_a_guest_nic_joins_a_hub() -> None:
+    """The how-to's VM1: its NIC, its tap and a listening socket on one segment."""
+    spec = vm(
+        nic(id="g", backend=Backend.HUB, hub=0),
+        nic(id="t", model=None, mac="52:54:00:00:00:02", backend=Backend.TAP, tap="tap1", hub=0),
+        nic(
+            id="s",
+            model=None,
+            mac="52:54:00:00:00:03",
+            backend=Backend.SOCKET,
+            socket=SocketNet("listen", 41000),
+            hub=0,
+        ),
+    )
+    validate_vm(spec, ALL_MODELS)
+    argv = qemu_argv(spec, "qemu", Accelerator.TCG)
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    assert netdevs == [
+        "hubport,id=net0,hubid=0",
+        "tap,id=net1,ifname=tap1,script=no,downscript=no,vhost=off",
+        "hubport,id=hub1,hubid=0,netdev=net1",
+        "socket,id=net2,listen=127.0.0.1:41000",
+        "hubport,id=hub2,hubid=0,netdev=net2",
+    ]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-device"] == [
+        "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0"
+    ]
+    with pytest.raises(InvalidInput, match="joins a hub"):
+        validate_vm(vm(nic(model=None)), ALL_MODELS)
+    with pytest.raises(InvalidInput, match="needs the hub backend"):
+        validate_vm(vm(nic(hub=1)), ALL_MODELS)
