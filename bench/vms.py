@@ -61,7 +61,7 @@ from bench.taps import (
 )
 from tests.daemon import Daemon
 from tests.guest.build import Guest, build_guest, kernel_cmdline
-from tests.guest.console import Ready, parse_hello
+from tests.guest.console import Ready, parse_hello, parse_ready
 
 T = TypeVar("T")
 
@@ -137,25 +137,36 @@ def api_create(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     return vm
 
 
-def api_delete(daemon: Daemon, vm_ids: list[str]) -> None:
-    """DELETE every VM (?wait=), then check no qemu with its -uuid is left."""
+def api_delete_one(daemon: Daemon, vm_id: str) -> None:
     with daemon.client(timeout=WAIT_S + 30) as client:
-        for vm_id in vm_ids:
-            response = client.delete(f"/v1/vms/{vm_id}", params={"wait": WAIT_S})
-            if response.status_code not in (204, 404):
-                raise RuntimeError(f"deleting {vm_id}: {response.status_code} {response.text}")
+        response = client.delete(f"/v1/vms/{vm_id}", params={"wait": WAIT_S})
+    if response.status_code not in (204, 404):
+        raise RuntimeError(f"deleting {vm_id}: {response.status_code} {response.text}")
+
+
+def api_delete(daemon: Daemon, vm_ids: list[str]) -> None:
+    """DELETE every VM at once (?wait=: a guest that has not booted far enough to take the
+    ACPI powerdown costs the daemon's whole powerdown grace), then check that no qemu with its
+    -uuid is left."""
+    with ThreadPoolExecutor(max(1, len(vm_ids)), thread_name_prefix="bench-delete") as pool:
+        for future in [pool.submit(api_delete_one, daemon, vm_id) for vm_id in vm_ids]:
+            future.result()
     left = {vm_id: find_running(vm_id) for vm_id in vm_ids}
     if any(left.values()):
         raise RuntimeError(f"qemu left after DELETE: {left}")
     API_VMS.difference_update(vm_ids)
 
 
-def launch_argv_of(daemon: Daemon, vm_id: str) -> list[str]:
-    """The full argv the daemon started for `vm_id`, from its launch.json."""
+def launch_record_of(daemon: Daemon, vm_id: str) -> LaunchRecord:
+    """The daemon's launch.json of `vm_id`: the full argv it started, and when."""
     record = LaunchRecord.read(RunPaths(daemon.run_dir / "vms" / vm_id))
     if record is None:
         raise RuntimeError(f"no launch record for VM {vm_id}")
-    return list(record.argv)
+    return record
+
+
+def launch_argv_of(daemon: Daemon, vm_id: str) -> list[str]:
+    return list(launch_record_of(daemon, vm_id).argv)
 
 
 def retarget(argv: list[str], vm_id: str, old_dir: Path, new_dir: Path) -> list[str]:
@@ -241,43 +252,73 @@ def idle_rss_kib(daemon: Daemon) -> int:
 # ---- 1. one VM until QMP answers ---------------------------------------------------------------
 
 
-def api_single(daemon: Daemon, guest: Guest, i: int) -> tuple[float, list[str], str]:
-    """One timed create (?wait=); returns the seconds, the recorded argv and the VM id. The VM
-    is deleted afterwards (not timed)."""
+@dataclass
+class Single:
+    """One timed start: total seconds, and the part before qemu was spawned (API: POST sent
+    until the daemon's launch record says spawned; by hand: Popen returned)."""
+
+    seconds: float
+    spawned: float
+    argv: list[str]
+    vm_id: str = ""
+
+
+def console_ready(daemon: Daemon, vm_id: str) -> bool:
+    with daemon.client() as client:
+        text = client.get(f"/v1/vms/{vm_id}/console").text
+    return parse_ready(text) is not None
+
+
+def wait_console_ready(daemon: Daemon, vm_id: str, timeout: float) -> None:
+    deadline = perf_counter() + timeout
+    while not console_ready(daemon, vm_id):
+        if perf_counter() > deadline:
+            raise TimeoutError(f"VM {vm_id}: no KVT-READY on the console within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def api_single(daemon: Daemon, guest: Guest, i: int) -> Single:
+    """One timed create (?wait=). Not timed: the guest is let boot (console readiness) so that
+    it takes the ACPI powerdown, and is then deleted."""
     body = vm_body(guest, f"single{i}", SINGLE_MIB, FIRST_PORT)
     with daemon.client(timeout=WAIT_S + 30) as client:
+        wall0 = time.time()
         started = perf_counter()
         vm = api_create(client, body)
         seconds = perf_counter() - started
-    argv = launch_argv_of(daemon, vm["id"])
+    record = launch_record_of(daemon, vm["id"])
+    wait_console_ready(daemon, vm["id"], HELLO_TIMEOUT_S)
     api_delete(daemon, [vm["id"]])
-    return seconds, argv, vm["id"]
+    return Single(seconds, record.launched_at - wall0, list(record.argv), vm["id"])
 
 
-def raw_single(ns: str, argv: list[str], run_dir: Path) -> float:
+def raw_single(ns: str, argv: list[str], run_dir: Path) -> Single:
     """Spawn `argv` by hand in `ns`, time it until QMP answers query-status, then kill it."""
     with asyncio.Runner() as runner:
         started = perf_counter()
         proc = in_netns(ns, spawn, argv, run_dir)
+        spawned = perf_counter() - started
         status = runner.run(qmp_status(run_dir / "qmp.sock", QMP_TIMEOUT_S))
         seconds = perf_counter() - started
     kill_raw(proc)
     if status != "running":
         raise RuntimeError(f"hand-started qemu is {status}")
-    return seconds
+    return Single(seconds, spawned, argv)
 
 
 def measure_single(daemon: Daemon, guest: Guest, raw_root: Path, runs: int, out: Results) -> None:
     """Figure 1: API and hand runs interleaved (API first: the hand run replays its argv)."""
-    api_s: list[float] = []
-    raw_s: list[float] = []
+    api: list[Single] = []
+    raw: list[Single] = []
     with fresh_netns() as raw_ns:
         for i in range(runs):
-            seconds, argv, vm_id = api_single(daemon, guest, i)
-            api_s.append(seconds)
-            old_dir = daemon.run_dir / "vms" / vm_id
+            api.append(one := api_single(daemon, guest, i))
+            old_dir = daemon.run_dir / "vms" / one.vm_id
             run_dir = raw_root / f"s{i}"
-            raw_s.append(raw_single(raw_ns, retarget(argv, vm_id, old_dir, run_dir), run_dir))
+            argv = retarget(one.argv, one.vm_id, old_dir, run_dir)
+            raw.append(raw_single(raw_ns, argv, run_dir))
+    api_s = [r.seconds for r in api]
+    raw_s = [r.seconds for r in raw]
     out.figures.append(
         Figure(
             "create+start 1 VM until QMP answers",
@@ -293,6 +334,10 @@ def measure_single(daemon: Daemon, guest: Guest, raw_root: Path, runs: int, out:
     out.details["single"] = {
         "api_ms": [t * 1000 for t in api_s],
         "raw_ms": [t * 1000 for t in raw_s],
+        "api_until_spawned_ms_median": median([r.spawned for r in api]) * 1000,
+        "api_spawned_to_answer_ms_median": median([r.seconds - r.spawned for r in api]) * 1000,
+        "raw_until_spawned_ms_median": median([r.spawned for r in raw]) * 1000,
+        "raw_spawned_to_answer_ms_median": median([r.seconds - r.spawned for r in raw]) * 1000,
     }
 
 
