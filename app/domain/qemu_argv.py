@@ -8,6 +8,8 @@ value can add an option.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from app.domain.errors import InvalidInput
 from app.domain.vms import (
     Accelerator,
@@ -60,9 +62,15 @@ def _socket_netdev(netdev: str, socket: SocketNet) -> str:
     return netdev_arg
 
 
-def _tap_netdev(netdev: str, nic: NicSpec, vhost_net: bool) -> str:
+def _tap_netdev(
+    netdev: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+) -> str:
+    """By name (qemu opens the tap), or by descriptors the daemon opened and passes on."""
     vhost = {Vhost.ON: "on", Vhost.OFF: "off", Vhost.AUTO: "on" if vhost_net else "off"}
     assert nic.tap is not None
+    if fds:
+        handles = {"fd": str(fds[0])} if len(fds) == 1 else {"fds": ":".join(map(str, fds))}
+        return _options(f"tap,id={netdev}", **handles, vhost=vhost[nic.vhost])
     return _options(
         f"tap,id={netdev}",
         ifname=nic.tap,
@@ -73,10 +81,10 @@ def _tap_netdev(netdev: str, nic: NicSpec, vhost_net: bool) -> str:
     )
 
 
-def netdev_arg(index: int, nic: NicSpec, vhost_net: bool) -> str:
+def netdev_arg(index: int, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None) -> str:
     netdev = f"net{index}"
     if nic.backend in (Backend.BRIDGE, Backend.TAP):
-        return _tap_netdev(netdev, nic, vhost_net)
+        return _tap_netdev(netdev, nic, vhost_net, fds)
     if nic.backend is Backend.USER:
         return _user_netdev(netdev, nic.user or UserNet())
     if nic.backend is Backend.SOCKET:
@@ -122,9 +130,14 @@ def boot_args(spec: VmSpec) -> list[str]:
 
 
 def qemu_argv(
-    spec: VmSpec, binary: str, accelerator: Accelerator, vhost_net: bool = False
+    spec: VmSpec,
+    binary: str,
+    accelerator: Accelerator,
+    vhost_net: bool = False,
+    tap_fds: Mapping[str, Sequence[int]] | None = None,
 ) -> list[str]:
-    """The argv for `spec` with the accelerator already resolved (never AUTO here)."""
+    """The argv for `spec` with the accelerator already resolved (never AUTO here).
+    `tap_fds` maps a NIC id to the tap descriptors qemu inherits (else it opens by name)."""
     if accelerator is Accelerator.AUTO:
         raise ValueError("resolve the accelerator first (resolve_accelerator)")
     argv = [
@@ -142,7 +155,8 @@ def qemu_argv(
         argv += ["-cpu", "host"]
     argv += boot_args(spec)
     for index, nic in enumerate(spec.nics):
-        argv += ["-netdev", netdev_arg(index, nic, vhost_net)]
+        fds = (tap_fds or {}).get(nic.id)
+        argv += ["-netdev", netdev_arg(index, nic, vhost_net, fds)]
         if nic.model is None:  # no guest NIC: the backend joins its hub
             argv += ["-netdev", f"hubport,id=hub{index},hubid={nic.hub},netdev=net{index}"]
         else:

@@ -8,15 +8,20 @@ through app.host.rtnl, which decodes only what the planner needs.
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import logging
+import os
 import socket
+import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFT_MULTI_QUEUE, IFT_NO_PI, IFT_TAP, IFT_VNET_HDR
+from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETIFF
 
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, ObservedLink
 from app.host import rtnl
@@ -230,3 +235,23 @@ class LinkOps:
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 raise LinkError(f"deleting {name}: {exc}", exc.code) from exc
+
+
+def open_tap_queues(name: str, queues: int) -> list[int]:
+    """Open an existing tap once per queue and return the file descriptors, to hand to qemu
+    (`-netdev tap,fd=` / `fds=`) the way libvirt does: qemu then needs no access to
+    /dev/net/tun (0600 on some hosts) and never opens a tap by name. Acts in the calling
+    thread's network namespace. The caller closes the descriptors once qemu has them."""
+    flags = IFT_TAP | IFT_NO_PI | IFT_VNET_HDR | (IFT_MULTI_QUEUE if queues > 1 else 0)
+    ifreq = struct.pack("16sH", name.encode(), flags)
+    fds: list[int] = []
+    try:
+        for _ in range(queues):
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            fds.append(fd)
+            fcntl.ioctl(fd, TUNSETIFF, ifreq)
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise LinkError(f"opening tap {name}: {exc}", exc.errno) from exc
+    return fds

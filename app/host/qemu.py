@@ -192,6 +192,7 @@ class LaunchSpec:
     netns: str | None = None  # None: the calling thread's network namespace
     sandbox: bool = True  # qemu's seccomp sandbox (needs qemu started as `user`, not -runas)
     name: str | None = None  # guest name qemu reports (query-name); default: vm_id
+    pass_fds: tuple[int, ...] = ()  # descriptors qemu inherits (e.g. taps: -netdev tap,fd=)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))
@@ -733,6 +734,7 @@ def _spawn(spec: LaunchSpec, argv: Sequence[str]) -> subprocess.Popen[bytes]:
                     user=spec.user,
                     group=spec.group,
                     extra_groups=[] if dropping else None,
+                    pass_fds=spec.pass_fds,
                 )
             )
         except Exception as exc:  # handed to the caller below

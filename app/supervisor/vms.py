@@ -26,6 +26,7 @@ import datetime as dt
 import errno
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -53,7 +54,7 @@ from app.domain.vms import (
     VmStatus,
     resolve_accelerator,
 )
-from app.host.netlink import LinkError, LinkOps
+from app.host.netlink import LinkError, LinkOps, open_tap_queues
 from app.host.netns import enter_for_this_thread
 from app.host.qemu import (
     DEFAULT_DEADLINES,
@@ -635,17 +636,6 @@ class VmWorker:
         try:
             vm = vm_spec(row, nics)
             accelerator = resolve_accelerator(vm.accelerator, self.kvm_runs_guests())
-            argv = qemu_argv(vm, self.qemu_binary, accelerator, self.vhost_net())
-            spec = LaunchSpec(
-                vm_id=row.id,
-                argv=argv,
-                run_dir=self.vm_dir(row.id),
-                user=row.run_as_uid,
-                group=row.run_as_gid,
-                netns=self.netns,
-                sandbox=True,
-                name=row.name,
-            )
             missing = [tap.name for tap in taps if tap.bridge is None]
             if missing:
                 raise DomainError(f"the bridge of tap(s) {', '.join(missing)} is gone")
@@ -664,11 +654,36 @@ class VmWorker:
                     self._retry_later(state, reason)
                 return
         try:
+            # qemu gets the taps as open descriptors (as libvirt does): it needs no access
+            # to /dev/net/tun, and an unprivileged qemu works wherever the daemon does
+            tap_fds = await self._on_netlink(self._open_taps_sync, nics)
+        except (LinkError, TimeoutError) as exc:
+            self._retry_later(state, f"opening taps: {exc or 'timed out'}")
+            return
+        try:
+            spec = LaunchSpec(
+                vm_id=row.id,
+                argv=qemu_argv(vm, self.qemu_binary, accelerator, self.vhost_net(), tap_fds),
+                run_dir=self.vm_dir(row.id),
+                user=row.run_as_uid,
+                group=row.run_as_gid,
+                netns=self.netns,
+                sandbox=True,
+                name=row.name,
+                pass_fds=tuple(fd for fds in tap_fds.values() for fd in fds),
+            )
             process = await launch(spec, LAUNCH_TIMEOUT, partial(self._on_qmp_event, state))
+        except ValueError as exc:
+            state.held = (generation, str(exc))
+            return
         except QemuLaunchError as exc:
             state.held = (generation, str(exc).rpartition("\nargv: ")[0] or str(exc))
             state.exit_code, state.output = exc.exit_code, exc.output or None
             return
+        finally:
+            for fds in tap_fds.values():
+                for fd in fds:
+                    os.close(fd)
         self._retry_done(state)
         state.accelerator = accelerator.value
         state.started_at = dt.datetime.now(dt.UTC)
@@ -729,6 +744,22 @@ class VmWorker:
             self._retry_done(state)
 
     # ---- netlink (on its own thread, in the managed namespace) -----------------------------
+
+    @staticmethod
+    def _open_taps_sync(nics: Sequence[VmNic]) -> dict[str, list[int]]:
+        """Every tap-backed NIC's tap, opened once per queue (on the netlink thread: it is
+        in the managed namespace)."""
+        opened: dict[str, list[int]] = {}
+        try:
+            for nic in nics:
+                if nic.backend in (Backend.BRIDGE.value, Backend.TAP.value) and nic.tap_name:
+                    opened[nic.id] = open_tap_queues(nic.tap_name, nic.queues)
+        except LinkError:
+            for fds in opened.values():
+                for fd in fds:
+                    os.close(fd)
+            raise
+        return opened
 
     async def _on_netlink(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._netlink is not None

@@ -35,6 +35,7 @@ def guest() -> Guest:
 def daemon(netns: str, request: pytest.FixtureRequest) -> Iterator[E2EDaemon]:
     # a short work dir: a VM's QMP socket path must fit a unix socket address (108 bytes)
     workdir = Path(tempfile.mkdtemp(prefix="kvt-", dir="/tmp"))
+    workdir.chmod(0o755)  # an unprivileged qemu must reach its run directory below
     try:
         with running_daemon(netns, workdir, request) as d:
             yield d
@@ -177,6 +178,14 @@ def test_daemon_restart_readopts_the_vm_and_kill_9_is_seen(
         again = ok(client.get(f"/v1/vms/{vm['id']}"), 200)
         assert (again["status"], again["pid"]) == ("running", vm["pid"])
         assert _qemus_in(netns) == [vm["pid"]]  # re-adopted, not started twice
+        wait_for(lambda: console_ready(daemon, vm["id"]), 60, "readiness")
+        # the re-adopted VM is still fully under control: a graceful stop works
+        stopped = ok(client.post(f"/v1/vms/{vm['id']}/stop?wait=60"), 200)
+        assert stopped["status"] == "stopped"
+        assert "KVT-POWEROFF" in client.get(f"/v1/vms/{vm['id']}/console").text
+        assert _qemus_in(netns) == []
+        vm = ok(client.post(f"/v1/vms/{vm['id']}/start?wait=60"), 200)
+        assert vm["status"] == "running"
         os.kill(vm["pid"], signal.SIGKILL)
         started = time.monotonic()
         crashed = wait_for(
@@ -412,3 +421,29 @@ def tcp_hello_to(netns: str, address: str, port: int) -> str:
     thread.start()
     thread.join(10)
     return answer[0] if answer else ""
+
+
+def test_unprivileged_qemu_in_its_sandbox(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
+    """qemu as nobody with the strict seccomp sandbox; its bridge tap is owned by nobody."""
+    with daemon.client(timeout=120) as client:
+        ok(
+            client.post(
+                "/v1/bridges?wait=10", json={"name": "br0", "addresses": ["192.168.105.1/24"]}
+            ),
+            201,
+        )
+        body = static_vm(
+            guest,
+            "vm1",
+            {"backend": "bridge", "bridge": "br0"},
+            "192.168.105.2/24",
+            "192.168.105.1",
+        )
+        body["run_as"] = {"uid": 65534, "gid": 65534}
+        vm = ok(client.post("/v1/vms?wait=60", json=body), 201)
+        assert vm["status"] == "running", vm
+        status = Path(f"/proc/{vm['pid']}/status").read_text()
+        assert "\nUid:\t65534\t65534\t65534\t65534" in status
+        assert "\nSeccomp:\t2" in status  # the filter is on
+        wait_for(lambda: console_ready(daemon, vm["id"]), 60, "readiness")
+        assert wait_for(lambda: ping(netns, "192.168.105.2"), 20, "ping")

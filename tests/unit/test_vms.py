@@ -211,3 +211,15 @@ def test_a_backend_without_a_guest_nic_joins_a_hub() -> None:
         validate_vm(vm(nic(model=None)), ALL_MODELS)
     with pytest.raises(InvalidInput, match="needs the hub backend"):
         validate_vm(vm(nic(hub=1)), ALL_MODELS)
+
+
+def test_taps_handed_over_as_descriptors() -> None:
+    spec = vm(
+        nic(id="a", backend=Backend.BRIDGE, tap="vm1-0"),
+        nic(id="b", mac="52:54:00:00:00:02", backend=Backend.TAP, tap="tap1", queues=2),
+    )
+    argv = qemu_argv(spec, "qemu", Accelerator.TCG, tap_fds={"a": [5], "b": [6, 7]})
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"] == [
+        "tap,id=net0,fd=5,vhost=off",
+        "tap,id=net1,fds=6:7,vhost=off",
+    ]
