@@ -81,10 +81,17 @@ async def get_vm(vm_id: str, request: Request) -> VmOut:
 
 
 async def _power(
-    request: Request, response: Response, vm_id: str, power: PowerState, wait: float | None
+    request: Request,
+    response: Response,
+    vm_id: str,
+    power: PowerState,
+    wait: float | None,
+    kill: bool = False,
 ) -> VmOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).set_power(vm_id, power))
+    row, op = await ctx.mutate(
+        lambda s: VmPowerService(s, request_id).set_power(vm_id, power, kill)
+    )
     return await _finish(ctx, response, row, op, wait, 200)
 
 
@@ -104,6 +111,14 @@ async def stop_vm(
     return await _power(request, response, vm_id, PowerState.STOPPED, wait)
 
 
+@router.post("/{vm_id}/kill", operation_id="kill_vm", response_model=VmOut, responses=PENDING)
+async def kill_vm(
+    vm_id: str, request: Request, response: Response, wait: Wait = None
+) -> VmOut | Response:
+    """Stop at once with SIGKILL (no guest power-down); the VM stays stopped."""
+    return await _power(request, response, vm_id, PowerState.STOPPED, wait, kill=True)
+
+
 @router.delete(
     "/{vm_id}",
     operation_id="delete_vm",
@@ -112,11 +127,15 @@ async def stop_vm(
     responses={204: {"description": "Deleted (with ?wait=)"}},
 )
 async def delete_vm(
-    vm_id: str, request: Request, response: Response, wait: Wait = None
+    vm_id: str,
+    request: Request,
+    response: Response,
+    wait: Wait = None,
+    force: Annotated[bool, Query(description="SIGKILL instead of the shutdown ladder")] = False,
 ) -> VmOut | Response:
     """Stops the VM first, then removes everything of it (taps, run directory, claims)."""
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).delete(vm_id))
+    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).delete(vm_id, force))
     return await _finish(ctx, response, row, op, wait, 202)
 
 

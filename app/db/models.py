@@ -144,6 +144,8 @@ class Vm(ResourceColumns, Base):
     accelerator: Mapped[str] = mapped_column(String(8), default="auto")
     boot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     power_state: Mapped[str] = mapped_column(String(16), default="running")
+    # how the next stop ends qemu: "graceful" (the shutdown ladder) or "kill" (SIGKILL)
+    stop_mode: Mapped[str] = mapped_column(String(8), default="graceful", server_default="graceful")
     restart_policy: Mapped[str] = mapped_column(String(16), default="never")
     run_as_uid: Mapped[int | None] = mapped_column(Integer, default=None)
     run_as_gid: Mapped[int | None] = mapped_column(Integer, default=None)

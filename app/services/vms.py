@@ -302,20 +302,27 @@ class VmPowerService:
         self.request_id = request_id
         self.vms = VmService(session, request_id)
 
-    def set_power(self, ref: str, power: PowerState) -> tuple[Vm, Operation | None]:
+    def set_power(
+        self, ref: str, power: PowerState, kill: bool = False
+    ) -> tuple[Vm, Operation | None]:
+        """Start or stop; `kill` stops with SIGKILL at once instead of the shutdown ladder."""
         row = self.vms.get(ref)
         if row.deleted:
             raise BeingDeleted(f"VM {row.name!r} is being deleted")
-        if row.power_state == power.value and row.status != VmStatus.ERROR.value:
+        stop_mode = "kill" if kill else "graceful"
+        unchanged = row.power_state == power.value and row.stop_mode == stop_mode
+        if unchanged and row.status != VmStatus.ERROR.value:
             return row, None
-        row.power_state = power.value
+        row.power_state, row.stop_mode = power.value, stop_mode
         return row, self._bump(row, "update", VmStatus.PENDING)
 
-    def delete(self, ref: str) -> tuple[Vm, Operation | None]:
+    def delete(self, ref: str, force: bool = False) -> tuple[Vm, Operation | None]:
+        """Stop (gracefully, or with SIGKILL when forced), then remove everything."""
         row = self.vms.get(ref)
-        if row.deleted:
+        if row.deleted and not (force and row.stop_mode != "kill"):
             return row, None
         row.deleted = True
+        row.stop_mode = "kill" if force else row.stop_mode
         return row, self._bump(row, "delete", VmStatus.DELETING)
 
     def _bump(self, row: Vm, action: str, status: VmStatus) -> Operation:

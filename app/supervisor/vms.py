@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LAUNCH_TIMEOUT = 15.0  # spawn until QMP answers
+STOP_KILL = "kill"
+KILL_DEADLINES = ShutdownDeadlines(powerdown=0, quit=0, sigterm=0, sigkill=5.0)
 ADOPT_TIMEOUT = 5.0  # QMP greeting of a qemu found at start-up
 QMP_TIMEOUT = 5.0  # one QMP command asked for through execute()
 NETLINK_TIMEOUT = 10.0  # one batch of tap calls on the netlink thread
@@ -496,10 +498,12 @@ class VmWorker:
             )
             return self._report(row, state, VmStatus.STARTING, decision.reason, False), None
         if action is VmAction.STOP:
-            self._spawn(state, VmStatus.STOPPING, None, self._stop(state, row.name, taps))
+            stop = self._stop(state, row.name, taps, self._deadlines_for(row))
+            self._spawn(state, VmStatus.STOPPING, None, stop)
             return self._report(row, state, VmStatus.STOPPING, None, False), None
         if action is VmAction.REMOVE:
-            self._spawn(state, VmStatus.DELETING, None, self._remove(state, taps))
+            remove = self._remove(state, taps, self._deadlines_for(row))
+            self._spawn(state, VmStatus.DELETING, None, remove)
             return self._report(row, state, VmStatus.DELETING, None, False), None
         if action is VmAction.WAIT:
             self._clean_taps_if_needed(state, decision.status, decision.reason, now)
@@ -692,7 +696,11 @@ class VmWorker:
         self._hold(state, process)
         log.info("VM %s (%s) runs as pid %d under %s", row.name, row.id, process.pid, accelerator)
 
-    async def _end(self, state: VmState, name: str) -> bool:
+    def _deadlines_for(self, row: Vm) -> ShutdownDeadlines:
+        """A kill (or a forced delete) skips the guest's power-down and qemu's quit."""
+        return KILL_DEADLINES if row.stop_mode == STOP_KILL else self.deadlines
+
+    async def _end(self, state: VmState, name: str, deadlines: ShutdownDeadlines) -> bool:
         """The shutdown ladder for a running qemu; its exit is recorded. False when qemu
         survived it (then the VM is `stuck` until the user changes it)."""
         process = state.process
@@ -700,7 +708,7 @@ class VmWorker:
             return True
         state.stopped_by_us = True
         try:
-            step = await shutdown(process, deadlines=self.deadlines)
+            step = await shutdown(process, deadlines=deadlines)
             log.info("VM %s (%s) ended by %s", name, state.vm_id, step)
         except QemuError as exc:  # survived SIGKILL: stuck in the kernel
             log.error("VM %s: %s", state.vm_id, exc)
@@ -712,12 +720,16 @@ class VmWorker:
             state.process = None  # the handle was released by shutdown()
         return False
 
-    async def _stop(self, state: VmState, name: str, taps: list[TapPlan]) -> None:
-        await self._end(state, name)
+    async def _stop(
+        self, state: VmState, name: str, taps: list[TapPlan], deadlines: ShutdownDeadlines
+    ) -> None:
+        await self._end(state, name, deadlines)
         await self._drop_taps(state, [tap.name for tap in taps])
 
-    async def _remove(self, state: VmState, taps: list[TapPlan]) -> None:
-        if not await self._end(state, state.vm_id):
+    async def _remove(
+        self, state: VmState, taps: list[TapPlan], deadlines: ShutdownDeadlines
+    ) -> None:
+        if not await self._end(state, state.vm_id, deadlines):
             return
         running = find_running(state.vm_id)
         if running:  # a qemu of this VM the worker does not hold: never orphan it

@@ -447,3 +447,20 @@ def test_unprivileged_qemu_in_its_sandbox(daemon: E2EDaemon, netns: str, guest: 
         assert "\nSeccomp:\t2" in status  # the filter is on
         wait_for(lambda: console_ready(daemon, vm["id"]), 60, "readiness")
         assert wait_for(lambda: ping(netns, "192.168.105.2"), 20, "ping")
+
+
+def test_kill_and_forced_delete_skip_the_power_down(daemon: E2EDaemon, guest: Guest) -> None:
+    """A guest that never booted far enough for ACPI would hold a graceful stop for the whole
+    power-down deadline; kill and DELETE ?force=true end qemu at once."""
+    with daemon.client(timeout=120) as client:
+        vm = ok(client.post("/v1/vms?wait=60", json=vm_body(guest, "vm1")), 201)
+        started = time.monotonic()
+        killed = ok(client.post(f"/v1/vms/{vm['id']}/kill?wait=30"), 200)
+        assert killed["status"] == "stopped"
+        assert time.monotonic() - started < 5
+        assert not _alive(vm["pid"])
+        vm = ok(client.post(f"/v1/vms/{vm['id']}/start?wait=60"), 200)
+        started = time.monotonic()
+        assert client.delete(f"/v1/vms/{vm['id']}?wait=30&force=true").status_code == 204
+        assert time.monotonic() - started < 5
+        assert not _alive(vm["pid"])

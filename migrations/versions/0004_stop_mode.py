@@ -1,0 +1,28 @@
+"""how a VM is stopped
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-26 06:27:57.520227
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("vms", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("stop_mode", sa.String(length=8), server_default="graceful", nullable=False)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("vms", schema=None) as batch_op:
+        batch_op.drop_column("stop_mode")
