@@ -53,6 +53,7 @@ openapi: deps
 
 bench: deps
 	$(BIN)/python -m bench.taps
+	$(BIN)/python -m bench.vms
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
