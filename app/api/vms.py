@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
 from app.api.presenters import vm_out
@@ -23,6 +25,7 @@ router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=PROBLEM_RESPONSES)
 
 PENDING: dict[int | str, dict[str, Any]] = {202: {"model": VmOut, "description": "Accepted"}}
 CONSOLE_TAIL_MAX = 1 << 20
+CONSOLE_POLL_SECONDS = 0.2
 
 
 async def _present(ctx: AppContext, row: Vm) -> VmOut:
@@ -149,11 +152,29 @@ async def get_vm_console(
     vm_id: str,
     request: Request,
     tail: Annotated[int, Query(ge=1, le=CONSOLE_TAIL_MAX, description="Last N bytes")] = 65536,
-) -> PlainTextResponse:
-    """The serial console log (the last `tail` bytes)."""
+    follow: Annotated[
+        bool, Query(description="Keep streaming what the guest prints (like tail -f)")
+    ] = False,
+) -> Response:
+    """The serial console log: the last `tail` bytes, and with follow=true everything the
+    guest prints after that, until the client hangs up."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s).get(vm_id))
-    return PlainTextResponse(await ctx.host(ctx.inspector.vm_console, row.id, tail))
+    text, offset = await ctx.host(ctx.inspector.vm_console, row.id, -tail)
+    if not follow:
+        return PlainTextResponse(text.decode("utf-8", "replace"))
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal offset
+        yield text
+        while not await request.is_disconnected():
+            data, offset = await ctx.host(ctx.inspector.vm_console, row.id, offset)
+            if data:
+                yield data
+            else:
+                await asyncio.sleep(CONSOLE_POLL_SECONDS)
+
+    return StreamingResponse(stream(), media_type="text/plain")
 
 
 QMP_TIMEOUT = 5.0

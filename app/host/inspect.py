@@ -199,18 +199,22 @@ class LiveHostInspector:
                     )
         return result
 
-    def vm_console(self, vm_id: str, tail_bytes: int) -> str:
-        """The end of a VM's serial console log ("" before it ever ran)."""
+    def vm_console(self, vm_id: str, offset: int, limit: int = 1 << 20) -> tuple[bytes, int]:
+        """The console log from byte `offset` on (a negative offset counts back from the end;
+        at most `limit` bytes) and the offset to continue from, for following it. A log that
+        shrank (a new run of the VM) is read from its start."""
         if self.run_dir is None:
-            return ""
+            return b"", 0
         path = self.run_dir / "vms" / vm_id / "console.log"
         try:
             with path.open("rb") as log:
                 size = log.seek(0, 2)
-                log.seek(max(0, size - tail_bytes))
-                return log.read().decode("utf-8", "replace")
+                start = max(0, size + offset) if offset < 0 else (offset if offset <= size else 0)
+                log.seek(start)
+                data = log.read(limit)
         except FileNotFoundError:
-            return ""
+            return b"", 0
+        return data, start + len(data)
 
     def capabilities(self) -> dict[str, Any]:
         with self._capabilities_lock:

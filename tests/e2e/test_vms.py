@@ -464,3 +464,18 @@ def test_kill_and_forced_delete_skip_the_power_down(daemon: E2EDaemon, guest: Gu
         assert client.delete(f"/v1/vms/{vm['id']}?wait=30&force=true").status_code == 204
         assert time.monotonic() - started < 5
         assert not _alive(vm["pid"])
+
+
+def test_console_follow_streams_what_the_guest_prints(daemon: E2EDaemon, guest: Guest) -> None:
+    with daemon.client(timeout=120) as client:
+        vm = ok(client.post("/v1/vms?wait=60", json=vm_body(guest, "vm1")), 201)
+        seen = ""
+        started = time.monotonic()
+        with client.stream("GET", f"/v1/vms/{vm['id']}/console?follow=true&tail=1") as r:
+            assert r.status_code == 200
+            for chunk in r.iter_text():
+                seen += chunk
+                if "KVT-READY" in seen or time.monotonic() - started > 60:
+                    break
+        ready = parse_ready(seen)
+        assert ready is not None and ready.address == "10.0.2.15"
