@@ -657,10 +657,12 @@ class VmWorker:
                 else:
                     self._retry_later(state, reason)
                 return
+        tap_fds: dict[str, list[int]] = {}
         try:
             # qemu gets the taps as open descriptors (as libvirt does): it needs no access
             # to /dev/net/tun, and an unprivileged qemu works wherever the daemon does
-            tap_fds = await self._on_netlink(self._open_taps_sync, nics)
+            if any(nic.tap_name for nic in nics):
+                tap_fds = await self._on_netlink(self._open_taps_sync, nics)
         except (LinkError, TimeoutError) as exc:
             self._retry_later(state, f"opening taps: {exc or 'timed out'}")
             return
