@@ -209,6 +209,20 @@ def static_vm(guest: Guest, name: str, backend: dict[str, Any], ip: str, gw: str
     }
 
 
+def host_link(client: Any, collection: str, name: str) -> dict[str, Any]:
+    """A bridge or tap of ours with the how-to's host address 192.168.105.1/24."""
+    body = {"name": name, "addresses": ["192.168.105.1/24"]}
+    return ok(client.post(f"/v1/{collection}?wait=10", json=body), 201)  # type: ignore[no-any-return]
+
+
+def static_guest(
+    client: Any, guest: Guest, name: str, backend: dict[str, Any], ip: str
+) -> dict[str, Any]:
+    """A running guest with a static `ip`/24 and 192.168.105.1 as its gateway."""
+    body = static_vm(guest, name, backend, f"{ip}/24", "192.168.105.1")
+    return ok(client.post("/v1/vms?wait=60", json=body), 201)  # type: ignore[no-any-return]
+
+
 def ping(netns: str, address: str) -> bool:
     argv = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
     result = subprocess.run(
@@ -224,27 +238,10 @@ def test_two_vms_on_the_howto_bridge(daemon: E2EDaemon, netns: str, guest: Guest
     """The how-to's br0 with two VMs, each with its own MAC: both reachable from the host's
     address on the bridge, and the bridge's MAC table shows each guest on its own port."""
     with daemon.client(timeout=120) as client:
-        ok(
-            client.post(
-                "/v1/bridges?wait=10", json={"name": "br0", "addresses": ["192.168.105.1/24"]}
-            ),
-            201,
-        )
+        host_link(client, "bridges", "br0")
+        bridge = {"backend": "bridge", "bridge": "br0"}
         vms = [
-            ok(
-                client.post(
-                    "/v1/vms?wait=60",
-                    json=static_vm(
-                        guest,
-                        f"vm{i}",
-                        {"backend": "bridge", "bridge": "br0"},
-                        f"192.168.105.{i + 1}/24",
-                        "192.168.105.1",
-                    ),
-                ),
-                201,
-            )
-            for i in (1, 2)
+            static_guest(client, guest, f"vm{i}", bridge, f"192.168.105.{i + 1}") for i in (1, 2)
         ]
         for i, vm in enumerate(vms, start=1):
             ready = wait_for(lambda vm=vm: console_ready(daemon, vm["id"]), 60, "readiness")
@@ -262,25 +259,8 @@ def test_two_vms_on_the_howto_bridge(daemon: E2EDaemon, netns: str, guest: Guest
 def test_routed_tap_as_in_the_howto(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
     """tap1 with 192.168.105.1/24 as the guest's gateway; the guest uses 192.168.105.2."""
     with daemon.client(timeout=120) as client:
-        ok(
-            client.post(
-                "/v1/taps?wait=10", json={"name": "tap1", "addresses": ["192.168.105.1/24"]}
-            ),
-            201,
-        )
-        vm = ok(
-            client.post(
-                "/v1/vms?wait=60",
-                json=static_vm(
-                    guest,
-                    "vm1",
-                    {"backend": "tap", "tap": "tap1"},
-                    "192.168.105.2/24",
-                    "192.168.105.1",
-                ),
-            ),
-            201,
-        )
+        host_link(client, "taps", "tap1")
+        vm = static_guest(client, guest, "vm1", {"backend": "tap", "tap": "tap1"}, "192.168.105.2")
         ready = wait_for(lambda: console_ready(daemon, vm["id"]), 60, "readiness")
         assert ready.address == "192.168.105.2"
         assert wait_for(lambda: ping(netns, "192.168.105.2"), 20, "ping through tap1")
@@ -334,24 +314,9 @@ def test_isa_ne2000_is_really_there_on_isapc(daemon: E2EDaemon, guest: Guest) ->
 
 def test_link_down_and_up_at_run_time(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
     with daemon.client(timeout=120) as client:
-        ok(
-            client.post(
-                "/v1/bridges?wait=10", json={"name": "br0", "addresses": ["192.168.105.1/24"]}
-            ),
-            201,
-        )
-        vm = ok(
-            client.post(
-                "/v1/vms?wait=60",
-                json=static_vm(
-                    guest,
-                    "vm1",
-                    {"backend": "bridge", "bridge": "br0"},
-                    "192.168.105.2/24",
-                    "192.168.105.1",
-                ),
-            ),
-            201,
+        host_link(client, "bridges", "br0")
+        vm = static_guest(
+            client, guest, "vm1", {"backend": "bridge", "bridge": "br0"}, "192.168.105.2"
         )
         wait_for(lambda: console_ready(daemon, vm["id"]), 60, "readiness")
         assert wait_for(lambda: ping(netns, "192.168.105.2"), 20, "ping")
@@ -377,12 +342,7 @@ def test_socket_case_of_the_howto(daemon: E2EDaemon, netns: str, guest: Guest) -
     VM2 has no tap: it connects to VM1's socket, joins the segment, and the host reaches it
     through VM1's tap."""
     with daemon.client(timeout=120) as client:
-        ok(
-            client.post(
-                "/v1/taps?wait=10", json={"name": "tap1", "addresses": ["192.168.105.1/24"]}
-            ),
-            201,
-        )
+        host_link(client, "taps", "tap1")
         vm1 = static_vm(
             guest, "vm1", {"backend": "hub", "hub": 0}, "192.168.105.2/24", "192.168.105.1"
         )
@@ -426,12 +386,7 @@ def tcp_hello_to(netns: str, address: str, port: int) -> str:
 def test_unprivileged_qemu_in_its_sandbox(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
     """qemu as nobody with the strict seccomp sandbox; its bridge tap is owned by nobody."""
     with daemon.client(timeout=120) as client:
-        ok(
-            client.post(
-                "/v1/bridges?wait=10", json={"name": "br0", "addresses": ["192.168.105.1/24"]}
-            ),
-            201,
-        )
+        host_link(client, "bridges", "br0")
         body = static_vm(
             guest,
             "vm1",
