@@ -118,9 +118,3 @@ def validate_bridge_timers(stp: bool, forward_delay_cs: int) -> None:
             f"with stp on, forward_delay must be between {low // 100} and {high // 100} "
             f"seconds (got {forward_delay_cs / 100:g}); turn stp off for a delay of 0"
         )
-
-
-def validate_mtu(mtu: int) -> int:
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX:
-        raise InvalidInput(f"MTU must be an integer between {MTU_MIN} and {MTU_MAX}")
-    return mtu

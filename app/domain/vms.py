@@ -46,34 +46,6 @@ class VmStatus(enum.StrEnum):
     DELETING = "deleting"
 
 
-VM_TRANSITIONS: dict[VmStatus, frozenset[VmStatus]] = {
-    VmStatus.PENDING: frozenset(
-        {VmStatus.STARTING, VmStatus.STOPPED, VmStatus.ERROR, VmStatus.DELETING}
-    ),
-    VmStatus.STARTING: frozenset(
-        {VmStatus.RUNNING, VmStatus.CRASHED, VmStatus.ERROR, VmStatus.STOPPING, VmStatus.DELETING}
-    ),
-    VmStatus.RUNNING: frozenset(
-        {
-            VmStatus.STOPPING,
-            VmStatus.CRASHED,
-            VmStatus.STOPPED,
-            VmStatus.DELETING,
-            VmStatus.STARTING,
-        }
-    ),
-    VmStatus.STOPPING: frozenset({VmStatus.STOPPED, VmStatus.CRASHED, VmStatus.DELETING}),
-    VmStatus.STOPPED: frozenset({VmStatus.STARTING, VmStatus.PENDING, VmStatus.DELETING}),
-    VmStatus.CRASHED: frozenset(
-        {VmStatus.STARTING, VmStatus.STOPPED, VmStatus.ERROR, VmStatus.PENDING, VmStatus.DELETING}
-    ),
-    VmStatus.ERROR: frozenset(
-        {VmStatus.PENDING, VmStatus.STARTING, VmStatus.STOPPED, VmStatus.DELETING}
-    ),
-    VmStatus.DELETING: frozenset(),
-}
-
-
 def vm_settled(status: VmStatus, generation: int, observed_generation: int) -> bool:
     """Settled: the worker applied the latest generation and is not in mid-transition."""
     in_flight = {VmStatus.PENDING, VmStatus.STARTING, VmStatus.STOPPING, VmStatus.DELETING}

@@ -26,7 +26,6 @@ from app.host.rtnl import RawLink
 
 T = TypeVar("T")
 
-AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
 COUNTERS = (

@@ -36,7 +36,6 @@ IFLA_LINKINFO = 18
 IFLA_OPERSTATE = 16
 IFLA_IFALIAS = 20
 OPER_STATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
-IFLA_EXT_MASK = 29
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 IFLA_BR_FORWARD_DELAY = 1

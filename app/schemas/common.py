@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from app.domain.names import (
     MTU_MAX,
     MTU_MIN,
+    validate_addresses,
     validate_interface_address,
     validate_link_name,
     validate_mac,
@@ -40,15 +41,9 @@ Mtu = Annotated[int, Field(ge=MTU_MIN, le=MTU_MAX, examples=[1500])]
 Addresses = Annotated[
     list[InterfaceAddressStr],
     Field(max_length=32, description="Host addresses on the link (IPv4/IPv6 with prefix)"),
-    AfterValidator(lambda v: _unique(v)),
+    AfterValidator(validate_addresses),  # no repeats, at most MAX_ADDRESSES
 ]
 Id = Annotated[int, Field(ge=0, le=2**32 - 2)]
-
-
-def _unique(values: list[str]) -> list[str]:
-    if len(set(values)) != len(values):
-        raise ValueError("addresses must not repeat")
-    return values
 
 
 class RequestModel(BaseModel):

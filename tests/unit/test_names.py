@@ -10,7 +10,6 @@ from app.domain.names import (
     validate_interface_address,
     validate_link_name,
     validate_mac,
-    validate_mtu,
 )
 
 
@@ -90,9 +89,3 @@ def test_address_lists_refuse_duplicates_and_bound_size() -> None:
         validate_addresses(["10.0.0.1/24", "10.0.0.1/24"])
     with pytest.raises(InvalidInput, match="at most"):
         validate_addresses([f"10.0.{i}.1/24" for i in range(33)])
-
-
-@pytest.mark.parametrize("mtu", [67, 65522, True, 1500.0])
-def test_bad_mtu(mtu: object) -> None:
-    with pytest.raises(InvalidInput):
-        validate_mtu(mtu)  # type: ignore[arg-type]
