@@ -10,7 +10,17 @@ import datetime as dt
 import uuid
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -180,16 +190,69 @@ class VmNic(Base):
     queues: Mapped[int] = mapped_column(Integer, default=1)
     vhost: Mapped[str] = mapped_column(String(8), default="auto")
     link_up: Mapped[bool] = mapped_column(Boolean, default=True)
+    # on a managed network: the fixed address dnsmasq hands this MAC (a static lease)
+    network_id: Mapped[str | None] = mapped_column(
+        ForeignKey("networks.id", ondelete="SET NULL"), default=None, index=True
+    )
+    ipv4: Mapped[str | None] = mapped_column(String(15), default=None)
+
+    __table_args__ = (UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),)
 
 
 class HostPort(Base):
-    """A host port claimed by a user-networking forward (or, later, a network's forward):
-    the primary key makes clashes impossible."""
+    """Host ports `port`..`end_port` claimed by a user-networking forward of a VM NIC or by a
+    network's port forward. Writers are serialized, and a claim is checked against every
+    overlapping one (the wildcard address 0.0.0.0 overlaps all) before it is added."""
 
     __tablename__ = "host_ports"
 
     protocol: Mapped[str] = mapped_column(String(4), primary_key=True)
     address: Mapped[str] = mapped_column(String(45), primary_key=True)
     port: Mapped[int] = mapped_column(Integer, primary_key=True)
-    owner: Mapped[str] = mapped_column(String(16))  # "vm_nic"
+    end_port: Mapped[int | None] = mapped_column(Integer, default=None)  # None: just `port`
+    owner: Mapped[str] = mapped_column(String(16))  # "vm_nic" or "port_forward"
     owner_id: Mapped[str] = mapped_column(String(36), index=True)
+
+
+class Network(ResourceColumns, Base):
+    """A managed IPv4 network on one of our links (a bridge or a routed tap): the link carries
+    the gateway, dnsmasq serves DHCP/DNS there, our nftables table masquerades the subnet."""
+
+    __tablename__ = "networks"
+
+    bridge_id: Mapped[str | None] = mapped_column(
+        ForeignKey("bridges.id", ondelete="RESTRICT"), default=None, unique=True
+    )
+    tap_id: Mapped[str | None] = mapped_column(
+        ForeignKey("taps.id", ondelete="RESTRICT"), default=None, unique=True
+    )
+    subnet: Mapped[str] = mapped_column(String(18))
+    gateway: Mapped[str] = mapped_column(String(15))
+    nat: Mapped[bool] = mapped_column(Boolean, default=True)
+    nat_interface: Mapped[str | None] = mapped_column(String(15), default=None)
+    snat_address: Mapped[str | None] = mapped_column(String(15), default=None)
+    dhcp: Mapped[bool] = mapped_column(Boolean, default=True)
+    range_start: Mapped[str] = mapped_column(String(15))
+    range_end: Mapped[str] = mapped_column(String(15))
+    lease_seconds: Mapped[int] = mapped_column(Integer, default=3600)
+    domain: Mapped[str | None] = mapped_column(String(253), default=None)
+    # observed
+    dnsmasq_pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PortForward(ResourceColumns, Base):
+    """Host ports forwarded (DNAT) to a VM NIC's fixed address on a managed network."""
+
+    __tablename__ = "port_forwards"
+
+    network_id: Mapped[str] = mapped_column(
+        ForeignKey("networks.id", ondelete="RESTRICT"), index=True
+    )
+    vm_nic_id: Mapped[str] = mapped_column(ForeignKey("vm_nics.id", ondelete="CASCADE"), index=True)
+    protocol: Mapped[str] = mapped_column(String(4))
+    listen_address: Mapped[str] = mapped_column(String(15))  # 0.0.0.0: every host address
+    port: Mapped[int] = mapped_column(Integer)
+    end_port: Mapped[int] = mapped_column(Integer)
+    target_port: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(Text, default=None)

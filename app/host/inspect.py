@@ -8,6 +8,7 @@ others through short-lived pyroute2 sockets (which are bound to the thread that 
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from collections import defaultdict
@@ -21,6 +22,7 @@ from pyroute2 import IPRoute
 from app.domain.links import parse_mark
 from app.host import rtnl
 from app.host.capabilities import probe_capabilities
+from app.host.diagnostics import conf_file_under, diagnose
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
 
@@ -214,6 +216,14 @@ class LiveHostInspector:
         except FileNotFoundError:
             return b"", 0
         return data, start + len(data)
+
+    def diagnostics(self, gateways: list[str]) -> list[dict[str, Any]]:
+        """What would break NAT forwarding in the daemon's namespace (app.host.diagnostics);
+        `gateways` are the managed networks' IPv4 gateways, where our dnsmasq serves DNS. Our
+        dnsmasq processes run with --conf-file=<run_dir>/networks/<network id>/dnsmasq.conf."""
+        own = conf_file_under(self.run_dir / "networks") if self.run_dir else None
+        checks = self._on_inspector_thread(lambda: diagnose(gateways, own))
+        return [dataclasses.asdict(check) for check in checks]
 
     def capabilities(self) -> dict[str, Any]:
         with self._capabilities_lock:

@@ -25,6 +25,8 @@ class HostInspector(Protocol):
 
     def vm_console(self, vm_id: str, offset: int) -> tuple[bytes, int]: ...
 
+    def diagnostics(self, gateways: list[str]) -> list[dict[str, Any]]: ...
+
 
 class VmControl(Protocol):
     """Runtime control of a running VM's qemu (QMP), with a deadline. Raises Conflict when

@@ -1,0 +1,209 @@
+"""Managed NAT networks, pure: subnet and DHCP-range rules, fixed-address allocation, DNS
+host names, and the specs the supervisor turns into nftables rules and dnsmasq configuration.
+
+A network lives on one of our links (a bridge, or a routed tap): the link carries the
+gateway address, dnsmasq serves DHCP and DNS there, and our nftables table masquerades the
+subnet and forwards host ports to the guests' fixed addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from app.domain.errors import Conflict, InvalidInput
+
+MAX_PREFIX = 29  # a /30 leaves a gateway and one guest: too small to manage
+LEASE_SECONDS = (120, 7 * 24 * 3600)
+DEFAULT_LEASE_SECONDS = 3600
+PORTS = (1, 65535)
+MAX_RANGE_PORTS = 1024
+_DNS_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_DOMAIN_RE = re.compile(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+WILDCARD = IPv4Address("0.0.0.0")
+
+
+def parse_subnet(text: str) -> IPv4Network:
+    """An IPv4 network in CIDR form with no host bits set, at most /29."""
+    try:
+        subnet = IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise InvalidInput(f"subnet {text!r} is not an IPv4 network in CIDR form: {exc}") from None
+    if subnet.prefixlen > MAX_PREFIX:
+        raise InvalidInput(
+            f"subnet {text} is too small: a managed network needs at least a /{MAX_PREFIX}"
+        )
+    if not subnet.is_private or subnet.is_loopback or subnet.is_link_local:
+        raise InvalidInput(f"subnet {text} is not a private range (RFC 1918 or similar)")
+    return subnet
+
+
+def parse_address(text: str, what: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise InvalidInput(f"{what} {text!r} is not an IPv4 address") from None
+
+
+def host_in(subnet: IPv4Network, address: IPv4Address, what: str) -> IPv4Address:
+    """`address` is a usable host of `subnet` (neither its network nor broadcast address)."""
+    if address not in subnet:
+        raise InvalidInput(f"{what} {address} is outside the subnet {subnet}")
+    if address in (subnet.network_address, subnet.broadcast_address):
+        raise InvalidInput(f"{what} {address} is the network or broadcast address of {subnet}")
+    return address
+
+
+def default_range(subnet: IPv4Network) -> tuple[IPv4Address, IPv4Address]:
+    """The dynamic DHCP pool: the upper half of the hosts (fixed addresses take the lower)."""
+    first = int(subnet.network_address) + 1
+    last = int(subnet.broadcast_address) - 1
+    middle = first + (last - first + 1) // 2
+    return IPv4Address(middle), IPv4Address(last)
+
+
+@dataclass(frozen=True)
+class Addressing:
+    """A network's validated addressing plan."""
+
+    subnet: IPv4Network
+    gateway: IPv4Address
+    range_start: IPv4Address
+    range_end: IPv4Address
+
+    @property
+    def gateway_interface(self) -> str:
+        """The gateway as the link's address, e.g. 192.168.100.1/24."""
+        return IPv4Interface(f"{self.gateway}/{self.subnet.prefixlen}").with_prefixlen
+
+    def in_range(self, address: IPv4Address) -> bool:
+        return self.range_start <= address <= self.range_end
+
+
+def plan_addressing(
+    subnet_text: str,
+    gateway_text: str | None,
+    range_start_text: str | None,
+    range_end_text: str | None,
+) -> Addressing:
+    """Checks a network's subnet, gateway (default: the first host) and dynamic DHCP range
+    (default: the upper half), as a whole."""
+    subnet = parse_subnet(subnet_text)
+    gateway = (
+        host_in(subnet, parse_address(gateway_text, "gateway"), "gateway")
+        if gateway_text is not None
+        else subnet.network_address + 1
+    )
+    if (range_start_text is None) != (range_end_text is None):
+        raise InvalidInput("give both dhcp range_start and range_end, or neither")
+    if range_start_text is None or range_end_text is None:
+        start, end = default_range(subnet)
+    else:
+        start = host_in(subnet, parse_address(range_start_text, "range_start"), "range_start")
+        end = host_in(subnet, parse_address(range_end_text, "range_end"), "range_end")
+        if start > end:
+            raise InvalidInput(f"range_start {start} is after range_end {end}")
+    if start <= gateway <= end:
+        raise InvalidInput(f"the gateway {gateway} lies inside the DHCP range {start}-{end}")
+    return Addressing(subnet, gateway, start, end)
+
+
+def check_no_overlap(subnet: IPv4Network, others: Iterable[tuple[str, str]]) -> None:
+    """`others`: (network name, subnet) of every other network."""
+    for name, other_text in others:
+        other = IPv4Network(other_text)
+        if subnet.overlaps(other):
+            raise Conflict(f"subnet {subnet} overlaps {other} of network {name!r}")
+
+
+def allocate_address(plan: Addressing, taken: Iterable[str]) -> IPv4Address:
+    """The lowest free host outside the dynamic range (so fixed addresses never collide with
+    dynamic leases); raises Conflict when none is left."""
+    used = {IPv4Address(a) for a in taken} | {plan.gateway}
+    for address in plan.subnet.hosts():
+        if address not in used and not plan.in_range(address):
+            return address
+    raise Conflict(f"no free fixed address left in {plan.subnet} outside the DHCP range")
+
+
+def check_fixed_address(plan: Addressing, text: str, taken: Iterable[str]) -> IPv4Address:
+    """A fixed address the user asked for: a host of the subnet, not the gateway, not taken."""
+    address = host_in(plan.subnet, parse_address(text, "ipv4"), "ipv4")
+    if address == plan.gateway:
+        raise InvalidInput(f"ipv4 {address} is the network's gateway")
+    if str(address) in set(taken):
+        raise Conflict(f"ipv4 {address} is already given to another NIC on this network")
+    return address
+
+
+def dns_label(name: str) -> str | None:
+    """The VM name as a DNS host name, or None when it is not a valid one (names are never
+    rewritten: `web_1` simply gets no DNS name)."""
+    label = name.lower()
+    return label if _DNS_LABEL_RE.fullmatch(label) else None
+
+
+def validate_domain(domain: str) -> str:
+    text = domain.lower().rstrip(".")
+    if len(text) > 253 or not _DOMAIN_RE.fullmatch(text):
+        raise InvalidInput(f"domain {domain!r} is not a valid DNS domain name")
+    return text
+
+
+def validate_lease_seconds(seconds: int) -> int:
+    if not LEASE_SECONDS[0] <= seconds <= LEASE_SECONDS[1]:
+        raise InvalidInput(
+            f"lease_time {seconds} s is outside {LEASE_SECONDS[0]}-{LEASE_SECONDS[1]} s"
+        )
+    return seconds
+
+
+# ---- port forwards --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortSpan:
+    """Host ports `port`..`end_port` (one port when equal)."""
+
+    port: int
+    end_port: int
+
+    def overlaps(self, other: PortSpan) -> bool:
+        return self.port <= other.end_port and other.port <= self.end_port
+
+    def __str__(self) -> str:
+        return str(self.port) if self.port == self.end_port else f"{self.port}-{self.end_port}"
+
+
+def check_forward_ports(port: int, end_port: int | None, target_port: int | None) -> PortSpan:
+    """A forward of one port (to `target_port`, default the same) or of a range, which keeps
+    the port numbers (nftables DNAT maps a range onto the same ports, not onto an offset)."""
+    end = port if end_port is None else end_port
+    for value, what in ((port, "port"), (end, "end_port"), (target_port, "target_port")):
+        if value is not None and not PORTS[0] <= value <= PORTS[1]:
+            raise InvalidInput(f"{what} {value} is outside {PORTS[0]}-{PORTS[1]}")
+    if end < port:
+        raise InvalidInput(f"end_port {end} is below port {port}")
+    if end - port + 1 > MAX_RANGE_PORTS:
+        raise InvalidInput(f"a forward spans at most {MAX_RANGE_PORTS} ports")
+    if end != port and target_port is not None and target_port != port:
+        raise InvalidInput("a port range forwards to the same port numbers: omit target_port")
+    return PortSpan(port, end)
+
+
+def listen_address(text: str | None) -> IPv4Address:
+    """A forward's listen address; None or 0.0.0.0 means every address of the host."""
+    if text is None:
+        return WILDCARD
+    address = parse_address(text, "listen_address")
+    if address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+        raise InvalidInput(f"listen_address {address} is not a unicast address")
+    return address
+
+
+def clashes(a_address: str, b_address: str) -> bool:
+    """Two listen addresses collide when equal or when either is the wildcard."""
+    return a_address == b_address or str(WILDCARD) in (a_address, b_address)
