@@ -207,3 +207,46 @@ def listen_address(text: str | None) -> IPv4Address:
 def clashes(a_address: str, b_address: str) -> bool:
     """Two listen addresses collide when equal or when either is the wildcard."""
     return a_address == b_address or str(WILDCARD) in (a_address, b_address)
+
+
+# ---- what dnsmasq serves --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaticHost:
+    """A static lease: this MAC always gets this address (and `hostname` resolves to it)."""
+
+    mac: str
+    address: str
+    hostname: str | None
+
+
+@dataclass(frozen=True)
+class DhcpDnsSpec:
+    """What one network's dnsmasq serves, on which link."""
+
+    network_id: str
+    interface: str
+    subnet: str
+    gateway: str
+    dhcp: bool
+    range_start: IPv4Address
+    range_end: IPv4Address
+    lease_seconds: int
+    domain: str | None
+    hosts: tuple[StaticHost, ...]
+
+
+def static_hosts(nics: Iterable[tuple[str, str, str, int]]) -> tuple[StaticHost, ...]:
+    """Static leases from (VM name, MAC, address, NIC position) of the NICs on a network: the
+    VM's first NIC there gets the VM's name, further ones `<name>-nic<position>`."""
+    named: set[str] = set()
+    hosts = []
+    for vm_name, mac, address, position in sorted(nics, key=lambda n: (n[0], n[3])):
+        label = dns_label(vm_name)
+        if label is not None and label in named:
+            label = dns_label(f"{vm_name}-nic{position}")
+        if label is not None:
+            named.add(label)
+        hosts.append(StaticHost(mac, address, label))
+    return tuple(hosts)

@@ -49,6 +49,7 @@ from pathlib import Path
 
 from app.domain.qemu_argv import qemu_value
 from app.host.netns import enter_for_this_thread
+from app.host.procs import ProcFacts, pidfd_exited, proc_facts
 from app.host.qmp import EventHandler, Qmp, QmpDisconnected, QmpError
 
 log = logging.getLogger(__name__)
@@ -255,43 +256,6 @@ def launch_argv(spec: LaunchSpec) -> list[str]:
     if spec.sandbox:
         argv += ["-sandbox", SANDBOX]
     return argv
-
-
-# ---- /proc facts ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProcFacts:
-    """What /proc says about a pid right now."""
-
-    pid: int
-    argv: tuple[str, ...]
-    start_time: int  # clock ticks after boot (stat field 22)
-    state: str  # R, S, D, T, Z, ...
-    uid: int  # real uid
-
-
-def proc_facts(pid: int) -> ProcFacts | None:
-    """None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read().decode(errors="replace")
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = f.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm (field 2) may hold spaces and parentheses: the fields after it follow the last ')'
-    fields = stat_line[stat_line.rindex(")") + 2 :].split()
-    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-    return ProcFacts(
-        pid=pid,
-        argv=tuple(os.fsdecode(arg) for arg in cmdline.split(b"\0")[:-1]),
-        start_time=int(fields[22 - 3]),
-        state=fields[0],
-        uid=int(uid_line.split()[1]),
-    )
 
 
 def _option(argv: Sequence[str], name: str) -> str | None:
@@ -893,7 +857,7 @@ def _hold(
     # The pidfd came first: if the process is still alive after the check, the facts we
     # checked and the pidfd are about the same process.
     problem = _identity_problem(proc_facts(record.pid), record, paths)
-    if problem is None and _pidfd_exited(pidfd):
+    if problem is None and pidfd_exited(pidfd):
         problem = "it exited during the check"
     if problem is not None:
         os.close(pidfd)
@@ -909,12 +873,6 @@ def _hold(
         argv=record.argv,
         qmp=qmp,
     )
-
-
-def _pidfd_exited(pidfd: int) -> bool:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 # ---- shutdown -------------------------------------------------------------------------------

@@ -1,0 +1,346 @@
+"""dnsmasq per managed network: its configuration files, the process, and its leases.
+
+Each network has a directory `<run_dir>/networks/<id>/` with dnsmasq.conf, the static leases
+(dhcp-hosts, one `MAC,ADDRESS[,NAME]` per line), the DNS names (addn-hosts) and dnsmasq's
+output (dnsmasq.log); the lease database lives in `<state_dir>/networks/<id>/` so that it
+survives reboots. dnsmasq binds only to the network's link (`interface=`, `bind-dynamic`,
+`except-interface=lo`), so it never competes with a resolver on the host's port 53, and
+drops root for nobody after opening its sockets and lease file.
+
+Static leases and names change with SIGHUP (dnsmasq re-reads dhcp-hostsfile and addn-hosts
+and keeps its leases); any other change restarts it, and the lease file carries the leases
+across. dnsmasq runs in its own session, so it outlives a daemon restart; the restarted
+daemon recognises it by its pid file and its command line (which names the config file),
+and watches it through a pidfd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import grp
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from app.domain.networks import DhcpDnsSpec
+from app.host.procs import pidfd_exited, proc_facts
+
+log = logging.getLogger(__name__)
+
+DNSMASQ = "dnsmasq"
+USER = "nobody"
+DIR_MODE = 0o755  # dnsmasq re-reads the host files as nobody
+FILE_MODE = 0o644
+LOG_LIMIT = 1 << 20
+STOP_TIMEOUT = 5.0
+TAIL_LINES = 12
+
+
+@dataclass(frozen=True)
+class DnsmasqPaths:
+    run_dir: Path  # <run_dir>/networks/<id>
+    state_dir: Path  # <state_dir>/networks/<id>
+
+    @classmethod
+    def of(cls, run_dir: Path, state_dir: Path, network_id: str) -> DnsmasqPaths:
+        return cls(run_dir / "networks" / network_id, state_dir / "networks" / network_id)
+
+    @property
+    def conf(self) -> Path:
+        return self.run_dir / "dnsmasq.conf"
+
+    @property
+    def dhcp_hosts(self) -> Path:
+        return self.run_dir / "dhcp-hosts"
+
+    @property
+    def dns_hosts(self) -> Path:
+        return self.run_dir / "addn-hosts"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "dnsmasq.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "dnsmasq.log"
+
+    @property
+    def leases(self) -> Path:
+        return self.state_dir / "dnsmasq.leases"
+
+
+def _group() -> str:
+    for name in ("nogroup", "nobody"):
+        with contextlib.suppress(KeyError):
+            grp.getgrnam(name)
+            return name
+    return "0"
+
+
+def render_conf(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> str:
+    """dnsmasq.conf for one network (everything else on the command line is fixed)."""
+    subnet = IPv4Network(spec.subnet)
+    lines = [
+        f"# written by kvmnetd for network {spec.network_id}; changes are overwritten",
+        f"interface={spec.interface}",
+        "except-interface=lo",
+        "bind-dynamic",
+        "strict-order",
+        "no-hosts",
+        f"pid-file={paths.pidfile}",
+        f"user={USER}",
+        f"group={_group()}",
+        "log-facility=-",
+        f"addn-hosts={paths.dns_hosts}",
+    ]
+    if spec.domain:
+        lines += [f"domain={spec.domain}", f"local=/{spec.domain}/", "expand-hosts"]
+    if spec.dhcp:
+        lines += [
+            f"dhcp-range={spec.range_start},{spec.range_end},{subnet.netmask},"
+            f"{spec.lease_seconds}",
+            f"dhcp-option=option:router,{spec.gateway}",
+            f"dhcp-option=option:dns-server,{spec.gateway}",
+            "dhcp-authoritative",
+            "dhcp-no-override",
+            # the whole subnet, not the hosts' count: that would restart dnsmasq on every change
+            f"dhcp-lease-max={subnet.num_addresses}",
+            f"dhcp-leasefile={paths.leases}",
+            f"dhcp-hostsfile={paths.dhcp_hosts}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_dhcp_hosts(spec: DhcpDnsSpec) -> str:
+    lines = []
+    for host in spec.hosts:
+        fields = [host.mac, str(host.address)]
+        if host.hostname:
+            fields.append(host.hostname)
+        lines.append(",".join(fields))
+    return "".join(f"{line}\n" for line in lines)
+
+
+def render_dns_hosts(spec: DhcpDnsSpec) -> str:
+    return "".join(f"{h.address} {h.hostname}\n" for h in spec.hosts if h.hostname)
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text() == text:
+            return False
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.write_text(text)
+    os.chmod(temporary, FILE_MODE)
+    os.replace(temporary, path)
+    return True
+
+
+@dataclass(frozen=True)
+class FileChanges:
+    conf: bool
+    hosts: bool
+
+
+def write_files(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> FileChanges:
+    """Brings the network's files up to date; says which of them changed."""
+    for directory in (paths.run_dir.parent, paths.run_dir):
+        directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        os.chmod(directory, DIR_MODE)
+    paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    hosts = _write_if_changed(paths.dhcp_hosts, render_dhcp_hosts(spec))
+    hosts = _write_if_changed(paths.dns_hosts, render_dns_hosts(spec)) or hosts
+    conf = _write_if_changed(paths.conf, render_conf(spec, paths))
+    return FileChanges(conf=conf, hosts=hosts)
+
+
+def remove_files(paths: DnsmasqPaths) -> None:
+    """Forgets a deleted network's files (its leases too)."""
+    for directory in (paths.run_dir, paths.state_dir):
+        if directory.is_dir():
+            for entry in directory.iterdir():
+                entry.unlink()
+            directory.rmdir()
+
+
+# ---- the process ----------------------------------------------------------------------------
+
+
+class DnsmasqError(Exception):
+    pass
+
+
+def argv_for(paths: DnsmasqPaths) -> list[str]:
+    return [DNSMASQ, "--keep-in-foreground", f"--conf-file={paths.conf}"]
+
+
+class Dnsmasq:
+    """A running dnsmasq of one network: started by us (a child) or adopted after a restart."""
+
+    def __init__(
+        self, network_id: str, paths: DnsmasqPaths, pid: int, pidfd: int, child: bool
+    ) -> None:
+        self.network_id = network_id
+        self.paths = paths
+        self.pid = pid
+        self.pidfd = pidfd
+        self.child = child
+        self.returncode: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<dnsmasq of network {self.network_id} pid {self.pid}>"
+
+    def exited(self) -> bool:
+        if self.returncode is not None:
+            return True
+        if self.pidfd < 0 or not pidfd_exited(self.pidfd):
+            return False
+        self._reap()
+        return True
+
+    def _reap(self) -> None:
+        code: int | None = None
+        if self.child:
+            with contextlib.suppress(ChildProcessError):
+                _, status = os.waitpid(self.pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+        self.returncode = code if code is not None else -1
+        self.close()
+
+    def describe_exit(self) -> str:
+        code = self.returncode
+        if code is None:
+            return "running"
+        if code < -1:
+            return f"killed by {signal.Signals(-code).name}"
+        return "exited" if code == -1 else f"exited with status {code}"
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the static leases and DNS names; leases are kept."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGHUP)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; returns once it is gone."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
+            if self.exited():
+                return
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if self.exited():
+                    return
+                time.sleep(0.02)
+        raise DnsmasqError(f"{self!r} did not exit after SIGKILL")
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def _open_log(paths: DnsmasqPaths) -> int:
+    with contextlib.suppress(FileNotFoundError):
+        if paths.log.stat().st_size > LOG_LIMIT:
+            os.replace(paths.log, paths.log.with_name(paths.log.name + ".1"))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(paths.log, flags, 0o640)
+
+
+def start(network_id: str, paths: DnsmasqPaths) -> Dnsmasq:
+    """Starts dnsmasq in the calling thread's network namespace, in a session of its own."""
+    argv = argv_for(paths)
+    log_fd = _open_log(paths)
+    try:
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        os.write(log_fd, f"--- kvmnetd starts dnsmasq at {stamp}\n".encode())
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"},
+        )
+    except OSError as exc:
+        raise DnsmasqError(f"{' '.join(argv)}: {exc}") from None
+    finally:
+        os.close(log_fd)
+    pidfd = os.pidfd_open(child.pid)
+    child.returncode = 0  # reaped through the pidfd, never by Popen
+    log.info("dnsmasq for network %s runs as pid %d", network_id, child.pid)
+    return Dnsmasq(network_id, paths, child.pid, pidfd, child=True)
+
+
+def adopt(network_id: str, paths: DnsmasqPaths) -> Dnsmasq | None:
+    """The dnsmasq a previous daemon started for this network, if it still runs."""
+    try:
+        pid = int(paths.pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    # the pidfd came first: if the process still runs after the check, both are about it
+    facts = proc_facts(pid)
+    if facts is None or f"--conf-file={paths.conf}" not in facts.argv or pidfd_exited(pidfd):
+        os.close(pidfd)
+        return None
+    log.info("adopted dnsmasq pid %d of network %s", pid, network_id)
+    return Dnsmasq(network_id, paths, pid, pidfd, child=False)
+
+
+def output_tail(paths: DnsmasqPaths, lines: int = TAIL_LINES) -> str:
+    try:
+        with open(paths.log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ---- leases ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    mac: str
+    address: str
+    hostname: str | None
+    expires_at: dt.datetime | None  # None: an infinite lease
+
+
+def read_leases(paths: DnsmasqPaths, now: float | None = None) -> list[Lease]:
+    """The active leases from dnsmasq's lease file: `EXPIRY MAC IP NAME CLIENT-ID` lines."""
+    current = time.time() if now is None else now
+    try:
+        text = paths.leases.read_text()
+    except FileNotFoundError:
+        return []
+    leases = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or not fields[0].isdigit() or ":" in fields[2]:
+            continue  # duid lines and IPv6 leases
+        expiry = int(fields[0])
+        if expiry and expiry < current:
+            continue
+        leases.append(
+            Lease(
+                mac=fields[1].lower(),
+                address=fields[2],
+                hostname=None if fields[3] == "*" else fields[3],
+                expires_at=dt.datetime.fromtimestamp(expiry, dt.UTC) if expiry else None,
+            )
+        )
+    return leases

@@ -1,0 +1,65 @@
+"""nftables through `nft -j`: load a batch of JSON commands in one atomic transaction, and
+read our table back. Runs in the calling thread's network namespace (a forked nft inherits
+it), never through a shell; the argv and nft's own message are in every error."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from app.domain.nat_rules import FAMILY, TABLE
+
+log = logging.getLogger(__name__)
+
+NFT = "nft"
+TIMEOUT = 30.0
+NO_SUCH_TABLE = "No such file or directory"
+
+
+class NftError(Exception):
+    def __init__(self, argv: Sequence[str], message: str) -> None:
+        super().__init__(f"{' '.join(argv)}: {message.strip() or 'failed'}")
+        self.argv = list(argv)
+
+
+def _run(argv: list[str], stdin: bytes | None = None) -> bytes:
+    try:
+        result = subprocess.run(
+            argv,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NftError(argv, str(exc)) from None
+    if result.returncode != 0:
+        raise NftError(argv, result.stderr.decode(errors="replace"))
+    return result.stdout
+
+
+def load(commands: Sequence[dict[str, Any]]) -> None:
+    """Applies the commands as one transaction: all of them or none."""
+    if not commands:
+        return
+    _run([NFT, "-j", "-f", "-"], json.dumps({"nftables": list(commands)}).encode())
+
+
+def list_table() -> list[dict[str, Any]] | None:
+    """Our table as nft JSON objects, or None when it does not exist."""
+    argv = [NFT, "-j", "list", "table", FAMILY, TABLE]
+    try:
+        output = _run(argv)
+    except NftError as exc:
+        if NO_SUCH_TABLE in str(exc):
+            return None
+        raise
+    try:
+        listing: list[dict[str, Any]] = json.loads(output)["nftables"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NftError(argv, f"unreadable JSON output: {exc}") from None
+    return listing
