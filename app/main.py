@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import bridges, events, health, host, operations, taps, vms
+from app.api import bridges, events, health, host, networks, operations, taps, vms
 from app.api.deps import AppContext
 from app.api.errors import install_error_handlers
 from app.api.middleware import (
@@ -44,6 +44,8 @@ TAGS = [
     {"name": "bridges", "description": "Linux bridges (brctl addbr / showmacs)"},
     {"name": "taps", "description": "Persistent tap devices and their bridge membership"},
     {"name": "vms", "description": "Virtual machines: qemu processes supervised by the daemon"},
+    {"name": "networks", "description": "Managed NAT networks: SNAT, DHCP and DNS (dnsmasq)"},
+    {"name": "port-forwards", "description": "Host ports forwarded to VMs on managed networks"},
     {"name": "operations", "description": "The outcome of accepted mutations"},
     {"name": "events", "description": "Server-sent events for every state change"},
     {"name": "host", "description": "Interfaces, routes and probed capabilities"},
@@ -80,6 +82,7 @@ def create_app(
         qemu_binary=settings.qemu_binary,
         probe_kernel=settings.probe_kernel_path,
         run_dir=settings.run_dir,
+        state_dir=settings.state_dir,
     )
     vm_worker = VmWorker(
         db,
@@ -131,7 +134,7 @@ def create_app(
     )
     app.state.supervisor = supervisor
     app.state.vm_worker = vm_worker
-    for router in (bridges, taps, vms, operations, events, host, health):
+    for router in (bridges, taps, vms, networks, operations, events, host, health):
         app.include_router(router.router)
     install_error_handlers(app)
     install_openapi(app)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.deps import context
+from app.db.repositories import NetworkRepository
 from app.schemas.common import PROBLEM_RESPONSES
-from app.schemas.host import Capabilities, HostInterface, HostRoute
+from app.schemas.host import Capabilities, DiagnosticCheck, HostInterface, HostRoute
 
 router = APIRouter(prefix="/v1/host", tags=["host"], responses=PROBLEM_RESPONSES)
 
@@ -30,3 +31,15 @@ async def get_host_capabilities(request: Request) -> Capabilities:
     """What this host can do, probed by trying (cached after the first probe)."""
     ctx = context(request)
     return Capabilities(**await ctx.host(ctx.inspector.capabilities))
+
+
+@router.get(
+    "/diagnostics", operation_id="get_host_diagnostics", response_model=list[DiagnosticCheck]
+)
+async def get_host_diagnostics(request: Request) -> list[DiagnosticCheck]:
+    """What would break forwarding for managed networks here, each with the exact reason:
+    IP forwarding off, a FORWARD chain with a drop policy in another table (as Docker leaves
+    it), dnsmasq missing, another listener on port 53 where our dnsmasq must answer."""
+    ctx = context(request)
+    gateways = await ctx.read(lambda s: NetworkRepository(s).gateways())
+    return [DiagnosticCheck(**c) for c in await ctx.host(ctx.inspector.diagnostics, gateways)]

@@ -7,15 +7,18 @@ from typing import Any
 
 from fastapi import Response
 
-from app.db.models import Bridge, Operation, Tap, Vm, VmNic
+from app.db.models import Bridge, Network, Operation, PortForward, Tap, Vm, VmNic
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgePort
 from app.schemas.links import Tap as TapOut
+from app.schemas.networks import DhcpOut, NatOut
+from app.schemas.networks import Network as NetworkOut
+from app.schemas.networks import PortForward as PortForwardOut
 from app.schemas.operations import OperationOut
 from app.schemas.vms import Vm as VmOut
 
 
-def _state(row: Bridge | Tap) -> dict[str, Any]:
+def _resource(row: Bridge | Tap | Network | PortForward) -> dict[str, Any]:
     return dict(
         id=row.id,
         name=row.name,
@@ -25,6 +28,12 @@ def _state(row: Bridge | Tap) -> dict[str, Any]:
         observed_generation=row.observed_generation,
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+def _state(row: Bridge | Tap) -> dict[str, Any]:
+    return dict(
+        **_resource(row),
         mtu=row.mtu,
         mac=row.mac,
         addresses=list(row.addresses),
@@ -98,6 +107,8 @@ NIC_FIELDS = (
     "queues",
     "vhost",
     "link_up",
+    "network_id",
+    "ipv4",
 )
 
 
@@ -112,3 +123,40 @@ def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
         for n in nics
     ]
     return VmOut.model_validate(fields)
+
+
+def network_out(row: Network, link: str | None) -> NetworkOut:
+    return NetworkOut(
+        **_resource(row),
+        bridge_id=row.bridge_id,
+        tap_id=row.tap_id,
+        link=link,
+        subnet=row.subnet,
+        gateway=row.gateway,
+        nat=NatOut(enabled=row.nat, out_interface=row.nat_interface, snat_address=row.snat_address),
+        dhcp=DhcpOut(
+            enabled=row.dhcp,
+            range_start=row.range_start,
+            range_end=row.range_end,
+            lease_time=row.lease_seconds,
+        ),
+        domain=row.domain,
+        dnsmasq_pid=row.dnsmasq_pid,
+        restarts=row.restarts,
+    )
+
+
+def port_forward_out(row: PortForward, nic: VmNic | None) -> PortForwardOut:
+    return PortForwardOut(
+        **_resource(row),
+        network_id=row.network_id,
+        vm_id=nic.vm_id if nic else None,
+        nic=nic.position if nic else None,
+        target_address=nic.ipv4 if nic else None,
+        protocol=row.protocol,
+        listen_address=row.listen_address,
+        port=row.port,
+        end_port=row.end_port,
+        target_port=row.target_port,
+        description=row.description,
+    )

@@ -9,10 +9,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Base, Bridge, LinkName, Operation, Tap, Vm, VmNic
+from app.db.models import (
+    Base,
+    Bridge,
+    HostPort,
+    LinkName,
+    Network,
+    Operation,
+    Tap,
+    Vm,
+    VmNic,
+)
+from app.db.models import PortForward as PortForwardRow
 from app.domain.errors import InvalidInput
 from app.domain.links import LinkKind, LinkSpec
 from app.domain.status import Status
@@ -31,7 +42,8 @@ from app.domain.vms import (
 
 M = TypeVar("M", bound=Base)
 UUID_LENGTH = 36
-R = TypeVar("R", Bridge, Tap, Vm)
+WILDCARD = "0.0.0.0"
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForwardRow)
 
 
 def encode_cursor(created_at: dt.datetime, row_id: str) -> str:
@@ -115,6 +127,69 @@ class VmRepository(ResourceRepository[Vm]):
         return self.session.scalars(query).all()
 
 
+class NetworkRepository(ResourceRepository[Network]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Network)
+
+    def on_link(self, bridge_id: str | None, tap_id: str | None) -> Network | None:
+        """The network on this bridge or tap (deleted or not)."""
+        column, value = (Network.bridge_id, bridge_id) if bridge_id else (Network.tap_id, tap_id)
+        return self.session.scalars(select(Network).where(column == value)).first()
+
+    def subnets(self, except_id: str | None = None) -> list[tuple[str, str]]:
+        """(name, subnet) of every network but one."""
+        query = select(Network.name, Network.subnet).where(Network.id != (except_id or ""))
+        return [(name, subnet) for name, subnet in self.session.execute(query)]
+
+    def nics(self, network_id: str) -> Sequence[VmNic]:
+        return self.session.scalars(select(VmNic).where(VmNic.network_id == network_id)).all()
+
+    def gateways(self) -> list[str]:
+        query = select(Network.gateway).where(Network.deleted.is_(False))
+        return list(self.session.scalars(query))
+
+    def taken_addresses(self, network_id: str) -> set[str]:
+        query = select(VmNic.ipv4).where(VmNic.network_id == network_id, VmNic.ipv4.is_not(None))
+        return {address for address in self.session.scalars(query) if address}
+
+    def nics_on_link(self, bridge_id: str | None, tap_id: str | None) -> Sequence[VmNic]:
+        column, value = (VmNic.bridge_id, bridge_id) if bridge_id else (VmNic.tap_id, tap_id)
+        return self.session.scalars(select(VmNic).where(column == value)).all()
+
+
+class PortForwardRepository(ResourceRepository[PortForwardRow]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, PortForwardRow)
+
+    def of_network(self, network_id: str) -> Sequence[PortForwardRow]:
+        query = select(PortForwardRow).where(PortForwardRow.network_id == network_id)
+        return self.session.scalars(query).all()
+
+    def to_nics(self, nic_ids: Sequence[str]) -> Sequence[PortForwardRow]:
+        query = select(PortForwardRow).where(PortForwardRow.vm_nic_id.in_(nic_ids))
+        return self.session.scalars(query).all()
+
+
+class HostPortRepository(Repository[HostPort]):
+    """Host port claims: user-networking forwards of VM NICs and networks' port forwards."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, HostPort)
+
+    def clash(self, protocol: str, address: str, port: int, end_port: int) -> HostPort | None:
+        """A claim overlapping these ports on this address (0.0.0.0 overlaps every address)."""
+        last = func.coalesce(HostPort.end_port, HostPort.port)
+        query = select(HostPort).where(
+            HostPort.protocol == protocol, HostPort.port <= end_port, last >= port
+        )
+        if address != WILDCARD:
+            query = query.where(HostPort.address.in_((address, WILDCARD)))
+        return self.session.scalars(query.limit(1)).first()
+
+    def release(self, owner_ids: Sequence[str]) -> None:
+        self.session.execute(delete(HostPort).where(HostPort.owner_id.in_(owner_ids)))
+
+
 class LinkNameRepository(Repository[LinkName]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, LinkName)
@@ -181,14 +256,20 @@ class OperationRepository(Repository[Operation]):
         )
 
 
-def _link_spec(row: Bridge | Tap, bridge_names: dict[str, str]) -> LinkSpec:
+def _link_spec(
+    row: Bridge | Tap, bridge_names: dict[str, str], gateways: dict[str, str]
+) -> LinkSpec:
+    addresses = tuple(row.addresses)
+    gateway = gateways.get(row.id)
+    if gateway is not None and gateway not in addresses:
+        addresses += (gateway,)
     common = LinkSpec(
         id=row.id,
         kind=LinkKind.BRIDGE,
         name=row.name,
         mtu=row.mtu,
         mac=row.mac,
-        addresses=tuple(row.addresses),
+        addresses=addresses,
         deleted=row.deleted,
         create_intent=row.create_intent,
         ifindex=row.observed_ifindex,
@@ -266,8 +347,20 @@ def load_link_specs(
         *_link_rows(session, Bridge, dirty_only, names, also_ids),
         *_link_rows(session, Tap, dirty_only, names, also_ids),
     ]
-    specs = [_link_spec(row, bridge_names) for row in rows]
+    gateways = network_gateways(session)
+    specs = [_link_spec(row, bridge_names, gateways) for row in rows]
     return specs, {row.id: ObservedState.of(row) for row in rows}
+
+
+def network_gateways(session: Session) -> dict[str, str]:
+    """Link id -> the gateway address (with prefix) its managed network puts on it."""
+    query = select(Network.bridge_id, Network.tap_id, Network.gateway, Network.subnet).where(
+        Network.deleted.is_(False)
+    )
+    result: dict[str, str] = {}
+    for bridge_id, tap_id, gateway, subnet in session.execute(query):
+        result[bridge_id or tap_id or ""] = f"{gateway}/{subnet.split('/')[1]}"
+    return result
 
 
 def link_rows(session: Session, ids: list[str]) -> dict[str, Bridge | Tap]:

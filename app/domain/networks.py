@@ -22,7 +22,9 @@ DEFAULT_LEASE_SECONDS = 3600
 PORTS = (1, 65535)
 MAX_RANGE_PORTS = 1024
 _DNS_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_DOMAIN_RE = re.compile(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_DOMAIN_RE = re.compile(
+    r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
 WILDCARD = IPv4Address("0.0.0.0")
 
 

@@ -104,8 +104,7 @@ def render_conf(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> str:
         lines += [f"domain={spec.domain}", f"local=/{spec.domain}/", "expand-hosts"]
     if spec.dhcp:
         lines += [
-            f"dhcp-range={spec.range_start},{spec.range_end},{subnet.netmask},"
-            f"{spec.lease_seconds}",
+            f"dhcp-range={spec.range_start},{spec.range_end},{subnet.netmask},{spec.lease_seconds}",
             f"dhcp-option=option:router,{spec.gateway}",
             f"dhcp-option=option:dns-server,{spec.gateway}",
             "dhcp-authoritative",

@@ -23,6 +23,7 @@ from app.domain.links import parse_mark
 from app.host import rtnl
 from app.host.capabilities import probe_capabilities
 from app.host.diagnostics import conf_file_under, diagnose
+from app.host.dnsmasq import DnsmasqPaths, read_leases
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
 
@@ -68,9 +69,11 @@ class LiveHostInspector:
         qemu_binary: str = "qemu-system-x86_64",
         probe_kernel: Path | None = None,
         run_dir: Path | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.netns = netns
         self.run_dir = run_dir
+        self.state_dir = state_dir
         self.qemu_binary = qemu_binary
         self.probe_kernel = probe_kernel
         self._capabilities: dict[str, Any] | None = None
@@ -224,6 +227,13 @@ class LiveHostInspector:
         own = conf_file_under(self.run_dir / "networks") if self.run_dir else None
         checks = self._on_inspector_thread(lambda: diagnose(gateways, own))
         return [dataclasses.asdict(check) for check in checks]
+
+    def leases(self, network_id: str) -> list[dict[str, Any]]:
+        """The active DHCP leases of a managed network's dnsmasq (from its lease file)."""
+        if self.run_dir is None or self.state_dir is None:
+            return []
+        paths = DnsmasqPaths.of(self.run_dir, self.state_dir, network_id)
+        return [dataclasses.asdict(lease) for lease in read_leases(paths)]
 
     def capabilities(self) -> dict[str, Any]:
         with self._capabilities_lock:

@@ -1,8 +1,8 @@
-"""Host views: interfaces (ifconfig), routes (route -n), capabilities, events."""
+"""Host views: interfaces (ifconfig), routes (route -n), capabilities, diagnostics, events."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -100,3 +100,13 @@ class Capabilities(BaseModel):
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
     detail: str | None = None
+
+
+class DiagnosticCheck(BaseModel):
+    """One diagnostic: `ok`, how bad it is when not, the reason, and the facts behind it."""
+
+    name: str = Field(examples=["forward_policy"])
+    ok: bool
+    severity: Literal["error", "warning", "info"]
+    detail: str
+    data: dict[str, Any] = Field(default_factory=dict)

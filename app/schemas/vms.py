@@ -70,6 +70,12 @@ class NicIn(RequestModel):
     queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
     vhost: Vhost = Field(Vhost.AUTO, strict=False)
     link_up: bool = True
+    ipv4: str | None = Field(
+        None,
+        max_length=15,
+        description="On a managed network's bridge or tap: this fixed address instead of the "
+        "lowest free one (served by DHCP as a static lease)",
+    )
 
     @model_validator(mode="after")
     def _backend_options(self) -> NicIn:
@@ -122,6 +128,8 @@ class NicOut(BaseModel):
     queues: int
     vhost: Vhost
     link_up: bool
+    network_id: str | None = Field(None, description="The managed network the NIC is on")
+    ipv4: str | None = Field(None, description="Its fixed address there")
 
 
 class Vm(BaseModel):

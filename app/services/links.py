@@ -13,6 +13,7 @@ from app.db.models import Bridge, LinkName, Operation, Tap, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
+    NetworkRepository,
     OperationRepository,
     TapRepository,
 )
@@ -81,6 +82,17 @@ def _check_bridge(row: Bridge) -> None:
     validate_bridge_timers(row.stp, row.forward_delay_cs)
 
 
+def refuse_if_network(session: Session, row: Bridge | Tap) -> None:
+    """A link that carries a live managed network cannot go before the network."""
+    bridge_id, tap_id = (row.id, None) if isinstance(row, Bridge) else (None, row.id)
+    network = NetworkRepository(session).on_link(bridge_id, tap_id)
+    if network is not None and not network.deleted:
+        raise InUse(
+            f"{row.name!r} carries network {network.name!r}; delete the network first",
+            network=network.id,
+        )
+
+
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
     if row is None:
         raise NotFound(f"no {kind} {ref!r}")
@@ -139,6 +151,7 @@ class BridgeService:
         row = self.get(ref)
         if row.deleted:
             return row, None
+        refuse_if_network(self.session, row)
         attached = [t for t in self.taps.on_bridge(row.id) if not t.deleted]
         if attached and not detach_taps:
             names = ", ".join(sorted(t.name for t in attached))
@@ -236,6 +249,7 @@ class TapService:
         row = self.get(ref)
         if row.deleted:
             return row, None
+        refuse_if_network(self.session, row)
         row.deleted = True
         row.bridge_id = None  # a tap on its way out never holds its bridge
         _bump(row, Status.DELETING)

@@ -23,6 +23,7 @@ from app.db.repositories import (
     VmRepository,
 )
 from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameTaken, NotFound
+from app.domain.networks import PortSpan
 from app.domain.vms import (
     Backend,
     BootSpec,
@@ -39,6 +40,7 @@ from app.domain.vms import (
 )
 from app.schemas.vms import NicIn, VmCreate
 from app.services.links import require_alive
+from app.services.networks import claim_ports, fixed_address, forwards_of_vm
 
 SOCKET_PORTS = range(40000, 50000)
 WILDCARD = "0.0.0.0"  # loopback ports handed to socket NICs that listen
@@ -130,6 +132,11 @@ class VmService:
         self.session.add(row)
         nic_rows = [nic_row for nic_row, _ in nics]
         self.session.add_all(nic_rows)
+        for nic_row, nic_in in zip(nic_rows, body.nics, strict=True):
+            if nic_row.bridge_id or nic_row.tap_id:
+                fixed_address(self.session, nic_row, nic_in.ipv4, nic_row.bridge_id, nic_row.tap_id)
+            elif nic_in.ipv4 is not None:
+                raise InvalidInput("ipv4 is only for NICs on a managed network's bridge or tap")
         operation = Operation(
             action="create",
             resource="vm",
@@ -254,17 +261,7 @@ class VmService:
 
     def _claim_port(self, protocol: str, address: str, port: int, nic_id: str) -> None:
         """Claim a host port; 0.0.0.0 clashes with every address on that port."""
-        query = select(HostPort).where(HostPort.protocol == protocol, HostPort.port == port)
-        for claimed in self.session.scalars(query):
-            if WILDCARD in (address, claimed.address) or claimed.address == address:
-                raise Conflict(
-                    f"host port {protocol}/{address}:{port} clashes with the forward on "
-                    f"{claimed.address}:{port} of NIC {claimed.owner_id}"
-                )
-        self.session.add(
-            HostPort(protocol=protocol, address=address, port=port, owner="vm_nic", owner_id=nic_id)
-        )
-        self.session.flush()
+        claim_ports(self.session, protocol, address, PortSpan(port, port), "vm_nic", nic_id)
 
     def _free_port(self, ports: Iterable[int]) -> int:
         used = set(
@@ -323,6 +320,7 @@ class VmPowerService:
             return row, None
         row.deleted = True
         row.stop_mode = "kill" if force else row.stop_mode
+        forwards_of_vm(self.session, row)
         return row, self._bump(row, "delete", VmStatus.DELETING)
 
     def _bump(self, row: Vm, action: str, status: VmStatus) -> Operation:

@@ -148,7 +148,7 @@ table inet kvmnetd {
   }
 }
 table ip6 kvt_accepting {
-  chain fwd {
+  chain FORWARD {
     type filter hook forward priority 0; policy accept;
   }
 }

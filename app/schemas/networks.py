@@ -1,0 +1,156 @@
+"""Managed networks, their leases, and port forwards as the API accepts and shows them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+from app.domain.networks import DEFAULT_LEASE_SECONDS, LEASE_SECONDS, PORTS, validate_domain
+from app.schemas.common import LinkNameStr, Page, RequestModel, ResourceState
+
+Ipv4Str = Annotated[str, Field(max_length=15, examples=["192.168.100.1"])]
+DomainStr = Annotated[
+    str, Field(max_length=253, examples=["kvm.internal"]), AfterValidator(validate_domain)
+]
+ResourceName = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", examples=["nat0"]),
+]
+PortNumber = Annotated[int, Field(ge=0, le=99999)]  # range checked (and explained) by the domain
+
+
+class DhcpIn(RequestModel):
+    enabled: bool = True
+    range_start: Ipv4Str | None = Field(None, description="Default: the upper half of the subnet")
+    range_end: Ipv4Str | None = None
+    lease_time: int = Field(
+        DEFAULT_LEASE_SECONDS, ge=LEASE_SECONDS[0], le=LEASE_SECONDS[1], description="Seconds"
+    )
+
+
+class NatIn(RequestModel):
+    enabled: bool = True
+    out_interface: LinkNameStr | None = Field(
+        None, description="Masquerade only what leaves through this interface (default: any)"
+    )
+    snat_address: Ipv4Str | None = Field(
+        None, description="SNAT to this fixed source address instead of masquerading"
+    )
+
+
+class NetworkCreate(RequestModel):
+    """Turn one of our bridges (or a routed tap) into a managed IPv4 network."""
+
+    name: ResourceName
+    bridge: str | None = Field(None, max_length=64, description="The bridge: id or name")
+    tap: str | None = Field(None, max_length=64, description="Or a routed tap: id or name")
+    subnet: str = Field(max_length=18, examples=["192.168.100.0/24"])
+    gateway: Ipv4Str | None = Field(
+        None, description="The link's address and the guests' router (default: first host)"
+    )
+    nat: NatIn = Field(default_factory=lambda: NatIn.model_validate({}))
+    dhcp: DhcpIn = Field(default_factory=lambda: DhcpIn.model_validate({}))
+    domain: DomainStr | None = Field(None, description="DNS domain of the guests' names")
+
+    @model_validator(mode="after")
+    def _one_link(self) -> NetworkCreate:
+        if (self.bridge is None) == (self.tap is None):
+            raise ValueError("give exactly one of `bridge` or `tap`")
+        return self
+
+
+class NetworkUpdate(RequestModel):
+    """What can change in place (subnet, gateway and link cannot: re-create the network)."""
+
+    nat: NatIn | None = None
+    dhcp: DhcpIn | None = None
+    domain: DomainStr | None = None
+
+
+class NatOut(BaseModel):
+    enabled: bool
+    out_interface: str | None
+    snat_address: str | None
+
+
+class DhcpOut(BaseModel):
+    enabled: bool
+    range_start: str
+    range_end: str
+    lease_time: int
+
+
+class Network(ResourceState):
+    """A managed network (`status`: pending, active, error, deleting)."""
+
+    bridge_id: str | None
+    tap_id: str | None
+    link: str | None = Field(description="The kernel link that carries the gateway")
+    subnet: str
+    gateway: str
+    nat: NatOut
+    dhcp: DhcpOut
+    domain: str | None
+    dnsmasq_pid: int | None
+    restarts: int = Field(description="How often dnsmasq was restarted after it died")
+
+
+NetworkPage = Page[Network]
+
+
+class Lease(BaseModel):
+    mac: str
+    ip: str
+    hostname: str | None
+    expires_at: dt.datetime | None = Field(description="null: never")
+    vm_id: str | None = Field(description="The VM whose NIC has this MAC, if it is ours")
+    fixed: bool = Field(description="A static lease of a VM NIC (its fixed address)")
+
+
+class PortForwardCreate(RequestModel):
+    """Forward host port(s) to a VM NIC's fixed address on a managed network."""
+
+    name: ResourceName | None = Field(None, description="Default: derived from the ports")
+    network: str = Field(max_length=64, description="The network: id or name")
+    vm: str = Field(max_length=64, description="The target VM: id or name")
+    nic: int | None = Field(
+        None, ge=0, le=15, description="The VM's NIC index (default: its NIC on the network)"
+    )
+    protocol: Literal["tcp", "udp"] = "tcp"
+    listen_address: Ipv4Str | None = Field(
+        None, description="A host address; null or 0.0.0.0: every address of the host"
+    )
+    port: PortNumber = Field(description=f"Host port ({PORTS[0]}-{PORTS[1]})")
+    end_port: PortNumber | None = Field(
+        None, description="Last host port of a range (forwarded to the same port numbers)"
+    )
+    target_port: PortNumber | None = Field(None, description="Guest port (default: `port`)")
+    description: str | None = Field(None, max_length=1024)
+
+
+class PortForwardBatch(RequestModel):
+    """Several forwards at once: all are accepted, or none (the first problem is reported)."""
+
+    port_forwards: list[PortForwardCreate] = Field(min_length=1, max_length=4096)
+
+
+class PortForward(ResourceState):
+    network_id: str
+    vm_id: str | None = Field(description="null once the VM is gone (the forward goes too)")
+    nic: int | None
+    target_address: str | None
+    protocol: str
+    listen_address: str
+    port: int
+    end_port: int
+    target_port: int
+    description: str | None
+
+
+PortForwardPage = Page[PortForward]
+
+
+class PortForwardList(BaseModel):
+    items: list[PortForward]

@@ -1,0 +1,407 @@
+"""Managed networks and port forwards: validate as a whole, allocate fixed addresses, claim
+host ports, write desired state and an operation in the caller's transaction.
+
+A network's gateway becomes an address of its link, so creating or deleting a network also
+bumps that bridge or tap (the link supervisor then adds or removes the address).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Address
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Bridge, HostPort, Network, Operation, PortForward, Tap, Vm, VmNic, new_id
+from app.db.repositories import (
+    BridgeRepository,
+    HostPortRepository,
+    NetworkRepository,
+    OperationRepository,
+    PortForwardRepository,
+    TapRepository,
+    VmRepository,
+)
+from app.domain.errors import (
+    BeingDeleted,
+    Conflict,
+    DomainError,
+    InUse,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+)
+from app.domain.networks import (
+    Addressing,
+    PortSpan,
+    allocate_address,
+    check_fixed_address,
+    check_forward_ports,
+    check_no_overlap,
+    listen_address,
+    parse_address,
+    plan_addressing,
+)
+from app.domain.status import Status, check_transition
+from app.schemas.networks import (
+    DhcpIn,
+    NatIn,
+    NetworkCreate,
+    NetworkUpdate,
+    PortForwardCreate,
+)
+from app.services.links import require_alive
+
+
+def _record(
+    session: Session,
+    action: str,
+    resource: str,
+    row: Network | PortForward,
+    request_id: str | None,
+) -> Operation:
+    operation = Operation(
+        action=action,
+        resource=resource,
+        resource_id=row.id,
+        target_generation=row.generation,
+        request_id=request_id,
+    )
+    OperationRepository(session).add(operation)
+    return operation
+
+
+def _bump(row: Network | PortForward | Bridge | Tap, target: Status = Status.PENDING) -> None:
+    row.status = check_transition(Status(row.status), target).value
+    row.status_reason = None
+    row.generation += 1
+
+
+def addressing_of(row: Network) -> Addressing:
+    return plan_addressing(row.subnet, row.gateway, row.range_start, row.range_end)
+
+
+def _check_nat(nat: NatIn) -> None:
+    if nat.snat_address is not None:
+        address = parse_address(nat.snat_address, "snat_address")
+        if address.is_multicast or address.is_unspecified or address.is_loopback:
+            raise InvalidInput(f"snat_address {address} is not a usable unicast address")
+
+
+class NetworkService:
+    def __init__(self, session: Session, request_id: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.networks = NetworkRepository(session)
+
+    def get(self, ref: str) -> Network:
+        row = self.networks.find(ref)
+        if row is None:
+            raise NotFound(f"no network {ref!r}")
+        return row
+
+    def alive(self, ref: str) -> Network:
+        row = self.get(ref)
+        if row.deleted:
+            raise BeingDeleted(f"network {row.name!r} is being deleted")
+        return row
+
+    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Network], str | None]:
+        return self.networks.page(limit, cursor)
+
+    def link_of(self, row: Network) -> Bridge | Tap | None:
+        """The network's link (None only once a deleted network's link went first)."""
+        if row.bridge_id:
+            return self.session.get(Bridge, row.bridge_id)
+        return self.session.get(Tap, row.tap_id) if row.tap_id else None
+
+    # ---- create ----------------------------------------------------------------------------
+
+    def create(self, body: NetworkCreate) -> tuple[Network, Operation]:
+        if self.networks.get_by_name(body.name) is not None:
+            raise NameTaken(f"a network named {body.name!r} exists")
+        link = self._link(body.bridge, body.tap)
+        bridge_id = link.id if isinstance(link, Bridge) else None
+        tap_id = link.id if isinstance(link, Tap) else None
+        existing = self.networks.on_link(bridge_id, tap_id)
+        if existing is not None:
+            raise Conflict(f"{link.name} already carries network {existing.name!r}")
+        plan = plan_addressing(
+            body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
+        )
+        check_no_overlap(plan.subnet, self.networks.subnets())
+        _check_nat(body.nat)
+        row = Network(
+            id=new_id(),
+            name=body.name,
+            bridge_id=bridge_id,
+            tap_id=tap_id,
+            subnet=str(plan.subnet),
+            gateway=str(plan.gateway),
+            domain=body.domain,
+            generation=1,
+        )
+        self._set_nat(row, body.nat)
+        self._set_dhcp(row, body.dhcp, plan)
+        self.networks.add(row)
+        self.session.flush()
+        self._adopt_nics(row, plan, link)
+        _bump(link)  # its addresses now include the gateway
+        return row, _record(self.session, "create", "network", row, self.request_id)
+
+    def _link(self, bridge_ref: str | None, tap_ref: str | None) -> Bridge | Tap:
+        if bridge_ref is not None:
+            return require_alive(
+                BridgeRepository(self.session).find(bridge_ref), "bridge", bridge_ref
+            )
+        assert tap_ref is not None
+        return require_alive(TapRepository(self.session).find(tap_ref), "tap", tap_ref)
+
+    @staticmethod
+    def _set_nat(row: Network, nat: NatIn) -> None:
+        row.nat = nat.enabled
+        row.nat_interface = nat.out_interface
+        row.snat_address = str(IPv4Address(nat.snat_address)) if nat.snat_address else None
+
+    @staticmethod
+    def _set_dhcp(row: Network, dhcp: DhcpIn, plan: Addressing) -> None:
+        row.dhcp = dhcp.enabled
+        row.range_start, row.range_end = str(plan.range_start), str(plan.range_end)
+        row.lease_seconds = dhcp.lease_time
+
+    def _adopt_nics(self, row: Network, plan: Addressing, link: Bridge | Tap) -> None:
+        """VM NICs already on the link get fixed addresses now."""
+        bridge_id = link.id if isinstance(link, Bridge) else None
+        tap_id = link.id if isinstance(link, Tap) else None
+        taken: set[str] = set()
+        for nic in sorted(self.networks.nics_on_link(bridge_id, tap_id), key=lambda n: n.id):
+            address = str(allocate_address(plan, taken))
+            taken.add(address)
+            nic.network_id, nic.ipv4 = row.id, address
+
+    # ---- update / delete -------------------------------------------------------------------
+
+    def update(self, ref: str, body: NetworkUpdate) -> tuple[Network, Operation | None]:
+        row = self.alive(ref)
+        before = (
+            row.nat,
+            row.nat_interface,
+            row.snat_address,
+            row.dhcp,
+            row.range_start,
+            row.range_end,
+            row.lease_seconds,
+            row.domain,
+        )
+        if body.nat is not None:
+            _check_nat(body.nat)
+            self._set_nat(row, body.nat)
+        if body.dhcp is not None:
+            plan = plan_addressing(
+                row.subnet, row.gateway, body.dhcp.range_start, body.dhcp.range_end
+            )
+            self._set_dhcp(row, body.dhcp, plan)
+        if "domain" in body.model_fields_set:
+            row.domain = body.domain
+        after = (
+            row.nat,
+            row.nat_interface,
+            row.snat_address,
+            row.dhcp,
+            row.range_start,
+            row.range_end,
+            row.lease_seconds,
+            row.domain,
+        )
+        if after == before:
+            return row, None
+        _bump(row)
+        return row, _record(self.session, "update", "network", row, self.request_id)
+
+    def delete(self, ref: str) -> tuple[Network, Operation | None]:
+        row = self.get(ref)
+        if row.deleted:
+            return row, None
+        forwards = [f for f in PortForwardRepository(self.session).of_network(row.id)]
+        if forwards:
+            names = ", ".join(sorted(f.name for f in forwards)[:10])
+            raise InUse(
+                f"network {row.name!r} has port forwards ({names}); delete them first",
+                port_forwards=[f.id for f in forwards],
+            )
+        for nic in self.networks.nics(row.id):
+            nic.network_id, nic.ipv4 = None, None
+        row.deleted = True
+        _bump(row, Status.DELETING)
+        link = self.link_of(row)
+        if link is not None and not link.deleted:
+            _bump(link)  # the gateway address goes
+        return row, _record(self.session, "delete", "network", row, self.request_id)
+
+
+def network_blocking(session: Session, bridge_id: str | None, tap_id: str | None) -> Network | None:
+    """The live network on a link, which keeps the link from being deleted."""
+    row = NetworkRepository(session).on_link(bridge_id, tap_id)
+    return row if row is not None and not row.deleted else None
+
+
+def fixed_address(
+    session: Session, nic: VmNic, requested: str | None, bridge_id: str | None, tap_id: str | None
+) -> None:
+    """A new VM NIC on a managed network's link gets its fixed address (requested or the
+    lowest free one); a requested address on a link without a network is refused."""
+    network = network_blocking(session, bridge_id, tap_id)
+    if network is None:
+        if requested is not None:
+            raise InvalidInput("ipv4 is only for NICs on a managed network's bridge or tap")
+        return
+    plan = addressing_of(network)
+    networks = NetworkRepository(session)
+    session.flush()  # NICs of this request already added count as taken
+    taken = networks.taken_addresses(network.id)
+    address = (
+        check_fixed_address(plan, requested, taken)
+        if requested is not None
+        else allocate_address(plan, taken)
+    )
+    nic.network_id, nic.ipv4 = network.id, str(address)
+
+
+# ---- port forwards --------------------------------------------------------------------------
+
+
+def forward_name(protocol: str, listen: IPv4Address, span: PortSpan) -> str:
+    where = "any" if str(listen) == "0.0.0.0" else str(listen)
+    return f"{protocol}-{where}-{span}"
+
+
+def claim_ports(
+    session: Session,
+    protocol: str,
+    address: str,
+    span: PortSpan,
+    owner: str,
+    owner_id: str,
+) -> None:
+    """Claim host ports for a forward; any overlapping claim (a network's forward, or a VM's
+    user-networking forward) is a conflict."""
+    ports = HostPortRepository(session)
+    clash = ports.clash(protocol, address, span.port, span.end_port)
+    if clash is not None:
+        claimed = PortSpan(clash.port, clash.end_port or clash.port)
+        what = "port forward" if clash.owner == "port_forward" else "user-networking forward"
+        raise Conflict(
+            f"host port {protocol}/{address}:{span} clashes with the {what} on "
+            f"{clash.address}:{claimed} (owner {clash.owner_id})"
+        )
+    end_port = None if span.end_port == span.port else span.end_port
+    ports.add(
+        HostPort(
+            protocol=protocol,
+            address=address,
+            port=span.port,
+            end_port=end_port,
+            owner=owner,
+            owner_id=owner_id,
+        )
+    )
+    session.flush()
+
+
+class PortForwardService:
+    def __init__(self, session: Session, request_id: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.forwards = PortForwardRepository(session)
+
+    def get(self, ref: str) -> PortForward:
+        row = self.forwards.find(ref)
+        if row is None:
+            raise NotFound(f"no port forward {ref!r}")
+        return row
+
+    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[PortForward], str | None]:
+        return self.forwards.page(limit, cursor)
+
+    def target(self, row: PortForward) -> VmNic | None:
+        """The target NIC (None once its VM is gone: the forward is then on its way out)."""
+        return self.session.get(VmNic, row.vm_nic_id)
+
+    def create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
+        span = check_forward_ports(body.port, body.end_port, body.target_port)
+        listen = listen_address(body.listen_address)
+        network = NetworkService(self.session).alive(body.network)
+        nic = self._target_nic(body.vm, body.nic, network)
+        name = body.name or forward_name(body.protocol, listen, span)
+        if self.forwards.get_by_name(name) is not None:
+            raise NameTaken(f"a port forward named {name!r} exists")
+        row = PortForward(
+            id=new_id(),
+            name=name,
+            network_id=network.id,
+            vm_nic_id=nic.id,
+            protocol=body.protocol,
+            listen_address=str(listen),
+            port=span.port,
+            end_port=span.end_port,
+            target_port=body.target_port if body.target_port is not None else span.port,
+            description=body.description,
+            generation=1,
+        )
+        claim_ports(self.session, body.protocol, str(listen), span, "port_forward", row.id)
+        self.forwards.add(row)
+        return row, _record(self.session, "create", "port_forward", row, self.request_id)
+
+    def create_many(
+        self, bodies: Sequence[PortForwardCreate]
+    ) -> list[tuple[PortForward, Operation]]:
+        """All or nothing: the caller's transaction rolls back on the first problem, which
+        names the failing item."""
+        created = []
+        for index, body in enumerate(bodies):
+            try:
+                created.append(self.create(body))
+            except DomainError as exc:
+                exc.detail = f"port_forwards[{index}]: {exc.detail}"
+                exc.extra = {**exc.extra, "index": index}
+                raise
+        return created
+
+    def _target_nic(self, vm_ref: str, index: int | None, network: Network) -> VmNic:
+        vm = VmRepository(self.session).find(vm_ref)
+        if vm is None:
+            raise NotFound(f"no VM {vm_ref!r}")
+        if vm.deleted:
+            raise BeingDeleted(f"VM {vm.name!r} is being deleted")
+        nics = VmRepository(self.session).nics(vm.id)
+        on_network = [n for n in nics if n.network_id == network.id and n.ipv4]
+        if index is not None:
+            on_network = [n for n in on_network if n.position == index]
+        if not on_network:
+            which = f"NIC {index}" if index is not None else "no NIC"
+            raise InvalidInput(
+                f"VM {vm.name!r} has {which} on network {network.name!r}"
+                if index is None
+                else f"{which} of VM {vm.name!r} is not on network {network.name!r}"
+            )
+        return on_network[0]
+
+    def delete(self, ref: str) -> tuple[PortForward, Operation | None]:
+        row = self.get(ref)
+        if row.deleted:
+            return row, None
+        self.mark_deleted(row)
+        return row, _record(self.session, "delete", "port_forward", row, self.request_id)
+
+    @staticmethod
+    def mark_deleted(row: PortForward) -> None:
+        row.deleted = True
+        _bump(row, Status.DELETING)
+
+
+def forwards_of_vm(session: Session, vm: Vm) -> None:
+    """A VM on its way out takes its port forwards with it."""
+    nic_ids = [n.id for n in VmRepository(session).nics(vm.id)]
+    for forward in PortForwardRepository(session).to_nics(nic_ids):
+        if not forward.deleted:
+            PortForwardService.mark_deleted(forward)
