@@ -18,7 +18,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import bridges, events, health, host, networks, operations, taps, vms
+from app.api import (
+    bridges,
+    events,
+    health,
+    host,
+    networks,
+    operations,
+    port_forwards,
+    taps,
+    vms,
+)
 from app.api.deps import AppContext
 from app.api.errors import install_error_handlers
 from app.api.middleware import (
@@ -36,6 +46,7 @@ from app.host.inspect import LiveHostInspector
 from app.host.qmp import QmpError
 from app.settings import Settings
 from app.supervisor.loop import Supervisor
+from app.supervisor.networks import NetworkWorker
 from app.supervisor.vms import VmWorker
 
 log = logging.getLogger(__name__)
@@ -95,18 +106,29 @@ def create_app(
         resync_interval=settings.reconcile_interval,
     )
 
+    network_worker = NetworkWorker(
+        db,
+        bus,
+        settings.run_dir,
+        settings.state_dir,
+        netns=host_netns,
+        resync_interval=settings.reconcile_interval,
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         upgrade(db.url)
         supervisor.start()
         vm_worker.start()
+        network_worker.start()
         threading.Thread(
             target=_probe_quietly, args=(inspector,), name="capability-probe", daemon=True
         ).start()
         try:
             yield
         finally:
+            network_worker.stop()  # dnsmasq keeps serving; a restarted daemon adopts it
             vm_worker.stop()  # the VMs keep running; a restarted daemon re-adopts them
             supervisor.stop()
             inspector.close()
@@ -127,14 +149,25 @@ def create_app(
     app.state.context = AppContext(
         db=db,
         bus=bus,
-        nudger=Nudgers(supervisor, vm_worker),
+        nudger=Nudgers(supervisor, vm_worker, network_worker),
         inspector=inspector,
-        is_ready=lambda: supervisor.ready.is_set() and vm_worker.ready.is_set(),
+        is_ready=lambda: all(w.ready.is_set() for w in (supervisor, vm_worker, network_worker)),
         vm_control=WorkerControl(vm_worker),
     )
     app.state.supervisor = supervisor
     app.state.vm_worker = vm_worker
-    for router in (bridges, taps, vms, networks, operations, events, host, health):
+    app.state.network_worker = network_worker
+    for router in (
+        bridges,
+        taps,
+        vms,
+        networks,
+        port_forwards,
+        operations,
+        events,
+        host,
+        health,
+    ):
         app.include_router(router.router)
     install_error_handlers(app)
     install_openapi(app)
@@ -149,7 +182,7 @@ def create_app(
 class Nudgers:
     """Wakes every worker: each one looks only at what is unsettled among its own kinds."""
 
-    def __init__(self, *workers: Supervisor | VmWorker) -> None:
+    def __init__(self, *workers: Supervisor | VmWorker | NetworkWorker) -> None:
         self.workers = workers
 
     def nudge(self) -> None:

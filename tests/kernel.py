@@ -4,12 +4,19 @@ under test, plus throwaway network namespaces named kvt-*."""
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
+import struct
 import subprocess
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -79,3 +86,62 @@ def ip(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ip", "-n", ns, *args], capture_output=True, text=True, check=True, timeout=30
     )
+
+
+def in_netns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command inside `ns` (argv list, no shell), e.g. `nft -j list ruleset`."""
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=check, timeout=30
+    )
+
+
+def nft_rules(ns: str) -> list[dict[str, object]] | None:
+    """The rules of our table `inet kvmnetd` in `ns` as nft JSON, or None without the table."""
+    result = in_netns(ns, "nft", "-j", "list", "table", "inet", "kvmnetd", check=False)
+    if result.returncode != 0:
+        return None
+    items = json.loads(result.stdout)["nftables"]
+    return [item["rule"] for item in items if "rule" in item]
+
+
+def sysctl(ns: str, key: str) -> str:
+    return in_netns(ns, "sysctl", "-n", key).stdout.strip()
+
+
+def dns_query(ns: str, server: str, name: str, timeout: float = 2.0) -> str | None:
+    """The first IPv4 address a DNS server in `ns` answers for `name` (None: no answer),
+    asked with a hand-made A query from a socket opened inside the namespace."""
+
+    def ask() -> str | None:
+        query_id = 0x4B56
+        header = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
+        qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(header + qname + struct.pack(">HH", 1, 1), (server, 53))
+            reply = s.recv(1024)
+        answers = struct.unpack(">H", reply[6:8])[0]
+        if reply[3] & 0x0F or not answers:
+            return None
+        return socket.inet_ntoa(reply[-4:])  # A records are 4 bytes; ours come last
+
+    return _in_namespace_thread(ns, ask)
+
+
+def _in_namespace_thread(ns: str, fn: Callable[[], T]) -> T:
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            netns.setns(ns, flags=0)  # this thread only (setns(2) acts on the caller)
+            results.append(fn())
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]

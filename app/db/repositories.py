@@ -7,6 +7,7 @@ import binascii
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
 from typing import Generic, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, delete, func, or_, select, tuple_, update
@@ -26,6 +27,8 @@ from app.db.models import (
 from app.db.models import PortForward as PortForwardRow
 from app.domain.errors import InvalidInput
 from app.domain.links import LinkKind, LinkSpec
+from app.domain.nat_rules import Forward, NatNetwork
+from app.domain.networks import DhcpDnsSpec, static_hosts
 from app.domain.status import Status
 from app.domain.vms import (
     Accelerator,
@@ -410,4 +413,131 @@ def _nic_spec(nic: VmNic) -> NicSpec:
         queues=nic.queues,
         vhost=Vhost(nic.vhost),
         link_up=nic.link_up,
+    )
+
+
+# ---- what the network worker reconciles -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowState:
+    """A network's or forward's bookkeeping as loaded at the start of a pass."""
+
+    id: str
+    name: str
+    deleted: bool
+    generation: int
+    observed_generation: int
+    status: str
+    status_reason: str | None
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    row: RowState
+    link_name: str | None
+    link_problem: str | None  # why the link is not ready yet (None: it is)
+    nat: NatNetwork
+    service: DhcpDnsSpec
+    dnsmasq_pid: int | None
+    restarts: int
+
+
+@dataclass(frozen=True)
+class ForwardState:
+    row: RowState
+    spec: Forward | None  # None: its target NIC lost its address
+
+
+def _row_state(row: Network | PortForwardRow) -> RowState:
+    return RowState(
+        row.id,
+        row.name,
+        row.deleted,
+        row.generation,
+        row.observed_generation,
+        row.status,
+        row.status_reason,
+    )
+
+
+def _link_problem(link: Bridge | Tap | None) -> str | None:
+    if link is None:
+        return "its link is gone"
+    if link.status == Status.ACTIVE.value and link.observed_generation == link.generation:
+        return None
+    kind = "bridge" if isinstance(link, Bridge) else "tap"
+    detail = f": {link.status_reason}" if link.status_reason else ""
+    return f"waiting for {kind} {link.name} ({link.status}{detail})"
+
+
+def _network_state(session: Session, row: Network) -> NetworkState:
+    link: Bridge | Tap | None = (
+        session.get(Bridge, row.bridge_id) if row.bridge_id else session.get(Tap, row.tap_id or "")
+    )
+    nics = session.execute(
+        select(Vm.name, VmNic.mac, VmNic.ipv4, VmNic.position)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(VmNic.network_id == row.id, VmNic.ipv4.is_not(None), Vm.deleted.is_(False))
+    )
+    service = DhcpDnsSpec(
+        network_id=row.id,
+        interface=link.name if link is not None else "",
+        subnet=row.subnet,
+        gateway=row.gateway,
+        dhcp=row.dhcp,
+        range_start=IPv4Address(row.range_start),
+        range_end=IPv4Address(row.range_end),
+        lease_seconds=row.lease_seconds,
+        domain=row.domain,
+        hosts=static_hosts((name, mac, ipv4 or "", pos) for name, mac, ipv4, pos in nics),
+    )
+    nat = NatNetwork(row.id, row.subnet, row.nat, row.nat_interface, row.snat_address)
+    return NetworkState(
+        _row_state(row),
+        link.name if link is not None else None,
+        _link_problem(link),
+        nat,
+        service,
+        row.dnsmasq_pid,
+        row.restarts,
+    )
+
+
+def load_network_state(session: Session) -> tuple[list[NetworkState], list[ForwardState]]:
+    """Every network and port forward, as the network worker needs them."""
+    networks = [_network_state(session, row) for row in session.scalars(select(Network))]
+    targets = {
+        nic_id: ipv4
+        for nic_id, ipv4 in session.execute(
+            select(VmNic.id, VmNic.ipv4).join(PortForwardRow, PortForwardRow.vm_nic_id == VmNic.id)
+        )
+    }
+    forwards = []
+    for row in session.scalars(select(PortForwardRow)):
+        target = targets.get(row.vm_nic_id)
+        spec = (
+            Forward(
+                row.id,
+                row.protocol,
+                row.listen_address,
+                row.port,
+                row.end_port,
+                target,
+                row.target_port,
+            )
+            if target
+            else None
+        )
+        forwards.append(ForwardState(_row_state(row), spec))
+    return networks, forwards
+
+
+def orphan_forward_claims(session: Session) -> None:
+    """Host port claims of forwards that no longer exist (their VM took them along)."""
+    session.execute(
+        delete(HostPort).where(
+            HostPort.owner == "port_forward",
+            HostPort.owner_id.not_in(select(PortForwardRow.id)),
+        )
     )

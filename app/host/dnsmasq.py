@@ -5,7 +5,8 @@ Each network has a directory `<run_dir>/networks/<id>/` with dnsmasq.conf, the s
 output (dnsmasq.log); the lease database lives in `<state_dir>/networks/<id>/` so that it
 survives reboots. dnsmasq binds only to the network's link (`interface=`, `bind-dynamic`,
 `except-interface=lo`), so it never competes with a resolver on the host's port 53, and
-drops root for nobody after opening its sockets and lease file.
+drops root for nobody after opening its sockets and lease file (unless nobody could not reach
+the run directory to re-read the host files: then it keeps root).
 
 Static leases and names change with SIGHUP (dnsmasq re-reads dhcp-hostsfile and addn-hosts
 and keeps its leases); any other change restarts it, and the lease file carries the leases
@@ -22,6 +23,7 @@ import grp
 import logging
 import os
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -84,7 +86,15 @@ def _group() -> str:
     return "0"
 
 
-def render_conf(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> str:
+def others_can_enter(directory: Path) -> bool:
+    """Whether an unprivileged user can walk down to `directory` (to re-read the host files
+    after SIGHUP, dnsmasq needs that once it dropped root)."""
+    return all(
+        d.stat().st_mode & stat.S_IXOTH for d in (directory, *directory.parents) if d.exists()
+    )
+
+
+def render_conf(spec: DhcpDnsSpec, paths: DnsmasqPaths, user: str = USER) -> str:
     """dnsmasq.conf for one network (everything else on the command line is fixed)."""
     subnet = IPv4Network(spec.subnet)
     lines = [
@@ -95,8 +105,8 @@ def render_conf(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> str:
         "strict-order",
         "no-hosts",
         f"pid-file={paths.pidfile}",
-        f"user={USER}",
-        f"group={_group()}",
+        f"user={user}",
+        f"group={_group() if user == USER else 'root'}",
         "log-facility=-",
         f"addn-hosts={paths.dns_hosts}",
     ]
@@ -156,7 +166,8 @@ def write_files(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> FileChanges:
     paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     hosts = _write_if_changed(paths.dhcp_hosts, render_dhcp_hosts(spec))
     hosts = _write_if_changed(paths.dns_hosts, render_dns_hosts(spec)) or hosts
-    conf = _write_if_changed(paths.conf, render_conf(spec, paths))
+    user = USER if others_can_enter(paths.run_dir) else "root"
+    conf = _write_if_changed(paths.conf, render_conf(spec, paths, user))
     return FileChanges(conf=conf, hosts=hosts)
 
 

@@ -386,9 +386,19 @@ def kernel_cmdline(
     dhcp: bool = False,
     iface: str | None = None,
     port: int = DEFAULT_PORT,
+    echo: int | None = None,
+    fetch: str | Sequence[str] = (),
+    resolve: str | Sequence[str] = (),
+    dns: str | None = None,
     extra: Sequence[str] = (),
 ) -> str:
-    """The -append string: a static `ip` ("A.B.C.D/NN", optional `gw`) or `dhcp`, not both."""
+    """The -append string: a static `ip` ("A.B.C.D/NN", optional `gw`) or `dhcp`, not both.
+
+    Optional guest behaviours (see init.sh): `echo` a TCP echo server on that port; `fetch`
+    one or more "HOST:PORT" to connect to after READY (console: KVT-FETCH HOST:PORT <first line>
+    or KVT-FETCH-FAILED HOST:PORT); `resolve` one or more names to look up after READY
+    (KVT-RESOLVED NAME A.B.C.D or KVT-RESOLVE-FAILED NAME), through the DHCP lease's DNS server,
+    else `dns`."""
     if (ip is None) == (not dhcp):
         raise ValueError("give exactly one of ip= or dhcp=True")
     words = ["console=ttyS0"]
@@ -404,7 +414,27 @@ def kernel_cmdline(
         words.append(f"kvt.iface={iface}")
     if port != DEFAULT_PORT:
         words.append(f"kvt.port={int(port)}")
+    if echo is not None:
+        words.append(f"kvt.echo={tcp_port(echo)}")
+    for target in [fetch] if isinstance(fetch, str) else fetch:
+        host, colon, target_port = target.rpartition(":")
+        if not colon or not re.fullmatch(r"[^\s:]+", host) or not target_port.isdigit():
+            raise ValueError(f"fetch target must be HOST:PORT, not {target!r}")
+        tcp_port(int(target_port))
+        words.append(f"kvt.fetch={target}")  # verbatim: the console line repeats it
+    for name in [resolve] if isinstance(resolve, str) else resolve:
+        if not re.fullmatch(r"[^\s=]+", name):
+            raise ValueError(f"not a name to resolve: {name!r}")
+        words.append(f"kvt.resolve={name}")
+    if dns is not None:
+        words.append(f"kvt.dns={IPv4Address(dns)}")
     return " ".join([*words, *extra])
+
+
+def tcp_port(port: int) -> int:
+    if not 0 < port < 65536:
+        raise ValueError(f"not a TCP port: {port}")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

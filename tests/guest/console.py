@@ -5,6 +5,12 @@ The guest prints exactly one of
     KVT-FAILED <reason>
 (a kernel panic counts as a failure too)
 and answers every TCP connection on its port with `KVT-HELLO ip=... mac=... iface=... driver=...`.
+
+After READY, for each kvt.fetch=HOST:PORT and kvt.resolve=NAME (see build.kernel_cmdline), one of
+    KVT-FETCH HOST:PORT <first line of the answer>
+    KVT-FETCH-FAILED HOST:PORT
+    KVT-RESOLVED NAME A.B.C.D
+    KVT-RESOLVE-FAILED NAME
 """
 
 from __future__ import annotations
@@ -12,13 +18,19 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 FACTS = r"ip=(?P<ip>\S+) mac=(?P<mac>\S+) iface=(?P<iface>\S+) driver=(?P<driver>\S+)"
 READY_RE = re.compile(rf"KVT-READY {FACTS}")
 HELLO_RE = re.compile(rf"KVT-HELLO {FACTS}")
 FAILED_RE = re.compile(r"KVT-FAILED (?P<reason>[^\r\n]*)|(?P<panic>Kernel panic - [^\r\n]*)")
+# the end of a console line: needed, since the log may end in the middle of the line being written
+END = r"[ \t]*[\r\n]"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,24 @@ def parse_hello(text: str) -> Ready | None:
     return Ready(hello["ip"], hello["mac"], hello["iface"], hello["driver"]) if hello else None
 
 
+def parse_fetch(text: str, target: str) -> str | None:
+    """The first line the guest got from `target` ("HOST:PORT"; None if not there yet); raises
+    GuestFailed on KVT-FETCH-FAILED for it."""
+    if re.search(rf"KVT-FETCH-FAILED {re.escape(target)}{END}", text):
+        raise GuestFailed(f"guest could not fetch from {target}\n{tail(text)}")
+    fetched = re.search(rf"KVT-FETCH {re.escape(target)} (?P<answer>[^\r\n]*)[\r\n]", text)
+    return fetched["answer"] if fetched else None
+
+
+def parse_resolved(text: str, name: str) -> str | None:
+    """The IPv4 address the guest resolved `name` to (None if not there yet); raises GuestFailed
+    on KVT-RESOLVE-FAILED for it."""
+    if re.search(rf"KVT-RESOLVE-FAILED {re.escape(name)}{END}", text):
+        raise GuestFailed(f"guest could not resolve {name}\n{tail(text)}")
+    resolved = re.search(rf"KVT-RESOLVED {re.escape(name)} (?P<address>[\d.]+){END}", text)
+    return resolved["address"] if resolved else None
+
+
 def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -76,4 +106,26 @@ def wait_ready(
             )
         if time.monotonic() > deadline:
             raise GuestFailed(f"guest not ready after {timeout:.0f} s\n{tail(text)}")
+        time.sleep(0.05)
+
+
+def wait_for(
+    log: Path,
+    find: Callable[[str], T | None],
+    what: str,
+    timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> T:
+    """Poll a serial log until `find` (e.g. `lambda text: parse_fetch(text, target)`) returns
+    something; GuestFailed (or what `find` raises) if `proc` exits or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        found = find(text)
+        if found is not None:
+            return found
+        if proc is not None and proc.poll() is not None:
+            raise GuestFailed(f"qemu exited with {proc.returncode} before {what}\n{tail(text)}")
+        if time.monotonic() > deadline:
+            raise GuestFailed(f"no {what} after {timeout:.0f} s\n{tail(text)}")
         time.sleep(0.05)

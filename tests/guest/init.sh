@@ -3,6 +3,15 @@
 # Kernel command line: kvt.ip=A.B.C.D/NN [kvt.gw=A.B.C.D] | kvt.dhcp=1, optional kvt.iface=NAME
 # and kvt.port=N (default 7777). Prints one line on the console: KVT-READY ip=... mac=...
 # iface=... driver=... or KVT-FAILED <reason>; then answers on TCP and keeps a shell.
+# Optional:
+#   kvt.echo=PORT        a TCP echo server on PORT besides the hello server (connections stay open)
+#   kvt.fetch=HOST:PORT  (repeatable) after READY, connect once a second for up to 120 s until the
+#                        answer's first line is not empty; prints KVT-FETCH HOST:PORT <that line>
+#                        or KVT-FETCH-FAILED HOST:PORT
+#   kvt.resolve=NAME     (repeatable) after READY, nslookup NAME once a second for up to 60 s
+#                        (server: /etc/resolv.conf from DHCP, else kvt.dns=A.B.C.D); prints
+#                        KVT-RESOLVED NAME A.B.C.D or KVT-RESOLVE-FAILED NAME
+# Those background jobs print each line with one write, after a newline (see say).
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /bin /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -35,6 +44,28 @@ param() {
 		esac
 	done
 	return 1
+}
+
+# params NAME: every value of kvt.NAME= on the kernel command line, one a line
+params() {
+	for word in $(cat /proc/cmdline); do
+		case "$word" in
+		"kvt.$1="*) echo "${word#*=}" ;;
+		esac
+	done
+}
+
+# say LINE: LINE on the console in one write (so background jobs never mix their lines), after a
+# newline of its own: the console shell may have left its prompt there, without a newline
+say() {
+	echo "
+$*"
+}
+
+# whole seconds since boot
+now() {
+	read -r up _ </proc/uptime
+	echo "${up%%.*}"
 }
 
 # insert every module of /etc/kvt-modules, in order, retrying those that fail
@@ -119,6 +150,81 @@ serve() {
 	chmod 755 /run/kvt-answer.sh
 	echo "$1" >/run/kvt-answer
 	nc -ll -p "$port" -e /run/kvt-answer.sh &
+	# kvt.echo: each connection gets its own cat, which echoes until the client closes
+	if echo_port=$(param echo); then
+		nc -ll -p "$echo_port" -e cat &
+	fi
+}
+
+# fetch HOST:PORT: connect once a second for up to 120 s until the first line of the answer is
+# not empty (CR stripped); one console line with it, or KVT-FETCH-FAILED
+fetch() {
+	host=${1%:*}
+	port=${1##*:}
+	deadline=$(($(now) + 120))
+	while :; do
+		line=$(timeout 5 nc -w 2 "$host" "$port" </dev/null 2>/dev/null | head -n 1 | tr -d '\r')
+		if [ -n "$line" ]; then
+			say "KVT-FETCH $1 $line"
+			return 0
+		fi
+		[ "$(now)" -lt "$deadline" ] || break
+		sleep 1
+	done
+	say "KVT-FETCH-FAILED $1"
+}
+
+# the DNS server: the first nameserver of /etc/resolv.conf (written by udhcpc.sh), else kvt.dns
+dns_server() {
+	server=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf 2>/dev/null)
+	[ -n "$server" ] || server=$(param dns) || return 1
+	echo "$server"
+}
+
+# the first IPv4 answer in nslookup's output on stdin that is not the server's own address ($1);
+# the block that starts with "Server:" (up to the blank line after it) names the server itself.
+# Handles "Address: A.B.C.D", "Address 1: A.B.C.D name" and "A.B.C.D:53" / "A.B.C.D#53".
+first_answer() {
+	awk -v server="$1" '
+		/^Server:/ { skip = 1 }
+		/^[ \t]*$/ { skip = 0 }
+		skip || !/^Address/ { next }
+		{
+			for (i = 2; i <= NF; i++) {
+				a = $i
+				sub(/#[0-9]+$/, "", a)
+				if (a !~ /^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+(:[0-9]+)?$/) continue
+				sub(/:[0-9]+$/, "", a)
+				if (a != server) { print a; exit }
+			}
+		}'
+}
+
+# resolve NAME: nslookup once a second for up to 60 s; one console line with the first IPv4
+# answer, or KVT-RESOLVE-FAILED
+resolve() {
+	deadline=$(($(now) + 60))
+	while :; do
+		server=$(dns_server) || server=""
+		answer=$(timeout 5 nslookup "$1" ${server:+"$server"} 2>/dev/null | first_answer "$server")
+		if [ -n "$answer" ]; then
+			say "KVT-RESOLVED $1 $answer"
+			return 0
+		fi
+		[ "$(now)" -lt "$deadline" ] || break
+		sleep 1
+	done
+	say "KVT-RESOLVE-FAILED $1"
+}
+
+# kvt.fetch= and kvt.resolve= targets, each in its own background job
+probe() {
+	for target in $(params fetch); do
+		fetch "$target" &
+	done
+	for name in $(params resolve); do
+		resolve "$name" &
+	done
 }
 
 load_modules
@@ -133,4 +239,5 @@ watch_power_button
 serve "KVT-HELLO $facts"
 dmesg -n 1
 echo "KVT-READY $facts"
+probe
 shell_forever

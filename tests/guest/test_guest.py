@@ -4,7 +4,9 @@
   static 192.168.105.2 and that gateway answers on TCP (naming its MAC) and to ping;
 - QEMU user networking: a DHCP guest gets 10.0.2.15 and answers through a host port forward,
   then powers itself off on an ACPI powerdown (QMP system_powerdown);
-- the legacy NIC models with the linux-image-amd64 kernel get 10.0.2.15 the same way.
+- the legacy NIC models with the linux-image-amd64 kernel get 10.0.2.15 the same way;
+- the optional behaviours on one static guest: kvt.echo keeps connections open and echoes,
+  kvt.fetch reports a server's answer, kvt.resolve asks a dnsmasq (kvt.dns) for a name.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ import pytest
 from pyroute2 import IPRoute
 
 from tests.guest.build import Guest, build_guest, kernel_cmdline
-from tests.guest.console import GuestFailed, Ready, parse_hello, parse_ready, wait_ready
+from tests.guest.console import (
+    GuestFailed,
+    Ready,
+    parse_fetch,
+    parse_hello,
+    parse_ready,
+    parse_resolved,
+    wait_for,
+    wait_ready,
+)
 
 QEMU = "qemu-system-x86_64"
 GUEST_PORT = 7777
@@ -50,6 +61,44 @@ while True:
     if time.monotonic() > deadline:
         sys.exit(f"no data from {host}:{port}")
     time.sleep(0.2)
+"""
+
+# a TCP server run inside a namespace: answers each connection with one line naming the peer
+ANSWER_SERVER = """
+import socket, sys
+with socket.create_server((sys.argv[1], int(sys.argv[2]))) as server:
+    print("listening", flush=True)
+    while True:
+        conn, (peer, _) = server.accept()
+        with conn:
+            conn.sendall(f"OUTSIDE saw {peer}\\r\\n".encode())
+"""
+
+# an echo client run inside a namespace: one connection, `lines` lines spread over `hold` seconds,
+# each must come back before the next is sent; prints what came back
+ECHO_CLIENT = """
+import socket, sys, time
+host, port, hold, lines = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+deadline = time.monotonic() + 10
+while True:
+    try:
+        conn = socket.create_connection((host, port), timeout=5)
+        break
+    except OSError as exc:
+        if time.monotonic() > deadline:
+            sys.exit(f"cannot connect to {host}:{port}: {exc}")
+        time.sleep(0.2)
+with conn, conn.makefile("rwb") as stream:
+    for i in range(lines):
+        if i:
+            time.sleep(hold / (lines - 1))
+        sent = f"line {i} of {lines}\\n".encode()
+        stream.write(sent)
+        stream.flush()
+        back = stream.readline()
+        if back != sent:
+            sys.exit(f"sent {sent!r}, got back {back!r}")
+        sys.stdout.write(back.decode())
 """
 
 
@@ -119,6 +168,20 @@ def booted(ns: str, guest: Guest, tmp: Path, args: Sequence[str], cmdline: str) 
         stop(proc)
 
 
+@contextlib.contextmanager
+def running(ns: str, argv: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process in `ns` (stdout piped, stderr to `log`), ended by its pid afterwards, always."""
+    with log.open("wb") as err:
+        argv = ["ip", "netns", "exec", ns, *argv]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def in_ns(ns: str, argv: Sequence[str], timeout: float = 20) -> str:
     proc = subprocess.run(
         ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
@@ -183,6 +246,57 @@ def test_static_address_on_a_routed_tap(netns: str, virtio_guest: Guest, tmp_pat
         in_ns(netns, [*ping_argv(), "-c1", "-W2", "192.168.105.2"])
 
 
+def test_echo_fetch_and_resolve_on_a_static_guest(
+    netns: str, virtio_guest: Guest, tmp_path: Path
+) -> None:
+    if not Path("/dev/net/tun").exists():
+        pytest.skip("the kernel offers no /dev/net/tun: cannot create taps")
+    host, guest_ip, probe = "192.168.106.1", "192.168.106.2", "192.168.106.77"
+    routed_tap(netns, "br0", "tap0", host, 24)
+    dnsmasq = [
+        *("dnsmasq", "--conf-file=/dev/null", "--keep-in-foreground", "--pid-file="),
+        *("--no-resolv", "--no-hosts", f"--host-record=probe.test,{probe}", "--log-queries"),
+        *("--bind-interfaces", f"--listen-address={host}", "--except-interface=lo"),
+        "--log-facility=-",
+    ]
+    server = [sys.executable, "-c", ANSWER_SERVER, host, "8080"]
+    args = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]
+    args += ["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:4b:56:04"]
+    cmdline = kernel_cmdline(
+        ip=f"{guest_ip}/24",
+        gw=host,
+        echo=7000,
+        fetch=f"{host}:8080",
+        resolve="probe.test",
+        dns=host,
+    )
+    with (
+        running(netns, dnsmasq, tmp_path / "dnsmasq.log") as dns,
+        running(netns, server, tmp_path / "server.log") as answers,
+    ):
+        assert answers.stdout is not None and answers.stdout.readline() == b"listening\n"
+        with booted(netns, virtio_guest, tmp_path, args, cmdline) as boot:
+            log = tmp_path / "serial.log"
+            try:
+                fetched = wait_for(
+                    log, lambda text: parse_fetch(text, f"{host}:8080"), "fetch", 30, boot.proc
+                )
+                assert fetched == f"OUTSIDE saw {guest_ip}"
+                resolved = wait_for(
+                    log, lambda text: parse_resolved(text, "probe.test"), "resolve", 30, boot.proc
+                )
+                assert resolved == probe
+                assert dns.poll() is None, "dnsmasq died"
+                echo = [sys.executable, "-c", ECHO_CLIENT, guest_ip, "7000"]
+                held = in_ns(netns, [*echo, "5", "6"])  # one connection, 6 lines over 5 s
+                assert held.splitlines() == [f"line {i} of 6" for i in range(6)]
+                again = in_ns(netns, [*echo, "0.5", "3"])  # a second client afterwards
+                assert again.splitlines() == [f"line {i} of 3" for i in range(3)]
+            finally:
+                print(f"--- serial log ---\n{log.read_text(errors='replace')[-3000:]}")
+                print(f"--- dnsmasq ---\n{(tmp_path / 'dnsmasq.log').read_text()[-2000:]}")
+
+
 def test_dhcp_over_user_networking_then_acpi_powerdown(
     netns: str, virtio_guest: Guest, tmp_path: Path
 ) -> None:
@@ -222,6 +336,28 @@ def test_kernel_cmdline_takes_exactly_one_address_mode() -> None:
         kernel_cmdline(ip="10.0.0.2")
 
 
+def test_kernel_cmdline_carries_the_optional_behaviours() -> None:
+    words = kernel_cmdline(
+        dhcp=True, echo=7000, fetch="10.0.0.1:80", resolve=["a.test", "b.test"], dns="10.0.0.1"
+    ).split()
+    assert words[2:] == [
+        "kvt.echo=7000",
+        "kvt.fetch=10.0.0.1:80",
+        "kvt.resolve=a.test",
+        "kvt.resolve=b.test",
+        "kvt.dns=10.0.0.1",
+    ]
+    assert kernel_cmdline(dhcp=True, fetch=["h:1", "k:2"]).split()[2:] == [
+        "kvt.fetch=h:1",
+        "kvt.fetch=k:2",
+    ]
+    for bad in ({"fetch": "10.0.0.1"}, {"fetch": "a b:80"}, {"fetch": "h:0"}, {"echo": 70000}):
+        with pytest.raises(ValueError):
+            kernel_cmdline(dhcp=True, **bad)
+    with pytest.raises(ValueError):
+        kernel_cmdline(dhcp=True, resolve="two words")
+
+
 def test_console_lines_are_parsed() -> None:
     line = "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000\r\n"
     assert parse_ready(f"[    1.0] booting\r\n{line}") == Ready(
@@ -232,3 +368,23 @@ def test_console_lines_are_parsed() -> None:
         parse_ready("KVT-FAILED dhcp: no lease on eth0\r\n")
     with pytest.raises(GuestFailed, match="Kernel panic"):
         parse_ready("[    1.7] Kernel panic - not syncing: No working init found.\r\n")
+
+
+def test_fetch_and_resolve_lines_are_parsed() -> None:
+    text = (
+        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000\r\n"
+        "KVT-FETCH 10.0.0.1:8080 OUTSIDE saw 10.0.0.1\r\n"
+        "~ # KVT-RESOLVED probe.test 10.0.0.77\r\n"
+        "KVT-FETCH-FAILED 10.0.0.1:80\r\n"
+        "KVT-RESOLVE-FAILED nope.test\r\n"
+        "KVT-FETCH 10.0.0.9:80 partial"
+    )
+    assert parse_fetch(text, "10.0.0.1:8080") == "OUTSIDE saw 10.0.0.1"
+    assert parse_fetch(text, "10.0.0.1:808") is None
+    assert parse_fetch(text, "10.0.0.9:80") is None  # the line is not complete yet
+    with pytest.raises(GuestFailed, match=r"could not fetch from 10\.0\.0\.1:80"):
+        parse_fetch(text, "10.0.0.1:80")
+    assert parse_resolved(text, "probe.test") == "10.0.0.77"
+    assert parse_resolved(text, "probe") is None
+    with pytest.raises(GuestFailed, match=r"could not resolve nope\.test"):
+        parse_resolved(text, "nope.test")

@@ -1,0 +1,470 @@
+"""The network worker: one thread that keeps the managed networks real.
+
+Each pass loads every network and port forward, then
+1. turns IP forwarding on while any network exists (it never turns it off: other things on
+   the host may rely on it);
+2. loads our nftables table in one transaction when the rendering changed, or when a full
+   pass finds the live table differs from what we loaded (drift; also rules of ours that
+   the database no longer wants); with no network left, the table goes;
+3. keeps one dnsmasq per network: files written, static-lease changes by SIGHUP, other
+   changes by a restart (leases survive in the lease file), restarted with backoff when it
+   dies, adopted after a daemon restart, and stopped for deleted and orphaned networks;
+4. writes status back in one transaction (only what changed) and publishes events.
+
+It wakes on a nudge, when a dnsmasq exits (pidfds in the same poll as the wake pipe), while a
+network waits for its link, when a retry is due, and every `resync_interval` for a full pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from select import POLLIN, poll
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.bus import EventBus
+from app.db.models import Network, PortForward
+from app.db.repositories import (
+    FinishedOperation,
+    ForwardState,
+    HostPortRepository,
+    NetworkState,
+    OperationRepository,
+    RowState,
+    load_network_state,
+    orphan_forward_claims,
+)
+from app.db.session import Database
+from app.domain import nat_rules
+from app.domain.retry import Backoff
+from app.domain.status import Status
+from app.host import dnsmasq, nft
+from app.host.netns import enter_for_this_thread
+
+log = logging.getLogger(__name__)
+
+RESYNC_INTERVAL = 30.0
+WAITING_POLL = 0.2  # while a network waits for its link to settle
+ERROR_RESYNC_DELAY = 1.0
+READY_TIMEOUT = 3.0  # dnsmasq writes its pid file once its sockets are bound
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+NFT_KEY = "nftables"
+RULES_RECORD = "nft-rules.json"
+
+
+@dataclass
+class Observed:
+    """What this pass found for one network or forward."""
+
+    status: Status
+    reason: str | None = None
+    settled: bool = True  # the loaded generation is applied (or failed for good)
+    dnsmasq_pid: int | None = None
+    restarts: int = 0
+    gone: bool = False  # deleted: remove the row
+
+
+@dataclass
+class PassResult:
+    networks: dict[str, Observed] = field(default_factory=dict)
+    forwards: dict[str, Observed] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class NetworkWorker:
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        run_dir: Path,
+        state_dir: Path,
+        netns: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        resync_interval: float = RESYNC_INTERVAL,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.run_dir = run_dir
+        self.state_dir = state_dir
+        self.netns = netns
+        self.clock = clock
+        self.resync_interval = resync_interval
+        self.ready = threading.Event()
+        self.passes = 0
+        self.backoff = Backoff(clock)
+        self._procs: dict[str, dnsmasq.Dnsmasq] = {}
+        self._exits: dict[str, str] = {}  # network id -> how its dnsmasq last ended
+        self._loaded_rules: list[dict[str, Any]] | None = None
+        self._live_rules: list[dict[str, Any]] | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._full_requested = True
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ---- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="network-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker; dnsmasq processes keep running (a restarted daemon adopts them)."""
+        self._stopping = True
+        self.nudge()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for process in self._procs.values():
+            process.close()
+        self._procs.clear()
+
+    def nudge(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def resync(self) -> None:
+        with self._lock:
+            self._full_requested = True
+        self.nudge()
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        enter_for_this_thread(self.netns)  # nft, sysctl and dnsmasq act in this namespace
+        next_full = self.clock()
+        waiting = False
+        while not self._stopping:
+            full = self._next_pass(next_full, waiting)
+            if self._stopping:
+                break
+            try:
+                waiting = self._pass(full)
+                if full:
+                    next_full = self.clock() + self.resync_interval
+                    self.ready.set()
+            except Exception:
+                log.exception("network pass failed; full resync scheduled")
+                next_full = self.clock() + ERROR_RESYNC_DELAY
+            self.passes += 1
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _next_pass(self, next_full: float, waiting: bool) -> bool:
+        """Sleeps until there is work; True for a full pass."""
+        poller = poll()
+        poller.register(self._wake_r, POLLIN)
+        for process in self._procs.values():
+            if process.pidfd >= 0:
+                poller.register(process.pidfd, POLLIN)
+        now = self.clock()
+        wake_at = next_full
+        retry_at = self.backoff.next_due()
+        if retry_at is not None:
+            wake_at = min(wake_at, retry_at)
+        if waiting:
+            wake_at = min(wake_at, now + WAITING_POLL)
+        with self._lock:
+            full_requested, self._full_requested = self._full_requested, False
+        if full_requested or now >= next_full:
+            return True
+        if poller.poll(max(0, int((wake_at - now) * 1000))):
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        return self.clock() >= next_full
+
+    # ---- one pass --------------------------------------------------------------------------
+
+    def _pass(self, full: bool) -> bool:
+        """One pass; returns whether a network still waits for its link."""
+        with self.db.reading() as session:
+            networks, forwards = load_network_state(session)
+        live = [n for n in networks if not n.row.deleted]
+        result = PassResult()
+        problem = self._ensure_forwarding() if live else None
+        rules_problem = self._sync_rules(live, forwards, full, result)
+        problem = problem or rules_problem
+        for network in networks:
+            result.networks[network.row.id] = self._sync_network(network, problem)
+        for forward in forwards:
+            result.forwards[forward.row.id] = _forward_outcome(forward, rules_problem)
+        if full:
+            self._sweep_orphans({n.row.id for n in networks})
+        self._write_back(networks, forwards, result)
+        return any(o.status is Status.PENDING for o in result.networks.values())
+
+    # ---- IP forwarding ---------------------------------------------------------------------
+
+    def _ensure_forwarding(self) -> str | None:
+        try:
+            if IP_FORWARD.read_text().strip() == "1":
+                return None
+            IP_FORWARD.write_text("1\n")
+        except OSError as exc:
+            return f"cannot turn on IP forwarding ({IP_FORWARD}): {exc}"
+        log.info("turned on IPv4 forwarding (net.ipv4.ip_forward=1) for managed networks")
+        return None
+
+    # ---- nftables --------------------------------------------------------------------------
+
+    def _sync_rules(
+        self,
+        networks: list[NetworkState],
+        forwards: list[ForwardState],
+        full: bool,
+        result: PassResult,
+    ) -> str | None:
+        """Loads our table when needed; returns why it could not be loaded, if it could not."""
+        wanted = nat_rules.render(
+            [n.nat for n in networks],
+            [f.spec for f in forwards if f.spec is not None and not f.row.deleted],
+        )
+        if not self.backoff.due(NFT_KEY):
+            return "retrying nftables"
+        try:
+            if self._loaded_rules is None:
+                self._loaded_rules, self._live_rules = self._read_record()
+            if wanted == self._loaded_rules and not full:
+                return None
+            live = nft.list_table()
+            live_rules = nat_rules.canonical(live) if live is not None else None
+            if wanted == self._loaded_rules and live_rules == self._live_rules:
+                return None
+            if wanted == self._loaded_rules:
+                log.warning("our nftables table drifted; loading it again")
+                result.events.append(_drift_event(networks))
+            nft.load(wanted or (nat_rules.removal() if live is not None else []))
+            live = nft.list_table()
+        except nft.NftError as exc:
+            delay = self.backoff.failed(NFT_KEY)
+            log.warning("nftables: %s (retrying in %.1fs)", exc, delay)
+            return f"nftables: {exc}"
+        self.backoff.succeeded(NFT_KEY)
+        self._loaded_rules = wanted
+        self._live_rules = nat_rules.canonical(live) if live is not None else None
+        self._write_record()
+        return None
+
+    def _record_path(self) -> Path:
+        return self.state_dir / RULES_RECORD
+
+    def _read_record(self) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+        """What a previous daemon loaded: adopting an unchanged table needs no reload."""
+        try:
+            record = json.loads(self._record_path().read_text())
+            return record["loaded"], record["live"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None
+
+    def _write_record(self) -> None:
+        path = self._record_path()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = path.with_name(path.name + ".new")
+        temporary.write_text(json.dumps({"loaded": self._loaded_rules, "live": self._live_rules}))
+        os.replace(temporary, path)
+
+    # ---- dnsmasq ---------------------------------------------------------------------------
+
+    def _paths(self, network_id: str) -> dnsmasq.DnsmasqPaths:
+        return dnsmasq.DnsmasqPaths.of(self.run_dir, self.state_dir, network_id)
+
+    def _sync_network(self, network: NetworkState, problem: str | None) -> Observed:
+        row = network.row
+        if row.deleted:
+            self._stop_dnsmasq(row.id)
+            dnsmasq.remove_files(self._paths(row.id))
+            self.backoff.succeeded(row.id)
+            return Observed(Status.DELETING, gone=True)
+        observed = self._sync_dnsmasq(network)
+        if problem is not None and observed.status is not Status.ERROR:
+            observed.status, observed.reason = Status.ERROR, problem
+        elif network.link_problem is not None and observed.status is Status.ACTIVE:
+            observed.status, observed.reason, observed.settled = (
+                Status.PENDING,
+                network.link_problem,
+                False,
+            )
+        return observed
+
+    def _sync_dnsmasq(self, network: NetworkState) -> Observed:
+        row = network.row
+        paths = self._paths(row.id)
+        restarts = network.restarts
+        changes = dnsmasq.write_files(network.service, paths)
+        process = self._procs.get(row.id) or self._adopt(row.id, paths)
+        if process is not None and process.exited():
+            self._exits[row.id] = self._exit_reason(process)
+            log.warning("dnsmasq of network %s %s", row.name, self._exits[row.id])
+            del self._procs[row.id]
+            process = None
+            restarts += 1
+            self.backoff.failed(row.id)
+        if process is not None and changes.conf:
+            log.info("restarting dnsmasq of network %s: its configuration changed", row.name)
+            self._stop_dnsmasq(row.id)
+            process = None
+        elif process is not None and changes.hosts:
+            process.reload()
+        if process is None:
+            if not self.backoff.due(row.id):
+                reason = f"dnsmasq {self._exits.get(row.id, 'is down')}; restarting soon"
+                return Observed(Status.ERROR, reason, settled=False, restarts=restarts)
+            started = self._start(row.id, paths)
+            if isinstance(started, str):
+                self.backoff.failed(row.id)
+                return Observed(Status.ERROR, started, restarts=restarts)
+            process = started
+        return Observed(Status.ACTIVE, dnsmasq_pid=process.pid, restarts=restarts)
+
+    def _adopt(self, network_id: str, paths: dnsmasq.DnsmasqPaths) -> dnsmasq.Dnsmasq | None:
+        process = dnsmasq.adopt(network_id, paths)
+        if process is not None:
+            self._procs[network_id] = process
+        return process
+
+    def _start(self, network_id: str, paths: dnsmasq.DnsmasqPaths) -> dnsmasq.Dnsmasq | str:
+        """A running dnsmasq, or why it did not come up (with its last words)."""
+        with contextlib.suppress(FileNotFoundError):
+            paths.pidfile.unlink()
+        try:
+            process = dnsmasq.start(network_id, paths)
+        except dnsmasq.DnsmasqError as exc:
+            return str(exc)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.exited():
+                return self._exit_reason(process)
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if int(paths.pidfile.read_text().strip() or 0) == process.pid:
+                    break
+            time.sleep(0.01)
+        self._procs[network_id] = process
+        return process
+
+    @staticmethod
+    def _exit_reason(process: dnsmasq.Dnsmasq) -> str:
+        tail = dnsmasq.output_tail(process.paths, lines=4)
+        return f"dnsmasq {process.describe_exit()}" + (f": {tail}" if tail else "")
+
+    def _stop_dnsmasq(self, network_id: str) -> None:
+        process = self._procs.pop(network_id, None) or dnsmasq.adopt(
+            network_id, self._paths(network_id)
+        )
+        if process is not None:
+            try:
+                process.stop()
+            finally:
+                process.close()
+
+    def _sweep_orphans(self, known: set[str]) -> None:
+        """dnsmasq processes and files of networks the database does not know."""
+        root = self.run_dir / "networks"
+        if not root.is_dir():
+            return
+        for entry in root.iterdir():
+            if entry.is_dir() and entry.name not in known:
+                log.info("removing orphaned network %s (dnsmasq and files)", entry.name)
+                self._stop_dnsmasq(entry.name)
+                dnsmasq.remove_files(self._paths(entry.name))
+
+    # ---- writing back ----------------------------------------------------------------------
+
+    def _write_back(
+        self, networks: list[NetworkState], forwards: list[ForwardState], result: PassResult
+    ) -> None:
+        events = list(result.events)
+        finished: list[FinishedOperation] = []
+        with self.db.unit_of_work() as session:
+            network_rows = {r.id: r for r in session.scalars(select(Network))}
+            forward_rows = {r.id: r for r in session.scalars(select(PortForward))}
+            for network in networks:
+                observed = result.networks[network.row.id]
+                row = network_rows.get(network.row.id)
+                if row is not None:
+                    event = _record(session, row, network.row, observed, finished, "network")
+                    if event is not None:
+                        events.append(event)
+                    if not observed.gone:
+                        row.dnsmasq_pid, row.restarts = observed.dnsmasq_pid, observed.restarts
+            for forward in forwards:
+                observed = result.forwards[forward.row.id]
+                fwd = forward_rows.get(forward.row.id)
+                if fwd is not None:
+                    if observed.gone:
+                        HostPortRepository(session).release([fwd.id])
+                    event = _record(session, fwd, forward.row, observed, finished, "port_forward")
+                    if event is not None:
+                        events.append(event)
+            orphan_forward_claims(session)
+            OperationRepository(session).finish(finished)
+        for event in events:
+            self.bus.publish(**event)
+
+
+def _forward_outcome(forward: ForwardState, rules_problem: str | None) -> Observed:
+    if forward.row.deleted:
+        if rules_problem is not None:
+            return Observed(Status.DELETING, rules_problem, settled=False)
+        return Observed(Status.DELETING, gone=True)
+    if rules_problem is not None:
+        return Observed(Status.ERROR, rules_problem)
+    if forward.spec is None:
+        return Observed(Status.ERROR, "its target NIC has no address on the network")
+    return Observed(Status.ACTIVE)
+
+
+def _drift_event(networks: list[NetworkState]) -> dict[str, Any]:
+    return {
+        "type": "network.drift_repaired",
+        "resource": "network",
+        "resource_id": networks[0].row.id if networks else None,
+        "name": networks[0].row.name if networks else None,
+        "status": Status.ACTIVE.value,
+        "status_reason": "our nftables table had drifted from the desired rules",
+        "generation": networks[0].row.generation if networks else 0,
+        "observed_generation": networks[0].row.observed_generation if networks else 0,
+    }
+
+
+def _record(
+    session: Session,
+    row: Network | PortForward,
+    loaded: RowState,
+    observed: Observed,
+    finished: list[FinishedOperation],
+    resource: str,
+) -> dict[str, Any] | None:
+    """Write one outcome onto its row; the event to publish when something changed."""
+    if observed.gone:
+        if not row.deleted:
+            return None
+        finished.append(FinishedOperation(row.id, row.generation, "succeeded"))
+        session.delete(row)
+        return row.event_fields(
+            resource, "deleted", status="deleted", observed_generation=row.generation
+        )
+    before = (row.status, row.status_reason, row.observed_generation)
+    current = row.generation == loaded.generation  # else changed during the pass: next one
+    status = observed.status if current else Status.PENDING
+    if row.deleted:
+        status = Status.DELETING
+    row.status, row.status_reason = status.value, observed.reason
+    if observed.settled:
+        row.observed_generation = loaded.generation
+    after = (row.status, row.status_reason, row.observed_generation)
+    if after == before:
+        return None
+    if observed.settled and current and not row.deleted:
+        outcome = "succeeded" if status is Status.ACTIVE else "failed"
+        finished.append(FinishedOperation(row.id, loaded.generation, outcome, observed.reason))
+    return row.event_fields(resource)

@@ -1,0 +1,234 @@
+"""Managed networks and port forwards through the API, checked on the real kernel of a fresh
+namespace: the gateway on the bridge, our nftables table, IP forwarding, a live dnsmasq
+answering DNS for the VMs' fixed addresses. The VMs stay powered off (no guest boots here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.settings import Settings
+from tests.api.test_links_api import make_bridge
+from tests.kernel import dns_query, links, nft_rules, sysctl
+
+PROBLEM = "application/problem+json"
+
+
+def make_network(api: TestClient, **body: Any) -> dict[str, Any]:
+    payload = {"name": "nat0", "bridge": "br0", "subnet": "10.91.0.0/24", **body}
+    r = api.post("/v1/networks?wait=10", json=payload)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def make_stopped_vm(api: TestClient, name: str, **nic: Any) -> dict[str, Any]:
+    body = {
+        "name": name,
+        "power_state": "stopped",
+        "boot": {"kernel": "/nonexistent"},
+        "nics": [{"backend": "bridge", "bridge": "br0", **nic}],
+    }
+    r = api.post("/v1/vms?wait=10", json=body)
+    assert r.status_code in (200, 201, 202), r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def comments(ns: str) -> list[str]:
+    return [str(rule.get("comment")) for rule in nft_rules(ns) or []]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_network_puts_gateway_rules_and_dnsmasq_in_place(
+    api: TestClient, netns: str, settings: Settings
+) -> None:
+    make_bridge(api)
+    web = make_stopped_vm(api, "web")
+    network = make_network(api, domain="kvm.test")
+    assert network["status"] == "active", network
+    assert network["gateway"] == "10.91.0.1"
+    assert network["dhcp"]["range_start"] == "10.91.0.128"
+    assert "10.91.0.1/24" in links(netns)["br0"].addresses
+    assert sysctl(netns, "net.ipv4.ip_forward") == "1"
+    assert comments(netns) == [f"hairpin {network['id']}", f"nat {network['id']}"]
+    pid = network["dnsmasq_pid"]
+    assert pid and alive(pid)
+
+    # the VM that was on the bridge already got the lowest fixed address; its name resolves
+    nic = api.get(f"/v1/vms/{web['id']}").json()["nics"][0]
+    assert (nic["network_id"], nic["ipv4"]) == (network["id"], "10.91.0.2")
+    assert dns_query(netns, "10.91.0.1", "web.kvm.test") == "10.91.0.2"
+
+    # a new VM gets the next address, served without restarting dnsmasq
+    db = make_stopped_vm(api, "db", ipv4="10.91.0.50")
+    assert api.get(f"/v1/vms/{db['id']}").json()["nics"][0]["ipv4"] == "10.91.0.50"
+    assert _eventually(lambda: dns_query(netns, "10.91.0.1", "db") == "10.91.0.50")
+    assert api.get(f"/v1/networks/{network['id']}").json()["dnsmasq_pid"] == pid
+
+    # a port forward to web, then its removal
+    r = api.post(
+        "/v1/port-forwards?wait=10",
+        json={"network": "nat0", "vm": "web", "port": 8080, "target_port": 80},
+    )
+    assert r.status_code == 201, r.text
+    forward = r.json()
+    assert forward["name"] == "tcp-any-8080"
+    assert (forward["target_address"], forward["status"]) == ("10.91.0.2", "active")
+    assert comments(netns).count(f"forward {forward['id']}") == 2  # prerouting and output
+    assert api.delete(f"/v1/port-forwards/{forward['id']}?wait=10").status_code == 204
+    assert f"forward {forward['id']}" not in comments(netns)
+
+    # deleting the network (after its VMs' forwards) takes everything of it away
+    assert api.delete("/v1/networks/nat0?wait=10").status_code == 204
+    assert nft_rules(netns) is None
+    assert not alive(pid)
+    assert "10.91.0.1/24" not in links(netns)["br0"].addresses
+    assert not (settings.run_dir / "networks" / network["id"]).exists()
+    assert api.get(f"/v1/vms/{web['id']}").json()["nics"][0]["ipv4"] is None
+
+
+def test_bad_network_and_forward_input_is_refused_and_changes_nothing(
+    api: TestClient, netns: str
+) -> None:
+    make_bridge(api)
+    make_bridge(api, "br1")
+    make_stopped_vm(api, "web")
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"subnet": "10.91.0.1/24"}, 422, "CIDR"),
+        ({"subnet": "10.91.0.0/24", "gateway": "10.92.0.1"}, 422, "outside the subnet"),
+        (
+            {
+                "subnet": "10.91.0.0/24",
+                "dhcp": {"range_start": "10.91.1.10", "range_end": "10.91.1.20"},
+            },
+            422,
+            "outside the subnet",
+        ),
+        (
+            {
+                "subnet": "10.91.0.0/24",
+                "dhcp": {"range_start": "10.91.0.1", "range_end": "10.91.0.9"},
+            },
+            422,
+            "gateway",
+        ),
+        ({"subnet": "8.8.8.0/24"}, 422, "private"),
+        ({"subnet": "10.91.0.0/30"}, 422, "too small"),
+        ({"subnet": "10.91.0.0/24", "bridge": "nope"}, 404, "nope"),
+        ({"subnet": "10.91.0.0/24", "tap": "x"}, 422, "exactly one"),
+    ]
+    for body, status, words in cases:
+        r = api.post("/v1/networks", json={"name": "n", "bridge": "br0", **body})
+        assert (r.status_code, r.headers["content-type"]) == (status, PROBLEM), (body, r.text)
+        assert words in r.json()["detail"] or words in str(r.json().get("errors")), r.text
+    assert api.get("/v1/networks").json()["items"] == []
+    assert nft_rules(netns) is None
+
+    make_network(api)
+    r = api.post("/v1/networks", json={"name": "n2", "bridge": "br1", "subnet": "10.91.0.128/25"})
+    assert r.status_code == 409 and "overlaps" in r.json()["detail"], r.text
+    r = api.delete("/v1/bridges/br0")
+    assert r.status_code == 409 and "carries network" in r.json()["detail"], r.text
+
+    before = comments(netns)
+    forward = {"network": "nat0", "vm": "web", "port": 8080}
+    for change, status, words in [
+        ({"port": 0}, 422, "outside 1-65535"),
+        ({"port": 70000}, 422, "outside 1-65535"),
+        ({"port": 8000, "end_port": 7000}, 422, "below"),
+        ({"port": 8000, "end_port": 8010, "target_port": 9000}, 422, "same port numbers"),
+        ({"vm": "nobody"}, 404, "no VM"),
+        ({"network": "nope"}, 404, "no network"),
+        ({"nic": 3}, 422, "not on network"),
+        ({"listen_address": "224.0.0.1"}, 422, "unicast"),
+    ]:
+        r = api.post("/v1/port-forwards", json={**forward, **change})
+        assert (r.status_code, r.headers["content-type"]) == (status, PROBLEM), (change, r.text)
+        assert words in r.json()["detail"], r.text
+    # a VM off the network
+    r = api.post(
+        "/v1/vms",
+        json={
+            "name": "lone",
+            "power_state": "stopped",
+            "boot": {"kernel": "/nonexistent"},
+            "nics": [{"backend": "bridge", "bridge": "br1"}],
+        },
+    )
+    assert r.status_code == 202, r.text
+    r = api.post("/v1/port-forwards", json={**forward, "vm": "lone"})
+    assert r.status_code == 422 and "has no NIC on network" in r.json()["detail"], r.text
+
+    # clashes: with a forward, with a range, with a VM's user-networking forward
+    assert api.post("/v1/port-forwards?wait=10", json=forward).status_code == 201
+    for change in ({}, {"listen_address": "10.0.0.1"}, {"port": 8075, "end_port": 8085}):
+        r = api.post("/v1/port-forwards", json={**forward, **change, "name": "again"})
+        assert r.status_code == 409 and "clashes" in r.json()["detail"], r.text
+    r = api.post(
+        "/v1/vms",
+        json={
+            "name": "usernet",
+            "power_state": "stopped",
+            "boot": {"kernel": "/nonexistent"},
+            "nics": [
+                {
+                    "backend": "user",
+                    "user": {
+                        "forwards": [
+                            {"host_address": "0.0.0.0", "host_port": 8080, "guest_port": 22}
+                        ]
+                    },
+                }
+            ],
+        },
+    )
+    assert r.status_code == 409 and "clashes" in r.json()["detail"], r.text
+    # a batch with one bad item applies nothing
+    items = [{**forward, "port": 9000 + i} for i in range(5)] + [{**forward, "port": 0}]
+    r = api.post("/v1/port-forwards/batch", json={"port_forwards": items})
+    assert r.status_code == 422 and r.json()["index"] == 5, r.text
+    assert len(api.get("/v1/port-forwards").json()["items"]) == 1
+    assert len(comments(netns)) == len(before) + 2
+
+
+def _eventually(check: Any, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return bool(check())
+
+
+def test_leases_file_is_read_for_the_api(api: TestClient, settings: Settings) -> None:
+    make_bridge(api)
+    vm = make_stopped_vm(api, "web")
+    network = make_network(api)
+    mac = api.get(f"/v1/vms/{vm['id']}").json()["nics"][0]["mac"]
+    leases = Path(settings.state_dir / "networks" / network["id"] / "dnsmasq.leases")
+    leases.write_text(
+        f"4102444800 {mac} 10.91.0.2 web 01:{mac}\n1 02:00:00:00:00:09 10.91.0.200 old *\n"
+    )
+    r = api.get("/v1/networks/nat0/leases")
+    assert r.status_code == 200, r.text
+    assert r.json() == [
+        {
+            "mac": mac,
+            "ip": "10.91.0.2",
+            "hostname": "web",
+            "expires_at": "2100-01-01T00:00:00Z",
+            "vm_id": vm["id"],
+            "fixed": True,
+        }
+    ]
