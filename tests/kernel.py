@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -12,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
@@ -39,7 +42,9 @@ def new_netns_name() -> str:
 
 @contextlib.contextmanager
 def throwaway_netns() -> Iterator[str]:
-    """A fresh namespace with lo up; removed afterwards (its links die with it)."""
+    """A fresh namespace with lo up; removed afterwards (its links die with it), after
+    killing what still runs in it (a dnsmasq or qemu the daemon left to survive restarts:
+    everything in a namespace the test created was started by the test)."""
     name = new_netns_name()
     netns.create(name)
     try:
@@ -47,7 +52,26 @@ def throwaway_netns() -> Iterator[str]:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         yield name
     finally:
+        kill_processes_in(name)
         netns.remove(name)
+
+
+def processes_in(ns: str) -> list[int]:
+    """Pids of the processes whose network namespace is `ns`."""
+    target = os.stat(f"/run/netns/{ns}").st_ino
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if os.stat(entry / "ns" / "net").st_ino == target:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def kill_processes_in(ns: str) -> None:
+    for pid in processes_in(ns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def links(ns: str) -> dict[str, KernelLink]:
