@@ -5,14 +5,16 @@ answering DNS for the VMs' fixed addresses. The VMs stay powered off (no guest b
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from app.main import create_app
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge
-from tests.kernel import dns_query, links, nft_rules, sysctl
+from tests.kernel import dns_query, in_netns, links, nft_rules, processes_in, sysctl
 
 PROBLEM = "application/problem+json"
 
@@ -232,3 +234,61 @@ def test_leases_file_is_read_for_the_api(api: TestClient, settings: Settings) ->
             "fixed": True,
         }
     ]
+
+
+def test_dnsmasq_killed_is_restarted_and_keeps_its_leases(
+    api: TestClient, netns: str, settings: Settings
+) -> None:
+    make_bridge(api)
+    vm = make_stopped_vm(api, "web")
+    network = make_network(api)
+    mac = api.get(f"/v1/vms/{vm['id']}").json()["nics"][0]["mac"]
+    lease = f"4102444800 {mac} 10.91.0.2 web 01:{mac}\n"
+    (settings.state_dir / "networks" / network["id"] / "dnsmasq.leases").write_text(lease)
+    pid = network["dnsmasq_pid"]
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> dict[str, Any] | None:
+        now = api.get("/v1/networks/nat0").json()
+        return now if now["dnsmasq_pid"] not in (None, pid) and now["status"] == "active" else None
+
+    assert _eventually(restarted), api.get("/v1/networks/nat0").json()
+    now = restarted()
+    assert now is not None and now["restarts"] == 1
+    assert alive(now["dnsmasq_pid"])
+    assert [x["ip"] for x in api.get("/v1/networks/nat0/leases").json()] == ["10.91.0.2"]
+    assert dns_query(netns, "10.91.0.1", "web") == "10.91.0.2"
+
+
+def test_restarted_daemon_adopts_dnsmasq_and_rules_and_drops_stray_rules(
+    netns: str, settings: Settings
+) -> None:
+    first = create_app(settings, token="t", host_netns=netns)
+    with TestClient(first, base_url="http://kvmnetd") as api:
+        make_bridge(api)
+        make_stopped_vm(api, "web")
+        network = make_network(api)
+        body = {"network": "nat0", "vm": "web", "port": 2222}
+        assert api.post("/v1/port-forwards?wait=10", json=body).status_code == 201
+        count = len(nft_rules(netns) or [])
+
+    # a rule of ours the database does not want, added while no daemon runs
+    stray = ["tcp", "dport", "1", "drop", "comment", '"forward stale"']
+    in_netns(netns, "nft", "add", "rule", "inet", "kvmnetd", "prerouting", *stray)
+    again = create_app(settings, token="t", host_netns=netns)
+    with TestClient(again, base_url="http://kvmnetd") as api:
+        assert again.state.network_worker.ready.wait(10)
+        now = api.get("/v1/networks/nat0").json()
+        assert now["dnsmasq_pid"] == network["dnsmasq_pid"]  # adopted, not a second one
+        assert now["status"] == "active"
+        rules = nft_rules(netns) or []
+        assert "forward stale" not in [r.get("comment") for r in rules]
+        assert len(rules) == count  # reloaded once, nothing duplicated
+        assert [_comm(p) for p in processes_in(netns)].count("dnsmasq") == 1
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
