@@ -562,34 +562,33 @@ def figures_of(m: Measured, params: argparse.Namespace) -> Results:
             "after the first batch run, idle | same daemon with only bridge, network and VM",
         ),
     ]
+    ms = 1000.0
     results.details["batch"] = {
-        "active_s": [b.active for b in m.batches],
-        "post_answered_s": [b.posted for b in m.batches],
-        "post_answered_s_median": median([b.posted for b in m.batches]),
-        "after_post_s_median": median([b.active - b.posted for b in m.batches]),
+        "active_ms": [b.active * ms for b in m.batches],
+        "post_answered_ms_median": median([b.posted for b in m.batches]) * ms,
+        "after_post_ms_median": median([b.active - b.posted for b in m.batches]) * ms,
         "polls": [b.polls for b in m.batches],
-        "daemon_cpu_s": [b.cpu_own for b in m.batches],
-        "nft_children_cpu_s": [b.cpu_children for b in m.batches],
-        "table_loads": [b.table_loads for b in m.batches],
+        "daemon_cpu_ms_median": median([b.cpu_own for b in m.batches]) * ms,
+        "nft_children_cpu_ms_median": median([b.cpu_children for b in m.batches]) * ms,
+        "table_loads": str([b.table_loads for b in m.batches]),
         "delete_all_s": m.delete_s,
     }
     single = m.single
     results.details["single"] = {
-        "active_s": single.active,
-        "all_posted_s": single.posted,
-        "post_latency_p50_ms": percentile(single.latencies, 0.5) * 1000,
-        "post_latency_p99_ms": percentile(single.latencies, 0.99) * 1000,
-        "daemon_cpu_s": single.cpu_own,
-        "nft_children_cpu_s": single.cpu_children,
+        "active_ms": single.active * ms,
+        "all_posted_ms": single.posted * ms,
+        "post_latency_p50_ms": percentile(single.latencies, 0.5) * ms,
+        "post_latency_p99_ms": percentile(single.latencies, 0.99) * ms,
+        "daemon_cpu_ms": single.cpu_own * ms,
+        "nft_children_cpu_ms": single.cpu_children * ms,
         "table_loads": single.table_loads,
-        "rss_after_kib": m.rss_single_kib,
     }
     results.details["nft"] = {
-        "text_f_s": m.raw.text_s,
-        "text_f_s_median": nft_s,
-        "json_listing_f_s_median": median(m.raw.json_s),
-        "daemon_rendering_load_s_median": median(m.raw.rendered_s),
-        "json_list_table_s_median": median(m.raw.list_s),
+        "text_f_ms": [t * ms for t in m.raw.text_s],
+        "text_f_ms_median": nft_s * ms,
+        "json_listing_f_ms_median": median(m.raw.json_s) * ms,
+        "daemon_rendering_load_ms_median": median(m.raw.rendered_s) * ms,
+        "json_list_table_ms_median": median(m.raw.list_s) * ms,
         "rendering_same_rules_as_daemon": m.same_rules,
         "text_listing_bytes": m.raw.text_file.stat().st_size,
         "json_listing_bytes": m.raw.json_file.stat().st_size,
@@ -605,16 +604,16 @@ def figures_of(m: Measured, params: argparse.Namespace) -> Results:
 # ---- output ------------------------------------------------------------------------------------
 
 
-def time_table(results: Results) -> str:
+def time_table(results: Results, n: int) -> str:
     """Seconds and ratio of the baseline and both API runs, one row each."""
     batch, single = results.figures[0], results.figures[1]
     assert batch.baseline is not None
     rows = [
         ("raw `nft -f` (text listing, one transaction)", batch.baseline, 1.0, "-", "-"),
-        ("API batch (1 POST, 1000 items)", batch.kvmnetd, batch.ratio, batch.target, batch.met),
+        (f"API batch (1 POST, {n} items)", batch.kvmnetd, batch.ratio, batch.target, batch.met),
         ("API one by one (single POSTs)", single.kvmnetd, single.ratio, "-", "-"),
     ]
-    head = ("1000 port forwards", "seconds", "ratio", "target", "met")
+    head = (f"{n} port forwards", "seconds", "ratio", "target", "met")
     cells = [
         (
             name,
@@ -677,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             LOG_COPY.parent.mkdir(parents=True, exist_ok=True)
             if daemon.log.exists():
                 shutil.copyfile(daemon.log, LOG_COPY)
-    print(time_table(results))
+    print(time_table(results, params.forwards))
     batch = results.figures[0]
     verdict = "met" if batch.met else "NOT met"
     print(f"\nbatch target (<= {BATCH_WITHIN:g}x one raw nft -f): {verdict} ({batch.ratio:.2f}x)")

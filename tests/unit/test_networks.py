@@ -1,0 +1,177 @@
+"""Pure rules of managed networks: addressing, fixed addresses, names, forwards, the nftables
+rendering and the dnsmasq files."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from app.domain.errors import Conflict, InvalidInput
+from app.domain.nat_rules import Forward, NatNetwork, canonical, removal, render
+from app.domain.networks import (
+    DhcpDnsSpec,
+    PortSpan,
+    StaticHost,
+    allocate_address,
+    check_fixed_address,
+    check_forward_ports,
+    check_no_overlap,
+    clashes,
+    dns_label,
+    listen_address,
+    plan_addressing,
+    static_hosts,
+    validate_domain,
+)
+from app.host.dnsmasq import DnsmasqPaths, render_conf, render_dhcp_hosts, render_dns_hosts
+
+
+def test_addressing_defaults_gateway_first_host_and_pool_upper_half() -> None:
+    plan = plan_addressing("192.168.100.0/24", None, None, None)
+    assert (str(plan.gateway), str(plan.range_start), str(plan.range_end)) == (
+        "192.168.100.1",
+        "192.168.100.128",
+        "192.168.100.254",
+    )
+    assert plan.gateway_interface == "192.168.100.1/24"
+
+
+@pytest.mark.parametrize(
+    ("subnet", "gateway", "start", "end", "words"),
+    [
+        ("192.168.100.1/24", None, None, None, "CIDR"),
+        ("192.168.100.0/30", None, None, None, "too small"),
+        ("8.8.8.0/24", None, None, None, "private"),
+        ("192.168.100.0/24", "192.168.101.1", None, None, "outside the subnet"),
+        ("192.168.100.0/24", "192.168.100.255", None, None, "broadcast"),
+        ("192.168.100.0/24", None, "192.168.100.10", None, "both"),
+        ("192.168.100.0/24", None, "192.168.100.50", "192.168.100.40", "after"),
+        ("192.168.100.0/24", None, "192.168.99.10", "192.168.100.40", "outside"),
+        ("192.168.100.0/24", None, "192.168.100.1", "192.168.100.40", "gateway"),
+    ],
+)
+def test_bad_addressing_is_refused(
+    subnet: str, gateway: str | None, start: str | None, end: str | None, words: str
+) -> None:
+    with pytest.raises(InvalidInput, match=words):
+        plan_addressing(subnet, gateway, start, end)
+
+
+def test_overlap_and_fixed_addresses() -> None:
+    plan = plan_addressing("10.0.0.0/29", None, "10.0.0.5", "10.0.0.6")
+    check_no_overlap(plan.subnet, [("other", "10.0.1.0/24")])
+    with pytest.raises(Conflict, match=r"overlaps 10\.0\.0\.0/24 of network 'big'"):
+        check_no_overlap(plan.subnet, [("big", "10.0.0.0/24")])
+    # fixed addresses stay out of the dynamic pool and off the gateway
+    assert allocate_address(plan, []) == IPv4Address("10.0.0.2")
+    assert allocate_address(plan, ["10.0.0.2", "10.0.0.3"]) == IPv4Address("10.0.0.4")
+    with pytest.raises(Conflict, match="no free fixed address"):
+        allocate_address(plan, ["10.0.0.2", "10.0.0.3", "10.0.0.4"])
+    assert check_fixed_address(plan, "10.0.0.6", []) == IPv4Address("10.0.0.6")
+    with pytest.raises(InvalidInput, match="gateway"):
+        check_fixed_address(plan, "10.0.0.1", [])
+    with pytest.raises(Conflict, match="already given"):
+        check_fixed_address(plan, "10.0.0.3", ["10.0.0.3"])
+
+
+def test_names_and_static_hosts() -> None:
+    assert dns_label("Web-1") == "web-1"
+    assert dns_label("web_1") is None and dns_label("-web") is None
+    assert validate_domain("Kvm.Test.") == "kvm.test"
+    with pytest.raises(InvalidInput):
+        validate_domain("bad_domain")
+    hosts = static_hosts(
+        [("web", "52:54:00:00:00:02", "10.0.0.3", 1), ("web", "52:54:00:00:00:01", "10.0.0.2", 0)]
+    )
+    assert [h.hostname for h in hosts] == ["web", "web-nic1"]
+    assert static_hosts([("web_1", "52:54:00:00:00:01", "10.0.0.2", 0)])[0].hostname is None
+
+
+def test_forward_ports_and_listen_addresses() -> None:
+    assert check_forward_ports(8080, None, 80) == PortSpan(8080, 8080)
+    assert str(check_forward_ports(8000, 8010, None)) == "8000-8010"
+    for port, end, target, words in [
+        (0, None, None, "outside"),
+        (70000, None, None, "outside"),
+        (10, 5, None, "below"),
+        (1, 2000, None, "at most"),
+        (8000, 8010, 9000, "same port numbers"),
+        (80, None, 0, "outside"),
+    ]:
+        with pytest.raises(InvalidInput, match=words):
+            check_forward_ports(port, end, target)
+    assert str(listen_address(None)) == "0.0.0.0"
+    with pytest.raises(InvalidInput, match="unicast"):
+        listen_address("239.1.1.1")
+    assert clashes("0.0.0.0", "10.0.0.1") and clashes("10.0.0.1", "10.0.0.1")
+    assert not clashes("10.0.0.1", "10.0.0.2")
+
+
+def test_rendering_is_deterministic_and_complete() -> None:
+    nets = [
+        NatNetwork("n2", "10.2.0.0/24", True, "eth0", "192.0.2.9"),
+        NatNetwork("n1", "10.1.0.0/24", False),
+    ]
+    forwards = [
+        Forward("f2", "udp", "0.0.0.0", 5000, 5010, "10.1.0.5", 5000),
+        Forward("f1", "tcp", "192.0.2.9", 8080, 8080, "10.2.0.2", 80),
+    ]
+    commands = render(nets, forwards)
+    assert commands == render(list(reversed(nets)), list(reversed(forwards)))
+    rules = [c["add"]["rule"] for c in commands if "rule" in c.get("add", {})]
+    assert [(r["chain"], r["comment"]) for r in rules] == [
+        ("prerouting", "forward f1"),
+        ("output", "forward f1"),
+        ("prerouting", "forward f2"),
+        ("output", "forward f2"),
+        ("postrouting", "hairpin n1"),
+        ("postrouting", "hairpin n2"),
+        ("postrouting", "nat n2"),  # n1 has NAT off: no masquerade
+    ]
+    nat = rules[-1]["expr"]
+    assert {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}} in nat
+    assert nat[-1] == {"snat": {"family": "ip", "addr": "192.0.2.9"}}
+    assert rules[0]["expr"][-1] == {"dnat": {"family": "ip", "addr": "10.2.0.2", "port": 80}}
+    assert rules[2]["expr"][-1] == {"dnat": {"family": "ip", "addr": "10.1.0.5"}}  # a range
+    assert render([], []) == []
+    assert [next(iter(c)) for c in removal()] == ["add", "delete"]
+    listing = [{"metainfo": {}}, {"rule": {"handle": 4, "comment": "x"}}]
+    assert canonical(listing) == [{"rule": {"comment": "x"}}]
+
+
+def test_dnsmasq_files(tmp_path: Path) -> None:
+    spec = DhcpDnsSpec(
+        network_id="n1",
+        interface="br0",
+        subnet="10.1.0.0/24",
+        gateway="10.1.0.1",
+        dhcp=True,
+        range_start=IPv4Address("10.1.0.128"),
+        range_end=IPv4Address("10.1.0.254"),
+        lease_seconds=600,
+        domain="kvm.test",
+        hosts=(
+            StaticHost("52:54:00:00:00:01", "10.1.0.2", "web"),
+            StaticHost("52:54:00:00:00:02", "10.1.0.3", None),
+        ),
+    )
+    paths = DnsmasqPaths.of(tmp_path / "run", tmp_path / "state", "n1")
+    conf = render_conf(spec, paths).splitlines()
+    for line in (
+        "interface=br0",
+        "except-interface=lo",
+        "bind-dynamic",
+        "dhcp-range=10.1.0.128,10.1.0.254,255.255.255.0,600",
+        "dhcp-option=option:router,10.1.0.1",
+        "domain=kvm.test",
+        f"dhcp-leasefile={tmp_path}/state/networks/n1/dnsmasq.leases",
+    ):
+        assert line in conf
+    assert render_dhcp_hosts(spec) == "52:54:00:00:00:01,10.1.0.2,web\n52:54:00:00:00:02,10.1.0.3\n"
+    assert render_dns_hosts(spec) == "10.1.0.2 web\n"
+    # static leases do not show in the configuration: changing them never restarts dnsmasq
+    assert render_conf(spec, paths) == render_conf(
+        DhcpDnsSpec(**{**spec.__dict__, "hosts": ()}), paths
+    )
