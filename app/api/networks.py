@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
@@ -152,3 +155,20 @@ async def list_network_leases(network_id: str, request: Request) -> list[Lease]:
         )
         for lease in leases
     ]
+
+
+@router.get(
+    "/{network_id}/log",
+    operation_id="get_network_log",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def get_network_log(
+    network_id: str,
+    request: Request,
+    lines: Annotated[int, Query(ge=1, le=10000, description="How many last lines")] = 200,
+) -> PlainTextResponse:
+    """What the network's dnsmasq printed (start-up, DHCP transactions, errors), newest last."""
+    ctx = context(request)
+    row_id = await ctx.read(lambda s: NetworkService(s).get(network_id).id)
+    return PlainTextResponse(await ctx.host(ctx.inspector.network_log, row_id, lines))

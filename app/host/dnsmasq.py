@@ -312,7 +312,7 @@ def adopt(network_id: str, paths: DnsmasqPaths) -> Dnsmasq | None:
 def output_tail(paths: DnsmasqPaths, lines: int = TAIL_LINES) -> str:
     try:
         with open(paths.log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 200 * lines))
             text = f.read().decode(errors="replace")
     except FileNotFoundError:
         return ""

@@ -23,7 +23,7 @@ from app.domain.links import parse_mark
 from app.host import rtnl
 from app.host.capabilities import probe_capabilities
 from app.host.diagnostics import conf_file_under, diagnose
-from app.host.dnsmasq import DnsmasqPaths, read_leases
+from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
 
@@ -234,6 +234,12 @@ class LiveHostInspector:
             return []
         paths = DnsmasqPaths.of(self.run_dir, self.state_dir, network_id)
         return [dataclasses.asdict(lease) for lease in read_leases(paths)]
+
+    def network_log(self, network_id: str, lines: int) -> str:
+        """The last lines a managed network's dnsmasq printed."""
+        if self.run_dir is None or self.state_dir is None:
+            return ""
+        return output_tail(DnsmasqPaths.of(self.run_dir, self.state_dir, network_id), lines)
 
     def capabilities(self) -> dict[str, Any]:
         with self._capabilities_lock:

@@ -292,3 +292,50 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def test_changes_in_place_vm_deletion_diagnostics_and_log(api: TestClient, netns: str) -> None:
+    make_bridge(api)
+    vm = make_stopped_vm(api, "web")
+    network = make_network(api)
+    pid = network["dnsmasq_pid"]
+    r = api.post("/v1/port-forwards?wait=10", json={"network": "nat0", "vm": "web", "port": 2222})
+    forward = r.json()
+
+    # NAT out of one interface with a fixed source address
+    change = {"nat": {"out_interface": "uplink", "snat_address": "192.0.2.7"}}
+    r = api.patch("/v1/networks/nat0?wait=10", json=change)
+    assert r.status_code == 200 and r.json()["nat"]["snat_address"] == "192.0.2.7", r.text
+    nat_rule = next(x for x in nft_rules(netns) or [] if x["comment"] == f"nat {network['id']}")
+    assert {"snat": {"family": "ip", "addr": "192.0.2.7"}} in nat_rule["expr"]  # type: ignore[operator]
+    assert r.json()["dnsmasq_pid"] == pid  # NAT is not dnsmasq's business
+    # NAT off: no masquerade, the hairpin stays
+    r = api.patch("/v1/networks/nat0?wait=10", json={"nat": {"enabled": False}})
+    assert r.status_code == 200, r.text
+    assert comments(netns).count(f"nat {network['id']}") == 0
+    assert f"hairpin {network['id']}" in comments(netns)
+    # a new lease time restarts dnsmasq
+    r = api.patch("/v1/networks/nat0?wait=10", json={"dhcp": {"lease_time": 600}})
+    assert r.status_code == 200 and r.json()["dnsmasq_pid"] not in (None, pid), r.text
+    assert "lease time 10m" in api.get("/v1/networks/nat0/log").text
+    assert api.patch("/v1/networks/nat0", json={"dhcp": {"lease_time": 600}}).status_code == 200
+
+    diagnostics = {c["name"]: c for c in api.get("/v1/host/diagnostics").json()}
+    assert diagnostics["ip_forwarding"]["ok"] is True
+    assert diagnostics["port53"]["ok"] is True, diagnostics["port53"]  # our own dnsmasq
+    assert diagnostics["dnsmasq"]["ok"] is True
+
+    # a fixed address needs a managed network; a deleted VM takes its forwards along
+    r = api.post(
+        "/v1/vms",
+        json={
+            "name": "x",
+            "power_state": "stopped",
+            "boot": {"kernel": "/nonexistent"},
+            "nics": [{"backend": "user", "ipv4": "10.0.2.15"}],
+        },
+    )
+    assert r.status_code == 422 and "managed network" in r.json()["detail"], r.text
+    assert api.delete(f"/v1/vms/{vm['id']}?wait=10").status_code == 204
+    assert api.get(f"/v1/port-forwards/{forward['id']}").status_code == 404
+    assert _eventually(lambda: not any(c.startswith("forward") for c in comments(netns)))
