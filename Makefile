@@ -54,6 +54,7 @@ openapi: deps
 bench: deps
 	$(BIN)/python -m bench.taps
 	$(BIN)/python -m bench.vms
+	$(BIN)/python -m bench.forwards
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

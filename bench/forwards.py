@@ -9,7 +9,7 @@ run:
 1. API batch: one POST /v1/port-forwards/batch with 1000 items, from sending it until the last
    item is active (its GET polled every 10 ms; the batch is applied in one nftables
    transaction), then checked in the kernel (2000 `forward <id>` rules); median of 3 runs, the
-   forwards deleted between runs (DELETE ?wait= from a few clients).
+   forwards deleted between runs (DELETE ?wait= from 32 clients).
 2. API one by one: 1000 single POSTs (no ?wait=) from 32 concurrent clients, until every
    forward is active; one run.
    Both against the baseline: `nft -f FILE` (argv list, no shell, in a fresh namespace) of the
@@ -66,7 +66,7 @@ from tests.kernel import nft_rules
 
 N_FORWARDS = 1000
 CLIENTS = 32  # one-by-one run
-DELETE_CLIENTS = 8  # clearing the forwards between runs
+DELETE_CLIENTS = 32  # clearing the forwards between runs (each waits for its own pass)
 BATCH_RUNS = 3
 NFT_RUNS = 5
 FIRST_PORT = 10000

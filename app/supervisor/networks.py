@@ -124,13 +124,22 @@ class NetworkWorker:
         self.nudge()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the network worker did not stop within %.0fs", timeout)
+                return
         for process in self._procs.values():
             process.close()
         self._procs.clear()
+        with self._lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
     def nudge(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        with self._lock:  # never write to a closed (and possibly reused) descriptor
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"x")
 
     def resync(self) -> None:
         with self._lock:
@@ -156,8 +165,6 @@ class NetworkWorker:
                 log.exception("network pass failed; full resync scheduled")
                 next_full = self.clock() + ERROR_RESYNC_DELAY
             self.passes += 1
-        os.close(self._wake_r)
-        os.close(self._wake_w)
 
     def _next_pass(self, next_full: float, waiting: bool) -> bool:
         """Sleeps until there is work; True for a full pass."""
@@ -285,6 +292,8 @@ class NetworkWorker:
             dnsmasq.remove_files(self._paths(row.id))
             self.backoff.succeeded(row.id)
             return Observed(Status.DELETING, gone=True)
+        if network.link_name is None:
+            return Observed(Status.ERROR, network.link_problem)
         observed = self._sync_dnsmasq(network)
         if problem is not None and observed.status is not Status.ERROR:
             observed.status, observed.reason = Status.ERROR, problem

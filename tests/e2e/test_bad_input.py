@@ -20,7 +20,7 @@ from tests.e2e.helpers import (
     ok,
     running_daemon,
 )
-from tests.kernel import throwaway_netns
+from tests.kernel import nft_rules, throwaway_netns
 
 pytestmark = pytest.mark.e2e
 
@@ -268,7 +268,62 @@ def reference_cases() -> list[Case]:
     ]
 
 
+def network_cases() -> list[Case]:
+    """Managed networks and port forwards (nat0 on br9 is 10.91.0.0/24; VM web is on it,
+    VM lone is not)."""
+    conflict = {"status": 409, "kind": "conflict"}
+    forward = {"network": "nat0", "vm": "web", "port": 8080}
+    network = {"name": "n2", "bridge": "br0"}
+    return [
+        Case(
+            "network-overlapping-subnet",
+            "POST",
+            "/v1/networks",
+            json={**network, "subnet": "10.91.0.128/25"},
+            detail_has="overlaps 10.91.0.0/24 of network 'nat0'",
+            **conflict,
+        ),
+        invalid(
+            "network-gateway-outside",
+            "POST",
+            "/v1/networks",
+            {**network, "subnet": "10.92.0.0/24", "gateway": "10.93.0.1"},
+            "outside the subnet",
+        ),
+        invalid(
+            "network-range-outside",
+            "POST",
+            "/v1/networks",
+            {
+                **network,
+                "subnet": "10.92.0.0/24",
+                "dhcp": {"range_start": "10.92.1.1", "range_end": "10.92.1.9"},
+            },
+            "outside the subnet",
+        ),
+        invalid("forward-port-0", "POST", "/v1/port-forwards", {**forward, "port": 0}, "outside"),
+        invalid(
+            "forward-port-65536", "POST", "/v1/port-forwards", {**forward, "port": 65536}, "outside"
+        ),
+        invalid(
+            "forward-to-vm-off-the-network",
+            "POST",
+            "/v1/port-forwards",
+            {**forward, "vm": "lone"},
+            "has no NIC on network 'nat0'",
+        ),
+        invalid(
+            "forward-batch-with-one-bad-item",
+            "POST",
+            "/v1/port-forwards/batch",
+            {"port_forwards": [{**forward, "port": 9000}, {**forward, "port": 0}]},
+            "port_forwards[1]",
+        ),
+    ]
+
+
 CASES = [
+    *network_cases(),
     *name_cases(),
     *mac_cases(),
     *cidr_cases(),
@@ -302,10 +357,21 @@ def setup_resources(client: httpx.Client) -> None:
     body = {"name": "br0", "addresses": ["192.168.105.1/24", "fd00:105::1/64"]}
     ok(client.post("/v1/bridges?wait=10", json=body), 201)
     ok(client.post("/v1/taps?wait=10", json={"name": "tap1", "bridge": "br0"}), 201)
+    # a managed network with one (powered off) VM on it, and one VM elsewhere
+    ok(client.post("/v1/bridges?wait=10", json={"name": "br9"}), 201)
+    network = {"name": "nat0", "bridge": "br9", "subnet": "10.91.0.0/24"}
+    ok(client.post("/v1/networks?wait=10", json=network), 201)
+    for name, nic in (
+        ("web", {"backend": "bridge", "bridge": "br9"}),
+        ("lone", {"backend": "user"}),
+    ):
+        vm = {"name": name, "power_state": "stopped", "boot": {"kernel": "/x"}, "nics": [nic]}
+        ok(client.post("/v1/vms?wait=10", json=vm), 201, 202)
 
 
 def api_snapshot(client: httpx.Client) -> dict[str, list[dict[str, Any]]]:
-    return {"bridges": list_all(client, "bridges"), "taps": list_all(client, "taps")}
+    collections = ("bridges", "taps", "networks", "port-forwards", "vms")
+    return {collection: list_all(client, collection) for collection in collections}
 
 
 def assert_case(client: httpx.Client, case: Case) -> None:
@@ -321,11 +387,13 @@ def test_bad_input_is_refused_and_changes_nothing(
     with daemon.client() as client:
         kernel_before = kernel_snapshot(netns)
         api_before = api_snapshot(client)
+        rules_before = nft_rules(netns)
         for case in CASES:
             with subtests.test(msg=case.id):
                 assert_case(client, case)
         assert kernel_snapshot(netns) == kernel_before
         assert api_snapshot(client) == api_before
+        assert nft_rules(netns) == rules_before
         assert ok(client.get("/readyz"), 200)["status"] == "ready"
 
 
