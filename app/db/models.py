@@ -220,11 +220,12 @@ class Network(ResourceColumns, Base):
 
     __tablename__ = "networks"
 
+    # the services keep a live network's link; a deleted one may outlive it briefly
     bridge_id: Mapped[str | None] = mapped_column(
-        ForeignKey("bridges.id", ondelete="RESTRICT"), default=None, unique=True
+        ForeignKey("bridges.id", ondelete="SET NULL"), default=None, unique=True
     )
     tap_id: Mapped[str | None] = mapped_column(
-        ForeignKey("taps.id", ondelete="RESTRICT"), default=None, unique=True
+        ForeignKey("taps.id", ondelete="SET NULL"), default=None, unique=True
     )
     subnet: Mapped[str] = mapped_column(String(18))
     gateway: Mapped[str] = mapped_column(String(15))

@@ -222,7 +222,9 @@ class NetworkService:
         row = self.get(ref)
         if row.deleted:
             return row, None
-        forwards = [f for f in PortForwardRepository(self.session).of_network(row.id)]
+        forwards = [
+            f for f in PortForwardRepository(self.session).of_network(row.id) if not f.deleted
+        ]
         if forwards:
             names = ", ".join(sorted(f.name for f in forwards)[:10])
             raise InUse(

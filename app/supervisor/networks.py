@@ -396,15 +396,7 @@ class NetworkWorker:
         with self.db.unit_of_work() as session:
             network_rows = {r.id: r for r in session.scalars(select(Network))}
             forward_rows = {r.id: r for r in session.scalars(select(PortForward))}
-            for network in networks:
-                observed = result.networks[network.row.id]
-                row = network_rows.get(network.row.id)
-                if row is not None:
-                    event = _record(session, row, network.row, observed, finished, "network")
-                    if event is not None:
-                        events.append(event)
-                    if not observed.gone:
-                        row.dnsmasq_pid, row.restarts = observed.dnsmasq_pid, observed.restarts
+            # forwards first: a network row goes only after the forwards that refer to it
             for forward in forwards:
                 observed = result.forwards[forward.row.id]
                 fwd = forward_rows.get(forward.row.id)
@@ -414,6 +406,16 @@ class NetworkWorker:
                     event = _record(session, fwd, forward.row, observed, finished, "port_forward")
                     if event is not None:
                         events.append(event)
+            session.flush()
+            for network in networks:
+                observed = result.networks[network.row.id]
+                row = network_rows.get(network.row.id)
+                if row is not None:
+                    event = _record(session, row, network.row, observed, finished, "network")
+                    if event is not None:
+                        events.append(event)
+                    if not observed.gone:
+                        row.dnsmasq_pid, row.restarts = observed.dnsmasq_pid, observed.restarts
             orphan_forward_claims(session)
             OperationRepository(session).finish(finished)
         for event in events:

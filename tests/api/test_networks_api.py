@@ -339,3 +339,30 @@ def test_changes_in_place_vm_deletion_diagnostics_and_log(api: TestClient, netns
     assert api.delete(f"/v1/vms/{vm['id']}?wait=10").status_code == 204
     assert api.get(f"/v1/port-forwards/{forward['id']}").status_code == 404
     assert _eventually(lambda: not any(c.startswith("forward") for c in comments(netns)))
+
+
+def test_network_on_a_routed_tap_and_quick_successive_deletes(api: TestClient, netns: str) -> None:
+    r = api.post("/v1/taps?wait=10", json={"name": "tap1"})
+    assert r.status_code == 201, r.text
+    body = {
+        "name": "routed",
+        "tap": "tap1",
+        "subnet": "192.168.105.0/24",
+        "nat": {"enabled": False},
+    }
+    r = api.post("/v1/networks?wait=10", json=body)
+    assert r.status_code == 201, r.text
+    network = r.json()
+    assert (network["link"], network["status"]) == ("tap1", "active")
+    assert "192.168.105.1/24" in links(netns)["tap1"].addresses
+    assert comments(netns) == [f"hairpin {network['id']}"]  # no masquerade with NAT off
+    # forwards, network and link deleted at once, without waiting: all of it goes
+    make_stopped_vm(api, "web", backend="tap", tap="tap1", bridge=None)
+    r = api.post("/v1/port-forwards", json={"network": "routed", "vm": "web", "port": 2222})
+    assert r.status_code == 202, r.text
+    assert api.delete(f"/v1/port-forwards/{r.json()['id']}").status_code == 202
+    assert api.delete("/v1/networks/routed").status_code == 202
+    assert api.delete("/v1/vms/web").status_code == 202
+    assert api.delete("/v1/taps/tap1").status_code == 202
+    assert _eventually(lambda: "tap1" not in links(netns) and nft_rules(netns) is None)
+    assert _eventually(lambda: api.get("/v1/networks").json()["items"] == [])
