@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -168,6 +168,9 @@ class PortForwardRepository(ResourceRepository[PortForwardRow]):
         query = select(PortForwardRow).where(PortForwardRow.network_id == network_id)
         return self.session.scalars(query).all()
 
+    def names(self) -> set[str]:
+        return set(self.session.scalars(select(PortForwardRow.name)))
+
     def to_nics(self, nic_ids: Sequence[str]) -> Sequence[PortForwardRow]:
         query = select(PortForwardRow).where(PortForwardRow.vm_nic_id.in_(nic_ids))
         return self.session.scalars(query).all()
@@ -179,15 +182,8 @@ class HostPortRepository(Repository[HostPort]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, HostPort)
 
-    def clash(self, protocol: str, address: str, port: int, end_port: int) -> HostPort | None:
-        """A claim overlapping these ports on this address (0.0.0.0 overlaps every address)."""
-        last = func.coalesce(HostPort.end_port, HostPort.port)
-        query = select(HostPort).where(
-            HostPort.protocol == protocol, HostPort.port <= end_port, last >= port
-        )
-        if address != WILDCARD:
-            query = query.where(HostPort.address.in_((address, WILDCARD)))
-        return self.session.scalars(query.limit(1)).first()
+    def all(self) -> Sequence[HostPort]:
+        return self.session.scalars(select(HostPort)).all()
 
     def release(self, owner_ids: Sequence[str]) -> None:
         self.session.execute(delete(HostPort).where(HostPort.owner_id.in_(owner_ids)))

@@ -14,6 +14,8 @@ Established connections keep their NAT bindings in conntrack across such a reloa
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +87,10 @@ def _prefix(cidr: str) -> Json:
     return {"prefix": {"addr": address, "len": int(length)}}
 
 
+@functools.lru_cache(maxsize=1 << 15)
 def _forward_rule(chain: str, forward: Forward) -> Json:
+    """Memoized (forwards are immutable values): rendering thousands of forwards again after
+    one changed costs lookups, not rebuilding. Callers only serialize the result."""
     expr: list[Json] = []
     if forward.listen_address == "0.0.0.0":
         expr.append(_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"))
@@ -151,6 +156,22 @@ def render(networks: Sequence[NatNetwork], forwards: Sequence[Forward]) -> list[
     commands.extend(_hairpin_rule(n) for n in ordered)
     commands.extend(_snat_rule(n) for n in ordered if n.nat)
     return commands
+
+
+def rule_comments(networks: Sequence[NatNetwork], forwards: Sequence[Forward]) -> Counter[str]:
+    """The comment of every rule `render` makes: a cheap check of a table read back."""
+    comments: Counter[str] = Counter()
+    for forward in forwards:
+        comments[f"forward {forward.id}"] += 2  # prerouting and output
+    for network in networks:
+        comments[f"hairpin {network.id}"] += 1
+        if network.nat:
+            comments[f"nat {network.id}"] += 1
+    return comments
+
+
+def live_comments(listing: Sequence[Json]) -> Counter[str]:
+    return Counter(str(item["rule"].get("comment")) for item in listing if "rule" in item)
 
 
 def removal() -> list[Json]:

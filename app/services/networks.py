@@ -38,6 +38,7 @@ from app.domain.networks import (
     check_fixed_address,
     check_forward_ports,
     check_no_overlap,
+    clashes,
     listen_address,
     parse_address,
     plan_addressing,
@@ -277,37 +278,57 @@ def forward_name(protocol: str, listen: IPv4Address, span: PortSpan) -> str:
     return f"{protocol}-{where}-{span}"
 
 
-def claim_ports(
-    session: Session,
-    protocol: str,
-    address: str,
-    span: PortSpan,
-    owner: str,
-    owner_id: str,
-) -> None:
-    """Claim host ports for a forward; any overlapping claim (a network's forward, or a VM's
-    user-networking forward) is a conflict."""
-    ports = HostPortRepository(session)
-    clash = ports.clash(protocol, address, span.port, span.end_port)
-    if clash is not None:
-        claimed = PortSpan(clash.port, clash.end_port or clash.port)
-        what = "port forward" if clash.owner == "port_forward" else "user-networking forward"
-        raise Conflict(
-            f"host port {protocol}/{address}:{span} clashes with the {what} on "
-            f"{clash.address}:{claimed} (owner {clash.owner_id})"
-        )
-    end_port = None if span.end_port == span.port else span.end_port
-    ports.add(
-        HostPort(
+class PortClaims:
+    """The host port claims (user-networking forwards of VM NICs, networks' port forwards),
+    read once per transaction and checked in memory: a batch of forwards costs one query.
+    Writers are serialized, so nothing claims a port between the read and the insert."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._single: dict[tuple[str, int], list[HostPort]] = {}
+        self._ranges: list[HostPort] = []
+        for claim in HostPortRepository(session).all():
+            self._index(claim)
+
+    def _index(self, claim: HostPort) -> None:
+        if claim.end_port is None or claim.end_port == claim.port:
+            self._single.setdefault((claim.protocol, claim.port), []).append(claim)
+        else:
+            self._ranges.append(claim)
+
+    def _clash(self, protocol: str, address: str, span: PortSpan) -> HostPort | None:
+        for port in range(span.port, span.end_port + 1):
+            for claim in self._single.get((protocol, port), ()):
+                if clashes(claim.address, address):
+                    return claim
+        for claim in self._ranges:
+            claimed = PortSpan(claim.port, claim.end_port or claim.port)
+            same = claim.protocol == protocol and clashes(claim.address, address)
+            if same and claimed.overlaps(span):
+                return claim
+        return None
+
+    def claim(self, protocol: str, address: str, span: PortSpan, owner: str, owner_id: str) -> None:
+        """Claim host ports; any overlapping claim on the same or the wildcard address is a
+        conflict."""
+        clash = self._clash(protocol, address, span)
+        if clash is not None:
+            claimed = PortSpan(clash.port, clash.end_port or clash.port)
+            what = "port forward" if clash.owner == "port_forward" else "user-networking forward"
+            raise Conflict(
+                f"host port {protocol}/{address}:{span} clashes with the {what} on "
+                f"{clash.address}:{claimed} (owner {clash.owner_id})"
+            )
+        row = HostPort(
             protocol=protocol,
             address=address,
             port=span.port,
-            end_port=end_port,
+            end_port=None if span.end_port == span.port else span.end_port,
             owner=owner,
             owner_id=owner_id,
         )
-    )
-    session.flush()
+        self._index(row)
+        self.session.add(row)
 
 
 class PortForwardService:
@@ -315,6 +336,11 @@ class PortForwardService:
         self.session = session
         self.request_id = request_id
         self.forwards = PortForwardRepository(session)
+        # looked up once per request, however many forwards it creates
+        self._claims: PortClaims | None = None
+        self._names: set[str] | None = None
+        self._networks: dict[str, Network] = {}
+        self._vms: dict[str, tuple[Vm, Sequence[VmNic]]] = {}
 
     def get(self, ref: str) -> PortForward:
         row = self.forwards.find(ref)
@@ -332,11 +358,14 @@ class PortForwardService:
     def create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
         span = check_forward_ports(body.port, body.end_port, body.target_port)
         listen = listen_address(body.listen_address)
-        network = NetworkService(self.session).alive(body.network)
+        network = self._network(body.network)
         nic = self._target_nic(body.vm, body.nic, network)
         name = body.name or forward_name(body.protocol, listen, span)
-        if self.forwards.get_by_name(name) is not None:
+        if self._names is None:
+            self._names = self.forwards.names()
+        if name in self._names:
             raise NameTaken(f"a port forward named {name!r} exists")
+        self._names.add(name)
         row = PortForward(
             id=new_id(),
             name=name,
@@ -350,7 +379,9 @@ class PortForwardService:
             description=body.description,
             generation=1,
         )
-        claim_ports(self.session, body.protocol, str(listen), span, "port_forward", row.id)
+        if self._claims is None:
+            self._claims = PortClaims(self.session)
+        self._claims.claim(body.protocol, str(listen), span, "port_forward", row.id)
         self.forwards.add(row)
         return row, _record(self.session, "create", "port_forward", row, self.request_id)
 
@@ -369,13 +400,24 @@ class PortForwardService:
                 raise
         return created
 
+    def _network(self, ref: str) -> Network:
+        if ref not in self._networks:
+            self._networks[ref] = NetworkService(self.session).alive(ref)
+        return self._networks[ref]
+
+    def _vm(self, ref: str) -> tuple[Vm, Sequence[VmNic]]:
+        if ref not in self._vms:
+            vms = VmRepository(self.session)
+            vm = vms.find(ref)
+            if vm is None:
+                raise NotFound(f"no VM {ref!r}")
+            if vm.deleted:
+                raise BeingDeleted(f"VM {vm.name!r} is being deleted")
+            self._vms[ref] = vm, vms.nics(vm.id)
+        return self._vms[ref]
+
     def _target_nic(self, vm_ref: str, index: int | None, network: Network) -> VmNic:
-        vm = VmRepository(self.session).find(vm_ref)
-        if vm is None:
-            raise NotFound(f"no VM {vm_ref!r}")
-        if vm.deleted:
-            raise BeingDeleted(f"VM {vm.name!r} is being deleted")
-        nics = VmRepository(self.session).nics(vm.id)
+        vm, nics = self._vm(vm_ref)
         on_network = [n for n in nics if n.network_id == network.id and n.ipv4]
         if index is not None:
             on_network = [n for n in on_network if n.position == index]

@@ -40,7 +40,7 @@ from app.domain.vms import (
 )
 from app.schemas.vms import NicIn, VmCreate
 from app.services.links import require_alive
-from app.services.networks import claim_ports, fixed_address, forwards_of_vm
+from app.services.networks import PortClaims, fixed_address, forwards_of_vm
 
 SOCKET_PORTS = range(40000, 50000)
 WILDCARD = "0.0.0.0"  # loopback ports handed to socket NICs that listen
@@ -261,7 +261,7 @@ class VmService:
 
     def _claim_port(self, protocol: str, address: str, port: int, nic_id: str) -> None:
         """Claim a host port; 0.0.0.0 clashes with every address on that port."""
-        claim_ports(self.session, protocol, address, PortSpan(port, port), "vm_nic", nic_id)
+        PortClaims(self.session).claim(protocol, address, PortSpan(port, port), "vm_nic", nic_id)
 
     def _free_port(self, ports: Iterable[int]) -> int:
         used = set(

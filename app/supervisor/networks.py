@@ -18,6 +18,7 @@ network waits for its link, when a retry is due, and every `resync_interval` for
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ READY_TIMEOUT = 3.0  # dnsmasq writes its pid file once its sockets are bound
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 NFT_KEY = "nftables"
 RULES_RECORD = "nft-rules.json"
+UNKNOWN: Any = object()
 
 
 @dataclass
@@ -104,8 +106,10 @@ class NetworkWorker:
         self.backoff = Backoff(clock)
         self._procs: dict[str, dnsmasq.Dnsmasq] = {}
         self._exits: dict[str, str] = {}  # network id -> how its dnsmasq last ended
-        self._loaded_rules: list[dict[str, Any]] | None = None
-        self._live_rules: list[dict[str, Any]] | None = None
+        # the rules we loaded (a digest of their inputs) and the live table as read back after
+        # that load (UNKNOWN until a full pass read it)
+        self._loaded_key: str | None = None
+        self._live_rules: Any = UNKNOWN
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._full_requested = True
@@ -231,53 +235,80 @@ class NetworkWorker:
         full: bool,
         result: PassResult,
     ) -> str | None:
-        """Loads our table when needed; returns why it could not be loaded, if it could not."""
-        wanted = nat_rules.render(
-            [n.nat for n in networks],
-            [f.spec for f in forwards if f.spec is not None and not f.row.deleted],
+        """Loads our table when the rules changed, or on a full pass when the live table is not
+        what we loaded (drift); returns why it could not be loaded, if it could not."""
+        nat_networks = sorted((n.nat for n in networks), key=lambda n: n.id)
+        specs = sorted(
+            (f.spec for f in forwards if f.spec is not None and not f.row.deleted),
+            key=lambda f: f.id,
         )
+        key = hashlib.sha256(repr((nat_networks, specs)).encode()).hexdigest()
         if not self.backoff.due(NFT_KEY):
             return "retrying nftables"
         try:
-            if self._loaded_rules is None:
-                self._loaded_rules, self._live_rules = self._read_record()
-            if wanted == self._loaded_rules and not full:
+            if self._loaded_key is None:  # what a previous daemon loaded, if anything
+                self._loaded_key, self._live_rules = self._read_record()
+            unchanged = key == self._loaded_key
+            if unchanged and not (full and self._drifted(nat_networks, specs, networks, result)):
                 return None
-            live = nft.list_table()
-            live_rules = nat_rules.canonical(live) if live is not None else None
-            if wanted == self._loaded_rules and live_rules == self._live_rules:
-                return None
-            if wanted == self._loaded_rules:
-                log.warning("our nftables table drifted; loading it again")
-                result.events.append(_drift_event(networks))
-            nft.load(wanted or (nat_rules.removal() if live is not None else []))
-            live = nft.list_table()
+            nft.load(nat_rules.render(nat_networks, specs) or nat_rules.removal())
         except nft.NftError as exc:
             delay = self.backoff.failed(NFT_KEY)
             log.warning("nftables: %s (retrying in %.1fs)", exc, delay)
             return f"nftables: {exc}"
         self.backoff.succeeded(NFT_KEY)
-        self._loaded_rules = wanted
-        self._live_rules = nat_rules.canonical(live) if live is not None else None
+        # the live table is read back at the next full pass (not now: a batch of changes
+        # would pay for reading thousands of rules after every load)
+        self._loaded_key, self._live_rules = key, UNKNOWN
         self._write_record()
         return None
+
+    def _drifted(
+        self,
+        nat_networks: list[nat_rules.NatNetwork],
+        specs: list[nat_rules.Forward],
+        networks: list[NetworkState],
+        result: PassResult,
+    ) -> bool:
+        """Whether the live table differs from the one we loaded. The first read after a load
+        becomes the reference once it holds exactly the rules we loaded (by their comments)."""
+        live = nft.list_table()
+        live_rules = nat_rules.canonical(live) if live is not None else None
+        if self._live_rules is UNKNOWN:
+            wanted = nat_rules.rule_comments(nat_networks, specs)
+            if nat_rules.live_comments(live or []) == wanted and (live is None) == (not wanted):
+                self._live_rules = live_rules
+                self._write_record()
+                return False
+        elif live_rules == self._live_rules:
+            return False
+        log.warning("our nftables table drifted from what we loaded; loading it again")
+        result.events.append(_drift_event(networks))
+        return True
 
     def _record_path(self) -> Path:
         return self.state_dir / RULES_RECORD
 
-    def _read_record(self) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    def _read_record(self) -> tuple[str | None, Any]:
         """What a previous daemon loaded: adopting an unchanged table needs no reload."""
         try:
             record = json.loads(self._record_path().read_text())
-            return record["loaded"], record["live"]
+            live = record["live"] if record.get("live_known") else UNKNOWN
+            return str(record["key"]), live
         except (OSError, ValueError, KeyError, TypeError):
-            return None, None
+            return None, UNKNOWN
 
     def _write_record(self) -> None:
+        known = self._live_rules is not UNKNOWN
+        record = {
+            "key": self._loaded_key,
+            "live_known": known,
+            "live": self._live_rules if known else None,
+        }
         path = self._record_path()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temporary = path.with_name(path.name + ".new")
-        temporary.write_text(json.dumps({"loaded": self._loaded_rules, "live": self._live_rules}))
+        temporary.write_text(json.dumps(record))
         os.replace(temporary, path)
 
     # ---- dnsmasq ---------------------------------------------------------------------------
