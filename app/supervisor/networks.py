@@ -211,8 +211,27 @@ class NetworkWorker:
             result.forwards[forward.row.id] = _forward_outcome(forward, rules_problem)
         if full:
             self._sweep_orphans({n.row.id for n in networks})
-        self._write_back(networks, forwards, result)
+        if full or self._news(networks, forwards, result):
+            self._write_back(networks, forwards, result)
+        else:
+            for event in result.events:
+                self.bus.publish(**event)
         return any(o.status is Status.PENDING for o in result.networks.values())
+
+    @staticmethod
+    def _news(
+        networks: list[NetworkState], forwards: list[ForwardState], result: PassResult
+    ) -> bool:
+        """Whether the pass found anything the rows do not say yet (a quiet pass writes
+        nothing, so it never waits for the database's write lock)."""
+        for network in networks:
+            observed = result.networks[network.row.id]
+            if not _already_recorded(network.row, observed) or (
+                network.dnsmasq_pid,
+                network.restarts,
+            ) != (observed.dnsmasq_pid, observed.restarts):
+                return True
+        return any(not _already_recorded(f.row, result.forwards[f.row.id]) for f in forwards)
 
     # ---- IP forwarding ---------------------------------------------------------------------
 
@@ -451,6 +470,15 @@ class NetworkWorker:
             OperationRepository(session).finish(finished)
         for event in events:
             self.bus.publish(**event)
+
+
+def _already_recorded(loaded: RowState, observed: Observed) -> bool:
+    if observed.gone:
+        return False
+    status = Status.DELETING if loaded.deleted else observed.status
+    generation = loaded.generation if observed.settled else loaded.observed_generation
+    recorded = (loaded.status, loaded.status_reason, loaded.observed_generation)
+    return recorded == (status.value, observed.reason, generation)
 
 
 def _forward_outcome(forward: ForwardState, rules_problem: str | None) -> Observed:
