@@ -501,32 +501,88 @@ def _network_state(session: Session, row: Network) -> NetworkState:
 
 
 def load_network_state(session: Session) -> tuple[list[NetworkState], list[ForwardState]]:
-    """Every network and port forward, as the network worker needs them."""
+    """Every network and port forward, as the network worker needs them (forwards as plain
+    rows joined with their target's address: thousands of them load in milliseconds)."""
     networks = [_network_state(session, row) for row in session.scalars(select(Network))]
-    targets = {
-        nic_id: ipv4
-        for nic_id, ipv4 in session.execute(
-            select(VmNic.id, VmNic.ipv4).join(PortForwardRow, PortForwardRow.vm_nic_id == VmNic.id)
-        )
-    }
+    f = PortForwardRow
+    query = select(
+        f.id,
+        f.name,
+        f.deleted,
+        f.generation,
+        f.observed_generation,
+        f.status,
+        f.status_reason,
+        f.protocol,
+        f.listen_address,
+        f.port,
+        f.end_port,
+        f.target_port,
+        VmNic.ipv4,
+    ).outerjoin(VmNic, VmNic.id == f.vm_nic_id)
     forwards = []
-    for row in session.scalars(select(PortForwardRow)):
-        target = targets.get(row.vm_nic_id)
+    for row in session.execute(query):
+        (row_id, name, deleted, generation, observed, status, reason) = row[:7]
+        protocol, listen, port, end_port, target_port, target = row[7:]
         spec = (
-            Forward(
-                row.id,
-                row.protocol,
-                row.listen_address,
-                row.port,
-                row.end_port,
-                target,
-                row.target_port,
-            )
+            Forward(row_id, protocol, listen, port, end_port, target, target_port)
             if target
             else None
         )
-        forwards.append(ForwardState(_row_state(row), spec))
+        state = RowState(row_id, name, deleted, generation, observed, status, reason)
+        forwards.append(ForwardState(state, spec))
     return networks, forwards
+
+
+def record_forward_outcomes(session: Session, outcomes: list[ForwardOutcome]) -> None:
+    """Write many forwards' observed state with one statement (executemany). A row whose
+    generation moved on since the pass loaded it is left alone: the next pass handles it."""
+    if not outcomes:
+        return
+    table = cast(Table, PortForwardRow.__table__)
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("rid"), table.c.generation == bindparam("loaded"))
+        .values(
+            status=bindparam("new_status"),
+            status_reason=bindparam("reason"),
+            observed_generation=bindparam("observed"),
+            updated_at=bindparam("now"),
+        )
+    )
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    session.connection().execute(
+        statement,
+        [
+            {
+                "rid": o.id,
+                "loaded": o.loaded_generation,
+                "new_status": o.status,
+                "reason": o.reason,
+                "observed": o.observed_generation,
+                "now": now,
+            }
+            for o in outcomes
+        ],
+    )
+
+
+def remove_forwards(session: Session, ids: list[str]) -> None:
+    """Forget deleted forwards (their rules are gone) and release their host ports."""
+    if ids:
+        session.execute(delete(HostPort).where(HostPort.owner_id.in_(ids)))
+        session.execute(
+            delete(PortForwardRow).where(PortForwardRow.id.in_(ids), PortForwardRow.deleted)
+        )
+
+
+@dataclass(frozen=True)
+class ForwardOutcome:
+    id: str
+    loaded_generation: int
+    status: str
+    reason: str | None
+    observed_generation: int
 
 
 def orphan_forward_claims(session: Session) -> None:

@@ -37,13 +37,15 @@ from app.bus import EventBus
 from app.db.models import Network, PortForward
 from app.db.repositories import (
     FinishedOperation,
+    ForwardOutcome,
     ForwardState,
-    HostPortRepository,
     NetworkState,
     OperationRepository,
     RowState,
     load_network_state,
     orphan_forward_claims,
+    record_forward_outcomes,
+    remove_forwards,
 )
 from app.db.session import Database
 from app.domain import nat_rules
@@ -438,6 +440,41 @@ class NetworkWorker:
 
     # ---- writing back ----------------------------------------------------------------------
 
+    @staticmethod
+    def _write_forwards(
+        session: Session,
+        forwards: list[ForwardState],
+        result: PassResult,
+        events: list[dict[str, Any]],
+        finished: list[FinishedOperation],
+    ) -> None:
+        gone: list[str] = []
+        changed: list[ForwardOutcome] = []
+        for forward in forwards:
+            loaded, observed = forward.row, result.forwards[forward.row.id]
+            if observed.gone:
+                gone.append(loaded.id)
+                finished.append(FinishedOperation(loaded.id, loaded.generation, "succeeded"))
+                events.append(_event(loaded, "deleted", "deleted", None, loaded.generation))
+                continue
+            if _already_recorded(loaded, observed):
+                continue
+            status = Status.DELETING if loaded.deleted else observed.status
+            generation = loaded.generation if observed.settled else loaded.observed_generation
+            changed.append(
+                ForwardOutcome(
+                    loaded.id, loaded.generation, status.value, observed.reason, generation
+                )
+            )
+            events.append(_event(loaded, status.value, status.value, observed.reason, generation))
+            if observed.settled and not loaded.deleted:
+                outcome = "succeeded" if status is Status.ACTIVE else "failed"
+                finished.append(
+                    FinishedOperation(loaded.id, loaded.generation, outcome, observed.reason)
+                )
+        record_forward_outcomes(session, changed)
+        remove_forwards(session, gone)
+
     def _write_back(
         self, networks: list[NetworkState], forwards: list[ForwardState], result: PassResult
     ) -> None:
@@ -445,18 +482,8 @@ class NetworkWorker:
         finished: list[FinishedOperation] = []
         with self.db.unit_of_work() as session:
             network_rows = {r.id: r for r in session.scalars(select(Network))}
-            forward_rows = {r.id: r for r in session.scalars(select(PortForward))}
-            # forwards first: a network row goes only after the forwards that refer to it
-            for forward in forwards:
-                observed = result.forwards[forward.row.id]
-                fwd = forward_rows.get(forward.row.id)
-                if fwd is not None:
-                    if observed.gone:
-                        HostPortRepository(session).release([fwd.id])
-                    event = _record(session, fwd, forward.row, observed, finished, "port_forward")
-                    if event is not None:
-                        events.append(event)
-            session.flush()
+            # forwards first (in bulk): a network row goes only after the forwards of it
+            self._write_forwards(session, forwards, result, events, finished)
             for network in networks:
                 observed = result.networks[network.row.id]
                 row = network_rows.get(network.row.id)
@@ -470,6 +497,21 @@ class NetworkWorker:
             OperationRepository(session).finish(finished)
         for event in events:
             self.bus.publish(**event)
+
+
+def _event(
+    loaded: RowState, what: str, status: str, reason: str | None, observed_generation: int
+) -> dict[str, Any]:
+    return {
+        "type": f"port_forward.{what}",
+        "resource": "port_forward",
+        "resource_id": loaded.id,
+        "name": loaded.name,
+        "status": status,
+        "status_reason": reason,
+        "generation": loaded.generation,
+        "observed_generation": observed_generation,
+    }
 
 
 def _already_recorded(loaded: RowState, observed: Observed) -> bool:
