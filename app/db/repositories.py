@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -184,6 +184,18 @@ class HostPortRepository(Repository[HostPort]):
 
     def all(self) -> Sequence[HostPort]:
         return self.session.scalars(select(HostPort)).all()
+
+    def overlapping(
+        self, protocol: str, address: str, port: int, end_port: int
+    ) -> Sequence[HostPort]:
+        """Claims overlapping these ports on this address (0.0.0.0 overlaps every address)."""
+        last = func.coalesce(HostPort.end_port, HostPort.port)
+        query = select(HostPort).where(
+            HostPort.protocol == protocol, HostPort.port <= end_port, last >= port
+        )
+        if address != WILDCARD:
+            query = query.where(HostPort.address.in_((address, WILDCARD)))
+        return self.session.scalars(query).all()
 
     def release(self, owner_ids: Sequence[str]) -> None:
         self.session.execute(delete(HostPort).where(HostPort.owner_id.in_(owner_ids)))

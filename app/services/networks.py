@@ -279,16 +279,19 @@ def forward_name(protocol: str, listen: IPv4Address, span: PortSpan) -> str:
 
 
 class PortClaims:
-    """The host port claims (user-networking forwards of VM NICs, networks' port forwards),
-    read once per transaction and checked in memory: a batch of forwards costs one query.
-    Writers are serialized, so nothing claims a port between the read and the insert."""
+    """The host port claims (user-networking forwards of VM NICs, networks' port forwards).
+    One claim asks the database for overlapping ones; a batch (`preload`) reads them all once
+    and checks in memory. Writers are serialized, so nothing claims a port between the read
+    and the insert."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, preload: bool = False) -> None:
         self.session = session
+        self.preloaded = preload
         self._single: dict[tuple[str, int], list[HostPort]] = {}
         self._ranges: list[HostPort] = []
-        for claim in HostPortRepository(session).all():
-            self._index(claim)
+        if preload:
+            for claim in HostPortRepository(session).all():
+                self._index(claim)
 
     def _index(self, claim: HostPort) -> None:
         if claim.end_port is None or claim.end_port == claim.port:
@@ -297,6 +300,12 @@ class PortClaims:
             self._ranges.append(claim)
 
     def _clash(self, protocol: str, address: str, span: PortSpan) -> HostPort | None:
+        if not self.preloaded:
+            stored = HostPortRepository(self.session).overlapping(
+                protocol, address, span.port, span.end_port
+            )
+            if stored:
+                return stored[0]
         for port in range(span.port, span.end_port + 1):
             for claim in self._single.get((protocol, port), ()):
                 if clashes(claim.address, address):
@@ -338,7 +347,8 @@ class PortForwardService:
         self.forwards = PortForwardRepository(session)
         # looked up once per request, however many forwards it creates
         self._claims: PortClaims | None = None
-        self._names: set[str] | None = None
+        self._names: set[str] | None = None  # preloaded for a batch
+        self._batch = False
         self._networks: dict[str, Network] = {}
         self._vms: dict[str, tuple[Vm, Sequence[VmNic]]] = {}
 
@@ -361,11 +371,13 @@ class PortForwardService:
         network = self._network(body.network)
         nic = self._target_nic(body.vm, body.nic, network)
         name = body.name or forward_name(body.protocol, listen, span)
-        if self._names is None:
+        if self._batch and self._names is None:
             self._names = self.forwards.names()
-        if name in self._names:
+        taken = name in self._names if self._names is not None else self._name_exists(name)
+        if taken:
             raise NameTaken(f"a port forward named {name!r} exists")
-        self._names.add(name)
+        if self._names is not None:
+            self._names.add(name)
         row = PortForward(
             id=new_id(),
             name=name,
@@ -380,7 +392,7 @@ class PortForwardService:
             generation=1,
         )
         if self._claims is None:
-            self._claims = PortClaims(self.session)
+            self._claims = PortClaims(self.session, preload=self._batch)
         self._claims.claim(body.protocol, str(listen), span, "port_forward", row.id)
         self.forwards.add(row)
         return row, _record(self.session, "create", "port_forward", row, self.request_id)
@@ -390,6 +402,7 @@ class PortForwardService:
     ) -> list[tuple[PortForward, Operation]]:
         """All or nothing: the caller's transaction rolls back on the first problem, which
         names the failing item."""
+        self._batch = True
         created = []
         for index, body in enumerate(bodies):
             try:
@@ -399,6 +412,9 @@ class PortForwardService:
                 exc.extra = {**exc.extra, "index": index}
                 raise
         return created
+
+    def _name_exists(self, name: str) -> bool:
+        return self.forwards.get_by_name(name) is not None
 
     def _network(self, ref: str) -> Network:
         if ref not in self._networks:
