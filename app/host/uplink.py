@@ -1,0 +1,460 @@
+"""A bridge's uplink: the host's physical NIC enslaved into one of our bridges, with the host's
+IP configuration moved from the NIC to the bridge (the how-to's br0 + eth0), and back.
+
+`snapshot` reads everything that moves: the NIC's addresses (flags, lifetimes, label,
+broadcast, route metric) and every route through it (any table, metrics kept). `attach`
+moves it in an order that keeps the host reachable: the bridge takes the addresses first
+(the same subnet may live on two links for a moment), then the NIC joins the bridge, then
+the NIC's routes and addresses go and the routes come back through the bridge. `restore`
+puts the snapshot back (the NIC gets its configuration before the bridge loses it) and is
+idempotent, so it also finishes a move or a restore that a crash interrupted. `probe`
+checks that the host still reaches its gateway (ICMP echo through the new path).
+
+Everything runs in the calling thread's network namespace through one pyroute2 IPRoute.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from icmplib import ping
+from icmplib.exceptions import ICMPLibError
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+RTPROT_KERNEL = 2
+RT_TABLE_LOCAL = 255
+IFA_F_PERMANENT = 0x80
+IFA_F_TENTATIVE = 0x40
+INFINITY = 0xFFFFFFFF
+DHCP_CLIENTS = ("dhclient", "dhcpcd", "udhcpc", "dhcpcd5", "pump", "dhcp6c")
+NETWORK_MANAGERS = ("NetworkManager", "systemd-networkd", "connmand", "wicked")
+
+
+class UplinkError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Address:
+    family: int
+    address: str
+    prefixlen: int
+    broadcast: str | None = None
+    label: str | None = None
+    flags: int = 0  # IFA_FLAGS (secondary, noprefixroute, ...)
+    metric: int | None = None  # IFA_RT_PRIORITY: the metric of its prefix route
+    preferred: int = INFINITY
+    valid: int = INFINITY
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefixlen}"
+
+    @property
+    def dynamic(self) -> bool:
+        """Has a finite lifetime: a DHCP client or SLAAC manages it."""
+        return self.valid != INFINITY
+
+    def essence(self) -> tuple[object, ...]:
+        """What must be identical after a round trip (lifetimes count down; DAD flags pass)."""
+        flags = self.flags & ~IFA_F_TENTATIVE
+        return (self.family, self.cidr, self.broadcast, self.label, flags, self.metric)
+
+
+@dataclass(frozen=True)
+class Route:
+    family: int
+    dst: str | None  # None: default
+    dst_len: int
+    table: int
+    priority: int | None
+    gateway: str | None
+    prefsrc: str | None
+    proto: int
+    scope: int
+    type: int
+    tos: int = 0
+
+    def essence(self) -> tuple[object, ...]:
+        return tuple(asdict(self).values())
+
+
+@dataclass(frozen=True)
+class NicConfig:
+    """What moves between the NIC and the bridge, as it was on the NIC."""
+
+    name: str
+    mac: str
+    permanent_mac: str | None
+    addresses: tuple[Address, ...] = ()
+    routes: tuple[Route, ...] = ()
+    dhcp_clients: tuple[str, ...] = ()
+
+    @property
+    def movable_routes(self) -> tuple[Route, ...]:
+        """Routes the kernel does not make itself from an address (those come along)."""
+        return tuple(r for r in self.routes if r.proto != RTPROT_KERNEL)
+
+    @property
+    def gateway(self) -> str | None:
+        """The default gateway through this NIC (the probe target by default)."""
+        defaults = [r for r in self.routes if r.dst is None and r.gateway and r.family == 2]
+        defaults.sort(key=lambda r: r.priority or 0)
+        return defaults[0].gateway if defaults else None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NicConfig:
+        return cls(
+            name=data["name"],
+            mac=data["mac"],
+            permanent_mac=data.get("permanent_mac"),
+            addresses=tuple(Address(**a) for a in data.get("addresses", ())),
+            routes=tuple(Route(**r) for r in data.get("routes", ())),
+            dhcp_clients=tuple(data.get("dhcp_clients", ())),
+        )
+
+
+@dataclass
+class LinkFacts:
+    index: int
+    name: str
+    mac: str
+    permanent_mac: str | None
+    master: int | None
+    kind: str | None
+    up: bool
+    carrier: bool
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+
+def link_facts(ipr: IPRoute, name: str) -> LinkFacts | None:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return None
+    (msg,) = ipr.link("get", index=found[0])
+    info = msg.get_attr("IFLA_LINKINFO")
+    return LinkFacts(
+        index=msg["index"],
+        name=name,
+        mac=msg.get_attr("IFLA_ADDRESS"),
+        permanent_mac=msg.get_attr("IFLA_PERM_ADDRESS"),
+        master=msg.get_attr("IFLA_MASTER"),
+        kind=info.get_attr("IFLA_INFO_KIND") if info else None,
+        up=bool(msg["flags"] & 1),
+        carrier=bool(msg.get_attr("IFLA_CARRIER")),
+    )
+
+
+def find_by_mac(ipr: IPRoute, mac: str) -> str | None:
+    """The link whose permanent MAC (else current MAC) is `mac`: a renamed NIC is still found."""
+    for msg in ipr.get_links():
+        if mac in (msg.get_attr("IFLA_PERM_ADDRESS"), msg.get_attr("IFLA_ADDRESS")):
+            return str(msg.get_attr("IFLA_IFNAME"))
+    return None
+
+
+def addresses_of(ipr: IPRoute, index: int) -> tuple[Address, ...]:
+    result = []
+    for msg in ipr.addr("dump", index=index):
+        cache = msg.get_attr("IFA_CACHEINFO")
+        local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        family = msg["family"]
+        if family == socket.AF_INET6 and local.lower().startswith("fe80"):
+            continue  # link-local: each link has its own
+        result.append(
+            Address(
+                family=family,
+                address=local,
+                prefixlen=msg["prefixlen"],
+                broadcast=msg.get_attr("IFA_BROADCAST"),
+                label=msg.get_attr("IFA_LABEL"),
+                flags=msg.get_attr("IFA_FLAGS") or msg["flags"],
+                metric=msg.get_attr("IFA_RT_PRIORITY"),
+                preferred=cache["ifa_preferred"] if cache else INFINITY,
+                valid=cache["ifa_valid"] if cache else INFINITY,
+            )
+        )
+    return tuple(result)
+
+
+def routes_through(ipr: IPRoute, index: int) -> tuple[Route, ...]:
+    """Every route (all tables but local) whose next hop leaves through link `index`."""
+    result = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.route("dump", family=family, table=0):
+            table = msg.get_attr("RTA_TABLE") or msg["table"]
+            if msg.get_attr("RTA_OIF") != index or table == RT_TABLE_LOCAL:
+                continue
+            dst = msg.get_attr("RTA_DST")
+            if family == socket.AF_INET6 and (dst or "").startswith(("fe80", "ff00")):
+                continue  # link-local and multicast: per link, made by the kernel
+            result.append(
+                Route(
+                    family=family,
+                    dst=dst,
+                    dst_len=msg["dst_len"],
+                    table=table,
+                    priority=msg.get_attr("RTA_PRIORITY"),
+                    gateway=msg.get_attr("RTA_GATEWAY"),
+                    prefsrc=msg.get_attr("RTA_PREFSRC"),
+                    proto=msg["proto"],
+                    scope=msg["scope"],
+                    type=msg["type"],
+                    tos=msg["tos"],
+                )
+            )
+    return tuple(result)
+
+
+def snapshot(ipr: IPRoute, name: str) -> NicConfig:
+    facts = link_facts(ipr, name)
+    if facts is None:
+        raise UplinkError(f"there is no interface {name!r}")
+    return NicConfig(
+        name=name,
+        mac=facts.mac,
+        permanent_mac=facts.permanent_mac,
+        addresses=addresses_of(ipr, facts.index),
+        routes=routes_through(ipr, facts.index),
+        dhcp_clients=tuple(dhcp_clients(name)),
+    )
+
+
+def dhcp_clients(name: str) -> Iterator[str]:
+    """Processes in this network namespace that may manage `name`'s address: DHCP clients
+    naming it on their command line, and network managers (which manage every NIC)."""
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino != own:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [os.fsdecode(a) for a in argv if a]
+        if not words:
+            continue
+        program = os.path.basename(words[0])
+        if program in DHCP_CLIENTS and any(name in w for w in words[1:]):
+            yield f"{program} (pid {entry.name}): {' '.join(words)[:200]}"
+        elif program in NETWORK_MANAGERS:
+            yield f"{program} (pid {entry.name}) may manage {name}"
+
+
+# ---- changing -------------------------------------------------------------------------------
+
+
+def _tolerating(codes: tuple[int, ...], fn: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except NetlinkError as exc:
+        if exc.code not in codes:
+            raise
+
+
+def _add_address(ipr: IPRoute, index: int, address: Address, label: str | None) -> None:
+    kwargs: dict[str, Any] = {
+        "index": index,
+        "family": address.family,
+        "address": address.address,
+        "prefixlen": address.prefixlen,
+    }
+    if address.broadcast:
+        kwargs["broadcast"] = address.broadcast
+    if label:
+        kwargs["label"] = label
+    if address.metric is not None:
+        kwargs["IFA_RT_PRIORITY"] = address.metric
+    extra_flags = address.flags & ~(IFA_F_PERMANENT | IFA_F_TENTATIVE | 0x1)  # not secondary
+    if extra_flags:
+        kwargs["IFA_FLAGS"] = extra_flags
+    if address.dynamic:
+        kwargs["preferred"] = min(address.preferred, address.valid)
+        kwargs["valid"] = address.valid
+    _tolerating((errno.EEXIST,), ipr.addr, "add", **kwargs)
+
+
+def _del_address(ipr: IPRoute, index: int, address: Address) -> None:
+    _tolerating(
+        (errno.EADDRNOTAVAIL, errno.ENODEV),
+        ipr.addr,
+        "del",
+        index=index,
+        family=address.family,
+        address=address.address,
+        prefixlen=address.prefixlen,
+    )
+
+
+def _route_args(route: Route, index: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "family": route.family,
+        "dst_len": route.dst_len,
+        "table": route.table,
+        "proto": route.proto,
+        "scope": route.scope,
+        "type": route.type,
+        "tos": route.tos,
+        "oif": index,
+    }
+    if route.dst is not None:
+        kwargs["dst"] = route.dst
+    for key in ("priority", "gateway", "prefsrc"):
+        value = getattr(route, key)
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def _add_route(ipr: IPRoute, index: int, route: Route) -> None:
+    _tolerating((errno.EEXIST,), ipr.route, "add", **_route_args(route, index))
+
+
+def _del_route(ipr: IPRoute, index: int, route: Route) -> None:
+    _tolerating((errno.ESRCH, errno.ENODEV), ipr.route, "del", **_route_args(route, index))
+
+
+def _relabel(label: str | None, nic: str, bridge: str) -> str | None:
+    """`eth0:web` becomes `br0:web` (a label must start with its link's name)."""
+    if label is None or not label.startswith(nic):
+        return None if label == nic else label
+    return bridge + label[len(nic) :]
+
+
+@dataclass
+class MoveLog:
+    """The steps taken, in words (the API reports them; a dry run lists them untaken)."""
+
+    steps: list[str] = field(default_factory=list)
+
+    def __call__(self, step: str) -> None:
+        log.info("uplink: %s", step)
+        self.steps.append(step)
+
+
+def attach_steps(nic: NicConfig, bridge: str, bridge_mac: str | None) -> list[str]:
+    """What `attach` will do, in order (for a dry run)."""
+    steps = []
+    if bridge_mac:
+        steps.append(f"set {bridge}'s MAC to {bridge_mac}")
+    steps += [f"add {a.cidr} to {bridge}" for a in nic.addresses]
+    steps.append(f"enslave {nic.name} to {bridge}")
+    steps += [f"delete route {_describe(r)} from {nic.name}" for r in nic.movable_routes]
+    steps += [f"delete {a.cidr} from {nic.name}" for a in nic.addresses]
+    steps += [f"add route {_describe(r)} via {bridge}" for r in nic.movable_routes]
+    return steps
+
+
+def _describe(route: Route) -> str:
+    dst = f"{route.dst}/{route.dst_len}" if route.dst else "default"
+    via = f" via {route.gateway}" if route.gateway else ""
+    metric = f" metric {route.priority}" if route.priority is not None else ""
+    table = f" table {route.table}" if route.table != 254 else ""
+    return f"{dst}{via}{metric}{table}"
+
+
+def attach(ipr: IPRoute, nic: NicConfig, bridge: str, bridge_mac: str | None, say: MoveLog) -> None:
+    """Moves the snapshot's configuration from the NIC to the bridge and enslaves the NIC."""
+    nic_facts, bridge_facts = _both(ipr, nic.name, bridge)
+    if bridge_mac and bridge_facts.mac != bridge_mac:
+        say(f"set {bridge}'s MAC to {bridge_mac}")
+        ipr.link("set", index=bridge_facts.index, address=bridge_mac)
+    for address in nic.addresses:
+        say(f"add {address.cidr} to {bridge}")
+        label = _relabel(address.label, nic.name, bridge)
+        _add_address(ipr, bridge_facts.index, address, label)
+    if nic_facts.master != bridge_facts.index:
+        say(f"enslave {nic.name} to {bridge}")
+        ipr.link("set", index=nic_facts.index, master=bridge_facts.index, state="up")
+    for route in nic.movable_routes:
+        say(f"delete route {_describe(route)} from {nic.name}")
+        _del_route(ipr, nic_facts.index, route)
+    for address in nic.addresses:
+        say(f"delete {address.cidr} from {nic.name}")
+        _del_address(ipr, nic_facts.index, address)
+    for route in nic.movable_routes:
+        say(f"add route {_describe(route)} via {bridge}")
+        _add_route(ipr, bridge_facts.index, replace(route, prefsrc=route.prefsrc))
+
+
+def restore(
+    ipr: IPRoute, nic: NicConfig, bridge: str, bridge_mac: str | None, say: MoveLog
+) -> None:
+    """Puts the snapshot back on the NIC and takes it off the bridge; every step tolerates
+    being done already, so this also finishes an interrupted move or restore."""
+    nic_facts = link_facts(ipr, nic.name)
+    if nic_facts is None:
+        raise UplinkError(f"interface {nic.name} is gone: nothing to restore onto")
+    bridge_facts = link_facts(ipr, bridge)
+    if bridge_facts is not None:
+        for route in nic.movable_routes:
+            say(f"delete route {_describe(route)} from {bridge}")
+            _del_route(ipr, bridge_facts.index, route)
+    if nic_facts.master is not None and (
+        bridge_facts is None or nic_facts.master == bridge_facts.index
+    ):
+        say(f"release {nic.name} from {bridge}")
+        ipr.link("set", index=nic_facts.index, master=0)
+    current = {a.cidr: a for a in addresses_of(ipr, bridge_facts.index)} if bridge_facts else {}
+    for address in nic.addresses:
+        # lifetimes as they are now on the bridge (they kept counting down there)
+        live = current.get(address.cidr)
+        if live is not None and address.dynamic:
+            address = replace(address, preferred=live.preferred, valid=live.valid)
+        say(f"add {address.cidr} to {nic.name}")
+        _add_address(ipr, nic_facts.index, address, address.label)
+    for route in nic.movable_routes:
+        say(f"add route {_describe(route)} via {nic.name}")
+        _add_route(ipr, nic_facts.index, route)
+    if bridge_facts is not None:
+        for address in nic.addresses:
+            say(f"delete {address.cidr} from {bridge}")
+            _del_address(ipr, bridge_facts.index, address)
+        if bridge_mac and bridge_facts.mac != bridge_mac:
+            say(f"set {bridge}'s MAC back to {bridge_mac}")
+            _tolerating(
+                (errno.ENODEV,), ipr.link, "set", index=bridge_facts.index, address=bridge_mac
+            )
+
+
+def _both(ipr: IPRoute, nic: str, bridge: str) -> tuple[LinkFacts, LinkFacts]:
+    nic_facts = link_facts(ipr, nic)
+    if nic_facts is None:
+        raise UplinkError(f"there is no interface {nic!r}")
+    bridge_facts = link_facts(ipr, bridge)
+    if bridge_facts is None:
+        raise UplinkError(f"bridge {bridge} does not exist (yet)")
+    return nic_facts, bridge_facts
+
+
+def probe(address: str, timeout: float) -> bool:
+    """Whether `address` answers an ICMP echo within `timeout` seconds (one echo every half
+    second until one is answered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if ping(address, count=1, timeout=0.5, privileged=True).is_alive:
+                return True
+        except ICMPLibError as exc:
+            log.warning("probe of %s: %s", address, exc)
+            time.sleep(0.5)
+        if time.monotonic() >= deadline:
+            return False
