@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -257,3 +258,26 @@ class PortForward(ResourceColumns, Base):
     end_port: Mapped[int] = mapped_column(Integer)
     target_port: Mapped[int] = mapped_column(Integer)
     description: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Uplink(ResourceColumns, Base):
+    """A bridge's uplink: a host NIC enslaved into the bridge, with the host's IP
+    configuration moved from the NIC onto the bridge. `name` is the NIC's name."""
+
+    __tablename__ = "uplinks"
+
+    # the bridge stays until its uplink is gone (the configuration moved back first)
+    bridge_id: Mapped[str] = mapped_column(
+        ForeignKey("bridges.id", ondelete="RESTRICT"), unique=True
+    )
+    permanent_mac: Mapped[str | None] = mapped_column(String(17), default=None)
+    probe_address: Mapped[str | None] = mapped_column(String(45), default=None)
+    probe_timeout: Mapped[float] = mapped_column(Float, default=5.0)
+    take_mac: Mapped[bool] = mapped_column(Boolean, default=True)
+    dhcp: Mapped[str] = mapped_column(String(8), default="refuse")  # refuse | move
+    # the journal: phase and, from the moment a move starts, the NIC's configuration as it
+    # was (what a restore puts back) and the bridge's MAC before the move
+    phase: Mapped[str] = mapped_column(String(16), default="detached")
+    saved: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    bridge_mac_before: Mapped[str | None] = mapped_column(String(17), default=None)
+    steps: Mapped[list[str]] = mapped_column(JSON, default=list)  # of the last move or restore

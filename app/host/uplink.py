@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,102 +30,25 @@ from icmplib.exceptions import ICMPLibError
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from app.domain.uplinks import (
+    IFA_F_PERMANENT,
+    IFA_F_TENTATIVE,
+    INFINITY,
+    Address,
+    NicConfig,
+    Route,
+    describe,
+)
+
 log = logging.getLogger(__name__)
 
-RTPROT_KERNEL = 2
 RT_TABLE_LOCAL = 255
-IFA_F_PERMANENT = 0x80
-IFA_F_TENTATIVE = 0x40
-INFINITY = 0xFFFFFFFF
 DHCP_CLIENTS = ("dhclient", "dhcpcd", "udhcpc", "dhcpcd5", "pump", "dhcp6c")
 NETWORK_MANAGERS = ("NetworkManager", "systemd-networkd", "connmand", "wicked")
 
 
 class UplinkError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class Address:
-    family: int
-    address: str
-    prefixlen: int
-    broadcast: str | None = None
-    label: str | None = None
-    flags: int = 0  # IFA_FLAGS (secondary, noprefixroute, ...)
-    metric: int | None = None  # IFA_RT_PRIORITY: the metric of its prefix route
-    preferred: int = INFINITY
-    valid: int = INFINITY
-
-    @property
-    def cidr(self) -> str:
-        return f"{self.address}/{self.prefixlen}"
-
-    @property
-    def dynamic(self) -> bool:
-        """Has a finite lifetime: a DHCP client or SLAAC manages it."""
-        return self.valid != INFINITY
-
-    def essence(self) -> tuple[object, ...]:
-        """What must be identical after a round trip (lifetimes count down; DAD flags pass)."""
-        flags = self.flags & ~IFA_F_TENTATIVE
-        return (self.family, self.cidr, self.broadcast, self.label, flags, self.metric)
-
-
-@dataclass(frozen=True)
-class Route:
-    family: int
-    dst: str | None  # None: default
-    dst_len: int
-    table: int
-    priority: int | None
-    gateway: str | None
-    prefsrc: str | None
-    proto: int
-    scope: int
-    type: int
-    tos: int = 0
-
-    def essence(self) -> tuple[object, ...]:
-        return tuple(asdict(self).values())
-
-
-@dataclass(frozen=True)
-class NicConfig:
-    """What moves between the NIC and the bridge, as it was on the NIC."""
-
-    name: str
-    mac: str
-    permanent_mac: str | None
-    addresses: tuple[Address, ...] = ()
-    routes: tuple[Route, ...] = ()
-    dhcp_clients: tuple[str, ...] = ()
-
-    @property
-    def movable_routes(self) -> tuple[Route, ...]:
-        """Routes the kernel does not make itself from an address (those come along)."""
-        return tuple(r for r in self.routes if r.proto != RTPROT_KERNEL)
-
-    @property
-    def gateway(self) -> str | None:
-        """The default gateway through this NIC (the probe target by default)."""
-        defaults = [r for r in self.routes if r.dst is None and r.gateway and r.family == 2]
-        defaults.sort(key=lambda r: r.priority or 0)
-        return defaults[0].gateway if defaults else None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> NicConfig:
-        return cls(
-            name=data["name"],
-            mac=data["mac"],
-            permanent_mac=data.get("permanent_mac"),
-            addresses=tuple(Address(**a) for a in data.get("addresses", ())),
-            routes=tuple(Route(**r) for r in data.get("routes", ())),
-            dhcp_clients=tuple(data.get("dhcp_clients", ())),
-        )
 
 
 @dataclass
@@ -197,7 +120,7 @@ def routes_through(ipr: IPRoute, index: int) -> tuple[Route, ...]:
     """Every route (all tables but local) whose next hop leaves through link `index`."""
     result = []
     for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.route("dump", family=family, table=0):
+        for msg in ipr.route("dump", family=family):  # every table
             table = msg.get_attr("RTA_TABLE") or msg["table"]
             if msg.get_attr("RTA_OIF") != index or table == RT_TABLE_LOCAL:
                 continue
@@ -350,27 +273,6 @@ class MoveLog:
         self.steps.append(step)
 
 
-def attach_steps(nic: NicConfig, bridge: str, bridge_mac: str | None) -> list[str]:
-    """What `attach` will do, in order (for a dry run)."""
-    steps = []
-    if bridge_mac:
-        steps.append(f"set {bridge}'s MAC to {bridge_mac}")
-    steps += [f"add {a.cidr} to {bridge}" for a in nic.addresses]
-    steps.append(f"enslave {nic.name} to {bridge}")
-    steps += [f"delete route {_describe(r)} from {nic.name}" for r in nic.movable_routes]
-    steps += [f"delete {a.cidr} from {nic.name}" for a in nic.addresses]
-    steps += [f"add route {_describe(r)} via {bridge}" for r in nic.movable_routes]
-    return steps
-
-
-def _describe(route: Route) -> str:
-    dst = f"{route.dst}/{route.dst_len}" if route.dst else "default"
-    via = f" via {route.gateway}" if route.gateway else ""
-    metric = f" metric {route.priority}" if route.priority is not None else ""
-    table = f" table {route.table}" if route.table != 254 else ""
-    return f"{dst}{via}{metric}{table}"
-
-
 def attach(ipr: IPRoute, nic: NicConfig, bridge: str, bridge_mac: str | None, say: MoveLog) -> None:
     """Moves the snapshot's configuration from the NIC to the bridge and enslaves the NIC."""
     nic_facts, bridge_facts = _both(ipr, nic.name, bridge)
@@ -385,13 +287,13 @@ def attach(ipr: IPRoute, nic: NicConfig, bridge: str, bridge_mac: str | None, sa
         say(f"enslave {nic.name} to {bridge}")
         ipr.link("set", index=nic_facts.index, master=bridge_facts.index, state="up")
     for route in nic.movable_routes:
-        say(f"delete route {_describe(route)} from {nic.name}")
+        say(f"delete route {describe(route)} from {nic.name}")
         _del_route(ipr, nic_facts.index, route)
     for address in nic.addresses:
         say(f"delete {address.cidr} from {nic.name}")
         _del_address(ipr, nic_facts.index, address)
     for route in nic.movable_routes:
-        say(f"add route {_describe(route)} via {bridge}")
+        say(f"add route {describe(route)} via {bridge}")
         _add_route(ipr, bridge_facts.index, replace(route, prefsrc=route.prefsrc))
 
 
@@ -406,7 +308,7 @@ def restore(
     bridge_facts = link_facts(ipr, bridge)
     if bridge_facts is not None:
         for route in nic.movable_routes:
-            say(f"delete route {_describe(route)} from {bridge}")
+            say(f"delete route {describe(route)} from {bridge}")
             _del_route(ipr, bridge_facts.index, route)
     if nic_facts.master is not None and (
         bridge_facts is None or nic_facts.master == bridge_facts.index
@@ -422,7 +324,7 @@ def restore(
         say(f"add {address.cidr} to {nic.name}")
         _add_address(ipr, nic_facts.index, address, address.label)
     for route in nic.movable_routes:
-        say(f"add route {_describe(route)} via {nic.name}")
+        say(f"add route {describe(route)} via {nic.name}")
         _add_route(ipr, nic_facts.index, route)
     if bridge_facts is not None:
         for address in nic.addresses:
