@@ -1,4 +1,4 @@
-"""/v1/bridges: the how-to's br0, as a resource."""
+"""/v1/bridges: the how-to's br0, as a resource, and its uplink (eth0 in br0)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
-from app.api.presenters import bridge_out
+from app.api.presenters import (
+    bridge_out,
+    uplink_out,
+    uplink_plan_out,
+    uplink_restore_plan_out,
+)
 from app.api.waiting import settle_response
-from app.db.models import Bridge, Operation
+from app.db.models import Bridge, Operation, Uplink
 from app.db.repositories import BridgeRepository
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgeCreate, BridgePage, BridgeUpdate, FdbEntry
+from app.schemas.uplinks import UplinkOut, UplinkPlan, UplinkSet
 from app.services.links import BridgeService
+from app.services.uplinks import UplinkService
 
 router = APIRouter(prefix="/v1/bridges", tags=["bridges"], responses=PROBLEM_RESPONSES)
 
@@ -129,3 +136,104 @@ async def list_bridge_fdb(bridge_id: str, request: Request) -> list[FdbEntry]:
     row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
     entries = await ctx.host(ctx.inspector.fdb, row.name)
     return [FdbEntry(**e) for e in entries]
+
+
+# ---- the uplink (the how-to's eth0 in br0) --------------------------------------------------
+
+DryRun = Annotated[bool, Query(description="Only report the planned steps; change nothing")]
+
+
+async def _uplink_out(ctx: AppContext, row: Uplink) -> UplinkOut:
+    live = await ctx.host(ctx.inspector.uplink_view, row.name, row.permanent_mac)
+    return uplink_out(row, live)
+
+
+@router.get("/{bridge_id}/uplink", operation_id="get_bridge_uplink", response_model=UplinkOut)
+async def get_bridge_uplink(bridge_id: str, request: Request) -> UplinkOut:
+    """The bridge's uplink: its NIC, carrier, the moved configuration and the last steps."""
+    ctx = context(request)
+    _, row = await ctx.read(lambda s: UplinkService(s).get(bridge_id))
+    return await _uplink_out(ctx, row)
+
+
+@router.put(
+    "/{bridge_id}/uplink",
+    operation_id="set_bridge_uplink",
+    status_code=202,
+    response_model=UplinkOut | UplinkPlan,
+    responses={
+        200: {"model": UplinkPlan, "description": "With ?dry_run=true: the plan"},
+        201: {"model": UplinkOut, "description": "Attached (with ?wait=)"},
+    },
+    summary="Enslave a host NIC and move the host's IP configuration onto the bridge",
+    description="Addresses (flags, lifetimes) and every route through the NIC move to the "
+    "bridge in an order that keeps the host reachable; the bridge takes the NIC's MAC. Then "
+    "the gateway (or probe_address) must answer through the bridge, else everything is "
+    "rolled back and the uplink reports why. A NIC whose address a DHCP client manages is "
+    "refused unless dhcp=move. " + SETTLE_DOC,
+)
+async def set_bridge_uplink(
+    bridge_id: str,
+    body: UplinkSet,
+    response: Response,
+    request: Request,
+    wait: Wait = None,
+    dry_run: DryRun = False,
+) -> UplinkOut | UplinkPlan | Response:
+    ctx, request_id = context(request), request_id_of(request)
+    if dry_run:
+        bridge = await ctx.read(lambda s: UplinkService(s).check(bridge_id, body))
+        take_mac = body.take_mac and not bridge.mac  # a pinned bridge MAC stays
+        plan = await ctx.host(
+            ctx.inspector.uplink_plan, body.interface, bridge.name, take_mac, body.dhcp
+        )
+        response.status_code = 200
+        return uplink_plan_out(plan, body.interface, bridge.name, body.probe_address)
+    row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).set(bridge_id, body))
+    return await _finish_uplink(ctx, response, row, op, wait, 201)
+
+
+@router.delete(
+    "/{bridge_id}/uplink",
+    operation_id="delete_bridge_uplink",
+    status_code=202,
+    response_model=UplinkOut | UplinkPlan,
+    responses={
+        200: {"model": UplinkPlan, "description": "With ?dry_run=true: the plan"},
+        204: {"description": "Detached (with ?wait=)"},
+    },
+    summary="Move the host's IP configuration back onto the NIC and release it",
+)
+async def delete_bridge_uplink(
+    bridge_id: str,
+    response: Response,
+    request: Request,
+    wait: Wait = None,
+    dry_run: DryRun = False,
+) -> UplinkOut | UplinkPlan | Response:
+    ctx, request_id = context(request), request_id_of(request)
+    if dry_run:
+        bridge, row = await ctx.read(lambda s: UplinkService(s).get(bridge_id))
+        response.status_code = 200
+        return uplink_restore_plan_out(row, bridge.name)
+    row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).delete(bridge_id))
+    return await _finish_uplink(ctx, response, row, op, wait, 202)
+
+
+async def _finish_uplink(
+    ctx: AppContext,
+    response: Response,
+    row: Uplink,
+    op: Operation | None,
+    wait: float | None,
+    settled_status: int,
+) -> UplinkOut | Response:
+    result = await settle_response(
+        ctx, response, "bridges", row, op, wait, settled_status, lambda s: s.get(Uplink, row.id)
+    )
+    location = f"/v1/bridges/{row.bridge_id}/uplink"
+    if isinstance(result, Response):
+        result.headers["Location"] = location
+        return result
+    response.headers["Location"] = location
+    return await _uplink_out(ctx, result)

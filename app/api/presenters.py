@@ -7,7 +7,18 @@ from typing import Any
 
 from fastapi import Response
 
-from app.db.models import Bridge, Network, Operation, PortForward, Tap, Vm, VmNic
+from app.db.models import (
+    Bridge,
+    Network,
+    Operation,
+    PortForward,
+    ResourceColumns,
+    Tap,
+    Uplink,
+    Vm,
+    VmNic,
+)
+from app.domain.uplinks import NicConfig, describe, restore_steps
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgePort
 from app.schemas.links import Tap as TapOut
@@ -15,10 +26,11 @@ from app.schemas.networks import DhcpOut, NatOut
 from app.schemas.networks import Network as NetworkOut
 from app.schemas.networks import PortForward as PortForwardOut
 from app.schemas.operations import OperationOut
+from app.schemas.uplinks import UplinkOut, UplinkPlan
 from app.schemas.vms import Vm as VmOut
 
 
-def _resource(row: Bridge | Tap | Network | PortForward) -> dict[str, Any]:
+def _resource(row: ResourceColumns) -> dict[str, Any]:
     return dict(
         id=row.id,
         name=row.name,
@@ -159,4 +171,71 @@ def port_forward_out(row: PortForward, nic: VmNic | None) -> PortForwardOut:
         end_port=row.end_port,
         target_port=row.target_port,
         description=row.description,
+    )
+
+
+def uplink_out(row: Uplink, live: dict[str, Any]) -> UplinkOut:
+    return UplinkOut(
+        **_resource(row),
+        bridge_id=row.bridge_id,
+        interface=row.name,
+        present_as=live.get("present_as"),
+        permanent_mac=live.get("permanent_mac") or row.permanent_mac,
+        carrier=live.get("carrier"),
+        probe_address=row.probe_address,
+        probe_timeout=row.probe_timeout,
+        take_mac=row.take_mac,
+        dhcp=row.dhcp,
+        phase=row.phase,
+        moved=row.saved,
+        steps=list(row.steps or []),
+    )
+
+
+def uplink_plan_out(
+    plan: dict[str, Any], interface: str, bridge: str, probe: str | None
+) -> UplinkPlan:
+    if "error" in plan:
+        return UplinkPlan(
+            interface=interface,
+            bridge=bridge,
+            action="attach",
+            steps=[],
+            addresses=[],
+            routes=[],
+            probe_address=probe,
+            dhcp_clients=[],
+            refused=plan["error"],
+        )
+    nic = NicConfig.from_json(plan["nic"])
+    target = probe or plan["gateway"]
+    refused = plan["refused"] or (
+        None if target else f"{interface} has no default gateway: name a probe_address"
+    )
+    return UplinkPlan(
+        interface=interface,
+        bridge=bridge,
+        action="attach",
+        steps=[*plan["steps"], f"probe {target} through {bridge}" if target else "no probe"],
+        addresses=[a.cidr for a in nic.addresses],
+        routes=[describe(r) for r in nic.routes],
+        probe_address=target,
+        dhcp_clients=list(nic.dhcp_clients),
+        refused=refused,
+    )
+
+
+def uplink_restore_plan_out(row: Uplink, bridge: str) -> UplinkPlan:
+    nic = NicConfig.from_json(row.saved) if row.saved else None
+    steps = restore_steps(nic, bridge, row.bridge_mac_before) if nic else []
+    return UplinkPlan(
+        interface=row.name,
+        bridge=bridge,
+        action="detach",
+        steps=steps,
+        addresses=[a.cidr for a in nic.addresses] if nic else [],
+        routes=[describe(r) for r in nic.routes] if nic else [],
+        probe_address=None,
+        dhcp_clients=[],
+        refused=None if nic else f"{row.name} is not attached: nothing to move back",
     )

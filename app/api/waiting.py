@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from app.api.deps import AppContext
 from app.api.presenters import mutation_headers
 from app.bus import Event
-from app.db.models import Bridge, Network, Operation, PortForward, Tap, Vm
+from app.db.models import Bridge, Network, Operation, PortForward, Tap, Uplink, Vm
 from app.domain.status import Status, is_settled
 from app.domain.vms import VmStatus, vm_settled
 
-R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward)
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink)
 W = TypeVar("W")
 
 
@@ -29,7 +29,7 @@ def _settled(status: str, generation: int, observed_generation: int) -> bool:
     return True  # "deleted": gone for good
 
 
-def resource_settled(row: Bridge | Tap | Vm | Network | PortForward) -> bool:
+def resource_settled(row: Bridge | Tap | Vm | Network | PortForward | Uplink) -> bool:
     return _settled(row.status, row.generation, row.observed_generation)
 
 
@@ -113,7 +113,9 @@ async def settle_response(
 
 
 def _announce(
-    ctx: AppContext, row: Bridge | Tap | Vm | Network | PortForward, operation: Operation | None
+    ctx: AppContext,
+    row: Bridge | Tap | Vm | Network | PortForward | Uplink,
+    operation: Operation | None,
 ) -> None:
     """Publish our own transition (to pending/deleting) before the supervisor can publish
     the next one, then wake it."""

@@ -21,6 +21,7 @@ from app.db.models import (
     Network,
     Operation,
     Tap,
+    Uplink,
     Vm,
     VmNic,
 )
@@ -201,6 +202,10 @@ class HostPortRepository(Repository[HostPort]):
         self.session.execute(delete(HostPort).where(HostPort.owner_id.in_(owner_ids)))
 
 
+def uplink_of(session: Session, bridge_id: str) -> Uplink | None:
+    return session.scalars(select(Uplink).where(Uplink.bridge_id == bridge_id)).first()
+
+
 class LinkNameRepository(Repository[LinkName]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, LinkName)
@@ -268,12 +273,15 @@ class OperationRepository(Repository[Operation]):
 
 
 def _link_spec(
-    row: Bridge | Tap, bridge_names: dict[str, str], gateways: dict[str, str]
+    row: Bridge | Tap,
+    bridge_names: dict[str, str],
+    gateways: dict[str, str],
+    uplinks: dict[str, tuple[str, ...]],
 ) -> LinkSpec:
     addresses = tuple(row.addresses)
-    gateway = gateways.get(row.id)
-    if gateway is not None and gateway not in addresses:
-        addresses += (gateway,)
+    for extra in (gateways.get(row.id), *uplinks.get(row.id, ())):
+        if extra is not None and extra not in addresses:
+            addresses += (extra,)
     common = LinkSpec(
         id=row.id,
         kind=LinkKind.BRIDGE,
@@ -281,7 +289,8 @@ def _link_spec(
         mtu=row.mtu,
         mac=row.mac,
         addresses=addresses,
-        deleted=row.deleted,
+        # a bridge goes only once its uplink moved the host's configuration back
+        deleted=row.deleted and row.id not in uplinks,
         create_intent=row.create_intent,
         ifindex=row.observed_ifindex,
     )
@@ -359,8 +368,25 @@ def load_link_specs(
         *_link_rows(session, Tap, dirty_only, names, also_ids),
     ]
     gateways = network_gateways(session)
-    specs = [_link_spec(row, bridge_names, gateways) for row in rows]
+    uplinks = uplink_addresses(session)
+    specs = [_link_spec(row, bridge_names, gateways, uplinks) for row in rows]
     return specs, {row.id: ObservedState.of(row) for row in rows}
+
+
+def uplink_addresses(session: Session) -> dict[str, tuple[str, ...]]:
+    """Bridge id -> the addresses its uplink moved onto it (while moved or moving), for every
+    bridge that has an uplink row at all."""
+    result: dict[str, tuple[str, ...]] = {}
+    for bridge_id, phase, saved in session.execute(
+        select(Uplink.bridge_id, Uplink.phase, Uplink.saved)
+    ):
+        moved = phase in ("moving", "attached") and saved
+        result[bridge_id] = (
+            tuple(f"{a['address']}/{a['prefixlen']}" for a in saved.get("addresses", ()))
+            if moved
+            else ()
+        )
+    return result
 
 
 def network_gateways(session: Session) -> dict[str, str]:

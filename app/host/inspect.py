@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 
 from app.domain.links import parse_mark
-from app.host import rtnl
+from app.domain.uplinks import attach_steps, dhcp_refusal
+from app.host import rtnl, uplink
 from app.host.capabilities import probe_capabilities
 from app.host.diagnostics import conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
@@ -234,6 +235,44 @@ class LiveHostInspector:
             return []
         paths = DnsmasqPaths.of(self.run_dir, self.state_dir, network_id)
         return [dataclasses.asdict(lease) for lease in read_leases(paths)]
+
+    def uplink_view(self, interface: str, permanent_mac: str | None) -> dict[str, Any]:
+        """The uplink NIC as the kernel shows it now: its current name (found by permanent MAC
+        when renamed), carrier, and permanent MAC."""
+
+        def read() -> dict[str, Any]:
+            with IPRoute() as ipr:
+                name = uplink.find_by_mac(ipr, permanent_mac) if permanent_mac else None
+                facts = uplink.link_facts(ipr, name or interface)
+            if facts is None:
+                return {"present_as": None, "carrier": None, "permanent_mac": permanent_mac}
+            return {
+                "present_as": facts.name,
+                "carrier": facts.carrier,
+                "permanent_mac": facts.permanent_mac or permanent_mac,
+            }
+
+        return self._on_inspector_thread(read)
+
+    def uplink_plan(self, interface: str, bridge: str, take_mac: bool, dhcp: str) -> dict[str, Any]:
+        """A dry run of an attach: the NIC's configuration now and the steps that would move it
+        (`take_mac`: whether the bridge would take the NIC's MAC)."""
+
+        def plan() -> dict[str, Any]:
+            with IPRoute() as ipr:
+                try:
+                    nic = uplink.snapshot(ipr, interface)
+                except uplink.UplinkError as exc:
+                    return {"error": str(exc)}
+            refusal = dhcp_refusal(nic) if dhcp == "refuse" else None
+            return {
+                "nic": nic.to_json(),
+                "steps": attach_steps(nic, bridge, nic.mac if take_mac else None),
+                "gateway": nic.gateway,
+                "refused": refusal,
+            }
+
+        return self._on_inspector_thread(plan)
 
     def network_log(self, network_id: str, lines: int) -> str:
         """The last lines a managed network's dnsmasq printed."""

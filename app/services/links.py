@@ -9,13 +9,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, LinkName, Operation, Tap, VmNic, new_id
+from app.db.models import Bridge, LinkName, Operation, Tap, Uplink, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
     NetworkRepository,
     OperationRepository,
     TapRepository,
+    uplink_of,
 )
 from app.domain.errors import BeingDeleted, InUse, NameTaken, NotFound
 from app.domain.names import (
@@ -40,7 +41,11 @@ def _claim_name(session: Session, name: str, resource: str, resource_id: str) ->
 
 
 def _record(
-    session: Session, action: str, resource: str, row: Bridge | Tap, request_id: str | None
+    session: Session,
+    action: str,
+    resource: str,
+    row: Bridge | Tap | Uplink,
+    request_id: str | None,
 ) -> Operation:
     operation = Operation(
         action=action,
@@ -53,7 +58,7 @@ def _record(
     return operation
 
 
-def _bump(row: Bridge | Tap, target: Status = Status.PENDING) -> None:
+def _bump(row: Bridge | Tap | Uplink, target: Status = Status.PENDING) -> None:
     row.status = check_transition(Status(row.status), target).value
     row.status_reason = None
     row.generation += 1
@@ -152,6 +157,12 @@ class BridgeService:
         if row.deleted:
             return row, None
         refuse_if_network(self.session, row)
+        uplink = uplink_of(self.session, row.id)
+        if uplink is not None and not uplink.deleted:
+            # the host's configuration moves back onto the NIC before the bridge goes
+            uplink.deleted = True
+            _bump(uplink, Status.DELETING)
+            _record(self.session, "delete", "uplink", uplink, self.request_id)
         attached = [t for t in self.taps.on_bridge(row.id) if not t.deleted]
         if attached and not detach_taps:
             names = ", ".join(sorted(t.name for t in attached))

@@ -1,4 +1,5 @@
 """The supervisor thread: serial reconcile passes driven by nudges, netlink and a timer.
+Bridge uplinks are reconciled on the same thread, right after the links.
 
 One thread runs every pass, so no object is ever reconciled twice at once. It wakes when
 the API nudges it (desired state changed), when the link monitor reports a change to one of
@@ -22,6 +23,7 @@ from app.host.netlink import LinkOps, observed
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawAddress, RawLink
 from app.supervisor.links import LinkReconciler, Scope
+from app.supervisor.uplinks import UplinkReconciler
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,7 @@ class Supervisor:
         # pyroute2 sockets belong to the thread that opens them
         with LinkOps() as ops:
             self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)
+            uplinks = UplinkReconciler(self.db, self.bus, ops.ipr, on_gone=self.nudge)
             next_full = self.clock()
             while True:
                 scope, names = self._next_work(next_full, backoff)
@@ -124,6 +127,8 @@ class Supervisor:
                     return
                 try:
                     self._reconciler.run(scope, names)
+                    if scope is not Scope.NAMES:
+                        uplinks.run(full=scope is Scope.FULL)
                     if scope is Scope.FULL:
                         next_full = self.clock() + self.interval
                         self.ready.set()

@@ -1,0 +1,113 @@
+"""Uplink use cases: give a bridge an uplink (a host NIC) or take it away. The move itself is
+the supervisor's (app.supervisor.uplinks); here the desired state and an operation are
+written in the caller's transaction."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import Bridge, LinkName, Operation, Uplink, new_id
+from app.db.repositories import BridgeRepository, OperationRepository, uplink_of
+from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NotFound
+from app.domain.status import Status, check_transition
+from app.schemas.uplinks import UplinkSet
+from app.services.links import require_alive
+
+
+def _record(session: Session, action: str, row: Uplink, request_id: str | None) -> Operation:
+    operation = Operation(
+        action=action,
+        resource="uplink",
+        resource_id=row.id,
+        target_generation=row.generation,
+        request_id=request_id,
+    )
+    OperationRepository(session).add(operation)
+    return operation
+
+
+def _bump(row: Uplink, target: Status = Status.PENDING) -> None:
+    row.status = check_transition(Status(row.status), target).value
+    row.status_reason = None
+    row.generation += 1
+
+
+class UplinkService:
+    def __init__(self, session: Session, request_id: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+
+    def bridge(self, ref: str) -> Bridge:
+        row = require_alive(BridgeRepository(self.session).find(ref), "bridge", ref)
+        assert isinstance(row, Bridge)
+        return row
+
+    def get(self, bridge_ref: str) -> tuple[Bridge, Uplink]:
+        bridge = BridgeRepository(self.session).find(bridge_ref)
+        if bridge is None:
+            raise NotFound(f"no bridge {bridge_ref!r}")
+        row = uplink_of(self.session, bridge.id)
+        if row is None:
+            raise NotFound(f"bridge {bridge.name!r} has no uplink")
+        return bridge, row
+
+    def check(self, bridge_ref: str, body: UplinkSet) -> Bridge:
+        """Everything that can be refused without looking at the host."""
+        bridge = self.bridge(bridge_ref)
+        if body.probe_address is not None:
+            try:
+                ipaddress.ip_address(body.probe_address)
+            except ValueError:
+                raise InvalidInput(
+                    f"probe_address {body.probe_address!r} is not an IP address"
+                ) from None
+        claimed = self.session.get(LinkName, body.interface)
+        if claimed is not None:
+            raise Conflict(
+                f"{body.interface} is a link of kvmnetd ({claimed.resource} "
+                f"{claimed.resource_id}), not a host NIC"
+            )
+        other = self.session.scalars(select(Uplink).where(Uplink.name == body.interface)).first()
+        if other is not None and other.bridge_id != bridge.id:
+            raise Conflict(f"{body.interface} is already the uplink of bridge {other.bridge_id}")
+        return bridge
+
+    def set(self, bridge_ref: str, body: UplinkSet) -> tuple[Uplink, Operation | None]:
+        bridge = self.check(bridge_ref, body)
+        row = uplink_of(self.session, bridge.id)
+        if row is not None and row.deleted:
+            raise BeingDeleted(f"the uplink of {bridge.name} is being removed; try again")
+        if row is not None and row.name != body.interface:
+            raise Conflict(
+                f"bridge {bridge.name} already has the uplink {row.name}; remove it first"
+            )
+        settings = {
+            "probe_address": body.probe_address,
+            "probe_timeout": body.probe_timeout,
+            "take_mac": body.take_mac,
+            "dhcp": body.dhcp,
+        }
+        if row is None:
+            row = Uplink(id=new_id(), name=body.interface, bridge_id=bridge.id, generation=1)
+            for key, value in settings.items():
+                setattr(row, key, value)
+            self.session.add(row)
+            return row, _record(self.session, "create", row, self.request_id)
+        changed = any(getattr(row, key) != value for key, value in settings.items())
+        if not changed and row.status != Status.ERROR.value:
+            return row, None
+        for key, value in settings.items():
+            setattr(row, key, value)
+        _bump(row)  # also retries a move that was refused or rolled back
+        return row, _record(self.session, "update", row, self.request_id)
+
+    def delete(self, bridge_ref: str) -> tuple[Uplink, Operation | None]:
+        _, row = self.get(bridge_ref)
+        if row.deleted:
+            return row, None
+        row.deleted = True
+        _bump(row, Status.DELETING)
+        return row, _record(self.session, "delete", row, self.request_id)
