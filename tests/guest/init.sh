@@ -124,8 +124,12 @@ configure() {
 			ip route add default via "$gateway" || fail "cannot add default route via $gateway"
 		fi
 	elif [ "$(param dhcp)" = 1 ]; then
-		udhcpc -i "$1" -s /etc/udhcpc.sh -t 20 -T 1 -n >/run/udhcpc.log 2>&1 ||
+		# patient enough for a server that ping-checks an address before offering it
+		# (dnsmasq does, for up to 3 s)
+		if ! udhcpc -i "$1" -s /etc/udhcpc.sh -t 8 -T 3 -n >/run/udhcpc.log 2>&1; then
+			sed 's/^/udhcpc: /' /run/udhcpc.log
 			fail "dhcp: no lease on $1"
+		fi
 	else
 		fail "no kvt.ip= or kvt.dhcp=1 on the kernel command line"
 	fi
