@@ -85,11 +85,18 @@ def link_facts(ipr: IPRoute, name: str) -> LinkFacts | None:
 
 
 def find_by_mac(ipr: IPRoute, mac: str) -> str | None:
-    """The link whose permanent MAC (else current MAC) is `mac`: a renamed NIC is still found."""
+    """The NIC whose permanent MAC (else current MAC) is `mac`: a renamed NIC is still found.
+    Bridges are skipped (a bridge that took its uplink's MAC has the same address)."""
+    current = None
     for msg in ipr.get_links():
-        if mac in (msg.get_attr("IFLA_PERM_ADDRESS"), msg.get_attr("IFLA_ADDRESS")):
+        info = msg.get_attr("IFLA_LINKINFO")
+        if info is not None and info.get_attr("IFLA_INFO_KIND") == "bridge":
+            continue
+        if msg.get_attr("IFLA_PERM_ADDRESS") == mac:
             return str(msg.get_attr("IFLA_IFNAME"))
-    return None
+        if current is None and msg.get_attr("IFLA_ADDRESS") == mac:
+            current = str(msg.get_attr("IFLA_IFNAME"))
+    return current
 
 
 def addresses_of(ipr: IPRoute, index: int) -> tuple[Address, ...]:

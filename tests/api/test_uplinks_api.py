@@ -194,3 +194,16 @@ def test_unknown_interface_and_our_own_links_are_refused(api: TestClient, netns:
     assert r.status_code == 200 and "no interface" in r.json()["refused"], r.text
     r = api.put("/v1/bridges/br0/uplink", json={"interface": "eth0", "probe_address": "x"})
     assert r.status_code == 422, r.text
+
+
+def test_a_renamed_nic_is_found_by_its_mac(api: TestClient, netns: str, lan: str) -> None:
+    make_bridge(api)
+    before = read(netns, "eth0")
+    assert uplink(api).json()["status"] == "active"
+    ip(netns, "link", "set", "eth0", "down")
+    ip(netns, "link", "set", "eth0", "name", "wan0")
+    ip(netns, "link", "set", "wan0", "up")
+    assert api.get("/v1/bridges/br0/uplink").json()["present_as"] == "wan0"
+    assert api.delete("/v1/bridges/br0/uplink?wait=20").status_code == 204
+    assert read(netns, "wan0")[2:] == before[2:]  # the configuration went back to the NIC
+    assert reaches(lan, HOST)
