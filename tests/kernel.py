@@ -149,10 +149,12 @@ def dns_query(ns: str, server: str, name: str, timeout: float = 2.0) -> str | No
             return None
         return socket.inet_ntoa(reply[-4:])  # A records are 4 bytes; ours come last
 
-    return _in_namespace_thread(ns, ask)
+    return in_namespace(ns, ask)
 
 
-def _in_namespace_thread(ns: str, fn: Callable[[], T]) -> T:
+def in_namespace(ns: str, fn: Callable[[], T]) -> T:
+    """Run `fn` on a thread of its own that entered `ns` (sockets it opens stay in `ns`,
+    whichever thread uses them later); its exception, if any, is raised here."""
     results: list[T] = []
     errors: list[BaseException] = []
 

@@ -9,12 +9,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, LinkName, Operation, Tap, Uplink, VmNic, new_id
+from app.db.models import Bridge, LinkName, Operation, Tap, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
     NetworkRepository,
-    OperationRepository,
     TapRepository,
     uplink_of,
 )
@@ -24,8 +23,9 @@ from app.domain.names import (
     validate_bridge_timers,
     validate_link_settings,
 )
-from app.domain.status import Status, check_transition
+from app.domain.status import Status
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
+from app.services.operations import bump, record_operation
 
 
 def _claim_name(session: Session, name: str, resource: str, resource_id: str) -> None:
@@ -38,30 +38,6 @@ def _claim_name(session: Session, name: str, resource: str, resource_id: str) ->
     # writers are serialized (Database.unit_of_work), so nothing can claim the name between
     # the read above and this insert; the primary key still guards against any other writer
     names.add(LinkName(name=name, resource=resource, resource_id=resource_id))
-
-
-def _record(
-    session: Session,
-    action: str,
-    resource: str,
-    row: Bridge | Tap | Uplink,
-    request_id: str | None,
-) -> Operation:
-    operation = Operation(
-        action=action,
-        resource=resource,
-        resource_id=row.id,
-        target_generation=row.generation,
-        request_id=request_id,
-    )
-    OperationRepository(session).add(operation)
-    return operation
-
-
-def _bump(row: Bridge | Tap | Uplink, target: Status = Status.PENDING) -> None:
-    row.status = check_transition(Status(row.status), target).value
-    row.status_reason = None
-    row.generation += 1
 
 
 def _apply_changes(row: Bridge | Tap, changes: dict[str, Any]) -> bool:
@@ -136,7 +112,7 @@ class BridgeService:
         _check_bridge(row)
         _claim_name(self.session, body.name, "bridge", row.id)
         self.bridges.add(row)
-        return row, _record(self.session, "create", "bridge", row, self.request_id)
+        return row, record_operation(self.session, "create", "bridge", row, self.request_id)
 
     def update(self, ref: str, body: BridgeUpdate) -> tuple[Bridge, Operation | None]:
         row = require_alive(self.bridges.find(ref), "bridge", ref)
@@ -149,8 +125,8 @@ class BridgeService:
         if not _apply_changes(row, changes):
             return row, None
         _check_bridge(row)  # the result as a whole; the transaction rolls back if refused
-        _bump(row)
-        return row, _record(self.session, "update", "bridge", row, self.request_id)
+        bump(row)
+        return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
     def delete(self, ref: str, detach_taps: bool) -> tuple[Bridge, Operation | None]:
         row = self.get(ref)
@@ -161,8 +137,8 @@ class BridgeService:
         if uplink is not None and not uplink.deleted:
             # the host's configuration moves back onto the NIC before the bridge goes
             uplink.deleted = True
-            _bump(uplink, Status.DELETING)
-            _record(self.session, "delete", "uplink", uplink, self.request_id)
+            bump(uplink, Status.DELETING)
+            record_operation(self.session, "delete", "uplink", uplink, self.request_id)
         attached = [t for t in self.taps.on_bridge(row.id) if not t.deleted]
         if attached and not detach_taps:
             names = ", ".join(sorted(t.name for t in attached))
@@ -175,8 +151,8 @@ class BridgeService:
         for tap in attached:
             tap_service.set_bridge(tap, None)
         row.deleted = True
-        _bump(row, Status.DELETING)
-        return row, _record(self.session, "delete", "bridge", row, self.request_id)
+        bump(row, Status.DELETING)
+        return row, record_operation(self.session, "delete", "bridge", row, self.request_id)
 
 
 class TapService:
@@ -217,7 +193,7 @@ class TapService:
         validate_link_settings(row.mtu, row.addresses)
         _claim_name(self.session, body.name, "tap", row.id)
         self.taps.add(row)
-        return row, _record(self.session, "create", "tap", row, self.request_id)
+        return row, record_operation(self.session, "create", "tap", row, self.request_id)
 
     def update(self, ref: str, body: TapUpdate) -> tuple[Tap, Operation | None]:
         row = require_alive(self.taps.find(ref), "tap", ref)
@@ -237,8 +213,8 @@ class TapService:
         if not _apply_changes(row, changes):
             return row, None
         validate_link_settings(row.mtu, row.addresses)
-        _bump(row)
-        return row, _record(self.session, "update", "tap", row, self.request_id)
+        bump(row)
+        return row, record_operation(self.session, "update", "tap", row, self.request_id)
 
     def _vm_using(self, tap_id: str) -> str | None:
         return self.session.scalars(select(VmNic.vm_id).where(VmNic.tap_id == tap_id)).first()
@@ -248,8 +224,8 @@ class TapService:
         if row.bridge_id == bridge_id:
             return None
         row.bridge_id = bridge_id
-        _bump(row)
-        return _record(self.session, "update", "tap", row, self.request_id)
+        bump(row)
+        return record_operation(self.session, "update", "tap", row, self.request_id)
 
     def attach(self, ref: str, bridge_ref: str | None) -> tuple[Tap, Operation | None]:
         row = require_alive(self.taps.find(ref), "tap", ref)
@@ -263,5 +239,5 @@ class TapService:
         refuse_if_network(self.session, row)
         row.deleted = True
         row.bridge_id = None  # a tap on its way out never holds its bridge
-        _bump(row, Status.DELETING)
-        return row, _record(self.session, "delete", "tap", row, self.request_id)
+        bump(row, Status.DELETING)
+        return row, record_operation(self.session, "delete", "tap", row, self.request_id)

@@ -17,7 +17,6 @@ from app.db.repositories import (
     BridgeRepository,
     HostPortRepository,
     NetworkRepository,
-    OperationRepository,
     PortForwardRepository,
     TapRepository,
     VmRepository,
@@ -43,7 +42,7 @@ from app.domain.networks import (
     parse_address,
     plan_addressing,
 )
-from app.domain.status import Status, check_transition
+from app.domain.status import Status
 from app.schemas.networks import (
     DhcpIn,
     NatIn,
@@ -52,34 +51,25 @@ from app.schemas.networks import (
     PortForwardCreate,
 )
 from app.services.links import require_alive
-
-
-def _record(
-    session: Session,
-    action: str,
-    resource: str,
-    row: Network | PortForward,
-    request_id: str | None,
-) -> Operation:
-    operation = Operation(
-        action=action,
-        resource=resource,
-        resource_id=row.id,
-        target_generation=row.generation,
-        request_id=request_id,
-    )
-    OperationRepository(session).add(operation)
-    return operation
-
-
-def _bump(row: Network | PortForward | Bridge | Tap, target: Status = Status.PENDING) -> None:
-    row.status = check_transition(Status(row.status), target).value
-    row.status_reason = None
-    row.generation += 1
+from app.services.operations import bump, record_operation
 
 
 def addressing_of(row: Network) -> Addressing:
     return plan_addressing(row.subnet, row.gateway, row.range_start, row.range_end)
+
+
+def _changeable(row: Network) -> tuple[object, ...]:
+    """What PATCH may change: NAT, DHCP and the DNS domain."""
+    return (
+        row.nat,
+        row.nat_interface,
+        row.snat_address,
+        row.dhcp,
+        row.range_start,
+        row.range_end,
+        row.lease_seconds,
+        row.domain,
+    )
 
 
 def _check_nat(nat: NatIn) -> None:
@@ -147,8 +137,8 @@ class NetworkService:
         self.networks.add(row)
         self.session.flush()
         self._adopt_nics(row, plan, link)
-        _bump(link)  # its addresses now include the gateway
-        return row, _record(self.session, "create", "network", row, self.request_id)
+        bump(link)  # its addresses now include the gateway
+        return row, record_operation(self.session, "create", "network", row, self.request_id)
 
     def _link(self, bridge_ref: str | None, tap_ref: str | None) -> Bridge | Tap:
         if bridge_ref is not None:
@@ -184,16 +174,7 @@ class NetworkService:
 
     def update(self, ref: str, body: NetworkUpdate) -> tuple[Network, Operation | None]:
         row = self.alive(ref)
-        before = (
-            row.nat,
-            row.nat_interface,
-            row.snat_address,
-            row.dhcp,
-            row.range_start,
-            row.range_end,
-            row.lease_seconds,
-            row.domain,
-        )
+        before = _changeable(row)
         if body.nat is not None:
             _check_nat(body.nat)
             self._set_nat(row, body.nat)
@@ -204,20 +185,10 @@ class NetworkService:
             self._set_dhcp(row, body.dhcp, plan)
         if "domain" in body.model_fields_set:
             row.domain = body.domain
-        after = (
-            row.nat,
-            row.nat_interface,
-            row.snat_address,
-            row.dhcp,
-            row.range_start,
-            row.range_end,
-            row.lease_seconds,
-            row.domain,
-        )
-        if after == before:
+        if _changeable(row) == before:
             return row, None
-        _bump(row)
-        return row, _record(self.session, "update", "network", row, self.request_id)
+        bump(row)
+        return row, record_operation(self.session, "update", "network", row, self.request_id)
 
     def delete(self, ref: str) -> tuple[Network, Operation | None]:
         row = self.get(ref)
@@ -235,11 +206,11 @@ class NetworkService:
         for nic in self.networks.nics(row.id):
             nic.network_id, nic.ipv4 = None, None
         row.deleted = True
-        _bump(row, Status.DELETING)
+        bump(row, Status.DELETING)
         link = self.link_of(row)
         if link is not None and not link.deleted:
-            _bump(link)  # the gateway address goes
-        return row, _record(self.session, "delete", "network", row, self.request_id)
+            bump(link)  # the gateway address goes
+        return row, record_operation(self.session, "delete", "network", row, self.request_id)
 
 
 def network_blocking(session: Session, bridge_id: str | None, tap_id: str | None) -> Network | None:
@@ -395,7 +366,7 @@ class PortForwardService:
             self._claims = PortClaims(self.session, preload=self._batch)
         self._claims.claim(body.protocol, str(listen), span, "port_forward", row.id)
         self.forwards.add(row)
-        return row, _record(self.session, "create", "port_forward", row, self.request_id)
+        return row, record_operation(self.session, "create", "port_forward", row, self.request_id)
 
     def create_many(
         self, bodies: Sequence[PortForwardCreate]
@@ -451,12 +422,12 @@ class PortForwardService:
         if row.deleted:
             return row, None
         self.mark_deleted(row)
-        return row, _record(self.session, "delete", "port_forward", row, self.request_id)
+        return row, record_operation(self.session, "delete", "port_forward", row, self.request_id)
 
     @staticmethod
     def mark_deleted(row: PortForward) -> None:
         row.deleted = True
-        _bump(row, Status.DELETING)
+        bump(row, Status.DELETING)
 
 
 def forwards_of_vm(session: Session, vm: Vm) -> None:

@@ -10,29 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Bridge, LinkName, Operation, Uplink, new_id
-from app.db.repositories import BridgeRepository, OperationRepository, uplink_of
+from app.db.repositories import BridgeRepository, uplink_of
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NotFound
-from app.domain.status import Status, check_transition
+from app.domain.status import Status
 from app.schemas.uplinks import UplinkSet
 from app.services.links import require_alive
-
-
-def _record(session: Session, action: str, row: Uplink, request_id: str | None) -> Operation:
-    operation = Operation(
-        action=action,
-        resource="uplink",
-        resource_id=row.id,
-        target_generation=row.generation,
-        request_id=request_id,
-    )
-    OperationRepository(session).add(operation)
-    return operation
-
-
-def _bump(row: Uplink, target: Status = Status.PENDING) -> None:
-    row.status = check_transition(Status(row.status), target).value
-    row.status_reason = None
-    row.generation += 1
+from app.services.operations import bump, record_operation
 
 
 class UplinkService:
@@ -95,19 +78,19 @@ class UplinkService:
             for key, value in settings.items():
                 setattr(row, key, value)
             self.session.add(row)
-            return row, _record(self.session, "create", row, self.request_id)
+            return row, record_operation(self.session, "create", "uplink", row, self.request_id)
         changed = any(getattr(row, key) != value for key, value in settings.items())
         if not changed and row.status != Status.ERROR.value:
             return row, None
         for key, value in settings.items():
             setattr(row, key, value)
-        _bump(row)  # also retries a move that was refused or rolled back
-        return row, _record(self.session, "update", row, self.request_id)
+        bump(row)  # also retries a move that was refused or rolled back
+        return row, record_operation(self.session, "update", "uplink", row, self.request_id)
 
     def delete(self, bridge_ref: str) -> tuple[Uplink, Operation | None]:
         _, row = self.get(bridge_ref)
         if row.deleted:
             return row, None
         row.deleted = True
-        _bump(row, Status.DELETING)
-        return row, _record(self.session, "delete", row, self.request_id)
+        bump(row, Status.DELETING)
+        return row, record_operation(self.session, "delete", "uplink", row, self.request_id)

@@ -4,7 +4,6 @@ namespace. No guest boots here (tests/e2e/test_uplink.py does that)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,11 +13,10 @@ from fastapi.testclient import TestClient
 from pyroute2 import IPRoute
 
 from app.domain.uplinks import NicConfig
-from app.host.netns import enter_for_this_thread
 from app.host.uplink import link_facts, snapshot
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge
-from tests.kernel import ip, throwaway_netns
+from tests.kernel import in_namespace, ip, throwaway_netns
 
 GATEWAY = "10.60.0.1"
 HOST = "10.60.0.10"
@@ -40,43 +38,32 @@ def lan(netns: str) -> Iterator[str]:
 
 
 def read(ns: str, name: str) -> tuple[object, ...]:
-    """A link's configuration as netlink reports it, minus lifetimes that count down."""
-    result: list[tuple[object, ...]] = []
+    """A link's configuration as netlink reports it (MAC, master, addresses, routes), minus
+    lifetimes that count down."""
 
-    def run() -> None:
-        enter_for_this_thread(ns)
+    def run() -> tuple[object, ...]:
         with IPRoute() as ipr:
             config: NicConfig = snapshot(ipr, name)
             facts = link_facts(ipr, name)
         assert facts is not None
-        result.append(
-            (
-                config.mac,
-                facts.master,
-                sorted((a.essence() for a in config.addresses), key=repr),
-                sorted((r.essence() for r in config.routes), key=repr),
-            )
+        return (
+            config.mac,
+            facts.master,
+            sorted((a.essence() for a in config.addresses), key=repr),
+            sorted((r.essence() for r in config.routes), key=repr),
         )
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return result[0]
+    return in_namespace(ns, run)
 
 
 def reaches(ns: str, address: str) -> bool:
-    answer: list[bool] = []
-
-    def run() -> None:
-        enter_for_this_thread(ns)
-        answer.append(
+    """An ICMP echo from inside `ns` is answered."""
+    return in_namespace(
+        ns,
+        lambda: bool(
             icmplib.ping(address, count=2, interval=0.2, timeout=1, privileged=True).is_alive
-        )
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return answer[0]
+        ),
+    )
 
 
 def uplink(api: TestClient, **body: Any) -> Any:
@@ -172,17 +159,11 @@ def test_deleting_the_bridge_moves_the_configuration_back_first(
 
 
 def _addresses(ns: str, name: str) -> Any:
-    result: list[Any] = []
-
-    def run() -> None:
-        enter_for_this_thread(ns)
+    def run() -> Any:
         with IPRoute() as ipr:
-            result.append(snapshot(ipr, name).addresses)
+            return snapshot(ipr, name).addresses
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return result[0]
+    return in_namespace(ns, run)
 
 
 def test_unknown_interface_and_our_own_links_are_refused(api: TestClient, netns: str) -> None:

@@ -31,7 +31,7 @@ from app.host.netns import enter_for_this_thread
 from tests.e2e.helpers import E2EDaemon, ok, running_daemon, wait_for
 from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import parse_fetch, parse_hello, parse_ready, parse_resolved
-from tests.kernel import in_netns, ip, nft_rules, processes_in, throwaway_netns
+from tests.kernel import in_namespace, in_netns, ip, nft_rules, processes_in, throwaway_netns
 
 UPLINK = "172.31.250.1"  # the host's address towards the outside
 OUTSIDE = "172.31.250.2"  # a server out there
@@ -76,22 +76,7 @@ class LineServer:
 def connect_from(netns: str, address: str, port: int, timeout: float = 5.0) -> socket.socket:
     """A TCP connection opened inside `netns` (a socket stays in the namespace it was made in,
     so the caller may use it from any thread)."""
-    result: list[socket.socket] = []
-    errors: list[OSError] = []
-
-    def run() -> None:
-        enter_for_this_thread(netns)
-        try:
-            result.append(socket.create_connection((address, port), timeout=timeout))
-        except OSError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
+    return in_namespace(netns, lambda: socket.create_connection((address, port), timeout=timeout))
 
 
 def first_line(netns: str, address: str, port: int) -> str | None:

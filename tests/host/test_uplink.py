@@ -3,7 +3,6 @@ namespace with the gateway, joined by a veth whose other end plays the host's et
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -12,9 +11,8 @@ import pytest
 from pyroute2 import IPRoute
 
 from app.domain.uplinks import NicConfig, attach_steps, restore_steps
-from app.host.netns import enter_for_this_thread
 from app.host.uplink import MoveLog, attach, link_facts, probe, restore, snapshot
-from tests.kernel import ip, throwaway_netns
+from tests.kernel import in_namespace, ip, throwaway_netns
 
 T = TypeVar("T")
 GATEWAY = "10.60.0.1"
@@ -40,23 +38,13 @@ def lan() -> Iterator[tuple[str, str]]:
 
 
 def in_ns(ns: str, fn: Callable[[IPRoute], T]) -> T:
-    results: list[T] = []
-    errors: list[BaseException] = []
+    """`fn` with a netlink socket of `ns`."""
 
-    def run() -> None:
-        try:
-            enter_for_this_thread(ns)
-            with IPRoute() as ipr:
-                results.append(fn(ipr))
-        except BaseException as exc:
-            errors.append(exc)
+    def run() -> T:
+        with IPRoute() as ipr:
+            return fn(ipr)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
+    return in_namespace(ns, run)
 
 
 def essence(config: NicConfig) -> tuple[object, ...]:
