@@ -31,7 +31,9 @@ def lan(netns: str) -> Iterator[str]:
         ip(lan_ns, "addr", "add", f"{GATEWAY}/24", "dev", "lan0")
         ip(lan_ns, "link", "set", "lan0", "up")
         ip(netns, "addr", "add", f"{HOST}/24", "dev", "eth0")
+        ip(netns, "addr", "add", "fd00:60::10/64", "dev", "eth0", "nodad")
         ip(netns, "link", "set", "eth0", "up")
+        ip(netns, "route", "add", "fd00:99::/64", "via", "fd00:60::1", "metric", "50")
         ip(netns, "route", "add", "default", "via", GATEWAY, "metric", "100")
         ip(netns, "route", "add", "172.16.5.0/24", "via", GATEWAY, "metric", "7")
         yield lan_ns
@@ -79,7 +81,7 @@ def test_dry_run_attach_detach_and_rollback(api: TestClient, netns: str, lan: st
     assert r.status_code == 200, r.text
     plan = r.json()
     assert plan["refused"] is None and plan["probe_address"] == GATEWAY
-    assert plan["addresses"] == [f"{HOST}/24"]
+    assert plan["addresses"] == [f"{HOST}/24", "fd00:60::10/64"]
     assert plan["steps"][-1] == f"probe {GATEWAY} through br0"
     assert read(netns, "eth0") == before  # a dry run changes nothing
     assert api.get("/v1/bridges/br0/uplink").status_code == 404
@@ -92,8 +94,11 @@ def test_dry_run_attach_detach_and_rollback(api: TestClient, netns: str, lan: st
     assert any(s.startswith("enslave eth0 to br0") for s in attached["steps"])
     bridge = read(netns, "br0")
     assert bridge[0] == before[0]  # the bridge took the NIC's MAC
-    assert [a[1] for a in bridge[2]] == [f"{HOST}/24"]
-    assert {(r[1], r[5]) for r in bridge[3] if r[4] is not None} >= {(None, GATEWAY)}
+    assert sorted(a[1] for a in bridge[2]) == [f"{HOST}/24", "fd00:60::10/64"]
+    assert {(r[1], r[5]) for r in bridge[3] if r[4] is not None} >= {
+        (None, GATEWAY),
+        ("fd00:99::", "fd00:60::1"),
+    }
     assert read(netns, "eth0")[2:] == ([], [])
     assert reaches(lan, HOST) and reaches(netns, GATEWAY)
     ports = [p["name"] for p in api.get("/v1/bridges/br0").json()["ports"]]
