@@ -15,7 +15,7 @@ from app.api.presenters import (
 )
 from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation, Uplink
-from app.db.repositories import BridgeRepository
+from app.db.repositories import BridgeRepository, uplinks_of
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgeCreate, BridgePage, BridgeUpdate, FdbEntry
@@ -30,7 +30,8 @@ SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settl
 
 async def _present(ctx: AppContext, row: Bridge) -> BridgeOut:
     ports = await ctx.host(ctx.inspector.bridge_ports, row.name)
-    return bridge_out(row, ports)
+    uplinks = await ctx.read(lambda s: uplinks_of(s, [row.id]))
+    return bridge_out(row, ports, uplinks.get(row.id))
 
 
 async def _finish(
@@ -76,8 +77,10 @@ async def list_bridges(request: Request, limit: Limit = 100, cursor: Cursor = No
     ctx = context(request)
     rows, next_cursor = await ctx.read(lambda s: BridgeService(s).page(limit, cursor))
     ports = await ctx.host(ctx.inspector.ports_of, [r.name for r in rows])
+    uplinks = await ctx.read(lambda s: uplinks_of(s, [r.id for r in rows]))
     return BridgePage(
-        items=[bridge_out(r, ports.get(r.name)) for r in rows], next_cursor=next_cursor
+        items=[bridge_out(r, ports.get(r.name), uplinks.get(r.id)) for r in rows],
+        next_cursor=next_cursor,
     )
 
 

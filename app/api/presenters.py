@@ -20,7 +20,7 @@ from app.db.models import (
 )
 from app.domain.uplinks import NicConfig, describe, restore_steps
 from app.schemas.links import Bridge as BridgeOut
-from app.schemas.links import BridgePort
+from app.schemas.links import BridgePort, UplinkSummary
 from app.schemas.links import Tap as TapOut
 from app.schemas.networks import DhcpOut, NatOut
 from app.schemas.networks import Network as NetworkOut
@@ -54,12 +54,17 @@ def _state(row: Bridge | Tap) -> dict[str, Any]:
     )
 
 
-def bridge_out(row: Bridge, ports: list[dict[str, Any]] | None = None) -> BridgeOut:
+def bridge_out(
+    row: Bridge, ports: list[dict[str, Any]] | None = None, uplink: Uplink | None = None
+) -> BridgeOut:
     return BridgeOut(
         **_state(row),
         stp=row.stp,
         forward_delay=row.forward_delay_cs / 100.0,
         ports=[BridgePort(**p) for p in ports or []],
+        uplink=UplinkSummary(interface=uplink.name, phase=uplink.phase, status=uplink.status)
+        if uplink is not None
+        else None,
     )
 
 

@@ -206,6 +206,12 @@ def uplink_of(session: Session, bridge_id: str) -> Uplink | None:
     return session.scalars(select(Uplink).where(Uplink.bridge_id == bridge_id)).first()
 
 
+def uplinks_of(session: Session, bridge_ids: Sequence[str]) -> dict[str, Uplink]:
+    """Bridge id -> its uplink, for the bridges that have one (one query)."""
+    query = select(Uplink).where(Uplink.bridge_id.in_(bridge_ids))
+    return {row.bridge_id: row for row in session.scalars(query)}
+
+
 class LinkNameRepository(Repository[LinkName]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, LinkName)

@@ -56,6 +56,12 @@ class BridgePort(BaseModel):
     tap_id: str | None = Field(None, description="The tap resource, when the port is ours")
 
 
+class UplinkSummary(BaseModel):
+    interface: str
+    phase: str = Field(description="detached, moving, attached, restoring")
+    status: str
+
+
 class Bridge(ResourceState):
     stp: bool
     forward_delay: float
@@ -66,6 +72,9 @@ class Bridge(ResourceState):
     observed_mac: str | None = None
     ports: list[BridgePort] = Field(
         default_factory=list, description="Member ports as the kernel reports them now"
+    )
+    uplink: UplinkSummary | None = Field(
+        None, description="The host NIC in this bridge, if any (details: GET .../uplink)"
     )
 
 

@@ -101,8 +101,9 @@ def test_dry_run_attach_detach_and_rollback(api: TestClient, netns: str, lan: st
     }
     assert read(netns, "eth0")[2:] == ([], [])
     assert reaches(lan, HOST) and reaches(netns, GATEWAY)
-    ports = [p["name"] for p in api.get("/v1/bridges/br0").json()["ports"]]
-    assert ports == ["eth0"]
+    shown = api.get("/v1/bridges/br0").json()
+    assert [p["name"] for p in shown["ports"]] == ["eth0"]
+    assert shown["uplink"] == {"interface": "eth0", "phase": "attached", "status": "active"}
 
     # a full resync leaves the moved addresses alone (they are part of the bridge now)
     api.app.state.supervisor.resync()  # type: ignore[attr-defined]
