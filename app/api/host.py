@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.deps import context
+from app.api.presenters import uplink_diagnostic
 from app.db.repositories import NetworkRepository
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.host import Capabilities, DiagnosticCheck, HostInterface, HostRoute
+from app.services.uplinks import UplinkService
 
 router = APIRouter(prefix="/v1/host", tags=["host"], responses=PROBLEM_RESPONSES)
 
@@ -39,7 +41,12 @@ async def get_host_capabilities(request: Request) -> Capabilities:
 async def get_host_diagnostics(request: Request) -> list[DiagnosticCheck]:
     """What would break forwarding for managed networks here, each with the exact reason:
     IP forwarding off, a FORWARD chain with a drop policy in another table (as Docker leaves
-    it), dnsmasq missing, another listener on port 53 where our dnsmasq must answer."""
+    it), dnsmasq missing, another listener on port 53 where our dnsmasq must answer; and
+    each bridge uplink: its NIC present, its carrier, its move settled."""
     ctx = context(request)
     gateways = await ctx.read(lambda s: NetworkRepository(s).gateways())
-    return [DiagnosticCheck(**c) for c in await ctx.host(ctx.inspector.diagnostics, gateways)]
+    checks = [DiagnosticCheck(**c) for c in await ctx.host(ctx.inspector.diagnostics, gateways)]
+    for bridge, row in await ctx.read(lambda s: UplinkService(s).all()):
+        live = await ctx.host(ctx.inspector.uplink_view, row.name, row.permanent_mac)
+        checks.append(uplink_diagnostic(bridge, row, live))
+    return checks

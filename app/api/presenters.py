@@ -19,6 +19,7 @@ from app.db.models import (
     VmNic,
 )
 from app.domain.uplinks import NicConfig, describe, restore_steps
+from app.schemas.host import DiagnosticCheck
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgePort, UplinkSummary
 from app.schemas.links import Tap as TapOut
@@ -244,3 +245,22 @@ def uplink_restore_plan_out(row: Uplink, bridge: str) -> UplinkPlan:
         dhcp_clients=[],
         refused=None if nic else f"{row.name} is not attached: nothing to move back",
     )
+
+
+def uplink_diagnostic(bridge: str, row: Uplink, live: dict[str, Any]) -> DiagnosticCheck:
+    """One uplink as a diagnostic: an error when its NIC is gone or its move failed, a
+    warning without carrier."""
+    name = f"uplink {bridge}"
+    data = {"interface": row.name, "phase": row.phase, "status": row.status, **live}
+    if live.get("present_as") is None:
+        return DiagnosticCheck(
+            name=name, ok=False, severity="error", detail=f"{row.name} is gone", data=data
+        )
+    if row.status == "error":
+        detail = f"{row.name} is not attached: {row.status_reason}"
+        return DiagnosticCheck(name=name, ok=False, severity="error", detail=detail, data=data)
+    if not live.get("carrier"):
+        detail = f"{live['present_as']} has no carrier: the LAN is unreachable through {bridge}"
+        return DiagnosticCheck(name=name, ok=False, severity="warning", detail=detail, data=data)
+    detail = f"{live['present_as']} is {row.phase} to {bridge}, with carrier"
+    return DiagnosticCheck(name=name, ok=True, severity="info", detail=detail, data=data)

@@ -37,6 +37,11 @@ class UplinkService:
             raise NotFound(f"bridge {bridge.name!r} has no uplink")
         return bridge, row
 
+    def all(self) -> list[tuple[str, Uplink]]:
+        """Every uplink with its bridge's name."""
+        query = select(Bridge.name, Uplink).join(Bridge, Bridge.id == Uplink.bridge_id)
+        return [(name, row) for name, row in self.session.execute(query)]
+
     def check(self, bridge_ref: str, body: UplinkSet) -> Bridge:
         """Everything that can be refused without looking at the host."""
         bridge = self.bridge(bridge_ref)

@@ -104,6 +104,12 @@ def test_dry_run_attach_detach_and_rollback(api: TestClient, netns: str, lan: st
     shown = api.get("/v1/bridges/br0").json()
     assert [p["name"] for p in shown["ports"]] == ["eth0"]
     assert shown["uplink"] == {"interface": "eth0", "phase": "attached", "status": "active"}
+    checks = {c["name"]: c for c in api.get("/v1/host/diagnostics").json()}
+    assert checks["uplink br0"]["ok"] is True, checks["uplink br0"]
+    ip(lan, "link", "set", "lan0", "down")  # the LAN's side unplugged: no carrier
+    check = {c["name"]: c for c in api.get("/v1/host/diagnostics").json()}["uplink br0"]
+    assert (check["ok"], check["severity"]) == (False, "warning") and "carrier" in check["detail"]
+    ip(lan, "link", "set", "lan0", "up")
 
     # a full resync leaves the moved addresses alone (they are part of the bridge now)
     api.app.state.supervisor.resync()  # type: ignore[attr-defined]
