@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from sqlalchemy import or_, select
 
 from app.bus import EventBus
@@ -79,7 +80,8 @@ class UplinkReconciler:
         for work in self._load(full):
             try:
                 self._reconcile(work, full)
-            except (UplinkError, OSError) as exc:
+            except (UplinkError, NetlinkError, OSError) as exc:
+                # the journal still says what was being done: the next pass picks it up
                 log.warning("uplink %s of %s: %s", work.interface, work.bridge, exc)
                 self._settle(work, Status.ERROR, str(exc))
 
