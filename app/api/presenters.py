@@ -232,7 +232,8 @@ def uplink_plan_out(
 
 
 def uplink_restore_plan_out(row: Uplink, bridge: str) -> UplinkPlan:
-    nic = NicConfig.from_json(row.saved) if row.saved else None
+    attached = row.phase in ("attached", "moving")
+    nic = NicConfig.from_json(row.saved) if row.saved and attached else None
     steps = restore_steps(nic, bridge, row.bridge_mac_before) if nic else []
     return UplinkPlan(
         interface=row.name,

@@ -8,9 +8,8 @@ per-VM lock, so a VM is never acted on twice at once and a hung qemu delays only
 await on qemu, QMP or netlink has a deadline. Tasks change only the in-memory process table
 and nudge; the database is written by passes alone.
 
-Taps of `bridge` NICs are created (owned by the VM's run_as user, vnet_hdr, multi_queue with
-queues > 1), attached, brought up and marked `kvmnetd:vm:<vm id>` on a dedicated thread in the
-managed namespace: pyroute2's sync API runs its own event loop and must not run inside ours.
+Taps of `bridge` NICs are made, opened and removed by app.supervisor.vm_taps, on a thread of
+its own in the managed namespace.
 
 qemu outlives the daemon: start() first re-adopts every qemu found in a VM's run directory
 (identity checked by app.host.qemu.adopt), so a restarted daemon never starts a second copy;
@@ -23,7 +22,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
-import errno
 import json
 import logging
 import os
@@ -44,18 +42,15 @@ from app.db.models import Bridge, HostPort, LinkName, Vm, VmNic
 from app.db.repositories import FinishedOperation, OperationRepository, vm_spec
 from app.db.session import Database
 from app.domain.errors import DomainError
-from app.domain.links import LinkChanges, LinkKind, LinkSpec
 from app.domain.qemu_argv import qemu_argv
 from app.domain.vm_plan import RestartRules, VmAction, VmDesired, VmObserved, decide
 from app.domain.vms import (
-    Backend,
     PowerState,
     RestartPolicy,
     VmStatus,
     resolve_accelerator,
 )
-from app.host.netlink import LinkError, LinkOps, open_tap_queues
-from app.host.netns import enter_for_this_thread
+from app.host.netlink import LinkError
 from app.host.qemu import (
     DEFAULT_DEADLINES,
     LaunchRecord,
@@ -73,6 +68,7 @@ from app.host.qemu import (
     shutdown,
 )
 from app.host.qmp import QmpEvent
+from app.supervisor.vm_taps import TapPlan, VmTaps, tap_plans
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +79,6 @@ STOP_KILL = "kill"
 KILL_DEADLINES = ShutdownDeadlines(powerdown=0, quit=0, sigterm=0, sigkill=5.0)
 ADOPT_TIMEOUT = 5.0  # QMP greeting of a qemu found at start-up
 QMP_TIMEOUT = 5.0  # one QMP command asked for through execute()
-NETLINK_TIMEOUT = 10.0  # one batch of tap calls on the netlink thread
 RESYNC_INTERVAL = 30.0  # a pass even when nothing wakes us
 ERROR_RETRY = 1.0  # after a pass failed unexpectedly
 STOP_TIMEOUT = 10.0  # stop(): for in-flight actions to be cancelled and handles released
@@ -91,22 +86,6 @@ RETRY_BASE, RETRY_MAX = 0.5, 30.0  # transient failures before a launch (a bridg
 QMP_EVENTS = frozenset({"SHUTDOWN", "RESET", "STOP", "RESUME", "NIC_RX_FILTER_CHANGED"})
 DEFAULT_RULES = RestartRules()
 SETTLED_OK = frozenset({VmStatus.RUNNING, VmStatus.STOPPED})
-
-
-def tap_mark(vm_id: str) -> str:
-    """The ifalias of the taps the worker makes for a VM's bridge NICs."""
-    return f"kvmnetd:vm:{vm_id}"
-
-
-@dataclass(frozen=True)
-class TapPlan:
-    """One bridge NIC's tap."""
-
-    name: str
-    bridge: str | None  # None: the Bridge row is gone (cannot launch; removal still works)
-    uid: int | None
-    gid: int | None
-    multi_queue: bool
 
 
 @dataclass
@@ -199,8 +178,7 @@ class VmWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = False
-        self._netlink: concurrent.futures.ThreadPoolExecutor | None = None
-        self._local = threading.local()  # the netlink thread's LinkOps
+        self._taps: VmTaps | None = None
 
     # ---- control ---------------------------------------------------------------------------
 
@@ -258,6 +236,10 @@ class VmWorker:
             raise LookupError(f"VM {vm_id} has no running qemu")
         return await process.qmp.execute(command, args, timeout=timeout)
 
+    def _vm_taps(self) -> VmTaps:
+        assert self._taps is not None, "the worker's loop is not running"
+        return self._taps
+
     def vm_dir(self, vm_id: str) -> Path:
         return self.run_dir / "vms" / vm_id
 
@@ -280,12 +262,7 @@ class VmWorker:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._netlink = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="vm-netlink",
-            initializer=enter_for_this_thread,
-            initargs=(self.netns,),
-        )
+        self._taps = VmTaps(self.netns)
         try:
             try:
                 await self._adopt_all()
@@ -326,10 +303,8 @@ class VmWorker:
                 process, state.process = state.process, None
                 with contextlib.suppress(Exception):
                     await process.close()
-        if self._netlink is not None:
-            with contextlib.suppress(Exception):
-                self._netlink.submit(self._close_link_ops).result(NETLINK_TIMEOUT)
-            self._netlink.shutdown(wait=False)
+        if self._taps is not None:
+            self._taps.close()
 
     # ---- start-up adoption -----------------------------------------------------------------
 
@@ -465,7 +440,7 @@ class VmWorker:
         desired = VmDesired(
             PowerState(row.power_state), RestartPolicy(row.restart_policy), row.deleted
         )
-        taps = _tap_plans(row, nics, bridges)
+        taps = tap_plans(row, nics, bridges)
         if state.stuck is not None:  # a qemu that survived SIGKILL: nothing more to try
             status = VmStatus.DELETING if row.deleted else VmStatus.ERROR
             return self._report(row, state, status, state.stuck, True), None
@@ -649,7 +624,7 @@ class VmWorker:
         if taps:
             state.taps.update(tap.name for tap in taps)
             try:
-                await self._on_netlink(self._ensure_taps_sync, row.id, taps)
+                await self._vm_taps().ensure(row.id, taps)
             except (LinkError, TimeoutError) as exc:
                 reason = f"creating taps: {exc or 'timed out'}"
                 if isinstance(exc, LinkError) and not exc.transient:
@@ -662,7 +637,7 @@ class VmWorker:
             # qemu gets the taps as open descriptors (as libvirt does): it needs no access
             # to /dev/net/tun, and an unprivileged qemu works wherever the daemon does
             if any(nic.tap_name for nic in nics):
-                tap_fds = await self._on_netlink(self._open_taps_sync, nics)
+                tap_fds = await self._vm_taps().open(nics)
         except (LinkError, TimeoutError) as exc:
             self._retry_later(state, f"opening taps: {exc or 'timed out'}")
             return
@@ -748,7 +723,7 @@ class VmWorker:
         if not wanted:
             return
         try:
-            await self._on_netlink(self._remove_taps_sync, state.vm_id, wanted)
+            await self._vm_taps().remove(state.vm_id, wanted)
         except (LinkError, TimeoutError) as exc:
             log.warning("VM %s: could not remove taps %s: %s", state.vm_id, wanted, exc)
             self._retry_later(state, f"removing taps: {exc or 'timed out'}")
@@ -757,100 +732,8 @@ class VmWorker:
         if state.retry_at is not None and not state.running:
             self._retry_done(state)
 
-    # ---- netlink (on its own thread, in the managed namespace) -----------------------------
-
-    @staticmethod
-    def _open_taps_sync(nics: Sequence[VmNic]) -> dict[str, list[int]]:
-        """Every tap-backed NIC's tap, opened once per queue (on the netlink thread: it is
-        in the managed namespace)."""
-        opened: dict[str, list[int]] = {}
-        try:
-            for nic in nics:
-                if nic.backend in (Backend.BRIDGE.value, Backend.TAP.value) and nic.tap_name:
-                    opened[nic.id] = open_tap_queues(nic.tap_name, nic.queues)
-        except LinkError:
-            for fds in opened.values():
-                for fd in fds:
-                    os.close(fd)
-            raise
-        return opened
-
-    async def _on_netlink(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._netlink is not None
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(NETLINK_TIMEOUT):
-            return await loop.run_in_executor(self._netlink, partial(fn, *args))
-
-    def _link_ops(self) -> LinkOps:
-        ops: LinkOps | None = getattr(self._local, "ops", None)
-        if ops is None:
-            ops = self._local.ops = LinkOps()
-        return ops
-
-    def _close_link_ops(self) -> None:
-        ops: LinkOps | None = getattr(self._local, "ops", None)
-        if ops is not None:
-            ops.close()
-            self._local.ops = None
-
-    def _ensure_taps_sync(self, vm_id: str, taps: list[TapPlan]) -> None:
-        """Fresh taps, attached, up and marked. A tap of ours left from an earlier run is
-        re-created (qemu does not run: the caller checked); a foreign link is never touched."""
-        ops = self._link_ops()
-        mark = tap_mark(vm_id)
-        for tap in taps:
-            existing = ops.get(tap.name)
-            if existing is not None:
-                if existing.alias != mark:
-                    raise LinkError(
-                        f"{tap.name} exists and is not ours (ifalias {existing.alias!r})",
-                        errno.EEXIST,
-                    )
-                ops.delete(existing.index, tap.name)
-            spec = LinkSpec(
-                id=vm_id,
-                kind=LinkKind.TAP,
-                name=tap.name,
-                owner_uid=tap.uid,
-                owner_gid=tap.gid,
-                multi_queue=tap.multi_queue,
-                vnet_hdr=True,
-            )
-            index = ops.create(spec)
-            try:
-                ops.apply(index, tap.name, LinkChanges(mark=mark, master=tap.bridge, set_up=True))
-            except LinkError:
-                ops.delete(index, tap.name)  # never leave an unmarked tap behind
-                raise
-
-    def _remove_taps_sync(self, vm_id: str, names: list[str]) -> None:
-        ops = self._link_ops()
-        mark = tap_mark(vm_id)
-        for name in names:
-            link = ops.get(name)
-            if link is None:
-                continue
-            if link.alias != mark:
-                log.warning("not removing %s: it is not ours (ifalias %r)", name, link.alias)
-                continue
-            ops.delete(link.index, name)
-
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def _tap_plans(row: Vm, nics: Sequence[VmNic], bridges: dict[str, str]) -> list[TapPlan]:
-    return [
-        TapPlan(
-            name=nic.tap_name,
-            bridge=bridges.get(nic.bridge_id) if nic.bridge_id else None,
-            uid=row.run_as_uid,
-            gid=row.run_as_gid,
-            multi_queue=nic.queues > 1,
-        )
-        for nic in sorted(nics, key=lambda n: n.position)
-        if nic.backend == Backend.BRIDGE.value and nic.tap_name
-    ]
 
 
 def _argv_option(argv: Sequence[str], name: str) -> str | None:

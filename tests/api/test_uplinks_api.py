@@ -129,6 +129,8 @@ def test_dry_run_attach_detach_and_rollback(api: TestClient, netns: str, lan: st
     assert failed["status"] == "error" and "rolled back" in failed["status_reason"], failed
     assert failed["phase"] == "detached"
     assert read(netns, "eth0") == before
+    plan = api.delete("/v1/bridges/br0/uplink?dry_run=true").json()
+    assert plan["steps"] == [] and "not attached" in plan["refused"], plan
     assert read(netns, "br0")[2:] == bridge_before[2:]
 
 

@@ -37,7 +37,8 @@ from app.schemas.links import BridgeCreate
 from app.schemas.vms import VmCreate
 from app.services.links import BridgeService
 from app.services.vms import HostFacts, VmService
-from app.supervisor.vms import VmWorker, tap_mark
+from app.supervisor.vm_taps import tap_mark
+from app.supervisor.vms import VmWorker
 from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import wait_ready
 from tests.guest.test_guest import tcp_answer

@@ -1,0 +1,162 @@
+"""The taps of VMs' `bridge` NICs, made and removed on a thread of their own in the managed
+namespace (pyroute2's sync API runs its own event loop and must not run inside the VM
+worker's): created owned by the VM's run_as user with vnet_hdr (multi_queue with queues > 1),
+attached, brought up and marked `kvmnetd:vm:<vm id>`, and opened once per queue so that an
+unprivileged qemu gets them as descriptors. A foreign link is never touched."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from app.db.models import Vm, VmNic
+from app.domain.links import LinkChanges, LinkKind, LinkSpec
+from app.domain.vms import Backend
+from app.host.netlink import LinkError, LinkOps, open_tap_queues
+from app.host.netns import enter_for_this_thread
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+NETLINK_TIMEOUT = 10.0  # one batch of tap calls on the netlink thread
+
+
+def tap_mark(vm_id: str) -> str:
+    """The ifalias of the taps the worker makes for a VM's bridge NICs."""
+    return f"kvmnetd:vm:{vm_id}"
+
+
+@dataclass(frozen=True)
+class TapPlan:
+    """One bridge NIC's tap."""
+
+    name: str
+    bridge: str | None  # None: the Bridge row is gone (cannot launch; removal still works)
+    uid: int | None
+    gid: int | None
+    multi_queue: bool
+
+
+def tap_plans(row: Vm, nics: Sequence[VmNic], bridges: dict[str, str]) -> list[TapPlan]:
+    return [
+        TapPlan(
+            name=nic.tap_name,
+            bridge=bridges.get(nic.bridge_id) if nic.bridge_id else None,
+            uid=row.run_as_uid,
+            gid=row.run_as_gid,
+            multi_queue=nic.queues > 1,
+        )
+        for nic in sorted(nics, key=lambda n: n.position)
+        if nic.backend == Backend.BRIDGE.value and nic.tap_name
+    ]
+
+
+class VmTaps:
+    """Tap calls for the VM worker, run on one thread in the namespace, with deadlines."""
+
+    def __init__(self, netns: str | None) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="vm-netlink",
+            initializer=enter_for_this_thread,
+            initargs=(netns,),
+        )
+        self._local = threading.local()  # the thread's LinkOps
+
+    async def ensure(self, vm_id: str, taps: list[TapPlan]) -> None:
+        await self._run(self._ensure_sync, vm_id, taps)
+
+    async def open(self, nics: Sequence[VmNic]) -> dict[str, list[int]]:
+        return await self._run(self._open_sync, nics)
+
+    async def remove(self, vm_id: str, names: list[str]) -> None:
+        await self._run(self._remove_sync, vm_id, names)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._executor.submit(self._close_link_ops).result(NETLINK_TIMEOUT)
+        self._executor.shutdown(wait=False)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(NETLINK_TIMEOUT):
+            return await loop.run_in_executor(self._executor, partial(fn, *args))
+
+    @staticmethod
+    def _open_sync(nics: Sequence[VmNic]) -> dict[str, list[int]]:
+        """Every tap-backed NIC's tap, opened once per queue (on the netlink thread: it is
+        in the managed namespace)."""
+        opened: dict[str, list[int]] = {}
+        try:
+            for nic in nics:
+                if nic.backend in (Backend.BRIDGE.value, Backend.TAP.value) and nic.tap_name:
+                    opened[nic.id] = open_tap_queues(nic.tap_name, nic.queues)
+        except LinkError:
+            for fds in opened.values():
+                for fd in fds:
+                    os.close(fd)
+            raise
+        return opened
+
+    def _link_ops(self) -> LinkOps:
+        ops: LinkOps | None = getattr(self._local, "ops", None)
+        if ops is None:
+            ops = self._local.ops = LinkOps()
+        return ops
+
+    def _close_link_ops(self) -> None:
+        ops: LinkOps | None = getattr(self._local, "ops", None)
+        if ops is not None:
+            ops.close()
+            self._local.ops = None
+
+    def _ensure_sync(self, vm_id: str, taps: list[TapPlan]) -> None:
+        """Fresh taps, attached, up and marked. A tap of ours left from an earlier run is
+        re-created (qemu does not run: the caller checked); a foreign link is never touched."""
+        ops = self._link_ops()
+        mark = tap_mark(vm_id)
+        for tap in taps:
+            existing = ops.get(tap.name)
+            if existing is not None:
+                if existing.alias != mark:
+                    raise LinkError(
+                        f"{tap.name} exists and is not ours (ifalias {existing.alias!r})",
+                        errno.EEXIST,
+                    )
+                ops.delete(existing.index, tap.name)
+            spec = LinkSpec(
+                id=vm_id,
+                kind=LinkKind.TAP,
+                name=tap.name,
+                owner_uid=tap.uid,
+                owner_gid=tap.gid,
+                multi_queue=tap.multi_queue,
+                vnet_hdr=True,
+            )
+            index = ops.create(spec)
+            try:
+                ops.apply(index, tap.name, LinkChanges(mark=mark, master=tap.bridge, set_up=True))
+            except LinkError:
+                ops.delete(index, tap.name)  # never leave an unmarked tap behind
+                raise
+
+    def _remove_sync(self, vm_id: str, names: list[str]) -> None:
+        ops = self._link_ops()
+        mark = tap_mark(vm_id)
+        for name in names:
+            link = ops.get(name)
+            if link is None:
+                continue
+            if link.alias != mark:
+                log.warning("not removing %s: it is not ours (ifalias %r)", name, link.alias)
+                continue
+            ops.delete(link.index, name)
