@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +368,44 @@ def test_network_on_a_routed_tap_and_quick_successive_deletes(api: TestClient, n
     assert api.delete("/v1/taps/tap1").status_code == 202
     assert _eventually(lambda: "tap1" not in links(netns) and nft_rules(netns) is None)
     assert _eventually(lambda: api.get("/v1/networks").json()["items"] == [])
+
+
+def test_a_port_53_clash_is_reported_and_heals(api: TestClient, netns: str) -> None:
+    """Another resolver holding 0.0.0.0:53: dnsmasq cannot bind the gateway, the network says
+    why (dnsmasq's own words) and diagnostics name the culprit; once it is gone, dnsmasq is
+    started again by the backoff and the network becomes active."""
+    squatter = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", SQUAT_53],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == b"bound"
+        make_bridge(api)
+        r = api.post(
+            "/v1/networks?wait=10", json={"name": "nat0", "bridge": "br0", "subnet": "10.91.0.0/24"}
+        )
+        network = r.json()
+        assert network["status"] == "error", network
+        assert "Address already in use" in network["status_reason"], network
+        checks = {c["name"]: c for c in api.get("/v1/host/diagnostics").json()}
+        assert checks["port53"]["ok"] is False
+        assert str(squatter.pid) in checks["port53"]["detail"] or any(
+            c["pid"] == squatter.pid for c in checks["port53"]["data"]["clashes"]
+        ), checks["port53"]
+    finally:
+        squatter.kill()
+        squatter.wait(10)
+        if squatter.stdout is not None:
+            squatter.stdout.close()
+    assert _eventually(lambda: api.get("/v1/networks/nat0").json()["status"] == "active", 40)
+    assert dns_query(netns, "10.91.0.1", "nothing.invalid") is None  # it answers (NXDOMAIN)
+
+
+SQUAT_53 = """
+import socket, sys, time
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("0.0.0.0", 53))
+tcp = socket.socket(); tcp.bind(("0.0.0.0", 53)); tcp.listen()
+print("bound", flush=True)
+time.sleep(600)
+"""
