@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
-from app.api.presenters import mutation_headers, port_forward_out
+from app.api.presenters import port_forward_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, PortForward
 from app.db.repositories import PortForwardRepository
@@ -132,6 +132,4 @@ async def delete_port_forward(
 ) -> PortForwardOut | Response:
     ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: PortForwardService(s, request_id).delete(forward_id))
-    if op is None and row.deleted:
-        mutation_headers(response, "port-forwards", row.id, None)
     return await _finish_forward(ctx, response, row, op, wait, 202)
