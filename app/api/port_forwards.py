@@ -82,12 +82,15 @@ async def create_port_forward(
 async def create_port_forwards(body: PortForwardBatch, request: Request) -> PortForwardList:
     ctx, request_id = context(request), request_id_of(request)
 
-    def create(session: Session) -> PortForwardList:
+    def create(session: Session) -> tuple[PortForwardList, list[dict[str, object]]]:
         created = PortForwardService(session, request_id).create_many(body.port_forwards)
         session.flush()
-        return PortForwardList(items=[_forward_view(session, row) for row, _ in created])
+        views = PortForwardList(items=[_forward_view(session, row) for row, _ in created])
+        return views, [row.event_fields("port_forward") for row, _ in created]
 
-    result = await ctx.mutate(create)
+    result, events = await ctx.mutate(create)
+    for event in events:  # each one's transition to pending, before the worker's to active
+        ctx.bus.publish(**event)
     ctx.nudger.nudge()
     return result
 
