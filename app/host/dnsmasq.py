@@ -168,6 +168,14 @@ def write_files(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> FileChanges:
     hosts = _write_if_changed(paths.dns_hosts, render_dns_hosts(spec)) or hosts
     user = USER if others_can_enter(paths.run_dir) else "root"
     conf = _write_if_changed(paths.conf, render_conf(spec, paths, user))
+    if conf and user == "root":
+        log.warning(
+            "dnsmasq of network %s keeps root: %s cannot be entered by %s (make the run "
+            "directory's parents o+x to let it drop privileges)",
+            spec.network_id,
+            paths.run_dir,
+            USER,
+        )
     return FileChanges(conf=conf, hosts=hosts)
 
 
