@@ -30,6 +30,7 @@ class Event:
     generation: int = 0
     observed_generation: int = 0
     time: float = field(default_factory=time.time)
+    data: dict[str, Any] | None = None  # the event's own payload (a QMP event's data)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from app.domain.nat_rules import FAMILY, TABLE
+
 log = logging.getLogger(__name__)
 
 Severity = Literal["error", "warning", "info"]
 
-OUR_NFT_TABLE = ("inet", "kvmnetd")
+OUR_NFT_TABLE = (FAMILY, TABLE)
 FORWARD_FAMILIES = ("ip", "ip6", "inet")
 DNS_PORT = 53
 SUBPROCESS_TIMEOUT = 10.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -20,3 +22,8 @@ class EventOut(BaseModel):
     generation: int
     observed_generation: int
     time: float = Field(description="Unix time")
+    data: dict[str, Any] | None = Field(
+        None,
+        description="The event's own payload: for `vm.qmp.<EVENT>`, QEMU's event data "
+        '(e.g. SHUTDOWN: {"guest": true, "reason": "guest-shutdown"})',
+    )

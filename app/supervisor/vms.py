@@ -22,7 +22,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -367,7 +366,7 @@ class VmWorker:
             return
         fields = dict(state.event_fields)
         fields["type"] = f"vm.qmp.{event.name}"
-        fields["status_reason"] = json.dumps(event.data, sort_keys=True) if event.data else None
+        fields["data"] = dict(event.data) if event.data else None
         self.bus.publish(**fields)
 
     # ---- one pass --------------------------------------------------------------------------

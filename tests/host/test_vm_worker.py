@@ -283,6 +283,8 @@ def test_boots_answers_is_adopted_by_a_new_worker_and_stops(env: Env) -> None:
     types = env.event_types(vm_id)
     assert "vm.stopping" in types and types[-1] == "vm.stopped"
     assert "vm.qmp.SHUTDOWN" in types  # the guest's own power-off, seen over QMP
+    shutdown = next(e for e in env.bus.since(0) if e.type == "vm.qmp.SHUTDOWN")
+    assert shutdown.data is not None and shutdown.data.get("guest") is True, shutdown
 
 
 # ---- crashes and restart policy, removal ----------------------------------------------------
