@@ -287,3 +287,23 @@ def test_daemon_kill_9_and_restart_adopts_dnsmasq_and_rules(world: World) -> Non
 def _without_stray(world: World) -> list[dict[str, object]] | None:
     rules = nft_rules(world.host) or []
     return None if any(r.get("comment") == "forward stale" for r in rules) else rules
+
+
+def test_the_howtos_routed_tap_as_a_managed_nat_network(world: World) -> None:
+    """The how-to's tap1 (192.168.105.1/24, the guest's gateway) plus its SNAT step, managed:
+    the guest gets its address by DHCP over the tap and reaches the outside as the uplink."""
+    guest = build_guest("virtio")
+    with world.daemon.client(timeout=120) as client:
+        ok(client.post("/v1/taps?wait=10", json={"name": "tap1"}), 201)
+        body = {"name": "routed", "tap": "tap1", "subnet": "192.168.105.0/24"}
+        ok(client.post("/v1/networks?wait=10", json=body), 201)
+        cmdline = kernel_cmdline(dhcp=True, fetch=f"{OUTSIDE}:{SERVER_PORT}")
+        vm = _vm(guest, "routed", cmdline)
+        vm["nics"] = [{"backend": "tap", "tap": "tap1"}]
+        world.vms["routed"] = ok(client.post("/v1/vms?wait=60", json=vm), 201)
+    ready = wait_for(lambda: parse_ready(world.console("routed")), 90, "the routed guest")
+    assert ready.ip == "192.168.105.2/24"
+    answer = wait_for(
+        lambda: parse_fetch(world.console("routed"), f"{OUTSIDE}:{SERVER_PORT}"), 120, "fetch"
+    )
+    assert answer == f"OUTSIDE saw {UPLINK}"
