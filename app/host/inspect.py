@@ -261,7 +261,7 @@ class LiveHostInspector:
         def plan() -> dict[str, Any]:
             with IPRoute() as ipr:
                 try:
-                    nic = uplink.snapshot(ipr, interface)
+                    nic = uplink.uplink_candidate(ipr, interface)
                 except uplink.UplinkError as exc:
                     return {"error": str(exc)}
             refusal = dhcp_refusal(nic) if dhcp == "refuse" else None

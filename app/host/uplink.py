@@ -43,6 +43,8 @@ from app.domain.uplinks import (
 log = logging.getLogger(__name__)
 
 RT_TABLE_LOCAL = 255
+IFF_LOOPBACK = 0x8
+UNBRIDGEABLE = ("bridge", "tun")  # a bridge cannot be a port; a tap is the VMs' business
 DHCP_CLIENTS = ("dhclient", "dhcpcd", "udhcpc", "dhcpcd5", "pump", "dhcp6c")
 NETWORK_MANAGERS = ("NetworkManager", "systemd-networkd", "connmand", "wicked")
 
@@ -61,6 +63,7 @@ class LinkFacts:
     kind: str | None
     up: bool
     carrier: bool
+    loopback: bool = False
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -81,6 +84,7 @@ def link_facts(ipr: IPRoute, name: str) -> LinkFacts | None:
         kind=info.get_attr("IFLA_INFO_KIND") if info else None,
         up=bool(msg["flags"] & 1),
         carrier=bool(msg.get_attr("IFLA_CARRIER")),
+        loopback=bool(msg["flags"] & IFF_LOOPBACK),
     )
 
 
@@ -150,6 +154,15 @@ def routes_through(ipr: IPRoute, index: int) -> tuple[Route, ...]:
                 )
             )
     return tuple(result)
+
+
+def uplink_candidate(ipr: IPRoute, name: str) -> NicConfig:
+    """The snapshot of a NIC that may become an uplink (not the loopback, a bridge or a tap)."""
+    facts = link_facts(ipr, name)
+    if facts is not None and (facts.loopback or facts.kind in UNBRIDGEABLE):
+        what = "the loopback interface" if facts.loopback else f"a {facts.kind}"
+        raise UplinkError(f"{name} is {what}, not a NIC a bridge can take")
+    return snapshot(ipr, name)
 
 
 def snapshot(ipr: IPRoute, name: str) -> NicConfig:

@@ -128,7 +128,7 @@ class UplinkReconciler:
 
     def _attach(self, work: UplinkWork) -> None:
         name = self._present_name(work)
-        nic = uplink.snapshot(self.ipr, name)
+        nic = uplink.uplink_candidate(self.ipr, name)
         refusal = dhcp_refusal(nic) if work.dhcp == "refuse" else None
         if refusal is not None:
             self._settle(work, Status.ERROR, refusal)

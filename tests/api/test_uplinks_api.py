@@ -187,6 +187,11 @@ def test_unknown_interface_and_our_own_links_are_refused(api: TestClient, netns:
     assert r.status_code == 409 and "link of kvmnetd" in r.json()["detail"], r.text
     r = api.put("/v1/bridges/br0/uplink?dry_run=true", json={"interface": "nope0"})
     assert r.status_code == 200 and "no interface" in r.json()["refused"], r.text
+    r = api.put("/v1/bridges/br0/uplink?dry_run=true", json={"interface": "lo"})
+    assert "loopback" in r.json()["refused"], r.text
+    ip(netns, "link", "add", "other", "type", "bridge")  # not ours, but a bridge all the same
+    r = api.put("/v1/bridges/br0/uplink?wait=10", json={"interface": "other"})
+    assert r.json()["status"] == "error" and "a bridge" in r.json()["status_reason"], r.text
     r = api.put("/v1/bridges/br0/uplink", json={"interface": "eth0", "probe_address": "x"})
     assert r.status_code == 422, r.text
 
