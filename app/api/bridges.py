@@ -15,7 +15,7 @@ from app.api.presenters import (
 )
 from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation, Uplink
-from app.db.repositories import BridgeRepository, uplinks_of
+from app.db.repositories import uplinks_of
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgeCreate, BridgePage, BridgeUpdate, FdbEntry
@@ -42,16 +42,7 @@ async def _finish(
     wait: float | None,
     settled_status: int,
 ) -> BridgeOut | Response:
-    result = await settle_response(
-        ctx,
-        response,
-        "bridges",
-        row,
-        op,
-        wait,
-        settled_status,
-        lambda s: BridgeRepository(s).get(row.id),
-    )
+    result = await settle_response(ctx, response, "bridges", row, op, wait, settled_status)
     return result if isinstance(result, Response) else await _present(ctx, result)
 
 
@@ -231,9 +222,7 @@ async def _finish_uplink(
     wait: float | None,
     settled_status: int,
 ) -> UplinkOut | Response:
-    result = await settle_response(
-        ctx, response, "bridges", row, op, wait, settled_status, lambda s: s.get(Uplink, row.id)
-    )
+    result = await settle_response(ctx, response, "bridges", row, op, wait, settled_status)
     location = f"/v1/bridges/{row.bridge_id}/uplink"
     if isinstance(result, Response):
         result.headers["Location"] = location

@@ -42,16 +42,7 @@ async def _finish_network(
     wait: float | None,
     settled_status: int,
 ) -> NetworkOut | Response:
-    result = await settle_response(
-        ctx,
-        response,
-        "networks",
-        row,
-        op,
-        wait,
-        settled_status,
-        lambda s: NetworkRepository(s).get(row.id),
-    )
+    result = await settle_response(ctx, response, "networks", row, op, wait, settled_status)
     if isinstance(result, Response):
         return result
     return await ctx.read(lambda s: _network_view(s, result))

@@ -9,7 +9,6 @@ from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
 from app.api.presenters import port_forward_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, PortForward
-from app.db.repositories import PortForwardRepository
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.networks import PortForward as PortForwardOut
 from app.schemas.networks import (
@@ -37,16 +36,7 @@ async def _finish_forward(
     wait: float | None,
     settled_status: int,
 ) -> PortForwardOut | Response:
-    result = await settle_response(
-        ctx,
-        response,
-        "port-forwards",
-        row,
-        op,
-        wait,
-        settled_status,
-        lambda s: PortForwardRepository(s).get(row.id),
-    )
+    result = await settle_response(ctx, response, "port-forwards", row, op, wait, settled_status)
     if isinstance(result, Response):
         return result
     return await ctx.read(lambda s: _forward_view(s, result))

@@ -10,7 +10,6 @@ from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
 from app.api.presenters import tap_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, Tap
-from app.db.repositories import TapRepository
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Tap as TapOut
 from app.schemas.links import TapAttach, TapCreate, TapPage, TapUpdate
@@ -31,16 +30,7 @@ async def _finish(
     wait: float | None,
     settled_status: int,
 ) -> TapOut | Response:
-    result = await settle_response(
-        ctx,
-        response,
-        "taps",
-        row,
-        op,
-        wait,
-        settled_status,
-        lambda s: TapRepository(s).get(row.id),
-    )
+    result = await settle_response(ctx, response, "taps", row, op, wait, settled_status)
     return result if isinstance(result, Response) else tap_out(result)
 
 

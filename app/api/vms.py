@@ -41,9 +41,7 @@ async def _finish(
     wait: float | None,
     settled_status: int,
 ) -> VmOut | Response:
-    result = await settle_response(
-        ctx, response, "vms", row, op, wait, settled_status, lambda s: VmRepository(s).get(row.id)
-    )
+    result = await settle_response(ctx, response, "vms", row, op, wait, settled_status)
     return result if isinstance(result, Response) else await _present(ctx, result)
 
 

@@ -85,11 +85,14 @@ async def settle_response(
     operation: Operation | None,
     wait: float | None,
     settled_status: int,
-    load: Callable[[Session], R | None],
+    load: Callable[[Session], R | None] | None = None,
 ) -> R | Response:
     """The common end of every mutation: announce it, wake the supervisor, optionally wait
     for it to settle, and answer settled_status once settled, 202 while pending, or 204 when
     a waited-for delete finished. Returns the row to present, or the 204 response."""
+    if load is None:
+        model, row_id = type(row), row.id
+        load = lambda session: session.get(model, row_id)  # noqa: E731
     mutation_headers(response, collection, row.id, operation)
     if not wait:
         _announce(ctx, row, operation)
