@@ -78,6 +78,10 @@ class VmTaps:
     async def open(self, nics: Sequence[VmNic]) -> dict[str, list[int]]:
         return await self._run(self._open_sync, nics)
 
+    async def verify(self, vm_id: str, taps: list[TapPlan]) -> tuple[list[str], list[str]]:
+        """(taps put back on their bridge, taps that are gone) of a running VM."""
+        return await self._run(self._verify_sync, vm_id, taps)
+
     async def remove(self, vm_id: str, names: list[str]) -> None:
         await self._run(self._remove_sync, vm_id, names)
 
@@ -148,6 +152,24 @@ class VmTaps:
             except LinkError:
                 ops.delete(index, tap.name)  # never leave an unmarked tap behind
                 raise
+
+    def _verify_sync(self, vm_id: str, taps: list[TapPlan]) -> tuple[list[str], list[str]]:
+        ops = self._link_ops()
+        mark = tap_mark(vm_id)
+        repaired: list[str] = []
+        lost: list[str] = []
+        for tap in taps:
+            link = ops.get(tap.name)
+            if link is None:
+                lost.append(tap.name)
+                continue
+            if link.alias != mark or tap.bridge is None:
+                continue  # not ours (never touched), or its bridge is gone
+            master = ops.index_of(tap.bridge)
+            if link.master_index != master or not link.up:
+                ops.apply(link.index, tap.name, LinkChanges(master=tap.bridge, set_up=True))
+                repaired.append(tap.name)
+        return repaired, lost
 
     def _remove_sync(self, vm_id: str, names: list[str]) -> None:
         ops = self._link_ops()

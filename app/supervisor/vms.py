@@ -114,6 +114,8 @@ class VmState:
     removed: bool = False  # everything on the host is gone: the pass deletes the rows
     generation: int = 0  # the desired generation last seen
     event_fields: dict[str, Any] = field(default_factory=dict)  # for QMP events
+    taps_checked_at: float = 0.0  # when the running qemu's bridge taps were last checked
+    tap_problem: str | None = None  # a tap of the running qemu was deleted by hand
 
     @property
     def running(self) -> bool:
@@ -486,7 +488,12 @@ class VmWorker:
             )
         if not state.running:
             self._clean_taps_if_needed(state, decision.status, decision.reason, now)
-        return self._report(row, state, decision.status, decision.reason, True), None
+        elif taps and now - state.taps_checked_at >= self.resync_interval:
+            state.taps_checked_at = now
+            check = self._check_taps(state, taps)
+            self._spawn(state, decision.status, decision.reason or state.tap_problem, check)
+        reason = decision.reason or (state.tap_problem if state.running else None)
+        return self._report(row, state, decision.status, reason, True), None
 
     def _new_generation(self, state: VmState, generation: int) -> None:
         """The user changed the VM: a past exit, crash loop, failed launch or retry no longer
@@ -611,6 +618,8 @@ class VmWorker:
         self, state: VmState, row: Vm, nics: list[VmNic], taps: list[TapPlan]
     ) -> None:
         generation = row.generation
+        state.tap_problem = None
+        state.taps_checked_at = self.clock()
         try:
             vm = vm_spec(row, nics)
             accelerator = resolve_accelerator(vm.accelerator, self.kvm_runs_guests())
@@ -671,6 +680,28 @@ class VmWorker:
         state.stopped_by_us = False
         self._hold(state, process)
         log.info("VM %s (%s) runs as pid %d under %s", row.name, row.id, process.pid, accelerator)
+
+    async def _check_taps(self, state: VmState, taps: list[TapPlan]) -> None:
+        """A running VM's bridge taps: one taken off its bridge (brctl delif) is put back;
+        one deleted by hand cannot be (qemu holds the deleted device), which is reported."""
+        repaired, lost = await self._vm_taps().verify(state.vm_id, taps)
+        for name in repaired:
+            log.warning("VM %s: tap %s was off its bridge; attached again", state.vm_id, name)
+            self._publish(state, "drift_repaired", f"tap {name} was off its bridge: attached again")
+        if lost and state.tap_problem is None:
+            state.tap_problem = (
+                f"tap(s) {', '.join(lost)} deleted by hand: the guest is cut off from its "
+                "bridge until the VM is stopped and started (qemu holds the deleted device)"
+            )
+            log.warning("VM %s: %s", state.vm_id, state.tap_problem)
+            self._publish(state, "tap_lost", state.tap_problem)
+            self._set_wake()  # the next pass shows it on the row
+
+    def _publish(self, state: VmState, what: str, reason: str) -> None:
+        if state.event_fields:
+            fields = dict(state.event_fields)
+            fields.update(type=f"vm.{what}", status_reason=reason)
+            self.bus.publish(**fields)
 
     def _deadlines_for(self, row: Vm) -> ShutdownDeadlines:
         """A kill (or a forced delete) skips the guest's power-down and qemu's quit."""

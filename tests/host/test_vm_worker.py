@@ -43,7 +43,7 @@ from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import wait_ready
 from tests.guest.test_guest import tcp_answer
 from tests.host.test_qemu import kill_by_pid, live_pids_with_uuid
-from tests.kernel import links
+from tests.kernel import ip, links
 
 QEMU = "qemu-system-x86_64"
 HOST = HostFacts(
@@ -285,6 +285,32 @@ def test_boots_answers_is_adopted_by_a_new_worker_and_stops(env: Env) -> None:
     assert "vm.qmp.SHUTDOWN" in types  # the guest's own power-off, seen over QMP
     shutdown = next(e for e in env.bus.since(0) if e.type == "vm.qmp.SHUTDOWN")
     assert shutdown.data is not None and shutdown.data.get("guest") is True, shutdown
+
+
+def test_a_running_vms_tap_taken_off_its_bridge_is_put_back_and_a_deleted_one_reported(
+    env: Env,
+) -> None:
+    make_bridge(env)
+    vm_id = env.create("web", {"backend": "bridge", "bridge": "br0"}, memory_mib=192)
+    (tap,) = tap_names(env, vm_id)
+    worker = env.worker(resync_interval=0.3)
+    env.wait_for(vm_id, running, timeout=20)
+    ip(env.netns, "link", "set", tap, "nomaster")  # brctl delif br0 <tap>, by hand
+    deadline = time.monotonic() + 10
+    while links(env.netns)[tap].master != "br0":
+        assert time.monotonic() < deadline, "the tap was not put back on br0"
+        time.sleep(0.05)
+    assert "vm.drift_repaired" in env.event_types(vm_id)
+
+    ip(env.netns, "link", "del", tap)  # qemu keeps the deleted device: cannot be repaired
+    row = env.wait_for(
+        vm_id, lambda r: r is not None and "deleted by hand" in (r.status_reason or "")
+    )
+    assert row is not None and row.status == "running" and tap in (row.status_reason or "")
+    assert "vm.tap_lost" in env.event_types(vm_id)
+    env.desire(worker, vm_id, "update", power_state="stopped", stop_mode="kill")
+    row = env.wait_for(vm_id, lambda r: r is not None and r.status == "stopped", timeout=30)
+    assert row is not None and row.status_reason is None
 
 
 # ---- crashes and restart policy, removal ----------------------------------------------------
