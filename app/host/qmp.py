@@ -185,14 +185,15 @@ class Qmp:
     # ---- connection ------------------------------------------------------------------------
 
     async def connect(self, timeout: float, retry: bool = False) -> None:
-        """Connect and negotiate capabilities within `timeout` seconds. With `retry`, a missing
-        socket or a refused connection is tried again until the deadline."""
+        """Connect and negotiate capabilities within `timeout` seconds. With `retry` (a qemu
+        that is starting), a missing socket, a refused connection or a session that qemu ends
+        during the greeting is tried again until the deadline."""
         if self._started:
             raise QmpError("a Qmp connects only once", self.socket_path)
         self._started = True
         try:
             async with asyncio.timeout(timeout):
-                await self._handshake(await self._open_socket(retry))
+                await self._connect_once_or_retry(retry)
         except TimeoutError:
             self._disconnected.set()
             raise QmpTimeout(f"no greeting within {timeout:g} s", self.socket_path) from None
@@ -201,6 +202,18 @@ class Qmp:
             raise QmpDisconnected(f"cannot connect: {exc}", self.socket_path) from exc
         self._watcher = asyncio.create_task(self._watch(), name=f"qmp-watch-{self.name}")
         log.debug("QMP connected to %s", self.socket_path)
+
+    async def _connect_once_or_retry(self, retry: bool) -> None:
+        while True:
+            try:
+                await self._handshake(await self._open_socket(retry))
+                return
+            except (OSError, QMPError) as exc:
+                if not retry or self._client.runstate is not Runstate.IDLE:
+                    raise
+                # a qemu still starting up may hang up on a connection it accepted early
+                log.debug("QMP %s: %s; connecting again", self.socket_path, exc)
+                await asyncio.sleep(RETRY_INTERVAL)
 
     async def _handshake(self, sock: socket.socket) -> None:
         try:

@@ -477,6 +477,45 @@ async def test_connecting_to_a_socket_nobody_answers_times_out(tmp_path: Path) -
         await Qmp(path).execute("query-status")
 
 
+async def test_a_starting_qemu_that_hangs_up_during_the_greeting_is_tried_again(
+    tmp_path: Path,
+) -> None:
+    """A monitor that ends the first session it accepted (as a qemu still starting up may):
+    with retry the next session succeeds; without, the failure is reported at once. The
+    server is a stand-in at the socket, speaking QMP's greeting and two answers."""
+    sessions = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sessions
+        sessions += 1
+        if sessions % 2 == 1:  # hang up on every other session, before the greeting
+            writer.close()
+            return
+        greeting = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0},
+                                        "package": ""}, "capabilities": []}}  # fmt: skip
+        writer.write(json.dumps(greeting).encode() + b"\r\n")
+        while chunk := await reader.read(4096):  # one request per read (no newline after it)
+            request = json.loads(chunk)
+            answer = {"status": "running", "running": True, "singlestep": False}
+            result = {} if request["execute"] == "qmp_capabilities" else answer
+            writer.write(json.dumps({"return": result, "id": request.get("id")}).encode() + b"\r\n")
+            await writer.drain()
+        writer.close()
+
+    path = tmp_path / "qmp.sock"
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    try:
+        qmp = Qmp(path)
+        await qmp.connect(timeout=3, retry=True)
+        assert sessions == 2 and await qmp.status(2) == "running"
+        await qmp.close()
+        with pytest.raises(QmpDisconnected):  # session 3 is hung up on: no retry, no wait
+            await Qmp(path).connect(timeout=3)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_hung_qemu_times_out_alone_and_recovers(qemus: Qemus) -> None:
     hung, healthy = [await qemus.launch(qemus.spec(), timeout=10) for _ in range(2)]
     hung.send_signal(signal.SIGSTOP)
