@@ -102,12 +102,16 @@ async def settle_response(
             return Response(status_code=204, headers=dict(response.headers))
         row = waited
     else:
-        # subscribed before the supervisor is woken: the row we committed is then current
-        # until an event says otherwise, so no read is needed before waiting
+        # Subscribed first, so no later event slips past. But another request's nudge may
+        # have let a worker settle this row between our commit and the subscription (its
+        # event is then lost to us): one read after subscribing closes that window.
         with ctx.bus.subscribe(row.id) as events:
             _announce(ctx, row, operation)
             deadline = time.monotonic() + wait
-            waited = await _wait(ctx, events, row, load, resource_settled, deadline, event_settles)
+            current = await ctx.read(load)
+            waited = await _wait(
+                ctx, events, current, load, resource_settled, deadline, event_settles
+            )
         if waited is None:
             return Response(status_code=204, headers=dict(response.headers))
         row = waited

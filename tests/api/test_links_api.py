@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+from fastapi import Response
 from fastapi.testclient import TestClient
 
+from app.api.deps import AppContext
 from app.api.middleware import TcpTransport
+from app.api.waiting import settle_response
+from app.db.models import Tap
 from app.main import create_app
+from app.schemas.links import TapCreate
+from app.services.links import TapService
 from app.settings import Settings
 from tests.kernel import ip, links
 
@@ -250,3 +259,33 @@ def test_stp_forward_delay_defaults_and_limits(api: TestClient, netns: str) -> N
     assert r.status_code == 422
     assert "between 2 and 30 seconds" in r.json()["detail"]
     assert "brx" not in links(netns)
+
+
+def test_a_wait_sees_a_change_settled_before_it_subscribed(api: TestClient) -> None:
+    """Between a request's commit and its subscription to events, another request's nudge
+    may let the supervisor settle the row (its event then gone by): the wait must still see
+    it settled at once instead of waiting for an event that never comes."""
+    ctx: AppContext = api.app.state.context  # type: ignore[attr-defined]
+    with ctx.db.unit_of_work() as session:
+        row, op = TapService(session).create(TapCreate(name="tap9"))
+        session.flush()
+        stale = (row, op)
+    ctx.nudger.nudge()  # "another request's" nudge: the supervisor settles tap9 now
+    deadline = time.monotonic() + 10
+    while True:
+        with ctx.db.reading() as session:
+            current = session.get(Tap, stale[0].id)
+            if current is not None and current.status == "active":
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+    async def settle() -> tuple[int, float]:
+        response = Response()
+        started = time.monotonic()
+        result = await settle_response(ctx, response, "taps", stale[0], stale[1], 5.0, 201)
+        assert not isinstance(result, Response) and result.status == "active"
+        return response.status_code, time.monotonic() - started
+
+    status, took = asyncio.run(settle())
+    assert status == 201 and took < 1.0, (status, took)
