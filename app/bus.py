@@ -65,11 +65,16 @@ class EventBus:
         # every event of the others
         self._by_resource: dict[str, set[_Subscriber]] = {}
         self._subscriber_queue = subscriber_queue
+        self._last_by_resource: dict[str, Event] = {}  # forgotten with the resource
 
     def publish(self, **fields: Any) -> Event:
         with self._lock:
             event = Event(id=next(self._ids), **fields)
             self._history.append(event)
+            if event.type.endswith(".deleted"):
+                self._last_by_resource.pop(event.resource_id, None)
+            else:
+                self._last_by_resource[event.resource_id] = event
             subscribers = [*self._subscribers, *self._by_resource.get(event.resource_id, ())]
         for sub in subscribers:
             try:
@@ -81,6 +86,11 @@ class EventBus:
     def since(self, last_id: int) -> list[Event]:
         with self._lock:
             return [e for e in self._history if e.id > last_id]
+
+    def last_for(self, resource_id: str) -> Event | None:
+        """The latest event about a resource (None once it is deleted, or before any)."""
+        with self._lock:
+            return self._last_by_resource.get(resource_id)
 
     @property
     def last_id(self) -> int:

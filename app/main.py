@@ -180,13 +180,26 @@ def create_app(
 
 
 class Nudgers:
-    """Wakes every worker: each one looks only at what is unsettled among its own kinds."""
+    """Wakes the workers a change concerns (each looks only at what is unsettled among its
+    own kinds); a change of an unknown kind wakes them all."""
 
-    def __init__(self, *workers: Supervisor | VmWorker | NetworkWorker) -> None:
-        self.workers = workers
+    def __init__(
+        self, supervisor: Supervisor, vm_worker: VmWorker, network_worker: NetworkWorker
+    ) -> None:
+        # a VM's NICs carry fixed addresses and its forwards (network worker); a network's
+        # gateway is an address of its link (link supervisor)
+        self.by_resource: dict[str, tuple[Supervisor | VmWorker | NetworkWorker, ...]] = {
+            "bridge": (supervisor,),
+            "tap": (supervisor,),
+            "uplink": (supervisor,),
+            "vm": (vm_worker, network_worker),
+            "network": (network_worker, supervisor),
+            "port_forward": (network_worker,),
+        }
+        self.everyone = (supervisor, vm_worker, network_worker)
 
-    def nudge(self) -> None:
-        for worker in self.workers:
+    def nudge(self, resource: str | None = None) -> None:
+        for worker in self.by_resource.get(resource or "", self.everyone):
             worker.nudge()
 
 

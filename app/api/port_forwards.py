@@ -81,7 +81,7 @@ async def create_port_forwards(body: PortForwardBatch, request: Request) -> Port
     result, events = await ctx.mutate(create)
     for event in events:  # each one's transition to pending, before the worker's to active
         ctx.bus.publish(**event)
-    ctx.nudger.nudge()
+    ctx.nudger.nudge("port_forward")
     return result
 
 

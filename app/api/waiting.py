@@ -103,12 +103,15 @@ async def settle_response(
         row = waited
     else:
         # Subscribed first, so no later event slips past. But another request's nudge may
-        # have let a worker settle this row between our commit and the subscription (its
-        # event is then lost to us): one read after subscribing closes that window.
+        # have let a worker act on this row between our commit and the subscription: then
+        # an event about this generation exists already, and the row is read again.
         with ctx.bus.subscribe(row.id) as events:
+            earlier = ctx.bus.last_for(row.id)
             _announce(ctx, row, operation)
             deadline = time.monotonic() + wait
-            current = await ctx.read(load)
+            current: R | None = row
+            if earlier is not None and earlier.generation >= row.generation:
+                current = await ctx.read(load)
             waited = await _wait(
                 ctx, events, current, load, resource_settled, deadline, event_settles
             )
@@ -128,4 +131,4 @@ def _announce(
     the next one, then wake it."""
     if operation is not None:
         ctx.bus.publish(**row.event_fields(operation.resource))
-        ctx.nudger.nudge()
+        ctx.nudger.nudge(operation.resource)

@@ -48,4 +48,6 @@ class VmControl(Protocol):
 
 
 class Nudger(Protocol):
-    def nudge(self) -> None: ...
+    def nudge(self, resource: str | None = None) -> None:
+        """Desired state of a `resource` kind changed (None: of any kind)."""
+        ...
