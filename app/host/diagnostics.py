@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.domain.nat_rules import FAMILY, TABLE
+from app.host.procs import pids
+from app.host.sysctl import IP_FORWARD
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,6 @@ DNS_PORT = 53
 SUBPROCESS_TIMEOUT = 10.0
 DNSMASQ_PACKAGE = "dnsmasq-base"
 
-IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 PROC = Path("/proc")
 # /proc/thread-self/net follows the calling thread's namespace; /proc/self/net would follow
 # the main thread's.
@@ -338,7 +339,7 @@ def socket_owners(inodes: set[int]) -> dict[int, list[int]]:
     wanted = {f"socket:[{inode}]": inode for inode in inodes}
     if not wanted:
         return owners
-    for pid in _pids():
+    for pid in pids():
         with contextlib.suppress(OSError), os.scandir(PROC / str(pid) / "fd") as fds:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -346,11 +347,6 @@ def socket_owners(inodes: set[int]) -> dict[int, list[int]]:
                     if inode is not None and pid not in owners.setdefault(inode, []):
                         owners[inode].append(pid)
     return owners
-
-
-def _pids() -> list[int]:
-    with os.scandir(PROC) as entries:
-        return [int(entry.name) for entry in entries if entry.name.isdigit()]
 
 
 def _comm(pid: int) -> str | None:

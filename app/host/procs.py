@@ -43,6 +43,20 @@ def proc_facts(pid: int) -> ProcFacts | None:
     )
 
 
+def pids() -> list[int]:
+    """Every process id /proc lists now."""
+    with os.scandir("/proc") as entries:
+        return [int(entry.name) for entry in entries if entry.name.isdigit()]
+
+
+def in_this_netns(pid: int) -> bool:
+    """The process shares the calling thread's network namespace."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return False
+
+
 def pidfd_exited(pidfd: int) -> bool:
     """The process behind `pidfd` has exited (the pidfd polls readable)."""
     poller = select.poll()

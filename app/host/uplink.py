@@ -22,7 +22,6 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from icmplib import ping
@@ -39,6 +38,7 @@ from app.domain.uplinks import (
     Route,
     describe,
 )
+from app.host.procs import in_this_netns, pids, proc_facts
 
 log = logging.getLogger(__name__)
 
@@ -182,24 +182,15 @@ def snapshot(ipr: IPRoute, name: str) -> NicConfig:
 def dhcp_clients(name: str) -> Iterator[str]:
     """Processes in this network namespace that may manage `name`'s address: DHCP clients
     naming it on their command line, and network managers (which manage every NIC)."""
-    own = os.stat("/proc/thread-self/ns/net").st_ino
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid in pids():
+        facts = proc_facts(pid) if in_this_netns(pid) else None
+        if facts is None or not facts.argv:
             continue
-        try:
-            if os.stat(entry / "ns" / "net").st_ino != own:
-                continue
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [os.fsdecode(a) for a in argv if a]
-        if not words:
-            continue
-        program = os.path.basename(words[0])
-        if program in DHCP_CLIENTS and any(name in w for w in words[1:]):
-            yield f"{program} (pid {entry.name}): {' '.join(words)[:200]}"
+        program = os.path.basename(facts.argv[0])
+        if program in DHCP_CLIENTS and any(name in word for word in facts.argv[1:]):
+            yield f"{program} (pid {pid}): {' '.join(facts.argv)[:200]}"
         elif program in NETWORK_MANAGERS:
-            yield f"{program} (pid {entry.name}) may manage {name}"
+            yield f"{program} (pid {pid}) may manage {name}"
 
 
 # ---- changing -------------------------------------------------------------------------------

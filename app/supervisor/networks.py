@@ -49,10 +49,12 @@ from app.db.repositories import (
 )
 from app.db.session import Database
 from app.domain import nat_rules
+from app.domain.networks import DhcpDnsSpec
 from app.domain.retry import Backoff
 from app.domain.status import Status
 from app.host import dnsmasq, nft
 from app.host.netns import enter_for_this_thread
+from app.host.sysctl import enable_ip_forwarding
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,6 @@ RESYNC_INTERVAL = 30.0
 WAITING_POLL = 0.2  # while a network waits for its link to settle
 ERROR_RESYNC_DELAY = 1.0
 READY_TIMEOUT = 3.0  # dnsmasq writes its pid file once its sockets are bound
-IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 NFT_KEY = "nftables"
 RULES_RECORD = "nft-rules.json"
 UNKNOWN: Any = object()
@@ -108,6 +109,7 @@ class NetworkWorker:
         self.backoff = Backoff(clock)
         self._procs: dict[str, dnsmasq.Dnsmasq] = {}
         self._exits: dict[str, str] = {}  # network id -> how its dnsmasq last ended
+        self._written: dict[str, DhcpDnsSpec] = {}  # network id -> what its files say
         # the rules we loaded (a digest of their inputs) and the live table as read back after
         # that load (UNKNOWN until a full pass read it)
         self._loaded_key: str | None = None
@@ -208,7 +210,7 @@ class NetworkWorker:
         rules_problem = self._sync_rules(live, forwards, full, result)
         problem = problem or rules_problem
         for network in networks:
-            result.networks[network.row.id] = self._sync_network(network, problem)
+            result.networks[network.row.id] = self._sync_network(network, problem, full)
         for forward in forwards:
             result.forwards[forward.row.id] = _forward_outcome(forward, rules_problem)
         if full:
@@ -239,12 +241,10 @@ class NetworkWorker:
 
     def _ensure_forwarding(self) -> str | None:
         try:
-            if IP_FORWARD.read_text().strip() == "1":
-                return None
-            IP_FORWARD.write_text("1\n")
+            if enable_ip_forwarding():
+                log.info("turned on IPv4 forwarding (net.ipv4.ip_forward=1) for managed networks")
         except OSError as exc:
-            return f"cannot turn on IP forwarding ({IP_FORWARD}): {exc}"
-        log.info("turned on IPv4 forwarding (net.ipv4.ip_forward=1) for managed networks")
+            return f"cannot turn on IP forwarding: {exc}"
         return None
 
     # ---- nftables --------------------------------------------------------------------------
@@ -337,16 +337,17 @@ class NetworkWorker:
     def _paths(self, network_id: str) -> dnsmasq.DnsmasqPaths:
         return dnsmasq.DnsmasqPaths.of(self.run_dir, self.state_dir, network_id)
 
-    def _sync_network(self, network: NetworkState, problem: str | None) -> Observed:
+    def _sync_network(self, network: NetworkState, problem: str | None, full: bool) -> Observed:
         row = network.row
         if row.deleted:
             self._stop_dnsmasq(row.id)
             dnsmasq.remove_files(self._paths(row.id))
+            self._written.pop(row.id, None)
             self.backoff.succeeded(row.id)
             return Observed(Status.DELETING, gone=True)
         if network.link_name is None:
             return Observed(Status.ERROR, network.link_problem)
-        observed = self._sync_dnsmasq(network)
+        observed = self._sync_dnsmasq(network, full)
         if problem is not None and observed.status is not Status.ERROR:
             observed.status, observed.reason = Status.ERROR, problem
         elif network.link_problem is not None and observed.status is Status.ACTIVE:
@@ -357,11 +358,17 @@ class NetworkWorker:
             )
         return observed
 
-    def _sync_dnsmasq(self, network: NetworkState) -> Observed:
+    def _sync_dnsmasq(self, network: NetworkState, full: bool) -> Observed:
         row = network.row
         paths = self._paths(row.id)
         restarts = network.restarts
-        changes = dnsmasq.write_files(network.service, paths)
+        if full or self._written.get(row.id) != network.service:
+            # files are compared with what they should say only when that changed (or at a
+            # full pass, which also repairs files changed behind our back)
+            changes = dnsmasq.write_files(network.service, paths)
+            self._written[row.id] = network.service
+        else:
+            changes = dnsmasq.FileChanges(conf=False, hosts=False)
         process = self._procs.get(row.id) or self._adopt(row.id, paths)
         if process is not None and process.exited():
             self._exits[row.id] = self._exit_reason(process)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,8 @@ def test_attach_under_ping_guests_on_the_lan_and_detach(world: Lan) -> None:
         for vm in vms:
             text = lambda v=vm: client.get(f"/v1/vms/{v['id']}/console").text  # noqa: E731
             ready = wait_for(lambda t=text: parse_ready(t()), 90, f"{vm['name']} ready")
-            assert POOL[0] <= ready.address <= POOL[1] and len(ready.address) == len(POOL[0])
+            lease = IPv4Address(ready.address)
+            assert IPv4Address(POOL[0]) <= lease <= IPv4Address(POOL[1]), ready
             assert ready.mac == vm["nics"][0]["mac"]
             hello = parse_hello(
                 wait_for(lambda a=ready.address: first_line(world.lan, a, 7777), 20, "hello")
