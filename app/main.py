@@ -38,8 +38,9 @@ from app.api.middleware import (
     RequestIdMiddleware,
 )
 from app.api.openapi import install_openapi
-from app.bus import EventBus
+from app.bus import EventBus, IdReserver
 from app.db.migrate import upgrade
+from app.db.repositories import reserve_event_ids
 from app.db.session import Database
 from app.domain.errors import Conflict, Unavailable
 from app.host.inspect import LiveHostInspector
@@ -119,6 +120,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         upgrade(db.url)
+        bus.persist_ids(_event_id_reserver(db))  # before anything publishes
         supervisor.start()
         vm_worker.start()
         network_worker.start()
@@ -218,6 +220,16 @@ class WorkerControl:
             raise Conflict("the VM is not running") from None
         except (QmpError, TimeoutError) as exc:
             raise Unavailable(f"qemu did not answer {command}: {exc}") from None
+
+
+def _event_id_reserver(db: Database) -> IdReserver:
+    """Event ids from the database's sequence, one committed block per call."""
+
+    def reserve(count: int, minimum: int) -> int:
+        with db.unit_of_work() as session:
+            return reserve_event_ids(session, count, minimum)
+
+    return reserve
 
 
 def _kvm_runs_guests(capabilities: dict[str, Any]) -> bool | None:

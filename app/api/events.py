@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import context
-from app.bus import Event
+from app.bus import Event, EventBus
 from app.schemas.common import PROBLEM_RESPONSES
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
@@ -22,6 +22,26 @@ def _sse(event: Event) -> dict[str, Any]:
     return {"id": str(event.id), "event": event.type, "data": json.dumps(event.as_dict())}
 
 
+def _reset(last_id: int, requested: str) -> dict[str, Any]:
+    """Tells a resuming client that events after its id are not all available (older than
+    the history kept, from before a daemon restart, or an id never handed out): re-read the
+    state, then follow on from this event's id."""
+    data = {"type": "reset", "id": last_id, "requested_id": requested}
+    return {"id": str(last_id), "event": "reset", "data": json.dumps(data)}
+
+
+def _resume(bus: EventBus, last_event_id: str | None) -> tuple[list[Event] | None, int]:
+    """What a (re)connecting client gets before live events: the events after its
+    Last-Event-ID (none without one), or None when it needs a reset; and the id it then
+    holds (live events up to it are not sent again)."""
+    if last_event_id is None:
+        return [], 0
+    replay = bus.replay(int(last_event_id) if last_event_id.isdigit() else None)
+    if replay is None:
+        return None, bus.last_id
+    return replay, max([int(last_event_id), *(e.id for e in replay)])
+
+
 @router.get(
     "",
     operation_id="stream_events",
@@ -31,7 +51,12 @@ def _sse(event: Event) -> dict[str, Any]:
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
             "description": "text/event-stream; each event's data is a JSON object with id, "
             "type, resource, resource_id, name, status, status_reason, generation, "
-            "observed_generation, time. Resume with Last-Event-ID.",
+            "observed_generation, time and data. Event ids increase, also across daemon "
+            "restarts. Resume with Last-Event-ID: the events after it are replayed, each "
+            "once; when they are not all available (the id is older than the history kept, "
+            "from before a restart, or unknown) a `reset` event comes first: re-read the "
+            "state, then follow on. `overflow` means this client fell too far behind: "
+            "reconnect with Last-Event-ID.",
         }
     },
 )
@@ -49,16 +74,20 @@ async def stream_events(
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
         with ctx.bus.subscribe() as queue:
-            if last_event_id and last_event_id.isdigit():
-                for event in ctx.bus.since(int(last_event_id)):
-                    if wanted(event):
-                        yield _sse(event)
+            # subscribed first, so nothing published from here on is missed; whatever the
+            # replay already covered is skipped below by id (the queue is in id order)
+            replay, sent = _resume(ctx.bus, last_event_id)
+            if replay is None:
+                yield _reset(sent, last_event_id or "")
+            for event in replay or ():
+                if wanted(event):
+                    yield _sse(event)
             while True:
                 queued = await queue.get()
                 if queued is None:
                     yield {"event": "overflow", "data": "{}"}
                     return
-                if wanted(queued):
+                if queued.id > sent and wanted(queued):
                     yield _sse(queued)
 
     return EventSourceResponse(stream(), ping=PING_SECONDS)

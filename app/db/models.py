@@ -127,6 +127,16 @@ class LinkName(Base):
     resource_id: Mapped[str] = mapped_column(String(36), index=True)
 
 
+class EventSequence(Base):
+    """The next event id no daemon has handed out yet (one row): event ids increase across
+    restarts because each run reserves a block of ids here before publishing any."""
+
+    __tablename__ = "event_sequence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    next_id: Mapped[int] = mapped_column(Integer)
+
+
 class Operation(Base):
     """One accepted mutation; it succeeds when its resource reaches target_generation."""
 

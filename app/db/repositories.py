@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.db.models import (
     Base,
     Bridge,
+    EventSequence,
     HostPort,
     LinkName,
     Network,
@@ -637,3 +638,16 @@ def orphan_forward_claims(session: Session) -> None:
             HostPort.owner_id.not_in(select(PortForwardRow.id)),
         )
     )
+
+
+def reserve_event_ids(session: Session, count: int, minimum: int) -> int:
+    """Reserves `count` event ids no run has used, the first of them >= `minimum`; returns the
+    first. The row's update is part of the caller's transaction (a write unit of work)."""
+    row = session.get(EventSequence, 1)
+    if row is None:
+        row = EventSequence(id=1, next_id=1)
+        session.add(row)
+    start = max(row.next_id, minimum)
+    row.next_id = start + count
+    session.flush()
+    return start
