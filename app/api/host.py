@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 
 from app.api.deps import context
 from app.api.presenters import uplink_diagnostic
-from app.db.repositories import NetworkRepository
+from app.db.repositories import NetworkRepository, probe_targets
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.host import Capabilities, DiagnosticCheck, HostInterface, HostRoute
 from app.services.uplinks import UplinkService
@@ -38,14 +40,29 @@ async def get_host_capabilities(request: Request) -> Capabilities:
 @router.get(
     "/diagnostics", operation_id="get_host_diagnostics", response_model=list[DiagnosticCheck]
 )
-async def get_host_diagnostics(request: Request) -> list[DiagnosticCheck]:
+async def get_host_diagnostics(
+    request: Request,
+    probe: Annotated[
+        bool,
+        Query(
+            description="Also probe each managed network's path actively (a few seconds): "
+            "from a throwaway port on its bridge, a DHCP offer, a DNS answer from the gateway "
+            "and forwarding by the host must work; each network gets a check `path:<name>` "
+            "whose failed steps name the foreign nftables chain most likely responsible"
+        ),
+    ] = False,
+) -> list[DiagnosticCheck]:
     """What would break forwarding for managed networks here, each with the exact reason:
     IP forwarding off, a FORWARD chain with a drop policy in another table (as Docker leaves
     it), dnsmasq missing, another listener on port 53 where our dnsmasq must answer; and
-    each bridge uplink: its NIC present, its carrier, its move settled."""
+    each bridge uplink: its NIC present, its carrier, its move settled. With `probe=true`,
+    what a guest would really meet on each network (see `probe`)."""
     ctx = context(request)
     gateways = await ctx.read(lambda s: NetworkRepository(s).gateways())
     checks = [DiagnosticCheck(**c) for c in await ctx.host(ctx.inspector.diagnostics, gateways)]
+    if probe:
+        targets = await ctx.read(probe_targets)
+        checks += [DiagnosticCheck(**c) for c in await ctx.host(ctx.inspector.probe_paths, targets)]
     for bridge, row in await ctx.read(lambda s: UplinkService(s).all()):
         live = await ctx.host(ctx.inspector.uplink_view, row.name, row.permanent_mac)
         checks.append(uplink_diagnostic(bridge, row, live))

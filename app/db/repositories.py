@@ -7,7 +7,7 @@ import binascii
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Generic, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, delete, func, or_, select, tuple_, update
@@ -31,6 +31,7 @@ from app.domain.errors import InvalidInput
 from app.domain.links import LinkKind, LinkSpec
 from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, static_hosts
+from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
 from app.domain.vms import (
     Accelerator,
@@ -651,3 +652,25 @@ def reserve_event_ids(session: Session, count: int, minimum: int) -> int:
     row.next_id = start + count
     session.flush()
     return start
+
+
+def probe_targets(session: Session) -> list[ProbeTarget]:
+    """The live managed networks, as the path probe needs them (app.domain.path_probe)."""
+    query = (
+        select(Network, Bridge)
+        .outerjoin(Bridge, Network.bridge_id == Bridge.id)
+        .where(Network.deleted.is_(False))
+        .order_by(Network.name)
+    )
+    return [
+        ProbeTarget(
+            network_id=network.id,
+            network=network.name,
+            bridge=bridge.name if bridge is not None else None,
+            gateway=network.gateway,
+            prefixlen=IPv4Network(network.subnet).prefixlen,
+            dhcp=network.dhcp,
+            stp_forward_delay_s=bridge.forward_delay_cs / 100 if bridge and bridge.stp else 0.0,
+        )
+        for network, bridge in session.execute(query)
+    ]

@@ -13,6 +13,7 @@ thread, and subprocesses (nft) are forked from it, so they inherit its namespace
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -21,12 +22,16 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from app.domain.nat_rules import FAMILY, TABLE
+from app.domain.nft_suspects import suspects
+from app.domain.path_probe import STEP_HOOKS, ProbeTarget, StepResult
+from app.host.path_probe import probe_path
 from app.host.procs import pids
 from app.host.sysctl import IP_FORWARD
 
@@ -122,45 +127,9 @@ def check_ip_forwarding(gateways: Sequence[str] = ()) -> Check:
 
 def check_forward_policy() -> Check:
     name = "forward_policy"
-    nft = shutil.which("nft")
-    if nft is None:
-        return Check(
-            name,
-            False,
-            "warning",
-            "nft is not installed (package nftables): cannot inspect the forward chains",
-            {"error": "nft not found in PATH"},
-        )
-    try:
-        result = subprocess.run(
-            [nft, "-j", "list", "ruleset"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=SUBPROCESS_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return Check(
-            name, False, "warning", f"nft -j list ruleset failed: {exc}", {"error": str(exc)}
-        )
-    stderr = result.stderr.strip()
-    try:
-        ruleset = json.loads(result.stdout)
-        objects = ruleset["nftables"]
-        if not isinstance(objects, list):
-            raise TypeError("'nftables' is not a list")
-    except (ValueError, KeyError, TypeError) as exc:
-        error = stderr or f"unreadable output ({exc})"
-        return Check(
-            name,
-            False,
-            "warning",
-            f"nft -j list ruleset failed (exit {result.returncode}): {error}",
-            {"error": error},
-        )
-    if result.returncode != 0:
-        log.warning("nft -j list ruleset exited %s: %s", result.returncode, stderr)
+    objects, error = nft_ruleset()
+    if objects is None:
+        return Check(name, False, "warning", error or "nft failed", {"error": error})
     dropping = forward_drop_chains(objects)
     data: dict[str, Any] = {"chains": dropping}
     if not dropping:
@@ -183,6 +152,35 @@ def check_forward_policy() -> Check:
         "traffic will be dropped there unless that table accepts it",
         data,
     )
+
+
+def nft_ruleset() -> tuple[list[Any] | None, str | None]:
+    """The objects of `nft -j list ruleset` in this namespace, or None and why not."""
+    nft = shutil.which("nft")
+    if nft is None:
+        return None, "nft is not installed (package nftables): cannot inspect the ruleset"
+    try:
+        result = subprocess.run(
+            [nft, "-j", "list", "ruleset"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"nft -j list ruleset failed: {exc}"
+    stderr = result.stderr.strip()
+    try:
+        objects = json.loads(result.stdout)["nftables"]
+        if not isinstance(objects, list):
+            raise TypeError("'nftables' is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        error = stderr or f"unreadable output ({exc})"
+        return None, f"nft -j list ruleset failed (exit {result.returncode}): {error}"
+    if result.returncode != 0:
+        log.warning("nft -j list ruleset exited %s: %s", result.returncode, stderr)
+    return objects, None
 
 
 def forward_drop_chains(objects: Sequence[Any]) -> list[dict[str, Any]]:
@@ -452,3 +450,53 @@ def check_port53(
         "on the gateways: " + "; ".join(reasons),
         data,
     )
+
+
+# --- path:<network> (active probe) -----------------------------------------------------------
+
+
+def check_paths(targets: Sequence[ProbeTarget]) -> list[Check]:
+    """Probe every network's path at once (app.host.path_probe: DHCP offer, DNS answer,
+    forwarding), each on a thread of its own in this thread's namespace; a failed step names
+    the foreign nftables chains most likely responsible."""
+    results: dict[str, list[StepResult]] = {}
+
+    def probe(target: ProbeTarget) -> None:  # a new thread starts in its creator's namespace
+        results[target.network_id] = probe_path(target)
+
+    threads = [threading.Thread(target=probe, args=(t,), daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = any(step.ok is False for steps in results.values() for step in steps)
+    objects = nft_ruleset()[0] if failed else None
+    return [path_check(t, results.get(t.network_id, []), objects) for t in targets]
+
+
+def path_check(
+    target: ProbeTarget, steps: Sequence[StepResult], ruleset: Sequence[Any] | None
+) -> Check:
+    """One network's probe as a check; `ruleset` (nft -j objects) explains failed steps."""
+    name = f"path:{target.network}"
+    lines, data_steps = [], []
+    for step in steps:
+        found = suspects(ruleset or (), STEP_HOOKS[step.step], OUR_NFT_TABLE)
+        blamed = step.ok is False and bool(found)
+        line = f"{step.step}: {step.detail}"
+        if blamed:
+            line += f"; most likely dropped by {found[0].where()}: {found[0].why}"
+        lines.append(line)
+        data_steps.append(
+            {
+                "step": step.step,
+                "ok": step.ok,
+                "detail": step.detail,
+                **step.data,
+                "suspects": [dataclasses.asdict(s) for s in found] if step.ok is False else [],
+            }
+        )
+    ok = all(step.ok is not False for step in steps)
+    severity: Severity = "info" if ok else "error"
+    data = {"network": target.network, "network_id": target.network_id, "steps": data_steps}
+    return Check(name, ok, severity, "; ".join(lines), data)

@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 
 from app.domain.links import parse_mark
+from app.domain.path_probe import ProbeTarget
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import rtnl, uplink
 from app.host.capabilities import probe_capabilities
-from app.host.diagnostics import conf_file_under, diagnose
+from app.host.diagnostics import check_paths, conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
@@ -228,6 +229,18 @@ class LiveHostInspector:
         own = conf_file_under(self.run_dir / "networks") if self.run_dir else None
         checks = self._on_inspector_thread(lambda: diagnose(gateways, own))
         return [dataclasses.asdict(check) for check in checks]
+
+    def probe_paths(self, targets: list[ProbeTarget]) -> list[dict[str, Any]]:
+        """Probe each managed network's path from a throwaway port (app.host.path_probe):
+        DHCP offer, DNS answer, forwarding; a check `path:<network>` each. Runs beside the
+        inspector thread (a probe takes seconds), from a thread in the daemon's namespace."""
+
+        def probe() -> list[dict[str, Any]]:
+            enter_for_this_thread(self.netns)
+            return [dataclasses.asdict(check) for check in check_paths(targets)]
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="path-probe") as pool:
+            return pool.submit(probe).result()
 
     def leases(self, network_id: str) -> list[dict[str, Any]]:
         """The active DHCP leases of a managed network's dnsmasq (from its lease file)."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from app.domain.path_probe import ProbeTarget
+
 
 class HostInspector(Protocol):
     """Read-only views of the host, like brctl show/showmacs, ifconfig and route -n."""
@@ -36,6 +38,8 @@ class HostInspector(Protocol):
     def vm_console(self, vm_id: str, offset: int) -> tuple[bytes, int]: ...
 
     def diagnostics(self, gateways: list[str]) -> list[dict[str, Any]]: ...
+
+    def probe_paths(self, targets: list[ProbeTarget]) -> list[dict[str, Any]]: ...
 
 
 class VmControl(Protocol):
