@@ -657,7 +657,7 @@ class DependentsRepository:
             .where(Vm.deleted.is_(False), *where)
             .order_by(Vm.name, VmNic.position)
         )
-        return [(nic, vm) for nic, vm in self.session.execute(query).tuples()]
+        return [(nic, vm) for nic, vm in self.session.execute(query)]
 
     def nics_on_bridge(self, bridge_id: str) -> list[tuple[VmNic, Vm]]:
         return self._live_nics(VmNic.bridge_id == bridge_id)
@@ -745,7 +745,7 @@ def link_referrers(session: Session, row: Bridge | Tap) -> list[str]:
         .where(nic_column == row.id)
         .order_by(Vm.name, VmNic.position)
     )
-    return [*taps, *(f"vm_nic {vm}/{pos}" for vm, pos in session.execute(query).tuples())]
+    return [*taps, *(f"vm_nic {vm}/{pos}" for vm, pos in session.execute(query))]
 
 
 def network_referrers(session: Session, network_id: str) -> list[str]:

@@ -65,11 +65,11 @@ class DependentOut(BaseModel):
 
     model_config = ConfigDict(title="Dependent")
 
-    kind: Literal[vm, vm_nic, tap, network, uplink, port_forward]
+    kind: Literal["vm", "vm_nic", "tap", "network", "uplink", "port_forward"]
     id: str
     name: str = Field(description="A VM NIC is `<vm name>/<nic index>`", examples=["web/0"])
     vm_id: str | None = Field(default=None, description="The VM of a `vm_nic`")
-    action: Literal[removed, stopped, detached, deleted, address_released] | None = Field(
+    action: Literal["removed", "stopped", "detached", "deleted", "address_released"] | None = Field(
         default=None,
         description="removed: the NIC left its VM; stopped: its VM was running and was "
         "stopped; detached: a tap left the bridge; deleted; address_released: the NIC "
