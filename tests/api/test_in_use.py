@@ -144,8 +144,7 @@ def rows(api: TestClient) -> dict[str, list[dict[str, Any]]]:
         r = api.get(f"/v1/{collection}")
         assert r.status_code == 200, r.text
         found[collection] = [
-            {k: v for k, v in item.items() if k not in MOVING}
-            for item in r.json()["items"]
+            {k: v for k, v in item.items() if k not in MOVING} for item in r.json()["items"]
         ]
     return found
 
@@ -163,8 +162,7 @@ def settled(api: TestClient, timeout: float = 15.0) -> bool:
 
     def quiet() -> bool:
         return all(
-            item["status"] not in UNSETTLED
-            and item["generation"] == item["observed_generation"]
+            item["status"] not in UNSETTLED and item["generation"] == item["observed_generation"]
             for collection in COLLECTIONS
             for item in api.get(f"/v1/{collection}").json()["items"]
         )
