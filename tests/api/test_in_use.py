@@ -12,16 +12,22 @@ addresses. No guest boots: VMs are stopped, or `running` with a kernel that does
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.settings import Settings
 from tests.api.test_links_api import make_bridge, make_tap
 from tests.api.test_networks_api import alive, make_network
+from tests.guest.build import build_guest, kernel_cmdline
+from tests.guest.console import parse_ready
 from tests.kernel import links
 
 PROBLEM = "application/problem+json"
@@ -30,6 +36,22 @@ COLLECTIONS = ("bridges", "taps", "networks", "vms", "port-forwards")
 UNSETTLED = {"pending", "deleting", "starting", "stopping"}
 # fields that change without a request: a bridge's MAC follows its ports (issue 9 item 1)
 MOVING = ("updated_at", "ports", "observed_mac")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    """As conftest's, with a run directory short enough for qemu's QMP socket path."""
+    run_dir = Path(tempfile.mkdtemp(prefix="kvt-inuse-"))
+    try:
+        yield Settings(
+            state_dir=tmp_path / "state",
+            run_dir=run_dir,
+            listen="",
+            reconcile_interval=30,
+            probe_kernel=tmp_path / "no-kernel",
+        )
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _vm(api: TestClient, name: str, nics: list[dict[str, Any]], running: bool = False) -> None:
@@ -270,3 +292,47 @@ def test_link_of_a_vm_being_deleted_goes_after_it(api: TestClient, netns: str) -
     assert eventually(lambda: api.get("/v1/bridges/br0").status_code == 404)
     assert api.get("/v1/vms/web").status_code == 404
     assert "br0" not in links(netns)
+
+
+def test_forced_bridge_delete_stops_a_running_guest_and_takes_its_tap(
+    api: TestClient, netns: str
+) -> None:
+    """The one case that needs a real guest: a running VM whose NIC's bridge is force-
+    deleted is powered down (the guest never keeps a NIC whose bridge is gone); its tap and
+    its qemu are gone, and the VM remains, stopped, without that NIC."""
+    guest = build_guest("virtio")
+    make_bridge(api, "br0")
+    body = {
+        "name": "web",
+        "memory_mib": 128,
+        "boot": {
+            "kernel": str(guest.kernel),
+            "initrd": str(guest.initrd),
+            "cmdline": kernel_cmdline(ip="10.93.0.2/24"),
+        },
+        "nics": [{"backend": "bridge", "bridge": "br0"}, {"backend": "user"}],
+    }
+    r = api.post("/v1/vms?wait=30", json=body)
+    assert r.status_code == 201, r.text
+    vm = r.json()
+    assert vm["status"] == "running", vm
+    tap, pid = vm["nics"][0]["tap_name"], vm["pid"]
+    assert links(netns)[tap].master == "br0"
+    assert eventually(
+        lambda: parse_ready(api.get(f"/v1/vms/{vm['id']}/console").text) is not None, 60
+    ), "the guest booted (it powers off on ACPI only once its init runs)"
+
+    r = api.delete("/v1/bridges/br0?force=true&wait=30")
+    assert r.status_code == 204, r.text
+    detached = api.get(r.headers["Operation-Location"]).json()["detached"]
+    assert {(d["kind"], d["name"], d["action"]) for d in detached} == {
+        ("vm_nic", "web/0", "removed"),
+        ("vm", "web", "stopped"),
+    }
+    assert eventually(lambda: api.get(f"/v1/vms/{vm['id']}").json()["status"] == "stopped", 30)
+    assert not alive(pid)
+    kernel = links(netns)
+    assert tap not in kernel and "br0" not in kernel
+    after = api.get(f"/v1/vms/{vm['id']}").json()
+    assert [(n["index"], n["backend"]) for n in after["nics"]] == [(0, "user")]
+    assert after["power_state"] == "stopped"
