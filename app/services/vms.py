@@ -285,6 +285,8 @@ class VmService:
         if not index_text.isdigit():
             raise InvalidInput(f"peer {peer!r}: the NIC index must be a number")
         vm = self.get(vm_ref)
+        if vm.deleted:  # it would be left connecting to a port nobody listens on
+            raise BeingDeleted(f"peer {peer!r}: VM {vm.name!r} is being deleted")
         target = next((n for n in self.nics(vm.id) if n.position == int(index_text)), None)
         options = (target.options or {}).get("socket", {}) if target else {}
         if target is None or options.get("mode") != "listen":
