@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import (
     bridge_out,
     uplink_out,
@@ -107,18 +107,30 @@ async def update_bridge(
     status_code=202,
     response_model=BridgeOut,
     responses={204: {"description": "Deleted (with ?wait=)"}},
-    description="409 while taps are attached, unless ?detach_taps=true detaches them first.",
+    description="409 `in-use` (listing `dependents`: kind, id, name) while VM NICs, taps, a "
+    "managed network or an uplink use the bridge. With ?force=true: the VM NICs leave their "
+    "VMs (a running VM is stopped), the network is deleted, taps are detached, the uplink "
+    "moves the host's configuration back first; the operation lists them in `detached`. "
+    "?detach_taps=true (deprecated) forces past attached taps only.",
 )
 async def delete_bridge(
     bridge_id: str,
     response: Response,
     request: Request,
     wait: Wait = None,
-    detach_taps: Annotated[bool, Query(description="Detach attached taps first")] = False,
+    force: Force = False,
+    detach_taps: Annotated[
+        bool,
+        Query(
+            description="Deprecated: detach attached taps first (other dependents still "
+            "refuse the delete); ?force=true covers every dependent",
+            deprecated=True,
+        ),
+    ] = False,
 ) -> BridgeOut | Response:
     ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(
-        lambda s: BridgeService(s, request_id).delete(bridge_id, detach_taps)
+        lambda s: BridgeService(s, request_id).delete(bridge_id, force, detach_taps)
     )
     return await _finish(ctx, response, row, op, wait, 202)
 

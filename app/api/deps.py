@@ -72,4 +72,12 @@ Wait = Annotated[
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
+Force = Annotated[
+    bool,
+    Query(
+        description="Delete even while other resources depend on it: each dependent is "
+        "detached, removed or deleted with it (see the operation's `detached`). Without it "
+        "such a delete is refused with 409 `in-use` listing the dependents."
+    ),
+]
 Cursor = Annotated[str | None, Query(max_length=512, description="From next_cursor")]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import network_out
 from app.api.waiting import settle_response
 from app.db.models import Network, Operation
@@ -108,14 +108,21 @@ async def update_network(
     status_code=202,
     response_model=NetworkOut,
     responses={204: {"description": "Deleted (with ?wait=)"}},
-    description="409 while port forwards use it. Stops its dnsmasq, removes its rules and the "
-    "gateway address; the last network takes our nftables table with it.",
+    description="409 `in-use` (listing `dependents`) while VM NICs have fixed addresses on it "
+    "or port forwards use it. With ?force=true the forwards are deleted and the NICs stay on "
+    "their link without a fixed address; the operation lists them in `detached`. Stops its "
+    "dnsmasq, removes its rules and the gateway address; the last network takes our "
+    "nftables table with it.",
 )
 async def delete_network(
-    network_id: str, response: Response, request: Request, wait: Wait = None
+    network_id: str,
+    response: Response,
+    request: Request,
+    wait: Wait = None,
+    force: Force = False,
 ) -> NetworkOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: NetworkService(s, request_id).delete(network_id))
+    row, op = await ctx.mutate(lambda s: NetworkService(s, request_id).delete(network_id, force))
     return await _finish_network(ctx, response, row, op, wait, 202)
 
 

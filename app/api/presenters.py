@@ -116,6 +116,7 @@ VM_FIELDS = (
     "last_output",
 )
 NIC_FIELDS = (
+    "id",
     "model",
     "mac",
     "backend",

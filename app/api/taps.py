@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import tap_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, Tap
@@ -111,10 +111,13 @@ async def detach_tap(
     status_code=202,
     response_model=TapOut,
     responses={204: {"description": "Deleted (with ?wait=)"}},
+    description="409 `in-use` (listing `dependents`) while a VM NIC or a managed network (a "
+    "routed tap) uses the tap. With ?force=true the NIC leaves its VM (a running VM is "
+    "stopped) and the network is deleted; the operation lists them in `detached`.",
 )
 async def delete_tap(
-    tap_id: str, response: Response, request: Request, wait: Wait = None
+    tap_id: str, response: Response, request: Request, wait: Wait = None, force: Force = False
 ) -> TapOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).delete(tap_id))
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).delete(tap_id, force))
     return await _finish(ctx, response, row, op, wait, 202)

@@ -132,9 +132,18 @@ async def delete_vm(
     request: Request,
     response: Response,
     wait: Wait = None,
-    force: Annotated[bool, Query(description="SIGKILL instead of the shutdown ladder")] = False,
+    force: Annotated[
+        bool,
+        Query(
+            description="SIGKILL instead of the shutdown ladder, and delete even while port "
+            "forwards target the VM or other VMs' socket NICs connect to it (the forwards "
+            "are deleted, those NICs leave their VMs; see the operation's `detached`)"
+        ),
+    ] = False,
 ) -> VmOut | Response:
-    """Stops the VM first, then removes everything of it (taps, run directory, claims)."""
+    """Stops the VM first, then removes everything of it (taps, run directory, claims).
+    409 `in-use` (listing `dependents`) while port forwards target it or socket NICs of
+    other VMs connect to it, unless ?force=true."""
     ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).delete(vm_id, force))
     return await _finish(ctx, response, row, op, wait, 202)

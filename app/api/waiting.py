@@ -131,4 +131,5 @@ def _announce(
     the next one, then wake it."""
     if operation is not None:
         ctx.bus.publish(**row.event_fields(operation.resource))
-        ctx.nudger.nudge(operation.resource)
+        # a forced delete changed other kinds too (VMs stopped, forwards, taps): wake all
+        ctx.nudger.nudge(None if operation.detached else operation.resource)

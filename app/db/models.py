@@ -152,6 +152,8 @@ class Operation(Base):
     request_id: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # a forced delete: what it detached, removed or stopped ({kind, id, name, action, ...})
+    detached: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, default=None)
 
 
 class Vm(ResourceColumns, Base):

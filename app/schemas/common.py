@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -60,8 +60,25 @@ class FieldError(BaseModel):
     type: str | None = None
 
 
+class DependentOut(BaseModel):
+    """One dependent of a deleted resource and what the forced delete did to it."""
+
+    model_config = ConfigDict(title="Dependent")
+
+    kind: Literal["vm", "vm_nic", "tap", "network", "uplink", "port_forward"]
+    id: str
+    name: str = Field(description="A VM NIC is `<vm name>/<nic index>`", examples=["web/0"])
+    vm_id: str | None = Field(default=None, description="The VM of a `vm_nic`")
+    action: Literal["removed", "stopped", "detached", "deleted", "address_released"] | None = Field(
+        default=None,
+        description="removed: the NIC left its VM; stopped: its VM was running and was "
+        "stopped; detached: a tap left the bridge; deleted; address_released: the NIC "
+        "lost its fixed address",
+    )
+
+
 class Problem(BaseModel):
-    """RFC 9457 problem details. Extension members may follow (e.g. `taps` on in-use)."""
+    """RFC 9457 problem details. Extension members may follow (e.g. `dependents`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -74,6 +91,9 @@ class Problem(BaseModel):
     instance: str | None = None
     request_id: str | None = None
     errors: list[FieldError] | None = Field(None, description="Fields of a validation problem")
+    dependents: list[DependentOut] | None = Field(
+        None, description="With type in-use: what depends on the resource (kind, id, name)"
+    )
 
 
 class ResourceState(BaseModel):

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import DependentOut
+
 
 class OperationOut(BaseModel):
     """One accepted mutation and how it ended."""
@@ -23,3 +25,6 @@ class OperationOut(BaseModel):
     request_id: str | None = None
     created_at: dt.datetime
     finished_at: dt.datetime | None = None
+    detached: list[DependentOut] | None = Field(
+        default=None, description="What a forced delete detached, removed, stopped or deleted"
+    )

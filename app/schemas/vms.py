@@ -117,6 +117,7 @@ class VmCreate(RequestModel):
 
 
 class NicOut(BaseModel):
+    id: str = Field(description="The NIC's id (as in an in-use problem's `dependents`)")
     index: int
     model: str | None
     hub: int | None = None

@@ -13,9 +13,7 @@ from app.db.models import Bridge, LinkName, Operation, Tap, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
-    NetworkRepository,
     TapRepository,
-    uplink_of,
 )
 from app.domain.errors import BeingDeleted, InUse, NameTaken, NotFound
 from app.domain.names import (
@@ -25,6 +23,7 @@ from app.domain.names import (
 )
 from app.domain.status import Status
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
+from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 
 
@@ -61,17 +60,6 @@ def _delay_cs(stp: bool, forward_delay: float | None) -> int:
 def _check_bridge(row: Bridge) -> None:
     validate_link_settings(row.mtu, row.addresses)
     validate_bridge_timers(row.stp, row.forward_delay_cs)
-
-
-def refuse_if_network(session: Session, row: Bridge | Tap) -> None:
-    """A link that carries a live managed network cannot go before the network."""
-    bridge_id, tap_id = (row.id, None) if isinstance(row, Bridge) else (None, row.id)
-    network = NetworkRepository(session).on_link(bridge_id, tap_id)
-    if network is not None and not network.deleted:
-        raise InUse(
-            f"{row.name!r} carries network {network.name!r}; delete the network first",
-            network=network.id,
-        )
 
 
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
@@ -128,31 +116,23 @@ class BridgeService:
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
-    def delete(self, ref: str, detach_taps: bool) -> tuple[Bridge, Operation | None]:
+    def delete(
+        self, ref: str, force: bool = False, detach_taps: bool = False
+    ) -> tuple[Bridge, Operation | None]:
+        """Refused (409 in-use) while VM NICs, taps, a network or an uplink depend on the
+        bridge, unless `force` (what it does to each: app.domain.dependents). The older
+        `detach_taps` forces past attached taps only."""
         row = self.get(ref)
         if row.deleted:
             return row, None
-        refuse_if_network(self.session, row)
-        uplink = uplink_of(self.session, row.id)
-        if uplink is not None and not uplink.deleted:
-            # the host's configuration moves back onto the NIC before the bridge goes
-            uplink.deleted = True
-            bump(uplink, Status.DELETING)
-            record_operation(self.session, "delete", "uplink", uplink, self.request_id)
-        attached = [t for t in self.taps.on_bridge(row.id) if not t.deleted]
-        if attached and not detach_taps:
-            names = ", ".join(sorted(t.name for t in attached))
-            raise InUse(
-                f"bridge {row.name!r} has attached taps ({names}); detach them first or "
-                "pass ?detach_taps=true",
-                taps=[t.id for t in attached],
-            )
-        tap_service = TapService(self.session, self.request_id)
-        for tap in attached:
-            tap_service.set_bridge(tap, None)
+        guard = InUseGuard(self.session, self.request_id)
+        if not force:
+            guard.refuse(f"bridge {row.name!r}", guard.bridge_dependents(row, not detach_taps))
+        guard.free_bridge(row)
         row.deleted = True
         bump(row, Status.DELETING)
-        return row, record_operation(self.session, "delete", "bridge", row, self.request_id)
+        operation = record_operation(self.session, "delete", "bridge", row, self.request_id)
+        return row, guard.record(operation)
 
 
 class TapService:
@@ -232,12 +212,17 @@ class TapService:
         assert isinstance(row, Tap)
         return row, self.set_bridge(row, bridge_ref)
 
-    def delete(self, ref: str) -> tuple[Tap, Operation | None]:
+    def delete(self, ref: str, force: bool = False) -> tuple[Tap, Operation | None]:
+        """Refused (409 in-use) while a VM NIC or a network uses the tap, unless `force`."""
         row = self.get(ref)
         if row.deleted:
             return row, None
-        refuse_if_network(self.session, row)
+        guard = InUseGuard(self.session, self.request_id)
+        if not force:
+            guard.refuse(f"tap {row.name!r}", guard.tap_dependents(row))
+        guard.free_tap(row)
         row.deleted = True
         row.bridge_id = None  # a tap on its way out never holds its bridge
         bump(row, Status.DELETING)
-        return row, record_operation(self.session, "delete", "tap", row, self.request_id)
+        operation = record_operation(self.session, "delete", "tap", row, self.request_id)
+        return row, guard.record(operation)

@@ -25,7 +25,6 @@ from app.domain.errors import (
     BeingDeleted,
     Conflict,
     DomainError,
-    InUse,
     InvalidInput,
     NameTaken,
     NotFound,
@@ -50,6 +49,7 @@ from app.schemas.networks import (
     NetworkUpdate,
     PortForwardCreate,
 )
+from app.services.in_use import InUseGuard
 from app.services.links import require_alive
 from app.services.operations import bump, record_operation
 
@@ -190,27 +190,15 @@ class NetworkService:
         bump(row)
         return row, record_operation(self.session, "update", "network", row, self.request_id)
 
-    def delete(self, ref: str) -> tuple[Network, Operation | None]:
+    def delete(self, ref: str, force: bool = False) -> tuple[Network, Operation | None]:
+        """Refused (409 in-use) while VM NICs have fixed addresses on it or port forwards
+        use it, unless `force`: then the forwards are deleted and the NICs stay on their
+        link without a fixed address."""
         row = self.get(ref)
         if row.deleted:
             return row, None
-        forwards = [
-            f for f in PortForwardRepository(self.session).of_network(row.id) if not f.deleted
-        ]
-        if forwards:
-            names = ", ".join(sorted(f.name for f in forwards)[:10])
-            raise InUse(
-                f"network {row.name!r} has port forwards ({names}); delete them first",
-                port_forwards=[f.id for f in forwards],
-            )
-        for nic in self.networks.nics(row.id):
-            nic.network_id, nic.ipv4 = None, None
-        row.deleted = True
-        bump(row, Status.DELETING)
-        link = self.link_of(row)
-        if link is not None and not link.deleted:
-            bump(link)  # the gateway address goes
-        return row, record_operation(self.session, "delete", "network", row, self.request_id)
+        guard = InUseGuard(self.session, self.request_id)
+        return row, guard.record(guard.delete_network(row, force))
 
 
 def network_blocking(session: Session, bridge_id: str | None, tap_id: str | None) -> Network | None:
@@ -428,11 +416,3 @@ class PortForwardService:
     def mark_deleted(row: PortForward) -> None:
         row.deleted = True
         bump(row, Status.DELETING)
-
-
-def forwards_of_vm(session: Session, vm: Vm) -> None:
-    """A VM on its way out takes its port forwards with it."""
-    nic_ids = [n.id for n in VmRepository(session).nics(vm.id)]
-    for forward in PortForwardRepository(session).to_nics(nic_ids):
-        if not forward.deleted:
-            PortForwardService.mark_deleted(forward)

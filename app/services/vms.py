@@ -39,8 +39,9 @@ from app.domain.vms import (
     validate_vm,
 )
 from app.schemas.vms import NicIn, VmCreate
+from app.services.in_use import InUseGuard
 from app.services.links import require_alive
-from app.services.networks import PortClaims, fixed_address, forwards_of_vm
+from app.services.networks import PortClaims, fixed_address
 
 SOCKET_PORTS = range(40000, 50000)
 WILDCARD = "0.0.0.0"  # loopback ports handed to socket NICs that listen
@@ -284,6 +285,8 @@ class VmService:
         if not index_text.isdigit():
             raise InvalidInput(f"peer {peer!r}: the NIC index must be a number")
         vm = self.get(vm_ref)
+        if vm.deleted:  # it would be left connecting to a port nobody listens on
+            raise BeingDeleted(f"peer {peer!r}: VM {vm.name!r} is being deleted")
         target = next((n for n in self.nics(vm.id) if n.position == int(index_text)), None)
         options = (target.options or {}).get("socket", {}) if target else {}
         if target is None or options.get("mode") != "listen":
@@ -314,14 +317,19 @@ class VmPowerService:
         return row, self._bump(row, "update", VmStatus.PENDING)
 
     def delete(self, ref: str, force: bool = False) -> tuple[Vm, Operation | None]:
-        """Stop (gracefully, or with SIGKILL when forced), then remove everything."""
+        """Stop (gracefully, or with SIGKILL when forced), then remove everything. Refused
+        (409 in-use) while port forwards target the VM or other VMs' socket NICs connect to
+        it, unless forced: then those forwards are deleted and those NICs leave their VMs."""
         row = self.vms.get(ref)
         if row.deleted and not (force and row.stop_mode != "kill"):
             return row, None
+        guard = InUseGuard(self.session, self.request_id)
+        if not force:
+            guard.refuse(f"VM {row.name!r}", guard.vm_dependents(row))
+        guard.free_vm(row)
         row.deleted = True
         row.stop_mode = "kill" if force else row.stop_mode
-        forwards_of_vm(self.session, row)
-        return row, self._bump(row, "delete", VmStatus.DELETING)
+        return row, guard.record(self._bump(row, "delete", VmStatus.DELETING))
 
     def _bump(self, row: Vm, action: str, status: VmStatus) -> Operation:
         row.generation += 1

@@ -24,6 +24,7 @@ from app.db.repositories import (
     LinkNameRepository,
     ObservedState,
     OperationRepository,
+    link_referrers,
     link_rows,
     load_link_specs,
 )
@@ -274,6 +275,17 @@ class LinkReconciler:
     ) -> dict[str, object] | None:
         if not row.deleted:  # undeleted meanwhile: impossible today, but never lose it
             return None
+        referrers = link_referrers(session, row)
+        if referrers:
+            # the services let only rows on their way out (a deleted VM's NICs) outlive a
+            # delete; the row waits for them (backing off) instead of failing the whole
+            # write-back on a foreign key, pass after pass
+            self.backoff.failed(spec.id)
+            reason = f"the link is gone; waiting for {', '.join(referrers[:5])} to go"
+            if row.status_reason == reason:
+                return None
+            row.status_reason = reason
+            return row.event_fields(spec.kind.value)
         self.backoff.succeeded(spec.id)
         self._finished.append(FinishedOperation(spec.id, row.generation, "succeeded"))
         LinkNameRepository(session).release(spec.id)

@@ -43,6 +43,7 @@ from app.db.repositories import (
     OperationRepository,
     RowState,
     load_network_state,
+    network_referrers,
     orphan_forward_claims,
     record_forward_outcomes,
     remove_forwards,
@@ -567,6 +568,13 @@ def _record(
     if observed.gone:
         if not row.deleted:
             return None
+        waiting = network_referrers(session, row.id) if isinstance(row, Network) else []
+        if waiting:  # never fail the pass on a foreign key: the row goes after them
+            reason = f"waiting for {', '.join(waiting[:5])} to go"
+            if row.status_reason == reason:
+                return None
+            row.status_reason = reason
+            return row.event_fields(resource)
         finished.append(FinishedOperation(row.id, row.generation, "succeeded"))
         session.delete(row)
         return row.event_fields(

@@ -116,6 +116,9 @@ class VmState:
     event_fields: dict[str, Any] = field(default_factory=dict)  # for QMP events
     taps_checked_at: float = 0.0  # when the running qemu's bridge taps were last checked
     tap_problem: str | None = None  # a tap of the running qemu was deleted by hand
+    # taps of NICs a forced delete removed from the VM (their names stay claimed): dropped
+    # once, when qemu no longer holds them
+    stale_taps_seen: set[str] = field(default_factory=set)
 
     @property
     def running(self) -> bool:
@@ -408,10 +411,16 @@ class VmWorker:
             bridges = {
                 b_id: b_name for b_id, b_name in session.execute(select(Bridge.id, Bridge.name))
             }
+            claimed: dict[str, set[str]] = {}
+            for name, vm_id in session.execute(
+                select(LinkName.name, LinkName.resource_id).where(LinkName.resource == "vm")
+            ):
+                claimed.setdefault(vm_id, set()).add(name)
         reports: dict[str, Report] = {}
         for row in rows:
             state = self._state(row)
             nics = nics_by_vm.get(row.id, [])
+            _note_stale_taps(state, claimed.get(row.id, set()), nics)
             report, due = self._decide_and_act(row, nics, bridges, state, now)
             reports[row.id] = report
             if due is not None:
@@ -764,6 +773,16 @@ class VmWorker:
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+
+def _note_stale_taps(state: VmState, claimed: set[str], nics: Sequence[VmNic]) -> None:
+    """Tap names the VM still claims but no NIC uses (a forced delete removed the NIC): the
+    taps may exist (made at launch, perhaps by an earlier daemon); they go with the next stop
+    or clean-up. Each name is noted once, so a tap that is already gone costs one lookup."""
+    stale = claimed - {nic.tap_name for nic in nics if nic.tap_name} - state.stale_taps_seen
+    if stale:
+        state.stale_taps_seen |= stale
+        state.taps |= stale
 
 
 def _argv_option(argv: Sequence[str], name: str) -> str | None:

@@ -91,8 +91,9 @@ def test_network_puts_gateway_rules_and_dnsmasq_in_place(
     assert api.delete(f"/v1/port-forwards/{forward['id']}?wait=10").status_code == 204
     assert f"forward {forward['id']}" not in comments(netns)
 
-    # deleting the network (after its VMs' forwards) takes everything of it away
-    assert api.delete("/v1/networks/nat0?wait=10").status_code == 204
+    # deleting the network (after its VMs' forwards; forced past their fixed addresses)
+    # takes everything of it away
+    assert api.delete("/v1/networks/nat0?wait=10&force=true").status_code == 204
     assert nft_rules(netns) is None
     assert not alive(pid)
     assert "10.91.0.1/24" not in links(netns)["br0"].addresses
@@ -141,7 +142,7 @@ def test_bad_network_and_forward_input_is_refused_and_changes_nothing(
     r = api.post("/v1/networks", json={"name": "n2", "bridge": "br1", "subnet": "10.91.0.128/25"})
     assert r.status_code == 409 and "overlaps" in r.json()["detail"], r.text
     r = api.delete("/v1/bridges/br0")
-    assert r.status_code == 409 and "carries network" in r.json()["detail"], r.text
+    assert r.status_code == 409 and "network nat0" in r.json()["detail"], r.text
 
     before = comments(netns)
     forward = {"network": "nat0", "vm": "web", "port": 8080}
@@ -327,7 +328,7 @@ def test_changes_in_place_vm_deletion_diagnostics_and_log(api: TestClient, netns
     assert diagnostics["port53"]["ok"] is True, diagnostics["port53"]  # our own dnsmasq
     assert diagnostics["dnsmasq"]["ok"] is True
 
-    # a fixed address needs a managed network; a deleted VM takes its forwards along
+    # a fixed address needs a managed network; a VM deleted with force takes its forwards
     r = api.post(
         "/v1/vms",
         json={
@@ -338,7 +339,8 @@ def test_changes_in_place_vm_deletion_diagnostics_and_log(api: TestClient, netns
         },
     )
     assert r.status_code == 422 and "managed network" in r.json()["detail"], r.text
-    assert api.delete(f"/v1/vms/{vm['id']}?wait=10").status_code == 204
+    assert api.delete(f"/v1/vms/{vm['id']}?wait=10").status_code == 409  # forwards use it
+    assert api.delete(f"/v1/vms/{vm['id']}?wait=10&force=true").status_code == 204
     assert api.get(f"/v1/port-forwards/{forward['id']}").status_code == 404
     assert _eventually(lambda: not any(c.startswith("forward") for c in comments(netns)))
 
@@ -363,7 +365,7 @@ def test_network_on_a_routed_tap_and_quick_successive_deletes(api: TestClient, n
     r = api.post("/v1/port-forwards", json={"network": "routed", "vm": "web", "port": 2222})
     assert r.status_code == 202, r.text
     assert api.delete(f"/v1/port-forwards/{r.json()['id']}").status_code == 202
-    assert api.delete("/v1/networks/routed").status_code == 202
+    assert api.delete("/v1/networks/routed?force=true").status_code == 202  # web's address
     assert api.delete("/v1/vms/web").status_code == 202
     assert api.delete("/v1/taps/tap1").status_code == 202
     assert _eventually(lambda: "tap1" not in links(netns) and nft_rules(netns) is None)

@@ -167,7 +167,9 @@ def test_deleting_the_bridge_moves_the_configuration_back_first(
     make_bridge(api)
     before = read(netns, "eth0")
     assert uplink(api).json()["status"] == "active"
-    assert api.delete("/v1/bridges/br0?wait=20").status_code == 204
+    r = api.delete("/v1/bridges/br0?wait=20")  # the uplink depends on it
+    assert r.status_code == 409 and r.json()["dependents"][0]["kind"] == "uplink", r.text
+    assert api.delete("/v1/bridges/br0?wait=20&force=true").status_code == 204
     assert read(netns, "eth0")[:1] + read(netns, "eth0")[2:] == before[:1] + before[2:]
     assert reaches(lan, HOST)
 

@@ -211,10 +211,11 @@ def test_bridge_and_taps_lifecycle(sdk: Sdk, client: Any, daemon: Daemon) -> Non
     assert kernel["tap1"].master == "br0"
     assert kernel["tap2"].master is None
 
-    # delete: a bridge with an attached tap is in use (409, with the taps as an extension)
+    # delete: a bridge with an attached tap is in use (409, listing its dependents)
     r = delete_bridge.sync_detailed(bridge.id, client=client, wait=WAIT)
     problem = _problem(sdk, r, 409, "in-use")
-    assert problem["taps"] == [taps["tap1"].id]
+    dependents = [(str(d.kind), d.id, d.name) for d in problem.dependents]
+    assert dependents == [("tap", taps["tap1"].id, "tap1")]
     assert "br0" in links(daemon.netns)
 
     # delete a tap without waiting: 202 and the pending resource...

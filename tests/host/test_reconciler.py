@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from sqlalchemy import delete
 
 from app.bus import EventBus
 from app.db.migrate import upgrade
-from app.db.models import Bridge, LinkName, Tap, new_id
+from app.db.models import Bridge, LinkName, Tap, Vm, VmNic, new_id
 from app.db.session import Database
 from app.domain.retry import Backoff
 from app.host.netlink import LinkOps
@@ -160,3 +161,43 @@ def test_changing_a_creation_only_flag_recreates_the_tap(db: Database, netns: st
     full_pass(db, netns)
     assert links(netns)["tap1"].info["IFLA_TUN_MULTI_QUEUE"] == 1
     assert tap_row(db, tap_id).observed_generation == 2
+
+
+def test_deleted_bridge_still_referenced_waits_instead_of_failing_the_pass(
+    db: Database, netns: str
+) -> None:
+    """Issue 9: a bridge row deleted while a NIC of a VM on its way out still points at it.
+    The pass must not fail on the foreign key (the whole write-back rolled back, pass after
+    pass, while every other link waited): the bridge goes from the kernel, its row waits
+    with the reason, other links settle, and the row goes once the VM's rows are gone."""
+    bridge_id = add_bridge(db, "br0")
+    full_pass(db, netns)
+    vm_id = new_id()
+    with db.unit_of_work() as s:
+        s.add(Vm(id=vm_id, name="web", deleted=True, status="deleting", boot={}))
+        s.add(
+            VmNic(
+                vm_id=vm_id,
+                position=0,
+                mac="52:54:00:00:00:01",
+                backend="bridge",
+                bridge_id=bridge_id,
+                tap_name="kvweb-0",
+            )
+        )
+        row = s.get(Bridge, bridge_id)
+        assert row is not None
+        row.deleted, row.status, row.generation = True, "deleting", row.generation + 1
+    tap_id = add_tap(db, "tap1")  # another link to settle in the same pass
+    full_pass(db, netns)
+    assert "br0" not in links(netns)
+    assert "tap1" in links(netns) and tap_row(db, tap_id).status == "active"
+    with db.unit_of_work() as s:
+        row = s.get(Bridge, bridge_id)
+        assert row is not None and row.status == "deleting"
+        assert row.status_reason is not None and "vm_nic web/0" in row.status_reason
+        s.execute(delete(VmNic).where(VmNic.vm_id == vm_id))
+        s.execute(delete(Vm).where(Vm.id == vm_id))
+    full_pass(db, netns)
+    with db.unit_of_work() as s:
+        assert s.get(Bridge, bridge_id) is None

@@ -13,13 +13,21 @@ from app.db.migrate import upgrade
 from app.db.models import HostPort, LinkName, Vm, VmNic
 from app.db.repositories import vm_spec
 from app.db.session import Database
-from app.domain.errors import Conflict, DomainError, InUse, InvalidInput, NameTaken, NotFound
+from app.domain.errors import (
+    BeingDeleted,
+    Conflict,
+    DomainError,
+    InUse,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+)
 from app.domain.qemu_argv import qemu_argv
 from app.domain.vms import QEMU_DEFAULT_MAC, Accelerator
 from app.schemas.links import BridgeCreate, TapCreate
 from app.schemas.vms import VmCreate
 from app.services.links import BridgeService, TapService
-from app.services.vms import HostFacts, VmService, vm_tap_name
+from app.services.vms import HostFacts, VmPowerService, VmService, vm_tap_name
 
 HOST = HostFacts(
     nic_models=frozenset({"virtio-net-pci", "e1000", "rtl8139", "ne2k_pci", "pcnet", "ne2k_isa"}),
@@ -97,6 +105,11 @@ def test_socket_pair_as_in_the_howto(db: Database) -> None:
     assert connect.options["socket"]["port"] == port
     with pytest.raises(InvalidInput, match="not a listening"):
         create(db, "vm3", {"backend": "socket", "socket": {"mode": "connect", "peer": "vm2/0"}})
+    # a VM on its way out takes no new peer (it would connect to a port nobody listens on)
+    with db.unit_of_work() as s:
+        VmPowerService(s).delete("vm1", force=True)
+    with pytest.raises(BeingDeleted, match="being deleted"):
+        create(db, "vm4", {"backend": "socket", "socket": {"mode": "connect", "peer": "vm1/0"}})
 
 
 @pytest.mark.parametrize(

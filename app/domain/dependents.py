@@ -1,0 +1,74 @@
+"""In-use protection: what depends on a resource that a client asks to delete.
+
+The dependency graph (a delete without `?force=true` is refused while any edge exists):
+
+- network  <- VM NICs with a fixed address on it; port forwards on it
+- bridge   <- VM NICs on it (`bridge` backend); taps attached to it; the network on it;
+              its uplink
+- tap      <- the VM NIC that uses it (`tap` backend); the network on it (a routed tap)
+- VM       <- port forwards to its NICs; other VMs' socket NICs that connect to its
+              listening socket NICs
+
+What `?force=true` does to each dependent (the `action` of a Dependent), chosen so that no
+guest silently keeps a NIC whose backend is gone (compare Neutron, which refuses a network
+delete with ports in use, NetworkInUse 409, and Nova, which unplugs a deleted port):
+
+- a VM NIC whose bridge, tap or socket peer goes is `removed` from its VM's desired state
+  (its MAC, fixed address and forwards go with it; the remaining NICs keep their order and
+  addresses), and a VM that was running is `stopped`: it starts again without that NIC;
+- a VM NIC on a deleted network keeps its bridge or tap and loses only its fixed address
+  (`address_released`); a tap on a deleted bridge is `detached` and stays;
+- a port forward, the network on a deleted link, and a bridge's uplink are `deleted` (the
+  uplink first moves the host's configuration back onto its NIC).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class DependentKind(enum.StrEnum):
+    VM = "vm"
+    VM_NIC = "vm_nic"
+    TAP = "tap"
+    NETWORK = "network"
+    UPLINK = "uplink"
+    PORT_FORWARD = "port_forward"
+
+
+class ForceAction(enum.StrEnum):
+    """What a forced delete did to one dependent."""
+
+    REMOVED = "removed"
+    STOPPED = "stopped"
+    DETACHED = "detached"
+    DELETED = "deleted"
+    ADDRESS_RELEASED = "address_released"
+
+
+@dataclass(frozen=True)
+class Dependent:
+    """One thing that depends on a resource. A VM NIC is named `<vm name>/<nic index>`
+    (the notation socket peers use) and carries its VM's id."""
+
+    kind: DependentKind
+    id: str
+    name: str
+    vm_id: str | None = None
+    action: ForceAction | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        fields = {"kind": self.kind.value, "id": self.id, "name": self.name}
+        if self.vm_id is not None:
+            fields["vm_id"] = self.vm_id
+        if self.action is not None:
+            fields["action"] = self.action.value
+        return fields
+
+
+def describe(dependents: list[Dependent], limit: int = 10) -> str:
+    """`vm_nic web/0, tap tap1` (the first `limit`, then how many more)."""
+    shown = [f"{d.kind.value} {d.name}" for d in dependents[:limit]]
+    more = len(dependents) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")

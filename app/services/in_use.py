@@ -1,0 +1,206 @@
+"""In-use protection for every delete (the graph and the force rules: app.domain.dependents).
+
+A delete asks its `InUseGuard` for the resource's dependents inside the request's own
+transaction: without `force` any dependent refuses the delete (409 `in-use`, listing each as
+kind, id and name) before anything changed; with `force` the guard detaches every dependent
+in that same transaction and remembers what it did, which the delete's operation records
+(`detached`). Either way the delete can never leave a row a worker cannot remove (a foreign
+key still pointing at it): whatever would point at it is gone or re-pointed first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Bridge, Network, Operation, PortForward, Tap, Vm, VmNic
+from app.db.repositories import (
+    DependentsRepository,
+    FinishedOperation,
+    NetworkRepository,
+    OperationRepository,
+    uplink_of,
+)
+from app.domain.dependents import Dependent, DependentKind, ForceAction, describe
+from app.domain.errors import InUse
+from app.domain.status import Status
+from app.domain.vms import PowerState, VmStatus
+from app.services.operations import bump, record_operation
+
+K = DependentKind
+
+
+def nic_dependent(nic: VmNic, vm: Vm, action: ForceAction | None = None) -> Dependent:
+    return Dependent(K.VM_NIC, nic.id, f"{vm.name}/{nic.position}", vm.id, action)
+
+
+def _row_dependent(kind: DependentKind, row: Tap | Network | PortForward) -> Dependent:
+    return Dependent(kind, row.id, row.name)
+
+
+class InUseGuard:
+    """Finds the dependents of one delete and, when forced, detaches them (one per request)."""
+
+    def __init__(self, session: Session, request_id: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.repo = DependentsRepository(session)
+        self.detached: list[Dependent] = []
+        self._changed_vms: set[str] = set()
+
+    # ---- the check -------------------------------------------------------------------------
+
+    @staticmethod
+    def refuse(what: str, dependents: Sequence[Dependent]) -> None:
+        """409 `in-use` naming every dependent, unless there is none."""
+        if not dependents:
+            return
+        raise InUse(
+            f"{what} is in use by {describe(list(dependents))}; delete or detach them first, "
+            "or pass ?force=true to detach them with it",
+            dependents=[d.as_dict() for d in dependents],
+        )
+
+    def record(self, operation: Operation) -> Operation:
+        """The delete's operation says what the forced delete did (None: nothing)."""
+        operation.detached = [d.as_dict() for d in self.detached] or None
+        return operation
+
+    # ---- networks --------------------------------------------------------------------------
+
+    def network_dependents(self, row: Network) -> list[Dependent]:
+        nics = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_network(row.id)]
+        forwards = self.repo.forwards_on_network(row.id)
+        return [*nics, *(_row_dependent(K.PORT_FORWARD, f) for f in forwards)]
+
+    def delete_network(self, row: Network, force: bool) -> Operation:
+        """Mark a network deleted: its forwards are deleted, its NICs keep their link and
+        lose their fixed address; its link loses the gateway address."""
+        if not force:
+            self.refuse(f"network {row.name!r}", self.network_dependents(row))
+        for nic, vm in self.repo.nics_on_network(row.id):
+            self.detached.append(nic_dependent(nic, vm, ForceAction.ADDRESS_RELEASED))
+        for nic in NetworkRepository(self.session).nics(row.id):  # VMs on their way out too
+            nic.network_id, nic.ipv4 = None, None
+        for forward in self.repo.forwards_on_network(row.id):
+            self._delete_forward(forward)
+        row.deleted = True
+        bump(row, Status.DELETING)
+        link: Bridge | Tap | None = (
+            self.session.get(Bridge, row.bridge_id)
+            if row.bridge_id
+            else self.session.get(Tap, row.tap_id or "")
+        )
+        if link is not None and not link.deleted:
+            bump(link)  # the gateway address goes
+        return record_operation(self.session, "delete", "network", row, self.request_id)
+
+    def _delete_forward(self, forward: PortForward) -> None:
+        forward.deleted = True
+        bump(forward, Status.DELETING)
+        record_operation(self.session, "delete", "port_forward", forward, self.request_id)
+        self.detached.append(
+            Dependent(K.PORT_FORWARD, forward.id, forward.name, action=ForceAction.DELETED)
+        )
+
+    # ---- links -----------------------------------------------------------------------------
+
+    def bridge_dependents(self, row: Bridge, count_taps: bool = True) -> list[Dependent]:
+        found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_bridge(row.id)]
+        if count_taps:
+            found += [_row_dependent(K.TAP, t) for t in self.repo.taps_on_bridge(row.id)]
+        found += self._network_of(row.id, None)
+        uplink = uplink_of(self.session, row.id)
+        if uplink is not None and not uplink.deleted:
+            found.append(Dependent(K.UPLINK, uplink.id, uplink.name))
+        return found
+
+    def tap_dependents(self, row: Tap) -> list[Dependent]:
+        found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_tap(row.id)]
+        return found + self._network_of(None, row.id)
+
+    def _network_of(self, bridge_id: str | None, tap_id: str | None) -> list[Dependent]:
+        network = NetworkRepository(self.session).on_link(bridge_id, tap_id)
+        if network is None or network.deleted:
+            return []
+        return [_row_dependent(K.NETWORK, network)]
+
+    def free_bridge(self, row: Bridge) -> None:
+        """Force: the bridge's VM NICs leave their VMs, its network goes, its taps are
+        detached and its uplink moves the host's configuration back."""
+        for nic, vm in self.repo.nics_on_bridge(row.id):
+            self.remove_nic(nic, vm)
+        self._free_network(row.id, None)
+        for tap in self.repo.taps_on_bridge(row.id):
+            self.detach_tap(tap)
+        uplink = uplink_of(self.session, row.id)
+        if uplink is not None and not uplink.deleted:
+            uplink.deleted = True
+            bump(uplink, Status.DELETING)
+            record_operation(self.session, "delete", "uplink", uplink, self.request_id)
+            self.detached.append(
+                Dependent(K.UPLINK, uplink.id, uplink.name, action=ForceAction.DELETED)
+            )
+
+    def free_tap(self, row: Tap) -> None:
+        """Force: the tap's VM NIC leaves its VM, and the network on the tap goes."""
+        for nic, vm in self.repo.nics_on_tap(row.id):
+            self.remove_nic(nic, vm)
+        self._free_network(None, row.id)
+
+    def _free_network(self, bridge_id: str | None, tap_id: str | None) -> None:
+        network = NetworkRepository(self.session).on_link(bridge_id, tap_id)
+        if network is not None and not network.deleted:
+            self.delete_network(network, force=True)
+            self.detached.append(
+                Dependent(K.NETWORK, network.id, network.name, action=ForceAction.DELETED)
+            )
+
+    def detach_tap(self, tap: Tap) -> None:
+        tap.bridge_id = None
+        bump(tap)
+        record_operation(self.session, "update", "tap", tap, self.request_id)
+        self.detached.append(Dependent(K.TAP, tap.id, tap.name, action=ForceAction.DETACHED))
+
+    # ---- VMs -------------------------------------------------------------------------------
+
+    def vm_dependents(self, row: Vm) -> list[Dependent]:
+        forwards = [_row_dependent(K.PORT_FORWARD, f) for f in self.repo.forwards_to_vm(row.id)]
+        peers = [nic_dependent(nic, vm) for nic, vm in self.repo.socket_peers(row.id)]
+        return forwards + peers
+
+    def free_vm(self, row: Vm) -> None:
+        """Force: the forwards to the VM are deleted and the NICs of other VMs that connect
+        to its sockets leave their VMs."""
+        for forward in self.repo.forwards_to_vm(row.id):
+            self._delete_forward(forward)
+        for nic, vm in self.repo.socket_peers(row.id):
+            self.remove_nic(nic, vm)
+
+    def remove_nic(self, nic: VmNic, vm: Vm) -> None:
+        """A NIC leaves its VM (with its forwards); a running VM is stopped, so the guest
+        never keeps a NIC whose backend is gone; it starts again without it."""
+        self.detached.append(nic_dependent(nic, vm, ForceAction.REMOVED))
+        forwards = self.repo.forwards_to_nic(nic.id)
+        finished = [
+            FinishedOperation(f.id, f.generation, "succeeded")
+            if f.deleted
+            else FinishedOperation(f.id, f.generation, "failed", "removed with its target NIC")
+            for f in forwards
+        ]
+        self.detached += [
+            Dependent(K.PORT_FORWARD, f.id, f.name, action=ForceAction.DELETED)
+            for f in forwards
+            if not f.deleted
+        ]
+        self.repo.remove_nic(nic)
+        OperationRepository(self.session).finish(finished)  # none is left waiting for them
+        if vm.power_state == PowerState.RUNNING.value:
+            vm.power_state = PowerState.STOPPED.value
+            self.detached.append(Dependent(K.VM, vm.id, vm.name, action=ForceAction.STOPPED))
+        if vm.id not in self._changed_vms:
+            self._changed_vms.add(vm.id)
+            vm.generation += 1
+            vm.status, vm.status_reason = VmStatus.PENDING.value, None
+            record_operation(self.session, "update", "vm", vm, self.request_id)
