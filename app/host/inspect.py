@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 
 from app.domain.links import parse_mark
+from app.domain.networks import HostPrefix
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import rtnl, uplink
+from app.host.addresses import host_prefixes
 from app.host.capabilities import probe_capabilities
-from app.host.diagnostics import conf_file_under, diagnose
+from app.host.diagnostics import check_subnet_clashes, conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
@@ -228,6 +230,18 @@ class LiveHostInspector:
         own = conf_file_under(self.run_dir / "networks") if self.run_dir else None
         checks = self._on_inspector_thread(lambda: diagnose(gateways, own))
         return [dataclasses.asdict(check) for check in checks]
+
+    def host_prefixes(self) -> list[HostPrefix]:
+        """The host's IPv4 addresses and connected routes (app.host.addresses)."""
+        return self._on_inspector_thread(host_prefixes)
+
+    def subnet_clashes(
+        self, networks: list[tuple[str, str]], own: dict[str, list[str]]
+    ) -> dict[str, Any]:
+        """The subnet_clashes diagnostic: (name, subnet) of each network against the host's
+        addresses and connected routes that are not in `own` (link name -> ours)."""
+        check = self._on_inspector_thread(lambda: check_subnet_clashes(networks, own))
+        return dataclasses.asdict(check)
 
     def leases(self, network_id: str) -> list[dict[str, Any]]:
         """The active DHCP leases of a managed network's dnsmasq (from its lease file)."""

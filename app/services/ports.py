@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from app.domain.networks import HostPrefix
+
 
 class HostInspector(Protocol):
     """Read-only views of the host, like brctl show/showmacs, ifconfig and route -n."""
@@ -36,6 +38,19 @@ class HostInspector(Protocol):
     def vm_console(self, vm_id: str, offset: int) -> tuple[bytes, int]: ...
 
     def diagnostics(self, gateways: list[str]) -> list[dict[str, Any]]: ...
+
+    def host_prefixes(self) -> list[HostPrefix]: ...
+
+    def subnet_clashes(
+        self, networks: list[tuple[str, str]], own: dict[str, list[str]]
+    ) -> dict[str, Any]: ...
+
+
+class LeaseReader(Protocol):
+    """A managed network's active DHCP leases (dicts with mac, address, hostname,
+    expires_at), read from its dnsmasq lease file."""
+
+    def __call__(self, network_id: str) -> list[dict[str, Any]]: ...
 
 
 class VmControl(Protocol):
