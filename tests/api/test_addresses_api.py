@@ -104,7 +104,8 @@ def test_fixed_address_in_the_range_or_over_a_fixed_one_is_refused(api: TestClie
     # a range PATCHed over an existing fixed address is refused the same way
     web = make_stopped_vm(api, "web", ipv4="10.91.0.100")
     r = api.patch(
-        "/v1/networks/nat0", json={"dhcp": {"range_start": "10.91.0.64", "range_end": "10.91.0.200"}}
+        "/v1/networks/nat0",
+        json={"dhcp": {"range_start": "10.91.0.64", "range_end": "10.91.0.200"}},
     )
     assert r.status_code == 409, r.text
     assert "10.91.0.100 (VM 'web' NIC 0)" in r.json()["detail"]
