@@ -402,9 +402,26 @@ def uplink_addresses(session: Session) -> dict[str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class NicObservation:
-    nic_id: str
+    """A changed observation of the address a NIC's MAC holds on a network."""
+
+    network_id: str
+    nic: NicAddress
     observed_ipv4: str | None
     reason: str | None
+
+    @property
+    def nic_id(self) -> str:
+        return self.nic.nic_id
+
+    def event_data(self) -> dict[str, object]:
+        return {
+            "vm": self.nic.vm,
+            "nic": self.nic.position,
+            "mac": self.nic.mac,
+            "ipv4": self.nic.fixed,
+            "observed_ipv4": self.observed_ipv4,
+            "address_status_reason": self.reason,
+        }
 
 
 def record_nic_addresses(session: Session, observations: Sequence[NicObservation]) -> None:

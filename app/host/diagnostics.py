@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from app.domain.nat_rules import FAMILY, TABLE
 from app.domain.networks import HostPrefix, clash_reason, foreign_clash
-from app.host.addresses import host_prefixes
+from app.host.addresses import AddressReadError, host_prefixes
 from app.host.procs import pids
 from app.host.sysctl import IP_FORWARD
 
@@ -471,7 +471,10 @@ def check_subnet_clashes(
     the host answers for someone else's addresses, as libvirt's "Network is already in use by
     interface" check says."""
     name = "subnet_clashes"
-    found = host_prefixes() if prefixes is None else prefixes
+    try:
+        found = host_prefixes() if prefixes is None else prefixes
+    except AddressReadError as exc:
+        return Check(name, False, "warning", str(exc))
     clashes = []
     for network, subnet in networks:
         clash = foreign_clash(IPv4Network(subnet), found, own)

@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
+from app.domain.errors import Unavailable
 from app.domain.links import parse_mark
 from app.domain.networks import HostPrefix
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import rtnl, uplink
-from app.host.addresses import host_prefixes
+from app.host.addresses import AddressReadError, host_prefixes
 from app.host.capabilities import probe_capabilities
 from app.host.diagnostics import check_subnet_clashes, conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
@@ -232,8 +233,12 @@ class LiveHostInspector:
         return [dataclasses.asdict(check) for check in checks]
 
     def host_prefixes(self) -> list[HostPrefix]:
-        """The host's IPv4 addresses and connected routes (app.host.addresses)."""
-        return self._on_inspector_thread(host_prefixes)
+        """The host's IPv4 addresses and connected routes (app.host.addresses); Unavailable
+        when the kernel does not answer."""
+        try:
+            return self._on_inspector_thread(host_prefixes)
+        except AddressReadError as exc:
+            raise Unavailable(str(exc)) from None
 
     def subnet_clashes(
         self, networks: list[tuple[str, str]], own: dict[str, list[str]]

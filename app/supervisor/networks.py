@@ -35,7 +35,6 @@ from pathlib import Path
 from select import POLLIN, poll
 from typing import Any
 
-from pyroute2 import NetlinkError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -62,7 +61,7 @@ from app.domain.networks import DhcpDnsSpec, clash_reason, foreign_clash, observ
 from app.domain.retry import Backoff
 from app.domain.status import Status
 from app.host import dnsmasq, nft
-from app.host.addresses import host_prefixes
+from app.host.addresses import AddressReadError, host_prefixes
 from app.host.netns import enter_for_this_thread
 from app.host.sysctl import enable_ip_forwarding
 
@@ -249,10 +248,13 @@ class NetworkWorker:
         """At a full pass: each network's subnet against the host's addresses and connected
         routes that are not ours (one that appears after creation is reported on the network
         until it is gone). dnsmasq and the rules stay: guests keep what they have."""
+        if not networks:
+            self._clashes = {}
+            return
         try:
             prefixes = host_prefixes()
-        except (OSError, NetlinkError) as exc:
-            log.warning("cannot read the host's addresses for the subnet check: %s", exc)
+        except AddressReadError as exc:
+            log.warning("subnet check skipped: %s", exc)
             return
         clashes: dict[str, str] = {}
         for network in networks:
@@ -288,7 +290,7 @@ class NetworkWorker:
                 if (observed, reason) != (nic.observed, nic.reason):
                     if reason is not None:
                         log.warning("network %s: %s", network.row.name, reason)
-                    result.nics.append(NicObservation(nic.nic_id, observed, reason))
+                    result.nics.append(NicObservation(network.row.id, nic, observed, reason))
         return withheld
 
     @staticmethod
@@ -572,6 +574,7 @@ class NetworkWorker:
                     if not observed.gone:
                         row.dnsmasq_pid, row.restarts = observed.dnsmasq_pid, observed.restarts
             record_nic_addresses(session, result.nics)
+            events += _address_events(network_rows, result.nics)
             orphan_forward_claims(session)
             OperationRepository(session).finish(finished)
         for event in events:
@@ -600,6 +603,20 @@ def _already_recorded(loaded: RowState, observed: Observed) -> bool:
     generation = loaded.generation if observed.settled else loaded.observed_generation
     recorded = (loaded.status, loaded.status_reason, loaded.observed_generation)
     return recorded == (status.value, observed.reason, generation)
+
+
+def _address_events(
+    rows: dict[str, Network], observations: list[NicObservation]
+) -> list[dict[str, Any]]:
+    """`network.nic_address`: a NIC's MAC holds another address than before (`data` says
+    which, and the problem when it is not the NIC's fixed one)."""
+    events = []
+    for observation in observations:
+        row = rows.get(observation.network_id)
+        if row is not None and not row.deleted:
+            fields = row.event_fields("network", "nic_address")
+            events.append({**fields, "data": observation.event_data()})
+    return events
 
 
 def _withhold(forward: ForwardState, withheld: dict[str, str]) -> ForwardState:

@@ -179,6 +179,9 @@ def test_a_nic_holding_another_address_is_reported_and_its_forwards_withheld(
         assert nic["observed_ipv4"] == dynamic
         assert f"holds {dynamic}" in nic["address_status_reason"]
         assert [x["fixed"] for x in leases(api) if x["mac"] == mac] == [False]
+        bus = api.app.state.context.bus  # type: ignore[attr-defined]
+        seen = [e.data for e in bus.since(0) if e.type == "network.nic_address"]
+        assert seen and seen[-1]["observed_ipv4"] == dynamic and seen[-1]["vm"] == "web", seen
 
         r = api.post("/v1/port-forwards?wait=10", json={"network": "nat0", "vm": "web", "port": 80})
         forward = r.json()
