@@ -214,15 +214,25 @@ def observe_address(
 ) -> tuple[str | None, str | None]:
     """(the address the NIC's MAC holds, why that is a problem) from the active leases
     (MAC, address). Its own fixed address wins when it holds several; no lease is no
-    problem (the guest may not have asked yet, or configures the address itself). Another
+    problem (the guest may not have asked yet, or configures the address itself); the
+    fixed address leased to another MAC is one (dnsmasq then gives the NIC another). Another
     address is one dnsmasq handed out before the static lease existed (dnsmasq moves the
     client only when it asks again): port forwards must not target the fixed address then,
     which may be a stranger's."""
+    leases = list(leases)
     held = sorted(address for mac, address in leases if mac.lower() == nic.mac.lower())
-    if not held:
-        return None, None
     if nic.fixed in held:
         return nic.fixed, None
+    strangers = sorted(
+        m.lower() for m, a in leases if a == nic.fixed and m.lower() != nic.mac.lower()
+    )
+    if strangers:  # a lease older than the fixed address (kvmnetd before it checked leases)
+        return (held[0] if held else None), (
+            f"the fixed address {nic.fixed} of NIC {nic.position} of VM {nic.vm!r} is leased "
+            f"to MAC {strangers[0]}; port forwards to it are withheld until that lease ends"
+        )
+    if not held:
+        return None, None
     return held[0], (
         f"NIC {nic.position} of VM {nic.vm!r} (MAC {nic.mac}) holds {held[0]} from DHCP, not "
         f"its fixed address {nic.fixed}; port forwards to it are withheld until it renews "

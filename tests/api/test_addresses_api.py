@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from app.db.models import VmNic
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge
@@ -113,9 +115,11 @@ def test_fixed_address_in_the_range_or_over_a_fixed_one_is_refused(api: TestClie
     assert nic_of(api, web)["ipv4"] == "10.91.0.100"
 
 
-def test_a_leased_address_is_refused_naming_its_holder(api: TestClient, netns: str) -> None:
+def test_a_leased_address_is_refused_naming_its_holder(quick_api: TestClient, netns: str) -> None:
     """A real client takes a lease; once the range no longer covers it, it still holds it,
-    and a VM asking for that address is told who has it."""
+    and a VM asking for that address is told who has it. A database from before this check,
+    where a NIC's fixed address is the stranger's, gets that reported on the NIC."""
+    api = quick_api
     make_bridge(api)
     make_network(api)
     stranger = "02:00:00:00:ab:01"
@@ -143,7 +147,16 @@ def test_a_leased_address_is_refused_naming_its_holder(api: TestClient, netns: s
     assert problem["holder"]["mac"] == stranger and problem["holder"]["ip"] == leased
     # the lowest free address is fine, and an automatic one never lands on the lease
     assert make_stopped_vm(api, "web", ipv4="10.91.0.2")
-    assert nic_of(api, make_stopped_vm(api, "db"))["ipv4"] != leased
+    db = make_stopped_vm(api, "db")
+    assert nic_of(api, db)["ipv4"] != leased
+
+    # as an older kvmnetd allowed: db's fixed address is the stranger's lease
+    database = api.app.state.context.db  # type: ignore[attr-defined]
+    with database.unit_of_work() as session:
+        nic = session.scalars(select(VmNic).where(VmNic.vm_id == db["id"])).one()
+        nic.ipv4 = leased
+    reason = eventually(lambda: nic_of(api, db)["address_status_reason"])
+    assert reason and f"{leased} of NIC 0 of VM 'db' is leased to MAC {stranger}" in reason
 
 
 def test_a_nic_holding_another_address_is_reported_and_its_forwards_withheld(

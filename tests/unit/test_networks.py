@@ -230,4 +230,7 @@ def test_a_nic_holding_another_address_is_a_problem() -> None:
     observed, reason = observe_address(nic, [("02:00:00:00:00:01", "10.0.0.130")])
     assert observed == "10.0.0.130"
     assert reason is not None and "not its fixed address 10.0.0.2" in reason
-    assert observe_address(nic, [("02:00:00:00:00:09", "10.0.0.2")]) == (None, None)
+    # a stranger holding the fixed address (a lease from before the check existed)
+    observed, reason = observe_address(nic, [("02:00:00:00:00:09", "10.0.0.2")])
+    assert observed is None
+    assert reason is not None and "leased to MAC 02:00:00:00:00:09" in reason
