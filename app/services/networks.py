@@ -236,6 +236,7 @@ class NetworkService:
             )
         for nic in self.networks.nics(row.id):
             nic.network_id, nic.ipv4 = None, None
+            nic.observed_ipv4, nic.address_status_reason = None, None
         row.deleted = True
         bump(row, Status.DELETING)
         link = self.link_of(row)
