@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from sqlalchemy.orm import Session
 
 from app.api.deps import context
 from app.api.presenters import uplink_diagnostic
-from app.db.repositories import NetworkRepository, own_addresses
+from app.db.repositories import NetworkRepository
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.host import Capabilities, DiagnosticCheck, HostInterface, HostRoute
 from app.services.uplinks import UplinkService
@@ -43,9 +42,7 @@ async def get_host_diagnostics(request: Request) -> list[DiagnosticCheck]:
     """What would break forwarding for managed networks here, each with the exact reason:
     IP forwarding off, a FORWARD chain with a drop policy in another table (as Docker leaves
     it), dnsmasq missing, another listener on port 53 where our dnsmasq must answer; and
-    each bridge uplink: its NIC present, its carrier, its move settled; and `subnet_clashes`,
-    a network's subnet used by an address or connected route of an interface that is not
-    kvmnetd's."""
+    each bridge uplink: its NIC present, its carrier, its move settled."""
     ctx = context(request)
     gateways = await ctx.read(lambda s: NetworkRepository(s).gateways())
     checks = [DiagnosticCheck(**c) for c in await ctx.host(ctx.inspector.diagnostics, gateways)]
@@ -57,13 +54,10 @@ async def get_host_diagnostics(request: Request) -> list[DiagnosticCheck]:
 
 
 async def _subnet_clashes(request: Request) -> DiagnosticCheck:
-    """Each live network's subnet against the host's addresses and connected routes that are
-    not ours."""
+    """`subnet_clashes`: each live network's subnet used by an address or connected route of
+    an interface that is not kvmnetd's."""
     ctx = context(request)
-
-    def load(session: Session) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
-        live = NetworkRepository(session).live_subnets()
-        return live, own_addresses(session)
-
-    networks, own = await ctx.read(load)
+    networks, own = await ctx.read(
+        lambda s: (NetworkRepository(s).live_subnets(), NetworkRepository(s).own_addresses())
+    )
     return DiagnosticCheck(**await ctx.host(ctx.inspector.subnet_clashes, networks, own))

@@ -153,6 +153,9 @@ class NetworkRepository(ResourceRepository[Network]):
         query = select(Network.name, Network.subnet).where(Network.deleted.is_(False))
         return [(name, subnet) for name, subnet in self.session.execute(query)]
 
+    def own_addresses(self) -> dict[str, list[str]]:
+        return own_addresses(self.session)
+
     def gateways(self) -> list[str]:
         query = select(Network.gateway).where(Network.deleted.is_(False))
         return list(self.session.scalars(query))

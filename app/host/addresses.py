@@ -1,6 +1,7 @@
 """The host's IPv4 addresses and connected routes, for the subnet-clash checks (a managed
 network must not take a subnet that a host interface already uses: libvirt refuses that with
-"Network is already in use by interface", src/network/bridge_driver_linux.c).
+"Network is already in use by interface", src/network/bridge_driver_linux.c), and the
+`subnet_clashes` diagnostic of GET /v1/host/diagnostics.
 
 Read with pyroute2 through the calling thread's network namespace. Only the interfaces that
 carry an address or a connected route are named (if_indextoname), so the cost does not grow
@@ -10,10 +11,15 @@ with the number of address-less taps.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Network
 
 from pyroute2 import IPRoute, NetlinkError
 
-from app.domain.networks import HostPrefix
+from app.domain.networks import HostPrefix, clash_reason, foreign_clash
+from app.host.diagnostics import Check
+
+__all__ = ["AddressReadError", "HostPrefix", "check_subnet_clashes", "host_prefixes"]
 
 MAIN_TABLE = 254
 RT_SCOPE_LINK = 253
@@ -52,3 +58,36 @@ def _name(index: int) -> str:
         return socket.if_indextoname(index)
     except OSError:  # gone since the dump
         return f"ifindex {index}"
+
+
+def check_subnet_clashes(
+    networks: Sequence[tuple[str, str]],
+    own: Mapping[str, Sequence[str]],
+    prefixes: Sequence[HostPrefix] | None = None,
+) -> Check:
+    """The `subnet_clashes` diagnostic: each managed network (name, subnet) against the
+    host's addresses and connected routes that are not kvmnetd's (`own`: link name -> our
+    addresses there). An overlap means the host answers for someone else's addresses."""
+    name = "subnet_clashes"
+    try:
+        found = host_prefixes() if prefixes is None else prefixes
+    except AddressReadError as exc:
+        return Check(name, False, "warning", str(exc))
+    clashes = []
+    for network, subnet in networks:
+        clash = foreign_clash(IPv4Network(subnet), found, own)
+        if clash is not None:
+            clashes.append(
+                {
+                    "network": network,
+                    "subnet": subnet,
+                    "interface": clash.interface,
+                    "prefix": clash.prefix,
+                    "kind": clash.kind,
+                    "reason": clash_reason(IPv4Network(subnet), clash),
+                }
+            )
+    if not clashes:
+        return Check(name, True, "info", "no network's subnet is used by another interface")
+    detail = "; ".join(f"network {c['network']!r}: {c['reason']}" for c in clashes)
+    return Check(name, False, "error", detail, {"clashes": clashes})

@@ -2,9 +2,8 @@
 or the networks' dnsmasq, each check with an exact reason.
 
 Owns the checks behind GET /v1/host/diagnostics: net.ipv4.ip_forward, foreign nftables
-forward chains with policy drop, the dnsmasq binary, port 53 listeners that clash with
-the DNS our dnsmasq serves on the networks' gateways, and networks whose subnet a host
-interface that is not ours uses too.
+forward chains with policy drop, the dnsmasq binary, and port 53 listeners that clash with
+the DNS our dnsmasq serves on the networks' gateways.
 
 Everything is read through the calling thread's network namespace (the daemon enters
 namespaces per thread): /proc/sys/net and /proc/thread-self/net are opened from the calling
@@ -22,15 +21,12 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
 from app.domain.nat_rules import FAMILY, TABLE
-from app.domain.networks import HostPrefix, clash_reason, foreign_clash
-from app.host.addresses import AddressReadError, host_prefixes
 from app.host.procs import pids
 from app.host.sysctl import IP_FORWARD
 
@@ -456,40 +452,3 @@ def check_port53(
         "on the gateways: " + "; ".join(reasons),
         data,
     )
-
-
-# --- subnet_clashes --------------------------------------------------------------------------
-
-
-def check_subnet_clashes(
-    networks: Sequence[tuple[str, str]],
-    own: Mapping[str, Sequence[str]],
-    prefixes: Sequence[HostPrefix] | None = None,
-) -> Check:
-    """Each managed network (name, subnet) against the addresses and connected routes of the
-    host that are not kvmnetd's (`own`: link name -> our addresses there): an overlap means
-    the host answers for someone else's addresses, as libvirt's "Network is already in use by
-    interface" check says."""
-    name = "subnet_clashes"
-    try:
-        found = host_prefixes() if prefixes is None else prefixes
-    except AddressReadError as exc:
-        return Check(name, False, "warning", str(exc))
-    clashes = []
-    for network, subnet in networks:
-        clash = foreign_clash(IPv4Network(subnet), found, own)
-        if clash is not None:
-            clashes.append(
-                {
-                    "network": network,
-                    "subnet": subnet,
-                    "interface": clash.interface,
-                    "prefix": clash.prefix,
-                    "kind": clash.kind,
-                    "reason": clash_reason(IPv4Network(subnet), clash),
-                }
-            )
-    if not clashes:
-        return Check(name, True, "info", "no network's subnet is used by another interface")
-    detail = "; ".join(f"network {c['network']!r}: {c['reason']}" for c in clashes)
-    return Check(name, False, "error", detail, {"clashes": clashes})

@@ -21,12 +21,11 @@ from pyroute2 import IPRoute
 
 from app.domain.errors import Unavailable
 from app.domain.links import parse_mark
-from app.domain.networks import HostPrefix
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import rtnl, uplink
-from app.host.addresses import AddressReadError, host_prefixes
+from app.host.addresses import AddressReadError, HostPrefix, check_subnet_clashes, host_prefixes
 from app.host.capabilities import probe_capabilities
-from app.host.diagnostics import check_subnet_clashes, conf_file_under, diagnose
+from app.host.diagnostics import conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
@@ -118,6 +117,22 @@ class LiveHostInspector:
 
     def routes(self) -> list[dict[str, Any]]:
         return self._on_inspector_thread(self._routes)
+
+    def host_prefixes(self) -> list[HostPrefix]:
+        """The host's IPv4 addresses and connected routes (app.host.addresses); Unavailable
+        when the kernel does not answer."""
+        try:
+            return self._on_inspector_thread(host_prefixes)
+        except AddressReadError as exc:
+            raise Unavailable(str(exc)) from None
+
+    def subnet_clashes(
+        self, networks: list[tuple[str, str]], own: dict[str, list[str]]
+    ) -> dict[str, Any]:
+        """The subnet_clashes diagnostic: (name, subnet) of each network against the host's
+        addresses and connected routes that are not in `own` (link name -> ours)."""
+        check = self._on_inspector_thread(lambda: check_subnet_clashes(networks, own))
+        return dataclasses.asdict(check)
 
     def _fdb(self, bridge: str) -> list[dict[str, Any]]:
         with IPRoute() as ipr:
@@ -231,22 +246,6 @@ class LiveHostInspector:
         own = conf_file_under(self.run_dir / "networks") if self.run_dir else None
         checks = self._on_inspector_thread(lambda: diagnose(gateways, own))
         return [dataclasses.asdict(check) for check in checks]
-
-    def host_prefixes(self) -> list[HostPrefix]:
-        """The host's IPv4 addresses and connected routes (app.host.addresses); Unavailable
-        when the kernel does not answer."""
-        try:
-            return self._on_inspector_thread(host_prefixes)
-        except AddressReadError as exc:
-            raise Unavailable(str(exc)) from None
-
-    def subnet_clashes(
-        self, networks: list[tuple[str, str]], own: dict[str, list[str]]
-    ) -> dict[str, Any]:
-        """The subnet_clashes diagnostic: (name, subnet) of each network against the host's
-        addresses and connected routes that are not in `own` (link name -> ours)."""
-        check = self._on_inspector_thread(lambda: check_subnet_clashes(networks, own))
-        return dataclasses.asdict(check)
 
     def leases(self, network_id: str) -> list[dict[str, Any]]:
         """The active DHCP leases of a managed network's dnsmasq (from its lease file)."""

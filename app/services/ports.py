@@ -23,6 +23,12 @@ class HostInspector(Protocol):
 
     def routes(self) -> list[dict[str, Any]]: ...
 
+    def host_prefixes(self) -> list[HostPrefix]: ...
+
+    def subnet_clashes(
+        self, networks: list[tuple[str, str]], own: dict[str, list[str]]
+    ) -> dict[str, Any]: ...
+
     def capabilities(self) -> dict[str, Any]: ...
 
     def leases(self, network_id: str) -> list[dict[str, Any]]: ...
@@ -39,19 +45,6 @@ class HostInspector(Protocol):
 
     def diagnostics(self, gateways: list[str]) -> list[dict[str, Any]]: ...
 
-    def host_prefixes(self) -> list[HostPrefix]: ...
-
-    def subnet_clashes(
-        self, networks: list[tuple[str, str]], own: dict[str, list[str]]
-    ) -> dict[str, Any]: ...
-
-
-class LeaseReader(Protocol):
-    """A managed network's active DHCP leases (dicts with mac, address, hostname,
-    expires_at), read from its dnsmasq lease file."""
-
-    def __call__(self, network_id: str) -> list[dict[str, Any]]: ...
-
 
 class VmControl(Protocol):
     """Runtime control of a running VM's qemu (QMP), with a deadline. Raises Conflict when
@@ -66,3 +59,10 @@ class Nudger(Protocol):
     def nudge(self, resource: str | None = None) -> None:
         """Desired state of a `resource` kind changed (None: of any kind)."""
         ...
+
+
+class LeaseReader(Protocol):
+    """A managed network's active DHCP leases (dicts with mac, address, hostname,
+    expires_at), read from its dnsmasq lease file."""
+
+    def __call__(self, network_id: str) -> list[dict[str, Any]]: ...
