@@ -7,6 +7,7 @@ bumps that bridge or tap (the link supervisor then adds or removes the address).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Any
@@ -61,6 +62,8 @@ from app.schemas.networks import (
 from app.services.links import require_alive
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
+
+log = logging.getLogger(__name__)
 
 
 def addressing_of(row: Network) -> Addressing:
@@ -287,12 +290,26 @@ def leases_of_others(
     """The network's active leases held by other MACs than `mac`, each with its VM."""
     if leases is None:
         return []
+    try:
+        active = leases(network_id)
+    except (OSError, ValueError) as exc:  # an unreadable lease file: nothing known is leased
+        log.warning("leases of network %s unreadable, not checked: %s", network_id, exc)
+        return []
     vms = vms_by_mac(session, network_id)
     return [
         _holder(lease, vms.get(str(lease["mac"]).lower()))
-        for lease in leases(network_id)
-        if str(lease["mac"]).lower() != mac.lower()
+        for lease in active
+        if str(lease["mac"]).lower() != mac.lower() and _is_ipv4(lease["address"])
     ]
+
+
+def _is_ipv4(text: object) -> bool:
+    """A lease line's address field is an IPv4 address (a garbled line is ignored)."""
+    try:
+        IPv4Address(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def _holder(lease: dict[str, Any], vm: tuple[str, str | None] | None) -> LeaseHolder:

@@ -266,3 +266,27 @@ def test_a_clash_that_appears_later_is_reported_at_the_next_full_pass(
     ip(netns, "link", "del", "lan0")
     assert eventually(lambda: status()["status"] == "active"), status()
     assert status()["status_reason"] is None
+
+
+def test_a_garbled_lease_file_never_breaks_vm_creation(api: TestClient, settings: Settings) -> None:
+    """Garbled lines are skipped and the valid ones still count; an undecodable file means
+    no lease is known (the range check still holds)."""
+    make_bridge(api)
+    network = make_network(api)
+    path = settings.state_dir / "networks" / network["id"] / "dnsmasq.leases"
+    path.write_text(
+        "garbage\n4102444800 02:00:00:00:ab:03 not-an-ip x *\n"
+        "4102444800 02:00:00:00:ab:04 10.91.0.9 printer *\n"
+    )
+    r = api.post(
+        "/v1/vms",
+        json={
+            "name": "web",
+            "power_state": "stopped",
+            "boot": {"kernel": "/nonexistent"},
+            "nics": [{"backend": "bridge", "bridge": "br0", "ipv4": "10.91.0.9"}],
+        },
+    )
+    assert r.status_code == 409 and "printer" in r.json()["detail"], r.text
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    assert nic_of(api, make_stopped_vm(api, "web", ipv4="10.91.0.9"))["ipv4"] == "10.91.0.9"
