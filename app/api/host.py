@@ -66,4 +66,15 @@ async def get_host_diagnostics(
     for bridge, row in await ctx.read(lambda s: UplinkService(s).all()):
         live = await ctx.host(ctx.inspector.uplink_view, row.name, row.permanent_mac)
         checks.append(uplink_diagnostic(bridge, row, live))
+    checks.append(await _subnet_clashes(request))
     return checks
+
+
+async def _subnet_clashes(request: Request) -> DiagnosticCheck:
+    """`subnet_clashes`: each live network's subnet used by an address or connected route of
+    an interface that is not kvmnetd's."""
+    ctx = context(request)
+    networks, own = await ctx.read(
+        lambda s: (NetworkRepository(s).live_subnets(), NetworkRepository(s).own_addresses())
+    )
+    return DiagnosticCheck(**await ctx.host(ctx.inspector.subnet_clashes, networks, own))

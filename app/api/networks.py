@@ -59,13 +59,16 @@ async def _finish_network(
     responses={201: {"model": NetworkOut, "description": "Created and settled (with ?wait=)"}},
     summary="Create a managed network on a bridge or routed tap",
     description="The link gets the gateway address; dnsmasq serves DHCP and DNS there; with "
-    "NAT the subnet is masqueraded. VM NICs on the link get fixed addresses. " + SETTLE_DOC,
+    "NAT the subnet is masqueraded. VM NICs on the link get fixed addresses. 409 when the "
+    "subnet overlaps another network's, or an address or connected route of a host interface "
+    "that is not kvmnetd's (the problem names the `interface` and `prefix`). " + SETTLE_DOC,
 )
 async def create_network(
     body: NetworkCreate, response: Response, request: Request, wait: Wait = None
 ) -> NetworkOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: NetworkService(s, request_id).create(body))
+    prefixes = await ctx.host(ctx.inspector.host_prefixes)
+    row, op = await ctx.mutate(lambda s: NetworkService(s, request_id).create(body, prefixes))
     return await _finish_network(ctx, response, row, op, wait, 201)
 
 
@@ -132,15 +135,16 @@ async def delete_network(
     response_model=list[Lease],
 )
 async def list_network_leases(network_id: str, request: Request) -> list[Lease]:
-    """Active DHCP leases from the network's dnsmasq, with the VM each MAC belongs to."""
+    """Active DHCP leases from the network's dnsmasq, with the VM each MAC belongs to;
+    `fixed` is true only for a NIC's own fixed address (its MAC holds that address)."""
     ctx = context(request)
 
-    def load(session: Session) -> tuple[str, dict[str, str]]:
+    def load(session: Session) -> tuple[str, dict[str, tuple[str, str | None]]]:
         row = NetworkService(session).get(network_id)
         nics = NetworkRepository(session).nics(row.id)
-        return row.id, {n.mac: n.vm_id for n in nics}
+        return row.id, {n.mac: (n.vm_id, n.ipv4) for n in nics}
 
-    row_id, vm_by_mac = await ctx.read(load)
+    row_id, nic_by_mac = await ctx.read(load)
     leases = await ctx.host(ctx.inspector.leases, row_id)
     return [
         Lease(
@@ -148,8 +152,8 @@ async def list_network_leases(network_id: str, request: Request) -> list[Lease]:
             ip=lease["address"],
             hostname=lease["hostname"],
             expires_at=lease["expires_at"],
-            vm_id=vm_by_mac.get(lease["mac"]),
-            fixed=lease["mac"] in vm_by_mac,
+            vm_id=nic_by_mac[lease["mac"]][0] if lease["mac"] in nic_by_mac else None,
+            fixed=nic_by_mac.get(lease["mac"], (None, None))[1] == lease["address"],
         )
         for lease in leases
     ]

@@ -128,6 +128,8 @@ NIC_FIELDS = (
     "link_up",
     "network_id",
     "ipv4",
+    "observed_ipv4",
+    "address_status_reason",
 )
 
 

@@ -58,7 +58,8 @@ async def create_vm(
     """Create a VM; with power_state running (the default) it starts at once."""
     ctx, request_id = context(request), request_id_of(request)
     host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
-    row, _, op = await ctx.mutate(lambda s: VmService(s, request_id).create(body, host))
+    leases = ctx.inspector.leases
+    row, _, op = await ctx.mutate(lambda s: VmService(s, request_id).create(body, host, leases))
     return await _finish(ctx, response, row, op, wait, 201)
 
 

@@ -208,6 +208,10 @@ class VmNic(Base):
         ForeignKey("networks.id", ondelete="SET NULL"), default=None, index=True
     )
     ipv4: Mapped[str | None] = mapped_column(String(15), default=None)
+    # observed by the network worker: the address dnsmasq's lease file shows for this MAC, and
+    # why that is a problem when it is not `ipv4`
+    observed_ipv4: Mapped[str | None] = mapped_column(String(15), default=None)
+    address_status_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
     __table_args__ = (UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),)
 

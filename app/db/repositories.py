@@ -30,7 +30,7 @@ from app.db.models import PortForward as PortForwardRow
 from app.domain.errors import InvalidInput
 from app.domain.links import LinkKind, LinkSpec
 from app.domain.nat_rules import Forward, NatNetwork
-from app.domain.networks import DhcpDnsSpec, static_hosts
+from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
 from app.domain.vms import (
@@ -149,6 +149,14 @@ class NetworkRepository(ResourceRepository[Network]):
 
     def nics(self, network_id: str) -> Sequence[VmNic]:
         return self.session.scalars(select(VmNic).where(VmNic.network_id == network_id)).all()
+
+    def live_subnets(self) -> list[tuple[str, str]]:
+        """(name, subnet) of every network not being deleted."""
+        query = select(Network.name, Network.subnet).where(Network.deleted.is_(False))
+        return [(name, subnet) for name, subnet in self.session.execute(query)]
+
+    def own_addresses(self) -> dict[str, list[str]]:
+        return own_addresses(self.session)
 
     def gateways(self) -> list[str]:
         query = select(Network.gateway).where(Network.deleted.is_(False))
@@ -397,6 +405,38 @@ def uplink_addresses(session: Session) -> dict[str, tuple[str, ...]]:
     return result
 
 
+@dataclass(frozen=True)
+class NicObservation:
+    """A changed observation of the address a NIC's MAC holds on a network."""
+
+    network_id: str
+    nic: NicAddress
+    observed_ipv4: str | None
+    reason: str | None
+
+    @property
+    def nic_id(self) -> str:
+        return self.nic.nic_id
+
+    def event_data(self) -> dict[str, object]:
+        return {
+            "vm": self.nic.vm,
+            "nic": self.nic.position,
+            "mac": self.nic.mac,
+            "ipv4": self.nic.fixed,
+            "observed_ipv4": self.observed_ipv4,
+            "address_status_reason": self.reason,
+        }
+
+
+def record_nic_addresses(session: Session, observations: Sequence[NicObservation]) -> None:
+    """The address each NIC's MAC holds (from the lease file) and why it is wrong, if so."""
+    for o in observations:
+        nic = session.get(VmNic, o.nic_id)
+        if nic is not None:
+            nic.observed_ipv4, nic.address_status_reason = o.observed_ipv4, o.reason
+
+
 def network_gateways(session: Session) -> dict[str, str]:
     """Link id -> the gateway address (with prefix) its managed network puts on it."""
     query = select(Network.bridge_id, Network.tap_id, Network.gateway, Network.subnet).where(
@@ -406,6 +446,33 @@ def network_gateways(session: Session) -> dict[str, str]:
     for bridge_id, tap_id, gateway, subnet in session.execute(query):
         result[bridge_id or tap_id or ""] = f"{gateway}/{subnet.split('/')[1]}"
     return result
+
+
+def own_addresses(session: Session) -> dict[str, list[str]]:
+    """Link name -> the IPv4 addresses (`a.b.c.d/len`) kvmnetd itself puts on it: a bridge's
+    or tap's `addresses` and its network's gateway (not what an uplink moved onto a bridge:
+    those are the LAN's)."""
+    gateways = network_gateways(session)
+    result: dict[str, list[str]] = {}
+    for model in LINK_MODELS:
+        for row_id, name, addresses in session.execute(
+            select(model.id, model.name, model.addresses)
+        ):
+            own = [a for a in addresses or () if ":" not in a]
+            if row_id in gateways:
+                own.append(gateways[row_id])
+            result[name] = own
+    return result
+
+
+def vms_by_mac(session: Session, network_id: str) -> dict[str, tuple[str, str | None]]:
+    """MAC -> (VM name, fixed address) of the NICs on a network."""
+    query = (
+        select(VmNic.mac, Vm.name, VmNic.ipv4)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(VmNic.network_id == network_id)
+    )
+    return {mac: (name, ipv4) for mac, name, ipv4 in session.execute(query)}
 
 
 def link_rows(session: Session, ids: list[str]) -> dict[str, Bridge | Tap]:
@@ -483,12 +550,15 @@ class NetworkState:
     service: DhcpDnsSpec
     dnsmasq_pid: int | None
     restarts: int
+    nics: tuple[NicAddress, ...] = ()  # the fixed addresses of live VMs' NICs
 
 
 @dataclass(frozen=True)
 class ForwardState:
     row: RowState
-    spec: Forward | None  # None: its target NIC lost its address
+    spec: Forward | None  # None: its target NIC lost its address, or it is withheld
+    nic_id: str | None = None
+    withheld: str | None = None  # why its rule is left out (its target holds another address)
 
 
 def _row_state(row: Network | PortForwardRow) -> RowState:
@@ -518,10 +588,18 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         session.get(Bridge, row.bridge_id) if row.bridge_id else session.get(Tap, row.tap_id or "")
     )
     nics = session.execute(
-        select(Vm.name, VmNic.mac, VmNic.ipv4, VmNic.position)
+        select(
+            Vm.name,
+            VmNic.mac,
+            VmNic.ipv4,
+            VmNic.position,
+            VmNic.id,
+            VmNic.observed_ipv4,
+            VmNic.address_status_reason,
+        )
         .join(Vm, Vm.id == VmNic.vm_id)
         .where(VmNic.network_id == row.id, VmNic.ipv4.is_not(None), Vm.deleted.is_(False))
-    )
+    ).all()
     service = DhcpDnsSpec(
         network_id=row.id,
         interface=link.name if link is not None else "",
@@ -532,7 +610,11 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         range_end=IPv4Address(row.range_end),
         lease_seconds=row.lease_seconds,
         domain=row.domain,
-        hosts=static_hosts((name, mac, ipv4 or "", pos) for name, mac, ipv4, pos in nics),
+        hosts=static_hosts((name, mac, ipv4 or "", pos) for name, mac, ipv4, pos, *_ in nics),
+    )
+    addresses = tuple(
+        NicAddress(nic_id, name, pos, mac, ipv4 or "", observed, reason)
+        for name, mac, ipv4, pos, nic_id, observed, reason in nics
     )
     nat = NatNetwork(row.id, row.subnet, row.nat, row.nat_interface, row.snat_address)
     return NetworkState(
@@ -543,6 +625,7 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         service,
         row.dnsmasq_pid,
         row.restarts,
+        addresses,
     )
 
 
@@ -565,18 +648,19 @@ def load_network_state(session: Session) -> tuple[list[NetworkState], list[Forwa
         f.end_port,
         f.target_port,
         VmNic.ipv4,
+        f.vm_nic_id,
     ).outerjoin(VmNic, VmNic.id == f.vm_nic_id)
     forwards = []
     for row in session.execute(query):
         (row_id, name, deleted, generation, observed, status, reason) = row[:7]
-        protocol, listen, port, end_port, target_port, target = row[7:]
+        protocol, listen, port, end_port, target_port, target, nic_id = row[7:]
         spec = (
             Forward(row_id, protocol, listen, port, end_port, target, target_port)
             if target
             else None
         )
         state = RowState(row_id, name, deleted, generation, observed, status, reason)
-        forwards.append(ForwardState(state, spec))
+        forwards.append(ForwardState(state, spec, nic_id))
     return networks, forwards
 
 

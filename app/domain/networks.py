@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -121,24 +121,170 @@ def check_no_overlap(subnet: IPv4Network, others: Iterable[tuple[str, str]]) -> 
             raise Conflict(f"subnet {subnet} overlaps {other} of network {name!r}")
 
 
-def allocate_address(plan: Addressing, taken: Iterable[str]) -> IPv4Address:
-    """The lowest free host outside the dynamic range (so fixed addresses never collide with
-    dynamic leases); raises Conflict when none is left."""
+def allocate_address(
+    plan: Addressing, taken: Iterable[str], leased: Iterable[LeaseHolder] = ()
+) -> IPv4Address:
+    """The lowest free host outside the dynamic range and not leased to anyone (so fixed
+    addresses never collide with dynamic leases); raises Conflict when none is left."""
     used = {IPv4Address(a) for a in taken} | {plan.gateway}
+    used |= {IPv4Address(lease.address) for lease in leased}
     for address in plan.subnet.hosts():
         if address not in used and not plan.in_range(address):
             return address
     raise Conflict(f"no free fixed address left in {plan.subnet} outside the DHCP range")
 
 
-def check_fixed_address(plan: Addressing, text: str, taken: Iterable[str]) -> IPv4Address:
-    """A fixed address the user asked for: a host of the subnet, not the gateway, not taken."""
+def check_fixed_address(
+    plan: Addressing, text: str, taken: Iterable[str], leased: Iterable[LeaseHolder] = ()
+) -> IPv4Address:
+    """A fixed address the user asked for: a host of the subnet, not the gateway, not taken
+    by another NIC, outside the dynamic DHCP range (dnsmasq may already have handed it to
+    anyone) and not held by a lease of another MAC (dnsmasq does not take a leased address
+    away from its client for a static host: dnsmasq(8), --dhcp-host)."""
     address = host_in(plan.subnet, parse_address(text, "ipv4"), "ipv4")
     if address == plan.gateway:
         raise InvalidInput(f"ipv4 {address} is the network's gateway")
     if str(address) in set(taken):
         raise Conflict(f"ipv4 {address} is already given to another NIC on this network")
+    if plan.in_range(address):
+        raise Conflict(
+            f"ipv4 {address} lies in the DHCP range {plan.range_start}-{plan.range_end}, "
+            "which dnsmasq hands out to any client; choose an address outside it",
+            holder={"dhcp_range": [str(plan.range_start), str(plan.range_end)]},
+        )
+    for lease in leased:
+        if lease.address == str(address):
+            raise Conflict(
+                f"ipv4 {address} is leased to {lease.describe()}",
+                holder=lease.as_dict(),
+            )
     return address
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """A DHCP lease of another client (from dnsmasq's lease file), with the VM its MAC
+    belongs to, when it is one of ours."""
+
+    mac: str
+    address: str
+    hostname: str | None = None
+    vm: str | None = None
+
+    def describe(self) -> str:
+        extra = [f"hostname {self.hostname}"] if self.hostname else []
+        extra += [f"VM {self.vm!r}"] if self.vm else []
+        return f"MAC {self.mac}" + (f" ({', '.join(extra)})" if extra else "")
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"mac": self.mac, "ip": self.address, "hostname": self.hostname, "vm": self.vm}
+
+
+def check_range_change(plan: Addressing, fixed: Iterable[tuple[str, str]]) -> None:
+    """A new DHCP range must leave every fixed address outside it. `fixed`: (holder, address)
+    of the NICs on the network, the holder named as `VM name NIC index`."""
+    inside = sorted(
+        (holder, address) for holder, address in fixed if plan.in_range(IPv4Address(address))
+    )
+    if inside:
+        names = ", ".join(f"{address} ({holder})" for holder, address in inside[:10])
+        raise Conflict(
+            f"the DHCP range {plan.range_start}-{plan.range_end} would contain fixed "
+            f"addresses: {names}",
+            fixed=[{"nic": holder, "ip": address} for holder, address in inside],
+        )
+
+
+@dataclass(frozen=True)
+class NicAddress:
+    """A VM NIC's fixed address on a network, with what was last recorded about the address
+    its MAC really holds."""
+
+    nic_id: str
+    vm: str
+    position: int
+    mac: str
+    fixed: str
+    observed: str | None
+    reason: str | None
+
+
+def observe_address(
+    nic: NicAddress, leases: Iterable[tuple[str, str]]
+) -> tuple[str | None, str | None]:
+    """(the address the NIC's MAC holds, why that is a problem) from the active leases
+    (MAC, address). Its own fixed address wins when it holds several; no lease is no
+    problem (the guest may not have asked yet, or configures the address itself); the
+    fixed address leased to another MAC is one (dnsmasq then gives the NIC another). Another
+    address is one dnsmasq handed out before the static lease existed (dnsmasq moves the
+    client only when it asks again): port forwards must not target the fixed address then,
+    which may be a stranger's."""
+    leases = list(leases)
+    held = sorted(address for mac, address in leases if mac.lower() == nic.mac.lower())
+    if nic.fixed in held:
+        return nic.fixed, None
+    strangers = sorted(
+        m.lower() for m, a in leases if a == nic.fixed and m.lower() != nic.mac.lower()
+    )
+    if strangers:  # a lease older than the fixed address (kvmnetd before it checked leases)
+        return (held[0] if held else None), (
+            f"the fixed address {nic.fixed} of NIC {nic.position} of VM {nic.vm!r} is leased "
+            f"to MAC {strangers[0]}; port forwards to it are withheld until that lease ends"
+        )
+    if not held:
+        return None, None
+    return held[0], (
+        f"NIC {nic.position} of VM {nic.vm!r} (MAC {nic.mac}) holds {held[0]} from DHCP, not "
+        f"its fixed address {nic.fixed}; port forwards to it are withheld until it renews "
+        "its lease"
+    )
+
+
+# ---- the host's own addresses (libvirt's "Network is already in use by interface") --------
+
+
+@dataclass(frozen=True)
+class HostPrefix:
+    """An IPv4 address (`192.168.1.5/24`) or connected route (`192.168.1.0/24`, no gateway)
+    on a host interface, as the kernel lists them."""
+
+    interface: str
+    prefix: str
+    kind: str  # "address" or "route"
+
+    @property
+    def network(self) -> IPv4Network:
+        return IPv4Interface(self.prefix).network
+
+
+def foreign_clash(
+    subnet: IPv4Network, prefixes: Iterable[HostPrefix], own: Mapping[str, Iterable[str]]
+) -> HostPrefix | None:
+    """The first address or connected route of the host that overlaps `subnet` and is not
+    ours. `own`: link name -> the addresses (`a.b.c.d/len`) kvmnetd itself puts there (a
+    bridge's or tap's `addresses`, a network's gateway); any other address, even on one of
+    our links (an uplink's LAN address moved onto its bridge), belongs to someone else, and
+    so does a connected route that is not the network of one of our addresses there. Like
+    libvirt's networkCheckRouteCollision (src/network/bridge_driver_linux.c), but any
+    overlap counts, not only an identical prefix."""
+    for entry in prefixes:
+        if not subnet.overlaps(entry.network):
+            continue
+        mine = {IPv4Interface(a) for a in own.get(entry.interface, ())}
+        if entry.kind == "address" and IPv4Interface(entry.prefix) in mine:
+            continue
+        if entry.kind == "route" and entry.network in {a.network for a in mine}:
+            continue
+        return entry
+    return None
+
+
+def clash_reason(subnet: IPv4Network, clash: HostPrefix) -> str:
+    what = "address" if clash.kind == "address" else "connected route"
+    return (
+        f"network is already in use by interface {clash.interface}: its {what} "
+        f"{clash.prefix} overlaps subnet {subnet} (not kvmnetd's)"
+    )
 
 
 def dns_label(name: str) -> str | None:

@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
+from app.domain.errors import Unavailable
 from app.domain.links import parse_mark
 from app.domain.path_probe import ProbeTarget
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import rtnl, uplink
+from app.host.addresses import AddressReadError, HostPrefix, check_subnet_clashes, host_prefixes
 from app.host.capabilities import probe_capabilities
 from app.host.diagnostics import check_paths, conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
@@ -116,6 +118,22 @@ class LiveHostInspector:
 
     def routes(self) -> list[dict[str, Any]]:
         return self._on_inspector_thread(self._routes)
+
+    def host_prefixes(self) -> list[HostPrefix]:
+        """The host's IPv4 addresses and connected routes (app.host.addresses); Unavailable
+        when the kernel does not answer."""
+        try:
+            return self._on_inspector_thread(host_prefixes)
+        except AddressReadError as exc:
+            raise Unavailable(str(exc)) from None
+
+    def subnet_clashes(
+        self, networks: list[tuple[str, str]], own: dict[str, list[str]]
+    ) -> dict[str, Any]:
+        """The subnet_clashes diagnostic: (name, subnet) of each network against the host's
+        addresses and connected routes that are not in `own` (link name -> ours)."""
+        check = self._on_inspector_thread(lambda: check_subnet_clashes(networks, own))
+        return dataclasses.asdict(check)
 
     def _fdb(self, bridge: str) -> list[dict[str, Any]]:
         with IPRoute() as ipr:

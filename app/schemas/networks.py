@@ -106,7 +106,9 @@ class Lease(BaseModel):
     hostname: str | None
     expires_at: dt.datetime | None = Field(description="null: never")
     vm_id: str | None = Field(description="The VM whose NIC has this MAC, if it is ours")
-    fixed: bool = Field(description="A static lease of a VM NIC (its fixed address)")
+    fixed: bool = Field(
+        description="True only when a VM NIC holds its own fixed address (MAC and ip match)"
+    )
 
 
 class PortForwardCreate(RequestModel):

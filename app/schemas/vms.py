@@ -74,7 +74,9 @@ class NicIn(RequestModel):
         None,
         max_length=15,
         description="On a managed network's bridge or tap: this fixed address instead of the "
-        "lowest free one (served by DHCP as a static lease)",
+        "lowest free one (served by DHCP as a static lease). 409 when it lies in the "
+        "network's DHCP range or another MAC holds a lease on it (the problem's `holder` "
+        "names the range or the lease's MAC, hostname and VM)",
     )
 
     @model_validator(mode="after")
@@ -131,6 +133,16 @@ class NicOut(BaseModel):
     link_up: bool
     network_id: str | None = Field(None, description="The managed network the NIC is on")
     ipv4: str | None = Field(None, description="Its fixed address there")
+    observed_ipv4: str | None = Field(
+        None,
+        description="The address its MAC holds in the network's DHCP leases (null: no "
+        "lease); checked at every pass of the network worker",
+    )
+    address_status_reason: str | None = Field(
+        None,
+        description="Set when the NIC holds another address than its fixed one (a lease from "
+        "before its static lease): its port forwards are withheld until it renews",
+    )
 
 
 class Vm(BaseModel):

@@ -83,6 +83,7 @@ class InUseGuard:
             self.detached.append(nic_dependent(nic, vm, ForceAction.ADDRESS_RELEASED))
         for nic in NetworkRepository(self.session).nics(row.id):  # VMs on their way out too
             nic.network_id, nic.ipv4 = None, None
+            nic.observed_ipv4, nic.address_status_reason = None, None
         for forward in self.repo.forwards_on_network(row.id):
             self._delete_forward(forward)
         row.deleted = True

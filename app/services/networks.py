@@ -7,8 +7,10 @@ bumps that bridge or tap (the link supervisor then adds or removes the address).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from ipaddress import IPv4Address
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,6 +22,8 @@ from app.db.repositories import (
     PortForwardRepository,
     TapRepository,
     VmRepository,
+    own_addresses,
+    vms_by_mac,
 )
 from app.domain.errors import (
     BeingDeleted,
@@ -31,12 +35,17 @@ from app.domain.errors import (
 )
 from app.domain.networks import (
     Addressing,
+    HostPrefix,
+    LeaseHolder,
     PortSpan,
     allocate_address,
     check_fixed_address,
     check_forward_ports,
     check_no_overlap,
+    check_range_change,
+    clash_reason,
     clashes,
+    foreign_clash,
     listen_address,
     parse_address,
     plan_addressing,
@@ -52,6 +61,9 @@ from app.schemas.networks import (
 from app.services.in_use import InUseGuard
 from app.services.links import require_alive
 from app.services.operations import bump, record_operation
+from app.services.ports import LeaseReader
+
+log = logging.getLogger(__name__)
 
 
 def addressing_of(row: Network) -> Addressing:
@@ -108,7 +120,11 @@ class NetworkService:
 
     # ---- create ----------------------------------------------------------------------------
 
-    def create(self, body: NetworkCreate) -> tuple[Network, Operation]:
+    def create(
+        self, body: NetworkCreate, host_prefixes: Sequence[HostPrefix] = ()
+    ) -> tuple[Network, Operation]:
+        """`host_prefixes`: the host's IPv4 addresses and connected routes now (from the host
+        inspector); a subnet overlapping one that is not ours is refused."""
         if self.networks.get_by_name(body.name) is not None:
             raise NameTaken(f"a network named {body.name!r} exists")
         link = self._link(body.bridge, body.tap)
@@ -121,6 +137,13 @@ class NetworkService:
             body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
         )
         check_no_overlap(plan.subnet, self.networks.subnets())
+        clash = foreign_clash(plan.subnet, host_prefixes, own_addresses(self.session))
+        if clash is not None:
+            raise Conflict(
+                clash_reason(plan.subnet, clash),
+                interface=clash.interface,
+                prefix=clash.prefix,
+            )
         _check_nat(body.nat)
         row = Network(
             id=new_id(),
@@ -182,6 +205,7 @@ class NetworkService:
             plan = plan_addressing(
                 row.subnet, row.gateway, body.dhcp.range_start, body.dhcp.range_end
             )
+            check_range_change(plan, self._fixed(row))
             self._set_dhcp(row, body.dhcp, plan)
         if "domain" in body.model_fields_set:
             row.domain = body.domain
@@ -189,6 +213,16 @@ class NetworkService:
             return row, None
         bump(row)
         return row, record_operation(self.session, "update", "network", row, self.request_id)
+
+    def _fixed(self, row: Network) -> list[tuple[str, str]]:
+        """(`VM name NIC index`, address) of the fixed addresses on a network."""
+        vms = VmRepository(self.session)
+        result = []
+        for nic in self.networks.nics(row.id):
+            vm = vms.get(nic.vm_id)
+            if nic.ipv4 and vm is not None:
+                result.append((f"VM {vm.name!r} NIC {nic.position}", nic.ipv4))
+        return result
 
     def delete(self, ref: str, force: bool = False) -> tuple[Network, Operation | None]:
         """Refused (409 in-use) while VM NICs have fixed addresses on it or port forwards
@@ -208,10 +242,17 @@ def network_blocking(session: Session, bridge_id: str | None, tap_id: str | None
 
 
 def fixed_address(
-    session: Session, nic: VmNic, requested: str | None, bridge_id: str | None, tap_id: str | None
+    session: Session,
+    nic: VmNic,
+    requested: str | None,
+    bridge_id: str | None,
+    tap_id: str | None,
+    leases: LeaseReader | None = None,
 ) -> None:
     """A new VM NIC on a managed network's link gets its fixed address (requested or the
-    lowest free one); a requested address on a link without a network is refused."""
+    lowest free one); a requested address on a link without a network is refused, and so is
+    one in the DHCP range or leased to another MAC (`leases` reads the network's dnsmasq
+    lease file)."""
     network = network_blocking(session, bridge_id, tap_id)
     if network is None:
         if requested is not None:
@@ -221,12 +262,50 @@ def fixed_address(
     networks = NetworkRepository(session)
     session.flush()  # NICs of this request already added count as taken
     taken = networks.taken_addresses(network.id)
+    leased = leases_of_others(session, network.id, nic.mac, leases)
     address = (
-        check_fixed_address(plan, requested, taken)
+        check_fixed_address(plan, requested, taken, leased)
         if requested is not None
-        else allocate_address(plan, taken)
+        else allocate_address(plan, taken, leased)
     )
     nic.network_id, nic.ipv4 = network.id, str(address)
+
+
+def leases_of_others(
+    session: Session, network_id: str, mac: str, leases: LeaseReader | None
+) -> list[LeaseHolder]:
+    """The network's active leases held by other MACs than `mac`, each with its VM."""
+    if leases is None:
+        return []
+    try:
+        active = leases(network_id)
+    except (OSError, ValueError) as exc:  # an unreadable lease file: nothing known is leased
+        log.warning("leases of network %s unreadable, not checked: %s", network_id, exc)
+        return []
+    vms = vms_by_mac(session, network_id)
+    return [
+        _holder(lease, vms.get(str(lease["mac"]).lower()))
+        for lease in active
+        if str(lease["mac"]).lower() != mac.lower() and _is_ipv4(lease["address"])
+    ]
+
+
+def _is_ipv4(text: object) -> bool:
+    """A lease line's address field is an IPv4 address (a garbled line is ignored)."""
+    try:
+        IPv4Address(str(text))
+    except ValueError:
+        return False
+    return True
+
+
+def _holder(lease: dict[str, Any], vm: tuple[str, str | None] | None) -> LeaseHolder:
+    return LeaseHolder(
+        mac=str(lease["mac"]).lower(),
+        address=str(lease["address"]),
+        hostname=lease.get("hostname"),
+        vm=vm[0] if vm is not None else None,
+    )
 
 
 # ---- port forwards --------------------------------------------------------------------------

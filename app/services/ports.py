@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from app.domain.networks import HostPrefix
 from app.domain.path_probe import ProbeTarget
 
 
@@ -22,6 +23,12 @@ class HostInspector(Protocol):
     def interfaces(self) -> list[dict[str, Any]]: ...
 
     def routes(self) -> list[dict[str, Any]]: ...
+
+    def host_prefixes(self) -> list[HostPrefix]: ...
+
+    def subnet_clashes(
+        self, networks: list[tuple[str, str]], own: dict[str, list[str]]
+    ) -> dict[str, Any]: ...
 
     def capabilities(self) -> dict[str, Any]: ...
 
@@ -55,3 +62,10 @@ class Nudger(Protocol):
     def nudge(self, resource: str | None = None) -> None:
         """Desired state of a `resource` kind changed (None: of any kind)."""
         ...
+
+
+class LeaseReader(Protocol):
+    """A managed network's active DHCP leases (dicts with mac, address, hostname,
+    expires_at), read from its dnsmasq lease file."""
+
+    def __call__(self, network_id: str) -> list[dict[str, Any]]: ...

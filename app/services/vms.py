@@ -42,6 +42,7 @@ from app.schemas.vms import NicIn, VmCreate
 from app.services.in_use import InUseGuard
 from app.services.links import require_alive
 from app.services.networks import PortClaims, fixed_address
+from app.services.ports import LeaseReader
 
 SOCKET_PORTS = range(40000, 50000)
 WILDCARD = "0.0.0.0"  # loopback ports handed to socket NICs that listen
@@ -98,7 +99,11 @@ class VmService:
 
     # ---- create ----------------------------------------------------------------------------
 
-    def create(self, body: VmCreate, host: HostFacts) -> tuple[Vm, list[VmNic], Operation]:
+    def create(
+        self, body: VmCreate, host: HostFacts, leases: LeaseReader | None = None
+    ) -> tuple[Vm, list[VmNic], Operation]:
+        """`leases` reads a managed network's DHCP leases (a fixed address leased to another
+        MAC is refused)."""
         if self.session.scalars(select(Vm.id).where(Vm.name == body.name)).first():
             raise NameTaken(f"a VM named {body.name!r} exists")
         vm_id = new_id()
@@ -135,7 +140,14 @@ class VmService:
         self.session.add_all(nic_rows)
         for nic_row, nic_in in zip(nic_rows, body.nics, strict=True):
             if nic_row.bridge_id or nic_row.tap_id:
-                fixed_address(self.session, nic_row, nic_in.ipv4, nic_row.bridge_id, nic_row.tap_id)
+                fixed_address(
+                    self.session,
+                    nic_row,
+                    nic_in.ipv4,
+                    nic_row.bridge_id,
+                    nic_row.tap_id,
+                    leases,
+                )
             elif nic_in.ipv4 is not None:
                 raise InvalidInput("ipv4 is only for NICs on a managed network's bridge or tap")
         operation = Operation(

@@ -9,7 +9,11 @@ Each pass loads every network and port forward, then
 3. keeps one dnsmasq per network: files written, static-lease changes by SIGHUP, other
    changes by a restart (leases survive in the lease file), restarted with backoff when it
    dies, adopted after a daemon restart, and stopped for deleted and orphaned networks;
-4. writes status back in one transaction (only what changed) and publishes events.
+4. at a full pass, checks each subnet against the host's addresses and connected routes
+   that are not ours (a clash is an error on the network until it is gone);
+5. compares each VM NIC's fixed address with the lease its MAC holds and withholds the port
+   forwards of a NIC that holds another address;
+6. writes status back in one transaction (only what changed) and publishes events.
 
 It wakes on a nudge, when a dnsmasq exits (pidfds in the same poll as the wake pipe), while a
 network waits for its link, when a retry is due, and every `resync_interval` for a full pass.
@@ -25,7 +29,8 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network
 from pathlib import Path
 from select import POLLIN, poll
 from typing import Any
@@ -40,20 +45,24 @@ from app.db.repositories import (
     ForwardOutcome,
     ForwardState,
     NetworkState,
+    NicObservation,
     OperationRepository,
     RowState,
     load_network_state,
     network_referrers,
     orphan_forward_claims,
+    own_addresses,
     record_forward_outcomes,
+    record_nic_addresses,
     remove_forwards,
 )
 from app.db.session import Database
 from app.domain import nat_rules
-from app.domain.networks import DhcpDnsSpec
+from app.domain.networks import DhcpDnsSpec, clash_reason, foreign_clash, observe_address
 from app.domain.retry import Backoff
 from app.domain.status import Status
 from app.host import dnsmasq, nft
+from app.host.addresses import AddressReadError, host_prefixes
 from app.host.netns import enter_for_this_thread
 from app.host.sysctl import enable_ip_forwarding
 
@@ -84,6 +93,7 @@ class Observed:
 class PassResult:
     networks: dict[str, Observed] = field(default_factory=dict)
     forwards: dict[str, Observed] = field(default_factory=dict)
+    nics: list[NicObservation] = field(default_factory=list)  # changed lease observations
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -111,6 +121,7 @@ class NetworkWorker:
         self._procs: dict[str, dnsmasq.Dnsmasq] = {}
         self._exits: dict[str, str] = {}  # network id -> how its dnsmasq last ended
         self._written: dict[str, DhcpDnsSpec] = {}  # network id -> what its files say
+        self._clashes: dict[str, str] = {}  # network id -> a foreign use of its subnet
         # the rules we loaded (a digest of their inputs) and the live table as read back after
         # that load (UNKNOWN until a full pass read it)
         self._loaded_key: str | None = None
@@ -205,13 +216,22 @@ class NetworkWorker:
         """One pass; returns whether a network still waits for its link."""
         with self.db.reading() as session:
             networks, forwards = load_network_state(session)
+            own = own_addresses(session) if full else None
         live = [n for n in networks if not n.row.deleted]
         result = PassResult()
+        if own is not None:
+            self._check_clashes(live, own)
+        withheld = self._observe_addresses(live, result)
+        forwards = [_withhold(f, withheld) for f in forwards]
         problem = self._ensure_forwarding() if live else None
         rules_problem = self._sync_rules(live, forwards, full, result)
         problem = problem or rules_problem
         for network in networks:
-            result.networks[network.row.id] = self._sync_network(network, problem, full)
+            observed = self._sync_network(network, problem, full)
+            clash = self._clashes.get(network.row.id)
+            if clash is not None and not network.row.deleted:
+                observed.status, observed.reason, observed.settled = Status.ERROR, clash, True
+            result.networks[network.row.id] = observed
         for forward in forwards:
             result.forwards[forward.row.id] = _forward_outcome(forward, rules_problem)
         if full:
@@ -223,12 +243,65 @@ class NetworkWorker:
                 self.bus.publish(**event)
         return any(o.status is Status.PENDING for o in result.networks.values())
 
+    # ---- addresses that must not collide ---------------------------------------------------
+
+    def _check_clashes(self, networks: list[NetworkState], own: dict[str, list[str]]) -> None:
+        """At a full pass: each network's subnet against the host's addresses and connected
+        routes that are not ours (one that appears after creation is reported on the network
+        until it is gone). dnsmasq and the rules stay: guests keep what they have."""
+        if not networks:
+            self._clashes = {}
+            return
+        try:
+            prefixes = host_prefixes()
+        except AddressReadError as exc:
+            log.warning("subnet check skipped: %s", exc)
+            return
+        clashes: dict[str, str] = {}
+        for network in networks:
+            subnet = IPv4Network(network.service.subnet)
+            clash = foreign_clash(subnet, prefixes, own)
+            if clash is not None:
+                clashes[network.row.id] = clash_reason(subnet, clash)
+                if self._clashes.get(network.row.id) != clashes[network.row.id]:
+                    log.warning("network %s: %s", network.row.name, clashes[network.row.id])
+        self._clashes = clashes
+
+    def _observe_addresses(
+        self, networks: list[NetworkState], result: PassResult
+    ) -> dict[str, str]:
+        """Compares each NIC's fixed address with the lease its MAC holds (dnsmasq's lease
+        file); records changes in `result.nics`; returns NIC id -> why forwards to it are
+        withheld."""
+        withheld: dict[str, str] = {}
+        for network in networks:
+            if not network.nics:
+                continue
+            try:
+                leases = [
+                    (x.mac, x.address) for x in dnsmasq.read_leases(self._paths(network.row.id))
+                ]
+            except (OSError, ValueError) as exc:
+                log.warning("network %s: cannot read its leases: %s", network.row.name, exc)
+                continue
+            for nic in network.nics:
+                observed, reason = observe_address(nic, leases)
+                if reason is not None:
+                    withheld[nic.nic_id] = reason
+                if (observed, reason) != (nic.observed, nic.reason):
+                    if reason is not None:
+                        log.warning("network %s: %s", network.row.name, reason)
+                    result.nics.append(NicObservation(network.row.id, nic, observed, reason))
+        return withheld
+
     @staticmethod
     def _news(
         networks: list[NetworkState], forwards: list[ForwardState], result: PassResult
     ) -> bool:
         """Whether the pass found anything the rows do not say yet (a quiet pass writes
         nothing, so it never waits for the database's write lock)."""
+        if result.nics:
+            return True
         for network in networks:
             observed = result.networks[network.row.id]
             if not _already_recorded(network.row, observed) or (
@@ -501,6 +574,8 @@ class NetworkWorker:
                         events.append(event)
                     if not observed.gone:
                         row.dnsmasq_pid, row.restarts = observed.dnsmasq_pid, observed.restarts
+            record_nic_addresses(session, result.nics)
+            events += _address_events(network_rows, result.nics)
             orphan_forward_claims(session)
             OperationRepository(session).finish(finished)
         for event in events:
@@ -531,6 +606,29 @@ def _already_recorded(loaded: RowState, observed: Observed) -> bool:
     return recorded == (status.value, observed.reason, generation)
 
 
+def _address_events(
+    rows: dict[str, Network], observations: list[NicObservation]
+) -> list[dict[str, Any]]:
+    """`network.nic_address`: a NIC's MAC holds another address than before (`data` says
+    which, and the problem when it is not the NIC's fixed one)."""
+    events = []
+    for observation in observations:
+        row = rows.get(observation.network_id)
+        if row is not None and not row.deleted:
+            fields = row.event_fields("network", "nic_address")
+            events.append({**fields, "data": observation.event_data()})
+    return events
+
+
+def _withhold(forward: ForwardState, withheld: dict[str, str]) -> ForwardState:
+    """A forward whose target NIC holds another address than its fixed one gets no rule: the
+    fixed address may be a stranger's."""
+    reason = withheld.get(forward.nic_id or "")
+    if reason is None or forward.row.deleted:
+        return forward
+    return replace(forward, spec=None, withheld=reason)
+
+
 def _forward_outcome(forward: ForwardState, rules_problem: str | None) -> Observed:
     if forward.row.deleted:
         if rules_problem is not None:
@@ -538,6 +636,8 @@ def _forward_outcome(forward: ForwardState, rules_problem: str | None) -> Observ
         return Observed(Status.DELETING, gone=True)
     if rules_problem is not None:
         return Observed(Status.ERROR, rules_problem)
+    if forward.withheld is not None:
+        return Observed(Status.ERROR, forward.withheld)
     if forward.spec is None:
         return Observed(Status.ERROR, "its target NIC has no address on the network")
     return Observed(Status.ACTIVE)

@@ -3,7 +3,7 @@ rendering and the dnsmasq files."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -12,15 +12,22 @@ from app.domain.errors import Conflict, InvalidInput
 from app.domain.nat_rules import Forward, NatNetwork, canonical, removal, render
 from app.domain.networks import (
     DhcpDnsSpec,
+    HostPrefix,
+    LeaseHolder,
+    NicAddress,
     PortSpan,
     StaticHost,
     allocate_address,
     check_fixed_address,
     check_forward_ports,
     check_no_overlap,
+    check_range_change,
+    clash_reason,
     clashes,
     dns_label,
+    foreign_clash,
     listen_address,
+    observe_address,
     plan_addressing,
     static_hosts,
     validate_domain,
@@ -69,7 +76,9 @@ def test_overlap_and_fixed_addresses() -> None:
     assert allocate_address(plan, ["10.0.0.2", "10.0.0.3"]) == IPv4Address("10.0.0.4")
     with pytest.raises(Conflict, match="no free fixed address"):
         allocate_address(plan, ["10.0.0.2", "10.0.0.3", "10.0.0.4"])
-    assert check_fixed_address(plan, "10.0.0.6", []) == IPv4Address("10.0.0.6")
+    assert check_fixed_address(plan, "10.0.0.4", []) == IPv4Address("10.0.0.4")
+    with pytest.raises(Conflict, match=r"DHCP range 10\.0\.0\.5-10\.0\.0\.6"):
+        check_fixed_address(plan, "10.0.0.6", [])  # dnsmasq may have handed it to anyone
     with pytest.raises(InvalidInput, match="gateway"):
         check_fixed_address(plan, "10.0.0.1", [])
     with pytest.raises(Conflict, match="already given"):
@@ -175,3 +184,53 @@ def test_dnsmasq_files(tmp_path: Path) -> None:
     assert render_conf(spec, paths) == render_conf(
         DhcpDnsSpec(**{**spec.__dict__, "hosts": ()}), paths
     )
+
+
+def test_leased_addresses_are_neither_given_nor_allocated() -> None:
+    plan = plan_addressing("10.0.0.0/24", None, None, None)
+    stranger = LeaseHolder("02:00:00:00:00:09", "10.0.0.2", "laptop", None)
+    ours = LeaseHolder("02:00:00:00:00:0a", "10.0.0.3", None, "db")
+    with pytest.raises(Conflict, match=r"leased to MAC 02:00:00:00:00:09 \(hostname laptop\)"):
+        check_fixed_address(plan, "10.0.0.2", [], [stranger, ours])
+    with pytest.raises(Conflict, match=r"MAC 02:00:00:00:00:0a \(VM 'db'\)"):
+        check_fixed_address(plan, "10.0.0.3", [], [stranger, ours])
+    assert allocate_address(plan, [], [stranger, ours]) == IPv4Address("10.0.0.4")
+
+
+def test_a_range_change_keeps_fixed_addresses_out() -> None:
+    plan = plan_addressing("10.0.0.0/24", None, "10.0.0.64", "10.0.0.200")
+    check_range_change(plan, [("VM 'a' NIC 0", "10.0.0.2")])
+    with pytest.raises(Conflict, match=r"10\.0\.0\.100 \(VM 'b' NIC 1\)"):
+        check_range_change(plan, [("VM 'a' NIC 0", "10.0.0.2"), ("VM 'b' NIC 1", "10.0.0.100")])
+
+
+def test_foreign_addresses_and_connected_routes_clash() -> None:
+    subnet = IPv4Network("192.168.100.0/24")
+    lan = HostPrefix("eth0", "192.168.100.5/24", "address")
+    route = HostPrefix("eth1", "192.168.0.0/16", "route")
+    gateway = HostPrefix("br0", "192.168.100.1/24", "address")
+    connected = HostPrefix("br0", "192.168.100.0/24", "route")
+    own = {"br0": ["192.168.100.1/24"]}
+    assert foreign_clash(subnet, [gateway, connected], own) is None  # ours
+    assert foreign_clash(subnet, [gateway, connected, lan], own) == lan
+    assert foreign_clash(subnet, [route], own) == route  # a wider route overlaps too
+    assert foreign_clash(IPv4Network("10.0.0.0/24"), [lan, route], own) is None
+    # an address on our bridge that we did not put there (an uplink's LAN address) is foreign
+    moved = HostPrefix("br0", "192.168.100.7/24", "address")
+    assert foreign_clash(subnet, [moved], own) == moved
+    assert "in use by interface eth0" in clash_reason(subnet, lan)
+
+
+def test_a_nic_holding_another_address_is_a_problem() -> None:
+    nic = NicAddress("n1", "web", 0, "02:00:00:00:00:01", "10.0.0.2", None, None)
+    assert observe_address(nic, []) == (None, None)  # no lease: nothing to say
+    assert observe_address(nic, [("02:00:00:00:00:01", "10.0.0.2")]) == ("10.0.0.2", None)
+    both = [("02:00:00:00:00:01", "10.0.0.130"), ("02:00:00:00:00:01", "10.0.0.2")]
+    assert observe_address(nic, both) == ("10.0.0.2", None)
+    observed, reason = observe_address(nic, [("02:00:00:00:00:01", "10.0.0.130")])
+    assert observed == "10.0.0.130"
+    assert reason is not None and "not its fixed address 10.0.0.2" in reason
+    # a stranger holding the fixed address (a lease from before the check existed)
+    observed, reason = observe_address(nic, [("02:00:00:00:00:09", "10.0.0.2")])
+    assert observed is None
+    assert reason is not None and "leased to MAC 02:00:00:00:00:09" in reason
