@@ -1,4 +1,9 @@
-"""/v1/events: every state change as server-sent events (`curl -N` follows it)."""
+"""/v1/events: every state change as server-sent events (`curl -N` follows it).
+
+When the daemon stops, the stream ends with a `shutdown` event carrying an SSE `retry`
+(milliseconds): EventSource clients reconnect after it, with Last-Event-ID, to the
+restarted daemon (the WHATWG HTML standard, "Server-sent events", 9.2.6).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,21 @@ from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import context
+from app.api.draining import Drained
 from app.bus import Event
 from app.schemas.common import PROBLEM_RESPONSES
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
 
 PING_SECONDS = 15
+RECONNECT_MS = 2000  # the `retry` sent with the last event when the daemon stops
+
+
+_SHUTDOWN = {
+    "event": "shutdown",
+    "data": json.dumps({"reason": "the daemon is stopping"}),
+    "retry": RECONNECT_MS,
+}
 
 
 def _sse(event: Event) -> dict[str, Any]:
@@ -31,7 +45,9 @@ def _sse(event: Event) -> dict[str, Any]:
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
             "description": "text/event-stream; each event's data is a JSON object with id, "
             "type, resource, resource_id, name, status, status_reason, generation, "
-            "observed_generation, time. Resume with Last-Event-ID.",
+            "observed_generation, time. Resume with Last-Event-ID. When the daemon stops, "
+            'the stream ends with a `shutdown` event (data: {"reason": ...}) and an SSE '
+            f"`retry` of {RECONNECT_MS} ms.",
         }
     },
 )
@@ -49,16 +65,20 @@ async def stream_events(
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
         with ctx.bus.subscribe() as queue:
-            if last_event_id and last_event_id.isdigit():
-                for event in ctx.bus.since(int(last_event_id)):
-                    if wanted(event):
-                        yield _sse(event)
-            while True:
-                queued = await queue.get()
-                if queued is None:
-                    yield {"event": "overflow", "data": "{}"}
-                    return
-                if wanted(queued):
-                    yield _sse(queued)
+            async with ctx.drain.watch() as watch:
+                if last_event_id and last_event_id.isdigit():
+                    for event in ctx.bus.since(int(last_event_id)):
+                        if wanted(event):
+                            yield _sse(event)
+                while True:
+                    queued = await watch.get(queue)
+                    if isinstance(queued, Drained):
+                        yield _SHUTDOWN
+                        return
+                    if queued is None:
+                        yield {"event": "overflow", "data": "{}"}
+                        return
+                    if isinstance(queued, Event) and wanted(queued):
+                        yield _sse(queued)
 
     return EventSourceResponse(stream(), ping=PING_SECONDS)
