@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api import (
@@ -34,6 +35,7 @@ from app.api.deps import AppContext
 from app.api.draining import Drain
 from app.api.errors import install_error_handlers
 from app.api.middleware import (
+    DOCS_ASSETS,
     BearerAuthMiddleware,
     BodyLimitMiddleware,
     JsonContentTypeMiddleware,
@@ -136,7 +138,11 @@ def create_app(
             supervisor.stop()
             db.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts and styles from the daemon (fastapi-offline's
+    # packaged copy of Swagger UI and ReDoc), never from a CDN; no online validator badge
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
         title="kvmnetd",
         version=__version__,
         summary="REST control plane for QEMU/KVM host networking",

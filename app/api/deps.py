@@ -70,7 +70,8 @@ Wait = Annotated[
         ge=0,
         le=MAX_WAIT,
         description="Block up to this many seconds until the change has settled "
-        "(applied or failed); without it the answer is immediate (202).",
+        "(applied or failed); without it the answer is immediate (202). A wait pending when "
+        "the daemon stops answers at once: 202 with the current state and Retry-After.",
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]

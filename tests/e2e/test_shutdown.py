@@ -232,10 +232,12 @@ def test_helpers_and_temp_dirs_end_with_the_daemon(
         daemon.proc.send_signal(signal.SIGTERM)
         _exit_within(daemon.proc, STOP_BOUND)
 
-    leftovers = [p for p in probe if _alive(p)]
-    for p in leftovers:  # never leave them running, even when the test fails
-        os.kill(p, signal.SIGKILL)
-    assert not leftovers, f"the probe's qemu {leftovers} outlived the daemon"
-    assert session_members(pid) == [], "processes of the daemon's session outlived it"
+    probes_left = [p for p in probe if _alive(p)]
+    session_left = session_members(pid)
+    for p in {*probes_left, *session_left}:  # never leave them running, even on failure
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    assert not probes_left, f"the probe's qemu {probes_left} outlived the daemon"
+    assert not session_left, f"processes of the daemon's session outlived it: {session_left}"
     assert list(temp.iterdir()) == [], "temporary files outlived the daemon"
     assert not (daemon.run_dir / "probe").exists(), "the probe's scratch dir outlived it"
