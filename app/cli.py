@@ -141,7 +141,8 @@ class _Stopper:
         )
         timer.daemon = True
         timer.start()
-        self.loop.call_soon_threadsafe(self.stop)
+        with contextlib.suppress(RuntimeError):  # the loop already ended: nothing to stop
+            self.loop.call_soon_threadsafe(self.stop)
 
     def stop(self) -> None:
         """On the loop: drain (streams end, waits answer), then let uvicorn stop."""

@@ -73,21 +73,22 @@ class Drain:
         """A DrainWatch for one request: reads from queues until draining begins."""
         drained = asyncio.ensure_future(self.wait())
         try:
-            yield DrainWatch(drained)
+            yield DrainWatch(self, drained)
         finally:
             drained.cancel()
 
 
 class DrainWatch:
-    def __init__(self, drained: asyncio.Future[None]) -> None:
+    def __init__(self, drain: Drain, drained: asyncio.Future[None]) -> None:
+        self._drain = drain
         self._drained = drained
 
     async def get(
         self, queue: asyncio.Queue[T], timeout: float | None = None
     ) -> T | Drained | TimedOut:
-        """The queue's next item; DRAINED once the daemon is stopping (even with items
-        queued: the client re-reads state after a restart), TIMED_OUT after `timeout`."""
-        if self._drained.done():
+        """The queue's next item; DRAINED once the daemon is stopping (an item that arrives
+        together with the drain is still handed out first), TIMED_OUT after `timeout`."""
+        if self._drain.begun:
             return DRAINED
         getter = asyncio.ensure_future(queue.get())
         try:
@@ -97,10 +98,10 @@ class DrainWatch:
         finally:
             if not getter.done():
                 getter.cancel()  # a cancelled Queue.get takes no item
-        if self._drained.done():
-            return DRAINED
         if getter.done() and not getter.cancelled():
             return getter.result()
+        if self._drained.done():
+            return DRAINED
         return TIMED_OUT
 
 

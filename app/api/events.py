@@ -7,6 +7,7 @@ restarted daemon (the WHATWG HTML standard, "Server-sent events", 9.2.6).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -30,6 +31,17 @@ _SHUTDOWN = {
     "data": json.dumps({"reason": "the daemon is stopping"}),
     "retry": RECONNECT_MS,
 }
+
+
+def _queued(queue: asyncio.Queue[Event | None]) -> list[Event]:
+    """What the queue holds now (an overflow marker ends it)."""
+    events = []
+    while not queue.empty():
+        event = queue.get_nowait()
+        if event is None:
+            break
+        events.append(event)
+    return events
 
 
 def _sse(event: Event) -> dict[str, Any]:
@@ -73,6 +85,9 @@ async def stream_events(
                 while True:
                     queued = await watch.get(queue)
                     if isinstance(queued, Drained):
+                        for event in _queued(queue):  # published before the stop: not lost
+                            if wanted(event):
+                                yield _sse(event)
                         yield _SHUTDOWN
                         return
                     if queued is None:

@@ -93,6 +93,8 @@ class ProbeRunner:
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, text=True
             )
             self._child = child
+        if self.cancelled:  # cancel() ran between the check and the spawn: it saw no child
+            child.kill()
         status: int | None
         try:
             stdout, stderr = child.communicate(timeout=timeout)
