@@ -3,6 +3,14 @@
 `serve` enters KVMNETD_NETNS (when set) before any thread exists, so every thread, netlink
 socket and child process of the daemon lives in that namespace; then it listens on the unix
 socket (mode 0600) and, when configured, on TCP (bearer token).
+
+Stopping is bounded. The first SIGTERM or SIGINT drains (event streams end with a
+`shutdown` event, pending `?wait=` calls answer 202 at once: app.api.draining), closes the
+listeners, gives what is left of open requests GRACE_SECONDS, then runs the app's shutdown
+(the probe's qemu ends; VMs and dnsmasq keep running). A second signal, or a stop still
+unfinished after FORCE_AFTER_SECONDS, forces: the helper processes the daemon started for
+itself are ended and the process exits at once, as after a kill -9, which the daemon is
+built to survive (journals, SQLite WAL; a restarted daemon adopts VMs and dnsmasq).
 """
 
 from __future__ import annotations
@@ -16,15 +24,21 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from app.settings import Settings, load_settings
 
 log = logging.getLogger("kvmnetd")
+
+GRACE_SECONDS = 2  # for requests still open after the drain (uvicorn then cancels them)
+FORCE_AFTER_SECONDS = 10.0  # from the first signal until a stop is forced
 
 
 def _unix_socket(path: Path) -> socket.socket:
@@ -54,7 +68,17 @@ def _servers(settings: Settings, app: ASGIApp) -> list[_Server]:
     """The unix-socket server (runs the app's lifespan) and, when configured, the TCP one."""
     from app.api.middleware import TcpTransport
 
-    servers = [_Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))]
+    servers = [
+        _Server(
+            uvicorn.Config(
+                app,
+                lifespan="on",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=GRACE_SECONDS,
+            )
+        )
+    ]
     listen = settings.listen_address
     if listen is not None:
         tcp = uvicorn.Config(
@@ -64,6 +88,7 @@ def _servers(settings: Settings, app: ASGIApp) -> list[_Server]:
             lifespan="off",
             log_config=None,  # our logging setup stays in charge
             access_log=False,
+            timeout_graceful_shutdown=GRACE_SECONDS,
         )
         servers.append(_Server(tcp))
     return servers
@@ -89,6 +114,52 @@ async def _started(servers: list[_Server], tasks: list[asyncio.Task[None]]) -> b
     return True
 
 
+class _Stopper:
+    """What SIGTERM/SIGINT do (see the module docstring). `on_signal` runs in the main
+    thread between two bytecodes, maybe while the loop is busy: it starts the force timer
+    and hands the stop to the loop, or forces at once."""
+
+    def __init__(
+        self, servers: list[_Server], app: FastAPI, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.servers = servers
+        self.app = app
+        self.loop = loop
+        self.signalled = False
+        self.stopping = False
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.signalled:
+            self.force(f"{name} again", 128 + signum)
+        self.signalled = True
+        log.info("%s: stopping (VMs and dnsmasq keep running); send it again to force", name)
+        timer = threading.Timer(
+            FORCE_AFTER_SECONDS,
+            self.force,
+            args=(f"the stop took over {FORCE_AFTER_SECONDS:.0f}s", 1),
+        )
+        timer.daemon = True
+        timer.start()
+        with contextlib.suppress(RuntimeError):  # the loop already ended: nothing to stop
+            self.loop.call_soon_threadsafe(self.stop)
+
+    def stop(self) -> None:
+        """On the loop: drain (streams end, waits answer), then let uvicorn stop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.app.state.drain.begin()
+        for server in self.servers:
+            server.should_exit = True
+
+    def force(self, why: str, status: int) -> None:
+        log.warning("%s: forcing the exit", why)
+        self.app.state.inspector.abort()  # the probe's qemu and its scratch files
+        logging.shutdown()
+        os._exit(status)
+
+
 async def _serve(settings: Settings) -> None:
     from app.main import create_app, load_or_create_token
 
@@ -96,13 +167,11 @@ async def _serve(settings: Settings) -> None:
     unix_sock = _unix_socket(settings.socket_path)
     servers = _servers(settings, app)
 
-    def request_exit() -> None:
-        for server in servers:
-            server.should_exit = True
-
-    loop = asyncio.get_running_loop()
+    stopper = _Stopper(servers, app, asyncio.get_running_loop())
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_exit)
+        # a plain handler, not loop.add_signal_handler: it must also run while the app's
+        # shutdown blocks the loop (joining worker threads)
+        signal.signal(sig, stopper.on_signal)
     main_task = asyncio.create_task(servers[0].serve(sockets=[unix_sock]))
     # the TCP listener opens once the app's lifespan (migrations, supervisor) is up
     await _started(servers[:1], [main_task])
@@ -110,7 +179,7 @@ async def _serve(settings: Settings) -> None:
     if await _started(servers, tasks):
         _announce(settings)
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    request_exit()  # one server stopped (signal, or failed to start): stop the other
+    stopper.stop()  # one server stopped (signal, or failed to start): stop the other
     results = await asyncio.gather(*tasks, return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
     if not all(s.started for s in servers):  # uvicorn logged why (e.g. the port is taken)

@@ -1,7 +1,9 @@
 """create_app(settings): wires the database, event bus, supervisor, host inspector and API.
 
 The app's lifespan applies migrations, starts the supervisor (and the capability probe in
-the background) and stops them on shutdown.
+the background) and stops them on shutdown: long-held requests are answered first (the
+drain), then the probe's helper process ends, then the workers stop (VMs and dnsmasq keep
+running; a restarted daemon adopts them).
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api import (
@@ -30,8 +32,10 @@ from app.api import (
     vms,
 )
 from app.api.deps import AppContext
+from app.api.draining import Drain
 from app.api.errors import install_error_handlers
 from app.api.middleware import (
+    DOCS_ASSETS,
     BearerAuthMiddleware,
     BodyLimitMiddleware,
     JsonContentTypeMiddleware,
@@ -107,6 +111,7 @@ def create_app(
         resync_interval=settings.reconcile_interval,
     )
 
+    drain = Drain()
     network_worker = NetworkWorker(
         db,
         bus,
@@ -124,19 +129,22 @@ def create_app(
         supervisor.start()
         vm_worker.start()
         network_worker.start()
-        threading.Thread(
-            target=_probe_quietly, args=(inspector,), name="capability-probe", daemon=True
-        ).start()
+        inspector.start_probe()
         try:
             yield
         finally:
+            drain.begin()  # `kvmnetd serve` did at its signal; in-process users get it here
+            inspector.close()  # ends the probe's qemu and removes its scratch files
             network_worker.stop()  # dnsmasq keeps serving; a restarted daemon adopts it
             vm_worker.stop()  # the VMs keep running; a restarted daemon re-adopts them
             supervisor.stop()
-            inspector.close()
             db.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts and styles from the daemon (fastapi-offline's
+    # packaged copy of Swagger UI and ReDoc), never from a CDN; no online validator badge
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
         title="kvmnetd",
         version=__version__,
         summary="REST control plane for QEMU/KVM host networking",
@@ -155,7 +163,10 @@ def create_app(
         inspector=inspector,
         is_ready=lambda: all(w.ready.is_set() for w in (supervisor, vm_worker, network_worker)),
         vm_control=WorkerControl(vm_worker),
+        drain=drain,
     )
+    app.state.drain = drain
+    app.state.inspector = inspector
     app.state.supervisor = supervisor
     app.state.vm_worker = vm_worker
     app.state.network_worker = network_worker
@@ -235,10 +246,3 @@ def _event_id_reserver(db: Database) -> IdReserver:
 def _kvm_runs_guests(capabilities: dict[str, Any]) -> bool | None:
     kvm = capabilities.get("accelerators", {}).get("kvm", {})
     return kvm.get("runs_guests") if kvm.get("available") else False
-
-
-def _probe_quietly(inspector: LiveHostInspector) -> None:
-    try:
-        inspector.capabilities()
-    except Exception:
-        log.exception("capability probe failed")

@@ -50,6 +50,8 @@ class Daemon:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # its own session: what it starts and does not detach is found by session id
+                start_new_session=True,
             )
         try:
             self.wait_ready(timeout)

@@ -4,13 +4,14 @@ call in one unit of work on a worker thread (SQLite and netlink calls block)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api.draining import Drain
 from app.bus import EventBus
 from app.db.session import Database
 from app.services.ports import HostInspector, Nudger, VmControl
@@ -28,6 +29,7 @@ class AppContext:
     inspector: HostInspector
     is_ready: Callable[[], bool]
     vm_control: VmControl
+    drain: Drain = field(default_factory=Drain)  # begun when the daemon starts stopping
 
     async def read(self, fn: Callable[[Session], T]) -> T:
         """Run a read on the event loop itself: a WAL read never waits for a lock and takes
@@ -68,7 +70,8 @@ Wait = Annotated[
         ge=0,
         le=MAX_WAIT,
         description="Block up to this many seconds until the change has settled "
-        "(applied or failed); without it the answer is immediate (202).",
+        "(applied or failed); without it the answer is immediate (202). A wait pending when "
+        "the daemon stops answers at once: 202 with the current state and Retry-After.",
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]

@@ -1,7 +1,13 @@
-"""/v1/events: every state change as server-sent events (`curl -N` follows it)."""
+"""/v1/events: every state change as server-sent events (`curl -N` follows it).
+
+When the daemon stops, the stream ends with a `shutdown` event carrying an SSE `retry`
+(milliseconds): EventSource clients reconnect after it, with Last-Event-ID, to the
+restarted daemon (the WHATWG HTML standard, "Server-sent events", 9.2.6).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -10,12 +16,32 @@ from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import context
+from app.api.draining import Drained
 from app.bus import Event, EventBus
 from app.schemas.common import PROBLEM_RESPONSES
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
 
 PING_SECONDS = 15
+RECONNECT_MS = 2000  # the `retry` sent with the last event when the daemon stops
+
+
+_SHUTDOWN = {
+    "event": "shutdown",
+    "data": json.dumps({"reason": "the daemon is stopping"}),
+    "retry": RECONNECT_MS,
+}
+
+
+def _queued(queue: asyncio.Queue[Event | None]) -> list[Event]:
+    """What the queue holds now (an overflow marker ends it)."""
+    events = []
+    while not queue.empty():
+        event = queue.get_nowait()
+        if event is None:
+            break
+        events.append(event)
+    return events
 
 
 def _sse(event: Event) -> dict[str, Any]:
@@ -56,7 +82,9 @@ def _resume(bus: EventBus, last_event_id: str | None) -> tuple[list[Event] | Non
             "once; when they are not all available (the id is older than the history kept, "
             "from before a restart, or unknown) a `reset` event comes first: re-read the "
             "state, then follow on. `overflow` means this client fell too far behind: "
-            "reconnect with Last-Event-ID.",
+            "reconnect with Last-Event-ID. When the daemon stops, the stream ends with a "
+            '`shutdown` event (data: {"reason": ...}) and an SSE '
+            f"`retry` of {RECONNECT_MS} ms.",
         }
     },
 )
@@ -76,18 +104,25 @@ async def stream_events(
         with ctx.bus.subscribe() as queue:
             # subscribed first, so nothing published from here on is missed; whatever the
             # replay already covered is skipped below by id (the queue is in id order)
-            replay, sent = _resume(ctx.bus, last_event_id)
-            if replay is None:
-                yield _reset(sent, last_event_id or "")
-            for event in replay or ():
-                if wanted(event):
-                    yield _sse(event)
-            while True:
-                queued = await queue.get()
-                if queued is None:
-                    yield {"event": "overflow", "data": "{}"}
-                    return
-                if queued.id > sent and wanted(queued):
-                    yield _sse(queued)
+            async with ctx.drain.watch() as watch:
+                replay, sent = _resume(ctx.bus, last_event_id)
+                if replay is None:
+                    yield _reset(sent, last_event_id or "")
+                for event in replay or ():
+                    if wanted(event):
+                        yield _sse(event)
+                while True:
+                    queued = await watch.get(queue)
+                    if isinstance(queued, Drained):
+                        for event in _queued(queue):  # published before the stop: not lost
+                            if event.id > sent and wanted(event):
+                                yield _sse(event)
+                        yield _SHUTDOWN
+                        return
+                    if queued is None:
+                        yield {"event": "overflow", "data": "{}"}
+                        return
+                    if isinstance(queued, Event) and queued.id > sent and wanted(queued):
+                        yield _sse(queued)
 
     return EventSourceResponse(stream(), ping=PING_SECONDS)

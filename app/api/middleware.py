@@ -13,7 +13,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# health, and the API's description: the spec and the docs pages hold no secrets, and a
+# browser cannot send a bearer token for a page it opens
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
+DOCS_ASSETS = "/docs/static"  # Swagger UI's and ReDoc's files, served by the daemon
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -138,7 +147,8 @@ class TcpTransport:
 
 
 class BearerAuthMiddleware:
-    """Every path but health needs the admin token on requests that came in over TCP."""
+    """Every path but health and the API's description (OPEN_PATHS, DOCS_ASSETS) needs the
+    admin token on requests that came in over TCP."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
@@ -146,7 +156,7 @@ class BearerAuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state", {})
-        if scope["type"] == "http" and state.get("via_tcp") and scope["path"] not in OPEN_PATHS:
+        if scope["type"] == "http" and state.get("via_tcp") and not _is_open(scope["path"]):
             given = (_header(scope, b"authorization") or "").encode("latin-1")
             if not hmac.compare_digest(given, self.expected):
                 await _send_problem(

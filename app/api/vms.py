@@ -165,7 +165,7 @@ async def get_vm_console(
     ] = False,
 ) -> Response:
     """The serial console log: the last `tail` bytes, and with follow=true everything the
-    guest prints after that, until the client hangs up."""
+    guest prints after that, until the client hangs up or the daemon stops."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s).get(vm_id))
     text, offset = await ctx.host(ctx.inspector.vm_console, row.id, -tail)
@@ -175,7 +175,7 @@ async def get_vm_console(
     async def stream() -> AsyncIterator[bytes]:
         nonlocal offset
         yield text
-        while not await request.is_disconnected():
+        while not ctx.drain.begun and not await request.is_disconnected():
             data, offset = await ctx.host(ctx.inspector.vm_console, row.id, offset)
             if data:
                 yield data

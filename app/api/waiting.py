@@ -1,4 +1,8 @@
-"""Blocking until a resource settles, driven by the event bus (no polling loop)."""
+"""Blocking until a resource settles, driven by the event bus (no polling loop).
+
+A wait ends early when the daemon starts stopping (app.api.draining): the answer is then
+the one a wait that ran out of time gets (202 with the resource as it is), plus Retry-After.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from fastapi import Response
 from sqlalchemy.orm import Session
 
 from app.api.deps import AppContext
+from app.api.draining import RETRY_AFTER_SECONDS, Drained, DrainWatch, TimedOut
 from app.api.presenters import mutation_headers
 from app.bus import Event
 from app.db.models import Bridge, Network, Operation, PortForward, Tap, Uplink, Vm
@@ -40,6 +45,7 @@ def event_settles(event: Event) -> bool:
 
 async def _wait(
     ctx: AppContext,
+    watch: DrainWatch,
     events: asyncio.Queue[Event | None],
     row: W | None,
     load: Callable[[Session], W | None],
@@ -51,10 +57,11 @@ async def _wait(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        try:
-            event = await asyncio.wait_for(events.get(), remaining)
-        except TimeoutError:
+        event = await watch.get(events, remaining)
+        if isinstance(event, TimedOut):
             break
+        if isinstance(event, Drained):  # the daemon is stopping: answer with the state now
+            return await ctx.read(load)
         if event is None or event_ends_wait is None or event_ends_wait(event):
             row = await ctx.read(load)
     return row
@@ -70,11 +77,14 @@ async def wait_until(
 ) -> W | None:
     """Read via `load` until `done` (or the row is gone: None) or `timeout` passes; returns
     the last row read. Between reads it sleeps on the resource's events; with
-    `event_ends_wait` only an event that may end the wait triggers a read."""
+    `event_ends_wait` only an event that may end the wait triggers a read. Returns at once
+    when the daemon is stopping."""
     deadline = time.monotonic() + timeout
-    with ctx.bus.subscribe(resource_id) as events:  # subscribe first: no event slips past
-        row = await ctx.read(load)
-        return await _wait(ctx, events, row, load, done, deadline, event_ends_wait)
+    # subscribe first: no event slips past
+    with ctx.bus.subscribe(resource_id) as events:
+        async with ctx.drain.watch() as watch:
+            row = await ctx.read(load)
+            return await _wait(ctx, watch, events, row, load, done, deadline, event_ends_wait)
 
 
 async def settle_response(
@@ -106,19 +116,22 @@ async def settle_response(
         # have let a worker act on this row between our commit and the subscription: then
         # an event about this generation exists already, and the row is read again.
         with ctx.bus.subscribe(row.id) as events:
-            earlier = ctx.bus.last_for(row.id)
-            _announce(ctx, row, operation)
-            deadline = time.monotonic() + wait
-            current: R | None = row
-            if earlier is not None and earlier.generation >= row.generation:
-                current = await ctx.read(load)
-            waited = await _wait(
-                ctx, events, current, load, resource_settled, deadline, event_settles
-            )
+            async with ctx.drain.watch() as watch:
+                earlier = ctx.bus.last_for(row.id)
+                _announce(ctx, row, operation)
+                deadline = time.monotonic() + wait
+                current: R | None = row
+                if earlier is not None and earlier.generation >= row.generation:
+                    current = await ctx.read(load)
+                waited = await _wait(
+                    ctx, watch, events, current, load, resource_settled, deadline, event_settles
+                )
         if waited is None:
             return Response(status_code=204, headers=dict(response.headers))
         row = waited
     response.status_code = settled_status if resource_settled(row) else 202
+    if response.status_code == 202 and ctx.drain.begun:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)  # RFC 9110 10.2.3
     return row
 
 

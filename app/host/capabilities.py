@@ -4,10 +4,15 @@ Link features are tried in a throwaway network namespace (removed afterwards), s
 never touches the daemon's own namespace. Accelerators are tried by running qemu: a tiny
 firmware that programs the timer, waits for its interrupt and exits through isa-debug-exit;
 and, when a guest kernel is available, a real kernel boot under each accelerator.
+
+Every helper process the probe starts goes through one `ProbeRunner`, which ends the running
+one by pid when the daemon stops (`cancel()`), so no probe qemu outlives the daemon; its
+scratch files live in a directory of the daemon's run dir that is removed with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -15,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -51,6 +57,79 @@ def _try_link(ipr: IPRoute, **kwargs: Any) -> tuple[bool, str | None]:
         return False, f"{os.strerror(exc.code)} (errno {exc.code})"
     except OSError as exc:
         return False, str(exc)
+
+
+class ProbeCancelled(Exception):
+    """The daemon is stopping: the probe was cancelled (its helper process ended)."""
+
+
+class ProbeRunner:
+    """Runs the probe's helper processes one at a time (argv lists, stdin closed) and knows
+    the one running now, so that `cancel()` can end it by pid from any thread (a signal
+    handler included) and refuse to start another. `work_dir` holds the probe's scratch
+    directories (default: the system temp dir); `remove_work()` deletes what is left."""
+
+    def __init__(self, work_dir: Path | None = None) -> None:
+        self.work_dir = work_dir
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[str] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def run(
+        self, argv: list[str], timeout: float, capture: bool = False
+    ) -> tuple[int | None, str, str]:
+        """Run argv to its end or for at most `timeout` seconds (then it is killed); return
+        (exit status or None on timeout, stdout, stderr; both empty unless `capture`).
+        Raises ProbeCancelled once cancel() was called."""
+        out = subprocess.PIPE if capture else subprocess.DEVNULL
+        with self._lock:
+            if self.cancelled:
+                raise ProbeCancelled
+            child = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, text=True
+            )
+            self._child = child
+        if self.cancelled:  # cancel() ran between the check and the spawn: it saw no child
+            child.kill()
+        status: int | None
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+            status = child.returncode
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+            status = None
+        finally:
+            self._child = None
+        if self.cancelled:
+            raise ProbeCancelled
+        return status, stdout or "", stderr or ""
+
+    def cancel(self) -> None:
+        """End the running helper (SIGKILL by pid; Popen checks it is not reaped yet) and
+        refuse further ones. Takes no lock: safe from a signal handler."""
+        self._cancelled.set()
+        child = self._child
+        if child is not None:
+            with contextlib.suppress(OSError):
+                child.kill()
+
+    def scratch_dir(self) -> tempfile.TemporaryDirectory[str]:
+        if self.work_dir is not None:
+            self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # a cancelled probe's directory may be gone already (remove_work)
+        return tempfile.TemporaryDirectory(
+            prefix="kvmnetd-probe-", dir=self.work_dir, ignore_cleanup_errors=True
+        )
+
+    def remove_work(self) -> None:
+        """Remove the work dir (scratch left by a cancelled probe, or a killed daemon's)."""
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 PROBE_NETNS_PREFIX = "kvmnetd-probe-"
@@ -135,24 +214,16 @@ def probe_tun_device() -> dict[str, Any]:
     return {"available": True, "reason": None}
 
 
-def probe_nftables() -> dict[str, Any]:
+def probe_nftables(runner: ProbeRunner) -> dict[str, Any]:
     nft = shutil.which("nft")
     if nft is None:
         return {"available": False, "version": None, "reason": "nft is not installed"}
-    out = subprocess.run(
-        [nft, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10
-    )
-    version = out.stdout.strip() or None
+    _, out, _ = runner.run([nft, "--version"], timeout=10, capture=True)
+    version = out.strip() or None
     # list (read-only) to prove the kernel side answers
-    check = subprocess.run(
-        [nft, "-j", "list", "tables"],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=10,
-    )
-    if check.returncode != 0:
-        return {"available": False, "version": version, "reason": check.stderr.strip()}
+    status, _, err = runner.run([nft, "-j", "list", "tables"], timeout=10, capture=True)
+    if status != 0:
+        return {"available": False, "version": version, "reason": err.strip()}
     return {"available": True, "version": version, "reason": None}
 
 
@@ -161,7 +232,7 @@ _DEVICE_RE = re.compile(
 )
 
 
-def probe_qemu(binary: str) -> dict[str, Any]:
+def probe_qemu(binary: str, runner: ProbeRunner) -> dict[str, Any]:
     path = shutil.which(binary)
     if path is None:
         return {
@@ -171,16 +242,11 @@ def probe_qemu(binary: str) -> dict[str, Any]:
             "nic_models": [],
             "reason": f"{binary} is not installed",
         }
-    version = subprocess.run(
-        [path, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10
-    ).stdout.splitlines()[0]
-    help_out = subprocess.run(
-        [path, "-machine", "none", "-nodefaults", "-device", "help"],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=20,
-    ).stdout
+    _, version_out, _ = runner.run([path, "--version"], timeout=10, capture=True)
+    version = (version_out.splitlines() or [""])[0]
+    _, help_out, _ = runner.run(
+        [path, "-machine", "none", "-nodefaults", "-device", "help"], timeout=20, capture=True
+    )
     models = []
     in_network = False
     for line in help_out.splitlines():
@@ -201,21 +267,16 @@ def probe_qemu(binary: str) -> dict[str, Any]:
     }
 
 
-def _run_qemu(argv: list[str], timeout: float) -> tuple[int | None, float]:
+def _run_qemu(runner: ProbeRunner, argv: list[str], timeout: float) -> tuple[int | None, float]:
     """Run qemu; return (exit status or None on timeout, seconds)."""
     started = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        return proc.wait(timeout=timeout), time.monotonic() - started
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return None, time.monotonic() - started
+    status, _, _ = runner.run(argv, timeout)
+    return status, time.monotonic() - started
 
 
-def probe_accelerator(qemu: str, accel: str, guest_kernel: Path | None) -> dict[str, Any]:
+def probe_accelerator(
+    qemu: str, accel: str, guest_kernel: Path | None, runner: ProbeRunner
+) -> dict[str, Any]:
     """Whether `accel` runs code: the timer firmware always, a real kernel when we have one."""
     result: dict[str, Any] = {"accelerator": accel}
     if accel == "kvm":
@@ -228,10 +289,11 @@ def probe_accelerator(qemu: str, accel: str, guest_kernel: Path | None) -> dict[
                 "runs_guests": False,
                 "reason": f"/dev/kvm: {exc.strerror}",
             }
-    with tempfile.TemporaryDirectory(prefix="kvmnetd-probe-") as tmp:
+    with runner.scratch_dir() as tmp:
         firmware = Path(tmp) / "timer.bin"
         firmware.write_bytes(_firmware_image())
         status, seconds = _run_qemu(
+            runner,
             [
                 qemu,
                 "-machine",
@@ -273,6 +335,7 @@ def probe_accelerator(qemu: str, accel: str, guest_kernel: Path | None) -> dict[
             }
         serial = Path(tmp) / "serial.log"
         status, seconds = _run_qemu(
+            runner,
             [
                 qemu,
                 "-machine",
@@ -310,19 +373,23 @@ def probe_accelerator(qemu: str, accel: str, guest_kernel: Path | None) -> dict[
         return {**result, "available": True, "runs_guests": booted, "reason": reason}
 
 
-def probe_capabilities(qemu_binary: str, guest_kernel: Path | None = None) -> dict[str, Any]:
+def probe_capabilities(
+    qemu_binary: str, guest_kernel: Path | None = None, runner: ProbeRunner | None = None
+) -> dict[str, Any]:
+    """Every probe in turn; raises ProbeCancelled when `runner` is cancelled meanwhile."""
+    runner = runner or ProbeRunner()
     started = time.monotonic()
     links = probe_link_features()
-    qemu = probe_qemu(qemu_binary)
+    qemu = probe_qemu(qemu_binary, runner)
     accelerators = {}
     if qemu["available"]:
         for accel in ("tcg", "kvm"):
-            accelerators[accel] = probe_accelerator(qemu["binary"], accel, guest_kernel)
+            accelerators[accel] = probe_accelerator(qemu["binary"], accel, guest_kernel, runner)
     caps = {
         "links": links,
         "tun_device": probe_tun_device(),
         "vhost_net": probe_vhost_net(),
-        "nftables": probe_nftables(),
+        "nftables": probe_nftables(runner),
         "qemu": qemu,
         "accelerators": accelerators,
         "probe_seconds": 0.0,

@@ -9,6 +9,7 @@ others through short-lived pyroute2 sockets (which are bound to the thread that 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 import threading
 from collections import defaultdict
@@ -25,13 +26,14 @@ from app.domain.path_probe import ProbeTarget
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import rtnl, uplink
 from app.host.addresses import AddressReadError, HostPrefix, check_subnet_clashes, host_prefixes
-from app.host.capabilities import probe_capabilities
+from app.host.capabilities import ProbeCancelled, ProbeRunner, probe_capabilities
 from app.host.diagnostics import check_paths, conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
@@ -82,6 +84,9 @@ class LiveHostInspector:
         self.probe_kernel = probe_kernel
         self._capabilities: dict[str, Any] | None = None
         self._capabilities_lock = threading.Lock()
+        # the probe's helpers (qemu) and scratch files end with the daemon: RUN_DIR/probe
+        self._probe = ProbeRunner(run_dir / "probe" if run_dir is not None else None)
+        self._probe_thread: threading.Thread | None = None
         self._thread = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="host-inspector",
@@ -92,8 +97,38 @@ class LiveHostInspector:
     def _on_inspector_thread(self, fn: Callable[[], T]) -> T:
         return self._thread.submit(fn).result()
 
-    def close(self) -> None:
+    def start_probe(self) -> None:
+        """Probe the capabilities in the background now (the first answer is then ready);
+        scratch left in the work dir by an earlier daemon is removed first."""
+        self._probe.remove_work()
+        self._probe_thread = threading.Thread(
+            target=self._probe_quietly, name="capability-probe", daemon=True
+        )
+        self._probe_thread.start()
+
+    def _probe_quietly(self) -> None:
+        try:
+            self.capabilities()
+        except Unavailable:
+            log.debug("capability probe cancelled: the daemon is stopping")
+        except Exception:
+            log.exception("capability probe failed")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the probe's helper process and remove its scratch files; the probe thread
+        gets `timeout` seconds to notice (it ends as soon as its qemu is gone)."""
+        self._probe.cancel()
+        thread = self._probe_thread
+        if thread is not None:
+            thread.join(timeout)
+        self._probe.remove_work()
         self._thread.shutdown(wait=False)
+
+    def abort(self) -> None:
+        """For a forced exit: end the probe's helper process and remove its scratch files
+        at once, waiting for nothing (safe from a signal handler)."""
+        self._probe.cancel()
+        self._probe.remove_work()
 
     def bridge_ports(self, bridge: str) -> list[dict[str, Any]]:
         return self.ports_of([bridge])[bridge]
@@ -314,5 +349,12 @@ class LiveHostInspector:
     def capabilities(self) -> dict[str, Any]:
         with self._capabilities_lock:
             if self._capabilities is None:
-                self._capabilities = probe_capabilities(self.qemu_binary, self.probe_kernel)
+                try:
+                    self._capabilities = probe_capabilities(
+                        self.qemu_binary, self.probe_kernel, self._probe
+                    )
+                except ProbeCancelled:
+                    raise Unavailable(
+                        "the daemon is stopping; capabilities were not probed"
+                    ) from None
             return self._capabilities
