@@ -119,7 +119,9 @@ class Supervisor:
         # pyroute2 sockets belong to the thread that opens them
         with LinkOps() as ops:
             self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)
-            uplinks = UplinkReconciler(self.db, self.bus, ops.ipr, on_gone=self.nudge)
+            uplinks = UplinkReconciler(
+                self.db, self.bus, ops.ipr, on_gone=self.nudge, on_moved=self._repair
+            )
             next_full = self.clock()
             while True:
                 scope, names = self._next_work(next_full, backoff)
