@@ -126,6 +126,7 @@ NIC_FIELDS = (
     "bridge_id",
     "tap_id",
     "queues",
+    "mtu",
     "vhost",
     "link_up",
     "network_id",

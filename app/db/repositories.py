@@ -413,7 +413,9 @@ def bridge_facts(session: Session, uplinks: dict[str, UplinkMove]) -> dict[str, 
     """Every bridge's kernel name and the MTU it keeps (one query)."""
     query = select(Bridge.id, Bridge.name, Bridge.mtu)
     return {
-        bridge_id: BridgeFacts(name, bridge_mtu(mtu, uplinks[bridge_id].mtu if bridge_id in uplinks else None))
+        bridge_id: BridgeFacts(
+            name, bridge_mtu(mtu, uplinks[bridge_id].mtu if bridge_id in uplinks else None)
+        )
         for bridge_id, name, mtu in session.execute(query)
     }
 
@@ -515,6 +517,7 @@ def _nic_spec(nic: VmNic) -> NicSpec:
         queues=nic.queues,
         vhost=Vhost(nic.vhost),
         link_up=nic.link_up,
+        mtu=nic.mtu,
     )
 
 

@@ -39,9 +39,7 @@ def upgrade() -> None:
     connection = op.get_bind()
     for (bridge_id,) in connection.execute(sa.select(bridges.c.id)).all():
         connection.execute(
-            bridges.update()
-            .where(bridges.c.id == bridge_id)
-            .values(generated_mac=_generated_mac())
+            bridges.update().where(bridges.c.id == bridge_id).values(generated_mac=_generated_mac())
         )
     with op.batch_alter_table("bridges", schema=None) as batch_op:
         batch_op.alter_column("generated_mac", existing_type=sa.String(length=17), nullable=False)
