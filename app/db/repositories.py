@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -376,11 +376,18 @@ def _link_rows(
     return session.scalars(query).all()
 
 
-def _taps_of(session: Session, bridge_ids: list[str], loaded: set[str]) -> Sequence[Tap]:
-    """The taps on these bridges not loaded yet: they follow their bridge's MTU."""
-    if not bridge_ids:
+def _taps_to_follow(
+    session: Session, bridges: dict[str, BridgeFacts], bridge_ids: list[str], loaded: set[str]
+) -> Sequence[Tap]:
+    """The taps on these bridges, not loaded yet, that have no MTU of their own and were
+    last seen at another MTU than their bridge keeps now: they follow it."""
+    follows = [
+        and_(Tap.bridge_id == bridge_id, Tap.observed_mtu != bridges[bridge_id].mtu)
+        for bridge_id in bridge_ids
+    ]
+    if not follows:
         return []
-    query = select(Tap).where(Tap.bridge_id.in_(bridge_ids), Tap.id.not_in(loaded))
+    query = select(Tap).where(Tap.mtu.is_(None), Tap.id.not_in(loaded), or_(*follows))
     return session.scalars(query).all()
 
 
@@ -427,14 +434,13 @@ def load_link_specs(
     also_ids: list[str] | None = None,
 ) -> tuple[list[LinkSpec], dict[str, ObservedState]]:
     """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
-    named), with the state each row was in when loaded. A dirty pass also loads the taps of
-    the bridges it loads: their MTU follows the bridge's."""
+    named), with the state each row was in when loaded, plus the taps whose MTU follows a
+    loaded bridge's and differs from it."""
     uplinks = uplink_moves(session)
     bridges_by_id = bridge_facts(session, uplinks)
     bridges = _link_rows(session, Bridge, dirty_only, names, also_ids)
     taps = list(_link_rows(session, Tap, dirty_only, names, also_ids))
-    if dirty_only:
-        taps += _taps_of(session, [b.id for b in bridges], {t.id for t in taps})
+    taps += _taps_to_follow(session, bridges_by_id, [b.id for b in bridges], {t.id for t in taps})
     rows: list[Bridge | Tap] = [*bridges, *taps]
     gateways = network_gateways(session)
     specs = [_link_spec(row, bridges_by_id, gateways, uplinks) for row in rows]
