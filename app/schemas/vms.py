@@ -180,7 +180,7 @@ class DeviceOut(BaseModel):
     mac: str | None = None
     link_up: bool | None = None
     mtu: int | None = Field(
-        None, description="The MTU qemu advertises to the guest (virtio's host_mtu), if any"
+        default=None, description="The MTU qemu advertises to the guest (virtio's host_mtu)"
     )
 
 

@@ -7,6 +7,8 @@ code under test."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,19 +21,24 @@ from pyroute2 import IPRoute
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge, make_tap
+from tests.guest.build import build_guest, kernel_cmdline
 from tests.kernel import links
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """No full pass during a test: whatever follows netlink does so on its own."""
-    return Settings(
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    """No full pass during a test: whatever follows netlink does so on its own. The run
+    directory is short (QMP socket paths) and reachable by qemu."""
+    run_dir = Path(tempfile.mkdtemp(prefix="kvt-", dir="/tmp"))
+    run_dir.chmod(0o755)
+    yield Settings(
         state_dir=tmp_path / "state",
-        run_dir=tmp_path / "run",
+        run_dir=run_dir,
         listen="",
         reconcile_interval=3600,
         probe_kernel=tmp_path / "no-kernel",
     )
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -200,3 +207,55 @@ def _oper(netns: str, name: str) -> str:
     with IPRoute(netns=netns) as ipr:
         (msg,) = ipr.link("get", index=ipr.link_lookup(ifname=name)[0])
         return str(msg.get_attr("IFLA_OPERSTATE")).lower()
+
+
+# ---- a VM NIC's MTU ------------------------------------------------------------------------
+
+
+def test_a_nic_mtu_only_where_it_can_reach_the_guest(api: TestClient) -> None:
+    make_bridge(api, mtu=9000)
+    body: dict[str, Any] = {"name": "vm1", "power_state": "stopped", "boot": {"kernel": "/k"}}
+    for nic, why in (
+        ({"backend": "bridge", "bridge": "br0", "model": "e1000", "mtu": 9000}, "host_mtu"),
+        ({"backend": "user", "mtu": 9000}, "slirp"),
+    ):
+        r = api.post("/v1/vms?wait=10", json={**body, "nics": [nic]})
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert why in r.json()["detail"]
+    assert api.get("/v1/vms").json()["items"] == []  # nothing half-stored
+    r = api.post("/v1/vms?wait=10", json={**body, "nics": [{"backend": "bridge", "bridge": "br0"}]})
+    assert r.status_code in (200, 201), r.text
+    assert r.json()["nics"][0]["mtu"] is None
+
+
+def test_a_running_virtio_nic_shows_its_host_mtu(api: TestClient, netns: str) -> None:
+    """qemu's own QOM says what the guest is told (GET /devices); the NIC's tap has it too."""
+    guest = build_guest("virtio")
+    make_bridge(api, mtu=9000)
+    boot = {
+        "kernel": str(guest.kernel),
+        "initrd": str(guest.initrd),
+        "cmdline": kernel_cmdline(dhcp=True),
+    }
+    nics = [
+        {"backend": "bridge", "bridge": "br0", "mtu": 4000},
+        {"backend": "bridge", "bridge": "br0", "model": "e1000"},
+    ]
+    r = api.post(
+        "/v1/vms?wait=30", json={"name": "vm1", "memory_mib": 128, "boot": boot, "nics": nics}
+    )
+    assert r.status_code == 201, r.text
+    vm = r.json()
+    try:
+        assert vm["status"] == "running", vm
+        devices = api.get(f"/v1/vms/{vm['id']}/devices").json()
+        assert [(d["type"], d["mtu"]) for d in devices] == [
+            ("virtio-net-pci", 4000),
+            ("e1000", None),
+        ]
+        kernel = links(netns)
+        assert [kernel[n["tap_name"]].mtu for n in vm["nics"]] == [4000, 9000]
+    finally:
+        assert api.post(f"/v1/vms/{vm['id']}/kill?wait=30").status_code == 200
+        assert api.delete(f"/v1/vms/{vm['id']}?wait=30").status_code == 204
