@@ -190,10 +190,16 @@ class LinkOps:
             br_forward_delay=spec.forward_delay_cs,
             **extra,
         )
-        if spec.mtu is not None:
-            detour = spec.mtu + 1 if spec.mtu < BRIDGE_MTU_MAX else spec.mtu - 1
+        if spec.mtu is None:
+            return
+        detour = spec.mtu + 1 if spec.mtu < BRIDGE_MTU_MAX else spec.mtu - 1
+        try:
             (index,) = self.ipr.link_lookup(ifname=spec.name)
             self.ipr.link("set", index=index, mtu=detour)
+        except (NetlinkError, ValueError) as exc:
+            # the bridge exists (the create succeeded): a port that lowers its MTU later is
+            # repaired when netlink reports it, which also marks the MTU as set
+            log.warning("could not mark %s's MTU as set: %s", spec.name, exc)
 
     def apply(self, index: int, name: str, changes: LinkChanges) -> None:
         """Apply attribute changes to one link, in an order that cannot fail halfway usefully:
