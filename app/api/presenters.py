@@ -52,6 +52,8 @@ def _state(row: Bridge | Tap) -> dict[str, Any]:
         addresses=list(row.addresses),
         ifindex=row.observed_ifindex,
         observed_mac=row.observed_mac,
+        observed_mtu=row.observed_mtu,
+        observed_oper_state=row.observed_oper_state,
     )
 
 
@@ -60,6 +62,7 @@ def bridge_out(
 ) -> BridgeOut:
     return BridgeOut(
         **_state(row),
+        generated_mac=row.generated_mac,
         stp=row.stp,
         forward_delay=row.forward_delay_cs / 100.0,
         ports=[BridgePort(**p) for p in ports or []],
@@ -124,6 +127,7 @@ NIC_FIELDS = (
     "bridge_id",
     "tap_id",
     "queues",
+    "mtu",
     "vhost",
     "link_up",
     "network_id",

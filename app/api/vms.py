@@ -15,7 +15,7 @@ from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
 from app.db.repositories import VmRepository
 from app.domain.errors import NotFound
-from app.domain.vms import PowerState
+from app.domain.vms import MTU_MODEL, PowerState
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage
 from app.schemas.vms import Vm as VmOut
@@ -192,9 +192,16 @@ def _qmp(ctx: AppContext, vm_id: str, command: str, **args: object) -> Any:
     return ctx.vm_control.execute(vm_id, command, args or None, QMP_TIMEOUT)
 
 
+def _host_mtu(ctx: AppContext, vm_id: str, path: str) -> int | None:
+    """virtio-net's host_mtu as qemu has it (0: none advertised, reported as None)."""
+    value = _qmp(ctx, vm_id, "qom-get", path=path, property="host_mtu")
+    return int(value) or None
+
+
 @router.get("/{vm_id}/devices", operation_id="list_vm_devices", response_model=list[DeviceOut])
 async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
-    """The guest NICs as the running qemu reports them (QOM type and MAC): proof that the
+    """The guest NICs as the running qemu reports them (QOM type, MAC and virtio's
+    host_mtu): proof that the
     device really exists, e.g. an ISA NE2000 on the isapc machine. 409 when not running."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s).get(vm_id))
@@ -212,6 +219,7 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
                     type=str(_qmp(ctx, row.id, "qom-get", path=path, property="type")),
                     mac=str(_qmp(ctx, row.id, "qom-get", path=path, property="mac")),
                     link_up=nic.link_up,
+                    mtu=_host_mtu(ctx, row.id, path) if nic.model == MTU_MODEL else None,
                 )
             )
         return devices

@@ -25,6 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from app.domain.links import generate_mac
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -96,10 +98,17 @@ class LinkColumns(ResourceColumns):
     create_intent: Mapped[bool] = mapped_column(Boolean, default=False)
     observed_ifindex: Mapped[int | None] = mapped_column(Integer, default=None)
     observed_mac: Mapped[str | None] = mapped_column(String(17), default=None)
+    observed_mtu: Mapped[int | None] = mapped_column(Integer, default=None)
+    observed_oper_state: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class Bridge(LinkColumns, Base):
+    """`mac` is the MAC the user pinned (None: none); `generated_mac` is the one made at
+    creation (locally administered), which the bridge keeps when nothing is pinned."""
+
     __tablename__ = "bridges"
+
+    generated_mac: Mapped[str] = mapped_column(String(17), default=generate_mac)
 
     stp: Mapped[bool] = mapped_column(Boolean, default=False)
     forward_delay_cs: Mapped[int] = mapped_column(Integer, default=0)
@@ -201,6 +210,7 @@ class VmNic(Base):
     )
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # user/socket/hub
     queues: Mapped[int] = mapped_column(Integer, default=1)
+    mtu: Mapped[int | None] = mapped_column(Integer, default=None)  # virtio host_mtu and tap MTU
     vhost: Mapped[str] = mapped_column(String(8), default="auto")
     link_up: Mapped[bool] = mapped_column(Boolean, default=True)
     # on a managed network: the fixed address dnsmasq hands this MAC (a static lease)

@@ -10,7 +10,18 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Generic, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -28,7 +39,7 @@ from app.db.models import (
 )
 from app.db.models import PortForward as PortForwardRow
 from app.domain.errors import InvalidInput
-from app.domain.links import LinkKind, LinkSpec
+from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
@@ -122,6 +133,13 @@ class TapRepository(ResourceRepository[Tap]):
 class BridgeRepository(ResourceRepository[Bridge]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Bridge)
+
+    def macs(self) -> set[str]:
+        """Every MAC a bridge keeps, pinned or generated."""
+        taken: set[str] = set()
+        for pinned, generated in self.session.execute(select(Bridge.mac, Bridge.generated_mac)):
+            taken.update(m for m in (pinned, generated) if m)
+        return taken
 
 
 class VmRepository(ResourceRepository[Vm]):
@@ -288,14 +306,38 @@ class OperationRepository(Repository[Operation]):
         )
 
 
+@dataclass(frozen=True)
+class UplinkMove:
+    """What an uplink that moved (or is moving) the host's configuration onto a bridge
+    imposes on it: the NIC's addresses, its MAC (with take_mac) and its MTU."""
+
+    addresses: tuple[str, ...] = ()
+    mac: str | None = None
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class BridgeFacts:
+    """A bridge as its taps' specs need it: kernel name and the MTU it keeps."""
+
+    name: str
+    mtu: int
+
+
+def bridge_own_mac(row: Bridge) -> str:
+    """The MAC a bridge keeps when no uplink lends it one: pinned, else generated."""
+    return row.mac or row.generated_mac
+
+
 def _link_spec(
     row: Bridge | Tap,
-    bridge_names: dict[str, str],
+    bridges: dict[str, BridgeFacts],
     gateways: dict[str, str],
-    uplinks: dict[str, tuple[str, ...]],
+    uplinks: dict[str, UplinkMove],
 ) -> LinkSpec:
     addresses = tuple(row.addresses)
-    for extra in (gateways.get(row.id), *uplinks.get(row.id, ())):
+    move = uplinks.get(row.id)
+    for extra in (gateways.get(row.id), *(move.addresses if move else ())):
         if extra is not None and extra not in addresses:
             addresses += (extra,)
     common = LinkSpec(
@@ -311,11 +353,19 @@ def _link_spec(
         ifindex=row.observed_ifindex,
     )
     if isinstance(row, Bridge):
-        return replace(common, stp=row.stp, forward_delay_cs=row.forward_delay_cs)
+        return replace(
+            common,
+            mtu=bridges[row.id].mtu,
+            mac=(move.mac if move and not row.mac else None) or bridge_own_mac(row),
+            stp=row.stp,
+            forward_delay_cs=row.forward_delay_cs,
+        )
+    bridge = bridges.get(row.bridge_id) if row.bridge_id else None
     return replace(
         common,
         kind=LinkKind.TAP,
-        master=bridge_names.get(row.bridge_id) if row.bridge_id else None,
+        mtu=tap_mtu(row.mtu, bridge.mtu if bridge else None),
+        master=bridge.name if bridge else None,
         owner_uid=row.owner_uid,
         owner_gid=row.owner_gid,
         multi_queue=row.multi_queue,
@@ -347,6 +397,21 @@ def _link_rows(
     return session.scalars(query).all()
 
 
+def _taps_to_follow(
+    session: Session, bridges: dict[str, BridgeFacts], bridge_ids: list[str], loaded: set[str]
+) -> Sequence[Tap]:
+    """The taps on these bridges, not loaded yet, that have no MTU of their own and were
+    last seen at another MTU than their bridge keeps now: they follow it."""
+    follows = [
+        and_(Tap.bridge_id == bridge_id, Tap.observed_mtu != bridges[bridge_id].mtu)
+        for bridge_id in bridge_ids
+    ]
+    if not follows:
+        return []
+    query = select(Tap).where(Tap.mtu.is_(None), Tap.id.not_in(loaded), or_(*follows))
+    return session.scalars(query).all()
+
+
 @dataclass(frozen=True)
 class ObservedState:
     """What a row said about the kernel when a pass loaded it."""
@@ -356,6 +421,8 @@ class ObservedState:
     status: str
     ifindex: int | None
     mac: str | None
+    mtu: int | None = None
+    oper_state: str | None = None
 
     @classmethod
     def of(cls, row: Bridge | Tap) -> ObservedState:
@@ -365,7 +432,20 @@ class ObservedState:
             row.status,
             row.observed_ifindex,
             row.observed_mac,
+            row.observed_mtu,
+            row.observed_oper_state,
         )
+
+
+def bridge_facts(session: Session, uplinks: dict[str, UplinkMove]) -> dict[str, BridgeFacts]:
+    """Every bridge's kernel name and the MTU it keeps (one query)."""
+    query = select(Bridge.id, Bridge.name, Bridge.mtu)
+    return {
+        bridge_id: BridgeFacts(
+            name, bridge_mtu(mtu, uplinks[bridge_id].mtu if bridge_id in uplinks else None)
+        )
+        for bridge_id, name, mtu in session.execute(query)
+    }
 
 
 def load_link_specs(
@@ -375,32 +455,33 @@ def load_link_specs(
     also_ids: list[str] | None = None,
 ) -> tuple[list[LinkSpec], dict[str, ObservedState]]:
     """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
-    named), with the state each row was in when loaded."""
-    bridge_names = {
-        row_id: name for row_id, name in session.execute(select(Bridge.id, Bridge.name))
-    }
-    rows: list[Bridge | Tap] = [
-        *_link_rows(session, Bridge, dirty_only, names, also_ids),
-        *_link_rows(session, Tap, dirty_only, names, also_ids),
-    ]
+    named), with the state each row was in when loaded, plus the taps whose MTU follows a
+    loaded bridge's and differs from it."""
+    uplinks = uplink_moves(session)
+    bridges_by_id = bridge_facts(session, uplinks)
+    bridges = _link_rows(session, Bridge, dirty_only, names, also_ids)
+    taps = list(_link_rows(session, Tap, dirty_only, names, also_ids))
+    taps += _taps_to_follow(session, bridges_by_id, [b.id for b in bridges], {t.id for t in taps})
+    rows: list[Bridge | Tap] = [*bridges, *taps]
     gateways = network_gateways(session)
-    uplinks = uplink_addresses(session)
-    specs = [_link_spec(row, bridge_names, gateways, uplinks) for row in rows]
+    specs = [_link_spec(row, bridges_by_id, gateways, uplinks) for row in rows]
     return specs, {row.id: ObservedState.of(row) for row in rows}
 
 
-def uplink_addresses(session: Session) -> dict[str, tuple[str, ...]]:
-    """Bridge id -> the addresses its uplink moved onto it (while moved or moving), for every
-    bridge that has an uplink row at all."""
-    result: dict[str, tuple[str, ...]] = {}
-    for bridge_id, phase, saved in session.execute(
-        select(Uplink.bridge_id, Uplink.phase, Uplink.saved)
+def uplink_moves(session: Session) -> dict[str, UplinkMove]:
+    """Bridge id -> what its uplink imposes on it while the host's configuration is moved
+    (or moving) onto it, for every bridge that has an uplink row at all."""
+    result: dict[str, UplinkMove] = {}
+    for bridge_id, phase, saved, take_mac in session.execute(
+        select(Uplink.bridge_id, Uplink.phase, Uplink.saved, Uplink.take_mac)
     ):
-        moved = phase in ("moving", "attached") and saved
-        result[bridge_id] = (
-            tuple(f"{a['address']}/{a['prefixlen']}" for a in saved.get("addresses", ()))
-            if moved
-            else ()
+        if not (phase in ("moving", "attached") and saved):
+            result[bridge_id] = UplinkMove()
+            continue
+        result[bridge_id] = UplinkMove(
+            addresses=tuple(f"{a['address']}/{a['prefixlen']}" for a in saved.get("addresses", ())),
+            mac=saved.get("mac") if take_mac else None,
+            mtu=saved.get("mtu"),
         )
     return result
 
@@ -522,6 +603,7 @@ def _nic_spec(nic: VmNic) -> NicSpec:
         queues=nic.queues,
         vhost=Vhost(nic.vhost),
         link_up=nic.link_up,
+        mtu=nic.mtu,
     )
 
 

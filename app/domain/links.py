@@ -11,10 +11,39 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 MARK_PREFIX = "kvmnetd:"
+# a new link's MTU in the kernel (ETH_DATA_LEN, include/uapi/linux/if_ether.h): what a bridge
+# without an MTU of its own keeps, and what a tap on no bridge and without its own MTU has
+DEFAULT_MTU = 1500
+
+
+def generate_mac(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """A locally administered unicast MAC (IEEE 802: in the first octet the U/L bit 0x02
+    set, the I/G bit 0x01 clear), for a bridge to keep for its whole life: a bridge whose MAC
+    nobody set takes the lowest MAC of its ports (net/bridge/br_stp_if.c,
+    br_stp_recalculate_bridge_id), so its gateway MAC would change whenever a port comes or
+    goes. One set explicitly (addr_assign_type NET_ADDR_SET) is never recalculated."""
+    raw = bytearray(random_bytes(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return raw.hex(":")
+
+
+def bridge_mtu(own: int | None, uplink: int | None = None) -> int:
+    """The MTU a bridge keeps: its own, else its uplink NIC's while one is attached (the
+    host's traffic leaves through it), else the kernel's default it was created with. Set
+    explicitly, so the kernel stops following the smallest port (net/bridge/br_if.c,
+    br_mtu_auto_adjust: only while BROPT_MTU_SET_BY_USER is off)."""
+    return own if own is not None else uplink if uplink is not None else DEFAULT_MTU
+
+
+def tap_mtu(own: int | None, bridge: int | None) -> int:
+    """The MTU a tap gets: its own, else its bridge's (a port with a smaller MTU than its
+    bridge drops the bridge's larger frames), else the kernel's default."""
+    return own if own is not None else bridge if bridge is not None else DEFAULT_MTU
 
 
 class LinkKind(enum.StrEnum):
@@ -76,6 +105,7 @@ class ObservedLink:
     mtu: int = 1500
     mac: str | None = None
     up: bool = False
+    oper_state: str | None = None  # RFC 2863 ifOperStatus as the kernel reports it (IFLA_OPERSTATE)
     master_index: int | None = None
     addresses: tuple[str, ...] = ()
     stp: bool | None = None
@@ -93,17 +123,29 @@ class ObservedLink:
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """The attributes of a settled link whose change by hand is repaired at once."""
+    """The attributes of a settled link that are looked at again the moment netlink reports
+    a change: a managed one changed by hand is repaired, an observed one (MAC, MTU, oper
+    state) is recorded on the row at once."""
 
     master_index: int | None
     mtu: int
+    mac: str | None
     up: bool
+    oper_state: str | None
     stp: bool | None
     forward_delay_cs: int | None
 
 
 def fingerprint(link: ObservedLink) -> Fingerprint:
-    return Fingerprint(link.master_index, link.mtu, link.up, link.stp, link.forward_delay_cs)
+    return Fingerprint(
+        link.master_index,
+        link.mtu,
+        link.mac,
+        link.up,
+        link.oper_state,
+        link.stp,
+        link.forward_delay_cs,
+    )
 
 
 class ActionKind(enum.StrEnum):

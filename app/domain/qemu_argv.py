@@ -94,10 +94,11 @@ def netdev_arg(index: int, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | N
 
 
 def device_arg(index: int, nic: NicSpec) -> str:
-    """The guest NIC. Multiqueue virtio needs MSI-X vectors: 2 per queue pair + 2."""
+    """The guest NIC. Multiqueue virtio needs MSI-X vectors: 2 per queue pair + 2. An MTU
+    is virtio's `host_mtu` (validate_nic allows it on virtio-net-pci only)."""
     multiqueue = nic.queues > 1
     assert nic.model is not None
-    return _options(
+    device = _options(
         nic.model,
         netdev=f"net{index}",
         mac=nic.mac,
@@ -105,6 +106,8 @@ def device_arg(index: int, nic: NicSpec) -> str:
         mq="on" if multiqueue else None,
         vectors=2 * nic.queues + 2 if multiqueue else None,
     )
+    # the property is spelled with an underscore (hw/net/virtio-net.c), unlike _options' keys
+    return device if nic.mtu is None else f"{device},host_mtu={nic.mtu}"
 
 
 def boot_args(spec: VmSpec) -> list[str]:

@@ -69,6 +69,7 @@ class NicConfig:
     addresses: tuple[Address, ...] = ()
     routes: tuple[Route, ...] = ()
     dhcp_clients: tuple[str, ...] = ()
+    mtu: int | None = None  # the bridge keeps it while attached (unless it has its own)
 
     @property
     def movable_routes(self) -> tuple[Route, ...]:
@@ -94,6 +95,7 @@ class NicConfig:
             addresses=tuple(Address(**a) for a in data.get("addresses", ())),
             routes=tuple(Route(**r) for r in data.get("routes", ())),
             dhcp_clients=tuple(data.get("dhcp_clients", ())),
+            mtu=data.get("mtu"),
         )
 
 

@@ -93,6 +93,7 @@ MEMORY_MIB = (16, 1 << 20)
 VCPUS = (1, 256)
 QUEUES = (1, 16)
 PORTS = (1, 65535)
+MTU_RANGE = (68, 65521)  # ETH_MIN_MTU to the largest MTU a tap accepts
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class NicSpec:
     queues: int = 1
     vhost: Vhost = Vhost.AUTO
     link_up: bool = True
+    mtu: int | None = None  # virtio's host_mtu; the tap's MTU on the bridge and tap backends
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost
     _bounded("queues", nic.queues, QUEUES)
     if nic.queues > 1 and (nic.model != "virtio-net-pci" or nic.backend not in _TAP_BACKENDS):
         raise InvalidInput("multiqueue needs the virtio-net-pci model on a bridge or tap backend")
+    _validate_mtu(nic)
     if nic.vhost is Vhost.ON and not vhost_net:
         raise InvalidInput("vhost=on needs /dev/vhost-net, which this host does not have")
     if nic.vhost is Vhost.ON and nic.model != "virtio-net-pci":
@@ -236,6 +239,29 @@ def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost
 
 
 _TAP_BACKENDS = frozenset({Backend.BRIDGE, Backend.TAP})
+
+MTU_MODEL = "virtio-net-pci"
+
+
+def _validate_mtu(nic: NicSpec) -> None:
+    """A NIC's MTU reaches the guest only through virtio's host_mtu property (the device
+    offers VIRTIO_NET_F_MTU and the guest driver takes the value as its MTU; the other
+    emulated NICs have no way to tell the guest), and only a tap-like backend carries it
+    (QEMU's user networking keeps its own fixed MTU)."""
+    if nic.mtu is None:
+        return
+    _bounded("mtu", nic.mtu, MTU_RANGE)
+    if nic.model != MTU_MODEL:
+        what = "a backend without a guest NIC" if nic.model is None else nic.model
+        raise InvalidInput(
+            f"mtu needs the {MTU_MODEL} model, which advertises it to the guest (QEMU's "
+            f"host_mtu); {what} cannot carry it: leave mtu out and set it in the guest"
+        )
+    if nic.backend is Backend.USER:
+        raise InvalidInput(
+            "mtu cannot be set on the user backend: QEMU's user networking (slirp) keeps its "
+            "own fixed MTU"
+        )
 
 
 def _validate_user(user: UserNet) -> None:

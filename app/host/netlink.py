@@ -29,6 +29,8 @@ from app.host.rtnl import RawLink
 
 log = logging.getLogger(__name__)
 
+BRIDGE_MTU_MAX = 65535  # ETH_MAX_MTU: a bridge's max_mtu (net/bridge/br_device.c)
+
 
 class LinkError(Exception):
     """A netlink operation failed; `transient` errors are worth retrying soon."""
@@ -65,6 +67,7 @@ def observed(link: RawLink, addresses: Iterable[str] = ()) -> ObservedLink:
         mtu=link.mtu or 0,
         mac=link.mac,
         up=link.up,
+        oper_state=link.oper_state,
         master_index=link.master,
         addresses=tuple(addresses),
         **fields,
@@ -142,17 +145,7 @@ class LinkOps:
         """Create the bare link of `spec`; return its index. Mark it at once with mark()."""
         try:
             if spec.kind is LinkKind.BRIDGE:
-                # the MTU is set afterwards (apply): only an MTU set on an existing bridge
-                # counts as set by the user, so the kernel stops following its ports' MTU
-                extra: dict[str, Any] = {"address": spec.mac} if spec.mac else {}
-                self.ipr.link(
-                    "add",
-                    ifname=spec.name,
-                    kind="bridge",
-                    br_stp_state=int(spec.stp),
-                    br_forward_delay=spec.forward_delay_cs,
-                    **extra,
-                )
+                self._create_bridge(spec)
             else:
                 owner: dict[str, int] = {}
                 if spec.owner_uid is not None:
@@ -180,6 +173,33 @@ class LinkOps:
         if index is None:
             raise LinkError(f"{spec.name} vanished right after creation", errno.ENODEV)
         return index
+
+    def _create_bridge(self, spec: LinkSpec) -> None:
+        """A bridge with its MAC set at creation (addr_assign_type NET_ADDR_SET: ports
+        joining or leaving never change it), and with its MTU marked as set by the user, so
+        that ports joining never lower it (net/bridge/br_if.c br_mtu_auto_adjust). The mark
+        comes only from a real change of the MTU (br_change_mtu; dev_set_mtu returns early
+        for the same value, net/core/dev.c): the bridge, still without ports, is set one
+        off its MTU here, and apply() then sets the MTU it keeps."""
+        extra: dict[str, Any] = {"address": spec.mac} if spec.mac else {}
+        self.ipr.link(
+            "add",
+            ifname=spec.name,
+            kind="bridge",
+            br_stp_state=int(spec.stp),
+            br_forward_delay=spec.forward_delay_cs,
+            **extra,
+        )
+        if spec.mtu is None:
+            return
+        detour = spec.mtu + 1 if spec.mtu < BRIDGE_MTU_MAX else spec.mtu - 1
+        try:
+            (index,) = self.ipr.link_lookup(ifname=spec.name)
+            self.ipr.link("set", index=index, mtu=detour)
+        except (NetlinkError, ValueError) as exc:
+            # the bridge exists (the create succeeded): a port that lowers its MTU later is
+            # repaired when netlink reports it, which also marks the MTU as set
+            log.warning("could not mark %s's MTU as set: %s", spec.name, exc)
 
     def apply(self, index: int, name: str, changes: LinkChanges) -> None:
         """Apply attribute changes to one link, in an order that cannot fail halfway usefully:

@@ -64,6 +64,7 @@ class LinkFacts:
     up: bool
     carrier: bool
     loopback: bool = False
+    mtu: int | None = None
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -85,6 +86,7 @@ def link_facts(ipr: IPRoute, name: str) -> LinkFacts | None:
         up=bool(msg["flags"] & 1),
         carrier=bool(msg.get_attr("IFLA_CARRIER")),
         loopback=bool(msg["flags"] & IFF_LOOPBACK),
+        mtu=msg.get_attr("IFLA_MTU"),
     )
 
 
@@ -176,6 +178,7 @@ def snapshot(ipr: IPRoute, name: str) -> NicConfig:
         addresses=addresses_of(ipr, facts.index),
         routes=routes_through(ipr, facts.index),
         dhcp_clients=tuple(dhcp_clients(name)),
+        mtu=facts.mtu,
     )
 
 

@@ -25,5 +25,7 @@ class EventOut(BaseModel):
     data: dict[str, Any] | None = Field(
         None,
         description="The event's own payload: for `vm.qmp.<EVENT>`, QEMU's event data "
-        '(e.g. SHUTDOWN: {"guest": true, "reason": "guest-shutdown"})',
+        '(e.g. SHUTDOWN: {"guest": true, "reason": "guest-shutdown"}); for bridge and tap '
+        "events, the link as netlink reports it (ifindex, mac, mtu in bytes, oper_state); "
+        "`<bridge|tap>.observed` says only that these changed",
     )

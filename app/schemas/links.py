@@ -15,6 +15,24 @@ from app.schemas.common import (
     ResourceState,
 )
 
+BRIDGE_MTU = (
+    "MTU in bytes the bridge keeps whatever ports join (the kernel would lower it to its "
+    "smallest port's). Null: the MTU of its uplink NIC while one is attached, else 1500 (what "
+    "the bridge was created with). Its taps without an MTU of their own take it"
+)
+BRIDGE_MAC = (
+    "Pin the bridge's MAC (unicast). Null: the MAC generated at creation (`generated_mac`), "
+    "or the uplink NIC's while an uplink with take_mac is attached. Ports joining or leaving "
+    "never change it"
+)
+TAP_MTU = "MTU in bytes. Null: its bridge's MTU (on no bridge: 1500)"
+OBSERVED_MAC = "The MAC the kernel reports now (updated as soon as netlink says it changed)"
+OBSERVED_MTU = "The MTU in bytes the kernel reports now (updated as soon as netlink says so)"
+OBSERVED_OPER_STATE = (
+    "Operational state as the kernel reports it now (RFC 2863: up, down, lowerlayerdown, "
+    "dormant, unknown, ...), updated as soon as netlink says it changed"
+)
+
 
 class BridgeCreate(RequestModel):
     name: LinkNameStr
@@ -26,8 +44,8 @@ class BridgeCreate(RequestModel):
         description="Forward delay in seconds (the how-to: bridge_fd 0). Default: 0 with stp "
         "off, 15 with stp on (the kernel needs 2-30 s while STP runs)",
     )
-    mtu: Mtu | None = None
-    mac: MacStr | None = Field(None, description="Pin the bridge's MAC")
+    mtu: Mtu | None = Field(None, description=BRIDGE_MTU)
+    mac: MacStr | None = Field(None, description=BRIDGE_MAC)
     addresses: Addresses = Field(default_factory=list)
 
     model_config = ConfigDict(
@@ -44,8 +62,8 @@ class BridgeUpdate(RequestModel):
         None, description="Turning STP on raises a forward delay under 2 s to 15 s"
     )
     forward_delay: float | None = Field(None, ge=0, le=30)
-    mtu: Mtu | None = None
-    mac: MacStr | None = None
+    mtu: Mtu | None = Field(None, description=BRIDGE_MTU)
+    mac: MacStr | None = Field(None, description=BRIDGE_MAC)
     addresses: Addresses | None = None
 
 
@@ -65,11 +83,18 @@ class UplinkSummary(BaseModel):
 class Bridge(ResourceState):
     stp: bool
     forward_delay: float
-    mtu: int | None
-    mac: str | None
+    mtu: int | None = Field(description=BRIDGE_MTU)
+    mac: str | None = Field(description="The pinned MAC, or null: then `generated_mac`")
+    generated_mac: str = Field(
+        description="Generated at creation (locally administered, unicast) and kept for the "
+        "bridge's whole life: its MAC whenever none is pinned and no uplink lends its own",
+        examples=["02:5e:10:33:7a:c1"],
+    )
     addresses: list[str]
     ifindex: int | None = Field(None, description="Kernel index, once created")
-    observed_mac: str | None = None
+    observed_mac: str | None = Field(None, description=OBSERVED_MAC)
+    observed_mtu: int | None = Field(None, description=OBSERVED_MTU)
+    observed_oper_state: str | None = Field(None, description=OBSERVED_OPER_STATE)
     ports: list[BridgePort] = Field(
         default_factory=list, description="Member ports as the kernel reports them now"
     )
@@ -94,7 +119,7 @@ class TapCreate(RequestModel):
     bridge: str | None = Field(
         None, max_length=64, description="Bridge id or name to attach to", examples=["br0"]
     )
-    mtu: Mtu | None = None
+    mtu: Mtu | None = Field(None, description=TAP_MTU)
     mac: MacStr | None = None
     addresses: Addresses = Field(default_factory=list)
     owner_uid: Id | None = Field(None, description="User allowed to open the tap (qemu's)")
@@ -107,7 +132,7 @@ class TapCreate(RequestModel):
 
 class TapUpdate(RequestModel):
     bridge: str | None = Field(None, max_length=64, description="Bridge id or name; null detaches")
-    mtu: Mtu | None = None
+    mtu: Mtu | None = Field(None, description=TAP_MTU)
     mac: MacStr | None = None
     addresses: Addresses | None = None
     owner_uid: Id | None = None
@@ -135,7 +160,9 @@ class Tap(ResourceState):
     multi_queue: bool
     vnet_hdr: bool
     ifindex: int | None = None
-    observed_mac: str | None = None
+    observed_mac: str | None = Field(None, description=OBSERVED_MAC)
+    observed_mtu: int | None = Field(None, description=OBSERVED_MTU)
+    observed_oper_state: str | None = Field(None, description=OBSERVED_OPER_STATE)
 
 
 class TapPage(Page[Tap]):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from app.domain.vms import (
     MEMORY_MIB,
+    MTU_RANGE,
     PORTS,
     QUEUES,
     VCPUS,
@@ -23,6 +24,11 @@ from app.domain.vms import (
 from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel
 
 Port = Field(ge=PORTS[0], le=PORTS[1])
+NIC_MTU = (
+    "MTU in bytes, virtio-net-pci only (422 for other models and for the user backend): "
+    "QEMU's host_mtu tells the guest, and the NIC's tap (bridge backend) gets it too. Null: "
+    "the guest's default; the tap of a bridge NIC then takes its bridge's MTU"
+)
 
 
 class PortForwardIn(RequestModel):
@@ -68,6 +74,7 @@ class NicIn(RequestModel):
     socket: SocketNetIn | None = None
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
     queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
+    mtu: int | None = Field(None, ge=MTU_RANGE[0], le=MTU_RANGE[1], description=NIC_MTU)
     vhost: Vhost = Field(Vhost.AUTO, strict=False)
     link_up: bool = True
     ipv4: str | None = Field(
@@ -129,6 +136,7 @@ class NicOut(BaseModel):
     bridge_id: str | None
     tap_id: str | None
     queues: int
+    mtu: int | None = Field(None, description=NIC_MTU)
     vhost: Vhost
     link_up: bool
     network_id: str | None = Field(None, description="The managed network the NIC is on")
@@ -184,6 +192,9 @@ class DeviceOut(BaseModel):
     type: str = Field(examples=["ne2k_isa"])
     mac: str | None = None
     link_up: bool | None = None
+    mtu: int | None = Field(
+        default=None, description="The MTU qemu advertises to the guest (virtio's host_mtu)"
+    )
 
 
 class LinkState(RequestModel):

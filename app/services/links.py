@@ -15,7 +15,8 @@ from app.db.repositories import (
     LinkNameRepository,
     TapRepository,
 )
-from app.domain.errors import BeingDeleted, InUse, NameTaken, NotFound
+from app.domain.errors import BeingDeleted, Conflict, InUse, NameTaken, NotFound
+from app.domain.links import generate_mac
 from app.domain.names import (
     STP_FORWARD_DELAY_CS,
     validate_bridge_timers,
@@ -94,6 +95,7 @@ class BridgeService:
             forward_delay_cs=_delay_cs(body.stp, body.forward_delay),
             mtu=body.mtu,
             mac=body.mac,
+            generated_mac=self._new_mac(),
             addresses=list(body.addresses),
             generation=1,
         )
@@ -101,6 +103,15 @@ class BridgeService:
         _claim_name(self.session, body.name, "bridge", row.id)
         self.bridges.add(row)
         return row, record_operation(self.session, "create", "bridge", row, self.request_id)
+
+    def _new_mac(self) -> str:
+        """A generated MAC no other bridge has (pinned or generated)."""
+        taken = self.bridges.macs()
+        for _ in range(100):
+            mac = generate_mac()
+            if mac not in taken:
+                return mac
+        raise Conflict("could not generate a MAC that no other bridge has")  # 2^46 of them
 
     def update(self, ref: str, body: BridgeUpdate) -> tuple[Bridge, Operation | None]:
         row = require_alive(self.bridges.find(ref), "bridge", ref)

@@ -178,6 +178,7 @@ class VmService:
             mac=mac,
             backend=nic.backend.value,
             queues=nic.queues,
+            mtu=nic.mtu,
             vhost=nic.vhost.value,
             link_up=nic.link_up,
             options={},
@@ -190,6 +191,7 @@ class VmService:
             queues=nic.queues,
             vhost=nic.vhost,
             link_up=nic.link_up,
+            mtu=nic.mtu,
         )
         if nic.backend is Backend.BRIDGE:
             spec = self._bridge_nic(row, spec, nic, vm_id, index)

@@ -68,6 +68,8 @@ class Outcome:
     transient: bool = False
     ifindex: int | None = None
     mac: str | None = None
+    mtu: int | None = None
+    oper_state: str | None = None
     create_failed: bool = False  # our create call failed: whatever holds the name is not ours
 
 
@@ -219,7 +221,15 @@ class LinkReconciler:
             return Outcome(spec, kind, ok=False, reason=f"{spec.name} vanished", transient=True)
         self.expected[spec.name] = fingerprint(link)
         self.names_by_index[link.index] = spec.name
-        return Outcome(spec, kind, ok=True, ifindex=link.index, mac=link.mac)
+        return Outcome(
+            spec,
+            kind,
+            ok=True,
+            ifindex=link.index,
+            mac=link.mac,
+            mtu=link.mtu,
+            oper_state=link.oper_state,
+        )
 
     # ---- writing back ----------------------------------------------------------------------
 
@@ -258,6 +268,7 @@ class LinkReconciler:
         if outcome.ok and outcome.action in (ActionKind.DELETE, ActionKind.FORGET):
             return self._record_gone(session, row, outcome.spec)
         before = (row.status, row.status_reason, row.observed_generation)
+        observed_before = _observed(row)
         if outcome.create_failed:
             row.create_intent = False
         if outcome.ok:
@@ -266,9 +277,13 @@ class LinkReconciler:
                 return drift_event
         else:
             self._record_failure(row, outcome, loaded_generation)
-        if (row.status, row.status_reason, row.observed_generation) == before:
-            return None
-        return row.event_fields(outcome.spec.kind.value)
+        if (row.status, row.status_reason, row.observed_generation) != before:
+            return row.event_fields(outcome.spec.kind.value, data=_observed(row))
+        if _observed(row) != observed_before:
+            # the kernel changed what we only observe (a MAC or MTU set by hand, a port
+            # coming up): said at once, not at the next full pass
+            return row.event_fields(outcome.spec.kind.value, "observed", data=_observed(row))
+        return None
 
     def _record_gone(
         self, session: Session, row: Bridge | Tap, spec: LinkSpec
@@ -310,6 +325,8 @@ class LinkReconciler:
         row.create_intent = False
         row.observed_ifindex = outcome.ifindex
         row.observed_mac = outcome.mac
+        row.observed_mtu = outcome.mtu
+        row.observed_oper_state = outcome.oper_state
         row.observed_generation = loaded
         if row.deleted:
             row.status = Status.DELETING.value
@@ -321,7 +338,9 @@ class LinkReconciler:
         if not drift:
             return None
         reason = f"{outcome.action.value}: the kernel had drifted from the desired state"
-        return row.event_fields(outcome.spec.kind.value, "drift_repaired", status_reason=reason)
+        return row.event_fields(
+            outcome.spec.kind.value, "drift_repaired", status_reason=reason, data=_observed(row)
+        )
 
     def _record_failure(self, row: Bridge | Tap, outcome: Outcome, loaded: int) -> None:
         if outcome.transient and self.backoff.attempts(row.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
@@ -344,5 +363,16 @@ def _nothing_new(outcome: Outcome, state: ObservedState) -> bool:
         and outcome.action is ActionKind.SETTLED
         and state.status == Status.ACTIVE.value
         and state.observed_generation == state.generation
-        and (state.ifindex, state.mac) == (outcome.ifindex, outcome.mac)
+        and (state.ifindex, state.mac, state.mtu, state.oper_state)
+        == (outcome.ifindex, outcome.mac, outcome.mtu, outcome.oper_state)
     )
+
+
+def _observed(row: Bridge | Tap) -> dict[str, object]:
+    """The row's observed link fields, as events carry them in `data`."""
+    return {
+        "ifindex": row.observed_ifindex,
+        "mac": row.observed_mac,
+        "mtu": row.observed_mtu,
+        "oper_state": row.observed_oper_state,
+    }

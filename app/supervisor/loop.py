@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from app.bus import EventBus
 from app.db.session import Database
@@ -28,6 +29,10 @@ from app.supervisor.uplinks import UplinkReconciler
 log = logging.getLogger(__name__)
 
 ERROR_RESYNC_DELAY = 1.0
+# a change of operational state alone is looked at this long after it is reported: a port
+# joining a bridge toggles the bridge's state and back within milliseconds (and our own
+# creates pass through "unknown"), so reports coalesce into one read of what stayed
+OPER_STATE_DELAY = 0.1
 
 
 class Supervisor:
@@ -49,6 +54,8 @@ class Supervisor:
         self._wake = threading.Condition()
         self._dirty = True
         self._names: set[str] = set()
+        self._oper_names: set[str] = set()
+        self._oper_due: float | None = None
         self._full_requested = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -96,9 +103,25 @@ class Supervisor:
             return
         if link.event == "new":
             ours = parse_mark(link.alias) is not None
-            if ours and reconciler.expected.get(link.name) == fingerprint(observed(link)):
-                return  # our own change, or nothing we manage changed
+            expected = reconciler.expected.get(link.name)
+            seen = fingerprint(observed(link))
+            if ours and expected == seen:
+                return  # our own change, or nothing we look at changed
+            if (
+                ours
+                and expected is not None
+                and replace(seen, oper_state=None) == replace(expected, oper_state=None)
+            ):
+                self._observe_oper_state(link.name)
+                return
         self._repair(link.name)
+
+    def _observe_oper_state(self, name: str) -> None:
+        with self._wake:
+            self._oper_names.add(name)
+            if self._oper_due is None:
+                self._oper_due = self.clock() + OPER_STATE_DELAY
+                self._wake.notify()
 
     def _on_address(self, address: RawAddress) -> None:
         reconciler = self._reconciler
@@ -119,7 +142,9 @@ class Supervisor:
         # pyroute2 sockets belong to the thread that opens them
         with LinkOps() as ops:
             self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)
-            uplinks = UplinkReconciler(self.db, self.bus, ops.ipr, on_gone=self.nudge)
+            uplinks = UplinkReconciler(
+                self.db, self.bus, ops.ipr, on_gone=self.nudge, on_moved=self._repair
+            )
             next_full = self.clock()
             while True:
                 scope, names = self._next_work(next_full, backoff)
@@ -146,7 +171,11 @@ class Supervisor:
                 if self._full_requested or now >= next_full:
                     self._full_requested = self._dirty = False
                     self._names.clear()
+                    self._oper_names, self._oper_due = set(), None
                     return Scope.FULL, set()
+                if self._oper_due is not None and now >= self._oper_due:
+                    self._names |= self._oper_names
+                    self._oper_names, self._oper_due = set(), None
                 if self._names:
                     names, self._names = self._names, set()
                     return Scope.NAMES, names
@@ -154,6 +183,6 @@ class Supervisor:
                 if self._dirty or (retry_at is not None and now >= retry_at):
                     self._dirty = False
                     return Scope.DIRTY, set()
-                wake_at = min(next_full, retry_at) if retry_at is not None else next_full
+                wake_at = min(t for t in (next_full, retry_at, self._oper_due) if t is not None)
                 self._wake.wait(timeout=max(0.0, wake_at - now))
             return None, set()

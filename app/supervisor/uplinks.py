@@ -69,12 +69,16 @@ class UplinkReconciler:
         ipr: IPRoute,
         probe: Callable[[str, float], bool] = uplink.probe,
         on_gone: Callable[[], None] = lambda: None,
+        on_moved: Callable[[str], None] = lambda bridge: None,
     ) -> None:
         self.db = db
         self.bus = bus
         self.ipr = ipr
         self.probe = probe
         self.on_gone = on_gone  # a bridge may have waited for its uplink to go
+        # a move or restore changed what the bridge's spec says (MAC, MTU): the link pass
+        # brings the rest of the bridge in line
+        self.on_moved = on_moved
 
     def run(self, full: bool) -> None:
         for work in self._load(full):
@@ -224,6 +228,8 @@ class UplinkReconciler:
                 row.saved = None
             if steps is not None:
                 row.steps = steps
+        if phase in (ATTACHED, DETACHED):
+            self.on_moved(work.bridge)
 
     def _settle(
         self, work: UplinkWork, status: Status, reason: str | None, settled: bool = True

@@ -1,8 +1,9 @@
 """The taps of VMs' `bridge` NICs, made and removed on a thread of their own in the managed
 namespace (pyroute2's sync API runs its own event loop and must not run inside the VM
 worker's): created owned by the VM's run_as user with vnet_hdr (multi_queue with queues > 1),
-attached, brought up and marked `kvmnetd:vm:<vm id>`, and opened once per queue so that an
-unprivileged qemu gets them as descriptors. A foreign link is never touched."""
+given the NIC's MTU (else the bridge's), attached, brought up and marked `kvmnetd:vm:<vm id>`,
+and opened once per queue so that an unprivileged qemu gets them as descriptors. A foreign
+link is never touched."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from app.db.models import Vm, VmNic
-from app.domain.links import LinkChanges, LinkKind, LinkSpec
+from app.db.repositories import BridgeFacts
+from app.domain.links import LinkChanges, LinkKind, LinkSpec, tap_mtu
 from app.domain.vms import Backend
 from app.host.netlink import LinkError, LinkOps, open_tap_queues
 from app.host.netns import enter_for_this_thread
@@ -44,20 +46,26 @@ class TapPlan:
     uid: int | None
     gid: int | None
     multi_queue: bool
+    mtu: int  # the NIC's own, else its bridge's: a smaller port drops the bridge's frames
 
 
-def tap_plans(row: Vm, nics: Sequence[VmNic], bridges: dict[str, str]) -> list[TapPlan]:
-    return [
-        TapPlan(
-            name=nic.tap_name,
-            bridge=bridges.get(nic.bridge_id) if nic.bridge_id else None,
-            uid=row.run_as_uid,
-            gid=row.run_as_gid,
-            multi_queue=nic.queues > 1,
+def tap_plans(row: Vm, nics: Sequence[VmNic], bridges: dict[str, BridgeFacts]) -> list[TapPlan]:
+    plans = []
+    for nic in sorted(nics, key=lambda n: n.position):
+        if nic.backend != Backend.BRIDGE.value or not nic.tap_name:
+            continue
+        bridge = bridges.get(nic.bridge_id) if nic.bridge_id else None
+        plans.append(
+            TapPlan(
+                name=nic.tap_name,
+                bridge=bridge.name if bridge else None,
+                uid=row.run_as_uid,
+                gid=row.run_as_gid,
+                multi_queue=nic.queues > 1,
+                mtu=tap_mtu(nic.mtu, bridge.mtu if bridge else None),
+            )
         )
-        for nic in sorted(nics, key=lambda n: n.position)
-        if nic.backend == Backend.BRIDGE.value and nic.tap_name
-    ]
+    return plans
 
 
 class VmTaps:
@@ -148,7 +156,8 @@ class VmTaps:
             )
             index = ops.create(spec)
             try:
-                ops.apply(index, tap.name, LinkChanges(mark=mark, master=tap.bridge, set_up=True))
+                changes = LinkChanges(mark=mark, master=tap.bridge, set_up=True, mtu=tap.mtu)
+                ops.apply(index, tap.name, changes)
             except LinkError:
                 ops.delete(index, tap.name)  # never leave an unmarked tap behind
                 raise
@@ -166,8 +175,10 @@ class VmTaps:
             if link.alias != mark or tap.bridge is None:
                 continue  # not ours (never touched), or its bridge is gone
             master = ops.index_of(tap.bridge)
-            if link.master_index != master or not link.up:
-                ops.apply(link.index, tap.name, LinkChanges(master=tap.bridge, set_up=True))
+            if link.master_index != master or not link.up or link.mtu != tap.mtu:
+                mtu = tap.mtu if link.mtu != tap.mtu else None
+                changes = LinkChanges(master=tap.bridge, set_up=True, mtu=mtu)
+                ops.apply(link.index, tap.name, changes)
                 repaired.append(tap.name)
         return repaired, lost
 

@@ -37,8 +37,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.bus import EventBus
-from app.db.models import Bridge, HostPort, LinkName, Vm, VmNic
-from app.db.repositories import FinishedOperation, OperationRepository, vm_spec
+from app.db.models import HostPort, LinkName, Vm, VmNic
+from app.db.repositories import (
+    BridgeFacts,
+    FinishedOperation,
+    OperationRepository,
+    bridge_facts,
+    uplink_moves,
+    vm_spec,
+)
 from app.db.session import Database
 from app.domain.errors import DomainError
 from app.domain.qemu_argv import qemu_argv
@@ -408,9 +415,7 @@ class VmWorker:
             nics_by_vm: dict[str, list[VmNic]] = {}
             for nic in session.scalars(select(VmNic)):
                 nics_by_vm.setdefault(nic.vm_id, []).append(nic)
-            bridges = {
-                b_id: b_name for b_id, b_name in session.execute(select(Bridge.id, Bridge.name))
-            }
+            bridges = bridge_facts(session, uplink_moves(session))
             claimed: dict[str, set[str]] = {}
             for name, vm_id in session.execute(
                 select(LinkName.name, LinkName.resource_id).where(LinkName.resource == "vm")
@@ -436,7 +441,7 @@ class VmWorker:
         self,
         row: Vm,
         nics: list[VmNic],
-        bridges: dict[str, str],
+        bridges: dict[str, BridgeFacts],
         state: VmState,
         now: float,
     ) -> tuple[Report, float | None]:

@@ -35,7 +35,7 @@ IN_USE = "urn:kvmnetd:problem:in-use"
 COLLECTIONS = ("bridges", "taps", "networks", "vms", "port-forwards")
 UNSETTLED = {"pending", "deleting", "starting", "stopping"}
 # fields that change without a request: a bridge's MAC follows its ports (issue 9 item 1)
-MOVING = ("updated_at", "ports", "observed_mac")
+MOVING = ("updated_at", "ports", "observed_mac", "observed_mtu", "observed_oper_state")
 
 
 @pytest.fixture

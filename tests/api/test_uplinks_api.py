@@ -15,8 +15,9 @@ from pyroute2 import IPRoute
 from app.domain.uplinks import NicConfig
 from app.host.uplink import link_facts, snapshot
 from app.settings import Settings
+from tests.api.test_l2_api import eventually
 from tests.api.test_links_api import make_bridge
-from tests.kernel import in_namespace, ip, throwaway_netns
+from tests.kernel import in_namespace, ip, links, throwaway_netns
 
 GATEWAY = "10.60.0.1"
 HOST = "10.60.0.10"
@@ -209,3 +210,32 @@ def test_a_renamed_nic_is_found_by_its_mac(api: TestClient, netns: str, lan: str
     assert api.delete("/v1/bridges/br0/uplink?wait=20").status_code == 204
     assert read(netns, "wan0")[2:] == before[2:]  # the configuration went back to the NIC
     assert reaches(lan, HOST)
+
+
+def test_a_bridge_takes_its_uplinks_mtu_and_mac_while_attached_and_its_own_after(
+    api: TestClient, netns: str, lan: str
+) -> None:
+    """A bridge without an MTU of its own keeps 1500 whatever joins, except while an uplink
+    is attached: then the host's traffic leaves through the NIC, so the bridge (and its taps
+    without an MTU of their own) take the NIC's MTU, as they take its MAC. Detached, the
+    bridge is back at its own MTU and its generated MAC."""
+    ip(lan, "link", "set", "lan0", "mtu", "9000")
+    ip(netns, "link", "set", "eth0", "mtu", "9000")
+    eth0_mac = read(netns, "eth0")[0]
+    bridge = make_bridge(api, stp=False, forward_delay=0)
+    r = api.post("/v1/taps?wait=10", json={"name": "tap1", "bridge": "br0"})
+    assert r.status_code == 201, r.text
+    assert (links(netns)["br0"].mtu, links(netns)["tap1"].mtu) == (1500, 1500)
+
+    r = uplink(api)
+    assert r.status_code == 201, r.text
+    eventually(lambda: links(netns)["tap1"].mtu == 9000, 2.0, "tap1 at the uplink's MTU")
+    kernel = links(netns)
+    assert (kernel["br0"].mtu, kernel["br0"].mac) == (9000, eth0_mac)
+    assert reaches(netns, GATEWAY)
+
+    assert api.delete("/v1/bridges/br0/uplink?wait=20").status_code == 204
+    eventually(lambda: links(netns)["tap1"].mtu == 1500, 2.0, "tap1 back at 1500")
+    kernel = links(netns)
+    assert (kernel["br0"].mtu, kernel["br0"].mac) == (1500, bridge["generated_mac"])
+    assert kernel["eth0"].master is None and reaches(netns, GATEWAY)

@@ -308,7 +308,13 @@ def test_isa_ne2000_is_really_there_on_isapc(daemon: E2EDaemon, guest: Guest) ->
         assert vm["status"] == "running", vm
         devices = ok(client.get(f"/v1/vms/{vm['id']}/devices"), 200)
         assert devices == [
-            {"id": "nic0", "type": "ne2k_isa", "mac": vm["nics"][0]["mac"], "link_up": True}
+            {
+                "id": "nic0",
+                "type": "ne2k_isa",
+                "mac": vm["nics"][0]["mac"],
+                "link_up": True,
+                "mtu": None,
+            }
         ]
 
 

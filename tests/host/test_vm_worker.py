@@ -447,3 +447,37 @@ def test_a_vm_that_died_while_no_worker_ran_is_not_relaunched_by_policy_never(en
     row = env.wait_for(vm_id, lambda r: r is not None and r.status == "crashed", timeout=5)
     assert row is not None and row.pid is None
     assert live_pids_with_uuid({vm_id}) == []
+
+
+# ---- MTU ------------------------------------------------------------------------------------
+
+
+def test_bridge_nic_taps_take_the_nic_or_the_bridge_mtu_and_virtio_advertises_it(
+    env: Env,
+) -> None:
+    """A 9000 bridge's VM taps used to get the kernel's 1500. Now a NIC without an MTU gets
+    its bridge's, and a virtio NIC's own MTU is both its tap's and qemu's host_mtu (read
+    back over QMP: the guest need not boot)."""
+    with env.db.unit_of_work() as session:
+        BridgeService(session).create(BridgeCreate(name="br0", mtu=9000))
+    with IPRoute(netns=env.netns) as ipr:
+        ipr.link("add", ifname="br0", kind="bridge")
+        ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], mtu=9000, state="up")
+    vm_id = env.create(
+        "jumbo",
+        {"backend": "bridge", "bridge": "br0", "mtu": 4000},
+        {"backend": "bridge", "bridge": "br0", "model": "e1000"},
+        memory_mib=128,
+    )
+    own, follows = tap_names(env, vm_id)
+    worker = env.worker()
+    env.wait_for(vm_id, running, timeout=20)
+    kernel = links(env.netns)
+    assert (kernel[own].mtu, kernel[own].master) == (4000, "br0")
+    assert (kernel[follows].mtu, kernel[follows].master) == (9000, "br0")
+    host_mtu = worker.execute(
+        vm_id, "qom-get", {"path": "/machine/peripheral/nic0", "property": "host_mtu"}
+    )
+    assert host_mtu == 4000
+    env.desire(worker, vm_id, "update", power_state="stopped", stop_mode="kill")
+    env.wait_for(vm_id, lambda r: r is not None and r.status == "stopped", timeout=30)

@@ -72,6 +72,10 @@ def test_models_the_installed_qemu_lacks_are_refused_with_its_list() -> None:
         (vm(nic(backend=Backend.BRIDGE)), "needs a tap"),
         (vm(nic(backend=Backend.TAP, tap="a;rm -rf /")), "only letters"),
         (vm(nic(backend=Backend.HUB)), "hub number"),
+        (vm(nic(model="e1000", backend=Backend.TAP, tap="t0", mtu=9000)), "host_mtu"),
+        (vm(nic(model=None, backend=Backend.TAP, tap="t0", hub=0, mtu=9000)), "without a guest"),
+        (vm(nic(mtu=9000)), "slirp"),
+        (vm(nic(backend=Backend.TAP, tap="t0", mtu=67)), "mtu must be between"),
         (vm(nic(backend=Backend.SOCKET, socket=SocketNet("listen", 0))), "socket port"),
         (vm(nic(backend=Backend.SOCKET, socket=SocketNet("connect", 5, "10.0.0.1"))), "loopback"),
         (vm(nic(backend=Backend.SOCKET, socket=SocketNet("mcast", 5))), "multicast group"),
@@ -163,6 +167,14 @@ def test_argv_for_every_backend() -> None:
         "rtl8139,netdev=net2,mac=52:54:00:00:00:03,id=nic2",
         "pcnet,netdev=net3,mac=52:54:00:00:00:04,id=nic3",
     ]
+
+
+def test_a_virtio_nic_mtu_is_its_host_mtu() -> None:
+    """QEMU spells the property with an underscore: host_mtu, not host-mtu."""
+    spec = vm(nic(backend=Backend.BRIDGE, tap="vm1-0", mtu=9000))
+    validate_vm(spec, ALL_MODELS)
+    argv = qemu_argv(spec, "qemu-system-x86_64", Accelerator.TCG)
+    assert argv[argv.index("-device") + 1].endswith(",id=nic0,host_mtu=9000")
 
 
 def test_disk_boot_and_kvm() -> None:
