@@ -117,9 +117,10 @@ class BridgeService:
     def update(self, ref: str, body: BridgeUpdate) -> tuple[Bridge, Operation | None]:
         row = require_alive(self.bridges.find(ref), "bridge", ref)
         assert isinstance(row, Bridge)
-        changes = body.model_dump(exclude_unset=True)
-        if "forward_delay" in changes:
-            changes["forward_delay_cs"] = round(changes.pop("forward_delay") * 100)
+        changes = body.changes()
+        if "forward_delay" in changes:  # null: the default for the stp after this change
+            stp = changes.get("stp", row.stp)
+            changes["forward_delay_cs"] = _delay_cs(stp, changes.pop("forward_delay"))
         elif changes.get("stp") and row.forward_delay_cs < STP_FORWARD_DELAY_CS[0]:
             changes["forward_delay_cs"] = STP_DEFAULT_FORWARD_DELAY_CS
         if not _apply_changes(row, changes):
@@ -198,7 +199,7 @@ class TapService:
     def update(self, ref: str, body: TapUpdate) -> tuple[Tap, Operation | None]:
         row = require_alive(self.taps.find(ref), "tap", ref)
         assert isinstance(row, Tap)
-        changes = body.model_dump(exclude_unset=True)
+        changes = body.changes()
         if "bridge" in changes:
             changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
         recreating = {"multi_queue", "owner_uid", "owner_gid"} & {
