@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     DateTime,
     Dialect,
     Float,
@@ -25,6 +26,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from app.domain.names import MTU_MAX, MTU_MIN, STP_FORWARD_DELAY_CS
+from app.domain.networks import LEASE_SECONDS, PORTS
+from app.domain.status import Status
+from app.domain.vms import MEMORY_MIB, QUEUES, VCPUS
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -32,6 +38,56 @@ def utcnow() -> dt.datetime:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# ---- CHECK constraints: the database refuses what validation would refuse -----------------
+# Migration 0007 adds the same ones to existing databases (a test compares them). SQLite keeps
+# booleans as 0/1 and JSON as text, so both are checked; names are ck_<table>_<what>.
+
+ID_MAX = 2**32 - 2  # uid/gid: (uid_t)-1 means "none" to the kernel
+MAC_GLOB = ":".join(["[0-9a-f][0-9a-f]"] * 6)
+
+
+def _check(table: str, what: str, sql: str) -> CheckConstraint:
+    return CheckConstraint(sql, name=f"ck_{table}_{what}")
+
+
+def _flags(table: str, *columns: str) -> list[CheckConstraint]:
+    return [_check(table, c, f"{c} IN (0, 1)") for c in columns]
+
+
+def _json(table: str, column: str, kind: str, nullable: bool = False) -> CheckConstraint:
+    sql = f"json_valid({column}) AND json_type({column}) = '{kind}'"
+    return _check(table, column, f"{column} IS NULL OR ({sql})" if nullable else sql)
+
+
+def _between(table: str, column: str, low: float, high: float, nullable: bool) -> CheckConstraint:
+    sql = f"{column} BETWEEN {low} AND {high}"
+    return _check(table, column, f"{column} IS NULL OR {sql}" if nullable else sql)
+
+
+def _one_of(table: str, column: str, values: list[str]) -> CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return _check(table, column, f"{column} IN ({listed})")
+
+
+def _resource_checks(table: str, statuses: list[str] | None) -> list[CheckConstraint]:
+    checks = [
+        *_flags(table, "deleted"),
+        _check(table, "generation", "generation >= 1"),
+        _check(table, "observed_generation", "observed_generation >= 0"),
+    ]
+    return checks + ([_one_of(table, "status", statuses)] if statuses else [])
+
+
+def _link_checks(table: str) -> list[CheckConstraint]:
+    return [
+        *_resource_checks(table, [s.value for s in Status]),
+        *_flags(table, "create_intent"),
+        _between(table, "mtu", MTU_MIN, MTU_MAX, nullable=True),
+        _check(table, "mac", f"mac IS NULL OR mac GLOB '{MAC_GLOB}'"),
+        _json(table, "addresses", "array"),
+    ]
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -104,6 +160,18 @@ class Bridge(LinkColumns, Base):
     stp: Mapped[bool] = mapped_column(Boolean, default=False)
     forward_delay_cs: Mapped[int] = mapped_column(Integer, default=0)
 
+    __table_args__ = (
+        *_link_checks("bridges"),
+        *_flags("bridges", "stp"),
+        # 0-30 s; with STP on the kernel wants 2-30 s
+        _check(
+            "bridges",
+            "forward_delay_cs",
+            f"forward_delay_cs BETWEEN 0 AND {STP_FORWARD_DELAY_CS[1]} AND "
+            f"(stp = 0 OR forward_delay_cs >= {STP_FORWARD_DELAY_CS[0]})",
+        ),
+    )
+
 
 class Tap(LinkColumns, Base):
     __tablename__ = "taps"
@@ -115,6 +183,13 @@ class Tap(LinkColumns, Base):
     owner_gid: Mapped[int | None] = mapped_column(Integer, default=None)
     multi_queue: Mapped[bool] = mapped_column(Boolean, default=False)
     vnet_hdr: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        *_link_checks("taps"),
+        *_flags("taps", "multi_queue", "vnet_hdr"),
+        _between("taps", "owner_uid", 0, ID_MAX, nullable=True),
+        _between("taps", "owner_gid", 0, ID_MAX, nullable=True),
+    )
 
 
 class LinkName(Base):
@@ -168,6 +243,16 @@ class Vm(ResourceColumns, Base):
     last_output: Mapped[str | None] = mapped_column(Text, default=None)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
 
+    __table_args__ = (
+        *_resource_checks("vms", None),  # VM statuses: app.domain.vms.VmStatus
+        _between("vms", "vcpus", *VCPUS, nullable=False),
+        _between("vms", "memory_mib", *MEMORY_MIB, nullable=False),
+        _json("vms", "boot", "object"),
+        _between("vms", "run_as_uid", 0, ID_MAX, nullable=True),
+        _between("vms", "run_as_gid", 0, ID_MAX, nullable=True),
+        _check("vms", "restarts", "restarts >= 0"),
+    )
+
 
 class VmNic(Base):
     """One guest NIC. MACs are unique across every VM the daemon knows (the index)."""
@@ -197,7 +282,14 @@ class VmNic(Base):
     )
     ipv4: Mapped[str | None] = mapped_column(String(15), default=None)
 
-    __table_args__ = (UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),)
+    __table_args__ = (
+        UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),
+        _check("vm_nics", "position", "position >= 0"),
+        _check("vm_nics", "mac", f"mac GLOB '{MAC_GLOB}'"),
+        _json("vm_nics", "options", "object"),
+        _between("vm_nics", "queues", *QUEUES, nullable=False),
+        *_flags("vm_nics", "link_up"),
+    )
 
 
 class HostPort(Base):
@@ -242,6 +334,13 @@ class Network(ResourceColumns, Base):
     dnsmasq_pid: Mapped[int | None] = mapped_column(Integer, default=None)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
 
+    __table_args__ = (
+        *_resource_checks("networks", [s.value for s in Status]),
+        *_flags("networks", "nat", "dhcp"),
+        _between("networks", "lease_seconds", *LEASE_SECONDS, nullable=False),
+        _check("networks", "restarts", "restarts >= 0"),
+    )
+
 
 class PortForward(ResourceColumns, Base):
     """Host ports forwarded (DNAT) to a VM NIC's fixed address on a managed network."""
@@ -258,6 +357,14 @@ class PortForward(ResourceColumns, Base):
     end_port: Mapped[int] = mapped_column(Integer)
     target_port: Mapped[int] = mapped_column(Integer)
     description: Mapped[str | None] = mapped_column(Text, default=None)
+
+    __table_args__ = (
+        *_resource_checks("port_forwards", [s.value for s in Status]),
+        _one_of("port_forwards", "protocol", ["tcp", "udp"]),
+        _between("port_forwards", "port", *PORTS, nullable=False),
+        _check("port_forwards", "end_port", f"end_port BETWEEN port AND {PORTS[1]}"),
+        _between("port_forwards", "target_port", *PORTS, nullable=False),
+    )
 
 
 class Uplink(ResourceColumns, Base):
@@ -281,3 +388,13 @@ class Uplink(ResourceColumns, Base):
     saved: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     bridge_mac_before: Mapped[str | None] = mapped_column(String(17), default=None)
     steps: Mapped[list[str]] = mapped_column(JSON, default=list)  # of the last move or restore
+
+    __table_args__ = (
+        *_resource_checks("uplinks", [s.value for s in Status]),
+        *_flags("uplinks", "take_mac"),
+        _between("uplinks", "probe_timeout", 0.5, 60, nullable=False),
+        _one_of("uplinks", "dhcp", ["refuse", "move"]),
+        _one_of("uplinks", "phase", ["detached", "moving", "attached", "restoring"]),
+        _json("uplinks", "saved", "object", nullable=True),
+        _json("uplinks", "steps", "array"),
+    )
