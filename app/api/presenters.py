@@ -18,6 +18,7 @@ from app.db.models import (
     Vm,
     VmNic,
 )
+from app.db.repositories import stored_link_settings
 from app.domain.uplinks import NicConfig, describe, restore_steps
 from app.schemas.host import DiagnosticCheck
 from app.schemas.links import Bridge as BridgeOut
@@ -44,12 +45,17 @@ def _resource(row: ResourceColumns) -> dict[str, Any]:
     )
 
 
-def _state(row: Bridge | Tap) -> dict[str, Any]:
+def _state(row: Bridge | Tap, settings: dict[str, Any], problem: str | None) -> dict[str, Any]:
+    """A link's common fields. Stored settings that cannot be used (a row written by hand)
+    show as their defaults, and the row as an error saying what is wrong with them."""
+    state = _resource(row)
+    if problem is not None and not row.deleted:
+        state.update(status="error", status_reason=problem)
     return dict(
-        **_resource(row),
-        mtu=row.mtu,
-        mac=row.mac,
-        addresses=list(row.addresses),
+        **state,
+        mtu=settings["mtu"],
+        mac=settings["mac"],
+        addresses=list(settings["addresses"]),
         ifindex=row.observed_ifindex,
         observed_mac=row.observed_mac,
     )
@@ -58,10 +64,11 @@ def _state(row: Bridge | Tap) -> dict[str, Any]:
 def bridge_out(
     row: Bridge, ports: list[dict[str, Any]] | None = None, uplink: Uplink | None = None
 ) -> BridgeOut:
+    settings, problem = stored_link_settings(row)
     return BridgeOut(
-        **_state(row),
-        stp=row.stp,
-        forward_delay=row.forward_delay_cs / 100.0,
+        **_state(row, settings, problem),
+        stp=settings["stp"],
+        forward_delay=settings["forward_delay_cs"] / 100.0,
         ports=[BridgePort(**p) for p in ports or []],
         uplink=UplinkSummary(interface=uplink.name, phase=uplink.phase, status=uplink.status)
         if uplink is not None
@@ -70,13 +77,14 @@ def bridge_out(
 
 
 def tap_out(row: Tap) -> TapOut:
+    settings, problem = stored_link_settings(row)
     return TapOut(
-        **_state(row),
+        **_state(row, settings, problem),
         bridge_id=row.bridge_id,
-        owner_uid=row.owner_uid,
-        owner_gid=row.owner_gid,
-        multi_queue=row.multi_queue,
-        vnet_hdr=row.vnet_hdr,
+        owner_uid=settings["owner_uid"],
+        owner_gid=settings["owner_gid"],
+        multi_queue=settings["multi_queue"],
+        vnet_hdr=settings["vnet_hdr"],
     )
 
 

@@ -105,10 +105,36 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value is not None else None
 
 
+class Unreadable(str):
+    """A stored JSON text that does not parse (written by hand or by an older version). It
+    is loaded as this marker instead of failing the whole query, so the row can be reported
+    on and still listed, read and deleted."""
+
+
+class StoredJSON(TypeDecorator[Any]):
+    """JSON whose reading never raises: text that does not parse loads as `Unreadable`."""
+
+    impl = JSON
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        parse = self.impl_instance.result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            if parse is None or value is None:
+                return value
+            try:
+                return parse(value)
+            except ValueError:
+                return Unreadable(value)
+
+        return process
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dt.datetime: UTCDateTime(),
-        dict[str, Any]: JSON,
+        dict[str, Any]: StoredJSON(),
     }
 
 
@@ -147,7 +173,7 @@ class LinkColumns(ResourceColumns):
 
     mtu: Mapped[int | None] = mapped_column(Integer, default=None)
     mac: Mapped[str | None] = mapped_column(String(17), default=None)
-    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    addresses: Mapped[list[str]] = mapped_column(StoredJSON, default=list)
     # journal: set (and committed) right before the create call, cleared once marked
     create_intent: Mapped[bool] = mapped_column(Boolean, default=False)
     observed_ifindex: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -228,7 +254,7 @@ class Vm(ResourceColumns, Base):
     memory_mib: Mapped[int] = mapped_column(Integer, default=256)
     machine: Mapped[str] = mapped_column(String(16), default="pc")
     accelerator: Mapped[str] = mapped_column(String(8), default="auto")
-    boot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    boot: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)
     power_state: Mapped[str] = mapped_column(String(16), default="running")
     # how the next stop ends qemu: "graceful" (the shutdown ladder) or "kill" (SIGKILL)
     stop_mode: Mapped[str] = mapped_column(String(8), default="graceful", server_default="graceful")
@@ -272,7 +298,7 @@ class VmNic(Base):
     tap_id: Mapped[str | None] = mapped_column(
         ForeignKey("taps.id", ondelete="RESTRICT"), default=None, index=True
     )
-    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # user/socket/hub
+    options: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)  # user/socket/hub
     queues: Mapped[int] = mapped_column(Integer, default=1)
     vhost: Mapped[str] = mapped_column(String(8), default="auto")
     link_up: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -385,9 +411,9 @@ class Uplink(ResourceColumns, Base):
     # the journal: phase and, from the moment a move starts, the NIC's configuration as it
     # was (what a restore puts back) and the bridge's MAC before the move
     phase: Mapped[str] = mapped_column(String(16), default="detached")
-    saved: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    saved: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON, default=None)
     bridge_mac_before: Mapped[str | None] = mapped_column(String(17), default=None)
-    steps: Mapped[list[str]] = mapped_column(JSON, default=list)  # of the last move or restore
+    steps: Mapped[list[str]] = mapped_column(StoredJSON, default=list)  # of the last move or restore
 
     __table_args__ = (
         *_resource_checks("uplinks", [s.value for s in Status]),

@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -31,6 +31,7 @@ from app.domain.links import LinkKind, LinkSpec
 from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, static_hosts
 from app.domain.status import Status
+from app.domain.stored import BRIDGE_RULES, TAP_RULES, read_link_settings
 from app.domain.vms import (
     Accelerator,
     Backend,
@@ -278,13 +279,27 @@ class OperationRepository(Repository[Operation]):
         )
 
 
+def stored_link_settings(row: Bridge | Tap) -> tuple[dict[str, Any], str | None]:
+    """The row's link settings as the workers and the API may use them (each value that
+    cannot be used replaced by its default), and what was wrong with the stored ones."""
+    names = BRIDGE_RULES if isinstance(row, Bridge) else TAP_RULES
+    return read_link_settings(
+        {name: getattr(row, name) for name in names}, is_bridge=isinstance(row, Bridge)
+    )
+
+
 def _link_spec(
     row: Bridge | Tap,
     bridge_names: dict[str, str],
     gateways: dict[str, str],
     uplinks: dict[str, tuple[str, ...]],
-) -> LinkSpec:
-    addresses = tuple(row.addresses)
+) -> LinkSpec | str:
+    """The planner's spec of a row, or why the row's stored settings cannot be used. A row
+    being deleted needs only its name and index, so even a bad one can go."""
+    settings, problem = stored_link_settings(row)
+    if problem is not None and not row.deleted:
+        return problem
+    addresses = tuple(settings["addresses"])
     for extra in (gateways.get(row.id), *uplinks.get(row.id, ())):
         if extra is not None and extra not in addresses:
             addresses += (extra,)
@@ -292,8 +307,8 @@ def _link_spec(
         id=row.id,
         kind=LinkKind.BRIDGE,
         name=row.name,
-        mtu=row.mtu,
-        mac=row.mac,
+        mtu=settings["mtu"],
+        mac=settings["mac"],
         addresses=addresses,
         # a bridge goes only once its uplink moved the host's configuration back
         deleted=row.deleted and row.id not in uplinks,
@@ -301,15 +316,15 @@ def _link_spec(
         ifindex=row.observed_ifindex,
     )
     if isinstance(row, Bridge):
-        return replace(common, stp=row.stp, forward_delay_cs=row.forward_delay_cs)
+        return replace(common, stp=settings["stp"], forward_delay_cs=settings["forward_delay_cs"])
     return replace(
         common,
         kind=LinkKind.TAP,
         master=bridge_names.get(row.bridge_id) if row.bridge_id else None,
-        owner_uid=row.owner_uid,
-        owner_gid=row.owner_gid,
-        multi_queue=row.multi_queue,
-        vnet_hdr=row.vnet_hdr,
+        owner_uid=settings["owner_uid"],
+        owner_gid=settings["owner_gid"],
+        multi_queue=settings["multi_queue"],
+        vnet_hdr=settings["vnet_hdr"],
     )
 
 
@@ -346,6 +361,7 @@ class ObservedState:
     status: str
     ifindex: int | None
     mac: str | None
+    reason: str | None = None
 
     @classmethod
     def of(cls, row: Bridge | Tap) -> ObservedState:
@@ -355,7 +371,18 @@ class ObservedState:
             row.status,
             row.observed_ifindex,
             row.observed_mac,
+            row.status_reason,
         )
+
+
+@dataclass
+class LinkSpecs:
+    """What one pass loaded: the specs, the state each row was in, and the rows whose
+    stored settings cannot be used (id -> why), which the pass reports and leaves alone."""
+
+    specs: list[LinkSpec]
+    states: dict[str, ObservedState]
+    unreadable: dict[str, str]
 
 
 def load_link_specs(
@@ -363,7 +390,7 @@ def load_link_specs(
     dirty_only: bool = False,
     names: list[str] | None = None,
     also_ids: list[str] | None = None,
-) -> tuple[list[LinkSpec], dict[str, ObservedState]]:
+) -> LinkSpecs:
     """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
     named), with the state each row was in when loaded."""
     bridge_names = {
@@ -375,8 +402,14 @@ def load_link_specs(
     ]
     gateways = network_gateways(session)
     uplinks = uplink_addresses(session)
-    specs = [_link_spec(row, bridge_names, gateways, uplinks) for row in rows]
-    return specs, {row.id: ObservedState.of(row) for row in rows}
+    loaded = LinkSpecs([], {row.id: ObservedState.of(row) for row in rows}, {})
+    for row in rows:
+        spec = _link_spec(row, bridge_names, gateways, uplinks)
+        if isinstance(spec, str):
+            loaded.unreadable[row.id] = spec
+        else:
+            loaded.specs.append(spec)
+    return loaded
 
 
 def uplink_addresses(session: Session) -> dict[str, tuple[str, ...]]:

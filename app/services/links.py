@@ -15,6 +15,7 @@ from app.db.repositories import (
     LinkNameRepository,
     NetworkRepository,
     TapRepository,
+    stored_link_settings,
     uplink_of,
 )
 from app.domain.errors import BeingDeleted, InUse, NameTaken, NotFound
@@ -24,6 +25,7 @@ from app.domain.names import (
     validate_link_settings,
 )
 from app.domain.status import Status
+from app.domain.stored import default_forward_delay_cs
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.operations import bump, record_operation
 
@@ -49,18 +51,21 @@ def _apply_changes(row: Bridge | Tap, changes: dict[str, Any]) -> bool:
     return changed
 
 
-STP_DEFAULT_FORWARD_DELAY_CS = 1500  # the kernel's own default while STP runs
-
-
 def _delay_cs(stp: bool, forward_delay: float | None) -> int:
+    """Seconds to centiseconds; None (not given, or null in a PATCH) is the default for
+    `stp`."""
     if forward_delay is None:
-        return STP_DEFAULT_FORWARD_DELAY_CS if stp else 0
+        return default_forward_delay_cs(stp)
     return round(forward_delay * 100)
 
 
-def _check_bridge(row: Bridge) -> None:
-    validate_link_settings(row.mtu, row.addresses)
-    validate_bridge_timers(row.stp, row.forward_delay_cs)
+def _check_link(row: Bridge | Tap) -> None:
+    """The row as a whole, after a change. A stored value that cannot be used (a row written
+    by hand) counts as its default here and stays reported on the row until it is set."""
+    settings, _ = stored_link_settings(row)
+    validate_link_settings(settings["mtu"], settings["addresses"])
+    if isinstance(row, Bridge):
+        validate_bridge_timers(settings["stp"], settings["forward_delay_cs"])
 
 
 def refuse_if_network(session: Session, row: Bridge | Tap) -> None:
@@ -109,7 +114,7 @@ class BridgeService:
             addresses=list(body.addresses),
             generation=1,
         )
-        _check_bridge(row)
+        _check_link(row)
         _claim_name(self.session, body.name, "bridge", row.id)
         self.bridges.add(row)
         return row, record_operation(self.session, "create", "bridge", row, self.request_id)
@@ -121,11 +126,13 @@ class BridgeService:
         if "forward_delay" in changes:  # null: the default for the stp after this change
             stp = changes.get("stp", row.stp)
             changes["forward_delay_cs"] = _delay_cs(stp, changes.pop("forward_delay"))
-        elif changes.get("stp") and row.forward_delay_cs < STP_FORWARD_DELAY_CS[0]:
-            changes["forward_delay_cs"] = STP_DEFAULT_FORWARD_DELAY_CS
+        elif changes.get("stp") and stored_link_settings(row)[0]["forward_delay_cs"] < (
+            STP_FORWARD_DELAY_CS[0]
+        ):
+            changes["forward_delay_cs"] = default_forward_delay_cs(True)
         if not _apply_changes(row, changes):
             return row, None
-        _check_bridge(row)  # the result as a whole; the transaction rolls back if refused
+        _check_link(row)  # the result as a whole; the transaction rolls back if refused
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
@@ -191,7 +198,7 @@ class TapService:
             vnet_hdr=body.vnet_hdr,
             generation=1,
         )
-        validate_link_settings(row.mtu, row.addresses)
+        _check_link(row)
         _claim_name(self.session, body.name, "tap", row.id)
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.request_id)
@@ -213,7 +220,7 @@ class TapService:
             )
         if not _apply_changes(row, changes):
             return row, None
-        validate_link_settings(row.mtu, row.addresses)
+        _check_link(row)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
 

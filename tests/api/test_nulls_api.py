@@ -5,8 +5,11 @@ it and changes nothing. Each case runs against the real kernel of a fresh namesp
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,8 @@ from pydantic import BaseModel
 from app.schemas.common import UpdateModel
 from app.schemas.links import BridgeUpdate, TapUpdate
 from app.schemas.networks import NetworkUpdate
+from app.settings import Settings
+from tests.kernel import links
 
 PROBLEM = "application/problem+json"
 
@@ -153,3 +158,94 @@ def test_null_in_every_patch_field(
     assert again[shown] == twin[shown]
     r = api.post("/v1/bridges?wait=10", json={"name": "brafter"})
     assert r.status_code == 201, r.text
+
+
+# ---- rows the worker cannot read ---------------------------------------------------------
+
+GARBAGE = [
+    pytest.param("bridges", "addresses", "'null'", id="bridge-addresses-json-null"),
+    pytest.param("bridges", "addresses", "'garbage{'", id="bridge-addresses-not-json"),
+    pytest.param("bridges", "forward_delay_cs", "'abc'", id="bridge-forward-delay-text"),
+    pytest.param("bridges", "mtu", "99999999", id="bridge-mtu-out-of-range"),
+    pytest.param("bridges", "mac", "'zz'", id="bridge-mac-garbage"),
+    pytest.param("taps", "addresses", "'{\"a\": 1}'", id="tap-addresses-object"),
+    pytest.param("taps", "owner_uid", "-5", id="tap-owner-negative"),
+]
+
+
+def poison(settings: Settings, table: str, name: str, column: str, value: str) -> None:
+    """Write garbage the way a hand edit or an older version would: past the constraints."""
+    with sqlite3.connect(settings.state_dir / "kvmnetd.db") as conn:
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        conn.execute(f"UPDATE {table} SET {column} = {value} WHERE name = ?", (name,))
+
+
+def stored_status(settings: Settings, table: str, name: str) -> tuple[str, str | None]:
+    with sqlite3.connect(settings.state_dir / "kvmnetd.db") as conn:
+        row = conn.execute(
+            f"SELECT status, status_reason FROM {table} WHERE name = ?", (name,)
+        ).fetchone()
+    return row[0], row[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("table", "column", "value"), GARBAGE)
+def test_a_row_the_worker_cannot_read_is_reported_on_that_row(
+    api: TestClient, netns: str, settings: Settings, table: str, column: str, value: str
+) -> None:
+    api.post("/v1/bridges?wait=10", json={"name": "br0"}).raise_for_status()
+    api.post(
+        "/v1/bridges?wait=10", json={"name": "bad0", "addresses": ["192.168.107.1/24"]}
+    ).raise_for_status()
+    api.post("/v1/taps?wait=10", json={"name": "badtap", "bridge": "bad0"}).raise_for_status()
+    name = "bad0" if table == "bridges" else "badtap"
+    poison(settings, table, name, column, value)
+    supervisor = api.app.state.supervisor  # type: ignore[attr-defined]
+    supervisor.resync()  # a full pass: the one that also sweeps orphans
+    wait_for(lambda: stored_status(settings, table, name)[0] == "error")
+    status, reason = stored_status(settings, table, name)
+    assert reason is not None and column.removesuffix("_cs") in reason, reason
+    # the API keeps answering for that row and the others
+    r = api.get(f"/v1/{table}/{name}")
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["status_reason"]) == ("error", reason)
+    for collection in ("bridges", "taps"):
+        r = api.get(f"/v1/{collection}")
+        assert r.status_code == 200, r.text
+    # other links still settle, and the bad row's link is no orphan: it stays as it was
+    r = api.post("/v1/bridges?wait=10", json={"name": "br1"})
+    assert r.status_code == 201, r.text
+    supervisor.resync()
+    passes = supervisor.passes
+    wait_for(lambda: supervisor.passes > passes + 1)
+    kernel = links(netns)
+    assert {"br0", "br1", "bad0", "badtap"} <= kernel.keys()
+    assert kernel["badtap"].master == "bad0"
+    # reported once: further passes write nothing new
+    assert stored_status(settings, table, name) == (status, reason)
+    # and the bad row can go
+    if table == "bridges":
+        api.delete("/v1/taps/badtap?wait=10").raise_for_status()
+    r = api.delete(f"/v1/{table}/{name}?wait=10")
+    assert r.status_code == 204, r.text
+    assert name not in links(netns)
+    assert api.get(f"/v1/{table}/{name}").status_code == 404
+
+
+def test_a_patch_that_sets_the_bad_value_again_heals_the_row(
+    api: TestClient, netns: str, settings: Settings
+) -> None:
+    api.post("/v1/bridges?wait=10", json={"name": "bad0"}).raise_for_status()
+    poison(settings, "bridges", "bad0", "addresses", "'null'")
+    api.app.state.supervisor.resync()  # type: ignore[attr-defined]
+    wait_for(lambda: stored_status(settings, "bridges", "bad0")[0] == "error")
+    r = api.patch("/v1/bridges/bad0?wait=10", json={"addresses": ["192.168.108.1/24"]})
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["status_reason"]) == ("active", None)
+    assert "192.168.108.1/24" in links(netns)["bad0"].addresses
