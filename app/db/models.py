@@ -413,7 +413,9 @@ class Uplink(ResourceColumns, Base):
     phase: Mapped[str] = mapped_column(String(16), default="detached")
     saved: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON, default=None)
     bridge_mac_before: Mapped[str | None] = mapped_column(String(17), default=None)
-    steps: Mapped[list[str]] = mapped_column(StoredJSON, default=list)  # of the last move or restore
+    steps: Mapped[list[str]] = mapped_column(
+        StoredJSON, default=list
+    )  # of the last move or restore
 
     __table_args__ = (
         *_resource_checks("uplinks", [s.value for s in Status]),

@@ -420,12 +420,17 @@ def uplink_addresses(session: Session) -> dict[str, tuple[str, ...]]:
         select(Uplink.bridge_id, Uplink.phase, Uplink.saved)
     ):
         moved = phase in ("moving", "attached") and saved
-        result[bridge_id] = (
-            tuple(f"{a['address']}/{a['prefixlen']}" for a in saved.get("addresses", ()))
-            if moved
-            else ()
-        )
+        result[bridge_id] = _moved_addresses(saved) if moved else ()
     return result
+
+
+def _moved_addresses(saved: Any) -> tuple[str, ...]:
+    """The addresses an uplink journal says it moved; a journal that cannot be read (the
+    uplink worker reports that on the uplink) moved none the bridge could keep."""
+    try:
+        return tuple(f"{a['address']}/{a['prefixlen']}" for a in saved.get("addresses", ()))
+    except (AttributeError, KeyError, TypeError):
+        return ()
 
 
 def network_gateways(session: Session) -> dict[str, str]:
@@ -514,6 +519,7 @@ class NetworkState:
     service: DhcpDnsSpec
     dnsmasq_pid: int | None
     restarts: int
+    unreadable: bool = False  # link_problem says why; nothing of it is touched
 
 
 @dataclass(frozen=True)
@@ -577,10 +583,43 @@ def _network_state(session: Session, row: Network) -> NetworkState:
     )
 
 
+def _unreadable_network(row: Network, exc: Exception) -> NetworkState:
+    """A network whose stored settings cannot be used: no link, so the worker reports the
+    reason on it (and leaves its dnsmasq and rules alone until it is fixed or deleted)."""
+    problem = f"stored settings cannot be used: {type(exc).__name__}: {exc}"
+    return NetworkState(
+        _row_state(row),
+        None,
+        problem[:1000],
+        NatNetwork(row.id, "0.0.0.0/32", False, None, None),
+        DhcpDnsSpec(
+            network_id=row.id,
+            interface="",
+            subnet="0.0.0.0/32",
+            gateway="0.0.0.0",
+            dhcp=False,
+            range_start=IPv4Address("0.0.0.0"),
+            range_end=IPv4Address("0.0.0.0"),
+            lease_seconds=0,
+            domain=None,
+            hosts=(),
+        ),
+        None,
+        0,
+        unreadable=True,
+    )
+
+
 def load_network_state(session: Session) -> tuple[list[NetworkState], list[ForwardState]]:
     """Every network and port forward, as the network worker needs them (forwards as plain
     rows joined with their target's address: thousands of them load in milliseconds)."""
-    networks = [_network_state(session, row) for row in session.scalars(select(Network))]
+    networks = []
+    for network in session.scalars(select(Network)):
+        try:
+            networks.append(_network_state(session, network))
+        except (ValueError, TypeError, AttributeError) as exc:
+            # a row written by hand or by an older version: reported on that network
+            networks.append(_unreadable_network(network, exc))
     f = PortForwardRow
     query = select(
         f.id,

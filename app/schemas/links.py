@@ -160,8 +160,7 @@ class TapUpdate(UpdateModel):
     )
     multi_queue: bool = Field(
         False,
-        description="Re-creates the tap; refused (409) while a VM uses it. null is refused "
-        "(422)",
+        description="Re-creates the tap; refused (409) while a VM uses it. null is refused (422)",
     )
 
     def resolve_nulls(self, changes: dict[str, Any]) -> dict[str, Any]:

@@ -126,8 +126,9 @@ class BridgeService:
         if "forward_delay" in changes:  # null: the default for the stp after this change
             stp = changes.get("stp", row.stp)
             changes["forward_delay_cs"] = _delay_cs(stp, changes.pop("forward_delay"))
-        elif changes.get("stp") and stored_link_settings(row)[0]["forward_delay_cs"] < (
-            STP_FORWARD_DELAY_CS[0]
+        elif (
+            changes.get("stp")
+            and stored_link_settings(row)[0]["forward_delay_cs"] < (STP_FORWARD_DELAY_CS[0])
         ):
             changes["forward_delay_cs"] = default_forward_delay_cs(True)
         if not _apply_changes(row, changes):

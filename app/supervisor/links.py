@@ -42,6 +42,7 @@ from app.domain.links import (
 from app.domain.retry import Backoff
 from app.domain.status import Status
 from app.host.netlink import LinkError, LinkOps
+from app.supervisor.faults import FaultLog, describe
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class LinkReconciler:
         self.expected: dict[str, Fingerprint] = {}
         self.names_by_index: dict[int, str] = {}
         self._finished: list[FinishedOperation] = []  # collected during one write-back
+        self.faults = FaultLog(log, backoff.clock)
 
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
         """One pass; returns how many resources it changed or reported on."""
@@ -168,6 +170,11 @@ class LinkReconciler:
                 log.warning("could not remove orphan %s: %s", action.name, exc)
                 return None
             return Outcome(spec, action.kind, ok=False, reason=str(exc), transient=exc.transient)
+        except Exception as exc:  # a bug or a kernel answer we did not expect: this link only
+            self.faults.failed(action.name, f"{action.kind.value} of link {action.name}", exc)
+            if spec is None:
+                return None
+            return Outcome(spec, action.kind, ok=False, reason=describe(exc), transient=True)
 
     def _sweep(self, link: ObservedLink) -> None:
         log.info("removing orphan link %s (index %d, %s)", link.name, link.index, link.alias)
@@ -224,7 +231,9 @@ class LinkReconciler:
 
     # ---- writing back ----------------------------------------------------------------------
 
-    def _report_unreadable(self, unreadable: dict[str, str], states: dict[str, ObservedState]) -> int:
+    def _report_unreadable(
+        self, unreadable: dict[str, str], states: dict[str, ObservedState]
+    ) -> int:
         """Rows whose stored settings cannot be used: each says why on itself (error, settled
         at its generation, its operation failed), once per change; its link is left as it
         is until a PATCH (a new generation) or a delete makes the row usable again."""
@@ -321,6 +330,7 @@ class LinkReconciler:
     ) -> dict[str, object] | None:
         """Returns a drift_repaired event when a settled resource had to be fixed."""
         self.backoff.succeeded(row.id)
+        self.faults.succeeded(row.name, f"link {row.name}")
         drift = (
             scope is not Scope.DIRTY
             and row.status == Status.ACTIVE.value
@@ -347,8 +357,9 @@ class LinkReconciler:
 
     def _record_failure(self, row: Bridge | Tap, outcome: Outcome, loaded: int) -> None:
         if outcome.transient and self.backoff.attempts(row.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
-            delay = self.backoff.failed(row.id)
-            row.status_reason = f"retrying in {delay:.1f}s: {outcome.reason}"
+            self.backoff.failed(row.id)
+            # the same words at every retry: the row changes (and an event goes out) once
+            row.status_reason = f"retrying with backoff: {outcome.reason}"
             return
         self.backoff.succeeded(row.id)  # permanent: retried at the next full resync
         newly_failed = row.observed_generation != loaded or row.status != Status.ERROR.value

@@ -96,9 +96,7 @@ def test_every_update_model_is_covered() -> None:
 def _admits_null(model: type[BaseModel], field: str) -> bool:
     annotation = model.model_fields[field].annotation
     origin = typing.get_origin(annotation)
-    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(
-        annotation
-    )
+    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
 
 CASES = [

@@ -88,12 +88,14 @@ def test_existing_rows_migrate_and_broken_ones_are_repaired(tmp_path: Path) -> N
     )
     assert generation > 3  # the supervisor applies the repaired row again
     assert reason is not None and "repaired by migration 0007" in reason
-    assert _rows(
-        url, "SELECT addresses, owner_uid, multi_queue, status, bridge_id FROM taps"
-    ) == [("[]", None, 1, "pending", "b-good")]
+    assert _rows(url, "SELECT addresses, owner_uid, multi_queue, status, bridge_id FROM taps") == [
+        ("[]", None, 1, "pending", "b-good")
+    ]
     # from now on the database itself refuses what validation refuses
     with create_engine(url).begin() as conn:
         for bad in ("addresses = 'null'", "forward_delay_cs = 4000", "stp = 2", "mtu = 1"):
-            with pytest.raises(IntegrityError, match="CHECK constraint failed"):
-                with conn.begin_nested():
-                    conn.execute(text(f"UPDATE bridges SET {bad} WHERE id = 'b-good'"))
+            with (
+                pytest.raises(IntegrityError, match="CHECK constraint failed"),
+                conn.begin_nested(),
+            ):
+                conn.execute(text(f"UPDATE bridges SET {bad} WHERE id = 'b-good'"))
