@@ -411,7 +411,10 @@ class Uplink(ResourceColumns, Base):
     # the journal: phase and, from the moment a move starts, the NIC's configuration as it
     # was (what a restore puts back) and the bridge's MAC before the move
     phase: Mapped[str] = mapped_column(String(16), default="detached")
-    saved: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON, default=None)
+    # none_as_null: "nothing saved" is SQL NULL, never the JSON text 'null'
+    saved: Mapped[dict[str, Any] | None] = mapped_column(
+        StoredJSON(none_as_null=True), default=None
+    )
     bridge_mac_before: Mapped[str | None] = mapped_column(String(17), default=None)
     steps: Mapped[list[str]] = mapped_column(
         StoredJSON, default=list

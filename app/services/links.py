@@ -65,7 +65,11 @@ def _check_link(row: Bridge | Tap) -> None:
     settings, _ = stored_link_settings(row)
     validate_link_settings(settings["mtu"], settings["addresses"])
     if isinstance(row, Bridge):
-        validate_bridge_timers(settings["stp"], settings["forward_delay_cs"])
+        # the pair as it is now (a request may have made it one the kernel refuses)
+        delay = row.forward_delay_cs
+        validate_bridge_timers(
+            settings["stp"], delay if type(delay) is int else settings["forward_delay_cs"]
+        )
 
 
 def refuse_if_network(session: Session, row: Bridge | Tap) -> None:

@@ -154,6 +154,8 @@ def _repair(table: str, what: str, check: str, value: str) -> None:
 
 
 def upgrade() -> None:
+    # an uplink that saved nothing was stored as the JSON text 'null'; from now on SQL NULL
+    op.execute("UPDATE uplinks SET saved = NULL WHERE saved = 'null'")
     for table, checks in CHECKS.items():
         for what, check, value in checks:
             _repair(table, what, check, value)

@@ -76,7 +76,19 @@ def test_existing_rows_migrate_and_broken_ones_are_repaired(tmp_path: Path) -> N
                 "NULL, '{\"a\": 1}', 0, 'b-good', -1, NULL, 7, 0)"
             )
         )
+        conn.execute(  # an uplink that saved nothing, as 0006 stored it: JSON 'null'
+            text(
+                "INSERT INTO uplinks (id, name, bridge_id, probe_timeout, take_mac, dhcp, phase, "
+                "saved, steps, created_at, updated_at, deleted, status, generation, "
+                f"observed_generation) VALUES ('u-1', 'eth0', 'b-good', 5.0, 1, 'refuse', "
+                f"'detached', 'null', '[]', '{now}', '{now}', 0, 'error', 2, 2)"
+            )
+        )
     upgrade(url)
+    # a good row is left as it was (the JSON 'null' of an uplink is now SQL NULL)
+    assert _rows(url, "SELECT saved, status, generation, status_reason FROM uplinks") == [
+        (None, "error", 2, None)
+    ]
     assert _rows(
         url, "SELECT id, mtu, mac, addresses, stp, forward_delay_cs, status FROM bridges"
     ) == [
