@@ -109,6 +109,15 @@ def test_one_bad_object_per_worker_backs_off_and_the_rest_settles(
     failures = [r.name for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
     assert sorted(failures) == ["app.supervisor.uplinks", "app.supervisor.vms"]
 
+    # the API keeps answering for the bad objects: as errors saying what is wrong
+    for collection in ("vms", "networks", "bridges"):
+        assert api.get(f"/v1/{collection}").status_code == 200
+    vm = api.get("/v1/vms/vmbad").json()
+    assert vm["status"] == "error" and "power_state" in vm["status_reason"], vm
+    network = api.get("/v1/networks/natbad").json()
+    assert (network["status"], network["status_reason"]) == ("error", reasons["networks"])
+    assert api.get("/v1/bridges/brbad/uplink").json()["status"] == "error"
+
     # new objects of every kind still settle meanwhile
     created(api, "bridges", {"name": "brok"})
     created(api, "taps", {"name": "tapok", "bridge": "brok"})
