@@ -224,7 +224,11 @@ class NetworkWorker:
             result.forwards[forward.row.id] = _forward_outcome(forward, rules_problem)
         if full:
             self._sweep_orphans({n.row.id for n in networks})
-        self._drop_exited()  # ended, but of a network not synced now (its link is not there)
+        for network in networks:
+            if network.link_name is None and not network.row.deleted:
+                # not synced (no link, or a row that cannot be read): a dnsmasq of it that
+                # ended is forgotten here, else its pidfd would wake every poll at once
+                self._drop_exited(network.row.id)
         if full or self._news(networks, forwards, result):
             self._write_back(networks, forwards, result)
         else:
