@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import enum
+import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Response
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from app.db.models import (
     Bridge,
@@ -18,17 +23,88 @@ from app.db.models import (
     Vm,
     VmNic,
 )
+from app.db.repositories import stored_link_settings
 from app.domain.uplinks import NicConfig, describe, restore_steps
 from app.schemas.host import DiagnosticCheck
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgePort, UplinkSummary
 from app.schemas.links import Tap as TapOut
-from app.schemas.networks import DhcpOut, NatOut
 from app.schemas.networks import Network as NetworkOut
 from app.schemas.networks import PortForward as PortForwardOut
 from app.schemas.operations import OperationOut
 from app.schemas.uplinks import UplinkOut, UplinkPlan
 from app.schemas.vms import Vm as VmOut
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def present(model: type[M], fields: dict[str, Any], deleted: bool = False) -> M:
+    """`model` from a row's fields. A stored value the model refuses (a row written by hand
+    or by an older version) shows as its field's default, and the resource as an error saying
+    which stored values are wrong: such a row is still listed, read and deleted (never 500)."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as err:
+        errors = err.errors()
+    repaired = copy.deepcopy(fields)
+    wrong: list[str] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        wrong.append(f"{'.'.join(map(str, loc))} is {_shown(error.get('input'))}")
+        _repair(model, repaired, loc)
+    if not deleted and "status_reason" in model.model_fields:
+        repaired["status"] = "error"
+        repaired["status_reason"] = "stored settings cannot be used: " + "; ".join(wrong)
+    return model.model_validate(repaired)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _repair(model: type[BaseModel], data: dict[str, Any], loc: tuple[Any, ...]) -> None:
+    """Put the fallback of the field at `loc` (a path through nested models and lists)."""
+    name = loc[0] if loc else None
+    field = model.model_fields.get(str(name)) if name is not None else None
+    if field is None:
+        raise ValueError(f"cannot repair {loc!r} of {model.__name__}")
+    inner = data.get(str(name))
+    annotation = field.annotation
+    rest = loc[1:]
+    nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    if rest and nested and isinstance(inner, dict):
+        return _repair(typing.cast(type[BaseModel], annotation), inner, rest)
+    args = typing.get_args(annotation)
+    if rest and isinstance(rest[0], int) and isinstance(inner, list) and args:
+        item = args[0]
+        element = inner[rest[0]]
+        model_item = isinstance(item, type) and issubclass(item, BaseModel)
+        if model_item and isinstance(element, dict) and rest[1:]:
+            return _repair(item, element, rest[1:])
+    data[str(name)] = _fallback(field)
+    return None
+
+
+def _fallback(field: FieldInfo) -> Any:
+    """What a field shows when its stored value cannot be shown: its default, else null,
+    else the first value of its type."""
+    if not field.is_required():
+        return field.get_default(call_default_factory=True)
+    annotation = field.annotation
+    options = typing.get_args(annotation) if typing.get_origin(annotation) else (annotation,)
+    if type(None) in options:
+        return None
+    first = options[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return first
+    if isinstance(first, type) and issubclass(first, enum.Enum):
+        return next(iter(first)).value
+    origin = typing.get_origin(first) or first
+    for kind, value in ((bool, False), (int, 0), (float, 0.0), (str, ""), (list, []), (dict, {})):
+        if origin is kind:
+            return value
+    raise ValueError(f"no fallback for {annotation!r}")
 
 
 def _resource(row: ResourceColumns) -> dict[str, Any]:
@@ -44,12 +120,17 @@ def _resource(row: ResourceColumns) -> dict[str, Any]:
     )
 
 
-def _state(row: Bridge | Tap) -> dict[str, Any]:
+def _state(row: Bridge | Tap, settings: dict[str, Any], problem: str | None) -> dict[str, Any]:
+    """A link's common fields. Stored settings that cannot be used (a row written by hand)
+    show as their defaults, and the row as an error saying what is wrong with them."""
+    state = _resource(row)
+    if problem is not None and not row.deleted:
+        state.update(status="error", status_reason=problem)
     return dict(
-        **_resource(row),
-        mtu=row.mtu,
-        mac=row.mac,
-        addresses=list(row.addresses),
+        **state,
+        mtu=settings["mtu"],
+        mac=settings["mac"],
+        addresses=list(settings["addresses"]),
         ifindex=row.observed_ifindex,
         observed_mac=row.observed_mac,
         observed_mtu=row.observed_mtu,
@@ -60,11 +141,12 @@ def _state(row: Bridge | Tap) -> dict[str, Any]:
 def bridge_out(
     row: Bridge, ports: list[dict[str, Any]] | None = None, uplink: Uplink | None = None
 ) -> BridgeOut:
+    settings, problem = stored_link_settings(row)
     return BridgeOut(
-        **_state(row),
+        **_state(row, settings, problem),
         generated_mac=row.generated_mac,
-        stp=row.stp,
-        forward_delay=row.forward_delay_cs / 100.0,
+        stp=settings["stp"],
+        forward_delay=settings["forward_delay_cs"] / 100.0,
         ports=[BridgePort(**p) for p in ports or []],
         uplink=UplinkSummary(interface=uplink.name, phase=uplink.phase, status=uplink.status)
         if uplink is not None
@@ -73,13 +155,14 @@ def bridge_out(
 
 
 def tap_out(row: Tap) -> TapOut:
+    settings, problem = stored_link_settings(row)
     return TapOut(
-        **_state(row),
+        **_state(row, settings, problem),
         bridge_id=row.bridge_id,
-        owner_uid=row.owner_uid,
-        owner_gid=row.owner_gid,
-        multi_queue=row.multi_queue,
-        vnet_hdr=row.vnet_hdr,
+        owner_uid=settings["owner_uid"],
+        owner_gid=settings["owner_gid"],
+        multi_queue=settings["multi_queue"],
+        vnet_hdr=settings["vnet_hdr"],
     )
 
 
@@ -147,19 +230,19 @@ def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
         }
         for n in nics
     ]
-    return VmOut.model_validate(fields)
+    return present(VmOut, fields, row.deleted)
 
 
 def network_out(row: Network, link: str | None) -> NetworkOut:
-    return NetworkOut(
+    fields = dict(
         **_resource(row),
         bridge_id=row.bridge_id,
         tap_id=row.tap_id,
         link=link,
         subnet=row.subnet,
         gateway=row.gateway,
-        nat=NatOut(enabled=row.nat, out_interface=row.nat_interface, snat_address=row.snat_address),
-        dhcp=DhcpOut(
+        nat=dict(enabled=row.nat, out_interface=row.nat_interface, snat_address=row.snat_address),
+        dhcp=dict(
             enabled=row.dhcp,
             range_start=row.range_start,
             range_end=row.range_end,
@@ -169,10 +252,11 @@ def network_out(row: Network, link: str | None) -> NetworkOut:
         dnsmasq_pid=row.dnsmasq_pid,
         restarts=row.restarts,
     )
+    return present(NetworkOut, fields, row.deleted)
 
 
 def port_forward_out(row: PortForward, nic: VmNic | None) -> PortForwardOut:
-    return PortForwardOut(
+    fields = dict(
         **_resource(row),
         network_id=row.network_id,
         vm_id=nic.vm_id if nic else None,
@@ -185,10 +269,11 @@ def port_forward_out(row: PortForward, nic: VmNic | None) -> PortForwardOut:
         target_port=row.target_port,
         description=row.description,
     )
+    return present(PortForwardOut, fields, row.deleted)
 
 
 def uplink_out(row: Uplink, live: dict[str, Any]) -> UplinkOut:
-    return UplinkOut(
+    fields = dict(
         **_resource(row),
         bridge_id=row.bridge_id,
         interface=row.name,
@@ -201,8 +286,9 @@ def uplink_out(row: Uplink, live: dict[str, Any]) -> UplinkOut:
         dhcp=row.dhcp,
         phase=row.phase,
         moved=row.saved,
-        steps=list(row.steps or []),
+        steps=row.steps,
     )
+    return present(UplinkOut, fields, row.deleted)
 
 
 def uplink_plan_out(

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     DateTime,
     Dialect,
     Float,
@@ -26,6 +27,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from app.domain.links import generate_mac
+from app.domain.names import MTU_MAX, MTU_MIN, STP_FORWARD_DELAY_CS
+from app.domain.networks import LEASE_SECONDS, PORTS
+from app.domain.status import Status
+from app.domain.vms import MEMORY_MIB, QUEUES, VCPUS
 
 
 def utcnow() -> dt.datetime:
@@ -34,6 +39,56 @@ def utcnow() -> dt.datetime:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# ---- CHECK constraints: the database refuses what validation would refuse -----------------
+# Migration 0007 adds the same ones to existing databases (a test compares them). SQLite keeps
+# booleans as 0/1 and JSON as text, so both are checked; names are ck_<table>_<what>.
+
+ID_MAX = 2**32 - 2  # uid/gid: (uid_t)-1 means "none" to the kernel
+MAC_GLOB = ":".join(["[0-9a-f][0-9a-f]"] * 6)
+
+
+def _check(table: str, what: str, sql: str) -> CheckConstraint:
+    return CheckConstraint(sql, name=f"ck_{table}_{what}")
+
+
+def _flags(table: str, *columns: str) -> list[CheckConstraint]:
+    return [_check(table, c, f"{c} IN (0, 1)") for c in columns]
+
+
+def _json(table: str, column: str, kind: str, nullable: bool = False) -> CheckConstraint:
+    sql = f"json_valid({column}) AND json_type({column}) = '{kind}'"
+    return _check(table, column, f"{column} IS NULL OR ({sql})" if nullable else sql)
+
+
+def _between(table: str, column: str, low: float, high: float, nullable: bool) -> CheckConstraint:
+    sql = f"{column} BETWEEN {low} AND {high}"
+    return _check(table, column, f"{column} IS NULL OR {sql}" if nullable else sql)
+
+
+def _one_of(table: str, column: str, values: list[str]) -> CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return _check(table, column, f"{column} IN ({listed})")
+
+
+def _resource_checks(table: str, statuses: list[str] | None) -> list[CheckConstraint]:
+    checks = [
+        *_flags(table, "deleted"),
+        _check(table, "generation", "generation >= 1"),
+        _check(table, "observed_generation", "observed_generation >= 0"),
+    ]
+    return checks + ([_one_of(table, "status", statuses)] if statuses else [])
+
+
+def _link_checks(table: str) -> list[CheckConstraint]:
+    return [
+        *_resource_checks(table, [s.value for s in Status]),
+        *_flags(table, "create_intent"),
+        _between(table, "mtu", MTU_MIN, MTU_MAX, nullable=True),
+        _check(table, "mac", f"mac IS NULL OR mac GLOB '{MAC_GLOB}'"),
+        _json(table, "addresses", "array"),
+    ]
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -51,10 +106,36 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value is not None else None
 
 
+class Unreadable(str):
+    """A stored JSON text that does not parse (written by hand or by an older version). It
+    is loaded as this marker instead of failing the whole query, so the row can be reported
+    on and still listed, read and deleted."""
+
+
+class StoredJSON(TypeDecorator[Any]):
+    """JSON whose reading never raises: text that does not parse loads as `Unreadable`."""
+
+    impl = JSON
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        parse = self.impl_instance.result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            if parse is None or value is None:
+                return value
+            try:
+                return parse(value)
+            except ValueError:
+                return Unreadable(value)
+
+        return process
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dt.datetime: UTCDateTime(),
-        dict[str, Any]: JSON,
+        dict[str, Any]: StoredJSON(),
     }
 
 
@@ -93,7 +174,7 @@ class LinkColumns(ResourceColumns):
 
     mtu: Mapped[int | None] = mapped_column(Integer, default=None)
     mac: Mapped[str | None] = mapped_column(String(17), default=None)
-    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    addresses: Mapped[list[str]] = mapped_column(StoredJSON, default=list)
     # journal: set (and committed) right before the create call, cleared once marked
     create_intent: Mapped[bool] = mapped_column(Boolean, default=False)
     observed_ifindex: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -113,6 +194,18 @@ class Bridge(LinkColumns, Base):
     stp: Mapped[bool] = mapped_column(Boolean, default=False)
     forward_delay_cs: Mapped[int] = mapped_column(Integer, default=0)
 
+    __table_args__ = (
+        *_link_checks("bridges"),
+        *_flags("bridges", "stp"),
+        # 0-30 s; with STP on the kernel wants 2-30 s
+        _check(
+            "bridges",
+            "forward_delay_cs",
+            f"forward_delay_cs BETWEEN 0 AND {STP_FORWARD_DELAY_CS[1]} AND "
+            f"(stp = 0 OR forward_delay_cs >= {STP_FORWARD_DELAY_CS[0]})",
+        ),
+    )
+
 
 class Tap(LinkColumns, Base):
     __tablename__ = "taps"
@@ -124,6 +217,13 @@ class Tap(LinkColumns, Base):
     owner_gid: Mapped[int | None] = mapped_column(Integer, default=None)
     multi_queue: Mapped[bool] = mapped_column(Boolean, default=False)
     vnet_hdr: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        *_link_checks("taps"),
+        *_flags("taps", "multi_queue", "vnet_hdr"),
+        _between("taps", "owner_uid", 0, ID_MAX, nullable=True),
+        _between("taps", "owner_gid", 0, ID_MAX, nullable=True),
+    )
 
 
 class LinkName(Base):
@@ -174,7 +274,7 @@ class Vm(ResourceColumns, Base):
     memory_mib: Mapped[int] = mapped_column(Integer, default=256)
     machine: Mapped[str] = mapped_column(String(16), default="pc")
     accelerator: Mapped[str] = mapped_column(String(8), default="auto")
-    boot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    boot: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)
     power_state: Mapped[str] = mapped_column(String(16), default="running")
     # how the next stop ends qemu: "graceful" (the shutdown ladder) or "kill" (SIGKILL)
     stop_mode: Mapped[str] = mapped_column(String(8), default="graceful", server_default="graceful")
@@ -188,6 +288,16 @@ class Vm(ResourceColumns, Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     last_output: Mapped[str | None] = mapped_column(Text, default=None)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        *_resource_checks("vms", None),  # VM statuses: app.domain.vms.VmStatus
+        _between("vms", "vcpus", *VCPUS, nullable=False),
+        _between("vms", "memory_mib", *MEMORY_MIB, nullable=False),
+        _json("vms", "boot", "object"),
+        _between("vms", "run_as_uid", 0, ID_MAX, nullable=True),
+        _between("vms", "run_as_gid", 0, ID_MAX, nullable=True),
+        _check("vms", "restarts", "restarts >= 0"),
+    )
 
 
 class VmNic(Base):
@@ -208,7 +318,7 @@ class VmNic(Base):
     tap_id: Mapped[str | None] = mapped_column(
         ForeignKey("taps.id", ondelete="RESTRICT"), default=None, index=True
     )
-    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # user/socket/hub
+    options: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)  # user/socket/hub
     queues: Mapped[int] = mapped_column(Integer, default=1)
     mtu: Mapped[int | None] = mapped_column(Integer, default=None)  # virtio host_mtu and tap MTU
     vhost: Mapped[str] = mapped_column(String(8), default="auto")
@@ -223,7 +333,14 @@ class VmNic(Base):
     observed_ipv4: Mapped[str | None] = mapped_column(String(15), default=None)
     address_status_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
-    __table_args__ = (UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),)
+    __table_args__ = (
+        UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),
+        _check("vm_nics", "position", "position >= 0"),
+        _check("vm_nics", "mac", f"mac GLOB '{MAC_GLOB}'"),
+        _json("vm_nics", "options", "object"),
+        _between("vm_nics", "queues", *QUEUES, nullable=False),
+        *_flags("vm_nics", "link_up"),
+    )
 
 
 class HostPort(Base):
@@ -268,6 +385,13 @@ class Network(ResourceColumns, Base):
     dnsmasq_pid: Mapped[int | None] = mapped_column(Integer, default=None)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
 
+    __table_args__ = (
+        *_resource_checks("networks", [s.value for s in Status]),
+        *_flags("networks", "nat", "dhcp"),
+        _between("networks", "lease_seconds", *LEASE_SECONDS, nullable=False),
+        _check("networks", "restarts", "restarts >= 0"),
+    )
+
 
 class PortForward(ResourceColumns, Base):
     """Host ports forwarded (DNAT) to a VM NIC's fixed address on a managed network."""
@@ -284,6 +408,14 @@ class PortForward(ResourceColumns, Base):
     end_port: Mapped[int] = mapped_column(Integer)
     target_port: Mapped[int] = mapped_column(Integer)
     description: Mapped[str | None] = mapped_column(Text, default=None)
+
+    __table_args__ = (
+        *_resource_checks("port_forwards", [s.value for s in Status]),
+        _one_of("port_forwards", "protocol", ["tcp", "udp"]),
+        _between("port_forwards", "port", *PORTS, nullable=False),
+        _check("port_forwards", "end_port", f"end_port BETWEEN port AND {PORTS[1]}"),
+        _between("port_forwards", "target_port", *PORTS, nullable=False),
+    )
 
 
 class Uplink(ResourceColumns, Base):
@@ -304,6 +436,21 @@ class Uplink(ResourceColumns, Base):
     # the journal: phase and, from the moment a move starts, the NIC's configuration as it
     # was (what a restore puts back) and the bridge's MAC before the move
     phase: Mapped[str] = mapped_column(String(16), default="detached")
-    saved: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # none_as_null: "nothing saved" is SQL NULL, never the JSON text 'null'
+    saved: Mapped[dict[str, Any] | None] = mapped_column(
+        StoredJSON(none_as_null=True), default=None
+    )
     bridge_mac_before: Mapped[str | None] = mapped_column(String(17), default=None)
-    steps: Mapped[list[str]] = mapped_column(JSON, default=list)  # of the last move or restore
+    steps: Mapped[list[str]] = mapped_column(
+        StoredJSON, default=list
+    )  # of the last move or restore
+
+    __table_args__ = (
+        *_resource_checks("uplinks", [s.value for s in Status]),
+        *_flags("uplinks", "take_mac"),
+        _between("uplinks", "probe_timeout", 0.5, 60, nullable=False),
+        _one_of("uplinks", "dhcp", ["refuse", "move"]),
+        _one_of("uplinks", "phase", ["detached", "moving", "attached", "restoring"]),
+        _json("uplinks", "saved", "object", nullable=True),
+        _json("uplinks", "steps", "array"),
+    )

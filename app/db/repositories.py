@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -44,6 +44,7 @@ from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
+from app.domain.stored import BRIDGE_RULES, TAP_RULES, read_link_settings
 from app.domain.vms import (
     Accelerator,
     Backend,
@@ -324,9 +325,13 @@ class BridgeFacts:
     mtu: int
 
 
-def bridge_own_mac(row: Bridge) -> str:
-    """The MAC a bridge keeps when no uplink lends it one: pinned, else generated."""
-    return row.mac or row.generated_mac
+def stored_link_settings(row: Bridge | Tap) -> tuple[dict[str, Any], str | None]:
+    """The row's link settings as the workers and the API may use them (each value that
+    cannot be used replaced by its default), and what was wrong with the stored ones."""
+    names = BRIDGE_RULES if isinstance(row, Bridge) else TAP_RULES
+    return read_link_settings(
+        {name: getattr(row, name) for name in names}, is_bridge=isinstance(row, Bridge)
+    )
 
 
 def _link_spec(
@@ -334,8 +339,13 @@ def _link_spec(
     bridges: dict[str, BridgeFacts],
     gateways: dict[str, str],
     uplinks: dict[str, UplinkMove],
-) -> LinkSpec:
-    addresses = tuple(row.addresses)
+) -> LinkSpec | str:
+    """The planner's spec of a row, or why the row's stored settings cannot be used. A row
+    being deleted needs only its name and index, so even a bad one can go."""
+    settings, problem = stored_link_settings(row)
+    if problem is not None and not row.deleted:
+        return problem
+    addresses = tuple(settings["addresses"])
     move = uplinks.get(row.id)
     for extra in (gateways.get(row.id), *(move.addresses if move else ())):
         if extra is not None and extra not in addresses:
@@ -344,8 +354,8 @@ def _link_spec(
         id=row.id,
         kind=LinkKind.BRIDGE,
         name=row.name,
-        mtu=row.mtu,
-        mac=row.mac,
+        mtu=settings["mtu"],
+        mac=settings["mac"],
         addresses=addresses,
         # a bridge goes only once its uplink moved the host's configuration back
         deleted=row.deleted and row.id not in uplinks,
@@ -356,20 +366,21 @@ def _link_spec(
         return replace(
             common,
             mtu=bridges[row.id].mtu,
-            mac=(move.mac if move and not row.mac else None) or bridge_own_mac(row),
-            stp=row.stp,
-            forward_delay_cs=row.forward_delay_cs,
+            # pinned, else the uplink NIC's (take_mac), else the one generated at creation
+            mac=settings["mac"] or (move.mac if move else None) or row.generated_mac,
+            stp=settings["stp"],
+            forward_delay_cs=settings["forward_delay_cs"],
         )
     bridge = bridges.get(row.bridge_id) if row.bridge_id else None
     return replace(
         common,
         kind=LinkKind.TAP,
-        mtu=tap_mtu(row.mtu, bridge.mtu if bridge else None),
+        mtu=tap_mtu(settings["mtu"], bridge.mtu if bridge else None),
         master=bridge.name if bridge else None,
-        owner_uid=row.owner_uid,
-        owner_gid=row.owner_gid,
-        multi_queue=row.multi_queue,
-        vnet_hdr=row.vnet_hdr,
+        owner_uid=settings["owner_uid"],
+        owner_gid=settings["owner_gid"],
+        multi_queue=settings["multi_queue"],
+        vnet_hdr=settings["vnet_hdr"],
     )
 
 
@@ -423,6 +434,7 @@ class ObservedState:
     mac: str | None
     mtu: int | None = None
     oper_state: str | None = None
+    reason: str | None = None
 
     @classmethod
     def of(cls, row: Bridge | Tap) -> ObservedState:
@@ -434,6 +446,7 @@ class ObservedState:
             row.observed_mac,
             row.observed_mtu,
             row.observed_oper_state,
+            row.status_reason,
         )
 
 
@@ -448,12 +461,22 @@ def bridge_facts(session: Session, uplinks: dict[str, UplinkMove]) -> dict[str, 
     }
 
 
+@dataclass
+class LinkSpecs:
+    """What one pass loaded: the specs, the state each row was in, and the rows whose
+    stored settings cannot be used (id -> why), which the pass reports and leaves alone."""
+
+    specs: list[LinkSpec]
+    states: dict[str, ObservedState]
+    unreadable: dict[str, str]
+
+
 def load_link_specs(
     session: Session,
     dirty_only: bool = False,
     names: list[str] | None = None,
     also_ids: list[str] | None = None,
-) -> tuple[list[LinkSpec], dict[str, ObservedState]]:
+) -> LinkSpecs:
     """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
     named), with the state each row was in when loaded, plus the taps whose MTU follows a
     loaded bridge's and differs from it."""
@@ -464,8 +487,14 @@ def load_link_specs(
     taps += _taps_to_follow(session, bridges_by_id, [b.id for b in bridges], {t.id for t in taps})
     rows: list[Bridge | Tap] = [*bridges, *taps]
     gateways = network_gateways(session)
-    specs = [_link_spec(row, bridges_by_id, gateways, uplinks) for row in rows]
-    return specs, {row.id: ObservedState.of(row) for row in rows}
+    loaded = LinkSpecs([], {row.id: ObservedState.of(row) for row in rows}, {})
+    for row in rows:
+        spec = _link_spec(row, bridges_by_id, gateways, uplinks)
+        if isinstance(spec, str):
+            loaded.unreadable[row.id] = spec
+        else:
+            loaded.specs.append(spec)
+    return loaded
 
 
 def uplink_moves(session: Session) -> dict[str, UplinkMove]:
@@ -478,12 +507,21 @@ def uplink_moves(session: Session) -> dict[str, UplinkMove]:
         if not (phase in ("moving", "attached") and saved):
             result[bridge_id] = UplinkMove()
             continue
-        result[bridge_id] = UplinkMove(
+        result[bridge_id] = _uplink_move(saved, take_mac)
+    return result
+
+
+def _uplink_move(saved: Any, take_mac: bool) -> UplinkMove:
+    """What an uplink journal says it moved; a journal that cannot be read (the uplink
+    worker reports that on the uplink) moved nothing the bridge could keep."""
+    try:
+        return UplinkMove(
             addresses=tuple(f"{a['address']}/{a['prefixlen']}" for a in saved.get("addresses", ())),
             mac=saved.get("mac") if take_mac else None,
             mtu=saved.get("mtu"),
         )
-    return result
+    except (AttributeError, KeyError, TypeError):
+        return UplinkMove()
 
 
 @dataclass(frozen=True)
@@ -633,6 +671,7 @@ class NetworkState:
     dnsmasq_pid: int | None
     restarts: int
     nics: tuple[NicAddress, ...] = ()  # the fixed addresses of live VMs' NICs
+    unreadable: bool = False  # link_problem says why; nothing of it is touched
 
 
 @dataclass(frozen=True)
@@ -711,10 +750,43 @@ def _network_state(session: Session, row: Network) -> NetworkState:
     )
 
 
+def _unreadable_network(row: Network, exc: Exception) -> NetworkState:
+    """A network whose stored settings cannot be used: no link, so the worker reports the
+    reason on it (and leaves its dnsmasq and rules alone until it is fixed or deleted)."""
+    problem = f"stored settings cannot be used: {type(exc).__name__}: {exc}"
+    return NetworkState(
+        _row_state(row),
+        None,
+        problem[:1000],
+        NatNetwork(row.id, "0.0.0.0/32", False, None, None),
+        DhcpDnsSpec(
+            network_id=row.id,
+            interface="",
+            subnet="0.0.0.0/32",
+            gateway="0.0.0.0",
+            dhcp=False,
+            range_start=IPv4Address("0.0.0.0"),
+            range_end=IPv4Address("0.0.0.0"),
+            lease_seconds=0,
+            domain=None,
+            hosts=(),
+        ),
+        None,
+        0,
+        unreadable=True,
+    )
+
+
 def load_network_state(session: Session) -> tuple[list[NetworkState], list[ForwardState]]:
     """Every network and port forward, as the network worker needs them (forwards as plain
     rows joined with their target's address: thousands of them load in milliseconds)."""
-    networks = [_network_state(session, row) for row in session.scalars(select(Network))]
+    networks = []
+    for network in session.scalars(select(Network)):
+        try:
+            networks.append(_network_state(session, network))
+        except (ValueError, TypeError, AttributeError) as exc:
+            # a row written by hand or by an older version: reported on that network
+            networks.append(_unreadable_network(network, exc))
     f = PortForwardRow
     query = select(
         f.id,

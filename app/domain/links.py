@@ -283,15 +283,18 @@ def plan_link(spec: LinkSpec, link: ObservedLink | None, masters: dict[int, str]
     return Action(ActionKind.UPDATE, spec.name, spec, link, changes)
 
 
-def plan(specs: Iterable[LinkSpec], observed: Iterable[ObservedLink]) -> list[Action]:
+def plan(
+    specs: Iterable[LinkSpec], observed: Iterable[ObservedLink], keep_ids: Iterable[str] = ()
+) -> list[Action]:
     """A full reconcile plan, ordered so that every step can succeed.
 
     Order: sweep orphans and delete first (frees names), then bridges before taps (a tap
-    needs its master to exist), and conflicts/settled last (they change nothing).
+    needs its master to exist), and conflicts/settled last (they change nothing). Links of
+    `keep_ids` (rows that exist but cannot be read) are no orphans: they are left alone.
     """
     by_name = {link.name: link for link in observed}
     masters = {link.index: link.name for link in by_name.values()}
-    wanted_ids = set()
+    wanted_ids = set(keep_ids)
     actions: list[Action] = []
     for spec in specs:
         wanted_ids.add(spec.id)

@@ -52,6 +52,31 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+def _omitted_means_unchanged(schema: dict[str, Any]) -> None:
+    """A PATCH field left out changes nothing: its schema states no default (a default
+    would tell SDKs that leaving it out sends that value)."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
+class UpdateModel(RequestModel):
+    """Partial updates (PATCH). A field left out is unchanged. What `null` means is decided
+    here, per field, and stated in its description: a field whose type admits null resets to
+    what the field is when left out at creation; a field whose type does not admit null
+    refuses it with 422 naming the field. `changes()` hands services only decided values."""
+
+    model_config = ConfigDict(json_schema_extra=_omitted_means_unchanged)
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent, each with the value it means (null already resolved
+        by `resolve_nulls`)."""
+        return self.resolve_nulls(self.model_dump(exclude_unset=True))
+
+    def resolve_nulls(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Turn each null into what it means; a model overrides this for its own fields."""
+        return changes
+
+
 class FieldError(BaseModel):
     """One invalid field of a request."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import (
@@ -13,6 +15,7 @@ from app.schemas.common import (
     Page,
     RequestModel,
     ResourceState,
+    UpdateModel,
 )
 
 BRIDGE_MTU = (
@@ -57,14 +60,33 @@ class BridgeCreate(RequestModel):
     )
 
 
-class BridgeUpdate(RequestModel):
-    stp: bool | None = Field(
-        None, description="Turning STP on raises a forward delay under 2 s to 15 s"
+class BridgeUpdate(UpdateModel):
+    """Change a bridge; a field left out is unchanged (null: see each field)."""
+
+    stp: bool = Field(
+        False,
+        description="Spanning tree on or off; turning it on raises a forward delay under 2 s "
+        "to 15 s. null is refused (422)",
     )
-    forward_delay: float | None = Field(None, ge=0, le=30)
+    forward_delay: float | None = Field(
+        None,
+        ge=0,
+        le=30,
+        description="Forward delay in seconds. null: the default for the bridge's stp after "
+        "this change (0 with stp off, 15 with stp on)",
+    )
     mtu: Mtu | None = Field(None, description=BRIDGE_MTU)
     mac: MacStr | None = Field(None, description=BRIDGE_MAC)
-    addresses: Addresses | None = None
+    addresses: Addresses | None = Field(
+        None,
+        description="Host addresses on the bridge, replacing the current list. null: none "
+        "(the same as [])",
+    )
+
+    def resolve_nulls(self, changes: dict[str, Any]) -> dict[str, Any]:
+        if "addresses" in changes and changes["addresses"] is None:
+            changes["addresses"] = []
+        return changes
 
 
 class BridgePort(BaseModel):
@@ -130,16 +152,40 @@ class TapCreate(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "tap1", "bridge": "br0"}]})
 
 
-class TapUpdate(RequestModel):
-    bridge: str | None = Field(None, max_length=64, description="Bridge id or name; null detaches")
-    mtu: Mtu | None = Field(None, description=TAP_MTU)
-    mac: MacStr | None = None
-    addresses: Addresses | None = None
-    owner_uid: Id | None = None
-    owner_gid: Id | None = None
-    multi_queue: bool | None = Field(
-        None, description="Re-creates the tap; refused while a VM uses it"
+class TapUpdate(UpdateModel):
+    """Change a tap; a field left out is unchanged (null: see each field)."""
+
+    bridge: str | None = Field(
+        None, max_length=64, description="Bridge id or name to attach to. null: detach"
     )
+    mtu: Mtu | None = Field(None, description=TAP_MTU)
+    mac: MacStr | None = Field(
+        None, description="Pin the tap's MAC. null: unpin (the tap keeps the kernel's MAC)"
+    )
+    addresses: Addresses | None = Field(
+        None,
+        description="Host addresses on the tap, replacing the current list. null: none "
+        "(the same as [])",
+    )
+    owner_uid: Id | None = Field(
+        None,
+        description="User allowed to open the tap; re-creates the tap, refused (409) while a "
+        "VM uses it. null: no owner (only CAP_NET_ADMIN may open it)",
+    )
+    owner_gid: Id | None = Field(
+        None,
+        description="Group allowed to open the tap; re-creates the tap, refused (409) while a "
+        "VM uses it. null: no group",
+    )
+    multi_queue: bool = Field(
+        False,
+        description="Re-creates the tap; refused (409) while a VM uses it. null is refused (422)",
+    )
+
+    def resolve_nulls(self, changes: dict[str, Any]) -> dict[str, Any]:
+        if "addresses" in changes and changes["addresses"] is None:
+            changes["addresses"] = []
+        return changes
 
 
 class TapAttach(RequestModel):

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from app.domain.networks import DEFAULT_LEASE_SECONDS, LEASE_SECONDS, PORTS, validate_domain
-from app.schemas.common import LinkNameStr, Page, RequestModel, ResourceState
+from app.schemas.common import LinkNameStr, Page, RequestModel, ResourceState, UpdateModel
 
 Ipv4Str = Annotated[str, Field(max_length=15, examples=["192.168.100.1"])]
 DomainStr = Annotated[
@@ -61,12 +61,23 @@ class NetworkCreate(RequestModel):
         return self
 
 
-class NetworkUpdate(RequestModel):
-    """What can change in place (subnet, gateway and link cannot: re-create the network)."""
+class NetworkUpdate(UpdateModel):
+    """What can change in place (subnet, gateway and link cannot: re-create the network).
+    A field left out is unchanged (null: see each field)."""
 
-    nat: NatIn | None = None
-    dhcp: DhcpIn | None = None
-    domain: DomainStr | None = None
+    nat: NatIn = Field(
+        default_factory=lambda: NatIn.model_validate({}),
+        description="NAT settings, replacing the current ones (a member left out takes its "
+        "default). null is refused (422): send {} for the defaults",
+    )
+    dhcp: DhcpIn = Field(
+        default_factory=lambda: DhcpIn.model_validate({}),
+        description="DHCP settings, replacing the current ones (a member left out takes its "
+        "default). null is refused (422): send {} for the defaults",
+    )
+    domain: DomainStr | None = Field(
+        None, description="DNS domain of the guests' names. null: none"
+    )
 
 
 class NatOut(BaseModel):

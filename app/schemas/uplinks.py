@@ -17,7 +17,7 @@ class UplinkSet(RequestModel):
         None,
         max_length=45,
         description="Checked (ICMP echo) through the bridge before the move is kept; "
-        "default: the NIC's default gateway",
+        "null or left out: the NIC's default gateway",
     )
     probe_timeout: float = Field(5.0, ge=0.5, le=60, description="Seconds")
     take_mac: bool = Field(

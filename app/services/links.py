@@ -14,6 +14,7 @@ from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
     TapRepository,
+    stored_link_settings,
 )
 from app.domain.errors import BeingDeleted, Conflict, InUse, NameTaken, NotFound
 from app.domain.links import generate_mac
@@ -23,6 +24,7 @@ from app.domain.names import (
     validate_link_settings,
 )
 from app.domain.status import Status
+from app.domain.stored import default_forward_delay_cs
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
@@ -49,18 +51,25 @@ def _apply_changes(row: Bridge | Tap, changes: dict[str, Any]) -> bool:
     return changed
 
 
-STP_DEFAULT_FORWARD_DELAY_CS = 1500  # the kernel's own default while STP runs
-
-
 def _delay_cs(stp: bool, forward_delay: float | None) -> int:
+    """Seconds to centiseconds; None (not given, or null in a PATCH) is the default for
+    `stp`."""
     if forward_delay is None:
-        return STP_DEFAULT_FORWARD_DELAY_CS if stp else 0
+        return default_forward_delay_cs(stp)
     return round(forward_delay * 100)
 
 
-def _check_bridge(row: Bridge) -> None:
-    validate_link_settings(row.mtu, row.addresses)
-    validate_bridge_timers(row.stp, row.forward_delay_cs)
+def _check_link(row: Bridge | Tap) -> None:
+    """The row as a whole, after a change. A stored value that cannot be used (a row written
+    by hand) counts as its default here and stays reported on the row until it is set."""
+    settings, _ = stored_link_settings(row)
+    validate_link_settings(settings["mtu"], settings["addresses"])
+    if isinstance(row, Bridge):
+        # the pair as it is now (a request may have made it one the kernel refuses)
+        delay = row.forward_delay_cs
+        validate_bridge_timers(
+            settings["stp"], delay if type(delay) is int else settings["forward_delay_cs"]
+        )
 
 
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
@@ -99,7 +108,7 @@ class BridgeService:
             addresses=list(body.addresses),
             generation=1,
         )
-        _check_bridge(row)
+        _check_link(row)
         _claim_name(self.session, body.name, "bridge", row.id)
         self.bridges.add(row)
         return row, record_operation(self.session, "create", "bridge", row, self.request_id)
@@ -116,14 +125,18 @@ class BridgeService:
     def update(self, ref: str, body: BridgeUpdate) -> tuple[Bridge, Operation | None]:
         row = require_alive(self.bridges.find(ref), "bridge", ref)
         assert isinstance(row, Bridge)
-        changes = body.model_dump(exclude_unset=True)
-        if "forward_delay" in changes:
-            changes["forward_delay_cs"] = round(changes.pop("forward_delay") * 100)
-        elif changes.get("stp") and row.forward_delay_cs < STP_FORWARD_DELAY_CS[0]:
-            changes["forward_delay_cs"] = STP_DEFAULT_FORWARD_DELAY_CS
+        changes = body.changes()
+        if "forward_delay" in changes:  # null: the default for the stp after this change
+            stp = changes.get("stp", row.stp)
+            changes["forward_delay_cs"] = _delay_cs(stp, changes.pop("forward_delay"))
+        elif (
+            changes.get("stp")
+            and stored_link_settings(row)[0]["forward_delay_cs"] < (STP_FORWARD_DELAY_CS[0])
+        ):
+            changes["forward_delay_cs"] = default_forward_delay_cs(True)
         if not _apply_changes(row, changes):
             return row, None
-        _check_bridge(row)  # the result as a whole; the transaction rolls back if refused
+        _check_link(row)  # the result as a whole; the transaction rolls back if refused
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
@@ -181,7 +194,7 @@ class TapService:
             vnet_hdr=body.vnet_hdr,
             generation=1,
         )
-        validate_link_settings(row.mtu, row.addresses)
+        _check_link(row)
         _claim_name(self.session, body.name, "tap", row.id)
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.request_id)
@@ -189,7 +202,7 @@ class TapService:
     def update(self, ref: str, body: TapUpdate) -> tuple[Tap, Operation | None]:
         row = require_alive(self.taps.find(ref), "tap", ref)
         assert isinstance(row, Tap)
-        changes = body.model_dump(exclude_unset=True)
+        changes = body.changes()
         if "bridge" in changes:
             changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
         recreating = {"multi_queue", "owner_uid", "owner_gid"} & {
@@ -203,7 +216,7 @@ class TapService:
             )
         if not _apply_changes(row, changes):
             return row, None
-        validate_link_settings(row.mtu, row.addresses)
+        _check_link(row)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
 

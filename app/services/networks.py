@@ -198,16 +198,17 @@ class NetworkService:
     def update(self, ref: str, body: NetworkUpdate) -> tuple[Network, Operation | None]:
         row = self.alive(ref)
         before = _changeable(row)
-        if body.nat is not None:
+        sent = body.model_fields_set  # nat and dhcp refuse null; domain null clears it
+        if "nat" in sent:
             _check_nat(body.nat)
             self._set_nat(row, body.nat)
-        if body.dhcp is not None:
+        if "dhcp" in sent:
             plan = plan_addressing(
                 row.subnet, row.gateway, body.dhcp.range_start, body.dhcp.range_end
             )
             check_range_change(plan, self._fixed(row))
             self._set_dhcp(row, body.dhcp, plan)
-        if "domain" in body.model_fields_set:
+        if "domain" in sent:
             row.domain = body.domain
         if _changeable(row) == before:
             return row, None

@@ -43,6 +43,7 @@ from app.domain.links import (
 from app.domain.retry import Backoff
 from app.domain.status import Status
 from app.host.netlink import LinkError, LinkOps
+from app.supervisor.faults import FaultLog, describe
 
 log = logging.getLogger(__name__)
 
@@ -86,34 +87,37 @@ class LinkReconciler:
         self.expected: dict[str, Fingerprint] = {}
         self.names_by_index: dict[int, str] = {}
         self._finished: list[FinishedOperation] = []  # collected during one write-back
+        self.faults = FaultLog(log, backoff.clock)
 
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
         """One pass; returns how many resources it changed or reported on."""
         retry_ids = self.backoff.due_keys() if scope is Scope.DIRTY else []
         with self.db.reading() as session:
-            specs, states = load_link_specs(
+            loaded = load_link_specs(
                 session,
                 dirty_only=scope is Scope.DIRTY,
                 names=list(names) if scope is Scope.NAMES else None,
                 also_ids=retry_ids,
             )
+        states = loaded.states
         for gone in set(retry_ids) - states.keys():
             self.backoff.succeeded(gone)
-        specs = [s for s in specs if self.backoff.due(s.id) or scope is Scope.FULL]
+        reported = self._report_unreadable(loaded.unreadable, states)
+        specs = [s for s in loaded.specs if self.backoff.due(s.id) or scope is Scope.FULL]
         if not specs and scope is not Scope.FULL:
-            return 0
+            return reported
         if scope is Scope.FULL:
             self._prune_operations()
-        actions = self._plan(scope, specs)
+        actions = self._plan(scope, specs, keep_ids=loaded.unreadable.keys())
         self._journal_create_intents(actions)
         outcomes = [self._execute(action) for action in actions]
-        return self._write_back(scope, outcomes, states)
+        return reported + self._write_back(scope, outcomes, states)
 
     # ---- planning --------------------------------------------------------------------------
 
-    def _plan(self, scope: Scope, specs: list[LinkSpec]) -> list[Action]:
+    def _plan(self, scope: Scope, specs: list[LinkSpec], keep_ids: Iterable[str]) -> list[Action]:
         if scope is Scope.FULL or len(specs) > DUMP_THRESHOLD:
-            actions = plan(specs, self.ops.dump())
+            actions = plan(specs, self.ops.dump(), keep_ids)
             if scope is not Scope.FULL:  # the sweep needs the whole desired set
                 actions = [a for a in actions if a.kind is not ActionKind.SWEEP]
             return actions
@@ -169,6 +173,11 @@ class LinkReconciler:
                 log.warning("could not remove orphan %s: %s", action.name, exc)
                 return None
             return Outcome(spec, action.kind, ok=False, reason=str(exc), transient=exc.transient)
+        except Exception as exc:  # a bug or a kernel answer we did not expect: this link only
+            self.faults.failed(action.name, f"{action.kind.value} of link {action.name}", exc)
+            if spec is None:
+                return None
+            return Outcome(spec, action.kind, ok=False, reason=describe(exc), transient=True)
 
     def _sweep(self, link: ObservedLink) -> None:
         log.info("removing orphan link %s (index %d, %s)", link.name, link.index, link.alias)
@@ -232,6 +241,40 @@ class LinkReconciler:
         )
 
     # ---- writing back ----------------------------------------------------------------------
+
+    def _report_unreadable(
+        self, unreadable: dict[str, str], states: dict[str, ObservedState]
+    ) -> int:
+        """Rows whose stored settings cannot be used: each says why on itself (error, settled
+        at its generation, its operation failed), once per change; its link is left as it
+        is until a PATCH (a new generation) or a delete makes the row usable again."""
+        news = {
+            row_id: reason
+            for row_id, reason in unreadable.items()
+            if (states[row_id].status, states[row_id].reason, states[row_id].observed_generation)
+            != (Status.ERROR.value, reason, states[row_id].generation)
+        }
+        if not news:
+            return 0
+        events: list[dict[str, object]] = []
+        with self.db.unit_of_work() as session:
+            rows = link_rows(session, list(news))
+            finished = []
+            for row_id, reason in news.items():
+                row = rows.get(row_id)
+                if row is None or row.generation != states[row_id].generation:
+                    continue  # changed meanwhile: the next pass reads it again
+                log.warning("%s %s: %s", type(row).__name__.lower(), row.name, reason)
+                self.backoff.succeeded(row.id)
+                row.status, row.status_reason = Status.ERROR.value, reason
+                row.observed_generation = row.generation
+                finished.append(FinishedOperation(row.id, row.generation, "failed", reason))
+                kind = "bridge" if isinstance(row, Bridge) else "tap"
+                events.append(row.event_fields(kind))
+            OperationRepository(session).finish(finished)
+        for event in events:
+            self.bus.publish(**event)
+        return len(events)
 
     def _write_back(
         self, scope: Scope, outcomes: list[Outcome | None], states: dict[str, ObservedState]
@@ -314,6 +357,7 @@ class LinkReconciler:
     ) -> dict[str, object] | None:
         """Returns a drift_repaired event when a settled resource had to be fixed."""
         self.backoff.succeeded(row.id)
+        self.faults.succeeded(row.name, f"link {row.name}")
         drift = (
             scope is not Scope.DIRTY
             and row.status == Status.ACTIVE.value
@@ -344,8 +388,9 @@ class LinkReconciler:
 
     def _record_failure(self, row: Bridge | Tap, outcome: Outcome, loaded: int) -> None:
         if outcome.transient and self.backoff.attempts(row.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
-            delay = self.backoff.failed(row.id)
-            row.status_reason = f"retrying in {delay:.1f}s: {outcome.reason}"
+            self.backoff.failed(row.id)
+            # the same words at every retry: the row changes (and an event goes out) once
+            row.status_reason = f"retrying with backoff: {outcome.reason}"
             return
         self.backoff.succeeded(row.id)  # permanent: retried at the next full resync
         newly_failed = row.observed_generation != loaded or row.status != Status.ERROR.value

@@ -4,7 +4,9 @@ Bridge uplinks are reconciled on the same thread, right after the links.
 One thread runs every pass, so no object is ever reconciled twice at once. It wakes when
 the API nudges it (desired state changed), when the link monitor reports a change to one of
 our links (drift), when a backed-off retry is due, and every `interval` seconds for a full
-resync, which also sweeps orphans. An unexpected error schedules an early full resync.
+resync, which also sweeps orphans. An unexpected error that fails a whole pass schedules an
+early full resync after a backoff that grows while the failure persists (never a hot loop),
+and is logged at a bounded rate (app.supervisor.faults).
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ from app.host.monitor import LinkMonitor
 from app.host.netlink import LinkOps, observed
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawAddress, RawLink
+from app.supervisor.faults import FaultLog
 from app.supervisor.links import LinkReconciler, Scope
 from app.supervisor.uplinks import UplinkReconciler
 
 log = logging.getLogger(__name__)
 
-ERROR_RESYNC_DELAY = 1.0
 # a change of operational state alone is looked at this long after it is reported: a port
 # joining a bridge toggles the bridge's state and back within milliseconds (and our own
 # creates pass through "unknown"), so reports coalesce into one read of what stayed
 OPER_STATE_DELAY = 0.1
+PASS_KEY = "pass"  # the backoff key of whole-pass failures
 
 
 class Supervisor:
@@ -138,6 +141,8 @@ class Supervisor:
 
     def _run(self) -> None:
         backoff = Backoff(self.clock)
+        pass_backoff = Backoff(self.clock, base=1.0, cap=self.interval)
+        faults = FaultLog(log, self.clock)
         enter_for_this_thread(self.netns)  # tap ioctls act in the thread's namespace
         # pyroute2 sockets belong to the thread that opens them
         with LinkOps() as ops:
@@ -156,12 +161,13 @@ class Supervisor:
                         uplinks.run(full=scope is Scope.FULL)
                     if scope is Scope.FULL:
                         next_full = self.clock() + self.interval
+                        pass_backoff.succeeded(PASS_KEY)
+                        faults.succeeded(PASS_KEY, "the link reconcile pass")
                         self.ready.set()
-                except Exception:
-                    log.exception("%s reconcile pass failed; full resync scheduled", scope.value)
-                    next_full = self.clock() + ERROR_RESYNC_DELAY
-                    if scope is not Scope.FULL:
-                        self.nudge()
+                except Exception as exc:
+                    # the work of this pass is redone by the full resync, after a backoff
+                    faults.failed(PASS_KEY, f"the {scope.value} link reconcile pass", exc)
+                    next_full = self.clock() + pass_backoff.failed(PASS_KEY)
                 self.passes += 1
 
     def _next_work(self, next_full: float, backoff: Backoff) -> tuple[Scope | None, set[str]]:

@@ -65,12 +65,13 @@ from app.host import dnsmasq, nft
 from app.host.addresses import AddressReadError, host_prefixes
 from app.host.netns import enter_for_this_thread
 from app.host.sysctl import enable_ip_forwarding
+from app.supervisor.faults import FaultLog, describe
 
 log = logging.getLogger(__name__)
 
 RESYNC_INTERVAL = 30.0
 WAITING_POLL = 0.2  # while a network waits for its link to settle
-ERROR_RESYNC_DELAY = 1.0
+PASS_KEY = "pass"  # the backoff key of whole-pass failures
 READY_TIMEOUT = 3.0  # dnsmasq writes its pid file once its sockets are bound
 NFT_KEY = "nftables"
 RULES_RECORD = "nft-rules.json"
@@ -118,6 +119,9 @@ class NetworkWorker:
         self.ready = threading.Event()
         self.passes = 0
         self.backoff = Backoff(clock)
+        self._pass_backoff = Backoff(clock, base=1.0, cap=resync_interval)
+        self.faults = FaultLog(log, clock)
+        self._faulted: dict[str, Observed] = {}  # network id -> its report while it fails
         self._procs: dict[str, dnsmasq.Dnsmasq] = {}
         self._exits: dict[str, str] = {}  # network id -> how its dnsmasq last ended
         self._written: dict[str, DhcpDnsSpec] = {}  # network id -> what its files say
@@ -180,10 +184,14 @@ class NetworkWorker:
                 waiting = self._pass(full)
                 if full:
                     next_full = self.clock() + self.resync_interval
+                    self._pass_backoff.succeeded(PASS_KEY)
+                    self.faults.succeeded(PASS_KEY, "the network pass")
                     self.ready.set()
-            except Exception:
-                log.exception("network pass failed; full resync scheduled")
-                next_full = self.clock() + ERROR_RESYNC_DELAY
+            except Exception as exc:
+                # redone by a full resync after a backoff that grows while this persists
+                self.faults.failed(PASS_KEY, "the network pass", exc)
+                next_full = self.clock() + self._pass_backoff.failed(PASS_KEY)
+                self._drop_exited()  # their pidfds would wake the next poll at once
             self.passes += 1
 
     def _next_pass(self, next_full: float, waiting: bool) -> bool:
@@ -217,7 +225,8 @@ class NetworkWorker:
         with self.db.reading() as session:
             networks, forwards = load_network_state(session)
             own = own_addresses(session) if full else None
-        live = [n for n in networks if not n.row.deleted]
+        # a network whose row cannot be read puts no rules in (its link_problem says why)
+        live = [n for n in networks if not n.row.deleted and not n.unreadable]
         result = PassResult()
         if own is not None:
             self._check_clashes(live, own)
@@ -227,7 +236,7 @@ class NetworkWorker:
         rules_problem = self._sync_rules(live, forwards, full, result)
         problem = problem or rules_problem
         for network in networks:
-            observed = self._sync_network(network, problem, full)
+            observed = self._sync_network_safely(network, problem, full)
             clash = self._clashes.get(network.row.id)
             if clash is not None and not network.row.deleted:
                 observed.status, observed.reason, observed.settled = Status.ERROR, clash, True
@@ -236,6 +245,11 @@ class NetworkWorker:
             result.forwards[forward.row.id] = _forward_outcome(forward, rules_problem)
         if full:
             self._sweep_orphans({n.row.id for n in networks})
+        for network in networks:
+            if network.link_name is None and not network.row.deleted:
+                # not synced (no link, or a row that cannot be read): a dnsmasq of it that
+                # ended is forgotten here, else its pidfd would wake every poll at once
+                self._drop_exited(network.row.id)
         if full or self._news(networks, forwards, result):
             self._write_back(networks, forwards, result)
         else:
@@ -410,6 +424,45 @@ class NetworkWorker:
 
     def _paths(self, network_id: str) -> dnsmasq.DnsmasqPaths:
         return dnsmasq.DnsmasqPaths.of(self.run_dir, self.state_dir, network_id)
+
+    def _sync_network_safely(
+        self, network: NetworkState, problem: str | None, full: bool
+    ) -> Observed:
+        """One network; something unexpected is recorded on it and retried with backoff,
+        and the pass goes on with the others."""
+        row = network.row
+        what = f"network {row.name}"
+        faulted = self._faulted.get(row.id)
+        if faulted is not None and not self.backoff.due(row.id):
+            return faulted
+        try:
+            observed = self._sync_network(network, problem, full)
+        except Exception as exc:
+            self.faults.failed(row.id, what, exc)
+            self.backoff.failed(row.id)
+            self._drop_exited(row.id)
+            self._faulted[row.id] = Observed(Status.ERROR, describe(exc))
+            return self._faulted[row.id]
+        if self._faulted.pop(row.id, None) is not None:
+            self.backoff.succeeded(row.id)
+        self.faults.succeeded(row.id, what)
+        return observed
+
+    def _drop_exited(self, network_id: str | None = None) -> None:
+        """Forget dnsmasq processes that ended (of one network, or all): a pidfd that stays
+        readable would make every poll return at once."""
+        for key, process in list(self._procs.items()):
+            if network_id not in (None, key):
+                continue
+            try:
+                ended = process.exited()
+            except Exception:  # cannot tell: forget it; the next pass adopts or starts one
+                ended = True
+            if ended:
+                with contextlib.suppress(Exception):
+                    self._exits[key] = self._exit_reason(process)
+                del self._procs[key]
+                process.close()
 
     def _sync_network(self, network: NetworkState, problem: str | None, full: bool) -> Observed:
         row = network.row

@@ -28,6 +28,7 @@ from app.domain.status import Status
 from app.domain.uplinks import NicConfig, dhcp_refusal
 from app.host import uplink
 from app.host.uplink import MoveLog, UplinkError
+from app.supervisor.faults import FaultLog, describe
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class UplinkReconciler:
         # a move or restore changed what the bridge's spec says (MAC, MTU): the link pass
         # brings the rest of the bridge in line
         self.on_moved = on_moved
+        self.faults = FaultLog(log)
 
     def run(self, full: bool) -> None:
         for work in self._load(full):
@@ -88,6 +90,11 @@ class UplinkReconciler:
                 # the journal still says what was being done: the next pass picks it up
                 log.warning("uplink %s of %s: %s", work.interface, work.bridge, exc)
                 self._settle(work, Status.ERROR, str(exc))
+            except Exception as exc:  # unexpected: this uplink only (the journal stays)
+                self.faults.failed(work.id, f"uplink {work.interface} of {work.bridge}", exc)
+                self._settle(work, Status.ERROR, describe(exc))
+            else:
+                self.faults.succeeded(work.id, f"uplink {work.interface} of {work.bridge}")
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -108,7 +115,8 @@ class UplinkReconciler:
 
     def _reconcile(self, work: UplinkWork, full: bool) -> None:
         if work.phase in (MOVING, RESTORING):  # a crash interrupted a move or a restore
-            log.warning("uplink %s: an interrupted %s; restoring", work.interface, work.phase)
+            if not self.faults.failing(work.id):  # else said once already
+                log.warning("uplink %s: an interrupted %s; restoring", work.interface, work.phase)
             self._restore(work)
             work.phase = DETACHED
         if work.deleted:

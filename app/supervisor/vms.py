@@ -49,6 +49,7 @@ from app.db.repositories import (
 from app.db.session import Database
 from app.domain.errors import DomainError
 from app.domain.qemu_argv import qemu_argv
+from app.domain.retry import Backoff
 from app.domain.vm_plan import RestartRules, VmAction, VmDesired, VmObserved, decide
 from app.domain.vms import (
     PowerState,
@@ -74,6 +75,7 @@ from app.host.qemu import (
     shutdown,
 )
 from app.host.qmp import QmpEvent
+from app.supervisor.faults import FaultLog, describe
 from app.supervisor.vm_taps import TapPlan, VmTaps, tap_plans
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,8 @@ KILL_DEADLINES = ShutdownDeadlines(powerdown=0, quit=0, sigterm=0, sigkill=5.0)
 ADOPT_TIMEOUT = 5.0  # QMP greeting of a qemu found at start-up
 QMP_TIMEOUT = 5.0  # one QMP command asked for through execute()
 RESYNC_INTERVAL = 30.0  # a pass even when nothing wakes us
-ERROR_RETRY = 1.0  # after a pass failed unexpectedly
+ERROR_RETRY = 1.0  # the first retry after a pass failed unexpectedly (then it doubles)
+PASS_KEY = "pass"  # the backoff key of whole-pass failures
 STOP_TIMEOUT = 10.0  # stop(): for in-flight actions to be cancelled and handles released
 RETRY_BASE, RETRY_MAX = 0.5, 30.0  # transient failures before a launch (a bridge not there yet)
 QMP_EVENTS = frozenset({"SHUTDOWN", "RESET", "STOP", "RESUME", "NIC_RX_FILTER_CHANGED"})
@@ -190,6 +193,9 @@ class VmWorker:
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._taps: VmTaps | None = None
+        self.faults = FaultLog(log, clock)
+        self._faulted: dict[str, Report] = {}  # VM id -> its report while it fails
+        self._pass_backoff = Backoff(clock, base=ERROR_RETRY, cap=resync_interval)
 
     # ---- control ---------------------------------------------------------------------------
 
@@ -295,10 +301,14 @@ class VmWorker:
 
     def _pass_safely(self) -> float:
         try:
-            return self._pass()
-        except Exception:
-            log.exception("VM pass failed; retrying in %g s", ERROR_RETRY)
-            return self.clock() + ERROR_RETRY
+            wake_at = self._pass()
+        except Exception as exc:  # retried after a backoff that grows while this persists
+            self.faults.failed(PASS_KEY, "the VM pass", exc)
+            return self.clock() + self._pass_backoff.failed(PASS_KEY)
+        else:
+            self._pass_backoff.succeeded(PASS_KEY)
+            self.faults.succeeded(PASS_KEY, "the VM pass")
+            return wake_at
         finally:
             self.passes += 1
 
@@ -426,7 +436,7 @@ class VmWorker:
             state = self._state(row)
             nics = nics_by_vm.get(row.id, [])
             _note_stale_taps(state, claimed.get(row.id, set()), nics)
-            report, due = self._decide_and_act(row, nics, bridges, state, now)
+            report, due = self._decide_and_act_safely(row, nics, bridges, state, now)
             reports[row.id] = report
             if due is not None:
                 wake_at = min(wake_at, due)
@@ -436,6 +446,38 @@ class VmWorker:
                 del self._vms[gone]  # removed (by us) and forgotten
         self._write_back(rows, reports)
         return wake_at
+
+    def _decide_and_act_safely(
+        self,
+        row: Vm,
+        nics: list[VmNic],
+        bridges: dict[str, BridgeFacts],
+        state: VmState,
+        now: float,
+    ) -> tuple[Report, float | None]:
+        """One VM; something unexpected is recorded on it (error, the reason) and retried
+        with backoff, and the pass goes on with the other VMs."""
+        faulted = self._faulted.get(row.id)
+        waiting = state.retry_at is not None and now < state.retry_at
+        if faulted is not None and row.generation == state.generation and waiting:
+            return faulted, state.retry_at
+        try:
+            result = self._decide_and_act(row, nics, bridges, state, now)
+        except Exception as exc:
+            return self._fault(row, state, exc), state.retry_at
+        if self._faulted.pop(row.id, None) is not None:
+            self._retry_done(state)
+        self.faults.succeeded(row.id, f"VM {row.name}")
+        return result
+
+    def _fault(self, row: Vm, state: VmState, exc: BaseException) -> Report:
+        self.faults.failed(row.id, f"VM {row.name}", exc)
+        self._retry_later(state, describe(exc))
+        # the same words at every retry: the row changes (and an event goes out) once
+        state.retry_reason = f"retrying with backoff: {describe(exc)}"
+        report = self._report(row, state, VmStatus.ERROR, state.retry_reason, False)
+        self._faulted[row.id] = report
+        return report
 
     def _decide_and_act(
         self,
@@ -452,9 +494,7 @@ class VmWorker:
             return self._report(row, state, state.busy, state.busy_reason, False), None
         if row.deleted and state.removed:
             return self._report(row, state, VmStatus.DELETING, None, True), None
-        desired = VmDesired(
-            PowerState(row.power_state), RestartPolicy(row.restart_policy), row.deleted
-        )
+        desired = _desired(row)
         taps = tap_plans(row, nics, bridges)
         if state.stuck is not None:  # a qemu that survived SIGKILL: nothing more to try
             status = VmStatus.DELETING if row.deleted else VmStatus.ERROR
@@ -550,8 +590,13 @@ class VmWorker:
 
     def _action_done(self, state: VmState, task: asyncio.Task[None]) -> None:
         state.busy = state.busy_reason = None
-        if not task.cancelled() and task.exception() is not None:
-            log.error("action on VM %s failed", state.vm_id, exc_info=task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            # retried with backoff (launch and remove wait for retry_at), logged at a
+            # bounded rate: a failure that repeats never becomes a hot loop
+            self.faults.failed(state.vm_id, f"an action on VM {state.vm_id}", exc)
+            self._retry_later(state, describe(exc))
+            state.retry_reason = f"retrying with backoff: {describe(exc)}"
         self._set_wake()
 
     def _clean_taps_if_needed(
@@ -788,6 +833,14 @@ def _note_stale_taps(state: VmState, claimed: set[str], nics: Sequence[VmNic]) -
     if stale:
         state.stale_taps_seen |= stale
         state.taps |= stale
+
+
+def _desired(row: Vm) -> VmDesired:
+    """What the user wants. A VM being deleted goes whatever else its row says (even a
+    power state or policy this version cannot read)."""
+    if row.deleted:
+        return VmDesired(PowerState.STOPPED, RestartPolicy.NEVER, True)
+    return VmDesired(PowerState(row.power_state), RestartPolicy(row.restart_policy), False)
 
 
 def _argv_option(argv: Sequence[str], name: str) -> str | None:
