@@ -42,7 +42,7 @@ def new_id() -> str:
 
 
 # ---- CHECK constraints: the database refuses what validation would refuse -----------------
-# Migration 0007 adds the same ones to existing databases (a test compares them). SQLite keeps
+# Migration 0011 adds the same ones to existing databases (a test compares them). SQLite keeps
 # booleans as 0/1 and JSON as text, so both are checked; names are ck_<table>_<what>.
 
 ID_MAX = 2**32 - 2  # uid/gid: (uid_t)-1 means "none" to the kernel
@@ -204,6 +204,7 @@ class Bridge(LinkColumns, Base):
             f"forward_delay_cs BETWEEN 0 AND {STP_FORWARD_DELAY_CS[1]} AND "
             f"(stp = 0 OR forward_delay_cs >= {STP_FORWARD_DELAY_CS[0]})",
         ),
+        _check("bridges", "generated_mac", f"generated_mac GLOB '{MAC_GLOB}'"),
     )
 
 
@@ -244,6 +245,11 @@ class EventSequence(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
     next_id: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        _check("event_sequence", "one_row", "id = 1"),
+        _check("event_sequence", "next_id", "next_id >= 1"),
+    )
 
 
 class Operation(Base):
@@ -340,6 +346,7 @@ class VmNic(Base):
         _json("vm_nics", "options", "object"),
         _between("vm_nics", "queues", *QUEUES, nullable=False),
         *_flags("vm_nics", "link_up"),
+        _between("vm_nics", "mtu", MTU_MIN, MTU_MAX, nullable=True),
     )
 
 

@@ -21,8 +21,8 @@ def upgrade() -> None:
         "event_sequence",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("next_id", sa.Integer(), nullable=False),
-        sa.CheckConstraint("id = 1", name="one_row"),
-        sa.CheckConstraint("next_id >= 1", name="positive"),
+        sa.CheckConstraint("id = 1", name="ck_event_sequence_one_row"),
+        sa.CheckConstraint("next_id >= 1", name="ck_event_sequence_next_id"),
         sa.PrimaryKeyConstraint("id"),
     )
     op.bulk_insert(table, [{"id": 1, "next_id": 1}])

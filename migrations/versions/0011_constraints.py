@@ -72,6 +72,12 @@ CHECKS: dict[str, list[tuple[str, str, str]]] = {
             "forward_delay_cs BETWEEN 0 AND 3000 AND (stp = 0 OR forward_delay_cs >= 200)",
             "CASE WHEN stp = 1 THEN 1500 ELSE 0 END",
         ),
+        (
+            "generated_mac",
+            f"generated_mac GLOB '{MAC_GLOB}'",
+            "printf('02:%02x:%02x:%02x:%02x:%02x', abs(random()) % 256, abs(random()) % 256, "
+            "abs(random()) % 256, abs(random()) % 256, abs(random()) % 256)",
+        ),
     ],
     "taps": [
         *_link(),
@@ -102,6 +108,7 @@ CHECKS: dict[str, list[tuple[str, str, str]]] = {
         _json("options", "object", "'{}'"),
         _between("queues", "1", "16", "1", nullable=False),
         _flag("link_up"),
+        _between("mtu", "68", "65521", "NULL", nullable=True),
     ],
     "networks": [
         *_resource(),
