@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import pwd
 import shutil
 import threading
 import time
@@ -50,6 +51,7 @@ from app.domain.vms import (
     resolve_accelerator,
 )
 from app.host.netlink import LinkError
+from app.host.procs import proc_facts
 from app.host.qemu import (
     DEFAULT_DEADLINES,
     LaunchRecord,
@@ -84,6 +86,7 @@ STOP_TIMEOUT = 10.0  # stop(): for in-flight actions to be cancelled and handles
 RETRY_BASE, RETRY_MAX = 0.5, 30.0  # transient failures before a launch (a bridge not there yet)
 QMP_EVENTS = frozenset({"SHUTDOWN", "RESET", "STOP", "RESUME", "NIC_RX_FILTER_CHANGED"})
 DEFAULT_RULES = RestartRules()
+DEFAULT_QEMU_USER = "kvmnetd-qemu"  # settings.qemu_user
 SETTLED_OK = frozenset({VmStatus.RUNNING, VmStatus.STOPPED})
 
 
@@ -113,6 +116,9 @@ class VmState:
     taps: set[str] = field(default_factory=set)  # bridge taps that may exist in the kernel
     removed: bool = False  # everything on the host is gone: the pass deletes the rows
     generation: int = 0  # the desired generation last seen
+    intent_generation: int = 0  # the last power intent seen (a PATCH is none)
+    launched_generation: int | None = None  # the generation the running qemu started from
+    user: tuple[int, int] | None = None  # real uid/gid of the running qemu (/proc)
     event_fields: dict[str, Any] = field(default_factory=dict)  # for QMP events
     taps_checked_at: float = 0.0  # when the running qemu's bridge taps were last checked
     tap_problem: str | None = None  # a tap of the running qemu was deleted by hand
@@ -144,6 +150,8 @@ class Report:
     exit_code: int | None
     last_output: str | None
     restarts: int
+    launched_generation: int | None
+    user: tuple[int, int] | None
 
 
 class VmWorker:
@@ -156,6 +164,7 @@ class VmWorker:
         kvm_runs_guests: Callable[[], bool | None],
         vhost_net: Callable[[], bool],
         netns: str | None = None,
+        qemu_user: str | None = DEFAULT_QEMU_USER,
         clock: Callable[[], float] = time.monotonic,
         rules: RestartRules = DEFAULT_RULES,
         deadlines: ShutdownDeadlines = DEFAULT_DEADLINES,
@@ -168,6 +177,7 @@ class VmWorker:
         self.kvm_runs_guests = kvm_runs_guests
         self.vhost_net = vhost_net
         self.netns = netns
+        self.qemu_user = qemu_user
         self.clock = clock
         self.rules = rules
         self.deadlines = deadlines
@@ -338,10 +348,13 @@ class VmWorker:
         )
         state.accelerator = _argv_option(process.argv, "-accel") or row.accelerator_used
         state.exit_at, state.stopped_by_us, state.held = None, False, None
+        state.launched_generation = row.launched_generation
         self._hold(state, process)
 
     def _hold(self, state: VmState, process: QemuProcess) -> None:
         state.process = process
+        facts = proc_facts(process.pid)  # who it really is, not who we asked for
+        state.user = (facts.uid, facts.gid) if facts is not None else None
         process.watch().add_done_callback(partial(self._on_exit_future, state, process))
 
     # ---- exits and QMP events --------------------------------------------------------------
@@ -381,6 +394,7 @@ class VmWorker:
         if state is not None:
             return state
         state = VmState(row.id, generation=row.generation)
+        state.intent_generation = row.intent_generation
         state.exit_code, state.output = row.exit_code, row.last_output
         state.accelerator, state.started_at = row.accelerator_used, row.started_at
         applied = row.observed_generation == row.generation
@@ -432,7 +446,7 @@ class VmWorker:
         now: float,
     ) -> tuple[Report, float | None]:
         if row.generation != state.generation:
-            self._new_generation(state, row.generation)
+            self._new_generation(state, row.generation, row.intent_generation)
         if state.task is not None and not state.task.done():
             assert state.busy is not None
             return self._report(row, state, state.busy, state.busy_reason, False), None
@@ -441,7 +455,7 @@ class VmWorker:
         desired = VmDesired(
             PowerState(row.power_state), RestartPolicy(row.restart_policy), row.deleted
         )
-        taps = tap_plans(row, nics, bridges)
+        taps = tap_plans(row, nics, bridges, self._owner(row))
         if state.stuck is not None:  # a qemu that survived SIGKILL: nothing more to try
             status = VmStatus.DELETING if row.deleted else VmStatus.ERROR
             return self._report(row, state, status, state.stuck, True), None
@@ -495,10 +509,17 @@ class VmWorker:
         reason = decision.reason or (state.tap_problem if state.running else None)
         return self._report(row, state, decision.status, reason, True), None
 
-    def _new_generation(self, state: VmState, generation: int) -> None:
-        """The user changed the VM: a past exit, crash loop, failed launch or retry no longer
-        stands in the way of what they now want (a `start` of a crashed VM starts it)."""
+    def _new_generation(self, state: VmState, generation: int, intent: int) -> None:
+        """The user changed the VM. A new power intent (start, stop, kill, delete: the
+        action table's `desire`) means a past exit, crash loop, failed launch or retry no
+        longer stands in the way of what they now want (a `start` of a crashed VM starts
+        it). A PATCH is no intent: a crashed or failed VM stays so, at the new generation."""
         state.generation = generation
+        if intent == state.intent_generation:
+            if state.held is not None:
+                state.held = (generation, state.held[1])
+            return
+        state.intent_generation = intent
         if not state.running:
             state.exit_at = None
             state.stopped_by_us = False
@@ -520,6 +541,8 @@ class VmWorker:
             exit_code=state.exit_code,
             last_output=state.output,
             restarts=row.restarts + state.new_restarts,
+            launched_generation=state.launched_generation,
+            user=state.user if process is not None else None,
         )
 
     def _spawn(
@@ -626,6 +649,7 @@ class VmWorker:
             missing = [tap.name for tap in taps if tap.bridge is None]
             if missing:
                 raise DomainError(f"the bridge of tap(s) {', '.join(missing)} is gone")
+            user = self._run_as(row)
         except (DomainError, ValueError) as exc:
             state.held = (generation, str(exc))
             return
@@ -654,8 +678,8 @@ class VmWorker:
                 vm_id=row.id,
                 argv=qemu_argv(vm, self.qemu_binary, accelerator, self.vhost_net(), tap_fds),
                 run_dir=self.vm_dir(row.id),
-                user=row.run_as_uid,
-                group=row.run_as_gid,
+                user=None if user is None else user[0],
+                group=None if user is None else user[1],
                 netns=self.netns,
                 sandbox=True,
                 name=row.name,
@@ -678,8 +702,42 @@ class VmWorker:
         state.started_at = dt.datetime.now(dt.UTC)
         state.exit_code, state.exit_at, state.output = None, None, None
         state.stopped_by_us = False
+        state.launched_generation = generation
         self._hold(state, process)
-        log.info("VM %s (%s) runs as pid %d under %s", row.name, row.id, process.pid, accelerator)
+        log.info(
+            "VM %s (%s) runs as pid %d (uid %s) under %s",
+            row.name,
+            row.id,
+            process.pid,
+            state.user[0] if state.user else "?",
+            accelerator,
+        )
+
+    def _run_as(self, row: Vm) -> tuple[int, int] | None:
+        """The uid/gid the VM's qemu runs as: its run_as, else the daemon's qemu user
+        (None: qemu_user is unset, it runs as the daemon). A missing user is an error on
+        the VM, never a silent fallback to root."""
+        if row.run_as_uid is not None:
+            gid = row.run_as_uid if row.run_as_gid is None else row.run_as_gid
+            return row.run_as_uid, gid
+        if self.qemu_user is None:
+            return None
+        try:
+            entry = pwd.getpwnam(self.qemu_user)
+        except KeyError:
+            raise DomainError(
+                f"the qemu user {self.qemu_user!r} does not exist: create it with `useradd "
+                f"--system --no-create-home --shell /usr/sbin/nologin {self.qemu_user}` "
+                "(make run and deploy/install.sh do), or give the VM run_as"
+            ) from None
+        return entry.pw_uid, entry.pw_gid
+
+    def _owner(self, row: Vm) -> tuple[int, int] | None:
+        """The owner of the VM's bridge taps: the user its qemu runs as, when known."""
+        try:
+            return self._run_as(row)
+        except DomainError:
+            return None
 
     async def _check_taps(self, state: VmState, taps: list[TapPlan]) -> None:
         """A running VM's bridge taps: one taken off its bridge (brctl delif) is put back;
@@ -773,6 +831,12 @@ def _argv_option(argv: Sequence[str], name: str) -> str | None:
     return None
 
 
+def _user_of(row: Vm) -> tuple[int, int] | None:
+    if row.observed_uid is None or row.observed_gid is None:
+        return None
+    return row.observed_uid, row.observed_gid
+
+
 def _differs(row: Vm, report: Report, state: VmState) -> bool:
     if row.deleted and state.removed:
         return True
@@ -782,6 +846,7 @@ def _differs(row: Vm, report: Report, state: VmState) -> bool:
         != (report.pid, report.accelerator_used, report.started_at)
         or (row.exit_code, row.last_output, row.restarts)
         != (report.exit_code, report.last_output, report.restarts)
+        or (row.launched_generation, _user_of(row)) != (report.launched_generation, report.user)
         or (report.settled and row.observed_generation != row.generation)
     )
 
@@ -799,6 +864,8 @@ def _record(
     row.exit_code = report.exit_code
     row.last_output = report.last_output
     row.restarts = report.restarts
+    row.launched_generation = report.launched_generation
+    row.observed_uid, row.observed_gid = report.user if report.user else (None, None)
     # a newer generation arrived while we decided: it is not applied yet
     newly_applied = row.observed_generation != loaded_generation
     if report.settled and row.generation == loaded_generation and newly_applied:
