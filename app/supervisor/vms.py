@@ -26,6 +26,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -449,6 +450,7 @@ class VmWorker:
             self._new_generation(state, row.generation, row.intent_generation)
         if state.task is not None and not state.task.done():
             assert state.busy is not None
+            self._escalate(row, state)
             return self._report(row, state, state.busy, state.busy_reason, False), None
         if row.deleted and state.removed:
             return self._report(row, state, VmStatus.DELETING, None, True), None
@@ -508,6 +510,20 @@ class VmWorker:
             self._spawn(state, decision.status, decision.reason or state.tap_problem, check)
         reason = decision.reason or (state.tap_problem if state.running else None)
         return self._report(row, state, decision.status, reason, True), None
+
+    def _escalate(self, row: Vm, state: VmState) -> None:
+        """A kill (or a forced delete) while a graceful ladder climbs: SIGKILL now rather
+        than after the ladder's deadlines (the action table: kill while stopping)."""
+        process = state.process
+        if (
+            row.stop_mode == STOP_KILL
+            and state.busy in (VmStatus.STOPPING, VmStatus.DELETING)
+            and process is not None
+            and not process.exited()
+        ):
+            log.info("VM %s: escalating the stop to SIGKILL", state.vm_id)
+            with contextlib.suppress(OSError):  # the ladder released the handle meanwhile
+                process.send_signal(signal.SIGKILL)
 
     def _new_generation(self, state: VmState, generation: int, intent: int) -> None:
         """The user changed the VM. A new power intent (start, stop, kill, delete: the
