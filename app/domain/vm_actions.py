@@ -10,17 +10,21 @@ status). Columns are the actions of the API: start, stop, kill, reboot, delete, 
 A cell is an Outcome:
 - `desire`: write a desired power state and a new generation (202, or the settled answer
   with ?wait=). When the desired state already holds and `renew` is false, nothing is
-  written and the answer is 200 with the VM as it is (idempotent).
+  written and the answer is the VM as it is (idempotent): 200, or 202 while an earlier
+  change is still under way (?wait= waits for that one).
   `renew` means the request is new intent even if the desired state is unchanged: a start
   of a crashed, failed or lost VM launches it again (its past exits, restart backoff, crash
   loop and failed launch no longer count, see vm_plan and the worker's new generation).
 - `reset`: act on the running qemu at once (QMP system_reset), 204; nothing is written.
 - `delete`: mark the VM deleted (202); the worker stops it (graceful, or SIGKILL with
   ?force=true) and removes everything of it. Repeating it is accepted; force escalates.
-- `update`: PATCH writes the new spec (200 when the worker has nothing to do, 202 else).
+- `update`: PATCH writes the new spec and a generation (202; 200 with ?wait= once the
+  worker has seen it; 200 unchanged when nothing differs). It is no power intent: a
+  stopped, crashed or failed VM stays so.
   Fields qemu reads at start (vcpus, memory_mib, machine, accelerator, boot, run_as) take
   effect at the next start of qemu; a running VM shows `restart_pending: true` until then.
-- `noop`: 200 with the VM as it is; nothing is written.
+- `noop`: the VM as it is (200, or 202 while an earlier change is under way); nothing
+  is written.
 - `refuse`: 409 problem with the cell's reason; nothing is written.
 """
 
@@ -140,7 +144,7 @@ TABLE: dict[VmStatus, dict[VmVerb, Outcome]] = {
         VmVerb.PATCH: _UPDATE,
     },
     # the shutdown ladder runs; a start makes the VM start again once qemu has ended, a
-    # kill escalates the ladder to SIGKILL
+    # kill escalates the ladder to SIGKILL at once (the worker's _escalate)
     VmStatus.STOPPING: {
         VmVerb.START: _ON,
         VmVerb.STOP: _OFF,

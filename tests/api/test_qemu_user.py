@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.api.test_vm_actions import Lab, create, settled, wait_vm
-from tests.api.test_vm_actions import lab as lab
+from tests.api.vm_lab import Lab, create, settled, wait_vm
+from tests.api.vm_lab import lab as lab
 from tests.host.test_qemu import live_pids_with_uuid
 from tests.kernel import links
 
