@@ -744,7 +744,7 @@ class VmWorker:
             raise DomainError(
                 f"the qemu user {self.qemu_user!r} does not exist: create it with `useradd "
                 f"--system --no-create-home --shell /usr/sbin/nologin {self.qemu_user}` "
-                "(make run and deploy/install.sh do), or give the VM run_as"
+                "(make run and deploy/install.sh do) and start the VM again, or give it run_as"
             ) from None
         return entry.pw_uid, entry.pw_gid
 
