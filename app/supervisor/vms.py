@@ -886,7 +886,9 @@ def _record(
     newly_applied = row.observed_generation != loaded_generation
     if report.settled and row.generation == loaded_generation and newly_applied:
         row.observed_generation = loaded_generation
-        if report.status in SETTLED_OK:
+        # a PATCH (no power intent) succeeded once stored and seen, whatever the VM's status
+        patched = row.intent_generation < loaded_generation
+        if report.status in SETTLED_OK or patched:
             finished.append(FinishedOperation(row.id, loaded_generation, "succeeded"))
         else:
             reason = report.reason or report.status.value

@@ -246,6 +246,9 @@ def test_action_from_condition(lab: Lab, condition: str, verb: VmVerb) -> None:
             assert vm["generation"] == before["generation"] + 1 and vm["memory_mib"] == 48
             assert vm["status"] == before["status"]  # a PATCH is no power intent
             follow_update(client, condition, before)
+            if condition not in ("pending", "starting", "stopping"):
+                operation = client.get(f"/v1/operations/{answer.headers['X-Operation-Id']}")
+                assert operation.json()["status"] == "succeeded", operation.text
             return
         assert cell.effect is Effect.DESIRE and cell.power is not None
         writes = expected_write(cell, before, stop_mode)
