@@ -146,6 +146,7 @@ def in_condition(lab: Lab, name: str) -> Iterator[tuple[TestClient, dict[str, An
             vm = wait_vm(client, first["id"], lambda v: v["status"] == want)
             if want == "running":
                 assert vm["pid"] == first["pid"]  # the same qemu, adopted
+                assert vm["user"] == first["user"] and vm["user"]["name"] == "kvmnetd-qemu"
             else:
                 assert "not watching" in vm["status_reason"], vm
             yield client, vm
