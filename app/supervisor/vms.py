@@ -109,7 +109,9 @@ class VmState:
     stopped_by_us: bool = False
     restart_times: list[float] = field(default_factory=list)
     new_restarts: int = 0  # policy restarts not yet added to the row
-    held: tuple[int, str] | None = None  # (generation, reason): stays in error at it
+    # (intent generation, reason): stays in error until the next power intent (a PATCH,
+    # even during the launch that failed, is none)
+    held: tuple[int, str] | None = None
     stuck: str | None = None  # qemu survived the ladder (or runs unheld): no more actions
     retry_at: float | None = None  # a transient launch failure: try again then
     retry_reason: str | None = None
@@ -401,7 +403,7 @@ class VmWorker:
         applied = row.observed_generation == row.generation
         status = row.status
         if applied and status == VmStatus.ERROR.value:
-            state.held = (row.generation, row.status_reason or "failed")
+            state.held = (row.intent_generation, row.status_reason or "failed")
         elif applied and status not in (VmStatus.PENDING.value, VmStatus.STOPPED.value):
             state.exit_at = self.clock()  # it ran; if it is not adopted, it ended meanwhile
         elif applied and status == VmStatus.STOPPED.value and row.power_state == "running":
@@ -463,7 +465,7 @@ class VmWorker:
             return self._report(row, state, status, state.stuck, True), None
         if (
             state.held is not None
-            and state.held[0] == row.generation
+            and state.held[0] == row.intent_generation
             and not row.deleted
             and desired.power_state is PowerState.RUNNING
             and not state.running
@@ -532,8 +534,6 @@ class VmWorker:
         it). A PATCH is no intent: a crashed or failed VM stays so, at the new generation."""
         state.generation = generation
         if intent == state.intent_generation:
-            if state.held is not None:
-                state.held = (generation, state.held[1])
             return
         state.intent_generation = intent
         if not state.running:
@@ -656,7 +656,7 @@ class VmWorker:
     async def _launch(
         self, state: VmState, row: Vm, nics: list[VmNic], taps: list[TapPlan]
     ) -> None:
-        generation = row.generation
+        generation, intent = row.generation, row.intent_generation
         state.tap_problem = None
         state.taps_checked_at = self.clock()
         try:
@@ -667,7 +667,7 @@ class VmWorker:
                 raise DomainError(f"the bridge of tap(s) {', '.join(missing)} is gone")
             user = self._run_as(row)
         except (DomainError, ValueError) as exc:
-            state.held = (generation, str(exc))
+            state.held = (intent, str(exc))
             return
         if taps:
             state.taps.update(tap.name for tap in taps)
@@ -676,7 +676,7 @@ class VmWorker:
             except (LinkError, TimeoutError) as exc:
                 reason = f"creating taps: {exc or 'timed out'}"
                 if isinstance(exc, LinkError) and not exc.transient:
-                    state.held = (generation, reason)
+                    state.held = (intent, reason)
                 else:
                     self._retry_later(state, reason)
                 return
@@ -703,10 +703,10 @@ class VmWorker:
             )
             process = await launch(spec, LAUNCH_TIMEOUT, partial(self._on_qmp_event, state))
         except ValueError as exc:
-            state.held = (generation, str(exc))
+            state.held = (intent, str(exc))
             return
         except QemuLaunchError as exc:
-            state.held = (generation, str(exc).rpartition("\nargv: ")[0] or str(exc))
+            state.held = (intent, str(exc).rpartition("\nargv: ")[0] or str(exc))
             state.exit_code, state.output = exc.exit_code, exc.output or None
             return
         finally:

@@ -8,8 +8,9 @@ the machine off after ~1 s), so no guest boots. `crashed` is a kill -9 of qemu; 
 kernel path qemu cannot load, or a crash loop; the daemon-restart conditions stop the app
 and start a new one on the same state (a qemu kept and adopted, or killed meanwhile: lost).
 `pending` is a change written while the VM worker is stopped (the worker never saw it);
-`starting` is the status a launching worker writes, set on the row with the worker stopped
-(the launch window is too short to act in reliably). Then the action is sent through the
+`starting` is a launch held up by its disk: a FIFO, whose open() blocks qemu before its QMP
+monitor answers (the test lets it go on: qemu then refuses the FIFO and the launch fails).
+Then the action is sent through the
 HTTP API and the answer, the written desired state and what the worker makes of it are
 checked against the cell.
 """
@@ -90,6 +91,26 @@ def _frozen_then(
     return wait_vm(client, vm["id"], lambda v: v["status"] == status)
 
 
+def reach_starting(lab: Lab, client: TestClient) -> dict[str, Any]:
+    fifo = lab.base / "slow.fifo"
+    os.mkfifo(fifo, 0o666)
+    os.chmod(fifo, 0o666)  # the umask
+    vm = create(lab, client, boot={"disk": str(fifo), "snapshot": True})
+    return wait_vm(client, vm["id"], lambda v: v["status"] == "starting")
+
+
+def unblock_fifo(lab: Lab) -> None:
+    """Open the FIFO's other end once qemu waits on it, so its open() returns."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.close(os.open(lab.base / "slow.fifo", os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError:  # ENXIO: qemu has not opened it yet
+            assert time.monotonic() < deadline, "qemu never opened its disk"
+            time.sleep(0.02)
+
+
 def reach_stopping(lab: Lab, client: TestClient) -> dict[str, Any]:
     return _frozen_then(lab, client, "POST", "/stop", "stopping")
 
@@ -107,7 +128,7 @@ class Condition:
 
 CONDITIONS: dict[str, Condition] = {
     "pending": Condition(VmStatus.PENDING, app_lifecycle="pending"),
-    "starting": Condition(VmStatus.STARTING, app_lifecycle="starting"),
+    "starting": Condition(VmStatus.STARTING, reach_starting),
     "running": Condition(VmStatus.RUNNING, reach_running),
     "adopted-after-restart": Condition(VmStatus.RUNNING, app_lifecycle="adopted"),
     "stopping": Condition(VmStatus.STOPPING, reach_stopping),
@@ -151,19 +172,12 @@ def in_condition(lab: Lab, name: str) -> Iterator[tuple[TestClient, dict[str, An
                 assert "not watching" in vm["status_reason"], vm
             yield client, vm
         return
+    assert condition.app_lifecycle == "pending"
     with lab.app() as client:
         vm = reach_stopped(lab, client)
         client.app.state.vm_worker.stop()
-        if condition.app_lifecycle == "pending":
-            answer = client.post(f"/v1/vms/{vm['id']}/start")
-            assert answer.status_code == 202, answer.text
-        else:  # what a worker that is launching qemu writes
-            db = client.app.state.context.db
-            with db.unit_of_work() as session:
-                row = session.get(Vm, vm["id"])
-                row.power_state, row.status = "running", "starting"
-                row.generation += 1
-                row.intent_generation = row.generation
+        answer = client.post(f"/v1/vms/{vm['id']}/start")
+        assert answer.status_code == 202, answer.text
         vm = get(client, vm["id"])
         assert vm["status"] == condition.status.value, vm
         yield client, vm
@@ -218,12 +232,12 @@ def test_action_from_condition(lab: Lab, condition: str, verb: VmVerb) -> None:
             assert cell.reason in problem["detail"] and status.value in problem["detail"]
             after = get(client, before["id"])
             assert after["generation"] == before["generation"]  # nothing written
-            release_frozen(condition, before)
+            release_frozen(lab, condition, before)
             return
         if cell.effect is Effect.NOOP:
             assert answer.status_code == unchanged_code(before), answer.text
             assert answer.json()["generation"] == before["generation"]
-            release_frozen(condition, before)
+            release_frozen(lab, condition, before)
             return
         if cell.effect is Effect.RESET:
             assert answer.status_code == 204, answer.text
@@ -235,8 +249,8 @@ def test_action_from_condition(lab: Lab, condition: str, verb: VmVerb) -> None:
             assert answer.json()["status"] == "deleting"
             if condition == "deleting":
                 assert answer.json()["generation"] == before["generation"]  # already asked
-            release_frozen(condition, before)
-            if condition in ("pending", "starting"):
+            release_frozen(lab, condition, before)
+            if condition == "pending":
                 return  # the worker is stopped
             wait_gone(client, before["id"])
             assert live_pids_with_uuid({before["id"]}) == []
@@ -246,8 +260,8 @@ def test_action_from_condition(lab: Lab, condition: str, verb: VmVerb) -> None:
             vm = answer.json()
             assert vm["generation"] == before["generation"] + 1 and vm["memory_mib"] == 48
             assert vm["status"] == before["status"]  # a PATCH is no power intent
-            follow_update(client, condition, before)
-            if condition not in ("pending", "starting", "stopping"):
+            follow_update(lab, client, condition, before)
+            if condition not in ("pending", "stopping"):
                 operation = client.get(f"/v1/operations/{answer.headers['X-Operation-Id']}")
                 assert operation.json()["status"] == "succeeded", operation.text
             return
@@ -257,7 +271,7 @@ def test_action_from_condition(lab: Lab, condition: str, verb: VmVerb) -> None:
         vm = answer.json()
         assert vm["power_state"] == cell.power.value
         assert vm["generation"] == before["generation"] + (1 if writes else 0)
-        follow_desire(client, condition, before, cell.power)
+        follow_desire(lab, client, condition, before, cell.power)
 
 
 def unchanged_code(before: dict[str, Any]) -> int:
@@ -265,8 +279,11 @@ def unchanged_code(before: dict[str, Any]) -> int:
     return 200 if settled(before["status"])(before) and before["status"] != "pending" else 202
 
 
-def release_frozen(condition: str, before: dict[str, Any]) -> None:
-    """End the SIGSTOPped qemu of a stopping or deleting VM (its ladder waits 20 s)."""
+def release_frozen(lab: Lab, condition: str, before: dict[str, Any]) -> None:
+    """End the SIGSTOPped qemu of a stopping or deleting VM (its ladder waits 20 s); let a
+    starting one's launch go on (and fail)."""
+    if condition == "starting":
+        unblock_fifo(lab)
     if condition in ("stopping", "deleting"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(before["pid"], signal.SIGKILL)
@@ -280,24 +297,24 @@ def wait_gone(client: TestClient, vm_id: str, timeout: float = 20) -> None:
 
 
 def follow_desire(
-    client: TestClient, condition: str, before: dict[str, Any], power: PowerState
+    lab: Lab, client: TestClient, condition: str, before: dict[str, Any], power: PowerState
 ) -> None:
     """The worker reaches what was asked (or fails the same way again, for a VM that
     cannot run: its new attempt is recorded)."""
-    if condition in ("pending", "starting"):
+    if condition == "pending":
         return  # the worker is stopped
     vm_id = before["id"]
     if condition == "stopping" and stop_mode_of(client, vm_id) == "kill":
         # escalated: SIGKILL now, not after the ladder's 20 s power-down deadline
         wait_vm(client, vm_id, lambda v: v["pid"] is None, timeout=5)
     else:
-        release_frozen(condition, before)
+        release_frozen(lab, condition, before)
     if power is PowerState.STOPPED:
         vm = wait_vm(client, vm_id, settled("stopped"))
         assert vm["pid"] is None
         assert live_pids_with_uuid({vm_id}) == []
         return
-    if condition == "error":  # its kernel is still missing: tried again, failed again
+    if condition in ("error", "starting"):  # its kernel or disk is still bad: failed again
         wait_vm(client, vm_id, settled("error"))
         return
     if condition == "crash-loop":  # a new start clears the loop: it runs (and loops) again
@@ -307,13 +324,19 @@ def follow_desire(
     assert vm["pid"] is not None and live_pids_with_uuid({vm_id}) == [vm["pid"]]
 
 
-def follow_update(client: TestClient, condition: str, before: dict[str, Any]) -> None:
+def follow_update(lab: Lab, client: TestClient, condition: str, before: dict[str, Any]) -> None:
     """A PATCH never starts or stops the VM; a running qemu keeps its memory until the next
     start and says so."""
-    if condition in ("pending", "starting"):
+    if condition == "pending":
+        return
+    if condition == "starting":  # the launch fails; the PATCH starts no new one
+        release_frozen(lab, condition, before)
+        vm = wait_vm(client, before["id"], settled("error"))
+        assert "regular file" in vm["status_reason"], vm
+        assert vm["restarts"] == 0 and live_pids_with_uuid({before["id"]}) == []
         return
     if condition == "stopping":
-        release_frozen(condition, before)
+        release_frozen(lab, condition, before)
         wait_vm(client, before["id"], settled("stopped"))
         return
     vm = wait_vm(
