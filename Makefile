@@ -13,14 +13,20 @@ VAR ?= $(CURDIR)/var
 RUN_ENV := KVMNETD_STATE_DIR=$(VAR)/lib/kvmnetd KVMNETD_RUN_DIR=$(VAR)/run/kvmnetd \
 	KVMNETD_LISTEN=$${KVMNETD_LISTEN-127.0.0.1:8080}
 
-.PHONY: run test deps system-deps lint unit openapi bench clean
+QEMU_USER ?= kvmnetd-qemu
 
-run: deps $(VAR)/lib/kvmnetd/kernel/vmlinuz
+.PHONY: run test deps system-deps qemu-user lint unit openapi bench clean
+
+run: deps qemu-user $(VAR)/lib/kvmnetd/kernel/vmlinuz
 	$(RUN_ENV) $(BIN)/kvmnetd db upgrade
 	$(RUN_ENV) exec $(BIN)/kvmnetd serve
 
-test: deps lint
+test: deps qemu-user lint
 	$(BIN)/pytest -ra
+
+# the unprivileged user every qemu runs as by default (settings: qemu_user)
+qemu-user:
+	deploy/ensure-qemu-user $(QEMU_USER)
 
 deps: system-deps $(STAMP)
 

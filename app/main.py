@@ -108,6 +108,7 @@ def create_app(
         kvm_runs_guests=lambda: _kvm_runs_guests(inspector.capabilities()),
         vhost_net=lambda: bool(inspector.capabilities()["vhost_net"]["available"]),
         netns=host_netns,
+        qemu_user=settings.qemu_user,
         resync_interval=settings.reconcile_interval,
     )
 

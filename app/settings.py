@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, gt=0)
     log_level: str = "INFO"
     qemu_binary: str = "qemu-system-x86_64"
+    qemu_user: str = Field(
+        "kvmnetd-qemu",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[a-z_][a-z0-9_-]*$",
+        description="the unprivileged system user every qemu runs as unless a VM asks for "
+        "run_as (created by make run and deploy/install.sh); a VM whose user is missing "
+        "fails with a status_reason, never falls back to root",
+    )
     probe_kernel: Path | None = Field(
         None,
         description="guest kernel booted once to learn whether KVM really runs guests; "

@@ -17,6 +17,8 @@ python3 -m venv "$prefix/.venv"
 "$prefix/.venv/bin/pip" install -q --upgrade pip
 "$prefix/.venv/bin/pip" install -q -e "$prefix"
 
+# every qemu runs as this unprivileged system user unless a VM asks for run_as
+"$src/deploy/ensure-qemu-user" kvmnetd-qemu
 install -D -m 0644 "$src/deploy/kvmnetd.service" /etc/systemd/system/kvmnetd.service
 install -D -m 0644 "$src/deploy/kvmnetd.tmpfiles.conf" /usr/lib/tmpfiles.d/kvmnetd.conf
 install -d -m 0755 /etc/kvmnetd

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,22 @@ from app.main import create_app
 from app.settings import Settings
 from tests.daemon import Daemon
 from tests.kernel import throwaway_netns
+
+QEMU_USER = "kvmnetd-qemu"  # the daemon's default (settings.qemu_user)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qemu_user() -> str:
+    """Every qemu runs as this system user by default: created when missing, as `make test`
+    does (a plain `pytest` on a fresh machine works too)."""
+    subprocess.run(
+        [str(ROOT / "deploy" / "ensure-qemu-user"), QEMU_USER],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    return QEMU_USER
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import pwd
 import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -221,7 +222,20 @@ NIC_FIELDS = (
 
 
 def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
-    fields = {name: getattr(row, name) for name in VM_FIELDS}
+    fields: dict[str, Any] = {name: getattr(row, name) for name in VM_FIELDS}
+    if row.run_as_uid is not None:
+        gid = row.run_as_uid if row.run_as_gid is None else row.run_as_gid
+        fields["run_as"] = {"uid": row.run_as_uid, "gid": gid}
+    if row.pid is not None and row.observed_uid is not None and row.observed_gid is not None:
+        fields["user"] = {
+            "uid": row.observed_uid,
+            "gid": row.observed_gid,
+            "name": _user_name(row.observed_uid),
+        }
+    launched = row.launched_generation  # None: unknown (a qemu adopted from an older daemon)
+    fields["restart_pending"] = (
+        row.pid is not None and launched is not None and launched < row.spec_generation
+    )
     fields["nics"] = [
         {
             "index": n.position,
@@ -358,3 +372,10 @@ def uplink_diagnostic(bridge: str, row: Uplink, live: dict[str, Any]) -> Diagnos
         return DiagnosticCheck(name=name, ok=False, severity="warning", detail=detail, data=data)
     detail = f"{live['present_as']} is {row.phase} to {bridge}, with carrier"
     return DiagnosticCheck(name=name, ok=True, severity="info", detail=detail, data=data)
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None

@@ -1,4 +1,5 @@
-"""/v1/vms: virtual machines (create, inspect, start, stop, delete, console)."""
+"""/v1/vms: virtual machines (create, inspect, change, start, stop, kill, reboot, delete,
+console). What each action does from each status is the table in app.domain.vm_actions."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
 from app.db.repositories import VmRepository
 from app.domain.errors import NotFound
-from app.domain.vms import MTU_MODEL, PowerState
+from app.domain.vm_actions import VmVerb
+from app.domain.vms import MTU_MODEL
 from app.schemas.common import PROBLEM_RESPONSES
-from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage
+from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage, VmPatch
 from app.schemas.vms import Vm as VmOut
 from app.services.vms import HostFacts, VmPowerService, VmService
 
@@ -82,43 +84,74 @@ async def get_vm(vm_id: str, request: Request) -> VmOut:
     return await _present(ctx, await ctx.read(lambda s: VmService(s).get(vm_id)))
 
 
-async def _power(
-    request: Request,
-    response: Response,
-    vm_id: str,
-    power: PowerState,
-    wait: float | None,
-    kill: bool = False,
+async def _act(
+    request: Request, response: Response, vm_id: str, verb: VmVerb, wait: float | None
 ) -> VmOut | Response:
+    """start, stop or kill as the action table says (app.domain.vm_actions)."""
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(
-        lambda s: VmPowerService(s, request_id).set_power(vm_id, power, kill)
-    )
+    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).act(vm_id, verb))
     return await _finish(ctx, response, row, op, wait, 200)
 
 
-@router.post("/{vm_id}/start", operation_id="start_vm", response_model=VmOut, responses=PENDING)
+ACTION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **PENDING,
+    200: {"model": VmOut, "description": "Nothing to do, or settled (with ?wait=)"},
+}
+
+
+@router.post(
+    "/{vm_id}/start", operation_id="start_vm", response_model=VmOut, responses=ACTION_RESPONSES
+)
 async def start_vm(
     vm_id: str, request: Request, response: Response, wait: Wait = None
 ) -> VmOut | Response:
-    return await _power(request, response, vm_id, PowerState.RUNNING, wait)
+    """Start qemu. A stopped, crashed or failed VM starts again (a new start clears its
+    restart backoff and crash loop); a starting or running one answers 200 unchanged; a
+    stopping one starts again once qemu has ended; 409 while it is being deleted."""
+    return await _act(request, response, vm_id, VmVerb.START, wait)
 
 
-@router.post("/{vm_id}/stop", operation_id="stop_vm", response_model=VmOut, responses=PENDING)
+@router.post(
+    "/{vm_id}/stop", operation_id="stop_vm", response_model=VmOut, responses=ACTION_RESPONSES
+)
 async def stop_vm(
     vm_id: str, request: Request, response: Response, wait: Wait = None
 ) -> VmOut | Response:
     """Graceful: ACPI powerdown, then QMP quit, then SIGTERM, then SIGKILL, each with a
-    deadline. The restart policy never undoes an explicit stop."""
-    return await _power(request, response, vm_id, PowerState.STOPPED, wait)
+    deadline. The restart policy never undoes an explicit stop. A stopped VM answers 200
+    unchanged; a crashed or failed one becomes stopped; 409 while it is being deleted."""
+    return await _act(request, response, vm_id, VmVerb.STOP, wait)
 
 
-@router.post("/{vm_id}/kill", operation_id="kill_vm", response_model=VmOut, responses=PENDING)
+@router.post(
+    "/{vm_id}/kill", operation_id="kill_vm", response_model=VmOut, responses=ACTION_RESPONSES
+)
 async def kill_vm(
     vm_id: str, request: Request, response: Response, wait: Wait = None
 ) -> VmOut | Response:
-    """Stop at once with SIGKILL (no guest power-down); the VM stays stopped."""
-    return await _power(request, response, vm_id, PowerState.STOPPED, wait, kill=True)
+    """Stop at once with SIGKILL (no guest power-down); the VM stays stopped. Escalates a
+    graceful stop under way; on a VM that does not run it is the same as stop; 409 while it
+    is being deleted (DELETE ?force=true escalates that)."""
+    return await _act(request, response, vm_id, VmVerb.KILL, wait)
+
+
+@router.patch(
+    "/{vm_id}",
+    operation_id="update_vm",
+    response_model=VmOut,
+    responses={202: {"model": VmOut, "description": "Accepted, not yet seen by the worker"}},
+)
+async def update_vm(
+    vm_id: str, body: VmPatch, request: Request, response: Response, wait: Wait = None
+) -> VmOut | Response:
+    """Change vcpus, memory_mib, machine, accelerator, boot, restart_policy or run_as (see
+    the body's schema for null). Never starts or stops the VM: restart_policy applies at
+    once, the rest at the next start of qemu (`restart_pending` shows it). 409 while the VM
+    is being deleted; 422 when the result would not be a valid VM."""
+    ctx, request_id = context(request), request_id_of(request)
+    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).update(vm_id, body, host))
+    return await _finish(ctx, response, row, op, wait, 200)
 
 
 @router.delete(
@@ -229,9 +262,11 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
 
 @router.post("/{vm_id}/reboot", operation_id="reboot_vm", status_code=204)
 async def reboot_vm(vm_id: str, request: Request) -> Response:
-    """A hard reset of the guest (QMP system_reset); 409 when the VM is not running."""
+    """A hard reset of the guest (QMP system_reset), at once; 409 when the VM is not
+    running (the action table, app.domain.vm_actions). Changes waiting for a restart
+    (`restart_pending`) are not applied by a reset: qemu keeps running."""
     ctx = context(request)
-    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    row = await ctx.read(lambda s: VmPowerService(s).reboot_target(vm_id))
     await ctx.host(_qmp, ctx, row.id, "system_reset")
     return Response(status_code=204)
 

@@ -285,9 +285,17 @@ class Vm(ResourceColumns, Base):
     # how the next stop ends qemu: "graceful" (the shutdown ladder) or "kill" (SIGKILL)
     stop_mode: Mapped[str] = mapped_column(String(8), default="graceful", server_default="graceful")
     restart_policy: Mapped[str] = mapped_column(String(16), default="never")
+    # NULL: the daemon's unprivileged qemu user (settings.qemu_user)
     run_as_uid: Mapped[int | None] = mapped_column(Integer, default=None)
     run_as_gid: Mapped[int | None] = mapped_column(Integer, default=None)
+    # the generation of the last power intent (start/stop/kill); a PATCH is none
+    intent_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # the generation of the last change qemu reads at start (vcpus, memory, boot, ...)
+    spec_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # observed
+    launched_generation: Mapped[int | None] = mapped_column(Integer, default=None)
+    observed_uid: Mapped[int | None] = mapped_column(Integer, default=None)
+    observed_gid: Mapped[int | None] = mapped_column(Integer, default=None)
     pid: Mapped[int | None] = mapped_column(Integer, default=None)
     accelerator_used: Mapped[str | None] = mapped_column(String(8), default=None)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)

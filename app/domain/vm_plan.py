@@ -85,7 +85,10 @@ def _after_exit(
 ) -> VmDecision:
     """The VM ended on its own while it should run: the restart policy decides."""
     code = observed.last_exit_code
-    how = "exited cleanly" if code == 0 else f"died (exit status {code})"
+    if code is None:  # it ended while the daemon was not watching (down, or restarting)
+        how = "ended while the daemon was not watching it (exit status unknown)"
+    else:
+        how = "exited cleanly" if code == 0 else f"died (exit status {code})"
     policy = desired.restart_policy
     wants_restart = policy is RestartPolicy.ALWAYS or (
         policy is RestartPolicy.ON_FAILURE and _failed(observed)

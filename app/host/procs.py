@@ -18,6 +18,7 @@ class ProcFacts:
     start_time: int  # clock ticks after boot (stat field 22)
     state: str  # R, S, D, T, Z, ...
     uid: int  # real uid
+    gid: int = -1  # real gid
 
 
 def proc_facts(pid: int) -> ProcFacts | None:
@@ -34,12 +35,14 @@ def proc_facts(pid: int) -> ProcFacts | None:
     # comm (field 2) may hold spaces and parentheses: the fields after it follow the last ')'
     fields = stat_line[stat_line.rindex(")") + 2 :].split()
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
     return ProcFacts(
         pid=pid,
         argv=tuple(os.fsdecode(arg) for arg in cmdline.split(b"\0")[:-1]),
         start_time=int(fields[22 - 3]),
         state=fields[0],
         uid=int(uid_line.split()[1]),
+        gid=int(gid_line.split()[1]),
     )
 
 

@@ -611,12 +611,33 @@ def _prepare_run_dir(spec: LaunchSpec, argv: Sequence[str]) -> None:
         os.fchmod(fd, 0o700)
     finally:
         os.close(fd)
+    # files an earlier qemu of this VM made, maybe as another user (run_as changed): the
+    # new one must be able to open them again
+    for path in (paths.console_log, paths.pidfile):
+        _chown_own_file(path, uid, gid)
     _check_reachable(spec, argv)
     running = find_running(spec.vm_id)
     if running:
         raise QemuAlreadyRunning(spec.vm_id, running[0], argv)
     with contextlib.suppress(FileNotFoundError):
         os.replace(paths.qemu_log, paths.previous_qemu_log)
+
+
+def _chown_own_file(path: Path, uid: int, gid: int) -> None:
+    """Give a regular file of the run directory to the qemu user; a link planted there is
+    removed, never followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError:  # ELOOP: a symbolic link
+        path.unlink(missing_ok=True)
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
 
 
 def _check_reachable(spec: LaunchSpec, argv: Sequence[str]) -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from app.domain.vms import (
     MEMORY_MIB,
@@ -108,8 +109,26 @@ class BootIn(RequestModel):
 
 
 class RunAsIn(RequestModel):
+    """The user qemu runs as instead of the daemon's unprivileged qemu user. `{"uid": 0}` is
+    root: only for a VM that really needs it (qemu keeps its seccomp sandbox)."""
+
     uid: Id
-    gid: Id
+    gid: Id | None = Field(
+        None, description="Primary group; null or omitted: the same number as uid"
+    )
+
+
+class RunAsOut(BaseModel):
+    uid: int
+    gid: int
+
+
+class QemuUserOut(BaseModel):
+    """Who the running qemu really is: its real uid/gid read from /proc/PID/status."""
+
+    uid: int
+    gid: int
+    name: str | None = Field(None, description="The uid's name in the passwd database")
 
 
 class VmCreate(RequestModel):
@@ -122,7 +141,48 @@ class VmCreate(RequestModel):
     nics: list[NicIn] = Field(default_factory=list, max_length=16)
     power_state: PowerState = Field(PowerState.RUNNING, strict=False)
     restart_policy: RestartPolicy = Field(RestartPolicy.NEVER, strict=False)
-    run_as: RunAsIn | None = Field(None, description="Run qemu as this unprivileged user")
+    run_as: RunAsIn | None = Field(
+        None,
+        description="Run qemu as this uid/gid; null or omitted: the daemon's unprivileged "
+        "qemu user (setting qemu_user, default kvmnetd-qemu)",
+    )
+
+
+class VmPatch(RequestModel):
+    """Change a VM. Omitted fields keep their value; null sets a field to its default at
+    create (named per field); `boot` has no default (null is 422). restart_policy applies
+    at once; the other fields are read by qemu at start: a running VM keeps what it was
+    started with and shows `restart_pending: true` until its next start (stop and start,
+    or a policy restart). A reboot (guest reset) does not apply them. Answers 200 with the
+    VM (202 while the worker has not seen the change; ?wait= waits for it)."""
+
+    vcpus: int | None = Field(None, ge=VCPUS[0], le=VCPUS[1], description="null: 1")
+    memory_mib: int | None = Field(
+        None, ge=MEMORY_MIB[0], le=MEMORY_MIB[1], description="MiB; null: 256"
+    )
+    machine: Machine | None = Field(None, strict=False, description="null: pc")
+    accelerator: Accelerator | None = Field(None, strict=False, description="null: auto")
+    boot: BootIn | SkipJsonSchema[None] = Field(
+        None, description="Replaces the whole boot section (not nullable)"
+    )
+    restart_policy: RestartPolicy | None = Field(None, strict=False, description="null: never")
+    run_as: RunAsIn | None = Field(None, description="null: the daemon's unprivileged qemu user")
+
+    @model_validator(mode="after")
+    def _boot_not_null(self) -> VmPatch:
+        if "boot" in self.model_fields_set and self.boot is None:
+            raise ValueError("boot cannot be null: omit it to keep the boot section")
+        return self
+
+
+PATCH_DEFAULTS: dict[str, object] = {
+    "vcpus": 1,
+    "memory_mib": 256,
+    "machine": Machine.PC,
+    "accelerator": Accelerator.AUTO,
+    "restart_policy": RestartPolicy.NEVER,
+    "run_as": None,
+}
 
 
 class NicOut(BaseModel):
@@ -176,6 +236,17 @@ class Vm(BaseModel):
     started_at: dt.datetime | None = None
     exit_code: int | None = None
     restarts: int = 0
+    run_as: RunAsOut | None = Field(
+        None, description="The uid/gid asked for; null: the daemon's unprivileged qemu user"
+    )
+    user: QemuUserOut | None = Field(
+        None, description="Observed: who the running qemu is; null when it does not run"
+    )
+    restart_pending: bool = Field(
+        False,
+        description="The running qemu was started before a change it reads at start "
+        "(vcpus, memory_mib, machine, accelerator, boot, run_as): stop and start to apply",
+    )
     last_output: str | None = Field(None, description="The tail of qemu's output when it died")
     nics: list[NicOut]
 

@@ -197,7 +197,8 @@ class InUseGuard:
         ]
         self.repo.remove_nic(nic)
         OperationRepository(self.session).finish(finished)  # none is left waiting for them
-        if vm.power_state == PowerState.RUNNING.value:
+        stopping = vm.power_state == PowerState.RUNNING.value
+        if stopping:
             vm.power_state = PowerState.STOPPED.value
             self.detached.append(Dependent(K.VM, vm.id, vm.name, action=ForceAction.STOPPED))
         if vm.id not in self._changed_vms:
@@ -205,3 +206,6 @@ class InUseGuard:
             vm.generation += 1
             vm.status, vm.status_reason = VmStatus.PENDING.value, None
             record_operation(self.session, "update", "vm", vm, self.request_id)
+        vm.spec_generation = vm.generation  # its NICs changed: qemu gets them at the next start
+        if stopping:  # a power action, as app.domain.vm_actions means it (not a PATCH)
+            vm.intent_generation = vm.generation

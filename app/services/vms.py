@@ -1,4 +1,4 @@
-"""VM use cases (issue 3; the API and the supervisor's VM worker are not wired yet).
+"""VM use cases: create, and every action on a VM as the action table says (vm_actions).
 
 Creating a VM validates it against the rules and what this host offers, allocates what the
 daemon owns (unique MACs, tap names for bridge NICs, loopback ports for socket NICs), claims
@@ -8,10 +8,12 @@ operation in the caller's transaction.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,9 +23,12 @@ from app.db.repositories import (
     OperationRepository,
     TapRepository,
     VmRepository,
+    vm_spec,
 )
 from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameTaken, NotFound
 from app.domain.networks import PortSpan
+from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
+from app.domain.vm_actions import check as check_action
 from app.domain.vms import (
     Backend,
     BootSpec,
@@ -38,7 +43,7 @@ from app.domain.vms import (
     resolve_accelerator,
     validate_vm,
 )
-from app.schemas.vms import NicIn, VmCreate
+from app.schemas.vms import PATCH_DEFAULTS, NicIn, VmCreate, VmPatch
 from app.services.in_use import InUseGuard
 from app.services.links import require_alive
 from app.services.networks import PortClaims, fixed_address
@@ -65,6 +70,12 @@ class HostFacts:
             vhost_net=bool(capabilities["vhost_net"]["available"]),
             kvm_runs_guests=kvm.get("runs_guests") if kvm.get("available") else False,
         )
+
+
+def _run_as_gid(body: VmCreate) -> int | None:
+    if body.run_as is None:
+        return None
+    return body.run_as.uid if body.run_as.gid is None else body.run_as.gid
 
 
 def vm_tap_name(vm_id: str, index: int) -> str:
@@ -132,7 +143,7 @@ class VmService:
             power_state=body.power_state.value,
             restart_policy=body.restart_policy.value,
             run_as_uid=body.run_as.uid if body.run_as else None,
-            run_as_gid=body.run_as.gid if body.run_as else None,
+            run_as_gid=_run_as_gid(body),
             generation=1,
         )
         self.session.add(row)
@@ -309,41 +320,112 @@ class VmService:
 
 
 class VmPowerService:
-    """Start, stop and delete: each is a new desired state, a generation and an operation."""
+    """Start, stop, kill, reboot, delete and PATCH, each as the action table says
+    (app.domain.vm_actions): a new desired state with a generation and an operation, a
+    no-op, or a 409 naming the status."""
 
     def __init__(self, session: Session, request_id: str | None = None) -> None:
         self.session = session
         self.request_id = request_id
         self.vms = VmService(session, request_id)
 
-    def set_power(
-        self, ref: str, power: PowerState, kill: bool = False
-    ) -> tuple[Vm, Operation | None]:
-        """Start or stop; `kill` stops with SIGKILL at once instead of the shutdown ladder."""
+    def _cell(self, row: Vm, verb: VmVerb) -> Outcome:
+        return check_action(VmStatus(row.status), verb, row.name)
+
+    def act(self, ref: str, verb: VmVerb) -> tuple[Vm, Operation | None]:
+        """start, stop or kill."""
         row = self.vms.get(ref)
-        if row.deleted:
-            raise BeingDeleted(f"VM {row.name!r} is being deleted")
-        stop_mode = "kill" if kill else "graceful"
-        unchanged = row.power_state == power.value and row.stop_mode == stop_mode
-        if unchanged and row.status != VmStatus.ERROR.value:
+        cell = self._cell(row, verb)
+        if cell.effect is not Effect.DESIRE:
+            return row, None  # NOOP
+        assert cell.power is not None
+        settled_ok = row.status == cell.power.value and row.observed_generation >= row.generation
+        if not desire_changes(
+            cell, PowerState(row.power_state), StopMode(row.stop_mode), settled_ok
+        ):
             return row, None
-        row.power_state, row.stop_mode = power.value, stop_mode
-        return row, self._bump(row, "update", VmStatus.PENDING)
+        row.power_state = cell.power.value
+        if cell.power is PowerState.STOPPED:
+            row.stop_mode = cell.stop_mode.value
+        elif row.stop_mode != StopMode.GRACEFUL.value:
+            row.stop_mode = StopMode.GRACEFUL.value  # the next stop is graceful again
+        operation = self._bump(row, "update", VmStatus.PENDING)
+        row.intent_generation = row.generation
+        return row, operation
+
+    def reboot_target(self, ref: str) -> Vm:
+        """The VM to reset (QMP system_reset); 409 unless the table allows it."""
+        row = self.vms.get(ref)
+        self._cell(row, VmVerb.REBOOT)
+        return row
 
     def delete(self, ref: str, force: bool = False) -> tuple[Vm, Operation | None]:
         """Stop (gracefully, or with SIGKILL when forced), then remove everything. Refused
         (409 in-use) while port forwards target the VM or other VMs' socket NICs connect to
         it, unless forced: then those forwards are deleted and those NICs leave their VMs."""
         row = self.vms.get(ref)
-        if row.deleted and not (force and row.stop_mode != "kill"):
+        self._cell(row, VmVerb.DELETE)
+        if row.deleted and not (force and row.stop_mode != StopMode.KILL.value):
             return row, None
         guard = InUseGuard(self.session, self.request_id)
         if not force:
             guard.refuse(f"VM {row.name!r}", guard.vm_dependents(row))
         guard.free_vm(row)
         row.deleted = True
-        row.stop_mode = "kill" if force else row.stop_mode
-        return row, guard.record(self._bump(row, "delete", VmStatus.DELETING))
+        row.stop_mode = StopMode.KILL.value if force else row.stop_mode
+        operation = guard.record(self._bump(row, "delete", VmStatus.DELETING))
+        row.intent_generation = row.generation
+        return row, operation
+
+    def update(self, ref: str, body: VmPatch, host: HostFacts) -> tuple[Vm, Operation | None]:
+        """PATCH: the new values, validated as a whole like a create; no power intent (a
+        crashed or stopped VM stays so). Fields qemu reads at start bump spec_generation."""
+        row = self.vms.get(ref)
+        self._cell(row, VmVerb.PATCH)
+        wanted: dict[str, Any] = {}
+        for name in body.model_fields_set:
+            value = getattr(body, name)
+            wanted[name] = PATCH_DEFAULTS[name] if value is None else value
+        if isinstance(wanted.get("run_as"), BaseModel):
+            wanted["run_as"] = wanted["run_as"].model_dump()
+        if isinstance(wanted.get("boot"), BaseModel):
+            wanted["boot"] = wanted["boot"].model_dump()
+        changes = self._changes(row, wanted)
+        if not changes:
+            return row, None
+        for name, value in changes.items():
+            setattr(row, name, value)
+        spec = vm_spec(row, self.vms.nics(row.id))
+        validate_vm(spec, host.nic_models, host.vhost_net)
+        resolve_accelerator(spec.accelerator, host.kvm_runs_guests)
+        row.generation += 1
+        if set(changes) - {"restart_policy"}:
+            row.spec_generation = row.generation
+        operation = Operation(
+            action="update",
+            resource="vm",
+            resource_id=row.id,
+            target_generation=row.generation,
+            request_id=self.request_id,
+        )
+        OperationRepository(self.session).add(operation)
+        return row, operation
+
+    @staticmethod
+    def _changes(row: Vm, wanted: dict[str, Any]) -> dict[str, Any]:
+        """Column values that differ from the row's."""
+        columns: dict[str, Any] = {}
+        for name, value in wanted.items():
+            if name == "run_as":
+                uid = None if value is None else value["uid"]
+                gid = None if value is None else value["gid"]
+                gid = uid if gid is None else gid
+                columns["run_as_uid"], columns["run_as_gid"] = uid, gid
+            elif name == "boot":
+                columns["boot"] = dict(value)
+            else:
+                columns[name] = value.value if isinstance(value, enum.Enum) else value
+        return {name: value for name, value in columns.items() if getattr(row, name) != value}
 
     def _bump(self, row: Vm, action: str, status: VmStatus) -> Operation:
         row.generation += 1

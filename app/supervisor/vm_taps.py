@@ -1,9 +1,9 @@
 """The taps of VMs' `bridge` NICs, made and removed on a thread of their own in the managed
 namespace (pyroute2's sync API runs its own event loop and must not run inside the VM
-worker's): created owned by the VM's run_as user with vnet_hdr (multi_queue with queues > 1),
-given the NIC's MTU (else the bridge's), attached, brought up and marked `kvmnetd:vm:<vm id>`,
-and opened once per queue so that an unprivileged qemu gets them as descriptors. A foreign
-link is never touched."""
+worker's): created owned by the user the VM's qemu runs as, with vnet_hdr (multi_queue
+with queues > 1), given the NIC's MTU (else the bridge's), attached, brought up and marked
+`kvmnetd:vm:<vm id>`, and opened once per queue so that an unprivileged qemu gets them as
+descriptors. A foreign link is never touched."""
 
 from __future__ import annotations
 
@@ -49,7 +49,13 @@ class TapPlan:
     mtu: int  # the NIC's own, else its bridge's: a smaller port drops the bridge's frames
 
 
-def tap_plans(row: Vm, nics: Sequence[VmNic], bridges: dict[str, BridgeFacts]) -> list[TapPlan]:
+def tap_plans(
+    row: Vm,
+    nics: Sequence[VmNic],
+    bridges: dict[str, BridgeFacts],
+    owner: tuple[int, int] | None = None,
+) -> list[TapPlan]:
+    """The VM's bridge taps, owned by `owner` (uid, gid): the user its qemu runs as."""
     plans = []
     for nic in sorted(nics, key=lambda n: n.position):
         if nic.backend != Backend.BRIDGE.value or not nic.tap_name:
@@ -59,8 +65,8 @@ def tap_plans(row: Vm, nics: Sequence[VmNic], bridges: dict[str, BridgeFacts]) -
             TapPlan(
                 name=nic.tap_name,
                 bridge=bridge.name if bridge else None,
-                uid=row.run_as_uid,
-                gid=row.run_as_gid,
+                uid=owner[0] if owner else None,
+                gid=owner[1] if owner else None,
                 multi_queue=nic.queues > 1,
                 mtu=tap_mtu(nic.mtu, bridge.mtu if bridge else None),
             )

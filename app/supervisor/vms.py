@@ -24,7 +24,9 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import pwd
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -58,6 +60,7 @@ from app.domain.vms import (
     resolve_accelerator,
 )
 from app.host.netlink import LinkError
+from app.host.procs import proc_facts
 from app.host.qemu import (
     DEFAULT_DEADLINES,
     LaunchRecord,
@@ -94,6 +97,7 @@ STOP_TIMEOUT = 10.0  # stop(): for in-flight actions to be cancelled and handles
 RETRY_BASE, RETRY_MAX = 0.5, 30.0  # transient failures before a launch (a bridge not there yet)
 QMP_EVENTS = frozenset({"SHUTDOWN", "RESET", "STOP", "RESUME", "NIC_RX_FILTER_CHANGED"})
 DEFAULT_RULES = RestartRules()
+DEFAULT_QEMU_USER = "kvmnetd-qemu"  # settings.qemu_user
 SETTLED_OK = frozenset({VmStatus.RUNNING, VmStatus.STOPPED})
 
 
@@ -115,7 +119,9 @@ class VmState:
     stopped_by_us: bool = False
     restart_times: list[float] = field(default_factory=list)
     new_restarts: int = 0  # policy restarts not yet added to the row
-    held: tuple[int, str] | None = None  # (generation, reason): stays in error at it
+    # (intent generation, reason): stays in error until the next power intent (a PATCH,
+    # even during the launch that failed, is none)
+    held: tuple[int, str] | None = None
     stuck: str | None = None  # qemu survived the ladder (or runs unheld): no more actions
     retry_at: float | None = None  # a transient launch failure: try again then
     retry_reason: str | None = None
@@ -123,6 +129,9 @@ class VmState:
     taps: set[str] = field(default_factory=set)  # bridge taps that may exist in the kernel
     removed: bool = False  # everything on the host is gone: the pass deletes the rows
     generation: int = 0  # the desired generation last seen
+    intent_generation: int = 0  # the last power intent seen (a PATCH is none)
+    launched_generation: int | None = None  # the generation the running qemu started from
+    user: tuple[int, int] | None = None  # real uid/gid of the running qemu (/proc)
     event_fields: dict[str, Any] = field(default_factory=dict)  # for QMP events
     taps_checked_at: float = 0.0  # when the running qemu's bridge taps were last checked
     tap_problem: str | None = None  # a tap of the running qemu was deleted by hand
@@ -157,6 +166,8 @@ class Report:
     exit_code: int | None
     last_output: str | None
     restarts: int
+    launched_generation: int | None
+    user: tuple[int, int] | None
 
 
 class VmWorker:
@@ -169,6 +180,7 @@ class VmWorker:
         kvm_runs_guests: Callable[[], bool | None],
         vhost_net: Callable[[], bool],
         netns: str | None = None,
+        qemu_user: str | None = DEFAULT_QEMU_USER,
         clock: Callable[[], float] = time.monotonic,
         rules: RestartRules = DEFAULT_RULES,
         deadlines: ShutdownDeadlines = DEFAULT_DEADLINES,
@@ -181,6 +193,7 @@ class VmWorker:
         self.kvm_runs_guests = kvm_runs_guests
         self.vhost_net = vhost_net
         self.netns = netns
+        self.qemu_user = qemu_user
         self.clock = clock
         self.rules = rules
         self.deadlines = deadlines
@@ -358,10 +371,13 @@ class VmWorker:
         )
         state.accelerator = _argv_option(process.argv, "-accel") or row.accelerator_used
         state.exit_at, state.stopped_by_us, state.held = None, False, None
+        state.launched_generation = row.launched_generation
         self._hold(state, process)
 
     def _hold(self, state: VmState, process: QemuProcess) -> None:
         state.process = process
+        facts = proc_facts(process.pid)  # who it really is, not who we asked for
+        state.user = (facts.uid, facts.gid) if facts is not None else None
         process.watch().add_done_callback(partial(self._on_exit_future, state, process))
 
     # ---- exits and QMP events --------------------------------------------------------------
@@ -401,12 +417,13 @@ class VmWorker:
         if state is not None:
             return state
         state = VmState(row.id, generation=row.generation)
+        state.intent_generation = row.intent_generation
         state.exit_code, state.output = row.exit_code, row.last_output
         state.accelerator, state.started_at = row.accelerator_used, row.started_at
         applied = row.observed_generation == row.generation
         status = row.status
         if applied and status == VmStatus.ERROR.value:
-            state.held = (row.generation, row.status_reason or "failed")
+            state.held = (row.intent_generation, row.status_reason or "failed")
         elif applied and status not in (VmStatus.PENDING.value, VmStatus.STOPPED.value):
             state.exit_at = self.clock()  # it ran; if it is not adopted, it ended meanwhile
         elif applied and status == VmStatus.STOPPED.value and row.power_state == "running":
@@ -488,20 +505,21 @@ class VmWorker:
         now: float,
     ) -> tuple[Report, float | None]:
         if row.generation != state.generation:
-            self._new_generation(state, row.generation)
+            self._new_generation(state, row.generation, row.intent_generation)
         if state.task is not None and not state.task.done():
             assert state.busy is not None
+            self._escalate(row, state)
             return self._report(row, state, state.busy, state.busy_reason, False), None
         if row.deleted and state.removed:
             return self._report(row, state, VmStatus.DELETING, None, True), None
         desired = _desired(row)
-        taps = tap_plans(row, nics, bridges)
+        taps = tap_plans(row, nics, bridges, self._owner(row))
         if state.stuck is not None:  # a qemu that survived SIGKILL: nothing more to try
             status = VmStatus.DELETING if row.deleted else VmStatus.ERROR
             return self._report(row, state, status, state.stuck, True), None
         if (
             state.held is not None
-            and state.held[0] == row.generation
+            and state.held[0] == row.intent_generation
             and not row.deleted
             and desired.power_state is PowerState.RUNNING
             and not state.running
@@ -549,10 +567,29 @@ class VmWorker:
         reason = decision.reason or (state.tap_problem if state.running else None)
         return self._report(row, state, decision.status, reason, True), None
 
-    def _new_generation(self, state: VmState, generation: int) -> None:
-        """The user changed the VM: a past exit, crash loop, failed launch or retry no longer
-        stands in the way of what they now want (a `start` of a crashed VM starts it)."""
+    def _escalate(self, row: Vm, state: VmState) -> None:
+        """A kill (or a forced delete) while a graceful ladder climbs: SIGKILL now rather
+        than after the ladder's deadlines (the action table: kill while stopping)."""
+        process = state.process
+        if (
+            row.stop_mode == STOP_KILL
+            and state.busy in (VmStatus.STOPPING, VmStatus.DELETING)
+            and process is not None
+            and not process.exited()
+        ):
+            log.info("VM %s: escalating the stop to SIGKILL", state.vm_id)
+            with contextlib.suppress(OSError):  # the ladder released the handle meanwhile
+                process.send_signal(signal.SIGKILL)
+
+    def _new_generation(self, state: VmState, generation: int, intent: int) -> None:
+        """The user changed the VM. A new power intent (start, stop, kill, delete: the
+        action table's `desire`) means a past exit, crash loop, failed launch or retry no
+        longer stands in the way of what they now want (a `start` of a crashed VM starts
+        it). A PATCH is no intent: a crashed or failed VM stays so, at the new generation."""
         state.generation = generation
+        if intent == state.intent_generation:
+            return
+        state.intent_generation = intent
         if not state.running:
             state.exit_at = None
             state.stopped_by_us = False
@@ -574,6 +611,8 @@ class VmWorker:
             exit_code=state.exit_code,
             last_output=state.output,
             restarts=row.restarts + state.new_restarts,
+            launched_generation=state.launched_generation,
+            user=state.user if process is not None else None,
         )
 
     def _spawn(
@@ -676,7 +715,7 @@ class VmWorker:
     async def _launch(
         self, state: VmState, row: Vm, nics: list[VmNic], taps: list[TapPlan]
     ) -> None:
-        generation = row.generation
+        generation, intent = row.generation, row.intent_generation
         state.tap_problem = None
         state.taps_checked_at = self.clock()
         try:
@@ -685,8 +724,9 @@ class VmWorker:
             missing = [tap.name for tap in taps if tap.bridge is None]
             if missing:
                 raise DomainError(f"the bridge of tap(s) {', '.join(missing)} is gone")
+            user = self._run_as(row)
         except (DomainError, ValueError) as exc:
-            state.held = (generation, str(exc))
+            state.held = (intent, str(exc))
             return
         if taps:
             state.taps.update(tap.name for tap in taps)
@@ -695,7 +735,7 @@ class VmWorker:
             except (LinkError, TimeoutError) as exc:
                 reason = f"creating taps: {exc or 'timed out'}"
                 if isinstance(exc, LinkError) and not exc.transient:
-                    state.held = (generation, reason)
+                    state.held = (intent, reason)
                 else:
                     self._retry_later(state, reason)
                 return
@@ -713,8 +753,8 @@ class VmWorker:
                 vm_id=row.id,
                 argv=qemu_argv(vm, self.qemu_binary, accelerator, self.vhost_net(), tap_fds),
                 run_dir=self.vm_dir(row.id),
-                user=row.run_as_uid,
-                group=row.run_as_gid,
+                user=None if user is None else user[0],
+                group=None if user is None else user[1],
                 netns=self.netns,
                 sandbox=True,
                 name=row.name,
@@ -722,10 +762,10 @@ class VmWorker:
             )
             process = await launch(spec, LAUNCH_TIMEOUT, partial(self._on_qmp_event, state))
         except ValueError as exc:
-            state.held = (generation, str(exc))
+            state.held = (intent, str(exc))
             return
         except QemuLaunchError as exc:
-            state.held = (generation, str(exc).rpartition("\nargv: ")[0] or str(exc))
+            state.held = (intent, str(exc).rpartition("\nargv: ")[0] or str(exc))
             state.exit_code, state.output = exc.exit_code, exc.output or None
             return
         finally:
@@ -737,8 +777,42 @@ class VmWorker:
         state.started_at = dt.datetime.now(dt.UTC)
         state.exit_code, state.exit_at, state.output = None, None, None
         state.stopped_by_us = False
+        state.launched_generation = generation
         self._hold(state, process)
-        log.info("VM %s (%s) runs as pid %d under %s", row.name, row.id, process.pid, accelerator)
+        log.info(
+            "VM %s (%s) runs as pid %d (uid %s) under %s",
+            row.name,
+            row.id,
+            process.pid,
+            state.user[0] if state.user else "?",
+            accelerator,
+        )
+
+    def _run_as(self, row: Vm) -> tuple[int, int] | None:
+        """The uid/gid the VM's qemu runs as: its run_as, else the daemon's qemu user
+        (None: qemu_user is unset, it runs as the daemon). A missing user is an error on
+        the VM, never a silent fallback to root."""
+        if row.run_as_uid is not None:
+            gid = row.run_as_uid if row.run_as_gid is None else row.run_as_gid
+            return row.run_as_uid, gid
+        if self.qemu_user is None:
+            return None
+        try:
+            entry = pwd.getpwnam(self.qemu_user)
+        except KeyError:
+            raise DomainError(
+                f"the qemu user {self.qemu_user!r} does not exist: create it with `useradd "
+                f"--system --no-create-home --shell /usr/sbin/nologin {self.qemu_user}` "
+                "(make run and deploy/install.sh do) and start the VM again, or give it run_as"
+            ) from None
+        return entry.pw_uid, entry.pw_gid
+
+    def _owner(self, row: Vm) -> tuple[int, int] | None:
+        """The owner of the VM's bridge taps: the user its qemu runs as, when known."""
+        try:
+            return self._run_as(row)
+        except DomainError:
+            return None
 
     async def _check_taps(self, state: VmState, taps: list[TapPlan]) -> None:
         """A running VM's bridge taps: one taken off its bridge (brctl delif) is put back;
@@ -850,6 +924,12 @@ def _argv_option(argv: Sequence[str], name: str) -> str | None:
     return None
 
 
+def _user_of(row: Vm) -> tuple[int, int] | None:
+    if row.observed_uid is None or row.observed_gid is None:
+        return None
+    return row.observed_uid, row.observed_gid
+
+
 def _differs(row: Vm, report: Report, state: VmState) -> bool:
     if row.deleted and state.removed:
         return True
@@ -859,6 +939,7 @@ def _differs(row: Vm, report: Report, state: VmState) -> bool:
         != (report.pid, report.accelerator_used, report.started_at)
         or (row.exit_code, row.last_output, row.restarts)
         != (report.exit_code, report.last_output, report.restarts)
+        or (row.launched_generation, _user_of(row)) != (report.launched_generation, report.user)
         or (report.settled and row.observed_generation != row.generation)
     )
 
@@ -876,11 +957,15 @@ def _record(
     row.exit_code = report.exit_code
     row.last_output = report.last_output
     row.restarts = report.restarts
+    row.launched_generation = report.launched_generation
+    row.observed_uid, row.observed_gid = report.user if report.user else (None, None)
     # a newer generation arrived while we decided: it is not applied yet
     newly_applied = row.observed_generation != loaded_generation
     if report.settled and row.generation == loaded_generation and newly_applied:
         row.observed_generation = loaded_generation
-        if report.status in SETTLED_OK:
+        # a PATCH (no power intent) succeeded once stored and seen, whatever the VM's status
+        patched = row.intent_generation < loaded_generation
+        if report.status in SETTLED_OK or patched:
             finished.append(FinishedOperation(row.id, loaded_generation, "succeeded"))
         else:
             reason = report.reason or report.status.value

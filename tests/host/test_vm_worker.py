@@ -115,6 +115,7 @@ class Env:
             for key, value in fields.items():
                 setattr(row, key, value)
             row.generation += 1
+            row.intent_generation = row.generation  # a power intent, as the API's actions
             session.add(
                 Operation(
                     action=action,
