@@ -42,6 +42,7 @@ MOVING = ("updated_at", "ports", "observed_mac", "observed_mtu", "observed_oper_
 def settings(tmp_path: Path) -> Iterator[Settings]:
     """As conftest's, with a run directory short enough for qemu's QMP socket path."""
     run_dir = Path(tempfile.mkdtemp(prefix="kvt-inuse-"))
+    run_dir.chmod(0o755)  # qemu runs as kvmnetd-qemu and must reach its run directory
     try:
         yield Settings(
             state_dir=tmp_path / "state",
