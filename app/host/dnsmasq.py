@@ -202,6 +202,19 @@ def write_files(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> FileChanges:
     return FileChanges(conf=conf, hosts=hosts)
 
 
+def _set_aside_unless_regular(path: Path) -> None:
+    """dnsmasq cannot use a lease file that is a directory, FIFO or link (it would fail to
+    start, or block): that one is renamed to `<name>.bad` and dnsmasq starts a new one."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(path.lstat().st_mode):
+            aside = path.with_name(path.name + ".bad")
+            _clear(aside)
+            with contextlib.suppress(FileNotFoundError):
+                aside.unlink()
+            log.warning("%s is not a regular file: renamed to %s", path, aside.name)
+            os.replace(path, aside)
+
+
 def _clear(path: Path) -> None:
     """Removes a directory found where a file of ours belongs (a file or link is replaced
     by os.replace itself)."""
@@ -313,9 +326,10 @@ def start(network_id: str, paths: DnsmasqPaths) -> Dnsmasq:
     """Starts dnsmasq in the calling thread's network namespace, in a session of its own."""
     argv = argv_for(paths)
     try:
+        _set_aside_unless_regular(paths.leases)
         log_fd = _open_log(paths)
     except OSError as exc:
-        raise DnsmasqError(f"cannot open {paths.log}: {exc.strerror}") from None
+        raise DnsmasqError(f"cannot prepare {exc.filename}: {exc.strerror}") from None
     try:
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         os.write(log_fd, f"--- kvmnetd starts dnsmasq at {stamp}\n".encode())
@@ -389,8 +403,17 @@ def adopt(network_id: str, paths: DnsmasqPaths) -> Adoption:
     return Adoption(None, problem)
 
 
+def remove_pid_file(paths: DnsmasqPaths) -> None:
+    """Before a start: dnsmasq writes it once its sockets are bound (whatever was there,
+    a file, a link or a directory, goes)."""
+    _clear(paths.pidfile)
+    with contextlib.suppress(FileNotFoundError):
+        paths.pidfile.unlink()
+
+
 def _rewrite_pid_file(paths: DnsmasqPaths, pid: int) -> None:
     with contextlib.suppress(OSError):  # only a hint for the next adoption
+        _clear(paths.pidfile)
         temporary = paths.pidfile.with_name(f".{paths.pidfile.name}.new")
         temporary.write_text(f"{pid}\n")
         os.replace(temporary, paths.pidfile)

@@ -433,10 +433,11 @@ class NetworkWorker:
 
     def _start(self, network_id: str, paths: dnsmasq.DnsmasqPaths) -> dnsmasq.Dnsmasq | str:
         """A running dnsmasq, or why it did not come up (with its last words)."""
-        with contextlib.suppress(FileNotFoundError):
-            paths.pidfile.unlink()
         try:
+            dnsmasq.remove_pid_file(paths)
             process = dnsmasq.start(network_id, paths)
+        except OSError as exc:
+            return f"cannot remove {paths.pidfile}: {exc.strerror}"
         except dnsmasq.DnsmasqError as exc:
             return str(exc)
         deadline = time.monotonic() + READY_TIMEOUT

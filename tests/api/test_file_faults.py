@@ -1,0 +1,145 @@
+"""One object's damaged file stays that object's fault (issue 9, item 4): every kind of
+damage (tests/faults.py) in a dnsmasq pid file, a lease file and the admin token file, with
+the in-process app on the real kernel of a fresh namespace and real dnsmasq.
+
+For a pid file the damage is done while no daemon runs (that is when it is read back: a
+restarted daemon adopts dnsmasq through it). The restarted daemon must report it on that
+network, adopt the dnsmasq that still runs (found by its command line: a second one could
+not bind the network's sockets) or start a new one when it is gone, settle a network created
+next, and signal nobody: the `sleep` whose pid was planted is still alive."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app, load_or_create_token
+from app.settings import Settings
+from tests.api.test_links_api import make_bridge
+from tests.api.test_networks_api import _comm, _eventually, make_network, make_stopped_vm
+from tests.faults import KINDS, damage, stranger
+from tests.kernel import processes_in
+
+__all__ = ["stranger"]  # the fixture
+
+
+def dnsmasqs(netns: str) -> list[int]:
+    return [pid for pid in processes_in(netns) if _comm(pid) == "dnsmasq"]
+
+
+def run_dir(settings: Settings, network: dict[str, Any]) -> Path:
+    return settings.run_dir / "networks" / str(network["id"])
+
+
+@pytest.fixture
+def first(netns: str, settings: Settings) -> dict[str, Any]:
+    """A network made by a daemon that then stopped (its dnsmasq keeps running)."""
+    app = create_app(settings, token="t", host_netns=netns)
+    with TestClient(app, base_url="http://kvmnetd") as api:
+        make_bridge(api)
+        return make_network(api)
+
+
+@pytest.mark.parametrize("dnsmasq_alive", [True, False], ids=["dnsmasq-runs", "dnsmasq-gone"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_dnsmasq_pid_file_is_reported_and_healed(
+    kind: str,
+    dnsmasq_alive: bool,
+    first: dict[str, Any],
+    netns: str,
+    settings: Settings,
+    stranger: subprocess.Popen[bytes],
+) -> None:
+    old = int(first["dnsmasq_pid"])
+    if not dnsmasq_alive:
+        os.kill(old, signal.SIGKILL)
+        assert _eventually(lambda: old not in dnsmasqs(netns))
+    pidfile = run_dir(settings, first) / "dnsmasq.pid"
+    good = f"{old}\n".encode()
+    damage(pidfile, kind, good, stranger.pid, lambda pid: f"{pid}\n".encode())
+
+    app = create_app(settings, token="t", host_netns=netns)
+    with TestClient(app, base_url="http://kvmnetd") as api:
+        assert app.state.network_worker.ready.wait(10)
+        now = api.get("/v1/networks/nat0").json()
+        assert now["status"] == "active", now
+        if dnsmasq_alive:
+            assert now["dnsmasq_pid"] == old  # adopted, not a second one
+        assert now["dnsmasq_pid"] in dnsmasqs(netns)
+        assert dnsmasqs(netns) == [now["dnsmasq_pid"]]
+        if kind != "symlink" or not dnsmasq_alive:  # a link to the right pid is refused too
+            assert "pid file" in (now["status_reason"] or ""), now
+        # another network created meanwhile settles
+        make_bridge(api, "br1")
+        other = make_network(api, name="nat1", bridge="br1", subnet="10.92.0.0/24")
+        assert other["status"] == "active", other
+        assert other["status_reason"] is None
+        # the note goes with the network's next change
+        r = api.patch("/v1/networks/nat0?wait=10", json={"domain": "kvm.test"})
+        assert r.status_code == 200, r.text
+        assert r.json()["status_reason"] is None
+    assert stranger.poll() is None  # nobody signalled it
+
+
+@pytest.mark.timeout(120)  # a FIFO read without O_NONBLOCK would hang
+def test_a_damaged_lease_file_reads_as_the_leases_it_still_holds(
+    api: TestClient, netns: str, settings: Settings, stranger: subprocess.Popen[bytes]
+) -> None:
+    make_bridge(api)
+    vm = make_stopped_vm(api, "web")
+    network = make_network(api)
+    mac = api.get(f"/v1/vms/{vm['id']}").json()["nics"][0]["mac"]
+    leases = settings.state_dir / "networks" / network["id"] / "dnsmasq.leases"
+    good = f"4102444800 {mac} 10.91.0.2 web 01:{mac}\n"
+    for kind in KINDS:
+        damage(
+            leases,
+            kind,
+            good.encode(),
+            stranger.pid,
+            lambda expiry: f"{expiry} {mac} 10.91.0.2 web *\n".encode(),
+        )
+        r = api.get("/v1/networks/nat0/leases")
+        assert r.status_code == 200, (kind, r.text)
+        shown = r.json()
+        if kind == "zero":  # expiry 0: an infinite lease (dnsmasq's lease.c)
+            assert [lease["ip"] for lease in shown] == ["10.91.0.2"], kind
+        else:
+            assert shown == [], (kind, shown)
+        # dnsmasq starts again with it (one that is not a regular file is set aside): a new
+        # domain restarts it
+        pid = api.get("/v1/networks/nat0").json()["dnsmasq_pid"]
+        r = api.patch("/v1/networks/nat0?wait=10", json={"domain": f"{kind}.test"})
+        assert r.status_code == 200, (kind, r.text)
+        now = r.json()
+        assert now["status"] == "active" and now["dnsmasq_pid"] not in (None, pid), (kind, now)
+    assert stranger.poll() is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_admin_token_file_is_set_aside_and_replaced(
+    kind: str, tmp_path: Path, stranger: subprocess.Popen[bytes]
+) -> None:
+    path = tmp_path / "state" / "admin-token"
+    good = load_or_create_token(path)
+    damage(path, kind, f"{good}\n".encode(), stranger.pid, lambda pid: f"{pid}\n".encode())
+    token = load_or_create_token(path)
+    # what is still a bearer token of 16 characters or more is kept (a client may use it)
+    kept = {"truncated": good[: (len(good) + 1) // 2], "huge-number": "9" * 40}.get(kind)
+    if kept is not None:
+        assert token == kept
+        return
+    assert token != good and len(token) >= 32
+    assert path.read_text() == f"{token}\n" and stat.S_IMODE(path.lstat().st_mode) == 0o600
+    assert load_or_create_token(path) == token  # written once, then reused
+    assert (
+        path.with_name("admin-token.bad").exists() or path.with_name("admin-token.bad").is_symlink()
+    )
