@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import signal
 import stat
 import subprocess
@@ -35,7 +34,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from app.domain.networks import DhcpDnsSpec
-from app.host.files import FileProblem, read_bounded
+from app.host.files import FileProblem, read_bounded, remove
 from app.host.procs import (
     Held,
     ProcFacts,
@@ -208,9 +207,7 @@ def _set_aside_unless_regular(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISREG(path.lstat().st_mode):
             aside = path.with_name(path.name + ".bad")
-            _clear(aside)
-            with contextlib.suppress(FileNotFoundError):
-                aside.unlink()
+            remove(aside)
             log.warning("%s is not a regular file: renamed to %s", path, aside.name)
             os.replace(path, aside)
 
@@ -219,16 +216,13 @@ def _clear(path: Path) -> None:
     """Removes a directory found where a file of ours belongs (a file or link is replaced
     by os.replace itself)."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        remove(path)
 
 
 def remove_files(paths: DnsmasqPaths) -> None:
     """Forgets a deleted network's files (its leases too), whatever else was put there."""
     for directory in (paths.run_dir, paths.state_dir):
-        if directory.is_symlink() or directory.is_file():
-            directory.unlink()
-        elif directory.is_dir():
-            shutil.rmtree(directory)
+        remove(directory)
 
 
 # ---- the process ----------------------------------------------------------------------------
@@ -313,9 +307,7 @@ def _open_log(paths: DnsmasqPaths) -> int:
         found = paths.log.lstat()
         if not stat.S_ISREG(found.st_mode):  # not a log: ours to remove
             log.warning("removing %s: not a regular file", paths.log)
-            _clear(paths.log)
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                paths.log.unlink()
+            remove(paths.log)
         elif found.st_size > LOG_LIMIT:
             os.replace(paths.log, paths.log.with_name(paths.log.name + ".1"))
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -406,9 +398,7 @@ def adopt(network_id: str, paths: DnsmasqPaths) -> Adoption:
 def remove_pid_file(paths: DnsmasqPaths) -> None:
     """Before a start: dnsmasq writes it once its sockets are bound (whatever was there,
     a file, a link or a directory, goes)."""
-    _clear(paths.pidfile)
-    with contextlib.suppress(FileNotFoundError):
-        paths.pidfile.unlink()
+    remove(paths.pidfile)
 
 
 def _rewrite_pid_file(paths: DnsmasqPaths, pid: int) -> None:

@@ -7,6 +7,7 @@ sentence for the owning object's status_reason, never an exception that stops a 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -43,3 +44,15 @@ def read_bounded(path: Path, limit: int) -> bytes | None:
     if size > limit:
         raise FileProblem(f"{path} is longer than {limit} bytes")
     return b"".join(chunks)
+
+
+def remove(path: Path) -> None:
+    """Removes whatever is at `path` (a file, link, FIFO, socket, or a directory with its
+    content; a link is removed, never followed); nothing there is fine."""
+    try:
+        if stat.S_ISDIR(path.lstat().st_mode):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass

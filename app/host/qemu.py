@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.domain.qemu_argv import qemu_value
-from app.host.files import FileProblem, read_bounded
+from app.host.files import FileProblem, read_bounded, remove
 from app.host.netns import enter_for_this_thread
 from app.host.procs import (
     Held,
@@ -318,8 +318,9 @@ class LaunchRecord:
     def write(self, paths: RunPaths) -> None:
         """Atomically (a temporary file renamed over the old record)."""
         tmp = paths.record.with_name(f".{paths.record.name}.{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        remove(tmp)
+        if paths.record.is_dir() and not paths.record.is_symlink():
+            remove(paths.record)  # os.replace cannot replace a directory
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
@@ -398,8 +399,7 @@ def remove_runtime_files(paths: RunPaths, pid: int) -> None:
     if record is not None and record.pid != pid:
         return
     for path in (paths.qmp_socket, paths.pidfile, paths.record):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        remove(path)
 
 
 # ---- a running qemu -------------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""One VM's damaged run-directory file stays that VM's fault (issue 9, item 4), against real
+qemu (TCG, `-machine none`, no guest) in a kvt- namespace: every kind of damage
+(tests/faults.py) in the launch record and in qemu's pidfile, and a QMP socket that is a
+regular file, a dead socket, or a socket answering garbage.
+
+adopt_from() must never raise for a damaged file, never hold (and so never signal) anything
+but the VM's own qemu — the planted `sleep` survives — re-adopt a qemu that still runs by
+its own command line (and rewrite its record), report what was wrong, and say "nothing runs"
+when the qemu is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.host.procs import read_pid_file
+from app.host.qemu import (
+    LaunchRecord,
+    QemuProcess,
+    QemuUnresponsive,
+    RunPaths,
+    ShutdownDeadlines,
+    ShutdownStep,
+    adopt_from,
+    shutdown,
+)
+from tests.faults import KINDS, clear, damage, stranger
+from tests.host.test_qemu import Qemus, live_pids_with_uuid, qemus
+
+__all__ = ["qemus", "stranger"]  # fixtures
+
+FILES = ("launch.json", "qemu.pid")
+
+
+async def running_qemu(qemus: Qemus) -> QemuProcess:
+    """A qemu whose daemon let go of it (the handle closed, qemu still running)."""
+    process = await qemus.launch(qemus.spec(), timeout=10)
+    await process.close()
+    return process
+
+
+def with_pid(name: str, good: bytes) -> object:
+    def content(pid: str) -> bytes:
+        if name == "qemu.pid":
+            return f"{pid}\n".encode()
+        return json.dumps({**json.loads(good), "pid": int(pid)}).encode()
+
+    return content
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", FILES)
+async def test_a_damaged_file_of_a_running_qemu_is_reported_and_it_is_re_adopted(
+    name: str, kind: str, qemus: Qemus, stranger: subprocess.Popen[bytes]
+) -> None:
+    launched = await running_qemu(qemus)
+    path = launched.run_dir / name
+    good = path.read_bytes()
+    damage(path, kind, good, stranger.pid, with_pid(name, good))  # type: ignore[arg-type]
+
+    found = await adopt_from(launched.run_dir, launched.vm_id, timeout=5)
+    assert found.process is not None, found.problem
+    qemus.handles.append(found.process)
+    assert (found.process.pid, found.process.start_time) == (launched.pid, launched.start_time)
+    assert await found.process.qmp.status() == "running"
+    if (kind == "huge-number" and name == "qemu.pid") or kind == "symlink":
+        assert found.problem is not None
+    else:
+        assert found.problem is not None and ("pid" in found.problem or "record" in found.problem)
+    if name == "launch.json":  # the record is rewritten from /proc: the next adoption is exact
+        record = LaunchRecord.read(RunPaths(launched.run_dir))
+        assert record is not None and (record.pid, record.argv) == (launched.pid, launched.argv)
+    assert stranger.poll() is None
+    assert live_pids_with_uuid({launched.vm_id}) == [launched.pid]  # never a second copy
+
+
+@pytest.mark.parametrize("kind", ["zero", "minus-one", "stale-pid", "binary", "fifo"])
+@pytest.mark.parametrize("name", FILES)
+async def test_a_damaged_file_of_a_gone_qemu_means_nothing_runs(
+    name: str, kind: str, qemus: Qemus, stranger: subprocess.Popen[bytes]
+) -> None:
+    launched = await qemus.launch(qemus.spec(), timeout=10)
+    path = launched.run_dir / name
+    good = path.read_bytes()
+    launched.send_signal(signal.SIGKILL)
+    await launched.wait(5)
+    for leftover in FILES:  # as after a crash while no daemon watched
+        if not (launched.run_dir / leftover).exists():
+            (launched.run_dir / leftover).write_bytes(good if leftover == name else b"1\n")
+    damage(path, kind, good, stranger.pid, with_pid(name, good))  # type: ignore[arg-type]
+
+    found = await adopt_from(launched.run_dir, launched.vm_id, timeout=5)
+    assert found.process is None
+    assert found.problem is not None
+    assert stranger.poll() is None
+
+
+def serve_garbage(path: Path) -> tuple[socket.socket, asyncio.Task[None]]:
+    """A listening socket at `path` that greets every client with garbage."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    server.setblocking(False)
+
+    async def answer() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            client, _ = await loop.sock_accept(server)
+            await loop.sock_sendall(client, b"\x00\xffnot QMP\n{]\n" * 64)
+
+    return server, asyncio.get_running_loop().create_task(answer())
+
+
+@pytest.mark.parametrize("kind", ["regular-file", "dead-socket", "garbage"])
+async def test_a_broken_qmp_socket_leaves_the_qemu_held_and_endable(
+    kind: str, qemus: Qemus
+) -> None:
+    launched = await running_qemu(qemus)
+    path = launched.paths.qmp_socket
+    clear(path)
+    garbage = None
+    if kind == "regular-file":
+        path.write_text("not a socket\n")
+    elif kind == "dead-socket":
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(str(path))
+        dead.close()  # bound, never listening: connections are refused
+    else:
+        garbage = serve_garbage(path)
+    try:
+        with pytest.raises(QemuUnresponsive) as caught:
+            await adopt_from(launched.run_dir, launched.vm_id, timeout=1)
+    finally:
+        if garbage is not None:
+            garbage[1].cancel()
+            garbage[0].close()
+    held = caught.value.process
+    qemus.handles.append(held)
+    assert held.pid == launched.pid and not held.qmp.connected
+    assert "QMP" in str(caught.value)
+    # held through its pidfd: the ladder still ends it, with signals (QMP steps skipped)
+    step = await shutdown(held, deadlines=ShutdownDeadlines(sigterm=3, sigkill=3))
+    assert step is ShutdownStep.SIGTERM
+    assert live_pids_with_uuid({launched.vm_id}) == []
+    assert read_pid_file(launched.paths.pidfile).pid is None
