@@ -19,21 +19,25 @@ from pathlib import Path
 
 import pytest
 
+from app.db.models import Vm
 from app.host.procs import read_pid_file
 from app.host.qemu import (
     LaunchRecord,
+    LaunchSpec,
     QemuProcess,
     QemuUnresponsive,
     RunPaths,
     ShutdownDeadlines,
     ShutdownStep,
     adopt_from,
+    launch,
     shutdown,
 )
 from tests.faults import KINDS, clear, damage, stranger
-from tests.host.test_qemu import Qemus, live_pids_with_uuid, qemus
+from tests.host.test_qemu import QEMU, Qemus, live_pids_with_uuid, qemus
+from tests.host.test_vm_worker import Env, env, guest
 
-__all__ = ["qemus", "stranger"]  # fixtures
+__all__ = ["env", "guest", "qemus", "stranger"]  # fixtures
 
 FILES = ("launch.json", "qemu.pid")
 
@@ -149,3 +153,49 @@ async def test_a_broken_qmp_socket_leaves_the_qemu_held_and_endable(
     assert step is ShutdownStep.SIGTERM
     assert live_pids_with_uuid({launched.vm_id}) == []
     assert read_pid_file(launched.paths.pidfile).pid is None
+
+
+# ---- the VM worker shows it on the VM -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["zero", "stale-pid", "binary"])
+def test_the_vm_worker_reports_a_damaged_record_on_that_vm_and_adopts_its_qemu(
+    kind: str, env: Env, stranger: subprocess.Popen[bytes]
+) -> None:
+    damaged, other = env.create("damaged", {"backend": "user"}), env.create("other")
+    with env.db.unit_of_work() as session:  # the other one stays off (no guest boots here)
+        row = session.get(Vm, other)
+        assert row is not None
+        row.power_state = "stopped"
+    spec = LaunchSpec(
+        vm_id=damaged,
+        argv=[QEMU, "-machine", "none", "-accel", "tcg"],
+        run_dir=env.run_dir / "vms" / damaged,
+        netns=env.netns,
+        sandbox=False,
+    )
+
+    async def start() -> QemuProcess:
+        process = await launch(spec, timeout=10)
+        await process.close()  # the daemon that started it is gone; qemu runs on
+        return process
+
+    launched = asyncio.run(start())
+    record = spec.paths.record
+    good = record.read_bytes()
+    damage(record, kind, good, stranger.pid, with_pid("launch.json", good))  # type: ignore[arg-type]
+
+    worker = env.worker(deadlines=ShutdownDeadlines(powerdown=0, quit=3, sigterm=3, sigkill=3))
+    row = env.wait_for(damaged, lambda r: r is not None and r.status == "running", timeout=10)
+    assert row is not None and row.pid == launched.pid
+    assert "launch record" in (row.status_reason or ""), row.status_reason
+    assert "re-adopted" in (row.status_reason or "")
+    stopped = env.wait_for(other, lambda r: r is not None and r.status == "stopped", timeout=10)
+    assert stopped is not None and stopped.status_reason is None
+    assert stranger.poll() is None
+    assert live_pids_with_uuid({damaged}) == [launched.pid]
+    # held for real: the worker ends it (and the note goes with that change)
+    env.desire(worker, damaged, "update", power_state="stopped")
+    row = env.wait_for(damaged, lambda r: r is not None and r.status == "stopped", timeout=10)
+    assert row is not None and row.status_reason is None
+    assert live_pids_with_uuid({damaged}) == []
