@@ -143,3 +143,27 @@ def test_a_damaged_admin_token_file_is_set_aside_and_replaced(
     assert (
         path.with_name("admin-token.bad").exists() or path.with_name("admin-token.bad").is_symlink()
     )
+
+
+@pytest.mark.timeout(60)  # a FIFO opened without O_NONBLOCK would hang the request
+def test_a_planted_console_log_is_not_served(
+    api: TestClient, settings: Settings, stranger: subprocess.Popen[bytes]
+) -> None:
+    """The VM's run directory belongs to the user qemu runs as: a console.log it replaced
+    by a link to a file only root may read, or by a FIFO, must not be served."""
+    make_bridge(api)
+    vm = make_stopped_vm(api, "web")
+    console = settings.run_dir / "vms" / vm["id"] / "console.log"
+    console.parent.mkdir(parents=True, exist_ok=True)
+    secret = settings.state_dir / "secret"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    for kind in KINDS:
+        damage(console, kind, b"booting\n", stranger.pid, lambda pid: f"{pid}\n".encode())
+        if kind == "symlink":
+            console.unlink()
+            console.symlink_to(secret)
+        r = api.get(f"/v1/vms/{vm['id']}/console")
+        assert r.status_code == 200, (kind, r.text)
+        assert "root only" not in r.text and len(r.content) <= 65536, kind
