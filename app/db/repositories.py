@@ -31,6 +31,7 @@ from app.domain.links import LinkKind, LinkSpec
 from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, static_hosts
 from app.domain.status import Status
+from app.domain.uplinks import JournalError, NicConfig
 from app.domain.vms import (
     Accelerator,
     Backend,
@@ -386,12 +387,13 @@ def uplink_addresses(session: Session) -> dict[str, tuple[str, ...]]:
     for bridge_id, phase, saved in session.execute(
         select(Uplink.bridge_id, Uplink.phase, Uplink.saved)
     ):
-        moved = phase in ("moving", "attached") and saved
-        result[bridge_id] = (
-            tuple(f"{a['address']}/{a['prefixlen']}" for a in saved.get("addresses", ()))
-            if moved
-            else ()
-        )
+        result[bridge_id] = ()
+        if phase in ("moving", "attached") and saved is not None:
+            try:
+                nic = NicConfig.from_json(saved)
+            except JournalError:  # reported on the uplink by its worker
+                continue
+            result[bridge_id] = tuple(a.cidr for a in nic.addresses)
     return result
 
 

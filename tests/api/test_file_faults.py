@@ -19,15 +19,19 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
+from app.db.models import Uplink
+from app.db.session import Database
 from app.main import create_app, load_or_create_token
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge
 from tests.api.test_networks_api import _comm, _eventually, make_network, make_stopped_vm
+from tests.api.test_uplinks_api import lan, uplink
 from tests.faults import KINDS, damage, stranger
 from tests.kernel import processes_in
 
-__all__ = ["stranger"]  # the fixture
+__all__ = ["lan", "stranger"]  # fixtures
 
 
 def dnsmasqs(netns: str) -> list[int]:
@@ -167,3 +171,42 @@ def test_a_planted_console_log_is_not_served(
         r = api.get(f"/v1/vms/{vm['id']}/console")
         assert r.status_code == 200, (kind, r.text)
         assert "root only" not in r.text and len(r.content) <= 65536, kind
+
+
+JOURNALS = {
+    "not-an-object": "garbage",
+    "a-list": [1, 2],
+    "empty-object": {},
+    "wrong-types": {"name": 5, "mac": [], "permanent_mac": None},
+    "bad-address": {"name": "eth0", "mac": "02:00:00:00:00:01", "addresses": [{"bogus": 1}]},
+}
+
+
+@pytest.mark.parametrize("kind", JOURNALS)
+def test_a_damaged_uplink_journal_stays_on_that_uplink(
+    kind: str, api: TestClient, netns: str, lan: str, settings: Settings
+) -> None:
+    """The uplink journal (the NIC's saved configuration, kept in the database while a move
+    is under way) damaged during a move: that uplink reports it, everything else works."""
+    make_bridge(api, stp=False, forward_delay=0)
+    assert uplink(api).status_code == 201
+    db = Database(settings.db_url)
+    try:
+        with db.unit_of_work() as session:
+            session.execute(
+                update(Uplink).values(saved=JOURNALS[kind], phase="moving"),
+            )
+    finally:
+        db.dispose()
+    api.app.state.supervisor.resync()  # type: ignore[attr-defined]
+
+    def reported() -> bool:
+        shown = api.get("/v1/bridges/br0/uplink").json()
+        return shown["status"] == "error" and "uplink journal" in (shown["status_reason"] or "")
+
+    assert _eventually(reported, 10), api.get("/v1/bridges/br0/uplink").json()
+    assert api.get("/v1/bridges/br0").status_code == 200
+    plan = api.delete("/v1/bridges/br0/uplink?dry_run=true")
+    assert plan.status_code == 200 and "uplink journal" in plan.json()["refused"], plan.text
+    other = make_bridge(api, "br1")  # other links still settle
+    assert other["status"] == "active", other
