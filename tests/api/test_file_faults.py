@@ -210,3 +210,34 @@ def test_a_damaged_uplink_journal_stays_on_that_uplink(
     assert plan.status_code == 200 and "uplink journal" in plan.json()["refused"], plan.text
     other = make_bridge(api, "br1")  # other links still settle
     assert other["status"] == "active", other
+
+
+@pytest.mark.timeout(120)  # a FIFO read without O_NONBLOCK would hang the network worker
+@pytest.mark.parametrize("name", ["dnsmasq.conf", "dhcp-hosts", "dnsmasq.log"])
+def test_a_damaged_dnsmasq_file_is_written_again_at_the_next_full_pass(
+    name: str, api: TestClient, netns: str, settings: Settings, stranger: subprocess.Popen[bytes]
+) -> None:
+    """The files the daemon writes for dnsmasq are read back to compare them with what they
+    should say (at a full pass); dnsmasq's log is opened again at each start."""
+    make_bridge(api)
+    network = make_network(api)
+    path = run_dir(settings, network) / name
+    good = path.read_bytes()
+    worker = api.app.state.network_worker  # type: ignore[attr-defined]
+    for kind in KINDS:
+        damage(path, kind, good, stranger.pid, lambda pid: f"{pid}\n".encode())
+        if name == "dnsmasq.log":  # a new domain restarts dnsmasq
+            r = api.patch("/v1/networks/nat0?wait=10", json={"domain": f"{kind}.test"})
+            assert r.status_code == 200, (kind, r.text)
+        else:
+            passes = worker.passes
+            worker.resync()
+            assert _eventually(lambda: worker.passes > passes + 1, 10), kind  # noqa: B023
+            assert path.read_bytes() == good, kind
+        now = api.get("/v1/networks/nat0").json()
+        assert now["status"] == "active", (kind, now)
+        assert dnsmasqs(netns) == [now["dnsmasq_pid"]], kind
+    make_bridge(api, "br1")
+    other = make_network(api, name="nat1", bridge="br1", subnet="10.92.0.0/24")
+    assert other["status"] == "active", other
+    assert stranger.poll() is None
