@@ -290,7 +290,10 @@ RECORD_LIMIT = 1 << 16  # bytes of launch.json
 def output_tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> str:
     """The last lines of a log (qemu's own output), stripped; empty when there is none."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would block the event loop
+            os.close(fd)
+            return ""
         with os.fdopen(fd, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - OUTPUT_TAIL_BYTES))
@@ -635,6 +638,12 @@ def _prepare_run_dir(spec: LaunchSpec, argv: Sequence[str]) -> None:
     running = find_running(spec.vm_id)
     if running:
         raise QemuAlreadyRunning(spec.vm_id, running[0], argv)
+    # whatever the qemu user left where our files go (a directory, a FIFO, a link) goes
+    remove(paths.previous_qemu_log)
+    for path in (paths.qemu_log, paths.console_log):
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(path.lstat().st_mode):
+                remove(path)
     with contextlib.suppress(FileNotFoundError):
         os.replace(paths.qemu_log, paths.previous_qemu_log)
 
@@ -673,8 +682,7 @@ def find_running(vm_id: str) -> list[int]:
 
 def _open_log(paths: RunPaths) -> int:
     # O_EXCL|O_NOFOLLOW: never write through a file or link the qemu user left there
-    with contextlib.suppress(FileNotFoundError):
-        paths.qemu_log.unlink()
+    remove(paths.qemu_log)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | os.O_CLOEXEC
     return os.open(paths.qemu_log, flags, LOG_MODE)
 

@@ -33,7 +33,7 @@ from app.host.qemu import (
     launch,
     shutdown,
 )
-from tests.faults import KINDS, clear, damage, stranger
+from tests.faults import KINDS, SHAPES, clear, damage, stranger
 from tests.host.test_qemu import QEMU, Qemus, live_pids_with_uuid, qemus
 from tests.host.test_vm_worker import Env, env, guest
 
@@ -199,3 +199,20 @@ def test_the_vm_worker_reports_a_damaged_record_on_that_vm_and_adopts_its_qemu(
     row = env.wait_for(damaged, lambda r: r is not None and r.status == "stopped", timeout=10)
     assert row is not None and row.status_reason is None
     assert live_pids_with_uuid({damaged}) == []
+
+
+@pytest.mark.timeout(60)  # a FIFO opened without O_NONBLOCK would block the event loop
+@pytest.mark.parametrize("kind", SHAPES)
+@pytest.mark.parametrize("name", ["qemu.log", "qemu.log.1", "console.log"])
+async def test_whatever_the_qemu_user_left_in_the_run_directory_does_not_stop_a_launch(
+    name: str, kind: str, qemus: Qemus, stranger: subprocess.Popen[bytes]
+) -> None:
+    spec = qemus.spec()
+    spec.run_dir.mkdir(mode=0o700)
+    damage(spec.run_dir / name, kind, b"old output\n", stranger.pid, lambda pid: pid.encode())
+    process = await qemus.launch(spec, timeout=10)
+    assert await process.qmp.status() == "running"
+    damage(spec.paths.qemu_log, kind, b"x\n", stranger.pid, lambda pid: pid.encode())
+    assert "old output" not in process.output_tail()  # read without blocking or following
+    process.send_signal(signal.SIGKILL)
+    await process.wait(5)
