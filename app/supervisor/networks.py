@@ -435,9 +435,10 @@ class NetworkWorker:
         """A running dnsmasq, or why it did not come up (with its last words)."""
         try:
             dnsmasq.remove_pid_file(paths)
-            process = dnsmasq.start(network_id, paths)
         except OSError as exc:
             return f"cannot remove {paths.pidfile}: {exc.strerror}"
+        try:
+            process = dnsmasq.start(network_id, paths)
         except dnsmasq.DnsmasqError as exc:
             return str(exc)
         deadline = time.monotonic() + READY_TIMEOUT
