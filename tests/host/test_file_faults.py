@@ -101,7 +101,9 @@ async def test_a_damaged_file_of_a_gone_qemu_means_nothing_runs(
 
     found = await adopt_from(launched.run_dir, launched.vm_id, timeout=5)
     assert found.process is None
-    assert found.problem is not None
+    # what was wrong is said (for the VM's status_reason), naming the file or the pid
+    assert found.problem is not None and ("pid" in found.problem or "record" in found.problem)
+    assert str(launched.run_dir) in found.problem or "pid" in found.problem
     assert stranger.poll() is None
 
 
