@@ -107,20 +107,29 @@ async def test_a_damaged_file_of_a_gone_qemu_means_nothing_runs(
     assert stranger.poll() is None
 
 
-def serve_garbage(path: Path) -> tuple[socket.socket, asyncio.Task[None]]:
+class GarbageServer:
     """A listening socket at `path` that greets every client with garbage."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(4)
-    server.setblocking(False)
 
-    async def answer() -> None:
+    def __init__(self, path: Path) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(4)
+        self.server.setblocking(False)
+        self.clients: list[socket.socket] = []
+        self.task = asyncio.get_running_loop().create_task(self._answer())
+
+    async def _answer(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            client, _ = await loop.sock_accept(server)
+            client, _ = await loop.sock_accept(self.server)
+            self.clients.append(client)
             await loop.sock_sendall(client, b"\x00\xffnot QMP\n{]\n" * 64)
 
-    return server, asyncio.get_running_loop().create_task(answer())
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        for client in [*self.clients, self.server]:
+            client.close()
 
 
 @pytest.mark.parametrize("kind", ["regular-file", "dead-socket", "garbage"])
@@ -138,14 +147,13 @@ async def test_a_broken_qmp_socket_leaves_the_qemu_held_and_endable(
         dead.bind(str(path))
         dead.close()  # bound, never listening: connections are refused
     else:
-        garbage = serve_garbage(path)
+        garbage = GarbageServer(path)
     try:
         with pytest.raises(QemuUnresponsive) as caught:
             await adopt_from(launched.run_dir, launched.vm_id, timeout=1)
     finally:
         if garbage is not None:
-            garbage[1].cancel()
-            garbage[0].close()
+            await garbage.close()
     held = caught.value.process
     qemus.handles.append(held)
     assert held.pid == launched.pid and not held.qmp.connected
