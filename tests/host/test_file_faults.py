@@ -168,9 +168,17 @@ async def test_a_broken_qmp_socket_leaves_the_qemu_held_and_endable(
 # ---- the VM worker shows it on the VM -------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["zero", "stale-pid", "binary"])
-def test_the_vm_worker_reports_a_damaged_record_on_that_vm_and_adopts_its_qemu(
-    kind: str, env: Env, stranger: subprocess.Popen[bytes]
+@pytest.mark.parametrize(
+    ("name", "kind", "said"),
+    [
+        ("launch.json", "zero", ["launch record", "re-adopted"]),
+        ("launch.json", "stale-pid", ["launch record", "re-adopted"]),
+        ("launch.json", "binary", ["launch record", "re-adopted"]),
+        ("qmp.sock", "regular-file", ["QMP does not answer"]),
+    ],
+)
+def test_the_vm_worker_reports_a_damaged_file_on_that_vm_and_adopts_its_qemu(
+    name: str, kind: str, said: list[str], env: Env, stranger: subprocess.Popen[bytes]
 ) -> None:
     damaged, other = env.create("damaged", {"backend": "user"}), env.create("other")
     with env.db.unit_of_work() as session:  # the other one stays off (no guest boots here)
@@ -191,15 +199,19 @@ def test_the_vm_worker_reports_a_damaged_record_on_that_vm_and_adopts_its_qemu(
         return process
 
     launched = asyncio.run(start())
-    record = spec.paths.record
-    good = record.read_bytes()
-    damage(record, kind, good, stranger.pid, with_pid("launch.json", good))  # type: ignore[arg-type]
+    path = spec.run_dir / name
+    if name == "qmp.sock":  # qemu's listening socket is gone: nobody can reach its monitor
+        clear(path)
+        path.write_text("not a socket\n")
+    else:
+        good = path.read_bytes()
+        damage(path, kind, good, stranger.pid, with_pid(name, good))  # type: ignore[arg-type]
 
     worker = env.worker(deadlines=ShutdownDeadlines(powerdown=0, quit=3, sigterm=3, sigkill=3))
     row = env.wait_for(damaged, lambda r: r is not None and r.status == "running", timeout=10)
     assert row is not None and row.pid == launched.pid
-    assert "launch record" in (row.status_reason or ""), row.status_reason
-    assert "re-adopted" in (row.status_reason or "")
+    for words in said:
+        assert words in (row.status_reason or ""), row.status_reason
     stopped = env.wait_for(other, lambda r: r is not None and r.status == "stopped", timeout=10)
     assert stopped is not None and stopped.status_reason is None
     assert stranger.poll() is None
