@@ -43,7 +43,7 @@ from app.bus import EventBus
 from app.db.migrate import upgrade
 from app.db.session import Database
 from app.domain.errors import Conflict, Unavailable
-from app.host.files import FileProblem, read_bounded
+from app.host.files import FileProblem, read_bounded, remove
 from app.host.inspect import LiveHostInspector
 from app.host.qmp import QmpError
 from app.settings import Settings
@@ -89,6 +89,7 @@ def load_or_create_token(path: Path) -> str:
         log.warning(
             "admin token file %s: %s; moved to %s, writing a new token", path, problem, aside
         )
+        remove(aside)  # an older bad one
         os.replace(path, aside)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(32)

@@ -135,6 +135,7 @@ def test_a_damaged_admin_token_file_is_set_aside_and_replaced(
 ) -> None:
     path = tmp_path / "state" / "admin-token"
     good = load_or_create_token(path)
+    path.with_name("admin-token.bad").mkdir()  # left by an earlier repair: replaced too
     damage(path, kind, f"{good}\n".encode(), stranger.pid, lambda pid: f"{pid}\n".encode())
     token = load_or_create_token(path)
     # what is still a bearer token of 16 characters or more is kept (a client may use it)
