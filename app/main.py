@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +48,7 @@ from app.db.migrate import upgrade
 from app.db.repositories import reserve_event_ids
 from app.db.session import Database
 from app.domain.errors import Conflict, Unavailable
+from app.host.files import FileProblem, read_bounded, remove
 from app.host.inspect import LiveHostInspector
 from app.host.qmp import QmpError
 from app.settings import Settings
@@ -69,19 +71,48 @@ TAGS = [
 ]
 
 
+TOKEN_LIMIT = 4096  # bytes
+TOKEN_MIN_LENGTH = 16
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
 def load_or_create_token(path: Path) -> str:
-    """The admin token: generated once into a 0600 file, then reused."""
-    if path.exists():
-        token = path.read_text().strip()
-        if token:
-            return token
-        path.unlink()
+    """The admin token: generated once into a 0600 file, then reused. A file that holds no
+    usable token (empty, binary, not a bearer token of at least TOKEN_MIN_LENGTH characters,
+    too long, not a regular file) is moved aside to `<name>.bad` and a new token written:
+    no client could have used it."""
+    try:
+        data = read_bounded(path, TOKEN_LIMIT)
+        problem = None if data is None else _token_problem(data)
+    except FileProblem as exc:
+        data, problem = b"", str(exc)
+    if data is not None and problem is None:
+        return data.decode().strip()
+    if data is not None:
+        aside = path.with_name(path.name + ".bad")
+        log.warning(
+            "admin token file %s: %s; moved to %s, writing a new token", path, problem, aside
+        )
+        remove(aside)  # an older bad one
+        os.replace(path, aside)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     return token
+
+
+def _token_problem(data: bytes) -> str | None:
+    text = data.strip(b" \t\r\n")
+    if not text:
+        return "it is empty"
+    if not text.isascii() or not TOKEN.fullmatch(text.decode()):
+        return "it does not hold a bearer token (RFC 6750 b64token)"
+    if len(text) < TOKEN_MIN_LENGTH:
+        return f"its token is shorter than {TOKEN_MIN_LENGTH} characters"
+    return None
 
 
 def create_app(

@@ -25,7 +25,7 @@ from app.db.models import (
     VmNic,
 )
 from app.db.repositories import stored_link_settings
-from app.domain.uplinks import NicConfig, describe, restore_steps
+from app.domain.uplinks import JournalError, NicConfig, describe, restore_steps
 from app.schemas.host import DiagnosticCheck
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgePort, UplinkSummary
@@ -299,8 +299,8 @@ def uplink_out(row: Uplink, live: dict[str, Any]) -> UplinkOut:
         take_mac=row.take_mac,
         dhcp=row.dhcp,
         phase=row.phase,
-        moved=row.saved,
-        steps=row.steps,
+        moved=row.saved if isinstance(row.saved, dict) else None,
+        steps=list(row.steps or []),
     )
     return present(UplinkOut, fields, row.deleted)
 
@@ -340,7 +340,20 @@ def uplink_plan_out(
 
 def uplink_restore_plan_out(row: Uplink, bridge: str) -> UplinkPlan:
     attached = row.phase in ("attached", "moving")
-    nic = NicConfig.from_json(row.saved) if row.saved and attached else None
+    try:
+        nic = NicConfig.from_json(row.saved) if row.saved is not None and attached else None
+    except JournalError as exc:
+        return UplinkPlan(
+            interface=row.name,
+            bridge=bridge,
+            action="detach",
+            steps=[],
+            addresses=[],
+            routes=[],
+            probe_address=None,
+            dhcp_clients=[],
+            refused=f"uplink journal: {exc}",
+        )
     steps = restore_steps(nic, bridge, row.bridge_mac_before) if nic else []
     return UplinkPlan(
         interface=row.name,

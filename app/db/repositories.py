@@ -45,6 +45,7 @@ from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
 from app.domain.stored import BRIDGE_RULES, TAP_RULES, read_link_settings
+from app.domain.uplinks import JournalError, NicConfig
 from app.domain.vms import (
     Accelerator,
     Backend,
@@ -515,13 +516,14 @@ def _uplink_move(saved: Any, take_mac: bool) -> UplinkMove:
     """What an uplink journal says it moved; a journal that cannot be read (the uplink
     worker reports that on the uplink) moved nothing the bridge could keep."""
     try:
-        return UplinkMove(
-            addresses=tuple(f"{a['address']}/{a['prefixlen']}" for a in saved.get("addresses", ())),
-            mac=saved.get("mac") if take_mac else None,
-            mtu=saved.get("mtu"),
-        )
-    except (AttributeError, KeyError, TypeError):
+        nic = NicConfig.from_json(saved)
+    except JournalError:
         return UplinkMove()
+    return UplinkMove(
+        addresses=tuple(a.cidr for a in nic.addresses),
+        mac=nic.mac if take_mac else None,
+        mtu=nic.mtu,
+    )
 
 
 @dataclass(frozen=True)

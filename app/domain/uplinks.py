@@ -87,16 +87,42 @@ class NicConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> NicConfig:
-        return cls(
-            name=data["name"],
-            mac=data["mac"],
-            permanent_mac=data.get("permanent_mac"),
-            addresses=tuple(Address(**a) for a in data.get("addresses", ())),
-            routes=tuple(Route(**r) for r in data.get("routes", ())),
-            dhcp_clients=tuple(data.get("dhcp_clients", ())),
-            mtu=data.get("mtu"),
-        )
+    def from_json(cls, data: object) -> NicConfig:
+        """The configuration the journal saved; JournalError when it is not one (a damaged
+        database row must stay that uplink's problem)."""
+        try:
+            if not isinstance(data, dict):
+                raise TypeError(f"a {type(data).__name__}, not an object")
+            config = cls(
+                name=data["name"],
+                mac=data["mac"],
+                permanent_mac=data.get("permanent_mac"),
+                addresses=tuple(Address(**a) for a in data.get("addresses", ())),
+                routes=tuple(Route(**r) for r in data.get("routes", ())),
+                dhcp_clients=tuple(data.get("dhcp_clients", ())),
+                mtu=data.get("mtu"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JournalError(f"the saved NIC configuration is damaged: {exc!r}") from None
+        _check_types(config)
+        return config
+
+
+class JournalError(ValueError):
+    """The uplink journal's saved configuration cannot be read back."""
+
+
+def _check_types(config: NicConfig) -> None:
+    texts = [config.name, config.mac, *config.dhcp_clients]
+    texts += [a.address for a in config.addresses]
+    numbers = [n for a in config.addresses for n in (a.family, a.prefixlen, a.flags)]
+    numbers += [n for r in config.routes for n in (r.family, r.dst_len, r.table, r.proto)]
+    if config.mtu is not None:
+        numbers.append(config.mtu)
+    if not all(isinstance(t, str) for t in texts) or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in numbers
+    ):
+        raise JournalError("the saved NIC configuration is damaged: a field has the wrong type")
 
 
 def attach_steps(nic: NicConfig, bridge: str, bridge_mac: str | None) -> list[str]:

@@ -29,6 +29,8 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from app.host.procs import pid_exists
+
 log = logging.getLogger(__name__)
 
 # Real-mode firmware (assembled from a 16-bit listing): set up the IVT entry for IRQ0,
@@ -142,15 +144,14 @@ def _sweep_stale_probe_namespaces() -> None:
         return
     for entry in NETNS_DIR.iterdir():
         pid_text = entry.name.removeprefix(PROBE_NETNS_PREFIX).split("-", 1)[0]
-        if not entry.name.startswith(PROBE_NETNS_PREFIX) or not pid_text.isdigit():
+        if not entry.name.startswith(PROBE_NETNS_PREFIX) or not (
+            pid_text.isascii() and pid_text.isdigit()
+        ):
             continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
+        # never kill(pid, 0): pid 0 or -1 would ask about a process group or everything
+        if not pid_exists(int(pid_text)):
             log.info("removing stale probe namespace %s", entry.name)
             netns.remove(entry.name)
-        except PermissionError:
-            pass  # alive, someone else's
 
 
 def probe_link_features() -> dict[str, dict[str, Any]]:

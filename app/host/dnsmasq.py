@@ -22,16 +22,28 @@ import datetime as dt
 import grp
 import logging
 import os
+import re
+import shlex
 import signal
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from app.domain.networks import DhcpDnsSpec
-from app.host.procs import pidfd_exited, proc_facts
+from app.host.files import FileProblem, read_bounded, remove
+from app.host.procs import (
+    Held,
+    ProcFacts,
+    find,
+    hold,
+    in_this_netns,
+    pidfd_exited,
+    read_pid_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,9 @@ FILE_MODE = 0o644
 LOG_LIMIT = 1 << 20
 STOP_TIMEOUT = 5.0
 TAIL_LINES = 12
+LEASES_LIMIT = 64 << 20  # bytes; a /16 of leases takes about 6 MiB
+MAX_EXPIRY = 253402300799  # 9999-12-31T23:59:59Z: later is garbage (datetime cannot hold it)
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 @dataclass(frozen=True)
@@ -142,10 +157,17 @@ def render_dns_hosts(spec: DhcpDnsSpec) -> str:
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_text() == text:
+    """Whatever is at `path` (garbage, a FIFO, a directory, a link) is replaced unless it is
+    a regular file saying `text`: the run directory is ours."""
+    data = text.encode()
+    try:
+        if read_bounded(path, len(data)) == data:
             return False
+    except FileProblem as exc:  # longer (a change), or not a regular file
+        log.debug("replacing: %s", exc)
+    _clear(path)
     temporary = path.with_name(f".{path.name}.new")
+    _clear(temporary)
     temporary.write_text(text)
     os.chmod(temporary, FILE_MODE)
     os.replace(temporary, path)
@@ -179,13 +201,28 @@ def write_files(spec: DhcpDnsSpec, paths: DnsmasqPaths) -> FileChanges:
     return FileChanges(conf=conf, hosts=hosts)
 
 
+def _set_aside_unless_regular(path: Path) -> None:
+    """dnsmasq cannot use a lease file that is a directory, FIFO or link (it would fail to
+    start, or block): that one is renamed to `<name>.bad` and dnsmasq starts a new one."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(path.lstat().st_mode):
+            aside = path.with_name(path.name + ".bad")
+            remove(aside)
+            log.warning("%s is not a regular file: renamed to %s", path, aside.name)
+            os.replace(path, aside)
+
+
+def _clear(path: Path) -> None:
+    """Removes a directory found where a file of ours belongs (a file or link is replaced
+    by os.replace itself)."""
+    if path.is_dir() and not path.is_symlink():
+        remove(path)
+
+
 def remove_files(paths: DnsmasqPaths) -> None:
-    """Forgets a deleted network's files (its leases too)."""
+    """Forgets a deleted network's files (its leases too), whatever else was put there."""
     for directory in (paths.run_dir, paths.state_dir):
-        if directory.is_dir():
-            for entry in directory.iterdir():
-                entry.unlink()
-            directory.rmdir()
+        remove(directory)
 
 
 # ---- the process ----------------------------------------------------------------------------
@@ -267,7 +304,11 @@ class Dnsmasq:
 
 def _open_log(paths: DnsmasqPaths) -> int:
     with contextlib.suppress(FileNotFoundError):
-        if paths.log.stat().st_size > LOG_LIMIT:
+        found = paths.log.lstat()
+        if not stat.S_ISREG(found.st_mode):  # not a log: ours to remove
+            log.warning("removing %s: not a regular file", paths.log)
+            remove(paths.log)
+        elif found.st_size > LOG_LIMIT:
             os.replace(paths.log, paths.log.with_name(paths.log.name + ".1"))
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.open(paths.log, flags, 0o640)
@@ -276,7 +317,11 @@ def _open_log(paths: DnsmasqPaths) -> int:
 def start(network_id: str, paths: DnsmasqPaths) -> Dnsmasq:
     """Starts dnsmasq in the calling thread's network namespace, in a session of its own."""
     argv = argv_for(paths)
-    log_fd = _open_log(paths)
+    try:
+        _set_aside_unless_regular(paths.leases)
+        log_fd = _open_log(paths)
+    except OSError as exc:
+        raise DnsmasqError(f"cannot prepare {exc.filename}: {exc.strerror}") from None
     try:
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         os.write(log_fd, f"--- kvmnetd starts dnsmasq at {stamp}\n".encode())
@@ -298,31 +343,81 @@ def start(network_id: str, paths: DnsmasqPaths) -> Dnsmasq:
     return Dnsmasq(network_id, paths, child.pid, pidfd, child=True)
 
 
-def adopt(network_id: str, paths: DnsmasqPaths) -> Dnsmasq | None:
-    """The dnsmasq a previous daemon started for this network, if it still runs."""
-    try:
-        pid = int(paths.pidfile.read_text().strip())
-    except (FileNotFoundError, ValueError):
+@dataclass(frozen=True)
+class Adoption:
+    """What adopt() found: the running dnsmasq of a network (or None), and what was wrong
+    with its pid file, if anything (for the network's status_reason)."""
+
+    process: Dnsmasq | None
+    problem: str | None = None
+
+
+def _identity(paths: DnsmasqPaths) -> Callable[[ProcFacts], str | None]:
+    wanted = f"--conf-file={paths.conf}"
+
+    def check(facts: ProcFacts) -> str | None:
+        if wanted not in facts.argv or os.path.basename(facts.argv[0]) != DNSMASQ:
+            return f"pid {facts.pid} is not this network's dnsmasq ({shlex.join(facts.argv)[:80]})"
+        if facts.state == "Z":
+            return f"pid {facts.pid} has exited"
+        if not in_this_netns(facts.pid):
+            return f"pid {facts.pid} runs in another network namespace"
         return None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    # the pidfd came first: if the process still runs after the check, both are about it
-    facts = proc_facts(pid)
-    if facts is None or f"--conf-file={paths.conf}" not in facts.argv or pidfd_exited(pidfd):
-        os.close(pidfd)
-        return None
-    log.info("adopted dnsmasq pid %d of network %s", pid, network_id)
-    return Dnsmasq(network_id, paths, pid, pidfd, child=False)
+
+    return check
+
+
+def adopt(network_id: str, paths: DnsmasqPaths) -> Adoption:
+    """The dnsmasq a previous daemon started for this network, if it still runs. Its pid file
+    is only a hint: a pid is taken only when /proc shows that process runs dnsmasq with this
+    network's configuration file in this namespace. When the pid file is missing, garbage or
+    names another process, the process is looked for by that command line instead (and the
+    pid file is rewritten), so a damaged pid file never leads to a second dnsmasq fighting
+    the first one for its sockets."""
+    identity = _identity(paths)
+    said = read_pid_file(paths.pidfile)
+    problem = said.problem
+    if said.pid is not None:
+        held = hold(said.pid, identity)
+        if isinstance(held, Held):
+            log.info("adopted dnsmasq pid %d of network %s", held.pid, network_id)
+            return Adoption(Dnsmasq(network_id, paths, held.pid, held.pidfd, child=False))
+        problem = f"pid file {paths.pidfile}: {held}"
+    for facts in find(identity):
+        held = hold(facts.pid, identity)
+        if isinstance(held, Held):
+            _rewrite_pid_file(paths, held.pid)
+            note = f"{problem}; adopted the running dnsmasq pid {held.pid}" if problem else None
+            log.warning("network %s: %s", network_id, note or f"adopted dnsmasq {held.pid}")
+            return Adoption(Dnsmasq(network_id, paths, held.pid, held.pidfd, child=False), note)
+    if problem is not None:
+        log.warning("network %s: %s; no dnsmasq of it runs", network_id, problem)
+    return Adoption(None, problem)
+
+
+def remove_pid_file(paths: DnsmasqPaths) -> None:
+    """Before a start: dnsmasq writes it once its sockets are bound (whatever was there,
+    a file, a link or a directory, goes)."""
+    remove(paths.pidfile)
+
+
+def _rewrite_pid_file(paths: DnsmasqPaths, pid: int) -> None:
+    with contextlib.suppress(OSError):  # only a hint for the next adoption
+        _clear(paths.pidfile)
+        temporary = paths.pidfile.with_name(f".{paths.pidfile.name}.new")
+        temporary.write_text(f"{pid}\n")
+        os.replace(temporary, paths.pidfile)
 
 
 def output_tail(paths: DnsmasqPaths, lines: int = TAIL_LINES) -> str:
     try:
-        with open(paths.log, "rb") as f:
+        fd = os.open(paths.log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
             f.seek(max(0, f.seek(0, os.SEEK_END) - 200 * lines))
             text = f.read().decode(errors="replace")
-    except FileNotFoundError:
+    except OSError:  # missing, or not something to read
         return ""
     return "\n".join(text.splitlines()[-lines:])
 
@@ -339,26 +434,41 @@ class Lease:
 
 
 def read_leases(paths: DnsmasqPaths, now: float | None = None) -> list[Lease]:
-    """The active leases from dnsmasq's lease file: `EXPIRY MAC IP NAME CLIENT-ID` lines."""
+    """The active leases from dnsmasq's lease file: `EXPIRY MAC IP NAME CLIENT-ID` lines
+    (dnsmasq's lease.c). Lines that are not such a lease (IPv6 and duid lines, and anything
+    damaged: a bad MAC, address or expiry, binary) are skipped; a file that cannot be read
+    (not a regular file, larger than LEASES_LIMIT) reads as no leases."""
     current = time.time() if now is None else now
     try:
-        text = paths.leases.read_text()
-    except FileNotFoundError:
+        data = read_bounded(paths.leases, LEASES_LIMIT)
+    except FileProblem as exc:
+        log.warning("lease file ignored: %s", exc)
+        return []
+    if data is None:
         return []
     leases = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or not fields[0].isdigit() or ":" in fields[2]:
-            continue  # duid lines and IPv6 leases
-        expiry = int(fields[0])
-        if expiry and expiry < current:
-            continue
-        leases.append(
-            Lease(
-                mac=fields[1].lower(),
-                address=fields[2],
-                hostname=None if fields[3] == "*" else fields[3],
-                expires_at=dt.datetime.fromtimestamp(expiry, dt.UTC) if expiry else None,
-            )
-        )
+    for line in data.decode(errors="replace").splitlines():
+        lease = _lease(line.split(), current)
+        if lease is not None:
+            leases.append(lease)
     return leases
+
+
+def _lease(fields: list[str], now: float) -> Lease | None:
+    if len(fields) < 4 or not (fields[0].isascii() and fields[0].isdigit()):
+        return None
+    expiry = int(fields[0])
+    mac = fields[1].lower()
+    if not MAC.fullmatch(mac) or (expiry and expiry < now) or expiry > MAX_EXPIRY:
+        return None
+    try:
+        address = str(IPv4Address(fields[2]))
+    except ValueError:
+        return None  # IPv6 leases, and garbage
+    name = fields[3]
+    return Lease(
+        mac=mac,
+        address=address,
+        hostname=None if name == "*" or not name.isprintable() else name,
+        expires_at=dt.datetime.fromtimestamp(expiry, dt.UTC) if expiry else None,
+    )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
+import stat
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -265,14 +267,20 @@ class LiveHostInspector:
         if self.run_dir is None:
             return b"", 0
         path = self.run_dir / "vms" / vm_id / "console.log"
+        # the run directory belongs to the qemu user: never follow a link planted there (it
+        # could point at any file root may read), never block on a FIFO
         try:
-            with path.open("rb") as log:
-                size = log.seek(0, 2)
-                start = max(0, size + offset) if offset < 0 else (offset if offset <= size else 0)
-                log.seek(start)
-                data = log.read(limit)
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # missing, or a link
             return b"", 0
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return b"", 0
+        with os.fdopen(fd, "rb") as log:
+            size = log.seek(0, 2)
+            start = max(0, size + offset) if offset < 0 else (offset if offset <= size else 0)
+            log.seek(start)
+            data = log.read(limit)
         return data, start + len(data)
 
     def diagnostics(self, gateways: list[str]) -> list[dict[str, Any]]:

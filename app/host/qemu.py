@@ -48,8 +48,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.domain.qemu_argv import qemu_value
+from app.host.files import FileProblem, read_bounded, remove
 from app.host.netns import enter_for_this_thread
-from app.host.procs import ProcFacts, pidfd_exited, proc_facts
+from app.host.procs import (
+    Held,
+    ProcFacts,
+    find,
+    hold,
+    parse_pid,
+    proc_facts,
+    read_pid_file,
+)
 from app.host.qmp import EventHandler, Qmp, QmpDisconnected, QmpError
 
 log = logging.getLogger(__name__)
@@ -130,9 +139,10 @@ class QemuUnresponsive(QemuError):
     """adopt(): our qemu is alive (identity checked) but its QMP did not answer. `process`
     is a handle without QMP: shutdown() can still end it with signals."""
 
-    def __init__(self, process: QemuProcess, reason: str) -> None:
+    def __init__(self, process: QemuProcess, reason: str, problem: str | None = None) -> None:
         super().__init__(f"qemu for VM {process.vm_id} (pid {process.pid}): {reason}")
         self.process = process
+        self.problem = problem  # what adopt_from() found wrong with the run directory's files
 
 
 class QemuShutdownError(QemuError):
@@ -274,28 +284,16 @@ def _runs_this_vm(facts: ProcFacts, paths: RunPaths, vm_id: str) -> bool:
     )
 
 
-def _read_pidfile(paths: RunPaths) -> int | None:
-    try:
-        text = _read_small(paths.pidfile)
-    except FileNotFoundError:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
-
-
-def _read_small(path: Path, limit: int = 1 << 16) -> str:
-    # The run directory belongs to the qemu user: never follow a link it planted.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        return f.read(limit).decode(errors="replace")
+RECORD_LIMIT = 1 << 16  # bytes of launch.json
 
 
 def output_tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> str:
     """The last lines of a log (qemu's own output), stripped; empty when there is none."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would block the event loop
+            os.close(fd)
+            return ""
         with os.fdopen(fd, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - OUTPUT_TAIL_BYTES))
@@ -323,8 +321,9 @@ class LaunchRecord:
     def write(self, paths: RunPaths) -> None:
         """Atomically (a temporary file renamed over the old record)."""
         tmp = paths.record.with_name(f".{paths.record.name}.{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        remove(tmp)
+        if paths.record.is_dir() and not paths.record.is_symlink():
+            remove(paths.record)  # os.replace cannot replace a directory
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
@@ -335,21 +334,46 @@ class LaunchRecord:
     @classmethod
     def read(cls, paths: RunPaths) -> LaunchRecord | None:
         """None when missing or unreadable (then nothing is adopted from that directory)."""
+        record = cls.load(paths)
+        return record if isinstance(record, LaunchRecord) else None
+
+    @classmethod
+    def load(cls, paths: RunPaths) -> LaunchRecord | str | None:
+        """The record; None when there is none; why it cannot be used when it is damaged
+        (the run directory belongs to the qemu user: read through app.host.files, no link
+        followed, at most RECORD_LIMIT bytes)."""
         try:
-            raw = json.loads(_read_small(paths.record))
-            return cls(
+            data = read_bounded(paths.record, RECORD_LIMIT)
+            if data is None:
+                return None
+            raw = json.loads(data)
+            record = cls(
                 vm_id=str(raw["vm_id"]),
-                pid=int(raw["pid"]),
-                start_time=int(raw["start_time"]),
-                uid=int(raw["uid"]),
-                argv=tuple(str(arg) for arg in raw["argv"]),
+                pid=_whole(raw["pid"]),
+                start_time=_whole(raw["start_time"]),
+                uid=_whole(raw["uid"]),
+                argv=tuple(_text(arg) for arg in raw["argv"]),
                 launched_at=float(raw["launched_at"]),
             )
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("unreadable launch record %s: %s", paths.record, exc)
-            return None
+            parse_pid(str(record.pid).encode())
+        except FileProblem as exc:
+            return f"launch record {exc}"
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            log.warning("unusable launch record %s: %s", paths.record, exc)
+            return f"launch record {paths.record} is damaged ({type(exc).__name__}: {exc})"[:300]
+        return record
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a whole number")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
 
 
 def _identity_problem(facts: ProcFacts | None, record: LaunchRecord, paths: RunPaths) -> str | None:
@@ -378,8 +402,7 @@ def remove_runtime_files(paths: RunPaths, pid: int) -> None:
     if record is not None and record.pid != pid:
         return
     for path in (paths.qmp_socket, paths.pidfile, paths.record):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        remove(path)
 
 
 # ---- a running qemu -------------------------------------------------------------------------
@@ -619,6 +642,12 @@ def _prepare_run_dir(spec: LaunchSpec, argv: Sequence[str]) -> None:
     running = find_running(spec.vm_id)
     if running:
         raise QemuAlreadyRunning(spec.vm_id, running[0], argv)
+    # whatever the qemu user left where our files go (a directory, a FIFO, a link) goes
+    remove(paths.previous_qemu_log)
+    for path in (paths.qemu_log, paths.console_log):
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(path.lstat().st_mode):
+                remove(path)
     with contextlib.suppress(FileNotFoundError):
         os.replace(paths.qemu_log, paths.previous_qemu_log)
 
@@ -665,27 +694,16 @@ def find_running(vm_id: str) -> list[int]:
     """Pids of live processes whose command line carries `-uuid VM_ID`, from any run
     directory. qemu's pidfile lock stops a second copy only in the same directory, and only
     while the first one's pidfile is there."""
-    needle = b"\0-uuid\0" + vm_id.encode() + b"\0"
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                if needle not in f.read():
-                    continue
-        except OSError:  # gone meanwhile
-            continue
-        facts = proc_facts(int(entry.name))
-        if facts is not None and facts.state != "Z":
-            pids.append(facts.pid)
-    return pids
+
+    def identity(facts: ProcFacts) -> str | None:
+        return None if _option(facts.argv, "-uuid") == vm_id else "another process"
+
+    return [facts.pid for facts in find(identity)]
 
 
 def _open_log(paths: RunPaths) -> int:
     # O_EXCL|O_NOFOLLOW: never write through a file or link the qemu user left there
-    with contextlib.suppress(FileNotFoundError):
-        paths.qemu_log.unlink()
+    remove(paths.qemu_log)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | os.O_CLOEXEC
     return os.open(paths.qemu_log, flags, LOG_MODE)
 
@@ -829,70 +847,143 @@ async def _abandon(process: QemuProcess) -> None:
 # ---- adopt ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Adoption:
+    """What adopt_from() found: the qemu (or None), and what was wrong with the run
+    directory's files (launch record, pidfile), whether that was healed or not."""
+
+    process: QemuProcess | None
+    problem: str | None = None
+
+
 async def adopt(
     run_dir: Path, vm_id: str, timeout: float = 5.0, on_event: EventHandler | None = None
 ) -> QemuProcess | None:
-    """The qemu a previous daemon launched for `vm_id` from `run_dir`, if it still runs: the
-    pidfile and the launch record agree, /proc shows the recorded qemu (command line, start
-    time, uid) and its QMP answers within `timeout`. None when no such qemu is alive (then
-    starting one is safe). Raises QemuUnresponsive when it is alive but QMP does not answer
-    (a hung qemu must be ended, never duplicated)."""
+    """adopt_from() without the account of damaged files."""
+    return (await adopt_from(run_dir, vm_id, timeout, on_event)).process
+
+
+async def adopt_from(
+    run_dir: Path, vm_id: str, timeout: float = 5.0, on_event: EventHandler | None = None
+) -> Adoption:
+    """The qemu a previous daemon launched for `vm_id` from `run_dir`, if it still runs:
+    /proc shows the recorded qemu (command line, start time, uid) and its QMP answers within
+    `timeout`. When the launch record is missing, damaged or names another process, a live
+    qemu whose own command line carries `-uuid VM_ID` and this directory's pidfile is
+    adopted instead (and the record rewritten); the pidfile is only a hint. The process
+    is None when no such qemu is alive (then starting one is safe). Raises QemuUnresponsive
+    when it is alive but QMP does not answer (a hung qemu must be ended, never duplicated)."""
     paths = RunPaths(run_dir)
-    record = LaunchRecord.read(paths)
-    if record is None or record.vm_id != vm_id:
-        log.info("nothing to adopt for VM %s in %s: no launch record of it", vm_id, run_dir)
-        return None
-    pid = _read_pidfile(paths)
-    if pid != record.pid:
-        log.info("not adopting VM %s: pidfile says %s, record says %d", vm_id, pid, record.pid)
-        return None
-    process = _hold(record, paths, on_event)
+    problems: list[str] = []
+    record = _usable_record(paths, vm_id, problems)
+    process = None
+    if record is not None:
+        process = _hold(record, paths, on_event, problems)
     if process is None:
-        return None
+        process = _hold_by_command_line(paths, vm_id, on_event, problems)
+    problem = "; ".join(problems) or None
+    if process is None:
+        if problem is not None:
+            log.warning("nothing adopted for VM %s: %s", vm_id, problem)
+        return Adoption(None, problem)
     try:
         await process.qmp.connect(timeout)
         await process.qmp.status(timeout)
     except QmpError as exc:
         if process.exited():
             await process.close()
-            return None
+            return Adoption(None, problem)
         await process.qmp.close()
-        raise QemuUnresponsive(process, str(exc)) from exc
+        raise QemuUnresponsive(process, str(exc), problem) from exc
     except BaseException:
         await process.close()
         raise
     process.watch()
-    log.info("adopted qemu for VM %s (pid %d)", vm_id, record.pid)
-    return process
+    log.info("adopted qemu for VM %s (pid %d)", vm_id, process.pid)
+    return Adoption(process, problem)
+
+
+def _usable_record(paths: RunPaths, vm_id: str, problems: list[str]) -> LaunchRecord | None:
+    """The launch record if it is one of this VM; what is wrong with it (and with the
+    pidfile, which qemu writes and the record must agree with) goes to `problems`."""
+    record = LaunchRecord.load(paths)
+    if isinstance(record, str):
+        problems.append(record)
+        record = None
+    elif record is not None and record.vm_id != vm_id:
+        problems.append(f"launch record {paths.record} is of VM {record.vm_id[:36]}")
+        record = None
+    pidfile = read_pid_file(paths.pidfile)
+    if pidfile.problem is not None:
+        problems.append(pidfile.problem)
+    elif record is not None and pidfile.pid is not None and pidfile.pid != record.pid:
+        problems.append(f"pid file says {pidfile.pid}, the launch record {record.pid}")
+    return record
 
 
 def _hold(
-    record: LaunchRecord, paths: RunPaths, on_event: EventHandler | None
+    record: LaunchRecord,
+    paths: RunPaths,
+    on_event: EventHandler | None,
+    problems: list[str],
 ) -> QemuProcess | None:
     """A pidfd on the recorded process if it is still that process, else None."""
-    try:
-        pidfd = os.pidfd_open(record.pid)
-    except ProcessLookupError:
-        log.info("not adopting VM %s: pid %d is gone", record.vm_id, record.pid)
-        return None
-    # The pidfd came first: if the process is still alive after the check, the facts we
-    # checked and the pidfd are about the same process.
-    problem = _identity_problem(proc_facts(record.pid), record, paths)
-    if problem is None and pidfd_exited(pidfd):
-        problem = "it exited during the check"
-    if problem is not None:
-        os.close(pidfd)
-        log.warning("not adopting pid %d for VM %s: %s", record.pid, record.vm_id, problem)
+    held = hold(record.pid, lambda facts: _identity_problem(facts, record, paths))
+    if not isinstance(held, Held):
+        log.info("not adopting pid %d for VM %s: %s", record.pid, record.vm_id, held)
+        problems.append(f"the recorded qemu pid {record.pid} is not running ({held})")
         return None
     qmp = Qmp(paths.qmp_socket, name=process_name(record.vm_id), on_event=on_event)
     return QemuProcess(
         vm_id=record.vm_id,
         paths=paths,
         pid=record.pid,
-        pidfd=pidfd,
+        pidfd=held.pidfd,
         start_time=record.start_time,
         argv=record.argv,
         qmp=qmp,
+    )
+
+
+def _hold_by_command_line(
+    paths: RunPaths, vm_id: str, on_event: EventHandler | None, problems: list[str]
+) -> QemuProcess | None:
+    """A live qemu of this VM and run directory found through /proc (its -uuid and
+    -pidfile), for when the launch record could not lead to it; the record is rewritten."""
+
+    def identity(facts: ProcFacts) -> str | None:
+        return None if _runs_this_vm(facts, paths, vm_id) else "not a qemu of this VM"
+
+    for facts in find(identity):
+        held = hold(facts.pid, identity)
+        if not isinstance(held, Held):
+            continue
+        found = held.facts
+        with contextlib.suppress(OSError):  # a hint for the next adoption only
+            _record_of(vm_id, found).write(paths)
+        if problems:
+            problems.append(f"re-adopted qemu pid {found.pid} found by its command line")
+        qmp = Qmp(paths.qmp_socket, name=process_name(vm_id), on_event=on_event)
+        return QemuProcess(
+            vm_id=vm_id,
+            paths=paths,
+            pid=found.pid,
+            pidfd=held.pidfd,
+            start_time=found.start_time,
+            argv=found.argv,
+            qmp=qmp,
+        )
+    return None
+
+
+def _record_of(vm_id: str, facts: ProcFacts) -> LaunchRecord:
+    return LaunchRecord(
+        vm_id=vm_id,
+        pid=facts.pid,
+        start_time=facts.start_time,
+        uid=facts.uid,
+        argv=facts.argv,
+        launched_at=time.time(),
     )
 
 

@@ -63,7 +63,9 @@ from app.domain.retry import Backoff
 from app.domain.status import Status
 from app.host import dnsmasq, nft
 from app.host.addresses import AddressReadError, host_prefixes
+from app.host.files import FileProblem, read_bounded
 from app.host.netns import enter_for_this_thread
+from app.host.procs import read_pid_file
 from app.host.sysctl import enable_ip_forwarding
 from app.supervisor.faults import FaultLog, describe
 
@@ -75,6 +77,7 @@ PASS_KEY = "pass"  # the backoff key of whole-pass failures
 READY_TIMEOUT = 3.0  # dnsmasq writes its pid file once its sockets are bound
 NFT_KEY = "nftables"
 RULES_RECORD = "nft-rules.json"
+RECORD_LIMIT = 64 << 20  # bytes
 UNKNOWN: Any = object()
 
 
@@ -124,6 +127,8 @@ class NetworkWorker:
         self._faulted: dict[str, Observed] = {}  # network id -> its report while it fails
         self._procs: dict[str, dnsmasq.Dnsmasq] = {}
         self._exits: dict[str, str] = {}  # network id -> how its dnsmasq last ended
+        # network id -> (generation, what was wrong with its pid file) found at adoption
+        self._notes: dict[str, tuple[int, str]] = {}
         self._written: dict[str, DhcpDnsSpec] = {}  # network id -> what its files say
         self._clashes: dict[str, str] = {}  # network id -> a foreign use of its subnet
         # the rules we loaded (a digest of their inputs) and the live table as read back after
@@ -401,11 +406,15 @@ class NetworkWorker:
     def _read_record(self) -> tuple[str | None, Any]:
         """What a previous daemon loaded: adopting an unchanged table needs no reload."""
         try:
-            record = json.loads(self._record_path().read_text())
-            live = record["live"] if record.get("live_known") else UNKNOWN
-            return str(record["key"]), live
-        except (OSError, ValueError, KeyError, TypeError):
+            data = read_bounded(self._record_path(), RECORD_LIMIT)
+            record = json.loads(data) if data is not None else None
+        except (FileProblem, ValueError) as exc:  # a damaged record: load the table again
+            log.warning("ignoring the nftables record: %s", exc)
             return None, UNKNOWN
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            return None, UNKNOWN
+        live = record.get("live") if record.get("live_known") is True else UNKNOWN
+        return record["key"], live
 
     def _write_record(self) -> None:
         known = self._live_rules is not UNKNOWN
@@ -496,7 +505,7 @@ class NetworkWorker:
             self._written[row.id] = network.service
         else:
             changes = dnsmasq.FileChanges(conf=False, hosts=False)
-        process = self._procs.get(row.id) or self._adopt(row.id, paths)
+        process = self._procs.get(row.id) or self._adopt(row.id, row.generation, paths)
         if process is not None and process.exited():
             self._exits[row.id] = self._exit_reason(process)
             log.warning("dnsmasq of network %s %s", row.name, self._exits[row.id])
@@ -519,18 +528,42 @@ class NetworkWorker:
                 self.backoff.failed(row.id)
                 return Observed(Status.ERROR, started, restarts=restarts)
             process = started
-        return Observed(Status.ACTIVE, dnsmasq_pid=process.pid, restarts=restarts)
+        return Observed(
+            Status.ACTIVE,
+            self._note(row.id, row.generation),
+            dnsmasq_pid=process.pid,
+            restarts=restarts,
+        )
 
-    def _adopt(self, network_id: str, paths: dnsmasq.DnsmasqPaths) -> dnsmasq.Dnsmasq | None:
-        process = dnsmasq.adopt(network_id, paths)
-        if process is not None:
-            self._procs[network_id] = process
-        return process
+    def _note(self, network_id: str, generation: int) -> str | None:
+        """What went wrong with a file of the network that was healed since (shown with its
+        `active` status until the network's next change)."""
+        note = self._notes.get(network_id)
+        if note is None:
+            return None
+        if note[0] != generation:
+            del self._notes[network_id]
+            return None
+        return f"recovered: {note[1]}"
+
+    def _adopt(
+        self, network_id: str, generation: int, paths: dnsmasq.DnsmasqPaths
+    ) -> dnsmasq.Dnsmasq | None:
+        """The running dnsmasq of a network this worker does not hold yet. What was wrong with
+        its pid file stays on the network's status_reason until its next generation."""
+        found = dnsmasq.adopt(network_id, paths)
+        if found.problem is not None:
+            self._notes[network_id] = (generation, found.problem)
+        if found.process is not None:
+            self._procs[network_id] = found.process
+        return found.process
 
     def _start(self, network_id: str, paths: dnsmasq.DnsmasqPaths) -> dnsmasq.Dnsmasq | str:
         """A running dnsmasq, or why it did not come up (with its last words)."""
-        with contextlib.suppress(FileNotFoundError):
-            paths.pidfile.unlink()
+        try:
+            dnsmasq.remove_pid_file(paths)
+        except OSError as exc:
+            return f"cannot remove {paths.pidfile}: {exc.strerror}"
         try:
             process = dnsmasq.start(network_id, paths)
         except dnsmasq.DnsmasqError as exc:
@@ -539,9 +572,8 @@ class NetworkWorker:
         while time.monotonic() < deadline:
             if process.exited():
                 return self._exit_reason(process)
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                if int(paths.pidfile.read_text().strip() or 0) == process.pid:
-                    break
+            if read_pid_file(paths.pidfile).pid == process.pid:
+                break
             time.sleep(0.01)
         self._procs[network_id] = process
         return process
@@ -552,9 +584,10 @@ class NetworkWorker:
         return f"dnsmasq {process.describe_exit()}" + (f": {tail}" if tail else "")
 
     def _stop_dnsmasq(self, network_id: str) -> None:
-        process = self._procs.pop(network_id, None) or dnsmasq.adopt(
-            network_id, self._paths(network_id)
+        process = self._procs.pop(network_id, None) or (
+            dnsmasq.adopt(network_id, self._paths(network_id)).process
         )
+        self._notes.pop(network_id, None)
         if process is not None:
             try:
                 process.stop()

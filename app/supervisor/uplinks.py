@@ -25,7 +25,7 @@ from app.db.models import Bridge, Uplink
 from app.db.repositories import FinishedOperation, OperationRepository
 from app.db.session import Database
 from app.domain.status import Status
-from app.domain.uplinks import NicConfig, dhcp_refusal
+from app.domain.uplinks import JournalError, NicConfig, dhcp_refusal
 from app.host import uplink
 from app.host.uplink import MoveLog, UplinkError
 from app.supervisor.faults import FaultLog, describe
@@ -59,7 +59,7 @@ class UplinkWork:
 
     @property
     def nic(self) -> NicConfig | None:
-        return NicConfig.from_json(self.saved) if self.saved else None
+        return NicConfig.from_json(self.saved) if self.saved is not None else None
 
 
 class UplinkReconciler:
@@ -90,6 +90,9 @@ class UplinkReconciler:
                 # the journal still says what was being done: the next pass picks it up
                 log.warning("uplink %s of %s: %s", work.interface, work.bridge, exc)
                 self._settle(work, Status.ERROR, str(exc))
+            except JournalError as exc:  # only this uplink: check the NIC by hand
+                self.faults.failed(work.id, f"uplink {work.interface} of {work.bridge}", exc)
+                self._settle(work, Status.ERROR, f"uplink journal: {exc}")
             except Exception as exc:  # unexpected: this uplink only (the journal stays)
                 self.faults.failed(work.id, f"uplink {work.interface} of {work.bridge}", exc)
                 self._settle(work, Status.ERROR, describe(exc))

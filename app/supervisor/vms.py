@@ -71,7 +71,7 @@ from app.host.qemu import (
     QemuProcess,
     QemuUnresponsive,
     ShutdownDeadlines,
-    adopt,
+    adopt_from,
     find_running,
     launch,
     reap_detached,
@@ -138,6 +138,8 @@ class VmState:
     # taps of NICs a forced delete removed from the VM (their names stay claimed): dropped
     # once, when qemu no longer holds them
     stale_taps_seen: set[str] = field(default_factory=set)
+    # (generation, what was wrong with the run directory's files at adoption)
+    note: tuple[int, str] | None = None
 
     @property
     def running(self) -> bool:
@@ -352,17 +354,21 @@ class VmWorker:
     async def _adopt_one(self, row: Vm) -> None:
         state = self._state(row)
         try:
-            process = await adopt(
+            found = await adopt_from(
                 self.vm_dir(row.id), row.id, ADOPT_TIMEOUT, partial(self._on_qmp_event, state)
             )
+            process, problem = found.process, found.problem
         except QemuUnresponsive as exc:
             # alive and ours but QMP is silent: hold it (never start a second copy); the
             # ladder can still end it with signals
             log.warning("adopted VM %s without QMP: %s", row.id, exc)
             process = exc.process
+            problem = "; ".join(p for p in (exc.problem, f"QMP does not answer: {exc}") if p)
         except Exception:
             log.exception("could not adopt the qemu of VM %s", row.id)
             return
+        if problem is not None:  # shown on the VM until its next change
+            state.note = (row.generation, problem)
         if process is None:
             return
         record = LaunchRecord.read(process.paths)
@@ -601,6 +607,8 @@ class VmWorker:
         self, row: Vm, state: VmState, status: VmStatus, reason: str | None, settled: bool
     ) -> Report:
         process = state.process
+        if state.note is not None and state.note[0] == row.generation:
+            reason = f"{reason}; {state.note[1]}" if reason else state.note[1]
         return Report(
             status=status,
             reason=reason,

@@ -40,6 +40,7 @@ from app.host.qemu import (
     ShutdownDeadlines,
     ShutdownStep,
     adopt,
+    adopt_from,
     launch,
     shutdown,
 )
@@ -352,8 +353,16 @@ async def test_adopt_after_a_daemon_restart_checks_identity(qemus: Qemus) -> Non
     record = LaunchRecord.read(spec.paths)
     assert record is not None and record.pid == pid
     dataclasses.replace(record, start_time=record.start_time + 1).write(spec.paths)
-    assert await qemus.adopt(spec.run_dir, spec.vm_id) is None
-    record.write(spec.paths)
+    # the record is not trusted, but the qemu is found by its own command line (-uuid and
+    # this directory's pidfile); the record is written again from /proc
+    found = await adopt_from(spec.run_dir, spec.vm_id)
+    assert found.process is not None and found.process.pid == pid
+    assert found.problem is not None and "recycled pid" in found.problem
+    await found.process.close()
+    assert LaunchRecord.read(spec.paths) == dataclasses.replace(
+        record,
+        launched_at=LaunchRecord.read(spec.paths).launched_at,  # type: ignore[union-attr]
+    )
 
     process = await qemus.adopt(spec.run_dir, spec.vm_id)
     assert process is not None
