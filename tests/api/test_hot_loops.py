@@ -86,7 +86,7 @@ def test_one_bad_object_per_worker_backs_off_and_the_rest_settles(
     for table, name in bad.items():
         wait_for(lambda t=table, n=name: status_of(settings, t, n)[0] == "error")  # type: ignore[misc]
     reasons = {table: status_of(settings, table, name)[1] for table, name in bad.items()}
-    assert str(reasons["uplinks"]).startswith("internal error while reconciling")
+    assert str(reasons["uplinks"]).startswith("uplink journal: the saved NIC configuration")
     assert "sideways" in str(reasons["vms"])
     assert "garbage" in str(reasons["networks"])
 
