@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.bus import EventBus
 from app.db.session import Database
+from app.domain.cursors import CURSOR_MAX, CURSOR_PATTERN
 from app.services.ports import HostInspector, Nudger, VmControl
 
 T = TypeVar("T")
@@ -67,9 +68,17 @@ Wait = Annotated[
     Query(
         ge=0,
         le=MAX_WAIT,
-        description="Block up to this many seconds until the change has settled "
-        "(applied or failed); without it the answer is immediate (202).",
+        description=f"Seconds (0-{MAX_WAIT:g}, fractions allowed) to block until the change "
+        "has settled (applied or failed); then the answer is the settled status (200/201/"
+        "204). Without it, or when it runs out first, the answer is 202 at once.",
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
-Cursor = Annotated[str | None, Query(max_length=512, description="From next_cursor")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=CURSOR_MAX,
+        description="A page's next_cursor, to list the items after it",
+        json_schema_extra={"pattern": CURSOR_PATTERN},
+    ),
+]

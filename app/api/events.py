@@ -16,6 +16,22 @@ from app.schemas.common import PROBLEM_RESPONSES
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
 
 PING_SECONDS = 15
+# One event of the stream (OpenAPI 3.1 reads a text/event-stream schema as one event; 3.2
+# would call it itemSchema). `data` is the Event as JSON; the `overflow` event (the client
+# fell too far behind and must re-read state) carries `{}`.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Event.id"},
+        "event": {"type": "string", "description": "Event.type, or overflow"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/Event"},
+        },
+    },
+}
 
 
 def _sse(event: Event) -> dict[str, Any]:
@@ -28,7 +44,7 @@ def _sse(event: Event) -> dict[str, Any]:
     response_class=EventSourceResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
             "description": "text/event-stream; each event's data is a JSON object with id, "
             "type, resource, resource_id, name, status, status_reason, generation, "
             "observed_generation, time. Resume with Last-Event-ID.",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.domain.vms import (
     MEMORY_MIB,
@@ -53,6 +53,33 @@ class SocketNetIn(RequestModel):
     port: int | None = Field(None, ge=PORTS[0], le=PORTS[1])
 
 
+# the option each backend needs (the others need none)
+BACKEND_OPTION = {
+    Backend.BRIDGE: "bridge",
+    Backend.TAP: "tap",
+    Backend.SOCKET: "socket",
+    Backend.HUB: "hub",
+}
+_OPTION_TYPE = {"bridge": "string", "tap": "string", "socket": "object", "hub": "integer"}
+
+
+def _backend_alternatives(schema: dict[str, Any]) -> None:
+    """The NIC's alternatives as oneOf, one branch per backend: `backend` names it and the
+    option it needs is present and not null (what _backend_options checks)."""
+    branches: list[dict[str, Any]] = []
+    for backend in Backend:
+        option = BACKEND_OPTION.get(backend)
+        branch: dict[str, Any] = {
+            "required": ["backend"],
+            "properties": {"backend": {"const": backend.value}},
+        }
+        if option is not None:
+            branch["required"].append(option)
+            branch["properties"][option] = {"type": _OPTION_TYPE[option]}
+        branches.append(branch)
+    schema["oneOf"] = branches
+
+
 class NicIn(RequestModel):
     model: str | None = Field(
         "virtio-net-pci",
@@ -77,14 +104,11 @@ class NicIn(RequestModel):
         "lowest free one (served by DHCP as a static lease)",
     )
 
+    model_config = ConfigDict(json_schema_extra=_backend_alternatives)
+
     @model_validator(mode="after")
     def _backend_options(self) -> NicIn:
-        needed = {
-            Backend.BRIDGE: "bridge",
-            Backend.TAP: "tap",
-            Backend.SOCKET: "socket",
-            Backend.HUB: "hub",
-        }.get(self.backend)
+        needed = BACKEND_OPTION.get(self.backend)
         if needed is not None and getattr(self, needed) is None:
             raise ValueError(f"the {self.backend.value} backend needs `{needed}`")
         return self
