@@ -4,6 +4,7 @@ and anything unexpected (500, logged with the request id)."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,18 +35,33 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
 HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
+def _template_regex(template: str) -> str:
+    return re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at the request's path. Starlette answers 405 with the
-    methods of the first route whose path matched, but a path has one route per method here
-    (GET and POST /v1/bridges are two routes); RFC 9110 15.5.6 wants all of them in Allow.
-    Asks each route the router's own question (`matches`) with each method in turn."""
+    """The methods of the resource at the request's path, for Allow (RFC 9110 15.5.6).
+
+    Starlette would name only the methods of the first route that matched, but a path has
+    one route per method here (GET and POST /v1/bridges are two routes). The resource is
+    the documented path the URL matches, the most literal one first (/v1/port-forwards/batch
+    before /v1/port-forwards/{forward_id}), as clients of the OpenAPI document see it; paths
+    outside the document ask every route the router's own question (`matches`)."""
+    path = request.url.path
+    documented = [
+        (template.count("{"), operations)
+        for template, operations in request.app.openapi()["paths"].items()
+        if re.fullmatch(_template_regex(template), path)
+    ]
+    if documented:
+        _, operations = min(documented, key=lambda item: item[0])
+        return sorted(method.upper() for method in operations)
     routes = request.app.router.routes
     return [
         method
         for method in HTTP_METHODS
         if any(
-            route.matches({**request.scope, "method": method})[0] is Match.FULL
-            for route in routes
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )
     ]
 

@@ -80,7 +80,7 @@ class ResourceRepository(Repository[R]):
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[R], str | None]:
         model = self.model
         query = select(model).order_by(model.created_at, model.id).limit(limit + 1)
-        if cursor:
+        if cursor is not None:  # "" too is a cursor, and not one of ours
             created, row_id = decode_cursor(cursor)
             query = query.where(tuple_(model.created_at, model.id) > tuple_(created, row_id))
         rows = self.session.scalars(query).all()

@@ -32,13 +32,9 @@ def _reserved_alternatives() -> str:
 # ECMA-262 syntax: there `$` matches only at the very end (Python's `re` also matches before a
 # final newline; the validators use fullmatch). tests/unit/test_patterns.py checks that each
 # pattern accepts exactly what its validator accepts.
-LINK_NAME_PATTERN = (
-    f"^(?!(?:{_reserved_alternatives()})$)[{LINK_NAME_CHARS}]{{1,{LINK_NAME_MAX}}}$"
-)
+LINK_NAME_PATTERN = f"^(?!(?:{_reserved_alternatives()})$)[{LINK_NAME_CHARS}]{{1,{LINK_NAME_MAX}}}$"
 # unicast: the I/G bit (the lowest bit of the first octet) clear; never all-zero
-MAC_PATTERN = (
-    r"^(?!(?:00[:-]){5}00$)[0-9A-Fa-f][02468aceACE](?:[:-][0-9A-Fa-f]{2}){5}$"
-)
+MAC_PATTERN = r"^(?!(?:00[:-]){5}00$)[0-9A-Fa-f][02468aceACE](?:[:-][0-9A-Fa-f]{2}){5}$"
 
 
 def validate_link_name(name: str) -> str:

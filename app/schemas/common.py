@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.domain.names import (
     LINK_NAME_MAX,
@@ -69,16 +69,33 @@ def exactly_one_of(*fields: str) -> dict[str, Any]:
     """JSON Schema for "exactly one of these fields is a non-null string, the others absent
     or null", which a model validator of the same model checks (and explains)."""
     return {
-        "oneOf": [
-            {"required": [name], "properties": {name: {"type": "string"}}} for name in fields
-        ]
+        "oneOf": [{"required": [name], "properties": {name: {"type": "string"}}} for name in fields]
     }
 
 
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
+
+
 class RequestModel(BaseModel):
-    """Request bodies: strict types (no '1' for 1), unknown fields refused."""
+    """Request bodies: strict types (no '1' for 1), unknown fields refused.
+
+    JSON does not tell 1.0 from 1 and JSON Schema calls both integers (2020-12 core 6.3), so
+    an integral number is taken as the integer it is (strict pydantic would refuse 1.0 for
+    an int field); float fields take it all the same."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_integers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: _integral_floats_as_ints(value) for key, value in data.items()}
+        return data
 
 
 class FieldError(BaseModel):

@@ -20,7 +20,7 @@ from app.domain.vms import (
     Vhost,
     VmStatus,
 )
-from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel
+from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel, exactly_one_of
 
 Port = Field(ge=PORTS[0], le=PORTS[1])
 
@@ -114,11 +114,32 @@ class NicIn(RequestModel):
         return self
 
 
+def _needs_kernel(option: str) -> dict[str, Any]:
+    return {
+        "if": {"required": [option], "properties": {option: {"type": "string"}}},
+        "then": {"required": ["kernel"], "properties": {"kernel": {"type": "string"}}},
+    }
+
+
+AbsolutePath = Field(
+    None, max_length=4096, description="Absolute path", json_schema_extra={"pattern": "^/"}
+)
+
+
 class BootIn(RequestModel):
-    kernel: str | None = Field(None, max_length=4096)
-    initrd: str | None = Field(None, max_length=4096)
-    cmdline: str | None = Field(None, max_length=4096)
-    disk: str | None = Field(None, max_length=4096)
+    """Exactly one of `kernel` (with optional `initrd` and `cmdline`) or `disk`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            **exactly_one_of("kernel", "disk"),
+            "allOf": [_needs_kernel("initrd"), _needs_kernel("cmdline")],
+        }
+    )
+
+    kernel: str | None = AbsolutePath
+    initrd: str | None = AbsolutePath
+    cmdline: str | None = Field(None, max_length=4096, description="The kernel's command line")
+    disk: str | None = AbsolutePath
     snapshot: bool = False
 
 
