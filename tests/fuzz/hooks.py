@@ -11,6 +11,11 @@ from schemathesis.hooks import HookContext
 # a directory that never exists: qemu fails at once, no guest runs (the CPU stays free)
 NOWHERE = "/nonexistent-kvmnetd-fuzz"
 BOOT_PATHS = ("kernel", "initrd", "disk")
+# A DELETE answers 202 and the resource stays readable (status deleting) until the supervisor
+# has removed it, milliseconds later; with ?wait= the answer is 204 once it is gone. The
+# stateful phase's use-after-free check reads right after a 2xx DELETE, so its DELETEs wait:
+# then a later 200 really is a use after free.
+DELETE_WAIT = 30
 
 
 def _unbootable(boot: Any) -> None:
@@ -25,30 +30,35 @@ def _unbootable(boot: Any) -> None:
 def map_case(context: HookContext, case: schemathesis.Case) -> schemathesis.Case:
     """Every absolute boot path of a VM lies under NOWHERE (relative ones stay: the API must
     refuse them), so the VMs the fuzzer creates and starts exercise the whole API and
-    supervisor but never boot a TCG guest."""
+    supervisor but never boot a TCG guest. Stateful DELETEs wait (DELETE_WAIT)."""
     if isinstance(case.body, dict):
         _unbootable(case.body.get("boot"))
+    meta = case.meta
+    if meta is not None and meta.phase.name == "stateful" and case.method.upper() == "DELETE":
+        case.query = {**(case.query or {}), "wait": DELETE_WAIT}
     return case
 
 
-@schemathesis.hook
-def map_query(context: HookContext, query: dict[str, Any]) -> dict[str, Any]:
-    """`GET /v1/vms/{id}/console?follow=true` streams until the client hangs up (tail -f), by
-    design: a body that never ends cannot be checked, so the fuzzer reads the tail only."""
-    operation = context.operation
-    if operation is not None and operation.path.endswith("/console") and "follow" in query:
-        query = {**query, "follow": False}
-    return query
-
-
-@schemathesis.hook
-def filter_case(context: HookContext, case: schemathesis.Case) -> bool:
-    """Leaves out PATCH bodies with a null member: what null means in each PATCH field (and
-    the 500s it causes today) is fixed on branch i9-nulls; remove this filter when it is
-    merged."""
+def _patch_with_null(case: schemathesis.Case) -> bool:
     body = case.body
-    return not (
+    return (
         case.method.upper() == "PATCH"
         and isinstance(body, dict)
         and any(value is None for value in body.values())
     )
+
+
+# What null means in each PATCH field (and the 500s it causes today: `{"forward_delay":
+# null}` on a bridge) is being fixed on branch i9-nulls. Until that is merged such bodies are
+# not generated where hooks apply to generation, and their failures are dropped where they
+# do not (the examples and coverage phases). Remove both hooks with that merge.
+@schemathesis.hook
+def filter_case(context: HookContext, case: schemathesis.Case) -> bool:
+    return not _patch_with_null(case)
+
+
+@schemathesis.hook
+def filter_failure(
+    context: HookContext, failure: Any, case: schemathesis.Case, response: Any
+) -> bool:
+    return not _patch_with_null(case)
