@@ -65,12 +65,19 @@ Addresses = Annotated[
 Id = Annotated[int, Field(ge=0, le=2**32 - 2)]
 
 
-def exactly_one_of(*fields: str) -> dict[str, Any]:
+def exactly_one_of(*fields: str) -> list[dict[str, Any]]:
     """JSON Schema for "exactly one of these fields is a non-null string, the others absent
-    or null", which a model validator of the same model checks (and explains)."""
-    return {
-        "oneOf": [{"required": [name], "properties": {name: {"type": "string"}}} for name in fields]
-    }
+    or null", which a model validator of the same model checks (and explains). Goes into
+    the model's allOf: a oneOf there keeps SDK generators making one model with every field
+    (a top-level oneOf makes them generate one class per branch)."""
+    return [
+        {
+            "oneOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in fields
+            ]
+        }
+    ]
 
 
 def _integral_floats_as_ints(value: Any) -> Any:

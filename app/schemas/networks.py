@@ -64,7 +64,7 @@ class NetworkCreate(RequestModel):
     """Turn one of our bridges (or a routed tap) into a managed IPv4 network: exactly one of
     `bridge` or `tap`."""
 
-    model_config = ConfigDict(json_schema_extra=exactly_one_of("bridge", "tap"))
+    model_config = ConfigDict(json_schema_extra={"allOf": exactly_one_of("bridge", "tap")})
 
     name: ResourceName
     bridge: str | None = Field(None, max_length=64, description="The bridge: id or name")

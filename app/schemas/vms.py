@@ -77,7 +77,7 @@ def _backend_alternatives(schema: dict[str, Any]) -> None:
             branch["required"].append(option)
             branch["properties"][option] = {"type": _OPTION_TYPE[option]}
         branches.append(branch)
-    schema["oneOf"] = branches
+    schema["allOf"] = [{"oneOf": branches}]  # in allOf: SDKs keep one NicIn model
 
 
 class NicIn(RequestModel):
@@ -131,8 +131,11 @@ class BootIn(RequestModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            **exactly_one_of("kernel", "disk"),
-            "allOf": [_needs_kernel("initrd"), _needs_kernel("cmdline")],
+            "allOf": [
+                *exactly_one_of("kernel", "disk"),
+                _needs_kernel("initrd"),
+                _needs_kernel("cmdline"),
+            ],
         }
     )
 
