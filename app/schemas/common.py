@@ -73,8 +73,7 @@ def exactly_one_of(*fields: str) -> list[dict[str, Any]]:
     return [
         {
             "oneOf": [
-                {"required": [name], "properties": {name: {"type": "string"}}}
-                for name in fields
+                {"required": [name], "properties": {name: {"type": "string"}}} for name in fields
             ]
         }
     ]

@@ -100,3 +100,16 @@ def test_a_cursor_round_trips() -> None:
     cursor = encode_cursor(created, "829ee766-9069-467a-8d14-2a6907ed59b7")
     assert ecma(CURSOR_PATTERN).search(cursor)
     assert decode_cursor(cursor) == (created, "829ee766-9069-467a-8d14-2a6907ed59b7")
+
+
+def test_integral_json_numbers_are_integers() -> None:
+    """JSON Schema calls 1500.0 an integer (2020-12 core 6.3); strict typing still refuses
+    fractions, strings and booleans."""
+    from pydantic import ValidationError
+
+    from app.schemas.links import TapCreate
+
+    assert TapCreate.model_validate_json('{"name": "t", "mtu": 1500.0}').mtu == 1500
+    for bad in ("1500.5", '"1500"', "true"):
+        with pytest.raises(ValidationError):
+            TapCreate.model_validate_json(f'{{"name": "t", "mtu": {bad}}}')
