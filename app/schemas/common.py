@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from app.domain.names import (
     LINK_NAME_MAX,
@@ -65,7 +65,7 @@ Addresses = Annotated[
 Id = Annotated[int, Field(ge=0, le=2**32 - 2)]
 
 
-def exactly_one_of(*fields: str) -> list[dict[str, Any]]:
+def exactly_one_of(*fields: str) -> list[JsonValue]:
     """JSON Schema for "exactly one of these fields is a non-null string, the others absent
     or null", which a model validator of the same model checks (and explains). Goes into
     the model's allOf: a oneOf there keeps SDK generators making one model with every field
