@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.draining import Drain
 from app.bus import EventBus
 from app.db.session import Database
+from app.domain.cursors import CURSOR_MAX, CURSOR_PATTERN
 from app.services.ports import HostInspector, Nudger, VmControl
 
 T = TypeVar("T")
@@ -69,9 +70,11 @@ Wait = Annotated[
     Query(
         ge=0,
         le=MAX_WAIT,
-        description="Block up to this many seconds until the change has settled "
-        "(applied or failed); without it the answer is immediate (202). A wait pending when "
-        "the daemon stops answers at once: 202 with the current state and Retry-After.",
+        description=f"Seconds (0-{MAX_WAIT:g}, fractions allowed) to block until the change "
+        "has settled (applied or failed); then the answer is the settled status (200/201/"
+        "204). Without it, or when it runs out first, the answer is 202 at once. A wait "
+        "pending when the daemon stops answers at once: 202 with the current state and "
+        "Retry-After.",
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
@@ -83,4 +86,11 @@ Force = Annotated[
         "such a delete is refused with 409 `in-use` listing the dependents."
     ),
 ]
-Cursor = Annotated[str | None, Query(max_length=512, description="From next_cursor")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=CURSOR_MAX,
+        description="A page's next_cursor, to list the items after it",
+        json_schema_extra={"pattern": CURSOR_PATTERN},
+    ),
+]

@@ -4,6 +4,7 @@ and anything unexpected (500, logged with the request id)."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from app.api.problems import problem_response
 from app.domain.errors import DomainError
@@ -27,6 +29,40 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
     return [
         {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
         for e in errors
+    ]
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _template_regex(template: str) -> str:
+    return re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of the resource at the request's path, for Allow (RFC 9110 15.5.6).
+
+    Starlette would name only the methods of the first route that matched, but a path has
+    one route per method here (GET and POST /v1/bridges are two routes). The resource is
+    the documented path the URL matches, the most literal one first (/v1/port-forwards/batch
+    before /v1/port-forwards/{forward_id}), as clients of the OpenAPI document see it; paths
+    outside the document ask every route the router's own question (`matches`)."""
+    path = request.url.path
+    documented = [
+        (template.count("{"), operations)
+        for template, operations in request.app.openapi()["paths"].items()
+        if re.fullmatch(_template_regex(template), path)
+    ]
+    if documented:
+        _, operations = min(documented, key=lambda item: item[0])
+        return sorted(method.upper() for method in operations)
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
     ]
 
 
@@ -58,12 +94,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return problem_response(
             exc.status_code,
             detail=str(exc.detail),
             request_id=_request_id(request),
             instance=request.url.path,
-            headers=getattr(exc, "headers", None),
+            headers=headers or None,
         )
 
     @app.exception_handler(IntegrityError)

@@ -44,6 +44,25 @@ def _queued(queue: asyncio.Queue[Event | None]) -> list[Event]:
     return events
 
 
+# One event of the stream, as OpenAPI 3.2's itemSchema (schemathesis checks each event
+# against it; a `schema` would make SDK generators parse the whole stream as one object).
+# `data` is the Event as JSON; the `overflow` event (the client fell too far behind and must
+# re-read state) carries `{}`; `reset` and `shutdown` carry what their descriptions say.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Event.id"},
+        "event": {"type": "string", "description": "Event.type, or overflow, reset or shutdown"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/Event"},
+        },
+    },
+}
+
+
 def _sse(event: Event) -> dict[str, Any]:
     return {"id": str(event.id), "event": event.type, "data": json.dumps(event.as_dict())}
 
@@ -74,7 +93,7 @@ def _resume(bus: EventBus, last_event_id: str | None) -> tuple[list[Event] | Non
     response_class=EventSourceResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"itemSchema": SSE_EVENT_SCHEMA}},
             "description": "text/event-stream; each event's data is a JSON object with id, "
             "type, resource, resource_id, name, status, status_reason, generation, "
             "observed_generation, time and data. Event ids increase, also across daemon "

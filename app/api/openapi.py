@@ -9,6 +9,7 @@ Event schema of the SSE stream.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -41,6 +42,36 @@ def _fix_operation(method: str, operation: dict[str, Any]) -> None:
             response["headers"] = MUTATION_HEADERS
 
 
+_PARAM = re.compile(r"\{([^}]+)\}")
+# sub-resources a create does not make (a bridge's uplink exists once PUT attaches one)
+CREATED_APART = ("/uplink",)
+
+
+def _add_links(paths: dict[str, Any]) -> None:
+    """OpenAPI links from each create (POST on a collection) to every operation on what it
+    created (`/collection/{id}` and below, when that id is their only path parameter), fed
+    with the `id` of the answer: clients and stateful fuzzers follow them."""
+    for collection, methods in paths.items():
+        create = methods.get("post")
+        if create is None or _PARAM.search(collection):
+            continue
+        links: dict[str, Any] = {}
+        for path, operations in paths.items():
+            names = _PARAM.findall(path)
+            if len(names) != 1 or not path.startswith(f"{collection}/{{{names[0]}}}"):
+                continue
+            if path.endswith(CREATED_APART):
+                continue
+            for operation in operations.values():
+                links[operation["operationId"]] = {
+                    "operationId": operation["operationId"],
+                    "parameters": {names[0]: "$response.body#/id"},
+                }
+        for code in ("201", "202"):
+            if links and code in create["responses"]:
+                create["responses"][code]["links"] = links
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     spec = get_openapi(
         title=app.title,
@@ -53,6 +84,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     for methods in spec["paths"].values():
         for method, operation in methods.items():
             _fix_operation(method, operation)
+    _add_links(spec["paths"])
     schemas = spec["components"]["schemas"]
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -38,7 +36,7 @@ from app.db.models import (
     VmNic,
 )
 from app.db.models import PortForward as PortForwardRow
-from app.domain.errors import InvalidInput
+from app.domain.cursors import decode_cursor, encode_cursor
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
@@ -63,23 +61,6 @@ M = TypeVar("M", bound=Base)
 UUID_LENGTH = 36
 WILDCARD = "0.0.0.0"
 R = TypeVar("R", Bridge, Tap, Vm, Network, PortForwardRow)
-
-
-def encode_cursor(created_at: dt.datetime, row_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, _, row_id = raw.partition("|")
-        created = dt.datetime.fromisoformat(stamp)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise InvalidInput(f"cursor {cursor!r} is not one this server issued") from None
-    if not row_id:
-        raise InvalidInput(f"cursor {cursor!r} is not one this server issued")
-    return created, row_id
 
 
 class Repository(Generic[M]):
@@ -114,7 +95,7 @@ class ResourceRepository(Repository[R]):
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[R], str | None]:
         model = self.model
         query = select(model).order_by(model.created_at, model.id).limit(limit + 1)
-        if cursor:
+        if cursor is not None:  # "" too is a cursor, and not one of ours
             created, row_id = decode_cursor(cursor)
             query = query.where(tuple_(model.created_at, model.id) > tuple_(created, row_id))
         rows = self.session.scalars(query).all()

@@ -12,7 +12,8 @@ import re
 from app.domain.errors import InvalidInput
 
 LINK_NAME_MAX = 15  # IFNAMSIZ - 1
-_LINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+LINK_NAME_CHARS = "A-Za-z0-9_.-"  # a regex character class body
+_LINK_NAME_RE = re.compile(f"[{LINK_NAME_CHARS}]+")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 RESERVED_LINK_NAMES = frozenset({".", "..", "all", "default"})
 MTU_MIN = 68
@@ -20,6 +21,20 @@ IPV6_MIN_MTU = 1280
 STP_FORWARD_DELAY_CS = (200, 3000)  # with STP on, the kernel wants 2-30 s
 MTU_MAX = 65521  # the largest MTU a tap accepts; bridges follow their ports
 MAX_ADDRESSES = 32
+
+
+def _reserved_alternatives() -> str:
+    return "|".join(re.escape(name) for name in sorted(RESERVED_LINK_NAMES))
+
+
+# The same rules as patterns for the OpenAPI schema, so that generated clients and fuzzers
+# agree with the validators (which stay the single authority and explain each refusal).
+# ECMA-262 syntax: there `$` matches only at the very end (Python's `re` also matches before a
+# final newline; the validators use fullmatch). tests/unit/test_patterns.py checks that each
+# pattern accepts exactly what its validator accepts.
+LINK_NAME_PATTERN = f"^(?!(?:{_reserved_alternatives()})$)[{LINK_NAME_CHARS}]{{1,{LINK_NAME_MAX}}}$"
+# unicast: the I/G bit (the lowest bit of the first octet) clear; never all-zero
+MAC_PATTERN = r"^(?!(?:00[:-]){5}00$)[0-9A-Fa-f][02468aceACE](?:[:-][0-9A-Fa-f]{2}){5}$"
 
 
 def validate_link_name(name: str) -> str:
@@ -45,7 +60,7 @@ def validate_mac(mac: str) -> str:
     """A unicast, non-zero Ethernet MAC in colon notation; returned lower-case."""
     if not isinstance(mac, str):
         raise InvalidInput("MAC address must be a string")
-    normalized = mac.strip().lower().replace("-", ":")
+    normalized = mac.lower().replace("-", ":")
     if not _MAC_RE.fullmatch(normalized):
         raise InvalidInput(f"{mac!r} is not a MAC address like 52:54:00:12:34:56")
     first_octet = int(normalized[:2], 16)

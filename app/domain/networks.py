@@ -21,10 +21,12 @@ LEASE_SECONDS = (120, 7 * 24 * 3600)
 DEFAULT_LEASE_SECONDS = 3600
 PORTS = (1, 65535)
 MAX_RANGE_PORTS = 1024
-_DNS_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_DOMAIN_RE = re.compile(
-    r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-)
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"  # RFC 1123 2.1 host name label
+_DNS_LABEL_RE = re.compile(_DNS_LABEL)
+_DOMAIN_RE = re.compile(rf"(?:{_DNS_LABEL}\.)*{_DNS_LABEL}")
+DOMAIN_MAX = 253
+# what validate_domain accepts, for the OpenAPI schema: any case, an optional final dot
+DOMAIN_PATTERN = "^" + _DOMAIN_RE.pattern.replace("a-z", "A-Za-z") + r"\.?$"
 WILDCARD = IPv4Address("0.0.0.0")
 
 
@@ -295,8 +297,10 @@ def dns_label(name: str) -> str | None:
 
 
 def validate_domain(domain: str) -> str:
-    text = domain.lower().rstrip(".")
-    if len(text) > 253 or not _DOMAIN_RE.fullmatch(text):
+    """A DNS domain (RFC 1123 labels), returned lower-case without the optional final dot.
+    Only ASCII counts: str.lower() would turn the Kelvin sign into 'k'."""
+    text = domain.removesuffix(".").lower()
+    if len(text) > DOMAIN_MAX or not domain.isascii() or not _DOMAIN_RE.fullmatch(text):
         raise InvalidInput(f"domain {domain!r} is not a valid DNS domain name")
     return text
 

@@ -311,7 +311,7 @@ def validate_vm(spec: VmSpec, available_models: Iterable[str], vhost_net: bool =
     boot = spec.boot
     if (boot.kernel is None) == (boot.disk is None):
         raise InvalidInput("boot from either a kernel (with optional initrd) or a disk image")
-    if boot.kernel is None and (boot.initrd or boot.cmdline):
+    if boot.kernel is None and (boot.initrd is not None or boot.cmdline is not None):
         raise InvalidInput("initrd and cmdline need a kernel")
     for what, path in (("kernel", boot.kernel), ("initrd", boot.initrd), ("disk", boot.disk)):
         if path is not None and not path.startswith("/"):

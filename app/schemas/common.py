@@ -5,9 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from app.domain.names import (
+    LINK_NAME_MAX,
+    LINK_NAME_PATTERN,
+    MAC_PATTERN,
+    MAX_ADDRESSES,
     MTU_MAX,
     MTU_MIN,
     validate_addresses,
@@ -17,19 +21,30 @@ from app.domain.names import (
 )
 from app.domain.status import Status
 
+# The patterns and limits in json_schema_extra only describe; the validators decide (and
+# explain why, e.g. "never truncated"). Patterns stay out of pydantic itself: its regex engine
+# has no lookahead. max_length=64 only bounds what reaches a validator.
 LinkNameStr = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=64,  # checked precisely (and explained) by the validator
-        description="Kernel link name: 1-15 characters of [A-Za-z0-9_.-], never truncated.",
+        max_length=64,
+        description=f"Kernel link name: 1-{LINK_NAME_MAX} characters of [A-Za-z0-9_.-], not "
+        "'.', '..', 'all' or 'default'; never truncated.",
         examples=["br0"],
+        json_schema_extra={"maxLength": LINK_NAME_MAX, "pattern": LINK_NAME_PATTERN},
     ),
     AfterValidator(validate_link_name),
 ]
 MacStr = Annotated[
     str,
-    Field(max_length=64, description="Unicast, non-zero MAC", examples=["52:54:00:12:34:56"]),
+    Field(
+        max_length=64,
+        description="Unicast (lowest bit of the first octet clear), non-zero Ethernet MAC; "
+        "':' or '-' between octets, any case; answered in lower case with ':'",
+        examples=["52:54:00:12:34:56"],
+        json_schema_extra={"maxLength": len("52:54:00:12:34:56"), "pattern": MAC_PATTERN},
+    ),
     AfterValidator(validate_mac),
 ]
 InterfaceAddressStr = Annotated[
@@ -40,16 +55,53 @@ InterfaceAddressStr = Annotated[
 Mtu = Annotated[int, Field(ge=MTU_MIN, le=MTU_MAX, examples=[1500])]
 Addresses = Annotated[
     list[InterfaceAddressStr],
-    Field(max_length=32, description="Host addresses on the link (IPv4/IPv6 with prefix)"),
+    Field(
+        max_length=MAX_ADDRESSES,
+        description="Host addresses on the link (IPv4/IPv6 with prefix), each at most once",
+        json_schema_extra={"uniqueItems": True},
+    ),
     AfterValidator(validate_addresses),  # no repeats, at most MAX_ADDRESSES
 ]
 Id = Annotated[int, Field(ge=0, le=2**32 - 2)]
 
 
+def exactly_one_of(*fields: str) -> list[JsonValue]:
+    """JSON Schema for "exactly one of these fields is a non-null string, the others absent
+    or null", which a model validator of the same model checks (and explains). Goes into
+    the model's allOf: a oneOf there keeps SDK generators making one model with every field
+    (a top-level oneOf makes them generate one class per branch)."""
+    return [
+        {
+            "oneOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}} for name in fields
+            ]
+        }
+    ]
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
+
+
 class RequestModel(BaseModel):
-    """Request bodies: strict types (no '1' for 1), unknown fields refused."""
+    """Request bodies: strict types (no '1' for 1), unknown fields refused.
+
+    JSON does not tell 1.0 from 1 and JSON Schema calls both integers (2020-12 core 6.3), so
+    an integral number is taken as the integer it is (strict pydantic would refuse 1.0 for
+    an int field); float fields take it all the same."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_integers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: _integral_floats_as_ints(value) for key, value in data.items()}
+        return data
 
 
 def _omitted_means_unchanged(schema: dict[str, Any]) -> None:

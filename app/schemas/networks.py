@@ -5,20 +5,47 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from app.domain.networks import DEFAULT_LEASE_SECONDS, LEASE_SECONDS, PORTS, validate_domain
-from app.schemas.common import LinkNameStr, Page, RequestModel, ResourceState, UpdateModel
+from app.domain.networks import (
+    DEFAULT_LEASE_SECONDS,
+    DOMAIN_MAX,
+    DOMAIN_PATTERN,
+    LEASE_SECONDS,
+    PORTS,
+    validate_domain,
+)
+from app.schemas.common import (
+    LinkNameStr,
+    Page,
+    RequestModel,
+    ResourceState,
+    UpdateModel,
+    exactly_one_of,
+)
 
-Ipv4Str = Annotated[str, Field(max_length=15, examples=["192.168.100.1"])]
+Ipv4Str = Annotated[
+    str,
+    Field(max_length=15, examples=["192.168.100.1"], json_schema_extra={"format": "ipv4"}),
+]
 DomainStr = Annotated[
-    str, Field(max_length=253, examples=["kvm.internal"]), AfterValidator(validate_domain)
+    str,
+    Field(
+        max_length=DOMAIN_MAX,
+        examples=["kvm.internal"],
+        description="DNS domain: RFC 1123 labels, any case, optional final dot",
+        json_schema_extra={"pattern": DOMAIN_PATTERN},
+    ),
+    AfterValidator(validate_domain),
 ]
 ResourceName = Annotated[
     str,
     Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", examples=["nat0"]),
 ]
-PortNumber = Annotated[int, Field(ge=0, le=99999)]  # range checked (and explained) by the domain
+# the range is checked (and explained, with the index in a batch) by the domain
+PortNumber = Annotated[
+    int, Field(ge=0, le=99999, json_schema_extra={"minimum": PORTS[0], "maximum": PORTS[1]})
+]
 
 
 class DhcpIn(RequestModel):
@@ -41,7 +68,10 @@ class NatIn(RequestModel):
 
 
 class NetworkCreate(RequestModel):
-    """Turn one of our bridges (or a routed tap) into a managed IPv4 network."""
+    """Turn one of our bridges (or a routed tap) into a managed IPv4 network: exactly one of
+    `bridge` or `tap`."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": exactly_one_of("bridge", "tap")})
 
     name: ResourceName
     bridge: str | None = Field(None, max_length=64, description="The bridge: id or name")

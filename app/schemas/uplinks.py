@@ -16,6 +16,13 @@ class UplinkSet(RequestModel):
     probe_address: str | None = Field(
         None,
         max_length=45,
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "format": "ipv4"},
+                {"type": "string", "format": "ipv6"},
+                {"type": "null"},
+            ]
+        },
         description="Checked (ICMP echo) through the bridge before the move is kept; "
         "null or left out: the NIC's default gateway",
     )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from app.domain.vms import (
@@ -22,7 +22,7 @@ from app.domain.vms import (
     Vhost,
     VmStatus,
 )
-from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel
+from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel, exactly_one_of
 
 Port = Field(ge=PORTS[0], le=PORTS[1])
 NIC_MTU = (
@@ -60,6 +60,33 @@ class SocketNetIn(RequestModel):
     port: int | None = Field(None, ge=PORTS[0], le=PORTS[1])
 
 
+# the option each backend needs (the others need none)
+BACKEND_OPTION = {
+    Backend.BRIDGE: "bridge",
+    Backend.TAP: "tap",
+    Backend.SOCKET: "socket",
+    Backend.HUB: "hub",
+}
+_OPTION_TYPE = {"bridge": "string", "tap": "string", "socket": "object", "hub": "integer"}
+
+
+def _backend_alternatives(schema: dict[str, Any]) -> None:
+    """The NIC's alternatives as oneOf, one branch per backend: `backend` names it and the
+    option it needs is present and not null (what _backend_options checks)."""
+    branches: list[dict[str, Any]] = []
+    for backend in Backend:
+        option = BACKEND_OPTION.get(backend)
+        branch: dict[str, Any] = {
+            "required": ["backend"],
+            "properties": {"backend": {"const": backend.value}},
+        }
+        if option is not None:
+            branch["required"].append(option)
+            branch["properties"][option] = {"type": _OPTION_TYPE[option]}
+        branches.append(branch)
+    schema["allOf"] = [{"oneOf": branches}]  # in allOf: SDKs keep one NicIn model
+
+
 class NicIn(RequestModel):
     model: str | None = Field(
         "virtio-net-pci",
@@ -87,24 +114,45 @@ class NicIn(RequestModel):
         "names the range or the lease's MAC, hostname and VM)",
     )
 
+    model_config = ConfigDict(json_schema_extra=_backend_alternatives)
+
     @model_validator(mode="after")
     def _backend_options(self) -> NicIn:
-        needed = {
-            Backend.BRIDGE: "bridge",
-            Backend.TAP: "tap",
-            Backend.SOCKET: "socket",
-            Backend.HUB: "hub",
-        }.get(self.backend)
+        needed = BACKEND_OPTION.get(self.backend)
         if needed is not None and getattr(self, needed) is None:
             raise ValueError(f"the {self.backend.value} backend needs `{needed}`")
         return self
 
 
+def _needs_kernel(option: str) -> dict[str, Any]:
+    return {
+        "if": {"required": [option], "properties": {option: {"type": "string"}}},
+        "then": {"required": ["kernel"], "properties": {"kernel": {"type": "string"}}},
+    }
+
+
+AbsolutePath = Field(
+    None, max_length=4096, description="Absolute path", json_schema_extra={"pattern": "^/"}
+)
+
+
 class BootIn(RequestModel):
-    kernel: str | None = Field(None, max_length=4096)
-    initrd: str | None = Field(None, max_length=4096)
-    cmdline: str | None = Field(None, max_length=4096)
-    disk: str | None = Field(None, max_length=4096)
+    """Exactly one of `kernel` (with optional `initrd` and `cmdline`) or `disk`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                *exactly_one_of("kernel", "disk"),
+                _needs_kernel("initrd"),
+                _needs_kernel("cmdline"),
+            ],
+        }
+    )
+
+    kernel: str | None = AbsolutePath
+    initrd: str | None = AbsolutePath
+    cmdline: str | None = Field(None, max_length=4096, description="The kernel's command line")
+    disk: str | None = AbsolutePath
     snapshot: bool = False
 
 
