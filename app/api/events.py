@@ -57,7 +57,29 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
         "data": {
             "type": "string",
             "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/Event"},
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/Event"},
+                    {
+                        "description": "reset: the events after Last-Event-ID are not all "
+                        "available; re-read the state and follow on from `id`",
+                        "type": "object",
+                        "required": ["type", "id", "requested_id"],
+                        "properties": {
+                            "type": {"const": "reset"},
+                            "id": {"type": "integer"},
+                            "requested_id": {"type": "string"},
+                        },
+                    },
+                    {
+                        "description": "shutdown: the daemon is stopping; reconnect later",
+                        "type": "object",
+                        "required": ["reason"],
+                        "properties": {"reason": {"type": "string"}},
+                    },
+                    {"description": "overflow", "type": "object", "maxProperties": 0},
+                ]
+            },
         },
     },
 }
