@@ -80,8 +80,10 @@ def _exit_within(proc: subprocess.Popen[bytes], seconds: float) -> float:
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    """A short work dir (QMP socket paths must fit a sockaddr_un)."""
+    """A short work dir (QMP socket paths must fit a sockaddr_un) that the unprivileged
+    qemu user can enter."""
     path = Path(tempfile.mkdtemp(prefix="kvt-", dir="/tmp"))
+    path.chmod(0o755)
     try:
         yield path
     finally:
@@ -132,8 +134,9 @@ class EventStream:
 def test_sigterm_answers_streams_and_waits_and_ends_within_seconds(
     netns: str, tmp_path: Path, workdir: Path
 ) -> None:
-    disk = tmp_path / "blank.img"
+    disk = workdir / "blank.img"  # readable by the unprivileged qemu user
     disk.write_bytes(bytes(1 << 20))  # SeaBIOS finds nothing to boot and idles
+    disk.chmod(0o666)  # qemu (the unprivileged kvmnetd-qemu user) opens it read-write
     with daemon_in(netns, workdir) as daemon, daemon.client(timeout=60) as client:
         vm = ok(
             client.post(
