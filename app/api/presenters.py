@@ -223,6 +223,7 @@ NIC_FIELDS = (
 
 def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
     fields: dict[str, Any] = {name: getattr(row, name) for name in VM_FIELDS}
+    fields["boot"] = row.boot if isinstance(row.boot, dict) else {}
     if row.run_as_uid is not None:
         gid = row.run_as_uid if row.run_as_gid is None else row.run_as_gid
         fields["run_as"] = {"uid": row.run_as_uid, "gid": gid}

@@ -496,7 +496,9 @@ def path_check(
                 "suspects": [dataclasses.asdict(s) for s in found] if step.ok is False else [],
             }
         )
+    data = {"network": target.network, "network_id": target.network_id, "steps": data_steps}
+    if not any(step.ok is not None for step in steps):  # nothing was tested: no pass either
+        return Check(name, False, "warning", "nothing could be probed: " + "; ".join(lines), data)
     ok = all(step.ok is not False for step in steps)
     severity: Severity = "info" if ok else "error"
-    data = {"network": target.network, "network_id": target.network_id, "steps": data_steps}
     return Check(name, ok, severity, "; ".join(lines), data)

@@ -166,6 +166,16 @@ class RunAsIn(RequestModel):
     )
 
 
+class BootOut(BaseModel):
+    """How the VM boots, as stored (PATCH `boot` replaces it whole)."""
+
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    disk: str | None = None
+    snapshot: bool = False
+
+
 class RunAsOut(BaseModel):
     uid: int
     gid: int
@@ -280,6 +290,7 @@ class Vm(BaseModel):
     accelerator_used: Accelerator | None = Field(None, description="What the VM really got")
     power_state: PowerState
     restart_policy: RestartPolicy
+    boot: BootOut = Field(default_factory=BootOut, description="How qemu boots the VM")
     pid: int | None = None
     started_at: dt.datetime | None = None
     exit_code: int | None = None

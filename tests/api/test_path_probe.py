@@ -106,3 +106,15 @@ def test_a_forward_chain_ending_in_reject_is_found(api: TestClient, netns: str) 
     checks, _ = probe(api)
     assert checks["path:nat0"]["ok"], checks["path:nat0"]["detail"]
     nothing_left(netns)
+
+
+def test_a_network_without_dhcp_is_not_reported_as_passing(api: TestClient, netns: str) -> None:
+    """Nothing can be probed without a DHCP offer (the probe takes no address of its own):
+    the check says so instead of passing."""
+    make_bridge(api, "br0")
+    make_network(api, dhcp={"enabled": False})
+    checks, _ = probe(api)
+    path = checks["path:nat0"]
+    assert path["ok"] is False and path["severity"] == "warning", path
+    assert path["detail"].startswith("nothing could be probed"), path["detail"]
+    nothing_left(netns)

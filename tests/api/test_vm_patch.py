@@ -70,6 +70,8 @@ def test_values_are_stored_and_an_empty_or_same_patch_changes_nothing(
     after = answer.json()
     assert (after["vcpus"], after["memory_mib"]) == (3, 96)
     assert after["run_as"] == {"uid": 65534, "gid": 65534}
+    shown = client.get(f"/v1/vms/{vm['id']}").json()["boot"]  # what it boots can be read back
+    assert shown == {"kernel": None, "initrd": None, "cmdline": None, **boot}
     for same in ({}, body):
         again = client.patch(f"/v1/vms/{vm['id']}", json=same)
         assert again.status_code == 200, again.text
