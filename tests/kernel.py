@@ -10,7 +10,6 @@ import signal
 import socket
 import struct
 import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
+
+from app.host.netns import call_in
 
 T = TypeVar("T")
 
@@ -155,19 +156,4 @@ def dns_query(ns: str, server: str, name: str, timeout: float = 2.0) -> str | No
 def in_namespace(ns: str, fn: Callable[[], T]) -> T:
     """Run `fn` on a thread of its own that entered `ns` (sockets it opens stay in `ns`,
     whichever thread uses them later); its exception, if any, is raised here."""
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            netns.setns(ns, flags=0)  # this thread only (setns(2) acts on the caller)
-            results.append(fn())
-        except BaseException as exc:  # handed to the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
+    return call_in(ns, fn)

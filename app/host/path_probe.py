@@ -31,13 +31,11 @@ import os
 import random
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import TypeVar
 
 import dns.exception
 import dns.message
@@ -48,11 +46,10 @@ from pyroute2 import IPRoute, netns
 
 from app.domain.dhcp import ETH_P_IP, Offer, discover_frame, parse_offer
 from app.domain.path_probe import ProbeTarget, Step, StepResult
-from app.host.netns import enter_for_this_thread
+from app.host.netns import call_in as _in
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 NS_PREFIX = "kvmnetd-probe-"
 ALIAS = "kvmnetd-probe:"
@@ -312,26 +309,3 @@ def _plug_outside(ipr: IPRoute, probe: _Probe, link: IPv4Network) -> None:
             own.route("add", dst="0.0.0.0/0", gateway=str(host))
 
     _in(probe.outside, configure)
-
-
-# --- threads in the probe namespaces ---------------------------------------------------------
-
-
-def _in(namespace: str, fn: Callable[[], T]) -> T:
-    """Run `fn` on a thread that entered `namespace`; its exception is raised here."""
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            enter_for_this_thread(namespace)
-            results.append(fn())
-        except BaseException as exc:  # handed to the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name=f"probe-{namespace}", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]

@@ -8,40 +8,17 @@ pages name no other host (no CDN, no online validator). The API itself still nee
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
 
-from app.host.netns import enter_for_this_thread
+from app.host.netns import call_in as in_netns
 from tests.e2e.helpers import E2EDaemon
 
-T = TypeVar("T")
 LISTEN = "127.0.0.1:8080"  # inside the test's namespace
 REFERENCE = re.compile(r"""(?:src|href|spec-url)="([^"]+)"|url: '([^']+)'|\+ '(/[^']+)'""")
-
-
-def in_netns(netns: str, fn: Callable[[], T]) -> T:
-    """fn() in a thread inside `netns` (its sockets are made there)."""
-    result: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            enter_for_this_thread(netns)
-            result.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    return result[0]
 
 
 def fetch_docs(page: str) -> dict[str, httpx.Response]:

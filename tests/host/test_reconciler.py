@@ -6,11 +6,9 @@ Covers what the planner's unit tests cannot: ioctl/netlink effects, the create-i
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from sqlalchemy import delete
@@ -21,31 +19,9 @@ from app.db.models import Bridge, LinkName, Tap, Vm, VmNic, new_id
 from app.db.session import Database
 from app.domain.retry import Backoff
 from app.host.netlink import LinkOps
-from app.host.netns import enter_for_this_thread
+from app.host.netns import call_in as in_netns
 from app.supervisor.links import LinkReconciler, Scope
 from tests.kernel import ip, links
-
-T = TypeVar("T")
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Run `fn` on a thread that entered `ns` (pyroute2 sockets and tap ioctls are per-thread)."""
-    result: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            enter_for_this_thread(ns)
-            result.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    return result[0]
 
 
 @pytest.fixture
