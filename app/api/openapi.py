@@ -70,6 +70,32 @@ def _add_links(paths: dict[str, Any]) -> None:
         for code in ("201", "202"):
             if links and code in create["responses"]:
                 create["responses"][code]["links"] = links
+    _add_body_links(paths)
+
+
+# creates whose body names what another create made: (source, target, body field)
+BODY_LINKS = (
+    ("create_bridge", "create_tap", "bridge"),
+    ("create_bridge", "create_network", "bridge"),
+)
+
+
+def _add_body_links(paths: dict[str, Any]) -> None:
+    """OpenAPI links from a create to the creates that refer to what it made in their body
+    (a tap or network on the new bridge), fed with the answer's `id`."""
+    operations = {
+        operation["operationId"]: operation
+        for methods in paths.values()
+        for operation in methods.values()
+    }
+    for source, target, field in BODY_LINKS:
+        for code in ("201", "202"):
+            response = operations[source]["responses"].get(code)
+            if response is not None:
+                response.setdefault("links", {})[target] = {
+                    "operationId": target,
+                    "requestBody": {field: "$response.body#/id"},
+                }
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:

@@ -34,7 +34,7 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 LISTEN = "127.0.0.1:8080"  # inside the test's own namespace
 FUZZ_SECONDS = 420
 # the stateful phase must really chain creates into get/patch/delete and actions
-MIN_LINKS_COVERED = 10  # the run takes about 3 minutes on 2 busy cores
+MIN_LINKS_COVERED = 15  # 18 with the fixed seed; the run takes about 3 minutes on 2 busy cores
 
 
 def run_schemathesis(netns: str, token: str, workdir: Path) -> subprocess.CompletedProcess[str]:
@@ -84,7 +84,7 @@ def test_fuzzer_finds_nothing_and_the_daemon_stays_healthy(netns: str, tmp_path:
         assert int(tested[1]) >= 40
         links = re.search(r"API Links: +(\d+) covered", result.stdout)
         assert links and int(links[1]) >= MIN_LINKS_COVERED, f"stateful phase too thin:\n{report}"
-        print(result.stdout[result.stdout.find("SUMMARY") - 40 :])
+        print(result.stdout[result.stdout.find("Stateful (") :])  # scenarios, links, summary
 
         assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon died"
         with daemon.client() as client:

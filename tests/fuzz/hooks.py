@@ -3,6 +3,7 @@ anything, and let stateful deletes wait until they are done."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import schemathesis
@@ -26,14 +27,38 @@ def _unbootable(boot: Any) -> None:
                 boot[key] = NOWHERE + value
 
 
+# Stateful network creates get a fresh private /24 each (a subnet must be private, at least
+# /29 and overlap no other; JSON Schema cannot say so, and random strings are never one), so
+# the chains bridge -> network -> get/patch/delete really run. Gateway and DHCP range then
+# default to the subnet's (random ones would lie outside it).
+NETWORK_CREATE = ("POST", "/v1/networks")
+_subnets = itertools.count(1)
+
+
+def _valid_network(body: dict[str, Any]) -> None:
+    n = next(_subnets)
+    body["subnet"] = f"10.{200 + n // 256 % 50}.{n % 256}.0/24"
+    body.pop("gateway", None)
+    body.pop("tap", None)  # on the bridge a link feeds in (a network has a bridge or a tap)
+    dhcp = body.get("dhcp")
+    if isinstance(dhcp, dict):
+        dhcp.pop("range_start", None)
+        dhcp.pop("range_end", None)
+
+
 @schemathesis.hook
 def map_case(context: HookContext, case: schemathesis.Case) -> schemathesis.Case:
     """Every absolute boot path of a VM lies under NOWHERE (relative ones stay: the API must
     refuse them), so the VMs the fuzzer creates and starts exercise the whole API and
-    supervisor but never boot a TCG guest. Stateful DELETEs wait (DELETE_WAIT)."""
+    supervisor but never boot a TCG guest. Stateful DELETEs wait (DELETE_WAIT); stateful
+    network creates are valid (_valid_network)."""
     if isinstance(case.body, dict):
         _unbootable(case.body.get("boot"))
     meta = case.meta
-    if meta is not None and meta.phase.name == "stateful" and case.method.upper() == "DELETE":
+    if meta is None or meta.phase.name != "stateful":
+        return case
+    if case.method.upper() == "DELETE":
         case.query = {**(case.query or {}), "wait": DELETE_WAIT}
+    if (case.method.upper(), case.operation.path) == NETWORK_CREATE and isinstance(case.body, dict):
+        _valid_network(case.body)
     return case
