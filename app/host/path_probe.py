@@ -42,7 +42,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import icmplib
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute, NetlinkError, netns
 
 from app.domain.dhcp import ETH_P_IP, Offer, discover_frame, parse_offer
 from app.domain.path_probe import ProbeTarget, Step, StepResult
@@ -98,6 +98,7 @@ def probe_path(target: ProbeTarget) -> list[StepResult]:
         log.warning("path probe of network %s could not be set up: %s", target.network, exc)
         return [StepResult("dhcp", False, f"the probe could not be set up: {exc}")]
     finally:
+        _unplug(probe)
         _remove(probe.made)
 
 
@@ -172,8 +173,19 @@ def _index(ipr: IPRoute, name: str) -> int:
     return int(found[0])
 
 
+def _unplug(probe: _Probe) -> None:
+    """Delete our veth ends at once (a veth pair goes with either end): the kernel cleans a
+    removed namespace up asynchronously, so its veths would linger on the bridge a moment."""
+    with IPRoute() as ipr:
+        for name in (probe.port, probe.uplink):
+            found = ipr.link_lookup(ifname=name)
+            if found:
+                with contextlib.suppress(NetlinkError):  # gone meanwhile
+                    ipr.link("del", index=found[0])
+
+
 def _remove(namespaces: list[str]) -> None:
-    """Removing a namespace removes its veth ends, and with them their peers."""
+    """Removing a namespace also removes whatever veth end is left in it, and its peer."""
     for name in reversed(namespaces):
         try:
             netns.remove(name)
