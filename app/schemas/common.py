@@ -14,10 +14,13 @@ from app.domain.names import (
     MAX_ADDRESSES,
     MTU_MAX,
     MTU_MIN,
+    VM_NAME_MAX,
+    VM_NAME_PATTERN,
     validate_addresses,
     validate_interface_address,
     validate_link_name,
     validate_mac,
+    validate_vm_name,
 )
 from app.domain.status import Status
 
@@ -35,6 +38,19 @@ LinkNameStr = Annotated[
         json_schema_extra={"maxLength": LINK_NAME_MAX, "pattern": LINK_NAME_PATTERN},
     ),
     AfterValidator(validate_link_name),
+]
+VmNameStr = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description=f"VM name, also its DNS and DHCP host name on managed networks: 1-"
+        f"{VM_NAME_MAX} letters, digits and '-', neither first nor last '-' (an RFC 1123 host "
+        "name label); unique without regard to case (RFC 4343), else 409 name-taken; never "
+        "truncated.",
+        examples=["web"],
+        json_schema_extra={"maxLength": VM_NAME_MAX, "pattern": VM_NAME_PATTERN},
+    ),
+    AfterValidator(validate_vm_name),  # checks the length first, so no pydantic max_length
 ]
 MacStr = Annotated[
     str,
