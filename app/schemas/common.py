@@ -26,12 +26,12 @@ from app.domain.status import Status
 
 # The patterns and limits in json_schema_extra only describe; the validators decide (and
 # explain why, e.g. "never truncated"). Patterns stay out of pydantic itself: its regex engine
-# has no lookahead. max_length=64 only bounds what reaches a validator.
+# has no lookahead. Name validators check the length first, so no pydantic max_length runs
+# before them (it would state its own, wrong, limit).
 LinkNameStr = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=64,
         description=f"Kernel link name: 1-{LINK_NAME_MAX} characters of [A-Za-z0-9_.-], not "
         "'.', '..', 'all' or 'default'; never truncated.",
         examples=["br0"],
@@ -50,7 +50,7 @@ VmNameStr = Annotated[
         examples=["web"],
         json_schema_extra={"maxLength": VM_NAME_MAX, "pattern": VM_NAME_PATTERN},
     ),
-    AfterValidator(validate_vm_name),  # checks the length first, so no pydantic max_length
+    AfterValidator(validate_vm_name),
 ]
 MacStr = Annotated[
     str,
