@@ -129,6 +129,12 @@ class VmRepository(ResourceRepository[Vm]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Vm)
 
+    def name_holder(self, name: str) -> Vm | None:
+        """The VM whose name equals `name` without regard to case (RFC 4343: host names are
+        case-insensitive; VM names are ASCII, which SQLite's lower() folds)."""
+        query = select(Vm).where(func.lower(Vm.name) == name.lower()).order_by(Vm.created_at)
+        return self.session.scalars(query).first()
+
     def nics(self, vm_id: str) -> Sequence[VmNic]:
         query = select(VmNic).where(VmNic.vm_id == vm_id).order_by(VmNic.position)
         return self.session.scalars(query).all()
@@ -703,6 +709,7 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         )
         .join(Vm, Vm.id == VmNic.vm_id)
         .where(VmNic.network_id == row.id, VmNic.ipv4.is_not(None), Vm.deleted.is_(False))
+        .order_by(Vm.created_at, Vm.id, VmNic.position)  # oldest VM first: it keeps its name
     ).all()
     service = DhcpDnsSpec(
         network_id=row.id,

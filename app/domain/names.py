@@ -34,6 +34,12 @@ def _reserved_alternatives() -> str:
 # pattern accepts exactly what its validator accepts.
 LINK_NAME_PATTERN = f"^(?!(?:{_reserved_alternatives()})$)[{LINK_NAME_CHARS}]{{1,{LINK_NAME_MAX}}}$"
 # unicast: the I/G bit (the lowest bit of the first octet) clear; never all-zero
+# A VM name is a host name label (RFC 1123 2.1: letters, digits, '-', neither first nor last
+# '-'), so that it is the VM's DNS and DHCP host name; at most 15 long, so that it never looks
+# like a 36-character id where either is accepted.
+VM_NAME_MAX = 15
+VM_NAME_PATTERN = f"^[A-Za-z0-9](?:[A-Za-z0-9-]{{0,{VM_NAME_MAX - 2}}}[A-Za-z0-9])?$"
+_VM_NAME_RE = re.compile(VM_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 MAC_PATTERN = r"^(?!(?:00[:-]){5}00$)[0-9A-Fa-f][02468aceACE](?:[:-][0-9A-Fa-f]{2}){5}$"
 
 
@@ -52,6 +58,24 @@ def validate_link_name(name: str) -> str:
         raise InvalidInput(
             f"link name {name!r} is reserved (the kernel refuses it: it would clash with "
             "/proc/sys/net/*/conf/all and .../default, or with the directory entries)"
+        )
+    return name
+
+
+def validate_vm_name(name: str) -> str:
+    """A VM name: a host name label (RFC 1123 2.1) of 1-15 characters. Unique without
+    regard to case, as host names are (RFC 4343); the service checks that."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("VM name must be a non-empty string")
+    if len(name) > VM_NAME_MAX:
+        raise InvalidInput(
+            f"VM name {name!r} is {len(name)} characters; at most {VM_NAME_MAX} are allowed "
+            "and names are never truncated"
+        )
+    if not _VM_NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            f"VM name {name!r} must be a host name label (RFC 1123): only letters, digits "
+            "and '-', neither first nor last '-'"
         )
     return name
 

@@ -390,14 +390,24 @@ class DhcpDnsSpec:
 
 
 def static_hosts(nics: Iterable[tuple[str, str, str, int]]) -> tuple[StaticHost, ...]:
-    """Static leases from (VM name, MAC, address, NIC position) of the NICs on a network: the
-    VM's first NIC there gets the VM's name, further ones `<name>-nic<position>`."""
+    """Static leases from (VM name, MAC, address, NIC position) of the NICs on a network,
+    given oldest VM first: the VM's first NIC there gets the VM's name, further ones
+    `<name>-nic<position>`. Host names are case-insensitive (RFC 4343), so `Web` and `web`
+    are one name: a name already given (to an older VM, or as another VM's `-nic<n>` name)
+    is never taken over; the later NIC gets `<name>-nic<position>` if that is free, else
+    no name."""
+    nics = list(nics)
+    seniority: dict[str, int] = {}
+    for vm_name, *_ in nics:
+        seniority.setdefault(vm_name, len(seniority))
     named: set[str] = set()
     hosts = []
-    for vm_name, mac, address, position in sorted(nics, key=lambda n: (n[0], n[3])):
+    for vm_name, mac, address, position in sorted(nics, key=lambda n: (seniority[n[0]], n[3])):
         label = dns_label(vm_name)
         if label is not None and label in named:
             label = dns_label(f"{vm_name}-nic{position}")
+        if label is not None and label in named:
+            label = None
         if label is not None:
             named.add(label)
         hosts.append(StaticHost(mac, address, label))

@@ -14,27 +14,43 @@ from app.domain.names import (
     MAX_ADDRESSES,
     MTU_MAX,
     MTU_MIN,
+    VM_NAME_MAX,
+    VM_NAME_PATTERN,
     validate_addresses,
     validate_interface_address,
     validate_link_name,
     validate_mac,
+    validate_vm_name,
 )
 from app.domain.status import Status
 
 # The patterns and limits in json_schema_extra only describe; the validators decide (and
 # explain why, e.g. "never truncated"). Patterns stay out of pydantic itself: its regex engine
-# has no lookahead. max_length=64 only bounds what reaches a validator.
+# has no lookahead. Name validators check the length first, so no pydantic max_length runs
+# before them (it would state its own, wrong, limit).
 LinkNameStr = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=64,
         description=f"Kernel link name: 1-{LINK_NAME_MAX} characters of [A-Za-z0-9_.-], not "
         "'.', '..', 'all' or 'default'; never truncated.",
         examples=["br0"],
         json_schema_extra={"maxLength": LINK_NAME_MAX, "pattern": LINK_NAME_PATTERN},
     ),
     AfterValidator(validate_link_name),
+]
+VmNameStr = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description=f"VM name, also its DNS and DHCP host name on managed networks: 1-"
+        f"{VM_NAME_MAX} letters, digits and '-', neither first nor last '-' (an RFC 1123 host "
+        "name label); unique without regard to case (RFC 4343), else 409 name-taken; never "
+        "truncated.",
+        examples=["web"],
+        json_schema_extra={"maxLength": VM_NAME_MAX, "pattern": VM_NAME_PATTERN},
+    ),
+    AfterValidator(validate_vm_name),
 ]
 MacStr = Annotated[
     str,

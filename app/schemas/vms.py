@@ -22,7 +22,7 @@ from app.domain.vms import (
     Vhost,
     VmStatus,
 )
-from app.schemas.common import Id, LinkNameStr, MacStr, RequestModel, exactly_one_of
+from app.schemas.common import Id, MacStr, RequestModel, VmNameStr, exactly_one_of
 
 Port = Field(ge=PORTS[0], le=PORTS[1])
 NIC_MTU = (
@@ -190,7 +190,7 @@ class QemuUserOut(BaseModel):
 
 
 class VmCreate(RequestModel):
-    name: LinkNameStr
+    name: VmNameStr
     vcpus: int = Field(1, ge=VCPUS[0], le=VCPUS[1])
     memory_mib: int = Field(256, ge=MEMORY_MIB[0], le=MEMORY_MIB[1])
     machine: Machine = Field(Machine.PC, strict=False)

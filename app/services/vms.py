@@ -115,8 +115,12 @@ class VmService:
     ) -> tuple[Vm, list[VmNic], Operation]:
         """`leases` reads a managed network's DHCP leases (a fixed address leased to another
         MAC is refused)."""
-        if self.session.scalars(select(Vm.id).where(Vm.name == body.name)).first():
-            raise NameTaken(f"a VM named {body.name!r} exists")
+        holder = VmRepository(self.session).name_holder(body.name)
+        if holder is not None:
+            raise NameTaken(
+                f"VM {holder.name!r} ({holder.id}) has this name: VM names are host names, "
+                "unique without regard to case (RFC 4343)"
+            )
         vm_id = new_id()
         taken_macs = set(self.session.scalars(select(VmNic.mac)))
         nics = [self._nic(vm_id, index, nic, taken_macs) for index, nic in enumerate(body.nics)]

@@ -289,3 +289,9 @@ def test_a_wait_sees_a_change_settled_before_it_subscribed(api: TestClient) -> N
 
     status, took = asyncio.run(settle())
     assert status == 201 and took < 1.0, (status, took)
+
+
+def test_a_long_link_name_is_refused_with_the_kernel_limit(api: TestClient) -> None:
+    r = api.post("/v1/taps", json={"name": "t" * 65})
+    assert r.status_code == 422 and "65 characters; the kernel allows at most 15" in r.text, r.text
+    assert api.get("/v1/taps").json()["items"] == []

@@ -411,3 +411,49 @@ tcp = socket.socket(); tcp.bind(("0.0.0.0", 53)); tcp.listen()
 print("bound", flush=True)
 time.sleep(600)
 """
+
+
+def test_vm_names_are_host_names_and_no_vm_takes_anothers(api: TestClient, netns: str) -> None:
+    """RFC 4343: host names are case-insensitive, so `Web` is refused next to `web` (it took
+    web's DNS name before). A later VM named like an older VM's `-nic<n>` name gets its own
+    name, and the older VM's NIC keeps it (before, the older VM lost its name)."""
+    make_bridge(api)
+    make_network(api)
+    make_stopped_vm(api, "web", ipv4="10.91.0.10")
+    r = api.post(
+        "/v1/vms",
+        json={"name": "Web", "power_state": "stopped", "boot": {"kernel": "/nonexistent"}},
+    )
+    assert r.status_code == 409 and r.headers["content-type"] == PROBLEM, r.text
+    assert r.json()["type"].endswith("name-taken") and "'web'" in r.json()["detail"], r.text
+    assert [vm["name"] for vm in api.get("/v1/vms").json()["items"]] == ["web"]
+
+    make_stopped_vm(api, "db-nic1", ipv4="10.91.0.20")
+    body = {
+        "name": "db",
+        "power_state": "stopped",
+        "boot": {"kernel": "/nonexistent"},
+        "nics": [
+            {"backend": "bridge", "bridge": "br0", "ipv4": "10.91.0.30"},
+            {"backend": "bridge", "bridge": "br0", "ipv4": "10.91.0.31"},
+        ],
+    }
+    assert api.post("/v1/vms?wait=10", json=body).status_code in (200, 201, 202)
+    assert _eventually(lambda: dns_query(netns, "10.91.0.1", "db") == "10.91.0.30")
+    assert dns_query(netns, "10.91.0.1", "db-nic1") == "10.91.0.20"
+    assert dns_query(netns, "10.91.0.1", "web") == "10.91.0.10"
+
+
+def test_vm_names_that_are_no_host_names_are_refused_with_the_rule(api: TestClient) -> None:
+    for name, why in [
+        ("a" * 65, "65 characters; at most 15"),
+        ("a" * 16, "16 characters; at most 15"),
+        ("-h", "host name label"),
+        ("h-", "host name label"),
+        ("a.b_c", "host name label"),
+    ]:
+        body = {"name": name, "power_state": "stopped", "boot": {"kernel": "/nonexistent"}}
+        r = api.post("/v1/vms", json=body)
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+        assert why in r.text, r.text
+    assert api.get("/v1/vms").json()["items"] == []

@@ -234,3 +234,18 @@ def test_a_nic_holding_another_address_is_a_problem() -> None:
     observed, reason = observe_address(nic, [("02:00:00:00:00:09", "10.0.0.2")])
     assert observed is None
     assert reason is not None and "leased to MAC 02:00:00:00:00:09" in reason
+
+
+def test_a_later_vm_never_takes_an_older_vms_host_name() -> None:
+    """NICs come oldest VM first: a name (any case, RFC 4343) stays with the VM that had it,
+    also when a later VM's `-nic<n>` name would be it."""
+    hosts = static_hosts(
+        [
+            ("web", "52:54:00:00:00:01", "10.0.0.10", 0),
+            ("Web", "52:54:00:00:00:02", "10.0.0.3", 0),  # a legacy row: names once had case
+            ("db-nic1", "52:54:00:00:00:03", "10.0.0.20", 0),
+            ("db", "52:54:00:00:00:04", "10.0.0.30", 0),
+            ("db", "52:54:00:00:00:05", "10.0.0.31", 1),
+        ]
+    )
+    assert [h.hostname for h in hosts] == ["web", "web-nic0", "db-nic1", "db", None]

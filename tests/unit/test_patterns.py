@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from app.domain.cursors import CURSOR_PATTERN, decode_cursor, encode_cursor
 from app.domain.errors import InvalidInput
-from app.domain.names import LINK_NAME_PATTERN, MAC_PATTERN, validate_link_name, validate_mac
+from app.domain.names import (
+    LINK_NAME_PATTERN,
+    MAC_PATTERN,
+    VM_NAME_PATTERN,
+    validate_link_name,
+    validate_mac,
+    validate_vm_name,
+)
 from app.domain.networks import DOMAIN_PATTERN, validate_domain
 
 
@@ -37,8 +44,9 @@ CASES = [
     (MAC_PATTERN, validate_mac),
     (DOMAIN_PATTERN, validate_domain),
     (CURSOR_PATTERN, decode_cursor),
+    (VM_NAME_PATTERN, validate_vm_name),
 ]
-IDS = ["link-name", "mac", "domain", "cursor"]
+IDS = ["link-name", "mac", "domain", "cursor", "vm-name"]
 # characters that matter to these patterns, plus anything else
 TEXT = st.text(st.sampled_from("aAfF09zZ_.-:~ \n\u212a/") | st.characters(), max_size=24)
 
@@ -74,6 +82,18 @@ def test_the_validator_accepts_only_what_the_pattern_allows(
         (LINK_NAME_PATTERN, validate_link_name, "all"),
         (LINK_NAME_PATTERN, validate_link_name, "default"),
         (LINK_NAME_PATTERN, validate_link_name, "br0\n"),
+        (VM_NAME_PATTERN, validate_vm_name, "web"),
+        (VM_NAME_PATTERN, validate_vm_name, "W"),
+        (VM_NAME_PATTERN, validate_vm_name, "9-a"),
+        (VM_NAME_PATTERN, validate_vm_name, "a" * 15),
+        (VM_NAME_PATTERN, validate_vm_name, "a" * 16),
+        (VM_NAME_PATTERN, validate_vm_name, "-h"),
+        (VM_NAME_PATTERN, validate_vm_name, "h-"),
+        (VM_NAME_PATTERN, validate_vm_name, "-"),
+        (VM_NAME_PATTERN, validate_vm_name, "a.b_c"),
+        (VM_NAME_PATTERN, validate_vm_name, "web\n"),
+        (VM_NAME_PATTERN, validate_vm_name, "\u212avm"),
+        (VM_NAME_PATTERN, validate_vm_name, ""),
         (MAC_PATTERN, validate_mac, "52:54:00:12:34:56"),
         (MAC_PATTERN, validate_mac, "52-54-00-AB-cd-56"),
         (MAC_PATTERN, validate_mac, "01:00:5e:00:00:01"),  # multicast

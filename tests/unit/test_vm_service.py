@@ -138,6 +138,8 @@ def test_a_tap_serves_one_vm_and_names_are_unique(db: Database) -> None:
         create(db, "vm2", {"backend": "tap", "tap": "tap1"})
     with pytest.raises(NameTaken):
         create(db, "vm1")
+    with pytest.raises(NameTaken, match=r"'vm1'.*RFC 4343"):  # host names ignore case
+        create(db, "VM1")
 
 
 def test_stored_vm_turns_back_into_the_qemu_command_line(db: Database) -> None:
