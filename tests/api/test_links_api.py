@@ -289,3 +289,16 @@ def test_a_wait_sees_a_change_settled_before_it_subscribed(api: TestClient) -> N
 
     status, took = asyncio.run(settle())
     assert status == 201 and took < 1.0, (status, took)
+
+
+def test_tap_owner_is_refused_above_what_tunsetowner_takes(api: TestClient, netns: str) -> None:
+    """2**31 - 1 is the largest owner the kernel keeps (read back as IFLA_TUN_OWNER); above
+    it tap creation failed with ECOMM after a 202, so it is refused up front."""
+    tap = make_tap(api, "tapmax", owner_uid=2**31 - 1, owner_gid=2**31 - 1)
+    assert tap["status"] == "active"
+    assert links(netns)["tapmax"].info["IFLA_TUN_OWNER"] == 2**31 - 1
+    for field in ("owner_uid", "owner_gid"):
+        r = api.post("/v1/taps", json={"name": "tapbig", field: 4294967294})
+        assert r.status_code == 422, r.text
+        assert field in r.text
+    assert "tapbig" not in links(netns)
