@@ -16,7 +16,14 @@ from app.db.repositories import (
     TapRepository,
     stored_link_settings,
 )
-from app.domain.errors import BeingDeleted, Conflict, InUse, NameTaken, NotFound
+from app.domain.errors import (
+    BeingDeleted,
+    Conflict,
+    InUse,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+)
 from app.domain.links import generate_mac
 from app.domain.names import (
     STP_FORWARD_DELAY_CS,
@@ -70,6 +77,20 @@ def _check_link(row: Bridge | Tap) -> None:
         validate_bridge_timers(
             settings["stp"], delay if type(delay) is int else settings["forward_delay_cs"]
         )
+
+
+def _check_tap_follows(tap: Tap, bridge: Bridge) -> None:
+    """A tap without an MTU of its own takes its bridge's (app.domain.links.tap_mtu), so the
+    bridge's MTU must suit the tap's addresses too (IPv6 needs >= 1280, RFC 8200 section 5)."""
+    if tap.mtu is not None or bridge.mtu is None or tap.deleted:
+        return
+    try:
+        validate_link_settings(bridge.mtu, stored_link_settings(tap)[0]["addresses"])
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"tap {tap.name!r} on bridge {bridge.name!r} has no MTU of its own and would take "
+            f"the bridge's: {exc}"
+        ) from None
 
 
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
@@ -137,6 +158,8 @@ class BridgeService:
         if not _apply_changes(row, changes):
             return row, None
         _check_link(row)  # the result as a whole; the transaction rolls back if refused
+        for tap in self.taps.on_bridge(row.id):
+            _check_tap_follows(tap, row)
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
@@ -194,7 +217,7 @@ class TapService:
             vnet_hdr=body.vnet_hdr,
             generation=1,
         )
-        _check_link(row)
+        self._check_tap(row)
         _claim_name(self.session, body.name, "tap", row.id)
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.request_id)
@@ -216,9 +239,15 @@ class TapService:
             )
         if not _apply_changes(row, changes):
             return row, None
-        _check_link(row)
+        self._check_tap(row)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
+
+    def _check_tap(self, row: Tap) -> None:
+        _check_link(row)
+        bridge = self.bridges.get(row.bridge_id) if row.bridge_id else None
+        if bridge is not None:
+            _check_tap_follows(row, bridge)
 
     def _vm_using(self, tap_id: str) -> str | None:
         return self.session.scalars(select(VmNic.vm_id).where(VmNic.tap_id == tap_id)).first()
@@ -228,6 +257,7 @@ class TapService:
         if row.bridge_id == bridge_id:
             return None
         row.bridge_id = bridge_id
+        self._check_tap(row)
         bump(row)
         return record_operation(self.session, "update", "tap", row, self.request_id)
 

@@ -302,3 +302,23 @@ def test_tap_owner_is_refused_above_what_tunsetowner_takes(api: TestClient, netn
         assert r.status_code == 422, r.text
         assert field in r.text
     assert "tapbig" not in links(netns)
+
+
+def test_bridge_mtu_a_tap_follows_must_suit_its_ipv6(api: TestClient, netns: str) -> None:
+    """t8 has no MTU of its own, so it takes b7's: an MTU under 1280 would cost its IPv6
+    address (EINVAL from the kernel); refused like the same MTU on the tap itself."""
+    make_bridge(api, "b7")
+    make_tap(api, "t8", bridge="b7", addresses=["fd00:8::1/64"])
+    r = api.patch("/v1/bridges/b7", json={"mtu": 1200})
+    assert r.status_code == 422, r.text
+    assert "t8" in r.json()["detail"] and "1280" in r.json()["detail"]
+    assert api.get("/v1/bridges/b7").json()["mtu"] is None
+    make_bridge(api, "b9", mtu=1200)
+    r = api.patch("/v1/taps/t8", json={"bridge": "b9"})
+    assert r.status_code == 422, r.text
+    r = api.post("/v1/taps", json={"name": "t9", "bridge": "b9", "addresses": ["fd00:9::1/64"]})
+    assert r.status_code == 422, r.text
+    assert make_tap(api, "t10", bridge="b9", mtu=1280, addresses=["fd00:a::1/64"])
+    tap = api.get("/v1/taps/t8").json()
+    assert tap["status"] == "active"
+    assert "fd00:8::1/64" in links(netns)["t8"].addresses
