@@ -37,6 +37,18 @@ from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 
 
+def refuse_foreign(name: str, foreign: dict[str, Any] | None) -> None:
+    """`foreign`: the host link already called `name` that kvmnetd does not own (from the
+    host inspector). A bridge or tap of that name could never be created, and its row would
+    stand for the foreign link (an uplink, taps attached to it)."""
+    if foreign is not None:
+        kind = f"{foreign['kind']} " if foreign.get("kind") else ""
+        raise NameTaken(
+            f"link name {name!r} is taken on the host by a {kind}link kvmnetd does not "
+            f"manage (ifindex {foreign['ifindex']})"
+        )
+
+
 def _claim_name(session: Session, name: str, resource: str, resource_id: str) -> None:
     names = LinkNameRepository(session)
     existing = names.get(name)
@@ -93,6 +105,15 @@ def _check_tap_follows(tap: Tap, bridge: Bridge) -> None:
         ) from None
 
 
+def never_created(row: Bridge | Tap) -> bool:
+    """In error without ever holding a kernel link (no observed ifindex, no create under
+    way): the name it asked for may belong to someone else (eth0 made before the foreign
+    link check), so the row stands for no link at all."""
+    return (
+        row.status == Status.ERROR.value and row.observed_ifindex is None and not row.create_intent
+    )
+
+
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
     if row is None:
         raise NotFound(f"no {kind} {ref!r}")
@@ -117,7 +138,11 @@ class BridgeService:
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Bridge], str | None]:
         return self.bridges.page(limit, cursor)
 
-    def create(self, body: BridgeCreate) -> tuple[Bridge, Operation]:
+    def create(
+        self, body: BridgeCreate, foreign: dict[str, Any] | None = None
+    ) -> tuple[Bridge, Operation]:
+        """`foreign`: a host link of this name that is not ours (refused, 409)."""
+        refuse_foreign(body.name, foreign)
         row = Bridge(
             id=new_id(),
             name=body.name,
@@ -201,9 +226,19 @@ class TapService:
     def _bridge_id(self, ref: str | None) -> str | None:
         if ref is None:
             return None
-        return require_alive(self.bridges.find(ref), "bridge", ref).id
+        bridge = require_alive(self.bridges.find(ref), "bridge", ref)
+        if never_created(bridge):
+            raise Conflict(
+                f"bridge {bridge.name!r} was never created ({bridge.status_reason}); "
+                "a tap cannot join it"
+            )
+        return bridge.id
 
-    def create(self, body: TapCreate) -> tuple[Tap, Operation]:
+    def create(
+        self, body: TapCreate, foreign: dict[str, Any] | None = None
+    ) -> tuple[Tap, Operation]:
+        """`foreign`: a host link of this name that is not ours (refused, 409)."""
+        refuse_foreign(body.name, foreign)
         row = Tap(
             id=new_id(),
             name=body.name,

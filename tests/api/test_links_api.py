@@ -14,8 +14,8 @@ from app.api.middleware import TcpTransport
 from app.api.waiting import settle_response
 from app.db.models import Tap
 from app.main import create_app
-from app.schemas.links import TapCreate
-from app.services.links import TapService
+from app.schemas.links import BridgeCreate, TapCreate
+from app.services.links import BridgeService, TapService
 from app.settings import Settings
 from tests.kernel import ip, links
 
@@ -322,3 +322,40 @@ def test_bridge_mtu_a_tap_follows_must_suit_its_ipv6(api: TestClient, netns: str
     tap = api.get("/v1/taps/t8").json()
     assert tap["status"] == "active"
     assert "fd00:8::1/64" in links(netns)["t8"].addresses
+
+
+def test_a_foreign_link_name_is_refused_and_an_old_row_of_it_owns_nothing(
+    api: TestClient, netns: str
+) -> None:
+    """fx0 is the host's (a veth standing for eth0): a bridge or tap of that name is 409.
+    A row of that name made before this check (error, never created) neither makes fx0 "a
+    link of kvmnetd" for an uplink nor takes taps."""
+    ip(netns, "link", "add", "fx0", "type", "veth", "peer", "name", "fx1")
+    for kind in ("bridges", "taps"):
+        r = api.post(f"/v1/{kind}", json={"name": "fx0"})
+        assert r.status_code == 409, r.text
+        assert "fx0" in r.json()["detail"] and "veth" in r.json()["detail"]
+        assert api.get(f"/v1/{kind}").json()["items"] == []
+    assert links(netns)["fx0"].kind == "veth"
+    assert links(netns)["fx0"].alias is None
+
+    ctx: AppContext = api.app.state.context  # type: ignore[attr-defined]
+    with ctx.db.unit_of_work() as session:  # as the API accepted it before the check
+        BridgeService(session).create(BridgeCreate(name="fx0"))
+        session.flush()
+    ctx.nudger.nudge()
+    deadline = time.monotonic() + 10
+    while (old := api.get("/v1/bridges/fx0").json())["status"] != "error":
+        assert time.monotonic() < deadline, old
+        time.sleep(0.05)
+    assert old["ifindex"] is None
+    make_tap(api, "tapx")
+    r = api.post("/v1/taps", json={"name": "tapy", "bridge": "fx0"})
+    assert r.status_code == 409, r.text
+    assert old["status_reason"] in r.json()["detail"]
+    r = api.patch("/v1/taps/tapx", json={"bridge": "fx0"})
+    assert r.status_code == 409, r.text
+    make_bridge(api, "br0")
+    r = api.put("/v1/bridges/br0/uplink?dry_run=true", json={"interface": "fx0"})
+    assert "link of kvmnetd" not in r.text
+    assert links(netns)["fx0"].master is None
