@@ -59,7 +59,8 @@ async def create_bridge(
     body: BridgeCreate, response: Response, request: Request, wait: Wait = None
 ) -> BridgeOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).create(body))
+    foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
+    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).create(body, foreign))
     return await _finish(ctx, response, row, op, wait, 201)
 
 

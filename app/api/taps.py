@@ -45,7 +45,8 @@ async def create_tap(
     body: TapCreate, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body))
+    foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body, foreign))
     return await _finish(ctx, response, row, op, wait, 201)
 
 

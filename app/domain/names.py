@@ -21,6 +21,10 @@ IPV6_MIN_MTU = 1280
 STP_FORWARD_DELAY_CS = (200, 3000)  # with STP on, the kernel wants 2-30 s
 MTU_MAX = 65521  # the largest MTU a tap accepts; bridges follow their ports
 MAX_ADDRESSES = 32
+# The largest uid/gid a tap can be given (TUNSETOWNER/TUNSETGROUP): the ioctl argument goes
+# through a C int, so 2**31 and above fail with ECOMM; read back via netlink IFLA_TUN_OWNER,
+# 2**31 - 1 is the largest owner that sticks (tests/api/test_links_api.py checks both ends).
+TUN_OWNER_MAX = 2**31 - 1
 
 
 def _reserved_alternatives() -> str:

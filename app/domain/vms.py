@@ -321,11 +321,23 @@ def validate_vm(spec: VmSpec, available_models: Iterable[str], vhost_net: bool =
             )
     models = list(available_models)
     macs: set[str] = set()
-    for nic in spec.nics:
+    taps: dict[str, int] = {}
+    for index, nic in enumerate(spec.nics):
         validate_nic(nic, spec.machine, models, vhost_net)
         if nic.mac in macs:
             raise InvalidInput(f"MAC {nic.mac} is used twice in this VM")
         macs.add(nic.mac)
+        if nic.tap is not None:
+            _one_nic_per_tap(taps, nic.tap, index)
+
+
+def _one_nic_per_tap(taps: dict[str, int], tap: str, index: int) -> None:
+    """A tap carries one NIC: qemu opens it once, a second open fails with EBUSY."""
+    first = taps.setdefault(tap, index)
+    if first != index:
+        raise InvalidInput(
+            f"nics[{first}] and nics[{index}] both use tap {tap!r}; a tap carries one NIC"
+        )
 
 
 def resolve_accelerator(wanted: Accelerator, kvm_runs_guests: bool | None) -> Accelerator:

@@ -135,6 +135,24 @@ class LiveHostInspector:
     def bridge_ports(self, bridge: str) -> list[dict[str, Any]]:
         return self.ports_of([bridge])[bridge]
 
+    def foreign_link(self, name: str) -> dict[str, Any] | None:
+        """The link called `name` when it exists and carries no kvmnetd mark (eth0, lo, a
+        bridge of libvirt's): {"name", "kind", "ifindex"}; None when there is none, or ours."""
+        return self._on_inspector_thread(lambda: self._foreign_link(name))
+
+    @staticmethod
+    def _foreign_link(name: str) -> dict[str, Any] | None:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                return None
+            (msg,) = ipr.link("get", index=found[0])
+        if parse_mark(msg.get_attr("IFLA_IFALIAS")) is not None:
+            return None
+        info = msg.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+        return {"name": name, "kind": kind, "ifindex": msg["index"]}
+
     def ports_of(self, bridges: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Each bridge's ports, from one kernel-filtered dump per bridge."""
         return self._on_inspector_thread(lambda: {b: self._ports(b) for b in bridges})

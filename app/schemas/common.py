@@ -14,6 +14,7 @@ from app.domain.names import (
     MAX_ADDRESSES,
     MTU_MAX,
     MTU_MIN,
+    TUN_OWNER_MAX,
     VM_NAME_MAX,
     VM_NAME_PATTERN,
     validate_addresses,
@@ -78,7 +79,8 @@ Addresses = Annotated[
     ),
     AfterValidator(validate_addresses),  # no repeats, at most MAX_ADDRESSES
 ]
-Id = Annotated[int, Field(ge=0, le=2**32 - 2)]
+# uid/gid: a tap owned by it must work (app.domain.names.TUN_OWNER_MAX)
+Id = Annotated[int, Field(ge=0, le=TUN_OWNER_MAX)]
 
 
 def exactly_one_of(*fields: str) -> list[JsonValue]:

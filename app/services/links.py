@@ -16,7 +16,14 @@ from app.db.repositories import (
     TapRepository,
     stored_link_settings,
 )
-from app.domain.errors import BeingDeleted, Conflict, InUse, NameTaken, NotFound
+from app.domain.errors import (
+    BeingDeleted,
+    Conflict,
+    InUse,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+)
 from app.domain.links import generate_mac
 from app.domain.names import (
     STP_FORWARD_DELAY_CS,
@@ -28,6 +35,18 @@ from app.domain.stored import default_forward_delay_cs
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
+
+
+def refuse_foreign(name: str, foreign: dict[str, Any] | None) -> None:
+    """`foreign`: the host link already called `name` that kvmnetd does not own (from the
+    host inspector). A bridge or tap of that name could never be created, and its row would
+    stand for the foreign link (an uplink, taps attached to it)."""
+    if foreign is not None:
+        kind = f"{foreign['kind']} " if foreign.get("kind") else ""
+        raise NameTaken(
+            f"link name {name!r} is taken on the host by a {kind}link kvmnetd does not "
+            f"manage (ifindex {foreign['ifindex']})"
+        )
 
 
 def _claim_name(session: Session, name: str, resource: str, resource_id: str) -> None:
@@ -72,6 +91,29 @@ def _check_link(row: Bridge | Tap) -> None:
         )
 
 
+def _check_tap_follows(tap: Tap, bridge: Bridge) -> None:
+    """A tap without an MTU of its own takes its bridge's (app.domain.links.tap_mtu), so the
+    bridge's MTU must suit the tap's addresses too (IPv6 needs >= 1280, RFC 8200 section 5)."""
+    if tap.mtu is not None or bridge.mtu is None or tap.deleted:
+        return
+    try:
+        validate_link_settings(bridge.mtu, stored_link_settings(tap)[0]["addresses"])
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"tap {tap.name!r} on bridge {bridge.name!r} has no MTU of its own and would take "
+            f"the bridge's: {exc}"
+        ) from None
+
+
+def never_created(row: Bridge | Tap) -> bool:
+    """In error without ever holding a kernel link (no observed ifindex, no create under
+    way): the name it asked for may belong to someone else (eth0 made before the foreign
+    link check), so the row stands for no link at all."""
+    return (
+        row.status == Status.ERROR.value and row.observed_ifindex is None and not row.create_intent
+    )
+
+
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
     if row is None:
         raise NotFound(f"no {kind} {ref!r}")
@@ -96,7 +138,11 @@ class BridgeService:
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Bridge], str | None]:
         return self.bridges.page(limit, cursor)
 
-    def create(self, body: BridgeCreate) -> tuple[Bridge, Operation]:
+    def create(
+        self, body: BridgeCreate, foreign: dict[str, Any] | None = None
+    ) -> tuple[Bridge, Operation]:
+        """`foreign`: a host link of this name that is not ours (refused, 409)."""
+        refuse_foreign(body.name, foreign)
         row = Bridge(
             id=new_id(),
             name=body.name,
@@ -137,6 +183,8 @@ class BridgeService:
         if not _apply_changes(row, changes):
             return row, None
         _check_link(row)  # the result as a whole; the transaction rolls back if refused
+        for tap in self.taps.on_bridge(row.id):
+            _check_tap_follows(tap, row)
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
@@ -178,9 +226,19 @@ class TapService:
     def _bridge_id(self, ref: str | None) -> str | None:
         if ref is None:
             return None
-        return require_alive(self.bridges.find(ref), "bridge", ref).id
+        bridge = require_alive(self.bridges.find(ref), "bridge", ref)
+        if never_created(bridge):
+            raise Conflict(
+                f"bridge {bridge.name!r} was never created ({bridge.status_reason}); "
+                "a tap cannot join it"
+            )
+        return bridge.id
 
-    def create(self, body: TapCreate) -> tuple[Tap, Operation]:
+    def create(
+        self, body: TapCreate, foreign: dict[str, Any] | None = None
+    ) -> tuple[Tap, Operation]:
+        """`foreign`: a host link of this name that is not ours (refused, 409)."""
+        refuse_foreign(body.name, foreign)
         row = Tap(
             id=new_id(),
             name=body.name,
@@ -194,7 +252,7 @@ class TapService:
             vnet_hdr=body.vnet_hdr,
             generation=1,
         )
-        _check_link(row)
+        self._check_tap(row)
         _claim_name(self.session, body.name, "tap", row.id)
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.request_id)
@@ -216,9 +274,15 @@ class TapService:
             )
         if not _apply_changes(row, changes):
             return row, None
-        _check_link(row)
+        self._check_tap(row)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
+
+    def _check_tap(self, row: Tap) -> None:
+        _check_link(row)
+        bridge = self.bridges.get(row.bridge_id) if row.bridge_id else None
+        if bridge is not None:
+            _check_tap_follows(row, bridge)
 
     def _vm_using(self, tap_id: str) -> str | None:
         return self.session.scalars(select(VmNic.vm_id).where(VmNic.tap_id == tap_id)).first()
@@ -228,6 +292,7 @@ class TapService:
         if row.bridge_id == bridge_id:
             return None
         row.bridge_id = bridge_id
+        self._check_tap(row)
         bump(row)
         return record_operation(self.session, "update", "tap", row, self.request_id)
 

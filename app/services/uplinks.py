@@ -9,12 +9,12 @@ import ipaddress
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, LinkName, Operation, Uplink, new_id
+from app.db.models import Bridge, LinkName, Operation, Tap, Uplink, new_id
 from app.db.repositories import BridgeRepository, uplink_of
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NotFound
 from app.domain.status import Status
 from app.schemas.uplinks import UplinkSet
-from app.services.links import require_alive
+from app.services.links import never_created, require_alive
 from app.services.operations import bump, record_operation
 
 
@@ -53,7 +53,7 @@ class UplinkService:
                     f"probe_address {body.probe_address!r} is not an IP address"
                 ) from None
         claimed = self.session.get(LinkName, body.interface)
-        if claimed is not None:
+        if claimed is not None and not self._stands_for_no_link(claimed):
             raise Conflict(
                 f"{body.interface} is a link of kvmnetd ({claimed.resource} "
                 f"{claimed.resource_id}), not a host NIC"
@@ -62,6 +62,16 @@ class UplinkService:
         if other is not None and other.bridge_id != bridge.id:
             raise Conflict(f"{body.interface} is already the uplink of bridge {other.bridge_id}")
         return bridge
+
+    def _stands_for_no_link(self, claimed: LinkName) -> bool:
+        """A bridge or tap row that never got its kernel link does not make the host link
+        of that name (eth0) ours."""
+        row: Bridge | Tap | None = None
+        if claimed.resource == "bridge":
+            row = self.session.get(Bridge, claimed.resource_id)
+        elif claimed.resource == "tap":
+            row = self.session.get(Tap, claimed.resource_id)
+        return row is not None and never_created(row)
 
     def set(self, bridge_ref: str, body: UplinkSet) -> tuple[Uplink, Operation | None]:
         bridge = self.check(bridge_ref, body)

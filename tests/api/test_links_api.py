@@ -14,8 +14,8 @@ from app.api.middleware import TcpTransport
 from app.api.waiting import settle_response
 from app.db.models import Tap
 from app.main import create_app
-from app.schemas.links import TapCreate
-from app.services.links import TapService
+from app.schemas.links import BridgeCreate, TapCreate
+from app.services.links import BridgeService, TapService
 from app.settings import Settings
 from tests.kernel import ip, links
 
@@ -295,3 +295,73 @@ def test_a_long_link_name_is_refused_with_the_kernel_limit(api: TestClient) -> N
     r = api.post("/v1/taps", json={"name": "t" * 65})
     assert r.status_code == 422 and "65 characters; the kernel allows at most 15" in r.text, r.text
     assert api.get("/v1/taps").json()["items"] == []
+
+
+def test_tap_owner_is_refused_above_what_tunsetowner_takes(api: TestClient, netns: str) -> None:
+    """2**31 - 1 is the largest owner the kernel keeps (read back as IFLA_TUN_OWNER); above
+    it tap creation failed with ECOMM after a 202, so it is refused up front."""
+    tap = make_tap(api, "tapmax", owner_uid=2**31 - 1, owner_gid=2**31 - 1)
+    assert tap["status"] == "active"
+    assert links(netns)["tapmax"].info["IFLA_TUN_OWNER"] == 2**31 - 1
+    for field in ("owner_uid", "owner_gid"):
+        r = api.post("/v1/taps", json={"name": "tapbig", field: 4294967294})
+        assert r.status_code == 422, r.text
+        assert field in r.text
+    assert "tapbig" not in links(netns)
+
+
+def test_bridge_mtu_a_tap_follows_must_suit_its_ipv6(api: TestClient, netns: str) -> None:
+    """t8 has no MTU of its own, so it takes b7's: an MTU under 1280 would cost its IPv6
+    address (EINVAL from the kernel); refused like the same MTU on the tap itself."""
+    make_bridge(api, "b7")
+    make_tap(api, "t8", bridge="b7", addresses=["fd00:8::1/64"])
+    r = api.patch("/v1/bridges/b7", json={"mtu": 1200})
+    assert r.status_code == 422, r.text
+    assert "t8" in r.json()["detail"] and "1280" in r.json()["detail"]
+    assert api.get("/v1/bridges/b7").json()["mtu"] is None
+    make_bridge(api, "b9", mtu=1200)
+    r = api.patch("/v1/taps/t8", json={"bridge": "b9"})
+    assert r.status_code == 422, r.text
+    r = api.post("/v1/taps", json={"name": "t9", "bridge": "b9", "addresses": ["fd00:9::1/64"]})
+    assert r.status_code == 422, r.text
+    assert make_tap(api, "t10", bridge="b9", mtu=1280, addresses=["fd00:a::1/64"])
+    tap = api.get("/v1/taps/t8").json()
+    assert tap["status"] == "active"
+    assert "fd00:8::1/64" in links(netns)["t8"].addresses
+
+
+def test_a_foreign_link_name_is_refused_and_an_old_row_of_it_owns_nothing(
+    api: TestClient, netns: str
+) -> None:
+    """fx0 is the host's (a veth standing for eth0): a bridge or tap of that name is 409.
+    A row of that name made before this check (error, never created) neither makes fx0 "a
+    link of kvmnetd" for an uplink nor takes taps."""
+    ip(netns, "link", "add", "fx0", "type", "veth", "peer", "name", "fx1")
+    for kind in ("bridges", "taps"):
+        r = api.post(f"/v1/{kind}", json={"name": "fx0"})
+        assert r.status_code == 409, r.text
+        assert "fx0" in r.json()["detail"] and "veth" in r.json()["detail"]
+        assert api.get(f"/v1/{kind}").json()["items"] == []
+    assert links(netns)["fx0"].kind == "veth"
+    assert links(netns)["fx0"].alias is None
+
+    ctx: AppContext = api.app.state.context  # type: ignore[attr-defined]
+    with ctx.db.unit_of_work() as session:  # as the API accepted it before the check
+        BridgeService(session).create(BridgeCreate(name="fx0"))
+        session.flush()
+    ctx.nudger.nudge()
+    deadline = time.monotonic() + 10
+    while (old := api.get("/v1/bridges/fx0").json())["status"] != "error":
+        assert time.monotonic() < deadline, old
+        time.sleep(0.05)
+    assert old["ifindex"] is None
+    make_tap(api, "tapx")
+    r = api.post("/v1/taps", json={"name": "tapy", "bridge": "fx0"})
+    assert r.status_code == 409, r.text
+    assert old["status_reason"] in r.json()["detail"]
+    r = api.patch("/v1/taps/tapx", json={"bridge": "fx0"})
+    assert r.status_code == 409, r.text
+    make_bridge(api, "br0")
+    r = api.put("/v1/bridges/br0/uplink?dry_run=true", json={"interface": "fx0"})
+    assert "link of kvmnetd" not in r.text
+    assert links(netns)["fx0"].master is None

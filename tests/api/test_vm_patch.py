@@ -108,3 +108,16 @@ def test_bad_values_are_refused_and_change_nothing(
 def test_unknown_vm_is_404(client: TestClient) -> None:
     answer = client.patch("/v1/vms/nosuchvm", json={"vcpus": 2})
     assert answer.status_code == 404, answer.text
+
+
+def test_one_tap_for_two_nics_is_refused(lab: Lab, client: TestClient) -> None:
+    """qemu opens a tap once; a second NIC on it made every start fail with EBUSY."""
+    tap = client.post("/v1/taps?wait=10", json={"name": "tapdup"})
+    assert tap.status_code == 201, tap.text
+    nics = [{"backend": "tap", "tap": "tapdup"}, {"backend": "tap", "tap": tap.json()["id"]}]
+    body = {"name": "vmdup", "memory_mib": 32, "power_state": "stopped", "nics": nics}
+    answer = client.post("/v1/vms", json={**body, "boot": {"disk": lab.disk("empty.img")}})
+    assert answer.status_code == 422, answer.text
+    assert "nics[0] and nics[1]" in answer.json()["detail"]
+    assert "tapdup" in answer.json()["detail"]
+    assert client.get("/v1/vms").json()["items"] == []
