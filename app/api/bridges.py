@@ -59,7 +59,8 @@ async def create_bridge(
     body: BridgeCreate, response: Response, request: Request, wait: Wait = None
 ) -> BridgeOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).create(body))
+    prefixes = await ctx.prefixes_for(body.addresses)
+    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).create(body, prefixes))
     return await _finish(ctx, response, row, op, wait, 201)
 
 
@@ -97,7 +98,10 @@ async def update_bridge(
     wait: Wait = None,
 ) -> BridgeOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).update(bridge_id, body))
+    prefixes = await ctx.prefixes_for(body.addresses)
+    row, op = await ctx.mutate(
+        lambda s: BridgeService(s, request_id).update(bridge_id, body, prefixes)
+    )
     return await _finish(ctx, response, row, op, wait, 200)
 
 

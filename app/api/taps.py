@@ -45,7 +45,8 @@ async def create_tap(
     body: TapCreate, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body))
+    prefixes = await ctx.prefixes_for(body.addresses)
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body, prefixes))
     return await _finish(ctx, response, row, op, wait, 201)
 
 
@@ -73,7 +74,8 @@ async def update_tap(
     """Change a tap. `bridge: null` detaches it; multi_queue, vnet_hdr and owner can only be
     set at creation in the kernel, so changing them re-creates the tap."""
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).update(tap_id, body))
+    prefixes = await ctx.prefixes_for(body.addresses)
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).update(tap_id, body, prefixes))
     return await _finish(ctx, response, row, op, wait, 200)
 
 

@@ -39,7 +39,7 @@ from app.db.models import PortForward as PortForwardRow
 from app.domain.cursors import decode_cursor, encode_cursor
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.nat_rules import Forward, NatNetwork
-from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
+from app.domain.networks import AddressHolder, DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
 from app.domain.stored import BRIDGE_RULES, TAP_RULES, read_link_settings
@@ -1010,3 +1010,33 @@ def network_referrers(session: Session, network_id: str) -> list[str]:
     """Port forwards that still reference a network row (their foreign key restricts)."""
     query = select(PortForwardRow.name).where(PortForwardRow.network_id == network_id)
     return [f"port_forward {name}" for name in session.scalars(query)]
+
+
+def address_holders(session: Session, exclude_link_id: str | None = None) -> list[AddressHolder]:
+    """Every IPv4 address kvmnetd has given out (app.domain.networks.AddressHolder): live
+    networks' gateways, VM NICs' fixed addresses, and the addresses of live bridges and
+    taps other than `exclude_link_id` (the link being checked)."""
+    names: dict[str, tuple[str, str]] = {}
+    held: list[AddressHolder] = []
+    for model, kind in ((Bridge, "bridge"), (Tap, "tap")):
+        query = select(model.id, model.name, model.addresses, model.deleted)
+        for row_id, name, addresses, deleted in session.execute(query):
+            names[row_id] = (kind, name)
+            if deleted or row_id == exclude_link_id:
+                continue
+            held += [AddressHolder(kind, name, name, a) for a in addresses or () if ":" not in a]
+    networks = select(
+        Network.name, Network.bridge_id, Network.tap_id, Network.gateway, Network.subnet
+    ).where(Network.deleted.is_(False))
+    for name, bridge_id, tap_id, gateway, subnet in session.execute(networks):
+        link = names.get(bridge_id or tap_id or "", ("", "?"))[1]
+        held.append(AddressHolder("network", name, link, f"{gateway}/{subnet.split('/')[1]}"))
+    nics = (
+        select(Vm.name, VmNic.position, VmNic.bridge_id, VmNic.tap_id, VmNic.ipv4)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(VmNic.ipv4.is_not(None))
+    )
+    for vm, position, bridge_id, tap_id, ipv4 in session.execute(nics):
+        link = names.get(bridge_id or tap_id or "", ("", "?"))[1]
+        held.append(AddressHolder("vm_nic", f"VM {vm!r} NIC {position}", link, f"{ipv4}/32"))
+    return held
