@@ -53,7 +53,10 @@ async def _finish(
     response_model=BridgeOut,
     responses={201: {"model": BridgeOut, "description": "Created and settled (with ?wait=)"}},
     summary="Create a bridge",
-    description=SETTLE_DOC,
+    description="409 when one of `addresses` is a network's gateway, a NIC's fixed address, "
+    "another link's address or in another link's network (the problem's `holder` names it), "
+    "or in a subnet a foreign interface uses (`interface`, `prefix`); PATCH checks the same. "
+    + SETTLE_DOC,
 )
 async def create_bridge(
     body: BridgeCreate, response: Response, request: Request, wait: Wait = None

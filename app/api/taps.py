@@ -89,7 +89,8 @@ async def attach_tap(
     request: Request,
     wait: Wait = None,
 ) -> TapOut | Response:
-    """Attach the tap to a bridge (like `brctl addif`)."""
+    """Attach the tap to a bridge (like `brctl addif`). 409 `in-use` when the tap carries a
+    routed network (the problem's `dependents` names it)."""
     ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: TapService(s, request_id).attach(tap_id, body.bridge))
     return await _finish(ctx, response, row, op, wait, 200)
