@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
@@ -560,7 +560,7 @@ def own_addresses(session: Session) -> dict[str, list[str]]:
         for row_id, name, addresses in session.execute(
             select(model.id, model.name, model.addresses)
         ):
-            own = [a for a in addresses or () if ":" not in a]
+            own = _stored_ipv4(addresses)
             if row_id in gateways:
                 own.append(gateways[row_id])
             result[name] = own
@@ -1012,6 +1012,18 @@ def network_referrers(session: Session, network_id: str) -> list[str]:
     return [f"port_forward {name}" for name in session.scalars(query)]
 
 
+def _stored_ipv4(addresses: object) -> list[str]:
+    """The usable IPv4 addresses (`a.b.c.d/len`) of a stored `addresses` column (a row
+    written by hand may hold anything: app.domain.stored reports it on the row)."""
+    found = []
+    for text in addresses if isinstance(addresses, list) else ():
+        try:
+            found.append(str(IPv4Interface(text)))
+        except (ValueError, TypeError):
+            continue
+    return found
+
+
 def address_holders(session: Session, exclude_link_id: str | None = None) -> list[AddressHolder]:
     """Every IPv4 address kvmnetd has given out (app.domain.networks.AddressHolder): live
     networks' gateways, VM NICs' fixed addresses, and the addresses of live bridges and
@@ -1024,7 +1036,7 @@ def address_holders(session: Session, exclude_link_id: str | None = None) -> lis
             names[row_id] = (kind, name)
             if deleted or row_id == exclude_link_id:
                 continue
-            held += [AddressHolder(kind, name, name, a) for a in addresses or () if ":" not in a]
+            held += [AddressHolder(kind, name, name, a) for a in _stored_ipv4(addresses)]
     networks = select(
         Network.name, Network.bridge_id, Network.tap_id, Network.gateway, Network.subnet
     ).where(Network.deleted.is_(False))

@@ -89,11 +89,9 @@ def check_addresses(
     (app.domain.networks.check_link_address), or the host interface and prefix that already
     uses the subnet (`host_prefixes` from the host inspector; `own`: our addresses before the
     change, as own_addresses), the same check a network's subnet gets."""
-    held = address_holders(session, row.id)
-    for text in added:
-        if ":" in text:
-            continue
-        address = IPv4Interface(text)
+    wanted = [IPv4Interface(text) for text in added if ":" not in text]
+    held = address_holders(session, row.id) if wanted else []
+    for address in wanted:
         check_link_address(row.name, address, held)
         clash = foreign_clash(address.network, host_prefixes, own)
         if clash is not None:
@@ -102,8 +100,10 @@ def check_addresses(
             )
 
 
-def _added(before: Sequence[str], after: Sequence[str]) -> list[str]:
-    return [a for a in after if a not in before]
+def _added(before: object, changes: dict[str, Any]) -> list[str]:
+    """The addresses a PATCH adds (`before`: the stored list, which may be garbage)."""
+    old = before if isinstance(before, list) else []
+    return [a for a in changes.get("addresses") or () if a not in old]
 
 
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
@@ -167,7 +167,7 @@ class BridgeService:
         row = require_alive(self.bridges.find(ref), "bridge", ref)
         assert isinstance(row, Bridge)
         changes = body.changes()
-        before, own = list(row.addresses or ()), own_addresses(self.session)
+        before, own = row.addresses, own_addresses(self.session)
         if "forward_delay" in changes:  # null: the default for the stp after this change
             stp = changes.get("stp", row.stp)
             changes["forward_delay_cs"] = _delay_cs(stp, changes.pop("forward_delay"))
@@ -179,7 +179,7 @@ class BridgeService:
         if not _apply_changes(row, changes):
             return row, None
         _check_link(row)  # the result as a whole; the transaction rolls back if refused
-        check_addresses(self.session, row, _added(before, row.addresses), host_prefixes, own)
+        check_addresses(self.session, row, _added(before, changes), host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
@@ -253,7 +253,7 @@ class TapService:
         row = require_alive(self.taps.find(ref), "tap", ref)
         assert isinstance(row, Tap)
         changes = body.changes()
-        before, own = list(row.addresses or ()), own_addresses(self.session)
+        before, own = row.addresses, own_addresses(self.session)
         if "bridge" in changes:
             changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
             if changes["bridge_id"] not in (None, row.bridge_id):
@@ -270,7 +270,7 @@ class TapService:
         if not _apply_changes(row, changes):
             return row, None
         _check_link(row)
-        check_addresses(self.session, row, _added(before, row.addresses), host_prefixes, own)
+        check_addresses(self.session, row, _added(before, changes), host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
 
