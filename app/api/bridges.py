@@ -53,14 +53,20 @@ async def _finish(
     response_model=BridgeOut,
     responses={201: {"model": BridgeOut, "description": "Created and settled (with ?wait=)"}},
     summary="Create a bridge",
-    description=SETTLE_DOC,
+    description="409 when one of `addresses` is a network's gateway, a NIC's fixed address, "
+    "another link's address or in another link's network (the problem's `holder` names it), "
+    "or in a subnet a foreign interface uses (`interface`, `prefix`); PATCH checks the same. "
+    + SETTLE_DOC,
 )
 async def create_bridge(
     body: BridgeCreate, response: Response, request: Request, wait: Wait = None
 ) -> BridgeOut | Response:
     ctx, request_id = context(request), request_id_of(request)
     foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
-    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).create(body, foreign))
+    prefixes = await ctx.prefixes_for(body.addresses)
+    row, op = await ctx.mutate(
+        lambda s: BridgeService(s, request_id).create(body, foreign, prefixes)
+    )
     return await _finish(ctx, response, row, op, wait, 201)
 
 
@@ -98,7 +104,10 @@ async def update_bridge(
     wait: Wait = None,
 ) -> BridgeOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: BridgeService(s, request_id).update(bridge_id, body))
+    prefixes = await ctx.prefixes_for(body.addresses)
+    row, op = await ctx.mutate(
+        lambda s: BridgeService(s, request_id).update(bridge_id, body, prefixes)
+    )
     return await _finish(ctx, response, row, op, wait, 200)
 
 

@@ -3,7 +3,7 @@ call in one unit of work on a worker thread (SQLite and netlink calls block)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -15,6 +15,7 @@ from app.api.draining import Drain
 from app.bus import EventBus
 from app.db.session import Database
 from app.domain.cursors import CURSOR_MAX, CURSOR_PATTERN
+from app.domain.networks import HostPrefix
 from app.services.ports import HostInspector, Nudger, VmControl
 
 T = TypeVar("T")
@@ -44,6 +45,13 @@ class AppContext:
 
     async def host(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(fn, *args)
+
+    async def prefixes_for(self, addresses: Sequence[str] | None) -> list[HostPrefix]:
+        """The host's addresses and connected routes, for the clash check of the IPv4
+        `addresses` a request puts on a link (none asked: nothing to check, no netlink)."""
+        if not any(":" not in a for a in addresses or ()):
+            return []
+        return await self.host(self.inspector.host_prefixes)
 
     def _in_unit_of_work(self, fn: Callable[[Session], T]) -> T:
         with self.db.unit_of_work() as session:

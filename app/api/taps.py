@@ -46,7 +46,8 @@ async def create_tap(
 ) -> TapOut | Response:
     ctx, request_id = context(request), request_id_of(request)
     foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body, foreign))
+    prefixes = await ctx.prefixes_for(body.addresses)
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body, foreign, prefixes))
     return await _finish(ctx, response, row, op, wait, 201)
 
 
@@ -74,7 +75,8 @@ async def update_tap(
     """Change a tap. `bridge: null` detaches it; multi_queue, vnet_hdr and owner can only be
     set at creation in the kernel, so changing them re-creates the tap."""
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).update(tap_id, body))
+    prefixes = await ctx.prefixes_for(body.addresses)
+    row, op = await ctx.mutate(lambda s: TapService(s, request_id).update(tap_id, body, prefixes))
     return await _finish(ctx, response, row, op, wait, 200)
 
 
@@ -88,7 +90,8 @@ async def attach_tap(
     request: Request,
     wait: Wait = None,
 ) -> TapOut | Response:
-    """Attach the tap to a bridge (like `brctl addif`)."""
+    """Attach the tap to a bridge (like `brctl addif`). 409 `in-use` when the tap carries a
+    routed network (the problem's `dependents` names it)."""
     ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: TapService(s, request_id).attach(tap_id, body.bridge))
     return await _finish(ctx, response, row, op, wait, 200)

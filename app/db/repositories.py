@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
@@ -39,7 +39,7 @@ from app.db.models import PortForward as PortForwardRow
 from app.domain.cursors import decode_cursor, encode_cursor
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.nat_rules import Forward, NatNetwork
-from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
+from app.domain.networks import AddressHolder, DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
 from app.domain.stored import BRIDGE_RULES, TAP_RULES, read_link_settings
@@ -566,7 +566,7 @@ def own_addresses(session: Session) -> dict[str, list[str]]:
         for row_id, name, addresses in session.execute(
             select(model.id, model.name, model.addresses)
         ):
-            own = [a for a in addresses or () if ":" not in a]
+            own = _stored_ipv4(addresses)
             if row_id in gateways:
                 own.append(gateways[row_id])
             result[name] = own
@@ -1017,3 +1017,45 @@ def network_referrers(session: Session, network_id: str) -> list[str]:
     """Port forwards that still reference a network row (their foreign key restricts)."""
     query = select(PortForwardRow.name).where(PortForwardRow.network_id == network_id)
     return [f"port_forward {name}" for name in session.scalars(query)]
+
+
+def _stored_ipv4(addresses: object) -> list[str]:
+    """The usable IPv4 addresses (`a.b.c.d/len`) of a stored `addresses` column (a row
+    written by hand may hold anything: app.domain.stored reports it on the row)."""
+    found = []
+    for text in addresses if isinstance(addresses, list) else ():
+        try:
+            found.append(str(IPv4Interface(text)))
+        except (ValueError, TypeError):
+            continue
+    return found
+
+
+def address_holders(session: Session, exclude_link_id: str | None = None) -> list[AddressHolder]:
+    """Every IPv4 address kvmnetd has given out (app.domain.networks.AddressHolder): live
+    networks' gateways, VM NICs' fixed addresses, and the addresses of live bridges and
+    taps other than `exclude_link_id` (the link being checked)."""
+    names: dict[str, tuple[str, str]] = {}
+    held: list[AddressHolder] = []
+    for model, kind in ((Bridge, "bridge"), (Tap, "tap")):
+        query = select(model.id, model.name, model.addresses, model.deleted)
+        for row_id, name, addresses, deleted in session.execute(query):
+            names[row_id] = (kind, name)
+            if deleted or row_id == exclude_link_id:
+                continue
+            held += [AddressHolder(kind, name, name, a) for a in _stored_ipv4(addresses)]
+    networks = select(
+        Network.name, Network.bridge_id, Network.tap_id, Network.gateway, Network.subnet
+    ).where(Network.deleted.is_(False))
+    for name, bridge_id, tap_id, gateway, subnet in session.execute(networks):
+        link = names.get(bridge_id or tap_id or "", ("", "?"))[1]
+        held.append(AddressHolder("network", name, link, f"{gateway}/{subnet.split('/')[1]}"))
+    nics = (
+        select(Vm.name, VmNic.position, VmNic.bridge_id, VmNic.tap_id, VmNic.ipv4)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(VmNic.ipv4.is_not(None))
+    )
+    for vm, position, bridge_id, tap_id, ipv4 in session.execute(nics):
+        link = names.get(bridge_id or tap_id or "", ("", "?"))[1]
+        held.append(AddressHolder("vm_nic", f"VM {vm!r} NIC {position}", link, f"{ipv4}/32"))
+    return held

@@ -412,3 +412,59 @@ def static_hosts(nics: Iterable[tuple[str, str, str, int]]) -> tuple[StaticHost,
             named.add(label)
         hosts.append(StaticHost(mac, address, label))
     return tuple(hosts)
+
+
+@dataclass(frozen=True)
+class AddressHolder:
+    """An IPv4 address kvmnetd has given out, for the link-address clash checks: a network's
+    gateway or subnet (`kind` "network"), a VM NIC's fixed address ("vm_nic"), or an address
+    of one of our bridges or taps ("bridge", "tap"). `link`: the link it is on; `address`:
+    `a.b.c.d/len` (a network's is its gateway with the subnet's length)."""
+
+    kind: str
+    name: str
+    link: str
+    address: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "link": self.link, "ip": self.address}
+
+
+def check_link_address(link: str, address: IPv4Interface, held: Iterable[AddressHolder]) -> None:
+    """An address the user puts on our link `link` must not be anyone else's (the host would
+    answer for it, RFC 1122 3.3.4.2 "weak end system": any interface's address is the host's):
+    not a network's gateway, a NIC's fixed address or another link's address, and not inside
+    a managed network's subnet unless on that network's own link (where only dnsmasq and the
+    fixed addresses hand out hosts, so it must still be none of those)."""
+    for holder in held:
+        theirs = IPv4Interface(holder.address)
+        if holder.kind == "network" and holder.link != link and address.ip in theirs.network:
+            raise Conflict(
+                f"address {address} lies in subnet {theirs.network} of network "
+                f"{holder.name!r} on {holder.link}",
+                holder=holder.as_dict(),
+            )
+        if address.ip == theirs.ip:
+            raise Conflict(
+                f"address {address} is already held by {_describe(holder)}",
+                holder=holder.as_dict(),
+            )
+
+
+def check_subnet_free(subnet: IPv4Network, link: str, held: Iterable[AddressHolder]) -> None:
+    """A new network's subnet must not contain an address of another of our links."""
+    for holder in held:
+        ours = holder.kind in ("bridge", "tap") and holder.link != link
+        if ours and IPv4Interface(holder.address).ip in subnet:
+            raise Conflict(
+                f"subnet {subnet} contains address {holder.address} of {_describe(holder)}",
+                holder=holder.as_dict(),
+            )
+
+
+def _describe(holder: AddressHolder) -> str:
+    if holder.kind == "network":
+        return f"network {holder.name!r} (its gateway, on {holder.link})"
+    if holder.kind == "vm_nic":
+        return f"{holder.name} (its fixed address, on {holder.link})"
+    return f"{holder.kind} {holder.name!r}"

@@ -4,6 +4,7 @@ pending and records an operation, all in the caller's transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from ipaddress import IPv4Interface
 from typing import Any
 
 from sqlalchemy import select
@@ -13,9 +14,13 @@ from app.db.models import Bridge, LinkName, Operation, Tap, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
+    NetworkRepository,
     TapRepository,
+    address_holders,
+    own_addresses,
     stored_link_settings,
 )
+from app.domain.dependents import Dependent, DependentKind
 from app.domain.errors import (
     BeingDeleted,
     Conflict,
@@ -30,6 +35,7 @@ from app.domain.names import (
     validate_bridge_timers,
     validate_link_settings,
 )
+from app.domain.networks import HostPrefix, check_link_address, clash_reason, foreign_clash
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
@@ -114,6 +120,34 @@ def never_created(row: Bridge | Tap) -> bool:
     )
 
 
+def check_addresses(
+    session: Session,
+    row: Bridge | Tap,
+    added: Sequence[str],
+    host_prefixes: Sequence[HostPrefix],
+    own: dict[str, list[str]],
+) -> None:
+    """The IPv4 addresses `added` to the link must be no one else's: 409 naming the holder
+    (app.domain.networks.check_link_address), or the host interface and prefix that already
+    uses the subnet (`host_prefixes` from the host inspector; `own`: our addresses before the
+    change, as own_addresses), the same check a network's subnet gets."""
+    wanted = [IPv4Interface(text) for text in added if ":" not in text]
+    held = address_holders(session, row.id) if wanted else []
+    for address in wanted:
+        check_link_address(row.name, address, held)
+        clash = foreign_clash(address.network, host_prefixes, own)
+        if clash is not None:
+            raise Conflict(
+                clash_reason(address.network, clash), interface=clash.interface, prefix=clash.prefix
+            )
+
+
+def _added(before: object, changes: dict[str, Any]) -> list[str]:
+    """The addresses a PATCH adds (`before`: the stored list, which may be garbage)."""
+    old = before if isinstance(before, list) else []
+    return [a for a in changes.get("addresses") or () if a not in old]
+
+
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
     if row is None:
         raise NotFound(f"no {kind} {ref!r}")
@@ -139,9 +173,13 @@ class BridgeService:
         return self.bridges.page(limit, cursor)
 
     def create(
-        self, body: BridgeCreate, foreign: dict[str, Any] | None = None
+        self,
+        body: BridgeCreate,
+        foreign: dict[str, Any] | None = None,
+        host_prefixes: Sequence[HostPrefix] = (),
     ) -> tuple[Bridge, Operation]:
-        """`foreign`: a host link of this name that is not ours (refused, 409)."""
+        """`foreign`: a host link of this name that is not ours (refused, 409);
+        `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
         refuse_foreign(body.name, foreign)
         row = Bridge(
             id=new_id(),
@@ -155,6 +193,8 @@ class BridgeService:
             generation=1,
         )
         _check_link(row)
+        own = own_addresses(self.session)
+        check_addresses(self.session, row, row.addresses, host_prefixes, own)
         _claim_name(self.session, body.name, "bridge", row.id)
         self.bridges.add(row)
         return row, record_operation(self.session, "create", "bridge", row, self.request_id)
@@ -168,10 +208,13 @@ class BridgeService:
                 return mac
         raise Conflict("could not generate a MAC that no other bridge has")  # 2^46 of them
 
-    def update(self, ref: str, body: BridgeUpdate) -> tuple[Bridge, Operation | None]:
+    def update(
+        self, ref: str, body: BridgeUpdate, host_prefixes: Sequence[HostPrefix] = ()
+    ) -> tuple[Bridge, Operation | None]:
         row = require_alive(self.bridges.find(ref), "bridge", ref)
         assert isinstance(row, Bridge)
         changes = body.changes()
+        before, own = row.addresses, own_addresses(self.session)
         if "forward_delay" in changes:  # null: the default for the stp after this change
             stp = changes.get("stp", row.stp)
             changes["forward_delay_cs"] = _delay_cs(stp, changes.pop("forward_delay"))
@@ -185,6 +228,7 @@ class BridgeService:
         _check_link(row)  # the result as a whole; the transaction rolls back if refused
         for tap in self.taps.on_bridge(row.id):
             _check_tap_follows(tap, row)
+        check_addresses(self.session, row, _added(before, changes), host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
@@ -235,9 +279,13 @@ class TapService:
         return bridge.id
 
     def create(
-        self, body: TapCreate, foreign: dict[str, Any] | None = None
+        self,
+        body: TapCreate,
+        foreign: dict[str, Any] | None = None,
+        host_prefixes: Sequence[HostPrefix] = (),
     ) -> tuple[Tap, Operation]:
-        """`foreign`: a host link of this name that is not ours (refused, 409)."""
+        """`foreign`: a host link of this name that is not ours (refused, 409);
+        `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
         refuse_foreign(body.name, foreign)
         row = Tap(
             id=new_id(),
@@ -253,16 +301,23 @@ class TapService:
             generation=1,
         )
         self._check_tap(row)
+        own = own_addresses(self.session)
+        check_addresses(self.session, row, row.addresses, host_prefixes, own)
         _claim_name(self.session, body.name, "tap", row.id)
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.request_id)
 
-    def update(self, ref: str, body: TapUpdate) -> tuple[Tap, Operation | None]:
+    def update(
+        self, ref: str, body: TapUpdate, host_prefixes: Sequence[HostPrefix] = ()
+    ) -> tuple[Tap, Operation | None]:
         row = require_alive(self.taps.find(ref), "tap", ref)
         assert isinstance(row, Tap)
         changes = body.changes()
+        before, own = row.addresses, own_addresses(self.session)
         if "bridge" in changes:
             changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
+            if changes["bridge_id"] not in (None, row.bridge_id):
+                self._refuse_routed(row)
         recreating = {"multi_queue", "owner_uid", "owner_gid"} & {
             key for key, value in changes.items() if getattr(row, key) != value
         }
@@ -275,6 +330,7 @@ class TapService:
         if not _apply_changes(row, changes):
             return row, None
         self._check_tap(row)
+        check_addresses(self.session, row, _added(before, changes), host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
 
@@ -284,6 +340,18 @@ class TapService:
         if bridge is not None:
             _check_tap_follows(row, bridge)
 
+    def _refuse_routed(self, row: Tap) -> None:
+        """A tap that carries a routed network is that network's link: on a bridge, the
+        gateway address and dnsmasq would sit on a bridge port (the bridge takes the port's
+        frames, so they never reach the tap's IP stack). 409 in-use naming the network."""
+        network = NetworkRepository(self.session).on_link(None, row.id)
+        if network is not None and not network.deleted:
+            raise InUse(
+                f"tap {row.name!r} carries routed network {network.name!r} and cannot join a "
+                "bridge; delete the network first, or put the network on the bridge instead",
+                dependents=[Dependent(DependentKind.NETWORK, network.id, network.name).as_dict()],
+            )
+
     def _vm_using(self, tap_id: str) -> str | None:
         return self.session.scalars(select(VmNic.vm_id).where(VmNic.tap_id == tap_id)).first()
 
@@ -291,6 +359,8 @@ class TapService:
         bridge_id = self._bridge_id(bridge_ref)
         if row.bridge_id == bridge_id:
             return None
+        if bridge_id is not None:
+            self._refuse_routed(row)
         row.bridge_id = bridge_id
         self._check_tap(row)
         bump(row)

@@ -22,6 +22,7 @@ from app.db.repositories import (
     PortForwardRepository,
     TapRepository,
     VmRepository,
+    address_holders,
     own_addresses,
     vms_by_mac,
 )
@@ -43,6 +44,7 @@ from app.domain.networks import (
     check_forward_ports,
     check_no_overlap,
     check_range_change,
+    check_subnet_free,
     clash_reason,
     clashes,
     foreign_clash,
@@ -137,6 +139,7 @@ class NetworkService:
             body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
         )
         check_no_overlap(plan.subnet, self.networks.subnets())
+        check_subnet_free(plan.subnet, link.name, address_holders(self.session))
         clash = foreign_clash(plan.subnet, host_prefixes, own_addresses(self.session))
         if clash is not None:
             raise Conflict(

@@ -7,6 +7,10 @@ bridge by a veth):
 - the leases view says `fixed` only for a NIC's own fixed address;
 - a NIC whose MAC holds another address is reported on the NIC and its port forwards are
   withheld until it renews;
+- an address put on a bridge or tap that a network's gateway or subnet, a NIC's fixed
+  address, another of our links or a foreign interface already holds is refused (409 naming
+  the holder), and so is a network whose subnet holds another link's address;
+- a tap that carries a routed network cannot join a bridge (409 in-use naming the network);
 - a subnet used by an interface that is not ours is refused (409 naming interface and
   prefix), and one that appears later is reported on the network and in diagnostics at the
   next full pass.
@@ -26,9 +30,9 @@ from sqlalchemy import select
 from app.db.models import VmNic
 from app.main import create_app
 from app.settings import Settings
-from tests.api.test_links_api import make_bridge
+from tests.api.test_links_api import make_bridge, make_tap
 from tests.api.test_networks_api import comments, make_network, make_stopped_vm
-from tests.kernel import in_netns, ip, throwaway_netns
+from tests.kernel import in_netns, ip, links, throwaway_netns
 
 PROBLEM = "application/problem+json"
 FULL_PASS = 0.5  # seconds between full passes where a test waits for one
@@ -290,3 +294,70 @@ def test_a_garbled_lease_file_never_breaks_vm_creation(api: TestClient, settings
     assert r.status_code == 409 and "printer" in r.json()["detail"], r.text
     path.write_bytes(b"\xff\xfe\x00garbage")
     assert nic_of(api, make_stopped_vm(api, "web", ipv4="10.91.0.9"))["ipv4"] == "10.91.0.9"
+
+
+def refused(r: Any, holder: dict[str, str] | None = None) -> dict[str, Any]:
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"] == PROBLEM
+    problem: dict[str, Any] = r.json()
+    if holder is not None:
+        assert {k: problem["holder"][k] for k in holder} == holder, problem
+    return problem
+
+
+def test_a_link_address_someone_holds_is_refused(api: TestClient, netns: str) -> None:
+    make_bridge(api)
+    make_network(api)  # 10.91.0.0/24 on br0, gateway 10.91.0.1
+    make_stopped_vm(api, "web", ipv4="10.91.0.10")
+    make_bridge(api, "br1", addresses=["10.60.0.1/24"])
+
+    # the gateway of nat0, and any address in its subnet, on another link
+    r = api.post("/v1/bridges", json={"name": "br2", "addresses": ["10.91.0.1/24"]})
+    assert "network 'nat0'" in refused(r, {"kind": "network", "name": "nat0"})["detail"]
+    r = api.post("/v1/taps", json={"name": "tq1", "addresses": ["10.91.0.10/24"]})
+    refused(r, {"kind": "network", "name": "nat0", "link": "br0"})
+    # the fixed address of VM web on the network's own link
+    r = api.patch("/v1/bridges/br0", json={"addresses": ["10.91.0.10/24"]})
+    refused(r, {"kind": "vm_nic", "name": "VM 'web' NIC 0", "ip": "10.91.0.10/32"})
+    # another of our links' address
+    r = api.post("/v1/bridges", json={"name": "br2", "addresses": ["10.60.0.1/24"]})
+    refused(r, {"kind": "bridge", "name": "br1"})
+    # a network whose subnet holds another link's address
+    make_bridge(api, "br3")
+    r = api.post("/v1/networks", json={"name": "nat1", "bridge": "br3", "subnet": "10.60.0.0/24"})
+    refused(r, {"kind": "bridge", "name": "br1", "ip": "10.60.0.1/24"})
+    # a foreign interface's address (an uplink NIC's): the network create's check
+    ip(netns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
+    ip(netns, "addr", "add", "192.168.100.5/24", "dev", "lan0")
+    r = api.patch("/v1/bridges/br3", json={"addresses": ["192.168.100.5/24"]})
+    problem = refused(r)
+    assert (problem["interface"], problem["prefix"]) == ("lan0", "192.168.100.5/24"), problem
+
+    # nothing changed
+    kernel = links(netns)
+    assert "br2" not in kernel and "tq1" not in kernel
+    assert [a for a in kernel["br0"].addresses if a.startswith("10.")] == ["10.91.0.1/24"]
+    assert not [a for a in kernel["br3"].addresses if a.startswith(("10.", "192."))]
+    assert [n["name"] for n in api.get("/v1/networks").json()["items"]] == ["nat0"]
+    # a free address on its own still works, and re-sending one's own address too
+    r = api.patch("/v1/bridges/br1?wait=10", json={"addresses": ["10.60.0.1/24", "10.61.0.1/24"]})
+    assert r.status_code == 200, r.text
+
+
+def test_a_routed_networks_tap_cannot_join_a_bridge(api: TestClient, netns: str) -> None:
+    make_bridge(api)
+    make_tap(api, "tq3")
+    r = api.post(
+        "/v1/networks?wait=10", json={"name": "rt0", "tap": "tq3", "subnet": "10.93.0.0/24"}
+    )
+    assert r.status_code == 201, r.text
+    for r in (
+        api.post("/v1/taps/tq3/attach", json={"bridge": "br0"}),
+        api.patch("/v1/taps/tq3", json={"bridge": "br0"}),
+    ):
+        assert r.status_code == 409, r.text
+        problem = r.json()
+        assert problem["type"].endswith("in-use"), problem
+        assert [d["name"] for d in problem["dependents"]] == ["rt0"], problem
+    assert links(netns)["tq3"].master is None
+    assert api.get("/v1/taps/tq3").json()["bridge_id"] is None
