@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
 
 from app.domain.errors import Unavailable
 from app.domain.links import parse_mark
@@ -142,11 +142,15 @@ class LiveHostInspector:
 
     @staticmethod
     def _foreign_link(name: str) -> dict[str, Any] | None:
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
-                return None
-            (msg,) = ipr.link("get", index=found[0])
+        try:  # the common case, a new name, costs one ioctl and no netlink socket
+            index = socket.if_nametoindex(name)
+        except OSError:
+            return None
+        try:
+            with IPRoute() as ipr:
+                (msg,) = ipr.link("get", index=index)
+        except NetlinkError:  # gone meanwhile
+            return None
         if parse_mark(msg.get_attr("IFLA_IFALIAS")) is not None:
             return None
         info = msg.get_attr("IFLA_LINKINFO")

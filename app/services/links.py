@@ -125,14 +125,18 @@ def check_addresses(
     row: Bridge | Tap,
     added: Sequence[str],
     host_prefixes: Sequence[HostPrefix],
-    own: dict[str, list[str]],
+    own: dict[str, list[str]] | None = None,
 ) -> None:
     """The IPv4 addresses `added` to the link must be no one else's: 409 naming the holder
     (app.domain.networks.check_link_address), or the host interface and prefix that already
     uses the subnet (`host_prefixes` from the host inspector; `own`: our addresses before the
-    change, as own_addresses), the same check a network's subnet gets."""
+    change, as own_addresses, read here when not given), the same check a network's subnet
+    gets. Nothing is read when no IPv4 address is added (the common tap create)."""
     wanted = [IPv4Interface(text) for text in added if ":" not in text]
-    held = address_holders(session, row.id) if wanted else []
+    if not wanted:
+        return
+    held = address_holders(session, row.id)
+    own = own_addresses(session) if own is None else own
     for address in wanted:
         check_link_address(row.name, address, held)
         clash = foreign_clash(address.network, host_prefixes, own)
@@ -193,8 +197,7 @@ class BridgeService:
             generation=1,
         )
         _check_link(row)
-        own = own_addresses(self.session)
-        check_addresses(self.session, row, row.addresses, host_prefixes, own)
+        check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
         _claim_name(self.session, body.name, "bridge", row.id)
         self.bridges.add(row)
         return row, record_operation(self.session, "create", "bridge", row, self.request_id)
@@ -214,7 +217,8 @@ class BridgeService:
         row = require_alive(self.bridges.find(ref), "bridge", ref)
         assert isinstance(row, Bridge)
         changes = body.changes()
-        before, own = row.addresses, own_addresses(self.session)
+        added = _added(row.addresses, changes)
+        own = own_addresses(self.session) if added else None  # before the change is applied
         if "forward_delay" in changes:  # null: the default for the stp after this change
             stp = changes.get("stp", row.stp)
             changes["forward_delay_cs"] = _delay_cs(stp, changes.pop("forward_delay"))
@@ -228,7 +232,7 @@ class BridgeService:
         _check_link(row)  # the result as a whole; the transaction rolls back if refused
         for tap in self.taps.on_bridge(row.id):
             _check_tap_follows(tap, row)
-        check_addresses(self.session, row, _added(before, changes), host_prefixes, own)
+        check_addresses(self.session, row, added, host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.request_id)
 
@@ -301,8 +305,7 @@ class TapService:
             generation=1,
         )
         self._check_tap(row)
-        own = own_addresses(self.session)
-        check_addresses(self.session, row, row.addresses, host_prefixes, own)
+        check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
         _claim_name(self.session, body.name, "tap", row.id)
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.request_id)
@@ -313,7 +316,8 @@ class TapService:
         row = require_alive(self.taps.find(ref), "tap", ref)
         assert isinstance(row, Tap)
         changes = body.changes()
-        before, own = row.addresses, own_addresses(self.session)
+        added = _added(row.addresses, changes)
+        own = own_addresses(self.session) if added else None  # before the change is applied
         if "bridge" in changes:
             changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
             if changes["bridge_id"] not in (None, row.bridge_id):
@@ -330,7 +334,7 @@ class TapService:
         if not _apply_changes(row, changes):
             return row, None
         self._check_tap(row)
-        check_addresses(self.session, row, _added(before, changes), host_prefixes, own)
+        check_addresses(self.session, row, added, host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
 
