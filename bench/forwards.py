@@ -62,7 +62,7 @@ from bench.taps import (
     percentile,
 )
 from tests.daemon import Daemon
-from tests.kernel import nft_rules
+from tests.netns_tools import nft_rules
 
 N_FORWARDS = 1000
 CLIENTS = 32  # one-by-one run
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             measured = measure(daemon, Path(tmp), params)
             results = figures_of(measured, params)
         finally:
-            daemon.kill()  # its dnsmasq dies with the namespace (tests.kernel, by pid)
+            daemon.kill()  # its dnsmasq dies with the namespace (tests.netns_tools, by pid)
             LOG_COPY.parent.mkdir(parents=True, exist_ok=True)
             if daemon.log.exists():
                 shutil.copyfile(daemon.log, LOG_COPY)

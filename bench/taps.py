@@ -52,7 +52,7 @@ from app.host.netlink import LinkOps
 from app.host.netns import enter_for_this_thread
 from app.supervisor.links import LinkReconciler, Scope
 from tests.daemon import Daemon
-from tests.kernel import links, throwaway_netns
+from tests.netns_tools import links, throwaway_netns
 
 T = TypeVar("T")
 
@@ -136,7 +136,7 @@ NAMESPACES: list[str] = []  # every namespace this run made, for the record
 
 @contextlib.contextmanager
 def fresh_netns() -> Iterator[str]:
-    """A throwaway kvt-* namespace (tests.kernel, removed on any exit), checked gone after."""
+    """A throwaway kvt-* namespace (tests.netns_tools, removed on any exit), checked gone after."""
     with throwaway_netns() as name:
         NAMESPACES.append(name)
         yield name

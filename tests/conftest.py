@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.daemon import Daemon
-from tests.kernel import throwaway_netns
+from tests.netns_tools import throwaway_netns
 
 QEMU_USER = "kvmnetd-qemu"  # the daemon's default (settings.qemu_user)
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge, make_tap
 from tests.api.test_networks_api import comments, make_network, make_stopped_vm
-from tests.kernel import in_netns, ip, links, throwaway_netns
+from tests.netns_tools import in_netns, ip, links, throwaway_netns
 
 PROBLEM = "application/problem+json"
 FULL_PASS = 0.5  # seconds between full passes where a test waits for one

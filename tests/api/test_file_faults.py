@@ -29,7 +29,7 @@ from tests.api.test_links_api import make_bridge
 from tests.api.test_networks_api import _comm, _eventually, make_network, make_stopped_vm
 from tests.api.test_uplinks_api import lan, uplink
 from tests.faults import KINDS, damage, stranger
-from tests.kernel import processes_in
+from tests.netns_tools import processes_in
 
 __all__ = ["lan", "stranger"]  # fixtures
 

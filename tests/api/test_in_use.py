@@ -28,7 +28,7 @@ from tests.api.test_links_api import make_bridge, make_tap
 from tests.api.test_networks_api import alive, make_network
 from tests.guest.build import build_guest, kernel_cmdline
 from tests.guest.console import parse_ready
-from tests.kernel import links
+from tests.netns_tools import links
 
 PROBLEM = "application/problem+json"
 IN_USE = "urn:kvmnetd:problem:in-use"

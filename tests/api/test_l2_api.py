@@ -2,7 +2,7 @@
 MAC and one MTU whatever ports come and go, taps take their bridge's MTU, and the observed
 MAC, MTU and operational state follow netlink at once (not at the next full pass).
 
-Every value is read back from the kernel with pyroute2 (tests.kernel), independently of the
+Every value is read back from the kernel with pyroute2 (tests.netns_tools), independently of the
 code under test."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge, make_tap
 from tests.guest.build import build_guest, kernel_cmdline
-from tests.kernel import links
+from tests.netns_tools import links
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from app.main import create_app
 from app.schemas.links import BridgeCreate, TapCreate
 from app.services.links import BridgeService, TapService
 from app.settings import Settings
-from tests.kernel import ip, links
+from tests.netns_tools import ip, links
 
 PROBLEM = "application/problem+json"
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge
-from tests.kernel import dns_query, in_netns, links, nft_rules, processes_in, sysctl
+from tests.netns_tools import dns_query, in_netns, links, nft_rules, processes_in, sysctl
 
 PROBLEM = "application/problem+json"
 

@@ -21,7 +21,7 @@ from app.schemas.common import UpdateModel
 from app.schemas.links import BridgeUpdate, TapUpdate
 from app.schemas.networks import NetworkUpdate
 from app.settings import Settings
-from tests.kernel import links
+from tests.netns_tools import links
 
 PROBLEM = "application/problem+json"
 

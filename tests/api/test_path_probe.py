@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from app.host.path_probe import NETNS_DIR, NS_PREFIX
 from tests.api.test_links_api import make_bridge
 from tests.api.test_networks_api import make_network
-from tests.kernel import in_netns, links
+from tests.netns_tools import in_netns, links
 
 
 def nft(ns: str, script: str) -> None:

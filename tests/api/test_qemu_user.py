@@ -21,7 +21,7 @@ from app.main import create_app
 from tests.api.vm_lab import Lab, create, settled, wait_vm
 from tests.api.vm_lab import lab as lab
 from tests.host.test_qemu import live_pids_with_uuid
-from tests.kernel import links
+from tests.netns_tools import links
 
 
 def proc_ids(pid: int) -> dict[str, list[int]]:

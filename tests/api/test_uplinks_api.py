@@ -17,7 +17,7 @@ from app.host.uplink import link_facts, snapshot
 from app.settings import Settings
 from tests.api.test_l2_api import eventually
 from tests.api.test_links_api import make_bridge
-from tests.kernel import in_namespace, ip, links, throwaway_netns
+from tests.netns_tools import in_namespace, ip, links, throwaway_netns
 
 GATEWAY = "10.60.0.1"
 HOST = "10.60.0.10"

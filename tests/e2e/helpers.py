@@ -18,7 +18,7 @@ import pytest
 from httpcore._backends.sync import SyncStream
 
 from tests.daemon import Daemon
-from tests.kernel import KernelLink, links
+from tests.netns_tools import KernelLink, links
 
 T = TypeVar("T")
 

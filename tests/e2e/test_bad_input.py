@@ -20,7 +20,7 @@ from tests.e2e.helpers import (
     ok,
     running_daemon,
 )
-from tests.kernel import nft_rules, throwaway_netns
+from tests.netns_tools import nft_rules, throwaway_netns
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from tests.e2e.helpers import (
     running_daemon,
     wait_for,
 )
-from tests.kernel import links
+from tests.netns_tools import links
 
 pytestmark = pytest.mark.e2e
 

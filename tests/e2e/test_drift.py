@@ -22,7 +22,7 @@ from tests.e2e.helpers import (
     running_daemon,
     wait_for,
 )
-from tests.kernel import KernelLink, ip, links
+from tests.netns_tools import KernelLink, ip, links
 
 pytestmark = pytest.mark.e2e
 

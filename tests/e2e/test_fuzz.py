@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import E2EDaemon, kernel_link, ok
-from tests.kernel import processes_in
+from tests.netns_tools import processes_in
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import E2EDaemon, assert_problem, ok, running_daemon
-from tests.kernel import links
+from tests.netns_tools import links
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from tests.daemon import Daemon
 from tests.e2e.helpers import ok
 from tests.e2e.test_uplink import Pinger
-from tests.kernel import in_namespace, ip, links, throwaway_netns
+from tests.netns_tools import in_namespace, ip, links, throwaway_netns
 
 SUBNET = "192.168.100.0/24"
 GATEWAY = "192.168.100.1"

@@ -31,7 +31,7 @@ from app.host.netns import enter_for_this_thread
 from tests.e2e.helpers import E2EDaemon, ok, running_daemon, wait_for
 from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import parse_fetch, parse_hello, parse_ready, parse_resolved
-from tests.kernel import in_namespace, in_netns, ip, nft_rules, processes_in, throwaway_netns
+from tests.netns_tools import in_namespace, in_netns, ip, nft_rules, processes_in, throwaway_netns
 
 UPLINK = "172.31.250.1"  # the host's address towards the outside
 OUTSIDE = "172.31.250.2"  # a server out there

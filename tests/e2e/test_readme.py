@@ -29,7 +29,7 @@ import pytest
 
 from tests.e2e.helpers import E2EDaemon
 from tests.guest.build import build_guest
-from tests.kernel import ip, throwaway_netns
+from tests.netns_tools import ip, throwaway_netns
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SKIP_MARK = "<!-- readme-test: skip -->"

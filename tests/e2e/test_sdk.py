@@ -17,7 +17,7 @@ import pytest
 from tests.daemon import Daemon
 from tests.e2e.helpers import E2EDaemon, running_daemon
 from tests.e2e.sdk_helpers import PACKAGE, Sdk, forget_sdk, generate, import_sdk, mypy
-from tests.kernel import links
+from tests.netns_tools import links
 
 pytestmark = pytest.mark.e2e
 

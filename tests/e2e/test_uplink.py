@@ -31,7 +31,7 @@ from tests.e2e.helpers import E2EDaemon, ok, running_daemon, wait_for
 from tests.e2e.test_nat_networks import first_line
 from tests.guest.build import build_guest, kernel_cmdline
 from tests.guest.console import parse_hello, parse_ready
-from tests.kernel import ip, throwaway_netns
+from tests.netns_tools import ip, throwaway_netns
 
 GATEWAY = "10.60.0.1"
 HOST = "10.60.0.10"

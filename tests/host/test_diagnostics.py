@@ -21,7 +21,7 @@ import pytest
 
 from app.host.diagnostics import check_dnsmasq, check_forward_policy, conf_file_under
 from app.host.inspect import LiveHostInspector
-from tests.kernel import ip
+from tests.netns_tools import ip
 
 GATEWAY = "10.77.0.1"
 

@@ -21,7 +21,7 @@ from app.domain.vms import (
     UserNet,
     VmSpec,
 )
-from tests.kernel import ip
+from tests.netns_tools import ip
 
 QEMU = "qemu-system-x86_64"
 

@@ -21,7 +21,7 @@ from app.domain.retry import Backoff
 from app.host.netlink import LinkOps
 from app.host.netns import call_in as in_netns
 from app.supervisor.links import LinkReconciler, Scope
-from tests.kernel import ip, links
+from tests.netns_tools import ip, links
 
 
 @pytest.fixture

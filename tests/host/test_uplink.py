@@ -12,7 +12,7 @@ from pyroute2 import IPRoute
 
 from app.domain.uplinks import NicConfig, attach_steps, restore_steps
 from app.host.uplink import MoveLog, attach, link_facts, probe, restore, snapshot
-from tests.kernel import in_namespace, ip, throwaway_netns
+from tests.netns_tools import in_namespace, ip, throwaway_netns
 
 T = TypeVar("T")
 GATEWAY = "10.60.0.1"

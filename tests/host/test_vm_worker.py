@@ -43,7 +43,7 @@ from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import wait_ready
 from tests.guest.test_guest import tcp_answer
 from tests.host.test_qemu import kill_by_pid, live_pids_with_uuid
-from tests.kernel import ip, links
+from tests.netns_tools import ip, links
 
 QEMU = "qemu-system-x86_64"
 HOST = HostFacts(
