@@ -1,0 +1,159 @@
+"""Boots the nested host once and runs one command in it (tests/kernel/README.md).
+
+The host's root filesystem is shared read-only (9p tag "root"), the tier's unpacked modules on
+/lib/modules ("modules") and a writable results directory at the same path as on the host
+("results"). The command (argv, cwd, KVT_* environment) is written into the results directory;
+nested-init.sh runs it and writes its output and exit status there. qemu is bounded by a
+timeout, killed when it passes, and always reaped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.kernel.build import Tier
+
+QEMU = "qemu-system-x86_64"
+HERE = Path(__file__).resolve().parent
+NESTED_INIT = HERE / "nested-init.sh"
+MEMORY_MIB = 1024
+P9_OPTIONS = "security_model=none,multidevs=remap"
+
+
+@dataclass
+class NestedRun:
+    """What one boot produced. `exit_code` is None when the command never finished (timeout,
+    qemu failed, stage 1 failed): `reason` says why, `console` holds the serial console."""
+
+    exit_code: int | None
+    output: str  # the command's stdout and stderr
+    console: str  # the serial console (kernel messages, stage 1 failures)
+    qemu_errors: str
+    seconds: float
+    timed_out: bool
+    reason: str
+
+    def console_tail(self, chars: int = 4000) -> str:
+        return self.console[-chars:]
+
+
+def qemu_argv(tier: Tier, results: Path, console: Path) -> list[str]:
+    """QEMU under TCG, 1 vCPU (a second one gains nothing on TCG), no NIC, no display."""
+    cmdline = [
+        "console=ttyS0",
+        "quiet",
+        "panic=-1",
+        "mitigations=off",  # TCG emulates no side channels; spares the kernel's workarounds
+        f"kvt.results={results}",
+        f"kvt.init={NESTED_INIT}",
+        f"kvt.modprobe={tier.modprobe}",
+    ]
+    return [
+        QEMU,
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+        "-m",
+        str(MEMORY_MIB),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-nic",
+        "none",
+        "-serial",
+        f"file:{console}",
+        "-no-reboot",
+        "-kernel",
+        str(tier.kernel),
+        "-initrd",
+        str(tier.initrd),
+        "-append",
+        " ".join(cmdline),
+        "-virtfs",
+        f"local,path=/,mount_tag=root,readonly=on,{P9_OPTIONS}",
+        "-virtfs",
+        f"local,path={tier.modules},mount_tag=modules,readonly=on,{P9_OPTIONS}",
+        "-virtfs",
+        f"local,path={results},mount_tag=results,{P9_OPTIONS}",
+    ]
+
+
+def write_command(
+    results: Path, argv: Sequence[str], cwd: Path, env: Mapping[str, str]
+) -> None:
+    for word in argv:
+        if "\n" in word:
+            raise ValueError(f"an argument of the nested command holds a newline: {word!r}")
+    (results / "argv").write_text("".join(f"{w}\n" for w in argv))
+    (results / "cwd").write_text(f"{cwd}\n")
+    lines = [f"{k}={v}\n" for k, v in env.items() if k.startswith("KVT_") and "\n" not in v]
+    (results / "env").write_text("".join(lines))
+
+
+def read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End this qemu by its pid (SIGKILL: its guest is disposable) and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def run_nested(
+    tier: Tier,
+    argv: Sequence[str],
+    *,
+    results: Path,
+    cwd: Path,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> NestedRun:
+    """Boot the nested host, run `argv` in `cwd` there, wait for its power-off (at most
+    `timeout` seconds, then kill qemu). `results` must be an empty directory outside /tmp
+    (the nested host mounts a fresh tmpfs there), visible at the same path inside."""
+    if shutil.which(QEMU) is None:
+        raise FileNotFoundError(f"{QEMU} is not installed")
+    write_command(results, argv, cwd, os.environ if env is None else env)
+    console, errors = results / "console.log", results / "qemu.err"
+    started = time.monotonic()
+    timed_out = False
+    with errors.open("wb") as err:
+        proc = subprocess.Popen(
+            qemu_argv(tier, results, console), stdin=subprocess.DEVNULL, stdout=err, stderr=err
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            stop(proc)
+    seconds = time.monotonic() - started
+    status = read(results / "exit").strip()
+    exit_code = int(status) if status.lstrip("-").isdigit() else None
+    if timed_out:
+        reason = f"the nested host did not finish within {timeout:.0f} s: qemu was killed"
+    elif exit_code is None:
+        reason = f"the nested host powered off without running the command (qemu exit {proc.returncode})"
+    else:
+        reason = f"the command exited {exit_code}"
+    return NestedRun(
+        exit_code=None if timed_out else exit_code,
+        output=read(results / "output"),
+        console=read(console),
+        qemu_errors=read(errors),
+        seconds=seconds,
+        timed_out=timed_out,
+        reason=reason,
+    )
