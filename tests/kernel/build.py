@@ -61,6 +61,10 @@ class TierBuildError(GuestBuildError):
     """A step of the tier's build failed; the message carries the command and its output."""
 
 
+class TierUnavailable(TierBuildError):
+    """The kernel is not cached and apt cannot fetch it (offline): the tier is skipped."""
+
+
 @dataclass(frozen=True)
 class Tier:
     """A built tier: boot `kernel` with `initrd`; `modules` is mounted on /lib/modules and
@@ -155,9 +159,19 @@ def init_key() -> str:
     return hashlib.sha256(INIT_SCRIPT.read_bytes()).hexdigest()[:12]
 
 
-def assemble(packages: dict[str, str], work: Path, cache_dir: Path) -> Path:
-    """Download and unpack everything into a new cache directory; its path."""
-    debs = download(packages, work / "debs")
+def fetch(work: Path) -> tuple[dict[str, str], dict[str, Path]]:
+    """The packages to build from and their downloaded .deb files."""
+    try:
+        packages = resolve_packages()
+        return packages, download(packages, work / "debs")
+    except GuestBuildError as exc:
+        raise TierUnavailable(f"the kernel is not cached and apt cannot fetch it: {exc}") from exc
+
+
+def assemble(
+    packages: dict[str, str], debs: dict[str, Path], work: Path, cache_dir: Path
+) -> Path:
+    """Unpack everything into a new cache directory; its path."""
     kernel = next(iter(packages))
     root = unpack(debs[kernel], work / "root")
     unpack(debs[KMOD_PACKAGE], root)
@@ -241,9 +255,9 @@ def build_tier(cache_dir: Path = CACHE_DIR, *, refresh: bool = False) -> Tier:
         tier = None if refresh else pinned(cache_dir)
         if tier is not None:
             return tier
-        packages = resolve_packages()
         with tempfile.TemporaryDirectory(prefix="build-", dir=cache_dir) as work:
-            target = assemble(packages, Path(work), cache_dir)
+            packages, debs = fetch(Path(work))
+            target = assemble(packages, debs, Path(work), cache_dir)
         tier = load(target)
         if tier is None:
             raise TierBuildError(f"the build left no kernel.json in {target}")

@@ -1,0 +1,65 @@
+"""Fixtures for the tests that run inside the nested host (tests/kernel/README.md).
+
+There, tests run as root in the nested kernel's own root network namespace (free to change),
+with the project's code and .venv at the same path (read-only), /tmp on a tmpfs, `modprobe`
+(Debian's kmod, on PATH and as the kernel's module loader) and `busybox` (no `ping` binary: use
+`busybox ping`). On the host this file is loaded too (pytest collects the proxies through this
+directory): keep it importable there and without hooks that act on the host.
+
+The host's tests/conftest.py is not loaded inside (the nested run uses --confcutdir): import
+what you need from it here explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.netns_tools import throwaway_netns
+
+# the tier's self-check file, collected only when tests/kernel/test_tier.py asks for it
+collect_ignore = [] if os.environ.get("KVT_CANARY") else ["test_tier_canary.py"]
+
+ModuleLoader = Callable[..., None]
+
+
+@pytest.fixture(scope="session")
+def modules() -> ModuleLoader:
+    """`modules("8021q", "bridge")`: modprobe each module (once per session); raises with
+    modprobe's message when one cannot be loaded."""
+    loaded: set[str] = set()
+
+    def load(*names: str) -> None:
+        for name in names:
+            if name in loaded:
+                continue
+            subprocess.run(
+                ["modprobe", name],
+                check=True,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+            )
+            loaded.add(name)
+
+    return load
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh kvt-* namespace with lo up, removed afterwards (tests/netns_tools.py)."""
+    with throwaway_netns() as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def busybox() -> str:
+    """The path of busybox (busybox-static of the host's root filesystem)."""
+    path = shutil.which("busybox")
+    if path is None:
+        pytest.fail("busybox is not installed: apt-get install busybox-static")
+    return path

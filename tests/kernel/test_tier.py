@@ -1,0 +1,80 @@
+"""The kernel tier's host side: proxies select like ordinary tests, a nested failure fails the
+host's run (with the inner traceback), and the tier's timeout kills the nested host and reports
+the serial console. Each case runs the host's pytest as a subprocess on the self-check file
+tests/kernel/nested/test_tier_canary.py (collected only with KVT_CANARY set)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.conftest import RUNS_DIR
+from tests.kernel.vm import QEMU
+
+ROOT = Path(__file__).resolve().parents[2]
+CANARY = "tests/kernel/nested/test_tier_canary.py"
+
+
+def host_pytest(*args: str, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args],
+        cwd=ROOT,
+        env={**os.environ, "KVT_CANARY": "1", **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def qemus_of_this_tier() -> list[int]:
+    """Pids of qemu processes whose command line names this worktree's run directory."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if QEMU.encode() in cmdline and str(RUNS_DIR).encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_nested_tests_are_collected_as_proxies_and_select_with_k() -> None:
+    result = host_pytest("--collect-only", "-q", "-k", "fails", CANARY, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{CANARY}::test_canary_fails" in result.stdout
+    assert "test_canary_passes_inside" not in result.stdout
+    assert "1/3 tests collected (2 deselected)" in result.stdout
+
+
+def test_a_failing_nested_test_fails_the_host_run() -> None:
+    result = host_pytest(CANARY, timeout=1200)
+    out = result.stdout
+    if "kernel tier unavailable" in out:
+        pytest.skip(out[out.index("kernel tier unavailable") :].splitlines()[0])
+    assert result.returncode == 1, out + result.stderr
+    assert f"PASSED {CANARY}::test_canary_passes_inside" in out
+    assert f"FAILED {CANARY}::test_canary_fails" in out
+    assert f"SKIPPED [1] {CANARY}" in out and "(nested) deliberate skip KVT-CANARY-7f3a" in out
+    # the inner traceback, as the nested pytest printed it
+    assert "AssertionError: deliberate failure KVT-CANARY-7f3a" in out
+    assert "[nested call]" in out
+    assert qemus_of_this_tier() == []
+
+
+def test_the_tier_timeout_kills_the_nested_host_and_shows_its_console() -> None:
+    result = host_pytest(CANARY, timeout=300, KVT_TIER_TIMEOUT="3")
+    out = result.stdout
+    if "kernel tier unavailable" in out:
+        pytest.skip(out[out.index("kernel tier unavailable") :].splitlines()[0])
+    assert result.returncode == 1, out + result.stderr
+    assert "3 failed" in out
+    assert "the nested host did not finish within 3 s: qemu was killed" in out
+    assert "----- serial console (tail) -----" in out
+    assert qemus_of_this_tier() == []
