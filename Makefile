@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
-APT_PACKAGES := iproute2 nftables qemu-system-x86 busybox-static dnsmasq-base python3-venv curl
+APT_PACKAGES := iproute2 nftables qemu-system-x86 busybox-static dnsmasq-base python3-venv curl \
+	libkmod2
 # the commands those packages provide, to skip apt when everything is there
 NEEDED_COMMANDS := ip nft qemu-system-x86_64 busybox dnsmasq curl
 
@@ -15,7 +16,7 @@ RUN_ENV := KVMNETD_STATE_DIR=$(VAR)/lib/kvmnetd KVMNETD_RUN_DIR=$(VAR)/run/kvmne
 
 QEMU_USER ?= kvmnetd-qemu
 
-.PHONY: run test deps system-deps qemu-user lint unit openapi bench clean
+.PHONY: run test deps system-deps qemu-user lint unit openapi bench clean kernel-tier
 
 run: deps qemu-user $(VAR)/lib/kvmnetd/kernel/vmlinuz
 	$(RUN_ENV) $(BIN)/kvmnetd db upgrade
@@ -23,6 +24,12 @@ run: deps qemu-user $(VAR)/lib/kvmnetd/kernel/vmlinuz
 
 test: deps qemu-user lint
 	$(BIN)/pytest -ra
+
+# the kernel test tier's cache (tests/kernel/README.md): Debian's kernel, modules, kmod and an
+# initramfs under tests/.cache/kernel/; pytest builds it on first use too. REFRESH=1 re-derives
+# the kernel package from `apt-cache depends linux-image-amd64` instead of the pinned one.
+kernel-tier: deps
+	$(BIN)/python -m tests.kernel.build $(if $(REFRESH),--refresh)
 
 # the unprivileged user every qemu runs as by default (settings: qemu_user)
 qemu-user:
@@ -33,6 +40,7 @@ deps: system-deps $(STAMP)
 system-deps:
 	@missing=""; for c in $(NEEDED_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	ldconfig -p | grep -q 'libkmod\.so\.2 ' || missing="$$missing libkmod2"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages (missing:$$missing)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \

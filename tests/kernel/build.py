@@ -115,17 +115,13 @@ def directory_name(release: str, version: str) -> str:
 def boot_modules(tools: Path, root: Path, release: str) -> list[Path]:
     """The module files stage 1 inserts, in order: what unpacked kmod's
     `modprobe --show-depends` lists for BOOT_MODULES (each once, dependencies first)."""
-    out = run(
-        [str(tools / "modprobe"), "-d", str(root), "-S", release, "-a", "--show-depends"]
-        + list(BOOT_MODULES)
-    ).decode()
+    argv = [str(tools / "modprobe"), "-d", str(root), "-S", release, "-a", "--show-depends"]
+    out = run([*argv, *BOOT_MODULES]).decode()
     files: list[Path] = []
     for line in out.splitlines():
         words = line.split()
         if len(words) >= 2 and words[0] == "insmod" and Path(words[1]) not in files:
             files.append(Path(words[1]))
-        elif words and words[0] == "builtin":
-            continue
     if not files:
         raise TierBuildError(f"modprobe --show-depends listed no modules:\n{out}")
     return files
@@ -168,9 +164,7 @@ def fetch(work: Path) -> tuple[dict[str, str], dict[str, Path]]:
         raise TierUnavailable(f"the kernel is not cached and apt cannot fetch it: {exc}") from exc
 
 
-def assemble(
-    packages: dict[str, str], debs: dict[str, Path], work: Path, cache_dir: Path
-) -> Path:
+def assemble(packages: dict[str, str], debs: dict[str, Path], work: Path, cache_dir: Path) -> Path:
     """Unpack everything into a new cache directory; its path."""
     kernel = next(iter(packages))
     root = unpack(debs[kernel], work / "root")

@@ -166,7 +166,9 @@ def run_tier(nodeids: list[str], rootdir: Path) -> TierRun:
 
 
 def captured(reports: list[dict[str, Any]]) -> str:
-    return "".join(f"\n----- {title} -----\n{content}" for r in reports for title, content in r["sections"])
+    return "".join(
+        f"\n----- {title} -----\n{content}" for r in reports for title, content in r["sections"]
+    )
 
 
 def outcome(nodeid: str, tier: TierRun) -> None:
@@ -183,7 +185,10 @@ def outcome(nodeid: str, tier: TierRun) -> None:
         pytest.xfail(xfailed[0]["wasxfail"])
     skipped = [r for r in reports if r["outcome"] == "skipped"]
     if skipped:
-        pytest.skip(f"(nested) {skipped[0]['skip_reason']}")
+        # reported at the nested test's own location, as for a skip marker
+        raise pytest.skip.Exception(
+            f"(nested) {skipped[0]['skip_reason']}", _use_item_location=True
+        )
 
 
 def no_result(nodeid: str, tier: TierRun) -> str:
@@ -191,7 +196,9 @@ def no_result(nodeid: str, tier: TierRun) -> str:
     path = nodeid.split("::", 1)[0]
     for error in tier.collect_errors:
         if error["nodeid"] in (path, "") or path.startswith(error["nodeid"] + "/"):
-            return f"collecting {error['nodeid'] or 'the nested tests'} failed:\n{error['longrepr']}"
+            return (
+                f"collecting {error['nodeid'] or 'the nested tests'} failed:\n{error['longrepr']}"
+            )
     run = tier.run
     if run is None:
         return "the nested host did not run"

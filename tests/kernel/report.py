@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--kvt-report", metavar="PATH", help="append the JSON lines to PATH")
 

@@ -88,9 +88,7 @@ def qemu_argv(tier: Tier, results: Path, console: Path) -> list[str]:
     ]
 
 
-def write_command(
-    results: Path, argv: Sequence[str], cwd: Path, env: Mapping[str, str]
-) -> None:
+def write_command(results: Path, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> None:
     for word in argv:
         if "\n" in word:
             raise ValueError(f"an argument of the nested command holds a newline: {word!r}")
@@ -145,7 +143,9 @@ def run_nested(
     if timed_out:
         reason = f"the nested host did not finish within {timeout:.0f} s: qemu was killed"
     elif exit_code is None:
-        reason = f"the nested host powered off without running the command (qemu exit {proc.returncode})"
+        reason = (
+            f"the nested host powered off without running the command (qemu exit {proc.returncode})"
+        )
     else:
         reason = f"the command exited {exit_code}"
     return NestedRun(
