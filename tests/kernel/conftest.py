@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,10 +79,13 @@ class NestedTest(pytest.Item):
 
     @classmethod
     def proxy(cls, function: pytest.Function) -> NestedTest:
-        item: NestedTest = cls.from_parent(function.parent, name=function.name)
+        parent = function.parent
+        assert parent is not None, "a test function always has a module or class"
+        item: NestedTest = cls.from_parent(parent, name=function.name)
         for mark in function.own_markers:
             if mark.name not in INNER_MARKERS:
-                item.add_marker(mark)
+                item.own_markers.append(mark)
+                item.keywords[mark.name] = mark
         item.extra_keyword_matches.update(function.extra_keyword_matches)
         # the first proxy carries the whole nested run
         item.add_marker(pytest.mark.timeout(TIER_TIMEOUT + 120))
@@ -111,7 +114,7 @@ class NestedTest(pytest.Item):
 @pytest.hookimpl(wrapper=True)
 def pytest_pycollect_makeitem(
     collector: pytest.Module | pytest.Class, name: str, obj: object
-) -> Iterator[None] | Any:
+) -> Generator[None, Any, Any]:
     result = yield
     if INSIDE or result is None or not is_nested(collector.path):
         return result
