@@ -181,7 +181,10 @@ def outcome(nodeid: str, tier: TierRun) -> None:
         raise NestedFailure(no_result(nodeid, tier))
     failed = [r for r in reports if r["outcome"] == "failed"]
     if failed:
-        phases = "\n".join(f"[nested {r['when']}]\n{r['longrepr']}" for r in failed)
+        # the first line is what the short test summary shows
+        phases = "\n".join(
+            f"[nested {r['when']}] {r.get('message', '')}\n{r['longrepr']}" for r in failed
+        )
         raise NestedFailure(f"{phases}\n{captured(reports)}")
     xfailed = [r for r in reports if r["wasxfail"] is not None and r["outcome"] == "skipped"]
     if xfailed:

@@ -3,8 +3,8 @@ writes each test's reports (setup, call, teardown) and each failed collection as
 which the host's proxy items (tests/kernel/conftest.py) turn into their own outcomes.
 
 A line: {"nodeid", "when" ("setup" | "call" | "teardown" | "collect"), "outcome" ("passed" |
-"failed" | "skipped"), "longrepr" (text), "skip_reason", "wasxfail" (or null), "duration" (s),
-"sections" ([title, content] pairs: captured output and logs)}.
+"failed" | "skipped"), "longrepr" (text), "message" (the failure's first line), "skip_reason",
+"wasxfail" (or null), "duration" (s), "sections" ([title, content] pairs: captured output)}.
 """
 
 from __future__ import annotations
@@ -34,12 +34,20 @@ def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     return str(longrepr or "")
 
 
+def crash_message(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The failure's one-line message (e.g. "AssertionError: ..."), as pytest's summary shows."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", "")
+    return str(message).splitlines()[0] if message else ""
+
+
 def line(report: pytest.TestReport | pytest.CollectReport, when: str) -> dict[str, Any]:
     return {
         "nodeid": report.nodeid,
         "when": when,
         "outcome": report.outcome,
         "longrepr": report.longreprtext if report.failed else "",
+        "message": crash_message(report) if report.failed else "",
         "skip_reason": skip_reason(report) if report.skipped else "",
         "wasxfail": getattr(report, "wasxfail", None),
         "duration": getattr(report, "duration", 0.0),

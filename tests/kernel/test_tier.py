@@ -64,7 +64,7 @@ def test_a_failing_nested_test_fails_the_host_run() -> None:
     assert f"SKIPPED [1] {CANARY}" in out and "(nested) deliberate skip KVT-CANARY-7f3a" in out
     # the inner traceback, as the nested pytest printed it
     assert "AssertionError: deliberate failure KVT-CANARY-7f3a" in out
-    assert "[nested call]" in out
+    assert "[nested call] AssertionError: deliberate failure KVT-CANARY-7f3a" in out
     assert qemus_of_this_tier() == []
 
 
