@@ -53,6 +53,7 @@ def test_nested_tests_are_collected_as_proxies_and_select_with_k() -> None:
     assert "1/3 tests collected (2 deselected)" in result.stdout
 
 
+@pytest.mark.timeout(1260)
 def test_a_failing_nested_test_fails_the_host_run() -> None:
     result = host_pytest(CANARY, timeout=1200)
     out = result.stdout
