@@ -50,7 +50,7 @@ def test_nested_tests_are_collected_as_proxies_and_select_with_k() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{CANARY}::test_canary_fails" in result.stdout
     assert "test_canary_passes_inside" not in result.stdout
-    assert "1/3 tests collected (2 deselected)" in result.stdout
+    assert "1/5 tests collected (4 deselected)" in result.stdout
 
 
 @pytest.mark.timeout(1260)
@@ -62,6 +62,7 @@ def test_a_failing_nested_test_fails_the_host_run() -> None:
     assert result.returncode == 1, out + result.stderr
     assert f"PASSED {CANARY}::test_canary_passes_inside" in out
     assert f"FAILED {CANARY}::test_canary_fails" in out
+    assert f"PASSED {CANARY}::test_canary_parametrized[20]" in out
     assert f"SKIPPED [1] {CANARY}" in out and "(nested) deliberate skip KVT-CANARY-7f3a" in out
     # the inner traceback, as the nested pytest printed it
     assert "AssertionError: deliberate failure KVT-CANARY-7f3a" in out

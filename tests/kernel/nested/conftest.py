@@ -37,13 +37,16 @@ def modules() -> ModuleLoader:
         for name in names:
             if name in loaded:
                 continue
-            subprocess.run(
+            result = subprocess.run(
                 ["modprobe", name],
-                check=True,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
+                text=True,
                 timeout=60,
+                check=False,
             )
+            if result.returncode != 0:
+                pytest.fail(f"modprobe {name} failed: {result.stderr.strip()}")
             loaded.add(name)
 
     return load

@@ -20,3 +20,8 @@ def test_canary_fails() -> None:
 
 def test_canary_skips() -> None:
     pytest.skip(f"deliberate skip {CANARY}")
+
+
+@pytest.mark.parametrize("vid", [10, 20])
+def test_canary_parametrized(vid: int) -> None:
+    assert vid in (10, 20)
