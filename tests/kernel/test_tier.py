@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import RUNS_DIR
+from tests.kernel.build import TierUnavailable, build_tier
+from tests.kernel.conftest import RUNS_DIR, run_tier
 from tests.kernel.vm import QEMU
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,32 @@ def qemus_of_this_tier() -> list[int]:
             if QEMU.encode() in cmdline and str(RUNS_DIR).encode() in cmdline:
                 pids.append(int(entry.name))
     return pids
+
+
+def test_without_qemu_the_tier_is_unavailable_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    tier = run_tier(["tests/kernel/nested/test_features.py::test_x"], ROOT)
+    assert tier.unavailable is not None and QEMU in tier.unavailable
+    assert tier.run is None
+
+
+def test_an_uncached_kernel_that_apt_cannot_fetch_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get: as good as offline
+    with pytest.raises(TierUnavailable, match="not cached and apt cannot fetch it"):
+        build_tier(tmp_path / "cache")
+
+
+def test_the_pinned_kernel_needs_no_apt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    try:
+        built = build_tier()
+    except TierUnavailable as exc:
+        pytest.skip(f"kernel tier unavailable: {exc}")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert build_tier() == built
 
 
 def test_nested_tests_are_collected_as_proxies_and_select_with_k() -> None:
