@@ -144,4 +144,6 @@ def test_describe_reads_like_bridge_vlan() -> None:
         VlanStep(ADD, "tap1", 10, True, True).describe()
         == "bridge vlan add dev tap1 vid 10 pvid untagged"
     )
-    assert VlanStep(DEL, "br0", 1, self_port=True).describe() == "bridge vlan del dev br0 vid 1 self"
+    assert (
+        VlanStep(DEL, "br0", 1, self_port=True).describe() == "bridge vlan del dev br0 vid 1 self"
+    )
