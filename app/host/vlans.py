@@ -251,7 +251,10 @@ class VlanOps:
                     raise FeatureMissing(*VLAN_FILTERING, action) from exc
                 raise VlanError(f"{action}: {_strerror(exc)}", exc.code) from exc
         # a kernel without VLAN filtering accepts a default_pvid silently and ignores it
-        options = self.bridge_vlan_options(bridge)
+        try:
+            options = self.bridge_vlan_options(bridge)
+        except FeatureMissing as exc:
+            raise FeatureMissing(*VLAN_FILTERING, action) from exc
         if (filtering is not None and options.filtering != filtering) or (
             default_pvid is not None and options.default_pvid != default_pvid
         ):
@@ -286,24 +289,35 @@ class VlanOps:
         flags = (BRIDGE_VLAN_INFO_PVID if pvid else 0) | (
             BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0
         )
-        self._vlan_filter("add", bridge, port, vid, flags)
+        self._vlan_filter("add", self._bridge_index(bridge), bridge, port, vid, flags)
 
     def vlan_del(self, bridge: str, port: str, vid: int) -> None:
         """`bridge vlan del dev <port> vid <vid> [self]`; a VLAN the port lacks is fine."""
         check_vid(vid)
-        self._vlan_filter("del", bridge, port, vid, 0)
+        self._vlan_filter("del", self._bridge_index(bridge), bridge, port, vid, 0)
 
     def apply(self, bridge: str, steps: Iterable[VlanStep]) -> None:
-        """Run planned steps (app.domain.vlan_ports) in order."""
+        """Run planned steps (app.domain.vlan_ports) in order; stops at the first failure
+        (each step is idempotent, so running the plan again finishes it)."""
+        bridge_index = self._bridge_index(bridge)
         for step in steps:
-            if step.op is StepOp.ADD:
-                self.vlan_add(bridge, step.port, step.vid, pvid=step.pvid, untagged=step.untagged)
-            else:
-                self.vlan_del(bridge, step.port, step.vid)
+            check_vid(step.vid)
+            if step.self_port != (step.port == bridge):
+                raise VlanError(f"{step.describe()}: not a plan for {bridge}", errno.EINVAL)
+            flags = (BRIDGE_VLAN_INFO_PVID if step.pvid else 0) | (
+                BRIDGE_VLAN_INFO_UNTAGGED if step.untagged else 0
+            )
+            if step.op is StepOp.DEL:
+                flags = 0
+            self._vlan_filter(step.op.value, bridge_index, bridge, step.port, step.vid, flags)
 
-    def _vlan_filter(self, command: str, bridge: str, port: str, vid: int, flags: int) -> None:
+    def _bridge_index(self, bridge: str) -> int:
+        return int(self._bridge(bridge)["index"])
+
+    def _vlan_filter(
+        self, command: str, bridge_index: int, bridge: str, port: str, vid: int, flags: int
+    ) -> None:
         action = f"bridge vlan {command} dev {port} vid {vid}"
-        bridge_index = int(self._bridge(bridge)["index"])
         if port == bridge:
             index, extra = bridge_index, {"vlan_flags": "self"}
         else:
@@ -377,6 +391,11 @@ class VlanOps:
         except NetlinkError as exc:
             if command == "del" and exc.code == errno.ENOENT:
                 return
+            if vid is not None and exc.code == errno.EINVAL:
+                # net/bridge/br_fdb.c br_fdb_add: "RTM_NEWNEIGH with unconfigured vlan"
+                raise VlanError(
+                    f"{action}: VLAN {vid} is not configured on {port}", exc.code
+                ) from exc
             raise VlanError(f"{action}: {_strerror(exc)}", exc.code) from exc
 
     def _name_of(self, index: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -109,6 +110,23 @@ def kernel_vlan(ns: str, name: str) -> tuple[str, int, int]:
     return info.get_attr("IFLA_INFO_KIND"), data.get_attr("IFLA_VLAN_ID"), msg.get_attr("IFLA_LINK")
 
 
+def bridge_vlan_show(ns: str) -> dict[str, dict[int, set[str]]]:
+    """`bridge -j vlan show` (iproute2, independent of the code under test): port ->
+    VLAN id -> flags ("PVID", "Egress Untagged")."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "bridge", "-j", "vlan", "show"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return {
+        port["ifname"]: {v["vlan"]: set(v.get("flags", [])) for v in port.get("vlans", [])}
+        for port in json.loads(out or "[]")
+    }
+
+
 # ---- sub-interfaces -----------------------------------------------------------------------
 
 
@@ -163,6 +181,9 @@ def test_access_ports_same_vlan_reach_each_other_and_not_across(sw: str) -> None
         ops.apply("br0", plan_bridge("br0", desired, ops.memberships("br0")))
         seen = ops.memberships("br0")
         assert {port: seen[port] for port in desired} == desired
+        shown = bridge_vlan_show(sw)
+        assert shown["pa"] == shown["pb"] == {10: {"PVID", "Egress Untagged"}}
+        assert shown["pc"] == {20: {"PVID", "Egress Untagged"}}
         assert pings(a, "10.0.0.2")
         assert not pings(c, "10.0.0.1", tries=1)
         assert not pings(b, "10.0.0.3", tries=1)
@@ -171,7 +192,6 @@ def test_access_ports_same_vlan_reach_each_other_and_not_across(sw: str) -> None
             mac_a = ipr.link("get", ifname="eth0")[0].get_attr("IFLA_ADDRESS")
         learned = [e for e in ops.fdb("br0") if e.mac == mac_a]
         assert [(e.port, e.vid, e.local, e.static) for e in learned] == [("pa", 10, False, False)]
-        assert ops.apply("br0", plan_bridge("br0", desired, ops.memberships("br0"))) is None
         assert plan_bridge("br0", desired, ops.memberships("br0")) == []
 
 
@@ -229,6 +249,7 @@ def test_bridge_address_on_a_vlan_answers_only_once_self_joins(sw: str) -> None:
         ]
         ops.apply("br0", steps)
         assert ops.memberships("br0")["br0"] == {10: Membership(10)}
+        assert bridge_vlan_show(sw)["br0"] == {10: set()}
         assert pings(a, "10.0.10.1")
 
 
@@ -247,6 +268,8 @@ def test_static_fdb_entries_carry_their_vlan(sw: str) -> None:
         ops.fdb_del("br0", "pa", mac, 20)
         ops.fdb_del("br0", "pa", mac, 20)
         assert [e for e in ops.fdb("br0") if e.mac == mac] == []
+        with pytest.raises(VlanError, match="VLAN 30 is not configured on pa"):
+            ops.fdb_add("br0", "pa", mac, 30)
         with pytest.raises(VlanError) as stranger:
             ops.vlan_add("br0", "eth-none", 10)
         assert stranger.value.code == errno.ENODEV
