@@ -197,23 +197,40 @@ def test_access_ports_same_vlan_reach_each_other_and_not_across(sw: str) -> None
 
 def test_trunk_port_carries_tagged_vlans_to_subinterfaces(sw: str) -> None:
     make_bridge(sw, br_vlan_filtering=1)
-    with VlanOps(sw) as ops, namespaces(3) as (a, d, far):
+    with VlanOps(sw) as ops, namespaces(4) as (a, d, n, far):
         veth_to(sw, a, "pa", "10.0.10.2/24", "br0")
         veth_to(sw, d, "pd", "10.0.20.2/24", "br0")
-        veth_to(sw, far, "up0", None, "br0")
+        veth_to(sw, n, "pn", "10.0.30.2/24", "br0")
+        veth_to(sw, far, "up0", "10.0.30.1/24", "br0")  # untagged: the native VLAN 30
         with VlanOps(far) as far_ops:
             far_ops.ensure_subinterface("eth0.10", "eth0", 10)
             far_ops.ensure_subinterface("eth0.20", "eth0", 20)
         add_address(far, "eth0.10", "10.0.10.1/24")
         add_address(far, "eth0.20", "10.0.20.1/24")
-        desired = {"pa": access_port(10), "pd": access_port(20), "up0": trunk_port([10, 20])}
+        desired = {
+            "pa": access_port(10),
+            "pd": access_port(20),
+            "pn": access_port(30),
+            "up0": trunk_port([10, 20], native=30),
+        }
         ops.apply("br0", plan_bridge("br0", desired, ops.memberships("br0")))
-        assert ops.memberships("br0")["up0"] == {10: Membership(10), 20: Membership(20)}
+        assert ops.memberships("br0")["up0"] == {
+            10: Membership(10),
+            20: Membership(20),
+            30: Membership(30, pvid=True, untagged=True),
+        }
+        assert bridge_vlan_show(sw)["up0"] == {
+            10: set(),
+            20: set(),
+            30: {"PVID", "Egress Untagged"},
+        }
         assert pings(a, "10.0.10.1")
         assert pings(d, "10.0.20.1")
+        assert pings(n, "10.0.30.1")
         # the fault: a trunk that lacks a VID drops that VLAN's tagged frames
         ops.apply("br0", plan_bridge("br0", {"up0": trunk_port([10])}, ops.memberships("br0")))
         assert not pings(d, "10.0.20.1", tries=1)
+        assert not pings(n, "10.0.30.1", tries=1)  # and the native VLAN went with it
         assert pings(a, "10.0.10.1")
 
 
