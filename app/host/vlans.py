@@ -40,6 +40,7 @@ ETH_P_8021AD = 0x88A8
 PROTOCOLS = {ETH_P_8021Q: "802.1Q", ETH_P_8021AD: "802.1ad"}
 BRIDGE_VLAN_INFO_PVID = 0x2  # include/uapi/linux/if_bridge.h
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+IFF_UP = 0x1  # include/uapi/linux/if.h
 USER_HZ = 100  # NDA_CACHEINFO ages are in clock ticks (jiffies_to_clock_t)
 
 
@@ -157,7 +158,7 @@ class VlanOps:
             parent_index=int(msg.get_attr("IFLA_LINK")),
             vid=int(data.get_attr("IFLA_VLAN_ID")),
             protocol=PROTOCOLS.get(protocol, hex(protocol)),
-            up=bool(msg["flags"] & 1),
+            up=bool(msg["flags"] & IFF_UP),
         )
 
     def ensure_subinterface(self, name: str, parent: str, vid: int) -> SubInterface:

@@ -193,6 +193,18 @@ def test_access_ports_same_vlan_reach_each_other_and_not_across(sw: str) -> None
         learned = [e for e in ops.fdb("br0") if e.mac == mac_a]
         assert [(e.port, e.vid, e.local, e.static) for e in learned] == [("pa", 10, False, False)]
         assert plan_bridge("br0", desired, ops.memberships("br0")) == []
+        # drift: a membership removed by hand is planned back, and b is reachable again
+        subprocess.run(
+            ["ip", "netns", "exec", sw, "bridge", "vlan", "del", "dev", "pb", "vid", "10"],
+            stdin=subprocess.DEVNULL,
+            check=True,
+            timeout=30,
+        )
+        assert not pings(a, "10.0.0.2", tries=1)
+        repair = plan_bridge("br0", desired, ops.memberships("br0"))
+        assert [s.describe() for s in repair] == ["bridge vlan add dev pb vid 10 pvid untagged"]
+        ops.apply("br0", repair)
+        assert pings(a, "10.0.0.2")
 
 
 def test_trunk_port_carries_tagged_vlans_to_subinterfaces(sw: str) -> None:
