@@ -42,7 +42,7 @@ class StackedDriver(LinkDriver):
     bridge_port = True
 
     def __init__(self, kind: str) -> None:
-        self.kind = kind  # type: ignore[misc]
+        self.kind = kind  # type: ignore[misc,assignment]
         self.kernel_kind = kind  # type: ignore[misc]
 
 
