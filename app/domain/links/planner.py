@@ -123,6 +123,7 @@ def plan(
 # ---- ordering -------------------------------------------------------------------------------
 
 REMOVALS = frozenset({ActionKind.SWEEP, ActionKind.DELETE})
+ACTING = frozenset({ActionKind.RECREATE, ActionKind.CREATE, ActionKind.ADOPT, ActionKind.UPDATE})
 # a dependency with one of these actions cannot carry its dependents in this pass
 _UNUSABLE = frozenset({ActionKind.FORGET, ActionKind.CONFLICT, ActionKind.BLOCKED, *REMOVALS})
 # among actions whose dependencies are met, the order the planner always had
@@ -157,8 +158,15 @@ def order_actions(actions: list[Action], existing: Collection[str] | None = None
     def rank(i: int) -> tuple[int, int]:
         return (_RANK[actions[i].kind], i)
 
+    # only links that change need an order among themselves (the rest do nothing on the
+    # host): a full pass with nothing to do sorts no graph
+    acting = [i for i in others if actions[i].kind in ACTING and i not in blocked]
+    acting_set = set(acting)
+    quiet = sorted((i for i in others if i not in acting_set), key=rank)
     ordered = _topological(removals, removal_deps, rank, actions, blocked)
-    ordered += _topological(others, other_deps, rank, actions, blocked)
+    ordered += [i for i in quiet if actions[i].kind is ActionKind.FORGET]
+    ordered += _topological(acting, other_deps, rank, actions, blocked)
+    ordered += [i for i in quiet if actions[i].kind is not ActionKind.FORGET]
     result = []
     for i in ordered:
         action = actions[i]
@@ -228,10 +236,12 @@ def _topological(
     actions: list[Action],
     blocked: dict[int, str],
 ) -> list[int]:
-    """`nodes` in dependency order, each ready batch by `rank`. The links of a cycle are
-    blocked (reason: the cycle) and the rest is ordered without them."""
+    """`nodes` in dependency order, each ready batch by `rank` (dependencies outside
+    `nodes` need no order). The links of a cycle are blocked (reason: the cycle) and the
+    rest is ordered without them."""
+    members = set(nodes)
     while True:
-        graph = {i: waits[i] - blocked.keys() for i in nodes if i not in blocked}
+        graph = {i: (waits[i] & members) - blocked.keys() for i in nodes if i not in blocked}
         sorter: TopologicalSorter[int] = TopologicalSorter(graph)
         try:
             sorter.prepare()
