@@ -49,8 +49,6 @@ from app.domain.links.planner import (
     plan_link,
 )
 
-_managed_addresses = managed_addresses  # the name before the drivers
-
 
 def changes_for_new_link(spec: LinkSpec) -> LinkChanges:
     """Everything to set on a link we just created, our mark included (its driver's)."""
