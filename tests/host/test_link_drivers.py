@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
+from app.db.session import Database
 from app.domain.links import (
     ActionKind,
     LinkDetails,
@@ -26,7 +27,10 @@ from app.host.links import base as host_registry
 from app.host.netlink import LinkOps
 from app.host.netns import call_in
 from app.host.rtnl import RawLink
-from tests.netns_tools import links
+from tests.host.test_reconciler import add_bridge, add_tap, db, full_pass, tap_row
+from tests.netns_tools import ip, links
+
+__all__ = ["db"]  # the fixture, shared with test_reconciler
 
 IFLA_MACVLAN_MODE = 1  # include/uapi/linux/if_link.h
 MACVLAN_MODE_BRIDGE = 4
@@ -116,3 +120,28 @@ def test_bridges_and_taps_carry_no_parent(netns: str) -> None:
     assert (seen["br0"].parent_index, seen["tap0"].parent_index) == (None, None)
     assert fingerprint(seen["br0"]).kind_state == (False, seen["br0"].forward_delay_cs)
     assert seen["tap0"].tun_type == 2
+
+
+def test_a_tap_on_a_bridge_whose_name_a_foreign_link_holds_waits_untouched(
+    db: Database, netns: str
+) -> None:
+    """The planner blocks a link whose dependency cannot be set up: the tap is not created
+    and never joins the foreign bridge (before, it was enslaved to it). Once the name is
+    free, the next full pass creates both, bridge first."""
+    ip(netns, "link", "add", "br0", "type", "bridge")
+    bridge_id = add_bridge(db, "br0")
+    tap_id = add_tap(db, "tap1", bridge_id=bridge_id)
+    full_pass(db, netns)
+    kernel = links(netns)
+    assert "tap1" not in kernel
+    assert kernel["br0"].alias is None
+    row = tap_row(db, tap_id)
+    assert row.status == "error"
+    assert row.status_reason is not None
+    assert row.status_reason.startswith("depends on link 'br0', which cannot be set up")
+    ip(netns, "link", "del", "br0")
+    full_pass(db, netns)
+    kernel = links(netns)
+    assert kernel["tap1"].master == "br0"
+    assert kernel["br0"].alias == f"kvmnetd:bridge:{bridge_id}"
+    assert tap_row(db, tap_id).status == "active"
