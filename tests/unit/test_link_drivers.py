@@ -110,6 +110,54 @@ def test_a_chain_is_deleted_children_first_whatever_order_the_specs_come_in() ->
         assert at["tap0"] < at["br0"]
 
 
+# the per-VLAN backend's chain: an 802.1Q sub-interface of a foreign uplink, the bridge that
+# uses it, a tap on that bridge
+UPLINK = ObservedLink(index=2, name="eth0", kind="veth", up=True)
+VLAN_CHAIN = [
+    spec("eth0.10", "vlan", parent="eth0"),
+    spec("brv10", LinkKind.BRIDGE, parent="eth0.10"),
+    spec("tap10", LinkKind.TAP, master="brv10"),
+]
+VLAN_OBSERVED = [
+    link("eth0.10", 3, "vlan", parent_index=2),
+    link("brv10", 4, "bridge", stp=False, forward_delay_cs=0),
+    link("tap10", 5, "tun", master_index=4, tun_type=2, tun_multi_queue=False),
+]
+
+
+@pytest.mark.usefixtures("stacked_kinds")
+def test_parent_link_bridge_tap_created_in_order_and_deleted_in_reverse() -> None:
+    created = ["eth0.10", "brv10", "tap10"]
+    deleted = [LinkSpec(**{**s.__dict__, "deleted": True}) for s in VLAN_CHAIN]
+    for order in itertools.permutations(range(3)):
+        specs = [VLAN_CHAIN[i] for i in order]
+        assert [(a.name, a.kind) for a in plan(specs, [UPLINK])] == [
+            (name, ActionKind.CREATE) for name in created
+        ]
+        observed = [UPLINK, *(VLAN_OBSERVED[i] for i in order)]
+        gone = plan([deleted[i] for i in order], observed)
+        assert [(a.name, a.kind) for a in gone] == [
+            (name, ActionKind.DELETE) for name in reversed(created)
+        ]
+
+
+@pytest.mark.usefixtures("stacked_kinds")
+def test_removals_declared_in_a_cycle_follow_the_kernel_and_are_never_blocked() -> None:
+    specs = [
+        spec("brv10", LinkKind.BRIDGE, parent="eth0.10", deleted=True),
+        spec("eth0.10", "vlan", parent="eth0", master="brv10", deleted=True),
+    ]
+    observed = [
+        UPLINK,
+        link("brv10", 4, "bridge"),
+        link("eth0.10", 3, "vlan", parent_index=2, master_index=4),  # a port of brv10
+    ]
+    assert [(a.name, a.kind) for a in plan(specs, observed)] == [
+        ("eth0.10", ActionKind.DELETE),
+        ("brv10", ActionKind.DELETE),
+    ]
+
+
 @pytest.mark.usefixtures("stacked_kinds")
 def test_removals_come_before_creates_and_a_recreated_parent_before_its_children() -> None:
     observed = [

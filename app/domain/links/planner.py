@@ -179,17 +179,35 @@ def order_actions(actions: list[Action], existing: Collection[str] | None = None
 
 
 def _removal_dependencies(actions: list[Action], nodes: list[int]) -> dict[int, set[int]]:
-    """For removals, the kernel's view decides: a link goes before its master and parent,
-    so each of those waits for the links on it."""
+    """For removals, a link goes before the links it sits on, so each of those waits for
+    the links on it: as the kernel reports them (master, IFLA_LINK parent) and as their
+    drivers declare them (a bridge that uses a VLAN sub-interface goes before it). Should
+    the declared ones contradict the kernel (a cycle), the kernel's view alone decides:
+    a removal is never blocked."""
     links = {i: link for i in nodes if (link := actions[i].observed) is not None}
     node_by_index = {link.index: i for i, link in links.items()}
-    waits: dict[int, set[int]] = {i: set() for i in nodes}
+    node_by_name = {actions[i].name: i for i in nodes}
+    kernel: dict[int, set[int]] = {i: set() for i in nodes}
     for i, link in links.items():
         for lower in (link.master_index, link.parent_index):
             j = node_by_index.get(lower) if lower is not None else None
             if j is not None and j != i:
-                waits[j].add(i)
-    return waits
+                kernel[j].add(i)
+    declared = {i: set(waits) for i, waits in kernel.items()}
+    for i in nodes:
+        spec = actions[i].spec
+        driver = find_driver(spec.kind) if spec is not None else None
+        if spec is None or driver is None:
+            continue
+        for name in driver.dependencies(spec):
+            j = node_by_name.get(name)
+            if j is not None and j != i:
+                declared[j].add(i)
+    try:
+        TopologicalSorter(declared).prepare()
+    except CycleError:
+        return kernel
+    return declared
 
 
 def _dependencies(
