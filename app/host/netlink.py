@@ -25,11 +25,11 @@ from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETIFF
 
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, ObservedLink
 from app.host import rtnl
+from app.host.links import find_host_driver, host_driver_for_kernel_kind, host_drivers
+from app.host.links.bridge import BRIDGE_MTU_MAX as BRIDGE_MTU_MAX
 from app.host.rtnl import RawLink
 
 log = logging.getLogger(__name__)
-
-BRIDGE_MTU_MAX = 65535  # ETH_MAX_MTU: a bridge's max_mtu (net/bridge/br_device.c)
 
 
 class LinkError(Exception):
@@ -47,18 +47,8 @@ class LinkError(Exception):
 
 
 def observed(link: RawLink, addresses: Iterable[str] = ()) -> ObservedLink:
-    """The planner's view of one link."""
-    fields: dict[str, Any] = {}
-    if link.kind == "bridge":
-        stp = link.info_u32(rtnl.IFLA_BR_STP_STATE)
-        fields["stp"] = bool(stp) if stp is not None else None
-        fields["forward_delay_cs"] = link.info_u32(rtnl.IFLA_BR_FORWARD_DELAY)
-    elif link.kind == "tun":
-        fields["tun_type"] = link.info_u8(rtnl.IFLA_TUN_TYPE)
-        fields["tun_owner"] = link.info_u32(rtnl.IFLA_TUN_OWNER)
-        fields["tun_group"] = link.info_u32(rtnl.IFLA_TUN_GROUP)
-        fields["tun_multi_queue"] = bool(link.info_u8(rtnl.IFLA_TUN_MULTI_QUEUE))
-        fields["tun_vnet_hdr"] = bool(link.info_u8(rtnl.IFLA_TUN_VNET_HDR))
+    """The planner's view of one link: the shared attributes, and the kind's own as its
+    host driver decodes them (app.host.links)."""
     return ObservedLink(
         index=link.index,
         name=link.name or "",
@@ -70,26 +60,14 @@ def observed(link: RawLink, addresses: Iterable[str] = ()) -> ObservedLink:
         oper_state=link.oper_state,
         master_index=link.master,
         addresses=tuple(addresses),
-        **fields,
+        parent_index=link.link,
+        **host_driver_for_kernel_kind(link.kind).observe(link),
     )
 
 
 def _cidr(msg: Any) -> str:
     address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
     return f"{address}/{msg['prefixlen']}"
-
-
-def _bridge_option_steps(changes: LinkChanges) -> list[dict[str, int]]:
-    """STP state and forward delay as separate messages, in the order the kernel accepts:
-    with STP on it refuses a forward delay under 2 s, and it applies the delay before the
-    STP state within one message. So STP goes off first, or the delay is set before STP
-    goes on."""
-    stp = None if changes.stp is None else {"br_stp_state": int(changes.stp)}
-    delay = (
-        None if changes.forward_delay_cs is None else {"br_forward_delay": changes.forward_delay_cs}
-    )
-    steps = [stp, delay] if changes.stp is False else [delay, stp]
-    return [step for step in steps if step is not None]
 
 
 class LinkOps:
@@ -142,28 +120,13 @@ class LinkOps:
     # ---- changing --------------------------------------------------------------------------
 
     def create(self, spec: LinkSpec) -> int:
-        """Create the bare link of `spec`; return its index. Mark it at once with mark()."""
+        """Create the bare link of `spec` through its kind's driver; return its index.
+        Mark it at once with apply()."""
+        driver = find_host_driver(spec.kind)
+        if driver is None:
+            raise LinkError(f"creating {spec.kind} {spec.name}: no driver for this link kind")
         try:
-            if spec.kind is LinkKind.BRIDGE:
-                self._create_bridge(spec)
-            else:
-                owner: dict[str, int] = {}
-                if spec.owner_uid is not None:
-                    owner["uid"] = spec.owner_uid
-                if spec.owner_gid is not None:
-                    owner["gid"] = spec.owner_gid
-                self.ipr.link(
-                    "add",
-                    ifname=spec.name,
-                    kind="tuntap",
-                    mode="tap",
-                    ifr={
-                        "no_pi": 1,
-                        "multi_queue": int(spec.multi_queue),
-                        "vnet_hdr": int(spec.vnet_hdr),
-                    },
-                    **owner,
-                )
+            driver.create(self.ipr, spec)
         except NetlinkError as exc:
             raise LinkError(f"creating {spec.kind} {spec.name}: {exc}", exc.code) from exc
         except OSError as exc:  # tuntap is created by ioctl on /dev/net/tun
@@ -174,39 +137,17 @@ class LinkOps:
             raise LinkError(f"{spec.name} vanished right after creation", errno.ENODEV)
         return index
 
-    def _create_bridge(self, spec: LinkSpec) -> None:
-        """A bridge with its MAC set at creation (addr_assign_type NET_ADDR_SET: ports
-        joining or leaving never change it), and with its MTU marked as set by the user, so
-        that ports joining never lower it (net/bridge/br_if.c br_mtu_auto_adjust). The mark
-        comes only from a real change of the MTU (br_change_mtu; dev_set_mtu returns early
-        for the same value, net/core/dev.c): the bridge, still without ports, is set one
-        off its MTU here, and apply() then sets the MTU it keeps."""
-        extra: dict[str, Any] = {"address": spec.mac} if spec.mac else {}
-        self.ipr.link(
-            "add",
-            ifname=spec.name,
-            kind="bridge",
-            br_stp_state=int(spec.stp),
-            br_forward_delay=spec.forward_delay_cs,
-            **extra,
-        )
-        if spec.mtu is None:
-            return
-        detour = spec.mtu + 1 if spec.mtu < BRIDGE_MTU_MAX else spec.mtu - 1
-        try:
-            (index,) = self.ipr.link_lookup(ifname=spec.name)
-            self.ipr.link("set", index=index, mtu=detour)
-        except (NetlinkError, ValueError) as exc:
-            # the bridge exists (the create succeeded): a port that lowers its MTU later is
-            # repaired when netlink reports it, which also marks the MTU as set
-            log.warning("could not mark %s's MTU as set: %s", spec.name, exc)
-
-    def apply(self, index: int, name: str, changes: LinkChanges) -> None:
+    def apply(
+        self, index: int, name: str, changes: LinkChanges, kind: LinkKind | None = None
+    ) -> None:
         """Apply attribute changes to one link, in an order that cannot fail halfway usefully:
-        bridge options, then MTU/MAC/alias/master, then up, then addresses."""
+        the kind's own options (its driver's; without `kind`, each driver applies the fields
+        it owns, and the others have none set), then MTU/MAC/alias/master, then up, then
+        addresses."""
+        driver = find_host_driver(kind) if kind is not None else None
         try:
-            for option in _bridge_option_steps(changes):
-                self.ipr.link("set", index=index, kind="bridge", **option)
+            for each in (driver,) if driver is not None else host_drivers():
+                each.apply_options(self.ipr, index, changes)
             attrs: dict[str, Any] = {}
             if changes.mtu is not None:
                 attrs["mtu"] = changes.mtu

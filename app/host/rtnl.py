@@ -31,6 +31,7 @@ IFF_UP = 0x1
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
+IFLA_LINK = 5
 IFLA_MASTER = 10
 IFLA_LINKINFO = 18
 IFLA_OPERSTATE = 16
@@ -69,6 +70,7 @@ class RawLink:
     kind: str | None
     info: dict[int, bytes]  # IFLA_INFO_DATA attributes, raw
     oper_state: str = "unknown"
+    link: int | None = None  # IFLA_LINK: the lower link of a stacked one (VLAN, macvtap)
 
     @property
     def up(self) -> bool:
@@ -130,6 +132,8 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
             fields["mtu"] = _U32.unpack_from(value)[0]
         elif attr == IFLA_MASTER:
             fields["master"] = _U32.unpack_from(value)[0] or None
+        elif attr == IFLA_LINK:
+            fields["link"] = _U32.unpack_from(value)[0] or None
         elif attr == IFLA_IFALIAS:
             fields["alias"] = _string(value) or None
         elif attr == IFLA_ADDRESS and len(value) == 6:
@@ -151,6 +155,7 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
         kind=kind,
         info=info,
         oper_state=fields.get("oper_state", "unknown"),  # type: ignore[arg-type]
+        link=fields.get("link"),  # type: ignore[arg-type]
     )
 
 

@@ -37,6 +37,7 @@ from app.domain.links import (
     ObservedLink,
     changes_for_new_link,
     fingerprint,
+    order_actions,
     plan,
     plan_link,
 )
@@ -127,7 +128,9 @@ class LinkReconciler:
             if index is not None:
                 masters[index] = bridge
         addresses = self.ops.addresses_by_index()
-        return [plan_link(spec, self.ops.get(spec.name, addresses), masters) for spec in specs]
+        actions = [plan_link(spec, self.ops.get(spec.name, addresses), masters) for spec in specs]
+        # links outside this pass are not known here: a missing one is the host's to report
+        return order_actions(actions)
 
     def _prune_operations(self) -> None:
         cutoff = dt.datetime.now(dt.UTC) - OPERATION_RETENTION
@@ -161,7 +164,7 @@ class LinkReconciler:
                 self._sweep(action.observed)
                 return None
             assert spec is not None
-            if action.kind is ActionKind.CONFLICT:
+            if action.kind in (ActionKind.CONFLICT, ActionKind.BLOCKED):
                 return Outcome(spec, action.kind, ok=False, reason=action.reason)
             if action.kind in (ActionKind.DELETE, ActionKind.FORGET):
                 return self._remove(spec, action)
@@ -209,7 +212,7 @@ class LinkReconciler:
             )
         # the mark goes with the first configuration call; the create-intent journal covers
         # a crash (or a failed call) until the link carries it
-        self.ops.apply(index, spec.name, changes_for_new_link(spec))
+        self.ops.apply(index, spec.name, changes_for_new_link(spec), spec.kind)
         return self._settled(spec, action.kind, self.ops.get(spec.name, {}))
 
     def _update(self, spec: LinkSpec, action: Action) -> Outcome:
@@ -217,7 +220,7 @@ class LinkReconciler:
         assert link is not None
         if action.kind is ActionKind.SETTLED:
             return self._settled(spec, action.kind, link)
-        self.ops.apply(link.index, spec.name, action.changes)
+        self.ops.apply(link.index, spec.name, action.changes, spec.kind)
         # re-read the link itself (index, MAC, master, MTU); addresses are not recorded
         return self._settled(spec, action.kind, self.ops.get(spec.name, {}))
 
@@ -321,11 +324,11 @@ class LinkReconciler:
         else:
             self._record_failure(row, outcome, loaded_generation)
         if (row.status, row.status_reason, row.observed_generation) != before:
-            return row.event_fields(outcome.spec.kind.value, data=_observed(row))
+            return row.event_fields(str(outcome.spec.kind), data=_observed(row))
         if _observed(row) != observed_before:
             # the kernel changed what we only observe (a MAC or MTU set by hand, a port
             # coming up): said at once, not at the next full pass
-            return row.event_fields(outcome.spec.kind.value, "observed", data=_observed(row))
+            return row.event_fields(str(outcome.spec.kind), "observed", data=_observed(row))
         return None
 
     def _record_gone(
@@ -343,13 +346,13 @@ class LinkReconciler:
             if row.status_reason == reason:
                 return None
             row.status_reason = reason
-            return row.event_fields(spec.kind.value)
+            return row.event_fields(str(spec.kind))
         self.backoff.succeeded(spec.id)
         self._finished.append(FinishedOperation(spec.id, row.generation, "succeeded"))
         LinkNameRepository(session).release(spec.id)
         session.delete(row)
         return row.event_fields(
-            spec.kind.value, "deleted", status="deleted", observed_generation=row.generation
+            str(spec.kind), "deleted", status="deleted", observed_generation=row.generation
         )
 
     def _record_success(
@@ -383,7 +386,7 @@ class LinkReconciler:
             return None
         reason = f"{outcome.action.value}: the kernel had drifted from the desired state"
         return row.event_fields(
-            outcome.spec.kind.value, "drift_repaired", status_reason=reason, data=_observed(row)
+            str(outcome.spec.kind), "drift_repaired", status_reason=reason, data=_observed(row)
         )
 
     def _record_failure(self, row: Bridge | Tap, outcome: Outcome, loaded: int) -> None:

@@ -1,0 +1,128 @@
+"""Link kind drivers, the pure half: what a spec of a kind depends on and how desired and
+observed links of that kind compare. The host half (create, kind options, observe) lives in
+app.host.links under the same LinkKind.
+
+The shape follows Incus's network drivers (internal/server/network/network_load.go: a map
+from type name to driver; driver_common.go: a common base each driver embeds and overrides
+only where it differs). `LinkDriver` is that base: it owns what every kind of ours shares
+(MTU, MAC, addresses, up, the ifalias mark, the master of a kind that can be a bridge port,
+the parent of a stacked kind). A kind is one module that subclasses it and calls
+`register()`; nothing else switches on the kind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
+
+from app.domain.links.model import LinkChanges, LinkKind, LinkSpec, ObservedLink
+
+
+def managed_addresses(addresses: Iterable[str]) -> set[str]:
+    """Addresses we manage: everything but IPv6 link-local, which the kernel owns."""
+    managed = set()
+    for addr in addresses:
+        iface = ipaddress.ip_interface(addr)
+        if isinstance(iface.ip, ipaddress.IPv6Address) and iface.ip.is_link_local:
+            continue
+        managed.add(str(iface))
+    return managed
+
+
+class LinkDriver:
+    """The common base of every link kind. Subclasses set `kind` and `kernel_kind` and
+    override only what differs from the shared behaviour."""
+
+    kind: ClassVar[LinkKind]
+    # IFLA_INFO_KIND the kernel reports for links of this kind ("bridge", "tun", "vlan")
+    kernel_kind: ClassVar[str]
+    # whether links of this kind can be bridge ports: then `LinkSpec.master` is managed
+    # (enslaved, released) and the link depends on its master
+    bridge_port: ClassVar[bool] = False
+
+    def dependencies(self, spec: LinkSpec) -> tuple[str, ...]:
+        """Names of the links that must exist before this one can be created or configured
+        (and that it must be removed before): its parent, and its master when a port."""
+        master = spec.master if self.bridge_port else None
+        return tuple(name for name in (spec.parent, master) if name)
+
+    def immutable_mismatch(self, spec: LinkSpec, link: ObservedLink) -> str | None:
+        """Why `link` must be re-created to match `spec`, or None."""
+        if link.kind != self.kernel_kind:
+            return f"link kind is {link.kind}, want {self.kernel_kind}"
+        return None
+
+    def diff(
+        self,
+        spec: LinkSpec,
+        link: ObservedLink,
+        masters: Mapping[int, str],
+        mark: str | None = None,
+    ) -> LinkChanges:
+        """The changes that bring `link` to `spec` (mutable attributes only): the shared
+        ones here; a kind adds its own by overriding and extending the result."""
+        want = managed_addresses(spec.addresses)
+        have = managed_addresses(link.addresses)
+        master: str | None = None
+        nomaster = False
+        if self.bridge_port:
+            current = masters.get(link.master_index) if link.master_index else None
+            if spec.master is not None and current != spec.master:
+                master = spec.master
+            elif spec.master is None and link.master_index:
+                nomaster = True
+        return LinkChanges(
+            mtu=spec.mtu if spec.mtu is not None and spec.mtu != link.mtu else None,
+            mac=spec.mac if spec.mac is not None and spec.mac != link.mac else None,
+            set_up=not link.up,
+            master=master,
+            nomaster=nomaster,
+            add_addresses=tuple(sorted(want - have)),
+            remove_addresses=tuple(sorted(have - want)),
+            mark=mark,
+        )
+
+    def new_link_changes(self, spec: LinkSpec) -> LinkChanges:
+        """Everything to set on a link of this kind we just created, our mark included."""
+        return LinkChanges(
+            mtu=spec.mtu,
+            mac=spec.mac,
+            set_up=True,
+            master=spec.master,
+            add_addresses=tuple(spec.addresses),
+            mark=spec.mark,
+            options=spec.options,
+        )
+
+    def watched(self, link: ObservedLink) -> tuple[object, ...]:
+        """The kind's own attributes the fingerprint includes: a change to one of them
+        reported by netlink makes the link's owner look again. Default: its details."""
+        return () if link.details is None else (link.details,)
+
+
+_DRIVERS: dict[str, LinkDriver] = {}
+_BY_KERNEL_KIND: dict[str, LinkDriver] = {}
+_GENERIC = LinkDriver()  # observations of links no driver claims (foreign kinds)
+
+
+def register(driver: LinkDriver) -> LinkDriver:
+    """Make `driver` the one for its kind (a kind module calls this at import)."""
+    _DRIVERS[driver.kind] = driver
+    _BY_KERNEL_KIND[driver.kernel_kind] = driver
+    return driver
+
+
+def find_driver(kind: str) -> LinkDriver | None:
+    """The driver of a link kind, or None for a kind nothing registered (a stored row
+    written by a newer version, say): the planner reports it on the row."""
+    return _DRIVERS.get(kind)
+
+
+def driver_for_link(link: ObservedLink) -> LinkDriver:
+    """The driver for an observed link by its kernel kind; the shared base for others."""
+    return _BY_KERNEL_KIND.get(link.kind or "", _GENERIC)
+
+
+def registered_kinds() -> tuple[str, ...]:
+    return tuple(_DRIVERS)
