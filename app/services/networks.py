@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from app.db.models import Bridge, HostPort, Network, Operation, PortForward, Tap, Vm, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
@@ -26,6 +24,7 @@ from app.db.repositories import (
     own_addresses,
     vms_by_mac,
 )
+from app.db.session import Session
 from app.domain.errors import (
     BeingDeleted,
     Conflict,
@@ -116,9 +115,7 @@ class NetworkService:
 
     def link_of(self, row: Network) -> Bridge | Tap | None:
         """The network's link (None only once a deleted network's link went first)."""
-        if row.bridge_id:
-            return self.session.get(Bridge, row.bridge_id)
-        return self.session.get(Tap, row.tap_id) if row.tap_id else None
+        return self.networks.link(row)
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -405,7 +402,7 @@ class PortForwardService:
 
     def target(self, row: PortForward) -> VmNic | None:
         """The target NIC (None once its VM is gone: the forward is then on its way out)."""
-        return self.session.get(VmNic, row.vm_nic_id)
+        return VmRepository(self.session).nic(row.vm_nic_id)
 
     def create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
         span = check_forward_ports(body.port, body.end_port, body.target_port)

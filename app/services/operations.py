@@ -3,10 +3,9 @@ pending, or deleting) and record an operation that ends when the supervisor catc
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
-
 from app.db.models import Operation, ResourceColumns
 from app.db.repositories import OperationRepository
+from app.db.session import Session
 from app.domain.status import Status, check_transition
 
 

@@ -35,15 +35,13 @@ from pathlib import Path
 from select import POLLIN, poll
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from app.bus import EventBus
 from app.db.models import Network, PortForward
 from app.db.repositories import (
     FinishedOperation,
     ForwardOutcome,
     ForwardState,
+    NetworkRepository,
     NetworkState,
     NicObservation,
     OperationRepository,
@@ -56,7 +54,7 @@ from app.db.repositories import (
     record_nic_addresses,
     remove_forwards,
 )
-from app.db.session import Database
+from app.db.session import Database, Session
 from app.domain import nat_rules
 from app.domain.networks import DhcpDnsSpec, clash_reason, foreign_clash, observe_address
 from app.domain.retry import Backoff
@@ -648,7 +646,7 @@ class NetworkWorker:
         events = list(result.events)
         finished: list[FinishedOperation] = []
         with self.db.unit_of_work() as session:
-            network_rows = {r.id: r for r in session.scalars(select(Network))}
+            network_rows = {r.id: r for r in NetworkRepository(session).all()}
             # forwards first (in bulk): a network row goes only after the forwards of it
             self._write_forwards(session, forwards, result, events, finished)
             for network in networks:

@@ -35,20 +35,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
-
 from app.bus import EventBus
-from app.db.models import HostPort, LinkName, Vm, VmNic
+from app.db.models import Vm, VmNic
 from app.db.repositories import (
     BridgeFacts,
     FinishedOperation,
+    LinkNameRepository,
     OperationRepository,
+    VmRepository,
     bridge_facts,
     uplink_moves,
     vm_spec,
 )
-from app.db.session import Database
+from app.db.session import Database, Session
 from app.domain.errors import DomainError
 from app.domain.qemu_argv import qemu_argv
 from app.domain.retry import Backoff
@@ -347,7 +346,7 @@ class VmWorker:
     async def _adopt_all(self) -> None:
         """Every VM with a run directory: take over its qemu if one still runs."""
         with self.db.reading() as session:
-            rows = list(session.scalars(select(Vm)))
+            rows = list(VmRepository(session).all())
         found = [row for row in rows if self.vm_dir(row.id).is_dir()]
         await asyncio.gather(*(self._adopt_one(row) for row in found))
 
@@ -444,15 +443,14 @@ class VmWorker:
         now = self.clock()
         wake_at = now + self.resync_interval
         with self.db.reading() as session:
-            rows = list(session.scalars(select(Vm)))
+            vms = VmRepository(session)
+            rows = list(vms.all())
             nics_by_vm: dict[str, list[VmNic]] = {}
-            for nic in session.scalars(select(VmNic)):
+            for nic in vms.all_nics():
                 nics_by_vm.setdefault(nic.vm_id, []).append(nic)
             bridges = bridge_facts(session, uplink_moves(session))
             claimed: dict[str, set[str]] = {}
-            for name, vm_id in session.execute(
-                select(LinkName.name, LinkName.resource_id).where(LinkName.resource == "vm")
-            ):
+            for name, vm_id in LinkNameRepository(session).held_by("vm"):
                 claimed.setdefault(vm_id, set()).add(name)
         reports: dict[str, Report] = {}
         for row in rows:
@@ -675,7 +673,7 @@ class VmWorker:
         if changed:
             with self.db.unit_of_work() as session:
                 for loaded in changed:
-                    row = session.get(Vm, loaded.id)
+                    row = VmRepository(session).get(loaded.id)
                     if row is None:
                         continue
                     state = self._vms[row.id]
@@ -702,12 +700,7 @@ class VmWorker:
     def _delete_rows(
         self, session: Session, row: Vm, finished: list[FinishedOperation]
     ) -> dict[str, Any]:
-        nic_ids = list(session.scalars(select(VmNic.id).where(VmNic.vm_id == row.id)))
-        if nic_ids:
-            session.execute(delete(HostPort).where(HostPort.owner_id.in_(nic_ids)))
-        session.execute(delete(LinkName).where(LinkName.resource_id == row.id))
-        session.execute(delete(VmNic).where(VmNic.vm_id == row.id))
-        session.execute(delete(Vm).where(Vm.id == row.id))
+        VmRepository(session).forget(row.id)
         finished.append(FinishedOperation(row.id, row.generation, "succeeded"))
         log.info("VM %s (%s) removed", row.name, row.id)
         return row.event_fields(

@@ -42,6 +42,13 @@ class Repository(Generic[M]):
         self.session.add(row)
         return row
 
+    def all(self) -> Sequence[M]:
+        return self.session.scalars(select(self.model)).all()
+
+    def remove(self, row: M) -> None:
+        """Delete the row when the unit of work flushes."""
+        self.session.delete(row)
+
 
 class ResourceRepository(Repository[R]):
     """Bridges and taps: lookup by id or name, keyset paging in creation order."""

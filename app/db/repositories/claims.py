@@ -26,8 +26,12 @@ class HostPortRepository(Repository[HostPort]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, HostPort)
 
-    def all(self) -> Sequence[HostPort]:
-        return self.session.scalars(select(HostPort)).all()
+    def ports(self, protocol: str, address: str) -> set[int]:
+        """The first ports of the claims on exactly this address."""
+        query = select(HostPort.port).where(
+            HostPort.protocol == protocol, HostPort.address == address
+        )
+        return set(self.session.scalars(query))
 
     def overlapping(
         self, protocol: str, address: str, port: int, end_port: int
@@ -51,3 +55,8 @@ class LinkNameRepository(Repository[LinkName]):
 
     def release(self, resource_id: str) -> None:
         self.session.execute(delete(LinkName).where(LinkName.resource_id == resource_id))
+
+    def held_by(self, resource: str) -> list[tuple[str, str]]:
+        """(link name, resource id) of every name this kind of resource holds."""
+        query = select(LinkName.name, LinkName.resource_id).where(LinkName.resource == resource)
+        return [(name, resource_id) for name, resource_id in self.session.execute(query)]

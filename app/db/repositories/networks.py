@@ -60,6 +60,12 @@ class NetworkRepository(ResourceRepository[Network]):
     def own_addresses(self) -> dict[str, list[str]]:
         return own_addresses(self.session)
 
+    def link(self, row: Network) -> Bridge | Tap | None:
+        """The network's bridge or tap (None only once a deleted network's link went first)."""
+        if row.bridge_id:
+            return self.session.get(Bridge, row.bridge_id)
+        return self.session.get(Tap, row.tap_id) if row.tap_id else None
+
     def gateways(self) -> list[str]:
         query = select(Network.gateway).where(Network.deleted.is_(False))
         return list(self.session.scalars(query))

@@ -7,14 +7,51 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    or_,
     select,
 )
 from sqlalchemy.orm import Session
 
 from app.db.models import (
+    Bridge,
     Uplink,
 )
+from app.db.repositories.base import Repository
+from app.domain.status import Status
 from app.domain.uplinks import JournalError, NicConfig
+
+
+class UplinkRepository(Repository[Uplink]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Uplink)
+
+    def of_bridge(self, bridge_id: str) -> Uplink | None:
+        return uplink_of(self.session, bridge_id)
+
+    def on_interface(self, interface: str) -> Uplink | None:
+        """The uplink that enslaves this host NIC, if any."""
+        return self.session.scalars(select(Uplink).where(Uplink.name == interface)).first()
+
+    def with_bridge_names(self) -> list[tuple[str, Uplink]]:
+        """Every uplink with its bridge's name."""
+        query = select(Bridge.name, Uplink).join(Bridge, Bridge.id == Uplink.bridge_id)
+        return [(name, row) for name, row in self.session.execute(query)]
+
+    def with_bridges(
+        self, unsettled_only: bool, unsettled_phases: Sequence[str]
+    ) -> list[tuple[Uplink, Bridge]]:
+        """Uplinks with their bridges: all, or those whose desired state is not reached
+        (generation ahead, pending or deleting, or caught in one of `unsettled_phases`)."""
+        query = select(Uplink, Bridge).join(Bridge, Bridge.id == Uplink.bridge_id)
+        if unsettled_only:
+            query = query.where(
+                or_(
+                    Uplink.generation != Uplink.observed_generation,
+                    Uplink.status.in_((Status.PENDING.value, Status.DELETING.value)),
+                    Uplink.phase.in_(unsettled_phases),
+                )
+            )
+        return [(row, bridge) for row, bridge in self.session.execute(query)]
 
 
 def uplink_of(session: Session, bridge_id: str) -> Uplink | None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import (
+    delete,
     func,
     select,
 )
 from sqlalchemy.orm import Session
 
 from app.db.models import (
+    HostPort,
+    LinkName,
     Vm,
     VmNic,
 )
@@ -42,6 +45,31 @@ class VmRepository(ResourceRepository[Vm]):
     def nics(self, vm_id: str) -> Sequence[VmNic]:
         query = select(VmNic).where(VmNic.vm_id == vm_id).order_by(VmNic.position)
         return self.session.scalars(query).all()
+
+    def nic(self, nic_id: str) -> VmNic | None:
+        return self.session.get(VmNic, nic_id)
+
+    def all_nics(self) -> Sequence[VmNic]:
+        return self.session.scalars(select(VmNic)).all()
+
+    def nic_macs(self) -> set[str]:
+        """The MAC of every VM NIC, deleted VMs' too."""
+        return set(self.session.scalars(select(VmNic.mac)))
+
+    def tap_user(self, tap_id: str) -> str | None:
+        """The id of a VM with a NIC on this tap resource, if any."""
+        query = select(VmNic.vm_id).where(VmNic.tap_id == tap_id)
+        return self.session.scalars(query).first()
+
+    def forget(self, vm_id: str) -> None:
+        """Remove a VM's rows for good: its NICs' host port claims, its link names, its
+        NICs, then the VM (the order its foreign keys need)."""
+        nic_ids = list(self.session.scalars(select(VmNic.id).where(VmNic.vm_id == vm_id)))
+        if nic_ids:
+            self.session.execute(delete(HostPort).where(HostPort.owner_id.in_(nic_ids)))
+        self.session.execute(delete(LinkName).where(LinkName.resource_id == vm_id))
+        self.session.execute(delete(VmNic).where(VmNic.vm_id == vm_id))
+        self.session.execute(delete(Vm).where(Vm.id == vm_id))
 
 
 def vm_spec(vm: Vm, nics: Sequence[VmNic]) -> VmSpec:
