@@ -22,6 +22,7 @@ from app.db.repositories import (
     VmRepository,
     address_holders,
     own_addresses,
+    probe_targets,
     vms_by_mac,
 )
 from app.db.session import Session
@@ -51,6 +52,7 @@ from app.domain.networks import (
     parse_address,
     plan_addressing,
 )
+from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
 from app.schemas.networks import (
     DhcpIn,
@@ -112,6 +114,26 @@ class NetworkService:
 
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Network], str | None]:
         return self.networks.page(limit, cursor)
+
+    def nics(self, network_id: str) -> Sequence[VmNic]:
+        """Every NIC on the network (VMs on their way out too)."""
+        return self.networks.nics(network_id)
+
+    def gateways(self) -> list[str]:
+        """The gateway address of every live network."""
+        return self.networks.gateways()
+
+    def live_subnets(self) -> list[tuple[str, str]]:
+        """(name, subnet) of every live network."""
+        return self.networks.live_subnets()
+
+    def own_addresses(self) -> dict[str, list[str]]:
+        """Link name -> the IPv4 addresses kvmnetd itself puts on it."""
+        return self.networks.own_addresses()
+
+    def probe_targets(self) -> list[ProbeTarget]:
+        """The live networks as the path probe needs them."""
+        return probe_targets(self.session)
 
     def link_of(self, row: Network) -> Bridge | Tap | None:
         """The network's link (None only once a deleted network's link went first)."""

@@ -5,6 +5,7 @@ written in the caller's transaction."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from app.db.models import Bridge, LinkName, Operation, Tap, Uplink, new_id
 from app.db.repositories import (
@@ -13,6 +14,7 @@ from app.db.repositories import (
     TapRepository,
     UplinkRepository,
     uplink_of,
+    uplinks_of,
 )
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NotFound
@@ -40,6 +42,10 @@ class UplinkService:
         if row is None:
             raise NotFound(f"bridge {bridge.name!r} has no uplink")
         return bridge, row
+
+    def of_bridges(self, bridge_ids: Sequence[str]) -> dict[str, Uplink]:
+        """Bridge id -> its uplink, for those of these bridges that have one."""
+        return uplinks_of(self.session, bridge_ids)
 
     def all(self) -> list[tuple[str, Uplink]]:
         """Every uplink with its bridge's name."""

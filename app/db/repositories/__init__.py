@@ -5,50 +5,53 @@ so `from app.db.repositories import X` works whatever module X lives in."""
 
 from __future__ import annotations
 
-from app.db.repositories.base import UUID_LENGTH, Repository, ResourceRepository, LINK_MODELS
-from app.db.repositories.addresses import network_gateways, own_addresses, address_holders
+from app.db.link_settings import stored_link_settings
+from app.db.repositories.addresses import address_holders, network_gateways, own_addresses
+from app.db.repositories.base import LINK_MODELS, UUID_LENGTH, Repository, ResourceRepository
 from app.db.repositories.claims import WILDCARD, HostPortRepository, LinkNameRepository
 from app.db.repositories.dependents import DependentsRepository
 from app.db.repositories.links import (
-    TapRepository,
-    BridgeRepository,
     BridgeFacts,
-    stored_link_settings,
-    ObservedState,
-    bridge_facts,
+    BridgeRepository,
     LinkSpecs,
-    load_link_specs,
-    link_rows,
+    ObservedState,
+    TapRepository,
+    bridge_facts,
     link_referrers,
+    link_rows,
+    load_link_specs,
 )
 from app.db.repositories.networks import (
-    NetworkRepository,
-    PortForwardRepository,
-    NicObservation,
-    record_nic_addresses,
-    vms_by_mac,
-    RowState,
-    NetworkState,
-    ForwardState,
-    load_network_state,
-    record_forward_outcomes,
-    remove_forwards,
     ForwardOutcome,
+    ForwardState,
+    NetworkRepository,
+    NetworkState,
+    NicObservation,
+    PortForwardRepository,
+    RowState,
+    load_network_state,
+    network_referrers,
     orphan_forward_claims,
     probe_targets,
-    network_referrers,
+    record_forward_outcomes,
+    record_nic_addresses,
+    remove_forwards,
+    vms_by_mac,
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
 from app.db.repositories.uplinks import (
+    UplinkMove,
     UplinkRepository,
+    uplink_moves,
     uplink_of,
     uplinks_of,
-    UplinkMove,
-    uplink_moves,
 )
 from app.db.repositories.vms import VmRepository, vm_spec
 
 __all__ = [
+    "LINK_MODELS",
+    "UUID_LENGTH",
+    "WILDCARD",
     "BridgeFacts",
     "BridgeRepository",
     "DependentsRepository",
@@ -56,7 +59,6 @@ __all__ = [
     "ForwardOutcome",
     "ForwardState",
     "HostPortRepository",
-    "LINK_MODELS",
     "LinkNameRepository",
     "LinkSpecs",
     "NetworkRepository",
@@ -69,11 +71,9 @@ __all__ = [
     "ResourceRepository",
     "RowState",
     "TapRepository",
-    "UUID_LENGTH",
     "UplinkMove",
     "UplinkRepository",
     "VmRepository",
-    "WILDCARD",
     "address_holders",
     "bridge_facts",
     "link_referrers",

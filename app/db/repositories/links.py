@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sqlalchemy import (
     and_,
@@ -13,6 +12,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from app.db.link_settings import stored_link_settings
 from app.db.models import (
     Bridge,
     Tap,
@@ -24,7 +24,6 @@ from app.db.repositories.base import R, ResourceRepository
 from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.status import Status
-from app.domain.stored import BRIDGE_RULES, TAP_RULES, read_link_settings
 
 
 class TapRepository(ResourceRepository[Tap]):
@@ -53,15 +52,6 @@ class BridgeFacts:
 
     name: str
     mtu: int
-
-
-def stored_link_settings(row: Bridge | Tap) -> tuple[dict[str, Any], str | None]:
-    """The row's link settings as the workers and the API may use them (each value that
-    cannot be used replaced by its default), and what was wrong with the stored ones."""
-    names = BRIDGE_RULES if isinstance(row, Bridge) else TAP_RULES
-    return read_link_settings(
-        {name: getattr(row, name) for name in names}, is_bridge=isinstance(row, Bridge)
-    )
 
 
 def _link_spec(
