@@ -25,6 +25,7 @@ from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETIFF
 
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, ObservedLink
 from app.host import rtnl
+from app.host.errors import HostError
 from app.host.rtnl import RawLink
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 BRIDGE_MTU_MAX = 65535  # ETH_MAX_MTU: a bridge's max_mtu (net/bridge/br_device.c)
 
 
-class LinkError(Exception):
+class LinkError(HostError):
     """A netlink operation failed; `transient` errors are worth retrying soon."""
 
     TRANSIENT = frozenset({errno.ENODEV, errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR})

@@ -58,6 +58,7 @@ from app.domain.vms import (
     VmStatus,
     resolve_accelerator,
 )
+from app.host.errors import HostError
 from app.host.netlink import LinkError
 from app.host.procs import proc_facts
 from app.host.qemu import (
@@ -77,7 +78,7 @@ from app.host.qemu import (
     shutdown,
 )
 from app.host.qmp import QmpEvent
-from app.supervisor.faults import FaultLog, describe
+from app.supervisor.faults import FaultLog, describe, is_transient
 from app.supervisor.vm_taps import TapPlan, VmTaps, tap_plans
 
 log = logging.getLogger(__name__)
@@ -733,12 +734,12 @@ class VmWorker:
             state.taps.update(tap.name for tap in taps)
             try:
                 await self._vm_taps().ensure(row.id, taps)
-            except (LinkError, TimeoutError) as exc:
+            except (HostError, TimeoutError) as exc:
                 reason = f"creating taps: {exc or 'timed out'}"
-                if isinstance(exc, LinkError) and not exc.transient:
-                    state.held = (intent, reason)
-                else:
+                if is_transient(exc):
                     self._retry_later(state, reason)
+                else:
+                    state.held = (intent, reason)
                 return
         tap_fds: dict[str, list[int]] = {}
         try:
