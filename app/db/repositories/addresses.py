@@ -5,18 +5,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
-from sqlalchemy import (
-    select,
-)
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import (
-    Bridge,
-    Network,
-    Tap,
-    Vm,
-    VmNic,
-)
+from app.db.models import Bridge, Network, Tap, Vm, VmNic
 from app.db.repositories.base import LINK_MODELS
 from app.domain.networks import AddressHolder
 

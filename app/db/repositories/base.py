@@ -5,19 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy import (
-    select,
-    tuple_,
-)
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from app.db.models import (
-    Base,
-    Bridge,
-    Network,
-    Tap,
-    Vm,
-)
+from app.db.models import Base, Bridge, Network, Tap, Vm
 from app.db.models import PortForward as PortForwardRow
 from app.domain.cursors import decode_cursor, encode_cursor
 

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import (
-    delete,
-    func,
-    select,
-)
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import (
-    HostPort,
-    LinkName,
-)
+from app.db.models import HostPort, LinkName
 from app.db.repositories.base import Repository
 
 WILDCARD = "0.0.0.0"

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import (
-    ColumnElement,
-    delete,
-    select,
-)
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.orm import Session
 
-from app.db.models import (
-    HostPort,
-    Tap,
-    Vm,
-    VmNic,
-)
+from app.db.models import HostPort, Tap, Vm, VmNic
 from app.db.models import PortForward as PortForwardRow
 
 

@@ -5,20 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from sqlalchemy import (
-    and_,
-    or_,
-    select,
-)
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.link_settings import stored_link_settings
-from app.db.models import (
-    Bridge,
-    Tap,
-    Vm,
-    VmNic,
-)
+from app.db.models import Bridge, Tap, Vm, VmNic
 from app.db.repositories.addresses import network_gateways
 from app.db.repositories.base import R, ResourceRepository
 from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of

@@ -9,23 +9,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import cast
 
-from sqlalchemy import (
-    Table,
-    bindparam,
-    delete,
-    select,
-    update,
-)
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import (
-    Bridge,
-    HostPort,
-    Network,
-    Tap,
-    Vm,
-    VmNic,
-)
+from app.db.models import Bridge, HostPort, Network, Tap, Vm, VmNic
 from app.db.models import PortForward as PortForwardRow
 from app.db.repositories.addresses import own_addresses
 from app.db.repositories.base import ResourceRepository

@@ -6,18 +6,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import (
-    Table,
-    bindparam,
-    delete,
-    update,
-)
+from sqlalchemy import Table, bindparam, delete, update
 from sqlalchemy.orm import Session
 
-from app.db.models import (
-    EventSequence,
-    Operation,
-)
+from app.db.models import EventSequence, Operation
 from app.db.repositories.base import Repository
 
 

@@ -6,16 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    or_,
-    select,
-)
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import (
-    Bridge,
-    Uplink,
-)
+from app.db.models import Bridge, Uplink
 from app.db.repositories.base import Repository
 from app.domain.status import Status
 from app.domain.uplinks import JournalError, NicConfig

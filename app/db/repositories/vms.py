@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import (
-    delete,
-    func,
-    select,
-)
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import (
-    HostPort,
-    LinkName,
-    Vm,
-    VmNic,
-)
+from app.db.models import HostPort, LinkName, Vm, VmNic
 from app.db.repositories.base import ResourceRepository
 from app.domain.vms import (
     Accelerator,
