@@ -45,6 +45,7 @@ from app.db.repositories import (
     NetworkState,
     NicObservation,
     OperationRepository,
+    PortForwardRepository,
     RowState,
     load_network_state,
     network_referrers,
@@ -760,7 +761,10 @@ def _record(
             row.status_reason = reason
             return row.event_fields(resource)
         finished.append(FinishedOperation(row.id, row.generation, "succeeded"))
-        session.delete(row)
+        if isinstance(row, Network):
+            NetworkRepository(session).remove(row)
+        else:
+            PortForwardRepository(session).remove(row)
         return row.event_fields(
             resource, "deleted", status="deleted", observed_generation=row.generation
         )

@@ -260,7 +260,8 @@ class UplinkReconciler:
 
     def _forget(self, work: UplinkWork) -> None:
         with self.db.unit_of_work() as session:
-            row = UplinkRepository(session).get(work.id)
+            uplinks = UplinkRepository(session)
+            row = uplinks.get(work.id)
             if row is None:
                 return
             OperationRepository(session).finish(
@@ -269,7 +270,7 @@ class UplinkReconciler:
             event = row.event_fields(
                 "uplink", "deleted", status="deleted", observed_generation=row.generation
             )
-            session.delete(row)
+            uplinks.remove(row)
         self.bus.publish(**event)
         self.on_gone()
 
