@@ -15,7 +15,6 @@ from app.api.presenters import (
 )
 from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation, Uplink
-from app.db.repositories import uplinks_of
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgeCreate, BridgePage, BridgeUpdate, FdbEntry
@@ -30,7 +29,7 @@ SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settl
 
 async def _present(ctx: AppContext, row: Bridge) -> BridgeOut:
     ports = await ctx.host(ctx.inspector.bridge_ports, row.name)
-    uplinks = await ctx.read(lambda s: uplinks_of(s, [row.id]))
+    uplinks = await ctx.read(lambda s: UplinkService(s).of_bridges([row.id]))
     return bridge_out(row, ports, uplinks.get(row.id))
 
 
@@ -75,7 +74,7 @@ async def list_bridges(request: Request, limit: Limit = 100, cursor: Cursor = No
     ctx = context(request)
     rows, next_cursor = await ctx.read(lambda s: BridgeService(s).page(limit, cursor))
     ports = await ctx.host(ctx.inspector.ports_of, [r.name for r in rows])
-    uplinks = await ctx.read(lambda s: uplinks_of(s, [r.id for r in rows]))
+    uplinks = await ctx.read(lambda s: UplinkService(s).of_bridges([r.id for r in rows]))
     return BridgePage(
         items=[bridge_out(r, ports.get(r.name), uplinks.get(r.id)) for r in rows],
         next_cursor=next_cursor,

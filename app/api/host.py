@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request
 
 from app.api.deps import context
 from app.api.presenters import uplink_diagnostic
-from app.db.repositories import NetworkRepository, probe_targets
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.host import Capabilities, DiagnosticCheck, HostInterface, HostRoute
+from app.services.networks import NetworkService
 from app.services.uplinks import UplinkService
 
 router = APIRouter(prefix="/v1/host", tags=["host"], responses=PROBLEM_RESPONSES)
@@ -58,10 +58,10 @@ async def get_host_diagnostics(
     each bridge uplink: its NIC present, its carrier, its move settled. With `probe=true`,
     what a guest would really meet on each network (see `probe`)."""
     ctx = context(request)
-    gateways = await ctx.read(lambda s: NetworkRepository(s).gateways())
+    gateways = await ctx.read(lambda s: NetworkService(s).gateways())
     checks = [DiagnosticCheck(**c) for c in await ctx.host(ctx.inspector.diagnostics, gateways)]
     if probe:
-        targets = await ctx.read(probe_targets)
+        targets = await ctx.read(lambda s: NetworkService(s).probe_targets())
         checks += [DiagnosticCheck(**c) for c in await ctx.host(ctx.inspector.probe_paths, targets)]
     for bridge, row in await ctx.read(lambda s: UplinkService(s).all()):
         live = await ctx.host(ctx.inspector.uplink_view, row.name, row.permanent_mac)
@@ -75,6 +75,6 @@ async def _subnet_clashes(request: Request) -> DiagnosticCheck:
     an interface that is not kvmnetd's."""
     ctx = context(request)
     networks, own = await ctx.read(
-        lambda s: (NetworkRepository(s).live_subnets(), NetworkRepository(s).own_addresses())
+        lambda s: (NetworkService(s).live_subnets(), NetworkService(s).own_addresses())
     )
     return DiagnosticCheck(**await ctx.host(ctx.inspector.subnet_clashes, networks, own))

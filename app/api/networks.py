@@ -12,7 +12,6 @@ from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, reques
 from app.api.presenters import network_out
 from app.api.waiting import settle_response
 from app.db.models import Network, Operation
-from app.db.repositories import NetworkRepository
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.networks import (
     Lease,
@@ -140,8 +139,9 @@ async def list_network_leases(network_id: str, request: Request) -> list[Lease]:
     ctx = context(request)
 
     def load(session: Session) -> tuple[str, dict[str, tuple[str, str | None]]]:
-        row = NetworkService(session).get(network_id)
-        nics = NetworkRepository(session).nics(row.id)
+        service = NetworkService(session)
+        row = service.get(network_id)
+        nics = service.nics(row.id)
         return row.id, {n.mac: (n.vm_id, n.ipv4) for n in nics}
 
     row_id, nic_by_mac = await ctx.read(load)

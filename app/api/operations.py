@@ -9,10 +9,9 @@ from app.api.deps import Wait, context
 from app.api.presenters import operation_out
 from app.api.waiting import wait_until
 from app.db.models import Operation
-from app.db.repositories import OperationRepository
-from app.domain.errors import NotFound
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.operations import OperationOut
+from app.services.operations import find_operation
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=PROBLEM_RESPONSES)
 
@@ -22,10 +21,7 @@ async def get_operation(operation_id: str, request: Request, wait: Wait = None) 
     ctx = context(request)
 
     def load(session: Session) -> Operation:
-        op = OperationRepository(session).get(operation_id)
-        if op is None:
-            raise NotFound(f"no operation {operation_id!r}")
-        return op
+        return find_operation(session, operation_id)
 
     op = await ctx.read(load)
     if wait and op.status == "running":

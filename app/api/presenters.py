@@ -13,6 +13,7 @@ from fastapi import Response
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from app.db.link_settings import stored_link_settings
 from app.db.models import (
     Bridge,
     Network,
@@ -24,7 +25,6 @@ from app.db.models import (
     Vm,
     VmNic,
 )
-from app.db.repositories import stored_link_settings
 from app.domain.uplinks import JournalError, NicConfig, describe, restore_steps
 from app.schemas.host import DiagnosticCheck
 from app.schemas.links import Bridge as BridgeOut

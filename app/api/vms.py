@@ -14,7 +14,6 @@ from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
 from app.api.presenters import vm_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
-from app.db.repositories import VmRepository
 from app.domain.errors import NotFound
 from app.domain.vm_actions import VmVerb
 from app.domain.vms import MTU_MODEL
@@ -31,7 +30,7 @@ CONSOLE_POLL_SECONDS = 0.2
 
 
 async def _present(ctx: AppContext, row: Vm) -> VmOut:
-    nics = await ctx.read(lambda s: VmRepository(s).nics(row.id))
+    nics = await ctx.read(lambda s: VmService(s).nics(row.id))
     return vm_out(row, nics)
 
 
@@ -70,9 +69,9 @@ async def list_vms(request: Request, limit: Limit = 100, cursor: Cursor = None) 
     ctx = context(request)
 
     def page(session: Any) -> tuple[list[VmOut], str | None]:
-        rows, next_cursor = VmService(session).page(limit, cursor)
-        repo = VmRepository(session)
-        return [vm_out(row, repo.nics(row.id)) for row in rows], next_cursor
+        service = VmService(session)
+        rows, next_cursor = service.page(limit, cursor)
+        return [vm_out(row, service.nics(row.id)) for row in rows], next_cursor
 
     items, next_cursor = await ctx.read(page)
     return VmPage(items=items, next_cursor=next_cursor)
@@ -238,7 +237,7 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
     device really exists, e.g. an ISA NE2000 on the isapc machine. 409 when not running."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s).get(vm_id))
-    nics = await ctx.read(lambda s: VmRepository(s).nics(row.id))
+    nics = await ctx.read(lambda s: VmService(s).nics(row.id))
 
     def observe() -> list[DeviceOut]:
         devices = []
@@ -276,7 +275,7 @@ async def set_vm_nic_link(vm_id: str, index: int, body: LinkState, request: Requ
     """Pull or plug the virtual cable of one NIC at run time (QMP set_link)."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s).get(vm_id))
-    nics = await ctx.read(lambda s: VmRepository(s).nics(row.id))
+    nics = await ctx.read(lambda s: VmService(s).nics(row.id))
     nic = next((n for n in nics if n.position == index), None)
     if nic is None:
         raise NotFound(f"VM {row.name!r} has no NIC {index}")

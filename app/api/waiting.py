@@ -21,6 +21,7 @@ from app.bus import Event
 from app.db.models import Bridge, Network, Operation, PortForward, Tap, Uplink, Vm
 from app.domain.status import Status, is_settled
 from app.domain.vms import VmStatus, vm_settled
+from app.services.operations import reload
 
 R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink)
 W = TypeVar("W")
@@ -101,8 +102,7 @@ async def settle_response(
     for it to settle, and answer settled_status once settled, 202 while pending, or 204 when
     a waited-for delete finished. Returns the row to present, or the 204 response."""
     if load is None:
-        model, row_id = type(row), row.id
-        load = lambda session: session.get(model, row_id)  # noqa: E731
+        load = lambda session: reload(session, row)  # noqa: E731
     mutation_headers(response, collection, row.id, operation)
     if not wait:
         _announce(ctx, row, operation)

@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+__all__ = ["Database", "Session", "make_engine"]  # Session: services and workers type with it
+
 
 def make_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite")

@@ -18,6 +18,7 @@ from pyroute2 import IPRoute, NetlinkError
 
 from app.domain.networks import HostPrefix, clash_reason, foreign_clash
 from app.host.diagnostics import Check
+from app.host.errors import HostError
 
 __all__ = ["AddressReadError", "HostPrefix", "check_subnet_clashes", "host_prefixes"]
 
@@ -25,7 +26,7 @@ MAIN_TABLE = 254
 RT_SCOPE_LINK = 253
 
 
-class AddressReadError(Exception):
+class AddressReadError(HostError):
     """The kernel's addresses or routes could not be read."""
 
 

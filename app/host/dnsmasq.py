@@ -34,6 +34,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from app.domain.networks import DhcpDnsSpec
+from app.host.errors import HostError
 from app.host.files import FileProblem, read_bounded, remove
 from app.host.procs import (
     Held,
@@ -228,8 +229,8 @@ def remove_files(paths: DnsmasqPaths) -> None:
 # ---- the process ----------------------------------------------------------------------------
 
 
-class DnsmasqError(Exception):
-    pass
+class DnsmasqError(HostError):
+    """dnsmasq could not be started (its argv and last words are in the message)."""
 
 
 def argv_for(paths: DnsmasqPaths) -> list[str]:

@@ -11,8 +11,10 @@ import shutil
 import stat
 from pathlib import Path
 
+from app.host.errors import HostError
 
-class FileProblem(Exception):
+
+class FileProblem(HostError):
     """The file exists but cannot be taken as it is (the message says why)."""
 
 

@@ -25,6 +25,7 @@ from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETIFF
 
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, ObservedLink
 from app.host import rtnl
+from app.host.errors import HostError
 from app.host.links import find_host_driver, host_driver_for_kernel_kind, host_drivers
 from app.host.links.bridge import BRIDGE_MTU_MAX as BRIDGE_MTU_MAX
 from app.host.rtnl import RawLink
@@ -32,7 +33,7 @@ from app.host.rtnl import RawLink
 log = logging.getLogger(__name__)
 
 
-class LinkError(Exception):
+class LinkError(HostError):
     """A netlink operation failed; `transient` errors are worth retrying soon."""
 
     TRANSIENT = frozenset({errno.ENODEV, errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR})

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.domain.nat_rules import FAMILY, TABLE
+from app.host.errors import HostError
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ TIMEOUT = 30.0
 NO_SUCH_TABLE = "No such file or directory"
 
 
-class NftError(Exception):
+class NftError(HostError):
     def __init__(self, argv: Sequence[str], message: str) -> None:
         super().__init__(f"{' '.join(argv)}: {message.strip() or 'failed'}")
         self.argv = list(argv)

@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.domain.qemu_argv import qemu_value
+from app.host.errors import HostError
 from app.host.files import FileProblem, read_bounded, remove
 from app.host.netns import enter_for_this_thread
 from app.host.procs import (
@@ -98,7 +99,7 @@ EXIT_GRACE = 0.5  # seconds for an exit to show on the pidfd once QMP hung up
 # ---- errors ---------------------------------------------------------------------------------
 
 
-class QemuError(Exception):
+class QemuError(HostError):
     """Base of this module's errors."""
 
 

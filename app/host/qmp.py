@@ -38,6 +38,8 @@ from qemu.qmp import (
     StateError,
 )
 
+from app.host.errors import HostError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0  # seconds for one QMP command when the caller gives none
@@ -46,7 +48,7 @@ SUBSCRIPTION_SIZE = 256  # events kept per subscription before the oldest are dr
 CLOSE_TIMEOUT = 1.0
 
 
-class QmpError(Exception):
+class QmpError(HostError):
     """A QMP connection or command failed. `command` is None for connection problems."""
 
     def __init__(self, message: str, socket_path: Path, command: str | None = None) -> None:
@@ -58,6 +60,8 @@ class QmpError(Exception):
 
 class QmpTimeout(QmpError, TimeoutError):
     """The deadline passed before qemu answered (a hung or stopped qemu, or a busy monitor)."""
+
+    _transient = True  # a busy monitor answers the next time
 
 
 class QmpDisconnected(QmpError):

@@ -38,6 +38,7 @@ from app.domain.uplinks import (
     Route,
     describe,
 )
+from app.host.errors import HostError
 from app.host.procs import in_this_netns, pids, proc_facts
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ DHCP_CLIENTS = ("dhclient", "dhcpcd", "udhcpc", "dhcpcd5", "pump", "dhcp6c")
 NETWORK_MANAGERS = ("NetworkManager", "systemd-networkd", "connmand", "wicked")
 
 
-class UplinkError(Exception):
-    pass
+class UplinkError(HostError):
+    """Moving the host's configuration onto a bridge (or back) was refused or failed."""
 
 
 @dataclass

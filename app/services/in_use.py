@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy.orm import Session
-
 from app.db.models import Bridge, Network, Operation, PortForward, Tap, Vm, VmNic
 from app.db.repositories import (
     DependentsRepository,
@@ -22,6 +20,7 @@ from app.db.repositories import (
     OperationRepository,
     uplink_of,
 )
+from app.db.session import Session
 from app.domain.dependents import Dependent, DependentKind, ForceAction, describe
 from app.domain.errors import InUse
 from app.domain.status import Status
@@ -88,11 +87,7 @@ class InUseGuard:
             self._delete_forward(forward)
         row.deleted = True
         bump(row, Status.DELETING)
-        link: Bridge | Tap | None = (
-            self.session.get(Bridge, row.bridge_id)
-            if row.bridge_id
-            else self.session.get(Tap, row.tap_id or "")
-        )
+        link = NetworkRepository(self.session).link(row)
         if link is not None and not link.deleted:
             bump(link)  # the gateway address goes
         return record_operation(self.session, "delete", "network", row, self.request_id)

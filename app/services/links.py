@@ -7,19 +7,18 @@ from collections.abc import Sequence
 from ipaddress import IPv4Interface
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from app.db.models import Bridge, LinkName, Operation, Tap, VmNic, new_id
+from app.db.models import Bridge, LinkName, Operation, Tap, new_id
 from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
     NetworkRepository,
     TapRepository,
+    VmRepository,
     address_holders,
     own_addresses,
     stored_link_settings,
 )
+from app.db.session import Session
 from app.domain.dependents import Dependent, DependentKind
 from app.domain.errors import (
     BeingDeleted,
@@ -357,7 +356,7 @@ class TapService:
             )
 
     def _vm_using(self, tap_id: str) -> str | None:
-        return self.session.scalars(select(VmNic.vm_id).where(VmNic.tap_id == tap_id)).first()
+        return VmRepository(self.session).tap_user(tap_id)
 
     def set_bridge(self, row: Tap, bridge_ref: str | None) -> Operation | None:
         bridge_id = self._bridge_id(bridge_ref)

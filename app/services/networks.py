@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from app.db.models import Bridge, HostPort, Network, Operation, PortForward, Tap, Vm, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
@@ -24,8 +22,10 @@ from app.db.repositories import (
     VmRepository,
     address_holders,
     own_addresses,
+    probe_targets,
     vms_by_mac,
 )
+from app.db.session import Session
 from app.domain.errors import (
     BeingDeleted,
     Conflict,
@@ -52,6 +52,7 @@ from app.domain.networks import (
     parse_address,
     plan_addressing,
 )
+from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
 from app.schemas.networks import (
     DhcpIn,
@@ -114,11 +115,29 @@ class NetworkService:
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Network], str | None]:
         return self.networks.page(limit, cursor)
 
+    def nics(self, network_id: str) -> Sequence[VmNic]:
+        """Every NIC on the network (VMs on their way out too)."""
+        return self.networks.nics(network_id)
+
+    def gateways(self) -> list[str]:
+        """The gateway address of every live network."""
+        return self.networks.gateways()
+
+    def live_subnets(self) -> list[tuple[str, str]]:
+        """(name, subnet) of every live network."""
+        return self.networks.live_subnets()
+
+    def own_addresses(self) -> dict[str, list[str]]:
+        """Link name -> the IPv4 addresses kvmnetd itself puts on it."""
+        return self.networks.own_addresses()
+
+    def probe_targets(self) -> list[ProbeTarget]:
+        """The live networks as the path probe needs them."""
+        return probe_targets(self.session)
+
     def link_of(self, row: Network) -> Bridge | Tap | None:
         """The network's link (None only once a deleted network's link went first)."""
-        if row.bridge_id:
-            return self.session.get(Bridge, row.bridge_id)
-        return self.session.get(Tap, row.tap_id) if row.tap_id else None
+        return self.networks.link(row)
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -405,7 +424,7 @@ class PortForwardService:
 
     def target(self, row: PortForward) -> VmNic | None:
         """The target NIC (None once its VM is gone: the forward is then on its way out)."""
-        return self.session.get(VmNic, row.vm_nic_id)
+        return VmRepository(self.session).nic(row.vm_nic_id)
 
     def create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
         span = check_forward_ports(body.port, body.end_port, body.target_port)

@@ -1,13 +1,40 @@
 """What every accepted mutation does to its row: bump the generation (the resource goes
-pending, or deleting) and record an operation that ends when the supervisor catches up."""
+pending, or deleting) and record an operation that ends when the supervisor catches up;
+reading operations back, and re-reading a row to wait on it."""
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
+from typing import TypeVar
 
-from app.db.models import Operation, ResourceColumns
-from app.db.repositories import OperationRepository
+from app.db.models import (
+    Bridge,
+    Network,
+    Operation,
+    PortForward,
+    ResourceColumns,
+    Tap,
+    Uplink,
+    Vm,
+)
+from app.db.repositories import OperationRepository, Repository
+from app.db.session import Session
+from app.domain.errors import NotFound
 from app.domain.status import Status, check_transition
+
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink)
+
+
+def find_operation(session: Session, operation_id: str) -> Operation:
+    """The operation with this id; NotFound (404) when there is none (or it was pruned)."""
+    op = OperationRepository(session).get(operation_id)
+    if op is None:
+        raise NotFound(f"no operation {operation_id!r}")
+    return op
+
+
+def reload(session: Session, row: R) -> R | None:
+    """The row as this session sees it now (None once it is gone)."""
+    return Repository(session, type(row)).get(row.id)
 
 
 def bump(row: ResourceColumns, target: Status = Status.PENDING) -> None:

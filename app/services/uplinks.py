@@ -5,12 +5,18 @@ written in the caller's transaction."""
 from __future__ import annotations
 
 import ipaddress
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from collections.abc import Sequence
 
 from app.db.models import Bridge, LinkName, Operation, Tap, Uplink, new_id
-from app.db.repositories import BridgeRepository, uplink_of
+from app.db.repositories import (
+    BridgeRepository,
+    LinkNameRepository,
+    TapRepository,
+    UplinkRepository,
+    uplink_of,
+    uplinks_of,
+)
+from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NotFound
 from app.domain.status import Status
 from app.schemas.uplinks import UplinkSet
@@ -37,10 +43,13 @@ class UplinkService:
             raise NotFound(f"bridge {bridge.name!r} has no uplink")
         return bridge, row
 
+    def of_bridges(self, bridge_ids: Sequence[str]) -> dict[str, Uplink]:
+        """Bridge id -> its uplink, for those of these bridges that have one."""
+        return uplinks_of(self.session, bridge_ids)
+
     def all(self) -> list[tuple[str, Uplink]]:
         """Every uplink with its bridge's name."""
-        query = select(Bridge.name, Uplink).join(Bridge, Bridge.id == Uplink.bridge_id)
-        return [(name, row) for name, row in self.session.execute(query)]
+        return UplinkRepository(self.session).with_bridge_names()
 
     def check(self, bridge_ref: str, body: UplinkSet) -> Bridge:
         """Everything that can be refused without looking at the host."""
@@ -52,13 +61,13 @@ class UplinkService:
                 raise InvalidInput(
                     f"probe_address {body.probe_address!r} is not an IP address"
                 ) from None
-        claimed = self.session.get(LinkName, body.interface)
+        claimed = LinkNameRepository(self.session).get(body.interface)
         if claimed is not None and not self._stands_for_no_link(claimed):
             raise Conflict(
                 f"{body.interface} is a link of kvmnetd ({claimed.resource} "
                 f"{claimed.resource_id}), not a host NIC"
             )
-        other = self.session.scalars(select(Uplink).where(Uplink.name == body.interface)).first()
+        other = UplinkRepository(self.session).on_interface(body.interface)
         if other is not None and other.bridge_id != bridge.id:
             raise Conflict(f"{body.interface} is already the uplink of bridge {other.bridge_id}")
         return bridge
@@ -68,9 +77,9 @@ class UplinkService:
         of that name (eth0) ours."""
         row: Bridge | Tap | None = None
         if claimed.resource == "bridge":
-            row = self.session.get(Bridge, claimed.resource_id)
+            row = BridgeRepository(self.session).get(claimed.resource_id)
         elif claimed.resource == "tap":
-            row = self.session.get(Tap, claimed.resource_id)
+            row = TapRepository(self.session).get(claimed.resource_id)
         return row is not None and never_created(row)
 
     def set(self, bridge_ref: str, body: UplinkSet) -> tuple[Uplink, Operation | None]:

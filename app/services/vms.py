@@ -14,17 +14,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from app.db.models import HostPort, LinkName, Operation, Tap, Vm, VmNic, new_id
+from app.db.models import LinkName, Operation, Tap, Vm, VmNic, new_id
 from app.db.repositories import (
     BridgeRepository,
+    HostPortRepository,
+    LinkNameRepository,
     OperationRepository,
     TapRepository,
     VmRepository,
     vm_spec,
 )
+from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameTaken, NotFound
 from app.domain.networks import PortSpan
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
@@ -104,7 +105,7 @@ class VmService:
 
     def record_link(self, nic_id: str, up: bool) -> None:
         """The link state a NIC was last given at run time (applied by QMP set_link)."""
-        nic = self.session.get(VmNic, nic_id)
+        nic = VmRepository(self.session).nic(nic_id)
         if nic is not None:
             nic.link_up = up
 
@@ -122,7 +123,7 @@ class VmService:
                 "unique without regard to case (RFC 4343)"
             )
         vm_id = new_id()
-        taken_macs = set(self.session.scalars(select(VmNic.mac)))
+        taken_macs = VmRepository(self.session).nic_macs()
         nics = [self._nic(vm_id, index, nic, taken_macs) for index, nic in enumerate(body.nics)]
         spec = VmSpec(
             id=vm_id,
@@ -227,7 +228,7 @@ class VmService:
             BridgeRepository(self.session).find(nic.bridge), "bridge", nic.bridge
         )
         tap_name = vm_tap_name(vm_id, index)
-        if self.session.get(LinkName, tap_name) is not None:
+        if LinkNameRepository(self.session).get(tap_name) is not None:
             raise NameTaken(f"link name {tap_name} is taken")
         self.session.add(LinkName(name=tap_name, resource="vm", resource_id=vm_id))
         row.bridge_id, row.tap_name = bridge.id, tap_name
@@ -237,7 +238,7 @@ class VmService:
         assert nic.tap is not None
         tap = require_alive(TapRepository(self.session).find(nic.tap), "tap", nic.tap)
         assert isinstance(tap, Tap)
-        user = self.session.scalars(select(VmNic.vm_id).where(VmNic.tap_id == tap.id)).first()
+        user = VmRepository(self.session).tap_user(tap.id)
         if user is not None:
             raise InUse(f"tap {tap.name!r} is already used by VM {user}")
         if tap.multi_queue != (nic.queues > 1):
@@ -294,13 +295,7 @@ class VmService:
         PortClaims(self.session).claim(protocol, address, PortSpan(port, port), "vm_nic", nic_id)
 
     def _free_port(self, ports: Iterable[int]) -> int:
-        used = set(
-            self.session.scalars(
-                select(HostPort.port).where(
-                    HostPort.protocol == "tcp", HostPort.address == "127.0.0.1"
-                )
-            )
-        )
+        used = HostPortRepository(self.session).ports("tcp", "127.0.0.1")
         for port in ports:
             if port not in used:
                 return port

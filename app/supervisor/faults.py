@@ -1,4 +1,5 @@
-"""Logging of persistent failures at a bounded rate, for every worker.
+"""Logging of persistent failures at a bounded rate, and which failures are transient, for
+every worker.
 
 A failure that repeats (one object that cannot be reconciled, or a whole pass that keeps
 failing) is retried with backoff and reported on its object; its log lines must not grow
@@ -13,6 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from app.host.errors import HostError
 
 DEFAULT_INTERVAL = 60.0  # seconds between two lines about the same persistent failure
 
@@ -65,6 +68,15 @@ class FaultLog:
 
     def failing(self, key: str) -> bool:
         return key in self._faults
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is worth retrying soon by itself, the one rule every worker follows:
+    a host error says so itself (app.host.errors.HostError.transient), a deadline that passed
+    (TimeoutError) always is, anything else is not (it waits for a change or the resync)."""
+    if isinstance(exc, HostError):
+        return exc.transient
+    return isinstance(exc, TimeoutError)
 
 
 def describe(exc: BaseException) -> str:

@@ -35,18 +35,17 @@ from pathlib import Path
 from select import POLLIN, poll
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from app.bus import EventBus
 from app.db.models import Network, PortForward
 from app.db.repositories import (
     FinishedOperation,
     ForwardOutcome,
     ForwardState,
+    NetworkRepository,
     NetworkState,
     NicObservation,
     OperationRepository,
+    PortForwardRepository,
     RowState,
     load_network_state,
     network_referrers,
@@ -56,7 +55,7 @@ from app.db.repositories import (
     record_nic_addresses,
     remove_forwards,
 )
-from app.db.session import Database
+from app.db.session import Database, Session
 from app.domain import nat_rules
 from app.domain.networks import DhcpDnsSpec, clash_reason, foreign_clash, observe_address
 from app.domain.retry import Backoff
@@ -648,7 +647,7 @@ class NetworkWorker:
         events = list(result.events)
         finished: list[FinishedOperation] = []
         with self.db.unit_of_work() as session:
-            network_rows = {r.id: r for r in session.scalars(select(Network))}
+            network_rows = {r.id: r for r in NetworkRepository(session).all()}
             # forwards first (in bulk): a network row goes only after the forwards of it
             self._write_forwards(session, forwards, result, events, finished)
             for network in networks:
@@ -762,7 +761,10 @@ def _record(
             row.status_reason = reason
             return row.event_fields(resource)
         finished.append(FinishedOperation(row.id, row.generation, "succeeded"))
-        session.delete(row)
+        if isinstance(row, Network):
+            NetworkRepository(session).remove(row)
+        else:
+            PortForwardRepository(session).remove(row)
         return row.event_fields(
             resource, "deleted", status="deleted", observed_generation=row.generation
         )

@@ -18,11 +18,10 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from sqlalchemy import or_, select
 
 from app.bus import EventBus
 from app.db.models import Bridge, Uplink
-from app.db.repositories import FinishedOperation, OperationRepository
+from app.db.repositories import FinishedOperation, OperationRepository, UplinkRepository
 from app.db.session import Database
 from app.domain.status import Status
 from app.domain.uplinks import JournalError, NicConfig, dhcp_refusal
@@ -103,16 +102,9 @@ class UplinkReconciler:
 
     def _load(self, full: bool) -> list[UplinkWork]:
         with self.db.reading() as session:
-            query = select(Uplink, Bridge).join(Bridge, Bridge.id == Uplink.bridge_id)
-            if not full:
-                query = query.where(
-                    or_(
-                        Uplink.generation != Uplink.observed_generation,
-                        Uplink.status.in_((Status.PENDING.value, Status.DELETING.value)),
-                        Uplink.phase.in_((MOVING, RESTORING)),
-                    )
-                )
-            return [_work(row, bridge) for row, bridge in session.execute(query)]
+            # a move or a restore that a crash interrupted is unsettled too
+            found = UplinkRepository(session).with_bridges(not full, (MOVING, RESTORING))
+            return [_work(row, bridge) for row, bridge in found]
 
     # ---- one uplink ------------------------------------------------------------------------
 
@@ -227,7 +219,7 @@ class UplinkReconciler:
         keep_saved: bool = False,
     ) -> None:
         with self.db.unit_of_work() as session:
-            row = session.get(Uplink, work.id)
+            row = UplinkRepository(session).get(work.id)
             if row is None:
                 return
             row.phase = phase
@@ -246,7 +238,7 @@ class UplinkReconciler:
         self, work: UplinkWork, status: Status, reason: str | None, settled: bool = True
     ) -> None:
         with self.db.unit_of_work() as session:
-            row = session.get(Uplink, work.id)
+            row = UplinkRepository(session).get(work.id)
             if row is None:
                 return
             before = (row.status, row.status_reason, row.observed_generation)
@@ -268,7 +260,8 @@ class UplinkReconciler:
 
     def _forget(self, work: UplinkWork) -> None:
         with self.db.unit_of_work() as session:
-            row = session.get(Uplink, work.id)
+            uplinks = UplinkRepository(session)
+            row = uplinks.get(work.id)
             if row is None:
                 return
             OperationRepository(session).finish(
@@ -277,7 +270,7 @@ class UplinkReconciler:
             event = row.event_fields(
                 "uplink", "deleted", status="deleted", observed_generation=row.generation
             )
-            session.delete(row)
+            uplinks.remove(row)
         self.bus.publish(**event)
         self.on_gone()
 

@@ -1,0 +1,73 @@
+"""The generic repository: get and add by id, lookup by id or name, keyset paging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from app.db.models import Base, Bridge, Network, Tap, Vm
+from app.db.models import PortForward as PortForwardRow
+from app.domain.cursors import decode_cursor, encode_cursor
+
+M = TypeVar("M", bound=Base)
+
+
+UUID_LENGTH = 36
+
+
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForwardRow)
+
+
+class Repository(Generic[M]):
+    def __init__(self, session: Session, model: type[M]) -> None:
+        self.session = session
+        self.model = model
+
+    def get(self, row_id: str) -> M | None:
+        return self.session.get(self.model, row_id)
+
+    def add(self, row: M) -> M:
+        self.session.add(row)
+        return row
+
+    def all(self) -> Sequence[M]:
+        return self.session.scalars(select(self.model)).all()
+
+    def remove(self, row: M) -> None:
+        """Delete the row when the unit of work flushes."""
+        self.session.delete(row)
+
+
+class ResourceRepository(Repository[R]):
+    """Bridges and taps: lookup by id or name, keyset paging in creation order."""
+
+    def get_by_name(self, name: str) -> R | None:
+        model = self.model
+        return self.session.scalars(select(model).where(model.name == name)).first()
+
+    def find(self, ref: str) -> R | None:
+        """By id, else by name (OpenStack-style clients pass either). A valid link name is
+        never 36 characters long, so only a UUID-shaped ref can be an id."""
+        if len(ref) == UUID_LENGTH:
+            found = self.get(ref)
+            if found is not None:
+                return found
+        return self.get_by_name(ref)
+
+    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[R], str | None]:
+        model = self.model
+        query = select(model).order_by(model.created_at, model.id).limit(limit + 1)
+        if cursor is not None:  # "" too is a cursor, and not one of ours
+            created, row_id = decode_cursor(cursor)
+            query = query.where(tuple_(model.created_at, model.id) > tuple_(created, row_id))
+        rows = self.session.scalars(query).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+        return rows, next_cursor
+
+
+LINK_MODELS: tuple[type[Bridge], type[Tap]] = (Bridge, Tap)

@@ -1,0 +1,233 @@
+"""Bridges and taps: their rows, the planner's link specs, and what references them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from app.db.link_settings import stored_link_settings
+from app.db.models import Bridge, Tap, Vm, VmNic
+from app.db.repositories.addresses import network_gateways
+from app.db.repositories.base import R, ResourceRepository
+from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of
+from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
+from app.domain.status import Status
+
+
+class TapRepository(ResourceRepository[Tap]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Tap)
+
+    def on_bridge(self, bridge_id: str) -> Sequence[Tap]:
+        return self.session.scalars(select(Tap).where(Tap.bridge_id == bridge_id)).all()
+
+
+class BridgeRepository(ResourceRepository[Bridge]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Bridge)
+
+    def macs(self) -> set[str]:
+        """Every MAC a bridge keeps, pinned or generated."""
+        taken: set[str] = set()
+        for pinned, generated in self.session.execute(select(Bridge.mac, Bridge.generated_mac)):
+            taken.update(m for m in (pinned, generated) if m)
+        return taken
+
+
+@dataclass(frozen=True)
+class BridgeFacts:
+    """A bridge as its taps' specs need it: kernel name and the MTU it keeps."""
+
+    name: str
+    mtu: int
+
+
+def _link_spec(
+    row: Bridge | Tap,
+    bridges: dict[str, BridgeFacts],
+    gateways: dict[str, str],
+    uplinks: dict[str, UplinkMove],
+) -> LinkSpec | str:
+    """The planner's spec of a row, or why the row's stored settings cannot be used. A row
+    being deleted needs only its name and index, so even a bad one can go."""
+    settings, problem = stored_link_settings(row)
+    if problem is not None and not row.deleted:
+        return problem
+    addresses = tuple(settings["addresses"])
+    move = uplinks.get(row.id)
+    for extra in (gateways.get(row.id), *(move.addresses if move else ())):
+        if extra is not None and extra not in addresses:
+            addresses += (extra,)
+    common = LinkSpec(
+        id=row.id,
+        kind=LinkKind.BRIDGE,
+        name=row.name,
+        mtu=settings["mtu"],
+        mac=settings["mac"],
+        addresses=addresses,
+        # a bridge goes only once its uplink moved the host's configuration back
+        deleted=row.deleted and row.id not in uplinks,
+        create_intent=row.create_intent,
+        ifindex=row.observed_ifindex,
+    )
+    if isinstance(row, Bridge):
+        return replace(
+            common,
+            mtu=bridges[row.id].mtu,
+            # pinned, else the uplink NIC's (take_mac), else the one generated at creation
+            mac=settings["mac"] or (move.mac if move else None) or row.generated_mac,
+            stp=settings["stp"],
+            forward_delay_cs=settings["forward_delay_cs"],
+        )
+    bridge = bridges.get(row.bridge_id) if row.bridge_id else None
+    return replace(
+        common,
+        kind=LinkKind.TAP,
+        mtu=tap_mtu(settings["mtu"], bridge.mtu if bridge else None),
+        master=bridge.name if bridge else None,
+        owner_uid=settings["owner_uid"],
+        owner_gid=settings["owner_gid"],
+        multi_queue=settings["multi_queue"],
+        vnet_hdr=settings["vnet_hdr"],
+    )
+
+
+def _link_rows(
+    session: Session,
+    model: type[R],
+    dirty_only: bool,
+    names: list[str] | None,
+    also_ids: list[str] | None,
+) -> Sequence[R]:
+    query = select(model)
+    if dirty_only:
+        query = query.where(
+            or_(
+                model.status.in_((Status.PENDING.value, Status.DELETING.value)),
+                model.generation != model.observed_generation,
+                model.id.in_(also_ids or []),
+            )
+        )
+    if names is not None:
+        query = query.where(model.name.in_(names))
+    return session.scalars(query).all()
+
+
+def _taps_to_follow(
+    session: Session, bridges: dict[str, BridgeFacts], bridge_ids: list[str], loaded: set[str]
+) -> Sequence[Tap]:
+    """The taps on these bridges, not loaded yet, that have no MTU of their own and were
+    last seen at another MTU than their bridge keeps now: they follow it."""
+    follows = [
+        and_(Tap.bridge_id == bridge_id, Tap.observed_mtu != bridges[bridge_id].mtu)
+        for bridge_id in bridge_ids
+    ]
+    if not follows:
+        return []
+    query = select(Tap).where(Tap.mtu.is_(None), Tap.id.not_in(loaded), or_(*follows))
+    return session.scalars(query).all()
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    """What a row said about the kernel when a pass loaded it."""
+
+    generation: int
+    observed_generation: int
+    status: str
+    ifindex: int | None
+    mac: str | None
+    mtu: int | None = None
+    oper_state: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, row: Bridge | Tap) -> ObservedState:
+        return cls(
+            row.generation,
+            row.observed_generation,
+            row.status,
+            row.observed_ifindex,
+            row.observed_mac,
+            row.observed_mtu,
+            row.observed_oper_state,
+            row.status_reason,
+        )
+
+
+def bridge_facts(session: Session, uplinks: dict[str, UplinkMove]) -> dict[str, BridgeFacts]:
+    """Every bridge's kernel name and the MTU it keeps (one query)."""
+    query = select(Bridge.id, Bridge.name, Bridge.mtu)
+    return {
+        bridge_id: BridgeFacts(
+            name, bridge_mtu(mtu, uplinks[bridge_id].mtu if bridge_id in uplinks else None)
+        )
+        for bridge_id, name, mtu in session.execute(query)
+    }
+
+
+@dataclass
+class LinkSpecs:
+    """What one pass loaded: the specs, the state each row was in, and the rows whose
+    stored settings cannot be used (id -> why), which the pass reports and leaves alone."""
+
+    specs: list[LinkSpec]
+    states: dict[str, ObservedState]
+    unreadable: dict[str, str]
+
+
+def load_link_specs(
+    session: Session,
+    dirty_only: bool = False,
+    names: list[str] | None = None,
+    also_ids: list[str] | None = None,
+) -> LinkSpecs:
+    """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
+    named), with the state each row was in when loaded, plus the taps whose MTU follows a
+    loaded bridge's and differs from it."""
+    uplinks = uplink_moves(session)
+    bridges_by_id = bridge_facts(session, uplinks)
+    bridges = _link_rows(session, Bridge, dirty_only, names, also_ids)
+    taps = list(_link_rows(session, Tap, dirty_only, names, also_ids))
+    taps += _taps_to_follow(session, bridges_by_id, [b.id for b in bridges], {t.id for t in taps})
+    rows: list[Bridge | Tap] = [*bridges, *taps]
+    gateways = network_gateways(session)
+    loaded = LinkSpecs([], {row.id: ObservedState.of(row) for row in rows}, {})
+    for row in rows:
+        spec = _link_spec(row, bridges_by_id, gateways, uplinks)
+        if isinstance(spec, str):
+            loaded.unreadable[row.id] = spec
+        else:
+            loaded.specs.append(spec)
+    return loaded
+
+
+def link_rows(session: Session, ids: list[str]) -> dict[str, Bridge | Tap]:
+    """Bridge and tap rows by id, two queries whatever the count."""
+    rows: dict[str, Bridge | Tap] = {
+        b.id: b for b in session.scalars(select(Bridge).where(Bridge.id.in_(ids)))
+    }
+    rows.update({t.id: t for t in session.scalars(select(Tap).where(Tap.id.in_(ids)))})
+    return rows
+
+
+def link_referrers(session: Session, row: Bridge | Tap) -> list[str]:
+    """What still references a link row in the database (any VM, deleted or not): while
+    anything does, the row must stay (foreign keys), even though the kernel link is gone."""
+    if isinstance(row, Bridge):
+        nic_column, tap_refs = VmNic.bridge_id, select(Tap.name).where(Tap.bridge_id == row.id)
+        taps = [f"tap {name}" for name in session.scalars(tap_refs)]
+        uplink = uplink_of(session, row.id)
+        taps += [f"uplink {uplink.name}"] if uplink is not None else []
+    else:
+        nic_column, taps = VmNic.tap_id, []
+    query = (
+        select(Vm.name, VmNic.position)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(nic_column == row.id)
+        .order_by(Vm.name, VmNic.position)
+    )
+    return [*taps, *(f"vm_nic {vm}/{pos}" for vm, pos in session.execute(query))]

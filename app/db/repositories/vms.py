@@ -1,0 +1,105 @@
+"""VMs and their NICs, and the domain's VM spec built from their rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import HostPort, LinkName, Vm, VmNic
+from app.db.repositories.base import ResourceRepository
+from app.domain.vms import (
+    Accelerator,
+    Backend,
+    BootSpec,
+    Machine,
+    NicSpec,
+    PortForward,
+    SocketNet,
+    UserNet,
+    Vhost,
+    VmSpec,
+)
+
+
+class VmRepository(ResourceRepository[Vm]):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, Vm)
+
+    def name_holder(self, name: str) -> Vm | None:
+        """The VM whose name equals `name` without regard to case (RFC 4343: host names are
+        case-insensitive; VM names are ASCII, which SQLite's lower() folds)."""
+        query = select(Vm).where(func.lower(Vm.name) == name.lower()).order_by(Vm.created_at)
+        return self.session.scalars(query).first()
+
+    def nics(self, vm_id: str) -> Sequence[VmNic]:
+        query = select(VmNic).where(VmNic.vm_id == vm_id).order_by(VmNic.position)
+        return self.session.scalars(query).all()
+
+    def nic(self, nic_id: str) -> VmNic | None:
+        return self.session.get(VmNic, nic_id)
+
+    def all_nics(self) -> Sequence[VmNic]:
+        return self.session.scalars(select(VmNic)).all()
+
+    def nic_macs(self) -> set[str]:
+        """The MAC of every VM NIC, deleted VMs' too."""
+        return set(self.session.scalars(select(VmNic.mac)))
+
+    def tap_user(self, tap_id: str) -> str | None:
+        """The id of a VM with a NIC on this tap resource, if any."""
+        query = select(VmNic.vm_id).where(VmNic.tap_id == tap_id)
+        return self.session.scalars(query).first()
+
+    def forget(self, vm_id: str) -> None:
+        """Remove a VM's rows for good: its NICs' host port claims, its link names, its
+        NICs, then the VM (the order its foreign keys need)."""
+        nic_ids = list(self.session.scalars(select(VmNic.id).where(VmNic.vm_id == vm_id)))
+        if nic_ids:
+            self.session.execute(delete(HostPort).where(HostPort.owner_id.in_(nic_ids)))
+        self.session.execute(delete(LinkName).where(LinkName.resource_id == vm_id))
+        self.session.execute(delete(VmNic).where(VmNic.vm_id == vm_id))
+        self.session.execute(delete(Vm).where(Vm.id == vm_id))
+
+
+def vm_spec(vm: Vm, nics: Sequence[VmNic]) -> VmSpec:
+    """A VM and its NICs as the domain's spec (what the qemu command line is built from)."""
+    return VmSpec(
+        id=vm.id,
+        name=vm.name,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        machine=Machine(vm.machine),
+        accelerator=Accelerator(vm.accelerator),
+        boot=BootSpec(**vm.boot),
+        nics=tuple(_nic_spec(nic) for nic in sorted(nics, key=lambda n: n.position)),
+    )
+
+
+def _nic_spec(nic: VmNic) -> NicSpec:
+    options = nic.options or {}
+    backend = Backend(nic.backend)
+    user = None
+    if backend is Backend.USER:
+        user_options = dict(options.get("user") or {})
+        forwards = tuple(PortForward(**f) for f in user_options.pop("forwards", []))
+        user = UserNet(**user_options, forwards=forwards)
+    socket = None
+    if backend is Backend.SOCKET:
+        raw = options["socket"]
+        socket = SocketNet(raw["mode"], int(raw["port"]), raw["address"])
+    return NicSpec(
+        id=nic.id,
+        model=nic.model,
+        mac=nic.mac,
+        backend=backend,
+        tap=nic.tap_name,
+        user=user,
+        socket=socket,
+        hub=options.get("hub"),
+        queues=nic.queues,
+        vhost=Vhost(nic.vhost),
+        link_up=nic.link_up,
+        mtu=nic.mtu,
+    )

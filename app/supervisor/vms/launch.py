@@ -1,0 +1,144 @@
+"""Launching a VM's qemu: the spec from its rows, its bridge taps made and handed over as
+open descriptors (as libvirt does), the user it runs as; and the check of a running VM's taps."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pwd
+from functools import partial
+
+from app.db.models import Vm, VmNic
+from app.db.repositories import vm_spec
+from app.domain.errors import DomainError
+from app.domain.qemu_argv import qemu_argv
+from app.domain.vms import resolve_accelerator
+from app.host.errors import HostError
+from app.host.netlink import LinkError
+from app.host.qemu import LaunchSpec, QemuLaunchError, launch
+from app.supervisor.faults import is_transient
+from app.supervisor.vm_taps import TapPlan
+from app.supervisor.vms.events import ProcessEvents
+from app.supervisor.vms.state import LAUNCH_TIMEOUT, VmState, log
+
+
+class Launcher(ProcessEvents):
+    """Launch: the VM's spec, its bridge taps made and opened, qemu started as its user."""
+
+    async def _launch(
+        self, state: VmState, row: Vm, nics: list[VmNic], taps: list[TapPlan]
+    ) -> None:
+        generation, intent = row.generation, row.intent_generation
+        state.tap_problem = None
+        state.taps_checked_at = self.clock()
+        try:
+            vm = vm_spec(row, nics)
+            accelerator = resolve_accelerator(vm.accelerator, self.kvm_runs_guests())
+            missing = [tap.name for tap in taps if tap.bridge is None]
+            if missing:
+                raise DomainError(f"the bridge of tap(s) {', '.join(missing)} is gone")
+            user = self._run_as(row)
+        except (DomainError, ValueError) as exc:
+            state.held = (intent, str(exc))
+            return
+        if taps:
+            state.taps.update(tap.name for tap in taps)
+            try:
+                await self._vm_taps().ensure(row.id, taps)
+            except (HostError, TimeoutError) as exc:
+                reason = f"creating taps: {exc or 'timed out'}"
+                if is_transient(exc):
+                    self._retry_later(state, reason)
+                else:
+                    state.held = (intent, reason)
+                return
+        tap_fds: dict[str, list[int]] = {}
+        try:
+            # qemu gets the taps as open descriptors (as libvirt does): it needs no access
+            # to /dev/net/tun, and an unprivileged qemu works wherever the daemon does
+            if any(nic.tap_name for nic in nics):
+                tap_fds = await self._vm_taps().open(nics)
+        except (LinkError, TimeoutError) as exc:
+            self._retry_later(state, f"opening taps: {exc or 'timed out'}")
+            return
+        try:
+            spec = LaunchSpec(
+                vm_id=row.id,
+                argv=qemu_argv(vm, self.qemu_binary, accelerator, self.vhost_net(), tap_fds),
+                run_dir=self.vm_dir(row.id),
+                user=None if user is None else user[0],
+                group=None if user is None else user[1],
+                netns=self.netns,
+                sandbox=True,
+                name=row.name,
+                pass_fds=tuple(fd for fds in tap_fds.values() for fd in fds),
+            )
+            process = await launch(spec, LAUNCH_TIMEOUT, partial(self._on_qmp_event, state))
+        except ValueError as exc:
+            state.held = (intent, str(exc))
+            return
+        except QemuLaunchError as exc:
+            state.held = (intent, str(exc).rpartition("\nargv: ")[0] or str(exc))
+            state.exit_code, state.output = exc.exit_code, exc.output or None
+            return
+        finally:
+            for fds in tap_fds.values():
+                for fd in fds:
+                    os.close(fd)
+        self._retry_done(state)
+        state.accelerator = accelerator.value
+        state.started_at = dt.datetime.now(dt.UTC)
+        state.exit_code, state.exit_at, state.output = None, None, None
+        state.stopped_by_us = False
+        state.launched_generation = generation
+        self._hold(state, process)
+        log.info(
+            "VM %s (%s) runs as pid %d (uid %s) under %s",
+            row.name,
+            row.id,
+            process.pid,
+            state.user[0] if state.user else "?",
+            accelerator,
+        )
+
+    def _run_as(self, row: Vm) -> tuple[int, int] | None:
+        """The uid/gid the VM's qemu runs as: its run_as, else the daemon's qemu user
+        (None: qemu_user is unset, it runs as the daemon). A missing user is an error on
+        the VM, never a silent fallback to root."""
+        if row.run_as_uid is not None:
+            gid = row.run_as_uid if row.run_as_gid is None else row.run_as_gid
+            return row.run_as_uid, gid
+        if self.qemu_user is None:
+            return None
+        try:
+            entry = pwd.getpwnam(self.qemu_user)
+        except KeyError:
+            raise DomainError(
+                f"the qemu user {self.qemu_user!r} does not exist: create it with `useradd "
+                f"--system --no-create-home --shell /usr/sbin/nologin {self.qemu_user}` "
+                "(make run and deploy/install.sh do) and start the VM again, or give it run_as"
+            ) from None
+        return entry.pw_uid, entry.pw_gid
+
+    def _owner(self, row: Vm) -> tuple[int, int] | None:
+        """The owner of the VM's bridge taps: the user its qemu runs as, when known."""
+        try:
+            return self._run_as(row)
+        except DomainError:
+            return None
+
+    async def _check_taps(self, state: VmState, taps: list[TapPlan]) -> None:
+        """A running VM's bridge taps: one taken off its bridge (brctl delif) is put back;
+        one deleted by hand cannot be (qemu holds the deleted device), which is reported."""
+        repaired, lost = await self._vm_taps().verify(state.vm_id, taps)
+        for name in repaired:
+            log.warning("VM %s: tap %s was off its bridge; attached again", state.vm_id, name)
+            self._publish(state, "drift_repaired", f"tap {name} was off its bridge: attached again")
+        if lost and state.tap_problem is None:
+            state.tap_problem = (
+                f"tap(s) {', '.join(lost)} deleted by hand: the guest is cut off from its "
+                "bridge until the VM is stopped and started (qemu holds the deleted device)"
+            )
+            log.warning("VM %s: %s", state.vm_id, state.tap_problem)
+            self._publish(state, "tap_lost", state.tap_problem)
+            self._set_wake()  # the next pass shows it on the row
