@@ -293,13 +293,13 @@ def l3_interface_name(backend: VlanBackend, trunk: str, vid: int) -> str:
     return vlan_bridge_name(trunk, vid)
 
 
-class ObjectKind(enum.StrEnum):
+class VlanObjectKind(enum.StrEnum):
     BRIDGE = "bridge"  # a bridge link
     VLAN = "vlan"  # an 802.1Q link
     BRIDGE_VLAN = "bridge_vlan"  # a VID on a bridge port (`bridge vlan show`)
 
 
-class ObjectRole(enum.StrEnum):
+class VlanObjectRole(enum.StrEnum):
     VLAN_BRIDGE = "vlan_bridge"  # bridge_per_vlan: the VLAN's own bridge
     UPLINK_SUBINTERFACE = "uplink_subinterface"  # bridge_per_vlan: <uplink>.<vid> in it
     UPLINK_TAGGED = "uplink_tagged"  # vlan_filtering: the VID tagged on the uplink port
@@ -310,9 +310,9 @@ class KernelObject:
     """One kernel object a VLAN owns: a link, or (bridge_vlan) the VID on port `name` of
     bridge `parent`."""
 
-    kind: ObjectKind
+    kind: VlanObjectKind
     name: str
-    role: ObjectRole
+    role: VlanObjectRole
     parent: str | None = None
 
 
@@ -324,18 +324,24 @@ def kernel_objects(
     only once the host needs an address there (l3_interface_name)."""
     if backend is VlanBackend.BRIDGE_PER_VLAN:
         objects = [
-            KernelObject(ObjectKind.BRIDGE, vlan_bridge_name(trunk, vid), ObjectRole.VLAN_BRIDGE)
+            KernelObject(
+                VlanObjectKind.BRIDGE, vlan_bridge_name(trunk, vid), VlanObjectRole.VLAN_BRIDGE
+            )
         ]
         if uplink is not None:
             objects.append(
                 KernelObject(
-                    ObjectKind.VLAN,
+                    VlanObjectKind.VLAN,
                     subinterface_name(uplink, vid),
-                    ObjectRole.UPLINK_SUBINTERFACE,
+                    VlanObjectRole.UPLINK_SUBINTERFACE,
                     parent=uplink,
                 )
             )
         return tuple(objects)
     if uplink is None:
         return ()
-    return (KernelObject(ObjectKind.BRIDGE_VLAN, uplink, ObjectRole.UPLINK_TAGGED, parent=trunk),)
+    return (
+        KernelObject(
+            VlanObjectKind.BRIDGE_VLAN, uplink, VlanObjectRole.UPLINK_TAGGED, parent=trunk
+        ),
+    )

@@ -18,9 +18,9 @@ from app.domain.vlans import (
     VID_MIN,
     VLAN_NAME_MAX,
     VLAN_NAME_PATTERN,
-    ObjectKind,
-    ObjectRole,
     VlanBackend,
+    VlanObjectKind,
+    VlanObjectRole,
     validate_vlan_id,
     validate_vlan_name,
 )
@@ -93,12 +93,12 @@ class VlanUpdate(UpdateModel):
 class VlanObject(BaseModel):
     """One kernel object the VLAN owns, and what the supervisor last saw of it."""
 
-    kind: ObjectKind = Field(
+    kind: VlanObjectKind = Field(
         description="bridge or vlan: a link of that kind; bridge_vlan: the VID on the bridge "
         "port `name` of bridge `parent` (as `bridge vlan show` lists it)"
     )
     name: str = Field(examples=["br0v10"])
-    role: ObjectRole = Field(
+    role: VlanObjectRole = Field(
         description="vlan_bridge: the VLAN's own bridge; uplink_subinterface: the 802.1Q "
         "interface of the trunk's uplink in it; uplink_tagged: the VID tagged on the uplink port"
     )

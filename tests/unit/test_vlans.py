@@ -15,10 +15,10 @@ from app.domain.vlans import (
     VLAN_NAME_PATTERN,
     HostLacksFeature,
     KernelFeature,
-    ObjectKind,
-    ObjectRole,
     VlanBackend,
     VlanFacts,
+    VlanObjectKind,
+    VlanObjectRole,
     choose_backend,
     kernel_objects,
     l3_interface_name,
@@ -197,14 +197,14 @@ def test_long_names_get_a_short_stable_name_never_a_truncated_one(parent: str, v
 def test_kernel_objects_of_a_bridge_per_vlan() -> None:
     (alone,) = kernel_objects(PER_VLAN, "br0", 10, None)  # no uplink: nothing tagged leaves
     assert (alone.kind, alone.name, alone.role) == (
-        ObjectKind.BRIDGE,
+        VlanObjectKind.BRIDGE,
         "br0v10",
-        ObjectRole.VLAN_BRIDGE,
+        VlanObjectRole.VLAN_BRIDGE,
     )
     objects = kernel_objects(PER_VLAN, "br0", 10, "eth0")
     assert [(o.kind, o.name, o.role, o.parent) for o in objects] == [
-        (ObjectKind.BRIDGE, "br0v10", ObjectRole.VLAN_BRIDGE, None),
-        (ObjectKind.VLAN, "eth0.10", ObjectRole.UPLINK_SUBINTERFACE, "eth0"),
+        (VlanObjectKind.BRIDGE, "br0v10", VlanObjectRole.VLAN_BRIDGE, None),
+        (VlanObjectKind.VLAN, "eth0.10", VlanObjectRole.UPLINK_SUBINTERFACE, "eth0"),
     ]
 
 
@@ -214,7 +214,7 @@ def test_kernel_objects_of_a_filtering_trunk() -> None:
     assert kernel_objects(FILTERING, "br0", 10, None) == ()
     objects = kernel_objects(FILTERING, "br0", 10, "eth0")
     assert [(o.kind, o.name, o.role, o.parent) for o in objects] == [
-        (ObjectKind.BRIDGE_VLAN, "eth0", ObjectRole.UPLINK_TAGGED, "br0")
+        (VlanObjectKind.BRIDGE_VLAN, "eth0", VlanObjectRole.UPLINK_TAGGED, "br0")
     ]
 
 
