@@ -30,6 +30,7 @@ from app.api import (
     operations,
     port_forwards,
     taps,
+    vlans,
     vms,
 )
 from app.api.deps import AppContext
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 TAGS = [
     {"name": "bridges", "description": "Linux bridges (brctl addbr / showmacs)"},
     {"name": "taps", "description": "Persistent tap devices and their bridge membership"},
+    {"name": "vlans", "description": "IEEE 802.1Q VLANs: tenants' L2 segments on a trunk bridge"},
     {"name": "vms", "description": "Virtual machines: qemu processes supervised by the daemon"},
     {"name": "networks", "description": "Managed NAT networks: SNAT, DHCP and DNS (dnsmasq)"},
     {"name": "port-forwards", "description": "Host ports forwarded to VMs on managed networks"},
@@ -205,6 +207,7 @@ def create_app(
     for router in (
         bridges,
         taps,
+        vlans,
         vms,
         networks,
         port_forwards,
@@ -240,6 +243,7 @@ class Nudgers:
             "vm": (vm_worker, network_worker),
             "network": (network_worker, supervisor),
             "port_forward": (network_worker,),
+            "vlan": (supervisor,),  # the link supervisor will own their kernel objects
         }
         self.everyone = (supervisor, vm_worker, network_worker)
 

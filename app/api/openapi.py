@@ -77,6 +77,7 @@ def _add_links(paths: dict[str, Any]) -> None:
 BODY_LINKS = (
     ("create_bridge", "create_tap", "bridge"),
     ("create_bridge", "create_network", "bridge"),
+    ("create_bridge", "create_vlan", "trunk"),
 )
 
 

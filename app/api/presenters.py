@@ -22,10 +22,12 @@ from app.db.models import (
     ResourceColumns,
     Tap,
     Uplink,
+    Vlan,
     Vm,
     VmNic,
 )
 from app.domain.uplinks import JournalError, NicConfig, describe, restore_steps
+from app.domain.vlans import VlanBackend, kernel_objects, l3_interface_name
 from app.schemas.host import DiagnosticCheck
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgePort, UplinkSummary
@@ -34,6 +36,7 @@ from app.schemas.networks import Network as NetworkOut
 from app.schemas.networks import PortForward as PortForwardOut
 from app.schemas.operations import OperationOut
 from app.schemas.uplinks import UplinkOut, UplinkPlan
+from app.schemas.vlans import Vlan as VlanOut
 from app.schemas.vms import Vm as VmOut
 
 M = TypeVar("M", bound=BaseModel)
@@ -393,3 +396,44 @@ def _user_name(uid: int) -> str | None:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return None
+
+
+def _observed_by_name(stored: object) -> dict[str, dict[str, Any]]:
+    """The supervisor's observed objects by name (entries that are no object with a string
+    name are skipped: a row written by hand)."""
+    if not isinstance(stored, list):
+        return {}
+    return {o["name"]: o for o in stored if isinstance(o, dict) and isinstance(o.get("name"), str)}
+
+
+def vlan_out(row: Vlan, trunk: str | None, uplink: str | None) -> VlanOut:
+    """`trunk`: the trunk bridge's name (None once its row is gone); `uplink`: its uplink
+    NIC's name, if it has one. The kernel objects are those the backend needs now, each
+    with what the supervisor last observed of it (nothing until it has looked)."""
+    fields: dict[str, Any] = dict(
+        **_resource(row),
+        vlan_id=row.vlan_id,
+        trunk_id=row.trunk_id,
+        trunk=trunk,
+        backend=row.backend,
+        requested_backend=row.requested_backend,
+        description=row.description,
+        l3_interface=None,
+        kernel_objects=[],
+    )
+    if trunk is not None and row.backend in VlanBackend._value2member_map_:
+        backend = VlanBackend(row.backend)
+        fields["l3_interface"] = l3_interface_name(backend, trunk, row.vlan_id)
+        observed = _observed_by_name(row.observed_objects)
+        fields["kernel_objects"] = [
+            {
+                "kind": o.kind,
+                "name": o.name,
+                "role": o.role,
+                "parent": o.parent,
+                "ifindex": observed.get(o.name, {}).get("ifindex"),
+                "observed_state": observed.get(o.name, {}).get("state"),
+            }
+            for o in kernel_objects(backend, trunk, row.vlan_id, uplink)
+        ]
+    return present(VlanOut, fields, row.deleted)

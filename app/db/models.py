@@ -30,6 +30,7 @@ from app.domain.links import generate_mac
 from app.domain.names import MTU_MAX, MTU_MIN, STP_FORWARD_DELAY_CS
 from app.domain.networks import LEASE_SECONDS, PORTS
 from app.domain.status import Status
+from app.domain.vlans import RESOLVED_BACKENDS, VID_MAX, VID_MIN, VlanBackend
 from app.domain.vms import MEMORY_MIB, QUEUES, VCPUS
 
 
@@ -468,4 +469,31 @@ class Uplink(ResourceColumns, Base):
         _one_of("uplinks", "phase", ["detached", "moving", "attached", "restoring"]),
         _json("uplinks", "saved", "object", nullable=True),
         _json("uplinks", "steps", "array"),
+    )
+
+
+class Vlan(ResourceColumns, Base):
+    """A VLAN (IEEE 802.1Q) on one of our bridges, its trunk (app.domain.vlans). `backend`
+    is the one chosen at creation (never `auto`); `requested_backend` what was asked. The
+    supervisor writes `observed_objects`: the kernel objects it found, one JSON object each
+    ({"name", "ifindex", "state"})."""
+
+    __tablename__ = "vlans"
+
+    vlan_id: Mapped[int] = mapped_column(Integer)
+    # a live VLAN keeps its trunk (the services refuse the trunk's delete, or delete the
+    # VLANs with it); a deleted one may outlive the trunk's row only until that row goes
+    trunk_id: Mapped[str] = mapped_column(ForeignKey("bridges.id", ondelete="CASCADE"), index=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    requested_backend: Mapped[str] = mapped_column(String(16), default=VlanBackend.AUTO.value)
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    observed_objects: Mapped[list[dict[str, Any]]] = mapped_column(StoredJSON, default=list)
+
+    __table_args__ = (
+        UniqueConstraint("trunk_id", "vlan_id", name="uq_vlans_trunk_id_vlan_id"),
+        *_resource_checks("vlans", [s.value for s in Status]),
+        _between("vlans", "vlan_id", VID_MIN, VID_MAX, nullable=False),
+        _one_of("vlans", "backend", [b.value for b in RESOLVED_BACKENDS]),
+        _one_of("vlans", "requested_backend", [b.value for b in VlanBackend]),
+        _json("vlans", "observed_objects", "array"),
     )

@@ -4,7 +4,7 @@ The dependency graph (a delete without `?force=true` is refused while any edge e
 
 - network  <- VM NICs with a fixed address on it; port forwards on it
 - bridge   <- VM NICs on it (`bridge` backend); taps attached to it; the network on it;
-              its uplink
+              its uplink; the VLANs it is the trunk of
 - tap      <- the VM NIC that uses it (`tap` backend); the network on it (a routed tap)
 - VM       <- port forwards to its NICs; other VMs' socket NICs that connect to its
               listening socket NICs
@@ -18,8 +18,9 @@ delete with ports in use, NetworkInUse 409, and Nova, which unplugs a deleted po
   addresses), and a VM that was running is `stopped`: it starts again without that NIC;
 - a VM NIC on a deleted network keeps its bridge or tap and loses only its fixed address
   (`address_released`); a tap on a deleted bridge is `detached` and stays;
-- a port forward, the network on a deleted link, and a bridge's uplink are `deleted` (the
-  uplink first moves the host's configuration back onto its NIC).
+- a port forward, the network on a deleted link, a bridge's uplink and the VLANs on a
+  deleted trunk are `deleted` (the uplink first moves the host's configuration back onto
+  its NIC; a VLAN cannot outlive its trunk, as a Neutron segment cannot its network).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class DependentKind(enum.StrEnum):
     NETWORK = "network"
     UPLINK = "uplink"
     PORT_FORWARD = "port_forward"
+    VLAN = "vlan"
 
 
 class ForceAction(enum.StrEnum):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.db.models import Bridge, Network, Operation, PortForward, Tap, Vm, VmNic
+from app.db.models import Bridge, Network, Operation, PortForward, Tap, Vlan, Vm, VmNic
 from app.db.repositories import (
     DependentsRepository,
     FinishedOperation,
     NetworkRepository,
     OperationRepository,
+    VlanRepository,
     uplink_of,
 )
 from app.db.session import Session
@@ -34,7 +35,7 @@ def nic_dependent(nic: VmNic, vm: Vm, action: ForceAction | None = None) -> Depe
     return Dependent(K.VM_NIC, nic.id, f"{vm.name}/{nic.position}", vm.id, action)
 
 
-def _row_dependent(kind: DependentKind, row: Tap | Network | PortForward) -> Dependent:
+def _row_dependent(kind: DependentKind, row: Tap | Network | PortForward | Vlan) -> Dependent:
     return Dependent(kind, row.id, row.name)
 
 
@@ -110,7 +111,8 @@ class InUseGuard:
         uplink = uplink_of(self.session, row.id)
         if uplink is not None and not uplink.deleted:
             found.append(Dependent(K.UPLINK, uplink.id, uplink.name))
-        return found
+        vlans = VlanRepository(self.session).on_trunk(row.id, live_only=True)
+        return found + [_row_dependent(K.VLAN, v) for v in vlans]
 
     def tap_dependents(self, row: Tap) -> list[Dependent]:
         found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_tap(row.id)]
@@ -124,7 +126,7 @@ class InUseGuard:
 
     def free_bridge(self, row: Bridge) -> None:
         """Force: the bridge's VM NICs leave their VMs, its network goes, its taps are
-        detached and its uplink moves the host's configuration back."""
+        detached, its uplink moves the host's configuration back and its VLANs go."""
         for nic, vm in self.repo.nics_on_bridge(row.id):
             self.remove_nic(nic, vm)
         self._free_network(row.id, None)
@@ -138,6 +140,15 @@ class InUseGuard:
             self.detached.append(
                 Dependent(K.UPLINK, uplink.id, uplink.name, action=ForceAction.DELETED)
             )
+        for vlan in VlanRepository(self.session).on_trunk(row.id, live_only=True):
+            self.delete_vlan(vlan)
+            self.detached.append(Dependent(K.VLAN, vlan.id, vlan.name, action=ForceAction.DELETED))
+
+    def delete_vlan(self, vlan: Vlan) -> Operation:
+        """Mark a VLAN deleted (nothing depends on a VLAN yet: NICs on VLANs come later)."""
+        vlan.deleted = True
+        bump(vlan, Status.DELETING)
+        return record_operation(self.session, "delete", "vlan", vlan, self.request_id)
 
     def free_tap(self, row: Tap) -> None:
         """Force: the tap's VM NIC leaves its VM, and the network on the tap goes."""

@@ -14,6 +14,7 @@ from app.db.models import (
     ResourceColumns,
     Tap,
     Uplink,
+    Vlan,
     Vm,
 )
 from app.db.repositories import OperationRepository, Repository
@@ -21,7 +22,7 @@ from app.db.session import Session
 from app.domain.errors import NotFound
 from app.domain.status import Status, check_transition
 
-R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink)
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink, Vlan)
 
 
 def find_operation(session: Session, operation_id: str) -> Operation:

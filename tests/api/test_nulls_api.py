@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from app.schemas.common import UpdateModel
 from app.schemas.links import BridgeUpdate, TapUpdate
 from app.schemas.networks import NetworkUpdate
+from app.schemas.vlans import VlanUpdate
 from app.settings import Settings
 from tests.netns_tools import links
 
@@ -85,10 +86,15 @@ RESOURCES = (
 )
 
 
+# Covered by their own file the same way, until the resource settles here: a VLAN settles
+# only once the supervisor makes its kernel objects (tests/api/test_vlans_api.py).
+COVERED_ELSEWHERE = {VlanUpdate}
+
+
 def test_every_update_model_is_covered() -> None:
     """A new PATCH body (a subclass of UpdateModel) must be added to RESOURCES, and every
     field of each must have a non-default value in its creation body."""
-    assert set(UpdateModel.__subclasses__()) == {r.update for r in RESOURCES}
+    assert set(UpdateModel.__subclasses__()) == {r.update for r in RESOURCES} | COVERED_ELSEWHERE
     for resource in RESOURCES:
         assert set(resource.update.model_fields) <= resource.body.keys(), resource.collection
 

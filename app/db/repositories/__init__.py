@@ -46,6 +46,7 @@ from app.db.repositories.uplinks import (
     uplink_of,
     uplinks_of,
 )
+from app.db.repositories.vlans import VlanRepository
 from app.db.repositories.vms import VmRepository, vm_spec
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "TapRepository",
     "UplinkMove",
     "UplinkRepository",
+    "VlanRepository",
     "VmRepository",
     "address_holders",
     "bridge_facts",

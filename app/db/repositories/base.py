@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from app.db.models import Base, Bridge, Network, Tap, Vm
+from app.db.models import Base, Bridge, Network, Tap, Vlan, Vm
 from app.db.models import PortForward as PortForwardRow
 from app.domain.cursors import decode_cursor, encode_cursor
 
@@ -18,7 +18,7 @@ M = TypeVar("M", bound=Base)
 UUID_LENGTH = 36
 
 
-R = TypeVar("R", Bridge, Tap, Vm, Network, PortForwardRow)
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForwardRow, Vlan)
 
 
 class Repository(Generic[M]):
@@ -42,7 +42,7 @@ class Repository(Generic[M]):
 
 
 class ResourceRepository(Repository[R]):
-    """Bridges and taps: lookup by id or name, keyset paging in creation order."""
+    """Named resources: lookup by id or name, keyset paging in creation order."""
 
     def get_by_name(self, name: str) -> R | None:
         model = self.model

@@ -1,0 +1,118 @@
+"""/v1/vlans: tenants' L2 segments (IEEE 802.1Q VLANs) on a trunk bridge (issue 10)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.presenters import mutation_headers, vlan_out
+from app.api.waiting import settle_response
+from app.db.models import Operation, Vlan
+from app.db.session import Session
+from app.domain.vlans import VlanFacts
+from app.schemas.common import PROBLEM_RESPONSES
+from app.schemas.vlans import Vlan as VlanOut
+from app.schemas.vlans import VlanCreate, VlanPage, VlanUpdate
+from app.services.vlans import VlanService, candidate_names
+
+router = APIRouter(prefix="/v1/vlans", tags=["vlans"], responses=PROBLEM_RESPONSES)
+
+SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
+
+
+def _views(session: Session, rows: list[Vlan]) -> list[VlanOut]:
+    """`rows` may come from another (closed) session: only their columns are read."""
+    trunks = VlanService(session).trunks(rows)
+    return [vlan_out(r, *trunks.get(r.trunk_id, (None, None))) for r in rows]
+
+
+async def _finish(
+    ctx: AppContext,
+    response: Response,
+    row: Vlan,
+    op: Operation | None,
+    wait: float | None,
+    settled_status: int,
+) -> VlanOut | Response:
+    result = await settle_response(ctx, response, "vlans", row, op, wait, settled_status)
+    if isinstance(result, Response):
+        return result
+    return (await ctx.read(lambda s: _views(s, [result])))[0]
+
+
+@router.post(
+    "",
+    operation_id="create_vlan",
+    status_code=202,
+    response_model=VlanOut,
+    responses={201: {"model": VlanOut, "description": "Created and settled (with ?wait=)"}},
+    summary="Create a VLAN on a trunk bridge",
+    description="The backend is chosen from what the host's kernel offers (probed, GET "
+    "/v1/host/capabilities). 409 `host-lacks-feature` when it cannot carry the VLAN: "
+    "`missing_features` names each missing kernel feature (feature, kernel_config, module, "
+    "the probe's reason), and nothing is stored. 409 when the VID is taken on the trunk, "
+    "the trunk's VLANs use another backend, or the name is taken (without regard to case). "
+    + SETTLE_DOC,
+)
+async def create_vlan(
+    body: VlanCreate, response: Response, request: Request, wait: Wait = None
+) -> VlanOut | Response:
+    ctx, request_id = context(request), request_id_of(request)
+    trunk = await ctx.read(lambda s: VlanService(s).trunk(body.trunk).name)
+    foreign = {
+        name: await ctx.host(ctx.inspector.foreign_link, name)
+        for name in candidate_names(trunk, body.vlan_id)
+    }
+    capabilities = await ctx.host(ctx.inspector.capabilities)
+    facts = VlanFacts.from_link_probe(capabilities["links"])
+    row, op = await ctx.mutate(lambda s: VlanService(s, request_id).create(body, facts, foreign))
+    return await _finish(ctx, response, row, op, wait, 201)
+
+
+@router.get("", operation_id="list_vlans", response_model=VlanPage)
+async def list_vlans(request: Request, limit: Limit = 100, cursor: Cursor = None) -> VlanPage:
+    def page(session: Session) -> VlanPage:
+        rows, next_cursor = VlanService(session).page(limit, cursor)
+        return VlanPage(items=_views(session, list(rows)), next_cursor=next_cursor)
+
+    return await context(request).read(page)
+
+
+@router.get("/{vlan_id}", operation_id="get_vlan", response_model=VlanOut)
+async def get_vlan(vlan_id: str, request: Request) -> VlanOut:
+    """A VLAN by id or name (any case): its backend, trunk, and the kernel objects it owns
+    with their observed state."""
+    return (await context(request).read(lambda s: _views(s, [VlanService(s).get(vlan_id)])))[0]
+
+
+@router.patch(
+    "/{vlan_id}",
+    operation_id="update_vlan",
+    response_model=VlanOut,
+    description="Name and description only; no kernel object changes, so the answer is 200 "
+    "at once and the generation stays. vlan_id, trunk and backend cannot change (422).",
+)
+async def update_vlan(
+    vlan_id: str, body: VlanUpdate, response: Response, request: Request
+) -> VlanOut:
+    ctx, request_id = context(request), request_id_of(request)
+    row = await ctx.mutate(lambda s: VlanService(s, request_id).update(vlan_id, body))
+    mutation_headers(response, "vlans", row.id, None)
+    return (await ctx.read(lambda s: _views(s, [row])))[0]
+
+
+@router.delete(
+    "/{vlan_id}",
+    operation_id="delete_vlan",
+    status_code=202,
+    response_model=VlanOut,
+    responses={204: {"description": "Deleted (with ?wait=)"}},
+    description="The VLAN's kernel objects are removed, then the VLAN. Deleting its trunk "
+    "bridge is refused (409 in-use listing it) unless ?force=true, which deletes it too.",
+)
+async def delete_vlan(
+    vlan_id: str, response: Response, request: Request, wait: Wait = None
+) -> VlanOut | Response:
+    ctx, request_id = context(request), request_id_of(request)
+    row, op = await ctx.mutate(lambda s: VlanService(s, request_id).delete(vlan_id))
+    return await _finish(ctx, response, row, op, wait, 202)

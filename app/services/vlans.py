@@ -1,0 +1,152 @@
+"""VLAN use cases: create on a trunk, rename, delete (rules: app.domain.vlans).
+
+Creating a VLAN checks, in the caller's transaction, that its name is free (without regard
+to case), that the trunk is one of our live bridges, that the VID is free on that trunk,
+that the host can carry it (the backend chosen from the probed facts and the trunk's other
+VLANs), and claims the kernel name a host address on the VLAN will use; then it writes the
+row and an operation. Anything refused leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from app.db.models import Bridge, LinkName, Operation, Vlan, new_id
+from app.db.repositories import BridgeRepository, LinkNameRepository, TapRepository, VlanRepository
+from app.db.session import Session
+from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
+from app.domain.vlans import (
+    VlanBackend,
+    VlanFacts,
+    choose_backend,
+    l3_interface_name,
+    subinterface_name,
+    vlan_bridge_name,
+)
+from app.schemas.vlans import VlanCreate, VlanUpdate
+from app.services.in_use import InUseGuard
+from app.services.links import never_created, refuse_foreign
+from app.services.operations import record_operation
+
+
+def candidate_names(trunk: str, vid: int) -> list[str]:
+    """The kernel names a VLAN with this VID on this trunk may claim (one per backend), so
+    the API can ask the host about them before the transaction."""
+    return [subinterface_name(trunk, vid), vlan_bridge_name(trunk, vid)]
+
+
+class VlanService:
+    def __init__(self, session: Session, request_id: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.vlans = VlanRepository(session)
+
+    def get(self, ref: str) -> Vlan:
+        row = self.vlans.find(ref)
+        if row is None:
+            raise NotFound(f"no VLAN {ref!r}")
+        return row
+
+    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Vlan], str | None]:
+        return self.vlans.page(limit, cursor)
+
+    def trunks(self, rows: Sequence[Vlan]) -> dict[str, tuple[str, str | None]]:
+        """Trunk bridge id -> (its name, its uplink NIC's name or None) for these VLANs."""
+        return self.vlans.trunks(list({r.trunk_id for r in rows}))
+
+    def trunk(self, ref: str) -> Bridge:
+        """The trunk a VLAN may ride on: one of our bridges, alive and ever created."""
+        bridge = BridgeRepository(self.session).find(ref)
+        if bridge is None:
+            if TapRepository(self.session).find(ref) is not None:
+                raise InvalidInput(
+                    f"trunk {ref!r} is a tap: a VLAN rides on a bridge (its trunk), and a "
+                    "tap joins a VLAN as a port instead"
+                )
+            raise NotFound(f"no bridge {ref!r} to be the trunk")
+        if bridge.deleted:
+            raise BeingDeleted(f"bridge {bridge.name!r} is being deleted")
+        if never_created(bridge):
+            raise Conflict(
+                f"bridge {bridge.name!r} was never created ({bridge.status_reason}); it "
+                "cannot be a trunk"
+            )
+        return bridge
+
+    def create(
+        self,
+        body: VlanCreate,
+        facts: VlanFacts,
+        foreign: Mapping[str, dict[str, Any] | None] | None = None,
+    ) -> tuple[Vlan, Operation]:
+        """`facts`: what the host's kernel offers (probed); `foreign`: for the kernel names
+        of candidate_names(), the host link of that name that is not ours, if any."""
+        self._refuse_name_taken(body.name)
+        trunk = self.trunk(body.trunk)
+        on_trunk = self.vlans.on_trunk(trunk.id)
+        holder = self.vlans.holding(trunk.id, body.vlan_id)
+        if holder is not None:
+            state = " (being deleted)" if holder.deleted else ""
+            raise Conflict(
+                f"VLAN {body.vlan_id} on trunk {trunk.name!r} is VLAN {holder.name!r}{state}",
+                holder={"id": holder.id, "name": holder.name},
+            )
+        trunk_backend = VlanBackend(on_trunk[0].backend) if on_trunk else None
+        backend = choose_backend(body.backend, facts, trunk_backend)
+        row = Vlan(
+            id=new_id(),
+            name=body.name,
+            vlan_id=body.vlan_id,
+            trunk_id=trunk.id,
+            backend=backend.value,
+            requested_backend=body.backend.value,
+            description=body.description,
+            observed_objects=[],
+            generation=1,
+        )
+        self._claim(l3_interface_name(backend, trunk.name, body.vlan_id), row.id, foreign or {})
+        self.vlans.add(row)
+        return row, record_operation(self.session, "create", "vlan", row, self.request_id)
+
+    def _refuse_name_taken(self, name: str, except_id: str | None = None) -> None:
+        holder = self.vlans.name_holder(name, except_id)
+        if holder is not None:
+            raise NameTaken(
+                f"VLAN {holder.name!r} ({holder.id}) has this name: VLAN names are unique "
+                "without regard to case"
+            )
+
+    def _claim(self, name: str, vlan_id: str, foreign: Mapping[str, dict[str, Any] | None]) -> None:
+        """Claim the kernel name of the VLAN's L3 interface, so no bridge, tap or other VLAN
+        takes it (the uplink's sub-interface follows the uplink and is not claimed here)."""
+        refuse_foreign(name, foreign.get(name))
+        names = LinkNameRepository(self.session)
+        existing = names.get(name)
+        if existing is not None:
+            raise NameTaken(
+                f"the VLAN's kernel link name {name!r} is already used by {existing.resource} "
+                f"{existing.resource_id}"
+            )
+        names.add(LinkName(name=name, resource="vlan", resource_id=vlan_id))
+
+    def update(self, ref: str, body: VlanUpdate) -> Vlan:
+        """Name and description are the API's own: no kernel object changes, so nothing is
+        bumped and no operation is recorded (the answer is 200 at once)."""
+        row = self.get(ref)
+        if row.deleted:
+            raise BeingDeleted(f"VLAN {row.name!r} is being deleted")
+        changes = body.changes()
+        if "name" in changes and changes["name"] != row.name:
+            self._refuse_name_taken(changes["name"], except_id=row.id)
+        for field, value in changes.items():
+            setattr(row, field, value)
+        return row
+
+    def delete(self, ref: str) -> tuple[Vlan, Operation | None]:
+        """Nothing depends on a VLAN yet (NICs and taps on VLANs come with the supervisor
+        part of issue 10); the row goes once the supervisor removed its kernel objects."""
+        row = self.get(ref)
+        if row.deleted:
+            return row, None
+        return row, InUseGuard(self.session, self.request_id).delete_vlan(row)
