@@ -13,22 +13,19 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
-
 from app.bus import EventBus
 from app.db.models import Bridge, Tap
 from app.db.repositories import (
-    LINK_MODELS,
     FinishedOperation,
     LinkNameRepository,
     ObservedState,
     OperationRepository,
+    journal_create_intents,
     link_referrers,
     link_rows,
     load_link_specs,
 )
-from app.db.session import Database
+from app.db.session import Database, Session
 from app.domain.links import (
     Action,
     ActionKind,
@@ -151,8 +148,7 @@ class LinkReconciler:
         if not ids:
             return
         with self.db.unit_of_work() as session:
-            for model in LINK_MODELS:
-                session.execute(update(model).where(model.id.in_(ids)).values(create_intent=True))
+            journal_create_intents(session, ids)
 
     # ---- applying --------------------------------------------------------------------------
 
@@ -350,7 +346,7 @@ class LinkReconciler:
         self.backoff.succeeded(spec.id)
         self._finished.append(FinishedOperation(spec.id, row.generation, "succeeded"))
         LinkNameRepository(session).release(spec.id)
-        session.delete(row)
+        session.delete(row)  # the unit of work's delete, as Repository.remove does
         return row.event_fields(
             str(spec.kind), "deleted", status="deleted", observed_generation=row.generation
         )

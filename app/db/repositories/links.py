@@ -5,16 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.link_settings import stored_link_settings
 from app.db.models import Bridge, Tap, Vm, VmNic
 from app.db.repositories.addresses import network_gateways
-from app.db.repositories.base import R, ResourceRepository
+from app.db.repositories.base import LINK_MODELS, R, ResourceRepository
 from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.status import Status
+
+
+def journal_create_intents(session: Session, ids: Sequence[str]) -> None:
+    """Mark these bridges and taps 'about to be created' (create_intent), so a crash between
+    the kernel's create and the ownership mark is adopted at the next pass."""
+    for model in LINK_MODELS:
+        session.execute(update(model).where(model.id.in_(ids)).values(create_intent=True))
 
 
 class TapRepository(ResourceRepository[Tap]):
