@@ -25,6 +25,7 @@ from app.db.models import (
     VmNic,
 )
 from app.db.repositories import stored_link_settings
+from app.domain.nics import present_options
 from app.domain.uplinks import JournalError, NicConfig, describe, restore_steps
 from app.schemas.host import DiagnosticCheck
 from app.schemas.links import Bridge as BridgeOut
@@ -240,7 +241,7 @@ def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
     fields["nics"] = [
         {
             "index": n.position,
-            "hub": (n.options or {}).get("hub"),
+            **present_options(n.backend, n.options),  # the backend driver's fields
             **{name: getattr(n, name) for name in NIC_FIELDS},
         }
         for n in nics

@@ -40,22 +40,12 @@ from app.domain.cursors import decode_cursor, encode_cursor
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import AddressHolder, DhcpDnsSpec, NicAddress, static_hosts
+from app.domain.nics import load_options
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
 from app.domain.stored import BRIDGE_RULES, TAP_RULES, read_link_settings
 from app.domain.uplinks import JournalError, NicConfig
-from app.domain.vms import (
-    Accelerator,
-    Backend,
-    BootSpec,
-    Machine,
-    NicSpec,
-    PortForward,
-    SocketNet,
-    UserNet,
-    Vhost,
-    VmSpec,
-)
+from app.domain.vms import Accelerator, BootSpec, Machine, NicSpec, Vhost, VmSpec
 
 M = TypeVar("M", bound=Base)
 UUID_LENGTH = 36
@@ -607,31 +597,19 @@ def vm_spec(vm: Vm, nics: Sequence[VmNic]) -> VmSpec:
 
 
 def _nic_spec(nic: VmNic) -> NicSpec:
-    options = nic.options or {}
-    backend = Backend(nic.backend)
-    user = None
-    if backend is Backend.USER:
-        user_options = dict(options.get("user") or {})
-        forwards = tuple(PortForward(**f) for f in user_options.pop("forwards", []))
-        user = UserNet(**user_options, forwards=forwards)
-    socket = None
-    if backend is Backend.SOCKET:
-        raw = options["socket"]
-        socket = SocketNet(raw["mode"], int(raw["port"]), raw["address"])
-    return NicSpec(
+    """The NIC as the domain's spec; its backend's driver reads the stored `options`."""
+    spec = NicSpec(
         id=nic.id,
         model=nic.model,
         mac=nic.mac,
-        backend=backend,
+        backend=nic.backend,
         tap=nic.tap_name,
-        user=user,
-        socket=socket,
-        hub=options.get("hub"),
         queues=nic.queues,
         vhost=Vhost(nic.vhost),
         link_up=nic.link_up,
         mtu=nic.mtu,
     )
+    return load_options(spec, nic.options)
 
 
 # ---- what the network worker reconciles -----------------------------------------------------
