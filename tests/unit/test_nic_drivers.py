@@ -207,6 +207,7 @@ def test_a_backend_added_by_one_module_works_end_to_end(stream: NicDriver) -> No
     ]
     assert "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0" in argv
     assert present_options("stream", row.options) == {"hub": None, "stream_port": 4444}
+    assert present_options("stream", {"hub": 1}) == {"hub": 1}  # damaged: listed, no 500
     # it needs no kernel link: the VM worker plans no tap for it
     assert tap_plans(machine, [row], {}) == []
 

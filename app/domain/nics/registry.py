@@ -194,10 +194,15 @@ def dump_options(nic: NicSpec) -> dict[str, Any]:
 
 def present_options(backend: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the API shows of a NIC's stored options: `hub`, and its backend's fields (an
-    unknown backend shows only `hub`; the presenter flags the row)."""
+    unknown backend, or options its driver cannot read, show only `hub`)."""
     stored = options or {}
+    shown: dict[str, Any] = {"hub": stored.get("hub")}
     driver = find_driver(backend)
-    return {"hub": stored.get("hub"), **(driver.present(stored) if driver else {})}
+    if driver is not None:
+        # a damaged row is still listed and read (never a 500): its fields show as absent
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            shown.update(driver.present(stored))
+    return shown
 
 
 # ---- rules every backend shares -------------------------------------------------------------
