@@ -1,4 +1,5 @@
-"""The taps of VMs' `bridge` NICs, made and removed on a thread of their own in the managed
+"""The taps of VMs' NICs whose backend driver asks for one (HostLink.VM_TAP: the `bridge`
+backend), made and removed on a thread of their own in the managed
 namespace (pyroute2's sync API runs its own event loop and must not run inside the VM
 worker's): created owned by the user the VM's qemu runs as, with vnet_hdr (multi_queue
 with queues > 1), given the NIC's MTU (else the bridge's), attached, brought up and marked
