@@ -26,6 +26,7 @@ from app.db.models import (
     Vm,
     VmNic,
 )
+from app.domain.nics import present_options
 from app.domain.uplinks import JournalError, NicConfig, describe, restore_steps
 from app.domain.vlans import VlanBackend, kernel_objects, l3_interface_name
 from app.schemas.host import DiagnosticCheck
@@ -243,7 +244,7 @@ def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
     fields["nics"] = [
         {
             "index": n.position,
-            "hub": (n.options or {}).get("hub"),
+            **present_options(n.backend, n.options),  # the backend driver's fields
             **{name: getattr(n, name) for name in NIC_FIELDS},
         }
         for n in nics

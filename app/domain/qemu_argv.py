@@ -10,87 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from app.domain.errors import InvalidInput
-from app.domain.vms import (
-    Accelerator,
-    Backend,
-    Machine,
-    NicSpec,
-    SocketNet,
-    UserNet,
-    Vhost,
-    VmSpec,
-)
+from app.domain.nics import nic_driver
+from app.domain.qemu_options import qemu_options, qemu_value
+from app.domain.vms import Accelerator, Machine, NicSpec, VmSpec
 
-
-def qemu_value(value: str) -> str:
-    """One value inside a `key=value,key=value` option string."""
-    if any(ch in value for ch in "\0\n\r"):
-        raise InvalidInput(f"{value!r} contains a control character")
-    return value.replace(",", ",,")
-
-
-def _options(head: str, **options: str | int | None) -> str:
-    parts = [head]
-    for key, value in options.items():
-        if value is not None:
-            parts.append(f"{key.replace('_', '-')}={qemu_value(str(value))}")
-    return ",".join(parts)
-
-
-def _user_netdev(netdev: str, user: UserNet) -> str:
-    base = _options(
-        f"user,id={netdev}",
-        net=user.network,
-        host=user.host,
-        dns=user.dns,
-        restrict="on" if user.restrict else None,
-    )
-    forwards = [
-        f"hostfwd={f.protocol}:{f.host_address}:{f.host_port}"
-        f"-{f.guest_address or ''}:{f.guest_port}"
-        for f in user.forwards
-    ]
-    return ",".join([base, *forwards])
-
-
-def _socket_netdev(netdev: str, socket: SocketNet) -> str:
-    netdev_arg = f"socket,id={netdev},{socket.mode}={socket.address}:{socket.port}"
-    if socket.mode == "mcast":
-        # keep the group on loopback: host-local, and it needs no multicast route
-        netdev_arg += ",localaddr=127.0.0.1"
-    return netdev_arg
-
-
-def _tap_netdev(
-    netdev: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
-) -> str:
-    """By name (qemu opens the tap), or by descriptors the daemon opened and passes on."""
-    vhost = {Vhost.ON: "on", Vhost.OFF: "off", Vhost.AUTO: "on" if vhost_net else "off"}
-    assert nic.tap is not None
-    if fds:
-        handles = {"fd": str(fds[0])} if len(fds) == 1 else {"fds": ":".join(map(str, fds))}
-        return _options(f"tap,id={netdev}", **handles, vhost=vhost[nic.vhost])
-    return _options(
-        f"tap,id={netdev}",
-        ifname=nic.tap,
-        script="no",
-        downscript="no",
-        queues=nic.queues if nic.queues > 1 else None,
-        vhost=vhost[nic.vhost],
-    )
+__all__ = ["boot_args", "device_arg", "netdev_arg", "qemu_argv", "qemu_options", "qemu_value"]
 
 
 def netdev_arg(index: int, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None) -> str:
-    netdev = f"net{index}"
-    if nic.backend in (Backend.BRIDGE, Backend.TAP):
-        return _tap_netdev(netdev, nic, vhost_net, fds)
-    if nic.backend is Backend.USER:
-        return _user_netdev(netdev, nic.user or UserNet())
-    if nic.backend is Backend.SOCKET:
-        assert nic.socket is not None
-        return _socket_netdev(netdev, nic.socket)
-    return f"hubport,id={netdev},hubid={nic.hub}"
+    """The NIC's `-netdev`, as its backend's driver writes it."""
+    return nic_driver(nic.backend).netdev(f"net{index}", nic, vhost_net, fds)
 
 
 def device_arg(index: int, nic: NicSpec) -> str:
@@ -98,7 +27,7 @@ def device_arg(index: int, nic: NicSpec) -> str:
     is virtio's `host_mtu` (validate_nic allows it on virtio-net-pci only)."""
     multiqueue = nic.queues > 1
     assert nic.model is not None
-    device = _options(
+    device = qemu_options(
         nic.model,
         netdev=f"net{index}",
         mac=nic.mac,
@@ -123,7 +52,7 @@ def boot_args(spec: VmSpec) -> list[str]:
     interface = "ide" if spec.machine is Machine.ISAPC else "virtio"
     return [
         "-drive",
-        _options(
+        qemu_options(
             "format=raw",
             file=boot.disk,
             **{"if": interface},

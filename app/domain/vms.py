@@ -1,19 +1,47 @@
 """Virtual machines as the daemon understands them: specs, validation rules, MAC allocation.
 
 Pure data and rules (stdlib only). The qemu command line is built from these specs in
-app.domain.qemu_argv; the host layer only runs it.
+app.domain.qemu_argv; the host layer only runs it. A NIC's backend is a driver
+(app.domain.nics): the rules here are the ones every NIC shares, the driver adds its own.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from app.domain.errors import InvalidInput
-from app.domain.names import validate_link_name, validate_mac
+from app.domain.names import validate_mac
+from app.domain.nics import NicDriver, backends_where, nic_driver, validate_hub
+from app.domain.nics.spec import (
+    HUBS,
+    MTU_MODEL,
+    MTU_RANGE,
+    PORTS,
+    QUEUES,
+    Backend,
+    NicSpec,
+    PortForward,
+    SocketNet,
+    UserNet,
+    Vhost,
+    bounded,
+)
+
+__all__ = [  # the NIC types live in app.domain.nics.spec; they are VM types too
+    "MTU_MODEL",
+    "MTU_RANGE",
+    "PORTS",
+    "QUEUES",
+    "Backend",
+    "NicSpec",
+    "PortForward",
+    "SocketNet",
+    "UserNet",
+    "Vhost",
+]
 
 
 class Machine(enum.StrEnum):
@@ -73,79 +101,10 @@ NIC_MODELS: dict[str, Bus] = {
 }
 
 
-class Backend(enum.StrEnum):
-    BRIDGE = "bridge"  # a tap the daemon makes, attached to one of our bridges
-    TAP = "tap"  # one of our tap resources
-    USER = "user"  # QEMU user networking (slirp)
-    SOCKET = "socket"  # VM-to-VM over a loopback TCP socket, or multicast
-    HUB = "hub"  # a QEMU-internal hub (the old -net nic,vlan=N)
-
-
-class Vhost(enum.StrEnum):
-    AUTO = "auto"
-    ON = "on"
-    OFF = "off"
-
-
 QEMU_DEFAULT_MAC = "52:54:00:12:34:56"  # what qemu uses when told nothing: never handed out
 MAC_PREFIX = "52:54:00"
 MEMORY_MIB = (16, 1 << 20)
 VCPUS = (1, 256)
-QUEUES = (1, 16)
-PORTS = (1, 65535)
-MTU_RANGE = (68, 65521)  # ETH_MIN_MTU to the largest MTU a tap accepts
-
-
-@dataclass(frozen=True)
-class PortForward:
-    """The how-to's `-redir tcp:5555::22`: host_address:host_port -> guest_port."""
-
-    protocol: str  # "tcp" or "udp"
-    host_port: int
-    guest_port: int
-    host_address: str = "127.0.0.1"
-    guest_address: str | None = None  # default: the guest's DHCP address
-
-    @property
-    def claim(self) -> tuple[str, str, int]:
-        return (self.protocol, self.host_address, self.host_port)
-
-
-@dataclass(frozen=True)
-class UserNet:
-    network: str = "10.0.2.0/24"
-    host: str = "10.0.2.2"
-    dns: str = "10.0.2.3"
-    restrict: bool = False
-    forwards: tuple[PortForward, ...] = ()
-
-
-@dataclass(frozen=True)
-class SocketNet:
-    """`listen`/`connect` on a loopback TCP port, or `mcast` on a group address:port."""
-
-    mode: str  # "listen", "connect" or "mcast"
-    port: int
-    address: str = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class NicSpec:
-    """A guest NIC on a backend; or, with no model, a backend that only joins hub `hub`
-    (the how-to's `-net tap -net socket` on one vlan: QEMU's hubport with netdev=)."""
-
-    id: str
-    model: str | None
-    mac: str
-    backend: Backend
-    tap: str | None = None  # the kernel tap (bridge and tap backends)
-    user: UserNet | None = None
-    socket: SocketNet | None = None
-    hub: int | None = None
-    queues: int = 1
-    vhost: Vhost = Vhost.AUTO
-    link_up: bool = True
-    mtu: int | None = None  # virtio's host_mtu; the tap's MTU on the bridge and tap backends
 
 
 @dataclass(frozen=True)
@@ -172,12 +131,6 @@ class VmSpec:
 # ---- validation ----------------------------------------------------------------------------
 
 
-def _bounded(what: str, value: int, bounds: tuple[int, int]) -> None:
-    low, high = bounds
-    if isinstance(value, bool) or not low <= value <= high:
-        raise InvalidInput(f"{what} must be between {low} and {high} (got {value})")
-
-
 def validate_nic_model(model: str, machine: Machine, available: Iterable[str]) -> None:
     """A model qemu offers here, on a bus the machine has (ne2k_isa only on isapc, and isapc
     has no PCI bus)."""
@@ -198,116 +151,50 @@ def validate_nic_model(model: str, machine: Machine, available: Iterable[str]) -
         raise InvalidInput(f"{model} is an ISA card: it needs the isapc machine")
 
 
-def _validate_hub_join(nic: NicSpec) -> None:
-    if nic.model is None:
-        if nic.backend is Backend.HUB or nic.hub is None:
-            raise InvalidInput(
-                "a backend without a guest NIC (model null) joins a hub: give `hub` and a "
-                "bridge, tap, user or socket backend"
-            )
-        if nic.queues > 1 or nic.vhost is Vhost.ON:
-            raise InvalidInput("queues and vhost belong to a guest NIC, not to a hub join")
-    elif nic.hub is not None and nic.backend is not Backend.HUB:
-        raise InvalidInput("`hub` on a NIC with a model needs the hub backend")
-
-
 def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost_net: bool) -> None:
-    _validate_hub_join(nic)
+    """The rules every NIC shares, then its backend driver's own (app.domain.nics)."""
+    driver = nic_driver(nic.backend)
+    validate_hub(nic, driver)
     if nic.model is not None:
         validate_nic_model(nic.model, machine, available)
     validate_mac(nic.mac)
-    _bounded("queues", nic.queues, QUEUES)
-    if nic.queues > 1 and (nic.model != "virtio-net-pci" or nic.backend not in _TAP_BACKENDS):
-        raise InvalidInput("multiqueue needs the virtio-net-pci model on a bridge or tap backend")
-    _validate_mtu(nic)
+    bounded("queues", nic.queues, QUEUES)
+    if nic.queues > 1 and (nic.model != "virtio-net-pci" or not driver.multiqueue):
+        raise InvalidInput(
+            f"multiqueue needs the virtio-net-pci model on a {backends_where('multiqueue')} backend"
+        )
+    _validate_mtu(nic, driver)
     if nic.vhost is Vhost.ON and not vhost_net:
         raise InvalidInput("vhost=on needs /dev/vhost-net, which this host does not have")
     if nic.vhost is Vhost.ON and nic.model != "virtio-net-pci":
         raise InvalidInput("vhost-net only accelerates virtio-net-pci")
-    if nic.backend in _TAP_BACKENDS:
-        if nic.tap is None:
-            raise InvalidInput(f"NIC {nic.id}: the {nic.backend} backend needs a tap")
-        validate_link_name(nic.tap)
-    elif nic.backend is Backend.USER:
-        _validate_user(nic.user or UserNet())
-    elif nic.backend is Backend.SOCKET:
-        _validate_socket(nic.socket)
-    if nic.hub is not None and not 0 <= nic.hub <= 1024:
-        raise InvalidInput("a hub number is between 0 and 1024")
-    if nic.backend is Backend.HUB and nic.hub is None:
-        raise InvalidInput("a hub NIC needs a hub number between 0 and 1024")
+    driver.validate(nic)
+    if nic.hub is not None and not HUBS[0] <= nic.hub <= HUBS[1]:
+        raise InvalidInput(f"a hub number is between {HUBS[0]} and {HUBS[1]}")
 
 
-_TAP_BACKENDS = frozenset({Backend.BRIDGE, Backend.TAP})
-
-MTU_MODEL = "virtio-net-pci"
-
-
-def _validate_mtu(nic: NicSpec) -> None:
+def _validate_mtu(nic: NicSpec, driver: NicDriver) -> None:
     """A NIC's MTU reaches the guest only through virtio's host_mtu property (the device
     offers VIRTIO_NET_F_MTU and the guest driver takes the value as its MTU; the other
     emulated NICs have no way to tell the guest), and only a tap-like backend carries it
     (QEMU's user networking keeps its own fixed MTU)."""
     if nic.mtu is None:
         return
-    _bounded("mtu", nic.mtu, MTU_RANGE)
+    bounded("mtu", nic.mtu, MTU_RANGE)
     if nic.model != MTU_MODEL:
         what = "a backend without a guest NIC" if nic.model is None else nic.model
         raise InvalidInput(
             f"mtu needs the {MTU_MODEL} model, which advertises it to the guest (QEMU's "
             f"host_mtu); {what} cannot carry it: leave mtu out and set it in the guest"
         )
-    if nic.backend is Backend.USER:
-        raise InvalidInput(
-            "mtu cannot be set on the user backend: QEMU's user networking (slirp) keeps its "
-            "own fixed MTU"
-        )
-
-
-def _validate_user(user: UserNet) -> None:
-    try:
-        network = ipaddress.IPv4Network(user.network, strict=True)
-        addresses = [ipaddress.IPv4Address(user.host), ipaddress.IPv4Address(user.dns)]
-    except ValueError as exc:
-        raise InvalidInput(f"user networking: {exc}") from None
-    for address in addresses:
-        if address not in network:
-            raise InvalidInput(f"user networking: {address} is outside {network}")
-    seen: set[tuple[str, str, int]] = set()
-    for forward in user.forwards:
-        if forward.protocol not in ("tcp", "udp"):
-            raise InvalidInput(
-                f"port forward protocol must be tcp or udp, not {forward.protocol!r}"
-            )
-        _bounded("host_port", forward.host_port, PORTS)
-        _bounded("guest_port", forward.guest_port, PORTS)
-        try:
-            ipaddress.IPv4Address(forward.host_address)
-        except ValueError:
-            raise InvalidInput(f"host_address {forward.host_address!r} is not IPv4") from None
-        if forward.claim in seen:
-            raise InvalidInput(f"port forward {forward.claim} is listed twice")
-        seen.add(forward.claim)
-
-
-def _validate_socket(socket: SocketNet | None) -> None:
-    if socket is None or socket.mode not in ("listen", "connect", "mcast"):
-        raise InvalidInput("a socket NIC needs mode listen, connect or mcast")
-    _bounded("socket port", socket.port, PORTS)
-    try:
-        address = ipaddress.IPv4Address(socket.address)
-    except ValueError:
-        raise InvalidInput(f"socket address {socket.address!r} is not IPv4") from None
-    if socket.mode == "mcast" and not address.is_multicast:
-        raise InvalidInput(f"mcast needs a multicast group address, not {address}")
-    if socket.mode != "mcast" and not address.is_loopback:
-        raise InvalidInput("socket NICs listen and connect on loopback addresses only")
+    if driver.mtu_refused is not None:
+        raise InvalidInput(driver.mtu_refused)
 
 
 def validate_vm(spec: VmSpec, available_models: Iterable[str], vhost_net: bool = False) -> None:
     """Everything about a VM that can be refused before qemu ever runs."""
-    _bounded("vcpus", spec.vcpus, VCPUS)
-    _bounded("memory_mib", spec.memory_mib, MEMORY_MIB)
+    bounded("vcpus", spec.vcpus, VCPUS)
+    bounded("memory_mib", spec.memory_mib, MEMORY_MIB)
     boot = spec.boot
     if (boot.kernel is None) == (boot.disk is None):
         raise InvalidInput("boot from either a kernel (with optional initrd) or a disk image")

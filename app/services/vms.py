@@ -9,8 +9,8 @@ operation in the caller's transaction.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -28,16 +28,13 @@ from app.db.repositories import (
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameTaken, NotFound
 from app.domain.networks import PortSpan
+from app.domain.nics import dump_options, nic_driver
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
 from app.domain.vm_actions import check as check_action
 from app.domain.vms import (
-    Backend,
     BootSpec,
     NicSpec,
-    PortForward,
     PowerState,
-    SocketNet,
-    UserNet,
     VmSpec,
     VmStatus,
     allocate_mac,
@@ -181,6 +178,8 @@ class VmService:
     def _nic(
         self, vm_id: str, index: int, nic: NicIn, taken_macs: set[str]
     ) -> tuple[VmNic, NicSpec]:
+        """The NIC's row and spec: its backend's driver takes the request's fields and claims
+        what it needs through _NicClaims; the row stores what the driver dumps."""
         mac = nic.mac or allocate_mac(taken_macs)
         if mac in taken_macs:
             raise Conflict(f"MAC {mac} is already used by another NIC")
@@ -204,118 +203,76 @@ class VmService:
             model=nic.model,
             mac=mac,
             backend=nic.backend,
+            hub=nic.hub,  # a hub NIC, or a backend that joins a hub
             queues=nic.queues,
             vhost=nic.vhost,
             link_up=nic.link_up,
             mtu=nic.mtu,
         )
-        if nic.backend is Backend.BRIDGE:
-            spec = self._bridge_nic(row, spec, nic, vm_id, index)
-        elif nic.backend is Backend.TAP:
-            spec = self._tap_nic(row, spec, nic)
-        elif nic.backend is Backend.USER:
-            spec = self._user_nic(row, spec, nic)
-        elif nic.backend is Backend.SOCKET:
-            spec = self._socket_nic(row, spec, nic)
-        if nic.hub is not None:  # a hub NIC, or a backend that joins a hub
-            row.options = {**row.options, "hub": nic.hub}
-            spec = replace(spec, hub=nic.hub)
+        claims = _NicClaims(self, row, index)
+        spec = nic_driver(spec.backend).admit(spec, nic.model_dump(), claims)
+        row.options = dump_options(spec)
         return row, spec
-
-    def _bridge_nic(self, row: VmNic, spec: NicSpec, nic: NicIn, vm_id: str, index: int) -> NicSpec:
-        assert nic.bridge is not None
-        bridge = require_alive(
-            BridgeRepository(self.session).find(nic.bridge), "bridge", nic.bridge
-        )
-        tap_name = vm_tap_name(vm_id, index)
-        if LinkNameRepository(self.session).get(tap_name) is not None:
-            raise NameTaken(f"link name {tap_name} is taken")
-        self.session.add(LinkName(name=tap_name, resource="vm", resource_id=vm_id))
-        row.bridge_id, row.tap_name = bridge.id, tap_name
-        return replace(spec, tap=tap_name)
-
-    def _tap_nic(self, row: VmNic, spec: NicSpec, nic: NicIn) -> NicSpec:
-        assert nic.tap is not None
-        tap = require_alive(TapRepository(self.session).find(nic.tap), "tap", nic.tap)
-        assert isinstance(tap, Tap)
-        user = VmRepository(self.session).tap_user(tap.id)
-        if user is not None:
-            raise InUse(f"tap {tap.name!r} is already used by VM {user}")
-        if tap.multi_queue != (nic.queues > 1):
-            raise InvalidInput(
-                f"tap {tap.name!r} was created with multi_queue={tap.multi_queue}; a NIC with "
-                f"{nic.queues} queue(s) needs multi_queue={nic.queues > 1}"
-            )
-        row.tap_id, row.tap_name = tap.id, tap.name
-        return replace(spec, tap=tap.name)
-
-    def _user_nic(self, row: VmNic, spec: NicSpec, nic: NicIn) -> NicSpec:
-        user_in = nic.user
-        forwards = tuple(
-            PortForward(f.protocol, f.host_port, f.guest_port, f.host_address, f.guest_address)
-            for f in (user_in.forwards if user_in else [])
-        )
-        user = (
-            UserNet(**user_in.model_dump(exclude={"forwards"}), forwards=forwards)
-            if user_in
-            else UserNet()
-        )
-        for forward in forwards:
-            self._claim_port(forward.protocol, forward.host_address, forward.host_port, row.id)
-        row.options = {"user": user_in.model_dump() if user_in else {}}
-        return replace(spec, user=user)
-
-    def _socket_nic(self, row: VmNic, spec: NicSpec, nic: NicIn) -> NicSpec:
-        socket_in = nic.socket
-        assert socket_in is not None
-        if socket_in.mode == "mcast":
-            if socket_in.group is None or socket_in.port is None:
-                raise InvalidInput("a multicast socket NIC needs `group` and `port`")
-            socket = SocketNet("mcast", socket_in.port, socket_in.group)
-        elif socket_in.mode == "listen":
-            port = socket_in.port or self._free_port(SOCKET_PORTS)
-            self._claim_port("tcp", "127.0.0.1", port, row.id)
-            socket = SocketNet("listen", port)
-        else:
-            socket = SocketNet("connect", self._peer_port(socket_in.peer))
-        row.options = {
-            "socket": {
-                "mode": socket.mode,
-                "port": socket.port,
-                "address": socket.address,
-                "peer": socket_in.peer,
-            }
-        }
-        return replace(spec, socket=socket)
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _claim_port(self, protocol: str, address: str, port: int, nic_id: str) -> None:
+    def claim_port(self, protocol: str, address: str, port: int, nic_id: str) -> None:
         """Claim a host port; 0.0.0.0 clashes with every address on that port."""
         PortClaims(self.session).claim(protocol, address, PortSpan(port, port), "vm_nic", nic_id)
 
-    def _free_port(self, ports: Iterable[int]) -> int:
+    def free_port(self, ports: Iterable[int]) -> int:
         used = HostPortRepository(self.session).ports("tcp", "127.0.0.1")
         for port in ports:
             if port not in used:
                 return port
         raise Conflict("no free loopback port left for socket NICs")
 
-    def _peer_port(self, peer: str | None) -> int:
-        """`<vm name or id>/<nic index>` of a socket NIC that listens."""
-        if not peer or "/" not in peer:
-            raise InvalidInput("a connecting socket NIC names its peer as `<vm>/<nic index>`")
-        vm_ref, _, index_text = peer.rpartition("/")
-        if not index_text.isdigit():
-            raise InvalidInput(f"peer {peer!r}: the NIC index must be a number")
-        vm = self.get(vm_ref)
-        if vm.deleted:  # it would be left connecting to a port nobody listens on
-            raise BeingDeleted(f"peer {peer!r}: VM {vm.name!r} is being deleted")
-        target = next((n for n in self.nics(vm.id) if n.position == int(index_text)), None)
-        options = (target.options or {}).get("socket", {}) if target else {}
-        if target is None or options.get("mode") != "listen":
-            raise InvalidInput(f"peer {peer!r} is not a listening socket NIC")
-        return int(options["port"])
+
+class _NicClaims:
+    """What a NIC's backend driver may ask while the NIC is created (app.domain.nics
+    NicClaims), answered from the database and recorded on the NIC's row."""
+
+    def __init__(self, service: VmService, row: VmNic, index: int) -> None:
+        self.service = service
+        self.session = service.session
+        self.row = row
+        self.index = index
+
+    def vm_tap(self, bridge: str) -> str:
+        found = require_alive(BridgeRepository(self.session).find(bridge), "bridge", bridge)
+        tap_name = vm_tap_name(self.row.vm_id, self.index)
+        if LinkNameRepository(self.session).get(tap_name) is not None:
+            raise NameTaken(f"link name {tap_name} is taken")
+        self.session.add(LinkName(name=tap_name, resource="vm", resource_id=self.row.vm_id))
+        self.row.bridge_id, self.row.tap_name = found.id, tap_name
+        return tap_name
+
+    def tap_resource(self, tap: str, queues: int) -> str:
+        found = require_alive(TapRepository(self.session).find(tap), "tap", tap)
+        assert isinstance(found, Tap)
+        user = VmRepository(self.session).tap_user(found.id)
+        if user is not None:
+            raise InUse(f"tap {found.name!r} is already used by VM {user}")
+        if found.multi_queue != (queues > 1):
+            raise InvalidInput(
+                f"tap {found.name!r} was created with multi_queue={found.multi_queue}; a NIC "
+                f"with {queues} queue(s) needs multi_queue={queues > 1}"
+            )
+        self.row.tap_id, self.row.tap_name = found.id, found.name
+        return found.name
+
+    def claim_port(self, protocol: str, address: str, port: int) -> None:
+        self.service.claim_port(protocol, address, port, self.row.id)
+
+    def free_loopback_port(self) -> int:
+        return self.service.free_port(SOCKET_PORTS)
+
+    def peer_nic(self, peer: str, vm: str, index: int) -> tuple[str, Mapping[str, Any]] | None:
+        row = self.service.get(vm)
+        if row.deleted:  # it would be left connecting to a port nobody listens on
+            raise BeingDeleted(f"peer {peer!r}: VM {row.name!r} is being deleted")
+        target = next((n for n in self.service.nics(row.id) if n.position == index), None)
+        return None if target is None else (target.backend, target.options or {})
 
 
 class VmPowerService:

@@ -1,4 +1,5 @@
-"""The taps of VMs' `bridge` NICs, made and removed on a thread of their own in the managed
+"""The taps of VMs' NICs whose backend driver asks for one (HostLink.VM_TAP: the `bridge`
+backend), made and removed on a thread of their own in the managed
 namespace (pyroute2's sync API runs its own event loop and must not run inside the VM
 worker's): created owned by the user the VM's qemu runs as, with vnet_hdr (multi_queue
 with queues > 1), given the NIC's MTU (else the bridge's), attached, brought up and marked
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 from app.db.models import Vm, VmNic
 from app.db.repositories import BridgeFacts
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, tap_mtu
-from app.domain.vms import Backend
+from app.domain.nics import HostLink, find_driver
 from app.host.netlink import LinkError, LinkOps, open_tap_queues
 from app.host.netns import enter_for_this_thread
 
@@ -58,7 +59,8 @@ def tap_plans(
     """The VM's bridge taps, owned by `owner` (uid, gid): the user its qemu runs as."""
     plans = []
     for nic in sorted(nics, key=lambda n: n.position):
-        if nic.backend != Backend.BRIDGE.value or not nic.tap_name:
+        driver = find_driver(nic.backend)
+        if driver is None or driver.host_link is not HostLink.VM_TAP or not nic.tap_name:
             continue
         bridge = bridges.get(nic.bridge_id) if nic.bridge_id else None
         plans.append(
@@ -72,6 +74,15 @@ def tap_plans(
             )
         )
     return plans
+
+
+def _tap_to_open(nic: VmNic) -> str | None:
+    """The kernel tap of a NIC whose backend has one (its own or a tap resource): qemu gets
+    it as descriptors. None for other backends (and for one the registry does not know)."""
+    driver = find_driver(nic.backend)
+    if driver is None or driver.host_link is HostLink.NONE:
+        return None
+    return nic.tap_name or None
 
 
 class VmTaps:
@@ -116,8 +127,9 @@ class VmTaps:
         opened: dict[str, list[int]] = {}
         try:
             for nic in nics:
-                if nic.backend in (Backend.BRIDGE.value, Backend.TAP.value) and nic.tap_name:
-                    opened[nic.id] = open_tap_queues(nic.tap_name, nic.queues)
+                tap = _tap_to_open(nic)
+                if tap is not None:
+                    opened[nic.id] = open_tap_queues(tap, nic.queues)
         except LinkError:
             for fds in opened.values():
                 for fd in fds:

@@ -9,18 +9,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import HostPort, LinkName, Vm, VmNic
 from app.db.repositories.base import ResourceRepository
-from app.domain.vms import (
-    Accelerator,
-    Backend,
-    BootSpec,
-    Machine,
-    NicSpec,
-    PortForward,
-    SocketNet,
-    UserNet,
-    Vhost,
-    VmSpec,
-)
+from app.domain.nics import load_options
+from app.domain.vms import Accelerator, BootSpec, Machine, NicSpec, Vhost, VmSpec
 
 
 class VmRepository(ResourceRepository[Vm]):
@@ -78,28 +68,16 @@ def vm_spec(vm: Vm, nics: Sequence[VmNic]) -> VmSpec:
 
 
 def _nic_spec(nic: VmNic) -> NicSpec:
-    options = nic.options or {}
-    backend = Backend(nic.backend)
-    user = None
-    if backend is Backend.USER:
-        user_options = dict(options.get("user") or {})
-        forwards = tuple(PortForward(**f) for f in user_options.pop("forwards", []))
-        user = UserNet(**user_options, forwards=forwards)
-    socket = None
-    if backend is Backend.SOCKET:
-        raw = options["socket"]
-        socket = SocketNet(raw["mode"], int(raw["port"]), raw["address"])
-    return NicSpec(
+    """The NIC as the domain's spec; its backend's driver reads the stored `options`."""
+    spec = NicSpec(
         id=nic.id,
         model=nic.model,
         mac=nic.mac,
-        backend=backend,
+        backend=nic.backend,
         tap=nic.tap_name,
-        user=user,
-        socket=socket,
-        hub=options.get("hub"),
         queues=nic.queues,
         vhost=Vhost(nic.vhost),
         link_up=nic.link_up,
         mtu=nic.mtu,
     )
+    return load_options(spec, nic.options)

@@ -1,0 +1,223 @@
+"""NIC backends as drivers: the common base every backend overrides only where it differs,
+and the registry that maps a backend's name to its driver.
+
+The shape is Incus's device loader (internal/server/device/device_load.go: a map from NIC
+type to a constructor, a common base embedded by nic_bridged.go, nic_macvlan.go, ...): the
+rest of the daemon asks the registry, never compares backend names, so a new backend is one
+new module that registers its driver (see app/domain/nics/__init__.py for the built-ins).
+
+A driver answers, for one NIC:
+- admit: a request's NIC (plain data, as the API validated it) to a NicSpec, claiming what the
+  backend needs through NicClaims (the service answers those from the database);
+- validate: the backend's own rules (the common ones live in app.domain.vms.validate_nic);
+- load/dump: its stored `options` JSON to and from the spec (the one place that reads it);
+- host_links: the kernel links it needs (a tap the VM worker makes on a bridge, one of our
+  tap resources, none);
+- netdev: QEMU's `-netdev` argument for it;
+- present: what the API shows of its stored options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from app.domain.errors import InvalidInput
+from app.domain.nics.spec import Backend, NicSpec, Vhost, either
+
+
+class HostLink(enum.StrEnum):
+    """Which kernel link a NIC's backend needs, and who makes it."""
+
+    NONE = "none"  # nothing in the kernel (QEMU user networking, sockets, hubs)
+    VM_TAP = "vm-tap"  # a tap the VM worker makes for this NIC and attaches to its bridge
+    TAP = "tap"  # one of our tap resources, kept by the link worker (maybe a routed tap)
+
+
+@dataclass(frozen=True)
+class HostLinkNeed:
+    """One kernel link a NIC needs: its kind and name. qemu gets a tap as descriptors the
+    daemon opened, one per queue (QEMU's `-netdev tap,fds=`)."""
+
+    kind: HostLink
+    name: str
+    queues: int = 1
+
+
+class NicClaims(Protocol):
+    """What a backend may ask of the service while a NIC is created. Each call checks
+    and records in the caller's transaction; a refusal is a DomainError (4xx)."""
+
+    def vm_tap(self, bridge: str) -> str:
+        """A tap the VM worker will make for this NIC on `bridge` (id or name): its name."""
+        ...
+
+    def tap_resource(self, tap: str, queues: int) -> str:
+        """One of our tap resources (id or name), free and made for `queues`: its name."""
+        ...
+
+    def claim_port(self, protocol: str, address: str, port: int) -> None:
+        """A host port for this NIC (409 when another holds it)."""
+        ...
+
+    def free_loopback_port(self) -> int:
+        """A loopback TCP port nobody claimed (not claimed yet: claim_port it)."""
+        ...
+
+    def peer_nic(self, peer: str, vm: str, index: int) -> tuple[str, Mapping[str, Any]] | None:
+        """(backend, stored options) of NIC `index` of live VM `vm`; None when it has none."""
+        ...
+
+
+class NicDriver:
+    """A backend with no kernel link, no options and no rules of its own; drivers override
+    what differs. Instances are stateless: one per backend, in the registry."""
+
+    name: ClassVar[str] = ""
+    host_link: ClassVar[HostLink] = HostLink.NONE
+    multiqueue: ClassVar[bool] = False  # carries several queue pairs (virtio-net mq)
+    joins_hub: ClassVar[bool] = True  # with no guest NIC (model null) it may join a hub
+    owns_hub: ClassVar[bool] = False  # its `hub` is the hub the guest NIC itself sits on
+    mtu_refused: ClassVar[str | None] = None  # why an MTU cannot be set on it
+
+    def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
+        """The spec of a NIC from a request's NIC fields (the API's NicIn as plain data)."""
+        return nic
+
+    def validate(self, nic: NicSpec) -> None:
+        """This backend's own rules (InvalidInput)."""
+
+    def load(self, nic: NicSpec, options: Mapping[str, Any]) -> NicSpec:
+        """The spec with this backend's settings read from its stored options."""
+        return nic
+
+    def dump(self, nic: NicSpec) -> dict[str, Any]:
+        """This backend's settings as stored options (what load reads back)."""
+        return {}
+
+    def host_links(self, nic: NicSpec) -> tuple[HostLinkNeed, ...]:
+        if self.host_link is HostLink.NONE or nic.tap is None:
+            return ()
+        return (HostLinkNeed(self.host_link, nic.tap, nic.queues),)
+
+    def netdev(
+        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+    ) -> str:
+        """QEMU's `-netdev` value for this NIC (`fds`: descriptors of its host link)."""
+        raise NotImplementedError(f"the {self.name} backend has no -netdev")
+
+    def present(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Fields the API shows from stored options, beyond the common `hub`."""
+        return {}
+
+
+_DRIVERS: dict[str, NicDriver] = {}
+
+
+D = TypeVar("D", bound=type[NicDriver])
+
+
+def register(driver: D) -> D:
+    """Class decorator: make `driver` the backend of its `name` (ValueError when taken)."""
+    if not driver.name or driver.name in _DRIVERS:
+        raise ValueError(f"NIC backend {driver.name!r} is unnamed or already registered")
+    _DRIVERS[driver.name] = driver()
+    return driver
+
+
+def unregister(name: str) -> None:
+    _DRIVERS.pop(name, None)
+
+
+@contextlib.contextmanager
+def registered(driver: type[NicDriver]) -> Iterator[NicDriver]:
+    """`driver` registered for the duration of the block (tests)."""
+    register(driver)
+    try:
+        yield _DRIVERS[driver.name]
+    finally:
+        unregister(driver.name)
+
+
+def backends() -> list[str]:
+    """The registered backends' names: the built-in ones in Backend's order, then the
+    others in registration order."""
+    built_in = [b.value for b in Backend if b.value in _DRIVERS]
+    return built_in + [name for name in _DRIVERS if name not in built_in]
+
+
+def find_driver(name: str) -> NicDriver | None:
+    return _DRIVERS.get(name)
+
+
+def nic_driver(name: str) -> NicDriver:
+    """The driver of backend `name`; InvalidInput naming the known ones otherwise."""
+    driver = _DRIVERS.get(name)
+    if driver is None:
+        raise InvalidInput(f"unknown NIC backend {name!r}; known: {', '.join(backends())}")
+    return driver
+
+
+def backends_where(test: str) -> str:
+    """`a, b or c`: the backends whose class attribute `test` is true (for messages)."""
+    return either([name for name in backends() if getattr(_DRIVERS[name], test)])
+
+
+# ---- the stored `options` JSON of a NIC row ------------------------------------------------
+
+
+def load_options(nic: NicSpec, options: Mapping[str, Any] | None) -> NicSpec:
+    """The spec with its backend's stored options read in (and a hub it joins). Stored
+    options that cannot be read are InvalidInput, never a KeyError."""
+    stored = options or {}
+    driver = nic_driver(nic.backend)
+    try:
+        hub = stored.get("hub")
+        return driver.load(replace(nic, hub=None if hub is None else int(hub)), stored)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"NIC {nic.id}: stored {nic.backend} options cannot be used "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def dump_options(nic: NicSpec) -> dict[str, Any]:
+    """The options JSON stored for `nic` (load_options reads it back)."""
+    options = nic_driver(nic.backend).dump(nic)
+    if nic.hub is not None:
+        options["hub"] = nic.hub
+    return options
+
+
+def present_options(backend: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the API shows of a NIC's stored options: `hub`, and its backend's fields (an
+    unknown backend, or options its driver cannot read, show only `hub`)."""
+    stored = options or {}
+    shown: dict[str, Any] = {"hub": stored.get("hub")}
+    driver = find_driver(backend)
+    if driver is not None:
+        # a damaged row is still listed and read (never a 500): its fields show as absent
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            shown.update(driver.present(stored))
+    return shown
+
+
+# ---- rules every backend shares -------------------------------------------------------------
+
+
+def validate_hub(nic: NicSpec, driver: NicDriver) -> None:
+    """A NIC without a model only joins a hub; `hub` with a model is the hub backend's."""
+    if nic.model is None:
+        if not driver.joins_hub or nic.hub is None:
+            raise InvalidInput(
+                "a backend without a guest NIC (model null) joins a hub: give `hub` and a "
+                f"{backends_where('joins_hub')} backend"
+            )
+        if nic.queues > 1 or nic.vhost is Vhost.ON:
+            raise InvalidInput("queues and vhost belong to a guest NIC, not to a hub join")
+    elif nic.hub is not None and not driver.owns_hub:
+        owners = backends_where("owns_hub")
+        raise InvalidInput(f"`hub` on a NIC with a model needs the {owners} backend")
