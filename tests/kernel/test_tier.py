@@ -10,6 +10,7 @@ qemu they look for is theirs, not the session's own nested run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -139,10 +140,12 @@ def test_x_stops_the_nested_host_that_runs_beside_the_host_tests(runs: Path) -> 
     assert time.monotonic() - started < 120  # the session did not wait for the nested run
 
 
-def test_ctrl_c_kills_the_nested_host_that_runs_beside_the_host_tests(runs: Path) -> None:
-    tier_or_skip()
+@contextlib.contextmanager
+def host_pytest_beside_a_nested_host(runs: Path) -> Iterator[subprocess.Popen[str]]:
+    """A host pytest whose host test waits while its nested host runs (yielded once that qemu
+    runs: it booted during the host's tests); killed at the end if still alive."""
     argv = host_pytest_argv(SELFCHECK, CANARY, "-k", "waits or passes_inside")
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         argv,
         cwd=ROOT,
         env={**os.environ, "KVT_RUNS_DIR": str(runs)},
@@ -150,19 +153,36 @@ def test_ctrl_c_kills_the_nested_host_that_runs_beside_the_host_tests(runs: Path
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while not qemus_under(runs):  # booted while the host test waits
-            assert proc.poll() is None and time.monotonic() < deadline, "no nested host"
-            time.sleep(0.2)
-        time.sleep(1)
+    ) as proc:
+        try:
+            # the host test gives up after 60 s; a nested host that starts later is too late
+            deadline = time.monotonic() + 45
+            while not qemus_under(runs):
+                assert proc.poll() is None and time.monotonic() < deadline, "no nested host"
+                time.sleep(0.2)
+            time.sleep(1)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_ctrl_c_kills_the_nested_host_that_runs_beside_the_host_tests(runs: Path) -> None:
+    tier_or_skip()
+    with host_pytest_beside_a_nested_host(runs) as proc:
         proc.send_signal(signal.SIGINT)  # Ctrl-C, to the host pytest only
         out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
-    assert "KeyboardInterrupt" in out
+    assert "selfcheck_host.py:" in out and "KeyboardInterrupt" in out  # in the host test
+    assert qemus_under(runs) == []
+
+
+def test_a_sigkilled_host_pytest_leaves_no_nested_host(runs: Path) -> None:
+    tier_or_skip()
+    with host_pytest_beside_a_nested_host(runs) as proc:
+        proc.kill()  # no finalizer runs: the kernel's parent-death signal must end qemu
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while qemus_under(runs) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert qemus_under(runs) == []
