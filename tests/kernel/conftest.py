@@ -53,6 +53,8 @@ TIER_TIMEOUT = float(os.environ.get("KVT_TIER_TIMEOUT", "900"))
 INNER_MARKERS = {"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"}
 INNER_MARKERS |= {"timeout"}
 TAIL = 6000
+CANARY_FILE = "nested/test_tier_canary.py"
+CANARY_NOTE = " (the canaries, which ride along, fail and xfail on purpose)"
 # how long a proxy waits for the run beyond the tier's timeout (building the tier's cache,
 # reading the results); then the run is cancelled and the proxy fails
 WAIT_MARGIN = 120.0
@@ -359,4 +361,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"{tier.tests} nested tests on Debian's {tier.release} under TCG: "
             f"{tier.run.seconds:.1f} s wall (boot, run, power-off), from the end of "
             f"collection; the proxies waited {tier.waited:.1f} s of it; {tier.run.reason}"
+            + (CANARY_NOTE if any(CANARY_FILE in n for n in tier.reports) else "")
         )
