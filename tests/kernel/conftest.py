@@ -2,26 +2,38 @@
 
 On the host, every test function that pytest collects from tests/kernel/nested/test_*.py is
 replaced by a `NestedTest` proxy with the same node id, name, markers and keywords (so `-k`,
-`-m` and `file.py::test` select as usual); the real function never runs on the host. The
-first proxy that runs boots the nested host once for the whole session (tests/kernel/vm.py)
-and runs pytest there on every selected proxy's node id, with tests/kernel/report.py writing
-each inner report as a JSON line into the writable share. Each proxy then passes, fails (with
-the inner traceback and captured output), skips or xfails as its inner test did. A proxy
-without an inner result fails with the reason (timeout, crash) and the serial console's tail.
+`-m` and `file.py::test` select as usual); the real function never runs on the host. As soon
+as collection ends with proxies selected, a background thread boots the nested host once for
+the whole session (tests/kernel/vm.py) and runs pytest there on every selected proxy's node
+id, with tests/kernel/report.py writing each inner report as a JSON line into the writable
+share: the nested host's one vCPU works while the host's tests run on the other core. Each
+proxy waits for that run, then passes, fails (with the inner traceback and captured output),
+skips or xfails as its inner test did. A proxy without an inner result fails with the reason
+(timeout, crash) and the serial console's tail. A proxy marked `kvt_expect(outcome, pattern)`
+(the tier's canaries) instead passes when its inner test's outcome is `outcome` and the
+proxy's own report (what a plain proxy would raise) matches `pattern`.
+
+When the session ends (also early: `-x`, Ctrl-C, an internal error; or at interpreter exit)
+the nested host is killed and reaped.
 
 Inside the nested host (KVT_NESTED=1) this plugin does nothing: the tests run as written.
 
-Environment: KVT_TIER_TIMEOUT (s, default 900) bounds the whole nested run; every KVT_*
+Environment: KVT_TIER_TIMEOUT (s, default 900) bounds the whole nested run; KVT_RUNS_DIR (a
+directory outside /tmp, default tests/.cache/kernel-runs) holds the runs' results; every KVT_*
 variable is passed on to the nested pytest.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +42,22 @@ from typing import Any
 import pytest
 
 from tests.kernel.build import TierUnavailable, build_tier
-from tests.kernel.vm import QEMU, NestedRun, run_nested
+from tests.kernel.vm import QEMU, Cancel, NestedRun, run_nested
 
 HERE = Path(__file__).resolve().parent
 NESTED_DIR = HERE / "nested"
-RUNS_DIR = HERE.parent / ".cache" / "kernel-runs"
+RUNS_DIR = Path(os.environ.get("KVT_RUNS_DIR") or HERE.parent / ".cache" / "kernel-runs")
 INSIDE = os.environ.get("KVT_NESTED") == "1"
 TIER_TIMEOUT = float(os.environ.get("KVT_TIER_TIMEOUT", "900"))
 # markers that act while a test runs: they belong to the inner run, not to the host's proxy
 INNER_MARKERS = {"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"}
 INNER_MARKERS |= {"timeout"}
 TAIL = 6000
+CANARY_FILE = "nested/test_tier_canary.py"
+CANARY_NOTE = " (the canaries, which ride along, fail and xfail on purpose)"
+# how long a proxy waits for the run beyond the tier's timeout (building the tier's cache,
+# reading the results); then the run is cancelled and the proxy fails
+WAIT_MARGIN = 120.0
 # plugins the nested run leaves out: importing them costs ~40 s of the nested host's ~12x
 # slower Python (schemathesis pulls in hypothesis), and no nested test needs them
 SKIPPED_PLUGINS = ("schemathesis", "hypothesispytest")
@@ -58,11 +75,61 @@ class TierRun:
     collect_errors: list[dict[str, Any]] = field(default_factory=list)
     run: NestedRun | None = None
     unavailable: str | None = None
+    error: str | None = None  # the host side of the run failed (its exception)
     tests: int = 0
     release: str = ""
+    waited: float = 0.0  # s the proxies spent waiting for the run (the rest overlapped)
 
 
+class TierJob:
+    """The session's one nested run, in a background thread started when collection ends."""
+
+    def __init__(self, nodeids: list[str], rootdir: Path, timeout: float = TIER_TIMEOUT) -> None:
+        self.nodeids, self.rootdir, self.timeout = nodeids, rootdir, timeout
+        self.cancel = Cancel()
+        self.result: TierRun | None = None
+        self.thread = threading.Thread(target=self.run, name="kernel-tier", daemon=True)
+
+    def start(self) -> TierJob:
+        LIVE_JOBS.add(self)
+        self.thread.start()
+        return self
+
+    def run(self) -> None:
+        try:
+            self.result = run_tier(self.nodeids, self.rootdir, self.timeout, self.cancel)
+        except Exception as exc:  # reported by every proxy (a thread's exception goes nowhere)
+            self.result = TierRun(tests=len(self.nodeids), error=f"{exc!r}")
+        finally:
+            LIVE_JOBS.discard(self)
+
+    def wait(self) -> TierRun:
+        """The run's result; bounded by the tier's timeout (and a margin), then cancelled."""
+        started = time.monotonic()
+        self.thread.join(self.timeout + WAIT_MARGIN)
+        if self.thread.is_alive():
+            self.stop(f"no result within {self.timeout + WAIT_MARGIN:.0f} s")
+        result = self.result or TierRun(tests=len(self.nodeids), error="the run thread hung")
+        result.waited += time.monotonic() - started
+        return result
+
+    def stop(self, reason: str) -> None:
+        """Kill the nested host now (if it runs) and wait for the thread (bounded)."""
+        self.cancel(reason)
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(30)
+
+
+LIVE_JOBS: set[TierJob] = set()
+TIER_JOB = pytest.StashKey[TierJob]()
 TIER_RUN = pytest.StashKey[TierRun]()
+
+
+@atexit.register
+def stop_live_jobs() -> None:
+    """Last resort (the session ended without pytest_sessionfinish): no qemu outlives us."""
+    for job in list(LIVE_JOBS):
+        job.stop("the host's pytest exited")
 
 
 def is_nested(path: Path) -> bool:
@@ -88,7 +155,7 @@ class NestedTest(pytest.Item):
                 item.keywords[mark.name] = mark
         item.extra_keyword_matches.update(function.extra_keyword_matches)
         # the first proxy carries the whole nested run
-        item.add_marker(pytest.mark.timeout(TIER_TIMEOUT + 120))
+        item.add_marker(pytest.mark.timeout(TIER_TIMEOUT + WAIT_MARGIN + 60))
         item.lineno = function.reportinfo()[1]
         return item
 
@@ -99,7 +166,11 @@ class NestedTest(pytest.Item):
         tier = tier_run(self.session)
         if tier.unavailable is not None:
             pytest.skip(f"kernel tier unavailable: {tier.unavailable}")
-        outcome(self.nodeid, tier)
+        expect = self.get_closest_marker("kvt_expect")
+        if expect is None:
+            outcome(self.nodeid, tier)
+        else:
+            expected(self.nodeid, tier, *expect.args)
 
     def repr_failure(
         self,
@@ -125,25 +196,68 @@ def pytest_pycollect_makeitem(
 # --- the one nested run ------------------------------------------------------------------------
 
 
+def start_job(session: pytest.Session) -> TierJob:
+    nodeids = [i.nodeid for i in session.items if isinstance(i, NestedTest)]
+    job = TierJob(nodeids, Path(str(session.config.rootpath))).start()
+    session.config.stash[TIER_JOB] = job
+    return job
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Proxies run last (in their order): the host's tests run while the nested host works,
+    and by the time the proxies run, their results are (mostly) in."""
+    if not INSIDE:
+        items.sort(key=lambda item: isinstance(item, NestedTest))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the nested run as soon as the selection is final (after -k, -m, --lf, ...)."""
+    if INSIDE or session.config.option.collectonly or TIER_JOB in session.config.stash:
+        return
+    if any(isinstance(i, NestedTest) for i in session.items):
+        start_job(session)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The session ends (also early: -x, Ctrl-C): the nested host must not outlive it."""
+    job = session.config.stash.get(TIER_JOB, None)
+    if job is None or TIER_RUN in session.config.stash:
+        return
+    if job.thread.is_alive():
+        job.stop("the host's pytest session ended before the nested run finished")
+    session.config.stash[TIER_RUN] = job.wait()
+
+
 def tier_run(session: pytest.Session) -> TierRun:
-    """The session's nested run, done now on first use, for every selected proxy."""
+    """The session's nested run, for every selected proxy: waits for its end."""
     tier = session.config.stash.get(TIER_RUN, None)
     if tier is None:
-        nodeids = [i.nodeid for i in session.items if isinstance(i, NestedTest)]
-        tier = run_tier(nodeids, Path(str(session.config.rootpath)))
+        job = session.config.stash.get(TIER_JOB, None) or start_job(session)
+        tier = job.wait()
         session.config.stash[TIER_RUN] = tier
     return tier
 
 
-def run_tier(nodeids: list[str], rootdir: Path) -> TierRun:
+def run_tier(
+    nodeids: list[str],
+    rootdir: Path,
+    timeout: float = TIER_TIMEOUT,
+    cancel: Cancel | None = None,
+    runs_dir: Path = RUNS_DIR,
+) -> TierRun:
+    """Boot the nested host and run pytest there on `nodeids` (at most `timeout` s; `cancel`
+    ends it at once from another thread); its results directory lives in `runs_dir`."""
     if shutil.which(QEMU) is None:
         return TierRun(unavailable=f"{QEMU} is not installed (apt-get install qemu-system-x86)")
     try:
         tier = build_tier()
     except TierUnavailable as exc:
         return TierRun(unavailable=str(exc))
-    RUNS_DIR.mkdir(parents=True, exist_ok=True)
-    results = Path(tempfile.mkdtemp(prefix="run-", dir=RUNS_DIR))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    results = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
     try:
         report = results / "report.jsonl"
         argv = [sys.executable, "-m", "pytest", "-p", "tests.kernel.report"]
@@ -151,7 +265,7 @@ def run_tier(nodeids: list[str], rootdir: Path) -> TierRun:
         for plugin in SKIPPED_PLUGINS:
             argv += ["-p", f"no:{plugin}"]
         argv += ["--confcutdir", str(NESTED_DIR), "-q", "-rA", *nodeids]
-        run = run_nested(tier, argv, results=results, cwd=rootdir, timeout=TIER_TIMEOUT)
+        run = run_nested(tier, argv, results=results, cwd=rootdir, timeout=timeout, cancel=cancel)
         lines = report.read_text().splitlines() if report.exists() else []
     finally:
         shutil.rmtree(results, ignore_errors=True)
@@ -197,6 +311,25 @@ def outcome(nodeid: str, tier: TierRun) -> None:
         )
 
 
+def expected(nodeid: str, tier: TierRun, want: str, pattern: str) -> None:
+    """A canary's check: its inner test ended as `want` ("passed", "failed", "skipped",
+    "xfailed") and what a plain proxy reports for it (`outcome`) matches `pattern`."""
+    try:
+        outcome(nodeid, tier)
+        got, text = "passed", ""
+    except NestedFailure as exc:
+        got, text = "failed", str(exc)
+    except pytest.xfail.Exception as exc:
+        got, text = "xfailed", exc.msg or ""
+    except pytest.skip.Exception as exc:
+        got, text = "skipped", exc.msg or ""
+    if got != want or re.search(pattern, text) is None:
+        raise NestedFailure(
+            f"canary {nodeid}: expected the proxy to report {want} matching {pattern!r}, "
+            f"it reported {got}:\n{text}"
+        )
+
+
 def no_result(nodeid: str, tier: TierRun) -> str:
     """Why `nodeid` has no inner result: its file failed to collect, or the run broke off."""
     path = nodeid.split("::", 1)[0]
@@ -207,7 +340,7 @@ def no_result(nodeid: str, tier: TierRun) -> str:
             )
     run = tier.run
     if run is None:
-        return "the nested host did not run"
+        return f"the nested host did not run: {tier.error or 'no run'}"
     return (
         f"no result for {nodeid} from the nested host: {run.reason} ({run.seconds:.0f} s)\n"
         f"----- nested pytest output (tail) -----\n{run.output[-TAIL:]}\n"
@@ -226,5 +359,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     elif tier.run is not None:
         terminalreporter.write_line(
             f"{tier.tests} nested tests on Debian's {tier.release} under TCG: "
-            f"{tier.run.seconds:.1f} s wall (boot, run, power-off); {tier.run.reason}"
+            f"{tier.run.seconds:.1f} s wall (boot, run, power-off), from the end of "
+            f"collection; the proxies waited {tier.waited:.1f} s of it; {tier.run.reason}"
+            + (CANARY_NOTE if any(CANARY_FILE in n for n in tier.reports) else "")
         )

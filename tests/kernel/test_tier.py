@@ -1,30 +1,48 @@
-"""The kernel tier's host side: proxies select like ordinary tests, a nested failure fails the
-host's run (with the inner traceback), and the tier's timeout kills the nested host and reports
-the serial console. Each case runs the host's pytest as a subprocess on the self-check file
-tests/kernel/nested/test_tier_canary.py (collected only with KVT_CANARY set)."""
+"""The kernel tier's host side, checked cheaply: proxies select like ordinary tests (collection
+only); the nested run starts in the background when collection ends and is killed when the host
+session ends early (`-x`, Ctrl-C); the tier's timeout kills the nested host and reports its
+serial console (a boot cut off after 2 s); no qemu or no fetchable kernel makes the tier
+unavailable. That a nested failure, skip or xfail reaches the host as such is proven by the
+canaries of nested/test_tier_canary.py, which ride in the session's one nested run.
+
+The subprocess checks run the host's pytest with KVT_RUNS_DIR set to a fresh directory, so the
+qemu they look for is theirs, not the session's own nested run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.kernel.build import TierUnavailable, build_tier
-from tests.kernel.conftest import RUNS_DIR, run_tier
-from tests.kernel.vm import QEMU
+from tests.kernel.conftest import RUNS_DIR, NestedFailure, outcome, run_tier
+from tests.kernel.vm import QEMU, qemus_under
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "tests/kernel/nested/test_tier_canary.py"
+SELFCHECK = "tests/kernel/selfcheck_host.py"
+# the host pytest's plugins the subprocess checks do not need (their import alone costs seconds)
+LEAN = ("-p", "no:cacheprovider", "-p", "no:schemathesis", "-p", "no:hypothesispytest")
+
+
+def host_pytest_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", *LEAN, "-rA", *args]
 
 
 def host_pytest(*args: str, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args],
+        host_pytest_argv(*args),
         cwd=ROOT,
-        env={**os.environ, "KVT_CANARY": "1", **env},
+        env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -32,18 +50,22 @@ def host_pytest(*args: str, timeout: float, **env: str) -> subprocess.CompletedP
     )
 
 
-def qemus_of_this_tier() -> list[int]:
-    """Pids of qemu processes whose command line names this worktree's run directory."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if QEMU.encode() in cmdline and str(RUNS_DIR).encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
+@pytest.fixture
+def runs() -> Iterator[Path]:
+    """A fresh runs directory (outside /tmp: the nested host mounts its own /tmp)."""
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="selfcheck-", dir=RUNS_DIR))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def tier_or_skip() -> None:
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"kernel tier unavailable: {QEMU} is not installed")
+    try:
+        build_tier()
+    except TierUnavailable as exc:
+        pytest.skip(f"kernel tier unavailable: {exc}")
 
 
 def test_without_qemu_the_tier_is_unavailable_with_the_reason(
@@ -72,38 +94,95 @@ def test_the_pinned_kernel_needs_no_apt(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert build_tier() == built
 
 
-def test_nested_tests_are_collected_as_proxies_and_select_with_k() -> None:
-    result = host_pytest("--collect-only", "-q", "-k", "fails", CANARY, timeout=120)
+def test_nested_tests_are_collected_as_proxies_and_select_with_k(runs: Path) -> None:
+    result = host_pytest(
+        "--collect-only", "-q", "-k", "canary_fails", CANARY, timeout=120, KVT_RUNS_DIR=str(runs)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{CANARY}::test_canary_fails" in result.stdout
     assert "test_canary_passes_inside" not in result.stdout
-    assert "1/5 tests collected (4 deselected)" in result.stdout
+    assert "1/6 tests collected (5 deselected)" in result.stdout
+    assert list(runs.iterdir()) == []  # collecting boots nothing
 
 
-@pytest.mark.timeout(1260)
-def test_a_failing_nested_test_fails_the_host_run() -> None:
-    result = host_pytest(CANARY, timeout=1200)
+def test_the_tier_timeout_kills_the_nested_host_and_shows_its_console(runs: Path) -> None:
+    tier_or_skip()
+    nodeid = f"{CANARY}::test_canary_passes_inside"
+    started = time.monotonic()
+    tier = run_tier([nodeid], ROOT, timeout=2, runs_dir=runs)
+    assert time.monotonic() - started < 30
+    assert tier.run is not None and tier.run.timed_out and tier.run.exit_code is None
+    assert qemus_under(runs) == []
+    with pytest.raises(NestedFailure) as failure:
+        outcome(nodeid, tier)
+    report = str(failure.value)
+    assert report.startswith(f"no result for {nodeid} from the nested host: ")
+    assert "the nested host did not finish within 2 s: qemu was killed" in report
+    assert "----- serial console (tail) -----" in report
+    assert list(runs.iterdir()) == []  # the results directory is gone too
+
+
+def test_x_stops_the_nested_host_that_runs_beside_the_host_tests(runs: Path) -> None:
+    tier_or_skip()
+    started = time.monotonic()
+    # the host test fails only once the nested host's qemu runs, i.e. during the host's tests
+    result = host_pytest(
+        "-x", SELFCHECK, CANARY, "-k", "fails", timeout=180, KVT_RUNS_DIR=str(runs)
+    )
     out = result.stdout
-    if "kernel tier unavailable" in out:
-        pytest.skip(out[out.index("kernel tier unavailable") :].splitlines()[0])
     assert result.returncode == 1, out + result.stderr
-    assert f"PASSED {CANARY}::test_canary_passes_inside" in out
-    assert f"FAILED {CANARY}::test_canary_fails" in out
-    assert f"PASSED {CANARY}::test_canary_parametrized[20]" in out
-    assert f"SKIPPED [1] {CANARY}" in out and "(nested) deliberate skip KVT-CANARY-7f3a" in out
-    # the inner traceback, as the nested pytest printed it
-    assert "AssertionError: deliberate failure KVT-CANARY-7f3a" in out
-    assert "[nested call] AssertionError: deliberate failure KVT-CANARY-7f3a" in out
-    assert qemus_of_this_tier() == []
+    assert f"FAILED {SELFCHECK}::test_fails_while_the_nested_host_runs" in out
+    assert "KVT-SELFCHECK: the nested host runs" in out
+    assert "stopping after 1 failures" in out
+    assert "the host's pytest session ended before the nested run finished" in out
+    assert "test_canary_fails" not in out  # no proxy ran
+    assert qemus_under(runs) == []
+    assert time.monotonic() - started < 120  # the session did not wait for the nested run
 
 
-def test_the_tier_timeout_kills_the_nested_host_and_shows_its_console() -> None:
-    result = host_pytest(CANARY, timeout=300, KVT_TIER_TIMEOUT="3")
-    out = result.stdout
-    if "kernel tier unavailable" in out:
-        pytest.skip(out[out.index("kernel tier unavailable") :].splitlines()[0])
-    assert result.returncode == 1, out + result.stderr
-    assert "5 failed" in out  # every canary, none with a result
-    assert "the nested host did not finish within 3 s: qemu was killed" in out
-    assert "----- serial console (tail) -----" in out
-    assert qemus_of_this_tier() == []
+@contextlib.contextmanager
+def host_pytest_beside_a_nested_host(runs: Path) -> Iterator[subprocess.Popen[str]]:
+    """A host pytest whose host test waits while its nested host runs (yielded once that qemu
+    runs: it booted during the host's tests); killed at the end if still alive."""
+    argv = host_pytest_argv(SELFCHECK, CANARY, "-k", "waits or passes_inside")
+    with subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, "KVT_RUNS_DIR": str(runs)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        try:
+            # the host test gives up after 60 s; a nested host that starts later is too late
+            deadline = time.monotonic() + 45
+            while not qemus_under(runs):
+                assert proc.poll() is None and time.monotonic() < deadline, "no nested host"
+                time.sleep(0.2)
+            time.sleep(1)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_ctrl_c_kills_the_nested_host_that_runs_beside_the_host_tests(runs: Path) -> None:
+    tier_or_skip()
+    with host_pytest_beside_a_nested_host(runs) as proc:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, to the host pytest only
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "selfcheck_host.py:" in out and "KeyboardInterrupt" in out  # in the host test
+    assert qemus_under(runs) == []
+
+
+def test_a_sigkilled_host_pytest_leaves_no_nested_host(runs: Path) -> None:
+    tier_or_skip()
+    with host_pytest_beside_a_nested_host(runs) as proc:
+        proc.kill()  # no finalizer runs: the kernel's parent-death signal must end qemu
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while qemus_under(runs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert qemus_under(runs) == []

@@ -4,7 +4,10 @@ The host's root filesystem is shared read-only (9p tag "root"), the tier's unpac
 /lib/modules ("modules") and a writable results directory at the same path as on the host
 ("results"). The command (argv, cwd, KVT_* environment) is written into the results directory;
 nested-init.sh runs it and writes its output and exit status there. qemu is bounded by a
-timeout, killed when it passes, and always reaped.
+timeout, killed when it passes, and always reaped. Another thread can end a run at once through
+its `Cancel` (the host's session ended early); qemu also gets SIGKILL when the thread that
+started it dies (prctl(2) PR_SET_PDEATHSIG, set by setpriv(1)), so not even a SIGKILLed host
+pytest leaves it running.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tests.kernel.build import Tier
 
 QEMU = "qemu-system-x86_64"
+# util-linux's setpriv sets the parent-death signal, then execs qemu (prctl(2): it is kept
+# across execve of a non-set-user-ID program and sent when the thread that forked dies)
+SETPRIV = ("setpriv", "--pdeathsig", "KILL", "--")
 HERE = Path(__file__).resolve().parent
 NESTED_INIT = HERE / "nested-init.sh"
 MEMORY_MIB = 1024
@@ -102,11 +110,56 @@ def read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def qemus_under(directory: Path) -> list[int]:
+    """Pids of the qemu processes whose command line names `directory` (a runs directory)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if QEMU.encode() in cmdline and f"{directory}/".encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """End this qemu by its pid (SIGKILL: its guest is disposable) and reap it."""
     if proc.poll() is None:
         proc.kill()
     proc.wait()
+
+
+class Cancel:
+    """Ends one nested run from any thread: kills its qemu at once (and reaps it), or keeps it
+    from starting. `reason` is why (None while not cancelled). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.reason: str | None = None
+
+    def popen(self, argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes] | None:
+        """Start qemu unless the run is already cancelled (then None)."""
+        with self._lock:
+            if self.reason is not None:
+                return None
+            self._proc = subprocess.Popen(
+                [*SETPRIV, *argv] if shutil.which(SETPRIV[0]) else list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+            return self._proc
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            proc = self._proc
+        if proc is not None:
+            stop(proc)
 
 
 def run_nested(
@@ -117,35 +170,39 @@ def run_nested(
     cwd: Path,
     timeout: float,
     env: Mapping[str, str] | None = None,
+    cancel: Cancel | None = None,
 ) -> NestedRun:
     """Boot the nested host, run `argv` in `cwd` there, wait for its power-off (at most
-    `timeout` seconds, then kill qemu). `results` must be an empty directory outside /tmp
-    (the nested host mounts a fresh tmpfs there), visible at the same path inside."""
+    `timeout` seconds, then kill qemu; at once when `cancel` is called). `results` must be an
+    empty directory outside /tmp (the nested host mounts a fresh tmpfs there), visible at the
+    same path inside."""
     if shutil.which(QEMU) is None:
         raise FileNotFoundError(f"{QEMU} is not installed")
     write_command(results, argv, cwd, os.environ if env is None else env)
     console, errors = results / "console.log", results / "qemu.err"
     started = time.monotonic()
     timed_out = False
+    cancel = Cancel() if cancel is None else cancel
     with errors.open("wb") as err:
-        proc = subprocess.Popen(
-            qemu_argv(tier, results, console), stdin=subprocess.DEVNULL, stdout=err, stderr=err
-        )
+        proc = cancel.popen(qemu_argv(tier, results, console), err)
         try:
-            proc.wait(timeout=timeout)
+            if proc is not None:
+                proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            stop(proc)
+            if proc is not None:
+                stop(proc)
     seconds = time.monotonic() - started
     status = read(results / "exit").strip()
     exit_code = int(status) if status.lstrip("-").isdigit() else None
-    if timed_out:
+    if cancel.reason is not None and exit_code is None:
+        reason = f"the nested run was stopped after {seconds:.1f} s: {cancel.reason}"
+    elif timed_out:
         reason = f"the nested host did not finish within {timeout:.0f} s: qemu was killed"
     elif exit_code is None:
-        reason = (
-            f"the nested host powered off without running the command (qemu exit {proc.returncode})"
-        )
+        code = None if proc is None else proc.returncode
+        reason = f"the nested host powered off without running the command (qemu exit {code})"
     else:
         reason = f"the command exited {exit_code}"
     return NestedRun(
