@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.db.models import Bridge, LinkName, Operation, Vlan, new_id
-from app.db.repositories import BridgeRepository, LinkNameRepository, TapRepository, VlanRepository
+from app.db.repositories import (
+    BridgeRepository,
+    LinkNameRepository,
+    TapRepository,
+    VlanRepository,
+    desired_port_vlans,
+)
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
 from app.domain.vlans import (
@@ -142,6 +148,13 @@ class VlanService:
         for field, value in changes.items():
             setattr(row, field, value)
         return row
+
+    def planned_ports(self, trunk_id: str, default_pvid: int) -> dict[str, dict[int, Any]]:
+        """What the supervisor plans for the trunk's ports (port -> VID -> Membership)."""
+        return {
+            port: dict(members)
+            for port, members in desired_port_vlans(self.session, trunk_id, default_pvid).items()
+        }
 
     def delete(self, ref: str) -> tuple[Vlan, Operation | None]:
         """Nothing depends on a VLAN yet (NICs and taps on VLANs come with the supervisor

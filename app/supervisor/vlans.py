@@ -17,6 +17,7 @@ objects are gone. Events `vlan.<status>`, `vlan.deleted`, `vlan.drift_repaired`.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from app.domain.status import Status
 from app.domain.vlan_ports import BridgeVlans, plan_bridge
 from app.domain.vlans import VlanBackend, VlanObjectKind
 from app.host.netlink import LinkError
-from app.host.vlans import VlanOps
+from app.host.vlans import FeatureMissing, VlanOps
 from app.supervisor.faults import FaultLog, describe
 from app.supervisor.links import TRANSIENT_ATTEMPTS_BEFORE_ERROR, Outcome, Scope
 
@@ -58,6 +59,9 @@ class TrunkResult:
     changed: bool = False
     error: str | None = None
     transient: bool = False
+    # the error says no membership can exist: the kernel lacks filtering, or the trunk
+    # bridge is gone (a deleted VLAN is then gone too)
+    absent: bool = False
 
 
 @dataclass
@@ -128,7 +132,7 @@ class VlanReconciler:
                     options = self.ops.set_bridge_vlan_options(vlan.trunk, filtering=True)
                 trunks[vlan.trunk_id] = options.default_pvid
             except LinkError as exc:
-                errors[vlan.trunk_id] = TrunkResult(error=str(exc), transient=exc.transient)
+                errors[vlan.trunk_id] = _trunk_failed(exc)
         return trunks
 
     def _trunk(self, work: Sequence[VlanWork], trunk_id: str, desired: BridgeVlans) -> TrunkResult:
@@ -142,7 +146,7 @@ class VlanReconciler:
             self.ops.apply(trunk, steps)
             return TrunkResult(self.ops.memberships(trunk), changed=True)
         except LinkError as exc:
-            return TrunkResult(error=str(exc), transient=exc.transient)
+            return _trunk_failed(exc)
         except Exception as exc:  # a bug or an unexpected answer: this trunk only
             self.faults.failed(trunk_id, f"VLAN membership of trunk {trunk}", exc)
             return TrunkResult(error=describe(exc), transient=True)
@@ -243,6 +247,11 @@ class VlanReconciler:
         return None
 
 
+def _trunk_failed(exc: LinkError) -> TrunkResult:
+    absent = isinstance(exc, FeatureMissing) or exc.code == errno.ENODEV
+    return TrunkResult(error=str(exc), transient=exc.transient, absent=absent)
+
+
 def _link_result(vlan: VlanWork, outcomes: Sequence[Outcome]) -> VlanResult:
     """A bridge_per_vlan VLAN from its links' outcomes: every one must have succeeded."""
     objects = [
@@ -269,6 +278,8 @@ def _membership_result(vlan: VlanWork, trunk: TrunkResult) -> VlanResult:
     """A vlan_filtering VLAN from its trunk's membership step: the VID tagged on the uplink
     port (once the trunk has one as its port)."""
     if trunk.error is not None:
+        if vlan.deleted and trunk.absent:
+            return VlanResult(True, [])
         return VlanResult(False, [], trunk.error, trunk.transient)
     objects: list[dict[str, Any]] = []
     for obj in vlan.objects():
