@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.conftest import api as api
+from tests.conftest import settings as settings
 from tests.netns_tools import throwaway_netns
 
 # the tier's self-check file, collected only when tests/kernel/test_tier.py asks for it
