@@ -116,7 +116,10 @@ def test_vlans_on_both_backends_converge_repair_restart_and_go(
 def _first_run(api: TestClient, netns: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     for n in (0, 1):
         ok(api.post("/v1/bridges?wait=20", json={"name": f"br{n}"}), 201)
-        r = api.put(f"/v1/bridges/br{n}/uplink?wait=30", json={"interface": f"eth{n}"})
+        r = api.put(
+            f"/v1/bridges/br{n}/uplink?wait=30",
+            json={"interface": f"eth{n}", "probe_address": f"10.6{n}.0.1"},
+        )
         assert ok(r, 200 if r.status_code == 200 else 201)["status"] == "active", r.text
 
     # -- vlan_filtering on br0: the trunk filters, the uplink carries VID 10 tagged
