@@ -110,7 +110,8 @@ def test_vlans_on_both_backends_converge_repair_restart_and_go(
         assert "eth1.10" not in kernel and "br1v10" not in kernel
         assert memberships(netns, "br0")["eth0"] == {1: (True, True)}
         assert ok(api.get("/v1/vlans"), 200)["items"] == []
-        assert ok(api.post("/v1/bridges", json={"name": "br1v10"}), 202)["name"] == "br1v10"
+        for name in ("br1v10", "eth1.10"):  # the claims went with the row
+            assert ok(api.post("/v1/bridges", json={"name": name}), 202)["name"] == name
 
 
 def _first_run(api: TestClient, netns: str) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -151,6 +152,11 @@ def _first_run(api: TestClient, netns: str) -> tuple[dict[str, Any], dict[str, A
     mac = str(vbr.mac)
     shown = {o["name"]: o for o in b["kernel_objects"]}
     assert shown["eth1.10"]["ifindex"] == sub.index and shown["br1v10"]["ifindex"] == vbr.index
+
+    # both names are the VLAN's: no bridge may take them
+    for name in ("br1v10", "eth1.10"):
+        r = api.post("/v1/bridges", json={"name": name})
+        assert r.status_code == 409 and "name-taken" in r.json()["type"], r.text
 
     # mixing backends on one trunk is refused
     r = api.post("/v1/vlans", json={**b_body, "name": "mix", "vlan_id": 20, "trunk": "br0"})
