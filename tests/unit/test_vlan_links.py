@@ -156,3 +156,25 @@ def test_the_host_driver_decodes_vid_and_protocol() -> None:
         link=2,
     )
     assert HostVlanDriver().observe(raw) == {"details": VlanDetails(vid=10, protocol=0x88A8)}
+
+
+def test_a_subinterface_left_by_an_uplink_that_went_is_swept() -> None:
+    """The VLAN still exists (its bridge is wanted) but its trunk has no uplink any more:
+    the marked sub-interface no spec names is swept, the bridge stays."""
+    specs = vlan_link_specs(work(VlanBackend.BRIDGE_PER_VLAN, uplink=None))
+    bridge = observed(
+        LinkKind.BRIDGE,
+        "br1v10",
+        3,
+        mac=vlan_bridge_mac(VLAN_ID),
+        mtu=1500,
+        stp=False,
+        forward_delay_cs=0,
+    )
+    sub = observed(LinkKind.VLAN, "eth1.10", 4, master_index=3, parent_index=2)
+    assert [(a.kind, a.name) for a in plan(specs, [bridge, sub])] == [
+        (ActionKind.SWEEP, "eth1.10"),
+        (ActionKind.SETTLED, "br1v10"),
+    ]
+    # a VLAN whose row cannot be read keeps everything
+    assert [a.kind for a in plan([], [bridge, sub], keep_ids=[VLAN_ID])] == []
