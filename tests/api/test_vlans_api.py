@@ -284,6 +284,18 @@ def test_a_vlan_the_kernel_cannot_carry_fails_on_itself_with_the_reason(
     assert r.status_code == 204, r.text
     assert "br1v10" not in links(netns)
     assert api.post("/v1/bridges", json={"name": "br1v10"}).status_code == 202
+    # every transition was an event about that VLAN, in order
+    seen: list[str] = []
+    current = ""
+    with api.stream("GET", "/v1/events", headers={"Last-Event-ID": "0"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                current = line[7:]
+            elif line.startswith("data: ") and ok["id"] in line:
+                seen.append(current)
+                if current == "vlan.deleted":
+                    break
+    assert seen == ["vlan.pending", "vlan.active", "vlan.deleting", "vlan.deleted"]
 
 
 def test_a_bridge_per_vlan_claims_its_bridge_name_and_a_long_trunk_gets_short_names(
