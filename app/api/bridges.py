@@ -17,10 +17,18 @@ from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation, Uplink
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Bridge as BridgeOut
-from app.schemas.links import BridgeCreate, BridgePage, BridgeUpdate, FdbEntry
+from app.schemas.links import (
+    BridgeCreate,
+    BridgePage,
+    BridgeUpdate,
+    BridgeVlans,
+    FdbEntry,
+    PortVlan,
+)
 from app.schemas.uplinks import UplinkOut, UplinkPlan, UplinkSet
 from app.services.links import BridgeService
 from app.services.uplinks import UplinkService
+from app.services.vlans import VlanService
 
 router = APIRouter(prefix="/v1/bridges", tags=["bridges"], responses=PROBLEM_RESPONSES)
 
@@ -146,11 +154,49 @@ async def delete_bridge(
 
 @router.get("/{bridge_id}/fdb", operation_id="list_bridge_fdb", response_model=list[FdbEntry])
 async def list_bridge_fdb(bridge_id: str, request: Request) -> list[FdbEntry]:
-    """The bridge's MAC table (like `brctl showmacs`): port, MAC, local flag, ageing timer."""
+    """The bridge's MAC table (like `brctl showmacs`): port, MAC, local flag, ageing timer,
+    and each entry's VLAN on a VLAN-filtering bridge."""
     ctx = context(request)
     row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
     entries = await ctx.host(ctx.inspector.fdb, row.name)
     return [FdbEntry(**e) for e in entries]
+
+
+@router.get("/{bridge_id}/vlans", operation_id="list_bridge_vlans", response_model=BridgeVlans)
+async def list_bridge_vlans(bridge_id: str, request: Request) -> BridgeVlans:
+    """Per-port VLAN membership (like `bridge -j vlan show`): port, VLAN id, PVID and
+    untagged flags, and whether kvmnetd plans the port and wants the membership. On a
+    kernel without bridge VLAN filtering: no ports, `filtering_available` false and the
+    reason (not an error)."""
+    ctx = context(request)
+    row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
+    live = await ctx.host(ctx.inspector.bridge_vlans, row.name)
+    available = live["filtering"] is not None
+    planned = {}
+    if live["filtering"]:
+        pvid = int(live["default_pvid"] or 0)
+        planned = await ctx.read(lambda s: VlanService(s).planned_ports(row.id, pvid))
+    ports = [
+        PortVlan(
+            port=port,
+            ours=port in planned,
+            planned=port in planned
+            and planned[port].get(m["vid"]) is not None
+            and (planned[port][m["vid"]].pvid, planned[port][m["vid"]].untagged)
+            == (m["pvid"], m["untagged"]),
+            **m,
+        )
+        for port, members in sorted(live["ports"].items())
+        for m in members
+    ]
+    return BridgeVlans(
+        bridge=row.name,
+        filtering_available=available,
+        vlan_filtering=bool(live["filtering"]),
+        default_pvid=live["default_pvid"],
+        reason=live["reason"],
+        ports=ports,
+    )
 
 
 # ---- the uplink (the how-to's eth0 in br0) --------------------------------------------------

@@ -58,10 +58,10 @@ async def create_vlan(
     body: VlanCreate, response: Response, request: Request, wait: Wait = None
 ) -> VlanOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    trunk = await ctx.read(lambda s: VlanService(s).trunk(body.trunk).name)
+    trunk, uplink = await ctx.read(lambda s: VlanService(s).trunk_names(body.trunk))
     foreign = {
         name: await ctx.host(ctx.inspector.foreign_link, name)
-        for name in candidate_names(trunk, body.vlan_id)
+        for name in candidate_names(trunk, body.vlan_id, uplink)
     }
     capabilities = await ctx.host(ctx.inspector.capabilities)
     facts = VlanFacts.from_link_probe(capabilities["links"])

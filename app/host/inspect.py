@@ -33,6 +33,7 @@ from app.host.diagnostics import check_paths, conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
+from app.host.vlans import FeatureMissing, VlanError, VlanOps
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -171,6 +172,12 @@ class LiveHostInspector:
 
     def fdb(self, bridge: str) -> list[dict[str, Any]]:
         return self._on_inspector_thread(lambda: self._fdb(bridge))
+
+    def bridge_vlans(self, bridge: str) -> dict[str, Any]:
+        """`bridge -j vlan show` of one bridge: {"filtering", "default_pvid", "reason",
+        "ports": {port: [{"vid", "pvid", "untagged"}]}}. A kernel without VLAN filtering
+        answers filtering None with the reason and no ports (app.host.vlans.FeatureMissing)."""
+        return self._on_inspector_thread(lambda: _bridge_vlans(bridge))
 
     def interfaces(self) -> list[dict[str, Any]]:
         return self._on_inspector_thread(self._interfaces)
@@ -388,3 +395,21 @@ class LiveHostInspector:
                         "the daemon is stopping; capabilities were not probed"
                     ) from None
             return self._capabilities
+
+
+def _bridge_vlans(bridge: str) -> dict[str, Any]:
+    view: dict[str, Any] = {"filtering": None, "default_pvid": None, "reason": None, "ports": {}}
+    with VlanOps() as ops:
+        try:
+            options = ops.bridge_vlan_options(bridge)
+            view.update(filtering=options.filtering, default_pvid=options.default_pvid)
+            if options.filtering:
+                view["ports"] = {
+                    port: [dataclasses.asdict(m) for m in sorted(members.values())]
+                    for port, members in ops.memberships(bridge).items()
+                }
+        except FeatureMissing as exc:
+            view["reason"] = str(exc)
+        except VlanError as exc:  # the bridge is gone meanwhile, or not a bridge
+            view["reason"] = str(exc)
+    return view

@@ -133,7 +133,41 @@ class FdbEntry(BaseModel):
     port_index: int
     is_local: bool
     ageing_timer: float | None = Field(None, description="Seconds since last seen")
-    vlan: int | None = None
+    vlan: int | None = Field(
+        None,
+        description="The entry's VLAN id (NDA_VLAN) on a VLAN-filtering bridge; null on a "
+        "bridge without filtering",
+    )
+
+
+class PortVlan(BaseModel):
+    """One VLAN on one port of a bridge, like a row of `bridge -j vlan show`."""
+
+    port: str = Field(description="The port's name; the bridge's own name is its own port")
+    vid: int = Field(description="VLAN id, 1-4094")
+    pvid: bool = Field(description="Untagged frames entering the port belong to this VLAN")
+    untagged: bool = Field(description="Frames of this VLAN leave the port untagged")
+    ours: bool = Field(
+        description="The port is one kvmnetd plans (the trunk's uplink, the bridge itself, "
+        "taps on VLANs); the membership of other ports is never touched"
+    )
+    planned: bool = Field(description="kvmnetd wants exactly this membership on this port")
+
+
+class BridgeVlans(BaseModel):
+    """Per-port VLAN membership of a bridge (GET /v1/bridges/{id}/vlans)."""
+
+    bridge: str
+    filtering_available: bool = Field(
+        description="Whether this host's kernel has bridge VLAN filtering "
+        "(CONFIG_BRIDGE_VLAN_FILTERING); without it `ports` is empty and `reason` says why"
+    )
+    vlan_filtering: bool = Field(description="Whether the bridge filters VLANs now")
+    default_pvid: int | None = Field(
+        None, description="The VLAN a joining port gets as PVID (0: none); null if unknown"
+    )
+    reason: str | None = None
+    ports: list[PortVlan] = Field(default_factory=list)
 
 
 class TapCreate(RequestModel):

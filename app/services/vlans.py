@@ -3,8 +3,9 @@
 Creating a VLAN checks, in the caller's transaction, that its name is free (without regard
 to case), that the trunk is one of our live bridges, that the VID is free on that trunk,
 that the host can carry it (the backend chosen from the probed facts and the trunk's other
-VLANs), and claims the kernel name a host address on the VLAN will use; then it writes the
-row and an operation. Anything refused leaves nothing behind.
+VLANs), and claims the kernel name a host address on the VLAN will use (and, with bridge_per_vlan,
+the uplink's sub-interface); then it writes the row and an operation. The supervisor
+releases the claims when it removes the row. Anything refused leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.db.models import Bridge, LinkName, Operation, Vlan, new_id
-from app.db.repositories import BridgeRepository, LinkNameRepository, TapRepository, VlanRepository
+from app.db.repositories import (
+    BridgeRepository,
+    LinkNameRepository,
+    TapRepository,
+    VlanRepository,
+    desired_port_vlans,
+)
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
 from app.domain.vlans import (
@@ -30,10 +37,12 @@ from app.services.links import never_created, refuse_foreign
 from app.services.operations import record_operation
 
 
-def candidate_names(trunk: str, vid: int) -> list[str]:
-    """The kernel names a VLAN with this VID on this trunk may claim (one per backend), so
-    the API can ask the host about them before the transaction."""
-    return [subinterface_name(trunk, vid), vlan_bridge_name(trunk, vid)]
+def candidate_names(trunk: str, vid: int, uplink: str | None = None) -> list[str]:
+    """The kernel names a VLAN with this VID on this trunk may claim (one per backend, and
+    the uplink's sub-interface of bridge_per_vlan), so the API can ask the host about them
+    before the transaction."""
+    names = [subinterface_name(trunk, vid), vlan_bridge_name(trunk, vid)]
+    return names + ([subinterface_name(uplink, vid)] if uplink is not None else [])
 
 
 class VlanService:
@@ -54,6 +63,11 @@ class VlanService:
     def trunks(self, rows: Sequence[Vlan]) -> dict[str, tuple[str, str | None]]:
         """Trunk bridge id -> (its name, its uplink NIC's name or None) for these VLANs."""
         return self.vlans.trunks(list({r.trunk_id for r in rows}))
+
+    def trunk_names(self, ref: str) -> tuple[str, str | None]:
+        """The trunk's kernel name and its uplink NIC's (None without one)."""
+        trunk = self.trunk(ref)
+        return self.vlans.trunks([trunk.id])[trunk.id]
 
     def trunk(self, ref: str) -> Bridge:
         """The trunk a VLAN may ride on: one of our bridges, alive and ever created."""
@@ -106,6 +120,11 @@ class VlanService:
             generation=1,
         )
         self._claim(l3_interface_name(backend, trunk.name, body.vlan_id), row.id, foreign or {})
+        uplink = self.vlans.trunks([trunk.id])[trunk.id][1]
+        if backend is VlanBackend.BRIDGE_PER_VLAN and uplink is not None:
+            # the uplink's sub-interface is the VLAN's too (an uplink set later: its own
+            # service claims it; until then the supervisor's create fails on a foreign one)
+            self._claim(subinterface_name(uplink, body.vlan_id), row.id, foreign or {})
         self.vlans.add(row)
         return row, record_operation(self.session, "create", "vlan", row, self.request_id)
 
@@ -142,6 +161,13 @@ class VlanService:
         for field, value in changes.items():
             setattr(row, field, value)
         return row
+
+    def planned_ports(self, trunk_id: str, default_pvid: int) -> dict[str, dict[int, Any]]:
+        """What the supervisor plans for the trunk's ports (port -> VID -> Membership)."""
+        return {
+            port: dict(members)
+            for port, members in desired_port_vlans(self.session, trunk_id, default_pvid).items()
+        }
 
     def delete(self, ref: str) -> tuple[Vlan, Operation | None]:
         """Nothing depends on a VLAN yet (NICs and taps on VLANs come with the supervisor

@@ -1,4 +1,5 @@
-"""One reconcile pass over bridges and taps: load desired state, observe the kernel, plan,
+"""One reconcile pass over bridges, taps and the links VLANs own (their outcomes are
+recorded on the VLAN rows by app.supervisor.vlans): load desired state, observe the kernel, plan,
 apply, write observed state back in one transaction, then publish events.
 
 Scopes: `dirty` (rows the API changed), `names` (links netlink told us about) and `full`
@@ -10,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from app.bus import EventBus
@@ -85,11 +86,16 @@ class LinkReconciler:
         self.expected: dict[str, Fingerprint] = {}
         self.names_by_index: dict[int, str] = {}
         self._finished: list[FinishedOperation] = []  # collected during one write-back
+        # the last pass's outcomes for links VLANs own (VLAN id -> outcomes) and the VLANs
+        # it loaded: app.supervisor.vlans records them on the VLAN rows
+        self.vlan_outcomes: dict[str, list[Outcome]] = {}
+        self.vlan_ids: set[str] = set()
         self.faults = FaultLog(log, backoff.clock)
 
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
         """One pass; returns how many resources it changed or reported on."""
         retry_ids = self.backoff.due_keys() if scope is Scope.DIRTY else []
+        self.vlan_outcomes, self.vlan_ids = {}, set()
         with self.db.reading() as session:
             loaded = load_link_specs(
                 session,
@@ -102,6 +108,7 @@ class LinkReconciler:
             self.backoff.succeeded(gone)
         reported = self._report_unreadable(loaded.unreadable, states)
         specs = [s for s in loaded.specs if self.backoff.due(s.id) or scope is Scope.FULL]
+        self.vlan_ids = {s.id for s in specs if s.id in loaded.vlan_ids}
         if not specs and scope is not Scope.FULL:
             return reported
         if scope is Scope.FULL:
@@ -109,7 +116,11 @@ class LinkReconciler:
         actions = self._plan(scope, specs, keep_ids=loaded.unreadable.keys())
         self._journal_create_intents(actions)
         outcomes = [self._execute(action) for action in actions]
-        return reported + self._write_back(scope, outcomes, states)
+        for outcome in outcomes:
+            if outcome is not None and outcome.spec.id in loaded.vlan_ids:
+                self.vlan_outcomes.setdefault(outcome.spec.id, []).append(outcome)
+        links = [o for o in outcomes if o is not None and o.spec.id not in loaded.vlan_ids]
+        return reported + self._write_back(scope, links, states)
 
     # ---- planning --------------------------------------------------------------------------
 
@@ -276,7 +287,7 @@ class LinkReconciler:
         return len(events)
 
     def _write_back(
-        self, scope: Scope, outcomes: list[Outcome | None], states: dict[str, ObservedState]
+        self, scope: Scope, outcomes: Sequence[Outcome | None], states: dict[str, ObservedState]
     ) -> int:
         """Record what changed in one transaction (a quiet pass writes nothing), then publish."""
         changed = [o for o in outcomes if o is not None and not _nothing_new(o, states[o.spec.id])]

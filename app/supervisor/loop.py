@@ -1,5 +1,6 @@
 """The supervisor thread: serial reconcile passes driven by nudges, netlink and a timer.
-Bridge uplinks are reconciled on the same thread, right after the links.
+Bridge uplinks are reconciled on the same thread, right after the links, then VLANs
+(app.supervisor.vlans).
 
 One thread runs every pass, so no object is ever reconciled twice at once. It wakes when
 the API nudges it (desired state changed), when the link monitor reports a change to one of
@@ -25,9 +26,11 @@ from app.host.monitor import LinkMonitor
 from app.host.netlink import LinkOps, observed
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawAddress, RawLink
+from app.host.vlans import VlanOps
 from app.supervisor.faults import FaultLog
 from app.supervisor.links import LinkReconciler, Scope
 from app.supervisor.uplinks import UplinkReconciler
+from app.supervisor.vlans import VlanReconciler
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +148,9 @@ class Supervisor:
         faults = FaultLog(log, self.clock)
         enter_for_this_thread(self.netns)  # tap ioctls act in the thread's namespace
         # pyroute2 sockets belong to the thread that opens them
-        with LinkOps() as ops:
+        with LinkOps() as ops, VlanOps() as vlan_ops:
             self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)
+            vlans = VlanReconciler(self.db, self.bus, vlan_ops, backoff)
             uplinks = UplinkReconciler(
                 self.db, self.bus, ops.ipr, on_gone=self.nudge, on_moved=self._repair
             )
@@ -159,6 +163,8 @@ class Supervisor:
                     self._reconciler.run(scope, names)
                     if scope is not Scope.NAMES:
                         uplinks.run(full=scope is Scope.FULL)
+                    # after the uplinks: a filtering trunk's uplink is then its port
+                    vlans.run(scope, self._reconciler.vlan_ids, self._reconciler.vlan_outcomes)
                     if scope is Scope.FULL:
                         next_full = self.clock() + self.interval
                         pass_backoff.succeeded(PASS_KEY)

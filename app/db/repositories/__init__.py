@@ -40,6 +40,7 @@ from app.db.repositories.networks import (
     vms_by_mac,
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
+from app.db.repositories.port_vlans import tap_port_vlans
 from app.db.repositories.uplinks import (
     UplinkMove,
     UplinkRepository,
@@ -47,7 +48,16 @@ from app.db.repositories.uplinks import (
     uplink_of,
     uplinks_of,
 )
-from app.db.repositories.vlans import VlanRepository
+from app.db.repositories.vlans import (
+    VlanRepository,
+    VlanWork,
+    desired_port_vlans,
+    load_vlan_work,
+    vlan_bridge_mac,
+    vlan_link_specs,
+    vlan_rows,
+    vlan_trunks,
+)
 from app.db.repositories.vms import VmRepository, vm_spec
 
 __all__ = [
@@ -76,14 +86,17 @@ __all__ = [
     "UplinkMove",
     "UplinkRepository",
     "VlanRepository",
+    "VlanWork",
     "VmRepository",
     "address_holders",
     "bridge_facts",
+    "desired_port_vlans",
     "journal_create_intents",
     "link_referrers",
     "link_rows",
     "load_link_specs",
     "load_network_state",
+    "load_vlan_work",
     "network_gateways",
     "network_referrers",
     "orphan_forward_claims",
@@ -94,9 +107,14 @@ __all__ = [
     "remove_forwards",
     "reserve_event_ids",
     "stored_link_settings",
+    "tap_port_vlans",
     "uplink_moves",
     "uplink_of",
     "uplinks_of",
+    "vlan_bridge_mac",
+    "vlan_link_specs",
+    "vlan_rows",
+    "vlan_trunks",
     "vm_spec",
     "vms_by_mac",
 ]

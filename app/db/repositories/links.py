@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.link_settings import stored_link_settings
-from app.db.models import Bridge, Tap, Vm, VmNic
+from app.db.models import Bridge, Tap, Vlan, Vm, VmNic
 from app.db.repositories.addresses import network_gateways
 from app.db.repositories.base import LINK_MODELS, R, ResourceRepository
 from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of
+from app.db.repositories.vlans import load_vlan_work, vlan_link_specs
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.status import Status
 
@@ -184,6 +185,9 @@ class LinkSpecs:
     specs: list[LinkSpec]
     states: dict[str, ObservedState]
     unreadable: dict[str, str]
+    # the VLANs whose links are among the specs (keyed by the VLAN's id): their outcomes
+    # are recorded on the VLAN rows (app.supervisor.vlans), not on bridge or tap rows
+    vlan_ids: set[str] = field(default_factory=set)
 
 
 def load_link_specs(
@@ -192,9 +196,9 @@ def load_link_specs(
     names: list[str] | None = None,
     also_ids: list[str] | None = None,
 ) -> LinkSpecs:
-    """Bridges and taps as planner specs (all, the unsettled ones plus `also_ids`, or those
-    named), with the state each row was in when loaded, plus the taps whose MTU follows a
-    loaded bridge's and differs from it."""
+    """Bridges, taps and the links VLANs own as planner specs (all, the unsettled ones plus
+    `also_ids`, or those named), with the state each row was in when loaded, plus the taps
+    whose MTU follows a loaded bridge's and differs from it."""
     uplinks = uplink_moves(session)
     bridges_by_id = bridge_facts(session, uplinks)
     bridges = _link_rows(session, Bridge, dirty_only, names, also_ids)
@@ -209,6 +213,12 @@ def load_link_specs(
             loaded.unreadable[row.id] = spec
         else:
             loaded.specs.append(spec)
+    for vlan in load_vlan_work(session, dirty_only, also_ids or (), names):
+        loaded.vlan_ids.add(vlan.id)
+        loaded.states[vlan.id] = ObservedState(
+            vlan.generation, vlan.observed_generation, vlan.status, None, None, reason=None
+        )
+        loaded.specs += vlan_link_specs(vlan)
     return loaded
 
 
@@ -229,6 +239,10 @@ def link_referrers(session: Session, row: Bridge | Tap) -> list[str]:
         taps = [f"tap {name}" for name in session.scalars(tap_refs)]
         uplink = uplink_of(session, row.id)
         taps += [f"uplink {uplink.name}"] if uplink is not None else []
+        # a VLAN row (even one being deleted) goes first: its removal releases its name
+        # claims, which the foreign key's CASCADE would otherwise leave behind
+        vlans = select(Vlan.name).where(Vlan.trunk_id == row.id).order_by(Vlan.name)
+        taps += [f"vlan {name}" for name in session.scalars(vlans)]
     else:
         nic_column, taps = VmNic.tap_id, []
     query = (

@@ -1,15 +1,35 @@
-"""Queries about VLANs (app.db.models.Vlan): lookup by id or name, paging, and what a trunk
-carries. Names are unique without regard to case, so a name finds its VLAN in any case."""
+"""Queries about VLANs (app.db.models.Vlan): lookup by id or name, paging, what a trunk
+carries, and what the supervisor realizes: the links a VLAN owns as planner specs and the
+per-port membership of a filtering trunk. Names are unique without regard to case, so a
+name finds its VLAN in any case."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Bridge, Uplink, Vlan
 from app.db.repositories.base import ResourceRepository
+from app.db.repositories.port_vlans import tap_port_vlans
+from app.domain.links import LinkKind, LinkSpec, bridge_mtu, generate_mac
+from app.domain.links.vlan import VlanOptions
+from app.domain.status import Status
+from app.domain.vlan_ports import (
+    DEFAULT_PVID_OFF,
+    BridgeVlans,
+    Membership,
+    bridge_self,
+    on_join,
+    trunk_port,
+)
+from app.domain.vlans import KernelObject, VlanBackend, VlanObjectKind, kernel_objects
+
+# the uplink journal's phase once the NIC is the bridge's port (app.supervisor.uplinks)
+UPLINK_ATTACHED = "attached"
 
 
 class VlanRepository(ResourceRepository[Vlan]):
@@ -50,3 +70,182 @@ class VlanRepository(ResourceRepository[Vlan]):
             .where(Bridge.id.in_(trunk_ids))
         )
         return {row_id: (name, uplink) for row_id, name, uplink in self.session.execute(query)}
+
+
+# ---- what the supervisor realizes --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VlanWork:
+    """A VLAN row as one reconcile pass needs it: its trunk's kernel name, MTU and uplink
+    NIC (None without one; `uplink_port`: the NIC is the trunk's port now, moved in), and
+    the row's state when loaded."""
+
+    id: str
+    name: str
+    vid: int
+    backend: VlanBackend
+    trunk_id: str
+    trunk: str
+    trunk_mtu: int
+    uplink: str | None
+    uplink_port: bool
+    deleted: bool
+    generation: int
+    observed_generation: int
+    status: str
+    status_reason: str | None
+    never_settled: bool
+
+    def objects(self) -> tuple[KernelObject, ...]:
+        return kernel_objects(self.backend, self.trunk, self.vid, self.uplink)
+
+
+def vlan_bridge_mac(vlan_id: str) -> str:
+    """The fixed MAC of a VLAN's own bridge: derived from the VLAN's id (sha256), so it is
+    generated once for the VLAN's whole life and kept in the row's id; a locally administered
+    unicast address (generate_mac), never recalculated from the ports."""
+    digest = hashlib.sha256(f"kvmnetd-vlan-bridge:{vlan_id}".encode()).digest()
+    return generate_mac(lambda n: digest[:n])
+
+
+def load_vlan_work(
+    session: Session,
+    dirty_only: bool = False,
+    ids: Sequence[str] = (),
+    names: Sequence[str] | None = None,
+) -> list[VlanWork]:
+    """VLANs with their trunks: all; or (dirty_only) the unsettled ones plus `ids`; or
+    (names) those owning a kernel link of one of these names. One query."""
+    query = (
+        select(Vlan, Bridge.name, Bridge.mtu, Uplink.name, Uplink.phase)
+        .join(Bridge, Bridge.id == Vlan.trunk_id)
+        .outerjoin(Uplink, (Uplink.bridge_id == Bridge.id) & Uplink.deleted.is_(False))
+        .order_by(Vlan.created_at, Vlan.id)
+    )
+    if dirty_only:
+        query = query.where(
+            or_(
+                Vlan.status.in_((Status.PENDING.value, Status.DELETING.value)),
+                Vlan.generation != Vlan.observed_generation,
+                Vlan.id.in_(list(ids)),
+            )
+        )
+    work = [
+        VlanWork(
+            id=row.id,
+            name=row.name,
+            vid=row.vlan_id,
+            backend=VlanBackend(row.backend),
+            trunk_id=row.trunk_id,
+            trunk=trunk,
+            trunk_mtu=bridge_mtu(mtu),
+            uplink=uplink,
+            uplink_port=phase == UPLINK_ATTACHED,
+            deleted=row.deleted,
+            generation=row.generation,
+            observed_generation=row.observed_generation,
+            status=row.status,
+            status_reason=row.status_reason,
+            never_settled=row.observed_generation == 0,
+        )
+        for row, trunk, mtu, uplink, phase in session.execute(query)
+    ]
+    if names is not None:
+        wanted = set(names)
+        work = [w for w in work if any(o.name in wanted for o in w.objects())]
+    return work
+
+
+def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
+    """The kernel links a VLAN owns, as planner specs keyed by the VLAN's id (its mark is
+    `kvmnetd:<kind>:<vlan id>`, so the orphan sweep and claims go by the VLAN): with the
+    bridge_per_vlan backend its own bridge (fixed MAC, the trunk's MTU) and, once the trunk
+    has an uplink, the uplink's 802.1Q sub-interface in that bridge. The filtering backend
+    owns no link (its `<bridge>.<vid>` comes only once the host needs an address there)."""
+    specs: list[LinkSpec] = []
+    bridge: str | None = None
+    # created before the first success: a link of that name that lacks our mark can only
+    # be our own interrupted create (the service refused a foreign holder of the name)
+    intent = work.never_settled
+    for obj in work.objects():
+        if obj.kind is VlanObjectKind.BRIDGE:
+            bridge = obj.name
+            specs.append(
+                LinkSpec(
+                    id=work.id,
+                    kind=LinkKind.BRIDGE,
+                    name=obj.name,
+                    mtu=work.trunk_mtu,
+                    mac=vlan_bridge_mac(work.id),
+                    deleted=work.deleted,
+                    create_intent=intent,
+                )
+            )
+        elif obj.kind is VlanObjectKind.VLAN:
+            specs.append(
+                LinkSpec(
+                    id=work.id,
+                    kind=LinkKind.VLAN,
+                    name=obj.name,
+                    deleted=work.deleted,
+                    create_intent=intent,
+                    master=bridge,
+                    parent=obj.parent,
+                    options=VlanOptions(vid=work.vid),
+                )
+            )
+    return specs
+
+
+def desired_port_vlans(session: Session, trunk_id: str, default_pvid: int = 1) -> BridgeVlans:
+    """The VLAN membership a filtering trunk's ports should have, the ports we plan only:
+    the uplink port carries every live VLAN of the trunk tagged, plus the bridge's
+    `default_pvid` as its native VLAN (untagged traffic keeps flowing as before filtering);
+    the bridge's own port keeps `default_pvid` (the host's address on the trunk itself) and
+    joins, tagged, only the VLANs the host needs an address on (none yet: managed networks
+    on VLANs come later); taps as app.db.repositories.port_vlans says. Other ports are not
+    named, so they are never touched."""
+    query = (
+        select(Bridge.name, Uplink.name, Uplink.phase)
+        .outerjoin(Uplink, (Uplink.bridge_id == Bridge.id) & Uplink.deleted.is_(False))
+        .where(Bridge.id == trunk_id)
+    )
+    found = session.execute(query).first()
+    if found is None:
+        return {}
+    trunk, uplink, phase = found
+    vids = session.scalars(
+        select(Vlan.vlan_id).where(
+            Vlan.trunk_id == trunk_id,
+            Vlan.deleted.is_(False),
+            Vlan.backend == VlanBackend.VLAN_FILTERING.value,
+        )
+    ).all()
+    native = default_pvid if default_pvid != DEFAULT_PVID_OFF and default_pvid not in vids else None
+    desired: dict[str, dict[int, Membership]] = {
+        trunk: {**on_join(default_pvid), **bridge_self(l3_vids(session, trunk_id))}
+    }
+    if uplink is not None and phase == UPLINK_ATTACHED:
+        desired[uplink] = trunk_port(sorted(vids), native)
+    desired.update(tap_port_vlans(session, trunk_id))
+    return desired
+
+
+def l3_vids(session: Session, trunk_id: str) -> list[int]:
+    """The VIDs of the trunk on which the host needs an address (its `<bridge>.<vid>`): the
+    hook for managed networks on VLANs; nothing needs one yet."""
+    return []
+
+
+def vlan_trunks(session: Session, filtering_only: bool = True) -> dict[str, str]:
+    """Trunk bridge id -> name of the trunks that carry VLANs (by default: with the
+    filtering backend), deleted VLANs included until they are gone."""
+    query = select(Bridge.id, Bridge.name).join(Vlan, Vlan.trunk_id == Bridge.id).distinct()
+    if filtering_only:
+        query = query.where(Vlan.backend == VlanBackend.VLAN_FILTERING.value)
+    return {trunk_id: name for trunk_id, name in session.execute(query)}
+
+
+def vlan_rows(session: Session, ids: Sequence[str]) -> dict[str, Vlan]:
+    return {v.id: v for v in session.scalars(select(Vlan).where(Vlan.id.in_(list(ids))))}

@@ -3,7 +3,7 @@ and the reconcile planner that orders their actions by declared dependencies.
 
 - model: the data (LinkSpec, ObservedLink, LinkChanges, Action, the mark, MTU rules)
 - driver: LinkDriver, the common base of the kinds, and the map from LinkKind to driver
-- bridge, tap: the kinds we have (a new kind is a new module here, one in app.host.links,
+- bridge, tap, vlan: the kinds we have (a new kind is a new module here, one in app.host.links,
   and its import below)
 - planner: plan(), plan_link(), order_actions(), fingerprint()
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from app.domain.links import bridge as bridge
 from app.domain.links import tap as tap
+from app.domain.links import vlan as vlan
 from app.domain.links.driver import (
     LinkDriver,
     driver_for_link,

@@ -44,6 +44,7 @@ def tap_mtu(own: int | None, bridge: int | None) -> int:
 class LinkKind(enum.StrEnum):
     BRIDGE = "bridge"
     TAP = "tap"
+    VLAN = "vlan"  # an 802.1Q sub-interface (app.domain.links.vlan)
 
 
 def ownership_mark(kind: LinkKind, resource_id: str) -> str:

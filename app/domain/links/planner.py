@@ -25,6 +25,7 @@ from app.domain.links.model import (
     ActionKind,
     Fingerprint,
     LinkChanges,
+    LinkKind,
     LinkSpec,
     ObservedLink,
 )
@@ -113,10 +114,18 @@ def plan(
         wanted_ids.add(spec.id)
         actions.append(plan_link(spec, by_name.get(spec.name), masters))
     claimed = {a.observed.index for a in actions if a.observed is not None}
+    keep = set(keep_ids)
     for link in by_name.values():
         owner = link.owner
-        if owner is not None and owner[1] not in wanted_ids and link.index not in claimed:
+        if owner is None or link.index in claimed:
+            continue
+        if owner[1] not in wanted_ids:
             actions.append(Action(ActionKind.SWEEP, link.name, observed=link, reason="orphan"))
+        elif owner[0] is LinkKind.VLAN and owner[1] not in keep:
+            # a VLAN's sub-interface is named after its parent: one no spec names any more
+            # (the uplink went or changed) is a leftover of a resource that still exists
+            reason = "stale: its owner no longer wants a link of this name"
+            actions.append(Action(ActionKind.SWEEP, link.name, observed=link, reason=reason))
     return order_actions(actions, existing=by_name.keys())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from app.host.links import bridge as bridge
 from app.host.links import tap as tap
+from app.host.links import vlan as vlan
 from app.host.links.base import (
     HostLinkDriver,
     find_host_driver,

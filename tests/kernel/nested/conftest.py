@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.conftest import api as api
+from tests.conftest import settings as settings
 from tests.netns_tools import throwaway_netns
 
 ModuleLoader = Callable[..., None]

@@ -1,0 +1,299 @@
+"""VLANs made real, right after the link pass on the same thread (app.supervisor.loop).
+
+The links a VLAN owns (bridge_per_vlan: its own bridge and the uplink's 802.1Q
+sub-interface) are planned, created, repaired and swept by the link pass like every link of
+ours, keyed by the VLAN's id; this module records their outcomes on the VLAN row. A trunk
+with the vlan_filtering backend owns no link per VLAN: here the trunk gets
+vlan_filtering=1 and its planned ports (uplink, the bridge's own port, taps on VLANs) the
+membership app.db.repositories.vlans.desired_port_vlans says, read once per pass per trunk
+(`bridge vlan show`) and corrected with the steps of app.domain.vlan_ports; a membership
+removed by hand comes back at the next full pass, ports not planned are never touched.
+
+Then each VLAN row says what happened: active (observed_generation, observed_objects: the
+kernel objects with name, ifindex and state) or error with the reason, a transient failure
+backing off on that VLAN only; a deleted VLAN's row goes, with its name claims, once its
+objects are gone. Events `vlan.<status>`, `vlan.deleted`, `vlan.drift_repaired`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.bus import EventBus
+from app.db.models import Vlan
+from app.db.repositories import (
+    FinishedOperation,
+    LinkNameRepository,
+    OperationRepository,
+    VlanWork,
+    desired_port_vlans,
+    load_vlan_work,
+    vlan_rows,
+)
+from app.db.session import Database
+from app.domain.links import ActionKind
+from app.domain.retry import Backoff
+from app.domain.status import Status
+from app.domain.vlan_ports import BridgeVlans, plan_bridge
+from app.domain.vlans import VlanBackend, VlanObjectKind
+from app.host.netlink import LinkError
+from app.host.vlans import FeatureMissing, VlanOps
+from app.supervisor.faults import FaultLog, describe
+from app.supervisor.links import TRANSIENT_ATTEMPTS_BEFORE_ERROR, Outcome, Scope
+
+log = logging.getLogger(__name__)
+
+GONE = frozenset({ActionKind.DELETE, ActionKind.FORGET})
+
+
+@dataclass
+class TrunkResult:
+    """What a filtering trunk's membership step did: its memberships afterwards, whether
+    it had to change anything, and why it failed (None: it did not)."""
+
+    memberships: Mapping[str, Mapping[int, Any]] = field(default_factory=dict)
+    changed: bool = False
+    error: str | None = None
+    transient: bool = False
+    # the error says no membership can exist: the kernel lacks filtering, or the trunk
+    # bridge is gone (a deleted VLAN is then gone too)
+    absent: bool = False
+
+
+@dataclass
+class VlanResult:
+    ok: bool
+    objects: list[dict[str, Any]]
+    reason: str | None = None
+    transient: bool = False
+    repaired: bool = False
+
+
+class VlanReconciler:
+    """Owns a VlanOps socket, opened in the supervisor thread (its network namespace)."""
+
+    def __init__(self, db: Database, bus: EventBus, ops: VlanOps, backoff: Backoff) -> None:
+        self.db = db
+        self.bus = bus
+        self.ops = ops
+        self.backoff = backoff
+        self.faults = FaultLog(log, backoff.clock)
+
+    def run(
+        self, scope: Scope, link_vlans: set[str], link_outcomes: Mapping[str, list[Outcome]]
+    ) -> int:
+        """One pass over the VLANs this scope concerns: every one (FULL), the unsettled
+        ones and due retries (DIRTY), or those whose links the link pass just looked at
+        (`link_vlans`, with their outcomes). Returns how many rows it reported on."""
+        if scope is Scope.NAMES and not link_vlans:
+            return 0
+        retry = self.backoff.due_keys() if scope is Scope.DIRTY else []
+        dirty = scope is not Scope.FULL
+        trunk_results: dict[str, TrunkResult] = {}
+        with self.db.reading() as session:
+            work = load_vlan_work(session, dirty_only=dirty, ids=[*retry, *link_vlans])
+            trunks = self._filtering_trunks(scope, work, trunk_results)
+            desired = {tid: desired_port_vlans(session, tid, pvid) for tid, pvid in trunks.items()}
+        results: dict[str, VlanResult] = {}
+        trunk_results.update({tid: self._trunk(work, tid, desired[tid]) for tid in desired})
+        for vlan in work:
+            if vlan.backend is VlanBackend.BRIDGE_PER_VLAN:
+                if vlan.id in link_vlans:
+                    results[vlan.id] = _link_result(vlan, link_outcomes.get(vlan.id, []))
+            elif vlan.trunk_id in trunk_results:
+                results[vlan.id] = _membership_result(vlan, trunk_results[vlan.trunk_id])
+        return self._write_back(scope, work, results)
+
+    # ---- filtering trunks ------------------------------------------------------------------
+
+    def _filtering_trunks(
+        self, scope: Scope, work: Sequence[VlanWork], errors: dict[str, TrunkResult]
+    ) -> dict[str, int]:
+        """Trunk id -> its default PVID, for the filtering trunks of `work` (a NAMES pass
+        looks only at links), each with filtering switched on (it stays on once a VLAN used
+        it: switching it off would change what every port of the trunk carries). A trunk
+        that fails goes to `errors`."""
+        trunks: dict[str, int] = {}
+        if scope is Scope.NAMES:
+            return trunks
+        for vlan in work:
+            if vlan.backend is not VlanBackend.VLAN_FILTERING or vlan.trunk_id in trunks:
+                continue
+            if vlan.trunk_id in errors:
+                continue
+            try:
+                options = self.ops.bridge_vlan_options(vlan.trunk)
+                if not options.filtering:
+                    log.info("switching VLAN filtering on for trunk %s", vlan.trunk)
+                    options = self.ops.set_bridge_vlan_options(vlan.trunk, filtering=True)
+                trunks[vlan.trunk_id] = options.default_pvid
+            except LinkError as exc:
+                errors[vlan.trunk_id] = _trunk_failed(exc)
+        return trunks
+
+    def _trunk(self, work: Sequence[VlanWork], trunk_id: str, desired: BridgeVlans) -> TrunkResult:
+        trunk = next(w.trunk for w in work if w.trunk_id == trunk_id)
+        try:
+            observed = self.ops.memberships(trunk)
+            steps = plan_bridge(trunk, desired, observed)
+            if not steps:
+                return TrunkResult(observed)
+            log.info("trunk %s: %s", trunk, "; ".join(s.describe() for s in steps))
+            self.ops.apply(trunk, steps)
+            return TrunkResult(self.ops.memberships(trunk), changed=True)
+        except LinkError as exc:
+            return _trunk_failed(exc)
+        except Exception as exc:  # a bug or an unexpected answer: this trunk only
+            self.faults.failed(trunk_id, f"VLAN membership of trunk {trunk}", exc)
+            return TrunkResult(error=describe(exc), transient=True)
+
+    # ---- writing back ----------------------------------------------------------------------
+
+    def _write_back(
+        self, scope: Scope, work: Sequence[VlanWork], results: Mapping[str, VlanResult]
+    ) -> int:
+        events: list[dict[str, object]] = []
+        finished: list[FinishedOperation] = []
+        if not results:
+            return 0
+        with self.db.unit_of_work() as session:
+            rows = vlan_rows(session, list(results))
+            loaded = {w.id: w for w in work}
+            for vlan_id, result in results.items():
+                row = rows.get(vlan_id)
+                if row is None:
+                    continue
+                event = self._record(session, scope, row, loaded[vlan_id], result, finished)
+                if event is not None:
+                    events.append(event)
+            OperationRepository(session).finish(finished)
+        for event in events:
+            self.bus.publish(**event)
+        return len(events)
+
+    def _record(
+        self,
+        session: Any,
+        scope: Scope,
+        row: Vlan,
+        loaded: VlanWork,
+        result: VlanResult,
+        finished: list[FinishedOperation],
+    ) -> dict[str, object] | None:
+        if row.deleted and result.ok:
+            self.backoff.succeeded(row.id)
+            finished.append(FinishedOperation(row.id, row.generation, "succeeded"))
+            LinkNameRepository(session).release(row.id)
+            session.delete(row)
+            return row.event_fields(
+                "vlan", "deleted", status="deleted", observed_generation=row.generation
+            )
+        before = (row.status, row.status_reason, row.observed_generation, row.observed_objects)
+        if result.ok:
+            self.backoff.succeeded(row.id)
+            self.faults.succeeded(row.id, f"VLAN {row.name}")
+            drift = (
+                scope is not Scope.DIRTY
+                and result.repaired
+                and row.status == Status.ACTIVE.value
+                and row.observed_generation == row.generation
+            )
+            current = row.generation == loaded.generation
+            if current and (
+                row.observed_generation != loaded.generation or row.status != Status.ACTIVE.value
+            ):
+                finished.append(FinishedOperation(row.id, loaded.generation, "succeeded"))
+            row.observed_generation = loaded.generation
+            row.observed_objects = result.objects
+            row.status = (
+                Status.DELETING.value
+                if row.deleted
+                else (Status.ACTIVE.value if current else Status.PENDING.value)
+            )
+            row.status_reason = None
+            if drift:
+                return row.event_fields(
+                    "vlan",
+                    "drift_repaired",
+                    status_reason="the kernel had drifted from the desired state",
+                    data={"objects": result.objects},
+                )
+        elif result.transient and self.backoff.attempts(row.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
+            self.backoff.failed(row.id)
+            row.status_reason = f"retrying with backoff: {result.reason}"
+            row.observed_objects = result.objects
+        else:
+            self.backoff.succeeded(row.id)  # permanent: retried at the next full resync
+            newly_failed = (
+                row.observed_generation != loaded.generation or row.status != Status.ERROR.value
+            )
+            row.observed_generation = loaded.generation
+            row.status = Status.DELETING.value if row.deleted else Status.ERROR.value
+            row.status_reason = result.reason
+            row.observed_objects = result.objects
+            if row.generation == loaded.generation and not row.deleted and newly_failed:
+                finished.append(
+                    FinishedOperation(row.id, loaded.generation, "failed", result.reason)
+                )
+        after = (row.status, row.status_reason, row.observed_generation, row.observed_objects)
+        if after[:3] != before[:3]:
+            return row.event_fields("vlan", data={"objects": row.observed_objects})
+        if after[3] != before[3]:
+            return row.event_fields("vlan", "observed", data={"objects": row.observed_objects})
+        return None
+
+
+def _trunk_failed(exc: LinkError) -> TrunkResult:
+    absent = isinstance(exc, FeatureMissing) or exc.code == errno.ENODEV
+    return TrunkResult(error=str(exc), transient=exc.transient, absent=absent)
+
+
+def _link_result(vlan: VlanWork, outcomes: Sequence[Outcome]) -> VlanResult:
+    """A bridge_per_vlan VLAN from its links' outcomes: every one must have succeeded."""
+    objects = [
+        {
+            "kind": str(o.spec.kind),
+            "name": o.spec.name,
+            "ifindex": o.ifindex,
+            "state": o.oper_state if o.ok else "error",
+        }
+        for o in outcomes
+        if o.action not in GONE
+    ]
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        reason = "; ".join(f"{o.spec.name}: {o.reason}" for o in failed)
+        return VlanResult(False, objects, reason, all(o.transient for o in failed))
+    if vlan.deleted and any(o.action not in GONE for o in outcomes):
+        return VlanResult(False, objects, "its links are still there", transient=True)
+    repaired = any(o.action is not ActionKind.SETTLED for o in outcomes)
+    return VlanResult(True, objects, repaired=repaired)
+
+
+def _membership_result(vlan: VlanWork, trunk: TrunkResult) -> VlanResult:
+    """A vlan_filtering VLAN from its trunk's membership step: the VID tagged on the uplink
+    port (once the trunk has one as its port)."""
+    if trunk.error is not None:
+        if vlan.deleted and trunk.absent:
+            return VlanResult(True, [])
+        return VlanResult(False, [], trunk.error, trunk.transient)
+    objects: list[dict[str, Any]] = []
+    for obj in vlan.objects():
+        if obj.kind is not VlanObjectKind.BRIDGE_VLAN:
+            continue
+        present = vlan.vid in trunk.memberships.get(obj.name, {})
+        objects.append(
+            {
+                "kind": str(obj.kind),
+                "name": obj.name,
+                "parent": obj.parent,
+                "vid": vlan.vid,
+                "ifindex": None,
+                "state": "present" if present else "absent",
+            }
+        )
+    return VlanResult(True, [] if vlan.deleted else objects, repaired=trunk.changed)
