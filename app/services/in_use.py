@@ -165,7 +165,7 @@ class InUseGuard:
             )
 
     def detach_tap(self, tap: Tap) -> None:
-        tap.bridge_id = None
+        tap.bridge_id = tap.vlan_id = None
         bump(tap)
         record_operation(self.session, "update", "tap", tap, self.request_id)
         self.detached.append(Dependent(K.TAP, tap.id, tap.name, action=ForceAction.DETACHED))

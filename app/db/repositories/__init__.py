@@ -40,6 +40,13 @@ from app.db.repositories.networks import (
     vms_by_mac,
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
+from app.db.repositories.port_vlans import (
+    port_master,
+    tap_port_vlans,
+    vlan_masters,
+    vlan_referrers,
+    vlan_users,
+)
 from app.db.repositories.uplinks import (
     UplinkMove,
     UplinkRepository,
@@ -88,15 +95,20 @@ __all__ = [
     "network_referrers",
     "orphan_forward_claims",
     "own_addresses",
+    "port_master",
     "probe_targets",
     "record_forward_outcomes",
     "record_nic_addresses",
     "remove_forwards",
     "reserve_event_ids",
     "stored_link_settings",
+    "tap_port_vlans",
     "uplink_moves",
     "uplink_of",
     "uplinks_of",
+    "vlan_masters",
+    "vlan_referrers",
+    "vlan_users",
     "vm_spec",
     "vms_by_mac",
 ]
