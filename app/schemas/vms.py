@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from app.domain.vlans import VID_MAX, VID_MIN
 from app.domain.vms import (
     MEMORY_MIB,
     MTU_RANGE,
@@ -22,7 +23,6 @@ from app.domain.vms import (
     Vhost,
     VmStatus,
 )
-from app.domain.vlans import VID_MAX, VID_MIN
 from app.schemas.common import Id, MacStr, RequestModel, VmNameStr, exactly_one_of
 
 Port = Field(ge=PORTS[0], le=PORTS[1])

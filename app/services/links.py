@@ -376,7 +376,9 @@ class TapService:
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
 
-    def _placement(self, bridge_ref: str | None, vlan_ref: str | None) -> tuple[str | None, str | None]:
+    def _placement(
+        self, bridge_ref: str | None, vlan_ref: str | None
+    ) -> tuple[str | None, str | None]:
         """(bridge id, VLAN id) of a tap on `bridge_ref` and/or VLAN `vlan_ref` (vlan_port)."""
         if vlan_ref is None:
             return self._bridge_id(bridge_ref), None

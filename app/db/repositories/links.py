@@ -12,8 +12,8 @@ from app.db.link_settings import stored_link_settings
 from app.db.models import Bridge, Tap, Vm, VmNic
 from app.db.repositories.addresses import network_gateways
 from app.db.repositories.base import LINK_MODELS, R, ResourceRepository
-from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of
 from app.db.repositories.port_vlans import port_master, vlan_masters
+from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.status import Status
 
