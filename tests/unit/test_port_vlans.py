@@ -28,9 +28,11 @@ from app.domain.nics.bridge import trunk_vlans
 from app.domain.vlan_ports import Membership
 from app.domain.vlans import VlanBackend, VlanFacts
 from app.schemas.links import BridgeCreate, TapCreate
+from app.schemas.networks import NetworkCreate
 from app.schemas.vlans import VlanCreate
 from app.schemas.vms import VmCreate
 from app.services.links import BridgeService, TapService
+from app.services.networks import NetworkService
 from app.services.vlans import VlanService
 from app.services.vms import HostFacts, VmPowerService, VmService
 from app.supervisor.vm_taps import tap_plans
@@ -135,3 +137,17 @@ def test_trunk_vlans_checks_the_trunk_and_its_vids() -> None:
     ):
         with pytest.raises(InvalidInput, match=words):
             trunk_vlans(tagged, native, "br0", on_trunk)
+
+
+def test_a_network_on_the_trunk_adopts_only_its_untagged_nics(db: Database) -> None:
+    """A managed network made later on the trunk serves its untagged segment: NICs on its
+    VLANs and trunk NICs get no address there."""
+    nics = vm(db, "web", {"bridge": "br0"}, {"vlan": "va"}, {"bridge": "br0", "vlan_tagged": [10]})
+    with db.unit_of_work() as s:
+        body = NetworkCreate.model_validate(
+            {"name": "nat0", "bridge": "br0", "subnet": "10.95.0.0/24"}
+        )
+        NetworkService(s).create(body)
+    with db.reading() as s:
+        rows = [s.get(VmNic, n.id) for n in nics]
+        assert [r.ipv4 is not None for r in rows if r is not None] == [True, False, False]
