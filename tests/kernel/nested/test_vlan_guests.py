@@ -30,6 +30,7 @@ from app.schemas.links import BridgeCreate, TapCreate
 from app.schemas.vlans import VlanCreate
 from app.services.links import BridgeService, TapService
 from app.services.vlans import VlanService
+from tests.kernel.nested.conftest import ModuleLoader
 from tests.netns_tools import throwaway_netns
 
 _TIER_PLUGIN = Path(__file__).resolve().parents[1] / "conftest.py"
@@ -106,9 +107,14 @@ def responders(sw: str) -> Iterator[None]:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
-def test_guests_on_vlan_10_reach_each_other_not_vlan_20(tmp_path: Path, modules: object) -> None:
+def test_guests_on_vlan_10_reach_each_other_not_vlan_20(
+    tmp_path: Path, modules: ModuleLoader
+) -> None:
+    modules("bridge", "tun", "veth")
     masters, membership = planned(tmp_path)
     assert {tap: masters[tap] for tap in GUESTS} == dict.fromkeys(GUESTS, "br0")
     assert membership == {
