@@ -164,6 +164,7 @@ def tap_out(row: Tap) -> TapOut:
     return TapOut(
         **_state(row, settings, problem),
         bridge_id=row.bridge_id,
+        vlan_id=row.vlan_id,
         owner_uid=settings["owner_uid"],
         owner_gid=settings["owner_gid"],
         multi_queue=settings["multi_queue"],
@@ -214,6 +215,9 @@ NIC_FIELDS = (
     "tap_name",
     "bridge_id",
     "tap_id",
+    "vlan_id",
+    "vlan_tagged",
+    "native_vlan",
     "queues",
     "mtu",
     "vhost",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import mutation_headers, vlan_out
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vlan
@@ -107,12 +107,16 @@ async def update_vlan(
     status_code=202,
     response_model=VlanOut,
     responses={204: {"description": "Deleted (with ?wait=)"}},
-    description="The VLAN's kernel objects are removed, then the VLAN. Deleting its trunk "
-    "bridge is refused (409 in-use listing it) unless ?force=true, which deletes it too.",
+    description="The VLAN's kernel objects are removed, then the VLAN. 409 `in-use` (listing "
+    "`dependents`: kind, id, name) while VM NICs (access ports of the VLAN, or trunk NICs "
+    "carrying its VID) or taps use it. With ?force=true: those VM NICs leave their VMs (a "
+    "running VM is stopped) and the taps leave the VLAN and its trunk (detached, kept); the "
+    "operation lists them in `detached`. Deleting its trunk bridge is refused (409 in-use "
+    "listing it) unless ?force=true, which deletes it too.",
 )
 async def delete_vlan(
-    vlan_id: str, response: Response, request: Request, wait: Wait = None
+    vlan_id: str, response: Response, request: Request, wait: Wait = None, force: Force = False
 ) -> VlanOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: VlanService(s, request_id).delete(vlan_id))
+    row, op = await ctx.mutate(lambda s: VlanService(s, request_id).delete(vlan_id, force))
     return await _finish(ctx, response, row, op, wait, 202)

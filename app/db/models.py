@@ -219,10 +219,15 @@ class Tap(LinkColumns, Base):
     owner_gid: Mapped[int | None] = mapped_column(Integer, default=None)
     multi_queue: Mapped[bool] = mapped_column(Boolean, default=False)
     vnet_hdr: Mapped[bool] = mapped_column(Boolean, default=False)
+    # an access port of this VLAN (then bridge_id is the VLAN's trunk; migration 0014)
+    vlan_id: Mapped[str | None] = mapped_column(
+        ForeignKey("vlans.id", ondelete="RESTRICT"), default=None, index=True
+    )
 
     __table_args__ = (
         *_link_checks("taps"),
         *_flags("taps", "multi_queue", "vnet_hdr"),
+        _check("taps", "vlan_id", "vlan_id IS NULL OR bridge_id IS NOT NULL"),
         _between("taps", "owner_uid", 0, ID_MAX, nullable=True),
         _between("taps", "owner_gid", 0, ID_MAX, nullable=True),
     )
@@ -347,9 +352,26 @@ class VmNic(Base):
     # why that is a problem when it is not `ipv4`
     observed_ipv4: Mapped[str | None] = mapped_column(String(15), default=None)
     address_status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # VLANs (migration 0014, app.domain.vlans): an access port of VLAN `vlan_id` (bridge_id
+    # is its trunk), or a trunk NIC carrying `vlan_tagged` (VIDs, sorted) tagged and
+    # `native_vlan` untagged; [] and None: neither
+    vlan_id: Mapped[str | None] = mapped_column(
+        ForeignKey("vlans.id", ondelete="RESTRICT"), default=None, index=True
+    )
+    vlan_tagged: Mapped[list[int]] = mapped_column(StoredJSON, default=list)
+    native_vlan: Mapped[int | None] = mapped_column(Integer, default=None)
 
     __table_args__ = (
         UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),
+        _json("vm_nics", "vlan_tagged", "array"),
+        _between("vm_nics", "native_vlan", VID_MIN, VID_MAX, nullable=True),
+        _check(
+            "vm_nics",
+            "vlan_port",
+            "(vlan_id IS NULL OR json_array_length(vlan_tagged) = 0) AND "
+            "(native_vlan IS NULL OR json_array_length(vlan_tagged) > 0) AND "
+            "(bridge_id IS NOT NULL OR (vlan_id IS NULL AND json_array_length(vlan_tagged) = 0))",
+        ),
         _check("vm_nics", "position", "position >= 0"),
         _check("vm_nics", "mac", f"mac GLOB '{MAC_GLOB}'"),
         _json("vm_nics", "options", "object"),

@@ -8,6 +8,8 @@ The dependency graph (a delete without `?force=true` is refused while any edge e
 - tap      <- the VM NIC that uses it (`tap` backend); the network on it (a routed tap)
 - VM       <- port forwards to its NICs; other VMs' socket NICs that connect to its
               listening socket NICs
+- VLAN     <- VM NICs that are access ports of it or trunk NICs carrying its VID; taps
+              that are access ports of it
 
 What `?force=true` does to each dependent (the `action` of a Dependent), chosen so that no
 guest silently keeps a NIC whose backend is gone (compare Neutron, which refuses a network
@@ -17,7 +19,10 @@ delete with ports in use, NetworkInUse 409, and Nova, which unplugs a deleted po
   (its MAC, fixed address and forwards go with it; the remaining NICs keep their order and
   addresses), and a VM that was running is `stopped`: it starts again without that NIC;
 - a VM NIC on a deleted network keeps its bridge or tap and loses only its fixed address
-  (`address_released`); a tap on a deleted bridge is `detached` and stays;
+  (`address_released`); a tap on a deleted bridge or VLAN is `detached` and stays (off
+  the VLAN and off its trunk: on the trunk untagged it would land on another segment);
+- a VM NIC on a deleted VLAN is `removed` like one on a deleted bridge, a trunk NIC
+  carrying the VLAN's VID too (a NIC's VLANs are fixed at creation);
 - a port forward, the network on a deleted link, a bridge's uplink and the VLANs on a
   deleted trunk are `deleted` (the uplink first moves the host's configuration back onto
   its NIC; a VLAN cannot outlive its trunk, as a Neutron segment cannot its network).

@@ -170,10 +170,21 @@ class BridgeVlans(BaseModel):
     ports: list[PortVlan] = Field(default_factory=list)
 
 
+TAP_VLAN = (
+    "VLAN id or name: the tap is an access port of that VLAN (untagged on the tap). Its bridge "
+    "is the VLAN's trunk (`bridge` may be left out; named, it must be that trunk, else 422); "
+    "with the bridge_per_vlan backend the tap joins the VLAN's own bridge. 404 for an unknown "
+    "VLAN, 409 for one being deleted"
+)
+
+
 class TapCreate(RequestModel):
     name: LinkNameStr
     bridge: str | None = Field(
         None, max_length=64, description="Bridge id or name to attach to", examples=["br0"]
+    )
+    vlan: str | None = Field(
+        None, max_length=64, description=f"{TAP_VLAN}. Null or omitted: on no VLAN"
     )
     mtu: Mtu | None = Field(None, description=TAP_MTU)
     mac: MacStr | None = None
@@ -190,7 +201,17 @@ class TapUpdate(UpdateModel):
     """Change a tap; a field left out is unchanged (null: see each field)."""
 
     bridge: str | None = Field(
-        None, max_length=64, description="Bridge id or name to attach to. null: detach"
+        None,
+        max_length=64,
+        description="Bridge id or name to attach to; another bridge than its VLAN's trunk "
+        "takes the tap off its VLAN (unless `vlan` names one there). null: detach (and off "
+        "its VLAN)",
+    )
+    vlan: str | None = Field(
+        None,
+        max_length=64,
+        description=f"{TAP_VLAN}. Applied live, also under a running VM. null: off its VLAN "
+        "(it stays on the trunk, untagged)",
     )
     mtu: Mtu | None = Field(None, description=TAP_MTU)
     mac: MacStr | None = Field(
@@ -232,6 +253,7 @@ class BridgePage(Page[Bridge]):
 
 class Tap(ResourceState):
     bridge_id: str | None
+    vlan_id: str | None = Field(None, description="The VLAN it is an access port of")
     mtu: int | None
     mac: str | None
     addresses: list[str]

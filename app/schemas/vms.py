@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from app.domain.vlans import VID_MAX, VID_MIN
 from app.domain.vms import (
     MEMORY_MIB,
     MTU_RANGE,
@@ -29,6 +30,19 @@ NIC_MTU = (
     "MTU in bytes, virtio-net-pci only (422 for other models and for the user backend): "
     "QEMU's host_mtu tells the guest, and the NIC's tap (bridge backend) gets it too. Null: "
     "the guest's default; the tap of a bridge NIC then takes its bridge's MTU"
+)
+
+VLAN_ACCESS = (
+    "bridge backend: the VLAN (id or name) the NIC is an access port of (untagged in the "
+    "guest). Its bridge is the VLAN's trunk; with the bridge_per_vlan backend the NIC's tap "
+    "joins the VLAN's own bridge instead. 404 for an unknown VLAN, 409 for one being deleted. "
+    "Null or omitted: no VLAN"
+)
+VLAN_TAGGED = (
+    "bridge backend, trunk NIC: the VIDs (1-4094, each once) of VLANs on `bridge` that "
+    "reach the guest tagged (802.1Q inside the guest). Only with the vlan_filtering backend "
+    "(422 with the reason for bridge_per_vlan, which carries one VLAN per bridge, "
+    "untagged); 422 for a VID with no VLAN on that bridge. Null or omitted: not a trunk NIC"
 )
 
 
@@ -80,7 +94,12 @@ def _backend_alternatives(schema: dict[str, Any]) -> None:
             "required": ["backend"],
             "properties": {"backend": {"const": backend.value}},
         }
-        if option is not None:
+        if backend is Backend.BRIDGE:  # `bridge`, or `vlan` (its trunk is the bridge)
+            branch["anyOf"] = [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("bridge", "vlan")
+            ]
+        elif option is not None:
             branch["required"].append(option)
             branch["properties"][option] = {"type": _OPTION_TYPE[option]}
         branches.append(branch)
@@ -96,7 +115,32 @@ class NicIn(RequestModel):
     )
     mac: MacStr | None = Field(None, description="Allocated (unique) when omitted")
     backend: Backend = Field(strict=False)  # FastAPI validates JSON as Python: take the value
-    bridge: str | None = Field(None, max_length=64, description="bridge backend: id or name")
+    bridge: str | None = Field(
+        None,
+        max_length=64,
+        description="bridge backend: id or name. May be omitted with `vlan` (then it is the "
+        "VLAN's trunk); given with `vlan`, it must be that trunk (422 otherwise)",
+    )
+    vlan: str | None = Field(
+        None,
+        max_length=64,
+        description=VLAN_ACCESS,
+        examples=["tenant-a"],
+    )
+    vlan_tagged: list[int] | None = Field(
+        None,
+        max_length=64,
+        description=VLAN_TAGGED,
+        examples=[[10, 20]],
+    )
+    native_vlan: int | None = Field(
+        None,
+        ge=VID_MIN,
+        le=VID_MAX,
+        description="bridge backend, trunk NIC (with `vlan_tagged`): the VID (1-4094) of a VLAN "
+        "on the bridge that crosses the NIC untagged (its PVID); not also in `vlan_tagged`. "
+        "Null or omitted: none (untagged frames are dropped)",
+    )
     tap: str | None = Field(None, max_length=64, description="tap backend: id or name")
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
@@ -119,9 +163,32 @@ class NicIn(RequestModel):
     @model_validator(mode="after")
     def _backend_options(self) -> NicIn:
         needed = BACKEND_OPTION.get(self.backend)
-        if needed is not None and getattr(self, needed) is None:
+        if self.backend is Backend.BRIDGE:
+            if self.bridge is None and self.vlan is None:
+                raise ValueError("the bridge backend needs `bridge` or `vlan`")
+        elif needed is not None and getattr(self, needed) is None:
             raise ValueError(f"the {self.backend.value} backend needs `{needed}`")
+        self._vlan_fields()
         return self
+
+    def _vlan_fields(self) -> None:
+        """`vlan` (access) and `vlan_tagged` (trunk) are the bridge backend's and exclude
+        each other; a trunk NIC names its bridge; `native_vlan` belongs to a trunk NIC."""
+        vlan_fields = [f for f in ("vlan", "vlan_tagged", "native_vlan") if getattr(self, f)]
+        if vlan_fields and self.backend is not Backend.BRIDGE:
+            raise ValueError(
+                f"`{vlan_fields[0]}` is for the bridge backend (a tap resource joins a VLAN "
+                "itself: POST /v1/taps with `vlan`)"
+            )
+        if self.vlan is not None and self.vlan_tagged is not None:
+            raise ValueError(
+                "`vlan` (an access port of one VLAN) and `vlan_tagged` (a trunk NIC) exclude "
+                "each other"
+            )
+        if self.vlan_tagged is not None and self.bridge is None:
+            raise ValueError("a trunk NIC (`vlan_tagged`) needs `bridge`: the trunk")
+        if self.native_vlan is not None and self.vlan_tagged is None:
+            raise ValueError("`native_vlan` belongs to a trunk NIC: give `vlan_tagged` too")
 
 
 def _needs_kernel(option: str) -> dict[str, Any]:
@@ -253,6 +320,11 @@ class NicOut(BaseModel):
     tap_name: str | None
     bridge_id: str | None
     tap_id: str | None
+    vlan_id: str | None = Field(None, description="The VLAN it is an access port of")
+    vlan_tagged: list[int] = Field(
+        default_factory=list, description="Trunk NIC: the VIDs it carries tagged ([]: none)"
+    )
+    native_vlan: int | None = Field(None, description="Trunk NIC: its untagged VID (PVID)")
     queues: int
     mtu: int | None = Field(None, description=NIC_MTU)
     vhost: Vhost

@@ -20,6 +20,7 @@ from app.db.repositories import (
     OperationRepository,
     VlanRepository,
     uplink_of,
+    vlan_users,
 )
 from app.db.session import Session
 from app.domain.dependents import Dependent, DependentKind, ForceAction, describe
@@ -144,8 +145,24 @@ class InUseGuard:
             self.delete_vlan(vlan)
             self.detached.append(Dependent(K.VLAN, vlan.id, vlan.name, action=ForceAction.DELETED))
 
+    def vlan_dependents(self, row: Vlan) -> list[Dependent]:
+        nics, taps = vlan_users(self.session, row)
+        return [nic_dependent(nic, vm) for nic, vm in nics] + [
+            _row_dependent(K.TAP, t) for t in taps
+        ]
+
+    def free_vlan(self, row: Vlan) -> None:
+        """Force: the VLAN's VM NICs leave their VMs (access ports and trunk NICs carrying
+        its VID alike: a guest never keeps a NIC whose segment is gone) and its taps are
+        detached from the VLAN and its trunk (back on no bridge, as on a deleted bridge)."""
+        nics, taps = vlan_users(self.session, row)
+        for nic, vm in nics:
+            self.remove_nic(nic, vm)
+        for tap in taps:
+            self.detach_tap(tap)
+
     def delete_vlan(self, vlan: Vlan) -> Operation:
-        """Mark a VLAN deleted (nothing depends on a VLAN yet: NICs on VLANs come later)."""
+        """Mark a VLAN deleted (its users are gone first: vlan_dependents, free_vlan)."""
         vlan.deleted = True
         bump(vlan, Status.DELETING)
         return record_operation(self.session, "delete", "vlan", vlan, self.request_id)
@@ -165,7 +182,7 @@ class InUseGuard:
             )
 
     def detach_tap(self, tap: Tap) -> None:
-        tap.bridge_id = None
+        tap.bridge_id = tap.vlan_id = None
         bump(tap)
         record_operation(self.session, "update", "tap", tap, self.request_id)
         self.detached.append(Dependent(K.TAP, tap.id, tap.name, action=ForceAction.DETACHED))

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from ipaddress import IPv4Interface
 from typing import Any
 
-from app.db.models import Bridge, LinkName, Operation, Tap, new_id
+from app.db.models import Bridge, LinkName, Operation, Tap, Vlan, new_id
 from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
     NetworkRepository,
     TapRepository,
+    VlanRepository,
     VmRepository,
     address_holders,
     own_addresses,
@@ -37,6 +38,7 @@ from app.domain.names import (
 from app.domain.networks import HostPrefix, check_link_address, clash_reason, foreign_clash
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
+from app.domain.vlans import VlanBackend
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
@@ -157,6 +159,42 @@ def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap
     if row.deleted:
         raise BeingDeleted(f"{kind} {row.name!r} is being deleted")
     return row
+
+
+def vlan_port(
+    session: Session, bridge_ref: str | None, vlan_ref: str | None
+) -> tuple[Bridge, Vlan | None]:
+    """The bridge a port joins (a VM NIC's tap or a tap resource) and the VLAN it is an
+    access port of. With a VLAN the bridge may be omitted: it is the VLAN's trunk; named,
+    it must be that trunk (422). An unknown VLAN or bridge is 404, one being deleted 409."""
+    vlan = None
+    if vlan_ref is not None:
+        vlan = VlanRepository(session).find(vlan_ref)
+        if vlan is None:
+            raise NotFound(f"no VLAN {vlan_ref!r}")
+        if vlan.deleted:
+            raise BeingDeleted(f"VLAN {vlan.name!r} is being deleted")
+    if bridge_ref is None:
+        if vlan is None:
+            raise InvalidInput("a port on a bridge names its `bridge` or its `vlan`")
+        trunk = BridgeRepository(session).get(vlan.trunk_id)
+        assert trunk is not None  # a live VLAN keeps its trunk (app.db.models.Vlan)
+        return trunk, vlan
+    found = require_alive(BridgeRepository(session).find(bridge_ref), "bridge", bridge_ref)
+    assert isinstance(found, Bridge)
+    if vlan is not None and vlan.trunk_id != found.id:
+        trunk = BridgeRepository(session).get(vlan.trunk_id)
+        raise InvalidInput(
+            f"VLAN {vlan.name!r} rides on trunk {trunk.name if trunk else vlan.trunk_id!r}, "
+            f"not on bridge {found.name!r}: name its trunk as `bridge`, or leave `bridge` out"
+        )
+    return found, vlan
+
+
+def vid_backends(session: Session, trunk_id: str) -> dict[int, VlanBackend]:
+    """The live VLANs of a trunk: VID -> the trunk's backend (one per trunk)."""
+    vlans = VlanRepository(session).on_trunk(trunk_id, live_only=True)
+    return {v.vlan_id: VlanBackend(v.backend) for v in vlans}
 
 
 class BridgeService:
@@ -293,7 +331,7 @@ class TapService:
         row = Tap(
             id=new_id(),
             name=body.name,
-            bridge_id=self._bridge_id(body.bridge),
+            bridge_id=None,
             mtu=body.mtu,
             mac=body.mac,
             addresses=list(body.addresses),
@@ -303,6 +341,7 @@ class TapService:
             vnet_hdr=body.vnet_hdr,
             generation=1,
         )
+        row.bridge_id, row.vlan_id = self._placement(body.bridge, body.vlan)
         self._check_tap(row)
         check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
         _claim_name(self.session, body.name, "tap", row.id)
@@ -317,8 +356,8 @@ class TapService:
         changes = body.changes()
         added = _added(row.addresses, changes)
         own = own_addresses(self.session) if added else None  # before the change is applied
-        if "bridge" in changes:
-            changes["bridge_id"] = self._bridge_id(changes.pop("bridge"))
+        if "bridge" in changes or "vlan" in changes:
+            changes.update(self._moved(row, changes))
             if changes["bridge_id"] not in (None, row.bridge_id):
                 self._refuse_routed(row)
         recreating = {"multi_queue", "owner_uid", "owner_gid"} & {
@@ -336,6 +375,32 @@ class TapService:
         check_addresses(self.session, row, added, host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.request_id)
+
+    def _placement(
+        self, bridge_ref: str | None, vlan_ref: str | None
+    ) -> tuple[str | None, str | None]:
+        """(bridge id, VLAN id) of a tap on `bridge_ref` and/or VLAN `vlan_ref` (vlan_port)."""
+        if vlan_ref is None:
+            return self._bridge_id(bridge_ref), None
+        bridge, vlan = vlan_port(self.session, bridge_ref, vlan_ref)
+        assert vlan is not None
+        return self._bridge_id(bridge.id), vlan.id
+
+    def _moved(self, row: Tap, changes: dict[str, Any]) -> dict[str, str | None]:
+        """A PATCH's `bridge` and `vlan` as columns. `vlan` null takes the tap off its VLAN
+        (on its bridge still); a VLAN without `bridge` brings its trunk; another bridge
+        alone takes the tap off its VLAN (a VLAN lives on one trunk)."""
+        bridge_ref = changes.pop("bridge", None)
+        if "vlan" in changes:
+            vlan_ref = changes.pop("vlan")
+            if vlan_ref is None:
+                bridge_id = self._bridge_id(bridge_ref) if bridge_ref else row.bridge_id
+                return {"bridge_id": bridge_id, "vlan_id": None}
+            bridge_id, vlan_id = self._placement(bridge_ref, vlan_ref)
+            return {"bridge_id": bridge_id, "vlan_id": vlan_id}
+        bridge_id = self._bridge_id(bridge_ref)
+        stays = bridge_id is not None and bridge_id == row.bridge_id
+        return {"bridge_id": bridge_id, "vlan_id": row.vlan_id if stays else None}
 
     def _check_tap(self, row: Tap) -> None:
         _check_link(row)
@@ -364,7 +429,7 @@ class TapService:
             return None
         if bridge_id is not None:
             self._refuse_routed(row)
-        row.bridge_id = bridge_id
+        row.bridge_id, row.vlan_id = bridge_id, None  # a VLAN lives on one trunk
         self._check_tap(row)
         bump(row)
         return record_operation(self.session, "update", "tap", row, self.request_id)
@@ -384,7 +449,7 @@ class TapService:
             guard.refuse(f"tap {row.name!r}", guard.tap_dependents(row))
         guard.free_tap(row)
         row.deleted = True
-        row.bridge_id = None  # a tap on its way out never holds its bridge
+        row.bridge_id = row.vlan_id = None  # a tap on its way out holds no bridge, no VLAN
         bump(row, Status.DELETING)
         operation = record_operation(self.session, "delete", "tap", row, self.request_id)
         return row, guard.record(operation)

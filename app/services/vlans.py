@@ -169,10 +169,15 @@ class VlanService:
             for port, members in desired_port_vlans(self.session, trunk_id, default_pvid).items()
         }
 
-    def delete(self, ref: str) -> tuple[Vlan, Operation | None]:
-        """Nothing depends on a VLAN yet (NICs and taps on VLANs come with the supervisor
-        part of issue 10); the row goes once the supervisor removed its kernel objects."""
+    def delete(self, ref: str, force: bool = False) -> tuple[Vlan, Operation | None]:
+        """Refused (409 in-use) while VM NICs or taps use the VLAN, unless `force` (what it
+        does to each: app.domain.dependents); the row goes once the supervisor removed its
+        kernel objects."""
         row = self.get(ref)
         if row.deleted:
             return row, None
-        return row, InUseGuard(self.session, self.request_id).delete_vlan(row)
+        guard = InUseGuard(self.session, self.request_id)
+        if not force:
+            guard.refuse(f"VLAN {row.name!r}", guard.vlan_dependents(row))
+        guard.free_vlan(row)
+        return row, guard.record(guard.delete_vlan(row))

@@ -17,7 +17,6 @@ from pydantic import BaseModel
 
 from app.db.models import LinkName, Operation, Tap, Vm, VmNic, new_id
 from app.db.repositories import (
-    BridgeRepository,
     HostPortRepository,
     LinkNameRepository,
     OperationRepository,
@@ -29,6 +28,7 @@ from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameTaken, NotFound
 from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
+from app.domain.nics.bridge import trunk_vlans
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
 from app.domain.vm_actions import check as check_action
 from app.domain.vms import (
@@ -43,7 +43,7 @@ from app.domain.vms import (
 )
 from app.schemas.vms import PATCH_DEFAULTS, NicIn, VmCreate, VmPatch
 from app.services.in_use import InUseGuard
-from app.services.links import require_alive
+from app.services.links import require_alive, vid_backends, vlan_port
 from app.services.networks import PortClaims, fixed_address
 from app.services.ports import LeaseReader
 
@@ -152,7 +152,11 @@ class VmService:
         nic_rows = [nic_row for nic_row, _ in nics]
         self.session.add_all(nic_rows)
         for nic_row, nic_in in zip(nic_rows, body.nics, strict=True):
-            if nic_row.bridge_id or nic_row.tap_id:
+            if nic_row.vlan_id or nic_row.vlan_tagged:
+                # not on the trunk's untagged segment, so not on a managed network there
+                if nic_in.ipv4 is not None:
+                    raise InvalidInput("ipv4 is not for NICs on a VLAN or trunk NICs")
+            elif nic_row.bridge_id or nic_row.tap_id:
                 fixed_address(
                     self.session,
                     nic_row,
@@ -238,8 +242,17 @@ class _NicClaims:
         self.row = row
         self.index = index
 
-    def vm_tap(self, bridge: str) -> str:
-        found = require_alive(BridgeRepository(self.session).find(bridge), "bridge", bridge)
+    def vm_tap(
+        self,
+        bridge: str | None,
+        vlan: str | None = None,
+        trunk: tuple[Sequence[int], int | None] | None = None,
+    ) -> str:
+        found, on_vlan = vlan_port(self.session, bridge, vlan)
+        if trunk is not None:
+            vlans = trunk_vlans(*trunk, found.name, vid_backends(self.session, found.id))
+            self.row.vlan_tagged, self.row.native_vlan = list(vlans.tagged), vlans.native
+        self.row.vlan_id = None if on_vlan is None else on_vlan.id
         tap_name = vm_tap_name(self.row.vm_id, self.index)
         if LinkNameRepository(self.session).get(tap_name) is not None:
             raise NameTaken(f"link name {tap_name} is taken")

@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from app.db.models import Vm, VmNic
-from app.db.repositories import BridgeFacts
+from app.db.repositories import BridgeFacts, port_master
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, tap_mtu
 from app.domain.nics import HostLink, find_driver
 from app.host.netlink import LinkError, LinkOps, open_tap_queues
@@ -62,7 +62,7 @@ def tap_plans(
         driver = find_driver(nic.backend)
         if driver is None or driver.host_link is not HostLink.VM_TAP or not nic.tap_name:
             continue
-        bridge = bridges.get(nic.bridge_id) if nic.bridge_id else None
+        bridge = port_master(nic.bridge_id, nic.vlan_id, bridges)  # a VLAN's bridge, or its own
         plans.append(
             TapPlan(
                 name=nic.tap_name,

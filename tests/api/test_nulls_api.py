@@ -89,6 +89,9 @@ RESOURCES = (
 # Covered by their own file the same way, until the resource settles here: a VLAN settles
 # only once the supervisor makes its kernel objects (tests/api/test_vlans_api.py).
 COVERED_ELSEWHERE = {VlanUpdate}
+# Single fields covered the same way in their own file: a tap's `vlan` needs a stored VLAN,
+# which needs the injected kernel features (tests/api/test_nic_vlans_api.py).
+FIELDS_ELSEWHERE = {(TapUpdate, "vlan")}
 
 
 def test_every_update_model_is_covered() -> None:
@@ -96,7 +99,10 @@ def test_every_update_model_is_covered() -> None:
     field of each must have a non-default value in its creation body."""
     assert set(UpdateModel.__subclasses__()) == {r.update for r in RESOURCES} | COVERED_ELSEWHERE
     for resource in RESOURCES:
-        assert set(resource.update.model_fields) <= resource.body.keys(), resource.collection
+        fields = {
+            f for f in resource.update.model_fields if (resource.update, f) not in FIELDS_ELSEWHERE
+        }
+        assert fields <= resource.body.keys(), resource.collection
 
 
 def _admits_null(model: type[BaseModel], field: str) -> bool:
@@ -109,6 +115,7 @@ CASES = [
     pytest.param(resource, field, id=f"{resource.collection}.{field}")
     for resource in RESOURCES
     for field in resource.update.model_fields
+    if (resource.update, field) not in FIELDS_ELSEWHERE
 ]
 
 

@@ -40,7 +40,13 @@ from app.db.repositories.networks import (
     vms_by_mac,
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
-from app.db.repositories.port_vlans import tap_port_vlans
+from app.db.repositories.port_vlans import (
+    port_master,
+    tap_port_vlans,
+    vlan_masters,
+    vlan_referrers,
+    vlan_users,
+)
 from app.db.repositories.uplinks import (
     UplinkMove,
     UplinkRepository,
@@ -101,6 +107,7 @@ __all__ = [
     "network_referrers",
     "orphan_forward_claims",
     "own_addresses",
+    "port_master",
     "probe_targets",
     "record_forward_outcomes",
     "record_nic_addresses",
@@ -113,8 +120,11 @@ __all__ = [
     "uplinks_of",
     "vlan_bridge_mac",
     "vlan_link_specs",
+    "vlan_masters",
+    "vlan_referrers",
     "vlan_rows",
     "vlan_trunks",
+    "vlan_users",
     "vm_spec",
     "vms_by_mac",
 ]

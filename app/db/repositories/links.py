@@ -12,6 +12,7 @@ from app.db.link_settings import stored_link_settings
 from app.db.models import Bridge, Tap, Vlan, Vm, VmNic
 from app.db.repositories.addresses import network_gateways
 from app.db.repositories.base import LINK_MODELS, R, ResourceRepository
+from app.db.repositories.port_vlans import port_master, vlan_masters
 from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of
 from app.db.repositories.vlans import load_vlan_work, vlan_link_specs
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
@@ -90,7 +91,8 @@ def _link_spec(
             stp=settings["stp"],
             forward_delay_cs=settings["forward_delay_cs"],
         )
-    bridge = bridges.get(row.bridge_id) if row.bridge_id else None
+    # on a VLAN: the VLAN's bridge (bridge_per_vlan) or its trunk (port_master)
+    bridge = port_master(row.bridge_id, row.vlan_id, bridges)
     return replace(
         common,
         kind=LinkKind.TAP,
@@ -167,14 +169,16 @@ class ObservedState:
 
 
 def bridge_facts(session: Session, uplinks: dict[str, UplinkMove]) -> dict[str, BridgeFacts]:
-    """Every bridge's kernel name and the MTU it keeps (one query)."""
+    """Every bridge's kernel name and the MTU it keeps (one query), and under each VLAN's
+    id the bridge its access ports join (vlan_masters; port_master picks a port's)."""
     query = select(Bridge.id, Bridge.name, Bridge.mtu)
-    return {
+    bridges = {
         bridge_id: BridgeFacts(
             name, bridge_mtu(mtu, uplinks[bridge_id].mtu if bridge_id in uplinks else None)
         )
         for bridge_id, name, mtu in session.execute(query)
     }
+    return bridges | vlan_masters(session, bridges)
 
 
 @dataclass

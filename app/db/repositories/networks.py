@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Bridge, HostPort, Network, Tap, Vm, VmNic
@@ -62,8 +62,17 @@ class NetworkRepository(ResourceRepository[Network]):
         return {address for address in self.session.scalars(query) if address}
 
     def nics_on_link(self, bridge_id: str | None, tap_id: str | None) -> Sequence[VmNic]:
-        column, value = (VmNic.bridge_id, bridge_id) if bridge_id else (VmNic.tap_id, tap_id)
-        return self.session.scalars(select(VmNic).where(column == value)).all()
+        """The NICs on a bridge's untagged segment (not those on its VLANs, nor its trunk
+        NICs), or on a tap."""
+        if bridge_id:
+            query = select(VmNic).where(
+                VmNic.bridge_id == bridge_id,
+                VmNic.vlan_id.is_(None),
+                func.json_array_length(VmNic.vlan_tagged) == 0,
+            )
+        else:
+            query = select(VmNic).where(VmNic.tap_id == tap_id)
+        return self.session.scalars(query).all()
 
 
 class PortForwardRepository(ResourceRepository[PortForwardRow]):

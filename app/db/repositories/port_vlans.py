@@ -1,15 +1,138 @@
-"""The VLANs of taps on a filtering trunk (NICs and taps on VLANs, trunk NICs): which tap
-carries which VLAN ids with which flags. Filled in by the NIC/tap VLAN settings; until then
-no tap is planned, so the membership the kernel gives taps is left as it is."""
+"""Ports on VLANs in the database: where a port's tap goes (its master), the per-port VLAN
+membership a VLAN-filtering trunk should have, and what uses a VLAN.
+
+A port is a VM NIC's tap (bridge backend) or one of our tap resources. An access port of a
+VLAN (`vlan_id`) joins, by the VLAN's backend (app.domain.vlans):
+- bridge_per_vlan: the VLAN's own bridge (`vlan_bridge_name(trunk, vid)`), untagged; the
+  trunk itself never sees the port;
+- vlan_filtering: the trunk, as an access port (PVID + untagged, `bridge vlan add ... pvid
+  untagged`); a trunk NIC joins the trunk carrying its VIDs tagged and its native VID as PVID
+  untagged (app.domain.vlan_ports.trunk_port).
+The link worker reads `tap_port_vlans` to reconcile membership (bridge(8) `bridge vlan`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.domain.vlan_ports import Membership
+from app.db.models import Tap, Vlan, Vm, VmNic
+from app.domain.vlan_ports import Membership, access_port, trunk_port
+from app.domain.vlans import VlanBackend, vlan_bridge_name
+
+if TYPE_CHECKING:
+    from app.db.repositories.links import BridgeFacts
+
+
+def vlan_masters(session: Session, bridges: Mapping[str, BridgeFacts]) -> dict[str, BridgeFacts]:
+    """VLAN row id -> the bridge its access ports join (name, and the MTU it keeps: the
+    trunk's): the per-VLAN bridge with bridge_per_vlan, the trunk with vlan_filtering. A
+    VLAN whose trunk is not in `bridges` is left out."""
+    masters: dict[str, BridgeFacts] = {}
+    for row_id, trunk_id, vid, backend in session.execute(
+        select(Vlan.id, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend)
+    ):
+        trunk = bridges.get(trunk_id)
+        if trunk is None:
+            continue
+        if backend == VlanBackend.BRIDGE_PER_VLAN.value:
+            trunk = replace(trunk, name=vlan_bridge_name(trunk.name, vid))
+        masters[row_id] = trunk
+    return masters
+
+
+def port_master(
+    bridge_id: str | None, vlan_id: str | None, bridges: Mapping[str, BridgeFacts]
+) -> BridgeFacts | None:
+    """The bridge a port's tap joins: its VLAN's (`bridges` as bridge_facts() gives them,
+    with the VLANs' masters under their ids), else its own bridge; None: no bridge (routed),
+    or its bridge's row is gone."""
+    if vlan_id is not None and vlan_id in bridges:
+        return bridges[vlan_id]
+    return bridges.get(bridge_id) if bridge_id else None
+
+
+def _filtering_vids(session: Session, trunk_id: str) -> dict[str, int] | None:
+    """VLAN row id -> VID of the trunk's live VLANs, or None unless the trunk filters."""
+    vlans = [
+        v
+        for v in session.scalars(
+            select(Vlan).where(Vlan.trunk_id == trunk_id, Vlan.deleted.is_(False))
+        )
+    ]
+    if not any(v.backend == VlanBackend.VLAN_FILTERING.value for v in vlans):
+        return None
+    return {v.id: v.vlan_id for v in vlans}
 
 
 def tap_port_vlans(session: Session, trunk_id: str) -> dict[str, dict[int, Membership]]:
-    """Tap name -> VLAN id -> Membership, for the taps on trunk `trunk_id` that are on a
-    VLAN (access ports: PVID + untagged) or carry several (trunk NICs)."""
-    return {}
+    """The desired VLAN membership of the taps on a VLAN-filtering trunk: tap name -> VID
+    -> membership. Access ports (tap resources and bridge NICs on a VLAN) get their VID as
+    PVID + untagged; trunk NICs their tagged VIDs plus the native one as PVID + untagged.
+    Taps on no VLAN are not listed (left as the kernel made them: the bridge's default
+    PVID), nor NICs of VMs being deleted, nor VIDs whose VLAN is being deleted. Empty for a
+    trunk that does not filter VLANs (bridge_per_vlan: its ports sit on per-VLAN bridges)."""
+    vids = _filtering_vids(session, trunk_id)
+    if vids is None:
+        return {}
+    ports: dict[str, dict[int, Membership]] = {}
+    taps = select(Tap.name, Tap.vlan_id).where(
+        Tap.bridge_id == trunk_id, Tap.vlan_id.is_not(None), Tap.deleted.is_(False)
+    )
+    for name, vlan_id in session.execute(taps):
+        if vlan_id in vids:
+            ports[name] = access_port(vids[vlan_id])
+    nics = (
+        select(VmNic)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(VmNic.bridge_id == trunk_id, VmNic.tap_name.is_not(None), Vm.deleted.is_(False))
+    )
+    live = set(vids.values())
+    for nic in session.scalars(nics):
+        assert nic.tap_name is not None
+        if nic.vlan_id is not None and nic.vlan_id in vids:
+            ports[nic.tap_name] = access_port(vids[nic.vlan_id])
+        elif isinstance(nic.vlan_tagged, list) and nic.vlan_tagged:
+            native = nic.native_vlan if nic.native_vlan in live else None
+            ports[nic.tap_name] = trunk_port([v for v in nic.vlan_tagged if v in live], native)
+    return ports
+
+
+def vlan_users(session: Session, vlan: Vlan) -> tuple[list[tuple[VmNic, Vm]], Sequence[Tap]]:
+    """What uses a VLAN (in-use protection): NICs of live VMs that are access ports of it or
+    trunk NICs carrying its VID (tagged or native), by VM name and position; and live taps
+    that are access ports of it, by name."""
+    query = (
+        select(VmNic, Vm)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(Vm.deleted.is_(False), VmNic.bridge_id == vlan.trunk_id)
+        .order_by(Vm.name, VmNic.position)
+    )
+    nics = [
+        (nic, vm)
+        for nic, vm in session.execute(query)
+        if nic.vlan_id == vlan.id
+        or nic.native_vlan == vlan.vlan_id
+        or (isinstance(nic.vlan_tagged, list) and vlan.vlan_id in nic.vlan_tagged)
+    ]
+    taps = session.scalars(
+        select(Tap).where(Tap.vlan_id == vlan.id, Tap.deleted.is_(False)).order_by(Tap.name)
+    ).all()
+    return nics, taps
+
+
+def vlan_referrers(session: Session, vlan_id: str) -> list[str]:
+    """Rows that still point at a VLAN row (any VM, deleted or not; any tap): while one
+    does, the row must stay (foreign keys), even once its kernel objects are gone."""
+    taps = session.scalars(select(Tap.name).where(Tap.vlan_id == vlan_id))
+    nics = session.execute(
+        select(Vm.name, VmNic.position)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(VmNic.vlan_id == vlan_id)
+        .order_by(Vm.name, VmNic.position)
+    )
+    return [*(f"tap {t}" for t in taps), *(f"vm_nic {vm}/{pos}" for vm, pos in nics)]

@@ -51,8 +51,15 @@ class NicClaims(Protocol):
     """What a backend may ask of the service while a NIC is created. Each call checks
     and records in the caller's transaction; a refusal is a DomainError (4xx)."""
 
-    def vm_tap(self, bridge: str) -> str:
-        """A tap the VM worker will make for this NIC on `bridge` (id or name): its name."""
+    def vm_tap(
+        self,
+        bridge: str | None,
+        vlan: str | None = None,
+        trunk: tuple[Sequence[int], int | None] | None = None,
+    ) -> str:
+        """A tap the VM worker will make for this NIC on `bridge` (id or name; None: the
+        trunk of `vlan`), an access port of `vlan` (id or name), or a trunk port carrying
+        `trunk` = (tagged VIDs, native VID) of the bridge's VLANs: its name."""
         ...
 
     def tap_resource(self, tap: str, queues: int) -> str:
