@@ -79,8 +79,17 @@ def test_create_then_nothing_to_do(db: Database, netns: str) -> None:
     full_pass(db, netns, bus)
     assert links(netns)["tap1"].index == kernel["tap1"].index
     assert {e.type for e in bus.since(0)} <= {"bridge.observed", "tap.observed"}
+    # the kernel may still be settling the bridge's operational state on a loaded machine:
+    # within a few passes, passes become quiet (nothing written, nothing said) and stay so
+    for _ in range(5):
+        bus = EventBus()
+        full_pass(db, netns, bus)
+        if bus.last_id == 0:
+            break
+        assert {e.type for e in bus.since(0)} <= {"bridge.observed", "tap.observed"}
+        time.sleep(0.2)
     bus = EventBus()
-    full_pass(db, netns, bus)  # and then passes are quiet: nothing written, nothing said
+    full_pass(db, netns, bus)
     assert bus.last_id == 0
 
 

@@ -301,7 +301,10 @@ def test_a_running_vms_tap_taken_off_its_bridge_is_put_back_and_a_deleted_one_re
     while links(env.netns)[tap].master != "br0":
         assert time.monotonic() < deadline, "the tap was not put back on br0"
         time.sleep(0.05)
-    assert "vm.drift_repaired" in env.event_types(vm_id)
+    # the event follows the repair (the worker publishes once netlink answered)
+    while "vm.drift_repaired" not in env.event_types(vm_id):
+        assert time.monotonic() < deadline, env.event_types(vm_id)
+        time.sleep(0.05)
 
     ip(env.netns, "link", "del", tap)  # qemu keeps the deleted device: cannot be repaired
     row = env.wait_for(
