@@ -20,6 +20,7 @@ from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
+from app.domain.vlans import VlanBackend
 
 
 class NetworkRepository(ResourceRepository[Network]):
@@ -388,18 +389,24 @@ def orphan_forward_claims(session: Session) -> None:
 
 
 def probe_targets(session: Session) -> list[ProbeTarget]:
-    """The live managed networks, as the path probe needs them (app.domain.path_probe)."""
+    """The live managed networks, as the path probe needs them (app.domain.path_probe): a
+    network on a bridge_per_vlan VLAN is probed from a port of the VLAN's own bridge (a
+    filtering trunk's port would need its VLAN membership set: not probed)."""
     query = (
         select(Network, Bridge)
         .outerjoin(Bridge, Network.bridge_id == Bridge.id)
         .where(Network.deleted.is_(False))
         .order_by(Network.name)
     )
+    l3 = vlan_l3_interfaces(session)
+    per_vlan = set(
+        session.scalars(select(Vlan.id).where(Vlan.backend == VlanBackend.BRIDGE_PER_VLAN.value))
+    )
     return [
         ProbeTarget(
             network_id=network.id,
             network=network.name,
-            bridge=bridge.name if bridge is not None else None,
+            bridge=bridge.name if bridge is not None else _vlan_bridge(network, l3, per_vlan),
             gateway=network.gateway,
             prefixlen=IPv4Network(network.subnet).prefixlen,
             dhcp=network.dhcp,
@@ -407,6 +414,11 @@ def probe_targets(session: Session) -> list[ProbeTarget]:
         )
         for network, bridge in session.execute(query)
     ]
+
+
+def _vlan_bridge(network: Network, l3: dict[str, str], per_vlan: set[str]) -> str | None:
+    """The VLAN's own bridge, where the network is on a bridge_per_vlan VLAN."""
+    return l3.get(network.vlan_id) if network.vlan_id in per_vlan else None
 
 
 def network_referrers(session: Session, network_id: str) -> list[str]:
