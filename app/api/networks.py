@@ -29,8 +29,7 @@ SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settl
 
 def _network_view(session: Session, row: Network) -> NetworkOut:
     """`row` may come from another (closed) session: only its columns are read."""
-    link = NetworkService(session).link_of(row)
-    return network_out(row, link.name if link is not None else None)
+    return network_out(row, NetworkService(session).link_name(row))
 
 
 async def _finish_network(

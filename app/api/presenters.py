@@ -261,6 +261,7 @@ def network_out(row: Network, link: str | None) -> NetworkOut:
         **_resource(row),
         bridge_id=row.bridge_id,
         tap_id=row.tap_id,
+        vlan_id=row.vlan_id,
         link=link,
         subnet=row.subnet,
         gateway=row.gateway,

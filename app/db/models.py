@@ -396,6 +396,12 @@ class HostPort(Base):
     owner_id: Mapped[str] = mapped_column(String(36), index=True)
 
 
+# a live network is on exactly one of its bridge, tap or VLAN; a deleted one may outlive it
+NETWORK_ONE_LINK = (
+    "deleted = 1 OR (bridge_id IS NOT NULL) + (tap_id IS NOT NULL) + (vlan_id IS NOT NULL) = 1"
+)
+
+
 class Network(ResourceColumns, Base):
     """A managed IPv4 network on one of our links (a bridge or a routed tap): the link carries
     the gateway, dnsmasq serves DHCP/DNS there, our nftables table masquerades the subnet."""
@@ -408,6 +414,10 @@ class Network(ResourceColumns, Base):
     )
     tap_id: Mapped[str | None] = mapped_column(
         ForeignKey("taps.id", ondelete="SET NULL"), default=None, unique=True
+    )
+    # or a VLAN: the gateway lives on its L3 interface (app.domain.vlans.l3_interface_name)
+    vlan_id: Mapped[str | None] = mapped_column(
+        ForeignKey("vlans.id", ondelete="SET NULL"), default=None, unique=True
     )
     subnet: Mapped[str] = mapped_column(String(18))
     gateway: Mapped[str] = mapped_column(String(15))
@@ -428,6 +438,7 @@ class Network(ResourceColumns, Base):
         *_flags("networks", "nat", "dhcp"),
         _between("networks", "lease_seconds", *LEASE_SECONDS, nullable=False),
         _check("networks", "restarts", "restarts >= 0"),
+        _check("networks", "one_link", NETWORK_ONE_LINK),
     )
 
 

@@ -68,14 +68,17 @@ class NatIn(RequestModel):
 
 
 class NetworkCreate(RequestModel):
-    """Turn one of our bridges (or a routed tap) into a managed IPv4 network: exactly one of
-    `bridge` or `tap`."""
+    """Turn one of our bridges, a routed tap or a VLAN into a managed IPv4 network: exactly
+    one of `bridge`, `tap` or `vlan`. On a VLAN the gateway lives on the VLAN's L3
+    interface (`<bridge>.<vid>` with vlan_filtering, the VLAN's own bridge with
+    bridge_per_vlan); dnsmasq and the NAT rules use that interface."""
 
-    model_config = ConfigDict(json_schema_extra={"allOf": exactly_one_of("bridge", "tap")})
+    model_config = ConfigDict(json_schema_extra={"allOf": exactly_one_of("bridge", "tap", "vlan")})
 
     name: ResourceName
     bridge: str | None = Field(None, max_length=64, description="The bridge: id or name")
     tap: str | None = Field(None, max_length=64, description="Or a routed tap: id or name")
+    vlan: str | None = Field(None, max_length=64, description="Or a VLAN: id or name")
     subnet: str = Field(max_length=18, examples=["192.168.100.0/24"])
     gateway: Ipv4Str | None = Field(
         None, description="The link's address and the guests' router (default: first host)"
@@ -86,8 +89,8 @@ class NetworkCreate(RequestModel):
 
     @model_validator(mode="after")
     def _one_link(self) -> NetworkCreate:
-        if (self.bridge is None) == (self.tap is None):
-            raise ValueError("give exactly one of `bridge` or `tap`")
+        if [self.bridge, self.tap, self.vlan].count(None) != 2:
+            raise ValueError("give exactly one of `bridge`, `tap` or `vlan`")
         return self
 
 
@@ -128,7 +131,10 @@ class Network(ResourceState):
 
     bridge_id: str | None
     tap_id: str | None
-    link: str | None = Field(description="The kernel link that carries the gateway")
+    vlan_id: str | None = Field(description="The VLAN the network is on (null: none)")
+    link: str | None = Field(
+        description="The kernel link that carries the gateway (on a VLAN: its L3 interface)"
+    )
     subnet: str
     gateway: str
     nat: NatOut

@@ -119,8 +119,10 @@ class InUseGuard:
         found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_tap(row.id)]
         return found + self._network_of(None, row.id)
 
-    def _network_of(self, bridge_id: str | None, tap_id: str | None) -> list[Dependent]:
-        network = NetworkRepository(self.session).on_link(bridge_id, tap_id)
+    def _network_of(
+        self, bridge_id: str | None, tap_id: str | None, vlan_id: str | None = None
+    ) -> list[Dependent]:
+        network = NetworkRepository(self.session).on_link(bridge_id, tap_id, vlan_id)
         if network is None or network.deleted:
             return []
         return [_row_dependent(K.NETWORK, network)]
@@ -147,14 +149,18 @@ class InUseGuard:
 
     def vlan_dependents(self, row: Vlan) -> list[Dependent]:
         nics, taps = vlan_users(self.session, row)
-        return [nic_dependent(nic, vm) for nic, vm in nics] + [
-            _row_dependent(K.TAP, t) for t in taps
-        ]
+        return (
+            [nic_dependent(nic, vm) for nic, vm in nics]
+            + [_row_dependent(K.TAP, t) for t in taps]
+            + self._network_of(None, None, row.id)
+        )
 
     def free_vlan(self, row: Vlan) -> None:
         """Force: the VLAN's VM NICs leave their VMs (access ports and trunk NICs carrying
         its VID alike: a guest never keeps a NIC whose segment is gone) and its taps are
-        detached from the VLAN and its trunk (back on no bridge, as on a deleted bridge)."""
+        detached from the VLAN and its trunk (back on no bridge, as on a deleted bridge);
+        the managed network on it goes."""
+        self._free_network(None, None, row.id)
         nics, taps = vlan_users(self.session, row)
         for nic, vm in nics:
             self.remove_nic(nic, vm)
@@ -173,8 +179,10 @@ class InUseGuard:
             self.remove_nic(nic, vm)
         self._free_network(None, row.id)
 
-    def _free_network(self, bridge_id: str | None, tap_id: str | None) -> None:
-        network = NetworkRepository(self.session).on_link(bridge_id, tap_id)
+    def _free_network(
+        self, bridge_id: str | None, tap_id: str | None, vlan_id: str | None = None
+    ) -> None:
+        network = NetworkRepository(self.session).on_link(bridge_id, tap_id, vlan_id)
         if network is not None and not network.deleted:
             self.delete_network(network, force=True)
             self.detached.append(

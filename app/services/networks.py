@@ -2,7 +2,8 @@
 host ports, write desired state and an operation in the caller's transaction.
 
 A network's gateway becomes an address of its link, so creating or deleting a network also
-bumps that bridge or tap (the link supervisor then adds or removes the address).
+bumps that bridge, tap or VLAN (the link supervisor then adds or removes the address; a
+VLAN's is its L3 interface, app.domain.vlans.l3_interface_name).
 """
 
 from __future__ import annotations
@@ -12,13 +13,25 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Any
 
-from app.db.models import Bridge, HostPort, Network, Operation, PortForward, Tap, Vm, VmNic, new_id
+from app.db.models import (
+    Bridge,
+    HostPort,
+    Network,
+    Operation,
+    PortForward,
+    Tap,
+    Vlan,
+    Vm,
+    VmNic,
+    new_id,
+)
 from app.db.repositories import (
     BridgeRepository,
     HostPortRepository,
     NetworkRepository,
     PortForwardRepository,
     TapRepository,
+    VlanRepository,
     VmRepository,
     address_holders,
     own_addresses,
@@ -54,6 +67,7 @@ from app.domain.networks import (
 )
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
+from app.domain.vlans import VlanBackend, l3_interface_name
 from app.schemas.networks import (
     DhcpIn,
     NatIn,
@@ -135,9 +149,20 @@ class NetworkService:
         """The live networks as the path probe needs them."""
         return probe_targets(self.session)
 
-    def link_of(self, row: Network) -> Bridge | Tap | None:
-        """The network's link (None only once a deleted network's link went first)."""
+    def link_of(self, row: Network) -> Bridge | Tap | Vlan | None:
+        """The network's bridge, tap or VLAN (None only once a deleted network's link went
+        first)."""
         return self.networks.link(row)
+
+    def link_name(self, row: Network) -> str | None:
+        """The kernel link that carries the network's gateway (a VLAN's L3 interface)."""
+        link = self.networks.link(row)
+        if isinstance(link, Vlan):
+            trunk = BridgeRepository(self.session).get(link.trunk_id)
+            if trunk is None:
+                return None
+            return l3_interface_name(VlanBackend(link.backend), trunk.name, link.vlan_id)
+        return link.name if link is not None else None
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -148,17 +173,21 @@ class NetworkService:
         inspector); a subnet overlapping one that is not ours is refused."""
         if self.networks.get_by_name(body.name) is not None:
             raise NameTaken(f"a network named {body.name!r} exists")
-        link = self._link(body.bridge, body.tap)
+        link = self._link(body.bridge, body.tap, body.vlan)
         bridge_id = link.id if isinstance(link, Bridge) else None
         tap_id = link.id if isinstance(link, Tap) else None
-        existing = self.networks.on_link(bridge_id, tap_id)
+        vlan_id = link.id if isinstance(link, Vlan) else None
+        existing = self.networks.on_link(bridge_id, tap_id, vlan_id)
         if existing is not None:
             raise Conflict(f"{link.name} already carries network {existing.name!r}")
         plan = plan_addressing(
             body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
         )
         check_no_overlap(plan.subnet, self.networks.subnets())
-        check_subnet_free(plan.subnet, link.name, address_holders(self.session))
+        interface = link.name
+        if isinstance(link, Vlan):
+            interface = self._vlan_interface(link)
+        check_subnet_free(plan.subnet, interface, address_holders(self.session))
         clash = foreign_clash(plan.subnet, host_prefixes, own_addresses(self.session))
         if clash is not None:
             raise Conflict(
@@ -172,6 +201,7 @@ class NetworkService:
             name=body.name,
             bridge_id=bridge_id,
             tap_id=tap_id,
+            vlan_id=vlan_id,
             subnet=str(plan.subnet),
             gateway=str(plan.gateway),
             domain=body.domain,
@@ -185,13 +215,29 @@ class NetworkService:
         bump(link)  # its addresses now include the gateway
         return row, record_operation(self.session, "create", "network", row, self.request_id)
 
-    def _link(self, bridge_ref: str | None, tap_ref: str | None) -> Bridge | Tap:
+    def _link(
+        self, bridge_ref: str | None, tap_ref: str | None, vlan_ref: str | None
+    ) -> Bridge | Tap | Vlan:
         if bridge_ref is not None:
             return require_alive(
                 BridgeRepository(self.session).find(bridge_ref), "bridge", bridge_ref
             )
+        if vlan_ref is not None:
+            vlan = VlanRepository(self.session).find(vlan_ref)
+            if vlan is None:
+                raise NotFound(f"no vlan {vlan_ref!r}")
+            if vlan.deleted:
+                raise BeingDeleted(f"vlan {vlan.name!r} is being deleted")
+            return vlan
         assert tap_ref is not None
         return require_alive(TapRepository(self.session).find(tap_ref), "tap", tap_ref)
+
+    def _vlan_interface(self, vlan: Vlan) -> str:
+        """The VLAN's L3 interface, which the network's gateway goes on."""
+        trunk = BridgeRepository(self.session).get(vlan.trunk_id)
+        if trunk is None:
+            raise NotFound(f"the trunk of VLAN {vlan.name!r} is gone")
+        return l3_interface_name(VlanBackend(vlan.backend), trunk.name, vlan.vlan_id)
 
     @staticmethod
     def _set_nat(row: Network, nat: NatIn) -> None:
@@ -205,12 +251,16 @@ class NetworkService:
         row.range_start, row.range_end = str(plan.range_start), str(plan.range_end)
         row.lease_seconds = dhcp.lease_time
 
-    def _adopt_nics(self, row: Network, plan: Addressing, link: Bridge | Tap) -> None:
-        """VM NICs already on the link get fixed addresses now."""
-        bridge_id = link.id if isinstance(link, Bridge) else None
-        tap_id = link.id if isinstance(link, Tap) else None
+    def _adopt_nics(self, row: Network, plan: Addressing, link: Bridge | Tap | Vlan) -> None:
+        """VM NICs already on the link (a VLAN's: its access ports) get fixed addresses now."""
+        if isinstance(link, Vlan):
+            nics = self.networks.nics_on_vlan(link.id)
+        else:
+            bridge_id = link.id if isinstance(link, Bridge) else None
+            tap_id = link.id if isinstance(link, Tap) else None
+            nics = self.networks.nics_on_link(bridge_id, tap_id)
         taken: set[str] = set()
-        for nic in sorted(self.networks.nics_on_link(bridge_id, tap_id), key=lambda n: n.id):
+        for nic in sorted(nics, key=lambda n: n.id):
             address = str(allocate_address(plan, taken))
             taken.add(address)
             nic.network_id, nic.ipv4 = row.id, address
@@ -258,9 +308,11 @@ class NetworkService:
         return row, guard.record(guard.delete_network(row, force))
 
 
-def network_blocking(session: Session, bridge_id: str | None, tap_id: str | None) -> Network | None:
-    """The live network on a link, which keeps the link from being deleted."""
-    row = NetworkRepository(session).on_link(bridge_id, tap_id)
+def network_blocking(
+    session: Session, bridge_id: str | None, tap_id: str | None, vlan_id: str | None = None
+) -> Network | None:
+    """The live network on a link or VLAN, which keeps it from being deleted."""
+    row = NetworkRepository(session).on_link(bridge_id, tap_id, vlan_id)
     return row if row is not None and not row.deleted else None
 
 
@@ -271,15 +323,16 @@ def fixed_address(
     bridge_id: str | None,
     tap_id: str | None,
     leases: LeaseReader | None = None,
+    vlan_id: str | None = None,
 ) -> None:
-    """A new VM NIC on a managed network's link gets its fixed address (requested or the
-    lowest free one); a requested address on a link without a network is refused, and so is
-    one in the DHCP range or leased to another MAC (`leases` reads the network's dnsmasq
-    lease file)."""
-    network = network_blocking(session, bridge_id, tap_id)
+    """A new VM NIC on a managed network's link (or an access port of a VLAN that carries
+    one) gets its fixed address (requested or the lowest free one); a requested address on
+    a link without a network is refused, and so is one in the DHCP range or leased to
+    another MAC (`leases` reads the network's dnsmasq lease file)."""
+    network = network_blocking(session, bridge_id, tap_id, vlan_id)
     if network is None:
         if requested is not None:
-            raise InvalidInput("ipv4 is only for NICs on a managed network's bridge or tap")
+            raise InvalidInput("ipv4 is only for NICs on a managed network's bridge, tap or VLAN")
         return
     plan = addressing_of(network)
     networks = NetworkRepository(session)

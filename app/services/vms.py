@@ -152,10 +152,14 @@ class VmService:
         nic_rows = [nic_row for nic_row, _ in nics]
         self.session.add_all(nic_rows)
         for nic_row, nic_in in zip(nic_rows, body.nics, strict=True):
-            if nic_row.vlan_id or nic_row.vlan_tagged:
+            if nic_row.vlan_tagged:
                 # not on the trunk's untagged segment, so not on a managed network there
                 if nic_in.ipv4 is not None:
-                    raise InvalidInput("ipv4 is not for NICs on a VLAN or trunk NICs")
+                    raise InvalidInput("ipv4 is not for trunk NICs")
+            elif nic_row.vlan_id:  # on the VLAN's managed network, if it carries one
+                fixed_address(
+                    self.session, nic_row, nic_in.ipv4, None, None, leases, nic_row.vlan_id
+                )
             elif nic_row.bridge_id or nic_row.tap_id:
                 fixed_address(
                     self.session,

@@ -8,19 +8,35 @@ from ipaddress import IPv4Interface
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, Network, Tap, Vm, VmNic
+from app.db.models import Bridge, Network, Tap, Vlan, Vm, VmNic
 from app.db.repositories.base import LINK_MODELS
 from app.domain.networks import AddressHolder
+from app.domain.vlans import VlanBackend, l3_interface_name
+
+
+def vlan_l3_interfaces(session: Session) -> dict[str, str]:
+    """VLAN id -> the name of its L3 interface (where a host address on it lives), for
+    the VLANs that carry a managed network."""
+    query = (
+        select(Vlan.id, Vlan.backend, Vlan.vlan_id, Bridge.name)
+        .join(Bridge, Bridge.id == Vlan.trunk_id)
+        .join(Network, Network.vlan_id == Vlan.id)
+    )
+    return {
+        vlan_id: l3_interface_name(VlanBackend(backend), trunk, vid)
+        for vlan_id, backend, vid, trunk in session.execute(query)
+    }
 
 
 def network_gateways(session: Session) -> dict[str, str]:
-    """Link id -> the gateway address (with prefix) its managed network puts on it."""
-    query = select(Network.bridge_id, Network.tap_id, Network.gateway, Network.subnet).where(
-        Network.deleted.is_(False)
-    )
+    """Link (or VLAN) id -> the gateway address (with prefix) its managed network puts on it
+    (a VLAN's: on the VLAN's L3 interface)."""
+    query = select(
+        Network.bridge_id, Network.tap_id, Network.vlan_id, Network.gateway, Network.subnet
+    ).where(Network.deleted.is_(False))
     result: dict[str, str] = {}
-    for bridge_id, tap_id, gateway, subnet in session.execute(query):
-        result[bridge_id or tap_id or ""] = f"{gateway}/{subnet.split('/')[1]}"
+    for bridge_id, tap_id, vlan_id, gateway, subnet in session.execute(query):
+        result[bridge_id or tap_id or vlan_id or ""] = f"{gateway}/{subnet.split('/')[1]}"
     return result
 
 
@@ -38,6 +54,9 @@ def own_addresses(session: Session) -> dict[str, list[str]]:
             if row_id in gateways:
                 own.append(gateways[row_id])
             result[name] = own
+    for vlan_id, name in vlan_l3_interfaces(session).items():
+        if vlan_id in gateways:
+            result.setdefault(name, []).append(gateways[vlan_id])
     return result
 
 
@@ -66,11 +85,17 @@ def address_holders(session: Session, exclude_link_id: str | None = None) -> lis
             if deleted or row_id == exclude_link_id:
                 continue
             held += [AddressHolder(kind, name, name, a) for a in _stored_ipv4(addresses)]
+    names.update({k: ("vlan", v) for k, v in vlan_l3_interfaces(session).items()})
     networks = select(
-        Network.name, Network.bridge_id, Network.tap_id, Network.gateway, Network.subnet
+        Network.name,
+        Network.bridge_id,
+        Network.tap_id,
+        Network.vlan_id,
+        Network.gateway,
+        Network.subnet,
     ).where(Network.deleted.is_(False))
-    for name, bridge_id, tap_id, gateway, subnet in session.execute(networks):
-        link = names.get(bridge_id or tap_id or "", ("", "?"))[1]
+    for name, bridge_id, tap_id, vlan_id, gateway, subnet in session.execute(networks):
+        link = names.get(bridge_id or tap_id or vlan_id or "", ("", "?"))[1]
         held.append(AddressHolder("network", name, link, f"{gateway}/{subnet.split('/')[1]}"))
     nics = (
         select(Vm.name, VmNic.position, VmNic.bridge_id, VmNic.tap_id, VmNic.ipv4)

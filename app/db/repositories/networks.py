@@ -12,24 +12,32 @@ from typing import cast
 from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, HostPort, Network, Tap, Vm, VmNic
+from app.db.models import Bridge, HostPort, Network, Tap, Vlan, Vm, VmNic
 from app.db.models import PortForward as PortForwardRow
-from app.db.repositories.addresses import own_addresses
+from app.db.repositories.addresses import own_addresses, vlan_l3_interfaces
 from app.db.repositories.base import ResourceRepository
 from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
 from app.domain.status import Status
+from app.domain.vlans import VlanBackend
 
 
 class NetworkRepository(ResourceRepository[Network]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Network)
 
-    def on_link(self, bridge_id: str | None, tap_id: str | None) -> Network | None:
-        """The network on this bridge or tap (deleted or not)."""
-        column, value = (Network.bridge_id, bridge_id) if bridge_id else (Network.tap_id, tap_id)
-        return self.session.scalars(select(Network).where(column == value)).first()
+    def on_link(
+        self, bridge_id: str | None, tap_id: str | None, vlan_id: str | None = None
+    ) -> Network | None:
+        """The network on this bridge, tap or VLAN (deleted or not)."""
+        if bridge_id:
+            where = Network.bridge_id == bridge_id
+        elif tap_id:
+            where = Network.tap_id == tap_id
+        else:
+            where = Network.vlan_id == vlan_id
+        return self.session.scalars(select(Network).where(where)).first()
 
     def subnets(self, except_id: str | None = None) -> list[tuple[str, str]]:
         """(name, subnet) of every network but one."""
@@ -47,10 +55,13 @@ class NetworkRepository(ResourceRepository[Network]):
     def own_addresses(self) -> dict[str, list[str]]:
         return own_addresses(self.session)
 
-    def link(self, row: Network) -> Bridge | Tap | None:
-        """The network's bridge or tap (None only once a deleted network's link went first)."""
+    def link(self, row: Network) -> Bridge | Tap | Vlan | None:
+        """The network's bridge, tap or VLAN (None only once a deleted network's link went
+        first)."""
         if row.bridge_id:
             return self.session.get(Bridge, row.bridge_id)
+        if row.vlan_id:
+            return self.session.get(Vlan, row.vlan_id)
         return self.session.get(Tap, row.tap_id) if row.tap_id else None
 
     def gateways(self) -> list[str]:
@@ -73,6 +84,10 @@ class NetworkRepository(ResourceRepository[Network]):
         else:
             query = select(VmNic).where(VmNic.tap_id == tap_id)
         return self.session.scalars(query).all()
+
+    def nics_on_vlan(self, vlan_id: str) -> Sequence[VmNic]:
+        """The NICs that are access ports of a VLAN (not trunk NICs carrying it tagged)."""
+        return self.session.scalars(select(VmNic).where(VmNic.vlan_id == vlan_id)).all()
 
 
 class PortForwardRepository(ResourceRepository[PortForwardRow]):
@@ -179,20 +194,28 @@ def _row_state(row: Network | PortForwardRow) -> RowState:
     )
 
 
-def _link_problem(link: Bridge | Tap | None) -> str | None:
+def _link_problem(link: Bridge | Tap | Vlan | None) -> str | None:
     if link is None:
         return "its link is gone"
     if link.status == Status.ACTIVE.value and link.observed_generation == link.generation:
         return None
-    kind = "bridge" if isinstance(link, Bridge) else "tap"
+    kind = link.__tablename__.removesuffix("s")
     detail = f": {link.status_reason}" if link.status_reason else ""
     return f"waiting for {kind} {link.name} ({link.status}{detail})"
 
 
+def _network_link(session: Session, row: Network) -> tuple[Bridge | Tap | Vlan | None, str | None]:
+    """The network's bridge, tap or VLAN and the kernel name of the link that carries its
+    gateway (a VLAN's L3 interface: app.domain.vlans.l3_interface_name)."""
+    if row.vlan_id:
+        vlan = session.get(Vlan, row.vlan_id)
+        return vlan, vlan_l3_interfaces(session).get(row.vlan_id) if vlan is not None else None
+    link = session.get(Bridge, row.bridge_id or "") or session.get(Tap, row.tap_id or "")
+    return link, link.name if link is not None else None
+
+
 def _network_state(session: Session, row: Network) -> NetworkState:
-    link: Bridge | Tap | None = (
-        session.get(Bridge, row.bridge_id) if row.bridge_id else session.get(Tap, row.tap_id or "")
-    )
+    link, link_name = _network_link(session, row)
     nics = session.execute(
         select(
             Vm.name,
@@ -209,7 +232,7 @@ def _network_state(session: Session, row: Network) -> NetworkState:
     ).all()
     service = DhcpDnsSpec(
         network_id=row.id,
-        interface=link.name if link is not None else "",
+        interface=link_name or "",
         subnet=row.subnet,
         gateway=row.gateway,
         dhcp=row.dhcp,
@@ -226,7 +249,7 @@ def _network_state(session: Session, row: Network) -> NetworkState:
     nat = NatNetwork(row.id, row.subnet, row.nat, row.nat_interface, row.snat_address)
     return NetworkState(
         _row_state(row),
-        link.name if link is not None else None,
+        link_name,
         _link_problem(link),
         nat,
         service,
@@ -366,18 +389,24 @@ def orphan_forward_claims(session: Session) -> None:
 
 
 def probe_targets(session: Session) -> list[ProbeTarget]:
-    """The live managed networks, as the path probe needs them (app.domain.path_probe)."""
+    """The live managed networks, as the path probe needs them (app.domain.path_probe): a
+    network on a bridge_per_vlan VLAN is probed from a port of the VLAN's own bridge (a
+    filtering trunk's port would need its VLAN membership set: not probed)."""
     query = (
         select(Network, Bridge)
         .outerjoin(Bridge, Network.bridge_id == Bridge.id)
         .where(Network.deleted.is_(False))
         .order_by(Network.name)
     )
+    l3 = vlan_l3_interfaces(session)
+    per_vlan = set(
+        session.scalars(select(Vlan.id).where(Vlan.backend == VlanBackend.BRIDGE_PER_VLAN.value))
+    )
     return [
         ProbeTarget(
             network_id=network.id,
             network=network.name,
-            bridge=bridge.name if bridge is not None else None,
+            bridge=bridge.name if bridge is not None else _vlan_bridge(network, l3, per_vlan),
             gateway=network.gateway,
             prefixlen=IPv4Network(network.subnet).prefixlen,
             dhcp=network.dhcp,
@@ -385,6 +414,11 @@ def probe_targets(session: Session) -> list[ProbeTarget]:
         )
         for network, bridge in session.execute(query)
     ]
+
+
+def _vlan_bridge(network: Network, l3: dict[str, str], per_vlan: set[str]) -> str | None:
+    """The VLAN's own bridge, where the network is on a bridge_per_vlan VLAN."""
+    return l3.get(network.vlan_id) if network.vlan_id in per_vlan else None
 
 
 def network_referrers(session: Session, network_id: str) -> list[str]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, Uplink, Vlan
+from app.db.models import Bridge, Network, Uplink, Vlan
+from app.db.repositories.addresses import network_gateways
 from app.db.repositories.base import ResourceRepository
 from app.db.repositories.port_vlans import tap_port_vlans
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, generate_mac
@@ -26,7 +27,13 @@ from app.domain.vlan_ports import (
     on_join,
     trunk_port,
 )
-from app.domain.vlans import KernelObject, VlanBackend, VlanObjectKind, kernel_objects
+from app.domain.vlans import (
+    KernelObject,
+    VlanBackend,
+    VlanObjectKind,
+    kernel_objects,
+    subinterface_name,
+)
 
 # the uplink journal's phase once the NIC is the bridge's port (app.supervisor.uplinks)
 UPLINK_ATTACHED = "attached"
@@ -96,6 +103,7 @@ class VlanWork:
     status: str
     status_reason: str | None
     never_settled: bool
+    gateway: str | None = None  # `a.b.c.d/len` of the managed network on the VLAN, if any
 
     def objects(self) -> tuple[KernelObject, ...]:
         return kernel_objects(self.backend, self.trunk, self.vid, self.uplink)
@@ -131,6 +139,7 @@ def load_vlan_work(
                 Vlan.id.in_(list(ids)),
             )
         )
+    gateways = network_gateways(session)
     work = [
         VlanWork(
             id=row.id,
@@ -148,6 +157,7 @@ def load_vlan_work(
             status=row.status,
             status_reason=row.status_reason,
             never_settled=row.observed_generation == 0,
+            gateway=gateways.get(row.id),
         )
         for row, trunk, mtu, uplink, phase in session.execute(query)
     ]
@@ -162,8 +172,11 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
     `kvmnetd:<kind>:<vlan id>`, so the orphan sweep and claims go by the VLAN): with the
     bridge_per_vlan backend its own bridge (fixed MAC, the trunk's MTU) and, once the trunk
     has an uplink, the uplink's 802.1Q sub-interface in that bridge. The filtering backend
-    owns no link (its `<bridge>.<vid>` comes only once the host needs an address there)."""
+    owns a link only while a managed network is on the VLAN: its L3 interface, the 802.1Q
+    link `<bridge>.<vid>` on the trunk bridge (whose own port joins the VID tagged:
+    l3_vids). A network's gateway is an address of the VLAN's L3 interface."""
     specs: list[LinkSpec] = []
+    addresses = (work.gateway,) if work.gateway is not None else ()
     bridge: str | None = None
     # created before the first success: a link of that name that lacks our mark can only
     # be our own interrupted create (the service refused a foreign holder of the name)
@@ -180,6 +193,7 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
                     mac=vlan_bridge_mac(work.id),
                     deleted=work.deleted,
                     create_intent=intent,
+                    addresses=addresses,
                 )
             )
         elif obj.kind is VlanObjectKind.VLAN:
@@ -195,7 +209,26 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
                     options=VlanOptions(vid=work.vid),
                 )
             )
+    if work.backend is VlanBackend.VLAN_FILTERING and work.gateway is not None:
+        specs.append(_filtering_l3_spec(work, addresses))
     return specs
+
+
+def _filtering_l3_spec(work: VlanWork, addresses: tuple[str, ...]) -> LinkSpec:
+    """The filtering trunk's L3 interface on the VLAN: `ip link add link <bridge> name
+    <bridge>.<vid> type vlan id <vid>` (Documentation/networking/switchdev.rst, "bridge
+    VLAN" and 802.1Q upper devices), the trunk's MTU, carrying the gateway."""
+    return LinkSpec(
+        id=work.id,
+        kind=LinkKind.VLAN,
+        name=subinterface_name(work.trunk, work.vid),
+        mtu=work.trunk_mtu,
+        deleted=work.deleted,
+        create_intent=work.never_settled,
+        parent=work.trunk,
+        options=VlanOptions(vid=work.vid),
+        addresses=addresses,
+    )
 
 
 def desired_port_vlans(session: Session, trunk_id: str, default_pvid: int = 1) -> BridgeVlans:
@@ -203,8 +236,8 @@ def desired_port_vlans(session: Session, trunk_id: str, default_pvid: int = 1) -
     the uplink port carries every live VLAN of the trunk tagged, plus the bridge's
     `default_pvid` as its native VLAN (untagged traffic keeps flowing as before filtering);
     the bridge's own port keeps `default_pvid` (the host's address on the trunk itself) and
-    joins, tagged, only the VLANs the host needs an address on (none yet: managed networks
-    on VLANs come later); taps as app.db.repositories.port_vlans says. Other ports are not
+    joins, tagged, only the VLANs the host needs an address on (l3_vids);
+    taps as app.db.repositories.port_vlans says. Other ports are not
     named, so they are never touched."""
     query = (
         select(Bridge.name, Uplink.name, Uplink.phase)
@@ -233,9 +266,20 @@ def desired_port_vlans(session: Session, trunk_id: str, default_pvid: int = 1) -
 
 
 def l3_vids(session: Session, trunk_id: str) -> list[int]:
-    """The VIDs of the trunk on which the host needs an address (its `<bridge>.<vid>`): the
-    hook for managed networks on VLANs; nothing needs one yet."""
-    return []
+    """The VIDs of the trunk's filtering VLANs on which the host needs an address (its
+    `<bridge>.<vid>`): those that carry a live managed network."""
+    query = (
+        select(Vlan.vlan_id)
+        .join(Network, Network.vlan_id == Vlan.id)
+        .where(
+            Vlan.trunk_id == trunk_id,
+            Vlan.deleted.is_(False),
+            Network.deleted.is_(False),
+            Vlan.backend == VlanBackend.VLAN_FILTERING.value,
+        )
+        .order_by(Vlan.vlan_id)
+    )
+    return list(session.scalars(query))
 
 
 def vlan_trunks(session: Session, filtering_only: bool = True) -> dict[str, str]:

@@ -1,0 +1,89 @@
+"""Managed networks on a VLAN (issue 10, item 3) on the real kernel of a fresh namespace.
+
+As in tests/api/test_vlans_api.py, the only thing injected is the probe's answer that the
+kernel has 802.1Q and VLAN filtering, so VLANs can be stored. A bridge_per_vlan VLAN
+without an uplink owns a plain bridge, which this kernel has: a network on it is proven up
+to dnsmasq answering a real DHCPDISCOVER there (the path probe's throwaway port).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.db.repositories import desired_port_vlans, load_link_specs
+from app.db.session import Database
+from app.domain.links import LinkKind
+from app.domain.vlans import vlan_bridge_name
+from app.settings import Settings
+from tests.api.test_nic_vlans_api import vapi, vlan  # noqa: F401 (fixture)
+from tests.api.test_path_probe import probe, steps
+from tests.api.test_vlans_api import make_bridge, problem
+from tests.netns_tools import links
+
+
+def network(api: TestClient, **body: Any) -> Any:
+    return api.post("/v1/networks?wait=10", json={"name": "nat0", "subnet": "10.93.0.0/24", **body})
+
+
+def test_a_network_names_exactly_one_of_bridge_tap_or_vlan(
+    vapi: TestClient,  # noqa: F811
+    settings: Settings,
+) -> None:
+    make_bridge(vapi, "br0")
+    vlan(vapi, "tenant-a", 10, "br0", backend="bridge_per_vlan")
+    for body in ({"bridge": "br0", "vlan": "tenant-a"}, {}):
+        assert "exactly one of `bridge`, `tap` or `vlan`" in str(
+            problem(network(vapi, **body), 422)
+        )
+    assert "no vlan 'nope'" in str(problem(network(vapi, vlan="nope"), 404))
+    assert vapi.get("/v1/networks").json()["items"] == []
+
+
+def test_a_network_on_a_bridge_per_vlan_vlan_answers_dhcp_on_its_bridge(
+    vapi: TestClient,  # noqa: F811
+    netns: str,
+) -> None:
+    make_bridge(vapi, "br0")
+    vlan_id = vlan(vapi, "tenant-a", 10, "br0", backend="bridge_per_vlan")
+    r = network(vapi, vlan="tenant-a")
+    assert r.status_code == 201, r.text
+    shown = r.json()
+    l3 = vlan_bridge_name("br0", 10)
+    assert (shown["vlan_id"], shown["bridge_id"], shown["link"]) == (vlan_id, None, l3)
+    assert "10.93.0.1/24" in links(netns)[l3].addresses
+    path = probe(vapi)[0]["path:nat0"]
+    found = steps(path)
+    assert found["dhcp"]["ok"], path["detail"]
+    assert found["dhcp"]["offer"].startswith("10.93.0.")
+    # in use: the VLAN carries the network
+    body = problem(vapi.delete("/v1/vlans/tenant-a"), 409, "in-use")
+    assert [d["name"] for d in body["dependents"]] == ["nat0"], body
+    assert vapi.delete("/v1/vlans/tenant-a?force=true&wait=10").status_code in (200, 202, 204)
+    gone = vapi.get("/v1/networks/nat0")
+    assert gone.status_code == 404 or gone.json()["status"] == "deleting", gone.text
+
+
+def test_a_network_on_a_filtering_vlan_plans_bridge_dot_vid_and_the_self_port(
+    vapi: TestClient,  # noqa: F811
+    settings: Settings,
+) -> None:
+    trunk = str(make_bridge(vapi, "br0")["id"])
+    vlan(vapi, "tenant-a", 10, "br0", backend="vlan_filtering")
+    r = vapi.post(
+        "/v1/networks", json={"name": "nat0", "vlan": "tenant-a", "subnet": "10.93.0.0/24"}
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["link"] == "br0.10"
+    db = Database(settings.db_url)
+    try:
+        with db.reading() as session:
+            specs = [s for s in load_link_specs(session).specs if s.name == "br0.10"]
+            desired = desired_port_vlans(session, trunk)
+    finally:
+        db.dispose()
+    assert [(s.kind, s.parent, s.addresses) for s in specs] == [
+        (LinkKind.VLAN, "br0", ("10.93.0.1/24",))
+    ]
+    assert 10 in desired["br0"], desired
