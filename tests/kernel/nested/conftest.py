@@ -12,9 +12,12 @@ what you need from it here explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +26,7 @@ from tests.conftest import settings as settings
 from tests.netns_tools import throwaway_netns
 
 ModuleLoader = Callable[..., None]
+TAP_WIRE = Path(__file__).with_name("tap_wire.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -73,3 +77,34 @@ def busybox() -> str:
     if path is None:
         pytest.fail("busybox is not installed: apt-get install busybox-static")
     return path
+
+
+@contextlib.contextmanager
+def wired_guest(tap_ns: str, tap: str, mac: str | None = None) -> Iterator[str]:
+    """A throwaway guest namespace whose `eth0` (up, MAC `mac` if given) is wired to `tap` of
+    namespace `tap_ns` by tap_wire.py, as a VM's NIC would be; yields the guest namespace.
+    The wire process is killed (by pid) and the namespace removed afterwards."""
+    with throwaway_netns() as guest:
+        argv = ["ip", "netns", "exec", tap_ns, sys.executable, str(TAP_WIRE), tap, guest]
+        proc = subprocess.Popen(
+            [*argv, *([mac] if mac else [])],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline().strip()
+            assert ready == "ready", f"tap_wire.py on {tap} did not start: {ready!r}"
+            subprocess.run(
+                ["ip", "-n", guest, "link", "set", "eth0", "up"],
+                stdin=subprocess.DEVNULL,
+                check=True,
+                timeout=30,
+            )
+            yield guest
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
