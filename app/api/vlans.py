@@ -90,10 +90,12 @@ async def get_vlan(vlan_id: str, request: Request) -> VlanOut:
     operation_id="update_vlan",
     response_model=VlanOut,
     description="Name and description only; no kernel object changes, so the answer is 200 "
-    "at once and the generation stays. vlan_id, trunk and backend cannot change (422).",
+    "at once and the generation stays. vlan_id, trunk and backend cannot change (422 saying "
+    "so). ?wait= is checked like on every PATCH (a bad value is 422) but never waits: "
+    "there is nothing to settle.",
 )
 async def update_vlan(
-    vlan_id: str, body: VlanUpdate, response: Response, request: Request
+    vlan_id: str, body: VlanUpdate, response: Response, request: Request, wait: Wait = None
 ) -> VlanOut:
     ctx, request_id = context(request), request_id_of(request)
     row = await ctx.mutate(lambda s: VlanService(s, request_id).update(vlan_id, body))

@@ -377,7 +377,13 @@ def _admits_null(field: str) -> bool:
     return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
 
-CREATE_BODY = {"name": "tenant-x", "vlan_id": 10, "trunk": "br0", "description": "x"}
+CREATE_BODY = {
+    "name": "tenant-x",
+    "vlan_id": 10,
+    "trunk": "br0",
+    "backend": "auto",
+    "description": "x",
+}
 
 
 @pytest.mark.parametrize("field", list(VlanUpdate.model_fields))
