@@ -90,7 +90,8 @@ async def get_vlan(vlan_id: str, request: Request) -> VlanOut:
     operation_id="update_vlan",
     response_model=VlanOut,
     description="Name and description only; no kernel object changes, so the answer is 200 "
-    "at once and the generation stays. vlan_id, trunk and backend cannot change (422 saying "
+    "at once and the generation stays; a change of either is the event `vlan.updated` "
+    "(`data.changed` names the fields). vlan_id, trunk and backend cannot change (422 saying "
     "so). ?wait= is checked like on every PATCH (a bad value is 422) but never waits: "
     "there is nothing to settle.",
 )
@@ -98,7 +99,9 @@ async def update_vlan(
     vlan_id: str, body: VlanUpdate, response: Response, request: Request, wait: Wait = None
 ) -> VlanOut:
     ctx, request_id = context(request), request_id_of(request)
-    row = await ctx.mutate(lambda s: VlanService(s, request_id).update(vlan_id, body))
+    row, changed = await ctx.mutate(lambda s: VlanService(s, request_id).update(vlan_id, body))
+    if changed:  # no status moves, so no worker tells /v1/events: the API does
+        ctx.bus.publish(**row.event_fields("vlan", "updated", data={"changed": changed}))
     mutation_headers(response, "vlans", row.id, None)
     return (await ctx.read(lambda s: _views(s, [row])))[0]
 

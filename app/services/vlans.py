@@ -149,18 +149,20 @@ class VlanService:
             )
         names.add(LinkName(name=name, resource="vlan", resource_id=vlan_id))
 
-    def update(self, ref: str, body: VlanUpdate) -> Vlan:
+    def update(self, ref: str, body: VlanUpdate) -> tuple[Vlan, list[str]]:
         """Name and description are the API's own: no kernel object changes, so nothing is
-        bumped and no operation is recorded (the answer is 200 at once)."""
+        bumped and no operation is recorded (the answer is 200 at once). Returns the row and
+        the fields whose value changed (the `vlan.updated` event names them; none: no event)."""
         row = self.get(ref)
         if row.deleted:
             raise BeingDeleted(f"VLAN {row.name!r} is being deleted")
         changes = body.changes()
         if "name" in changes and changes["name"] != row.name:
             self._refuse_name_taken(changes["name"], except_id=row.id)
-        for field, value in changes.items():
-            setattr(row, field, value)
-        return row
+        changed = [field for field, value in changes.items() if getattr(row, field) != value]
+        for field in changed:
+            setattr(row, field, changes[field])
+        return row, changed
 
     def planned_ports(self, trunk_id: str, default_pvid: int) -> dict[str, dict[int, Any]]:
         """What the supervisor plans for the trunk's ports (port -> VID -> Membership)."""

@@ -6,6 +6,8 @@
 - `PATCH /v1/vlans/{id}?wait=abc` (or `wait=-1`, `wait=601`) answered 200: the VLAN's PATCH
   alone ignored the `?wait=` every other PATCH validates, so a client's bad value went
   unnoticed here and failed elsewhere.
+- A rename (or a new description) was no event at all: a PATCH moves no status, so no worker
+  published one, and a client following /v1/events ("every state change") kept the old name.
 
 The accepted path needs a stored VLAN, which this machine's kernel cannot carry: the app gets
 the inspector of tests/api/test_vlans_api.py whose probe says the kernel has both features
@@ -76,3 +78,25 @@ def test_patch_checks_wait_like_every_patch(vlan_api: TestClient) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["description"] == "tenant A"
     assert r.json()["generation"] == vlan["generation"]
+
+
+def test_a_rename_is_an_event(vlan_api: TestClient) -> None:
+    """/v1/events carries "every state change"; a PATCH moves no status, so no worker
+    announced it: a client following VLANs by their events kept the old name. (The worker's
+    own events about this VLAN may come meanwhile: this kernel cannot carry it.)"""
+    api = vlan_api
+    make_bridge(api, "br0")
+    vlan = make_vlan(api)
+    url = f"/v1/vlans/{vlan['id']}"
+    bus = api.app.state.context.bus  # type: ignore[attr-defined]
+    last = bus.last_id
+    assert api.patch(url, json={"name": "tenant-b", "description": "B"}).status_code == 200
+    updated = [e for e in bus.since(last) if e.type == "vlan.updated"]
+    assert [(e.type, e.name, e.data) for e in updated] == [
+        ("vlan.updated", "tenant-b", {"changed": ["name", "description"]})
+    ]
+    # what changes nothing announces nothing
+    last = bus.last_id
+    for body in ({}, {"name": "tenant-b"}, {"description": "B"}):
+        assert api.patch(url, json=body).status_code == 200
+    assert [e for e in bus.since(last) if e.type == "vlan.updated"] == []
