@@ -1,0 +1,216 @@
+"""Managed NAT networks on VLANs (issue 10, item 3) on a kernel with 802.1Q and bridge VLAN
+filtering (Debian's own, booted by the kernel test tier), through the in-process app.
+
+Topology as in test_vlans_daemon.py: the daemon's namespace has the uplinks eth0 and eth1,
+veth pairs to lan0 and lan1 in namespace `lan` (10.60.0.1 and 10.61.0.1, untagged). br0
+(uplink eth0, 10.60.0.10) carries VLAN 10 by filtering, br1 (uplink eth1, 10.61.0.10) with a
+bridge per VLAN. Each VLAN carries a managed network (NAT on, DHCP): its gateway lives on the
+VLAN's L3 interface, `br0.10` (an 802.1Q link on the trunk bridge, whose own port joins VID
+10 tagged) or the VLAN's bridge `br1v10`. A guest on each VLAN is a namespace wired to a tap
+resource on the VLAN (tap_wire.py): it gets its lease from the daemon's dnsmasq (busybox
+udhcpc), pings the gateway, reaches a TCP server in `lan` that answers with the peer address
+it sees (the uplink's address: SNAT), and is reached from `lan` through a port forward (a
+stopped VM's NIC on the VLAN is the forward's target; the guest takes its MAC and so its
+fixed address). Drift: `br0.10` deleted by hand comes back with the gateway (netlink tells
+the supervisor; the full resync is kept out of reach) and DHCP works again.
+One test, to share the one costly setup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.settings import Settings
+from tests.kernel.nested.conftest import wired_guest
+from tests.kernel.nested.test_vlans_daemon import (  # noqa: F401 (fixture lan)
+    daemon_app,
+    lan,
+    memberships,
+    ok,
+    until,
+)
+from tests.netns_tools import in_netns, ip, links
+
+# a TCP server that answers each connection with the peer address it sees, then closes it
+PEER_ECHO = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", int(sys.argv[1])))
+server.listen(8)
+print("ready", flush=True)
+while True:
+    conn, peer = server.accept()
+    conn.sendall(peer[0].encode() + b"\\n")
+    conn.close()
+"""
+CONNECT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as conn:
+    print(conn.recv(64).decode().strip())
+"""
+WEB_MAC = "52:54:00:0a:0a:10"
+WEB_B_MAC = "52:54:00:0a:0b:10"
+
+
+@contextlib.contextmanager
+def peer_echo(ns: str, port: int) -> Iterator[None]:
+    """PEER_ECHO listening on `port` in namespace `ns`; killed (by pid) afterwards."""
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-I", "-S", "-c", PEER_ECHO, str(port)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def peer_seen(ns: str, address: str, port: int) -> str:
+    """What the PEER_ECHO at address:port answers a connection from namespace `ns`."""
+    argv = (sys.executable, "-I", "-S", "-c", CONNECT, address, str(port))
+    return in_netns(ns, *argv).stdout.strip()
+
+
+def dhcp(guest: str, gateway: str) -> str:
+    """busybox udhcpc's lease (the address only: the event script is /bin/true), then the
+    address and a default route via `gateway` set on the guest's eth0 by hand."""
+    result = in_netns(
+        guest,
+        *("busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "10", "-T", "2"),
+        *("-s", "/bin/true"),
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    leased = [
+        line.split("lease of ")[1].split()[0] for line in output.splitlines() if "lease of" in line
+    ]
+    assert leased, f"udhcpc got no lease on {guest}: {output}"
+    ip(guest, "addr", "replace", f"{leased[0]}/24", "dev", "eth0")
+    ip(guest, "route", "replace", "default", "via", gateway)
+    return leased[0]
+
+
+def pings(ns: str, address: str) -> bool:
+    argv = ("busybox", "ping", "-c", "1", "-W", "3", address)
+    return in_netns(ns, *argv, check=False).returncode == 0
+
+
+def test_networks_on_vlans_serve_dhcp_nat_forwards_and_repair_the_l3_interface(
+    netns: str,
+    lan: str,  # noqa: F811
+    settings: Settings,
+) -> None:
+    # the full resync (which repairs anything) is kept out of the test's reach: drift must
+    # be repaired through the netlink notification of the link it concerns
+    settings = settings.model_copy(update={"reconcile_interval": 3600})
+    with daemon_app(netns, settings) as api, peer_echo(lan, 7000):
+        _trunks_vlans_networks(api)
+        _l3_interfaces(api, netns)
+        web = _vm(api, "web", "ten-a", WEB_MAC)["nics"][0]["ipv4"]
+        web_b = _vm(api, "web-b", "ten-b", WEB_B_MAC)["nics"][0]["ipv4"]
+        for tap, vlan in (("tapa", "ten-a"), ("tapb", "ten-b")):
+            ok(api.post("/v1/taps?wait=30", json={"name": tap, "vlan": vlan}), 201)
+        with (
+            wired_guest(netns, "tapa", WEB_MAC) as guest_a,
+            wired_guest(netns, "tapb", WEB_B_MAC) as guest_b,
+        ):
+            # -- DHCP from the daemon's dnsmasq (the VM NIC's fixed address: the guest has its
+            # MAC), the gateway answers, SNAT to the uplink's address
+            assert dhcp(guest_a, "10.93.0.1") == web
+            assert dhcp(guest_b, "10.94.0.1") == web_b
+            assert pings(guest_a, "10.93.0.1") and pings(guest_b, "10.94.0.1")
+            assert peer_seen(guest_a, "10.60.0.1", 7000) == "10.60.0.10"
+            assert peer_seen(guest_b, "10.61.0.1", 7000) == "10.61.0.10"
+            # -- port forwards from the LAN to the guests (the uplinks' addresses)
+            _forwards(api, lan, guest_a, guest_b)
+            # -- drift: br0.10 deleted by hand comes back with the gateway; DHCP works again
+            ip(netns, "link", "del", "br0.10")
+            back = until(lambda: _l3_ready(netns), timeout=20, what="br0.10 back with 10.93.0.1")
+            assert back.info.get("IFLA_VLAN_ID") == 10 and back.alias.startswith("kvmnetd:vlan:")
+            assert memberships(netns, "br0")["br0"][10] == (False, False)
+            assert dhcp(guest_a, "10.93.0.1") == web
+            assert pings(guest_a, "10.93.0.1")
+            # the VLAN shows its L3 interface among its kernel objects, the new one
+            vlan = until(lambda: _settled(api, "ten-a"), what="VLAN ten-a active again")
+            shown = {o["name"]: o for o in vlan["kernel_objects"]}
+            assert shown["br0.10"]["ifindex"] == back.index, vlan
+
+
+def _trunks_vlans_networks(api: TestClient) -> None:
+    for n in (0, 1):
+        ok(api.post("/v1/bridges?wait=20", json={"name": f"br{n}"}), 201)
+        r = api.put(
+            f"/v1/bridges/br{n}/uplink?wait=30",
+            json={"interface": f"eth{n}", "probe_address": f"10.6{n}.0.1"},
+        )
+        assert r.status_code in (200, 201) and r.json()["status"] == "active", r.text
+    for name, trunk, backend in (
+        ("ten-a", "br0", "vlan_filtering"),
+        ("ten-b", "br1", "bridge_per_vlan"),
+    ):
+        body = {"name": name, "vlan_id": 10, "trunk": trunk, "backend": backend}
+        assert ok(api.post("/v1/vlans?wait=30", json=body), 201)["status"] == "active"
+    for name, vlan, subnet in (
+        ("nat-a", "ten-a", "10.93.0.0/24"),
+        ("nat-b", "ten-b", "10.94.0.0/24"),
+    ):
+        body = {"name": name, "vlan": vlan, "subnet": subnet, "nat": {"enabled": True}}
+        shown = ok(api.post("/v1/networks?wait=30", json=body), 201)
+        assert shown["status"] == "active", shown
+
+
+def _l3_interfaces(api: TestClient, netns: str) -> None:
+    """The gateways on the VLANs' L3 interfaces, read back through netlink."""
+    kernel = links(netns)
+    l3 = kernel["br0.10"]
+    assert l3.kind == "vlan" and l3.info.get("IFLA_VLAN_ID") == 10, l3
+    assert json.loads(ip(netns, "-j", "link", "show", "br0.10").stdout)[0]["link"] == "br0"
+    assert "10.93.0.1/24" in l3.addresses, l3
+    assert "10.94.0.1/24" in kernel["br1v10"].addresses
+    # the trunk's own port is a member of VID 10, tagged (the host's presence on the VLAN)
+    assert memberships(netns, "br0")["br0"][10] == (False, False)
+    assert ok(api.get("/v1/networks/nat-a"), 200)["link"] == "br0.10"
+
+
+def _vm(api: TestClient, name: str, vlan: str, mac: str) -> dict[str, Any]:
+    """A stopped VM whose NIC is an access port of `vlan`: the forward's target."""
+    body = {
+        "name": name,
+        "power_state": "stopped",
+        "boot": {"kernel": "/nonexistent"},
+        "nics": [{"backend": "bridge", "vlan": vlan, "mac": mac}],
+    }
+    vm = ok(api.post("/v1/vms?wait=30", json=body), 201)
+    assert vm["nics"][0]["ipv4"], vm
+    return vm
+
+
+def _forwards(api: TestClient, lan_ns: str, guest_a: str, guest_b: str) -> None:
+    for network, vm, port in (("nat-a", "web", 8080), ("nat-b", "web-b", 8081)):
+        body = {"network": network, "vm": vm, "port": port, "target_port": 80}
+        forward = ok(api.post("/v1/port-forwards?wait=30", json=body), 201)
+        assert forward["status"] == "active", forward
+    with peer_echo(guest_a, 80), peer_echo(guest_b, 80):
+        assert peer_seen(lan_ns, "10.60.0.10", 8080) == "10.60.0.1"
+        assert peer_seen(lan_ns, "10.61.0.10", 8081) == "10.61.0.1"
+
+
+def _l3_ready(netns: str) -> Any:
+    link = links(netns).get("br0.10")
+    return link if link is not None and "10.93.0.1/24" in link.addresses else None
+
+
+def _settled(api: TestClient, name: str) -> dict[str, Any] | None:
+    vlan = ok(api.get(f"/v1/vlans/{name}"), 200)
+    settled = vlan["status"] == "active" and vlan["observed_generation"] == vlan["generation"]
+    return vlan if settled else None
