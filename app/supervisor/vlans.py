@@ -32,6 +32,7 @@ from app.db.repositories import (
     VlanWork,
     desired_port_vlans,
     load_vlan_work,
+    vlan_link_names,
     vlan_rows,
 )
 from app.db.session import Database
@@ -96,32 +97,44 @@ class VlanReconciler:
         trunk_results: dict[str, TrunkResult] = {}
         with self.db.reading() as session:
             work = load_vlan_work(session, dirty_only=dirty, ids=[*retry, *link_vlans])
-            trunks = self._filtering_trunks(scope, work, trunk_results)
+            trunks = self._filtering_trunks(scope, work, trunk_results, link_vlans)
             desired = {tid: desired_port_vlans(session, tid, pvid) for tid, pvid in trunks.items()}
         results: dict[str, VlanResult] = {}
         trunk_results.update({tid: self._trunk(work, tid, desired[tid]) for tid in desired})
         for vlan in work:
+            links = (
+                _link_result(vlan, link_outcomes.get(vlan.id, []))
+                if vlan.id in link_vlans
+                else None
+            )
             if vlan.backend is VlanBackend.BRIDGE_PER_VLAN:
-                if vlan.id in link_vlans:
-                    results[vlan.id] = _link_result(vlan, link_outcomes.get(vlan.id, []))
+                if links is not None:
+                    results[vlan.id] = links
+            elif links is None and vlan_link_names(vlan):
+                continue  # its L3 interface is backing off: the pass that retries it reports
             elif vlan.trunk_id in trunk_results:
-                results[vlan.id] = _membership_result(vlan, trunk_results[vlan.trunk_id])
+                membership = _membership_result(vlan, trunk_results[vlan.trunk_id])
+                results[vlan.id] = membership if links is None else _both(membership, links)
         return self._write_back(scope, work, results)
 
     # ---- filtering trunks ------------------------------------------------------------------
 
     def _filtering_trunks(
-        self, scope: Scope, work: Sequence[VlanWork], errors: dict[str, TrunkResult]
+        self,
+        scope: Scope,
+        work: Sequence[VlanWork],
+        errors: dict[str, TrunkResult],
+        link_vlans: set[str],
     ) -> dict[str, int]:
-        """Trunk id -> its default PVID, for the filtering trunks of `work` (a NAMES pass
-        looks only at links), each with filtering switched on (it stays on once a VLAN used
-        it: switching it off would change what every port of the trunk carries). A trunk
-        that fails goes to `errors`."""
+        """Trunk id -> its default PVID, for the filtering trunks of `work` (a NAMES pass:
+        only those of VLANs whose L3 interface the link pass just looked at), each with
+        filtering switched on (it stays on once a VLAN used it: switching it off would
+        change what every port of the trunk carries). A trunk that fails goes to `errors`."""
         trunks: dict[str, int] = {}
-        if scope is Scope.NAMES:
-            return trunks
         for vlan in work:
             if vlan.backend is not VlanBackend.VLAN_FILTERING or vlan.trunk_id in trunks:
+                continue
+            if scope is Scope.NAMES and vlan.id not in link_vlans:
                 continue
             if vlan.trunk_id in errors:
                 continue
@@ -272,6 +285,19 @@ def _link_result(vlan: VlanWork, outcomes: Sequence[Outcome]) -> VlanResult:
         return VlanResult(False, objects, "its links are still there", transient=True)
     repaired = any(o.action is not ActionKind.SETTLED for o in outcomes)
     return VlanResult(True, objects, repaired=repaired)
+
+
+def _both(membership: VlanResult, links: VlanResult) -> VlanResult:
+    """A vlan_filtering VLAN's result from its trunk's membership step and the outcome of
+    its L3 interface `<bridge>.<vid>` (the link pass): a failure of either is the VLAN's."""
+    failed = [r for r in (membership, links) if not r.ok]
+    return VlanResult(
+        ok=not failed,
+        objects=[*membership.objects, *links.objects],
+        reason="; ".join(r.reason or "failed" for r in failed) or None,
+        transient=bool(failed) and all(r.transient for r in failed),
+        repaired=membership.repaired or links.repaired,
+    )
 
 
 def _membership_result(vlan: VlanWork, trunk: TrunkResult) -> VlanResult:
