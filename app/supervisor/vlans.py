@@ -283,7 +283,9 @@ def _link_result(vlan: VlanWork, outcomes: Sequence[Outcome]) -> VlanResult:
         return VlanResult(False, objects, reason, all(o.transient for o in failed))
     if vlan.deleted and any(o.action not in GONE for o in outcomes):
         return VlanResult(False, objects, "its links are still there", transient=True)
-    repaired = any(o.action is not ActionKind.SETTLED for o in outcomes)
+    # FORGET: a link planned deleted that is not there (a filtering VLAN's L3 interface
+    # without a network), nothing was done
+    repaired = any(o.action not in (ActionKind.SETTLED, ActionKind.FORGET) for o in outcomes)
     return VlanResult(True, objects, repaired=repaired)
 
 

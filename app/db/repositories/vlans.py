@@ -104,8 +104,6 @@ class VlanWork:
     status_reason: str | None
     never_settled: bool
     gateway: str | None = None  # `a.b.c.d/len` of the managed network on the VLAN, if any
-    # the VLAN's network is being deleted: a filtering VLAN's L3 interface goes with it
-    network_deleted: bool = False
 
     def objects(self) -> tuple[KernelObject, ...]:
         return kernel_objects(self.backend, self.trunk, self.vid, self.uplink)
@@ -139,12 +137,11 @@ def load_vlan_work(
             Uplink.phase,
             Network.gateway,
             Network.subnet,
-            Network.deleted,
         )
         .join(Bridge, Bridge.id == Vlan.trunk_id)
         .outerjoin(Uplink, (Uplink.bridge_id == Bridge.id) & Uplink.deleted.is_(False))
-        # at most one network per VLAN (uq_networks_vlan_id), deleted or not
-        .outerjoin(Network, Network.vlan_id == Vlan.id)
+        # at most one network per VLAN (uq_networks_vlan_id)
+        .outerjoin(Network, (Network.vlan_id == Vlan.id) & Network.deleted.is_(False))
         .order_by(Vlan.created_at, Vlan.id)
     )
     if dirty_only:
@@ -174,12 +171,9 @@ def load_vlan_work(
             status=row.status,
             status_reason=row.status_reason,
             never_settled=row.observed_generation == 0,
-            gateway=_gateway(gateway, subnet) if network_deleted is False else None,
-            network_deleted=bool(network_deleted),
+            gateway=_gateway(gateway, subnet),
         )
-        for row, trunk, mtu, uplink, phase, gateway, subnet, network_deleted in session.execute(
-            query
-        )
+        for row, trunk, mtu, uplink, phase, gateway, subnet in session.execute(query)
     ]
     if names is not None:
         wanted = set(names)
@@ -217,7 +211,8 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
     has an uplink, the uplink's 802.1Q sub-interface in that bridge. The filtering backend
     owns a link only while a managed network is on the VLAN: its L3 interface, the 802.1Q
     link `<bridge>.<vid>` on the trunk bridge (whose own port joins the VID tagged:
-    l3_vids). A network's gateway is an address of the VLAN's L3 interface."""
+    l3_vids), planned deleted otherwise. A network's gateway is an address of the VLAN's L3
+    interface."""
     specs: list[LinkSpec] = []
     addresses = (work.gateway,) if work.gateway is not None else ()
     bridge: str | None = None
@@ -252,7 +247,7 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
                     options=VlanOptions(vid=work.vid),
                 )
             )
-    if work.backend is VlanBackend.VLAN_FILTERING and (work.gateway or work.network_deleted):
+    if work.backend is VlanBackend.VLAN_FILTERING:
         specs.append(_filtering_l3_spec(work, addresses))
     return specs
 
@@ -260,8 +255,9 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
 def _filtering_l3_spec(work: VlanWork, addresses: tuple[str, ...]) -> LinkSpec:
     """The filtering trunk's L3 interface on the VLAN: `ip link add link <bridge> name
     <bridge>.<vid> type vlan id <vid>` (Documentation/networking/switchdev.rst, "bridge
-    VLAN" and 802.1Q upper devices), the trunk's MTU, carrying the gateway; removed with
-    the VLAN, or once its network is being deleted."""
+    VLAN" and 802.1Q upper devices), the trunk's MTU, carrying the gateway. Without a
+    live network it is planned deleted (nothing to do once it is gone: FORGET), so it goes
+    in the first pass after its network, even when the network's row went first."""
     return LinkSpec(
         id=work.id,
         kind=LinkKind.VLAN,
