@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.db.repositories import desired_port_vlans, load_link_specs
+from app.db.repositories import desired_port_vlans, load_link_specs, load_vlan_work
 from app.db.session import Database
 from app.domain.links import LinkKind
 from app.domain.vlans import vlan_bridge_name
@@ -82,6 +82,10 @@ def test_a_network_on_a_filtering_vlan_plans_bridge_dot_vid_and_the_self_port(
         with db.reading() as session:
             specs = [s for s in load_link_specs(session).specs if s.name == "br0.10"]
             desired = desired_port_vlans(session, trunk)
+            # a notification about br0.10 finds its VLAN (the link pass's NAMES scope)
+            by_name = [w.name for w in load_vlan_work(session, names=["br0.10", "eth9"])]
+            assert by_name == ["tenant-a"]
+            assert load_vlan_work(session, names=["br0.11", "br0v10"]) == []
     finally:
         db.dispose()
     assert [(s.kind, s.parent, s.addresses) for s in specs] == [

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import Settings
@@ -114,8 +117,10 @@ def test_networks_on_vlans_serve_dhcp_nat_forwards_and_repair_the_l3_interface(
     lan: str,  # noqa: F811
     settings: Settings,
     modules: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     modules("tun")  # /dev/net/tun for the guests' wires
+    caplog.set_level(logging.INFO, logger="app.supervisor")  # in the report of a failure
     # the full resync (which repairs anything) is kept out of the test's reach: drift must
     # be repaired through the netlink notification of the link it concerns
     settings = settings.model_copy(update={"reconcile_interval": 3600})
@@ -129,7 +134,8 @@ def test_networks_on_vlans_serve_dhcp_nat_forwards_and_repair_the_l3_interface(
         # a tap's membership on a filtering trunk (PVID 10) is applied by a pass over the
         # trunk, which a new tap does not trigger yet: the next full pass does (here: now)
         api.app.state.supervisor.resync()  # type: ignore[attr-defined]
-        until(lambda: memberships(netns, "br0").get("tapa") == {10: (True, True)}, what="tapa")
+        joined = _eventually(lambda: memberships(netns, "br0").get("tapa") == {10: (True, True)})
+        assert joined, _diagnose(api, netns)
         with (
             wired_guest(netns, "tapa", WEB_MAC) as guest_a,
             wired_guest(netns, "tapb", WEB_B_MAC) as guest_b,
@@ -160,6 +166,14 @@ def test_networks_on_vlans_serve_dhcp_nat_forwards_and_repair_the_l3_interface(
         assert api.delete("/v1/networks/nat-a?wait=30").status_code == 204
         until(lambda: "br0.10" not in links(netns), timeout=20, what="br0.10 gone")
         until(lambda: 10 not in memberships(netns, "br0")["br0"], what="br0 off VID 10")
+
+
+def _eventually(check: Callable[[], Any], timeout: float = 30) -> Any:
+    """check()'s first true value within `timeout` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return value
 
 
 def _diagnose(api: TestClient, netns: str, *guests: str) -> str:
