@@ -152,7 +152,11 @@ class VlanReconciler:
         trunk = next(w.trunk for w in work if w.trunk_id == trunk_id)
         try:
             observed = self.ops.memberships(trunk)
-            steps = plan_bridge(trunk, desired, observed)
+            # only the trunk's ports now: a planned port that is not one (a stopped VM's NIC
+            # tap, a tap not created or moved in yet) cannot be configured, and must not fail
+            # the steps of every other port; it is planned in the first pass after it joins
+            present = {port: vids for port, vids in desired.items() if port in observed}
+            steps = plan_bridge(trunk, present, observed)
             if not steps:
                 return TrunkResult(observed)
             log.info("trunk %s: %s", trunk, "; ".join(s.describe() for s in steps))
