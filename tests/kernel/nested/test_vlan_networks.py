@@ -162,8 +162,10 @@ def test_networks_on_vlans_serve_dhcp_nat_forwards_and_repair_the_l3_interface(
             objects = [o for data in repaired for o in data.get("objects", [])]
             assert back.index in [o["ifindex"] for o in objects if o["name"] == "br0.10"], repaired
             until(lambda: _settled(api, "ten-a"), what="VLAN ten-a active again")
-        # -- the L3 interface goes with its network, and the trunk's own port leaves VID 10
-        assert api.delete("/v1/networks/nat-a?wait=30").status_code == 204
+        # -- the L3 interface goes with its network (forced: its forward and the VM's fixed
+        # address use it), and the trunk's own port leaves VID 10
+        r = api.delete("/v1/networks/nat-a?force=true&wait=30")
+        assert r.status_code == 204, r.text
         until(lambda: "br0.10" not in links(netns), timeout=20, what="br0.10 gone")
         until(lambda: 10 not in memberships(netns, "br0")["br0"], what="br0 off VID 10")
 
