@@ -2,12 +2,15 @@
 
 The links a VLAN owns (bridge_per_vlan: its own bridge and the uplink's 802.1Q
 sub-interface) are planned, created, repaired and swept by the link pass like every link of
-ours, keyed by the VLAN's id; this module records their outcomes on the VLAN row. A trunk
-with the vlan_filtering backend owns no link per VLAN: here the trunk gets
+ours, keyed by the VLAN's id; this module records their outcomes on the VLAN row. A
+vlan_filtering VLAN owns a link only while a managed network is on it, its L3 interface
+`<bridge>.<vid>` (made by the link pass too; its outcome joins the VLAN's result with the
+membership step's, so its failure is the VLAN's status). Per filtering trunk, the trunk gets
 vlan_filtering=1 and its planned ports (uplink, the bridge's own port, taps on VLANs) the
 membership app.db.repositories.vlans.desired_port_vlans says, read once per pass per trunk
 (`bridge vlan show`) and corrected with the steps of app.domain.vlan_ports; a membership
-removed by hand comes back at the next full pass, ports not planned are never touched.
+removed by hand comes back at the next full pass, ports not planned are never touched, and
+planned ports that are not (yet) ports of the trunk are left for a pass after they join.
 
 Then each VLAN row says what happened: active (observed_generation, observed_objects: the
 kernel objects with name, ifindex and state) or error with the reason, a transient failure
