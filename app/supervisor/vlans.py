@@ -2,12 +2,15 @@
 
 The links a VLAN owns (bridge_per_vlan: its own bridge and the uplink's 802.1Q
 sub-interface) are planned, created, repaired and swept by the link pass like every link of
-ours, keyed by the VLAN's id; this module records their outcomes on the VLAN row. A trunk
-with the vlan_filtering backend owns no link per VLAN: here the trunk gets
+ours, keyed by the VLAN's id; this module records their outcomes on the VLAN row. A
+vlan_filtering VLAN owns a link only while a managed network is on it, its L3 interface
+`<bridge>.<vid>` (made by the link pass too; its outcome joins the VLAN's result with the
+membership step's, so its failure is the VLAN's status). Per filtering trunk, the trunk gets
 vlan_filtering=1 and its planned ports (uplink, the bridge's own port, taps on VLANs) the
 membership app.db.repositories.vlans.desired_port_vlans says, read once per pass per trunk
 (`bridge vlan show`) and corrected with the steps of app.domain.vlan_ports; a membership
-removed by hand comes back at the next full pass, ports not planned are never touched.
+removed by hand comes back at the next full pass, ports not planned are never touched, and
+planned ports that are not (yet) ports of the trunk are left for a pass after they join.
 
 Then each VLAN row says what happened: active (observed_generation, observed_objects: the
 kernel objects with name, ifindex and state) or error with the reason, a transient failure
@@ -32,6 +35,7 @@ from app.db.repositories import (
     VlanWork,
     desired_port_vlans,
     load_vlan_work,
+    vlan_link_names,
     vlan_rows,
 )
 from app.db.session import Database
@@ -96,32 +100,44 @@ class VlanReconciler:
         trunk_results: dict[str, TrunkResult] = {}
         with self.db.reading() as session:
             work = load_vlan_work(session, dirty_only=dirty, ids=[*retry, *link_vlans])
-            trunks = self._filtering_trunks(scope, work, trunk_results)
+            trunks = self._filtering_trunks(scope, work, trunk_results, link_vlans)
             desired = {tid: desired_port_vlans(session, tid, pvid) for tid, pvid in trunks.items()}
         results: dict[str, VlanResult] = {}
         trunk_results.update({tid: self._trunk(work, tid, desired[tid]) for tid in desired})
         for vlan in work:
+            links = (
+                _link_result(vlan, link_outcomes.get(vlan.id, []))
+                if vlan.id in link_vlans
+                else None
+            )
             if vlan.backend is VlanBackend.BRIDGE_PER_VLAN:
-                if vlan.id in link_vlans:
-                    results[vlan.id] = _link_result(vlan, link_outcomes.get(vlan.id, []))
+                if links is not None:
+                    results[vlan.id] = links
+            elif links is None and vlan_link_names(vlan):
+                continue  # its L3 interface is backing off: the pass that retries it reports
             elif vlan.trunk_id in trunk_results:
-                results[vlan.id] = _membership_result(vlan, trunk_results[vlan.trunk_id])
+                membership = _membership_result(vlan, trunk_results[vlan.trunk_id])
+                results[vlan.id] = membership if links is None else _both(membership, links)
         return self._write_back(scope, work, results)
 
     # ---- filtering trunks ------------------------------------------------------------------
 
     def _filtering_trunks(
-        self, scope: Scope, work: Sequence[VlanWork], errors: dict[str, TrunkResult]
+        self,
+        scope: Scope,
+        work: Sequence[VlanWork],
+        errors: dict[str, TrunkResult],
+        link_vlans: set[str],
     ) -> dict[str, int]:
-        """Trunk id -> its default PVID, for the filtering trunks of `work` (a NAMES pass
-        looks only at links), each with filtering switched on (it stays on once a VLAN used
-        it: switching it off would change what every port of the trunk carries). A trunk
-        that fails goes to `errors`."""
+        """Trunk id -> its default PVID, for the filtering trunks of `work` (a NAMES pass:
+        only those of VLANs whose L3 interface the link pass just looked at), each with
+        filtering switched on (it stays on once a VLAN used it: switching it off would
+        change what every port of the trunk carries). A trunk that fails goes to `errors`."""
         trunks: dict[str, int] = {}
-        if scope is Scope.NAMES:
-            return trunks
         for vlan in work:
             if vlan.backend is not VlanBackend.VLAN_FILTERING or vlan.trunk_id in trunks:
+                continue
+            if scope is Scope.NAMES and vlan.id not in link_vlans:
                 continue
             if vlan.trunk_id in errors:
                 continue
@@ -139,7 +155,11 @@ class VlanReconciler:
         trunk = next(w.trunk for w in work if w.trunk_id == trunk_id)
         try:
             observed = self.ops.memberships(trunk)
-            steps = plan_bridge(trunk, desired, observed)
+            # only the trunk's ports now: a planned port that is not one (a stopped VM's NIC
+            # tap, a tap not created or moved in yet) cannot be configured, and must not fail
+            # the steps of every other port; it is planned in the first pass after it joins
+            present = {port: vids for port, vids in desired.items() if port in observed}
+            steps = plan_bridge(trunk, present, observed)
             if not steps:
                 return TrunkResult(observed)
             log.info("trunk %s: %s", trunk, "; ".join(s.describe() for s in steps))
@@ -270,8 +290,23 @@ def _link_result(vlan: VlanWork, outcomes: Sequence[Outcome]) -> VlanResult:
         return VlanResult(False, objects, reason, all(o.transient for o in failed))
     if vlan.deleted and any(o.action not in GONE for o in outcomes):
         return VlanResult(False, objects, "its links are still there", transient=True)
-    repaired = any(o.action is not ActionKind.SETTLED for o in outcomes)
+    # FORGET: a link planned deleted that is not there (a filtering VLAN's L3 interface
+    # without a network), nothing was done
+    repaired = any(o.action not in (ActionKind.SETTLED, ActionKind.FORGET) for o in outcomes)
     return VlanResult(True, objects, repaired=repaired)
+
+
+def _both(membership: VlanResult, links: VlanResult) -> VlanResult:
+    """A vlan_filtering VLAN's result from its trunk's membership step and the outcome of
+    its L3 interface `<bridge>.<vid>` (the link pass): a failure of either is the VLAN's."""
+    failed = [r for r in (membership, links) if not r.ok]
+    return VlanResult(
+        ok=not failed,
+        objects=[*membership.objects, *links.objects],
+        reason="; ".join(r.reason or "failed" for r in failed) or None,
+        transient=bool(failed) and all(r.transient for r in failed),
+        repaired=membership.repaired or links.repaired,
+    )
 
 
 def _membership_result(vlan: VlanWork, trunk: TrunkResult) -> VlanResult:

@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.db.repositories import desired_port_vlans, load_link_specs
+from app.db.repositories import desired_port_vlans, load_link_specs, load_vlan_work
 from app.db.session import Database
 from app.domain.links import LinkKind
 from app.domain.vlans import vlan_bridge_name
 from app.settings import Settings
+from tests.api.test_addresses_api import eventually
 from tests.api.test_nic_vlans_api import vapi, vlan  # noqa: F401 (fixture)
 from tests.api.test_path_probe import probe, steps
 from tests.api.test_vlans_api import make_bridge, problem
@@ -81,9 +82,35 @@ def test_a_network_on_a_filtering_vlan_plans_bridge_dot_vid_and_the_self_port(
         with db.reading() as session:
             specs = [s for s in load_link_specs(session).specs if s.name == "br0.10"]
             desired = desired_port_vlans(session, trunk)
+            # a notification about br0.10 finds its VLAN (the link pass's NAMES scope)
+            by_name = [w.name for w in load_vlan_work(session, names=["br0.10", "eth9"])]
+            assert by_name == ["tenant-a"]
+            assert load_vlan_work(session, names=["br0.11", "br0v10"]) == []
     finally:
         db.dispose()
     assert [(s.kind, s.parent, s.addresses) for s in specs] == [
         (LinkKind.VLAN, "br0", ("10.93.0.1/24",))
     ]
     assert 10 in desired["br0"], desired
+
+
+def test_a_failed_l3_interface_is_the_vlans_and_the_networks_error(
+    vapi: TestClient,  # noqa: F811
+) -> None:
+    """This kernel has no 802.1Q: creating `br0.10` fails, and that failure is the VLAN's
+    (next to its trunk's, which cannot filter here either) and so the network's."""
+    make_bridge(vapi, "br0")
+    vlan(vapi, "tenant-a", 10, "br0", backend="vlan_filtering")
+    assert network(vapi, vlan="tenant-a").status_code in (201, 202)
+
+    def failed() -> dict[str, Any] | None:
+        shown = vapi.get("/v1/vlans/tenant-a").json()
+        reason = shown["status_reason"] or ""
+        return shown if shown["status"] == "error" and "br0.10" in reason else None
+
+    shown = eventually(failed, timeout=10)
+    assert shown is not None, vapi.get("/v1/vlans/tenant-a").json()
+    net = vapi.get("/v1/networks/nat0").json()
+    assert net["status"] != "active", net
+    assert "waiting for vlan tenant-a" in net["status_reason"], net
+    assert "br0.10" in net["status_reason"], net

@@ -5,8 +5,9 @@ repairs and sweeps them."""
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
-from app.db.repositories.vlans import VlanWork, vlan_bridge_mac, vlan_link_specs
+from app.db.repositories.vlans import VlanWork, vlan_bridge_mac, vlan_link_names, vlan_link_specs
 from app.domain.links import ActionKind, LinkKind, ObservedLink, ownership_mark, plan
 from app.domain.links.vlan import ETH_P_8021Q, VlanDetails, VlanOptions
 from app.domain.vlans import VlanBackend
@@ -65,9 +66,37 @@ def test_bridge_per_vlan_owns_its_bridge_and_the_uplinks_subinterface_in_it() ->
     )
     assert sub.options == VlanOptions(vid=10, protocol=ETH_P_8021Q)
     assert sub.mark == f"kvmnetd:vlan:{VLAN_ID}"
-    # no uplink: only the bridge; the filtering backend owns no link per VLAN
+    # no uplink: only the bridge
     assert [s.name for s in vlan_link_specs(work(VlanBackend.BRIDGE_PER_VLAN, None))] == ["br1v10"]
-    assert vlan_link_specs(work(VlanBackend.VLAN_FILTERING)) == []
+    assert vlan_link_names(work(VlanBackend.BRIDGE_PER_VLAN)) == {"br1v10", "eth1.10"}
+
+
+def test_a_filtering_vlans_l3_interface_exists_only_with_a_network() -> None:
+    """`<bridge>.<vid>` carries the network's gateway; without a live network it is planned
+    deleted: removed if it is there and ours, nothing to do (FORGET) otherwise."""
+    bare = work(VlanBackend.VLAN_FILTERING)
+    [absent] = vlan_link_specs(bare)
+    assert (absent.kind, absent.name, absent.parent, absent.deleted) == (
+        LinkKind.VLAN,
+        "br1.10",
+        "br1",
+        True,
+    )
+    trunk = ObservedLink(index=2, name="br1", kind="bridge", up=True)
+    assert [a.kind for a in plan([absent], [trunk])] == [ActionKind.FORGET]
+    ours = observed(LinkKind.VLAN, "br1.10", 5, parent_index=2)
+    assert [a.kind for a in plan([absent], [trunk, ours])] == [ActionKind.DELETE]
+    networked = replace(bare, gateway="10.93.0.1/24")
+    [l3] = vlan_link_specs(networked)
+    assert (l3.name, l3.deleted, l3.addresses, l3.options) == (
+        "br1.10",
+        False,
+        ("10.93.0.1/24",),
+        VlanOptions(vid=10, protocol=ETH_P_8021Q),
+    )
+    assert [a.kind for a in plan([l3], [trunk])] == [ActionKind.CREATE]
+    # the names a netlink notification is matched against are those of the specs
+    assert vlan_link_names(networked) == vlan_link_names(bare) == {"br1.10"}
 
 
 def test_the_bridge_mac_is_stable_local_and_unicast() -> None:

@@ -6,6 +6,7 @@ name finds its VLAN in any case."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,6 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Bridge, Network, Uplink, Vlan
-from app.db.repositories.addresses import network_gateways
 from app.db.repositories.base import ResourceRepository
 from app.db.repositories.port_vlans import tap_port_vlans
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, generate_mac
@@ -123,12 +123,25 @@ def load_vlan_work(
     ids: Sequence[str] = (),
     names: Sequence[str] | None = None,
 ) -> list[VlanWork]:
-    """VLANs with their trunks: all; or (dirty_only) the unsettled ones plus `ids`; or
-    (names) those owning a kernel link of one of these names. One query."""
+    """VLANs with their trunks, uplinks and managed networks: all; or (dirty_only) the
+    unsettled ones plus `ids`; or (names) those owning a kernel link of one of these names
+    (vlan_link_names). One query: every name a VLAN owns ends in its VID (`.<vid>` or
+    `v<vid>`, app.domain.vlans), so the query narrows by those VIDs and the exact names are
+    compared here (the derived short names cannot be computed in SQL)."""
     query = (
-        select(Vlan, Bridge.name, Bridge.mtu, Uplink.name, Uplink.phase)
+        select(
+            Vlan,
+            Bridge.name,
+            Bridge.mtu,
+            Uplink.name,
+            Uplink.phase,
+            Network.gateway,
+            Network.subnet,
+        )
         .join(Bridge, Bridge.id == Vlan.trunk_id)
         .outerjoin(Uplink, (Uplink.bridge_id == Bridge.id) & Uplink.deleted.is_(False))
+        # at most one network per VLAN (uq_networks_vlan_id)
+        .outerjoin(Network, (Network.vlan_id == Vlan.id) & Network.deleted.is_(False))
         .order_by(Vlan.created_at, Vlan.id)
     )
     if dirty_only:
@@ -139,7 +152,8 @@ def load_vlan_work(
                 Vlan.id.in_(list(ids)),
             )
         )
-    gateways = network_gateways(session)
+    if names is not None:
+        query = query.where(Vlan.vlan_id.in_(_vids_named(names)))
     work = [
         VlanWork(
             id=row.id,
@@ -157,14 +171,37 @@ def load_vlan_work(
             status=row.status,
             status_reason=row.status_reason,
             never_settled=row.observed_generation == 0,
-            gateway=gateways.get(row.id),
+            gateway=_gateway(gateway, subnet),
         )
-        for row, trunk, mtu, uplink, phase in session.execute(query)
+        for row, trunk, mtu, uplink, phase, gateway, subnet in session.execute(query)
     ]
     if names is not None:
         wanted = set(names)
-        work = [w for w in work if any(o.name in wanted for o in w.objects())]
+        work = [w for w in work if not wanted.isdisjoint(vlan_link_names(w))]
     return work
+
+
+def _gateway(gateway: str | None, subnet: str | None) -> str | None:
+    """`a.b.c.d/len`: the network's gateway with its subnet's prefix length."""
+    if gateway is None or subnet is None:
+        return None
+    return f"{gateway}/{subnet.split('/')[1]}"
+
+
+def _vids_named(names: Sequence[str]) -> list[int]:
+    """The VIDs that end these link names (`.<vid>` or `v<vid>`): the only VLANs that can
+    own a link of one of these names."""
+    found = (_VID_SUFFIX.search(name) for name in names)
+    return sorted({int(m.group(1)) for m in found if m is not None})
+
+
+_VID_SUFFIX = re.compile(r"[.v]([0-9]{1,4})$")
+
+
+def vlan_link_names(work: VlanWork) -> set[str]:
+    """The names of the kernel links the VLAN owns now (vlan_link_specs): the one place
+    that says which notifications concern a VLAN."""
+    return {spec.name for spec in vlan_link_specs(work)}
 
 
 def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
@@ -174,7 +211,8 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
     has an uplink, the uplink's 802.1Q sub-interface in that bridge. The filtering backend
     owns a link only while a managed network is on the VLAN: its L3 interface, the 802.1Q
     link `<bridge>.<vid>` on the trunk bridge (whose own port joins the VID tagged:
-    l3_vids). A network's gateway is an address of the VLAN's L3 interface."""
+    l3_vids), planned deleted otherwise. A network's gateway is an address of the VLAN's L3
+    interface."""
     specs: list[LinkSpec] = []
     addresses = (work.gateway,) if work.gateway is not None else ()
     bridge: str | None = None
@@ -209,7 +247,7 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
                     options=VlanOptions(vid=work.vid),
                 )
             )
-    if work.backend is VlanBackend.VLAN_FILTERING and work.gateway is not None:
+    if work.backend is VlanBackend.VLAN_FILTERING:
         specs.append(_filtering_l3_spec(work, addresses))
     return specs
 
@@ -217,13 +255,15 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
 def _filtering_l3_spec(work: VlanWork, addresses: tuple[str, ...]) -> LinkSpec:
     """The filtering trunk's L3 interface on the VLAN: `ip link add link <bridge> name
     <bridge>.<vid> type vlan id <vid>` (Documentation/networking/switchdev.rst, "bridge
-    VLAN" and 802.1Q upper devices), the trunk's MTU, carrying the gateway."""
+    VLAN" and 802.1Q upper devices), the trunk's MTU, carrying the gateway. Without a
+    live network it is planned deleted (nothing to do once it is gone: FORGET), so it goes
+    in the first pass after its network, even when the network's row went first."""
     return LinkSpec(
         id=work.id,
         kind=LinkKind.VLAN,
         name=subinterface_name(work.trunk, work.vid),
         mtu=work.trunk_mtu,
-        deleted=work.deleted,
+        deleted=work.deleted or work.gateway is None,
         create_intent=work.never_settled,
         parent=work.trunk,
         options=VlanOptions(vid=work.vid),
