@@ -30,13 +30,14 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import Settings
-from tests.kernel.nested.conftest import wired_guest
-from tests.kernel.nested.test_vlans_daemon import daemon_app, ok
+from tests.kernel.nested.conftest import ModuleLoader, wired_guest
+from tests.kernel.nested.test_vlans_daemon import daemon_app, ok, until
 from tests.kernel.nested.test_vlans_daemon import lan as lan
 from tests.netns_tools import ip, links
 
@@ -150,9 +151,19 @@ def make_trunks_and_vlans(api: TestClient) -> None:
             assert (vlan["backend"], vlan["status"]) == (backend, "active"), vlan
 
 
-def make_tap(api: TestClient, tap: str, trunk: str, vid: int) -> None:
-    made = ok(api.post("/v1/taps?wait=30", json={"name": tap, "vlan": f"{trunk}-{vid}"}), 201)
-    assert made["status"] == "active", made
+def make_taps(api: TestClient, taps: dict[str, tuple[str, int]]) -> None:
+    """Tap resources on VLANs (tap -> trunk, VLAN id), created at once (the supervisor makes
+    them in one pass) and waited for together."""
+    for tap, (trunk, vid) in taps.items():
+        ok(api.post("/v1/taps", json={"name": tap, "vlan": f"{trunk}-{vid}"}), 202)
+
+    def settled() -> list[dict[str, Any]] | None:
+        shown = [ok(api.get(f"/v1/taps/{tap}"), 200) for tap in taps]
+        done = all(s["observed_generation"] == s["generation"] for s in shown)
+        return shown if done and all(s["status"] != "pending" for s in shown) else None
+
+    for shown in until(settled, timeout=120, what=f"taps {sorted(taps)} settled"):
+        assert shown["status"] == "active", shown
 
 
 def configure(guests: dict[str, str], leases: dict[str, str]) -> dict[str, str]:
@@ -189,16 +200,16 @@ def assert_restarted(guests: dict[str, str], addresses: dict[str, str]) -> None:
 
 
 def test_guests_on_vlans_through_the_daemon_both_backends(
-    netns: str, lan: str, settings: Settings, tmp_path: Path
+    netns: str, lan: str, settings: Settings, tmp_path: Path, modules: ModuleLoader
 ) -> None:
+    modules("tun")  # no udev in the nested host: /dev/net/tun appears with the module
     add_far_vlan_20(lan)
     with contextlib.ExitStack() as stack:
         for n in (0, 1):
             stack.enter_context(dhcp_server(lan, f"lan{n}.10", tmp_path))
         with daemon_app(netns, settings) as api:
             make_trunks_and_vlans(api)
-            for tap, (trunk, vid, _, _) in GUESTS.items():
-                make_tap(api, tap, trunk, vid)
+            make_taps(api, {tap: (trunk, vid) for tap, (trunk, vid, _, _) in GUESTS.items()})
             guests = {
                 tap: stack.enter_context(wired_guest(netns, tap, mac))
                 for tap, (_, _, _, mac) in GUESTS.items()
@@ -222,7 +233,7 @@ def _one_leaves_the_shared_subinterface(
     """A third VLAN 10 guest on br1 (bridge_per_vlan) shares eth1.10 and br1v10 with g1a/g1b;
     its tap deleted through the API, the shared objects stay and the others keep their path."""
     tap, mac = LEAVER
-    make_tap(api, tap, "br1", 10)
+    make_taps(api, {tap: ("br1", 10)})
     with wired_guest(netns, tap, mac) as leaver:
         ip(leaver, "addr", "add", "10.11.0.4/24", "dev", "eth0")
         assert pings(leaver, addresses["g1a"]) and pings(leaver, far("br1", 10))
