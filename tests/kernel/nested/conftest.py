@@ -13,12 +13,14 @@ what you need from it here explicitly.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyroute2.config
 import pytest
 
 from tests.conftest import api as api
@@ -27,6 +29,12 @@ from tests.netns_tools import throwaway_netns
 
 ModuleLoader = Callable[..., None]
 TAP_WIRE = Path(__file__).with_name("tap_wire.py")
+
+if os.environ.get("KVT_NESTED") == "1":
+    # pyroute2 waits 2 s for the child it forks to make a namespace (netns.create) or open a
+    # socket in one (IPRoute(netns=...)); Python here is ~12x slower, and under the host's
+    # load that child missed the 2 s ("TimeoutError: no response from the child pid")
+    pyroute2.config.default_communicate_timeout = 30
 
 
 def pytest_configure(config: pytest.Config) -> None:
