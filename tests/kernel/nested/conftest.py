@@ -34,7 +34,7 @@ if os.environ.get("KVT_NESTED") == "1":
     # pyroute2 waits 2 s for the child it forks to make a namespace (netns.create) or open a
     # socket in one (IPRoute(netns=...)); Python here is ~12x slower, and under the host's
     # load that child missed the 2 s ("TimeoutError: no response from the child pid")
-    pyroute2.config.default_communicate_timeout = 30
+    pyroute2.config.default_communicate_timeout = 60
 
 
 def pytest_configure(config: pytest.Config) -> None:

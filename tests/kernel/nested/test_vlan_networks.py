@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pyroute2.config
 import pytest
 from fastapi.testclient import TestClient
 
@@ -119,13 +118,9 @@ def test_networks_on_vlans_serve_dhcp_nat_forwards_and_repair_the_l3_interface(
     settings: Settings,
     modules: Callable[..., None],
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     modules("tun")  # /dev/net/tun for the guests' wires
     caplog.set_level(logging.INFO, logger="app.supervisor")  # in the report of a failure
-    # pyroute2 waits 2 s for the child that creates a namespace: too short for the nested
-    # host's Python on a loaded machine (netns.create timed out there)
-    monkeypatch.setattr(pyroute2.config, "default_communicate_timeout", 60)
     # the full resync (which repairs anything) is kept out of the test's reach: drift must
     # be repaired through the netlink notification of the link it concerns
     settings = settings.model_copy(update={"reconcile_interval": 3600})
