@@ -250,7 +250,10 @@ async def set_bridge_uplink(
         )
         response.status_code = 200
         return uplink_plan_out(plan, body.interface, bridge.name, body.probe_address)
-    row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).set(bridge_id, body))
+    # a trunk's bridge_per_vlan VLANs get `<interface>.<vid>`: no foreign link may hold it
+    names = await ctx.read(lambda s: UplinkService(s).subinterface_names(bridge_id, body.interface))
+    foreign = {name: await ctx.host(ctx.inspector.foreign_link, name) for name in names}
+    row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).set(bridge_id, body, foreign))
     return await _finish_uplink(ctx, response, row, op, wait, 201)
 
 
