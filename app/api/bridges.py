@@ -231,7 +231,9 @@ async def get_bridge_uplink(bridge_id: str, request: Request) -> UplinkOut:
     "bridge in an order that keeps the host reachable; the bridge takes the NIC's MAC. Then "
     "the gateway (or probe_address) must answer through the bridge, else everything is "
     "rolled back and the uplink reports why. A NIC whose address a DHCP client manages is "
-    "refused unless dhcp=move. " + SETTLE_DOC,
+    "refused unless dhcp=move. On a trunk with bridge_per_vlan VLANs the NIC also gets each "
+    "VLAN's 802.1Q link `<interface>.<vid>` (removed with the uplink): 409 `name-taken` when "
+    "a host link kvmnetd does not manage, or another resource, holds such a name. " + SETTLE_DOC,
 )
 async def set_bridge_uplink(
     bridge_id: str,
@@ -250,7 +252,10 @@ async def set_bridge_uplink(
         )
         response.status_code = 200
         return uplink_plan_out(plan, body.interface, bridge.name, body.probe_address)
-    row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).set(bridge_id, body))
+    # a trunk's bridge_per_vlan VLANs get `<interface>.<vid>`: no foreign link may hold it
+    names = await ctx.read(lambda s: UplinkService(s).subinterface_names(bridge_id, body.interface))
+    foreign = {name: await ctx.host(ctx.inspector.foreign_link, name) for name in names}
+    row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).set(bridge_id, body, foreign))
     return await _finish_uplink(ctx, response, row, op, wait, 201)
 
 

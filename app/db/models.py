@@ -194,10 +194,13 @@ class Bridge(LinkColumns, Base):
 
     stp: Mapped[bool] = mapped_column(Boolean, default=False)
     forward_delay_cs: Mapped[int] = mapped_column(Integer, default=0)
+    # the supervisor switched vlan_filtering on for a VLAN of ours (journaled before the
+    # switch); it switches it off again once no VLAN of ours needs it (app.supervisor.trunks)
+    vlan_filtering_ours: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (
         *_link_checks("bridges"),
-        *_flags("bridges", "stp"),
+        *_flags("bridges", "stp", "vlan_filtering_ours"),
         # 0-30 s; with STP on the kernel wants 2-30 s
         _check(
             "bridges",

@@ -1,8 +1,11 @@
-"""Netlink notifications: tells the supervisor the moment a link or an address changes.
+"""Netlink notifications: tells the supervisor the moment a link, an address or a bridge
+port's VLAN membership changes.
 
 A plain AF_NETLINK socket subscribed to RTMGRP_LINK, read with select() (so stop() is
-prompt) and decoded by app.host.rtnl. pyroute2's own socket buffers messages internally,
-which hides them from select(), and its full decoder cost ~0.4 ms per notification.
+prompt) and decoded by app.host.rtnl. A bridge port's VLAN membership comes as the bridge's
+AF_BRIDGE RTM_NEWLINK on the same group (app.host.rtnl), so no second subscription is
+needed. pyroute2's own socket buffers messages internally, which hides them from select(),
+and its full decoder cost ~0.4 ms per notification.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP
 
 from app.host import rtnl
 from app.host.netns import enter_for_this_thread
-from app.host.rtnl import RawAddress, RawLink
+from app.host.rtnl import PortVlans, RawAddress, RawLink
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +29,13 @@ RECV_BUFFER = 1 << 20
 
 LinkEventHandler = Callable[[RawLink], None]
 AddressEventHandler = Callable[[RawAddress], None]
+PortVlansHandler = Callable[[PortVlans], None]
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 
 
 class LinkMonitor:
     """A thread that reads link and address notifications of a network namespace (None: the
-    current one) and calls `on_link` / `on_address` for each."""
+    current one) and calls `on_link` / `on_address` / `on_port_vlans` for each."""
 
     def __init__(
         self,
@@ -39,10 +43,12 @@ class LinkMonitor:
         on_address: AddressEventHandler,
         netns: str | None = None,
         wanted: Callable[[int], bool] | None = None,
+        on_port_vlans: PortVlansHandler = lambda port: None,
     ) -> None:
         self._wanted = wanted  # which link indexes matter: the rest are never decoded
         self._on_link = on_link
         self._on_address = on_address
+        self._on_port_vlans = on_port_vlans
         self._netns = netns
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,6 +96,8 @@ class LinkMonitor:
                 for message in rtnl.parse_messages(data, self._wanted):
                     if isinstance(message, RawLink):
                         self._on_link(message)
+                    elif isinstance(message, PortVlans):
+                        self._on_port_vlans(message)
                     else:
                         self._on_address(message)
             except Exception:  # keep watching; the periodic resync is the safety net

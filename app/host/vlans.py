@@ -290,17 +290,17 @@ class VlanOps:
         flags = (BRIDGE_VLAN_INFO_PVID if pvid else 0) | (
             BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0
         )
-        self._vlan_filter("add", self._bridge_index(bridge), bridge, port, vid, flags)
+        self._vlan_filter("add", self.bridge_index(bridge), bridge, port, vid, flags)
 
     def vlan_del(self, bridge: str, port: str, vid: int) -> None:
         """`bridge vlan del dev <port> vid <vid> [self]`; a VLAN the port lacks is fine."""
         check_vid(vid)
-        self._vlan_filter("del", self._bridge_index(bridge), bridge, port, vid, 0)
+        self._vlan_filter("del", self.bridge_index(bridge), bridge, port, vid, 0)
 
     def apply(self, bridge: str, steps: Iterable[VlanStep]) -> None:
         """Run planned steps (app.domain.vlan_ports) in order; stops at the first failure
         (each step is idempotent, so running the plan again finishes it)."""
-        bridge_index = self._bridge_index(bridge)
+        bridge_index = self.bridge_index(bridge)
         for step in steps:
             check_vid(step.vid)
             if step.self_port != (step.port == bridge):
@@ -312,7 +312,8 @@ class VlanOps:
                 flags = 0
             self._vlan_filter(step.op.value, bridge_index, bridge, step.port, step.vid, flags)
 
-    def _bridge_index(self, bridge: str) -> int:
+    def bridge_index(self, bridge: str) -> int:
+        """The ifindex of the bridge `bridge`; VlanError (ENODEV) when there is none."""
         return int(self._bridge(bridge)["index"])
 
     def _vlan_filter(

@@ -1,11 +1,17 @@
 """Uplink use cases: give a bridge an uplink (a host NIC) or take it away. The move itself is
 the supervisor's (app.supervisor.uplinks); here the desired state and an operation are
-written in the caller's transaction."""
+written in the caller's transaction.
+
+An uplink set on a trunk that already carries bridge_per_vlan VLANs brings each one's
+802.1Q sub-interface `<uplink>.<vid>` (app.domain.vlans.kernel_objects): its name is claimed
+for the VLAN here, and refused (409) when a host link kvmnetd does not own or another of our
+resources holds it. The supervisor releases the claims when the uplink's row goes."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from app.db.models import Bridge, LinkName, Operation, Tap, Uplink, new_id
 from app.db.repositories import (
@@ -14,13 +20,14 @@ from app.db.repositories import (
     TapRepository,
     UplinkRepository,
     uplink_of,
+    uplink_subinterfaces,
     uplinks_of,
 )
 from app.db.session import Session
-from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NotFound
+from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
 from app.domain.status import Status
 from app.schemas.uplinks import UplinkSet
-from app.services.links import never_created, require_alive
+from app.services.links import never_created, refuse_foreign, require_alive
 from app.services.operations import bump, record_operation
 
 
@@ -82,7 +89,20 @@ class UplinkService:
             row = TapRepository(self.session).get(claimed.resource_id)
         return row is not None and never_created(row)
 
-    def set(self, bridge_ref: str, body: UplinkSet) -> tuple[Uplink, Operation | None]:
+    def subinterface_names(self, bridge_ref: str, interface: str) -> list[str]:
+        """The `<interface>.<vid>` names the bridge's bridge_per_vlan VLANs would own with
+        this uplink, so the API can ask the host about them before the transaction."""
+        bridge = self.bridge(bridge_ref)
+        return [name for name, _ in uplink_subinterfaces(self.session, bridge.id, interface)]
+
+    def set(
+        self,
+        bridge_ref: str,
+        body: UplinkSet,
+        foreign: Mapping[str, dict[str, Any] | None] | None = None,
+    ) -> tuple[Uplink, Operation | None]:
+        """`foreign`: for the names of subinterface_names(), the host link of that name
+        that is not ours, if any."""
         bridge = self.check(bridge_ref, body)
         row = uplink_of(self.session, bridge.id)
         if row is not None and row.deleted:
@@ -101,6 +121,7 @@ class UplinkService:
             row = Uplink(id=new_id(), name=body.interface, bridge_id=bridge.id, generation=1)
             for key, value in settings.items():
                 setattr(row, key, value)
+            self._claim_subinterfaces(bridge, body.interface, foreign or {})
             self.session.add(row)
             return row, record_operation(self.session, "create", "uplink", row, self.request_id)
         changed = any(getattr(row, key) != value for key, value in settings.items())
@@ -110,6 +131,25 @@ class UplinkService:
             setattr(row, key, value)
         bump(row)  # also retries a move that was refused or rolled back
         return row, record_operation(self.session, "update", "uplink", row, self.request_id)
+
+    def _claim_subinterfaces(
+        self, bridge: Bridge, interface: str, foreign: Mapping[str, dict[str, Any] | None]
+    ) -> None:
+        names = LinkNameRepository(self.session)
+        for name, vlan_id in uplink_subinterfaces(self.session, bridge.id, interface):
+            refuse_foreign(name, foreign.get(name))
+            existing = names.get(name)
+            if existing is not None and (existing.resource, existing.resource_id) != (
+                "vlan",
+                vlan_id,
+            ):
+                raise NameTaken(
+                    f"{name}, the 802.1Q link of {interface} that a VLAN of bridge "
+                    f"{bridge.name} needs, is already used by {existing.resource} "
+                    f"{existing.resource_id}"
+                )
+            if existing is None:
+                names.add(LinkName(name=name, resource="vlan", resource_id=vlan_id))
 
     def delete(self, bridge_ref: str) -> tuple[Uplink, Operation | None]:
         _, row = self.get(bridge_ref)

@@ -1,10 +1,13 @@
 """The supervisor thread: serial reconcile passes driven by nudges, netlink and a timer.
 Bridge uplinks are reconciled on the same thread, right after the links, then VLANs
-(app.supervisor.vlans).
+(app.supervisor.vlans), then filtering trunks no VLAN needs any more (app.supervisor.trunks).
 
 One thread runs every pass, so no object is ever reconciled twice at once. It wakes when
 the API nudges it (desired state changed), when the link monitor reports a change to one of
-our links (drift), when a backed-off retry is due, and every `interval` seconds for a full
+our links (drift), when it reports a planned port of a filtering trunk with another VLAN
+membership than the one last settled, or the trunk's filtering off (app.supervisor.trunks:
+that trunk alone is looked at, TRUNK_DELAY after the first report, so a burst of `bridge
+vlan` changes is one pass), when a backed-off retry is due, and every `interval` seconds for a full
 resync, which also sweeps orphans. An unexpected error that fails a whole pass schedules an
 early full resync after a backoff that grows while the failure persists (never a hot loop),
 and is logged at a bounded rate (app.supervisor.faults).
@@ -25,10 +28,11 @@ from app.domain.retry import Backoff
 from app.host.monitor import LinkMonitor
 from app.host.netlink import LinkOps, observed
 from app.host.netns import enter_for_this_thread
-from app.host.rtnl import RawAddress, RawLink
+from app.host.rtnl import PortVlans, RawAddress, RawLink
 from app.host.vlans import VlanOps
 from app.supervisor.faults import FaultLog
 from app.supervisor.links import LinkReconciler, Scope
+from app.supervisor.trunks import TrunkReleaser, TrunkWatch
 from app.supervisor.uplinks import UplinkReconciler
 from app.supervisor.vlans import VlanReconciler
 
@@ -39,6 +43,9 @@ log = logging.getLogger(__name__)
 # creates pass through "unknown"), so reports coalesce into one read of what stayed
 OPER_STATE_DELAY = 0.1
 PASS_KEY = "pass"  # the backoff key of whole-pass failures
+# a trunk's VLAN membership is looked at this long after netlink first reports it changed:
+# a script removing several VIDs, and the steps of our own repair, coalesce into one pass
+TRUNK_DELAY = 0.05
 
 
 class Supervisor:
@@ -62,10 +69,15 @@ class Supervisor:
         self._names: set[str] = set()
         self._oper_names: set[str] = set()
         self._oper_due: float | None = None
+        self._trunks: set[str] = set()
+        self._trunks_due: float | None = None
         self._full_requested = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._monitor = LinkMonitor(self._on_link, self._on_address, netns, self._watched)
+        self.trunk_watch = TrunkWatch()
+        self._monitor = LinkMonitor(
+            self._on_link, self._on_address, netns, self._watched, self._on_port_vlans
+        )
         self._reconciler: LinkReconciler | None = None
 
     # ---- control ---------------------------------------------------------------------------
@@ -104,6 +116,9 @@ class Supervisor:
         return reconciler is not None and index in reconciler.names_by_index
 
     def _on_link(self, link: RawLink) -> None:
+        trunk = self.trunk_watch.filtering_dropped(link)
+        if trunk is not None:
+            self._recheck_trunk(trunk)
         reconciler = self._reconciler
         if reconciler is None or not link.name or link.name not in reconciler.expected:
             return
@@ -129,6 +144,18 @@ class Supervisor:
                 self._oper_due = self.clock() + OPER_STATE_DELAY
                 self._wake.notify()
 
+    def _on_port_vlans(self, port: PortVlans) -> None:
+        trunk = self.trunk_watch.drifted(port)
+        if trunk is not None:
+            self._recheck_trunk(trunk)
+
+    def _recheck_trunk(self, trunk_id: str) -> None:
+        with self._wake:
+            self._trunks.add(trunk_id)
+            if self._trunks_due is None:
+                self._trunks_due = self.clock() + TRUNK_DELAY
+                self._wake.notify()
+
     def _on_address(self, address: RawAddress) -> None:
         reconciler = self._reconciler
         name = reconciler.names_by_index.get(address.index) if reconciler else None
@@ -150,13 +177,14 @@ class Supervisor:
         # pyroute2 sockets belong to the thread that opens them
         with LinkOps() as ops, VlanOps() as vlan_ops:
             self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)
-            vlans = VlanReconciler(self.db, self.bus, vlan_ops, backoff)
+            vlans = VlanReconciler(self.db, self.bus, vlan_ops, backoff, self.trunk_watch)
+            releaser = TrunkReleaser(self.db, vlan_ops, self.trunk_watch)
             uplinks = UplinkReconciler(
                 self.db, self.bus, ops.ipr, on_gone=self.nudge, on_moved=self._repair
             )
             next_full = self.clock()
             while True:
-                scope, names = self._next_work(next_full, backoff)
+                scope, names, trunks = self._next_work(next_full, backoff)
                 if scope is None:
                     return
                 try:
@@ -164,7 +192,11 @@ class Supervisor:
                     if scope is not Scope.NAMES:
                         uplinks.run(full=scope is Scope.FULL)
                     # after the uplinks: a filtering trunk's uplink is then its port
-                    vlans.run(scope, self._reconciler.vlan_ids, self._reconciler.vlan_outcomes)
+                    vlans.run(
+                        scope, self._reconciler.vlan_ids, self._reconciler.vlan_outcomes, trunks
+                    )
+                    if scope is not Scope.NAMES:
+                        releaser.run()
                     if scope is Scope.FULL:
                         next_full = self.clock() + self.interval
                         pass_backoff.succeeded(PASS_KEY)
@@ -176,7 +208,11 @@ class Supervisor:
                     next_full = self.clock() + pass_backoff.failed(PASS_KEY)
                 self.passes += 1
 
-    def _next_work(self, next_full: float, backoff: Backoff) -> tuple[Scope | None, set[str]]:
+    def _next_work(
+        self, next_full: float, backoff: Backoff
+    ) -> tuple[Scope | None, set[str], set[str]]:
+        """The next pass: its scope, the link names (NAMES) and filtering trunk ids (NAMES)
+        netlink reported."""
         with self._wake:
             while not self._stopping:
                 now = self.clock()
@@ -184,17 +220,22 @@ class Supervisor:
                     self._full_requested = self._dirty = False
                     self._names.clear()
                     self._oper_names, self._oper_due = set(), None
-                    return Scope.FULL, set()
+                    self._trunks, self._trunks_due = set(), None
+                    return Scope.FULL, set(), set()
                 if self._oper_due is not None and now >= self._oper_due:
                     self._names |= self._oper_names
                     self._oper_names, self._oper_due = set(), None
-                if self._names:
+                trunks: set[str] = set()
+                if self._trunks_due is not None and now >= self._trunks_due:
+                    trunks, self._trunks, self._trunks_due = self._trunks, set(), None
+                if self._names or trunks:
                     names, self._names = self._names, set()
-                    return Scope.NAMES, names
+                    return Scope.NAMES, names, trunks
                 retry_at = backoff.next_due()
                 if self._dirty or (retry_at is not None and now >= retry_at):
                     self._dirty = False
-                    return Scope.DIRTY, set()
-                wake_at = min(t for t in (next_full, retry_at, self._oper_due) if t is not None)
+                    return Scope.DIRTY, set(), set()
+                due = (next_full, retry_at, self._oper_due, self._trunks_due)
+                wake_at = min(t for t in due if t is not None)
                 self._wake.wait(timeout=max(0.0, wake_at - now))
-            return None, set()
+            return None, set(), set()

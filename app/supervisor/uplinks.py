@@ -21,7 +21,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from app.bus import EventBus
 from app.db.models import Bridge, Uplink
-from app.db.repositories import FinishedOperation, OperationRepository, UplinkRepository
+from app.db.repositories import (
+    FinishedOperation,
+    OperationRepository,
+    UplinkRepository,
+    release_uplink_subinterfaces,
+)
 from app.db.session import Database
 from app.domain.status import Status
 from app.domain.uplinks import JournalError, NicConfig, dhcp_refusal
@@ -270,6 +275,9 @@ class UplinkReconciler:
             event = row.event_fields(
                 "uplink", "deleted", status="deleted", observed_generation=row.generation
             )
+            # the link pass removed its `<uplink>.<vid>` links (bridge_per_vlan VLANs) in
+            # this pass, before the move back; their names are free again
+            release_uplink_subinterfaces(session, row)
             uplinks.remove(row)
         self.bus.publish(**event)
         self.on_gone()

@@ -8,9 +8,13 @@ vlan_filtering VLAN owns a link only while a managed network is on it, its L3 in
 membership step's, so its failure is the VLAN's status). Per filtering trunk, the trunk gets
 vlan_filtering=1 and its planned ports (uplink, the bridge's own port, taps on VLANs) the
 membership app.db.repositories.vlans.desired_port_vlans says, read once per pass per trunk
-(`bridge vlan show`) and corrected with the steps of app.domain.vlan_ports; a membership
-removed by hand comes back at the next full pass, ports not planned are never touched, and
-planned ports that are not (yet) ports of the trunk are left for a pass after they join.
+(`bridge vlan show`) and corrected with the steps of app.domain.vlan_ports; ports not
+planned are never touched, and planned ports that are not (yet) ports of the trunk are left
+until they join. What each trunk's planned ports settled to goes to the TrunkWatch
+(app.supervisor.trunks): a membership changed by hand, a planned port joining, or filtering
+switched off wakes a pass over that trunk alone (`trunks`) the moment netlink reports it.
+Switching filtering on is journaled first (bridges.vlan_filtering_ours), so it goes off again
+once no VLAN of ours needs it (app.supervisor.trunks.TrunkReleaser).
 
 Then each VLAN row says what happened: active (observed_generation, observed_objects: the
 kernel objects with name, ifindex and state) or error with the reason, a transient failure
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,7 @@ from app.db.repositories import (
     VlanWork,
     desired_port_vlans,
     load_vlan_work,
+    mark_filtering_ours,
     vlan_link_names,
     vlan_rows,
 )
@@ -48,6 +53,7 @@ from app.host.netlink import LinkError
 from app.host.vlans import FeatureMissing, VlanOps
 from app.supervisor.faults import FaultLog, describe
 from app.supervisor.links import TRANSIENT_ATTEMPTS_BEFORE_ERROR, Outcome, Scope
+from app.supervisor.trunks import TrunkWatch
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +86,49 @@ class VlanResult:
 class VlanReconciler:
     """Owns a VlanOps socket, opened in the supervisor thread (its network namespace)."""
 
-    def __init__(self, db: Database, bus: EventBus, ops: VlanOps, backoff: Backoff) -> None:
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        ops: VlanOps,
+        backoff: Backoff,
+        watch: TrunkWatch | None = None,
+    ) -> None:
         self.db = db
+        self.watch = watch if watch is not None else TrunkWatch()
         self.bus = bus
         self.ops = ops
         self.backoff = backoff
         self.faults = FaultLog(log, backoff.clock)
 
     def run(
-        self, scope: Scope, link_vlans: set[str], link_outcomes: Mapping[str, list[Outcome]]
+        self,
+        scope: Scope,
+        link_vlans: set[str],
+        link_outcomes: Mapping[str, list[Outcome]],
+        trunks: Collection[str] = (),
     ) -> int:
         """One pass over the VLANs this scope concerns: every one (FULL), the unsettled
         ones and due retries (DIRTY), or those whose links the link pass just looked at
-        (`link_vlans`, with their outcomes). Returns how many rows it reported on."""
-        if scope is Scope.NAMES and not link_vlans:
+        (`link_vlans`, with their outcomes) and those on the filtering `trunks` netlink
+        reported drift on (NAMES). Returns how many rows it reported on."""
+        if scope is Scope.NAMES and not link_vlans and not trunks:
             return 0
         retry = self.backoff.due_keys() if scope is Scope.DIRTY else []
         dirty = scope is not Scope.FULL
         trunk_results: dict[str, TrunkResult] = {}
         with self.db.reading() as session:
             work = load_vlan_work(session, dirty_only=dirty, ids=[*retry, *link_vlans])
-            trunks = self._filtering_trunks(scope, work, trunk_results, link_vlans)
-            desired = {tid: desired_port_vlans(session, tid, pvid) for tid, pvid in trunks.items()}
+            if trunks:
+                loaded = {w.id for w in work}
+                work += [
+                    w
+                    for w in load_vlan_work(session)
+                    if w.trunk_id in trunks and w.id not in loaded
+                ]
+        pvids = self._filtering_trunks(scope, work, trunk_results, link_vlans, trunks)
+        with self.db.reading() as session:
+            desired = {tid: desired_port_vlans(session, tid, pvid) for tid, pvid in pvids.items()}
         results: dict[str, VlanResult] = {}
         trunk_results.update({tid: self._trunk(work, tid, desired[tid]) for tid in desired})
         for vlan in work:
@@ -127,17 +154,20 @@ class VlanReconciler:
         scope: Scope,
         work: Sequence[VlanWork],
         errors: dict[str, TrunkResult],
-        link_vlans: set[str],
+        link_vlans: Collection[str] = (),
+        drifted: Collection[str] = (),
     ) -> dict[str, int]:
-        """Trunk id -> its default PVID, for the filtering trunks of `work` (a NAMES pass:
-        only those of VLANs whose L3 interface the link pass just looked at), each with
-        filtering switched on (it stays on once a VLAN used it: switching it off would
-        change what every port of the trunk carries). A trunk that fails goes to `errors`."""
+        """Trunk id -> its default PVID, for the filtering trunks of `work` (a NAMES pass
+        looks only at the `drifted` ones and those of VLANs in `link_vlans`, whose L3
+        interface the link pass just looked at), each with filtering switched on: recorded first
+        (bridges.vlan_filtering_ours), so that it goes off again when the trunk's last
+        filtering VLAN is gone (app.supervisor.trunks). A trunk that fails goes to
+        `errors`."""
         trunks: dict[str, int] = {}
         for vlan in work:
             if vlan.backend is not VlanBackend.VLAN_FILTERING or vlan.trunk_id in trunks:
                 continue
-            if scope is Scope.NAMES and vlan.id not in link_vlans:
+            if scope is Scope.NAMES and vlan.trunk_id not in drifted and vlan.id not in link_vlans:
                 continue
             if vlan.trunk_id in errors:
                 continue
@@ -145,6 +175,8 @@ class VlanReconciler:
                 options = self.ops.bridge_vlan_options(vlan.trunk)
                 if not options.filtering:
                     log.info("switching VLAN filtering on for trunk %s", vlan.trunk)
+                    with self.db.unit_of_work() as session:
+                        mark_filtering_ours(session, vlan.trunk_id, True)
                     options = self.ops.set_bridge_vlan_options(vlan.trunk, filtering=True)
                 trunks[vlan.trunk_id] = options.default_pvid
             except LinkError as exc:
@@ -153,18 +185,21 @@ class VlanReconciler:
 
     def _trunk(self, work: Sequence[VlanWork], trunk_id: str, desired: BridgeVlans) -> TrunkResult:
         trunk = next(w.trunk for w in work if w.trunk_id == trunk_id)
+        self.watch.forget(trunk_id)  # until settled again: what happens now is ours
         try:
+            index = self.ops.bridge_index(trunk)
             observed = self.ops.memberships(trunk)
             # only the trunk's ports now: a planned port that is not one (a stopped VM's NIC
             # tap, a tap not created or moved in yet) cannot be configured, and must not fail
-            # the steps of every other port; it is planned in the first pass after it joins
+            # the steps of every other port; the watch wakes the trunk once it joins
             present = {port: vids for port, vids in desired.items() if port in observed}
             steps = plan_bridge(trunk, present, observed)
-            if not steps:
-                return TrunkResult(observed)
-            log.info("trunk %s: %s", trunk, "; ".join(s.describe() for s in steps))
-            self.ops.apply(trunk, steps)
-            return TrunkResult(self.ops.memberships(trunk), changed=True)
+            if steps:
+                log.info("trunk %s: %s", trunk, "; ".join(s.describe() for s in steps))
+                self.ops.apply(trunk, steps)
+                observed = self.ops.memberships(trunk)
+            self.watch.settled(index, trunk_id, trunk, desired, observed)
+            return TrunkResult(observed, changed=bool(steps))
         except LinkError as exc:
             return _trunk_failed(exc)
         except Exception as exc:  # a bug or an unexpected answer: this trunk only

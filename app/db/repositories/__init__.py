@@ -47,11 +47,18 @@ from app.db.repositories.port_vlans import (
     vlan_referrers,
     vlan_users,
 )
+from app.db.repositories.trunks import (
+    mark_filtering_ours,
+    released_port_vlans,
+    trunks_to_release,
+)
 from app.db.repositories.uplinks import (
     UplinkMove,
     UplinkRepository,
+    release_uplink_subinterfaces,
     uplink_moves,
     uplink_of,
+    uplink_subinterfaces,
     uplinks_of,
 )
 from app.db.repositories.vlans import (
@@ -104,6 +111,7 @@ __all__ = [
     "load_link_specs",
     "load_network_state",
     "load_vlan_work",
+    "mark_filtering_ours",
     "network_gateways",
     "network_referrers",
     "orphan_forward_claims",
@@ -112,12 +120,16 @@ __all__ = [
     "probe_targets",
     "record_forward_outcomes",
     "record_nic_addresses",
+    "release_uplink_subinterfaces",
+    "released_port_vlans",
     "remove_forwards",
     "reserve_event_ids",
     "stored_link_settings",
     "tap_port_vlans",
+    "trunks_to_release",
     "uplink_moves",
     "uplink_of",
+    "uplink_subinterfaces",
     "uplinks_of",
     "vlan_bridge_mac",
     "vlan_link_names",

@@ -13,7 +13,14 @@ from app.db.models import Bridge, Tap, Vlan, Vm, VmNic
 from app.db.repositories.addresses import network_gateways
 from app.db.repositories.base import LINK_MODELS, R, ResourceRepository
 from app.db.repositories.port_vlans import port_master, vlan_masters
-from app.db.repositories.uplinks import UplinkMove, uplink_moves, uplink_of
+from app.db.repositories.uplinks import (
+    UplinkMove,
+    leaving_subinterface_specs,
+    leaving_uplinks,
+    uplink_moves,
+    uplink_of,
+    vlans_on_moving_uplinks,
+)
 from app.db.repositories.vlans import load_vlan_work, vlan_link_specs
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.status import Status
@@ -217,12 +224,19 @@ def load_link_specs(
             loaded.unreadable[row.id] = spec
         else:
             loaded.specs.append(spec)
-    for vlan in load_vlan_work(session, dirty_only, also_ids or (), names):
+    # an uplink being set or removed brings or takes the `<uplink>.<vid>` of the trunk's
+    # bridge_per_vlan VLANs: they are looked at in the same pass
+    vlan_ids = [*(also_ids or ()), *(vlans_on_moving_uplinks(session) if dirty_only else ())]
+    leaving = leaving_uplinks(session)
+    for vlan in load_vlan_work(session, dirty_only, vlan_ids, names):
         loaded.vlan_ids.add(vlan.id)
         loaded.states[vlan.id] = ObservedState(
             vlan.generation, vlan.observed_generation, vlan.status, None, None, reason=None
         )
         loaded.specs += vlan_link_specs(vlan)
+        loaded.specs += leaving_subinterface_specs(
+            vlan.id, vlan.trunk_id, vlan.vid, vlan.backend, leaving
+        )
     return loaded
 
 
