@@ -21,8 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Tap, Vlan, Vm, VmNic
+from app.domain.errors import InvalidInput
+from app.domain.segments import SegmentKind, SegmentObject, describe
 from app.domain.vlan_ports import Membership, access_port, trunk_port
-from app.domain.vlans import VlanBackend, vlan_bridge_name
+from app.domain.vlans import VlanBackend
 
 if TYPE_CHECKING:
     from app.db.repositories.links import BridgeFacts
@@ -30,18 +32,24 @@ if TYPE_CHECKING:
 
 def vlan_masters(session: Session, bridges: Mapping[str, BridgeFacts]) -> dict[str, BridgeFacts]:
     """VLAN row id -> the bridge its access ports join (name, and the MTU it keeps: the
-    trunk's): the per-VLAN bridge with bridge_per_vlan, the trunk with vlan_filtering. A
-    VLAN whose trunk is not in `bridges` is left out."""
+    trunk's): its segment's master (app.domain.segments.vlan: the per-VLAN bridge with
+    bridge_per_vlan, the trunk with vlan_filtering). A VLAN whose trunk is not in `bridges`
+    is left out; one its driver cannot place (its backend unknown) keeps the trunk."""
     masters: dict[str, BridgeFacts] = {}
-    for row_id, trunk_id, vid, backend in session.execute(
-        select(Vlan.id, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend)
+    for row_id, name, trunk_id, vid, backend in session.execute(
+        select(Vlan.id, Vlan.name, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend)
     ):
         trunk = bridges.get(trunk_id)
         if trunk is None:
             continue
-        if backend == VlanBackend.BRIDGE_PER_VLAN.value:
-            trunk = replace(trunk, name=vlan_bridge_name(trunk.name, vid))
-        masters[row_id] = trunk
+        obj = SegmentObject(
+            SegmentKind.VLAN.value, row_id, name, trunk=trunk.name, vid=vid, backend=backend
+        )
+        try:
+            master = describe(obj).master
+        except InvalidInput:  # a row its driver cannot read: its ports stay on the trunk
+            master = None
+        masters[row_id] = replace(trunk, name=master or trunk.name)
     return masters
 
 
