@@ -197,7 +197,7 @@ class InUseGuard:
 
     def vm_dependents(self, row: Vm) -> list[Dependent]:
         forwards = [_row_dependent(K.PORT_FORWARD, f) for f in self.repo.forwards_to_vm(row.id)]
-        peers = [nic_dependent(nic, vm) for nic, vm in self.repo.socket_peers(row.id)]
+        peers = [nic_dependent(nic, vm) for nic, vm in self.repo.peer_nics(row.id)]
         return forwards + peers
 
     def free_vm(self, row: Vm) -> None:
@@ -205,7 +205,7 @@ class InUseGuard:
         to its sockets leave their VMs."""
         for forward in self.repo.forwards_to_vm(row.id):
             self._delete_forward(forward)
-        for nic, vm in self.repo.socket_peers(row.id):
+        for nic, vm in self.repo.peer_nics(row.id):
             self.remove_nic(nic, vm)
 
     def remove_nic(self, nic: VmNic, vm: Vm) -> None:
