@@ -25,7 +25,6 @@ from app.db.repositories import (
 from app.db.session import Session
 from app.domain.dependents import Dependent, DependentKind, ForceAction, describe
 from app.domain.errors import InUse
-from app.domain.segments import SegmentKind
 from app.domain.status import Status
 from app.domain.vms import PowerState, VmStatus
 from app.services.operations import bump, record_operation
@@ -109,7 +108,7 @@ class InUseGuard:
         found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_bridge(row.id)]
         if count_taps:
             found += [_row_dependent(K.TAP, t) for t in self.repo.taps_on_bridge(row.id)]
-        found += self._network_of(SegmentKind.BRIDGE, row.id)
+        found += self._network_of(row)
         uplink = uplink_of(self.session, row.id)
         if uplink is not None and not uplink.deleted:
             found.append(Dependent(K.UPLINK, uplink.id, uplink.name))
@@ -118,11 +117,11 @@ class InUseGuard:
 
     def tap_dependents(self, row: Tap) -> list[Dependent]:
         found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_tap(row.id)]
-        return found + self._network_of(SegmentKind.TAP, row.id)
+        return found + self._network_of(row)
 
-    def _network_of(self, kind: SegmentKind, object_id: str) -> list[Dependent]:
+    def _network_of(self, obj: Bridge | Tap | Vlan) -> list[Dependent]:
         """The live network on a segment object (a bridge, tap or VLAN)."""
-        network = NetworkRepository(self.session).on_segment(kind, object_id)
+        network = NetworkRepository(self.session).of_object(obj)
         if network is None or network.deleted:
             return []
         return [_row_dependent(K.NETWORK, network)]
@@ -132,7 +131,7 @@ class InUseGuard:
         detached, its uplink moves the host's configuration back and its VLANs go."""
         for nic, vm in self.repo.nics_on_bridge(row.id):
             self.remove_nic(nic, vm)
-        self._free_network(SegmentKind.BRIDGE, row.id)
+        self._free_network(row)
         for tap in self.repo.taps_on_bridge(row.id):
             self.detach_tap(tap)
         uplink = uplink_of(self.session, row.id)
@@ -152,7 +151,7 @@ class InUseGuard:
         return (
             [nic_dependent(nic, vm) for nic, vm in nics]
             + [_row_dependent(K.TAP, t) for t in taps]
-            + self._network_of(SegmentKind.VLAN, row.id)
+            + self._network_of(row)
         )
 
     def free_vlan(self, row: Vlan) -> None:
@@ -160,7 +159,7 @@ class InUseGuard:
         its VID alike: a guest never keeps a NIC whose segment is gone) and its taps are
         detached from the VLAN and its trunk (back on no bridge, as on a deleted bridge);
         the managed network on it goes."""
-        self._free_network(SegmentKind.VLAN, row.id)
+        self._free_network(row)
         nics, taps = vlan_users(self.session, row)
         for nic, vm in nics:
             self.remove_nic(nic, vm)
@@ -177,10 +176,10 @@ class InUseGuard:
         """Force: the tap's VM NIC leaves its VM, and the network on the tap goes."""
         for nic, vm in self.repo.nics_on_tap(row.id):
             self.remove_nic(nic, vm)
-        self._free_network(SegmentKind.TAP, row.id)
+        self._free_network(row)
 
-    def _free_network(self, kind: SegmentKind, object_id: str) -> None:
-        network = NetworkRepository(self.session).on_segment(kind, object_id)
+    def _free_network(self, obj: Bridge | Tap | Vlan) -> None:
+        network = NetworkRepository(self.session).of_object(obj)
         if network is not None and not network.deleted:
             self.delete_network(network, force=True)
             self.detached.append(

@@ -18,6 +18,7 @@ from app.db.repositories.addresses import own_addresses
 from app.db.repositories.base import ResourceRepository
 from app.db.repositories.segments import (
     find_object,
+    network_of_object,
     network_on,
     network_segment,
     segment_ports,
@@ -38,6 +39,10 @@ class NetworkRepository(ResourceRepository[Network]):
         """The network on a segment object of `kind` (a bridge, tap or VLAN; deleted or
         not)."""
         return network_on(self.session, kind, object_id)
+
+    def of_object(self, obj: ResourceColumns) -> Network | None:
+        """The network on a bridge, tap or VLAN row (deleted or not)."""
+        return network_of_object(self.session, obj)
 
     def segment_object(self, kind: str, ref: str) -> ResourceColumns | None:
         """A segment object of `kind` by id or name."""

@@ -136,6 +136,17 @@ def network_on(session: Session, kind: str, object_id: str) -> Network | None:
     return session.scalars(select(Network).where(column == object_id)).first()
 
 
+def network_of_object(session: Session, obj: ResourceColumns) -> Network | None:
+    """The network on a bridge, tap or VLAN row, whichever kind stores rows of its model
+    (deleted or not)."""
+    for table in _TABLES.values():
+        if isinstance(obj, table.model):
+            found = network_on(session, table.kind, obj.id)
+            if found is not None:
+                return found
+    return None
+
+
 def find_object(session: Session, kind: str, ref: str) -> ResourceColumns | None:
     """An object of `kind` by id or name."""
     return segment_table(kind).find(session, ref)
