@@ -10,8 +10,20 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Bridge, Network, Tap, Vm, VmNic
 from app.db.repositories.base import LINK_MODELS
-from app.db.repositories.segments import network_ref, network_segment
+from app.db.repositories.segments import (
+    network_interfaces,
+    network_ref,
+    network_segment,
+    preload_objects,
+)
 from app.domain.networks import AddressHolder
+from app.domain.segments import SegmentKind
+
+
+def vlan_l3_interfaces(session: Session) -> dict[str, str]:
+    """VLAN id -> the name of its L3 interface (where a host address on it lives), for
+    the VLANs that carry a managed network (their segments decide it)."""
+    return network_interfaces(session, SegmentKind.VLAN)
 
 
 def _gateway(row: Network) -> str:
@@ -19,7 +31,9 @@ def _gateway(row: Network) -> str:
 
 
 def _live_networks(session: Session) -> list[Network]:
-    return list(session.scalars(select(Network).where(Network.deleted.is_(False))))
+    networks = list(session.scalars(select(Network).where(Network.deleted.is_(False))))
+    preload_objects(session, networks)
+    return networks
 
 
 def network_gateways(session: Session) -> dict[str, str]:

@@ -21,6 +21,7 @@ from app.db.repositories.segments import (
     network_of_object,
     network_on,
     network_segment,
+    preload_objects,
     segment_ports,
     segment_row,
 )
@@ -278,7 +279,9 @@ def load_network_state(session: Session) -> tuple[list[NetworkState], list[Forwa
     """Every network and port forward, as the network worker needs them (forwards as plain
     rows joined with their target's address: thousands of them load in milliseconds)."""
     networks = []
-    for network in session.scalars(select(Network)):
+    rows = session.scalars(select(Network)).all()
+    preload_objects(session, rows)
+    for network in rows:
         try:
             networks.append(_network_state(session, network))
         except (ValueError, TypeError, AttributeError) as exc:
@@ -383,7 +386,9 @@ def probe_targets(session: Session) -> list[ProbeTarget]:
     trunk's VLAN, whose port would need its VLAN membership set)."""
     query = select(Network).where(Network.deleted.is_(False)).order_by(Network.name)
     targets = []
-    for network in session.scalars(query):
+    rows = session.scalars(query).all()
+    preload_objects(session, rows)
+    for network in rows:
         segment = network_segment(session, network)[1]
         targets.append(
             ProbeTarget(

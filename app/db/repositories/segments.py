@@ -168,11 +168,30 @@ def nic_segment_ref(nic: VmNic) -> tuple[str, str] | None:
     return None
 
 
-def network_interfaces(session: Session) -> dict[str, str]:
-    """Object id -> the L3 interface of every object that carries a network (deleted or
-    not), by its segment."""
+def preload_objects(session: Session, networks: Sequence[Network]) -> None:
+    """Load the segment objects of these networks in one query per kind, so that resolving
+    their segments afterwards reads the session's identity map instead of asking the
+    database once per network."""
+    wanted: dict[str, list[str]] = {}
+    for network in networks:
+        ref = network_ref(network)
+        if ref is not None:
+            wanted.setdefault(ref[0], []).append(ref[1])
+    for kind, ids in wanted.items():
+        model = segment_table(kind).model
+        session.scalars(select(model).where(model.id.in_(ids))).all()
+
+
+def network_interfaces(session: Session, kind: str | None = None) -> dict[str, str]:
+    """Object id -> the L3 interface of every segment object (of `kind`, or any) that
+    carries a network (deleted or not)."""
     result: dict[str, str] = {}
-    for network in session.scalars(select(Network)):
+    networks = session.scalars(select(Network)).all()
+    preload_objects(session, networks)
+    for network in networks:
+        ref = network_ref(network)
+        if ref is None or kind not in (None, ref[0]):
+            continue
         obj, segment = network_segment(session, network)
         if obj is not None and segment is not None:
             result[obj.id] = segment.l3_interface
