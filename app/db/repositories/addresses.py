@@ -13,8 +13,8 @@ from app.db.repositories.base import LINK_MODELS
 from app.db.repositories.segments import (
     network_interfaces,
     network_ref,
-    network_segment,
     preload_objects,
+    readable_segment,
 )
 from app.domain.networks import AddressHolder
 from app.domain.segments import SegmentKind
@@ -51,7 +51,7 @@ def network_addresses(session: Session) -> list[tuple[Network, str | None, str]]
     live network."""
     result = []
     for row in _live_networks(session):
-        _, segment = network_segment(session, row)
+        segment = readable_segment(session, row)
         result.append((row, segment.l3_interface if segment else None, _gateway(row)))
     return result
 

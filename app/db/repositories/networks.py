@@ -20,8 +20,10 @@ from app.db.repositories.segments import (
     find_object,
     network_of_object,
     network_on,
+    network_ref,
     network_segment,
     preload_objects,
+    readable_segment,
     segment_ports,
     segment_row,
 )
@@ -72,7 +74,7 @@ class NetworkRepository(ResourceRepository[Network]):
 
     def segment(self, row: Network) -> Segment | None:
         """The segment the network is on (app.domain.segments: its L3 interface)."""
-        return network_segment(self.session, row)[1]
+        return readable_segment(self.session, row)
 
     def gateways(self) -> list[str]:
         query = select(Network.gateway).where(Network.deleted.is_(False))
@@ -192,19 +194,25 @@ def _row_state(row: Network | PortForwardRow) -> RowState:
     )
 
 
-def _link_problem(link: ResourceColumns | None) -> str | None:
+def _link_problem(kind: str, link: ResourceColumns | None) -> str | None:
+    """Why the network's segment object is not ready yet (None: it is)."""
     if link is None:
         return "its link is gone"
     if link.status == Status.ACTIVE.value and link.observed_generation == link.generation:
         return None
-    kind = getattr(link, "__tablename__", "link").removesuffix("s")
     detail = f": {link.status_reason}" if link.status_reason else ""
     return f"waiting for {kind} {link.name} ({link.status}{detail})"
 
 
 def _network_state(session: Session, row: Network) -> NetworkState:
+    # a segment its driver cannot describe raises InvalidInput (a ValueError): the caller
+    # reports the network as unreadable
     link, segment = network_segment(session, row)
     link_name = segment.l3_interface if segment is not None else None
+    ref = network_ref(row)
+    problem = _link_problem(ref[0] if ref else "link", link)
+    if link is not None and segment is None:
+        problem = f"what {link.name} rides on is gone"
     nics = session.execute(
         select(
             Vm.name,
@@ -239,7 +247,7 @@ def _network_state(session: Session, row: Network) -> NetworkState:
     return NetworkState(
         _row_state(row),
         link_name,
-        _link_problem(link),
+        problem,
         nat,
         service,
         row.dnsmasq_pid,
@@ -389,7 +397,7 @@ def probe_targets(session: Session) -> list[ProbeTarget]:
     rows = session.scalars(query).all()
     preload_objects(session, rows)
     for network in rows:
-        segment = network_segment(session, network)[1]
+        segment = readable_segment(session, network)
         targets.append(
             ProbeTarget(
                 network_id=network.id,

@@ -20,6 +20,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db.models import Bridge, Network, ResourceColumns, Tap, Vlan, VmNic
 from app.db.repositories.base import UUID_LENGTH
+from app.domain.errors import InvalidInput
 from app.domain.segments import Segment, SegmentKind, SegmentObject, describe
 
 
@@ -130,6 +131,15 @@ def network_segment(
     return obj, object_segment(session, ref[0], obj) if obj is not None else None
 
 
+def readable_segment(session: Session, row: Network) -> Segment | None:
+    """The segment a network is on; None also when its object cannot be described (a row
+    written by hand, say: the network worker reports that on the network itself), so one
+    bad row never stops a listing or a check of the others."""
+    with contextlib.suppress(InvalidInput):
+        return network_segment(session, row)[1]
+    return None
+
+
 def network_on(session: Session, kind: str, object_id: str) -> Network | None:
     """The network on an object of `kind` (deleted or not; one at most: unique columns)."""
     column = segment_table(kind).network_column
@@ -192,9 +202,9 @@ def network_interfaces(session: Session, kind: str | None = None) -> dict[str, s
         ref = network_ref(network)
         if ref is None or kind not in (None, ref[0]):
             continue
-        obj, segment = network_segment(session, network)
-        if obj is not None and segment is not None:
-            result[obj.id] = segment.l3_interface
+        segment = readable_segment(session, network)
+        if segment is not None:
+            result[segment.id] = segment.l3_interface
     return result
 
 
