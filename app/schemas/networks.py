@@ -15,6 +15,7 @@ from app.domain.networks import (
     PORTS,
     validate_domain,
 )
+from app.domain.segments import SegmentKind
 from app.schemas.common import (
     LinkNameStr,
     Page,
@@ -92,6 +93,16 @@ class NetworkCreate(RequestModel):
         if [self.bridge, self.tap, self.vlan].count(None) != 2:
             raise ValueError("give exactly one of `bridge`, `tap` or `vlan`")
         return self
+
+    def segment(self) -> tuple[str, str]:
+        """(segment kind, id or name) of the one segment named (app.domain.segments)."""
+        given = {
+            SegmentKind.BRIDGE: self.bridge,
+            SegmentKind.TAP: self.tap,
+            SegmentKind.VLAN: self.vlan,
+        }
+        kind, ref = next((k, r) for k, r in given.items() if r is not None)
+        return kind.value, ref
 
 
 class NetworkUpdate(UpdateModel):

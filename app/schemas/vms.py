@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from app.domain.nics import backend_options
 from app.domain.vlans import VID_MAX, VID_MIN
 from app.domain.vms import (
     MEMORY_MIB,
@@ -74,13 +75,8 @@ class SocketNetIn(RequestModel):
     port: int | None = Field(None, ge=PORTS[0], le=PORTS[1])
 
 
-# the option each backend needs (the others need none)
-BACKEND_OPTION = {
-    Backend.BRIDGE: "bridge",
-    Backend.TAP: "tap",
-    Backend.SOCKET: "socket",
-    Backend.HUB: "hub",
-}
+# the JSON type of each backend's option (which backend needs which: its driver says,
+# app.domain.nics.backend_options)
 _OPTION_TYPE = {"bridge": "string", "tap": "string", "socket": "object", "hub": "integer"}
 
 
@@ -88,8 +84,9 @@ def _backend_alternatives(schema: dict[str, Any]) -> None:
     """The NIC's alternatives as oneOf, one branch per backend: `backend` names it and the
     option it needs is present and not null (what _backend_options checks)."""
     branches: list[dict[str, Any]] = []
+    options = backend_options()
     for backend in Backend:
-        option = BACKEND_OPTION.get(backend)
+        option = options.get(backend)
         branch: dict[str, Any] = {
             "required": ["backend"],
             "properties": {"backend": {"const": backend.value}},
@@ -162,7 +159,7 @@ class NicIn(RequestModel):
 
     @model_validator(mode="after")
     def _backend_options(self) -> NicIn:
-        needed = BACKEND_OPTION.get(self.backend)
+        needed = backend_options().get(self.backend)
         if self.backend is Backend.BRIDGE:
             if self.bridge is None and self.vlan is None:
                 raise ValueError("the bridge backend needs `bridge` or `vlan`")

@@ -108,7 +108,7 @@ class InUseGuard:
         found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_bridge(row.id)]
         if count_taps:
             found += [_row_dependent(K.TAP, t) for t in self.repo.taps_on_bridge(row.id)]
-        found += self._network_of(row.id, None)
+        found += self._network_of(row)
         uplink = uplink_of(self.session, row.id)
         if uplink is not None and not uplink.deleted:
             found.append(Dependent(K.UPLINK, uplink.id, uplink.name))
@@ -117,12 +117,11 @@ class InUseGuard:
 
     def tap_dependents(self, row: Tap) -> list[Dependent]:
         found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_tap(row.id)]
-        return found + self._network_of(None, row.id)
+        return found + self._network_of(row)
 
-    def _network_of(
-        self, bridge_id: str | None, tap_id: str | None, vlan_id: str | None = None
-    ) -> list[Dependent]:
-        network = NetworkRepository(self.session).on_link(bridge_id, tap_id, vlan_id)
+    def _network_of(self, obj: Bridge | Tap | Vlan) -> list[Dependent]:
+        """The live network on a segment object (a bridge, tap or VLAN)."""
+        network = NetworkRepository(self.session).of_object(obj)
         if network is None or network.deleted:
             return []
         return [_row_dependent(K.NETWORK, network)]
@@ -132,7 +131,7 @@ class InUseGuard:
         detached, its uplink moves the host's configuration back and its VLANs go."""
         for nic, vm in self.repo.nics_on_bridge(row.id):
             self.remove_nic(nic, vm)
-        self._free_network(row.id, None)
+        self._free_network(row)
         for tap in self.repo.taps_on_bridge(row.id):
             self.detach_tap(tap)
         uplink = uplink_of(self.session, row.id)
@@ -152,7 +151,7 @@ class InUseGuard:
         return (
             [nic_dependent(nic, vm) for nic, vm in nics]
             + [_row_dependent(K.TAP, t) for t in taps]
-            + self._network_of(None, None, row.id)
+            + self._network_of(row)
         )
 
     def free_vlan(self, row: Vlan) -> None:
@@ -160,7 +159,7 @@ class InUseGuard:
         its VID alike: a guest never keeps a NIC whose segment is gone) and its taps are
         detached from the VLAN and its trunk (back on no bridge, as on a deleted bridge);
         the managed network on it goes."""
-        self._free_network(None, None, row.id)
+        self._free_network(row)
         nics, taps = vlan_users(self.session, row)
         for nic, vm in nics:
             self.remove_nic(nic, vm)
@@ -177,12 +176,10 @@ class InUseGuard:
         """Force: the tap's VM NIC leaves its VM, and the network on the tap goes."""
         for nic, vm in self.repo.nics_on_tap(row.id):
             self.remove_nic(nic, vm)
-        self._free_network(None, row.id)
+        self._free_network(row)
 
-    def _free_network(
-        self, bridge_id: str | None, tap_id: str | None, vlan_id: str | None = None
-    ) -> None:
-        network = NetworkRepository(self.session).on_link(bridge_id, tap_id, vlan_id)
+    def _free_network(self, obj: Bridge | Tap | Vlan) -> None:
+        network = NetworkRepository(self.session).of_object(obj)
         if network is not None and not network.deleted:
             self.delete_network(network, force=True)
             self.detached.append(
@@ -199,7 +196,7 @@ class InUseGuard:
 
     def vm_dependents(self, row: Vm) -> list[Dependent]:
         forwards = [_row_dependent(K.PORT_FORWARD, f) for f in self.repo.forwards_to_vm(row.id)]
-        peers = [nic_dependent(nic, vm) for nic, vm in self.repo.socket_peers(row.id)]
+        peers = [nic_dependent(nic, vm) for nic, vm in self.repo.peer_nics(row.id)]
         return forwards + peers
 
     def free_vm(self, row: Vm) -> None:
@@ -207,7 +204,7 @@ class InUseGuard:
         to its sockets leave their VMs."""
         for forward in self.repo.forwards_to_vm(row.id):
             self._delete_forward(forward)
-        for nic, vm in self.repo.socket_peers(row.id):
+        for nic, vm in self.repo.peer_nics(row.id):
             self.remove_nic(nic, vm)
 
     def remove_nic(self, nic: VmNic, vm: Vm) -> None:

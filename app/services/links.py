@@ -412,7 +412,7 @@ class TapService:
         """A tap that carries a routed network is that network's link: on a bridge, the
         gateway address and dnsmasq would sit on a bridge port (the bridge takes the port's
         frames, so they never reach the tap's IP stack). 409 in-use naming the network."""
-        network = NetworkRepository(self.session).on_link(None, row.id)
+        network = NetworkRepository(self.session).of_object(row)
         if network is not None and not network.deleted:
             raise InUse(
                 f"tap {row.name!r} carries routed network {network.name!r} and cannot join a "

@@ -1,9 +1,10 @@
 """Managed networks and port forwards: validate as a whole, allocate fixed addresses, claim
 host ports, write desired state and an operation in the caller's transaction.
 
-A network's gateway becomes an address of its link, so creating or deleting a network also
-bumps that bridge, tap or VLAN (the link supervisor then adds or removes the address; a
-VLAN's is its L3 interface, app.domain.vlans.l3_interface_name).
+A network is on an L2 segment (app.domain.segments: a bridge, a routed tap or a VLAN), whose
+driver says which interface carries the gateway, dnsmasq and the NAT rules. The gateway
+becomes an address of that interface, so creating or deleting a network also bumps the
+segment's object (the link supervisor then adds or removes the address).
 """
 
 from __future__ import annotations
@@ -14,26 +15,24 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from app.db.models import (
-    Bridge,
     HostPort,
     Network,
     Operation,
     PortForward,
-    Tap,
-    Vlan,
+    ResourceColumns,
     Vm,
     VmNic,
     new_id,
 )
 from app.db.repositories import (
-    BridgeRepository,
     HostPortRepository,
     NetworkRepository,
     PortForwardRepository,
-    TapRepository,
-    VlanRepository,
     VmRepository,
     address_holders,
+    network_columns,
+    nic_segment_ref,
+    object_segment,
     own_addresses,
     probe_targets,
     vms_by_mac,
@@ -66,8 +65,8 @@ from app.domain.networks import (
     plan_addressing,
 )
 from app.domain.path_probe import ProbeTarget
+from app.domain.segments import Segment, segment_driver
 from app.domain.status import Status
-from app.domain.vlans import VlanBackend, l3_interface_name
 from app.schemas.networks import (
     DhcpIn,
     NatIn,
@@ -76,7 +75,6 @@ from app.schemas.networks import (
     PortForwardCreate,
 )
 from app.services.in_use import InUseGuard
-from app.services.links import require_alive
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
 
@@ -149,20 +147,16 @@ class NetworkService:
         """The live networks as the path probe needs them."""
         return probe_targets(self.session)
 
-    def link_of(self, row: Network) -> Bridge | Tap | Vlan | None:
-        """The network's bridge, tap or VLAN (None only once a deleted network's link went
-        first)."""
+    def link_of(self, row: Network) -> ResourceColumns | None:
+        """The network's segment object: its bridge, tap or VLAN (None only once a deleted
+        network's object went first)."""
         return self.networks.link(row)
 
     def link_name(self, row: Network) -> str | None:
-        """The kernel link that carries the network's gateway (a VLAN's L3 interface)."""
-        link = self.networks.link(row)
-        if isinstance(link, Vlan):
-            trunk = BridgeRepository(self.session).get(link.trunk_id)
-            if trunk is None:
-                return None
-            return l3_interface_name(VlanBackend(link.backend), trunk.name, link.vlan_id)
-        return link.name if link is not None else None
+        """The kernel link that carries the network's gateway: its segment's L3 interface
+        (a bridge's or tap's own link, a VLAN's L3 interface)."""
+        segment = self.networks.segment(row)
+        return segment.l3_interface if segment is not None else None
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -173,21 +167,16 @@ class NetworkService:
         inspector); a subnet overlapping one that is not ours is refused."""
         if self.networks.get_by_name(body.name) is not None:
             raise NameTaken(f"a network named {body.name!r} exists")
-        link = self._link(body.bridge, body.tap, body.vlan)
-        bridge_id = link.id if isinstance(link, Bridge) else None
-        tap_id = link.id if isinstance(link, Tap) else None
-        vlan_id = link.id if isinstance(link, Vlan) else None
-        existing = self.networks.on_link(bridge_id, tap_id, vlan_id)
+        kind, ref = body.segment()
+        link, segment = self._segment(kind, ref)
+        existing = self.networks.on_segment(kind, link.id)
         if existing is not None:
             raise Conflict(f"{link.name} already carries network {existing.name!r}")
         plan = plan_addressing(
             body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
         )
         check_no_overlap(plan.subnet, self.networks.subnets())
-        interface = link.name
-        if isinstance(link, Vlan):
-            interface = self._vlan_interface(link)
-        check_subnet_free(plan.subnet, interface, address_holders(self.session))
+        check_subnet_free(plan.subnet, segment.l3_interface, address_holders(self.session))
         clash = foreign_clash(plan.subnet, host_prefixes, own_addresses(self.session))
         if clash is not None:
             raise Conflict(
@@ -199,9 +188,7 @@ class NetworkService:
         row = Network(
             id=new_id(),
             name=body.name,
-            bridge_id=bridge_id,
-            tap_id=tap_id,
-            vlan_id=vlan_id,
+            **network_columns(kind, link.id),
             subnet=str(plan.subnet),
             gateway=str(plan.gateway),
             domain=body.domain,
@@ -211,33 +198,23 @@ class NetworkService:
         self._set_dhcp(row, body.dhcp, plan)
         self.networks.add(row)
         self.session.flush()
-        self._adopt_nics(row, plan, link)
+        self._adopt_nics(row, plan, kind, link.id)
         bump(link)  # its addresses now include the gateway
         return row, record_operation(self.session, "create", "network", row, self.request_id)
 
-    def _link(
-        self, bridge_ref: str | None, tap_ref: str | None, vlan_ref: str | None
-    ) -> Bridge | Tap | Vlan:
-        if bridge_ref is not None:
-            return require_alive(
-                BridgeRepository(self.session).find(bridge_ref), "bridge", bridge_ref
-            )
-        if vlan_ref is not None:
-            vlan = VlanRepository(self.session).find(vlan_ref)
-            if vlan is None:
-                raise NotFound(f"no vlan {vlan_ref!r}")
-            if vlan.deleted:
-                raise BeingDeleted(f"vlan {vlan.name!r} is being deleted")
-            return vlan
-        assert tap_ref is not None
-        return require_alive(TapRepository(self.session).find(tap_ref), "tap", tap_ref)
-
-    def _vlan_interface(self, vlan: Vlan) -> str:
-        """The VLAN's L3 interface, which the network's gateway goes on."""
-        trunk = BridgeRepository(self.session).get(vlan.trunk_id)
-        if trunk is None:
-            raise NotFound(f"the trunk of VLAN {vlan.name!r} is gone")
-        return l3_interface_name(VlanBackend(vlan.backend), trunk.name, vlan.vlan_id)
+    def _segment(self, kind: str, ref: str) -> tuple[ResourceColumns, Segment]:
+        """The live object of `kind` named `ref` (404 when unknown, 409 while it is being
+        deleted) and the segment it is."""
+        segment_driver(kind)  # an unknown kind is a 422 naming the known ones
+        link = self.networks.segment_object(kind, ref)
+        if link is None:
+            raise NotFound(f"no {kind} {ref!r}")
+        if link.deleted:
+            raise BeingDeleted(f"{kind} {link.name!r} is being deleted")
+        segment = object_segment(self.session, kind, link)
+        if segment is None:
+            raise NotFound(f"what {kind} {link.name!r} rides on is gone")
+        return link, segment
 
     @staticmethod
     def _set_nat(row: Network, nat: NatIn) -> None:
@@ -251,14 +228,10 @@ class NetworkService:
         row.range_start, row.range_end = str(plan.range_start), str(plan.range_end)
         row.lease_seconds = dhcp.lease_time
 
-    def _adopt_nics(self, row: Network, plan: Addressing, link: Bridge | Tap | Vlan) -> None:
-        """VM NICs already on the link (a VLAN's: its access ports) get fixed addresses now."""
-        if isinstance(link, Vlan):
-            nics = self.networks.nics_on_vlan(link.id)
-        else:
-            bridge_id = link.id if isinstance(link, Bridge) else None
-            tap_id = link.id if isinstance(link, Tap) else None
-            nics = self.networks.nics_on_link(bridge_id, tap_id)
+    def _adopt_nics(self, row: Network, plan: Addressing, kind: str, object_id: str) -> None:
+        """VM NICs already on the segment (its ports: a VLAN's access ports, a bridge's
+        untagged ones) get fixed addresses now."""
+        nics = self.networks.ports(kind, object_id)
         taken: set[str] = set()
         for nic in sorted(nics, key=lambda n: n.id):
             address = str(allocate_address(plan, taken))
@@ -308,31 +281,25 @@ class NetworkService:
         return row, guard.record(guard.delete_network(row, force))
 
 
-def network_blocking(
-    session: Session, bridge_id: str | None, tap_id: str | None, vlan_id: str | None = None
-) -> Network | None:
-    """The live network on a link or VLAN, which keeps it from being deleted."""
-    row = NetworkRepository(session).on_link(bridge_id, tap_id, vlan_id)
+def network_blocking(session: Session, kind: str, object_id: str) -> Network | None:
+    """The live network on a segment object, which keeps it from being deleted."""
+    row = NetworkRepository(session).on_segment(kind, object_id)
     return row if row is not None and not row.deleted else None
 
 
 def fixed_address(
-    session: Session,
-    nic: VmNic,
-    requested: str | None,
-    bridge_id: str | None,
-    tap_id: str | None,
-    leases: LeaseReader | None = None,
-    vlan_id: str | None = None,
+    session: Session, nic: VmNic, requested: str | None, leases: LeaseReader | None = None
 ) -> None:
-    """A new VM NIC on a managed network's link (or an access port of a VLAN that carries
-    one) gets its fixed address (requested or the lowest free one); a requested address on
-    a link without a network is refused, and so is one in the DHCP range or leased to
-    another MAC (`leases` reads the network's dnsmasq lease file)."""
-    network = network_blocking(session, bridge_id, tap_id, vlan_id)
+    """A new VM NIC that is a port of a segment carrying a managed network (a bridge, a
+    tap, an access port of a VLAN) gets its fixed address (requested or the lowest free
+    one); a requested address on a segment without a network, or on none, is refused, and
+    so is one in the DHCP range or leased to another MAC (`leases` reads the network's
+    dnsmasq lease file)."""
+    ref = nic_segment_ref(nic)
+    network = network_blocking(session, *ref) if ref is not None else None
     if network is None:
         if requested is not None:
-            raise InvalidInput("ipv4 is only for NICs on a managed network's bridge, tap or VLAN")
+            raise InvalidInput(NO_NETWORK if ref is not None else NO_SEGMENT)
         return
     plan = addressing_of(network)
     networks = NetworkRepository(session)
@@ -345,6 +312,10 @@ def fixed_address(
         else allocate_address(plan, taken, leased)
     )
     nic.network_id, nic.ipv4 = network.id, str(address)
+
+
+NO_NETWORK = "ipv4 is only for NICs on a managed network's bridge, tap or VLAN"
+NO_SEGMENT = "ipv4 is only for NICs on a managed network's bridge or tap"
 
 
 def leases_of_others(

@@ -156,21 +156,8 @@ class VmService:
                 # not on the trunk's untagged segment, so not on a managed network there
                 if nic_in.ipv4 is not None:
                     raise InvalidInput("ipv4 is not for trunk NICs")
-            elif nic_row.vlan_id:  # on the VLAN's managed network, if it carries one
-                fixed_address(
-                    self.session, nic_row, nic_in.ipv4, None, None, leases, nic_row.vlan_id
-                )
-            elif nic_row.bridge_id or nic_row.tap_id:
-                fixed_address(
-                    self.session,
-                    nic_row,
-                    nic_in.ipv4,
-                    nic_row.bridge_id,
-                    nic_row.tap_id,
-                    leases,
-                )
-            elif nic_in.ipv4 is not None:
-                raise InvalidInput("ipv4 is only for NICs on a managed network's bridge or tap")
+            else:  # on its segment's managed network, if it carries one
+                fixed_address(self.session, nic_row, nic_in.ipv4, leases)
         operation = Operation(
             action="create",
             resource="vm",

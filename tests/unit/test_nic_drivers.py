@@ -18,10 +18,12 @@ from app.domain.nics import (
     HostLink,
     HostLinkNeed,
     NicDriver,
+    backend_options,
     backends,
     dump_options,
     load_options,
     nic_driver,
+    peer_nics,
     present_options,
     registered,
 )
@@ -104,6 +106,28 @@ def test_stored_options_read_back_as_they_were_written(spec: NicSpec) -> None:
     assert present_options(spec.backend, stored)["hub"] == spec.hub
 
 
+def test_each_backend_names_the_option_it_needs() -> None:
+    """What the API's NicIn requires per backend (its oneOf branches): the drivers say."""
+    assert backend_options() == {"bridge": "bridge", "tap": "tap", "socket": "socket", "hub": "hub"}
+
+
+def test_a_socket_listener_is_needed_by_the_connecting_nics_of_its_port() -> None:
+    def socket(mode: str, port: int) -> dict[str, Any]:
+        return dump_options(nic("socket", socket=SocketNet(mode, port)))
+
+    own = [("socket", socket("listen", 4000)), ("user", {}), ("socket", socket("mcast", 4001))]
+    others = [
+        ("a", "socket", socket("connect", 4000)),
+        ("b", "socket", socket("connect", 4001)),  # not a port the VM listens on
+        ("c", "socket", socket("listen", 4000)),
+        ("d", "socket", socket("mcast", 4000)),  # a group needs nobody
+        ("e", "socket", {"socket": {"mode": "connect"}}),  # damaged: never stops a delete
+        ("f", "vde", {}),  # unknown backend
+    ]
+    assert peer_nics(own, others) == ["a"]
+    assert peer_nics([("socket", socket("connect", 4000))], others) == []
+
+
 def test_stored_options_that_cannot_be_read_are_invalid_input_not_a_key_error() -> None:
     with pytest.raises(InvalidInput, match="stored socket options cannot be used"):
         load_options(nic("socket"), {"socket": {"mode": "listen"}})
@@ -123,9 +147,15 @@ def test_an_unknown_backend_is_refused_naming_the_known_ones() -> None:
 
 
 class StreamDriver(NicDriver):
-    """QEMU's `-netdev stream` (QEMU 7.2+) connecting to a loopback TCP port."""
+    """QEMU's `-netdev stream` (QEMU 7.2+) connecting to a loopback TCP port (another VM's
+    listening socket NIC, say: it then needs that VM)."""
 
     name: ClassVar[str] = "stream"
+    option: ClassVar[str | None] = "stream"
+    has_peers: ClassVar[bool] = True
+
+    def needs(self, options: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({f"tcp:127.0.0.1:{int(options['stream']['port'])}"})
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: Any) -> NicSpec:
         port = int(request["stream"]["port"])
@@ -210,6 +240,10 @@ def test_a_backend_added_by_one_module_works_end_to_end(stream: NicDriver) -> No
     assert present_options("stream", {"hub": 1}) == {"hub": 1}  # damaged: listed, no 500
     # it needs no kernel link: the VM worker plans no tap for it
     assert tap_plans(machine, [row], {}) == []
+    # the API's per-backend option and in-use protection ask its driver
+    assert backend_options()["stream"] == "stream"
+    listener = dump_options(nic("socket", socket=SocketNet("listen", 4444)))
+    assert peer_nics([("socket", listener)], [("s", "stream", row.options)]) == ["s"]
 
 
 class BridgedMirror(TapNetdev):

@@ -8,35 +8,51 @@ from ipaddress import IPv4Interface
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, Network, Tap, Vlan, Vm, VmNic
+from app.db.models import Bridge, Network, Tap, Vm, VmNic
 from app.db.repositories.base import LINK_MODELS
+from app.db.repositories.segments import (
+    network_interfaces,
+    network_ref,
+    preload_objects,
+    readable_segment,
+)
 from app.domain.networks import AddressHolder
-from app.domain.vlans import VlanBackend, l3_interface_name
+from app.domain.segments import SegmentKind
 
 
 def vlan_l3_interfaces(session: Session) -> dict[str, str]:
     """VLAN id -> the name of its L3 interface (where a host address on it lives), for
-    the VLANs that carry a managed network."""
-    query = (
-        select(Vlan.id, Vlan.backend, Vlan.vlan_id, Bridge.name)
-        .join(Bridge, Bridge.id == Vlan.trunk_id)
-        .join(Network, Network.vlan_id == Vlan.id)
-    )
-    return {
-        vlan_id: l3_interface_name(VlanBackend(backend), trunk, vid)
-        for vlan_id, backend, vid, trunk in session.execute(query)
-    }
+    the VLANs that carry a managed network (their segments decide it)."""
+    return network_interfaces(session, SegmentKind.VLAN)
+
+
+def _gateway(row: Network) -> str:
+    return f"{row.gateway}/{row.subnet.split('/')[1]}"
+
+
+def _live_networks(session: Session) -> list[Network]:
+    networks = list(session.scalars(select(Network).where(Network.deleted.is_(False))))
+    preload_objects(session, networks)
+    return networks
 
 
 def network_gateways(session: Session) -> dict[str, str]:
-    """Link (or VLAN) id -> the gateway address (with prefix) its managed network puts on it
-    (a VLAN's: on the VLAN's L3 interface)."""
-    query = select(
-        Network.bridge_id, Network.tap_id, Network.vlan_id, Network.gateway, Network.subnet
-    ).where(Network.deleted.is_(False))
+    """Segment object id (a bridge's, tap's or VLAN's) -> the gateway address (with prefix)
+    its managed network puts on the segment's L3 interface."""
     result: dict[str, str] = {}
-    for bridge_id, tap_id, vlan_id, gateway, subnet in session.execute(query):
-        result[bridge_id or tap_id or vlan_id or ""] = f"{gateway}/{subnet.split('/')[1]}"
+    for row in _live_networks(session):
+        ref = network_ref(row)
+        result[ref[1] if ref is not None else ""] = _gateway(row)
+    return result
+
+
+def network_addresses(session: Session) -> list[tuple[Network, str | None, str]]:
+    """(network, the L3 interface of its segment or None, gateway with prefix) of every
+    live network."""
+    result = []
+    for row in _live_networks(session):
+        segment = readable_segment(session, row)
+        result.append((row, segment.l3_interface if segment else None, _gateway(row)))
     return result
 
 
@@ -44,19 +60,13 @@ def own_addresses(session: Session) -> dict[str, list[str]]:
     """Link name -> the IPv4 addresses (`a.b.c.d/len`) kvmnetd itself puts on it: a bridge's
     or tap's `addresses` and its network's gateway (not what an uplink moved onto a bridge:
     those are the LAN's)."""
-    gateways = network_gateways(session)
     result: dict[str, list[str]] = {}
     for model in LINK_MODELS:
-        for row_id, name, addresses in session.execute(
-            select(model.id, model.name, model.addresses)
-        ):
-            own = _stored_ipv4(addresses)
-            if row_id in gateways:
-                own.append(gateways[row_id])
-            result[name] = own
-    for vlan_id, name in vlan_l3_interfaces(session).items():
-        if vlan_id in gateways:
-            result.setdefault(name, []).append(gateways[vlan_id])
+        for name, addresses in session.execute(select(model.name, model.addresses)):
+            result[name] = _stored_ipv4(addresses)
+    for _, interface, gateway in network_addresses(session):
+        if interface is not None:
+            result.setdefault(interface, []).append(gateway)
     return result
 
 
@@ -85,18 +95,8 @@ def address_holders(session: Session, exclude_link_id: str | None = None) -> lis
             if deleted or row_id == exclude_link_id:
                 continue
             held += [AddressHolder(kind, name, name, a) for a in _stored_ipv4(addresses)]
-    names.update({k: ("vlan", v) for k, v in vlan_l3_interfaces(session).items()})
-    networks = select(
-        Network.name,
-        Network.bridge_id,
-        Network.tap_id,
-        Network.vlan_id,
-        Network.gateway,
-        Network.subnet,
-    ).where(Network.deleted.is_(False))
-    for name, bridge_id, tap_id, vlan_id, gateway, subnet in session.execute(networks):
-        link = names.get(bridge_id or tap_id or vlan_id or "", ("", "?"))[1]
-        held.append(AddressHolder("network", name, link, f"{gateway}/{subnet.split('/')[1]}"))
+    for network, interface, gateway in network_addresses(session):
+        held.append(AddressHolder("network", network.name, interface or "?", gateway))
     nics = (
         select(Vm.name, VmNic.position, VmNic.bridge_id, VmNic.tap_id, VmNic.ipv4)
         .join(Vm, Vm.id == VmNic.vm_id)

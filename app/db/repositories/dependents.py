@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import HostPort, Tap, Vm, VmNic
 from app.db.models import PortForward as PortForwardRow
+from app.domain.nics import backends_with, peer_nics
 
 
 class DependentsRepository:
@@ -37,23 +38,14 @@ class DependentsRepository:
     def nics_on_network(self, network_id: str) -> list[tuple[VmNic, Vm]]:
         return self._live_nics(VmNic.network_id == network_id)
 
-    def socket_peers(self, vm_id: str) -> list[tuple[VmNic, Vm]]:
-        """NICs of other live VMs that connect to one of this VM's listening socket NICs
-        (matched by the loopback port the listener claimed)."""
-        sockets = self._live_nics(VmNic.backend == "socket")
-        listening = {
-            int(options["port"])
-            for nic, _ in sockets
-            if nic.vm_id == vm_id
-            and (options := (nic.options or {}).get("socket") or {}).get("mode") == "listen"
-        }
-        return [
-            (nic, vm)
-            for nic, vm in sockets
-            if nic.vm_id != vm_id
-            and (options := (nic.options or {}).get("socket") or {}).get("mode") == "connect"
-            and int(options.get("port") or 0) in listening
-        ]
+    def peer_nics(self, vm_id: str) -> list[tuple[VmNic, Vm]]:
+        """NICs of other live VMs that need an endpoint one of this VM's NICs offers (a
+        socket NIC connecting to this VM's listening one): their backends' drivers decide
+        from the stored options (app.domain.nics.peer_nics)."""
+        nics = self._live_nics(VmNic.backend.in_(backends_with("has_peers")))
+        own = [(nic.backend, nic.options) for nic, _ in nics if nic.vm_id == vm_id]
+        others = [((nic, vm), nic.backend, nic.options) for nic, vm in nics if nic.vm_id != vm_id]
+        return peer_nics(own, others)
 
     def forwards_to_vm(self, vm_id: str) -> Sequence[PortForwardRow]:
         query = (

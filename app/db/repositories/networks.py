@@ -9,35 +9,47 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, HostPort, Network, Tap, Vlan, Vm, VmNic
+from app.db.models import HostPort, Network, ResourceColumns, Vm, VmNic
 from app.db.models import PortForward as PortForwardRow
-from app.db.repositories.addresses import own_addresses, vlan_l3_interfaces
+from app.db.repositories.addresses import own_addresses
 from app.db.repositories.base import ResourceRepository
+from app.db.repositories.segments import (
+    find_object,
+    network_of_object,
+    network_on,
+    network_ref,
+    network_segment,
+    preload_objects,
+    readable_segment,
+    segment_ports,
+    segment_row,
+)
 from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
 from app.domain.path_probe import ProbeTarget
+from app.domain.segments import Segment
 from app.domain.status import Status
-from app.domain.vlans import VlanBackend
 
 
 class NetworkRepository(ResourceRepository[Network]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Network)
 
-    def on_link(
-        self, bridge_id: str | None, tap_id: str | None, vlan_id: str | None = None
-    ) -> Network | None:
-        """The network on this bridge, tap or VLAN (deleted or not)."""
-        if bridge_id:
-            where = Network.bridge_id == bridge_id
-        elif tap_id:
-            where = Network.tap_id == tap_id
-        else:
-            where = Network.vlan_id == vlan_id
-        return self.session.scalars(select(Network).where(where)).first()
+    def on_segment(self, kind: str, object_id: str) -> Network | None:
+        """The network on a segment object of `kind` (a bridge, tap or VLAN; deleted or
+        not)."""
+        return network_on(self.session, kind, object_id)
+
+    def of_object(self, obj: ResourceColumns) -> Network | None:
+        """The network on a bridge, tap or VLAN row (deleted or not)."""
+        return network_of_object(self.session, obj)
+
+    def segment_object(self, kind: str, ref: str) -> ResourceColumns | None:
+        """A segment object of `kind` by id or name."""
+        return find_object(self.session, kind, ref)
 
     def subnets(self, except_id: str | None = None) -> list[tuple[str, str]]:
         """(name, subnet) of every network but one."""
@@ -55,14 +67,14 @@ class NetworkRepository(ResourceRepository[Network]):
     def own_addresses(self) -> dict[str, list[str]]:
         return own_addresses(self.session)
 
-    def link(self, row: Network) -> Bridge | Tap | Vlan | None:
-        """The network's bridge, tap or VLAN (None only once a deleted network's link went
-        first)."""
-        if row.bridge_id:
-            return self.session.get(Bridge, row.bridge_id)
-        if row.vlan_id:
-            return self.session.get(Vlan, row.vlan_id)
-        return self.session.get(Tap, row.tap_id) if row.tap_id else None
+    def link(self, row: Network) -> ResourceColumns | None:
+        """The network's segment object: its bridge, tap or VLAN (None only once a deleted
+        network's object went first)."""
+        return segment_row(self.session, row)
+
+    def segment(self, row: Network) -> Segment | None:
+        """The segment the network is on (app.domain.segments: its L3 interface)."""
+        return readable_segment(self.session, row)
 
     def gateways(self) -> list[str]:
         query = select(Network.gateway).where(Network.deleted.is_(False))
@@ -72,22 +84,10 @@ class NetworkRepository(ResourceRepository[Network]):
         query = select(VmNic.ipv4).where(VmNic.network_id == network_id, VmNic.ipv4.is_not(None))
         return {address for address in self.session.scalars(query) if address}
 
-    def nics_on_link(self, bridge_id: str | None, tap_id: str | None) -> Sequence[VmNic]:
-        """The NICs on a bridge's untagged segment (not those on its VLANs, nor its trunk
-        NICs), or on a tap."""
-        if bridge_id:
-            query = select(VmNic).where(
-                VmNic.bridge_id == bridge_id,
-                VmNic.vlan_id.is_(None),
-                func.json_array_length(VmNic.vlan_tagged) == 0,
-            )
-        else:
-            query = select(VmNic).where(VmNic.tap_id == tap_id)
-        return self.session.scalars(query).all()
-
-    def nics_on_vlan(self, vlan_id: str) -> Sequence[VmNic]:
-        """The NICs that are access ports of a VLAN (not trunk NICs carrying it tagged)."""
-        return self.session.scalars(select(VmNic).where(VmNic.vlan_id == vlan_id)).all()
+    def ports(self, kind: str, object_id: str) -> Sequence[VmNic]:
+        """The VM NICs that are ports of a segment object: a bridge's untagged ones (not
+        those on its VLANs, nor its trunk NICs), a tap's, a VLAN's access ports."""
+        return segment_ports(self.session, kind, object_id)
 
 
 class PortForwardRepository(ResourceRepository[PortForwardRow]):
@@ -194,28 +194,25 @@ def _row_state(row: Network | PortForwardRow) -> RowState:
     )
 
 
-def _link_problem(link: Bridge | Tap | Vlan | None) -> str | None:
+def _link_problem(kind: str, link: ResourceColumns | None) -> str | None:
+    """Why the network's segment object is not ready yet (None: it is)."""
     if link is None:
         return "its link is gone"
     if link.status == Status.ACTIVE.value and link.observed_generation == link.generation:
         return None
-    kind = link.__tablename__.removesuffix("s")
     detail = f": {link.status_reason}" if link.status_reason else ""
     return f"waiting for {kind} {link.name} ({link.status}{detail})"
 
 
-def _network_link(session: Session, row: Network) -> tuple[Bridge | Tap | Vlan | None, str | None]:
-    """The network's bridge, tap or VLAN and the kernel name of the link that carries its
-    gateway (a VLAN's L3 interface: app.domain.vlans.l3_interface_name)."""
-    if row.vlan_id:
-        vlan = session.get(Vlan, row.vlan_id)
-        return vlan, vlan_l3_interfaces(session).get(row.vlan_id) if vlan is not None else None
-    link = session.get(Bridge, row.bridge_id or "") or session.get(Tap, row.tap_id or "")
-    return link, link.name if link is not None else None
-
-
 def _network_state(session: Session, row: Network) -> NetworkState:
-    link, link_name = _network_link(session, row)
+    # a segment its driver cannot describe raises InvalidInput (a ValueError): the caller
+    # reports the network as unreadable
+    link, segment = network_segment(session, row)
+    link_name = segment.l3_interface if segment is not None else None
+    ref = network_ref(row)
+    problem = _link_problem(ref[0] if ref else "link", link)
+    if link is not None and segment is None:
+        problem = f"what {link.name} rides on is gone"
     nics = session.execute(
         select(
             Vm.name,
@@ -250,7 +247,7 @@ def _network_state(session: Session, row: Network) -> NetworkState:
     return NetworkState(
         _row_state(row),
         link_name,
-        _link_problem(link),
+        problem,
         nat,
         service,
         row.dnsmasq_pid,
@@ -290,7 +287,9 @@ def load_network_state(session: Session) -> tuple[list[NetworkState], list[Forwa
     """Every network and port forward, as the network worker needs them (forwards as plain
     rows joined with their target's address: thousands of them load in milliseconds)."""
     networks = []
-    for network in session.scalars(select(Network)):
+    rows = session.scalars(select(Network)).all()
+    preload_objects(session, rows)
+    for network in rows:
         try:
             networks.append(_network_state(session, network))
         except (ValueError, TypeError, AttributeError) as exc:
@@ -389,36 +388,28 @@ def orphan_forward_claims(session: Session) -> None:
 
 
 def probe_targets(session: Session) -> list[ProbeTarget]:
-    """The live managed networks, as the path probe needs them (app.domain.path_probe): a
-    network on a bridge_per_vlan VLAN is probed from a port of the VLAN's own bridge (a
-    filtering trunk's port would need its VLAN membership set: not probed)."""
-    query = (
-        select(Network, Bridge)
-        .outerjoin(Bridge, Network.bridge_id == Bridge.id)
-        .where(Network.deleted.is_(False))
-        .order_by(Network.name)
-    )
-    l3 = vlan_l3_interfaces(session)
-    per_vlan = set(
-        session.scalars(select(Vlan.id).where(Vlan.backend == VlanBackend.BRIDGE_PER_VLAN.value))
-    )
-    return [
-        ProbeTarget(
-            network_id=network.id,
-            network=network.name,
-            bridge=bridge.name if bridge is not None else _vlan_bridge(network, l3, per_vlan),
-            gateway=network.gateway,
-            prefixlen=IPv4Network(network.subnet).prefixlen,
-            dhcp=network.dhcp,
-            stp_forward_delay_s=bridge.forward_delay_cs / 100 if bridge and bridge.stp else 0.0,
+    """The live managed networks, as the path probe needs them (app.domain.path_probe):
+    each is probed from a port on its segment's `probe_bridge` (app.domain.segments: a
+    bridge, a bridge_per_vlan VLAN's own bridge; none for a routed tap or a filtering
+    trunk's VLAN, whose port would need its VLAN membership set)."""
+    query = select(Network).where(Network.deleted.is_(False)).order_by(Network.name)
+    targets = []
+    rows = session.scalars(query).all()
+    preload_objects(session, rows)
+    for network in rows:
+        segment = readable_segment(session, network)
+        targets.append(
+            ProbeTarget(
+                network_id=network.id,
+                network=network.name,
+                bridge=segment.probe_bridge if segment is not None else None,
+                gateway=network.gateway,
+                prefixlen=IPv4Network(network.subnet).prefixlen,
+                dhcp=network.dhcp,
+                stp_forward_delay_s=segment.probe_delay_s if segment is not None else 0.0,
+            )
         )
-        for network, bridge in session.execute(query)
-    ]
-
-
-def _vlan_bridge(network: Network, l3: dict[str, str], per_vlan: set[str]) -> str | None:
-    """The VLAN's own bridge, where the network is on a bridge_per_vlan VLAN."""
-    return l3.get(network.vlan_id) if network.vlan_id in per_vlan else None
+    return targets
 
 
 def network_referrers(session: Session, network_id: str) -> list[str]:

@@ -13,6 +13,7 @@ The link worker reads `tap_port_vlans` to reconcile membership (bridge(8) `bridg
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -20,9 +21,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Tap, Vlan, Vm, VmNic
+from app.db.models import Bridge, Tap, Vlan, Vm, VmNic
+from app.domain.errors import InvalidInput
+from app.domain.segments import SegmentKind, SegmentObject, describe
 from app.domain.vlan_ports import Membership, access_port, trunk_port
-from app.domain.vlans import VlanBackend, vlan_bridge_name
 
 if TYPE_CHECKING:
     from app.db.repositories.links import BridgeFacts
@@ -30,18 +32,24 @@ if TYPE_CHECKING:
 
 def vlan_masters(session: Session, bridges: Mapping[str, BridgeFacts]) -> dict[str, BridgeFacts]:
     """VLAN row id -> the bridge its access ports join (name, and the MTU it keeps: the
-    trunk's): the per-VLAN bridge with bridge_per_vlan, the trunk with vlan_filtering. A
-    VLAN whose trunk is not in `bridges` is left out."""
+    trunk's): its segment's master (app.domain.segments.vlan: the per-VLAN bridge with
+    bridge_per_vlan, the trunk with vlan_filtering). A VLAN whose trunk is not in `bridges`
+    is left out; one its driver cannot place (its backend unknown) keeps the trunk."""
     masters: dict[str, BridgeFacts] = {}
-    for row_id, trunk_id, vid, backend in session.execute(
-        select(Vlan.id, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend)
+    for row_id, name, trunk_id, vid, backend in session.execute(
+        select(Vlan.id, Vlan.name, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend)
     ):
         trunk = bridges.get(trunk_id)
         if trunk is None:
             continue
-        if backend == VlanBackend.BRIDGE_PER_VLAN.value:
-            trunk = replace(trunk, name=vlan_bridge_name(trunk.name, vid))
-        masters[row_id] = trunk
+        obj = SegmentObject(
+            SegmentKind.VLAN.value, row_id, name, trunk=trunk.name, vid=vid, backend=backend
+        )
+        try:
+            master = describe(obj).master
+        except InvalidInput:  # a row its driver cannot read: its ports stay on the trunk
+            master = None
+        masters[row_id] = replace(trunk, name=master or trunk.name)
     return masters
 
 
@@ -56,17 +64,25 @@ def port_master(
     return bridges.get(bridge_id) if bridge_id else None
 
 
-def _filtering_vids(session: Session, trunk_id: str) -> dict[str, int] | None:
-    """VLAN row id -> VID of the trunk's live VLANs, or None unless the trunk filters."""
-    vlans = [
-        v
-        for v in session.scalars(
-            select(Vlan).where(Vlan.trunk_id == trunk_id, Vlan.deleted.is_(False))
+def _access_vids(session: Session, trunk_id: str) -> dict[str, int]:
+    """VLAN row id -> the VID its ports are access ports of on the trunk itself (its
+    segment's `access_vid`: the trunk's live VLANs when it filters VLANs; none with
+    bridge_per_vlan, whose ports sit untagged on per-VLAN bridges)."""
+    query = (
+        select(Vlan.id, Vlan.name, Vlan.vlan_id, Vlan.backend, Bridge.name)
+        .join(Bridge, Bridge.id == Vlan.trunk_id)
+        .where(Vlan.trunk_id == trunk_id, Vlan.deleted.is_(False))
+    )
+    vids: dict[str, int] = {}
+    for row_id, name, vid, backend, trunk in session.execute(query):
+        obj = SegmentObject(
+            SegmentKind.VLAN.value, row_id, name, trunk=trunk, vid=vid, backend=backend
         )
-    ]
-    if not any(v.backend == VlanBackend.VLAN_FILTERING.value for v in vlans):
-        return None
-    return {v.id: v.vlan_id for v in vlans}
+        with contextlib.suppress(InvalidInput):  # a row its driver cannot read: no port
+            access = describe(obj).access_vid
+            if access is not None:
+                vids[row_id] = access
+    return vids
 
 
 def tap_port_vlans(session: Session, trunk_id: str) -> dict[str, dict[int, Membership]]:
@@ -76,8 +92,8 @@ def tap_port_vlans(session: Session, trunk_id: str) -> dict[str, dict[int, Membe
     Taps on no VLAN are not listed (left as the kernel made them: the bridge's default
     PVID), nor NICs of VMs being deleted, nor VIDs whose VLAN is being deleted. Empty for a
     trunk that does not filter VLANs (bridge_per_vlan: its ports sit on per-VLAN bridges)."""
-    vids = _filtering_vids(session, trunk_id)
-    if vids is None:
+    vids = _access_vids(session, trunk_id)
+    if not vids:
         return {}
     ports: dict[str, dict[int, Membership]] = {}
     taps = select(Tap.name, Tap.vlan_id).where(

@@ -55,6 +55,7 @@ def trunk_vlans(
 class BridgeDriver(TapNetdev):
     name: ClassVar[str] = "bridge"
     host_link: ClassVar[HostLink] = HostLink.VM_TAP
+    option: ClassVar[str | None] = "bridge"
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         bridge = request.get("bridge")

@@ -16,6 +16,7 @@ class HubDriver(NicDriver):
     name: ClassVar[str] = "hub"
     joins_hub: ClassVar[bool] = False
     owns_hub: ClassVar[bool] = True
+    option: ClassVar[str | None] = "hub"
 
     def validate(self, nic: NicSpec) -> None:
         if nic.hub is None:

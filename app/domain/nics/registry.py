@@ -14,14 +14,17 @@ A driver answers, for one NIC:
 - host_links: the kernel links it needs (a tap the VM worker makes on a bridge, one of our
   tap resources, none);
 - netdev: QEMU's `-netdev` argument for it;
-- present: what the API shows of its stored options.
+- present: what the API shows of its stored options;
+- offers/needs: endpoints a NIC offers other VMs' NICs and the ones it needs from them (a
+  listening socket and the sockets that connect to it), from its stored options: what
+  in-use protection asks before a VM goes (`peer_nics`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -89,6 +92,9 @@ class NicDriver:
     joins_hub: ClassVar[bool] = True  # with no guest NIC (model null) it may join a hub
     owns_hub: ClassVar[bool] = False  # its `hub` is the hub the guest NIC itself sits on
     mtu_refused: ClassVar[str | None] = None  # why an MTU cannot be set on it
+    has_peers: ClassVar[bool] = False  # offers or needs endpoints of other VMs' NICs
+    # the request field that says where it attaches (`tap` for the tap backend), None: none
+    option: ClassVar[str | None] = None
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         """The spec of a NIC from a request's NIC fields (the API's NicIn as plain data)."""
@@ -119,6 +125,15 @@ class NicDriver:
     def present(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Fields the API shows from stored options, beyond the common `hub`."""
         return {}
+
+    def offers(self, options: Mapping[str, Any]) -> frozenset[str]:
+        """Endpoints a NIC with these stored options offers other VMs' NICs (opaque keys,
+        compared with what `needs` gives)."""
+        return frozenset()
+
+    def needs(self, options: Mapping[str, Any]) -> frozenset[str]:
+        """Endpoints of other VMs' NICs a NIC with these stored options needs."""
+        return frozenset()
 
 
 _DRIVERS: dict[str, NicDriver] = {}
@@ -168,9 +183,19 @@ def nic_driver(name: str) -> NicDriver:
     return driver
 
 
+def backends_with(test: str) -> list[str]:
+    """The backends whose class attribute `test` is true."""
+    return [name for name in backends() if getattr(_DRIVERS[name], test)]
+
+
 def backends_where(test: str) -> str:
     """`a, b or c`: the backends whose class attribute `test` is true (for messages)."""
-    return either([name for name in backends() if getattr(_DRIVERS[name], test)])
+    return either(backends_with(test))
+
+
+def backend_options() -> dict[str, str]:
+    """Backend -> the request field it needs (the backends that need one)."""
+    return {name: d.option for name, d in _DRIVERS.items() if d.option is not None}
 
 
 # ---- the stored `options` JSON of a NIC row ------------------------------------------------
@@ -210,6 +235,38 @@ def present_options(backend: str, options: Mapping[str, Any] | None) -> dict[str
         with contextlib.suppress(KeyError, TypeError, ValueError):
             shown.update(driver.present(stored))
     return shown
+
+
+def _endpoints(backend: str, options: Mapping[str, Any] | None, offered: bool) -> frozenset[str]:
+    """What a stored NIC offers or needs; nothing for an unknown backend or options its
+    driver cannot read (a damaged row never stops a delete)."""
+    driver = find_driver(backend)
+    if driver is None:
+        return frozenset()
+    try:
+        return (driver.offers if offered else driver.needs)(options or {})
+    except (KeyError, TypeError, ValueError):
+        return frozenset()
+
+
+T = TypeVar("T")
+
+
+def peer_nics(
+    own: Iterable[tuple[str, Mapping[str, Any] | None]],
+    others: Iterable[tuple[T, str, Mapping[str, Any] | None]],
+) -> list[T]:
+    """Of `others` ((key, backend, stored options) of other VMs' NICs), the keys of those
+    that need an endpoint one of `own` ((backend, stored options) of a VM's NICs) offers:
+    the NICs a VM's removal would leave dangling."""
+    offered: set[str] = set()
+    for backend, options in own:
+        offered |= _endpoints(backend, options, offered=True)
+    if not offered:
+        return []
+    return [
+        key for key, backend, options in others if _endpoints(backend, options, False) & offered
+    ]
 
 
 # ---- rules every backend shares -------------------------------------------------------------

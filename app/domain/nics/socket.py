@@ -25,9 +25,27 @@ def listening_port(stored: tuple[str, Mapping[str, Any]] | None) -> int | None:
     return int(options["port"]) if options.get("mode") == "listen" else None
 
 
+def _endpoint(options: Mapping[str, Any], mode: str) -> frozenset[str]:
+    """The loopback TCP port of a stored socket NIC in `mode` as an endpoint key."""
+    socket = options.get("socket") or {}
+    if socket.get("mode") != mode:
+        return frozenset()
+    return frozenset({f"tcp:{LOOPBACK}:{int(socket['port'])}"})
+
+
 @register
 class SocketDriver(NicDriver):
     name: ClassVar[str] = "socket"
+    has_peers: ClassVar[bool] = True
+    option: ClassVar[str | None] = "socket"
+
+    def offers(self, options: Mapping[str, Any]) -> frozenset[str]:
+        """A listening NIC offers the loopback port it claimed."""
+        return _endpoint(options, "listen")
+
+    def needs(self, options: Mapping[str, Any]) -> frozenset[str]:
+        """A connecting NIC needs its peer's port (multicast groups need nobody)."""
+        return _endpoint(options, "connect")
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         wanted = request["socket"]

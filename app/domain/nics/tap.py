@@ -48,6 +48,7 @@ class TapNetdev(NicDriver):
 class TapDriver(TapNetdev):
     name: ClassVar[str] = "tap"
     host_link: ClassVar[HostLink] = HostLink.TAP
+    option: ClassVar[str | None] = "tap"
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         return replace(nic, tap=claims.tap_resource(str(request["tap"]), nic.queues))

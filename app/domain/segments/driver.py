@@ -1,0 +1,156 @@
+"""L2 segment kinds as drivers, the pure half: what a network or a NIC attaches to, and the
+kernel links that follow from it. The database half (where a kind's objects are stored and
+how a network or NIC row points at one) lives in app.db.repositories.segments.
+
+The shape is the one of app.domain.links and app.domain.nics (Incus's network drivers,
+internal/server/network/network_load.go: a map from type name to driver; Neutron's
+`provider:network_type`): one module per kind subclasses `SegmentDriver` and registers it;
+the rest of the daemon asks the registry which interface carries a network's gateway,
+dnsmasq and NAT, which bridge a NIC's tap joins and which VLAN that port is an access port
+of. Nothing else switches on the kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+from app.domain.errors import InvalidInput
+
+
+class SegmentKind(enum.StrEnum):
+    """The built-in kinds (a registered driver's `kind` may be any other name)."""
+
+    BRIDGE = "bridge"  # one of our bridges: a flat L2 segment, its own L3 interface
+    TAP = "tap"  # one of our tap resources, routed: the tap itself carries L3
+    VLAN = "vlan"  # a VLAN on a trunk bridge (app.domain.vlans): either backend
+
+
+@dataclass(frozen=True)
+class SegmentObject:
+    """The object a segment is, as the database knows it (plain data). Fields a kind does
+    not use stay at their defaults."""
+
+    kind: str
+    id: str  # the row's id (a bridge's, a tap's, a VLAN's)
+    name: str  # the resource's name (for messages)
+    link: str | None = None  # its own kernel link (a bridge's or tap's name)
+    trunk: str | None = None  # a VLAN's trunk bridge (kernel name)
+    vid: int | None = None  # a VLAN's id (1-4094)
+    backend: str | None = None  # a VLAN's backend (app.domain.vlans.VlanBackend)
+    forward_delay_s: float = 0.0  # a bridge's STP forward delay (0 with STP off), seconds
+
+
+@dataclass(frozen=True)
+class Segment:
+    """What the rest of the daemon needs to know of a segment.
+
+    - `l3_interface`: the kernel link that carries L3 for a network on it: the gateway
+      address, the interface dnsmasq binds to, the one the NAT rules and diagnostics name;
+    - `master`: the bridge a NIC's tap joins on this segment (None: no bridge; the segment
+      is the NIC's tap itself, a routed tap);
+    - `access_vid`: the VLAN a port on it is an access port of on a VLAN-filtering bridge
+      (`bridge vlan add ... pvid untagged`, bridge(8)); None: untagged, no membership;
+    - `probe_bridge`: the bridge on which the path probe can put a throwaway port to act
+      as a guest (None: not probed), and `probe_delay_s` how long a new port there waits
+      before it forwards (STP forward delay, IEEE 802.1D), seconds.
+    """
+
+    kind: str
+    id: str
+    name: str
+    l3_interface: str
+    master: str | None = None
+    access_vid: int | None = None
+    probe_bridge: str | None = None
+    probe_delay_s: float = 0.0
+
+
+class SegmentDriver:
+    """The common base of every segment kind: a segment that is one kernel link of its own
+    (the object's `link`), which is also what a NIC's tap joins. Kinds override only where
+    they differ. Instances are stateless: one per kind, in the registry."""
+
+    kind: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # what messages call it ("bridge", "tap", "VLAN")
+
+    def l3_interface(self, obj: SegmentObject) -> str:
+        if obj.link is None:
+            raise InvalidInput(f"{self.label or self.kind} {obj.name!r} has no kernel link")
+        return obj.link
+
+    def master(self, obj: SegmentObject) -> str | None:
+        return obj.link
+
+    def access_vid(self, obj: SegmentObject) -> int | None:
+        return None
+
+    def probe_bridge(self, obj: SegmentObject) -> str | None:
+        return self.master(obj)
+
+    def describe(self, obj: SegmentObject) -> Segment:
+        """The segment an object of this kind is."""
+        return Segment(
+            kind=obj.kind,
+            id=obj.id,
+            name=obj.name,
+            l3_interface=self.l3_interface(obj),
+            master=self.master(obj),
+            access_vid=self.access_vid(obj),
+            probe_bridge=self.probe_bridge(obj),
+            probe_delay_s=obj.forward_delay_s,
+        )
+
+
+_DRIVERS: dict[str, SegmentDriver] = {}
+
+D = TypeVar("D", bound=type[SegmentDriver])
+
+
+def register(driver: D) -> D:
+    """Class decorator: make `driver` the one of its `kind` (ValueError when taken)."""
+    if not driver.kind or driver.kind in _DRIVERS:
+        raise ValueError(f"segment kind {driver.kind!r} is unnamed or already registered")
+    _DRIVERS[driver.kind] = driver()
+    return driver
+
+
+def unregister(kind: str) -> None:
+    _DRIVERS.pop(kind, None)
+
+
+@contextlib.contextmanager
+def registered(driver: type[SegmentDriver]) -> Iterator[SegmentDriver]:
+    """`driver` registered for the duration of the block (tests)."""
+    register(driver)
+    try:
+        yield _DRIVERS[driver.kind]
+    finally:
+        unregister(driver.kind)
+
+
+def kinds() -> list[str]:
+    """The registered kinds: the built-in ones in SegmentKind's order, then the others."""
+    built_in = [k.value for k in SegmentKind if k.value in _DRIVERS]
+    return built_in + [kind for kind in _DRIVERS if kind not in built_in]
+
+
+def find_driver(kind: str) -> SegmentDriver | None:
+    return _DRIVERS.get(kind)
+
+
+def segment_driver(kind: str) -> SegmentDriver:
+    """The driver of `kind`; InvalidInput naming the known ones otherwise (a row written by
+    a newer version, say)."""
+    driver = _DRIVERS.get(kind)
+    if driver is None:
+        raise InvalidInput(f"unknown segment kind {kind!r}; known: {', '.join(kinds())}")
+    return driver
+
+
+def describe(obj: SegmentObject) -> Segment:
+    """The segment `obj` is, by its kind's driver."""
+    return segment_driver(obj.kind).describe(obj)
