@@ -16,7 +16,7 @@ RUN_ENV := KVMNETD_STATE_DIR=$(VAR)/lib/kvmnetd KVMNETD_RUN_DIR=$(VAR)/run/kvmne
 
 QEMU_USER ?= kvmnetd-qemu
 
-.PHONY: run test deps system-deps qemu-user lint unit openapi bench clean kernel-tier
+.PHONY: run test deps system-deps qemu-user lint unit openapi bench bench-vlans clean kernel-tier
 
 run: deps qemu-user $(VAR)/lib/kvmnetd/kernel/vmlinuz
 	$(RUN_ENV) $(BIN)/kvmnetd db upgrade
@@ -69,6 +69,11 @@ bench: deps
 	$(BIN)/python -m bench.taps
 	$(BIN)/python -m bench.vms
 	$(BIN)/python -m bench.forwards
+
+# 100 VLANs x 10 taps on Debian's kernel (the kernel tier's nested host, bench/vlans.py): one
+# boot, both backends, ~N min under TCG; ARGS="--profile" adds where the time goes
+bench-vlans: deps
+	$(BIN)/python -m bench.vlans $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

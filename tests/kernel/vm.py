@@ -7,7 +7,8 @@ nested-init.sh runs it and writes its output and exit status there. qemu is boun
 timeout, killed when it passes, and always reaped. Another thread can end a run at once through
 its `Cancel` (the host's session ended early); qemu also gets SIGKILL when the thread that
 started it dies (prctl(2) PR_SET_PDEATHSIG, set by setpriv(1)), so not even a SIGKILLed host
-pytest leaves it running.
+pytest leaves it running. `run_command` is the entry point for tools outside pytest (the
+VLAN benchmark, bench/vlans.py): build or load the tier, run one command, return its output.
 """
 
 from __future__ import annotations
