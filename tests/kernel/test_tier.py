@@ -1,9 +1,10 @@
 """The kernel tier's host side, checked cheaply: proxies select like ordinary tests (collection
 only); the nested run starts in the background when collection ends and is killed when the host
 session ends early (`-x`, Ctrl-C); the tier's timeout kills the nested host and reports its
-serial console (a boot cut off after 2 s; run_command's timeout likewise); no qemu or no fetchable kernel makes the tier
-unavailable. That a nested failure, skip or xfail reaches the host as such is proven by the
-canaries of nested/test_tier_canary.py, which ride in the session's one nested run.
+serial console (a boot cut off after 2 s; run_command's timeout likewise); no qemu or no
+fetchable kernel makes the tier unavailable. That a nested failure, skip or xfail reaches the
+host as such is proven by the canaries of nested/test_tier_canary.py, which ride in the
+session's one nested run.
 
 The subprocess checks run the host's pytest with KVT_RUNS_DIR set to a fresh directory, so the
 qemu they look for is theirs, not the session's own nested run."""
