@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,8 @@ from typing import Any
 from bench.taps import Figure, Results, code_version, details_text, in_netns, median, table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vlans.json"
-RESULT_MARK = "kvmnetd-bench-vlans-result: "  # the nested run's one JSON line starts with it
+# each backend's results: one JSON line starting with this, printed as soon as it is done
+RESULT_MARK = "kvmnetd-bench-vlans-result: "
 BACKENDS = ("bridge_per_vlan", "vlan_filtering")
 N_VLANS = 100
 TAPS_PER_VLAN = 10
@@ -324,8 +326,10 @@ def post_all(
     return perf_counter() - started
 
 
-def api_setup(client: Any) -> None:
-    """(untimed) br0 with eth0 as its uplink, through the API."""
+def api_setup(client: Any) -> float:
+    """(untimed) br0 with eth0 as its uplink, through the API, and the host's capabilities
+    probed (the daemon probes them once, at the first request that needs them: a VLAN
+    create); returns the probe's seconds."""
     r = client.post("/v1/bridges", params={"wait": WAIT_S}, json={"name": TRUNK})
     if r.status_code != 201:
         raise RuntimeError(f"creating {TRUNK}: {r.status_code} {r.text}")
@@ -333,6 +337,15 @@ def api_setup(client: Any) -> None:
     r = client.put(f"/v1/bridges/{TRUNK}/uplink", params={"wait": WAIT_S}, json=body)
     if r.status_code not in (200, 201) or r.json().get("status") != "active":
         raise RuntimeError(f"the uplink of {TRUNK}: {r.status_code} {r.text}")
+    started = perf_counter()
+    r = client.get("/v1/host/capabilities")
+    if r.status_code != 200:
+        raise RuntimeError(f"probing capabilities: {r.status_code} {r.text}")
+    return perf_counter() - started
+
+
+def progress(what: str) -> None:
+    print(f"bench {time.strftime('%H:%M:%S')}: {what}", flush=True)
 
 
 def api_run(client: Any, ns: str, backend: str, plan: Plan, clients: int, profile: bool) -> ApiRun:
@@ -350,7 +363,9 @@ def api_run(client: Any, ns: str, backend: str, plan: Plan, clients: int, profil
     reports: dict[str, str] = {}
     with sampled(profile, reports, "api"):
         run.vlans_s = post_all(client, "/v1/vlans", vlans, clients, run)
+        progress(f"{backend}: {len(vlans)} VLANs active after {run.vlans_s:.1f} s")
         run.taps_s = post_all(client, "/v1/taps", taps, clients, run)
+        progress(f"{backend}: {len(taps)} taps active after {run.taps_s:.1f} s")
         run.settle_s, run.count = settle(ns, backend, plan)
     run.profile = reports.get("api", "")
     return run
@@ -480,7 +495,6 @@ def bench_backend(backend: str, plan: Plan, params: argparse.Namespace) -> dict[
                     state_dir=Path(tmp) / "state",
                     run_dir=Path(tmp) / "run",
                     listen="",
-                    reconcile_interval=3600,  # only the bench asks for full passes
                     probe_kernel=Path(tmp) / "no-kernel",
                 )
                 app = create_app(settings, token="bench-token", host_netns=ns)
@@ -488,9 +502,12 @@ def bench_backend(backend: str, plan: Plan, params: argparse.Namespace) -> dict[
                     supervisor = app.state.supervisor
                     if not supervisor.ready.wait(READY_S):
                         raise RuntimeError(f"the supervisor was not ready within {READY_S} s")
-                    api_setup(client)
+                    probe_s = api_setup(client)
+                    progress(f"{backend}: trunk and uplink set, capabilities probed")
                     api = api_run(client, ns, backend, plan, params.clients, params.profile)
+                    progress(f"{backend}: API run done in {api.wall:.1f} s")
                     raw_after, _ = raw_run(lan, 2, backend, plan)
+                    progress(f"{backend}: raw loops {raw_before:.1f} s, {raw_after:.1f} s")
                     passes = full_passes(supervisor, ns, params.passes, params.profile)
                     after_passes = in_netns(ns, count_kernel, backend, plan)
         finally:
@@ -511,6 +528,8 @@ def bench_backend(backend: str, plan: Plan, params: argparse.Namespace) -> dict[
         "api_latency_max_ms": max(api.latencies, default=0.0) * 1000,
         "raw_wall_s": [raw_before, raw_after],
         "api_settle_s": api.settle_s,
+        "capabilities_probe_s": probe_s,
+        "reconcile_interval_s": settings.reconcile_interval,
         "kernel_api": api.count.__dict__ if api.count else None,
         "kernel_raw": raw_count.__dict__,
         "kernel_after_passes": after_passes.__dict__,
@@ -538,14 +557,12 @@ def inside(params: argparse.Namespace) -> int:
         return 2
     load_modules()
     plan = Plan(list(range(1, params.vlans + 1)), params.taps_per_vlan)
-    started = perf_counter()
-    runs = []
     for backend in params.backends:
-        print(f"bench: {backend} ...", flush=True)
-        runs.append(bench_backend(backend, plan, params))
-        print(f"bench: {backend} done after {perf_counter() - started:.0f} s", flush=True)
-    document = {"runs": runs, "kernel": platform.release(), "python": platform.python_version()}
-    print(RESULT_MARK + json.dumps(document), flush=True)
+        progress(f"{backend}: {len(plan.vids)} VLANs x {plan.taps_per_vlan} taps")
+        run = bench_backend(backend, plan, params)
+        run |= {"kernel": platform.release(), "python": platform.python_version()}
+        print(RESULT_MARK + json.dumps(run), flush=True)
+        progress(f"{backend}: done")
     return 0
 
 
@@ -560,8 +577,9 @@ def figures(run: dict[str, Any]) -> list[Figure]:
             "s",
             run["api_wall_s"],
             raw,
-            f"API (in-process app), {run['clients']} clients, each ?wait= until active | plain "
-            "pyroute2 IPRoute loop in a fresh netns (mean of 2: before and after)",
+            f"API (in-process app, capabilities probed before), {run['clients']} clients, each "
+            "?wait= until active, then until the kernel holds every object | plain pyroute2 "
+            "IPRoute loop in a fresh netns (mean of 2: before and after)",
             f"<= {API_WITHIN:g}x raw",
             max_ratio=API_WITHIN,
         ),
@@ -578,11 +596,17 @@ def figures(run: dict[str, Any]) -> list[Figure]:
     ]
 
 
-def parse_result(output: str) -> dict[str, Any] | None:
-    for line in output.splitlines():
-        if line.startswith(RESULT_MARK):
-            return dict(json.loads(line[len(RESULT_MARK) :]))
-    return None
+def parse_results(output: str) -> list[dict[str, Any]]:
+    """Each finished backend's results (a run cut off still reports the backends it did)."""
+    return [
+        dict(json.loads(line[len(RESULT_MARK) :]))
+        for line in output.splitlines()
+        if line.startswith(RESULT_MARK)
+    ]
+
+
+def progress_lines(output: str) -> str:
+    return "\n".join(line for line in output.splitlines() if not line.startswith(RESULT_MARK))
 
 
 def inside_argv(params: argparse.Namespace) -> list[str]:
@@ -597,14 +621,16 @@ def on_host(params: argparse.Namespace) -> int:
 
     load = os.getloadavg()[0]
     nested = run_command(inside_argv(params), timeout=params.timeout)
-    document = parse_result(nested.output)
-    if nested.exit_code != 0 or document is None:
-        print(nested.output[-8000:])
+    runs = parse_results(nested.output)
+    failed = nested.exit_code != 0 or len(runs) != len(params.backends)
+    if failed:
+        print(progress_lines(nested.output)[-8000:])
         print(f"--- serial console (tail) ---\n{nested.console_tail()}")
         print(f"the nested run failed: {nested.reason} ({nested.seconds:.0f} s)")
-        return 1
+        if not runs:
+            return 1
     results = Results()
-    for run in document["runs"]:
+    for run in runs:
         results.figures += figures(run)
         results.details[run["backend"]] = {
             k: v for k, v in run.items() if not k.startswith("profile") and k != "backend"
@@ -612,23 +638,24 @@ def on_host(params: argparse.Namespace) -> int:
     print(table(results.figures))
     print()
     print(details_text(results.details))
-    for run in document["runs"]:
+    for run in runs:
         for key in ("profile_api", "profile_pass"):
             if run[key]:
                 print(f"\n--- {run['backend']}: {key} ---\n{run[key]}")
     print(
-        f"\nnested host: {document['kernel']}, Python {document['python']}, 1 vCPU under TCG; "
+        f"\nnested host: {runs[0]['kernel']}, Python {runs[0]['python']}, 1 vCPU under TCG; "
         f"whole nested run {nested.seconds:.0f} s; host load (1 min) at start/end: "
         f"{load:.1f}/{os.getloadavg()[0]:.1f}"
     )
-    write_json(results, document, params, nested.seconds, load)
+    write_json(results, runs, params, nested.seconds, load)
     print(f"written: {RESULTS}")
-    return 0 if all(r["same_objects"] and not r["api_failed"] for r in document["runs"]) else 1
+    ok = all(r["same_objects"] and not r["api_failed"] for r in runs)
+    return 0 if ok and not failed else 1
 
 
 def write_json(
     results: Results,
-    document: dict[str, Any],
+    runs: list[dict[str, Any]],
     params: argparse.Namespace,
     seconds: float,
     load: float,
@@ -639,10 +666,10 @@ def write_json(
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "code": code_version(),
         "host": {"kernel": platform.release(), "loadavg_1m": load},
-        "nested": {"kernel": document["kernel"], "python": document["python"], "run_s": seconds},
+        "nested": {"kernel": runs[0]["kernel"], "python": runs[0]["python"], "run_s": seconds},
         "params": vars(params),
         "figures": [f.as_dict() for f in results.figures],
-        "runs": document["runs"],
+        "runs": runs,
     }
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
 
@@ -664,6 +691,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     params = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: run_command's cleanup (qemu killed and reaped) runs
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return inside(params) if params.inside else on_host(params)
 
 
