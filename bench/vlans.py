@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -408,7 +409,8 @@ class Sampler:
         self.totals[thread] = self.totals.get(thread, 0) + 1
         seen = set()
         frame = top
-        while frame is not None:
+        # a thread's stack changes while it is walked: stop at anything not a frame
+        while isinstance(frame, types.FrameType):
             code = frame.f_code
             key = (code.co_filename, code.co_firstlineno, code.co_name)
             if key not in seen:
