@@ -71,7 +71,8 @@ bench: deps
 	$(BIN)/python -m bench.forwards
 
 # 100 VLANs x 10 taps on Debian's kernel (the kernel tier's nested host, bench/vlans.py): one
-# boot, both backends, ~N min under TCG; ARGS="--profile" adds where the time goes
+# boot, both backends, bounded by --timeout (90 min). Slow under TCG: 20 x 10 took ~20 min per
+# backend on the shared 2-core machine; ARGS="--vlans 20 --profile" (where the time goes)
 bench-vlans: deps
 	$(BIN)/python -m bench.vlans $(ARGS)
 

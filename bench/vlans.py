@@ -59,7 +59,7 @@ N_VLANS = 100
 TAPS_PER_VLAN = 10
 CLIENTS = 16
 PASSES = 5
-TIMEOUT_S = 3000.0  # the whole nested run (boot, both backends, power-off)
+TIMEOUT_S = 5400.0  # the whole nested run (boot, both backends, power-off)
 WAIT_S = 600  # ?wait= on every create; also how long a full pass may take
 READY_S = 600  # the app's first full pass, in the nested host's slow Python
 TRUNK = "br0"
