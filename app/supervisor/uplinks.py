@@ -208,10 +208,14 @@ class UplinkReconciler:
         (bench/vlans.py)."""
         if work.permanent_mac:
             named = uplink.link_facts(self.ipr, work.interface)
-            if named is not None and named.kind != "bridge":
-                # find_by_mac's rule: the permanent MAC, else (a NIC without one) the current
-                if (named.permanent_mac or named.mac) == work.permanent_mac:
-                    return work.interface
+            # find_by_mac's rule: not a bridge; the permanent MAC, else (a NIC without one)
+            # the current one
+            if (
+                named is not None
+                and named.kind != "bridge"
+                and (named.permanent_mac or named.mac) == work.permanent_mac
+            ):
+                return work.interface
             found = uplink.find_by_mac(self.ipr, work.permanent_mac)
             if found is not None:
                 return found
