@@ -23,8 +23,9 @@ throwaway kvt-* namespace whose trunk bridge br0 has a veth uplink eth0 (its far
 Every figure's kernel state is checked through netlink (links, masters, VLAN membership).
 Run as `make bench-vlans` or `.venv/bin/python -m bench.vlans` (root; the nested run is bounded
 by --timeout; qemu is always reaped, the namespaces live and die inside the nested host).
-Figures go to stdout and bench/results/vlans.json. `--profile` adds a cProfile of the API run
-and of one extra full pass (sampled stacks per thread: the share of each function) to the output.
+Figures go to stdout and bench/results/vlans.json. `--profile` adds where the time of the API
+run and of one extra full pass goes (stacks of every thread sampled every 50 ms: the share of
+each function), at some cost to the figures.
 """
 
 from __future__ import annotations
@@ -401,7 +402,9 @@ class Sampler:
     (sys._current_frames) are sampled every INTERVAL s, and each function's share is the
     share of its thread's samples in which it was on the stack. cProfile would see only the
     thread it is enabled in (threading.setprofile_all_threads needs Python 3.12), and the
-    supervisor's thread is already running; py-spy is not in the nested host."""
+    supervisor's thread is already running; py-spy is not in the nested host. Walking
+    another thread's running stack is not safe in CPython 3.11: one --profile run of the
+    nested host's Python 3.11.7 died of a segmentation fault (two others ran through)."""
 
     INTERVAL = 0.05  # coarse: the sampler shares the one vCPU (~1-2 % of it)
 
@@ -709,7 +712,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=TIMEOUT_S, help="s for the nested run (%(default)s)"
     )
-    parser.add_argument("--profile", action="store_true", help="add cProfile figures")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample where the time goes (perturbs the figures; see Sampler: may crash)",
+    )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
