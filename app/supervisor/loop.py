@@ -64,6 +64,11 @@ class Supervisor:
         self.clock = clock
         self.ready = threading.Event()
         self.passes = 0
+        # a timing hook (read by bench/vlans.py; nothing acts on it): how many full passes
+        # (links, uplinks, VLANs; with the orphan sweep) have finished, and the wall time of
+        # the last one in seconds (time.perf_counter, not the injected clock)
+        self.full_passes = 0
+        self.last_full_pass_s: float | None = None
         self._wake = threading.Condition()
         self._dirty = True
         self._names: set[str] = set()
@@ -187,6 +192,7 @@ class Supervisor:
                 scope, names, trunks = self._next_work(next_full, backoff)
                 if scope is None:
                     return
+                started = time.perf_counter()
                 try:
                     self._reconciler.run(scope, names)
                     if scope is not Scope.NAMES:
@@ -202,6 +208,8 @@ class Supervisor:
                         pass_backoff.succeeded(PASS_KEY)
                         faults.succeeded(PASS_KEY, "the link reconcile pass")
                         self.ready.set()
+                        self.last_full_pass_s = time.perf_counter() - started
+                        self.full_passes += 1
                 except Exception as exc:
                     # the work of this pass is redone by the full resync, after a backoff
                     faults.failed(PASS_KEY, f"the {scope.value} link reconcile pass", exc)

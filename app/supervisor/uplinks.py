@@ -207,8 +207,20 @@ class UplinkReconciler:
         self._settle(work, Status.ACTIVE, None)
 
     def _present_name(self, work: UplinkWork) -> str:
-        """The NIC's name now: found by its permanent MAC if it was renamed."""
+        """The NIC's name now: found by its permanent MAC if it was renamed. The recorded
+        name is checked first (one link get): only when it no longer carries that MAC are all
+        links dumped, which with a thousand links cost as much as the rest of a full pass
+        (bench/vlans.py)."""
         if work.permanent_mac:
+            named = uplink.link_facts(self.ipr, work.interface)
+            # find_by_mac's rule: not a bridge; the permanent MAC, else (a NIC without one)
+            # the current one
+            if (
+                named is not None
+                and named.kind != "bridge"
+                and (named.permanent_mac or named.mac) == work.permanent_mac
+            ):
+                return work.interface
             found = uplink.find_by_mac(self.ipr, work.permanent_mac)
             if found is not None:
                 return found

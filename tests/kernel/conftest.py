@@ -42,11 +42,10 @@ from typing import Any
 import pytest
 
 from tests.kernel.build import TierUnavailable, build_tier
-from tests.kernel.vm import QEMU, Cancel, NestedRun, run_nested
+from tests.kernel.vm import QEMU, RUNS_DIR, Cancel, NestedRun, run_nested
 
 HERE = Path(__file__).resolve().parent
 NESTED_DIR = HERE / "nested"
-RUNS_DIR = Path(os.environ.get("KVT_RUNS_DIR") or HERE.parent / ".cache" / "kernel-runs")
 INSIDE = os.environ.get("KVT_NESTED") == "1"
 TIER_TIMEOUT = float(os.environ.get("KVT_TIER_TIMEOUT", "900"))
 # markers that act while a test runs: they belong to the inner run, not to the host's proxy

@@ -1,9 +1,10 @@
 """The kernel tier's host side, checked cheaply: proxies select like ordinary tests (collection
 only); the nested run starts in the background when collection ends and is killed when the host
 session ends early (`-x`, Ctrl-C); the tier's timeout kills the nested host and reports its
-serial console (a boot cut off after 2 s); no qemu or no fetchable kernel makes the tier
-unavailable. That a nested failure, skip or xfail reaches the host as such is proven by the
-canaries of nested/test_tier_canary.py, which ride in the session's one nested run.
+serial console (a boot cut off after 2 s; run_command's timeout likewise); no qemu or no
+fetchable kernel makes the tier unavailable. That a nested failure, skip or xfail reaches the
+host as such is proven by the canaries of nested/test_tier_canary.py, which ride in the
+session's one nested run.
 
 The subprocess checks run the host's pytest with KVT_RUNS_DIR set to a fresh directory, so the
 qemu they look for is theirs, not the session's own nested run."""
@@ -25,7 +26,7 @@ import pytest
 
 from tests.kernel.build import TierUnavailable, build_tier
 from tests.kernel.conftest import RUNS_DIR, NestedFailure, outcome, run_tier
-from tests.kernel.vm import QEMU, qemus_under
+from tests.kernel.vm import QEMU, qemus_under, run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "tests/kernel/nested/test_tier_canary.py"
@@ -120,6 +121,19 @@ def test_the_tier_timeout_kills_the_nested_host_and_shows_its_console(runs: Path
     assert "the nested host did not finish within 2 s: qemu was killed" in report
     assert "----- serial console (tail) -----" in report
     assert list(runs.iterdir()) == []  # the results directory is gone too
+
+
+def test_run_command_is_bounded_by_its_timeout_and_leaves_nothing(runs: Path) -> None:
+    """vm.run_command (the entry point of bench/vlans.py) kills its qemu at the timeout,
+    says so, and removes its results directory."""
+    tier_or_skip()
+    started = time.monotonic()
+    run = run_command(["true"], timeout=2, runs_dir=runs)
+    assert time.monotonic() - started < 30
+    assert run.timed_out and run.exit_code is None, run
+    assert run.reason == "the nested host did not finish within 2 s: qemu was killed"
+    assert qemus_under(runs) == []
+    assert list(runs.iterdir()) == []
 
 
 def test_x_stops_the_nested_host_that_runs_beside_the_host_tests(runs: Path) -> None:

@@ -7,7 +7,8 @@ nested-init.sh runs it and writes its output and exit status there. qemu is boun
 timeout, killed when it passes, and always reaped. Another thread can end a run at once through
 its `Cancel` (the host's session ended early); qemu also gets SIGKILL when the thread that
 started it dies (prctl(2) PR_SET_PDEATHSIG, set by setpriv(1)), so not even a SIGKILLed host
-pytest leaves it running.
+pytest leaves it running. `run_command` is the entry point for tools outside pytest (the
+VLAN benchmark, bench/vlans.py): build or load the tier, run one command, return its output.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from tests.kernel.build import Tier
+from tests.kernel.build import Tier, build_tier
 
 QEMU = "qemu-system-x86_64"
 # util-linux's setpriv sets the parent-death signal, then execs qemu (prctl(2): it is kept
@@ -30,6 +32,8 @@ QEMU = "qemu-system-x86_64"
 SETPRIV = ("setpriv", "--pdeathsig", "KILL", "--")
 HERE = Path(__file__).resolve().parent
 NESTED_INIT = HERE / "nested-init.sh"
+# where runs' results directories live (outside /tmp, which the nested host mounts afresh)
+RUNS_DIR = Path(os.environ.get("KVT_RUNS_DIR") or HERE.parent / ".cache" / "kernel-runs")
 MEMORY_MIB = 1024
 P9_OPTIONS = "security_model=none,multidevs=remap"
 
@@ -214,3 +218,31 @@ def run_nested(
         timed_out=timed_out,
         reason=reason,
     )
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cwd: Path = HERE.parents[1],
+    env: Mapping[str, str] | None = None,
+    cancel: Cancel | None = None,
+    runs_dir: Path = RUNS_DIR,
+) -> NestedRun:
+    """Run one command in a nested host and return what it printed: the entry point for tools
+    outside pytest (bench/vlans.py). Builds the tier's cache if needed (build_tier: no apt
+    when the pinned kernel is cached), boots once, runs `argv` in `cwd` (default: this
+    checkout) with KVT_NESTED=1 and the KVT_* variables of `env` (default: os.environ), waits
+    at most `timeout` seconds (then qemu is killed) and removes the run's results directory.
+    `NestedRun.output` holds the command's stdout and stderr, `exit_code` its status (None:
+    it never finished, `reason` says why). Raises TierUnavailable when the kernel can be
+    neither found in the cache nor fetched, FileNotFoundError without qemu."""
+    tier = build_tier()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    results = Path(tempfile.mkdtemp(prefix="cmd-", dir=runs_dir))
+    try:
+        return run_nested(
+            tier, argv, results=results, cwd=cwd, timeout=timeout, env=env, cancel=cancel
+        )
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
