@@ -44,6 +44,7 @@ class WatchedTrunk:
     trunk_id: str
     name: str
     ports: Mapping[str, PortState]  # planned port (the bridge's own: its name) -> settled
+    others: frozenset[str] = frozenset()  # the trunk's ports we do not plan, when settled
 
 
 def port_state(members: BridgeVlans) -> dict[str, PortState]:
@@ -63,11 +64,13 @@ class TrunkWatch:
     def settled(
         self, index: int, trunk_id: str, name: str, planned: BridgeVlans, observed: BridgeVlans
     ) -> None:
-        """The trunk's membership step ended with `observed`; only the ports it plans
-        (`planned`'s keys) are watched."""
+        """The trunk's membership step ended with `observed`; the ports it plans
+        (`planned`'s keys) are watched, and a port that was no port of the trunk then (a tap
+        that joins it later) wakes the trunk once."""
         ports = port_state({port: observed.get(port, {}) for port in planned})
+        others = frozenset(observed) - frozenset(planned)
         trunks = {i: t for i, t in self._trunks.items() if t.trunk_id != trunk_id}
-        trunks[index] = WatchedTrunk(trunk_id, name, ports)
+        trunks[index] = WatchedTrunk(trunk_id, name, ports, others)
         self._trunks = trunks
 
     def forget(self, trunk_id: str) -> None:
@@ -78,14 +81,18 @@ class TrunkWatch:
 
     def drifted(self, port: PortVlans) -> str | None:
         """The trunk id to look at again when this notification shows a planned port of a
-        watched trunk with another membership than the settled one."""
+        watched trunk with another membership than the settled one, or a port that joined
+        the trunk since it settled (a new tap on a VLAN: its PVID is set at once, not at the
+        next full pass). Ports we do not plan that were there are never a reason."""
         if port.event != "new" or port.master is None or port.name is None:
             return None
         trunk = self._trunks.get(port.master)
         if trunk is None:
             return None
         settled = trunk.ports.get(port.name)
-        if settled is None or settled == port.vlans:
+        if settled is None:
+            return None if port.name in trunk.others else trunk.trunk_id
+        if settled == port.vlans:
             return None
         return trunk.trunk_id
 

@@ -55,7 +55,7 @@ def test_af_bridge_notifications_decode_to_port_vlans_with_ranges_expanded() -> 
     assert second == PortVlans("new", 5, "tap0", 2, {})
 
 
-def test_the_watch_wakes_only_for_planned_ports_that_differ_from_what_was_settled() -> None:
+def test_the_watch_wakes_for_planned_ports_that_differ_and_ports_that_joined() -> None:
     watch = TrunkWatch()
     planned = {"eth0": {10: Membership(10)}, "br0": {1: Membership(1, True, True)}}
     observed = {**planned, "odd0": {99: Membership(99)}}
@@ -64,6 +64,8 @@ def test_the_watch_wakes_only_for_planned_ports_that_differ_from_what_was_settle
     assert watch.drifted(PortVlans("new", 4, "eth0", 2, {})) == "trunk-id"
     assert watch.drifted(PortVlans("new", 2, "br0", 2, {})) == "trunk-id"  # self
     assert watch.drifted(PortVlans("new", 9, "odd0", 2, {})) is None  # not planned
+    # a port that joined since (a new tap on a VLAN) wakes the trunk, to get its PVID now
+    assert watch.drifted(PortVlans("new", 11, "tap9", 2, {1: (True, True)})) == "trunk-id"
     assert watch.drifted(PortVlans("new", 4, "eth0", 3, {})) is None  # another bridge
     assert watch.drifted(PortVlans("del", 4, "eth0", 2, {})) is None  # left: a link event
 

@@ -19,6 +19,7 @@ import pytest
 
 from app.host.vlans import VlanOps
 from app.settings import Settings
+from tests.kernel.nested.conftest import ModuleLoader
 from tests.kernel.nested.test_vlans_daemon import daemon_app, lan, memberships, ok, until
 from tests.netns_tools import ip, links
 
@@ -53,8 +54,9 @@ def timed(check: object, what: str) -> float:
 
 
 def test_drift_by_netlink_uplink_later_and_filtering_released(
-    netns: str, lan: str, settings: Settings
+    netns: str, lan: str, settings: Settings, modules: ModuleLoader
 ) -> None:
+    modules("tun")
     quiet = settings.model_copy(update={"reconcile_interval": 3600})
     with daemon_app(netns, quiet) as api:
         supervisor = api.app.state.supervisor  # type: ignore[attr-defined]
@@ -105,6 +107,14 @@ def test_drift_by_netlink_uplink_later_and_filtering_released(
             ops.vlan_add("br0", "odd0", 99)
         time.sleep(1.0)
         assert 99 in memberships(netns, "br0")["odd0"]
+        # a tap made on the VLAN after the trunk settled is an access port at once (the
+        # trunk wakes when the tap joins it), not at the next full pass
+        ok(api.post("/v1/taps?wait=30", json={"name": "tnew", "vlan": "ten-a"}), 201)
+        joined = timed(
+            lambda: memberships(netns, "br0").get("tnew") == {10: (True, True)}, "tnew on VID 10"
+        )
+        print(f"a new tap's PVID set {joined:.2f} s after its create answered")
+        assert api.delete("/v1/taps/tnew?wait=30").status_code == 204
 
         # -- 2. an uplink set after a bridge_per_vlan VLAN brings <uplink>.<vid>, claimed
         body = {"name": "ten-b", "vlan_id": 20, "trunk": "br1", "backend": "bridge_per_vlan"}
