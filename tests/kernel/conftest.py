@@ -18,7 +18,7 @@ the nested host is killed and reaped.
 
 Inside the nested host (KVT_NESTED=1) this plugin does nothing: the tests run as written.
 
-Environment: KVT_TIER_TIMEOUT (s, default 900) bounds the whole nested run; KVT_RUNS_DIR (a
+Environment: KVT_TIER_TIMEOUT (s, default 1500) bounds the whole nested run; KVT_RUNS_DIR (a
 directory outside /tmp, default tests/.cache/kernel-runs) holds the runs' results; every KVT_*
 variable is passed on to the nested pytest.
 """
@@ -47,7 +47,7 @@ from tests.kernel.vm import QEMU, RUNS_DIR, Cancel, NestedRun, run_nested
 HERE = Path(__file__).resolve().parent
 NESTED_DIR = HERE / "nested"
 INSIDE = os.environ.get("KVT_NESTED") == "1"
-TIER_TIMEOUT = float(os.environ.get("KVT_TIER_TIMEOUT", "900"))
+TIER_TIMEOUT = float(os.environ.get("KVT_TIER_TIMEOUT", "1500"))
 # markers that act while a test runs: they belong to the inner run, not to the host's proxy
 INNER_MARKERS = {"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"}
 INNER_MARKERS |= {"timeout"}
