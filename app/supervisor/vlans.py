@@ -40,7 +40,6 @@ from app.db.repositories import (
     desired_port_vlans,
     load_vlan_work,
     mark_filtering_ours,
-    vlan_link_names,
     vlan_rows,
 )
 from app.db.session import Database
@@ -140,8 +139,10 @@ class VlanReconciler:
             if vlan.backend is VlanBackend.BRIDGE_PER_VLAN:
                 if links is not None:
                     results[vlan.id] = links
-            elif links is None and vlan_link_names(vlan):
-                continue  # its L3 interface is backing off: the pass that retries it reports
+            elif links is None and vlan.gateway is not None and vlan.status == Status.ERROR:
+                # its L3 interface failed and backs off: the pass that retries it reports (a
+                # membership-only result here would flip the VLAN to active and back)
+                continue
             elif vlan.trunk_id in trunk_results:
                 membership = _membership_result(vlan, trunk_results[vlan.trunk_id])
                 results[vlan.id] = membership if links is None else _both(membership, links)
