@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Tap, Vlan, Vm, VmNic
+from app.db.models import Network, Tap, Vlan, Vm, VmNic
 from app.domain.vlan_ports import Membership, access_port, trunk_port
 from app.domain.vlans import VlanBackend, vlan_bridge_name
 
@@ -126,8 +126,10 @@ def vlan_users(session: Session, vlan: Vlan) -> tuple[list[tuple[VmNic, Vm]], Se
 
 
 def vlan_referrers(session: Session, vlan_id: str) -> list[str]:
-    """Rows that still point at a VLAN row (any VM, deleted or not; any tap): while one
-    does, the row must stay (foreign keys), even once its kernel objects are gone."""
+    """Rows that still point at a VLAN row (any VM, deleted or not; any tap; a live network):
+    while one does, the row must stay (foreign keys, and a live network must keep its link:
+    CHECK ck_networks_one_link), even once its kernel objects are gone. A deleted network
+    may outlive its VLAN briefly, as it may its bridge (its vlan_id becomes NULL)."""
     taps = session.scalars(select(Tap.name).where(Tap.vlan_id == vlan_id))
     nics = session.execute(
         select(Vm.name, VmNic.position)
@@ -135,4 +137,11 @@ def vlan_referrers(session: Session, vlan_id: str) -> list[str]:
         .where(VmNic.vlan_id == vlan_id)
         .order_by(Vm.name, VmNic.position)
     )
-    return [*(f"tap {t}" for t in taps), *(f"vm_nic {vm}/{pos}" for vm, pos in nics)]
+    networks = session.scalars(
+        select(Network.name).where(Network.vlan_id == vlan_id, Network.deleted.is_(False))
+    )
+    return [
+        *(f"tap {t}" for t in taps),
+        *(f"vm_nic {vm}/{pos}" for vm, pos in nics),
+        *(f"network {n}" for n in networks),
+    ]
