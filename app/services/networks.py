@@ -31,7 +31,6 @@ from app.db.repositories import (
     NetworkRepository,
     PortForwardRepository,
     TapRepository,
-    VlanRepository,
     VmRepository,
     address_holders,
     own_addresses,
@@ -76,7 +75,7 @@ from app.schemas.networks import (
     PortForwardCreate,
 )
 from app.services.in_use import InUseGuard
-from app.services.links import require_alive
+from app.services.links import require_alive, require_vlan
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
 
@@ -223,12 +222,7 @@ class NetworkService:
                 BridgeRepository(self.session).find(bridge_ref), "bridge", bridge_ref
             )
         if vlan_ref is not None:
-            vlan = VlanRepository(self.session).find(vlan_ref)
-            if vlan is None:
-                raise NotFound(f"no vlan {vlan_ref!r}")
-            if vlan.deleted:
-                raise BeingDeleted(f"vlan {vlan.name!r} is being deleted")
-            return vlan
+            return require_vlan(self.session, vlan_ref, "a network")
         assert tap_ref is not None
         return require_alive(TapRepository(self.session).find(tap_ref), "tap", tap_ref)
 

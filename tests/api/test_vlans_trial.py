@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import Settings
 from tests.api.test_vlans_api import GOOD, make_bridge, make_vlan, problem, stored, vlan_api
+from tests.netns_tools import links
 
 __all__ = ["vlan_api"]  # the fixture, imported for pytest
 
@@ -186,3 +187,52 @@ def until(probe: Any, text: str, timeout: float = 10) -> Any:
             assert text in str(answer), answer
             return answer
         time.sleep(0.1)
+
+
+def test_nothing_joins_a_vlan_in_error_and_no_port_lands_untagged_on_its_trunk(
+    vlan_api: TestClient, settings: Settings, netns: str
+) -> None:
+    """A tap or network on a VLAN in `error` was accepted silently: the tap active on the
+    trunk untagged (on no VLAN at all: no isolation), the network pending with dnsmasq
+    started for a `br0.10` that never came. Now joining it is a 409 with the VLAN's reason
+    (as joining a bridge that was never created is), nothing stored; and a port whose VLAN
+    fails after it joined (the VLAN was still pending then) leaves the trunk instead of
+    staying on it untagged."""
+    api = vlan_api
+    make_bridge(api, "br0")
+    r = api.post("/v1/vlans?wait=10", json={**GOOD, "name": "legacy"})  # auto: filtering
+    assert r.status_code == 201 and r.json()["status"] == "error", r.text
+    legacy = r.json()
+    for url, body in (
+        ("/v1/taps", {"name": "tap1", "vlan": "legacy"}),
+        ("/v1/networks", {"name": "nat0", "vlan": "legacy", "subnet": "10.95.0.0/24"}),
+    ):
+        found = problem(api.post(url, json=body), 409, "conflict")
+        assert "VLAN 'legacy' is in error" in found["detail"], found
+        assert "CONFIG_BRIDGE_VLAN_FILTERING" in found["detail"], found
+    for table in ("taps", "networks"):
+        assert stored(settings, f"SELECT count(*) FROM {table}") == [(0,)], table
+    assert "tap1" not in links(netns)
+    # a tap on br0 whose row then names the failed VLAN (a stand-in for one that joined
+    # while the VLAN was pending): the next reconcile takes it off the trunk
+    tap = api.post("/v1/taps?wait=10", json={"name": "tap2", "bridge": "br0"}).json()
+    assert links(netns)["tap2"].master == "br0"
+    with sqlite3.connect(settings.state_dir / "kvmnetd.db") as conn:
+        conn.execute("UPDATE taps SET vlan_id = ? WHERE id = ?", (legacy["id"], tap["id"]))
+    assert api.patch("/v1/taps/tap2?wait=10", json={"mtu": 1400}).status_code == 200
+    assert links(netns)["tap2"].master is None
+
+
+def test_vlan_null_with_bridge_null_detaches_a_tap(vlan_api: TestClient, netns: str) -> None:
+    """`PATCH {"vlan": null, "bridge": null}` left the tap on the trunk with its bridge_id
+    (the null `bridge` was read as "not given"); `{"bridge": null}` alone detached it."""
+    api = vlan_api
+    make_bridge(api, "br0")
+    make_vlan(api, backend="bridge_per_vlan")
+    r = api.post("/v1/taps?wait=10", json={"name": "tap1", "vlan": "tenant-a"})
+    assert r.status_code == 201, r.text
+    assert links(netns)["tap1"].master == "br0v10"
+    r = api.patch("/v1/taps/tap1?wait=10", json={"vlan": None, "bridge": None})
+    assert r.status_code == 200, r.text
+    assert (r.json()["bridge_id"], r.json()["vlan_id"]) == (None, None)
+    assert links(netns)["tap1"].master is None

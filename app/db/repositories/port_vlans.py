@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Network, Tap, Vlan, Vm, VmNic
+from app.domain.status import Status
 from app.domain.vlan_ports import Membership, access_port, trunk_port
 from app.domain.vlans import VlanBackend, vlan_bridge_name
 
@@ -31,14 +32,17 @@ if TYPE_CHECKING:
 def vlan_masters(session: Session, bridges: Mapping[str, BridgeFacts]) -> dict[str, BridgeFacts]:
     """VLAN row id -> the bridge its access ports join (name, and the MTU it keeps: the
     trunk's): the per-VLAN bridge with bridge_per_vlan, the trunk with vlan_filtering. A
-    VLAN whose trunk is not in `bridges` is left out."""
+    VLAN whose trunk is not in `bridges` is left out, and so is a vlan_filtering VLAN in
+    `error` (its trunk may not filter: a port there would be untagged on the trunk, on no
+    VLAN at all)."""
     masters: dict[str, BridgeFacts] = {}
-    for row_id, trunk_id, vid, backend in session.execute(
-        select(Vlan.id, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend)
+    for row_id, trunk_id, vid, backend, status in session.execute(
+        select(Vlan.id, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend, Vlan.status)
     ):
         trunk = bridges.get(trunk_id)
-        if trunk is None:
-            continue
+        filtering = backend == VlanBackend.VLAN_FILTERING.value
+        if trunk is None or (filtering and status == Status.ERROR.value):
+            continue  # a failed filtering trunk isolates nothing: its ports join no bridge
         if backend == VlanBackend.BRIDGE_PER_VLAN.value:
             trunk = replace(trunk, name=vlan_bridge_name(trunk.name, vid))
         masters[row_id] = trunk
@@ -50,9 +54,10 @@ def port_master(
 ) -> BridgeFacts | None:
     """The bridge a port's tap joins: its VLAN's (`bridges` as bridge_facts() gives them,
     with the VLANs' masters under their ids), else its own bridge; None: no bridge (routed),
-    or its bridge's row is gone."""
-    if vlan_id is not None and vlan_id in bridges:
-        return bridges[vlan_id]
+    or its bridge's row is gone, or its VLAN has no bridge to offer (vlan_masters): a port
+    of a VLAN never falls back to its trunk untagged."""
+    if vlan_id is not None:
+        return bridges.get(vlan_id)
     return bridges.get(bridge_id) if bridge_id else None
 
 
