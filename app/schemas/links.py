@@ -13,9 +13,11 @@ from app.schemas.common import (
     MacStr,
     Mtu,
     Page,
+    Ref,
     RequestModel,
     ResourceState,
     UpdateModel,
+    VlanRef,
 )
 
 BRIDGE_MTU = (
@@ -180,12 +182,8 @@ TAP_VLAN = (
 
 class TapCreate(RequestModel):
     name: LinkNameStr
-    bridge: str | None = Field(
-        None, max_length=64, description="Bridge id or name to attach to", examples=["br0"]
-    )
-    vlan: str | None = Field(
-        None, max_length=64, description=f"{TAP_VLAN}. Null or omitted: on no VLAN"
-    )
+    bridge: Ref | None = Field(None, description="Bridge id or name to attach to", examples=["br0"])
+    vlan: VlanRef | None = Field(None, description=f"{TAP_VLAN}. Null or omitted: on no VLAN")
     mtu: Mtu | None = Field(None, description=TAP_MTU)
     mac: MacStr | None = None
     addresses: Addresses = Field(default_factory=list)
@@ -200,16 +198,14 @@ class TapCreate(RequestModel):
 class TapUpdate(UpdateModel):
     """Change a tap; a field left out is unchanged (null: see each field)."""
 
-    bridge: str | None = Field(
+    bridge: Ref | None = Field(
         None,
-        max_length=64,
         description="Bridge id or name to attach to; another bridge than its VLAN's trunk "
         "takes the tap off its VLAN (unless `vlan` names one there). null: detach (and off "
         "its VLAN)",
     )
-    vlan: str | None = Field(
+    vlan: VlanRef | None = Field(
         None,
-        max_length=64,
         description=f"{TAP_VLAN}. Applied live, also under a running VM. null: off its VLAN "
         "(it stays on the trunk, untagged)",
     )
@@ -244,7 +240,7 @@ class TapUpdate(UpdateModel):
 
 
 class TapAttach(RequestModel):
-    bridge: str = Field(max_length=64, description="Bridge id or name", examples=["br0"])
+    bridge: Ref = Field(description="Bridge id or name", examples=["br0"])
 
 
 class BridgePage(Page[Bridge]):

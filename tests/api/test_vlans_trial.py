@@ -236,3 +236,76 @@ def test_vlan_null_with_bridge_null_detaches_a_tap(vlan_api: TestClient, netns: 
     assert r.status_code == 200, r.text
     assert (r.json()["bridge_id"], r.json()["vlan_id"]) == (None, None)
     assert links(netns)["tap1"].master is None
+
+
+def _vm(nic: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "web", "boot": {"kernel": "/nonexistent"}, "nics": [nic]}
+
+
+def test_references_and_trunk_vids_are_checked_at_the_edge(vlan_api: TestClient) -> None:
+    """`"vlan": ""` was a 404 "no VLAN ''" (every reference field: a 422 now, they share one
+    type); `"vlan": 10` did not say a VID is no reference; a trunk NIC's VIDs were checked
+    only against the bridge, so `[0]`, `[4095]`, `[10, 10]` and `[]` on a bridge without
+    VLANs said "carries no VLAN" instead of what is wrong with them."""
+    api = vlan_api
+    make_bridge(api, "br0")
+    nat = {"name": "nat0", "subnet": "10.96.0.0/24"}
+    empty = [
+        ("/v1/taps", {"name": "tap1", "vlan": ""}, ["body", "vlan"]),
+        ("/v1/taps", {"name": "tap1", "bridge": ""}, ["body", "bridge"]),
+        ("/v1/networks", {**nat, "vlan": ""}, ["body", "vlan"]),
+        ("/v1/networks", {**nat, "bridge": ""}, ["body", "bridge"]),
+        ("/v1/vms", _vm({"backend": "bridge", "vlan": ""}), ["body", "nics", 0, "vlan"]),
+        ("/v1/vms", _vm({"backend": "bridge", "bridge": ""}), ["body", "nics", 0, "bridge"]),
+    ]
+    for url, body, loc in empty:
+        found = problem(api.post(url, json=body), 422, "invalid-input")
+        assert [e["loc"] for e in found["errors"]] == [loc], (body, found)
+        assert "at least 1 character" in found["detail"], found
+    found = problem(api.patch("/v1/taps/x", json={"vlan": ""}), 422, "invalid-input")
+    assert "at least 1 character" in found["detail"], found
+    for url, body in (
+        ("/v1/taps", {"name": "tap1", "vlan": 10}),
+        ("/v1/networks", {**nat, "vlan": 10}),
+        ("/v1/vms", _vm({"backend": "bridge", "vlan": 10})),
+    ):
+        found = problem(api.post(url, json=body), 422, "invalid-input")
+        assert "name or id (UUID), not the VID" in found["detail"], found
+    for nic, words in (
+        ({"vlan_tagged": [0]}, "null VID"),
+        ({"vlan_tagged": [4095]}, "reserved"),
+        ({"vlan_tagged": [4096]}, "1-4094"),
+        ({"vlan_tagged": [10, 10]}, "VLAN 10 more than once"),
+        ({"vlan_tagged": []}, "at least one VLAN id"),
+        ({"vlan_tagged": [10], "native_vlan": 4095}, "reserved"),
+        ({"vlan_tagged": [10], "native_vlan": 0}, "null VID"),
+    ):
+        body = _vm({"backend": "bridge", "bridge": "br0", **nic})
+        found = problem(api.post("/v1/vms", json=body), 422, "invalid-input")
+        assert words in found["detail"] and "carries no VLAN" not in found["detail"], found
+    assert api.get("/v1/vms").json()["items"] == []
+    # the schema says so too (SDKs and schemathesis see it)
+    nic = api.get("/openapi.json").json()["components"]["schemas"]["NicIn"]["properties"]
+    tagged = next(s for s in nic["vlan_tagged"]["anyOf"] if s.get("type") == "array")
+    assert (tagged["minItems"], tagged["uniqueItems"]) == (1, True)
+    assert (tagged["items"]["minimum"], tagged["items"]["maximum"]) == (1, 4094)
+
+
+def test_wait_must_be_finite_and_a_description_one_line(vlan_api: TestClient) -> None:
+    """`?wait=nan` said "should be <= 600" (nan is neither <= nor >): it says a finite
+    number now; a VLAN description took NUL and other control characters."""
+    api = vlan_api
+    make_bridge(api, "br0")
+    for bad in ("a\x00b", "two\nlines", "tab\there", "\x7f", "\x85"):
+        found = problem(api.post("/v1/vlans", json={**GOOD, "description": bad}), 422)
+        assert [e["loc"] for e in found["errors"]] == [["body", "description"]], found
+        assert "control character" in found["detail"], found
+    vlan = make_vlan(api, description="tenant A, über")
+    url = f"/v1/vlans/{vlan['id']}"
+    found = problem(api.patch(url, json={"description": "x\x00"}), 422)
+    assert "control character" in found["detail"], found
+    assert api.get(url).json()["description"] == "tenant A, über"
+    for wait in ("nan", "inf", "-inf"):
+        found = problem(api.patch(f"{url}?wait={wait}", json={"description": "x"}), 422)
+        assert "finite number" in found["detail"], (wait, found)
+        assert "600" not in found["detail"], found
