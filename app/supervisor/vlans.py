@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from app.bus import EventBus
 from app.db.models import Vlan
 from app.db.repositories import (
@@ -37,7 +35,7 @@ from app.db.repositories import (
     vlan_referrers,
     vlan_rows,
 )
-from app.db.session import Database
+from app.db.session import Database, DatabaseError
 from app.domain.links import ActionKind
 from app.domain.retry import Backoff
 from app.domain.status import Status
@@ -167,14 +165,14 @@ class VlanReconciler:
             return 0
         try:
             return self._write_results(scope, work, results)
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             if len(results) == 1:
                 return self._write_refused(next(iter(results)), exc)
         written = 0
         for vlan_id, result in results.items():
             try:
                 written += self._write_results(scope, work, {vlan_id: result})
-            except SQLAlchemyError as exc:
+            except DatabaseError as exc:
                 written += self._write_refused(vlan_id, exc)
         return written
 
@@ -198,7 +196,7 @@ class VlanReconciler:
             self.bus.publish(**event)
         return len(events)
 
-    def _write_refused(self, vlan_id: str, exc: SQLAlchemyError) -> int:
+    def _write_refused(self, vlan_id: str, exc: DatabaseError) -> int:
         """The database refused what this VLAN's result wrote: the VLAN says why and is
         retried with backoff (logged at a bounded rate, app.supervisor.faults)."""
         self.backoff.failed(vlan_id)
