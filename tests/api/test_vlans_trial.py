@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import Settings
 from tests.api.test_vlans_api import GOOD, make_bridge, make_vlan, problem, stored, vlan_api
-from tests.netns_tools import links
+from tests.netns_tools import links, processes_in
 
 __all__ = ["vlan_api"]  # the fixture, imported for pytest
 
@@ -309,3 +309,40 @@ def test_wait_must_be_finite_and_a_description_one_line(vlan_api: TestClient) ->
         found = problem(api.patch(f"{url}?wait={wait}", json={"description": "x"}), 422)
         assert "finite number" in found["detail"], (wait, found)
         assert "600" not in found["detail"], found
+
+
+def test_no_dnsmasq_for_an_interface_that_does_not_exist(
+    vlan_api: TestClient, settings: Settings, netns: str
+) -> None:
+    """A network on a VLAN that failed (its `br0.10` never came) stayed pending with
+    dnsmasq started for the missing interface. The API refuses such a network now (test
+    above); one whose link is missing all the same (here its row is pointed at the failed
+    VLAN behind the API's back) waits, pending with the reason, and dnsmasq runs only once
+    its interface exists."""
+    api = vlan_api
+    make_bridge(api, "br0")
+    r = api.post("/v1/vlans?wait=10", json={**GOOD, "name": "legacy"})  # auto: filtering
+    assert r.status_code == 201 and r.json()["status"] == "error", r.text
+    legacy = r.json()["id"]
+    r = api.post(
+        "/v1/networks?wait=10", json={"name": "nat0", "bridge": "br0", "subnet": "10.98.0.0/24"}
+    )
+    assert r.status_code == 201 and r.json()["status"] == "active", r.text
+    assert r.json()["dnsmasq_pid"] in processes_in(netns)
+    with sqlite3.connect(settings.state_dir / "kvmnetd.db") as conn:
+        conn.execute(
+            "UPDATE networks SET bridge_id = NULL, vlan_id = ? WHERE name = 'nat0'", (legacy,)
+        )
+    r = api.patch("/v1/networks/nat0?wait=5", json={"domain": "tenant.internal"})
+    view = until(lambda: api.get("/v1/networks/nat0").json(), "waiting for vlan legacy")
+    assert view["status"] == "pending", view
+    assert view["dnsmasq_pid"] is None, view
+    assert not [p for p in processes_in(netns) if b"dnsmasq" in _comm(p)]
+
+
+def _comm(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
