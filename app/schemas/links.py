@@ -173,10 +173,11 @@ class BridgeVlans(BaseModel):
 
 
 TAP_VLAN = (
-    "VLAN id or name: the tap is an access port of that VLAN (untagged on the tap). Its bridge "
-    "is the VLAN's trunk (`bridge` may be left out; named, it must be that trunk, else 422); "
-    "with the bridge_per_vlan backend the tap joins the VLAN's own bridge. 404 for an unknown "
-    "VLAN, 409 for one being deleted"
+    "The VLAN's id (UUID) or name, never its VID (a number is a 422): the tap is an access "
+    "port of that VLAN (untagged on the tap). Its bridge is the VLAN's trunk (`bridge` may be "
+    "left out; named, it must be that trunk, else 422); with the bridge_per_vlan backend the "
+    "tap joins the VLAN's own bridge. 404 for an unknown VLAN, 409 for one being deleted or "
+    "in `error` (with its status_reason)"
 )
 
 
@@ -202,7 +203,7 @@ class TapUpdate(UpdateModel):
         None,
         description="Bridge id or name to attach to; another bridge than its VLAN's trunk "
         "takes the tap off its VLAN (unless `vlan` names one there). null: detach (and off "
-        "its VLAN)",
+        'its VLAN, also next to `"vlan": null`)',
     )
     vlan: VlanRef | None = Field(
         None,

@@ -81,7 +81,9 @@ class NetworkCreate(RequestModel):
     name: ResourceName
     bridge: Ref | None = Field(None, description="The bridge: id or name")
     tap: Ref | None = Field(None, description="Or a routed tap: id or name")
-    vlan: VlanRef | None = Field(None, description="Or a VLAN: id or name (not its VID)")
+    vlan: VlanRef | None = Field(
+        None, description="Or a VLAN: id or name, never its VID; 409 while it is in `error`"
+    )
     subnet: str = Field(max_length=18, examples=["192.168.100.0/24"])
     gateway: Ipv4Str | None = Field(
         None, description="The link's address and the guests' router (default: first host)"

@@ -25,7 +25,7 @@ from app.domain.vlans import (
     validate_vlan_id,
     validate_vlan_name,
 )
-from app.schemas.common import ONE_LINE, Page, RequestModel, ResourceState, UpdateModel
+from app.schemas.common import ONE_LINE, Page, Ref, RequestModel, ResourceState, UpdateModel
 
 VlanNameStr = Annotated[
     str,
@@ -67,9 +67,7 @@ class VlanCreate(RequestModel):
 
     name: VlanNameStr
     vlan_id: VlanId
-    trunk: str = Field(
-        min_length=1,
-        max_length=64,
+    trunk: Ref = Field(
         description="The trunk: one of our bridges (id or name), usually the one with the "
         "uplink. A tap is refused (422), an unknown one is 404",
         examples=["br0"],

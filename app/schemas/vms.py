@@ -43,7 +43,9 @@ NIC_MTU = (
 VLAN_ACCESS = (
     "bridge backend: the VLAN (id or name) the NIC is an access port of (untagged in the "
     "guest). Its bridge is the VLAN's trunk; with the bridge_per_vlan backend the NIC's tap "
-    "joins the VLAN's own bridge instead. 404 for an unknown VLAN, 409 for one being deleted. "
+    "joins the VLAN's own bridge instead. Its id (UUID) or name, never its VID (a number is a "
+    "422). 404 for an unknown VLAN, 409 for one being deleted or in `error` (with its "
+    "status_reason). "
     "Null or omitted: no VLAN"
 )
 
