@@ -219,8 +219,13 @@ def test_nothing_joins_a_vlan_in_error_and_no_port_lands_untagged_on_its_trunk(
     assert links(netns)["tap2"].master == "br0"
     with sqlite3.connect(settings.state_dir / "kvmnetd.db") as conn:
         conn.execute("UPDATE taps SET vlan_id = ? WHERE id = ?", (legacy["id"], tap["id"]))
-    assert api.patch("/v1/taps/tap2?wait=10", json={"mtu": 1400}).status_code == 200
+    r = api.patch("/v1/taps/tap2?wait=10", json={"mtu": 1400})
+    assert r.status_code == 200, r.text
     assert links(netns)["tap2"].master is None
+    # and it says why, on itself (its link is made all the same)
+    assert r.json()["status"] == "error", r.text
+    assert "its VLAN is in error" in r.json()["status_reason"], r.text
+    assert api.get(r.headers["Operation-Location"]).json()["status"] == "failed"
 
 
 def test_vlan_null_with_bridge_null_detaches_a_tap(vlan_api: TestClient, netns: str) -> None:
