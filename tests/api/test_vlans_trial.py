@@ -11,6 +11,12 @@
 - `DELETE /v1/bridges/br0?force=true` on the trunk of a VLAN with a network on it got stuck:
   the 409 did not list the network, force left it, the VLAN's row could not go, and that one
   refused write failed the VLANs' whole write-back (and the pass) every few seconds.
+- A tap or network on a VLAN in `error` was accepted: the tap on the trunk untagged, dnsmasq
+  for a missing `br0.10`. Now a 409 with the VLAN's reason; a port never falls back to the
+  trunk; dnsmasq waits for its interface.
+- `PATCH {"vlan": null, "bridge": null}` left the tap on the trunk.
+- `"vlan": ""` was a 404, `"vlan": 10` an unexplained 422, bad trunk-NIC VIDs "carries no
+  VLAN"; `?wait=nan` said "<= 600"; a description took control characters.
 
 The accepted path needs a stored VLAN, which this machine's kernel cannot carry: the app gets
 the inspector of tests/api/test_vlans_api.py whose probe says the kernel has both features
