@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database {settings.db_url} is at the latest schema")
         return 0
     if settings.netns:
-        from app.host.netns import enter_for_this_thread
+        from app.host.netns import enter_for_this_thread, loopback_up
 
         try:
             enter_for_this_thread(settings.netns)  # before any thread: threads inherit it
@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"kvmnetd: network namespace {settings.netns!r} does not exist "
                 f"(create it with: ip netns add {settings.netns})\n",
             )
+        if loopback_up():  # ours: the namespace we run in (never the one we started in)
+            print(f"kvmnetd: brought lo up in network namespace {settings.netns}", flush=True)
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     asyncio.run(_serve(settings))

@@ -78,11 +78,12 @@ Wait = Annotated[
     Query(
         ge=0,
         le=MAX_WAIT,
-        description=f"Seconds (0-{MAX_WAIT:g}, fractions allowed) to block until the change "
-        "has settled (applied or failed); then the answer is the settled status (200/201/"
-        "204). Without it, or when it runs out first, the answer is 202 at once. A wait "
-        "pending when the daemon stops answers at once: 202 with the current state and "
-        "Retry-After.",
+        allow_inf_nan=False,  # nan compares false with both bounds: "a finite number"
+        description=f"Seconds (a finite number 0-{MAX_WAIT:g}, fractions allowed) to block "
+        "until the change has settled (applied or failed); then the answer is the settled "
+        "status (200/201/204). Without it, or when it runs out first, the answer is 202 at "
+        "once. A wait pending when the daemon stops answers at once: 202 with the current "
+        "state and Retry-After.",
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]

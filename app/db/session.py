@@ -18,9 +18,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "Session", "make_engine"]  # Session: services and workers type with it
+# Session: services and workers type with it; DatabaseError: what a unit of work raises when
+# the database refuses a write (a constraint), which workers contain on the object concerned
+__all__ = ["Database", "DatabaseError", "Session", "make_engine"]
 
 
 def make_engine(url: str) -> Engine:

@@ -4,12 +4,12 @@ The dependency graph (a delete without `?force=true` is refused while any edge e
 
 - network  <- VM NICs with a fixed address on it; port forwards on it
 - bridge   <- VM NICs on it (`bridge` backend); taps attached to it; the network on it;
-              its uplink; the VLANs it is the trunk of
+              its uplink; the VLANs it is the trunk of and the networks on them
 - tap      <- the VM NIC that uses it (`tap` backend); the network on it (a routed tap)
 - VM       <- port forwards to its NICs; other VMs' socket NICs that connect to its
               listening socket NICs
 - VLAN     <- VM NICs that are access ports of it or trunk NICs carrying its VID; taps
-              that are access ports of it
+              that are access ports of it; the network on it
 
 What `?force=true` does to each dependent (the `action` of a Dependent), chosen so that no
 guest silently keeps a NIC whose backend is gone (compare Neutron, which refuses a network
@@ -25,7 +25,8 @@ delete with ports in use, NetworkInUse 409, and Nova, which unplugs a deleted po
   carrying the VLAN's VID too (a NIC's VLANs are fixed at creation);
 - a port forward, the network on a deleted link, a bridge's uplink and the VLANs on a
   deleted trunk are `deleted` (the uplink first moves the host's configuration back onto
-  its NIC; a VLAN cannot outlive its trunk, as a Neutron segment cannot its network).
+  its NIC; a VLAN cannot outlive its trunk, as a Neutron segment cannot its network, and
+  takes the network on it along).
 """
 
 from __future__ import annotations

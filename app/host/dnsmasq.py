@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -313,6 +314,19 @@ def _open_log(paths: DnsmasqPaths) -> int:
             os.replace(paths.log, paths.log.with_name(paths.log.name + ".1"))
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.open(paths.log, flags, 0o640)
+
+
+def interface_exists(name: str) -> bool:
+    """Whether the calling thread's network namespace has a link `name` (if_nametoindex(3)).
+    dnsmasq given `--interface` of a link that does not exist yet starts all the same and
+    serves nothing there: it is started once the link is there."""
+    if not name:
+        return False
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def start(network_id: str, paths: DnsmasqPaths) -> Dnsmasq:

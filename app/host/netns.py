@@ -1,8 +1,13 @@
-"""Entering a named network namespace for the calling thread only.
+"""Entering a named network namespace for the calling thread only, and its loopback.
 
 setns(2) changes the namespace of the calling thread. The daemon enters KVMNETD_NETNS in
 its main thread before any other thread exists (all threads inherit it); in-process tests
 instead give each dedicated host thread (supervisor, link monitor) the namespace to enter.
+
+A namespace made by `ip netns add` starts with `lo` down (ip-netns(8)), so nothing binds or
+reaches 127.0.0.1 there: the daemon's TCP listener failed with EADDRNOTAVAIL. The daemon
+owns the loopback of the namespace it was told to run in and brings it up
+(`loopback_up`); it never does so in the namespace it was started in.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
 T = TypeVar("T")
@@ -20,6 +26,21 @@ def enter_for_this_thread(name: str | None) -> None:
     """Move the calling thread into network namespace `name` (no-op for None)."""
     if name:
         _netns.setns(name, flags=0)
+
+
+IFF_UP = 0x1  # <linux/if.h>
+
+
+def loopback_up() -> bool:
+    """Bring `lo` of the calling thread's namespace up (`ip link set lo up`); whether it
+    was down. The kernel gives it 127.0.0.1/8 and ::1 itself once it is up."""
+    with IPRoute() as ipr:
+        (index,) = ipr.link_lookup(ifname="lo")
+        (link,) = ipr.get_links(index)
+        if link["flags"] & IFF_UP:
+            return False
+        ipr.link("set", index=index, state="up")
+        return True
 
 
 def call_in(name: str | None, fn: Callable[[], T]) -> T:

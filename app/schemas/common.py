@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
 
 from app.domain.names import (
     LINK_NAME_MAX,
@@ -81,6 +90,41 @@ Addresses = Annotated[
 ]
 # uid/gid: a tap owned by it must work (app.domain.names.TUN_OWNER_MAX)
 Id = Annotated[int, Field(ge=0, le=TUN_OWNER_MAX)]
+
+
+def _one_line_of_text(value: str) -> str:
+    bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(
+            f"contains the control character {bad!r}: a description is one line of text "
+            "(no NUL, newline, tab or other C0/C1 control)"
+        )
+    return value
+
+
+# Free text about a resource, shown to people (descriptions): one line, no control
+# characters (Unicode category Cc: a NUL cuts it short in C tools, a newline forges a log
+# line). `Annotated[str, Field(max_length=...), ONE_LINE]`.
+ONE_LINE = AfterValidator(_one_line_of_text)
+
+
+# A reference to one of our resources: its id (a UUID) or its name (found in any case).
+# Never empty: "" names nothing, and is a 422 like any malformed field, not a 404.
+Ref = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _not_a_vid(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(
+            f"a VLAN is referenced by its name or id (UUID), not the VID: {value} would be "
+            "the VLAN's `vlan_id`; name the VLAN (GET /v1/vlans lists them)"
+        )
+    return value
+
+
+# A reference to a VLAN (`vlan` on taps, VM NICs, networks): a number is the VID, which
+# is not a reference (a VID is used once per trunk, not once per host).
+VlanRef = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(_not_a_vid)]
 
 
 def exactly_one_of(*fields: str) -> list[JsonValue]:

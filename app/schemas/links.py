@@ -13,9 +13,11 @@ from app.schemas.common import (
     MacStr,
     Mtu,
     Page,
+    Ref,
     RequestModel,
     ResourceState,
     UpdateModel,
+    VlanRef,
 )
 
 BRIDGE_MTU = (
@@ -171,21 +173,18 @@ class BridgeVlans(BaseModel):
 
 
 TAP_VLAN = (
-    "VLAN id or name: the tap is an access port of that VLAN (untagged on the tap). Its bridge "
-    "is the VLAN's trunk (`bridge` may be left out; named, it must be that trunk, else 422); "
-    "with the bridge_per_vlan backend the tap joins the VLAN's own bridge. 404 for an unknown "
-    "VLAN, 409 for one being deleted"
+    "The VLAN's id (UUID) or name, never its VID (a number is a 422): the tap is an access "
+    "port of that VLAN (untagged on the tap). Its bridge is the VLAN's trunk (`bridge` may be "
+    "left out; named, it must be that trunk, else 422); with the bridge_per_vlan backend the "
+    "tap joins the VLAN's own bridge. 404 for an unknown VLAN, 409 for one being deleted or "
+    "in `error` (with its status_reason)"
 )
 
 
 class TapCreate(RequestModel):
     name: LinkNameStr
-    bridge: str | None = Field(
-        None, max_length=64, description="Bridge id or name to attach to", examples=["br0"]
-    )
-    vlan: str | None = Field(
-        None, max_length=64, description=f"{TAP_VLAN}. Null or omitted: on no VLAN"
-    )
+    bridge: Ref | None = Field(None, description="Bridge id or name to attach to", examples=["br0"])
+    vlan: VlanRef | None = Field(None, description=f"{TAP_VLAN}. Null or omitted: on no VLAN")
     mtu: Mtu | None = Field(None, description=TAP_MTU)
     mac: MacStr | None = None
     addresses: Addresses = Field(default_factory=list)
@@ -200,16 +199,14 @@ class TapCreate(RequestModel):
 class TapUpdate(UpdateModel):
     """Change a tap; a field left out is unchanged (null: see each field)."""
 
-    bridge: str | None = Field(
+    bridge: Ref | None = Field(
         None,
-        max_length=64,
         description="Bridge id or name to attach to; another bridge than its VLAN's trunk "
         "takes the tap off its VLAN (unless `vlan` names one there). null: detach (and off "
-        "its VLAN)",
+        'its VLAN, also next to `"vlan": null`)',
     )
-    vlan: str | None = Field(
+    vlan: VlanRef | None = Field(
         None,
-        max_length=64,
         description=f"{TAP_VLAN}. Applied live, also under a running VM. null: off its VLAN "
         "(it stays on the trunk, untagged)",
     )
@@ -244,7 +241,7 @@ class TapUpdate(UpdateModel):
 
 
 class TapAttach(RequestModel):
-    bridge: str = Field(max_length=64, description="Bridge id or name", examples=["br0"])
+    bridge: Ref = Field(description="Bridge id or name", examples=["br0"])
 
 
 class BridgePage(Page[Bridge]):

@@ -17,11 +17,14 @@ from app.domain.networks import (
 )
 from app.domain.segments import SegmentKind
 from app.schemas.common import (
+    ONE_LINE,
     LinkNameStr,
     Page,
+    Ref,
     RequestModel,
     ResourceState,
     UpdateModel,
+    VlanRef,
     exactly_one_of,
 )
 
@@ -77,9 +80,11 @@ class NetworkCreate(RequestModel):
     model_config = ConfigDict(json_schema_extra={"allOf": exactly_one_of("bridge", "tap", "vlan")})
 
     name: ResourceName
-    bridge: str | None = Field(None, max_length=64, description="The bridge: id or name")
-    tap: str | None = Field(None, max_length=64, description="Or a routed tap: id or name")
-    vlan: str | None = Field(None, max_length=64, description="Or a VLAN: id or name")
+    bridge: Ref | None = Field(None, description="The bridge: id or name")
+    tap: Ref | None = Field(None, description="Or a routed tap: id or name")
+    vlan: VlanRef | None = Field(
+        None, description="Or a VLAN: id or name, never its VID; 409 while it is in `error`"
+    )
     subnet: str = Field(max_length=18, examples=["192.168.100.0/24"])
     gateway: Ipv4Str | None = Field(
         None, description="The link's address and the guests' router (default: first host)"
@@ -173,8 +178,8 @@ class PortForwardCreate(RequestModel):
     """Forward host port(s) to a VM NIC's fixed address on a managed network."""
 
     name: ResourceName | None = Field(None, description="Default: derived from the ports")
-    network: str = Field(max_length=64, description="The network: id or name")
-    vm: str = Field(max_length=64, description="The target VM: id or name")
+    network: Ref = Field(description="The network: id or name")
+    vm: Ref = Field(description="The target VM: id or name")
     nic: int | None = Field(
         None, ge=0, le=15, description="The VM's NIC index (default: its NIC on the network)"
     )
@@ -187,7 +192,7 @@ class PortForwardCreate(RequestModel):
         None, description="Last host port of a range (forwarded to the same port numbers)"
     )
     target_port: PortNumber | None = Field(None, description="Guest port (default: `port`)")
-    description: str | None = Field(None, max_length=1024)
+    description: Annotated[str, ONE_LINE] | None = Field(None, max_length=1024)
 
 
 class PortForwardBatch(RequestModel):

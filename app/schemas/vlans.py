@@ -25,7 +25,7 @@ from app.domain.vlans import (
     validate_vlan_id,
     validate_vlan_name,
 )
-from app.schemas.common import Page, RequestModel, ResourceState, UpdateModel
+from app.schemas.common import ONE_LINE, Page, Ref, RequestModel, ResourceState, UpdateModel
 
 VlanNameStr = Annotated[
     str,
@@ -50,7 +50,9 @@ VlanId = Annotated[
     ),
     AfterValidator(validate_vlan_id),
 ]
-Description = Annotated[str, Field(max_length=DESCRIPTION_MAX, examples=["tenant A's segment"])]
+Description = Annotated[
+    str, Field(max_length=DESCRIPTION_MAX, examples=["tenant A's segment"]), ONE_LINE
+]
 BACKEND_DOC = (
     "vlan_filtering: the trunk bridge filters VLANs (kernel CONFIG_BRIDGE_VLAN_FILTERING); "
     "bridge_per_vlan: an 802.1Q sub-interface <uplink>.<vid> (CONFIG_VLAN_8021Q, module "
@@ -65,9 +67,7 @@ class VlanCreate(RequestModel):
 
     name: VlanNameStr
     vlan_id: VlanId
-    trunk: str = Field(
-        min_length=1,
-        max_length=64,
+    trunk: Ref = Field(
         description="The trunk: one of our bridges (id or name), usually the one with the "
         "uplink. A tap is refused (422), an unknown one is 404",
         examples=["br0"],

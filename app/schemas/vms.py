@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from app.domain.nics import backend_options
-from app.domain.vlans import VID_MAX, VID_MIN
 from app.domain.vms import (
     MEMORY_MIB,
     MTU_RANGE,
@@ -24,7 +23,16 @@ from app.domain.vms import (
     Vhost,
     VmStatus,
 )
-from app.schemas.common import Id, MacStr, RequestModel, VmNameStr, exactly_one_of
+from app.schemas.common import (
+    Id,
+    MacStr,
+    Ref,
+    RequestModel,
+    VlanRef,
+    VmNameStr,
+    exactly_one_of,
+)
+from app.schemas.vlans import VlanId
 
 Port = Field(ge=PORTS[0], le=PORTS[1])
 NIC_MTU = (
@@ -36,9 +44,32 @@ NIC_MTU = (
 VLAN_ACCESS = (
     "bridge backend: the VLAN (id or name) the NIC is an access port of (untagged in the "
     "guest). Its bridge is the VLAN's trunk; with the bridge_per_vlan backend the NIC's tap "
-    "joins the VLAN's own bridge instead. 404 for an unknown VLAN, 409 for one being deleted. "
+    "joins the VLAN's own bridge instead. Its id (UUID) or name, never its VID (a number is a "
+    "422). 404 for an unknown VLAN, 409 for one being deleted or in `error` (with its "
+    "status_reason). "
     "Null or omitted: no VLAN"
 )
+
+
+def _tagged_vids(vids: list[int]) -> list[int]:
+    """A trunk NIC's tagged VIDs: at least one, each once (each is 1-4094: VlanId)."""
+    if not vids:
+        raise ValueError(
+            "vlan_tagged must list at least one VLAN id (null or omitted: not a trunk NIC)"
+        )
+    repeated = sorted({v for v in vids if vids.count(v) > 1})
+    if repeated:
+        raise ValueError(f"vlan_tagged lists VLAN {repeated[0]} more than once")
+    return vids
+
+
+# checked here, before any bridge is looked at (the domain checks again: app.domain.vlans)
+VlanTagged = Annotated[
+    list[VlanId],
+    Field(max_length=64, json_schema_extra={"minItems": 1, "uniqueItems": True}),
+    AfterValidator(_tagged_vids),
+]
+
 VLAN_TAGGED = (
     "bridge backend, trunk NIC: the VIDs (1-4094, each once) of VLANs on `bridge` that "
     "reach the guest tagged (802.1Q inside the guest). Only with the vlan_filtering backend "
@@ -112,33 +143,28 @@ class NicIn(RequestModel):
     )
     mac: MacStr | None = Field(None, description="Allocated (unique) when omitted")
     backend: Backend = Field(strict=False)  # FastAPI validates JSON as Python: take the value
-    bridge: str | None = Field(
+    bridge: Ref | None = Field(
         None,
-        max_length=64,
         description="bridge backend: id or name. May be omitted with `vlan` (then it is the "
         "VLAN's trunk); given with `vlan`, it must be that trunk (422 otherwise)",
     )
-    vlan: str | None = Field(
+    vlan: VlanRef | None = Field(
         None,
-        max_length=64,
         description=VLAN_ACCESS,
         examples=["tenant-a"],
     )
-    vlan_tagged: list[int] | None = Field(
+    vlan_tagged: VlanTagged | None = Field(
         None,
-        max_length=64,
         description=VLAN_TAGGED,
         examples=[[10, 20]],
     )
-    native_vlan: int | None = Field(
+    native_vlan: VlanId | None = Field(
         None,
-        ge=VID_MIN,
-        le=VID_MAX,
         description="bridge backend, trunk NIC (with `vlan_tagged`): the VID (1-4094) of a VLAN "
         "on the bridge that crosses the NIC untagged (its PVID); not also in `vlan_tagged`. "
         "Null or omitted: none (untagged frames are dropped)",
     )
-    tap: str | None = Field(None, max_length=64, description="tap backend: id or name")
+    tap: Ref | None = Field(None, description="tap backend: id or name")
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")

@@ -112,8 +112,10 @@ class InUseGuard:
         uplink = uplink_of(self.session, row.id)
         if uplink is not None and not uplink.deleted:
             found.append(Dependent(K.UPLINK, uplink.id, uplink.name))
-        vlans = VlanRepository(self.session).on_trunk(row.id, live_only=True)
-        return found + [_row_dependent(K.VLAN, v) for v in vlans]
+        for vlan in VlanRepository(self.session).on_trunk(row.id, live_only=True):
+            # the VLAN, and the network on it (its taps and NICs are on the trunk: above)
+            found += [_row_dependent(K.VLAN, vlan), *self._network_of(vlan)]
+        return found
 
     def tap_dependents(self, row: Tap) -> list[Dependent]:
         found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_tap(row.id)]
@@ -128,7 +130,8 @@ class InUseGuard:
 
     def free_bridge(self, row: Bridge) -> None:
         """Force: the bridge's VM NICs leave their VMs, its network goes, its taps are
-        detached, its uplink moves the host's configuration back and its VLANs go."""
+        detached, its uplink moves the host's configuration back and its VLANs go with the
+        networks on them."""
         for nic, vm in self.repo.nics_on_bridge(row.id):
             self.remove_nic(nic, vm)
         self._free_network(row)
@@ -143,6 +146,7 @@ class InUseGuard:
                 Dependent(K.UPLINK, uplink.id, uplink.name, action=ForceAction.DELETED)
             )
         for vlan in VlanRepository(self.session).on_trunk(row.id, live_only=True):
+            self.free_vlan(vlan)  # the network on it; its NICs and taps went above
             self.delete_vlan(vlan)
             self.detached.append(Dependent(K.VLAN, vlan.id, vlan.name, action=ForceAction.DELETED))
 

@@ -161,19 +161,33 @@ def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap
     return row
 
 
+def require_vlan(session: Session, ref: str, joiner: str) -> Vlan:
+    """The VLAN `ref` (its name or id) that `joiner` (a port, a network) is to join: 404
+    unknown, 409 being deleted, and 409 with its reason while it is in `error`. A VLAN in
+    error carries nothing its backend promised (on a trunk without working filtering a
+    port would sit on the trunk untagged, on another tenant's segment); joining it is
+    refused as joining a bridge that was never created is (never_created)."""
+    vlan = VlanRepository(session).find(ref)
+    if vlan is None:
+        raise NotFound(f"no VLAN {ref!r}")
+    if vlan.deleted:
+        raise BeingDeleted(f"VLAN {vlan.name!r} is being deleted")
+    if vlan.status == Status.ERROR.value:
+        raise Conflict(
+            f"VLAN {vlan.name!r} is in error ({vlan.status_reason}); {joiner} cannot join it "
+            "until it is active: remove the cause (it is retried at every full pass), or "
+            "delete it and create one the host can carry"
+        )
+    return vlan
+
+
 def vlan_port(
     session: Session, bridge_ref: str | None, vlan_ref: str | None
 ) -> tuple[Bridge, Vlan | None]:
     """The bridge a port joins (a VM NIC's tap or a tap resource) and the VLAN it is an
     access port of. With a VLAN the bridge may be omitted: it is the VLAN's trunk; named,
     it must be that trunk (422). An unknown VLAN or bridge is 404, one being deleted 409."""
-    vlan = None
-    if vlan_ref is not None:
-        vlan = VlanRepository(session).find(vlan_ref)
-        if vlan is None:
-            raise NotFound(f"no VLAN {vlan_ref!r}")
-        if vlan.deleted:
-            raise BeingDeleted(f"VLAN {vlan.name!r} is being deleted")
+    vlan = None if vlan_ref is None else require_vlan(session, vlan_ref, "a port")
     if bridge_ref is None:
         if vlan is None:
             raise InvalidInput("a port on a bridge names its `bridge` or its `vlan`")
@@ -390,11 +404,12 @@ class TapService:
         """A PATCH's `bridge` and `vlan` as columns. `vlan` null takes the tap off its VLAN
         (on its bridge still); a VLAN without `bridge` brings its trunk; another bridge
         alone takes the tap off its VLAN (a VLAN lives on one trunk)."""
+        bridge_given = "bridge" in changes  # null: off any bridge, as `bridge` alone
         bridge_ref = changes.pop("bridge", None)
         if "vlan" in changes:
             vlan_ref = changes.pop("vlan")
             if vlan_ref is None:
-                bridge_id = self._bridge_id(bridge_ref) if bridge_ref else row.bridge_id
+                bridge_id = self._bridge_id(bridge_ref) if bridge_given else row.bridge_id
                 return {"bridge_id": bridge_id, "vlan_id": None}
             bridge_id, vlan_id = self._placement(bridge_ref, vlan_ref)
             return {"bridge_id": bridge_id, "vlan_id": vlan_id}

@@ -65,7 +65,7 @@ from app.domain.networks import (
     plan_addressing,
 )
 from app.domain.path_probe import ProbeTarget
-from app.domain.segments import Segment, segment_driver
+from app.domain.segments import Segment, SegmentKind, segment_driver
 from app.domain.status import Status
 from app.schemas.networks import (
     DhcpIn,
@@ -75,6 +75,7 @@ from app.schemas.networks import (
     PortForwardCreate,
 )
 from app.services.in_use import InUseGuard
+from app.services.links import require_vlan
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
 
@@ -211,6 +212,8 @@ class NetworkService:
             raise NotFound(f"no {kind} {ref!r}")
         if link.deleted:
             raise BeingDeleted(f"{kind} {link.name!r} is being deleted")
+        if kind == SegmentKind.VLAN.value:
+            require_vlan(self.session, link.id, "a network")  # 409 while it is in error
         segment = object_segment(self.session, kind, link)
         if segment is None:
             raise NotFound(f"what {kind} {link.name!r} rides on is gone")

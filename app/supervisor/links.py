@@ -382,13 +382,17 @@ class LinkReconciler:
         row.observed_mtu = outcome.mtu
         row.observed_oper_state = outcome.oper_state
         row.observed_generation = loaded
+        held = None if row.deleted else outcome.spec.held
         if row.deleted:
             row.status = Status.DELETING.value
+        elif held is not None:  # made, but kept off the bridge its row names: its failure
+            row.status, row.status_reason = Status.ERROR.value, held
         else:
             row.status = Status.ACTIVE.value if current else Status.PENDING.value
             row.status_reason = None
         if current and newly_applied:
-            self._finished.append(FinishedOperation(row.id, loaded, "succeeded"))
+            result = "succeeded" if held is None else "failed"
+            self._finished.append(FinishedOperation(row.id, loaded, result, held))
         if not drift:
             return None
         reason = f"{outcome.action.value}: the kernel had drifted from the desired state"

@@ -519,6 +519,11 @@ class NetworkWorker:
         elif process is not None and changes.hosts:
             process.reload()
         if process is None:
+            if not dnsmasq.interface_exists(network.service.interface):
+                # its link is not there yet (a VLAN's L3 interface, a bridge being made):
+                # started once it is, never for a missing interface
+                reason = network.link_problem or f"{network.service.interface} does not exist"
+                return Observed(Status.PENDING, reason, settled=False, restarts=restarts)
             if not self.backoff.due(row.id):
                 reason = f"dnsmasq {self._exits.get(row.id, 'is down')}; restarting soon"
                 return Observed(Status.ERROR, reason, settled=False, restarts=restarts)

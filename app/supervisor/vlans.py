@@ -40,9 +40,10 @@ from app.db.repositories import (
     desired_port_vlans,
     load_vlan_work,
     mark_filtering_ours,
+    vlan_referrers,
     vlan_rows,
 )
-from app.db.session import Database
+from app.db.session import Database, DatabaseError
 from app.domain.links import ActionKind
 from app.domain.retry import Backoff
 from app.domain.status import Status
@@ -212,10 +213,30 @@ class VlanReconciler:
     def _write_back(
         self, scope: Scope, work: Sequence[VlanWork], results: Mapping[str, VlanResult]
     ) -> int:
-        events: list[dict[str, object]] = []
-        finished: list[FinishedOperation] = []
+        """Record every result in one transaction. When the database refuses it (a row it
+        will not delete, a constraint nobody foresaw), each result is written alone, so
+        that one VLAN's failure stays on that VLAN (reason, backoff) and never fails the
+        pass for every object, pass after pass."""
         if not results:
             return 0
+        try:
+            return self._write_results(scope, work, results)
+        except DatabaseError as exc:
+            if len(results) == 1:
+                return self._write_refused(next(iter(results)), exc)
+        written = 0
+        for vlan_id, result in results.items():
+            try:
+                written += self._write_results(scope, work, {vlan_id: result})
+            except DatabaseError as exc:
+                written += self._write_refused(vlan_id, exc)
+        return written
+
+    def _write_results(
+        self, scope: Scope, work: Sequence[VlanWork], results: Mapping[str, VlanResult]
+    ) -> int:
+        events: list[dict[str, object]] = []
+        finished: list[FinishedOperation] = []
         with self.db.unit_of_work() as session:
             rows = vlan_rows(session, list(results))
             loaded = {w.id: w for w in work}
@@ -231,6 +252,23 @@ class VlanReconciler:
             self.bus.publish(**event)
         return len(events)
 
+    def _write_refused(self, vlan_id: str, exc: DatabaseError) -> int:
+        """The database refused what this VLAN's result wrote: the VLAN says why and is
+        retried with backoff (logged at a bounded rate, app.supervisor.faults)."""
+        self.backoff.failed(vlan_id)
+        with self.db.unit_of_work() as session:
+            row = vlan_rows(session, [vlan_id]).get(vlan_id)
+            if row is None:
+                return 0
+            self.faults.failed(vlan_id, f"recording VLAN {row.name}", exc)
+            reason = f"retrying with backoff: {describe(exc)}"
+            if row.status_reason == reason:
+                return 0
+            row.status_reason = reason
+            event = row.event_fields("vlan")
+        self.bus.publish(**event)
+        return 1
+
     def _record(
         self,
         session: Any,
@@ -241,6 +279,9 @@ class VlanReconciler:
         finished: list[FinishedOperation],
     ) -> dict[str, object] | None:
         if row.deleted and result.ok:
+            referrers = vlan_referrers(session, row.id)
+            if referrers:
+                return self._wait_for(row, referrers)
             self.backoff.succeeded(row.id)
             finished.append(FinishedOperation(row.id, row.generation, "succeeded"))
             LinkNameRepository(session).release(row.id)
@@ -301,6 +342,17 @@ class VlanReconciler:
         if after[3] != before[3]:
             return row.event_fields("vlan", "observed", data={"objects": row.observed_objects})
         return None
+
+    def _wait_for(self, row: Vlan, referrers: Sequence[str]) -> dict[str, object] | None:
+        """A deleted VLAN whose objects are gone keeps its row while rows on their way out
+        (a live network, a deleted VM's NICs) still point at it, backing off, as a link
+        row does (app.supervisor.links)."""
+        self.backoff.failed(row.id)
+        reason = f"its kernel objects are gone; waiting for {', '.join(referrers[:5])} to go"
+        if row.status_reason == reason:
+            return None
+        row.status_reason = reason
+        return row.event_fields("vlan")
 
 
 def _trunk_failed(exc: LinkError) -> TrunkResult:

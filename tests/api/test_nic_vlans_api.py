@@ -12,6 +12,7 @@ trunk, from the kernel: the tap's master is the trunk itself.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,33 @@ from app.domain.vlan_ports import Membership
 from app.settings import Settings
 from tests.api.test_vlans_api import VlanKernelInspector, make_bridge, problem
 from tests.netns_tools import links
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No full resync during a test (filtering_as_if_active: the rows stand for a kernel
+    that filters VLANs until the next one)."""
+    return settings.model_copy(update={"reconcile_interval": 3600.0})
+
+
+def filtering_as_if_active(settings: Settings, *vlan_ids: str) -> None:
+    """This kernel cannot filter VLANs: the supervisor puts a vlan_filtering VLAN in `error`
+    at its first try, and nothing joins a VLAN in error (409). These service-level tests
+    stand for a kernel that filters: once the supervisor has tried, the rows say what it
+    would have written there (active, settled), as the injected probe says what it would
+    answer. The next full pass would try again: `settings` puts it after the test."""
+    marks = ",".join("?" * len(vlan_ids))
+    deadline = time.monotonic() + 10
+    with sqlite3.connect(settings.state_dir / "kvmnetd.db") as conn:
+        query = f"SELECT count(*) FROM vlans WHERE status = 'error' AND id IN ({marks})"
+        while conn.execute(query, vlan_ids).fetchone() != (len(vlan_ids),):
+            assert time.monotonic() < deadline, "the supervisor never tried the VLANs"
+            time.sleep(0.05)
+        conn.execute(
+            "UPDATE vlans SET status = 'active', status_reason = NULL, "
+            f"observed_generation = generation WHERE id IN ({marks})",
+            vlan_ids,
+        )
 
 
 @pytest.fixture
@@ -76,13 +104,14 @@ def rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-def world(vapi: TestClient) -> dict[str, str]:
+def world(vapi: TestClient, settings: Settings) -> dict[str, str]:
     """br0 filters VLANs 10 (tenant-a) and 20 (tenant-b); br1 carries VLAN 30 (tenant-c)
     with a bridge per VLAN; br2 carries none."""
     ids = {name: str(make_bridge(vapi, name)["id"]) for name in ("br0", "br1", "br2")}
     ids["tenant-a"] = vlan(vapi, "tenant-a", 10, "br0")
     ids["tenant-b"] = vlan(vapi, "tenant-b", 20, "br0")
     ids["tenant-c"] = vlan(vapi, "tenant-c", 30, "br1", backend="bridge_per_vlan")
+    filtering_as_if_active(settings, ids["tenant-a"], ids["tenant-b"])
     return ids
 
 

@@ -18,7 +18,12 @@ from app.domain.links import LinkKind
 from app.domain.vlans import vlan_bridge_name
 from app.settings import Settings
 from tests.api.test_addresses_api import eventually
-from tests.api.test_nic_vlans_api import vapi, vlan  # noqa: F401 (fixture)
+from tests.api.test_nic_vlans_api import (  # noqa: F401 (fixtures)
+    filtering_as_if_active,
+    settings,
+    vapi,
+    vlan,
+)
 from tests.api.test_path_probe import probe, steps
 from tests.api.test_vlans_api import make_bridge, problem
 from tests.netns_tools import links
@@ -30,7 +35,7 @@ def network(api: TestClient, **body: Any) -> Any:
 
 def test_a_network_names_exactly_one_of_bridge_tap_or_vlan(
     vapi: TestClient,  # noqa: F811
-    settings: Settings,
+    settings: Settings,  # noqa: F811
 ) -> None:
     make_bridge(vapi, "br0")
     vlan(vapi, "tenant-a", 10, "br0", backend="bridge_per_vlan")
@@ -38,7 +43,7 @@ def test_a_network_names_exactly_one_of_bridge_tap_or_vlan(
         assert "exactly one of `bridge`, `tap` or `vlan`" in str(
             problem(network(vapi, **body), 422)
         )
-    assert "no vlan 'nope'" in str(problem(network(vapi, vlan="nope"), 404))
+    assert "no VLAN 'nope'" in str(problem(network(vapi, vlan="nope"), 404))
     assert vapi.get("/v1/networks").json()["items"] == []
 
 
@@ -68,10 +73,10 @@ def test_a_network_on_a_bridge_per_vlan_vlan_answers_dhcp_on_its_bridge(
 
 def test_a_network_on_a_filtering_vlan_plans_bridge_dot_vid_and_the_self_port(
     vapi: TestClient,  # noqa: F811
-    settings: Settings,
+    settings: Settings,  # noqa: F811
 ) -> None:
     trunk = str(make_bridge(vapi, "br0")["id"])
-    vlan(vapi, "tenant-a", 10, "br0", backend="vlan_filtering")
+    filtering_as_if_active(settings, vlan(vapi, "tenant-a", 10, "br0", backend="vlan_filtering"))
     r = vapi.post(
         "/v1/networks", json={"name": "nat0", "vlan": "tenant-a", "subnet": "10.93.0.0/24"}
     )

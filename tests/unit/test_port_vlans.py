@@ -99,7 +99,9 @@ def test_port_master_prefers_the_vlans_bridge() -> None:
     bridges = {"b0": BridgeFacts("br0", 1500), "v30": BridgeFacts("br0v30", 1500)}
     assert port_master("b0", "v30", bridges) == BridgeFacts("br0v30", 1500)
     assert port_master("b0", None, bridges) == BridgeFacts("br0", 1500)
-    assert port_master("b0", "gone", bridges) == BridgeFacts("br0", 1500)
+    # a VLAN with no bridge to offer (gone, or a failed filtering trunk): no bridge at all,
+    # never its trunk, where the port would be untagged, on no VLAN
+    assert port_master("b0", "gone", bridges) is None
     assert port_master(None, None, bridges) is None
 
 

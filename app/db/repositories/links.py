@@ -100,11 +100,18 @@ def _link_spec(
         )
     # on a VLAN: the VLAN's bridge (bridge_per_vlan) or its trunk (port_master)
     bridge = port_master(row.bridge_id, row.vlan_id, bridges)
+    held = None
+    if row.vlan_id is not None and bridge is None:
+        held = (
+            "on no bridge: its VLAN is in error (see the VLAN's status_reason) and a port "
+            "of a VLAN never sits on the trunk untagged; it joins once the VLAN is active"
+        )
     return replace(
         common,
         kind=LinkKind.TAP,
         mtu=tap_mtu(settings["mtu"], bridge.mtu if bridge else None),
         master=bridge.name if bridge else None,
+        held=held,
         owner_uid=settings["owner_uid"],
         owner_gid=settings["owner_gid"],
         multi_queue=settings["multi_queue"],

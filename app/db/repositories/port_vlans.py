@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, Tap, Vlan, Vm, VmNic
+from app.db.models import Bridge, Network, Tap, Vlan, Vm, VmNic
 from app.domain.errors import InvalidInput
 from app.domain.segments import SegmentKind, SegmentObject, describe
+from app.domain.status import Status
 from app.domain.vlan_ports import Membership, access_port, trunk_port
+from app.domain.vlans import VlanBackend
 
 if TYPE_CHECKING:
     from app.db.repositories.links import BridgeFacts
@@ -34,22 +36,28 @@ def vlan_masters(session: Session, bridges: Mapping[str, BridgeFacts]) -> dict[s
     """VLAN row id -> the bridge its access ports join (name, and the MTU it keeps: the
     trunk's): its segment's master (app.domain.segments.vlan: the per-VLAN bridge with
     bridge_per_vlan, the trunk with vlan_filtering). A VLAN whose trunk is not in `bridges`
-    is left out; one its driver cannot place (its backend unknown) keeps the trunk."""
+    is left out, and so are one its driver cannot place (its backend unknown) and a
+    vlan_filtering VLAN in `error` (its trunk may not filter: a port there would be untagged
+    on the trunk, on no VLAN at all); their ports join no bridge."""
     masters: dict[str, BridgeFacts] = {}
-    for row_id, name, trunk_id, vid, backend in session.execute(
-        select(Vlan.id, Vlan.name, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend)
+    for row_id, name, trunk_id, vid, backend, status in session.execute(
+        select(Vlan.id, Vlan.name, Vlan.trunk_id, Vlan.vlan_id, Vlan.backend, Vlan.status)
     ):
         trunk = bridges.get(trunk_id)
-        if trunk is None:
+        failed_filtering = (
+            backend == VlanBackend.VLAN_FILTERING.value and status == Status.ERROR.value
+        )
+        if trunk is None or failed_filtering:
             continue
         obj = SegmentObject(
             SegmentKind.VLAN.value, row_id, name, trunk=trunk.name, vid=vid, backend=backend
         )
         try:
             master = describe(obj).master
-        except InvalidInput:  # a row its driver cannot read: its ports stay on the trunk
-            master = None
-        masters[row_id] = replace(trunk, name=master or trunk.name)
+        except InvalidInput:  # a row its driver cannot read: its ports join no bridge
+            continue
+        if master is not None:
+            masters[row_id] = replace(trunk, name=master)
     return masters
 
 
@@ -58,9 +66,10 @@ def port_master(
 ) -> BridgeFacts | None:
     """The bridge a port's tap joins: its VLAN's (`bridges` as bridge_facts() gives them,
     with the VLANs' masters under their ids), else its own bridge; None: no bridge (routed),
-    or its bridge's row is gone."""
-    if vlan_id is not None and vlan_id in bridges:
-        return bridges[vlan_id]
+    or its bridge's row is gone, or its VLAN has no bridge to offer (vlan_masters): a port
+    of a VLAN never falls back to its trunk untagged."""
+    if vlan_id is not None:
+        return bridges.get(vlan_id)
     return bridges.get(bridge_id) if bridge_id else None
 
 
@@ -142,8 +151,10 @@ def vlan_users(session: Session, vlan: Vlan) -> tuple[list[tuple[VmNic, Vm]], Se
 
 
 def vlan_referrers(session: Session, vlan_id: str) -> list[str]:
-    """Rows that still point at a VLAN row (any VM, deleted or not; any tap): while one
-    does, the row must stay (foreign keys), even once its kernel objects are gone."""
+    """Rows that still point at a VLAN row (any VM, deleted or not; any tap; a live network):
+    while one does, the row must stay (foreign keys, and a live network must keep its link:
+    CHECK ck_networks_one_link), even once its kernel objects are gone. A deleted network
+    may outlive its VLAN briefly, as it may its bridge (its vlan_id becomes NULL)."""
     taps = session.scalars(select(Tap.name).where(Tap.vlan_id == vlan_id))
     nics = session.execute(
         select(Vm.name, VmNic.position)
@@ -151,4 +162,11 @@ def vlan_referrers(session: Session, vlan_id: str) -> list[str]:
         .where(VmNic.vlan_id == vlan_id)
         .order_by(Vm.name, VmNic.position)
     )
-    return [*(f"tap {t}" for t in taps), *(f"vm_nic {vm}/{pos}" for vm, pos in nics)]
+    networks = session.scalars(
+        select(Network.name).where(Network.vlan_id == vlan_id, Network.deleted.is_(False))
+    )
+    return [
+        *(f"tap {t}" for t in taps),
+        *(f"vm_nic {vm}/{pos}" for vm, pos in nics),
+        *(f"network {n}" for n in networks),
+    ]

@@ -95,6 +95,9 @@ class LinkSpec:
     forward_delay_cs: int = 0
     # tap
     master: str | None = None
+    # why the tap joins no bridge although its row names one (its VLAN offers none: a
+    # failed filtering trunk); the link is made all the same, and its row says this
+    held: str | None = None
     owner_uid: int | None = None
     owner_gid: int | None = None
     multi_queue: bool = False
