@@ -207,13 +207,14 @@ class NetworkService:
         """The live object of `kind` named `ref` (404 when unknown, 409 while it is being
         deleted) and the segment it is."""
         segment_driver(kind)  # an unknown kind is a 422 naming the known ones
+        if kind == SegmentKind.VLAN.value:
+            # 404 unknown, 409 being deleted or in error (with its reason)
+            require_vlan(self.session, ref, "a network")
         link = self.networks.segment_object(kind, ref)
         if link is None:
             raise NotFound(f"no {kind} {ref!r}")
         if link.deleted:
             raise BeingDeleted(f"{kind} {link.name!r} is being deleted")
-        if kind == SegmentKind.VLAN.value:
-            require_vlan(self.session, link.id, "a network")  # 409 while it is in error
         segment = object_segment(self.session, kind, link)
         if segment is None:
             raise NotFound(f"what {kind} {link.name!r} rides on is gone")
