@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy.orm import Session
 
-from app.db.migrate import upgrade
 from app.db.models import Bridge, Network, Vlan, VmNic
 from app.db.repositories import (
     BridgeFacts,
@@ -44,10 +42,8 @@ from app.domain.segments import (
     segment_driver,
 )
 from app.domain.vlans import vlan_bridge_name
-from app.schemas.links import BridgeCreate, TapCreate
 from app.schemas.networks import NetworkCreate
 from app.schemas.vms import VmCreate
-from app.services.links import BridgeService, TapService
 from app.services.networks import NetworkService
 from app.services.vms import HostFacts, VmService
 
@@ -109,17 +105,6 @@ def test_unreadable_objects_and_unknown_kinds_are_invalid_input() -> None:
 
 
 # ---- in the database --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'k.db'}")
-    upgrade(database.url)
-    with database.unit_of_work() as s:
-        BridgeService(s).create(BridgeCreate(name="br0"))
-        TapService(s).create(TapCreate(name="tap1"))
-    yield database
-    database.dispose()
 
 
 def add_vlan(session: Session, backend: str, vid: int = 10) -> Vlan:

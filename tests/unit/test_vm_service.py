@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.db.migrate import upgrade
 from app.db.models import HostPort, LinkName, Vm, VmNic
 from app.db.repositories import vm_spec
 from app.db.session import Database
@@ -24,9 +21,7 @@ from app.domain.errors import (
 )
 from app.domain.qemu_argv import qemu_argv
 from app.domain.vms import QEMU_DEFAULT_MAC, Accelerator
-from app.schemas.links import BridgeCreate, TapCreate
 from app.schemas.vms import VmCreate
-from app.services.links import BridgeService, TapService
 from app.services.vms import HostFacts, VmPowerService, VmService, vm_tap_name
 
 HOST = HostFacts(
@@ -35,17 +30,6 @@ HOST = HostFacts(
     kvm_runs_guests=False,
 )
 BOOT = {"kernel": "/k/vmlinuz", "initrd": "/k/initrd", "cmdline": "console=ttyS0"}
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'k.db'}")
-    upgrade(database.url)
-    with database.unit_of_work() as s:
-        BridgeService(s).create(BridgeCreate(name="br0"))
-        TapService(s).create(TapCreate(name="tap1"))
-    yield database
-    database.dispose()
 
 
 def create(db: Database, name: str, *nics: dict[str, Any], **kw: Any) -> tuple[Any, list[VmNic]]:
