@@ -12,9 +12,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     JsonValue,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 from app.domain.names import (
     LINK_NAME_MAX,
@@ -102,10 +106,31 @@ def _one_line_of_text(value: str) -> str:
     return value
 
 
+# the same rule for clients (JSON Schema `pattern`, ECMA-262): no U+0000-U+001F, U+007F-U+009F
+ONE_LINE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+
+
+class _OneLine:
+    """Pydantic annotation: `_one_line_of_text` after the string's own validation, and its
+    rule as the JSON Schema `pattern` (so generated clients and fuzzers know it)."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(_one_line_of_text, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["pattern"] = ONE_LINE_PATTERN
+        return json_schema
+
+
 # Free text about a resource, shown to people (descriptions): one line, no control
 # characters (Unicode category Cc: a NUL cuts it short in C tools, a newline forges a log
 # line). `Annotated[str, Field(max_length=...), ONE_LINE]`.
-ONE_LINE = AfterValidator(_one_line_of_text)
+ONE_LINE = _OneLine()
 
 
 # A reference to one of our resources: its id (a UUID) or its name (found in any case).

@@ -15,7 +15,9 @@ BOOT_PATHS = ("kernel", "initrd", "disk")
 # A DELETE answers 202 and the resource stays readable (status deleting) until the supervisor
 # has removed it, milliseconds later; with ?wait= the answer is 204 once it is gone. The
 # stateful phase's use-after-free check reads right after a 2xx DELETE, so its DELETEs wait:
-# then a later 200 really is a use after free.
+# then a later 200 really is a use after free. They never force: `?force=true` also deletes
+# what depends on the resource (a bridge's network), which the created-resource check, reading
+# that network later in the chain, would report as "created resource not found".
 DELETE_WAIT = 30
 
 
@@ -33,6 +35,10 @@ def _unbootable(boot: Any) -> None:
 # default to the subnet's (random ones would lie outside it).
 NETWORK_CREATE = ("POST", "/v1/networks")
 _subnets = itertools.count(1)
+# Stateful creates get names no generated path parameter is: a resource is found by id or by
+# name, and a random `DELETE /v1/networks/0` deleted the network just created as "0", which
+# the created-resource check (ST302) then reported as never found.
+_names = itertools.count(1)
 
 
 def _valid_network(body: dict[str, Any]) -> None:
@@ -50,15 +56,19 @@ def _valid_network(body: dict[str, Any]) -> None:
 def map_case(context: HookContext, case: schemathesis.Case) -> schemathesis.Case:
     """Every absolute boot path of a VM lies under NOWHERE (relative ones stay: the API must
     refuse them), so the VMs the fuzzer creates and starts exercise the whole API and
-    supervisor but never boot a TCG guest. Stateful DELETEs wait (DELETE_WAIT); stateful
-    network creates are valid (_valid_network)."""
+    supervisor but never boot a TCG guest. Stateful DELETEs wait (DELETE_WAIT), unforced;
+    stateful
+    network creates are valid (_valid_network); stateful creates are named fz<n>."""
     if isinstance(case.body, dict):
         _unbootable(case.body.get("boot"))
     meta = case.meta
     if meta is None or meta.phase.name != "stateful":
         return case
     if case.method.upper() == "DELETE":
-        case.query = {**(case.query or {}), "wait": DELETE_WAIT}
+        query = {k: v for k, v in (case.query or {}).items() if k != "force"}
+        case.query = {**query, "wait": DELETE_WAIT}
+    if case.method.upper() == "POST" and isinstance(case.body, dict) and "name" in case.body:
+        case.body["name"] = f"fz{next(_names)}"
     if (case.method.upper(), case.operation.path) == NETWORK_CREATE and isinstance(case.body, dict):
         _valid_network(case.body)
     return case
