@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.daemon import Daemon
+from tests.db_template import seed_state_dir
 from tests.netns_tools import throwaway_netns
 
 QEMU_USER = "kvmnetd-qemu"  # the daemon's default (settings.qemu_user)
@@ -40,7 +41,7 @@ def netns() -> Iterator[str]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
-        state_dir=tmp_path / "state",
+        state_dir=seed_state_dir(tmp_path / "state"),
         run_dir=tmp_path / "run",
         listen="",
         reconcile_interval=30,

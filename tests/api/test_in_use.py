@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge, make_tap
 from tests.api.test_networks_api import alive, make_network
+from tests.db_template import seed_state_dir
 from tests.guest.build import build_guest, kernel_cmdline
 from tests.guest.console import parse_ready
 from tests.netns_tools import links
@@ -45,7 +46,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     run_dir.chmod(0o755)  # qemu runs as kvmnetd-qemu and must reach its run directory
     try:
         yield Settings(
-            state_dir=tmp_path / "state",
+            state_dir=seed_state_dir(tmp_path / "state"),
             run_dir=run_dir,
             listen="",
             reconcile_interval=30,

@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from app.main import create_app
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge, make_tap
+from tests.db_template import seed_state_dir
 from tests.guest.build import build_guest, kernel_cmdline
 from tests.netns_tools import links
 
@@ -32,7 +33,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     run_dir = Path(tempfile.mkdtemp(prefix="kvt-", dir="/tmp"))
     run_dir.chmod(0o755)
     yield Settings(
-        state_dir=tmp_path / "state",
+        state_dir=seed_state_dir(tmp_path / "state"),
         run_dir=run_dir,
         listen="",
         reconcile_interval=3600,

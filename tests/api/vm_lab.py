@@ -23,6 +23,7 @@ from app.domain.vm_plan import RestartRules
 from app.host.qemu import ShutdownDeadlines
 from app.main import create_app
 from app.settings import Settings
+from tests.db_template import seed_state_dir
 from tests.host.test_qemu import live_pids_with_uuid
 
 # mov ah,86h; cx:dx = 1 s; int 15h (wait); then ACPI S5 through the PM1a control port of
@@ -73,6 +74,7 @@ class Lab:
 def lab(netns: str) -> Iterator[Lab]:
     base = Path(tempfile.mkdtemp(prefix="kvt-act-", dir="/tmp"))  # short: QMP socket paths
     base.chmod(0o755)
+    seed_state_dir(base / "state")
     lab = Lab(netns, base)
     try:
         yield lab

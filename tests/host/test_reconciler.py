@@ -14,20 +14,19 @@ import pytest
 from sqlalchemy import delete
 
 from app.bus import EventBus
-from app.db.migrate import upgrade
 from app.db.models import Bridge, LinkName, Tap, Vm, VmNic, new_id
 from app.db.session import Database
 from app.domain.retry import Backoff
 from app.host.netlink import LinkOps
 from app.host.netns import call_in as in_netns
 from app.supervisor.links import LinkReconciler, Scope
+from tests.db_template import seeded_database_file
 from tests.netns_tools import ip, links
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'kvmnetd.db'}")
-    upgrade(database.url)
+    database = Database(f"sqlite:///{seeded_database_file(tmp_path / 'kvmnetd.db')}")
     yield database
     database.dispose()
 

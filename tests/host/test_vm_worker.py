@@ -28,7 +28,6 @@ from pyroute2 import IPRoute
 from sqlalchemy import select
 
 from app.bus import EventBus
-from app.db.migrate import upgrade
 from app.db.models import HostPort, LinkName, Operation, Vm, VmNic
 from app.db.session import Database
 from app.domain.vm_plan import RestartRules
@@ -39,6 +38,7 @@ from app.services.links import BridgeService
 from app.services.vms import HostFacts, VmService
 from app.supervisor.vm_taps import tap_mark
 from app.supervisor.vms import VmWorker
+from tests.db_template import seeded_database_file
 from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import wait_ready
 from tests.guest.test_guest import tcp_answer
@@ -176,8 +176,7 @@ def env(netns: str, guest: Guest, request: pytest.FixtureRequest) -> Iterator[En
     # short (unix socket paths) and reachable by an unprivileged qemu
     base = Path(tempfile.mkdtemp(prefix="kvt-vmw-", dir="/tmp"))
     base.chmod(0o711)
-    db = Database(f"sqlite:///{base / 'k.db'}")
-    upgrade(db.url)
+    db = Database(f"sqlite:///{seeded_database_file(base / 'k.db')}")
     environment = Env(netns, base, db, EventBus(), guest)
     try:
         yield environment

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from app.db.migrate import upgrade
 from app.db.models import Vm, VmNic
 from app.db.repositories import (
     BridgeFacts,
@@ -36,6 +35,7 @@ from app.services.networks import NetworkService
 from app.services.vlans import VlanService
 from app.services.vms import HostFacts, VmPowerService, VmService
 from app.supervisor.vm_taps import tap_plans
+from tests.db_template import seeded_database_file
 
 HOST = HostFacts(frozenset({"virtio-net-pci"}), vhost_net=False, kvm_runs_guests=False)
 ACCESS = {"pvid": True, "untagged": True}
@@ -44,8 +44,7 @@ ACCESS = {"pvid": True, "untagged": True}
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
     """br0 filters VLANs 10 and 20; br1 carries VLAN 30 on a bridge of its own."""
-    database = Database(f"sqlite:///{tmp_path / 'k.db'}")
-    upgrade(database.url)
+    database = Database(f"sqlite:///{seeded_database_file(tmp_path / 'k.db')}")
     with database.unit_of_work() as s:
         for name in ("br0", "br1"):
             BridgeService(s).create(BridgeCreate(name=name))
