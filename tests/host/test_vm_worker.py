@@ -258,7 +258,7 @@ def test_boots_answers_is_adopted_by_a_new_worker_and_stops(env: Env) -> None:
     print(f"QMP up after {launched:.2f} s, guest ready after {booted:.1f} s")
 
     # the daemon goes away: qemu stays; a new worker adopts it and starts no second copy
-    pid = row.pid
+    pid, first_started_at = row.pid, row.started_at
     worker.stop()
     assert live_pids_with_uuid({vm_id}) == [pid]
     started = time.monotonic()
@@ -266,6 +266,7 @@ def test_boots_answers_is_adopted_by_a_new_worker_and_stops(env: Env) -> None:
     adopted_in = time.monotonic() - started
     row = env.wait_for(vm_id, running)
     assert row is not None and row.pid == pid
+    assert row.started_at == first_started_at  # the same launch: the same instant
     assert live_pids_with_uuid({vm_id}) == [pid]  # exactly one qemu with that -uuid
     assert tcp_answer(env.netns, "127.0.0.1", HOST_PORT).address == "10.0.2.15"
     print(f"adopted within {adopted_in:.2f} s")

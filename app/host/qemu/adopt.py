@@ -114,6 +114,7 @@ def _hold(
         start_time=record.start_time,
         argv=record.argv,
         qmp=qmp,
+        launched_at=record.launched_at,
     )
 
 

@@ -172,14 +172,15 @@ def _adopt_child(
     facts = proc_facts(child.pid)
     assert facts is not None  # at worst a zombie, which still has its /proc entry
     paths = spec.paths
-    LaunchRecord(
+    record = LaunchRecord(
         vm_id=spec.vm_id,
         pid=child.pid,
         start_time=facts.start_time,
         uid=os.getuid() if spec.user is None else spec.user,
         argv=tuple(argv),
         launched_at=time.time(),
-    ).write(paths)
+    )
+    record.write(paths)
     qmp = Qmp(paths.qmp_socket, name=process_name(spec.vm_id), on_event=on_event)
     return QemuProcess(
         vm_id=spec.vm_id,
@@ -190,6 +191,7 @@ def _adopt_child(
         argv=argv,
         qmp=qmp,
         child=child,
+        launched_at=record.launched_at,
     )
 
 

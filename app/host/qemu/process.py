@@ -54,8 +54,11 @@ class QemuProcess:
         argv: Sequence[str],
         qmp: Qmp,
         child: subprocess.Popen[bytes] | None = None,
+        launched_at: float | None = None,
     ) -> None:
         self.vm_id = vm_id
+        # when the daemon spawned it (Unix time, s; its launch record's), None when unknown
+        self.launched_at = launched_at
         self.paths = paths
         self.pid = pid
         self.start_time = start_time

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from functools import partial
 
 from app.db.models import Vm
 from app.db.repositories import VmRepository
-from app.host.qemu import LaunchRecord, QemuUnresponsive, adopt_from
+from app.host.qemu import QemuUnresponsive, adopt_from
 from app.supervisor.vms.events import ProcessEvents
-from app.supervisor.vms.state import ADOPT_TIMEOUT, _argv_option, log
+from app.supervisor.vms.state import ADOPT_TIMEOUT, _argv_option, log, started_at
 
 
 class Adoption(ProcessEvents):
@@ -44,10 +43,9 @@ class Adoption(ProcessEvents):
             state.note = (row.generation, problem)
         if process is None:
             return
-        record = LaunchRecord.read(process.paths)
-        state.started_at = (
-            dt.datetime.fromtimestamp(record.launched_at, dt.UTC) if record else row.started_at
-        )
+        # the launch record's time, as at the launch, so a restart does not move it; a qemu
+        # found only by its command line keeps the stored value
+        state.started_at = started_at(process.launched_at) or row.started_at
         state.accelerator = _argv_option(process.argv, "-accel") or row.accelerator_used
         state.exit_at, state.stopped_by_us, state.held = None, False, None
         state.launched_generation = row.launched_generation

@@ -3,7 +3,6 @@ open descriptors (as libvirt does), the user it runs as; and the check of a runn
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import pwd
 from functools import partial
@@ -19,7 +18,7 @@ from app.host.qemu import LaunchSpec, QemuLaunchError, launch
 from app.supervisor.faults import is_transient
 from app.supervisor.vm_taps import TapPlan
 from app.supervisor.vms.events import ProcessEvents
-from app.supervisor.vms.state import LAUNCH_TIMEOUT, VmState, log
+from app.supervisor.vms.state import LAUNCH_TIMEOUT, VmState, log, started_at
 
 
 class Launcher(ProcessEvents):
@@ -87,7 +86,7 @@ class Launcher(ProcessEvents):
                     os.close(fd)
         self._retry_done(state)
         state.accelerator = accelerator.value
-        state.started_at = dt.datetime.now(dt.UTC)
+        state.started_at = started_at(process.launched_at)
         state.exit_code, state.exit_at, state.output = None, None, None
         state.stopped_by_us = False
         state.launched_generation = generation

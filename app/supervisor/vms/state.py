@@ -123,6 +123,12 @@ def _desired(row: Vm) -> VmDesired:
     return VmDesired(PowerState(row.power_state), RestartPolicy(row.restart_policy), False)
 
 
+def started_at(launched_at: float | None) -> dt.datetime | None:
+    """A VM's `started_at`: when its qemu was spawned, from the launch record (Unix time, s),
+    so a launch and a later re-adoption of the same process report the same instant."""
+    return None if launched_at is None else dt.datetime.fromtimestamp(launched_at, dt.UTC)
+
+
 def _argv_option(argv: Sequence[str], name: str) -> str | None:
     for i, arg in enumerate(argv[:-1]):
         if arg == name:
