@@ -362,3 +362,31 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"collection; the proxies waited {tier.waited:.1f} s of it; {tier.run.reason}"
             + (CANARY_NOTE if any(CANARY_FILE in n for n in tier.reports) else "")
         )
+        for line in phase_times(tier):
+            terminalreporter.write_line(line)
+
+
+SLOWEST = 12  # nested tests listed with their phases' durations in the summary
+
+
+def phase_times(tier: TierRun, slowest: int = SLOWEST) -> list[str]:
+    """Where the nested run's seconds went: the `slowest` nested tests, slowest first, each
+    with its setup, call and teardown durations inside the nested host (fixtures' costs show
+    in setup and teardown), as report.py wrote them; then the rest of the run's wall time
+    (boot, pytest's start and collection, power-off)."""
+    rows = []
+    for nodeid, reports in tier.reports.items():
+        phases = {r["when"]: float(r["duration"]) for r in reports}
+        shown = " + ".join(
+            f"{w} {phases[w]:.1f}" for w in ("setup", "call", "teardown") if w in phases
+        )
+        rows.append((sum(phases.values()), nodeid, shown))
+    rows.sort(key=lambda row: -row[0])
+    lines = [f"{total:7.1f} s  {nodeid}  ({shown})" for total, nodeid, shown in rows[:slowest]]
+    if tier.run is not None and rows:
+        rest = tier.run.seconds - sum(row[0] for row in rows)
+        lines.append(
+            f"{rest:7.1f} s  outside the {len(rows)} tests: boot, pytest's start and "
+            "collection, power-off"
+        )
+    return lines
