@@ -27,7 +27,8 @@ def test_a_deleted_tap_ends_the_wire_quietly(netns: str, guest_ns: str) -> None:
     ip(netns, "tuntap", "add", "dev", "tw0", "mode", "tap")
     ip(netns, "addr", "add", "10.77.0.1/24", "dev", "tw0")
     ip(netns, "link", "set", "tw0", "up")
-    argv = ["ip", "netns", "exec", netns, sys.executable, str(TAP_WIRE), "tw0", guest_ns]
+    python = [sys.executable, "-I", "-S"]  # as wired_guest runs it
+    argv = ["ip", "netns", "exec", netns, *python, str(TAP_WIRE), "tw0", guest_ns]
     with subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
