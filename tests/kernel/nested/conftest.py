@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,10 +22,9 @@ from pathlib import Path
 import pyroute2.config
 import pytest
 
-from app.db.migrate import upgrade
 from app.host.netns import NETNS_CHILD_TIMEOUT
-from app.settings import Settings
 from tests.conftest import api as api
+from tests.conftest import settings as settings
 from tests.netns_tools import throwaway_netns
 
 ModuleLoader = Callable[..., None]
@@ -70,44 +68,6 @@ def modules() -> ModuleLoader:
             loaded.add(name)
 
     return load
-
-
-@pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite database migrated to head once per nested session (every Alembic migration
-    runs, as at a daemon's first start): the template each test's daemon starts from.
-    Migrating a fresh database costs 25-60 s of the nested host's Python; a daemon's start
-    on a migrated one, 5 s."""
-    path = tmp_path_factory.mktemp("template") / "kvmnetd.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture
-def settings(tmp_path: Path, migrated_database: Path) -> Settings:
-    """tests/conftest.py's `settings` (a state and run directory of the test's own), whose
-    database starts as a copy of the session's migrated one: the daemon's start-up upgrade
-    (app.main's lifespan) then finds it at head, a no-op check."""
-    settings = Settings(
-        state_dir=tmp_path / "state",
-        run_dir=tmp_path / "run",
-        listen="",
-        reconcile_interval=30,
-        probe_kernel=tmp_path / "no-kernel",
-    )
-    settings.state_dir.mkdir(mode=0o700)
-    copy_database(migrated_database, Path(settings.db_url.removeprefix("sqlite:///")))
-    return settings
-
-
-def copy_database(source: Path, target: Path) -> None:
-    """A consistent copy of SQLite database `source` (the backup API: committed pages,
-    including any still in its write-ahead log) as a new database `target`."""
-    with (
-        contextlib.closing(sqlite3.connect(source)) as src,
-        contextlib.closing(sqlite3.connect(target)) as dst,
-    ):
-        src.backup(dst)
 
 
 @pytest.fixture
