@@ -10,7 +10,10 @@ import os as _os
 
 from pyroute2 import config as _pyroute2_config
 
+from app.host import netns as _netns
+
 _pyroute2_config.disable_mp_signal = True
+_netns.bound_child_waits()  # pyroute2's 2 s wait for its children fails under load
 
 
 def _default_signals_in_child() -> None:

@@ -8,6 +8,11 @@ A namespace made by `ip netns add` starts with `lo` down (ip-netns(8)), so nothi
 reaches 127.0.0.1 there: the daemon's TCP listener failed with EADDRNOTAVAIL. The daemon
 owns the loopback of the namespace it was told to run in and brings it up
 (`loopback_up`); it never does so in the namespace it was started in.
+
+pyroute2 does two things in a forked child: `netns.create` (the capability probe's and the
+path probe's scratch namespaces) and a socket in another namespace (`IPRoute(netns=...)`).
+It waits for the child's answer `NETNS_CHILD_TIMEOUT` seconds (set on pyroute2's config when
+app.host is imported), not pyroute2's own 2 s.
 """
 
 from __future__ import annotations
@@ -17,9 +22,28 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from pyroute2 import IPRoute
+from pyroute2 import config as _pyroute2_config
 from pyroute2 import netns as _netns
 
 T = TypeVar("T")
+
+NETNS_CHILD_TIMEOUT = 30.0
+"""Seconds to wait for pyroute2's forked child to answer (`netns.create`, a socket opened in
+another namespace). pyroute2's default, 2 s, is missed by a healthy child when the host is
+loaded: forking the daemon's large process and running the child's Python then takes longer
+(seen on the 2-core CI machine at load ~10, and in the kernel tier's ~12x slower nested
+host: "TimeoutError: no response from the child pid"). A missed answer is not a fault of the
+child but fails the operation: the capability probe reports nothing, an uplink's path probe
+fails. The wait only guards against a child that hangs, which nothing here expects, so a
+bound far above any load seen costs nothing in the normal case."""
+
+
+def bound_child_waits() -> None:
+    """Make pyroute2 wait NETNS_CHILD_TIMEOUT seconds for its forked children, both for one
+    answer (`default_communicate_timeout`) and for a socket in another namespace, retries
+    included (`default_create_socket_timeout`, pyroute2's own 10 s)."""
+    _pyroute2_config.default_communicate_timeout = NETNS_CHILD_TIMEOUT
+    _pyroute2_config.default_create_socket_timeout = NETNS_CHILD_TIMEOUT
 
 
 def enter_for_this_thread(name: str | None) -> None:

@@ -26,10 +26,12 @@ variable is passed on to the nested pytest.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -60,6 +62,8 @@ WAIT_MARGIN = 120.0
 # plugins the nested run leaves out: importing them costs ~40 s of the nested host's ~12x
 # slower Python (schemathesis pulls in hypothesis), and no nested test needs them
 SKIPPED_PLUGINS = ("schemathesis", "hypothesispytest")
+# the checkout's own code, compiled to bytecode on the host before the boot (precompile)
+PRECOMPILED = ("app", "migrations", "tests")
 
 
 class NestedFailure(Exception):
@@ -255,6 +259,7 @@ def run_tier(
         tier = build_tier()
     except TierUnavailable as exc:
         return TierRun(unavailable=str(exc))
+    precompile(rootdir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     results = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
     try:
@@ -276,6 +281,24 @@ def run_tier(
         else:
             out.reports.setdefault(data["nodeid"], []).append(data)
     return out
+
+
+def precompile(rootdir: Path) -> None:
+    """Bytecode (__pycache__, what Python writes by default) for the checkout's own modules,
+    compiled on the host where it is stale (compileall compares each source's mtime and size).
+    The nested host runs with PYTHONDONTWRITEBYTECODE (its / is read-only) and, like a host
+    with that variable set, would compile every module of app/ and tests/ anew in its ~12x
+    slower Python, and every Alembic migration again at each daemon's start (its no-op
+    upgrade loads them all). Best effort: a module that does not compile fails its tests."""
+    with contextlib.suppress(subprocess.TimeoutExpired):  # then the nested host compiles
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "-x", r"/\.cache/", *PRECOMPILED],
+            cwd=rootdir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
 
 
 # --- one proxy's outcome -----------------------------------------------------------------------
@@ -362,3 +385,31 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"collection; the proxies waited {tier.waited:.1f} s of it; {tier.run.reason}"
             + (CANARY_NOTE if any(CANARY_FILE in n for n in tier.reports) else "")
         )
+        for line in phase_times(tier):
+            terminalreporter.write_line(line)
+
+
+SLOWEST = 12  # nested tests listed with their phases' durations in the summary
+
+
+def phase_times(tier: TierRun, slowest: int = SLOWEST) -> list[str]:
+    """Where the nested run's seconds went: the `slowest` nested tests, slowest first, each
+    with its setup, call and teardown durations inside the nested host (fixtures' costs show
+    in setup and teardown), as report.py wrote them; then the rest of the run's wall time
+    (boot, pytest's start and collection, power-off)."""
+    rows = []
+    for nodeid, reports in tier.reports.items():
+        phases = {r["when"]: float(r["duration"]) for r in reports}
+        shown = " + ".join(
+            f"{w} {phases[w]:.1f}" for w in ("setup", "call", "teardown") if w in phases
+        )
+        rows.append((sum(phases.values()), nodeid, shown))
+    rows.sort(key=lambda row: -row[0])
+    lines = [f"{total:7.1f} s  {nodeid}  ({shown})" for total, nodeid, shown in rows[:slowest]]
+    if tier.run is not None and rows:
+        rest = tier.run.seconds - sum(row[0] for row in rows)
+        lines.append(
+            f"{rest:7.1f} s  outside the {len(rows)} tests: boot, pytest's start and "
+            "collection, power-off"
+        )
+    return lines

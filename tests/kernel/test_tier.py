@@ -21,12 +21,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.kernel.build import TierUnavailable, build_tier
-from tests.kernel.conftest import RUNS_DIR, NestedFailure, outcome, run_tier
-from tests.kernel.vm import QEMU, qemus_under, run_command
+from tests.kernel.conftest import (
+    RUNS_DIR,
+    NestedFailure,
+    TierRun,
+    outcome,
+    phase_times,
+    run_tier,
+)
+from tests.kernel.vm import QEMU, NestedRun, qemus_under, run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "tests/kernel/nested/test_tier_canary.py"
@@ -200,3 +208,26 @@ def test_a_sigkilled_host_pytest_leaves_no_nested_host(runs: Path) -> None:
     while qemus_under(runs) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert qemus_under(runs) == []
+
+
+def test_the_summary_shows_where_the_nested_seconds_went() -> None:
+    """pytest_terminal_summary's lines after the tier's wall time: the slowest nested tests
+    with their phases (fixtures' costs show in setup), then the time outside the tests."""
+
+    def report(nodeid: str, when: str, duration: float) -> dict[str, Any]:
+        return {"nodeid": nodeid, "when": when, "outcome": "passed", "duration": duration}
+
+    quick, slow = "nested/test_a.py::test_quick", "nested/test_b.py::test_slow"
+    reports = {
+        quick: [report(quick, "setup", 0.1), report(quick, "call", 1.0)],
+        slow: [report(slow, "setup", 40.0), report(slow, "call", 20.0)],
+    }
+    run = NestedRun(0, "", "", "", seconds=100.0, timed_out=False, reason="the command exited 0")
+    tier = TierRun(reports=reports, run=run, tests=2)
+    assert phase_times(tier) == [
+        f"   60.0 s  {slow}  (setup 40.0 + call 20.0)",
+        f"    1.1 s  {quick}  (setup 0.1 + call 1.0)",
+        "   38.9 s  outside the 2 tests: boot, pytest's start and collection, power-off",
+    ]
+    assert phase_times(tier, slowest=1)[0].endswith("(setup 40.0 + call 20.0)")
+    assert len(phase_times(tier, slowest=1)) == 2

@@ -13,7 +13,6 @@ what you need from it here explicitly.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pyroute2.config
 import pytest
 
+from app.host.netns import NETNS_CHILD_TIMEOUT
 from tests.conftest import api as api
 from tests.conftest import settings as settings
 from tests.netns_tools import throwaway_netns
@@ -30,11 +30,10 @@ from tests.netns_tools import throwaway_netns
 ModuleLoader = Callable[..., None]
 TAP_WIRE = Path(__file__).with_name("tap_wire.py")
 
-if os.environ.get("KVT_NESTED") == "1":
-    # pyroute2 waits 2 s for the child it forks to make a namespace (netns.create) or open a
-    # socket in one (IPRoute(netns=...)); Python here is ~12x slower, and under the host's
-    # load that child missed the 2 s ("TimeoutError: no response from the child pid")
-    pyroute2.config.default_communicate_timeout = 60
+# pyroute2's wait for its forked children (netns.create, IPRoute(netns=...)) is the daemon's
+# own bound, app.host.netns.NETNS_CHILD_TIMEOUT (set on import of app.host, above through
+# tests.conftest): the nested host's slow Python is load the daemon must stand as well
+assert pyroute2.config.default_communicate_timeout == NETNS_CHILD_TIMEOUT
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,7 +92,10 @@ def wired_guest(tap_ns: str, tap: str, mac: str | None = None) -> Iterator[str]:
     namespace `tap_ns` by tap_wire.py, as a VM's NIC would be; yields the guest namespace.
     The wire process is killed (by pid) and the namespace removed afterwards."""
     with throwaway_netns() as guest:
-        argv = ["ip", "netns", "exec", tap_ns, sys.executable, str(TAP_WIRE), tap, guest]
+        # -I -S: the standard library is all it needs; the venv's site (the project's
+        # editable-install finder) costs ~20 ms of CPU on the host, ~12x that nested
+        python = [sys.executable, "-I", "-S"]
+        argv = ["ip", "netns", "exec", tap_ns, *python, str(TAP_WIRE), tap, guest]
         proc = subprocess.Popen(
             [*argv, *([mac] if mac else [])],
             stdin=subprocess.DEVNULL,

@@ -6,13 +6,15 @@ ping`), and what they send enters the daemon's tap as a guest's frames would.
 
 Usage: ip netns exec TAP_NS python tap_wire.py TAP GUEST_NS [MAC]. Creates `eth0` (MAC if
 given) in GUEST_NS, down; prints `ready` once both ends are held; runs until killed (eth0 goes
-away with the process, since it is not persistent).
+away with the process, since it is not persistent). A tap deleted under it (the daemon removed
+it: a normal end of a guest's wire) ends it quietly, exit status 0, with one line on stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import select
@@ -53,13 +55,20 @@ def enter_netns(name: str) -> None:
             raise OSError(error, f"setns {name}: {os.strerror(error)}")
 
 
-def wire(left: int, right: int) -> None:
-    """Copy frames both ways until killed."""
+def wire(left: int, right: int) -> int:
+    """Copy frames both ways until killed, or until one end's tap is deleted: then the
+    descriptor of that end is returned. A read on a tap file whose device is gone fails with
+    EBADFD (drivers/net/tun.c, tun_chr_read_iter: the file is detached from its device)."""
     peer = {left: right, right: left}
     while True:
         ready, _, _ = select.select([left, right], [], [])
         for fd in ready:
-            frame = os.read(fd, FRAME_MAX)
+            try:
+                frame = os.read(fd, FRAME_MAX)
+            except OSError as exc:
+                if exc.errno == errno.EBADFD:
+                    return fd
+                raise
             # the other end down (EIO): the frame is dropped, as a cable would
             with contextlib.suppress(OSError):
                 os.write(peer[fd], frame)
@@ -73,7 +82,9 @@ def main(tap: str, guest_ns: str, mac: str | None) -> None:
         argv = ["ip", "link", "set", "eth0", "address", mac]
         subprocess.run(argv, stdin=subprocess.DEVNULL, check=True, timeout=30)
     print("ready", flush=True)
-    wire(host_end, guest_end)
+    gone = wire(host_end, guest_end)
+    name = f"{tap} (namespace of the daemon)" if gone == host_end else f"eth0 of {guest_ns}"
+    print(f"tap_wire.py: {name} was deleted; the wire ends", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
