@@ -21,6 +21,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from app.db.models import Bridge, Network, ResourceColumns, Tap, Vlan, VmNic
 from app.db.repositories.base import UUID_LENGTH
 from app.domain.errors import InvalidInput
+from app.domain.registry import Registry
 from app.domain.segments import Segment, SegmentKind, SegmentObject, describe
 
 
@@ -47,43 +48,43 @@ class SegmentTable:
     find: Callable[[Session, str], ResourceColumns | None]
 
 
-_TABLES: dict[str, SegmentTable] = {}
+TABLES: Registry[SegmentTable] = Registry("stored segment kind", [k.value for k in SegmentKind])
 
 
 def register_table(table: SegmentTable) -> SegmentTable:
     """Make `table` the storage of its kind (ValueError when the kind or column is taken:
     a network row must name its kind by the column that is set)."""
-    taken = {t.network_column.key for t in _TABLES.values()}
-    if table.kind in _TABLES or table.network_column.key in taken:
-        raise ValueError(f"segment kind {table.kind!r} or its column is already registered")
-    _TABLES[table.kind] = table
-    return table
+    taken = {t.network_column.key for t in TABLES.entries()}
+    if table.kind not in TABLES and table.network_column.key in taken:  # (else: add says)
+        raise ValueError(f"the column of segment kind {table.kind!r} is already registered")
+    return TABLES.add(table.kind, table)
 
 
 def unregister_table(kind: str) -> None:
-    _TABLES.pop(kind, None)
+    TABLES.remove(kind)
 
 
 @contextlib.contextmanager
 def registered_table(table: SegmentTable, replacing: str | None = None) -> Iterator[SegmentTable]:
     """`table` registered for the duration of the block, in place of kind `replacing`'s
     (tests: a kind defined in a test borrows a built-in kind's column)."""
-    saved = dict(_TABLES)
+    replaced = None if replacing is None else TABLES.get(replacing)
     if replacing is not None:
-        del _TABLES[replacing]
+        TABLES.remove(replacing)
     try:
         register_table(table)
-        yield table
+        try:
+            yield table
+        finally:
+            TABLES.remove(table.kind)
     finally:
-        _TABLES.clear()
-        _TABLES.update(saved)
+        if replaced is not None:
+            TABLES.add(replaced.kind, replaced)
 
 
 def segment_table(kind: str) -> SegmentTable:
-    table = _TABLES.get(kind)
-    if table is None:
-        raise KeyError(f"no storage registered for segment kind {kind!r}")
-    return table
+    """The storage of `kind` (UnknownKind, a KeyError, for a kind nothing stores)."""
+    return TABLES.get(kind)
 
 
 # ---- a network's segment ----------------------------------------------------------------------
@@ -92,7 +93,7 @@ def segment_table(kind: str) -> SegmentTable:
 def network_ref(row: Network) -> tuple[str, str] | None:
     """(kind, object id) of the segment a network row points at (None once a deleted
     network's object went first: its column was set to NULL)."""
-    for table in _TABLES.values():
+    for table in TABLES.entries():
         value = getattr(row, table.network_column.key)
         if value:
             return table.kind, value
@@ -102,7 +103,7 @@ def network_ref(row: Network) -> tuple[str, str] | None:
 def network_columns(kind: str, object_id: str) -> dict[str, str | None]:
     """The `networks` columns that point a new network at object `object_id` of `kind`."""
     segment_table(kind)  # KeyError for a kind nothing stores
-    return {t.network_column.key: object_id if t.kind == kind else None for t in _TABLES.values()}
+    return {t.network_column.key: object_id if t.kind == kind else None for t in TABLES.entries()}
 
 
 def segment_row(session: Session, row: Network) -> ResourceColumns | None:
@@ -149,7 +150,7 @@ def network_on(session: Session, kind: str, object_id: str) -> Network | None:
 def network_of_object(session: Session, obj: ResourceColumns) -> Network | None:
     """The network on a bridge, tap or VLAN row, whichever kind stores rows of its model
     (deleted or not)."""
-    for table in _TABLES.values():
+    for table in TABLES.entries():
         if isinstance(obj, table.model):
             found = network_on(session, table.kind, obj.id)
             if found is not None:
@@ -171,7 +172,7 @@ def segment_ports(session: Session, kind: str, object_id: str) -> Sequence[VmNic
 def nic_segment_ref(nic: VmNic) -> tuple[str, str] | None:
     """(kind, object id) of the segment a VM NIC is a port of (None: it is on none, like a
     user-networking NIC or a trunk NIC, which carries several VLANs)."""
-    for table in _TABLES.values():
+    for table in TABLES.entries():
         object_id = table.nic_ref(nic)
         if object_id:
             return table.kind, object_id

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 from app.domain.errors import InvalidInput
+from app.domain.registry import Registry
 
 
 class SegmentKind(enum.StrEnum):
@@ -105,50 +106,43 @@ class SegmentDriver:
         )
 
 
-_DRIVERS: dict[str, SegmentDriver] = {}
+DRIVERS: Registry[SegmentDriver] = Registry(
+    "segment kind", [k.value for k in SegmentKind], unknown=InvalidInput
+)
 
 D = TypeVar("D", bound=type[SegmentDriver])
 
 
 def register(driver: D) -> D:
     """Class decorator: make `driver` the one of its `kind` (ValueError when taken)."""
-    if not driver.kind or driver.kind in _DRIVERS:
-        raise ValueError(f"segment kind {driver.kind!r} is unnamed or already registered")
-    _DRIVERS[driver.kind] = driver()
+    DRIVERS.add(driver.kind, driver())
     return driver
 
 
 def unregister(kind: str) -> None:
-    _DRIVERS.pop(kind, None)
+    DRIVERS.remove(kind)
 
 
 @contextlib.contextmanager
 def registered(driver: type[SegmentDriver]) -> Iterator[SegmentDriver]:
     """`driver` registered for the duration of the block (tests)."""
-    register(driver)
-    try:
-        yield _DRIVERS[driver.kind]
-    finally:
-        unregister(driver.kind)
+    with DRIVERS.registered(driver.kind, driver()) as instance:
+        yield instance
 
 
 def kinds() -> list[str]:
     """The registered kinds: the built-in ones in SegmentKind's order, then the others."""
-    built_in = [k.value for k in SegmentKind if k.value in _DRIVERS]
-    return built_in + [kind for kind in _DRIVERS if kind not in built_in]
+    return DRIVERS.names()
 
 
 def find_driver(kind: str) -> SegmentDriver | None:
-    return _DRIVERS.get(kind)
+    return DRIVERS.find(kind)
 
 
 def segment_driver(kind: str) -> SegmentDriver:
     """The driver of `kind`; InvalidInput naming the known ones otherwise (a row written by
     a newer version, say)."""
-    driver = _DRIVERS.get(kind)
-    if driver is None:
-        raise InvalidInput(f"unknown segment kind {kind!r}; known: {', '.join(kinds())}")
-    return driver
+    return DRIVERS.get(kind)
 
 
 def describe(obj: SegmentObject) -> Segment:
