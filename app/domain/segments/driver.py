@@ -22,6 +22,15 @@ from app.domain.errors import InvalidInput
 from app.domain.registry import Registry
 
 
+class Joiner(enum.StrEnum):
+    """What asks to join a segment (a kind's join rule may depend on it); the value is how
+    messages name it."""
+
+    NETWORK = "a network"  # a managed network, its gateway on the segment's L3 interface
+    VM_NIC = "a VM NIC"  # a VM NIC's tap, or one of our tap resources a NIC uses
+    TAP = "a tap"  # one of our tap resources placed on a bridge or VLAN
+
+
 class SegmentKind(enum.StrEnum):
     """The built-in kinds (a registered driver's `kind` may be any other name)."""
 
@@ -43,6 +52,10 @@ class SegmentObject:
     vid: int | None = None  # a VLAN's id (1-4094)
     backend: str | None = None  # a VLAN's backend (app.domain.vlans.VlanBackend)
     forward_delay_s: float = 0.0  # a bridge's STP forward delay (0 with STP off), seconds
+    status: str | None = None  # its observed status (app.domain.status.Status)
+    status_reason: str | None = None  # why it is in that status (set in `error`)
+    # in error without ever holding a kernel link (a bridge or tap whose name was taken)
+    never_created: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,12 @@ class SegmentDriver:
 
     def probe_bridge(self, obj: SegmentObject) -> str | None:
         return self.master(obj)
+
+    def join_refusal(self, obj: SegmentObject, joiner: Joiner) -> str | None:
+        """Why `joiner` may not join `obj` now (the service answers 409 Conflict with it),
+        or None. The lookup's rules hold for every kind before this is asked: an unknown
+        object is 404, one being deleted 409. Base: nothing more."""
+        return None
 
     def describe(self, obj: SegmentObject) -> Segment:
         """The segment an object of this kind is."""
