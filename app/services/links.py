@@ -12,6 +12,7 @@ from app.db.repositories import (
     BridgeRepository,
     LinkNameRepository,
     NetworkRepository,
+    Port,
     TapRepository,
     VlanRepository,
     VmRepository,
@@ -36,12 +37,14 @@ from app.domain.names import (
     validate_link_settings,
 )
 from app.domain.networks import HostPrefix, check_link_address, clash_reason, foreign_clash
+from app.domain.segments import Joiner, SegmentKind
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
 from app.domain.vlans import VlanBackend
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
+from app.services.segments import join_port, live_object
 
 
 def refuse_foreign(name: str, foreign: dict[str, Any] | None) -> None:
@@ -112,15 +115,6 @@ def _check_tap_follows(tap: Tap, bridge: Bridge) -> None:
         ) from None
 
 
-def never_created(row: Bridge | Tap) -> bool:
-    """In error without ever holding a kernel link (no observed ifindex, no create under
-    way): the name it asked for may belong to someone else (eth0 made before the foreign
-    link check), so the row stands for no link at all."""
-    return (
-        row.status == Status.ERROR.value and row.observed_ifindex is None and not row.create_intent
-    )
-
-
 def check_addresses(
     session: Session,
     row: Bridge | Tap,
@@ -161,33 +155,19 @@ def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap
     return row
 
 
-def require_vlan(session: Session, ref: str, joiner: str) -> Vlan:
-    """The VLAN `ref` (its name or id) that `joiner` (a port, a network) is to join: 404
-    unknown, 409 being deleted, and 409 with its reason while it is in `error`. A VLAN in
-    error carries nothing its backend promised (on a trunk without working filtering a
-    port would sit on the trunk untagged, on another tenant's segment); joining it is
-    refused as joining a bridge that was never created is (never_created)."""
-    vlan = VlanRepository(session).find(ref)
-    if vlan is None:
-        raise NotFound(f"no VLAN {ref!r}")
-    if vlan.deleted:
-        raise BeingDeleted(f"VLAN {vlan.name!r} is being deleted")
-    if vlan.status == Status.ERROR.value:
-        raise Conflict(
-            f"VLAN {vlan.name!r} is in error ({vlan.status_reason}); {joiner} cannot join it "
-            "until it is active: remove the cause (it is retried at every full pass), or "
-            "delete it and create one the host can carry"
-        )
-    return vlan
-
-
 def vlan_port(
     session: Session, bridge_ref: str | None, vlan_ref: str | None
 ) -> tuple[Bridge, Vlan | None]:
     """The bridge a port joins (a VM NIC's tap or a tap resource) and the VLAN it is an
     access port of. With a VLAN the bridge may be omitted: it is the VLAN's trunk; named,
-    it must be that trunk (422). An unknown VLAN or bridge is 404, one being deleted 409."""
-    vlan = None if vlan_ref is None else require_vlan(session, vlan_ref, "a port")
+    it must be that trunk (422). An unknown VLAN or bridge is 404, one being deleted 409.
+    Whether the port may join the segment it lands on is the caller's next question
+    (app.services.segments.join_port, once it knows the whole port)."""
+    vlan: Vlan | None = None
+    if vlan_ref is not None:
+        found_vlan = live_object(session, SegmentKind.VLAN, vlan_ref)
+        assert isinstance(found_vlan, Vlan)
+        vlan = found_vlan
     if bridge_ref is None:
         if vlan is None:
             raise InvalidInput("a port on a bridge names its `bridge` or its `vlan`")
@@ -323,14 +303,12 @@ class TapService:
         return self.taps.page(limit, cursor)
 
     def _bridge_id(self, ref: str | None) -> str | None:
+        """The bridge `ref` a tap is to join untagged (404 unknown, 409 being deleted, 409
+        when its segment refuses a tap: one never created)."""
         if ref is None:
             return None
         bridge = require_alive(self.bridges.find(ref), "bridge", ref)
-        if never_created(bridge):
-            raise Conflict(
-                f"bridge {bridge.name!r} was never created ({bridge.status_reason}); "
-                "a tap cannot join it"
-            )
+        join_port(self.session, Port(bridge.id), Joiner.TAP)
         return bridge.id
 
     def create(
@@ -398,6 +376,9 @@ class TapService:
             return self._bridge_id(bridge_ref), None
         bridge, vlan = vlan_port(self.session, bridge_ref, vlan_ref)
         assert vlan is not None
+        join_port(self.session, Port(bridge.id, vlan.id), Joiner.TAP)  # a VLAN in error: 409
+        # and the trunk as a bridge a tap joins, as always (a VLAN is made on none never
+        # created, so this refuses nothing the VLAN's own rule lets through today)
         return self._bridge_id(bridge.id), vlan.id
 
     def _moved(self, row: Tap, changes: dict[str, Any]) -> dict[str, str | None]:

@@ -65,7 +65,7 @@ from app.domain.networks import (
     plan_addressing,
 )
 from app.domain.path_probe import ProbeTarget
-from app.domain.segments import Segment, SegmentKind, segment_driver
+from app.domain.segments import Joiner, Segment
 from app.domain.status import Status
 from app.schemas.networks import (
     DhcpIn,
@@ -75,9 +75,9 @@ from app.schemas.networks import (
     PortForwardCreate,
 )
 from app.services.in_use import InUseGuard
-from app.services.links import require_vlan
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
+from app.services.segments import join
 
 log = logging.getLogger(__name__)
 
@@ -206,15 +206,9 @@ class NetworkService:
     def _segment(self, kind: str, ref: str) -> tuple[ResourceColumns, Segment]:
         """The live object of `kind` named `ref` (404 when unknown, 409 while it is being
         deleted) and the segment it is."""
-        segment_driver(kind)  # an unknown kind is a 422 naming the known ones
-        if kind == SegmentKind.VLAN.value:
-            # 404 unknown, 409 being deleted or in error (with its reason)
-            require_vlan(self.session, ref, "a network")
-        link = self.networks.segment_object(kind, ref)
-        if link is None:
-            raise NotFound(f"no {kind} {ref!r}")
-        if link.deleted:
-            raise BeingDeleted(f"{kind} {link.name!r} is being deleted")
+        # 422 unknown kind, 404 unknown, 409 being deleted or refused by its kind (a VLAN
+        # in error, with its reason)
+        link = join(self.session, kind, ref, Joiner.NETWORK)
         segment = object_segment(self.session, kind, link)
         if segment is None:
             raise NotFound(f"what {kind} {link.name!r} rides on is gone")

@@ -19,6 +19,7 @@ from app.db.repositories import (
     LinkNameRepository,
     TapRepository,
     UplinkRepository,
+    never_created,
     uplink_of,
     uplink_subinterfaces,
     uplinks_of,
@@ -27,7 +28,7 @@ from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
 from app.domain.status import Status
 from app.schemas.uplinks import UplinkSet
-from app.services.links import never_created, refuse_foreign, require_alive
+from app.services.links import refuse_foreign, require_alive
 from app.services.operations import bump, record_operation
 
 

@@ -20,6 +20,7 @@ from app.db.repositories import (
     TapRepository,
     VlanRepository,
     desired_port_vlans,
+    never_created,
 )
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
@@ -33,7 +34,7 @@ from app.domain.vlans import (
 )
 from app.schemas.vlans import VlanCreate, VlanUpdate
 from app.services.in_use import InUseGuard
-from app.services.links import never_created, refuse_foreign
+from app.services.links import refuse_foreign
 from app.services.operations import record_operation
 
 

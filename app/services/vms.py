@@ -22,6 +22,7 @@ from app.db.repositories import (
     OperationRepository,
     TapRepository,
     VmRepository,
+    nic_port,
     vm_spec,
 )
 from app.db.session import Session
@@ -29,6 +30,7 @@ from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameT
 from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
 from app.domain.nics.bridge import trunk_vlans
+from app.domain.segments import Joiner
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
 from app.domain.vm_actions import check as check_action
 from app.domain.vms import (
@@ -46,6 +48,7 @@ from app.services.in_use import InUseGuard
 from app.services.links import require_alive, vid_backends, vlan_port
 from app.services.networks import PortClaims, fixed_address
 from app.services.ports import LeaseReader
+from app.services.segments import join_port
 
 SOCKET_PORTS = range(40000, 50000)
 WILDCARD = "0.0.0.0"  # loopback ports handed to socket NICs that listen
@@ -249,6 +252,9 @@ class _NicClaims:
             raise NameTaken(f"link name {tap_name} is taken")
         self.session.add(LinkName(name=tap_name, resource="vm", resource_id=self.row.vm_id))
         self.row.bridge_id, self.row.tap_name = found.id, tap_name
+        # the segment the NIC landed on (a VLAN, the bridge untagged; none for a trunk
+        # port) may refuse it: a VLAN in error, 409 with its reason
+        join_port(self.session, nic_port(self.row), Joiner.VM_NIC)
         return tap_name
 
     def tap_resource(self, tap: str, queues: int) -> str:
@@ -263,6 +269,7 @@ class _NicClaims:
                 f"with {queues} queue(s) needs multi_queue={queues > 1}"
             )
         self.row.tap_id, self.row.tap_name = found.id, found.name
+        join_port(self.session, nic_port(self.row), Joiner.VM_NIC)
         return found.name
 
     def claim_port(self, protocol: str, address: str, port: int) -> None:

@@ -21,9 +21,9 @@ from app.domain.links import (
     fingerprint,
     plan,
 )
-from app.domain.links import driver as domain_registry
+from app.domain.links import registered as domain_registered
 from app.host.links import HostLinkDriver
-from app.host.links import base as host_registry
+from app.host.links import registered as host_registered
 from app.host.netlink import LinkOps
 from app.host.netns import call_in
 from app.host.rtnl import RawLink
@@ -59,15 +59,10 @@ class HostMacvlanDriver(HostLinkDriver):
 
 
 @pytest.fixture
-def macvlan_kind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def macvlan_kind() -> Iterator[None]:
     """Both halves registered for this test only, as a new kind's modules would."""
-    for registry, driver in (
-        (domain_registry, MacvlanDriver()),
-        (host_registry, HostMacvlanDriver()),
-    ):
-        monkeypatch.setitem(registry._DRIVERS, "macvlan", driver)
-        monkeypatch.setitem(registry._BY_KERNEL_KIND, "macvlan", driver)
-    yield
+    with domain_registered(MacvlanDriver()), host_registered(HostMacvlanDriver()):
+        yield
 
 
 @pytest.mark.usefixtures("macvlan_kind")

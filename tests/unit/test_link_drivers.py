@@ -1,7 +1,7 @@
 """Link kind drivers and the planner's ordering by declared dependencies. Pure data in and out.
 
-A stacked kind the daemon does not have yet (an 802.1Q sub-interface, a macvtap) is
-registered here as a test driver, the way a new kind's module would register itself: the
+A stacked kind the daemon does not have yet (a macvtap) is registered here as a test
+driver, the way a new kind's module would register itself: the
 planner orders it by its parent without knowing anything else about it.
 """
 
@@ -26,8 +26,8 @@ from app.domain.links import (
     ownership_mark,
     plan,
     plan_link,
+    registered,
 )
-from app.domain.links import driver as registry
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,11 @@ class StackedDriver(LinkDriver):
 
 
 @pytest.fixture
-def stacked_kinds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """ "vlan" and "macvtap" drivers, registered for this test only."""
-    for kind in ("vlan", "macvtap"):
-        driver = StackedDriver(kind)
-        monkeypatch.setitem(registry._DRIVERS, kind, driver)
-        monkeypatch.setitem(registry._BY_KERNEL_KIND, kind, driver)
-    yield
+def stacked_kinds() -> Iterator[None]:
+    """A "macvtap" driver, registered for this test only (the 802.1Q "vlan" kind is the
+    daemon's own, app.domain.links.vlan)."""
+    with registered(StackedDriver("macvtap")):
+        yield
 
 
 def spec(name: str, kind: str, **kw: object) -> LinkSpec:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, Network, Vlan, VmNic
+from app.db.models import Bridge, Network, Tap, Vlan, VmNic
 from app.db.repositories import (
     BridgeFacts,
     SegmentTable,
@@ -30,8 +30,9 @@ from app.db.repositories import (
     vlan_masters,
 )
 from app.db.session import Database
-from app.domain.errors import InvalidInput
+from app.domain.errors import Conflict, InvalidInput
 from app.domain.segments import (
+    Joiner,
     Segment,
     SegmentDriver,
     SegmentKind,
@@ -42,8 +43,10 @@ from app.domain.segments import (
     segment_driver,
 )
 from app.domain.vlans import vlan_bridge_name
+from app.schemas.links import TapCreate
 from app.schemas.networks import NetworkCreate
 from app.schemas.vms import VmCreate
+from app.services.links import TapService
 from app.services.networks import NetworkService
 from app.services.vms import HostFacts, VmService
 
@@ -197,9 +200,23 @@ class GatewayPortSegment(SegmentDriver):
     def probe_bridge(self, obj: SegmentObject) -> str | None:
         return None
 
+    def join_refusal(self, obj: SegmentObject, joiner: Joiner) -> str | None:
+        """Its own rule: nothing joins while the bridge is in error (its gateway port
+        would be missing), whatever created it."""
+        if obj.status == "error":
+            return f"gateway port of {obj.name!r} is down ({obj.status_reason}): not {joiner}"
+        return None
+
 
 def _gwport_facts(session: Session, row: Bridge) -> SegmentObject:
-    return SegmentObject("gwport", row.id, row.name, link=row.name)
+    return SegmentObject(
+        "gwport",
+        row.id,
+        row.name,
+        link=row.name,
+        status=row.status,
+        status_reason=row.status_reason,
+    )
 
 
 # its objects are bridges; a real kind brings its own table and `networks` column (a
@@ -209,7 +226,7 @@ GWPORT = SegmentTable(
     model=Bridge,
     network_column=Network.bridge_id,
     facts=_gwport_facts,
-    nic_ref=lambda nic: nic.bridge_id,
+    port_ref=lambda port: port.bridge_id,
     ports=segment_table("bridge").ports,
     find=segment_table("bridge").find,
 )
@@ -271,3 +288,108 @@ def test_without_the_kind_the_same_row_is_a_bridge_network_again(db: Database) -
         row = s.get(Network, network_id)
         assert row is not None and network_ref(row) == (SegmentKind.BRIDGE, row.bridge_id)
         assert NetworkService(s).link_name(row) == "br0"
+
+
+def break_br0(db: Database) -> None:
+    """br0 in error, but once created (not `never_created`: the bridge kind's own rule for
+    taps stays out of the way)."""
+    with db.unit_of_work() as s:
+        row = s.query(Bridge).filter_by(name="br0").one()
+        row.status, row.status_reason, row.observed_ifindex = "error", "veth gone", 7
+
+
+def join_br0_three_ways(db: Database, network: type[NetworkCreate] = GwportNetwork) -> list[str]:
+    """A network, a VM NIC and a tap resource asking to join br0: what each was told (""
+    when accepted), and nothing of a refused one is stored."""
+    told = []
+    for attempt in (
+        lambda: create_network(db, body(network, "nat0", "10.75.0.0/24", bridge="br0")),
+        lambda: create_vm(db, "vm1", {"backend": "bridge", "bridge": "br0"}),
+        lambda: create_tap(db, "tap2", "br0"),
+    ):
+        try:
+            attempt()
+            told.append("")
+        except Conflict as exc:
+            told.append(exc.detail)
+    return told
+
+
+def create_tap(db: Database, name: str, bridge: str) -> None:
+    with db.unit_of_work() as s:
+        TapService(s).create(TapCreate(name=name, bridge=bridge))
+
+
+def test_a_kind_added_by_one_module_decides_who_may_join_it(db: Database, gwport: None) -> None:
+    """The networks, NIC and tap services ask the segment's driver (GatewayPortSegment's
+    join rule), never the kind's name: each joiner is refused with the kind's reason."""
+    break_br0(db)
+    assert join_br0_three_ways(db) == [
+        f"gateway port of 'br0' is down (veth gone): not {joiner}"
+        for joiner in ("a network", "a VM NIC", "a tap")
+    ]
+    with db.reading() as s:
+        assert (s.query(Network).count(), s.query(VmNic).count()) == (0, 0)
+        assert [t.name for t in s.query(Tap)] == ["tap1"]
+    with db.unit_of_work() as s:
+        s.query(Bridge).filter_by(name="br0").one().status = "active"
+    assert join_br0_three_ways(db) == ["", "", ""]
+
+
+def test_the_same_bridge_in_error_is_joined_as_a_plain_bridge(db: Database) -> None:
+    """Without the kind, br0's rule is the bridge kind's: a bridge once created may be
+    joined in error (it is retried), so the refusals above came from the added kind."""
+    break_br0(db)
+    assert join_br0_three_ways(db, NetworkCreate) == ["", "", ""]
+
+
+@pytest.mark.parametrize("joiner", list(Joiner))
+def test_built_in_join_rules(joiner: Joiner) -> None:
+    """A VLAN in error refuses everyone with its reason; a bridge never created refuses a
+    tap resource only; a tap refuses no one."""
+    failed = SegmentObject("vlan", "v1", "tenant-a", status="error", status_reason="no 8021q")
+    assert segment_driver("vlan").join_refusal(failed, joiner) == (
+        f"VLAN 'tenant-a' is in error (no 8021q); {joiner} cannot join it until it is "
+        "active: remove the cause (it is retried at every full pass), or delete it and "
+        "create one the host can carry"
+    )
+    assert segment_driver("vlan").join_refusal(vlan("vlan_filtering"), joiner) is None
+    ghost = SegmentObject(
+        "bridge",
+        "b1",
+        "eth0",
+        link="eth0",
+        status="error",
+        status_reason="taken",
+        never_created=True,
+    )
+    refusal = segment_driver("bridge").join_refusal(ghost, joiner)
+    if joiner is Joiner.TAP:
+        assert refusal == "bridge 'eth0' was never created (taken); a tap cannot join it"
+    else:
+        assert refusal is None
+    tap = SegmentObject("tap", "t1", "tap1", link="tap1", status="error", never_created=True)
+    assert segment_driver("tap").join_refusal(tap, joiner) is None
+
+
+def test_a_vlan_in_error_refuses_every_joiner_in_the_services(db: Database) -> None:
+    with db.unit_of_work() as s:
+        row = add_vlan(s, "vlan_filtering", 10)
+        row.status, row.status_reason = "error", "no CONFIG_BRIDGE_VLAN_FILTERING"
+    attempts = [
+        lambda: create_network(db, body(NetworkCreate, "n", "10.77.0.0/24", vlan="tenant-10")),
+        lambda: create_vm(db, "vm1", {"backend": "bridge", "vlan": "tenant-10"}),
+        lambda: create_tap_on_vlan(db, "tap2", "tenant-10"),
+    ]
+    for attempt, joiner in zip(attempts, ("a network", "a VM NIC", "a tap"), strict=True):
+        with pytest.raises(Conflict, match=f"VLAN 'tenant-10' is in error .*; {joiner} cannot"):
+            attempt()
+    with db.unit_of_work() as s:
+        s.query(Vlan).one().status = "active"
+    for attempt in attempts:
+        attempt()
+
+
+def create_tap_on_vlan(db: Database, name: str, vlan_name: str) -> None:
+    with db.unit_of_work() as s:
+        TapService(s).create(TapCreate(name=name, vlan=vlan_name))

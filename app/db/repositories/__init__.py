@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from app.db.link_settings import stored_link_settings
 from app.db.repositories.addresses import address_holders, network_gateways, own_addresses
-from app.db.repositories.base import LINK_MODELS, UUID_LENGTH, Repository, ResourceRepository
+from app.db.repositories.base import (
+    LINK_MODELS,
+    UUID_LENGTH,
+    Repository,
+    ResourceRepository,
+    never_created,
+)
 from app.db.repositories.claims import WILDCARD, HostPortRepository, LinkNameRepository
 from app.db.repositories.dependents import DependentsRepository
 from app.db.repositories.links import (
@@ -48,6 +54,7 @@ from app.db.repositories.port_vlans import (
     vlan_users,
 )
 from app.db.repositories.segments import (
+    Port,
     SegmentTable,
     find_object,
     network_columns,
@@ -55,14 +62,18 @@ from app.db.repositories.segments import (
     network_on,
     network_ref,
     network_segment,
+    nic_port,
     nic_segment_ref,
+    object_facts,
     object_segment,
+    port_segment_ref,
     readable_segment,
     register_table,
     registered_table,
     segment_ports,
     segment_row,
     segment_table,
+    tap_port,
     unregister_table,
 )
 from app.db.repositories.trunks import (
@@ -110,6 +121,7 @@ __all__ = [
     "NicObservation",
     "ObservedState",
     "OperationRepository",
+    "Port",
     "PortForwardRepository",
     "Repository",
     "ResourceRepository",
@@ -139,11 +151,15 @@ __all__ = [
     "network_ref",
     "network_referrers",
     "network_segment",
+    "never_created",
+    "nic_port",
     "nic_segment_ref",
+    "object_facts",
     "object_segment",
     "orphan_forward_claims",
     "own_addresses",
     "port_master",
+    "port_segment_ref",
     "probe_targets",
     "readable_segment",
     "record_forward_outcomes",
@@ -158,6 +174,7 @@ __all__ = [
     "segment_row",
     "segment_table",
     "stored_link_settings",
+    "tap_port",
     "tap_port_vlans",
     "trunks_to_release",
     "unregister_table",

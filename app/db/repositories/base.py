@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Base, Bridge, Network, Tap, Vlan, Vm
 from app.db.models import PortForward as PortForwardRow
 from app.domain.cursors import decode_cursor, encode_cursor
+from app.domain.status import Status
 
 M = TypeVar("M", bound=Base)
 
@@ -71,3 +72,12 @@ class ResourceRepository(Repository[R]):
 
 
 LINK_MODELS: tuple[type[Bridge], type[Tap]] = (Bridge, Tap)
+
+
+def never_created(row: Bridge | Tap) -> bool:
+    """In error without ever holding a kernel link (no observed ifindex, no create under
+    way): the name it asked for may belong to someone else (eth0 made before the foreign
+    link check), so the row stands for no link at all."""
+    return (
+        row.status == Status.ERROR.value and row.observed_ifindex is None and not row.create_intent
+    )

@@ -17,7 +17,6 @@ from app.db.models import PortForward as PortForwardRow
 from app.db.repositories.addresses import own_addresses
 from app.db.repositories.base import ResourceRepository
 from app.db.repositories.segments import (
-    find_object,
     network_of_object,
     network_on,
     network_ref,
@@ -46,10 +45,6 @@ class NetworkRepository(ResourceRepository[Network]):
     def of_object(self, obj: ResourceColumns) -> Network | None:
         """The network on a bridge, tap or VLAN row (deleted or not)."""
         return network_of_object(self.session, obj)
-
-    def segment_object(self, kind: str, ref: str) -> ResourceColumns | None:
-        """A segment object of `kind` by id or name."""
-        return find_object(self.session, kind, ref)
 
     def subnets(self, except_id: str | None = None) -> list[tuple[str, str]]:
         """(name, subnet) of every network but one."""

@@ -19,9 +19,31 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db.models import Bridge, Network, ResourceColumns, Tap, Vlan, VmNic
-from app.db.repositories.base import UUID_LENGTH
+from app.db.repositories.base import UUID_LENGTH, never_created
 from app.domain.errors import InvalidInput
+from app.domain.registry import Registry
 from app.domain.segments import Segment, SegmentKind, SegmentObject, describe
+
+
+@dataclass(frozen=True)
+class Port:
+    """Where a port (a VM NIC's tap, or one of our tap resources) sits, as its row's
+    columns say: what decides the segment it joins (`SegmentTable.port_ref`)."""
+
+    bridge_id: str | None = None
+    vlan_id: str | None = None  # an access port of this VLAN
+    tagged: bool = False  # a trunk port (tagged VLANs): on no single segment
+    tap_id: str | None = None  # a NIC on one of our tap resources
+
+
+def nic_port(nic: VmNic) -> Port:
+    tagged = isinstance(nic.vlan_tagged, list) and bool(nic.vlan_tagged)
+    return Port(nic.bridge_id, nic.vlan_id, tagged, nic.tap_id)
+
+
+def tap_port(tap: Tap) -> Port:
+    """A tap resource as a port: on its bridge, untagged or an access port of its VLAN."""
+    return Port(tap.bridge_id, tap.vlan_id)
 
 
 @dataclass(frozen=True)
@@ -32,7 +54,7 @@ class SegmentTable:
     - `network_column`: the column of `networks` that points at one;
     - `facts`: a row as its driver needs it (None: a row it depends on is gone, say a
       VLAN's trunk);
-    - `nic_ref`: the object a VM NIC is a port of, if it is one of this kind;
+    - `port_ref`: the object a port (a VM NIC, a tap resource) is on, if one of this kind;
     - `ports`: the query condition selecting the NICs that are ports of one object (the ones
       a new network on it gives fixed addresses);
     - `find`: a row by id or name (None when there is none).
@@ -42,48 +64,48 @@ class SegmentTable:
     model: type[ResourceColumns]
     network_column: InstrumentedAttribute[str | None]
     facts: Callable[[Session, Any], SegmentObject | None]
-    nic_ref: Callable[[VmNic], str | None]
+    port_ref: Callable[[Port], str | None]
     ports: Callable[[str], ColumnElement[bool]]
     find: Callable[[Session, str], ResourceColumns | None]
 
 
-_TABLES: dict[str, SegmentTable] = {}
+TABLES: Registry[SegmentTable] = Registry("stored segment kind", [k.value for k in SegmentKind])
 
 
 def register_table(table: SegmentTable) -> SegmentTable:
     """Make `table` the storage of its kind (ValueError when the kind or column is taken:
     a network row must name its kind by the column that is set)."""
-    taken = {t.network_column.key for t in _TABLES.values()}
-    if table.kind in _TABLES or table.network_column.key in taken:
-        raise ValueError(f"segment kind {table.kind!r} or its column is already registered")
-    _TABLES[table.kind] = table
-    return table
+    taken = {t.network_column.key for t in TABLES.entries()}
+    if table.kind not in TABLES and table.network_column.key in taken:  # (else: add says)
+        raise ValueError(f"the column of segment kind {table.kind!r} is already registered")
+    return TABLES.add(table.kind, table)
 
 
 def unregister_table(kind: str) -> None:
-    _TABLES.pop(kind, None)
+    TABLES.remove(kind)
 
 
 @contextlib.contextmanager
 def registered_table(table: SegmentTable, replacing: str | None = None) -> Iterator[SegmentTable]:
     """`table` registered for the duration of the block, in place of kind `replacing`'s
     (tests: a kind defined in a test borrows a built-in kind's column)."""
-    saved = dict(_TABLES)
+    replaced = None if replacing is None else TABLES.get(replacing)
     if replacing is not None:
-        del _TABLES[replacing]
+        TABLES.remove(replacing)
     try:
         register_table(table)
-        yield table
+        try:
+            yield table
+        finally:
+            TABLES.remove(table.kind)
     finally:
-        _TABLES.clear()
-        _TABLES.update(saved)
+        if replaced is not None:
+            TABLES.add(replaced.kind, replaced)
 
 
 def segment_table(kind: str) -> SegmentTable:
-    table = _TABLES.get(kind)
-    if table is None:
-        raise KeyError(f"no storage registered for segment kind {kind!r}")
-    return table
+    """The storage of `kind` (UnknownKind, a KeyError, for a kind nothing stores)."""
+    return TABLES.get(kind)
 
 
 # ---- a network's segment ----------------------------------------------------------------------
@@ -92,7 +114,7 @@ def segment_table(kind: str) -> SegmentTable:
 def network_ref(row: Network) -> tuple[str, str] | None:
     """(kind, object id) of the segment a network row points at (None once a deleted
     network's object went first: its column was set to NULL)."""
-    for table in _TABLES.values():
+    for table in TABLES.entries():
         value = getattr(row, table.network_column.key)
         if value:
             return table.kind, value
@@ -102,7 +124,7 @@ def network_ref(row: Network) -> tuple[str, str] | None:
 def network_columns(kind: str, object_id: str) -> dict[str, str | None]:
     """The `networks` columns that point a new network at object `object_id` of `kind`."""
     segment_table(kind)  # KeyError for a kind nothing stores
-    return {t.network_column.key: object_id if t.kind == kind else None for t in _TABLES.values()}
+    return {t.network_column.key: object_id if t.kind == kind else None for t in TABLES.entries()}
 
 
 def segment_row(session: Session, row: Network) -> ResourceColumns | None:
@@ -113,9 +135,14 @@ def segment_row(session: Session, row: Network) -> ResourceColumns | None:
     return session.get(segment_table(ref[0]).model, ref[1])
 
 
+def object_facts(session: Session, kind: str, obj: ResourceColumns) -> SegmentObject | None:
+    """An object of `kind` as its driver reads it (None when a row it depends on is gone)."""
+    return segment_table(kind).facts(session, obj)
+
+
 def object_segment(session: Session, kind: str, obj: ResourceColumns) -> Segment | None:
     """The segment an object of `kind` is (None when a row it depends on is gone)."""
-    facts = segment_table(kind).facts(session, obj)
+    facts = object_facts(session, kind, obj)
     return describe(facts) if facts is not None else None
 
 
@@ -149,7 +176,7 @@ def network_on(session: Session, kind: str, object_id: str) -> Network | None:
 def network_of_object(session: Session, obj: ResourceColumns) -> Network | None:
     """The network on a bridge, tap or VLAN row, whichever kind stores rows of its model
     (deleted or not)."""
-    for table in _TABLES.values():
+    for table in TABLES.entries():
         if isinstance(obj, table.model):
             found = network_on(session, table.kind, obj.id)
             if found is not None:
@@ -168,14 +195,19 @@ def segment_ports(session: Session, kind: str, object_id: str) -> Sequence[VmNic
     return session.scalars(select(VmNic).where(where)).all()
 
 
-def nic_segment_ref(nic: VmNic) -> tuple[str, str] | None:
-    """(kind, object id) of the segment a VM NIC is a port of (None: it is on none, like a
+def port_segment_ref(port: Port) -> tuple[str, str] | None:
+    """(kind, object id) of the segment a port is on (None: it is on none, like a
     user-networking NIC or a trunk NIC, which carries several VLANs)."""
-    for table in _TABLES.values():
-        object_id = table.nic_ref(nic)
+    for table in TABLES.entries():
+        object_id = table.port_ref(port)
         if object_id:
             return table.kind, object_id
     return None
+
+
+def nic_segment_ref(nic: VmNic) -> tuple[str, str] | None:
+    """(kind, object id) of the segment a VM NIC is a port of (port_segment_ref)."""
+    return port_segment_ref(nic_port(nic))
 
 
 def preload_objects(session: Session, networks: Sequence[Network]) -> None:
@@ -235,12 +267,27 @@ def _find_vlan(session: Session, ref: str) -> Vlan | None:
 def _bridge_facts(session: Session, row: Bridge) -> SegmentObject:
     delay = row.forward_delay_cs / 100 if row.stp else 0.0
     return SegmentObject(
-        SegmentKind.BRIDGE.value, row.id, row.name, link=row.name, forward_delay_s=delay
+        SegmentKind.BRIDGE.value,
+        row.id,
+        row.name,
+        link=row.name,
+        forward_delay_s=delay,
+        status=row.status,
+        status_reason=row.status_reason,
+        never_created=never_created(row),
     )
 
 
 def _tap_facts(session: Session, row: Tap) -> SegmentObject:
-    return SegmentObject(SegmentKind.TAP.value, row.id, row.name, link=row.name)
+    return SegmentObject(
+        SegmentKind.TAP.value,
+        row.id,
+        row.name,
+        link=row.name,
+        status=row.status,
+        status_reason=row.status_reason,
+        never_created=never_created(row),
+    )
 
 
 def _vlan_facts(session: Session, row: Vlan) -> SegmentObject | None:
@@ -254,15 +301,17 @@ def _vlan_facts(session: Session, row: Vlan) -> SegmentObject | None:
         trunk=trunk.name,
         vid=row.vlan_id,
         backend=row.backend,
+        status=row.status,
+        status_reason=row.status_reason,
     )
 
 
-def _untagged_bridge_port(nic: VmNic) -> str | None:
-    """A bridge NIC on the bridge's untagged segment (not an access port of one of its VLANs,
-    nor a trunk NIC)."""
-    if nic.vlan_id is not None or (isinstance(nic.vlan_tagged, list) and nic.vlan_tagged):
+def _untagged_bridge_port(port: Port) -> str | None:
+    """A port on the bridge's untagged segment (not an access port of one of its VLANs,
+    nor a trunk port)."""
+    if port.vlan_id is not None or port.tagged:
         return None
-    return nic.bridge_id
+    return port.bridge_id
 
 
 register_table(
@@ -271,7 +320,7 @@ register_table(
         model=Bridge,
         network_column=Network.bridge_id,
         facts=_bridge_facts,
-        nic_ref=_untagged_bridge_port,
+        port_ref=_untagged_bridge_port,
         ports=lambda object_id: (
             (VmNic.bridge_id == object_id)
             & VmNic.vlan_id.is_(None)
@@ -286,7 +335,7 @@ register_table(
         model=Tap,
         network_column=Network.tap_id,
         facts=_tap_facts,
-        nic_ref=lambda nic: nic.tap_id,
+        port_ref=lambda port: port.tap_id,
         ports=lambda object_id: VmNic.tap_id == object_id,
         find=_by_id_or_name(Tap),
     )
@@ -297,7 +346,7 @@ register_table(
         model=Vlan,
         network_column=Network.vlan_id,
         facts=_vlan_facts,
-        nic_ref=lambda nic: nic.vlan_id,
+        port_ref=lambda port: port.vlan_id,
         ports=lambda object_id: VmNic.vlan_id == object_id,
         find=_find_vlan,
     )

@@ -17,12 +17,16 @@ from app.domain.links import bridge as bridge
 from app.domain.links import tap as tap
 from app.domain.links import vlan as vlan
 from app.domain.links.driver import (
+    KINDS,
     LinkDriver,
+    LinkKinds,
     driver_for_link,
     find_driver,
     managed_addresses,
     register,
+    registered,
     registered_kinds,
+    unregister,
 )
 from app.domain.links.model import (
     DEFAULT_MTU,
@@ -58,6 +62,7 @@ def changes_for_new_link(spec: LinkSpec) -> LinkChanges:
 
 __all__ = [
     "DEFAULT_MTU",
+    "KINDS",
     "MARK_PREFIX",
     "Action",
     "ActionKind",
@@ -66,6 +71,7 @@ __all__ = [
     "LinkDetails",
     "LinkDriver",
     "LinkKind",
+    "LinkKinds",
     "LinkOptions",
     "LinkSpec",
     "ObservedLink",
@@ -83,6 +89,8 @@ __all__ = [
     "plan",
     "plan_link",
     "register",
+    "registered",
     "registered_kinds",
     "tap_mtu",
+    "unregister",
 ]

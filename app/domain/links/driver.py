@@ -12,11 +12,13 @@ the parent of a stacked kind). A kind is one module that subclasses it and calls
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from app.domain.links.model import LinkChanges, LinkKind, LinkSpec, ObservedLink
+from app.domain.registry import Registry
 
 
 def managed_addresses(addresses: Iterable[str]) -> set[str]:
@@ -101,28 +103,82 @@ class LinkDriver:
         return () if link.details is None else (link.details,)
 
 
-_DRIVERS: dict[str, LinkDriver] = {}
-_BY_KERNEL_KIND: dict[str, LinkDriver] = {}
-_GENERIC = LinkDriver()  # observations of links no driver claims (foreign kinds)
+class KindedDriver(Protocol):
+    """What a link kind registry keys a driver by (both halves' drivers have it)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def kernel_kind(self) -> str: ...
 
 
-def register(driver: LinkDriver) -> LinkDriver:
-    """Make `driver` the one for its kind (a kind module calls this at import)."""
-    _DRIVERS[driver.kind] = driver
-    _BY_KERNEL_KIND[driver.kernel_kind] = driver
-    return driver
+K = TypeVar("K", bound=KindedDriver)
+
+
+class LinkKinds(Generic[K]):
+    """The drivers of the link kinds, keyed twice: by our kind (what a spec names) and by
+    the IFLA_INFO_KIND the kernel reports for such links ("tun" for a tap), each key taken
+    once. `generic` answers for observed links no driver claims (foreign kinds). The pure
+    half (here) and the host half (app.host.links.base) each keep one."""
+
+    def __init__(self, what: str, generic: K) -> None:
+        self.by_kind: Registry[K] = Registry(what)
+        self.by_kernel_kind: Registry[K] = Registry(f"kernel {what}")
+        self.generic = generic
+
+    def register(self, driver: K) -> K:
+        """Make `driver` the one of its kind and kernel kind (ValueError when either is
+        taken; nothing changes then)."""
+        self.by_kind.add(driver.kind, driver)
+        try:
+            self.by_kernel_kind.add(driver.kernel_kind, driver)
+        except ValueError:
+            self.by_kind.remove(driver.kind)
+            raise
+        return driver
+
+    def unregister(self, kind: str) -> None:
+        """Forget link kind `kind`, both of its keys (nothing when it is not registered)."""
+        driver = self.by_kind.find(kind)
+        if driver is not None:
+            self.by_kind.remove(kind)
+            self.by_kernel_kind.remove(driver.kernel_kind)
+
+    @contextlib.contextmanager
+    def registered(self, *drivers: K) -> Iterator[None]:
+        """`drivers` registered for the duration of the block (tests, as a new kind's
+        module would register itself)."""
+        with contextlib.ExitStack() as stack:
+            for driver in drivers:
+                self.register(driver)
+                stack.callback(self.unregister, driver.kind)
+            yield
+
+    def find(self, kind: str) -> K | None:
+        return self.by_kind.find(kind)
+
+    def for_kernel_kind(self, kernel_kind: str | None) -> K:
+        """The driver of links the kernel reports as `kernel_kind`; `generic` for others."""
+        return self.by_kernel_kind.find(kernel_kind or "") or self.generic
+
+
+KINDS: LinkKinds[LinkDriver] = LinkKinds("link kind", LinkDriver())
+register = KINDS.register
+unregister = KINDS.unregister
+registered = KINDS.registered
 
 
 def find_driver(kind: str) -> LinkDriver | None:
     """The driver of a link kind, or None for a kind nothing registered (a stored row
     written by a newer version, say): the planner reports it on the row."""
-    return _DRIVERS.get(kind)
+    return KINDS.find(kind)
 
 
 def driver_for_link(link: ObservedLink) -> LinkDriver:
     """The driver for an observed link by its kernel kind; the shared base for others."""
-    return _BY_KERNEL_KIND.get(link.kind or "", _GENERIC)
+    return KINDS.for_kernel_kind(link.kind)
 
 
 def registered_kinds() -> tuple[str, ...]:
-    return tuple(_DRIVERS)
+    return tuple(KINDS.by_kind.names())

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from app.domain.errors import InvalidInput
 from app.domain.nics.spec import Backend, NicSpec, Vhost, either
+from app.domain.registry import Registry
 
 
 class HostLink(enum.StrEnum):
@@ -136,7 +137,9 @@ class NicDriver:
         return frozenset()
 
 
-_DRIVERS: dict[str, NicDriver] = {}
+DRIVERS: Registry[NicDriver] = Registry(
+    "NIC backend", [b.value for b in Backend], unknown=InvalidInput
+)
 
 
 D = TypeVar("D", bound=type[NicDriver])
@@ -144,48 +147,39 @@ D = TypeVar("D", bound=type[NicDriver])
 
 def register(driver: D) -> D:
     """Class decorator: make `driver` the backend of its `name` (ValueError when taken)."""
-    if not driver.name or driver.name in _DRIVERS:
-        raise ValueError(f"NIC backend {driver.name!r} is unnamed or already registered")
-    _DRIVERS[driver.name] = driver()
+    DRIVERS.add(driver.name, driver())
     return driver
 
 
 def unregister(name: str) -> None:
-    _DRIVERS.pop(name, None)
+    DRIVERS.remove(name)
 
 
 @contextlib.contextmanager
 def registered(driver: type[NicDriver]) -> Iterator[NicDriver]:
     """`driver` registered for the duration of the block (tests)."""
-    register(driver)
-    try:
-        yield _DRIVERS[driver.name]
-    finally:
-        unregister(driver.name)
+    with DRIVERS.registered(driver.name, driver()) as instance:
+        yield instance
 
 
 def backends() -> list[str]:
     """The registered backends' names: the built-in ones in Backend's order, then the
     others in registration order."""
-    built_in = [b.value for b in Backend if b.value in _DRIVERS]
-    return built_in + [name for name in _DRIVERS if name not in built_in]
+    return DRIVERS.names()
 
 
 def find_driver(name: str) -> NicDriver | None:
-    return _DRIVERS.get(name)
+    return DRIVERS.find(name)
 
 
 def nic_driver(name: str) -> NicDriver:
     """The driver of backend `name`; InvalidInput naming the known ones otherwise."""
-    driver = _DRIVERS.get(name)
-    if driver is None:
-        raise InvalidInput(f"unknown NIC backend {name!r}; known: {', '.join(backends())}")
-    return driver
+    return DRIVERS.get(name)
 
 
 def backends_with(test: str) -> list[str]:
     """The backends whose class attribute `test` is true."""
-    return [name for name in backends() if getattr(_DRIVERS[name], test)]
+    return [name for name, driver in DRIVERS.items() if getattr(driver, test)]
 
 
 def backends_where(test: str) -> str:
@@ -195,7 +189,7 @@ def backends_where(test: str) -> str:
 
 def backend_options() -> dict[str, str]:
     """Backend -> the request field it needs (the backends that need one)."""
-    return {name: d.option for name, d in _DRIVERS.items() if d.option is not None}
+    return {name: d.option for name, d in DRIVERS.items() if d.option is not None}
 
 
 # ---- the stored `options` JSON of a NIC row ------------------------------------------------

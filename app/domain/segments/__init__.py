@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from app.domain.segments import bridge, tap, vlan
 from app.domain.segments.driver import (
+    Joiner,
     Segment,
     SegmentDriver,
     SegmentKind,
@@ -24,6 +25,7 @@ BUILT_IN = (bridge, tap, vlan)
 
 __all__ = [
     "BUILT_IN",
+    "Joiner",
     "Segment",
     "SegmentDriver",
     "SegmentKind",

@@ -19,6 +19,16 @@ from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 from app.domain.errors import InvalidInput
+from app.domain.registry import Registry
+
+
+class Joiner(enum.StrEnum):
+    """What asks to join a segment (a kind's join rule may depend on it); the value is how
+    messages name it."""
+
+    NETWORK = "a network"  # a managed network, its gateway on the segment's L3 interface
+    VM_NIC = "a VM NIC"  # a VM NIC's tap, or one of our tap resources a NIC uses
+    TAP = "a tap"  # one of our tap resources placed on a bridge or VLAN
 
 
 class SegmentKind(enum.StrEnum):
@@ -42,6 +52,10 @@ class SegmentObject:
     vid: int | None = None  # a VLAN's id (1-4094)
     backend: str | None = None  # a VLAN's backend (app.domain.vlans.VlanBackend)
     forward_delay_s: float = 0.0  # a bridge's STP forward delay (0 with STP off), seconds
+    status: str | None = None  # its observed status (app.domain.status.Status)
+    status_reason: str | None = None  # why it is in that status (set in `error`)
+    # in error without ever holding a kernel link (a bridge or tap whose name was taken)
+    never_created: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,12 @@ class SegmentDriver:
     def probe_bridge(self, obj: SegmentObject) -> str | None:
         return self.master(obj)
 
+    def join_refusal(self, obj: SegmentObject, joiner: Joiner) -> str | None:
+        """Why `joiner` may not join `obj` now (the service answers 409 Conflict with it),
+        or None. The lookup's rules hold for every kind before this is asked: an unknown
+        object is 404, one being deleted 409. Base: nothing more."""
+        return None
+
     def describe(self, obj: SegmentObject) -> Segment:
         """The segment an object of this kind is."""
         return Segment(
@@ -105,50 +125,43 @@ class SegmentDriver:
         )
 
 
-_DRIVERS: dict[str, SegmentDriver] = {}
+DRIVERS: Registry[SegmentDriver] = Registry(
+    "segment kind", [k.value for k in SegmentKind], unknown=InvalidInput
+)
 
 D = TypeVar("D", bound=type[SegmentDriver])
 
 
 def register(driver: D) -> D:
     """Class decorator: make `driver` the one of its `kind` (ValueError when taken)."""
-    if not driver.kind or driver.kind in _DRIVERS:
-        raise ValueError(f"segment kind {driver.kind!r} is unnamed or already registered")
-    _DRIVERS[driver.kind] = driver()
+    DRIVERS.add(driver.kind, driver())
     return driver
 
 
 def unregister(kind: str) -> None:
-    _DRIVERS.pop(kind, None)
+    DRIVERS.remove(kind)
 
 
 @contextlib.contextmanager
 def registered(driver: type[SegmentDriver]) -> Iterator[SegmentDriver]:
     """`driver` registered for the duration of the block (tests)."""
-    register(driver)
-    try:
-        yield _DRIVERS[driver.kind]
-    finally:
-        unregister(driver.kind)
+    with DRIVERS.registered(driver.kind, driver()) as instance:
+        yield instance
 
 
 def kinds() -> list[str]:
     """The registered kinds: the built-in ones in SegmentKind's order, then the others."""
-    built_in = [k.value for k in SegmentKind if k.value in _DRIVERS]
-    return built_in + [kind for kind in _DRIVERS if kind not in built_in]
+    return DRIVERS.names()
 
 
 def find_driver(kind: str) -> SegmentDriver | None:
-    return _DRIVERS.get(kind)
+    return DRIVERS.find(kind)
 
 
 def segment_driver(kind: str) -> SegmentDriver:
     """The driver of `kind`; InvalidInput naming the known ones otherwise (a row written by
     a newer version, say)."""
-    driver = _DRIVERS.get(kind)
-    if driver is None:
-        raise InvalidInput(f"unknown segment kind {kind!r}; known: {', '.join(kinds())}")
-    return driver
+    return DRIVERS.get(kind)
 
 
 def describe(obj: SegmentObject) -> Segment:

@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 from app.domain.errors import InvalidInput
-from app.domain.segments.driver import SegmentDriver, SegmentKind, SegmentObject, register
+from app.domain.segments.driver import (
+    Joiner,
+    SegmentDriver,
+    SegmentKind,
+    SegmentObject,
+    register,
+)
+from app.domain.status import Status
 from app.domain.vlans import VlanBackend, l3_interface_name, vlan_bridge_name
 
 
@@ -30,6 +37,18 @@ def _vlan(obj: SegmentObject) -> tuple[VlanBackend, str, int]:
 class VlanSegment(SegmentDriver):
     kind: ClassVar[str] = SegmentKind.VLAN.value
     label: ClassVar[str] = "VLAN"
+
+    def join_refusal(self, obj: SegmentObject, joiner: Joiner) -> str | None:
+        """A VLAN in error carries nothing its backend promised (on a trunk without working
+        filtering a port would sit on the trunk untagged, on another tenant's segment):
+        nothing joins it until it is active."""
+        if obj.status != Status.ERROR.value:
+            return None
+        return (
+            f"VLAN {obj.name!r} is in error ({obj.status_reason}); {joiner} cannot join it "
+            "until it is active: remove the cause (it is retried at every full pass), or "
+            "delete it and create one the host can carry"
+        )
 
     def l3_interface(self, obj: SegmentObject) -> str:
         return l3_interface_name(*_vlan(obj))

@@ -12,6 +12,8 @@ from app.host.links.base import (
     host_driver_for_kernel_kind,
     host_drivers,
     register,
+    registered,
+    unregister,
 )
 
 __all__ = [
@@ -20,4 +22,6 @@ __all__ = [
     "host_driver_for_kernel_kind",
     "host_drivers",
     "register",
+    "registered",
+    "unregister",
 ]

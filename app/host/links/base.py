@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from pyroute2 import IPRoute
 
-from app.domain.links import LinkChanges, LinkKind, LinkSpec
+from app.domain.links import LinkChanges, LinkKind, LinkKinds, LinkSpec
 from app.host.rtnl import RawLink
 
 
@@ -33,25 +33,20 @@ class HostLinkDriver:
         return {}
 
 
-_DRIVERS: dict[str, HostLinkDriver] = {}
-_BY_KERNEL_KIND: dict[str, HostLinkDriver] = {}
-GENERIC = HostLinkDriver()
-
-
-def register(driver: HostLinkDriver) -> HostLinkDriver:
-    _DRIVERS[driver.kind] = driver
-    _BY_KERNEL_KIND[driver.kernel_kind] = driver
-    return driver
+KINDS: LinkKinds[HostLinkDriver] = LinkKinds("host link kind", HostLinkDriver())
+register = KINDS.register
+unregister = KINDS.unregister
+registered = KINDS.registered
 
 
 def find_host_driver(kind: str) -> HostLinkDriver | None:
-    return _DRIVERS.get(kind)
+    return KINDS.find(kind)
 
 
 def host_driver_for_kernel_kind(kernel_kind: str | None) -> HostLinkDriver:
     """The driver that decodes links of this IFLA_INFO_KIND; the base for any other."""
-    return _BY_KERNEL_KIND.get(kernel_kind or "", GENERIC)
+    return KINDS.for_kernel_kind(kernel_kind)
 
 
 def host_drivers() -> tuple[HostLinkDriver, ...]:
-    return tuple(_DRIVERS.values())
+    return tuple(KINDS.by_kind.entries())

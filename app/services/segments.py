@@ -1,0 +1,57 @@
+"""Joining an L2 segment: the one way a network, a VM NIC or a tap resource is put on a
+bridge, tap or VLAN (or any registered segment kind). The lookup's rules are the same for
+every kind (422 unknown kind, 404 unknown object, 409 being deleted); what more a kind asks
+of a joiner is its driver's `join_refusal` (app.domain.segments), answered here as a 409:
+the services ask the segment, never compare kind names."""
+
+from __future__ import annotations
+
+from app.db.models import ResourceColumns
+from app.db.repositories import Port, find_object, object_facts, port_segment_ref
+from app.db.session import Session
+from app.domain.errors import BeingDeleted, Conflict, NotFound
+from app.domain.segments import Joiner, segment_driver
+
+
+def live_object(session: Session, kind: str, ref: str) -> ResourceColumns:
+    """The object of `kind` named `ref` (its id or name): 422 for an unknown kind (naming
+    the known ones), 404 unknown, 409 while it is being deleted."""
+    label = segment_driver(kind).label or kind
+    found = find_object(session, kind, ref)
+    if found is None:
+        raise NotFound(f"no {label} {ref!r}")
+    if found.deleted:
+        raise BeingDeleted(f"{label} {found.name!r} is being deleted")
+    return found
+
+
+def refuse_join(session: Session, kind: str, obj: ResourceColumns, joiner: Joiner) -> None:
+    """409 with the reason when the kind's driver refuses `joiner` on `obj` now (a VLAN in
+    error, say). An object whose facts cannot be read (a row it depends on is gone) is
+    left to the caller's own checks."""
+    facts = object_facts(session, kind, obj)
+    if facts is None:
+        return
+    reason = segment_driver(kind).join_refusal(facts, joiner)
+    if reason is not None:
+        raise Conflict(reason)
+
+
+def join(session: Session, kind: str, ref: str, joiner: Joiner) -> ResourceColumns:
+    """The live object of `kind` named `ref`, which `joiner` may join (live_object, then
+    refuse_join)."""
+    found = live_object(session, kind, ref)
+    refuse_join(session, kind, found, joiner)
+    return found
+
+
+def join_port(session: Session, port: Port, joiner: Joiner) -> None:
+    """409 when the segment `port` is on (whichever kind stores it) refuses `joiner`; a
+    port on no segment (a trunk port, no bridge) has nothing to refuse it."""
+    ref = port_segment_ref(port)
+    if ref is None:
+        return
+    kind, object_id = ref
+    obj = find_object(session, kind, object_id)
+    if obj is not None:
+        refuse_join(session, kind, obj, joiner)
