@@ -41,6 +41,7 @@ from app.db.repositories.networks import (
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
 from app.db.repositories.port_vlans import (
+    access_port_names,
     port_master,
     tap_port_vlans,
     vlan_masters,
@@ -121,6 +122,7 @@ __all__ = [
     "VlanRepository",
     "VlanWork",
     "VmRepository",
+    "access_port_names",
     "address_holders",
     "bridge_facts",
     "desired_port_vlans",
