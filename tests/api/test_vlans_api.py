@@ -513,8 +513,8 @@ def test_a_trunks_views_include_its_per_vlan_bridges_and_a_plain_bridge_shows_it
     assert [{**e, "ageing_timer": None} for e in api.get("/v1/vlans/b/fdb").json()] == ageless
     # -- br1v10 is the VLAN's link, no bridge resource: 404 saying where its rows are
     for path in ("/v1/bridges/br1v10", "/v1/bridges/br1v10/fdb"):
-        body = problem(api.get(path), 404, "not-found")
-        assert "VLAN 'b'" in body["detail"] and "/v1/bridges/br1/fdb" in body["detail"], body
+        found = problem(api.get(path), 404, "not-found")
+        assert "VLAN 'b'" in found["detail"] and "/v1/bridges/br1/fdb" in found["detail"], found
     problem(api.get("/v1/vlans/nosuch/fdb"), 404, "not-found")
 
     # -- a plain bridge: its own ports and entries only, nothing `via` another bridge
