@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from app.api import trunk_views
 from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import (
     bridge_out,
@@ -23,12 +24,10 @@ from app.schemas.links import (
     BridgeUpdate,
     BridgeVlans,
     FdbEntry,
-    PortVlan,
 )
 from app.schemas.uplinks import UplinkOut, UplinkPlan, UplinkSet
 from app.services.links import BridgeService
 from app.services.uplinks import UplinkService
-from app.services.vlans import VlanService
 
 router = APIRouter(prefix="/v1/bridges", tags=["bridges"], responses=PROBLEM_RESPONSES)
 
@@ -36,9 +35,9 @@ SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settl
 
 
 async def _present(ctx: AppContext, row: Bridge) -> BridgeOut:
-    ports = await ctx.host(ctx.inspector.bridge_ports, row.name)
+    ports = await trunk_views.ports_of(ctx, [row])
     uplinks = await ctx.read(lambda s: UplinkService(s).of_bridges([row.id]))
-    return bridge_out(row, ports, uplinks.get(row.id))
+    return bridge_out(row, ports[row.id], uplinks.get(row.id))
 
 
 async def _finish(
@@ -81,10 +80,10 @@ async def create_bridge(
 async def list_bridges(request: Request, limit: Limit = 100, cursor: Cursor = None) -> BridgePage:
     ctx = context(request)
     rows, next_cursor = await ctx.read(lambda s: BridgeService(s).page(limit, cursor))
-    ports = await ctx.host(ctx.inspector.ports_of, [r.name for r in rows])
+    ports = await trunk_views.ports_of(ctx, rows)
     uplinks = await ctx.read(lambda s: UplinkService(s).of_bridges([r.id for r in rows]))
     return BridgePage(
-        items=[bridge_out(r, ports.get(r.name), uplinks.get(r.id)) for r in rows],
+        items=[bridge_out(r, ports.get(r.id), uplinks.get(r.id)) for r in rows],
         next_cursor=next_cursor,
     )
 
@@ -154,49 +153,27 @@ async def delete_bridge(
 
 @router.get("/{bridge_id}/fdb", operation_id="list_bridge_fdb", response_model=list[FdbEntry])
 async def list_bridge_fdb(bridge_id: str, request: Request) -> list[FdbEntry]:
-    """The bridge's MAC table (like `brctl showmacs`): port, MAC, local flag, ageing timer,
-    and each entry's VLAN on a VLAN-filtering bridge."""
+    """The bridge's MAC table (like `brctl showmacs` / `bridge fdb show br <bridge>`): port,
+    MAC, local flag, ageing timer, and each entry's VLAN on a VLAN-filtering bridge. On a
+    trunk whose VLANs use the bridge_per_vlan backend, the tables of the VLANs' own bridges
+    follow, each entry naming that bridge (`via`, like `br0v20`) and its VLAN; such a bridge
+    is no bridge resource (GET /v1/bridges/br0v20 is 404 naming its VLAN)."""
     ctx = context(request)
     row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
-    entries = await ctx.host(ctx.inspector.fdb, row.name)
-    return [FdbEntry(**e) for e in entries]
+    return await trunk_views.fdb(ctx, row)
 
 
 @router.get("/{bridge_id}/vlans", operation_id="list_bridge_vlans", response_model=BridgeVlans)
 async def list_bridge_vlans(bridge_id: str, request: Request) -> BridgeVlans:
     """Per-port VLAN membership (like `bridge -j vlan show`): port, VLAN id, PVID and
     untagged flags, and whether kvmnetd plans the port and wants the membership. On a
-    kernel without bridge VLAN filtering: no ports, `filtering_available` false and the
-    reason (not an error)."""
+    trunk whose VLANs use the bridge_per_vlan backend, every port of each VLAN's own bridge
+    follows with that VLAN's VID, untagged (`via` names the bridge). On a kernel without
+    bridge VLAN filtering: `filtering_available` false and the reason (not an error), and
+    only those per-VLAN ports."""
     ctx = context(request)
     row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
-    live = await ctx.host(ctx.inspector.bridge_vlans, row.name)
-    available = live["filtering"] is not None
-    planned = {}
-    if live["filtering"]:
-        pvid = int(live["default_pvid"] or 0)
-        planned = await ctx.read(lambda s: VlanService(s).planned_ports(row.id, pvid))
-    ports = [
-        PortVlan(
-            port=port,
-            ours=port in planned,
-            planned=port in planned
-            and planned[port].get(m["vid"]) is not None
-            and (planned[port][m["vid"]].pvid, planned[port][m["vid"]].untagged)
-            == (m["pvid"], m["untagged"]),
-            **m,
-        )
-        for port, members in sorted(live["ports"].items())
-        for m in members
-    ]
-    return BridgeVlans(
-        bridge=row.name,
-        filtering_available=available,
-        vlan_filtering=bool(live["filtering"]),
-        default_pvid=live["default_pvid"],
-        reason=live["reason"],
-        ports=ports,
-    )
+    return await trunk_views.vlans(ctx, row)
 
 
 # ---- the uplink (the how-to's eth0 in br0) --------------------------------------------------

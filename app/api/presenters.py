@@ -404,18 +404,24 @@ def _user_name(uid: int) -> str | None:
         return None
 
 
-def _observed_by_name(stored: object) -> dict[str, dict[str, Any]]:
-    """The supervisor's observed objects by name (entries that are no object with a string
-    name are skipped: a row written by hand)."""
+def _observed_by_object(stored: object) -> dict[tuple[str, str], dict[str, Any]]:
+    """The supervisor's observed objects by (kind, name): a VID on the bridge's own port
+    (bridge_vlan `br0`) is not the bridge. Entries that are no object with a string kind and
+    name are skipped (a row written by hand)."""
     if not isinstance(stored, list):
         return {}
-    return {o["name"]: o for o in stored if isinstance(o, dict) and isinstance(o.get("name"), str)}
+    return {
+        (o["kind"], o["name"]): o
+        for o in stored
+        if isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("kind"), str)
+    }
 
 
-def vlan_out(row: Vlan, trunk: str | None, uplink: str | None) -> VlanOut:
+def vlan_out(row: Vlan, trunk: str | None, uplink: str | None, l3: bool = False) -> VlanOut:
     """`trunk`: the trunk bridge's name (None once its row is gone); `uplink`: its uplink
-    NIC's name, if it has one. The kernel objects are those the backend needs now, each
-    with what the supervisor last observed of it (nothing until it has looked)."""
+    NIC's name, if it has one; `l3`: whether a managed network is on the VLAN (the host has
+    an address there). The kernel objects are those the backend needs now, each with what
+    the supervisor last observed of it (nothing until it has looked)."""
     fields: dict[str, Any] = dict(
         **_resource(row),
         vlan_id=row.vlan_id,
@@ -430,16 +436,16 @@ def vlan_out(row: Vlan, trunk: str | None, uplink: str | None) -> VlanOut:
     if trunk is not None and row.backend in VlanBackend._value2member_map_:
         backend = VlanBackend(row.backend)
         fields["l3_interface"] = l3_interface_name(backend, trunk, row.vlan_id)
-        observed = _observed_by_name(row.observed_objects)
+        observed = _observed_by_object(row.observed_objects)
         fields["kernel_objects"] = [
             {
                 "kind": o.kind,
                 "name": o.name,
                 "role": o.role,
                 "parent": o.parent,
-                "ifindex": observed.get(o.name, {}).get("ifindex"),
-                "observed_state": observed.get(o.name, {}).get("state"),
+                "ifindex": observed.get((o.kind, o.name), {}).get("ifindex"),
+                "observed_state": observed.get((o.kind, o.name), {}).get("state"),
             }
-            for o in kernel_objects(backend, trunk, row.vlan_id, uplink)
+            for o in kernel_objects(backend, trunk, row.vlan_id, uplink, l3)
         ]
     return present(VlanOut, fields, row.deleted)

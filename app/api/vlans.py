@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from app.api import trunk_views
 from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import mutation_headers, vlan_out
 from app.api.waiting import settle_response
@@ -11,6 +12,7 @@ from app.db.models import Operation, Vlan
 from app.db.session import Session
 from app.domain.vlans import VlanFacts
 from app.schemas.common import PROBLEM_RESPONSES
+from app.schemas.links import FdbEntry, PortVlan
 from app.schemas.vlans import Vlan as VlanOut
 from app.schemas.vlans import VlanCreate, VlanPage, VlanUpdate
 from app.services.vlans import VlanService, candidate_names
@@ -22,8 +24,13 @@ SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settl
 
 def _views(session: Session, rows: list[Vlan]) -> list[VlanOut]:
     """`rows` may come from another (closed) session: only their columns are read."""
-    trunks = VlanService(session).trunks(rows)
-    return [vlan_out(r, *trunks.get(r.trunk_id, (None, None))) for r in rows]
+    service = VlanService(session)
+    trunks, l3 = service.trunks(rows), service.with_network(rows)
+    views = []
+    for r in rows:
+        trunk, uplink = trunks.get(r.trunk_id, (None, None))
+        views.append(vlan_out(r, trunk, uplink, r.id in l3))
+    return views
 
 
 async def _finish(
@@ -125,3 +132,24 @@ async def delete_vlan(
     ctx, request_id = context(request), request_id_of(request)
     row, op = await ctx.mutate(lambda s: VlanService(s, request_id).delete(vlan_id, force))
     return await _finish(ctx, response, row, op, wait, 202)
+
+
+@router.get("/{vlan_id}/ports", operation_id="list_vlan_ports", response_model=list[PortVlan])
+async def list_vlan_ports(vlan_id: str, request: Request) -> list[PortVlan]:
+    """The ports on the VLAN (Neutron: a network's ports), as the kernel has them now, on
+    either backend: the rows of GET /v1/bridges/{trunk}/vlans whose `vid` is the VLAN's.
+    vlan_filtering: the trunk's ports that are members of the VID (access taps untagged
+    with PVID, the uplink and trunk NICs tagged, the bridge's own port while the host has
+    an address on the VLAN); bridge_per_vlan: every port of the VLAN's own bridge (`via`),
+    the uplink's `<uplink>.<vid>` and the VLAN's taps. [] once the trunk is gone; 404 for an
+    unknown VLAN."""
+    return await trunk_views.vlan_ports(context(request), vlan_id)
+
+
+@router.get("/{vlan_id}/fdb", operation_id="list_vlan_fdb", response_model=list[FdbEntry])
+async def list_vlan_fdb(vlan_id: str, request: Request) -> list[FdbEntry]:
+    """The VLAN's MAC table, as the kernel has it now, on either backend: the entries of GET
+    /v1/bridges/{trunk}/fdb whose `vlan` is the VLAN's VID (vlan_filtering: the trunk's
+    entries on that VID; bridge_per_vlan: the table of the VLAN's own bridge, `via`). [] once
+    the trunk is gone; 404 for an unknown VLAN."""
+    return await trunk_views.vlan_fdb(context(request), vlan_id)

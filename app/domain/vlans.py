@@ -303,6 +303,8 @@ class VlanObjectRole(enum.StrEnum):
     VLAN_BRIDGE = "vlan_bridge"  # bridge_per_vlan: the VLAN's own bridge
     UPLINK_SUBINTERFACE = "uplink_subinterface"  # bridge_per_vlan: <uplink>.<vid> in it
     UPLINK_TAGGED = "uplink_tagged"  # vlan_filtering: the VID tagged on the uplink port
+    L3_INTERFACE = "l3_interface"  # vlan_filtering: <bridge>.<vid>, the host's address on it
+    L3_TAGGED = "l3_tagged"  # vlan_filtering: the VID tagged on the bridge's own port for it
 
 
 @dataclass(frozen=True)
@@ -317,11 +319,14 @@ class KernelObject:
 
 
 def kernel_objects(
-    backend: VlanBackend, trunk: str, vid: int, uplink: str | None
+    backend: VlanBackend, trunk: str, vid: int, uplink: str | None, l3: bool = False
 ) -> tuple[KernelObject, ...]:
     """The kernel objects the VLAN owns now, given the trunk's uplink NIC (None: none yet;
-    then nothing tagged leaves the host). The filtering backend's `<bridge>.<vid>` joins
-    only once the host needs an address there (l3_interface_name)."""
+    then nothing tagged leaves the host) and whether the host needs an address on it (`l3`:
+    a managed network is on the VLAN). With the filtering backend that address needs the
+    trunk's 802.1Q link `<bridge>.<vid>` (l3_interface_name) and the VID tagged on the
+    bridge's own port, which hands the VLAN's frames up to it (app.domain.vlan_ports.
+    bridge_self); with bridge_per_vlan it lives on the VLAN's own bridge."""
     if backend is VlanBackend.BRIDGE_PER_VLAN:
         objects = [
             KernelObject(
@@ -338,10 +343,32 @@ def kernel_objects(
                 )
             )
         return tuple(objects)
-    if uplink is None:
-        return ()
-    return (
-        KernelObject(
-            VlanObjectKind.BRIDGE_VLAN, uplink, VlanObjectRole.UPLINK_TAGGED, parent=trunk
-        ),
-    )
+    objects = []
+    if uplink is not None:
+        objects.append(
+            KernelObject(
+                VlanObjectKind.BRIDGE_VLAN, uplink, VlanObjectRole.UPLINK_TAGGED, parent=trunk
+            )
+        )
+    if l3:
+        objects += [
+            KernelObject(
+                VlanObjectKind.VLAN,
+                subinterface_name(trunk, vid),
+                VlanObjectRole.L3_INTERFACE,
+                parent=trunk,
+            ),
+            KernelObject(VlanObjectKind.BRIDGE_VLAN, trunk, VlanObjectRole.L3_TAGGED, parent=trunk),
+        ]
+    return tuple(objects)
+
+
+@dataclass(frozen=True)
+class VlanBridge:
+    """A bridge_per_vlan VLAN's own bridge as the trunk's views show it: the bridge's kernel
+    name, the VID every port of it carries (untagged inside it), the VLAN's id and name."""
+
+    bridge: str
+    vid: int
+    vlan_id: str
+    vlan: str

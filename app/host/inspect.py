@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute, NetlinkError
 
 from app.domain.errors import Unavailable
-from app.domain.links import parse_mark
+from app.domain.links import LinkKind, parse_mark
 from app.domain.path_probe import ProbeTarget
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import rtnl, uplink
@@ -60,12 +60,15 @@ def _managed_by(alias: str | None) -> dict[str, str] | None:
 
 
 def _port(link: RawLink) -> dict[str, Any]:
+    """A bridge port: `tap_id` when it is one of our taps, `managed_by` when it is ours at
+    all (a VLAN's 802.1Q sub-interface is a port of its per-VLAN bridge, marked by the VLAN)."""
     owner = parse_mark(link.alias)
     return {
         "name": link.name,
         "ifindex": link.index,
         "oper_state": link.oper_state,
-        "tap_id": owner[1] if owner else None,
+        "tap_id": owner[1] if owner and owner[0] is LinkKind.TAP else None,
+        "managed_by": _managed_by(link.alias),
     }
 
 
@@ -171,7 +174,12 @@ class LiveHostInspector:
         return [_port(link) for link in rtnl.dump_links(master=index)]
 
     def fdb(self, bridge: str) -> list[dict[str, Any]]:
-        return self._on_inspector_thread(lambda: self._fdb(bridge))
+        return self.fdb_of([bridge])[bridge]
+
+    def fdb_of(self, bridges: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each bridge's MAC table (a bridge that does not exist has none), through one
+        socket and one link dump."""
+        return self._on_inspector_thread(lambda: self._fdb(bridges))
 
     def bridge_vlans(self, bridge: str) -> dict[str, Any]:
         """`bridge -j vlan show` of one bridge: {"filtering", "default_pvid", "reason",
@@ -201,35 +209,15 @@ class LiveHostInspector:
         check = self._on_inspector_thread(lambda: check_subnet_clashes(networks, own))
         return dataclasses.asdict(check)
 
-    def _fdb(self, bridge: str) -> list[dict[str, Any]]:
+    def _fdb(self, bridges: list[str]) -> dict[str, list[dict[str, Any]]]:
         with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=bridge)
-            if not found:
-                return []
-            bridge_index = found[0]
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.link("dump")}
-            entries = []
-            for msg in ipr.fdb("dump", master=bridge_index):
-                port = msg["ifindex"]
-                # the bridge's forwarding table only: not the ports' own (NTF_SELF) lists,
-                # not the bridge device's entries
-                if port == bridge_index or msg.get_attr("NDA_MASTER") != bridge_index:
-                    continue
-                cache = msg.get_attr("NDA_CACHEINFO")
-                is_local = bool(msg["state"] & NUD_PERMANENT)
-                entries.append(
-                    {
-                        "mac": msg.get_attr("NDA_LLADDR"),
-                        "port": names.get(port, str(port)),
-                        "port_index": port,
-                        "is_local": is_local,
-                        "ageing_timer": (
-                            None if is_local or cache is None else cache["ndm_updated"] / 100.0
-                        ),
-                        "vlan": msg.get_attr("NDA_VLAN"),
-                    }
-                )
-        return sorted(entries, key=lambda e: (e["port"], e["mac"]))
+            links = list(ipr.link("dump"))
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in links}
+            indexes = {name: index for index, name in names.items()}
+            return {
+                bridge: _fdb_entries(ipr, indexes[bridge], names) if bridge in indexes else []
+                for bridge in bridges
+            }
 
     def _interfaces(self) -> list[dict[str, Any]]:
         with IPRoute() as ipr:
@@ -395,6 +383,31 @@ class LiveHostInspector:
                         "the daemon is stopping; capabilities were not probed"
                     ) from None
             return self._capabilities
+
+
+def _fdb_entries(ipr: IPRoute, bridge_index: int, names: dict[int, str]) -> list[dict[str, Any]]:
+    entries = []
+    for msg in ipr.fdb("dump", master=bridge_index):
+        port = msg["ifindex"]
+        # the bridge's forwarding table only: not the ports' own (NTF_SELF) lists, not the
+        # bridge device's entries
+        if port == bridge_index or msg.get_attr("NDA_MASTER") != bridge_index:
+            continue
+        cache = msg.get_attr("NDA_CACHEINFO")
+        is_local = bool(msg["state"] & NUD_PERMANENT)
+        entries.append(
+            {
+                "mac": msg.get_attr("NDA_LLADDR"),
+                "port": names.get(port, str(port)),
+                "port_index": port,
+                "is_local": is_local,
+                "ageing_timer": (
+                    None if is_local or cache is None else cache["ndm_updated"] / 100.0
+                ),
+                "vlan": msg.get_attr("NDA_VLAN"),
+            }
+        )
+    return sorted(entries, key=lambda e: (e["port"], e["mac"]))
 
 
 def _bridge_vlans(bridge: str) -> dict[str, Any]:

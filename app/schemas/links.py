@@ -91,11 +91,25 @@ class BridgeUpdate(UpdateModel):
         return changes
 
 
+VIA = (
+    "Null: a port of this bridge itself. Else the bridge the port really is in: the own "
+    "bridge of one of this trunk's VLANs with the bridge_per_vlan backend (like `br0v20`), "
+    "whose ports this trunk's views include, since they carry the trunk's VLAN `vlan`"
+)
+VIA_VLAN = (
+    "The VID of the per-VLAN bridge `via` names (every port there is on that VLAN, "
+    "untagged inside that bridge); null for a port of this bridge itself (on a filtering "
+    "bridge its VIDs are in GET /v1/bridges/{id}/vlans)"
+)
+
+
 class BridgePort(BaseModel):
     name: str
     ifindex: int
     oper_state: str
     tap_id: str | None = Field(None, description="The tap resource, when the port is ours")
+    via: str | None = Field(None, description=VIA, examples=["br0v20"])
+    vlan: int | None = Field(None, description=VIA_VLAN, examples=[20])
 
 
 class UplinkSummary(BaseModel):
@@ -137,8 +151,16 @@ class FdbEntry(BaseModel):
     ageing_timer: float | None = Field(None, description="Seconds since last seen")
     vlan: int | None = Field(
         None,
-        description="The entry's VLAN id (NDA_VLAN) on a VLAN-filtering bridge; null on a "
-        "bridge without filtering",
+        description="The entry's VLAN id: NDA_VLAN on a VLAN-filtering bridge; the VID of "
+        "the per-VLAN bridge for an entry learned there (`via`); null on a bridge without "
+        "filtering",
+    )
+    via: str | None = Field(
+        None,
+        description="Null: an entry of this bridge's own table. Else the per-VLAN bridge "
+        "(bridge_per_vlan backend, like `br0v20`) whose table holds it: the trunk's view "
+        "includes the tables of its VLANs' own bridges",
+        examples=["br0v20"],
     )
 
 
@@ -154,15 +176,26 @@ class PortVlan(BaseModel):
         "taps on VLANs); the membership of other ports is never touched"
     )
     planned: bool = Field(description="kvmnetd wants exactly this membership on this port")
+    via: str | None = Field(
+        None,
+        description="Null: a port of this bridge, as its `bridge vlan show` lists it. Else "
+        "the own bridge of one of this trunk's bridge_per_vlan VLANs (like `br0v20`) the "
+        "port really is in: such a bridge does not filter, every port of it carries that "
+        "VLAN untagged, so the row says vid (the VLAN's), pvid and untagged",
+        examples=["br0v20"],
+    )
 
 
 class BridgeVlans(BaseModel):
-    """Per-port VLAN membership of a bridge (GET /v1/bridges/{id}/vlans)."""
+    """Per-port VLAN membership of a bridge (GET /v1/bridges/{id}/vlans): its own ports
+    while it filters VLANs, and the ports of its bridge_per_vlan VLANs' own bridges
+    (`via`) on either backend."""
 
     bridge: str
     filtering_available: bool = Field(
         description="Whether this host's kernel has bridge VLAN filtering "
-        "(CONFIG_BRIDGE_VLAN_FILTERING); without it `ports` is empty and `reason` says why"
+        "(CONFIG_BRIDGE_VLAN_FILTERING); without it `reason` says why and `ports` lists only "
+        "the ports of per-VLAN bridges (`via`)"
     )
     vlan_filtering: bool = Field(description="Whether the bridge filters VLANs now")
     default_pvid: int | None = Field(

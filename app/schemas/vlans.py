@@ -116,14 +116,18 @@ class VlanObject(BaseModel):
     name: str = Field(examples=["br0v10"])
     role: VlanObjectRole = Field(
         description="vlan_bridge: the VLAN's own bridge; uplink_subinterface: the 802.1Q "
-        "interface of the trunk's uplink in it; uplink_tagged: the VID tagged on the uplink port"
+        "interface of the trunk's uplink in it; uplink_tagged: the VID tagged on the uplink "
+        "port; l3_interface: the filtering trunk's 802.1Q link <bridge>.<vid> carrying the "
+        "host's address on the VLAN (while a managed network is on it); l3_tagged: the VID "
+        "tagged on the bridge's own port, which hands the VLAN's frames up to it"
     )
     parent: str | None = Field(None, description="The link it is made on, or the bridge")
     ifindex: int | None = Field(None, description="Kernel index, once observed")
     observed_state: str | None = Field(
         None,
         description="As the supervisor last saw it (a link's operational state, RFC 2863; "
-        "`missing` when it is not there); null: not observed yet",
+        "a bridge_vlan's `present` or `absent`; `error` when making it failed); null: not "
+        "observed yet",
     )
 
 
@@ -146,7 +150,11 @@ class Vlan(ResourceState):
     )
     kernel_objects: list[VlanObject] = Field(
         default_factory=list,
-        description="The kernel objects the VLAN owns, with their observed state",
+        description="Every kernel object the VLAN owns now, with what the supervisor last "
+        "observed of it. bridge_per_vlan: its bridge, and the uplink's sub-interface once the "
+        "trunk has an uplink; vlan_filtering: the VID on the uplink port, and while a managed "
+        "network is on the VLAN its L3 interface and the VID on the bridge's own port. Its "
+        "ports and MAC table: GET /v1/vlans/{id}/ports and /fdb",
     )
 
 

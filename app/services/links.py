@@ -40,7 +40,7 @@ from app.domain.networks import HostPrefix, check_link_address, clash_reason, fo
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
-from app.domain.vlans import VlanBackend
+from app.domain.vlans import VlanBackend, vlan_bridge_name
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
@@ -201,8 +201,26 @@ class BridgeService:
     def get(self, ref: str) -> Bridge:
         row = self.bridges.find(ref)
         if row is None:
-            raise NotFound(f"no bridge {ref!r}")
+            raise NotFound(f"no bridge {ref!r}{self._vlan_bridge_hint(ref)}")
         return row
+
+    def _vlan_bridge_hint(self, ref: str) -> str:
+        """Where to look when `ref` names a bridge_per_vlan VLAN's own bridge (a link the VLAN
+        owns, no bridge resource): its trunk's views and the VLAN's."""
+        claim = LinkNameRepository(self.session).get(ref)
+        vlan = VlanRepository(self.session).get(claim.resource_id) if claim else None
+        if claim is None or claim.resource != "vlan" or vlan is None:
+            return ""
+        trunk = self.bridges.get(vlan.trunk_id)
+        if trunk is None or vlan_bridge_name(trunk.name, vlan.vlan_id) != ref:
+            return ""
+        return (
+            f": {ref} is the own bridge of VLAN {vlan.name!r} (VID {vlan.vlan_id}, backend "
+            f"bridge_per_vlan) on trunk {trunk.name!r}, no bridge resource; its ports and MAC "
+            f"table are in GET /v1/bridges/{trunk.name}, /v1/bridges/{trunk.name}/fdb and "
+            f"/v1/bridges/{trunk.name}/vlans (`via` {ref}), and in GET "
+            f"/v1/vlans/{vlan.name}/ports and /v1/vlans/{vlan.name}/fdb"
+        )
 
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Bridge], str | None]:
         return self.bridges.page(limit, cursor)

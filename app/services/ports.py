@@ -25,6 +25,10 @@ class HostInspector(Protocol):
 
     def fdb(self, bridge: str) -> list[dict[str, Any]]: ...
 
+    def fdb_of(self, bridges: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """fdb() of each bridge ([] for one that does not exist)."""
+        ...
+
     def bridge_vlans(self, bridge: str) -> dict[str, Any]:
         """`bridge -j vlan show` of one bridge: {"filtering" (None: the kernel lacks it),
         "default_pvid", "reason", "ports": {port: [{"vid", "pvid", "untagged"}]}}."""

@@ -19,6 +19,7 @@ from app.db.repositories import (
     LinkNameRepository,
     TapRepository,
     VlanRepository,
+    access_port_names,
     desired_port_vlans,
     never_created,
 )
@@ -26,6 +27,7 @@ from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
 from app.domain.vlans import (
     VlanBackend,
+    VlanBridge,
     VlanFacts,
     choose_backend,
     l3_interface_name,
@@ -64,6 +66,32 @@ class VlanService:
     def trunks(self, rows: Sequence[Vlan]) -> dict[str, tuple[str, str | None]]:
         """Trunk bridge id -> (its name, its uplink NIC's name or None) for these VLANs."""
         return self.vlans.trunks(list({r.trunk_id for r in rows}))
+
+    def vlan_bridges(self, trunk_ids: Sequence[str]) -> dict[str, list[VlanBridge]]:
+        """Trunk id -> the own bridges of its bridge_per_vlan VLANs (by VID), whose ports
+        and MAC tables the trunk's views include."""
+        return self.vlans.vlan_bridges(trunk_ids)
+
+    def planned_bridge_ports(self, trunk_id: str) -> dict[str, set[str]]:
+        """Per-VLAN bridge name -> the ports kvmnetd plans in it: the VLAN's access taps (tap
+        resources, VM NICs) and the trunk uplink's 802.1Q sub-interface."""
+        bridges = self.vlans.vlan_bridges([trunk_id]).get(trunk_id, [])
+        taps = access_port_names(self.session, [b.vlan_id for b in bridges])
+        uplink = self.vlans.trunks([trunk_id]).get(trunk_id, ("", None))[1]
+        return {
+            b.bridge: taps[b.vlan_id]
+            | ({subinterface_name(uplink, b.vid)} if uplink is not None else set())
+            for b in bridges
+        }
+
+    def trunk_and_vid(self, ref: str) -> tuple[Bridge | None, int]:
+        """A VLAN's trunk row (None once it is gone) and its VID; 404 for an unknown VLAN."""
+        vlan = self.get(ref)
+        return BridgeRepository(self.session).get(vlan.trunk_id), vlan.vlan_id
+
+    def with_network(self, rows: Sequence[Vlan]) -> set[str]:
+        """The ids of those of these VLANs that carry a live managed network."""
+        return self.vlans.with_network([r.id for r in rows])
 
     def trunk_names(self, ref: str) -> tuple[str, str | None]:
         """The trunk's kernel name and its uplink NIC's (None without one)."""

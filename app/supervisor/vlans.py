@@ -81,6 +81,9 @@ class VlanResult:
     reason: str | None = None
     transient: bool = False
     repaired: bool = False
+    # whether `objects` include the VLAN's links (the link pass looked at them); else they
+    # hold the membership only, and the links keep what was last observed of them
+    links_seen: bool = True
 
 
 class VlanReconciler:
@@ -305,7 +308,7 @@ class VlanReconciler:
             ):
                 finished.append(FinishedOperation(row.id, loaded.generation, "succeeded"))
             row.observed_generation = loaded.generation
-            row.observed_objects = result.objects
+            row.observed_objects = _observed(row, loaded, result)
             row.status = (
                 Status.DELETING.value
                 if row.deleted
@@ -322,7 +325,7 @@ class VlanReconciler:
         elif result.transient and self.backoff.attempts(row.id) < TRANSIENT_ATTEMPTS_BEFORE_ERROR:
             self.backoff.failed(row.id)
             row.status_reason = f"retrying with backoff: {result.reason}"
-            row.observed_objects = result.objects
+            row.observed_objects = _observed(row, loaded, result)
         else:
             self.backoff.succeeded(row.id)  # permanent: retried at the next full resync
             newly_failed = (
@@ -331,7 +334,7 @@ class VlanReconciler:
             row.observed_generation = loaded.generation
             row.status = Status.DELETING.value if row.deleted else Status.ERROR.value
             row.status_reason = result.reason
-            row.observed_objects = result.objects
+            row.observed_objects = _observed(row, loaded, result)
             if row.generation == loaded.generation and not row.deleted and newly_failed:
                 finished.append(
                     FinishedOperation(row.id, loaded.generation, "failed", result.reason)
@@ -353,6 +356,23 @@ class VlanReconciler:
             return None
         row.status_reason = reason
         return row.event_fields("vlan")
+
+
+def _observed(row: Vlan, loaded: VlanWork, result: VlanResult) -> list[dict[str, Any]]:
+    """What to record of the VLAN's kernel objects: `result`'s, plus, when it comes from the
+    membership step alone (a pass over a drifted trunk), what was last observed of the links
+    the VLAN still owns (a filtering VLAN's `<bridge>.<vid>`), which that step never saw."""
+    if result.links_seen or not isinstance(row.observed_objects, list):
+        return result.objects
+    links = {o.name for o in loaded.objects() if o.kind is not VlanObjectKind.BRIDGE_VLAN}
+    kept = [
+        o
+        for o in row.observed_objects
+        if isinstance(o, dict)
+        and o.get("kind") != str(VlanObjectKind.BRIDGE_VLAN)
+        and o.get("name") in links
+    ]
+    return [*result.objects, *kept]
 
 
 def _trunk_failed(exc: LinkError) -> TrunkResult:
@@ -394,6 +414,7 @@ def _both(membership: VlanResult, links: VlanResult) -> VlanResult:
         reason="; ".join(r.reason or "failed" for r in failed) or None,
         transient=bool(failed) and all(r.transient for r in failed),
         repaired=membership.repaired or links.repaired,
+        links_seen=True,
     )
 
 
@@ -403,7 +424,7 @@ def _membership_result(vlan: VlanWork, trunk: TrunkResult) -> VlanResult:
     if trunk.error is not None:
         if vlan.deleted and trunk.absent:
             return VlanResult(True, [])
-        return VlanResult(False, [], trunk.error, trunk.transient)
+        return VlanResult(False, [], trunk.error, trunk.transient, links_seen=False)
     objects: list[dict[str, Any]] = []
     for obj in vlan.objects():
         if obj.kind is not VlanObjectKind.BRIDGE_VLAN:
@@ -419,4 +440,6 @@ def _membership_result(vlan: VlanWork, trunk: TrunkResult) -> VlanResult:
                 "state": "present" if present else "absent",
             }
         )
-    return VlanResult(True, [] if vlan.deleted else objects, repaired=trunk.changed)
+    return VlanResult(
+        True, [] if vlan.deleted else objects, repaired=trunk.changed, links_seen=False
+    )

@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 
 from app.api.deps import AppContext
 from app.host.inspect import LiveHostInspector
+from app.host.vlans import VlanOps
 from app.schemas.vlans import VlanUpdate
 from app.settings import Settings
 from tests.netns_tools import links
@@ -447,3 +448,82 @@ def test_delete_and_a_trunk_in_use(vlan_api: TestClient, netns: str, settings: S
     # the deleted VLANs went before their trunk's row, with their name claims
     assert [v["name"] for v in api.get("/v1/vlans").json()["items"]] == []
     assert stored(settings, "SELECT name FROM link_names WHERE resource = 'vlan'") == []
+
+
+# ---- the views: a trunk's and a VLAN's, on this kernel (bridge_per_vlan without an uplink) ----
+
+STATIC_MAC = "52:54:00:0a:0b:0c"
+
+
+def test_a_trunks_views_include_its_per_vlan_bridges_and_a_plain_bridge_shows_its_own(
+    vlan_api: TestClient, netns: str
+) -> None:
+    """br1 carries VLAN b by a bridge per VLAN (an ordinary bridge here, no uplink): tap
+    tapb on the VLAN sits on br1v10, not on br1. The trunk's ports, MAC table and VLAN views
+    include it, naming br1v10 (`via`) and VID 10, read back against netlink; the VLAN's
+    own views show the same rows; br1v10 is no bridge resource (404 saying where to look).
+    br0, a plain bridge with a tap, shows exactly its own ports and entries."""
+    api = vlan_api
+    make_bridge(api, "br0")
+    make_bridge(api, "br1")
+    tap1 = api.post("/v1/taps?wait=10", json={"name": "tap1", "bridge": "br0"}).json()
+    body = {**GOOD, "name": "b", "trunk": "br1", "backend": "bridge_per_vlan"}
+    r = api.post("/v1/vlans?wait=10", json=body)
+    assert r.status_code == 201 and r.json()["status"] == "active", r.text
+    r = api.post("/v1/taps?wait=10", json={"name": "tapb", "vlan": "b"})
+    assert r.status_code == 201, r.text
+    tapb = r.json()
+    kernel = links(netns)
+    assert kernel["tapb"].master == "br1v10" and kernel["tap1"].master == "br0"
+    with VlanOps(netns=netns) as ops:
+        ops.fdb_add("br1v10", "tapb", STATIC_MAC, None)
+        live = {(e.port, e.mac): e for e in ops.fdb("br1v10") if e.port != "br1v10"}
+    assert ("tapb", STATIC_MAC) in live and ("tapb", kernel["tapb"].mac) in live, live
+
+    # -- the trunk: its own ports (none), then br1v10's with their VLAN
+    ports = api.get("/v1/bridges/br1").json()["ports"]
+    assert [(p["name"], p["via"], p["vlan"], p["tap_id"]) for p in ports] == [
+        ("tapb", "br1v10", 10, tapb["id"])
+    ]
+    assert ports[0]["ifindex"] == kernel["tapb"].index
+    listed = {x["name"]: x for x in api.get("/v1/bridges").json()["items"]}
+    assert listed["br1"]["ports"] == ports
+    fdb = api.get("/v1/bridges/br1/fdb").json()
+    assert {(e["port"], e["mac"]) for e in fdb} == set(live)
+    assert {(e["via"], e["vlan"]) for e in fdb} == {("br1v10", 10)}
+    shown = {e["mac"]: e for e in fdb}
+    assert shown[STATIC_MAC]["is_local"] is False
+    assert shown[kernel["tapb"].mac]["is_local"] is True
+    view = api.get("/v1/bridges/br1/vlans").json()
+    assert view["filtering_available"] is False and view["vlan_filtering"] is False
+    assert view["ports"] == [
+        {
+            "port": "tapb",
+            "vid": 10,
+            "pvid": True,
+            "untagged": True,
+            "ours": True,
+            "planned": True,
+            "via": "br1v10",
+        }
+    ]
+    # -- the VLAN's own views: the same rows
+    assert api.get("/v1/vlans/b/ports").json() == view["ports"]
+    ageless = [{**e, "ageing_timer": None} for e in fdb]
+    assert [{**e, "ageing_timer": None} for e in api.get("/v1/vlans/b/fdb").json()] == ageless
+    # -- br1v10 is the VLAN's link, no bridge resource: 404 saying where its rows are
+    for path in ("/v1/bridges/br1v10", "/v1/bridges/br1v10/fdb"):
+        found = problem(api.get(path), 404, "not-found")
+        assert "VLAN 'b'" in found["detail"] and "/v1/bridges/br1/fdb" in found["detail"], found
+    problem(api.get("/v1/vlans/nosuch/fdb"), 404, "not-found")
+
+    # -- a plain bridge: its own ports and entries only, nothing `via` another bridge
+    ports = api.get("/v1/bridges/br0").json()["ports"]
+    assert [(p["name"], p["via"], p["vlan"], p["tap_id"]) for p in ports] == [
+        ("tap1", None, None, tap1["id"])
+    ]
+    fdb = api.get("/v1/bridges/br0/fdb").json()
+    assert {(e["port"], e["mac"], e["via"], e["vlan"]) for e in fdb} == {
+        ("tap1", kernel["tap1"].mac, None, None)
+    }
+    assert api.get("/v1/bridges/br0/vlans").json()["ports"] == []

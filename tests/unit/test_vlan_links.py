@@ -7,12 +7,14 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 
+from app.db.models import Vlan
 from app.db.repositories.vlans import VlanWork, vlan_bridge_mac, vlan_link_names, vlan_link_specs
 from app.domain.links import ActionKind, LinkKind, ObservedLink, ownership_mark, plan
 from app.domain.links.vlan import ETH_P_8021Q, VlanDetails, VlanOptions
 from app.domain.vlans import VlanBackend
 from app.host.links.vlan import IFLA_VLAN_ID, IFLA_VLAN_PROTOCOL, HostVlanDriver
 from app.host.rtnl import RawLink
+from app.supervisor.vlans import VlanResult, _observed
 
 VLAN_ID = "6f1c1f0e-1111-4222-8333-944455556666"
 
@@ -207,3 +209,27 @@ def test_a_subinterface_left_by_an_uplink_that_went_is_swept() -> None:
     ]
     # a VLAN whose row cannot be read keeps everything
     assert [a.kind for a in plan([], [bridge, sub], keep_ids=[VLAN_ID])] == []
+
+
+def test_a_membership_only_result_keeps_what_was_observed_of_the_vlans_links() -> None:
+    """A pass over a drifted filtering trunk alone runs the membership step, never the link
+    pass: the VLAN's L3 interface `<bridge>.<vid>` keeps its last observation (its ifindex,
+    its state), the memberships are the step's; a link the VLAN no longer owns (its network
+    gone) is not kept; a result of the link pass replaces everything."""
+    networked = replace(work(VlanBackend.VLAN_FILTERING), gateway="10.93.0.1/24")
+    row = Vlan(
+        observed_objects=[
+            {"kind": "bridge_vlan", "name": "eth1", "state": "absent"},
+            {"kind": "vlan", "name": "br1.10", "ifindex": 7, "state": "up"},
+            {"kind": "vlan", "name": "stale.10", "ifindex": 8, "state": "up"},
+        ]
+    )
+    members = [
+        {"kind": "bridge_vlan", "name": "eth1", "state": "present"},
+        {"kind": "bridge_vlan", "name": "br1", "state": "present"},
+    ]
+    kept = _observed(row, networked, VlanResult(True, members, links_seen=False))
+    assert kept == [*members, {"kind": "vlan", "name": "br1.10", "ifindex": 7, "state": "up"}]
+    bare = work(VlanBackend.VLAN_FILTERING)
+    assert _observed(row, bare, VlanResult(True, members[:1], links_seen=False)) == members[:1]
+    assert _observed(row, networked, VlanResult(True, members)) == members

@@ -209,13 +209,28 @@ def test_kernel_objects_of_a_bridge_per_vlan() -> None:
 
 
 def test_kernel_objects_of_a_filtering_trunk() -> None:
-    """The VID tagged on the uplink port; the bridge's own <bridge>.<vid> only once the host
-    needs an address there (not an object yet)."""
+    """The VID tagged on the uplink port; the bridge's own <bridge>.<vid>, and the VID on
+    the bridge's own port, only once the host needs an address there (`l3`)."""
     assert kernel_objects(FILTERING, "br0", 10, None) == ()
     objects = kernel_objects(FILTERING, "br0", 10, "eth0")
     assert [(o.kind, o.name, o.role, o.parent) for o in objects] == [
         (VlanObjectKind.BRIDGE_VLAN, "eth0", VlanObjectRole.UPLINK_TAGGED, "br0")
     ]
+    objects = kernel_objects(FILTERING, "br0", 10, "eth0", l3=True)
+    assert [(o.kind, o.name, o.role, o.parent) for o in objects] == [
+        (VlanObjectKind.BRIDGE_VLAN, "eth0", VlanObjectRole.UPLINK_TAGGED, "br0"),
+        (VlanObjectKind.VLAN, "br0.10", VlanObjectRole.L3_INTERFACE, "br0"),
+        (VlanObjectKind.BRIDGE_VLAN, "br0", VlanObjectRole.L3_TAGGED, "br0"),
+    ]
+    # no uplink yet: the host's address on the VLAN is there all the same
+    assert [o.role for o in kernel_objects(FILTERING, "br0", 10, None, l3=True)] == [
+        VlanObjectRole.L3_INTERFACE,
+        VlanObjectRole.L3_TAGGED,
+    ]
+    # bridge_per_vlan: the address lives on the VLAN's bridge, nothing more
+    assert kernel_objects(PER_VLAN, "br0", 10, "eth0", l3=True) == kernel_objects(
+        PER_VLAN, "br0", 10, "eth0"
+    )
 
 
 # ---- trunk NICs ----------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from app.db.repositories.networks import (
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
 from app.db.repositories.port_vlans import (
+    access_port_names,
     port_master,
     tap_port_vlans,
     vlan_masters,
@@ -133,6 +134,7 @@ __all__ = [
     "VlanRepository",
     "VlanWork",
     "VmRepository",
+    "access_port_names",
     "address_holders",
     "bridge_facts",
     "desired_port_vlans",

@@ -170,3 +170,23 @@ def vlan_referrers(session: Session, vlan_id: str) -> list[str]:
         *(f"vm_nic {vm}/{pos}" for vm, pos in nics),
         *(f"network {n}" for n in networks),
     ]
+
+
+def access_port_names(session: Session, vlan_ids: Sequence[str]) -> dict[str, set[str]]:
+    """VLAN row id -> the names of the taps planned as its access ports: live tap resources
+    on it and the taps of live VMs' NICs on it (with bridge_per_vlan, the ports its own
+    bridge should have besides the uplink's sub-interface)."""
+    found: dict[str, set[str]] = {vlan_id: set() for vlan_id in vlan_ids}
+    taps = select(Tap.vlan_id, Tap.name).where(
+        Tap.vlan_id.in_(list(vlan_ids)), Tap.deleted.is_(False)
+    )
+    nics = (
+        select(VmNic.vlan_id, VmNic.tap_name)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(VmNic.vlan_id.in_(list(vlan_ids)), Vm.deleted.is_(False))
+    )
+    for query in (taps, nics):
+        for vlan_id, name in session.execute(query):
+            if vlan_id is not None and name is not None:
+                found[vlan_id].add(name)
+    return found

@@ -30,9 +30,12 @@ from app.domain.vlan_ports import (
 from app.domain.vlans import (
     KernelObject,
     VlanBackend,
+    VlanBridge,
     VlanObjectKind,
+    VlanObjectRole,
     kernel_objects,
     subinterface_name,
+    vlan_bridge_name,
 )
 
 # the uplink journal's phase once the NIC is the bridge's port (app.supervisor.uplinks)
@@ -78,6 +81,32 @@ class VlanRepository(ResourceRepository[Vlan]):
         )
         return {row_id: (name, uplink) for row_id, name, uplink in self.session.execute(query)}
 
+    def with_network(self, ids: Sequence[str]) -> set[str]:
+        """Which of these VLANs carry a live managed network (the host has an address on
+        them: app.domain.vlans.kernel_objects' `l3`)."""
+        query = select(Network.vlan_id).where(
+            Network.vlan_id.in_(list(ids)), Network.deleted.is_(False)
+        )
+        return {vlan_id for vlan_id in self.session.scalars(query) if vlan_id is not None}
+
+    def vlan_bridges(self, trunk_ids: Sequence[str]) -> dict[str, list[VlanBridge]]:
+        """Trunk bridge id -> the own bridges of its bridge_per_vlan VLANs, by VID (those
+        being deleted too: their bridges are there until the supervisor removed them)."""
+        query = (
+            select(Vlan.id, Vlan.name, Vlan.vlan_id, Vlan.trunk_id, Bridge.name)
+            .join(Bridge, Bridge.id == Vlan.trunk_id)
+            .where(
+                Vlan.trunk_id.in_(list(trunk_ids)),
+                Vlan.backend == VlanBackend.BRIDGE_PER_VLAN.value,
+            )
+            .order_by(Vlan.vlan_id)
+        )
+        found: dict[str, list[VlanBridge]] = {}
+        for row_id, name, vid, trunk_id, trunk in self.session.execute(query):
+            bridge = vlan_bridge_name(trunk, vid)
+            found.setdefault(trunk_id, []).append(VlanBridge(bridge, vid, row_id, name))
+        return found
+
 
 # ---- what the supervisor realizes --------------------------------------------------------
 
@@ -106,7 +135,9 @@ class VlanWork:
     gateway: str | None = None  # `a.b.c.d/len` of the managed network on the VLAN, if any
 
     def objects(self) -> tuple[KernelObject, ...]:
-        return kernel_objects(self.backend, self.trunk, self.vid, self.uplink)
+        return kernel_objects(
+            self.backend, self.trunk, self.vid, self.uplink, l3=self.gateway is not None
+        )
 
 
 def vlan_bridge_mac(vlan_id: str) -> str:
@@ -234,7 +265,7 @@ def vlan_link_specs(work: VlanWork) -> list[LinkSpec]:
                     addresses=addresses,
                 )
             )
-        elif obj.kind is VlanObjectKind.VLAN:
+        elif obj.role is VlanObjectRole.UPLINK_SUBINTERFACE:
             specs.append(
                 LinkSpec(
                     id=work.id,

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.host.vlans import VlanOps
 from app.settings import Settings
 from tests.kernel.nested.conftest import wired_guest
 from tests.kernel.nested.test_vlans_daemon import (  # noqa: F401 (fixture lan)
@@ -149,6 +150,8 @@ def test_networks_on_vlans_serve_dhcp_nat_forwards_and_repair_the_l3_interface(
             assert peer_seen(guest_b, "10.61.0.1", 7000) == "10.61.0.10"
             # -- port forwards from the LAN to the guests (the uplinks' addresses)
             _forwards(api, lan, guest_a, guest_b)
+            # -- the views tell where each port and MAC is, on both backends
+            _views(api, netns)
             # -- drift: br0.10 deleted by hand comes back with the gateway; DHCP works again
             ip(netns, "link", "del", "br0.10")
             back = until(lambda: _l3_ready(netns), timeout=20, what="br0.10 back with 10.93.0.1")
@@ -261,6 +264,85 @@ def _forwards(api: TestClient, lan_ns: str, guest_a: str, guest_b: str) -> None:
     with peer_echo(guest_a, 80), peer_echo(guest_b, 80):
         assert peer_seen(lan_ns, "10.60.0.10", 8080) == "10.60.0.1"
         assert peer_seen(lan_ns, "10.61.0.10", 8081) == "10.61.0.1"
+
+
+def _views(api: TestClient, netns: str) -> None:
+    """The trunks' and VLANs' views against netlink, after the guests' traffic: br1's views
+    include the ports and table of br1v10 (bridge_per_vlan) with VID 10 and `via`; br0's
+    table has guest a's MAC on VLAN 10; each VLAN's own views are its trunk's rows on its
+    VID; ten-a's kernel objects include its L3 interface br0.10 and VID 10 on br0's own
+    port, observed, also after a pass over the drifted trunk alone (the membership step,
+    which never looks at br0.10)."""
+    kernel = links(netns)
+    on = {name: link.master for name, link in kernel.items() if link.master in ("br1", "br1v10")}
+    assert set(on.values()) == {"br1", "br1v10"} and on["tapb"] == on["eth1.10"] == "br1v10", on
+    # ports: br1's own (eth1), then br1v10's (eth1.10, tapb) on VID 10
+    ports = ok(api.get("/v1/bridges/br1"), 200)["ports"]
+    assert {p["name"]: p["via"] or "br1" for p in ports} == on, ports
+    assert {p["name"]: p["vlan"] for p in ports if p["via"]} == {"eth1.10": 10, "tapb": 10}
+    assert {p["name"]: p["ifindex"] for p in ports} == {n: kernel[n].index for n in on}
+    # the MAC tables: guest b's MAC learned on tapb in br1v10; guest a's on tapa, VLAN 10
+    with VlanOps(netns=netns) as ops:
+        live_b = {(e.port, e.mac, e.vid) for e in ops.fdb("br1v10") if e.port != "br1v10"}
+        live_a = {(e.port, e.mac, e.vid) for e in ops.fdb("br0") if e.port != "br0"}
+    assert ("tapb", WEB_B_MAC, None) in live_b and ("tapa", WEB_MAC, 10) in live_a
+    fdb = listing(api, "/v1/bridges/br1/fdb")
+    via = [e for e in fdb if e["via"] is not None]
+    assert {e["port"] for e in via} <= {"tapb", "eth1.10"} and {e["vlan"] for e in via} == {10}
+    assert ("tapb", WEB_B_MAC, "br1v10") in {(e["port"], e["mac"], e["via"]) for e in fdb}
+    assert all(on.get(e["port"]) == (e["via"] or "br1") for e in fdb), fdb
+    seen_a = {
+        (e["port"], e["mac"], e["vlan"], e["via"]) for e in listing(api, "/v1/bridges/br0/fdb")
+    }
+    assert ("tapa", WEB_MAC, 10, None) in seen_a
+    # membership: br1 does not filter; its rows are br1v10's ports on VID 10, untagged
+    view = ok(api.get("/v1/bridges/br1/vlans"), 200)
+    assert view["vlan_filtering"] is False
+    rows = {(p["port"], p["vid"], p["pvid"], p["untagged"], p["via"]) for p in view["ports"]}
+    assert rows == {("eth1.10", 10, True, True, "br1v10"), ("tapb", 10, True, True, "br1v10")}
+    assert all(p["ours"] and p["planned"] for p in view["ports"]), view
+    # each VLAN's own views: its trunk's rows on its VID (both backends)
+    assert listing(api, "/v1/vlans/ten-b/ports") == view["ports"]
+    vlan_b_fdb = listing(api, "/v1/vlans/ten-b/fdb")
+    assert ("tapb", WEB_B_MAC) in {(e["port"], e["mac"]) for e in vlan_b_fdb}
+    members = {port: vids[10] for port, vids in memberships(netns, "br0").items() if 10 in vids}
+    assert members == {"tapa": (True, True), "eth0": (False, False), "br0": (False, False)}
+    shown = {p["port"]: (p["pvid"], p["untagged"]) for p in listing(api, "/v1/vlans/ten-a/ports")}
+    assert shown == members
+    vlan_a_fdb = listing(api, "/v1/vlans/ten-a/fdb")
+    assert ("tapa", WEB_MAC) in {(e["port"], e["mac"]) for e in vlan_a_fdb}
+    assert {e["vlan"] for e in vlan_a_fdb} == {10}
+    # ten-a's kernel objects: the uplink's VID, the L3 interface and its VID on br0's port
+    _kernel_objects_of_ten_a(api, kernel["br0.10"].index)
+    # a pass over the drifted trunk alone (tapa's VID removed by hand) keeps br0.10 observed
+    bus = api.app.state.context.bus  # type: ignore[attr-defined]
+    before = len([e for e in bus.since(0) if e.type == "vlan.drift_repaired"])
+    with VlanOps(netns=netns) as ops:
+        ops.vlan_del("br0", "tapa", 10)
+    until(
+        lambda: len([e for e in bus.since(0) if e.type == "vlan.drift_repaired"]) > before,
+        what="the trunk pass repairing tapa's VID 10",
+    )
+    assert memberships(netns, "br0")["tapa"] == {10: (True, True)}
+    _kernel_objects_of_ten_a(api, kernel["br0.10"].index)
+
+
+def listing(api: TestClient, path: str) -> list[dict[str, Any]]:
+    r = api.get(path)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _kernel_objects_of_ten_a(api: TestClient, l3_index: int) -> None:
+    objects = ok(api.get("/v1/vlans/ten-a"), 200)["kernel_objects"]
+    assert [(o["kind"], o["name"], o["role"], o["parent"]) for o in objects] == [
+        ("bridge_vlan", "eth0", "uplink_tagged", "br0"),
+        ("vlan", "br0.10", "l3_interface", "br0"),
+        ("bridge_vlan", "br0", "l3_tagged", "br0"),
+    ], objects
+    states = {o["name"]: (o["observed_state"], o["ifindex"]) for o in objects}
+    assert states["eth0"] == states["br0"] == ("present", None), objects
+    assert states["br0.10"][1] == l3_index and states["br0.10"][0] not in (None, "missing")
 
 
 def _l3_ready(netns: str) -> Any:
