@@ -226,7 +226,7 @@ def _trunks_vlans_networks(api: TestClient) -> None:
         ("nat-b", "ten-b", "10.94.0.0/24"),
     ):
         body = {"name": name, "vlan": vlan, "subnet": subnet, "nat": {"enabled": True}}
-        shown = ok(api.post("/v1/networks?wait=30", json=body), 201)
+        shown = ok(api.post("/v1/networks?wait=90", json=body), 201)
         assert shown["status"] == "active", shown
 
 
