@@ -18,6 +18,7 @@ nothing about the link itself.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 import struct
@@ -64,6 +65,8 @@ BRIDGE_VLAN_INFO_PVID = 0x2
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 BRIDGE_VLAN_INFO_RANGE_BEGIN = 0x8
 BRIDGE_VLAN_INFO_RANGE_END = 0x10
+IFLA_EXT_MASK = 29  # include/uapi/linux/if_link.h
+RTEXT_FILTER_BRVLAN_COMPRESSED = 1 << 2  # include/uapi/linux/rtnetlink.h
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
@@ -228,18 +231,20 @@ def parse_port_vlans(data: bytes, offset: int, length: int, msg_type: int) -> Po
 
 
 def parse_messages(
-    data: bytes, wanted: Callable[[int], bool] | None = None
+    data: bytes, wanted: Callable[[int], bool] | None = None, seq: int | None = None
 ) -> Iterator[RawLink | RawAddress | PortVlans]:
     """Every link and address message in a buffer read from a netlink socket (only those
     whose link index is `wanted`, when given: the others are not decoded at all; a bridge
-    port's VLAN notification always, since the bridge it names decides); an error message
-    raises OSError."""
+    port's VLAN notification always, since the bridge it names decides; only the answers
+    to request `seq`, when given); an error message raises OSError."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
-        length, msg_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
         if length < _NLMSGHDR.size:
             return
-        if msg_type == NLMSG_ERROR:
+        if seq is not None and msg_seq != seq:
+            pass  # the rest of an earlier request's answer on a reused socket
+        elif msg_type == NLMSG_ERROR:
             (code,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
             if code:
                 raise OSError(-code, os.strerror(-code))
@@ -277,28 +282,66 @@ def _u32_attr(kind: int, value: int) -> bytes:
 def dump_links(master: int | None = None) -> list[RawLink]:
     """One RTM_GETLINK dump of the calling thread's network namespace; with `master`, the
     kernel itself returns only that bridge's ports."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+    request = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    if master is not None:
+        request += _u32_attr(IFLA_MASTER, master)
+    with open_socket() as sock:
+        return [m for m in _dump(sock, request) if isinstance(m, RawLink)]
+
+
+def dump_port_vlans(sock: socket.socket | None = None) -> list[PortVlans]:
+    """`bridge vlan show`: every bridge port's (and every bridge's own) VLAN membership, one
+    RTM_GETLINK dump of family AF_BRIDGE with IFLA_EXT_MASK = RTEXT_FILTER_BRVLAN_COMPRESSED
+    (net/core/rtnetlink.c rtnl_bridge_getlink; net/bridge/br_netlink.c br_fill_ifinfo lays
+    each message out as the notifications the monitor decodes, IFLA_MASTER naming the
+    bridge, also on the bridge's own). The kernel cannot filter this dump by bridge. On
+    `sock` (an unsubscribed NETLINK_ROUTE socket of `open_socket`, which fixes the
+    namespace), else on a socket of the calling thread's namespace."""
+    request = _IFINFOMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
+    request += _u32_attr(IFLA_EXT_MASK, RTEXT_FILTER_BRVLAN_COMPRESSED)
+    if sock is None:
+        with open_socket() as own:
+            return dump_port_vlans(own)
+    return [m for m in _dump(sock, request) if isinstance(m, PortVlans)]
+
+
+def open_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket in the calling thread's network namespace, for requests."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    try:
         sock.bind((0, 0))
-        request = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        if master is not None:
-            request += _u32_attr(IFLA_MASTER, master)
-        length = _NLMSGHDR.size + len(request)
-        sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
-        links: list[RawLink] = []
-        while True:
-            data = receive(sock)
-            links.extend(m for m in parse_messages(data) if isinstance(m, RawLink))
-            if _ends_dump(data):
-                return links
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-def _ends_dump(data: bytes) -> bool:
+_sequence = itertools.count(1)
+
+
+def _dump(sock: socket.socket, request: bytes) -> list[RawLink | RawAddress | PortVlans]:
+    """Send one RTM_GETLINK dump request (the body after the netlink header) and decode the
+    answer up to its NLMSG_DONE. Each request has its own sequence number, so an answer left
+    over on a reused socket (a dump that raised halfway) is skipped, never taken for this
+    one's."""
+    seq = next(_sequence) & 0xFFFFFFFF
+    length = _NLMSGHDR.size + len(request)
+    sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + request)
+    messages: list[RawLink | RawAddress | PortVlans] = []
+    while True:
+        data = receive(sock)
+        messages.extend(parse_messages(data, seq=seq))
+        if _ends_dump(data, seq):
+            return messages
+
+
+def _ends_dump(data: bytes, seq: int | None = None) -> bool:
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
-        length, msg_type, *_ = _NLMSGHDR.unpack_from(data, offset)
-        if msg_type == NLMSG_DONE:
-            return True
+        length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
         if length < _NLMSGHDR.size:
+            return True
+        if msg_type == NLMSG_DONE and (seq is None or msg_seq == seq):
             return True
         offset += (length + 3) & ~3
     return False
