@@ -34,6 +34,9 @@ RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
+RTM_GETADDR = 22
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 IFF_UP = 0x1
@@ -70,6 +73,7 @@ RTEXT_FILTER_BRVLAN_COMPRESSED = 1 << 2  # include/uapi/linux/rtnetlink.h
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _VLAN_INFO = struct.Struct("=HH")  # flags, vid
@@ -231,20 +235,18 @@ def parse_port_vlans(data: bytes, offset: int, length: int, msg_type: int) -> Po
 
 
 def parse_messages(
-    data: bytes, wanted: Callable[[int], bool] | None = None, seq: int | None = None
+    data: bytes, wanted: Callable[[int], bool] | None = None
 ) -> Iterator[RawLink | RawAddress | PortVlans]:
     """Every link and address message in a buffer read from a netlink socket (only those
     whose link index is `wanted`, when given: the others are not decoded at all; a bridge
-    port's VLAN notification always, since the bridge it names decides; only the answers
-    to request `seq`, when given); an error message raises OSError."""
+    port's VLAN notification always, since the bridge it names decides); an error message
+    raises OSError."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
-        length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        length, msg_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
         if length < _NLMSGHDR.size:
             return
-        if seq is not None and msg_seq != seq:
-            pass  # the rest of an earlier request's answer on a reused socket
-        elif msg_type == NLMSG_ERROR:
+        if msg_type == NLMSG_ERROR:
             (code,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
             if code:
                 raise OSError(-code, os.strerror(-code))
@@ -286,7 +288,11 @@ def dump_links(master: int | None = None) -> list[RawLink]:
     if master is not None:
         request += _u32_attr(IFLA_MASTER, master)
     with open_socket() as sock:
-        return [m for m in _dump(sock, request) if isinstance(m, RawLink)]
+        return [
+            parse_link(data, offset, length, msg_type)
+            for data, offset, length, msg_type in _dump(sock, RTM_GETLINK, request)
+            if msg_type == RTM_NEWLINK and data[offset + _NLMSGHDR.size] != AF_BRIDGE
+        ]
 
 
 def dump_port_vlans(sock: socket.socket | None = None) -> list[PortVlans]:
@@ -297,12 +303,48 @@ def dump_port_vlans(sock: socket.socket | None = None) -> list[PortVlans]:
     bridge, also on the bridge's own). The kernel cannot filter this dump by bridge. On
     `sock` (an unsubscribed NETLINK_ROUTE socket of `open_socket`, which fixes the
     namespace), else on a socket of the calling thread's namespace."""
-    request = _IFINFOMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
-    request += _u32_attr(IFLA_EXT_MASK, RTEXT_FILTER_BRVLAN_COMPRESSED)
     if sock is None:
         with open_socket() as own:
             return dump_port_vlans(own)
-    return [m for m in _dump(sock, request) if isinstance(m, PortVlans)]
+    request = _IFINFOMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
+    request += _u32_attr(IFLA_EXT_MASK, RTEXT_FILTER_BRVLAN_COMPRESSED)
+    return [
+        parse_port_vlans(data, offset, length, msg_type)
+        for data, offset, length, msg_type in _dump(sock, RTM_GETLINK, request)
+        if msg_type == RTM_NEWLINK and data[offset + _NLMSGHDR.size] == AF_BRIDGE
+    ]
+
+
+def dump_addresses(sock: socket.socket | None = None) -> dict[int, list[str]]:
+    """`ip address show`: every address of the namespace as "address/prefixlen", by link
+    index, in the kernel's order (one RTM_GETADDR dump, family AF_UNSPEC). The address is
+    IFA_LOCAL where there is one (on a point-to-point link IFA_ADDRESS is the peer's,
+    rtnetlink(7)), else IFA_ADDRESS; IPv6 in the RFC 5952 form inet_ntop gives, as
+    pyroute2 does."""
+    if sock is None:
+        with open_socket() as own:
+            return dump_addresses(own)
+    result: dict[int, list[str]] = {}
+    request = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    for data, offset, length, msg_type in _dump(sock, RTM_GETADDR, request):
+        if msg_type == RTM_NEWADDR:
+            index, cidr = _address(data, offset, length)
+            if cidr is not None:
+                result.setdefault(index, []).append(cidr)
+    return result
+
+
+def _address(data: bytes, offset: int, length: int) -> tuple[int, str | None]:
+    body = offset + _NLMSGHDR.size
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(data, body)
+    found: dict[int, bytes] = {}
+    for attr, value in _attrs(data, body + _IFADDRMSG.size, offset + length):
+        if attr in (IFA_ADDRESS, IFA_LOCAL):
+            found[attr] = bytes(value)
+    raw = found.get(IFA_LOCAL, found.get(IFA_ADDRESS))
+    if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return index, None
+    return index, f"{socket.inet_ntop(family, raw)}/{prefixlen}"
 
 
 def open_socket() -> socket.socket:
@@ -319,32 +361,32 @@ def open_socket() -> socket.socket:
 _sequence = itertools.count(1)
 
 
-def _dump(sock: socket.socket, request: bytes) -> list[RawLink | RawAddress | PortVlans]:
-    """Send one RTM_GETLINK dump request (the body after the netlink header) and decode the
-    answer up to its NLMSG_DONE. Each request has its own sequence number, so an answer left
-    over on a reused socket (a dump that raised halfway) is skipped, never taken for this
-    one's."""
+def _dump(
+    sock: socket.socket, msg_type: int, request: bytes
+) -> Iterator[tuple[bytes, int, int, int]]:
+    """Send one dump request (`request`: the body after the netlink header) and yield each
+    message of its answer as (buffer, offset, length, type), up to its NLMSG_DONE; an error
+    answer raises OSError. Each request has its own sequence number, so what is left of an
+    earlier answer on a reused socket (a dump abandoned halfway) is skipped, never taken
+    for this one's."""
     seq = next(_sequence) & 0xFFFFFFFF
     length = _NLMSGHDR.size + len(request)
-    sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + request)
-    messages: list[RawLink | RawAddress | PortVlans] = []
+    sock.send(_NLMSGHDR.pack(length, msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + request)
     while True:
         data = receive(sock)
-        messages.extend(parse_messages(data, seq=seq))
-        if _ends_dump(data, seq):
-            return messages
-
-
-def _ends_dump(data: bytes, seq: int | None = None) -> bool:
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
-            return True
-        if msg_type == NLMSG_DONE and (seq is None or msg_seq == seq):
-            return True
-        offset += (length + 3) & ~3
-    return False
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, kind, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                raise OSError(errno.EBADMSG, f"a netlink message of length {length}")
+            if msg_seq == seq:
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    (code,) = _I32.unpack_from(data, offset + _NLMSGHDR.size)
+                    raise OSError(-code, os.strerror(-code))
+                yield data, offset, length, kind
+            offset += (length + 3) & ~3
 
 
 def get_link(name: str) -> RawLink | None:

@@ -10,8 +10,12 @@ side is proven in tests/kernel/nested/test_vlan_host.py.
 
 from __future__ import annotations
 
+import itertools
+import socket
 import struct
 from typing import Any
+
+import pytest
 
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
@@ -92,10 +96,21 @@ def test_both_layouts_decode_to_what_the_general_decoder_read() -> None:
     assert compressed(PORTS["eth0"][1])[1:3] == [(BEGIN, 10), (END, 12)]  # a real range
 
 
-def test_a_reused_sockets_stale_answer_is_skipped() -> None:
-    stale = encoded("old0", 9, [(0, 99)], seq=6)
-    stale += struct.pack("=IHHII", 20, rtnl.NLMSG_DONE, 0, 6, 0) + b"\0" * 4
-    fresh = encoded("eth0", 3, [(0, 10)], seq=7)
-    assert [p.name for p in rtnl.parse_messages(stale + fresh, seq=7)] == ["eth0"]  # type: ignore[union-attr]
-    assert not rtnl._ends_dump(stale + fresh, seq=7)
-    assert rtnl._ends_dump(stale, seq=6)
+def test_a_reused_sockets_stale_answer_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an abandoned dump left on the socket (sequence 6) is not this dump's (7)."""
+    monkeypatch.setattr(rtnl, "_sequence", itertools.count(7))
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, kernel:
+        kernel.send(encoded("old0", 9, [(0, 99)], seq=6) + done(6))
+        kernel.send(encoded("eth0", 3, [(0, 10)], seq=7))
+        kernel.send(encoded("eth1", 4, [], seq=7) + done(7))
+        ports = rtnl.dump_port_vlans(ours)
+        request = kernel.recv(4096)
+    assert [(p.name, p.vlans) for p in ports] == [("eth0", {10: (False, False)}), ("eth1", {})]
+    length, kind, flags, seq, _pid = struct.unpack_from("=IHHII", request)
+    assert (length, kind, flags, seq) == (len(request), rtnl.RTM_GETLINK, 0x301, 7)
+    assert request[16] == rtnl.AF_BRIDGE
+
+
+def done(seq: int) -> bytes:
+    return struct.pack("=IHHII", 20, rtnl.NLMSG_DONE, 0, seq, 0) + b"\0" * 4
