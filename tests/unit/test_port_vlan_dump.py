@@ -16,7 +16,6 @@ import struct
 from typing import Any
 
 import pytest
-
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from app.host import rtnl
