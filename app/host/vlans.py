@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -275,11 +275,7 @@ class VlanOps:
     def memberships(self, bridge: str) -> dict[str, dict[int, Membership]]:
         """Every port of `bridge` (and the bridge's own port, under its name) with its VLANs,
         like `bridge vlan show`. A port without VLANs is listed with none."""
-        return {
-            port.name: _memberships(port)
-            for port in self.port_vlans(self.bridge_index(bridge), bridge)
-            if port.name is not None
-        }
+        return memberships_of(self.port_vlans(self.bridge_index(bridge), bridge))
 
     def port_vlans(self, bridge_index: int, bridge: str) -> list[PortVlans]:
         """The AF_BRIDGE link dump's entries of the bridge with ifindex `bridge_index`: its
@@ -322,10 +318,20 @@ class VlanOps:
         check_vid(vid)
         self._vlan_filter("del", self.bridge_index(bridge), bridge, port, vid, 0)
 
-    def apply(self, bridge: str, steps: Iterable[VlanStep]) -> None:
+    def apply(
+        self,
+        bridge: str,
+        steps: Iterable[VlanStep],
+        ports: Mapping[str, int] | None = None,
+        bridge_index: int | None = None,
+    ) -> None:
         """Run planned steps (app.domain.vlan_ports) in order; stops at the first failure
-        (each step is idempotent, so running the plan again finishes it)."""
-        bridge_index = self.bridge_index(bridge)
+        (each step is idempotent, so running the plan again finishes it). `ports` (name ->
+        ifindex) and `bridge_index` may come from a membership dump just read
+        (`port_vlans`): those ports are then not read again one by one; any other port is."""
+        if bridge_index is None:
+            bridge_index = self.bridge_index(bridge)
+        known = {} if ports is None else ports
         for step in steps:
             check_vid(step.vid)
             if step.self_port != (step.port == bridge):
@@ -335,18 +341,38 @@ class VlanOps:
             )
             if step.op is StepOp.DEL:
                 flags = 0
-            self._vlan_filter(step.op.value, bridge_index, bridge, step.port, step.vid, flags)
+            self._vlan_filter(
+                step.op.value,
+                bridge_index,
+                bridge,
+                step.port,
+                step.vid,
+                flags,
+                known.get(step.port),
+            )
 
     def bridge_index(self, bridge: str) -> int:
         """The ifindex of the bridge `bridge`; VlanError (ENODEV) when there is none."""
         return int(self._bridge(bridge)["index"])
 
     def _vlan_filter(
-        self, command: str, bridge_index: int, bridge: str, port: str, vid: int, flags: int
+        self,
+        command: str,
+        bridge_index: int,
+        bridge: str,
+        port: str,
+        vid: int,
+        flags: int,
+        port_index: int | None = None,
     ) -> None:
+        """One `bridge vlan` change; `port_index`: the port's ifindex as a dump of the
+        bridge's ports just read it (None: read the port, and check it is the bridge's)."""
         action = f"bridge vlan {command} dev {port} vid {vid}"
+        extra: dict[str, str] = {}
         if port == bridge:
             index, extra = bridge_index, {"vlan_flags": "self"}
+        elif port_index is not None:
+            index = port_index
         else:
             msg = self._link(port)
             if msg is None:
@@ -354,12 +380,16 @@ class VlanOps:
             # the kernel answers EOPNOTSUPP for a link on no bridge: say what is wrong
             if msg.get_attr("IFLA_MASTER") != bridge_index:
                 raise VlanError(f"{action}: {port} is not a port of {bridge}", errno.EINVAL)
-            index, extra = int(msg["index"]), {}
+            index = int(msg["index"])
         try:
             self.ipr.vlan_filter(
                 command, index=index, vlan_info={"vid": vid, "flags": flags}, **extra
             )
         except NetlinkError as exc:
+            if port_index is not None and port != bridge and exc.code == errno.EOPNOTSUPP:
+                # the port left the bridge since the dump: say so, as a read port would
+                self._vlan_filter(command, bridge_index, bridge, port, vid, flags)
+                return
             if exc.code == errno.EOPNOTSUPP:
                 raise FeatureMissing(*VLAN_FILTERING, action) from exc
             if command == "del" and exc.code == errno.ENOENT:
@@ -432,10 +462,15 @@ class VlanOps:
             return f"#{index}"  # gone meanwhile
 
 
-def _memberships(port: PortVlans) -> dict[int, Membership]:
+def memberships_of(ports: Iterable[PortVlans]) -> dict[str, dict[int, Membership]]:
+    """Port name -> its VLANs, from `port_vlans` entries."""
     return {
-        vid: Membership(vid, pvid=pvid, untagged=untagged)
-        for vid, (pvid, untagged) in sorted(port.vlans.items())
+        port.name: {
+            vid: Membership(vid, pvid=pvid, untagged=untagged)
+            for vid, (pvid, untagged) in sorted(port.vlans.items())
+        }
+        for port in ports
+        if port.name is not None
     }
 
 
