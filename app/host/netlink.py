@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import struct
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -66,11 +65,6 @@ def observed(link: RawLink, addresses: Iterable[str] = ()) -> ObservedLink:
     )
 
 
-def _cidr(msg: Any) -> str:
-    address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-    return f"{address}/{msg['prefixlen']}"
-
-
 class LinkOps:
     """Reads and changes links in the calling thread's network namespace (threads that
     serve another namespace enter it first: app.host.netns)."""
@@ -90,10 +84,12 @@ class LinkOps:
     # ---- reading ---------------------------------------------------------------------------
 
     def addresses_by_index(self) -> dict[int, list[str]]:
-        result: dict[int, list[str]] = defaultdict(list)
-        for msg in self.ipr.addr("dump"):
-            result[msg["index"]].append(_cidr(msg))
-        return result
+        """Every address of the namespace by link index, read with app.host.rtnl's minimal
+        decoder (each DIRTY pass reads them all)."""
+        try:
+            return rtnl.dump_addresses()
+        except OSError as exc:
+            raise LinkError(f"reading addresses: {exc}", exc.errno) from exc
 
     def dump(self) -> list[ObservedLink]:
         """Every link of the namespace with its addresses: one link and one address dump."""

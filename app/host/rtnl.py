@@ -18,6 +18,7 @@ nothing about the link itself.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 import struct
@@ -33,6 +34,9 @@ RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
+RTM_GETADDR = 22
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 IFF_UP = 0x1
@@ -64,9 +68,12 @@ BRIDGE_VLAN_INFO_PVID = 0x2
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 BRIDGE_VLAN_INFO_RANGE_BEGIN = 0x8
 BRIDGE_VLAN_INFO_RANGE_END = 0x10
+IFLA_EXT_MASK = 29  # include/uapi/linux/if_link.h
+RTEXT_FILTER_BRVLAN_COMPRESSED = 1 << 2  # include/uapi/linux/rtnetlink.h
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _VLAN_INFO = struct.Struct("=HH")  # flags, vid
@@ -277,31 +284,109 @@ def _u32_attr(kind: int, value: int) -> bytes:
 def dump_links(master: int | None = None) -> list[RawLink]:
     """One RTM_GETLINK dump of the calling thread's network namespace; with `master`, the
     kernel itself returns only that bridge's ports."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+    request = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    if master is not None:
+        request += _u32_attr(IFLA_MASTER, master)
+    with open_socket() as sock:
+        return [
+            parse_link(data, offset, length, msg_type)
+            for data, offset, length, msg_type in _dump(sock, RTM_GETLINK, request)
+            if msg_type == RTM_NEWLINK and data[offset + _NLMSGHDR.size] != AF_BRIDGE
+        ]
+
+
+def dump_port_vlans(sock: socket.socket | None = None) -> list[PortVlans]:
+    """`bridge vlan show`: every bridge port's (and every bridge's own) VLAN membership, one
+    RTM_GETLINK dump of family AF_BRIDGE with IFLA_EXT_MASK = RTEXT_FILTER_BRVLAN_COMPRESSED
+    (net/core/rtnetlink.c rtnl_bridge_getlink; net/bridge/br_netlink.c br_fill_ifinfo lays
+    each message out as the notifications the monitor decodes, IFLA_MASTER naming the
+    bridge, also on the bridge's own). The kernel cannot filter this dump by bridge. On
+    `sock` (an unsubscribed NETLINK_ROUTE socket of `open_socket`, which fixes the
+    namespace), else on a socket of the calling thread's namespace."""
+    if sock is None:
+        with open_socket() as own:
+            return dump_port_vlans(own)
+    request = _IFINFOMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
+    request += _u32_attr(IFLA_EXT_MASK, RTEXT_FILTER_BRVLAN_COMPRESSED)
+    return [
+        parse_port_vlans(data, offset, length, msg_type)
+        for data, offset, length, msg_type in _dump(sock, RTM_GETLINK, request)
+        if msg_type == RTM_NEWLINK and data[offset + _NLMSGHDR.size] == AF_BRIDGE
+    ]
+
+
+def dump_addresses(sock: socket.socket | None = None) -> dict[int, list[str]]:
+    """`ip address show`: every address of the namespace as "address/prefixlen", by link
+    index, in the kernel's order (one RTM_GETADDR dump, family AF_UNSPEC). The address is
+    IFA_LOCAL where there is one (on a point-to-point link IFA_ADDRESS is the peer's,
+    rtnetlink(7)), else IFA_ADDRESS; IPv6 in the RFC 5952 form inet_ntop gives, as
+    pyroute2 does."""
+    if sock is None:
+        with open_socket() as own:
+            return dump_addresses(own)
+    result: dict[int, list[str]] = {}
+    request = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    for data, offset, length, msg_type in _dump(sock, RTM_GETADDR, request):
+        if msg_type == RTM_NEWADDR:
+            index, cidr = _address(data, offset, length)
+            if cidr is not None:
+                result.setdefault(index, []).append(cidr)
+    return result
+
+
+def _address(data: bytes, offset: int, length: int) -> tuple[int, str | None]:
+    body = offset + _NLMSGHDR.size
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(data, body)
+    found: dict[int, bytes] = {}
+    for attr, value in _attrs(data, body + _IFADDRMSG.size, offset + length):
+        if attr in (IFA_ADDRESS, IFA_LOCAL):
+            found[attr] = bytes(value)
+    raw = found.get(IFA_LOCAL, found.get(IFA_ADDRESS))
+    if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return index, None
+    return index, f"{socket.inet_ntop(family, raw)}/{prefixlen}"
+
+
+def open_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket in the calling thread's network namespace, for requests."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    try:
         sock.bind((0, 0))
-        request = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        if master is not None:
-            request += _u32_attr(IFLA_MASTER, master)
-        length = _NLMSGHDR.size + len(request)
-        sock.send(_NLMSGHDR.pack(length, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
-        links: list[RawLink] = []
-        while True:
-            data = receive(sock)
-            links.extend(m for m in parse_messages(data) if isinstance(m, RawLink))
-            if _ends_dump(data):
-                return links
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-def _ends_dump(data: bytes) -> bool:
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, msg_type, *_ = _NLMSGHDR.unpack_from(data, offset)
-        if msg_type == NLMSG_DONE:
-            return True
-        if length < _NLMSGHDR.size:
-            return True
-        offset += (length + 3) & ~3
-    return False
+_sequence = itertools.count(1)
+
+
+def _dump(
+    sock: socket.socket, msg_type: int, request: bytes
+) -> Iterator[tuple[bytes, int, int, int]]:
+    """Send one dump request (`request`: the body after the netlink header) and yield each
+    message of its answer as (buffer, offset, length, type), up to its NLMSG_DONE; an error
+    answer raises OSError. Each request has its own sequence number, so what is left of an
+    earlier answer on a reused socket (a dump abandoned halfway) is skipped, never taken
+    for this one's."""
+    seq = next(_sequence) & 0xFFFFFFFF
+    length = _NLMSGHDR.size + len(request)
+    sock.send(_NLMSGHDR.pack(length, msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + request)
+    while True:
+        data = receive(sock)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, kind, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                raise OSError(errno.EBADMSG, f"a netlink message of length {length}")
+            if msg_seq == seq:
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    (code,) = _I32.unpack_from(data, offset + _NLMSGHDR.size)
+                    raise OSError(-code, os.strerror(-code))
+                yield data, offset, length, kind
+            offset += (length + 3) & ~3
 
 
 def get_link(name: str) -> RawLink | None:

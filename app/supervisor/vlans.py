@@ -50,7 +50,7 @@ from app.domain.status import Status
 from app.domain.vlan_ports import BridgeVlans, plan_bridge
 from app.domain.vlans import VlanBackend, VlanObjectKind
 from app.host.netlink import LinkError
-from app.host.vlans import FeatureMissing, VlanOps
+from app.host.vlans import FeatureMissing, VlanOps, memberships_of
 from app.supervisor.faults import FaultLog, describe
 from app.supervisor.links import TRANSIENT_ATTEMPTS_BEFORE_ERROR, Outcome, Scope
 from app.supervisor.trunks import TrunkWatch
@@ -193,7 +193,8 @@ class VlanReconciler:
         self.watch.forget(trunk_id)  # until settled again: what happens now is ours
         try:
             index = self.ops.bridge_index(trunk)
-            observed = self.ops.memberships(trunk)
+            ports = self.ops.port_vlans(index, trunk)
+            observed = memberships_of(ports)
             # only the trunk's ports now: a planned port that is not one (a stopped VM's NIC
             # tap, a tap not created or moved in yet) cannot be configured, and must not fail
             # the steps of every other port; the watch wakes the trunk once it joins
@@ -201,8 +202,10 @@ class VlanReconciler:
             steps = plan_bridge(trunk, present, observed)
             if steps:
                 log.info("trunk %s: %s", trunk, "; ".join(s.describe() for s in steps))
-                self.ops.apply(trunk, steps)
-                observed = self.ops.memberships(trunk)
+                # the ports' indexes as just dumped: no read of each port per step
+                indexes = {p.name: p.index for p in ports if p.name is not None}
+                self.ops.apply(trunk, steps, indexes, index)
+                observed = memberships_of(self.ops.port_vlans(index, trunk))
             self.watch.settled(index, trunk_id, trunk, desired, observed)
             return TrunkResult(observed, changed=bool(steps))
         except LinkError as exc:

@@ -23,6 +23,7 @@ from pyroute2 import IPRoute
 from app.domain.vlan_ports import (
     Membership,
     StepOp,
+    VlanStep,
     access_port,
     bridge_self,
     on_join,
@@ -340,3 +341,80 @@ def test_per_vlan_bridge_with_subinterface_reaches_a_tagged_far_end(sw: str) -> 
         # without the sub-interface on the bridge the far end is out of reach
         ops.absent_subinterface("up0.20")
         assert not pings(a, "10.0.20.1", tries=1)
+
+
+# ---- reading membership -------------------------------------------------------------------
+
+
+def general_reading(ops: VlanOps, bridge: str) -> dict[str, dict[int, Membership]]:
+    """The reading VlanOps.memberships replaced: pyroute2's `get_vlans()` (RTEXT_FILTER_BRVLAN,
+    one entry per VID) through its general decoder."""
+    index = ops.bridge_index(bridge)
+    result: dict[str, dict[int, Membership]] = {}
+    for msg in ops.ipr.get_vlans():
+        if msg.get_attr("IFLA_MASTER") != index and msg["index"] != index:
+            continue
+        spec = msg.get_attr("IFLA_AF_SPEC")
+        infos = () if spec is None else spec.get_attrs("IFLA_BRIDGE_VLAN_INFO")
+        result[msg.get_attr("IFLA_IFNAME")] = {
+            int(i["vid"]): Membership(int(i["vid"]), bool(i["flags"] & 2), bool(i["flags"] & 4))
+            for i in infos
+        }
+    return result
+
+
+def test_memberships_read_minimally_equal_the_general_decoders_and_iproute2s(sw: str) -> None:
+    make_bridge(sw, "br0", br_vlan_filtering=1)
+    make_bridge(sw, "br1", br_vlan_filtering=1)
+    with IPRoute(netns=sw) as ipr:
+        for port, master in (("p1", "br0"), ("p2", "br0"), ("p3", "br0"), ("q1", "br1")):
+            ipr.link("add", ifname=port, kind="veth", peer=f"{port}x")
+            ipr.link("set", index=_index(ipr, port), master=_index(ipr, master), state="up")
+    with VlanOps(sw) as ops:
+        for vid in (10, 11, 12, 20, 4094):  # a range (compressed by the kernel) and gaps
+            ops.vlan_add("br0", "p1", vid)
+        ops.vlan_add("br0", "p1", 30, pvid=True, untagged=True)  # VID 1 stays, untagged
+        for vid in (11, 12, 13):  # an untagged range
+            ops.vlan_add("br0", "p2", vid, untagged=True)
+        ops.vlan_del("br0", "p3", 1)  # a port left with no VLAN
+        ops.vlan_add("br0", "br0", 10)  # the bridge's own port
+        ops.vlan_add("br1", "q1", 10)  # another bridge's port: not br0's
+        observed = ops.memberships("br0")
+        assert observed == general_reading(ops, "br0")
+        assert ops.memberships("br1") == general_reading(ops, "br1")
+        # steps with the ports' indexes from that dump (no read of each port); a port that
+        # left the bridge since is told as no port of it, never as a kernel lacking filtering
+        index = ops.bridge_index("br0")
+        ports = {p.name: p.index for p in ops.port_vlans(index, "br0") if p.name}
+        with IPRoute(netns=sw) as ipr:
+            ipr.link("set", index=ports["p2"], master=0)
+        add40 = VlanStep(StepOp.ADD, "p3", 40, pvid=True, untagged=True)
+        ops.apply("br0", [add40], ports, index)
+        assert ops.memberships("br0")["p3"] == {40: Membership(40, True, True)}
+        with pytest.raises(VlanError) as left:
+            ops.apply("br0", [VlanStep(StepOp.ADD, "p2", 40)], ports, index)
+        assert left.value.code == errno.EINVAL and "not a port of br0" in str(left.value)
+        ops.apply("br0", [VlanStep(StepOp.DEL, "p3", 40)], ports, index)
+        with IPRoute(netns=sw) as ipr:
+            ipr.link("set", index=ports["p2"], master=index)
+        for vid in (11, 12, 13):  # p2 is back with the default PVID only: untagged range again
+            ops.vlan_add("br0", "p2", vid, untagged=True)
+        observed = ops.memberships("br0")
+        assert observed == general_reading(ops, "br0")
+    assert set(observed) == {"br0", "p1", "p2", "p3"}
+    assert observed["p3"] == {}
+    assert sorted(observed["p1"]) == [1, 10, 11, 12, 20, 30, 4094]
+    assert observed["p1"][1] == Membership(1, pvid=False, untagged=True)
+    assert observed["p1"][11] == Membership(11)
+    assert observed["p1"][30] == Membership(30, pvid=True, untagged=True)
+    assert observed["p2"][12] == Membership(12, pvid=False, untagged=True)
+    names = {"PVID": "pvid", "Egress Untagged": "untagged"}
+    shown = bridge_vlan_show(sw)
+    for port, vlans in observed.items():
+        flags = {
+            m.vid: {n for n, on in (("pvid", m.pvid), ("untagged", m.untagged)) if on}
+            for m in vlans.values()
+        }
+        assert flags == {vid: {names[f] for f in fl} for vid, fl in shown.get(port, {}).items()}, (
+            port
+        )
