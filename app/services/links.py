@@ -38,7 +38,7 @@ from app.domain.names import (
 from app.domain.networks import HostPrefix, check_link_address, clash_reason, foreign_clash
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
-from app.domain.vlans import VlanBackend
+from app.domain.vlans import VlanBackend, VlanFacts, no_vlan_can_exist
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
@@ -161,15 +161,19 @@ def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap
     return row
 
 
-def require_vlan(session: Session, ref: str, joiner: str) -> Vlan:
+def require_vlan(
+    session: Session, ref: str, joiner: str, facts: VlanFacts | None = None
+) -> Vlan:
     """The VLAN `ref` (its name or id) that `joiner` (a port, a network) is to join: 404
     unknown, 409 being deleted, and 409 with its reason while it is in `error`. A VLAN in
     error carries nothing its backend promised (on a trunk without working filtering a
     port would sit on the trunk untagged, on another tenant's segment); joining it is
-    refused as joining a bridge that was never created is (never_created)."""
+    refused as joining a bridge that was never created is (never_created). `facts`: the
+    probed kernel; an unknown VLAN on a host that can carry none is the 409
+    `host-lacks-feature` naming the missing features (app.domain.vlans.no_vlan_can_exist)."""
     vlan = VlanRepository(session).find(ref)
     if vlan is None:
-        raise NotFound(f"no VLAN {ref!r}")
+        raise no_vlan_can_exist(facts, ref) or NotFound(f"no VLAN {ref!r}")
     if vlan.deleted:
         raise BeingDeleted(f"VLAN {vlan.name!r} is being deleted")
     if vlan.status == Status.ERROR.value:
@@ -182,12 +186,15 @@ def require_vlan(session: Session, ref: str, joiner: str) -> Vlan:
 
 
 def vlan_port(
-    session: Session, bridge_ref: str | None, vlan_ref: str | None
+    session: Session,
+    bridge_ref: str | None,
+    vlan_ref: str | None,
+    facts: VlanFacts | None = None,
 ) -> tuple[Bridge, Vlan | None]:
     """The bridge a port joins (a VM NIC's tap or a tap resource) and the VLAN it is an
     access port of. With a VLAN the bridge may be omitted: it is the VLAN's trunk; named,
     it must be that trunk (422). An unknown VLAN or bridge is 404, one being deleted 409."""
-    vlan = None if vlan_ref is None else require_vlan(session, vlan_ref, "a port")
+    vlan = None if vlan_ref is None else require_vlan(session, vlan_ref, "a port", facts)
     if bridge_ref is None:
         if vlan is None:
             raise InvalidInput("a port on a bridge names its `bridge` or its `vlan`")
@@ -307,9 +314,17 @@ class BridgeService:
 
 
 class TapService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        request_id: str | None = None,
+        vlan_facts: VlanFacts | None = None,
+    ) -> None:
+        """`vlan_facts`: the probed kernel's VLAN features, where the request names a VLAN
+        (require_vlan)."""
         self.session = session
         self.request_id = request_id
+        self.vlan_facts = vlan_facts
         self.taps = TapRepository(session)
         self.bridges = BridgeRepository(session)
 
@@ -396,7 +411,7 @@ class TapService:
         """(bridge id, VLAN id) of a tap on `bridge_ref` and/or VLAN `vlan_ref` (vlan_port)."""
         if vlan_ref is None:
             return self._bridge_id(bridge_ref), None
-        bridge, vlan = vlan_port(self.session, bridge_ref, vlan_ref)
+        bridge, vlan = vlan_port(self.session, bridge_ref, vlan_ref, self.vlan_facts)
         assert vlan is not None
         return self._bridge_id(bridge.id), vlan.id
 

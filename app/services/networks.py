@@ -67,6 +67,7 @@ from app.domain.networks import (
 from app.domain.path_probe import ProbeTarget
 from app.domain.segments import Segment, SegmentKind, segment_driver
 from app.domain.status import Status
+from app.domain.vlans import VlanFacts
 from app.schemas.networks import (
     DhcpIn,
     NatIn,
@@ -108,9 +109,17 @@ def _check_nat(nat: NatIn) -> None:
 
 
 class NetworkService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        request_id: str | None = None,
+        vlan_facts: VlanFacts | None = None,
+    ) -> None:
+        """`vlan_facts`: the probed kernel's VLAN features, where the request names a VLAN
+        (require_vlan)."""
         self.session = session
         self.request_id = request_id
+        self.vlan_facts = vlan_facts
         self.networks = NetworkRepository(session)
 
     def get(self, ref: str) -> Network:
@@ -209,7 +218,7 @@ class NetworkService:
         segment_driver(kind)  # an unknown kind is a 422 naming the known ones
         if kind == SegmentKind.VLAN.value:
             # 404 unknown, 409 being deleted or in error (with its reason)
-            require_vlan(self.session, ref, "a network")
+            require_vlan(self.session, ref, "a network", self.vlan_facts)
         link = self.networks.segment_object(kind, ref)
         if link is None:
             raise NotFound(f"no {kind} {ref!r}")
