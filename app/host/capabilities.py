@@ -198,8 +198,7 @@ def _with_source(result: dict[str, Any], feature: KernelFeature) -> dict[str, An
     if not result["available"]:
         module = f", module {source.module}" if source.module else ""
         out["reason"] = (
-            f"{result['reason']}: this kernel lacks {source.what} "
-            f"({source.kernel_config}{module})"
+            f"{result['reason']}: this kernel lacks {source.what} ({source.kernel_config}{module})"
         )
     return out
 

@@ -161,9 +161,7 @@ def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap
     return row
 
 
-def require_vlan(
-    session: Session, ref: str, joiner: str, facts: VlanFacts | None = None
-) -> Vlan:
+def require_vlan(session: Session, ref: str, joiner: str, facts: VlanFacts | None = None) -> Vlan:
     """The VLAN `ref` (its name or id) that `joiner` (a port, a network) is to join: 404
     unknown, 409 being deleted, and 409 with its reason while it is in `error`. A VLAN in
     error carries nothing its backend promised (on a trunk without working filtering a

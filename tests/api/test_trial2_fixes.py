@@ -113,3 +113,41 @@ def test_the_capabilities_name_the_kernel_option_of_a_missing_vlan_feature(
         assert entry["module"] == module, entry
         if not entry["available"]:
             assert config in entry["reason"], entry
+
+
+def test_patching_a_field_fixed_at_creation_says_it_cannot_change(api: TestClient) -> None:
+    """Only VLANs said "vlan_id cannot change"; every other resource answered pydantic's
+    "Extra inputs are not permitted", as if the field did not exist. Each says it now, at
+    the field, with what to do instead, and changes nothing."""
+    make_bridge(api, "br0")
+    assert api.post("/v1/taps", json={"name": "tap1"}).status_code == 202
+    r = api.post("/v1/networks", json={"name": "nat0", "bridge": "br0", "subnet": "10.94.0.0/24"})
+    assert r.status_code == 202, r.text
+    r = api.post(
+        "/v1/vms", json={"name": "web", "power_state": "stopped", "boot": {"kernel": KERNEL}}
+    )
+    assert r.status_code == 202, r.text
+    for path, field, value, instead in (
+        ("/v1/bridges/br0", "name", "br1", "delete the bridge"),
+        ("/v1/taps/tap1", "name", "tap2", "delete the tap"),
+        ("/v1/taps/tap1", "vnet_hdr", True, "delete the tap"),
+        ("/v1/networks/nat0", "subnet", "10.95.0.0/24", "delete the network"),
+        ("/v1/networks/nat0", "bridge", "br0", "delete the network"),
+        ("/v1/networks/nat0", "name", "nat1", "delete the network"),
+        ("/v1/vms/web", "name", "web2", "delete the VM"),
+        ("/v1/vms/web", "nics", [], "delete the VM"),
+    ):
+        body = problem(api.patch(path, json={field: value}), 422, "invalid-input")
+        assert "Extra inputs" not in body["detail"], (path, body)
+        assert body["detail"].startswith(f"body.{field}: {field} cannot change"), (path, body)
+        assert instead in body["detail"], (path, body)
+        assert body["errors"][0]["type"] == "fixed_at_creation", body
+    body = problem(api.patch("/v1/vms/web", json={"power_state": "running"}), 422)
+    assert "/start" in body["detail"] and "Extra inputs" not in body["detail"], body
+    # an unknown field is still one
+    body = problem(api.patch("/v1/networks/nat0", json={"subnett": "x"}), 422)
+    assert "Extra inputs" in body["detail"], body
+    assert api.get("/v1/networks/nat0").json()["subnet"] == "10.94.0.0/24"
+    assert [b["name"] for b in api.get("/v1/bridges").json()["items"]] == ["br0"]
+    assert [t["name"] for t in api.get("/v1/taps").json()["items"]] == ["tap1"]
+    assert api.get("/v1/vms/web").json()["power_state"] == "stopped"
