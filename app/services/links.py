@@ -56,13 +56,43 @@ def refuse_foreign(name: str, foreign: dict[str, Any] | None) -> None:
         )
 
 
+def name_holder(session: Session, claim: LinkName) -> str:
+    """Who holds a kernel link name of ours, as a user knows it: a VM's NIC tap by VM and
+    NIC, a bridge, tap or VLAN by name (and id)."""
+    if claim.resource == "vm":
+        vms = VmRepository(session)
+        vm = vms.get(claim.resource_id)
+        nic = next((n for n in vms.nics(claim.resource_id) if n.tap_name == claim.name), None)
+        if vm is not None:
+            which = f"NIC {nic.position}" if nic is not None else "a NIC"
+            return f"the tap of VM {vm.name!r}'s {which} ({vm.id})"
+    row: Bridge | Tap | Vlan | None = None
+    if claim.resource == "bridge":
+        row = BridgeRepository(session).get(claim.resource_id)
+    elif claim.resource == "tap":
+        row = TapRepository(session).get(claim.resource_id)
+    elif claim.resource == "vlan":
+        row = VlanRepository(session).get(claim.resource_id)
+    if row is not None:
+        return f"{claim.resource} {row.name!r} ({row.id})"
+    return f"{claim.resource} {claim.resource_id}"
+
+
+def refuse_taken(session: Session, name: str, foreign: dict[str, Any] | None) -> None:
+    """409 name-taken when a resource of ours claims the kernel name `name` (naming it: a
+    VM's NIC tap carries a mark of ours that is no bridge's or tap's, so the host alone
+    would call it foreign), else when a host link kvmnetd does not manage has it."""
+    claim = LinkNameRepository(session).get(name)
+    if claim is not None:
+        raise NameTaken(f"link name {name!r} is taken: it is {name_holder(session, claim)}")
+    refuse_foreign(name, foreign)
+
+
 def _claim_name(session: Session, name: str, resource: str, resource_id: str) -> None:
     names = LinkNameRepository(session)
     existing = names.get(name)
     if existing is not None:
-        raise NameTaken(
-            f"link name {name!r} is already used by {existing.resource} {existing.resource_id}"
-        )
+        raise NameTaken(f"link name {name!r} is taken: it is {name_holder(session, existing)}")
     # writers are serialized (Database.unit_of_work), so nothing can claim the name between
     # the read above and this insert; the primary key still guards against any other writer
     names.add(LinkName(name=name, resource=resource, resource_id=resource_id))
@@ -240,7 +270,7 @@ class BridgeService:
     ) -> tuple[Bridge, Operation]:
         """`foreign`: a host link of this name that is not ours (refused, 409);
         `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
-        refuse_foreign(body.name, foreign)
+        refuse_taken(self.session, body.name, foreign)
         row = Bridge(
             id=new_id(),
             name=body.name,
@@ -354,7 +384,7 @@ class TapService:
     ) -> tuple[Tap, Operation]:
         """`foreign`: a host link of this name that is not ours (refused, 409);
         `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
-        refuse_foreign(body.name, foreign)
+        refuse_taken(self.session, body.name, foreign)
         row = Tap(
             id=new_id(),
             name=body.name,

@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.test_vlans_api import make_bridge, problem
+from tests.netns_tools import ip
 
 FEATURES = ("CONFIG_VLAN_8021Q", "CONFIG_BRIDGE_VLAN_FILTERING")
 KERNEL = "/boot/vmlinuz-never-booted"  # the VM is refused before anything looks at it
@@ -151,3 +152,118 @@ def test_patching_a_field_fixed_at_creation_says_it_cannot_change(api: TestClien
     assert [b["name"] for b in api.get("/v1/bridges").json()["items"]] == ["br0"]
     assert [t["name"] for t in api.get("/v1/taps").json()["items"]] == ["tap1"]
     assert api.get("/v1/vms/web").json()["power_state"] == "stopped"
+
+
+def test_network_names_are_unique_without_regard_to_case(api: TestClient) -> None:
+    """VM and VLAN names are; a network's name names no kernel, dnsmasq or nft object (those
+    use its id), so `nc` and `NC` were two networks a user could not tell apart by ear. The
+    refusal names the holder; any case finds it, spelt as stored."""
+    make_bridge(api, "br0")
+    make_bridge(api, "br1")
+    r = api.post("/v1/networks", json={"name": "nc", "bridge": "br0", "subnet": "10.94.0.0/24"})
+    assert r.status_code == 202, r.text
+    network_id = r.json()["id"]
+    r = api.post("/v1/networks", json={"name": "NC", "bridge": "br1", "subnet": "10.95.0.0/24"})
+    body = problem(r, 409, "name-taken")
+    assert "'nc'" in body["detail"] and network_id in body["detail"], body
+    assert [n["name"] for n in api.get("/v1/networks").json()["items"]] == ["nc"]
+    r = api.get("/v1/networks/NC")
+    assert r.status_code == 200, r.text
+    assert (r.json()["id"], r.json()["name"]) == (network_id, "nc")
+
+
+def test_a_vm_is_found_by_its_name_in_any_case(api: TestClient) -> None:
+    """VM names are unique without regard to case (a POST of "WEB" next to "web" is 409
+    name-taken, RFC 4343), yet GET /v1/vms/WEB and a forward to `"vm": "WEB"` were 404s:
+    the name a user cannot take is a name they find."""
+    make_bridge(api, "br0")
+    r = api.post("/v1/networks", json={"name": "nat0", "bridge": "br0", "subnet": "10.94.0.0/24"})
+    assert r.status_code == 202, r.text
+    r = api.post(
+        "/v1/vms",
+        json=_vm({"backend": "bridge", "bridge": "br0"}, "web") | {"power_state": "stopped"},
+    )
+    assert r.status_code == 202, r.text
+    vm_id = r.json()["id"]
+    problem(api.post("/v1/vms", json={"name": "WEB", "boot": {"kernel": KERNEL}}), 409)
+    r = api.get("/v1/vms/WEB")
+    assert r.status_code == 200, r.text
+    assert (r.json()["id"], r.json()["name"]) == (vm_id, "web")
+    r = api.post("/v1/port-forwards", json={"network": "NAT0", "vm": "WEB", "port": 8080})
+    assert r.status_code == 202, r.text
+    assert r.json()["vm_id"] == vm_id
+
+
+def _forwarding_lab(api: TestClient) -> None:
+    make_bridge(api, "br0")
+    r = api.post("/v1/networks", json={"name": "nat0", "bridge": "br0", "subnet": "10.94.0.0/24"})
+    assert r.status_code == 202, r.text
+    nic = {"backend": "bridge", "bridge": "br0"}
+    r = api.post("/v1/vms", json=_vm(nic, "web") | {"power_state": "stopped"})
+    assert r.status_code == 202, r.text
+
+
+def test_a_port_taken_again_is_a_port_clash_naming_the_holder(api: TestClient) -> None:
+    """Posting a forward again said "a port forward named 'tcp-any-8080' exists" (409
+    name-taken: its derived name), and a batch with the same port twice said so of
+    port_forwards[1] though only item 0 of that very request had it."""
+    _forwarding_lab(api)
+    forward = {"network": "nat0", "vm": "web", "port": 8080}
+    r = api.post("/v1/port-forwards", json=forward)
+    assert r.status_code == 202, r.text
+    first = r.json()
+    body = problem(api.post("/v1/port-forwards", json=forward), 409, "conflict")
+    assert "clashes with port forward 'tcp-any-8080'" in body["detail"], body
+    assert first["id"] in body["detail"], body
+
+    batch = [
+        {"network": "nat0", "vm": "web", "port": 9090},
+        {"network": "nat0", "vm": "web", "port": 9090, "target_port": 90},
+    ]
+    r = api.post("/v1/port-forwards/batch", json={"port_forwards": batch})
+    body = problem(r, 409, "conflict")
+    assert body["detail"].startswith("port_forwards[1]: "), body
+    assert "clashes with item 0 of this batch ('tcp-any-9090')" in body["detail"], body
+    assert body["index"] == 1, body
+
+    batch = [
+        {"name": "www", "network": "nat0", "vm": "web", "port": 9091},
+        {"name": "www", "network": "nat0", "vm": "web", "port": 9092},
+    ]
+    r = api.post("/v1/port-forwards/batch", json={"port_forwards": batch})
+    body = problem(r, 409, "name-taken")
+    assert body["detail"] == "port_forwards[1]: item 0 of this batch is named 'www'", body
+    assert [f["name"] for f in api.get("/v1/port-forwards").json()["items"]] == ["tcp-any-8080"]
+
+
+def test_a_vm_nic_tap_name_is_refused_as_that_vm_s(api: TestClient, netns: str) -> None:
+    """`POST /v1/taps {"name": "kv5aae33e5-0"}` (a running VM's NIC tap, ifalias
+    kvmnetd:vm:<id>) said it was "taken by a tun link kvmnetd does not manage". The running
+    VM's tap is made here as its worker makes it: a tap with the VM's mark."""
+    make_bridge(api, "br0")
+    nic = {"backend": "bridge", "bridge": "br0"}
+    r = api.post("/v1/vms", json=_vm(nic, "web") | {"power_state": "stopped"})
+    assert r.status_code == 202, r.text
+    vm = r.json()
+    tap = vm["nics"][0]["tap_name"]
+    ip(netns, "tuntap", "add", "dev", tap, "mode", "tap")
+    ip(netns, "link", "set", "dev", tap, "alias", f"kvmnetd:vm:{vm['id']}")
+    body = problem(api.post("/v1/taps", json={"name": tap}), 409, "name-taken")
+    assert "does not manage" not in body["detail"], body
+    assert f"VM 'web''s NIC 0 ({vm['id']})" in body["detail"], body
+    assert api.get("/v1/taps").json()["items"] == []
+
+
+def test_an_interface_that_is_another_bridge_s_uplink_names_that_bridge(
+    api: TestClient, netns: str
+) -> None:
+    """ "eth1 is already the uplink of bridge <uuid>": the user knows the bridge by name."""
+    br0 = make_bridge(api, "br0")
+    make_bridge(api, "br1")
+    ip(netns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+    ip(netns, "link", "set", "eth1", "up")
+    r = api.put("/v1/bridges/br0/uplink?wait=20", json={"interface": "eth1"})
+    assert r.status_code == 201, r.text
+    r = api.put("/v1/bridges/br1/uplink?dry_run=true", json={"interface": "eth1"})
+    body = problem(r, 409)
+    assert f"eth1 is already the uplink of bridge 'br0' ({br0['id']})" in body["detail"], body
