@@ -6,7 +6,7 @@ import datetime as dt
 import inspect
 import unicodedata
 from collections.abc import Mapping
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -232,6 +232,9 @@ class UpdateModel(RequestModel):
 
     model_config = ConfigDict(json_schema_extra=_omitted_means_unchanged)
 
+    # the fields __init_subclass__ added for `created_by` (each one only refuses)
+    fixed_at_creation: ClassVar[frozenset[str]] = frozenset()
+
     def __init_subclass__(
         cls,
         *,
@@ -247,6 +250,7 @@ class UpdateModel(RequestModel):
             return
         annotations = inspect.get_annotations(cls)  # this class's own (a copy)
         inherited = {name for base in cls.__mro__[1:] for name in getattr(base, "model_fields", {})}
+        fixed = set()
         for name in created_by.model_fields:
             if name in annotations or name in inherited:
                 continue
@@ -256,7 +260,9 @@ class UpdateModel(RequestModel):
                 message = f"{name} cannot change: it is fixed at creation; {instead}"
             annotations[name] = _fixed_field(message)
             setattr(cls, name, Field(None, exclude=True))
+            fixed.add(name)
         cls.__annotations__ = annotations
+        cls.fixed_at_creation = frozenset(fixed)
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent, each with the value it means (null already resolved

@@ -69,7 +69,11 @@ class HostFacts:
             nic_models=frozenset(m["model"] for m in capabilities["qemu"]["nic_models"]),
             vhost_net=bool(capabilities["vhost_net"]["available"]),
             kvm_runs_guests=kvm.get("runs_guests") if kvm.get("available") else False,
-            vlans=VlanFacts.from_link_probe(capabilities.get("links", {})),
+            vlans=(
+                VlanFacts.from_link_probe(capabilities["links"])
+                if "links" in capabilities
+                else None
+            ),
         )
 
 
