@@ -16,6 +16,7 @@ from app.bus import EventBus
 from app.db.session import Database
 from app.domain.cursors import CURSOR_MAX, CURSOR_PATTERN
 from app.domain.networks import HostPrefix
+from app.domain.vlans import VlanFacts
 from app.services.ports import HostInspector, Nudger, VmControl
 
 T = TypeVar("T")
@@ -52,6 +53,15 @@ class AppContext:
         if not any(":" not in a for a in addresses or ()):
             return []
         return await self.host(self.inspector.host_prefixes)
+
+    async def vlan_facts_for(self, vlan: str | None) -> VlanFacts | None:
+        """The probed kernel's VLAN features, where a request names a VLAN (so that naming
+        one on a host that can carry none says why: app.domain.vlans.no_vlan_can_exist);
+        None, with no probe, where it names none."""
+        if vlan is None:
+            return None
+        capabilities = await self.host(self.inspector.capabilities)
+        return VlanFacts.from_link_probe(capabilities["links"])
 
     def _in_unit_of_work(self, fn: Callable[[Session], T]) -> T:
         with self.db.unit_of_work() as session:

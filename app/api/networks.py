@@ -66,7 +66,10 @@ async def create_network(
 ) -> NetworkOut | Response:
     ctx, request_id = context(request), request_id_of(request)
     prefixes = await ctx.host(ctx.inspector.host_prefixes)
-    row, op = await ctx.mutate(lambda s: NetworkService(s, request_id).create(body, prefixes))
+    facts = await ctx.vlan_facts_for(body.vlan)
+    row, op = await ctx.mutate(
+        lambda s: NetworkService(s, request_id, facts).create(body, prefixes)
+    )
     return await _finish_network(ctx, response, row, op, wait, 201)
 
 

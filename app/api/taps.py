@@ -47,7 +47,10 @@ async def create_tap(
     ctx, request_id = context(request), request_id_of(request)
     foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
     prefixes = await ctx.prefixes_for(body.addresses)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).create(body, foreign, prefixes))
+    facts = await ctx.vlan_facts_for(body.vlan)
+    row, op = await ctx.mutate(
+        lambda s: TapService(s, request_id, facts).create(body, foreign, prefixes)
+    )
     return await _finish(ctx, response, row, op, wait, 201)
 
 
@@ -76,7 +79,10 @@ async def update_tap(
     set at creation in the kernel, so changing them re-creates the tap."""
     ctx, request_id = context(request), request_id_of(request)
     prefixes = await ctx.prefixes_for(body.addresses)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).update(tap_id, body, prefixes))
+    facts = await ctx.vlan_facts_for(body.vlan)
+    row, op = await ctx.mutate(
+        lambda s: TapService(s, request_id, facts).update(tap_id, body, prefixes)
+    )
     return await _finish(ctx, response, row, op, wait, 200)
 
 

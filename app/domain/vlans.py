@@ -176,14 +176,49 @@ def choose_backend(
     for backend in RESOLVED_BACKENDS:  # the preference order of `auto`
         if not facts.lacks(backend):
             return backend
+    raise _no_backend(facts, "no VLAN backend works on this host")
+
+
+def _no_backend(facts: VlanFacts, head: str) -> HostLacksFeature:
     lacking = sorted({f for b in RESOLVED_BACKENDS for f in facts.lacks(b)})
-    raise HostLacksFeature(
-        "no VLAN backend works on this host: vlan_filtering needs "
+    return HostLacksFeature(
+        f"{head}: vlan_filtering needs "
         f"{_feature_text(KernelFeature.VLAN_FILTERING)} and bridge_per_vlan needs "
         f"{_feature_text(KernelFeature.VLAN_8021Q)}; this host's kernel lacks "
         + " and ".join(FEATURE_SOURCES[f].kernel_config for f in lacking),
         missing_features=_missing_members(lacking, facts),
     )
+
+
+# ---- refusals where the host can carry no VLAN -------------------------------------------------
+# A VLAN is named in a few places besides POST /v1/vlans (a tap's or a VM NIC's `vlan`, a
+# network's `vlan`, a trunk NIC's `vlan_tagged`). Where the kernel makes the request
+# impossible, the answer is the same 409 `host-lacks-feature` with `missing_features` that
+# POST /v1/vlans gives, not advice ("no VLAN 'x'", "create the VLANs first") that can only
+# end in that 409. `facts` is None where the caller did not probe (the request named no VLAN).
+
+
+def no_vlan_can_exist(facts: VlanFacts | None, ref: str) -> HostLacksFeature | None:
+    """For an unknown VLAN `ref`: the 409 saying that no VLAN can exist on this host (no
+    backend works), or None where one could (then "no VLAN `ref`" is the answer, a 404)."""
+    if facts is None or any(not facts.lacks(b) for b in RESOLVED_BACKENDS):
+        return None
+    return _no_backend(facts, f"no VLAN {ref!r}, and none can exist on this host")
+
+
+def require_trunk_nic_support(facts: VlanFacts | None) -> None:
+    """A trunk NIC (`vlan_tagged`, `native_vlan`) needs a VLAN-filtering trunk (a per-VLAN
+    bridge carries one VLAN, untagged: validate_trunk_nic); 409 naming the missing feature
+    where the kernel has no bridge VLAN filtering."""
+    lacking = [] if facts is None else facts.lacks(VlanBackend.VLAN_FILTERING)
+    if facts is not None and lacking:
+        raise HostLacksFeature(
+            "a trunk NIC (vlan_tagged) needs a trunk that filters VLANs: "
+            + " and ".join(_feature_text(f) for f in lacking)
+            + ", which this host's kernel lacks (a bridge_per_vlan VLAN carries one VLAN "
+            "untagged, never a trunk)",
+            missing_features=_missing_members(lacking, facts),
+        )
 
 
 # ---- validation ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from app.domain.vlans import FEATURE_SOURCES, KernelFeature
 from app.host.procs import pid_exists
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,23 @@ def probe_link_features() -> dict[str, dict[str, Any]]:
                 results[kind] = {"available": ok, "reason": why}
     finally:
         netns.remove(name)
+    for feature in KernelFeature:
+        results[feature.value] = _with_source(results[feature.value], feature)
     return results
+
+
+def _with_source(result: dict[str, Any], feature: KernelFeature) -> dict[str, Any]:
+    """A VLAN feature's probe result with where the feature comes from in the kernel (its
+    Kconfig option and module, as the 409 `host-lacks-feature` names them); a missing
+    one's reason says it too, after the kernel's own answer (e.g. EOPNOTSUPP)."""
+    source = FEATURE_SOURCES[feature]
+    out = {**result, "kernel_config": source.kernel_config, "module": source.module}
+    if not result["available"]:
+        module = f", module {source.module}" if source.module else ""
+        out["reason"] = (
+            f"{result['reason']}: this kernel lacks {source.what} ({source.kernel_config}{module})"
+        )
+    return out
 
 
 def _probe_vlan_filtering(ipr: IPRoute) -> dict[str, Any]:

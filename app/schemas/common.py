@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import unicodedata
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -17,8 +19,8 @@ from pydantic import (
     JsonValue,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import PydanticCustomError, core_schema
 
 from app.domain.names import (
     LINK_NAME_MAX,
@@ -198,13 +200,69 @@ def _omitted_means_unchanged(schema: dict[str, Any]) -> None:
         prop.pop("default", None)
 
 
+def _refusal(message: str) -> BeforeValidator:
+    def refuse(value: object) -> None:
+        # a custom error: its message is the detail as it stands (no "Value error, "), and
+        # its type names the rule; the message has no braces (it is a template)
+        raise PydanticCustomError("fixed_at_creation", message)
+
+    return BeforeValidator(refuse)
+
+
+def _fixed_field(message: str) -> Any:
+    """The annotation of a field a PATCH names only to be told `message` (422 at that field):
+    absent from the schema, never dumped."""
+    # built at run time, one per field (mypy knows Annotated only as a static form)
+    return Annotated[SkipJsonSchema[None], _refusal(message)]  # type: ignore[misc]
+
+
 class UpdateModel(RequestModel):
     """Partial updates (PATCH). A field left out is unchanged. What `null` means is decided
     here, per field, and stated in its description: a field whose type admits null resets to
     what the field is when left out at creation; a field whose type does not admit null
-    refuses it with 422 naming the field. `changes()` hands services only decided values."""
+    refuses it with 422 naming the field. `changes()` hands services only decided values.
+
+    Fields fixed at creation: `class XUpdate(UpdateModel, created_by=XCreate, instead=...)`
+    makes every field of XCreate that XUpdate lacks one that a PATCH may not send, refused
+    with 422 "<field> cannot change: it is fixed at creation; <instead>" at that field (not
+    pydantic's "Extra inputs are not permitted", which reads as if the field did not exist).
+    `elsewhere` maps a field that another request changes to that request ("<field> is not
+    changed by PATCH: <elsewhere[field]>"). Such fields stay out of the schema (an unknown
+    field to clients) and out of `changes()`."""
 
     model_config = ConfigDict(json_schema_extra=_omitted_means_unchanged)
+
+    # the fields __init_subclass__ added for `created_by` (each one only refuses)
+    fixed_at_creation: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(
+        cls,
+        *,
+        created_by: type[BaseModel] | None = None,
+        instead: str = "",
+        elsewhere: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Runs inside pydantic's metaclass before it collects the fields from the class's
+        # annotations, so the fields added here are fields like any other.
+        super().__init_subclass__(**kwargs)
+        if created_by is None:
+            return
+        annotations = inspect.get_annotations(cls)  # this class's own (a copy)
+        inherited = {name for base in cls.__mro__[1:] for name in getattr(base, "model_fields", {})}
+        fixed = set()
+        for name in created_by.model_fields:
+            if name in annotations or name in inherited:
+                continue
+            if elsewhere is not None and name in elsewhere:
+                message = f"{name} is not changed by PATCH: {elsewhere[name]}"
+            else:
+                message = f"{name} cannot change: it is fixed at creation; {instead}"
+            annotations[name] = _fixed_field(message)
+            setattr(cls, name, Field(None, exclude=True))
+            fixed.add(name)
+        cls.__annotations__ = annotations
+        cls.fixed_at_creation = frozenset(fixed)
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent, each with the value it means (null already resolved

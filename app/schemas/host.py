@@ -53,6 +53,14 @@ class HostRoute(BaseModel):
 class Feature(BaseModel):
     available: bool
     reason: str | None = None
+    kernel_config: str | None = Field(
+        None,
+        description="vlan_8021q, vlan_filtering: the kernel option that provides it "
+        "(e.g. CONFIG_VLAN_8021Q)",
+    )
+    module: str | None = Field(
+        None, description="vlan_8021q: the kernel module that provides it (8021q)"
+    )
 
 
 class NicModel(BaseModel):

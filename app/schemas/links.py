@@ -62,8 +62,13 @@ class BridgeCreate(RequestModel):
     )
 
 
-class BridgeUpdate(UpdateModel):
-    """Change a bridge; a field left out is unchanged (null: see each field)."""
+class BridgeUpdate(
+    UpdateModel,
+    created_by=BridgeCreate,
+    instead="delete the bridge and create one with the new value",
+):
+    """Change a bridge; a field left out is unchanged (null: see each field). `name` is
+    fixed at creation (422 saying so)."""
 
     stp: bool = Field(
         False,
@@ -229,8 +234,13 @@ class TapCreate(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "tap1", "bridge": "br0"}]})
 
 
-class TapUpdate(UpdateModel):
-    """Change a tap; a field left out is unchanged (null: see each field)."""
+class TapUpdate(
+    UpdateModel,
+    created_by=TapCreate,
+    instead="delete the tap and create one with the new value",
+):
+    """Change a tap; a field left out is unchanged (null: see each field). `name` and
+    `vnet_hdr` are fixed at creation (422 saying so)."""
 
     bridge: Ref | None = Field(
         None,

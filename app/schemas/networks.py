@@ -110,9 +110,14 @@ class NetworkCreate(RequestModel):
         return kind.value, ref
 
 
-class NetworkUpdate(UpdateModel):
-    """What can change in place (subnet, gateway and link cannot: re-create the network).
-    A field left out is unchanged (null: see each field)."""
+class NetworkUpdate(
+    UpdateModel,
+    created_by=NetworkCreate,
+    instead="delete the network and create it again with the new value",
+):
+    """What can change in place. `name`, `subnet`, `gateway` and the link (`bridge`, `tap`
+    or `vlan`) are fixed at creation (422 saying so): re-create the network. A field left
+    out is unchanged (null: see each field)."""
 
     nat: NatIn = Field(
         default_factory=lambda: NatIn.model_validate({}),

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.domain.vlans import (
     DESCRIPTION_MAX,
@@ -80,7 +79,11 @@ class VlanCreate(RequestModel):
     )
 
 
-class VlanUpdate(UpdateModel):
+class VlanUpdate(
+    UpdateModel,
+    created_by=VlanCreate,
+    instead="create another VLAN instead (its kernel objects, ports and networks hang on it)",
+):
     """Change a VLAN's name or description (no kernel object changes: 200 at once, the
     generation stays). `vlan_id`, `trunk` and `backend` cannot change (422): create another
     VLAN. A field left out is unchanged (null: see each field)."""
@@ -89,21 +92,6 @@ class VlanUpdate(UpdateModel):
         "", description="A new name (rules as at creation). null is refused (422)"
     )
     description: Description | None = Field(None, description="null: none")
-
-    # What creation fixed: not in the schema (an unknown field to clients), but named here so
-    # that a PATCH sending one is told why it is refused and what to do instead, where a
-    # bare "extra inputs are not permitted" would leave it guessing.
-    vlan_id: SkipJsonSchema[None] = Field(None, exclude=True)
-    trunk: SkipJsonSchema[None] = Field(None, exclude=True)
-    backend: SkipJsonSchema[None] = Field(None, exclude=True)
-
-    @field_validator("vlan_id", "trunk", "backend", mode="before")
-    @classmethod
-    def _fixed_at_creation(cls, value: object, info: ValidationInfo) -> None:
-        raise ValueError(
-            f"{info.field_name} cannot change: it was fixed when the VLAN was created (its "
-            "kernel objects, ports and networks hang on it); create another VLAN instead"
-        )
 
 
 class VlanObject(BaseModel):

@@ -28,6 +28,7 @@ from app.schemas.common import (
     MacStr,
     Ref,
     RequestModel,
+    UpdateModel,
     VlanRef,
     VmNameStr,
     exactly_one_of,
@@ -296,9 +297,16 @@ class VmCreate(RequestModel):
     )
 
 
-class VmPatch(RequestModel):
+class VmPatch(
+    UpdateModel,
+    created_by=VmCreate,
+    instead="delete the VM and create it again with the new value",
+    elsewhere={"power_state": "POST /v1/vms/<id>/start, /stop or /kill changes it"},
+):
     """Change a VM. Omitted fields keep their value; null sets a field to its default at
-    create (named per field); `boot` has no default (null is 422). restart_policy applies
+    create (named per field); `boot` has no default (null is 422). `name` and `nics` are
+    fixed at creation, `power_state` is changed by the start, stop and kill actions (422
+    saying so). restart_policy applies
     at once; the other fields are read by qemu at start: a running VM keeps what it was
     started with and shows `restart_pending: true` until its next start (stop and start,
     or a policy restart). A reboot (guest reset) does not apply them. Answers 200 with the

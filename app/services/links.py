@@ -40,7 +40,7 @@ from app.domain.networks import HostPrefix, check_link_address, clash_reason, fo
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
-from app.domain.vlans import VlanBackend, vlan_bridge_name
+from app.domain.vlans import VlanBackend, VlanFacts, vlan_bridge_name
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
@@ -59,13 +59,43 @@ def refuse_foreign(name: str, foreign: dict[str, Any] | None) -> None:
         )
 
 
+def name_holder(session: Session, claim: LinkName) -> str:
+    """Who holds a kernel link name of ours, as a user knows it: a VM's NIC tap by VM and
+    NIC, a bridge, tap or VLAN by name (and id)."""
+    if claim.resource == "vm":
+        vms = VmRepository(session)
+        vm = vms.get(claim.resource_id)
+        nic = next((n for n in vms.nics(claim.resource_id) if n.tap_name == claim.name), None)
+        if vm is not None:
+            which = f"NIC {nic.position}" if nic is not None else "a NIC"
+            return f"the tap of VM {vm.name!r}'s {which} ({vm.id})"
+    row: Bridge | Tap | Vlan | None = None
+    if claim.resource == "bridge":
+        row = BridgeRepository(session).get(claim.resource_id)
+    elif claim.resource == "tap":
+        row = TapRepository(session).get(claim.resource_id)
+    elif claim.resource == "vlan":
+        row = VlanRepository(session).get(claim.resource_id)
+    if row is not None:
+        return f"{claim.resource} {row.name!r} ({row.id})"
+    return f"{claim.resource} {claim.resource_id}"
+
+
+def refuse_taken(session: Session, name: str, foreign: dict[str, Any] | None) -> None:
+    """409 name-taken when a resource of ours claims the kernel name `name` (naming it: a
+    VM's NIC tap carries a mark of ours that is no bridge's or tap's, so the host alone
+    would call it foreign), else when a host link kvmnetd does not manage has it."""
+    claim = LinkNameRepository(session).get(name)
+    if claim is not None:
+        raise NameTaken(f"link name {name!r} is taken: it is {name_holder(session, claim)}")
+    refuse_foreign(name, foreign)
+
+
 def _claim_name(session: Session, name: str, resource: str, resource_id: str) -> None:
     names = LinkNameRepository(session)
     existing = names.get(name)
     if existing is not None:
-        raise NameTaken(
-            f"link name {name!r} is already used by {existing.resource} {existing.resource_id}"
-        )
+        raise NameTaken(f"link name {name!r} is taken: it is {name_holder(session, existing)}")
     # writers are serialized (Database.unit_of_work), so nothing can claim the name between
     # the read above and this insert; the primary key still guards against any other writer
     names.add(LinkName(name=name, resource=resource, resource_id=resource_id))
@@ -156,16 +186,20 @@ def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap
 
 
 def vlan_port(
-    session: Session, bridge_ref: str | None, vlan_ref: str | None
+    session: Session,
+    bridge_ref: str | None,
+    vlan_ref: str | None,
+    facts: VlanFacts | None = None,
 ) -> tuple[Bridge, Vlan | None]:
     """The bridge a port joins (a VM NIC's tap or a tap resource) and the VLAN it is an
     access port of. With a VLAN the bridge may be omitted: it is the VLAN's trunk; named,
-    it must be that trunk (422). An unknown VLAN or bridge is 404, one being deleted 409.
+    it must be that trunk (422). An unknown VLAN or bridge is 404 (an unknown VLAN where
+    the host can carry none, `facts`, is 409 host-lacks-feature), one being deleted 409.
     Whether the port may join the segment it lands on is the caller's next question
     (app.services.segments.join_port, once it knows the whole port)."""
     vlan: Vlan | None = None
     if vlan_ref is not None:
-        found_vlan = live_object(session, SegmentKind.VLAN, vlan_ref)
+        found_vlan = live_object(session, SegmentKind.VLAN, vlan_ref, facts)
         assert isinstance(found_vlan, Vlan)
         vlan = found_vlan
     if bridge_ref is None:
@@ -233,7 +267,7 @@ class BridgeService:
     ) -> tuple[Bridge, Operation]:
         """`foreign`: a host link of this name that is not ours (refused, 409);
         `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
-        refuse_foreign(body.name, foreign)
+        refuse_taken(self.session, body.name, foreign)
         row = Bridge(
             id=new_id(),
             name=body.name,
@@ -305,9 +339,17 @@ class BridgeService:
 
 
 class TapService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        request_id: str | None = None,
+        vlan_facts: VlanFacts | None = None,
+    ) -> None:
+        """`vlan_facts`: the probed kernel's VLAN features, where the request names a VLAN
+        (an unknown VLAN where none can exist: app.domain.segments VlanSegment.unknown)."""
         self.session = session
         self.request_id = request_id
+        self.vlan_facts = vlan_facts
         self.taps = TapRepository(session)
         self.bridges = BridgeRepository(session)
 
@@ -337,7 +379,7 @@ class TapService:
     ) -> tuple[Tap, Operation]:
         """`foreign`: a host link of this name that is not ours (refused, 409);
         `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
-        refuse_foreign(body.name, foreign)
+        refuse_taken(self.session, body.name, foreign)
         row = Tap(
             id=new_id(),
             name=body.name,
@@ -392,7 +434,7 @@ class TapService:
         """(bridge id, VLAN id) of a tap on `bridge_ref` and/or VLAN `vlan_ref` (vlan_port)."""
         if vlan_ref is None:
             return self._bridge_id(bridge_ref), None
-        bridge, vlan = vlan_port(self.session, bridge_ref, vlan_ref)
+        bridge, vlan = vlan_port(self.session, bridge_ref, vlan_ref, self.vlan_facts)
         assert vlan is not None
         join_port(self.session, Port(bridge.id, vlan.id), Joiner.TAP)  # a VLAN in error: 409
         # and the trunk as a bridge a tap joins, as always (a VLAN is made on none never

@@ -67,6 +67,7 @@ from app.domain.networks import (
 from app.domain.path_probe import ProbeTarget
 from app.domain.segments import Joiner, Segment
 from app.domain.status import Status
+from app.domain.vlans import VlanFacts
 from app.schemas.networks import (
     DhcpIn,
     NatIn,
@@ -108,9 +109,17 @@ def _check_nat(nat: NatIn) -> None:
 
 
 class NetworkService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        request_id: str | None = None,
+        vlan_facts: VlanFacts | None = None,
+    ) -> None:
+        """`vlan_facts`: the probed kernel's VLAN features, where the request names a VLAN
+        (an unknown VLAN where none can exist: app.domain.segments VlanSegment.unknown)."""
         self.session = session
         self.request_id = request_id
+        self.vlan_facts = vlan_facts
         self.networks = NetworkRepository(session)
 
     def get(self, ref: str) -> Network:
@@ -166,8 +175,12 @@ class NetworkService:
     ) -> tuple[Network, Operation]:
         """`host_prefixes`: the host's IPv4 addresses and connected routes now (from the host
         inspector); a subnet overlapping one that is not ours is refused."""
-        if self.networks.get_by_name(body.name) is not None:
-            raise NameTaken(f"a network named {body.name!r} exists")
+        holder = self.networks.get_by_name(body.name)
+        if holder is not None:
+            raise NameTaken(
+                f"network {holder.name!r} ({holder.id}) has this name: network names are "
+                "unique without regard to case, as VM and VLAN names are"
+            )
         kind, ref = body.segment()
         link, segment = self._segment(kind, ref)
         existing = self.networks.on_segment(kind, link.id)
@@ -206,9 +219,9 @@ class NetworkService:
     def _segment(self, kind: str, ref: str) -> tuple[ResourceColumns, Segment]:
         """The live object of `kind` named `ref` (404 when unknown, 409 while it is being
         deleted) and the segment it is."""
-        # 422 unknown kind, 404 unknown, 409 being deleted or refused by its kind (a VLAN
-        # in error, with its reason)
-        link = join(self.session, kind, ref, Joiner.NETWORK)
+        # 422 unknown kind, 404 unknown (409 for a VLAN where none can exist), 409 being
+        # deleted or refused by its kind (a VLAN in error, with its reason)
+        link = join(self.session, kind, ref, Joiner.NETWORK, self.vlan_facts)
         segment = object_segment(self.session, kind, link)
         if segment is None:
             raise NotFound(f"what {kind} {link.name!r} rides on is gone")
@@ -370,6 +383,8 @@ class PortClaims:
     def __init__(self, session: Session, preload: bool = False) -> None:
         self.session = session
         self.preloaded = preload
+        # owner id -> how to name it, for claims of this request (stored nowhere yet)
+        self.labels: dict[str, str] = {}
         self._single: dict[tuple[str, int], list[HostPort]] = {}
         self._ranges: list[HostPort] = []
         if preload:
@@ -406,10 +421,9 @@ class PortClaims:
         clash = self._clash(protocol, address, span)
         if clash is not None:
             claimed = PortSpan(clash.port, clash.end_port or clash.port)
-            what = "port forward" if clash.owner == "port_forward" else "user-networking forward"
             raise Conflict(
-                f"host port {protocol}/{address}:{span} clashes with the {what} on "
-                f"{clash.address}:{claimed} (owner {clash.owner_id})"
+                f"host port {protocol}/{address}:{span} clashes with {self._owner(clash)} on "
+                f"{clash.address}:{claimed}"
             )
         row = HostPort(
             protocol=protocol,
@@ -422,6 +436,23 @@ class PortClaims:
         self._index(row)
         self.session.add(row)
 
+    def _owner(self, claim: HostPort) -> str:
+        """The claim's owner as a user knows it: a port forward by name, a VM NIC's
+        user-networking forward by VM and NIC, one of this request by its place in it."""
+        if claim.owner_id in self.labels:
+            return self.labels[claim.owner_id]
+        if claim.owner == "port_forward":
+            forward = PortForwardRepository(self.session).get(claim.owner_id)
+            if forward is not None:
+                return f"port forward {forward.name!r} ({forward.id})"
+            return f"port forward {claim.owner_id}"
+        vms = VmRepository(self.session)
+        nic = vms.nic(claim.owner_id)
+        vm = None if nic is None else vms.get(nic.vm_id)
+        if nic is None or vm is None:
+            return f"the user-networking forward of VM NIC {claim.owner_id}"
+        return f"the user-networking forward of VM {vm.name!r} NIC {nic.position}"
+
 
 class PortForwardService:
     def __init__(self, session: Session, request_id: str | None = None) -> None:
@@ -432,6 +463,8 @@ class PortForwardService:
         self._claims: PortClaims | None = None
         self._names: set[str] | None = None  # preloaded for a batch
         self._batch = False
+        self._item: int | None = None  # the batch item being created
+        self._batch_names: dict[str, int] = {}  # name -> the batch item that took it
         self._networks: dict[str, Network] = {}
         self._vms: dict[str, tuple[Vm, Sequence[VmNic]]] = {}
 
@@ -454,15 +487,17 @@ class PortForwardService:
         network = self._network(body.network)
         nic = self._target_nic(body.vm, body.nic, network)
         name = body.name or forward_name(body.protocol, listen, span)
-        if self._batch and self._names is None:
-            self._names = self.forwards.names()
-        taken = name in self._names if self._names is not None else self._name_exists(name)
-        if taken:
-            raise NameTaken(f"a port forward named {name!r} exists")
-        if self._names is not None:
-            self._names.add(name)
+        row_id = new_id()
+        # the ports first: a forward posted again, or twice in a batch, is a port clash
+        # (its derived name would be taken too, which says less)
+        if self._claims is None:
+            self._claims = PortClaims(self.session, preload=self._batch)
+        if self._item is not None:
+            self._claims.labels[row_id] = f"item {self._item} of this batch ({name!r})"
+        self._claims.claim(body.protocol, str(listen), span, "port_forward", row_id)
+        self._refuse_name_taken(name)
         row = PortForward(
-            id=new_id(),
+            id=row_id,
             name=name,
             network_id=network.id,
             vm_nic_id=nic.id,
@@ -474,9 +509,6 @@ class PortForwardService:
             description=body.description,
             generation=1,
         )
-        if self._claims is None:
-            self._claims = PortClaims(self.session, preload=self._batch)
-        self._claims.claim(body.protocol, str(listen), span, "port_forward", row.id)
         self.forwards.add(row)
         return row, record_operation(self.session, "create", "port_forward", row, self.request_id)
 
@@ -488,6 +520,7 @@ class PortForwardService:
         self._batch = True
         created = []
         for index, body in enumerate(bodies):
+            self._item = index
             try:
                 created.append(self.create(body))
             except DomainError as exc:
@@ -495,6 +528,19 @@ class PortForwardService:
                 exc.extra = {**exc.extra, "index": index}
                 raise
         return created
+
+    def _refuse_name_taken(self, name: str) -> None:
+        """409 name-taken naming who has the name: a stored forward, or an earlier item of
+        this batch."""
+        if name in self._batch_names:
+            raise NameTaken(f"item {self._batch_names[name]} of this batch is named {name!r}")
+        if self._batch and self._names is None:
+            self._names = self.forwards.names()
+        taken = name in self._names if self._names is not None else self._name_exists(name)
+        if taken:
+            raise NameTaken(f"a port forward named {name!r} exists")
+        if self._item is not None:
+            self._batch_names[name] = self._item
 
     def _name_exists(self, name: str) -> bool:
         return self.forwards.get_by_name(name) is not None

@@ -11,15 +11,20 @@ from app.db.repositories import Port, find_object, object_facts, port_segment_re
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, NotFound
 from app.domain.segments import Joiner, segment_driver
+from app.domain.vlans import VlanFacts
 
 
-def live_object(session: Session, kind: str, ref: str) -> ResourceColumns:
+def live_object(
+    session: Session, kind: str, ref: str, host: VlanFacts | None = None
+) -> ResourceColumns:
     """The object of `kind` named `ref` (its id or name): 422 for an unknown kind (naming
-    the known ones), 404 unknown, 409 while it is being deleted."""
-    label = segment_driver(kind).label or kind
+    the known ones), 404 unknown (or what the kind says instead on this `host`: a VLAN where
+    none can exist is 409 host-lacks-feature), 409 while it is being deleted."""
+    driver = segment_driver(kind)
     found = find_object(session, kind, ref)
     if found is None:
-        raise NotFound(f"no {label} {ref!r}")
+        raise driver.unknown(ref, host) or NotFound(f"no {driver.label or kind} {ref!r}")
+    label = driver.label or kind
     if found.deleted:
         raise BeingDeleted(f"{label} {found.name!r} is being deleted")
     return found
@@ -37,10 +42,12 @@ def refuse_join(session: Session, kind: str, obj: ResourceColumns, joiner: Joine
         raise Conflict(reason)
 
 
-def join(session: Session, kind: str, ref: str, joiner: Joiner) -> ResourceColumns:
+def join(
+    session: Session, kind: str, ref: str, joiner: Joiner, host: VlanFacts | None = None
+) -> ResourceColumns:
     """The live object of `kind` named `ref`, which `joiner` may join (live_object, then
     refuse_join)."""
-    found = live_object(session, kind, ref)
+    found = live_object(session, kind, ref, host)
     refuse_join(session, kind, found, joiner)
     return found
 

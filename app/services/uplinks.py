@@ -28,7 +28,7 @@ from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
 from app.domain.status import Status
 from app.schemas.uplinks import UplinkSet
-from app.services.links import refuse_foreign, require_alive
+from app.services.links import name_holder, refuse_foreign, require_alive
 from app.services.operations import bump, record_operation
 
 
@@ -72,12 +72,14 @@ class UplinkService:
         claimed = LinkNameRepository(self.session).get(body.interface)
         if claimed is not None and not self._stands_for_no_link(claimed):
             raise Conflict(
-                f"{body.interface} is a link of kvmnetd ({claimed.resource} "
-                f"{claimed.resource_id}), not a host NIC"
+                f"{body.interface} is a link of kvmnetd ({name_holder(self.session, claimed)}), "
+                "not a host NIC"
             )
         other = UplinkRepository(self.session).on_interface(body.interface)
         if other is not None and other.bridge_id != bridge.id:
-            raise Conflict(f"{body.interface} is already the uplink of bridge {other.bridge_id}")
+            holder = BridgeRepository(self.session).get(other.bridge_id)
+            named = f"{holder.name!r} ({holder.id})" if holder else other.bridge_id
+            raise Conflict(f"{body.interface} is already the uplink of bridge {named}")
         return bridge
 
     def _stands_for_no_link(self, claimed: LinkName) -> bool:

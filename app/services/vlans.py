@@ -36,7 +36,7 @@ from app.domain.vlans import (
 )
 from app.schemas.vlans import VlanCreate, VlanUpdate
 from app.services.in_use import InUseGuard
-from app.services.links import refuse_foreign
+from app.services.links import name_holder, refuse_foreign
 from app.services.operations import record_operation
 
 
@@ -173,8 +173,8 @@ class VlanService:
         existing = names.get(name)
         if existing is not None:
             raise NameTaken(
-                f"the VLAN's kernel link name {name!r} is already used by {existing.resource} "
-                f"{existing.resource_id}"
+                f"the VLAN's kernel link name {name!r} is taken: it is "
+                f"{name_holder(self.session, existing)}"
             )
         names.add(LinkName(name=name, resource="vlan", resource_id=vlan_id))
 

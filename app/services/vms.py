@@ -31,6 +31,7 @@ from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
 from app.domain.nics.bridge import trunk_vlans
 from app.domain.segments import Joiner
+from app.domain.vlans import VlanFacts, require_trunk_nic_support
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
 from app.domain.vm_actions import check as check_action
 from app.domain.vms import (
@@ -61,6 +62,7 @@ class HostFacts:
     nic_models: frozenset[str]
     vhost_net: bool
     kvm_runs_guests: bool | None
+    vlans: VlanFacts | None = None  # None: not probed (then no VLAN refusal names the kernel)
 
     @classmethod
     def from_capabilities(cls, capabilities: dict[str, Any]) -> HostFacts:
@@ -70,6 +72,11 @@ class HostFacts:
             nic_models=frozenset(m["model"] for m in capabilities["qemu"]["nic_models"]),
             vhost_net=bool(capabilities["vhost_net"]["available"]),
             kvm_runs_guests=kvm.get("runs_guests") if kvm.get("available") else False,
+            vlans=(
+                VlanFacts.from_link_probe(capabilities["links"])
+                if "links" in capabilities
+                else None
+            ),
         )
 
 
@@ -124,7 +131,10 @@ class VmService:
             )
         vm_id = new_id()
         taken_macs = VmRepository(self.session).nic_macs()
-        nics = [self._nic(vm_id, index, nic, taken_macs) for index, nic in enumerate(body.nics)]
+        nics = [
+            self._nic(vm_id, index, nic, taken_macs, host.vlans)
+            for index, nic in enumerate(body.nics)
+        ]
         spec = VmSpec(
             id=vm_id,
             name=body.name,
@@ -174,7 +184,12 @@ class VmService:
     # ---- one NIC ---------------------------------------------------------------------------
 
     def _nic(
-        self, vm_id: str, index: int, nic: NicIn, taken_macs: set[str]
+        self,
+        vm_id: str,
+        index: int,
+        nic: NicIn,
+        taken_macs: set[str],
+        vlan_facts: VlanFacts | None = None,
     ) -> tuple[VmNic, NicSpec]:
         """The NIC's row and spec: its backend's driver takes the request's fields and claims
         what it needs through _NicClaims; the row stores what the driver dumps."""
@@ -207,7 +222,7 @@ class VmService:
             link_up=nic.link_up,
             mtu=nic.mtu,
         )
-        claims = _NicClaims(self, row, index)
+        claims = _NicClaims(self, row, index, vlan_facts)
         spec = nic_driver(spec.backend).admit(spec, nic.model_dump(), claims)
         row.options = dump_options(spec)
         return row, spec
@@ -230,8 +245,11 @@ class _NicClaims:
     """What a NIC's backend driver may ask while the NIC is created (app.domain.nics
     NicClaims), answered from the database and recorded on the NIC's row."""
 
-    def __init__(self, service: VmService, row: VmNic, index: int) -> None:
+    def __init__(
+        self, service: VmService, row: VmNic, index: int, vlan_facts: VlanFacts | None = None
+    ) -> None:
         self.service = service
+        self.vlan_facts = vlan_facts  # the probed kernel's (app.domain.vlans refusals)
         self.session = service.session
         self.row = row
         self.index = index
@@ -242,7 +260,9 @@ class _NicClaims:
         vlan: str | None = None,
         trunk: tuple[Sequence[int], int | None] | None = None,
     ) -> str:
-        found, on_vlan = vlan_port(self.session, bridge, vlan)
+        if trunk is not None:
+            require_trunk_nic_support(self.vlan_facts)
+        found, on_vlan = vlan_port(self.session, bridge, vlan, self.vlan_facts)
         if trunk is not None:
             vlans = trunk_vlans(*trunk, found.name, vid_backends(self.session, found.id))
             self.row.vlan_tagged, self.row.native_vlan = list(vlans.tagged), vlans.native

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.db.models import Base, Bridge, Network, Tap, Vlan, Vm
@@ -45,9 +45,20 @@ class Repository(Generic[M]):
 class ResourceRepository(Repository[R]):
     """Named resources: lookup by id or name, keyset paging in creation order."""
 
+    # Names unique without regard to case (the services refuse "WEB" next to "web"), so
+    # found in any case too, the stored spelling shown: VM names are host names (RFC 4343),
+    # VLAN and network names follow them. Such names are ASCII, which SQLite's lower()
+    # folds. Link names are kernel names, which are case-sensitive.
+    names_fold_case: ClassVar[bool] = False
+
     def get_by_name(self, name: str) -> R | None:
+        """The resource named `name` (without regard to case where `names_fold_case`: the
+        oldest, should rows from before that rule differ only in case)."""
         model = self.model
-        return self.session.scalars(select(model).where(model.name == name)).first()
+        if not self.names_fold_case:
+            return self.session.scalars(select(model).where(model.name == name)).first()
+        query = select(model).where(func.lower(model.name) == name.lower())
+        return self.session.scalars(query.order_by(model.created_at, model.id)).first()
 
     def find(self, ref: str) -> R | None:
         """By id, else by name (OpenStack-style clients pass either). A valid link name is

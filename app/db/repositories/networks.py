@@ -34,6 +34,8 @@ from app.domain.status import Status
 
 
 class NetworkRepository(ResourceRepository[Network]):
+    names_fold_case = True
+
     def __init__(self, session: Session) -> None:
         super().__init__(session, Network)
 

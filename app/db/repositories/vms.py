@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.db.models import HostPort, LinkName, Vm, VmNic
@@ -14,14 +14,15 @@ from app.domain.vms import Accelerator, BootSpec, Machine, NicSpec, Vhost, VmSpe
 
 
 class VmRepository(ResourceRepository[Vm]):
+    names_fold_case = True
+
     def __init__(self, session: Session) -> None:
         super().__init__(session, Vm)
 
     def name_holder(self, name: str) -> Vm | None:
         """The VM whose name equals `name` without regard to case (RFC 4343: host names are
         case-insensitive; VM names are ASCII, which SQLite's lower() folds)."""
-        query = select(Vm).where(func.lower(Vm.name) == name.lower()).order_by(Vm.created_at)
-        return self.session.scalars(query).first()
+        return self.get_by_name(name)
 
     def nics(self, vm_id: str) -> Sequence[VmNic]:
         query = select(VmNic).where(VmNic.vm_id == vm_id).order_by(VmNic.position)

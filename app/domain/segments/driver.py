@@ -16,10 +16,13 @@ import contextlib
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-from app.domain.errors import InvalidInput
+from app.domain.errors import DomainError, InvalidInput
 from app.domain.registry import Registry
+
+if TYPE_CHECKING:
+    from app.domain.vlans import VlanFacts
 
 
 class Joiner(enum.StrEnum):
@@ -109,6 +112,12 @@ class SegmentDriver:
         """Why `joiner` may not join `obj` now (the service answers 409 Conflict with it),
         or None. The lookup's rules hold for every kind before this is asked: an unknown
         object is 404, one being deleted 409. Base: nothing more."""
+        return None
+
+    def unknown(self, ref: str, host: VlanFacts | None) -> DomainError | None:
+        """The answer when no object of this kind is named `ref`, given what the probed
+        kernel offers (`host`, None when not known): None for the plain 404; a kind the host
+        cannot carry at all says so instead (VLAN: 409 host-lacks-feature). Base: None."""
         return None
 
     def describe(self, obj: SegmentObject) -> Segment:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from app.domain.errors import InvalidInput
+from app.domain.errors import DomainError, InvalidInput
 from app.domain.segments.driver import (
     Joiner,
     SegmentDriver,
@@ -20,7 +20,13 @@ from app.domain.segments.driver import (
     register,
 )
 from app.domain.status import Status
-from app.domain.vlans import VlanBackend, l3_interface_name, vlan_bridge_name
+from app.domain.vlans import (
+    VlanBackend,
+    VlanFacts,
+    l3_interface_name,
+    no_vlan_can_exist,
+    vlan_bridge_name,
+)
 
 
 def _vlan(obj: SegmentObject) -> tuple[VlanBackend, str, int]:
@@ -37,6 +43,11 @@ def _vlan(obj: SegmentObject) -> tuple[VlanBackend, str, int]:
 class VlanSegment(SegmentDriver):
     kind: ClassVar[str] = SegmentKind.VLAN.value
     label: ClassVar[str] = "VLAN"
+
+    def unknown(self, ref: str, host: VlanFacts | None) -> DomainError | None:
+        """On a host where no VLAN backend works, an unknown VLAN is the 409 naming the
+        missing kernel features (no VLAN can exist there), not a 404 inviting a create."""
+        return no_vlan_can_exist(host, ref)
 
     def join_refusal(self, obj: SegmentObject, joiner: Joiner) -> str | None:
         """A VLAN in error carries nothing its backend promised (on a trunk without working
