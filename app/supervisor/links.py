@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.bus import EventBus
@@ -43,6 +43,7 @@ from app.domain.retry import Backoff
 from app.domain.status import Status
 from app.host.netlink import LinkError, LinkOps
 from app.supervisor.faults import FaultLog, describe
+from app.supervisor.writeback import RefusalRecorder, write_each_on_refusal
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class LinkReconciler:
         self.vlan_outcomes: dict[str, list[Outcome]] = {}
         self.vlan_ids: set[str] = set()
         self.faults = FaultLog(log, backoff.clock)
+        # the database refused what a pass wrote for one row: it says so and backs off
+        self._write_refused = RefusalRecorder(db, bus, backoff, self.faults, _link_row)
 
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
         """One pass; returns how many resources it changed or reported on."""
@@ -289,21 +292,37 @@ class LinkReconciler:
     def _write_back(
         self, scope: Scope, outcomes: Sequence[Outcome | None], states: dict[str, ObservedState]
     ) -> int:
-        """Record what changed in one transaction (a quiet pass writes nothing), then publish."""
-        changed = [o for o in outcomes if o is not None and not _nothing_new(o, states[o.spec.id])]
-        if not changed:
-            return 0
+        """Record what changed in one transaction (a quiet pass writes nothing), then publish;
+        when the database refuses that transaction, each row alone, so that the refusal stays
+        on its row (reason, backoff) and every other row's status lands
+        (app.supervisor.writeback, as the VLAN pass does)."""
+        changed: dict[str, list[Outcome]] = {}
+        for o in outcomes:
+            if o is not None and not _nothing_new(o, states[o.spec.id]):
+                changed.setdefault(o.spec.id, []).append(o)
+        return write_each_on_refusal(
+            changed,
+            lambda some: self._write_outcomes(scope, some, states),
+            self._write_refused,
+            self.backoff,
+        )
+
+    def _write_outcomes(
+        self, scope: Scope, changed: Mapping[str, list[Outcome]], states: dict[str, ObservedState]
+    ) -> int:
+        """One transaction over these rows' outcomes; events go out once it committed."""
         events: list[dict[str, object]] = []
         self._finished = []
         with self.db.unit_of_work() as session:
-            rows = link_rows(session, [o.spec.id for o in changed])
-            for outcome in changed:
-                row = rows.get(outcome.spec.id)
+            rows = link_rows(session, list(changed))
+            for row_id, row_outcomes in changed.items():
+                row = rows.get(row_id)
                 if row is None:  # deleted meanwhile by another pass: nothing to record
                     continue
-                event = self._record(session, scope, row, outcome, states[row.id].generation)
-                if event is not None:
-                    events.append(event)
+                for outcome in row_outcomes:
+                    event = self._record(session, scope, row, outcome, states[row_id].generation)
+                    if event is not None:
+                        events.append(event)
             OperationRepository(session).finish(self._finished)
         for event in events:
             self.bus.publish(**event)
@@ -413,6 +432,13 @@ class LinkReconciler:
         row.status_reason = outcome.reason
         if row.generation == loaded and not row.deleted and newly_failed:
             self._finished.append(FinishedOperation(row.id, loaded, "failed", outcome.reason))
+
+
+def _link_row(session: Session, row_id: str) -> tuple[Bridge | Tap, str] | None:
+    row = link_rows(session, [row_id]).get(row_id)
+    if row is None:
+        return None
+    return row, "bridge" if isinstance(row, Bridge) else "tap"
 
 
 def _nothing_new(outcome: Outcome, state: ObservedState) -> bool:

@@ -43,7 +43,7 @@ from app.db.repositories import (
     vlan_referrers,
     vlan_rows,
 )
-from app.db.session import Database, DatabaseError
+from app.db.session import Database, Session
 from app.domain.links import ActionKind
 from app.domain.retry import Backoff
 from app.domain.status import Status
@@ -54,6 +54,7 @@ from app.host.vlans import FeatureMissing, VlanOps
 from app.supervisor.faults import FaultLog, describe
 from app.supervisor.links import TRANSIENT_ATTEMPTS_BEFORE_ERROR, Outcome, Scope
 from app.supervisor.trunks import TrunkWatch
+from app.supervisor.writeback import RefusalRecorder, write_each_on_refusal
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class VlanReconciler:
         self.ops = ops
         self.backoff = backoff
         self.faults = FaultLog(log, backoff.clock)
+        # the database refused what a pass wrote for one VLAN: it says so and backs off
+        self._write_refused = RefusalRecorder(db, bus, backoff, self.faults, _vlan_row)
 
     def run(
         self,
@@ -213,24 +216,15 @@ class VlanReconciler:
     def _write_back(
         self, scope: Scope, work: Sequence[VlanWork], results: Mapping[str, VlanResult]
     ) -> int:
-        """Record every result in one transaction. When the database refuses it (a row it
-        will not delete, a constraint nobody foresaw), each result is written alone, so
-        that one VLAN's failure stays on that VLAN (reason, backoff) and never fails the
-        pass for every object, pass after pass."""
-        if not results:
-            return 0
-        try:
-            return self._write_results(scope, work, results)
-        except DatabaseError as exc:
-            if len(results) == 1:
-                return self._write_refused(next(iter(results)), exc)
-        written = 0
-        for vlan_id, result in results.items():
-            try:
-                written += self._write_results(scope, work, {vlan_id: result})
-            except DatabaseError as exc:
-                written += self._write_refused(vlan_id, exc)
-        return written
+        """Record every result in one transaction; when the database refuses it, each result
+        alone, so that one VLAN's refusal stays on that VLAN (reason, backoff) and never fails
+        the pass for every object, pass after pass (app.supervisor.writeback)."""
+        return write_each_on_refusal(
+            results,
+            lambda some: self._write_results(scope, work, some),
+            self._write_refused,
+            self.backoff,
+        )
 
     def _write_results(
         self, scope: Scope, work: Sequence[VlanWork], results: Mapping[str, VlanResult]
@@ -251,23 +245,6 @@ class VlanReconciler:
         for event in events:
             self.bus.publish(**event)
         return len(events)
-
-    def _write_refused(self, vlan_id: str, exc: DatabaseError) -> int:
-        """The database refused what this VLAN's result wrote: the VLAN says why and is
-        retried with backoff (logged at a bounded rate, app.supervisor.faults)."""
-        self.backoff.failed(vlan_id)
-        with self.db.unit_of_work() as session:
-            row = vlan_rows(session, [vlan_id]).get(vlan_id)
-            if row is None:
-                return 0
-            self.faults.failed(vlan_id, f"recording VLAN {row.name}", exc)
-            reason = f"retrying with backoff: {describe(exc)}"
-            if row.status_reason == reason:
-                return 0
-            row.status_reason = reason
-            event = row.event_fields("vlan")
-        self.bus.publish(**event)
-        return 1
 
     def _record(
         self,
@@ -353,6 +330,11 @@ class VlanReconciler:
             return None
         row.status_reason = reason
         return row.event_fields("vlan")
+
+
+def _vlan_row(session: Session, vlan_id: str) -> tuple[Vlan, str] | None:
+    row = vlan_rows(session, [vlan_id]).get(vlan_id)
+    return None if row is None else (row, "vlan")
 
 
 def _trunk_failed(exc: LinkError) -> TrunkResult:
