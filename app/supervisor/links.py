@@ -28,9 +28,11 @@ from app.db.repositories import (
 )
 from app.db.session import Database, Session
 from app.domain.links import (
+    ACTING,
     Action,
     ActionKind,
     Fingerprint,
+    LinkKind,
     LinkSpec,
     ObservedLink,
     changes_for_new_link,
@@ -91,6 +93,9 @@ class LinkReconciler:
         # it loaded: app.supervisor.vlans records them on the VLAN rows
         self.vlan_outcomes: dict[str, list[Outcome]] = {}
         self.vlan_ids: set[str] = set()
+        # the bridges the last pass made usable again (usable_again): the supervisor wakes
+        # the ports held off them at once (app.supervisor.loop)
+        self.recovered: set[str] = set()
         self.faults = FaultLog(log, backoff.clock)
         # the database refused what a pass wrote for one row: it says so and backs off
         self._write_refused = RefusalRecorder(db, bus, backoff, self.faults, _link_row)
@@ -98,7 +103,7 @@ class LinkReconciler:
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
         """One pass; returns how many resources it changed or reported on."""
         retry_ids = self.backoff.due_keys() if scope is Scope.DIRTY else []
-        self.vlan_outcomes, self.vlan_ids = {}, set()
+        self.vlan_outcomes, self.vlan_ids, self.recovered = {}, set(), set()
         with self.db.reading() as session:
             loaded = load_link_specs(
                 session,
@@ -123,6 +128,7 @@ class LinkReconciler:
             if outcome is not None and outcome.spec.id in loaded.vlan_ids:
                 self.vlan_outcomes.setdefault(outcome.spec.id, []).append(outcome)
         links = [o for o in outcomes if o is not None and o.spec.id not in loaded.vlan_ids]
+        self.recovered = usable_again(links, states)
         return reported + self._write_back(scope, links, states)
 
     # ---- planning --------------------------------------------------------------------------
@@ -140,8 +146,40 @@ class LinkReconciler:
                 masters[index] = bridge
         addresses = self.ops.addresses_by_index()
         actions = [plan_link(spec, self.ops.get(spec.name, addresses), masters) for spec in specs]
+        actions = self._hold_off_foreign_masters(actions, specs)
         # links outside this pass are not known here: a missing one is the host's to report
         return order_actions(actions)
+
+    def _hold_off_foreign_masters(
+        self, actions: list[Action], specs: list[LinkSpec]
+    ) -> list[Action]:
+        """A port is never put on a master outside this pass that is not ours (our bridge
+        deleted by hand and its name taken by someone else's): its action is BLOCKED, as a
+        full pass blocks it on the master's CONFLICT, until our master is back (which wakes
+        it: app.supervisor.loop). One read per such master, not per port."""
+        in_pass = {s.name for s in specs}
+        foreign: dict[str, str] = {}
+        for name in {s.master for s in specs if s.master and s.master not in in_pass}:
+            link = self.ops.get(name, {})
+            if link is not None and link.owner is None:
+                foreign[name] = f"index {link.index}, ifalias {link.alias!r}"
+        if not foreign:
+            return actions
+        return [
+            Action(
+                ActionKind.BLOCKED,
+                a.name,
+                a.spec,
+                a.observed,
+                reason=(
+                    f"depends on link {a.spec.master!r}, which is not managed by kvmnetd "
+                    f"({foreign[a.spec.master]}); it is left untouched"
+                ),
+            )
+            if a.spec is not None and a.spec.master in foreign and a.kind in ACTING
+            else a
+            for a in actions
+        ]
 
     def _prune_operations(self) -> None:
         cutoff = dt.datetime.now(dt.UTC) - OPERATION_RETENTION
@@ -175,6 +213,8 @@ class LinkReconciler:
                 return None
             assert spec is not None
             if action.kind in (ActionKind.CONFLICT, ActionKind.BLOCKED):
+                if action.kind is ActionKind.CONFLICT and action.observed is not None:
+                    self._watch_holder(spec.name, action.observed)
                 return Outcome(spec, action.kind, ok=False, reason=action.reason)
             if action.kind in (ActionKind.DELETE, ActionKind.FORGET):
                 return self._remove(spec, action)
@@ -233,6 +273,14 @@ class LinkReconciler:
         self.ops.apply(link.index, spec.name, action.changes, spec.kind)
         # re-read the link itself (index, MAC, master, MTU); addresses are not recorded
         return self._settled(spec, action.kind, self.ops.get(spec.name, {}))
+
+    def _watch_holder(self, name: str, holder: ObservedLink) -> None:
+        """The foreign link that holds our link's name is watched like ours (the monitor
+        decodes its notifications): its removal, or any change to it, wakes a pass over our
+        link at once instead of at the next full pass. It is never touched; a pass that
+        finds it still there changes nothing, so this cannot loop."""
+        self.names_by_index[holder.index] = name
+        self.expected.setdefault(name, fingerprint(holder))
 
     def _forget(self, name: str, index: int) -> None:
         self.expected.pop(name, None)
@@ -432,6 +480,24 @@ class LinkReconciler:
         row.status_reason = outcome.reason
         if row.generation == loaded and not row.deleted and newly_failed:
             self._finished.append(FinishedOperation(row.id, loaded, "failed", outcome.reason))
+
+
+def usable_again(outcomes: Sequence[Outcome], states: Mapping[str, ObservedState]) -> set[str]:
+    """The bridges this pass made usable as masters again: those it set up or re-created,
+    and those whose row did not say `active` without a reason (in error, pending, backing
+    off). Their ports may have been held off them, blocked or failed meanwhile."""
+    return {
+        o.spec.id
+        for o in outcomes
+        if o.ok
+        and o.spec.kind is LinkKind.BRIDGE
+        and not o.spec.deleted
+        and (
+            o.action in (ActionKind.CREATE, ActionKind.RECREATE, ActionKind.ADOPT)
+            or states[o.spec.id].status != Status.ACTIVE.value
+            or states[o.spec.id].reason is not None
+        )
+    }
 
 
 def _link_row(session: Session, row_id: str) -> tuple[Bridge | Tap, str] | None:

@@ -101,6 +101,9 @@ class VlanReconciler:
         self.ops = ops
         self.backoff = backoff
         self.faults = FaultLog(log, backoff.clock)
+        # the VLANs the last pass made usable again (error or pending before, or repaired):
+        # the supervisor wakes the ports held off them at once (app.supervisor.loop)
+        self.recovered: set[str] = set()
         # the database refused what a pass wrote for one VLAN: it says so and backs off
         self._write_refused = RefusalRecorder(db, bus, backoff, self.faults, _vlan_row)
 
@@ -115,6 +118,7 @@ class VlanReconciler:
         ones and due retries (DIRTY), or those whose links the link pass just looked at
         (`link_vlans`, with their outcomes) and those on the filtering `trunks` netlink
         reported drift on (NAMES). Returns how many rows it reported on."""
+        self.recovered = set()
         if scope is Scope.NAMES and not link_vlans and not trunks:
             return 0
         retry = self.backoff.due_keys() if scope is Scope.DIRTY else []
@@ -150,6 +154,7 @@ class VlanReconciler:
             elif vlan.trunk_id in trunk_results:
                 membership = _membership_result(vlan, trunk_results[vlan.trunk_id])
                 results[vlan.id] = membership if links is None else _both(membership, links)
+        self.recovered = _usable_again(work, results)
         return self._write_back(scope, work, results)
 
     # ---- filtering trunks ------------------------------------------------------------------
@@ -330,6 +335,21 @@ class VlanReconciler:
             return None
         row.status_reason = reason
         return row.event_fields("vlan")
+
+
+def _usable_again(work: Sequence[VlanWork], results: Mapping[str, VlanResult]) -> set[str]:
+    """The VLANs whose result makes them usable as their ports' segment again: they were not
+    active (a filtering VLAN in error offers its ports no master at all:
+    app.db.repositories.port_vlans.vlan_masters), or their objects had to be repaired (a
+    per-VLAN bridge re-created has lost its ports)."""
+    return {
+        w.id
+        for w in work
+        if not w.deleted
+        and (result := results.get(w.id)) is not None
+        and result.ok
+        and (w.status != Status.ACTIVE.value or result.repaired)
+    }
 
 
 def _vlan_row(session: Session, vlan_id: str) -> tuple[Vlan, str] | None:

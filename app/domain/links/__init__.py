@@ -43,6 +43,7 @@ from app.domain.links.model import (
     tap_mtu,
 )
 from app.domain.links.planner import (
+    ACTING,
     diff_link,
     fingerprint,
     order_actions,
@@ -57,6 +58,7 @@ def changes_for_new_link(spec: LinkSpec) -> LinkChanges:
 
 
 __all__ = [
+    "ACTING",
     "DEFAULT_MTU",
     "MARK_PREFIX",
     "Action",
