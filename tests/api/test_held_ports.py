@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.api.test_vlans_api import VlanKernelInspector
 from tests.netns_tools import ip, links
 
 PROMPT = 5.0  # s: far below the full resync (an hour), far above a netlink round trip
@@ -115,3 +116,55 @@ def quiet_for(supervisor: Any, seconds: float) -> bool:
     passes = supervisor.passes
     time.sleep(seconds)
     return bool(supervisor.passes == passes)
+
+
+def test_tap_returns_to_its_vlan_as_soon_as_the_vlan_is_back(
+    quiet_api: TestClient, netns: str, tmp_path: Path
+) -> None:
+    """The same through a VLAN (bridge_per_vlan, which this kernel can do without an
+    uplink: the VLAN's own bridge br0v10 is its ports' master). The VLAN's bridge replaced
+    by a foreign one puts the VLAN in error and blocks its tap; the VLAN's repair (its
+    pass, app.supervisor.vlans) is what wakes the tap."""
+    api = quiet_api
+    ctx = api.app.state.context  # type: ignore[attr-defined]
+    real = ctx.inspector
+    ctx.inspector = VlanKernelInspector(
+        netns=netns, qemu_binary="kvt-no-qemu", run_dir=tmp_path / "vlan-probe"
+    )
+    try:
+        r = api.post("/v1/bridges?wait=10", json={"name": "br0"})
+        assert r.status_code == 201, r.text
+        body = {"name": "ten", "vlan_id": 10, "trunk": "br0", "backend": "bridge_per_vlan"}
+        r = api.post("/v1/vlans?wait=10", json=body)
+        assert r.status_code == 201 and r.json()["status"] == "active", r.text
+    finally:
+        ctx.inspector.close()
+        ctx.inspector = real
+    r = api.post("/v1/taps?wait=10", json={"name": "tap1", "vlan": "ten"})
+    assert r.status_code == 201 and r.json()["status"] == "active", r.text
+    assert links(netns)["tap1"].master == "br0v10"
+
+    replace_with_foreign_bridge(netns, "br0v10", tmp_path)
+    vlan = until(
+        lambda: (v := api.get("/v1/vlans/ten").json())["status"] == "error" and v,
+        what="VLAN ten in error (its bridge's name is held by a foreign link)",
+    )
+    assert "not managed by kvmnetd" in vlan["status_reason"], vlan
+    tap = until(
+        lambda: (t := api.get("/v1/taps/tap1").json())["status"] == "error" and t,
+        what="tap1 in error (its VLAN's bridge cannot be set up)",
+    )
+    assert "depends on link 'br0v10'" in tap["status_reason"], tap
+    assert links(netns)["tap1"].master is None  # never on the foreign bridge
+    until(lambda: quiet_for(api.app.state.supervisor, 1.0), what="no hot loop")  # type: ignore[attr-defined]
+
+    ip(netns, "link", "del", "br0v10")  # the admin removes the foreign bridge
+    started = time.monotonic()
+    until(
+        lambda: links(netns).get("tap1", None) and links(netns)["tap1"].master == "br0v10",
+        what="tap1 back on br0v10",
+    )
+    print(f"tap1 back on br0v10 {time.monotonic() - started:.2f} s after the foreign one went")
+    assert (k := links(netns)["br0v10"]).alias == f"kvmnetd:bridge:{vlan['id']}", k
+    until(lambda: api.get("/v1/vlans/ten").json()["status"] == "active", what="ten active")
+    until(lambda: api.get("/v1/taps/tap1").json()["status"] == "active", what="tap1 active")
