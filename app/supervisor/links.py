@@ -160,7 +160,10 @@ class LinkReconciler:
         in_pass = {s.name for s in specs}
         foreign: dict[str, str] = {}
         for name in {s.master for s in specs if s.master and s.master not in in_pass}:
-            link = self.ops.get(name, {})
+            try:
+                link = self.ops.get(name, {})
+            except LinkError:  # unreadable now: the port's own action reports what fails
+                continue
             if link is not None and link.owner is None:
                 foreign[name] = f"index {link.index}, ifalias {link.alias!r}"
         if not foreign:

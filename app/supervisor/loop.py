@@ -193,7 +193,7 @@ class Supervisor:
         faults = FaultLog(log, self.clock)
         enter_for_this_thread(self.netns)  # tap ioctls act in the thread's namespace
         # pyroute2 sockets belong to the thread that opens them
-        with LinkOps() as ops, VlanOps() as vlan_ops:
+        with LinkOps() as ops, VlanOps(ours_only=True) as vlan_ops:
             self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)
             vlans = VlanReconciler(self.db, self.bus, vlan_ops, backoff, self.trunk_watch)
             releaser = TrunkReleaser(self.db, vlan_ops, self.trunk_watch)
@@ -235,9 +235,13 @@ class Supervisor:
     ) -> None:
         """The ports held off masters this pass made usable again are looked at next, not
         at the next full pass: the taps (their backoff reset: their master is back) in a
-        pass of their own, the VMs' NIC taps by the VM worker."""
+        pass of their own, the VMs' NIC taps by the VM worker; and the filtering VLANs on a
+        bridge that is back (a trunk re-created has no filtering and no memberships), whose
+        own recovery then wakes their ports."""
         if not bridge_ids and not vlan_ids:
             return
+        for bridge_id in bridge_ids:  # a trunk back: its filtering VLANs are looked at now
+            self._recheck_trunk(bridge_id)
         with self.db.reading() as session:
             held = held_ports(session, sorted(bridge_ids), sorted(vlan_ids))
         if held.taps:

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.api.test_networks_api import make_stopped_vm
 from tests.api.test_vlans_api import VlanKernelInspector
 from tests.netns_tools import ip, links
 
@@ -78,6 +79,9 @@ def test_tap_returns_to_its_bridge_as_soon_as_the_bridge_is_back(
     assert r.status_code == 201, r.text
     r = api.post("/v1/taps?wait=10", json={"name": "tap1", "bridge": "br0"})
     assert r.status_code == 201 and r.json()["status"] == "active", r.text
+    vm = make_stopped_vm(api, "web")  # a VM with a NIC on br0: the VM worker is told too
+    told: list[set[str]] = []
+    supervisor.on_ports_held(told.append)
 
     replace_with_foreign_bridge(netns, "br0", tmp_path)
     bridge = until(
@@ -108,6 +112,7 @@ def test_tap_returns_to_its_bridge_as_soon_as_the_bridge_is_back(
     )
     assert tap["status_reason"] is None
     assert api.get("/v1/bridges/br0").json()["status"] == "active"
+    assert {vm["id"]} in told, told  # app.main hands these to VmWorker.recheck_taps
     # ... and the wake-up wakes nothing more: the passes stop
     until(lambda: quiet_for(supervisor, 0.5), what="no more passes")
 

@@ -317,6 +317,32 @@ def test_a_running_vms_tap_taken_off_its_bridge_is_put_back_and_a_deleted_one_re
     assert row is not None and row.status_reason is None
 
 
+def test_a_running_vms_taps_are_checked_at_once_when_its_bridge_is_usable_again(
+    env: Env,
+) -> None:
+    """The link supervisor tells the worker (recheck_taps) when a bridge or VLAN a VM has a
+    NIC on is usable again (re-created, out of error): the VM's taps go back on it at the
+    next pass, not `resync_interval` (here an hour) after their last check."""
+    make_bridge(env)
+    vm_id = env.create("web", {"backend": "bridge", "bridge": "br0"}, memory_mib=192)
+    (tap,) = tap_names(env, vm_id)
+    worker = env.worker(resync_interval=3600)
+    env.wait_for(vm_id, running, timeout=20)
+    assert links(env.netns)[tap].master == "br0"
+    # off its bridge, as a bridge deleted and re-created leaves it
+    ip(env.netns, "link", "set", tap, "nomaster")
+    worker.nudge()
+    time.sleep(1.0)
+    assert links(env.netns)[tap].master is None  # not looked at before the next resync
+    worker.recheck_taps({vm_id, "no-such-vm"})
+    deadline = time.monotonic() + 5
+    while links(env.netns)[tap].master != "br0":
+        assert time.monotonic() < deadline, "the tap was not put back on br0"
+        time.sleep(0.05)
+    env.desire(worker, vm_id, "update", power_state="stopped", stop_mode="kill")
+    env.wait_for(vm_id, lambda r: r is not None and r.status == "stopped", timeout=30)
+
+
 # ---- crashes and restart policy, removal ----------------------------------------------------
 
 
