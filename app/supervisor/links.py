@@ -28,7 +28,6 @@ from app.db.repositories import (
 )
 from app.db.session import Database, Session
 from app.domain.links import (
-    ACTING,
     Action,
     ActionKind,
     Fingerprint,
@@ -146,43 +145,8 @@ class LinkReconciler:
                 masters[index] = bridge
         addresses = self.ops.addresses_by_index()
         actions = [plan_link(spec, self.ops.get(spec.name, addresses), masters) for spec in specs]
-        actions = self._hold_off_foreign_masters(actions, specs)
         # links outside this pass are not known here: a missing one is the host's to report
         return order_actions(actions)
-
-    def _hold_off_foreign_masters(
-        self, actions: list[Action], specs: list[LinkSpec]
-    ) -> list[Action]:
-        """A port is never put on a master outside this pass that is not ours (our bridge
-        deleted by hand and its name taken by someone else's): its action is BLOCKED, as a
-        full pass blocks it on the master's CONFLICT, until our master is back (which wakes
-        it: app.supervisor.loop). One read per such master, not per port."""
-        in_pass = {s.name for s in specs}
-        foreign: dict[str, str] = {}
-        for name in {s.master for s in specs if s.master and s.master not in in_pass}:
-            try:
-                link = self.ops.get(name, {})
-            except LinkError:  # unreadable now: the port's own action reports what fails
-                continue
-            if link is not None and link.owner is None:
-                foreign[name] = f"index {link.index}, ifalias {link.alias!r}"
-        if not foreign:
-            return actions
-        return [
-            Action(
-                ActionKind.BLOCKED,
-                a.name,
-                a.spec,
-                a.observed,
-                reason=(
-                    f"depends on link {a.spec.master!r}, which is not managed by kvmnetd "
-                    f"({foreign[a.spec.master]}); it is left untouched"
-                ),
-            )
-            if a.spec is not None and a.spec.master in foreign and a.kind in ACTING
-            else a
-            for a in actions
-        ]
 
     def _prune_operations(self) -> None:
         cutoff = dt.datetime.now(dt.UTC) - OPERATION_RETENTION

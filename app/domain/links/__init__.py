@@ -43,7 +43,6 @@ from app.domain.links.model import (
     tap_mtu,
 )
 from app.domain.links.planner import (
-    ACTING,
     diff_link,
     fingerprint,
     order_actions,
@@ -58,7 +57,6 @@ def changes_for_new_link(spec: LinkSpec) -> LinkChanges:
 
 
 __all__ = [
-    "ACTING",
     "DEFAULT_MTU",
     "MARK_PREFIX",
     "Action",
