@@ -29,8 +29,9 @@ from sqlalchemy import select
 
 from app.bus import EventBus
 from app.db.migrate import upgrade
-from app.db.models import HostPort, LinkName, Operation, Vm, VmNic
+from app.db.models import Bridge, HostPort, LinkName, Operation, Vm, VmNic
 from app.db.session import Database
+from app.domain.links import LinkKind, ownership_mark
 from app.domain.vm_plan import RestartRules
 from app.host.qemu import ShutdownDeadlines, reap_detached
 from app.schemas.links import BridgeCreate
@@ -199,13 +200,17 @@ def env(netns: str, guest: Guest, request: pytest.FixtureRequest) -> Iterator[En
         assert leftovers == [] or report is None or report.failed, f"qemus left: {leftovers}"
 
 
-def make_bridge(env: Env, name: str = "br0") -> None:
-    """The bridge row and the kernel bridge (the link supervisor does not run here)."""
+def make_bridge(env: Env, name: str = "br0", mtu: int | None = None) -> None:
+    """The bridge row and the kernel bridge, marked ours as the link supervisor marks it
+    (it does not run here; the VM worker puts taps only on bridges of ours)."""
     with env.db.unit_of_work() as session:
-        BridgeService(session).create(BridgeCreate(name=name))
+        BridgeService(session).create(BridgeCreate(name=name, mtu=mtu))
+        bridge_id = session.scalars(select(Bridge.id).where(Bridge.name == name)).one()
     with IPRoute(netns=env.netns) as ipr:
         ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
-        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+        index = ipr.link_lookup(ifname=name)[0]
+        mark = ownership_mark(LinkKind.BRIDGE, bridge_id)
+        ipr.link("set", index=index, state="up", ifalias=mark, **({"mtu": mtu} if mtu else {}))
 
 
 def forward(port: int) -> dict[str, Any]:
@@ -488,11 +493,7 @@ def test_bridge_nic_taps_take_the_nic_or_the_bridge_mtu_and_virtio_advertises_it
     """A 9000 bridge's VM taps used to get the kernel's 1500. Now a NIC without an MTU gets
     its bridge's, and a virtio NIC's own MTU is both its tap's and qemu's host_mtu (read
     back over QMP: the guest need not boot)."""
-    with env.db.unit_of_work() as session:
-        BridgeService(session).create(BridgeCreate(name="br0", mtu=9000))
-    with IPRoute(netns=env.netns) as ipr:
-        ipr.link("add", ifname="br0", kind="bridge")
-        ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], mtu=9000, state="up")
+    make_bridge(env, mtu=9000)
     vm_id = env.create(
         "jumbo",
         {"backend": "bridge", "bridge": "br0", "mtu": 4000},
