@@ -158,7 +158,11 @@ def test_drift_by_netlink_uplink_later_and_filtering_released(
         assert links(netns)["th"].master is None
         ip(netns, "link", "del", "br3")  # the admin removes the foreign bridge
         back = timed(
-            lambda: memberships(netns, "br3").get("th") == {40: (True, True)},
+            lambda: (
+                (k := links(netns).get("br3")) is not None
+                and k.alias is not None  # ours again (re-created), not missing
+                and memberships(netns, "br3").get("th") == {40: (True, True)}
+            ),
             "th back on the re-created br3 with VID 40",
         )
         print(f"a held tap back on its VLAN {back:.2f} s after the trunk's name was free again")
