@@ -145,6 +145,8 @@ def create_app(
         resync_interval=settings.reconcile_interval,
     )
 
+    # a bridge or VLAN usable again: the VMs with a NIC there get their taps back on it now
+    supervisor.on_ports_held(vm_worker.recheck_taps)
     drain = Drain()
     network_worker = NetworkWorker(
         db,

@@ -41,3 +41,11 @@ class Backoff:
 
     def attempts(self, key: str) -> int:
         return self._attempts.get(key, 0)
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Every key's state now, for `restore` (a write that was refused and is redone)."""
+        return dict(self._attempts), dict(self._not_before)
+
+    def restore(self, state: tuple[dict[str, int], dict[str, float]]) -> None:
+        """Back to a `snapshot`: what happened since is forgotten."""
+        self._attempts, self._not_before = dict(state[0]), dict(state[1])

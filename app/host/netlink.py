@@ -22,7 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import IFT_MULTI_QUEUE, IFT_NO_PI, IFT_TAP, IFT_VNET_HDR
 from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETIFF
 
-from app.domain.links import LinkChanges, LinkKind, LinkSpec, ObservedLink
+from app.domain.links import LinkChanges, LinkKind, LinkSpec, ObservedLink, parse_mark
 from app.host import rtnl
 from app.host.errors import HostError
 from app.host.links import find_host_driver, host_driver_for_kernel_kind, host_drivers
@@ -153,10 +153,7 @@ class LinkOps:
             if changes.mark is not None:
                 attrs["ifalias"] = changes.mark
             if changes.master is not None:
-                master_index = self.index_of(changes.master)
-                if master_index is None:
-                    raise LinkError(f"bridge {changes.master} does not exist", errno.ENODEV)
-                attrs["master"] = master_index
+                attrs["master"] = self._our_master(changes.master)
             elif changes.nomaster:
                 attrs["master"] = 0
             if changes.set_up:
@@ -169,6 +166,25 @@ class LinkOps:
                 self._address("add", index, cidr)
         except NetlinkError as exc:
             raise LinkError(f"configuring {name}: {exc}", exc.code) from exc
+
+    def _our_master(self, name: str) -> int:
+        """The index of the bridge `name` a link of ours is to join. It must carry our mark:
+        a foreign link that took the name of one of our bridges (ours deleted by hand) is
+        never made the master of our links (EEXIST, not retried soon; the bridge's return
+        wakes the port: app.supervisor.loop)."""
+        try:
+            link = rtnl.get_link(name)
+        except OSError as exc:
+            raise LinkError(f"reading link {name}: {exc}", exc.errno) from exc
+        if link is None:
+            raise LinkError(f"bridge {name} does not exist", errno.ENODEV)
+        if parse_mark(link.alias) is None:
+            raise LinkError(
+                f"bridge {name} (index {link.index}, ifalias {link.alias!r}) is not managed "
+                "by kvmnetd: no link of ours is put on it",
+                errno.EEXIST,
+            )
+        return link.index
 
     def _address(self, command: str, index: int, cidr: str) -> None:
         iface = ipaddress.ip_interface(cidr)

@@ -34,6 +34,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT, NUD_REACHABLE
 
+from app.domain.links import parse_mark
 from app.domain.vlan_ports import Membership, StepOp, VlanStep, check_vid
 from app.host import rtnl
 from app.host.netlink import LinkError
@@ -103,10 +104,15 @@ def _strerror(exc: NetlinkError) -> str:
 class VlanOps:
     """VLAN reads and changes in network namespace `netns` through one pyroute2 socket."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, ours_only: bool = False) -> None:
+        """`ours_only`: bridges are acted on (and read) only while they carry our ownership
+        mark (app.domain.links.parse_mark); a foreign bridge that took the name of one of
+        ours (deleted by hand) is a VlanError (EEXIST), never switched to filtering or given
+        memberships. The supervisor's instance sets it; read-only views do not."""
         self.netns = netns
         self.ipr = IPRoute(netns=netns) if netns else IPRoute()
         self._rtnl: socket.socket | None = None
+        self.ours_only = ours_only
 
     def close(self) -> None:
         self._drop_sock()
@@ -146,6 +152,13 @@ class VlanOps:
             raise VlanError(f"bridge {name} does not exist", errno.ENODEV)
         if self._kind(msg) != "bridge":
             raise VlanError(f"{name} is not a bridge", errno.EINVAL)
+        alias = msg.get_attr("IFLA_IFALIAS")
+        if self.ours_only and parse_mark(alias) is None:
+            raise VlanError(
+                f"bridge {name} (index {msg['index']}, ifalias {alias!r}) is not managed by "
+                "kvmnetd; it is left untouched",
+                errno.EEXIST,
+            )
         return msg
 
     # ---- 802.1Q sub-interfaces -------------------------------------------------------------

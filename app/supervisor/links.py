@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.bus import EventBus
@@ -31,6 +31,7 @@ from app.domain.links import (
     Action,
     ActionKind,
     Fingerprint,
+    LinkKind,
     LinkSpec,
     ObservedLink,
     changes_for_new_link,
@@ -43,6 +44,7 @@ from app.domain.retry import Backoff
 from app.domain.status import Status
 from app.host.netlink import LinkError, LinkOps
 from app.supervisor.faults import FaultLog, describe
+from app.supervisor.writeback import RefusalRecorder, write_each_on_refusal
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +92,17 @@ class LinkReconciler:
         # it loaded: app.supervisor.vlans records them on the VLAN rows
         self.vlan_outcomes: dict[str, list[Outcome]] = {}
         self.vlan_ids: set[str] = set()
+        # the bridges the last pass made usable again (usable_again): the supervisor wakes
+        # the ports held off them at once (app.supervisor.loop)
+        self.recovered: set[str] = set()
         self.faults = FaultLog(log, backoff.clock)
+        # the database refused what a pass wrote for one row: it says so and backs off
+        self._write_refused = RefusalRecorder(db, bus, backoff, self.faults, _link_row)
 
     def run(self, scope: Scope, names: Iterable[str] = ()) -> int:
         """One pass; returns how many resources it changed or reported on."""
         retry_ids = self.backoff.due_keys() if scope is Scope.DIRTY else []
-        self.vlan_outcomes, self.vlan_ids = {}, set()
+        self.vlan_outcomes, self.vlan_ids, self.recovered = {}, set(), set()
         with self.db.reading() as session:
             loaded = load_link_specs(
                 session,
@@ -120,6 +127,7 @@ class LinkReconciler:
             if outcome is not None and outcome.spec.id in loaded.vlan_ids:
                 self.vlan_outcomes.setdefault(outcome.spec.id, []).append(outcome)
         links = [o for o in outcomes if o is not None and o.spec.id not in loaded.vlan_ids]
+        self.recovered = usable_again(links, states)
         return reported + self._write_back(scope, links, states)
 
     # ---- planning --------------------------------------------------------------------------
@@ -172,6 +180,8 @@ class LinkReconciler:
                 return None
             assert spec is not None
             if action.kind in (ActionKind.CONFLICT, ActionKind.BLOCKED):
+                if action.kind is ActionKind.CONFLICT and action.observed is not None:
+                    self._watch_holder(spec.name, action.observed)
                 return Outcome(spec, action.kind, ok=False, reason=action.reason)
             if action.kind in (ActionKind.DELETE, ActionKind.FORGET):
                 return self._remove(spec, action)
@@ -231,6 +241,14 @@ class LinkReconciler:
         # re-read the link itself (index, MAC, master, MTU); addresses are not recorded
         return self._settled(spec, action.kind, self.ops.get(spec.name, {}))
 
+    def _watch_holder(self, name: str, holder: ObservedLink) -> None:
+        """The foreign link that holds our link's name is watched like ours (the monitor
+        decodes its notifications): its removal, or any change to it, wakes a pass over our
+        link at once instead of at the next full pass. It is never touched; a pass that
+        finds it still there changes nothing, so this cannot loop."""
+        self.names_by_index[holder.index] = name
+        self.expected.setdefault(name, fingerprint(holder))
+
     def _forget(self, name: str, index: int) -> None:
         self.expected.pop(name, None)
         self.names_by_index.pop(index, None)
@@ -289,21 +307,37 @@ class LinkReconciler:
     def _write_back(
         self, scope: Scope, outcomes: Sequence[Outcome | None], states: dict[str, ObservedState]
     ) -> int:
-        """Record what changed in one transaction (a quiet pass writes nothing), then publish."""
-        changed = [o for o in outcomes if o is not None and not _nothing_new(o, states[o.spec.id])]
-        if not changed:
-            return 0
+        """Record what changed in one transaction (a quiet pass writes nothing), then publish;
+        when the database refuses that transaction, each row alone, so that the refusal stays
+        on its row (reason, backoff) and every other row's status lands
+        (app.supervisor.writeback, as the VLAN pass does)."""
+        changed: dict[str, list[Outcome]] = {}
+        for o in outcomes:
+            if o is not None and not _nothing_new(o, states[o.spec.id]):
+                changed.setdefault(o.spec.id, []).append(o)
+        return write_each_on_refusal(
+            changed,
+            lambda some: self._write_outcomes(scope, some, states),
+            self._write_refused,
+            self.backoff,
+        )
+
+    def _write_outcomes(
+        self, scope: Scope, changed: Mapping[str, list[Outcome]], states: dict[str, ObservedState]
+    ) -> int:
+        """One transaction over these rows' outcomes; events go out once it committed."""
         events: list[dict[str, object]] = []
         self._finished = []
         with self.db.unit_of_work() as session:
-            rows = link_rows(session, [o.spec.id for o in changed])
-            for outcome in changed:
-                row = rows.get(outcome.spec.id)
+            rows = link_rows(session, list(changed))
+            for row_id, row_outcomes in changed.items():
+                row = rows.get(row_id)
                 if row is None:  # deleted meanwhile by another pass: nothing to record
                     continue
-                event = self._record(session, scope, row, outcome, states[row.id].generation)
-                if event is not None:
-                    events.append(event)
+                for outcome in row_outcomes:
+                    event = self._record(session, scope, row, outcome, states[row_id].generation)
+                    if event is not None:
+                        events.append(event)
             OperationRepository(session).finish(self._finished)
         for event in events:
             self.bus.publish(**event)
@@ -413,6 +447,31 @@ class LinkReconciler:
         row.status_reason = outcome.reason
         if row.generation == loaded and not row.deleted and newly_failed:
             self._finished.append(FinishedOperation(row.id, loaded, "failed", outcome.reason))
+
+
+def usable_again(outcomes: Sequence[Outcome], states: Mapping[str, ObservedState]) -> set[str]:
+    """The bridges this pass made usable as masters again: those it set up or re-created,
+    and those whose row did not say `active` without a reason (in error, pending, backing
+    off). Their ports may have been held off them, blocked or failed meanwhile."""
+    return {
+        o.spec.id
+        for o in outcomes
+        if o.ok
+        and o.spec.kind is LinkKind.BRIDGE
+        and not o.spec.deleted
+        and (
+            o.action in (ActionKind.CREATE, ActionKind.RECREATE, ActionKind.ADOPT)
+            or states[o.spec.id].status != Status.ACTIVE.value
+            or states[o.spec.id].reason is not None
+        )
+    }
+
+
+def _link_row(session: Session, row_id: str) -> tuple[Bridge | Tap, str] | None:
+    row = link_rows(session, [row_id]).get(row_id)
+    if row is None:
+        return None
+    return row, "bridge" if isinstance(row, Bridge) else "tap"
 
 
 def _nothing_new(outcome: Outcome, state: ObservedState) -> bool:

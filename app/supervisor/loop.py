@@ -8,7 +8,11 @@ our links (drift), when it reports a planned port of a filtering trunk with anot
 membership than the one last settled, or the trunk's filtering off (app.supervisor.trunks:
 that trunk alone is looked at, TRUNK_DELAY after the first report, so a burst of `bridge
 vlan` changes is one pass), when a backed-off retry is due, and every `interval` seconds for a full
-resync, which also sweeps orphans. An unexpected error that fails a whole pass schedules an
+resync, which also sweeps orphans. A pass that makes a master usable again (a bridge set up or
+re-created, or out of error; a VLAN out of error or repaired) wakes the ports held off it at
+once: a pass over those taps alone (their backoff reset), and the VM worker for the VMs with
+a NIC there; a master that stays broken wakes nothing, so a wake-up never loops. An
+unexpected error that fails a whole pass schedules an
 early full resync after a backoff that grows while the failure persists (never a hot loop),
 and is logged at a bounded rate (app.supervisor.faults).
 """
@@ -18,10 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from app.bus import EventBus
+from app.db.repositories import held_ports
 from app.db.session import Database
 from app.domain.links import fingerprint, parse_mark
 from app.domain.retry import Backoff
@@ -84,6 +89,9 @@ class Supervisor:
             self._on_link, self._on_address, netns, self._watched, self._on_port_vlans
         )
         self._reconciler: LinkReconciler | None = None
+        # told which VMs have a NIC on a master that became usable again (the VM worker
+        # puts their taps back on it: app.supervisor.vms)
+        self._on_ports_held: list[Callable[[set[str]], None]] = []
 
     # ---- control ---------------------------------------------------------------------------
 
@@ -105,6 +113,11 @@ class Supervisor:
         with self._wake:
             self._dirty = True
             self._wake.notify()
+
+    def on_ports_held(self, callback: Callable[[set[str]], None]) -> None:
+        """Call `callback(vm ids)` (from the supervisor thread) when a master those VMs have
+        a NIC on became usable again."""
+        self._on_ports_held.append(callback)
 
     def resync(self) -> None:
         """Ask for a full pass (with orphan sweep) now."""
@@ -180,7 +193,7 @@ class Supervisor:
         faults = FaultLog(log, self.clock)
         enter_for_this_thread(self.netns)  # tap ioctls act in the thread's namespace
         # pyroute2 sockets belong to the thread that opens them
-        with LinkOps() as ops, VlanOps() as vlan_ops:
+        with LinkOps() as ops, VlanOps(ours_only=True) as vlan_ops:
             self._reconciler = LinkReconciler(self.db, self.bus, ops, backoff)
             vlans = VlanReconciler(self.db, self.bus, vlan_ops, backoff, self.trunk_watch)
             releaser = TrunkReleaser(self.db, vlan_ops, self.trunk_watch)
@@ -203,6 +216,7 @@ class Supervisor:
                     )
                     if scope is not Scope.NAMES:
                         releaser.run()
+                    self._wake_held(self._reconciler.recovered, vlans.recovered, backoff)
                     if scope is Scope.FULL:
                         next_full = self.clock() + self.interval
                         pass_backoff.succeeded(PASS_KEY)
@@ -215,6 +229,32 @@ class Supervisor:
                     faults.failed(PASS_KEY, f"the {scope.value} link reconcile pass", exc)
                     next_full = self.clock() + pass_backoff.failed(PASS_KEY)
                 self.passes += 1
+
+    def _wake_held(
+        self, bridge_ids: Collection[str], vlan_ids: Collection[str], backoff: Backoff
+    ) -> None:
+        """The ports held off masters this pass made usable again are looked at next, not
+        at the next full pass: the taps (their backoff reset: their master is back) in a
+        pass of their own, the VMs' NIC taps by the VM worker; and the filtering VLANs on a
+        bridge that is back (a trunk re-created has no filtering and no memberships), whose
+        own recovery then wakes their ports."""
+        if not bridge_ids and not vlan_ids:
+            return
+        for bridge_id in bridge_ids:  # a trunk back: its filtering VLANs are looked at now
+            self._recheck_trunk(bridge_id)
+        with self.db.reading() as session:
+            held = held_ports(session, sorted(bridge_ids), sorted(vlan_ids))
+        if held.taps:
+            log.info(
+                "master(s) usable again; looking at their ports %s", ", ".join(held.taps.values())
+            )
+            for tap_id in held.taps:
+                backoff.succeeded(tap_id)
+            with self._wake:
+                self._names |= set(held.taps.values())
+        if held.vm_ids:
+            for callback in self._on_ports_held:
+                callback(held.vm_ids)
 
     def _next_work(
         self, next_full: float, backoff: Backoff

@@ -43,7 +43,7 @@ from app.db.repositories import (
     vlan_referrers,
     vlan_rows,
 )
-from app.db.session import Database, DatabaseError
+from app.db.session import Database, Session
 from app.domain.links import ActionKind
 from app.domain.retry import Backoff
 from app.domain.status import Status
@@ -54,6 +54,7 @@ from app.host.vlans import FeatureMissing, VlanOps, memberships_of
 from app.supervisor.faults import FaultLog, describe
 from app.supervisor.links import TRANSIENT_ATTEMPTS_BEFORE_ERROR, Outcome, Scope
 from app.supervisor.trunks import TrunkWatch
+from app.supervisor.writeback import RefusalRecorder, write_each_on_refusal
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,11 @@ class VlanReconciler:
         self.ops = ops
         self.backoff = backoff
         self.faults = FaultLog(log, backoff.clock)
+        # the VLANs the last pass made usable again (error or pending before, or repaired):
+        # the supervisor wakes the ports held off them at once (app.supervisor.loop)
+        self.recovered: set[str] = set()
+        # the database refused what a pass wrote for one VLAN: it says so and backs off
+        self._write_refused = RefusalRecorder(db, bus, backoff, self.faults, _vlan_row)
 
     def run(
         self,
@@ -115,6 +121,7 @@ class VlanReconciler:
         ones and due retries (DIRTY), or those whose links the link pass just looked at
         (`link_vlans`, with their outcomes) and those on the filtering `trunks` netlink
         reported drift on (NAMES). Returns how many rows it reported on."""
+        self.recovered = set()
         if scope is Scope.NAMES and not link_vlans and not trunks:
             return 0
         retry = self.backoff.due_keys() if scope is Scope.DIRTY else []
@@ -150,6 +157,7 @@ class VlanReconciler:
             elif vlan.trunk_id in trunk_results:
                 membership = _membership_result(vlan, trunk_results[vlan.trunk_id])
                 results[vlan.id] = membership if links is None else _both(membership, links)
+        self.recovered = _usable_again(work, results)
         return self._write_back(scope, work, results)
 
     # ---- filtering trunks ------------------------------------------------------------------
@@ -219,24 +227,15 @@ class VlanReconciler:
     def _write_back(
         self, scope: Scope, work: Sequence[VlanWork], results: Mapping[str, VlanResult]
     ) -> int:
-        """Record every result in one transaction. When the database refuses it (a row it
-        will not delete, a constraint nobody foresaw), each result is written alone, so
-        that one VLAN's failure stays on that VLAN (reason, backoff) and never fails the
-        pass for every object, pass after pass."""
-        if not results:
-            return 0
-        try:
-            return self._write_results(scope, work, results)
-        except DatabaseError as exc:
-            if len(results) == 1:
-                return self._write_refused(next(iter(results)), exc)
-        written = 0
-        for vlan_id, result in results.items():
-            try:
-                written += self._write_results(scope, work, {vlan_id: result})
-            except DatabaseError as exc:
-                written += self._write_refused(vlan_id, exc)
-        return written
+        """Record every result in one transaction; when the database refuses it, each result
+        alone, so that one VLAN's refusal stays on that VLAN (reason, backoff) and never fails
+        the pass for every object, pass after pass (app.supervisor.writeback)."""
+        return write_each_on_refusal(
+            results,
+            lambda some: self._write_results(scope, work, some),
+            self._write_refused,
+            self.backoff,
+        )
 
     def _write_results(
         self, scope: Scope, work: Sequence[VlanWork], results: Mapping[str, VlanResult]
@@ -257,23 +256,6 @@ class VlanReconciler:
         for event in events:
             self.bus.publish(**event)
         return len(events)
-
-    def _write_refused(self, vlan_id: str, exc: DatabaseError) -> int:
-        """The database refused what this VLAN's result wrote: the VLAN says why and is
-        retried with backoff (logged at a bounded rate, app.supervisor.faults)."""
-        self.backoff.failed(vlan_id)
-        with self.db.unit_of_work() as session:
-            row = vlan_rows(session, [vlan_id]).get(vlan_id)
-            if row is None:
-                return 0
-            self.faults.failed(vlan_id, f"recording VLAN {row.name}", exc)
-            reason = f"retrying with backoff: {describe(exc)}"
-            if row.status_reason == reason:
-                return 0
-            row.status_reason = reason
-            event = row.event_fields("vlan")
-        self.bus.publish(**event)
-        return 1
 
     def _record(
         self,
@@ -376,6 +358,26 @@ def _observed(row: Vlan, loaded: VlanWork, result: VlanResult) -> list[dict[str,
         and o.get("name") in links
     ]
     return [*result.objects, *kept]
+
+
+def _usable_again(work: Sequence[VlanWork], results: Mapping[str, VlanResult]) -> set[str]:
+    """The VLANs whose result makes them usable as their ports' segment again: they were not
+    active (a filtering VLAN in error offers its ports no master at all:
+    app.db.repositories.port_vlans.vlan_masters), or their objects had to be repaired (a
+    per-VLAN bridge re-created has lost its ports)."""
+    return {
+        w.id
+        for w in work
+        if not w.deleted
+        and (result := results.get(w.id)) is not None
+        and result.ok
+        and (w.status != Status.ACTIVE.value or result.repaired)
+    }
+
+
+def _vlan_row(session: Session, vlan_id: str) -> tuple[Vlan, str] | None:
+    row = vlan_rows(session, [vlan_id]).get(vlan_id)
+    return None if row is None else (row, "vlan")
 
 
 def _trunk_failed(exc: LinkError) -> TrunkResult:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 
 from app.bus import EventBus
 from app.db.models import Bridge, LinkName, Tap, Vm, VmNic, new_id
@@ -190,3 +190,52 @@ def test_deleted_bridge_still_referenced_waits_instead_of_failing_the_pass(
     full_pass(db, netns)
     with db.unit_of_work() as s:
         assert s.get(Bridge, bridge_id) is None
+
+
+REFUSE_TAP2 = """
+CREATE TRIGGER refuse_tap2_active BEFORE UPDATE OF status ON taps
+WHEN NEW.name = 'tap2' AND NEW.status = 'active'
+BEGIN SELECT RAISE(ABORT, 'tap2 may not be active (a trigger of the test)'); END
+"""
+
+
+def test_one_row_the_database_refuses_backs_off_alone(db: Database, netns: str) -> None:
+    """The write-back of a pass is one transaction; when the database refuses it (here a
+    real trigger refuses tap2's row going active), every other link's status still lands,
+    tap2 says why and backs off on its own, and the pass ends normally. Once the database
+    accepts it again, tap2's retry records it."""
+    bridge_id = add_bridge(db, "br0")
+    tap_ids = {n: add_tap(db, n, bridge_id=bridge_id) for n in ("tap1", "tap2", "tap3")}
+    with db.unit_of_work() as s:
+        s.execute(text(REFUSE_TAP2))
+    now = [100.0]
+    backoff = Backoff(lambda: now[0])
+    bus = EventBus()
+
+    def passes() -> None:
+        with LinkOps() as ops:
+            reconciler = LinkReconciler(db, bus, ops, backoff)
+            reconciler.run(Scope.FULL)  # raised the database's refusal before
+            assert backoff.attempts(tap_ids["tap2"]) == 1
+            assert not backoff.due(tap_ids["tap2"])
+            with db.unit_of_work() as s:
+                s.execute(text("DROP TRIGGER refuse_tap2_active"))
+            now[0] += 60  # past tap2's backoff: the next DIRTY pass retries it
+            reconciler.run(Scope.DIRTY)
+            assert backoff.attempts(tap_ids["tap2"]) == 0
+
+    in_netns(netns, passes)
+    kernel = links(netns)
+    assert all(kernel[n].master == "br0" for n in tap_ids)
+    for name, tap_id in tap_ids.items():
+        row = tap_row(db, tap_id)
+        assert (row.status, row.status_reason) == ("active", None), (name, row.status_reason)
+    with db.unit_of_work() as s:
+        bridge = s.get(Bridge, bridge_id)
+        assert bridge is not None and bridge.status == "active"
+    events = [(e.type, e.name, e.status_reason) for e in bus.since(0)]
+    refused = [e for e in events if e[1] == "tap2" and e[0] == "tap.pending"]
+    assert refused and "retrying with backoff" in (refused[0][2] or ""), events
+    assert "tap2 may not be active" in (refused[0][2] or "")
+    assert [e[0] for e in events if e[1] == "tap2"][-1] == "tap.active", events
+    assert ("tap.active", "tap1", None) in events and ("tap.active", "tap3", None) in events

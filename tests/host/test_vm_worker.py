@@ -28,8 +28,9 @@ from pyroute2 import IPRoute
 from sqlalchemy import select
 
 from app.bus import EventBus
-from app.db.models import HostPort, LinkName, Operation, Vm, VmNic
+from app.db.models import Bridge, HostPort, LinkName, Operation, Vm, VmNic
 from app.db.session import Database
+from app.domain.links import LinkKind, ownership_mark
 from app.domain.vm_plan import RestartRules
 from app.host.qemu import ShutdownDeadlines, reap_detached
 from app.schemas.links import BridgeCreate
@@ -198,13 +199,17 @@ def env(netns: str, guest: Guest, request: pytest.FixtureRequest) -> Iterator[En
         assert leftovers == [] or report is None or report.failed, f"qemus left: {leftovers}"
 
 
-def make_bridge(env: Env, name: str = "br0") -> None:
-    """The bridge row and the kernel bridge (the link supervisor does not run here)."""
+def make_bridge(env: Env, name: str = "br0", mtu: int | None = None) -> None:
+    """The bridge row and the kernel bridge, marked ours as the link supervisor marks it
+    (it does not run here; the VM worker puts taps only on bridges of ours)."""
     with env.db.unit_of_work() as session:
-        BridgeService(session).create(BridgeCreate(name=name))
+        BridgeService(session).create(BridgeCreate(name=name, mtu=mtu))
+        bridge_id = session.scalars(select(Bridge.id).where(Bridge.name == name)).one()
     with IPRoute(netns=env.netns) as ipr:
         ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
-        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+        index = ipr.link_lookup(ifname=name)[0]
+        mark = ownership_mark(LinkKind.BRIDGE, bridge_id)
+        ipr.link("set", index=index, state="up", ifalias=mark, **({"mtu": mtu} if mtu else {}))
 
 
 def forward(port: int) -> dict[str, Any]:
@@ -315,6 +320,32 @@ def test_a_running_vms_tap_taken_off_its_bridge_is_put_back_and_a_deleted_one_re
     env.desire(worker, vm_id, "update", power_state="stopped", stop_mode="kill")
     row = env.wait_for(vm_id, lambda r: r is not None and r.status == "stopped", timeout=30)
     assert row is not None and row.status_reason is None
+
+
+def test_a_running_vms_taps_are_checked_at_once_when_its_bridge_is_usable_again(
+    env: Env,
+) -> None:
+    """The link supervisor tells the worker (recheck_taps) when a bridge or VLAN a VM has a
+    NIC on is usable again (re-created, out of error): the VM's taps go back on it at the
+    next pass, not `resync_interval` (here an hour) after their last check."""
+    make_bridge(env)
+    vm_id = env.create("web", {"backend": "bridge", "bridge": "br0"}, memory_mib=192)
+    (tap,) = tap_names(env, vm_id)
+    worker = env.worker(resync_interval=3600)
+    env.wait_for(vm_id, running, timeout=20)
+    assert links(env.netns)[tap].master == "br0"
+    # off its bridge, as a bridge deleted and re-created leaves it
+    ip(env.netns, "link", "set", tap, "nomaster")
+    worker.nudge()
+    time.sleep(1.0)
+    assert links(env.netns)[tap].master is None  # not looked at before the next resync
+    worker.recheck_taps({vm_id, "no-such-vm"})
+    deadline = time.monotonic() + 5
+    while links(env.netns)[tap].master != "br0":
+        assert time.monotonic() < deadline, "the tap was not put back on br0"
+        time.sleep(0.05)
+    env.desire(worker, vm_id, "update", power_state="stopped", stop_mode="kill")
+    env.wait_for(vm_id, lambda r: r is not None and r.status == "stopped", timeout=30)
 
 
 # ---- crashes and restart policy, removal ----------------------------------------------------
@@ -462,11 +493,7 @@ def test_bridge_nic_taps_take_the_nic_or_the_bridge_mtu_and_virtio_advertises_it
     """A 9000 bridge's VM taps used to get the kernel's 1500. Now a NIC without an MTU gets
     its bridge's, and a virtio NIC's own MTU is both its tap's and qemu's host_mtu (read
     back over QMP: the guest need not boot)."""
-    with env.db.unit_of_work() as session:
-        BridgeService(session).create(BridgeCreate(name="br0", mtu=9000))
-    with IPRoute(netns=env.netns) as ipr:
-        ipr.link("add", ifname="br0", kind="bridge")
-        ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], mtu=9000, state="up")
+    make_bridge(env, mtu=9000)
     vm_id = env.create(
         "jumbo",
         {"backend": "bridge", "bridge": "br0", "mtu": 4000},

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.link_settings import stored_link_settings
@@ -277,3 +278,36 @@ def link_referrers(session: Session, row: Bridge | Tap) -> list[str]:
         .order_by(Vm.name, VmNic.position)
     )
     return [*taps, *(f"vm_nic {vm}/{pos}" for vm, pos in session.execute(query))]
+
+
+@dataclass(frozen=True)
+class HeldPorts:
+    """The ports waiting on masters that became usable again: our tap resources that do not
+    say `active` without a reason (held off their master, blocked, failed or backing off),
+    and the VMs (not being deleted) with a NIC on one of those masters."""
+
+    taps: dict[str, str]  # tap id -> kernel name
+    vm_ids: set[str]
+
+
+def held_ports(session: Session, bridge_ids: Sequence[str], vlan_ids: Sequence[str]) -> HeldPorts:
+    """The ports of these bridges (as their own bridge, not through a VLAN on them) and of
+    these VLANs, as `HeldPorts` says (two queries)."""
+    if not bridge_ids and not vlan_ids:
+        return HeldPorts({}, set())
+
+    def on_masters(bridge: Any, vlan: Any) -> ColumnElement[bool]:
+        return or_(and_(bridge.in_(bridge_ids), vlan.is_(None)), vlan.in_(vlan_ids))
+
+    unsettled = or_(Tap.status != Status.ACTIVE.value, Tap.status_reason.is_not(None))
+    taps = select(Tap.id, Tap.name).where(
+        on_masters(Tap.bridge_id, Tap.vlan_id), Tap.deleted.is_(False), unsettled
+    )
+    vms = (
+        select(VmNic.vm_id)
+        .join(Vm, Vm.id == VmNic.vm_id)
+        .where(on_masters(VmNic.bridge_id, VmNic.vlan_id), Vm.deleted.is_(False))
+    )
+    return HeldPorts(
+        {tap_id: name for tap_id, name in session.execute(taps)}, set(session.scalars(vms))
+    )

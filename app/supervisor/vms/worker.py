@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import threading
 from collections.abc import Awaitable
 from functools import partial
@@ -63,6 +64,23 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
             return  # not started yet: the first pass reads everything anyway
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._set_wake)
+
+    def recheck_taps(self, vm_ids: set[str]) -> None:
+        """Thread-safe: the bridge or VLAN these VMs have a NIC on became usable again (the
+        link supervisor says so): their running qemus' taps are checked at the next pass,
+        which comes now, not `resync_interval` after the last check."""
+        loop = self._loop
+        if loop is None:
+            return  # not started yet: the first pass checks every running VM's taps
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._recheck_taps, set(vm_ids))
+
+    def _recheck_taps(self, vm_ids: set[str]) -> None:
+        for vm_id in vm_ids:
+            state = self._vms.get(vm_id)
+            if state is not None:
+                state.taps_checked_at = -math.inf
+        self._set_wake()
 
     def execute(
         self,

@@ -11,6 +11,7 @@ eth1 are veths to namespace `lan`, whose far ends trunk VLANs).
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,68 @@ def test_drift_by_netlink_uplink_later_and_filtering_released(
         )
         print(f"a new tap's PVID set {joined:.2f} s after its create answered")
         assert api.delete("/v1/taps/tnew?wait=30").status_code == 204
+
+        # -- 1b. a trunk deleted by hand and its name taken by a foreign bridge: the foreign
+        # bridge is never touched (no filtering switched on, no tap put on it), the VLAN
+        # fails and its tap is held off; once the foreign bridge goes, ours is re-created,
+        # its VLAN recovers and wakes the held tap: all at once, not at the full pass
+        ok(api.post("/v1/bridges?wait=20", json={"name": "br3"}), 201)
+        body = {"name": "ten-d", "vlan_id": 40, "trunk": "br3"}
+        vlan_d = ok(api.post("/v1/vlans?wait=30", json=body), 201)
+        ok(api.post("/v1/taps?wait=30", json={"name": "th", "vlan": "ten-d"}), 201)
+        timed(lambda: memberships(netns, "br3").get("th") == {40: (True, True)}, "th on VID 40")
+        subprocess.run(
+            ["ip", "-n", netns, "-batch", "-"],
+            input="link del br3\nlink add br3 type bridge\n",  # microseconds apart
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        until(
+            lambda: api.get("/v1/taps/th").json()["status"] == "error",
+            timeout=PROMPT,
+            what="th blocked by the foreign br3",
+        )
+        supervisor.resync()  # a full pass meets the foreign br3 as the trunk of ten-d
+        vlan = until(
+            lambda: (v := api.get(f"/v1/vlans/{vlan_d['id']}").json())["status"] == "error" and v,
+            timeout=PROMPT,
+            what="ten-d in error",
+        )
+        assert "not managed by kvmnetd" in vlan["status_reason"], vlan
+        supervisor.resync()  # ... and the next holds its tap off it
+        held = until(
+            lambda: (
+                "its VLAN is in error" in (api.get("/v1/taps/th").json()["status_reason"] or "")
+            ),
+            timeout=PROMPT,
+            what="th held",
+        )
+        assert held
+        assert links(netns)["br3"].alias is None and not filtering(netns, "br3")
+        assert links(netns)["th"].master is None
+        ip(netns, "link", "del", "br3")  # the admin removes the foreign bridge
+        back = timed(
+            lambda: (
+                (k := links(netns).get("br3")) is not None
+                and k.alias is not None  # ours again (re-created), not missing
+                and memberships(netns, "br3").get("th") == {40: (True, True)}
+            ),
+            "th back on the re-created br3 with VID 40",
+        )
+        print(f"a held tap back on its VLAN {back:.2f} s after the trunk's name was free again")
+        until(
+            lambda: api.get("/v1/vlans/ten-d").json()["status"] == "active",
+            timeout=PROMPT,
+            what="ten-d active",
+        )
+        tap = until(
+            lambda: (t := api.get("/v1/taps/th").json())["status"] == "active" and t,
+            timeout=PROMPT,
+            what="th active",
+        )
+        assert tap["status_reason"] is None, tap
+        assert until(lambda: quiet_for(supervisor, 1.5), timeout=PROMPT, what="no more passes")
 
         # -- 2. an uplink set after a bridge_per_vlan VLAN brings <uplink>.<vid>, claimed
         body = {"name": "ten-b", "vlan_id": 20, "trunk": "br1", "backend": "bridge_per_vlan"}
