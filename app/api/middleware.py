@@ -167,9 +167,8 @@ class BearerAuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state", {})
         if scope["type"] == "http" and state.get("via_tcp") and not _is_open(scope["path"]):
-            if not hmac.compare_digest(
-                bearer_token(_header(scope, b"authorization")), self.expected
-            ):
+            given = bearer_token(_header(scope, b"authorization"))
+            if not hmac.compare_digest(given, self.expected):
                 await _send_problem(
                     send,
                     401,
