@@ -174,7 +174,7 @@ def test_strict_json_still_takes_what_json_allows(api: TestClient) -> None:
     )
     assert r.status_code == 201, r.text
     assert r.json()["forward_delay"] == 1
-    r = api.patch("/v1/bridges/br0", content='{"mac": "\\u0030"}'.encode(), headers=JSON)
+    r = api.patch("/v1/bridges/br0", content=b'{"mac": "\\u0030"}', headers=JSON)
     assert "JSON" not in problem(r, 422)["detail"]  # a bad MAC, not bad JSON
     nested: Any = "x"
     for _ in range(MAX_DEPTH - 1):
