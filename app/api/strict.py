@@ -17,8 +17,9 @@ documented "custom Request and APIRoute class" mechanism: the route hands FastAP
 - at most MAX_DEPTH nested arrays and objects;
 - no unpaired UTF-16 surrogate escape in a string (`"\\ud800"`: RFC 8259 section 8.2 leaves
   its meaning unpredictable, and it cannot be stored as UTF-8).
-Each failure is a 422 problem+json of one shape with the syntax errors FastAPI reports (a
-truncated body): error type `json_invalid` at `body`, its message saying exactly why.
+Each failure, a syntax error (a truncated body) too, is a 422 problem+json of one shape:
+error type `json_invalid` at `body`, its message FastAPI's "JSON decode error" followed by
+exactly why (and where, for a syntax error).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from pydantic import BaseModel
 
 MAX_DEPTH = 32  # nested arrays/objects; the deepest request body (a VM's NICs) needs 4
 JSON_ERROR = "JSON decode error"  # FastAPI's message for a body that does not parse
-_CONSTANTS = {"NaN", "Infinity", "-Infinity"}
 _REPEATABLE = (list, tuple, set, frozenset)
 
 
@@ -193,15 +193,15 @@ class StrictRoute(APIRoute):
         has_body = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
+            if has_body:  # first: the query string parsed below is the one FastAPI reads
+                request = StrictJsonRequest(request.scope, request.receive)
             if request.scope["query_string"] and (errors := query_problems(request, declared)):
                 raise RequestValidationError(errors)
-            if has_body:
-                request = StrictJsonRequest(request.scope, request.receive)
-                if await request.body():
-                    try:
-                        await request.json()
-                    except InvalidJson as exc:
-                        raise invalid_json(str(exc)) from None
+            if has_body and await request.body():  # an empty body is FastAPI's "missing"
+                try:
+                    await request.json()
+                except InvalidJson as exc:
+                    raise invalid_json(str(exc)) from None
             return await handler(request)
 
         return strict_handler
