@@ -14,6 +14,7 @@ from app.api.presenters import (
     uplink_plan_out,
     uplink_restore_plan_out,
 )
+from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation, Uplink
 from app.schemas.common import PROBLEM_RESPONSES
@@ -29,7 +30,9 @@ from app.schemas.uplinks import UplinkOut, UplinkPlan, UplinkSet
 from app.services.links import BridgeService
 from app.services.uplinks import UplinkService
 
-router = APIRouter(prefix="/v1/bridges", tags=["bridges"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/bridges", tags=["bridges"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+)
 
 SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
 

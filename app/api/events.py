@@ -17,10 +17,13 @@ from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import context
 from app.api.draining import Drained
+from app.api.strict import StrictRoute
 from app.bus import Event, EventBus
 from app.schemas.common import PROBLEM_RESPONSES
 
-router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+)
 
 PING_SECONDS = 15
 RECONNECT_MS = 2000  # the `retry` sent with the last event when the daemon stops

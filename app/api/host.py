@@ -8,12 +8,15 @@ from fastapi import APIRouter, Query, Request
 
 from app.api.deps import context
 from app.api.presenters import uplink_diagnostic
+from app.api.strict import StrictRoute
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.host import Capabilities, DiagnosticCheck, HostInterface, HostRoute
 from app.services.networks import NetworkService
 from app.services.uplinks import UplinkService
 
-router = APIRouter(prefix="/v1/host", tags=["host"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/host", tags=["host"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+)
 
 
 @router.get("/interfaces", operation_id="list_host_interfaces", response_model=list[HostInterface])

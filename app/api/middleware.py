@@ -146,18 +146,28 @@ class TcpTransport:
         await self.app(scope, receive, send)
 
 
+def bearer_token(authorization: str | None) -> bytes:
+    """The token of an `Authorization: Bearer <token>` header, else b"". The scheme is a
+    case-insensitive token (RFC 9110 section 11.1: `bearer` and `BEARER` are `Bearer`),
+    followed by one or more spaces (RFC 9110 section 11.4: `auth-scheme [ 1*SP token68 ]`)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return b""
+    return token.lstrip(" ").encode("latin-1")
+
+
 class BearerAuthMiddleware:
     """Every path but health and the API's description (OPEN_PATHS, DOCS_ASSETS) needs the
     admin token on requests that came in over TCP."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state", {})
         if scope["type"] == "http" and state.get("via_tcp") and not _is_open(scope["path"]):
-            given = (_header(scope, b"authorization") or "").encode("latin-1")
+            given = bearer_token(_header(scope, b"authorization"))
             if not hmac.compare_digest(given, self.expected):
                 await _send_problem(
                     send,

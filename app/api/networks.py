@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import network_out
+from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Network, Operation
 from app.schemas.common import PROBLEM_RESPONSES
@@ -22,7 +23,9 @@ from app.schemas.networks import (
 from app.schemas.networks import Network as NetworkOut
 from app.services.networks import NetworkService
 
-router = APIRouter(prefix="/v1/networks", tags=["networks"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/networks", tags=["networks"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+)
 
 SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
 

@@ -7,13 +7,19 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import Wait, context
 from app.api.presenters import operation_out
+from app.api.strict import StrictRoute
 from app.api.waiting import wait_until
 from app.db.models import Operation
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.operations import OperationOut
 from app.services.operations import find_operation
 
-router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/operations",
+    tags=["operations"],
+    responses=PROBLEM_RESPONSES,
+    route_class=StrictRoute,
+)
 
 
 @router.get("/{operation_id}", operation_id="get_operation", response_model=OperationOut)

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
 from app.api.presenters import port_forward_out
+from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, PortForward
 from app.schemas.common import PROBLEM_RESPONSES
@@ -19,7 +20,12 @@ from app.schemas.networks import (
 )
 from app.services.networks import PortForwardService
 
-router = APIRouter(prefix="/v1/port-forwards", tags=["port-forwards"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/port-forwards",
+    tags=["port-forwards"],
+    responses=PROBLEM_RESPONSES,
+    route_class=StrictRoute,
+)
 
 SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import tap_out
+from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, Tap
 from app.schemas.common import PROBLEM_RESPONSES
@@ -15,7 +16,9 @@ from app.schemas.links import Tap as TapOut
 from app.schemas.links import TapAttach, TapCreate, TapPage, TapUpdate
 from app.services.links import TapService
 
-router = APIRouter(prefix="/v1/taps", tags=["taps"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/taps", tags=["taps"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+)
 
 PENDING: dict[int | str, dict[str, Any]] = {
     202: {"model": TapOut, "description": "Accepted, pending"}

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from app.api import trunk_views
 from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
 from app.api.presenters import mutation_headers, vlan_out
+from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vlan
 from app.db.session import Session
@@ -17,7 +18,9 @@ from app.schemas.vlans import Vlan as VlanOut
 from app.schemas.vlans import VlanCreate, VlanPage, VlanUpdate
 from app.services.vlans import VlanService, candidate_names
 
-router = APIRouter(prefix="/v1/vlans", tags=["vlans"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/vlans", tags=["vlans"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+)
 
 SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
 

@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
 from app.api.presenters import vm_out
+from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
 from app.domain.errors import NotFound
@@ -22,7 +23,9 @@ from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage, VmPatch
 from app.schemas.vms import Vm as VmOut
 from app.services.vms import HostFacts, VmPowerService, VmService
 
-router = APIRouter(prefix="/v1/vms", tags=["vms"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/vms", tags=["vms"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+)
 
 PENDING: dict[int | str, dict[str, Any]] = {202: {"model": VmOut, "description": "Accepted"}}
 CONSOLE_TAIL_MAX = 1 << 20

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.schemas.common import (
     Addresses,
@@ -39,6 +39,22 @@ OBSERVED_OPER_STATE = (
 )
 
 
+def _null_is_none(value: Any) -> Any:
+    return [] if value is None else value
+
+
+# in a create, null means what leaving the field out does (no addresses), as in a PATCH and
+# as for mtu, mac and forward_delay; the schema says null is accepted
+CreateAddresses = Annotated[
+    Addresses,
+    BeforeValidator(_null_is_none, json_schema_input_type=Addresses | None),
+]
+CREATE_ADDRESSES = (
+    "Host addresses on the {kind} (IPv4/IPv6 with prefix), each at most once. null or "
+    "omitted: none (the same as [])"
+)
+
+
 class BridgeCreate(RequestModel):
     name: LinkNameStr
     stp: bool = Field(False, description="Spanning tree (the how-to: bridge_stp off)")
@@ -51,7 +67,9 @@ class BridgeCreate(RequestModel):
     )
     mtu: Mtu | None = Field(None, description=BRIDGE_MTU)
     mac: MacStr | None = Field(None, description=BRIDGE_MAC)
-    addresses: Addresses = Field(default_factory=list)
+    addresses: CreateAddresses = Field(
+        default_factory=list, description=CREATE_ADDRESSES.format(kind="bridge")
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -225,7 +243,9 @@ class TapCreate(RequestModel):
     vlan: VlanRef | None = Field(None, description=f"{TAP_VLAN}. Null or omitted: on no VLAN")
     mtu: Mtu | None = Field(None, description=TAP_MTU)
     mac: MacStr | None = None
-    addresses: Addresses = Field(default_factory=list)
+    addresses: CreateAddresses = Field(
+        default_factory=list, description=CREATE_ADDRESSES.format(kind="tap")
+    )
     owner_uid: Id | None = Field(None, description="User allowed to open the tap (qemu's)")
     owner_gid: Id | None = None
     multi_queue: bool = False
