@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+import httpx
+
 from tests.e2e.helpers import E2EDaemon
 from tests.netns_tools import ip, throwaway_netns
 
@@ -85,11 +87,27 @@ def script(blocks: list[str], setup: str = "") -> str:
     return PRELUDE + setup + "\n".join(numbered)
 
 
+class _PatientDaemon(E2EDaemon):
+    """E2EDaemon whose clients wait at least `patience` seconds for an answer: in the nested
+    host (Python ~12x slower) the first /readyz once took longer than the 5 s that
+    Daemon.wait_ready gives it (httpx.ReadTimeout), while the daemon was still starting."""
+
+    def __init__(self, netns: str, workdir: Path, patience: float) -> None:
+        super().__init__(netns, workdir)
+        self.patience = patience
+
+    def client(self, timeout: float = 30) -> httpx.Client:
+        return super().client(timeout=max(timeout, self.patience))
+
+
 @contextlib.contextmanager
-def make_run_daemon(netns: str, workdir: Path, timeout: float = 30) -> Iterator[E2EDaemon]:
+def make_run_daemon(
+    netns: str, workdir: Path, timeout: float = 30, patience: float = 0
+) -> Iterator[E2EDaemon]:
     """The real daemon with `make run`'s directories under `workdir` (so the README's
-    `S=./var/run/kvmnetd/kvmnetd.sock` points at it from there); killed afterwards."""
-    daemon = E2EDaemon(netns, workdir)
+    `S=./var/run/kvmnetd/kvmnetd.sock` points at it from there), ready within `timeout` s,
+    its clients waiting at least `patience` s for each answer; killed afterwards."""
+    daemon = _PatientDaemon(netns, workdir, patience)
     daemon.state_dir = workdir / "var" / "lib" / "kvmnetd"
     daemon.run_dir = workdir / "var" / "run" / "kvmnetd"
     daemon.socket = daemon.run_dir / "kvmnetd.sock"

@@ -67,7 +67,7 @@ def test_readme_vlan_blocks_run_as_written_on_debians_kernel(
     with (
         uplinked_host() as (host, lan),
         blocks_workdir() as workdir,
-        make_run_daemon(host, workdir, timeout=300) as daemon,
+        make_run_daemon(host, workdir, timeout=300, patience=120) as daemon,
     ):
         bash = script(blocks, setup=k_definition(text) + SETUP)
         done = subprocess.run(
