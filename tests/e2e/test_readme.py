@@ -59,7 +59,7 @@ def test_readme_blocks_run_in_order_on_a_fresh_daemon(host_with_uplink: str, wor
     script = readme_script(blocks)
     script = script.replace("/path/to/vmlinuz", str(guest.kernel))
     script = script.replace("/path/to/initrd", str(guest.initrd))
-    with make_run_daemon(host_with_uplink, workdir) as daemon:
+    with make_run_daemon(host_with_uplink, workdir, patience=60) as daemon:
         done = subprocess.run(
             ["bash", "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", script],
             cwd=workdir,
