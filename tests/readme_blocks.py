@@ -36,7 +36,8 @@ Tier = Literal["host", "nested"]
 PRELUDE = r"""
 shopt -s expand_aliases
 curl() {
-    local cut=() rc=0 arg
+    # every request is bounded (KVT_REQUEST_MAX_TIME s, default 300): a hang fails the test
+    local cut=(--max-time "${KVT_REQUEST_MAX_TIME:-300}") rc=0 arg
     for arg in "$@"; do
         case "$arg" in -N | --no-buffer) cut=(--max-time 3) ;; esac
     done
@@ -44,7 +45,7 @@ curl() {
         "$@" || rc=$?
     echo
     # 28: the time limit of a streaming curl -N (the stream itself answered 200)
-    if [ "$rc" -ne 0 ] && ! { [ "$rc" -eq 28 ] && [ "${#cut[@]}" -gt 0 ]; }; then
+    if [ "$rc" -ne 0 ] && ! { [ "$rc" -eq 28 ] && [ "${cut[1]}" = 3 ]; }; then
         return "$rc"
     fi
 }
@@ -82,8 +83,10 @@ def k_definition(text: str) -> str:
 
 def script(blocks: list[str], setup: str = "") -> str:
     """One bash script: the curl wrapper, `setup`, then each block after a marker line on
-    stderr (`--- README block N`)."""
-    numbered = (f"echo '--- README block {n}' >&2\n{body}" for n, body in enumerate(blocks, 1))
+    stderr (`--- README block N at S s`: bash's SECONDS since the script started)."""
+    numbered = (
+        f'echo "--- README block {n} at $SECONDS s" >&2\n{body}' for n, body in enumerate(blocks, 1)
+    )
     return PRELUDE + setup + "\n".join(numbered)
 
 
