@@ -115,7 +115,12 @@ def make_run_daemon(
     daemon.run_dir = workdir / "var" / "run" / "kvmnetd"
     daemon.socket = daemon.run_dir / "kvmnetd.sock"
     try:
-        yield daemon.start(timeout=timeout)
+        try:
+            daemon.start(timeout=timeout)
+        except Exception:
+            print(f"--- daemon log (start failed) ---\n{daemon.logs()[-15000:]}")
+            raise
+        yield daemon
     finally:
         daemon.kill()
 
