@@ -79,6 +79,7 @@ def test_readme_vlan_blocks_run_as_written_on_debians_kernel(
             _blocks_answered(done, len(blocks), transcript)
             with daemon.client() as api:
                 _kernel_holds_what_the_readme_says(api, host, lan, busybox)
+            print(transcript)  # each block's start (s) and each request's status
         except BaseException:
             print(f"{transcript}\n--- daemon log ---\n{daemon.logs()[-15000:]}")
             raise
