@@ -120,7 +120,9 @@ def _blocks_answered(done: subprocess.CompletedProcess[str], blocks: int, transc
 
 
 def _get(api: httpx.Client, path: str) -> dict[str, Any]:
-    response = api.get(path)
+    # `Connection: close`: the checks between requests (ip, ping) outlast uvicorn's 5 s
+    # keep-alive here, and a request on the connection it was closing got ECONNRESET
+    response = api.get(path, headers={"Connection": "close"})
     assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text}"
     return response.json()  # type: ignore[no-any-return]
 
