@@ -10,109 +10,56 @@ or adds, and nothing else:
   `curl -N` is cut after a few seconds (a user ends it with Ctrl-C);
 - the namespace has the README's `eth0`: a veth whose peer is in a "LAN" namespace with
   the gateway, as on a host with a wired uplink (tests/e2e/test_uplink.py does the same);
-- a block preceded by `<!-- readme-test: skip -->` (`make run`, `make test`) is not run.
+- a block preceded by `<!-- readme-test: skip -->` (`make run`, `make test`) is not run,
+  nor one preceded by `<!-- readme-test: nested -->` (VLANs: this kernel has no 802.1Q and
+  no VLAN filtering; the kernel tier runs those, tests/kernel/nested/test_readme_vlans.py).
+The blocks are read by tests/readme_blocks.py, shared with the kernel tier.
 Every command must exit 0, every HTTP status must be 2xx, and no resource may end in
 `error` (a settled failure answers 2xx too).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import E2EDaemon
 from tests.guest.build import build_guest
-from tests.netns_tools import ip, throwaway_netns
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-SKIP_MARK = "<!-- readme-test: skip -->"
-GATEWAY, HOST = "10.61.0.1", "10.61.0.10"  # the LAN (no clash with the README's subnets)
-STATUS = re.compile(r"^KVT-HTTP (\d{3}) (\S+) (\S+)$", re.MULTILINE)
-
-# Runs before the blocks: the README's commands unchanged, curl reporting each status.
-PRELUDE = r"""
-shopt -s expand_aliases
-curl() {
-    local cut=() rc=0 arg
-    for arg in "$@"; do
-        case "$arg" in -N | --no-buffer) cut=(--max-time 3) ;; esac
-    done
-    command curl "${cut[@]}" -w '%{stderr}KVT-HTTP %{http_code} %{method} %{url_effective}\n' \
-        "$@" || rc=$?
-    echo
-    # 28: the time limit of a streaming curl -N (the stream itself answered 200)
-    if [ "$rc" -ne 0 ] && ! { [ "$rc" -eq 28 ] && [ "${#cut[@]}" -gt 0 ]; }; then
-        return "$rc"
-    fi
-}
-"""
-
-
-def readme_blocks(text: str) -> list[str]:
-    """The ```sh blocks to run, in order (without those marked skip on the line before)."""
-    blocks: list[str] = []
-    lines = text.splitlines()
-    for n, line in enumerate(lines):
-        if line != "```sh" or (n > 0 and lines[n - 1].strip() == SKIP_MARK):
-            continue
-        end = lines.index("```", n + 1)
-        blocks.append("\n".join(lines[n + 1 : end]) + "\n")
-    return blocks
+from tests.readme_blocks import (
+    README,
+    STATUS,
+    blocks_workdir,
+    make_run_daemon,
+    readme_blocks,
+    uplinked_host,
+)
+from tests.readme_blocks import script as readme_script
 
 
 @pytest.fixture
 def host_with_uplink() -> Iterator[str]:
     """The daemon's namespace with an `eth0` to a LAN namespace holding the gateway."""
-    with throwaway_netns() as host, throwaway_netns() as lan:
-        ip(host, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan)
-        ip(lan, "addr", "add", f"{GATEWAY}/24", "dev", "lan0")
-        ip(lan, "link", "set", "lan0", "up")
-        ip(host, "addr", "add", f"{HOST}/24", "dev", "eth0")
-        ip(host, "link", "set", "eth0", "up")
-        ip(host, "route", "add", "default", "via", GATEWAY)
+    with uplinked_host() as (host, _):
         yield host
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kvt-", dir="/tmp"))  # short QMP socket paths
-    path.chmod(0o755)
-    try:
+    with blocks_workdir() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def make_run_daemon(netns: str, workdir: Path) -> Iterator[E2EDaemon]:
-    """The daemon with `make run`'s directories under `workdir`."""
-    daemon = E2EDaemon(netns, workdir)
-    daemon.state_dir = workdir / "var" / "lib" / "kvmnetd"
-    daemon.run_dir = workdir / "var" / "run" / "kvmnetd"
-    daemon.socket = daemon.run_dir / "kvmnetd.sock"
-    try:
-        yield daemon.start()
-    finally:
-        daemon.kill()
 
 
 def test_readme_blocks_run_in_order_on_a_fresh_daemon(host_with_uplink: str, workdir: Path) -> None:
     guest = build_guest()
     blocks = readme_blocks(README.read_text())
     assert len(blocks) >= 4, "the README's API blocks were not found"
-    script = PRELUDE + "\n".join(
-        f"echo '--- README block {n}' >&2\n{body}" for n, body in enumerate(blocks, 1)
-    )
+    script = readme_script(blocks)
     script = script.replace("/path/to/vmlinuz", str(guest.kernel))
     script = script.replace("/path/to/initrd", str(guest.initrd))
-    with make_run_daemon(host_with_uplink, workdir) as daemon:
+    with make_run_daemon(host_with_uplink, workdir, patience=60) as daemon:
         done = subprocess.run(
             ["bash", "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", script],
             cwd=workdir,
