@@ -77,7 +77,9 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.logs()}")
             if self._accepting():
-                with self.client(timeout=5) as c:
+                # a slow first answer under load is not a failure: ask again until the deadline
+                left = max(1.0, deadline - time.monotonic())
+                with self.client(timeout=left) as c:
                     if c.get("/readyz").status_code == 200:
                         return
             time.sleep(0.05)
