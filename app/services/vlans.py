@@ -24,7 +24,7 @@ from app.db.repositories import (
     never_created,
 )
 from app.db.session import Session
-from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
+from app.domain.errors import BeingDeleted, Conflict, NameTaken, NotFound
 from app.domain.vlans import (
     VlanBackend,
     VlanBridge,
@@ -103,7 +103,8 @@ class VlanService:
         bridge = BridgeRepository(self.session).find(ref)
         if bridge is None:
             if TapRepository(self.session).find(ref) is not None:
-                raise InvalidInput(
+                # the name is valid; what it names now is the wrong kind: a state conflict
+                raise Conflict(
                     f"trunk {ref!r} is a tap: a VLAN rides on a bridge (its trunk), and a "
                     "tap joins a VLAN as a port instead"
                 )

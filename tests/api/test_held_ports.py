@@ -10,6 +10,7 @@ and in error too). Once the foreign bridge goes, netlink wakes a pass that re-cr
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -53,15 +54,22 @@ def until(probe: Callable[[], Any], timeout: float = PROMPT, what: str = "") -> 
         time.sleep(0.02)
 
 
-def replace_with_foreign_bridge(netns: str, name: str, scratch: Path) -> None:
+def replace_with_foreign_bridge(
+    netns: str, name: str, scratch: Path, api: TestClient | None = None
+) -> None:
     """Our bridge deleted and a foreign one of the same name made right after (one `ip
-    -batch`: microseconds apart, the daemon cannot re-create ours in between; should it
-    ever, the batch fails and is tried again)."""
+    -batch`). On an idle machine the supervisor, woken by netlink, can re-create ours between
+    the two commands; with `api` the batch runs while the test holds the database's write
+    lock, which the supervisor takes (its create journal) before it creates a link."""
     batch = scratch / "replace.batch"
     batch.write_text(f"link del {name}\nlink add {name} type bridge\n")
+    lock = (
+        contextlib.nullcontext() if api is None else api.app.state.context.db._write_lock  # type: ignore[attr-defined]
+    )
     for _ in range(5):
         try:
-            ip(netns, "-batch", str(batch))
+            with lock:
+                ip(netns, "-batch", str(batch))
         except subprocess.CalledProcessError:
             time.sleep(0.5)
             continue
@@ -83,7 +91,7 @@ def test_tap_returns_to_its_bridge_as_soon_as_the_bridge_is_back(
     told: list[set[str]] = []
     supervisor.on_ports_held(told.append)
 
-    replace_with_foreign_bridge(netns, "br0", tmp_path)
+    replace_with_foreign_bridge(netns, "br0", tmp_path, api)
     bridge = until(
         lambda: (b := api.get("/v1/bridges/br0").json())["status"] == "error" and b,
         what="br0 in error (its name is held by a foreign link)",
@@ -149,7 +157,7 @@ def test_tap_returns_to_its_vlan_as_soon_as_the_vlan_is_back(
     assert r.status_code == 201 and r.json()["status"] == "active", r.text
     assert links(netns)["tap1"].master == "br0v10"
 
-    replace_with_foreign_bridge(netns, "br0v10", tmp_path)
+    replace_with_foreign_bridge(netns, "br0v10", tmp_path, api)
     vlan = until(
         lambda: (v := api.get("/v1/vlans/ten").json())["status"] == "error" and v,
         what="VLAN ten in error (its bridge's name is held by a foreign link)",

@@ -255,7 +255,8 @@ def test_a_tap_changes_vlan_live_and_null_takes_it_off(
     assert (detached["bridge_id"], detached["vlan_id"]) == (None, None)
     r = vapi.patch(url, json={"bridge": "br2", "vlan": "tenant-a"})
     problem(r, 422, "invalid-input")
-    assert vapi.get(url).json()["generation"] == detached["generation"]  # nothing changed
+    shown = vapi.get(f"/v1/taps/{tap['id']}").json()
+    assert shown["generation"] == detached["generation"]  # nothing changed
 
 
 # ---- in use --------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_the_trunk_must_be_one_of_our_bridges(api: TestClient, settings: Setting
     assert api.post("/v1/taps?wait=10", json={"name": "tap1", "bridge": "br0"}).status_code == 201
     body = problem(api.post("/v1/vlans", json={**GOOD, "trunk": "nosuch"}), 404, "not-found")
     assert "nosuch" in body["detail"]
-    body = problem(api.post("/v1/vlans", json={**GOOD, "trunk": "tap1"}), 422, "invalid-input")
+    body = problem(api.post("/v1/vlans", json={**GOOD, "trunk": "tap1"}), 409, "conflict")
     assert "tap1" in body["detail"] and "is a tap" in body["detail"]
     nothing_stored(api, settings)
 
