@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ import pytest
 
 from tests.e2e.helpers import E2EDaemon, ok, wait_for
 from tests.guest.build import build_guest
+from tests.readme_blocks import blocks_workdir
 
 STOP_BOUND = 5.0  # seconds from SIGTERM to the daemon's exit, whatever clients hold open
 
@@ -82,12 +81,8 @@ def _exit_within(proc: subprocess.Popen[bytes], seconds: float) -> float:
 def workdir() -> Iterator[Path]:
     """A short work dir (QMP socket paths must fit a sockaddr_un) that the unprivileged
     qemu user can enter."""
-    path = Path(tempfile.mkdtemp(prefix="kvt-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
+    with blocks_workdir() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
