@@ -8,6 +8,7 @@ running; a restarted daemon adopts them).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import re
@@ -38,7 +39,7 @@ from app.api.draining import Drain
 from app.api.errors import install_error_handlers
 from app.api.middleware import (
     DOCS_ASSETS,
-    BearerAuthMiddleware,
+    AuthMiddleware,
     BodyLimitMiddleware,
     JsonContentTypeMiddleware,
     RequestIdMiddleware,
@@ -49,9 +50,11 @@ from app.db.migrate import upgrade
 from app.db.repositories import reserve_event_ids
 from app.db.session import Database
 from app.domain.errors import Conflict, Unavailable
+from app.domain.tenancy import Principal
 from app.host.files import FileProblem, read_bounded, remove
 from app.host.inspect import LiveHostInspector
 from app.host.qmp import QmpError
+from app.services.tokens import authenticate
 from app.settings import Settings
 from app.supervisor.loop import Supervisor
 from app.supervisor.networks import NetworkWorker
@@ -223,10 +226,21 @@ def create_app(
     install_openapi(app)
     # added last = outermost: request id, then body limit, then auth
     app.add_middleware(JsonContentTypeMiddleware)
-    app.add_middleware(BearerAuthMiddleware, token=token or secrets.token_urlsafe(32))
+    app.add_middleware(
+        AuthMiddleware,
+        token=token or secrets.token_urlsafe(32),
+        authenticate=lambda secret: _authenticate(db, secret),
+    )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _authenticate(db: Database, secret: bytes) -> Principal | None:
+    """A project token's principal: one indexed read on the event loop (a WAL read never
+    waits for a lock, ~0.2 ms; cheaper than the hop to a worker thread)."""
+    with db.reading() as session:
+        return authenticate(session, secret, dt.datetime.now(dt.UTC))
 
 
 class Nudgers:

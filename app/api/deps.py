@@ -16,6 +16,7 @@ from app.bus import EventBus
 from app.db.session import Database
 from app.domain.cursors import CURSOR_MAX, CURSOR_PATTERN
 from app.domain.networks import HostPrefix
+from app.domain.tenancy import Caller, Principal
 from app.domain.vlans import VlanFacts
 from app.services.ports import HostInspector, Nudger, VmControl
 
@@ -81,6 +82,18 @@ def context(request: Request) -> AppContext:
 
 def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
+
+
+def principal_of(request: Request) -> Principal:
+    """Who the request acts as (app.api.middleware.AuthMiddleware set it). Paths open
+    without a token (health, the API's description) have none: asking there is a bug."""
+    principal: Principal = request.state.principal
+    return principal
+
+
+def caller_of(request: Request) -> Caller:
+    """Who asks and under which request id: what services record and scope by."""
+    return Caller(principal_of(request), request_id_of(request))
 
 
 Wait = Annotated[

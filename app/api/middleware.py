@@ -1,16 +1,18 @@
-"""Pure ASGI middleware: request ids, body size limit, bearer auth for the TCP listener."""
+"""Pure ASGI middleware: request ids, body size limit, who a request acts as (tokens)."""
 
 from __future__ import annotations
 
 import hmac
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
+from app.domain.tenancy import ADMIN_BY_SOCKET, ADMIN_BY_TOKEN_FILE, Principal
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # health, and the API's description: the spec and the docs pages hold no secrets, and a
@@ -156,26 +158,66 @@ def bearer_token(authorization: str | None) -> bytes:
     return token.lstrip(" ").encode("latin-1")
 
 
-class BearerAuthMiddleware:
-    """Every path but health and the API's description (OPEN_PATHS, DOCS_ASSETS) needs the
-    admin token on requests that came in over TCP."""
+def presented_token(scope: Scope) -> bytes:
+    """The token a request carries: `Authorization: Bearer <token>`, else OpenStack's
+    `X-Auth-Token: <token>` (what openstacksdk and the `openstack` CLI send); b"" if none."""
+    given = bearer_token(_header(scope, b"authorization"))
+    if given:
+        return given
+    return (_header(scope, b"x-auth-token") or "").strip(" ").encode("latin-1")
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 section 9.2.1
+
+
+class AuthMiddleware:
+    """Decides who each request acts as (scope state `principal`, app.domain.tenancy):
+    - over TCP every path but health and the API's description (OPEN_PATHS, DOCS_ASSETS)
+      needs a token: the first-start admin token, or a live project token (`authenticate`);
+    - the unix socket needs none (its file mode is its guard: admin), but a token sent
+      over it is honoured, so an admin can act as a project's token there;
+    - a `reader` token may only use safe methods (403 otherwise)."""
+
+    def __init__(
+        self, app: ASGIApp, token: str, authenticate: Callable[[bytes], Principal | None]
+    ) -> None:
         self.app = app
         self.expected = token.encode()
+        self.authenticate = authenticate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope.get("state", {})
-        if scope["type"] == "http" and state.get("via_tcp") and not _is_open(scope["path"]):
-            given = bearer_token(_header(scope, b"authorization"))
-            if not hmac.compare_digest(given, self.expected):
-                await _send_problem(
-                    send,
-                    401,
-                    scope,
-                    extra_headers=[(b"www-authenticate", b'Bearer realm="kvmnetd"')],
-                    detail="send Authorization: Bearer <token>; the admin token is in the "
-                    "daemon's token file",
-                )
-                return
+        if scope["type"] != "http" or _is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        principal = self._principal(scope, state.get("via_tcp", False))
+        if principal is None:
+            await _send_problem(
+                send,
+                401,
+                scope,
+                extra_headers=[(b"www-authenticate", b'Bearer realm="kvmnetd"')],
+                detail="send Authorization: Bearer <token> (or X-Auth-Token: <token>): the "
+                "admin token is in the daemon's token file; project tokens come from "
+                "POST /v1/projects/{id}/tokens. This one is unknown, revoked or expired",
+            )
+            return
+        if not principal.may_write and scope["method"] not in SAFE_METHODS:
+            await _send_problem(
+                send,
+                403,
+                scope,
+                detail=f"this token's role is {principal.role.value!r}: it may only read "
+                "(GET); changes need a member or admin token",
+            )
+            return
+        state["principal"] = principal
         await self.app(scope, receive, send)
+
+    def _principal(self, scope: Scope, via_tcp: bool) -> Principal | None:
+        given = presented_token(scope)
+        if not given:
+            return None if via_tcp else ADMIN_BY_SOCKET
+        if hmac.compare_digest(given, self.expected):
+            return ADMIN_BY_TOKEN_FILE
+        return self.authenticate(given)

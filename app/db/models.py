@@ -30,6 +30,7 @@ from app.domain.links import generate_mac
 from app.domain.names import MTU_MAX, MTU_MIN, STP_FORWARD_DELAY_CS
 from app.domain.networks import LEASE_SECONDS, PORTS
 from app.domain.status import Status
+from app.domain.tenancy import DEFAULT_PROJECT_ID, Role
 from app.domain.vlans import RESOLVED_BACKENDS, VID_MAX, VID_MIN, VlanBackend
 from app.domain.vms import MEMORY_MIB, QUEUES, VCPUS
 
@@ -73,8 +74,12 @@ def _one_of(table: str, column: str, values: list[str]) -> CheckConstraint:
     return _check(table, column, f"{column} IN ({listed})")
 
 
-def _resource_checks(table: str, statuses: list[str] | None) -> list[CheckConstraint]:
-    checks = [
+def _resource_checks(
+    table: str, statuses: list[str] | None
+) -> list[CheckConstraint | UniqueConstraint]:
+    checks: list[CheckConstraint | UniqueConstraint] = [
+        # names are unique within a project (two projects may both have a `web`)
+        UniqueConstraint("project_id", "name", name=f"uq_{table}_project_id_name"),
         *_flags(table, "deleted"),
         _check(table, "generation", "generation >= 1"),
         _check(table, "observed_generation", "observed_generation >= 0"),
@@ -82,7 +87,7 @@ def _resource_checks(table: str, statuses: list[str] | None) -> list[CheckConstr
     return checks + ([_one_of(table, "status", statuses)] if statuses else [])
 
 
-def _link_checks(table: str) -> list[CheckConstraint]:
+def _link_checks(table: str) -> list[CheckConstraint | UniqueConstraint]:
     return [
         *_resource_checks(table, [s.value for s in Status]),
         *_flags(table, "create_intent"),
@@ -140,11 +145,63 @@ class Base(DeclarativeBase):
     }
 
 
+class Project(Base):
+    """A tenant (app.domain.tenancy): its resources, tokens, quotas and VLAN id ranges.
+    `quotas` maps a quota name to its limit (absent: unlimited); `vlan_ranges` holds
+    [first, last] pairs of VLAN ids; `shared_segments` the shared bridges, VLANs and
+    networks (of other projects) its NICs may attach to, as {"resource", "id"} objects."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    quotas: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)
+    vlan_ranges: Mapped[list[list[int]]] = mapped_column(StoredJSON, default=list)
+    shared_segments: Mapped[list[dict[str, str]]] = mapped_column(StoredJSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        _json("projects", "quotas", "object"),
+        _json("projects", "vlan_ranges", "array"),
+        _json("projects", "shared_segments", "array"),
+    )
+
+
+class ApiToken(Base):
+    """A bearer token of one project with one role. Only the secret's SHA-256 is kept
+    (app.domain.tenancy.secret_hash); revoked and expired tokens stay listed."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[str] = mapped_column(String(8))
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        _one_of("api_tokens", "role", [r.value for r in Role]),
+        _check("api_tokens", "secret_hash", f"secret_hash GLOB '{'[0-9a-f]' * 64}'"),
+    )
+
+
 class ResourceColumns:
     """Columns every reconciled resource has."""
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # unique per project: each table's uq_<table>_project_id_name (_resource_checks)
+    name: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), index=True, default=DEFAULT_PROJECT_ID
+    )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -162,6 +219,7 @@ class ResourceColumns:
             "resource": resource,
             "resource_id": self.id,
             "name": self.name,
+            "project_id": self.project_id,
             "status": self.status,
             "status_reason": self.status_reason,
             "generation": self.generation,
@@ -274,6 +332,11 @@ class Operation(Base):
     status: Mapped[str] = mapped_column(String(16), default="running", index=True)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     request_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    # who asked (the audit trail): the resource's project and the token used (None: the
+    # unix socket or the first-start admin token, see `via`)
+    project_id: Mapped[str] = mapped_column(String(36), index=True, default=DEFAULT_PROJECT_ID)
+    token_id: Mapped[str | None] = mapped_column(String(36), index=True, default=None)
+    via: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     # a forced delete: what it detached, removed or stopped ({kind, id, name, action, ...})

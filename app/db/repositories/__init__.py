@@ -79,6 +79,7 @@ from app.db.repositories.segments import (
     tap_port,
     unregister_table,
 )
+from app.db.repositories.tenancy import ApiTokenRepository, ProjectRepository
 from app.db.repositories.trunks import (
     mark_filtering_ours,
     released_port_vlans,
@@ -110,6 +111,7 @@ __all__ = [
     "LINK_MODELS",
     "UUID_LENGTH",
     "WILDCARD",
+    "ApiTokenRepository",
     "BridgeFacts",
     "BridgeRepository",
     "DependentsRepository",
@@ -127,6 +129,7 @@ __all__ = [
     "OperationRepository",
     "Port",
     "PortForwardRepository",
+    "ProjectRepository",
     "Repository",
     "ResourceRepository",
     "RowState",
