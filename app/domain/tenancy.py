@@ -30,6 +30,20 @@ class Role(enum.StrEnum):
     READER = "reader"
 
 
+class Quota(enum.StrEnum):
+    """What a project's quotas limit (Neutron /v2.0/quotas and Incus limits.* words);
+    a quota absent from a project's `quotas` is unlimited."""
+
+    VMS = "vms"
+    VCPUS = "vcpus"  # summed over the project's VMs
+    MEMORY_MIB = "memory_mib"  # MiB, summed over the project's VMs
+    TAPS = "taps"
+    BRIDGES = "bridges"
+    VLANS = "vlans"
+    NETWORKS = "networks"
+    PORT_FORWARDS = "port_forwards"
+
+
 class Via(enum.StrEnum):
     """How the request proved who it is."""
 
