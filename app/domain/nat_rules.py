@@ -10,20 +10,47 @@ The table `inet kvmnetd` holds three NAT base chains:
 Rendering is deterministic, so the supervisor can compare what it would load with what it
 loaded last, and loading replaces the whole table (delete and re-add in one transaction).
 Established connections keep their NAT bindings in conntrack across such a reload.
+
+Projects are isolated from each other through the host (issue 11): the host routes between
+the gateways of all managed networks, so without a filter a guest of project A on one
+network reaches a guest of project B on another. With networks of two or more projects the
+table also holds
+- set `managed` (every managed subnet) and one set `project_<id>` per project (its subnets);
+- verdict map `networks`: a source subnet -> `jump from_<network id>`, so a packet costs one
+  map lookup however many networks and projects there are (no rule per pair);
+- per network, regular chain `from_<network id>`: `ip daddr @project_<its project> return`
+  (its project's networks still route to each other), then `ip daddr @managed counter drop`
+  (another project's network: its guests, its broadcast, its gateway);
+- filter base chains `forward` (`ct status dnat accept` first: a port forward is published on
+  purpose, so a guest of another project may use it through any host address; prerouting's
+  dnat already put the target guest's address in daddr, and replies carry the same conntrack
+  status; then `ip saddr vmap @networks`) and `input` (`ip saddr vmap @networks`: a guest
+  reaches the gateways (DHCP, DNS) of its own project's networks on the host, never another
+  project's; host addresses outside the managed subnets are not judged here).
+Replies need no rule of their own: a reply is forwarded too, and is dropped by the same
+rules. Traffic to and from the outside (SNAT) never matches: only managed subnets are in
+`managed`. With a single project nothing is rendered for it (there is nothing to isolate).
+The drop counter of a network: `nft list chain inet kvmnetd from_<network id>`.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.domain.tenancy import DEFAULT_PROJECT_ID
+
 TABLE = "kvmnetd"
 FAMILY = "inet"
 DSTNAT = -100
 SRCNAT = 100
+FILTER = 0
+MANAGED = "managed"  # set: every managed subnet
+SOURCES = "networks"  # verdict map: a managed subnet -> jump to its network's chain
 NOT_FORWARDED = ("224.0.0.0/4", "255.255.255.255/32")  # multicast and broadcast stay local
 
 Json = dict[str, Any]
@@ -36,6 +63,7 @@ class NatNetwork:
     nat: bool
     out_interface: str | None = None
     snat_address: str | None = None
+    project_id: str = DEFAULT_PROJECT_ID
 
 
 @dataclass(frozen=True)
@@ -53,12 +81,12 @@ def _table() -> Json:
     return {"family": FAMILY, "name": TABLE}
 
 
-def _chain(name: str, hook: str, priority: int) -> Json:
+def _chain(name: str, hook: str, priority: int, kind: str = "nat") -> Json:
     return {
         "chain": {
             **_table_ref(),
             "name": name,
-            "type": "nat",
+            "type": kind,
             "hook": hook,
             "prio": priority,
             "policy": "accept",
@@ -136,6 +164,63 @@ def _snat_rule(network: NatNetwork) -> Json:
     return _rule("postrouting", f"nat {network.id}", expr)
 
 
+def _ident(value: str) -> str:
+    """An id as part of an nft name (ids are UUIDs: their dashes become underscores)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", value)
+
+
+def project_set(project_id: str) -> str:
+    return f"project_{_ident(project_id)}"
+
+
+def network_chain(network_id: str) -> str:
+    """The chain that judges what a network's guests send to other managed networks (its
+    rule `isolate <network id>` counts the drops)."""
+    return f"from_{_ident(network_id)}"
+
+
+def isolated(networks: Sequence[NatNetwork]) -> bool:
+    """Whether the networks span two or more projects (else there is nothing to isolate)."""
+    return len({n.project_id for n in networks}) > 1
+
+
+def _subnet_set(name: str, subnets: Sequence[str]) -> Json:
+    body = {**_table_ref(), "name": name, "type": "ipv4_addr", "flags": ["interval"]}
+    return {"add": {"set": {**body, "elem": [_prefix(s) for s in subnets]}}}
+
+
+def _isolation(ordered: Sequence[NatNetwork]) -> list[Json]:
+    """Sets, map, chains and rules that keep projects apart (see the module docstring);
+    `ordered` is sorted by id."""
+    projects = sorted({n.project_id for n in ordered})
+    commands: list[Json] = [
+        {"add": _chain("forward", "forward", FILTER, "filter")},
+        {"add": _chain("input", "input", FILTER, "filter")},
+    ]
+    commands += [
+        {"add": {"chain": {**_table_ref(), "name": network_chain(n.id)}}} for n in ordered
+    ]
+    commands.append(_subnet_set(MANAGED, [n.subnet for n in ordered]))
+    for project in projects:
+        subnets = [n.subnet for n in ordered if n.project_id == project]
+        commands.append(_subnet_set(project_set(project), subnets))
+    jumps = [[_prefix(n.subnet), {"jump": {"target": network_chain(n.id)}}] for n in ordered]
+    source_map = {**_table_ref(), "name": SOURCES, "type": "ipv4_addr", "map": "verdict"}
+    commands.append({"add": {"map": {**source_map, "flags": ["interval"], "elem": jumps}}})
+    for network in ordered:
+        chain = network_chain(network.id)
+        same = _match(_ip("daddr"), f"@{project_set(network.project_id)}")
+        commands.append(_rule(chain, f"same project {network.id}", [same, {"return": None}]))
+        other = [_match(_ip("daddr"), f"@{MANAGED}"), {"counter": None}, {"drop": None}]
+        commands.append(_rule(chain, f"isolate {network.id}", other))
+    published = _match({"ct": {"key": "status"}}, "dnat", "in")
+    commands.append(_rule("forward", "published forwards", [published, {"accept": None}]))
+    by_source = {"vmap": {"key": _ip("saddr"), "data": f"@{SOURCES}"}}
+    commands.append(_rule("forward", "projects", [by_source]))
+    commands.append(_rule("input", "projects", [by_source]))
+    return commands
+
+
 def render(networks: Sequence[NatNetwork], forwards: Sequence[Forward]) -> list[Json]:
     """The nft JSON commands that replace our table with exactly these rules; an empty list
     when there is nothing to hold (see `removal`)."""
@@ -155,6 +240,8 @@ def render(networks: Sequence[NatNetwork], forwards: Sequence[Forward]) -> list[
     ordered = sorted(networks, key=lambda n: n.id)
     commands.extend(_hairpin_rule(n) for n in ordered)
     commands.extend(_snat_rule(n) for n in ordered if n.nat)
+    if isolated(ordered):
+        commands.extend(_isolation(ordered))
     return commands
 
 
@@ -167,6 +254,12 @@ def rule_comments(networks: Sequence[NatNetwork], forwards: Sequence[Forward]) -
         comments[f"hairpin {network.id}"] += 1
         if network.nat:
             comments[f"nat {network.id}"] += 1
+    if isolated(networks):
+        comments["published forwards"] += 1
+        comments["projects"] += 2  # forward and input
+        for network in networks:
+            comments[f"same project {network.id}"] += 1
+            comments[f"isolate {network.id}"] += 1
     return comments
 
 
@@ -180,12 +273,22 @@ def removal() -> list[Json]:
 
 
 def canonical(listing: Sequence[Json]) -> list[Json]:
-    """`nft -j list table` output without what changes on every load (handles, metainfo),
-    to compare the live table with the one we loaded last."""
+    """`nft -j list table` output without what changes on every load or packet (handles,
+    metainfo, counter values), to compare the live table with the one we loaded last."""
     result = []
     for item in listing:
         if "metainfo" in item:
             continue
         ((kind, body),) = item.items()
-        result.append({kind: {k: v for k, v in body.items() if k != "handle"}})
+        kept = {k: v for k, v in body.items() if k != "handle"}
+        if kind == "rule" and isinstance(kept.get("expr"), list):
+            kept["expr"] = [_uncounted(e) for e in kept["expr"]]
+        result.append({kind: kept})
     return result
+
+
+def _uncounted(expression: Any) -> Any:
+    """A rule's counter without its values: counting packets is no drift."""
+    if isinstance(expression, dict) and "counter" in expression:
+        return {"counter": None}
+    return expression

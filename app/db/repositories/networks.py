@@ -240,7 +240,9 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         NicAddress(nic_id, name, pos, mac, ipv4 or "", observed, reason)
         for name, mac, ipv4, pos, nic_id, observed, reason in nics
     )
-    nat = NatNetwork(row.id, row.subnet, row.nat, row.nat_interface, row.snat_address)
+    nat = NatNetwork(
+        row.id, row.subnet, row.nat, row.nat_interface, row.snat_address, row.project_id
+    )
     return NetworkState(
         _row_state(row),
         link_name,
