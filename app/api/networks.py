@@ -15,6 +15,7 @@ from app.api.waiting import settle_response
 from app.db.models import Network, Operation
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.networks import (
+    IsolationOut,
     Lease,
     NetworkCreate,
     NetworkPage,
@@ -87,9 +88,12 @@ async def list_networks(request: Request, limit: Limit = 100, cursor: Cursor = N
 
 @router.get("/{network_id}", operation_id="get_network", response_model=NetworkOut)
 async def get_network(network_id: str, request: Request) -> NetworkOut:
-    return await context(request).read(
-        lambda s: _network_view(s, NetworkService(s).get(network_id))
-    )
+    ctx = context(request)
+    view = await ctx.read(lambda s: _network_view(s, NetworkService(s).get(network_id)))
+    drops = await ctx.host(ctx.inspector.isolation_drops, view.id)
+    if drops is not None:
+        view.isolation = IsolationOut(dropped_packets=drops[0], dropped_bytes=drops[1])
+    return view
 
 
 @router.patch(

@@ -197,9 +197,7 @@ def _isolation(ordered: Sequence[NatNetwork]) -> list[Json]:
         {"add": _chain("forward", "forward", FILTER, "filter")},
         {"add": _chain("input", "input", FILTER, "filter")},
     ]
-    commands += [
-        {"add": {"chain": {**_table_ref(), "name": network_chain(n.id)}}} for n in ordered
-    ]
+    commands += [{"add": {"chain": {**_table_ref(), "name": network_chain(n.id)}}} for n in ordered]
     commands.append(_subnet_set(MANAGED, [n.subnet for n in ordered]))
     for project in projects:
         subnets = [n.subnet for n in ordered if n.project_id == project]
@@ -261,6 +259,20 @@ def rule_comments(networks: Sequence[NatNetwork], forwards: Sequence[Forward]) -
             comments[f"same project {network.id}"] += 1
             comments[f"isolate {network.id}"] += 1
     return comments
+
+
+def drop_counter(listing: Sequence[Json], network_id: str) -> tuple[int, int] | None:
+    """(packets, bytes) of the network's `isolate` rule in a listing of its chain (`nft -j
+    list chain`); None when the listing holds no such rule."""
+    for item in listing:
+        rule = item.get("rule")
+        if not isinstance(rule, dict) or rule.get("comment") != f"isolate {network_id}":
+            continue
+        for expression in rule.get("expr", []):
+            counter = expression.get("counter") if isinstance(expression, dict) else None
+            if isinstance(counter, dict):
+                return int(counter.get("packets", 0)), int(counter.get("bytes", 0))
+    return None
 
 
 def live_comments(listing: Sequence[Json]) -> Counter[str]:

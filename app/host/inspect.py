@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
+from app.domain import nat_rules
 from app.domain.errors import Unavailable
 from app.domain.links import LinkKind, parse_mark
 from app.domain.path_probe import ProbeTarget
 from app.domain.uplinks import attach_steps, dhcp_refusal
-from app.host import rtnl, uplink
+from app.host import nft, rtnl, uplink
 from app.host.addresses import AddressReadError, HostPrefix, check_subnet_clashes, host_prefixes
 from app.host.capabilities import ProbeCancelled, ProbeRunner, probe_capabilities
 from app.host.diagnostics import check_paths, conf_file_under, diagnose
@@ -364,6 +365,21 @@ class LiveHostInspector:
             }
 
         return self._on_inspector_thread(plan)
+
+    def isolation_drops(self, network_id: str) -> tuple[int, int] | None:
+        """(packets, bytes) the host dropped because the network's guests sent them to
+        another project's managed network (app.domain.nat_rules); None when nothing of the
+        network is isolated (one project only), or the counter cannot be read (logged)."""
+
+        def read() -> tuple[int, int] | None:
+            try:
+                listing = nft.list_chain(nat_rules.network_chain(network_id))
+            except nft.NftError as exc:
+                log.warning("the isolation counter of network %s: %s", network_id, exc)
+                return None
+            return nat_rules.drop_counter(listing or [], network_id)
+
+        return self._on_inspector_thread(read)
 
     def network_log(self, network_id: str, lines: int) -> str:
         """The last lines a managed network's dnsmasq printed."""

@@ -147,6 +147,16 @@ class DhcpOut(BaseModel):
     lease_time: int
 
 
+class IsolationOut(BaseModel):
+    """What the host dropped because this network's guests sent it to another project's
+    managed network (its guests, broadcast or gateway): the counter of the rule `isolate
+    <network id>` in chain `from_<network id>` of nftables table `inet kvmnetd`. It counts
+    from the last load of that table (any change of the managed networks or forwards)."""
+
+    dropped_packets: int = Field(ge=0, description="Packets dropped")
+    dropped_bytes: int = Field(ge=0, description="Their size in bytes (IP header included)")
+
+
 class Network(ResourceState):
     """A managed network (`status`: pending, active, error, deleting)."""
 
@@ -163,6 +173,12 @@ class Network(ResourceState):
     domain: str | None
     dnsmasq_pid: int | None
     restarts: int = Field(description="How often dnsmasq was restarted after it died")
+    isolation: IsolationOut | None = Field(
+        None,
+        description="Traffic to other projects' networks that the host dropped, read live "
+        "from nftables by GET /v1/networks/{id} only; null in lists and other answers, and "
+        "when the host holds networks of one project only (nothing is isolated then)",
+    )
 
 
 NetworkPage = Page[Network]

@@ -50,6 +50,10 @@ class HostInspector(Protocol):
 
     def network_log(self, network_id: str, lines: int) -> str: ...
 
+    def isolation_drops(self, network_id: str) -> tuple[int, int] | None:
+        """(packets, bytes) of the network's project isolation drops; None: not isolated."""
+        ...
+
     def uplink_view(self, interface: str, permanent_mac: str | None) -> dict[str, Any]: ...
 
     def uplink_plan(

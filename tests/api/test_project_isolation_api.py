@@ -116,6 +116,7 @@ def test_two_projects_guests_reach_their_own_project_and_published_forwards_only
         json={"network": "b1", "vm": "web", "port": 8080, "target_port": 80},
     )
     assert r.status_code == 201, r.text
+    assert api.get(f"/v1/networks/{a1['id']}").json()["isolation"] is None  # one project
     move_to(api, alpha, a1, a2)
     move_to(api, beta, b1)
     worker = api.app.state.network_worker  # type: ignore[attr-defined]
@@ -155,6 +156,11 @@ def test_two_projects_guests_reach_their_own_project_and_published_forwards_only
         assert dropped(netns, a1["id"]) >= 3  # pings to beta's guest and gateway, SYNs
         assert dropped(netns, b1["id"]) >= 4
         assert dropped(netns, a2["id"]) == 0
+        shown = api.get(f"/v1/networks/{b1['id']}").json()["isolation"]
+        assert shown["dropped_packets"] == dropped(netns, b1["id"]) and shown["dropped_bytes"]
+        shown = api.get(f"/v1/networks/{a2['id']}").json()["isolation"]
+        assert shown == {"dropped_packets": 0, "dropped_bytes": 0}
+        assert api.get("/v1/networks").json()["items"][0]["isolation"] is None  # GET only
 
         # full passes find no drift in what a counter counted: the table stays loaded (a
         # reload would reset the counters)

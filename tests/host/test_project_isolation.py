@@ -60,13 +60,17 @@ def test_two_projects_rules_load_and_read_back(netns: str) -> None:
     for network in NETWORKS:
         chain = network_chain(network.id)
         assert chain_rules(items, chain) == [f"same project {network.id}", f"isolate {network.id}"]
-        drop = next(i["rule"] for i in items if i.get("rule", {}).get("comment", "").startswith(
-            f"isolate {network.id}"
-        ))
+        drop = next(
+            i["rule"]
+            for i in items
+            if i.get("rule", {}).get("comment", "").startswith(f"isolate {network.id}")
+        )
         assert {"counter": {"packets": 0, "bytes": 0}} in drop["expr"]
-        returns = next(i["rule"] for i in items if i.get("rule", {}).get("comment") == (
-            f"same project {network.id}"
-        ))
+        returns = next(
+            i["rule"]
+            for i in items
+            if i.get("rule", {}).get("comment") == (f"same project {network.id}")
+        )
         assert returns["expr"][0]["match"]["right"] == f"@{project_set(network.project_id)}"
 
     # loading the same rendering again replaces the table: the same rules, none twice

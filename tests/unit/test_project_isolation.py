@@ -11,6 +11,7 @@ from app.domain.nat_rules import (
     Forward,
     NatNetwork,
     canonical,
+    drop_counter,
     network_chain,
     project_set,
     render,
@@ -65,8 +66,7 @@ def test_two_projects_get_sets_a_verdict_map_and_a_chain_per_network() -> None:
     (source_map,) = added(commands, "map").values()
     assert (source_map["name"], source_map["map"]) == ("networks", "verdict")
     assert source_map["elem"] == [
-        [prefix(f"10.0.{i}.0/24"), {"jump": {"target": network_chain(f"n{i}")}}]
-        for i in (1, 2, 3)
+        [prefix(f"10.0.{i}.0/24"), {"jump": {"target": network_chain(f"n{i}")}}] for i in (1, 2, 3)
     ]
     chains = added(commands, "chain")
     assert {k: (v.get("type"), v.get("hook"), v.get("prio")) for k, v in chains.items()} == {
@@ -137,3 +137,16 @@ def test_counter_values_are_no_drift() -> None:
     assert canonical(listing(0)) == [
         {"rule": {"chain": "from_n1", "expr": [{"counter": None}, {"drop": None}]}}
     ]
+
+
+def test_the_drop_counter_is_read_from_the_networks_isolate_rule() -> None:
+    counter = {"counter": {"packets": 3, "bytes": 252}}
+    listing = [
+        {"metainfo": {"json_schema_version": 1}},
+        {"chain": {"name": "from_n1"}},
+        {"rule": {"comment": "same project n1", "expr": [{"return": None}]}},
+        {"rule": {"comment": "isolate n1", "expr": [{"match": {}}, counter, {"drop": None}]}},
+    ]
+    assert drop_counter(listing, "n1") == (3, 252)
+    assert drop_counter(listing, "n2") is None
+    assert drop_counter([], "n1") is None
