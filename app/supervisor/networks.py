@@ -5,7 +5,9 @@ Each pass loads every network and port forward, then
    the host may rely on it);
 2. loads our nftables table in one transaction when the rendering changed, or when a full
    pass finds the live table differs from what we loaded (drift; also rules of ours that
-   the database no longer wants); with no network left, the table goes;
+   the database no longer wants); with no network left, the table goes. With networks of two
+   or more projects the table also keeps the projects apart (app.domain.nat_rules; the rows
+   carry their project_id);
 3. keeps one dnsmasq per network: files written, static-lease changes by SIGHUP, other
    changes by a restart (leases survive in the lease file), restarted with backoff when it
    dies, adopted after a daemon restart, and stopped for deleted and orphaned networks;
