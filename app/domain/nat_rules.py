@@ -192,15 +192,16 @@ def _subnet_set(name: str, subnets: Sequence[str]) -> Json:
 def _isolation(ordered: Sequence[NatNetwork]) -> list[Json]:
     """Sets, map, chains and rules that keep projects apart (see the module docstring);
     `ordered` is sorted by id."""
-    projects = sorted({n.project_id for n in ordered})
+    by_project: dict[str, list[str]] = {}
+    for network in ordered:
+        by_project.setdefault(network.project_id, []).append(network.subnet)
     commands: list[Json] = [
         {"add": _chain("forward", "forward", FILTER, "filter")},
         {"add": _chain("input", "input", FILTER, "filter")},
     ]
     commands += [{"add": {"chain": {**_table_ref(), "name": network_chain(n.id)}}} for n in ordered]
     commands.append(_subnet_set(MANAGED, [n.subnet for n in ordered]))
-    for project in projects:
-        subnets = [n.subnet for n in ordered if n.project_id == project]
+    for project, subnets in sorted(by_project.items()):
         commands.append(_subnet_set(project_set(project), subnets))
     jumps = [[_prefix(n.subnet), {"jump": {"target": network_chain(n.id)}}] for n in ordered]
     source_map = {**_table_ref(), "name": SOURCES, "type": "ipv4_addr", "map": "verdict"}

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
-from app.domain import nat_rules
 from app.domain.errors import Unavailable
 from app.domain.links import LinkKind, parse_mark
+from app.domain.nat_rules import drop_counter, network_chain
 from app.domain.path_probe import ProbeTarget
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import nft, rtnl, uplink
@@ -373,11 +373,11 @@ class LiveHostInspector:
 
         def read() -> tuple[int, int] | None:
             try:
-                listing = nft.list_chain(nat_rules.network_chain(network_id))
+                listing = nft.list_chain(network_chain(network_id))
             except nft.NftError as exc:
                 log.warning("the isolation counter of network %s: %s", network_id, exc)
                 return None
-            return nat_rules.drop_counter(listing or [], network_id)
+            return drop_counter(listing or [], network_id)
 
         return self._on_inspector_thread(read)
 

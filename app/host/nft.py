@@ -50,10 +50,9 @@ def load(commands: Sequence[dict[str, Any]]) -> None:
     _run([NFT, "-j", "-f", "-"], json.dumps({"nftables": list(commands)}).encode())
 
 
-def list_chain(name: str) -> list[dict[str, Any]] | None:
-    """One chain of our table as nft JSON objects (its rules with their counters), or None
-    when the table or the chain does not exist; far cheaper than the whole table."""
-    argv = [NFT, "-j", "list", "chain", FAMILY, TABLE, name]
+def list_table() -> list[dict[str, Any]] | None:
+    """Our table as nft JSON objects, or None when it does not exist."""
+    argv = [NFT, "-j", "list", "table", FAMILY, TABLE]
     try:
         output = _run(argv)
     except NftError as exc:
@@ -67,9 +66,10 @@ def list_chain(name: str) -> list[dict[str, Any]] | None:
     return listing
 
 
-def list_table() -> list[dict[str, Any]] | None:
-    """Our table as nft JSON objects, or None when it does not exist."""
-    argv = [NFT, "-j", "list", "table", FAMILY, TABLE]
+def list_chain(name: str) -> list[dict[str, Any]] | None:
+    """One chain of our table as nft JSON objects (its rules with their counters), or None
+    when the table or the chain does not exist; far cheaper than the whole table."""
+    argv = [NFT, "-j", "list", "chain", FAMILY, TABLE, name]
     try:
         output = _run(argv)
     except NftError as exc:

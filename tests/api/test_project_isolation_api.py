@@ -170,6 +170,16 @@ def test_two_projects_guests_reach_their_own_project_and_published_forwards_only
         full_pass(worker)
         assert dropped(netns, a1["id"]) == counted + 1
 
+        # chains of ours flushed by hand are drift: the next full pass loads the table again
+        # (both: the echo request leaves through a1's chain, its reply through b1's)
+        for flushed in (a1, b1):
+            chain = network_chain(flushed["id"])
+            in_netns(netns, "nft", "flush", "chain", "inet", "kvmnetd", chain)
+        assert pings(a, "10.61.2.2"), "the flush opened the way: the rules were what held it"
+        full_pass(worker)
+        assert not pings(a, "10.61.2.2", attempts=2), "the flushed chain was not restored"
+        assert dropped(netns, a1["id"]) == 2  # counting anew since the reload
+
 
 def full_pass(worker: Any) -> None:
     passes = worker.passes
