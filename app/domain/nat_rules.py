@@ -26,10 +26,16 @@ table also holds
   dnat already put the target guest's address in daddr, and replies carry the same conntrack
   status; then `ip saddr vmap @networks`) and `input` (`ip saddr vmap @networks`: a guest
   reaches the gateways (DHCP, DNS) of its own project's networks on the host, never another
-  project's; host addresses outside the managed subnets are not judged here).
+  project's; host addresses outside the managed subnets are not judged here). Its own
+  project's other gateways are allowed rather than only its own network's: the host routes
+  to those networks' guests anyway, so they reveal nothing more, and one rule (the project's
+  set) serves both hooks.
 Replies need no rule of their own: a reply is forwarded too, and is dropped by the same
 rules. Traffic to and from the outside (SNAT) never matches: only managed subnets are in
 `managed`. With a single project nothing is rendered for it (there is nothing to isolate).
+`ct status dnat` holds for any dnat on the host (ours are the port forwards; another table's
+dnat, Docker's say, passes too). The interval sets and map need subnets that never overlap:
+app.services.networks refuses an overlap with any network of any project.
 The drop counter of a network: `nft list chain inet kvmnetd from_<network id>`.
 """
 
