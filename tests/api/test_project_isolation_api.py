@@ -152,6 +152,8 @@ def test_two_projects_guests_reach_their_own_project_and_published_forwards_only
         # beta's published forward works through a host address, here alpha's own gateway
         assert fetch(a, "10.61.1.1", 8080) == "published"
         assert fetch(c, "10.61.3.1", 8080) == "published"
+        # even through beta's gateway: prerouting's dnat comes before input would judge it
+        assert fetch(a, "10.61.2.1", 8080) == "published"
 
         assert dropped(netns, a1["id"]) >= 3  # pings to beta's guest and gateway, SYNs
         assert dropped(netns, b1["id"]) >= 4
