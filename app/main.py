@@ -8,7 +8,6 @@ running; a restarted daemon adopts them).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import re

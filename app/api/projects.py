@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.api.deps import Cursor, Limit, context, principal_of
 from app.api.strict import StrictRoute
 from app.db.models import ApiToken, Project
-from app.domain.projects import token_state
+from app.domain.projects import SharedResource, token_state
 from app.domain.tenancy import Quota, Role
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.projects import (
@@ -42,7 +42,8 @@ PROJECT_REF = "The project's id or name (any case)"
 ADMIN_ONLY = "Admin only (403 otherwise; another project is 404)."
 
 
-def _views(session: Session, rows: Sequence[Project], service: ProjectService) -> list[ProjectOut]:
+def _views(rows: Sequence[Project], service: ProjectService) -> list[ProjectOut]:
+    """Shared segments deleted since drop out: only live ones are shown."""
     live = service.shared_names(rows)
     return [
         ProjectOut(
@@ -53,7 +54,9 @@ def _views(session: Session, rows: Sequence[Project], service: ProjectService) -
             vlan_ranges=r.vlan_ranges,
             shared_segments=[
                 SharedSegmentOut(
-                    resource=s["resource"], id=s["id"], name=live[(s["resource"], s["id"])]
+                    resource=SharedResource(s["resource"]),
+                    id=s["id"],
+                    name=live[(s["resource"], s["id"])],
                 )
                 for s in r.shared_segments
                 if (s["resource"], s["id"]) in live
@@ -65,8 +68,8 @@ def _views(session: Session, rows: Sequence[Project], service: ProjectService) -
     ]
 
 
-def _view(session: Session, row: Project, principal_service: ProjectService) -> ProjectOut:
-    return _views(session, [row], principal_service)[0]
+def _view(row: Project, service: ProjectService) -> ProjectOut:
+    return _views([row], service)[0]
 
 
 # ---- projects -------------------------------------------------------------------------------
@@ -85,7 +88,7 @@ async def create_project(body: ProjectCreate, request: Request) -> ProjectOut:
 
     def create(session: Session) -> ProjectOut:
         service = ProjectService(session, principal)
-        return _view(session, service.create(body), service)
+        return _view(service.create(body), service)
 
     return await context(request).mutate(create)
 
@@ -98,7 +101,7 @@ async def list_projects(request: Request, limit: Limit = 100, cursor: Cursor = N
     def page(session: Session) -> ProjectPage:
         service = ProjectService(session, principal)
         rows, next_cursor = service.page(limit, cursor)
-        return ProjectPage(items=_views(session, rows, service), next_cursor=next_cursor)
+        return ProjectPage(items=_views(rows, service), next_cursor=next_cursor)
 
     return await context(request).read(page)
 
@@ -110,7 +113,7 @@ async def get_project(project_id: str, request: Request) -> ProjectOut:
 
     def load(session: Session) -> ProjectOut:
         service = ProjectService(session, principal)
-        return _view(session, service.get(project_id), service)
+        return _view(service.get(project_id), service)
 
     return await context(request).read(load)
 
@@ -126,7 +129,7 @@ async def update_project(project_id: str, body: ProjectUpdate, request: Request)
 
     def update(session: Session) -> ProjectOut:
         service = ProjectService(session, principal)
-        return _view(session, service.update(project_id, body), service)
+        return _view(service.update(project_id, body), service)
 
     return await context(request).mutate(update)
 
@@ -177,7 +180,9 @@ def token_out(row: ApiToken, request: Request) -> TokenOut:
 async def create_token(project_id: str, body: TokenCreate, request: Request) -> TokenCreated:
     ctx, principal = context(request), principal_of(request)
     now = ctx.clock()
-    row, secret = await ctx.mutate(lambda s: TokenService(s, principal, now).create(project_id, body))
+    row, secret = await ctx.mutate(
+        lambda s: TokenService(s, principal, now).create(project_id, body)
+    )
     return TokenCreated(**token_out(row, request).model_dump(), secret=secret)
 
 
@@ -198,7 +203,9 @@ async def list_tokens(
 async def get_token(project_id: str, token_id: str, request: Request) -> TokenOut:
     """One token (never its secret). Admin or a member of the project; a reader is 403."""
     ctx, principal = context(request), principal_of(request)
-    row = await ctx.read(lambda s: TokenService(s, principal, ctx.clock()).get(project_id, token_id))
+    row = await ctx.read(
+        lambda s: TokenService(s, principal, ctx.clock()).get(project_id, token_id)
+    )
     return token_out(row, request)
 
 
@@ -214,9 +221,7 @@ async def get_token(project_id: str, token_id: str, request: Request) -> TokenOu
 async def revoke_token(project_id: str, token_id: str, request: Request) -> TokenOut:
     ctx, principal = context(request), principal_of(request)
     now = ctx.clock()
-    row = await ctx.mutate(
-        lambda s: TokenService(s, principal, now).revoke(project_id, token_id)
-    )
+    row = await ctx.mutate(lambda s: TokenService(s, principal, now).revoke(project_id, token_id))
     return token_out(row, request)
 
 

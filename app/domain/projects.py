@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -102,7 +103,7 @@ def validate_vlan_ranges(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
             raise InvalidInput(f"VLAN range {list(pair)}: first must be <= last")
         pairs.append([first, last])
     pairs.sort()
-    for before, after in zip(pairs, pairs[1:], strict=False):
+    for before, after in itertools.pairwise(pairs):
         if after[0] <= before[1]:
             raise InvalidInput(f"VLAN ranges {before} and {after} overlap")
     return pairs
@@ -132,8 +133,7 @@ def expiry(
         return None
     if expires_at <= now:
         raise InvalidInput(
-            f"expires_at {expires_at.isoformat()} is not in the future (now is "
-            f"{now.isoformat()})"
+            f"expires_at {expires_at.isoformat()} is not in the future (now is {now.isoformat()})"
         )
     if expires_at - now > dt.timedelta(seconds=TOKEN_LIFETIME_MAX_S):
         raise InvalidInput(f"expires_at is more than {TOKEN_LIFETIME_MAX_S} s away (ten years)")

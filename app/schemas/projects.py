@@ -43,7 +43,6 @@ ProjectNameStr = Annotated[
 ]
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX, examples=["team A"]), ONE_LINE]
 
-_LIMIT = {"ge": 0, "le": QUOTA_MAX}
 QUOTA_DOCS = {
     Quota.VMS: "VMs",
     Quota.VCPUS: "vCPUs, summed over the project's VMs",
@@ -59,7 +58,8 @@ QUOTA_DOCS = {
 def _quota(quota: Quota) -> Any:
     return Field(
         None,
-        **_LIMIT,
+        ge=0,
+        le=QUOTA_MAX,
         description=f"{QUOTA_DOCS[quota]}: an integer 0-{QUOTA_MAX}; null or absent: unlimited",
     )
 
@@ -281,7 +281,9 @@ class TokenCreate(RequestModel):
     )
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"role": "member", "description": "ci", "expires_in_s": 86400}]}
+        json_schema_extra={
+            "examples": [{"role": "member", "description": "ci", "expires_in_s": 86400}]
+        }
     )
 
 

@@ -119,6 +119,9 @@ from app.db.repositories.vlans import (
 from app.db.repositories.vms import VmRepository, vm_spec
 
 __all__ = [
+    "LINK_MODELS",
+    "UUID_LENGTH",
+    "WILDCARD",
     "ApiTokenRepository",
     "BridgeFacts",
     "BridgeRepository",
@@ -128,7 +131,6 @@ __all__ = [
     "ForwardState",
     "HeldPorts",
     "HostPortRepository",
-    "LINK_MODELS",
     "LinkNameRepository",
     "LinkSpecs",
     "NetworkRepository",
@@ -144,13 +146,11 @@ __all__ = [
     "RowState",
     "SegmentTable",
     "TapRepository",
-    "UUID_LENGTH",
     "UplinkMove",
     "UplinkRepository",
     "VlanRepository",
     "VlanWork",
     "VmRepository",
-    "WILDCARD",
     "access_port_names",
     "address_holders",
     "bridge_facts",

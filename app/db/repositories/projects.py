@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Select, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -48,7 +48,7 @@ _FOLDS_CASE = frozenset({"vlan", "network"})
 
 
 def _page(
-    session: Session, model: type[P], query: Select[tuple[P]], limit: int, cursor: str | None
+    session: Session, model: type[P], query: Select[P], limit: int, cursor: str | None
 ) -> tuple[Sequence[P], str | None]:
     """Keyset paging in creation order (app.domain.cursors)."""
     query = query.order_by(model.created_at, model.id).limit(limit + 1)
@@ -108,7 +108,7 @@ def find_segments(session: Session, resource: str, ref: str) -> list[Bridge | Vl
     that name (names are unique per project only: several projects may hold one)."""
     model = SEGMENT_MODELS[resource]
     if len(ref) == UUID_LENGTH:
-        found = session.get(model, ref)
+        found = cast("Bridge | Vlan | Network | None", session.get(model, ref))
         if found is not None:
             return [found]
     if resource in _FOLDS_CASE:
