@@ -6,6 +6,7 @@ holds resources."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -369,3 +370,24 @@ def test_a_project_holding_resources_is_not_deleted_and_its_tokens_go_with_it(
     _problem(api.get("/v1/taps", headers=auth(secret)), 401)
     with db.reading() as session:
         assert session.query(ApiToken).filter_by(project_id=acme).count() == 0
+
+
+def test_recording_the_last_use_never_holds_up_the_request(api: TestClient) -> None:
+    """While another writer holds the database's write lock, a token's request is answered
+    at once; its last use is written once the lock is free."""
+    db = _db(api)
+    acme = make_project(db, "acme")
+    created = _token(api, acme, role="reader").json()
+    answers: list[int] = []
+
+    def read() -> None:
+        answers.append(api.get("/v1/taps", headers=auth(created["secret"])).status_code)
+
+    with db._write_lock:  # a long write elsewhere (the supervisor's, another request's)
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=10)
+        assert answers == [200]
+    _wait_last_use(api)
+    path = f"/v1/projects/{acme}/tokens/{created['id']}"
+    assert api.get(path).json()["last_used_at"] is not None
