@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -206,6 +207,9 @@ def test_the_secret_is_shown_once_and_the_database_never_holds_it(api: TestClien
         raw.close()
     assert secret_hash(secret) in dump
     assert secret not in dump and secret.removeprefix("kvmnetd_") not in dump
+    files = list(Path(db.url.removeprefix("sqlite:///")).parent.glob("kvmnetd.db*"))
+    assert files  # the file itself, its WAL and shared memory: the bytes as they are on disk
+    assert all(secret.removeprefix("kvmnetd_").encode() not in f.read_bytes() for f in files)
 
 
 def test_revocation_takes_effect_on_the_very_next_request(api: TestClient) -> None:
