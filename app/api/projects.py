@@ -16,7 +16,13 @@ from sqlalchemy.orm import Session
 from app.api.deps import Cursor, Limit, context, principal_of
 from app.api.strict import StrictRoute
 from app.db.models import ApiToken, Project
-from app.domain.projects import SharedResource, token_state
+from app.domain.projects import (
+    SharedResource,
+    stored_quotas,
+    stored_segments,
+    stored_vlan_ranges,
+    token_state,
+)
 from app.domain.tenancy import Quota, Role
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.projects import (
@@ -50,15 +56,15 @@ def _views(rows: Sequence[Project], service: ProjectService) -> list[ProjectOut]
             id=r.id,
             name=r.name,
             description=r.description,
-            quotas=QuotasOut(**{q.value: r.quotas.get(q.value) for q in Quota}),
-            vlan_ranges=r.vlan_ranges,
+            quotas=QuotasOut(**{q.value: stored_quotas(r.quotas).get(q.value) for q in Quota}),
+            vlan_ranges=stored_vlan_ranges(r.vlan_ranges),
             shared_segments=[
                 SharedSegmentOut(
                     resource=SharedResource(s["resource"]),
                     id=s["id"],
                     name=live[(s["resource"], s["id"])],
                 )
-                for s in r.shared_segments
+                for s in stored_segments(r.shared_segments)
                 if (s["resource"], s["id"]) in live
             ],
             created_at=r.created_at,

@@ -170,3 +170,48 @@ class Forbidden(DomainError):
     kind = "forbidden"
     status = 403
     title = "Not allowed for this token's role"
+
+
+# ---- stored values, read defensively ----------------------------------------------------
+# The database's CHECK constraints keep each column JSON of the right type (object, array);
+# what is inside was decided by the validators above, but a row written by hand or by an
+# older version may hold anything. These read what is usable and skip the rest, so a bad
+# row is still shown, changed (which rewrites it clean) and deleted.
+
+
+def stored_quotas(value: Any) -> dict[str, int]:
+    """The well-formed limits of a stored `quotas` object."""
+    if not isinstance(value, dict):
+        return {}
+    names = {q.value for q in Quota}
+    return {
+        key: limit
+        for key, limit in value.items()
+        if key in names and isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0
+    }
+
+
+def stored_vlan_ranges(value: Any) -> list[list[int]]:
+    """The well-formed [first, last] pairs of a stored `vlan_ranges` array."""
+    if not isinstance(value, list):
+        return []
+    return [
+        [pair[0], pair[1]]
+        for pair in value
+        if isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        and VID_MIN <= pair[0] <= pair[1] <= VID_MAX
+    ]
+
+
+def stored_segments(value: Any) -> list[dict[str, str]]:
+    """The well-formed {"resource", "id"} entries of a stored `shared_segments` array."""
+    if not isinstance(value, list):
+        return []
+    kinds = {r.value for r in SharedResource}
+    return [
+        {"resource": s["resource"], "id": s["id"]}
+        for s in value
+        if isinstance(s, dict) and s.get("resource") in kinds and isinstance(s.get("id"), str)
+    ]

@@ -18,6 +18,7 @@ stores only those), so no delete elsewhere has to know about projects.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,11 +40,23 @@ from app.domain.projects import (
     expiry,
     is_default,
     may_see_project,
+    stored_quotas,
+    stored_segments,
     token_action_refusal,
     validate_quotas,
 )
 from app.domain.tenancy import Principal, Role, new_secret, secret_hash
 from app.schemas.projects import ProjectCreate, ProjectUpdate, SharedSegmentIn, TokenCreate
+
+log = logging.getLogger(__name__)
+
+
+def _who(principal: Principal) -> str:
+    """Who did it, for the log (the audit trail of project and token changes)."""
+    token = f" token {principal.token_id}" if principal.token_id else ""
+    return (
+        f"{principal.role.value} of project {principal.project_id} via {principal.via.value}{token}"
+    )
 
 
 def describe_held(held: Sequence[tuple[str, str, str]], limit: int = 10) -> str:
@@ -77,7 +90,8 @@ class ProjectService:
 
     def shared_names(self, rows: Sequence[Project]) -> dict[tuple[str, str], str]:
         """(resource, id) -> name of the live shared segments of these projects."""
-        return live_segment_names(self.session, [s for r in rows for s in r.shared_segments])
+        wanted = [s for r in rows for s in stored_segments(r.shared_segments)]
+        return live_segment_names(self.session, wanted)
 
     # ---- changing ----------------------------------------------------------------------
 
@@ -95,6 +109,7 @@ class ProjectService:
         )
         self.session.add(row)
         self.session.flush()
+        log.info("project %s (%s) created by %s", row.name, row.id, _who(self.principal))
         return row
 
     def update(self, ref: str, body: ProjectUpdate) -> Project:
@@ -117,10 +132,19 @@ class ProjectService:
             row.shared_segments = self._segments(row.id, sent)
         else:  # drop the ones deleted since (they drop out of the view already)
             live = self.shared_names([row])
-            kept = [s for s in row.shared_segments if (s["resource"], s["id"]) in live]
+            kept = [
+                s for s in stored_segments(row.shared_segments) if (s["resource"], s["id"]) in live
+            ]
             if kept != row.shared_segments:
                 row.shared_segments = kept
         self.session.flush()
+        log.info(
+            "project %s (%s) changed by %s: %s",
+            row.name,
+            row.id,
+            _who(self.principal),
+            ", ".join(sorted(changes)) or "nothing",
+        )
         return row
 
     def delete(self, ref: str) -> None:
@@ -137,12 +161,13 @@ class ProjectService:
             )
         self.session.delete(row)  # its tokens go with it (api_tokens ON DELETE CASCADE)
         self.session.flush()
+        log.info("project %s (%s) deleted by %s", row.name, row.id, _who(self.principal))
 
     @staticmethod
     def _merged_quotas(current: dict[str, Any], sent: dict[str, Any] | None) -> dict[str, int]:
         if sent is None:
             return {}
-        merged = {**current, **sent}
+        merged = {**stored_quotas(current), **sent}
         return validate_quotas(merged)
 
     def _refuse_name_taken(self, name: str, except_id: str | None = None) -> None:
@@ -215,6 +240,13 @@ class TokenService:
         )
         self.session.add(row)
         self.session.flush()
+        log.info(
+            "token %s (%s) of project %s made by %s",
+            row.id,
+            row.role,
+            project.name,
+            _who(self.principal),
+        )
         return row, secret
 
     def page(
@@ -237,6 +269,7 @@ class TokenService:
         if row.revoked_at is None:
             row.revoked_at = self.now
             self.session.flush()
+            log.info("token %s revoked by %s", row.id, _who(self.principal))
         return row
 
 

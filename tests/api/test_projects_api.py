@@ -395,3 +395,23 @@ def test_recording_the_last_use_never_holds_up_the_request(api: TestClient) -> N
     _wait_last_use(api)
     path = f"/v1/projects/{acme}/tokens/{created['id']}"
     assert api.get(path).json()["last_used_at"] is not None
+
+
+def test_a_project_row_written_by_hand_is_still_shown_and_changed(api: TestClient) -> None:
+    """Inside the JSON columns (object, array: the CHECK constraints) anything may have been
+    written by hand; what is usable is shown, a change rewrites the row clean."""
+    make_project(
+        _db(api),
+        "odd",
+        quotas={"vms": "x", "taps": 3, "cpus": 1, "networks": -1},
+        vlan_ranges=[[5, "a"], [10, 20], [30], "x"],
+        shared_segments=[{"resource": "vm", "id": "x"}, "y", {"id": 1}],
+    )
+    r = api.get("/v1/projects/odd")
+    assert r.status_code == 200, r.text
+    assert r.json()["quotas"] == {q: None for q in QUOTAS} | {"taps": 3}
+    assert (r.json()["vlan_ranges"], r.json()["shared_segments"]) == ([[10, 20]], [])
+    r = api.patch("/v1/projects/odd", json={"quotas": {"vms": 1}})
+    assert r.status_code == 200, r.text
+    assert r.json()["quotas"] == {q: None for q in QUOTAS} | {"taps": 3, "vms": 1}
+    assert api.delete("/v1/projects/odd").status_code == 204
