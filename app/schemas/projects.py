@@ -129,7 +129,8 @@ class SharedSegmentIn(RequestModel):
     resource: SharedResource = Field(strict=False, description="bridge, vlan or network")
     id: Ref = Field(
         description="Its id, or its name where only one project has a segment of that name "
-        "(stored as the id). Unknown: 404; being deleted: 409; the project's own: 422",
+        "(stored as the id). Unknown or the project's own: 422; being deleted or a name "
+        "several projects use: 409",
         examples=["br0"],
     )
 

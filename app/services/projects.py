@@ -185,8 +185,8 @@ class ProjectService:
         for entry in sent:
             resource = entry.resource.value
             found = find_segments(self.session, resource, entry.id)
-            if not found:
-                raise NotFound(f"no {resource} {entry.id!r} to share")
+            if not found:  # a field of the body names nothing: 422 (404 is for the path)
+                raise InvalidInput(f"shared_segments: no {resource} {entry.id!r} to share")
             if len(found) > 1:
                 raise Conflict(
                     f"{len(found)} {resource}s of different projects are called {entry.id!r}; "

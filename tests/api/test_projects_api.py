@@ -162,7 +162,7 @@ def test_shared_segments_exist_are_not_the_projects_own_and_drop_out_when_delete
     own_share = {"resource": "bridge", "id": "brown"}
     _problem(api.patch("/v1/projects/acme", json={"shared_segments": [own_share]}), 422, "own")
     missing = {"resource": "vlan", "id": "brshared"}
-    _problem(api.patch("/v1/projects/acme", json={"shared_segments": [missing]}), 404, "no vlan")
+    _problem(api.patch("/v1/projects/acme", json={"shared_segments": [missing]}), 422, "no vlan")
     r = api.post("/v1/projects", json={"name": "beta", "shared_segments": [own_share]})
     assert r.status_code == 201 and r.json()["shared_segments"][0]["name"] == "brown"
 
