@@ -8,7 +8,6 @@ running; a restarted daemon adopts them).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from app.api import (
     networks,
     operations,
     port_forwards,
+    projects,
     taps,
     vlans,
     vms,
@@ -54,7 +54,7 @@ from app.domain.tenancy import Principal
 from app.host.files import FileProblem, read_bounded, remove
 from app.host.inspect import LiveHostInspector
 from app.host.qmp import QmpError
-from app.services.tokens import authenticate
+from app.services.tokens import LastUse, authenticate
 from app.settings import Settings
 from app.supervisor.loop import Supervisor
 from app.supervisor.networks import NetworkWorker
@@ -73,6 +73,7 @@ TAGS = [
     {"name": "events", "description": "Server-sent events for every state change"},
     {"name": "host", "description": "Interfaces, routes and probed capabilities"},
     {"name": "health", "description": "Liveness and readiness"},
+    {"name": "projects", "description": "Projects (tenants), their quotas and bearer tokens"},
 ]
 
 
@@ -151,6 +152,7 @@ def create_app(
     # a bridge or VLAN usable again: the VMs with a NIC there get their taps back on it now
     supervisor.on_ports_held(vm_worker.recheck_taps)
     drain = Drain()
+    last_use = LastUse(db)
     network_worker = NetworkWorker(
         db,
         bus,
@@ -177,6 +179,7 @@ def create_app(
             network_worker.stop()  # dnsmasq keeps serving; a restarted daemon adopts it
             vm_worker.stop()  # the VMs keep running; a restarted daemon re-adopts them
             supervisor.stop()
+            last_use.close()  # the token uses seen so far are written
             db.dispose()
 
     # /docs and /redoc load their scripts and styles from the daemon (fastapi-offline's
@@ -205,6 +208,7 @@ def create_app(
         drain=drain,
     )
     app.state.drain = drain
+    app.state.last_use = last_use
     app.state.inspector = inspector
     app.state.supervisor = supervisor
     app.state.vm_worker = vm_worker
@@ -220,6 +224,7 @@ def create_app(
         events,
         host,
         health,
+        projects,
     ):
         app.include_router(router.router)
     install_error_handlers(app)
@@ -229,18 +234,23 @@ def create_app(
     app.add_middleware(
         AuthMiddleware,
         token=token or secrets.token_urlsafe(32),
-        authenticate=lambda secret: _authenticate(db, secret),
+        authenticate=lambda secret: _authenticate(app.state.context, secret, last_use),
     )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
 
 
-def _authenticate(db: Database, secret: bytes) -> Principal | None:
+def _authenticate(ctx: AppContext, secret: bytes, last_use: LastUse) -> Principal | None:
     """A project token's principal: one indexed read on the event loop (a WAL read never
-    waits for a lock, ~0.2 ms; cheaper than the hop to a worker thread)."""
-    with db.reading() as session:
-        return authenticate(session, secret, dt.datetime.now(dt.UTC))
+    waits for a lock, ~0.2 ms; cheaper than the hop to a worker thread). Its use is
+    recorded after, off the event loop (LastUse)."""
+    now = ctx.clock()
+    with ctx.db.reading() as session:
+        principal = authenticate(session, secret, now)
+    if principal is not None and principal.token_id is not None:
+        last_use.seen(principal.token_id, now)
+    return principal
 
 
 class Nudgers:

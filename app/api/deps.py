@@ -3,6 +3,7 @@ call in one unit of work on a worker thread (SQLite and netlink calls block)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
@@ -34,6 +35,8 @@ class AppContext:
     is_ready: Callable[[], bool]
     vm_control: VmControl
     drain: Drain = field(default_factory=Drain)  # begun when the daemon starts stopping
+    # the time now, timezone-aware UTC: token expiry and state (tests put the clock ahead)
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
     async def read(self, fn: Callable[[Session], T]) -> T:
         """Run a read on the event loop itself: a WAL read never waits for a lock and takes
