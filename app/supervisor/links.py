@@ -401,7 +401,7 @@ class LinkReconciler:
     ) -> dict[str, object] | None:
         """Returns a drift_repaired event when a settled resource had to be fixed."""
         self.backoff.succeeded(row.id)
-        self.faults.succeeded(row.name, f"link {row.name}")
+        self.faults.succeeded(row.ifname, f"link {row.ifname}")  # keyed as action.name
         drift = (
             scope is not Scope.DIRTY
             and row.status == Status.ACTIVE.value
@@ -487,8 +487,10 @@ def _nothing_new(outcome: Outcome, state: ObservedState) -> bool:
 
 
 def _observed(row: Bridge | Tap) -> dict[str, object]:
-    """The row's observed link fields, as events carry them in `data`."""
+    """The row's observed link fields, as events carry them in `data` (`ifname`: the
+    kernel's name of the link, which is not the row's name outside the default project)."""
     return {
+        "ifname": row.ifname,
         "ifindex": row.observed_ifindex,
         "mac": row.observed_mac,
         "mtu": row.observed_mtu,

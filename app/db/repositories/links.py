@@ -81,7 +81,7 @@ def _link_spec(
     common = LinkSpec(
         id=row.id,
         kind=LinkKind.BRIDGE,
-        name=row.name,
+        name=row.ifname,
         mtu=settings["mtu"],
         mac=settings["mac"],
         addresses=addresses,
@@ -136,8 +136,8 @@ def _link_rows(
                 model.id.in_(also_ids or []),
             )
         )
-    if names is not None:
-        query = query.where(model.name.in_(names))
+    if names is not None:  # kernel names
+        query = query.where(model.ifname.in_(names))
     return session.scalars(query).all()
 
 
@@ -186,7 +186,7 @@ class ObservedState:
 def bridge_facts(session: Session, uplinks: dict[str, UplinkMove]) -> dict[str, BridgeFacts]:
     """Every bridge's kernel name and the MTU it keeps (one query), and under each VLAN's
     id the bridge its access ports join (vlan_masters; port_master picks a port's)."""
-    query = select(Bridge.id, Bridge.name, Bridge.mtu)
+    query = select(Bridge.id, Bridge.ifname, Bridge.mtu)
     bridges = {
         bridge_id: BridgeFacts(
             name, bridge_mtu(mtu, uplinks[bridge_id].mtu if bridge_id in uplinks else None)
@@ -300,7 +300,7 @@ def held_ports(session: Session, bridge_ids: Sequence[str], vlan_ids: Sequence[s
         return or_(and_(bridge.in_(bridge_ids), vlan.is_(None)), vlan.in_(vlan_ids))
 
     unsettled = or_(Tap.status != Status.ACTIVE.value, Tap.status_reason.is_not(None))
-    taps = select(Tap.id, Tap.name).where(
+    taps = select(Tap.id, Tap.ifname).where(
         on_masters(Tap.bridge_id, Tap.vlan_id), Tap.deleted.is_(False), unsettled
     )
     vms = (
