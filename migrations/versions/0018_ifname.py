@@ -28,7 +28,7 @@ def upgrade() -> None:
     for table in LINK_TABLES:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("ifname", sa.String(length=15), nullable=True))
-        op.execute(sa.text(f"UPDATE {table} SET ifname = name"))  # noqa: S608 (our constants)
+        op.execute(sa.text(f"UPDATE {table} SET ifname = name"))
         with op.batch_alter_table(table, recreate="always") as batch:
             batch.alter_column("ifname", existing_type=sa.String(length=15), nullable=False)
             batch.create_unique_constraint(f"uq_{table}_ifname", ["ifname"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.db.link_settings import stored_link_settings
 from app.db.models import Bridge, Tap, Vlan, Vm, VmNic
 from app.db.repositories.addresses import network_gateways
-from app.db.repositories.base import LINK_MODELS, R, ResourceRepository
+from app.db.repositories.base import LINK_MODELS, ResourceRepository
 from app.db.repositories.port_vlans import port_master, vlan_masters
 from app.db.repositories.uplinks import (
     UplinkMove,
@@ -25,6 +25,8 @@ from app.db.repositories.uplinks import (
 from app.db.repositories.vlans import load_vlan_work, vlan_link_specs
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.status import Status
+
+L = TypeVar("L", Bridge, Tap)
 
 
 def journal_create_intents(session: Session, ids: Sequence[str]) -> None:
@@ -122,11 +124,11 @@ def _link_spec(
 
 def _link_rows(
     session: Session,
-    model: type[R],
+    model: type[L],
     dirty_only: bool,
     names: list[str] | None,
     also_ids: list[str] | None,
-) -> Sequence[R]:
+) -> Sequence[L]:
     query = select(model)
     if dirty_only:
         query = query.where(
