@@ -47,6 +47,7 @@ class Event:
     observed_generation: int = 0
     time: float = field(default_factory=time.time)
     data: dict[str, Any] | None = None  # the event's own payload (a QMP event's data)
+    project_id: str | None = None  # the resource's project (ResourceColumns.event_fields)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
