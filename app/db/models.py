@@ -245,6 +245,15 @@ class LinkColumns(ResourceColumns):
     observed_mtu: Mapped[int | None] = mapped_column(Integer, default=None)
     observed_oper_state: Mapped[str | None] = mapped_column(String(16), default=None)
 
+    def event_fields(
+        self, resource: str, what: str | None = None, **override: Any
+    ) -> dict[str, Any]:
+        """As every resource's, and `data` names the kernel link: `ifname` (the row's `name`
+        is the user's, which is not the kernel's outside the default project)."""
+        fields = super().event_fields(resource, what, **override)
+        fields["data"] = {"ifname": self.ifname, **(fields.get("data") or {})}
+        return fields
+
 
 class Bridge(LinkColumns, Base):
     """`mac` is the MAC the user pinned (None: none); `generated_mac` is the one made at

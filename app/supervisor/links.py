@@ -487,10 +487,8 @@ def _nothing_new(outcome: Outcome, state: ObservedState) -> bool:
 
 
 def _observed(row: Bridge | Tap) -> dict[str, object]:
-    """The row's observed link fields, as events carry them in `data` (`ifname`: the
-    kernel's name of the link, which is not the row's name outside the default project)."""
+    """The row's observed link fields, as events carry them in `data`."""
     return {
-        "ifname": row.ifname,
         "ifindex": row.observed_ifindex,
         "mac": row.observed_mac,
         "mtu": row.observed_mtu,

@@ -117,6 +117,12 @@ def test_two_projects_each_have_br0_and_tap0_on_the_host(
     ip(netns, "link", "set", "tap0", "nomaster")
     until(lambda: links(netns).get(kt) and links(netns)[kt].master == kb, "acme tap back")
     until(lambda: links(netns)["tap0"].master == "br0", "tap0 back on br0")
+    # the events about acme's tap name its kernel link (the name is the user's)
+    bus = api.app.state.context.bus  # type: ignore[attr-defined]
+    tap_events = [e for e in bus.since(0) if e.resource_id == acme_tap]
+    assert tap_events and all((e.data or {}).get("ifname") == kt for e in tap_events)
+    assert {e.name for e in tap_events} == {"tap0"}
+    assert any(e.type == "tap.drift_repaired" for e in tap_events), [e.type for e in tap_events]
 
     # a managed network on acme's bridge: the gateway goes on the kernel link, and dnsmasq
     # serves that interface
