@@ -1,4 +1,5 @@
-"""Validators for what crosses into the kernel: link names, MACs, interface addresses, MTUs.
+"""Validators for what crosses into the kernel: link names, MACs, interface addresses, MTUs;
+and the kernel name (ifname) of a bridge or tap in its project (link_ifname).
 
 Every validator either returns a normalized value or raises InvalidInput with the reason;
 nothing is ever truncated or silently fixed up.

@@ -124,10 +124,11 @@ def _claim_name(session: Session, name: str, resource: str, resource_id: str) ->
 def _refuse_same_name(
     session: Session, model: type[Bridge] | type[Tap], new: NewLink, name: str
 ) -> None:
-    """Names are unique per project and kind (409 name-taken); outside the default project
-    the kernel name is no longer the name, so the link_names claim no longer says so."""
-    if new.ifname == name:
-        return  # the claim of the kernel name `name` refuses it, naming the holder
+    """Names are unique per project and kind (409 name-taken). In the default project the
+    claim of the kernel name, which is the name, refuses a second one (naming the holder);
+    elsewhere the kernel name is derived from the id, so the name is looked up here."""
+    if new.project_id == DEFAULT_PROJECT_ID:
+        return
     repository = BridgeRepository(session) if model is Bridge else TapRepository(session)
     if repository.named_in_project(new.project_id, name) is not None:
         raise NameTaken(f"this project already has a {new.kind} named {name!r}")

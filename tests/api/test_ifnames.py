@@ -138,6 +138,18 @@ def test_two_projects_each_have_br0_and_tap0_on_the_host(
     )
     assert any(f"interface={kb}\n" in text for text in confs), confs
 
+    # a VM NIC on acme's tap resource: qemu's netdev opens the tap by its kernel name
+    body = {
+        "name": "web",
+        "power_state": "stopped",
+        "boot": {"kernel": "/nonexistent"},
+        "nics": [{"backend": "tap", "tap": acme_tap}],
+    }
+    r = api.post("/v1/vms?wait=10", json=body)
+    assert r.status_code in (200, 201, 202), r.text
+    assert [(n["tap_id"], n["tap_name"]) for n in r.json()["nics"]] == [(acme_tap, kt)]
+    assert api.delete(f"/v1/vms/{r.json()['id']}?wait=10").status_code in (202, 204)
+
     # the full pass's orphan sweep keeps both projects' links
     api.app.state.supervisor.resync()  # type: ignore[attr-defined]
     time.sleep(1.0)
