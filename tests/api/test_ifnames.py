@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from app.db.models import LinkName
 from app.domain.errors import NameTaken
 from app.domain.links import ownership_mark
 from app.domain.links.model import LinkKind
@@ -84,6 +86,15 @@ def test_two_projects_each_have_br0_and_tap0_on_the_host(
     assert kt == "kt" + acme_tap.replace("-", "")[:13] and len(kt) == LINK_NAME_MAX
     assert api.get(f"/v1/bridges/{default_bridge}").json()["ifname"] == "br0"
     assert api.get(f"/v1/taps/{default_tap}").json()["ifname"] == "tap0"
+
+    with db.reading() as session:  # kernel names are claimed across kinds: the ifnames
+        claims = {c.name: c.resource_id for c in session.scalars(select(LinkName))}
+    assert {k: claims.get(k) for k in ("br0", "tap0", kb, kt)} == {
+        "br0": default_bridge,
+        "tap0": default_tap,
+        kb: acme_bridge,
+        kt: acme_tap,
+    }
 
     found = links(netns)
     assert (found["br0"].kind, found["tap0"].kind, found[kb].kind, found[kt].kind) == (
