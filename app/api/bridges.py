@@ -27,7 +27,7 @@ from app.schemas.links import (
     FdbEntry,
 )
 from app.schemas.uplinks import UplinkOut, UplinkPlan, UplinkSet
-from app.services.links import BridgeService
+from app.services.links import BridgeService, NewLink
 from app.services.uplinks import UplinkService
 
 router = APIRouter(
@@ -71,10 +71,13 @@ async def create_bridge(
     body: BridgeCreate, response: Response, request: Request, wait: Wait = None
 ) -> BridgeOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
+    # the kernel name the new bridge will get (its id and project decide it): a link kvmnetd
+    # does not manage may hold that one
+    new = NewLink.plan("bridge", body.name)
+    foreign = await ctx.host(ctx.inspector.foreign_link, new.ifname)
     prefixes = await ctx.prefixes_for(body.addresses)
     row, op = await ctx.mutate(
-        lambda s: BridgeService(s, request_id).create(body, foreign, prefixes)
+        lambda s: BridgeService(s, request_id).create(body, foreign, prefixes, new)
     )
     return await _finish(ctx, response, row, op, wait, 201)
 
@@ -228,10 +231,10 @@ async def set_bridge_uplink(
         bridge = await ctx.read(lambda s: UplinkService(s).check(bridge_id, body))
         take_mac = body.take_mac and not bridge.mac  # a pinned bridge MAC stays
         plan = await ctx.host(
-            ctx.inspector.uplink_plan, body.interface, bridge.name, take_mac, body.dhcp
+            ctx.inspector.uplink_plan, body.interface, bridge.ifname, take_mac, body.dhcp
         )
         response.status_code = 200
-        return uplink_plan_out(plan, body.interface, bridge.name, body.probe_address)
+        return uplink_plan_out(plan, body.interface, bridge.ifname, body.probe_address)
     # a trunk's bridge_per_vlan VLANs get `<interface>.<vid>`: no foreign link may hold it
     names = await ctx.read(lambda s: UplinkService(s).subinterface_names(bridge_id, body.interface))
     foreign = {name: await ctx.host(ctx.inspector.foreign_link, name) for name in names}
@@ -261,7 +264,7 @@ async def delete_bridge_uplink(
     if dry_run:
         bridge, row = await ctx.read(lambda s: UplinkService(s).get(bridge_id))
         response.status_code = 200
-        return uplink_restore_plan_out(row, bridge.name)
+        return uplink_restore_plan_out(row, bridge.ifname)
     row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).delete(bridge_id))
     return await _finish_uplink(ctx, response, row, op, wait, 202)
 

@@ -28,7 +28,7 @@ from app.db.models import (
 )
 from app.domain.nics import present_options
 from app.domain.uplinks import JournalError, NicConfig, describe, restore_steps
-from app.domain.vlans import VlanBackend, kernel_objects, l3_interface_name
+from app.domain.vlans import TrunkNames, VlanBackend, kernel_objects, l3_interface_name
 from app.schemas.host import DiagnosticCheck
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import BridgePort, UplinkSummary
@@ -133,6 +133,7 @@ def _state(row: Bridge | Tap, settings: dict[str, Any], problem: str | None) -> 
         state.update(status="error", status_reason=problem)
     return dict(
         **state,
+        ifname=row.ifname,
         mtu=settings["mtu"],
         mac=settings["mac"],
         addresses=list(settings["addresses"]),
@@ -417,16 +418,17 @@ def _observed_by_object(stored: object) -> dict[tuple[str, str], dict[str, Any]]
     }
 
 
-def vlan_out(row: Vlan, trunk: str | None, uplink: str | None, l3: bool = False) -> VlanOut:
-    """`trunk`: the trunk bridge's name (None once its row is gone); `uplink`: its uplink
-    NIC's name, if it has one; `l3`: whether a managed network is on the VLAN (the host has
-    an address there). The kernel objects are those the backend needs now, each with what
-    the supervisor last observed of it (nothing until it has looked)."""
+def vlan_out(row: Vlan, trunk: TrunkNames | None, l3: bool = False) -> VlanOut:
+    """`trunk`: the trunk bridge's name, kernel name and uplink NIC's name (None once its
+    row is gone); `l3`: whether a managed network is on the VLAN (the host has an address
+    there). The kernel objects are those the backend needs now, named as in the kernel (built
+    on the trunk's ifname), each with what the supervisor last observed of it (nothing until
+    it has looked)."""
     fields: dict[str, Any] = dict(
         **_resource(row),
         vlan_id=row.vlan_id,
         trunk_id=row.trunk_id,
-        trunk=trunk,
+        trunk=trunk.name if trunk is not None else None,
         backend=row.backend,
         requested_backend=row.requested_backend,
         description=row.description,
@@ -435,7 +437,7 @@ def vlan_out(row: Vlan, trunk: str | None, uplink: str | None, l3: bool = False)
     )
     if trunk is not None and row.backend in VlanBackend._value2member_map_:
         backend = VlanBackend(row.backend)
-        fields["l3_interface"] = l3_interface_name(backend, trunk, row.vlan_id)
+        fields["l3_interface"] = l3_interface_name(backend, trunk.ifname, row.vlan_id)
         observed = _observed_by_object(row.observed_objects)
         fields["kernel_objects"] = [
             {
@@ -446,6 +448,6 @@ def vlan_out(row: Vlan, trunk: str | None, uplink: str | None, l3: bool = False)
                 "ifindex": observed.get((o.kind, o.name), {}).get("ifindex"),
                 "observed_state": observed.get((o.kind, o.name), {}).get("state"),
             }
-            for o in kernel_objects(backend, trunk, row.vlan_id, uplink, l3)
+            for o in kernel_objects(backend, trunk.ifname, row.vlan_id, trunk.uplink, l3)
         ]
     return present(VlanOut, fields, row.deleted)

@@ -14,7 +14,7 @@ from app.db.models import Operation, Tap
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Tap as TapOut
 from app.schemas.links import TapAttach, TapCreate, TapPage, TapUpdate
-from app.services.links import TapService
+from app.services.links import NewLink, TapService
 
 router = APIRouter(
     prefix="/v1/taps", tags=["taps"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
@@ -48,11 +48,14 @@ async def create_tap(
     body: TapCreate, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
     ctx, request_id = context(request), request_id_of(request)
-    foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
+    # the kernel name the new tap will get (its id and project decide it): a link kvmnetd
+    # does not manage may hold that one
+    new = NewLink.plan("tap", body.name)
+    foreign = await ctx.host(ctx.inspector.foreign_link, new.ifname)
     prefixes = await ctx.prefixes_for(body.addresses)
     facts = await ctx.vlan_facts_for(body.vlan)
     row, op = await ctx.mutate(
-        lambda s: TapService(s, request_id, facts).create(body, foreign, prefixes)
+        lambda s: TapService(s, request_id, facts).create(body, foreign, prefixes, new)
     )
     return await _finish(ctx, response, row, op, wait, 201)
 

@@ -6,7 +6,8 @@ With vlan_filtering the VLANs' ports are ports of the trunk, and the kernel's ow
 on the VLANs' own bridges (`br0v20`: the uplink's `eth0.20` and the VLAN's taps), which are
 no bridge resources; the trunk's views include those bridges' ports and tables, each row
 naming the bridge it really is in (`via`) and its VLAN, so that one GET on the trunk answers
-"what is on my VLANs" on both backends. A bridge without VLANs shows exactly its own.
+"what is on my VLANs" on both backends. A bridge without VLANs shows exactly its own. The
+kernel is asked by the links' kernel names (`ifname`), and the views name links that way.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ async def ports_of(ctx: AppContext, rows: Sequence[Bridge]) -> dict[str, list[di
     """Bridge id -> its ports as the kernel reports them now, then (`via`, `vlan`) those of
     its bridge_per_vlan VLANs' bridges by VID; one kernel-filtered dump per bridge."""
     vlan_bridges = await _vlan_bridges(ctx, [r.id for r in rows])
-    names = [r.name for r in rows] + [v.bridge for vs in vlan_bridges.values() for v in vs]
+    names = [r.ifname for r in rows] + [v.bridge for vs in vlan_bridges.values() for v in vs]
     ports = await ctx.host(ctx.inspector.ports_of, names)
-    return {r.id: _with_vias(r.name, ports, vlan_bridges.get(r.id, [])) for r in rows}
+    return {r.id: _with_vias(r.ifname, ports, vlan_bridges.get(r.id, [])) for r in rows}
 
 
 def _with_vias(
@@ -51,20 +52,20 @@ async def fdb(ctx: AppContext, row: Bridge) -> list[FdbEntry]:
     """The bridge's MAC table, then those of its VLANs' own bridges (`via`; `vlan`: the
     VID of that bridge, where the kernel reports none)."""
     vlan_bridges = (await _vlan_bridges(ctx, [row.id])).get(row.id, [])
-    tables = await ctx.host(ctx.inspector.fdb_of, [row.name, *(v.bridge for v in vlan_bridges)])
-    return [FdbEntry(**e) for e in _with_vias(row.name, tables, vlan_bridges)]
+    tables = await ctx.host(ctx.inspector.fdb_of, [row.ifname, *(v.bridge for v in vlan_bridges)])
+    return [FdbEntry(**e) for e in _with_vias(row.ifname, tables, vlan_bridges)]
 
 
 async def vlans(ctx: AppContext, row: Bridge) -> BridgeVlans:
     """Per-port VLAN membership: the bridge's own ports while it filters VLANs (`bridge -j
     vlan show`), then every port of its VLANs' own bridges on the VLAN's VID."""
-    live = await ctx.host(ctx.inspector.bridge_vlans, row.name)
+    live = await ctx.host(ctx.inspector.bridge_vlans, row.ifname)
     ports = await _own_port_vlans(ctx, row, live)
     vlan_bridges = (await _vlan_bridges(ctx, [row.id])).get(row.id, [])
     if vlan_bridges:
         ports += await _per_vlan_port_vlans(ctx, row, vlan_bridges)
     return BridgeVlans(
-        bridge=row.name,
+        bridge=row.ifname,
         filtering_available=live["filtering"] is not None,
         vlan_filtering=bool(live["filtering"]),
         default_pvid=live["default_pvid"],

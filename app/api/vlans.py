@@ -31,8 +31,7 @@ def _views(session: Session, rows: list[Vlan]) -> list[VlanOut]:
     trunks, l3 = service.trunks(rows), service.with_network(rows)
     views = []
     for r in rows:
-        trunk, uplink = trunks.get(r.trunk_id, (None, None))
-        views.append(vlan_out(r, trunk, uplink, r.id in l3))
+        views.append(vlan_out(r, trunks.get(r.trunk_id), r.id in l3))
     return views
 
 

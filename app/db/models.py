@@ -90,6 +90,7 @@ def _resource_checks(
 def _link_checks(table: str) -> list[CheckConstraint | UniqueConstraint]:
     return [
         *_resource_checks(table, [s.value for s in Status]),
+        UniqueConstraint("ifname", name=f"uq_{table}_ifname"),
         *_flags(table, "create_intent"),
         _between(table, "mtu", MTU_MIN, MTU_MAX, nullable=True),
         _check(table, "mac", f"mac IS NULL OR mac GLOB '{MAC_GLOB}'"),
@@ -229,8 +230,11 @@ class ResourceColumns:
 
 
 class LinkColumns(ResourceColumns):
-    """Columns of resources that are one kernel link."""
+    """Columns of resources that are one kernel link. `ifname` is the link's name in the
+    kernel (app.domain.names.link_ifname: `name` in the default project, derived from the id
+    in any other), fixed at creation and claimed in link_names; `name` is the user's."""
 
+    ifname: Mapped[str] = mapped_column(String(15))
     mtu: Mapped[int | None] = mapped_column(Integer, default=None)
     mac: Mapped[str | None] = mapped_column(String(17), default=None)
     addresses: Mapped[list[str]] = mapped_column(StoredJSON, default=list)
@@ -240,6 +244,15 @@ class LinkColumns(ResourceColumns):
     observed_mac: Mapped[str | None] = mapped_column(String(17), default=None)
     observed_mtu: Mapped[int | None] = mapped_column(Integer, default=None)
     observed_oper_state: Mapped[str | None] = mapped_column(String(16), default=None)
+
+    def event_fields(
+        self, resource: str, what: str | None = None, **override: Any
+    ) -> dict[str, Any]:
+        """As every resource's, and `data` names the kernel link: `ifname` (the row's `name`
+        is the user's, which is not the kernel's outside the default project)."""
+        fields = super().event_fields(resource, what, **override)
+        fields["data"] = {"ifname": self.ifname, **(fields.get("data") or {})}
+        return fields
 
 
 class Bridge(LinkColumns, Base):

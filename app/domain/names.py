@@ -1,4 +1,5 @@
-"""Validators for what crosses into the kernel: link names, MACs, interface addresses, MTUs.
+"""Validators for what crosses into the kernel: link names, MACs, interface addresses, MTUs;
+and the kernel name (ifname) of a bridge or tap in its project (link_ifname).
 
 Every validator either returns a normalized value or raises InvalidInput with the reason;
 nothing is ever truncated or silently fixed up.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import uuid
 
 from app.domain.errors import InvalidInput
+from app.domain.tenancy import DEFAULT_PROJECT_ID
 
 LINK_NAME_MAX = 15  # IFNAMSIZ - 1
 LINK_NAME_CHARS = "A-Za-z0-9_.-"  # a regex character class body
@@ -64,6 +67,31 @@ def validate_link_name(name: str) -> str:
             "/proc/sys/net/*/conf/all and .../default, or with the directory entries)"
         )
     return name
+
+
+# The kernel name (ifname) of a bridge or tap outside the default project: this prefix, then
+# the first IFNAME_ID_DIGITS hex digits of the resource's id (dashes left out), e.g. bridge
+# 3f2a9c1e-77b0-4d1a-... -> kb3f2a9c1e77b04. 2 + 13 = 15 characters, IFNAMSIZ - 1.
+IFNAME_PREFIXES = {"bridge": "kb", "tap": "kt"}
+IFNAME_ID_DIGITS = LINK_NAME_MAX - 2
+
+
+def link_ifname(kind: str, project_id: str, resource_id: str, name: str) -> str:
+    """The kernel name of a bridge or tap (`kind`) called `name` in project `project_id`.
+
+    In the default project it is `name` itself, so the how-to's `br0` is `br0` on the host
+    (and rows from before projects keep their links). In any other project it is derived
+    from the resource id, never from the user's name: `kb` (bridge) or `kt` (tap) and the
+    id's first 13 hex digits, 15 characters. Names are unique per project, ids everywhere,
+    so two projects' `br0` never meet in the kernel; the name is never truncated. Of the 13
+    digits the 13th is the UUID's version (4), so 48 bits are random: the kernel name is
+    claimed like any other (link_names), and the rare clash is refused, never shared."""
+    if project_id == DEFAULT_PROJECT_ID:
+        return validate_link_name(name)
+    prefix = IFNAME_PREFIXES.get(kind)
+    if prefix is None:
+        raise ValueError(f"no derived kernel names for links of kind {kind!r}")
+    return prefix + uuid.UUID(resource_id).hex[:IFNAME_ID_DIGITS]
 
 
 def validate_vm_name(name: str) -> str:

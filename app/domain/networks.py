@@ -418,8 +418,8 @@ def static_hosts(nics: Iterable[tuple[str, str, str, int]]) -> tuple[StaticHost,
 class AddressHolder:
     """An IPv4 address kvmnetd has given out, for the link-address clash checks: a network's
     gateway or subnet (`kind` "network"), a VM NIC's fixed address ("vm_nic"), or an address
-    of one of our bridges or taps ("bridge", "tap"). `link`: the link it is on; `address`:
-    `a.b.c.d/len` (a network's is its gateway with the subnet's length)."""
+    of one of our bridges or taps ("bridge", "tap"). `link`: the kernel name of the link it
+    is on; `address`: `a.b.c.d/len` (a network's is its gateway with the subnet's length)."""
 
     kind: str
     name: str

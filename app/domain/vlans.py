@@ -28,7 +28,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.domain.errors import Conflict, InvalidInput
 from app.domain.names import LINK_NAME_MAX
@@ -295,6 +295,16 @@ def validate_trunk_nic(
 
 
 # ---- derived kernel names --------------------------------------------------------------------
+
+
+class TrunkNames(NamedTuple):
+    """A trunk bridge as VLAN views and derivations need it: its name (the user's), its
+    kernel name (`ifname`, what every derived name builds on: app.domain.names.link_ifname)
+    and its uplink NIC's name (None without one)."""
+
+    name: str
+    ifname: str
+    uplink: str | None
 
 
 def _derived(prefix: str, parent: str, separator: str, vid: int) -> str:

@@ -29,6 +29,7 @@ class EventOut(BaseModel):
         None,
         description="The event's own payload: for `vm.qmp.<EVENT>`, QEMU's event data "
         '(e.g. SHUTDOWN: {"guest": true, "reason": "guest-shutdown"}); for bridge and tap '
-        "events, the link as netlink reports it (ifindex, mac, mtu in bytes, oper_state); "
+        "events, the link's kernel name (ifname) and, from the supervisor, the link as "
+        "netlink reports it (ifindex, mac, mtu in bytes, oper_state); "
         "`<bridge|tap>.observed` says only that these changed",
     )

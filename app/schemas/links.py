@@ -126,6 +126,14 @@ VIA_VLAN = (
 )
 
 
+IFNAME = (
+    "The kernel's name of this link (read-only, at most 15 characters): the name itself in "
+    "the default project; in any other project derived from the id, `kb` (bridge) or `kt` "
+    "(tap) and the id's first 13 hex digits, so two projects' links of the same name never "
+    "collide on the host"
+)
+
+
 class BridgePort(BaseModel):
     name: str
     ifindex: int
@@ -142,6 +150,7 @@ class UplinkSummary(BaseModel):
 
 
 class Bridge(ResourceState):
+    ifname: str = Field(description=IFNAME, examples=["br0", "kb3f2a9c1e77b04"])
     stp: bool
     forward_delay: float
     mtu: int | None = Field(description=BRIDGE_MTU)
@@ -214,7 +223,7 @@ class BridgeVlans(BaseModel):
     while it filters VLANs, and the ports of its bridge_per_vlan VLANs' own bridges
     (`via`) on either backend."""
 
-    bridge: str
+    bridge: str = Field(description="The bridge's kernel name (its `ifname`)")
     filtering_available: bool = Field(
         description="Whether this host's kernel has bridge VLAN filtering "
         "(CONFIG_BRIDGE_VLAN_FILTERING); without it `reason` says why and `ports` lists only "
@@ -312,6 +321,7 @@ class BridgePage(Page[Bridge]):
 
 
 class Tap(ResourceState):
+    ifname: str = Field(description=IFNAME, examples=["tap1", "kt9d04e5b2c1a84"])
     bridge_id: str | None
     vlan_id: str | None = Field(None, description="The VLAN it is an access port of")
     mtu: int | None

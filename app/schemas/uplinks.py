@@ -66,7 +66,7 @@ class UplinkPlan(BaseModel):
     """A dry run: what would be done, and whether it would be refused."""
 
     interface: str
-    bridge: str
+    bridge: str = Field(description="The bridge's kernel name (its `ifname`), as the steps name it")
     action: Literal["attach", "detach"]
     steps: list[str]
     addresses: list[str]

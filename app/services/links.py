@@ -4,6 +4,7 @@ pending and records an operation, all in the caller's transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Any
 
@@ -33,6 +34,7 @@ from app.domain.errors import (
 from app.domain.links import generate_mac
 from app.domain.names import (
     STP_FORWARD_DELAY_CS,
+    link_ifname,
     validate_bridge_timers,
     validate_link_settings,
 )
@@ -40,11 +42,29 @@ from app.domain.networks import HostPrefix, check_link_address, clash_reason, fo
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
+from app.domain.tenancy import DEFAULT_PROJECT_ID
 from app.domain.vlans import VlanBackend, VlanFacts, vlan_bridge_name
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 from app.services.segments import join_port, live_object
+
+
+@dataclass(frozen=True)
+class NewLink:
+    """A bridge or tap about to be made: its id, its project and so its kernel name
+    (app.domain.names.link_ifname), fixed before the host is asked whether a link kvmnetd
+    does not manage already holds that name."""
+
+    kind: str  # "bridge" or "tap"
+    id: str
+    project_id: str
+    ifname: str
+
+    @classmethod
+    def plan(cls, kind: str, name: str, project_id: str = DEFAULT_PROJECT_ID) -> NewLink:
+        row_id = new_id()
+        return cls(kind, row_id, project_id, link_ifname(kind, project_id, row_id, name))
 
 
 def refuse_foreign(name: str, foreign: dict[str, Any] | None) -> None:
@@ -99,6 +119,19 @@ def _claim_name(session: Session, name: str, resource: str, resource_id: str) ->
     # writers are serialized (Database.unit_of_work), so nothing can claim the name between
     # the read above and this insert; the primary key still guards against any other writer
     names.add(LinkName(name=name, resource=resource, resource_id=resource_id))
+
+
+def _refuse_same_name(
+    session: Session, model: type[Bridge] | type[Tap], new: NewLink, name: str
+) -> None:
+    """Names are unique per project and kind (409 name-taken). In the default project the
+    claim of the kernel name, which is the name, refuses a second one (naming the holder);
+    elsewhere the kernel name is derived from the id, so the name is looked up here."""
+    if new.project_id == DEFAULT_PROJECT_ID:
+        return
+    repository = BridgeRepository(session) if model is Bridge else TapRepository(session)
+    if repository.named_in_project(new.project_id, name) is not None:
+        raise NameTaken(f"this project already has a {new.kind} named {name!r}")
 
 
 def _apply_changes(row: Bridge | Tap, changes: dict[str, Any]) -> bool:
@@ -163,7 +196,7 @@ def check_addresses(
     held = address_holders(session, row.id)
     own = own_addresses(session) if own is None else own
     for address in wanted:
-        check_link_address(row.name, address, held)
+        check_link_address(row.ifname, address, held)  # holders name links by kernel name
         clash = foreign_clash(address.network, host_prefixes, own)
         if clash is not None:
             raise Conflict(
@@ -246,7 +279,7 @@ class BridgeService:
         if claim is None or claim.resource != "vlan" or vlan is None:
             return ""
         trunk = self.bridges.get(vlan.trunk_id)
-        if trunk is None or vlan_bridge_name(trunk.name, vlan.vlan_id) != ref:
+        if trunk is None or vlan_bridge_name(trunk.ifname, vlan.vlan_id) != ref:
             return ""
         return (
             f": {ref} is the own bridge of VLAN {vlan.name!r} (VID {vlan.vlan_id}, backend "
@@ -264,13 +297,20 @@ class BridgeService:
         body: BridgeCreate,
         foreign: dict[str, Any] | None = None,
         host_prefixes: Sequence[HostPrefix] = (),
+        new: NewLink | None = None,
     ) -> tuple[Bridge, Operation]:
-        """`foreign`: a host link of this name that is not ours (refused, 409);
-        `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
-        refuse_taken(self.session, body.name, foreign)
+        """`foreign`: a host link of the new bridge's kernel name that is not ours (refused,
+        409); `host_prefixes`: the host's addresses and connected routes now
+        (check_addresses); `new`: its id, project and kernel name (NewLink.plan: a new id in
+        the default project when not given)."""
+        new = new or NewLink.plan("bridge", body.name)
+        _refuse_same_name(self.session, Bridge, new, body.name)
+        refuse_taken(self.session, new.ifname, foreign)
         row = Bridge(
-            id=new_id(),
+            id=new.id,
+            project_id=new.project_id,
             name=body.name,
+            ifname=new.ifname,
             stp=body.stp,
             forward_delay_cs=_delay_cs(body.stp, body.forward_delay),
             mtu=body.mtu,
@@ -281,7 +321,7 @@ class BridgeService:
         )
         _check_link(row)
         check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
-        _claim_name(self.session, body.name, "bridge", row.id)
+        _claim_name(self.session, new.ifname, "bridge", row.id)
         self.bridges.add(row)
         return row, record_operation(self.session, "create", "bridge", row, self.request_id)
 
@@ -376,13 +416,20 @@ class TapService:
         body: TapCreate,
         foreign: dict[str, Any] | None = None,
         host_prefixes: Sequence[HostPrefix] = (),
+        new: NewLink | None = None,
     ) -> tuple[Tap, Operation]:
-        """`foreign`: a host link of this name that is not ours (refused, 409);
-        `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
-        refuse_taken(self.session, body.name, foreign)
+        """`foreign`: a host link of the new tap's kernel name that is not ours (refused,
+        409); `host_prefixes`: the host's addresses and connected routes now
+        (check_addresses); `new`: its id, project and kernel name (NewLink.plan: a new id in
+        the default project when not given)."""
+        new = new or NewLink.plan("tap", body.name)
+        _refuse_same_name(self.session, Tap, new, body.name)
+        refuse_taken(self.session, new.ifname, foreign)
         row = Tap(
-            id=new_id(),
+            id=new.id,
+            project_id=new.project_id,
             name=body.name,
+            ifname=new.ifname,
             bridge_id=None,
             mtu=body.mtu,
             mac=body.mac,
@@ -396,7 +443,7 @@ class TapService:
         row.bridge_id, row.vlan_id = self._placement(body.bridge, body.vlan)
         self._check_tap(row)
         check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
-        _claim_name(self.session, body.name, "tap", row.id)
+        _claim_name(self.session, new.ifname, "tap", row.id)
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.request_id)
 

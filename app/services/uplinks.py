@@ -56,7 +56,7 @@ class UplinkService:
         return uplinks_of(self.session, bridge_ids)
 
     def all(self) -> list[tuple[str, Uplink]]:
-        """Every uplink with its bridge's name."""
+        """Every uplink with its bridge's kernel name (ifname)."""
         return UplinkRepository(self.session).with_bridge_names()
 
     def check(self, bridge_ref: str, body: UplinkSet) -> Bridge:

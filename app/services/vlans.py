@@ -26,6 +26,7 @@ from app.db.repositories import (
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, NameTaken, NotFound
 from app.domain.vlans import (
+    TrunkNames,
     VlanBackend,
     VlanBridge,
     VlanFacts,
@@ -63,8 +64,9 @@ class VlanService:
     def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Vlan], str | None]:
         return self.vlans.page(limit, cursor)
 
-    def trunks(self, rows: Sequence[Vlan]) -> dict[str, tuple[str, str | None]]:
-        """Trunk bridge id -> (its name, its uplink NIC's name or None) for these VLANs."""
+    def trunks(self, rows: Sequence[Vlan]) -> dict[str, TrunkNames]:
+        """Trunk bridge id -> its name, kernel name and uplink NIC's name (or None) for
+        these VLANs."""
         return self.vlans.trunks(list({r.trunk_id for r in rows}))
 
     def vlan_bridges(self, trunk_ids: Sequence[str]) -> dict[str, list[VlanBridge]]:
@@ -77,7 +79,8 @@ class VlanService:
         resources, VM NICs) and the trunk uplink's 802.1Q sub-interface."""
         bridges = self.vlans.vlan_bridges([trunk_id]).get(trunk_id, [])
         taps = access_port_names(self.session, [b.vlan_id for b in bridges])
-        uplink = self.vlans.trunks([trunk_id]).get(trunk_id, ("", None))[1]
+        found = self.vlans.trunks([trunk_id]).get(trunk_id)
+        uplink = found.uplink if found is not None else None
         return {
             b.bridge: taps[b.vlan_id]
             | ({subinterface_name(uplink, b.vid)} if uplink is not None else set())
@@ -96,7 +99,8 @@ class VlanService:
     def trunk_names(self, ref: str) -> tuple[str, str | None]:
         """The trunk's kernel name and its uplink NIC's (None without one)."""
         trunk = self.trunk(ref)
-        return self.vlans.trunks([trunk.id])[trunk.id]
+        names = self.vlans.trunks([trunk.id])[trunk.id]
+        return names.ifname, names.uplink
 
     def trunk(self, ref: str) -> Bridge:
         """The trunk a VLAN may ride on: one of our bridges, alive and ever created."""
@@ -149,8 +153,8 @@ class VlanService:
             observed_objects=[],
             generation=1,
         )
-        self._claim(l3_interface_name(backend, trunk.name, body.vlan_id), row.id, foreign or {})
-        uplink = self.vlans.trunks([trunk.id])[trunk.id][1]
+        self._claim(l3_interface_name(backend, trunk.ifname, body.vlan_id), row.id, foreign or {})
+        uplink = self.vlans.trunks([trunk.id])[trunk.id].uplink
         if backend is VlanBackend.BRIDGE_PER_VLAN and uplink is not None:
             # the uplink's sub-interface is the VLAN's too (an uplink set later: its own
             # service claims it; until then the supervisor's create fails on a foreign one)

@@ -288,9 +288,10 @@ class _NicClaims:
                 f"tap {found.name!r} was created with multi_queue={found.multi_queue}; a NIC "
                 f"with {queues} queue(s) needs multi_queue={queues > 1}"
             )
-        self.row.tap_id, self.row.tap_name = found.id, found.name
+        # the NIC's netdev opens the tap by its kernel name
+        self.row.tap_id, self.row.tap_name = found.id, found.ifname
         join_port(self.session, nic_port(self.row), Joiner.VM_NIC)
-        return found.name
+        return found.ifname
 
     def claim_port(self, protocol: str, address: str, port: int) -> None:
         self.service.claim_port(protocol, address, port, self.row.id)

@@ -401,7 +401,7 @@ class LinkReconciler:
     ) -> dict[str, object] | None:
         """Returns a drift_repaired event when a settled resource had to be fixed."""
         self.backoff.succeeded(row.id)
-        self.faults.succeeded(row.name, f"link {row.name}")
+        self.faults.succeeded(row.ifname, f"link {row.ifname}")  # keyed as action.name
         drift = (
             scope is not Scope.DIRTY
             and row.status == Status.ACTIVE.value

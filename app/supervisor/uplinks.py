@@ -314,7 +314,7 @@ def _work(row: Uplink, bridge: Bridge) -> UplinkWork:
         probe_timeout=row.probe_timeout,
         take_mac=row.take_mac,
         dhcp=row.dhcp,
-        bridge=bridge.name,
+        bridge=bridge.ifname,  # the kernel name: every step works on the link
         bridge_pinned_mac=bridge.mac,
         bridge_ready=None if bridge.deleted else ready,
     )

@@ -35,7 +35,7 @@ def add_tap(db: Database, name: str, **fields: object) -> str:
     tap_id = new_id()
     with db.unit_of_work() as s:
         s.add(LinkName(name=name, resource="tap", resource_id=tap_id))
-        s.add(Tap(id=tap_id, name=name, **{"addresses": [], **fields}))
+        s.add(Tap(id=tap_id, name=name, ifname=name, **{"addresses": [], **fields}))
     return tap_id
 
 
@@ -43,7 +43,7 @@ def add_bridge(db: Database, name: str, **fields: object) -> str:
     bridge_id = new_id()
     with db.unit_of_work() as s:
         s.add(LinkName(name=name, resource="bridge", resource_id=bridge_id))
-        s.add(Bridge(id=bridge_id, name=name, **{"addresses": [], **fields}))
+        s.add(Bridge(id=bridge_id, name=name, ifname=name, **{"addresses": [], **fields}))
     return bridge_id
 
 

@@ -129,6 +129,9 @@ def test_existing_rows_migrate_and_broken_ones_are_repaired(tmp_path: Path) -> N
     assert _rows(url, "SELECT addresses, owner_uid, multi_queue, status, bridge_id FROM taps") == [
         ("[]", None, 1, "pending", "b-good")
     ]
+    # 0018: every row made before is in the default project: its kernel name is its name
+    assert _rows(url, "SELECT id, ifname FROM bridges") == [("b-good", "br0"), ("b-bad", "br1")]
+    assert _rows(url, "SELECT ifname FROM taps") == [("tap0",)]
     # from now on the database itself refuses what validation refuses
     with create_engine(url).begin() as conn:
         for bad in ("addresses = 'null'", "forward_delay_cs = 4000", "stp = 2", "mtu = 1"):

@@ -57,12 +57,12 @@ def network_addresses(session: Session) -> list[tuple[Network, str | None, str]]
 
 
 def own_addresses(session: Session) -> dict[str, list[str]]:
-    """Link name -> the IPv4 addresses (`a.b.c.d/len`) kvmnetd itself puts on it: a bridge's
+    """Kernel link name -> the IPv4 addresses (`a.b.c.d/len`) kvmnetd itself puts on it: a bridge's
     or tap's `addresses` and its network's gateway (not what an uplink moved onto a bridge:
     those are the LAN's)."""
     result: dict[str, list[str]] = {}
     for model in LINK_MODELS:
-        for name, addresses in session.execute(select(model.name, model.addresses)):
+        for name, addresses in session.execute(select(model.ifname, model.addresses)):
             result[name] = _stored_ipv4(addresses)
     for _, interface, gateway in network_addresses(session):
         if interface is not None:
@@ -86,15 +86,15 @@ def address_holders(session: Session, exclude_link_id: str | None = None) -> lis
     """Every IPv4 address kvmnetd has given out (app.domain.networks.AddressHolder): live
     networks' gateways, VM NICs' fixed addresses, and the addresses of live bridges and
     taps other than `exclude_link_id` (the link being checked)."""
-    names: dict[str, tuple[str, str]] = {}
+    ifnames: dict[str, str] = {}  # link row id -> its kernel name (what `link` names)
     held: list[AddressHolder] = []
     for model, kind in ((Bridge, "bridge"), (Tap, "tap")):
-        query = select(model.id, model.name, model.addresses, model.deleted)
-        for row_id, name, addresses, deleted in session.execute(query):
-            names[row_id] = (kind, name)
+        query = select(model.id, model.name, model.ifname, model.addresses, model.deleted)
+        for row_id, name, ifname, addresses, deleted in session.execute(query):
+            ifnames[row_id] = ifname
             if deleted or row_id == exclude_link_id:
                 continue
-            held += [AddressHolder(kind, name, name, a) for a in _stored_ipv4(addresses)]
+            held += [AddressHolder(kind, name, ifname, a) for a in _stored_ipv4(addresses)]
     for network, interface, gateway in network_addresses(session):
         held.append(AddressHolder("network", network.name, interface or "?", gateway))
     nics = (
@@ -103,6 +103,6 @@ def address_holders(session: Session, exclude_link_id: str | None = None) -> lis
         .where(VmNic.ipv4.is_not(None))
     )
     for vm, position, bridge_id, tap_id, ipv4 in session.execute(nics):
-        link = names.get(bridge_id or tap_id or "", ("", "?"))[1]
+        link = ifnames.get(bridge_id or tap_id or "", "?")
         held.append(AddressHolder("vm_nic", f"VM {vm!r} NIC {position}", link, f"{ipv4}/32"))
     return held

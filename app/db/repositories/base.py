@@ -60,6 +60,13 @@ class ResourceRepository(Repository[R]):
         query = select(model).where(func.lower(model.name) == name.lower())
         return self.session.scalars(query.order_by(model.created_at, model.id)).first()
 
+    def named_in_project(self, project_id: str, name: str) -> R | None:
+        """The resource of project `project_id` named exactly `name` (names are unique per
+        project: uq_<table>_project_id_name)."""
+        model = self.model
+        query = select(model).where(model.project_id == project_id, model.name == name)
+        return self.session.scalars(query).first()
+
     def find(self, ref: str) -> R | None:
         """By id, else by name (OpenStack-style clients pass either). A valid link name is
         never 36 characters long, so only a UUID-shaped ref can be an id."""

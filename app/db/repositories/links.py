@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.db.link_settings import stored_link_settings
 from app.db.models import Bridge, Tap, Vlan, Vm, VmNic
 from app.db.repositories.addresses import network_gateways
-from app.db.repositories.base import LINK_MODELS, R, ResourceRepository
+from app.db.repositories.base import LINK_MODELS, ResourceRepository
 from app.db.repositories.port_vlans import port_master, vlan_masters
 from app.db.repositories.uplinks import (
     UplinkMove,
@@ -25,6 +25,8 @@ from app.db.repositories.uplinks import (
 from app.db.repositories.vlans import load_vlan_work, vlan_link_specs
 from app.domain.links import LinkKind, LinkSpec, bridge_mtu, tap_mtu
 from app.domain.status import Status
+
+L = TypeVar("L", Bridge, Tap)
 
 
 def journal_create_intents(session: Session, ids: Sequence[str]) -> None:
@@ -81,7 +83,7 @@ def _link_spec(
     common = LinkSpec(
         id=row.id,
         kind=LinkKind.BRIDGE,
-        name=row.name,
+        name=row.ifname,
         mtu=settings["mtu"],
         mac=settings["mac"],
         addresses=addresses,
@@ -122,11 +124,11 @@ def _link_spec(
 
 def _link_rows(
     session: Session,
-    model: type[R],
+    model: type[L],
     dirty_only: bool,
     names: list[str] | None,
     also_ids: list[str] | None,
-) -> Sequence[R]:
+) -> Sequence[L]:
     query = select(model)
     if dirty_only:
         query = query.where(
@@ -136,8 +138,8 @@ def _link_rows(
                 model.id.in_(also_ids or []),
             )
         )
-    if names is not None:
-        query = query.where(model.name.in_(names))
+    if names is not None:  # kernel names
+        query = query.where(model.ifname.in_(names))
     return session.scalars(query).all()
 
 
@@ -186,7 +188,7 @@ class ObservedState:
 def bridge_facts(session: Session, uplinks: dict[str, UplinkMove]) -> dict[str, BridgeFacts]:
     """Every bridge's kernel name and the MTU it keeps (one query), and under each VLAN's
     id the bridge its access ports join (vlan_masters; port_master picks a port's)."""
-    query = select(Bridge.id, Bridge.name, Bridge.mtu)
+    query = select(Bridge.id, Bridge.ifname, Bridge.mtu)
     bridges = {
         bridge_id: BridgeFacts(
             name, bridge_mtu(mtu, uplinks[bridge_id].mtu if bridge_id in uplinks else None)
@@ -300,7 +302,7 @@ def held_ports(session: Session, bridge_ids: Sequence[str], vlan_ids: Sequence[s
         return or_(and_(bridge.in_(bridge_ids), vlan.is_(None)), vlan.in_(vlan_ids))
 
     unsettled = or_(Tap.status != Status.ACTIVE.value, Tap.status_reason.is_not(None))
-    taps = select(Tap.id, Tap.name).where(
+    taps = select(Tap.id, Tap.ifname).where(
         on_masters(Tap.bridge_id, Tap.vlan_id), Tap.deleted.is_(False), unsettled
     )
     vms = (

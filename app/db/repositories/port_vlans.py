@@ -78,7 +78,7 @@ def _access_vids(session: Session, trunk_id: str) -> dict[str, int]:
     segment's `access_vid`: the trunk's live VLANs when it filters VLANs; none with
     bridge_per_vlan, whose ports sit untagged on per-VLAN bridges)."""
     query = (
-        select(Vlan.id, Vlan.name, Vlan.vlan_id, Vlan.backend, Bridge.name)
+        select(Vlan.id, Vlan.name, Vlan.vlan_id, Vlan.backend, Bridge.ifname)
         .join(Bridge, Bridge.id == Vlan.trunk_id)
         .where(Vlan.trunk_id == trunk_id, Vlan.deleted.is_(False))
     )
@@ -100,12 +100,13 @@ def tap_port_vlans(session: Session, trunk_id: str) -> dict[str, dict[int, Membe
     PVID + untagged; trunk NICs their tagged VIDs plus the native one as PVID + untagged.
     Taps on no VLAN are not listed (left as the kernel made them: the bridge's default
     PVID), nor NICs of VMs being deleted, nor VIDs whose VLAN is being deleted. Empty for a
-    trunk that does not filter VLANs (bridge_per_vlan: its ports sit on per-VLAN bridges)."""
+    trunk that does not filter VLANs (bridge_per_vlan: its ports sit on per-VLAN bridges).
+    Taps by their kernel names (ifname)."""
     vids = _access_vids(session, trunk_id)
     if not vids:
         return {}
     ports: dict[str, dict[int, Membership]] = {}
-    taps = select(Tap.name, Tap.vlan_id).where(
+    taps = select(Tap.ifname, Tap.vlan_id).where(
         Tap.bridge_id == trunk_id, Tap.vlan_id.is_not(None), Tap.deleted.is_(False)
     )
     for name, vlan_id in session.execute(taps):
@@ -173,11 +174,11 @@ def vlan_referrers(session: Session, vlan_id: str) -> list[str]:
 
 
 def access_port_names(session: Session, vlan_ids: Sequence[str]) -> dict[str, set[str]]:
-    """VLAN row id -> the names of the taps planned as its access ports: live tap resources
+    """VLAN row id -> the kernel names of the taps planned as its access ports: live tap resources
     on it and the taps of live VMs' NICs on it (with bridge_per_vlan, the ports its own
     bridge should have besides the uplink's sub-interface)."""
     found: dict[str, set[str]] = {vlan_id: set() for vlan_id in vlan_ids}
-    taps = select(Tap.vlan_id, Tap.name).where(
+    taps = select(Tap.vlan_id, Tap.ifname).where(
         Tap.vlan_id.in_(list(vlan_ids)), Tap.deleted.is_(False)
     )
     nics = (

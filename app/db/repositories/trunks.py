@@ -20,13 +20,13 @@ def mark_filtering_ours(session: Session, trunk_id: str, ours: bool) -> None:
 
 
 def trunks_to_release(session: Session) -> list[tuple[str, str]]:
-    """(id, name) of the bridges whose filtering we switched on and on which no filtering
+    """(id, kernel name) of the bridges whose filtering we switched on and on which no filtering
     VLAN row is left (one being deleted still needs its membership removed first)."""
     filtering_vlans = select(Vlan.trunk_id).where(Vlan.backend == VlanBackend.VLAN_FILTERING.value)
     query = (
-        select(Bridge.id, Bridge.name)
+        select(Bridge.id, Bridge.ifname)
         .where(Bridge.vlan_filtering_ours.is_(True), Bridge.id.not_in(filtering_vlans))
-        .order_by(Bridge.name)
+        .order_by(Bridge.ifname)
     )
     return [(row_id, name) for row_id, name in session.execute(query)]
 
@@ -35,13 +35,13 @@ def released_port_vlans(session: Session, trunk_id: str, default_pvid: int) -> B
     """What the trunk's ports of ours carry once no VLAN of ours is on it: the bridge's own
     port, its uplink and our taps on it (tap resources and VM NICs) as a port joining a
     filtering bridge gets them: `default_pvid` as PVID untagged (nothing when it is 0).
-    Ports not ours are not named, so they are never touched."""
-    trunk = session.scalar(select(Bridge.name).where(Bridge.id == trunk_id))
+    Ports not ours are not named, so they are never touched. Links by kernel name."""
+    trunk = session.scalar(select(Bridge.ifname).where(Bridge.id == trunk_id))
     if trunk is None:
         return {}
     ports = [trunk]
     ports += session.scalars(select(Uplink.name).where(Uplink.bridge_id == trunk_id))
-    ports += session.scalars(select(Tap.name).where(Tap.bridge_id == trunk_id))
+    ports += session.scalars(select(Tap.ifname).where(Tap.bridge_id == trunk_id))
     nics = (
         select(VmNic.tap_name)
         .join(Vm, Vm.id == VmNic.vm_id)

@@ -31,8 +31,8 @@ class UplinkRepository(Repository[Uplink]):
         return self.session.scalars(select(Uplink).where(Uplink.name == interface)).first()
 
     def with_bridge_names(self) -> list[tuple[str, Uplink]]:
-        """Every uplink with its bridge's name."""
-        query = select(Bridge.name, Uplink).join(Bridge, Bridge.id == Uplink.bridge_id)
+        """Every uplink with its bridge's kernel name (ifname)."""
+        query = select(Bridge.ifname, Uplink).join(Bridge, Bridge.id == Uplink.bridge_id)
         return [(name, row) for name, row in self.session.execute(query)]
 
     def with_bridges(

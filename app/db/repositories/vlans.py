@@ -29,6 +29,7 @@ from app.domain.vlan_ports import (
 )
 from app.domain.vlans import (
     KernelObject,
+    TrunkNames,
     VlanBackend,
     VlanBridge,
     VlanObjectKind,
@@ -71,15 +72,18 @@ class VlanRepository(ResourceRepository[Vlan]):
         query = select(Vlan).where(Vlan.trunk_id == trunk_id, Vlan.vlan_id == vlan_id)
         return self.session.scalars(query).first()
 
-    def trunks(self, trunk_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
-        """Bridge id -> (bridge name, the name of its uplink NIC, None without one or while
-        it is being removed), in one query."""
+    def trunks(self, trunk_ids: Sequence[str]) -> dict[str, TrunkNames]:
+        """Bridge id -> its name, kernel name and the name of its uplink NIC (None without
+        one or while it is being removed), in one query."""
         query = (
-            select(Bridge.id, Bridge.name, Uplink.name)
+            select(Bridge.id, Bridge.name, Bridge.ifname, Uplink.name)
             .outerjoin(Uplink, (Uplink.bridge_id == Bridge.id) & Uplink.deleted.is_(False))
             .where(Bridge.id.in_(trunk_ids))
         )
-        return {row_id: (name, uplink) for row_id, name, uplink in self.session.execute(query)}
+        return {
+            row_id: TrunkNames(name, ifname, uplink)
+            for row_id, name, ifname, uplink in self.session.execute(query)
+        }
 
     def with_network(self, ids: Sequence[str]) -> set[str]:
         """Which of these VLANs carry a live managed network (the host has an address on
@@ -93,7 +97,7 @@ class VlanRepository(ResourceRepository[Vlan]):
         """Trunk bridge id -> the own bridges of its bridge_per_vlan VLANs, by VID (those
         being deleted too: their bridges are there until the supervisor removed them)."""
         query = (
-            select(Vlan.id, Vlan.name, Vlan.vlan_id, Vlan.trunk_id, Bridge.name)
+            select(Vlan.id, Vlan.name, Vlan.vlan_id, Vlan.trunk_id, Bridge.ifname)
             .join(Bridge, Bridge.id == Vlan.trunk_id)
             .where(
                 Vlan.trunk_id.in_(list(trunk_ids)),
@@ -162,7 +166,7 @@ def load_vlan_work(
     query = (
         select(
             Vlan,
-            Bridge.name,
+            Bridge.ifname,
             Bridge.mtu,
             Uplink.name,
             Uplink.phase,
@@ -311,7 +315,7 @@ def desired_port_vlans(session: Session, trunk_id: str, default_pvid: int = 1) -
     taps as app.db.repositories.port_vlans says. Other ports are not
     named, so they are never touched."""
     query = (
-        select(Bridge.name, Uplink.name, Uplink.phase)
+        select(Bridge.ifname, Uplink.name, Uplink.phase)
         .outerjoin(Uplink, (Uplink.bridge_id == Bridge.id) & Uplink.deleted.is_(False))
         .where(Bridge.id == trunk_id)
     )
@@ -354,9 +358,9 @@ def l3_vids(session: Session, trunk_id: str) -> list[int]:
 
 
 def vlan_trunks(session: Session, filtering_only: bool = True) -> dict[str, str]:
-    """Trunk bridge id -> name of the trunks that carry VLANs (by default: with the
+    """Trunk bridge id -> kernel name of the trunks that carry VLANs (by default: with the
     filtering backend), deleted VLANs included until they are gone."""
-    query = select(Bridge.id, Bridge.name).join(Vlan, Vlan.trunk_id == Bridge.id).distinct()
+    query = select(Bridge.id, Bridge.ifname).join(Vlan, Vlan.trunk_id == Bridge.id).distinct()
     if filtering_only:
         query = query.where(Vlan.backend == VlanBackend.VLAN_FILTERING.value)
     return {trunk_id: name for trunk_id, name in session.execute(query)}
