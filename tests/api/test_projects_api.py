@@ -150,8 +150,8 @@ def test_shared_segments_exist_are_not_the_projects_own_and_drop_out_when_delete
     acme = make_project(db, "acme")
     # rows written straight (the supervisor is not the point): one of default's, one of acme's
     with db.unit_of_work() as session:
-        session.add(Bridge(name="brshared"))
-        session.add(Bridge(name="brown", project_id=acme))
+        session.add(Bridge(name="brshared", ifname="brshared"))
+        session.add(Bridge(name="brown", ifname="brown", project_id=acme))
     share = {"resource": "bridge", "id": "brshared"}
     r = api.patch("/v1/projects/acme", json={"shared_segments": [share]})
     assert r.status_code == 200, r.text
@@ -358,7 +358,7 @@ def test_a_project_holding_resources_is_not_deleted_and_its_tokens_go_with_it(
     acme = make_project(db, "acme")
     secret = make_token(db, acme, "member")
     with db.unit_of_work() as session:  # a resource of acme's (the supervisor is not the point)
-        tap = Tap(name="t1", project_id=acme)
+        tap = Tap(name="t1", ifname="t1", project_id=acme)
         session.add(tap)
         session.flush()
         tap_id = tap.id
