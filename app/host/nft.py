@@ -1,6 +1,8 @@
 """nftables through `nft -j`: load a batch of JSON commands in one atomic transaction, and
-read our table back. Runs in the calling thread's network namespace (a forked nft inherits
-it), never through a shell; the argv and nft's own message are in every error."""
+read one of our tables back (`inet kvmnetd`: NAT, app.domain.nat_rules; `bridge kvmnetd`:
+per-NIC anti-spoofing, app.domain.port_security). Runs in the calling thread's network
+namespace (a forked nft inherits it), never through a shell; the argv and nft's own message
+are in every error."""
 
 from __future__ import annotations
 
@@ -50,9 +52,10 @@ def load(commands: Sequence[dict[str, Any]]) -> None:
     _run([NFT, "-j", "-f", "-"], json.dumps({"nftables": list(commands)}).encode())
 
 
-def list_table() -> list[dict[str, Any]] | None:
-    """Our table as nft JSON objects, or None when it does not exist."""
-    argv = [NFT, "-j", "list", "table", FAMILY, TABLE]
+def list_table(family: str = FAMILY, table: str = TABLE) -> list[dict[str, Any]] | None:
+    """One of our tables (by default the NAT one) as nft JSON objects, with counter values;
+    None when it does not exist."""
+    argv = [NFT, "-j", "list", "table", family, table]
     try:
         output = _run(argv)
     except NftError as exc:
