@@ -17,7 +17,7 @@ from app.db.repositories import ProtectedNic
 from app.domain import port_security as ps
 from app.host import nft
 from app.supervisor.port_security import PortSecuritySync, plan
-from tests.netns_tools import in_netns, in_namespace, ip, throwaway_netns
+from tests.netns_tools import in_namespace, in_netns, ip, throwaway_netns
 
 MAC_A = "52:54:00:aa:00:01"
 MAC_B = "52:54:00:bb:00:02"
