@@ -74,7 +74,7 @@ def test_null_is_off_stored_resolved_and_refusals(api: TestClient, netns: str) -
     nic = vm["nics"][0]
     assert (nic["port_security"], nic["allowed_addresses"]) == (False, [])
     assert nic["port_security_state"] is None
-    refused = {
+    refused: dict[str, dict[str, Any]] = {
         "user": {"backend": "user", "port_security": True},
         "socket": {"backend": "socket", "socket": {"mode": "listen"}, "port_security": True},
         "hub": {"backend": "hub", "hub": 1, "port_security": True},
