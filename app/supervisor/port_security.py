@@ -90,7 +90,8 @@ class PortSecuritySync:
         else:
             changed = [r for tap, r in wanted.items() if self.loaded.get(tap) != r]
             removed = sorted(set(self.loaded) - set(wanted))
-            whole = False
+            # nothing of ours loaded: the table may not exist, so it is loaded whole
+            whole = not self.loaded and bool(changed)
         if whole:
             return self._load_whole(wanted)
         if not changed and not removed:
