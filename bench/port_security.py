@@ -88,8 +88,8 @@ def run(ns: str) -> dict[str, float]:
     one = []
     for generation in range(1, CHANGE_RUNS + 1):
         current[generation] = nics(N_NICS, generation)[generation]
-        planned = [plan(n, None) for n in current]
-        one.append(in_namespace(ns, lambda: timed(lambda: sync.sync(planned, False))))
+        changed = [plan(n, None) for n in current]
+        one.append(in_namespace(ns, lambda c=changed: timed(lambda: sync.sync(c, False))))
     full = [
         in_namespace(ns, lambda: timed(lambda: nft.load(ps.render_all(ports))))
         for _ in range(WHOLE_RUNS)

@@ -126,13 +126,6 @@ def _address(text: str) -> Any:
     return {"prefix": {"addr": address, "len": int(length)}}
 
 
-def _set(addresses: Sequence[str]) -> Any:
-    """An anonymous set; one address alone is a plain value (as nft lists it back)."""
-    if len(addresses) == 1:
-        return _address(addresses[0])
-    return {"set": [_address(a) for a in addresses]}
-
-
 def _drop(reason: str, *matches: Json) -> Json:
     return {"comment": reason, "expr": [*matches, {"counter": None}, {"drop": None}]}
 
@@ -142,16 +135,25 @@ def _accept(comment: str, *matches: Json) -> Json:
 
 
 def chain_body(port: PortRules) -> list[Json]:
-    """The rules of a NIC's chain (each {"comment", "expr"}), in order."""
+    """The rules of a NIC's chain (each {"comment", "expr"}), in order. Lists of values are
+    one rule per value rather than an anonymous set: a set is a kernel object of its own,
+    and with thousands of them every `nft` command (which reads the table's sets first)
+    took seconds (bench/port_security.py)."""
     ether_type = _field("ether", "type")
-    arp_sources = [ANY_V4, *port.ipv4]
-    rules = [
-        _drop("mac", _match(_field("ether", "saddr"), port.mac, "!=")),
-        _drop("dhcp-server", _match(_field("udp", "sport"), {"set": list(DHCP_SERVER_PORTS)})),
+    rules = [_drop("mac", _match(_field("ether", "saddr"), port.mac, "!="))]
+    rules += [
+        _drop("dhcp-server", _match(_field("udp", "sport"), sport)) for sport in DHCP_SERVER_PORTS
+    ]
+    rules += [
         _drop("router-advert", _match(_field("icmpv6", "type"), ND_ROUTER_ADVERT)),
         _drop("arp", _match(_field("arp", "saddr ether"), port.mac, "!=")),
-        _drop("arp", _match(_field("arp", "saddr ip"), _set(arp_sources), "!=")),
-        _accept("arp", _match(ether_type, "arp")),
+    ]
+    # ARP from one of its addresses (or a probe from 0.0.0.0) goes on; other ARP is dropped
+    rules += [
+        _accept("arp", _match(_field("arp", "saddr ip"), _address(a))) for a in (ANY_V4, *port.ipv4)
+    ]
+    rules += [
+        _drop("arp", _match(ether_type, "arp")),
         _accept(
             "dhcp-client",
             _match(_field("ip", "saddr"), ANY_V4),
@@ -159,11 +161,10 @@ def chain_body(port: PortRules) -> list[Json]:
             _match(_field("udp", "dport"), 67),
         ),
     ]
-    if port.ipv4:
-        rules.append(_accept("ipv4", _match(_field("ip", "saddr"), _set(port.ipv4))))
+    rules += [_accept("ipv4", _match(_field("ip", "saddr"), _address(a))) for a in port.ipv4]
     rules.append(_drop("ipv4", _match(ether_type, "ip")))
-    v6 = [ANY_V6, link_local(port.mac), *port.ipv6]
-    rules.append(_accept("ipv6", _match(_field("ip6", "saddr"), _set(v6))))
+    v6 = (ANY_V6, link_local(port.mac), *port.ipv6)
+    rules += [_accept("ipv6", _match(_field("ip6", "saddr"), _address(a))) for a in v6]
     rules.append(_drop("ipv6", _match(ether_type, "ip6")))
     rules.append(_drop("other"))
     return rules

@@ -23,8 +23,7 @@ depends_on: str | Sequence[str] | None = None
 
 NIC_CHECKS = {
     "port_security": "port_security IN (0, 1)",
-    "allowed_addresses": "json_valid(allowed_addresses) AND "
-    "json_type(allowed_addresses) = 'array'",
+    "allowed_addresses": "json_valid(allowed_addresses) AND json_type(allowed_addresses) = 'array'",
 }
 
 

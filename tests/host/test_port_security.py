@@ -112,7 +112,8 @@ def test_two_nics_one_change_drift_repaired(lan: tuple[str, str, str]) -> None:
     assert run(nics) == {"kva-0": None, "kvb-0": None}
     assert handles(ns, "port-kvb-0") == b_handles  # untouched: the same rules
     assert handles(ns, "port-kva-0") != a_handles
-    assert dropped(ns, "kvb-0", "mac") == mac_drops  # B's counters not reset
+    # B's counters not reset (a late frame of B's with the old MAC may still add to them)
+    assert dropped(ns, "kvb-0", "mac") >= mac_drops > 0
     assert ps.chain_matches(live(ns), plan(nics[0], None).rules)
     assert not pings(a, GATEWAY, 2)  # 10.77.0.10 is no longer A's
     assert dropped(ns, "kva-0", "arp") + dropped(ns, "kva-0", "ipv4") > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app.domain import port_security as ps
@@ -9,8 +11,25 @@ from app.domain import port_security as ps
 MAC = "52:54:00:12:34:56"
 
 
-def _rule(port: ps.PortRules, comment: str, index: int = 0) -> dict[str, object]:
-    return [r for r in ps.chain_body(port) if r["comment"] == comment][index]
+def _shape(port: ps.PortRules) -> list[tuple[str, list[tuple[str, str, Any]], str]]:
+    """Each rule as (comment, [(protocol field, op, right)], verdict): nft's own words."""
+    shaped = []
+    for rule in ps.chain_body(port):
+        matches = []
+        for expr in rule["expr"][:-1]:
+            if "counter" in expr:
+                continue
+            match = expr["match"]
+            payload = match["left"]["payload"]
+            matches.append(
+                (f"{payload['protocol']} {payload['field']}", match["op"], match["right"])
+            )
+        shaped.append((str(rule["comment"]), matches, next(iter(rule["expr"][-1]))))
+    return shaped
+
+
+def _counted(port: ps.PortRules) -> list[bool]:
+    return [any("counter" in e for e in rule["expr"]) for rule in ps.chain_body(port)]
 
 
 @pytest.mark.parametrize(
@@ -50,69 +69,50 @@ def test_addresses_are_gathered_split_by_family_and_deduplicated() -> None:
 
 def test_a_nic_with_addresses_may_send_from_them_and_nothing_else() -> None:
     port = ps.port_rules("kv1-0", MAC, ["10.0.0.5", "10.0.0.9"])
-    comments = [r["comment"] for r in ps.chain_body(port)]
-    assert comments == [
-        "mac",
-        "dhcp-server",
-        "router-advert",
-        "arp",
-        "arp",
-        "arp",
-        "dhcp-client",
-        "ipv4",
-        "ipv4",
-        "ipv6",
-        "ipv6",
-        "other",
+    assert _shape(port) == [
+        ("mac", [("ether saddr", "!=", MAC)], "drop"),
+        ("dhcp-server", [("udp sport", "==", 67)], "drop"),
+        ("dhcp-server", [("udp sport", "==", 547)], "drop"),
+        ("router-advert", [("icmpv6 type", "==", "nd-router-advert")], "drop"),
+        ("arp", [("arp saddr ether", "!=", MAC)], "drop"),
+        ("arp", [("arp saddr ip", "==", "0.0.0.0")], "accept"),  # RFC 5227 probes
+        ("arp", [("arp saddr ip", "==", "10.0.0.5")], "accept"),
+        ("arp", [("arp saddr ip", "==", "10.0.0.9")], "accept"),
+        ("arp", [("ether type", "==", "arp")], "drop"),
+        (
+            "dhcp-client",
+            [("ip saddr", "==", "0.0.0.0"), ("udp sport", "==", 68), ("udp dport", "==", 67)],
+            "accept",
+        ),
+        ("ipv4", [("ip saddr", "==", "10.0.0.5")], "accept"),
+        ("ipv4", [("ip saddr", "==", "10.0.0.9")], "accept"),
+        ("ipv4", [("ether type", "==", "ip")], "drop"),
+        ("ipv6", [("ip6 saddr", "==", "::")], "accept"),  # DAD (RFC 4862 5.4)
+        ("ipv6", [("ip6 saddr", "==", "fe80::5054:ff:fe12:3456")], "accept"),
+        ("ipv6", [("ether type", "==", "ip6")], "drop"),
+        ("other", [], "drop"),
     ]
-    assert ps.chain_body(port)[0]["expr"] == [
-        {
-            "match": {
-                "op": "!=",
-                "left": {"payload": {"protocol": "ether", "field": "saddr"}},
-                "right": MAC,
-            }
-        },
-        {"counter": None},
-        {"drop": None},
-    ]
-    arp_ip = _rule(port, "arp", 1)["expr"][0]["match"]  # type: ignore[index]
-    assert arp_ip["op"] == "!="
-    assert arp_ip["right"] == {"set": ["0.0.0.0", "10.0.0.5", "10.0.0.9"]}
-    ipv4 = _rule(port, "ipv4", 0)["expr"]
-    assert ipv4 == [
-        {
-            "match": {
-                "op": "==",
-                "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                "right": {"set": ["10.0.0.5", "10.0.0.9"]},
-            }
-        },
-        {"accept": None},
-    ]
-    assert "drop" in _rule(port, "ipv4", 1)["expr"][-1]  # type: ignore[operator,index]
-    ipv6 = _rule(port, "ipv6", 0)["expr"][0]["match"]["right"]  # type: ignore[index]
-    assert ipv6 == {"set": ["::", "fe80::5054:ff:fe12:3456"]}
-    dhcp_server = _rule(port, "dhcp-server")["expr"][0]["match"]["right"]  # type: ignore[index]
-    assert dhcp_server == {"set": [67, 547]}
-    ra = _rule(port, "router-advert")["expr"][0]["match"]["right"]  # type: ignore[index]
-    assert ra == "nd-router-advert"
+    # every drop is counted, no accept is
+    assert _counted(port) == [verdict == "drop" for _, _, verdict in _shape(port)]
+    assert set(ps.DROP_REASONS) == {c for c, _, v in _shape(port) if v == "drop"}
 
 
 def test_a_nic_without_an_address_sends_only_dhcp_requests_over_ipv4() -> None:
-    port = ps.port_rules("kv1-0", MAC, [None])
-    ipv4 = [r for r in ps.chain_body(port) if r["comment"] == "ipv4"]
-    assert len(ipv4) == 1 and ipv4[0]["expr"][-1] == {"drop": None}  # no accept rule
-    arp_ip = _rule(port, "arp", 1)["expr"][0]["match"]  # type: ignore[index]
-    assert arp_ip["right"] == "0.0.0.0"  # probes only (RFC 5227)
-    dhcp = _rule(port, "dhcp-client")["expr"]
-    assert [m["match"]["right"] for m in dhcp[:3]] == ["0.0.0.0", 68, 67]  # type: ignore[index]
+    shape = _shape(ps.port_rules("kv1-0", MAC, [None]))
+    assert [m for c, m, v in shape if c == "ipv4"] == [[("ether type", "==", "ip")]]
+    assert [m for c, m, v in shape if c == "arp" and v == "accept"] == [
+        [("arp saddr ip", "==", "0.0.0.0")]
+    ]
+    assert ("dhcp-client", "accept") in {(c, v) for c, _, v in shape}
 
 
 def test_prefixes_are_nft_prefix_objects() -> None:
-    port = ps.port_rules("kv1-0", MAC, [], ["192.0.2.0/24"])
-    right = _rule(port, "ipv4", 0)["expr"][0]["match"]["right"]  # type: ignore[index]
-    assert right == {"prefix": {"addr": "192.0.2.0", "len": 24}}
+    shape = _shape(ps.port_rules("kv1-0", MAC, [], ["192.0.2.0/24", "2001:db8::/64"]))
+    prefix4 = {"prefix": {"addr": "192.0.2.0", "len": 24}}
+    prefix6 = {"prefix": {"addr": "2001:db8::", "len": 64}}
+    assert ("ipv4", [("ip saddr", "==", prefix4)], "accept") in shape
+    assert ("arp", [("arp saddr ip", "==", prefix4)], "accept") in shape
+    assert ("ipv6", [("ip6 saddr", "==", prefix6)], "accept") in shape
 
 
 def test_render_all_replaces_the_table_with_a_vmap_to_one_chain_per_nic() -> None:
@@ -148,7 +148,7 @@ def test_render_changes_touches_only_the_named_nics() -> None:
     assert not any("table" in next(iter(c.values())) for c in commands)
 
 
-def test_a_table_read_back_is_compared_whatever_order_nft_lists_a_set_in() -> None:
+def test_a_table_read_back_is_compared_without_handles_and_counts() -> None:
     port = ps.port_rules("kv1-0", MAC, ["10.0.0.5", "10.0.0.9"])
     rules = ps.chain_body(port)
     listed = [
@@ -171,12 +171,15 @@ def test_a_table_read_back_is_compared_whatever_order_nft_lists_a_set_in() -> No
         listed.append(
             {"rule": {"chain": "port-kv1-0", "handle": 10 + number, **rule, "expr": expr}}
         )
-    arp_ip = listed[4 + 4]["rule"]["expr"][0]["match"]
-    arp_ip["right"] = {"set": list(reversed(arp_ip["right"]["set"]))}
     live = ps.read_table(listed)
     assert ps.chain_matches(live, port) and ps.in_place(live, port)
     assert not ps.chain_matches(live, ps.port_rules("kv1-0", MAC, ["10.0.0.5"]))
     dropped = ps.dropped(live, "kv1-0")
-    assert dropped["mac"] == [0, 0] and dropped["arp"] == [3 + 4, 700]
+    arp_drops = [
+        n for n, r in enumerate(rules) if r["comment"] == "arp" and "drop" in r["expr"][-1]
+    ]
+    assert len(arp_drops) == 2  # another sender MAC; another sender IP
+    assert dropped["mac"] == [0, 0] and dropped["arp"] == [sum(arp_drops), 100 * sum(arp_drops)]
     assert dropped["other"] == [len(rules) - 1, 100 * (len(rules) - 1)]
+    assert set(dropped) == set(ps.DROP_REASONS)
     assert live.taps() == {"kv1-0"}
