@@ -15,7 +15,9 @@ every frame a guest sends into a Linux bridge through its tap, forwarded or for 
   * IPv6 from its EUI-64 link-local address (RFC 4291 appendix A), its allowed IPv6
     prefixes, or :: (duplicate address detection, RFC 4862 section 5.4);
   and drop, each with its own counter: DHCP server replies (UDP source port 67 or 547),
-  IPv6 router advertisements (ICMPv6 type 134, RFC 4861), and every other frame.
+  IPv6 router advertisements (ICMPv6 type 134, RFC 4861), and every other frame. A
+  NIC whose IPv4 address is not known yet sends only DHCP requests over IPv4.
+  Lists of values are one rule per value, never an anonymous set (see chain_body).
 A frame from a tap that is not in the map is not touched. One NIC's change replaces its
 chain's rules and its map element only (its own counters restart; no other chain is
 touched); `render_all` replaces the whole table (at start-up, or when it was flushed).
@@ -85,7 +87,10 @@ def port_rules(
     v6: set[ipaddress.IPv6Network] = set()
     for text in [*(a for a in addresses if a), *allowed]:
         network = ipaddress.ip_network(text, strict=False)
-        (v4 if isinstance(network, ipaddress.IPv4Network) else v6).add(network)  # type: ignore[arg-type]
+        if isinstance(network, ipaddress.IPv4Network):
+            v4.add(network)
+        else:
+            v6.add(network)
     return PortRules(
         tap=tap,
         mac=mac.lower(),

@@ -85,13 +85,16 @@ class PortSecuritySync:
 
     def _apply(self, wanted: dict[str, ps.PortRules], full: bool) -> dict[str, str]:
         """Tap -> why its rules could not be loaded (the others are)."""
+        if full and not wanted and self.loaded == {}:
+            return {}  # nothing of ours, checked before: no `nft list` every full pass
         if full or self.loaded is None:
             changed, removed, whole = self._live_differences(wanted)
         else:
             changed = [r for tap, r in wanted.items() if self.loaded.get(tap) != r]
             removed = sorted(set(self.loaded) - set(wanted))
-            # nothing of ours loaded: the table may not exist, so it is loaded whole
-            whole = not self.loaded and bool(changed)
+            # nothing of ours loaded: the table may not exist, so it is loaded whole; the
+            # last NIC gone: the table goes (its base chain would look up every frame)
+            whole = (not self.loaded and bool(changed)) or (not wanted and bool(removed))
         if whole:
             return self._load_whole(wanted)
         if not changed and not removed:

@@ -28,12 +28,13 @@ class ProtectedNic:
 
 
 def protected_nics(session: Session) -> list[ProtectedNic]:
-    """NICs with port_security on and a tap, of VMs that are not being deleted (a deleted
-    VM's NICs lose their rules with it)."""
+    """NICs with port_security on and a tap. A VM being deleted keeps its rules until its
+    rows go (its qemu may still send while it stops); the rules of a tap that is gone are
+    harmless and removed at the next pass that sees the NIC gone."""
     query = (
         select(VmNic, Vm.name)
         .join(Vm, Vm.id == VmNic.vm_id)
-        .where(VmNic.port_security.is_(True), VmNic.tap_name.is_not(None), Vm.deleted.is_(False))
+        .where(VmNic.port_security.is_(True), VmNic.tap_name.is_not(None))
         .order_by(VmNic.tap_name)
     )
     found = []
