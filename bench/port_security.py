@@ -77,6 +77,7 @@ def run(ns: str) -> dict[str, float]:
         ours, baseline = [], []
         for _ in range(WHOLE_RUNS):
             in_namespace(ns, delete)
+            ps.forget_rendered()  # cold: rendered from scratch, as after a daemon start
             ours.append(in_namespace(ns, lambda: timed(lambda: nft.load(ps.render_all(ports)))))
             in_namespace(ns, delete)
             baseline.append(in_namespace(ns, lambda: timed(lambda: nft_text(["-f", str(ruleset)]))))

@@ -25,6 +25,7 @@ touched); `render_all` replaces the whole table (at start-up, or when it was flu
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -120,7 +121,9 @@ def _match(left: Json, right: Any, op: str = "==") -> Json:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
+@functools.cache
 def _field(protocol: str, field: str) -> Json:
+    """A payload expression (shared: callers never change it)."""
     return {"payload": {"protocol": protocol, "field": field}}
 
 
@@ -139,11 +142,14 @@ def _accept(comment: str, *matches: Json) -> Json:
     return {"comment": comment, "expr": [*matches, {"accept": None}]}
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def chain_body(port: PortRules) -> list[Json]:
     """The rules of a NIC's chain (each {"comment", "expr"}), in order. Lists of values are
     one rule per value rather than an anonymous set: a set is a kernel object of its own,
     and with thousands of them every `nft` command (which reads the table's sets first)
-    took seconds (bench/port_security.py)."""
+    took seconds (bench/port_security.py). Memoized (PortRules are immutable values): a
+    reload or a drift check of thousands of NICs looks them up instead of building them
+    again; callers only serialize or compare the result, never change it."""
     ether_type = _field("ether", "type")
     rules = [_drop("mac", _match(_field("ether", "saddr"), port.mac, "!="))]
     rules += [
@@ -206,6 +212,7 @@ def _skeleton() -> list[Json]:
     ]
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _port_commands(port: PortRules) -> list[Json]:
     """Add the NIC's chain (if missing), replace its rules, then point its map element at it."""
     chain = {**_ref(), "name": port.chain}
@@ -215,6 +222,12 @@ def _port_commands(port: PortRules) -> list[Json]:
         *(_add_rule(port.chain, rule) for rule in chain_body(port)),
         {"add": {"element": _element(port)}},
     ]
+
+
+def forget_rendered() -> None:
+    """Empty the memo of rendered chains (benchmarks measure a cold render)."""
+    chain_body.cache_clear()
+    _port_commands.cache_clear()
 
 
 def render_all(ports: Sequence[PortRules]) -> list[Json]:

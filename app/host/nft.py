@@ -49,7 +49,10 @@ def load(commands: Sequence[dict[str, Any]]) -> None:
     """Applies the commands as one transaction: all of them or none."""
     if not commands:
         return
-    _run([NFT, "-j", "-f", "-"], json.dumps({"nftables": list(commands)}).encode())
+    # compact, and without the check for cycles (commands are trees; rule renderers share
+    # memoized subtrees): a fifth less to write and parse for thousands of rules
+    text = json.dumps({"nftables": list(commands)}, separators=(",", ":"), check_circular=False)
+    _run([NFT, "-j", "-f", "-"], text.encode())
 
 
 def list_table(family: str = FAMILY, table: str = TABLE) -> list[dict[str, Any]] | None:
