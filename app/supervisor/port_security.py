@@ -11,7 +11,8 @@ one part of the network worker's pass (it knows the leases the rules allow).
   base chain or map is missing (flushed or deleted by hand).
 - When a load fails, the whole table is loaded in one transaction; when that fails too,
   each NIC is loaded alone onto an empty table, so one NIC's failure is recorded on that
-  NIC only; a failure for all (no nft, no bridge family) is retried with backoff.
+  NIC only and retried with a backoff of its own (or when its rules change); a failure for
+  all (no nft, no bridge family) is retried with backoff.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class PortSecuritySync:
         self.backoff = Backoff(clock)
         self.loaded: dict[str, ps.PortRules] | None = None  # tap -> rules; None: unknown
         self.drift_repairs = 0
+        # tap -> (the rules nft refused for it, why): not tried again until they change or
+        # its backoff is due (a retry costs a reload of every NIC)
+        self.refused: dict[str, tuple[ps.PortRules, str]] = {}
 
     def sync(self, planned: Sequence[Planned], full: bool) -> dict[str, str | None]:
         """Loads what changed; returns NIC id -> why its rules are not (all) in place."""
@@ -95,10 +99,13 @@ class PortSecuritySync:
             # nothing of ours loaded: the table may not exist, so it is loaded whole; the
             # last NIC gone: the table goes (its base chain would look up every frame)
             whole = (not self.loaded and bool(changed)) or (not wanted and bool(removed))
+        held = self._held_back(wanted)
+        wanted = {tap: rules for tap, rules in wanted.items() if tap not in held}
+        changed = [r for r in changed if r.tap not in held]
         if whole:
-            return self._load_whole(wanted)
+            return {**held, **self._load_whole(wanted)}
         if not changed and not removed:
-            return {}
+            return held
         try:
             nft.load(ps.render_changes(changed, removed))
         except nft.NftError as exc:
@@ -108,7 +115,18 @@ class PortSecuritySync:
         for tap in removed:
             self.loaded.pop(tap, None)
         self.loaded.update({r.tap: r for r in changed})
-        return {}
+        return held
+
+    def _held_back(self, wanted: dict[str, ps.PortRules]) -> dict[str, str]:
+        """Taps whose unchanged rules nft refused and whose retry is not due: tap -> why."""
+        held: dict[str, str] = {}
+        for tap, (rules, reason) in list(self.refused.items()):
+            if wanted.get(tap) != rules:  # changed or gone: tried afresh
+                del self.refused[tap]
+                self.backoff.succeeded(tap)
+            elif not self.backoff.due(tap):
+                held[tap] = reason
+        return held
 
     def _live_differences(
         self, wanted: dict[str, ps.PortRules]
@@ -165,7 +183,11 @@ class PortSecuritySync:
                 nft.load(ps.render_changes([rules], []))
             except nft.NftError as exc:
                 failed[tap] = f"nftables: {exc}"
-                log.warning("port security of tap %s: %s", tap, exc)
+                self.refused[tap] = (rules, failed[tap])
+                delay = self.backoff.failed(tap)
+                log.warning("port security of tap %s: %s (retrying in %.1fs)", tap, exc, delay)
             else:
                 self.loaded[tap] = rules
+                self.refused.pop(tap, None)
+                self.backoff.succeeded(tap)
         return failed

@@ -176,6 +176,16 @@ def test_a_nic_that_cannot_load_fails_alone(netns: str) -> None:
     assert reasons[good.nic.nic_id] is None
     assert (reasons[bad.nic.nic_id] or "").startswith("nftables: "), reasons
     assert ps.in_place(live(netns), good.rules)
+    # the next passes do not try the refused NIC again before its backoff is due (a retry
+    # reloads every NIC): the good chain is left alone, the reason stays
+    handles = [r["rule"]["handle"] for r in listing(netns) or [] if "rule" in r]  # type: ignore[index]
+    for full in (False, True):
+        again = in_namespace(netns, lambda f=full: sync.sync([good, bad], f))
+        assert again == reasons
+    assert [r["rule"]["handle"] for r in listing(netns) or [] if "rule" in r] == handles  # type: ignore[index]
+    # changed rules are tried at once (here: still refused)
+    worse = plan(_nic("x" * 20, MAC_B, "10.77.0.21"), None)
+    assert in_namespace(netns, lambda: sync.sync([good, worse], False))[worse.nic.nic_id]
 
 
 def test_addresses_that_cannot_be_parsed_are_left_out_and_named() -> None:
