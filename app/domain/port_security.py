@@ -185,12 +185,12 @@ def _add_rule(chain: str, rule: Json) -> Json:
     return {"add": {"rule": {**_ref(), "chain": chain, **rule}}}
 
 
-def _element(port: PortRules) -> Json:
-    return {
-        **_ref(),
-        "name": PORTS_MAP,
-        "elem": [[port.tap, {"jump": {"target": port.chain}}]],
-    }
+def _element(port: PortRules) -> list[Any]:
+    return [port.tap, {"jump": {"target": port.chain}}]
+
+
+def _elements(ports: Iterable[PortRules]) -> Json:
+    return {**_ref(), "name": PORTS_MAP, "elem": [_element(p) for p in ports]}
 
 
 def _skeleton() -> list[Json]:
@@ -213,21 +213,26 @@ def _skeleton() -> list[Json]:
 
 
 @functools.lru_cache(maxsize=1 << 14)
+def _chain_rules(port: PortRules) -> list[Json]:
+    """The `add rule` commands of a NIC's chain (memoized like chain_body)."""
+    return [_add_rule(port.chain, rule) for rule in chain_body(port)]
+
+
 def _port_commands(port: PortRules) -> list[Json]:
     """Add the NIC's chain (if missing), replace its rules, then point its map element at it."""
     chain = {**_ref(), "name": port.chain}
     return [
         {"add": {"chain": chain}},
         {"flush": {"chain": chain}},
-        *(_add_rule(port.chain, rule) for rule in chain_body(port)),
-        {"add": {"element": _element(port)}},
+        *_chain_rules(port),
+        {"add": {"element": _elements([port])}},
     ]
 
 
 def forget_rendered() -> None:
     """Empty the memo of rendered chains (benchmarks measure a cold render)."""
     chain_body.cache_clear()
-    _port_commands.cache_clear()
+    _chain_rules.cache_clear()
 
 
 def render_all(ports: Sequence[PortRules]) -> list[Json]:
@@ -235,9 +240,13 @@ def render_all(ports: Sequence[PortRules]) -> list[Json]:
     transaction); with no NIC, the table's removal."""
     if not ports:
         return removal()
+    ordered = sorted(ports, key=lambda p: p.tap)
+    # a fresh table: each chain is added (no flush), and the map gets its elements at once
     commands = [*removal(), *render_base()]
-    for port in sorted(ports, key=lambda p: p.tap):
-        commands.extend(_port_commands(port))
+    commands += [{"add": {"chain": {**_ref(), "name": p.chain}}} for p in ordered]
+    for port in ordered:
+        commands += _chain_rules(port)
+    commands.append({"add": {"element": _elements(ordered)}})
     return commands
 
 
