@@ -81,7 +81,10 @@ VLAN_TAGGED = (
 
 
 def _allowed_address(text: str) -> str:
-    """An IPv4 or IPv6 address or prefix (CIDR), without host bits; shown canonically."""
+    """An IPv4 or IPv6 address or prefix (CIDR), without host bits or a zone index (RFC 4007
+    `%eth0`: it names the guest's own interface, meaningless here); shown canonically."""
+    if "%" in text:
+        raise ValueError(f"{text!r}: a zone index (%...) is not part of an address to allow")
     try:
         network = ip_network(text)
     except ValueError as exc:

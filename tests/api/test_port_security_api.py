@@ -102,6 +102,12 @@ def test_null_is_off_stored_resolved_and_refusals(api: TestClient, netns: str) -
             "port_security": True,
             "allowed_addresses": ["10.1.0.5/24"],
         },
+        "zone index": {
+            "backend": "bridge",
+            "bridge": "br0",
+            "port_security": True,
+            "allowed_addresses": ["fe80::1%eth0"],
+        },
         "twice": {
             "backend": "bridge",
             "bridge": "br0",
