@@ -89,7 +89,7 @@ async def get_vm(vm_id: str, request: Request) -> VmOut:
     states = None
     if any(n.port_security for n in nics):  # read from the kernel, with counters
         table = await ctx.host(ctx.inspector.port_security_table)
-        states = observed_states(nics, table)
+        states = await ctx.read(lambda s: observed_states(s, nics, table))
     return vm_out(row, nics, states)
 
 

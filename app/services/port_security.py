@@ -69,7 +69,9 @@ def resolve(
     nic.allowed_addresses = list(allowed or [])
 
 
-def observed_states(nics: Sequence[VmNic], table: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def observed_states(
+    session: Session, nics: Sequence[VmNic], table: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
     """NIC id -> its PortSecurityState (the API's shape) for the protected NICs, from our
     bridge table as read now (`table`: HostInspector.port_security_table's answer)."""
     listing = table.get("listing")
@@ -97,6 +99,9 @@ def observed_states(nics: Sequence[VmNic], table: Mapping[str, Any]) -> dict[str
             enforced = wanted is not None and ps.chain_matches(live, wanted)
             if not enforced and reason is None:
                 reason = "its rules are not (yet) as planned: the network worker loads them"
+            unbridged = _off_bridge(session, nic)
+            if enforced and unbridged is not None:  # rules in place, but no bridge sees it
+                enforced, reason = False, unbridged
         states[nic.id] = {
             "enforced": enforced,
             "reason": reason,
@@ -108,3 +113,14 @@ def observed_states(nics: Sequence[VmNic], table: Mapping[str, Any]) -> dict[str
 
 def _counter(values: list[int]) -> dict[str, int]:
     return {"packets": values[0], "bytes": values[1]}
+
+
+def _off_bridge(session: Session, nic: VmNic) -> str | None:
+    """Why a NIC on a tap resource is not protected although its rules are loaded: its tap
+    left its bridge (a routed tap's frames never cross our bridge table)."""
+    if nic.tap_id is None:
+        return None
+    tap = session.get(Tap, nic.tap_id)
+    if tap is None or tap.bridge_id is not None:
+        return None
+    return f"tap {tap.name!r} is on no bridge: its frames do not cross the bridge rules"

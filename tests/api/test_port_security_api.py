@@ -201,6 +201,11 @@ def test_rules_follow_the_nic_and_count_what_a_guest_forges(
         timeout=10 * FULL_PASS + 5,
     ), state()
 
+    # the tap detached from its bridge: the rules stay, but protect nothing (said so)
+    r = api.post("/v1/taps/tap1/detach?wait=10")
+    assert r.status_code == 200, r.text
+    assert not state()["enforced"] and "on no bridge" in state()["reason"], state()
+
     # the VM goes: so do its rules (and the table, with no protected NIC left)
     assert api.delete(f"/v1/vms/{vm['id']}?wait=10").status_code in (200, 204)
     assert eventually(lambda: _table(netns) is None, timeout=10 * FULL_PASS + 5)
