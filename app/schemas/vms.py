@@ -115,8 +115,9 @@ PORT_SECURITY = (
     "a bridge: for the bridge backend and a tap resource on a bridge (422 for the user, "
     "socket and hub backends, a hub join, a trunk NIC, and a tap resource on no bridge). A NIC "
     "whose IPv4 address is not known (no managed network, no allowed_addresses) may send "
-    "only DHCP client requests over IPv4 until then. Null or omitted: the daemon's default "
-    "(off)"
+    "only DHCP client requests over IPv4 until then. A guest whose IPv6 link-local address "
+    "is not derived from its MAC (RFC 7217 stable privacy addresses) needs it in "
+    "allowed_addresses. Null or omitted: the daemon's default (off)"
 )
 ALLOWED_ADDRESSES = (
     "With port_security: further IPv4/IPv6 addresses or CIDR prefixes the guest may send "
