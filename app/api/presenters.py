@@ -6,7 +6,7 @@ import copy
 import enum
 import pwd
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from fastapi import Response
@@ -227,10 +227,13 @@ NIC_FIELDS = (
     "ipv4",
     "observed_ipv4",
     "address_status_reason",
+    "port_security",
+    "allowed_addresses",
 )
 
 
-def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
+def vm_out(row: Vm, nics: Sequence[VmNic], port_security: Mapping[str, Any] | None = None) -> VmOut:
+    """`port_security`: NIC id -> its observed PortSecurityState (GET of one VM only)."""
     fields: dict[str, Any] = {name: getattr(row, name) for name in VM_FIELDS}
     fields["boot"] = row.boot if isinstance(row.boot, dict) else {}
     if row.run_as_uid is not None:
@@ -251,6 +254,7 @@ def vm_out(row: Vm, nics: Sequence[VmNic]) -> VmOut:
             "index": n.position,
             **present_options(n.backend, n.options),  # the backend driver's fields
             **{name: getattr(n, name) for name in NIC_FIELDS},
+            "port_security_state": (port_security or {}).get(n.id),
         }
         for n in nics
     ]

@@ -21,6 +21,7 @@ from app.domain.vms import MTU_MODEL
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage, VmPatch
 from app.schemas.vms import Vm as VmOut
+from app.services.port_security import observed_states
 from app.services.vms import HostFacts, VmPowerService, VmService
 
 router = APIRouter(
@@ -83,7 +84,13 @@ async def list_vms(request: Request, limit: Limit = 100, cursor: Cursor = None) 
 @router.get("/{vm_id}", operation_id="get_vm", response_model=VmOut)
 async def get_vm(vm_id: str, request: Request) -> VmOut:
     ctx = context(request)
-    return await _present(ctx, await ctx.read(lambda s: VmService(s).get(vm_id)))
+    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    nics = await ctx.read(lambda s: VmService(s).nics(row.id))
+    states = None
+    if any(n.port_security for n in nics):  # read from the kernel, with counters
+        table = await ctx.host(ctx.inspector.port_security_table)
+        states = await ctx.read(lambda s: observed_states(s, nics, table))
+    return vm_out(row, nics, states)
 
 
 async def _act(

@@ -439,9 +439,20 @@ class VmNic(Base):
     )
     vlan_tagged: Mapped[list[int]] = mapped_column(StoredJSON, default=list)
     native_vlan: Mapped[int | None] = mapped_column(Integer, default=None)
+    # anti-spoofing (migration 0018, app.domain.port_security): stored resolved (the API's
+    # null is decided by app.services.port_security.default_port_security); allowed_addresses
+    # are CIDRs it may also send from; port_security_reason: observed, why its rules are not
+    # loaded (None: they are)
+    port_security: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    allowed_addresses: Mapped[list[str]] = mapped_column(
+        StoredJSON, default=list, server_default="[]"
+    )
+    port_security_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
     __table_args__ = (
         UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),
+        *_flags("vm_nics", "port_security"),
+        _json("vm_nics", "allowed_addresses", "array"),
         _json("vm_nics", "vlan_tagged", "array"),
         _between("vm_nics", "native_vlan", VID_MIN, VID_MAX, nullable=True),
         _check(

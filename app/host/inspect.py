@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
+from app.domain import port_security
 from app.domain.errors import Unavailable
 from app.domain.links import LinkKind, parse_mark
 from app.domain.nat_rules import drop_counter, network_chain
@@ -320,6 +321,20 @@ class LiveHostInspector:
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="path-probe") as pool:
             return pool.submit(probe).result()
+
+    def port_security_table(self) -> dict[str, Any]:
+        """Our nftables `bridge kvmnetd` table with its counters (`nft -j list`): {"listing":
+        the JSON objects, or None when the table does not exist; "error": why it could not be
+        read, or None}."""
+
+        def read() -> dict[str, Any]:
+            try:
+                listing = nft.list_table(port_security.FAMILY, port_security.TABLE)
+            except nft.NftError as exc:
+                return {"listing": None, "error": str(exc)}
+            return {"listing": listing, "error": None}
+
+        return self._on_inspector_thread(read)
 
     def leases(self, network_id: str) -> list[dict[str, Any]]:
         """The active DHCP leases of a managed network's dnsmasq (from its lease file)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from ipaddress import ip_network
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -76,6 +77,53 @@ VLAN_TAGGED = (
     "reach the guest tagged (802.1Q inside the guest). Only with the vlan_filtering backend "
     "(422 with the reason for bridge_per_vlan, which carries one VLAN per bridge, "
     "untagged); 422 for a VID with no VLAN on that bridge. Null or omitted: not a trunk NIC"
+)
+
+
+def _allowed_address(text: str) -> str:
+    """An IPv4 or IPv6 address or prefix (CIDR), without host bits or a zone index (RFC 4007
+    `%eth0`: it names the guest's own interface, meaningless here); shown canonically."""
+    if "%" in text:
+        raise ValueError(f"{text!r}: a zone index (%...) is not part of an address to allow")
+    try:
+        network = ip_network(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IPv4/IPv6 address or CIDR prefix: {exc}") from None
+    return (
+        str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
+    )
+
+
+def _distinct(items: list[str]) -> list[str]:
+    repeated = sorted({a for a in items if items.count(a) > 1})
+    if repeated:
+        raise ValueError(f"allowed_addresses lists {repeated[0]} more than once")
+    return items
+
+
+AllowedAddress = Annotated[
+    str,
+    Field(min_length=2, max_length=43, examples=["192.0.2.0/24"]),
+    AfterValidator(_allowed_address),
+]
+PORT_SECURITY = (
+    "Anti-spoofing (Neutron's port_security_enabled): the guest may send only from this NIC's "
+    "MAC and its own addresses (its fixed ipv4, the address its DHCP lease shows, its EUI-64 "
+    "IPv6 link-local address, `allowed_addresses`), ARP included; DHCP server replies (UDP "
+    "source port 67/547) and IPv6 router advertisements are dropped; every dropped frame is "
+    "counted (GET shows the counters). Enforced by nftables on the frames its tap brings into "
+    "a bridge: for the bridge backend and a tap resource on a bridge (422 for the user, "
+    "socket and hub backends, a hub join, a trunk NIC, and a tap resource on no bridge). A NIC "
+    "whose IPv4 address is not known (no managed network, no allowed_addresses) may send "
+    "only DHCP client requests over IPv4 until then. A guest whose IPv6 link-local address "
+    "is not derived from its MAC (RFC 7217 stable privacy addresses) needs it in "
+    "allowed_addresses. Null or omitted: the daemon's default (off)"
+)
+ALLOWED_ADDRESSES = (
+    "With port_security: further IPv4/IPv6 addresses or CIDR prefixes the guest may send "
+    "from (Neutron's allowed_address_pairs, without their MAC: always the NIC's own), e.g. a "
+    "guest addressed by a LAN's DHCP server the daemon does not see. At most 16; 422 "
+    "without port_security. Null or omitted: none"
 )
 
 
@@ -181,6 +229,10 @@ class NicIn(RequestModel):
         "network's DHCP range or another MAC holds a lease on it (the problem's `holder` "
         "names the range or the lease's MAC, hostname and VM)",
     )
+    port_security: bool | None = Field(None, description=PORT_SECURITY)
+    allowed_addresses: (
+        Annotated[list[AllowedAddress], Field(max_length=16), AfterValidator(_distinct)] | None
+    ) = Field(None, description=ALLOWED_ADDRESSES, examples=[["192.0.2.10", "2001:db8::/64"]])
 
     model_config = ConfigDict(json_schema_extra=_backend_alternatives)
 
@@ -341,6 +393,31 @@ PATCH_DEFAULTS: dict[str, object] = {
 }
 
 
+class DropCounter(BaseModel):
+    packets: int = Field(description="Frames dropped")
+    bytes: int = Field(description="Their size in bytes (as the bridge saw them)")
+
+
+class PortSecurityState(BaseModel):
+    """A protected NIC's anti-spoofing rules, read from the kernel (`nft -j list table bridge
+    kvmnetd`) at the request."""
+
+    enforced: bool = Field(
+        description="Its chain holds the rules the daemon planned and the bridge table sends "
+        "its tap's frames to it"
+    )
+    reason: str | None = Field(
+        None, description="Why not (or why the daemon's last load of its rules failed)"
+    )
+    dropped: DropCounter = Field(description="Every frame from the guest its rules dropped")
+    dropped_by: dict[str, DropCounter] = Field(
+        default_factory=dict,
+        description="The same by rule: mac (another source MAC), arp (another sender MAC or "
+        "IP), ipv4, ipv6 (another source address), dhcp-server, router-advert, other (any "
+        "other ethertype). Counters restart when the NIC's rules are reloaded",
+    )
+
+
 class NicOut(BaseModel):
     id: str = Field(description="The NIC's id (as in an in-use problem's `dependents`)")
     index: int
@@ -371,6 +448,13 @@ class NicOut(BaseModel):
         None,
         description="Set when the NIC holds another address than its fixed one (a lease from "
         "before its static lease): its port forwards are withheld until it renews",
+    )
+    port_security: bool = Field(False, description=PORT_SECURITY)
+    allowed_addresses: list[str] = Field(default_factory=list, description=ALLOWED_ADDRESSES)
+    port_security_state: PortSecurityState | None = Field(
+        None,
+        description="Observed, with port_security on and only in GET /v1/vms/{id}: the NIC's "
+        "rules as the kernel holds them now (null in lists and with port_security off)",
     )
 
 

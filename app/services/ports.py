@@ -48,6 +48,11 @@ class HostInspector(Protocol):
 
     def leases(self, network_id: str) -> list[dict[str, Any]]: ...
 
+    def port_security_table(self) -> dict[str, Any]:
+        """Our nftables bridge table with counters: {"listing": nft JSON objects or None
+        (no table), "error": why it could not be read or None}."""
+        ...
+
     def network_log(self, network_id: str, lines: int) -> str: ...
 
     def isolation_drops(self, network_id: str) -> tuple[int, int] | None:

@@ -45,6 +45,7 @@ from app.domain.vms import (
     validate_vm,
 )
 from app.schemas.vms import PATCH_DEFAULTS, NicIn, VmCreate, VmPatch
+from app.services import port_security
 from app.services.in_use import InUseGuard
 from app.services.links import require_alive, vid_backends, vlan_port
 from app.services.networks import PortClaims, fixed_address
@@ -171,6 +172,9 @@ class VmService:
                     raise InvalidInput("ipv4 is not for trunk NICs")
             else:  # on its segment's managed network, if it carries one
                 fixed_address(self.session, nic_row, nic_in.ipv4, leases)
+            port_security.resolve(
+                self.session, nic_row, nic_in.port_security, nic_in.allowed_addresses
+            )
         operation = Operation(
             action="create",
             resource="vm",

@@ -15,6 +15,8 @@ Each pass loads every network and port forward, then
    that are not ours (a clash is an error on the network until it is gone);
 5. compares each VM NIC's fixed address with the lease its MAC holds and withholds the port
    forwards of a NIC that holds another address;
+5b. keeps the anti-spoofing rules of the protected NICs (port_security) in our nftables
+   `bridge` table, allowing the leases just observed (app.supervisor.port_security);
 6. writes status back in one transaction (only what changed) and publishes events.
 
 It wakes on a nudge, when a dnsmasq exits (pidfds in the same poll as the wake pipe), while a
@@ -48,13 +50,16 @@ from app.db.repositories import (
     NicObservation,
     OperationRepository,
     PortForwardRepository,
+    ProtectedNic,
     RowState,
     load_network_state,
     network_referrers,
     orphan_forward_claims,
     own_addresses,
+    protected_nics,
     record_forward_outcomes,
     record_nic_addresses,
+    record_port_security,
     remove_forwards,
 )
 from app.db.session import Database, Session
@@ -69,6 +74,7 @@ from app.host.netns import enter_for_this_thread
 from app.host.procs import read_pid_file
 from app.host.sysctl import enable_ip_forwarding
 from app.supervisor.faults import FaultLog, describe
+from app.supervisor.port_security import PortSecuritySync, plan
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,7 @@ WAITING_POLL = 0.2  # while a network waits for its link to settle
 PASS_KEY = "pass"  # the backoff key of whole-pass failures
 READY_TIMEOUT = 3.0  # dnsmasq writes its pid file once its sockets are bound
 NFT_KEY = "nftables"
+PORT_SECURITY_KEY = "port-security"
 RULES_RECORD = "nft-rules.json"
 RECORD_LIMIT = 64 << 20  # bytes
 UNKNOWN: Any = object()
@@ -99,6 +106,8 @@ class PassResult:
     networks: dict[str, Observed] = field(default_factory=dict)
     forwards: dict[str, Observed] = field(default_factory=dict)
     nics: list[NicObservation] = field(default_factory=list)  # changed lease observations
+    # NIC id -> why its anti-spoofing rules are not in place (None: they are), where changed
+    port_security: dict[str, str | None] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -136,6 +145,7 @@ class NetworkWorker:
         # that load (UNKNOWN until a full pass read it)
         self._loaded_key: str | None = None
         self._live_rules: Any = UNKNOWN
+        self.port_security = PortSecuritySync(clock)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._full_requested = True
@@ -231,12 +241,14 @@ class NetworkWorker:
         with self.db.reading() as session:
             networks, forwards = load_network_state(session)
             own = own_addresses(session) if full else None
+            protected = protected_nics(session)
         # a network whose row cannot be read puts no rules in (its link_problem says why)
         live = [n for n in networks if not n.row.deleted and not n.unreadable]
         result = PassResult()
         if own is not None:
             self._check_clashes(live, own)
         withheld = self._observe_addresses(live, result)
+        self._sync_port_security(protected, full, result)
         forwards = [_withhold(f, withheld) for f in forwards]
         problem = self._ensure_forwarding() if live else None
         rules_problem = self._sync_rules(live, forwards, full, result)
@@ -314,13 +326,33 @@ class NetworkWorker:
                     result.nics.append(NicObservation(network.row.id, nic, observed, reason))
         return withheld
 
+    def _sync_port_security(
+        self, protected: list[ProtectedNic], full: bool, result: PassResult
+    ) -> None:
+        """The protected NICs' rules (app.supervisor.port_security), with the leases this
+        pass observed; records each NIC's changed reason. Something unexpected is logged
+        and retried at the next full pass; the networks' pass goes on."""
+        leased = {o.nic_id: o.observed_ipv4 for o in result.nics}
+        planned = [plan(n, leased.get(n.nic_id, n.observed_ipv4)) for n in protected]
+        try:
+            reasons = self.port_security.sync(planned, full)
+        except Exception as exc:
+            self.faults.failed(PORT_SECURITY_KEY, "the port security rules", exc)
+            self.port_security.loaded = None
+            return
+        self.faults.succeeded(PORT_SECURITY_KEY, "the port security rules")
+        for nic in protected:
+            reason = reasons.get(nic.nic_id)
+            if reason != nic.reason:
+                result.port_security[nic.nic_id] = reason
+
     @staticmethod
     def _news(
         networks: list[NetworkState], forwards: list[ForwardState], result: PassResult
     ) -> bool:
         """Whether the pass found anything the rows do not say yet (a quiet pass writes
         nothing, so it never waits for the database's write lock)."""
-        if result.nics:
+        if result.nics or result.port_security:
             return True
         for network in networks:
             observed = result.networks[network.row.id]
@@ -667,6 +699,7 @@ class NetworkWorker:
                     if not observed.gone:
                         row.dnsmasq_pid, row.restarts = observed.dnsmasq_pid, observed.restarts
             record_nic_addresses(session, result.nics)
+            record_port_security(session, result.port_security)
             events += _address_events(network_rows, result.nics)
             orphan_forward_claims(session)
             OperationRepository(session).finish(finished)

@@ -48,6 +48,11 @@ from app.db.repositories.networks import (
     vms_by_mac,
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
+from app.db.repositories.port_security import (
+    ProtectedNic,
+    protected_nics,
+    record_port_security,
+)
 from app.db.repositories.port_vlans import (
     access_port_names,
     port_master,
@@ -141,6 +146,7 @@ __all__ = [
     "Port",
     "PortForwardRepository",
     "ProjectRepository",
+    "ProtectedNic",
     "Repository",
     "ResourceRepository",
     "RowState",
@@ -188,9 +194,11 @@ __all__ = [
     "project_named",
     "project_page",
     "project_token",
+    "protected_nics",
     "readable_segment",
     "record_forward_outcomes",
     "record_nic_addresses",
+    "record_port_security",
     "register_table",
     "registered_table",
     "release_uplink_subinterfaces",
