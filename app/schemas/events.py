@@ -17,6 +17,11 @@ class EventOut(BaseModel):
     resource: str = Field(examples=["tap"])
     resource_id: str
     name: str
+    project_id: str | None = Field(
+        None,
+        description="The resource's project; null: about the host as a whole (such events "
+        "reach admins only)",
+    )
     status: str = Field(description="pending, active, error, deleting, or deleted")
     status_reason: str | None = None
     generation: int

@@ -26,6 +26,7 @@ from app.domain.vms import (
 from app.schemas.common import (
     Id,
     MacStr,
+    ProjectIdIn,
     Ref,
     RequestModel,
     UpdateModel,
@@ -295,6 +296,7 @@ class VmCreate(RequestModel):
         description="Run qemu as this uid/gid; null or omitted: the daemon's unprivileged "
         "qemu user (setting qemu_user, default kvmnetd-qemu)",
     )
+    project_id: ProjectIdIn = None
 
 
 class VmPatch(
@@ -380,6 +382,7 @@ class Vm(BaseModel):
 
     id: str
     name: str
+    project_id: str = Field(description="The project the VM belongs to (fixed at creation)")
     status: VmStatus
     status_reason: str | None = None
     generation: int
