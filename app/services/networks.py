@@ -198,12 +198,9 @@ class NetworkService:
         link, segment = self._segment(kind, ref)
         existing = self.networks.on_segment(kind, link.id)
         if existing is not None:
-            named = (
-                repr(existing.name)
-                if self.scope.sees(existing.project_id)
-                else "of another project"
-            )
-            raise Conflict(f"{link.name} already carries a network {named}")
+            seen = self.scope.sees(existing.project_id)
+            named = f"network {existing.name!r}" if seen else "a network of another project"
+            raise Conflict(f"{link.name} already carries {named}")
         plan = plan_addressing(
             body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
         )
