@@ -1,0 +1,404 @@
+"""THE isolation test of issue 11: every route of the app, for each role (admin, member,
+reader of project `own`) against a resource of its own project and of project `other`,
+answers as the table says: a reader's change is 403, a member or reader naming another
+project's resource 404 (as an unknown id), an admin-only route 403 for members and readers,
+and the admin reaches both projects.
+
+The table is keyed by (method, path template) and must cover every APIRoute of the app:
+a route added without an entry fails test_every_route_is_in_the_table ("new route without
+scoping"). One app serves the whole module (two projects, one resource of every kind each);
+each case sends one request, creating a throwaway resource first where the request would
+destroy the shared one (deletes, starts)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+
+from app.db.models import Operation
+from tests.api.vm_lab import POWEROFF_BOOT_SECTOR, Lab
+from tests.db_template import seed_state_dir
+from tests.host.test_qemu import live_pids_with_uuid
+from tests.netns_tools import throwaway_netns
+from tests.tenancy import auth, make_project, make_token
+
+ROLES = ("admin", "member", "reader")
+WHERE = ("own", "other")
+OWN_NET, OTHER_NET = "10.61.0.0/24", "10.62.0.0/24"
+
+
+@dataclass
+class World:
+    """The app, the two projects, a token per role (of `own`) and each project's resources
+    (kind -> id), all named alike in both projects where names are per project."""
+
+    client: TestClient
+    lab: Lab
+    projects: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, dict[str, str]] = field(default_factory=dict)
+    counter: Iterator[int] = field(default_factory=itertools.count)
+    disk: str = ""
+
+    def next(self) -> int:
+        return next(self.counter)
+
+    def admin_post(self, path: str, body: dict[str, Any], where: str) -> dict[str, Any]:
+        """Create as the unix socket's admin, in project `where`, and wait until settled."""
+        answer = self.client.post(
+            f"{path}?wait=20", json={**body, "project_id": self.projects[where]}
+        )
+        assert answer.status_code in (200, 201, 202), answer.text
+        made: dict[str, Any] = answer.json()
+        if path == "/v1/vms":
+            self.lab.vm_ids.add(made["id"])
+        return made
+
+    # ---- throwaway resources for destructive cases --------------------------------------
+
+    def fresh(self, kind: str, where: str) -> str:
+        n = self.next()
+        bridge = f"br{where[:2]}"
+        if kind == "bridge":
+            return self.admin_post("/v1/bridges", {"name": f"fb{n}"}, where)["id"]
+        if kind == "tap":
+            return self.admin_post("/v1/taps", {"name": f"ft{n}"}, where)["id"]
+        if kind == "vlan":
+            body = {"name": f"fv{n}", "vlan_id": 2000 + n, "trunk": bridge}
+            return self.admin_post("/v1/vlans", body, where)["id"]
+        if kind == "network":
+            tap = self.fresh("tap", where)
+            subnet = f"10.200.{n}.0/24"
+            body = {"name": f"fn{n}", "tap": tap, "subnet": subnet}
+            return self.admin_post("/v1/networks", body, where)["id"]
+        if kind == "vm":
+            return self.admin_post("/v1/vms", self.vm_body(f"fvm{n}"), where)["id"]
+        if kind == "forward":
+            body = {"network": "web", "vm": "web", "port": 30000 + n}
+            return self.admin_post("/v1/port-forwards", body, where)["id"]
+        raise AssertionError(kind)
+
+    def vm_body(self, name: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "memory_mib": 32,
+            "boot": {"disk": self.disk},
+            "power_state": "stopped",
+            **extra,
+        }
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    base = Path(tempfile.mkdtemp(prefix="kvt-scope-", dir="/tmp"))  # short: QMP sockets
+    base.chmod(0o755)
+    seed_state_dir(base / "state")
+    with throwaway_netns() as netns:
+        lab = Lab(netns, base)
+        try:
+            with lab.app() as client:
+                world = World(client, lab)
+                world.disk = lab.disk("poweroff.img", POWEROFF_BOOT_SECTOR)
+                _populate(world)
+                yield world
+        finally:
+            for pid in live_pids_with_uuid(lab.vm_ids):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _vlans_possible(world: World) -> None:
+    """The probe's answer says the kernel has 802.1Q and VLAN filtering (this one has
+    neither; as tests/api/test_vlans_api.py's vlan_api): the VLAN rows exist, in error."""
+    inspector = world.client.app.state.context.inspector  # type: ignore[attr-defined]
+    real = inspector.capabilities
+
+    def capabilities() -> dict[str, Any]:
+        caps = copy.deepcopy(real())
+        for feature in ("vlan_8021q", "vlan_filtering"):
+            caps["links"][feature] = {"available": True, "reason": None}
+        return caps
+
+    inspector.capabilities = capabilities
+
+
+def _populate(world: World) -> None:
+    db = world.client.app.state.context.db  # type: ignore[attr-defined]
+    _vlans_possible(world)
+    world.projects = {"own": make_project(db, "own"), "other": make_project(db, "other")}
+    world.tokens = {role: make_token(db, world.projects["own"], role) for role in ROLES}
+    for where, subnet in (("own", OWN_NET), ("other", OTHER_NET)):
+        bridge = f"br{where[:2]}"
+        ids = {"bridge": world.admin_post("/v1/bridges", {"name": bridge}, where)["id"]}
+        ids["tap"] = world.admin_post("/v1/taps", {"name": f"tp{where[:2]}"}, where)["id"]
+        # the same names in both projects: names are unique per project (issue 11)
+        vlan = {"name": "web", "vlan_id": 10, "trunk": bridge, "backend": "bridge_per_vlan"}
+        ids["vlan"] = world.admin_post("/v1/vlans", vlan, where)["id"]
+        network = {"name": "web", "bridge": bridge, "subnet": subnet}
+        ids["network"] = world.admin_post("/v1/networks", network, where)["id"]
+        nic = {"backend": "bridge", "bridge": bridge, "model": "virtio-net-pci"}
+        vm = world.admin_post("/v1/vms", world.vm_body("web", nics=[nic]), where)
+        ids["vm"] = vm["id"]
+        port = 18080 if where == "own" else 18081
+        forward = {"network": "web", "vm": "web", "port": port}
+        ids["forward"] = world.admin_post("/v1/port-forwards", forward, where)["id"]
+        with db.reading() as session:
+            op = session.query(Operation).filter_by(resource_id=ids["bridge"]).first()
+            assert op is not None and op.project_id == world.projects[where]
+            ids["operation"] = op.id
+        world.ids[where] = ids
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+Body = Callable[[World, str], Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to call one route and what an allowed caller gets.
+
+    - `ok`: the statuses of an allowed call (the domain's answer: a stopped VM's devices are
+      409, say; never 401/403/404 from scoping);
+    - `body`: the JSON body for project `where` (a create names that project);
+    - `fresh`: the kind of a throwaway resource to put in the path (destructive calls);
+    - `admin_only`: 403 for members and readers whatever the project;
+    - `query`: the query string (`{project}`: the project's id)."""
+
+    ok: frozenset[int]
+    body: Body | None = None
+    fresh: str | None = None
+    admin_only: bool = False
+    query: str = ""
+    stream: bool = False
+
+
+def ok(*codes: int, **kw: Any) -> Case:
+    return Case(frozenset(codes), **kw)
+
+
+def _create(path_body: Callable[[World, str, int], dict[str, Any]]) -> Body:
+    def body(world: World, where: str) -> dict[str, Any]:
+        return {**path_body(world, where, world.next()), "project_id": world.projects[where]}
+
+    return body
+
+
+def _network_body(world: World, where: str, n: int) -> dict[str, Any]:
+    # a member creates on a tap of its own: a throwaway one the admin makes in that project
+    tap = world.fresh("tap", where)
+    return {"name": f"n{n}", "tap": tap, "subnet": f"10.201.{n}.0/24"}
+
+
+def _forward(world: World, where: str, n: int) -> dict[str, Any]:
+    return {"network": "web", "vm": "web", "port": 20000 + n}
+
+
+def _batch(world: World, where: str) -> dict[str, Any]:
+    n = world.next()
+    item = {**_forward(world, where, n), "project_id": world.projects[where]}
+    return {"port_forwards": [item]}
+
+
+def _attach(world: World, where: str) -> dict[str, Any]:
+    return {"bridge": world.ids[where]["bridge"]}
+
+
+def _uplink(world: World, where: str) -> dict[str, Any]:
+    return {"interface": "lo"}
+
+
+ACCEPTED = (200, 201, 202)
+LIST = ok(200, query="?project={project}")
+
+TABLE: dict[tuple[str, str], Case] = {
+    ("GET", "/healthz"): ok(200),
+    ("GET", "/readyz"): ok(200),
+    ("GET", "/docs"): ok(200),
+    ("GET", "/docs/oauth2-redirect"): ok(200),
+    ("GET", "/redoc"): ok(200),
+    # bridges
+    ("GET", "/v1/bridges"): LIST,
+    ("POST", "/v1/bridges"): ok(*ACCEPTED, body=_create(lambda w, p, n: {"name": f"nb{n}"})),
+    ("GET", "/v1/bridges/{bridge_id}"): ok(200),
+    ("PATCH", "/v1/bridges/{bridge_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/bridges/{bridge_id}"): ok(202, fresh="bridge"),
+    ("GET", "/v1/bridges/{bridge_id}/fdb"): ok(200),
+    ("GET", "/v1/bridges/{bridge_id}/vlans"): ok(200),
+    ("GET", "/v1/bridges/{bridge_id}/uplink"): ok(404),  # none: "bridge ... has no uplink"
+    ("PUT", "/v1/bridges/{bridge_id}/uplink"): ok(
+        200, 409, 422, body=_uplink, admin_only=True, query="?dry_run=true"
+    ),
+    ("DELETE", "/v1/bridges/{bridge_id}/uplink"): ok(404, admin_only=True, query="?dry_run=true"),
+    # taps
+    ("GET", "/v1/taps"): LIST,
+    ("POST", "/v1/taps"): ok(*ACCEPTED, body=_create(lambda w, p, n: {"name": f"nt{n}"})),
+    ("GET", "/v1/taps/{tap_id}"): ok(200),
+    ("PATCH", "/v1/taps/{tap_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/taps/{tap_id}"): ok(202, fresh="tap"),
+    ("POST", "/v1/taps/{tap_id}/attach"): ok(200, 202, body=_attach, fresh="tap"),
+    ("POST", "/v1/taps/{tap_id}/detach"): ok(200, 202, fresh="tap"),
+    # VLANs
+    ("GET", "/v1/vlans"): LIST,
+    ("POST", "/v1/vlans"): ok(
+        *ACCEPTED,
+        body=_create(
+            lambda w, p, n: {"name": f"v{n}", "vlan_id": 100 + n, "trunk": w.ids[p]["bridge"]}
+        ),
+    ),
+    ("GET", "/v1/vlans/{vlan_id}"): ok(200),
+    ("PATCH", "/v1/vlans/{vlan_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/vlans/{vlan_id}"): ok(202, fresh="vlan"),
+    ("GET", "/v1/vlans/{vlan_id}/ports"): ok(200),
+    ("GET", "/v1/vlans/{vlan_id}/fdb"): ok(200),
+    # networks
+    ("GET", "/v1/networks"): LIST,
+    ("POST", "/v1/networks"): ok(*ACCEPTED, body=_create(_network_body)),
+    ("GET", "/v1/networks/{network_id}"): ok(200),
+    ("PATCH", "/v1/networks/{network_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/networks/{network_id}"): ok(202, fresh="network"),
+    ("GET", "/v1/networks/{network_id}/leases"): ok(200),
+    ("GET", "/v1/networks/{network_id}/log"): ok(200),
+    # port forwards
+    ("GET", "/v1/port-forwards"): LIST,
+    ("POST", "/v1/port-forwards"): ok(*ACCEPTED, body=_create(_forward)),
+    ("POST", "/v1/port-forwards/batch"): ok(202, body=_batch),
+    ("GET", "/v1/port-forwards/{forward_id}"): ok(200),
+    ("DELETE", "/v1/port-forwards/{forward_id}"): ok(202, fresh="forward"),
+    # VMs (stopped: no qemu runs but where a case starts one, which powers itself off)
+    ("GET", "/v1/vms"): LIST,
+    ("POST", "/v1/vms"): ok(*ACCEPTED, body=_create(lambda w, p, n: w.vm_body(f"vm{n}"))),
+    ("GET", "/v1/vms/{vm_id}"): ok(200),
+    ("PATCH", "/v1/vms/{vm_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/vms/{vm_id}"): ok(202, fresh="vm"),
+    ("POST", "/v1/vms/{vm_id}/start"): ok(200, 202, fresh="vm"),
+    ("POST", "/v1/vms/{vm_id}/stop"): ok(200),  # stopped already: nothing to do
+    ("POST", "/v1/vms/{vm_id}/kill"): ok(200),
+    ("POST", "/v1/vms/{vm_id}/reboot"): ok(409),  # not running (the action table)
+    ("GET", "/v1/vms/{vm_id}/console"): ok(200),
+    ("GET", "/v1/vms/{vm_id}/devices"): ok(409),  # not running
+    ("PUT", "/v1/vms/{vm_id}/nics/{index}/link"): ok(409, body=lambda w, p: {"up": True}),
+    # the host: the provider's
+    ("GET", "/v1/host/interfaces"): ok(200, admin_only=True),
+    ("GET", "/v1/host/routes"): ok(200, admin_only=True),
+    ("GET", "/v1/host/capabilities"): ok(200, admin_only=True),
+    ("GET", "/v1/host/diagnostics"): ok(200, admin_only=True),
+    # events and operations
+    ("GET", "/v1/events"): ok(200, query="?project={project}", stream=True),
+    ("GET", "/v1/operations"): LIST,
+    ("GET", "/v1/operations/{operation_id}"): ok(200),
+}
+
+PARAMS = {
+    "bridge_id": "bridge",
+    "tap_id": "tap",
+    "vlan_id": "vlan",
+    "network_id": "network",
+    "forward_id": "forward",
+    "vm_id": "vm",
+    "operation_id": "operation",
+}
+# no token needed, nothing of any project (app.api.middleware.OPEN_PATHS)
+OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def denied(case: Case, method: str, path: str, role: str, where: str) -> int | None:
+    """The status that refuses this caller before the route does anything, if any."""
+    if path in OPEN_PATHS or role == "admin":
+        return None
+    if role == "reader" and method != "GET":
+        return 403  # the middleware: a reader only reads
+    if case.admin_only:
+        return 403
+    if where == "other":
+        return 404  # not revealed: as an unknown id (or an unknown project)
+    return None
+
+
+def _route_keys(client: TestClient) -> list[tuple[str, str]]:
+    """(method, path) of every APIRoute, those of included routers too (FastAPI keeps
+    those behind its own route objects: iter_route_contexts walks them)."""
+    return sorted(
+        (method, str(context.path))
+        for context in iter_route_contexts(client.app.routes)  # type: ignore[attr-defined]
+        if isinstance(context.original_route, APIRoute)
+        for method in context.original_route.methods - {"HEAD"}
+    )
+
+
+def test_every_route_is_in_the_table(world: World) -> None:
+    keys = _route_keys(world.client)
+    missing = [key for key in keys if key not in TABLE]
+    assert not missing, f"new route without scoping (add it to TABLE): {missing}"
+    stale = [key for key in TABLE if key not in keys]
+    assert not stale, f"the table names routes the app no longer has: {stale}"
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(("method", "path"), sorted(TABLE))
+def test_route_answers_each_role_and_project_as_the_table_says(
+    world: World, method: str, path: str, role: str, where: str
+) -> None:
+    case = TABLE[(method, path)]
+    refusal = denied(case, method, path, role, where)
+    allowed = refusal is None
+    url = path
+    for name, kind in PARAMS.items():
+        if "{" + name + "}" in url:
+            fresh = case.fresh == kind and allowed
+            value = world.fresh(kind, where) if fresh else world.ids[where][kind]
+            url = url.replace("{" + name + "}", value)
+    url = url.replace("{index}", "0")
+    url += case.query.replace("{project}", world.projects[where])
+    headers = auth(world.tokens[role])
+    body = case.body(world, where) if case.body is not None else None
+    want = case.ok if refusal is None else frozenset({refusal})
+    if case.stream:
+        with world.client.stream(method, url, headers=headers) as answer:
+            status = answer.status_code
+            if status != 200:
+                answer.read()
+    else:
+        answer = world.client.request(method, url, headers=headers, json=body)
+        status = answer.status_code
+    assert status in want, f"{role} {method} {url} ({where}): {status} {answer.read()!r}"
+    if refusal == 404:
+        # exactly what an unknown id gets: nothing tells the other project's resource apart
+        # the path's id is looked up first; else the body's project, then its refs
+        known = [world.projects[where], *world.ids[where].values()]
+        hidden = next((i for i in known if i in url), None) or next(
+            i for i in known if i in str(body)
+        )
+        probe_url = url.replace(hidden, UNKNOWN)
+        probe_body = _replaced(body, hidden, UNKNOWN)
+        unknown = world.client.request(
+            method, probe_url, headers=auth(world.tokens["admin"]), json=probe_body
+        )
+        assert unknown.status_code == 404, unknown.text
+        assert answer.json()["detail"] == unknown.json()["detail"].replace(UNKNOWN, hidden)
+
+
+UNKNOWN = "00000000-0000-4000-8000-0000000000ff"
+
+
+def _replaced(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _replaced(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, old, new) for v in value]
+    return new if value == old else value
