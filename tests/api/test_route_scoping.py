@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -27,8 +28,10 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from app.db.models import Operation
+from app.db.models import ApiToken, Operation
+from app.domain.tenancy import secret_hash
 from tests.api.vm_lab import POWEROFF_BOOT_SECTOR, Lab
 from tests.db_template import seed_state_dir
 from tests.host.test_qemu import live_pids_with_uuid
@@ -402,3 +405,151 @@ def _replaced(value: Any, old: str, new: str) -> Any:
     if isinstance(value, list):
         return [_replaced(v, old, new) for v in value]
     return new if value == old else value
+
+
+# ---- what the table does not show ------------------------------------------------------------
+
+
+def _items(world: World, path: str, role: str, query: str = "") -> list[dict[str, Any]]:
+    answer = world.client.get(f"{path}?limit=1000{query}", headers=auth(world.tokens[role]))
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/bridges", "/v1/taps", "/v1/vlans", "/v1/networks", "/v1/port-forwards", "/v1/vms"]
+)
+def test_lists_show_a_member_only_its_projects_and_an_admin_any(world: World, path: str) -> None:
+    own, other = world.projects["own"], world.projects["other"]
+    kind = PATH_KINDS[path]
+    for role in ("member", "reader"):
+        items = _items(world, path, role)
+        assert {i["project_id"] for i in items} == {own}
+        assert world.ids["own"][kind] in {i["id"] for i in items}
+    everything = {i["id"] for i in _items(world, path, "admin")}
+    assert {world.ids["own"][kind], world.ids["other"][kind]} <= everything
+    only_other = _items(world, path, "admin", f"&project={other}")
+    assert {i["project_id"] for i in only_other} == {other}
+    assert _items(world, path, "admin", "&project=other") == only_other  # by name too
+
+
+PATH_KINDS = {
+    "/v1/bridges": "bridge",
+    "/v1/taps": "tap",
+    "/v1/vlans": "vlan",
+    "/v1/networks": "network",
+    "/v1/port-forwards": "forward",
+    "/v1/vms": "vm",
+}
+
+
+def _stream(world: World, role: str, after: int, count: int) -> list[dict[str, Any]]:
+    """The first `count` events after id `after` that `role`'s stream carries."""
+    seen: list[dict[str, Any]] = []
+    headers = {**auth(world.tokens[role]), "Last-Event-ID": str(after)}
+    with world.client.stream("GET", "/v1/events", headers=headers) as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+            if len(seen) == count:
+                break
+    return seen
+
+
+def test_a_members_event_stream_carries_only_its_projects_events(world: World) -> None:
+    bus = world.client.app.state.context.bus  # type: ignore[attr-defined]
+    after = bus.last_id
+    for where in ("other", "own"):  # the other project's event first: it must be skipped
+        answer = world.client.patch(
+            f"/v1/vlans/{world.ids[where]['vlan']}", json={"description": f"d{world.next()}"}
+        )
+        assert answer.status_code == 200, answer.text
+    (event,) = _stream(world, "member", after, 1)
+    assert (event["resource_id"], event["project_id"]) == (
+        world.ids["own"]["vlan"],
+        world.projects["own"],
+    )
+    both = _stream(world, "admin", after, 2)
+    assert [e["resource_id"] for e in both] == [
+        world.ids["other"]["vlan"],
+        world.ids["own"]["vlan"],
+    ]
+    answer = world.client.get(
+        f"/v1/events?project={world.projects['other']}", headers=auth(world.tokens["member"])
+    )
+    assert answer.status_code == 404
+
+
+def test_operations_record_project_token_and_via(world: World) -> None:
+    db = world.client.app.state.context.db  # type: ignore[attr-defined]
+    member = world.tokens["member"]
+    answer = world.client.post("/v1/taps", json={"name": f"at{world.next()}"}, headers=auth(member))
+    assert answer.status_code == 202, answer.text
+    op = world.client.get(
+        f"/v1/operations/{answer.headers['X-Operation-Id']}", headers=auth(member)
+    ).json()
+    with db.reading() as session:
+        token = session.scalars(
+            select(ApiToken).where(ApiToken.secret_hash == secret_hash(member))
+        ).one()
+    assert (op["project_id"], op["token_id"], op["via"]) == (
+        world.projects["own"],
+        token.id,
+        "token",
+    )
+    by_socket = world.client.get(f"/v1/operations/{world.ids['other']['operation']}").json()
+    assert (by_socket["project_id"], by_socket["token_id"], by_socket["via"]) == (
+        world.projects["other"],
+        None,
+        "unix-socket",
+    )
+    mine = _items(world, "/v1/operations", "member")
+    assert op["id"] in {o["id"] for o in mine}
+    assert {o["project_id"] for o in mine} == {world.projects["own"]}
+    theirs = _items(world, "/v1/operations", "admin", f"&project={world.projects['other']}")
+    assert {o["project_id"] for o in theirs} == {world.projects["other"]}
+
+
+def test_names_are_per_project_and_resolve_in_the_callers_project(world: World) -> None:
+    member = auth(world.tokens["member"])
+    for path in ("/v1/vms/web", "/v1/networks/web", "/v1/vlans/WEB"):
+        answer = world.client.get(path, headers=member)
+        assert answer.status_code == 200 and answer.json()["project_id"] == world.projects["own"]
+        # the unix socket acts in the default project, which has no `web`
+        assert world.client.get(path).status_code == 404
+    taken = world.client.post("/v1/vms", json=world.vm_body("WEB"), headers=member)
+    assert taken.status_code == 409 and taken.json()["type"].endswith("name-taken")
+    fixed = world.client.patch(
+        f"/v1/vms/{world.ids['own']['vm']}", json={"project_id": world.projects["other"]}
+    )
+    assert fixed.status_code == 422 and "fixed at creation" in fixed.text
+    unknown = world.client.post(
+        "/v1/taps", json={"name": f"ut{world.next()}", "project_id": UNKNOWN}
+    )
+    assert unknown.status_code == 404 and unknown.json()["detail"] == f"no project {UNKNOWN!r}"
+
+
+def test_a_member_attaches_only_to_its_own_or_shared_segments(world: World) -> None:
+    db = world.client.app.state.context.db  # type: ignore[attr-defined]
+    shared = world.ids["own"]["bridge"]
+    tenant = make_project(
+        db, f"tenant{world.next()}", shared_segments=[{"resource": "bridge", "id": shared}]
+    )
+    member = auth(make_token(db, tenant, "member"))
+    for ref in (shared, "brow"):  # by id, and by name
+        answer = world.client.post(
+            "/v1/taps", json={"name": f"st{world.next()}", "bridge": ref}, headers=member
+        )
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["bridge_id"] == shared
+        assert answer.json()["project_id"] == tenant
+    not_shared = world.ids["other"]["bridge"]
+    answer = world.client.post(
+        "/v1/taps", json={"name": f"st{world.next()}", "bridge": not_shared}, headers=member
+    )
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == f"no bridge {not_shared!r}"
+    # shared to attach to, not to see or change
+    assert world.client.get(f"/v1/bridges/{shared}", headers=member).status_code == 404
