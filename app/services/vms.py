@@ -285,7 +285,9 @@ class _NicClaims:
         assert isinstance(found, Tap)
         user = VmRepository(self.session).tap_user(found.id)
         if user is not None:
-            raise InUse(f"tap {found.name!r} is already used by VM {user}")
+            owner = VmRepository(self.session).visible(user, self.service.scope)
+            which = f"VM {user}" if owner is not None else "a VM of another project"
+            raise InUse(f"tap {found.name!r} is already used by {which}")
         if found.multi_queue != (queues > 1):
             raise InvalidInput(
                 f"tap {found.name!r} was created with multi_queue={found.multi_queue}; a NIC "
