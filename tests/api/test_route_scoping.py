@@ -553,3 +553,17 @@ def test_a_member_attaches_only_to_its_own_or_shared_segments(world: World) -> N
     assert answer.json()["detail"] == f"no bridge {not_shared!r}"
     # shared to attach to, not to see or change
     assert world.client.get(f"/v1/bridges/{shared}", headers=member).status_code == 404
+
+
+def test_in_use_names_another_projects_dependent_only_by_its_kind(world: World) -> None:
+    bridge = world.fresh("bridge", "own")
+    nic = {"backend": "bridge", "bridge": bridge, "model": "virtio-net-pci"}
+    theirs = world.admin_post("/v1/vms", world.vm_body(f"x{world.next()}", nics=[nic]), "other")
+    answer = world.client.delete(f"/v1/bridges/{bridge}", headers=auth(world.tokens["member"]))
+    assert answer.status_code == 409 and answer.json()["type"].endswith("in-use")
+    assert answer.json()["dependents"] == [
+        {"kind": "vm_nic", "id": "", "name": "(another project's)"}
+    ]
+    assert theirs["id"] not in answer.text and theirs["name"] not in answer.text
+    as_admin = world.client.delete(f"/v1/bridges/{bridge}")
+    assert as_admin.status_code == 409 and theirs["id"] in as_admin.text
