@@ -47,7 +47,9 @@ class Event:
     observed_generation: int = 0
     time: float = field(default_factory=time.time)
     data: dict[str, Any] | None = None  # the event's own payload (a QMP event's data)
-    project_id: str | None = None  # the resource's project (ResourceColumns.event_fields)
+    # the project of the resource (issue 11: a member's stream shows its project's events
+    # only); None: about the host as a whole, for admins only
+    project_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.api import trunk_views
-from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
+from app.api.deps import (
+    AppContext,
+    Cursor,
+    Force,
+    Limit,
+    ProjectFilter,
+    Wait,
+    admin_only,
+    caller_of,
+    context,
+)
 from app.api.presenters import (
     bridge_out,
     uplink_out,
@@ -27,7 +37,7 @@ from app.schemas.links import (
     FdbEntry,
 )
 from app.schemas.uplinks import UplinkOut, UplinkPlan, UplinkSet
-from app.services.links import BridgeService, NewLink
+from app.services.links import BridgeService, plan_new_link
 from app.services.uplinks import UplinkService
 
 router = APIRouter(
@@ -70,22 +80,26 @@ async def _finish(
 async def create_bridge(
     body: BridgeCreate, response: Response, request: Request, wait: Wait = None
 ) -> BridgeOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     # the kernel name the new bridge will get (its id and project decide it): a link kvmnetd
     # does not manage may hold that one
-    new = NewLink.plan("bridge", body.name)
+    new = await ctx.read(lambda s: plan_new_link(s, caller, "bridge", body.name, body.project_id))
     foreign = await ctx.host(ctx.inspector.foreign_link, new.ifname)
     prefixes = await ctx.prefixes_for(body.addresses)
     row, op = await ctx.mutate(
-        lambda s: BridgeService(s, request_id).create(body, foreign, prefixes, new)
+        lambda s: BridgeService(s, caller).create(body, foreign, prefixes, new)
     )
     return await _finish(ctx, response, row, op, wait, 201)
 
 
 @router.get("", operation_id="list_bridges", response_model=BridgePage)
-async def list_bridges(request: Request, limit: Limit = 100, cursor: Cursor = None) -> BridgePage:
+async def list_bridges(
+    request: Request, limit: Limit = 100, cursor: Cursor = None, project: ProjectFilter = None
+) -> BridgePage:
     ctx = context(request)
-    rows, next_cursor = await ctx.read(lambda s: BridgeService(s).page(limit, cursor))
+    rows, next_cursor = await ctx.read(
+        lambda s: BridgeService(s, caller_of(request)).page(limit, cursor, project)
+    )
     ports = await trunk_views.ports_of(ctx, rows)
     uplinks = await ctx.read(lambda s: UplinkService(s).of_bridges([r.id for r in rows]))
     return BridgePage(
@@ -97,7 +111,7 @@ async def list_bridges(request: Request, limit: Limit = 100, cursor: Cursor = No
 @router.get("/{bridge_id}", operation_id="get_bridge", response_model=BridgeOut)
 async def get_bridge(bridge_id: str, request: Request) -> BridgeOut:
     ctx = context(request)
-    row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
+    row = await ctx.read(lambda s: BridgeService(s, caller_of(request)).get(bridge_id))
     return await _present(ctx, row)
 
 
@@ -115,11 +129,9 @@ async def update_bridge(
     request: Request,
     wait: Wait = None,
 ) -> BridgeOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     prefixes = await ctx.prefixes_for(body.addresses)
-    row, op = await ctx.mutate(
-        lambda s: BridgeService(s, request_id).update(bridge_id, body, prefixes)
-    )
+    row, op = await ctx.mutate(lambda s: BridgeService(s, caller).update(bridge_id, body, prefixes))
     return await _finish(ctx, response, row, op, wait, 200)
 
 
@@ -150,9 +162,9 @@ async def delete_bridge(
         ),
     ] = False,
 ) -> BridgeOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     row, op = await ctx.mutate(
-        lambda s: BridgeService(s, request_id).delete(bridge_id, force, detach_taps)
+        lambda s: BridgeService(s, caller).delete(bridge_id, force, detach_taps)
     )
     return await _finish(ctx, response, row, op, wait, 202)
 
@@ -165,7 +177,7 @@ async def list_bridge_fdb(bridge_id: str, request: Request) -> list[FdbEntry]:
     follow, each entry naming that bridge (`via`, like `br0v20`) and its VLAN; such a bridge
     is no bridge resource (GET /v1/bridges/br0v20 is 404 naming its VLAN)."""
     ctx = context(request)
-    row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
+    row = await ctx.read(lambda s: BridgeService(s, caller_of(request)).get(bridge_id))
     return await trunk_views.fdb(ctx, row)
 
 
@@ -178,7 +190,7 @@ async def list_bridge_vlans(bridge_id: str, request: Request) -> BridgeVlans:
     bridge VLAN filtering: `filtering_available` false and the reason (not an error), and
     only those per-VLAN ports."""
     ctx = context(request)
-    row = await ctx.read(lambda s: BridgeService(s).get(bridge_id))
+    row = await ctx.read(lambda s: BridgeService(s, caller_of(request)).get(bridge_id))
     return await trunk_views.vlans(ctx, row)
 
 
@@ -196,13 +208,14 @@ async def _uplink_out(ctx: AppContext, row: Uplink) -> UplinkOut:
 async def get_bridge_uplink(bridge_id: str, request: Request) -> UplinkOut:
     """The bridge's uplink: its NIC, carrier, the moved configuration and the last steps."""
     ctx = context(request)
-    _, row = await ctx.read(lambda s: UplinkService(s).get(bridge_id))
+    _, row = await ctx.read(lambda s: UplinkService(s, caller_of(request)).get(bridge_id))
     return await _uplink_out(ctx, row)
 
 
 @router.put(
     "/{bridge_id}/uplink",
     operation_id="set_bridge_uplink",
+    dependencies=[Depends(admin_only)],
     status_code=202,
     response_model=UplinkOut | UplinkPlan,
     responses={
@@ -226,9 +239,11 @@ async def set_bridge_uplink(
     wait: Wait = None,
     dry_run: DryRun = False,
 ) -> UplinkOut | UplinkPlan | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     if dry_run:
-        bridge = await ctx.read(lambda s: UplinkService(s).check(bridge_id, body))
+        bridge = await ctx.read(
+            lambda s: UplinkService(s, caller_of(request)).check(bridge_id, body)
+        )
         take_mac = body.take_mac and not bridge.mac  # a pinned bridge MAC stays
         plan = await ctx.host(
             ctx.inspector.uplink_plan, body.interface, bridge.ifname, take_mac, body.dhcp
@@ -236,15 +251,18 @@ async def set_bridge_uplink(
         response.status_code = 200
         return uplink_plan_out(plan, body.interface, bridge.ifname, body.probe_address)
     # a trunk's bridge_per_vlan VLANs get `<interface>.<vid>`: no foreign link may hold it
-    names = await ctx.read(lambda s: UplinkService(s).subinterface_names(bridge_id, body.interface))
+    names = await ctx.read(
+        lambda s: UplinkService(s, caller_of(request)).subinterface_names(bridge_id, body.interface)
+    )
     foreign = {name: await ctx.host(ctx.inspector.foreign_link, name) for name in names}
-    row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).set(bridge_id, body, foreign))
+    row, op = await ctx.mutate(lambda s: UplinkService(s, caller).set(bridge_id, body, foreign))
     return await _finish_uplink(ctx, response, row, op, wait, 201)
 
 
 @router.delete(
     "/{bridge_id}/uplink",
     operation_id="delete_bridge_uplink",
+    dependencies=[Depends(admin_only)],
     status_code=202,
     response_model=UplinkOut | UplinkPlan,
     responses={
@@ -260,12 +278,12 @@ async def delete_bridge_uplink(
     wait: Wait = None,
     dry_run: DryRun = False,
 ) -> UplinkOut | UplinkPlan | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     if dry_run:
-        bridge, row = await ctx.read(lambda s: UplinkService(s).get(bridge_id))
+        bridge, row = await ctx.read(lambda s: UplinkService(s, caller_of(request)).get(bridge_id))
         response.status_code = 200
         return uplink_restore_plan_out(row, bridge.ifname)
-    row, op = await ctx.mutate(lambda s: UplinkService(s, request_id).delete(bridge_id))
+    row, op = await ctx.mutate(lambda s: UplinkService(s, caller).delete(bridge_id))
     return await _finish_uplink(ctx, response, row, op, wait, 202)
 
 

@@ -20,6 +20,7 @@ from app.domain.networks import HostPrefix
 from app.domain.tenancy import Caller, Principal
 from app.domain.vlans import VlanFacts
 from app.services.ports import HostInspector, Nudger, VmControl
+from app.services.scoping import require_admin
 
 T = TypeVar("T")
 
@@ -97,6 +98,24 @@ def principal_of(request: Request) -> Principal:
 def caller_of(request: Request) -> Caller:
     """Who asks and under which request id: what services record and scope by."""
     return Caller(principal_of(request), request_id_of(request))
+
+
+def admin_only(request: Request) -> None:
+    """A route (or router) dependency: 403 for a member or reader (the host's own views,
+    uplinks: provider-level things, issue 11)."""
+    require_admin(caller_of(request), f"{request.method} {request.url.path}")
+
+
+ProjectFilter = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="Only the resources of this project (its id or name). An admin may name "
+        "any project (without it an admin sees every project); a member or reader only its "
+        "own (any other is 404, as an unknown one).",
+    ),
+]
 
 
 Wait = Annotated[

@@ -15,11 +15,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
-from app.api.deps import context
+from app.api.deps import ProjectFilter, caller_of, context
 from app.api.draining import Drained
 from app.api.strict import StrictRoute
 from app.bus import Event, EventBus
 from app.schemas.common import PROBLEM_RESPONSES
+from app.services.scoping import list_scope
 
 router = APIRouter(
     prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
@@ -137,11 +138,17 @@ async def stream_events(
     resource: Annotated[
         str | None, Query(max_length=32, description="Only events of this resource kind")
     ] = None,
+    project: ProjectFilter = None,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> EventSourceResponse:
-    ctx = context(request)
+    """A member's or reader's stream carries its project's events only; an admin's every
+    project's (and the host's own, which belong to none), or one project's with ?project=."""
+    ctx, caller = context(request), caller_of(request)
+    scope = await ctx.read(lambda s: list_scope(s, caller, project))
 
     def wanted(event: Event) -> bool:
+        if scope.project_id is not None and event.project_id != scope.project_id:
+            return False
         return resource is None or event.resource == resource
 
     async def stream() -> AsyncIterator[dict[str, Any]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
-from app.api.deps import context
+from app.api.deps import admin_only, context
 from app.api.presenters import uplink_diagnostic
 from app.api.strict import StrictRoute
 from app.schemas.common import PROBLEM_RESPONSES
@@ -14,8 +14,14 @@ from app.schemas.host import Capabilities, DiagnosticCheck, HostInterface, HostR
 from app.services.networks import NetworkService
 from app.services.uplinks import UplinkService
 
+# the host's own interfaces, routes, probes and diagnostics are the provider's: admins only
+# (a member or reader gets 403; issue 11)
 router = APIRouter(
-    prefix="/v1/host", tags=["host"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+    prefix="/v1/host",
+    tags=["host"],
+    responses=PROBLEM_RESPONSES,
+    route_class=StrictRoute,
+    dependencies=[Depends(admin_only)],
 )
 
 

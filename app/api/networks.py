@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Force, Limit, ProjectFilter, Wait, caller_of, context
 from app.api.presenters import network_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -68,19 +68,19 @@ async def _finish_network(
 async def create_network(
     body: NetworkCreate, response: Response, request: Request, wait: Wait = None
 ) -> NetworkOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     prefixes = await ctx.host(ctx.inspector.host_prefixes)
     facts = await ctx.vlan_facts_for(body.vlan)
-    row, op = await ctx.mutate(
-        lambda s: NetworkService(s, request_id, facts).create(body, prefixes)
-    )
+    row, op = await ctx.mutate(lambda s: NetworkService(s, caller, facts).create(body, prefixes))
     return await _finish_network(ctx, response, row, op, wait, 201)
 
 
 @router.get("", operation_id="list_networks", response_model=NetworkPage)
-async def list_networks(request: Request, limit: Limit = 100, cursor: Cursor = None) -> NetworkPage:
+async def list_networks(
+    request: Request, limit: Limit = 100, cursor: Cursor = None, project: ProjectFilter = None
+) -> NetworkPage:
     def page(session: Session) -> NetworkPage:
-        rows, next_cursor = NetworkService(session).page(limit, cursor)
+        rows, next_cursor = NetworkService(session, caller_of(request)).page(limit, cursor, project)
         return NetworkPage(items=[_network_view(session, r) for r in rows], next_cursor=next_cursor)
 
     return await context(request).read(page)
@@ -89,7 +89,9 @@ async def list_networks(request: Request, limit: Limit = 100, cursor: Cursor = N
 @router.get("/{network_id}", operation_id="get_network", response_model=NetworkOut)
 async def get_network(network_id: str, request: Request) -> NetworkOut:
     ctx = context(request)
-    view = await ctx.read(lambda s: _network_view(s, NetworkService(s).get(network_id)))
+    view = await ctx.read(
+        lambda s: _network_view(s, NetworkService(s, caller_of(request)).get(network_id))
+    )
     drops = await ctx.host(ctx.inspector.isolation_drops, view.id)
     if drops is not None:
         view.isolation = IsolationOut(dropped_packets=drops[0], dropped_bytes=drops[1])
@@ -108,8 +110,8 @@ async def get_network(network_id: str, request: Request) -> NetworkOut:
 async def update_network(
     network_id: str, body: NetworkUpdate, response: Response, request: Request, wait: Wait = None
 ) -> NetworkOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: NetworkService(s, request_id).update(network_id, body))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: NetworkService(s, caller).update(network_id, body))
     return await _finish_network(ctx, response, row, op, wait, 200)
 
 
@@ -132,8 +134,8 @@ async def delete_network(
     wait: Wait = None,
     force: Force = False,
 ) -> NetworkOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: NetworkService(s, request_id).delete(network_id, force))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: NetworkService(s, caller).delete(network_id, force))
     return await _finish_network(ctx, response, row, op, wait, 202)
 
 
@@ -148,7 +150,7 @@ async def list_network_leases(network_id: str, request: Request) -> list[Lease]:
     ctx = context(request)
 
     def load(session: Session) -> tuple[str, dict[str, tuple[str, str | None]]]:
-        service = NetworkService(session)
+        service = NetworkService(session, caller_of(request))
         row = service.get(network_id)
         nics = service.nics(row.id)
         return row.id, {n.mac: (n.vm_id, n.ipv4) for n in nics}
@@ -181,5 +183,5 @@ async def get_network_log(
 ) -> PlainTextResponse:
     """What the network's dnsmasq printed (start-up, DHCP transactions, errors), newest last."""
     ctx = context(request)
-    row_id = await ctx.read(lambda s: NetworkService(s).get(network_id).id)
+    row_id = await ctx.read(lambda s: NetworkService(s, caller_of(request)).get(network_id).id)
     return PlainTextResponse(await ctx.host(ctx.inspector.network_log, row_id, lines))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
-from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Limit, ProjectFilter, Wait, caller_of, context
 from app.api.presenters import port_forward_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -61,8 +61,8 @@ async def _finish_forward(
 async def create_port_forward(
     body: PortForwardCreate, response: Response, request: Request, wait: Wait = None
 ) -> PortForwardOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: PortForwardService(s, request_id).create(body))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: PortForwardService(s, caller).create(body))
     return await _finish_forward(ctx, response, row, op, wait, 201)
 
 
@@ -76,10 +76,10 @@ async def create_port_forward(
     "They are applied together in one nftables transaction. Each has its own operation.",
 )
 async def create_port_forwards(body: PortForwardBatch, request: Request) -> PortForwardList:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
 
     def create(session: Session) -> tuple[PortForwardList, list[dict[str, object]]]:
-        created = PortForwardService(session, request_id).create_many(body.port_forwards)
+        created = PortForwardService(session, caller).create_many(body.port_forwards)
         session.flush()
         views = PortForwardList(items=[_forward_view(session, row) for row, _ in created])
         return views, [row.event_fields("port_forward") for row, _ in created]
@@ -97,10 +97,12 @@ async def create_port_forwards(body: PortForwardBatch, request: Request) -> Port
     response_model=PortForwardPage,
 )
 async def list_port_forwards(
-    request: Request, limit: Limit = 100, cursor: Cursor = None
+    request: Request, limit: Limit = 100, cursor: Cursor = None, project: ProjectFilter = None
 ) -> PortForwardPage:
     def page(session: Session) -> PortForwardPage:
-        rows, next_cursor = PortForwardService(session).page(limit, cursor)
+        rows, next_cursor = PortForwardService(session, caller_of(request)).page(
+            limit, cursor, project
+        )
         return PortForwardPage(
             items=[_forward_view(session, r) for r in rows], next_cursor=next_cursor
         )
@@ -115,7 +117,7 @@ async def list_port_forwards(
 )
 async def get_port_forward(forward_id: str, request: Request) -> PortForwardOut:
     return await context(request).read(
-        lambda s: _forward_view(s, PortForwardService(s).get(forward_id))
+        lambda s: _forward_view(s, PortForwardService(s, caller_of(request)).get(forward_id))
     )
 
 
@@ -129,6 +131,6 @@ async def get_port_forward(forward_id: str, request: Request) -> PortForwardOut:
 async def delete_port_forward(
     forward_id: str, response: Response, request: Request, wait: Wait = None
 ) -> PortForwardOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: PortForwardService(s, request_id).delete(forward_id))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: PortForwardService(s, caller).delete(forward_id))
     return await _finish_forward(ctx, response, row, op, wait, 202)

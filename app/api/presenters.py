@@ -116,6 +116,7 @@ def _resource(row: ResourceColumns) -> dict[str, Any]:
     return dict(
         id=row.id,
         name=row.name,
+        project_id=row.project_id,
         status=row.status,
         status_reason=row.status_reason,
         generation=row.generation,
@@ -189,6 +190,7 @@ def mutation_headers(
 VM_FIELDS = (
     "id",
     "name",
+    "project_id",
     "status",
     "status_reason",
     "generation",

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Force, Limit, ProjectFilter, Wait, caller_of, context
 from app.api.presenters import tap_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -14,7 +14,7 @@ from app.db.models import Operation, Tap
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Tap as TapOut
 from app.schemas.links import TapAttach, TapCreate, TapPage, TapUpdate
-from app.services.links import NewLink, TapService
+from app.services.links import TapService, plan_new_link
 
 router = APIRouter(
     prefix="/v1/taps", tags=["taps"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
@@ -47,30 +47,34 @@ async def _finish(
 async def create_tap(
     body: TapCreate, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     # the kernel name the new tap will get (its id and project decide it): a link kvmnetd
     # does not manage may hold that one
-    new = NewLink.plan("tap", body.name)
+    new = await ctx.read(lambda s: plan_new_link(s, caller, "tap", body.name, body.project_id))
     foreign = await ctx.host(ctx.inspector.foreign_link, new.ifname)
     prefixes = await ctx.prefixes_for(body.addresses)
     facts = await ctx.vlan_facts_for(body.vlan)
     row, op = await ctx.mutate(
-        lambda s: TapService(s, request_id, facts).create(body, foreign, prefixes, new)
+        lambda s: TapService(s, caller, facts).create(body, foreign, prefixes, new)
     )
     return await _finish(ctx, response, row, op, wait, 201)
 
 
 @router.get("", operation_id="list_taps", response_model=TapPage)
-async def list_taps(request: Request, limit: Limit = 100, cursor: Cursor = None) -> TapPage:
+async def list_taps(
+    request: Request, limit: Limit = 100, cursor: Cursor = None, project: ProjectFilter = None
+) -> TapPage:
     ctx = context(request)
-    rows, next_cursor = await ctx.read(lambda s: TapService(s).page(limit, cursor))
+    rows, next_cursor = await ctx.read(
+        lambda s: TapService(s, caller_of(request)).page(limit, cursor, project)
+    )
     return TapPage(items=[tap_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{tap_id}", operation_id="get_tap", response_model=TapOut)
 async def get_tap(tap_id: str, request: Request) -> TapOut:
     ctx = context(request)
-    return tap_out(await ctx.read(lambda s: TapService(s).get(tap_id)))
+    return tap_out(await ctx.read(lambda s: TapService(s, caller_of(request)).get(tap_id)))
 
 
 @router.patch("/{tap_id}", operation_id="update_tap", response_model=TapOut, responses=PENDING)
@@ -83,11 +87,11 @@ async def update_tap(
 ) -> TapOut | Response:
     """Change a tap. `bridge: null` detaches it; multi_queue, vnet_hdr and owner can only be
     set at creation in the kernel, so changing them re-creates the tap."""
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     prefixes = await ctx.prefixes_for(body.addresses)
     facts = await ctx.vlan_facts_for(body.vlan)
     row, op = await ctx.mutate(
-        lambda s: TapService(s, request_id, facts).update(tap_id, body, prefixes)
+        lambda s: TapService(s, caller, facts).update(tap_id, body, prefixes)
     )
     return await _finish(ctx, response, row, op, wait, 200)
 
@@ -104,8 +108,8 @@ async def attach_tap(
 ) -> TapOut | Response:
     """Attach the tap to a bridge (like `brctl addif`). 409 `in-use` when the tap carries a
     routed network (the problem's `dependents` names it)."""
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).attach(tap_id, body.bridge))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: TapService(s, caller).attach(tap_id, body.bridge))
     return await _finish(ctx, response, row, op, wait, 200)
 
 
@@ -116,8 +120,8 @@ async def detach_tap(
     tap_id: str, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
     """Detach the tap from its bridge (like `brctl delif`)."""
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).attach(tap_id, None))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: TapService(s, caller).attach(tap_id, None))
     return await _finish(ctx, response, row, op, wait, 200)
 
 
@@ -134,6 +138,6 @@ async def detach_tap(
 async def delete_tap(
     tap_id: str, response: Response, request: Request, wait: Wait = None, force: Force = False
 ) -> TapOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: TapService(s, request_id).delete(tap_id, force))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: TapService(s, caller).delete(tap_id, force))
     return await _finish(ctx, response, row, op, wait, 202)

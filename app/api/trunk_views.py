@@ -17,6 +17,7 @@ from typing import Any
 
 from app.api.deps import AppContext
 from app.db.models import Bridge
+from app.domain.tenancy import Caller
 from app.domain.vlans import VlanBridge
 from app.schemas.links import BridgeVlans, FdbEntry, PortVlan
 from app.services.vlans import VlanService
@@ -119,20 +120,21 @@ async def _per_vlan_port_vlans(
     ]
 
 
-async def _trunk_of(ctx: AppContext, vlan_ref: str) -> tuple[Bridge | None, int]:
-    """The VLAN's trunk row (None once it is gone) and its VID; 404 for an unknown VLAN."""
+async def _trunk_of(ctx: AppContext, caller: Caller, vlan_ref: str) -> tuple[Bridge | None, int]:
+    """The VLAN's trunk row (None once it is gone) and its VID; 404 for an unknown VLAN
+    (one of a project the caller does not see too)."""
 
-    return await ctx.read(lambda s: VlanService(s).trunk_and_vid(vlan_ref))
+    return await ctx.read(lambda s: VlanService(s, caller).trunk_and_vid(vlan_ref))
 
 
-async def vlan_fdb(ctx: AppContext, vlan_ref: str) -> list[FdbEntry]:
+async def vlan_fdb(ctx: AppContext, caller: Caller, vlan_ref: str) -> list[FdbEntry]:
     """The VLAN's MAC table: the entries of its trunk's view (fdb) on its VID, on either
     backend (NDA_VLAN on a filtering trunk; the VLAN's own bridge with bridge_per_vlan)."""
-    trunk, vid = await _trunk_of(ctx, vlan_ref)
+    trunk, vid = await _trunk_of(ctx, caller, vlan_ref)
     return [] if trunk is None else [e for e in await fdb(ctx, trunk) if e.vlan == vid]
 
 
-async def vlan_ports(ctx: AppContext, vlan_ref: str) -> list[PortVlan]:
+async def vlan_ports(ctx: AppContext, caller: Caller, vlan_ref: str) -> list[PortVlan]:
     """The VLAN's ports: the rows of its trunk's membership view (vlans) on its VID."""
-    trunk, vid = await _trunk_of(ctx, vlan_ref)
+    trunk, vid = await _trunk_of(ctx, caller, vlan_ref)
     return [] if trunk is None else [p for p in (await vlans(ctx, trunk)).ports if p.vid == vid]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app.api import trunk_views
-from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Force, Limit, ProjectFilter, Wait, caller_of, context
 from app.api.presenters import mutation_headers, vlan_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -66,22 +66,26 @@ async def _finish(
 async def create_vlan(
     body: VlanCreate, response: Response, request: Request, wait: Wait = None
 ) -> VlanOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
-    trunk, uplink = await ctx.read(lambda s: VlanService(s).trunk_names(body.trunk))
+    ctx, caller = context(request), caller_of(request)
+    trunk, uplink = await ctx.read(
+        lambda s: VlanService(s, caller).trunk_names(body.trunk, body.project_id)
+    )
     foreign = {
         name: await ctx.host(ctx.inspector.foreign_link, name)
         for name in candidate_names(trunk, body.vlan_id, uplink)
     }
     capabilities = await ctx.host(ctx.inspector.capabilities)
     facts = VlanFacts.from_link_probe(capabilities["links"])
-    row, op = await ctx.mutate(lambda s: VlanService(s, request_id).create(body, facts, foreign))
+    row, op = await ctx.mutate(lambda s: VlanService(s, caller).create(body, facts, foreign))
     return await _finish(ctx, response, row, op, wait, 201)
 
 
 @router.get("", operation_id="list_vlans", response_model=VlanPage)
-async def list_vlans(request: Request, limit: Limit = 100, cursor: Cursor = None) -> VlanPage:
+async def list_vlans(
+    request: Request, limit: Limit = 100, cursor: Cursor = None, project: ProjectFilter = None
+) -> VlanPage:
     def page(session: Session) -> VlanPage:
-        rows, next_cursor = VlanService(session).page(limit, cursor)
+        rows, next_cursor = VlanService(session, caller_of(request)).page(limit, cursor, project)
         return VlanPage(items=_views(session, list(rows)), next_cursor=next_cursor)
 
     return await context(request).read(page)
@@ -91,7 +95,11 @@ async def list_vlans(request: Request, limit: Limit = 100, cursor: Cursor = None
 async def get_vlan(vlan_id: str, request: Request) -> VlanOut:
     """A VLAN by id or name (any case): its backend, trunk, and the kernel objects it owns
     with their observed state."""
-    return (await context(request).read(lambda s: _views(s, [VlanService(s).get(vlan_id)])))[0]
+    return (
+        await context(request).read(
+            lambda s: _views(s, [VlanService(s, caller_of(request)).get(vlan_id)])
+        )
+    )[0]
 
 
 @router.patch(
@@ -107,8 +115,8 @@ async def get_vlan(vlan_id: str, request: Request) -> VlanOut:
 async def update_vlan(
     vlan_id: str, body: VlanUpdate, response: Response, request: Request, wait: Wait = None
 ) -> VlanOut:
-    ctx, request_id = context(request), request_id_of(request)
-    row, changed = await ctx.mutate(lambda s: VlanService(s, request_id).update(vlan_id, body))
+    ctx, caller = context(request), caller_of(request)
+    row, changed = await ctx.mutate(lambda s: VlanService(s, caller).update(vlan_id, body))
     if changed:  # no status moves, so no worker tells /v1/events: the API does
         ctx.bus.publish(**row.event_fields("vlan", "updated", data={"changed": changed}))
     mutation_headers(response, "vlans", row.id, None)
@@ -131,8 +139,8 @@ async def update_vlan(
 async def delete_vlan(
     vlan_id: str, response: Response, request: Request, wait: Wait = None, force: Force = False
 ) -> VlanOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: VlanService(s, request_id).delete(vlan_id, force))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: VlanService(s, caller).delete(vlan_id, force))
     return await _finish(ctx, response, row, op, wait, 202)
 
 
@@ -145,7 +153,7 @@ async def list_vlan_ports(vlan_id: str, request: Request) -> list[PortVlan]:
     an address on the VLAN); bridge_per_vlan: every port of the VLAN's own bridge (`via`),
     the uplink's `<uplink>.<vid>` and the VLAN's taps. [] once the trunk is gone; 404 for an
     unknown VLAN."""
-    return await trunk_views.vlan_ports(context(request), vlan_id)
+    return await trunk_views.vlan_ports(context(request), caller_of(request), vlan_id)
 
 
 @router.get("/{vlan_id}/fdb", operation_id="list_vlan_fdb", response_model=list[FdbEntry])
@@ -154,4 +162,4 @@ async def list_vlan_fdb(vlan_id: str, request: Request) -> list[FdbEntry]:
     /v1/bridges/{trunk}/fdb whose `vlan` is the VLAN's VID (vlan_filtering: the trunk's
     entries on that VID; bridge_per_vlan: the table of the VLAN's own bridge, `via`). [] once
     the trunk is gone; 404 for an unknown VLAN."""
-    return await trunk_views.vlan_fdb(context(request), vlan_id)
+    return await trunk_views.vlan_fdb(context(request), caller_of(request), vlan_id)

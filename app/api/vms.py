@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Limit, ProjectFilter, Wait, caller_of, context
 from app.api.presenters import vm_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -61,20 +61,22 @@ async def create_vm(
     body: VmCreate, response: Response, request: Request, wait: Wait = None
 ) -> VmOut | Response:
     """Create a VM; with power_state running (the default) it starts at once."""
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
     leases = ctx.inspector.leases
-    row, _, op = await ctx.mutate(lambda s: VmService(s, request_id).create(body, host, leases))
+    row, _, op = await ctx.mutate(lambda s: VmService(s, caller).create(body, host, leases))
     return await _finish(ctx, response, row, op, wait, 201)
 
 
 @router.get("", operation_id="list_vms", response_model=VmPage)
-async def list_vms(request: Request, limit: Limit = 100, cursor: Cursor = None) -> VmPage:
+async def list_vms(
+    request: Request, limit: Limit = 100, cursor: Cursor = None, project: ProjectFilter = None
+) -> VmPage:
     ctx = context(request)
 
     def page(session: Any) -> tuple[list[VmOut], str | None]:
-        service = VmService(session)
-        rows, next_cursor = service.page(limit, cursor)
+        service = VmService(session, caller_of(request))
+        rows, next_cursor = service.page(limit, cursor, project)
         return [vm_out(row, service.nics(row.id)) for row in rows], next_cursor
 
     items, next_cursor = await ctx.read(page)
@@ -84,7 +86,7 @@ async def list_vms(request: Request, limit: Limit = 100, cursor: Cursor = None) 
 @router.get("/{vm_id}", operation_id="get_vm", response_model=VmOut)
 async def get_vm(vm_id: str, request: Request) -> VmOut:
     ctx = context(request)
-    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    row = await ctx.read(lambda s: VmService(s, caller_of(request)).get(vm_id))
     nics = await ctx.read(lambda s: VmService(s).nics(row.id))
     states = None
     if any(n.port_security for n in nics):  # read from the kernel, with counters
@@ -97,8 +99,8 @@ async def _act(
     request: Request, response: Response, vm_id: str, verb: VmVerb, wait: float | None
 ) -> VmOut | Response:
     """start, stop or kill as the action table says (app.domain.vm_actions)."""
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).act(vm_id, verb))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: VmPowerService(s, caller).act(vm_id, verb))
     return await _finish(ctx, response, row, op, wait, 200)
 
 
@@ -157,9 +159,9 @@ async def update_vm(
     the body's schema for null). Never starts or stops the VM: restart_policy applies at
     once, the rest at the next start of qemu (`restart_pending` shows it). 409 while the VM
     is being deleted; 422 when the result would not be a valid VM."""
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, caller = context(request), caller_of(request)
     host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
-    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).update(vm_id, body, host))
+    row, op = await ctx.mutate(lambda s: VmPowerService(s, caller).update(vm_id, body, host))
     return await _finish(ctx, response, row, op, wait, 200)
 
 
@@ -187,8 +189,8 @@ async def delete_vm(
     """Stops the VM first, then removes everything of it (taps, run directory, claims).
     409 `in-use` (listing `dependents`) while port forwards target it or socket NICs of
     other VMs connect to it, unless ?force=true."""
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: VmPowerService(s, request_id).delete(vm_id, force))
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: VmPowerService(s, caller).delete(vm_id, force))
     return await _finish(ctx, response, row, op, wait, 202)
 
 
@@ -209,7 +211,7 @@ async def get_vm_console(
     """The serial console log: the last `tail` bytes, and with follow=true everything the
     guest prints after that, until the client hangs up or the daemon stops."""
     ctx = context(request)
-    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    row = await ctx.read(lambda s: VmService(s, caller_of(request)).get(vm_id))
     text, offset = await ctx.host(ctx.inspector.vm_console, row.id, -tail)
     if not follow:
         return PlainTextResponse(text.decode("utf-8", "replace"))
@@ -246,7 +248,7 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
     host_mtu): proof that the
     device really exists, e.g. an ISA NE2000 on the isapc machine. 409 when not running."""
     ctx = context(request)
-    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    row = await ctx.read(lambda s: VmService(s, caller_of(request)).get(vm_id))
     nics = await ctx.read(lambda s: VmService(s).nics(row.id))
 
     def observe() -> list[DeviceOut]:
@@ -275,7 +277,7 @@ async def reboot_vm(vm_id: str, request: Request) -> Response:
     running (the action table, app.domain.vm_actions). Changes waiting for a restart
     (`restart_pending`) are not applied by a reset: qemu keeps running."""
     ctx = context(request)
-    row = await ctx.read(lambda s: VmPowerService(s).reboot_target(vm_id))
+    row = await ctx.read(lambda s: VmPowerService(s, caller_of(request)).reboot_target(vm_id))
     await ctx.host(_qmp, ctx, row.id, "system_reset")
     return Response(status_code=204)
 
@@ -284,7 +286,7 @@ async def reboot_vm(vm_id: str, request: Request) -> Response:
 async def set_vm_nic_link(vm_id: str, index: int, body: LinkState, request: Request) -> DeviceOut:
     """Pull or plug the virtual cable of one NIC at run time (QMP set_link)."""
     ctx = context(request)
-    row = await ctx.read(lambda s: VmService(s).get(vm_id))
+    row = await ctx.read(lambda s: VmService(s, caller_of(request)).get(vm_id))
     nics = await ctx.read(lambda s: VmService(s).nics(row.id))
     nic = next((n for n in nics if n.position == index), None)
     if nic is None:

@@ -30,6 +30,14 @@ class NotFound(DomainError):
     title = "Resource not found"
 
 
+class Forbidden(DomainError):
+    """The caller's role may not do this at all (admin-only things), whatever the object."""
+
+    kind = "forbidden"
+    status = 403
+    title = "Not allowed for this role"
+
+
 class Conflict(DomainError):
     kind = "conflict"
     status = 409

@@ -79,9 +79,51 @@ class Caller:
     principal: Principal
     request_id: str | None = None
 
+    @property
+    def project_id(self) -> str:
+        """The project the caller acts in: where its creates land, where names resolve."""
+        return self.principal.project_id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.principal.is_admin
+
+    @property
+    def scope(self) -> Scope:
+        """A member or reader sees its project only; an admin sees every project, and its
+        names resolve in its own project (ids anywhere)."""
+        project_id = self.principal.project_id
+        return Scope(None if self.is_admin else project_id, project_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a lookup may see: `project_id` is the one project whose resources are visible
+    (None: every project, as an admin sees them); `home` is the project names resolve in
+    (None: any project, for the daemon's own lookups). Another project's resource is then
+    exactly as unknown as an id nobody has (Neutron: 404, never 403, so that its existence
+    is not revealed)."""
+
+    project_id: str | None
+    home: str | None
+
+    def sees(self, project_id: str) -> bool:
+        return self.project_id is None or self.project_id == project_id
+
+    @classmethod
+    def of(cls, project_id: str) -> Scope:
+        """Exactly one project: visible there, names resolved there."""
+        return cls(project_id, project_id)
+
+
+# the daemon's own lookups (the supervisor, services' internal reads by id)
+EVERY_PROJECT = Scope(None, None)
+
 
 ADMIN_BY_SOCKET = Principal(DEFAULT_PROJECT_ID, Role.ADMIN, Via.UNIX_SOCKET)
 ADMIN_BY_TOKEN_FILE = Principal(DEFAULT_PROJECT_ID, Role.ADMIN, Via.ADMIN_TOKEN)
+# what a service acts as when nobody asked through the API (tests, the daemon itself)
+LOCAL_ADMIN = Caller(ADMIN_BY_SOCKET)
 
 
 def new_secret() -> str:

@@ -139,6 +139,19 @@ ONE_LINE = _OneLine()
 # Never empty: "" names nothing, and is a 422 like any malformed field, not a 404.
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 
+# a create's project (issue 11): only an admin may name one; fixed after creation
+ProjectIdIn = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=36,
+        description="The project (its id) to create the resource in. Null or omitted: the "
+        "caller's own project. Only an admin may name another one; 404 for an unknown "
+        "project, and for a member naming any project but its own.",
+        examples=["00000000-0000-4000-8000-000000000000"],
+    ),
+]
+
 
 def _not_a_vid(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
@@ -323,6 +336,10 @@ class ResourceState(BaseModel):
 
     id: str = Field(examples=["9b1f7c55-4a3e-4d8e-9a57-0c8b1d2e3f40"])
     name: str
+    project_id: str = Field(
+        description="The project the resource belongs to (fixed at creation; Neutron's project_id)",
+        examples=["00000000-0000-4000-8000-000000000000"],
+    )
     status: Status
     status_reason: str | None = None
     generation: int = Field(description="Bumped on every accepted change of desired state")
@@ -344,6 +361,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, desc in {
         400: "Bad request",
         401: "Missing or wrong bearer token",
+        403: "The token's role may not do this (a reader's change, an admin-only route)",
         404: "Not found",
         409: "Conflict",
         413: "Body too large",

@@ -18,7 +18,9 @@ class EventOut(BaseModel):
     resource_id: str
     name: str
     project_id: str | None = Field(
-        None, description="The resource's project (null: a host-wide event, admins only)"
+        None,
+        description="The resource's project; null: about the host as a whole (such events "
+        "reach admins only)",
     )
     status: str = Field(description="pending, active, error, deleting, or deleted")
     status_reason: str | None = None

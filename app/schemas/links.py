@@ -13,6 +13,7 @@ from app.schemas.common import (
     MacStr,
     Mtu,
     Page,
+    ProjectIdIn,
     Ref,
     RequestModel,
     ResourceState,
@@ -70,6 +71,7 @@ class BridgeCreate(RequestModel):
     addresses: CreateAddresses = Field(
         default_factory=list, description=CREATE_ADDRESSES.format(kind="bridge")
     )
+    project_id: ProjectIdIn = None
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -259,6 +261,7 @@ class TapCreate(RequestModel):
     owner_gid: Id | None = None
     multi_queue: bool = False
     vnet_hdr: bool = False
+    project_id: ProjectIdIn = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "tap1", "bridge": "br0"}]})
 

@@ -20,6 +20,7 @@ from app.schemas.common import (
     ONE_LINE,
     LinkNameStr,
     Page,
+    ProjectIdIn,
     Ref,
     RequestModel,
     ResourceState,
@@ -92,6 +93,7 @@ class NetworkCreate(RequestModel):
     nat: NatIn = Field(default_factory=lambda: NatIn.model_validate({}))
     dhcp: DhcpIn = Field(default_factory=lambda: DhcpIn.model_validate({}))
     domain: DomainStr | None = Field(None, description="DNS domain of the guests' names")
+    project_id: ProjectIdIn = None
 
     @model_validator(mode="after")
     def _one_link(self) -> NetworkCreate:
@@ -214,6 +216,7 @@ class PortForwardCreate(RequestModel):
     )
     target_port: PortNumber | None = Field(None, description="Guest port (default: `port`)")
     description: Annotated[str, ONE_LINE] | None = Field(None, max_length=1024)
+    project_id: ProjectIdIn = None
 
 
 class PortForwardBatch(RequestModel):

@@ -24,7 +24,15 @@ from app.domain.vlans import (
     validate_vlan_id,
     validate_vlan_name,
 )
-from app.schemas.common import ONE_LINE, Page, Ref, RequestModel, ResourceState, UpdateModel
+from app.schemas.common import (
+    ONE_LINE,
+    Page,
+    ProjectIdIn,
+    Ref,
+    RequestModel,
+    ResourceState,
+    UpdateModel,
+)
 
 VlanNameStr = Annotated[
     str,
@@ -73,6 +81,7 @@ class VlanCreate(RequestModel):
     )
     backend: VlanBackend = Field(VlanBackend.AUTO, strict=False, description=BACKEND_DOC)
     description: Description | None = None
+    project_id: ProjectIdIn = None
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"name": "tenant-a", "vlan_id": 10, "trunk": "br0"}]}

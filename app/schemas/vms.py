@@ -27,6 +27,7 @@ from app.domain.vms import (
 from app.schemas.common import (
     Id,
     MacStr,
+    ProjectIdIn,
     Ref,
     RequestModel,
     UpdateModel,
@@ -117,7 +118,8 @@ PORT_SECURITY = (
     "whose IPv4 address is not known (no managed network, no allowed_addresses) may send "
     "only DHCP client requests over IPv4 until then. A guest whose IPv6 link-local address "
     "is not derived from its MAC (RFC 7217 stable privacy addresses) needs it in "
-    "allowed_addresses. Null or omitted: the daemon's default (off)"
+    "allowed_addresses. Null or omitted: on for a VM of a tenant project (any project but "
+    "`default`) where it can apply, off in `default` (the operator's own guests)"
 )
 ALLOWED_ADDRESSES = (
     "With port_security: further IPv4/IPv6 addresses or CIDR prefixes the guest may send "
@@ -347,6 +349,7 @@ class VmCreate(RequestModel):
         description="Run qemu as this uid/gid; null or omitted: the daemon's unprivileged "
         "qemu user (setting qemu_user, default kvmnetd-qemu)",
     )
+    project_id: ProjectIdIn = None
 
 
 class VmPatch(
@@ -464,6 +467,7 @@ class Vm(BaseModel):
 
     id: str
     name: str
+    project_id: str = Field(description="The project the VM belongs to (fixed at creation)")
     status: VmStatus
     status_reason: str | None = None
     generation: int

@@ -12,7 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.db.models import Bridge, Network, Operation, PortForward, Tap, Vlan, Vm, VmNic
+from app.db.models import (
+    Bridge,
+    Network,
+    Operation,
+    PortForward,
+    ResourceColumns,
+    Tap,
+    Uplink,
+    Vlan,
+    Vm,
+    VmNic,
+)
 from app.db.repositories import (
     DependentsRepository,
     FinishedOperation,
@@ -26,6 +37,7 @@ from app.db.session import Session
 from app.domain.dependents import Dependent, DependentKind, ForceAction, describe
 from app.domain.errors import InUse
 from app.domain.status import Status
+from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vms import PowerState, VmStatus
 from app.services.operations import bump, record_operation
 
@@ -36,6 +48,21 @@ def nic_dependent(nic: VmNic, vm: Vm, action: ForceAction | None = None) -> Depe
     return Dependent(K.VM_NIC, nic.id, f"{vm.name}/{nic.position}", vm.id, action)
 
 
+DEPENDENT_MODELS: dict[DependentKind, type[ResourceColumns]] = {
+    K.VM: Vm,
+    K.TAP: Tap,
+    K.NETWORK: Network,
+    K.UPLINK: Uplink,
+    K.PORT_FORWARD: PortForward,
+    K.VLAN: Vlan,
+}
+
+
+def hidden_dependent(dependent: Dependent) -> Dependent:
+    """A dependent of another project: its kind only (no id, no name)."""
+    return Dependent(dependent.kind, "", "(another project's)", None, dependent.action)
+
+
 def _row_dependent(kind: DependentKind, row: Tap | Network | PortForward | Vlan) -> Dependent:
     return Dependent(kind, row.id, row.name)
 
@@ -43,30 +70,50 @@ def _row_dependent(kind: DependentKind, row: Tap | Network | PortForward | Vlan)
 class InUseGuard:
     """Finds the dependents of one delete and, when forced, detaches them (one per request)."""
 
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(self, session: Session, caller: Caller = LOCAL_ADMIN) -> None:
         self.session = session
-        self.request_id = request_id
+        self.caller = caller
         self.repo = DependentsRepository(session)
         self.detached: list[Dependent] = []
         self._changed_vms: set[str] = set()
 
     # ---- the check -------------------------------------------------------------------------
 
-    @staticmethod
-    def refuse(what: str, dependents: Sequence[Dependent]) -> None:
-        """409 `in-use` naming every dependent, unless there is none."""
+    def refuse(self, what: str, dependents: Sequence[Dependent]) -> None:
+        """409 `in-use` naming every dependent, unless there is none (another project's
+        only as that: shown_to)."""
         if not dependents:
             return
+        shown = self.shown(dependents)
         raise InUse(
-            f"{what} is in use by {describe(list(dependents))}; delete or detach them first, "
+            f"{what} is in use by {describe(shown)}; delete or detach them first, "
             "or pass ?force=true to detach them with it",
-            dependents=[d.as_dict() for d in dependents],
+            dependents=[d.as_dict() for d in shown],
         )
 
     def record(self, operation: Operation) -> Operation:
         """The delete's operation says what the forced delete did (None: nothing)."""
-        operation.detached = [d.as_dict() for d in self.detached] or None
+        operation.detached = [d.as_dict() for d in self.shown(self.detached)] or None
         return operation
+
+    def shown(self, dependents: Sequence[Dependent]) -> list[Dependent]:
+        """The dependents as the caller may see them: one of a project its scope does not
+        see (an admin put it on a shared segment) keeps only its kind (issue 11: another
+        project's resources are never revealed)."""
+        scope = self.caller.scope
+        if scope.project_id is None:
+            return list(dependents)
+        return [
+            d if self._project_of(d) in (scope.project_id, None) else hidden_dependent(d)
+            for d in dependents
+        ]
+
+    def _project_of(self, dependent: Dependent) -> str | None:
+        model, row_id = DEPENDENT_MODELS.get(dependent.kind), dependent.vm_id or dependent.id
+        if dependent.kind is K.VM_NIC:
+            model = Vm
+        row = self.session.get(model, row_id) if model is not None else None
+        return row.project_id if row is not None else None
 
     # ---- networks --------------------------------------------------------------------------
 
@@ -92,12 +139,12 @@ class InUseGuard:
         link = NetworkRepository(self.session).link(row)
         if link is not None and not link.deleted:
             bump(link)  # the gateway address goes
-        return record_operation(self.session, "delete", "network", row, self.request_id)
+        return record_operation(self.session, "delete", "network", row, self.caller)
 
     def _delete_forward(self, forward: PortForward) -> None:
         forward.deleted = True
         bump(forward, Status.DELETING)
-        record_operation(self.session, "delete", "port_forward", forward, self.request_id)
+        record_operation(self.session, "delete", "port_forward", forward, self.caller)
         self.detached.append(
             Dependent(K.PORT_FORWARD, forward.id, forward.name, action=ForceAction.DELETED)
         )
@@ -141,7 +188,7 @@ class InUseGuard:
         if uplink is not None and not uplink.deleted:
             uplink.deleted = True
             bump(uplink, Status.DELETING)
-            record_operation(self.session, "delete", "uplink", uplink, self.request_id)
+            record_operation(self.session, "delete", "uplink", uplink, self.caller)
             self.detached.append(
                 Dependent(K.UPLINK, uplink.id, uplink.name, action=ForceAction.DELETED)
             )
@@ -174,7 +221,7 @@ class InUseGuard:
         """Mark a VLAN deleted (its users are gone first: vlan_dependents, free_vlan)."""
         vlan.deleted = True
         bump(vlan, Status.DELETING)
-        return record_operation(self.session, "delete", "vlan", vlan, self.request_id)
+        return record_operation(self.session, "delete", "vlan", vlan, self.caller)
 
     def free_tap(self, row: Tap) -> None:
         """Force: the tap's VM NIC leaves its VM, and the network on the tap goes."""
@@ -193,7 +240,7 @@ class InUseGuard:
     def detach_tap(self, tap: Tap) -> None:
         tap.bridge_id = tap.vlan_id = None
         bump(tap)
-        record_operation(self.session, "update", "tap", tap, self.request_id)
+        record_operation(self.session, "update", "tap", tap, self.caller)
         self.detached.append(Dependent(K.TAP, tap.id, tap.name, action=ForceAction.DETACHED))
 
     # ---- VMs -------------------------------------------------------------------------------
@@ -237,7 +284,7 @@ class InUseGuard:
             self._changed_vms.add(vm.id)
             vm.generation += 1
             vm.status, vm.status_reason = VmStatus.PENDING.value, None
-            record_operation(self.session, "update", "vm", vm, self.request_id)
+            record_operation(self.session, "update", "vm", vm, self.caller)
         vm.spec_generation = vm.generation  # its NICs changed: qemu gets them at the next start
         if stopping:  # a power action, as app.domain.vm_actions means it (not a PATCH)
             vm.intent_generation = vm.generation

@@ -42,11 +42,12 @@ from app.domain.networks import HostPrefix, check_link_address, clash_reason, fo
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
-from app.domain.tenancy import DEFAULT_PROJECT_ID
+from app.domain.tenancy import DEFAULT_PROJECT_ID, EVERY_PROJECT, LOCAL_ADMIN, Caller, Scope
 from app.domain.vlans import VlanBackend, VlanFacts, vlan_bridge_name
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
+from app.services.scoping import create_project, create_scope, list_scope, shared_object
 from app.services.segments import join_port, live_object
 
 
@@ -67,6 +68,35 @@ class NewLink:
         return cls(kind, row_id, project_id, link_ifname(kind, project_id, row_id, name))
 
 
+def plan_new_link(
+    session: Session, caller: Caller, kind: str, name: str, project_id: str | None
+) -> NewLink:
+    """The NewLink of a bridge or tap `caller` creates called `name` in the project its
+    body names (`project_id`; None: the caller's own; 404 for one it may not name)."""
+    return NewLink.plan(kind, name, create_project(session, caller, project_id))
+
+
+def _new_link(
+    session: Session,
+    caller: Caller,
+    kind: str,
+    name: str,
+    project_id: str | None,
+    new: NewLink | None,
+) -> NewLink:
+    """The NewLink the API planned (its project must be the one this create lands in: a
+    plan for another project would have asked the host about another kernel name), else a
+    fresh one."""
+    planned = plan_new_link(session, caller, kind, name, project_id)
+    if new is None:
+        return planned
+    if new.project_id != planned.project_id:
+        raise ValueError(
+            f"{kind} planned in project {new.project_id}, created in {planned.project_id}"
+        )
+    return new
+
+
 def refuse_foreign(name: str, foreign: dict[str, Any] | None) -> None:
     """`foreign`: the host link already called `name` that kvmnetd does not own (from the
     host inspector). A bridge or tap of that name could never be created, and its row would
@@ -79,13 +109,16 @@ def refuse_foreign(name: str, foreign: dict[str, Any] | None) -> None:
         )
 
 
-def name_holder(session: Session, claim: LinkName) -> str:
+def name_holder(session: Session, claim: LinkName, scope: Scope = EVERY_PROJECT) -> str:
     """Who holds a kernel link name of ours, as a user knows it: a VM's NIC tap by VM and
-    NIC, a bridge, tap or VLAN by name (and id)."""
+    NIC, a bridge, tap or VLAN by name (and id); one of a project `scope` does not see only
+    as that (its name and id stay unrevealed)."""
     if claim.resource == "vm":
         vms = VmRepository(session)
         vm = vms.get(claim.resource_id)
         nic = next((n for n in vms.nics(claim.resource_id) if n.tap_name == claim.name), None)
+        if vm is not None and not scope.sees(vm.project_id):
+            return "a VM NIC's tap of another project"
         if vm is not None:
             which = f"NIC {nic.position}" if nic is not None else "a NIC"
             return f"the tap of VM {vm.name!r}'s {which} ({vm.id})"
@@ -96,26 +129,31 @@ def name_holder(session: Session, claim: LinkName) -> str:
         row = TapRepository(session).get(claim.resource_id)
     elif claim.resource == "vlan":
         row = VlanRepository(session).get(claim.resource_id)
+    if row is not None and not scope.sees(row.project_id):
+        return f"a {claim.resource} of another project"
     if row is not None:
         return f"{claim.resource} {row.name!r} ({row.id})"
     return f"{claim.resource} {claim.resource_id}"
 
 
-def refuse_taken(session: Session, name: str, foreign: dict[str, Any] | None) -> None:
+def refuse_taken(
+    session: Session, name: str, foreign: dict[str, Any] | None, scope: Scope = EVERY_PROJECT
+) -> None:
     """409 name-taken when a resource of ours claims the kernel name `name` (naming it: a
     VM's NIC tap carries a mark of ours that is no bridge's or tap's, so the host alone
     would call it foreign), else when a host link kvmnetd does not manage has it."""
     claim = LinkNameRepository(session).get(name)
     if claim is not None:
-        raise NameTaken(f"link name {name!r} is taken: it is {name_holder(session, claim)}")
+        raise NameTaken(f"link name {name!r} is taken: it is {name_holder(session, claim, scope)}")
     refuse_foreign(name, foreign)
 
 
-def _claim_name(session: Session, name: str, resource: str, resource_id: str) -> None:
+def _claim_name(session: Session, name: str, resource: str, resource_id: str, scope: Scope) -> None:
     names = LinkNameRepository(session)
     existing = names.get(name)
     if existing is not None:
-        raise NameTaken(f"link name {name!r} is taken: it is {name_holder(session, existing)}")
+        holder = name_holder(session, existing, scope)
+        raise NameTaken(f"link name {name!r} is taken: it is {holder}")
     # writers are serialized (Database.unit_of_work), so nothing can claim the name between
     # the read above and this insert; the primary key still guards against any other writer
     names.add(LinkName(name=name, resource=resource, resource_id=resource_id))
@@ -218,21 +256,33 @@ def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap
     return row
 
 
+def find_bridge(session: Session, ref: str, scope: Scope) -> Bridge | None:
+    """The bridge `ref` names that a port of a caller of `scope` may join: its project's,
+    or one shared with it (shared_object); None as for an unknown one."""
+    found = BridgeRepository(session).find(ref, scope)
+    if found is None:
+        shared = shared_object(session, scope, SegmentKind.BRIDGE, ref)
+        found = shared if isinstance(shared, Bridge) else None
+    return found
+
+
 def vlan_port(
     session: Session,
     bridge_ref: str | None,
     vlan_ref: str | None,
     facts: VlanFacts | None = None,
+    scope: Scope = EVERY_PROJECT,
 ) -> tuple[Bridge, Vlan | None]:
     """The bridge a port joins (a VM NIC's tap or a tap resource) and the VLAN it is an
     access port of. With a VLAN the bridge may be omitted: it is the VLAN's trunk; named,
     it must be that trunk (422). An unknown VLAN or bridge is 404 (an unknown VLAN where
     the host can carry none, `facts`, is 409 host-lacks-feature), one being deleted 409.
     Whether the port may join the segment it lands on is the caller's next question
-    (app.services.segments.join_port, once it knows the whole port)."""
+    (app.services.segments.join_port, once it knows the whole port). `scope`: the caller's;
+    another project's bridge or VLAN is unknown unless shared with it (find_segment)."""
     vlan: Vlan | None = None
     if vlan_ref is not None:
-        found_vlan = live_object(session, SegmentKind.VLAN, vlan_ref, facts)
+        found_vlan = live_object(session, SegmentKind.VLAN, vlan_ref, facts, scope)
         assert isinstance(found_vlan, Vlan)
         vlan = found_vlan
     if bridge_ref is None:
@@ -241,7 +291,7 @@ def vlan_port(
         trunk = BridgeRepository(session).get(vlan.trunk_id)
         assert trunk is not None  # a live VLAN keeps its trunk (app.db.models.Vlan)
         return trunk, vlan
-    found = require_alive(BridgeRepository(session).find(bridge_ref), "bridge", bridge_ref)
+    found = require_alive(find_bridge(session, bridge_ref, scope), "bridge", bridge_ref)
     assert isinstance(found, Bridge)
     if vlan is not None and vlan.trunk_id != found.id:
         trunk = BridgeRepository(session).get(vlan.trunk_id)
@@ -259,14 +309,15 @@ def vid_backends(session: Session, trunk_id: str) -> dict[int, VlanBackend]:
 
 
 class BridgeService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(self, session: Session, caller: Caller = LOCAL_ADMIN) -> None:
         self.session = session
-        self.request_id = request_id
+        self.caller = caller
+        self.scope = caller.scope
         self.bridges = BridgeRepository(session)
         self.taps = TapRepository(session)
 
     def get(self, ref: str) -> Bridge:
-        row = self.bridges.find(ref)
+        row = self.bridges.find(ref, self.scope)
         if row is None:
             raise NotFound(f"no bridge {ref!r}{self._vlan_bridge_hint(ref)}")
         return row
@@ -277,6 +328,8 @@ class BridgeService:
         claim = LinkNameRepository(self.session).get(ref)
         vlan = VlanRepository(self.session).get(claim.resource_id) if claim else None
         if claim is None or claim.resource != "vlan" or vlan is None:
+            return ""
+        if not self.scope.sees(vlan.project_id):
             return ""
         trunk = self.bridges.get(vlan.trunk_id)
         if trunk is None or vlan_bridge_name(trunk.ifname, vlan.vlan_id) != ref:
@@ -289,8 +342,11 @@ class BridgeService:
             f"/v1/vlans/{vlan.name}/ports and /v1/vlans/{vlan.name}/fdb"
         )
 
-    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Bridge], str | None]:
-        return self.bridges.page(limit, cursor)
+    def page(
+        self, limit: int, cursor: str | None, project: str | None = None
+    ) -> tuple[Sequence[Bridge], str | None]:
+        """A page of the bridges the caller sees (`project`: ?project=, list_scope)."""
+        return self.bridges.page(limit, cursor, list_scope(self.session, self.caller, project))
 
     def create(
         self,
@@ -301,11 +357,11 @@ class BridgeService:
     ) -> tuple[Bridge, Operation]:
         """`foreign`: a host link of the new bridge's kernel name that is not ours (refused,
         409); `host_prefixes`: the host's addresses and connected routes now
-        (check_addresses); `new`: its id, project and kernel name (NewLink.plan: a new id in
-        the default project when not given)."""
-        new = new or NewLink.plan("bridge", body.name)
+        (check_addresses); `new`: its id, project and kernel name (NewLink.plan, as the API
+        made it to ask the host about that name; planned here when not given)."""
+        new = _new_link(self.session, self.caller, "bridge", body.name, body.project_id, new)
         _refuse_same_name(self.session, Bridge, new, body.name)
-        refuse_taken(self.session, new.ifname, foreign)
+        refuse_taken(self.session, new.ifname, foreign, self.scope)
         row = Bridge(
             id=new.id,
             project_id=new.project_id,
@@ -321,9 +377,9 @@ class BridgeService:
         )
         _check_link(row)
         check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
-        _claim_name(self.session, new.ifname, "bridge", row.id)
+        _claim_name(self.session, new.ifname, "bridge", row.id, self.scope)
         self.bridges.add(row)
-        return row, record_operation(self.session, "create", "bridge", row, self.request_id)
+        return row, record_operation(self.session, "create", "bridge", row, self.caller)
 
     def _new_mac(self) -> str:
         """A generated MAC no other bridge has (pinned or generated)."""
@@ -337,7 +393,7 @@ class BridgeService:
     def update(
         self, ref: str, body: BridgeUpdate, host_prefixes: Sequence[HostPrefix] = ()
     ) -> tuple[Bridge, Operation | None]:
-        row = require_alive(self.bridges.find(ref), "bridge", ref)
+        row = require_alive(self.bridges.find(ref, self.scope), "bridge", ref)
         assert isinstance(row, Bridge)
         changes = body.changes()
         added = _added(row.addresses, changes)
@@ -357,7 +413,7 @@ class BridgeService:
             _check_tap_follows(tap, row)
         check_addresses(self.session, row, added, host_prefixes, own)
         bump(row)
-        return row, record_operation(self.session, "update", "bridge", row, self.request_id)
+        return row, record_operation(self.session, "update", "bridge", row, self.caller)
 
     def delete(
         self, ref: str, force: bool = False, detach_taps: bool = False
@@ -368,13 +424,13 @@ class BridgeService:
         row = self.get(ref)
         if row.deleted:
             return row, None
-        guard = InUseGuard(self.session, self.request_id)
+        guard = InUseGuard(self.session, self.caller)
         if not force:
             guard.refuse(f"bridge {row.name!r}", guard.bridge_dependents(row, not detach_taps))
         guard.free_bridge(row)
         row.deleted = True
         bump(row, Status.DELETING)
-        operation = record_operation(self.session, "delete", "bridge", row, self.request_id)
+        operation = record_operation(self.session, "delete", "bridge", row, self.caller)
         return row, guard.record(operation)
 
 
@@ -382,32 +438,36 @@ class TapService:
     def __init__(
         self,
         session: Session,
-        request_id: str | None = None,
+        caller: Caller = LOCAL_ADMIN,
         vlan_facts: VlanFacts | None = None,
     ) -> None:
         """`vlan_facts`: the probed kernel's VLAN features, where the request names a VLAN
         (an unknown VLAN where none can exist: app.domain.segments VlanSegment.unknown)."""
         self.session = session
-        self.request_id = request_id
+        self.caller = caller
+        self.scope = caller.scope
         self.vlan_facts = vlan_facts
         self.taps = TapRepository(session)
         self.bridges = BridgeRepository(session)
 
     def get(self, ref: str) -> Tap:
-        row = self.taps.find(ref)
+        row = self.taps.find(ref, self.scope)
         if row is None:
             raise NotFound(f"no tap {ref!r}")
         return row
 
-    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Tap], str | None]:
-        return self.taps.page(limit, cursor)
+    def page(
+        self, limit: int, cursor: str | None, project: str | None = None
+    ) -> tuple[Sequence[Tap], str | None]:
+        """A page of the taps the caller sees (`project`: ?project=, list_scope)."""
+        return self.taps.page(limit, cursor, list_scope(self.session, self.caller, project))
 
     def _bridge_id(self, ref: str | None) -> str | None:
         """The bridge `ref` a tap is to join untagged (404 unknown, 409 being deleted, 409
         when its segment refuses a tap: one never created)."""
         if ref is None:
             return None
-        bridge = require_alive(self.bridges.find(ref), "bridge", ref)
+        bridge = require_alive(find_bridge(self.session, ref, self.scope), "bridge", ref)
         join_port(self.session, Port(bridge.id), Joiner.TAP)
         return bridge.id
 
@@ -420,11 +480,12 @@ class TapService:
     ) -> tuple[Tap, Operation]:
         """`foreign`: a host link of the new tap's kernel name that is not ours (refused,
         409); `host_prefixes`: the host's addresses and connected routes now
-        (check_addresses); `new`: its id, project and kernel name (NewLink.plan: a new id in
-        the default project when not given)."""
-        new = new or NewLink.plan("tap", body.name)
+        (check_addresses); `new`: its id, project and kernel name (NewLink.plan, as the API
+        made it to ask the host about that name; planned here when not given)."""
+        new = _new_link(self.session, self.caller, "tap", body.name, body.project_id, new)
+        self.scope = create_scope(self.caller, new.project_id)
         _refuse_same_name(self.session, Tap, new, body.name)
-        refuse_taken(self.session, new.ifname, foreign)
+        refuse_taken(self.session, new.ifname, foreign, self.scope)
         row = Tap(
             id=new.id,
             project_id=new.project_id,
@@ -443,14 +504,14 @@ class TapService:
         row.bridge_id, row.vlan_id = self._placement(body.bridge, body.vlan)
         self._check_tap(row)
         check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
-        _claim_name(self.session, new.ifname, "tap", row.id)
+        _claim_name(self.session, new.ifname, "tap", row.id, self.scope)
         self.taps.add(row)
-        return row, record_operation(self.session, "create", "tap", row, self.request_id)
+        return row, record_operation(self.session, "create", "tap", row, self.caller)
 
     def update(
         self, ref: str, body: TapUpdate, host_prefixes: Sequence[HostPrefix] = ()
     ) -> tuple[Tap, Operation | None]:
-        row = require_alive(self.taps.find(ref), "tap", ref)
+        row = require_alive(self.taps.find(ref, self.scope), "tap", ref)
         assert isinstance(row, Tap)
         changes = body.changes()
         added = _added(row.addresses, changes)
@@ -473,7 +534,7 @@ class TapService:
         self._check_tap(row)
         check_addresses(self.session, row, added, host_prefixes, own)
         bump(row)
-        return row, record_operation(self.session, "update", "tap", row, self.request_id)
+        return row, record_operation(self.session, "update", "tap", row, self.caller)
 
     def _placement(
         self, bridge_ref: str | None, vlan_ref: str | None
@@ -481,7 +542,7 @@ class TapService:
         """(bridge id, VLAN id) of a tap on `bridge_ref` and/or VLAN `vlan_ref` (vlan_port)."""
         if vlan_ref is None:
             return self._bridge_id(bridge_ref), None
-        bridge, vlan = vlan_port(self.session, bridge_ref, vlan_ref, self.vlan_facts)
+        bridge, vlan = vlan_port(self.session, bridge_ref, vlan_ref, self.vlan_facts, self.scope)
         assert vlan is not None
         join_port(self.session, Port(bridge.id, vlan.id), Joiner.TAP)  # a VLAN in error: 409
         # and the trunk as a bridge a tap joins, as always (a VLAN is made on none never
@@ -535,10 +596,10 @@ class TapService:
         row.bridge_id, row.vlan_id = bridge_id, None  # a VLAN lives on one trunk
         self._check_tap(row)
         bump(row)
-        return record_operation(self.session, "update", "tap", row, self.request_id)
+        return record_operation(self.session, "update", "tap", row, self.caller)
 
     def attach(self, ref: str, bridge_ref: str | None) -> tuple[Tap, Operation | None]:
-        row = require_alive(self.taps.find(ref), "tap", ref)
+        row = require_alive(self.taps.find(ref, self.scope), "tap", ref)
         assert isinstance(row, Tap)
         return row, self.set_bridge(row, bridge_ref)
 
@@ -547,12 +608,12 @@ class TapService:
         row = self.get(ref)
         if row.deleted:
             return row, None
-        guard = InUseGuard(self.session, self.request_id)
+        guard = InUseGuard(self.session, self.caller)
         if not force:
             guard.refuse(f"tap {row.name!r}", guard.tap_dependents(row))
         guard.free_tap(row)
         row.deleted = True
         row.bridge_id = row.vlan_id = None  # a tap on its way out holds no bridge, no VLAN
         bump(row, Status.DELETING)
-        operation = record_operation(self.session, "delete", "tap", row, self.request_id)
+        operation = record_operation(self.session, "delete", "tap", row, self.caller)
         return row, guard.record(operation)

@@ -67,6 +67,7 @@ from app.domain.networks import (
 from app.domain.path_probe import ProbeTarget
 from app.domain.segments import Joiner, Segment
 from app.domain.status import Status
+from app.domain.tenancy import LOCAL_ADMIN, Caller, Scope
 from app.domain.vlans import VlanFacts
 from app.schemas.networks import (
     DhcpIn,
@@ -78,6 +79,7 @@ from app.schemas.networks import (
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
+from app.services.scoping import create_project, create_scope, list_scope
 from app.services.segments import join
 
 log = logging.getLogger(__name__)
@@ -112,21 +114,27 @@ class NetworkService:
     def __init__(
         self,
         session: Session,
-        request_id: str | None = None,
+        caller: Caller = LOCAL_ADMIN,
         vlan_facts: VlanFacts | None = None,
     ) -> None:
         """`vlan_facts`: the probed kernel's VLAN features, where the request names a VLAN
         (an unknown VLAN where none can exist: app.domain.segments VlanSegment.unknown)."""
         self.session = session
-        self.request_id = request_id
+        self.caller = caller
+        self.scope = caller.scope
         self.vlan_facts = vlan_facts
         self.networks = NetworkRepository(session)
 
     def get(self, ref: str) -> Network:
-        row = self.networks.find(ref)
+        row = self.networks.find(ref, self.scope)
         if row is None:
             raise NotFound(f"no network {ref!r}")
         return row
+
+    def scoped(self, scope: Scope) -> NetworkService:
+        """This service resolving refs within `scope` (a create's, create_scope)."""
+        self.scope = scope
+        return self
 
     def alive(self, ref: str) -> Network:
         row = self.get(ref)
@@ -134,8 +142,11 @@ class NetworkService:
             raise BeingDeleted(f"network {row.name!r} is being deleted")
         return row
 
-    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Network], str | None]:
-        return self.networks.page(limit, cursor)
+    def page(
+        self, limit: int, cursor: str | None, project: str | None = None
+    ) -> tuple[Sequence[Network], str | None]:
+        """A page of the networks the caller sees (`project`: ?project=, list_scope)."""
+        return self.networks.page(limit, cursor, list_scope(self.session, self.caller, project))
 
     def nics(self, network_id: str) -> Sequence[VmNic]:
         """Every NIC on the network (VMs on their way out too)."""
@@ -175,17 +186,21 @@ class NetworkService:
     ) -> tuple[Network, Operation]:
         """`host_prefixes`: the host's IPv4 addresses and connected routes now (from the host
         inspector); a subnet overlapping one that is not ours is refused."""
-        holder = self.networks.get_by_name(body.name)
+        project_id = create_project(self.session, self.caller, body.project_id)
+        self.scope = create_scope(self.caller, project_id)
+        holder = self.networks.name_holder(body.name, project_id)
         if holder is not None:
             raise NameTaken(
                 f"network {holder.name!r} ({holder.id}) has this name: network names are "
-                "unique without regard to case, as VM and VLAN names are"
+                "unique within a project without regard to case, as VM and VLAN names are"
             )
         kind, ref = body.segment()
         link, segment = self._segment(kind, ref)
         existing = self.networks.on_segment(kind, link.id)
         if existing is not None:
-            raise Conflict(f"{link.name} already carries network {existing.name!r}")
+            seen = self.scope.sees(existing.project_id)
+            named = f"network {existing.name!r}" if seen else "a network of another project"
+            raise Conflict(f"{link.name} already carries {named}")
         plan = plan_addressing(
             body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
         )
@@ -201,6 +216,7 @@ class NetworkService:
         _check_nat(body.nat)
         row = Network(
             id=new_id(),
+            project_id=project_id,
             name=body.name,
             **network_columns(kind, link.id),
             subnet=str(plan.subnet),
@@ -214,14 +230,14 @@ class NetworkService:
         self.session.flush()
         self._adopt_nics(row, plan, kind, link.id)
         bump(link)  # its addresses now include the gateway
-        return row, record_operation(self.session, "create", "network", row, self.request_id)
+        return row, record_operation(self.session, "create", "network", row, self.caller)
 
     def _segment(self, kind: str, ref: str) -> tuple[ResourceColumns, Segment]:
         """The live object of `kind` named `ref` (404 when unknown, 409 while it is being
         deleted) and the segment it is."""
         # 422 unknown kind, 404 unknown (409 for a VLAN where none can exist), 409 being
         # deleted or refused by its kind (a VLAN in error, with its reason)
-        link = join(self.session, kind, ref, Joiner.NETWORK, self.vlan_facts)
+        link = join(self.session, kind, ref, Joiner.NETWORK, self.vlan_facts, self.scope)
         segment = object_segment(self.session, kind, link)
         if segment is None:
             raise NotFound(f"what {kind} {link.name!r} rides on is gone")
@@ -269,7 +285,7 @@ class NetworkService:
         if _changeable(row) == before:
             return row, None
         bump(row)
-        return row, record_operation(self.session, "update", "network", row, self.request_id)
+        return row, record_operation(self.session, "update", "network", row, self.caller)
 
     def _fixed(self, row: Network) -> list[tuple[str, str]]:
         """(`VM name NIC index`, address) of the fixed addresses on a network."""
@@ -288,7 +304,7 @@ class NetworkService:
         row = self.get(ref)
         if row.deleted:
             return row, None
-        guard = InUseGuard(self.session, self.request_id)
+        guard = InUseGuard(self.session, self.caller)
         return row, guard.record(guard.delete_network(row, force))
 
 
@@ -455,9 +471,10 @@ class PortClaims:
 
 
 class PortForwardService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(self, session: Session, caller: Caller = LOCAL_ADMIN) -> None:
         self.session = session
-        self.request_id = request_id
+        self.caller = caller
+        self.scope = caller.scope
         self.forwards = PortForwardRepository(session)
         # looked up once per request, however many forwards it creates
         self._claims: PortClaims | None = None
@@ -465,17 +482,22 @@ class PortForwardService:
         self._batch = False
         self._item: int | None = None  # the batch item being created
         self._batch_names: dict[str, int] = {}  # name -> the batch item that took it
-        self._networks: dict[str, Network] = {}
-        self._vms: dict[str, tuple[Vm, Sequence[VmNic]]] = {}
+        self._batch_project: str | None = None  # the project of the batch's last item
+        # by (the project names resolve in, ref): a batch may create in several projects
+        self._networks: dict[tuple[str | None, str], Network] = {}
+        self._vms: dict[tuple[str | None, str], tuple[Vm, Sequence[VmNic]]] = {}
 
     def get(self, ref: str) -> PortForward:
-        row = self.forwards.find(ref)
+        row = self.forwards.find(ref, self.scope)
         if row is None:
             raise NotFound(f"no port forward {ref!r}")
         return row
 
-    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[PortForward], str | None]:
-        return self.forwards.page(limit, cursor)
+    def page(
+        self, limit: int, cursor: str | None, project: str | None = None
+    ) -> tuple[Sequence[PortForward], str | None]:
+        """A page of the forwards the caller sees (`project`: ?project=, list_scope)."""
+        return self.forwards.page(limit, cursor, list_scope(self.session, self.caller, project))
 
     def target(self, row: PortForward) -> VmNic | None:
         """The target NIC (None once its VM is gone: the forward is then on its way out)."""
@@ -484,6 +506,8 @@ class PortForwardService:
     def create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
         span = check_forward_ports(body.port, body.end_port, body.target_port)
         listen = listen_address(body.listen_address)
+        project_id = create_project(self.session, self.caller, body.project_id)
+        self.scope = create_scope(self.caller, project_id)
         network = self._network(body.network)
         nic = self._target_nic(body.vm, body.nic, network)
         name = body.name or forward_name(body.protocol, listen, span)
@@ -495,9 +519,10 @@ class PortForwardService:
         if self._item is not None:
             self._claims.labels[row_id] = f"item {self._item} of this batch ({name!r})"
         self._claims.claim(body.protocol, str(listen), span, "port_forward", row_id)
-        self._refuse_name_taken(name)
+        self._refuse_name_taken(name, project_id)
         row = PortForward(
             id=row_id,
+            project_id=project_id,
             name=name,
             network_id=network.id,
             vm_nic_id=nic.id,
@@ -510,7 +535,7 @@ class PortForwardService:
             generation=1,
         )
         self.forwards.add(row)
-        return row, record_operation(self.session, "create", "port_forward", row, self.request_id)
+        return row, record_operation(self.session, "create", "port_forward", row, self.caller)
 
     def create_many(
         self, bodies: Sequence[PortForwardCreate]
@@ -529,37 +554,44 @@ class PortForwardService:
                 raise
         return created
 
-    def _refuse_name_taken(self, name: str) -> None:
+    def _refuse_name_taken(self, name: str, project_id: str) -> None:
         """409 name-taken naming who has the name: a stored forward, or an earlier item of
         this batch."""
+        if self._batch_project not in (None, project_id):
+            self._names = None  # a batch across projects: each item's own project's names
+        self._batch_project = project_id
         if name in self._batch_names:
             raise NameTaken(f"item {self._batch_names[name]} of this batch is named {name!r}")
         if self._batch and self._names is None:
-            self._names = self.forwards.names()
-        taken = name in self._names if self._names is not None else self._name_exists(name)
+            self._names = self.forwards.names(project_id)
+        taken = (
+            name in self._names
+            if self._names is not None
+            else self.forwards.name_holder(name, project_id) is not None
+        )
         if taken:
             raise NameTaken(f"a port forward named {name!r} exists")
         if self._item is not None:
             self._batch_names[name] = self._item
 
-    def _name_exists(self, name: str) -> bool:
-        return self.forwards.get_by_name(name) is not None
-
     def _network(self, ref: str) -> Network:
-        if ref not in self._networks:
-            self._networks[ref] = NetworkService(self.session).alive(ref)
-        return self._networks[ref]
+        key = (self.scope.home, ref)
+        if key not in self._networks:
+            service = NetworkService(self.session, self.caller).scoped(self.scope)
+            self._networks[key] = service.alive(ref)
+        return self._networks[key]
 
     def _vm(self, ref: str) -> tuple[Vm, Sequence[VmNic]]:
-        if ref not in self._vms:
+        key = (self.scope.home, ref)
+        if key not in self._vms:
             vms = VmRepository(self.session)
-            vm = vms.find(ref)
+            vm = vms.find(ref, self.scope)
             if vm is None:
                 raise NotFound(f"no VM {ref!r}")
             if vm.deleted:
                 raise BeingDeleted(f"VM {vm.name!r} is being deleted")
-            self._vms[ref] = vm, vms.nics(vm.id)
-        return self._vms[ref]
+            self._vms[key] = vm, vms.nics(vm.id)
+        return self._vms[key]
 
     def _target_nic(self, vm_ref: str, index: int | None, network: Network) -> VmNic:
         vm, nics = self._vm(vm_ref)
@@ -580,7 +612,7 @@ class PortForwardService:
         if row.deleted:
             return row, None
         self.mark_deleted(row)
-        return row, record_operation(self.session, "delete", "port_forward", row, self.request_id)
+        return row, record_operation(self.session, "delete", "port_forward", row, self.caller)
 
     @staticmethod
     def mark_deleted(row: PortForward) -> None:

@@ -4,6 +4,7 @@ reading operations back, and re-reading a row to wait on it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeVar
 
 from app.db.models import (
@@ -21,16 +22,32 @@ from app.db.repositories import OperationRepository, Repository
 from app.db.session import Session
 from app.domain.errors import NotFound
 from app.domain.status import Status, check_transition
+from app.domain.tenancy import EVERY_PROJECT, Caller, Scope
+from app.services.scoping import list_scope
 
 R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink, Vlan)
 
 
-def find_operation(session: Session, operation_id: str) -> Operation:
-    """The operation with this id; NotFound (404) when there is none (or it was pruned)."""
-    op = OperationRepository(session).get(operation_id)
+def find_operation(session: Session, operation_id: str, scope: Scope = EVERY_PROJECT) -> Operation:
+    """The operation with this id; NotFound (404) when there is none (or it was pruned, or
+    it is of a project the scope does not see)."""
+    op = OperationRepository(session).visible(operation_id, scope)
     if op is None:
         raise NotFound(f"no operation {operation_id!r}")
     return op
+
+
+def list_operations_page(
+    session: Session,
+    caller: Caller,
+    project: str | None,
+    limit: int,
+    cursor: str | None,
+    resource_id: str | None = None,
+) -> tuple[Sequence[Operation], str | None]:
+    """A page of the operations the caller sees (`project`: ?project=, list_scope)."""
+    scope = list_scope(session, caller, project)
+    return OperationRepository(session).page(limit, cursor, scope, resource_id)
 
 
 def reload(session: Session, row: R) -> R | None:
@@ -45,14 +62,19 @@ def bump(row: ResourceColumns, target: Status = Status.PENDING) -> None:
 
 
 def record_operation(
-    session: Session, action: str, resource: str, row: ResourceColumns, request_id: str | None
+    session: Session, action: str, resource: str, row: ResourceColumns, caller: Caller
 ) -> Operation:
+    """The operation of one accepted mutation, with its audit trail (issue 11): the
+    resource's project, and who asked (the token's id, how it proved itself, the request)."""
     operation = Operation(
         action=action,
         resource=resource,
         resource_id=row.id,
         target_generation=row.generation,
-        request_id=request_id,
+        request_id=caller.request_id,
+        project_id=row.project_id,
+        token_id=caller.principal.token_id,
+        via=caller.principal.via.value,
     )
     OperationRepository(session).add(operation)
     return operation

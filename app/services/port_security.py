@@ -13,13 +13,15 @@ from app.db.session import Session
 from app.domain import port_security as ps
 from app.domain.errors import InvalidInput
 from app.domain.nics import HostLink, nic_driver
+from app.domain.tenancy import DEFAULT_PROJECT_ID
 
 
-def default_port_security(nic: VmNic) -> bool:
-    """Whether a NIC created with `port_security` null (or omitted) is protected. Off for
-    now (issue 11 will make it on for member projects); only ever on where it can apply
-    (`resolve` checks `refusal` first)."""
-    return False
+def default_port_security(project_id: str) -> bool:
+    """Whether a NIC created with `port_security` null (or omitted) is protected: on in
+    tenants' projects (every project but `default`, whose guests are the operator's own,
+    as on a host without projects); only ever on where it can apply (`resolve` checks
+    `refusal` first)."""
+    return project_id != DEFAULT_PROJECT_ID
 
 
 def refusal(session: Session, nic: VmNic) -> str | None:
@@ -49,13 +51,18 @@ def refusal(session: Session, nic: VmNic) -> str | None:
 
 
 def resolve(
-    session: Session, nic: VmNic, requested: bool | None, allowed: list[str] | None
+    session: Session,
+    nic: VmNic,
+    requested: bool | None,
+    allowed: list[str] | None,
+    project_id: str,
 ) -> None:
-    """Store the NIC's resolved port_security and allowed_addresses; InvalidInput (422)
-    where it was asked for and cannot apply, or for addresses without it."""
+    """Store the NIC's resolved port_security and allowed_addresses (null: the default of
+    the VM's project `project_id`); InvalidInput (422) where it was asked for and cannot
+    apply, or for addresses without it."""
     why_not = refusal(session, nic)
     if requested is None:
-        enabled = why_not is None and default_port_security(nic)
+        enabled = why_not is None and default_port_security(project_id)
     elif requested and why_not is not None:
         raise InvalidInput(why_not)
     else:

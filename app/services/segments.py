@@ -11,17 +11,33 @@ from app.db.repositories import Port, find_object, object_facts, port_segment_re
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, NotFound
 from app.domain.segments import Joiner, segment_driver
+from app.domain.tenancy import EVERY_PROJECT, Scope
 from app.domain.vlans import VlanFacts
+from app.services.scoping import shared_object
+
+
+def find_segment(session: Session, kind: str, ref: str, scope: Scope) -> ResourceColumns | None:
+    """The object of `kind` that `ref` (its id or name) names for a caller of `scope`: one
+    of its project's, or another project's that its project's `shared_segments` lists
+    (issue 11: members attach only to their own or shared segments); None for anything
+    else, exactly as for an unknown ref."""
+    found = find_object(session, kind, ref, scope)
+    return found if found is not None else shared_object(session, scope, kind, ref)
 
 
 def live_object(
-    session: Session, kind: str, ref: str, host: VlanFacts | None = None
+    session: Session,
+    kind: str,
+    ref: str,
+    host: VlanFacts | None = None,
+    scope: Scope = EVERY_PROJECT,
 ) -> ResourceColumns:
-    """The object of `kind` named `ref` (its id or name): 422 for an unknown kind (naming
-    the known ones), 404 unknown (or what the kind says instead on this `host`: a VLAN where
-    none can exist is 409 host-lacks-feature), 409 while it is being deleted."""
+    """The object of `kind` named `ref` (its id or name) that `scope` may attach to
+    (find_segment): 422 for an unknown kind (naming the known ones), 404 unknown (or what
+    the kind says instead on this `host`: a VLAN where none can exist is 409
+    host-lacks-feature), 409 while it is being deleted."""
     driver = segment_driver(kind)
-    found = find_object(session, kind, ref)
+    found = find_segment(session, kind, ref, scope)
     if found is None:
         raise driver.unknown(ref, host) or NotFound(f"no {driver.label or kind} {ref!r}")
     label = driver.label or kind
@@ -43,11 +59,16 @@ def refuse_join(session: Session, kind: str, obj: ResourceColumns, joiner: Joine
 
 
 def join(
-    session: Session, kind: str, ref: str, joiner: Joiner, host: VlanFacts | None = None
+    session: Session,
+    kind: str,
+    ref: str,
+    joiner: Joiner,
+    host: VlanFacts | None = None,
+    scope: Scope = EVERY_PROJECT,
 ) -> ResourceColumns:
     """The live object of `kind` named `ref`, which `joiner` may join (live_object, then
     refuse_join)."""
-    found = live_object(session, kind, ref, host)
+    found = live_object(session, kind, ref, host, scope)
     refuse_join(session, kind, found, joiner)
     return found
 
@@ -59,6 +80,6 @@ def join_port(session: Session, port: Port, joiner: Joiner) -> None:
     if ref is None:
         return
     kind, object_id = ref
-    obj = find_object(session, kind, object_id)
+    obj = find_object(session, kind, object_id, EVERY_PROJECT)  # an id the row holds
     if obj is not None:
         refuse_join(session, kind, obj, joiner)

@@ -27,23 +27,25 @@ from app.db.repositories import (
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InvalidInput, NameTaken, NotFound
 from app.domain.status import Status
+from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.schemas.uplinks import UplinkSet
 from app.services.links import name_holder, refuse_foreign, require_alive
 from app.services.operations import bump, record_operation
 
 
 class UplinkService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(self, session: Session, caller: Caller = LOCAL_ADMIN) -> None:
         self.session = session
-        self.request_id = request_id
+        self.caller = caller
+        self.scope = caller.scope
 
     def bridge(self, ref: str) -> Bridge:
-        row = require_alive(BridgeRepository(self.session).find(ref), "bridge", ref)
+        row = require_alive(BridgeRepository(self.session).find(ref, self.scope), "bridge", ref)
         assert isinstance(row, Bridge)
         return row
 
     def get(self, bridge_ref: str) -> tuple[Bridge, Uplink]:
-        bridge = BridgeRepository(self.session).find(bridge_ref)
+        bridge = BridgeRepository(self.session).find(bridge_ref, self.scope)
         if bridge is None:
             raise NotFound(f"no bridge {bridge_ref!r}")
         row = uplink_of(self.session, bridge.id)
@@ -121,19 +123,25 @@ class UplinkService:
             "dhcp": body.dhcp,
         }
         if row is None:
-            row = Uplink(id=new_id(), name=body.interface, bridge_id=bridge.id, generation=1)
+            row = Uplink(
+                id=new_id(),
+                project_id=bridge.project_id,  # the bridge's project: it is part of it
+                name=body.interface,
+                bridge_id=bridge.id,
+                generation=1,
+            )
             for key, value in settings.items():
                 setattr(row, key, value)
             self._claim_subinterfaces(bridge, body.interface, foreign or {})
             self.session.add(row)
-            return row, record_operation(self.session, "create", "uplink", row, self.request_id)
+            return row, record_operation(self.session, "create", "uplink", row, self.caller)
         changed = any(getattr(row, key) != value for key, value in settings.items())
         if not changed and row.status != Status.ERROR.value:
             return row, None
         for key, value in settings.items():
             setattr(row, key, value)
         bump(row)  # also retries a move that was refused or rolled back
-        return row, record_operation(self.session, "update", "uplink", row, self.request_id)
+        return row, record_operation(self.session, "update", "uplink", row, self.caller)
 
     def _claim_subinterfaces(
         self, bridge: Bridge, interface: str, foreign: Mapping[str, dict[str, Any] | None]
@@ -160,4 +168,4 @@ class UplinkService:
             return row, None
         row.deleted = True
         bump(row, Status.DELETING)
-        return row, record_operation(self.session, "delete", "uplink", row, self.request_id)
+        return row, record_operation(self.session, "delete", "uplink", row, self.caller)

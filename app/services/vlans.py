@@ -25,6 +25,7 @@ from app.db.repositories import (
 )
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, NameTaken, NotFound
+from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vlans import (
     TrunkNames,
     VlanBackend,
@@ -37,8 +38,9 @@ from app.domain.vlans import (
 )
 from app.schemas.vlans import VlanCreate, VlanUpdate
 from app.services.in_use import InUseGuard
-from app.services.links import name_holder, refuse_foreign
+from app.services.links import find_bridge, name_holder, refuse_foreign
 from app.services.operations import record_operation
+from app.services.scoping import create_project, create_scope, list_scope
 
 
 def candidate_names(trunk: str, vid: int, uplink: str | None = None) -> list[str]:
@@ -50,19 +52,23 @@ def candidate_names(trunk: str, vid: int, uplink: str | None = None) -> list[str
 
 
 class VlanService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(self, session: Session, caller: Caller = LOCAL_ADMIN) -> None:
         self.session = session
-        self.request_id = request_id
+        self.caller = caller
+        self.scope = caller.scope
         self.vlans = VlanRepository(session)
 
     def get(self, ref: str) -> Vlan:
-        row = self.vlans.find(ref)
+        row = self.vlans.find(ref, self.scope)
         if row is None:
             raise NotFound(f"no VLAN {ref!r}")
         return row
 
-    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Vlan], str | None]:
-        return self.vlans.page(limit, cursor)
+    def page(
+        self, limit: int, cursor: str | None, project: str | None = None
+    ) -> tuple[Sequence[Vlan], str | None]:
+        """A page of the VLANs the caller sees (`project`: ?project=, list_scope)."""
+        return self.vlans.page(limit, cursor, list_scope(self.session, self.caller, project))
 
     def trunks(self, rows: Sequence[Vlan]) -> dict[str, TrunkNames]:
         """Trunk bridge id -> its name, kernel name and uplink NIC's name (or None) for
@@ -96,17 +102,23 @@ class VlanService:
         """The ids of those of these VLANs that carry a live managed network."""
         return self.vlans.with_network([r.id for r in rows])
 
-    def trunk_names(self, ref: str) -> tuple[str, str | None]:
-        """The trunk's kernel name and its uplink NIC's (None without one)."""
+    def trunk_names(self, ref: str, project_id: str | None = None) -> tuple[str, str | None]:
+        """The trunk's kernel name and its uplink NIC's (None without one), as a create in
+        project `project_id` (its body's; None: the caller's) resolves `ref`."""
+        self.scope = create_scope(
+            self.caller, create_project(self.session, self.caller, project_id)
+        )
         trunk = self.trunk(ref)
         names = self.vlans.trunks([trunk.id])[trunk.id]
         return names.ifname, names.uplink
 
     def trunk(self, ref: str) -> Bridge:
-        """The trunk a VLAN may ride on: one of our bridges, alive and ever created."""
-        bridge = BridgeRepository(self.session).find(ref)
+        """The trunk a VLAN may ride on: one of our bridges, alive and ever created; for a
+        member, one of its project's or one shared with it (find_segment), any other is as
+        unknown."""
+        bridge = find_bridge(self.session, ref, self.scope)
         if bridge is None:
-            if TapRepository(self.session).find(ref) is not None:
+            if TapRepository(self.session).find(ref, self.scope) is not None:
                 # the name is valid; what it names now is the wrong kind: a state conflict
                 raise Conflict(
                     f"trunk {ref!r} is a tap: a VLAN rides on a bridge (its trunk), and a "
@@ -130,10 +142,14 @@ class VlanService:
     ) -> tuple[Vlan, Operation]:
         """`facts`: what the host's kernel offers (probed); `foreign`: for the kernel names
         of candidate_names(), the host link of that name that is not ours, if any."""
-        self._refuse_name_taken(body.name)
+        project_id = create_project(self.session, self.caller, body.project_id)
+        self.scope = create_scope(self.caller, project_id)
+        self._refuse_name_taken(body.name, project_id)
         trunk = self.trunk(body.trunk)
         on_trunk = self.vlans.on_trunk(trunk.id)
         holder = self.vlans.holding(trunk.id, body.vlan_id)
+        if holder is not None and not self.scope.sees(holder.project_id):
+            raise Conflict(f"VLAN {body.vlan_id} on trunk {trunk.name!r} is taken")
         if holder is not None:
             state = " (being deleted)" if holder.deleted else ""
             raise Conflict(
@@ -144,6 +160,7 @@ class VlanService:
         backend = choose_backend(body.backend, facts, trunk_backend)
         row = Vlan(
             id=new_id(),
+            project_id=project_id,
             name=body.name,
             vlan_id=body.vlan_id,
             trunk_id=trunk.id,
@@ -160,14 +177,14 @@ class VlanService:
             # service claims it; until then the supervisor's create fails on a foreign one)
             self._claim(subinterface_name(uplink, body.vlan_id), row.id, foreign or {})
         self.vlans.add(row)
-        return row, record_operation(self.session, "create", "vlan", row, self.request_id)
+        return row, record_operation(self.session, "create", "vlan", row, self.caller)
 
-    def _refuse_name_taken(self, name: str, except_id: str | None = None) -> None:
-        holder = self.vlans.name_holder(name, except_id)
+    def _refuse_name_taken(self, name: str, project_id: str, except_id: str | None = None) -> None:
+        holder = self.vlans.name_holder(name, project_id, except_id)
         if holder is not None:
             raise NameTaken(
                 f"VLAN {holder.name!r} ({holder.id}) has this name: VLAN names are unique "
-                "without regard to case"
+                "within a project without regard to case"
             )
 
     def _claim(self, name: str, vlan_id: str, foreign: Mapping[str, dict[str, Any] | None]) -> None:
@@ -179,7 +196,7 @@ class VlanService:
         if existing is not None:
             raise NameTaken(
                 f"the VLAN's kernel link name {name!r} is taken: it is "
-                f"{name_holder(self.session, existing)}"
+                f"{name_holder(self.session, existing, self.scope)}"
             )
         names.add(LinkName(name=name, resource="vlan", resource_id=vlan_id))
 
@@ -192,7 +209,7 @@ class VlanService:
             raise BeingDeleted(f"VLAN {row.name!r} is being deleted")
         changes = body.changes()
         if "name" in changes and changes["name"] != row.name:
-            self._refuse_name_taken(changes["name"], except_id=row.id)
+            self._refuse_name_taken(changes["name"], row.project_id, except_id=row.id)
         changed = [field for field, value in changes.items() if getattr(row, field) != value]
         for field in changed:
             setattr(row, field, changes[field])
@@ -212,7 +229,7 @@ class VlanService:
         row = self.get(ref)
         if row.deleted:
             return row, None
-        guard = InUseGuard(self.session, self.request_id)
+        guard = InUseGuard(self.session, self.caller)
         if not force:
             guard.refuse(f"VLAN {row.name!r}", guard.vlan_dependents(row))
         guard.free_vlan(row)

@@ -19,8 +19,6 @@ from app.db.models import LinkName, Operation, Tap, Vm, VmNic, new_id
 from app.db.repositories import (
     HostPortRepository,
     LinkNameRepository,
-    OperationRepository,
-    TapRepository,
     VmRepository,
     nic_port,
     vm_spec,
@@ -30,7 +28,8 @@ from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameT
 from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
 from app.domain.nics.bridge import trunk_vlans
-from app.domain.segments import Joiner
+from app.domain.segments import Joiner, SegmentKind
+from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vlans import VlanFacts, require_trunk_nic_support
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
 from app.domain.vm_actions import check as check_action
@@ -49,8 +48,10 @@ from app.services import port_security
 from app.services.in_use import InUseGuard
 from app.services.links import require_alive, vid_backends, vlan_port
 from app.services.networks import PortClaims, fixed_address
+from app.services.operations import record_operation
 from app.services.ports import LeaseReader
-from app.services.segments import join_port
+from app.services.scoping import create_project, create_scope, list_scope
+from app.services.segments import find_segment, join_port
 
 SOCKET_PORTS = range(40000, 50000)
 WILDCARD = "0.0.0.0"  # loopback ports handed to socket NICs that listen
@@ -93,14 +94,15 @@ def vm_tap_name(vm_id: str, index: int) -> str:
 
 
 class VmService:
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(self, session: Session, caller: Caller = LOCAL_ADMIN) -> None:
         self.session = session
-        self.request_id = request_id
+        self.caller = caller
+        self.scope = caller.scope
 
     # ---- lookups ---------------------------------------------------------------------------
 
     def get(self, ref: str) -> Vm:
-        row = VmRepository(self.session).find(ref)
+        row = VmRepository(self.session).find(ref, self.scope)
         if row is None:
             raise NotFound(f"no VM {ref!r}")
         return row
@@ -108,8 +110,12 @@ class VmService:
     def nics(self, vm_id: str) -> list[VmNic]:
         return list(VmRepository(self.session).nics(vm_id))
 
-    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[Vm], str | None]:
-        return VmRepository(self.session).page(limit, cursor)
+    def page(
+        self, limit: int, cursor: str | None, project: str | None = None
+    ) -> tuple[Sequence[Vm], str | None]:
+        """A page of the VMs the caller sees (`project`: ?project=, list_scope)."""
+        scope = list_scope(self.session, self.caller, project)
+        return VmRepository(self.session).page(limit, cursor, scope)
 
     def record_link(self, nic_id: str, up: bool) -> None:
         """The link state a NIC was last given at run time (applied by QMP set_link)."""
@@ -124,11 +130,13 @@ class VmService:
     ) -> tuple[Vm, list[VmNic], Operation]:
         """`leases` reads a managed network's DHCP leases (a fixed address leased to another
         MAC is refused)."""
-        holder = VmRepository(self.session).name_holder(body.name)
+        project_id = create_project(self.session, self.caller, body.project_id)
+        self.scope = create_scope(self.caller, project_id)
+        holder = VmRepository(self.session).name_holder(body.name, project_id)
         if holder is not None:
             raise NameTaken(
                 f"VM {holder.name!r} ({holder.id}) has this name: VM names are host names, "
-                "unique without regard to case (RFC 4343)"
+                "unique within a project without regard to case (RFC 4343)"
             )
         vm_id = new_id()
         taken_macs = VmRepository(self.session).nic_macs()
@@ -150,6 +158,7 @@ class VmService:
         resolve_accelerator(body.accelerator, host.kvm_runs_guests)  # refuse kvm where it hangs
         row = Vm(
             id=vm_id,
+            project_id=project_id,
             name=body.name,
             vcpus=body.vcpus,
             memory_mib=body.memory_mib,
@@ -173,16 +182,13 @@ class VmService:
             else:  # on its segment's managed network, if it carries one
                 fixed_address(self.session, nic_row, nic_in.ipv4, leases)
             port_security.resolve(
-                self.session, nic_row, nic_in.port_security, nic_in.allowed_addresses
+                self.session,
+                nic_row,
+                nic_in.port_security,
+                nic_in.allowed_addresses,
+                row.project_id,
             )
-        operation = Operation(
-            action="create",
-            resource="vm",
-            resource_id=vm_id,
-            target_generation=1,
-            request_id=self.request_id,
-        )
-        OperationRepository(self.session).add(operation)
+        operation = record_operation(self.session, "create", "vm", row, self.caller)
         return row, nic_rows, operation
 
     # ---- one NIC ---------------------------------------------------------------------------
@@ -266,7 +272,7 @@ class _NicClaims:
     ) -> str:
         if trunk is not None:
             require_trunk_nic_support(self.vlan_facts)
-        found, on_vlan = vlan_port(self.session, bridge, vlan, self.vlan_facts)
+        found, on_vlan = vlan_port(self.session, bridge, vlan, self.vlan_facts, self.service.scope)
         if trunk is not None:
             vlans = trunk_vlans(*trunk, found.name, vid_backends(self.session, found.id))
             self.row.vlan_tagged, self.row.native_vlan = list(vlans.tagged), vlans.native
@@ -282,11 +288,14 @@ class _NicClaims:
         return tap_name
 
     def tap_resource(self, tap: str, queues: int) -> str:
-        found = require_alive(TapRepository(self.session).find(tap), "tap", tap)
+        segment = find_segment(self.session, SegmentKind.TAP, tap, self.service.scope)
+        found = require_alive(segment if isinstance(segment, Tap) else None, "tap", tap)
         assert isinstance(found, Tap)
         user = VmRepository(self.session).tap_user(found.id)
         if user is not None:
-            raise InUse(f"tap {found.name!r} is already used by VM {user}")
+            owner = VmRepository(self.session).visible(user, self.service.scope)
+            which = f"VM {user}" if owner is not None else "a VM of another project"
+            raise InUse(f"tap {found.name!r} is already used by {which}")
         if found.multi_queue != (queues > 1):
             raise InvalidInput(
                 f"tap {found.name!r} was created with multi_queue={found.multi_queue}; a NIC "
@@ -316,10 +325,10 @@ class VmPowerService:
     (app.domain.vm_actions): a new desired state with a generation and an operation, a
     no-op, or a 409 naming the status."""
 
-    def __init__(self, session: Session, request_id: str | None = None) -> None:
+    def __init__(self, session: Session, caller: Caller = LOCAL_ADMIN) -> None:
         self.session = session
-        self.request_id = request_id
-        self.vms = VmService(session, request_id)
+        self.caller = caller
+        self.vms = VmService(session, caller)
 
     def _cell(self, row: Vm, verb: VmVerb) -> Outcome:
         return check_action(VmStatus(row.status), verb, row.name)
@@ -359,7 +368,7 @@ class VmPowerService:
         self._cell(row, VmVerb.DELETE)
         if row.deleted and not (force and row.stop_mode != StopMode.KILL.value):
             return row, None
-        guard = InUseGuard(self.session, self.request_id)
+        guard = InUseGuard(self.session, self.caller)
         if not force:
             guard.refuse(f"VM {row.name!r}", guard.vm_dependents(row))
         guard.free_vm(row)
@@ -393,15 +402,7 @@ class VmPowerService:
         row.generation += 1
         if set(changes) - {"restart_policy"}:
             row.spec_generation = row.generation
-        operation = Operation(
-            action="update",
-            resource="vm",
-            resource_id=row.id,
-            target_generation=row.generation,
-            request_id=self.request_id,
-        )
-        OperationRepository(self.session).add(operation)
-        return row, operation
+        return row, record_operation(self.session, "update", "vm", row, self.caller)
 
     @staticmethod
     def _changes(row: Vm, wanted: dict[str, Any]) -> dict[str, Any]:
@@ -423,12 +424,4 @@ class VmPowerService:
         row.generation += 1
         row.status = status.value
         row.status_reason = None
-        operation = Operation(
-            action=action,
-            resource="vm",
-            resource_id=row.id,
-            target_generation=row.generation,
-            request_id=self.request_id,
-        )
-        OperationRepository(self.session).add(operation)
-        return operation
+        return record_operation(self.session, action, "vm", row, self.caller)

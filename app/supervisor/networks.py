@@ -715,6 +715,7 @@ def _event(
         "resource": "port_forward",
         "resource_id": loaded.id,
         "name": loaded.name,
+        "project_id": loaded.project_id,
         "status": status,
         "status_reason": reason,
         "generation": loaded.generation,

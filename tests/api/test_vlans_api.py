@@ -26,6 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.deps import AppContext
+from app.domain.tenancy import DEFAULT_PROJECT_ID
 from app.host.inspect import LiveHostInspector
 from app.host.vlans import VlanOps
 from app.schemas.vlans import VlanUpdate
@@ -384,6 +385,7 @@ CREATE_BODY = {
     "trunk": "br0",
     "backend": "auto",
     "description": "x",
+    "project_id": DEFAULT_PROJECT_ID,
 }
 
 
@@ -399,7 +401,7 @@ def test_null_in_every_patch_field(vlan_api: TestClient, field: str) -> None:
     row = make_vlan(api, **CREATE_BODY)
     url = f"/v1/vlans/{row['id']}"
     r = api.patch(url, json={field: None})
-    if not _admits_null(field):
+    if not _admits_null(field) or field in VlanUpdate.fixed_at_creation:
         body = problem(r, 422)
         assert [e["loc"] for e in body["errors"]] == [["body", field]]
         assert _stable(api.get(url).json()) == _stable(row)

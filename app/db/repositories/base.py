@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.db.models import Base, Bridge, Network, Tap, Vlan, Vm
 from app.db.models import PortForward as PortForwardRow
 from app.domain.cursors import decode_cursor, encode_cursor
 from app.domain.status import Status
+from app.domain.tenancy import Scope
 
 M = TypeVar("M", bound=Base)
 
@@ -43,7 +44,11 @@ class Repository(Generic[M]):
 
 
 class ResourceRepository(Repository[R]):
-    """Named resources: lookup by id or name, keyset paging in creation order."""
+    """Named resources of a project: lookup by id or name and keyset paging in creation
+    order, each within a Scope (app.domain.tenancy), so that no request lookup can forget
+    the caller's project: another project's row is found as None, as an unknown id is.
+    `get(id)` stays unscoped: it is for ids the daemon itself holds (a VLAN's trunk, a
+    NIC's bridge), never for what a request names."""
 
     # Names unique without regard to case (the services refuse "WEB" next to "web"), so
     # found in any case too, the stored spelling shown: VM names are host names (RFC 4343),
@@ -51,14 +56,11 @@ class ResourceRepository(Repository[R]):
     # folds. Link names are kernel names, which are case-sensitive.
     names_fold_case: ClassVar[bool] = False
 
-    def get_by_name(self, name: str) -> R | None:
-        """The resource named `name` (without regard to case where `names_fold_case`: the
-        oldest, should rows from before that rule differ only in case)."""
+    def _named(self, name: str) -> Select[Any]:
         model = self.model
         if not self.names_fold_case:
-            return self.session.scalars(select(model).where(model.name == name)).first()
-        query = select(model).where(func.lower(model.name) == name.lower())
-        return self.session.scalars(query.order_by(model.created_at, model.id)).first()
+            return select(model).where(model.name == name)
+        return select(model).where(func.lower(model.name) == name.lower())
 
     def named_in_project(self, project_id: str, name: str) -> R | None:
         """The resource of project `project_id` named exactly `name` (names are unique per
@@ -67,18 +69,50 @@ class ResourceRepository(Repository[R]):
         query = select(model).where(model.project_id == project_id, model.name == name)
         return self.session.scalars(query).first()
 
-    def find(self, ref: str) -> R | None:
-        """By id, else by name (OpenStack-style clients pass either). A valid link name is
-        never 36 characters long, so only a UUID-shaped ref can be an id."""
+    def get_by_name(self, name: str, scope: Scope) -> R | None:
+        """The resource named `name` in the scope's home project (any project for a scope
+        without one), without regard to case where `names_fold_case` (the oldest, should
+        rows from before that rule differ only in case)."""
+        model = self.model
+        query = self._named(name)
+        if scope.home is not None:
+            query = query.where(model.project_id == scope.home)
+        if scope.project_id is not None:
+            query = query.where(model.project_id == scope.project_id)
+        found: R | None = self.session.scalars(query.order_by(model.created_at, model.id)).first()
+        return found
+
+    def name_holder(self, name: str, project_id: str, except_id: str | None = None) -> R | None:
+        """The resource of project `project_id` that has `name` (in any case where names
+        fold case), other than `except_id`: names are unique per project."""
+        model = self.model
+        query = self._named(name).where(model.project_id == project_id)
+        if except_id is not None:
+            query = query.where(model.id != except_id)
+        found: R | None = self.session.scalars(query.order_by(model.created_at, model.id)).first()
+        return found
+
+    def visible(self, row_id: str, scope: Scope) -> R | None:
+        """The row with this id, if the scope sees its project."""
+        found = self.get(row_id)
+        return found if found is not None and scope.sees(found.project_id) else None
+
+    def find(self, ref: str, scope: Scope) -> R | None:
+        """By id, else by name (OpenStack-style clients pass either), within `scope`. A
+        valid link name is never 36 characters long, so only a UUID-shaped ref can be an
+        id."""
         if len(ref) == UUID_LENGTH:
-            found = self.get(ref)
+            found = self.visible(ref, scope)
             if found is not None:
                 return found
-        return self.get_by_name(ref)
+        return self.get_by_name(ref, scope)
 
-    def page(self, limit: int, cursor: str | None) -> tuple[Sequence[R], str | None]:
+    def page(self, limit: int, cursor: str | None, scope: Scope) -> tuple[Sequence[R], str | None]:
+        """A page of the rows the scope sees, in creation order."""
         model = self.model
         query = select(model).order_by(model.created_at, model.id).limit(limit + 1)
+        if scope.project_id is not None:
+            query = query.where(model.project_id == scope.project_id)
         if cursor is not None:  # "" too is a cursor, and not one of ours
             created, row_id = decode_cursor(cursor)
             query = query.where(tuple_(model.created_at, model.id) > tuple_(created, row_id))

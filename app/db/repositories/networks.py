@@ -95,8 +95,10 @@ class PortForwardRepository(ResourceRepository[PortForwardRow]):
         query = select(PortForwardRow).where(PortForwardRow.network_id == network_id)
         return self.session.scalars(query).all()
 
-    def names(self) -> set[str]:
-        return set(self.session.scalars(select(PortForwardRow.name)))
+    def names(self, project_id: str) -> set[str]:
+        """The names of a project's port forwards (unique per project)."""
+        query = select(PortForwardRow.name).where(PortForwardRow.project_id == project_id)
+        return set(self.session.scalars(query))
 
     def to_nics(self, nic_ids: Sequence[str]) -> Sequence[PortForwardRow]:
         query = select(PortForwardRow).where(PortForwardRow.vm_nic_id.in_(nic_ids))
@@ -156,6 +158,7 @@ class RowState:
     observed_generation: int
     status: str
     status_reason: str | None
+    project_id: str | None = None  # what its events carry (app.bus.Event)
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ def _row_state(row: Network | PortForwardRow) -> RowState:
         row.observed_generation,
         row.status,
         row.status_reason,
+        row.project_id,
     )
 
 
@@ -310,17 +314,18 @@ def load_network_state(session: Session) -> tuple[list[NetworkState], list[Forwa
         f.target_port,
         VmNic.ipv4,
         f.vm_nic_id,
+        f.project_id,
     ).outerjoin(VmNic, VmNic.id == f.vm_nic_id)
     forwards = []
     for row in session.execute(query):
         (row_id, name, deleted, generation, observed, status, reason) = row[:7]
-        protocol, listen, port, end_port, target_port, target, nic_id = row[7:]
+        protocol, listen, port, end_port, target_port, target, nic_id, project_id = row[7:]
         spec = (
             Forward(row_id, protocol, listen, port, end_port, target, target_port)
             if target
             else None
         )
-        state = RowState(row_id, name, deleted, generation, observed, status, reason)
+        state = RowState(row_id, name, deleted, generation, observed, status, reason, project_id)
         forwards.append(ForwardState(state, spec, nic_id))
     return networks, forwards
 

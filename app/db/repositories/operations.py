@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, update
+from sqlalchemy import Table, bindparam, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.db.models import EventSequence, Operation
 from app.db.repositories.base import Repository
+from app.domain.cursors import decode_cursor, encode_cursor
+from app.domain.tenancy import Scope
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,32 @@ class FinishedOperation:
 class OperationRepository(Repository[Operation]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Operation)
+
+    def visible(self, operation_id: str, scope: Scope) -> Operation | None:
+        """The operation with this id, if the scope sees its project."""
+        found = self.get(operation_id)
+        return found if found is not None and scope.sees(found.project_id) else None
+
+    def page(
+        self, limit: int, cursor: str | None, scope: Scope, resource_id: str | None = None
+    ) -> tuple[Sequence[Operation], str | None]:
+        """The operations the scope sees (of one resource: `resource_id`), oldest first,
+        keyset-paged like the resources."""
+        query = select(Operation).order_by(Operation.created_at, Operation.id).limit(limit + 1)
+        if scope.project_id is not None:
+            query = query.where(Operation.project_id == scope.project_id)
+        if resource_id is not None:
+            query = query.where(Operation.resource_id == resource_id)
+        if cursor is not None:
+            created, row_id = decode_cursor(cursor)
+            query = query.where(
+                tuple_(Operation.created_at, Operation.id) > tuple_(created, row_id)
+            )
+        rows = self.session.scalars(query).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+        return rows, next_cursor
 
     def prune(self, finished_before: dt.datetime) -> int:
         """Forget operations that ended before the given time; returns how many."""

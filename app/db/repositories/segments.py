@@ -19,10 +19,11 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db.models import Bridge, Network, ResourceColumns, Tap, Vlan, VmNic
-from app.db.repositories.base import UUID_LENGTH, never_created
+from app.db.repositories.base import ResourceRepository, never_created
 from app.domain.errors import InvalidInput
 from app.domain.registry import Registry
 from app.domain.segments import Segment, SegmentKind, SegmentObject, describe
+from app.domain.tenancy import Scope
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class SegmentTable:
     - `port_ref`: the object a port (a VM NIC, a tap resource) is on, if one of this kind;
     - `ports`: the query condition selecting the NICs that are ports of one object (the ones
       a new network on it gives fixed addresses);
-    - `find`: a row by id or name (None when there is none).
+    - `find`: a row by id or name within a Scope (None when there is none, or it is of a
+      project the scope does not see).
     """
 
     kind: str
@@ -66,7 +68,7 @@ class SegmentTable:
     facts: Callable[[Session, Any], SegmentObject | None]
     port_ref: Callable[[Port], str | None]
     ports: Callable[[str], ColumnElement[bool]]
-    find: Callable[[Session, str], ResourceColumns | None]
+    find: Callable[[Session, str, Scope], ResourceColumns | None]
 
 
 TABLES: Registry[SegmentTable] = Registry("stored segment kind", [k.value for k in SegmentKind])
@@ -184,9 +186,9 @@ def network_of_object(session: Session, obj: ResourceColumns) -> Network | None:
     return None
 
 
-def find_object(session: Session, kind: str, ref: str) -> ResourceColumns | None:
-    """An object of `kind` by id or name."""
-    return segment_table(kind).find(session, ref)
+def find_object(session: Session, kind: str, ref: str, scope: Scope) -> ResourceColumns | None:
+    """An object of `kind` by id or name, within `scope`."""
+    return segment_table(kind).find(session, ref, scope)
 
 
 def segment_ports(session: Session, kind: str, object_id: str) -> Sequence[VmNic]:
@@ -243,25 +245,20 @@ def network_interfaces(session: Session, kind: str | None = None) -> dict[str, s
 # ---- the built-in kinds -----------------------------------------------------------------------
 
 
-def _by_id_or_name(model: type[ResourceColumns]) -> Callable[[Session, str], Any]:
-    def find(session: Session, ref: str) -> ResourceColumns | None:
-        if len(ref) == UUID_LENGTH:
-            found = session.get(model, ref)
-            if found is not None:
-                return found
-        return session.scalars(select(model).where(model.name == ref)).first()
+def _by_id_or_name(
+    model: type[ResourceColumns], fold_case: bool = False
+) -> Callable[[Session, str, Scope], Any]:
+    """A kind's `find`: the generic repository's lookup (ids anywhere the scope sees, names
+    in its home project; names in any case where they are unique that way)."""
+
+    class Lookup(ResourceRepository[Any]):
+        names_fold_case = fold_case
+
+    def find(session: Session, ref: str, scope: Scope) -> ResourceColumns | None:
+        found: ResourceColumns | None = Lookup(session, model).find(ref, scope)
+        return found
 
     return find
-
-
-def _find_vlan(session: Session, ref: str) -> Vlan | None:
-    """By id, else by name without regard to case (VLAN names are unique that way)."""
-    if len(ref) == UUID_LENGTH:
-        found = session.get(Vlan, ref)
-        if found is not None:
-            return found
-    query = select(Vlan).where(func.lower(Vlan.name) == ref.lower())
-    return session.scalars(query.order_by(Vlan.created_at)).first()
 
 
 def _bridge_facts(session: Session, row: Bridge) -> SegmentObject:
@@ -348,6 +345,6 @@ register_table(
         facts=_vlan_facts,
         port_ref=lambda port: port.vlan_id,
         ports=lambda object_id: VmNic.vlan_id == object_id,
-        find=_find_vlan,
+        find=_by_id_or_name(Vlan, fold_case=True),
     )
 )

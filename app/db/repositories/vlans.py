@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Bridge, Network, Uplink, Vlan
@@ -44,20 +44,10 @@ UPLINK_ATTACHED = "attached"
 
 
 class VlanRepository(ResourceRepository[Vlan]):
+    names_fold_case = True  # VLAN names are unique per project without regard to case
+
     def __init__(self, session: Session) -> None:
         super().__init__(session, Vlan)
-
-    def name_holder(self, name: str, except_id: str | None = None) -> Vlan | None:
-        """The VLAN whose name equals `name` without regard to case (names are ASCII,
-        which SQLite's lower() folds), other than `except_id`."""
-        query = select(Vlan).where(func.lower(Vlan.name) == name.lower())
-        if except_id is not None:
-            query = query.where(Vlan.id != except_id)
-        return self.session.scalars(query.order_by(Vlan.created_at)).first()
-
-    def get_by_name(self, name: str) -> Vlan | None:
-        """Names are unique without regard to case: any case finds the VLAN."""
-        return self.name_holder(name)
 
     def on_trunk(self, trunk_id: str, live_only: bool = False) -> Sequence[Vlan]:
         """The VLANs on a trunk in creation order (with `live_only`: not being deleted)."""

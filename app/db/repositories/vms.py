@@ -19,11 +19,6 @@ class VmRepository(ResourceRepository[Vm]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Vm)
 
-    def name_holder(self, name: str) -> Vm | None:
-        """The VM whose name equals `name` without regard to case (RFC 4343: host names are
-        case-insensitive; VM names are ASCII, which SQLite's lower() folds)."""
-        return self.get_by_name(name)
-
     def nics(self, vm_id: str) -> Sequence[VmNic]:
         query = select(VmNic).where(VmNic.vm_id == vm_id).order_by(VmNic.position)
         return self.session.scalars(query).all()

@@ -1,0 +1,569 @@
+"""THE isolation test of issue 11: every route of the app, for each role (admin, member,
+reader of project `own`) against a resource of its own project and of project `other`,
+answers as the table says: a reader's change is 403, a member or reader naming another
+project's resource 404 (as an unknown id), an admin-only route 403 for members and readers,
+and the admin reaches both projects.
+
+The table is keyed by (method, path template) and must cover every APIRoute of the app:
+a route added without an entry fails test_every_route_is_in_the_table ("new route without
+scoping"). One app serves the whole module (two projects, one resource of every kind each);
+each case sends one request, creating a throwaway resource first where the request would
+destroy the shared one (deletes, starts)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.db.models import ApiToken, Operation
+from app.domain.tenancy import secret_hash
+from tests.api.vm_lab import POWEROFF_BOOT_SECTOR, Lab
+from tests.db_template import seed_state_dir
+from tests.host.test_qemu import live_pids_with_uuid
+from tests.netns_tools import throwaway_netns
+from tests.tenancy import auth, make_project, make_token
+
+ROLES = ("admin", "member", "reader")
+WHERE = ("own", "other")
+OWN_NET, OTHER_NET = "10.61.0.0/24", "10.62.0.0/24"
+
+
+@dataclass
+class World:
+    """The app, the two projects, a token per role (of `own`) and each project's resources
+    (kind -> id), all named alike in both projects where names are per project."""
+
+    client: TestClient
+    lab: Lab
+    projects: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, dict[str, str]] = field(default_factory=dict)
+    counter: Iterator[int] = field(default_factory=itertools.count)
+    disk: str = ""
+
+    def next(self) -> int:
+        return next(self.counter)
+
+    def admin_post(self, path: str, body: dict[str, Any], where: str) -> dict[str, Any]:
+        """Create as the unix socket's admin, in project `where`, and wait until settled."""
+        answer = self.client.post(
+            f"{path}?wait=20", json={**body, "project_id": self.projects[where]}
+        )
+        assert answer.status_code in (200, 201, 202), answer.text
+        made: dict[str, Any] = answer.json()
+        if path == "/v1/vms":
+            self.lab.vm_ids.add(made["id"])
+        return made
+
+    # ---- throwaway resources for destructive cases --------------------------------------
+
+    def fresh(self, kind: str, where: str) -> str:
+        n = self.next()
+        bridge = f"br{where[:2]}"
+        if kind == "bridge":
+            return self.admin_post("/v1/bridges", {"name": f"fb{n}"}, where)["id"]
+        if kind == "tap":
+            return self.admin_post("/v1/taps", {"name": f"ft{n}"}, where)["id"]
+        if kind == "vlan":
+            body = {"name": f"fv{n}", "vlan_id": 2000 + n, "trunk": bridge}
+            return self.admin_post("/v1/vlans", body, where)["id"]
+        if kind == "network":
+            tap = self.fresh("tap", where)
+            subnet = f"10.200.{n}.0/24"
+            body = {"name": f"fn{n}", "tap": tap, "subnet": subnet}
+            return self.admin_post("/v1/networks", body, where)["id"]
+        if kind == "vm":
+            return self.admin_post("/v1/vms", self.vm_body(f"fvm{n}"), where)["id"]
+        if kind == "forward":
+            body = {"network": "web", "vm": "web", "port": 30000 + n}
+            return self.admin_post("/v1/port-forwards", body, where)["id"]
+        raise AssertionError(kind)
+
+    def vm_body(self, name: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "memory_mib": 32,
+            "boot": {"disk": self.disk},
+            "power_state": "stopped",
+            **extra,
+        }
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    base = Path(tempfile.mkdtemp(prefix="kvt-scope-", dir="/tmp"))  # short: QMP sockets
+    base.chmod(0o755)
+    seed_state_dir(base / "state")
+    with throwaway_netns() as netns:
+        lab = Lab(netns, base)
+        try:
+            with lab.app() as client:
+                world = World(client, lab)
+                world.disk = lab.disk("poweroff.img", POWEROFF_BOOT_SECTOR)
+                _populate(world)
+                yield world
+        finally:
+            for pid in live_pids_with_uuid(lab.vm_ids):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _vlans_possible(world: World) -> None:
+    """The probe's answer says the kernel has 802.1Q and VLAN filtering (this one has
+    neither; as tests/api/test_vlans_api.py's vlan_api): the VLAN rows exist, in error."""
+    inspector = world.client.app.state.context.inspector  # type: ignore[attr-defined]
+    real = inspector.capabilities
+
+    def capabilities() -> dict[str, Any]:
+        caps = copy.deepcopy(real())
+        for feature in ("vlan_8021q", "vlan_filtering"):
+            caps["links"][feature] = {"available": True, "reason": None}
+        return caps
+
+    inspector.capabilities = capabilities
+
+
+def _populate(world: World) -> None:
+    db = world.client.app.state.context.db  # type: ignore[attr-defined]
+    _vlans_possible(world)
+    world.projects = {"own": make_project(db, "own"), "other": make_project(db, "other")}
+    world.tokens = {role: make_token(db, world.projects["own"], role) for role in ROLES}
+    for where, subnet in (("own", OWN_NET), ("other", OTHER_NET)):
+        bridge = f"br{where[:2]}"
+        ids = {"bridge": world.admin_post("/v1/bridges", {"name": bridge}, where)["id"]}
+        ids["tap"] = world.admin_post("/v1/taps", {"name": f"tp{where[:2]}"}, where)["id"]
+        # the same names in both projects: names are unique per project (issue 11)
+        vlan = {"name": "web", "vlan_id": 10, "trunk": bridge, "backend": "bridge_per_vlan"}
+        ids["vlan"] = world.admin_post("/v1/vlans", vlan, where)["id"]
+        network = {"name": "web", "bridge": bridge, "subnet": subnet}
+        ids["network"] = world.admin_post("/v1/networks", network, where)["id"]
+        nic = {"backend": "bridge", "bridge": bridge, "model": "virtio-net-pci"}
+        vm = world.admin_post("/v1/vms", world.vm_body("web", nics=[nic]), where)
+        ids["vm"] = vm["id"]
+        port = 18080 if where == "own" else 18081
+        forward = {"network": "web", "vm": "web", "port": port}
+        ids["forward"] = world.admin_post("/v1/port-forwards", forward, where)["id"]
+        with db.reading() as session:
+            op = session.query(Operation).filter_by(resource_id=ids["bridge"]).first()
+            assert op is not None and op.project_id == world.projects[where]
+            ids["operation"] = op.id
+        world.ids[where] = ids
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+Body = Callable[[World, str], Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to call one route and what an allowed caller gets.
+
+    - `ok`: the statuses of an allowed call (the domain's answer: a stopped VM's devices are
+      409, say; never 401/403/404 from scoping);
+    - `body`: the JSON body for project `where` (a create names that project);
+    - `fresh`: the kind of a throwaway resource to put in the path (destructive calls);
+    - `admin_only`: 403 for members and readers whatever the project;
+    - `query`: the query string (`{project}`: the project's id)."""
+
+    ok: frozenset[int]
+    body: Body | None = None
+    fresh: str | None = None
+    admin_only: bool = False
+    query: str = ""
+    stream: bool = False
+
+
+def ok(*codes: int, **kw: Any) -> Case:
+    return Case(frozenset(codes), **kw)
+
+
+def _create(path_body: Callable[[World, str, int], dict[str, Any]]) -> Body:
+    def body(world: World, where: str) -> dict[str, Any]:
+        return {**path_body(world, where, world.next()), "project_id": world.projects[where]}
+
+    return body
+
+
+def _network_body(world: World, where: str, n: int) -> dict[str, Any]:
+    # a member creates on a tap of its own: a throwaway one the admin makes in that project
+    tap = world.fresh("tap", where)
+    return {"name": f"n{n}", "tap": tap, "subnet": f"10.201.{n}.0/24"}
+
+
+def _forward(world: World, where: str, n: int) -> dict[str, Any]:
+    return {"network": "web", "vm": "web", "port": 20000 + n}
+
+
+def _batch(world: World, where: str) -> dict[str, Any]:
+    n = world.next()
+    item = {**_forward(world, where, n), "project_id": world.projects[where]}
+    return {"port_forwards": [item]}
+
+
+def _attach(world: World, where: str) -> dict[str, Any]:
+    return {"bridge": world.ids[where]["bridge"]}
+
+
+def _uplink(world: World, where: str) -> dict[str, Any]:
+    return {"interface": "lo"}
+
+
+ACCEPTED = (200, 201, 202)
+LIST = ok(200, query="?project={project}")
+
+TABLE: dict[tuple[str, str], Case] = {
+    ("GET", "/healthz"): ok(200),
+    ("GET", "/readyz"): ok(200),
+    ("GET", "/docs"): ok(200),
+    ("GET", "/docs/oauth2-redirect"): ok(200),
+    ("GET", "/redoc"): ok(200),
+    # bridges
+    ("GET", "/v1/bridges"): LIST,
+    ("POST", "/v1/bridges"): ok(*ACCEPTED, body=_create(lambda w, p, n: {"name": f"nb{n}"})),
+    ("GET", "/v1/bridges/{bridge_id}"): ok(200),
+    ("PATCH", "/v1/bridges/{bridge_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/bridges/{bridge_id}"): ok(202, fresh="bridge"),
+    ("GET", "/v1/bridges/{bridge_id}/fdb"): ok(200),
+    ("GET", "/v1/bridges/{bridge_id}/vlans"): ok(200),
+    ("GET", "/v1/bridges/{bridge_id}/uplink"): ok(404),  # none: "bridge ... has no uplink"
+    ("PUT", "/v1/bridges/{bridge_id}/uplink"): ok(
+        200, 409, 422, body=_uplink, admin_only=True, query="?dry_run=true"
+    ),
+    ("DELETE", "/v1/bridges/{bridge_id}/uplink"): ok(404, admin_only=True, query="?dry_run=true"),
+    # taps
+    ("GET", "/v1/taps"): LIST,
+    ("POST", "/v1/taps"): ok(*ACCEPTED, body=_create(lambda w, p, n: {"name": f"nt{n}"})),
+    ("GET", "/v1/taps/{tap_id}"): ok(200),
+    ("PATCH", "/v1/taps/{tap_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/taps/{tap_id}"): ok(202, fresh="tap"),
+    ("POST", "/v1/taps/{tap_id}/attach"): ok(200, 202, body=_attach, fresh="tap"),
+    ("POST", "/v1/taps/{tap_id}/detach"): ok(200, 202, fresh="tap"),
+    # VLANs
+    ("GET", "/v1/vlans"): LIST,
+    ("POST", "/v1/vlans"): ok(
+        *ACCEPTED,
+        body=_create(
+            lambda w, p, n: {"name": f"v{n}", "vlan_id": 100 + n, "trunk": w.ids[p]["bridge"]}
+        ),
+    ),
+    ("GET", "/v1/vlans/{vlan_id}"): ok(200),
+    ("PATCH", "/v1/vlans/{vlan_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/vlans/{vlan_id}"): ok(202, fresh="vlan"),
+    ("GET", "/v1/vlans/{vlan_id}/ports"): ok(200),
+    ("GET", "/v1/vlans/{vlan_id}/fdb"): ok(200),
+    # networks
+    ("GET", "/v1/networks"): LIST,
+    ("POST", "/v1/networks"): ok(*ACCEPTED, body=_create(_network_body)),
+    ("GET", "/v1/networks/{network_id}"): ok(200),
+    ("PATCH", "/v1/networks/{network_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/networks/{network_id}"): ok(202, fresh="network"),
+    ("GET", "/v1/networks/{network_id}/leases"): ok(200),
+    ("GET", "/v1/networks/{network_id}/log"): ok(200),
+    # port forwards
+    ("GET", "/v1/port-forwards"): LIST,
+    ("POST", "/v1/port-forwards"): ok(*ACCEPTED, body=_create(_forward)),
+    ("POST", "/v1/port-forwards/batch"): ok(202, body=_batch),
+    ("GET", "/v1/port-forwards/{forward_id}"): ok(200),
+    ("DELETE", "/v1/port-forwards/{forward_id}"): ok(202, fresh="forward"),
+    # VMs (stopped: no qemu runs but where a case starts one, which powers itself off)
+    ("GET", "/v1/vms"): LIST,
+    ("POST", "/v1/vms"): ok(*ACCEPTED, body=_create(lambda w, p, n: w.vm_body(f"vm{n}"))),
+    ("GET", "/v1/vms/{vm_id}"): ok(200),
+    ("PATCH", "/v1/vms/{vm_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/vms/{vm_id}"): ok(202, fresh="vm"),
+    ("POST", "/v1/vms/{vm_id}/start"): ok(200, 202, fresh="vm"),
+    ("POST", "/v1/vms/{vm_id}/stop"): ok(200),  # stopped already: nothing to do
+    ("POST", "/v1/vms/{vm_id}/kill"): ok(200),
+    ("POST", "/v1/vms/{vm_id}/reboot"): ok(409),  # not running (the action table)
+    ("GET", "/v1/vms/{vm_id}/console"): ok(200),
+    ("GET", "/v1/vms/{vm_id}/devices"): ok(409),  # not running
+    ("PUT", "/v1/vms/{vm_id}/nics/{index}/link"): ok(409, body=lambda w, p: {"up": True}),
+    # the host: the provider's
+    ("GET", "/v1/host/interfaces"): ok(200, admin_only=True),
+    ("GET", "/v1/host/routes"): ok(200, admin_only=True),
+    ("GET", "/v1/host/capabilities"): ok(200, admin_only=True),
+    ("GET", "/v1/host/diagnostics"): ok(200, admin_only=True),
+    # events and operations
+    ("GET", "/v1/events"): ok(200, query="?project={project}", stream=True),
+    ("GET", "/v1/operations"): LIST,
+    ("GET", "/v1/operations/{operation_id}"): ok(200),
+}
+
+PARAMS = {
+    "bridge_id": "bridge",
+    "tap_id": "tap",
+    "vlan_id": "vlan",
+    "network_id": "network",
+    "forward_id": "forward",
+    "vm_id": "vm",
+    "operation_id": "operation",
+}
+# no token needed, nothing of any project (app.api.middleware.OPEN_PATHS)
+OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def denied(case: Case, method: str, path: str, role: str, where: str) -> int | None:
+    """The status that refuses this caller before the route does anything, if any."""
+    if path in OPEN_PATHS or role == "admin":
+        return None
+    if role == "reader" and method != "GET":
+        return 403  # the middleware: a reader only reads
+    if case.admin_only:
+        return 403
+    if where == "other":
+        return 404  # not revealed: as an unknown id (or an unknown project)
+    return None
+
+
+def _route_keys(client: TestClient) -> list[tuple[str, str]]:
+    """(method, path) of every APIRoute, those of included routers too (FastAPI keeps
+    those behind its own route objects: iter_route_contexts walks them)."""
+    return sorted(
+        (method, str(context.path))
+        for context in iter_route_contexts(client.app.routes)  # type: ignore[attr-defined]
+        if isinstance(context.original_route, APIRoute)
+        for method in context.original_route.methods - {"HEAD"}
+    )
+
+
+def test_every_route_is_in_the_table(world: World) -> None:
+    keys = _route_keys(world.client)
+    missing = [key for key in keys if key not in TABLE]
+    assert not missing, f"new route without scoping (add it to TABLE): {missing}"
+    stale = [key for key in TABLE if key not in keys]
+    assert not stale, f"the table names routes the app no longer has: {stale}"
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(("method", "path"), sorted(TABLE))
+def test_route_answers_each_role_and_project_as_the_table_says(
+    world: World, method: str, path: str, role: str, where: str
+) -> None:
+    case = TABLE[(method, path)]
+    refusal = denied(case, method, path, role, where)
+    allowed = refusal is None
+    url = path
+    for name, kind in PARAMS.items():
+        if "{" + name + "}" in url:
+            fresh = case.fresh == kind and allowed
+            value = world.fresh(kind, where) if fresh else world.ids[where][kind]
+            url = url.replace("{" + name + "}", value)
+    url = url.replace("{index}", "0")
+    url += case.query.replace("{project}", world.projects[where])
+    headers = auth(world.tokens[role])
+    body = case.body(world, where) if case.body is not None else None
+    want = case.ok if refusal is None else frozenset({refusal})
+    if case.stream:
+        with world.client.stream(method, url, headers=headers) as answer:
+            status = answer.status_code
+            if status != 200:
+                answer.read()
+    else:
+        answer = world.client.request(method, url, headers=headers, json=body)
+        status = answer.status_code
+    assert status in want, f"{role} {method} {url} ({where}): {status} {answer.read()!r}"
+    if refusal == 404:
+        # exactly what an unknown id gets: nothing tells the other project's resource apart
+        # the path's id is looked up first; else the body's project, then its refs
+        known = [world.projects[where], *world.ids[where].values()]
+        hidden = next((i for i in known if i in url), None) or next(
+            i for i in known if i in str(body)
+        )
+        probe_url = url.replace(hidden, UNKNOWN)
+        probe_body = _replaced(body, hidden, UNKNOWN)
+        unknown = world.client.request(
+            method, probe_url, headers=auth(world.tokens["admin"]), json=probe_body
+        )
+        assert unknown.status_code == 404, unknown.text
+        assert answer.json()["detail"] == unknown.json()["detail"].replace(UNKNOWN, hidden)
+
+
+UNKNOWN = "00000000-0000-4000-8000-0000000000ff"
+
+
+def _replaced(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _replaced(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, old, new) for v in value]
+    return new if value == old else value
+
+
+# ---- what the table does not show ------------------------------------------------------------
+
+
+def _items(world: World, path: str, role: str, query: str = "") -> list[dict[str, Any]]:
+    answer = world.client.get(f"{path}?limit=1000{query}", headers=auth(world.tokens[role]))
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/bridges", "/v1/taps", "/v1/vlans", "/v1/networks", "/v1/port-forwards", "/v1/vms"]
+)
+def test_lists_show_a_member_only_its_projects_and_an_admin_any(world: World, path: str) -> None:
+    own, other = world.projects["own"], world.projects["other"]
+    kind = PATH_KINDS[path]
+    for role in ("member", "reader"):
+        items = _items(world, path, role)
+        assert {i["project_id"] for i in items} == {own}
+        assert world.ids["own"][kind] in {i["id"] for i in items}
+    everything = {i["id"] for i in _items(world, path, "admin")}
+    assert {world.ids["own"][kind], world.ids["other"][kind]} <= everything
+    only_other = _items(world, path, "admin", f"&project={other}")
+    assert {i["project_id"] for i in only_other} == {other}
+    assert _items(world, path, "admin", "&project=other") == only_other  # by name too
+
+
+PATH_KINDS = {
+    "/v1/bridges": "bridge",
+    "/v1/taps": "tap",
+    "/v1/vlans": "vlan",
+    "/v1/networks": "network",
+    "/v1/port-forwards": "forward",
+    "/v1/vms": "vm",
+}
+
+
+def _stream(world: World, role: str, after: int, count: int) -> list[dict[str, Any]]:
+    """The first `count` events after id `after` that `role`'s stream carries."""
+    seen: list[dict[str, Any]] = []
+    headers = {**auth(world.tokens[role]), "Last-Event-ID": str(after)}
+    with world.client.stream("GET", "/v1/events", headers=headers) as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+            if len(seen) == count:
+                break
+    return seen
+
+
+def test_a_members_event_stream_carries_only_its_projects_events(world: World) -> None:
+    bus = world.client.app.state.context.bus  # type: ignore[attr-defined]
+    after = bus.last_id
+    for where in ("other", "own"):  # the other project's event first: it must be skipped
+        answer = world.client.patch(
+            f"/v1/vlans/{world.ids[where]['vlan']}", json={"description": f"d{world.next()}"}
+        )
+        assert answer.status_code == 200, answer.text
+    (event,) = _stream(world, "member", after, 1)
+    assert (event["resource_id"], event["project_id"]) == (
+        world.ids["own"]["vlan"],
+        world.projects["own"],
+    )
+    both = _stream(world, "admin", after, 2)
+    assert [e["resource_id"] for e in both] == [
+        world.ids["other"]["vlan"],
+        world.ids["own"]["vlan"],
+    ]
+    answer = world.client.get(
+        f"/v1/events?project={world.projects['other']}", headers=auth(world.tokens["member"])
+    )
+    assert answer.status_code == 404
+
+
+def test_operations_record_project_token_and_via(world: World) -> None:
+    db = world.client.app.state.context.db  # type: ignore[attr-defined]
+    member = world.tokens["member"]
+    answer = world.client.post("/v1/taps", json={"name": f"at{world.next()}"}, headers=auth(member))
+    assert answer.status_code == 202, answer.text
+    op = world.client.get(
+        f"/v1/operations/{answer.headers['X-Operation-Id']}", headers=auth(member)
+    ).json()
+    with db.reading() as session:
+        token = session.scalars(
+            select(ApiToken).where(ApiToken.secret_hash == secret_hash(member))
+        ).one()
+    assert (op["project_id"], op["token_id"], op["via"]) == (
+        world.projects["own"],
+        token.id,
+        "token",
+    )
+    by_socket = world.client.get(f"/v1/operations/{world.ids['other']['operation']}").json()
+    assert (by_socket["project_id"], by_socket["token_id"], by_socket["via"]) == (
+        world.projects["other"],
+        None,
+        "unix-socket",
+    )
+    mine = _items(world, "/v1/operations", "member")
+    assert op["id"] in {o["id"] for o in mine}
+    assert {o["project_id"] for o in mine} == {world.projects["own"]}
+    theirs = _items(world, "/v1/operations", "admin", f"&project={world.projects['other']}")
+    assert {o["project_id"] for o in theirs} == {world.projects["other"]}
+
+
+def test_names_are_per_project_and_resolve_in_the_callers_project(world: World) -> None:
+    member = auth(world.tokens["member"])
+    for path in ("/v1/vms/web", "/v1/networks/web", "/v1/vlans/WEB"):
+        answer = world.client.get(path, headers=member)
+        assert answer.status_code == 200 and answer.json()["project_id"] == world.projects["own"]
+        # the unix socket acts in the default project, which has no `web`
+        assert world.client.get(path).status_code == 404
+    taken = world.client.post("/v1/vms", json=world.vm_body("WEB"), headers=member)
+    assert taken.status_code == 409 and taken.json()["type"].endswith("name-taken")
+    fixed = world.client.patch(
+        f"/v1/vms/{world.ids['own']['vm']}", json={"project_id": world.projects["other"]}
+    )
+    assert fixed.status_code == 422 and "fixed at creation" in fixed.text
+    unknown = world.client.post(
+        "/v1/taps", json={"name": f"ut{world.next()}", "project_id": UNKNOWN}
+    )
+    assert unknown.status_code == 404 and unknown.json()["detail"] == f"no project {UNKNOWN!r}"
+
+
+def test_a_member_attaches_only_to_its_own_or_shared_segments(world: World) -> None:
+    db = world.client.app.state.context.db  # type: ignore[attr-defined]
+    shared = world.ids["own"]["bridge"]
+    tenant = make_project(
+        db, f"tenant{world.next()}", shared_segments=[{"resource": "bridge", "id": shared}]
+    )
+    member = auth(make_token(db, tenant, "member"))
+    for ref in (shared, "brow"):  # by id, and by name
+        answer = world.client.post(
+            "/v1/taps", json={"name": f"st{world.next()}", "bridge": ref}, headers=member
+        )
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["bridge_id"] == shared
+        assert answer.json()["project_id"] == tenant
+    not_shared = world.ids["other"]["bridge"]
+    answer = world.client.post(
+        "/v1/taps", json={"name": f"st{world.next()}", "bridge": not_shared}, headers=member
+    )
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == f"no bridge {not_shared!r}"
+    # shared to attach to, not to see or change
+    assert world.client.get(f"/v1/bridges/{shared}", headers=member).status_code == 404
+
+
+def test_in_use_names_another_projects_dependent_only_by_its_kind(world: World) -> None:
+    bridge = world.fresh("bridge", "own")
+    nic = {"backend": "bridge", "bridge": bridge, "model": "virtio-net-pci"}
+    theirs = world.admin_post("/v1/vms", world.vm_body(f"x{world.next()}", nics=[nic]), "other")
+    answer = world.client.delete(f"/v1/bridges/{bridge}", headers=auth(world.tokens["member"]))
+    assert answer.status_code == 409 and answer.json()["type"].endswith("in-use")
+    assert answer.json()["dependents"] == [
+        {"kind": "vm_nic", "id": "", "name": "(another project's)"}
+    ]
+    assert theirs["id"] not in answer.text and theirs["name"] not in answer.text
+    as_admin = world.client.delete(f"/v1/bridges/{bridge}")
+    assert as_admin.status_code == 409 and theirs["id"] in as_admin.text
