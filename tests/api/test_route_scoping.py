@@ -92,7 +92,21 @@ class World:
         if kind == "forward":
             body = {"network": "web", "vm": "web", "port": 30000 + n}
             return self.admin_post("/v1/port-forwards", body, where)["id"]
+        if kind == "project":
+            answer = self.client.post("/v1/projects", json={"name": f"fp{n}"})
+            assert answer.status_code == 201, answer.text
+            return str(answer.json()["id"])
+        if kind == "token":
+            return self.admin_token(where)
         raise AssertionError(kind)
+
+    def admin_token(self, where: str) -> str:
+        """A reader token of project `where`, made by the admin through the API: its id."""
+        answer = self.client.post(
+            f"/v1/projects/{self.projects[where]}/tokens", json={"role": "reader"}
+        )
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["id"])
 
     def vm_body(self, name: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -159,6 +173,8 @@ def _populate(world: World) -> None:
         port = 18080 if where == "own" else 18081
         forward = {"network": "web", "vm": "web", "port": port}
         ids["forward"] = world.admin_post("/v1/port-forwards", forward, where)["id"]
+        ids["project"] = world.projects[where]
+        ids["token"] = world.admin_token(where)
         with db.reading() as session:
             op = session.query(Operation).filter_by(resource_id=ids["bridge"]).first()
             assert op is not None and op.project_id == world.projects[where]
@@ -180,12 +196,20 @@ class Case:
     - `body`: the JSON body for project `where` (a create names that project);
     - `fresh`: the kind of a throwaway resource to put in the path (destructive calls);
     - `admin_only`: 403 for members and readers whatever the project;
+    - `own_forbidden`: 403 for members and readers on their own project (a project's own
+      settings), 404 on another (as for everything of another project);
+    - `reader_forbidden`: 403 for a reader even where it only reads (a project's tokens);
+    - `projectless`: the request names no project or resource (who am I, the list of the
+      projects a caller sees): `other` asks the same as `own`;
     - `query`: the query string (`{project}`: the project's id)."""
 
     ok: frozenset[int]
     body: Body | None = None
     fresh: str | None = None
     admin_only: bool = False
+    own_forbidden: bool = False
+    reader_forbidden: bool = False
+    projectless: bool = False
     query: str = ""
     stream: bool = False
 
@@ -304,6 +328,17 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/v1/events"): ok(200, query="?project={project}", stream=True),
     ("GET", "/v1/operations"): LIST,
     ("GET", "/v1/operations/{operation_id}"): ok(200),
+    # projects and their tokens
+    ("GET", "/v1/auth/token"): ok(200, projectless=True),
+    ("GET", "/v1/projects"): ok(200, projectless=True),
+    ("POST", "/v1/projects"): ok(201, body=lambda w, p: {"name": f"np{w.next()}"}, admin_only=True),
+    ("GET", "/v1/projects/{project_id}"): ok(200),
+    ("PATCH", "/v1/projects/{project_id}"): ok(200, body=lambda w, p: {}, own_forbidden=True),
+    ("DELETE", "/v1/projects/{project_id}"): ok(204, fresh="project", own_forbidden=True),
+    ("GET", "/v1/projects/{project_id}/tokens"): ok(200, reader_forbidden=True),
+    ("POST", "/v1/projects/{project_id}/tokens"): ok(201, body=lambda w, p: {"role": "reader"}),
+    ("GET", "/v1/projects/{project_id}/tokens/{token_id}"): ok(200, reader_forbidden=True),
+    ("DELETE", "/v1/projects/{project_id}/tokens/{token_id}"): ok(200, fresh="token"),
 }
 
 PARAMS = {
@@ -314,6 +349,8 @@ PARAMS = {
     "forward_id": "forward",
     "vm_id": "vm",
     "operation_id": "operation",
+    "project_id": "project",
+    "token_id": "token",
 }
 # no token needed, nothing of any project (app.api.middleware.OPEN_PATHS)
 OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -327,8 +364,10 @@ def denied(case: Case, method: str, path: str, role: str, where: str) -> int | N
         return 403  # the middleware: a reader only reads
     if case.admin_only:
         return 403
-    if where == "other":
+    if where == "other" and not case.projectless:
         return 404  # not revealed: as an unknown id (or an unknown project)
+    if case.own_forbidden or (role == "reader" and case.reader_forbidden):
+        return 403
     return None
 
 
@@ -432,6 +471,14 @@ def test_lists_show_a_member_only_its_projects_and_an_admin_any(world: World, pa
     only_other = _items(world, path, "admin", f"&project={other}")
     assert {i["project_id"] for i in only_other} == {other}
     assert _items(world, path, "admin", "&project=other") == only_other  # by name too
+
+
+def test_the_projects_list_shows_a_member_only_its_own(world: World) -> None:
+    for role in ("member", "reader"):
+        answer = world.client.get("/v1/projects", headers=auth(world.tokens[role]))
+        assert [p["id"] for p in answer.json()["items"]] == [world.projects["own"]]
+    answer = world.client.get("/v1/projects?limit=1000", headers=auth(world.tokens["admin"]))
+    assert set(world.projects.values()) <= {p["id"] for p in answer.json()["items"]}
 
 
 PATH_KINDS = {
