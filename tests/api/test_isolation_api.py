@@ -18,6 +18,7 @@ from app.api.deps import AppContext
 from app.host.inspect import LiveHostInspector
 from app.settings import Settings
 from tests.api.test_links_api import make_bridge, make_tap
+from tests.kernel.nested.conftest import wired_guest
 from tests.netns_tools import in_netns, ip, links
 
 PROBLEM = "application/problem+json"
@@ -228,3 +229,35 @@ def test_a_host_whose_kernel_ignores_the_flag_refuses_it_with_409(
     problem(api.post("/v1/vms", json={**vm, "nics": [nic]}), 409, "host-lacks-feature")
     assert api.get("/v1/vms").json()["items"] == []
     assert port_isolated(netns, "tap1") is False
+
+
+def pings(guest: str, address: str, attempts: int = 5) -> bool:
+    """Whether `address` answers a ping from the guest namespace (busybox, as in a guest)."""
+    ping = ["busybox", "ping", "-c", "1", "-W", "1", address]
+    return any(in_netns(guest, *ping, check=False).returncode == 0 for _ in range(attempts))
+
+
+def test_isolated_ports_reach_the_gateway_but_not_each_other(
+    iso_api: TestClient, netns: str
+) -> None:
+    """Two guests (namespaces wired to the taps by tap_wire.py, as qemu holds a tap) on one
+    bridge that carries the gateway address: isolated, both reach the gateway and not each
+    other; one port not isolated, they reach each other (an isolated port forwards to
+    ports that are not isolated); neither isolated, as any bridge."""
+    api = iso_api
+    make_bridge(api, addresses=["10.88.0.1/24"])
+    make_tap(api, "tapa", bridge="br0", isolated=True)
+    make_tap(api, "tapb", bridge="br0", isolated=True)
+    with wired_guest(netns, "tapa") as a, wired_guest(netns, "tapb") as b:
+        ip(a, "addr", "add", "10.88.0.2/24", "dev", "eth0")
+        ip(b, "addr", "add", "10.88.0.3/24", "dev", "eth0")
+        assert pings(a, "10.88.0.1") and pings(b, "10.88.0.1"), "the gateway answers both"
+        assert not pings(a, "10.88.0.3", attempts=2), "an isolated guest reached its neighbour"
+        assert not pings(b, "10.88.0.2", attempts=2), "an isolated guest reached its neighbour"
+        patch(api, "tapa", isolated=False)
+        assert pings(b, "10.88.0.2") and pings(a, "10.88.0.3")
+        patch(api, "tapa", isolated=True)
+        assert not pings(a, "10.88.0.3", attempts=2), "isolated again, live"
+        patch(api, "tapa", isolated=False)
+        patch(api, "tapb", isolated=False)
+        assert pings(a, "10.88.0.3") and pings(b, "10.88.0.2")
