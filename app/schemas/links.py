@@ -314,13 +314,15 @@ class TapUpdate(
         False,
         description="Re-creates the tap; refused (409) while a VM uses it. null is refused (422)",
     )
-    isolated: Isolated = Field(
+    isolated: bool | None = Field(
         False, description=f"{ISOLATED}. Applied live (no re-create), also under a running VM"
     )
 
     def resolve_nulls(self, changes: dict[str, Any]) -> dict[str, Any]:
         if "addresses" in changes and changes["addresses"] is None:
             changes["addresses"] = []
+        if "isolated" in changes and changes["isolated"] is None:
+            changes["isolated"] = False
         return changes
 
 

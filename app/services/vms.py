@@ -64,7 +64,8 @@ class HostFacts:
     vhost_net: bool
     kvm_runs_guests: bool | None
     vlans: VlanFacts | None = None  # None: not probed (then no VLAN refusal names the kernel)
-    # why the kernel cannot isolate bridge ports (app.domain.isolation); None: it can
+    # why the kernel cannot isolate bridge ports (app.domain.isolation); None: it can, or
+    # no link probe was given (then no refusal names the kernel), as `vlans`
     isolation_missing: str | None = None
 
     @classmethod
@@ -80,7 +81,9 @@ class HostFacts:
                 if "links" in capabilities
                 else None
             ),
-            isolation_missing=port_isolation_missing(capabilities.get("links", {})),
+            isolation_missing=(
+                port_isolation_missing(capabilities["links"]) if "links" in capabilities else None
+            ),
         )
 
 

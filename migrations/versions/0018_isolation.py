@@ -25,18 +25,14 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # SQLite cannot add a constraint to a table: batch mode copies it into a new one
     with op.batch_alter_table("taps", recreate="always") as batch_op:
-        batch_op.add_column(
-            sa.Column("isolated", sa.Boolean(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("isolated", sa.Boolean(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("observed_isolated", sa.Boolean(), nullable=True))
         batch_op.create_check_constraint("ck_taps_isolated", "isolated IN (0, 1)")
         batch_op.create_check_constraint(
             "ck_taps_isolated_port", "isolated = 0 OR bridge_id IS NOT NULL OR deleted = 1"
         )
     with op.batch_alter_table("vm_nics", recreate="always") as batch_op:
-        batch_op.add_column(
-            sa.Column("isolated", sa.Boolean(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("isolated", sa.Boolean(), nullable=False, server_default="0"))
         batch_op.create_check_constraint("ck_vm_nics_isolated", "isolated IN (0, 1)")
         batch_op.create_check_constraint(
             "ck_vm_nics_isolated_port", "isolated = 0 OR bridge_id IS NOT NULL"

@@ -149,9 +149,7 @@ def test_an_isolated_tap_is_set_read_back_changed_live_and_repaired(
     assert after["observed_isolated"] is True
 
 
-def test_a_detached_tap_is_no_port_and_no_longer_isolated(
-    iso_api: TestClient, netns: str
-) -> None:
+def test_a_detached_tap_is_no_port_and_no_longer_isolated(iso_api: TestClient, netns: str) -> None:
     api = iso_api
     make_bridge(api)
     make_tap(api, "tap1", bridge="br0", isolated=True)

@@ -100,8 +100,10 @@ def _settable(update: type[UpdateModel]) -> list[str]:
 
 
 # Single fields covered the same way in their own file: a tap's `vlan` needs a stored VLAN,
-# which needs the injected kernel features (tests/api/test_nic_vlans_api.py).
-FIELDS_ELSEWHERE = {(TapUpdate, "vlan")}
+# which needs the injected kernel features (tests/api/test_nic_vlans_api.py); a tap's
+# `isolated` needs a bridge (a twin without `bridge` is a 422) and the capability probe
+# (tests/api/test_isolation_api.py: null is false, in a create and a PATCH).
+FIELDS_ELSEWHERE = {(TapUpdate, "vlan"), (TapUpdate, "isolated")}
 
 
 def test_every_update_model_is_covered() -> None:
