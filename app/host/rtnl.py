@@ -103,9 +103,9 @@ class RawLink:
     info: dict[int, bytes]  # IFLA_INFO_DATA attributes, raw
     oper_state: str = "unknown"
     link: int | None = None  # IFLA_LINK: the lower link of a stacked one (VLAN, macvtap)
-    # IFLA_INFO_SLAVE_KIND ("bridge" for a bridge port) and its IFLA_INFO_SLAVE_DATA, raw
-    slave_kind: str | None = None
-    slave_info: dict[int, bytes] = field(default_factory=dict)
+    # a bridge port's IFLA_BRPORT_ISOLATED (IFLA_INFO_SLAVE_KIND "bridge"; the one
+    # attribute of its IFLA_INFO_SLAVE_DATA decoded); None for a link that is no bridge port
+    port_isolated: bool | None = None
 
     @property
     def up(self) -> bool:
@@ -118,14 +118,6 @@ class RawLink:
     def info_u8(self, attr: int) -> int | None:
         raw = self.info.get(attr)
         return raw[0] if raw else None
-
-    @property
-    def port_isolated(self) -> bool | None:
-        """A bridge port's IFLA_BRPORT_ISOLATED; None for a link that is no bridge port."""
-        if self.slave_kind != "bridge":
-            return None
-        raw = self.slave_info.get(IFLA_BRPORT_ISOLATED)
-        return bool(raw[0]) if raw else False
 
 
 @dataclass(frozen=True)
@@ -170,11 +162,24 @@ class _LinkInfo:
     kind: str | None = None
     info: dict[int, bytes] = field(default_factory=dict)
     slave_kind: str | None = None
-    slave_info: dict[int, bytes] = field(default_factory=dict)
+    isolated: bool = False  # IFLA_BRPORT_ISOLATED in IFLA_INFO_SLAVE_DATA
+
+    @property
+    def port_isolated(self) -> bool | None:
+        return self.isolated if self.slave_kind == "bridge" else None
 
 
 def _nested(value: memoryview) -> dict[int, bytes]:
     return {a: bytes(v) for a, v in _attrs(value, 0, len(value))}
+
+
+def _isolated(brport: memoryview) -> bool:
+    """IFLA_BRPORT_ISOLATED among a port's IFLA_BRPORT_* attributes (absent: off); the
+    others are skipped undecoded (the dump's hot path)."""
+    for attr, inner in _attrs(brport, 0, len(brport)):
+        if attr == IFLA_BRPORT_ISOLATED:
+            return bool(inner[0]) if len(inner) else False
+    return False
 
 
 def _linkinfo(value: memoryview) -> _LinkInfo:
@@ -187,7 +192,7 @@ def _linkinfo(value: memoryview) -> _LinkInfo:
         elif attr == IFLA_INFO_SLAVE_KIND:
             found.slave_kind = _string(inner)
         elif attr == IFLA_INFO_SLAVE_DATA:
-            found.slave_info = _nested(inner)
+            found.isolated = _isolated(inner)
     return found
 
 
@@ -228,8 +233,7 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
         info=linkinfo.info,
         oper_state=fields.get("oper_state", "unknown"),  # type: ignore[arg-type]
         link=fields.get("link"),  # type: ignore[arg-type]
-        slave_kind=linkinfo.slave_kind,
-        slave_info=linkinfo.slave_info,
+        port_isolated=linkinfo.port_isolated,
     )
 
 
@@ -269,8 +273,7 @@ def parse_port_vlans(data: bytes, offset: int, length: int, msg_type: int) -> Po
         elif attr == IFLA_AF_SPEC:
             vlans = _vlan_infos(value)
         elif attr == IFLA_PROTINFO:
-            raw = _nested(value).get(IFLA_BRPORT_ISOLATED)
-            isolated = bool(raw[0]) if raw else False
+            isolated = _isolated(value)
     event = "del" if msg_type == RTM_DELLINK else "new"
     return PortVlans(event, index, name, master, vlans, isolated)
 
