@@ -176,9 +176,14 @@ def _nested(value: memoryview) -> dict[int, bytes]:
 def _isolated(brport: memoryview) -> bool:
     """IFLA_BRPORT_ISOLATED among a port's IFLA_BRPORT_* attributes (absent: off); the
     others are skipped undecoded (the dump's hot path)."""
-    for attr, inner in _attrs(brport, 0, len(brport)):
-        if attr == IFLA_BRPORT_ISOLATED:
-            return bool(inner[0]) if len(inner) else False
+    offset, end, unpack = 0, len(brport), _RTATTR.unpack_from
+    while offset + 4 <= end:  # headers only: no view of each attribute is made
+        length, kind = unpack(brport, offset)
+        if length < 4:
+            return False
+        if kind & NLA_TYPE_MASK == IFLA_BRPORT_ISOLATED:
+            return length > 4 and bool(brport[offset + 4])
+        offset += (length + 3) & ~3
     return False
 
 
