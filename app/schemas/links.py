@@ -147,6 +147,12 @@ class BridgePort(BaseModel):
     ifindex: int
     oper_state: str
     tap_id: str | None = Field(None, description="The tap resource, when the port is ours")
+    isolated: bool = Field(
+        False,
+        description="The port's isolation flag as the kernel reports it now (`bridge link "
+        "show`'s `isolated`): it forwards only to ports that are not isolated. For a VM "
+        "NIC's tap, the NIC's `isolated` as applied",
+    )
     via: str | None = Field(None, description=VIA, examples=["br0v20"])
     vlan: int | None = Field(None, description=VIA_VLAN, examples=[20])
 

@@ -117,6 +117,8 @@ def test_an_isolated_tap_is_set_read_back_changed_live_and_repaired(
     assert (two["isolated"], two["observed_isolated"]) == (False, False)
     assert (three["isolated"], three["observed_isolated"]) == (False, False)
     assert [port_isolated(netns, n) for n in ("tap1", "tap2", "tap3")] == [True, False, False]
+    ports = {p["name"]: p["isolated"] for p in api.get("/v1/bridges/br0").json()["ports"]}
+    assert ports == {"tap1": True, "tap2": False, "tap3": False}
 
     # PATCH: live, the same link (no re-create)
     after = patch(api, "tap2", isolated=True)

@@ -29,6 +29,8 @@ def test_a_bridge_nic_asking_for_isolation_gets_an_isolated_tap(lab: Lab) -> Non
         one, two = (n["tap_name"] for n in vm["nics"])
         assert port_isolated(lab.netns, one) is True
         assert port_isolated(lab.netns, two) is False
+        ports = {p["name"]: p["isolated"] for p in client.get("/v1/bridges/br0").json()["ports"]}
+        assert ports == {one: True, two: False}  # the bridge's view: as the kernel says now
         in_netns(lab.netns, "bridge", "link", "set", "dev", one, "isolated", "off")
         until(lambda: port_isolated(lab.netns, one) is True, 10, f"{one} isolated again")
         assert port_isolated(lab.netns, two) is False
