@@ -16,6 +16,7 @@ from app.api.draining import Drain
 from app.bus import EventBus
 from app.db.session import Database
 from app.domain.cursors import CURSOR_MAX, CURSOR_PATTERN
+from app.domain.isolation import port_isolation_missing
 from app.domain.networks import HostPrefix
 from app.domain.tenancy import Caller, Principal
 from app.domain.vlans import VlanFacts
@@ -67,6 +68,14 @@ class AppContext:
             return None
         capabilities = await self.host(self.inspector.capabilities)
         return VlanFacts.from_link_probe(capabilities["links"])
+
+    async def isolation_missing_for(self, isolated: bool | None) -> str | None:
+        """Why the probed kernel cannot isolate bridge ports, where a request asks for
+        isolation (app.domain.isolation); None where it can, or where nothing asks."""
+        if not isolated:
+            return None
+        capabilities = await self.host(self.inspector.capabilities)
+        return port_isolation_missing(capabilities["links"])
 
     def _in_unit_of_work(self, fn: Callable[[Session], T]) -> T:
         with self.db.unit_of_work() as session:

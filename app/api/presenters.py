@@ -171,6 +171,9 @@ def tap_out(row: Tap) -> TapOut:
         owner_gid=settings["owner_gid"],
         multi_queue=settings["multi_queue"],
         vnet_hdr=settings["vnet_hdr"],
+        isolated=settings["isolated"],
+        # a bad stored bool (a row edited by hand) shows as null, like no port
+        observed_isolated=(row.observed_isolated if type(row.observed_isolated) is bool else None),
     )
 
 
@@ -225,6 +228,7 @@ NIC_FIELDS = (
     "mtu",
     "vhost",
     "link_up",
+    "isolated",
     "network_id",
     "ipv4",
     "observed_ipv4",

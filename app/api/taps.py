@@ -54,8 +54,9 @@ async def create_tap(
     foreign = await ctx.host(ctx.inspector.foreign_link, new.ifname)
     prefixes = await ctx.prefixes_for(body.addresses)
     facts = await ctx.vlan_facts_for(body.vlan)
+    isolation = await ctx.isolation_missing_for(body.isolated)
     row, op = await ctx.mutate(
-        lambda s: TapService(s, caller, facts).create(body, foreign, prefixes, new)
+        lambda s: TapService(s, caller, facts, isolation).create(body, foreign, prefixes, new)
     )
     return await _finish(ctx, response, row, op, wait, 201)
 
@@ -85,13 +86,15 @@ async def update_tap(
     request: Request,
     wait: Wait = None,
 ) -> TapOut | Response:
-    """Change a tap. `bridge: null` detaches it; multi_queue, vnet_hdr and owner can only be
-    set at creation in the kernel, so changing them re-creates the tap."""
+    """Change a tap. `bridge: null` detaches it (and turns `isolated` off); multi_queue,
+    vnet_hdr and owner can only be set at creation in the kernel, so changing them
+    re-creates the tap; `isolated` is applied live."""
     ctx, caller = context(request), caller_of(request)
     prefixes = await ctx.prefixes_for(body.addresses)
     facts = await ctx.vlan_facts_for(body.vlan)
+    isolation = await ctx.isolation_missing_for(body.isolated)
     row, op = await ctx.mutate(
-        lambda s: TapService(s, caller, facts).update(tap_id, body, prefixes)
+        lambda s: TapService(s, caller, facts, isolation).update(tap_id, body, prefixes)
     )
     return await _finish(ctx, response, row, op, wait, 200)
 
@@ -119,7 +122,8 @@ async def attach_tap(
 async def detach_tap(
     tap_id: str, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
-    """Detach the tap from its bridge (like `brctl delif`)."""
+    """Detach the tap from its bridge (like `brctl delif`); an isolated tap is no longer
+    isolated (the flag belongs to the bridge port)."""
     ctx, caller = context(request), caller_of(request)
     row, op = await ctx.mutate(lambda s: TapService(s, caller).attach(tap_id, None))
     return await _finish(ctx, response, row, op, wait, 200)

@@ -297,11 +297,16 @@ class Tap(LinkColumns, Base):
     vlan_id: Mapped[str | None] = mapped_column(
         ForeignKey("vlans.id", ondelete="RESTRICT"), default=None, index=True
     )
+    # the bridge port flag IFLA_BRPORT_ISOLATED (migration 0020): only on a bridge; and
+    # what netlink last reported for it (None: no bridge port)
+    isolated: Mapped[bool] = mapped_column(Boolean, default=False)
+    observed_isolated: Mapped[bool | None] = mapped_column(Boolean, default=None)
 
     __table_args__ = (
         *_link_checks("taps"),
-        *_flags("taps", "multi_queue", "vnet_hdr"),
+        *_flags("taps", "multi_queue", "vnet_hdr", "isolated"),
         _check("taps", "vlan_id", "vlan_id IS NULL OR bridge_id IS NOT NULL"),
+        _check("taps", "isolated_port", "isolated = 0 OR bridge_id IS NOT NULL OR deleted = 1"),
         _between("taps", "owner_uid", 0, ID_MAX, nullable=True),
         _between("taps", "owner_gid", 0, ID_MAX, nullable=True),
     )
@@ -439,7 +444,7 @@ class VmNic(Base):
     )
     vlan_tagged: Mapped[list[int]] = mapped_column(StoredJSON, default=list)
     native_vlan: Mapped[int | None] = mapped_column(Integer, default=None)
-    # anti-spoofing (migration 0018, app.domain.port_security): stored resolved (the API's
+    # anti-spoofing (migration 0019, app.domain.port_security): stored resolved (the API's
     # null is decided by app.services.port_security.default_port_security); allowed_addresses
     # are CIDRs it may also send from; port_security_reason: observed, why its rules are not
     # loaded (None: they are)
@@ -448,6 +453,9 @@ class VmNic(Base):
         StoredJSON, default=list, server_default="[]"
     )
     port_security_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # its tap is an isolated bridge port (IFLA_BRPORT_ISOLATED; migration 0020): bridge
+    # backend only
+    isolated: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (
         UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),
@@ -466,7 +474,8 @@ class VmNic(Base):
         _check("vm_nics", "mac", f"mac GLOB '{MAC_GLOB}'"),
         _json("vm_nics", "options", "object"),
         _between("vm_nics", "queues", *QUEUES, nullable=False),
-        *_flags("vm_nics", "link_up"),
+        *_flags("vm_nics", "link_up", "isolated"),
+        _check("vm_nics", "isolated_port", "isolated = 0 OR bridge_id IS NOT NULL"),
         _between("vm_nics", "mtu", MTU_MIN, MTU_MAX, nullable=True),
     )
 

@@ -86,6 +86,7 @@ TAP_RULES: dict[str, Rule] = {
     "owner_gid": Rule(_int_in(0, ID_MAX, nullable=True), None),
     "multi_queue": Rule(_flag, False),
     "vnet_hdr": Rule(_flag, False),
+    "isolated": Rule(_flag, False),
 }
 
 

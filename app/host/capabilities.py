@@ -170,6 +170,7 @@ def probe_link_features() -> dict[str, dict[str, Any]]:
             results["bridge"] = {"available": ok, "reason": why}
             ok, why = _try_link(ipr, ifname="tap0", kind="tuntap", mode="tap")
             results["tuntap"] = {"available": ok, "reason": why}
+            results["port_isolation"] = _probe_port_isolation(ipr, results)
             results["vlan_filtering"] = _probe_vlan_filtering(ipr)
             for kind, extra in (
                 ("vlan_8021q", {"kind": "vlan", "vlan_id": 10}),
@@ -201,6 +202,26 @@ def _with_source(result: dict[str, Any], feature: KernelFeature) -> dict[str, An
             f"{result['reason']}: this kernel lacks {source.what} ({source.kernel_config}{module})"
         )
     return out
+
+
+def _probe_port_isolation(ipr: IPRoute, links: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Whether the kernel honours the bridge port flag IFLA_BRPORT_ISOLATED (Linux 4.18+,
+    app.domain.isolation): probe tap0 is put on probe bridge br0, the flag set and read
+    back (an older kernel ignores the attribute it does not know)."""
+    if not (links["bridge"]["available"] and links["tuntap"]["available"]):
+        return {"available": False, "reason": "no bridge and tap to try it on"}
+    try:
+        (bridge,) = ipr.link_lookup(ifname="br0")
+        (port,) = ipr.link_lookup(ifname="tap0")
+        ipr.link("set", index=port, master=bridge)
+        ipr.brport("set", index=port, isolated=1)
+        msg = ipr.link("get", index=port)[0]
+    except (NetlinkError, ValueError) as exc:
+        return {"available": False, "reason": str(exc)}
+    data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_SLAVE_DATA")
+    if data is None or not data.get_attr("IFLA_BRPORT_ISOLATED"):
+        return {"available": False, "reason": "the kernel ignored isolated=1 on a bridge port"}
+    return {"available": True, "reason": None}
 
 
 def _probe_vlan_filtering(ipr: IPRoute) -> dict[str, Any]:

@@ -71,6 +71,7 @@ def _port(link: RawLink) -> dict[str, Any]:
         "oper_state": link.oper_state,
         "tap_id": owner[1] if owner and owner[0] is LinkKind.TAP else None,
         "managed_by": _managed_by(link.alias),
+        "isolated": bool(link.port_isolated),
     }
 
 

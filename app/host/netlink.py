@@ -61,6 +61,7 @@ def observed(link: RawLink, addresses: Iterable[str] = ()) -> ObservedLink:
         master_index=link.master,
         addresses=tuple(addresses),
         parent_index=link.link,
+        port_isolated=link.port_isolated,
         **host_driver_for_kernel_kind(link.kind).observe(link),
     )
 
@@ -139,8 +140,8 @@ class LinkOps:
     ) -> None:
         """Apply attribute changes to one link, in an order that cannot fail halfway usefully:
         the kind's own options (its driver's; without `kind`, each driver applies the fields
-        it owns, and the others have none set), then MTU/MAC/alias/master, then up, then
-        addresses."""
+        it owns, and the others have none set), then MTU/MAC/alias/master, then the bridge
+        port flag (it needs the port on its bridge), then up, then addresses."""
         driver = find_host_driver(kind) if kind is not None else None
         try:
             for each in (driver,) if driver is not None else host_drivers():
@@ -156,16 +157,28 @@ class LinkOps:
                 attrs["master"] = self._our_master(changes.master)
             elif changes.nomaster:
                 attrs["master"] = 0
-            if changes.set_up:
+            if changes.set_up and changes.isolated is None:
                 attrs["state"] = "up"
             if attrs:
                 self.ipr.link("set", index=index, **attrs)
+            if changes.isolated is not None:
+                # a joining port is isolated before it comes up: it never forwards to a
+                # neighbour meanwhile
+                self.set_port_isolated(index, changes.isolated)
+                if changes.set_up:
+                    self.ipr.link("set", index=index, state="up")
             for cidr in changes.remove_addresses:
                 self._address("del", index, cidr)
             for cidr in changes.add_addresses:
                 self._address("add", index, cidr)
         except NetlinkError as exc:
             raise LinkError(f"configuring {name}: {exc}", exc.code) from exc
+
+    def set_port_isolated(self, index: int, isolated: bool) -> None:
+        """`bridge link set dev X isolated on|off`: IFLA_BRPORT_ISOLATED in the port's
+        IFLA_INFO_SLAVE_DATA (pyroute2 IPRoute.brport; RTM_NEWLINK with slave kind
+        bridge). The link must be a bridge port already (else EOPNOTSUPP)."""
+        self.ipr.brport("set", index=index, isolated=int(isolated))
 
     def _our_master(self, name: str) -> int:
         """The index of the bridge `name` a link of ours is to join. It must carry our mark:

@@ -24,7 +24,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NETLINK_ROUTE = 0
 NLMSG_ERROR = 2
@@ -52,6 +52,13 @@ IFLA_IFALIAS = 20
 OPER_STATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
+IFLA_INFO_SLAVE_KIND = 4
+IFLA_INFO_SLAVE_DATA = 5
+IFLA_PROTINFO = 12
+# include/uapi/linux/if_link.h: a bridge port's flag "forward only to non-isolated ports"
+# (Documentation/networking/bridge.rst), in IFLA_INFO_SLAVE_DATA of a port's AF_UNSPEC link
+# message and in IFLA_PROTINFO of its AF_BRIDGE one
+IFLA_BRPORT_ISOLATED = 33
 IFLA_BR_FORWARD_DELAY = 1
 IFLA_BR_STP_STATE = 5
 IFLA_TUN_OWNER = 1
@@ -96,6 +103,9 @@ class RawLink:
     info: dict[int, bytes]  # IFLA_INFO_DATA attributes, raw
     oper_state: str = "unknown"
     link: int | None = None  # IFLA_LINK: the lower link of a stacked one (VLAN, macvtap)
+    # a bridge port's IFLA_BRPORT_ISOLATED (IFLA_INFO_SLAVE_KIND "bridge"; the one
+    # attribute of its IFLA_INFO_SLAVE_DATA decoded); None for a link that is no bridge port
+    port_isolated: bool | None = None
 
     @property
     def up(self) -> bool:
@@ -120,6 +130,9 @@ class PortVlans:
     name: str | None
     master: int | None
     vlans: dict[int, tuple[bool, bool]]
+    # IFLA_BRPORT_ISOLATED from IFLA_PROTINFO (a port's message only; None: not reported).
+    # `bridge link set dev X isolated on|off` reports itself only this way
+    isolated: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -144,15 +157,48 @@ def _string(value: memoryview) -> str:
     return bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def _linkinfo(value: memoryview) -> tuple[str | None, dict[int, bytes]]:
-    kind = None
-    info: dict[int, bytes] = {}
+@dataclass
+class _LinkInfo:
+    kind: str | None = None
+    info: dict[int, bytes] = field(default_factory=dict)
+    slave_kind: str | None = None
+    isolated: bool = False  # IFLA_BRPORT_ISOLATED in IFLA_INFO_SLAVE_DATA
+
+    @property
+    def port_isolated(self) -> bool | None:
+        return self.isolated if self.slave_kind == "bridge" else None
+
+
+def _nested(value: memoryview) -> dict[int, bytes]:
+    return {a: bytes(v) for a, v in _attrs(value, 0, len(value))}
+
+
+def _isolated(brport: memoryview) -> bool:
+    """IFLA_BRPORT_ISOLATED among a port's IFLA_BRPORT_* attributes (absent: off); the
+    others are skipped undecoded (the dump's hot path)."""
+    offset, end, unpack = 0, len(brport), _RTATTR.unpack_from
+    while offset + 4 <= end:  # headers only: no view of each attribute is made
+        length, kind = unpack(brport, offset)
+        if length < 4:
+            return False
+        if kind & NLA_TYPE_MASK == IFLA_BRPORT_ISOLATED:
+            return length > 4 and bool(brport[offset + 4])
+        offset += (length + 3) & ~3
+    return False
+
+
+def _linkinfo(value: memoryview) -> _LinkInfo:
+    found = _LinkInfo()
     for attr, inner in _attrs(value, 0, len(value)):
         if attr == IFLA_INFO_KIND:
-            kind = _string(inner)
+            found.kind = _string(inner)
         elif attr == IFLA_INFO_DATA:
-            info = {a: bytes(v) for a, v in _attrs(inner, 0, len(inner))}
-    return kind, info
+            found.info = _nested(inner)
+        elif attr == IFLA_INFO_SLAVE_KIND:
+            found.slave_kind = _string(inner)
+        elif attr == IFLA_INFO_SLAVE_DATA:
+            found.isolated = _isolated(inner)
+    return found
 
 
 def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
@@ -160,8 +206,7 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
     body = offset + _NLMSGHDR.size
     _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, body)
     fields: dict[str, object] = {}
-    kind: str | None = None
-    info: dict[int, bytes] = {}
+    linkinfo = _LinkInfo()
     for attr, value in _attrs(data, body + _IFINFOMSG.size, offset + length):
         if attr == IFLA_IFNAME:
             fields["name"] = _string(value)
@@ -179,7 +224,7 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
             state = value[0]
             fields["oper_state"] = OPER_STATES[state] if state < len(OPER_STATES) else "unknown"
         elif attr == IFLA_LINKINFO:
-            kind, info = _linkinfo(value)
+            linkinfo = _linkinfo(value)
     return RawLink(
         event="del" if msg_type == RTM_DELLINK else "new",
         index=index,
@@ -189,10 +234,11 @@ def parse_link(data: bytes, offset: int, length: int, msg_type: int) -> RawLink:
         master=fields.get("master"),  # type: ignore[arg-type]
         alias=fields.get("alias"),  # type: ignore[arg-type]
         mac=fields.get("mac"),  # type: ignore[arg-type]
-        kind=kind,
-        info=info,
+        kind=linkinfo.kind,
+        info=linkinfo.info,
         oper_state=fields.get("oper_state", "unknown"),  # type: ignore[arg-type]
         link=fields.get("link"),  # type: ignore[arg-type]
+        port_isolated=linkinfo.port_isolated,
     )
 
 
@@ -223,6 +269,7 @@ def parse_port_vlans(data: bytes, offset: int, length: int, msg_type: int) -> Po
     name: str | None = None
     master: int | None = None
     vlans: dict[int, tuple[bool, bool]] = {}
+    isolated: bool | None = None
     for attr, value in _attrs(data, body + _IFINFOMSG.size, offset + length):
         if attr == IFLA_IFNAME:
             name = _string(value)
@@ -230,8 +277,10 @@ def parse_port_vlans(data: bytes, offset: int, length: int, msg_type: int) -> Po
             master = _U32.unpack_from(value)[0] or None
         elif attr == IFLA_AF_SPEC:
             vlans = _vlan_infos(value)
+        elif attr == IFLA_PROTINFO:
+            isolated = _isolated(value)
     event = "del" if msg_type == RTM_DELLINK else "new"
-    return PortVlans(event, index, name, master, vlans)
+    return PortVlans(event, index, name, master, vlans, isolated)
 
 
 def parse_messages(

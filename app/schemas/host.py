@@ -95,7 +95,8 @@ class Nftables(Feature):
 
 class Capabilities(BaseModel):
     links: dict[str, Feature] = Field(
-        description="bridge, tuntap, veth, vlan_8021q, vlan_filtering, macvtap, vxlan"
+        description="bridge, tuntap, veth, vlan_8021q, vlan_filtering, macvtap, vxlan, "
+        "port_isolation (the bridge port flag `isolated`, set and read back on a probe tap)"
     )
     tun_device: Feature
     vhost_net: Feature

@@ -44,6 +44,22 @@ def _null_is_none(value: Any) -> Any:
     return [] if value is None else value
 
 
+def _null_is_false(value: Any) -> Any:
+    return False if value is None else value
+
+
+ISOLATED = (
+    "Bridge port isolation, the kernel's port flag (`bridge link set dev X isolated on`, "
+    "IFLA_BRPORT_ISOLATED): an isolated port forwards only to ports that are not isolated "
+    "(kernel Documentation/networking/bridge.rst), so guests on isolated ports of one bridge "
+    "reach the bridge itself (its gateway address) and its other ports (an uplink), but not "
+    "each other. Needs a bridge (422 on none); 409 host-lacks-feature where the kernel does "
+    "not honour it (GET /v1/host/capabilities: links.port_isolation). null or omitted: false"
+)
+# null means false, decided here (the schema says null is accepted)
+Isolated = Annotated[bool, BeforeValidator(_null_is_false, json_schema_input_type=bool | None)]
+
+
 # in a create, null means what leaving the field out does (no addresses), as in a PATCH and
 # as for mtu, mac and forward_delay; the schema says null is accepted
 CreateAddresses = Annotated[
@@ -141,6 +157,12 @@ class BridgePort(BaseModel):
     ifindex: int
     oper_state: str
     tap_id: str | None = Field(None, description="The tap resource, when the port is ours")
+    isolated: bool = Field(
+        False,
+        description="The port's isolation flag as the kernel reports it now (`bridge link "
+        "show`'s `isolated`): it forwards only to ports that are not isolated. For a VM "
+        "NIC's tap, the NIC's `isolated` as applied",
+    )
     via: str | None = Field(None, description=VIA, examples=["br0v20"])
     vlan: int | None = Field(None, description=VIA_VLAN, examples=[20])
 
@@ -262,6 +284,7 @@ class TapCreate(RequestModel):
     multi_queue: bool = False
     vnet_hdr: bool = False
     project_id: ProjectIdIn = None
+    isolated: Isolated = Field(False, description=ISOLATED)
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "tap1", "bridge": "br0"}]})
 
@@ -278,7 +301,8 @@ class TapUpdate(
         None,
         description="Bridge id or name to attach to; another bridge than its VLAN's trunk "
         "takes the tap off its VLAN (unless `vlan` names one there). null: detach (and off "
-        'its VLAN, also next to `"vlan": null`)',
+        'its VLAN, also next to `"vlan": null`; and not isolated: 422 next to '
+        '`"isolated": true`)',
     )
     vlan: VlanRef | None = Field(
         None,
@@ -308,10 +332,15 @@ class TapUpdate(
         False,
         description="Re-creates the tap; refused (409) while a VM uses it. null is refused (422)",
     )
+    isolated: bool | None = Field(
+        False, description=f"{ISOLATED}. Applied live (no re-create), also under a running VM"
+    )
 
     def resolve_nulls(self, changes: dict[str, Any]) -> dict[str, Any]:
         if "addresses" in changes and changes["addresses"] is None:
             changes["addresses"] = []
+        if "isolated" in changes and changes["isolated"] is None:
+            changes["isolated"] = False
         return changes
 
 
@@ -334,10 +363,16 @@ class Tap(ResourceState):
     owner_gid: int | None
     multi_queue: bool
     vnet_hdr: bool
+    isolated: bool = Field(False, description="Bridge port isolation asked for (see the create)")
     ifindex: int | None = None
     observed_mac: str | None = Field(None, description=OBSERVED_MAC)
     observed_mtu: int | None = Field(None, description=OBSERVED_MTU)
     observed_oper_state: str | None = Field(None, description=OBSERVED_OPER_STATE)
+    observed_isolated: bool | None = Field(
+        None,
+        description="The bridge port's isolation flag as netlink reports it now (null: the "
+        "tap is no bridge port); a change by hand is repaired at once",
+    )
 
 
 class TapPage(Page[Tap]):

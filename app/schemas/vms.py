@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from app.domain.nics import backend_options
+from app.domain.nics import HostLink, backend_options, find_driver
 from app.domain.vms import (
     MEMORY_MIB,
     MTU_RANGE,
@@ -35,6 +35,7 @@ from app.schemas.common import (
     VmNameStr,
     exactly_one_of,
 )
+from app.schemas.links import ISOLATED, Isolated
 from app.schemas.vlans import VlanId
 
 Port = Field(ge=PORTS[0], le=PORTS[1])
@@ -223,6 +224,12 @@ class NicIn(RequestModel):
     mtu: int | None = Field(None, ge=MTU_RANGE[0], le=MTU_RANGE[1], description=NIC_MTU)
     vhost: Vhost = Field(Vhost.AUTO, strict=False)
     link_up: bool = True
+    isolated: Isolated = Field(
+        False,
+        description=f"bridge backend (its tap; also on a VLAN or a managed network's "
+        f"bridge): {ISOLATED}. 422 on other backends (a tap resource is isolated itself: "
+        "PATCH /v1/taps/{id} with `isolated`). Fixed at creation, like `nics`",
+    )
     ipv4: str | None = Field(
         None,
         max_length=15,
@@ -247,7 +254,24 @@ class NicIn(RequestModel):
         elif needed is not None and getattr(self, needed) is None:
             raise ValueError(f"the {self.backend.value} backend needs `{needed}`")
         self._vlan_fields()
+        self._isolation()
         return self
+
+    def _isolation(self) -> None:
+        """Isolation is the flag of a bridge port the NIC's own tap is (the bridge backend's
+        VM_TAP); a tap resource carries its own; other backends have no bridge port."""
+        driver = find_driver(self.backend)
+        if not self.isolated or (driver is not None and driver.host_link is HostLink.VM_TAP):
+            return
+        if driver is not None and driver.host_link is HostLink.TAP:
+            raise ValueError(
+                "`isolated` on a tap backend NIC: the tap resource is isolated itself "
+                '(PATCH /v1/taps/{id} {"isolated": true})'
+            )
+        raise ValueError(
+            f"`isolated` is for NICs whose tap is a bridge port (the bridge backend); the "
+            f"{self.backend.value} backend has none"
+        )
 
     def _vlan_fields(self) -> None:
         """`vlan` (access) and `vlan_tagged` (trunk) are the bridge backend's and exclude
@@ -440,6 +464,9 @@ class NicOut(BaseModel):
     mtu: int | None = Field(None, description=NIC_MTU)
     vhost: Vhost
     link_up: bool
+    isolated: bool = Field(
+        False, description="Its tap is an isolated bridge port (IFLA_BRPORT_ISOLATED)"
+    )
     network_id: str | None = Field(None, description="The managed network the NIC is on")
     ipv4: str | None = Field(None, description="Its fixed address there")
     observed_ipv4: str | None = Field(

@@ -239,6 +239,7 @@ class InUseGuard:
 
     def detach_tap(self, tap: Tap) -> None:
         tap.bridge_id = tap.vlan_id = None
+        tap.isolated = False  # the port flag goes with the bridge port
         bump(tap)
         record_operation(self.session, "update", "tap", tap, self.caller)
         self.detached.append(Dependent(K.TAP, tap.id, tap.name, action=ForceAction.DETACHED))

@@ -31,6 +31,7 @@ from app.domain.errors import (
     NameTaken,
     NotFound,
 )
+from app.domain.isolation import require_bridge_port, require_port_isolation
 from app.domain.links import generate_mac
 from app.domain.names import (
     STP_FORWARD_DELAY_CS,
@@ -440,13 +441,17 @@ class TapService:
         session: Session,
         caller: Caller = LOCAL_ADMIN,
         vlan_facts: VlanFacts | None = None,
+        isolation_missing: str | None = None,
     ) -> None:
         """`vlan_facts`: the probed kernel's VLAN features, where the request names a VLAN
-        (an unknown VLAN where none can exist: app.domain.segments VlanSegment.unknown)."""
+        (an unknown VLAN where none can exist: app.domain.segments VlanSegment.unknown);
+        `isolation_missing`: why the probed kernel cannot isolate bridge ports (None: it
+        can, or the request asks for no isolation)."""
         self.session = session
         self.caller = caller
         self.scope = caller.scope
         self.vlan_facts = vlan_facts
+        self.isolation_missing = isolation_missing
         self.taps = TapRepository(session)
         self.bridges = BridgeRepository(session)
 
@@ -499,10 +504,12 @@ class TapService:
             owner_gid=body.owner_gid,
             multi_queue=body.multi_queue,
             vnet_hdr=body.vnet_hdr,
+            isolated=body.isolated,
             generation=1,
         )
         row.bridge_id, row.vlan_id = self._placement(body.bridge, body.vlan)
         self._check_tap(row)
+        self._check_isolation(row, asked=body.isolated)
         check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
         _claim_name(self.session, new.ifname, "tap", row.id, self.scope)
         self.taps.add(row)
@@ -520,6 +527,8 @@ class TapService:
             changes.update(self._moved(row, changes))
             if changes["bridge_id"] not in (None, row.bridge_id):
                 self._refuse_routed(row)
+            if changes["bridge_id"] is None and "isolated" not in changes:
+                changes["isolated"] = False  # the port flag goes with the bridge port
         recreating = {"multi_queue", "owner_uid", "owner_gid"} & {
             key for key, value in changes.items() if getattr(row, key) != value
         }
@@ -532,6 +541,7 @@ class TapService:
         if not _apply_changes(row, changes):
             return row, None
         self._check_tap(row)
+        self._check_isolation(row, asked=changes.get("isolated") is True)
         check_addresses(self.session, row, added, host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.caller)
@@ -572,6 +582,13 @@ class TapService:
         if bridge is not None:
             _check_tap_follows(row, bridge)
 
+    def _check_isolation(self, row: Tap, asked: bool) -> None:
+        """An isolated tap is a bridge port (422 otherwise); asking for isolation where the
+        kernel does not honour it is 409 host-lacks-feature."""
+        require_bridge_port(row.isolated, row.bridge_id is not None, f"tap {row.name!r}")
+        if asked:
+            require_port_isolation(self.isolation_missing)
+
     def _refuse_routed(self, row: Tap) -> None:
         """A tap that carries a routed network is that network's link: on a bridge, the
         gateway address and dnsmasq would sit on a bridge port (the bridge takes the port's
@@ -594,6 +611,8 @@ class TapService:
         if bridge_id is not None:
             self._refuse_routed(row)
         row.bridge_id, row.vlan_id = bridge_id, None  # a VLAN lives on one trunk
+        if bridge_id is None:
+            row.isolated = False  # the port flag goes with the bridge port
         self._check_tap(row)
         bump(row)
         return record_operation(self.session, "update", "tap", row, self.caller)

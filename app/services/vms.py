@@ -25,6 +25,7 @@ from app.db.repositories import (
 )
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameTaken, NotFound
+from app.domain.isolation import port_isolation_missing, require_port_isolation
 from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
 from app.domain.nics.bridge import trunk_vlans
@@ -65,6 +66,9 @@ class HostFacts:
     vhost_net: bool
     kvm_runs_guests: bool | None
     vlans: VlanFacts | None = None  # None: not probed (then no VLAN refusal names the kernel)
+    # why the kernel cannot isolate bridge ports (app.domain.isolation); None: it can, or
+    # no link probe was given (then no refusal names the kernel), as `vlans`
+    isolation_missing: str | None = None
 
     @classmethod
     def from_capabilities(cls, capabilities: dict[str, Any]) -> HostFacts:
@@ -78,6 +82,9 @@ class HostFacts:
                 VlanFacts.from_link_probe(capabilities["links"])
                 if "links" in capabilities
                 else None
+            ),
+            isolation_missing=(
+                port_isolation_missing(capabilities["links"]) if "links" in capabilities else None
             ),
         )
 
@@ -144,6 +151,8 @@ class VmService:
             self._nic(vm_id, index, nic, taken_macs, host.vlans)
             for index, nic in enumerate(body.nics)
         ]
+        if any(nic.isolated for nic in body.nics):
+            require_port_isolation(host.isolation_missing)
         spec = VmSpec(
             id=vm_id,
             name=body.name,
@@ -219,6 +228,7 @@ class VmService:
             mtu=nic.mtu,
             vhost=nic.vhost.value,
             link_up=nic.link_up,
+            isolated=nic.isolated,  # a bridge backend's (NicIn refuses it elsewhere)
             options={},
         )
         spec = NicSpec(

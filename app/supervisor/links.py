@@ -72,6 +72,7 @@ class Outcome:
     mac: str | None = None
     mtu: int | None = None
     oper_state: str | None = None
+    isolated: bool | None = None  # a bridge port's isolation flag as read back
     create_failed: bool = False  # our create call failed: whatever holds the name is not ours
 
 
@@ -266,6 +267,7 @@ class LinkReconciler:
             mac=link.mac,
             mtu=link.mtu,
             oper_state=link.oper_state,
+            isolated=link.port_isolated,
         )
 
     # ---- writing back ----------------------------------------------------------------------
@@ -415,6 +417,8 @@ class LinkReconciler:
         row.observed_mac = outcome.mac
         row.observed_mtu = outcome.mtu
         row.observed_oper_state = outcome.oper_state
+        if isinstance(row, Tap):
+            row.observed_isolated = outcome.isolated
         row.observed_generation = loaded
         held = None if row.deleted else outcome.spec.held
         if row.deleted:
@@ -481,16 +485,20 @@ def _nothing_new(outcome: Outcome, state: ObservedState) -> bool:
         and outcome.action is ActionKind.SETTLED
         and state.status == Status.ACTIVE.value
         and state.observed_generation == state.generation
-        and (state.ifindex, state.mac, state.mtu, state.oper_state)
-        == (outcome.ifindex, outcome.mac, outcome.mtu, outcome.oper_state)
+        and (state.ifindex, state.mac, state.mtu, state.oper_state, state.isolated)
+        == (outcome.ifindex, outcome.mac, outcome.mtu, outcome.oper_state, outcome.isolated)
     )
 
 
 def _observed(row: Bridge | Tap) -> dict[str, object]:
-    """The row's observed link fields, as events carry them in `data`."""
-    return {
+    """The row's observed link fields, as events carry them in `data` (a tap's also its
+    bridge port's isolation flag)."""
+    observed: dict[str, object] = {
         "ifindex": row.observed_ifindex,
         "mac": row.observed_mac,
         "mtu": row.observed_mtu,
         "oper_state": row.observed_oper_state,
     }
+    if isinstance(row, Tap):
+        observed["isolated"] = row.observed_isolated
+    return observed

@@ -2,19 +2,20 @@
 Bridge uplinks are reconciled on the same thread, right after the links, then VLANs
 (app.supervisor.vlans), then filtering trunks no VLAN needs any more (app.supervisor.trunks).
 
-One thread runs every pass, so no object is ever reconciled twice at once. It wakes when
-the API nudges it (desired state changed), when the link monitor reports a change to one of
-our links (drift), when it reports a planned port of a filtering trunk with another VLAN
-membership than the one last settled, or the trunk's filtering off (app.supervisor.trunks:
-that trunk alone is looked at, TRUNK_DELAY after the first report, so a burst of `bridge
-vlan` changes is one pass), when a backed-off retry is due, and every `interval` seconds for a full
-resync, which also sweeps orphans. A pass that makes a master usable again (a bridge set up or
-re-created, or out of error; a VLAN out of error or repaired) wakes the ports held off it at
-once: a pass over those taps alone (their backoff reset), and the VM worker for the VMs with
-a NIC there; a master that stays broken wakes nothing, so a wake-up never loops. An
-unexpected error that fails a whole pass schedules an
-early full resync after a backoff that grows while the failure persists (never a hot loop),
-and is logged at a bounded rate (app.supervisor.faults).
+One thread runs every pass, so no object is ever reconciled twice at once. It wakes when the
+API nudges it (desired state changed), when the link monitor reports a change to one of our
+links (drift), when it reports a port of ours whose isolation flag someone changed (`bridge
+link set`, reported only as the bridge's AF_BRIDGE message), when it reports a planned port
+of a filtering trunk with another VLAN membership than the one last settled, or the trunk's
+filtering off (app.supervisor.trunks: that trunk alone is looked at, TRUNK_DELAY after the
+first report, so a burst of `bridge vlan` changes is one pass), when a backed-off retry is
+due, and every `interval` seconds for a full resync, which also sweeps orphans. A pass that
+makes a master usable again (a bridge set up or re-created, or out of error; a VLAN out of
+error or repaired) wakes the ports held off it at once: a pass over those taps alone (their
+backoff reset), and the VM worker for the VMs with a NIC there; a master that stays broken
+wakes nothing, so a wake-up never loops. An unexpected error that fails a whole pass
+schedules an early full resync after a backoff that grows while the failure persists (never
+a hot loop), and is logged at a bounded rate (app.supervisor.faults).
 """
 
 from __future__ import annotations
@@ -166,6 +167,20 @@ class Supervisor:
         trunk = self.trunk_watch.drifted(port)
         if trunk is not None:
             self._recheck_trunk(trunk)
+        self._check_port_isolation(port)
+
+    def _check_port_isolation(self, port: PortVlans) -> None:
+        """`bridge link set dev X isolated on|off` is reported only as the bridge's
+        AF_BRIDGE message (its IFLA_PROTINFO): a port of ours whose flag differs from the
+        one last settled is repaired at once."""
+        reconciler = self._reconciler
+        if reconciler is None or port.isolated is None or port.event != "new":
+            return
+        name = reconciler.names_by_index.get(port.index)
+        expected = reconciler.expected.get(name) if name is not None else None
+        if expected is not None and expected.port_isolated not in (None, port.isolated):
+            assert name is not None
+            self._repair(name)
 
     def _recheck_trunk(self, trunk_id: str) -> None:
         with self._wake:

@@ -2,7 +2,8 @@
 backend), made and removed on a thread of their own in the managed
 namespace (pyroute2's sync API runs its own event loop and must not run inside the VM
 worker's): created owned by the user the VM's qemu runs as, with vnet_hdr (multi_queue
-with queues > 1), given the NIC's MTU (else the bridge's), attached, brought up and marked
+with queues > 1), given the NIC's MTU (else the bridge's), attached, isolated when the NIC
+asks (the bridge port flag, before it comes up), brought up and marked
 `kvmnetd:vm:<vm id>`, and opened once per queue so that an unprivileged qemu gets them as
 descriptors. A foreign link is never touched."""
 
@@ -48,6 +49,7 @@ class TapPlan:
     gid: int | None
     multi_queue: bool
     mtu: int  # the NIC's own, else its bridge's: a smaller port drops the bridge's frames
+    isolated: bool = False  # the bridge port flag IFLA_BRPORT_ISOLATED (app.domain.isolation)
 
 
 def tap_plans(
@@ -71,6 +73,7 @@ def tap_plans(
                 gid=owner[1] if owner else None,
                 multi_queue=nic.queues > 1,
                 mtu=tap_mtu(nic.mtu, bridge.mtu if bridge else None),
+                isolated=nic.isolated is True,
             )
         )
     return plans
@@ -174,7 +177,14 @@ class VmTaps:
             )
             index = ops.create(spec)
             try:
-                changes = LinkChanges(mark=mark, master=tap.bridge, set_up=True, mtu=tap.mtu)
+                changes = LinkChanges(
+                    mark=mark,
+                    master=tap.bridge,
+                    set_up=True,
+                    mtu=tap.mtu,
+                    # isolated before it comes up (LinkOps.apply); a new port starts off
+                    isolated=True if tap.isolated and tap.bridge else None,
+                )
                 ops.apply(index, tap.name, changes)
             except LinkError:
                 ops.delete(index, tap.name)  # never leave an unmarked tap behind
@@ -193,9 +203,13 @@ class VmTaps:
             if link.alias != mark or tap.bridge is None:
                 continue  # not ours (never touched), or its bridge is gone
             master = ops.index_of(tap.bridge)
-            if link.master_index != master or not link.up or link.mtu != tap.mtu:
+            joining = link.master_index != master
+            isolated = tap.isolated if joining or link.port_isolated != tap.isolated else None
+            if joining and not tap.isolated:
+                isolated = None  # a port joining starts not isolated
+            if joining or not link.up or link.mtu != tap.mtu or isolated is not None:
                 mtu = tap.mtu if link.mtu != tap.mtu else None
-                changes = LinkChanges(master=tap.bridge, set_up=True, mtu=mtu)
+                changes = LinkChanges(master=tap.bridge, set_up=True, mtu=mtu, isolated=isolated)
                 ops.apply(link.index, tap.name, changes)
                 repaired.append(tap.name)
         return repaired, lost

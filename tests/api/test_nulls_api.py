@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from app.schemas.common import UpdateModel
 from app.schemas.links import BridgeUpdate, TapUpdate
 from app.schemas.networks import NetworkUpdate
+from app.schemas.projects import ProjectUpdate
 from app.schemas.vlans import VlanUpdate
 from app.schemas.vms import VmPatch
 from app.settings import Settings
@@ -89,8 +90,9 @@ RESOURCES = (
 
 # Covered by their own file the same way, until the resource settles here: a VLAN settles
 # only once the supervisor makes its kernel objects (tests/api/test_vlans_api.py); a VM's
-# PATCH fields are read by qemu at start (tests/api/test_vm_patch.py).
-COVERED_ELSEWHERE = {VlanUpdate, VmPatch}
+# PATCH fields are read by qemu at start (tests/api/test_vm_patch.py); a project is no
+# reconciled resource (tests/api/test_projects_api.py sends null in each of its fields).
+COVERED_ELSEWHERE = {VlanUpdate, VmPatch, ProjectUpdate}
 
 
 def _settable(update: type[UpdateModel]) -> list[str]:
@@ -100,8 +102,10 @@ def _settable(update: type[UpdateModel]) -> list[str]:
 
 
 # Single fields covered the same way in their own file: a tap's `vlan` needs a stored VLAN,
-# which needs the injected kernel features (tests/api/test_nic_vlans_api.py).
-FIELDS_ELSEWHERE = {(TapUpdate, "vlan")}
+# which needs the injected kernel features (tests/api/test_nic_vlans_api.py); a tap's
+# `isolated` needs a bridge (a twin without `bridge` is a 422) and the capability probe
+# (tests/api/test_isolation_api.py: null is false, in a create and a PATCH).
+FIELDS_ELSEWHERE = {(TapUpdate, "vlan"), (TapUpdate, "isolated")}
 
 
 def test_every_update_model_is_covered() -> None:

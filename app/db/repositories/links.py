@@ -119,6 +119,7 @@ def _link_spec(
         owner_gid=settings["owner_gid"],
         multi_queue=settings["multi_queue"],
         vnet_hdr=settings["vnet_hdr"],
+        isolated=settings["isolated"],
     )
 
 
@@ -170,6 +171,7 @@ class ObservedState:
     mtu: int | None = None
     oper_state: str | None = None
     reason: str | None = None
+    isolated: bool | None = None  # a tap's bridge port isolation flag as last read back
 
     @classmethod
     def of(cls, row: Bridge | Tap) -> ObservedState:
@@ -182,6 +184,7 @@ class ObservedState:
             row.observed_mtu,
             row.observed_oper_state,
             row.status_reason,
+            row.observed_isolated if isinstance(row, Tap) else None,
         )
 
 

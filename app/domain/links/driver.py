@@ -32,6 +32,20 @@ def managed_addresses(addresses: Iterable[str]) -> set[str]:
     return managed
 
 
+def port_isolation(spec: LinkSpec, joining: bool, have: bool | None) -> bool | None:
+    """The bridge port flag IFLA_BRPORT_ISOLATED to set on a port of `spec`, or None: only
+    on a port with a master (the flag belongs to the bridge port, net/bridge/br_if.c); a
+    port joining a bridge starts with it off (new_nbp), so an isolated one joining gets it
+    set after the join; a port already there gets it set when it differs from `have`.
+    An isolated port forwards only to ports that are not isolated
+    (Documentation/networking/bridge.rst; net/bridge/br_forward.c should_deliver)."""
+    if spec.master is None:
+        return None
+    if joining:
+        return True if spec.isolated else None
+    return spec.isolated if have is not None and have != spec.isolated else None
+
+
 class LinkDriver:
     """The common base of every link kind. Subclasses set `kind` and `kernel_kind` and
     override only what differs from the shared behaviour."""
@@ -68,12 +82,14 @@ class LinkDriver:
         have = managed_addresses(link.addresses)
         master: str | None = None
         nomaster = False
+        isolated: bool | None = None
         if self.bridge_port:
             current = masters.get(link.master_index) if link.master_index else None
             if spec.master is not None and current != spec.master:
                 master = spec.master
             elif spec.master is None and link.master_index:
                 nomaster = True
+            isolated = port_isolation(spec, joining=master is not None, have=link.port_isolated)
         return LinkChanges(
             mtu=spec.mtu if spec.mtu is not None and spec.mtu != link.mtu else None,
             mac=spec.mac if spec.mac is not None and spec.mac != link.mac else None,
@@ -83,6 +99,7 @@ class LinkDriver:
             add_addresses=tuple(sorted(want - have)),
             remove_addresses=tuple(sorted(have - want)),
             mark=mark,
+            isolated=isolated,
         )
 
     def new_link_changes(self, spec: LinkSpec) -> LinkChanges:
@@ -95,6 +112,7 @@ class LinkDriver:
             add_addresses=tuple(spec.addresses),
             mark=spec.mark,
             options=spec.options,
+            isolated=(port_isolation(spec, joining=True, have=None) if self.bridge_port else None),
         )
 
     def watched(self, link: ObservedLink) -> tuple[object, ...]:

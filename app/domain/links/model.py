@@ -93,8 +93,10 @@ class LinkSpec:
     # bridge
     stp: bool = False
     forward_delay_cs: int = 0
-    # tap
+    # a port of a bridge (a tap): master, and the port flag IFLA_BRPORT_ISOLATED, set
+    # whenever it sits on a bridge (app.domain.links.driver: a port joining starts off)
     master: str | None = None
+    isolated: bool = False
     # why the tap joins no bridge although its row names one (its VLAN offers none: a
     # failed filtering trunk); the link is made all the same, and its row says this
     held: str | None = None
@@ -134,6 +136,8 @@ class ObservedLink:
     tun_vnet_hdr: bool | None = None
     parent_index: int | None = None  # IFLA_LINK: the lower link of a stacked one, else None
     details: LinkDetails | None = None  # a kind's own observations (its host driver's)
+    # a bridge port's IFLA_BRPORT_ISOLATED; None for a link that is no bridge port
+    port_isolated: bool | None = None
 
     @property
     def owner(self) -> tuple[LinkKind, str] | None:
@@ -153,6 +157,7 @@ class Fingerprint:
     oper_state: str | None
     parent_index: int | None = None
     kind_state: tuple[object, ...] = ()  # what the link's driver watches (LinkDriver.watched)
+    port_isolated: bool | None = None  # a bridge port's isolation flag (None: no port)
 
 
 class ActionKind(enum.StrEnum):
@@ -183,6 +188,7 @@ class LinkChanges:
     remove_addresses: tuple[str, ...] = ()
     mark: str | None = None
     options: LinkOptions | None = None  # a later kind's own settings to apply (its driver's)
+    isolated: bool | None = None  # the bridge port flag to set, after joining `master`
 
     def empty(self) -> bool:
         return self == LinkChanges()

@@ -54,6 +54,7 @@ def fingerprint(link: ObservedLink) -> Fingerprint:
         link.oper_state,
         link.parent_index,
         driver_for_link(link).watched(link),
+        link.port_isolated,
     )
 
 

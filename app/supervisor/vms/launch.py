@@ -127,12 +127,14 @@ class Launcher(ProcessEvents):
             return None
 
     async def _check_taps(self, state: VmState, taps: list[TapPlan]) -> None:
-        """A running VM's bridge taps: one taken off its bridge (brctl delif) is put back;
-        one deleted by hand cannot be (qemu holds the deleted device), which is reported."""
+        """A running VM's bridge taps: one taken off its bridge (brctl delif), or whose
+        isolation flag was changed by hand, is put back as the NIC wants it; one deleted by
+        hand cannot be (qemu holds the deleted device), which is reported."""
         repaired, lost = await self._vm_taps().verify(state.vm_id, taps)
         for name in repaired:
-            log.warning("VM %s: tap %s was off its bridge; attached again", state.vm_id, name)
-            self._publish(state, "drift_repaired", f"tap {name} was off its bridge: attached again")
+            what = f"tap {name} was off its bridge or its port settings changed"
+            log.warning("VM %s: %s; repaired", state.vm_id, what)
+            self._publish(state, "drift_repaired", f"{what}: repaired")
         if lost and state.tap_problem is None:
             state.tap_problem = (
                 f"tap(s) {', '.join(lost)} deleted by hand: the guest is cut off from its "
