@@ -6,9 +6,7 @@ elsewhere it is derived from the id (app.domain.names.link_ifname). Both pairs a
 side by side, read back through netlink under their ifnames with the right masters and
 marks; drift repair and removal go by the ifname, each touching only its own link.
 
-Until the API takes a project from the caller, the other project's links are made through
-the services with that project's NewLink (the seam the API fills for the default project),
-in one unit of work, and the supervisor is nudged as the API would.
+The other project's links are made by the admin (the unix socket) naming that project.
 """
 
 from __future__ import annotations
@@ -22,12 +20,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.db.models import LinkName
-from app.domain.errors import NameTaken
 from app.domain.links import ownership_mark
 from app.domain.links.model import LinkKind
 from app.domain.names import LINK_NAME_MAX, validate_link_name
-from app.schemas.links import BridgeCreate, TapCreate
-from app.services.links import BridgeService, NewLink, TapService
 from app.settings import Settings
 from tests.netns_tools import ip, links
 from tests.tenancy import make_project
@@ -46,17 +41,14 @@ def until(probe: Callable[[], Any], what: str, timeout: float = SETTLE) -> Any:
 
 
 def create_in_project(api: TestClient, project_id: str, bridge: str, tap: str) -> tuple[str, str]:
-    """A bridge and a tap on it in project `project_id`, made through the services as the
-    API will for a caller of that project; (bridge id, tap id)."""
-    ctx = api.app.state.context  # type: ignore[attr-defined]
-    with ctx.db.unit_of_work() as session:
-        new = NewLink.plan("bridge", bridge, project_id)
-        row, _ = BridgeService(session).create(BridgeCreate(name=bridge), new=new)
-        new_tap = NewLink.plan("tap", tap, project_id)
-        tap_row, _ = TapService(session).create(TapCreate(name=tap, bridge=row.id), new=new_tap)
-        ids = row.id, tap_row.id
-    ctx.nudger.nudge()
-    return ids
+    """A bridge and a tap on it in project `project_id`, made by the admin naming that
+    project; (bridge id, tap id)."""
+    r = api.post("/v1/bridges", json={"name": bridge, "project_id": project_id})
+    assert r.status_code == 202, r.text
+    bridge_id = r.json()["id"]
+    r = api.post("/v1/taps", json={"name": tap, "bridge": bridge_id, "project_id": project_id})
+    assert r.status_code == 202, r.text
+    return bridge_id, r.json()["id"]
 
 
 def active(api: TestClient, path: str) -> dict[str, Any] | None:
@@ -112,15 +104,8 @@ def test_two_projects_each_have_br0_and_tap0_on_the_host(
     assert [(p["name"], p["tap_id"]) for p in ports] == [(kt, acme_tap)]
 
     # the same name twice in one project is refused; in another project it is fine
-    with db.unit_of_work() as session:
-        try:
-            BridgeService(session).create(
-                BridgeCreate(name="br0"), new=NewLink.plan("bridge", "br0", acme)
-            )
-        except NameTaken as exc:
-            assert "already has a bridge named 'br0'" in str(exc)
-        else:
-            raise AssertionError("a second br0 in one project was accepted")
+    r = api.post("/v1/bridges", json={"name": "br0", "project_id": acme})
+    assert r.status_code == 409 and "already has a bridge named 'br0'" in r.json()["detail"]
 
     # drift: the acme tap deleted by hand, the default tap0 taken off its bridge; each is
     # repaired under its own kernel name
