@@ -247,6 +247,10 @@ _RFC3339 = re.compile(
 
 
 def _rfc3339(value: Any) -> Any:
+    """The text of an RFC 3339 date-time with an offset; null passes (no expiry, as the
+    schema says)."""
+    if value is None:
+        return None
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise InvalidInput(
             "expires_at must be an RFC 3339 date-time with an offset, e.g. "
@@ -271,7 +275,7 @@ class TokenCreate(RequestModel):
         strict=False,
         description="When it stops working: an RFC 3339 date-time with an offset, in the "
         f"future, at most {TOKEN_LIFETIME_MAX_S} s (ten years) away. Not with expires_in_s; "
-        "neither: it never expires",
+        "neither (or null): it never expires",
         json_schema_extra={"format": "date-time"},
     )
     expires_in_s: int | None = Field(

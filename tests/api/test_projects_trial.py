@@ -1,0 +1,248 @@
+"""Findings of trying projects and tokens as a new user, from the README alone (issue 11,
+trial11): one test per finding, each failing on the code before its fix.
+
+Those the lead still has to fix are `xfail(strict=True)` with the finding as the reason: they
+fail today (so the branch stays green) and turn into an XPASS failure the moment the fix
+lands, when the marker goes. Two projects, `alpha` and `beta`, each with a member token,
+share the host; another project's resources must be 404 for a member and never named, not
+even in a 409's `detail` or `holder` (README "Projects: what a token sees")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db.session import Database
+from tests.tenancy import auth, make_project, make_token
+
+PROBLEM = "application/problem+json"
+
+
+def _db(api: TestClient) -> Database:
+    db: Database = api.app.state.context.db  # type: ignore[attr-defined]
+    return db
+
+
+def _tenants(api: TestClient, **alpha_fields: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """Member tokens' headers of two projects, alpha (with `alpha_fields`) and beta."""
+    db = _db(api)
+    alpha = make_project(db, "alpha", **alpha_fields)
+    beta = make_project(db, "beta")
+    return auth(make_token(db, alpha, "member")), auth(make_token(db, beta, "member"))
+
+
+def _made(r: Any) -> dict[str, Any]:
+    assert r.status_code in (200, 201, 202), r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _conflict_naming_nothing_of(r: Any, *secrets: str) -> dict[str, Any]:
+    """A 409 problem that names none of `secrets` (another project's names, ids, links)."""
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers
+    for secret in secrets:
+        assert secret not in r.text, (secret, r.text)
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _bridge_and_network(api: TestClient, who: dict[str, str], subnet: str) -> dict[str, Any]:
+    bridge = _made(api.post("/v1/bridges", json={"name": "br0"}, headers=who))
+    body = {"name": "net", "bridge": "br0", "subnet": subnet, "nat": {"enabled": True}}
+    network = _made(api.post("/v1/networks", json=body, headers=who))
+    return {"bridge": bridge, "network": network}
+
+
+# ---- fixed here -------------------------------------------------------------------------------
+
+
+def test_token_expires_at_null_means_it_never_expires(api: TestClient) -> None:
+    """POST /v1/projects/{id}/tokens {"role": "reader", "expires_at": null} was a 422 saying
+    "expires_at must be an RFC 3339 date-time with an offset", while the OpenAPI schema
+    admits null, `expires_in_s: null` is accepted, and the README's rule is that null means
+    what leaving the field out means (never expires)."""
+    acme = make_project(_db(api), "acme")
+    r = api.post(f"/v1/projects/{acme}/tokens", json={"role": "reader", "expires_at": None})
+    assert r.status_code == 201, r.text
+    assert r.json()["expires_at"] is None and r.json()["state"] == "active"
+    # null next to the other one is not "both"
+    body = {"role": "reader", "expires_at": None, "expires_in_s": 60}
+    r = api.post(f"/v1/projects/{acme}/tokens", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["expires_at"] is not None
+    # a real value is still checked
+    body = {"role": "reader", "expires_at": "2020-01-01T00:00:00Z"}
+    r = api.post(f"/v1/projects/{acme}/tokens", json=body)
+    assert r.status_code == 422 and "not in the future" in r.text, r.text
+
+
+# ---- left for the lead ------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: a network subnet overlapping another project's network is a 409 whose "
+    "detail names that network ('overlaps 10.50.0.0/24 of network 'net'')",
+)
+def test_a_subnet_overlapping_another_projects_network_does_not_name_it(api: TestClient) -> None:
+    alpha, beta = _tenants(api)
+    _bridge_and_network(api, alpha, "10.50.0.0/24")
+    api.patch("/v1/networks/net", json={"domain": "secret-alpha.example"}, headers=alpha)
+    _made(api.post("/v1/bridges", json={"name": "br0"}, headers=beta))
+    body = {"name": "other", "bridge": "br0", "subnet": "10.50.0.0/24"}
+    r = api.post("/v1/networks", json=body, headers=beta)
+    _conflict_naming_nothing_of(r, "'net'")
+    assert api.get("/v1/networks", headers=beta).json()["items"] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: a bridge or tap address in another project's network subnet, or equal "
+    "to another project's link address, is a 409 whose detail and holder name that network "
+    "or tap and its kernel link",
+)
+def test_a_link_address_clashing_with_another_projects_does_not_name_it(api: TestClient) -> None:
+    alpha, beta = _tenants(api)
+    made = _bridge_and_network(api, alpha, "10.50.0.0/24")
+    body = {"name": "addr", "addresses": ["10.70.0.1/24"]}
+    tap = _made(api.post("/v1/taps", json=body, headers=alpha))
+    secrets = ("'net'", made["bridge"]["ifname"], "'addr'", tap["ifname"])
+    # in alpha's subnet, on another link
+    r = api.post("/v1/bridges", json={"name": "b1", "addresses": ["10.50.0.5/24"]}, headers=beta)
+    problem = _conflict_naming_nothing_of(r, *secrets)
+    assert problem.get("holder") is None or problem["holder"].get("name") != "net", problem
+    # alpha's tap's own address
+    r = api.post("/v1/bridges", json={"name": "b2", "addresses": ["10.70.0.1/24"]}, headers=beta)
+    _conflict_naming_nothing_of(r, *secrets)
+    assert api.get("/v1/bridges", headers=beta).json()["items"] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: a network whose subnet holds another project's link address is a 409 "
+    "naming that bridge and its kernel link ('contains address ... of bridge 'lk3'')",
+)
+def test_a_subnet_holding_another_projects_link_address_does_not_name_it(
+    api: TestClient,
+) -> None:
+    alpha, beta = _tenants(api)
+    bridge = _made(
+        api.post("/v1/bridges", json={"name": "lk3", "addresses": ["10.70.0.2/24"]}, headers=alpha)
+    )
+    _made(api.post("/v1/bridges", json={"name": "br0"}, headers=beta))
+    body = {"name": "n", "bridge": "br0", "subnet": "10.70.0.0/24"}
+    r = api.post("/v1/networks", json=body, headers=beta)
+    _conflict_naming_nothing_of(r, "'lk3'", bridge["ifname"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: a port forward on a host port another project's forward holds is a 409 "
+    "naming that forward and its id ('clashes with port forward 'tcp-any-8080' (<id>)')",
+)
+def test_a_host_port_clash_with_another_projects_forward_does_not_name_it(
+    api: TestClient,
+) -> None:
+    alpha, beta = _tenants(api)
+    for who, subnet in ((alpha, "10.50.0.0/24"), (beta, "10.51.0.0/24")):
+        _bridge_and_network(api, who, subnet)
+        vm = {
+            "name": "web",
+            "power_state": "stopped",
+            "boot": {"kernel": "/nonexistent"},
+            "nics": [{"backend": "bridge", "bridge": "br0"}],
+        }
+        _made(api.post("/v1/vms", json=vm, headers=who))
+    forward = {"network": "net", "vm": "web", "protocol": "tcp", "port": 8080, "target_port": 80}
+    theirs = _made(api.post("/v1/port-forwards", json=forward, headers=alpha))
+    r = api.post("/v1/port-forwards", json=forward, headers=beta)
+    _conflict_naming_nothing_of(r, theirs["id"], theirs["name"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: GET /v1/bridges/{own bridge} lists another project's tap (on it as a "
+    "shared segment) with its tap_id, which the 409 in-use dependents hide",
+)
+def test_a_port_of_another_projects_tap_shows_no_tap_id(api: TestClient) -> None:
+    db = _db(api)
+    beta = make_project(db, "beta")
+    beta_member = auth(make_token(db, beta, "member"))
+    bridge = _made(api.post("/v1/bridges?wait=10", json={"name": "br0"}, headers=beta_member))
+    share = [{"resource": "bridge", "id": bridge["id"]}]
+    alpha = make_project(db, "alpha")
+    _made(api.patch(f"/v1/projects/{alpha}", json={"shared_segments": share}))
+    alpha_member = auth(make_token(db, alpha, "member"))
+    body = {"name": "onb", "bridge": bridge["id"]}
+    tap = _made(api.post("/v1/taps?wait=10", json=body, headers=alpha_member))
+    assert tap["status"] == "active", tap
+    ports = api.get("/v1/bridges/br0", headers=beta_member).json()["ports"]
+    assert ports, "alpha's tap is a port of beta's bridge"
+    assert tap["id"] not in str(ports), ports
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: two Authorization headers with different tokens: the first is used "
+    "silently (200 as alpha's member); RFC 9110 section 5.3 Authorization is a singleton",
+)
+def test_two_authorization_headers_that_disagree_are_refused(api: TestClient) -> None:
+    alpha, beta = _tenants(api)
+    headers = [("Authorization", alpha["Authorization"]), ("Authorization", beta["Authorization"])]
+    r = api.get("/v1/auth/token", headers=headers)
+    assert r.status_code in (400, 401), r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: X-Auth-Token and Authorization naming different tokens: Authorization "
+    "wins silently (200), whichever roles they have",
+)
+def test_x_auth_token_disagreeing_with_authorization_is_refused(api: TestClient) -> None:
+    alpha, beta = _tenants(api)
+    secret = alpha["Authorization"].removeprefix("Bearer ")
+    r = api.get("/v1/auth/token", headers={"X-Auth-Token": secret} | beta)
+    assert r.status_code in (400, 401), r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: 'Authorization: Bearer <token>   ' (trailing spaces) is a 401: "
+    "bearer_token strips only the left side, X-Auth-Token both (RFC 9110 section 5.5: a "
+    "field value has no trailing whitespace)",
+)
+def test_a_bearer_token_with_trailing_spaces_is_the_token(api: TestClient) -> None:
+    alpha, _ = _tenants(api)
+    r = api.get("/v1/auth/token", headers={"Authorization": alpha["Authorization"] + "  "})
+    assert r.status_code == 200, r.text
+    assert r.json()["project"] == "alpha"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: creating, changing and deleting projects and creating and revoking "
+    "tokens leave no operation: GET /v1/operations has none, so the audit trail misses "
+    "who revoked a token (issue 11 item 7: every mutation's operation)",
+)
+def test_project_and_token_changes_are_recorded_as_operations(api: TestClient) -> None:
+    project = _made(api.post("/v1/projects", json={"name": "acme"}))
+    token = _made(api.post(f"/v1/projects/{project['id']}/tokens", json={"role": "reader"}))
+    _made(api.delete(f"/v1/projects/{project['id']}/tokens/{token['id']}"))
+    resources = {op["resource"] for op in api.get("/v1/operations").json()["items"]}
+    assert {"project", "token"} <= resources, resources
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: a description 'one line of text' accepts U+2028 LINE SEPARATOR and "
+    "U+2029 PARAGRAPH SEPARATOR (only category Cc is refused)",
+)
+def test_a_description_refuses_unicode_line_separators(api: TestClient) -> None:
+    for text in ("a\u2028b", "a\u2029b"):
+        r = api.post("/v1/projects", json={"name": "acme", "description": text})
+        assert r.status_code == 422, r.text
