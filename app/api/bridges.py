@@ -7,7 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from app.api import trunk_views
-from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
+from app.api.deps import (
+    AppContext,
+    Cursor,
+    Force,
+    Limit,
+    Wait,
+    context,
+    principal_of,
+    request_id_of,
+)
 from app.api.presenters import (
     bridge_out,
     uplink_out,
@@ -70,11 +79,11 @@ async def _finish(
 async def create_bridge(
     body: BridgeCreate, response: Response, request: Request, wait: Wait = None
 ) -> BridgeOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, request_id, principal = context(request), request_id_of(request), principal_of(request)
     foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
     prefixes = await ctx.prefixes_for(body.addresses)
     row, op = await ctx.mutate(
-        lambda s: BridgeService(s, request_id).create(body, foreign, prefixes)
+        lambda s: BridgeService(s, request_id).create(body, foreign, prefixes, principal)
     )
     return await _finish(ctx, response, row, op, wait, 201)
 

@@ -8,7 +8,16 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
+from app.api.deps import (
+    AppContext,
+    Cursor,
+    Force,
+    Limit,
+    Wait,
+    context,
+    principal_of,
+    request_id_of,
+)
 from app.api.presenters import network_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -67,11 +76,11 @@ async def _finish_network(
 async def create_network(
     body: NetworkCreate, response: Response, request: Request, wait: Wait = None
 ) -> NetworkOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, request_id, principal = context(request), request_id_of(request), principal_of(request)
     prefixes = await ctx.host(ctx.inspector.host_prefixes)
     facts = await ctx.vlan_facts_for(body.vlan)
     row, op = await ctx.mutate(
-        lambda s: NetworkService(s, request_id, facts).create(body, prefixes)
+        lambda s: NetworkService(s, request_id, facts).create(body, prefixes, principal)
     )
     return await _finish_network(ctx, response, row, op, wait, 201)
 

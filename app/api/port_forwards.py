@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
-from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Limit, Wait, context, principal_of, request_id_of
 from app.api.presenters import port_forward_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -61,8 +61,8 @@ async def _finish_forward(
 async def create_port_forward(
     body: PortForwardCreate, response: Response, request: Request, wait: Wait = None
 ) -> PortForwardOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
-    row, op = await ctx.mutate(lambda s: PortForwardService(s, request_id).create(body))
+    ctx, request_id, principal = context(request), request_id_of(request), principal_of(request)
+    row, op = await ctx.mutate(lambda s: PortForwardService(s, request_id).create(body, principal))
     return await _finish_forward(ctx, response, row, op, wait, 201)
 
 
@@ -76,10 +76,11 @@ async def create_port_forward(
     "They are applied together in one nftables transaction. Each has its own operation.",
 )
 async def create_port_forwards(body: PortForwardBatch, request: Request) -> PortForwardList:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, request_id, principal = context(request), request_id_of(request), principal_of(request)
 
     def create(session: Session) -> tuple[PortForwardList, list[dict[str, object]]]:
-        created = PortForwardService(session, request_id).create_many(body.port_forwards)
+        service = PortForwardService(session, request_id)
+        created = service.create_many(body.port_forwards, principal)
         session.flush()
         views = PortForwardList(items=[_forward_view(session, row) for row, _ in created])
         return views, [row.event_fields("port_forward") for row, _ in created]

@@ -6,7 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AppContext, Cursor, Force, Limit, Wait, context, request_id_of
+from app.api.deps import (
+    AppContext,
+    Cursor,
+    Force,
+    Limit,
+    Wait,
+    context,
+    principal_of,
+    request_id_of,
+)
 from app.api.presenters import tap_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -47,12 +56,12 @@ async def _finish(
 async def create_tap(
     body: TapCreate, response: Response, request: Request, wait: Wait = None
 ) -> TapOut | Response:
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, request_id, principal = context(request), request_id_of(request), principal_of(request)
     foreign = await ctx.host(ctx.inspector.foreign_link, body.name)
     prefixes = await ctx.prefixes_for(body.addresses)
     facts = await ctx.vlan_facts_for(body.vlan)
     row, op = await ctx.mutate(
-        lambda s: TapService(s, request_id, facts).create(body, foreign, prefixes)
+        lambda s: TapService(s, request_id, facts).create(body, foreign, prefixes, principal)
     )
     return await _finish(ctx, response, row, op, wait, 201)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from app.api.deps import AppContext, Cursor, Limit, Wait, context, request_id_of
+from app.api.deps import AppContext, Cursor, Limit, Wait, context, principal_of, request_id_of
 from app.api.presenters import vm_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
@@ -60,10 +60,12 @@ async def create_vm(
     body: VmCreate, response: Response, request: Request, wait: Wait = None
 ) -> VmOut | Response:
     """Create a VM; with power_state running (the default) it starts at once."""
-    ctx, request_id = context(request), request_id_of(request)
+    ctx, request_id, principal = context(request), request_id_of(request), principal_of(request)
     host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
     leases = ctx.inspector.leases
-    row, _, op = await ctx.mutate(lambda s: VmService(s, request_id).create(body, host, leases))
+    row, _, op = await ctx.mutate(
+        lambda s: VmService(s, request_id).create(body, host, leases, principal)
+    )
     return await _finish(ctx, response, row, op, wait, 201)
 
 

@@ -40,10 +40,12 @@ from app.domain.networks import HostPrefix, check_link_address, clash_reason, fo
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
+from app.domain.tenancy import ADMIN_BY_SOCKET, Principal, Quota
 from app.domain.vlans import VlanBackend, VlanFacts, vlan_bridge_name
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
+from app.services.quotas import QuotaGuard
 from app.services.segments import join_port, live_object
 
 
@@ -264,13 +266,17 @@ class BridgeService:
         body: BridgeCreate,
         foreign: dict[str, Any] | None = None,
         host_prefixes: Sequence[HostPrefix] = (),
+        principal: Principal = ADMIN_BY_SOCKET,
     ) -> tuple[Bridge, Operation]:
         """`foreign`: a host link of this name that is not ours (refused, 409);
-        `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
+        `host_prefixes`: the host's addresses and connected routes now (check_addresses);
+        `principal`: who asks (the bridge is its project's, within its `bridges` quota)."""
         refuse_taken(self.session, body.name, foreign)
+        QuotaGuard(self.session).charge(principal.project_id, {Quota.BRIDGES: 1})
         row = Bridge(
             id=new_id(),
             name=body.name,
+            project_id=principal.project_id,
             stp=body.stp,
             forward_delay_cs=_delay_cs(body.stp, body.forward_delay),
             mtu=body.mtu,
@@ -376,13 +382,17 @@ class TapService:
         body: TapCreate,
         foreign: dict[str, Any] | None = None,
         host_prefixes: Sequence[HostPrefix] = (),
+        principal: Principal = ADMIN_BY_SOCKET,
     ) -> tuple[Tap, Operation]:
         """`foreign`: a host link of this name that is not ours (refused, 409);
-        `host_prefixes`: the host's addresses and connected routes now (check_addresses)."""
+        `host_prefixes`: the host's addresses and connected routes now (check_addresses);
+        `principal`: who asks (the tap is its project's, within its `taps` quota)."""
         refuse_taken(self.session, body.name, foreign)
+        QuotaGuard(self.session).charge(principal.project_id, {Quota.TAPS: 1})
         row = Tap(
             id=new_id(),
             name=body.name,
+            project_id=principal.project_id,
             bridge_id=None,
             mtu=body.mtu,
             mac=body.mac,

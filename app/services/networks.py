@@ -67,6 +67,7 @@ from app.domain.networks import (
 from app.domain.path_probe import ProbeTarget
 from app.domain.segments import Joiner, Segment
 from app.domain.status import Status
+from app.domain.tenancy import ADMIN_BY_SOCKET, Principal, Quota
 from app.domain.vlans import VlanFacts
 from app.schemas.networks import (
     DhcpIn,
@@ -78,6 +79,7 @@ from app.schemas.networks import (
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
+from app.services.quotas import QuotaGuard
 from app.services.segments import join
 
 log = logging.getLogger(__name__)
@@ -171,16 +173,21 @@ class NetworkService:
     # ---- create ----------------------------------------------------------------------------
 
     def create(
-        self, body: NetworkCreate, host_prefixes: Sequence[HostPrefix] = ()
+        self,
+        body: NetworkCreate,
+        host_prefixes: Sequence[HostPrefix] = (),
+        principal: Principal = ADMIN_BY_SOCKET,
     ) -> tuple[Network, Operation]:
         """`host_prefixes`: the host's IPv4 addresses and connected routes now (from the host
-        inspector); a subnet overlapping one that is not ours is refused."""
+        inspector); a subnet overlapping one that is not ours is refused. `principal`: who
+        asks (the network is its project's, within its `networks` quota)."""
         holder = self.networks.get_by_name(body.name)
         if holder is not None:
             raise NameTaken(
                 f"network {holder.name!r} ({holder.id}) has this name: network names are "
                 "unique without regard to case, as VM and VLAN names are"
             )
+        QuotaGuard(self.session).charge(principal.project_id, {Quota.NETWORKS: 1})
         kind, ref = body.segment()
         link, segment = self._segment(kind, ref)
         existing = self.networks.on_segment(kind, link.id)
@@ -202,6 +209,7 @@ class NetworkService:
         row = Network(
             id=new_id(),
             name=body.name,
+            project_id=principal.project_id,
             **network_columns(kind, link.id),
             subnet=str(plan.subnet),
             gateway=str(plan.gateway),
@@ -481,7 +489,17 @@ class PortForwardService:
         """The target NIC (None once its VM is gone: the forward is then on its way out)."""
         return VmRepository(self.session).nic(row.vm_nic_id)
 
-    def create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
+    def create(
+        self, body: PortForwardCreate, principal: Principal = ADMIN_BY_SOCKET
+    ) -> tuple[PortForward, Operation]:
+        """`principal`: who asks (the forward is its project's, within its
+        `port_forwards` quota)."""
+        QuotaGuard(self.session).charge(principal.project_id, {Quota.PORT_FORWARDS: 1})
+        return self._create(body, principal)
+
+    def _create(
+        self, body: PortForwardCreate, principal: Principal
+    ) -> tuple[PortForward, Operation]:
         span = check_forward_ports(body.port, body.end_port, body.target_port)
         listen = listen_address(body.listen_address)
         network = self._network(body.network)
@@ -499,6 +517,7 @@ class PortForwardService:
         row = PortForward(
             id=row_id,
             name=name,
+            project_id=principal.project_id,
             network_id=network.id,
             vm_nic_id=nic.id,
             protocol=body.protocol,
@@ -513,16 +532,18 @@ class PortForwardService:
         return row, record_operation(self.session, "create", "port_forward", row, self.request_id)
 
     def create_many(
-        self, bodies: Sequence[PortForwardCreate]
+        self, bodies: Sequence[PortForwardCreate], principal: Principal = ADMIN_BY_SOCKET
     ) -> list[tuple[PortForward, Operation]]:
         """All or nothing: the caller's transaction rolls back on the first problem, which
-        names the failing item."""
+        names the failing item. The batch asks the `port_forwards` quota for all its items
+        at once (409 over-quota before any item)."""
+        QuotaGuard(self.session).charge(principal.project_id, {Quota.PORT_FORWARDS: len(bodies)})
         self._batch = True
         created = []
         for index, body in enumerate(bodies):
             self._item = index
             try:
-                created.append(self.create(body))
+                created.append(self._create(body, principal))
             except DomainError as exc:
                 exc.detail = f"port_forwards[{index}]: {exc.detail}"
                 exc.extra = {**exc.extra, "index": index}

@@ -31,6 +31,7 @@ from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
 from app.domain.nics.bridge import trunk_vlans
 from app.domain.segments import Joiner
+from app.domain.tenancy import ADMIN_BY_SOCKET, Principal
 from app.domain.vlans import VlanFacts, require_trunk_nic_support
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
 from app.domain.vm_actions import check as check_action
@@ -49,6 +50,7 @@ from app.services.in_use import InUseGuard
 from app.services.links import require_alive, vid_backends, vlan_port
 from app.services.networks import PortClaims, fixed_address
 from app.services.ports import LeaseReader
+from app.services.quotas import QuotaGuard, vm_asks
 from app.services.segments import join_port
 
 SOCKET_PORTS = range(40000, 50000)
@@ -119,16 +121,22 @@ class VmService:
     # ---- create ----------------------------------------------------------------------------
 
     def create(
-        self, body: VmCreate, host: HostFacts, leases: LeaseReader | None = None
+        self,
+        body: VmCreate,
+        host: HostFacts,
+        leases: LeaseReader | None = None,
+        principal: Principal = ADMIN_BY_SOCKET,
     ) -> tuple[Vm, list[VmNic], Operation]:
         """`leases` reads a managed network's DHCP leases (a fixed address leased to another
-        MAC is refused)."""
+        MAC is refused); `principal`: who asks (the VM is its project's, within its vms,
+        vcpus and memory_mib quotas)."""
         holder = VmRepository(self.session).name_holder(body.name)
         if holder is not None:
             raise NameTaken(
                 f"VM {holder.name!r} ({holder.id}) has this name: VM names are host names, "
                 "unique without regard to case (RFC 4343)"
             )
+        QuotaGuard(self.session).charge(principal.project_id, vm_asks(body.vcpus, body.memory_mib))
         vm_id = new_id()
         taken_macs = VmRepository(self.session).nic_macs()
         nics = [
@@ -150,6 +158,7 @@ class VmService:
         row = Vm(
             id=vm_id,
             name=body.name,
+            project_id=principal.project_id,
             vcpus=body.vcpus,
             memory_mib=body.memory_mib,
             machine=body.machine.value,
@@ -380,6 +389,11 @@ class VmPowerService:
         changes = self._changes(row, wanted)
         if not changes:
             return row, None
+        # what the change adds to the project's vcpus and memory_mib (the VM's current
+        # values are in the usage already); a decrease asks for nothing
+        more_vcpus = changes.get("vcpus", row.vcpus) - row.vcpus
+        more_memory = changes.get("memory_mib", row.memory_mib) - row.memory_mib
+        QuotaGuard(self.session).charge(row.project_id, vm_asks(more_vcpus, more_memory, vms=0))
         for name, value in changes.items():
             setattr(row, name, value)
         spec = vm_spec(row, self.vms.nics(row.id))

@@ -56,6 +56,7 @@ from app.db.repositories.port_vlans import (
     vlan_referrers,
     vlan_users,
 )
+from app.db.repositories.quotas import quota_usages, trunk_vids
 from app.db.repositories.segments import (
     Port,
     SegmentTable,
@@ -170,6 +171,7 @@ __all__ = [
     "port_master",
     "port_segment_ref",
     "probe_targets",
+    "quota_usages",
     "readable_segment",
     "record_forward_outcomes",
     "record_nic_addresses",
@@ -185,6 +187,7 @@ __all__ = [
     "stored_link_settings",
     "tap_port",
     "tap_port_vlans",
+    "trunk_vids",
     "trunks_to_release",
     "unregister_table",
     "uplink_moves",
