@@ -47,6 +47,8 @@ class Event:
     observed_generation: int = 0
     time: float = field(default_factory=time.time)
     data: dict[str, Any] | None = None  # the event's own payload (a QMP event's data)
+    # the resource's project (ResourceColumns.event_fields has carried it since 0017)
+    project_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,6 +31,7 @@ from app.api import (
     operations,
     port_forwards,
     taps,
+    usage,
     vlans,
     vms,
 )
@@ -69,6 +70,7 @@ TAGS = [
     {"name": "vms", "description": "Virtual machines: qemu processes supervised by the daemon"},
     {"name": "networks", "description": "Managed NAT networks: SNAT, DHCP and DNS (dnsmasq)"},
     {"name": "port-forwards", "description": "Host ports forwarded to VMs on managed networks"},
+    {"name": "projects", "description": "Projects (tenants): quotas and usage"},
     {"name": "operations", "description": "The outcome of accepted mutations"},
     {"name": "events", "description": "Server-sent events for every state change"},
     {"name": "host", "description": "Interfaces, routes and probed capabilities"},
@@ -216,6 +218,7 @@ def create_app(
         vms,
         networks,
         port_forwards,
+        usage,
         operations,
         events,
         host,

@@ -59,6 +59,19 @@ class QuotaGuard:
         return [QuotaUse(q, limit_of(project.quotas, q, project.name), usage[q]) for q in Quota]
 
 
+def project_usage(
+    session: Session, ref: str, principal: Principal
+) -> tuple[Project, list[QuotaUse]]:
+    """A project (by id, else by name in any case) with every quota's limit and usage. An
+    admin sees any project; anyone else only their own: another project is 404, as an
+    unknown one (its existence is not revealed)."""
+    projects = ProjectRepository(session)
+    project = projects.get(ref) or projects.get_by_name(ref)
+    if project is None or not (principal.is_admin or project.id == principal.project_id):
+        raise NotFound(f"no project {ref!r}")
+    return project, QuotaGuard(session).usage(project.id)
+
+
 def vm_asks(vcpus: int, memory_mib: int, vms: int = 1) -> dict[Quota, int]:
     """What a VM create (or a PATCH's increase, with vms=0) asks of the quotas."""
     return {Quota.VMS: vms, Quota.VCPUS: vcpus, Quota.MEMORY_MIB: memory_mib}

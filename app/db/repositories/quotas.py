@@ -50,12 +50,12 @@ def quota_usages(session: Session, project_id: str, quotas: Iterable[Quota]) -> 
     for quota in wanted:
         if quota not in VM_QUOTAS:
             model = COUNTED[quota]
-            query = (
+            count = (
                 select(func.count())
                 .select_from(model)
                 .where(model.project_id == project_id, model.deleted.is_(False))
             )
-            usage[quota] = int(session.scalar(query) or 0)
+            usage[quota] = int(session.scalar(count) or 0)
     return usage
 
 
