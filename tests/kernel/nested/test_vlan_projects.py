@@ -85,9 +85,9 @@ def test_two_projects_vlans_from_their_ranges_on_one_trunk_are_apart(
             tap: stack.enter_context(wired_guest(netns, tap, mac))
             for tap, (_, mac, _) in TAPS.items()
         }
-        for tap, (_, _, address) in TAPS.items():
-            ip(guests[tap], "addr", "add", f"{address}/24", "dev", "eth0")
         address = {tap: TAPS[tap][2] for tap in TAPS}
+        for tap in TAPS:
+            ip(guests[tap], "addr", "add", f"{address[tap]}/24", "dev", "eth0")
         assert pings(guests["ta1"], address["ta2"]), "acme's guests on VLAN 100"
         assert pings(guests["ta2"], address["ta1"]), "acme's guests on VLAN 100"
         for theirs in ("ta1", "ta2"):
