@@ -26,10 +26,13 @@ def _db(api: TestClient) -> Database:
     return db
 
 
-def member_of(api: TestClient, name: str, **quotas: int) -> tuple[str, dict[str, str]]:
-    """A project with these quotas and a member token's headers."""
+def member_of(
+    api: TestClient, name: str, shared: list[dict[str, str]] | None = None, **quotas: int
+) -> tuple[str, dict[str, str]]:
+    """A project with these quotas (and these shared segments of other projects) and a
+    member token's headers."""
     db = _db(api)
-    project = make_project(db, name, quotas=quotas)
+    project = make_project(db, name, quotas=quotas, shared_segments=shared or [])
     return project, auth(make_token(db, project, "member"))
 
 
@@ -160,8 +163,10 @@ def test_each_kind_is_refused_at_its_limit(
 ) -> None:
     """A limit of 0 refuses the first create (the guard comes before the request's other
     checks, as Neutron's quota check does); a batch asks for all its items at once."""
-    assert api.post("/v1/bridges", json={"name": "qbr0"}).status_code == 202  # a trunk
-    project, member = member_of(api, "acme", **{quota.value: 0})
+    trunk = api.post("/v1/bridges", json={"name": "qbr0"})  # the admin's, shared: a trunk
+    assert trunk.status_code == 202, trunk.text
+    shared = [{"resource": "bridge", "id": trunk.json()["id"]}]
+    project, member = member_of(api, "acme", shared, **{quota.value: 0})
     asked = len(body.get("port_forwards", [None]))
     assert_over(api.post(path, json=body, headers=member), quota, 0, 0, asked)
     assert rows(api, model, project) == 0

@@ -36,9 +36,15 @@ def _db(api: TestClient) -> Database:
     return db
 
 
-def member_of(api: TestClient, name: str, ranges: list[list[int]]) -> dict[str, str]:
+def member_of(
+    api: TestClient, name: str, ranges: list[list[int]], trunk: dict[str, Any]
+) -> dict[str, str]:
+    """A member token of a new project with these VLAN ranges, the admin's `trunk` shared
+    with it (its shared_segments: a member may ride on its own or shared bridges only)."""
     db = _db(api)
-    return auth(make_token(db, make_project(db, name, vlan_ranges=ranges), "member"))
+    shared = [{"resource": "bridge", "id": trunk["id"]}]
+    project = make_project(db, name, vlan_ranges=ranges, shared_segments=shared)
+    return auth(make_token(db, project, "member"))
 
 
 def vlan(api: TestClient, headers: dict[str, str] | None = None, **fields: Any) -> Any:
@@ -54,7 +60,7 @@ def test_on_this_kernel_range_checks_come_before_host_lacks_feature(api: TestCli
     if caps["vlan_8021q"]["available"] or caps["vlan_filtering"]["available"]:
         pytest.skip("this host's kernel has VLANs: the refusal this order is seen by is absent")
     trunk = make_bridge(api, "br0")
-    member = member_of(api, "acme", [[10, 10]])
+    member = member_of(api, "acme", [[10, 10]], trunk)
     body = problem(vlan(api, member, name="a", vlan_id=11), 403, OUTSIDE)
     assert body["vlan_ranges"] == [[10, 10]] and "10-10" in body["detail"]
     problem(vlan(api, member, name="a"), 409, LACKS.rsplit(":", 1)[1])  # 10 is free
@@ -67,9 +73,9 @@ def test_on_this_kernel_range_checks_come_before_host_lacks_feature(api: TestCli
 
 def test_ids_are_drawn_in_order_from_each_projects_ranges(vlan_api: TestClient) -> None:
     api = vlan_api
-    make_bridge(api, "br0")
-    acme = member_of(api, "acme", [[100, 101], [10, 11]])  # drawn lowest first
-    globex = member_of(api, "globex", [[20, 20]])
+    trunk = make_bridge(api, "br0")
+    acme = member_of(api, "acme", [[100, 101], [10, 11]], trunk)  # drawn lowest first
+    globex = member_of(api, "globex", [[20, 20]], trunk)
     for name in ("a1", "a2", "a3"):
         assert vlan(api, acme, name=name).status_code == 202
     assert vlan(api, globex, name="g1").status_code == 202

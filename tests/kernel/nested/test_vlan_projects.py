@@ -50,11 +50,19 @@ def test_two_projects_vlans_from_their_ranges_on_one_trunk_are_apart(
     modules("bridge", "tun")  # no udev in the nested host: /dev/net/tun comes with the module
     with contextlib.ExitStack() as stack, daemon_app(netns, settings) as api:
         db = api.app.state.context.db  # type: ignore[attr-defined]
+        # the admin's trunk, shared with both projects (their shared_segments)
+        trunk = ok(api.post("/v1/bridges?wait=20", json={"name": "br0"}), 201)
+        shared = [{"resource": "bridge", "id": trunk["id"]}]
         member = {
-            name: auth(make_token(db, make_project(db, name, vlan_ranges=ranges), "member"))
+            name: auth(
+                make_token(
+                    db,
+                    make_project(db, name, vlan_ranges=ranges, shared_segments=shared),
+                    "member",
+                )
+            )
             for name, ranges in PROJECTS.items()
         }
-        ok(api.post("/v1/bridges?wait=20", json={"name": "br0"}), 201)  # the admin's trunk
 
         refused = api.post(
             "/v1/vlans", json={"name": "x", "trunk": "br0", "vlan_id": 200}, headers=member["acme"]
