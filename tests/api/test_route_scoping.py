@@ -333,6 +333,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/v1/projects"): ok(200, projectless=True),
     ("POST", "/v1/projects"): ok(201, body=lambda w, p: {"name": f"np{w.next()}"}, admin_only=True),
     ("GET", "/v1/projects/{project_id}"): ok(200),
+    ("GET", "/v1/projects/{project_id}/usage"): ok(200),
     ("PATCH", "/v1/projects/{project_id}"): ok(200, body=lambda w, p: {}, own_forbidden=True),
     ("DELETE", "/v1/projects/{project_id}"): ok(204, fresh="project", own_forbidden=True),
     ("GET", "/v1/projects/{project_id}/tokens"): ok(200, reader_forbidden=True),
