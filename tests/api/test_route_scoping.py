@@ -156,7 +156,11 @@ def _vlans_possible(world: World) -> None:
 def _populate(world: World) -> None:
     db = world.client.app.state.context.db  # type: ignore[attr-defined]
     _vlans_possible(world)
-    world.projects = {"own": make_project(db, "own"), "other": make_project(db, "other")}
+    ranges = {"vlan_ranges": [[100, 3999]]}  # a member's VLAN ids come from them
+    world.projects = {
+        "own": make_project(db, "own", **ranges),
+        "other": make_project(db, "other", **ranges),
+    }
     world.tokens = {role: make_token(db, world.projects["own"], role) for role in ROLES}
     for where, subnet in (("own", OWN_NET), ("other", OTHER_NET)):
         bridge = f"br{where[:2]}"

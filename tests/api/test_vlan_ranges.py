@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from app.db.models import Vlan
 from app.db.session import Database
-from app.domain.tenancy import Principal, Role, Via
+from app.domain.tenancy import Caller, Principal, Role, Via
 from app.domain.vlans import VlanFacts
 from app.schemas.vlans import VlanCreate
 from app.services.vlans import VidTakenMeanwhile, VlanService
@@ -104,19 +104,19 @@ def test_a_vid_taken_after_the_host_was_asked_about_it_is_refused_to_choose_agai
     transaction; if another create took that VID meanwhile the service refuses
     (VidTakenMeanwhile) and the API chooses again, rather than skip the foreign-name
     check for the VID it ends up with."""
-    make_bridge(vlan_api, "br0")
+    trunk = make_bridge(vlan_api, "br0")
     db = _db(vlan_api)
-    project = make_project(db, "acme", vlan_ranges=[[10, 19]])
-    make_token(db, project, "member")
-    member = Principal(project, Role.MEMBER, Via.TOKEN)
+    shared = [{"resource": "bridge", "id": trunk["id"]}]
+    project = make_project(db, "acme", vlan_ranges=[[10, 19]], shared_segments=shared)
+    member = Caller(Principal(project, Role.MEMBER, Via.TOKEN))
     facts = VlanFacts({})
     with db.unit_of_work() as session:
-        VlanService(session).create(
-            VlanCreate(name="a", trunk="br0"), facts, {}, member, probed_vid=10
+        VlanService(session, member).create(
+            VlanCreate(name="a", trunk="br0"), facts, {}, probed_vid=10
         )
     with pytest.raises(VidTakenMeanwhile), db.unit_of_work() as session:
-        VlanService(session).create(
-            VlanCreate(name="b", trunk="br0"), facts, {}, member, probed_vid=10
+        VlanService(session, member).create(
+            VlanCreate(name="b", trunk="br0"), facts, {}, probed_vid=10
         )
     with db.unit_of_work() as session:
-        assert VlanService(session).next_vid("br0", member) == 11
+        assert VlanService(session, member).next_vid("br0") == 11
