@@ -31,6 +31,7 @@ from app.api import (
     port_forwards,
     projects,
     taps,
+    usage,
     vlans,
     vms,
 )
@@ -220,6 +221,7 @@ def create_app(
         vms,
         networks,
         port_forwards,
+        usage,
         operations,
         events,
         host,

@@ -11,18 +11,22 @@ from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vlan
 from app.db.session import Session
+from app.domain.tenancy import Caller
 from app.domain.vlans import VlanFacts
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import FdbEntry, PortVlan
 from app.schemas.vlans import Vlan as VlanOut
 from app.schemas.vlans import VlanCreate, VlanPage, VlanUpdate
-from app.services.vlans import VlanService, candidate_names
+from app.services.vlans import VidTakenMeanwhile, VlanService, candidate_names
 
 router = APIRouter(
     prefix="/v1/vlans", tags=["vlans"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
 )
 
 SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
+# creates without vlan_id that lost the id they probed the host for to a concurrent create
+# choose again this often before the 409 reaches the client
+VID_ATTEMPTS = 5
 
 
 def _views(session: Session, rows: list[Vlan]) -> list[VlanOut]:
@@ -61,23 +65,43 @@ async def _finish(
     "`missing_features` names each missing kernel feature (feature, kernel_config, module, "
     "the probe's reason), and nothing is stored. 409 when the VID is taken on the trunk, "
     "the trunk's VLANs use another backend, or the name is taken (without regard to case). "
-    + SETTLE_DOC,
+    "Without `vlan_id` the VLAN gets the lowest free id of the project's `vlan_ranges`; a "
+    "member's `vlan_id` must lie in them (403 `vlan-id-outside-ranges`); 409 `over-quota` "
+    "beyond the project's `vlans` quota. " + SETTLE_DOC,
 )
 async def create_vlan(
     body: VlanCreate, response: Response, request: Request, wait: Wait = None
 ) -> VlanOut | Response:
     ctx, caller = context(request), caller_of(request)
+    capabilities = await ctx.host(ctx.inspector.capabilities)
+    facts = VlanFacts.from_link_probe(capabilities["links"])
+    for attempt in range(1, VID_ATTEMPTS + 1):
+        try:
+            row, op = await _create_once(ctx, caller, body, facts)
+        except VidTakenMeanwhile:
+            if attempt == VID_ATTEMPTS:
+                raise
+        else:
+            return await _finish(ctx, response, row, op, wait, 201)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _create_once(
+    ctx: AppContext, caller: Caller, body: VlanCreate, facts: VlanFacts
+) -> tuple[Vlan, Operation]:
+    """One attempt: the VID (given, or the next free one of the project's ranges now), the
+    host asked about its kernel names, then the create's transaction."""
     trunk, uplink = await ctx.read(
         lambda s: VlanService(s, caller).trunk_names(body.trunk, body.project_id)
     )
+    vid = body.vlan_id
+    if vid is None:
+        vid = await ctx.read(lambda s: VlanService(s, caller).next_vid(body.trunk, body.project_id))
     foreign = {
         name: await ctx.host(ctx.inspector.foreign_link, name)
-        for name in candidate_names(trunk, body.vlan_id, uplink)
+        for name in candidate_names(trunk, vid, uplink)
     }
-    capabilities = await ctx.host(ctx.inspector.capabilities)
-    facts = VlanFacts.from_link_probe(capabilities["links"])
-    row, op = await ctx.mutate(lambda s: VlanService(s, caller).create(body, facts, foreign))
-    return await _finish(ctx, response, row, op, wait, 201)
+    return await ctx.mutate(lambda s: VlanService(s, caller).create(body, facts, foreign, vid))
 
 
 @router.get("", operation_id="list_vlans", response_model=VlanPage)

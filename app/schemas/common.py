@@ -329,6 +329,21 @@ class Problem(BaseModel):
     dependents: list[DependentOut] | None = Field(
         None, description="With type in-use: what depends on the resource (kind, id, name)"
     )
+    quota: str | None = Field(
+        None, description="With type over-quota: the quota (vms, vcpus, memory_mib, taps, ...)"
+    )
+    limit: int | None = Field(None, description="With type over-quota: the project's limit")
+    usage: int | None = Field(
+        None, description="With type over-quota: what the project uses before this request"
+    )
+    requested: int | None = Field(
+        None, description="With type over-quota: how much more the request asked for"
+    )
+    vlan_ranges: list[list[int]] | None = Field(
+        None,
+        description="With types vlan-id-outside-ranges and vlan-ranges-exhausted: the "
+        "project's VLAN id ranges, [first, last] pairs",
+    )
 
 
 class ResourceState(BaseModel):

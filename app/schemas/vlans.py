@@ -73,7 +73,15 @@ class VlanCreate(RequestModel):
     `missing_features`) when the host cannot carry it; nothing is stored then."""
 
     name: VlanNameStr
-    vlan_id: VlanId
+    vlan_id: VlanId | None = Field(
+        None,
+        description="The VLAN id (1-4094). Left out (or null): the lowest id of the "
+        "project's `vlan_ranges` that is free on the trunk (409 `vlan-ranges-exhausted` "
+        "when none is; an admin in a project without ranges: 422, give vlan_id). A member "
+        "may only give an id inside the project's ranges (403 `vlan-id-outside-ranges`, "
+        "naming them in `vlan_ranges`); an admin any id",
+        examples=[10],
+    )
     trunk: Ref = Field(
         description="The trunk: one of our bridges (id or name), usually the one with the "
         "uplink. A tap is refused (422), an unknown one is 404",

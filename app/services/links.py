@@ -43,11 +43,12 @@ from app.domain.networks import HostPrefix, check_link_address, clash_reason, fo
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.status import Status
 from app.domain.stored import default_forward_delay_cs
-from app.domain.tenancy import DEFAULT_PROJECT_ID, EVERY_PROJECT, LOCAL_ADMIN, Caller, Scope
+from app.domain.tenancy import DEFAULT_PROJECT_ID, EVERY_PROJECT, LOCAL_ADMIN, Caller, Quota, Scope
 from app.domain.vlans import VlanBackend, VlanFacts, vlan_bridge_name
 from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
+from app.services.quotas import QuotaGuard
 from app.services.scoping import create_project, create_scope, list_scope, shared_object
 from app.services.segments import join_port, live_object
 
@@ -362,6 +363,7 @@ class BridgeService:
         made it to ask the host about that name; planned here when not given)."""
         new = _new_link(self.session, self.caller, "bridge", body.name, body.project_id, new)
         _refuse_same_name(self.session, Bridge, new, body.name)
+        QuotaGuard(self.session).charge(new.project_id, {Quota.BRIDGES: 1})
         refuse_taken(self.session, new.ifname, foreign, self.scope)
         row = Bridge(
             id=new.id,
@@ -490,6 +492,7 @@ class TapService:
         new = _new_link(self.session, self.caller, "tap", body.name, body.project_id, new)
         self.scope = create_scope(self.caller, new.project_id)
         _refuse_same_name(self.session, Tap, new, body.name)
+        QuotaGuard(self.session).charge(new.project_id, {Quota.TAPS: 1})
         refuse_taken(self.session, new.ifname, foreign, self.scope)
         row = Tap(
             id=new.id,

@@ -10,6 +10,7 @@ segment's object (the link supervisor then adds or removes the address).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Any
@@ -67,7 +68,7 @@ from app.domain.networks import (
 from app.domain.path_probe import ProbeTarget
 from app.domain.segments import Joiner, Segment
 from app.domain.status import Status
-from app.domain.tenancy import LOCAL_ADMIN, Caller, Scope
+from app.domain.tenancy import LOCAL_ADMIN, Caller, Quota, Scope
 from app.domain.vlans import VlanFacts
 from app.schemas.networks import (
     DhcpIn,
@@ -79,6 +80,7 @@ from app.schemas.networks import (
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
+from app.services.quotas import QuotaGuard
 from app.services.scoping import create_project, create_scope, list_scope
 from app.services.segments import join
 
@@ -182,10 +184,13 @@ class NetworkService:
     # ---- create ----------------------------------------------------------------------------
 
     def create(
-        self, body: NetworkCreate, host_prefixes: Sequence[HostPrefix] = ()
+        self,
+        body: NetworkCreate,
+        host_prefixes: Sequence[HostPrefix] = (),
     ) -> tuple[Network, Operation]:
         """`host_prefixes`: the host's IPv4 addresses and connected routes now (from the host
-        inspector); a subnet overlapping one that is not ours is refused."""
+        inspector); a subnet overlapping one that is not ours is refused. The network is its
+        project's, within its `networks` quota."""
         project_id = create_project(self.session, self.caller, body.project_id)
         self.scope = create_scope(self.caller, project_id)
         holder = self.networks.name_holder(body.name, project_id)
@@ -194,6 +199,7 @@ class NetworkService:
                 f"network {holder.name!r} ({holder.id}) has this name: network names are "
                 "unique within a project without regard to case, as VM and VLAN names are"
             )
+        QuotaGuard(self.session).charge(project_id, {Quota.NETWORKS: 1})
         kind, ref = body.segment()
         link, segment = self._segment(kind, ref)
         existing = self.networks.on_segment(kind, link.id)
@@ -504,6 +510,12 @@ class PortForwardService:
         return VmRepository(self.session).nic(row.vm_nic_id)
 
     def create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
+        """The forward is its project's, within its `port_forwards` quota."""
+        project_id = create_project(self.session, self.caller, body.project_id)
+        QuotaGuard(self.session).charge(project_id, {Quota.PORT_FORWARDS: 1})
+        return self._create(body)
+
+    def _create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
         span = check_forward_ports(body.port, body.end_port, body.target_port)
         listen = listen_address(body.listen_address)
         project_id = create_project(self.session, self.caller, body.project_id)
@@ -541,13 +553,17 @@ class PortForwardService:
         self, bodies: Sequence[PortForwardCreate]
     ) -> list[tuple[PortForward, Operation]]:
         """All or nothing: the caller's transaction rolls back on the first problem, which
-        names the failing item."""
+        names the failing item. The batch asks each project's `port_forwards` quota for all
+        its items at once (409 over-quota before any item)."""
+        asked = Counter(create_project(self.session, self.caller, b.project_id) for b in bodies)
+        for project_id, count in asked.items():
+            QuotaGuard(self.session).charge(project_id, {Quota.PORT_FORWARDS: count})
         self._batch = True
         created = []
         for index, body in enumerate(bodies):
             self._item = index
             try:
-                created.append(self.create(body))
+                created.append(self._create(body))
             except DomainError as exc:
                 exc.detail = f"port_forwards[{index}]: {exc.detail}"
                 exc.extra = {**exc.extra, "index": index}

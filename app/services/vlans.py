@@ -6,6 +6,11 @@ that the host can carry it (the backend chosen from the probed facts and the tru
 VLANs), and claims the kernel name a host address on the VLAN will use (and, with bridge_per_vlan,
 the uplink's sub-interface); then it writes the row and an operation. The supervisor
 releases the claims when it removes the row. Anything refused leaves nothing behind.
+
+The VID is the request's `vlan_id` (a member's must lie in its project's VLAN ranges) or,
+left out, the lowest id of the project's ranges that is free on the trunk
+(app.services.quotas.choose_vid); these checks come before the host's kernel is asked
+(host-lacks-feature), and the project's `vlans` quota is charged before either.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from app.db.repositories import (
 )
 from app.db.session import Session
 from app.domain.errors import BeingDeleted, Conflict, NameTaken, NotFound
-from app.domain.tenancy import LOCAL_ADMIN, Caller
+from app.domain.tenancy import LOCAL_ADMIN, Caller, Quota
 from app.domain.vlans import (
     TrunkNames,
     VlanBackend,
@@ -40,7 +45,17 @@ from app.schemas.vlans import VlanCreate, VlanUpdate
 from app.services.in_use import InUseGuard
 from app.services.links import find_bridge, name_holder, refuse_foreign
 from app.services.operations import record_operation
+from app.services.quotas import QuotaGuard, choose_vid
 from app.services.scoping import create_project, create_scope, list_scope
+
+
+class VidTakenMeanwhile(Conflict):
+    """The VLAN id chosen for a request without `vlan_id` (and whose kernel names the API
+    asked the host about) was taken by another create before this one's transaction: the
+    API chooses again (create_vlan retries)."""
+
+    kind = "vlan-id-taken-meanwhile"
+    title = "The chosen VLAN id was taken meanwhile"
 
 
 def candidate_names(trunk: str, vid: int, uplink: str | None = None) -> list[str]:
@@ -134,26 +149,47 @@ class VlanService:
             )
         return bridge
 
+    def next_vid(self, trunk_ref: str, project_id: str | None = None) -> int:
+        """The VID a create on this trunk without `vlan_id` in project `project_id` (its
+        body's; None: the caller's) would get now (what the API asks the host about before
+        the create's transaction)."""
+        project = create_project(self.session, self.caller, project_id)
+        self.scope = create_scope(self.caller, project)
+        trunk = self.trunk(trunk_ref)
+        return choose_vid(self.session, project, self.caller.principal, trunk.id, trunk.name, None)
+
     def create(
         self,
         body: VlanCreate,
         facts: VlanFacts,
         foreign: Mapping[str, dict[str, Any] | None] | None = None,
+        probed_vid: int | None = None,
     ) -> tuple[Vlan, Operation]:
         """`facts`: what the host's kernel offers (probed); `foreign`: for the kernel names
-        of candidate_names(), the host link of that name that is not ours, if any."""
+        of candidate_names(), the host link of that name that is not ours, if any;
+        `probed_vid`: without `vlan_id`, the VID `foreign` was asked for (next_vid): another
+        one chosen now is VidTakenMeanwhile."""
         project_id = create_project(self.session, self.caller, body.project_id)
         self.scope = create_scope(self.caller, project_id)
         self._refuse_name_taken(body.name, project_id)
+        QuotaGuard(self.session).charge(project_id, {Quota.VLANS: 1})
         trunk = self.trunk(body.trunk)
+        vid = choose_vid(
+            self.session, project_id, self.caller.principal, trunk.id, trunk.name, body.vlan_id
+        )
+        if body.vlan_id is None and probed_vid is not None and vid != probed_vid:
+            raise VidTakenMeanwhile(
+                f"VLAN id {probed_vid} on trunk {trunk.name!r} was taken while this request "
+                f"ran; {vid} is the next free one: send the request again"
+            )
         on_trunk = self.vlans.on_trunk(trunk.id)
-        holder = self.vlans.holding(trunk.id, body.vlan_id)
+        holder = self.vlans.holding(trunk.id, vid)
         if holder is not None and not self.scope.sees(holder.project_id):
-            raise Conflict(f"VLAN {body.vlan_id} on trunk {trunk.name!r} is taken")
+            raise Conflict(f"VLAN {vid} on trunk {trunk.name!r} is taken")
         if holder is not None:
             state = " (being deleted)" if holder.deleted else ""
             raise Conflict(
-                f"VLAN {body.vlan_id} on trunk {trunk.name!r} is VLAN {holder.name!r}{state}",
+                f"VLAN {vid} on trunk {trunk.name!r} is VLAN {holder.name!r}{state}",
                 holder={"id": holder.id, "name": holder.name},
             )
         trunk_backend = VlanBackend(on_trunk[0].backend) if on_trunk else None
@@ -162,7 +198,7 @@ class VlanService:
             id=new_id(),
             project_id=project_id,
             name=body.name,
-            vlan_id=body.vlan_id,
+            vlan_id=vid,
             trunk_id=trunk.id,
             backend=backend.value,
             requested_backend=body.backend.value,
@@ -170,12 +206,12 @@ class VlanService:
             observed_objects=[],
             generation=1,
         )
-        self._claim(l3_interface_name(backend, trunk.ifname, body.vlan_id), row.id, foreign or {})
+        self._claim(l3_interface_name(backend, trunk.ifname, vid), row.id, foreign or {})
         uplink = self.vlans.trunks([trunk.id])[trunk.id].uplink
         if backend is VlanBackend.BRIDGE_PER_VLAN and uplink is not None:
             # the uplink's sub-interface is the VLAN's too (an uplink set later: its own
             # service claims it; until then the supervisor's create fails on a foreign one)
-            self._claim(subinterface_name(uplink, body.vlan_id), row.id, foreign or {})
+            self._claim(subinterface_name(uplink, vid), row.id, foreign or {})
         self.vlans.add(row)
         return row, record_operation(self.session, "create", "vlan", row, self.caller)
 

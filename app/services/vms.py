@@ -51,6 +51,7 @@ from app.services.links import require_alive, vid_backends, vlan_port
 from app.services.networks import PortClaims, fixed_address
 from app.services.operations import record_operation
 from app.services.ports import LeaseReader
+from app.services.quotas import QuotaGuard, vm_asks
 from app.services.scoping import create_project, create_scope, list_scope
 from app.services.segments import find_segment, join_port
 
@@ -133,7 +134,10 @@ class VmService:
     # ---- create ----------------------------------------------------------------------------
 
     def create(
-        self, body: VmCreate, host: HostFacts, leases: LeaseReader | None = None
+        self,
+        body: VmCreate,
+        host: HostFacts,
+        leases: LeaseReader | None = None,
     ) -> tuple[Vm, list[VmNic], Operation]:
         """`leases` reads a managed network's DHCP leases (a fixed address leased to another
         MAC is refused)."""
@@ -145,6 +149,7 @@ class VmService:
                 f"VM {holder.name!r} ({holder.id}) has this name: VM names are host names, "
                 "unique within a project without regard to case (RFC 4343)"
             )
+        QuotaGuard(self.session).charge(project_id, vm_asks(body.vcpus, body.memory_mib))
         vm_id = new_id()
         taken_macs = VmRepository(self.session).nic_macs()
         nics = [
@@ -404,6 +409,11 @@ class VmPowerService:
         changes = self._changes(row, wanted)
         if not changes:
             return row, None
+        # what the change adds to the project's vcpus and memory_mib (the VM's current
+        # values are in the usage already); a decrease asks for nothing
+        more_vcpus = changes.get("vcpus", row.vcpus) - row.vcpus
+        more_memory = changes.get("memory_mib", row.memory_mib) - row.memory_mib
+        QuotaGuard(self.session).charge(row.project_id, vm_asks(more_vcpus, more_memory, vms=0))
         for name, value in changes.items():
             setattr(row, name, value)
         spec = vm_spec(row, self.vms.nics(row.id))

@@ -156,7 +156,11 @@ def _vlans_possible(world: World) -> None:
 def _populate(world: World) -> None:
     db = world.client.app.state.context.db  # type: ignore[attr-defined]
     _vlans_possible(world)
-    world.projects = {"own": make_project(db, "own"), "other": make_project(db, "other")}
+    ranges = {"vlan_ranges": [[100, 3999]]}  # a member's VLAN ids come from them
+    world.projects = {
+        "own": make_project(db, "own", **ranges),
+        "other": make_project(db, "other", **ranges),
+    }
     world.tokens = {role: make_token(db, world.projects["own"], role) for role in ROLES}
     for where, subnet in (("own", OWN_NET), ("other", OTHER_NET)):
         bridge = f"br{where[:2]}"
@@ -333,6 +337,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/v1/projects"): ok(200, projectless=True),
     ("POST", "/v1/projects"): ok(201, body=lambda w, p: {"name": f"np{w.next()}"}, admin_only=True),
     ("GET", "/v1/projects/{project_id}"): ok(200),
+    ("GET", "/v1/projects/{project_id}/usage"): ok(200),
     ("PATCH", "/v1/projects/{project_id}"): ok(200, body=lambda w, p: {}, own_forbidden=True),
     ("DELETE", "/v1/projects/{project_id}"): ok(204, fresh="project", own_forbidden=True),
     ("GET", "/v1/projects/{project_id}/tokens"): ok(200, reader_forbidden=True),

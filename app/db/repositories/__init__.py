@@ -72,6 +72,7 @@ from app.db.repositories.projects import (
     token_page,
     touch_tokens,
 )
+from app.db.repositories.quotas import quota_usages, trunk_vids
 from app.db.repositories.segments import (
     Port,
     SegmentTable,
@@ -195,6 +196,7 @@ __all__ = [
     "project_page",
     "project_token",
     "protected_nics",
+    "quota_usages",
     "readable_segment",
     "record_forward_outcomes",
     "record_nic_addresses",
@@ -213,6 +215,7 @@ __all__ = [
     "tap_port_vlans",
     "token_page",
     "touch_tokens",
+    "trunk_vids",
     "trunks_to_release",
     "unregister_table",
     "uplink_moves",

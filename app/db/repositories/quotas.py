@@ -1,0 +1,65 @@
+"""What a project uses of each quota (app.domain.tenancy.Quota), counted from the desired
+state, and the VLAN ids a trunk holds.
+
+Usage counts the rows that are not `deleted`: a resource being deleted (its delete accepted,
+the supervisor still removing its kernel objects) no longer counts, so a delete frees its
+share at once, as the API's answer to the delete says it is going. vms, vcpus and
+memory_mib count every VM that is not deleted, whatever its power state (a stopped VM can
+start again at any time without asking). A VM's NIC taps are the VM's, not `taps` (tap
+resources only).
+
+Each count is one aggregate query on the project's indexed `project_id`. The quota guard
+(app.services.quotas) asks them inside the unit of work that inserts, which holds the
+database's write lock (app.db.session.Database), so no other create can slip in between
+count and insert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import Bridge, Network, PortForward, Tap, Vlan, Vm
+from app.domain.tenancy import Quota
+
+VM_QUOTAS = (Quota.VMS, Quota.VCPUS, Quota.MEMORY_MIB)
+COUNTED: dict[Quota, type[Tap | Bridge | Vlan | Network | PortForward]] = {
+    Quota.TAPS: Tap,
+    Quota.BRIDGES: Bridge,
+    Quota.VLANS: Vlan,
+    Quota.NETWORKS: Network,
+    Quota.PORT_FORWARDS: PortForward,
+}
+
+
+def quota_usages(session: Session, project_id: str, quotas: Iterable[Quota]) -> dict[Quota, int]:
+    """The project's usage of each of `quotas`: its live rows, or for vcpus and memory_mib
+    the sum over its live VMs (the three VM quotas in one query)."""
+    wanted = list(quotas)
+    usage: dict[Quota, int] = {}
+    if any(q in VM_QUOTAS for q in wanted):
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(Vm.vcpus), 0),
+            func.coalesce(func.sum(Vm.memory_mib), 0),
+        ).where(Vm.project_id == project_id, Vm.deleted.is_(False))
+        counted = dict(zip(VM_QUOTAS, session.execute(query).one(), strict=True))
+        usage.update({q: int(counted[q]) for q in wanted if q in VM_QUOTAS})
+    for quota in wanted:
+        if quota not in VM_QUOTAS:
+            model = COUNTED[quota]
+            count = (
+                select(func.count())
+                .select_from(model)
+                .where(model.project_id == project_id, model.deleted.is_(False))
+            )
+            usage[quota] = int(session.scalar(count) or 0)
+    return usage
+
+
+def trunk_vids(session: Session, trunk_id: str) -> set[int]:
+    """The VLAN ids held on a trunk, by any project (a VLAN being deleted keeps its id
+    until its kernel objects are gone, as VlanRepository.holding says)."""
+    return set(session.scalars(select(Vlan.vlan_id).where(Vlan.trunk_id == trunk_id)))
