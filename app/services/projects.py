@@ -228,6 +228,7 @@ class TokenService:
         """The new token row and its secret (returned this once; only its hash is kept)."""
         project = self._project_for(project_ref, body.role)
         expires_at = expiry(body.expires_at, body.expires_in_s, self.now)
+        self._refuse_outliving_the_maker(expires_at)
         secret = new_secret()
         row = ApiToken(
             id=new_id(),
@@ -248,6 +249,23 @@ class TokenService:
             _who(self.principal),
         )
         return row, secret
+
+    def _refuse_outliving_the_maker(self, expires_at: dt.datetime | None) -> None:
+        """A token made with an expiring token expires no later than it (403): otherwise a
+        token about to expire would mint one that never does, as Proxmox keeps an API
+        token's expiry within its user's."""
+        if self.principal.token_id is None:  # the unix socket, the first-start admin token
+            return
+        maker = project_token(self.session, self.principal.project_id, self.principal.token_id)
+        limit = None if maker is None else maker.expires_at
+        if limit is None:
+            return
+        limit = limit if limit.tzinfo is not None else limit.replace(tzinfo=dt.UTC)
+        if expires_at is None or expires_at > limit:
+            raise Forbidden(
+                f"this token expires at {limit.isoformat()}: the tokens it makes must expire "
+                "by then (give expires_at or expires_in_s)"
+            )
 
     def page(
         self, project_ref: str, limit: int, cursor: str | None

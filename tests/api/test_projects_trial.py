@@ -9,6 +9,7 @@ even in a 409's `detail` or `holder` (README "Projects: what a token sees")."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -77,6 +78,33 @@ def test_token_expires_at_null_means_it_never_expires(api: TestClient) -> None:
     body = {"role": "reader", "expires_at": "2020-01-01T00:00:00Z"}
     r = api.post(f"/v1/projects/{acme}/tokens", json=body)
     assert r.status_code == 422 and "not in the future" in r.text, r.text
+
+
+def test_an_expiring_token_makes_no_token_that_outlives_it(api: TestClient) -> None:
+    """A member token expiring in 60 s made a member token that never expires (201,
+    `expires_at: null`), so a short-lived credential could outlive itself forever. Now the
+    tokens it makes expire no later than it (403 otherwise, nothing stored)."""
+    db = _db(api)
+    acme = make_project(db, "acme")
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+    maker = auth(make_token(db, acme, "member", expires_at=soon))
+    url = f"/v1/projects/{acme}/tokens"
+    before = [t["id"] for t in api.get(url).json()["items"]]
+    for body in (
+        {"role": "reader"},
+        {"role": "member", "expires_in_s": 3600},
+        {"role": "reader", "expires_at": (soon + dt.timedelta(seconds=1)).isoformat()},
+    ):
+        r = api.post(url, json=body, headers=maker)
+        assert r.status_code == 403, (body, r.text)
+        assert r.headers["content-type"].startswith(PROBLEM) and "expire" in r.json()["detail"]
+    assert [t["id"] for t in api.get(url).json()["items"]] == before  # nothing made
+    r = api.post(url, json={"role": "reader", "expires_in_s": 60}, headers=maker)
+    assert r.status_code == 201, r.text
+    # a token without expiry, the unix socket and the admin token are not limited
+    forever = auth(make_token(db, acme, "member"))
+    assert api.post(url, json={"role": "reader"}, headers=forever).status_code == 201
+    assert api.post(url, json={"role": "reader"}).status_code == 201
 
 
 # ---- left for the lead ------------------------------------------------------------------------
