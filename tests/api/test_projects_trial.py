@@ -308,3 +308,28 @@ def test_an_admin_names_the_project_of_a_create_by_name(api: TestClient) -> None
     r = api.post("/v1/bridges", json={"name": "br0", "project_id": "beta"})
     assert r.status_code in (201, 202), r.text
     assert r.json()["project_id"] == beta
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: a GET /v1/events stream opened with a token keeps carrying the "
+    "project's events after that token is revoked (tap.pending ... tap.deleted seen over "
+    "TCP); revocation is to take effect at once (issue 11 item 2)",
+)
+def test_a_revoked_tokens_event_stream_carries_nothing_more(api: TestClient) -> None:
+    db = _db(api)
+    acme = make_project(db, "acme")
+    reader = make_token(db, acme, "reader")
+    token_id = api.get("/v1/auth/token", headers=auth(reader)).json()["token_id"]
+    seen: list[str] = []
+    with api.stream("GET", "/v1/events", headers=auth(reader)) as stream:
+        assert stream.status_code == 200
+        revoked = api.delete(f"/v1/projects/{acme}/tokens/{token_id}")
+        assert revoked.status_code == 200, revoked.text
+        made = api.post("/v1/taps", json={"name": "t", "project_id": acme})
+        assert made.status_code == 202, made.text
+        for line in stream.iter_lines():  # ends when the stream does (the fix)
+            if line.startswith("data: ") and '"tap.' in line:
+                seen.append(line)
+                break
+    assert seen == []
