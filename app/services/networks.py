@@ -402,8 +402,11 @@ class PortClaims:
     and checks in memory. Writers are serialized, so nothing claims a port between the read
     and the insert."""
 
-    def __init__(self, session: Session, preload: bool = False) -> None:
+    def __init__(self, session: Session, preload: bool = False, scope: Scope | None = None) -> None:
+        """`scope`: what the caller sees (Caller.scope); a clash with another project's
+        claim names no forward, VM or id of it (None: the daemon itself, sees all)."""
         self.session = session
+        self.scope = scope
         self.preloaded = preload
         # owner id -> how to name it, for claims of this request (stored nowhere yet)
         self.labels: dict[str, str] = {}
@@ -465,15 +468,22 @@ class PortClaims:
             return self.labels[claim.owner_id]
         if claim.owner == "port_forward":
             forward = PortForwardRepository(self.session).get(claim.owner_id)
-            if forward is not None:
-                return f"port forward {forward.name!r} ({forward.id})"
-            return f"port forward {claim.owner_id}"
+            if forward is None:
+                return f"port forward {claim.owner_id}"
+            if not self._sees(forward.project_id):
+                return "a port forward of another project"
+            return f"port forward {forward.name!r} ({forward.id})"
         vms = VmRepository(self.session)
         nic = vms.nic(claim.owner_id)
         vm = None if nic is None else vms.get(nic.vm_id)
         if nic is None or vm is None:
             return f"the user-networking forward of VM NIC {claim.owner_id}"
+        if not self._sees(vm.project_id):
+            return "the user-networking forward of another project's VM"
         return f"the user-networking forward of VM {vm.name!r} NIC {nic.position}"
+
+    def _sees(self, project_id: str) -> bool:
+        return self.scope is None or self.scope.sees(project_id)
 
 
 class PortForwardService:
@@ -527,7 +537,7 @@ class PortForwardService:
         # the ports first: a forward posted again, or twice in a batch, is a port clash
         # (its derived name would be taken too, which says less)
         if self._claims is None:
-            self._claims = PortClaims(self.session, preload=self._batch)
+            self._claims = PortClaims(self.session, self._batch, self.caller.scope)
         if self._item is not None:
             self._claims.labels[row_id] = f"item {self._item} of this batch ({name!r})"
         self._claims.claim(body.protocol, str(listen), span, "port_forward", row_id)

@@ -256,7 +256,8 @@ class VmService:
 
     def claim_port(self, protocol: str, address: str, port: int, nic_id: str) -> None:
         """Claim a host port; 0.0.0.0 clashes with every address on that port."""
-        PortClaims(self.session).claim(protocol, address, PortSpan(port, port), "vm_nic", nic_id)
+        claims = PortClaims(self.session, scope=self.caller.scope)
+        claims.claim(protocol, address, PortSpan(port, port), "vm_nic", nic_id)
 
     def free_port(self, ports: Iterable[int]) -> int:
         used = HostPortRepository(self.session).ports("tcp", "127.0.0.1")

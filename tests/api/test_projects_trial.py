@@ -50,6 +50,11 @@ def _conflict_naming_nothing_of(r: Any, *secrets: str) -> dict[str, Any]:
     return body
 
 
+def _project_of(api: TestClient, who: dict[str, str]) -> str:
+    project: str = api.get("/v1/auth/token", headers=who).json()["project_id"]
+    return project
+
+
 def _bridge_and_network(api: TestClient, who: dict[str, str], subnet: str) -> dict[str, Any]:
     bridge = _made(api.post("/v1/bridges", json={"name": "br0"}, headers=who))
     body = {"name": "net", "bridge": "br0", "subnet": subnet, "nat": {"enabled": True}}
@@ -166,11 +171,6 @@ def test_a_subnet_holding_another_projects_link_address_does_not_name_it(
     _conflict_naming_nothing_of(r, "'lk3'", bridge["ifname"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trial11: a port forward on a host port another project's forward holds is a 409 "
-    "naming that forward and its id ('clashes with port forward 'tcp-any-8080' (<id>)')",
-)
 def test_a_host_port_clash_with_another_projects_forward_does_not_name_it(
     api: TestClient,
 ) -> None:
@@ -187,7 +187,38 @@ def test_a_host_port_clash_with_another_projects_forward_does_not_name_it(
     forward = {"network": "net", "vm": "web", "protocol": "tcp", "port": 8080, "target_port": 80}
     theirs = _made(api.post("/v1/port-forwards", json=forward, headers=alpha))
     r = api.post("/v1/port-forwards", json=forward, headers=beta)
+    problem = _conflict_naming_nothing_of(r, theirs["id"], theirs["name"])
+    assert "a port forward of another project" in problem["detail"], problem
+    batch = {"port_forwards": [forward | {"port": 8081}, forward]}
+    r = api.post("/v1/port-forwards/batch", json=batch, headers=beta)
     _conflict_naming_nothing_of(r, theirs["id"], theirs["name"])
+    # a VM's user-networking forward on that port, and the other way round
+    user_vm = {
+        "name": "u",
+        "power_state": "stopped",
+        "boot": {"kernel": "/nonexistent"},
+        "nics": [
+            {
+                "backend": "user",
+                "user": {"forwards": [{"protocol": "tcp", "host_port": 8080, "guest_port": 22}]},
+            }
+        ],
+    }
+    r = api.post("/v1/vms", json=user_vm, headers=beta)
+    _conflict_naming_nothing_of(r, theirs["id"], theirs["name"])
+    mine = user_vm | {
+        "nics": [
+            user_vm["nics"][0]
+            | {"user": {"forwards": [{"protocol": "tcp", "host_port": 9090, "guest_port": 22}]}}
+        ]
+    }
+    _made(api.post("/v1/vms", json=mine, headers=alpha))
+    r = api.post("/v1/port-forwards", json=forward | {"port": 9090}, headers=beta)
+    problem = _conflict_naming_nothing_of(r, "'u'")
+    assert "another project's VM" in problem["detail"], problem
+    # the admin still sees whose it is
+    r = api.post("/v1/port-forwards", json=forward | {"project_id": _project_of(api, beta)})
+    assert theirs["name"] in r.json()["detail"], r.text
 
 
 @pytest.mark.xfail(
