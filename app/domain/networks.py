@@ -115,12 +115,14 @@ def plan_addressing(
     return Addressing(subnet, gateway, start, end)
 
 
-def check_no_overlap(subnet: IPv4Network, others: Iterable[tuple[str, str]]) -> None:
-    """`others`: (network name, subnet) of every other network."""
+def check_no_overlap(subnet: IPv4Network, others: Iterable[tuple[str | None, str]]) -> None:
+    """`others`: (network name, subnet) of every other network; the name None for one the
+    caller may not see (another project's: named only as that)."""
     for name, other_text in others:
         other = IPv4Network(other_text)
         if subnet.overlaps(other):
-            raise Conflict(f"subnet {subnet} overlaps {other} of network {name!r}")
+            whose = "a network of another project" if name is None else f"network {name!r}"
+            raise Conflict(f"subnet {subnet} overlaps {other} of {whose}")
 
 
 def allocate_address(

@@ -210,7 +210,14 @@ class NetworkService:
         plan = plan_addressing(
             body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
         )
-        check_no_overlap(plan.subnet, self.networks.subnets())
+        seen = self.caller.scope.sees
+        check_no_overlap(
+            plan.subnet,
+            [
+                (name if seen(project) else None, net)
+                for name, net, project in self.networks.subnets()
+            ],
+        )
         check_subnet_free(plan.subnet, segment.l3_interface, address_holders(self.session))
         clash = foreign_clash(plan.subnet, host_prefixes, own_addresses(self.session))
         if clash is not None:

@@ -115,11 +115,6 @@ def test_an_expiring_token_makes_no_token_that_outlives_it(api: TestClient) -> N
 # ---- left for the lead ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trial11: a network subnet overlapping another project's network is a 409 whose "
-    "detail names that network ('overlaps 10.50.0.0/24 of network 'net'')",
-)
 def test_a_subnet_overlapping_another_projects_network_does_not_name_it(api: TestClient) -> None:
     alpha, beta = _tenants(api)
     _bridge_and_network(api, alpha, "10.50.0.0/24")
@@ -127,8 +122,15 @@ def test_a_subnet_overlapping_another_projects_network_does_not_name_it(api: Tes
     _made(api.post("/v1/bridges", json={"name": "br0"}, headers=beta))
     body = {"name": "other", "bridge": "br0", "subnet": "10.50.0.0/24"}
     r = api.post("/v1/networks", json=body, headers=beta)
-    _conflict_naming_nothing_of(r, "'net'")
+    problem = _conflict_naming_nothing_of(r, "'net'", "secret-alpha")
+    assert "overlaps 10.50.0.0/24 of a network of another project" in problem["detail"]
     assert api.get("/v1/networks", headers=beta).json()["items"] == []
+    # alpha's own second network, and the admin, are told which
+    _made(api.post("/v1/bridges", json={"name": "br1"}, headers=alpha))
+    r = api.post("/v1/networks", json=body | {"name": "n2", "bridge": "br1"}, headers=alpha)
+    assert r.status_code == 409 and "of network 'net'" in r.text, r.text
+    r = api.post("/v1/networks", json=body | {"project_id": _project_of(api, beta)})
+    assert r.status_code == 409 and "of network 'net'" in r.text, r.text
 
 
 @pytest.mark.xfail(

@@ -48,10 +48,12 @@ class NetworkRepository(ResourceRepository[Network]):
         """The network on a bridge, tap or VLAN row (deleted or not)."""
         return network_of_object(self.session, obj)
 
-    def subnets(self, except_id: str | None = None) -> list[tuple[str, str]]:
-        """(name, subnet) of every network but one."""
-        query = select(Network.name, Network.subnet).where(Network.id != (except_id or ""))
-        return [(name, subnet) for name, subnet in self.session.execute(query)]
+    def subnets(self, except_id: str | None = None) -> list[tuple[str, str, str]]:
+        """(name, subnet, project id) of every network but one."""
+        query = select(Network.name, Network.subnet, Network.project_id).where(
+            Network.id != (except_id or "")
+        )
+        return [(name, subnet, project) for name, subnet, project in self.session.execute(query)]
 
     def nics(self, network_id: str) -> Sequence[VmNic]:
         return self.session.scalars(select(VmNic).where(VmNic.network_id == network_id)).all()
