@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from app.domain.errors import Conflict, InvalidInput
@@ -427,8 +427,19 @@ class AddressHolder:
     name: str
     link: str
     address: str
+    project_id: str | None = None
+    # another project's, to the caller: named by kind only (no name, link or address)
+    hidden: bool = False
 
-    def as_dict(self) -> dict[str, str]:
+    def hidden_unless(self, sees: Callable[[str], bool]) -> AddressHolder:
+        """This holder as a caller who `sees` some projects may know it."""
+        if self.project_id is None or sees(self.project_id):
+            return self
+        return replace(self, hidden=True)
+
+    def as_dict(self) -> dict[str, str | None]:
+        if self.hidden:
+            return {"kind": self.kind, "name": "(another project's)", "link": None, "ip": None}
         return {"kind": self.kind, "name": self.name, "link": self.link, "ip": self.address}
 
 
@@ -441,9 +452,10 @@ def check_link_address(link: str, address: IPv4Interface, held: Iterable[Address
     for holder in held:
         theirs = IPv4Interface(holder.address)
         if holder.kind == "network" and holder.link != link and address.ip in theirs.network:
+            whose = _describe(holder) if holder.hidden else f"network {holder.name!r}"
+            on = "" if holder.hidden else f" on {holder.link}"
             raise Conflict(
-                f"address {address} lies in subnet {theirs.network} of network "
-                f"{holder.name!r} on {holder.link}",
+                f"address {address} lies in subnet {theirs.network} of {whose}{on}",
                 holder=holder.as_dict(),
             )
         if address.ip == theirs.ip:
@@ -458,13 +470,17 @@ def check_subnet_free(subnet: IPv4Network, link: str, held: Iterable[AddressHold
     for holder in held:
         ours = holder.kind in ("bridge", "tap") and holder.link != link
         if ours and IPv4Interface(holder.address).ip in subnet:
+            what = "an address" if holder.hidden else f"address {holder.address}"
             raise Conflict(
-                f"subnet {subnet} contains address {holder.address} of {_describe(holder)}",
+                f"subnet {subnet} contains {what} of {_describe(holder)}",
                 holder=holder.as_dict(),
             )
 
 
 def _describe(holder: AddressHolder) -> str:
+    if holder.hidden:
+        kind = "VM NIC" if holder.kind == "vm_nic" else holder.kind
+        return f"a {kind} of another project"
     if holder.kind == "network":
         return f"network {holder.name!r} (its gateway, on {holder.link})"
     if holder.kind == "vm_nic":

@@ -224,6 +224,7 @@ def check_addresses(
     added: Sequence[str],
     host_prefixes: Sequence[HostPrefix],
     own: dict[str, list[str]] | None = None,
+    scope: Scope | None = None,
 ) -> None:
     """The IPv4 addresses `added` to the link must be no one else's: 409 naming the holder
     (app.domain.networks.check_link_address), or the host interface and prefix that already
@@ -234,6 +235,8 @@ def check_addresses(
     if not wanted:
         return
     held = address_holders(session, row.id)
+    if scope is not None:  # another project's holder is named by its kind only
+        held = [holder.hidden_unless(scope.sees) for holder in held]
     own = own_addresses(session) if own is None else own
     for address in wanted:
         check_link_address(row.ifname, address, held)  # holders name links by kernel name
@@ -379,7 +382,9 @@ class BridgeService:
             generation=1,
         )
         _check_link(row)
-        check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
+        check_addresses(  # row not added yet
+            self.session, row, row.addresses, host_prefixes, scope=self.caller.scope
+        )
         _claim_name(self.session, new.ifname, "bridge", row.id, self.scope)
         self.bridges.add(row)
         return row, record_operation(self.session, "create", "bridge", row, self.caller)
@@ -414,7 +419,7 @@ class BridgeService:
         _check_link(row)  # the result as a whole; the transaction rolls back if refused
         for tap in self.taps.on_bridge(row.id):
             _check_tap_follows(tap, row)
-        check_addresses(self.session, row, added, host_prefixes, own)
+        check_addresses(self.session, row, added, host_prefixes, own, self.caller.scope)
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.caller)
 
@@ -513,7 +518,9 @@ class TapService:
         row.bridge_id, row.vlan_id = self._placement(body.bridge, body.vlan)
         self._check_tap(row)
         self._check_isolation(row, asked=body.isolated)
-        check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
+        check_addresses(  # row not added yet
+            self.session, row, row.addresses, host_prefixes, scope=self.caller.scope
+        )
         _claim_name(self.session, new.ifname, "tap", row.id, self.scope)
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.caller)
@@ -545,7 +552,7 @@ class TapService:
             return row, None
         self._check_tap(row)
         self._check_isolation(row, asked=changes.get("isolated") is True)
-        check_addresses(self.session, row, added, host_prefixes, own)
+        check_addresses(self.session, row, added, host_prefixes, own, self.caller.scope)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.caller)
 

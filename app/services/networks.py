@@ -210,15 +210,16 @@ class NetworkService:
         plan = plan_addressing(
             body.subnet, body.gateway, body.dhcp.range_start, body.dhcp.range_end
         )
-        seen = self.caller.scope.sees
+        sees = self.caller.scope.sees
         check_no_overlap(
             plan.subnet,
             [
-                (name if seen(project) else None, net)
+                (name if sees(project) else None, net)
                 for name, net, project in self.networks.subnets()
             ],
         )
-        check_subnet_free(plan.subnet, segment.l3_interface, address_holders(self.session))
+        held = [holder.hidden_unless(sees) for holder in address_holders(self.session)]
+        check_subnet_free(plan.subnet, segment.l3_interface, held)
         clash = foreign_clash(plan.subnet, host_prefixes, own_addresses(self.session))
         if clash is not None:
             raise Conflict(

@@ -133,12 +133,6 @@ def test_a_subnet_overlapping_another_projects_network_does_not_name_it(api: Tes
     assert r.status_code == 409 and "of network 'net'" in r.text, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trial11: a bridge or tap address in another project's network subnet, or equal "
-    "to another project's link address, is a 409 whose detail and holder name that network "
-    "or tap and its kernel link",
-)
 def test_a_link_address_clashing_with_another_projects_does_not_name_it(api: TestClient) -> None:
     alpha, beta = _tenants(api)
     made = _bridge_and_network(api, alpha, "10.50.0.0/24")
@@ -147,19 +141,27 @@ def test_a_link_address_clashing_with_another_projects_does_not_name_it(api: Tes
     secrets = ("'net'", made["bridge"]["ifname"], "'addr'", tap["ifname"])
     # in alpha's subnet, on another link
     r = api.post("/v1/bridges", json={"name": "b1", "addresses": ["10.50.0.5/24"]}, headers=beta)
-    problem = _conflict_naming_nothing_of(r, *secrets)
-    assert problem.get("holder") is None or problem["holder"].get("name") != "net", problem
+    problem = _conflict_naming_nothing_of(r, *secrets, "10.50.0.1")
+    assert "of a network of another project" in problem["detail"], problem
+    hidden = {"name": "(another project's)", "link": None, "ip": None}
+    assert problem["holder"] == {"kind": "network"} | hidden, problem
     # alpha's tap's own address
     r = api.post("/v1/bridges", json={"name": "b2", "addresses": ["10.70.0.1/24"]}, headers=beta)
+    problem = _conflict_naming_nothing_of(r, *secrets)
+    assert problem["holder"] == {"kind": "tap"} | hidden, problem
+    # and in a PATCH, on a tap
+    _made(api.post("/v1/taps", json={"name": "t"}, headers=beta))
+    r = api.patch("/v1/taps/t", json={"addresses": ["10.70.0.1/24"]}, headers=beta)
     _conflict_naming_nothing_of(r, *secrets)
-    assert api.get("/v1/bridges", headers=beta).json()["items"] == []
+    assert [b["name"] for b in api.get("/v1/bridges", headers=beta).json()["items"]] == []
+    # alpha itself, and the admin, are told whose
+    r = api.post("/v1/bridges", json={"name": "b3", "addresses": ["10.70.0.1/24"]}, headers=alpha)
+    assert r.status_code == 409 and "tap 'addr'" in r.text, r.text
+    body = {"name": "b4", "addresses": ["10.70.0.1/24"], "project_id": _project_of(api, beta)}
+    r = api.post("/v1/bridges", json=body)
+    assert r.status_code == 409 and "tap 'addr'" in r.text, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trial11: a network whose subnet holds another project's link address is a 409 "
-    "naming that bridge and its kernel link ('contains address ... of bridge 'lk3'')",
-)
 def test_a_subnet_holding_another_projects_link_address_does_not_name_it(
     api: TestClient,
 ) -> None:
@@ -170,7 +172,9 @@ def test_a_subnet_holding_another_projects_link_address_does_not_name_it(
     _made(api.post("/v1/bridges", json={"name": "br0"}, headers=beta))
     body = {"name": "n", "bridge": "br0", "subnet": "10.70.0.0/24"}
     r = api.post("/v1/networks", json=body, headers=beta)
-    _conflict_naming_nothing_of(r, "'lk3'", bridge["ifname"])
+    problem = _conflict_naming_nothing_of(r, "'lk3'", bridge["ifname"], "10.70.0.2")
+    assert "contains an address of a bridge of another project" in problem["detail"], problem
+    assert api.get("/v1/networks", headers=beta).json()["items"] == []
 
 
 def test_a_host_port_clash_with_another_projects_forward_does_not_name_it(

@@ -89,20 +89,25 @@ def address_holders(session: Session, exclude_link_id: str | None = None) -> lis
     ifnames: dict[str, str] = {}  # link row id -> its kernel name (what `link` names)
     held: list[AddressHolder] = []
     for model, kind in ((Bridge, "bridge"), (Tap, "tap")):
-        query = select(model.id, model.name, model.ifname, model.addresses, model.deleted)
-        for row_id, name, ifname, addresses, deleted in session.execute(query):
+        query = select(
+            model.id, model.name, model.ifname, model.addresses, model.deleted, model.project_id
+        )
+        for row_id, name, ifname, addresses, deleted, project in session.execute(query):
             ifnames[row_id] = ifname
             if deleted or row_id == exclude_link_id:
                 continue
-            held += [AddressHolder(kind, name, ifname, a) for a in _stored_ipv4(addresses)]
+            held += [AddressHolder(kind, name, ifname, a, project) for a in _stored_ipv4(addresses)]
     for network, interface, gateway in network_addresses(session):
-        held.append(AddressHolder("network", network.name, interface or "?", gateway))
+        held.append(
+            AddressHolder("network", network.name, interface or "?", gateway, network.project_id)
+        )
     nics = (
-        select(Vm.name, VmNic.position, VmNic.bridge_id, VmNic.tap_id, VmNic.ipv4)
+        select(Vm.name, VmNic.position, VmNic.bridge_id, VmNic.tap_id, VmNic.ipv4, Vm.project_id)
         .join(Vm, Vm.id == VmNic.vm_id)
         .where(VmNic.ipv4.is_not(None))
     )
-    for vm, position, bridge_id, tap_id, ipv4 in session.execute(nics):
+    for vm, position, bridge_id, tap_id, ipv4, project in session.execute(nics):
         link = ifnames.get(bridge_id or tap_id or "", "?")
-        held.append(AddressHolder("vm_nic", f"VM {vm!r} NIC {position}", link, f"{ipv4}/32"))
+        name = f"VM {vm!r} NIC {position}"
+        held.append(AddressHolder("vm_nic", name, link, f"{ipv4}/32", project))
     return held
