@@ -98,18 +98,25 @@ Addresses = Annotated[
 Id = Annotated[int, Field(ge=0, le=TUN_OWNER_MAX)]
 
 
+# control characters (Cc) and Unicode's own line and paragraph separators (Zl: U+2028, Zp:
+# U+2029), which break a line as a newline does (Unicode Standard Annex #14)
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+
+
 def _one_line_of_text(value: str) -> str:
-    bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+    bad = next((c for c in value if unicodedata.category(c) in _LINE_BREAKING), None)
     if bad is not None:
+        what = "control character" if unicodedata.category(bad) == "Cc" else "line separator"
         raise ValueError(
-            f"contains the control character {bad!r}: a description is one line of text "
-            "(no NUL, newline, tab or other C0/C1 control)"
+            f"contains the {what} {bad!r}: a description is one line of text "
+            "(no NUL, newline, tab or other C0/C1 control, no U+2028 or U+2029 separator)"
         )
     return value
 
 
-# the same rule for clients (JSON Schema `pattern`, ECMA-262): no U+0000-U+001F, U+007F-U+009F
-ONE_LINE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+# the same rule for clients (JSON Schema `pattern`, ECMA-262): no U+0000-U+001F, U+007F-U+009F,
+# U+2028, U+2029
+ONE_LINE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
 
 
 class _OneLine:
