@@ -155,16 +155,29 @@ def bearer_token(authorization: str | None) -> bytes:
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer":
         return b""
-    return token.lstrip(" ").encode("latin-1")
+    # RFC 9110 section 5.5: a field value has no leading or trailing whitespace
+    return token.strip(" \t").encode("latin-1")
+
+
+def _headers(scope: Scope, name: bytes) -> list[str]:
+    return [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name]
+
+
+class ConflictingTokens(Exception):
+    """The request presents more than one token (RFC 9110 section 5.3: Authorization is a
+    singleton field; X-Auth-Token must agree with it): which one it acts as is ambiguous."""
 
 
 def presented_token(scope: Scope) -> bytes:
-    """The token a request carries: `Authorization: Bearer <token>`, else OpenStack's
-    `X-Auth-Token: <token>` (what openstacksdk and the `openstack` CLI send); b"" if none."""
-    given = bearer_token(_header(scope, b"authorization"))
-    if given:
-        return given
-    return (_header(scope, b"x-auth-token") or "").strip(" ").encode("latin-1")
+    """The token a request carries: `Authorization: Bearer <token>` and/or OpenStack's
+    `X-Auth-Token: <token>` (what openstacksdk and the `openstack` CLI send); b"" if none.
+    ConflictingTokens when they name different tokens (or either is repeated with another)."""
+    given = {bearer_token(value) for value in _headers(scope, b"authorization")}
+    given |= {v.strip(" \t").encode("latin-1") for v in _headers(scope, b"x-auth-token")}
+    given.discard(b"")
+    if len(given) > 1:
+        raise ConflictingTokens
+    return given.pop() if given else b""
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 section 9.2.1
@@ -190,7 +203,18 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        principal = self._principal(scope, state.get("via_tcp", False))
+        try:
+            principal = self._principal(scope, state.get("via_tcp", False))
+        except ConflictingTokens:
+            await _send_problem(
+                send,
+                401,
+                scope,
+                extra_headers=[(b"www-authenticate", b'Bearer realm="kvmnetd"')],
+                detail="the request presents more than one token (two Authorization fields, "
+                "or X-Auth-Token and Authorization naming different tokens): send one",
+            )
+            return
         if principal is None:
             await _send_problem(
                 send,

@@ -151,8 +151,9 @@ ProjectIdIn = Annotated[
     str | None,
     Field(
         min_length=1,
-        max_length=36,
-        description="The project (its id) to create the resource in. Null or omitted: the "
+        max_length=64,
+        description="The project (its id, or its name) to create the resource in; the "
+        "resource keeps its id. Null or omitted: the "
         "caller's own project. Only an admin may name another one; 404 for an unknown "
         "project, and for a member naming any project but its own.",
         examples=["00000000-0000-4000-8000-000000000000"],

@@ -47,11 +47,11 @@ def list_scope(session: Session, caller: Caller, project: str | None) -> Scope:
 
 def create_project(session: Session, caller: Caller, project_id: str | None) -> str:
     """The project a create puts its resource in: the caller's own, or (an admin only) the
-    one the body names by id. 404 for an unknown project and for a member's other one."""
+    one the body names by id or name. 404 for an unknown project and for a member's other one."""
     if project_id is None or project_id == caller.project_id:
         return caller.project_id
-    found = ProjectRepository(session).get(project_id)
-    if found is None or not caller.is_admin:
+    found = _project(session, project_id)
+    if found is None or not (caller.is_admin or found.id == caller.project_id):
         raise NotFound(f"no project {project_id!r}")
     return found.id
 
