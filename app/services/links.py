@@ -49,6 +49,7 @@ from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 from app.services.quotas import QuotaGuard
+from app.services.restrictions import TAP_OWNER, require_admin_for
 from app.services.scoping import create_project, create_scope, list_scope, shared_object
 from app.services.segments import join_port, live_object
 
@@ -248,6 +249,14 @@ def _added(before: object, changes: dict[str, Any]) -> list[str]:
     """The addresses a PATCH adds (`before`: the stored list, which may be garbage)."""
     old = before if isinstance(before, list) else []
     return [a for a in changes.get("addresses") or () if a not in old]
+
+
+def _check_owner(caller: Caller, uid: int | None, gid: int | None) -> None:
+    """A tap's owner_uid/owner_gid (a host user and group that may open it) are an
+    admin's to give (403 naming the field); null (no owner) is anyone's."""
+    for field, value in (("owner_uid", uid), ("owner_gid", gid)):
+        if value is not None:
+            require_admin_for(caller, field, TAP_OWNER)
 
 
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
@@ -489,6 +498,7 @@ class TapService:
         409); `host_prefixes`: the host's addresses and connected routes now
         (check_addresses); `new`: its id, project and kernel name (NewLink.plan, as the API
         made it to ask the host about that name; planned here when not given)."""
+        _check_owner(self.caller, body.owner_uid, body.owner_gid)
         new = _new_link(self.session, self.caller, "tap", body.name, body.project_id, new)
         self.scope = create_scope(self.caller, new.project_id)
         _refuse_same_name(self.session, Tap, new, body.name)
@@ -524,6 +534,7 @@ class TapService:
         row = require_alive(self.taps.find(ref, self.scope), "tap", ref)
         assert isinstance(row, Tap)
         changes = body.changes()
+        _check_owner(self.caller, changes.get("owner_uid"), changes.get("owner_gid"))
         added = _added(row.addresses, changes)
         own = own_addresses(self.session) if added else None  # before the change is applied
         if "bridge" in changes or "vlan" in changes:
