@@ -49,7 +49,7 @@ from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 from app.services.quotas import QuotaGuard
-from app.services.restrictions import TAP_OWNER, require_admin_for
+from app.services.restrictions import HOST_IPV6, TAP_OWNER, require_admin_for
 from app.services.scoping import create_project, create_scope, list_scope, shared_object
 from app.services.segments import join_port, live_object
 
@@ -245,6 +245,14 @@ def check_addresses(
             )
 
 
+def _member_addresses(caller: Caller, added: Sequence[str]) -> None:
+    """A non-admin's host addresses are IPv4 only: those are checked against the host's
+    own prefixes (check_addresses, 409); an IPv6 one is not, and could take the host's
+    IPv6 routes (403)."""
+    if any(":" in text for text in added):
+        require_admin_for(caller, "addresses", HOST_IPV6)
+
+
 def _added(before: object, changes: dict[str, Any]) -> list[str]:
     """The addresses a PATCH adds (`before`: the stored list, which may be garbage)."""
     old = before if isinstance(before, list) else []
@@ -388,6 +396,7 @@ class BridgeService:
             generation=1,
         )
         _check_link(row)
+        _member_addresses(self.caller, row.addresses)
         check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
         _claim_name(self.session, new.ifname, "bridge", row.id, self.scope)
         self.bridges.add(row)
@@ -423,6 +432,7 @@ class BridgeService:
         _check_link(row)  # the result as a whole; the transaction rolls back if refused
         for tap in self.taps.on_bridge(row.id):
             _check_tap_follows(tap, row)
+        _member_addresses(self.caller, added)
         check_addresses(self.session, row, added, host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.caller)
@@ -523,6 +533,7 @@ class TapService:
         row.bridge_id, row.vlan_id = self._placement(body.bridge, body.vlan)
         self._check_tap(row)
         self._check_isolation(row, asked=body.isolated)
+        _member_addresses(self.caller, row.addresses)
         check_addresses(self.session, row, row.addresses, host_prefixes)  # row not added yet
         _claim_name(self.session, new.ifname, "tap", row.id, self.scope)
         self.taps.add(row)
@@ -556,6 +567,7 @@ class TapService:
             return row, None
         self._check_tap(row)
         self._check_isolation(row, asked=changes.get("isolated") is True)
+        _member_addresses(self.caller, added)
         check_addresses(self.session, row, added, host_prefixes, own)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.caller)

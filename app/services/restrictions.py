@@ -26,6 +26,11 @@ UNPRIVILEGED_PORTS = 1024
 
 RUN_AS = "a member could ask for uid 0 and run qemu as root"
 TAP_OWNER = "the tap's owner is a host user that may open it (and send on the host's links)"
+HOST_IPV6 = (
+    "an IPv6 host address on a bridge or tap is a route on the host, and unlike an IPv4 one "
+    "it is not checked against the host's own prefixes (it could take the host's traffic); "
+    "members give their links IPv4 addresses (or a managed network)"
+)
 SNAT_ADDRESS = (
     "a fixed SNAT source is one of the host's addresses (or anyone's): the provider's "
     "choice; members masquerade behind the outgoing interface's address"
