@@ -134,6 +134,8 @@ def test_a_members_boot_files_lie_in_the_images_directory(
     # a file missing there is 422 (a missing one elsewhere is still 403: no probing)
     answer = api.post("/v1/vms", json=vm_body(f"{images}/none.img"), headers=member)
     assert answer.status_code == 422, answer.text
+    answer = api.post("/v1/vms", json=vm_body(f"{disk}\0"), headers=member)  # a C string
+    assert answer.status_code == 422 and "NUL" in answer.json()["detail"], answer.text
     assert rows(api, Vm, project) == 0
 
     # inside: stored resolved (a relative path is taken within the directory), so a
