@@ -16,6 +16,7 @@ from pathlib import Path
 
 from app.domain.errors import Forbidden, InvalidInput
 from app.domain.tenancy import Caller
+from app.domain.vms import Backend
 from app.schemas.vms import BootIn, NicIn
 
 ADMINS = "an admin token or the unix socket"
@@ -47,10 +48,12 @@ USER_UNRESTRICTED = (
 )
 
 
-def require_admin_for(caller: Caller, field: str, why: str) -> None:
-    """403 naming `field` for a member or reader: `why` says what it would reach."""
+def require_admin_for(caller: Caller, field: str, why: str, what: str | None = None) -> None:
+    """403 naming `field` (the problem's `field`, a body location) for a member or reader:
+    `what` is what was asked (default: the field), `why` what it would reach."""
     if not caller.is_admin:
-        raise Forbidden(f"`{field}` is for admins only ({ADMINS}): {why}", field=field)
+        asked = what or f"`{field}`"
+        raise Forbidden(f"{asked} is for admins only ({ADMINS}): {why}", field=field)
 
 
 # ---- VMs ------------------------------------------------------------------------------------
@@ -98,9 +101,11 @@ def check_nics(caller: Caller, nics: Iterable[NicIn]) -> None:
         return
     for index, nic in enumerate(nics):
         if nic.socket is not None and nic.socket.mode == "mcast":
-            require_admin_for(caller, f"nics[{index}].socket.mode: mcast", MCAST)
-        if nic.backend.value == "user" and not (nic.user is not None and nic.user.restrict):
-            require_admin_for(caller, f"nics[{index}].user.restrict: false", USER_UNRESTRICTED)
+            field = f"nics[{index}].socket.mode"
+            require_admin_for(caller, field, MCAST, f"`{field}` mcast")
+        if nic.backend is Backend.USER and not (nic.user is not None and nic.user.restrict):
+            field = f"nics[{index}].user.restrict"
+            require_admin_for(caller, field, USER_UNRESTRICTED, f"a user NIC without `{field}`")
 
 
 # ---- ports ----------------------------------------------------------------------------------

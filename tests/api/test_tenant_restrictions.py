@@ -168,7 +168,7 @@ def test_socket_nics_of_members_stay_on_loopback_and_in_the_project(
     disk = image(settings)
     mcast = {"backend": "socket", "socket": {"mode": "mcast", "group": "230.0.0.1", "port": 5000}}
     answer = api.post("/v1/vms", json=vm_body(disk, nics=[mcast]), headers=member)
-    assert_forbidden(answer, "nics[0].socket.mode: mcast")
+    assert_forbidden(answer, "nics[0].socket.mode")
     assert rows(api, Vm, project) == 0
     assert api.post("/v1/vms", json=vm_body(disk, "vm9", nics=[mcast])).status_code == 202
 
@@ -193,7 +193,7 @@ def test_a_members_user_nic_is_restricted(api: TestClient, settings: Settings) -
     for user in (None, {"restrict": False}):
         nic = {"backend": "user", "user": user}
         answer = api.post("/v1/vms", json=vm_body(disk, nics=[nic]), headers=member)
-        assert_forbidden(answer, "nics[0].user.restrict: false")
+        assert_forbidden(answer, "nics[0].user.restrict")
         assert "restrict" in answer.json()["detail"] and "10.0.2.2" in answer.json()["detail"]
     assert rows(api, Vm, project) == 0
     forward = {"host_port": 20022, "guest_port": 22}
