@@ -206,6 +206,7 @@ def create_app(
         inspector=inspector,
         is_ready=lambda: all(w.ready.is_set() for w in (supervisor, vm_worker, network_worker)),
         vm_control=WorkerControl(vm_worker),
+        tenant_images=settings.images_dir,
         drain=drain,
     )
     app.state.drain = drain

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         "run_as (created by make run and deploy/install.sh); a VM whose user is missing "
         "fails with a status_reason, never falls back to root",
     )
+    tenant_images_dir: Path | None = Field(
+        None,
+        description="where a non-admin's boot files (boot.disk, kernel, initrd) must lie, "
+        "after symlinks and `..` are resolved; default STATE_DIR/images. qemu (qemu_user) "
+        "must be able to read them there",
+    )
     probe_kernel: Path | None = Field(
         None,
         description="guest kernel booted once to learn whether KVM really runs guests; "
@@ -68,6 +74,11 @@ class Settings(BaseSettings):
     @property
     def admin_token_file(self) -> Path:
         return self.token_file or self.state_dir / "admin-token"
+
+    @property
+    def images_dir(self) -> Path:
+        """The tenants' images directory (tenant_images_dir, default STATE_DIR/images)."""
+        return self.tenant_images_dir or self.state_dir / "images"
 
     @property
     def probe_kernel_path(self) -> Path | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Query, Request
@@ -36,6 +37,8 @@ class AppContext:
     inspector: HostInspector
     is_ready: Callable[[], bool]
     vm_control: VmControl
+    # where a non-admin's boot files must lie (settings: tenant_images_dir); None: nowhere
+    tenant_images: Path | None = None
     drain: Drain = field(default_factory=Drain)  # begun when the daemon starts stopping
     # the time now, timezone-aware UTC: token expiry and state (tests put the clock ahead)
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))

@@ -64,7 +64,9 @@ async def create_vm(
     ctx, caller = context(request), caller_of(request)
     host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
     leases = ctx.inspector.leases
-    row, _, op = await ctx.mutate(lambda s: VmService(s, caller).create(body, host, leases))
+    row, _, op = await ctx.mutate(
+        lambda s: VmService(s, caller).create(body, host, leases, ctx.tenant_images)
+    )
     return await _finish(ctx, response, row, op, wait, 201)
 
 
@@ -161,7 +163,9 @@ async def update_vm(
     is being deleted; 422 when the result would not be a valid VM."""
     ctx, caller = context(request), caller_of(request)
     host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
-    row, op = await ctx.mutate(lambda s: VmPowerService(s, caller).update(vm_id, body, host))
+    row, op = await ctx.mutate(
+        lambda s: VmPowerService(s, caller).update(vm_id, body, host, ctx.tenant_images)
+    )
     return await _finish(ctx, response, row, op, wait, 200)
 
 

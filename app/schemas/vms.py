@@ -305,6 +305,17 @@ AbsolutePath = Field(
 )
 
 
+def _no_nul(path: str) -> str:
+    """A host path never holds a NUL byte (the kernel's paths are C strings: 422 here, not
+    a failure where the path is resolved or handed to qemu)."""
+    if "\0" in path:
+        raise ValueError("a path cannot contain a NUL byte")
+    return path
+
+
+HostPath = Annotated[str, AfterValidator(_no_nul)]
+
+
 class BootIn(RequestModel):
     """Exactly one of `kernel` (with optional `initrd` and `cmdline`) or `disk`."""
 
@@ -318,10 +329,10 @@ class BootIn(RequestModel):
         }
     )
 
-    kernel: str | None = AbsolutePath
-    initrd: str | None = AbsolutePath
+    kernel: HostPath | None = AbsolutePath
+    initrd: HostPath | None = AbsolutePath
     cmdline: str | None = Field(None, max_length=4096, description="The kernel's command line")
-    disk: str | None = AbsolutePath
+    disk: HostPath | None = AbsolutePath
     snapshot: bool = False
 
 

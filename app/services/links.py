@@ -49,6 +49,7 @@ from app.schemas.links import BridgeCreate, BridgeUpdate, TapCreate, TapUpdate
 from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 from app.services.quotas import QuotaGuard
+from app.services.restrictions import HOST_IPV6, TAP_OWNER, require_admin_for
 from app.services.scoping import create_project, create_scope, list_scope, shared_object
 from app.services.segments import join_port, live_object
 
@@ -247,10 +248,26 @@ def check_addresses(
             )
 
 
+def _member_addresses(caller: Caller, added: Sequence[str]) -> None:
+    """A non-admin's host addresses are IPv4 only: those are checked against the host's
+    own prefixes (check_addresses, 409); an IPv6 one is not, and could take the host's
+    IPv6 routes (403)."""
+    if any(":" in text for text in added):
+        require_admin_for(caller, "addresses", HOST_IPV6)
+
+
 def _added(before: object, changes: dict[str, Any]) -> list[str]:
     """The addresses a PATCH adds (`before`: the stored list, which may be garbage)."""
     old = before if isinstance(before, list) else []
     return [a for a in changes.get("addresses") or () if a not in old]
+
+
+def _check_owner(caller: Caller, uid: int | None, gid: int | None) -> None:
+    """A tap's owner_uid/owner_gid (a host user and group that may open it) are an
+    admin's to give (403 naming the field); null (no owner) is anyone's."""
+    for field, value in (("owner_uid", uid), ("owner_gid", gid)):
+        if value is not None:
+            require_admin_for(caller, field, TAP_OWNER)
 
 
 def require_alive(row: Bridge | Tap | None, kind: str, ref: str) -> Bridge | Tap:
@@ -382,6 +399,7 @@ class BridgeService:
             generation=1,
         )
         _check_link(row)
+        _member_addresses(self.caller, row.addresses)
         check_addresses(  # row not added yet
             self.session, row, row.addresses, host_prefixes, scope=self.caller.scope
         )
@@ -419,6 +437,7 @@ class BridgeService:
         _check_link(row)  # the result as a whole; the transaction rolls back if refused
         for tap in self.taps.on_bridge(row.id):
             _check_tap_follows(tap, row)
+        _member_addresses(self.caller, added)
         check_addresses(self.session, row, added, host_prefixes, own, self.caller.scope)
         bump(row)
         return row, record_operation(self.session, "update", "bridge", row, self.caller)
@@ -494,6 +513,7 @@ class TapService:
         409); `host_prefixes`: the host's addresses and connected routes now
         (check_addresses); `new`: its id, project and kernel name (NewLink.plan, as the API
         made it to ask the host about that name; planned here when not given)."""
+        _check_owner(self.caller, body.owner_uid, body.owner_gid)
         new = _new_link(self.session, self.caller, "tap", body.name, body.project_id, new)
         self.scope = create_scope(self.caller, new.project_id)
         _refuse_same_name(self.session, Tap, new, body.name)
@@ -518,6 +538,7 @@ class TapService:
         row.bridge_id, row.vlan_id = self._placement(body.bridge, body.vlan)
         self._check_tap(row)
         self._check_isolation(row, asked=body.isolated)
+        _member_addresses(self.caller, row.addresses)
         check_addresses(  # row not added yet
             self.session, row, row.addresses, host_prefixes, scope=self.caller.scope
         )
@@ -531,6 +552,7 @@ class TapService:
         row = require_alive(self.taps.find(ref, self.scope), "tap", ref)
         assert isinstance(row, Tap)
         changes = body.changes()
+        _check_owner(self.caller, changes.get("owner_uid"), changes.get("owner_gid"))
         added = _added(row.addresses, changes)
         own = own_addresses(self.session) if added else None  # before the change is applied
         if "bridge" in changes or "vlan" in changes:
@@ -552,6 +574,7 @@ class TapService:
             return row, None
         self._check_tap(row)
         self._check_isolation(row, asked=changes.get("isolated") is True)
+        _member_addresses(self.caller, added)
         check_addresses(self.session, row, added, host_prefixes, own, self.caller.scope)
         bump(row)
         return row, record_operation(self.session, "update", "tap", row, self.caller)

@@ -81,6 +81,7 @@ from app.services.in_use import InUseGuard
 from app.services.operations import bump, record_operation
 from app.services.ports import LeaseReader
 from app.services.quotas import QuotaGuard
+from app.services.restrictions import SNAT_ADDRESS, check_forward_port, require_admin_for
 from app.services.scoping import create_project, create_scope, list_scope
 from app.services.segments import join
 
@@ -105,8 +106,9 @@ def _changeable(row: Network) -> tuple[object, ...]:
     )
 
 
-def _check_nat(nat: NatIn) -> None:
+def _check_nat(nat: NatIn, caller: Caller) -> None:
     if nat.snat_address is not None:
+        require_admin_for(caller, "nat.snat_address", SNAT_ADDRESS)
         address = parse_address(nat.snat_address, "snat_address")
         if address.is_multicast or address.is_unspecified or address.is_loopback:
             raise InvalidInput(f"snat_address {address} is not a usable unicast address")
@@ -227,7 +229,7 @@ class NetworkService:
                 interface=clash.interface,
                 prefix=clash.prefix,
             )
-        _check_nat(body.nat)
+        _check_nat(body.nat, self.caller)
         row = Network(
             id=new_id(),
             project_id=project_id,
@@ -286,7 +288,7 @@ class NetworkService:
         before = _changeable(row)
         sent = body.model_fields_set  # nat and dhcp refuse null; domain null clears it
         if "nat" in sent:
-            _check_nat(body.nat)
+            _check_nat(body.nat, self.caller)
             self._set_nat(row, body.nat)
         if "dhcp" in sent:
             plan = plan_addressing(
@@ -535,6 +537,7 @@ class PortForwardService:
 
     def _create(self, body: PortForwardCreate) -> tuple[PortForward, Operation]:
         span = check_forward_ports(body.port, body.end_port, body.target_port)
+        check_forward_port(self.caller, span.port)
         listen = listen_address(body.listen_address)
         project_id = create_project(self.session, self.caller, body.project_id)
         self.scope = create_scope(self.caller, project_id)

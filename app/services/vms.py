@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -52,6 +53,7 @@ from app.services.networks import PortClaims, fixed_address
 from app.services.operations import record_operation
 from app.services.ports import LeaseReader
 from app.services.quotas import QuotaGuard, vm_asks
+from app.services.restrictions import RUN_AS, check_nics, require_admin_for, tenant_boot
 from app.services.scoping import create_project, create_scope, list_scope
 from app.services.segments import find_segment, join_port
 
@@ -138,9 +140,12 @@ class VmService:
         body: VmCreate,
         host: HostFacts,
         leases: LeaseReader | None = None,
+        images: Path | None = None,
     ) -> tuple[Vm, list[VmNic], Operation]:
         """`leases` reads a managed network's DHCP leases (a fixed address leased to another
-        MAC is refused)."""
+        MAC is refused); `images`: the tenants' images directory, where a non-admin's boot
+        files must lie (app.services.restrictions, 403 otherwise, as for run_as)."""
+        body = self._restricted(body, images)
         project_id = create_project(self.session, self.caller, body.project_id)
         self.scope = create_scope(self.caller, project_id)
         holder = VmRepository(self.session).name_holder(body.name, project_id)
@@ -204,6 +209,14 @@ class VmService:
             )
         operation = record_operation(self.session, "create", "vm", row, self.caller)
         return row, nic_rows, operation
+
+    def _restricted(self, body: VmCreate, images: Path | None) -> VmCreate:
+        """The body as a non-admin may send it (403 naming the field otherwise), its boot
+        files resolved (what is stored and what qemu opens)."""
+        if body.run_as is not None:
+            require_admin_for(self.caller, "run_as", RUN_AS)
+        check_nics(self.caller, body.nics)
+        return body.model_copy(update={"boot": tenant_boot(self.caller, body.boot, images)})
 
     # ---- one NIC ---------------------------------------------------------------------------
 
@@ -394,11 +407,18 @@ class VmPowerService:
         row.intent_generation = row.generation
         return row, operation
 
-    def update(self, ref: str, body: VmPatch, host: HostFacts) -> tuple[Vm, Operation | None]:
+    def update(
+        self, ref: str, body: VmPatch, host: HostFacts, images: Path | None = None
+    ) -> tuple[Vm, Operation | None]:
         """PATCH: the new values, validated as a whole like a create; no power intent (a
-        crashed or stopped VM stays so). Fields qemu reads at start bump spec_generation."""
+        crashed or stopped VM stays so). Fields qemu reads at start bump spec_generation.
+        A non-admin's `run_as` (other than null) and boot files outside `images` are 403."""
         row = self.vms.get(ref)
         self._cell(row, VmVerb.PATCH)
+        if body.run_as is not None:
+            require_admin_for(self.caller, "run_as", RUN_AS)
+        if body.boot is not None:
+            body = body.model_copy(update={"boot": tenant_boot(self.caller, body.boot, images)})
         wanted: dict[str, Any] = {}
         for name in body.model_fields_set:
             value = getattr(body, name)

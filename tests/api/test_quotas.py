@@ -43,7 +43,10 @@ def rows(api: TestClient, model: Any, project: str) -> int:
 
 
 def vm_body(tmp_path: Path, name: str, **extra: Any) -> dict[str, Any]:
-    disk = tmp_path / "empty.img"
+    """A stopped VM on a disk in the tenants' images directory (STATE_DIR/images: the
+    `settings` fixture's state directory is tmp_path/state)."""
+    disk = tmp_path / "state" / "images" / "empty.img"
+    disk.parent.mkdir(exist_ok=True)
     disk.touch()
     return {"name": name, "memory_mib": 32, "boot": {"disk": str(disk)}, **extra} | {
         "power_state": "stopped"

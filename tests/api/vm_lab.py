@@ -51,6 +51,7 @@ class Lab:
             listen="",
             reconcile_interval=30,
             probe_kernel=self.base / "no-kernel",
+            tenant_images_dir=self.base,  # where disk() writes: members boot from there
         )
 
     @contextlib.contextmanager

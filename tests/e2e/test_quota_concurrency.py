@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -26,12 +25,13 @@ CREATES = 50
 QUOTA = 10
 
 
-def test_fifty_concurrent_creates_against_a_quota_of_ten(daemon: Daemon, tmp_path: Path) -> None:
+def test_fifty_concurrent_creates_against_a_quota_of_ten(daemon: Daemon) -> None:
     db = Database(f"sqlite:///{daemon.state_dir / 'kvmnetd.db'}")
     try:
         project = make_project(db, "acme", quotas={"vms": QUOTA})
         member = auth(make_token(db, project, "member"))
-        disk = tmp_path / "empty.img"
+        disk = daemon.state_dir / "images" / "empty.img"  # a member's: in the images dir
+        disk.parent.mkdir(exist_ok=True)
         disk.touch()
         answers = _create_at_once(daemon, member, str(disk))
 
