@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.db.session import Database
+from app.settings import Settings
 from tests.tenancy import auth, make_project, make_token
 
 PROBLEM = "application/problem+json"
@@ -178,15 +179,19 @@ def test_a_subnet_holding_another_projects_link_address_does_not_name_it(
 
 
 def test_a_host_port_clash_with_another_projects_forward_does_not_name_it(
-    api: TestClient,
+    api: TestClient, settings: Settings
 ) -> None:
     alpha, beta = _tenants(api)
+    images = settings.images_dir
+    images.mkdir(parents=True, exist_ok=True)  # a member's boot files lie there
+    kernel = images / "vmlinuz"
+    kernel.write_bytes(b"")
     for who, subnet in ((alpha, "10.50.0.0/24"), (beta, "10.51.0.0/24")):
         _bridge_and_network(api, who, subnet)
         vm = {
             "name": "web",
             "power_state": "stopped",
-            "boot": {"kernel": "/nonexistent"},
+            "boot": {"kernel": str(kernel)},
             "nics": [{"backend": "bridge", "bridge": "br0"}],
         }
         _made(api.post("/v1/vms", json=vm, headers=who))
@@ -202,11 +207,14 @@ def test_a_host_port_clash_with_another_projects_forward_does_not_name_it(
     user_vm = {
         "name": "u",
         "power_state": "stopped",
-        "boot": {"kernel": "/nonexistent"},
+        "boot": {"kernel": str(kernel)},
         "nics": [
             {
                 "backend": "user",
-                "user": {"forwards": [{"protocol": "tcp", "host_port": 8080, "guest_port": 22}]},
+                "user": {
+                    "restrict": True,  # a member's user NIC (tenant restrictions)
+                    "forwards": [{"protocol": "tcp", "host_port": 8080, "guest_port": 22}],
+                },
             }
         ],
     }
@@ -215,7 +223,12 @@ def test_a_host_port_clash_with_another_projects_forward_does_not_name_it(
     mine = user_vm | {
         "nics": [
             user_vm["nics"][0]
-            | {"user": {"forwards": [{"protocol": "tcp", "host_port": 9090, "guest_port": 22}]}}
+            | {
+                "user": {
+                    "restrict": True,
+                    "forwards": [{"protocol": "tcp", "host_port": 9090, "guest_port": 22}],
+                }
+            }
         ]
     }
     _made(api.post("/v1/vms", json=mine, headers=alpha))
