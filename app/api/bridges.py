@@ -27,6 +27,7 @@ from app.api.presenters import (
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Bridge, Operation, Uplink
+from app.domain.tenancy import Caller
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.links import Bridge as BridgeOut
 from app.schemas.links import (
@@ -47,8 +48,8 @@ router = APIRouter(
 SETTLE_DOC = "202: accepted, pending. With ?wait= the answer comes once it settled."
 
 
-async def _present(ctx: AppContext, row: Bridge) -> BridgeOut:
-    ports = await trunk_views.ports_of(ctx, [row])
+async def _present(ctx: AppContext, row: Bridge, caller: Caller) -> BridgeOut:
+    ports = await trunk_views.ports_of(ctx, [row], caller)
     uplinks = await ctx.read(lambda s: UplinkService(s).of_bridges([row.id]))
     return bridge_out(row, ports[row.id], uplinks.get(row.id))
 
@@ -60,9 +61,12 @@ async def _finish(
     op: Operation | None,
     wait: float | None,
     settled_status: int,
+    caller: Caller,
 ) -> BridgeOut | Response:
     result = await settle_response(ctx, response, "bridges", row, op, wait, settled_status)
-    return result if isinstance(result, Response) else await _present(ctx, result)
+    if isinstance(result, Response):
+        return result
+    return await _present(ctx, result, caller)
 
 
 @router.post(
@@ -89,7 +93,7 @@ async def create_bridge(
     row, op = await ctx.mutate(
         lambda s: BridgeService(s, caller).create(body, foreign, prefixes, new)
     )
-    return await _finish(ctx, response, row, op, wait, 201)
+    return await _finish(ctx, response, row, op, wait, 201, caller)
 
 
 @router.get("", operation_id="list_bridges", response_model=BridgePage)
@@ -100,7 +104,7 @@ async def list_bridges(
     rows, next_cursor = await ctx.read(
         lambda s: BridgeService(s, caller_of(request)).page(limit, cursor, project)
     )
-    ports = await trunk_views.ports_of(ctx, rows)
+    ports = await trunk_views.ports_of(ctx, rows, caller_of(request))
     uplinks = await ctx.read(lambda s: UplinkService(s).of_bridges([r.id for r in rows]))
     return BridgePage(
         items=[bridge_out(r, ports.get(r.id), uplinks.get(r.id)) for r in rows],
@@ -111,8 +115,9 @@ async def list_bridges(
 @router.get("/{bridge_id}", operation_id="get_bridge", response_model=BridgeOut)
 async def get_bridge(bridge_id: str, request: Request) -> BridgeOut:
     ctx = context(request)
-    row = await ctx.read(lambda s: BridgeService(s, caller_of(request)).get(bridge_id))
-    return await _present(ctx, row)
+    caller = caller_of(request)
+    row = await ctx.read(lambda s: BridgeService(s, caller).get(bridge_id))
+    return await _present(ctx, row, caller)
 
 
 @router.patch(
@@ -132,7 +137,7 @@ async def update_bridge(
     ctx, caller = context(request), caller_of(request)
     prefixes = await ctx.prefixes_for(body.addresses)
     row, op = await ctx.mutate(lambda s: BridgeService(s, caller).update(bridge_id, body, prefixes))
-    return await _finish(ctx, response, row, op, wait, 200)
+    return await _finish(ctx, response, row, op, wait, 200, caller)
 
 
 @router.delete(
@@ -166,7 +171,7 @@ async def delete_bridge(
     row, op = await ctx.mutate(
         lambda s: BridgeService(s, caller).delete(bridge_id, force, detach_taps)
     )
-    return await _finish(ctx, response, row, op, wait, 202)
+    return await _finish(ctx, response, row, op, wait, 202, caller)
 
 
 @router.get("/{bridge_id}/fdb", operation_id="list_bridge_fdb", response_model=list[FdbEntry])

@@ -20,6 +20,7 @@ from app.db.models import Bridge
 from app.domain.tenancy import Caller
 from app.domain.vlans import VlanBridge
 from app.schemas.links import BridgeVlans, FdbEntry, PortVlan
+from app.services.scoping import unseen_owners
 from app.services.vlans import VlanService
 
 
@@ -27,13 +28,30 @@ async def _vlan_bridges(ctx: AppContext, trunk_ids: Sequence[str]) -> dict[str, 
     return await ctx.read(lambda s: VlanService(s).vlan_bridges(trunk_ids))
 
 
-async def ports_of(ctx: AppContext, rows: Sequence[Bridge]) -> dict[str, list[dict[str, Any]]]:
+async def ports_of(
+    ctx: AppContext, rows: Sequence[Bridge], caller: Caller
+) -> dict[str, list[dict[str, Any]]]:
     """Bridge id -> its ports as the kernel reports them now, then (`via`, `vlan`) those of
-    its bridge_per_vlan VLANs' bridges by VID; one kernel-filtered dump per bridge."""
+    its bridge_per_vlan VLANs' bridges by VID; one kernel-filtered dump per bridge. A port
+    whose owner (a tap, a VM's NIC) is another project's, which `caller` may not see (a
+    bridge shared with that project), shows neither its `tap_id` nor `managed_by`."""
     vlan_bridges = await _vlan_bridges(ctx, [r.id for r in rows])
     names = [r.ifname for r in rows] + [v.bridge for vs in vlan_bridges.values() for v in vs]
     ports = await ctx.host(ctx.inspector.ports_of, names)
-    return {r.id: _with_vias(r.ifname, ports, vlan_bridges.get(r.id, [])) for r in rows}
+    views = {r.id: _with_vias(r.ifname, ports, vlan_bridges.get(r.id, [])) for r in rows}
+    owners = {
+        (p["managed_by"]["resource"], p["managed_by"]["id"])
+        for found in views.values()
+        for p in found
+        if p.get("managed_by")
+    }
+    if owners and not caller.is_admin:
+        hidden = await ctx.read(lambda s: unseen_owners(s, caller.scope, owners))
+        for found in views.values():
+            for port in found:
+                if port.get("managed_by") and port["managed_by"]["id"] in hidden:
+                    port.update(tap_id=None, managed_by=None)
+    return views
 
 
 def _with_vias(

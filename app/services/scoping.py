@@ -9,11 +9,19 @@ caller may not name get the same 404, so a member cannot probe for other project
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from app.db.models import Project, ResourceColumns
 from app.db.repositories import (
     UUID_LENGTH,
+    BridgeRepository,
     NetworkRepository,
     ProjectRepository,
+    Repository,
+    TapRepository,
+    VlanRepository,
+    VmRepository,
     find_object,
     network_ref,
 )
@@ -60,6 +68,24 @@ def create_scope(caller: Caller, project_id: str) -> Scope:
     """Where the names in a create's body resolve: in the project it creates in (an admin
     still reaches every project by id)."""
     return Scope(None if caller.is_admin else project_id, project_id)
+
+
+def unseen_owners(session: Session, scope: Scope, owners: Iterable[tuple[str, str]]) -> set[str]:
+    """The ids among `owners` ((resource, id) of our kernel links' marks: tap, vm, bridge,
+    vlan) whose resource lies in a project `scope` does not see."""
+    repositories: dict[str, Callable[[Session], Repository[Any]]] = {
+        "tap": TapRepository,
+        "vm": VmRepository,
+        "bridge": BridgeRepository,
+        "vlan": VlanRepository,
+    }
+    hidden: set[str] = set()
+    for resource, owner_id in owners:
+        make = repositories.get(resource)
+        row = make(session).get(owner_id) if make is not None else None
+        if row is not None and not scope.sees(row.project_id):
+            hidden.add(owner_id)
+    return hidden
 
 
 def require_admin(caller: Caller, what: str) -> None:

@@ -240,6 +240,23 @@ def test_a_host_port_clash_with_another_projects_forward_does_not_name_it(
     assert theirs["name"] in r.json()["detail"], r.text
 
 
+def test_a_port_of_another_projects_tap_shows_no_tap_id(api: TestClient) -> None:
+    db = _db(api)
+    beta = make_project(db, "beta")
+    beta_member = auth(make_token(db, beta, "member"))
+    bridge = _made(api.post("/v1/bridges?wait=10", json={"name": "br0"}, headers=beta_member))
+    share = [{"resource": "bridge", "id": bridge["id"]}]
+    alpha = make_project(db, "alpha")
+    _made(api.patch(f"/v1/projects/{alpha}", json={"shared_segments": share}))
+    alpha_member = auth(make_token(db, alpha, "member"))
+    body = {"name": "onb", "bridge": bridge["id"]}
+    tap = _made(api.post("/v1/taps?wait=10", json=body, headers=alpha_member))
+    assert tap["status"] == "active", tap
+    ports = api.get("/v1/bridges/br0", headers=beta_member).json()["ports"]
+    assert ports, "alpha's tap is a port of beta's bridge"
+    assert tap["id"] not in str(ports), ports
+
+
 def test_two_authorization_headers_that_disagree_are_refused(api: TestClient) -> None:
     alpha, beta = _tenants(api)
     headers = [("Authorization", alpha["Authorization"]), ("Authorization", beta["Authorization"])]
@@ -261,6 +278,54 @@ def test_a_bearer_token_with_trailing_spaces_is_the_token(api: TestClient) -> No
     r = api.get("/v1/auth/token", headers={"Authorization": alpha["Authorization"] + "  "})
     assert r.status_code == 200, r.text
     assert r.json()["project"] == "alpha"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: creating, changing and deleting projects and creating and revoking "
+    "tokens leave no operation: GET /v1/operations has none, so the audit trail misses "
+    "who revoked a token (issue 11 item 7: every mutation's operation)",
+)
+def test_project_and_token_changes_are_recorded_as_operations(api: TestClient) -> None:
+    project = _made(api.post("/v1/projects", json={"name": "acme"}))
+    token = _made(api.post(f"/v1/projects/{project['id']}/tokens", json={"role": "reader"}))
+    _made(api.delete(f"/v1/projects/{project['id']}/tokens/{token['id']}"))
+    resources = {op["resource"] for op in api.get("/v1/operations").json()["items"]}
+    assert {"project", "token"} <= resources, resources
+
+
+def test_a_description_refuses_unicode_line_separators(api: TestClient) -> None:
+    """A description is "one line of text", but U+2028 LINE SEPARATOR and U+2029 PARAGRAPH
+    SEPARATOR were accepted (only category Cc was refused), in projects, tokens and VLANs."""
+    acme = make_project(_db(api), "acme")
+    for text in ("a\u2028b", "a\u2029b"):
+        r = api.post("/v1/projects", json={"name": "p", "description": text})
+        assert r.status_code == 422 and "line separator" in r.text, r.text
+        r = api.post(f"/v1/projects/{acme}/tokens", json={"role": "reader", "description": text})
+        assert r.status_code == 422, r.text
+    assert [p["name"] for p in api.get("/v1/projects").json()["items"]] == ["default", "acme"]
+    assert api.post("/v1/projects", json={"name": "p", "description": "ü ☃"}).status_code == 201
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trial11: PATCH /v1/projects/alpha {shared_segments: []} is a 200 while alpha's "
+    "tap is still on the bridge shared with it; the tap stays there, so alpha keeps the other "
+    "project's L2 after the sharing was withdrawn (Neutron refuses to unshare a network "
+    "other tenants use: 409)",
+)
+def test_unsharing_a_segment_the_project_still_uses_is_refused(api: TestClient) -> None:
+    db = _db(api)
+    _made(api.post("/v1/bridges?wait=10", json={"name": "shared0"}))
+    alpha = make_project(db, "alpha")
+    share = [{"resource": "bridge", "id": "shared0"}]
+    _made(api.patch(f"/v1/projects/{alpha}", json={"shared_segments": share}))
+    member = auth(make_token(db, alpha, "member"))
+    tap = _made(api.post("/v1/taps", json={"name": "t", "bridge": "shared0"}, headers=member))
+    r = api.patch(f"/v1/projects/{alpha}", json={"shared_segments": []})
+    assert r.status_code == 409, r.text
+    assert tap["id"] in r.text  # the dependent named, to the admin
+    assert len(api.get(f"/v1/projects/{alpha}").json()["shared_segments"]) == 1
 
 
 def test_an_admin_names_the_project_of_a_create_by_name(api: TestClient) -> None:
