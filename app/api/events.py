@@ -21,6 +21,7 @@ from app.api.strict import StrictRoute
 from app.bus import Event, EventBus
 from app.schemas.common import PROBLEM_RESPONSES
 from app.services.scoping import list_scope
+from app.services.tokens import still_live
 
 router = APIRouter(
     prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
@@ -29,6 +30,11 @@ router = APIRouter(
 PING_SECONDS = 15
 RECONNECT_MS = 2000  # the `retry` sent with the last event when the daemon stops
 
+
+_REVOKED = {
+    "event": "revoked",
+    "data": json.dumps({"reason": "the stream's token was revoked or has expired"}),
+}
 
 _SHUTDOWN = {
     "event": "shutdown",
@@ -74,6 +80,13 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
                             "id": {"type": "integer"},
                             "requested_id": {"type": "string"},
                         },
+                    },
+                    {
+                        "description": "revoked: the stream's token was revoked or has "
+                        "expired (the stream ends; a new token opens a new one)",
+                        "type": "object",
+                        "required": ["reason"],
+                        "properties": {"reason": {"type": "string"}},
                     },
                     {
                         "description": "shutdown: the daemon is stopping; reconnect later",
@@ -151,6 +164,11 @@ async def stream_events(
             return False
         return resource is None or event.resource == resource
 
+    async def revoked() -> bool:
+        """The stream's token was revoked or expired since it opened (checked before each
+        event it would carry: a revocation takes effect at once, on open streams too)."""
+        return not await ctx.read(lambda s: still_live(s, caller.principal, ctx.clock()))
+
     async def stream() -> AsyncIterator[dict[str, Any]]:
         with ctx.bus.subscribe() as queue:
             # subscribed first, so nothing published from here on is missed; whatever the
@@ -161,6 +179,9 @@ async def stream_events(
                     yield _reset(sent, last_event_id or "")
                 for event in replay or ():
                     if wanted(event):
+                        if await revoked():
+                            yield _REVOKED
+                            return
                         yield _sse(event)
                 while True:
                     queued = await watch.get(queue)
@@ -174,6 +195,9 @@ async def stream_events(
                         yield {"event": "overflow", "data": "{}"}
                         return
                     if isinstance(queued, Event) and queued.id > sent and wanted(queued):
+                        if await revoked():
+                            yield _REVOKED
+                            return
                         yield _sse(queued)
 
     return EventSourceResponse(stream(), ping=PING_SECONDS)

@@ -13,6 +13,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from app.db.models import ApiToken
 from app.db.repositories import ApiTokenRepository, touch_tokens
 from app.db.session import Database, DatabaseError, Session
 from app.domain.projects import LAST_USED_GRANULARITY_S
@@ -25,11 +26,25 @@ def authenticate(session: Session, secret: bytes, now: dt.datetime) -> Principal
     """The principal of the project token whose secret is `secret`; None when no live token
     has it (never issued, revoked, or expired at `now`)."""
     token = ApiTokenRepository(session).by_secret_hash(secret_hash(secret))
-    if token is None or token.revoked_at is not None:
-        return None
-    if token.expires_at is not None and token.expires_at <= now:
+    if token is None or not _live(token, now):
         return None
     return Principal(token.project_id, Role(token.role), Via.TOKEN, token.id)
+
+
+def still_live(session: Session, principal: Principal, now: dt.datetime) -> bool:
+    """Whether the token a long-held request (the event stream) authenticated with is still
+    live at `now`: not revoked, not expired, not gone with its project. Principals without
+    a token (the unix socket, the admin token file) always are."""
+    if principal.token_id is None:
+        return True
+    token = ApiTokenRepository(session).get(principal.token_id)
+    return token is not None and _live(token, now)
+
+
+def _live(token: ApiToken, now: dt.datetime) -> bool:
+    if token.revoked_at is not None:
+        return False
+    return token.expires_at is None or token.expires_at > now
 
 
 class LastUse:

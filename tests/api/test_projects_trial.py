@@ -335,12 +335,6 @@ def test_an_admin_names_the_project_of_a_create_by_name(api: TestClient) -> None
     assert r.json()["project_id"] == beta
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trial11: a GET /v1/events stream opened with a token keeps carrying the "
-    "project's events after that token is revoked (tap.pending ... tap.deleted seen over "
-    "TCP); revocation is to take effect at once (issue 11 item 2)",
-)
 def test_a_revoked_tokens_event_stream_carries_nothing_more(api: TestClient) -> None:
     db = _db(api)
     acme = make_project(db, "acme")
