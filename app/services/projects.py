@@ -31,6 +31,7 @@ from app.db.repositories import (
     project_named,
     project_page,
     project_token,
+    segment_users,
     token_page,
 )
 from app.db.session import Session
@@ -129,7 +130,9 @@ class ProjectService:
             row.vlan_ranges = changes["vlan_ranges"]
         if "shared_segments" in changes:
             sent = [SharedSegmentIn.model_validate(s) for s in changes["shared_segments"]]
-            row.shared_segments = self._segments(row.id, sent)
+            segments = self._segments(row.id, sent)
+            self._refuse_unsharing_used(row, segments)
+            row.shared_segments = segments
         else:  # drop the ones deleted since (they drop out of the view already)
             live = self.shared_names([row])
             kept = [
@@ -177,6 +180,27 @@ class ProjectService:
                 f"project {holder.name!r} ({holder.id}) has this name: project names are "
                 "unique without regard to case"
             )
+
+    def _refuse_unsharing_used(self, row: Project, kept: list[dict[str, str]]) -> None:
+        """409 in-use when a shared segment the change drops still carries the project's
+        taps, NICs, networks or VLANs: they would stay on another project's L2 after the
+        sharing was withdrawn (Neutron likewise refuses to unshare a network other tenants'
+        ports use). The dependents are named: the project is the one they belong to."""
+        keep = {(s["resource"], s["id"]) for s in kept}
+        for segment in stored_segments(row.shared_segments):
+            if (segment["resource"], segment["id"]) in keep:
+                continue
+            users = segment_users(self.session, row.id, segment["resource"], segment["id"])
+            if users:
+                raise InUse(
+                    f"project {row.name!r} still uses shared {segment['resource']} "
+                    f"{segment['id']}: detach or delete its "
+                    f"{', '.join(f'{kind} {name!r}' for kind, _, name in users[:5])}"
+                    f"{' and more' if len(users) > 5 else ''} first",
+                    dependents=[
+                        {"kind": kind, "id": user_id, "name": name} for kind, user_id, name in users
+                    ],
+                )
 
     def _segments(self, project_id: str, sent: Sequence[SharedSegmentIn]) -> list[dict[str, str]]:
         """Each sent segment as {"resource", "id"}: it must exist, be alive, be named

@@ -307,13 +307,6 @@ def test_a_description_refuses_unicode_line_separators(api: TestClient) -> None:
     assert api.post("/v1/projects", json={"name": "p", "description": "ü ☃"}).status_code == 201
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trial11: PATCH /v1/projects/alpha {shared_segments: []} is a 200 while alpha's "
-    "tap is still on the bridge shared with it; the tap stays there, so alpha keeps the other "
-    "project's L2 after the sharing was withdrawn (Neutron refuses to unshare a network "
-    "other tenants use: 409)",
-)
 def test_unsharing_a_segment_the_project_still_uses_is_refused(api: TestClient) -> None:
     db = _db(api)
     _made(api.post("/v1/bridges?wait=10", json={"name": "shared0"}))

@@ -69,6 +69,7 @@ from app.db.repositories.projects import (
     project_named,
     project_page,
     project_token,
+    segment_users,
     token_page,
     touch_tokens,
 )
@@ -210,6 +211,7 @@ __all__ = [
     "segment_ports",
     "segment_row",
     "segment_table",
+    "segment_users",
     "stored_link_settings",
     "tap_port",
     "tap_port_vlans",

@@ -21,6 +21,7 @@ from app.db.models import (
     Uplink,
     Vlan,
     Vm,
+    VmNic,
 )
 from app.db.repositories.base import UUID_LENGTH
 from app.domain.cursors import decode_cursor, encode_cursor
@@ -101,6 +102,42 @@ def project_holdings(session: Session, project_id: str) -> list[tuple[str, str, 
         )
         held += [(kind, row_id, name) for row_id, name in session.execute(query)]
     return held
+
+
+def segment_users(
+    session: Session, project_id: str, resource: str, segment_id: str
+) -> list[tuple[str, str, str]]:
+    """(kind, id, name) of the live resources of project `project_id` attached to the
+    segment (`resource`: bridge, vlan or network; `segment_id`): its taps, its VMs' NICs
+    (named `<vm>/<index>`, the id the VM's), its networks and, on a bridge, its VLANs."""
+    column = {"bridge": "bridge_id", "vlan": "vlan_id", "network": "network_id"}[resource]
+    users: list[tuple[str, str, str]] = []
+    owned: list[tuple[str, type[Tap] | type[Network]]] = (
+        [("tap", Tap), ("network", Network)] if resource != "network" else []
+    )
+    for kind, model in owned:
+        query = select(model.id, model.name).where(
+            model.project_id == project_id,
+            model.deleted.is_(False),
+            getattr(model, column) == segment_id,
+        )
+        users += [(kind, row_id, name) for row_id, name in session.execute(query)]
+    if resource == "bridge":
+        query = select(Vlan.id, Vlan.name).where(
+            Vlan.project_id == project_id, Vlan.deleted.is_(False), Vlan.trunk_id == segment_id
+        )
+        users += [("vlan", row_id, name) for row_id, name in session.execute(query)]
+    nics = (
+        select(Vm.id, Vm.name, VmNic.position)
+        .join(VmNic, VmNic.vm_id == Vm.id)
+        .where(
+            Vm.project_id == project_id,
+            Vm.deleted.is_(False),
+            getattr(VmNic, column) == segment_id,
+        )
+    )
+    users += [("vm_nic", vm_id, f"{name}/{index}") for vm_id, name, index in session.execute(nics)]
+    return users
 
 
 def find_segments(session: Session, resource: str, ref: str) -> list[Bridge | Vlan | Network]:
