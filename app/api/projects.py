@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
-from app.api.deps import Cursor, Limit, context, principal_of
+from app.api.deps import Cursor, Limit, context, principal_of, request_id_of
 from app.api.strict import StrictRoute
 from app.db.models import ApiToken, Project
 from app.domain.projects import (
@@ -93,7 +93,7 @@ async def create_project(body: ProjectCreate, request: Request) -> ProjectOut:
     principal = principal_of(request)
 
     def create(session: Session) -> ProjectOut:
-        service = ProjectService(session, principal)
+        service = ProjectService(session, principal, request_id_of(request))
         return _view(service.create(body), service)
 
     return await context(request).mutate(create)
@@ -105,7 +105,7 @@ async def list_projects(request: Request, limit: Limit = 100, cursor: Cursor = N
     principal = principal_of(request)
 
     def page(session: Session) -> ProjectPage:
-        service = ProjectService(session, principal)
+        service = ProjectService(session, principal, request_id_of(request))
         rows, next_cursor = service.page(limit, cursor)
         return ProjectPage(items=_views(rows, service), next_cursor=next_cursor)
 
@@ -118,7 +118,7 @@ async def get_project(project_id: str, request: Request) -> ProjectOut:
     principal = principal_of(request)
 
     def load(session: Session) -> ProjectOut:
-        service = ProjectService(session, principal)
+        service = ProjectService(session, principal, request_id_of(request))
         return _view(service.get(project_id), service)
 
     return await context(request).read(load)
@@ -134,7 +134,7 @@ async def update_project(project_id: str, body: ProjectUpdate, request: Request)
     principal = principal_of(request)
 
     def update(session: Session) -> ProjectOut:
-        service = ProjectService(session, principal)
+        service = ProjectService(session, principal, request_id_of(request))
         return _view(service.update(project_id, body), service)
 
     return await context(request).mutate(update)
@@ -151,7 +151,9 @@ async def update_project(project_id: str, body: ProjectUpdate, request: Request)
 )
 async def delete_project(project_id: str, request: Request) -> Response:
     principal = principal_of(request)
-    await context(request).mutate(lambda s: ProjectService(s, principal).delete(project_id))
+    await context(request).mutate(
+        lambda s: ProjectService(s, principal, request_id_of(request)).delete(project_id)
+    )
     return Response(status_code=204)
 
 
@@ -187,7 +189,7 @@ async def create_token(project_id: str, body: TokenCreate, request: Request) -> 
     ctx, principal = context(request), principal_of(request)
     now = ctx.clock()
     row, secret = await ctx.mutate(
-        lambda s: TokenService(s, principal, now).create(project_id, body)
+        lambda s: TokenService(s, principal, now, request_id_of(request)).create(project_id, body)
     )
     return TokenCreated(**token_out(row, request).model_dump(), secret=secret)
 
@@ -227,7 +229,11 @@ async def get_token(project_id: str, token_id: str, request: Request) -> TokenOu
 async def revoke_token(project_id: str, token_id: str, request: Request) -> TokenOut:
     ctx, principal = context(request), principal_of(request)
     now = ctx.clock()
-    row = await ctx.mutate(lambda s: TokenService(s, principal, now).revoke(project_id, token_id))
+    row = await ctx.mutate(
+        lambda s: TokenService(s, principal, now, request_id_of(request)).revoke(
+            project_id, token_id
+        )
+    )
     return token_out(row, request)
 
 

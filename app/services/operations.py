@@ -4,6 +4,7 @@ reading operations back, and re-reading a row to wait on it."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -59,6 +60,34 @@ def bump(row: ResourceColumns, target: Status = Status.PENDING) -> None:
     row.status = check_transition(Status(row.status), target).value
     row.status_reason = None
     row.generation += 1
+
+
+def record_done(
+    session: Session,
+    action: str,
+    resource: str,
+    resource_id: str,
+    project_id: str,
+    caller: Caller,
+) -> Operation:
+    """The operation of a change the API completes itself (projects, tokens: nothing for a
+    worker to reconcile): succeeded at once, with the same audit trail as the others."""
+    now = dt.datetime.now(dt.UTC)
+    operation = Operation(
+        action=action,
+        resource=resource,
+        resource_id=resource_id,
+        target_generation=1,
+        status="succeeded",
+        created_at=now,
+        finished_at=now,
+        request_id=caller.request_id,
+        project_id=project_id,
+        token_id=caller.principal.token_id,
+        via=caller.principal.via.value,
+    )
+    OperationRepository(session).add(operation)
+    return operation
 
 
 def record_operation(

@@ -46,8 +46,9 @@ from app.domain.projects import (
     token_action_refusal,
     validate_quotas,
 )
-from app.domain.tenancy import Principal, Role, new_secret, secret_hash
+from app.domain.tenancy import Caller, Principal, Role, new_secret, secret_hash
 from app.schemas.projects import ProjectCreate, ProjectUpdate, SharedSegmentIn, TokenCreate
+from app.services.operations import record_done
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,14 @@ def _admin_only(principal: Principal, what: str) -> None:
 
 
 class ProjectService:
-    def __init__(self, session: Session, principal: Principal) -> None:
+    """`request_id`: recorded on the operations of its changes (the audit trail)."""
+
+    def __init__(
+        self, session: Session, principal: Principal, request_id: str | None = None
+    ) -> None:
         self.session = session
         self.principal = principal
+        self.caller = Caller(principal, request_id)
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -110,6 +116,7 @@ class ProjectService:
         )
         self.session.add(row)
         self.session.flush()
+        record_done(self.session, "create", "project", row.id, row.id, self.caller)
         log.info("project %s (%s) created by %s", row.name, row.id, _who(self.principal))
         return row
 
@@ -141,6 +148,7 @@ class ProjectService:
             if kept != row.shared_segments:
                 row.shared_segments = kept
         self.session.flush()
+        record_done(self.session, "update", "project", row.id, row.id, self.caller)
         log.info(
             "project %s (%s) changed by %s: %s",
             row.name,
@@ -163,6 +171,7 @@ class ProjectService:
                 dependents=[{"kind": kind, "id": i, "name": name} for kind, i, name in held],
             )
         self.session.delete(row)  # its tokens go with it (api_tokens ON DELETE CASCADE)
+        record_done(self.session, "delete", "project", row.id, row.id, self.caller)
         self.session.flush()
         log.info("project %s (%s) deleted by %s", row.name, row.id, _who(self.principal))
 
@@ -235,11 +244,18 @@ class ProjectService:
 class TokenService:
     """A project's tokens. `now`: the clock's time for this request (expiry, state)."""
 
-    def __init__(self, session: Session, principal: Principal, now: dt.datetime) -> None:
+    def __init__(
+        self,
+        session: Session,
+        principal: Principal,
+        now: dt.datetime,
+        request_id: str | None = None,
+    ) -> None:
         self.session = session
         self.principal = principal
         self.now = now
         self.projects = ProjectService(session, principal)
+        self.caller = Caller(principal, request_id)
 
     def _project_for(self, project_ref: str, role: Role | None = None) -> Project:
         project = self.projects.get(project_ref)  # 404 first: another project stays unseen
@@ -265,6 +281,7 @@ class TokenService:
         )
         self.session.add(row)
         self.session.flush()
+        record_done(self.session, "create", "token", row.id, project.id, self.caller)
         log.info(
             "token %s (%s) of project %s made by %s",
             row.id,
@@ -311,6 +328,7 @@ class TokenService:
         if row.revoked_at is None:
             row.revoked_at = self.now
             self.session.flush()
+            record_done(self.session, "delete", "token", row.id, row.project_id, self.caller)
             log.info("token %s revoked by %s", row.id, _who(self.principal))
         return row
 
