@@ -148,8 +148,8 @@ def may_see_project(principal: Principal, project_id: str) -> bool:
 
 def token_action_refusal(principal: Principal, role: Role | None = None) -> str | None:
     """Why `principal` may not manage tokens of a project it sees (None: it may). Admins
-    may do anything; a member may make member and reader tokens and revoke its project's
-    tokens; a reader may do neither. `role`: the role of a token being made."""
+    may do anything; a member may make and revoke its project's member and reader tokens;
+    a reader may do neither. `role`: the role of the token being made or revoked."""
     if principal.is_admin:
         return None
     if principal.role is Role.READER:

@@ -325,6 +325,10 @@ class TokenService:
         """Revoked from the very next request on (each request reads the token's row); the
         row stays, with revoked_at. Revoking a revoked token changes nothing."""
         row = self.get(project_ref, token_id)
+        # a member revokes what it could have made: an admin token is an admin's to revoke
+        refusal = token_action_refusal(self.principal, Role(row.role))
+        if refusal is not None:
+            raise Forbidden(refusal.replace("make admin tokens", "make or revoke admin tokens"))
         if row.revoked_at is None:
             row.revoked_at = self.now
             self.session.flush()

@@ -338,3 +338,19 @@ def test_a_revoked_tokens_event_stream_carries_nothing_more(api: TestClient) -> 
                 seen.append(line)
                 break
     assert seen == []
+
+
+def test_a_member_revokes_no_admin_token(api: TestClient) -> None:
+    """trial11: a member could revoke its project's admin-role token, though it may not
+    make one; now an admin token is an admin's to make and to revoke."""
+    db = _db(api)
+    acme = make_project(db, "acme")
+    member = auth(make_token(db, acme, "member"))
+    admin_token = _made(api.post(f"/v1/projects/{acme}/tokens", json={"role": "admin"}))
+    r = api.delete(f"/v1/projects/{acme}/tokens/{admin_token['id']}", headers=member)
+    assert r.status_code == 403 and "admin" in r.json()["detail"], r.text
+    token = api.get(f"/v1/projects/{acme}/tokens/{admin_token['id']}").json()
+    assert token["revoked_at"] is None
+    reader = _made(api.post(f"/v1/projects/{acme}/tokens", json={"role": "reader"}))
+    r = api.delete(f"/v1/projects/{acme}/tokens/{reader['id']}", headers=member)
+    assert r.status_code == 200, r.text
