@@ -230,6 +230,7 @@ def create_app(
         projects,
     ):
         app.include_router(router.router)
+    app.include_router(host.summary_router)
     install_error_handlers(app)
     install_openapi(app)
     # added last = outermost: request id, then body limit, then auth

@@ -10,7 +10,13 @@ from app.api.deps import admin_only, context
 from app.api.presenters import uplink_diagnostic
 from app.api.strict import StrictRoute
 from app.schemas.common import PROBLEM_RESPONSES
-from app.schemas.host import Capabilities, DiagnosticCheck, HostInterface, HostRoute
+from app.schemas.host import (
+    Capabilities,
+    CapabilitiesSummary,
+    DiagnosticCheck,
+    HostInterface,
+    HostRoute,
+)
 from app.services.networks import NetworkService
 from app.services.uplinks import UplinkService
 
@@ -87,3 +93,32 @@ async def _subnet_clashes(request: Request) -> DiagnosticCheck:
         lambda s: (NetworkService(s).live_subnets(), NetworkService(s).own_addresses())
     )
     return DiagnosticCheck(**await ctx.host(ctx.inspector.subnet_clashes, networks, own))
+
+
+# what every token may read: the capabilities' summary (issue 11: "capabilities beyond a
+# summary are admin-only")
+summary_router = APIRouter(
+    prefix="/v1/capabilities",
+    tags=["host"],
+    responses=PROBLEM_RESPONSES,
+    route_class=StrictRoute,
+)
+
+
+@summary_router.get("", operation_id="get_capabilities_summary", response_model=CapabilitiesSummary)
+async def get_capabilities_summary(request: Request) -> CapabilitiesSummary:
+    """Which features, accelerators and NIC models this host offers (any token): what a
+    tenant needs to know before asking for a VLAN, an isolated port or vhost."""
+    ctx = context(request)
+    caps = Capabilities(**await ctx.host(ctx.inspector.capabilities))
+    features = {name: feature.available for name, feature in caps.links.items()}
+    features |= {"tun_device": caps.tun_device.available, "vhost_net": caps.vhost_net.available}
+    return CapabilitiesSummary(
+        features=features,
+        accelerators=[
+            a.accelerator
+            for a in caps.accelerators.values()
+            if a.available and a.runs_guests is not False  # None: no kernel to try with
+        ],
+        nic_models=[m.model for m in caps.qemu.nic_models],
+    )

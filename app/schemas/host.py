@@ -106,6 +106,22 @@ class Capabilities(BaseModel):
     probe_seconds: float
 
 
+class CapabilitiesSummary(BaseModel):
+    """What this host offers a tenant, without the provider's details (kernel options,
+    modules, binaries, probe output: GET /v1/host/capabilities, admins only)."""
+
+    features: dict[str, bool] = Field(
+        description="Feature -> available: the link kinds and bridge features of "
+        "/v1/host/capabilities' `links` (vlan_8021q, vlan_filtering, port_isolation, "
+        "macvtap, ...), `tun_device` and `vhost_net`",
+        examples=[{"vlan_8021q": False, "port_isolation": True, "vhost_net": False}],
+    )
+    accelerators: list[str] = Field(
+        description="The accelerators that run guests here (e.g. tcg)", examples=[["tcg"]]
+    )
+    nic_models: list[str] = Field(description="The guest NIC models this host's qemu offers")
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
     detail: str | None = None

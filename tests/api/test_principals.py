@@ -41,3 +41,21 @@ def test_the_database_keeps_no_secret(api: TestClient) -> None:
     dump = "\n".join(db.engine.raw_connection().driver_connection.iterdump())
     assert secret_hash(secret) in dump
     assert secret not in dump and secret.removeprefix("kvmnetd_") not in dump
+
+
+def test_every_token_reads_the_capabilities_summary_and_only_admins_the_details(
+    api: TestClient,
+) -> None:
+    """Issue 11: "capabilities beyond a summary are admin-only"."""
+    db = api.app.state.context.db  # type: ignore[attr-defined]
+    reader = auth(make_token(db, make_project(db, "acme"), "reader"))
+    assert api.get("/v1/host/capabilities", headers=reader).status_code == 403
+    details = api.get("/v1/host/capabilities").json()
+    summary = api.get("/v1/capabilities", headers=reader)
+    assert summary.status_code == 200, summary.text
+    body = summary.json()
+    assert body["features"]["port_isolation"] == details["links"]["port_isolation"]["available"]
+    assert body["features"]["vhost_net"] == details["vhost_net"]["available"]
+    assert "tcg" in body["accelerators"]
+    assert "virtio-net-pci" in body["nic_models"]
+    assert "CONFIG_" not in summary.text and "/usr/" not in summary.text  # no provider details

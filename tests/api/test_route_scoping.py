@@ -327,6 +327,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/v1/host/interfaces"): ok(200, admin_only=True),
     ("GET", "/v1/host/routes"): ok(200, admin_only=True),
     ("GET", "/v1/host/capabilities"): ok(200, admin_only=True),
+    ("GET", "/v1/capabilities"): ok(200, projectless=True),  # the summary: every token
     ("GET", "/v1/host/diagnostics"): ok(200, admin_only=True),
     # events and operations
     ("GET", "/v1/events"): ok(200, query="?project={project}", stream=True),
