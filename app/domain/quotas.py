@@ -116,7 +116,7 @@ class VlanRange:
         return isinstance(vid, int) and self.first <= vid <= self.last
 
     def __str__(self) -> str:
-        return f"{self.first}-{self.last}"
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
 
 def vlan_ranges(stored: object, project: str) -> list[VlanRange]:
@@ -153,7 +153,11 @@ def check_vid_allowed(vid: int, ranges: Sequence[VlanRange], is_admin: bool, pro
         return
     raise VlanIdOutsideRanges(
         f"VLAN id {vid} is outside project {project!r}'s VLAN ranges ({describe(ranges)}); "
-        "leave vlan_id out to get the next free id of them, or ask an admin for the range",
+        + (
+            "leave vlan_id out to get the next free id of them, or ask an admin for the range"
+            if ranges
+            else "ask an admin for VLAN ranges (the project's `vlan_ranges`)"
+        ),
         vlan_id=vid,
         vlan_ranges=ranges_field(ranges),
     )
