@@ -69,22 +69,30 @@ def test_two_projects_vlans_from_their_ranges_on_one_trunk_are_apart(
         )
         problem = ok(refused, 403)
         assert problem["vlan_ranges"] == [[100, 101]] and "100-101" in problem["detail"]
+        # the admin reads them by id (a name resolves in the caller's own project)
+        vlan_ids = []
         for project in PROJECTS:
             body = {"name": project, "trunk": "br0", "backend": "vlan_filtering"}
-            ok(api.post("/v1/vlans", json=body, headers=member[project]), 202)
-        vlans = {v["name"]: v for v in settled(api, "vlans", PROJECTS)}
+            vlan_ids.append(
+                ok(api.post("/v1/vlans", json=body, headers=member[project]), 202)["id"]
+            )
+        vlans = {v["name"]: v for v in settled(api, "vlans", vlan_ids)}
         assert {name: v["vlan_id"] for name, v in vlans.items()} == {"acme": 100, "globex": 200}
         assert all(v["status"] == "active" for v in vlans.values()), vlans
 
+        tap_ids = []
         for tap, (project, _, _) in TAPS.items():
             body = {"name": tap, "vlan": project}
-            ok(api.post("/v1/taps", json=body, headers=member[project]), 202)
-        for shown in settled(api, "taps", TAPS):
+            tap_ids.append(ok(api.post("/v1/taps", json=body, headers=member[project]), 202)["id"])
+        ifname = {}  # a tenant's tap has a derived kernel name (app.domain.names.link_ifname)
+        for shown in settled(api, "taps", tap_ids):
             assert shown["status"] == "active", shown
+            ifname[shown["name"]] = shown["ifname"]
         # each tap an access port of its project's VLAN only (PVID, untagged), once the
         # trunk's membership pass ran (it follows the taps' create)
         access = {
-            tap: {vlans[project]["vlan_id"]: (True, True)} for tap, (project, _, _) in TAPS.items()
+            ifname[tap]: {vlans[project]["vlan_id"]: (True, True)}
+            for tap, (project, _, _) in TAPS.items()
         }
         joined = until(
             lambda: all(memberships(netns, "br0").get(tap) == want for tap, want in access.items()),
@@ -93,7 +101,7 @@ def test_two_projects_vlans_from_their_ranges_on_one_trunk_are_apart(
         )
         assert joined, memberships(netns, "br0")
         guests = {
-            tap: stack.enter_context(wired_guest(netns, tap, mac))
+            tap: stack.enter_context(wired_guest(netns, ifname[tap], mac))
             for tap, (_, mac, _) in TAPS.items()
         }
         address = {tap: TAPS[tap][2] for tap in TAPS}
