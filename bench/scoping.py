@@ -16,12 +16,9 @@ What is compared (a list's cost grows with the rows it returns, so raw times of 
 2. Per returned row over whole lists: the member's whole list (~100 rows) vs the admin's
    whole list (1000 rows, 10 pages), each divided by the rows it returned.
 
-The member's scoped list is the `scope` helper's work (issue 11, in parallel). Where it is
-not in this code yet (a member's GET /v1/vms still returns every VM), the member side is
-measured with a repository-level filter written here (the page query of
-app.db.repositories.base.ResourceRepository.page plus `WHERE project_id = ?`, presented as
-GET /v1/vms presents rows), and the admin side the same way without the filter; the output
-says which was measured. Run as `.venv/bin/python -m bench.scoping` (root).
+Both are measured over HTTP (the first page) and at the repository with the presenter (the
+daemon's own scoped read, ResourceRepository.page with the caller's Scope, presented as GET
+/v1/vms presents rows). Run as `.venv/bin/python -m bench.scoping` (root).
 """
 
 from __future__ import annotations
@@ -36,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 
 from app.api.presenters import vm_out
 from app.db.models import Vm
 from app.db.repositories import VmRepository
 from app.db.session import Database, Session
-from app.domain.tenancy import Role
+from app.domain.tenancy import EVERY_PROJECT, Role, Scope
 from bench.taps import fresh_netns
 from tests.daemon import Daemon
 from tests.tenancy import auth, make_project, make_token
@@ -110,7 +106,7 @@ def http_first_page(client: httpx.Client, headers: dict[str, str]) -> Callable[[
     return get
 
 
-# ---- at the repository (where the scoped reads are not in the code yet) -------------------------
+# ---- at the repository: the scoped read and the presenter, without HTTP ------------------------
 
 
 def repository_page(
@@ -126,15 +122,10 @@ def repository_page(
 
 
 def _page(session: Session, project_id: str | None, cursor: str | None) -> tuple[list[Vm], Any]:
-    repo = VmRepository(session)
-    if project_id is None:
-        rows, next_cursor = repo.page(PAGE, cursor)
-        return list(rows), next_cursor
-    query = (
-        select(Vm).where(Vm.project_id == project_id).order_by(Vm.created_at, Vm.id).limit(PAGE + 1)
-    )
-    rows = list(session.scalars(query))
-    return rows[:PAGE], None  # a member's ~100 rows fit one page
+    """The daemon's own paged read: a member's scope (its project) or an admin's (all)."""
+    scope = EVERY_PROJECT if project_id is None else Scope.of(project_id)
+    rows, next_cursor = VmRepository(session).page(PAGE, cursor, scope)
+    return list(rows), next_cursor
 
 
 def whole_list(db: Database, project_id: str | None) -> int:
