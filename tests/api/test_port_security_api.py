@@ -17,10 +17,12 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from app.domain import port_security as ps
+from app.settings import Settings
 from tests.api.test_addresses_api import FULL_PASS, eventually, quick_api
 from tests.api.test_links_api import make_bridge, make_tap
 from tests.api.test_networks_api import make_network, make_stopped_vm
 from tests.netns_tools import in_netns, ip, throwaway_netns
+from tests.tenancy import auth, make_project, make_token
 
 __all__ = ["quick_api"]  # the fixture, used by name
 
@@ -221,3 +223,36 @@ def test_a_bridge_nic_is_protected_by_its_vm_tap_name(api: TestClient, netns: st
     assert table.elements == {nic["tap_name"]: ps.chain_name(nic["tap_name"])}
     # no managed network: no IPv4 address known, DHCP client traffic only
     assert ps.chain_matches(table, ps.port_rules(nic["tap_name"], nic["mac"], []))
+
+
+def test_a_tenants_nic_is_protected_unless_it_says_otherwise(
+    api: TestClient, settings: Settings
+) -> None:
+    """Issue 11: anti-spoofing is on by default for tenant projects (any but `default`):
+    `port_security` null or left out is true on a member's bridge NIC, and false in
+    `default` (the operator's own guests); an explicit false stays false."""
+    db = api.app.state.context.db  # type: ignore[attr-defined]
+    acme = make_project(db, "acme")
+    member = auth(make_token(db, acme, "member"))
+    settings.images_dir.mkdir(parents=True, exist_ok=True)  # a member's boot files lie there
+    kernel = settings.images_dir / "vmlinuz"
+    kernel.write_bytes(b"")
+    assert api.post("/v1/bridges?wait=10", json={"name": "br0"}, headers=member).status_code == 201
+    assert api.post("/v1/bridges?wait=10", json={"name": "br1"}).status_code == 201
+    shown = {}
+    for name, headers, bridge, asked in (
+        ("t1", member, "br0", {}),
+        ("t2", member, "br0", {"port_security": None}),
+        ("t3", member, "br0", {"port_security": False}),
+        ("d1", {}, "br1", {}),
+    ):
+        body = {
+            "name": name,
+            "power_state": "stopped",
+            "boot": {"kernel": str(kernel)},
+            "nics": [{"backend": "bridge", "bridge": bridge, **asked}],
+        }
+        r = api.post("/v1/vms", json=body, headers=headers)
+        assert r.status_code in (201, 202), r.text
+        shown[name] = r.json()["nics"][0]["port_security"]
+    assert shown == {"t1": True, "t2": True, "t3": False, "d1": False}
