@@ -216,14 +216,15 @@ class AuthMiddleware:
             )
             return
         if principal is None:
+            sent = "this token is unknown, revoked or expired; " if presented_token(scope) else ""
             await _send_problem(
                 send,
                 401,
                 scope,
                 extra_headers=[(b"www-authenticate", b'Bearer realm="kvmnetd"')],
-                detail="send Authorization: Bearer <token> (or X-Auth-Token: <token>): the "
-                "admin token is in the daemon's token file; project tokens come from "
-                "POST /v1/projects/{id}/tokens. This one is unknown, revoked or expired",
+                detail=f"{sent}send Authorization: Bearer <token> (or X-Auth-Token: <token>): "
+                "the admin token is in the daemon's token file; project tokens come from "
+                "POST /v1/projects/{id}/tokens",
             )
             return
         if not principal.may_write and scope["method"] not in SAFE_METHODS:
