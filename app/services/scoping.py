@@ -54,14 +54,11 @@ def list_scope(session: Session, caller: Caller, project: str | None) -> Scope:
 
 
 def create_project(session: Session, caller: Caller, project_id: str | None) -> str:
-    """The project a create puts its resource in: the caller's own, or (an admin only) the
-    one the body names by id or name. 404 for an unknown project and for a member's other one."""
+    """The project a create puts its resource in: the caller's own, or the one the body
+    names by id or name (named_project: an admin any, others only their own; 404 else)."""
     if project_id is None or project_id == caller.project_id:
         return caller.project_id
-    found = _project(session, project_id)
-    if found is None or not (caller.is_admin or found.id == caller.project_id):
-        raise NotFound(f"no project {project_id!r}")
-    return found.id
+    return named_project(session, caller, project_id)
 
 
 def create_scope(caller: Caller, project_id: str) -> Scope:
