@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import E2EDaemon, ok, wait_for
+from tests.e2e.helpers import E2EDaemon, ok, running_daemon, wait_for
 from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import parse_ready, tail
 from tests.netns_tools import throwaway_netns
@@ -117,24 +117,6 @@ def last_round(text: str) -> int:
     return max((r for r, _, _ in pings(text)), default=0)
 
 
-@contextlib.contextmanager
-def tenant_daemon(host: str, workdir: Path, images: Path) -> Iterator[E2EDaemon]:
-    """The daemon with `images` as its tenant images directory; killed afterwards (with the
-    qemu processes of its session), its log printed when the body raised."""
-    (workdir / "daemon").mkdir()
-    daemon = E2EDaemon(host, workdir / "daemon")
-    daemon.extra_env = {"KVMNETD_TENANT_IMAGES_DIR": str(images)}
-    try:
-        daemon.start()
-        try:
-            yield daemon
-        except BaseException:
-            print(f"--- daemon log ({daemon.log}) ---\n{daemon.logs()[-20000:]}")
-            raise
-    finally:
-        daemon.kill()
-
-
 def _project(daemon: E2EDaemon, name: str) -> str:
     """Project `name` and a member token of it, made by the admin (the unix socket)."""
     with daemon.client() as client:
@@ -175,7 +157,7 @@ def _vm(
 
 
 @pytest.fixture(scope="module")
-def tenants() -> Iterator[Tenants]:
+def tenants(request: pytest.FixtureRequest) -> Iterator[Tenants]:
     guest = build_guest("virtio")
     workdir = Path(tempfile.mkdtemp(prefix="kvt-", dir="/tmp"))  # short QMP socket paths
     workdir.chmod(0o755)
@@ -187,7 +169,11 @@ def tenants() -> Iterator[Tenants]:
         (images / "vmlinuz").chmod(0o644)
         pinger_initrd(guest, images / "pinger.initrd")
         host = stack.enter_context(throwaway_netns())
-        daemon = stack.enter_context(tenant_daemon(host, workdir, images))
+        # a member's boot files must lie in the tenant images directory (the daemon reads its
+        # settings from its environment, which tests.daemon.Daemon passes on)
+        env = stack.enter_context(pytest.MonkeyPatch.context())
+        env.setenv("KVMNETD_TENANT_IMAGES_DIR", str(images))
+        daemon = stack.enter_context(running_daemon(host, workdir / "daemon", request))
         tokens = {"a": _project(daemon, "a")}
         # off: both segments in project a (b's token is a's)
         tokens["b"] = _project(daemon, "b") if PROTECTED else tokens["a"]
