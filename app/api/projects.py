@@ -160,6 +160,12 @@ async def delete_project(project_id: str, request: Request) -> Response:
 # ---- tokens ---------------------------------------------------------------------------------
 
 
+def _tokens(session: Session, request: Request) -> TokenService:
+    """The request's token service: its principal, the clock's time now, its request id."""
+    ctx = context(request)
+    return TokenService(session, principal_of(request), ctx.clock(), request_id_of(request))
+
+
 def token_out(row: ApiToken, request: Request) -> TokenOut:
     now = context(request).clock()
     return TokenOut(
@@ -186,10 +192,8 @@ def token_out(row: ApiToken, request: Request) -> TokenOut:
     "project; reader: 403.",
 )
 async def create_token(project_id: str, body: TokenCreate, request: Request) -> TokenCreated:
-    ctx, principal = context(request), principal_of(request)
-    now = ctx.clock()
-    row, secret = await ctx.mutate(
-        lambda s: TokenService(s, principal, now, request_id_of(request)).create(project_id, body)
+    row, secret = await context(request).mutate(
+        lambda s: _tokens(s, request).create(project_id, body)
     )
     return TokenCreated(**token_out(row, request).model_dump(), secret=secret)
 
@@ -200,9 +204,8 @@ async def list_tokens(
 ) -> TokenPage:
     """The project's tokens, revoked and expired ones too, never their secrets. Admin or a
     member of the project; a reader is 403."""
-    ctx, principal = context(request), principal_of(request)
-    rows, next_cursor = await ctx.read(
-        lambda s: TokenService(s, principal, ctx.clock()).page(project_id, limit, cursor)
+    rows, next_cursor = await context(request).read(
+        lambda s: _tokens(s, request).page(project_id, limit, cursor)
     )
     return TokenPage(items=[token_out(r, request) for r in rows], next_cursor=next_cursor)
 
@@ -210,10 +213,7 @@ async def list_tokens(
 @router.get(PROJECT + "/tokens/{token_id}", operation_id="get_token", response_model=TokenOut)
 async def get_token(project_id: str, token_id: str, request: Request) -> TokenOut:
     """One token (never its secret). Admin or a member of the project; a reader is 403."""
-    ctx, principal = context(request), principal_of(request)
-    row = await ctx.read(
-        lambda s: TokenService(s, principal, ctx.clock()).get(project_id, token_id)
-    )
+    row = await context(request).read(lambda s: _tokens(s, request).get(project_id, token_id))
     return token_out(row, request)
 
 
@@ -227,13 +227,7 @@ async def get_token(project_id: str, token_id: str, request: Request) -> TokenOu
     "member of the project; a reader is 403.",
 )
 async def revoke_token(project_id: str, token_id: str, request: Request) -> TokenOut:
-    ctx, principal = context(request), principal_of(request)
-    now = ctx.clock()
-    row = await ctx.mutate(
-        lambda s: TokenService(s, principal, now, request_id_of(request)).revoke(
-            project_id, token_id
-        )
-    )
+    row = await context(request).mutate(lambda s: _tokens(s, request).revoke(project_id, token_id))
     return token_out(row, request)
 
 

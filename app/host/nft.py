@@ -58,24 +58,18 @@ def load(commands: Sequence[dict[str, Any]]) -> None:
 def list_table(family: str = FAMILY, table: str = TABLE) -> list[dict[str, Any]] | None:
     """One of our tables (by default the NAT one) as nft JSON objects, with counter values;
     None when it does not exist."""
-    argv = [NFT, "-j", "list", "table", family, table]
-    try:
-        output = _run(argv)
-    except NftError as exc:
-        if NO_SUCH_TABLE in str(exc):
-            return None
-        raise
-    try:
-        listing: list[dict[str, Any]] = json.loads(output)["nftables"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise NftError(argv, f"unreadable JSON output: {exc}") from None
-    return listing
+    return _list(["table", family, table])
 
 
 def list_chain(name: str) -> list[dict[str, Any]] | None:
     """One chain of our table as nft JSON objects (its rules with their counters), or None
     when the table or the chain does not exist; far cheaper than the whole table."""
-    argv = [NFT, "-j", "list", "chain", FAMILY, TABLE, name]
+    return _list(["chain", FAMILY, TABLE, name])
+
+
+def _list(what: list[str]) -> list[dict[str, Any]] | None:
+    """`nft -j list <what>` as JSON objects; None when nft says it does not exist."""
+    argv = [NFT, "-j", "list", *what]
     try:
         output = _run(argv)
     except NftError as exc:

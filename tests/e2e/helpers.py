@@ -4,8 +4,10 @@ paging, problem+json checks, kernel snapshots and a server-sent-events follower.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +20,10 @@ import pytest
 from httpcore._backends.sync import SyncStream
 
 from tests.daemon import Daemon
+from tests.guest.build import Guest
 from tests.netns_tools import KernelLink, links
+
+GUEST_DIR = Path(__file__).parents[1] / "guest"
 
 T = TypeVar("T")
 
@@ -284,3 +289,29 @@ class EventFollower:
                     raise AssertionError(f"no event {fields} after id {after}; saw {seen}")
                 self._changed.wait(remaining)
             return found
+
+
+def overlay_initrd(guest: Guest, hook: str, scripts: dict[str, str], out: Path) -> Path:
+    """The shared guest's initrd followed by an archive with /init (the guest's init.sh with
+    `hook` in place of its final `shell_forever`) and the executable `scripts` (name ->
+    text); Linux unpacks concatenated initramfs archives in order, later files replacing
+    earlier ones. Written to `out` (readable by the qemu user); returns it."""
+    init = (GUEST_DIR / "init.sh").read_text()
+    assert init.rstrip().endswith("shell_forever"), "tests/guest/init.sh changed its ending"
+    files = {"init": init.rstrip()[: -len("shell_forever")] + hook, **scripts}
+    stage = out.parent / f"{out.name}.overlay"
+    stage.mkdir()
+    for name, text in files.items():
+        (stage / name).write_text(text)
+        (stage / name).chmod(0o755)
+    archive = subprocess.run(
+        ["busybox", "cpio", "-o", "-H", "newc"],
+        cwd=stage,
+        input="".join(f"{name}\n" for name in files).encode(),
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    out.write_bytes(guest.initrd.read_bytes() + gzip.compress(archive, mtime=0))
+    out.chmod(0o644)
+    return out

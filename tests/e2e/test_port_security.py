@@ -20,11 +20,9 @@ works), which is how this test was checked to fail without the feature.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,12 +33,11 @@ from typing import Any
 import pytest
 
 from tests.api.test_addresses_api import client_on_bridge
-from tests.e2e.helpers import E2EDaemon, ok, running_daemon, wait_for
+from tests.e2e.helpers import E2EDaemon, ok, overlay_initrd, running_daemon, wait_for
 from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import parse_ready
 from tests.netns_tools import in_netns, throwaway_netns
 
-GUEST_DIR = Path(__file__).parents[1] / "guest"
 GATEWAY = "10.91.0.1"
 A_IP, A_MAC = "10.91.0.2", "52:54:00:0a:0a:0a"
 B_IP, B_MAC = "10.91.0.3", "52:54:00:0b:0b:0b"
@@ -85,28 +82,8 @@ HOOK = (
 
 
 def attacker_initrd(guest: Guest, workdir: Path) -> Path:
-    """The shared guest's initrd followed by an archive with /init (the guest's init.sh with
-    a hook that starts /attack.sh when kvt.attack=1) and /attack.sh."""
-    init = (GUEST_DIR / "init.sh").read_text()
-    assert init.rstrip().endswith("shell_forever"), "tests/guest/init.sh changed its ending"
-    init = init.rstrip()[: -len("shell_forever")] + HOOK
-    stage = workdir / "overlay"
-    stage.mkdir()
-    for name, text in (("init", init), ("attack.sh", ATTACK)):
-        (stage / name).write_text(text)
-        (stage / name).chmod(0o755)
-    archive = subprocess.run(
-        ["busybox", "cpio", "-o", "-H", "newc"],
-        cwd=stage,
-        input=b"init\nattack.sh\n",
-        capture_output=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    out = workdir / "attacker.initrd"
-    out.write_bytes(guest.initrd.read_bytes() + gzip.compress(archive, mtime=0))
-    out.chmod(0o644)
-    return out
+    """The shared guest with a hook that starts /attack.sh when kvt.attack=1."""
+    return overlay_initrd(guest, HOOK, {"attack.sh": ATTACK}, workdir / "attacker.initrd")
 
 
 @dataclass

@@ -23,11 +23,9 @@ is how this test was checked to fail without the protection.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,13 +34,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import E2EDaemon, ok, running_daemon, wait_for
+from tests.e2e.helpers import E2EDaemon, ok, overlay_initrd, running_daemon, wait_for
 from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import parse_ready, tail
 from tests.netns_tools import throwaway_netns
 from tests.tenancy import auth
 
-GUEST_DIR = Path(__file__).parents[1] / "guest"
 PROTECTED = os.environ.get("KVT_TENANT_ISOLATION", "on") != "off"
 GW_A, GW_B = "10.92.0.1", "10.93.0.1"
 A1_IP, A2_IP, B1_IP = "10.92.0.2", "10.92.0.3", "10.93.0.2"
@@ -67,27 +64,8 @@ HOOK = 'targets=$(params ping)\n[ -n "$targets" ] && /ping.sh $targets &\nshell_
 
 
 def pinger_initrd(guest: Guest, out: Path) -> None:
-    """The shared guest's initrd followed by an archive with /init (the guest's init.sh with a
-    hook that starts /ping.sh with the kvt.ping= targets) and /ping.sh; Linux unpacks
-    concatenated initramfs archives in order, later files replacing earlier ones."""
-    init = (GUEST_DIR / "init.sh").read_text()
-    assert init.rstrip().endswith("shell_forever"), "tests/guest/init.sh changed its ending"
-    init = init.rstrip()[: -len("shell_forever")] + HOOK
-    stage = out.parent / "overlay"
-    stage.mkdir()
-    for name, text in (("init", init), ("ping.sh", PING)):
-        (stage / name).write_text(text)
-        (stage / name).chmod(0o755)
-    archive = subprocess.run(
-        ["busybox", "cpio", "-o", "-H", "newc"],
-        cwd=stage,
-        input=b"init\nping.sh\n",
-        capture_output=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    out.write_bytes(guest.initrd.read_bytes() + gzip.compress(archive, mtime=0))
-    out.chmod(0o644)
+    """The shared guest with a hook that starts /ping.sh with the kvt.ping= targets."""
+    overlay_initrd(guest, HOOK, {"ping.sh": PING}, out)
 
 
 @dataclass
