@@ -284,6 +284,9 @@ def network_out(row: Network, link: str | None) -> NetworkOut:
             lease_time=row.lease_seconds,
         ),
         domain=row.domain,
+        dns_nameservers=row.dns_nameservers,
+        host_routes=row.host_routes,
+        description=row.description,
         dnsmasq_pid=row.dnsmasq_pid,
         restarts=row.restarts,
     )

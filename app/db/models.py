@@ -28,7 +28,7 @@ from sqlalchemy.types import TypeDecorator
 
 from app.domain.links import generate_mac
 from app.domain.names import MTU_MAX, MTU_MIN, STP_FORWARD_DELAY_CS
-from app.domain.networks import LEASE_SECONDS, PORTS
+from app.domain.networks import LEASE_SECONDS, MAX_HOST_ROUTES, MAX_NAMESERVERS, PORTS
 from app.domain.status import Status
 from app.domain.tenancy import DEFAULT_PROJECT_ID, Role
 from app.domain.vlans import RESOLVED_BACKENDS, VID_MAX, VID_MIN, VlanBackend
@@ -501,6 +501,18 @@ NETWORK_ONE_LINK = (
 )
 
 
+# the lists migration 0021 adds: JSON arrays no longer than the domain allows
+NETWORK_OPTION_CHECKS = [
+    _check(
+        "networks",
+        column,
+        f"json_valid({column}) AND json_type({column}) = 'array' AND "
+        f"json_array_length({column}) <= {most}",
+    )
+    for column, most in (("dns_nameservers", MAX_NAMESERVERS), ("host_routes", MAX_HOST_ROUTES))
+]
+
+
 class Network(ResourceColumns, Base):
     """A managed IPv4 network on one of our links (a bridge or a routed tap): the link carries
     the gateway, dnsmasq serves DHCP/DNS there, our nftables table masquerades the subnet."""
@@ -528,6 +540,16 @@ class Network(ResourceColumns, Base):
     range_end: Mapped[str] = mapped_column(String(15))
     lease_seconds: Mapped[int] = mapped_column(Integer, default=3600)
     domain: Mapped[str | None] = mapped_column(String(253), default=None)
+    # migration 0021: DHCP option 6 servers ([]: the gateway) and option 121 routes
+    # ({"destination": CIDR, "nexthop": address} objects), validated by
+    # app.domain.networks check_nameservers / check_host_routes; Neutron's description
+    dns_nameservers: Mapped[list[str]] = mapped_column(
+        StoredJSON, default=list, server_default="[]"
+    )
+    host_routes: Mapped[list[dict[str, str]]] = mapped_column(
+        StoredJSON, default=list, server_default="[]"
+    )
+    description: Mapped[str | None] = mapped_column(Text, default=None)
     # observed
     dnsmasq_pid: Mapped[int | None] = mapped_column(Integer, default=None)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
@@ -538,6 +560,7 @@ class Network(ResourceColumns, Base):
         _between("networks", "lease_seconds", *LEASE_SECONDS, nullable=False),
         _check("networks", "restarts", "restarts >= 0"),
         _check("networks", "one_link", NETWORK_ONE_LINK),
+        *NETWORK_OPTION_CHECKS,
     )
 
 

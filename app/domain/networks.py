@@ -8,7 +8,6 @@ subnet and forwards host ports to the guests' fixed addresses.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -28,6 +27,7 @@ DOMAIN_MAX = 253
 # what validate_domain accepts, for the OpenAPI schema: any case, an optional final dot
 DOMAIN_PATTERN = "^" + _DOMAIN_RE.pattern.replace("a-z", "A-Za-z") + r"\.?$"
 WILDCARD = IPv4Address("0.0.0.0")
+LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 
 
 def parse_subnet(text: str) -> IPv4Network:
@@ -113,6 +113,82 @@ def plan_addressing(
     if start <= gateway <= end:
         raise InvalidInput(f"the gateway {gateway} lies inside the DHCP range {start}-{end}")
     return Addressing(subnet, gateway, start, end)
+
+
+# ---- what DHCP tells the guests besides their address (Neutron's subnet options) -----------
+
+MAX_NAMESERVERS = 5  # Neutron's max_dns_nameservers default
+MAX_HOST_ROUTES = 20  # Neutron's max_subnet_host_routes default
+DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
+
+
+@dataclass(frozen=True)
+class HostRoute:
+    """A static route a DHCP client installs (Neutron's host_routes entry): `destination`
+    through `nexthop`, a host of the network's subnet."""
+
+    destination: IPv4Network
+    nexthop: IPv4Address
+
+    def as_dict(self) -> dict[str, str]:
+        return {"destination": str(self.destination), "nexthop": str(self.nexthop)}
+
+
+def check_nameservers(texts: Iterable[str]) -> tuple[IPv4Address, ...]:
+    """DNS servers for DHCP option 6 (RFC 2132 3.8), in the order given: at most
+    MAX_NAMESERVERS, each a unicast IPv4 address, none twice. None at all means the
+    gateway (dnsmasq itself)."""
+    servers: list[IPv4Address] = []
+    for text in texts:
+        address = parse_address(text, "dns_nameservers entry")
+        if address.is_multicast or address.is_unspecified or address == LIMITED_BROADCAST:
+            raise InvalidInput(f"dns_nameservers entry {address} is not a unicast address")
+        if address in servers:
+            raise InvalidInput(f"dns_nameservers lists {address} twice")
+        servers.append(address)
+    if len(servers) > MAX_NAMESERVERS:
+        raise InvalidInput(
+            f"dns_nameservers lists {len(servers)} servers; at most {MAX_NAMESERVERS}"
+        )
+    return tuple(servers)
+
+
+def check_host_routes(
+    subnet: IPv4Network, routes: Iterable[tuple[str, str]]
+) -> tuple[HostRoute, ...]:
+    """Static routes for DHCP option 121 from (destination, nexthop) pairs: each
+    destination an IPv4 network in CIDR form without host bits (0.0.0.0/0 included: it then
+    replaces the default route through the gateway), none twice; each nexthop a host of
+    `subnet` (the guests reach it on the link); at most MAX_HOST_ROUTES."""
+    checked: list[HostRoute] = []
+    for destination_text, nexthop_text in routes:
+        try:
+            destination = IPv4Network(destination_text, strict=True)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"host_routes destination {destination_text!r} is not an IPv4 network in "
+                f"CIDR form: {exc}"
+            ) from None
+        nexthop = host_in(
+            subnet, parse_address(nexthop_text, "host_routes nexthop"), "host_routes nexthop"
+        )
+        if any(route.destination == destination for route in checked):
+            raise InvalidInput(f"host_routes lists the destination {destination} twice")
+        checked.append(HostRoute(destination, nexthop))
+    if len(checked) > MAX_HOST_ROUTES:
+        raise InvalidInput(f"host_routes lists {len(checked)} routes; at most {MAX_HOST_ROUTES}")
+    return tuple(checked)
+
+
+def classless_routes(routes: Iterable[HostRoute], gateway: IPv4Address) -> tuple[HostRoute, ...]:
+    """What DHCP option 121 carries: the host routes, plus the default route through the
+    gateway unless one of them is a default route. A client that receives option 121 ignores
+    the router option (RFC 3442, "DHCP Client Behavior"), so without it the guests would lose
+    their default route. No routes: no option 121 (the router option stands)."""
+    routes = tuple(routes)
+    if not routes or any(route.destination == DEFAULT_ROUTE for route in routes):
+        return routes
+    return (*routes, HostRoute(DEFAULT_ROUTE, gateway))
 
 
 def check_no_overlap(subnet: IPv4Network, others: Iterable[tuple[str | None, str]]) -> None:
@@ -353,7 +429,7 @@ def listen_address(text: str | None) -> IPv4Address:
     if text is None:
         return WILDCARD
     address = parse_address(text, "listen_address")
-    if address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+    if address.is_multicast or address == LIMITED_BROADCAST:
         raise InvalidInput(f"listen_address {address} is not a unicast address")
     return address
 
@@ -389,6 +465,10 @@ class DhcpDnsSpec:
     lease_seconds: int
     domain: str | None
     hosts: tuple[StaticHost, ...]
+    # DHCP option 6; empty: the gateway (dnsmasq itself)
+    nameservers: tuple[IPv4Address, ...] = ()
+    # DHCP option 121 (classless_routes: the default route included); empty: none
+    routes: tuple[HostRoute, ...] = ()
 
 
 def static_hosts(nics: Iterable[tuple[str, str, str, int]]) -> tuple[StaticHost, ...]:

@@ -133,7 +133,8 @@ def render_conf(spec: DhcpDnsSpec, paths: DnsmasqPaths, user: str = USER) -> str
         lines += [
             f"dhcp-range={spec.range_start},{spec.range_end},{subnet.netmask},{spec.lease_seconds}",
             f"dhcp-option=option:router,{spec.gateway}",
-            f"dhcp-option=option:dns-server,{spec.gateway}",
+            _dns_servers(spec),
+            *_classless_routes(spec),
             "dhcp-authoritative",
             "dhcp-no-override",
             # the whole subnet, not the hosts' count: that would restart dnsmasq on every change
@@ -142,6 +143,25 @@ def render_conf(spec: DhcpDnsSpec, paths: DnsmasqPaths, user: str = USER) -> str
             f"dhcp-hostsfile={paths.dhcp_hosts}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _dns_servers(spec: DhcpDnsSpec) -> str:
+    """DHCP option 6 (RFC 2132 3.8): the network's nameservers, else the gateway, where
+    this dnsmasq answers DNS."""
+    servers = spec.nameservers or (spec.gateway,)
+    return "dhcp-option=option:dns-server," + ",".join(str(s) for s in servers)
+
+
+def _classless_routes(spec: DhcpDnsSpec) -> list[str]:
+    """DHCP option 121 (RFC 3442) as dnsmasq writes it: `destination/len,router` pairs in
+    one option (dnsmasq encodes the compact destinations itself; dnsmasq.conf.example).
+    spec.routes already holds the default route through the gateway when any route is
+    given (app.domain.networks.classless_routes). Windows has asked for option 121 since
+    Vista, so Microsoft's pre-RFC option 249 is not sent."""
+    if not spec.routes:
+        return []
+    pairs = ",".join(f"{r.destination},{r.nexthop}" for r in spec.routes)
+    return [f"dhcp-option=option:classless-static-route,{pairs}"]
 
 
 def render_dhcp_hosts(spec: DhcpDnsSpec) -> str:

@@ -12,6 +12,8 @@ from app.domain.networks import (
     DOMAIN_MAX,
     DOMAIN_PATTERN,
     LEASE_SECONDS,
+    MAX_HOST_ROUTES,
+    MAX_NAMESERVERS,
     PORTS,
     validate_domain,
 )
@@ -51,6 +53,39 @@ ResourceName = Annotated[
 PortNumber = Annotated[
     int, Field(ge=0, le=99999, json_schema_extra={"minimum": PORTS[0], "maximum": PORTS[1]})
 ]
+
+
+NAMESERVERS_DOC = (
+    f"DNS servers DHCP hands out (option 6), in order: at most {MAX_NAMESERVERS} IPv4 unicast "
+    "addresses, none twice. [] or null: the gateway (this network's dnsmasq answers DNS)"
+)
+HOST_ROUTES_DOC = (
+    f"Static routes DHCP hands out (option 121, RFC 3442): at most {MAX_HOST_ROUTES}, "
+    "destinations unique. When any is given the default route through the gateway is sent "
+    "with them (a client that gets option 121 ignores the router option), unless one of "
+    "them is 0.0.0.0/0. [] or null: none"
+)
+DescriptionStr = Annotated[str, ONE_LINE, Field(max_length=255, examples=["office LAN"])]
+
+
+class HostRouteIn(RequestModel):
+    """A route the guests install: `destination` through `nexthop`."""
+
+    destination: str = Field(
+        max_length=18,
+        examples=["10.20.0.0/16"],
+        description="An IPv4 network in CIDR form without host bits (0.0.0.0/0: the default "
+        "route)",
+    )
+    nexthop: Ipv4Str = Field(
+        description="A host address of the network's subnet (not its network or broadcast "
+        "address)"
+    )
+
+
+class HostRouteOut(BaseModel):
+    destination: str
+    nexthop: str
 
 
 class DhcpIn(RequestModel):
@@ -93,6 +128,13 @@ class NetworkCreate(RequestModel):
     nat: NatIn = Field(default_factory=lambda: NatIn.model_validate({}))
     dhcp: DhcpIn = Field(default_factory=lambda: DhcpIn.model_validate({}))
     domain: DomainStr | None = Field(None, description="DNS domain of the guests' names")
+    dns_nameservers: list[Ipv4Str] | None = Field(
+        None, max_length=MAX_NAMESERVERS, description=NAMESERVERS_DOC
+    )
+    host_routes: list[HostRouteIn] | None = Field(
+        None, max_length=MAX_HOST_ROUTES, description=HOST_ROUTES_DOC
+    )
+    description: DescriptionStr | None = Field(None, description="Free text. null: none")
     project_id: ProjectIdIn = None
 
     @model_validator(mode="after")
@@ -117,9 +159,16 @@ class NetworkUpdate(
     created_by=NetworkCreate,
     instead="delete the network and create it again with the new value",
 ):
-    """What can change in place. `name`, `subnet`, `gateway` and the link (`bridge`, `tap`
-    or `vlan`) are fixed at creation (422 saying so): re-create the network. A field left
-    out is unchanged (null: see each field)."""
+    """What can change in place. `subnet`, `gateway` and the link (`bridge`, `tap` or
+    `vlan`) are fixed at creation (422 saying so): re-create the network. A field left out
+    is unchanged (null: see each field). A change of `dns_nameservers` or `host_routes`
+    restarts the network's dnsmasq (leases are kept); clients learn it when they renew."""
+
+    name: ResourceName = Field(
+        "",
+        description="A new name, unique in the project without regard to case (409 "
+        "name-taken). null is refused (422)",
+    )
 
     nat: NatIn = Field(
         default_factory=lambda: NatIn.model_validate({}),
@@ -134,6 +183,13 @@ class NetworkUpdate(
     domain: DomainStr | None = Field(
         None, description="DNS domain of the guests' names. null: none"
     )
+    dns_nameservers: list[Ipv4Str] | None = Field(
+        None, max_length=MAX_NAMESERVERS, description=NAMESERVERS_DOC
+    )
+    host_routes: list[HostRouteIn] | None = Field(
+        None, max_length=MAX_HOST_ROUTES, description=HOST_ROUTES_DOC
+    )
+    description: DescriptionStr | None = Field(None, description="Free text. null: none")
 
 
 class NatOut(BaseModel):
@@ -173,6 +229,14 @@ class Network(ResourceState):
     nat: NatOut
     dhcp: DhcpOut
     domain: str | None
+    dns_nameservers: list[str] = Field(
+        description="DNS servers DHCP hands out ([]: the gateway, where dnsmasq answers)"
+    )
+    host_routes: list[HostRouteOut] = Field(
+        description="Static routes DHCP hands out (option 121; the default route through "
+        "the gateway is sent with them)"
+    )
+    description: str | None
     dnsmasq_pid: int | None
     restarts: int = Field(description="How often dnsmasq was restarted after it died")
     isolation: IsolationOut | None = Field(

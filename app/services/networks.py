@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from ipaddress import IPv4Address
+from collections.abc import Collection, Sequence
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from app.db.models import (
@@ -55,6 +55,8 @@ from app.domain.networks import (
     allocate_address,
     check_fixed_address,
     check_forward_ports,
+    check_host_routes,
+    check_nameservers,
     check_no_overlap,
     check_range_change,
     check_subnet_free,
@@ -72,6 +74,7 @@ from app.domain.tenancy import LOCAL_ADMIN, Caller, Quota, Scope
 from app.domain.vlans import VlanFacts
 from app.schemas.networks import (
     DhcpIn,
+    HostRouteIn,
     NatIn,
     NetworkCreate,
     NetworkUpdate,
@@ -93,8 +96,13 @@ def addressing_of(row: Network) -> Addressing:
 
 
 def _changeable(row: Network) -> tuple[object, ...]:
-    """What PATCH may change: NAT, DHCP and the DNS domain."""
+    """What PATCH may change: the name, description, NAT, DHCP and what DHCP tells the
+    guests, and the DNS domain."""
     return (
+        row.name,
+        row.description,
+        row.dns_nameservers,  # replaced, never changed in place: the old list compares
+        row.host_routes,
         row.nat,
         row.nat_interface,
         row.snat_address,
@@ -112,6 +120,22 @@ def _check_nat(nat: NatIn, caller: Caller) -> None:
         address = parse_address(nat.snat_address, "snat_address")
         if address.is_multicast or address.is_unspecified or address.is_loopback:
             raise InvalidInput(f"snat_address {address} is not a usable unicast address")
+
+
+def _set_options(
+    row: Network,
+    subnet: IPv4Network,
+    nameservers: Sequence[str] | None,
+    routes: Sequence[HostRouteIn] | None,
+    sent: Collection[str] = ("dns_nameservers", "host_routes"),
+) -> None:
+    """Stores the DHCP options that were `sent` (null: [], none), validated against the
+    network's subnet (app.domain.networks check_nameservers, check_host_routes)."""
+    if "dns_nameservers" in sent:
+        row.dns_nameservers = [str(a) for a in check_nameservers(nameservers or ())]
+    if "host_routes" in sent:
+        pairs = [(route.destination, route.nexthop) for route in routes or ()]
+        row.host_routes = [route.as_dict() for route in check_host_routes(subnet, pairs)]
 
 
 class NetworkService:
@@ -195,12 +219,7 @@ class NetworkService:
         project's, within its `networks` quota."""
         project_id = create_project(self.session, self.caller, body.project_id)
         self.scope = create_scope(self.caller, project_id)
-        holder = self.networks.name_holder(body.name, project_id)
-        if holder is not None:
-            raise NameTaken(
-                f"network {holder.name!r} ({holder.id}) has this name: network names are "
-                "unique within a project without regard to case, as VM and VLAN names are"
-            )
+        self._refuse_name_taken(body.name, project_id)
         QuotaGuard(self.session).charge(project_id, {Quota.NETWORKS: 1})
         kind, ref = body.segment()
         link, segment = self._segment(kind, ref)
@@ -238,8 +257,10 @@ class NetworkService:
             subnet=str(plan.subnet),
             gateway=str(plan.gateway),
             domain=body.domain,
+            description=body.description,
             generation=1,
         )
+        _set_options(row, plan.subnet, body.dns_nameservers, body.host_routes)
         self._set_nat(row, body.nat)
         self._set_dhcp(row, body.dhcp, plan)
         self.networks.add(row)
@@ -247,6 +268,14 @@ class NetworkService:
         self._adopt_nics(row, plan, kind, link.id)
         bump(link)  # its addresses now include the gateway
         return row, record_operation(self.session, "create", "network", row, self.caller)
+
+    def _refuse_name_taken(self, name: str, project_id: str, except_id: str | None = None) -> None:
+        holder = self.networks.name_holder(name, project_id, except_id)
+        if holder is not None:
+            raise NameTaken(
+                f"network {holder.name!r} ({holder.id}) has this name: network names are "
+                "unique within a project without regard to case, as VM and VLAN names are"
+            )
 
     def _segment(self, kind: str, ref: str) -> tuple[ResourceColumns, Segment]:
         """The live object of `kind` named `ref` (404 when unknown, 409 while it is being
@@ -286,7 +315,17 @@ class NetworkService:
     def update(self, ref: str, body: NetworkUpdate) -> tuple[Network, Operation | None]:
         row = self.alive(ref)
         before = _changeable(row)
-        sent = body.model_fields_set  # nat and dhcp refuse null; domain null clears it
+        # name, nat and dhcp refuse null; domain and description null clear them, the
+        # option lists' null empties them
+        sent = body.model_fields_set
+        if "name" in sent and body.name != row.name:
+            self._refuse_name_taken(body.name, row.project_id, except_id=row.id)
+            row.name = body.name
+        if "description" in sent:
+            row.description = body.description
+        _set_options(
+            row, IPv4Network(row.subnet), body.dns_nameservers, body.host_routes, sent
+        )
         if "nat" in sent:
             _check_nat(body.nat, self.caller)
             self._set_nat(row, body.nat)

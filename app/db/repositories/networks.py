@@ -27,7 +27,16 @@ from app.db.repositories.segments import (
     segment_row,
 )
 from app.domain.nat_rules import Forward, NatNetwork
-from app.domain.networks import DhcpDnsSpec, NicAddress, static_hosts
+from app.domain.errors import InvalidInput
+from app.domain.networks import (
+    DhcpDnsSpec,
+    HostRoute,
+    NicAddress,
+    check_host_routes,
+    check_nameservers,
+    classless_routes,
+    static_hosts,
+)
 from app.domain.path_probe import ProbeTarget
 from app.domain.segments import Segment
 from app.domain.status import Status
@@ -207,6 +216,26 @@ def _link_problem(kind: str, link: ResourceColumns | None) -> str | None:
     return f"waiting for {kind} {link.name} ({link.status}{detail})"
 
 
+def _dhcp_options(row: Network) -> tuple[tuple[IPv4Address, ...], tuple[HostRoute, ...]]:
+    """The stored DNS servers and routes, checked again as the API checked them (a row
+    written by hand that breaks the rules raises InvalidInput: the network is reported as
+    unreadable rather than served half)."""
+    stored_routes = row.host_routes
+    if not isinstance(stored_routes, list) or not all(
+        isinstance(r, dict) for r in stored_routes
+    ):
+        raise InvalidInput(f"host_routes is stored as {stored_routes!r}, not a list of routes")
+    stored_servers = row.dns_nameservers
+    if not isinstance(stored_servers, list):
+        raise InvalidInput(f"dns_nameservers is stored as {stored_servers!r}, not a list")
+    routes = check_host_routes(
+        IPv4Network(row.subnet),
+        [(str(r.get("destination")), str(r.get("nexthop"))) for r in stored_routes],
+    )
+    nameservers = check_nameservers(str(s) for s in stored_servers)
+    return nameservers, classless_routes(routes, IPv4Address(row.gateway))
+
+
 def _network_state(session: Session, row: Network) -> NetworkState:
     # a segment its driver cannot describe raises InvalidInput (a ValueError): the caller
     # reports the network as unreadable
@@ -230,6 +259,7 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         .where(VmNic.network_id == row.id, VmNic.ipv4.is_not(None), Vm.deleted.is_(False))
         .order_by(Vm.created_at, Vm.id, VmNic.position)  # oldest VM first: it keeps its name
     ).all()
+    nameservers, routes = _dhcp_options(row)
     service = DhcpDnsSpec(
         network_id=row.id,
         interface=link_name or "",
@@ -241,6 +271,8 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         lease_seconds=row.lease_seconds,
         domain=row.domain,
         hosts=static_hosts((name, mac, ipv4 or "", pos) for name, mac, ipv4, pos, *_ in nics),
+        nameservers=nameservers,
+        routes=routes,
     )
     addresses = tuple(
         NicAddress(nic_id, name, pos, mac, ipv4 or "", observed, reason)
