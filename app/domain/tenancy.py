@@ -40,6 +40,7 @@ class Quota(enum.StrEnum):
     TAPS = "taps"
     BRIDGES = "bridges"
     VLANS = "vlans"
+    SEGMENTS = "segments"  # bridges and VLANs together (Neutron's `network` quota)
     NETWORKS = "networks"
     PORT_FORWARDS = "port_forwards"
 

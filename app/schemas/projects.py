@@ -50,6 +50,7 @@ QUOTA_DOCS = {
     Quota.TAPS: "Taps",
     Quota.BRIDGES: "Bridges",
     Quota.VLANS: "VLANs",
+    Quota.SEGMENTS: "L2 segments: bridges and VLANs together (Neutron's `network` quota)",
     Quota.NETWORKS: "Managed networks",
     Quota.PORT_FORWARDS: "Port forwards",
 }
@@ -74,6 +75,7 @@ class Quotas(RequestModel):
     taps: int | None = _quota(Quota.TAPS)
     bridges: int | None = _quota(Quota.BRIDGES)
     vlans: int | None = _quota(Quota.VLANS)
+    segments: int | None = _quota(Quota.SEGMENTS)
     networks: int | None = _quota(Quota.NETWORKS)
     port_forwards: int | None = _quota(Quota.PORT_FORWARDS)
 
@@ -217,6 +219,7 @@ class QuotasOut(BaseModel):
     taps: int | None
     bridges: int | None
     vlans: int | None
+    segments: int | None = Field(description="Bridges and VLANs together")
     networks: int | None
     port_forwards: int | None
 

@@ -28,6 +28,9 @@ class QuotaUsages(BaseModel):
     taps: QuotaUsage = Field(description="Tap resources (a VM's NIC taps are the VM's)")
     bridges: QuotaUsage
     vlans: QuotaUsage
+    segments: QuotaUsage = Field(
+        description="Bridges and VLANs together (Neutron's `network` quota)"
+    )
     networks: QuotaUsage
     port_forwards: QuotaUsage
 

@@ -383,7 +383,7 @@ class BridgeService:
         made it to ask the host about that name; planned here when not given)."""
         new = _new_link(self.session, self.caller, "bridge", body.name, body.project_id, new)
         _refuse_same_name(self.session, Bridge, new, body.name)
-        QuotaGuard(self.session).charge(new.project_id, {Quota.BRIDGES: 1})
+        QuotaGuard(self.session).charge(new.project_id, {Quota.BRIDGES: 1, Quota.SEGMENTS: 1})
         refuse_taken(self.session, new.ifname, foreign, self.scope)
         row = Bridge(
             id=new.id,

@@ -172,7 +172,7 @@ class VlanService:
         project_id = create_project(self.session, self.caller, body.project_id)
         self.scope = create_scope(self.caller, project_id)
         self._refuse_name_taken(body.name, project_id)
-        QuotaGuard(self.session).charge(project_id, {Quota.VLANS: 1})
+        QuotaGuard(self.session).charge(project_id, {Quota.VLANS: 1, Quota.SEGMENTS: 1})
         trunk = self.trunk(body.trunk)
         vid = choose_vid(
             self.session, project_id, self.caller.principal, trunk.id, trunk.name, body.vlan_id

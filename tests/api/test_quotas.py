@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from app.db.models import Bridge, Network, PortForward, Project, Tap, Vlan, Vm
 from app.db.session import Database
 from app.domain.tenancy import DEFAULT_PROJECT_ID, Quota
+from tests.api.test_vlans_api import vlan_api as vlan_api
 from tests.tenancy import auth, make_project, make_token
 
 OVER_QUOTA = "urn:kvmnetd:problem:over-quota"
@@ -212,3 +213,38 @@ def test_a_stored_limit_that_is_not_a_count_refuses_rather_than_unlimits(api: Te
     assert answer.status_code == 409 and "ten" in answer.json()["detail"], answer.text
     assert answer.json()["type"] == "urn:kvmnetd:problem:unreadable-quota"
     assert rows(api, Tap, project) == 0
+
+
+def test_segments_count_bridges_and_vlans_together(vlan_api: TestClient) -> None:
+    """`segments` (Neutron's `network` quota) limits bridges and VLANs as one count; each
+    kind's own quota still applies, and usage shows all three."""
+    api = vlan_api
+    trunk = api.post("/v1/bridges", json={"name": "qbr0"})  # the admin's, shared: a trunk
+    assert trunk.status_code == 202, trunk.text
+    shared = [{"resource": "bridge", "id": trunk.json()["id"]}]
+    db = _db(api)
+    project = make_project(
+        db, "acme", quotas={"segments": 2}, shared_segments=shared, vlan_ranges=[[100, 199]]
+    )
+    member = auth(make_token(db, project, "member"))
+    assert api.post("/v1/bridges", json={"name": "qbr1"}, headers=member).status_code == 202
+    vlan = api.post("/v1/vlans", json={"name": "v", "trunk": "qbr0"}, headers=member)
+    assert vlan.status_code == 202, vlan.text
+    assert_over(
+        api.post("/v1/bridges", json={"name": "qbr2"}, headers=member), Quota.SEGMENTS, 2, 2, 1
+    )
+    assert_over(
+        api.post("/v1/vlans", json={"name": "w", "trunk": "qbr0"}, headers=member),
+        Quota.SEGMENTS,
+        2,
+        2,
+        1,
+    )
+    assert (rows(api, Bridge, project), rows(api, Vlan, project)) == (1, 1)
+    usage = api.get(f"/v1/projects/{project}/usage", headers=member).json()["quotas"]
+    assert usage["segments"] == {"limit": 2, "usage": 2}
+    assert usage["bridges"] == {"limit": None, "usage": 1}
+    assert usage["vlans"] == {"limit": None, "usage": 1}
+    # a deleted VLAN frees its share at once
+    assert api.delete(f"/v1/vlans/{vlan.json()['id']}", headers=member).status_code == 202
+    assert api.post("/v1/bridges", json={"name": "qbr2"}, headers=member).status_code == 202

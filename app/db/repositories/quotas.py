@@ -5,7 +5,7 @@ Usage counts the rows that are not `deleted`: a resource being deleted (its dele
 the supervisor still removing its kernel objects) no longer counts, so a delete frees its
 share at once, as the API's answer to the delete says it is going. vms, vcpus and
 memory_mib count every VM that is not deleted, whatever its power state (a stopped VM can
-start again at any time without asking). A VM's NIC taps are the VM's, not `taps` (tap
+start again at any time without asking). segments counts bridges and VLANs together. A VM's NIC taps are the VM's, not `taps` (tap
 resources only).
 
 Each count is one aggregate query on the project's indexed `project_id`. The quota guard
@@ -25,12 +25,15 @@ from app.db.models import Bridge, Network, PortForward, Tap, Vlan, Vm
 from app.domain.tenancy import Quota
 
 VM_QUOTAS = (Quota.VMS, Quota.VCPUS, Quota.MEMORY_MIB)
-COUNTED: dict[Quota, type[Tap | Bridge | Vlan | Network | PortForward]] = {
-    Quota.TAPS: Tap,
-    Quota.BRIDGES: Bridge,
-    Quota.VLANS: Vlan,
-    Quota.NETWORKS: Network,
-    Quota.PORT_FORWARDS: PortForward,
+Counted = Tap | Bridge | Vlan | Network | PortForward
+COUNTED: dict[Quota, tuple[type[Counted], ...]] = {
+    Quota.TAPS: (Tap,),
+    Quota.BRIDGES: (Bridge,),
+    Quota.VLANS: (Vlan,),
+    # the L2 segments a Neutron network is (per-VLAN bridges are no Bridge rows: the VLAN's)
+    Quota.SEGMENTS: (Bridge, Vlan),
+    Quota.NETWORKS: (Network,),
+    Quota.PORT_FORWARDS: (PortForward,),
 }
 
 
@@ -49,14 +52,17 @@ def quota_usages(session: Session, project_id: str, quotas: Iterable[Quota]) -> 
         usage.update({q: int(counted[q]) for q in wanted if q in VM_QUOTAS})
     for quota in wanted:
         if quota not in VM_QUOTAS:
-            model = COUNTED[quota]
-            count = (
-                select(func.count())
-                .select_from(model)
-                .where(model.project_id == project_id, model.deleted.is_(False))
-            )
-            usage[quota] = int(session.scalar(count) or 0)
+            usage[quota] = sum(_live_rows(session, model, project_id) for model in COUNTED[quota])
     return usage
+
+
+def _live_rows(session: Session, model: type[Counted], project_id: str) -> int:
+    count = (
+        select(func.count())
+        .select_from(model)
+        .where(model.project_id == project_id, model.deleted.is_(False))
+    )
+    return int(session.scalar(count) or 0)
 
 
 def trunk_vids(session: Session, trunk_id: str) -> set[int]:
