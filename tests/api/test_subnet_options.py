@@ -73,9 +73,7 @@ def test_a_dhcp_client_gets_the_nameservers_and_routes(
     ], env
 
     # cleared (null means []): dnsmasq restarts; the gateway serves DNS, no option 121
-    r = api.patch(
-        "/v1/networks/nat0?wait=10", json={"dns_nameservers": None, "host_routes": None}
-    )
+    r = api.patch("/v1/networks/nat0?wait=10", json={"dns_nameservers": None, "host_routes": None})
     assert r.status_code == 200, r.text
     assert (r.json()["dns_nameservers"], r.json()["host_routes"]) == ([], [])
     assert r.json()["dnsmasq_pid"] not in (None, pid)
