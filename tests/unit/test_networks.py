@@ -13,6 +13,7 @@ from app.domain.nat_rules import Forward, NatNetwork, canonical, removal, render
 from app.domain.networks import (
     DhcpDnsSpec,
     HostPrefix,
+    HostRoute,
     LeaseHolder,
     NicAddress,
     PortSpan,
@@ -20,10 +21,13 @@ from app.domain.networks import (
     allocate_address,
     check_fixed_address,
     check_forward_ports,
+    check_host_routes,
+    check_nameservers,
     check_no_overlap,
     check_range_change,
     clash_reason,
     clashes,
+    classless_routes,
     dns_label,
     foreign_clash,
     listen_address,
@@ -174,10 +178,12 @@ def test_dnsmasq_files(tmp_path: Path) -> None:
         "bind-dynamic",
         "dhcp-range=10.1.0.128,10.1.0.254,255.255.255.0,600",
         "dhcp-option=option:router,10.1.0.1",
+        "dhcp-option=option:dns-server,10.1.0.1",  # no nameservers: dnsmasq itself
         "domain=kvm.test",
         f"dhcp-leasefile={tmp_path}/state/networks/n1/dnsmasq.leases",
     ):
         assert line in conf
+    assert not [line for line in conf if "classless-static-route" in line]
     assert render_dhcp_hosts(spec) == "52:54:00:00:00:01,10.1.0.2,web\n52:54:00:00:00:02,10.1.0.3\n"
     assert render_dns_hosts(spec) == "10.1.0.2 web\n"
     # static leases do not show in the configuration: changing them never restarts dnsmasq
@@ -249,3 +255,55 @@ def test_a_later_vm_never_takes_an_older_vms_host_name() -> None:
         ]
     )
     assert [h.hostname for h in hosts] == ["web", "web-nic0", "db-nic1", "db", None]
+
+
+def test_dns_servers_and_classless_routes_in_dnsmasq_conf(tmp_path: Path) -> None:
+    """Option 6 lists the nameservers in order; option 121 (RFC 3442) the routes as
+    `destination/len,nexthop` pairs in one option, with the default route through the
+    gateway, which a client given option 121 would otherwise lose (it ignores option 3)."""
+    subnet = IPv4Network("10.1.0.0/24")
+    routes = check_host_routes(subnet, [("10.20.0.0/16", "10.1.0.254"), ("0.0.0.0/8", "10.1.0.9")])
+    spec = DhcpDnsSpec(
+        network_id="n1",
+        interface="br0",
+        subnet=str(subnet),
+        gateway="10.1.0.1",
+        dhcp=True,
+        range_start=IPv4Address("10.1.0.128"),
+        range_end=IPv4Address("10.1.0.254"),
+        lease_seconds=600,
+        domain=None,
+        hosts=(),
+        nameservers=check_nameservers(["10.1.0.53", "192.0.2.1"]),
+        routes=classless_routes(routes, IPv4Address("10.1.0.1")),
+    )
+    conf = render_conf(spec, DnsmasqPaths.of(tmp_path, tmp_path, "n1")).splitlines()
+    assert "dhcp-option=option:dns-server,10.1.0.53,192.0.2.1" in conf
+    assert (
+        "dhcp-option=option:classless-static-route,"
+        "10.20.0.0/16,10.1.0.254,0.0.0.0/8,10.1.0.9,0.0.0.0/0,10.1.0.1"
+    ) in conf
+    # the user's own default route replaces the gateway's; no routes: no option 121
+    own = (HostRoute(IPv4Network("0.0.0.0/0"), IPv4Address("10.1.0.9")),)
+    assert classless_routes(own, IPv4Address("10.1.0.1")) == own
+    assert classless_routes((), IPv4Address("10.1.0.1")) == ()
+    # DHCP off: no DHCP options at all
+    off = render_conf(
+        DhcpDnsSpec(**{**spec.__dict__, "dhcp": False}), DnsmasqPaths.of(tmp_path, tmp_path, "n1")
+    )
+    assert "dhcp-option" not in off
+
+
+@pytest.mark.parametrize(
+    ("routes", "said"),
+    [
+        ([("10.20.0.1/16", "10.1.0.9")], "host bits set"),
+        ([("10.20.0.0/16", "10.1.0.0")], "network or broadcast address"),
+        ([("10.20.0.0/16", "10.2.0.9")], "outside the subnet"),
+        ([("10.20.0.0/16", "10.1.0.9"), ("10.20.0.0/16", "10.1.0.8")], "twice"),
+        ([(f"10.{i}.0.0/16", "10.1.0.9") for i in range(21)], "at most 20"),
+    ],
+)
+def test_host_routes_rules(routes: list[tuple[str, str]], said: str) -> None:
+    with pytest.raises(InvalidInput, match=said):
+        check_host_routes(IPv4Network("10.1.0.0/24"), routes)
