@@ -74,12 +74,10 @@ class HostRouteIn(RequestModel):
     destination: str = Field(
         max_length=18,
         examples=["10.20.0.0/16"],
-        description="An IPv4 network in CIDR form without host bits (0.0.0.0/0: the default "
-        "route)",
+        description="An IPv4 network in CIDR form without host bits (0.0.0.0/0: the default route)",
     )
     nexthop: Ipv4Str = Field(
-        description="A host address of the network's subnet (not its network or broadcast "
-        "address)"
+        description="A host address of the network's subnet (not its network or broadcast address)"
     )
 
 

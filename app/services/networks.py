@@ -323,9 +323,7 @@ class NetworkService:
             row.name = body.name
         if "description" in sent:
             row.description = body.description
-        _set_options(
-            row, IPv4Network(row.subnet), body.dns_nameservers, body.host_routes, sent
-        )
+        _set_options(row, IPv4Network(row.subnet), body.dns_nameservers, body.host_routes, sent)
         if "nat" in sent:
             _check_nat(body.nat, self.caller)
             self._set_nat(row, body.nat)

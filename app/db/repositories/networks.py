@@ -26,8 +26,8 @@ from app.db.repositories.segments import (
     segment_ports,
     segment_row,
 )
-from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.errors import InvalidInput
+from app.domain.nat_rules import Forward, NatNetwork
 from app.domain.networks import (
     DhcpDnsSpec,
     HostRoute,
@@ -221,9 +221,7 @@ def _dhcp_options(row: Network) -> tuple[tuple[IPv4Address, ...], tuple[HostRout
     written by hand that breaks the rules raises InvalidInput: the network is reported as
     unreadable rather than served half)."""
     stored_routes = row.host_routes
-    if not isinstance(stored_routes, list) or not all(
-        isinstance(r, dict) for r in stored_routes
-    ):
+    if not isinstance(stored_routes, list) or not all(isinstance(r, dict) for r in stored_routes):
         raise InvalidInput(f"host_routes is stored as {stored_routes!r}, not a list of routes")
     stored_servers = row.dns_nameservers
     if not isinstance(stored_servers, list):

@@ -5,8 +5,8 @@ Usage counts the rows that are not `deleted`: a resource being deleted (its dele
 the supervisor still removing its kernel objects) no longer counts, so a delete frees its
 share at once, as the API's answer to the delete says it is going. vms, vcpus and
 memory_mib count every VM that is not deleted, whatever its power state (a stopped VM can
-start again at any time without asking). segments counts bridges and VLANs together. A VM's NIC taps are the VM's, not `taps` (tap
-resources only).
+start again at any time without asking). segments counts bridges and VLANs together. A
+VM's NIC taps are the VM's, not `taps` (tap resources only).
 
 Each count is one aggregate query on the project's indexed `project_id`. The quota guard
 (app.services.quotas) asks them inside the unit of work that inserts, which holds the
