@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import enum
 import pwd
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -97,7 +98,9 @@ def _fallback(field: FieldInfo) -> Any:
     if not field.is_required():
         return field.get_default(call_default_factory=True)
     annotation = field.annotation
-    options = typing.get_args(annotation) if typing.get_origin(annotation) else (annotation,)
+    # a union's or Literal's members; a generic like list[X] is itself the one option
+    chooses = typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Literal)
+    options = typing.get_args(annotation) if chooses else (annotation,)
     if type(None) in options:
         return None
     first = options[0]

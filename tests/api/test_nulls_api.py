@@ -82,6 +82,9 @@ RESOURCES = (
             "nat": {"enabled": False},
             "dhcp": {"lease_time": 600},
             "domain": "x.test",
+            "dns_nameservers": ["10.93.0.53"],
+            "host_routes": [{"destination": "10.94.0.0/16", "nexthop": "10.93.0.254"}],
+            "description": "lab",
         },
         needs=(("bridges", {"name": "brn"}),),
     ),
@@ -169,6 +172,8 @@ def test_null_in_every_patch_field(
         twin_body["addresses"] = ["192.168.199.1/24"]
     if resource.collection == "networks":
         twin_body["subnet"] = "10.94.0.0/24"
+        if "host_routes" in twin_body:  # a nexthop is a host of the network's own subnet
+            twin_body["host_routes"] = [{"destination": "10.95.0.0/16", "nexthop": "10.94.0.9"}]
         api.post("/v1/bridges?wait=10", json={"name": "brt"}).raise_for_status()
         twin_body["bridge"] = "brt"
         r = api.post(f"/v1/{resource.collection}?wait=10", json=twin_body)

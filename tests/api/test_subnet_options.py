@@ -9,18 +9,21 @@ option 121 as `staticroutes`) to a file.
 - a PATCH that clears them restarts dnsmasq and the next client gets the gateway as its
   DNS server and no option 121;
 - bad lists are refused (422) and store nothing; null means [];
-- the name (unique per project) and description change in place.
+- the name (unique per project) and description change in place;
+- a stored list the worker cannot use is reported on the network, and a PATCH heals it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.test_addresses_api import client_on_bridge
+from app.settings import Settings
+from tests.api.test_addresses_api import client_on_bridge, eventually
 from tests.api.test_links_api import make_bridge
 from tests.api.test_networks_api import make_network
 from tests.netns_tools import in_netns
@@ -150,3 +153,31 @@ def test_name_and_description_change_in_place(api: TestClient) -> None:
     assert r.json()["generation"] == network["generation"] + 1  # a change, as Neutron's revision
     assert api.get(f"/v1/networks/{network['id']}").json()["name"] == "lan"
     assert api.patch("/v1/networks/lan", json={"name": None}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("host_routes", '[{"destination": "10.20.0.0/16", "nexthop": "10.1.2.3"}]'),
+        ("host_routes", '"garbage{"'),
+        ("dns_nameservers", '["not an address"]'),
+    ],
+)
+def test_a_stored_list_the_worker_cannot_use_is_reported_and_a_patch_heals_it(
+    api: TestClient, settings: Settings, column: str, value: str
+) -> None:
+    """A row written past the API (by hand, past the CHECKs) is reported on the network,
+    whose GET still answers; a PATCH that sets the list again makes it active again."""
+    make_bridge(api)
+    network = make_network(api)
+    with sqlite3.connect(settings.state_dir / "kvmnetd.db") as conn:
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        conn.execute(f"UPDATE networks SET {column} = ? WHERE id = ?", (value, network["id"]))
+    api.app.state.network_worker.resync()  # type: ignore[attr-defined]
+    shown = eventually(
+        lambda: (r := api.get("/v1/networks/nat0").json())["status"] == "error" and r
+    )
+    assert shown and column in shown["status_reason"], shown
+    r = api.patch("/v1/networks/nat0?wait=10", json={column: []})
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()[column]) == ("active", [])
