@@ -17,7 +17,17 @@ from app.db.session import Database
 from app.domain.tenancy import DEFAULT_PROJECT_ID, secret_hash
 from tests.tenancy import auth, make_project, make_token
 
-QUOTAS = ["vms", "vcpus", "memory_mib", "taps", "bridges", "vlans", "networks", "port_forwards"]
+QUOTAS = [
+    "vms",
+    "vcpus",
+    "memory_mib",
+    "taps",
+    "bridges",
+    "vlans",
+    "segments",
+    "networks",
+    "port_forwards",
+]
 
 
 def _db(api: TestClient) -> Database:
