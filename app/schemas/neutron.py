@@ -55,6 +55,7 @@ class NetworkCreate(NeutronRequest):
     provider_segmentation_id: int | None = Field(
         None,
         alias="provider:segmentation_id",
+        strict=False,  # the CLI sends "101" (Neutron converts: neutron-lib convert_to_int)
         ge=1,
         le=4094,
         description=PROVIDER + "the VLAN id (vlan only); without it the lowest free VID of "
