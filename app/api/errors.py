@@ -88,9 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
         if neutron.under_prefix(request.url.path):
-            return neutron.error_response(
-                400, f"{where}: {first['msg']}" if where else first["msg"]
-            )
+            message = f"{where}: {first['msg']}" if where else str(first["msg"])
+            return neutron.error_response(400, message)
         return problem_response(
             422,
             detail=f"{where}: {first['msg']}" if where else first["msg"],

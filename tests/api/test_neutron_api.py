@@ -99,11 +99,19 @@ def test_version_resources_and_extensions_documents(client: TestClient) -> None:
     }
     resources = neutron(client.get("/networking/v2.0/"), 200)["resources"]
     assert {"name": "network", "collection": "networks"}.items() <= resources[0].items()
-    aliases = {e["alias"] for e in neutron(client.get("/networking/v2.0/extensions"), 200)[
-        "extensions"
-    ]}
-    for alias in ("standard-attr-tag", "provider", "standard-attr-revisions", "pagination",
-                  "sorting", "revision-if-match", "standard-attr-timestamp", "project-id"):
+    aliases = {
+        e["alias"] for e in neutron(client.get("/networking/v2.0/extensions"), 200)["extensions"]
+    }
+    for alias in (
+        "standard-attr-tag",
+        "provider",
+        "standard-attr-revisions",
+        "pagination",
+        "sorting",
+        "revision-if-match",
+        "standard-attr-timestamp",
+        "project-id",
+    ):
         assert alias in aliases
         one = neutron(client.get(f"/networking/v2.0/extensions/{alias}"), 200)
         assert one["extension"]["alias"] == alias
@@ -211,9 +219,7 @@ def test_paging_with_links_as_neutron_builds_them(client: TestClient) -> None:
     assert set(_links(back)) == {"next", "previous"}  # a full page: both (Neutron's rule)
     before = neutron(client.get(_links(back)["previous"]), 200)
     assert before == {"networks": []}  # nothing before the first: no links either
-    assert [n["name"] for n in neutron(client.get(f"{N}?limit=0"), 200)["networks"]] == list(
-        NAMES
-    )
+    assert [n["name"] for n in neutron(client.get(f"{N}?limit=0"), 200)["networks"]] == list(NAMES)
     unknown = "00000000-0000-4000-8000-00000000beef"
     error(client.get(f"{N}?limit=2&marker={unknown}"), 404, "NetworkNotFound")
     error(client.get(f"{N}?limit=-1"), 400)
@@ -295,9 +301,7 @@ def test_local_flat_and_a_members_view(client: TestClient) -> None:
         error(tcp.post(N, json={"network": provider}, headers=member), 403)
         own = neutron(tcp.post(N, json={"network": {"name": "own"}}, headers=member), 201)
         assert "provider:network_type" not in own["network"]
-        assert [n["name"] for n in neutron(tcp.get(N, headers=member), 200)["networks"]] == [
-            "own"
-        ]
+        assert [n["name"] for n in neutron(tcp.get(N, headers=member), 200)["networks"]] == ["own"]
     assert "own" in names(client)  # the admin sees every project's
     neutron(client.delete(f"{N}/{own['network']['id']}"), 204)
     neutron(client.delete(f"{N}/{made['id']}"), 204)

@@ -38,8 +38,10 @@ def test_a_list_of_1000_networks_is_filtered_sorted_and_paged_in_python(tmp_path
     page = query.apply(rows, parsed, NETWORKS, lambda pairs: query.query_string(pairs), params)
     total = time.perf_counter() - started
     db.dispose()
-    print(f"\n{ROWS} networks: rows read and presented in {read * 1000:.0f} ms, "
-          f"filtered/sorted/paged in {(total - read) * 1000:.0f} ms")
+    print(
+        f"\n{ROWS} networks: rows read and presented in {read * 1000:.0f} ms, "
+        f"filtered/sorted/paged in {(total - read) * 1000:.0f} ms"
+    )
     assert len(rows) == ROWS
     assert [n["name"] for n in page.items][:2] == ["b0993", "b0983"]
     assert len(page.items) == 20 and {link["rel"] for link in page.links} == {"next", "previous"}

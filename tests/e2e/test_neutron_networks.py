@@ -81,9 +81,7 @@ def brq(network_id: str) -> str:
     return "brq" + uuid.UUID(network_id).hex[:11]
 
 
-def test_the_openstack_cli_manages_networks_that_are_bridges(
-    netns: str, daemon: E2EDaemon
-) -> None:
+def test_the_openstack_cli_manages_networks_that_are_bridges(netns: str, daemon: E2EDaemon) -> None:
     token = admin_token(daemon)
     lan = cli_json(netns, token, "network", "create", "--tag", "blue", "--tag", "red", "lan1")
     assert lan["provider:network_type"] == "local" and lan["status"] == "ACTIVE"

@@ -67,4 +67,6 @@ async def settle(
 ) -> None:
     """Announce the change and wake the workers; wait up to `wait` s for them to settle it
     (a delete: to remove the row)."""
-    await settle_response(ctx, Response(), row_kind(row) + "s", row, operation, wait, 200)
+    # any resource row of ours (bridge, VLAN, later subnet and port rows)
+    resource: Any = row
+    await settle_response(ctx, Response(), row_kind(row) + "s", resource, operation, wait, 200)

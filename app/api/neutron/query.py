@@ -184,8 +184,12 @@ def ordered(rows: list[dict[str, Any]], sort: Sequence[tuple[str, bool]]) -> lis
         keys.append(("id", keys[-1][1]))
     result = list(rows)
     for key, ascending in reversed(keys):  # stable sorts, the last key first
-        result.sort(key=lambda r, k=key: _sort_value(r.get(k)), reverse=not ascending)
+        result.sort(key=_key_of(key), reverse=not ascending)
     return result
+
+
+def _key_of(key: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
+    return lambda row: _sort_value(row.get(key))
 
 
 @dataclass

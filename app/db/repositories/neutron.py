@@ -16,14 +16,15 @@ from app.domain.tenancy import Scope
 
 def live_segments(session: Session, scope: Scope) -> tuple[Sequence[Bridge], Sequence[Vlan]]:
     """The bridges and VLANs not being deleted that the scope sees, in creation order."""
-    found: list[Sequence[Bridge] | Sequence[Vlan]] = []
-    for model in (Bridge, Vlan):
-        query = select(model).where(model.deleted.is_(False))
-        if scope.project_id is not None:
-            query = query.where(model.project_id == scope.project_id)
-        found.append(session.scalars(query.order_by(model.created_at, model.id)).all())
-    bridges, vlans = found
-    return bridges, vlans  # type: ignore[return-value]
+    bridges = select(Bridge).where(Bridge.deleted.is_(False))
+    vlans = select(Vlan).where(Vlan.deleted.is_(False))
+    if scope.project_id is not None:
+        bridges = bridges.where(Bridge.project_id == scope.project_id)
+        vlans = vlans.where(Vlan.project_id == scope.project_id)
+    return (
+        session.scalars(bridges.order_by(Bridge.created_at, Bridge.id)).all(),
+        session.scalars(vlans.order_by(Vlan.created_at, Vlan.id)).all(),
+    )
 
 
 def segment_networks(session: Session) -> dict[str, list[str]]:

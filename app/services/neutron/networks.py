@@ -117,8 +117,7 @@ class NeutronNetworks:
         an unknown one and another project's (unless shared with the caller: then a write
         is 403)."""
         row: Segment | None = BridgeRepository(self.session).get(network_id)
-        if row is None:
-            row = VlanRepository(self.session).get(network_id)
+        row = row if row is not None else VlanRepository(self.session).get(network_id)
         if row is None or row.deleted:
             raise not_found(RESOURCE, network_id)
         if self.caller.scope.sees(row.project_id):
@@ -144,6 +143,7 @@ class NeutronNetworks:
         trunk_names = self._trunk_ifnames([r.trunk_id for r in rows if isinstance(r, Vlan)])
         views = []
         for row in rows:
+            provider: tuple[str, str | None, int | None]
             if isinstance(row, Vlan):
                 mtu = trunks.get(row.trunk_id)
                 physnet = self.config.physnet_of_bridge(trunk_names.get(row.trunk_id, ""))
@@ -277,7 +277,10 @@ class NeutronNetworks:
         if plan.new is not None:
             # a flat network's bridge is the physnet's, in the default project (settings
             # physical_networks); a local one's in the project the create names
-            bridge_body = BridgeCreate(name=body.name, project_id=plan.project_id)
+            bridge_body = BridgeCreate.model_validate(
+                {"name": body.name, "project_id": plan.project_id}
+            )
+            row: Segment
             row, operation = self._create_bridge(bridge_body, plan.new, foreign)
         else:
             row, operation = self._create_vlan(plan, body, facts)
@@ -303,16 +306,17 @@ class NeutronNetworks:
         trunk = BridgeRepository(self.session).with_ifname(ifname)
         if trunk is None:
             new = NewLink("bridge", new_id(), DEFAULT_PROJECT_ID, ifname)
-            trunk, _ = BridgeService(self.session, self.caller).create(
-                BridgeCreate(name=ifname, project_id=DEFAULT_PROJECT_ID), None, (), new
-            )
+            made = BridgeCreate.model_validate({"name": ifname, "project_id": DEFAULT_PROJECT_ID})
+            trunk, _ = BridgeService(self.session, self.caller).create(made, None, (), new)
             self.session.flush()
-        vlan = VlanCreate(
-            name=body.name,
-            vlan_id=plan.segment,
-            trunk=trunk.id,
-            description=body.description,
-            project_id=plan.project_id,
+        vlan = VlanCreate.model_validate(
+            {
+                "name": body.name,
+                "vlan_id": plan.segment,
+                "trunk": trunk.id,
+                "description": body.description,
+                "project_id": plan.project_id,
+            }
         )
         return VlanService(self.session, self.caller).create(vlan, facts)
 
@@ -352,6 +356,7 @@ class NeutronNetworks:
     def _rename(self, row: Segment, name: str) -> None:
         """A new name (unique in the project: 409). The kernel name stays (fixed at
         creation), so a bridge's name is a link name still, for its views' sake."""
+        holder: Segment | None
         if isinstance(row, Bridge):
             self._link_name(name)
             holder = BridgeRepository(self.session).name_holder(name, row.project_id, row.id)
@@ -384,6 +389,7 @@ class NeutronNetworks:
         taps, subnets that use it), never forced."""
         row = self.locate(network_id, write=True)
         check_revision(revision, row.generation)
+        deleted: Segment
         try:
             if isinstance(row, Bridge):
                 deleted, operation = BridgeService(self.session, self.caller).delete(row.id)
