@@ -305,3 +305,31 @@ def test_local_flat_and_a_members_view(client: TestClient) -> None:
     assert "own" in names(client)  # the admin sees every project's
     neutron(client.delete(f"{N}/{own['network']['id']}"), 204)
     neutron(client.delete(f"{N}/{made['id']}"), 204)
+
+
+def test_shared_networks_and_a_delete_refused_while_in_use(client: TestClient) -> None:
+    made = neutron(client.post(N, json={"network": {"name": "common"}}), 201)["network"]
+    path = f"{N}/{made['id']}"
+    db = client.app.state.context.db  # type: ignore[attr-defined]
+    member = {"X-Auth-Token": make_token(db, make_project(db, "tenant2"), "member")}
+    tcp = over_tcp(client)
+    error(tcp.get(path, headers=member), 404, "NetworkNotFound")
+    shared = neutron(client.put(path, json={"network": {"shared": True}}), 200)["network"]
+    assert shared["shared"] is True
+    seen = neutron(tcp.get(path, headers=member), 200)["network"]
+    assert seen["shared"] is True and "provider:network_type" not in seen
+    error(tcp.put(path, json={"network": {"name": "mine"}}, headers=member), 403)
+    error(tcp.put(f"{path}/tags/x", headers=member), 403)
+    error(tcp.put(path, json={"network": {"shared": False}}, headers=member), 403)
+    neutron(client.put(path, json={"network": {"shared": False}}), 200)
+    error(tcp.get(path, headers=member), 404, "NetworkNotFound")
+
+    tap = client.post("/v1/taps?wait=10", json={"name": "tapc", "bridge": made["id"]})
+    assert tap.status_code == 201, tap.text
+    message = error(client.delete(path), 409, "NetworkInUse")
+    assert message == (
+        f"Unable to complete operation on network {made['id']}. There are one or more ports "
+        "still in use on the network: tap tapc."
+    )
+    assert client.delete(f"/v1/taps/{tap.json()['id']}?wait=10").status_code == 204
+    neutron(client.delete(path), 204)
