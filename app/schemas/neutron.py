@@ -22,7 +22,7 @@ class NeutronRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=False)
 
 
-class NetworkCreate(NeutronRequest):
+class NeutronNetworkCreate(NeutronRequest):
     name: str = Field(
         min_length=1,
         max_length=64,
@@ -63,22 +63,22 @@ class NetworkCreate(NeutronRequest):
     )
 
 
-class NetworkUpdate(NeutronRequest):
+class NeutronNetworkUpdate(NeutronRequest):
     name: str | None = Field(None, min_length=1, max_length=64, description=NAME)
     description: str | None = Field(None, max_length=255)
     admin_state_up: bool | None = Field(None, description="Only true (false: 400)")
     shared: bool | None = Field(None, description="Admin only")
 
 
-class NetworkCreateRequest(NeutronRequest):
-    network: NetworkCreate
+class NeutronNetworkCreateRequest(NeutronRequest):
+    network: NeutronNetworkCreate
 
 
-class NetworkUpdateRequest(NeutronRequest):
-    network: NetworkUpdate
+class NeutronNetworkUpdateRequest(NeutronRequest):
+    network: NeutronNetworkUpdate
 
 
-class TagsBody(NeutronRequest):
+class NeutronTagsBody(NeutronRequest):
     tags: list[str] = Field(
         max_length=1000, description="Every tag of the resource (1-255 chars, no ',' or '/')"
     )
@@ -87,7 +87,7 @@ class TagsBody(NeutronRequest):
 # ---- responses (for the document; the routes build them as JSON) ---------------------------
 
 
-class Network(BaseModel):
+class NeutronNetwork(BaseModel):
     """A Neutron network (an L2 segment: one of our bridges or VLANs)."""
 
     model_config = ConfigDict(extra="allow")
@@ -108,21 +108,21 @@ class Network(BaseModel):
     updated_at: str
 
 
-class NetworkEnvelope(BaseModel):
-    network: Network
+class NeutronNetworkEnvelope(BaseModel):
+    network: NeutronNetwork
 
 
-class NetworksEnvelope(BaseModel):
+class NeutronNetworksEnvelope(BaseModel):
     model_config = ConfigDict(extra="allow")  # networks_links when paged
 
-    networks: list[Network]
+    networks: list[NeutronNetwork]
 
 
-class TagsEnvelope(BaseModel):
+class NeutronTagsEnvelope(BaseModel):
     tags: list[str]
 
 
-class Extension(BaseModel):
+class NeutronExtension(BaseModel):
     alias: str
     name: str
     description: str
@@ -130,12 +130,12 @@ class Extension(BaseModel):
     links: list[dict[str, Any]]
 
 
-class ExtensionEnvelope(BaseModel):
-    extension: Extension
+class NeutronExtensionEnvelope(BaseModel):
+    extension: NeutronExtension
 
 
-class ExtensionsEnvelope(BaseModel):
-    extensions: list[Extension]
+class NeutronExtensionsEnvelope(BaseModel):
+    extensions: list[NeutronExtension]
 
 
 class NeutronErrorDetail(BaseModel):

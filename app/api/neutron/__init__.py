@@ -19,7 +19,7 @@ from app.api.neutron.errors import PREFIX
 from app.api.neutron.query import Collection
 from app.api.neutron.tags import LocateFactory, tag_router
 from app.domain.neutron import NeutronError
-from app.schemas.neutron import NEUTRON_ERRORS, ExtensionEnvelope, ExtensionsEnvelope
+from app.schemas.neutron import NEUTRON_ERRORS, NeutronExtensionEnvelope, NeutronExtensionsEnvelope
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ async def resources(request: Request) -> JSONResponse:
 @root.get(
     "/v2.0/extensions",
     operation_id="neutron_list_extensions",
-    response_model=ExtensionsEnvelope,
+    response_model=NeutronExtensionsEnvelope,
     summary="The extensions whose behaviour this daemon implements",
 )
 async def list_extensions() -> JSONResponse:
@@ -70,7 +70,7 @@ async def list_extensions() -> JSONResponse:
 @root.get(
     "/v2.0/extensions/{alias}",
     operation_id="neutron_get_extension",
-    response_model=ExtensionEnvelope,
+    response_model=NeutronExtensionEnvelope,
 )
 async def get_extension(alias: str) -> JSONResponse:
     if alias not in aliases():

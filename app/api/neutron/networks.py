@@ -17,10 +17,10 @@ from app.domain.tenancy import Caller
 from app.domain.vlans import VlanFacts
 from app.schemas.neutron import (
     NEUTRON_ERRORS,
-    NetworkCreateRequest,
-    NetworkEnvelope,
-    NetworksEnvelope,
-    NetworkUpdateRequest,
+    NeutronNetworkCreateRequest,
+    NeutronNetworkEnvelope,
+    NeutronNetworksEnvelope,
+    NeutronNetworkUpdateRequest,
 )
 from app.services.neutron.networks import NeutronNetworks
 from app.services.neutron.tags import Locate
@@ -71,7 +71,7 @@ def locate(session: Session, caller: Caller, config: NeutronConfig) -> Locate:
 @router.get(
     "",
     operation_id="neutron_list_networks",
-    response_model=NetworksEnvelope,
+    response_model=NeutronNetworksEnvelope,
     description="Filters: any top-level attribute (repeat = OR), tags, tags-any, not-tags, "
     "not-tags-any; fields; limit, marker, page_reverse (networks_links); sort_key, sort_dir.",
 )
@@ -81,7 +81,9 @@ async def list_networks(request: Request) -> JSONResponse:
     return listing(request, NETWORKS, rows)
 
 
-@router.get("/{network_id}", operation_id="neutron_get_network", response_model=NetworkEnvelope)
+@router.get(
+    "/{network_id}", operation_id="neutron_get_network", response_model=NeutronNetworkEnvelope
+)
 async def get_network(network_id: str, request: Request) -> JSONResponse:
     ctx, caller = context(request), caller_of(request)
     view = await ctx.read(lambda s: networks(s, caller, ctx.neutron).view(network_id))
@@ -92,13 +94,13 @@ async def get_network(network_id: str, request: Request) -> JSONResponse:
     "",
     operation_id="neutron_create_network",
     status_code=201,
-    response_model=NetworkEnvelope,
+    response_model=NeutronNetworkEnvelope,
     description="Without provider attributes: settings tenant_network_type (a `local` "
     "network is a bridge whose kernel name is brq + 11 hex digits of its id). flat: the "
     "physnet's bridge itself (409 FlatNetworkInUse when it exists). vlan: a VLAN on the "
     "physnet's bridge; 400 on a host whose kernel carries no VLANs.",
 )
-async def create_network(body: NetworkCreateRequest, request: Request) -> JSONResponse:
+async def create_network(body: NeutronNetworkCreateRequest, request: Request) -> JSONResponse:
     ctx, caller = context(request), caller_of(request)
     capabilities = await ctx.host(ctx.inspector.capabilities)
     facts = VlanFacts.from_link_probe(capabilities["links"])
@@ -118,12 +120,12 @@ async def create_network(body: NetworkCreateRequest, request: Request) -> JSONRe
 @router.put(
     "/{network_id}",
     operation_id="neutron_update_network",
-    response_model=NetworkEnvelope,
+    response_model=NeutronNetworkEnvelope,
     description="name, description (vlan networks), shared (admin), admin_state_up (true "
     "only). If-Match: revision_number=N: 412 when the network is at another revision.",
 )
 async def update_network(
-    network_id: str, body: NetworkUpdateRequest, request: Request
+    network_id: str, body: NeutronNetworkUpdateRequest, request: Request
 ) -> JSONResponse:
     ctx, caller = context(request), caller_of(request)
     expected = revision(request)

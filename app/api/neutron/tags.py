@@ -18,7 +18,7 @@ from app.api.neutron.query import Collection
 from app.db.session import Session
 from app.domain.neutron import NeutronConfig
 from app.domain.tenancy import Caller
-from app.schemas.neutron import NEUTRON_ERRORS, TagsBody, TagsEnvelope
+from app.schemas.neutron import NEUTRON_ERRORS, NeutronTagsBody, NeutronTagsEnvelope
 from app.services.neutron.tags import Locate, TagService
 
 LocateFactory = Callable[[Session, Caller, NeutronConfig], Locate]
@@ -43,14 +43,14 @@ def tag_router(collection: Collection, locate: LocateFactory) -> APIRouter:
             session, caller, member, locate(session, caller, context(request).neutron)
         )
 
-    @router.get("", operation_id=f"list_{member}_tags", response_model=TagsEnvelope)
+    @router.get("", operation_id=f"list_{member}_tags", response_model=NeutronTagsEnvelope)
     async def list_tags(request: Request, resource_id: str = ResourceId) -> JSONResponse:
         tags = await context(request).read(lambda s: service(request, s).get(resource_id))
         return JSONResponse({"tags": tags})
 
-    @router.put("", operation_id=f"replace_{member}_tags", response_model=TagsEnvelope)
+    @router.put("", operation_id=f"replace_{member}_tags", response_model=NeutronTagsEnvelope)
     async def replace_tags(
-        body: TagsBody, request: Request, resource_id: str = ResourceId
+        body: NeutronTagsBody, request: Request, resource_id: str = ResourceId
     ) -> JSONResponse:
         ctx = context(request)
         row, op, tags = await ctx.mutate(

@@ -46,7 +46,7 @@ from app.domain.status import Status
 from app.domain.tenancy import DEFAULT_PROJECT_ID, Caller
 from app.domain.vlans import VlanFacts, no_vlan_can_exist
 from app.schemas.links import BridgeCreate
-from app.schemas.neutron import NetworkCreate, NetworkUpdate
+from app.schemas.neutron import NeutronNetworkCreate, NeutronNetworkUpdate
 from app.schemas.vlans import VlanCreate
 from app.services.links import BridgeService, NewLink
 from app.services.operations import bump, record_operation
@@ -185,7 +185,7 @@ class NeutronNetworks:
 
     # ---- create --------------------------------------------------------------------------
 
-    def plan_create(self, body: NetworkCreate, facts: VlanFacts) -> CreatePlan:
+    def plan_create(self, body: NeutronNetworkCreate, facts: VlanFacts) -> CreatePlan:
         """Which segment a create makes (the design's mapping), before the host is asked
         about its kernel name."""
         given = (
@@ -269,7 +269,7 @@ class NeutronNetworks:
     def create(
         self,
         plan: CreatePlan,
-        body: NetworkCreate,
+        body: NeutronNetworkCreate,
         foreign: dict[str, Any] | None,
         facts: VlanFacts,
     ) -> tuple[Segment, Operation]:
@@ -297,7 +297,7 @@ class NeutronNetworks:
             raise NeutronError(409, "Conflict", exc.detail) from None
 
     def _create_vlan(
-        self, plan: CreatePlan, body: NetworkCreate, facts: VlanFacts
+        self, plan: CreatePlan, body: NeutronNetworkCreate, facts: VlanFacts
     ) -> tuple[Vlan, Operation]:
         """A VLAN on the physnet's bridge (created first, in the default project, when
         absent). The kernel-tier proof of this path is wave 2 (this host has no VLANs)."""
@@ -323,7 +323,7 @@ class NeutronNetworks:
     # ---- update, delete -------------------------------------------------------------------
 
     def update(
-        self, network_id: str, body: NetworkUpdate, revision: int | None
+        self, network_id: str, body: NeutronNetworkUpdate, revision: int | None
     ) -> tuple[Segment, Operation | None]:
         row = self.locate(network_id, write=True)
         check_revision(revision, row.generation)
