@@ -138,6 +138,11 @@ def test_errors_under_the_prefix_are_neutron_errors_with_neutron_codes(
     error(client.post(N, json={"network": {"name": 5}}), 400)
     error(client.post(N, content=b"{", headers={"content-type": "application/json"}), 400)
     error(client.post(N, json={"network": {"name": "x", "admin_state_up": False}}), 400)
+    assert "description" in error(
+        client.post(N, json={"network": {"name": "d", "description": "x"}}), 400
+    )
+    assert "link name" in error(client.post(N, json={"network": {"name": "has space"}}), 400)
+    error(client.post(N, json={"network": {"name": "x", "provider:network_type": "gre"}}), 400)
     vlan = {"name": "v", "provider:network_type": "vlan", "provider:physical_network": "physnet1"}
     assert "CONFIG_VLAN_8021Q" in error(client.post(N, json={"network": vlan}), 400)
     unknown = {"name": "u", "provider:network_type": "flat", "provider:physical_network": "p9"}

@@ -197,9 +197,8 @@ class NeutronNetworks:
             raise NeutronError(
                 403, "PolicyNotAuthorized", "provider:* attributes are for admins only"
             )
-        for attribute in ("shared",):
-            if getattr(body, attribute) and not self.caller.is_admin:
-                raise NeutronError(403, "PolicyNotAuthorized", f"{attribute} is for admins only")
+        if body.shared and not self.caller.is_admin:
+            raise NeutronError(403, "PolicyNotAuthorized", "shared is for admins only")
         if not body.admin_state_up:
             raise NeutronBadRequest("admin_state_up false is not supported (a segment is up)")
         if body.project_id and body.tenant_id and body.project_id != body.tenant_id:
@@ -211,8 +210,10 @@ class NeutronNetworks:
             if physnet is not None or body.provider_segmentation_id is not None:
                 raise NeutronBadRequest("a local network has no physical network or segment")
             self._link_name(body.name)
-            new = NewLink("bridge", new_id(), project_id, "")
-            return CreatePlan(network_type, None, None, project_id, _with_ifname(new))
+            self._no_description(body)
+            row_id = new_id()
+            new = NewLink("bridge", row_id, project_id, neutron_bridge_ifname(row_id))
+            return CreatePlan(network_type, None, None, project_id, new)
         if physnet is None:
             physnet = self.config.tenant_physnet()
             if physnet is None:
@@ -224,6 +225,12 @@ class NeutronNetworks:
         if network_type is NetworkType.FLAT:
             if body.provider_segmentation_id is not None:
                 raise NeutronBadRequest("a flat network has no segmentation id")
+            if project_id != DEFAULT_PROJECT_ID:
+                raise NeutronBadRequest(
+                    "a flat network is its physical network's bridge, which is the default "
+                    "project's (settings physical_networks): name no other project"
+                )
+            self._no_description(body)
             self._link_name(body.name)
             holder = BridgeRepository(self.session).with_ifname(bridge)
             if holder is not None:
@@ -238,9 +245,12 @@ class NeutronNetworks:
         return CreatePlan(network_type, physnet, body.provider_segmentation_id, project_id, None)
 
     def _network_type(self, asked: str | None, facts: VlanFacts) -> NetworkType:
-        carries_vlans = no_vlan_can_exist(facts, "") is None
+        """The asked provider:network_type, or the tenant type; a vlan one where the host
+        can carry no VLAN is 400 naming the kernel options (the 409 of /v1/vlans, as a
+        Neutron client's bad request)."""
+        refusal = no_vlan_can_exist(facts, "")
         if asked is None:
-            chosen = self.config.tenant_type(carries_vlans)
+            chosen = self.config.tenant_type(host_carries_vlans=refusal is None)
         else:
             try:
                 chosen = NetworkType(asked)
@@ -249,7 +259,6 @@ class NeutronNetworks:
                 raise NeutronBadRequest(
                     f"provider:network_type {asked!r} is not supported (supported: {known})"
                 ) from None
-        refusal = no_vlan_can_exist(facts, "")
         if chosen is NetworkType.VLAN and refusal is not None:
             raise NeutronBadRequest(
                 "a vlan network cannot exist on this host: "
@@ -257,6 +266,11 @@ class NeutronNetworks:
                 + " (create a flat or local network instead)"
             )
         return chosen
+
+    @staticmethod
+    def _no_description(body: NeutronNetworkCreate) -> None:
+        if body.description:
+            raise NeutronBadRequest("a bridge-backed (local, flat) network keeps no description")
 
     def _link_name(self, name: str) -> None:
         try:
@@ -408,11 +422,6 @@ class NeutronNetworks:
             ) from None
         TagRepository(self.session).clear(RESOURCE, row.id)
         return deleted, operation
-
-
-def _with_ifname(new: NewLink) -> NewLink:
-    """A `local` network's bridge: kernel name `brq` + the id's first 11 hex digits."""
-    return NewLink(new.kind, new.id, new.project_id, neutron_bridge_ifname(new.id))
 
 
 def _dicts(value: object) -> list[dict[str, str]]:
