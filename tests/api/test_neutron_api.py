@@ -141,6 +141,7 @@ def test_errors_under_the_prefix_are_neutron_errors_with_neutron_codes(
     assert "description" in error(
         client.post(N, json={"network": {"name": "d", "description": "x"}}), 400
     )
+    assert "alpha" in error(client.post(N, json={"network": {"name": "alpha"}}), 409, "Conflict")
     assert "link name" in error(client.post(N, json={"network": {"name": "has space"}}), 400)
     error(client.post(N, json={"network": {"name": "x", "provider:network_type": "gre"}}), 400)
     vlan = {"name": "v", "provider:network_type": "vlan", "provider:physical_network": "physnet1"}
@@ -166,6 +167,14 @@ def test_a_missing_or_unknown_token_and_a_readers_write_are_neutron_errors(
 def test_every_answer_carries_an_openstack_request_id(client: TestClient) -> None:
     for answer in (client.get(N), client.get(f"{N}/nosuch"), client.get("/networking/")):
         assert re.fullmatch(r"req-[0-9a-f-]{36}", answer.headers["x-openstack-request-id"])
+    created = client.post(N, json={"network": {"name": "audited"}})
+    request_id = created.headers["x-openstack-request-id"]
+    operations = neutron(client.get("/v1/operations?limit=1000"), 200)["items"]
+    recorded = [op for op in operations if op["request_id"] == request_id]
+    assert [(op["action"], op["resource_id"]) for op in recorded] == [
+        ("create", created.json()["network"]["id"])
+    ]  # the same id the operation records
+    neutron(client.delete(f"{N}/{created.json()['network']['id']}"), 204)
 
 
 # ---- the engine ----------------------------------------------------------------------------

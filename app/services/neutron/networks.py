@@ -305,6 +305,12 @@ class NeutronNetworks:
     def _create_bridge(
         self, body: BridgeCreate, new: NewLink, foreign: dict[str, Any] | None
     ) -> tuple[Bridge, Operation]:
+        # a `brq`/physnet kernel name is no claim on the name (in the default project the
+        # native create relies on that claim): the name is looked up here
+        if BridgeRepository(self.session).name_holder(body.name, new.project_id) is not None:
+            raise NeutronError(
+                409, "Conflict", f"this project already has a network named {body.name!r}"
+            )
         try:
             return BridgeService(self.session, self.caller).create(body, foreign, (), new)
         except NameTaken as exc:
