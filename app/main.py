@@ -27,6 +27,7 @@ from app.api import (
     health,
     host,
     networks,
+    neutron,
     operations,
     port_forwards,
     projects,
@@ -75,6 +76,11 @@ TAGS = [
     {"name": "host", "description": "Interfaces, routes and probed capabilities"},
     {"name": "health", "description": "Liveness and readiness"},
     {"name": "projects", "description": "Projects (tenants), their quotas and bearer tokens"},
+    {
+        "name": "neutron",
+        "description": "OpenStack Networking (Neutron) v2.0 subset under /networking, for "
+        "openstacksdk and the openstack CLI: X-Auth-Token, NeutronError bodies",
+    },
 ]
 
 
@@ -208,6 +214,7 @@ def create_app(
         vm_control=WorkerControl(vm_worker),
         tenant_images=settings.images_dir,
         drain=drain,
+        neutron=settings.neutron,
     )
     app.state.drain = drain
     app.state.last_use = last_use
@@ -231,6 +238,8 @@ def create_app(
     ):
         app.include_router(router.router)
     app.include_router(host.summary_router)
+    for neutron_router in neutron.routers():
+        app.include_router(neutron_router)
     install_error_handlers(app)
     install_openapi(app)
     # added last = outermost: request id, then body limit, then auth

@@ -9,13 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from app.domain.names import validate_link_name
+from app.domain.neutron import NeutronConfig, TenantNetworkType
 
 DEFAULT_CONFIG = Path("/etc/kvmnetd/config.toml")
 
@@ -56,7 +59,47 @@ class Settings(BaseSettings):
         description="guest kernel booted once to learn whether KVM really runs guests; "
         "default STATE_DIR/kernel/vmlinuz when present",
     )
+    physical_networks: dict[str, str] = Field(
+        default_factory=dict,
+        description="Neutron API: physical network name -> the kernel name of its bridge in "
+        'the default project, e.g. {"physnet1": "br-phys"} (KVMNETD_PHYSICAL_NETWORKS as '
+        "JSON). A bridge with that kernel name is a `flat` network on the physnet; `vlan` "
+        "networks on it ride on that bridge (created when absent)",
+    )
+    tenant_network_type: TenantNetworkType = Field(
+        TenantNetworkType.AUTO,
+        description="Neutron API: what a network created without provider attributes is: "
+        "vlan (from the project's vlan_ranges on tenant_physical_network's bridge), local (a "
+        "bridge of its own, kernel name brq + 11 hex digits of its id) or auto (vlan where "
+        "the host carries VLANs and a physical network is configured, else local)",
+    )
+    tenant_physical_network: str | None = Field(
+        None, description="Neutron API: the physnet of tenant vlan networks; default: the first"
+    )
     config_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("physical_networks")
+    @classmethod
+    def _bridge_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for physnet, bridge in value.items():
+            if not physnet or len(physnet) > 64:
+                raise ValueError(f"physical network name {physnet!r} must be 1-64 characters")
+            validate_link_name(bridge)
+        return value
+
+    @model_validator(mode="after")
+    def _tenant_physnet_configured(self) -> Settings:
+        wanted = self.tenant_physical_network
+        if wanted is not None and wanted not in self.physical_networks:
+            raise ValueError(f"tenant_physical_network {wanted!r} is not in physical_networks")
+        return self
+
+    @property
+    def neutron(self) -> NeutronConfig:
+        """What the Neutron API needs of these settings."""
+        return NeutronConfig(
+            dict(self.physical_networks), self.tenant_network_type, self.tenant_physical_network
+        )
 
     @field_validator("netns")
     @classmethod

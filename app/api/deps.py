@@ -19,6 +19,7 @@ from app.db.session import Database
 from app.domain.cursors import CURSOR_MAX, CURSOR_PATTERN
 from app.domain.isolation import port_isolation_missing
 from app.domain.networks import HostPrefix
+from app.domain.neutron import NeutronConfig
 from app.domain.tenancy import Caller, Principal
 from app.domain.vlans import VlanFacts
 from app.services.ports import HostInspector, Nudger, VmControl
@@ -40,6 +41,8 @@ class AppContext:
     # where a non-admin's boot files must lie (settings: tenant_images_dir); None: nowhere
     tenant_images: Path | None = None
     drain: Drain = field(default_factory=Drain)  # begun when the daemon starts stopping
+    # the Neutron API's physical networks and tenant network type (settings)
+    neutron: NeutronConfig = field(default_factory=NeutronConfig)
     # the time now, timezone-aware UTC: token expiry and state (tests put the clock ahead)
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 

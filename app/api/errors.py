@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from app.api.neutron import errors as neutron
 from app.api.problems import problem_response
 from app.domain.errors import DomainError
 
@@ -69,6 +70,8 @@ def allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:
+        if neutron.under_prefix(request.url.path):
+            return neutron.domain_error_response(exc)
         return problem_response(
             exc.status,
             kind=exc.kind,
@@ -84,6 +87,9 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = _clean_errors(exc.errors())
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
+        if neutron.under_prefix(request.url.path):
+            message = f"{where}: {first['msg']}" if where else str(first["msg"])
+            return neutron.error_response(400, message)
         return problem_response(
             422,
             detail=f"{where}: {first['msg']}" if where else first["msg"],
@@ -97,6 +103,9 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
+        if neutron.under_prefix(request.url.path):
+            detail = "The resource could not be found." if exc.status_code == 404 else exc.detail
+            return neutron.error_response(exc.status_code, str(detail), headers=headers or None)
         return problem_response(
             exc.status_code,
             detail=str(exc.detail),
@@ -108,6 +117,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IntegrityError)
     async def integrity_error(request: Request, exc: IntegrityError) -> Response:
         log.warning("constraint violated on %s %s: %s", request.method, request.url.path, exc)
+        if neutron.under_prefix(request.url.path):
+            return neutron.error_response(409, "the change conflicts with the current state")
         return problem_response(
             409,
             detail="the change conflicts with the current state (a unique name or a reference)",
@@ -118,6 +129,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if neutron.under_prefix(request.url.path):
+            return neutron.error_response(500, "Request Failed: internal server error")
         return problem_response(
             500,
             detail="an unexpected error occurred; the daemon log has details under this request id",

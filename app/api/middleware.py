@@ -11,6 +11,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.neutron.errors import error_bytes, under_prefix
 from app.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 from app.domain.tenancy import ADMIN_BY_SOCKET, ADMIN_BY_TOKEN_FILE, Principal
 
@@ -37,14 +38,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
 async def _send_problem(
     send: Send, status: int, scope: Scope, extra_headers: list[Any] | None = None, **fields: Any
 ) -> None:
-    body = problem_bytes(
-        status,
-        request_id=scope.get("state", {}).get("request_id"),
-        instance=scope.get("path"),
-        **fields,
-    )
+    media_type = PROBLEM_MEDIA_TYPE
+    if under_prefix(scope.get("path", "")):  # the Neutron API: NeutronError bodies
+        body, media_type = error_bytes(status, str(fields.get("detail", ""))), "application/json"
+    else:
+        body = problem_bytes(
+            status,
+            request_id=scope.get("state", {}).get("request_id"),
+            instance=scope.get("path"),
+            **fields,
+        )
     headers = [
-        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-type", media_type.encode()),
         (b"content-length", str(len(body)).encode()),
         *(extra_headers or []),
     ]

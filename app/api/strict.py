@@ -185,7 +185,11 @@ def query_problems(request: Request, declared: dict[str, bool]) -> list[dict[str
 
 class StrictRoute(APIRoute):
     """An APIRoute that refuses query parameters it does not declare and bodies that are not
-    strict JSON (module docstring), before FastAPI validates anything."""
+    strict JSON (module docstring), before FastAPI validates anything. `strict_query`
+    False: any query parameter passes (the Neutron API's lists filter by any attribute
+    and read the query themselves: app.api.neutron.query)."""
+
+    strict_query = True
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -195,7 +199,11 @@ class StrictRoute(APIRoute):
         async def strict_handler(request: Request) -> Response:
             if has_body:  # first: the query string parsed below is the one FastAPI reads
                 request = StrictJsonRequest(request.scope, request.receive)
-            if request.scope["query_string"] and (errors := query_problems(request, declared)):
+            if (
+                self.strict_query
+                and request.scope["query_string"]
+                and (errors := query_problems(request, declared))
+            ):
                 raise RequestValidationError(errors)
             if has_body and await request.body():  # an empty body is FastAPI's "missing"
                 try:

@@ -652,3 +652,23 @@ class Vlan(ResourceColumns, Base):
         _one_of("vlans", "requested_backend", [b.value for b in VlanBackend]),
         _json("vlans", "observed_objects", "array"),
     )
+
+
+class Tag(Base):
+    """A Neutron tag (issue 12) of one resource of the Neutron API: `resource` is the
+    Neutron resource (network, subnet, port), `resource_id` the id of the row standing for
+    it (a bridge's or VLAN's for a network). Neutron's rules (at most 255 characters, no ','
+    or '/': app.domain.neutron.validate_tag) are CHECKed too (migration 0022_tags)."""
+
+    __tablename__ = "tags"
+
+    resource: Mapped[str] = mapped_column(String(16), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(36), primary_key=True, index=True)
+    tag: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+    __table_args__ = (
+        CheckConstraint(
+            "length(tag) BETWEEN 1 AND 255 AND instr(tag, ',') = 0 AND instr(tag, '/') = 0",
+            name="ck_tags_tag",
+        ),
+    )

@@ -94,6 +94,21 @@ def link_ifname(kind: str, project_id: str, resource_id: str, name: str) -> str:
     return prefix + uuid.UUID(resource_id).hex[:IFNAME_ID_DIGITS]
 
 
+# Neutron's linuxbridge agent names a network's bridge `brq` + the network id's first 11
+# characters (neutron/plugins/ml2/drivers/linuxbridge/agent: BRIDGE_NAME_PREFIX, and
+# get_bridge_name: network_id[:11]); ids here are UUIDs, so those are hex digits and at most
+# one dash: the dashes are left out, as for link_ifname. 3 + 11 = 14 characters.
+NEUTRON_BRIDGE_PREFIX = "brq"
+NEUTRON_ID_DIGITS = 11
+
+
+def neutron_bridge_ifname(resource_id: str) -> str:
+    """The kernel name of a bridge made for a Neutron `local` network (any project): `brq`
+    and the id's first 11 hex digits, e.g. 3f2a9c1e-77b0-... -> brq3f2a9c1e77b. Claimed like
+    every kernel name of ours (link_names), so the rare clash is refused, never shared."""
+    return NEUTRON_BRIDGE_PREFIX + uuid.UUID(resource_id).hex[:NEUTRON_ID_DIGITS]
+
+
 def validate_vm_name(name: str) -> str:
     """A VM name: a host name label (RFC 1123 2.1) of 1-15 characters. Unique without
     regard to case, as host names are (RFC 4343); the service checks that."""

@@ -179,6 +179,9 @@ def _populate(world: World) -> None:
         ids["forward"] = world.admin_post("/v1/port-forwards", forward, where)["id"]
         ids["project"] = world.projects[where]
         ids["token"] = world.admin_token(where)
+        ids["extension"] = "pagination"
+        tagged = world.client.put(f"{NEUTRON}/networks/{ids['bridge']}/tags/scoped")
+        assert tagged.status_code == 201, tagged.text
         with db.reading() as session:
             op = session.query(Operation).filter_by(resource_id=ids["bridge"]).first()
             assert op is not None and op.project_id == world.projects[where]
@@ -253,6 +256,12 @@ def _uplink(world: World, where: str) -> dict[str, Any]:
     return {"interface": "lo"}
 
 
+def _neutron_network(world: World, where: str) -> dict[str, Any]:
+    return {"network": {"name": f"nn{world.next()}", "project_id": world.projects[where]}}
+
+
+NEUTRON = "/networking/v2.0"
+NEUTRON_NETWORK = f"{NEUTRON}/networks/{{network_id}}"
 ACCEPTED = (200, 201, 202)
 LIST = ok(200, query="?project={project}")
 
@@ -345,6 +354,23 @@ TABLE: dict[tuple[str, str], Case] = {
     ("POST", "/v1/projects/{project_id}/tokens"): ok(201, body=lambda w, p: {"role": "reader"}),
     ("GET", "/v1/projects/{project_id}/tokens/{token_id}"): ok(200, reader_forbidden=True),
     ("DELETE", "/v1/projects/{project_id}/tokens/{token_id}"): ok(200, fresh="token"),
+    # the Neutron API (issue 12): its {network_id} is a bridge's or VLAN's id (NEUTRON_PARAMS)
+    ("GET", "/networking/"): ok(200, projectless=True),
+    ("GET", f"{NEUTRON}/"): ok(200, projectless=True),
+    ("GET", f"{NEUTRON}/extensions"): ok(200, projectless=True),
+    ("GET", f"{NEUTRON}/extensions/{{alias}}"): ok(200, projectless=True),
+    # a list filtered by another project's id is an empty list (Neutron), never a 404
+    ("GET", f"{NEUTRON}/networks"): ok(200, projectless=True, query="?project_id={project}"),
+    ("POST", f"{NEUTRON}/networks"): ok(201, body=_neutron_network),
+    ("GET", NEUTRON_NETWORK): ok(200),
+    ("PUT", NEUTRON_NETWORK): ok(200, body=lambda w, p: {"network": {}}),
+    ("DELETE", NEUTRON_NETWORK): ok(204, fresh="bridge"),
+    ("GET", f"{NEUTRON_NETWORK}/tags"): ok(200),
+    ("PUT", f"{NEUTRON_NETWORK}/tags"): ok(200, body=lambda w, p: {"tags": ["scoped", "t"]}),
+    ("DELETE", f"{NEUTRON_NETWORK}/tags"): ok(204, fresh="bridge"),
+    ("GET", f"{NEUTRON_NETWORK}/tags/{{tag}}"): ok(204, 404),  # another case may remove it
+    ("PUT", f"{NEUTRON_NETWORK}/tags/{{tag}}"): ok(201),
+    ("DELETE", f"{NEUTRON_NETWORK}/tags/{{tag}}"): ok(204, 404),
 }
 
 PARAMS = {
@@ -357,7 +383,10 @@ PARAMS = {
     "operation_id": "operation",
     "project_id": "project",
     "token_id": "token",
+    "alias": "extension",
 }
+# under /networking a network is a bridge's (or VLAN's) id (app.services.neutron.networks)
+NEUTRON_PARAMS = {**PARAMS, "network_id": "bridge"}
 # no token needed, nothing of any project (app.api.middleware.OPEN_PATHS)
 OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
@@ -406,12 +435,13 @@ def test_route_answers_each_role_and_project_as_the_table_says(
     refusal = denied(case, method, path, role, where)
     allowed = refusal is None
     url = path
-    for name, kind in PARAMS.items():
+    params = NEUTRON_PARAMS if path.startswith("/networking") else PARAMS
+    for name, kind in params.items():
         if "{" + name + "}" in url:
             fresh = case.fresh == kind and allowed
             value = world.fresh(kind, where) if fresh else world.ids[where][kind]
             url = url.replace("{" + name + "}", value)
-    url = url.replace("{index}", "0")
+    url = url.replace("{index}", "0").replace("{tag}", "scoped")
     url += case.query.replace("{project}", world.projects[where])
     headers = auth(world.tokens[role])
     body = case.body(world, where) if case.body is not None else None
@@ -438,7 +468,12 @@ def test_route_answers_each_role_and_project_as_the_table_says(
             method, probe_url, headers=auth(world.tokens["admin"]), json=probe_body
         )
         assert unknown.status_code == 404, unknown.text
-        assert answer.json()["detail"] == unknown.json()["detail"].replace(UNKNOWN, hidden)
+        assert _message(answer.json()) == _message(unknown.json()).replace(UNKNOWN, hidden)
+
+
+def _message(body: dict[str, Any]) -> str:
+    """A problem's detail, or a NeutronError's message (the Neutron API)."""
+    return str(body["NeutronError"]["message"] if "NeutronError" in body else body["detail"])
 
 
 UNKNOWN = "00000000-0000-4000-8000-0000000000ff"

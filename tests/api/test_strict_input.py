@@ -68,6 +68,9 @@ def test_every_operation_refuses_an_undeclared_query_parameter(api: TestClient) 
         (method, path)
         for path, methods in api.app.openapi()["paths"].items()  # type: ignore[attr-defined]
         for method in methods
+        # the Neutron API reads its query itself (filters by any attribute; an unknown one
+        # is a 400 NeutronError): tests/api/test_neutron_api.py
+        if not path.startswith("/networking")
     ]
     assert len(operations) > 40
     for method, template in operations:

@@ -47,6 +47,12 @@ from app.db.repositories.networks import (
     remove_forwards,
     vms_by_mac,
 )
+from app.db.repositories.neutron import (
+    bridge_mtus,
+    live_segments,
+    segment_networks,
+    shared_segment_ids,
+)
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
 from app.db.repositories.port_security import (
     ProtectedNic,
@@ -97,6 +103,7 @@ from app.db.repositories.segments import (
     tap_port,
     unregister_table,
 )
+from app.db.repositories.tags import TagRepository
 from app.db.repositories.tenancy import ApiTokenRepository, ProjectRepository
 from app.db.repositories.trunks import (
     mark_filtering_ours,
@@ -153,6 +160,7 @@ __all__ = [
     "ResourceRepository",
     "RowState",
     "SegmentTable",
+    "TagRepository",
     "TapRepository",
     "UplinkMove",
     "UplinkRepository",
@@ -162,6 +170,7 @@ __all__ = [
     "access_port_names",
     "address_holders",
     "bridge_facts",
+    "bridge_mtus",
     "desired_port_vlans",
     "find_object",
     "find_project",
@@ -171,6 +180,7 @@ __all__ = [
     "link_referrers",
     "link_rows",
     "live_segment_names",
+    "live_segments",
     "load_link_specs",
     "load_network_state",
     "load_vlan_work",
@@ -208,10 +218,12 @@ __all__ = [
     "released_port_vlans",
     "remove_forwards",
     "reserve_event_ids",
+    "segment_networks",
     "segment_ports",
     "segment_row",
     "segment_table",
     "segment_users",
+    "shared_segment_ids",
     "stored_link_settings",
     "tap_port",
     "tap_port_vlans",

@@ -48,6 +48,11 @@ class BridgeRepository(ResourceRepository[Bridge]):
     def __init__(self, session: Session) -> None:
         super().__init__(session, Bridge)
 
+    def with_ifname(self, ifname: str) -> Bridge | None:
+        """The bridge (in any project, being deleted too) whose kernel name is `ifname`."""
+        query = select(Bridge).where(Bridge.ifname == ifname).order_by(Bridge.created_at)
+        return self.session.scalars(query).first()
+
     def macs(self) -> set[str]:
         """Every MAC a bridge keeps, pinned or generated."""
         taken: set[str] = set()

@@ -1,0 +1,89 @@
+"""NeutronError bodies for everything under the Neutron prefix (issue 12).
+
+Neutron answers errors as `{"NeutronError": {"type": <exception class>, "message": ...,
+"detail": ""}}` (neutron/api/v2/base.py, neutron-lib's exception classes) with its own
+status codes: 400 for bad input (never 422), 401, 403, 404 (an unknown id, and an unknown
+path), 405, 409 (conflicts, InUse, OverQuota), 412 (If-Match). app.api.errors and the auth
+middleware call here for any request whose path lies under PREFIX, so the shape holds for
+the framework's own errors too (validation, unknown path, method, token).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from app.domain.errors import DomainError
+from app.domain.neutron import NeutronError
+
+PREFIX = "/networking"
+__all__ = ["PREFIX", "NeutronError", "error_body", "error_response", "under_prefix"]
+
+# our problem kinds -> the Neutron exception class name a client sees as `type`
+KIND_TYPES = {
+    "not-found": "NotFound",
+    "forbidden": "PolicyNotAuthorized",
+    "in-use": "InUse",
+    "over-quota": "OverQuota",
+    "name-taken": "Conflict",
+    "conflict": "Conflict",
+    "being-deleted": "Conflict",
+    "host-lacks-feature": "InvalidInput",
+    "revision-number-constraint-failed": "RevisionNumberConstraintFailed",
+    "vlan-id-outside-ranges": "PolicyNotAuthorized",
+    "vlan-ranges-exhausted": "NoNetworkAvailable",
+}
+STATUS_TYPES = {
+    400: "HTTPBadRequest",
+    401: "HTTPUnauthorized",
+    403: "HTTPForbidden",
+    404: "HTTPNotFound",
+    405: "HTTPMethodNotAllowed",
+    409: "Conflict",
+    412: "HTTPPreconditionFailed",
+    413: "HTTPRequestEntityTooLarge",
+    415: "HTTPUnsupportedMediaType",
+    500: "HTTPInternalServerError",
+    503: "HTTPServiceUnavailable",
+}
+
+
+def under_prefix(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def neutron_status(status: int) -> int:
+    """Neutron answers bad input with 400, never 422."""
+    return 400 if status == 422 else status
+
+
+def error_body(status: int, message: str, neutron_type: str | None = None) -> dict[str, Any]:
+    return {
+        "NeutronError": {
+            "type": neutron_type or STATUS_TYPES.get(status, "NeutronException"),
+            "message": message,
+            "detail": "",
+        }
+    }
+
+
+def error_bytes(status: int, message: str, neutron_type: str | None = None) -> bytes:
+    return json.dumps(error_body(status, message, neutron_type)).encode()
+
+
+def domain_error_response(exc: DomainError) -> JSONResponse:
+    status = neutron_status(exc.status)
+    neutron_type = getattr(exc, "neutron_type", None) or KIND_TYPES.get(exc.kind)
+    return error_response(status, exc.detail, neutron_type)
+
+
+def error_response(
+    status: int,
+    message: str,
+    neutron_type: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    status = neutron_status(status)
+    return JSONResponse(error_body(status, message, neutron_type), status, headers=headers)

@@ -1,0 +1,143 @@
+"""Pure rules of the Neutron API view (issue 12): the physical networks configuration and
+which network type a create gets, Neutron's tag rules, `If-Match: revision_number=N`.
+
+The Neutron network <-> L2 segment mapping itself (bridge or VLAN rows) is in
+app.services.neutron.networks; this module holds what needs no database.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from app.domain.errors import DomainError, InvalidInput
+
+
+class NetworkType(enum.StrEnum):
+    """provider:network_type values this daemon serves (Neutron's ml2 type drivers)."""
+
+    LOCAL = "local"  # a bridge of its own, on no physical network
+    FLAT = "flat"  # a physical network's bridge itself
+    VLAN = "vlan"  # an 802.1Q VLAN on a physical network's bridge (its trunk)
+
+
+class TenantNetworkType(enum.StrEnum):
+    """What a create without provider attributes gets (settings: tenant_network_type)."""
+
+    AUTO = "auto"  # vlan where the host carries VLANs and a physnet is configured, else local
+    VLAN = "vlan"
+    LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class NeutronConfig:
+    """The settings the Neutron view needs: `physical_networks` maps a physnet name to the
+    kernel name of its bridge (in the default project), `tenant_network_type` and
+    `tenant_physical_network` (None: the first configured) decide a plain create's type."""
+
+    physical_networks: Mapping[str, str] = field(default_factory=dict)
+    tenant_network_type: TenantNetworkType = TenantNetworkType.AUTO
+    tenant_physical_network: str | None = None
+
+    def physnet_of_bridge(self, ifname: str) -> str | None:
+        """The physnet whose bridge has this kernel name (None: no physnet's)."""
+        return next((p for p, b in self.physical_networks.items() if b == ifname), None)
+
+    def bridge_of(self, physnet: str) -> str:
+        """The bridge name of `physnet`; 400 naming the configured ones for another."""
+        bridge = self.physical_networks.get(physnet)
+        if bridge is None:
+            known = ", ".join(sorted(self.physical_networks)) or "none"
+            raise NeutronBadRequest(
+                f"physical network {physnet!r} is not configured (configured: {known}; "
+                "settings physical_networks, KVMNETD_PHYSICAL_NETWORKS)"
+            )
+        return bridge
+
+    def tenant_physnet(self) -> str | None:
+        if self.tenant_physical_network is not None:
+            return self.tenant_physical_network
+        return next(iter(self.physical_networks), None)
+
+    def tenant_type(self, host_carries_vlans: bool) -> NetworkType:
+        """The type of a network created without provider attributes."""
+        if self.tenant_network_type is TenantNetworkType.VLAN:
+            return NetworkType.VLAN
+        if self.tenant_network_type is TenantNetworkType.LOCAL:
+            return NetworkType.LOCAL
+        if host_carries_vlans and self.tenant_physnet() is not None:
+            return NetworkType.VLAN
+        return NetworkType.LOCAL
+
+
+class NeutronBadRequest(InvalidInput):
+    """400 under the Neutron API (Neutron never answers 422)."""
+
+    kind = "bad-request"
+    status = 400
+
+
+class NeutronError(DomainError):
+    """An error with Neutron's own `type` (NetworkNotFound, NetworkInUse, ...)."""
+
+    def __init__(self, status: int, neutron_type: str, message: str, **extra: object) -> None:
+        super().__init__(message, **extra)
+        self.status = status
+        self.neutron_type = neutron_type
+
+
+def not_found(resource: str, resource_id: str) -> NeutronError:
+    """Neutron's 404 for an unknown id: `NetworkNotFound`, "Network X could not be found."
+    (what the clients' find-by-name falls back on)."""
+    title = resource.capitalize()
+    return NeutronError(404, f"{title}NotFound", f"{title} {resource_id} could not be found.")
+
+
+class RevisionMismatch(DomainError):
+    """If-Match: revision_number=N named another revision than the resource's (Neutron's
+    RevisionNumberConstraintFailed, 412)."""
+
+    kind = "revision-number-constraint-failed"
+    status = 412
+    title = "Revision number constraint failed"
+
+
+# ---- tags -----------------------------------------------------------------------------------
+
+TAG_MAX = 255  # neutron-lib: db_const.TAG_FIELD_SIZE (the tag extension's MAX_TAG_LEN)
+
+
+def validate_tag(tag: str) -> str:
+    """A Neutron tag: 1-255 characters, no ',' (the filters' separator) and no '/' (the
+    URL's): neutron-lib's tagging validator and Neutron's tag extension."""
+    if not isinstance(tag, str) or not tag:
+        raise NeutronBadRequest("a tag is a non-empty string")
+    if len(tag) > TAG_MAX:
+        raise NeutronBadRequest(f"tag {tag[:20]!r}... is {len(tag)} characters; at most {TAG_MAX}")
+    if "," in tag or "/" in tag:
+        raise NeutronBadRequest(f"tag {tag!r} contains ',' or '/', which tags may not")
+    return tag
+
+
+# ---- If-Match: revision_number=N ------------------------------------------------------------
+
+_REVISION_RE = re.compile(r"\s*revision_number\s*=\s*(\d+)\s*")
+
+
+def revision_constraint(if_match: str | None) -> int | None:
+    """The N of `If-Match: revision_number=N` (Neutron's revision-if-match extension), None
+    without the header; 400 for another form of If-Match (Neutron accepts only this one)."""
+    if if_match is None:
+        return None
+    found = _REVISION_RE.fullmatch(if_match)
+    if found is None:
+        raise NeutronBadRequest(f"If-Match must be 'revision_number=<int>' (got {if_match[:60]!r})")
+    return int(found.group(1))
+
+
+def check_revision(expected: int | None, current: int) -> None:
+    """412 when an If-Match revision was given and the resource is at another one."""
+    if expected is not None and expected != current:
+        raise RevisionMismatch(f"Constrained to {expected}, but current revision is {current}")
