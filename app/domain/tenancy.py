@@ -42,6 +42,7 @@ class Quota(enum.StrEnum):
     VLANS = "vlans"
     NETWORKS = "networks"
     PORT_FORWARDS = "port_forwards"
+    PORTS = "ports"  # port resources (/v1/ports, Neutron ports)
 
 
 class Via(enum.StrEnum):

@@ -52,6 +52,7 @@ QUOTA_DOCS = {
     Quota.VLANS: "VLANs",
     Quota.NETWORKS: "Managed networks",
     Quota.PORT_FORWARDS: "Port forwards",
+    Quota.PORTS: "Ports (/v1/ports)",
 }
 
 
@@ -76,6 +77,7 @@ class Quotas(RequestModel):
     vlans: int | None = _quota(Quota.VLANS)
     networks: int | None = _quota(Quota.NETWORKS)
     port_forwards: int | None = _quota(Quota.PORT_FORWARDS)
+    ports: int | None = _quota(Quota.PORTS)
 
     @model_validator(mode="before")
     @classmethod

@@ -6,7 +6,7 @@ the supervisor still removing its kernel objects) no longer counts, so a delete 
 share at once, as the API's answer to the delete says it is going. vms, vcpus and
 memory_mib count every VM that is not deleted, whatever its power state (a stopped VM can
 start again at any time without asking). A VM's NIC taps are the VM's, not `taps` (tap
-resources only).
+resources only), and a port's tap is the port's (`ports`).
 
 Each count is one aggregate query on the project's indexed `project_id`. The quota guard
 (app.services.quotas) asks them inside the unit of work that inserts, which holds the
@@ -21,16 +21,17 @@ from collections.abc import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, Network, PortForward, Tap, Vlan, Vm
+from app.db.models import Bridge, Network, Port, PortForward, Tap, Vlan, Vm
 from app.domain.tenancy import Quota
 
 VM_QUOTAS = (Quota.VMS, Quota.VCPUS, Quota.MEMORY_MIB)
-COUNTED: dict[Quota, type[Tap | Bridge | Vlan | Network | PortForward]] = {
+COUNTED: dict[Quota, type[Tap | Bridge | Vlan | Network | PortForward | Port]] = {
     Quota.TAPS: Tap,
     Quota.BRIDGES: Bridge,
     Quota.VLANS: Vlan,
     Quota.NETWORKS: Network,
     Quota.PORT_FORWARDS: PortForward,
+    Quota.PORTS: Port,
 }
 
 

@@ -24,6 +24,7 @@ class Backend(enum.StrEnum):
     USER = "user"  # QEMU user networking (slirp)
     SOCKET = "socket"  # VM-to-VM over a loopback TCP socket, or multicast
     HUB = "hub"  # a QEMU-internal hub (the old -net nic,vlan=N)
+    PORT = "port"  # one of our port resources (its tap, MAC and fixed IP: Neutron's port)
 
 
 class Vhost(enum.StrEnum):
