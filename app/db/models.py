@@ -670,5 +670,7 @@ class Port(ResourceColumns, Base):
         _json("ports", "allowed_addresses", "array"),
         _check("ports", "mac_address", f"mac_address GLOB '{MAC_GLOB}'"),
         # a live port is on exactly one segment; a deleted one may outlive it briefly
-        _check("ports", "one_segment", "deleted = 1 OR (bridge_id IS NULL) + (vlan_id IS NULL) = 1"),
+        _check(
+            "ports", "one_segment", "deleted = 1 OR (bridge_id IS NULL) + (vlan_id IS NULL) = 1"
+        ),
     )

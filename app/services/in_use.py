@@ -40,6 +40,7 @@ from app.domain.status import Status
 from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vms import PowerState, VmStatus
 from app.services.operations import bump, record_operation
+from app.services.port_plugs import unplug_taps
 
 K = DependentKind
 
@@ -276,6 +277,7 @@ class InUseGuard:
             if not f.deleted
         ]
         self.repo.remove_nic(nic)
+        unplug_taps(self.session, [nic.tap_id])  # a port it plugged is free again
         OperationRepository(self.session).finish(finished)  # none is left waiting for them
         stopping = vm.power_state == PowerState.RUNNING.value
         if stopping:

@@ -61,6 +61,7 @@ from app.db.repositories.port_vlans import (
     vlan_referrers,
     vlan_users,
 )
+from app.db.repositories.ports import PortRepository, mirror_tap
 from app.db.repositories.projects import (
     find_project,
     find_segments,
@@ -147,6 +148,7 @@ __all__ = [
     "OperationRepository",
     "Port",
     "PortForwardRepository",
+    "PortRepository",
     "ProjectRepository",
     "ProtectedNic",
     "Repository",
@@ -175,6 +177,7 @@ __all__ = [
     "load_network_state",
     "load_vlan_work",
     "mark_filtering_ours",
+    "mirror_tap",
     "network_columns",
     "network_gateways",
     "network_of_object",

@@ -77,7 +77,8 @@ class NicSpec:
     model: str | None
     mac: str
     backend: str  # a registered driver's name (Backend for the built-in ones)
-    tap: str | None = None  # the kernel tap (bridge and tap backends)
+    tap: str | None = None  # the kernel tap (bridge, tap and port backends)
+    port: str | None = None  # the port resource's id (port backend)
     user: UserNet | None = None
     socket: SocketNet | None = None
     hub: int | None = None
