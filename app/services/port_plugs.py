@@ -75,7 +75,7 @@ def plugged_port_settings(session: Session, nic: VmNic, asked: NicIn) -> None:
 
 def _unplug(ports: Iterable[Port], vm_id: str | None = None) -> None:
     for port in ports:
-        if port.device_owner == DEVICE_OWNER and (vm_id is None or port.device_id == vm_id):
+        if vm_id is None or port.device_id == vm_id:
             port.device_id, port.device_owner = "", ""
             settle_at_once(port)
 
