@@ -21,6 +21,7 @@ class PortDriver(TapNetdev):
     host_link: ClassVar[HostLink] = HostLink.TAP
     option: ClassVar[str | None] = "port"
     plugs_port: ClassVar[bool] = True
+    multiqueue: ClassVar[bool] = False  # a port's tap is made with one queue
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         """Plugs the port (claims.plug_port: 409 when another VM uses it), taking its tap
