@@ -496,7 +496,11 @@ class NicOut(BaseModel):
         False, description="Its tap is an isolated bridge port (IFLA_BRPORT_ISOLATED)"
     )
     network_id: str | None = Field(None, description="The managed network the NIC is on")
-    ipv4: str | None = Field(None, description="Its fixed address there")
+    ipv4: str | None = Field(
+        None,
+        description="Its fixed address there (a port backend NIC: null; the port's "
+        "`fixed_ips` say it, GET /v1/ports/{id})",
+    )
     observed_ipv4: str | None = Field(
         None,
         description="The address its MAC holds in the network's DHCP leases (null: no "

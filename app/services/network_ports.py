@@ -242,6 +242,7 @@ class PortService:
         TapService(self.session, self.caller).delete_for_port(tap)
         port.deleted = True
         port.network_id = port.ipv4 = None  # its lease goes at once: the address is free
+        port.bridge_id = port.vlan_id = None  # a port on its way out holds no segment
         bump(port, Status.DELETING)
         return port, record_operation(self.session, "delete", "port", port, self.caller)
 

@@ -11,14 +11,18 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from app.domain import port_security as ps
 from app.domain.ports import DEVICE_OWNER
 from app.settings import Settings
-from tests.api.test_addresses_api import eventually
+from tests.api.test_addresses_api import FULL_PASS, eventually, quick_api
 from tests.api.test_file_faults import run_dir
 from tests.api.test_links_api import make_bridge
 from tests.api.test_networks_api import make_network
+from tests.api.test_port_security_api import _table
 from tests.netns_tools import links
 from tests.tenancy import auth, make_project, make_token
+
+__all__ = ["quick_api"]  # the fixture, used by name
 
 PROBLEM = "application/problem+json"
 
@@ -196,3 +200,57 @@ def test_quota_and_projects(api: TestClient) -> None:
     # another project's bridge is unknown to a member
     r = api.post("/v1/ports", json={"name": "z", "bridge": "b"}, headers=stranger)
     assert r.status_code == 404, r.text
+
+
+def test_port_security_of_a_plugged_port_allows_its_fixed_address(
+    quick_api: TestClient, netns: str
+) -> None:
+    api = quick_api  # a full pass every FULL_PASS s: the rules of a VM's rows gone go then
+    make_bridge(api)
+    make_network(api, subnet="10.92.0.0/24")
+    port = make_port(api, "guarded", port_security=True, allowed_addresses=["192.0.2.7"])
+    assert (port["port_security"], port["allowed_addresses"]) == (True, ["192.0.2.7"])
+    assert _table(netns) is None or port["tap"] not in _table(netns).taps()  # type: ignore[union-attr]
+    _problem(_vm(api, "web", {"backend": "port", "port": "guarded", "port_security": False}), 422)
+    vm = _vm(api, "web", {"backend": "port", "port": "guarded"})
+    assert vm.status_code == 201, vm.text
+    nic = vm.json()["nics"][0]
+    assert (nic["port_security"], nic["allowed_addresses"]) == (True, ["192.0.2.7"])
+    wanted = ps.port_rules(port["tap"], port["mac_address"], [port["ipv4"], "192.0.2.7"])
+
+    def loaded() -> bool:
+        live = _table(netns)
+        return live is not None and ps.chain_matches(live, wanted)
+
+    assert eventually(loaded), _table(netns)
+    state = eventually(
+        lambda: api.get("/v1/vms/web").json()["nics"][0]["port_security_state"]["enforced"]
+    )
+    assert state is True
+    assert api.delete("/v1/vms/web?wait=20").status_code == 204
+    gone = eventually(
+        lambda: _table(netns) is None or port["tap"] not in _table(netns).taps(),  # type: ignore[union-attr]
+        timeout=10 * FULL_PASS + 5,
+    )
+    assert gone
+
+
+def test_segments_and_networks_with_ports_are_in_use(api: TestClient, settings: Settings) -> None:
+    make_bridge(api)
+    network = make_network(api, subnet="10.94.0.0/24")
+    port = make_port(api, "p1")
+    assert port["ipv4"] == "10.94.0.2"
+    # the bridge: 409 naming the port, also forced (a port is never deleted under it)
+    for query in ("", "?force=true"):
+        refused = _problem(api.delete(f"/v1/bridges/br0{query}"), 409)
+        assert {"kind": "port", "id": port["id"]}.items() <= refused["dependents"][0].items()
+    # the network: 409 naming the port; forced, the port keeps its tap and loses its address
+    refused = _problem(api.delete("/v1/networks/nat0"), 409)
+    assert [d["kind"] for d in refused["dependents"]] == ["port"], refused
+    assert eventually(lambda: port["mac_address"] in _hosts(settings, network))
+    r = api.delete("/v1/networks/nat0?force=true&wait=10")
+    assert r.status_code in (202, 204), r.text
+    shown = api.get("/v1/ports/p1").json()
+    assert (shown["fixed_ips"], shown["status"]) == ([], "active"), shown
+    assert api.delete("/v1/ports/p1?wait=10").status_code == 204
+    assert api.delete("/v1/bridges/br0?wait=10").status_code == 204  # nothing holds it now
