@@ -44,9 +44,9 @@ DeviceFilter = Annotated[
 
 
 def _present(session: Session, service: PortService, rows: list[Port]) -> list[PortOut]:
-    taps = service.taps(rows)
+    taps, users = service.taps(rows), service.users(rows)
     host = socket.gethostname()
-    return [port_out(r, taps.get(r.tap_id), service.user(r), host) for r in rows]
+    return [port_out(r, taps.get(r.tap_id), users.get(r.tap_id), host) for r in rows]
 
 
 async def _out(ctx: AppContext, request: Request, row: Port) -> PortOut:

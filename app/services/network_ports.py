@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.db.models import Network, Operation, Port, Tap, VmNic
+from app.db.models import Network, Operation, Port, Tap, Vm, VmNic, new_id
 from app.db.repositories import NetworkRepository, PortRepository, VmRepository
 from app.db.session import Session
 from app.domain.dependents import Dependent, DependentKind
@@ -78,12 +78,14 @@ class PortService:
         project: str | None = None,
         network: str | None = None,
         device_id: str | None = None,
+        segment: tuple[str | None, str | None] | None = None,
     ) -> tuple[Sequence[Port], str | None]:
         """A page of the ports the caller sees (`project`: ?project=, list_scope);
         `network`: only those on that managed network's segment (404 unknown);
-        `device_id`: only those it plugs."""
+        `device_id`: only those it plugs; `segment`: only those on this (bridge id, VLAN
+        id), one of them None (a Neutron network is a bridge or a VLAN)."""
         scope = list_scope(self.session, self.caller, project)
-        segments = None
+        segments = segment
         if network is not None:
             found = NetworkRepository(self.session).find(network, self.caller.scope)
             if found is None:
@@ -91,17 +93,24 @@ class PortService:
             segments = (found.bridge_id, found.vlan_id) if found.tap_id is None else ("", None)
         return self.ports.filtered_page(limit, cursor, scope, segments, device_id)
 
-    def user(self, port: Port) -> tuple[VmNic, Any] | None:
+    def user(self, port: Port) -> tuple[VmNic, Vm] | None:
+        """The VM NIC (and its VM) that plugs the port; None while unplugged."""
         return self.ports.user(port)
+
+    def users(self, ports: Sequence[Port]) -> dict[str, tuple[VmNic, Vm]]:
+        """Tap id -> the VM NIC (and VM) that plugs it, for these ports (one query)."""
+        return self.ports.users(ports)
 
     def taps(self, ports: Sequence[Port]) -> dict[str, Tap]:
         return self.ports.taps(ports)
 
     def create(
-        self, body: PortCreate, port_id: str, foreign: dict[str, Any] | None = None
+        self, body: PortCreate, port_id: str | None = None, foreign: dict[str, Any] | None = None
     ) -> tuple[Port, Operation]:
-        """`port_id`: the new port's id (the API asked the host whether a link it does not
-        manage holds its tap's name, `foreign`: refused 409 as for a tap)."""
+        """`port_id`: the new port's id (None: a new one), for which the caller asked the
+        host whether a link it does not manage holds its tap's name (`foreign`: refused 409
+        as for a tap; None: none known)."""
+        port_id = port_id or new_id()
         project_id = create_project(self.session, self.caller, body.project_id)
         self.scope = create_scope(self.caller, project_id)
         if self.ports.named_in_project(project_id, body.name) is not None:

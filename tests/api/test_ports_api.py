@@ -197,6 +197,9 @@ def test_quota_and_projects(api: TestClient) -> None:
         assert r.status_code == 404, (method, r.text)
     assert api.get("/v1/ports", headers=stranger).json()["items"] == []
     assert [p["id"] for p in api.get("/v1/ports", headers=member).json()["items"]] == [port_id]
+    # a project holding a port is not deleted (the port named)
+    held = _problem(api.delete(f"/v1/projects/{own}"), 409)["dependents"]
+    assert {"kind": "port", "id": port_id, "name": "p"} in held, held
     # another project's bridge is unknown to a member
     r = api.post("/v1/ports", json={"name": "z", "bridge": "b"}, headers=stranger)
     assert r.status_code == 404, r.text

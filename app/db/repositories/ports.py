@@ -42,6 +42,18 @@ class PortRepository(ResourceRepository[Port]):
         row = self.session.execute(query).first()
         return None if row is None else (row[0], row[1])
 
+    def users(self, ports: Sequence[Port]) -> dict[str, tuple[VmNic, Vm]]:
+        """Tap id -> the VM NIC (and VM) that plugs it, for these ports (one query)."""
+        query = (
+            select(VmNic, Vm)
+            .join(Vm, Vm.id == VmNic.vm_id)
+            .where(VmNic.tap_id.in_([p.tap_id for p in ports]))
+        )
+        found: dict[str, tuple[VmNic, Vm]] = {}
+        for nic, vm in self.session.execute(query):
+            found[nic.tap_id or ""] = (nic, vm)
+        return found
+
     def plugged_into(self, nic_tap_ids: Iterable[str]) -> Sequence[Port]:
         """The ports whose taps these (NICs') tap ids are."""
         wanted = [t for t in nic_tap_ids if t]
