@@ -108,17 +108,25 @@ class PortUpdate(
     device_id: Device | None = Field(None, description='null: "" (none)')
     device_owner: Device | None = Field(None, description='null: "" (none)')
     admin_state_up: bool = Field(True, description=f"{ADMIN_STATE}. null is refused (422)")
+    fixed_ip: bool = Field(
+        True,
+        description="false: no fixed address (its lease goes); true: the lowest free one "
+        "unless it has one. Only while no VM uses the port (409 otherwise). null is refused "
+        "(422)",
+    )
     ipv4: str | None = Field(
         None,
         max_length=15,
-        description=f"{IPV4}. Only while no VM uses the port (409 otherwise). null: no fixed "
-        "address",
+        description=f"{IPV4}. Only while no VM uses the port (409 otherwise). null: the lowest "
+        "free one, as at creation",
     )
 
     @model_validator(mode="after")
     def _checked(self) -> PortUpdate:
         if "admin_state_up" in self.model_fields_set:
             _admin_up(self.admin_state_up)
+        if "ipv4" in self.model_fields_set and self.fixed_ip is False:
+            raise ValueError("`ipv4` is a fixed address: not with fixed_ip false")
         return self
 
     def resolve_nulls(self, changes: dict[str, Any]) -> dict[str, Any]:

@@ -200,11 +200,7 @@ class PortService:
             holder = self.ports.named_in_project(port.project_id, changes["name"])
             if holder is not None:
                 raise NameTaken(f"this project already has a port named {changes['name']!r}")
-        changed = False
-        if "ipv4" in changes and changes["ipv4"] != port.ipv4:
-            self._readdress(port, changes.pop("ipv4"))
-            changed = True
-        changes.pop("ipv4", None)
+        changed = self._readdress(port, changes.pop("fixed_ip", None), changes)
         for field, value in changes.items():
             if getattr(port, field) != value:
                 setattr(port, field, value)
@@ -214,19 +210,31 @@ class PortService:
         settle_at_once(port)
         return port, record_operation(self.session, "update", "port", port, self.caller)
 
-    def _readdress(self, port: Port, asked: str | None) -> None:
-        """A new fixed address (None: none), only while no VM uses the port: a guest would
-        keep its lease on the old one until it renews (409 PortInUse)."""
+    def _readdress(self, port: Port, fixed: bool | None, changes: dict[str, Any]) -> bool:
+        """A PATCH's `fixed_ip` and `ipv4` (taken out of `changes`): `ipv4` an address, or
+        null for the lowest free one (as at creation); `fixed_ip` false: none, true: the
+        lowest free one unless it has one. Only while no VM uses the port (a guest would
+        keep its lease on the old address until it renews): 409 otherwise. Whether the
+        address changed."""
+        before = (port.network_id, port.ipv4)
+        if "ipv4" in changes:
+            asked = changes.pop("ipv4")
+            if asked is not None and asked == port.ipv4:
+                return False
+            self._fix_address(port, self._network(port), asked)
+        elif fixed is False:
+            port.network_id = port.ipv4 = None
+        elif fixed is True and port.ipv4 is None:
+            self._fix_address(port, self._network(port), None)
+        if (port.network_id, port.ipv4) == before:
+            return False
         user = self.ports.user(port)
         if user is not None:
             raise InUse(
                 f"port {port.name!r} is plugged into VM {user[1].name!r}: its fixed address "
                 "changes only while no VM uses it"
             )
-        if asked is None:
-            port.network_id = port.ipv4 = None
-            return
-        self._fix_address(port, self._network(port), asked)
+        return True
 
     def delete(self, ref: str) -> tuple[Port, Operation | None]:
         """409 in-use (naming the VM NIC) while a VM NIC plugs the port; else its tap goes,

@@ -134,6 +134,14 @@ def test_port_tap_lease_plug_and_delete(api: TestClient, netns: str, settings: S
     moved = api.patch("/v1/ports/p1?wait=10", json={"ipv4": "10.91.0.40"})
     assert moved.status_code == 200 and moved.json()["ipv4"] == "10.91.0.40", moved.text
     assert eventually(lambda: "52:54:00:aa:bb:01,10.91.0.40" in _hosts(settings, network))
+    # no address, then null: the lowest free one (as at creation), then that one again
+    none = api.patch("/v1/ports/p1?wait=10", json={"fixed_ip": False}).json()
+    assert none["fixed_ips"] == [], none
+    assert eventually(lambda: "52:54:00:aa:bb:01" not in _hosts(settings, network))
+    lowest = api.patch("/v1/ports/p1?wait=10", json={"ipv4": None}).json()
+    assert lowest["ipv4"] == "10.91.0.4", lowest  # .2 (p2) and .3 (the VM NIC) are taken
+    same = api.patch("/v1/ports/p1", json={"ipv4": "10.91.0.4"})
+    assert same.status_code == 200 and same.json()["generation"] == lowest["generation"]
     assert api.delete("/v1/ports/p1?wait=10").status_code == 204
     assert api.get(f"/v1/ports/{port_id}").status_code == 404
     assert tap not in links(netns)
@@ -167,6 +175,8 @@ def test_null_and_hostile_input_is_422(api: TestClient) -> None:
     for patch in (
         {"name": None},
         {"admin_state_up": None},
+        {"fixed_ip": None},
+        {"fixed_ip": False, "ipv4": "10.0.0.1"},
         {"bridge": "br0"},
         {"mac_address": None},
     ):
