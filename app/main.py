@@ -30,6 +30,7 @@ from app.api import (
     neutron,
     operations,
     port_forwards,
+    ports,
     projects,
     taps,
     usage,
@@ -71,6 +72,11 @@ TAGS = [
     {"name": "vms", "description": "Virtual machines: qemu processes supervised by the daemon"},
     {"name": "networks", "description": "Managed NAT networks: SNAT, DHCP and DNS (dnsmasq)"},
     {"name": "port-forwards", "description": "Host ports forwarded to VMs on managed networks"},
+    {
+        "name": "ports",
+        "description": "Ports (Neutron's): a tap on a bridge or VLAN with a MAC and a fixed "
+        "address; a VM NIC with the port backend plugs one",
+    },
     {"name": "operations", "description": "The outcome of accepted mutations"},
     {"name": "events", "description": "Server-sent events for every state change"},
     {"name": "host", "description": "Interfaces, routes and probed capabilities"},
@@ -229,6 +235,7 @@ def create_app(
         vms,
         networks,
         port_forwards,
+        ports,
         usage,
         operations,
         events,
@@ -283,6 +290,8 @@ class Nudgers:
             "network": (network_worker, supervisor),
             "port_forward": (network_worker,),
             "vlan": (supervisor,),  # the link supervisor will own their kernel objects
+            # a port's tap (link supervisor), its static lease (network worker)
+            "port": (supervisor, network_worker),
         }
         self.everyone = (supervisor, vm_worker, network_worker)
 

@@ -19,6 +19,7 @@ from app.db.models import (
     Bridge,
     Network,
     Operation,
+    Port,
     PortForward,
     ResourceColumns,
     Tap,
@@ -28,6 +29,7 @@ from app.db.models import (
     VmNic,
 )
 from app.domain.nics import present_options
+from app.domain.ports import port_status
 from app.domain.uplinks import JournalError, NicConfig, describe, restore_steps
 from app.domain.vlans import TrunkNames, VlanBackend, kernel_objects, l3_interface_name
 from app.schemas.host import DiagnosticCheck
@@ -37,6 +39,7 @@ from app.schemas.links import Tap as TapOut
 from app.schemas.networks import Network as NetworkOut
 from app.schemas.networks import PortForward as PortForwardOut
 from app.schemas.operations import OperationOut
+from app.schemas.ports import Port as PortOut
 from app.schemas.uplinks import UplinkOut, UplinkPlan
 from app.schemas.vlans import Vlan as VlanOut
 from app.schemas.vms import Vm as VmOut
@@ -467,3 +470,40 @@ def vlan_out(row: Vlan, trunk: TrunkNames | None, l3: bool = False) -> VlanOut:
             for o in kernel_objects(backend, trunk.ifname, row.vlan_id, trunk.uplink, l3)
         ]
     return present(VlanOut, fields, row.deleted)
+
+
+def port_out(row: Port, tap: Tap | None, user: tuple[VmNic, Vm] | None, host: str) -> PortOut:
+    """A port with its tap's kernel name and carrier (`tap`: its taps row), the VM NIC that
+    plugs it (`user`) and the host it is bound to."""
+    oper_state = tap.observed_oper_state if tap is not None else None
+    fixed = (
+        [{"network_id": row.network_id, "ip_address": row.ipv4}]
+        if row.network_id is not None and row.ipv4 is not None
+        else []
+    )
+    fields = dict(
+        **_resource(row),
+        description=row.description,
+        bridge_id=row.bridge_id if tap is None or tap.bridge_id is None else tap.bridge_id,
+        vlan_id=row.vlan_id,
+        mac_address=row.mac_address,
+        fixed_ips=fixed,
+        ipv4=row.ipv4 if fixed else None,
+        network_id=row.network_id if fixed else None,
+        device_id=row.device_id,
+        device_owner=row.device_owner,
+        admin_state_up=row.admin_state_up,
+        port_security=row.port_security,
+        allowed_addresses=row.allowed_addresses,
+        port_status=port_status(row.status, user is not None, oper_state),
+        tap=tap.ifname if tap is not None else "",
+        tap_id=row.tap_id,
+        oper_state=oper_state,
+        binding_host_id=host,
+        user=(
+            None
+            if user is None
+            else {"vm_id": user[1].id, "vm_name": user[1].name, "nic": user[0].position}
+        ),
+    )
+    return present(PortOut, fields, row.deleted)

@@ -18,12 +18,12 @@ from app.api.deps import AppContext
 from app.api.draining import RETRY_AFTER_SECONDS, Drained, DrainWatch, TimedOut
 from app.api.presenters import mutation_headers
 from app.bus import Event
-from app.db.models import Bridge, Network, Operation, PortForward, Tap, Uplink, Vlan, Vm
+from app.db.models import Bridge, Network, Operation, Port, PortForward, Tap, Uplink, Vlan, Vm
 from app.domain.status import Status, is_settled
 from app.domain.vms import VmStatus, vm_settled
 from app.services.operations import reload
 
-R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink, Vlan)
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink, Vlan, Port)
 W = TypeVar("W")
 
 
@@ -35,7 +35,9 @@ def _settled(status: str, generation: int, observed_generation: int) -> bool:
     return True  # "deleted": gone for good
 
 
-def resource_settled(row: Bridge | Tap | Vm | Network | PortForward | Uplink | Vlan) -> bool:
+def resource_settled(
+    row: Bridge | Tap | Vm | Network | PortForward | Uplink | Vlan | Port,
+) -> bool:
     return _settled(row.status, row.generation, row.observed_generation)
 
 
@@ -137,7 +139,7 @@ async def settle_response(
 
 def _announce(
     ctx: AppContext,
-    row: Bridge | Tap | Vm | Network | PortForward | Uplink | Vlan,
+    row: Bridge | Tap | Vm | Network | PortForward | Uplink | Vlan | Port,
     operation: Operation | None,
 ) -> None:
     """Publish our own transition (to pending/deleting) before the supervisor can publish

@@ -672,3 +672,48 @@ class Tag(Base):
             name="ck_tags_tag",
         ),
     )
+
+
+class Port(ResourceColumns, Base):
+    """A port (Neutron's): an attachment point on one L2 segment, an untagged port of a
+    bridge or an access port of a VLAN (exactly one of bridge_id, vlan_id), with its own
+    tap (the taps row `tap_id`, kernel name `tap` + the id's first 11 hex digits: Nova's
+    naming), a guest MAC and at most one fixed IPv4 address on the segment's managed
+    network (a static DHCP lease whether or not a VM uses the port). A VM NIC with the
+    `port` backend plugs it: then device_id is the VM's id. `status` is the port's
+    lifecycle, mirrored from its tap by the link supervisor (app.supervisor.links)."""
+
+    __tablename__ = "ports"
+
+    bridge_id: Mapped[str | None] = mapped_column(
+        ForeignKey("bridges.id", ondelete="RESTRICT"), default=None, index=True
+    )
+    vlan_id: Mapped[str | None] = mapped_column(
+        ForeignKey("vlans.id", ondelete="RESTRICT"), default=None, index=True
+    )
+    tap_id: Mapped[str] = mapped_column(ForeignKey("taps.id", ondelete="RESTRICT"), unique=True)
+    mac_address: Mapped[str] = mapped_column(String(17), unique=True)
+    # its fixed address on the segment's managed network (None: none)
+    network_id: Mapped[str | None] = mapped_column(
+        ForeignKey("networks.id", ondelete="SET NULL"), default=None, index=True
+    )
+    ipv4: Mapped[str | None] = mapped_column(String(15), default=None)
+    device_id: Mapped[str] = mapped_column(String(255), default="")
+    device_owner: Mapped[str] = mapped_column(String(255), default="")
+    admin_state_up: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    # anti-spoofing of the port's tap while a VM uses it, as a VM NIC's (migration 0019)
+    port_security: Mapped[bool] = mapped_column(Boolean, default=False)
+    allowed_addresses: Mapped[list[str]] = mapped_column(StoredJSON, default=list)
+
+    __table_args__ = (
+        *_resource_checks("ports", [s.value for s in Status]),
+        UniqueConstraint("network_id", "ipv4", name="uq_ports_network_ipv4"),
+        *_flags("ports", "admin_state_up", "port_security"),
+        _json("ports", "allowed_addresses", "array"),
+        _check("ports", "mac_address", f"mac_address GLOB '{MAC_GLOB}'"),
+        # a live port is on exactly one segment; a deleted one may outlive it briefly
+        _check(
+            "ports", "one_segment", "deleted = 1 OR (bridge_id IS NULL) + (vlan_id IS NULL) = 1"
+        ),
+    )

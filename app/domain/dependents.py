@@ -43,6 +43,7 @@ class DependentKind(enum.StrEnum):
     UPLINK = "uplink"
     PORT_FORWARD = "port_forward"
     VLAN = "vlan"
+    PORT = "port"
     BRIDGE = "bridge"  # what a project holds (its delete is refused while it holds any)
 
 

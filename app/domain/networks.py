@@ -499,7 +499,8 @@ def static_hosts(nics: Iterable[tuple[str, str, str, int]]) -> tuple[StaticHost,
 @dataclass(frozen=True)
 class AddressHolder:
     """An IPv4 address kvmnetd has given out, for the link-address clash checks: a network's
-    gateway or subnet (`kind` "network"), a VM NIC's fixed address ("vm_nic"), or an address
+    gateway or subnet (`kind` "network"), a VM NIC's or port's fixed address ("vm_nic",
+    "port"), or an address
     of one of our bridges or taps ("bridge", "tap"). `link`: the kernel name of the link it
     is on; `address`: `a.b.c.d/len` (a network's is its gateway with the subnet's length)."""
 
@@ -565,4 +566,6 @@ def _describe(holder: AddressHolder) -> str:
         return f"network {holder.name!r} (its gateway, on {holder.link})"
     if holder.kind == "vm_nic":
         return f"{holder.name} (its fixed address, on {holder.link})"
+    if holder.kind == "port":
+        return f"port {holder.name!r} (its fixed address, on {holder.link})"
     return f"{holder.kind} {holder.name!r}"

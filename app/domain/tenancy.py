@@ -43,6 +43,7 @@ class Quota(enum.StrEnum):
     SEGMENTS = "segments"  # bridges and VLANs together (Neutron's `network` quota)
     NETWORKS = "networks"
     PORT_FORWARDS = "port_forwards"
+    PORTS = "ports"  # port resources (/v1/ports, Neutron ports)
 
 
 class Via(enum.StrEnum):

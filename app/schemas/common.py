@@ -308,7 +308,9 @@ class DependentOut(BaseModel):
 
     model_config = ConfigDict(title="Dependent")
 
-    kind: Literal["vm", "vm_nic", "tap", "network", "uplink", "port_forward", "vlan", "bridge"]
+    kind: Literal[
+        "vm", "vm_nic", "tap", "network", "uplink", "port_forward", "vlan", "bridge", "port"
+    ]
     id: str
     name: str = Field(description="A VM NIC is `<vm name>/<nic index>`", examples=["web/0"])
     vm_id: str | None = Field(default=None, description="The VM of a `vm_nic`")

@@ -53,6 +53,7 @@ QUOTA_DOCS = {
     Quota.SEGMENTS: "L2 segments: bridges and VLANs together (Neutron's `network` quota)",
     Quota.NETWORKS: "Managed networks",
     Quota.PORT_FORWARDS: "Port forwards",
+    Quota.PORTS: "Ports (/v1/ports)",
 }
 
 
@@ -78,6 +79,7 @@ class Quotas(RequestModel):
     segments: int | None = _quota(Quota.SEGMENTS)
     networks: int | None = _quota(Quota.NETWORKS)
     port_forwards: int | None = _quota(Quota.PORT_FORWARDS)
+    ports: int | None = _quota(Quota.PORTS)
 
     @model_validator(mode="before")
     @classmethod

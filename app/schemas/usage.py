@@ -25,7 +25,9 @@ class QuotaUsages(BaseModel):
     vms: QuotaUsage
     vcpus: QuotaUsage = Field(description="vCPUs summed over the project's VMs")
     memory_mib: QuotaUsage = Field(description="MiB of memory summed over the project's VMs")
-    taps: QuotaUsage = Field(description="Tap resources (a VM's NIC taps are the VM's)")
+    taps: QuotaUsage = Field(
+        description="Tap resources (a VM's NIC taps are the VM's, a port's tap the port's)"
+    )
     bridges: QuotaUsage
     vlans: QuotaUsage
     segments: QuotaUsage = Field(
@@ -33,6 +35,7 @@ class QuotaUsages(BaseModel):
     )
     networks: QuotaUsage
     port_forwards: QuotaUsage
+    ports: QuotaUsage = Field(description="Port resources (/v1/ports)")
 
 
 assert set(QuotaUsages.model_fields) == {q.value for q in Quota}, "one field per quota"

@@ -108,6 +108,9 @@ AllowedAddress = Annotated[
     Field(min_length=2, max_length=43, examples=["192.0.2.0/24"]),
     AfterValidator(_allowed_address),
 ]
+AllowedAddressList = Annotated[
+    list[AllowedAddress], Field(max_length=16), AfterValidator(_distinct)
+]
 PORT_SECURITY = (
     "Anti-spoofing (Neutron's port_security_enabled): the guest may send only from this NIC's "
     "MAC and its own addresses (its fixed ipv4, the address its DHCP lease shows, its EUI-64 "
@@ -160,7 +163,13 @@ class SocketNetIn(RequestModel):
 
 # the JSON type of each backend's option (which backend needs which: its driver says,
 # app.domain.nics.backend_options)
-_OPTION_TYPE = {"bridge": "string", "tap": "string", "socket": "object", "hub": "integer"}
+_OPTION_TYPE = {
+    "bridge": "string",
+    "tap": "string",
+    "port": "string",
+    "socket": "object",
+    "hub": "integer",
+}
 
 
 def _backend_alternatives(schema: dict[str, Any]) -> None:
@@ -217,6 +226,13 @@ class NicIn(RequestModel):
         "Null or omitted: none (untagged frames are dropped)",
     )
     tap: Ref | None = Field(None, description="tap backend: id or name")
+    port: Ref | None = Field(
+        None,
+        description="port backend: the port (id or name, GET /v1/ports). qemu gets the port's "
+        "tap; the guest's MAC is the port's (`mac`, if given, must be it: 422 otherwise), and "
+        "so is its fixed address (`ipv4` and `port_security` are the port's: 422 here). 409 "
+        "when another VM uses the port",
+    )
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
@@ -239,9 +255,9 @@ class NicIn(RequestModel):
         "names the range or the lease's MAC, hostname and VM)",
     )
     port_security: bool | None = Field(None, description=PORT_SECURITY)
-    allowed_addresses: (
-        Annotated[list[AllowedAddress], Field(max_length=16), AfterValidator(_distinct)] | None
-    ) = Field(None, description=ALLOWED_ADDRESSES, examples=[["192.0.2.10", "2001:db8::/64"]])
+    allowed_addresses: AllowedAddressList | None = Field(
+        None, description=ALLOWED_ADDRESSES, examples=[["192.0.2.10", "2001:db8::/64"]]
+    )
 
     model_config = ConfigDict(json_schema_extra=_backend_alternatives)
 
@@ -466,6 +482,7 @@ class NicOut(BaseModel):
     tap_name: str | None
     bridge_id: str | None
     tap_id: str | None
+    port: str | None = Field(None, description="port backend: the port's id")
     vlan_id: str | None = Field(None, description="The VLAN it is an access port of")
     vlan_tagged: list[int] = Field(
         default_factory=list, description="Trunk NIC: the VIDs it carries tagged ([]: none)"
@@ -479,7 +496,11 @@ class NicOut(BaseModel):
         False, description="Its tap is an isolated bridge port (IFLA_BRPORT_ISOLATED)"
     )
     network_id: str | None = Field(None, description="The managed network the NIC is on")
-    ipv4: str | None = Field(None, description="Its fixed address there")
+    ipv4: str | None = Field(
+        None,
+        description="Its fixed address there (a port backend NIC: null; the port's "
+        "`fixed_ips` say it, GET /v1/ports/{id})",
+    )
     observed_ipv4: str | None = Field(
         None,
         description="The address its MAC holds in the network's DHCP leases (null: no "

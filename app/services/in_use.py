@@ -16,6 +16,7 @@ from app.db.models import (
     Bridge,
     Network,
     Operation,
+    Port,
     PortForward,
     ResourceColumns,
     Tap,
@@ -29,6 +30,7 @@ from app.db.repositories import (
     FinishedOperation,
     NetworkRepository,
     OperationRepository,
+    PortRepository,
     VlanRepository,
     uplink_of,
     vlan_users,
@@ -40,6 +42,7 @@ from app.domain.status import Status
 from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vms import PowerState, VmStatus
 from app.services.operations import bump, record_operation
+from app.services.port_plugs import settle_at_once, unplug_taps
 
 K = DependentKind
 
@@ -55,6 +58,7 @@ DEPENDENT_MODELS: dict[DependentKind, type[ResourceColumns]] = {
     K.UPLINK: Uplink,
     K.PORT_FORWARD: PortForward,
     K.VLAN: Vlan,
+    K.PORT: Port,
 }
 
 
@@ -63,7 +67,9 @@ def hidden_dependent(dependent: Dependent) -> Dependent:
     return Dependent(dependent.kind, "", "(another project's)", None, dependent.action)
 
 
-def _row_dependent(kind: DependentKind, row: Tap | Network | PortForward | Vlan) -> Dependent:
+def _row_dependent(
+    kind: DependentKind, row: Tap | Network | PortForward | Vlan | Port
+) -> Dependent:
     return Dependent(kind, row.id, row.name)
 
 
@@ -120,7 +126,12 @@ class InUseGuard:
     def network_dependents(self, row: Network) -> list[Dependent]:
         nics = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_network(row.id)]
         forwards = self.repo.forwards_on_network(row.id)
-        return [*nics, *(_row_dependent(K.PORT_FORWARD, f) for f in forwards)]
+        ports = PortRepository(self.session).on_network(row.id)  # their fixed addresses
+        return [
+            *nics,
+            *(_row_dependent(K.PORT_FORWARD, f) for f in forwards),
+            *(_row_dependent(K.PORT, p) for p in ports),
+        ]
 
     def delete_network(self, row: Network, force: bool) -> Operation:
         """Mark a network deleted: its forwards are deleted, its NICs keep their link and
@@ -134,6 +145,12 @@ class InUseGuard:
             nic.observed_ipv4, nic.address_status_reason = None, None
         for forward in self.repo.forwards_on_network(row.id):
             self._delete_forward(forward)
+        for port in PortRepository(self.session).on_network(row.id):
+            port.network_id = port.ipv4 = None
+            settle_at_once(port)
+            self.detached.append(
+                Dependent(K.PORT, port.id, port.name, action=ForceAction.ADDRESS_RELEASED)
+            )
         row.deleted = True
         bump(row, Status.DELETING)
         link = NetworkRepository(self.session).link(row)
@@ -153,8 +170,10 @@ class InUseGuard:
 
     def bridge_dependents(self, row: Bridge, count_taps: bool = True) -> list[Dependent]:
         found = [nic_dependent(nic, vm) for nic, vm in self.repo.nics_on_bridge(row.id)]
+        taps, ports = self._ports_apart(self.repo.taps_on_bridge(row.id))
         if count_taps:
-            found += [_row_dependent(K.TAP, t) for t in self.repo.taps_on_bridge(row.id)]
+            found += [_row_dependent(K.TAP, t) for t in taps]
+        found += ports
         found += self._network_of(row)
         uplink = uplink_of(self.session, row.id)
         if uplink is not None and not uplink.deleted:
@@ -179,6 +198,7 @@ class InUseGuard:
         """Force: the bridge's VM NICs leave their VMs, its network goes, its taps are
         detached, its uplink moves the host's configuration back and its VLANs go with the
         networks on them."""
+        self.refuse_ports(f"bridge {row.name!r}", self.repo.taps_on_bridge(row.id))
         for nic, vm in self.repo.nics_on_bridge(row.id):
             self.remove_nic(nic, vm)
         self._free_network(row)
@@ -198,20 +218,41 @@ class InUseGuard:
             self.detached.append(Dependent(K.VLAN, vlan.id, vlan.name, action=ForceAction.DELETED))
 
     def vlan_dependents(self, row: Vlan) -> list[Dependent]:
-        nics, taps = vlan_users(self.session, row)
+        nics, all_taps = vlan_users(self.session, row)
+        taps, ports = self._ports_apart(all_taps)
         return (
             [nic_dependent(nic, vm) for nic, vm in nics]
             + [_row_dependent(K.TAP, t) for t in taps]
+            + ports
             + self._network_of(row)
         )
+
+    def _ports_apart(self, taps: Sequence[Tap]) -> tuple[list[Tap], list[Dependent]]:
+        """Tap resources, and the ports whose taps are among `taps` (as dependents)."""
+        ports = PortRepository(self.session).of_taps(t.id for t in taps)
+        plain = [t for t in taps if t.id not in ports]
+        return plain, [_row_dependent(K.PORT, p) for p in ports.values()]
+
+    def refuse_ports(self, what: str, taps: Sequence[Tap]) -> None:
+        """Even a forced delete leaves ports alone: a port on the segment is a 409 naming
+        it (delete the port first), so nothing is half-done."""
+        _, ports = self._ports_apart(taps)
+        if ports:
+            shown = self.shown(ports)
+            raise InUse(
+                f"{what} carries {describe(shown)}, which a forced delete does not delete: "
+                "delete the ports first (DELETE /v1/ports/{id})",
+                dependents=[d.as_dict() for d in shown],
+            )
 
     def free_vlan(self, row: Vlan) -> None:
         """Force: the VLAN's VM NICs leave their VMs (access ports and trunk NICs carrying
         its VID alike: a guest never keeps a NIC whose segment is gone) and its taps are
         detached from the VLAN and its trunk (back on no bridge, as on a deleted bridge);
         the managed network on it goes."""
-        self._free_network(row)
         nics, taps = vlan_users(self.session, row)
+        self.refuse_ports(f"VLAN {row.name!r}", taps)
+        self._free_network(row)
         for nic, vm in nics:
             self.remove_nic(nic, vm)
         for tap in taps:
@@ -276,6 +317,7 @@ class InUseGuard:
             if not f.deleted
         ]
         self.repo.remove_nic(nic)
+        unplug_taps(self.session, [nic.tap_id])  # a port it plugged is free again
         OperationRepository(self.session).finish(finished)  # none is left waiting for them
         stopping = vm.power_state == PowerState.RUNNING.value
         if stopping:

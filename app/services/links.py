@@ -14,6 +14,7 @@ from app.db.repositories import (
     LinkNameRepository,
     NetworkRepository,
     Port,
+    PortRepository,
     TapRepository,
     VlanRepository,
     VmRepository,
@@ -546,11 +547,59 @@ class TapService:
         self.taps.add(row)
         return row, record_operation(self.session, "create", "tap", row, self.caller)
 
+    def create_for_port(
+        self,
+        project_id: str,
+        ifname: str,
+        bridge_ref: str | None,
+        vlan_ref: str | None,
+        foreign: dict[str, Any] | None = None,
+    ) -> Tap:
+        """The tap of a new port (app.services.network_ports), named `ifname` (its name and
+        kernel name), on `bridge_ref` or VLAN `vlan_ref` as a tap resource would be: no
+        quota or operation of its own (the port's). No owner: the daemon opens it for qemu
+        and hands over the descriptors (app.host.netlink.open_tap_queues), as for tap
+        resources, so no other process of the qemu user can open it."""
+        self.scope = create_scope(self.caller, project_id)
+        refuse_taken(self.session, ifname, foreign, self.scope)
+        row = Tap(
+            id=new_id(),
+            project_id=project_id,
+            name=ifname,
+            ifname=ifname,
+            bridge_id=None,
+            addresses=[],
+            generation=1,
+        )
+        row.bridge_id, row.vlan_id = self._placement(bridge_ref, vlan_ref)
+        self._check_tap(row)
+        _claim_name(self.session, ifname, "tap", row.id, self.scope)
+        self.taps.add(row)
+        return row
+
+    def delete_for_port(self, row: Tap) -> None:
+        """The tap of a port being deleted goes (the port's operation stands for it)."""
+        row.deleted = True
+        row.bridge_id = row.vlan_id = None
+        row.isolated = False
+        bump(row, Status.DELETING)
+
+    def _refuse_port_tap(self, row: Tap) -> None:
+        """A port's tap changes and goes with its port only (409 naming the port)."""
+        port = PortRepository(self.session).of_tap(row.id)
+        if port is not None:
+            raise InUse(
+                f"tap {row.name!r} is port {port.name!r}'s ({port.id}): change or delete the "
+                "port (/v1/ports)",
+                dependents=[Dependent(DependentKind.PORT, port.id, port.name).as_dict()],
+            )
+
     def update(
         self, ref: str, body: TapUpdate, host_prefixes: Sequence[HostPrefix] = ()
     ) -> tuple[Tap, Operation | None]:
         row = require_alive(self.taps.find(ref, self.scope), "tap", ref)
         assert isinstance(row, Tap)
+        self._refuse_port_tap(row)
         changes = body.changes()
         _check_owner(self.caller, changes.get("owner_uid"), changes.get("owner_gid"))
         added = _added(row.addresses, changes)
@@ -638,6 +687,7 @@ class TapService:
         return VmRepository(self.session).tap_user(tap_id)
 
     def set_bridge(self, row: Tap, bridge_ref: str | None) -> Operation | None:
+        self._refuse_port_tap(row)
         bridge_id = self._bridge_id(bridge_ref)
         if row.bridge_id == bridge_id:
             return None
@@ -660,6 +710,7 @@ class TapService:
         row = self.get(ref)
         if row.deleted:
             return row, None
+        self._refuse_port_tap(row)  # also forced: the port would be left without its tap
         guard = InUseGuard(self.session, self.caller)
         if not force:
             guard.refuse(f"tap {row.name!r}", guard.tap_dependents(row))

@@ -12,6 +12,7 @@ from app.db.models import (
     Bridge,
     Network,
     Operation,
+    Port,
     PortForward,
     ResourceColumns,
     Tap,
@@ -26,7 +27,7 @@ from app.domain.status import Status, check_transition
 from app.domain.tenancy import EVERY_PROJECT, Caller, Scope
 from app.services.scoping import list_scope
 
-R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink, Vlan)
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForward, Uplink, Vlan, Port)
 
 
 def find_operation(session: Session, operation_id: str, scope: Scope = EVERY_PROJECT) -> Operation:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.db.models import Tap, VmNic
+from app.db.repositories import PortRepository
 from app.db.session import Session
 from app.domain import port_security as ps
 from app.domain.errors import InvalidInput
@@ -98,7 +99,7 @@ def observed_states(
                 wanted = ps.port_rules(
                     nic.tap_name,
                     nic.mac,
-                    [nic.ipv4, nic.observed_ipv4],
+                    [_fixed_ipv4(session, nic), nic.observed_ipv4],
                     [str(a) for a in nic.allowed_addresses or []],
                 )
             except ValueError:
@@ -116,6 +117,14 @@ def observed_states(
             "dropped_by": {why: _counter(c) for why, c in sorted(counted.items())},
         }
     return states
+
+
+def _fixed_ipv4(session: Session, nic: VmNic) -> str | None:
+    """The NIC's fixed address: its own, or the port's it plugs (the port backend)."""
+    if nic.ipv4 is not None or not nic_driver(nic.backend).plugs_port:
+        return nic.ipv4
+    port = PortRepository(session).of_tap(nic.tap_id or "")
+    return port.ipv4 if port is not None else None
 
 
 def _counter(values: list[int]) -> dict[str, int]:

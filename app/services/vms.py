@@ -20,6 +20,7 @@ from app.db.models import LinkName, Operation, Tap, Vm, VmNic, new_id
 from app.db.repositories import (
     HostPortRepository,
     LinkNameRepository,
+    PortRepository,
     VmRepository,
     nic_port,
     vm_spec,
@@ -51,6 +52,7 @@ from app.services.in_use import InUseGuard
 from app.services.links import require_alive, vid_backends, vlan_port
 from app.services.networks import PortClaims, fixed_address
 from app.services.operations import record_operation
+from app.services.port_plugs import plug, plugged_port_settings, unplug_vm
 from app.services.ports import LeaseReader
 from app.services.quotas import QuotaGuard, vm_asks
 from app.services.restrictions import RUN_AS, check_nics, require_admin_for, tenant_boot
@@ -156,7 +158,7 @@ class VmService:
             )
         QuotaGuard(self.session).charge(project_id, vm_asks(body.vcpus, body.memory_mib))
         vm_id = new_id()
-        taken_macs = VmRepository(self.session).nic_macs()
+        taken_macs = VmRepository(self.session).nic_macs() | PortRepository(self.session).macs()
         nics = [
             self._nic(vm_id, index, nic, taken_macs, host.vlans)
             for index, nic in enumerate(body.nics)
@@ -194,6 +196,9 @@ class VmService:
         nic_rows = [nic_row for nic_row, _ in nics]
         self.session.add_all(nic_rows)
         for nic_row, nic_in in zip(nic_rows, body.nics, strict=True):
+            if nic_driver(nic_row.backend).plugs_port:  # the port's address and rules
+                plugged_port_settings(self.session, nic_row, nic_in)
+                continue
             if nic_row.vlan_tagged:
                 # not on the trunk's untagged segment, so not on a managed network there
                 if nic_in.ipv4 is not None:
@@ -230,10 +235,10 @@ class VmService:
     ) -> tuple[VmNic, NicSpec]:
         """The NIC's row and spec: its backend's driver takes the request's fields and claims
         what it needs through _NicClaims; the row stores what the driver dumps."""
+        driver = nic_driver(nic.backend)
         mac = nic.mac or allocate_mac(taken_macs)
-        if mac in taken_macs:
-            raise Conflict(f"MAC {mac} is already used by another NIC")
-        taken_macs.add(mac)
+        if mac in taken_macs and not driver.plugs_port:  # a port's MAC: plug_port checks it
+            raise Conflict(f"MAC {mac} is already used by another NIC or a port")
         nic_id = new_id()
         row = VmNic(
             id=nic_id,
@@ -261,7 +266,9 @@ class VmService:
             mtu=nic.mtu,
         )
         claims = _NicClaims(self, row, index, vlan_facts)
-        spec = nic_driver(spec.backend).admit(spec, nic.model_dump(), claims)
+        spec = driver.admit(spec, nic.model_dump(), claims)
+        row.mac = spec.mac  # a port's MAC (plug_port)
+        taken_macs.add(spec.mac)
         row.options = dump_options(spec)
         return row, spec
 
@@ -320,6 +327,12 @@ class _NicClaims:
         segment = find_segment(self.session, SegmentKind.TAP, tap, self.service.scope)
         found = require_alive(segment if isinstance(segment, Tap) else None, "tap", tap)
         assert isinstance(found, Tap)
+        port = PortRepository(self.session).of_tap(found.id)
+        if port is not None:
+            raise InUse(
+                f"tap {found.name!r} is port {port.name!r}'s: plug the port "
+                f'({{"backend": "port", "port": "{port.name}"}})'
+            )
         user = VmRepository(self.session).tap_user(found.id)
         if user is not None:
             owner = VmRepository(self.session).visible(user, self.service.scope)
@@ -334,6 +347,16 @@ class _NicClaims:
         self.row.tap_id, self.row.tap_name = found.id, found.ifname
         join_port(self.session, nic_port(self.row), Joiner.VM_NIC)
         return found.ifname
+
+    def plug_port(self, port: str, queues: int, mac: str | None) -> tuple[str, str, str]:
+        found = plug(self.session, port, self.service.scope, self.row.vm_id, mac)
+        tap = self.session.get(Tap, found.tap_id)
+        assert tap is not None  # a live port keeps its tap
+        if tap.multi_queue != (queues > 1):
+            raise InvalidInput(f"port {found.name!r}: its tap carries one queue (queues: 1)")
+        self.row.tap_id, self.row.tap_name = tap.id, tap.ifname
+        join_port(self.session, nic_port(self.row), Joiner.VM_NIC)
+        return tap.ifname, found.mac_address, found.id
 
     def claim_port(self, protocol: str, address: str, port: int) -> None:
         self.service.claim_port(protocol, address, port, self.row.id)
@@ -401,6 +424,7 @@ class VmPowerService:
         if not force:
             guard.refuse(f"VM {row.name!r}", guard.vm_dependents(row))
         guard.free_vm(row)
+        unplug_vm(self.session, row.id)
         row.deleted = True
         row.stop_mode = StopMode.KILL.value if force else row.stop_mode
         operation = guard.record(self._bump(row, "delete", VmStatus.DELETING))

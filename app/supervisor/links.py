@@ -25,6 +25,7 @@ from app.db.repositories import (
     link_referrers,
     link_rows,
     load_link_specs,
+    mirror_tap,
 )
 from app.db.session import Database, Session
 from app.domain.links import (
@@ -89,6 +90,7 @@ class LinkReconciler:
         self.expected: dict[str, Fingerprint] = {}
         self.names_by_index: dict[int, str] = {}
         self._finished: list[FinishedOperation] = []  # collected during one write-back
+        self._gone_ports: list[dict[str, object]] = []  # events of ports gone with their taps
         # the last pass's outcomes for links VLANs own (VLAN id -> outcomes) and the VLANs
         # it loaded: app.supervisor.vlans records them on the VLAN rows
         self.vlan_outcomes: dict[str, list[Outcome]] = {}
@@ -330,6 +332,7 @@ class LinkReconciler:
         """One transaction over these rows' outcomes; events go out once it committed."""
         events: list[dict[str, object]] = []
         self._finished = []
+        self._gone_ports = []
         with self.db.unit_of_work() as session:
             rows = link_rows(session, list(changed))
             for row_id, row_outcomes in changed.items():
@@ -340,6 +343,9 @@ class LinkReconciler:
                     event = self._record(session, scope, row, outcome, states[row_id].generation)
                     if event is not None:
                         events.append(event)
+                        if isinstance(row, Tap) and event.get("status") != "deleted":
+                            events += self._mirror_port(session, row, event)
+            events += self._gone_ports
             OperationRepository(session).finish(self._finished)
         for event in events:
             self.bus.publish(**event)
@@ -374,6 +380,26 @@ class LinkReconciler:
             return row.event_fields(str(outcome.spec.kind), "observed", data=_observed(row))
         return None
 
+    def _mirror_port(
+        self, session: Session, tap: Tap, tap_event: dict[str, object]
+    ) -> list[dict[str, object]]:
+        """A port's tap changed (`tap_event`): the port's row follows (mirror_tap), and its
+        own event goes out; a port that settled finishes its operations."""
+        gone = tap_event.get("status") == "deleted"
+        mirrored = mirror_tap(session, tap, gone)
+        if mirrored is None:
+            return []
+        port, settled = mirrored
+        if settled:
+            result = "failed" if port.status == "error" else "succeeded"
+            self._finished.append(
+                FinishedOperation(port.id, port.generation, result, port.status_reason)
+            )
+        if gone:
+            return [port.event_fields("port", "deleted", status="deleted")]
+        what = "observed" if tap_event.get("type") == "tap.observed" else None
+        return [port.event_fields("port", what, data={"tap": tap.ifname})]
+
     def _record_gone(
         self, session: Session, row: Bridge | Tap, spec: LinkSpec
     ) -> dict[str, object] | None:
@@ -393,6 +419,8 @@ class LinkReconciler:
         self.backoff.succeeded(spec.id)
         self._finished.append(FinishedOperation(spec.id, row.generation, "succeeded"))
         LinkNameRepository(session).release(spec.id)
+        if isinstance(row, Tap):  # its port goes first (the foreign key)
+            self._gone_ports += self._mirror_port(session, row, {"status": "deleted"})
         session.delete(row)  # the unit of work's delete, as Repository.remove does
         return row.event_fields(
             str(spec.kind), "deleted", status="deleted", observed_generation=row.generation

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from app.schemas.common import UpdateModel
 from app.schemas.links import BridgeUpdate, TapUpdate
 from app.schemas.networks import NetworkUpdate
+from app.schemas.ports import PortUpdate
 from app.schemas.projects import ProjectUpdate
 from app.schemas.vlans import VlanUpdate
 from app.schemas.vms import VmPatch
@@ -88,6 +89,19 @@ RESOURCES = (
         },
         needs=(("bridges", {"name": "brn"}),),
     ),
+    Resource(
+        "ports",
+        PortUpdate,
+        {
+            "name": "px",
+            "bridge": "brq",
+            "description": "db",
+            "device_id": "d1",
+            "device_owner": "o1",
+            "admin_state_up": True,
+        },
+        needs=(("bridges", {"name": "brq"}),),
+    ),
 )
 
 
@@ -108,7 +122,14 @@ def _settable(update: type[UpdateModel]) -> list[str]:
 # which needs the injected kernel features (tests/api/test_nic_vlans_api.py); a tap's
 # `isolated` needs a bridge (a twin without `bridge` is a 422) and the capability probe
 # (tests/api/test_isolation_api.py: null is false, in a create and a PATCH).
-FIELDS_ELSEWHERE = {(TapUpdate, "vlan"), (TapUpdate, "isolated")}
+# A port's `ipv4` (null: the lowest free address, which a twin created after it cannot
+# share) and `fixed_ip` (null refused) are covered in tests/api/test_ports_api.py.
+FIELDS_ELSEWHERE = {
+    (TapUpdate, "vlan"),
+    (TapUpdate, "isolated"),
+    (PortUpdate, "ipv4"),
+    (PortUpdate, "fixed_ip"),
+}
 
 
 def test_every_update_model_is_covered() -> None:

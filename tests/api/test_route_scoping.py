@@ -89,6 +89,8 @@ class World:
             return self.admin_post("/v1/networks", body, where)["id"]
         if kind == "vm":
             return self.admin_post("/v1/vms", self.vm_body(f"fvm{n}"), where)["id"]
+        if kind == "port":
+            return self.admin_post("/v1/ports", {"name": f"fpo{n}", "bridge": bridge}, where)["id"]
         if kind == "forward":
             body = {"network": "web", "vm": "web", "port": 30000 + n}
             return self.admin_post("/v1/port-forwards", body, where)["id"]
@@ -177,6 +179,7 @@ def _populate(world: World) -> None:
         port = 18080 if where == "own" else 18081
         forward = {"network": "web", "vm": "web", "port": port}
         ids["forward"] = world.admin_post("/v1/port-forwards", forward, where)["id"]
+        ids["port"] = world.admin_post("/v1/ports", {"name": "web", "bridge": bridge}, where)["id"]
         ids["project"] = world.projects[where]
         ids["token"] = world.admin_token(where)
         ids["extension"] = "pagination"
@@ -319,6 +322,14 @@ TABLE: dict[tuple[str, str], Case] = {
     ("POST", "/v1/port-forwards/batch"): ok(202, body=_batch),
     ("GET", "/v1/port-forwards/{forward_id}"): ok(200),
     ("DELETE", "/v1/port-forwards/{forward_id}"): ok(202, fresh="forward"),
+    # ports
+    ("GET", "/v1/ports"): LIST,
+    ("POST", "/v1/ports"): ok(
+        *ACCEPTED, body=_create(lambda w, p, n: {"name": f"np{n}", "bridge": w.ids[p]["bridge"]})
+    ),
+    ("GET", "/v1/ports/{port_id}"): ok(200),
+    ("PATCH", "/v1/ports/{port_id}"): ok(200, body=lambda w, p: {}),
+    ("DELETE", "/v1/ports/{port_id}"): ok(202, fresh="port"),
     # VMs (stopped: no qemu runs but where a case starts one, which powers itself off)
     ("GET", "/v1/vms"): LIST,
     ("POST", "/v1/vms"): ok(*ACCEPTED, body=_create(lambda w, p, n: w.vm_body(f"vm{n}"))),
@@ -379,6 +390,7 @@ PARAMS = {
     "vlan_id": "vlan",
     "network_id": "network",
     "forward_id": "forward",
+    "port_id": "port",
     "vm_id": "vm",
     "operation_id": "operation",
     "project_id": "project",

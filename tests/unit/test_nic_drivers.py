@@ -98,6 +98,7 @@ def test_each_backend_writes_its_netdev_and_names_its_host_links(
         nic("user", user=UserNet(restrict=True, forwards=(PortForward("udp", 53, 53),))),
         nic("socket", socket=SocketNet("connect", 41000, peer="vm2/0")),
         nic("hub", hub=7),
+        nic("port", tap="tap0123456789a", port="9b1f7c55-4a3e-4d8e-9a57-0c8b1d2e3f40"),
     ],
 )
 def test_stored_options_read_back_as_they_were_written(spec: NicSpec) -> None:
@@ -108,7 +109,13 @@ def test_stored_options_read_back_as_they_were_written(spec: NicSpec) -> None:
 
 def test_each_backend_names_the_option_it_needs() -> None:
     """What the API's NicIn requires per backend (its oneOf branches): the drivers say."""
-    assert backend_options() == {"bridge": "bridge", "tap": "tap", "socket": "socket", "hub": "hub"}
+    assert backend_options() == {
+        "bridge": "bridge",
+        "tap": "tap",
+        "port": "port",
+        "socket": "socket",
+        "hub": "hub",
+    }
 
 
 def test_a_socket_listener_is_needed_by_the_connecting_nics_of_its_port() -> None:

@@ -67,6 +67,7 @@ from app.db.repositories.port_vlans import (
     vlan_referrers,
     vlan_users,
 )
+from app.db.repositories.ports import PortRepository, mirror_tap
 from app.db.repositories.projects import (
     find_project,
     find_segments,
@@ -154,6 +155,7 @@ __all__ = [
     "OperationRepository",
     "Port",
     "PortForwardRepository",
+    "PortRepository",
     "ProjectRepository",
     "ProtectedNic",
     "Repository",
@@ -185,6 +187,7 @@ __all__ = [
     "load_network_state",
     "load_vlan_work",
     "mark_filtering_ours",
+    "mirror_tap",
     "network_columns",
     "network_gateways",
     "network_of_object",

@@ -1,5 +1,5 @@
-"""The IPv4 addresses kvmnetd itself gives out (link addresses, gateways, fixed NIC
-addresses)."""
+"""The IPv4 addresses kvmnetd itself gives out (link addresses, gateways, fixed addresses
+of VM NICs and ports)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ipaddress import IPv4Interface
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, Network, Tap, Vm, VmNic
+from app.db.models import Bridge, Network, Port, Tap, Vm, VmNic
 from app.db.repositories.base import LINK_MODELS
 from app.db.repositories.segments import (
     network_interfaces,
@@ -82,6 +82,14 @@ def _stored_ipv4(addresses: object) -> list[str]:
     return found
 
 
+def fixed_addresses(session: Session, network_id: str) -> set[str]:
+    """The fixed addresses given out on a managed network: its VM NICs' and its ports'
+    (the two tables share one address space per network: the allocator's `taken`)."""
+    nics = select(VmNic.ipv4).where(VmNic.network_id == network_id, VmNic.ipv4.is_not(None))
+    ports = select(Port.ipv4).where(Port.network_id == network_id, Port.ipv4.is_not(None))
+    return {a for a in session.scalars(nics.union_all(ports)) if a}
+
+
 def address_holders(session: Session, exclude_link_id: str | None = None) -> list[AddressHolder]:
     """Every IPv4 address kvmnetd has given out (app.domain.networks.AddressHolder): live
     networks' gateways, VM NICs' fixed addresses, and the addresses of live bridges and
@@ -110,4 +118,10 @@ def address_holders(session: Session, exclude_link_id: str | None = None) -> lis
         link = ifnames.get(bridge_id or tap_id or "", "?")
         name = f"VM {vm!r} NIC {position}"
         held.append(AddressHolder("vm_nic", name, link, f"{ipv4}/32", project))
+    ports = select(Port.name, Port.ipv4, Port.project_id, Port.bridge_id).where(
+        Port.ipv4.is_not(None), Port.deleted.is_(False)
+    )
+    for name, ipv4, project, bridge_id in session.execute(ports):
+        link = ifnames.get(bridge_id or "", "?")
+        held.append(AddressHolder("port", name, link, f"{ipv4}/32", project))
     return held

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session
 
-from app.db.models import Base, Bridge, Network, Tap, Vlan, Vm
+from app.db.models import Base, Bridge, Network, Port, Tap, Vlan, Vm
 from app.db.models import PortForward as PortForwardRow
 from app.domain.cursors import decode_cursor, encode_cursor
 from app.domain.status import Status
@@ -20,7 +20,7 @@ M = TypeVar("M", bound=Base)
 UUID_LENGTH = 36
 
 
-R = TypeVar("R", Bridge, Tap, Vm, Network, PortForwardRow, Vlan)
+R = TypeVar("R", Bridge, Tap, Vm, Network, PortForwardRow, Vlan, Port)
 
 
 class Repository(Generic[M]):

@@ -12,9 +12,9 @@ from typing import cast
 from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import HostPort, Network, ResourceColumns, Vm, VmNic
+from app.db.models import HostPort, Network, Port, ResourceColumns, Vm, VmNic
 from app.db.models import PortForward as PortForwardRow
-from app.db.repositories.addresses import own_addresses
+from app.db.repositories.addresses import fixed_addresses, own_addresses
 from app.db.repositories.base import ResourceRepository
 from app.db.repositories.segments import (
     network_of_object,
@@ -32,6 +32,7 @@ from app.domain.networks import (
     DhcpDnsSpec,
     HostRoute,
     NicAddress,
+    StaticHost,
     check_host_routes,
     check_nameservers,
     classless_routes,
@@ -89,8 +90,8 @@ class NetworkRepository(ResourceRepository[Network]):
         return list(self.session.scalars(query))
 
     def taken_addresses(self, network_id: str) -> set[str]:
-        query = select(VmNic.ipv4).where(VmNic.network_id == network_id, VmNic.ipv4.is_not(None))
-        return {address for address in self.session.scalars(query) if address}
+        """The fixed addresses of the network's VM NICs and ports (fixed_addresses)."""
+        return fixed_addresses(self.session, network_id)
 
     def ports(self, kind: str, object_id: str) -> Sequence[VmNic]:
         """The VM NICs that are ports of a segment object: a bridge's untagged ones (not
@@ -268,7 +269,8 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         range_end=IPv4Address(row.range_end),
         lease_seconds=row.lease_seconds,
         domain=row.domain,
-        hosts=static_hosts((name, mac, ipv4 or "", pos) for name, mac, ipv4, pos, *_ in nics),
+        hosts=static_hosts((name, mac, ipv4 or "", pos) for name, mac, ipv4, pos, *_ in nics)
+        + port_hosts(session, row.id),
         nameservers=nameservers,
         routes=routes,
     )
@@ -289,6 +291,17 @@ def _network_state(session: Session, row: Network) -> NetworkState:
         row.restarts,
         addresses,
     )
+
+
+def port_hosts(session: Session, network_id: str) -> tuple[StaticHost, ...]:
+    """The static leases of the ports with a fixed address on the network (no host name:
+    a port is no host; whether a VM uses it or not, its MAC always gets its address)."""
+    query = (
+        select(Port.mac_address, Port.ipv4)
+        .where(Port.network_id == network_id, Port.ipv4.is_not(None), Port.deleted.is_(False))
+        .order_by(Port.created_at, Port.id)
+    )
+    return tuple(StaticHost(mac, ipv4 or "", None) for mac, ipv4 in session.execute(query))
 
 
 def _unreadable_network(row: Network, exc: Exception) -> NetworkState:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from app.db.models import Vm, VmNic
+from app.db.models import Port, Vm, VmNic
 from app.db.session import Session
 
 
@@ -32,13 +32,15 @@ def protected_nics(session: Session) -> list[ProtectedNic]:
     rows go (its qemu may still send while it stops); the rules of a tap that is gone are
     harmless and removed at the next pass that sees the NIC gone."""
     query = (
-        select(VmNic, Vm.name)
+        select(VmNic, Vm.name, Port.ipv4)
         .join(Vm, Vm.id == VmNic.vm_id)
+        # a NIC that plugs a port (its tap) has the port's fixed address
+        .outerjoin(Port, Port.tap_id == VmNic.tap_id)
         .where(VmNic.port_security.is_(True), VmNic.tap_name.is_not(None))
         .order_by(VmNic.tap_name)
     )
     found = []
-    for nic, vm in session.execute(query):
+    for nic, vm, port_ipv4 in session.execute(query):
         allowed = nic.allowed_addresses if isinstance(nic.allowed_addresses, list) else []
         found.append(
             ProtectedNic(
@@ -47,7 +49,7 @@ def protected_nics(session: Session) -> list[ProtectedNic]:
                 position=nic.position,
                 tap=str(nic.tap_name),
                 mac=nic.mac,
-                ipv4=nic.ipv4,
+                ipv4=nic.ipv4 or port_ipv4,
                 observed_ipv4=nic.observed_ipv4,
                 allowed=tuple(str(a) for a in allowed),
                 reason=nic.port_security_reason,

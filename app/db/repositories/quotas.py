@@ -6,7 +6,8 @@ the supervisor still removing its kernel objects) no longer counts, so a delete 
 share at once, as the API's answer to the delete says it is going. vms, vcpus and
 memory_mib count every VM that is not deleted, whatever its power state (a stopped VM can
 start again at any time without asking). segments counts bridges and VLANs together. A
-VM's NIC taps are the VM's, not `taps` (tap resources only).
+VM's NIC taps are the VM's, not `taps` (tap resources only), and a port's tap is the port's
+(`ports`).
 
 Each count is one aggregate query on the project's indexed `project_id`. The quota guard
 (app.services.quotas) asks them inside the unit of work that inserts, which holds the
@@ -21,11 +22,11 @@ from collections.abc import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Bridge, Network, PortForward, Tap, Vlan, Vm
+from app.db.models import Bridge, Network, Port, PortForward, Tap, Vlan, Vm
 from app.domain.tenancy import Quota
 
 VM_QUOTAS = (Quota.VMS, Quota.VCPUS, Quota.MEMORY_MIB)
-Counted = Tap | Bridge | Vlan | Network | PortForward
+Counted = Tap | Bridge | Vlan | Network | PortForward | Port
 COUNTED: dict[Quota, tuple[type[Counted], ...]] = {
     Quota.TAPS: (Tap,),
     Quota.BRIDGES: (Bridge,),
@@ -34,6 +35,7 @@ COUNTED: dict[Quota, tuple[type[Counted], ...]] = {
     Quota.SEGMENTS: (Bridge, Vlan),
     Quota.NETWORKS: (Network,),
     Quota.PORT_FORWARDS: (PortForward,),
+    Quota.PORTS: (Port,),
 }
 
 
@@ -62,6 +64,8 @@ def _live_rows(session: Session, model: type[Counted], project_id: str) -> int:
         .select_from(model)
         .where(model.project_id == project_id, model.deleted.is_(False))
     )
+    if model is Tap:  # a port's tap counts as the port
+        count = count.where(Tap.id.not_in(select(Port.tap_id)))
     return int(session.scalar(count) or 0)
 
 

@@ -70,6 +70,12 @@ class NicClaims(Protocol):
         """One of our tap resources (id or name), free and made for `queues`: its name."""
         ...
 
+    def plug_port(self, port: str, queues: int, mac: str | None) -> tuple[str, str, str]:
+        """One of our ports (id or name), free (409 otherwise), plugged into this NIC:
+        (its tap's kernel name, its MAC, its id). `mac`: the NIC's requested MAC, which
+        must be the port's (422 otherwise)."""
+        ...
+
     def claim_port(self, protocol: str, address: str, port: int) -> None:
         """A host port for this NIC (409 when another holds it)."""
         ...
@@ -94,6 +100,8 @@ class NicDriver:
     owns_hub: ClassVar[bool] = False  # its `hub` is the hub the guest NIC itself sits on
     mtu_refused: ClassVar[str | None] = None  # why an MTU cannot be set on it
     has_peers: ClassVar[bool] = False  # offers or needs endpoints of other VMs' NICs
+    # plugs a port resource: its MAC, fixed address and port security are the port's
+    plugs_port: ClassVar[bool] = False
     # the request field that says where it attaches (`tap` for the tap backend), None: none
     option: ClassVar[str | None] = None
 

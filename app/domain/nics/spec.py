@@ -24,6 +24,7 @@ class Backend(enum.StrEnum):
     USER = "user"  # QEMU user networking (slirp)
     SOCKET = "socket"  # VM-to-VM over a loopback TCP socket, or multicast
     HUB = "hub"  # a QEMU-internal hub (the old -net nic,vlan=N)
+    PORT = "port"  # one of our port resources (its tap, MAC and fixed IP: Neutron's port)
 
 
 class Vhost(enum.StrEnum):
@@ -76,7 +77,8 @@ class NicSpec:
     model: str | None
     mac: str
     backend: str  # a registered driver's name (Backend for the built-in ones)
-    tap: str | None = None  # the kernel tap (bridge and tap backends)
+    tap: str | None = None  # the kernel tap (bridge, tap and port backends)
+    port: str | None = None  # the port resource's id (port backend)
     user: UserNet | None = None
     socket: SocketNet | None = None
     hub: int | None = None
