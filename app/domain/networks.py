@@ -204,34 +204,37 @@ def check_no_overlap(subnet: IPv4Network, others: Iterable[tuple[str | None, str
 def allocate_address(
     plan: Addressing, taken: Iterable[str], leased: Iterable[LeaseHolder] = ()
 ) -> IPv4Address:
-    """The lowest free host outside the dynamic range and not leased to anyone (so fixed
-    addresses never collide with dynamic leases); raises Conflict when none is left."""
+    """The lowest free host outside the dynamic range (so that dnsmasq's pool stays whole),
+    else, when no host outside it is left, the lowest free one inside it (a Neutron subnet's
+    default pool is every host but the gateway); never the gateway, another fixed address
+    or one leased to anyone. Raises Conflict when the subnet has no free host at all."""
     used = {IPv4Address(a) for a in taken} | {plan.gateway}
     used |= {IPv4Address(lease.address) for lease in leased}
-    for address in plan.subnet.hosts():
-        if address not in used and not plan.in_range(address):
+    free = [a for a in plan.subnet.hosts() if a not in used]
+    for address in free:
+        if not plan.in_range(address):
             return address
-    raise Conflict(f"no free fixed address left in {plan.subnet} outside the DHCP range")
+    if free:
+        return free[0]
+    raise Conflict(f"no free fixed address left in {plan.subnet}")
 
 
 def check_fixed_address(
     plan: Addressing, text: str, taken: Iterable[str], leased: Iterable[LeaseHolder] = ()
 ) -> IPv4Address:
     """A fixed address the user asked for: a host of the subnet, not the gateway, not taken
-    by another NIC, outside the dynamic DHCP range (dnsmasq may already have handed it to
-    anyone) and not held by a lease of another MAC (dnsmasq does not take a leased address
-    away from its client for a static host: dnsmasq(8), --dhcp-host)."""
+    by another NIC or port, and not held by a dynamic lease of another MAC (dnsmasq does
+    not take a leased address away from its client for a static host: dnsmasq(8),
+    --dhcp-host). It may lie inside the dynamic DHCP range (Neutron's default pool is the
+    whole subnet but the gateway): dnsmasq never hands out an address a dhcp-host line
+    reserves (src/dhcp.c address_allocate skips any config_find_by_address finds, and
+    src/rfc2131.c's DHCPDISCOVER offers a client's old or requested address only if no
+    dhcp-host claims it)."""
     address = host_in(plan.subnet, parse_address(text, "ipv4"), "ipv4")
     if address == plan.gateway:
         raise InvalidInput(f"ipv4 {address} is the network's gateway")
     if str(address) in set(taken):
         raise Conflict(f"ipv4 {address} is already given to another NIC on this network")
-    if plan.in_range(address):
-        raise Conflict(
-            f"ipv4 {address} lies in the DHCP range {plan.range_start}-{plan.range_end}, "
-            "which dnsmasq hands out to any client; choose an address outside it",
-            holder={"dhcp_range": [str(plan.range_start), str(plan.range_end)]},
-        )
     for lease in leased:
         if lease.address == str(address):
             raise Conflict(
@@ -258,21 +261,6 @@ class LeaseHolder:
 
     def as_dict(self) -> dict[str, str | None]:
         return {"mac": self.mac, "ip": self.address, "hostname": self.hostname, "vm": self.vm}
-
-
-def check_range_change(plan: Addressing, fixed: Iterable[tuple[str, str]]) -> None:
-    """A new DHCP range must leave every fixed address outside it. `fixed`: (holder, address)
-    of the NICs on the network, the holder named as `VM name NIC index`."""
-    inside = sorted(
-        (holder, address) for holder, address in fixed if plan.in_range(IPv4Address(address))
-    )
-    if inside:
-        names = ", ".join(f"{address} ({holder})" for holder, address in inside[:10])
-        raise Conflict(
-            f"the DHCP range {plan.range_start}-{plan.range_end} would contain fixed "
-            f"addresses: {names}",
-            fixed=[{"nic": holder, "ip": address} for holder, address in inside],
-        )
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ Device = Annotated[str, Field(max_length=DEVICE_MAX), ONE_LINE]
 
 IPV4 = (
     "Its fixed IPv4 address on the managed network of its segment (a static DHCP lease, "
-    "served whether or not a VM uses the port): a host of the subnet outside the DHCP range, "
-    "not the gateway; 409 when a VM NIC or another port holds it. 422 on a segment without a "
-    "managed network"
+    "served whether or not a VM uses the port): a host of the subnet, not the gateway, inside "
+    "or outside the DHCP range; 409 when a VM NIC or another port holds it or another MAC "
+    "holds a dynamic lease on it. 422 on a segment without a managed network"
 )
 FIXED_IP = (
     "true (the default when the segment carries a managed network): the lowest free fixed "

@@ -250,9 +250,10 @@ class NicIn(RequestModel):
         None,
         max_length=15,
         description="On a managed network's bridge or tap: this fixed address instead of the "
-        "lowest free one (served by DHCP as a static lease). 409 when it lies in the "
-        "network's DHCP range or another MAC holds a lease on it (the problem's `holder` "
-        "names the range or the lease's MAC, hostname and VM)",
+        "lowest free one (served by DHCP as a static lease; it may lie in the DHCP range: "
+        "dnsmasq never hands out a reserved address). 409 when another NIC or port has it "
+        "or another MAC holds a dynamic lease on it (the problem's `holder` names the "
+        "lease's MAC, hostname and VM)",
     )
     port_security: bool | None = Field(None, description=PORT_SECURITY)
     allowed_addresses: AllowedAddressList | None = Field(

@@ -58,7 +58,6 @@ from app.domain.networks import (
     check_host_routes,
     check_nameservers,
     check_no_overlap,
-    check_range_change,
     check_subnet_free,
     clash_reason,
     clashes,
@@ -331,7 +330,6 @@ class NetworkService:
             plan = plan_addressing(
                 row.subnet, row.gateway, body.dhcp.range_start, body.dhcp.range_end
             )
-            check_range_change(plan, self._fixed(row))
             self._set_dhcp(row, body.dhcp, plan)
         if "domain" in sent:
             row.domain = body.domain
@@ -339,16 +337,6 @@ class NetworkService:
             return row, None
         bump(row)
         return row, record_operation(self.session, "update", "network", row, self.caller)
-
-    def _fixed(self, row: Network) -> list[tuple[str, str]]:
-        """(`VM name NIC index`, address) of the fixed addresses on a network."""
-        vms = VmRepository(self.session)
-        result = []
-        for nic in self.networks.nics(row.id):
-            vm = vms.get(nic.vm_id)
-            if nic.ipv4 and vm is not None:
-                result.append((f"VM {vm.name!r} NIC {nic.position}", nic.ipv4))
-        return result
 
     def delete(self, ref: str, force: bool = False) -> tuple[Network, Operation | None]:
         """Refused (409 in-use) while VM NICs have fixed addresses on it or port forwards

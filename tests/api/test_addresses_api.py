@@ -2,8 +2,9 @@
 and a real DHCP client (busybox udhcpc in a namespace of its own, cabled to the network's
 bridge by a veth):
 
-- a fixed address in the DHCP range, or leased to another MAC, is refused (409 naming the
-  holder), and so is a DHCP range PATCHed over fixed addresses;
+- a fixed address leased to another MAC is refused (409 naming the holder); one inside the
+  DHCP range is fine (dnsmasq never hands out a dhcp-host's address), and so is a DHCP
+  range PATCHed over fixed addresses, while a fixed address another NIC holds is refused;
 - the leases view says `fixed` only for a NIC's own fixed address;
 - a NIC whose MAC holds another address is reported on the NIC and its port forwards are
   withheld until it renews;
@@ -90,11 +91,23 @@ def nic_of(api: TestClient, vm: dict[str, Any]) -> dict[str, Any]:
     return api.get(f"/v1/vms/{vm['id']}").json()["nics"][0]  # type: ignore[no-any-return]
 
 
-def test_fixed_address_in_the_range_or_over_a_fixed_one_is_refused(api: TestClient) -> None:
+def test_fixed_address_in_the_range_is_kept_and_one_over_a_fixed_one_is_refused(
+    api: TestClient, settings: Settings
+) -> None:
     make_bridge(api)
-    make_network(api)  # 10.91.0.0/24, DHCP range 10.91.0.128-10.91.0.254
+    network = make_network(api)  # 10.91.0.0/24, DHCP range 10.91.0.128-10.91.0.254
+
+    def hosts_file() -> str:
+        path = settings.run_dir / "networks" / str(network["id"]) / "dhcp-hosts"
+        return path.read_text() if path.exists() else ""
+
+    web = make_stopped_vm(api, "web", ipv4="10.91.0.130")  # inside the range
+    assert nic_of(api, web)["ipv4"] == "10.91.0.130"
+    # its static lease is in dnsmasq's hosts file: dnsmasq hands that address to no other
+    mac = nic_of(api, web)["mac"]
+    assert eventually(lambda: f"{mac},10.91.0.130" in hosts_file()), hosts_file()
     body = {
-        "name": "web",
+        "name": "db",
         "power_state": "stopped",
         "boot": {"kernel": "/nonexistent"},
         "nics": [{"backend": "bridge", "bridge": "br0", "ipv4": "10.91.0.130"}],
@@ -102,21 +115,18 @@ def test_fixed_address_in_the_range_or_over_a_fixed_one_is_refused(api: TestClie
     r = api.post("/v1/vms", json=body)
     assert r.status_code == 409, r.text
     assert r.headers["content-type"] == PROBLEM
-    problem = r.json()
-    assert "DHCP range 10.91.0.128-10.91.0.254" in problem["detail"], problem
-    assert problem["holder"] == {"dhcp_range": ["10.91.0.128", "10.91.0.254"]}
-    assert api.get("/v1/vms").json()["items"] == []  # nothing half-made
+    assert "already given to another NIC" in r.json()["detail"], r.json()
+    assert [v["name"] for v in api.get("/v1/vms").json()["items"]] == ["web"]  # nothing half-made
 
-    # a range PATCHed over an existing fixed address is refused the same way
-    web = make_stopped_vm(api, "web", ipv4="10.91.0.100")
+    # a range PATCHed over existing fixed addresses is fine: they stay reserved
+    other = make_stopped_vm(api, "other", ipv4="10.91.0.100")
     r = api.patch(
         "/v1/networks/nat0",
         json={"dhcp": {"range_start": "10.91.0.64", "range_end": "10.91.0.200"}},
     )
-    assert r.status_code == 409, r.text
-    assert "10.91.0.100 (VM 'web' NIC 0)" in r.json()["detail"]
-    assert api.get("/v1/networks/nat0").json()["dhcp"]["range_start"] == "10.91.0.128"
-    assert nic_of(api, web)["ipv4"] == "10.91.0.100"
+    assert r.status_code == 200, r.text
+    assert api.get("/v1/networks/nat0").json()["dhcp"]["range_start"] == "10.91.0.64"
+    assert nic_of(api, other)["ipv4"] == "10.91.0.100"
 
 
 def test_a_leased_address_is_refused_naming_its_holder(quick_api: TestClient, netns: str) -> None:

@@ -115,7 +115,8 @@ def test_version_resources_and_extensions_documents(client: TestClient) -> None:
         assert alias in aliases
         one = neutron(client.get(f"/networking/v2.0/extensions/{alias}"), 200)
         assert one["extension"]["alias"] == alias
-    assert "binding" not in aliases  # ports are not served (yet): listed only with them
+    # ports bring theirs (app.api.neutron.ports.PORTS.extensions)
+    assert {"binding", "port-security", "allowed-address-pairs"} <= aliases
     error(client.get("/networking/v2.0/extensions/dvr"), 404, "ExtensionNotFound")
 
 

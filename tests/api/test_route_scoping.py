@@ -263,8 +263,15 @@ def _neutron_network(world: World, where: str) -> dict[str, Any]:
     return {"network": {"name": f"nn{world.next()}", "project_id": world.projects[where]}}
 
 
+def _neutron_port(world: World, where: str) -> dict[str, Any]:
+    bridge = world.ids[where]["bridge"]
+    body = {"name": f"np{world.next()}", "network_id": bridge, "project_id": world.projects[where]}
+    return {"port": body}
+
+
 NEUTRON = "/networking/v2.0"
 NEUTRON_NETWORK = f"{NEUTRON}/networks/{{network_id}}"
+NEUTRON_PORT = f"{NEUTRON}/ports/{{port_id}}"
 ACCEPTED = (200, 201, 202)
 LIST = ok(200, query="?project={project}")
 
@@ -382,6 +389,18 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", f"{NEUTRON_NETWORK}/tags/{{tag}}"): ok(204, 404),  # another case may remove it
     ("PUT", f"{NEUTRON_NETWORK}/tags/{{tag}}"): ok(201),
     ("DELETE", f"{NEUTRON_NETWORK}/tags/{{tag}}"): ok(204, 404),
+    # ports: {port_id} is a port's id, as in /v1/ports
+    ("GET", f"{NEUTRON}/ports"): ok(200, projectless=True, query="?project_id={project}"),
+    ("POST", f"{NEUTRON}/ports"): ok(201, body=_neutron_port),
+    ("GET", NEUTRON_PORT): ok(200),
+    ("PUT", NEUTRON_PORT): ok(200, body=lambda w, p: {"port": {}}),
+    ("DELETE", NEUTRON_PORT): ok(204, fresh="port"),
+    ("GET", f"{NEUTRON_PORT}/tags"): ok(200),
+    ("PUT", f"{NEUTRON_PORT}/tags"): ok(200, body=lambda w, p: {"tags": ["scoped", "t"]}),
+    ("DELETE", f"{NEUTRON_PORT}/tags"): ok(204, fresh="port"),
+    ("GET", f"{NEUTRON_PORT}/tags/{{tag}}"): ok(204, 404),  # another case may remove it
+    ("PUT", f"{NEUTRON_PORT}/tags/{{tag}}"): ok(201),
+    ("DELETE", f"{NEUTRON_PORT}/tags/{{tag}}"): ok(204, 404),
 }
 
 PARAMS = {

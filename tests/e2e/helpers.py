@@ -178,12 +178,16 @@ def running_daemon(
     workdir: Path,
     request: pytest.FixtureRequest | None = None,
     reconcile_interval: float = 30.0,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[E2EDaemon]:
-    """A started daemon with its own work dir; killed afterwards. Its log is printed when the
-    body raises (used inside a test) or, with `request` (used in a fixture), when the test
-    (for a wider fixture scope: any test meanwhile) failed."""
+    """A started daemon with its own work dir (`extra_env`: more KVMNETD_* settings); killed
+    afterwards. Its log is printed when the body raises (used inside a test) or, with
+    `request` (used in a fixture), when the test (for a wider fixture scope: any test
+    meanwhile) failed."""
     workdir.mkdir(parents=True, exist_ok=True)
     daemon = E2EDaemon(netns, workdir, reconcile_interval=reconcile_interval)
+    if extra_env:
+        daemon.extra_env = dict(extra_env)
     failures_before = request.session.testsfailed if request is not None else 0
     failed = False
     try:

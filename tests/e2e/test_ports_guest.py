@@ -1,5 +1,6 @@
-"""A real TCG guest plugged into a port (the `port` NIC backend) on a managed network: it
-gets the port's fixed address by DHCP (the port's static lease), with the port's MAC, and
+"""A real TCG guest plugged into a port (the `port` NIC backend) on a managed network, the
+port made by `openstack port create` (the Neutron API over TCP): the guest gets the port's
+fixed address by DHCP (the port's static lease), with the port's MAC, and
 talks with its gateway (the host side of the network answers the guest's hello service);
 the port's Neutron status goes DOWN -> ACTIVE (qemu holds its tap: carrier) -> DOWN once
 the VM is deleted, and the port is free again. One guest boot (the shared test guest)."""
@@ -10,17 +11,23 @@ import contextlib
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.e2e.helpers import ok, running_daemon, wait_for
 from tests.e2e.test_nat_networks import first_line
+from tests.e2e.test_neutron_networks import LISTEN, admin_token, cli_json
 from tests.guest.build import build_guest, kernel_cmdline
 from tests.guest.console import parse_ready
 from tests.netns_tools import links, throwaway_netns
 
-FIXED = "10.93.0.50"
+FIXED = "10.93.0.150"  # inside the DHCP range (10.93.0.128-254): the port's static lease
 MAC = "52:54:00:93:00:50"
+
+
+def settled(port: dict[str, Any]) -> dict[str, Any] | None:
+    return port if port["status"] == "active" else None
 
 
 def test_guest_on_a_port_gets_its_fixed_address_and_port_status_follows(
@@ -32,14 +39,22 @@ def test_guest_on_a_port_gets_its_fixed_address_and_port_status_follows(
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         host = stack.enter_context(throwaway_netns())
-        daemon = stack.enter_context(running_daemon(host, workdir, request))
+        env = {"KVMNETD_LISTEN": LISTEN}  # the openstack CLI speaks TCP
+        daemon = stack.enter_context(running_daemon(host, workdir, request, extra_env=env))
         with daemon.client(timeout=90) as client:
             ok(client.post("/v1/bridges?wait=10", json={"name": "br0"}), 201)
             body = {"name": "lan", "bridge": "br0", "subnet": "10.93.0.0/24"}
             ok(client.post("/v1/networks?wait=10", json=body), 201)
-            port = {"name": "p1", "bridge": "br0", "ipv4": FIXED, "mac_address": MAC}
-            made = ok(client.post("/v1/ports?wait=10", json=port), 201)
-            assert made["port_status"] == "DOWN", made
+            # the port through the Neutron API, as Nova's user would make it
+            neutron = cli_json(
+                host, admin_token(daemon), "port", "create", "--network", "br0",
+                "--fixed-ip", f"ip-address={FIXED}", "--mac-address", MAC, "p1",
+            )  # fmt: skip
+            assert neutron["status"] in ("DOWN", "BUILD"), neutron
+            made = wait_for(
+                lambda: settled(ok(client.get(f"/v1/ports/{neutron['id']}"), 200)), 10, "port"
+            )
+            assert made["port_status"] == "DOWN" and made["ipv4"] == FIXED, made
             assert links(host)[made["tap"]].master == "br0"
             vm = {
                 "name": "web",

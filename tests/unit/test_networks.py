@@ -24,7 +24,6 @@ from app.domain.networks import (
     check_host_routes,
     check_nameservers,
     check_no_overlap,
-    check_range_change,
     clash_reason,
     clashes,
     classless_routes,
@@ -75,14 +74,17 @@ def test_overlap_and_fixed_addresses() -> None:
     check_no_overlap(plan.subnet, [("other", "10.0.1.0/24")])
     with pytest.raises(Conflict, match=r"overlaps 10\.0\.0\.0/24 of network 'big'"):
         check_no_overlap(plan.subnet, [("big", "10.0.0.0/24")])
-    # fixed addresses stay out of the dynamic pool and off the gateway
+    # automatic fixed addresses stay out of the dynamic pool while there is room, then
+    # take the lowest free one inside it; never the gateway
     assert allocate_address(plan, []) == IPv4Address("10.0.0.2")
     assert allocate_address(plan, ["10.0.0.2", "10.0.0.3"]) == IPv4Address("10.0.0.4")
+    full = ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert allocate_address(plan, full) == IPv4Address("10.0.0.5")
     with pytest.raises(Conflict, match="no free fixed address"):
-        allocate_address(plan, ["10.0.0.2", "10.0.0.3", "10.0.0.4"])
+        allocate_address(plan, [*full, "10.0.0.5", "10.0.0.6"])
     assert check_fixed_address(plan, "10.0.0.4", []) == IPv4Address("10.0.0.4")
-    with pytest.raises(Conflict, match=r"DHCP range 10\.0\.0\.5-10\.0\.0\.6"):
-        check_fixed_address(plan, "10.0.0.6", [])  # dnsmasq may have handed it to anyone
+    # inside the DHCP range: dnsmasq never hands out an address a dhcp-host reserves
+    assert check_fixed_address(plan, "10.0.0.6", []) == IPv4Address("10.0.0.6")
     with pytest.raises(InvalidInput, match="gateway"):
         check_fixed_address(plan, "10.0.0.1", [])
     with pytest.raises(Conflict, match="already given"):
@@ -203,11 +205,17 @@ def test_leased_addresses_are_neither_given_nor_allocated() -> None:
     assert allocate_address(plan, [], [stranger, ours]) == IPv4Address("10.0.0.4")
 
 
-def test_a_range_change_keeps_fixed_addresses_out() -> None:
+def test_a_fixed_address_inside_the_range_is_refused_only_for_a_dynamic_lease() -> None:
+    """Neutron's default pool is the subnet but the gateway: a fixed address inside it is
+    fine unless another MAC holds a dynamic lease on it (a range changed over fixed
+    addresses is fine for the same reason)."""
     plan = plan_addressing("10.0.0.0/24", None, "10.0.0.64", "10.0.0.200")
-    check_range_change(plan, [("VM 'a' NIC 0", "10.0.0.2")])
-    with pytest.raises(Conflict, match=r"10\.0\.0\.100 \(VM 'b' NIC 1\)"):
-        check_range_change(plan, [("VM 'a' NIC 0", "10.0.0.2"), ("VM 'b' NIC 1", "10.0.0.100")])
+    assert check_fixed_address(plan, "10.0.0.100", ["10.0.0.2"]) == IPv4Address("10.0.0.100")
+    stranger = LeaseHolder("02:00:00:00:00:09", "10.0.0.100", None, None)
+    with pytest.raises(Conflict, match=r"10\.0\.0\.100 is leased to MAC 02:00:00:00:00:09"):
+        check_fixed_address(plan, "10.0.0.100", [], [stranger])
+    with pytest.raises(Conflict, match="already given"):
+        check_fixed_address(plan, "10.0.0.100", ["10.0.0.100"])
 
 
 def test_foreign_addresses_and_connected_routes_clash() -> None:

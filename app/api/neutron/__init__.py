@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from app.api.neutron import envelopes, networks
+from app.api.neutron import envelopes, networks, ports
 from app.api.neutron.common import NeutronRoute, base_url
 from app.api.neutron.errors import PREFIX
 from app.api.neutron.query import Collection
@@ -31,6 +31,7 @@ class Registered:
 
 COLLECTIONS: list[Registered] = [
     Registered(networks.NETWORKS, networks.router, networks.locate),
+    Registered(ports.PORTS, ports.router, ports.locate),
 ]
 
 

@@ -48,6 +48,14 @@ EXTENSIONS: dict[str, tuple[str, str]] = {
     ),
     "network-mtu": ("Network MTU", "mtu: the bridge's MTU (1500 by default); read only"),
     "binding": ("Port Binding", "binding:host_id, binding:vif_type, binding:vnic_type"),
+    "port-security": (
+        "Port Security",
+        "port_security_enabled: anti-spoofing of the port's tap (fixed at creation)",
+    ),
+    "allowed-address-pairs": (
+        "Allowed Address Pairs",
+        "allowed_address_pairs: further addresses a port may send from (its own MAC only)",
+    ),
     "quotas": ("Quota management support", "/v2.0/quotas/{project_id}"),
 }
 BASE_EXTENSIONS = (

@@ -61,6 +61,14 @@ class PortRepository(ResourceRepository[Port]):
             return []
         return self.session.scalars(select(Port).where(Port.tap_id.in_(wanted))).all()
 
+    def live(self, scope: Scope) -> Sequence[Port]:
+        """The ports not being deleted that the scope sees, in creation order (the Neutron
+        view lists them all and filters in memory)."""
+        query = select(Port).where(Port.deleted.is_(False))
+        if scope.project_id is not None:
+            query = query.where(Port.project_id == scope.project_id)
+        return self.session.scalars(query.order_by(Port.created_at, Port.id)).all()
+
     def on_network(self, network_id: str) -> Sequence[Port]:
         """The live ports with a fixed address on a managed network, oldest first."""
         query = (
