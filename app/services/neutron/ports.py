@@ -41,6 +41,7 @@ from app.services.network_ports import PortService
 from app.services.networks import network_blocking
 from app.services.neutron.networks import NeutronNetworks, Segment
 from app.services.ports import LeaseReader
+from app.services.scoping import create_project
 
 RESOURCE = "port"  # the tags' resource
 VIF_TYPE = "tap"  # qemu opens the port's tap (Neutron's linuxbridge agent: vif_type tap)
@@ -164,6 +165,9 @@ class NeutronPorts:
             raise NeutronBadRequest("admin_state_up false is not supported (a port's tap is up)")
         if body.project_id and body.tenant_id and body.project_id != body.tenant_id:
             raise NeutronBadRequest("project_id and tenant_id name different projects")
+        # the project first (404 for one the caller may not name, as the native create),
+        # then the network
+        create_project(self.session, self.caller, body.project_id or body.tenant_id)
         segment = NeutronNetworks(self.session, self.caller, self.config).locate(body.network_id)
         where = "vlan" if isinstance(segment, Vlan) else "bridge"
         fixed_ip, ipv4 = self._fixed_ips(body.fixed_ips, segment)
