@@ -361,8 +361,8 @@ def fixed_address(
     """A new VM NIC that is a port of a segment carrying a managed network (a bridge, a
     tap, an access port of a VLAN) gets its fixed address (requested or the lowest free
     one); a requested address on a segment without a network, or on none, is refused, and
-    so is one in the DHCP range or leased to another MAC (`leases` reads the network's
-    dnsmasq lease file)."""
+    so is one leased to another MAC (`leases` reads the network's dnsmasq lease file;
+    inside the DHCP range is fine: check_fixed_address)."""
     ref = nic_segment_ref(nic)
     network = network_blocking(session, *ref) if ref is not None else None
     if network is None:
