@@ -48,7 +48,18 @@ EXTENSIONS: dict[str, tuple[str, str]] = {
     ),
     "network-mtu": ("Network MTU", "mtu: the bridge's MTU (1500 by default); read only"),
     "binding": ("Port Binding", "binding:host_id, binding:vif_type, binding:vnic_type"),
-    "quotas": ("Quota management support", "/v2.0/quotas/{project_id}"),
+    "quotas": (
+        "Quota management support",
+        "/v2.0/quotas[/{project_id}]: network, subnet and port (-1: unlimited)",
+    ),
+    "quota_details": (
+        "Quota details management support",
+        "/v2.0/quotas/{project_id}/details: used, limit and reserved",
+    ),
+    "quota-check-limit": (
+        "Quota engine limit check",
+        "check_limit true in a quota update refuses a limit below the usage",
+    ),
 }
 BASE_EXTENSIONS = (
     "standard-attr-tag",

@@ -51,7 +51,9 @@ from app.db.repositories.neutron import (
     bridge_mtus,
     live_segments,
     segment_networks,
+    segment_subnets,
     shared_segment_ids,
+    subnets_on,
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
 from app.db.repositories.port_security import (
@@ -222,6 +224,8 @@ __all__ = [
     "remove_forwards",
     "reserve_event_ids",
     "segment_networks",
+    "segment_subnets",
+    "subnets_on",
     "segment_ports",
     "segment_row",
     "segment_table",
