@@ -229,6 +229,7 @@ class QuotasOut(BaseModel):
 
 assert set(QuotasOut.model_fields) == {q.value for q in Quota}  # one field per Quota
 
+
 class ProjectOut(BaseModel):
     model_config = ConfigDict(title="Project")
 

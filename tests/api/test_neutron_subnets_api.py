@@ -122,7 +122,10 @@ def test_create_errors_are_neutrons(client: TestClient) -> None:
     assert "IPv6" in error(client.post(S, json=v6), 400, "InvalidInput")
     no_gateway = subnet_body(net_id, "10.73.0.0/24", gateway_ip=None)
     assert "gateway" in error(client.post(S, json=no_gateway), 400)
-    pools = [{"start": "10.73.0.10", "end": "10.73.0.20"}, {"start": "10.73.0.30", "end": "10.73.0.40"}]
+    pools = [
+        {"start": "10.73.0.10", "end": "10.73.0.20"},
+        {"start": "10.73.0.30", "end": "10.73.0.40"},
+    ]
     two = subnet_body(net_id, "10.73.0.0/24", allocation_pools=pools)
     assert "one" in error(client.post(S, json=two), 400)
     bogus = subnet_body(net_id, "10.73.0.0/24", bogus=1)

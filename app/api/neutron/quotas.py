@@ -85,7 +85,9 @@ async def get_quota_default(project_id: str, request: Request) -> JSONResponse:
     response_model=NeutronQuotaEnvelope,
     description="Admin only (403). Sets the resources given; -1 unlimited; another key 400.",
 )
-async def update_quota(project_id: str, body: NeutronQuotaRequest, request: Request) -> JSONResponse:
+async def update_quota(
+    project_id: str, body: NeutronQuotaRequest, request: Request
+) -> JSONResponse:
     caller = caller_of(request)
     found = await context(request).mutate(
         lambda s: NeutronQuotas(s, caller).update(project_id, body.quota)
