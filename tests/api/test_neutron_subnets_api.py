@@ -130,6 +130,8 @@ def test_create_errors_are_neutrons(client: TestClient) -> None:
     assert "one" in error(client.post(S, json=two), 400)
     bogus = subnet_body(net_id, "10.73.0.0/24", bogus=1)
     assert "bogus" in error(client.post(S, json=bogus), 400)
+    no_network = {"subnet": {"cidr": "10.73.0.0/24", "ip_version": 4}}
+    assert "network_id" in error(client.post(S, json=no_network), 400, "InvalidInput")
     no_version = {"subnet": {"network_id": net_id, "cidr": "10.73.0.0/24"}}
     assert "ip_version" in error(client.post(S, json=no_version), 400)
     assert "tags" not in error(client.post(S, json={"subnet": 5}), 400)  # never 422

@@ -23,7 +23,7 @@ from app.db.repositories import (
 )
 from app.db.session import Session
 from app.domain.dependents import Dependent, DependentKind, describe
-from app.domain.errors import InUse
+from app.domain.errors import InUse, InvalidInput
 from app.domain.networks import HostPrefix
 from app.domain.neutron import (
     NeutronConfig,
@@ -111,9 +111,9 @@ class NeutronSubnets:
             create_project(self.session, self.caller, project)
         network_id = body.get("network_id")
         if not isinstance(network_id, str) or not network_id:
-            # the pure mapping says which attribute is missing (400)
-            network_create_from_subnet(body, SegmentKind.BRIDGE)
-            raise AssertionError("unreachable: network_id is required")
+            raise InvalidInput(
+                "Failed to parse request. Required attribute 'network_id' not specified"
+            )
         return NeutronNetworks(self.session, self.caller, self.config).locate(network_id, True)
 
     def create(
