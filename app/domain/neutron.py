@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.domain.errors import DomainError, InvalidInput
+from app.domain.tenancy import Quota
 
 
 class NetworkType(enum.StrEnum):
@@ -102,6 +103,23 @@ class RevisionMismatch(DomainError):
     kind = "revision-number-constraint-failed"
     status = 412
     title = "Revision number constraint failed"
+
+
+# ---- quotas ---------------------------------------------------------------------------------
+
+# Neutron's quota resource -> our quota: a Neutron network is an L2 segment (bridge or VLAN),
+# a subnet a managed network, a port a port
+QUOTA_RESOURCES: dict[str, Quota] = {
+    "network": Quota.SEGMENTS,
+    "subnet": Quota.NETWORKS,
+    "port": Quota.PORTS,
+}
+_NEUTRON_NAMES = {quota.value: name for name, quota in QUOTA_RESOURCES.items()}
+
+
+def neutron_resource(quota: str) -> str:
+    """The Neutron resource of one of our quota names (ours where Neutron has none)."""
+    return _NEUTRON_NAMES.get(quota, quota)
 
 
 # ---- tags -----------------------------------------------------------------------------------

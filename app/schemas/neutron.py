@@ -78,6 +78,32 @@ class NeutronNetworkUpdateRequest(NeutronRequest):
     network: NeutronNetworkUpdate
 
 
+class NeutronSubnetCreateRequest(NeutronRequest):
+    subnet: dict[str, Any] = Field(
+        description="Neutron's subnet attributes: network_id (a network: bridge or VLAN; "
+        "unknown: 404 NetworkNotFound), ip_version (4; 6: 400), cidr (private IPv4, at most "
+        "/29), gateway_ip (default the first host; null: 400), allocation_pools (one pool; "
+        "default every host but the gateway), enable_dhcp, dns_nameservers (DHCP option 6), "
+        "host_routes ({destination, nexthop}: DHCP option 121), name, description, tags, "
+        "project_id/tenant_id. Another attribute: 400"
+    )
+
+
+class NeutronSubnetUpdateRequest(NeutronRequest):
+    subnet: dict[str, Any] = Field(
+        description="name, description, enable_dhcp, allocation_pools (one), "
+        "dns_nameservers, host_routes; gateway_ip only unchanged. A read-only attribute "
+        "(cidr, network_id, ...): 400"
+    )
+
+
+class NeutronQuotaRequest(NeutronRequest):
+    quota: dict[str, Any] = Field(
+        description="network, subnet, port: a limit 0-2147483647, or -1 (unlimited); "
+        "check_limit (bool: refuse a limit below the usage, 400). Another key: 400"
+    )
+
+
 class NeutronTagsBody(NeutronRequest):
     tags: list[str] = Field(
         max_length=1000, description="Every tag of the resource (1-255 chars, no ',' or '/')"
@@ -116,6 +142,65 @@ class NeutronNetworksEnvelope(BaseModel):
     model_config = ConfigDict(extra="allow")  # networks_links when paged
 
     networks: list[NeutronNetwork]
+
+
+class NeutronSubnet(BaseModel):
+    """A Neutron subnet (one of our managed networks, on a bridge or VLAN)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str
+    network_id: str = Field(description="Its bridge's or VLAN's id (the Neutron network)")
+    cidr: str
+    gateway_ip: str
+    ip_version: int = Field(description="Always 4")
+    enable_dhcp: bool
+    allocation_pools: list[dict[str, str]] = Field(description="One {start, end}")
+    dns_nameservers: list[str]
+    host_routes: list[dict[str, str]]
+    project_id: str
+    tenant_id: str
+    revision_number: int
+    tags: list[str]
+    created_at: str
+    updated_at: str
+
+
+class NeutronSubnetEnvelope(BaseModel):
+    subnet: NeutronSubnet
+
+
+class NeutronSubnetsEnvelope(BaseModel):
+    model_config = ConfigDict(extra="allow")  # subnets_links when paged
+
+    subnets: list[NeutronSubnet]
+
+
+class NeutronQuota(BaseModel):
+    """A project's Neutron quotas: -1 is unlimited."""
+
+    model_config = ConfigDict(extra="allow")
+
+    network: int = Field(description="Our `segments` quota (bridges and VLANs)")
+    subnet: int = Field(description="Our `networks` quota (managed networks)")
+    port: int = Field(description="Our `ports` quota")
+    project_id: str
+    tenant_id: str
+
+
+class NeutronQuotaEnvelope(BaseModel):
+    quota: NeutronQuota
+
+
+class NeutronQuotasEnvelope(BaseModel):
+    quotas: list[NeutronQuota]
+
+
+class NeutronQuotaDetailsEnvelope(BaseModel):
+    quota: dict[str, Any] = Field(
+        description="network, subnet, port: {used, limit (-1: unlimited), reserved (0)}"
+    )
 
 
 class NeutronTagsEnvelope(BaseModel):

@@ -224,6 +224,10 @@ class QuotasOut(BaseModel):
     segments: int | None = Field(description="Bridges and VLANs together")
     networks: int | None
     port_forwards: int | None
+    ports: int | None
+
+
+assert set(QuotasOut.model_fields) == {q.value for q in Quota}  # one field per Quota
 
 
 class ProjectOut(BaseModel):

@@ -27,6 +27,7 @@ QUOTAS = [
     "segments",
     "networks",
     "port_forwards",
+    "ports",  # every quota is shown (QuotasOut lost `ports` once)
 ]
 
 

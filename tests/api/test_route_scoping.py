@@ -87,6 +87,10 @@ class World:
             subnet = f"10.200.{n}.0/24"
             body = {"name": f"fn{n}", "tap": tap, "subnet": subnet}
             return self.admin_post("/v1/networks", body, where)["id"]
+        if kind == "subnet":  # a managed network on a bridge: in the Neutron view
+            bridge_id = self.fresh("bridge", where)
+            body = {"name": f"fs{n}", "bridge": bridge_id, "subnet": f"10.201.{n}.0/24"}
+            return self.admin_post("/v1/networks", body, where)["id"]
         if kind == "vm":
             return self.admin_post("/v1/vms", self.vm_body(f"fvm{n}"), where)["id"]
         if kind == "port":
@@ -180,6 +184,7 @@ def _populate(world: World) -> None:
         forward = {"network": "web", "vm": "web", "port": port}
         ids["forward"] = world.admin_post("/v1/port-forwards", forward, where)["id"]
         ids["port"] = world.admin_post("/v1/ports", {"name": "web", "bridge": bridge}, where)["id"]
+        ids["subnet"] = ids["network"]  # on the bridge: a Neutron subnet
         ids["project"] = world.projects[where]
         ids["token"] = world.admin_token(where)
         ids["extension"] = "pagination"
@@ -269,9 +274,18 @@ def _neutron_port(world: World, where: str) -> dict[str, Any]:
     return {"port": body}
 
 
+def _neutron_subnet(world: World, where: str) -> dict[str, Any]:
+    n = world.next()
+    network = world.admin_post("/v1/bridges", {"name": f"sb{n}"}, where)["id"]
+    body = {"network_id": network, "cidr": f"10.202.{n}.0/24", "ip_version": 4}
+    return {"subnet": {**body, "project_id": world.projects[where]}}
+
+
 NEUTRON = "/networking/v2.0"
 NEUTRON_NETWORK = f"{NEUTRON}/networks/{{network_id}}"
 NEUTRON_PORT = f"{NEUTRON}/ports/{{port_id}}"
+NEUTRON_SUBNET = f"{NEUTRON}/subnets/{{subnet_id}}"
+NEUTRON_QUOTA = f"{NEUTRON}/quotas/{{project_id}}"
 ACCEPTED = (200, 201, 202)
 LIST = ok(200, query="?project={project}")
 
@@ -401,6 +415,25 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", f"{NEUTRON_PORT}/tags/{{tag}}"): ok(204, 404),  # another case may remove it
     ("PUT", f"{NEUTRON_PORT}/tags/{{tag}}"): ok(201),
     ("DELETE", f"{NEUTRON_PORT}/tags/{{tag}}"): ok(204, 404),
+    # a subnet is a managed network on a bridge or VLAN (app.services.neutron.subnet_service)
+    ("GET", f"{NEUTRON}/subnets"): ok(200, projectless=True, query="?project_id={project}"),
+    ("POST", f"{NEUTRON}/subnets"): ok(201, body=_neutron_subnet),
+    ("GET", NEUTRON_SUBNET): ok(200),
+    ("PUT", NEUTRON_SUBNET): ok(200, body=lambda w, p: {"subnet": {}}),
+    ("DELETE", NEUTRON_SUBNET): ok(204, fresh="subnet"),
+    ("GET", f"{NEUTRON_SUBNET}/tags"): ok(200),
+    ("PUT", f"{NEUTRON_SUBNET}/tags"): ok(200, body=lambda w, p: {"tags": ["scoped", "t"]}),
+    ("DELETE", f"{NEUTRON_SUBNET}/tags"): ok(204, fresh="subnet"),
+    ("GET", f"{NEUTRON_SUBNET}/tags/{{tag}}"): ok(204, 404),  # another case may remove it
+    ("PUT", f"{NEUTRON_SUBNET}/tags/{{tag}}"): ok(201),
+    ("DELETE", f"{NEUTRON_SUBNET}/tags/{{tag}}"): ok(204, 404),
+    # quotas: a member reads its own project's; the rest is the admin's
+    ("GET", f"{NEUTRON}/quotas"): ok(200, admin_only=True),
+    ("GET", NEUTRON_QUOTA): ok(200),
+    ("GET", f"{NEUTRON_QUOTA}/details"): ok(200),
+    ("GET", f"{NEUTRON_QUOTA}/default"): ok(200),
+    ("PUT", NEUTRON_QUOTA): ok(200, body=lambda w, p: {"quota": {}}, admin_only=True),
+    ("DELETE", NEUTRON_QUOTA): ok(204, admin_only=True),
 }
 
 PARAMS = {
@@ -417,7 +450,7 @@ PARAMS = {
     "alias": "extension",
 }
 # under /networking a network is a bridge's (or VLAN's) id (app.services.neutron.networks)
-NEUTRON_PARAMS = {**PARAMS, "network_id": "bridge"}
+NEUTRON_PARAMS = {**PARAMS, "network_id": "bridge", "subnet_id": "subnet"}
 # no token needed, nothing of any project (app.api.middleware.OPEN_PATHS)
 OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc"}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from app.api.neutron import envelopes, networks, ports
+from app.api.neutron import envelopes, networks, ports, quotas, subnets
 from app.api.neutron.common import NeutronRoute, base_url
 from app.api.neutron.errors import PREFIX
 from app.api.neutron.query import Collection
@@ -31,12 +31,13 @@ class Registered:
 
 COLLECTIONS: list[Registered] = [
     Registered(networks.NETWORKS, networks.router, networks.locate),
+    Registered(subnets.SUBNETS, subnets.router, subnets.locate),
     Registered(ports.PORTS, ports.router, ports.locate),
 ]
 
 
 def aliases() -> list[str]:
-    found = list(envelopes.BASE_EXTENSIONS)
+    found = [*envelopes.BASE_EXTENSIONS, *quotas.EXTENSIONS]
     for entry in COLLECTIONS:
         found += entry.collection.extensions
     return sorted(set(found))
@@ -81,7 +82,7 @@ async def get_extension(alias: str) -> JSONResponse:
 
 def routers() -> list[APIRouter]:
     """Every router of the Neutron API, for create_app."""
-    found = [root]
+    found = [root, quotas.router]
     for entry in COLLECTIONS:
         found.append(entry.router)
         if entry.locate is not None:

@@ -56,7 +56,18 @@ EXTENSIONS: dict[str, tuple[str, str]] = {
         "Allowed Address Pairs",
         "allowed_address_pairs: further addresses a port may send from (its own MAC only)",
     ),
-    "quotas": ("Quota management support", "/v2.0/quotas/{project_id}"),
+    "quotas": (
+        "Quota management support",
+        "/v2.0/quotas[/{project_id}]: network, subnet and port (-1: unlimited)",
+    ),
+    "quota_details": (
+        "Quota details management support",
+        "/v2.0/quotas/{project_id}/details: used, limit and reserved",
+    ),
+    "quota-check-limit": (
+        "Quota engine limit check",
+        "check_limit true in a quota update refuses a limit below the usage",
+    ),
 }
 BASE_EXTENSIONS = (
     "standard-attr-tag",

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from app.domain.errors import DomainError
-from app.domain.neutron import NeutronError
+from app.domain.neutron import NeutronError, neutron_resource
 
 PREFIX = "/networking"
 __all__ = ["PREFIX", "NeutronError", "error_body", "error_response", "under_prefix"]
@@ -24,6 +24,7 @@ __all__ = ["PREFIX", "NeutronError", "error_body", "error_response", "under_pref
 # our problem kinds -> the Neutron exception class name a client sees as `type`
 KIND_TYPES = {
     "not-found": "NotFound",
+    "invalid-input": "InvalidInput",
     "forbidden": "PolicyNotAuthorized",
     "in-use": "InUse",
     "over-quota": "OverQuota",
@@ -76,7 +77,17 @@ def error_bytes(status: int, message: str, neutron_type: str | None = None) -> b
 def domain_error_response(exc: DomainError) -> JSONResponse:
     status = neutron_status(exc.status)
     neutron_type = getattr(exc, "neutron_type", None) or KIND_TYPES.get(exc.kind)
-    return error_response(status, exc.detail, neutron_type)
+    return error_response(status, neutron_message(exc), neutron_type)
+
+
+def neutron_message(exc: DomainError) -> str:
+    """The message a Neutron client sees: Neutron's own wording where clients or people
+    match on it (OverQuota: "Quota exceeded for resources: ['network']." with Neutron's
+    resource name, our detail after it), else ours."""
+    quota = exc.extra.get("quota")
+    if exc.kind == "over-quota" and isinstance(quota, str):
+        return f"Quota exceeded for resources: ['{neutron_resource(quota)}']. {exc.detail}"
+    return exc.detail
 
 
 def error_response(

@@ -51,7 +51,9 @@ from app.db.repositories.neutron import (
     bridge_mtus,
     live_segments,
     segment_networks,
+    segment_subnets,
     shared_segment_ids,
+    subnets_on,
 )
 from app.db.repositories.operations import FinishedOperation, OperationRepository, reserve_event_ids
 from app.db.repositories.port_security import (
@@ -224,10 +226,12 @@ __all__ = [
     "segment_networks",
     "segment_ports",
     "segment_row",
+    "segment_subnets",
     "segment_table",
     "segment_users",
     "shared_segment_ids",
     "stored_link_settings",
+    "subnets_on",
     "tap_port",
     "tap_port_vlans",
     "token_page",

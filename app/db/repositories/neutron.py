@@ -43,6 +43,32 @@ def segment_networks(session: Session) -> dict[str, list[str]]:
     return dict(found)
 
 
+def segment_subnets(session: Session, scope: Scope) -> list[tuple[Network, str]]:
+    """The live managed networks on a bridge or VLAN (Neutron subnets; a routed tap's are
+    not in the Neutron view) that the scope sees, each with its segment's id (the Neutron
+    network_id), in creation order."""
+    query = select(Network).where(
+        Network.deleted.is_(False),
+        (Network.bridge_id.is_not(None)) | (Network.vlan_id.is_not(None)),
+    )
+    if scope.project_id is not None:
+        query = query.where(Network.project_id == scope.project_id)
+    rows = session.scalars(query.order_by(Network.created_at, Network.id)).all()
+    return [(row, row.vlan_id or row.bridge_id or "") for row in rows]
+
+
+def subnets_on(session: Session, segment_ids: Sequence[str]) -> list[tuple[Network, str]]:
+    """The live managed networks on these segments (bridges or VLANs), with the segment."""
+    if not segment_ids:
+        return []
+    ids = list(segment_ids)
+    query = select(Network).where(
+        Network.deleted.is_(False), Network.bridge_id.in_(ids) | Network.vlan_id.in_(ids)
+    )
+    rows = session.scalars(query.order_by(Network.created_at, Network.id)).all()
+    return [(row, row.vlan_id or row.bridge_id or "") for row in rows]
+
+
 def shared_segment_ids(session: Session) -> set[str]:
     """The ids of the objects some project lists in its shared_segments."""
     ids: set[str] = set()
