@@ -36,8 +36,10 @@ import uvicorn
 from app.api.middleware import TcpTransport
 from app.main import create_app
 from app.settings import Settings
-from tests.kernel.nested.test_vlans_daemon import memberships, until
-from tests.netns_tools import ip, links
+from tests.kernel.nested.test_vlans_daemon import lan, memberships, until
+from tests.netns_tools import links
+
+__all__ = ["lan"]  # the fixture (uplinks eth0 and eth1 wired to namespace `lan`), by name
 
 _TIER_PLUGIN = Path(__file__).resolve().parents[1] / "conftest.py"
 if os.environ.get("KVT_NESTED") != "1" and not _TIER_PLUGIN.is_file():
@@ -106,12 +108,9 @@ def native_vlan(http: httpx.Client, network_id: str) -> Any:
 
 
 def test_neutron_vlan_networks_and_ports_on_both_backends(
-    netns: str, modules: Callable[..., None], settings: Settings
+    netns: str, lan: str, modules: Callable[..., None], settings: Settings
 ) -> None:
-    modules("8021q", "bridge", "veth", "tun")
-    for nic in ("eth0", "eth1"):  # the uplinks: veth pairs whose far ends stay down here
-        ip(netns, "link", "add", nic, "type", "veth", "peer", "name", f"far-{nic}")
-        ip(netns, "link", "set", nic, "up")
+    modules("tun")
     settings = settings.model_copy(
         update={"physical_networks": PHYSNETS, "tenant_network_type": "vlan"}
     )
@@ -121,7 +120,9 @@ def test_neutron_vlan_networks_and_ports_on_both_backends(
     print(f"import openstack: {time.monotonic() - started:.1f} s", file=sys.stderr)
     with (
         served(netns, settings) as url,
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+        httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300
+        ) as http,
     ):
         started = time.monotonic()
         admin = sdk(url, TOKEN)
@@ -180,7 +181,10 @@ def _filtering(admin: Any, member: Any, http: httpx.Client, netns: str, project:
     assert native_vlan(http, prov.id)["backend"] == "vlan_filtering"
     kernel = links(netns)
     assert kernel["br-phys"].kind == "bridge"  # made for the physnet by the first create
-    r = http.put("/v1/bridges/br-phys/uplink?wait=60", json={"interface": "eth0"})
+    r = http.put(
+        "/v1/bridges/br-phys/uplink?wait=60",
+        json={"interface": "eth0", "probe_address": "10.60.0.1"},
+    )
     assert ok(r, 200, 201)["status"] == "active", r.text
     until(
         lambda: memberships(netns, "br-phys").get("eth0", {}).get(200) == TAGGED,
@@ -211,10 +215,13 @@ def _filtering(admin: Any, member: Any, http: httpx.Client, netns: str, project:
 
 def _bridge_per_vlan(admin: Any, member: Any, http: httpx.Client, netns: str, project: str) -> None:
     # br-phys anew, on eth1, its backend fixed by its first VLAN (a native one)
-    ok(http.delete("/v1/bridges/br-phys?wait=60"), 204)
+    ok(http.delete("/v1/bridges/br-phys?force=true&wait=60"), 204)  # detaches eth0
     until(lambda: "br-phys" not in links(netns), 30, "br-phys gone")
     ok(http.post("/v1/bridges?wait=60", json={"name": "br-phys"}), 201)
-    r = http.put("/v1/bridges/br-phys/uplink?wait=60", json={"interface": "eth1"})
+    r = http.put(
+        "/v1/bridges/br-phys/uplink?wait=60",
+        json={"interface": "eth1", "probe_address": "10.61.0.1"},
+    )
     assert ok(r, 200, 201)["status"] == "active", r.text
     pin = {"name": "pin", "vlan_id": 99, "trunk": "br-phys", "backend": "bridge_per_vlan"}
     ok(http.post("/v1/vlans?wait=60", json=pin), 201)
