@@ -43,7 +43,7 @@ from app.domain.neutron import (
     not_found,
 )
 from app.domain.status import Status
-from app.domain.tenancy import DEFAULT_PROJECT_ID, Caller
+from app.domain.tenancy import DEFAULT_PROJECT_ID, Caller, Scope
 from app.domain.vlans import VlanFacts, no_vlan_can_exist
 from app.schemas.links import BridgeCreate
 from app.schemas.neutron import NeutronNetworkCreate, NeutronNetworkUpdate
@@ -338,7 +338,7 @@ class NeutronNetworks:
                 "project_id": plan.project_id,
             }
         )
-        return VlanService(self.session, self.caller).create(vlan, facts)
+        return PhysnetVlans(self.session, self.caller, trunk.id).create(vlan, facts)
 
     # ---- update, delete -------------------------------------------------------------------
 
@@ -428,6 +428,28 @@ class NeutronNetworks:
             ) from None
         TagRepository(self.session).clear(RESOURCE, row.id)
         return deleted, operation
+
+
+class PhysnetVlans(VlanService):
+    """The VLAN service for a Neutron `vlan` network: its trunk is the physical network's
+    bridge, the default project's (settings physical_networks), which a member's tenant
+    network rides on too (Neutron: a physnet is the operator's, every project's segments
+    use it). The native service resolves a trunk in the caller's scope, where a member does
+    not see that bridge; everything else (VID ranges, quotas, names) stays the caller's."""
+
+    def __init__(self, session: Session, caller: Caller, physnet_trunk_id: str) -> None:
+        super().__init__(session, caller)
+        self.physnet_trunk_id = physnet_trunk_id
+
+    def trunk(self, ref: str) -> Bridge:
+        if ref != self.physnet_trunk_id:
+            return super().trunk(ref)
+        scope = self.scope
+        self.scope = Scope(None, scope.home)  # every project's, names still the caller's
+        try:
+            return super().trunk(ref)
+        finally:
+            self.scope = scope
 
 
 def _dicts(value: object) -> list[dict[str, str]]:
