@@ -22,8 +22,11 @@ run: deps qemu-user $(VAR)/lib/kvmnetd/kernel/vmlinuz
 	$(RUN_ENV) $(BIN)/kvmnetd db upgrade
 	$(RUN_ENV) exec $(BIN)/kvmnetd serve
 
+# two pytest-xdist workers (the CI machine's two cores; tests/conftest.py says what keeps them
+# apart); TEST_WORKERS=0 runs the session in one process; PYTEST_ARGS="--durations=60" adds to it
+TEST_WORKERS ?= 2
 test: deps qemu-user lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # the kernel test tier's cache (tests/kernel/README.md): Debian's kernel, modules, kmod and an
 # initramfs under tests/.cache/kernel/; pytest builds it on first use too. REFRESH=1 re-derives

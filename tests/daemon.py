@@ -41,7 +41,9 @@ class Daemon:
             **self.extra_env,
         }
 
-    def start(self, timeout: float = 30) -> Daemon:
+    # a start migrates a fresh database: 30 s was not enough at load ~16 (two xdist workers,
+    # the nested host and other jobs on the 2 cores); a ready daemon returns at once
+    def start(self, timeout: float = 90) -> Daemon:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

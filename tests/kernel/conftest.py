@@ -16,6 +16,12 @@ proxy's own report (what a plain proxy would raise) matches `pattern`.
 When the session ends (also early: `-x`, Ctrl-C, an internal error; or at interpreter exit)
 the nested host is killed and reaped.
 
+Under pytest-xdist (`make test` runs `-n 2`) the controller, which collects nothing itself,
+runs the session's one nested run (`XdistTier`, registered by tests/conftest.py): it starts as
+soon as the first worker reports its collection and publishes its `TierRun` as one JSON file;
+a proxy on a worker waits for that file (bounded like the run) instead of booting a nested host
+of its own. The summary prints in the controller.
+
 Inside the nested host (KVT_NESTED=1) this plugin does nothing: the tests run as written.
 
 Environment: KVT_TIER_TIMEOUT (s, default 1500) bounds the whole nested run; KVT_RUNS_DIR (a
@@ -37,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +67,7 @@ CANARY_NOTE = " (the canaries, which ride along, fail and xfail on purpose)"
 WAIT_MARGIN = 120.0
 # plugins the nested run leaves out: importing them costs ~40 s of the nested host's ~12x
 # slower Python (schemathesis pulls in hypothesis), and no nested test needs them
-SKIPPED_PLUGINS = ("schemathesis", "hypothesispytest")
+SKIPPED_PLUGINS = ("schemathesis", "hypothesispytest", "xdist", "xdist.looponfail")
 # the checkout's own code, compiled to bytecode on the host before the boot (precompile)
 PRECOMPILED = ("app", "migrations", "tests")
 
@@ -87,8 +93,15 @@ class TierRun:
 class TierJob:
     """The session's one nested run, in a background thread started when collection ends."""
 
-    def __init__(self, nodeids: list[str], rootdir: Path, timeout: float = TIER_TIMEOUT) -> None:
+    def __init__(
+        self,
+        nodeids: list[str],
+        rootdir: Path,
+        timeout: float = TIER_TIMEOUT,
+        publish: Path | None = None,
+    ) -> None:
         self.nodeids, self.rootdir, self.timeout = nodeids, rootdir, timeout
+        self.publish = publish  # where the result is written for xdist's workers (JSON)
         self.cancel = Cancel()
         self.result: TierRun | None = None
         self.thread = threading.Thread(target=self.run, name="kernel-tier", daemon=True)
@@ -105,6 +118,10 @@ class TierJob:
             self.result = TierRun(tests=len(self.nodeids), error=f"{exc!r}")
         finally:
             LIVE_JOBS.discard(self)
+            if self.publish is not None:
+                publish(
+                    self.result or TierRun(tests=len(self.nodeids), error="no result"), self.publish
+                )
 
     def wait(self) -> TierRun:
         """The run's result; bounded by the tier's timeout (and a margin), then cancelled."""
@@ -170,10 +187,13 @@ class NestedTest(pytest.Item):
         if tier.unavailable is not None:
             pytest.skip(f"kernel tier unavailable: {tier.unavailable}")
         expect = self.get_closest_marker("kvt_expect")
+        nodeid = base_nodeid(self.nodeid)
+        if published_file(self.config) is not None:  # for the controller's summary
+            self.user_properties.append((WAITED_PROPERTY, tier.waited))
         if expect is None:
-            outcome(self.nodeid, tier)
+            outcome(nodeid, tier)
         else:
-            expected(self.nodeid, tier, *expect.args)
+            expected(nodeid, tier, *expect.args)
 
     def repr_failure(
         self,
@@ -199,8 +219,15 @@ def pytest_pycollect_makeitem(
 # --- the one nested run ------------------------------------------------------------------------
 
 
+def base_nodeid(nodeid: str) -> str:
+    """The node id without the `@group` suffix that xdist's `--dist loadgroup` appends on its
+    workers (the nested pytest knows the plain id)."""
+    at = nodeid.rfind("@")
+    return nodeid[:at] if at > nodeid.rfind("]") else nodeid
+
+
 def start_job(session: pytest.Session) -> TierJob:
-    nodeids = [i.nodeid for i in session.items if isinstance(i, NestedTest)]
+    nodeids = [base_nodeid(i.nodeid) for i in session.items if isinstance(i, NestedTest)]
     job = TierJob(nodeids, Path(str(session.config.rootpath))).start()
     session.config.stash[TIER_JOB] = job
     return job
@@ -219,6 +246,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the nested run as soon as the selection is final (after -k, -m, --lf, ...)."""
     if INSIDE or session.config.option.collectonly or TIER_JOB in session.config.stash:
         return
+    if published_file(session.config) is not None:
+        return  # an xdist worker: the controller runs the tier (XdistTier)
     if any(isinstance(i, NestedTest) for i in session.items):
         start_job(session)
 
@@ -238,8 +267,12 @@ def tier_run(session: pytest.Session) -> TierRun:
     """The session's nested run, for every selected proxy: waits for its end."""
     tier = session.config.stash.get(TIER_RUN, None)
     if tier is None:
-        job = session.config.stash.get(TIER_JOB, None) or start_job(session)
-        tier = job.wait()
+        shared = published_file(session.config)
+        if shared is not None:
+            tier = wait_published(shared, TIER_TIMEOUT + WAIT_MARGIN)
+        else:
+            job = session.config.stash.get(TIER_JOB, None) or start_job(session)
+            tier = job.wait()
         session.config.stash[TIER_RUN] = tier
     return tier
 
@@ -299,6 +332,104 @@ def precompile(rootdir: Path) -> None:
             timeout=300,
             check=False,
         )
+
+
+# --- pytest-xdist: the controller runs the tier, its workers' proxies read the result -----------
+
+RESULT_KEY = "kvt_tier_result"  # workerinput: the file the controller publishes the TierRun in
+WAITED_PROPERTY = "kvt_tier_waited"  # a proxy's user property: s its worker waited for the run
+POLL = 0.5  # s between a worker's looks for the published result
+
+
+def published_file(config: pytest.Config) -> Path | None:
+    """On an xdist worker: the file the controller publishes the session's TierRun in."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or RESULT_KEY not in workerinput:
+        return None
+    return Path(workerinput[RESULT_KEY])
+
+
+def publish(tier: TierRun, path: Path) -> None:
+    """Write `tier` as JSON, atomically (a reader sees the whole file or none)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(asdict(tier)))
+    partial.rename(path)
+
+
+def load_published(path: Path) -> TierRun:
+    data = json.loads(path.read_text())
+    run = data.pop("run")
+    return TierRun(**data, run=None if run is None else NestedRun(**run))
+
+
+def wait_published(path: Path, timeout: float) -> TierRun:
+    """The TierRun the controller published at `path`, waiting for it at most `timeout` s."""
+    started = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - started > timeout:
+            return TierRun(error=f"the xdist controller published no result within {timeout:.0f} s")
+        time.sleep(POLL)
+    tier = load_published(path)
+    tier.waited = time.monotonic() - started
+    return tier
+
+
+class XdistTier:
+    """The session's one nested run in xdist's controller, which collects nothing itself: it
+    starts when the first worker reports its collection (the selection is the same on every
+    worker), on the nested node ids there, and publishes its TierRun in `directory` for the
+    workers' proxies. Registered by tests/conftest.py when xdist distributes the session."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.directory = Path(tempfile.mkdtemp(prefix="kvt-tier-"))
+        self.result = self.directory / "tier.json"
+        self.job: TierJob | None = None
+        self.waited = 0.0
+        prefix = (
+            NESTED_DIR.relative_to(config.rootpath)
+            if NESTED_DIR.is_relative_to(config.rootpath)
+            else NESTED_DIR
+        )
+        self.prefix = f"{prefix.as_posix()}/"
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[RESULT_KEY] = str(self.result)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.job is not None or self.config.option.collectonly:
+            return
+        nodeids = [base_nodeid(i) for i in ids if i.startswith(self.prefix)]
+        if nodeids:
+            self.job = TierJob(nodeids, self.config.rootpath, publish=self.result).start()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == WAITED_PROPERTY:
+                self.waited = max(self.waited, float(value))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """The workers are done: a run still going has no proxy left to wait for it."""
+        if self.job is None or TIER_RUN in self.config.stash:
+            return
+        if self.job.thread.is_alive():
+            self.job.stop("the host's pytest session ended before the nested run finished")
+        tier = self.job.wait()
+        tier.waited = self.waited
+        self.config.stash[TIER_RUN] = tier
+
+    def pytest_unconfigure(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        summary(terminalreporter, self.config)
+
+
+def is_xdist_controller(config: pytest.Config) -> bool:
+    return config.pluginmanager.has_plugin("dsession")
 
 
 # --- one proxy's outcome -----------------------------------------------------------------------
@@ -372,6 +503,11 @@ def no_result(nodeid: str, tier: TierRun) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not is_xdist_controller(config):  # there XdistTier prints it
+        summary(terminalreporter, config)
+
+
+def summary(terminalreporter: Any, config: pytest.Config) -> None:
     tier = config.stash.get(TIER_RUN, None)
     if tier is None or INSIDE:
         return

@@ -30,9 +30,12 @@ from tests.kernel.conftest import (
     RUNS_DIR,
     NestedFailure,
     TierRun,
+    base_nodeid,
     outcome,
     phase_times,
+    publish,
     run_tier,
+    wait_published,
 )
 from tests.kernel.vm import QEMU, NestedRun, qemus_under, run_command
 
@@ -231,3 +234,64 @@ def test_the_summary_shows_where_the_nested_seconds_went() -> None:
     ]
     assert phase_times(tier, slowest=1)[0].endswith("(setup 40.0 + call 20.0)")
     assert len(phase_times(tier, slowest=1)) == 2
+
+
+def test_an_xdist_worker_reads_the_controllers_run_as_it_was(tmp_path: Path) -> None:
+    """Under pytest-xdist the controller publishes the session's one run (publish) and each
+    worker's proxies read it (wait_published): every field a proxy or the summary uses comes
+    back as it was, and a proxy's outcome from it is the same."""
+    nodeid = "tests/kernel/nested/test_a.py::test_fails"
+    failed = {
+        "nodeid": nodeid,
+        "when": "call",
+        "outcome": "failed",
+        "duration": 2.5,
+        "message": "AssertionError: inner",
+        "longrepr": "assert 1 == 2",
+        "sections": [["Captured stdout call", "printed inside"]],
+        "wasxfail": None,
+    }
+    run = NestedRun(1, "output", "console", "qemu", seconds=9.5, timed_out=False, reason="done")
+    tier = TierRun(reports={nodeid: [failed]}, run=run, tests=1, release="6.1.0-57-amd64")
+    tier.collect_errors.append({"nodeid": "tests/kernel/nested/test_b.py", "longrepr": "E"})
+    published = tmp_path / "tier.json"
+    publish(tier, published)
+    assert [p.name for p in tmp_path.iterdir()] == ["tier.json"]  # no partial file left
+
+    read = wait_published(published, timeout=5)
+    assert 0 <= read.waited < 5
+    read.waited = tier.waited
+    assert read == tier
+    with pytest.raises(NestedFailure, match=r"\[nested call\] AssertionError: inner"):
+        outcome(nodeid, read)
+
+
+def test_an_xdist_worker_waits_for_the_published_run_within_its_bound(tmp_path: Path) -> None:
+    started = time.monotonic()
+    tier = wait_published(tmp_path / "never.json", timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 5
+    assert tier.run is None and "published no result within 0 s" in str(tier.error)
+    with pytest.raises(NestedFailure, match="the nested host did not run: the xdist controller"):
+        outcome("tests/kernel/nested/test_a.py::test_x", tier)
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "base"),
+    [
+        (
+            "tests/kernel/nested/test_a.py::test_x@kernel-tier",
+            "tests/kernel/nested/test_a.py::test_x",
+        ),
+        (
+            "tests/kernel/nested/test_a.py::test_x[a@b]",
+            "tests/kernel/nested/test_a.py::test_x[a@b]",
+        ),
+        (
+            "tests/kernel/nested/test_a.py::test_x[a@b]@g",
+            "tests/kernel/nested/test_a.py::test_x[a@b]",
+        ),
+        ("tests/kernel/nested/test_a.py::test_x", "tests/kernel/nested/test_a.py::test_x"),
+    ],
+)
+def test_the_nested_run_gets_node_ids_without_xdists_group_suffix(nodeid: str, base: str) -> None:
+    assert base_nodeid(nodeid) == base

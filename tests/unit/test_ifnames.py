@@ -47,7 +47,7 @@ def test_other_projects_derive_it_from_the_id() -> None:
         link_ifname("vlan", OTHER_PROJECT, row_id, "v")
 
 
-@pytest.mark.parametrize("project", [DEFAULT_PROJECT_ID, OTHER_PROJECT])
+@pytest.mark.parametrize("project", [DEFAULT_PROJECT_ID, OTHER_PROJECT], ids=["default", "other"])
 @pytest.mark.parametrize("uplink", [None, "eth0", "enp0s31f6abcdef"])
 def test_every_derived_name_fits(project: str, uplink: str | None) -> None:
     """A VLAN's per-VLAN bridge, its uplink sub-interface and a filtering trunk's L3
