@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 
 from app.supervisor.loop import Supervisor
 from tests.api.test_links_api import make_bridge
@@ -68,3 +68,41 @@ def test_a_bridge_created_while_a_pass_loads_does_not_fail_the_pass(
     while api.get("/v1/bridges/br1").json()["status"] != "active":
         assert time.monotonic() < deadline, api.get("/v1/bridges/br1").json()
         time.sleep(0.1)
+
+
+def test_a_bug_recording_one_tap_stays_on_that_tap(
+    api: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recording one row's result raises something unexpected (a KeyError, as the bug above
+    did): that row says so and backs off; the other rows of the pass settle."""
+    make_bridge(api, "br0")
+    supervisor: Supervisor = api.app.state.supervisor  # type: ignore[attr-defined]
+    sessions = supervisor.db._sessions  # the sessionmaker: its flushes
+
+    def a_bug_about_tapbad(session: Any, *_args: Any) -> None:
+        if threading.current_thread().name != "supervisor":
+            return
+        for row in session.dirty:  # its status, not the reason it is then given
+            if getattr(row, "name", None) == "tapbad" and inspect(row).attrs.status.history.added:
+                raise KeyError("tapbad")
+
+    event.listen(sessions, "before_flush", a_bug_about_tapbad)
+    try:
+        with caplog.at_level(logging.ERROR, logger="app.supervisor"):
+            for name in ("tapbad", "tapok"):
+                r = api.post("/v1/taps", json={"name": name, "bridge": "br0"})
+                assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 10
+            while api.get("/v1/taps/tapok").json()["status"] != "active":
+                assert time.monotonic() < deadline, api.get("/v1/taps/tapok").json()
+                time.sleep(0.1)
+            bad = api.get("/v1/taps/tapbad").json()
+            while "KeyError" not in str(bad["status_reason"]):
+                assert time.monotonic() < deadline, bad
+                time.sleep(0.1)
+                bad = api.get("/v1/taps/tapbad").json()
+    finally:
+        event.remove(sessions, "before_flush", a_bug_about_tapbad)
+    assert bad["status_reason"].startswith("retrying with backoff: internal error"), bad
+    failures = [r.getMessage() for r in caplog.records if "pass failed" in r.getMessage()]
+    assert failures == []
