@@ -6,9 +6,9 @@ transaction (a row it will not delete, a constraint or trigger nobody foresaw), 
 one row's result raises anything else (a bug: a KeyError about one port must not cost every
 other row its status), every result is written again in a transaction of its own, so that
 the failure stays on the row it concerns: that row says why (`retrying with backoff: ...`)
-and backs off, and every other row's status lands. A refused attempt leaves the retry bookkeeping (app.domain.retry.Backoff)
-as it was before the attempt, so a result written twice (once in the refused bulk, once
-alone) counts once.
+and backs off, and every other row's status lands. A failed attempt leaves the retry
+bookkeeping (app.domain.retry.Backoff) as it was before the attempt, so a result written
+twice (once in the failed bulk, once alone) counts once.
 """
 
 from __future__ import annotations
