@@ -92,7 +92,7 @@ def test_a_bug_recording_one_tap_stays_on_that_tap(
             for name in ("tapbad", "tapok"):
                 r = api.post("/v1/taps", json={"name": name, "bridge": "br0"})
                 assert r.status_code == 202, r.text
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 20
             while api.get("/v1/taps/tapok").json()["status"] != "active":
                 assert time.monotonic() < deadline, api.get("/v1/taps/tapok").json()
                 time.sleep(0.1)
