@@ -56,6 +56,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._is_sqlite = url.startswith("sqlite")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
 
@@ -75,9 +76,19 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A read-only unit: sees one consistent snapshot, never writes, never waits."""
+        """A read-only unit: sees one consistent snapshot, never writes, never waits.
+
+        pysqlite opens a transaction only before a write (Python's legacy transaction
+        control, https://docs.python.org/3/library/sqlite3.html#transaction-control), so
+        without one of our own every SELECT would see the database as it is at that
+        moment: a row committed between two queries of one unit would be in one and not
+        in the other. A deferred `BEGIN` makes them one read transaction; in WAL mode its
+        snapshot is taken at the first read and never blocks a writer
+        (https://www.sqlite.org/isolation.html). Closing the session rolls it back."""
         session = self._sessions()
         try:
+            if self._is_sqlite:
+                session.connection().exec_driver_sql("BEGIN")
             yield session
         finally:
             session.close()  # ends the read transaction; loaded rows stay usable
