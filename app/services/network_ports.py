@@ -32,8 +32,8 @@ from app.schemas.ports import PortCreate, PortUpdate
 from app.services import port_security
 from app.services.links import TapService, find_bridge
 from app.services.networks import addressing_of, leases_of_others, network_blocking
-from app.services.operations import bump, record_operation
-from app.services.port_plugs import find_port, settle_at_once
+from app.services.operations import bump, record_operation, record_settled_change
+from app.services.port_plugs import find_port
 from app.services.ports import LeaseReader
 from app.services.quotas import QuotaGuard
 from app.services.scoping import create_project, create_scope, list_scope
@@ -207,8 +207,9 @@ class PortService:
                 changed = True
         if not changed:
             return port, None
-        settle_at_once(port)
-        return port, record_operation(self.session, "update", "port", port, self.caller)
+        # names, descriptions, device fields and addresses need nothing of the tap (a
+        # fixed IP is the network worker's: its hosts file follows the rows)
+        return port, record_settled_change(self.session, "update", "port", port, self.caller)
 
     def _readdress(self, port: Port, fixed: bool | None, changes: dict[str, Any]) -> bool:
         """A PATCH's `fixed_ip` and `ipv4` (taken out of `changes`): `ipv4` an address, or

@@ -91,6 +91,24 @@ def record_done(
     return operation
 
 
+def record_settled_change(
+    session: Session, action: str, resource: str, row: ResourceColumns, caller: Caller
+) -> Operation:
+    """A change that needs nothing of the host (a Neutron tag, a port's name or description):
+    a new generation (its revision_number) without going pending. When the row had settled,
+    the change is settled at once and its operation succeeded at once (no worker would ever
+    finish it: a port's tap, for one, has not changed); otherwise the operation ends with
+    the row's pending change, as any other."""
+    settled = row.observed_generation == row.generation and row.status != Status.PENDING.value
+    row.generation += 1
+    operation = record_operation(session, action, resource, row, caller)
+    if settled:
+        row.observed_generation = row.generation
+        operation.status = "succeeded"
+        operation.finished_at = dt.datetime.now(dt.UTC)
+    return operation
+
+
 def record_operation(
     session: Session, action: str, resource: str, row: ResourceColumns, caller: Caller
 ) -> Operation:

@@ -257,3 +257,24 @@ def test_native_and_neutron_agree_and_a_port_in_use_is_not_deleted(client: TestC
     assert client.delete(f"/v1/vms/{created.json()['id']}?wait=10").status_code == 204
     neutron(client.delete(f"{P}/{made['id']}"), 204)
     assert client.delete(f"/v1/ports/{native.json()['id']}?wait=10").status_code == 204
+
+
+def test_tags_and_renames_of_a_settled_port_settle_at_once(client: TestClient) -> None:
+    """A tag or a rename needs nothing of the tap: the port stays settled (DOWN, never
+    BUILD) and the change's operation succeeds at once (it was left running, the port
+    pending for good: the fresh-user trial's first finding)."""
+    port = create(client, name="ptag")
+    native = f"/v1/ports/{port['id']}"
+    deadline = time.monotonic() + 10
+    while client.get(native).json()["status"] != "active":
+        assert time.monotonic() < deadline, client.get(native).json()
+        time.sleep(0.1)
+    tagged = client.put(f"{P}/{port['id']}/tags/web")
+    assert tagged.status_code == 201, tagged.text
+    renamed = neutron(client.put(f"{P}/{port['id']}", json={"port": {"name": "ptag2"}}), 200)
+    assert renamed["port"]["status"] == "DOWN" and renamed["port"]["revision_number"] == 3
+    row = client.get(native).json()
+    assert row["status"] == "active" and row["observed_generation"] == row["generation"] == 3
+    operations = client.get("/v1/operations", params={"resource_id": port["id"]}).json()
+    updates = [o for o in operations["items"] if o["action"] == "update"]
+    assert len(updates) == 2 and {o["status"] for o in updates} == {"succeeded"}, updates

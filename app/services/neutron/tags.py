@@ -3,7 +3,7 @@
 Generic over the collection: the caller passes `locate` (the collection's lookup of a row by
 id as the caller sees it, for writing or not; 404 as Neutron for an unknown one). Every
 change bumps the row's generation (its revision_number) and records an operation of the
-row's own kind (bridge, vlan, network, port), as any change of it does.
+row's own kind (bridge, vlan, network, port), settled at once: tags need nothing of the host.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from app.db.repositories import TagRepository
 from app.db.session import Session
 from app.domain.neutron import NeutronError, validate_tag
 from app.domain.tenancy import Caller
-from app.services.operations import bump, record_operation
+from app.services.operations import record_settled_change
 
 Locate = Callable[[str, bool], ResourceColumns]
 
@@ -74,8 +74,9 @@ class TagService:
         return row, self._changed(row)
 
     def _changed(self, row: ResourceColumns) -> Operation:
-        bump(row)  # revision_number: every change of the resource, its tags included
-        return record_operation(self.session, "update", row_kind(row), row, self.caller)
+        # revision_number: every change of the resource, its tags included; nothing for a
+        # worker to do (tags live only here)
+        return record_settled_change(self.session, "update", row_kind(row), row, self.caller)
 
     def _no_tag(self, resource_id: str, tag: str) -> NeutronError:
         return NeutronError(
