@@ -277,7 +277,8 @@ def lists(lab: Lab, client: httpx.Client, conn: openstack.connection.Connection)
     made = time.perf_counter() - began
     settle(lab, client, lab.listed)
     print(
-        f"2. {lab.listed} ports (made natively in {made:.1f} s, then settled); medians of {LIST_RUNS}:"
+        f"2. {lab.listed} ports (made natively in {made:.1f} s, then settled); "
+        f"medians of {LIST_RUNS}:"
     )
     neutron = {"X-Auth-Token": lab.token}
     figures = {
