@@ -8,7 +8,7 @@ daemon over TCP in a throwaway kvt-* namespace, in the same run.
    managed network. A third way, to split the SDK's own cost from the Neutron route's: a
    plain httpx `POST /networking/v2.0/ports` of the Neutron JSON. The three are interleaved
    in blocks of BLOCK (the order rotated each round; the daemon settled and the block's
-   ports deleted between blocks). Printed per way: per-port mean and p95 (ms), total (s),
+   ports deleted between blocks). Printed per way: per-port mean, median and p95 (ms), total (s),
    the client's CPU per port (this thread's) and the daemon's CPU per port over the block's
    requests (/proc/PID/stat). Target: SDK <= 1.5x native.
 2. Lists: with LISTED ports, `openstack port list --long` (the real CLI, a subprocess) wall
@@ -210,7 +210,8 @@ class Way:
         n = len(self.walls)
         p95 = statistics.quantiles(self.walls, n=20)[18]
         return (
-            f"  {self.label:<30} mean {self.mean() * 1e3:7.2f} ms   p95 {p95 * 1e3:7.2f} ms   "
+            f"  {self.label:<30} mean {self.mean() * 1e3:7.2f} ms   median "
+            f"{statistics.median(self.walls) * 1e3:7.2f} ms   p95 {p95 * 1e3:7.2f} ms   "
             f"total {sum(self.walls):6.2f} s   client CPU {self.client_cpu / n * 1e3:6.2f} ms"
             f"/port   daemon CPU {self.daemon_cpu / n * 1e3:6.2f} ms/port"
         )
@@ -239,7 +240,8 @@ def creates(lab: Lab, client: httpx.Client, conn: openstack.connection.Connectio
     print(
         f"  SDK/native {ratio:.2f}x ({'met' if ratio <= TARGET else 'MISSED'}, target <= "
         f"{TARGET}x); Neutron route (httpx)/native {plain.mean() / native.mean():.2f}x; "
-        f"SDK/Neutron route (httpx) {sdk.mean() / plain.mean():.2f}x"
+        f"SDK/Neutron route (httpx) {sdk.mean() / plain.mean():.2f}x; medians: SDK/native "
+        f"{statistics.median(sdk.walls) / statistics.median(native.walls):.2f}x"
     )
 
 
