@@ -74,6 +74,7 @@ bench: deps
 	$(BIN)/python -m bench.forwards
 	$(BIN)/python -m bench.port_security
 	$(BIN)/python -m bench.scoping
+	$(BIN)/python -m bench.neutron
 
 # 100 VLANs x 10 taps on Debian's kernel (the kernel tier's nested host, bench/vlans.py): one
 # boot, both backends, bounded by --timeout (90 min). Slow under TCG: 20 x 10 took ~20 min per
