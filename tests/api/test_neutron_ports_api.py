@@ -205,6 +205,14 @@ def test_filters_paging_sorting_tags_and_a_members_view(client: TestClient) -> N
     body = {"port": {"network_id": own_bridge.json()["id"], "name": "mine"}}
     mine = neutron(tcp.post(P, json=body, headers=member), 201)["port"]
     assert mine["port_security_enabled"] is True  # a tenant's default
+    # ... which its network says, as Neutron's port inherits its network's setting
+    networks = "/networking/v2.0/networks"
+    shown = neutron(tcp.get(f"{networks}/{mine['network_id']}", headers=member), 200)
+    assert shown["network"]["port_security_enabled"] is True
+    assert (
+        neutron(client.get(f"{networks}/{network_id}"), 200)["network"]["port_security_enabled"]
+        is False
+    )  # the default project's network: its ports are unprotected by default
     assert [p["name"] for p in neutron(tcp.get(P, headers=member), 200)["ports"]] == ["mine"]
     error(tcp.post(P, json={"port": {"network_id": network_id}}, headers=member), 404)
     assert "mine" in names("")  # the admin sees every project's

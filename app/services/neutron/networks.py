@@ -50,6 +50,7 @@ from app.schemas.neutron import NeutronNetworkCreate, NeutronNetworkUpdate
 from app.schemas.vlans import VlanCreate
 from app.services.links import BridgeService, NewLink
 from app.services.operations import bump, record_operation
+from app.services.port_security import default_port_security
 from app.services.scoping import create_project, shared_objects
 from app.services.vlans import VlanService
 
@@ -171,7 +172,8 @@ class NeutronNetworks:
                 "created_at": iso(row.created_at),
                 "updated_at": iso(row.updated_at),
                 "router:external": False,
-                "port_security_enabled": True,
+                # what a port made on it gets by default (app.services.port_security)
+                "port_security_enabled": default_port_security(row.project_id),
             }
             if self.caller.is_admin:  # Neutron's policy: provider attributes for admins
                 view.update(zip(PROVIDER_ATTRIBUTES, provider, strict=True))
