@@ -129,13 +129,17 @@ TAG_MAX = 255  # neutron-lib: db_const.TAG_FIELD_SIZE (the tag extension's MAX_T
 
 def validate_tag(tag: str) -> str:
     """A Neutron tag: 1-255 characters, no ',' (the filters' separator) and no '/' (the
-    URL's): neutron-lib's tagging validator and Neutron's tag extension."""
+    URL's): neutron-lib's tagging validator and Neutron's tag extension; and no control
+    characters (U+0000-U+001F, U+007F). 400 NeutronBadRequest otherwise."""
     if not isinstance(tag, str) or not tag:
         raise NeutronBadRequest("a tag is a non-empty string")
     if len(tag) > TAG_MAX:
         raise NeutronBadRequest(f"tag {tag[:20]!r}... is {len(tag)} characters; at most {TAG_MAX}")
     if "," in tag or "/" in tag:
         raise NeutronBadRequest(f"tag {tag!r} contains ',' or '/', which tags may not")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in tag):
+        # stricter than Neutron: a tag is printed in lists and shells, as our descriptions
+        raise NeutronBadRequest(f"tag {tag!r} contains a control character, which tags may not")
     return tag
 
 

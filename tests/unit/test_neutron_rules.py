@@ -40,7 +40,9 @@ def test_if_match_takes_only_neutrons_revision_form() -> None:
 
 def test_tags_follow_neutrons_rules() -> None:
     assert validate_tag("t" * 255) == "t" * 255
-    for bad in ("", "t" * 256, "a,b", "a/b"):
+    assert validate_tag("ümlaut web-1") == "ümlaut web-1"
+    # control characters too (a NUL-only tag reached the database's CHECK: a 409 before)
+    for bad in ("", "t" * 256, "a,b", "a/b", "\x00", "a\nb", "\x01x", "x\x7f"):
         with pytest.raises(NeutronBadRequest):
             validate_tag(bad)
 
