@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.domain.names import MTU_MAX, MTU_MIN
+
 NAME = "The network's name: its bridge's or VLAN's (unique in its project: 409 on a clash)"
 PROVIDER = "Admin only (403 for a member; omitted from a member's view). "
 
@@ -23,11 +25,32 @@ class NeutronRequest(BaseModel):
 
 
 class NeutronNetworkCreate(NeutronRequest):
-    name: str = Field(
+    name: str | None = Field(
+        None,
         min_length=1,
         max_length=64,
         description=NAME + ". A bridge-backed (local, flat) network's name is a link name "
-        "(1-15 of A-Za-z0-9_.-)",
+        "(1-15 of A-Za-z0-9_.-). Omitted or null: `net-` + 8 hex digits",
+    )
+    mtu: int | None = Field(
+        None,
+        ge=MTU_MIN,
+        le=MTU_MAX,
+        description="Bytes: a local or flat network's bridge MTU (a vlan network's: 400, it "
+        "is its trunk's). Omitted or null: the kernel's (1500)",
+    )
+    router_external: bool | None = Field(
+        None,
+        alias="router:external",
+        description="Only false (what every network here shows; true: 400, no routers here)",
+    )
+    port_security_enabled: bool | None = Field(
+        None,
+        description="Only the project's default, which every port made on the network gets "
+        "(off in `default`, on in tenant projects; another value: 400: it is each port's)",
+    )
+    tags: list[str] | None = Field(
+        None, max_length=50, description="Tags set at creation (Neutron's tag rules)"
     )
     description: str | None = Field(
         None, max_length=255, description="Kept on vlan networks; a bridge keeps none (400)"

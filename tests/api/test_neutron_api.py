@@ -309,14 +309,13 @@ def test_local_flat_and_a_members_view(client: TestClient) -> None:
     db = client.app.state.context.db  # type: ignore[attr-defined]
     member = {"X-Auth-Token": make_token(db, make_project(db, "tenant1"), "member")}
     tcp = over_tcp(client)
-    if True:
-        assert neutron(tcp.get(N, headers=member), 200) == {"networks": []}
-        error(tcp.get(f"{N}/{alpha['id']}", headers=member), 404, "NetworkNotFound")
-        provider = {"name": "p", "provider:network_type": "local"}
-        error(tcp.post(N, json={"network": provider}, headers=member), 403)
-        own = neutron(tcp.post(N, json={"network": {"name": "own"}}, headers=member), 201)
-        assert "provider:network_type" not in own["network"]
-        assert [n["name"] for n in neutron(tcp.get(N, headers=member), 200)["networks"]] == ["own"]
+    assert neutron(tcp.get(N, headers=member), 200) == {"networks": []}
+    error(tcp.get(f"{N}/{alpha['id']}", headers=member), 404, "NetworkNotFound")
+    provider = {"name": "p", "provider:network_type": "local"}
+    error(tcp.post(N, json={"network": provider}, headers=member), 403)
+    own = neutron(tcp.post(N, json={"network": {"name": "own"}}, headers=member), 201)
+    assert "provider:network_type" not in own["network"]
+    assert [n["name"] for n in neutron(tcp.get(N, headers=member), 200)["networks"]] == ["own"]
     assert "own" in names(client)  # the admin sees every project's
     neutron(client.delete(f"{N}/{own['network']['id']}"), 204)
     neutron(client.delete(f"{N}/{made['id']}"), 204)
@@ -348,3 +347,34 @@ def test_shared_networks_and_a_delete_refused_while_in_use(client: TestClient) -
     )
     assert client.delete(f"/v1/taps/{tap.json()['id']}?wait=10").status_code == 204
     neutron(client.delete(path), 204)
+
+
+def test_a_create_takes_back_what_a_network_shows(client: TestClient) -> None:
+    """A client sending back what it read (mtu, router:external false, the ports' default
+    port_security_enabled, tags) or no name at all is served, not refused as an unknown
+    attribute (the fresh-user trial's F3, F4); what cannot be honoured is a clear 400."""
+    netns = client.app.state.netns  # type: ignore[attr-defined]
+    body = {
+        "mtu": 1400,
+        "router:external": False,
+        "port_security_enabled": False,  # the default project's ports' default
+        "tags": ["web", "blue"],
+    }
+    made = neutron(client.post(N, json={"network": body}), 201)["network"]
+    assert made["name"].startswith("net-") and len(made["name"]) == 12
+    assert made["mtu"] == 1400 and made["tags"] == ["blue", "web"]
+    assert made["revision_number"] == 1 and made["router:external"] is False
+    kernel = links(netns)["brq" + made["id"].replace("-", "")[:11]]
+    assert kernel.mtu == 1400
+    shown = neutron(client.get(N, params={"tags": "web"}), 200)["networks"]
+    assert [n["id"] for n in shown] == [made["id"]]
+    for bad in (
+        {"router:external": True},
+        {"port_security_enabled": True},
+        {"tags": ["a/b"]},
+        {"tags": ["nul\x00"]},
+        {"mtu": 20},
+    ):
+        error(client.post(N, json={"network": {"name": "refused", **bad}}), 400)
+    assert "refused" not in names(client)
+    neutron(client.delete(f"{N}/{made['id']}"), 204)

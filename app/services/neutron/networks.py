@@ -41,6 +41,7 @@ from app.domain.neutron import (
     NeutronError,
     check_revision,
     not_found,
+    validate_tag,
 )
 from app.domain.status import Status
 from app.domain.tenancy import DEFAULT_PROJECT_ID, Caller, Scope
@@ -201,12 +202,26 @@ class NeutronNetworks:
             )
         if body.shared and not self.caller.is_admin:
             raise NeutronError(403, "PolicyNotAuthorized", "shared is for admins only")
+        if body.name is None:  # Neutron's name is optional
+            body.name = f"net-{new_id().replace('-', '')[:8]}"
+        if body.router_external:
+            raise NeutronBadRequest("router:external true is not supported (no routers here)")
+        for tag in body.tags or ():
+            validate_tag(tag)
         if not body.admin_state_up:
             raise NeutronBadRequest("admin_state_up false is not supported (a segment is up)")
         if body.project_id and body.tenant_id and body.project_id != body.tenant_id:
             raise NeutronBadRequest("project_id and tenant_id name different projects")
         project_id = create_project(self.session, self.caller, body.project_id or body.tenant_id)
+        default = default_port_security(project_id)
+        if body.port_security_enabled is not None and body.port_security_enabled != default:
+            raise NeutronBadRequest(
+                f"port_security_enabled is each port's here; a network of this project "
+                f"shows its ports' default ({str(default).lower()}): set it on the ports"
+            )
         network_type = self._network_type(body.provider_network_type, facts)
+        if network_type is NetworkType.VLAN and body.mtu is not None:
+            raise NeutronBadRequest("a vlan network's MTU is its trunk's: omit mtu")
         physnet = body.provider_physical_network
         if network_type is NetworkType.LOCAL:
             if physnet is not None or body.provider_segmentation_id is not None:
@@ -294,7 +309,7 @@ class NeutronNetworks:
             # a flat network's bridge is the physnet's, in the default project (settings
             # physical_networks); a local one's in the project the create names
             bridge_body = BridgeCreate.model_validate(
-                {"name": body.name, "project_id": plan.project_id}
+                {"name": body.name, "project_id": plan.project_id, "mtu": body.mtu}
             )
             row: Segment
             row, operation = self._create_bridge(bridge_body, plan.new, foreign)
@@ -302,6 +317,8 @@ class NeutronNetworks:
             row, operation = self._create_vlan(plan, body, facts)
         if body.shared:
             self._share(row, True)
+        if body.tags:
+            TagRepository(self.session).replace(RESOURCE, row.id, body.tags)
         return row, operation
 
     def _create_bridge(
