@@ -1,5 +1,6 @@
-"""A real TCG guest plugged into a port (the `port` NIC backend) on a managed network, the
-port made by `openstack port create` (the Neutron API over TCP): the guest gets the port's
+"""A real TCG guest plugged into a port (the `port` NIC backend) on a flat network, the
+network, its subnet and the port made by the `openstack` CLI (the Neutron API over TCP;
+physnet1 is the bridge br-phys): the guest gets the port's
 fixed address by DHCP (the port's static lease), with the port's MAC, and
 talks with its gateway (the host side of the network answers the guest's hello service);
 the port's Neutron status goes DOWN -> ACTIVE (qemu holds its tap: carrier) -> DOWN once
@@ -8,6 +9,7 @@ the VM is deleted, and the port is free again. One guest boot (the shared test g
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,12 +19,12 @@ import pytest
 
 from tests.e2e.helpers import ok, running_daemon, wait_for
 from tests.e2e.test_nat_networks import first_line
-from tests.e2e.test_neutron_networks import LISTEN, admin_token, cli_json
+from tests.e2e.test_neutron_networks import LISTEN, PHYSNETS, admin_token, cli_json
 from tests.guest.build import build_guest, kernel_cmdline
 from tests.guest.console import parse_ready
 from tests.netns_tools import links, throwaway_netns
 
-FIXED = "10.93.0.150"  # inside the DHCP range (10.93.0.128-254): the port's static lease
+FIXED = "10.93.0.150"  # inside the allocation pool (all but the gateway): a static lease
 MAC = "52:54:00:93:00:50"
 
 
@@ -39,23 +41,32 @@ def test_guest_on_a_port_gets_its_fixed_address_and_port_status_follows(
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         host = stack.enter_context(throwaway_netns())
-        env = {"KVMNETD_LISTEN": LISTEN}  # the openstack CLI speaks TCP
+        env = {  # the openstack CLI speaks TCP; the flat network is physnet1's bridge
+            "KVMNETD_LISTEN": LISTEN,
+            "KVMNETD_PHYSICAL_NETWORKS": json.dumps(PHYSNETS),
+        }
         daemon = stack.enter_context(running_daemon(host, workdir, request, extra_env=env))
+        token = admin_token(daemon)
         with daemon.client(timeout=90) as client:
-            ok(client.post("/v1/bridges?wait=10", json={"name": "br0"}), 201)
-            body = {"name": "lan", "bridge": "br0", "subnet": "10.93.0.0/24"}
-            ok(client.post("/v1/networks?wait=10", json=body), 201)
-            # the port through the Neutron API, as Nova's user would make it
+            # network, subnet and port through the Neutron API, as an operator and Nova would
+            cli_json(
+                host, token, "network", "create", "--provider-network-type", "flat",
+                "--provider-physical-network", "physnet1", "flat1",
+            )  # fmt: skip
+            cli_json(
+                host, token, "subnet", "create", "--network", "flat1",
+                "--subnet-range", "10.93.0.0/24", "sub1",
+            )  # fmt: skip
             neutron = cli_json(
-                host, admin_token(daemon), "port", "create", "--network", "br0",
-                "--fixed-ip", f"ip-address={FIXED}", "--mac-address", MAC, "p1",
+                host, token, "port", "create", "--network", "flat1",
+                "--fixed-ip", f"subnet=sub1,ip-address={FIXED}", "--mac-address", MAC, "p1",
             )  # fmt: skip
             assert neutron["status"] in ("DOWN", "BUILD"), neutron
             made = wait_for(
                 lambda: settled(ok(client.get(f"/v1/ports/{neutron['id']}"), 200)), 10, "port"
             )
             assert made["port_status"] == "DOWN" and made["ipv4"] == FIXED, made
-            assert links(host)[made["tap"]].master == "br0"
+            assert links(host)[made["tap"]].master == PHYSNETS["physnet1"]
             vm = {
                 "name": "web",
                 "memory_mib": 256,
