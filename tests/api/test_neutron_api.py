@@ -342,10 +342,16 @@ def test_shared_networks_and_a_delete_refused_while_in_use(client: TestClient) -
     assert tap.status_code == 201, tap.text
     message = error(client.delete(path), 409, "NetworkInUse")
     assert message == (
-        f"Unable to complete operation on network {made['id']}. There are one or more ports "
-        "still in use on the network: tap tapc."
+        f"Unable to complete operation on network {made['id']}. There are one or more "
+        "subnets or ports still in use on the network (delete them first): port (tap) tapc."
     )
     assert client.delete(f"/v1/taps/{tap.json()['id']}?wait=10").status_code == 204
+    # a subnet is named a subnet (it was called a port: the fresh-user trial's F10)
+    subnet = {"network_id": made["id"], "ip_version": 4, "cidr": "10.97.0.0/24", "name": "s1"}
+    made_subnet = neutron(client.post("/networking/v2.0/subnets", json={"subnet": subnet}), 201)
+    message = error(client.delete(path), 409, "NetworkInUse")
+    assert message.endswith("(delete them first): subnet s1."), message
+    neutron(client.delete(f"/networking/v2.0/subnets/{made_subnet['subnet']['id']}"), 204)
     neutron(client.delete(path), 204)
 
 
