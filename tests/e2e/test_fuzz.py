@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FUZZ = ROOT / "tests" / "fuzz"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 LISTEN = "127.0.0.1:8080"  # inside the test's own namespace
-FUZZ_SECONDS = 420
+# a bound, not the expected time (about 3 minutes alone; on two busy cores beside the other
+# xdist worker and the nested tier it passed 420 s)
+FUZZ_SECONDS = 900
 # the stateful phase must really chain creates into get/patch/delete and actions
 MIN_LINKS_COVERED = 15  # 18 with the fixed seed; the run takes about 3 minutes on 2 busy cores
 
