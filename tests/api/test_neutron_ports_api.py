@@ -144,6 +144,13 @@ def test_bad_input_is_400_and_clashes_409(client: TestClient) -> None:
         {"fixed_ips": [{"ip_address": "10.94.0.20"}]},
     ):
         error(create(client, 0, **clash), 409)
+    # the MAC filter in any case, as a create compares MACs (trial finding F7)
+    lettered = create(client, name="lettered", mac_address="52:54:00:94:AB:CD")
+    assert lettered["mac_address"] == "52:54:00:94:ab:cd"
+    for asked in ("52:54:00:94:ab:cd", "52:54:00:94:AB:CD", "52:54:00:94:Ab:cD"):
+        found = neutron(client.get(P, params={"mac_address": asked}), 200)["ports"]
+        assert [p["id"] for p in found] == [lettered["id"]], asked
+    neutron(client.delete(f"{P}/{lettered['id']}"), 204)
     path = f"{P}/{first['id']}"
     # updates: If-Match, what is fixed at creation, fixed_ips
     stale = {"If-Match": "revision_number=99"}

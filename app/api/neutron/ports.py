@@ -46,7 +46,7 @@ PORTS = Collection(
         "network_id": Kind.STR,
         "project_id": Kind.STR,
         "tenant_id": Kind.STR,
-        "mac_address": Kind.STR,
+        "mac_address": Kind.MAC,
         "device_id": Kind.STR,
         "device_owner": Kind.STR,
         "status": Kind.STR,

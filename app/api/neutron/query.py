@@ -43,6 +43,7 @@ class Kind(enum.Enum):
     BOOL = "bool"
     INT = "int"
     LIST = "list"  # matches when the value is one of the list's items
+    MAC = "mac"  # a MAC address: compared in lower case, as stored (EUI-48 hex is any case)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ def parse(params: Iterable[tuple[str, str]], collection: Collection) -> ListQuer
             query.filters[name] = [to_boolean(v, name) for v in values]
         elif kind is Kind.INT:
             query.filters[name] = [_to_int(v, name) for v in values]
+        elif kind is Kind.MAC:
+            query.filters[name] = [v.lower() for v in values]
         elif kind is not None:
             query.filters[name] = list(values)
     for name in TAG_FILTERS:
