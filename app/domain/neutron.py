@@ -127,6 +127,18 @@ def neutron_resource(quota: str) -> str:
 TAG_MAX = 255  # neutron-lib: db_const.TAG_FIELD_SIZE (the tag extension's MAX_TAG_LEN)
 
 
+def convert_to_boolean(value: object) -> bool | None:
+    """neutron-lib's converters.convert_to_boolean: a bool, "true"/"false"/"1"/"0" in any
+    case, or the integers 1/0; None for anything else (the caller's 400)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return {"true": True, "1": True, "false": False, "0": False}.get(value.strip().lower())
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return None
+
+
 def validate_tag(tag: str) -> str:
     """A Neutron tag: 1-255 characters, no ',' (the filters' separator) and no '/' (the
     URL's): neutron-lib's tagging validator and Neutron's tag extension; and no control

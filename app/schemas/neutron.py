@@ -8,11 +8,22 @@ whose name carries a ':' (provider:network_type) are aliases.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.domain.names import MTU_MAX, MTU_MIN
+from app.domain.neutron import convert_to_boolean
+
+
+def _neutron_boolean(value: Any) -> Any:
+    converted = convert_to_boolean(value)
+    return value if converted is None else converted  # else the strict bool check: 400
+
+
+# a boolean attribute of a request body, converted as Neutron's attribute map does
+# (neutron-lib convert_to_boolean: "true", "False", "1", 0, ...)
+NeutronBool = Annotated[bool, BeforeValidator(_neutron_boolean)]
 
 NAME = "The network's name: its bridge's or VLAN's (unique in its project: 409 on a clash)"
 PROVIDER = "Admin only (403 for a member; omitted from a member's view). "
@@ -39,12 +50,12 @@ class NeutronNetworkCreate(NeutronRequest):
         description="Bytes: a local or flat network's bridge MTU (a vlan network's: 400, it "
         "is its trunk's). Omitted or null: the kernel's (1500)",
     )
-    router_external: bool | None = Field(
+    router_external: NeutronBool | None = Field(
         None,
         alias="router:external",
         description="Only false (what every network here shows; true: 400, no routers here)",
     )
-    port_security_enabled: bool | None = Field(
+    port_security_enabled: NeutronBool | None = Field(
         None,
         description="Only the project's default, which every port made on the network gets "
         "(off in `default`, on in tenant projects; another value: 400: it is each port's)",
@@ -55,8 +66,8 @@ class NeutronNetworkCreate(NeutronRequest):
     description: str | None = Field(
         None, max_length=255, description="Kept on vlan networks; a bridge keeps none (400)"
     )
-    admin_state_up: bool = Field(True, description="Only true (false: 400, not supported)")
-    shared: bool | None = Field(
+    admin_state_up: NeutronBool = Field(True, description="Only true (false: 400, not supported)")
+    shared: NeutronBool | None = Field(
         None, description="Admin only: true shares the segment with every other project"
     )
     project_id: str | None = Field(
@@ -89,8 +100,8 @@ class NeutronNetworkCreate(NeutronRequest):
 class NeutronNetworkUpdate(NeutronRequest):
     name: str | None = Field(None, min_length=1, max_length=64, description=NAME)
     description: str | None = Field(None, max_length=255)
-    admin_state_up: bool | None = Field(None, description="Only true (false: 400)")
-    shared: bool | None = Field(None, description="Admin only")
+    admin_state_up: NeutronBool | None = Field(None, description="Only true (false: 400)")
+    shared: NeutronBool | None = Field(None, description="Admin only")
 
 
 class NeutronNetworkCreateRequest(NeutronRequest):

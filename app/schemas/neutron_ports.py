@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.neutron import NeutronRequest
+from app.schemas.neutron import NeutronBool, NeutronRequest
 
 NAME = (
     "The port's name: 1-64 of A-Za-z0-9_.- (starting with a letter or digit), unique in its "
@@ -47,8 +47,8 @@ class NeutronPortCreate(NeutronRequest):
     fixed_ips: list[NeutronFixedIp] | None = Field(None, max_length=16, description=FIXED_IPS)
     device_id: str = Field("", max_length=255)
     device_owner: str = Field("", max_length=255)
-    admin_state_up: bool = Field(True, description="Only true (false: 400, not supported)")
-    port_security_enabled: bool | None = Field(
+    admin_state_up: NeutronBool = Field(True, description="Only true (false: 400, not supported)")
+    port_security_enabled: NeutronBool | None = Field(
         None, description="Anti-spoofing of the port's tap; omitted: on in tenant projects"
     )
     allowed_address_pairs: list[NeutronAddressPair] | None = Field(
@@ -78,9 +78,9 @@ class NeutronPortUpdate(NeutronRequest):
     )
     device_id: str | None = Field(None, max_length=255)
     device_owner: str | None = Field(None, max_length=255)
-    admin_state_up: bool | None = Field(None, description="Only true (false: 400)")
+    admin_state_up: NeutronBool | None = Field(None, description="Only true (false: 400)")
     mac_address: str | None = Field(None, max_length=17, description="Only the port's own")
-    port_security_enabled: bool | None = Field(
+    port_security_enabled: NeutronBool | None = Field(
         None, description="Fixed at creation: only the port's own value (400 otherwise)"
     )
     allowed_address_pairs: list[NeutronAddressPair] | None = Field(

@@ -362,7 +362,8 @@ def test_a_create_takes_back_what_a_network_shows(client: TestClient) -> None:
     netns = client.app.state.netns  # type: ignore[attr-defined]
     body = {
         "mtu": 1400,
-        "router:external": False,
+        "admin_state_up": "True",  # neutron-lib's convert_to_boolean (trial finding F5)
+        "router:external": "false",
         "port_security_enabled": False,  # the default project's ports' default
         "tags": ["web", "blue"],
     }
@@ -380,6 +381,8 @@ def test_a_create_takes_back_what_a_network_shows(client: TestClient) -> None:
         {"tags": ["a/b"]},
         {"tags": ["nul\x00"]},
         {"mtu": 20},
+        {"admin_state_up": "maybe"},
+        {"admin_state_up": 2},
     ):
         error(client.post(N, json={"network": {"name": "refused", **bad}}), 400)
     assert "refused" not in names(client)

@@ -14,6 +14,7 @@ from app.domain.neutron import (
     RevisionMismatch,
     TenantNetworkType,
     check_revision,
+    convert_to_boolean,
     revision_constraint,
     validate_tag,
 )
@@ -36,6 +37,15 @@ def test_if_match_takes_only_neutrons_revision_form() -> None:
     check_revision(3, 3)
     with pytest.raises(RevisionMismatch, match="Constrained to 2, but current revision is 3"):
         check_revision(2, 3)
+
+
+def test_booleans_convert_as_neutron_lib() -> None:
+    for value, expected in ((True, True), ("TRUE", True), (" 1 ", True), (1, True)):
+        assert convert_to_boolean(value) is expected, value
+    for value in (False, "false", "0", 0):
+        assert convert_to_boolean(value) is False, value
+    for value in ("maybe", "", 2, -1, None, 1.0, []):
+        assert convert_to_boolean(value) is None, value
 
 
 def test_tags_follow_neutrons_rules() -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from app.domain.neutron import NeutronBadRequest, NeutronError
+from app.domain.neutron import NeutronBadRequest, NeutronError, convert_to_boolean
 
 PAGING = frozenset({"limit", "marker", "page_reverse"})
 SORTING = frozenset({"sort_key", "sort_dir"})
@@ -82,11 +82,9 @@ class ListQuery:
 
 def to_boolean(value: str, name: str) -> bool:
     """neutron-lib converters.convert_to_boolean for a query value."""
-    lowered = value.strip().lower()
-    if lowered in ("true", "1"):
-        return True
-    if lowered in ("false", "0"):
-        return False
+    converted = convert_to_boolean(value)
+    if converted is not None:
+        return converted
     raise NeutronBadRequest(f"'{value}' cannot be converted to boolean (parameter {name})")
 
 
