@@ -32,6 +32,7 @@ delete with ports in use, NetworkInUse 409, and Nova, which unplugs a deleted po
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -77,8 +78,14 @@ class Dependent:
         return fields
 
 
-def describe(dependents: list[Dependent], limit: int = 10) -> str:
-    """`vm_nic web/0, tap tap1` (the first `limit`, then how many more)."""
-    shown = [f"{d.kind.value} {d.name}" for d in dependents[:limit]]
+def describe(
+    dependents: Sequence[Dependent],
+    limit: int = 10,
+    words: Mapping[DependentKind, str] | None = None,
+) -> str:
+    """`vm_nic web/0, tap tap1` (the first `limit`, then how many more); `words` names kinds
+    otherwise (the Neutron API's: app.domain.neutron.NEUTRON_KINDS)."""
+    words = words or {}
+    shown = [f"{words.get(d.kind, d.kind.value)} {d.name}" for d in dependents[:limit]]
     more = len(dependents) - limit
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from app.domain.dependents import Dependent, DependentKind, describe
 from app.domain.errors import DomainError, InvalidInput
 from app.domain.tenancy import Quota
 
@@ -137,6 +138,28 @@ def convert_to_boolean(value: object) -> bool | None:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     return None
+
+
+# our dependents' kinds in Neutron's words: a managed network is a subnet, a VM NIC or a tap
+# on the segment a port of it (as Neutron would list it)
+NEUTRON_KINDS = {
+    DependentKind.NETWORK: "subnet",
+    DependentKind.VM_NIC: "port (VM NIC)",
+    DependentKind.TAP: "port (tap)",
+    DependentKind.PORT: "port",
+}
+
+
+def neutron_dependents(listed: object) -> str:
+    """An InUse error's `dependents` (a list of {kind, id, name} objects) as describe()
+    says them, in Neutron's words: `subnet sub1, port (tap) tapc`."""
+    items = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
+    found = [
+        Dependent(DependentKind(d["kind"]), d["id"], d["name"])
+        for d in items
+        if isinstance(d, dict)
+    ]
+    return describe(found, words=NEUTRON_KINDS)
 
 
 def validate_tag(tag: str) -> str:

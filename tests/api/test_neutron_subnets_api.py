@@ -177,7 +177,7 @@ def test_a_subnet_with_fixed_addresses_is_in_use(client: TestClient) -> None:
     port = neutron(client.post("/v1/ports", json={"name": "held", "bridge": net_id}), 202)
     assert port["ipv4"] is not None
     message = error(client.delete(f"{S}/{made['subnet']['id']}"), 409, "SubnetInUse")
-    assert "held" in message and "IP allocation" in message
+    assert "IP allocation from this subnet: port held." in message, message
     neutron(client.delete(f"/v1/ports/{port['id']}"), 202)
     neutron(client.delete(f"{S}/{made['subnet']['id']}"), 204)
     error(client.get(f"{S}/{made['subnet']['id']}"), 404, "SubnetNotFound")

@@ -31,7 +31,6 @@ from app.db.repositories import (
     shared_segment_ids,
 )
 from app.db.session import Session
-from app.domain.dependents import Dependent, DependentKind
 from app.domain.errors import InUse, InvalidInput, NameTaken
 from app.domain.names import neutron_bridge_ifname, validate_link_name
 from app.domain.neutron import (
@@ -40,6 +39,7 @@ from app.domain.neutron import (
     NeutronConfig,
     NeutronError,
     check_revision,
+    neutron_dependents,
     not_found,
     validate_tag,
 )
@@ -435,37 +435,15 @@ class NeutronNetworks:
             else:
                 deleted, operation = VlanService(self.session, self.caller).delete(row.id)
         except InUse as exc:
-            dependents = [
-                Dependent(DependentKind(d["kind"]), d["id"], d["name"])
-                for d in _dicts(exc.extra.get("dependents"))
-            ]
             raise NeutronError(
                 409,
                 "NetworkInUse",
                 f"Unable to complete operation on network {network_id}. There are one or more "
                 f"subnets or ports still in use on the network (delete them first): "
-                f"{neutron_dependents(dependents)}.",
+                f"{neutron_dependents(exc.extra.get('dependents'))}.",
             ) from None
         TagRepository(self.session).clear(RESOURCE, row.id)
         return deleted, operation
-
-
-# our dependents' kinds in Neutron's words (a managed network is a subnet; a VM NIC or a tap
-# on the segment is a port of it, as Neutron would list it)
-NEUTRON_KINDS = {
-    DependentKind.NETWORK: "subnet",
-    DependentKind.VM_NIC: "port (VM NIC)",
-    DependentKind.TAP: "port (tap)",
-    DependentKind.PORT: "port",
-}
-
-
-def neutron_dependents(dependents: Sequence[Dependent], limit: int = 10) -> str:
-    """`subnet sub1, port p1` (the first `limit`, then how many more): describe() in
-    Neutron's words."""
-    shown = [f"{NEUTRON_KINDS.get(d.kind, d.kind.value)} {d.name}" for d in dependents[:limit]]
-    more = len(dependents) - limit
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 class PhysnetVlans(VlanService):
@@ -488,7 +466,3 @@ class PhysnetVlans(VlanService):
             return super().trunk(ref)
         finally:
             self.scope = scope
-
-
-def _dicts(value: object) -> list[dict[str, str]]:
-    return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []

@@ -22,13 +22,13 @@ from app.db.repositories import (
     subnets_on,
 )
 from app.db.session import Session
-from app.domain.dependents import Dependent, DependentKind, describe
 from app.domain.errors import InUse, InvalidInput
 from app.domain.networks import HostPrefix
 from app.domain.neutron import (
     NeutronConfig,
     NeutronError,
     check_revision,
+    neutron_dependents,
     not_found,
     validate_tag,
 )
@@ -154,15 +154,12 @@ class NeutronSubnets:
         try:
             deleted, operation = NetworkService(self.session, self.caller).delete(row.id)
         except InUse as exc:
-            dependents = [
-                Dependent(DependentKind(d["kind"]), d["id"], d["name"])
-                for d in _dicts(exc.extra.get("dependents"))
-            ]
             raise NeutronError(
                 409,
                 "SubnetInUse",
                 f"Unable to complete operation on subnet {subnet_id}: One or more ports have "
-                f"an IP allocation from this subnet: {describe(dependents)}.",
+                f"an IP allocation from this subnet: "
+                f"{neutron_dependents(exc.extra.get('dependents'))}.",
             ) from None
         TagRepository(self.session).clear(RESOURCE, row.id)
         return deleted, operation
@@ -180,7 +177,3 @@ def _tags(value: object) -> list[str]:
     if not isinstance(value, list):
         raise NeutronError(400, "InvalidInput", f"Invalid input for tags. Reason: {value!r}")
     return sorted({validate_tag(t) for t in value})
-
-
-def _dicts(value: object) -> list[dict[str, str]]:
-    return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []
