@@ -54,6 +54,25 @@ def test_a_list_of_1000_networks_is_filtered_sorted_and_paged_in_python(tmp_path
     assert total < BOUND_S
 
 
+def _viewed(db: Database, service: Any, resource_id: str) -> tuple[dict[str, Any], list[Any]]:
+    """One resource's view through `service(session)`, and the parameters of every tags
+    query it sent."""
+    tag_reads: list[Any] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        if "FROM tags" in statement:
+            tag_reads.append(parameters)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        with db.reading() as session:
+            view: dict[str, Any] = service(session).view(resource_id)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+        db.dispose()
+    return view, tag_reads
+
+
 def test_one_ports_view_reads_its_own_tags_not_every_ports(tmp_path: Path) -> None:
     """A show (and every create's and update's answer) presents one port: its tag read is
     that port's, not every port's (before: all TAGGED ports' tags for each single view)."""
@@ -72,18 +91,24 @@ def test_one_ports_view_reads_its_own_tags_not_every_ports(tmp_path: Path) -> No
         session.add(Tag(resource="port", resource_id=port_id, tag="mine"))
         for i in range(TAGGED):  # other ports' tags (the ids need no row)
             session.add(Tag(resource="port", resource_id=f"other-{i:04d}", tag="theirs"))
-    tag_reads: list[Any] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
-        if "FROM tags" in statement:
-            tag_reads.append(parameters)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        with db.reading() as session:
-            view = NeutronPorts(session, LOCAL_ADMIN, NeutronConfig()).view(port_id)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
-        db.dispose()
+    view, tag_reads = _viewed(db, lambda s: NeutronPorts(s, LOCAL_ADMIN, NeutronConfig()), port_id)
     assert view["tags"] == ["mine"]
     assert tag_reads and all(port_id in params for params in tag_reads), tag_reads
+
+
+def test_one_networks_view_reads_its_own_tags_not_every_networks(tmp_path: Path) -> None:
+    """The same for a network's show and write answers (TagRepository.of_each)."""
+    db = Database(f"sqlite:///{seeded_database_file(tmp_path / 'kvmnetd.db')}")
+    with db.unit_of_work() as session:
+        bridge = Bridge(name="lan1", ifname="lan1", generation=1, status="active")
+        session.add(bridge)
+        session.flush()
+        network_id = bridge.id
+        session.add(Tag(resource="network", resource_id=network_id, tag="mine"))
+        for i in range(TAGGED):
+            session.add(Tag(resource="network", resource_id=f"other-{i:04d}", tag="theirs"))
+    view, tag_reads = _viewed(
+        db, lambda s: NeutronNetworks(s, LOCAL_ADMIN, NeutronConfig()), network_id
+    )
+    assert view["tags"] == ["mine"]
+    assert tag_reads and all(network_id in params for params in tag_reads), tag_reads

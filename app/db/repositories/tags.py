@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -19,6 +19,14 @@ class TagRepository:
         """The tags of one resource, sorted."""
         query = select(Tag.tag).where(Tag.resource == resource, Tag.resource_id == resource_id)
         return sorted(self.session.scalars(query))
+
+    def of_each(self, resource: str, ids: Sequence[str]) -> dict[str, list[str]]:
+        """resource id -> its tags for the resources `ids`: one resource's alone (a show,
+        or a create's or update's answer, never reads every resource's tags:
+        bench/neutron.py), a list's in one query (by_resource)."""
+        if len(ids) == 1:
+            return {ids[0]: self.of(resource, ids[0])}
+        return self.by_resource(resource)
 
     def by_resource(self, resource: str) -> dict[str, list[str]]:
         """resource id -> its tags (sorted), for every tagged resource of this kind: one

@@ -140,7 +140,7 @@ class NeutronNetworks:
     def _present(self, rows: Sequence[Segment]) -> list[dict[str, Any]]:
         subnets = segment_networks(self.session)
         shared = shared_segment_ids(self.session)
-        tags = TagRepository(self.session).by_resource(RESOURCE)
+        tags = TagRepository(self.session).of_each(RESOURCE, [r.id for r in rows])
         trunks = bridge_mtus(self.session, [r.trunk_id for r in rows if isinstance(r, Vlan)])
         trunk_names = self._trunk_ifnames([r.trunk_id for r in rows if isinstance(r, Vlan)])
         views = []

@@ -96,20 +96,12 @@ class NeutronPorts:
 
     def _present(self, rows: Sequence[Port]) -> list[dict[str, Any]]:
         taps, users = self.service.taps(rows), self.service.users(rows)
-        tags = self._tags(rows)
+        tags = TagRepository(self.session).of_each(RESOURCE, [r.id for r in rows])
         trunks = self._trunks([taps.get(r.tap_id) for r in rows])
         return [
             self._one(r, taps.get(r.tap_id), users.get(r.tap_id), tags.get(r.id, []), trunks)
             for r in rows
         ]
-
-    def _tags(self, rows: Sequence[Port]) -> dict[str, list[str]]:
-        """Port id -> its tags: one port's alone (a show, or a create's or update's answer,
-        must not read every port's tags: bench/neutron.py), a list's in one query."""
-        repo = TagRepository(self.session)
-        if len(rows) == 1:
-            return {rows[0].id: repo.of(RESOURCE, rows[0].id)}
-        return repo.by_resource(RESOURCE)
 
     def _trunks(self, taps: Sequence[Tap | None]) -> dict[str, str]:
         """Tap id -> the segment a port's tap is on, when the port row names none (an
