@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import AppContext
@@ -16,6 +16,7 @@ from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, ResourceColumns
 from app.domain.neutron import revision_constraint
+from app.schemas.neutron import NEUTRON_ERRORS
 from app.services.neutron.tags import row_kind
 
 # Neutron's writes are synchronous: its answer comes once the change is done. Ours wait
@@ -28,6 +29,17 @@ class NeutronRoute(StrictRoute):
     engine refuses those naming no attribute)."""
 
     strict_query = False
+
+
+def neutron_router(path: str) -> APIRouter:
+    """The router of `/networking/v2.0/<path>`: the OpenAPI tag `neutron`, NeutronError
+    answers, NeutronRoute."""
+    return APIRouter(
+        prefix=f"{PREFIX}/v2.0/{path}",
+        tags=["neutron"],
+        responses=NEUTRON_ERRORS,
+        route_class=NeutronRoute,
+    )
 
 
 def base_url(request: Request) -> str:

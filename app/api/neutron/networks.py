@@ -4,19 +4,17 @@ VLAN; mapping: app.services.neutron.networks). Lists go through the collection e
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import caller_of, context
-from app.api.neutron.common import NeutronRoute, listing, revision, settle, shown
-from app.api.neutron.errors import PREFIX
+from app.api.neutron.common import listing, neutron_router, revision, settle, shown
 from app.api.neutron.query import Collection, Kind
 from app.db.session import Session
 from app.domain.neutron import NeutronConfig
 from app.domain.tenancy import Caller
 from app.domain.vlans import VlanFacts
 from app.schemas.neutron import (
-    NEUTRON_ERRORS,
     NeutronNetworkCreateRequest,
     NeutronNetworkEnvelope,
     NeutronNetworksEnvelope,
@@ -51,12 +49,7 @@ NETWORKS = Collection(
     extensions=("provider", "network-mtu"),
 )
 
-router = APIRouter(
-    prefix=f"{PREFIX}/v2.0/networks",
-    tags=["neutron"],
-    responses=NEUTRON_ERRORS,
-    route_class=NeutronRoute,
-)
+router = neutron_router("networks")
 
 
 def networks(session: Session, caller: Caller, config: NeutronConfig) -> NeutronNetworks:

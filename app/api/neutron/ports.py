@@ -11,13 +11,12 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import caller_of, context
 from app.api.neutron import query
-from app.api.neutron.common import NeutronRoute, base_url, revision, settle, shown
-from app.api.neutron.errors import PREFIX
+from app.api.neutron.common import base_url, neutron_router, revision, settle, shown
 from app.api.neutron.query import Collection, Kind
 from app.db.models import new_id
 from app.db.session import Session
@@ -25,7 +24,6 @@ from app.domain.neutron import NeutronBadRequest, NeutronConfig
 from app.domain.ports import port_tap_name
 from app.domain.tenancy import Caller
 from app.domain.vlans import VlanFacts
-from app.schemas.neutron import NEUTRON_ERRORS
 from app.schemas.neutron_ports import (
     NeutronPortCreateRequest,
     NeutronPortEnvelope,
@@ -66,12 +64,7 @@ PORTS = Collection(
 # Neutron's fixed_ips filter: `fixed_ips=ip_address=10.0.0.5`, `fixed_ips=subnet_id=ID`
 FIXED_IP_KEYS = ("ip_address", "subnet_id")
 
-router = APIRouter(
-    prefix=f"{PREFIX}/v2.0/ports",
-    tags=["neutron"],
-    responses=NEUTRON_ERRORS,
-    route_class=NeutronRoute,
-)
+router = neutron_router("ports")
 
 
 def ports(

@@ -5,14 +5,12 @@ rules: app.services.neutron.quotas). network = our `segments`, subnet = `network
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import caller_of, context
-from app.api.neutron.common import NeutronRoute
-from app.api.neutron.errors import PREFIX
+from app.api.neutron.common import neutron_router
 from app.schemas.neutron import (
-    NEUTRON_ERRORS,
     NeutronQuotaDetailsEnvelope,
     NeutronQuotaEnvelope,
     NeutronQuotaRequest,
@@ -23,12 +21,7 @@ from app.services.neutron.quotas import NeutronQuotas
 EXTENSIONS = ("quotas", "quota_details", "quota-check-limit")
 PROJECT = "The project's id (or its name)"
 
-router = APIRouter(
-    prefix=f"{PREFIX}/v2.0/quotas",
-    tags=["neutron"],
-    responses=NEUTRON_ERRORS,
-    route_class=NeutronRoute,
-)
+router = neutron_router("quotas")
 
 
 @router.get(

@@ -9,12 +9,11 @@ Neutron client does next (a port with a fixed IP on it, a show) depends on the k
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import caller_of, context
-from app.api.neutron.common import NeutronRoute, listing, revision, settle, shown
-from app.api.neutron.errors import PREFIX
+from app.api.neutron.common import listing, neutron_router, revision, settle, shown
 from app.api.neutron.query import Collection, Kind
 from app.db.models import Vlan
 from app.db.session import Session
@@ -22,7 +21,6 @@ from app.domain.neutron import NeutronConfig
 from app.domain.tenancy import Caller
 from app.domain.vlans import VlanFacts
 from app.schemas.neutron import (
-    NEUTRON_ERRORS,
     NeutronSubnetCreateRequest,
     NeutronSubnetEnvelope,
     NeutronSubnetsEnvelope,
@@ -56,12 +54,7 @@ SUBNETS = Collection(
     },
 )
 
-router = APIRouter(
-    prefix=f"{PREFIX}/v2.0/subnets",
-    tags=["neutron"],
-    responses=NEUTRON_ERRORS,
-    route_class=NeutronRoute,
-)
+router = neutron_router("subnets")
 
 
 def subnets(session: Session, caller: Caller, config: NeutronConfig) -> NeutronSubnets:

@@ -12,13 +12,12 @@ from fastapi import APIRouter, Path, Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import caller_of, context
-from app.api.neutron.common import NeutronRoute, settle
-from app.api.neutron.errors import PREFIX
+from app.api.neutron.common import neutron_router, settle
 from app.api.neutron.query import Collection
 from app.db.session import Session
 from app.domain.neutron import NeutronConfig
 from app.domain.tenancy import Caller
-from app.schemas.neutron import NEUTRON_ERRORS, NeutronTagsBody, NeutronTagsEnvelope
+from app.schemas.neutron import NeutronTagsBody, NeutronTagsEnvelope
 from app.services.neutron.tags import Locate, TagService
 
 LocateFactory = Callable[[Session, Caller, NeutronConfig], Locate]
@@ -28,12 +27,7 @@ def tag_router(collection: Collection, locate: LocateFactory) -> APIRouter:
     """The six tag routes of `collection`; `locate(session, caller, config)` gives the
     collection's lookup of a row by id (404 as Neutron; write=True: a row the caller may
     change)."""
-    router = APIRouter(
-        prefix=f"{PREFIX}/v2.0/{collection.collection}/{{{collection.param}}}/tags",
-        tags=["neutron"],
-        responses=NEUTRON_ERRORS,
-        route_class=NeutronRoute,
-    )
+    router = neutron_router(f"{collection.collection}/{{{collection.param}}}/tags")
     member = collection.member
     ResourceId = Path(alias=collection.param, description=f"The {member}'s id")
 
