@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import (
     ONE_LINE,
@@ -47,10 +47,14 @@ ADMIN_STATE = (
 )
 
 
-def _admin_up(value: bool | None) -> bool | None:
+def _admin_up(value: bool) -> bool:
     if value is False:
         raise ValueError("admin_state_up false is not supported: a port's tap is always up")
     return value
+
+
+# Only true is accepted; the schema says so (const), and false gets its own clear 422.
+AdminStateUp = Annotated[bool, AfterValidator(_admin_up), Field(json_schema_extra={"const": True})]
 
 
 class PortCreate(RequestModel):
@@ -77,7 +81,7 @@ class PortCreate(RequestModel):
     ipv4: str | None = Field(None, max_length=15, description=IPV4)
     device_id: Device = Field("", description="Who uses the port (Neutron's device_id)")
     device_owner: Device = Field("", description="What kind of user (Neutron's device_owner)")
-    admin_state_up: bool = Field(True, description=ADMIN_STATE)
+    admin_state_up: AdminStateUp = Field(True, description=ADMIN_STATE)
     description: Description | None = None
     port_security: bool | None = Field(None, description=PORT_SECURITY)
     allowed_addresses: AllowedAddressList | None = Field(None, description=ALLOWED_ADDRESSES)
@@ -89,7 +93,6 @@ class PortCreate(RequestModel):
             raise ValueError("give exactly one of `bridge` or `vlan`")
         if self.ipv4 is not None and not self.fixed_ip:
             raise ValueError("`ipv4` is a fixed address: not with fixed_ip false")
-        _admin_up(self.admin_state_up)
         return self
 
     def segment(self) -> tuple[str | None, str | None]:
@@ -107,7 +110,9 @@ class PortUpdate(
     description: Description | None = Field(None, description="null: none")
     device_id: Device | None = Field(None, description='null: "" (none)')
     device_owner: Device | None = Field(None, description='null: "" (none)')
-    admin_state_up: bool = Field(True, description=f"{ADMIN_STATE}. null is refused (422)")
+    admin_state_up: AdminStateUp = Field(
+        True, description=f"{ADMIN_STATE}. null is refused (422)"
+    )
     fixed_ip: bool = Field(
         True,
         description="false: no fixed address (its lease goes); true: the lowest free one "
@@ -123,8 +128,6 @@ class PortUpdate(
 
     @model_validator(mode="after")
     def _checked(self) -> PortUpdate:
-        if "admin_state_up" in self.model_fields_set:
-            _admin_up(self.admin_state_up)
         if "ipv4" in self.model_fields_set and self.fixed_ip is False:
             raise ValueError("`ipv4` is a fixed address: not with fixed_ip false")
         return self

@@ -164,7 +164,7 @@ class PortService:
         """The asked fixed address (checked: check_fixed_address), or the lowest free one;
         free means held by no VM NIC and no other port on the network (fixed_addresses)."""
         if network is None:
-            raise InvalidInput(NO_NETWORK)
+            raise Conflict(NO_NETWORK)  # the segment's state, not the request's shape
         port.network_id = port.ipv4 = None
         self.session.flush()
         plan = addressing_of(network)

@@ -360,15 +360,18 @@ def fixed_address(
 ) -> None:
     """A new VM NIC that is a port of a segment carrying a managed network (a bridge, a
     tap, an access port of a VLAN) gets its fixed address (requested or the lowest free
-    one); a requested address on a segment without a network, or on none, is refused, and
+    one); a requested address on a segment without a network (409), or on none (422), is
+    refused, and
     so is one leased to another MAC (`leases` reads the network's dnsmasq lease file;
     inside the DHCP range is fine: check_fixed_address)."""
     ref = nic_segment_ref(nic)
     network = network_blocking(session, *ref) if ref is not None else None
     if network is None:
-        if requested is not None:
-            raise InvalidInput(NO_NETWORK if ref is not None else NO_SEGMENT)
-        return
+        if requested is None:
+            return
+        if ref is None:
+            raise InvalidInput(NO_SEGMENT)
+        raise Conflict(NO_NETWORK)  # the segment's state: a network created on it resolves it
     plan = addressing_of(network)
     networks = NetworkRepository(session)
     session.flush()  # NICs of this request already added count as taken
