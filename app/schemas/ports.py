@@ -110,9 +110,7 @@ class PortUpdate(
     description: Description | None = Field(None, description="null: none")
     device_id: Device | None = Field(None, description='null: "" (none)')
     device_owner: Device | None = Field(None, description='null: "" (none)')
-    admin_state_up: AdminStateUp = Field(
-        True, description=f"{ADMIN_STATE}. null is refused (422)"
-    )
+    admin_state_up: AdminStateUp = Field(True, description=f"{ADMIN_STATE}. null is refused (422)")
     fixed_ip: bool = Field(
         True,
         description="false: no fixed address (its lease goes); true: the lowest free one "

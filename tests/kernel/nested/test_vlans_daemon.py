@@ -166,6 +166,7 @@ def _first_run(api: TestClient, netns: str) -> tuple[dict[str, Any], dict[str, A
     ip(netns, "link", "del", "eth1.10")
     back = until(lambda: links(netns).get("eth1.10"), what="eth1.10 back")
     assert back.master == "br1v10" and back.info.get("IFLA_VLAN_ID") == 10
+
     # the uplink's VLAN membership removed by hand comes back at the next full pass (the
     # repair of eth1.10 may still be programming br0 when the hand removal lands: remove it
     # until the removal is seen, so that what follows is the daemon's doing)
