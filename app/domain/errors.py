@@ -49,6 +49,27 @@ class NameTaken(Conflict):
     title = "Name already in use"
 
 
+class AddressTaken(Conflict):
+    """A fixed IPv4 address another NIC or port holds, or another MAC's DHCP lease."""
+
+    kind = "address-taken"
+    title = "Address already in use"
+
+
+class AddressesExhausted(Conflict):
+    """No free fixed address is left in a network's subnet."""
+
+    kind = "addresses-exhausted"
+    title = "No free address left"
+
+
+class MacTaken(Conflict):
+    """A MAC address another VM NIC or port has (one MAC is one guest interface)."""
+
+    kind = "mac-taken"
+    title = "MAC address already in use"
+
+
 class InUse(Conflict):
     kind = "in-use"
     title = "Resource is in use"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from app.domain.errors import Conflict, InvalidInput
+from app.domain.errors import AddressesExhausted, AddressTaken, Conflict, InvalidInput
 
 MAX_PREFIX = 29  # a /30 leaves a gateway and one guest: too small to manage
 LEASE_SECONDS = (120, 7 * 24 * 3600)
@@ -216,7 +216,7 @@ def allocate_address(
             return address
     if free:
         return free[0]
-    raise Conflict(f"no free fixed address left in {plan.subnet}")
+    raise AddressesExhausted(f"no free fixed address left in {plan.subnet}")
 
 
 def check_fixed_address(
@@ -234,10 +234,10 @@ def check_fixed_address(
     if address == plan.gateway:
         raise InvalidInput(f"ipv4 {address} is the network's gateway")
     if str(address) in set(taken):
-        raise Conflict(f"ipv4 {address} is already given to another NIC on this network")
+        raise AddressTaken(f"ipv4 {address} is already given to another NIC on this network")
     for lease in leased:
         if lease.address == str(address):
-            raise Conflict(
+            raise AddressTaken(
                 f"ipv4 {address} is leased to {lease.describe()}",
                 holder=lease.as_dict(),
             )

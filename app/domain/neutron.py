@@ -7,6 +7,7 @@ app.services.neutron.networks; this module holds what needs no database.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import re
 from collections.abc import Mapping
@@ -148,6 +149,27 @@ NEUTRON_KINDS = {
     DependentKind.TAP: "port (tap)",
     DependentKind.PORT: "port",
 }
+
+
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def timestamp(when: dt.datetime) -> str:
+    """Neutron's standard-attr-timestamp: ISO 8601 in UTC to the second, with `Z`. A naive
+    datetime is UTC (as the database stores them)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.UTC)
+    return when.strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(text: str) -> str:
+    """A timestamp a client sent (ISO 8601, datetime.fromisoformat's forms, `Z` included;
+    without a zone: UTC) in the form `timestamp` shows, so the two compare equal.
+    Raises NeutronBadRequest (400) when it is none."""
+    try:
+        return timestamp(dt.datetime.fromisoformat(text))
+    except ValueError:
+        raise NeutronBadRequest(f"'{text}' is not an ISO 8601 timestamp") from None
 
 
 def neutron_dependents(listed: object) -> str:

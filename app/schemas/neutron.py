@@ -98,7 +98,7 @@ class NeutronNetworkCreate(NeutronRequest):
 
 
 class NeutronNetworkUpdate(NeutronRequest):
-    name: str | None = Field(None, min_length=1, max_length=64, description=NAME)
+    name: str = Field("", min_length=1, max_length=64, description=NAME + ". null: 400")
     description: str | None = Field(None, max_length=255)
     admin_state_up: NeutronBool | None = Field(None, description="Only true (false: 400)")
     shared: NeutronBool | None = Field(None, description="Admin only")

@@ -69,7 +69,7 @@ class NeutronPortCreate(NeutronRequest):
 
 
 class NeutronPortUpdate(NeutronRequest):
-    name: str | None = Field(None, max_length=64, description=NAME)
+    name: str = Field("", max_length=64, description=NAME + ". null: 400")
     description: str | None = Field(None, max_length=255)
     fixed_ips: list[NeutronFixedIp] | None = Field(
         None,

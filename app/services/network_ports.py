@@ -20,7 +20,7 @@ from app.db.models import Network, Operation, Port, Tap, Vm, VmNic, new_id
 from app.db.repositories import NetworkRepository, PortRepository, VmRepository
 from app.db.session import Session
 from app.domain.dependents import Dependent, DependentKind
-from app.domain.errors import BeingDeleted, Conflict, InUse, NameTaken, NotFound
+from app.domain.errors import BeingDeleted, Conflict, InUse, MacTaken, NameTaken, NotFound
 from app.domain.networks import allocate_address, check_fixed_address
 from app.domain.ports import port_tap_name
 from app.domain.segments import SegmentKind
@@ -151,7 +151,7 @@ class PortService:
         if asked is None:
             return allocate_mac(taken)
         if asked in taken:
-            raise Conflict(f"MAC {asked} is already used by a port or a VM NIC")
+            raise MacTaken(f"MAC {asked} is already used by a port or a VM NIC")
         return asked
 
     def _network(self, port: Port) -> Network | None:

@@ -26,7 +26,15 @@ from app.db.repositories import (
     vm_spec,
 )
 from app.db.session import Session
-from app.domain.errors import BeingDeleted, Conflict, InUse, InvalidInput, NameTaken, NotFound
+from app.domain.errors import (
+    BeingDeleted,
+    Conflict,
+    InUse,
+    InvalidInput,
+    MacTaken,
+    NameTaken,
+    NotFound,
+)
 from app.domain.isolation import port_isolation_missing, require_port_isolation
 from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
@@ -238,7 +246,7 @@ class VmService:
         driver = nic_driver(nic.backend)
         mac = nic.mac or allocate_mac(taken_macs)
         if mac in taken_macs and not driver.plugs_port:  # a port's MAC: plug_port checks it
-            raise Conflict(f"MAC {mac} is already used by another NIC or a port")
+            raise MacTaken(f"MAC {mac} is already used by another NIC or a port")
         nic_id = new_id()
         row = VmNic(
             id=nic_id,

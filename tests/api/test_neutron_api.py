@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -137,6 +138,10 @@ def test_errors_under_the_prefix_are_neutron_errors_with_neutron_codes(
     assert refused.headers["allow"] == "GET, POST"
     assert "bogus" in error(client.post(N, json={"network": {"name": "x", "bogus": 1}}), 400)
     error(client.post(N, json={"network": {"name": 5}}), 400)
+    # a null name is no string (neutron-lib's type:string validation), as on subnets
+    alpha = neutron(client.get(f"{N}?name=alpha"), 200)["networks"][0]
+    error(client.put(f"{N}/{alpha['id']}", json={"network": {"name": None}}), 400)
+    assert neutron(client.get(f"{N}/{alpha['id']}"), 200)["network"]["name"] == "alpha"
     error(client.post(N, content=b"{", headers={"content-type": "application/json"}), 400)
     error(client.post(N, json={"network": {"name": "x", "admin_state_up": False}}), 400)
     assert "description" in error(
@@ -161,7 +166,7 @@ def test_a_missing_or_unknown_token_and_a_readers_write_are_neutron_errors(
         error(tcp.get(N), 401, "HTTPUnauthorized")
         error(tcp.get(N, headers={"X-Auth-Token": "not-a-token-at-all"}), 401)
         answer = tcp.post(N, json={"network": {"name": "r"}}, headers={"X-Auth-Token": reader})
-        error(answer, 403, "HTTPForbidden")
+        error(answer, 403, "PolicyNotAuthorized")
         assert neutron(tcp.get(N, headers={"X-Auth-Token": reader}), 200) == {"networks": []}
 
 
@@ -194,6 +199,15 @@ def test_filters_repeat_as_or_and_parse_booleans_and_integers_as_neutron(
     assert "boolean" in error(client.get(f"{N}?shared=maybe"), 400)
     assert "integer" in error(client.get(f"{N}?mtu=big"), 400)
     assert "colour" in error(client.get(f"{N}?colour=red"), 400)
+    # timestamps: ISO 8601 (400 otherwise), equal to the second in any of its forms
+    bravo = neutron(client.get(f"{N}?name=bravo"), 200)["networks"][0]
+    created = bravo["created_at"]  # 2026-12-01T15:00:00Z
+    offset = created.replace("Z", "+00:00")
+    assert "bravo" in names(client, f"?created_at={created}")
+    assert "bravo" in names(client, "?" + urlencode({"created_at": offset}))
+    assert names(client, "?created_at=2000-01-01T00:00:00Z") == []
+    assert "ISO 8601" in error(client.get(f"{N}?created_at=x"), 400)
+    assert "ISO 8601" in error(client.get(f"{N}?updated_at=yesterday"), 400)
 
 
 def test_tag_filters(client: TestClient) -> None:

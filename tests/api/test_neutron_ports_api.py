@@ -138,12 +138,13 @@ def test_bad_input_is_400_and_clashes_409(client: TestClient) -> None:
         {"ip_address": "10.94.0.77", "mac_address": "52:54:00:94:00:01"}
     ]
     assert first["port_security_enabled"] is True
-    for clash in (
-        {"name": "first"},
-        {"mac_address": "52:54:00:94:00:01"},
-        {"fixed_ips": [{"ip_address": "10.94.0.20"}]},
+    # each clash in Neutron's own exception words (neutron-lib exceptions)
+    for clash, kind in (
+        ({"name": "first"}, "Conflict"),
+        ({"mac_address": "52:54:00:94:00:01"}, "MacAddressInUse"),
+        ({"fixed_ips": [{"ip_address": "10.94.0.20"}]}, "IpAddressAlreadyAllocated"),
     ):
-        error(create(client, 0, **clash), 409)
+        error(create(client, 0, **clash), 409, kind)
     # the MAC filter in any case, as a create compares MACs (trial finding F7)
     lettered = create(client, name="lettered", mac_address="52:54:00:94:AB:CD")
     assert lettered["mac_address"] == "52:54:00:94:ab:cd"
@@ -159,6 +160,7 @@ def test_bad_input_is_400_and_clashes_409(client: TestClient) -> None:
     error(client.put(path, json={"port": {"mac_address": "52:54:00:94:00:02"}}), 400)
     error(client.put(path, json={"port": {"port_security_enabled": False}}), 400)
     error(client.put(path, json={"port": {"admin_state_up": False}}), 400)
+    error(client.put(path, json={"port": {"name": None}}), 400)  # no string: as subnets
     moved = neutron(
         client.put(
             path,

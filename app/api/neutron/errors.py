@@ -30,6 +30,9 @@ KIND_TYPES = {
     "over-quota": "OverQuota",
     "name-taken": "Conflict",
     "conflict": "Conflict",
+    "address-taken": "IpAddressAlreadyAllocated",
+    "addresses-exhausted": "IpAddressGenerationFailure",
+    "mac-taken": "MacAddressInUse",
     "being-deleted": "Conflict",
     "host-lacks-feature": "InvalidInput",
     "revision-number-constraint-failed": "RevisionNumberConstraintFailed",
@@ -39,7 +42,7 @@ KIND_TYPES = {
 STATUS_TYPES = {
     400: "HTTPBadRequest",
     401: "HTTPUnauthorized",
-    403: "HTTPForbidden",
+    403: "PolicyNotAuthorized",  # Neutron's policy engine refuses every forbidden call
     404: "HTTPNotFound",
     405: "HTTPMethodNotAllowed",
     409: "Conflict",

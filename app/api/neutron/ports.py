@@ -54,8 +54,8 @@ PORTS = Collection(
         "binding:vif_type": Kind.STR,
         "binding:vnic_type": Kind.STR,
         "revision_number": Kind.INT,
-        "created_at": Kind.STR,
-        "updated_at": Kind.STR,
+        "created_at": Kind.TIME,
+        "updated_at": Kind.TIME,
         "security_groups": Kind.LIST,
         "fixed_ips": Kind.LIST,  # filtered here (fixed_ips=ip_address=X), not by the engine
     },

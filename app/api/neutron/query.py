@@ -5,7 +5,8 @@ the caller's visible rows (Neutron dicts).
 Behaviour follows Neutron's (neutron/api/api_common.py, neutron/api/v2/base.py):
 - any other query parameter filters on the top-level attribute of that name; repeated, its
   values are alternatives (OR); booleans parse as neutron-lib's convert_to_boolean
-  (true/false/1/0, any case), integers as integers; a parameter naming no attribute is 400
+  (true/false/1/0, any case), integers as integers, created_at/updated_at as ISO 8601
+  timestamps (400 otherwise; equal to the second); a parameter naming no attribute is 400
   (the `filter-validation` extension);
 - `tags` (all of), `tags-any`, `not-tags` (not all of), `not-tags-any` (none of): comma
   separated, repeatable (the `standard-attr-tag` extension);
@@ -28,7 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from app.domain.neutron import NeutronBadRequest, NeutronError, convert_to_boolean
+from app.domain.neutron import (
+    NeutronBadRequest,
+    NeutronError,
+    convert_to_boolean,
+    parse_timestamp,
+)
 
 PAGING = frozenset({"limit", "marker", "page_reverse"})
 SORTING = frozenset({"sort_key", "sort_dir"})
@@ -44,6 +50,7 @@ class Kind(enum.Enum):
     INT = "int"
     LIST = "list"  # matches when the value is one of the list's items
     MAC = "mac"  # a MAC address: compared in lower case, as stored (EUI-48 hex is any case)
+    TIME = "time"  # an ISO 8601 timestamp (400 otherwise), compared as the view shows it
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,8 @@ def parse(params: Iterable[tuple[str, str]], collection: Collection) -> ListQuer
             query.filters[name] = [_to_int(v, name) for v in values]
         elif kind is Kind.MAC:
             query.filters[name] = [v.lower() for v in values]
+        elif kind is Kind.TIME:
+            query.filters[name] = [parse_timestamp(v) for v in values]
         elif kind is not None:
             query.filters[name] = list(values)
     for name in TAG_FILTERS:

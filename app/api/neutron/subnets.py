@@ -49,8 +49,8 @@ SUBNETS = Collection(
         "subnetpool_id": Kind.STR,
         "segment_id": Kind.STR,
         "revision_number": Kind.INT,
-        "created_at": Kind.STR,
-        "updated_at": Kind.STR,
+        "created_at": Kind.TIME,
+        "updated_at": Kind.TIME,
     },
 )
 

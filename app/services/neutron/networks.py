@@ -14,7 +14,6 @@ for `local` bridges, renames, If-Match revisions, and Neutron's error types.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ from app.domain.neutron import (
     check_revision,
     neutron_dependents,
     not_found,
+    timestamp,
     validate_tag,
 )
 from app.domain.status import Status
@@ -70,11 +70,6 @@ PROVIDER_ATTRIBUTES = (
 )
 
 Segment = Bridge | Vlan
-
-
-def iso(moment: dt.datetime) -> str:
-    """ISO 8601 in UTC with `Z`, to the second (Neutron's standard-attr-timestamp)."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -170,8 +165,8 @@ class NeutronNetworks:
                 "tenant_id": row.project_id,
                 "revision_number": row.generation,
                 "tags": tags.get(row.id, []),
-                "created_at": iso(row.created_at),
-                "updated_at": iso(row.updated_at),
+                "created_at": timestamp(row.created_at),
+                "updated_at": timestamp(row.updated_at),
                 "router:external": False,
                 # what a port made on it gets by default (app.services.port_security)
                 "port_security_enabled": default_port_security(row.project_id),

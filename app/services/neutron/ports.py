@@ -14,7 +14,6 @@ the VM's NIC, and Nova would unplug it first.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +23,13 @@ from app.db.models import Network, Operation, Port, Tap, Vlan, Vm, VmNic
 from app.db.repositories import PortRepository, TagRepository
 from app.db.session import Session
 from app.domain.errors import InUse
-from app.domain.neutron import NeutronBadRequest, NeutronConfig, NeutronError, check_revision
+from app.domain.neutron import (
+    NeutronBadRequest,
+    NeutronConfig,
+    NeutronError,
+    check_revision,
+    timestamp,
+)
 from app.domain.neutron import not_found as neutron_not_found
 from app.domain.ports import port_status
 from app.domain.segments import SegmentKind
@@ -46,11 +51,6 @@ from app.services.scoping import create_project
 RESOURCE = "port"  # the tags' resource
 VIF_TYPE = "tap"  # qemu opens the port's tap (Neutron's linuxbridge agent: vif_type tap)
 VNIC_TYPE = "normal"
-
-
-def iso(moment: dt.datetime) -> str:
-    """ISO 8601 in UTC with `Z`, to the second (Neutron's standard-attr-timestamp)."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def default_name(port_id: str) -> str:
@@ -149,8 +149,8 @@ class NeutronPorts:
             "binding:profile": {},
             "revision_number": row.generation,
             "tags": tags,
-            "created_at": iso(row.created_at),
-            "updated_at": iso(row.updated_at),
+            "created_at": timestamp(row.created_at),
+            "updated_at": timestamp(row.updated_at),
         }
 
     # ---- create --------------------------------------------------------------------------

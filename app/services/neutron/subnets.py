@@ -23,7 +23,6 @@ masquerade (`nat` false: this Neutron subset has no routers).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -38,6 +37,7 @@ from app.domain.networks import (
     parse_address,
     parse_subnet,
 )
+from app.domain.neutron import timestamp
 from app.domain.segments import SegmentKind
 from app.schemas.networks import NetworkCreate, NetworkUpdate
 
@@ -107,13 +107,6 @@ NAME_PREFIX = "subnet-"
 
 
 # ---- the view --------------------------------------------------------------------------------
-
-
-def timestamp(when: dt.datetime) -> str:
-    """Neutron's standard-attr timestamp: ISO 8601 in UTC to the second, `Z`."""
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _listed(stored: object) -> list[Any]:
