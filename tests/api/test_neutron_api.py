@@ -360,13 +360,23 @@ def test_shared_networks_and_a_delete_refused_while_in_use(client: TestClient) -
         "subnets or ports still in use on the network (delete them first): port (tap) tapc."
     )
     assert client.delete(f"/v1/taps/{tap.json()['id']}?wait=10").status_code == 204
-    # a subnet is named a subnet (it was called a port: the fresh-user trial's F10)
+    # a subnet with a port's fixed address on it keeps the network (and the subnet: one
+    # transaction); without one, the subnet goes with the network, as in Neutron
     subnet = {"network_id": made["id"], "ip_version": 4, "cidr": "10.97.0.0/24", "name": "s1"}
     made_subnet = neutron(client.post("/networking/v2.0/subnets", json={"subnet": subnet}), 201)
+    subnet_path = f"/networking/v2.0/subnets/{made_subnet['subnet']['id']}"
+    neutron(client.put(f"{subnet_path}/tags/kept"), 201)
+    port = client.post("/v1/ports?wait=10", json={"name": "pc", "bridge": made["id"]})
+    assert port.status_code == 201 and port.json()["ipv4"] == "10.97.0.2", port.text
     message = error(client.delete(path), 409, "NetworkInUse")
-    assert message.endswith("(delete them first): subnet s1."), message
-    neutron(client.delete(f"/networking/v2.0/subnets/{made_subnet['subnet']['id']}"), 204)
+    assert message.endswith("(delete them first): port pc."), message
+    assert neutron(client.get(subnet_path), 200)["subnet"]["tags"] == ["kept"]
+    assert client.delete(f"/v1/ports/{port.json()['id']}?wait=10").status_code == 204
     neutron(client.delete(path), 204)
+    error(client.get(subnet_path), 404, "SubnetNotFound")
+    error(client.get(path), 404, "NetworkNotFound")
+    native = client.get(f"/v1/networks/{made_subnet['subnet']['id']}")  # the managed network
+    assert native.status_code == 404 or native.json()["status"] == "deleting", native.text
 
 
 def test_a_create_takes_back_what_a_network_shows(client: TestClient) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from app.db.models import Bridge, Operation, Vlan, new_id
 from app.db.repositories import (
     BridgeRepository,
+    NetworkRepository,
     ProjectRepository,
     TagRepository,
     VlanRepository,
@@ -50,12 +51,14 @@ from app.schemas.links import BridgeCreate
 from app.schemas.neutron import NeutronNetworkCreate, NeutronNetworkUpdate
 from app.schemas.vlans import VlanCreate
 from app.services.links import BridgeService, NewLink
+from app.services.networks import NetworkService
 from app.services.operations import bump, record_operation
 from app.services.port_security import default_port_security
 from app.services.scoping import create_project, shared_objects
 from app.services.vlans import VlanService
 
 RESOURCE = "network"  # the tags' resource
+SUBNET_RESOURCE = "subnet"  # a subnet's tags' (its network's delete clears them)
 DEFAULT_MTU = 1500  # a bridge made without an MTU (app.schemas.links BRIDGE_MTU)
 STATUS = {
     Status.ACTIVE.value: "ACTIVE",
@@ -419,12 +422,16 @@ class NeutronNetworks:
         return changed
 
     def delete(self, network_id: str, revision: int | None) -> tuple[Segment, Operation | None]:
-        """Through the native delete: 409 NetworkInUse naming the dependents (the VM NICs,
-        taps, subnets that use it), never forced."""
+        """Through the native deletes, never forced: its subnet goes with it, as Neutron's
+        network delete takes the subnets no port has an address of (our managed network,
+        refused while VM NICs or ports hold fixed addresses on it or port forwards use it);
+        409 NetworkInUse naming the dependents (VM NICs, taps, ports, fixed addresses)
+        otherwise, and then nothing is deleted (one transaction)."""
         row = self.locate(network_id, write=True)
         check_revision(revision, row.generation)
         deleted: Segment
         try:
+            self._delete_subnet(row)
             if isinstance(row, Bridge):
                 deleted, operation = BridgeService(self.session, self.caller).delete(row.id)
             else:
@@ -439,6 +446,13 @@ class NeutronNetworks:
             ) from None
         TagRepository(self.session).clear(RESOURCE, row.id)
         return deleted, operation
+
+    def _delete_subnet(self, row: Segment) -> None:
+        subnet = NetworkRepository(self.session).of_object(row)
+        if subnet is None or subnet.deleted:
+            return
+        NetworkService(self.session, self.caller).delete(subnet.id)
+        TagRepository(self.session).clear(SUBNET_RESOURCE, subnet.id)
 
 
 class PhysnetVlans(VlanService):

@@ -36,7 +36,7 @@ from app.domain.segments import SegmentKind
 from app.domain.tenancy import Caller
 from app.domain.vlans import VlanFacts
 from app.services.networks import NetworkService
-from app.services.neutron.networks import NeutronNetworks
+from app.services.neutron.networks import SUBNET_RESOURCE, NeutronNetworks
 from app.services.neutron.subnets import (
     network_create_from_subnet,
     network_update_from_subnet,
@@ -44,7 +44,7 @@ from app.services.neutron.subnets import (
 )
 from app.services.scoping import create_project, shared_objects
 
-RESOURCE = "subnet"  # the tags' resource
+RESOURCE = SUBNET_RESOURCE  # the tags' resource
 
 
 class NeutronSubnets:
