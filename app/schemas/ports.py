@@ -121,12 +121,12 @@ class PortUpdate(
         None,
         max_length=15,
         description=f"{IPV4}. Only while no VM uses the port (409 otherwise). null: the lowest "
-        "free one, as at creation",
+        "free one, as at creation (with fixed_ip false: none)",
     )
 
     @model_validator(mode="after")
     def _checked(self) -> PortUpdate:
-        if "ipv4" in self.model_fields_set and self.fixed_ip is False:
+        if self.ipv4 is not None and self.fixed_ip is False:
             raise ValueError("`ipv4` is a fixed address: not with fixed_ip false")
         return self
 

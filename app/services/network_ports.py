@@ -212,19 +212,20 @@ class PortService:
         return port, record_settled_change(self.session, "update", "port", port, self.caller)
 
     def _readdress(self, port: Port, fixed: bool | None, changes: dict[str, Any]) -> bool:
-        """A PATCH's `fixed_ip` and `ipv4` (taken out of `changes`): `ipv4` an address, or
-        null for the lowest free one (as at creation); `fixed_ip` false: none, true: the
-        lowest free one unless it has one. Only while no VM uses the port (a guest would
-        keep its lease on the old address until it renews): 409 otherwise. Whether the
-        address changed."""
+        """A PATCH's `fixed_ip` and `ipv4` (taken out of `changes`): `fixed_ip` false: none
+        (with `ipv4` null or absent); `ipv4` an address, or null for the lowest free one (as
+        at creation); `fixed_ip` true alone: the lowest free one unless it has one. Only
+        while no VM uses the port (a guest would keep its lease on the old address until it
+        renews): 409 otherwise. Whether the address changed."""
         before = (port.network_id, port.ipv4)
-        if "ipv4" in changes:
-            asked = changes.pop("ipv4")
+        sent = "ipv4" in changes
+        asked = changes.pop("ipv4", None)
+        if fixed is False:  # `ipv4` null with it is no address too (an address is 422)
+            port.network_id = port.ipv4 = None
+        elif sent:
             if asked is not None and asked == port.ipv4:
                 return False
             self._fix_address(port, self._network(port), asked)
-        elif fixed is False:
-            port.network_id = port.ipv4 = None
         elif fixed is True and port.ipv4 is None:
             self._fix_address(port, self._network(port), None)
         if (port.network_id, port.ipv4) == before:

@@ -135,8 +135,8 @@ def test_port_tap_lease_plug_and_delete(api: TestClient, netns: str, settings: S
     assert moved.status_code == 200 and moved.json()["ipv4"] == "10.91.0.40", moved.text
     assert eventually(lambda: "52:54:00:aa:bb:01,10.91.0.40" in _hosts(settings, network))
     # no address, then null: the lowest free one (as at creation), then that one again
-    none = api.patch("/v1/ports/p1?wait=10", json={"fixed_ip": False}).json()
-    assert none["fixed_ips"] == [], none
+    none = api.patch("/v1/ports/p1?wait=10", json={"fixed_ip": False, "ipv4": None}).json()
+    assert none["fixed_ips"] == [] and none["ipv4"] is None, none  # null with false: none
     assert eventually(lambda: "52:54:00:aa:bb:01" not in _hosts(settings, network))
     lowest = api.patch("/v1/ports/p1?wait=10", json={"ipv4": None}).json()
     assert lowest["ipv4"] == "10.91.0.4", lowest  # .2 (p2) and .3 (the VM NIC) are taken
