@@ -31,6 +31,7 @@ from app.db.repositories import (
     shared_segment_ids,
 )
 from app.db.session import Session
+from app.domain.dependents import Dependent, DependentKind, ForceAction
 from app.domain.errors import InUse, InvalidInput, NameTaken
 from app.domain.names import neutron_bridge_ifname, validate_link_name
 from app.domain.neutron import (
@@ -431,7 +432,7 @@ class NeutronNetworks:
         check_revision(revision, row.generation)
         deleted: Segment
         try:
-            self._delete_subnet(row)
+            subnet = self._delete_subnet(row)
             if isinstance(row, Bridge):
                 deleted, operation = BridgeService(self.session, self.caller).delete(row.id)
             else:
@@ -445,14 +446,21 @@ class NeutronNetworks:
                 f"{neutron_dependents(exc.extra.get('dependents'))}.",
             ) from None
         TagRepository(self.session).clear(RESOURCE, row.id)
+        if operation is not None and subnet is not None:
+            # as a forced delete records what it took: the answer's operation says so, and
+            # every worker is woken (the subnet's network worker too, not only the segment's)
+            operation.detached = [subnet.as_dict()]
         return deleted, operation
 
-    def _delete_subnet(self, row: Segment) -> None:
+    def _delete_subnet(self, row: Segment) -> Dependent | None:
+        """The segment's managed network (its subnet) deleted, refused (InUse) while fixed
+        addresses or port forwards use it; what went, or None."""
         subnet = NetworkRepository(self.session).of_object(row)
         if subnet is None or subnet.deleted:
-            return
+            return None
         NetworkService(self.session, self.caller).delete(subnet.id)
         TagRepository(self.session).clear(SUBNET_RESOURCE, subnet.id)
+        return Dependent(DependentKind.NETWORK, subnet.id, subnet.name, action=ForceAction.DELETED)
 
 
 class PhysnetVlans(VlanService):
