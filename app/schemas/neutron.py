@@ -45,6 +45,7 @@ class NeutronNetworkCreate(NeutronRequest):
     )
     mtu: int | None = Field(
         None,
+        strict=False,  # the CLI sends "1400" (Neutron converts: neutron-lib convert_to_int)
         ge=MTU_MIN,
         le=MTU_MAX,
         description="Bytes: a local or flat network's bridge MTU (a vlan network's: 400, it "
@@ -99,6 +100,15 @@ class NeutronNetworkCreate(NeutronRequest):
 
 class NeutronNetworkUpdate(NeutronRequest):
     name: str = Field("", min_length=1, max_length=64, description=NAME + ". null: 400")
+    mtu: int = Field(
+        0,
+        strict=False,  # as at create: "1400" is 1400
+        ge=MTU_MIN,
+        le=MTU_MAX,
+        description="Bytes (net-mtu-writable): a local or flat network's bridge MTU, set on "
+        "the bridge at once (its ports follow, as the native PATCH /v1/bridges does); a vlan "
+        "network's is its trunk's (400). null: 400",
+    )
     description: str | None = Field(None, max_length=255)
     admin_state_up: NeutronBool | None = Field(None, description="Only true (false: 400)")
     shared: NeutronBool | None = Field(None, description="Admin only")

@@ -391,7 +391,7 @@ def test_a_create_takes_back_what_a_network_shows(client: TestClient) -> None:
     attribute (the fresh-user trial's F3, F4); what cannot be honoured is a clear 400."""
     netns = client.app.state.netns  # type: ignore[attr-defined]
     body = {
-        "mtu": 1400,
+        "mtu": "1400",  # `openstack network create --mtu 1400` sends a string (re-trial N2)
         "admin_state_up": "True",  # neutron-lib's convert_to_boolean (trial finding F5)
         "router:external": "false",
         "port_security_enabled": False,  # the default project's ports' default
@@ -416,4 +416,14 @@ def test_a_create_takes_back_what_a_network_shows(client: TestClient) -> None:
     ):
         error(client.post(N, json={"network": {"name": "refused", **bad}}), 400)
     assert "refused" not in names(client)
-    neutron(client.delete(f"{N}/{made['id']}"), 204)
+    # the MTU is writable (net-mtu-writable, `openstack network set --mtu`: re-trial N3)
+    path = f"{N}/{made['id']}"
+    changed = neutron(client.put(path, json={"network": {"mtu": "1450"}}), 200)["network"]
+    assert changed["mtu"] == 1450 and changed["revision_number"] == 2, changed
+    deadline = time.monotonic() + 10
+    while links(netns)["brq" + made["id"].replace("-", "")[:11]].mtu != 1450:
+        assert time.monotonic() < deadline, "the bridge's MTU did not follow"
+        time.sleep(0.2)
+    for bad in (None, 20, "big"):
+        error(client.put(path, json={"network": {"mtu": bad}}), 400)
+    neutron(client.delete(path), 204)

@@ -283,3 +283,19 @@ def test_quotas_map_network_subnet_and_port_onto_ours(client: TestClient) -> Non
     assert neutron(client.get(f"{Q}/{project}"), 200) == {"quota": {**unlimited, **ids}}
     assert neutron(client.get(Q), 200) == {"quotas": []}
     neutron(client.post(N, json={"network": {"name": "kilo"}}, headers=member), 201)
+
+
+def test_a_deleted_subnets_name_and_cidr_are_free_once_the_delete_answers(
+    client: TestClient,
+) -> None:
+    """A Terraform/Heat replace: delete, then create the same at once (re-trial N1: the
+    name and CIDR stayed taken until the next full pass while the row was `deleting`)."""
+    body = subnet_body(network(client, "replace"), "10.71.9.0/24", name="s-replace")
+    made = neutron(client.post(S, json=body), 201)["subnet"]
+    neutron(client.delete(f"{S}/{made['id']}"), 204)
+    again = neutron(client.post(S, json=body), 201)["subnet"]
+    # the network's delete takes the subnet: both free again at its 204
+    neutron(client.delete(f"{N}/{again['network_id']}"), 204)
+    body = subnet_body(network(client, "replace"), "10.71.9.0/24", name="s-replace")
+    third = neutron(client.post(S, json=body), 201)["subnet"]
+    neutron(client.delete(f"{N}/{third['network_id']}"), 204)

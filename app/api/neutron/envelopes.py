@@ -46,7 +46,11 @@ EXTENSIONS: dict[str, tuple[str, str]] = {
         "provider:network_type (local, flat, vlan), provider:physical_network, "
         "provider:segmentation_id: admin only",
     ),
-    "network-mtu": ("Network MTU", "mtu: the bridge's MTU (1500 by default); read only"),
+    "network-mtu": ("Network MTU", "mtu: the bridge's MTU (1500 by default)"),
+    "net-mtu-writable": (
+        "Network MTU (writable)",
+        "mtu of a local or flat network changes its bridge's (a vlan network's is its trunk's)",
+    ),
     "binding": ("Port Binding", "binding:host_id, binding:vif_type, binding:vnic_type"),
     "port-security": (
         "Port Security",

@@ -46,7 +46,7 @@ NETWORKS = Collection(
         "provider:physical_network": Kind.STR,
         "provider:segmentation_id": Kind.INT,
     },
-    extensions=("provider", "network-mtu"),
+    extensions=("provider", "network-mtu", "net-mtu-writable"),
 )
 
 router = neutron_router("networks")
@@ -134,14 +134,17 @@ async def update_network(
     "/{network_id}",
     operation_id="neutron_delete_network",
     status_code=204,
-    description="409 NetworkInUse naming what uses it (VM NICs, taps, subnets). If-Match: "
-    "revision_number=N: 412 when the network is at another revision.",
+    description="Takes its subnet with it. 409 NetworkInUse naming what uses it (VM NICs, "
+    "taps, ports, fixed IPs of its subnet): nothing is deleted then. If-Match: "
+    "revision_number=N: 412 when the network is at another revision. Answers once the "
+    "network and its subnet are gone (or after 5 s each).",
 )
 async def delete_network(network_id: str, request: Request) -> Response:
     ctx, caller = context(request), caller_of(request)
     expected = revision(request)
-    row, op = await ctx.mutate(
+    deleted = await ctx.mutate(
         lambda s: networks(s, caller, ctx.neutron).delete(network_id, expected)
     )
-    await settle(ctx, row, op)
+    for row, op in deleted:  # its subnet, then the segment: gone (or waited for) at 204
+        await settle(ctx, row, op)
     return Response(status_code=204)

@@ -2,9 +2,11 @@
 VLAN (mapping: app.services.neutron.subnets; rows: app.services.neutron.subnet_service).
 Lists go through the collection engine; writes through the native NetworkService.
 
-Writes answer as soon as the rows are committed (the workers are nudged, not waited for):
-a subnet's address, dnsmasq and options follow within the workers' next pass, and nothing a
-Neutron client does next (a port with a fixed IP on it, a show) depends on the kernel yet.
+Creates and updates answer as soon as the rows are committed (the workers are nudged, not
+waited for): a subnet's address, dnsmasq and options follow within the workers' next pass,
+and nothing a Neutron client does next (a port with a fixed IP on it, a show) depends on the
+kernel yet. A delete waits (up to 5 s) for the subnet to be gone, so that its name and CIDR
+are free when the 204 comes (a client replacing a subnet creates the same one next).
 """
 
 from __future__ import annotations
@@ -144,5 +146,5 @@ async def delete_subnet(subnet_id: str, request: Request) -> Response:
     row, op = await ctx.mutate(
         lambda s: subnets(s, caller, ctx.neutron).delete(subnet_id, expected)
     )
-    await settle(ctx, row, op, wait=0)
+    await settle(ctx, row, op)  # its name and CIDR are free again at 204 (or after 5 s)
     return Response(status_code=204)

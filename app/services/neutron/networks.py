@@ -15,10 +15,10 @@ for `local` bridges, renames, If-Match revisions, and Neutron's error types.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from app.db.models import Bridge, Operation, Vlan, new_id
+from app.db.models import Bridge, Network, Operation, Vlan, new_id
 from app.db.repositories import (
     BridgeRepository,
     NetworkRepository,
@@ -48,7 +48,7 @@ from app.domain.neutron import (
 from app.domain.status import Status
 from app.domain.tenancy import DEFAULT_PROJECT_ID, Caller, Scope
 from app.domain.vlans import VlanFacts, no_vlan_can_exist
-from app.schemas.links import BridgeCreate
+from app.schemas.links import BridgeCreate, BridgeUpdate
 from app.schemas.neutron import NeutronNetworkCreate, NeutronNetworkUpdate
 from app.schemas.vlans import VlanCreate
 from app.services.links import BridgeService, NewLink
@@ -74,6 +74,7 @@ PROVIDER_ATTRIBUTES = (
 )
 
 Segment = Bridge | Vlan
+Deleted = tuple[Segment | Network, Operation | None]  # a row a delete marked, its operation
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,8 @@ class NeutronNetworks:
         changes = body.model_dump(exclude_unset=True)
         if changes.get("admin_state_up") is False:
             raise NeutronBadRequest("admin_state_up false is not supported (a segment is up)")
+        # an MTU goes through the native bridge update (its checks, its bump and operation)
+        operation = self._set_mtu(row, changes["mtu"]) if "mtu" in changes else None
         changed = False
         if changes.get("name") is not None and changes["name"] != row.name:
             self._rename(row, changes["name"])
@@ -381,11 +384,20 @@ class NeutronNetworks:
             if not self.caller.is_admin:
                 raise NeutronError(403, "PolicyNotAuthorized", "shared is for admins only")
             changed = self._share(row, changes["shared"]) or changed
-        if not changed:
-            return row, None
+        if not changed or operation is not None:
+            return row, operation
         bump(row)
         kind = "bridge" if isinstance(row, Bridge) else "vlan"
         return row, record_operation(self.session, "update", kind, row, self.caller)
+
+    def _set_mtu(self, row: Segment, mtu: int) -> Operation | None:
+        """A bridge-backed network's MTU is its bridge's: changed by the native bridge
+        update (PATCH /v1/bridges: its checks, bump and operation); None when unchanged."""
+        if not isinstance(row, Bridge):
+            raise NeutronBadRequest("a vlan network's MTU is its trunk's: change the trunk's")
+        return BridgeService(self.session, self.caller).update(
+            row.id, BridgeUpdate.model_validate({"mtu": mtu})
+        )[1]
 
     @staticmethod
     def _description(row: Segment) -> str:
@@ -422,21 +434,24 @@ class NeutronNetworks:
                 changed = True
         return changed
 
-    def delete(self, network_id: str, revision: int | None) -> tuple[Segment, Operation | None]:
+    def delete(self, network_id: str, revision: int | None) -> list[Deleted]:
         """Through the native deletes, never forced: its subnet goes with it, as Neutron's
         network delete takes the subnets no port has an address of (our managed network,
         refused while VM NICs or ports hold fixed addresses on it or port forwards use it);
         409 NetworkInUse naming the dependents (VM NICs, taps, ports, fixed addresses)
-        otherwise, and then nothing is deleted (one transaction)."""
+        otherwise, and then nothing is deleted (one transaction). What was deleted, each
+        with its operation, the subnet first (the API waits for each to settle)."""
         row = self.locate(network_id, write=True)
         check_revision(revision, row.generation)
-        deleted: Segment
+        deleted: list[Deleted] = []
         try:
             subnet = self._delete_subnet(row)
+            if subnet is not None:
+                deleted.append(subnet)
             if isinstance(row, Bridge):
-                deleted, operation = BridgeService(self.session, self.caller).delete(row.id)
+                deleted.append(BridgeService(self.session, self.caller).delete(row.id))
             else:
-                deleted, operation = VlanService(self.session, self.caller).delete(row.id)
+                deleted.append(VlanService(self.session, self.caller).delete(row.id))
         except InUse as exc:
             raise NeutronError(
                 409,
@@ -446,21 +461,20 @@ class NeutronNetworks:
                 f"{neutron_dependents(exc.extra.get('dependents'))}.",
             ) from None
         TagRepository(self.session).clear(RESOURCE, row.id)
-        if operation is not None and subnet is not None:
-            # as a forced delete records what it took: the answer's operation says so, and
-            # every worker is woken (the subnet's network worker too, not only the segment's)
-            operation.detached = [subnet.as_dict()]
-        return deleted, operation
+        operation = deleted[-1][1]
+        if operation is not None and subnet is not None:  # recorded as a forced delete's
+            gone = Dependent(DependentKind.NETWORK, subnet[0].id, subnet[0].name)
+            operation.detached = [replace(gone, action=ForceAction.DELETED).as_dict()]
+        return deleted
 
-    def _delete_subnet(self, row: Segment) -> Dependent | None:
+    def _delete_subnet(self, row: Segment) -> tuple[Network, Operation | None] | None:
         """The segment's managed network (its subnet) deleted, refused (InUse) while fixed
-        addresses or port forwards use it; what went, or None."""
+        addresses or port forwards use it; None when it has none."""
         subnet = NetworkRepository(self.session).of_object(row)
         if subnet is None or subnet.deleted:
             return None
-        NetworkService(self.session, self.caller).delete(subnet.id)
         TagRepository(self.session).clear(SUBNET_RESOURCE, subnet.id)
-        return Dependent(DependentKind.NETWORK, subnet.id, subnet.name, action=ForceAction.DELETED)
+        return NetworkService(self.session, self.caller).delete(subnet.id)
 
 
 class PhysnetVlans(VlanService):
