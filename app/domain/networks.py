@@ -202,15 +202,25 @@ def check_no_overlap(subnet: IPv4Network, others: Iterable[tuple[str | None, str
 
 
 def allocate_address(
-    plan: Addressing, taken: Iterable[str], leased: Iterable[LeaseHolder] = ()
+    plan: Addressing, taken: Iterable[str], leased: Iterable[LeaseHolder] = (), pool: bool = False
 ) -> IPv4Address:
     """The lowest free host outside the dynamic range (so that dnsmasq's pool stays whole),
     else, when no host outside it is left, the lowest free one inside it (a Neutron subnet's
     default pool is every host but the gateway); never the gateway, another fixed address
-    or one leased to anyone. Raises Conflict when the subnet has no free host at all."""
+    or one leased to anyone. `pool`: only inside the dynamic range, which is the Neutron
+    subnet's allocation pool (Neutron's IPAM allocates automatic fixed IPs from the pools
+    alone; the rest of the subnet is for addresses asked by name). Raises
+    AddressesExhausted (409) when no such host is free."""
     used = {IPv4Address(a) for a in taken} | {plan.gateway}
     used |= {IPv4Address(lease.address) for lease in leased}
     free = [a for a in plan.subnet.hosts() if a not in used]
+    if pool:
+        free = [a for a in free if plan.in_range(a)]
+        if not free:
+            raise AddressesExhausted(
+                f"no free address left in the allocation pool of {plan.subnet}"
+            )
+        return free[0]
     for address in free:
         if not plan.in_range(address):
             return address

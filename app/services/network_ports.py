@@ -57,11 +57,15 @@ class PortService:
         caller: Caller = LOCAL_ADMIN,
         vlan_facts: VlanFacts | None = None,
         leases: LeaseReader | None = None,
+        from_pool: bool = False,
     ) -> None:
         """`vlan_facts`: the probed kernel's VLAN features where a request names a VLAN;
         `leases`: reads a managed network's dnsmasq leases (an address leased to another
-        MAC is refused as a fixed address)."""
+        MAC is refused as a fixed address); `from_pool`: a fixed address nobody asked for
+        comes from the DHCP range only (Neutron's allocation pool: app.domain.networks
+        allocate_address)."""
         self.session = session
+        self.from_pool = from_pool
         self.caller = caller
         self.scope = caller.scope
         self.vlan_facts = vlan_facts
@@ -173,7 +177,7 @@ class PortService:
         address = (
             check_fixed_address(plan, asked, taken, leased)
             if asked is not None
-            else allocate_address(plan, taken, leased)
+            else allocate_address(plan, taken, leased, pool=self.from_pool)
         )
         port.network_id, port.ipv4 = network.id, str(address)
 

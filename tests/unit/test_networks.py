@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.domain.errors import Conflict, InvalidInput
+from app.domain.errors import AddressesExhausted, Conflict, InvalidInput
 from app.domain.nat_rules import Forward, NatNetwork, canonical, removal, render
 from app.domain.networks import (
     DhcpDnsSpec,
@@ -82,6 +82,11 @@ def test_overlap_and_fixed_addresses() -> None:
     assert allocate_address(plan, full) == IPv4Address("10.0.0.5")
     with pytest.raises(Conflict, match="no free fixed address"):
         allocate_address(plan, [*full, "10.0.0.5", "10.0.0.6"])
+    # from the pool alone (a Neutron subnet's allocation pool = the DHCP range .5-.6)
+    assert allocate_address(plan, [], pool=True) == IPv4Address("10.0.0.5")
+    assert allocate_address(plan, ["10.0.0.5"], pool=True) == IPv4Address("10.0.0.6")
+    with pytest.raises(AddressesExhausted, match="allocation pool"):
+        allocate_address(plan, ["10.0.0.5", "10.0.0.6"], pool=True)  # .2-.4 free: not used
     assert check_fixed_address(plan, "10.0.0.4", []) == IPv4Address("10.0.0.4")
     # inside the DHCP range: dnsmasq never hands out an address a dhcp-host reserves
     assert check_fixed_address(plan, "10.0.0.6", []) == IPv4Address("10.0.0.6")

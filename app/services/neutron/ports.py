@@ -75,7 +75,8 @@ class NeutronPorts:
         self.caller = caller
         self.config = config
         self.host = host
-        self.service = PortService(session, caller, vlan_facts, leases)
+        # automatic fixed IPs from the subnet's allocation pool alone, as Neutron's IPAM
+        self.service = PortService(session, caller, vlan_facts, leases, from_pool=True)
 
     # ---- reads ---------------------------------------------------------------------------
 
