@@ -85,11 +85,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         errors = _clean_errors(exc.errors())
+        if neutron.under_prefix(request.url.path):
+            return neutron.error_response(400, neutron.validation_message(errors))
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        if neutron.under_prefix(request.url.path):
-            message = f"{where}: {first['msg']}" if where else str(first["msg"])
-            return neutron.error_response(400, message)
         return problem_response(
             422,
             detail=f"{where}: {first['msg']}" if where else first["msg"],

@@ -73,6 +73,31 @@ def error_body(status: int, message: str, neutron_type: str | None = None) -> di
     }
 
 
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """A request's validation errors in Neutron's words (neutron/api/v2/base.py
+    _validate_body: "Unrecognized attribute(s) 'x, y'"; an attribute's value:
+    "Invalid input for <attribute>. Reason: <why>."). An attribute is named from the body's
+    envelope down (`fixed_ips.0.ip_address`), or is the query parameter's name."""
+    unknown = [_attribute(e["loc"]) for e in errors if e.get("type") == "extra_forbidden"]
+    if unknown:
+        return f"Unrecognized attribute(s) '{', '.join(unknown)}'"
+    if not errors:
+        return "Invalid input"
+    first = errors[0]
+    attribute, reason = _attribute(first["loc"]), str(first["msg"]).removeprefix("Value error, ")
+    return f"Invalid input for {attribute}. Reason: {reason}." if attribute else reason
+
+
+def _attribute(loc: list[Any]) -> str:
+    """`body.network.mtu` -> `mtu` (the envelope dropped); `query.limit` -> `limit`."""
+    parts = [str(p) for p in loc]
+    if parts[:1] == ["body"]:
+        parts = parts[2:] if len(parts) > 2 else parts[1:]
+    elif parts[:1] in (["query"], ["path"], ["header"]):
+        parts = parts[1:]
+    return ".".join(parts)
+
+
 def error_bytes(status: int, message: str, neutron_type: str | None = None) -> bytes:
     return json.dumps(error_body(status, message, neutron_type)).encode()
 
