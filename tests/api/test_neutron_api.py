@@ -304,6 +304,17 @@ def test_tags_routes_follow_neutron_and_bump_the_revision(client: TestClient) ->
     error(client.put(f"{path}/tags", json={"tags": ["a,b"]}), 400)
     error(client.put(f"{path}/tags", json={"tags": ["t" * 256]}), 400)
     assert neutron(client.get(path), 200)["network"]["revision_number"] == 4  # 3 tag changes
+    # a tag change is a revision: If-Match guards it as the network's PUT (re-trial N4)
+    stale, right = {"If-Match": "revision_number=3"}, {"If-Match": "revision_number=4"}
+    for answer in (
+        client.put(f"{path}/tags/s", headers=stale),
+        client.put(f"{path}/tags", json={"tags": ["s"]}, headers=stale),
+        client.delete(f"{path}/tags/y", headers=stale),
+        client.delete(f"{path}/tags", headers=stale),
+    ):
+        error(answer, 412, "RevisionNumberConstraintFailed")
+    assert neutron(client.get(f"{path}/tags"), 200) == {"tags": ["y", "z"]}  # unchanged
+    assert client.put(f"{path}/tags/s", headers=right).status_code == 201
     assert client.delete(f"{path}/tags").status_code == 204
     assert neutron(client.get(path), 200)["network"]["tags"] == []
     error(client.put(f"{N}/nosuch/tags", json={"tags": []}), 404, "NetworkNotFound")

@@ -1,7 +1,8 @@
 """The tag routes of any Neutron collection (the standard-attr-tag extension), made per
 collection by tag_router: GET/PUT/DELETE /v2.0/<collection>/{<member>_id}/tags and
 GET/PUT/DELETE .../tags/{tag}. Neutron's answers: the tag list (GET, PUT of the list), 201
-(PUT of one tag, no body), 204 (DELETE), 204/404 TagNotFound (GET of one tag).
+(PUT of one tag, no body), 204 (DELETE), 204/404 TagNotFound (GET of one tag). A change
+takes If-Match: revision_number=N as the resource's own PUT does (412 at another revision).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Path, Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import caller_of, context
-from app.api.neutron.common import neutron_router, settle
+from app.api.neutron.common import neutron_router, revision, settle
 from app.api.neutron.query import Collection
 from app.db.session import Session
 from app.domain.neutron import NeutronConfig
@@ -33,9 +34,8 @@ def tag_router(collection: Collection, locate: LocateFactory) -> APIRouter:
 
     def service(request: Request, session: Session) -> TagService:
         caller = caller_of(request)
-        return TagService(
-            session, caller, member, locate(session, caller, context(request).neutron)
-        )
+        found = locate(session, caller, context(request).neutron)
+        return TagService(session, caller, member, found, revision(request))
 
     @router.get("", operation_id=f"list_{member}_tags", response_model=NeutronTagsEnvelope)
     async def list_tags(request: Request, resource_id: str = ResourceId) -> JSONResponse:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from app.db.models import Operation, ResourceColumns
 from app.db.repositories import TagRepository
 from app.db.session import Session
-from app.domain.neutron import NeutronError, validate_tag
+from app.domain.neutron import NeutronError, check_revision, validate_tag
 from app.domain.tenancy import Caller
 from app.services.operations import record_settled_change
 
@@ -27,12 +27,27 @@ def row_kind(row: ResourceColumns) -> str:
 
 
 class TagService:
-    def __init__(self, session: Session, caller: Caller, resource: str, locate: Locate) -> None:
+    def __init__(
+        self,
+        session: Session,
+        caller: Caller,
+        resource: str,
+        locate: Locate,
+        revision: int | None = None,
+    ) -> None:
+        """`revision`: the request's If-Match revision_number (a change of the tags is a
+        revision of the resource: 412 RevisionNumberConstraintFailed when it is at another)."""
         self.session = session
         self.caller = caller
         self.resource = resource
         self.locate = locate
+        self.revision = revision
         self.tags = TagRepository(session)
+
+    def _writable(self, resource_id: str) -> ResourceColumns:
+        row = self.locate(resource_id, True)
+        check_revision(self.revision, row.generation)
+        return row
 
     def get(self, resource_id: str) -> list[str]:
         row = self.locate(resource_id, False)
@@ -47,7 +62,7 @@ class TagService:
         self, resource_id: str, tags: Sequence[str]
     ) -> tuple[ResourceColumns, Operation | None, list[str]]:
         wanted = sorted({validate_tag(t) for t in tags})
-        row = self.locate(resource_id, True)
+        row = self._writable(resource_id)
         if self.tags.of(self.resource, row.id) == wanted:
             return row, None, wanted
         self.tags.replace(self.resource, row.id, wanted)
@@ -55,19 +70,19 @@ class TagService:
 
     def add(self, resource_id: str, tag: str) -> tuple[ResourceColumns, Operation | None]:
         validate_tag(tag)
-        row = self.locate(resource_id, True)
+        row = self._writable(resource_id)
         if not self.tags.add(self.resource, row.id, tag):
             return row, None
         return row, self._changed(row)
 
     def remove(self, resource_id: str, tag: str) -> tuple[ResourceColumns, Operation]:
-        row = self.locate(resource_id, True)
+        row = self._writable(resource_id)
         if not self.tags.remove(self.resource, row.id, tag):
             raise self._no_tag(resource_id, tag)
         return row, self._changed(row)
 
     def clear(self, resource_id: str) -> tuple[ResourceColumns, Operation | None]:
-        row = self.locate(resource_id, True)
+        row = self._writable(resource_id)
         if not self.tags.of(self.resource, row.id):
             return row, None
         self.tags.clear(self.resource, row.id)
