@@ -24,6 +24,7 @@ from app.domain.neutron import (
     QUOTA_RESOURCES,
     NeutronBadRequest,
     NeutronError,
+    convert_to_boolean,
     neutron_resource,
 )
 from app.domain.projects import QUOTA_MAX, stored_quotas
@@ -138,9 +139,11 @@ class NeutronQuotas:
 
 
 def _check_limit(value: object) -> bool:
-    if not isinstance(value, bool):
+    """A boolean as neutron-lib's convert_to_boolean reads one ("true", "False", 1, ...)."""
+    converted = convert_to_boolean(value)
+    if converted is None:
         raise NeutronBadRequest(f"Invalid input for check_limit. Reason: {value!r} is not a bool.")
-    return value
+    return converted
 
 
 def _wanted(body: Mapping[str, Any], project_id: str) -> dict[Quota, int | None]:
