@@ -119,6 +119,14 @@ def test_bad_input_is_400_and_clashes_409(client: TestClient) -> None:
     ]
     for body in bad:
         error(client.post(P, json={"port": body}), 400)
+    # an address of no subnet of the network, in Neutron's words (re-trial N8)
+    outside = {"network_id": network_id, "fixed_ips": [{"ip_address": "10.99.0.5"}]}
+    message = error(client.post(P, json={"port": outside}), 400, "InvalidIpForNetwork")
+    assert message.startswith("IP address 10.99.0.5 is not a valid IP"), message
+    bare = neutron(client.post("/networking/v2.0/networks", json={"network": {}}), 201)
+    no_subnet = {"network_id": bare["network"]["id"], "fixed_ips": [{"ip_address": "10.9.0.5"}]}
+    error(client.post(P, json={"port": no_subnet}), 400, "InvalidIpForNetwork")
+    neutron(client.delete(f"/networking/v2.0/networks/{bare['network']['id']}"), 204)
     assert neutron(client.get(P), 200)["ports"] == []  # nothing half-made
     error(
         client.post(P, json={"port": {"network_id": "00000000-0000-4000-8000-000000000000"}}),

@@ -137,7 +137,9 @@ def test_create_errors_are_neutrons(client: TestClient) -> None:
     assert "tags" not in error(client.post(S, json={"subnet": 5}), 400)  # never 422
     neutron(client.post(S, json=subnet_body(net_id, "10.73.0.0/24", name="s-fox")), 201)
     second = subnet_body(net_id, "10.74.0.0/24", name="s-fox2")
-    error(client.post(S, json=second), 409, "Conflict")  # one subnet per network
+    assert "one IPv4 subnet per network" in error(client.post(S, json=second), 409, "Conflict")
+    unnamed = subnet_body(net_id, "10.74.0.0/24")  # said so, not a clash of a made-up name
+    assert "one IPv4 subnet per network" in error(client.post(S, json=unnamed), 409)
     other = network(client, "golf")
     taken = subnet_body(other, "10.74.0.0/24", name="s-fox")
     assert "s-fox" in error(client.post(S, json=taken), 409)

@@ -15,6 +15,7 @@ the VM's NIC, and Nova would unplug it first.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from pydantic import ValidationError
@@ -204,13 +205,19 @@ class NeutronPorts:
                 "Invalid input for fixed_ips. Reason: a port has at most one IPv4 address"
             )
         item = asked[0]
-        if item.subnet_id is not None:
-            subnet = self._subnet_of(segment)
-            if subnet is None or subnet.id != item.subnet_id:
-                raise NeutronBadRequest(
-                    f"Invalid input for fixed_ips. Reason: subnet {item.subnet_id} is not a "
-                    f"subnet of network {segment.id}"
-                )
+        subnet = self._subnet_of(segment)
+        if item.subnet_id is not None and (subnet is None or subnet.id != item.subnet_id):
+            raise NeutronBadRequest(
+                f"Invalid input for fixed_ips. Reason: subnet {item.subnet_id} is not a "
+                f"subnet of network {segment.id}"
+            )
+        if item.ip_address is not None and not _on_subnet(item.ip_address, subnet):
+            raise NeutronError(
+                400,
+                "InvalidIpForNetwork",
+                f"IP address {item.ip_address} is not a valid IP for any of the subnets on "
+                "the specified network.",
+            )
         return True, item.ip_address
 
     def _subnet_of(self, segment: Segment) -> Network | None:
@@ -309,3 +316,14 @@ def _native(model: type[PortCreate] | type[PortUpdate], data: dict[str, Any]) ->
         field = {"ipv4": "fixed_ips", "port_security": "port_security_enabled"}.get(where, where)
         field = "allowed_address_pairs" if where.startswith("allowed_addresses") else field
         raise NeutronBadRequest(f"Invalid input for {field}. Reason: {first['msg']}") from None
+
+
+def _on_subnet(address: str, subnet: Network | None) -> bool:
+    """Whether `address` is an IPv4 address of the subnet (a malformed one is left to the
+    native check, which says what is wrong with it)."""
+    if subnet is None:
+        return False
+    try:
+        return IPv4Address(address) in IPv4Network(subnet.subnet)
+    except ValueError:
+        return True

@@ -35,7 +35,7 @@ from app.domain.neutron import (
 from app.domain.segments import SegmentKind
 from app.domain.tenancy import Caller
 from app.domain.vlans import VlanFacts
-from app.services.networks import NetworkService
+from app.services.networks import NetworkService, network_blocking
 from app.services.neutron.networks import SUBNET_RESOURCE, NeutronNetworks
 from app.services.neutron.subnets import (
     network_create_from_subnet,
@@ -127,6 +127,14 @@ class NeutronSubnets:
         member's, as the network's addresses are). Its `tags` are stored with it."""
         segment = self.segment_of(body)
         kind = SegmentKind.VLAN if isinstance(segment, Vlan) else SegmentKind.BRIDGE
+        existing = network_blocking(self.session, kind, segment.id)
+        if existing is not None:  # before the name: an unnamed subnet's clash would hide it
+            raise NeutronError(
+                409,
+                "Conflict",
+                f"network {segment.id} already has subnet {existing.id} ({existing.name}): "
+                "one IPv4 subnet per network here",
+            )
         tags = _tags(body.get("tags"))
         model = network_create_from_subnet(body, kind)
         if model.project_id is None and self.caller.is_admin:
