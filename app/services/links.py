@@ -638,8 +638,13 @@ class TapService:
         assert vlan is not None
         join_port(self.session, Port(bridge.id, vlan.id), Joiner.TAP)  # a VLAN in error: 409
         # and the trunk as a bridge a tap joins, as always (a VLAN is made on none never
-        # created, so this refuses nothing the VLAN's own rule lets through today)
-        return self._bridge_id(bridge.id), vlan.id
+        # created, so this refuses nothing the VLAN's own rule lets through today). The
+        # trunk is the one vlan_port found (the VLAN's, or the `bridge` named in the
+        # caller's scope): not looked up again in the caller's scope, where a member's
+        # tenant VLAN's trunk (the physnet's bridge, the default project's) is unknown
+        require_alive(bridge, "bridge", bridge.id)
+        join_port(self.session, Port(bridge.id), Joiner.TAP)
+        return bridge.id, vlan.id
 
     def _moved(self, row: Tap, changes: dict[str, Any]) -> dict[str, str | None]:
         """A PATCH's `bridge` and `vlan` as columns. `vlan` null takes the tap off its VLAN
