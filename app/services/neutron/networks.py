@@ -46,7 +46,7 @@ from app.domain.neutron import (
     validate_tag,
 )
 from app.domain.status import Status
-from app.domain.tenancy import DEFAULT_PROJECT_ID, Caller, Scope
+from app.domain.tenancy import DEFAULT_PROJECT_ID, LOCAL_ADMIN, Caller, Scope
 from app.domain.vlans import VlanFacts, no_vlan_can_exist
 from app.schemas.links import BridgeCreate, BridgeUpdate
 from app.schemas.neutron import NeutronNetworkCreate, NeutronNetworkUpdate
@@ -338,15 +338,17 @@ class NeutronNetworks:
     def _create_vlan(
         self, plan: CreatePlan, body: NeutronNetworkCreate, facts: VlanFacts
     ) -> tuple[Vlan, Operation]:
-        """A VLAN on the physnet's bridge (created first, in the default project, when
-        absent). The kernel-tier proof of this path is wave 2 (this host has no VLANs)."""
+        """A VLAN on the physnet's bridge, which is made first when absent: in the default
+        project, by the daemon for the operator's configuration (settings
+        physical_networks), whoever asks (a member's first tenant network makes it too).
+        Proven in the kernel tier (tests/kernel/nested/test_neutron_vlans.py)."""
         assert plan.physnet is not None
         ifname = self.config.bridge_of(plan.physnet)
         trunk = BridgeRepository(self.session).with_ifname(ifname)
         if trunk is None:
             new = NewLink("bridge", new_id(), DEFAULT_PROJECT_ID, ifname)
             made = BridgeCreate.model_validate({"name": ifname, "project_id": DEFAULT_PROJECT_ID})
-            trunk, _ = BridgeService(self.session, self.caller).create(made, None, (), new)
+            trunk, _ = BridgeService(self.session, LOCAL_ADMIN).create(made, None, (), new)
             self.session.flush()
         vlan = VlanCreate.model_validate(
             {
