@@ -40,6 +40,8 @@ from app.supervisor.vms.state import (
 )
 from app.supervisor.vms.write_back import WriteBack
 
+CHANGING_NICS = "plugging or unplugging NICs (hotplug)"
+
 
 class VmWorker(Adoption, Launcher, Stopper, WriteBack):
     """The VM worker: its thread and loop, and the serial passes that decide and act."""
@@ -301,14 +303,21 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
             return self._report(row, state, decision.status, decision.reason, False), (
                 decision.not_before
             )
+        changes = self._nic_changes(state, row, nics) if state.running else None
         if not state.running:
             self._clean_taps_if_needed(state, decision.status, decision.reason, now)
+        elif changes is not None:
+            sync = self._sync_nics(state, row, nics, taps, changes)
+            self._spawn(state, decision.status, CHANGING_NICS, sync)
+            return self._report(row, state, decision.status, CHANGING_NICS, False), None
         elif taps and now - state.taps_checked_at >= self.resync_interval:
             state.taps_checked_at = now
             check = self._check_taps(state, taps)
             self._spawn(state, decision.status, decision.reason or state.tap_problem, check)
-        reason = decision.reason or (state.tap_problem if state.running else None)
-        return self._report(row, state, decision.status, reason, True), None
+        problems = (state.tap_problem, state.nic_problem) if state.running else ()
+        reason = decision.reason or "; ".join(p for p in problems if p) or None
+        due = state.nic_retry_at if state.running else None  # a hotplug to try again
+        return self._report(row, state, decision.status, reason, True), due
 
     def _new_generation(self, state: VmState, generation: int, intent: int) -> None:
         """The user changed the VM. A new power intent (start, stop, kill, delete: the
