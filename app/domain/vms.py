@@ -255,6 +255,20 @@ def hotplug_refusal(nic: NicSpec, machine: Machine) -> str | None:
     return None
 
 
+PERIPHERALS = "/machine/peripheral"  # where qemu's QOM keeps devices added with an id
+
+
+def peripheral_nics(listing: object) -> set[int]:
+    """The indexes of the guest NIC devices (`nic<i>`) in a QMP `qom-list` answer of
+    /machine/peripheral (a list of {"name": ..., "type": ...})."""
+    found: set[int] = set()
+    for item in listing if isinstance(listing, list) else []:
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name.startswith("nic") and name[3:].isdigit():
+            found.add(int(name[3:]))
+    return found
+
+
 def resolve_accelerator(wanted: Accelerator, kvm_runs_guests: bool | None) -> Accelerator:
     """auto: KVM only where it was seen to boot a guest; explicit kvm where it cannot is an
     error, never a silent fallback."""

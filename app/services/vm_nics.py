@@ -14,11 +14,10 @@ GET /v1/vms/{id}) or by that index.
 
 from __future__ import annotations
 
-from sqlalchemy import delete
-
-from app.db.models import HostPort, Operation, Vm, VmNic
+from app.db.models import Operation, Vm, VmNic
 from app.db.repositories import (
     DependentsRepository,
+    HostPortRepository,
     LinkNameRepository,
     PortRepository,
     VmRepository,
@@ -122,7 +121,7 @@ class VmNicService:
                 f"NICs of other VMs connect to this VM's sockets "
                 f"({', '.join(p.id for p, _ in peers)}): remove them first"
             )
-        self.session.execute(delete(HostPort).where(HostPort.owner_id == nic.id))
+        HostPortRepository(self.session).release([nic.id])
         unplug_taps(self.session, [nic.tap_id])  # a port it plugged is free again
         vm.next_nic_index = max(vm.next_nic_index or 0, nic.position + 1)
         # its tap's name stays claimed (LinkName) until the VM goes: the worker removes the

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.db.models import Vm, VmNic
 from app.db.repositories import vm_spec
 from app.domain.nics import nic_driver
 from app.domain.qemu_argv import device_qmp
-from app.domain.vms import Machine, NicSpec, hotplug_refusal
+from app.domain.vms import PERIPHERALS, Machine, NicSpec, hotplug_refusal, peripheral_nics
 from app.host.qemu import QemuProcess
 from app.host.qmp import Qmp, QmpCommandError, QmpError, QmpEvents
 from app.supervisor.vm_taps import TapPlan
@@ -38,22 +38,11 @@ from app.supervisor.vms.events import ProcessEvents
 from app.supervisor.vms.state import VmState, log
 
 UNPLUG_TIMEOUT = 20.0  # s for the guest to release a device after device_del
-PERIPHERALS = "/machine/peripheral"  # where qemu keeps devices added with an id
 
 
 def guest_nic_indexes(nics: Sequence[VmNic]) -> set[int]:
     """The indexes of the NICs that are guest devices (nic<i>); a hub join has none."""
     return {nic.position for nic in nics if nic.model is not None}
-
-
-def peripheral_nics(listing: object) -> set[int]:
-    """The indexes of `nic<i>` devices in a `qom-list /machine/peripheral` answer."""
-    found: set[int] = set()
-    for item in listing if isinstance(listing, list) else []:
-        name = item.get("name") if isinstance(item, Mapping) else None
-        if isinstance(name, str) and name.startswith("nic") and name[3:].isdigit():
-            found.add(int(name[3:]))
-    return found
 
 
 @dataclass(frozen=True)
