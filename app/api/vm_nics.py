@@ -65,7 +65,7 @@ async def add_vm_nic(
 
 
 @router.delete(
-    "/{vm_id}/nics/{nic}",
+    "/{vm_id}/nics/{index}",
     operation_id="remove_vm_nic",
     status_code=202,
     response_model=VmOut,
@@ -73,19 +73,19 @@ async def add_vm_nic(
 )
 async def remove_vm_nic(
     vm_id: str,
-    nic: Annotated[str, Path(description=NIC_REF, max_length=64)],
+    index: Annotated[str, Path(description=NIC_REF, max_length=64)],
     request: Request,
     response: Response,
     wait: Wait = None,
 ) -> VmOut | Response:
-    """Remove a NIC (`nic`: its id or index). Its fixed address (the static DHCP lease),
+    """Remove a NIC (`index`: its index, or its id). Its fixed address (the static DHCP lease),
     port security rules and host port claims go; a port it plugged is free again. On a
     running VM the guest must release the device (ACPI PCI hotplug): until then, or when
     it does not within the unplug deadline, the VM's `status_reason` says so; its tap goes
     once qemu has let it go. 409 `in-use` while port forwards target the NIC. Answers 202
     with the VM, 200 once it settled (with ?wait=)."""
     ctx, caller = context(request), caller_of(request)
-    row, op = await ctx.mutate(lambda s: VmNicService(s, caller).remove(vm_id, nic))
+    row, op = await ctx.mutate(lambda s: VmNicService(s, caller).remove(vm_id, index))
     settled = await settle_response(ctx, response, "vms", row, op, wait, 200)
     if isinstance(settled, Response):
         return settled
