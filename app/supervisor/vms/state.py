@@ -82,6 +82,7 @@ class VmState:
     lost_taps: set[str] = field(default_factory=set)
     nic_problem: str | None = None
     nic_retry_at: float | None = None
+    syncing_nics: bool = False  # `task` is a hotplug (cancelled by a stop or delete)
 
     @property
     def running(self) -> bool:

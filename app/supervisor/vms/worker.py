@@ -254,6 +254,9 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
         if state.task is not None and not state.task.done():
             assert state.busy is not None
             self._escalate(row, state)
+            if state.syncing_nics and (row.deleted or row.power_state != PowerState.RUNNING):
+                # a stop or delete does not wait for a guest to release an unplugged NIC
+                state.task.cancel()
             return self._report(row, state, state.busy, state.busy_reason, False), None
         if row.deleted and state.removed:
             return self._report(row, state, VmStatus.DELETING, None, True), None
@@ -308,8 +311,10 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
             self._clean_taps_if_needed(state, decision.status, decision.reason, now)
         elif changes is not None:
             sync = self._sync_nics(state, row, nics, taps, changes)
-            self._spawn(state, decision.status, CHANGING_NICS, sync)
-            return self._report(row, state, decision.status, CHANGING_NICS, False), None
+            busy = "; ".join(r for r in (CHANGING_NICS, state.tap_problem) if r)
+            self._spawn(state, decision.status, busy, sync)
+            state.syncing_nics = True
+            return self._report(row, state, decision.status, busy, False), None
         elif taps and now - state.taps_checked_at >= self.resync_interval:
             state.taps_checked_at = now
             check = self._check_taps(state, taps)
@@ -368,7 +373,9 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
         state.task.add_done_callback(partial(self._action_done, state))
 
     def _action_done(self, state: VmState, task: asyncio.Task[None]) -> None:
-        state.busy = state.busy_reason = None
+        if state.task is task:  # a pass may have spawned the next one before this ran
+            state.busy = state.busy_reason = None
+            state.syncing_nics = False
         exc = None if task.cancelled() else task.exception()
         if exc is not None:
             # retried with backoff (launch and remove wait for retry_at), logged at a
