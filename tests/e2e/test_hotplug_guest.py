@@ -128,8 +128,7 @@ def test_the_guest_sees_a_nic_plugged_kept_repaired_and_unplugged(
     daemon.start()
     with daemon.client(timeout=60) as client:
         wait_for(
-            lambda: (v := _vm(client, vm["id"]))["observed_generation"] == v["generation"]
-            or None,
+            lambda: (v := _vm(client, vm["id"]))["observed_generation"] == v["generation"] or None,
             30,
             "re-adopted",
         )
