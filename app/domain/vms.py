@@ -245,7 +245,9 @@ def hotplug_refusal(nic: NicSpec, machine: Machine) -> str | None:
     if not driver.hotplug:
         hot = backends_where("hotplug")
         return f"the {nic.backend} backend cannot be plugged into a running qemu (only {hot})"
-    if nic.model is None or NIC_MODELS.get(nic.model) is not Bus.PCI:
+    if nic.model is None:
+        return "a hub join (model null) is no PCI device qemu can hot-plug"
+    if NIC_MODELS.get(nic.model) is not Bus.PCI:
         return f"NIC model {nic.model} is not a PCI device qemu can hot-plug"
     if machine is not Machine.PC:
         return (

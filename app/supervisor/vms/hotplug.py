@@ -28,9 +28,11 @@ from dataclasses import dataclass
 
 from app.db.models import Vm, VmNic
 from app.db.repositories import vm_spec
+from app.domain.errors import DomainError
 from app.domain.nics import nic_driver
 from app.domain.qemu_argv import device_qmp
 from app.domain.vms import PERIPHERALS, Machine, NicSpec, hotplug_refusal, peripheral_nics
+from app.host.errors import HostError
 from app.host.qemu import QemuProcess
 from app.host.qmp import Qmp, QmpCommandError, QmpError, QmpEvents
 from app.supervisor.vm_taps import TapPlan
@@ -67,14 +69,18 @@ class Hotplug(ProcessEvents):
         if state.nic_retry_at is not None and self.clock() < state.nic_retry_at:
             return None
         by_index = {nic.position: nic for nic in nics if nic.model is not None}
+
+        def pluggable(nic: VmNic) -> bool:
+            # a NIC the API could not refuse (stored while qemu was being started) waits
+            # for the next start rather than failing here
+            return hotplug_refusal(vm_spec(row, [nic]).nics[0], Machine(row.machine)) is None
+
         lost = {
-            nic.position
-            for nic in by_index.values()
-            if nic.tap_name in state.lost_taps
-            and hotplug_refusal(vm_spec(row, [nic]).nics[0], Machine(row.machine)) is None
+            i for i, nic in by_index.items() if nic.tap_name in state.lost_taps and pluggable(nic)
         }
         unplug = (state.plugged - set(by_index)) | (lost & state.plugged)
-        plug = [by_index[i] for i in sorted(set(by_index) - (state.plugged - lost))]
+        wanted = sorted(set(by_index) - (state.plugged - lost))
+        plug = [by_index[i] for i in wanted if i in lost or pluggable(by_index[i])]
         if not unplug and not plug:
             return None
         return NicChanges(tuple(sorted(unplug)), tuple(plug))
@@ -99,7 +105,7 @@ class Hotplug(ProcessEvents):
             plans = {plan.name: plan for plan in taps}
             for nic in changes.plug:
                 await self._plug(state, process, nic, specs[nic.id], plans.get(nic.tap_name or ""))
-        except (QmpError, OSError, TimeoutError) as exc:
+        except (HostError, DomainError, OSError, TimeoutError) as exc:
             state.nic_problem = f"NIC hotplug: {exc or 'timed out'}"
             state.nic_retry_at = self.clock() + self.resync_interval
             log.warning("VM %s: %s", state.vm_id, state.nic_problem)
