@@ -17,7 +17,7 @@ from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
 from app.domain.errors import NotFound
 from app.domain.vm_actions import VmVerb
-from app.domain.vms import MTU_MODEL
+from app.domain.vms import MTU_MODEL, PERIPHERALS, peripheral_nics
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage, VmPatch
 from app.schemas.vms import Vm as VmOut
@@ -248,26 +248,29 @@ def _host_mtu(ctx: AppContext, vm_id: str, path: str) -> int | None:
 
 @router.get("/{vm_id}/devices", operation_id="list_vm_devices", response_model=list[DeviceOut])
 async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
-    """The guest NICs as the running qemu reports them (QOM type, MAC and virtio's
-    host_mtu): proof that the
-    device really exists, e.g. an ISA NE2000 on the isapc machine. 409 when not running."""
+    """The guest NICs as the running qemu reports them (its devices nic<index> under QOM's
+    /machine/peripheral, with their type, MAC and virtio's host_mtu): proof that the
+    device really exists, e.g. an ISA NE2000 on the isapc machine, or a NIC hot-plugged
+    (or not yet unplugged). 409 when not running."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s, caller_of(request)).get(vm_id))
     nics = await ctx.read(lambda s: VmService(s).nics(row.id))
+    stored = {f"nic{nic.position}": nic for nic in nics}
 
     def observe() -> list[DeviceOut]:
         devices = []
-        for nic in nics:
-            if nic.model is None:
-                continue  # a hub join: no guest device
-            path = f"/machine/peripheral/nic{nic.position}"
+        listing = _qmp(ctx, row.id, "qom-list", path=PERIPHERALS)
+        for index in sorted(peripheral_nics(listing)):
+            path = f"{PERIPHERALS}/nic{index}"
+            kind = str(_qmp(ctx, row.id, "qom-get", path=path, property="type"))
+            nic = stored.get(f"nic{index}")
             devices.append(
                 DeviceOut(
-                    id=f"nic{nic.position}",
-                    type=str(_qmp(ctx, row.id, "qom-get", path=path, property="type")),
+                    id=f"nic{index}",
+                    type=kind,
                     mac=str(_qmp(ctx, row.id, "qom-get", path=path, property="mac")),
-                    link_up=nic.link_up,
-                    mtu=_host_mtu(ctx, row.id, path) if nic.model == MTU_MODEL else None,
+                    link_up=nic.link_up if nic is not None else None,
+                    mtu=_host_mtu(ctx, row.id, path) if kind == MTU_MODEL else None,
                 )
             )
         return devices

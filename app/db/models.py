@@ -384,6 +384,9 @@ class Vm(ResourceColumns, Base):
     spec_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # observed
     launched_generation: Mapped[int | None] = mapped_column(Integer, default=None)
+    # the index of the next NIC added after creation (migration 0024; None: one past the
+    # highest): indexes are never given twice while the VM exists
+    next_nic_index: Mapped[int | None] = mapped_column(Integer, default=None)
     observed_uid: Mapped[int | None] = mapped_column(Integer, default=None)
     observed_gid: Mapped[int | None] = mapped_column(Integer, default=None)
     pid: Mapped[int | None] = mapped_column(Integer, default=None)

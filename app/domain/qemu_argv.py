@@ -14,7 +14,15 @@ from app.domain.nics import nic_driver
 from app.domain.qemu_options import qemu_options, qemu_value
 from app.domain.vms import Accelerator, Machine, NicSpec, VmSpec
 
-__all__ = ["boot_args", "device_arg", "netdev_arg", "qemu_argv", "qemu_options", "qemu_value"]
+__all__ = [
+    "boot_args",
+    "device_arg",
+    "device_qmp",
+    "netdev_arg",
+    "qemu_argv",
+    "qemu_options",
+    "qemu_value",
+]
 
 
 def netdev_arg(index: int, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None) -> str:
@@ -37,6 +45,24 @@ def device_arg(index: int, nic: NicSpec) -> str:
     )
     # the property is spelled with an underscore (hw/net/virtio-net.c), unlike _options' keys
     return device if nic.mtu is None else f"{device},host_mtu={nic.mtu}"
+
+
+def device_qmp(index: int, nic: NicSpec) -> dict[str, object]:
+    """QMP `device_add`'s arguments for the guest NIC of a running qemu: what device_arg
+    writes on the command line, as typed values (qemu picks the first free slot of the PCI
+    root bus: no `addr`)."""
+    assert nic.model is not None
+    device: dict[str, object] = {
+        "driver": nic.model,
+        "id": f"nic{index}",
+        "netdev": f"net{index}",
+        "mac": nic.mac,
+    }
+    if nic.queues > 1:
+        device.update(mq=True, vectors=2 * nic.queues + 2)
+    if nic.mtu is not None:
+        device["host_mtu"] = nic.mtu
+    return device
 
 
 def boot_args(spec: VmSpec) -> list[str]:
@@ -86,7 +112,7 @@ def qemu_argv(
     if accelerator is Accelerator.KVM:
         argv += ["-cpu", "host"]
     argv += boot_args(spec)
-    for index, nic in enumerate(spec.nics):
+    for index, nic in spec.indexed_nics():
         fds = (tap_fds or {}).get(nic.id)
         argv += ["-netdev", netdev_arg(index, nic, vhost_net, fds)]
         if nic.model is None:  # no guest NIC: the backend joins its hub

@@ -126,6 +126,15 @@ class VmSpec:
     accelerator: Accelerator = Accelerator.AUTO
     boot: BootSpec = field(default_factory=BootSpec)
     nics: tuple[NicSpec, ...] = ()
+    # each NIC's stable index (qemu's ids nic<i> and net<i>: a NIC removed from a running VM
+    # leaves a gap, never renumbers the others); () means 0, 1, ... in order
+    nic_indexes: tuple[int, ...] = ()
+
+    def indexed_nics(self) -> list[tuple[int, NicSpec]]:
+        """(index, NIC) in order."""
+        if not self.nic_indexes:
+            return list(enumerate(self.nics))
+        return list(zip(self.nic_indexes, self.nics, strict=True))
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -225,6 +234,41 @@ def _one_nic_per_tap(taps: dict[str, int], tap: str, index: int) -> None:
         raise InvalidInput(
             f"nics[{first}] and nics[{index}] both use tap {tap!r}; a tap carries one NIC"
         )
+
+
+def hotplug_refusal(nic: NicSpec, machine: Machine) -> str | None:
+    """Why `nic` cannot be added to (or removed from) a running VM of `machine`; None when it
+    can: a guest NIC on a PCI bus the machine hot-plugs (the pc machine's root bus, through
+    ACPI PCI hotplug: the guest must release a device before it goes) on a backend whose
+    netdev takes passed descriptors. Any NIC can be added to a stopped VM."""
+    driver = nic_driver(nic.backend)
+    if not driver.hotplug:
+        hot = backends_where("hotplug")
+        return f"the {nic.backend} backend cannot be plugged into a running qemu (only {hot})"
+    if nic.model is None:
+        return "a hub join (model null) is no PCI device qemu can hot-plug"
+    if NIC_MODELS.get(nic.model) is not Bus.PCI:
+        return f"NIC model {nic.model} is not a PCI device qemu can hot-plug"
+    if machine is not Machine.PC:
+        return (
+            f"the {machine.value} machine has no hot-pluggable PCI slot here (only pc: "
+            "q35's PCIe root bus takes no hotplug without a root port)"
+        )
+    return None
+
+
+PERIPHERALS = "/machine/peripheral"  # where qemu's QOM keeps devices added with an id
+
+
+def peripheral_nics(listing: object) -> set[int]:
+    """The indexes of the guest NIC devices (`nic<i>`) in a QMP `qom-list` answer of
+    /machine/peripheral (a list of {"name": ..., "type": ...})."""
+    found: set[int] = set()
+    for item in listing if isinstance(listing, list) else []:
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name.startswith("nic") and name[3:].isdigit():
+            found.add(int(name[3:]))
+    return found
 
 
 def resolve_accelerator(wanted: Accelerator, kvm_runs_guests: bool | None) -> Accelerator:

@@ -173,6 +173,7 @@ class Qmp:
         self._watcher: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._disconnected = asyncio.Event()
+        self._passing_fd = asyncio.Lock()  # one descriptor in flight with its getfd
 
     def __repr__(self) -> str:
         return f"Qmp({str(self.socket_path)!r}, connected={self.connected})"
@@ -310,6 +311,19 @@ class Qmp:
             raise QmpCommandError(exc.error_class, str(exc), self.socket_path, command) from exc
         except (ExecInterruptedError, StateError) as exc:
             raise QmpDisconnected(f"connection lost: {exc}", self.socket_path, command) from exc
+
+    async def pass_fd(self, fd: int, name: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Hand qemu the descriptor `fd` under `name` (QMP `getfd`, qapi/misc.json): it
+        goes as SCM_RIGHTS ancillary data ahead of the command (qemu.qmp's send_fd_scm),
+        qemu keeps it for a later `netdev_add ... fd=NAME`. `fd` stays open here."""
+        async with self._passing_fd:
+            if not self.connected:
+                raise QmpDisconnected("not connected", self.socket_path, "getfd")
+            try:
+                self._client.send_fd_scm(fd)
+            except (OSError, QMPError) as exc:
+                raise QmpDisconnected(f"passing fd: {exc}", self.socket_path, "getfd") from exc
+            await self.execute("getfd", {"fdname": name}, timeout)
 
     async def status(self, timeout: float = DEFAULT_TIMEOUT) -> str:
         """The VM's run state from query-status: running, paused, prelaunch, shutdown, ..."""

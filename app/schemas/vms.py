@@ -475,7 +475,10 @@ class PortSecurityState(BaseModel):
 
 class NicOut(BaseModel):
     id: str = Field(description="The NIC's id (as in an in-use problem's `dependents`)")
-    index: int
+    index: int = Field(
+        description="The NIC's index, its own for life (qemu's device nic<index>): removing "
+        "another NIC never shifts it, and the VM never gives it twice"
+    )
     model: str | None
     hub: int | None = None
     mac: str

@@ -204,24 +204,28 @@ class VmService:
         nic_rows = [nic_row for nic_row, _ in nics]
         self.session.add_all(nic_rows)
         for nic_row, nic_in in zip(nic_rows, body.nics, strict=True):
-            if nic_driver(nic_row.backend).plugs_port:  # the port's address and rules
-                plugged_port_settings(self.session, nic_row, nic_in)
-                continue
-            if nic_row.vlan_tagged:
-                # not on the trunk's untagged segment, so not on a managed network there
-                if nic_in.ipv4 is not None:
-                    raise InvalidInput("ipv4 is not for trunk NICs")
-            else:  # on its segment's managed network, if it carries one
-                fixed_address(self.session, nic_row, nic_in.ipv4, leases)
-            port_security.resolve(
-                self.session,
-                nic_row,
-                nic_in.port_security,
-                nic_in.allowed_addresses,
-                row.project_id,
-            )
+            self.nic_settings(nic_row, nic_in, row.project_id, leases)
         operation = record_operation(self.session, "create", "vm", row, self.caller)
         return row, nic_rows, operation
+
+    def nic_settings(
+        self, nic_row: VmNic, nic_in: NicIn, project_id: str, leases: LeaseReader | None
+    ) -> None:
+        """What a new NIC (at create, or added later) gets once its row is in the session:
+        a plugged port's address and rules, else its fixed address on its segment's managed
+        network (if it carries one) and its port security."""
+        if nic_driver(nic_row.backend).plugs_port:  # the port's address and rules
+            plugged_port_settings(self.session, nic_row, nic_in)
+            return
+        if nic_row.vlan_tagged:
+            # not on the trunk's untagged segment, so not on a managed network there
+            if nic_in.ipv4 is not None:
+                raise InvalidInput("ipv4 is not for trunk NICs")
+        else:  # on its segment's managed network, if it carries one
+            fixed_address(self.session, nic_row, nic_in.ipv4, leases)
+        port_security.resolve(
+            self.session, nic_row, nic_in.port_security, nic_in.allowed_addresses, project_id
+        )
 
     def _restricted(self, body: VmCreate, images: Path | None) -> VmCreate:
         """The body as a non-admin may send it (403 naming the field otherwise), its boot
@@ -232,6 +236,17 @@ class VmService:
         return body.model_copy(update={"boot": tenant_boot(self.caller, body.boot, images)})
 
     # ---- one NIC ---------------------------------------------------------------------------
+
+    def new_nic(
+        self,
+        vm_id: str,
+        index: int,
+        nic: NicIn,
+        taken_macs: set[str],
+        vlan_facts: VlanFacts | None = None,
+    ) -> tuple[VmNic, NicSpec]:
+        """A NIC's row and spec as at create (NIC `index` of VM `vm_id`)."""
+        return self._nic(vm_id, index, nic, taken_macs, vlan_facts)
 
     def _nic(
         self,

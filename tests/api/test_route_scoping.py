@@ -92,7 +92,9 @@ class World:
             body = {"name": f"fs{n}", "bridge": bridge_id, "subnet": f"10.201.{n}.0/24"}
             return self.admin_post("/v1/networks", body, where)["id"]
         if kind == "vm":
-            return self.admin_post("/v1/vms", self.vm_body(f"fvm{n}"), where)["id"]
+            # with a NIC: DELETE /v1/vms/{vm_id}/nics/{index} removes NIC 0
+            nics = [{"backend": "user", "user": {"restrict": True}}]
+            return self.admin_post("/v1/vms", self.vm_body(f"fvm{n}", nics=nics), where)["id"]
         if kind == "port":
             return self.admin_post("/v1/ports", {"name": f"fpo{n}", "bridge": bridge}, where)["id"]
         if kind == "forward":
@@ -364,6 +366,11 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/v1/vms/{vm_id}/console"): ok(200),
     ("GET", "/v1/vms/{vm_id}/devices"): ok(409),  # not running
     ("PUT", "/v1/vms/{vm_id}/nics/{index}/link"): ok(409, body=lambda w, p: {"up": True}),
+    # a stopped VM's NICs: stored for its next start (a member's user NIC is restricted)
+    ("POST", "/v1/vms/{vm_id}/nics"): ok(
+        202, fresh="vm", body=lambda w, p: {"backend": "user", "user": {"restrict": True}}
+    ),
+    ("DELETE", "/v1/vms/{vm_id}/nics/{index}"): ok(202, fresh="vm"),
     # the host: the provider's
     ("GET", "/v1/host/interfaces"): ok(200, admin_only=True),
     ("GET", "/v1/host/routes"): ok(200, admin_only=True),

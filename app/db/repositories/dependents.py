@@ -38,12 +38,16 @@ class DependentsRepository:
     def nics_on_network(self, network_id: str) -> list[tuple[VmNic, Vm]]:
         return self._live_nics(VmNic.network_id == network_id)
 
-    def peer_nics(self, vm_id: str) -> list[tuple[VmNic, Vm]]:
-        """NICs of other live VMs that need an endpoint one of this VM's NICs offers (a
-        socket NIC connecting to this VM's listening one): their backends' drivers decide
-        from the stored options (app.domain.nics.peer_nics)."""
+    def peer_nics(self, vm_id: str, nic_id: str | None = None) -> list[tuple[VmNic, Vm]]:
+        """NICs of other live VMs that need an endpoint one of this VM's NICs (or its NIC
+        `nic_id`) offers (a socket NIC connecting to this VM's listening one): their backends'
+        drivers decide from the stored options (app.domain.nics.peer_nics)."""
         nics = self._live_nics(VmNic.backend.in_(backends_with("has_peers")))
-        own = [(nic.backend, nic.options) for nic, _ in nics if nic.vm_id == vm_id]
+        own = [
+            (nic.backend, nic.options)
+            for nic, _ in nics
+            if nic.vm_id == vm_id and nic_id in (None, nic.id)
+        ]
         others = [((nic, vm), nic.backend, nic.options) for nic, vm in nics if nic.vm_id != vm_id]
         return peer_nics(own, others)
 

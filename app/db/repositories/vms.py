@@ -51,6 +51,7 @@ class VmRepository(ResourceRepository[Vm]):
 
 def vm_spec(vm: Vm, nics: Sequence[VmNic]) -> VmSpec:
     """A VM and its NICs as the domain's spec (what the qemu command line is built from)."""
+    ordered = sorted(nics, key=lambda n: n.position)
     return VmSpec(
         id=vm.id,
         name=vm.name,
@@ -59,7 +60,8 @@ def vm_spec(vm: Vm, nics: Sequence[VmNic]) -> VmSpec:
         machine=Machine(vm.machine),
         accelerator=Accelerator(vm.accelerator),
         boot=BootSpec(**vm.boot),
-        nics=tuple(_nic_spec(nic) for nic in sorted(nics, key=lambda n: n.position)),
+        nics=tuple(_nic_spec(nic) for nic in ordered),
+        nic_indexes=tuple(nic.position for nic in ordered),
     )
 
 

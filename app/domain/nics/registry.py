@@ -104,6 +104,9 @@ class NicDriver:
     plugs_port: ClassVar[bool] = False
     # the request field that says where it attaches (`tap` for the tap backend), None: none
     option: ClassVar[str | None] = None
+    # can be added to and removed from a running qemu (QMP netdev_add with descriptors the
+    # daemon passes, then device_add: netdev_qmp); the others wait for a stopped VM
+    hotplug: ClassVar[bool] = False
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         """The spec of a NIC from a request's NIC fields (the API's NicIn as plain data)."""
@@ -130,6 +133,13 @@ class NicDriver:
     ) -> str:
         """QEMU's `-netdev` value for this NIC (`fds`: descriptors of its host link)."""
         raise NotImplementedError(f"the {self.name} backend has no -netdev")
+
+    def netdev_qmp(
+        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fd_names: Sequence[str]
+    ) -> dict[str, object]:
+        """QMP `netdev_add`'s arguments for this NIC on a running qemu, its host link's
+        descriptors already handed over by `getfd` under `fd_names` (hotplug backends)."""
+        raise InvalidInput(f"the {self.name} backend cannot be added to a running VM")
 
     def present(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Fields the API shows from stored options, beyond the common `hub`."""

@@ -19,6 +19,7 @@ class TapNetdev(NicDriver):
     """A backend whose NIC is a kernel tap (QEMU's `-netdev tap`, qemu-options.hx)."""
 
     multiqueue: ClassVar[bool] = True
+    hotplug: ClassVar[bool] = True
 
     def validate(self, nic: NicSpec) -> None:
         if nic.tap is None:
@@ -42,6 +43,15 @@ class TapNetdev(NicDriver):
             queues=nic.queues if nic.queues > 1 else None,
             vhost=vhost[nic.vhost],
         )
+
+    def netdev_qmp(
+        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fd_names: Sequence[str]
+    ) -> dict[str, object]:
+        """QAPI's NetdevTapOptions (qapi/net.json): `fd` or `fds` name descriptors given to
+        the monitor by `getfd` (one per queue), `vhost` a boolean."""
+        vhost = {Vhost.ON: True, Vhost.OFF: False, Vhost.AUTO: vhost_net}[nic.vhost]
+        handles = {"fd": fd_names[0]} if len(fd_names) == 1 else {"fds": ":".join(fd_names)}
+        return {"type": "tap", "id": netdev_id, **handles, "vhost": vhost}
 
 
 @register

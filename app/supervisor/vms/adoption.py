@@ -8,11 +8,11 @@ from functools import partial
 from app.db.models import Vm
 from app.db.repositories import VmRepository
 from app.host.qemu import QemuUnresponsive, adopt_from
-from app.supervisor.vms.events import ProcessEvents
+from app.supervisor.vms.hotplug import Hotplug
 from app.supervisor.vms.state import ADOPT_TIMEOUT, _argv_option, log, started_at
 
 
-class Adoption(ProcessEvents):
+class Adoption(Hotplug):
     """qemu outlives the daemon: at start-up every qemu found in a VM's run directory is
     taken over (identity checked by app.host.qemu.adopt_from), never started twice."""
 
@@ -50,3 +50,5 @@ class Adoption(ProcessEvents):
         state.exit_at, state.stopped_by_us, state.held = None, False, None
         state.launched_generation = row.launched_generation
         self._hold(state, process)
+        if process.qmp.connected:  # the guest NICs it holds now (hotplug since its launch)
+            await self._observe_plugged(state, process)

@@ -1,5 +1,5 @@
 """A held qemu's exit (recorded, a pass woken) and its QMP events (SHUTDOWN, RESET, STOP,
-RESUME, NIC_RX_FILTER_CHANGED), published on the event bus with the VM's fields."""
+RESUME, NIC_RX_FILTER_CHANGED, DEVICE_DELETED), published on the event bus with the VM's fields."""
 
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ class ProcessEvents(WorkerBase):
         self._set_wake()
 
     def _on_qmp_event(self, state: VmState, event: QmpEvent) -> None:
+        if event.name == "DEVICE_DELETED" and state.nic_retry_at is not None:
+            state.nic_retry_at = None  # a guest released a device late: finish its unplug
+            self._set_wake()
         if event.name not in QMP_EVENTS or not state.event_fields:
             return
         fields = dict(state.event_fields)

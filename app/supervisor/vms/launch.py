@@ -18,6 +18,7 @@ from app.host.qemu import LaunchSpec, QemuLaunchError, launch
 from app.supervisor.faults import is_transient
 from app.supervisor.vm_taps import TapPlan
 from app.supervisor.vms.events import ProcessEvents
+from app.supervisor.vms.hotplug import guest_nic_indexes
 from app.supervisor.vms.state import LAUNCH_TIMEOUT, VmState, log, started_at
 
 
@@ -90,6 +91,10 @@ class Launcher(ProcessEvents):
         state.exit_code, state.exit_at, state.output = None, None, None
         state.stopped_by_us = False
         state.launched_generation = generation
+        # the guest NICs it was started with (hotplug changes them from here on)
+        state.plugged = guest_nic_indexes(nics)
+        state.lost_taps.clear()
+        state.nic_problem = state.nic_retry_at = None
         self._hold(state, process)
         log.info(
             "VM %s (%s) runs as pid %d (uid %s) under %s",
@@ -129,16 +134,19 @@ class Launcher(ProcessEvents):
     async def _check_taps(self, state: VmState, taps: list[TapPlan]) -> None:
         """A running VM's bridge taps: one taken off its bridge (brctl delif), or whose
         isolation flag was changed by hand, is put back as the NIC wants it; one deleted by
-        hand cannot be (qemu holds the deleted device), which is reported."""
+        hand is reported and its NIC re-plugged with a new tap where the VM can hot-plug it
+        (qemu holds the deleted device, whose netdev cannot be swapped)."""
         repaired, lost = await self._vm_taps().verify(state.vm_id, taps)
         for name in repaired:
             what = f"tap {name} was off its bridge or its port settings changed"
             log.warning("VM %s: %s; repaired", state.vm_id, what)
             self._publish(state, "drift_repaired", f"{what}: repaired")
+        state.lost_taps |= set(lost)  # re-plugged where the VM can (app.supervisor.vms.hotplug)
         if lost and state.tap_problem is None:
             state.tap_problem = (
-                f"tap(s) {', '.join(lost)} deleted by hand: the guest is cut off from its "
-                "bridge until the VM is stopped and started (qemu holds the deleted device)"
+                f"tap(s) {', '.join(lost)} deleted by hand (qemu holds the deleted device): "
+                "re-plugging the NIC where the VM can hot-plug it (pc machine), else the guest "
+                "is cut off from its bridge until the VM is stopped and started"
             )
             log.warning("VM %s: %s", state.vm_id, state.tap_problem)
             self._publish(state, "tap_lost", state.tap_problem)

@@ -28,7 +28,9 @@ ERROR_RETRY = 1.0  # the first retry after a pass failed unexpectedly (then it d
 PASS_KEY = "pass"  # the backoff key of whole-pass failures
 STOP_TIMEOUT = 10.0  # stop(): for in-flight actions to be cancelled and handles released
 RETRY_BASE, RETRY_MAX = 0.5, 30.0  # transient failures before a launch (a bridge not there yet)
-QMP_EVENTS = frozenset({"SHUTDOWN", "RESET", "STOP", "RESUME", "NIC_RX_FILTER_CHANGED"})
+QMP_EVENTS = frozenset(
+    {"SHUTDOWN", "RESET", "STOP", "RESUME", "NIC_RX_FILTER_CHANGED", "DEVICE_DELETED"}
+)
 DEFAULT_RULES = RestartRules()
 DEFAULT_QEMU_USER = "kvmnetd-qemu"  # settings.qemu_user
 SETTLED_OK = frozenset({VmStatus.RUNNING, VmStatus.STOPPED})
@@ -73,6 +75,14 @@ class VmState:
     stale_taps_seen: set[str] = field(default_factory=set)
     # (generation, what was wrong with the run directory's files at adoption)
     note: tuple[int, str] | None = None
+    # NIC hotplug (app.supervisor.vms.hotplug): the indexes of the guest NIC devices the
+    # running qemu holds (None: not known), the bridge taps deleted by hand that wait to be
+    # re-plugged, why the last change failed or waits, and not before when to try again
+    plugged: set[int] | None = None
+    lost_taps: set[str] = field(default_factory=set)
+    nic_problem: str | None = None
+    nic_retry_at: float | None = None
+    syncing_nics: bool = False  # `task` is a hotplug (cancelled by a stop or delete)
 
     @property
     def running(self) -> bool:

@@ -40,6 +40,8 @@ from app.supervisor.vms.state import (
 )
 from app.supervisor.vms.write_back import WriteBack
 
+CHANGING_NICS = "plugging or unplugging NICs (hotplug)"
+
 
 class VmWorker(Adoption, Launcher, Stopper, WriteBack):
     """The VM worker: its thread and loop, and the serial passes that decide and act."""
@@ -252,6 +254,9 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
         if state.task is not None and not state.task.done():
             assert state.busy is not None
             self._escalate(row, state)
+            if state.syncing_nics and (row.deleted or row.power_state != PowerState.RUNNING):
+                # a stop or delete does not wait for a guest to release an unplugged NIC
+                state.task.cancel()
             return self._report(row, state, state.busy, state.busy_reason, False), None
         if row.deleted and state.removed:
             return self._report(row, state, VmStatus.DELETING, None, True), None
@@ -301,14 +306,23 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
             return self._report(row, state, decision.status, decision.reason, False), (
                 decision.not_before
             )
+        changes = self._nic_changes(state, row, nics) if state.running else None
         if not state.running:
             self._clean_taps_if_needed(state, decision.status, decision.reason, now)
+        elif changes is not None:
+            sync = self._sync_nics(state, row, nics, taps, changes)
+            busy = "; ".join(r for r in (CHANGING_NICS, state.tap_problem) if r)
+            self._spawn(state, decision.status, busy, sync)
+            state.syncing_nics = True
+            return self._report(row, state, decision.status, busy, False), None
         elif taps and now - state.taps_checked_at >= self.resync_interval:
             state.taps_checked_at = now
             check = self._check_taps(state, taps)
             self._spawn(state, decision.status, decision.reason or state.tap_problem, check)
-        reason = decision.reason or (state.tap_problem if state.running else None)
-        return self._report(row, state, decision.status, reason, True), None
+        problems = (state.tap_problem, state.nic_problem) if state.running else ()
+        reason = decision.reason or "; ".join(p for p in problems if p) or None
+        due = state.nic_retry_at if state.running else None  # a hotplug to try again
+        return self._report(row, state, decision.status, reason, True), due
 
     def _new_generation(self, state: VmState, generation: int, intent: int) -> None:
         """The user changed the VM. A new power intent (start, stop, kill, delete: the
@@ -359,7 +373,9 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
         state.task.add_done_callback(partial(self._action_done, state))
 
     def _action_done(self, state: VmState, task: asyncio.Task[None]) -> None:
-        state.busy = state.busy_reason = None
+        if state.task is task:  # a pass may have spawned the next one before this ran
+            state.busy = state.busy_reason = None
+            state.syncing_nics = False
         exc = None if task.cancelled() else task.exception()
         if exc is not None:
             # retried with backoff (launch and remove wait for retry_at), logged at a

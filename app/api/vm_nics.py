@@ -1,0 +1,97 @@
+"""/v1/vms/{id}/nics: add a NIC to a VM and remove one, running or stopped (issue 13 item 6).
+
+The change is stored first (app.services.vm_nics); the VM worker then plugs a running
+qemu's new NIC (its tap made and handed over by descriptor, QMP getfd, netdev_add,
+device_add) or unplugs a removed one (device_del, the guest's release seen as
+DEVICE_DELETED, netdev_del, then its tap goes). A stopped VM gets its NICs at its next start.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+
+from app.api.deps import AppContext, Wait, caller_of, context
+from app.api.presenters import vm_out
+from app.api.strict import StrictRoute
+from app.api.waiting import settle_response
+from app.db.models import Vm
+from app.schemas.common import PROBLEM_RESPONSES
+from app.schemas.vms import NicIn, NicOut
+from app.schemas.vms import Vm as VmOut
+from app.services.vm_nics import VmNicService
+from app.services.vms import HostFacts, VmService
+
+router = APIRouter(
+    prefix="/v1/vms", tags=["vms"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
+)
+
+NIC_REF = (
+    "The NIC's `id` (stable), or its `index` (digits): an index is the NIC's for life, "
+    "never shifts when another NIC goes, and is never given twice while the VM exists"
+)
+
+
+@router.post(
+    "/{vm_id}/nics",
+    operation_id="add_vm_nic",
+    status_code=202,
+    response_model=NicOut,
+    responses={201: {"model": NicOut, "description": "Added, and plugged (with ?wait=)"}},
+)
+async def add_vm_nic(
+    vm_id: str, body: NicIn, request: Request, response: Response, wait: Wait = None
+) -> NicOut | Response:
+    """Add a NIC, validated as at create (backend, VLAN, fixed `ipv4` on a managed network,
+    port security, isolation). It gets the next `index` (never one the VM had before).
+    A stopped VM gets it at its next start. On a VM whose qemu runs (or is starting) it is
+    hot-plugged: only a PCI model (virtio-net-pci, e1000, ...) on the bridge, tap or port
+    backend on the pc machine (409 with the reason otherwise: stop the VM first). Answers 202
+    with the NIC while the VM has not settled (the VM's operation in the headers), 201 once
+    it has (with ?wait=); a plug that failed shows in the VM's `status_reason`."""
+    ctx, caller = context(request), caller_of(request)
+    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    leases = ctx.inspector.leases
+    row, nic, op = await ctx.mutate(
+        lambda s: VmNicService(s, caller).add(vm_id, body, host, leases)
+    )
+    settled = await settle_response(ctx, response, "vms", row, op, wait, 201)
+    if isinstance(settled, Response):
+        return settled
+    nics = await ctx.read(lambda s: VmService(s).nics(settled.id))
+    shown = vm_out(settled, nics).nics
+    return next(n for n in shown if n.id == nic.id)
+
+
+@router.delete(
+    "/{vm_id}/nics/{index}",
+    operation_id="remove_vm_nic",
+    status_code=202,
+    response_model=VmOut,
+    responses={200: {"model": VmOut, "description": "Removed, and unplugged (with ?wait=)"}},
+)
+async def remove_vm_nic(
+    vm_id: str,
+    index: Annotated[str, Path(description=NIC_REF, max_length=64)],
+    request: Request,
+    response: Response,
+    wait: Wait = None,
+) -> VmOut | Response:
+    """Remove a NIC (`index`: its index, or its id). Its fixed address (the static DHCP lease),
+    port security rules and host port claims go; a port it plugged is free again. On a
+    running VM the guest must release the device (ACPI PCI hotplug): until then, or when
+    it does not within the unplug deadline, the VM's `status_reason` says so; its tap goes
+    once qemu has let it go. 409 `in-use` while port forwards target the NIC. Answers 202
+    with the VM, 200 once it settled (with ?wait=)."""
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: VmNicService(s, caller).remove(vm_id, index))
+    settled = await settle_response(ctx, response, "vms", row, op, wait, 200)
+    if isinstance(settled, Response):
+        return settled
+    return await _present(ctx, settled)
+
+
+async def _present(ctx: AppContext, row: Vm) -> VmOut:
+    nics = await ctx.read(lambda s: VmService(s).nics(row.id))
+    return vm_out(row, nics)

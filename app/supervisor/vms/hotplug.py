@@ -1,0 +1,230 @@
+"""NIC hotplug: a running qemu's guest NICs made equal to the stored ones (issue 13 item 6).
+
+The database says which NICs a VM has (app.services.vm_nics changes it before qemu is
+touched); the worker knows which guest NIC devices its qemu holds (`VmState.plugged`: the
+indexes launched with, or at re-adoption what QMP `qom-list /machine/peripheral` shows, so a
+re-adopted qemu with hot-plugged NICs is taken as it is, never as drift of its launch
+argv). The difference is carried out under the VM's lock, one NIC at a time:
+
+- plug (QEMU's docs/system/device-emulation and qapi/net.json): the NIC's tap made as at a
+  launch (a bridge NIC's own; a tap resource's or port's exists), opened once per queue,
+  each descriptor handed to qemu by `getfd` (SCM_RIGHTS over the QMP socket), then
+  `netdev_add` tap,fd=NAME and `device_add` with the NIC's model, MAC and id (qemu takes the
+  first free slot of the pc machine's PCI root bus);
+- unplug: `device_del`, then the guest's release seen as DEVICE_DELETED (ACPI PCI hotplug
+  needs the guest's cooperation: a guest that does not answer within `unplug_timeout` leaves
+  it pending, said on the VM, finished when the event comes or at the VM's next stop), then
+  `netdev_del`, then the taps qemu no longer holds go;
+- re-plug: a running VM's tap deleted by hand is recreated and its NIC unplugged and
+  plugged again (a device's netdev cannot be swapped while it exists).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.db.models import Vm, VmNic
+from app.db.repositories import vm_spec
+from app.domain.errors import DomainError
+from app.domain.nics import nic_driver
+from app.domain.qemu_argv import device_qmp
+from app.domain.vms import PERIPHERALS, Machine, NicSpec, hotplug_refusal, peripheral_nics
+from app.host.errors import HostError
+from app.host.qemu import QemuProcess
+from app.host.qmp import Qmp, QmpCommandError, QmpError, QmpEvents
+from app.supervisor.vm_taps import TapPlan
+from app.supervisor.vms.events import ProcessEvents
+from app.supervisor.vms.state import VmState, log
+
+UNPLUG_TIMEOUT = 20.0  # s for the guest to release a device after device_del
+
+
+def guest_nic_indexes(nics: Sequence[VmNic]) -> set[int]:
+    """The indexes of the NICs that are guest devices (nic<i>); a hub join has none."""
+    return {nic.position for nic in nics if nic.model is not None}
+
+
+@dataclass(frozen=True)
+class NicChanges:
+    """What a running qemu needs: devices to unplug (indexes), NICs to plug."""
+
+    unplug: tuple[int, ...]
+    plug: tuple[VmNic, ...]
+
+
+class Hotplug(ProcessEvents):
+    """The hotplug part of the VM worker (see the module's docstring)."""
+
+    unplug_timeout: float = UNPLUG_TIMEOUT
+
+    def _nic_changes(self, state: VmState, row: Vm, nics: Sequence[VmNic]) -> NicChanges | None:
+        """The difference between the stored guest NICs and what qemu holds (plus NICs whose
+        tap was deleted by hand: re-plugged), None when there is none, nothing is known
+        of qemu's devices yet, or a pending unplug waits for the guest."""
+        if state.plugged is None or state.process is None:
+            return None
+        if state.nic_retry_at is not None and self.clock() < state.nic_retry_at:
+            return None
+        by_index = {nic.position: nic for nic in nics if nic.model is not None}
+
+        def pluggable(nic: VmNic) -> bool:
+            # a NIC the API could not refuse (stored while qemu was being started) waits
+            # for the next start rather than failing here
+            return hotplug_refusal(vm_spec(row, [nic]).nics[0], Machine(row.machine)) is None
+
+        lost = {
+            i for i, nic in by_index.items() if nic.tap_name in state.lost_taps and pluggable(nic)
+        }
+        unplug = (state.plugged - set(by_index)) | (lost & state.plugged)
+        wanted = sorted(set(by_index) - (state.plugged - lost))
+        plug = [by_index[i] for i in wanted if i in lost or pluggable(by_index[i])]
+        if not unplug and not plug:
+            return None
+        return NicChanges(tuple(sorted(unplug)), tuple(plug))
+
+    async def _sync_nics(
+        self, state: VmState, row: Vm, nics: list[VmNic], taps: list[TapPlan], changes: NicChanges
+    ) -> None:
+        """Unplug, then plug, one NIC at a time; a failure stays on the VM (status_reason)
+        and is tried again after a backoff."""
+        process = state.process
+        if process is None:
+            return
+        state.nic_problem = None
+        try:
+            for index in changes.unplug:
+                if not await self._unplug(state, process, index):
+                    return  # the guest has not let go: the rest waits (say so, retry later)
+            if changes.unplug:
+                await self._drop_unused_taps(state, taps)
+            spec = vm_spec(row, nics)
+            specs = {nic.id: nic for nic in spec.nics}
+            plans = {plan.name: plan for plan in taps}
+            for nic in changes.plug:
+                await self._plug(state, process, nic, specs[nic.id], plans.get(nic.tap_name or ""))
+        except (HostError, DomainError, OSError, TimeoutError) as exc:
+            state.nic_problem = f"NIC hotplug: {exc or 'timed out'}"
+            state.nic_retry_at = self.clock() + self.resync_interval
+            log.warning("VM %s: %s", state.vm_id, state.nic_problem)
+            self._publish(state, "nic_hotplug_failed", state.nic_problem)
+            return
+        state.nic_retry_at = None
+        if state.tap_problem is not None and not state.lost_taps:
+            state.tap_problem = None
+
+    async def _plug(
+        self,
+        state: VmState,
+        process: QemuProcess,
+        nic: VmNic,
+        spec: NicSpec,
+        plan: TapPlan | None,
+    ) -> None:
+        index = nic.position
+        qmp = process.qmp
+        if plan is not None:  # a bridge NIC's own tap, made as at a launch
+            state.taps.add(plan.name)
+            await self._vm_taps().ensure(state.vm_id, [plan])
+        opened = await self._vm_taps().open([nic])
+        names = [f"net{index}q{queue}" for queue in range(len(opened.get(nic.id, [])))]
+        try:
+            for fd, name in zip(opened.get(nic.id, []), names, strict=True):
+                await qmp.pass_fd(fd, name)
+        finally:
+            for fd in opened.get(nic.id, []):
+                os.close(fd)  # qemu holds its own copies now
+        netdev = nic_driver(spec.backend).netdev_qmp(f"net{index}", spec, self.vhost_net(), names)
+        try:
+            await qmp.execute("netdev_add", netdev)
+        except QmpError:
+            for name in names:  # never leave a descriptor behind in qemu's monitor
+                with contextlib.suppress(QmpError):
+                    await qmp.execute("closefd", {"fdname": name})
+            raise
+        try:
+            await qmp.execute("device_add", device_qmp(index, spec))
+        except QmpError:
+            with contextlib.suppress(QmpError):
+                await qmp.execute("netdev_del", {"id": f"net{index}"})
+            raise
+        if not spec.link_up:
+            await qmp.execute("set_link", {"name": f"nic{index}", "up": False})
+        assert state.plugged is not None
+        state.plugged.add(index)
+        state.lost_taps.discard(nic.tap_name or "")
+        log.info("VM %s: NIC %d (%s) plugged", state.vm_id, index, spec.mac)
+        self._publish(state, "nic_plugged", f"NIC {index} ({spec.mac}) plugged")
+
+    async def _unplug(self, state: VmState, process: QemuProcess, index: int) -> bool:
+        """device_del and the guest's release, then netdev_del. False when the guest has
+        not released the device in time (said on the VM; retried at the next resync or
+        as soon as its DEVICE_DELETED comes)."""
+        qmp = process.qmp
+        device = f"nic{index}"
+        with qmp.events(["DEVICE_DELETED"]) as events:
+            try:
+                await qmp.execute("device_del", {"id": device})
+            except QmpCommandError as exc:
+                if exc.error_class != "DeviceNotFound" and await self._holds(qmp, index):
+                    log.info("VM %s: device_del %s: %s", state.vm_id, device, exc)
+                    return self._unplug_pending(state, index)
+            else:
+                if not await self._released(events, device):
+                    return self._unplug_pending(state, index)
+        with contextlib.suppress(QmpCommandError):  # gone already (a re-adopted half-done one)
+            await qmp.execute("netdev_del", {"id": f"net{index}"})
+        assert state.plugged is not None
+        state.plugged.discard(index)
+        log.info("VM %s: NIC %d unplugged", state.vm_id, index)
+        self._publish(state, "nic_unplugged", f"NIC {index} unplugged")
+        return True
+
+    async def _released(self, events: QmpEvents, device: str) -> bool:
+        """Whether DEVICE_DELETED for `device` comes within unplug_timeout."""
+        deadline = self.clock() + self.unplug_timeout
+        while (remaining := deadline - self.clock()) > 0:
+            try:
+                event = await events.get(remaining)
+            except TimeoutError:
+                return False
+            if (event.data or {}).get("device") == device:
+                return True
+        return False
+
+    async def _holds(self, qmp: Qmp, index: int) -> bool:
+        """Whether qemu still has the device nic<index>."""
+        return index in peripheral_nics(await qmp.execute("qom-list", {"path": PERIPHERALS}))
+
+    def _unplug_pending(self, state: VmState, index: int) -> bool:
+        state.nic_problem = (
+            f"NIC {index} is being unplugged: the guest has not released the device within "
+            f"{self.unplug_timeout:g} s of device_del (ACPI PCI hotplug needs the guest's "
+            "cooperation); it goes once the guest lets it go, or at the VM's next stop"
+        )
+        state.nic_retry_at = self.clock() + self.resync_interval
+        log.warning("VM %s: %s", state.vm_id, state.nic_problem)
+        self._publish(state, "nic_unplug_pending", state.nic_problem)
+        return False
+
+    async def _drop_unused_taps(self, state: VmState, taps: list[TapPlan]) -> None:
+        """The bridge taps of removed NICs, once qemu holds none of their devices."""
+        assert state.plugged is not None
+        wanted = {plan.name for plan in taps}
+        unused = sorted(state.taps - wanted)
+        if unused:
+            await self._vm_taps().remove(state.vm_id, unused)
+            state.taps -= set(unused)
+
+    async def _observe_plugged(self, state: VmState, process: QemuProcess) -> None:
+        """A re-adopted qemu's guest NIC devices, as QMP shows them (the launch argv may
+        predate NICs plugged or unplugged since)."""
+        try:
+            state.plugged = peripheral_nics(
+                await process.qmp.execute("qom-list", {"path": PERIPHERALS})
+            )
+        except QmpError as exc:
+            log.warning("VM %s: cannot list its devices: %s", state.vm_id, exc)
+            state.plugged = None  # no hotplug until known (a stop and start resets it)
