@@ -35,6 +35,7 @@ from app.api import (
     taps,
     usage,
     vlans,
+    vm_nics,
     vms,
 )
 from app.api.deps import AppContext
@@ -233,6 +234,7 @@ def create_app(
         taps,
         vlans,
         vms,
+        vm_nics,
         networks,
         port_forwards,
         ports,

@@ -79,9 +79,7 @@ class RateLimit:
     def _bucket(self, rate_kbps: int | None) -> Bucket | None:
         if rate_kbps is None:
             return None
-        burst = (
-            default_burst_bytes(rate_kbps) if self.burst_kib is None else self.burst_kib * 1024
-        )
+        burst = default_burst_bytes(rate_kbps) if self.burst_kib is None else self.burst_kib * 1024
         return Bucket(rate_kbps * BYTES_PER_KBIT, burst)
 
     @property
@@ -100,7 +98,9 @@ def validate_rate_limit(limit: RateLimit, mtu: int | None = None) -> None:
     NIC's MTU (tc-tbf(8): a frame larger than the bucket is never sent), and the bucket
     drains within BURST_SECONDS_MAX at each rate."""
     for what, rate in (("ingress_kbps", limit.ingress_kbps), ("egress_kbps", limit.egress_kbps)):
-        if rate is not None and (isinstance(rate, bool) or not RATE_KBPS[0] <= rate <= RATE_KBPS[1]):
+        if rate is not None and (
+            isinstance(rate, bool) or not RATE_KBPS[0] <= rate <= RATE_KBPS[1]
+        ):
             raise InvalidInput(
                 f"{what} must be between {RATE_KBPS[0]} and {RATE_KBPS[1]} kbit/s (got {rate})"
             )
@@ -108,7 +108,9 @@ def validate_rate_limit(limit: RateLimit, mtu: int | None = None) -> None:
         return
     low, high = BURST_KIB
     if isinstance(limit.burst_kib, bool) or not low <= limit.burst_kib <= high:
-        raise InvalidInput(f"burst_kib must be between {low} and {high} KiB (got {limit.burst_kib})")
+        raise InvalidInput(
+            f"burst_kib must be between {low} and {high} KiB (got {limit.burst_kib})"
+        )
     frame = (mtu or DEFAULT_MTU) + FRAME_OVERHEAD
     if limit.burst_kib * 1024 < frame:
         raise InvalidInput(

@@ -64,7 +64,9 @@ class ObservedLimits:
 
 def wanted(bucket: Bucket) -> TokenBucket:
     """`bucket` as the kernel will hold it (pyroute2 computes tc's parameters)."""
-    parms = get_rate_parameters({"rate": bucket.rate_bytes, "burst": bucket.burst_bytes, "limit": 0})
+    parms = get_rate_parameters(
+        {"rate": bucket.rate_bytes, "burst": bucket.burst_bytes, "limit": 0}
+    )
     return TokenBucket(rate=int(parms["rate"]), buffer=int(parms["buffer"]))
 
 
@@ -148,9 +150,7 @@ def _ifb_index(ipr: IPRoute, tap: str) -> int | None:
         return None
     alias = found[0].get_attr("IFLA_IFALIAS")
     if alias != ifb_mark(tap):
-        raise LinkError(
-            f"{ifb_name(tap)} exists and is not ours (ifalias {alias!r})", errno.EEXIST
-        )
+        raise LinkError(f"{ifb_name(tap)} exists and is not ours (ifalias {alias!r})", errno.EEXIST)
     return int(found[0]["index"])
 
 
@@ -185,7 +185,9 @@ def police_available(ipr: IPRoute, index: int) -> tuple[bool, str | None]:
     except NetlinkError as exc:
         return False, f"the kernel refused a police action ({exc}): no act_police"
     try:
-        ipr.tc("del-filter", "u32", index, parent=INGRESS_HANDLE, prio=PROBE_PRIO, protocol=ETH_P_ALL)
+        ipr.tc(
+            "del-filter", "u32", index, parent=INGRESS_HANDLE, prio=PROBE_PRIO, protocol=ETH_P_ALL
+        )
     except NetlinkError as exc:
         log.warning("removing the police try on ifindex %d: %s", index, exc)
     return True, None
@@ -306,10 +308,10 @@ def _ensure_from_guest(
     now: ObservedLimits,
 ) -> list[str]:
     changed: list[str] = []
-    if bucket is None or method is EgressMethod.POLICE:
-        if now.ifb is not None or _ifb_index(ipr, tap) is not None:
-            remove_ifb(ipr, tap)
-            changed.append("ifb removed")
+    no_ifb = bucket is None or method is EgressMethod.POLICE
+    if no_ifb and _ifb_index(ipr, tap) is not None:
+        remove_ifb(ipr, tap)
+        changed.append("ifb removed")
     if bucket is None:
         if _has_ingress(ipr, index):
             _clear_ingress(ipr, index)

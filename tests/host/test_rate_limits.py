@@ -16,6 +16,7 @@ from pyroute2 import IPRoute
 
 from app.domain.rate_limits import EgressMethod, RateLimit, ifb_mark, ifb_name
 from app.host import tc
+from app.host.netlink import LinkError
 from tests.kernel.nested.conftest import wired_guest
 from tests.netns_tools import in_netns
 
@@ -168,7 +169,7 @@ def test_a_foreign_link_with_the_ifb_name_is_never_touched(netns: str) -> None:
         ipr.link("add", ifname=TAP, kind="tuntap", mode="tap", ifr={"no_pi": 1})
         ipr.link("add", ifname=ifb_name(TAP), kind="ifb")
         (index,) = ipr.link_lookup(ifname=TAP)
-        with pytest.raises(tc.LinkError, match="not ours"):
+        with pytest.raises(LinkError, match="not ours"):
             tc.ensure_limits(ipr, index, TAP, RateLimit(egress_kbps=1000), EgressMethod.IFB)
         tc.remove_ifb(ipr, TAP)
         assert ipr.link_lookup(ifname=ifb_name(TAP))

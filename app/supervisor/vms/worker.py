@@ -301,13 +301,20 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
             return self._report(row, state, decision.status, decision.reason, False), (
                 decision.not_before
             )
+        # a PATCH of a NIC's rate limits is applied by a check of the taps at once, and
+        # the VM settles when it is done
+        limits_due = state.limits_generation != row.generation
         if not state.running:
             self._clean_taps_if_needed(state, decision.status, decision.reason, now)
-        elif taps and now - state.taps_checked_at >= self.resync_interval:
+        elif taps and (limits_due or now - state.taps_checked_at >= self.resync_interval):
             state.taps_checked_at = now
+            state.limits_generation = row.generation
             check = self._check_taps(state, taps)
-            self._spawn(state, decision.status, decision.reason or state.tap_problem, check)
-        reason = decision.reason or (state.tap_problem if state.running else None)
+            self._spawn(state, decision.status, decision.reason or state.tap_problems, check)
+            if limits_due:
+                reason = decision.reason or state.tap_problems
+                return self._report(row, state, decision.status, reason, False), None
+        reason = decision.reason or (state.tap_problems if state.running else None)
         return self._report(row, state, decision.status, reason, True), None
 
     def _new_generation(self, state: VmState, generation: int, intent: int) -> None:
