@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +184,8 @@ def police_available(ipr: IPRoute, index: int) -> tuple[bool, str | None]:
             action=[{"kind": "police", "rate": 125_000, "burst": 65536, "action": "drop"}],
         )
     except NetlinkError as exc:
-        return False, f"the kernel refused a police action ({exc}): no act_police"
+        answer = f"{os.strerror(exc.code)} (errno {exc.code})"
+        return False, f"the kernel refused a police action: {answer}; no act_police"
     try:
         ipr.tc(
             "del-filter", "u32", index, parent=INGRESS_HANDLE, prio=PROBE_PRIO, protocol=ETH_P_ALL

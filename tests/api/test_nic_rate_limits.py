@@ -129,3 +129,11 @@ def test_nonsense_limits_are_422_at_create(api: TestClient) -> None:
     r = api.patch(f"/v1/vms/{vm_id}/nics/1", json={"burst_kib": 2, "ingress_kbps": 16})
     assert r.status_code in (200, 202), r.text
     assert r.json()["nics"][1]["burst_kib"] == 2
+    # null in each: the default burst, then no limit at all
+    r = api.patch(f"/v1/vms/{vm_id}/nics/1", json={"burst_kib": None})
+    assert r.status_code in (200, 202), r.text
+    limits = ("ingress_kbps", "egress_kbps", "burst_kib")
+    assert [r.json()["nics"][1][k] for k in limits] == [16, None, None]
+    r = api.patch(f"/v1/vms/{vm_id}/nics/1", json={"ingress_kbps": None, "egress_kbps": None})
+    assert r.status_code in (200, 202), r.text
+    assert [r.json()["nics"][1][k] for k in limits] == [None, None, None]

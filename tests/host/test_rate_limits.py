@@ -16,6 +16,7 @@ from pyroute2 import IPRoute
 
 from app.domain.rate_limits import EgressMethod, RateLimit, ifb_mark, ifb_name
 from app.host import tc
+from app.host.capabilities import probe_kernel_features
 from app.host.netlink import LinkError
 from tests.kernel.nested.conftest import wired_guest
 from tests.netns_tools import in_netns
@@ -193,3 +194,14 @@ def test_a_10_mbit_limit_moves_10_mbit_each_way_and_more_without(
     )
     assert 8 <= towards <= 12 and 8 <= away <= 12
     assert free_towards > 20 and free_away > 20
+
+
+def test_the_probe_reports_how_this_kernel_limits_traffic_from_guests(netns: str) -> None:
+    with IPRoute(netns=netns) as ipr:
+        ipr.link("add", ifname=TAP, kind="tuntap", mode="tap", ifr={"no_pi": 1})
+        (index,) = ipr.link_lookup(ifname=TAP)
+        police, _ = tc.police_available(ipr, index)
+    probed = probe_kernel_features()[1]
+    assert probed["available"] is True
+    assert probed["method"] == ("police" if police else "ifb"), probed
+    assert (probed["reason"] is None) is police  # why not police, when not
