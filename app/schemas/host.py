@@ -110,7 +110,7 @@ class RateLimitProbe(BaseModel):
 
 class Capabilities(BaseModel):
     rate_limit: RateLimitProbe = Field(
-        default_factory=lambda: RateLimitProbe(available=False, reason="not probed"),
+        default_factory=lambda: RateLimitProbe(available=False, method=None, reason="not probed"),
         description="NIC rate limits (tc): whether and how this host applies them",
     )
     links: dict[str, Feature] = Field(
