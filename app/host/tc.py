@@ -38,10 +38,14 @@ TC_H_INGRESS = 0xFFFFFFF1  # the parent the ingress qdisc hangs on
 ROOT_HANDLE = 0x00010000  # 1:
 INGRESS_HANDLE = 0xFFFF0000  # ffff:
 FILTER_PRIO = 1
-PROBE_PRIO = 0xFFF0  # the police try, removed at once
+PROBE_PRIO = 0xFFF0  # the police try (its qdisc is removed at once)
 ETH_P_ALL = 0x0003  # `protocol all` (include/uapi/linux/if_ether.h)
 MATCH_ALL = ["0x0/0x0+0"]  # u32 match u32 0 0 at 0
 TBF_LATENCY_US = 50_000  # tbf's queue: 50 ms of traffic at the rate, on top of the bucket
+# the largest packet a police action lets through: without it the kernel takes 255 cells of
+# the rate table (about 2 KiB) and drops every GSO packet a guest's virtio NIC sends through
+# the tap (net/sched/act_police.c; libvirt's virNetDevBandwidthSet passes `mtu 64kb` too)
+POLICE_MTU = 65536
 
 
 @dataclass(frozen=True)
@@ -164,11 +168,11 @@ def _exists(ipr: IPRoute, name: str) -> bool:
 
 def police_available(ipr: IPRoute, index: int) -> tuple[bool, str | None]:
     """Whether the kernel takes a police action (act_police) on tap `index`'s ingress: tried
-    with a filter that is removed at once (the ingress qdisc stays: ensure_limits owns it).
-    (False, the kernel's answer) when it does not."""
+    with a filter on a fresh ingress qdisc, which is removed again either way (ensure_limits
+    makes what the NIC needs). (False, the kernel's answer) when it does not."""
     try:
-        if not _has_ingress(ipr, index):
-            ipr.tc("add", "ingress", index, INGRESS_HANDLE)
+        _clear_ingress(ipr, index)
+        ipr.tc("add", "ingress", index, INGRESS_HANDLE)
     except NetlinkError as exc:
         return False, f"no ingress qdisc: {exc}"
     try:
@@ -181,17 +185,24 @@ def police_available(ipr: IPRoute, index: int) -> tuple[bool, str | None]:
             protocol=ETH_P_ALL,
             keys=MATCH_ALL,
             target=0x10001,
-            action=[{"kind": "police", "rate": 125_000, "burst": 65536, "action": "drop"}],
+            action=[
+                {
+                    "kind": "police",
+                    "rate": 125_000,
+                    "burst": 65536,
+                    "mtu": POLICE_MTU,
+                    "action": "drop",
+                }
+            ],
         )
     except NetlinkError as exc:
         answer = f"{os.strerror(exc.code)} (errno {exc.code})"
         return False, f"the kernel refused a police action: {answer}; no act_police"
-    try:
-        ipr.tc(
-            "del-filter", "u32", index, parent=INGRESS_HANDLE, prio=PROBE_PRIO, protocol=ETH_P_ALL
-        )
-    except NetlinkError as exc:
-        log.warning("removing the police try on ifindex %d: %s", index, exc)
+    finally:
+        try:
+            _clear_ingress(ipr, index)  # the qdisc goes with the filter
+        except NetlinkError as exc:
+            log.warning("removing the police try on ifindex %d: %s", index, exc)
     return True, None
 
 
@@ -281,7 +292,7 @@ def ensure_limits(
     the kernel's errno) when the kernel refuses."""
     try:
         return _ensure(ipr, index, tap, limit, method)
-    except NetlinkError as exc:
+    except (NetlinkError, OSError) as exc:
         raise _error(f"tc on {tap}", exc) from exc
 
 
@@ -325,6 +336,7 @@ def _ensure_from_guest(
                 "kind": "police",
                 "rate": bucket.rate_bytes,
                 "burst": bucket.burst_bytes,
+                "mtu": POLICE_MTU,
                 "action": "drop",
             }
             _ingress_filter(ipr, index, police)

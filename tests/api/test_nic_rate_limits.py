@@ -137,3 +137,31 @@ def test_nonsense_limits_are_422_at_create(api: TestClient) -> None:
     r = api.patch(f"/v1/vms/{vm_id}/nics/1", json={"ingress_kbps": None, "egress_kbps": None})
     assert r.status_code in (200, 202), r.text
     assert [r.json()["nics"][1][k] for k in limits] == [None, None, None]
+
+
+@pytest.mark.timeout(180)
+def test_limits_the_kernel_refuses_stay_on_their_nic(lab: Lab) -> None:
+    """A link of the ifb's name that is not ours: that NIC's limits are not applied (named
+    in the VM's status_reason), the VM runs, the other NIC gets its limits; once the link is
+    gone, the next check of the taps applies them and the reason clears."""
+    with lab.app() as client:
+        client.app.state.vm_worker.resync_interval = 0.5  # type: ignore[attr-defined]
+        r = client.post("/v1/bridges?wait=10", json={"name": "br0"})
+        assert r.status_code == 201, r.text
+        nics = [nic(egress_kbps=3000), nic(egress_kbps=5000)]
+        vm = create(lab, client, nics=nics, power_state="stopped")
+        blocked, fine = (n["tap_name"] for n in vm["nics"])
+        in_netns(lab.netns, "ip", "link", "add", ifb_name(blocked), "type", "ifb")
+        r = client.post(f"/v1/vms/{vm['id']}/start?wait=30")
+        assert r.status_code in (200, 202), r.text
+        vm = wait_vm(client, vm["id"], lambda v: bool(v["status_reason"]), timeout=60)
+        assert vm["status"] == "running", vm
+        assert f"rate limits not applied: tap {blocked}" in vm["status_reason"]
+        assert "not ours" in vm["status_reason"] and fine not in vm["status_reason"]
+        assert kernel_view(lab.netns, fine)["ifb"][2] == [5000 * 125]
+        assert kernel_view(lab.netns, blocked)["ifb"][1] is None  # the foreign link: untouched
+        in_netns(lab.netns, "ip", "link", "del", ifb_name(blocked))
+        vm = wait_vm(client, vm["id"], lambda v: v["status_reason"] is None, timeout=20)
+        assert kernel_view(lab.netns, blocked)["ifb"][2] == [3000 * 125]
+        r = client.post(f"/v1/vms/{vm['id']}/kill?wait=30")
+        assert r.status_code in (200, 202), r.text
