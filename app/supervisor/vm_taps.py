@@ -122,11 +122,6 @@ class VmTaps:
         self._local = threading.local()  # the thread's LinkOps
         self._egress: EgressMethod | None = None  # detected on the first tap that needs it
 
-    @property
-    def egress_method(self) -> EgressMethod | None:
-        """How traffic from guests is limited here (None: not needed yet)."""
-        return self._egress
-
     async def ensure(self, vm_id: str, taps: list[TapPlan]) -> dict[str, str]:
         """Make the taps; returns the taps whose limits the kernel refused (tap -> why)."""
         return await self._run(self._ensure_sync, vm_id, taps)
