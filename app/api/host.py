@@ -113,6 +113,7 @@ async def get_capabilities_summary(request: Request) -> CapabilitiesSummary:
     caps = Capabilities(**await ctx.host(ctx.inspector.capabilities))
     features = {name: feature.available for name, feature in caps.links.items()}
     features |= {"tun_device": caps.tun_device.available, "vhost_net": caps.vhost_net.available}
+    features["rate_limit"] = caps.rate_limit.available
     return CapabilitiesSummary(
         features=features,
         accelerators=[

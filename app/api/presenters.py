@@ -241,6 +241,9 @@ NIC_FIELDS = (
     "address_status_reason",
     "port_security",
     "allowed_addresses",
+    "ingress_kbps",
+    "egress_kbps",
+    "burst_kib",
 )
 
 

@@ -1,4 +1,6 @@
-"""/v1/vms/{id}/nics: add a NIC to a VM and remove one, running or stopped (issue 13 item 6).
+"""/v1/vms/{id}/nics: add a NIC to a VM and remove one, running or stopped (issue 13 item 6),
+and change a NIC's rate limits (PATCH .../nics/{index}, applied at once on a running VM's
+tap by tc).
 
 The change is stored first (app.services.vm_nics); the VM worker then plugs a running
 qemu's new NIC (its tap made and handed over by descriptor, QMP getfd, netdev_add,
@@ -18,8 +20,9 @@ from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Vm
 from app.schemas.common import PROBLEM_RESPONSES
-from app.schemas.vms import NicIn, NicOut
+from app.schemas.vms import NicIn, NicOut, NicPatch
 from app.schemas.vms import Vm as VmOut
+from app.services.nic_limits import NicLimitService
 from app.services.vm_nics import VmNicService
 from app.services.vms import HostFacts, VmService
 
@@ -95,3 +98,32 @@ async def remove_vm_nic(
 async def _present(ctx: AppContext, row: Vm) -> VmOut:
     nics = await ctx.read(lambda s: VmService(s).nics(row.id))
     return vm_out(row, nics)
+
+
+@router.patch(
+    "/{vm_id}/nics/{index}",
+    operation_id="update_vm_nic",
+    response_model=VmOut,
+    responses={202: {"model": VmOut, "description": "Accepted, not yet applied by the worker"}},
+)
+async def update_vm_nic(
+    vm_id: str,
+    index: Annotated[str, Path(description=NIC_REF, max_length=64)],
+    body: NicPatch,
+    request: Request,
+    response: Response,
+    wait: Wait = None,
+) -> VmOut | Response:
+    """Change a NIC's rate limits (`index`: its index, or its id): ingress_kbps (towards the
+    guest, kbit/s), egress_kbps (from the guest, kbit/s), burst_kib (KiB); other fields are
+    422 (fixed at creation). A running VM gets them at once on its tap (tc: no restart); a
+    stopped one at its next start. Answers the VM: 200 when nothing changed or once applied
+    (?wait=), 202 before. 404 for an unknown VM or NIC, 409 while the VM is being deleted,
+    422 for a NIC whose backend has no tap of its own (only the bridge backend's have
+    limits)."""
+    ctx, caller = context(request), caller_of(request)
+    row, op = await ctx.mutate(lambda s: NicLimitService(s, caller).update(vm_id, index, body))
+    settled = await settle_response(ctx, response, "vms", row, op, wait, 200)
+    if isinstance(settled, Response):
+        return settled
+    return await _present(ctx, settled)

@@ -29,6 +29,7 @@ from sqlalchemy.types import TypeDecorator
 from app.domain.links import generate_mac
 from app.domain.names import MTU_MAX, MTU_MIN, STP_FORWARD_DELAY_CS
 from app.domain.networks import LEASE_SECONDS, MAX_HOST_ROUTES, MAX_NAMESERVERS, PORTS
+from app.domain.rate_limits import BURST_KIB, RATE_KBPS
 from app.domain.status import Status
 from app.domain.tenancy import DEFAULT_PROJECT_ID, Role
 from app.domain.vlans import RESOLVED_BACKENDS, VID_MAX, VID_MIN, VlanBackend
@@ -407,6 +408,13 @@ class Vm(ResourceColumns, Base):
     )
 
 
+# a NIC's rate limits: on a bridge NIC's tap only, and a burst only with a rate
+RATE_LIMIT_CHECK = (
+    "(ingress_kbps IS NULL AND egress_kbps IS NULL AND burst_kib IS NULL) OR "
+    "(bridge_id IS NOT NULL AND (ingress_kbps IS NOT NULL OR egress_kbps IS NOT NULL))"
+)
+
+
 class VmNic(Base):
     """One guest NIC. MACs are unique across every VM the daemon knows (the index)."""
 
@@ -459,6 +467,12 @@ class VmNic(Base):
     # its tap is an isolated bridge port (IFLA_BRPORT_ISOLATED; migration 0020): bridge
     # backend only
     isolated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # rate limits (migration 0024, app.domain.rate_limits): kbit/s towards the guest
+    # (ingress) and from it (egress), the bucket in KiB; None: no limit, the default burst.
+    # Bridge backend only (its tap)
+    ingress_kbps: Mapped[int | None] = mapped_column(Integer, default=None)
+    egress_kbps: Mapped[int | None] = mapped_column(Integer, default=None)
+    burst_kib: Mapped[int | None] = mapped_column(Integer, default=None)
 
     __table_args__ = (
         UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),
@@ -480,6 +494,10 @@ class VmNic(Base):
         *_flags("vm_nics", "link_up", "isolated"),
         _check("vm_nics", "isolated_port", "isolated = 0 OR bridge_id IS NOT NULL"),
         _between("vm_nics", "mtu", MTU_MIN, MTU_MAX, nullable=True),
+        _between("vm_nics", "ingress_kbps", *RATE_KBPS, nullable=True),
+        _between("vm_nics", "egress_kbps", *RATE_KBPS, nullable=True),
+        _between("vm_nics", "burst_kib", *BURST_KIB, nullable=True),
+        _check("vm_nics", "rate_limit", RATE_LIMIT_CHECK),
     )
 
 

@@ -29,8 +29,11 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from app.domain.rate_limits import EgressMethod, RateLimit
 from app.domain.vlans import FEATURE_SOURCES, KernelFeature
+from app.host.netlink import LinkError
 from app.host.procs import pid_exists
+from app.host.tc import ensure_limits, police_available
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,12 @@ def _sweep_stale_probe_namespaces() -> None:
 
 def probe_link_features() -> dict[str, dict[str, Any]]:
     """Create each link kind in a private namespace; report what the kernel accepted."""
+    return probe_kernel_features()[0]
+
+
+def probe_kernel_features() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(link features, rate limits): each link kind created, and tc tried on a tap, in a
+    private namespace; what the kernel accepted."""
     _sweep_stale_probe_namespaces()
     name = f"{PROBE_NETNS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     results: dict[str, dict[str, Any]] = {}
@@ -172,6 +181,7 @@ def probe_link_features() -> dict[str, dict[str, Any]]:
             results["tuntap"] = {"available": ok, "reason": why}
             results["port_isolation"] = _probe_port_isolation(ipr, results)
             results["vlan_filtering"] = _probe_vlan_filtering(ipr)
+            rate_limit = _probe_rate_limit(ipr, results)
             for kind, extra in (
                 ("vlan_8021q", {"kind": "vlan", "vlan_id": 10}),
                 ("macvtap", {"kind": "macvtap", "macvtap_mode": "bridge"}),
@@ -187,7 +197,23 @@ def probe_link_features() -> dict[str, dict[str, Any]]:
         netns.remove(name)
     for feature in KernelFeature:
         results[feature.value] = _with_source(results[feature.value], feature)
-    return results
+    return results, rate_limit
+
+
+def _probe_rate_limit(ipr: IPRoute, links: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How this kernel limits a NIC's traffic (app.host.tc), tried on probe tap0: a tbf root
+    and a police action on its ingress (act_police); else a redirect (act_mirred) to an ifb
+    device shaped by a tbf. `method`: police, ifb, or None when neither works."""
+    if not links["tuntap"]["available"]:
+        return {"available": False, "method": None, "reason": "no tap to try it on"}
+    try:
+        (tap,) = ipr.link_lookup(ifname="tap0")
+        police, why = police_available(ipr, tap)
+        method = EgressMethod.POLICE if police else EgressMethod.IFB
+        ensure_limits(ipr, tap, "tap0", RateLimit(ingress_kbps=1000, egress_kbps=1000), method)
+    except (LinkError, NetlinkError, ValueError) as exc:
+        return {"available": False, "method": None, "reason": str(exc)}
+    return {"available": True, "method": method.value, "reason": why}
 
 
 def _with_source(result: dict[str, Any], feature: KernelFeature) -> dict[str, Any]:
@@ -418,7 +444,7 @@ def probe_capabilities(
     """Every probe in turn; raises ProbeCancelled when `runner` is cancelled meanwhile."""
     runner = runner or ProbeRunner()
     started = time.monotonic()
-    links = probe_link_features()
+    links, rate_limit = probe_kernel_features()
     qemu = probe_qemu(qemu_binary, runner)
     accelerators = {}
     if qemu["available"]:
@@ -426,6 +452,7 @@ def probe_capabilities(
             accelerators[accel] = probe_accelerator(qemu["binary"], accel, guest_kernel, runner)
     caps = {
         "links": links,
+        "rate_limit": rate_limit,
         "tun_device": probe_tun_device(),
         "vhost_net": probe_vhost_net(),
         "nftables": probe_nftables(runner),

@@ -93,7 +93,26 @@ class Nftables(Feature):
     version: str | None = None
 
 
+class RateLimitProbe(BaseModel):
+    """How this host limits a VM NIC's traffic (its ingress_kbps and egress_kbps), tried on a
+    probe tap: towards the guest always a tbf qdisc on the tap; from the guest a police
+    action on the tap's ingress (act_police), else a redirect (act_mirred) to an ifb device
+    shaped by a tbf."""
+
+    available: bool
+    method: Literal["police", "ifb"] | None = Field(
+        None, description="How traffic from the guest is limited; null: it cannot be"
+    )
+    reason: str | None = Field(
+        None, description="Why not police (the kernel's answer), or why nothing works"
+    )
+
+
 class Capabilities(BaseModel):
+    rate_limit: RateLimitProbe = Field(
+        default_factory=lambda: RateLimitProbe(available=False, method=None, reason="not probed"),
+        description="NIC rate limits (tc): whether and how this host applies them",
+    )
     links: dict[str, Feature] = Field(
         description="bridge, tuntap, veth, vlan_8021q, vlan_filtering, macvtap, vxlan, "
         "port_isolation (the bridge port flag `isolated`, set and read back on a probe tap)"

@@ -10,6 +10,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.json_schema import SkipJsonSchema
 
 from app.domain.nics import HostLink, backend_options, find_driver
+from app.domain.rate_limits import BURST_KIB as BURST_RANGE
+from app.domain.rate_limits import RATE_KBPS
 from app.domain.vms import (
     MEMORY_MIB,
     MTU_RANGE,
@@ -44,6 +46,32 @@ NIC_MTU = (
     "QEMU's host_mtu tells the guest, and the NIC's tap (bridge backend) gets it too. Null: "
     "the guest's default; the tap of a bridge NIC then takes its bridge's MTU"
 )
+
+# rate limits (issue 13, app.domain.rate_limits): directions from the guest's view
+INGRESS_KBPS = (
+    "Rate limit towards the guest in kbit/s (1 kbit = 1000 bits), 8 to 34000000: OpenStack "
+    "QoS's bandwidth_limit max_kbps with direction ingress (as seen from the VM), libvirt's "
+    "<bandwidth><inbound average> (which libvirt counts in kilobytes/s: this / 8). Shaped by "
+    "a tbf qdisc as the root of the NIC's tap, where that traffic leaves the host. Bridge "
+    "backend only (422 otherwise). Null or omitted: no limit"
+)
+EGRESS_KBPS = (
+    "Rate limit from the guest in kbit/s (1 kbit = 1000 bits), 8 to 34000000: OpenStack "
+    "QoS's max_kbps with direction egress (from the VM), libvirt's <outbound average>. "
+    "Applied where that traffic enters the host, on the tap's ingress: a police action "
+    "where the kernel has act_police, else redirected to an ifb device shaped by a tbf "
+    "(GET /v1/host/capabilities `rate_limit.method` says which). Bridge backend only. Null "
+    "or omitted: no limit"
+)
+BURST_KIB = (
+    "The token bucket of both limits in KiB (1024 bytes), 2 to 1048576: how much may pass "
+    "at once above the rate (libvirt's `burst`, also KiB; OpenStack's max_burst_kbps is "
+    "kilobits: burst_kib = max_burst_kbps * 1000 / 8 / 1024). At least one frame of the "
+    "NIC's MTU (1500 when null) plus 18 bytes, and at most 256 s at each rate (422 "
+    "otherwise); only with ingress_kbps or egress_kbps. Null or omitted: 100 ms at each "
+    "direction's rate, at least 64 KiB (one full-size GSO frame)"
+)
+RATE_LIMIT_FIELDS = ("ingress_kbps", "egress_kbps", "burst_kib")
 
 VLAN_ACCESS = (
     "bridge backend: the VLAN (id or name) the NIC is an access port of (untagged in the "
@@ -259,6 +287,14 @@ class NicIn(RequestModel):
     allowed_addresses: AllowedAddressList | None = Field(
         None, description=ALLOWED_ADDRESSES, examples=[["192.0.2.10", "2001:db8::/64"]]
     )
+    # rate limits (issue 13): PATCH /v1/vms/{id}/nics/{index} changes them on a running VM
+    ingress_kbps: int | None = Field(
+        None, ge=RATE_KBPS[0], le=RATE_KBPS[1], description=INGRESS_KBPS, examples=[10000]
+    )
+    egress_kbps: int | None = Field(
+        None, ge=RATE_KBPS[0], le=RATE_KBPS[1], description=EGRESS_KBPS, examples=[10000]
+    )
+    burst_kib: int | None = Field(None, ge=BURST_RANGE[0], le=BURST_RANGE[1], description=BURST_KIB)
 
     model_config = ConfigDict(json_schema_extra=_backend_alternatives)
 
@@ -272,7 +308,23 @@ class NicIn(RequestModel):
             raise ValueError(f"the {self.backend.value} backend needs `{needed}`")
         self._vlan_fields()
         self._isolation()
+        self._rate_limits()
         return self
+
+    def _rate_limits(self) -> None:
+        """Limits are tc on the NIC's own tap (the bridge backend's VM_TAP); a burst needs
+        a rate."""
+        limits = [f for f in RATE_LIMIT_FIELDS if getattr(self, f) is not None]
+        if not limits:
+            return
+        driver = find_driver(self.backend)
+        if driver is None or driver.host_link is not HostLink.VM_TAP:
+            raise ValueError(
+                f"`{limits[0]}` is for NICs with a tap of their own (the bridge backend); "
+                f"the {self.backend.value} backend has none"
+            )
+        if limits == ["burst_kib"]:
+            raise ValueError("burst_kib needs ingress_kbps or egress_kbps")
 
     def _isolation(self) -> None:
         """Isolation is the flag of a bridge port the NIC's own tap is (the bridge backend's
@@ -517,6 +569,9 @@ class NicOut(BaseModel):
     )
     port_security: bool = Field(False, description=PORT_SECURITY)
     allowed_addresses: list[str] = Field(default_factory=list, description=ALLOWED_ADDRESSES)
+    ingress_kbps: int | None = Field(None, description=INGRESS_KBPS)
+    egress_kbps: int | None = Field(None, description=EGRESS_KBPS)
+    burst_kib: int | None = Field(None, description=BURST_KIB)
     port_security_state: PortSecurityState | None = Field(
         None,
         description="Observed, with port_security on and only in GET /v1/vms/{id}: the NIC's "
@@ -583,3 +638,23 @@ class DeviceOut(BaseModel):
 
 class LinkState(RequestModel):
     up: bool
+
+
+class NicPatch(
+    UpdateModel,
+    created_by=NicIn,
+    instead="only ingress_kbps, egress_kbps and burst_kib change on a NIC (delete the VM "
+    "and create it again for the rest)",
+):
+    """Change a VM NIC's rate limits, at once on a running VM (tc on its tap: no restart).
+    Omitted fields keep their value; null: no limit (burst_kib: the default). The result
+    is checked as a whole (a burst needs a rate: remove both rates and the burst together).
+    Only the bridge backend's NICs have limits (422 otherwise)."""
+
+    ingress_kbps: int | None = Field(
+        None, ge=RATE_KBPS[0], le=RATE_KBPS[1], description=INGRESS_KBPS, examples=[10000]
+    )
+    egress_kbps: int | None = Field(
+        None, ge=RATE_KBPS[0], le=RATE_KBPS[1], description=EGRESS_KBPS, examples=[10000]
+    )
+    burst_kib: int | None = Field(None, ge=BURST_RANGE[0], le=BURST_RANGE[1], description=BURST_KIB)

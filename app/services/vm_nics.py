@@ -24,13 +24,14 @@ from app.db.repositories import (
     vm_spec,
 )
 from app.db.session import Session
-from app.domain.errors import Conflict, InUse, InvalidInput, NotFound
+from app.domain.errors import Conflict, InUse, InvalidInput
 from app.domain.isolation import require_port_isolation
 from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vm_actions import VmVerb
 from app.domain.vm_actions import check as check_action
 from app.domain.vms import Machine, PowerState, VmStatus, hotplug_refusal, validate_vm
 from app.schemas.vms import NicIn
+from app.services.nic_limits import find_nic
 from app.services.operations import record_operation
 from app.services.port_plugs import unplug_taps
 from app.services.ports import LeaseReader
@@ -59,11 +60,8 @@ class VmNicService:
         return row
 
     def find(self, vm: Vm, nic_ref: str) -> VmNic:
-        """A NIC of `vm` by its id, or by its index (digits)."""
-        for nic in self.vms.nics(vm.id):
-            if nic.id == nic_ref or (nic_ref.isdigit() and nic.position == int(nic_ref)):
-                return nic
-        raise NotFound(f"VM {vm.name!r} has no NIC {nic_ref!r} (an id or an index)")
+        """A NIC of `vm` by its id, or by its index (digits): 404 otherwise."""
+        return find_nic(VmRepository(self.session), vm, nic_ref)
 
     def _next_index(self, vm: Vm, nics: list[VmNic]) -> int:
         """Never an index the VM had before: one past the highest ever given (and past a tap

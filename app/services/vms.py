@@ -59,6 +59,7 @@ from app.services import port_security
 from app.services.in_use import InUseGuard
 from app.services.links import require_alive, vid_backends, vlan_port
 from app.services.networks import PortClaims, fixed_address
+from app.services.nic_limits import nic_rate_limit
 from app.services.operations import record_operation
 from app.services.port_plugs import plug, plugged_port_settings, unplug_vm
 from app.services.ports import LeaseReader
@@ -276,6 +277,7 @@ class VmService:
             link_up=nic.link_up,
             isolated=nic.isolated,  # a bridge backend's (NicIn refuses it elsewhere)
             options={},
+            **nic_rate_limit(nic.ingress_kbps, nic.egress_kbps, nic.burst_kib, nic.mtu),
         )
         spec = NicSpec(
             id=nic_id,

@@ -5,7 +5,14 @@ worker's): created owned by the user the VM's qemu runs as, with vnet_hdr (multi
 with queues > 1), given the NIC's MTU (else the bridge's), attached, isolated when the NIC
 asks (the bridge port flag, before it comes up), brought up and marked
 `kvmnetd:vm:<vm id>`, and opened once per queue so that an unprivileged qemu gets them as
-descriptors. A foreign link is never touched."""
+descriptors. A foreign link is never touched.
+
+Their rate limits (issue 13) are tc on the tap (app.host.tc): set when the tap is made, read
+back and repaired at every check of a running VM's taps (a `tc qdisc del` by hand is drift),
+changed there when a PATCH changed them. How traffic from the guest is limited (a police
+action, or an ifb device where the kernel has no act_police) is detected on the first tap
+that needs it. A tap whose limits the kernel refuses keeps running without them: its
+problem is reported on the VM (never stops the other taps or the launch)."""
 
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -25,8 +32,10 @@ from app.db.models import Vm, VmNic
 from app.db.repositories import BridgeFacts, port_master
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, tap_mtu
 from app.domain.nics import HostLink, find_driver
+from app.domain.rate_limits import EgressMethod, RateLimit
 from app.host.netlink import LinkError, LinkOps, open_tap_queues
 from app.host.netns import enter_for_this_thread
+from app.host.tc import ensure_limits, police_available, remove_ifb
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,17 @@ class TapPlan:
     multi_queue: bool
     mtu: int  # the NIC's own, else its bridge's: a smaller port drops the bridge's frames
     isolated: bool = False  # the bridge port flag IFLA_BRPORT_ISOLATED (app.domain.isolation)
+    limit: RateLimit = field(default_factory=RateLimit)  # tc on the tap (app.domain.rate_limits)
+
+
+@dataclass
+class TapCheck:
+    """What a check of a running VM's taps found."""
+
+    repaired: list[str] = field(default_factory=list)  # taps put back on their bridge
+    lost: list[str] = field(default_factory=list)  # taps deleted by hand
+    limits_repaired: dict[str, list[str]] = field(default_factory=dict)  # tap -> what changed
+    limit_problems: dict[str, str] = field(default_factory=dict)  # tap -> why not applied
 
 
 def tap_plans(
@@ -74,6 +94,7 @@ def tap_plans(
                 multi_queue=nic.queues > 1,
                 mtu=tap_mtu(nic.mtu, bridge.mtu if bridge else None),
                 isolated=nic.isolated is True,
+                limit=RateLimit(nic.ingress_kbps, nic.egress_kbps, nic.burst_kib),
             )
         )
     return plans
@@ -99,15 +120,17 @@ class VmTaps:
             initargs=(netns,),
         )
         self._local = threading.local()  # the thread's LinkOps
+        self._egress: EgressMethod | None = None  # detected on the first tap that needs it
 
-    async def ensure(self, vm_id: str, taps: list[TapPlan]) -> None:
-        await self._run(self._ensure_sync, vm_id, taps)
+    async def ensure(self, vm_id: str, taps: list[TapPlan]) -> dict[str, str]:
+        """Make the taps; returns the taps whose limits the kernel refused (tap -> why)."""
+        return await self._run(self._ensure_sync, vm_id, taps)
 
     async def open(self, nics: Sequence[VmNic]) -> dict[str, list[int]]:
         return await self._run(self._open_sync, nics)
 
-    async def verify(self, vm_id: str, taps: list[TapPlan]) -> tuple[list[str], list[str]]:
-        """(taps put back on their bridge, taps that are gone) of a running VM."""
+    async def verify(self, vm_id: str, taps: list[TapPlan]) -> TapCheck:
+        """A running VM's taps put back on their bridge and given their limits again."""
         return await self._run(self._verify_sync, vm_id, taps)
 
     async def remove(self, vm_id: str, names: list[str]) -> None:
@@ -152,11 +175,21 @@ class VmTaps:
             ops.close()
             self._local.ops = None
 
-    def _ensure_sync(self, vm_id: str, taps: list[TapPlan]) -> None:
+    def _limits(self, index: int, tap: TapPlan) -> list[str]:
+        """The tap's limits made so; what changed. LinkError when the kernel refuses."""
+        ipr = self._link_ops().ipr
+        if self._egress is None and tap.limit.from_guest is not None:
+            police, why = police_available(ipr, index)
+            self._egress = EgressMethod.POLICE if police else EgressMethod.IFB
+            log.info("traffic from guests is limited by %s (%s)", self._egress, why or "act_police")
+        return ensure_limits(ipr, index, tap.name, tap.limit, self._egress or EgressMethod.IFB)
+
+    def _ensure_sync(self, vm_id: str, taps: list[TapPlan]) -> dict[str, str]:
         """Fresh taps, attached, up and marked. A tap of ours left from an earlier run is
         re-created (qemu does not run: the caller checked); a foreign link is never touched."""
         ops = self._link_ops()
         mark = tap_mark(vm_id)
+        problems: dict[str, str] = {}
         for tap in taps:
             existing = ops.get(tap.name)
             if existing is not None:
@@ -189,19 +222,33 @@ class VmTaps:
             except LinkError:
                 ops.delete(index, tap.name)  # never leave an unmarked tap behind
                 raise
+            try:
+                self._limits(index, tap)
+            except LinkError as exc:  # the tap works; its limits are reported on the VM
+                problems[tap.name] = str(exc)
+        return problems
 
-    def _verify_sync(self, vm_id: str, taps: list[TapPlan]) -> tuple[list[str], list[str]]:
+    def _verify_sync(self, vm_id: str, taps: list[TapPlan]) -> TapCheck:
         ops = self._link_ops()
         mark = tap_mark(vm_id)
-        repaired: list[str] = []
-        lost: list[str] = []
+        check = TapCheck()
+        repaired, lost = check.repaired, check.lost
         for tap in taps:
             link = ops.get(tap.name)
             if link is None:
                 lost.append(tap.name)
                 continue
-            if link.alias != mark or tap.bridge is None:
-                continue  # not ours (never touched), or its bridge is gone
+            if link.alias != mark:
+                continue  # not ours: never touched
+            try:
+                changed = self._limits(link.index, tap)
+            except LinkError as exc:
+                check.limit_problems[tap.name] = str(exc)
+            else:
+                if changed:
+                    check.limits_repaired[tap.name] = changed
+            if tap.bridge is None:
+                continue  # its bridge is gone
             master = ops.index_of(tap.bridge)
             joining = link.master_index != master
             isolated = tap.isolated if joining or link.port_isolated != tap.isolated else None
@@ -212,12 +259,16 @@ class VmTaps:
                 changes = LinkChanges(master=tap.bridge, set_up=True, mtu=mtu, isolated=isolated)
                 ops.apply(link.index, tap.name, changes)
                 repaired.append(tap.name)
-        return repaired, lost
+        return check
 
     def _remove_sync(self, vm_id: str, names: list[str]) -> None:
         ops = self._link_ops()
         mark = tap_mark(vm_id)
         for name in names:
+            try:
+                remove_ifb(ops.ipr, name)  # the ifb that shaped traffic from its guest, if any
+            except LinkError as exc:
+                log.warning("removing the ifb of %s: %s", name, exc)
             link = ops.get(name)
             if link is None:
                 continue

@@ -23,7 +23,7 @@ from app.schemas.networks import NetworkUpdate
 from app.schemas.ports import PortUpdate
 from app.schemas.projects import ProjectUpdate
 from app.schemas.vlans import VlanUpdate
-from app.schemas.vms import VmPatch
+from app.schemas.vms import NicPatch, VmPatch
 from app.settings import Settings
 from tests.netns_tools import links
 
@@ -109,7 +109,9 @@ RESOURCES = (
 # only once the supervisor makes its kernel objects (tests/api/test_vlans_api.py); a VM's
 # PATCH fields are read by qemu at start (tests/api/test_vm_patch.py); a project is no
 # reconciled resource (tests/api/test_projects_api.py sends null in each of its fields).
-COVERED_ELSEWHERE = {VlanUpdate, VmPatch, ProjectUpdate}
+# A VM NIC's rate limits (NicPatch) are no resource of their own: null in each is sent in
+# tests/api/test_nic_rate_limits.py.
+COVERED_ELSEWHERE = {VlanUpdate, VmPatch, ProjectUpdate, NicPatch}
 
 
 def _settable(update: type[UpdateModel]) -> list[str]:

@@ -26,6 +26,14 @@ class VmRepository(ResourceRepository[Vm]):
     def nic(self, nic_id: str) -> VmNic | None:
         return self.session.get(VmNic, nic_id)
 
+    def nic_by_ref(self, vm_id: str, nic_ref: str) -> VmNic | None:
+        """A NIC of the VM by its id, or by its index (digits: the index is the NIC's for
+        life, app.services.vm_nics)."""
+        for nic in self.nics(vm_id):
+            if nic.id == nic_ref or (nic_ref.isdigit() and nic.position == int(nic_ref)):
+                return nic
+        return None
+
     def all_nics(self) -> Sequence[VmNic]:
         return self.session.scalars(select(VmNic)).all()
 

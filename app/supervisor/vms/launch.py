@@ -29,8 +29,9 @@ class Launcher(ProcessEvents):
         self, state: VmState, row: Vm, nics: list[VmNic], taps: list[TapPlan]
     ) -> None:
         generation, intent = row.generation, row.intent_generation
-        state.tap_problem = None
+        state.tap_problem = state.limit_problem = None
         state.taps_checked_at = self.clock()
+        state.limits_generation = generation
         try:
             vm = vm_spec(row, nics)
             accelerator = resolve_accelerator(vm.accelerator, self.kvm_runs_guests())
@@ -44,7 +45,8 @@ class Launcher(ProcessEvents):
         if taps:
             state.taps.update(tap.name for tap in taps)
             try:
-                await self._vm_taps().ensure(row.id, taps)
+                refused = await self._vm_taps().ensure(row.id, taps)
+                self._note_limits(state, refused)
             except (HostError, TimeoutError) as exc:
                 reason = f"creating taps: {exc or 'timed out'}"
                 if is_transient(exc):
@@ -136,7 +138,13 @@ class Launcher(ProcessEvents):
         isolation flag was changed by hand, is put back as the NIC wants it; one deleted by
         hand is reported and its NIC re-plugged with a new tap where the VM can hot-plug it
         (qemu holds the deleted device, whose netdev cannot be swapped)."""
-        repaired, lost = await self._vm_taps().verify(state.vm_id, taps)
+        check = await self._vm_taps().verify(state.vm_id, taps)
+        repaired, lost = check.repaired, check.lost
+        for name, changed in check.limits_repaired.items():
+            what = f"tap {name}'s rate limits were not as asked ({'; '.join(changed)})"
+            log.info("VM %s: %s; applied", state.vm_id, what)
+            self._publish(state, "drift_repaired", f"{what}: applied")
+        self._note_limits(state, check.limit_problems)
         for name in repaired:
             what = f"tap {name} was off its bridge or its port settings changed"
             log.warning("VM %s: %s; repaired", state.vm_id, what)
@@ -151,3 +159,19 @@ class Launcher(ProcessEvents):
             log.warning("VM %s: %s", state.vm_id, state.tap_problem)
             self._publish(state, "tap_lost", state.tap_problem)
             self._set_wake()  # the next pass shows it on the row
+
+    def _note_limits(self, state: VmState, refused: dict[str, str]) -> None:
+        """The taps whose rate limits the kernel refused, on the VM's status_reason (the taps
+        themselves work; the next check tries again)."""
+        problem = (
+            "rate limits not applied: "
+            + "; ".join(f"tap {name}: {why}" for name, why in sorted(refused.items()))
+            if refused
+            else None
+        )
+        if problem != state.limit_problem:
+            state.limit_problem = problem
+            if problem is not None:
+                log.warning("VM %s: %s", state.vm_id, problem)
+                self._publish(state, "rate_limit_failed", problem)
+            self._set_wake()

@@ -70,6 +70,15 @@ class VmState:
     event_fields: dict[str, Any] = field(default_factory=dict)  # for QMP events
     taps_checked_at: float = 0.0  # when the running qemu's bridge taps were last checked
     tap_problem: str | None = None  # a tap of the running qemu was deleted by hand
+    limit_problem: str | None = None  # the kernel refused a tap's rate limits (tc)
+    limits_generation: int | None = None  # the generation whose rate limits were applied
+
+    @property
+    def tap_problems(self) -> str | None:
+        """What is wrong with the running qemu's taps (None: nothing)."""
+        found = [p for p in (self.tap_problem, self.limit_problem) if p]
+        return "; ".join(found) if found else None
+
     # taps of NICs a forced delete removed from the VM (their names stay claimed): dropped
     # once, when qemu no longer holds them
     stale_taps_seen: set[str] = field(default_factory=set)

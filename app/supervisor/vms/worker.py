@@ -307,19 +307,26 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
                 decision.not_before
             )
         changes = self._nic_changes(state, row, nics) if state.running else None
+        # a PATCH of a NIC's rate limits is applied by a check of the taps at once, and
+        # the VM settles when it is done
+        limits_due = state.limits_generation != row.generation
         if not state.running:
             self._clean_taps_if_needed(state, decision.status, decision.reason, now)
         elif changes is not None:
             sync = self._sync_nics(state, row, nics, taps, changes)
-            busy = "; ".join(r for r in (CHANGING_NICS, state.tap_problem) if r)
+            busy = "; ".join(r for r in (CHANGING_NICS, state.tap_problems) if r)
             self._spawn(state, decision.status, busy, sync)
             state.syncing_nics = True
             return self._report(row, state, decision.status, busy, False), None
-        elif taps and now - state.taps_checked_at >= self.resync_interval:
+        elif taps and (limits_due or now - state.taps_checked_at >= self.resync_interval):
             state.taps_checked_at = now
+            state.limits_generation = row.generation
             check = self._check_taps(state, taps)
-            self._spawn(state, decision.status, decision.reason or state.tap_problem, check)
-        problems = (state.tap_problem, state.nic_problem) if state.running else ()
+            self._spawn(state, decision.status, decision.reason or state.tap_problems, check)
+            if limits_due:
+                reason = decision.reason or state.tap_problems
+                return self._report(row, state, decision.status, reason, False), None
+        problems = (state.tap_problems, state.nic_problem) if state.running else ()
         reason = decision.reason or "; ".join(p for p in problems if p) or None
         due = state.nic_retry_at if state.running else None  # a hotplug to try again
         return self._report(row, state, decision.status, reason, True), due
