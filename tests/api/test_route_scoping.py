@@ -371,6 +371,7 @@ TABLE: dict[tuple[str, str], Case] = {
         202, fresh="vm", body=lambda w, p: {"backend": "user", "user": {"restrict": True}}
     ),
     ("DELETE", "/v1/vms/{vm_id}/nics/{index}"): ok(202, fresh="vm"),
+    ("PATCH", "/v1/vms/{vm_id}/nics/{index}"): ok(200, body=lambda w, p: {}),  # no change
     # the host: the provider's
     ("GET", "/v1/host/interfaces"): ok(200, admin_only=True),
     ("GET", "/v1/host/routes"): ok(200, admin_only=True),
