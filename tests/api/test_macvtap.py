@@ -161,6 +161,7 @@ def test_bad_parents_are_409_and_bad_input_422_and_nothing_changes(
         {"backend": "macvtap", "parent": ["eth0"]},
         {"backend": "macvtap", "parent": "eth0", "isolated": True},
         {"backend": "macvtap", "parent": "eth0", "port_security": True},
+        {"backend": "macvtap", "parent": "eth0", "queues": 2},  # one descriptor: one queue
         {"backend": "bridge", "bridge": "br0", "parent": "eth0"},
         {"backend": "bridge", "bridge": "br0", "macvtap_mode": "bridge"},
     ]

@@ -23,11 +23,12 @@ HOST_ADDRESS = "10.61.0.10"  # the host's own address on the parent
 GUESTS = {"mv1": "10.61.0.21", "mv2": "10.61.0.22"}
 LAN_PORT = 7070
 HELLO = 7777  # the test guest's hello server
+LAN_TARGET = f"{LAN_ADDRESS}:{LAN_PORT}"
 
 
 def _vm(guest: Guest, name: str) -> dict[str, Any]:
     peer = next(a for n, a in GUESTS.items() if n != name)
-    fetch = [f"{peer}:{HELLO}", f"{LAN_ADDRESS}:{LAN_PORT}"]
+    fetch = [f"{peer}:{HELLO}", LAN_TARGET]
     return {
         "name": name,
         "memory_mib": 256,
@@ -67,14 +68,16 @@ def test_guests_on_macvtaps_reach_each_other_and_the_lan_not_the_host(
                     wait_for(lambda c=console, t=target: parse_fetch(c(), t), 60, f"{name}>{peer}")
                 )
                 assert hello is not None and hello.mac == macs[peer]  # guest to guest
-                lan_target = f"{LAN_ADDRESS}:{LAN_PORT}"
-                answer = wait_for(lambda c=console: parse_fetch(c(), lan_target), 60, "the LAN")
+                answer = wait_for(lambda c=console: parse_fetch(c(), LAN_TARGET), 60, "the LAN")
                 assert answer == f"OUTSIDE saw {GUESTS[name]}"  # guest to the LAN
                 hello = parse_hello(first_line(lan, GUESTS[name], HELLO) or "")
                 assert hello is not None and hello.mac == macs[name]  # the LAN to the guest
-            print(f"both guests reached each other and the LAN in {time.monotonic() - started:.1f} s")
+            took = time.monotonic() - started
+            print(f"both guests reached each other and the LAN in {took:.1f} s")
             # the host's own address on the parent is not on the macvtaps' segment
+            started = time.monotonic()
             assert first_line(netns, GUESTS["mv1"], HELLO) is None
+            print(f"the host's attempt failed after {time.monotonic() - started:.1f} s")
             for vm in vms.values():
                 assert client.delete(f"/v1/vms/{vm['id']}?wait=60").status_code == 204
         links = ip(netns, "-o", "link", "show", "type", "macvtap").stdout
