@@ -114,12 +114,16 @@ def device_node(name: str, node_dir: Path, owner: tuple[int, int] | None) -> tup
         if stat.S_ISCHR(found.st_mode) and found.st_rdev == device:
             return node, device
     node = node_dir / f"tap{index}"
-    node_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        node.unlink()
-    os.mknod(node, stat.S_IFCHR | 0o600, device)
-    if owner is not None:
-        os.chown(node, *owner, follow_symlinks=False)
+    try:
+        node_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            node.unlink()
+        os.mknod(node, stat.S_IFCHR | 0o600, device)
+        if owner is not None:
+            os.chown(node, *owner, follow_symlinks=False)
+    except OSError as exc:
+        what = f"making the device node {node} of macvtap {name}: {exc}"
+        raise LinkError(what, exc.errno) from exc
     return node, device
 
 

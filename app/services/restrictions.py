@@ -109,7 +109,7 @@ def check_nics(caller: Caller, nics: Iterable[NicIn]) -> None:
             require_admin_for(caller, field, MCAST, f"`{field}` mcast")
         if nic.backend is Backend.MACVTAP:
             field = f"nics[{index}].backend"
-            require_admin_for(caller, field, MACVTAP, "a macvtap NIC")
+            require_admin_for(caller, field, MACVTAP, f"`{field}` macvtap")
         if nic.backend is Backend.USER and not (nic.user is not None and nic.user.restrict):
             field = f"nics[{index}].user.restrict"
             require_admin_for(caller, field, USER_UNRESTRICTED, f"a user NIC without `{field}`")

@@ -15,7 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pyroute2 import IPRoute
 
+from app.settings import Settings
 from tests.api.test_isolation_api import until
+from tests.api.test_tenant_restrictions import assert_forbidden, image, member_of, vm_body
 from tests.api.vm_lab import Lab, create, get, settled, wait_vm
 from tests.api.vm_lab import lab as lab
 from tests.netns_tools import in_namespace, in_netns, ip
@@ -130,9 +132,13 @@ def _vm(nic: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_bad_parents_are_409_and_bad_input_422_and_nothing_changes(
-    api: TestClient, netns: str
+    api: TestClient, netns: str, settings: Settings
 ) -> None:
     lan_parents(netns, "eth0")
+    _, member = member_of(api)  # a project's member: the host's LAN is the operator's
+    nic = {"backend": "macvtap", "parent": "eth0"}
+    answer = api.post("/v1/vms", json=vm_body(image(settings), nics=[nic]), headers=member)
+    assert_forbidden(answer, "nics[0].backend")
     r = api.post("/v1/bridges?wait=10", json={"name": "br0"})
     assert r.status_code == 201, r.text
     r = api.post("/v1/taps?wait=10", json={"name": "tap0"})
