@@ -30,6 +30,8 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from app.domain.vlans import FEATURE_SOURCES, KernelFeature
+from app.host.macvtap import macvtap_device
+from app.host.netlink import LinkError
 from app.host.procs import pid_exists
 
 log = logging.getLogger(__name__)
@@ -183,6 +185,8 @@ def probe_link_features() -> dict[str, dict[str, Any]]:
                 link_key = "vxlan_link" if kind == "vxlan" else "link"
                 ok, why = _try_link(ipr, ifname=kind[:15], **{link_key: parent}, **extra)
                 results[kind] = {"available": ok, "reason": why}
+            if results["macvtap"]["available"]:
+                results["macvtap"] = _probe_macvtap_device(ipr)
     finally:
         netns.remove(name)
     for feature in KernelFeature:
@@ -222,6 +226,21 @@ def _probe_port_isolation(ipr: IPRoute, links: dict[str, dict[str, Any]]) -> dic
     if data is None or not data.get_attr("IFLA_BRPORT_ISOLATED"):
         return {"available": False, "reason": "the kernel ignored isolated=1 on a bridge port"}
     return {"available": True, "reason": None}
+
+
+def _probe_macvtap_device(ipr: IPRoute) -> dict[str, Any]:
+    """A macvtap NIC needs its link and its character device (the daemon opens /dev/tapN
+    and hands qemu the descriptor): the probe macvtap's device as sysfs lists it."""
+    (index,) = ipr.link_lookup(ifname="macvtap")
+    try:
+        device = macvtap_device("macvtap", index)
+    except LinkError as exc:
+        return {"available": False, "reason": str(exc), "char_device": None}
+    return {
+        "available": True,
+        "reason": None,
+        "char_device": f"{os.major(device)}:{os.minor(device)}",
+    }
 
 
 def _probe_vlan_filtering(ipr: IPRoute) -> dict[str, Any]:
