@@ -230,17 +230,13 @@ def _probe_port_isolation(ipr: IPRoute, links: dict[str, dict[str, Any]]) -> dic
 
 def _probe_macvtap_device(ipr: IPRoute) -> dict[str, Any]:
     """A macvtap NIC needs its link and its character device (the daemon opens /dev/tapN
-    and hands qemu the descriptor): the probe macvtap's device as sysfs lists it."""
+    and hands qemu the descriptor): the probe macvtap's device must show in sysfs."""
     (index,) = ipr.link_lookup(ifname="macvtap")
     try:
-        device = macvtap_device("macvtap", index)
+        macvtap_device("macvtap", index)
     except LinkError as exc:
-        return {"available": False, "reason": str(exc), "char_device": None}
-    return {
-        "available": True,
-        "reason": None,
-        "char_device": f"{os.major(device)}:{os.minor(device)}",
-    }
+        return {"available": False, "reason": str(exc)}
+    return {"available": True, "reason": None}
 
 
 def _probe_vlan_filtering(ipr: IPRoute) -> dict[str, Any]:

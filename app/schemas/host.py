@@ -61,12 +61,6 @@ class Feature(BaseModel):
     module: str | None = Field(
         None, description="vlan_8021q: the kernel module that provides it (8021q)"
     )
-    char_device: str | None = Field(
-        None,
-        description="macvtap: the probe macvtap's character device (major:minor, as sysfs "
-        "lists it), which the daemon opens for qemu; null elsewhere or when missing",
-        examples=["246:1"],
-    )
 
 
 class NicModel(BaseModel):
@@ -101,9 +95,8 @@ class Nftables(Feature):
 
 class Capabilities(BaseModel):
     links: dict[str, Feature] = Field(
-        description="bridge, tuntap, veth, vlan_8021q, vlan_filtering, macvtap (a link and its "
-        "character device), vxlan, port_isolation (the bridge port flag `isolated`, set and "
-        "read back on a probe tap)"
+        description="bridge, tuntap, veth, vlan_8021q, vlan_filtering, macvtap, vxlan, "
+        "port_isolation (the bridge port flag `isolated`, set and read back on a probe tap)"
     )
     tun_device: Feature
     vhost_net: Feature

@@ -8,7 +8,6 @@ refused and change nothing."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +186,7 @@ def test_bad_parents_are_409_and_bad_input_422_and_nothing_changes(
     assert nic["tap_name"].startswith("mv") and len(nic["tap_name"]) <= 15
     assert "macvtap" not in in_namespace(netns, _kinds).values()
     caps = api.get("/v1/host/capabilities").json()
-    probe = caps["links"]["macvtap"]
-    assert probe["available"] is True and re.fullmatch(r"\d+:\d+", probe["char_device"]), probe
+    assert caps["links"]["macvtap"]["available"] is True, caps["links"]
 
 
 def _kinds() -> dict[str, str | None]:
