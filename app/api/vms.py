@@ -4,6 +4,7 @@ console). What each action does from each status is the table in app.domain.vm_a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -63,6 +64,10 @@ async def create_vm(
     """Create a VM; with power_state running (the default) it starts at once."""
     ctx, caller = context(request), caller_of(request)
     host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    parents = {nic.parent for nic in body.nics if nic.parent is not None}
+    if parents:  # macvtap NICs: their parents as netlink reports them now
+        looked_up = {name: await ctx.host(ctx.inspector.parent_link, name) for name in parents}
+        host = dataclasses.replace(host, parents=looked_up)
     leases = ctx.inspector.leases
     row, _, op = await ctx.mutate(
         lambda s: VmService(s, caller).create(body, host, leases, ctx.tenant_images)

@@ -31,6 +31,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from app.domain.rate_limits import EgressMethod, RateLimit
 from app.domain.vlans import FEATURE_SOURCES, KernelFeature
+from app.host.macvtap import macvtap_device
 from app.host.netlink import LinkError
 from app.host.procs import pid_exists
 from app.host.tc import ensure_limits, police_available
@@ -193,6 +194,8 @@ def probe_kernel_features() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
                 link_key = "vxlan_link" if kind == "vxlan" else "link"
                 ok, why = _try_link(ipr, ifname=kind[:15], **{link_key: parent}, **extra)
                 results[kind] = {"available": ok, "reason": why}
+            if results["macvtap"]["available"]:
+                results["macvtap"] = _probe_macvtap_device(ipr)
     finally:
         netns.remove(name)
     for feature in KernelFeature:
@@ -247,6 +250,17 @@ def _probe_port_isolation(ipr: IPRoute, links: dict[str, dict[str, Any]]) -> dic
     data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_SLAVE_DATA")
     if data is None or not data.get_attr("IFLA_BRPORT_ISOLATED"):
         return {"available": False, "reason": "the kernel ignored isolated=1 on a bridge port"}
+    return {"available": True, "reason": None}
+
+
+def _probe_macvtap_device(ipr: IPRoute) -> dict[str, Any]:
+    """A macvtap NIC needs its link and its character device (the daemon opens /dev/tapN
+    and hands qemu the descriptor): the probe macvtap's device must show in sysfs."""
+    (index,) = ipr.link_lookup(ifname="macvtap")
+    try:
+        macvtap_device("macvtap", index)
+    except LinkError as exc:
+        return {"available": False, "reason": str(exc)}
     return {"available": True, "reason": None}
 
 

@@ -24,8 +24,9 @@ from pyroute2 import IPRoute, NetlinkError
 
 from app.domain import port_security
 from app.domain.errors import Unavailable
-from app.domain.links import LinkKind, parse_mark
+from app.domain.links import MARK_PREFIX, LinkKind, parse_mark
 from app.domain.nat_rules import drop_counter, network_chain
+from app.domain.nics.macvtap import ParentLink
 from app.domain.path_probe import ProbeTarget
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import nft, rtnl, uplink
@@ -33,6 +34,7 @@ from app.host.addresses import AddressReadError, HostPrefix, check_subnet_clashe
 from app.host.capabilities import ProbeCancelled, ProbeRunner, probe_capabilities
 from app.host.diagnostics import check_paths, conf_file_under, diagnose
 from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
+from app.host.macvtap import parent_link
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
 from app.host.vlans import FeatureMissing, VlanError, VlanOps
@@ -52,12 +54,15 @@ COUNTERS = (
     "tx_errors",
     "tx_dropped",
 )
+VM_MARK = f"{MARK_PREFIX}vm:"  # app.supervisor.vm_taps.tap_mark
 RT_PROTO = {2: "kernel", 3: "boot", 4: "static", 16: "dhcp", 186: "bgp", 188: "ospf"}
 RT_SCOPE = {0: "universe", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 
 
 def _managed_by(alias: str | None) -> dict[str, str] | None:
     owner = parse_mark(alias)
+    if owner is None and alias and alias.startswith(VM_MARK):  # a VM NIC's tap or macvtap
+        return {"resource": "vm", "id": alias.removeprefix(VM_MARK)}
     return {"resource": owner[0].value, "id": owner[1]} if owner else None
 
 
@@ -163,6 +168,15 @@ class LiveHostInspector:
         info = msg.get_attr("IFLA_LINKINFO")
         kind = info.get_attr("IFLA_INFO_KIND") if info else None
         return {"name": name, "kind": kind, "ifindex": msg["index"]}
+
+    def parent_link(self, name: str) -> ParentLink | None:
+        """Link `name` as a macvtap parent candidate (app.host.macvtap); None: absent."""
+
+        def read() -> ParentLink | None:
+            with IPRoute() as ipr:
+                return parent_link(ipr, name)
+
+        return self._on_inspector_thread(read)
 
     def ports_of(self, bridges: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Each bridge's ports, from one kernel-filtered dump per bridge."""

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.json_schema import SkipJsonSchema
 
 from app.domain.nics import HostLink, backend_options, find_driver
+from app.domain.nics.macvtap import MacvtapMode
 from app.domain.rate_limits import BURST_KIB as BURST_RANGE
 from app.domain.rate_limits import RATE_KBPS
 from app.domain.vms import (
@@ -28,6 +29,7 @@ from app.domain.vms import (
 )
 from app.schemas.common import (
     Id,
+    LinkNameStr,
     MacStr,
     ProjectIdIn,
     Ref,
@@ -197,6 +199,7 @@ _OPTION_TYPE = {
     "port": "string",
     "socket": "object",
     "hub": "integer",
+    "parent": "string",
 }
 
 
@@ -261,6 +264,21 @@ class NicIn(RequestModel):
         "so is its fixed address (`ipv4` and `port_security` are the port's: 422 here). 409 "
         "when another VM uses the port",
     )
+    # macvtap backend (issue 13)
+    parent: LinkNameStr | None = Field(
+        None,
+        description="macvtap backend: the host interface the NIC's macvtap sits on (a host NIC "
+        "or any Ethernet link, e.g. eth0). 409 with the reason when it does not exist, is "
+        "loopback, not Ethernet, a bridge port, or one of kvmnetd's own links",
+        examples=["eth0"],
+    )
+    macvtap_mode: MacvtapMode | None = Field(
+        None,
+        strict=False,
+        description="macvtap backend: bridge, vepa, private or passthru (ip-link(8)); null or "
+        "omitted: bridge. In bridge mode the guests on one parent reach each other and the "
+        "parent's LAN, but never the host's own address on the parent (kernel behaviour)",
+    )
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
@@ -309,6 +327,7 @@ class NicIn(RequestModel):
         self._vlan_fields()
         self._isolation()
         self._rate_limits()
+        self._macvtap_fields()
         return self
 
     def _rate_limits(self) -> None:
@@ -325,6 +344,13 @@ class NicIn(RequestModel):
             )
         if limits == ["burst_kib"]:
             raise ValueError("burst_kib needs ingress_kbps or egress_kbps")
+
+    def _macvtap_fields(self) -> None:
+        if self.backend is Backend.MACVTAP:
+            return
+        for name in ("parent", "macvtap_mode"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"`{name}` is for the macvtap backend")
 
     def _isolation(self) -> None:
         """Isolation is the flag of a bridge port the NIC's own tap is (the bridge backend's
@@ -539,6 +565,8 @@ class NicOut(BaseModel):
     bridge_id: str | None
     tap_id: str | None
     port: str | None = Field(None, description="port backend: the port's id")
+    parent: str | None = Field(None, description="macvtap backend: its host interface")
+    macvtap_mode: MacvtapMode | None = Field(None, description="macvtap backend: its mode")
     vlan_id: str | None = Field(None, description="The VLAN it is an access port of")
     vlan_tagged: list[int] = Field(
         default_factory=list, description="Trunk NIC: the VIDs it carries tagged ([]: none)"

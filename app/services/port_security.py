@@ -29,6 +29,11 @@ def refusal(session: Session, nic: VmNic) -> str | None:
     """Why anti-spoofing cannot apply to this NIC (None: it can). Its rules live in our
     nftables `bridge` table, so they see only frames a tap brings into a Linux bridge."""
     driver = nic_driver(nic.backend)
+    if driver.host_link is HostLink.VM_MACVTAP:
+        return (
+            "port_security needs a NIC whose frames enter a bridge through a tap; a macvtap's "
+            "go straight to its parent interface"
+        )
     if driver.host_link is HostLink.NONE:
         return (
             f"port_security needs a NIC whose frames enter a bridge through a tap (the bridge "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from app.domain.networks import HostPrefix
+from app.domain.nics.macvtap import ParentLink
 from app.domain.path_probe import ProbeTarget
 
 
@@ -19,6 +20,10 @@ class HostInspector(Protocol):
     def foreign_link(self, name: str) -> dict[str, Any] | None:
         """The link called `name` if it exists and is not kvmnetd's: {"name", "kind",
         "ifindex"}; else None."""
+        ...
+
+    def parent_link(self, name: str) -> ParentLink | None:
+        """Link `name` as a macvtap parent candidate (loopback? a port? ours?); None: absent."""
         ...
 
     def ports_of(self, bridges: list[str]) -> dict[str, list[dict[str, Any]]]: ...

@@ -40,6 +40,10 @@ MCAST = (
     "a multicast group is shared by every process on the host: another project's VMs on "
     "the same group and port would share the NIC's Ethernet segment (use listen/connect)"
 )
+MACVTAP = (
+    "a macvtap puts the guest straight on a host interface's LAN, past every bridge, "
+    "network and rule of kvmnetd's: the operator's choice"
+)
 USER_UNRESTRICTED = (
     "QEMU's user networking lets the guest reach the host's loopback services through its "
     "gateway address (10.0.2.2 by default), and QEMU (7.2 to 10) has no option that only "
@@ -103,6 +107,9 @@ def check_nics(caller: Caller, nics: Iterable[NicIn]) -> None:
         if nic.socket is not None and nic.socket.mode == "mcast":
             field = f"nics[{index}].socket.mode"
             require_admin_for(caller, field, MCAST, f"`{field}` mcast")
+        if nic.backend is Backend.MACVTAP:
+            field = f"nics[{index}].backend"
+            require_admin_for(caller, field, MACVTAP, f"`{field}` macvtap")
         if nic.backend is Backend.USER and not (nic.user is not None and nic.user.restrict):
             field = f"nics[{index}].user.restrict"
             require_admin_for(caller, field, USER_UNRESTRICTED, f"a user NIC without `{field}`")

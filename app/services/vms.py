@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,10 @@ from app.domain.isolation import port_isolation_missing, require_port_isolation
 from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
 from app.domain.nics.bridge import trunk_vlans
+from app.domain.nics.macvtap import ParentLink, macvtap_name, require_parent
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.tenancy import LOCAL_ADMIN, Caller
-from app.domain.vlans import VlanFacts, require_trunk_nic_support
+from app.domain.vlans import HostLacksFeature, VlanFacts, require_trunk_nic_support
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
 from app.domain.vm_actions import check as check_action
 from app.domain.vms import (
@@ -83,6 +84,10 @@ class HostFacts:
     # why the kernel cannot isolate bridge ports (app.domain.isolation); None: it can, or
     # no link probe was given (then no refusal names the kernel), as `vlans`
     isolation_missing: str | None = None
+    # macvtap backend (issue 13): why the kernel cannot make a macvtap (None: it can, or no
+    # link probe was given), and each requested parent as netlink reported it (None: absent)
+    macvtap_missing: str | None = None
+    parents: Mapping[str, ParentLink | None] = field(default_factory=dict)
 
     @classmethod
     def from_capabilities(cls, capabilities: dict[str, Any]) -> HostFacts:
@@ -100,7 +105,16 @@ class HostFacts:
             isolation_missing=(
                 port_isolation_missing(capabilities["links"]) if "links" in capabilities else None
             ),
+            macvtap_missing=_macvtap_missing(capabilities.get("links")),
         )
+
+
+def _macvtap_missing(links: Mapping[str, Any] | None) -> str | None:
+    """Why the probed kernel made no macvtap (capabilities `links.macvtap`); None: it did."""
+    probe = (links or {}).get("macvtap")
+    if probe is None or probe.get("available"):
+        return None
+    return str(probe.get("reason") or "the kernel refused to create a macvtap")
 
 
 def _run_as_gid(body: VmCreate) -> int | None:
@@ -169,7 +183,7 @@ class VmService:
         vm_id = new_id()
         taken_macs = VmRepository(self.session).nic_macs() | PortRepository(self.session).macs()
         nics = [
-            self._nic(vm_id, index, nic, taken_macs, host.vlans)
+            self._nic(vm_id, index, nic, taken_macs, host.vlans, host)
             for index, nic in enumerate(body.nics)
         ]
         if any(nic.isolated for nic in body.nics):
@@ -256,6 +270,7 @@ class VmService:
         nic: NicIn,
         taken_macs: set[str],
         vlan_facts: VlanFacts | None = None,
+        host: HostFacts | None = None,
     ) -> tuple[VmNic, NicSpec]:
         """The NIC's row and spec: its backend's driver takes the request's fields and claims
         what it needs through _NicClaims; the row stores what the driver dumps."""
@@ -290,7 +305,7 @@ class VmService:
             link_up=nic.link_up,
             mtu=nic.mtu,
         )
-        claims = _NicClaims(self, row, index, vlan_facts)
+        claims = _NicClaims(self, row, index, vlan_facts, host)
         spec = driver.admit(spec, nic.model_dump(), claims)
         row.mac = spec.mac  # a port's MAC (plug_port)
         taken_macs.add(spec.mac)
@@ -317,10 +332,16 @@ class _NicClaims:
     NicClaims), answered from the database and recorded on the NIC's row."""
 
     def __init__(
-        self, service: VmService, row: VmNic, index: int, vlan_facts: VlanFacts | None = None
+        self,
+        service: VmService,
+        row: VmNic,
+        index: int,
+        vlan_facts: VlanFacts | None = None,
+        host: HostFacts | None = None,
     ) -> None:
         self.service = service
         self.vlan_facts = vlan_facts  # the probed kernel's (app.domain.vlans refusals)
+        self.host = host
         self.session = service.session
         self.row = row
         self.index = index
@@ -382,6 +403,39 @@ class _NicClaims:
         self.row.tap_id, self.row.tap_name = tap.id, tap.ifname
         join_port(self.session, nic_port(self.row), Joiner.VM_NIC)
         return tap.ifname, found.mac_address, found.id
+
+    def macvtap(self, parent: str) -> str:
+        """The parent must be a host interface that is not ours (a link name kvmnetd claims:
+        a bridge, tap, VLAN link or another VM's NIC link), as netlink reported it when the
+        request came (`HostFacts.parents`); the kernel must make macvtaps."""
+        missing = self.host.macvtap_missing if self.host is not None else None
+        if missing is not None:
+            raise HostLacksFeature(
+                f"the macvtap backend needs macvtap links, which this host's kernel refused: "
+                f"{missing}",
+                missing_features=[
+                    {
+                        "feature": "macvtap",
+                        "description": "macvtap links",
+                        "kernel_config": "CONFIG_MACVTAP",
+                        "module": "macvtap",
+                        "reason": missing,
+                    }
+                ],
+            )
+        claim = LinkNameRepository(self.session).get(parent)
+        if claim is not None:
+            raise Conflict(
+                f"parent {parent!r} is one of kvmnetd's own links (a {claim.resource}'s, "
+                f"{claim.resource_id}): a macvtap sits on a host interface"
+            )
+        require_parent(parent, self.host.parents.get(parent) if self.host else None)
+        name = macvtap_name(self.row.vm_id, self.index)
+        if LinkNameRepository(self.session).get(name) is not None:
+            raise NameTaken(f"link name {name} is taken")
+        self.session.add(LinkName(name=name, resource="vm", resource_id=self.row.vm_id))
+        self.row.tap_name = name
+        return name
 
     def claim_port(self, protocol: str, address: str, port: int) -> None:
         self.service.claim_port(protocol, address, port, self.row.id)

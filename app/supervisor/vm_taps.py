@@ -12,7 +12,12 @@ back and repaired at every check of a running VM's taps (a `tc qdisc del` by han
 changed there when a PATCH changed them. How traffic from the guest is limited (a police
 action, or an ifb device where the kernel has no act_police) is detected on the first tap
 that needs it. A tap whose limits the kernel refuses keeps running without them: its
-problem is reported on the VM (never stops the other taps or the launch)."""
+problem is reported on the VM (never stops the other taps or the launch).
+
+The macvtaps of macvtap NICs (HostLink.VM_MACVTAP) live the same life: made at launch on
+their parent with the guest's MAC, marked and brought up the same way, their character
+device opened and handed to qemu (app.host.macvtap), removed when qemu ends; one deleted
+by hand while qemu runs is reported as a lost tap is (they carry no rate limits)."""
 
 from __future__ import annotations
 
@@ -26,13 +31,16 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from app.db.models import Vm, VmNic
 from app.db.repositories import BridgeFacts, port_master
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, tap_mtu
 from app.domain.nics import HostLink, find_driver
+from app.domain.nics.macvtap import stored_macvtap
 from app.domain.rate_limits import EgressMethod, RateLimit
+from app.host.macvtap import create_macvtap, open_macvtap
 from app.host.netlink import LinkError, LinkOps, open_tap_queues
 from app.host.netns import enter_for_this_thread
 from app.host.tc import ensure_limits, police_available, remove_ifb
@@ -49,8 +57,17 @@ def tap_mark(vm_id: str) -> str:
 
 
 @dataclass(frozen=True)
+class MacvtapPlan:
+    """A macvtap NIC's link settings: its parent, IFLA_MACVLAN_MODE and the guest's MAC."""
+
+    parent: str
+    mode: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class TapPlan:
-    """One bridge NIC's tap."""
+    """One bridge NIC's tap, or one macvtap NIC's macvtap (`macvtap` set, `bridge` None)."""
 
     name: str
     bridge: str | None  # None: the Bridge row is gone (cannot launch; removal still works)
@@ -60,6 +77,12 @@ class TapPlan:
     mtu: int  # the NIC's own, else its bridge's: a smaller port drops the bridge's frames
     isolated: bool = False  # the bridge port flag IFLA_BRPORT_ISOLATED (app.domain.isolation)
     limit: RateLimit = field(default_factory=RateLimit)  # tc on the tap (app.domain.rate_limits)
+    macvtap: MacvtapPlan | None = None
+
+    @property
+    def homeless(self) -> bool:
+        """A bridge tap whose bridge row is gone: it cannot be launched."""
+        return self.bridge is None and self.macvtap is None
 
 
 @dataclass
@@ -72,6 +95,25 @@ class TapCheck:
     limit_problems: dict[str, str] = field(default_factory=dict)  # tap -> why not applied
 
 
+def macvtap_plan(nic: VmNic, owner: tuple[int, int] | None) -> TapPlan | None:
+    """A macvtap NIC's plan; None when its stored options cannot be read (its launch then
+    fails on the spec, with the reason)."""
+    try:
+        parent, mode = stored_macvtap(nic.options or {})
+    except (KeyError, TypeError, ValueError):
+        return None
+    assert nic.tap_name is not None
+    return TapPlan(
+        name=nic.tap_name,
+        bridge=None,
+        uid=owner[0] if owner else None,
+        gid=owner[1] if owner else None,
+        multi_queue=False,
+        mtu=nic.mtu or 0,  # 0: the parent's (a macvtap starts with it)
+        macvtap=MacvtapPlan(parent, mode.value, nic.mac),
+    )
+
+
 def tap_plans(
     row: Vm,
     nics: Sequence[VmNic],
@@ -82,6 +124,11 @@ def tap_plans(
     plans = []
     for nic in sorted(nics, key=lambda n: n.position):
         driver = find_driver(nic.backend)
+        if driver is not None and driver.host_link is HostLink.VM_MACVTAP and nic.tap_name:
+            plan = macvtap_plan(nic, owner)
+            if plan is not None:
+                plans.append(plan)
+            continue
         if driver is None or driver.host_link is not HostLink.VM_TAP or not nic.tap_name:
             continue
         bridge = port_master(nic.bridge_id, nic.vlan_id, bridges)  # a VLAN's bridge, or its own
@@ -98,6 +145,11 @@ def tap_plans(
             )
         )
     return plans
+
+
+def _is_macvtap(nic: VmNic) -> bool:
+    driver = find_driver(nic.backend)
+    return driver is not None and driver.host_link is HostLink.VM_MACVTAP
 
 
 def _tap_to_open(nic: VmNic) -> str | None:
@@ -126,8 +178,12 @@ class VmTaps:
         """Make the taps; returns the taps whose limits the kernel refused (tap -> why)."""
         return await self._run(self._ensure_sync, vm_id, taps)
 
-    async def open(self, nics: Sequence[VmNic]) -> dict[str, list[int]]:
-        return await self._run(self._open_sync, nics)
+    async def open(
+        self, nics: Sequence[VmNic], node_dir: Path, owner: tuple[int, int] | None = None
+    ) -> dict[str, list[int]]:
+        """Each tap-backed NIC's descriptors; a macvtap's device node, where the daemon
+        must make one, goes to `node_dir`, owned by `owner`."""
+        return await self._run(self._open_sync, nics, node_dir, owner)
 
     async def verify(self, vm_id: str, taps: list[TapPlan]) -> TapCheck:
         """A running VM's taps put back on their bridge and given their limits again."""
@@ -147,14 +203,20 @@ class VmTaps:
             return await loop.run_in_executor(self._executor, partial(fn, *args))
 
     @staticmethod
-    def _open_sync(nics: Sequence[VmNic]) -> dict[str, list[int]]:
-        """Every tap-backed NIC's tap, opened once per queue (on the netlink thread: it is
-        in the managed namespace)."""
+    def _open_sync(
+        nics: Sequence[VmNic], node_dir: Path, owner: tuple[int, int] | None
+    ) -> dict[str, list[int]]:
+        """Every tap-backed NIC's tap, opened once per queue, and every macvtap's character
+        device (on the netlink thread: it is in the managed namespace)."""
         opened: dict[str, list[int]] = {}
         try:
             for nic in nics:
                 tap = _tap_to_open(nic)
-                if tap is not None:
+                if tap is None:
+                    continue
+                if _is_macvtap(nic):
+                    opened[nic.id] = [open_macvtap(tap, node_dir, owner)]
+                else:
                     opened[nic.id] = open_tap_queues(tap, nic.queues)
         except LinkError:
             for fds in opened.values():
@@ -199,6 +261,9 @@ class VmTaps:
                         errno.EEXIST,
                     )
                 ops.delete(existing.index, tap.name)
+            if tap.macvtap is not None:
+                self._ensure_macvtap(ops, mark, tap, tap.macvtap)
+                continue
             spec = LinkSpec(
                 id=vm_id,
                 kind=LinkKind.TAP,
@@ -228,6 +293,16 @@ class VmTaps:
                 problems[tap.name] = str(exc)
         return problems
 
+    @staticmethod
+    def _ensure_macvtap(ops: LinkOps, mark: str, tap: TapPlan, plan: MacvtapPlan) -> None:
+        index = create_macvtap(ops.ipr, tap.name, plan.parent, plan.mode, plan.mac)
+        try:
+            changes = LinkChanges(mark=mark, set_up=True, mtu=tap.mtu or None)
+            ops.apply(index, tap.name, changes)
+        except LinkError:
+            ops.delete(index, tap.name)  # never leave an unmarked macvtap behind
+            raise
+
     def _verify_sync(self, vm_id: str, taps: list[TapPlan]) -> TapCheck:
         ops = self._link_ops()
         mark = tap_mark(vm_id)
@@ -240,6 +315,11 @@ class VmTaps:
                 continue
             if link.alias != mark:
                 continue  # not ours: never touched
+            if tap.macvtap is not None:
+                if not link.up:  # `ip link set down` by hand
+                    ops.apply(link.index, tap.name, LinkChanges(set_up=True))
+                    repaired.append(tap.name)
+                continue
             try:
                 changed = self._limits(link.index, tap)
             except LinkError as exc:

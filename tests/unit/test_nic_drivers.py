@@ -27,11 +27,12 @@ from app.domain.nics import (
     present_options,
     registered,
 )
+from app.domain.nics.macvtap import ARPHRD_ETHER, ParentLink, macvtap_name, parent_refusal
 from app.domain.nics.spec import PORTS, Backend, NicSpec, SocketNet, UserNet, bounded
 from app.domain.nics.tap import TapNetdev
 from app.domain.qemu_argv import netdev_arg, qemu_argv
 from app.domain.vms import Accelerator, BootSpec, PortForward, VmSpec, validate_vm
-from app.supervisor.vm_taps import tap_plans
+from app.supervisor.vm_taps import MacvtapPlan, tap_plans
 
 MODELS = ["virtio-net-pci", "e1000"]
 MAC = "52:54:00:00:00:01"
@@ -99,6 +100,7 @@ def test_each_backend_writes_its_netdev_and_names_its_host_links(
         nic("socket", socket=SocketNet("connect", 41000, peer="vm2/0")),
         nic("hub", hub=7),
         nic("port", tap="tap0123456789a", port="9b1f7c55-4a3e-4d8e-9a57-0c8b1d2e3f40"),
+        nic("macvtap", tap="mv0a1b2c3d-0", parent="eth0", macvtap_mode="vepa"),
     ],
 )
 def test_stored_options_read_back_as_they_were_written(spec: NicSpec) -> None:
@@ -115,6 +117,7 @@ def test_each_backend_names_the_option_it_needs() -> None:
         "port": "port",
         "socket": "socket",
         "hub": "hub",
+        "macvtap": "parent",
     }
 
 
@@ -282,3 +285,57 @@ def test_a_backend_that_needs_a_vm_tap_gets_one_planned_by_the_worker() -> None:
         spec = nic("mirror", tap="kv00000001-0", queues=2)
         validate_vm(vm(spec), MODELS)  # multiqueue: it is tap-backed
         assert netdev_arg(0, spec, False, fds=[7, 8]) == "tap,id=net0,fds=7:8,vhost=off"
+
+
+def test_a_macvtap_reaches_qemu_as_a_descriptor_only() -> None:
+    spec = nic("macvtap", tap="mv0a1b2c3d-0", parent="eth0", macvtap_mode="bridge")
+    validate_vm(vm(spec), MODELS)
+    assert netdev_arg(0, spec, False, [23]) == "tap,id=net0,fd=23,vhost=off"
+    with pytest.raises(InvalidInput, match="descriptor"):
+        netdev_arg(0, spec, vhost_net=False)  # qemu's ifname= opens /dev/net/tun, no macvtap
+    assert nic_driver("macvtap").host_links(spec) == (
+        HostLinkNeed(HostLink.VM_MACVTAP, "mv0a1b2c3d-0", 1),
+    )
+    for bad in (replace(spec, macvtap_mode="source"), replace(spec, parent="a" * 16)):
+        with pytest.raises(InvalidInput):
+            validate_vm(vm(bad), MODELS)
+    assert present_options("macvtap", dump_options(spec)) == {
+        "hub": None,
+        "parent": "eth0",
+        "macvtap_mode": "bridge",
+    }
+
+
+def test_a_macvtap_parent_must_be_a_free_ethernet_host_link() -> None:
+    def link(**kw: Any) -> ParentLink:
+        fields: dict[str, Any] = {
+            "name": "eth0", "ifindex": 2, "kind": None, "link_type": ARPHRD_ETHER,
+            "loopback": False, **kw,
+        }  # fmt: skip
+        return ParentLink(**fields)
+
+    assert parent_refusal("eth0", link()) is None
+    assert parent_refusal("eth0", link(kind="veth")) is None
+    refusals = {
+        "no such interface": None,
+        "loopback": link(loopback=True, link_type=772),
+        "not an Ethernet link": link(link_type=65534, kind="tun"),
+        "kvmnetd's own links": link(mark="kvmnetd:bridge:1"),
+        "a port of 'br0'": link(master="br0"),
+    }
+    for reason, candidate in refusals.items():
+        assert reason in (parent_refusal("eth0", candidate) or ""), reason
+    assert macvtap_name("0a1b2c3d-4e5f-6789-abcd-ef0123456789", 12) == "mv0a1b2c3d-12"
+
+
+def test_a_macvtap_nic_gets_a_macvtap_plan_on_its_parent() -> None:
+    row = Vm(id="v1", name="vm1")
+    nics = [
+        VmNic(
+            id="n0", vm_id="v1", position=0, mac=MAC, backend="macvtap", queues=1,
+            tap_name="mv0a1b2c3d-0", options={"parent": "eth0", "macvtap_mode": "private"},
+        )
+    ]  # fmt: skip
+    (plan,) = tap_plans(row, nics, {}, (999, 998))
+    assert (plan.name, plan.bridge, plan.uid, plan.homeless) == ("mv0a1b2c3d-0", None, 999, False)
+    assert plan.macvtap == MacvtapPlan("eth0", "private", MAC)

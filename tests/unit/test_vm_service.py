@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from app.domain.errors import (
     NameTaken,
     NotFound,
 )
+from app.domain.nics.macvtap import ARPHRD_ETHER, ParentLink, macvtap_name
 from app.domain.qemu_argv import qemu_argv
 from app.domain.vms import QEMU_DEFAULT_MAC, Accelerator
 from app.schemas.vms import VmCreate
@@ -166,3 +168,25 @@ def test_host_facts_from_the_capability_probe() -> None:
     }
     facts = HostFacts.from_capabilities(caps)
     assert facts == HostFacts(frozenset({"e1000", "virtio-net-pci"}), False, False)
+
+
+def test_a_macvtap_nic_claims_its_link_name_and_needs_a_kernel_that_makes_macvtaps(
+    db: Database,
+) -> None:
+    eth0 = ParentLink("eth0", 2, None, ARPHRD_ETHER, loopback=False)
+    body = VmCreate.model_validate_json(
+        json.dumps({"name": "mv", "boot": BOOT, "nics": [{"backend": "macvtap", "parent": "eth0"}]})
+    )
+    lacking = replace(HOST, macvtap_missing="Operation not supported", parents={"eth0": eth0})
+    with pytest.raises(Conflict, match="macvtap links") as refused, db.unit_of_work() as s:
+        VmService(s).create(body, lacking)
+    assert refused.value.kind == "host-lacks-feature"
+    with db.unit_of_work() as s:
+        vm, (nic,), _ = VmService(s).create(body, replace(HOST, parents={"eth0": eth0}))
+        assert (nic.tap_name, nic.options) == (
+            macvtap_name(vm.id, 0),
+            {"parent": "eth0", "macvtap_mode": "bridge"},
+        )
+    with db.reading() as s:
+        claim = s.get(LinkName, nic.tap_name)
+        assert claim is not None and (claim.resource, claim.resource_id) == ("vm", vm.id)

@@ -39,6 +39,7 @@ class HostLink(enum.StrEnum):
     NONE = "none"  # nothing in the kernel (QEMU user networking, sockets, hubs)
     VM_TAP = "vm-tap"  # a tap the VM worker makes for this NIC and attaches to its bridge
     TAP = "tap"  # one of our tap resources, kept by the link worker (maybe a routed tap)
+    VM_MACVTAP = "vm-macvtap"  # a macvtap the VM worker makes for this NIC on a host link
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class NicClaims(Protocol):
         """One of our ports (id or name), free (409 otherwise), plugged into this NIC:
         (its tap's kernel name, its MAC, its id). `mac`: the NIC's requested MAC, which
         must be the port's (422 otherwise)."""
+        ...
+
+    def macvtap(self, parent: str) -> str:
+        """A macvtap the VM worker will make for this NIC on host link `parent`: its name
+        (claimed). 409 when `parent` is absent, unsuitable or one of our links."""
         ...
 
     def claim_port(self, protocol: str, address: str, port: int) -> None:

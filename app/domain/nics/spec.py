@@ -25,6 +25,7 @@ class Backend(enum.StrEnum):
     SOCKET = "socket"  # VM-to-VM over a loopback TCP socket, or multicast
     HUB = "hub"  # a QEMU-internal hub (the old -net nic,vlan=N)
     PORT = "port"  # one of our port resources (its tap, MAC and fixed IP: Neutron's port)
+    MACVTAP = "macvtap"  # a macvtap the daemon makes on a host interface (issue 13)
 
 
 class Vhost(enum.StrEnum):
@@ -77,7 +78,7 @@ class NicSpec:
     model: str | None
     mac: str
     backend: str  # a registered driver's name (Backend for the built-in ones)
-    tap: str | None = None  # the kernel tap (bridge, tap and port backends)
+    tap: str | None = None  # the kernel tap (bridge, tap, port and macvtap backends)
     port: str | None = None  # the port resource's id (port backend)
     user: UserNet | None = None
     socket: SocketNet | None = None
@@ -86,6 +87,9 @@ class NicSpec:
     vhost: Vhost = Vhost.AUTO
     link_up: bool = True
     mtu: int | None = None  # virtio's host_mtu; the tap's MTU on the bridge and tap backends
+    # macvtap backend (issue 13): the host interface it sits on and its IFLA_MACVLAN_MODE
+    parent: str | None = None
+    macvtap_mode: str | None = None
 
 
 def bounded(what: str, value: int, bounds: tuple[int, int]) -> None:

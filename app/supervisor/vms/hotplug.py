@@ -125,10 +125,14 @@ class Hotplug(ProcessEvents):
     ) -> None:
         index = nic.position
         qmp = process.qmp
+        owner = None
         if plan is not None:  # a bridge NIC's own tap, made as at a launch
             state.taps.add(plan.name)
+            # limits the kernel refuses are reported by the tap check the new generation
+            # brings right after (Launcher._check_taps)
             await self._vm_taps().ensure(state.vm_id, [plan])
-        opened = await self._vm_taps().open([nic])
+            owner = (plan.uid, plan.gid) if plan.uid is not None and plan.gid is not None else None
+        opened = await self._vm_taps().open([nic], self.vm_dir(state.vm_id), owner)
         names = [f"net{index}q{queue}" for queue in range(len(opened.get(nic.id, [])))]
         try:
             for fd, name in zip(opened.get(nic.id, []), names, strict=True):

@@ -35,7 +35,7 @@ class Launcher(ProcessEvents):
         try:
             vm = vm_spec(row, nics)
             accelerator = resolve_accelerator(vm.accelerator, self.kvm_runs_guests())
-            missing = [tap.name for tap in taps if tap.bridge is None]
+            missing = [tap.name for tap in taps if tap.homeless]
             if missing:
                 raise DomainError(f"the bridge of tap(s) {', '.join(missing)} is gone")
             user = self._run_as(row)
@@ -59,7 +59,7 @@ class Launcher(ProcessEvents):
             # qemu gets the taps as open descriptors (as libvirt does): it needs no access
             # to /dev/net/tun, and an unprivileged qemu works wherever the daemon does
             if any(nic.tap_name for nic in nics):
-                tap_fds = await self._vm_taps().open(nics)
+                tap_fds = await self._vm_taps().open(nics, self.vm_dir(row.id), user)
         except (LinkError, TimeoutError) as exc:
             self._retry_later(state, f"opening taps: {exc or 'timed out'}")
             return
