@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -54,7 +53,7 @@ from app.db.migrate import upgrade
 from app.db.repositories import reserve_event_ids
 from app.db.session import Database
 from app.domain.errors import Conflict, Unavailable
-from app.domain.tenancy import Principal
+from app.domain.tenancy import Principal, new_secret
 from app.host.files import FileProblem, read_bounded, remove
 from app.host.inspect import LiveHostInspector
 from app.host.qmp import QmpError
@@ -117,7 +116,9 @@ def load_or_create_token(path: Path) -> str:
         remove(aside)  # an older bad one
         os.replace(path, aside)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token = secrets.token_urlsafe(32)
+    # prefixed as every token secret (never a leading '-' a CLI would take for an option:
+    # `openstack --os-token -x...` failed once in 64 starts)
+    token = new_secret()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
@@ -255,7 +256,7 @@ def create_app(
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(
         AuthMiddleware,
-        token=token or secrets.token_urlsafe(32),
+        token=token or new_secret(),
         authenticate=lambda secret: _authenticate(app.state.context, secret, last_use),
     )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

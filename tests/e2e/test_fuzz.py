@@ -14,6 +14,7 @@ exist (tests/fuzz/hooks.py) so no guest boots. Afterwards the daemon must still 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -66,6 +67,18 @@ def run_schemathesis(netns: str, token: str, workdir: Path) -> subprocess.Comple
     )
 
 
+def neutron_operations() -> list[str]:
+    """The operation ids of the Neutron API (tag `neutron`) in the committed OpenAPI document
+    (kept equal to the app's by tests/api/test_openapi.py)."""
+    document = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+    return [
+        operation["operationId"]
+        for item in document["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "neutron" in operation.get("tags", ())
+    ]
+
+
 @pytest.mark.timeout(FUZZ_SECONDS + 120)
 def test_fuzzer_finds_nothing_and_the_daemon_stays_healthy(netns: str, tmp_path: Path) -> None:
     daemon = E2EDaemon(netns, tmp_path)
@@ -82,7 +95,10 @@ def test_fuzzer_finds_nothing_and_the_daemon_stays_healthy(netns: str, tmp_path:
         selected = re.search(r"Selected: (\d+)/(\d+)", result.stdout)
         tested = re.search(r"Tested: (\d+)", result.stdout)
         assert selected and tested, report
-        assert selected[1] == selected[2] == tested[1], f"not every operation ran:\n{report}"
+        # every operation but the Neutron API's (left out in schemathesis.toml: its own
+        # contract, driven by the real openstack clients) ran
+        expected = int(selected[2]) - len(neutron_operations())
+        assert int(selected[1]) == int(tested[1]) == expected, f"not every operation ran:\n{report}"
         assert int(tested[1]) >= 40
         links = re.search(r"API Links: +(\d+) covered", result.stdout)
         assert links and int(links[1]) >= MIN_LINKS_COVERED, f"stateful phase too thin:\n{report}"

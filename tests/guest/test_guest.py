@@ -326,8 +326,10 @@ def test_legacy_nic_model_gets_a_lease(
 
 def test_kernel_cmdline_takes_exactly_one_address_mode() -> None:
     static = kernel_cmdline(ip="192.168.105.2/24", gw="192.168.105.1")
-    assert static == "console=ttyS0 kvt.ip=192.168.105.2/24 kvt.gw=192.168.105.1"
-    assert kernel_cmdline(dhcp=True, port=8000) == "console=ttyS0 kvt.dhcp=1 kvt.port=8000"
+    assert static == "console=ttyS0 no_timer_check kvt.ip=192.168.105.2/24 kvt.gw=192.168.105.1"
+    assert kernel_cmdline(dhcp=True, port=8000) == (
+        "console=ttyS0 no_timer_check kvt.dhcp=1 kvt.port=8000"
+    )
     with pytest.raises(ValueError):
         kernel_cmdline()
     with pytest.raises(ValueError):
@@ -340,14 +342,14 @@ def test_kernel_cmdline_carries_the_optional_behaviours() -> None:
     words = kernel_cmdline(
         dhcp=True, echo=7000, fetch="10.0.0.1:80", resolve=["a.test", "b.test"], dns="10.0.0.1"
     ).split()
-    assert words[2:] == [
+    assert words[3:] == [
         "kvt.echo=7000",
         "kvt.fetch=10.0.0.1:80",
         "kvt.resolve=a.test",
         "kvt.resolve=b.test",
         "kvt.dns=10.0.0.1",
     ]
-    assert kernel_cmdline(dhcp=True, fetch=["h:1", "k:2"]).split()[2:] == [
+    assert kernel_cmdline(dhcp=True, fetch=["h:1", "k:2"]).split()[3:] == [
         "kvt.fetch=h:1",
         "kvt.fetch=k:2",
     ]
