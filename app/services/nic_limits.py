@@ -1,7 +1,9 @@
 """A VM NIC's rate limits (issue 13, app.domain.rate_limits): what a create or a PATCH stores,
 checked as a whole; and PATCH /v1/vms/{id}/nics/{index}, which writes the new limits as a new
 generation of the VM with an operation. The VM worker applies them on the running qemu's
-tap at its next pass (tc: nothing restarts, `restart_pending` stays as it was)."""
+tap at its next pass (tc: nothing restarts, `restart_pending` stays as it was). Also the
+lookup of one NIC by its id or lifelong index (find_nic), which the NIC routes share
+(app.services.vm_nics imports it from here: app.services.vms imports this module)."""
 
 from __future__ import annotations
 
