@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from app.host.netns import call_in
+
 KVMNETD = Path(sys.executable).with_name("kvmnetd")
 
 
@@ -73,6 +75,18 @@ class Daemon:
         return True
 
     def wait_ready(self, timeout: float) -> None:
+        """/readyz on the unix socket answers 200, and then the TCP listener (KVMNETD_LISTEN)
+        takes connections: the daemon opens it only once the unix socket's app is up, so
+        /readyz can answer before the TCP port listens."""
+        started = time.monotonic()
+        self._wait_ready_unix(timeout)
+        listen = self.extra_env.get("KVMNETD_LISTEN", "")
+        if listen:
+            host, port = listen.rsplit(":", 1)
+            left = max(1.0, timeout - (time.monotonic() - started))
+            call_in(self.netns, lambda: _wait_listening(host.strip("[]"), int(port), left))
+
+    def _wait_ready_unix(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -104,3 +118,17 @@ class Daemon:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _wait_listening(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nothing listens on {host}:{port} after {timeout:.0f} s"
+                ) from None
+            time.sleep(0.05)
