@@ -17,20 +17,25 @@ import time
 CHUNK = 65536
 
 
+def drain(conn: socket.socket) -> tuple[int, float, float]:
+    """Read until the peer closes: (bytes, monotonic time of the first and the last read)."""
+    total, first, last = 0, 0.0, 0.0
+    while True:
+        data = conn.recv(CHUNK)
+        if not data:
+            return total, first, last
+        last = time.monotonic()
+        if not total:
+            first = last
+        total += len(data)
+
+
 def receive(address: str, port: int) -> None:
     with socket.create_server((address, port)) as server:
         print("ready", flush=True)
         conn, _ = server.accept()
         with conn:
-            total, first, last = 0, 0.0, 0.0
-            while True:
-                data = conn.recv(CHUNK)
-                if not data:
-                    break
-                last = time.monotonic()
-                if not total:
-                    first = last
-                total += len(data)
+            total, first, last = drain(conn)
     print(total, round(last - first, 6), flush=True)
 
 
@@ -67,15 +72,7 @@ def echo(address: str, port: int, seconds: float) -> None:
 
     sender = threading.Thread(target=pump, daemon=True)
     sender.start()
-    total, first, last = 0, 0.0, 0.0
-    while True:
-        data = conn.recv(CHUNK)
-        if not data:
-            break
-        last = time.monotonic()
-        if not total:
-            first = last
-        total += len(data)
+    total, first, last = drain(conn)
     sender.join()
     conn.close()
     print(total, round(last - first, 6), flush=True)
