@@ -10,6 +10,8 @@ tried it (this kernel filters no VLANs); the rest is the real app."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -32,17 +34,24 @@ def settings(settings: Settings) -> Settings:
     )
 
 
-def test_a_member_attaches_ports_and_taps_to_its_tenant_vlan(
-    vapi: TestClient, settings: Settings
-) -> None:
-    # the physnet's bridge, made by the admin (a member's first VLAN cannot make it)
-    assert vapi.post("/v1/bridges?wait=20", json={"name": "br-phys"}).status_code == 201
+def member_network(vapi: TestClient) -> tuple[Any, dict[str, str], Any]:
+    """A project with VLAN range 200-210, a member token's headers, and the member's Neutron
+    network `mine` made with them (201): (the project's answer, the headers, the answer)."""
     project = vapi.post("/v1/projects", json={"name": "acme", "vlan_ranges": [[200, 210]]})
     assert project.status_code == 201, project.text
     token = vapi.post(f"/v1/projects/{project.json()['id']}/tokens", json={"role": "member"})
     member = {"Authorization": f"Bearer {token.json()['secret']}"}
     r = vapi.post(f"{N}/networks", json={"network": {"name": "mine"}}, headers=member)
     assert r.status_code == 201, r.text
+    return project, member, r
+
+
+def test_a_member_attaches_ports_and_taps_to_its_tenant_vlan(
+    vapi: TestClient, settings: Settings
+) -> None:
+    # the physnet's bridge, made by the admin first (a member's first VLAN makes it too: below)
+    assert vapi.post("/v1/bridges?wait=20", json={"name": "br-phys"}).status_code == 201
+    project, member, r = member_network(vapi)
     mine = r.json()["network"]
     filtering_as_if_active(settings, mine["id"])
     trunk = vapi.get("/v1/bridges/br-phys").json()
@@ -68,12 +77,7 @@ def test_a_members_first_tenant_network_makes_the_physnets_bridge(
     (the operator's configuration, settings physical_networks), not the member's (this was
     a 404 `no project default`: a member cannot act in the default project)."""
     assert vapi.get("/v1/bridges/br-phys").status_code == 404
-    project = vapi.post("/v1/projects", json={"name": "acme", "vlan_ranges": [[200, 210]]})
-    assert project.status_code == 201, project.text
-    token = vapi.post(f"/v1/projects/{project.json()['id']}/tokens", json={"role": "member"})
-    member = {"Authorization": f"Bearer {token.json()['secret']}"}
-    r = vapi.post(f"{N}/networks", json={"network": {"name": "mine"}}, headers=member)
-    assert r.status_code == 201, r.text
+    project, member, r = member_network(vapi)
     assert r.json()["network"]["project_id"] == project.json()["id"]
     trunk = vapi.get("/v1/bridges/br-phys")
     assert trunk.status_code == 200, trunk.text
