@@ -34,6 +34,7 @@ NIC_REF = (
     "The NIC's `id` (stable), or its `index` (digits): an index is the NIC's for life, "
     "never shifts when another NIC goes, and is never given twice while the VM exists"
 )
+NicRef = Annotated[str, Path(description=NIC_REF, max_length=64)]
 
 
 @router.post(
@@ -76,7 +77,7 @@ async def add_vm_nic(
 )
 async def remove_vm_nic(
     vm_id: str,
-    index: Annotated[str, Path(description=NIC_REF, max_length=64)],
+    index: NicRef,
     request: Request,
     response: Response,
     wait: Wait = None,
@@ -108,7 +109,7 @@ async def _present(ctx: AppContext, row: Vm) -> VmOut:
 )
 async def update_vm_nic(
     vm_id: str,
-    index: Annotated[str, Path(description=NIC_REF, max_length=64)],
+    index: NicRef,
     body: NicPatch,
     request: Request,
     response: Response,
