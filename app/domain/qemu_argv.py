@@ -25,9 +25,15 @@ __all__ = [
 ]
 
 
-def netdev_arg(index: int, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None) -> str:
+def netdev_arg(
+    index: int,
+    nic: NicSpec,
+    vhost_net: bool,
+    fds: Sequence[int] | None = None,
+    vhost_fds: Sequence[int] = (),
+) -> str:
     """The NIC's `-netdev`, as its backend's driver writes it."""
-    return nic_driver(nic.backend).netdev(f"net{index}", nic, vhost_net, fds)
+    return nic_driver(nic.backend).netdev(f"net{index}", nic, vhost_net, fds, vhost_fds)
 
 
 def device_arg(index: int, nic: NicSpec) -> str:
@@ -93,9 +99,11 @@ def qemu_argv(
     accelerator: Accelerator,
     vhost_net: bool = False,
     tap_fds: Mapping[str, Sequence[int]] | None = None,
+    vhost_fds: Mapping[str, Sequence[int]] | None = None,
 ) -> list[str]:
     """The argv for `spec` with the accelerator already resolved (never AUTO here).
-    `tap_fds` maps a NIC id to the tap descriptors qemu inherits (else it opens by name)."""
+    `tap_fds` maps a NIC id to the tap descriptors qemu inherits (else it opens by name),
+    `vhost_fds` to its /dev/vhost-net descriptors (one per queue; else qemu opens it)."""
     if accelerator is Accelerator.AUTO:
         raise ValueError("resolve the accelerator first (resolve_accelerator)")
     argv = [
@@ -114,7 +122,8 @@ def qemu_argv(
     argv += boot_args(spec)
     for index, nic in spec.indexed_nics():
         fds = (tap_fds or {}).get(nic.id)
-        argv += ["-netdev", netdev_arg(index, nic, vhost_net, fds)]
+        vhost = (vhost_fds or {}).get(nic.id, ())
+        argv += ["-netdev", netdev_arg(index, nic, vhost_net, fds, vhost)]
         if nic.model is None:  # no guest NIC: the backend joins its hub
             argv += ["-netdev", f"hubport,id=hub{index},hubid={nic.hub},netdev=net{index}"]
         else:

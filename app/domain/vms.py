@@ -21,6 +21,7 @@ from app.domain.nics.spec import (
     MTU_RANGE,
     PORTS,
     QUEUES,
+    VHOST_MODEL,
     Backend,
     NicSpec,
     PortForward,
@@ -29,6 +30,7 @@ from app.domain.nics.spec import (
     Vhost,
     bounded,
 )
+from app.domain.vhost import NOT_PROBED, require_vhost_net
 
 __all__ = [  # the NIC types live in app.domain.nics.spec; they are VM types too
     "MTU_MODEL",
@@ -160,8 +162,11 @@ def validate_nic_model(model: str, machine: Machine, available: Iterable[str]) -
         raise InvalidInput(f"{model} is an ISA card: it needs the isapc machine")
 
 
-def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost_net: bool) -> None:
-    """The rules every NIC shares, then its backend driver's own (app.domain.nics)."""
+def validate_nic(
+    nic: NicSpec, machine: Machine, available: Iterable[str], vhost_missing: str | None
+) -> None:
+    """The rules every NIC shares, then its backend driver's own (app.domain.nics).
+    `vhost_missing`: why /dev/vhost-net does not work here (None: it does)."""
     driver = nic_driver(nic.backend)
     validate_hub(nic, driver)
     if nic.model is not None:
@@ -173,13 +178,24 @@ def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost
             f"multiqueue needs the virtio-net-pci model on a {backends_where('multiqueue')} backend"
         )
     _validate_mtu(nic, driver)
-    if nic.vhost is Vhost.ON and not vhost_net:
-        raise InvalidInput("vhost=on needs /dev/vhost-net, which this host does not have")
-    if nic.vhost is Vhost.ON and nic.model != "virtio-net-pci":
-        raise InvalidInput("vhost-net only accelerates virtio-net-pci")
     driver.validate(nic)
+    if nic.vhost is Vhost.ON:
+        _validate_vhost(nic, driver, vhost_missing)
     if nic.hub is not None and not HUBS[0] <= nic.hub <= HUBS[1]:
         raise InvalidInput(f"a hub number is between {HUBS[0]} and {HUBS[1]}")
+
+
+def _validate_vhost(nic: NicSpec, driver: NicDriver, missing: str | None) -> None:
+    """vhost=on: 422 where vhost-net cannot carry this NIC whatever the host, then 409 where
+    this host's /dev/vhost-net does not work (app.domain.vhost)."""
+    if not driver.vhost:
+        raise InvalidInput(
+            f"NIC {nic.id}: vhost-net moves a tap's packets, and the {nic.backend} backend "
+            f"has no tap (vhost=on needs a {backends_where('vhost')} backend)"
+        )
+    if nic.model != VHOST_MODEL:
+        raise InvalidInput(f"NIC {nic.id}: vhost-net only accelerates {VHOST_MODEL}")
+    require_vhost_net(missing, f"NIC {nic.id}")
 
 
 def _validate_mtu(nic: NicSpec, driver: NicDriver) -> None:
@@ -200,8 +216,11 @@ def _validate_mtu(nic: NicSpec, driver: NicDriver) -> None:
         raise InvalidInput(driver.mtu_refused)
 
 
-def validate_vm(spec: VmSpec, available_models: Iterable[str], vhost_net: bool = False) -> None:
-    """Everything about a VM that can be refused before qemu ever runs."""
+def validate_vm(
+    spec: VmSpec, available_models: Iterable[str], vhost_missing: str | None = NOT_PROBED
+) -> None:
+    """Everything about a VM that can be refused before qemu ever runs. `vhost_missing`:
+    why this host's /dev/vhost-net does not work (None: it does; app.domain.vhost)."""
     bounded("vcpus", spec.vcpus, VCPUS)
     bounded("memory_mib", spec.memory_mib, MEMORY_MIB)
     boot = spec.boot
@@ -219,7 +238,7 @@ def validate_vm(spec: VmSpec, available_models: Iterable[str], vhost_net: bool =
     macs: set[str] = set()
     taps: dict[str, int] = {}
     for index, nic in enumerate(spec.nics):
-        validate_nic(nic, spec.machine, models, vhost_net)
+        validate_nic(nic, spec.machine, models, vhost_missing)
         if nic.mac in macs:
             raise InvalidInput(f"MAC {nic.mac} is used twice in this VM")
         macs.add(nic.mac)

@@ -275,14 +275,70 @@ def _probe_vlan_filtering(ipr: IPRoute) -> dict[str, Any]:
     return {"available": True, "reason": None}
 
 
-def probe_vhost_net() -> dict[str, Any]:
+VHOST_NET_DEVICE = Path("/dev/vhost-net")
+VHOST_NET_MODULE = "vhost_net"
+# the kernel's own module loader: what it runs itself to autoload 8021q on `ip link add ...
+# type vlan` (kernel/module/kmod.c); absent when the kernel cannot load modules at all
+KERNEL_MODPROBE = Path("/proc/sys/kernel/modprobe")
+MODPROBE_TIMEOUT = 30.0  # s; a module load is quick, even on the kernel tier's TCG host
+
+
+def probe_vhost_net(runner: ProbeRunner, device: Path = VHOST_NET_DEVICE) -> dict[str, Any]:
+    """Whether /dev/vhost-net opens (the daemon opens it for qemu: vhostfd=). Where the node
+    is missing the module may only be unloaded (with udev the kernel's static node would
+    autoload it on open; without udev the node appears only once the module is in): the
+    probe loads it with the kernel's own modprobe, as the kernel itself does for 8021q, and
+    tries again. The result names the kernel option and module, as a VLAN feature's does."""
+    why = _open_vhost_net(device)
+    if why is not None and not device.exists():
+        loaded = load_module(runner, VHOST_NET_MODULE)
+        why = f"no {device}; {loaded}" if loaded is not None else _open_vhost_net(device)
+    result: dict[str, Any] = {
+        "available": why is None,
+        "reason": None,
+        "kernel_config": "CONFIG_VHOST_NET",
+        "module": VHOST_NET_MODULE,
+    }
+    if why is not None:
+        result["reason"] = (
+            f"{why}: vhost-net needs the kernel's CONFIG_VHOST_NET (module vhost_net)"
+        )
+    return result
+
+
+def _open_vhost_net(device: Path) -> str | None:
+    """Why `device` does not open read-write (None: it does)."""
     try:
-        fd = os.open("/dev/vhost-net", os.O_RDWR)
+        os.close(os.open(device, os.O_RDWR | os.O_CLOEXEC))
     except OSError as exc:
-        reason = "no /dev/vhost-net" if exc.errno == errno.ENOENT else str(exc)
-        return {"available": False, "reason": reason}
-    os.close(fd)
-    return {"available": True, "reason": None}
+        return f"no {device}" if exc.errno == errno.ENOENT else f"{device}: {exc.strerror}"
+    return None
+
+
+def modprobe_binary() -> str | None:
+    """The modprobe the kernel runs to load modules itself (/proc/sys/kernel/modprobe), else
+    the one on PATH; None when there is none."""
+    with contextlib.suppress(OSError):
+        path = KERNEL_MODPROBE.read_text().strip()
+        if path and os.access(path, os.X_OK):
+            return path
+    return shutil.which("modprobe")
+
+
+def load_module(runner: ProbeRunner, module: str) -> str | None:
+    """`modprobe <module>` (argv, no shell); None when it loaded (or was loaded), else why not."""
+    if not KERNEL_MODPROBE.exists():
+        return f"this kernel loads no modules (no {KERNEL_MODPROBE})"
+    modprobe = modprobe_binary()
+    if modprobe is None:
+        return f"no modprobe to load {module} with (neither {KERNEL_MODPROBE} nor PATH has one)"
+    status, _, err = runner.run([modprobe, module], timeout=MODPROBE_TIMEOUT, capture=True)
+    if status == 0:
+        log.info("loaded module %s (%s)", module, modprobe)
+        return None
+    outcome = "timed out" if status is None else f"exit status {status}"
+    detail = f": {err.strip()}" if err.strip() else ""
+    return f"{modprobe} {module} failed ({outcome}){detail}"
 
 
 def probe_tun_device() -> dict[str, Any]:
@@ -468,7 +524,7 @@ def probe_capabilities(
         "links": links,
         "rate_limit": rate_limit,
         "tun_device": probe_tun_device(),
-        "vhost_net": probe_vhost_net(),
+        "vhost_net": probe_vhost_net(runner),
         "nftables": probe_nftables(runner),
         "qemu": qemu,
         "accelerators": accelerators,

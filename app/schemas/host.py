@@ -55,11 +55,13 @@ class Feature(BaseModel):
     reason: str | None = None
     kernel_config: str | None = Field(
         None,
-        description="vlan_8021q, vlan_filtering: the kernel option that provides it "
-        "(e.g. CONFIG_VLAN_8021Q)",
+        description="vlan_8021q, vlan_filtering, vhost_net: the kernel option that provides "
+        "it (e.g. CONFIG_VLAN_8021Q, CONFIG_VHOST_NET)",
     )
     module: str | None = Field(
-        None, description="vlan_8021q: the kernel module that provides it (8021q)"
+        None,
+        description="vlan_8021q, vhost_net: the kernel module that provides it (8021q, "
+        "vhost_net; the vhost_net probe loads it with modprobe where /dev/vhost-net is missing)",
     )
 
 

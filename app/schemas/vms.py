@@ -284,7 +284,19 @@ class NicIn(RequestModel):
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
     queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
     mtu: int | None = Field(None, ge=MTU_RANGE[0], le=MTU_RANGE[1], description=NIC_MTU)
-    vhost: Vhost = Field(Vhost.AUTO, strict=False)
+    vhost: Vhost = Field(
+        Vhost.AUTO,
+        strict=False,
+        description="vhost-net (kernel drivers/vhost, QEMU `-netdev tap,vhost=`): the NIC's "
+        "packets move between its tap and the guest in a kernel thread instead of qemu. "
+        "`auto`: where this host's /dev/vhost-net works (GET /v1/host/capabilities "
+        "`vhost_net`, whose probe loads the vhost_net module) and the model is virtio-net-pci "
+        "on a tap-backed backend; `on`: always (409 host-lacks-feature with the probe's "
+        "reason where it does not work, 422 on another model or a backend without a tap); "
+        "`off`: never. The daemon opens /dev/vhost-net once per queue and hands qemu the "
+        "descriptors (vhostfd=). qemu starts vhost only once the guest's driver has started "
+        "the device",
+    )
     link_up: bool = True
     isolated: Isolated = Field(
         False,

@@ -93,7 +93,7 @@ class VmNicService:
                 raise Conflict(f"VM {vm.name!r} runs: {refusal}; stop it to add this NIC")
         self.session.add(row)
         self.vms.nic_settings(row, body, vm.project_id, leases)
-        validate_vm(vm_spec(vm, [*nics, row]), host.nic_models, host.vhost_net)
+        validate_vm(vm_spec(vm, [*nics, row]), host.nic_models, host.vhost_missing)
         vm.next_nic_index = index + 1
         return vm, row, self._bump(vm)
 

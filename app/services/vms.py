@@ -42,6 +42,7 @@ from app.domain.nics.bridge import trunk_vlans
 from app.domain.nics.macvtap import ParentLink, macvtap_name, require_parent
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.tenancy import LOCAL_ADMIN, Caller
+from app.domain.vhost import vhost_net_missing
 from app.domain.vlans import HostLacksFeature, VlanFacts, require_trunk_nic_support
 from app.domain.vm_actions import Effect, Outcome, StopMode, VmVerb, desire_changes
 from app.domain.vm_actions import check as check_action
@@ -78,7 +79,8 @@ class HostFacts:
     """What the probed host offers (from the capability probe)."""
 
     nic_models: frozenset[str]
-    vhost_net: bool
+    # why /dev/vhost-net does not work here (None: it does; app.domain.vhost)
+    vhost_missing: str | None
     kvm_runs_guests: bool | None
     vlans: VlanFacts | None = None  # None: not probed (then no VLAN refusal names the kernel)
     # why the kernel cannot isolate bridge ports (app.domain.isolation); None: it can, or
@@ -95,7 +97,7 @@ class HostFacts:
         kvm = capabilities.get("accelerators", {}).get("kvm", {})
         return cls(
             nic_models=frozenset(m["model"] for m in capabilities["qemu"]["nic_models"]),
-            vhost_net=bool(capabilities["vhost_net"]["available"]),
+            vhost_missing=vhost_net_missing(capabilities),
             kvm_runs_guests=kvm.get("runs_guests") if kvm.get("available") else False,
             vlans=(
                 VlanFacts.from_link_probe(capabilities["links"])
@@ -198,7 +200,7 @@ class VmService:
             boot=BootSpec(**body.boot.model_dump()),
             nics=tuple(spec for _, spec in nics),
         )
-        validate_vm(spec, host.nic_models, host.vhost_net)
+        validate_vm(spec, host.nic_models, host.vhost_missing)
         resolve_accelerator(body.accelerator, host.kvm_runs_guests)  # refuse kvm where it hangs
         row = Vm(
             id=vm_id,
@@ -541,7 +543,7 @@ class VmPowerService:
         for name, value in changes.items():
             setattr(row, name, value)
         spec = vm_spec(row, self.vms.nics(row.id))
-        validate_vm(spec, host.nic_models, host.vhost_net)
+        validate_vm(spec, host.nic_models, host.vhost_missing)
         resolve_accelerator(spec.accelerator, host.kvm_runs_guests)
         row.generation += 1
         if set(changes) - {"restart_policy"}:

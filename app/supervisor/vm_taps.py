@@ -28,7 +28,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,13 +37,15 @@ from typing import Any, TypeVar
 from app.db.models import Vm, VmNic
 from app.db.repositories import BridgeFacts, port_master
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, tap_mtu
-from app.domain.nics import HostLink, find_driver
+from app.domain.nics import HostLink, find_driver, nic_driver
 from app.domain.nics.macvtap import stored_macvtap
 from app.domain.rate_limits import EgressMethod, RateLimit
+from app.domain.vms import NicSpec
 from app.host.macvtap import create_macvtap, open_macvtap
 from app.host.netlink import LinkError, LinkOps, open_tap_queues
 from app.host.netns import enter_for_this_thread
 from app.host.tc import ensure_limits, police_available, remove_ifb
+from app.host.vhost import VhostError, close_all, open_vhost_net
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,25 @@ def tap_plans(
             )
         )
     return plans
+
+
+def open_vhost_fds(
+    nics: Sequence[NicSpec], tap_fds: Mapping[str, Sequence[int]], vhost_net: bool
+) -> dict[str, list[int]]:
+    """/dev/vhost-net opened once per tap descriptor of each NIC of `nics` that uses
+    vhost-net (app.domain.vhost: `vhost_net` is the host's capability, for `auto`); NIC id ->
+    descriptors. A NIC qemu gets no tap descriptors for gets none either (qemu opens
+    /dev/vhost-net itself then). Raises VhostError, with nothing left open."""
+    opened: dict[str, list[int]] = {}
+    try:
+        for nic in nics:
+            fds = tap_fds.get(nic.id)
+            if fds and nic_driver(nic.backend).uses_vhost(nic, vhost_net):
+                opened[nic.id] = open_vhost_net(len(fds))
+    except VhostError:
+        close_all(opened)
+        raise
+    return opened
 
 
 def _is_macvtap(nic: VmNic) -> bool:

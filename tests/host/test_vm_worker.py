@@ -49,7 +49,7 @@ from tests.netns_tools import ip, links
 QEMU = "qemu-system-x86_64"
 HOST = HostFacts(
     nic_models=frozenset({"virtio-net-pci", "e1000", "rtl8139", "ne2k_pci", "pcnet", "ne2k_isa"}),
-    vhost_net=False,
+    vhost_missing="not probed",
     kvm_runs_guests=False,
 )
 HOST_PORT = 17777

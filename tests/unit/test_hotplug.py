@@ -4,6 +4,8 @@ arguments a plug sends (netdev_add, device_add), qemu's device list read back
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from app.domain.nics import nic_driver
 from app.domain.qemu_argv import device_qmp, qemu_argv
 from app.domain.vms import (
@@ -45,6 +47,14 @@ def test_a_plug_names_the_passed_descriptors_and_the_nics_identity() -> None:
     assert netdev == {"type": "tap", "id": "net3", "fds": "net3q0:net3q1", "vhost": False}
     single = nic_driver("tap").netdev_qmp("net1", _nic(1, "tap"), True, ["net1q0"])
     assert single == {"type": "tap", "id": "net1", "fd": "net1q0", "vhost": True}  # auto
+    # /dev/vhost-net's descriptors, passed by getfd as well (NetdevTapOptions vhostfd/vhostfds)
+    auto = replace(nic, vhost=Vhost.AUTO)
+    two = nic_driver("bridge").netdev_qmp("net3", auto, True, ["a", "b"], ["c", "d"])
+    assert two == {"type": "tap", "id": "net3", "fds": "a:b", "vhostfds": "c:d", "vhost": True}
+    one = nic_driver("tap").netdev_qmp("net1", _nic(1, "tap"), True, ["net1q0"], ["net1v0"])
+    assert one == {"type": "tap", "id": "net1", "fd": "net1q0", "vhostfd": "net1v0", "vhost": True}
+    off = nic_driver("bridge").netdev_qmp("net3", nic, True, ["a", "b"], ["c", "d"])
+    assert "vhostfds" not in off and off["vhost"] is False
     assert device_qmp(3, nic) == {
         "driver": "virtio-net-pci",
         "id": "nic3",

@@ -185,7 +185,12 @@ class StreamDriver(NicDriver):
         return {"stream": {"port": nic.socket.port}}
 
     def netdev(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fds: Sequence[int] | None = None,
+        vhost_fds: Sequence[int] = (),
     ) -> str:
         assert nic.socket is not None
         return (

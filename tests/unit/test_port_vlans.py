@@ -37,7 +37,7 @@ from app.services.vms import HostFacts, VmPowerService, VmService
 from app.supervisor.vm_taps import tap_plans
 from tests.db_template import seeded_database_file
 
-HOST = HostFacts(frozenset({"virtio-net-pci"}), vhost_net=False, kvm_runs_guests=False)
+HOST = HostFacts(frozenset({"virtio-net-pci"}), vhost_missing="not probed", kvm_runs_guests=False)
 ACCESS = {"pvid": True, "untagged": True}
 
 

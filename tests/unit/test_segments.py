@@ -50,7 +50,9 @@ from app.services.links import TapService
 from app.services.networks import NetworkService
 from app.services.vms import HostFacts, VmService
 
-HOST = HostFacts(nic_models=frozenset({"virtio-net-pci"}), vhost_net=False, kvm_runs_guests=False)
+HOST = HostFacts(
+    nic_models=frozenset({"virtio-net-pci"}), vhost_missing="not probed", kvm_runs_guests=False
+)
 BOOT = {"kernel": "/k/vmlinuz"}
 LONG = vlan_bridge_name("trunk-bridge-0", 4000)
 

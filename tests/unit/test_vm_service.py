@@ -28,7 +28,7 @@ from app.services.vms import HostFacts, VmPowerService, VmService, vm_tap_name
 
 HOST = HostFacts(
     nic_models=frozenset({"virtio-net-pci", "e1000", "rtl8139", "ne2k_pci", "pcnet", "ne2k_isa"}),
-    vhost_net=False,
+    vhost_missing="not probed",
     kvm_runs_guests=False,
 )
 BOOT = {"kernel": "/k/vmlinuz", "initrd": "/k/initrd", "cmdline": "console=ttyS0"}
@@ -163,11 +163,12 @@ def test_stored_vm_turns_back_into_the_qemu_command_line(db: Database) -> None:
 def test_host_facts_from_the_capability_probe() -> None:
     caps = {
         "qemu": {"nic_models": [{"model": "e1000"}, {"model": "virtio-net-pci"}]},
-        "vhost_net": {"available": False},
+        "vhost_net": {"available": False, "reason": "no /dev/vhost-net"},
         "accelerators": {"kvm": {"available": True, "runs_guests": False}},
     }
     facts = HostFacts.from_capabilities(caps)
-    assert facts == HostFacts(frozenset({"e1000", "virtio-net-pci"}), False, False)
+    models = frozenset({"e1000", "virtio-net-pci"})
+    assert facts == HostFacts(models, "no /dev/vhost-net", False)
 
 
 def test_a_macvtap_nic_claims_its_link_name_and_needs_a_kernel_that_makes_macvtaps(

@@ -3,10 +3,14 @@ runs the same argv through the real qemu)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from app.domain.errors import InvalidInput
+from app.domain.nics import nic_driver
 from app.domain.qemu_argv import qemu_argv, qemu_value
+from app.domain.vlans import HostLacksFeature
 from app.domain.vms import (
     QEMU_DEFAULT_MAC,
     Accelerator,
@@ -68,7 +72,8 @@ def test_models_the_installed_qemu_lacks_are_refused_with_its_list() -> None:
         (vm(nic(mac="01:00:5e:00:00:01")), "multicast"),
         (vm(nic(), nic(id="n1")), "used twice"),
         (vm(nic(queues=4)), "multiqueue"),
-        (vm(nic(vhost=Vhost.ON, backend=Backend.TAP, tap="tap1")), "/dev/vhost-net"),
+        (vm(nic(vhost=Vhost.ON, backend=Backend.TAP, tap="t1", model="e1000")), "only acc"),
+        (vm(nic(vhost=Vhost.ON)), "the user backend has no tap"),
         (vm(nic(backend=Backend.BRIDGE)), "needs a tap"),
         (vm(nic(backend=Backend.TAP, tap="a;rm -rf /")), "only letters"),
         (vm(nic(backend=Backend.HUB)), "hub number"),
@@ -235,3 +240,61 @@ def test_taps_handed_over_as_descriptors() -> None:
         "tap,id=net0,fd=5,vhost=off",
         "tap,id=net1,fds=6:7,vhost=off",
     ]
+
+
+def test_vhost_on_where_the_host_cannot_is_a_409_naming_the_probes_reason() -> None:
+    spec = vm(nic(vhost=Vhost.ON, backend=Backend.TAP, tap="tap1"))
+    validate_vm(spec, ALL_MODELS, vhost_missing=None)  # the host's /dev/vhost-net works
+    why = "no /dev/vhost-net; this kernel loads no modules (no /proc/sys/kernel/modprobe)"
+    with pytest.raises(HostLacksFeature, match="vhost=on needs vhost-net") as refused:
+        validate_vm(spec, ALL_MODELS, vhost_missing=why)
+    assert refused.value.status == 409
+    assert why in str(refused.value)
+    (missing,) = refused.value.extra["missing_features"]
+    assert missing == {
+        "feature": "vhost_net",
+        "description": "vhost-net",
+        "kernel_config": "CONFIG_VHOST_NET",
+        "module": "vhost_net",
+        "reason": why,
+    }
+    validate_vm(vm(nic(backend=Backend.TAP, tap="tap1")), ALL_MODELS, why)  # auto: no refusal
+
+
+def test_vhost_descriptors_go_next_to_the_taps() -> None:
+    """-netdev tap,fd=..,vhostfd=.. (fds/vhostfds for several queues, qemu-options.hx): `on`
+    and `auto` on virtio where the host has vhost-net; `auto` on another model or without it,
+    and `off`, give vhost=off and no vhostfd even when descriptors were opened."""
+    spec = vm(
+        nic(id="a", backend=Backend.BRIDGE, tap="vm1-0"),
+        nic(id="b", mac="52:54:00:00:00:02", backend=Backend.TAP, tap="tap1", queues=2),
+        nic(id="c", mac="52:54:00:00:00:03", backend=Backend.TAP, tap="t2", vhost=Vhost.OFF),
+        nic(id="d", mac="52:54:00:00:00:04", backend=Backend.TAP, tap="t3", model="e1000"),
+    )
+    taps = {"a": [5], "b": [6, 7], "c": [8], "d": [9]}
+    vhost = {"a": [10], "b": [11, 12], "c": [13], "d": [14]}
+    argv = qemu_argv(spec, "qemu", Accelerator.TCG, True, taps, vhost)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"] == [
+        "tap,id=net0,fd=5,vhostfd=10,vhost=on",
+        "tap,id=net1,fds=6:7,vhostfds=11:12,vhost=on",
+        "tap,id=net2,fd=8,vhost=off",
+        "tap,id=net3,fd=9,vhost=off",
+    ]
+    # without the capability `auto` is off; `on` without descriptors: qemu opens the device
+    on = replace(spec.nics[0], vhost=Vhost.ON)
+    argv = qemu_argv(vm(on, spec.nics[1]), "qemu", Accelerator.TCG, False, taps)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"] == [
+        "tap,id=net0,fd=5,vhost=on",
+        "tap,id=net1,fds=6:7,vhost=off",
+    ]
+
+
+def test_which_nics_use_vhost() -> None:
+    tap = nic(backend=Backend.TAP, tap="t0")
+    assert nic_driver("tap").uses_vhost(tap, vhost_net=True)
+    assert not nic_driver("tap").uses_vhost(tap, vhost_net=False)
+    assert nic_driver("tap").uses_vhost(replace(tap, vhost=Vhost.ON), vhost_net=False)
+    assert not nic_driver("tap").uses_vhost(replace(tap, vhost=Vhost.OFF), vhost_net=True)
+    assert not nic_driver("tap").uses_vhost(replace(tap, model="e1000"), vhost_net=True)
+    assert not nic_driver("user").uses_vhost(nic(), vhost_net=True)  # slirp has no tap
+    assert nic_driver("macvtap").uses_vhost(tap, vhost_net=True)

@@ -23,6 +23,11 @@ class HubDriver(NicDriver):
             raise InvalidInput(f"a hub NIC needs a hub number between {HUBS[0]} and {HUBS[1]}")
 
     def netdev(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fds: Sequence[int] | None = None,
+        vhost_fds: Sequence[int] = (),
     ) -> str:
         return f"hubport,id={netdev_id},hubid={nic.hub}"

@@ -130,9 +130,14 @@ class MacvtapDriver(TapNetdev):
         return {"parent": parent, "macvtap_mode": mode.value}
 
     def netdev(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fds: Sequence[int] | None = None,
+        vhost_fds: Sequence[int] = (),
     ) -> str:
         """Only by descriptor: qemu's `ifname=` opens /dev/net/tun, never a macvtap."""
         if not fds:
             raise InvalidInput(f"NIC {nic.id}: a macvtap reaches qemu only as a descriptor")
-        return super().netdev(netdev_id, nic, vhost_net, fds)
+        return super().netdev(netdev_id, nic, vhost_net, fds, vhost_fds)

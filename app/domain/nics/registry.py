@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from app.domain.errors import InvalidInput
-from app.domain.nics.spec import Backend, NicSpec, Vhost, either
+from app.domain.nics.spec import VHOST_MODEL, Backend, NicSpec, Vhost, either
 from app.domain.registry import Registry
 
 
@@ -113,6 +113,8 @@ class NicDriver:
     # can be added to and removed from a running qemu (QMP netdev_add with descriptors the
     # daemon passes, then device_add: netdev_qmp); the others wait for a stopped VM
     hotplug: ClassVar[bool] = False
+    # its traffic can go through vhost-net: qemu's tap netdev (app.domain.vhost)
+    vhost: ClassVar[bool] = False
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         """The spec of a NIC from a request's NIC fields (the API's NicIn as plain data)."""
@@ -134,17 +136,38 @@ class NicDriver:
             return ()
         return (HostLinkNeed(self.host_link, nic.tap, nic.queues),)
 
+    def uses_vhost(self, nic: NicSpec, vhost_net: bool) -> bool:
+        """Whether qemu moves this NIC's packets with vhost-net (app.domain.vhost): `on`
+        always (validation refuses it where the host cannot), `auto` where the host's
+        /dev/vhost-net works (`vhost_net`) and the guest NIC is virtio-net-pci; never on a
+        backend without a tap."""
+        if not self.vhost or nic.vhost is Vhost.OFF:
+            return False
+        return nic.vhost is Vhost.ON or (vhost_net and nic.model == VHOST_MODEL)
+
     def netdev(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fds: Sequence[int] | None = None,
+        vhost_fds: Sequence[int] = (),
     ) -> str:
-        """QEMU's `-netdev` value for this NIC (`fds`: descriptors of its host link)."""
+        """QEMU's `-netdev` value for this NIC (`fds`: descriptors of its host link;
+        `vhost_fds`: of /dev/vhost-net, one per queue, where it uses vhost-net)."""
         raise NotImplementedError(f"the {self.name} backend has no -netdev")
 
     def netdev_qmp(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fd_names: Sequence[str]
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fd_names: Sequence[str],
+        vhost_fd_names: Sequence[str] = (),
     ) -> dict[str, object]:
         """QMP `netdev_add`'s arguments for this NIC on a running qemu, its host link's
-        descriptors already handed over by `getfd` under `fd_names` (hotplug backends)."""
+        descriptors (and /dev/vhost-net's, `vhost_fd_names`) already handed over by
+        `getfd` under `fd_names` (hotplug backends)."""
         raise InvalidInput(f"the {self.name} backend cannot be added to a running VM")
 
     def present(self, options: Mapping[str, Any]) -> dict[str, Any]:

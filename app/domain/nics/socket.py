@@ -107,7 +107,12 @@ class SocketDriver(NicDriver):
         }
 
     def netdev(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fds: Sequence[int] | None = None,
+        vhost_fds: Sequence[int] = (),
     ) -> str:
         socket = nic.socket
         assert socket is not None

@@ -34,6 +34,9 @@ class Vhost(enum.StrEnum):
     OFF = "off"
 
 
+VHOST_MODEL = "virtio-net-pci"  # the one guest NIC vhost-net accelerates (app.domain.vhost)
+
+
 @dataclass(frozen=True)
 class PortForward:
     """The how-to's `-redir tcp:5555::22`: host_address:host_port -> guest_port."""

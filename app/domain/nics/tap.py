@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from app.domain.errors import InvalidInput
 from app.domain.names import validate_link_name
 from app.domain.nics.registry import HostLink, NicClaims, NicDriver, register
-from app.domain.nics.spec import NicSpec, Vhost
+from app.domain.nics.spec import NicSpec
 from app.domain.qemu_options import qemu_options
 
 
@@ -20,6 +20,7 @@ class TapNetdev(NicDriver):
 
     multiqueue: ClassVar[bool] = True
     hotplug: ClassVar[bool] = True
+    vhost: ClassVar[bool] = True
 
     def validate(self, nic: NicSpec) -> None:
         if nic.tap is None:
@@ -27,31 +28,58 @@ class TapNetdev(NicDriver):
         validate_link_name(nic.tap)
 
     def netdev(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fds: Sequence[int] | None = None,
+        vhost_fds: Sequence[int] = (),
     ) -> str:
-        """By name (qemu opens the tap), or by descriptors the daemon opened and passes on."""
-        vhost = {Vhost.ON: "on", Vhost.OFF: "off", Vhost.AUTO: "on" if vhost_net else "off"}
+        """By name (qemu opens the tap), or by descriptors the daemon opened and passes on,
+        with /dev/vhost-net's next to them where the NIC uses vhost-net (qemu-options.hx:
+        `fd`+`vhostfd`, or `fds`+`vhostfds` for several queues; without them qemu opens
+        /dev/vhost-net itself)."""
+        on = self.uses_vhost(nic, vhost_net)
+        vhost = "on" if on else "off"
         assert nic.tap is not None
         if fds:
-            handles = {"fd": str(fds[0])} if len(fds) == 1 else {"fds": ":".join(map(str, fds))}
-            return qemu_options(f"tap,id={netdev_id}", **handles, vhost=vhost[nic.vhost])
+            handles = _handles(fds, "fd")
+            if on and vhost_fds:
+                handles |= _handles(vhost_fds, "vhostfd")
+            return qemu_options(f"tap,id={netdev_id}", **handles, vhost=vhost)
         return qemu_options(
             f"tap,id={netdev_id}",
             ifname=nic.tap,
             script="no",
             downscript="no",
             queues=nic.queues if nic.queues > 1 else None,
-            vhost=vhost[nic.vhost],
+            vhost=vhost,
         )
 
     def netdev_qmp(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fd_names: Sequence[str]
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fd_names: Sequence[str],
+        vhost_fd_names: Sequence[str] = (),
     ) -> dict[str, object]:
         """QAPI's NetdevTapOptions (qapi/net.json): `fd` or `fds` name descriptors given to
-        the monitor by `getfd` (one per queue), `vhost` a boolean."""
-        vhost = {Vhost.ON: True, Vhost.OFF: False, Vhost.AUTO: vhost_net}[nic.vhost]
-        handles = {"fd": fd_names[0]} if len(fd_names) == 1 else {"fds": ":".join(fd_names)}
-        return {"type": "tap", "id": netdev_id, **handles, "vhost": vhost}
+        the monitor by `getfd` (one per queue), `vhostfd` or `vhostfds` those of
+        /dev/vhost-net, `vhost` a boolean."""
+        on = self.uses_vhost(nic, vhost_net)
+        handles = _handles(fd_names, "fd")
+        if on and vhost_fd_names:
+            handles |= _handles(vhost_fd_names, "vhostfd")
+        return {"type": "tap", "id": netdev_id, **handles, "vhost": on}
+
+
+def _handles(fds: Sequence[int] | Sequence[str], key: str) -> dict[str, str]:
+    """`{key: fd}` for one descriptor, `{keys: a:b:...}` for several (qemu's `fd`/`fds`,
+    `vhostfd`/`vhostfds`)."""
+    if len(fds) == 1:
+        return {key: str(fds[0])}
+    return {f"{key}s": ":".join(map(str, fds))}
 
 
 @register

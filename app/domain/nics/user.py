@@ -62,7 +62,12 @@ class UserDriver(NicDriver):
         return {"user": user}
 
     def netdev(
-        self, netdev_id: str, nic: NicSpec, vhost_net: bool, fds: Sequence[int] | None = None
+        self,
+        netdev_id: str,
+        nic: NicSpec,
+        vhost_net: bool,
+        fds: Sequence[int] | None = None,
+        vhost_fds: Sequence[int] = (),
     ) -> str:
         user = nic.user or UserNet()
         base = qemu_options(

@@ -22,7 +22,6 @@ argv). The difference is carried out under the VM's lock, one NIC at a time:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +34,8 @@ from app.domain.vms import PERIPHERALS, Machine, NicSpec, hotplug_refusal, perip
 from app.host.errors import HostError
 from app.host.qemu import QemuProcess
 from app.host.qmp import Qmp, QmpCommandError, QmpError, QmpEvents
-from app.supervisor.vm_taps import TapPlan
+from app.host.vhost import VhostError, close_all
+from app.supervisor.vm_taps import TapPlan, open_vhost_fds
 from app.supervisor.vms.events import ProcessEvents
 from app.supervisor.vms.state import VmState, log
 
@@ -133,18 +133,27 @@ class Hotplug(ProcessEvents):
             await self._vm_taps().ensure(state.vm_id, [plan])
             owner = (plan.uid, plan.gid) if plan.uid is not None and plan.gid is not None else None
         opened = await self._vm_taps().open([nic], self.vm_dir(state.vm_id), owner)
-        names = [f"net{index}q{queue}" for queue in range(len(opened.get(nic.id, [])))]
+        vhost_net = self.vhost_net()
         try:
-            for fd, name in zip(opened.get(nic.id, []), names, strict=True):
+            vhost = open_vhost_fds([spec], opened, vhost_net).get(nic.id, [])
+        except VhostError:
+            close_all(opened)
+            raise
+        tap = opened.get(nic.id, [])
+        names = [f"net{index}q{queue}" for queue in range(len(tap))]
+        vhost_names = [f"net{index}v{queue}" for queue in range(len(vhost))]
+        try:
+            for fd, name in zip([*tap, *vhost], [*names, *vhost_names], strict=True):
                 await qmp.pass_fd(fd, name)
         finally:
-            for fd in opened.get(nic.id, []):
-                os.close(fd)  # qemu holds its own copies now
-        netdev = nic_driver(spec.backend).netdev_qmp(f"net{index}", spec, self.vhost_net(), names)
+            close_all({"tap": tap, "vhost": vhost})  # qemu holds its own copies now
+        netdev = nic_driver(spec.backend).netdev_qmp(
+            f"net{index}", spec, vhost_net, names, vhost_names
+        )
         try:
             await qmp.execute("netdev_add", netdev)
         except QmpError:
-            for name in names:  # never leave a descriptor behind in qemu's monitor
+            for name in [*names, *vhost_names]:  # never leave a descriptor behind in qemu's monitor
                 with contextlib.suppress(QmpError):
                     await qmp.execute("closefd", {"fdname": name})
             raise

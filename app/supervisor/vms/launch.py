@@ -3,7 +3,6 @@ open descriptors (as libvirt does), the user it runs as; and the check of a runn
 
 from __future__ import annotations
 
-import os
 import pwd
 from functools import partial
 
@@ -15,8 +14,9 @@ from app.domain.vms import resolve_accelerator
 from app.host.errors import HostError
 from app.host.netlink import LinkError
 from app.host.qemu import LaunchSpec, QemuLaunchError, launch
+from app.host.vhost import VhostError, close_all
 from app.supervisor.faults import is_transient
-from app.supervisor.vm_taps import TapPlan
+from app.supervisor.vm_taps import TapPlan, open_vhost_fds
 from app.supervisor.vms.events import ProcessEvents
 from app.supervisor.vms.hotplug import guest_nic_indexes
 from app.supervisor.vms.state import LAUNCH_TIMEOUT, VmState, log, started_at
@@ -55,25 +55,32 @@ class Launcher(ProcessEvents):
                     state.held = (intent, reason)
                 return
         tap_fds: dict[str, list[int]] = {}
+        vhost_fds: dict[str, list[int]] = {}
+        vhost_net = self.vhost_net()
         try:
             # qemu gets the taps as open descriptors (as libvirt does): it needs no access
-            # to /dev/net/tun, and an unprivileged qemu works wherever the daemon does
+            # to /dev/net/tun, and an unprivileged qemu works wherever the daemon does; the
+            # same for /dev/vhost-net, opened once per tap queue of a NIC that uses it
             if any(nic.tap_name for nic in nics):
                 tap_fds = await self._vm_taps().open(nics, self.vm_dir(row.id), user)
-        except (LinkError, TimeoutError) as exc:
-            self._retry_later(state, f"opening taps: {exc or 'timed out'}")
+            vhost_fds = open_vhost_fds(vm.nics, tap_fds, vhost_net)
+        except (LinkError, VhostError, TimeoutError) as exc:
+            close_all(tap_fds)
+            what = "" if isinstance(exc, VhostError) else "opening taps: "  # it names the device
+            self._retry_later(state, f"{what}{exc or 'timed out'}")
             return
+        passed = (*tap_fds.values(), *vhost_fds.values())
         try:
             spec = LaunchSpec(
                 vm_id=row.id,
-                argv=qemu_argv(vm, self.qemu_binary, accelerator, self.vhost_net(), tap_fds),
+                argv=qemu_argv(vm, self.qemu_binary, accelerator, vhost_net, tap_fds, vhost_fds),
                 run_dir=self.vm_dir(row.id),
                 user=None if user is None else user[0],
                 group=None if user is None else user[1],
                 netns=self.netns,
                 sandbox=True,
                 name=row.name,
-                pass_fds=tuple(fd for fds in tap_fds.values() for fd in fds),
+                pass_fds=tuple(fd for fds in passed for fd in fds),
             )
             process = await launch(spec, LAUNCH_TIMEOUT, partial(self._on_qmp_event, state))
         except ValueError as exc:
@@ -84,9 +91,8 @@ class Launcher(ProcessEvents):
             state.exit_code, state.output = exc.exit_code, exc.output or None
             return
         finally:
-            for fds in tap_fds.values():
-                for fd in fds:
-                    os.close(fd)
+            close_all(tap_fds)  # qemu holds its own copies
+            close_all(vhost_fds)
         self._retry_done(state)
         state.accelerator = accelerator.value
         state.started_at = started_at(process.launched_at)
