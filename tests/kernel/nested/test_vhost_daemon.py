@@ -122,7 +122,7 @@ def test_vhost_on_and_off_nics_of_one_vm(netns: str, modules: Callable[..., None
         ok(api.post("/v1/bridges?wait=60", json=bridge), 201)
         disk = base / "empty.img"
         disk.write_bytes(bytes(1 << 20))
-        disk.chmod(0o644)  # qemu runs as the qemu user
+        disk.chmod(0o666)  # qemu runs as the qemu user and opens it read-write
         body = {
             "name": "vh",
             "memory_mib": 32,
@@ -136,7 +136,9 @@ def test_vhost_on_and_off_nics_of_one_vm(netns: str, modules: Callable[..., None
         vm = ok(api.post("/v1/vms", json=body), 202)
 
         def running() -> dict[str, Any] | None:
-            got = ok(api.get(f"/v1/vms/{vm['id']}"), 200)
+            got: dict[str, Any] = ok(api.get(f"/v1/vms/{vm['id']}"), 200)
+            why = f"{got['status_reason']}; exit {got['exit_code']}: {got['last_output']}"
+            assert got["last_output"] is None and got["exit_code"] is None, why
             return got if got["status"] == "running" and got["pid"] else None
 
         vm = until(running, 120, "the VM runs")
