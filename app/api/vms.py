@@ -16,7 +16,9 @@ from app.api.presenters import vm_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
-from app.domain.errors import NotFound
+from app.domain.errors import NotFound, Unavailable
+from app.domain.nics.offloads import negotiated
+from app.domain.virtio import backend_path, parse_status
 from app.domain.vm_actions import VmVerb
 from app.domain.vms import MTU_MODEL, PERIPHERALS, peripheral_nics
 from app.schemas.common import PROBLEM_RESPONSES
@@ -251,11 +253,30 @@ def _host_mtu(ctx: AppContext, vm_id: str, path: str) -> int | None:
     return int(value) or None
 
 
+def _virtio_facts(ctx: AppContext, vm_id: str, path: str) -> dict[str, Any]:
+    """DeviceOut's vhost, guest_features and negotiated offloads, from qemu's own report
+    (x-query-virtio-status; nothing when this qemu lacks that command or answers oddly)."""
+    try:
+        reply = _qmp(ctx, vm_id, "x-query-virtio-status", path=backend_path(path))
+    except Unavailable:
+        return {}
+    status = parse_status(reply)
+    if status is None:
+        return {}
+    started = status.driver_ok
+    return {
+        "vhost": status.vhost if started else None,
+        "guest_features": list(status.guest_features),
+        "offloads": negotiated(status.guest_features) if started else None,
+    }
+
+
 @router.get("/{vm_id}/devices", operation_id="list_vm_devices", response_model=list[DeviceOut])
 async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
     """The guest NICs as the running qemu reports them (its devices nic<index> under QOM's
-    /machine/peripheral, with their type, MAC and virtio's host_mtu): proof that the
-    device really exists, e.g. an ISA NE2000 on the isapc machine, or a NIC hot-plugged
+    /machine/peripheral, with their type, MAC and virtio's host_mtu; for virtio, whether
+    vhost-net carries it and the features and offloads the guest negotiated): proof that
+    the device really exists, e.g. an ISA NE2000 on the isapc machine, or a NIC hot-plugged
     (or not yet unplugged). 409 when not running."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s, caller_of(request)).get(vm_id))
@@ -276,6 +297,7 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
                     mac=str(_qmp(ctx, row.id, "qom-get", path=path, property="mac")),
                     link_up=nic.link_up if nic is not None else None,
                     mtu=_host_mtu(ctx, row.id, path) if kind == MTU_MODEL else None,
+                    **(_virtio_facts(ctx, row.id, path) if kind == MTU_MODEL else {}),
                 )
             )
         return devices

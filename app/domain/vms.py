@@ -173,6 +173,7 @@ def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost
             f"multiqueue needs the virtio-net-pci model on a {backends_where('multiqueue')} backend"
         )
     _validate_mtu(nic, driver)
+    _validate_offloads(nic, driver)
     if nic.vhost is Vhost.ON and not vhost_net:
         raise InvalidInput("vhost=on needs /dev/vhost-net, which this host does not have")
     if nic.vhost is Vhost.ON and nic.model != "virtio-net-pci":
@@ -180,6 +181,19 @@ def validate_nic(nic: NicSpec, machine: Machine, available: Iterable[str], vhost
     driver.validate(nic)
     if nic.hub is not None and not HUBS[0] <= nic.hub <= HUBS[1]:
         raise InvalidInput(f"a hub number is between {HUBS[0]} and {HUBS[1]}")
+
+
+def _validate_offloads(nic: NicSpec, driver: NicDriver) -> None:
+    """Offloads are virtio-net's, negotiated over a virtio-net header: only a virtio-net-pci
+    NIC on a backend whose tap carries one (app.domain.nics.offloads) has them."""
+    if nic.offloads.default:
+        return
+    nic.offloads.resolved()
+    if nic.model != MTU_MODEL or not driver.vnet_hdr:
+        raise InvalidInput(
+            f"offloads need the {MTU_MODEL} model on a {backends_where('vnet_hdr')} backend "
+            "(a tap with a virtio-net header); leave offloads out for this NIC"
+        )
 
 
 def _validate_mtu(nic: NicSpec, driver: NicDriver) -> None:

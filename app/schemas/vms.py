@@ -75,6 +75,54 @@ BURST_KIB = (
 )
 RATE_LIMIT_FIELDS = ("ingress_kbps", "egress_kbps", "burst_kib")
 
+# offloads (issue 13, app.domain.nics.offloads)
+CHECKSUM = (
+    "Partial checksums both ways (virtio VIRTIO_NET_F_CSUM and VIRTIO_NET_F_GUEST_CSUM; "
+    "QEMU's virtio-net properties csum and guest_csum). False turns tso and gso off too "
+    "(virtio 1.2, 5.1.3.1: segmentation requires checksum offload)"
+)
+TSO = (
+    "TCP segmentation offload of what the guest sends: it hands over segments of up to "
+    "64 KiB and the host cuts them (VIRTIO_NET_F_HOST_TSO4/6 and _HOST_ECN; QEMU's host_tso4, "
+    "host_tso6, host_ecn). True needs checksum offload (422 with checksum false)"
+)
+GSO = (
+    "Large receive: the host may hand the guest GSO packets unsegmented "
+    "(VIRTIO_NET_F_GUEST_TSO4/6, _GUEST_ECN, _GUEST_UFO; QEMU's guest_tso4, guest_tso6, "
+    "guest_ecn, guest_ufo). qemu applies what the guest accepted to the tap (TUNSETOFFLOAD), "
+    "so the tap's offloads follow. True needs checksum offload (422 with checksum false)"
+)
+OFFLOADS = (
+    "virtio-net-pci on a backend with a kernel tap (bridge, tap, port, macvtap; 422 "
+    "otherwise): checksum, TSO and GSO on or off. Null or omitted, and each switch null: "
+    "QEMU's default (on). GET /v1/vms/{id}/devices shows what the guest negotiated"
+)
+
+
+class OffloadsIn(RequestModel):
+    """A virtio NIC's offload switches; null: QEMU's default (on)."""
+
+    checksum: bool | None = Field(None, description=CHECKSUM)
+    tso: bool | None = Field(None, description=TSO)
+    gso: bool | None = Field(None, description=GSO)
+
+
+class OffloadsOut(BaseModel):
+    """A NIC's offload switches as stored (null: QEMU's default, on)."""
+
+    checksum: bool | None = Field(None, description=CHECKSUM)
+    tso: bool | None = Field(None, description=TSO)
+    gso: bool | None = Field(None, description=GSO)
+
+
+class NegotiatedOffloads(BaseModel):
+    """Which offloads the guest's driver accepted (each: all its virtio feature bits)."""
+
+    checksum: bool = Field(description="VIRTIO_NET_F_CSUM and VIRTIO_NET_F_GUEST_CSUM")
+    tso: bool = Field(description="VIRTIO_NET_F_HOST_TSO4 and VIRTIO_NET_F_HOST_TSO6")
+    gso: bool = Field(description="VIRTIO_NET_F_GUEST_TSO4 and VIRTIO_NET_F_GUEST_TSO6")
+
+
 VLAN_ACCESS = (
     "bridge backend: the VLAN (id or name) the NIC is an access port of (untagged in the "
     "guest). Its bridge is the VLAN's trunk; with the bridge_per_vlan backend the NIC's tap "
@@ -285,6 +333,7 @@ class NicIn(RequestModel):
     queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
     mtu: int | None = Field(None, ge=MTU_RANGE[0], le=MTU_RANGE[1], description=NIC_MTU)
     vhost: Vhost = Field(Vhost.AUTO, strict=False)
+    offloads: OffloadsIn | None = Field(None, description=OFFLOADS)
     link_up: bool = True
     isolated: Isolated = Field(
         False,
@@ -575,6 +624,7 @@ class NicOut(BaseModel):
     queues: int
     mtu: int | None = Field(None, description=NIC_MTU)
     vhost: Vhost
+    offloads: OffloadsOut = Field(description=OFFLOADS)
     link_up: bool
     isolated: bool = Field(
         False, description="Its tap is an isolated bridge port (IFLA_BRPORT_ISOLATED)"
@@ -661,6 +711,25 @@ class DeviceOut(BaseModel):
     link_up: bool | None = None
     mtu: int | None = Field(
         default=None, description="The MTU qemu advertises to the guest (virtio's host_mtu)"
+    )
+    vhost: bool | None = Field(
+        default=None,
+        description="virtio: whether the NIC's data path runs in the kernel's vhost-net, as "
+        "qemu reports it (QMP x-query-virtio-status `vhost-started`), not as asked; null "
+        "until the guest's driver has started the device (qemu starts vhost only then) and "
+        "for other models",
+    )
+    guest_features: list[str] | None = Field(
+        default=None,
+        description="virtio: the feature bits the guest's driver accepted (names as in the "
+        "virtio 1.2 spec, 5.1.3, e.g. VIRTIO_NET_F_MQ, VIRTIO_NET_F_CSUM), as qemu reports "
+        "them; [] until the driver has negotiated; null for other models",
+        examples=[["VIRTIO_NET_F_CSUM", "VIRTIO_NET_F_GUEST_CSUM", "VIRTIO_NET_F_MQ"]],
+    )
+    offloads: NegotiatedOffloads | None = Field(
+        default=None,
+        description="virtio: the offloads the guest negotiated (from guest_features); null "
+        "until the driver has started the device and for other models",
     )
 
 

@@ -361,10 +361,20 @@ def test_kernel_cmdline_carries_the_optional_behaviours() -> None:
 
 
 def test_console_lines_are_parsed() -> None:
-    line = "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000\r\n"
+    line = (
+        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000 queues=1 "
+        "features=-\r\n"
+    )
     assert parse_ready(f"[    1.0] booting\r\n{line}") == Ready(
         "10.0.2.15/24", "52:54:00:4b:56:03", "eth0", "e1000"
     )
+    virtio = parse_ready(
+        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=virtio_net "
+        "queues=2 features=1100000000000000000000100000000000000000000000000000000000000000\r\n"
+    )
+    assert virtio is not None and virtio.queues == 2
+    assert virtio.has_feature(0) and virtio.has_feature(22) and not virtio.has_feature(2)
+    assert not virtio.has_feature(64)
     assert parse_ready("[    1.0] booting\r\n") is None
     with pytest.raises(GuestFailed, match="no lease on eth0"):
         parse_ready("KVT-FAILED dhcp: no lease on eth0\r\n")
@@ -374,7 +384,8 @@ def test_console_lines_are_parsed() -> None:
 
 def test_fetch_and_resolve_lines_are_parsed() -> None:
     text = (
-        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000\r\n"
+        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000 queues=1 "
+        "features=-\r\n"
         "KVT-FETCH 10.0.0.1:8080 OUTSIDE saw 10.0.0.1\r\n"
         "~ # KVT-RESOLVED probe.test 10.0.0.77\r\n"
         "KVT-FETCH-FAILED 10.0.0.1:80\r\n"

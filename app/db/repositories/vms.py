@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.db.models import HostPort, LinkName, Vm, VmNic
 from app.db.repositories.base import ResourceRepository
 from app.domain.nics import load_options
+from app.domain.nics.offloads import Offloads
 from app.domain.vms import Accelerator, BootSpec, Machine, NicSpec, Vhost, VmSpec
 
 
@@ -85,5 +86,6 @@ def _nic_spec(nic: VmNic) -> NicSpec:
         vhost=Vhost(nic.vhost),
         link_up=nic.link_up,
         mtu=nic.mtu,
+        offloads=Offloads(nic.offload_checksum, nic.offload_tso, nic.offload_gso),
     )
     return load_options(spec, nic.options)
