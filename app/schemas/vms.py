@@ -75,6 +75,19 @@ BURST_KIB = (
 )
 RATE_LIMIT_FIELDS = ("ingress_kbps", "egress_kbps", "burst_kib")
 
+QUEUES_DOC = (
+    f"Queue pairs, {QUEUES[0]} to {QUEUES[1]}: above 1, a multi-queue tap (one descriptor per "
+    "queue) and virtio-net's mq with 2 MSI-X vectors per pair + 2; virtio-net-pci on the "
+    "bridge or tap backend only (422 otherwise). The guest's driver sets up as many pairs "
+    "as it has vCPUs, up to this"
+)
+VHOST_DOC = (
+    "vhost-net (the kernel carries the NIC's data path, drivers/vhost): auto uses it where "
+    "/dev/vhost-net works (GET /v1/host/capabilities `vhost_net`), on requires it (422 "
+    "where it cannot work, with the reason), off never. virtio-net-pci only. Whether qemu "
+    "really runs it: `vhost` in GET /v1/vms/{id}/devices"
+)
+
 # offloads (issue 13, app.domain.nics.offloads)
 CHECKSUM = (
     "Partial checksums both ways (virtio VIRTIO_NET_F_CSUM and VIRTIO_NET_F_GUEST_CSUM; "
@@ -82,9 +95,10 @@ CHECKSUM = (
     "(virtio 1.2, 5.1.3.1: segmentation requires checksum offload)"
 )
 TSO = (
-    "TCP segmentation offload of what the guest sends: it hands over segments of up to "
-    "64 KiB and the host cuts them (VIRTIO_NET_F_HOST_TSO4/6 and _HOST_ECN; QEMU's host_tso4, "
-    "host_tso6, host_ecn). True needs checksum offload (422 with checksum false)"
+    "Segmentation offload of what the guest sends: it hands over segments of up to 64 KiB "
+    "and the host cuts them (VIRTIO_NET_F_HOST_TSO4/6, _HOST_ECN, _HOST_UFO; QEMU's "
+    "host_tso4, host_tso6, host_ecn, host_ufo). True needs checksum offload (422 with "
+    "checksum false)"
 )
 GSO = (
     "Large receive: the host may hand the guest GSO packets unsegmented "
@@ -330,9 +344,9 @@ class NicIn(RequestModel):
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
-    queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
+    queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1], description=QUEUES_DOC)
     mtu: int | None = Field(None, ge=MTU_RANGE[0], le=MTU_RANGE[1], description=NIC_MTU)
-    vhost: Vhost = Field(Vhost.AUTO, strict=False)
+    vhost: Vhost = Field(Vhost.AUTO, strict=False, description=VHOST_DOC)
     offloads: OffloadsIn | None = Field(None, description=OFFLOADS)
     link_up: bool = True
     isolated: Isolated = Field(
@@ -388,8 +402,8 @@ class NicIn(RequestModel):
         driver = find_driver(self.backend)
         if driver is None or driver.host_link is not HostLink.VM_TAP:
             raise ValueError(
-                f"`{limits[0]}` is for NICs with a tap of their own (the bridge backend); "
-                f"the {self.backend.value} backend has none"
+                f"`{limits[0]}` is for NICs whose tap the VM makes for itself (the bridge "
+                f"backend); a {self.backend.value} backend NIC has none"
             )
         if limits == ["burst_kib"]:
             raise ValueError("burst_kib needs ingress_kbps or egress_kbps")
@@ -621,9 +635,9 @@ class NicOut(BaseModel):
         default_factory=list, description="Trunk NIC: the VIDs it carries tagged ([]: none)"
     )
     native_vlan: int | None = Field(None, description="Trunk NIC: its untagged VID (PVID)")
-    queues: int
+    queues: int = Field(description=QUEUES_DOC)
     mtu: int | None = Field(None, description=NIC_MTU)
-    vhost: Vhost
+    vhost: Vhost = Field(description=VHOST_DOC)
     offloads: OffloadsOut = Field(description=OFFLOADS)
     link_up: bool
     isolated: bool = Field(
@@ -740,8 +754,8 @@ class LinkState(RequestModel):
 class NicPatch(
     UpdateModel,
     created_by=NicIn,
-    instead="only ingress_kbps, egress_kbps and burst_kib change on a NIC (delete the VM "
-    "and create it again for the rest)",
+    instead="only ingress_kbps, egress_kbps and burst_kib change on a NIC (for the rest, "
+    "remove the NIC and add it again: DELETE and POST /v1/vms/{id}/nics)",
 ):
     """Change a VM NIC's rate limits, at once on a running VM (tc on its tap: no restart).
     Omitted fields keep their value; null: no limit (burst_kib: the default). The result

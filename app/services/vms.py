@@ -269,9 +269,11 @@ class VmService:
         nic: NicIn,
         taken_macs: set[str],
         vlan_facts: VlanFacts | None = None,
+        host: HostFacts | None = None,
     ) -> tuple[VmNic, NicSpec]:
-        """A NIC's row and spec as at create (NIC `index` of VM `vm_id`)."""
-        return self._nic(vm_id, index, nic, taken_macs, vlan_facts)
+        """A NIC's row and spec as at create (NIC `index` of VM `vm_id`; `host` has the
+        parents of macvtap NICs)."""
+        return self._nic(vm_id, index, nic, taken_macs, vlan_facts, host)
 
     def _nic(
         self,

@@ -39,7 +39,7 @@ def test_properties_on_the_command_line_and_in_device_add() -> None:
     assert device_arg(0, _nic()) == "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0"
     argv = device_arg(0, _nic(checksum=False))
     assert argv.endswith(
-        ",csum=off,guest_csum=off,host_tso4=off,host_tso6=off,host_ecn=off,"
+        ",csum=off,guest_csum=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off,"
         "guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off"
     )
     assert device_arg(0, _nic(gso=False)).endswith(

@@ -28,10 +28,11 @@ class VmRepository(ResourceRepository[Vm]):
         return self.session.get(VmNic, nic_id)
 
     def nic_by_ref(self, vm_id: str, nic_ref: str) -> VmNic | None:
-        """A NIC of the VM by its id, or by its index (digits: the index is the NIC's for
-        life, app.services.vm_nics)."""
+        """A NIC of the VM by its id, or by its index (ASCII digits only: the index is the
+        NIC's for life, app.services.vm_nics; str.isdigit alone takes "²" and "٣")."""
+        index = int(nic_ref) if nic_ref.isascii() and nic_ref.isdigit() else None
         for nic in self.nics(vm_id):
-            if nic.id == nic_ref or (nic_ref.isdigit() and nic.position == int(nic_ref)):
+            if nic.id == nic_ref or nic.position == index:
                 return nic
         return None
 

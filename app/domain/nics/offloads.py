@@ -4,17 +4,18 @@ Three switches, each None (qemu's default: on where the backend carries a virtio
 i.e. a kernel tap), True or False:
 - `checksum`: partial checksums both ways (virtio VIRTIO_NET_F_CSUM and _GUEST_CSUM; qemu's
   virtio-net-pci properties `csum` and `guest_csum`);
-- `tso`: TCP segmentation offload of what the guest sends: the guest hands over segments of
-  up to 64 KiB and the host cuts them (VIRTIO_NET_F_HOST_TSO4/6/ECN; `host_tso4`,
-  `host_tso6`, `host_ecn`);
+- `tso`: segmentation offload of what the guest sends: the guest hands over segments of
+  up to 64 KiB and the host cuts them (VIRTIO_NET_F_HOST_TSO4/6/ECN/UFO; `host_tso4`,
+  `host_tso6`, `host_ecn`, `host_ufo`);
 - `gso`: large receive towards the guest: the host may hand the guest GSO packets unsegmented
   (VIRTIO_NET_F_GUEST_TSO4/6/ECN/UFO; `guest_tso4`, `guest_tso6`, `guest_ecn`, `guest_ufo`).
   qemu applies what the guest accepted of these to the tap (TUNSETOFFLOAD TUN_F_CSUM,
   TUN_F_TSO4/6, TUN_F_TSO_ECN, TUN_F_UFO), so the tap's own offloads follow.
 
 The virtio spec (1.2, 5.1.3.1 "Feature bit requirements") makes segmentation need checksum
-offload: HOST_TSO* requires CSUM and GUEST_TSO* requires GUEST_CSUM. So checksum off turns the
-other two off, and asking for either on with checksum off is refused.
+offload: HOST_TSO* and HOST_UFO require CSUM, GUEST_TSO* and GUEST_UFO require GUEST_CSUM.
+So checksum off turns the other two off, and asking for either on with checksum off is
+refused.
 
 Pure (stdlib only).
 """
@@ -29,7 +30,7 @@ from app.domain.errors import InvalidInput
 # qemu's virtio-net properties per switch (hw/net/virtio-net.c, virtio_net_properties)
 PROPERTIES: dict[str, tuple[str, ...]] = {
     "checksum": ("csum", "guest_csum"),
-    "tso": ("host_tso4", "host_tso6", "host_ecn"),
+    "tso": ("host_tso4", "host_tso6", "host_ecn", "host_ufo"),
     "gso": ("guest_tso4", "guest_tso6", "guest_ecn", "guest_ufo"),
 }
 # the feature bits (virtio 1.2, 5.1.3) that show a switch negotiated: all of them accepted
