@@ -52,6 +52,10 @@ class Ready:
     queues: int = 1
     features: str = ""
 
+    def facts(self) -> tuple[str, str, str, str]:
+        """ip, mac, iface and driver."""
+        return (self.ip, self.mac, self.iface, self.driver)
+
     def has_feature(self, bit: int) -> bool:
         return len(self.features) > bit and self.features[bit] == "1"
 
