@@ -270,6 +270,11 @@ def vm_out(row: Vm, nics: Sequence[VmNic], port_security: Mapping[str, Any] | No
             **present_options(n.backend, n.options),  # the backend driver's fields
             **{name: getattr(n, name) for name in NIC_FIELDS},
             "port_security_state": (port_security or {}).get(n.id),
+            "offloads": {
+                "checksum": n.offload_checksum,
+                "tso": n.offload_tso,
+                "gso": n.offload_gso,
+            },
         }
         for n in nics
     ]

@@ -10,13 +10,12 @@ DEVICE_DELETED, netdev_del, then its tap goes). A stopped VM gets its NICs at it
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AppContext, Wait, caller_of, context
 from app.api.presenters import vm_out
 from app.api.strict import StrictRoute
+from app.api.vms import NicRef, host_facts
 from app.api.waiting import settle_response
 from app.db.models import Vm
 from app.schemas.common import PROBLEM_RESPONSES
@@ -24,17 +23,11 @@ from app.schemas.vms import NicIn, NicOut, NicPatch
 from app.schemas.vms import Vm as VmOut
 from app.services.nic_limits import NicLimitService
 from app.services.vm_nics import VmNicService
-from app.services.vms import HostFacts, VmService
+from app.services.vms import VmService
 
 router = APIRouter(
     prefix="/v1/vms", tags=["vms"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
 )
-
-NIC_REF = (
-    "The NIC's `id` (stable), or its `index` (digits): an index is the NIC's for life, "
-    "never shifts when another NIC goes, and is never given twice while the VM exists"
-)
-NicRef = Annotated[str, Path(description=NIC_REF, max_length=64)]
 
 
 @router.post(
@@ -50,12 +43,12 @@ async def add_vm_nic(
     """Add a NIC, validated as at create (backend, VLAN, fixed `ipv4` on a managed network,
     port security, isolation). It gets the next `index` (never one the VM had before).
     A stopped VM gets it at its next start. On a VM whose qemu runs (or is starting) it is
-    hot-plugged: only a PCI model (virtio-net-pci, e1000, ...) on the bridge, tap or port
+    hot-plugged: only a PCI model (virtio-net-pci, e1000, ...) on the bridge, tap, port or macvtap
     backend on the pc machine (409 with the reason otherwise: stop the VM first). Answers 202
     with the NIC while the VM has not settled (the VM's operation in the headers), 201 once
     it has (with ?wait=); a plug that failed shows in the VM's `status_reason`."""
     ctx, caller = context(request), caller_of(request)
-    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    host = await host_facts(ctx, [body])
     leases = ctx.inspector.leases
     row, nic, op = await ctx.mutate(
         lambda s: VmNicService(s, caller).add(vm_id, body, host, leases)

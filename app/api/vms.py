@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from app.api.deps import AppContext, Cursor, Limit, ProjectFilter, Wait, caller_of, context
@@ -16,13 +16,16 @@ from app.api.presenters import vm_out
 from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
-from app.domain.errors import NotFound
+from app.domain.errors import Unavailable
+from app.domain.nics.offloads import negotiated
+from app.domain.virtio import backend_path, parse_status
 from app.domain.vm_actions import VmVerb
 from app.domain.vms import MTU_MODEL, PERIPHERALS, peripheral_nics
 from app.schemas.common import PROBLEM_RESPONSES
-from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage, VmPatch
+from app.schemas.vms import DeviceOut, LinkState, NicIn, VmCreate, VmPage, VmPatch
 from app.schemas.vms import Vm as VmOut
 from app.services.port_security import observed_states
+from app.services.vm_nics import VmNicService
 from app.services.vms import HostFacts, VmPowerService, VmService
 
 router = APIRouter(
@@ -51,6 +54,24 @@ async def _finish(
     return result if isinstance(result, Response) else await _present(ctx, result)
 
 
+NIC_REF = (
+    "The NIC's `id` (stable), or its `index` (ASCII digits): an index is the NIC's for life, "
+    "never shifts when another NIC goes, and is never given twice while the VM exists"
+)
+NicRef = Annotated[str, Path(description=NIC_REF, max_length=64)]
+
+
+async def host_facts(ctx: AppContext, nics: Sequence[NicIn] = ()) -> HostFacts:
+    """What validation needs of the host for these NICs: the capabilities, and the parents
+    of macvtap NICs as netlink reports them now."""
+    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    parents = {nic.parent for nic in nics if nic.parent is not None}
+    if parents:
+        looked_up = {name: await ctx.host(ctx.inspector.parent_link, name) for name in parents}
+        host = dataclasses.replace(host, parents=looked_up)
+    return host
+
+
 @router.post(
     "",
     operation_id="create_vm",
@@ -63,11 +84,7 @@ async def create_vm(
 ) -> VmOut | Response:
     """Create a VM; with power_state running (the default) it starts at once."""
     ctx, caller = context(request), caller_of(request)
-    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
-    parents = {nic.parent for nic in body.nics if nic.parent is not None}
-    if parents:  # macvtap NICs: their parents as netlink reports them now
-        looked_up = {name: await ctx.host(ctx.inspector.parent_link, name) for name in parents}
-        host = dataclasses.replace(host, parents=looked_up)
+    host = await host_facts(ctx, body.nics)
     leases = ctx.inspector.leases
     row, _, op = await ctx.mutate(
         lambda s: VmService(s, caller).create(body, host, leases, ctx.tenant_images)
@@ -251,11 +268,30 @@ def _host_mtu(ctx: AppContext, vm_id: str, path: str) -> int | None:
     return int(value) or None
 
 
+def _virtio_facts(ctx: AppContext, vm_id: str, path: str) -> dict[str, Any]:
+    """DeviceOut's vhost, guest_features and negotiated offloads, from qemu's own report
+    (x-query-virtio-status; nothing when this qemu lacks that command or answers oddly)."""
+    try:
+        reply = _qmp(ctx, vm_id, "x-query-virtio-status", path=backend_path(path))
+    except Unavailable:
+        return {}
+    status = parse_status(reply)
+    if status is None:
+        return {}
+    started = status.driver_ok
+    return {
+        "vhost": status.vhost if started else None,
+        "guest_features": list(status.guest_features),
+        "offloads": negotiated(status.guest_features) if started else None,
+    }
+
+
 @router.get("/{vm_id}/devices", operation_id="list_vm_devices", response_model=list[DeviceOut])
 async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
     """The guest NICs as the running qemu reports them (its devices nic<index> under QOM's
-    /machine/peripheral, with their type, MAC and virtio's host_mtu): proof that the
-    device really exists, e.g. an ISA NE2000 on the isapc machine, or a NIC hot-plugged
+    /machine/peripheral, with their type, MAC and virtio's host_mtu; for virtio, whether
+    vhost-net carries it and the features and offloads the guest negotiated): proof that
+    the device really exists, e.g. an ISA NE2000 on the isapc machine, or a NIC hot-plugged
     (or not yet unplugged). 409 when not running."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s, caller_of(request)).get(vm_id))
@@ -276,6 +312,7 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
                     mac=str(_qmp(ctx, row.id, "qom-get", path=path, property="mac")),
                     link_up=nic.link_up if nic is not None else None,
                     mtu=_host_mtu(ctx, row.id, path) if kind == MTU_MODEL else None,
+                    **(_virtio_facts(ctx, row.id, path) if kind == MTU_MODEL else {}),
                 )
             )
         return devices
@@ -295,16 +332,17 @@ async def reboot_vm(vm_id: str, request: Request) -> Response:
 
 
 @router.put("/{vm_id}/nics/{index}/link", operation_id="set_vm_nic_link", response_model=DeviceOut)
-async def set_vm_nic_link(vm_id: str, index: int, body: LinkState, request: Request) -> DeviceOut:
-    """Pull or plug the virtual cable of one NIC at run time (QMP set_link)."""
+async def set_vm_nic_link(
+    vm_id: str, index: NicRef, body: LinkState, request: Request
+) -> DeviceOut:
+    """Pull or plug the virtual cable of one NIC at run time (QMP set_link); the NIC by its
+    index or id (404 otherwise)."""
     ctx = context(request)
     row = await ctx.read(lambda s: VmService(s, caller_of(request)).get(vm_id))
-    nics = await ctx.read(lambda s: VmService(s).nics(row.id))
-    nic = next((n for n in nics if n.position == index), None)
-    if nic is None:
-        raise NotFound(f"VM {row.name!r} has no NIC {index}")
+    nic = await ctx.read(lambda s: VmNicService(s).find(row, index))
     # a guest NIC is the device nic<i>; a hub join has only its backend, net<i>
-    target = f"nic{index}" if nic.model is not None else f"net{index}"
+    position = nic.position
+    target = f"nic{position}" if nic.model is not None else f"net{position}"
     await ctx.host(lambda: _qmp(ctx, row.id, "set_link", name=target, up=body.up))
     await ctx.mutate(lambda s: VmService(s).record_link(nic.id, body.up))
     return DeviceOut(id=target, type=nic.model or "hubport", mac=nic.mac, link_up=body.up)

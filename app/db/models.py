@@ -473,6 +473,11 @@ class VmNic(Base):
     ingress_kbps: Mapped[int | None] = mapped_column(Integer, default=None)
     egress_kbps: Mapped[int | None] = mapped_column(Integer, default=None)
     burst_kib: Mapped[int | None] = mapped_column(Integer, default=None)
+    # virtio offloads (migration 0026, app.domain.nics.offloads): None: qemu's default;
+    # stored resolved (checksum off turns tso and gso off)
+    offload_checksum: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    offload_tso: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    offload_gso: Mapped[bool | None] = mapped_column(Boolean, default=None)
 
     __table_args__ = (
         UniqueConstraint("network_id", "ipv4", name="uq_vm_nics_network_ipv4"),
@@ -498,6 +503,12 @@ class VmNic(Base):
         _between("vm_nics", "egress_kbps", *RATE_KBPS, nullable=True),
         _between("vm_nics", "burst_kib", *BURST_KIB, nullable=True),
         _check("vm_nics", "rate_limit", RATE_LIMIT_CHECK),
+        *_flags("vm_nics", "offload_checksum", "offload_tso", "offload_gso"),
+        _check(
+            "vm_nics",
+            "offload_segmentation",
+            "offload_checksum IS NOT 0 OR (offload_tso = 0 AND offload_gso = 0)",
+        ),
     )
 
 

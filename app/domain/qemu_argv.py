@@ -49,8 +49,11 @@ def device_arg(index: int, nic: NicSpec) -> str:
         mq="on" if multiqueue else None,
         vectors=2 * nic.queues + 2 if multiqueue else None,
     )
-    # the property is spelled with an underscore (hw/net/virtio-net.c), unlike _options' keys
-    return device if nic.mtu is None else f"{device},host_mtu={nic.mtu}"
+    # properties spelled with an underscore (hw/net/virtio-net.c), unlike _options' keys
+    extra = dict(nic.offloads.qemu_properties())
+    if nic.mtu is not None:
+        extra["host_mtu"] = str(nic.mtu)
+    return ",".join([device, *(f"{key}={value}" for key, value in extra.items())])
 
 
 def device_qmp(index: int, nic: NicSpec) -> dict[str, object]:
@@ -68,6 +71,7 @@ def device_qmp(index: int, nic: NicSpec) -> dict[str, object]:
         device.update(mq=True, vectors=2 * nic.queues + 2)
     if nic.mtu is not None:
         device["host_mtu"] = nic.mtu
+    device.update({key: value == "on" for key, value in nic.offloads.qemu_properties().items()})
     return device
 
 

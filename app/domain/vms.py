@@ -178,6 +178,7 @@ def validate_nic(
             f"multiqueue needs the virtio-net-pci model on a {backends_where('multiqueue')} backend"
         )
     _validate_mtu(nic, driver)
+    _validate_offloads(nic, driver)
     driver.validate(nic)
     if nic.vhost is Vhost.ON:
         _validate_vhost(nic, driver, vhost_missing)
@@ -196,6 +197,19 @@ def _validate_vhost(nic: NicSpec, driver: NicDriver, missing: str | None) -> Non
     if nic.model != VHOST_MODEL:
         raise InvalidInput(f"NIC {nic.id}: vhost-net only accelerates {VHOST_MODEL}")
     require_vhost_net(missing, f"NIC {nic.id}")
+
+
+def _validate_offloads(nic: NicSpec, driver: NicDriver) -> None:
+    """Offloads are virtio-net's, negotiated over a virtio-net header: only a virtio-net-pci
+    NIC on a backend whose tap carries one (app.domain.nics.offloads) has them."""
+    if nic.offloads.default:
+        return
+    nic.offloads.resolved()
+    if nic.model != MTU_MODEL or not driver.vnet_hdr:
+        raise InvalidInput(
+            f"offloads need the {MTU_MODEL} model on a {backends_where('vnet_hdr')} backend "
+            "(a tap with a virtio-net header); leave offloads out for this NIC"
+        )
 
 
 def _validate_mtu(nic: NicSpec, driver: NicDriver) -> None:

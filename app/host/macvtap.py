@@ -60,6 +60,23 @@ def parent_link(ipr: IPRoute, name: str) -> ParentLink | None:
     )
 
 
+def _sharing_refused(ipr: IPRoute, parent_index: int, mode: str) -> str:
+    """Why the kernel says EINVAL when the parent is shared: passthru takes a parent that
+    has no other macvlan/macvtap, and a parent in passthru takes no other one
+    (drivers/net/macvlan.c, macvlan_common_newlink). "" when that is not the case."""
+    others = []
+    for msg in ipr.get_links():
+        info = msg.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+        if kind in ("macvtap", "macvlan") and msg.get_attr("IFLA_LINK") == parent_index:
+            others.append(str(msg.get_attr("IFLA_IFNAME")))
+    if not others:
+        return ""
+    if mode == MacvtapMode.PASSTHRU:
+        return f" (passthru needs the parent to itself; it has {', '.join(sorted(others))})"
+    return f" (the parent may be in passthru mode for {', '.join(sorted(others))})"
+
+
 def create_macvtap(ipr: IPRoute, name: str, parent: str, mode: str, mac: str) -> int:
     """`ip link add link <parent> name <name> address <mac> type macvtap mode <mode>`; its
     ifindex. In passthru mode the macvtap keeps the parent's MAC (setting one would change
@@ -75,7 +92,8 @@ def create_macvtap(ipr: IPRoute, name: str, parent: str, mode: str, mac: str) ->
     try:
         ipr.link("add", ifname=name, kind="macvtap", link=parent_index, macvtap_mode=mode, **attrs)
     except NetlinkError as exc:
-        raise LinkError(f"creating macvtap {name} on {parent}: {exc}", exc.code) from exc
+        why = _sharing_refused(ipr, parent_index, mode) if exc.code == errno.EINVAL else ""
+        raise LinkError(f"creating macvtap {name} on {parent}: {exc}{why}", exc.code) from exc
     try:
         return socket.if_nametoindex(name)
     except OSError:

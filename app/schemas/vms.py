@@ -75,6 +75,73 @@ BURST_KIB = (
 )
 RATE_LIMIT_FIELDS = ("ingress_kbps", "egress_kbps", "burst_kib")
 
+QUEUES_DOC = (
+    f"Queue pairs, {QUEUES[0]} to {QUEUES[1]}: above 1, a multi-queue tap (one descriptor per "
+    "queue) and virtio-net's mq with 2 MSI-X vectors per pair + 2; virtio-net-pci on the "
+    "bridge or tap backend only (422 otherwise). The guest's driver sets up as many pairs "
+    "as it has vCPUs, up to this"
+)
+VHOST_DOC = (
+    "vhost-net (kernel drivers/vhost, QEMU `-netdev tap,vhost=`): the NIC's packets move "
+    "between its tap and the guest in a kernel thread instead of qemu. `auto`: where this "
+    "host's /dev/vhost-net works (GET /v1/host/capabilities `vhost_net`, whose probe loads "
+    "the vhost_net module) and the model is virtio-net-pci on a tap-backed backend; `on`: "
+    "always (409 host-lacks-feature with the probe's reason where it does not work, 422 on "
+    "another model or a backend without a tap); `off`: never. The daemon opens "
+    "/dev/vhost-net once per queue and hands qemu the descriptors (vhostfd=). qemu starts "
+    "vhost only once the guest's driver has started the device; whether it runs it: "
+    "`vhost` in GET /v1/vms/{id}/devices"
+)
+
+# offloads (issue 13, app.domain.nics.offloads)
+CHECKSUM = (
+    "Partial checksums both ways (virtio VIRTIO_NET_F_CSUM and VIRTIO_NET_F_GUEST_CSUM; "
+    "QEMU's virtio-net properties csum and guest_csum). False turns tso and gso off too "
+    "(virtio 1.2, 5.1.3.1: segmentation requires checksum offload)"
+)
+TSO = (
+    "Segmentation offload of what the guest sends: it hands over segments of up to 64 KiB "
+    "and the host cuts them (VIRTIO_NET_F_HOST_TSO4/6, _HOST_ECN, _HOST_UFO; QEMU's "
+    "host_tso4, host_tso6, host_ecn, host_ufo). True needs checksum offload (422 with "
+    "checksum false)"
+)
+GSO = (
+    "Large receive: the host may hand the guest GSO packets unsegmented "
+    "(VIRTIO_NET_F_GUEST_TSO4/6, _GUEST_ECN, _GUEST_UFO; QEMU's guest_tso4, guest_tso6, "
+    "guest_ecn, guest_ufo). qemu applies what the guest accepted to the tap (TUNSETOFFLOAD), "
+    "so the tap's offloads follow. True needs checksum offload (422 with checksum false)"
+)
+OFFLOADS = (
+    "virtio-net-pci on a backend with a kernel tap (bridge, tap, port, macvtap; 422 "
+    "otherwise): checksum, TSO and GSO on or off. Null or omitted, and each switch null: "
+    "QEMU's default (on). GET /v1/vms/{id}/devices shows what the guest negotiated"
+)
+
+
+class OffloadsIn(RequestModel):
+    """A virtio NIC's offload switches; null: QEMU's default (on)."""
+
+    checksum: bool | None = Field(None, description=CHECKSUM)
+    tso: bool | None = Field(None, description=TSO)
+    gso: bool | None = Field(None, description=GSO)
+
+
+class OffloadsOut(BaseModel):
+    """A NIC's offload switches as stored (null: QEMU's default, on)."""
+
+    checksum: bool | None = Field(None, description=CHECKSUM)
+    tso: bool | None = Field(None, description=TSO)
+    gso: bool | None = Field(None, description=GSO)
+
+
+class NegotiatedOffloads(BaseModel):
+    """Which offloads the guest's driver accepted (each: all its virtio feature bits)."""
+
+    checksum: bool = Field(description="VIRTIO_NET_F_CSUM and VIRTIO_NET_F_GUEST_CSUM")
+    tso: bool = Field(description="VIRTIO_NET_F_HOST_TSO4 and VIRTIO_NET_F_HOST_TSO6")
+    gso: bool = Field(description="VIRTIO_NET_F_GUEST_TSO4 and VIRTIO_NET_F_GUEST_TSO6")
+
+
 VLAN_ACCESS = (
     "bridge backend: the VLAN (id or name) the NIC is an access port of (untagged in the "
     "guest). Its bridge is the VLAN's trunk; with the bridge_per_vlan backend the NIC's tap "
@@ -282,21 +349,10 @@ class NicIn(RequestModel):
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
-    queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1])
+    queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1], description=QUEUES_DOC)
     mtu: int | None = Field(None, ge=MTU_RANGE[0], le=MTU_RANGE[1], description=NIC_MTU)
-    vhost: Vhost = Field(
-        Vhost.AUTO,
-        strict=False,
-        description="vhost-net (kernel drivers/vhost, QEMU `-netdev tap,vhost=`): the NIC's "
-        "packets move between its tap and the guest in a kernel thread instead of qemu. "
-        "`auto`: where this host's /dev/vhost-net works (GET /v1/host/capabilities "
-        "`vhost_net`, whose probe loads the vhost_net module) and the model is virtio-net-pci "
-        "on a tap-backed backend; `on`: always (409 host-lacks-feature with the probe's "
-        "reason where it does not work, 422 on another model or a backend without a tap); "
-        "`off`: never. The daemon opens /dev/vhost-net once per queue and hands qemu the "
-        "descriptors (vhostfd=). qemu starts vhost only once the guest's driver has started "
-        "the device",
-    )
+    vhost: Vhost = Field(Vhost.AUTO, strict=False, description=VHOST_DOC)
+    offloads: OffloadsIn | None = Field(None, description=OFFLOADS)
     link_up: bool = True
     isolated: Isolated = Field(
         False,
@@ -351,8 +407,8 @@ class NicIn(RequestModel):
         driver = find_driver(self.backend)
         if driver is None or driver.host_link is not HostLink.VM_TAP:
             raise ValueError(
-                f"`{limits[0]}` is for NICs with a tap of their own (the bridge backend); "
-                f"the {self.backend.value} backend has none"
+                f"`{limits[0]}` is for NICs whose tap the VM makes for itself (the bridge "
+                f"backend); a {self.backend.value} backend NIC has none"
             )
         if limits == ["burst_kib"]:
             raise ValueError("burst_kib needs ingress_kbps or egress_kbps")
@@ -584,9 +640,10 @@ class NicOut(BaseModel):
         default_factory=list, description="Trunk NIC: the VIDs it carries tagged ([]: none)"
     )
     native_vlan: int | None = Field(None, description="Trunk NIC: its untagged VID (PVID)")
-    queues: int
+    queues: int = Field(description=QUEUES_DOC)
     mtu: int | None = Field(None, description=NIC_MTU)
-    vhost: Vhost
+    vhost: Vhost = Field(description=VHOST_DOC)
+    offloads: OffloadsOut = Field(description=OFFLOADS)
     link_up: bool
     isolated: bool = Field(
         False, description="Its tap is an isolated bridge port (IFLA_BRPORT_ISOLATED)"
@@ -674,6 +731,25 @@ class DeviceOut(BaseModel):
     mtu: int | None = Field(
         default=None, description="The MTU qemu advertises to the guest (virtio's host_mtu)"
     )
+    vhost: bool | None = Field(
+        default=None,
+        description="virtio: whether the NIC's data path runs in the kernel's vhost-net, as "
+        "qemu reports it (QMP x-query-virtio-status `vhost-started`), not as asked; null "
+        "until the guest's driver has started the device (qemu starts vhost only then) and "
+        "for other models",
+    )
+    guest_features: list[str] | None = Field(
+        default=None,
+        description="virtio: the feature bits the guest's driver accepted (names as in the "
+        "virtio 1.2 spec, 5.1.3, e.g. VIRTIO_NET_F_MQ, VIRTIO_NET_F_CSUM), as qemu reports "
+        "them; [] until the driver has negotiated; null for other models",
+        examples=[["VIRTIO_NET_F_CSUM", "VIRTIO_NET_F_GUEST_CSUM", "VIRTIO_NET_F_MQ"]],
+    )
+    offloads: NegotiatedOffloads | None = Field(
+        default=None,
+        description="virtio: the offloads the guest negotiated (from guest_features); null "
+        "until the driver has started the device and for other models",
+    )
 
 
 class LinkState(RequestModel):
@@ -683,8 +759,8 @@ class LinkState(RequestModel):
 class NicPatch(
     UpdateModel,
     created_by=NicIn,
-    instead="only ingress_kbps, egress_kbps and burst_kib change on a NIC (delete the VM "
-    "and create it again for the rest)",
+    instead="only ingress_kbps, egress_kbps and burst_kib change on a NIC (for the rest, "
+    "remove the NIC and add it again: DELETE and POST /v1/vms/{id}/nics)",
 ):
     """Change a VM NIC's rate limits, at once on a running VM (tc on its tap: no restart).
     Omitted fields keep their value; null: no limit (burst_kib: the default). The result

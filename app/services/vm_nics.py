@@ -84,7 +84,7 @@ class VmNicService:
             raise InvalidInput(f"VM {vm.name!r} has {len(nics)} NICs, the most a VM may have")
         index = self._next_index(vm, nics)
         taken = VmRepository(self.session).nic_macs() | PortRepository(self.session).macs()
-        row, spec = self.vms.new_nic(vm.id, index, body, taken, host.vlans)
+        row, spec = self.vms.new_nic(vm.id, index, body, taken, host.vlans, host)
         if body.isolated:
             require_port_isolation(host.isolation_missing)
         if qemu_may_run(vm):

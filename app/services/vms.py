@@ -40,6 +40,7 @@ from app.domain.networks import PortSpan
 from app.domain.nics import dump_options, nic_driver
 from app.domain.nics.bridge import trunk_vlans
 from app.domain.nics.macvtap import ParentLink, macvtap_name, require_parent
+from app.domain.nics.offloads import Offloads
 from app.domain.segments import Joiner, SegmentKind
 from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vhost import vhost_net_missing
@@ -117,6 +118,15 @@ def _macvtap_missing(links: Mapping[str, Any] | None) -> str | None:
     if probe is None or probe.get("available"):
         return None
     return str(probe.get("reason") or "the kernel refused to create a macvtap")
+
+
+def requested_offloads(nic: NicIn) -> Offloads:
+    """The NIC's offloads as stored: resolved (checksum off turns tso and gso off; asking
+    for either with checksum off is InvalidInput)."""
+    asked = nic.offloads
+    if asked is None:
+        return Offloads()
+    return Offloads(asked.checksum, asked.tso, asked.gso).resolved()
 
 
 def _run_as_gid(body: VmCreate) -> int | None:
@@ -261,9 +271,11 @@ class VmService:
         nic: NicIn,
         taken_macs: set[str],
         vlan_facts: VlanFacts | None = None,
+        host: HostFacts | None = None,
     ) -> tuple[VmNic, NicSpec]:
-        """A NIC's row and spec as at create (NIC `index` of VM `vm_id`)."""
-        return self._nic(vm_id, index, nic, taken_macs, vlan_facts)
+        """A NIC's row and spec as at create (NIC `index` of VM `vm_id`; `host` has the
+        parents of macvtap NICs)."""
+        return self._nic(vm_id, index, nic, taken_macs, vlan_facts, host)
 
     def _nic(
         self,
@@ -281,6 +293,7 @@ class VmService:
         if mac in taken_macs and not driver.plugs_port:  # a port's MAC: plug_port checks it
             raise MacTaken(f"MAC {mac} is already used by another NIC or a port")
         nic_id = new_id()
+        offloads = requested_offloads(nic)
         row = VmNic(
             id=nic_id,
             vm_id=vm_id,
@@ -295,6 +308,9 @@ class VmService:
             isolated=nic.isolated,  # a bridge backend's (NicIn refuses it elsewhere)
             options={},
             **nic_rate_limit(nic.ingress_kbps, nic.egress_kbps, nic.burst_kib, nic.mtu),
+            offload_checksum=offloads.checksum,
+            offload_tso=offloads.tso,
+            offload_gso=offloads.gso,
         )
         spec = NicSpec(
             id=nic_id,
@@ -306,6 +322,7 @@ class VmService:
             vhost=nic.vhost,
             link_up=nic.link_up,
             mtu=nic.mtu,
+            offloads=offloads,
         )
         claims = _NicClaims(self, row, index, vlan_facts, host)
         spec = driver.admit(spec, nic.model_dump(), claims)

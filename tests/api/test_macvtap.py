@@ -187,6 +187,13 @@ def test_bad_parents_are_409_and_bad_input_422_and_nothing_changes(
     assert "macvtap" not in in_namespace(netns, _kinds).values()
     caps = api.get("/v1/host/capabilities").json()
     assert caps["links"]["macvtap"]["available"] is True, caps["links"]
+    # and one added to that stopped VM (its parent looked up as at create)
+    vm_id = r.json()["id"]
+    added = api.post(f"/v1/vms/{vm_id}/nics", json={"backend": "macvtap", "parent": "eth0"})
+    assert added.status_code == 202, added.text
+    assert (added.json()["parent"], added.json()["index"]) == ("eth0", 1)
+    nope = api.post(f"/v1/vms/{vm_id}/nics", json={"backend": "macvtap", "parent": "lo"})
+    assert nope.status_code == 409 and "loopback" in nope.json()["detail"], nope.text
 
 
 def _kinds() -> dict[str, str | None]:

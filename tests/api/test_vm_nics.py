@@ -67,6 +67,13 @@ def test_a_stopped_vm_stores_nic_changes_with_stable_indexes(lab: Lab) -> None:
         assert again["index"] == 3
         missing = client.delete(f"/v1/vms/{vm['id']}/nics/2")
         assert missing.status_code == 404, missing.text
+        # an index is ASCII digits: "③", "²" and Arabic-Indic 3 are no NIC (never a 500)
+        for ref in ("\u2462", "\u00b2", "\u0663", "-3", "3.0"):
+            for method, extra in (("DELETE", {}), ("PATCH", {"json": {"ingress_kbps": 100}})):
+                r = client.request(method, f"/v1/vms/{vm['id']}/nics/{ref}", **extra)
+                assert r.status_code == 404, (method, ref, r.text)
+            link = client.put(f"/v1/vms/{vm['id']}/nics/{ref}/link", json={"up": False})
+            assert link.status_code == 404, (ref, link.text)
         bad = client.post(f"/v1/vms/{vm['id']}/nics", json={"backend": "bridge"})
         assert bad.status_code == 422, bad.text  # the create path's validation
         after = get(client, vm["id"])

@@ -12,7 +12,8 @@ interface goes, and waits for the next one. Proven, in order:
 - the NIC's tap deleted by hand is repaired by re-plugging: the guest sees the interface go
   and come back, and answers again;
 - DELETE /v1/vms/{id}/nics/1: the guest sees the interface go, qemu's device and the tap are
-  gone, and so is the NIC's static lease.
+  gone, and so is the NIC's static lease;
+- a multi-queue NIC's tap deleted by hand is reported, not re-plugged: qemu runs on.
 """
 
 from __future__ import annotations
@@ -158,3 +159,20 @@ def test_the_guest_sees_a_nic_plugged_kept_repaired_and_unplugged(
         hosts = list((daemon_dir / "run" / "networks").glob("*/dhcp-hosts"))
         assert hosts and not any(nic["mac"] in h.read_text() for h in hosts)
         assert not _ping(ns, HOT_IP)
+
+        # a multi-queue NIC's tap deleted by hand: not re-plugged (unplugging it would make
+        # qemu 7.2 abort, virtio_net_set_queue_pairs), said on the VM, and the VM runs on
+        queues = {"backend": "bridge", "bridge": "br1", "queues": 2}
+        multi = ok(client.post(f"/v1/vms/{vm['id']}/nics?wait=30", json=queues), 201)
+        wait_for(lambda: "KVT-HOTPLUG 3 " in console() or None, 90, "multi-queue NIC plugged")
+        ip(ns, "link", "del", multi["tap_name"])
+        reason = wait_for(
+            lambda: (r := _vm(client, vm["id"])["status_reason"]) and multi["tap_name"] in r and r,
+            30,
+            "the lost tap reported",
+        )
+        assert "one queue pair" in reason, reason
+        time.sleep(8)  # passes of the VM worker (reconcile_interval=3) that must not re-plug
+        kept = _vm(client, vm["id"])
+        assert (kept["status"], kept["pid"]) == ("running", pid), kept
+        assert "KVT-UNPLUGGED 3" not in console()

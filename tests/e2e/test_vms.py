@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyroute2.ethtool import Ethtool
 
 from app.host.netns import enter_for_this_thread
 from tests.e2e.helpers import E2EDaemon, assert_problem, ok, running_daemon, wait_for
 from tests.guest.build import Guest, build_guest, kernel_cmdline
 from tests.guest.console import parse_hello, parse_ready
+from tests.netns_tools import in_namespace
 
 FORWARD_PORT = 45555
 
@@ -234,19 +236,64 @@ def ping(netns: str, address: str) -> bool:
     return result.returncode == 0
 
 
+# virtio 1.2, 5.1.3: feature bits as the guest's sysfs `features` string numbers them
+VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MQ = 0, 1, 7, 22
+
+
+def tap_offloads(netns: str, tap: str) -> set[str]:
+    """The tap's enabled offload features as the kernel has them (ethtool netlink): what
+    qemu set with TUNSETOFFLOAD after the guest's negotiation."""
+
+    def read() -> set[str]:
+        ethtool = Ethtool()
+        try:
+            features = ethtool.get_features(tap).features
+        finally:
+            ethtool.close()
+        return {name for name, feature in features.items() if feature.enable}
+
+    return in_namespace(netns, read)
+
+
 def test_two_vms_on_the_howto_bridge(daemon: E2EDaemon, netns: str, guest: Guest) -> None:
     """The how-to's br0 with two VMs, each with its own MAC: both reachable from the host's
-    address on the bridge, and the bridge's MAC table shows each guest on its own port."""
+    address on the bridge, and the bridge's MAC table shows each guest on its own port.
+    The first has two vCPUs and a NIC with two queue pairs, which its guest driver sets up
+    (its sysfs rx-N directories) and negotiates (VIRTIO_NET_F_MQ); the second's NIC has
+    checksum offload off: neither its guest nor its tap has checksum or segmentation
+    offload, while the first's have both (as the guest says, as qemu reports it, and as the
+    kernel has the taps)."""
     with daemon.client(timeout=120) as client:
         host_link(client, "bridges", "br0")
         bridge = {"backend": "bridge", "bridge": "br0"}
+        multiqueue = static_vm(
+            guest, "vm1", {**bridge, "queues": 2}, "192.168.105.2/24", "192.168.105.1"
+        )
         vms = [
-            static_guest(client, guest, f"vm{i}", bridge, f"192.168.105.{i + 1}") for i in (1, 2)
+            ok(client.post("/v1/vms?wait=60", json={**multiqueue, "vcpus": 2}), 201),
+            static_guest(
+                client, guest, "vm2", {**bridge, "offloads": {"checksum": False}}, "192.168.105.3"
+            ),
         ]
+        readies = []
         for i, vm in enumerate(vms, start=1):
             ready = wait_for(lambda vm=vm: console_ready(daemon, vm["id"]), 60, "readiness")
             assert ready.address == f"192.168.105.{i + 1}"
             assert wait_for(lambda i=i: ping(netns, f"192.168.105.{i + 1}"), 20, "ping")
+            readies.append(ready)
+        assert (readies[0].queues, readies[1].queues) == (2, 1)
+        assert readies[0].has_feature(VIRTIO_NET_F_MQ)
+        for bit in (VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4):
+            assert readies[0].has_feature(bit) and not readies[1].has_feature(bit), bit
+        assert vms[1]["nics"][0]["offloads"] == {"checksum": False, "tso": False, "gso": False}
+        devices = [ok(client.get(f"/v1/vms/{vm['id']}/devices"), 200)[0] for vm in vms]
+        assert "VIRTIO_NET_F_MQ" in devices[0]["guest_features"]
+        assert devices[0]["offloads"] == {"checksum": True, "tso": True, "gso": True}
+        assert devices[1]["offloads"] == {"checksum": False, "tso": False, "gso": False}
+        assert [d["vhost"] for d in devices] == [False, False]  # no vhost-net on this host
+        taps = [tap_offloads(netns, vm["nics"][0]["tap_name"]) for vm in vms]
+        assert {"tx-checksum-ip-generic", "tx-tcp-segmentation"} <= taps[0]
+        assert not {"tx-checksum-ip-generic", "tx-tcp-segmentation"} & taps[1]
         fdb = ok(client.get("/v1/bridges/br0/fdb"), 200)
         learned = {e["mac"]: e["port"] for e in fdb if not e["is_local"]}
         for vm in vms:

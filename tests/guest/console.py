@@ -1,10 +1,13 @@
 """Reading the test guest's serial console: its readiness line and its answer on TCP.
 
 The guest prints exactly one of
-    KVT-READY ip=192.168.105.2/24 mac=52:54:00:12:34:56 iface=eth0 driver=virtio_net
+    KVT-READY ip=192.168.105.2/24 mac=52:54:00:12:34:56 iface=eth0 driver=virtio_net queues=1
+        features=1100...  (one line: the queue pairs the driver set up, its sysfs rx-N
+        directories, and on virtio the feature bits it accepted, bit 0 first; `-` elsewhere)
     KVT-FAILED <reason>
 (a kernel panic counts as a failure too)
-and answers every TCP connection on its port with `KVT-HELLO ip=... mac=... iface=... driver=...`.
+and answers every TCP connection on its port with `KVT-HELLO ip=... mac=... iface=... driver=...
+queues=... features=...`.
 
 After READY, for each kvt.fetch=HOST:PORT and kvt.resolve=NAME (see build.kernel_cmdline), one of
     KVT-FETCH HOST:PORT <first line of the answer>
@@ -23,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-FACTS = r"ip=(?P<ip>\S+) mac=(?P<mac>\S+) iface=(?P<iface>\S+) driver=(?P<driver>\S+)"
+FACTS = (
+    r"ip=(?P<ip>\S+) mac=(?P<mac>\S+) iface=(?P<iface>\S+) driver=(?P<driver>\S+)"
+    r" queues=(?P<queues>\d+) features=(?P<features>[01]+|-)"
+)
 READY_RE = re.compile(rf"KVT-READY {FACTS}")
 HELLO_RE = re.compile(rf"KVT-HELLO {FACTS}")
 FAILED_RE = re.compile(r"KVT-FAILED (?P<reason>[^\r\n]*)|(?P<panic>Kernel panic - [^\r\n]*)")
@@ -35,12 +41,23 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Ready:
-    """What the guest reports about itself: ip as A.B.C.D/NN, its MAC, interface and driver."""
+    """What the guest reports about itself: ip as A.B.C.D/NN, its MAC, interface and driver,
+    the queue pairs its driver set up and (virtio) the feature bits it accepted ("" elsewhere:
+    bit N is features[N] == "1", virtio 1.2, 5.1.3)."""
 
     ip: str
     mac: str
     iface: str
     driver: str
+    queues: int = 1
+    features: str = ""
+
+    def facts(self) -> tuple[str, str, str, str]:
+        """ip, mac, iface and driver."""
+        return (self.ip, self.mac, self.iface, self.driver)
+
+    def has_feature(self, bit: int) -> bool:
+        return len(self.features) > bit and self.features[bit] == "1"
 
     @property
     def address(self) -> str:
@@ -51,6 +68,13 @@ class GuestFailed(RuntimeError):
     """The guest said KVT-FAILED, its qemu died, or it did not get ready in time."""
 
 
+def _ready(facts: re.Match[str]) -> Ready:
+    features = "" if facts["features"] == "-" else facts["features"]
+    return Ready(
+        facts["ip"], facts["mac"], facts["iface"], facts["driver"], int(facts["queues"]), features
+    )
+
+
 def parse_ready(text: str) -> Ready | None:
     """The readiness facts in console output (None if not there yet); raises on KVT-FAILED."""
     failed = FAILED_RE.search(text)
@@ -58,13 +82,13 @@ def parse_ready(text: str) -> Ready | None:
         reason = failed["reason"] or failed["panic"]
         raise GuestFailed(f"guest failed: {reason}\n{tail(text)}")
     ready = READY_RE.search(text)
-    return Ready(ready["ip"], ready["mac"], ready["iface"], ready["driver"]) if ready else None
+    return _ready(ready) if ready else None
 
 
 def parse_hello(text: str) -> Ready | None:
     """The facts in the guest's TCP answer (None if it is not one)."""
     hello = HELLO_RE.search(text)
-    return Ready(hello["ip"], hello["mac"], hello["iface"], hello["driver"]) if hello else None
+    return _ready(hello) if hello else None
 
 
 def parse_fetch(text: str, target: str) -> str | None:

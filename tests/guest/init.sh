@@ -2,7 +2,8 @@
 # /init of the kvmnetd test guest: busybox sh as PID 1 (built by tests/guest/build.py).
 # Kernel command line: kvt.ip=A.B.C.D/NN [kvt.gw=A.B.C.D] | kvt.dhcp=1, optional kvt.iface=NAME
 # and kvt.port=N (default 7777). Prints one line on the console: KVT-READY ip=... mac=...
-# iface=... driver=... or KVT-FAILED <reason>; then answers on TCP and keeps a shell.
+# iface=... driver=... queues=... features=... or KVT-FAILED <reason>; then answers on TCP and
+# keeps a shell.
 # Optional:
 #   kvt.echo=PORT        a TCP echo server on PORT besides the hello server (connections stay open)
 #   kvt.fetch=HOST:PORT  (repeatable) after READY, connect once a second for up to 120 s until the
@@ -238,7 +239,12 @@ address=$(ip -o -4 addr show dev "$iface" | awk '{print $4; exit}')
 [ -n "$address" ] || fail "no IPv4 address on $iface"
 mac=$(cat "/sys/class/net/$iface/address")
 driver=$(basename "$(readlink "/sys/class/net/$iface/device/driver")" 2>/dev/null)
-facts="ip=$address mac=$mac iface=$iface driver=${driver:-unknown}"
+# the queue pairs the driver set up (its sysfs rx-N directories) and, on virtio, the feature
+# bits it accepted (the virtio device's `features`: one 0/1 character per bit, bit 0 first)
+queues=$(ls -d "/sys/class/net/$iface/queues/rx-"* | wc -l)
+features=$(cat "/sys/class/net/$iface/device/features" 2>/dev/null) || features=""
+facts="ip=$address mac=$mac iface=$iface driver=${driver:-unknown} queues=$queues"
+facts="$facts features=${features:--}"
 watch_power_button
 serve "KVT-HELLO $facts"
 dmesg -n 1

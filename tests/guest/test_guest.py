@@ -43,6 +43,7 @@ GUEST_PORT = 7777
 HOST_PORT = 17777  # a fresh namespace has every port free
 READY_TIMEOUT = 30.0
 TICKS = os.sysconf("SC_CLK_TCK")
+VIRTIO_F_VERSION_1 = 32  # virtio 1.2, 6: the feature bit of a modern device
 
 # a tiny TCP client run inside a namespace: prints what the server sends, retrying until data
 CLIENT = """
@@ -241,7 +242,8 @@ def test_static_address_on_a_routed_tap(netns: str, virtio_guest: Guest, tmp_pat
     args += ["-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
     cmdline = kernel_cmdline(ip="192.168.105.2/24", gw="192.168.105.1")
     with booted(netns, virtio_guest, tmp_path, args, cmdline) as boot:
-        assert boot.ready == Ready("192.168.105.2/24", mac, "eth0", "virtio_net")
+        assert boot.ready.facts() == ("192.168.105.2/24", mac, "eth0", "virtio_net")
+        assert boot.ready.has_feature(VIRTIO_F_VERSION_1)  # the device's modern interface
         assert tcp_answer(netns, "192.168.105.2", GUEST_PORT) == boot.ready
         in_ns(netns, [*ping_argv(), "-c1", "-W2", "192.168.105.2"])
 
@@ -303,7 +305,8 @@ def test_dhcp_over_user_networking_then_acpi_powerdown(
     mac, sock = "52:54:00:4b:56:02", tmp_path / "qmp.sock"
     args = [*user_nic("virtio-net-pci", mac), "-qmp", f"unix:{sock},server=on,wait=off"]
     with booted(netns, virtio_guest, tmp_path, args, kernel_cmdline(dhcp=True)) as boot:
-        assert boot.ready == Ready("10.0.2.15/24", mac, "eth0", "virtio_net")
+        assert boot.ready.facts() == ("10.0.2.15/24", mac, "eth0", "virtio_net")
+        assert boot.ready.has_feature(VIRTIO_F_VERSION_1)  # the device's modern interface
         assert tcp_answer(netns, "127.0.0.1", HOST_PORT) == boot.ready
         qmp(sock, "system_powerdown")  # the guest's /init powers off on the ACPI power button
         assert boot.proc.wait(10) == 0
@@ -361,10 +364,20 @@ def test_kernel_cmdline_carries_the_optional_behaviours() -> None:
 
 
 def test_console_lines_are_parsed() -> None:
-    line = "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000\r\n"
+    line = (
+        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000 queues=1 "
+        "features=-\r\n"
+    )
     assert parse_ready(f"[    1.0] booting\r\n{line}") == Ready(
         "10.0.2.15/24", "52:54:00:4b:56:03", "eth0", "e1000"
     )
+    virtio = parse_ready(
+        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=virtio_net "
+        "queues=2 features=1100000000000000000000100000000000000000000000000000000000000000\r\n"
+    )
+    assert virtio is not None and virtio.queues == 2
+    assert virtio.has_feature(0) and virtio.has_feature(22) and not virtio.has_feature(2)
+    assert not virtio.has_feature(64)
     assert parse_ready("[    1.0] booting\r\n") is None
     with pytest.raises(GuestFailed, match="no lease on eth0"):
         parse_ready("KVT-FAILED dhcp: no lease on eth0\r\n")
@@ -374,7 +387,8 @@ def test_console_lines_are_parsed() -> None:
 
 def test_fetch_and_resolve_lines_are_parsed() -> None:
     text = (
-        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000\r\n"
+        "KVT-READY ip=10.0.2.15/24 mac=52:54:00:4b:56:03 iface=eth0 driver=e1000 queues=1 "
+        "features=-\r\n"
         "KVT-FETCH 10.0.0.1:8080 OUTSIDE saw 10.0.0.1\r\n"
         "~ # KVT-RESOLVED probe.test 10.0.0.77\r\n"
         "KVT-FETCH-FAILED 10.0.0.1:80\r\n"

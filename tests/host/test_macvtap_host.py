@@ -73,3 +73,16 @@ def test_a_macvtap_is_made_and_its_device_opened_without_udev(
     assert (os.stat(tmp_path / "secret").st_uid, os.stat(tmp_path / "secret").st_gid) == (0, 0)
     with pytest.raises(LinkError, match="does not exist"):
         in_namespace(netns, lambda: macvtap.open_macvtap("nope0", tmp_path / "vm", None))
+
+
+def test_a_passthru_macvtap_on_a_shared_parent_says_why_the_kernel_refuses(netns: str) -> None:
+    """EINVAL from macvlan_common_newlink, with the macvtaps that hold the parent named."""
+    ip(netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+
+    def make(name: str, mode: str) -> None:
+        with IPRoute() as ipr:
+            macvtap.create_macvtap(ipr, name, "eth0", mode, "52:54:00:12:00:02")
+
+    in_namespace(netns, lambda: make("mvt0", "bridge"))
+    with pytest.raises(LinkError, match=r"passthru needs the parent to itself; it has mvt0"):
+        in_namespace(netns, lambda: make("mvt1", "passthru"))

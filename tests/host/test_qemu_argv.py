@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.domain.nics.offloads import Offloads
 from app.domain.qemu_argv import qemu_argv
 from app.domain.vms import (
     Accelerator,
@@ -59,12 +60,16 @@ def disk(tmp_path: Path) -> BootSpec:
 
 def test_every_backend_and_pci_model(netns: str, tmp_path: Path, disk: BootSpec) -> None:
     ip(netns, "tuntap", "add", "dev", "vm1-0", "mode", "tap", "multi_queue")
+    ip(netns, "tuntap", "add", "dev", "vm1-6", "mode", "tap")
+    ip(netns, "tuntap", "add", "dev", "vm1-7", "mode", "tap")
     spec = VmSpec(
         id="v1",
         name="vm1",
         boot=disk,
         nics=(
             nic(1, "virtio-net-pci", Backend.BRIDGE, tap="vm1-0", queues=2),
+            nic(6, "virtio-net-pci", Backend.TAP, tap="vm1-6", offloads=Offloads(checksum=False)),
+            nic(7, "virtio-net-pci", Backend.TAP, tap="vm1-7", offloads=Offloads(tso=False)),
             nic(
                 2,
                 "e1000",

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.db.models import HostPort, LinkName, Vm, VmNic
 from app.db.repositories.base import ResourceRepository
 from app.domain.nics import load_options
+from app.domain.nics.offloads import Offloads
 from app.domain.vms import Accelerator, BootSpec, Machine, NicSpec, Vhost, VmSpec
 
 
@@ -27,10 +28,11 @@ class VmRepository(ResourceRepository[Vm]):
         return self.session.get(VmNic, nic_id)
 
     def nic_by_ref(self, vm_id: str, nic_ref: str) -> VmNic | None:
-        """A NIC of the VM by its id, or by its index (digits: the index is the NIC's for
-        life, app.services.vm_nics)."""
+        """A NIC of the VM by its id, or by its index (ASCII digits only: the index is the
+        NIC's for life, app.services.vm_nics; str.isdigit alone takes "²" and "٣")."""
+        index = int(nic_ref) if nic_ref.isascii() and nic_ref.isdigit() else None
         for nic in self.nics(vm_id):
-            if nic.id == nic_ref or (nic_ref.isdigit() and nic.position == int(nic_ref)):
+            if nic.id == nic_ref or nic.position == index:
                 return nic
         return None
 
@@ -85,5 +87,6 @@ def _nic_spec(nic: VmNic) -> NicSpec:
         vhost=Vhost(nic.vhost),
         link_up=nic.link_up,
         mtu=nic.mtu,
+        offloads=Offloads(nic.offload_checksum, nic.offload_tso, nic.offload_gso),
     )
     return load_options(spec, nic.options)

@@ -102,6 +102,8 @@ class NicDriver:
     name: ClassVar[str] = ""
     host_link: ClassVar[HostLink] = HostLink.NONE
     multiqueue: ClassVar[bool] = False  # carries several queue pairs (virtio-net mq)
+    # carries a virtio-net header (a kernel tap: IFF_VNET_HDR), so offloads can be negotiated
+    vnet_hdr: ClassVar[bool] = False
     joins_hub: ClassVar[bool] = True  # with no guest NIC (model null) it may join a hub
     owns_hub: ClassVar[bool] = False  # its `hub` is the hub the guest NIC itself sits on
     mtu_refused: ClassVar[str | None] = None  # why an MTU cannot be set on it

@@ -7,9 +7,10 @@ Pure data (stdlib only). `NicSpec.backend` names a driver in app.domain.nics' re
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.domain.errors import InvalidInput
+from app.domain.nics.offloads import Offloads
 
 QUEUES = (1, 16)
 PORTS = (1, 65535)
@@ -90,6 +91,8 @@ class NicSpec:
     vhost: Vhost = Vhost.AUTO
     link_up: bool = True
     mtu: int | None = None  # virtio's host_mtu; the tap's MTU on the bridge and tap backends
+    # virtio's checksum/TSO/GSO switches (app.domain.nics.offloads)
+    offloads: Offloads = field(default_factory=Offloads)
     # macvtap backend (issue 13): the host interface it sits on and its IFLA_MACVLAN_MODE
     parent: str | None = None
     macvtap_mode: str | None = None

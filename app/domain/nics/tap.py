@@ -19,6 +19,7 @@ class TapNetdev(NicDriver):
     """A backend whose NIC is a kernel tap (QEMU's `-netdev tap`, qemu-options.hx)."""
 
     multiqueue: ClassVar[bool] = True
+    vnet_hdr: ClassVar[bool] = True
     hotplug: ClassVar[bool] = True
     vhost: ClassVar[bool] = True
 

@@ -16,7 +16,8 @@ argv). The difference is carried out under the VM's lock, one NIC at a time:
   it pending, said on the VM, finished when the event comes or at the VM's next stop), then
   `netdev_del`, then the taps qemu no longer holds go;
 - re-plug: a running VM's tap deleted by hand is recreated and its NIC unplugged and
-  plugged again (a device's netdev cannot be swapped while it exists).
+  plugged again (a device's netdev cannot be swapped while it exists); not a multi-queue NIC
+  (replugs says why).
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ from app.supervisor.vms.events import ProcessEvents
 from app.supervisor.vms.state import VmState, log
 
 UNPLUG_TIMEOUT = 20.0  # s for the guest to release a device after device_del
+
+
+def replugs(nic: VmNic) -> bool:
+    """Whether a NIC whose tap was deleted by hand can be re-plugged: not a multi-queue one.
+    Unplugging makes the guest's driver let go of its queue pairs, and qemu detaches each
+    queue's tap descriptor (TUNSETQUEUE IFF_DETACH_QUEUE), which fails on a deleted tap:
+    qemu 7.2 then aborts (hw/net/virtio-net.c, virtio_net_set_queue_pairs asserts), taking
+    the whole VM down. Such a NIC stays cut off until the VM is stopped and started."""
+    return nic.queues <= 1
 
 
 def guest_nic_indexes(nics: Sequence[VmNic]) -> set[int]:
@@ -76,7 +86,9 @@ class Hotplug(ProcessEvents):
             return hotplug_refusal(vm_spec(row, [nic]).nics[0], Machine(row.machine)) is None
 
         lost = {
-            i for i, nic in by_index.items() if nic.tap_name in state.lost_taps and pluggable(nic)
+            i
+            for i, nic in by_index.items()
+            if nic.tap_name in state.lost_taps and pluggable(nic) and replugs(nic)
         }
         unplug = (state.plugged - set(by_index)) | (lost & state.plugged)
         wanted = sorted(set(by_index) - (state.plugged - lost))

@@ -152,14 +152,15 @@ class Launcher(ProcessEvents):
             self._publish(state, "drift_repaired", f"{what}: applied")
         self._note_limits(state, check.limit_problems)
         for name in repaired:
-            what = f"tap {name} was off its bridge or its port settings changed"
+            what = f"link {name} was down, off its bridge or its port settings changed"
             log.warning("VM %s: %s; repaired", state.vm_id, what)
             self._publish(state, "drift_repaired", f"{what}: repaired")
         state.lost_taps |= set(lost)  # re-plugged where the VM can (app.supervisor.vms.hotplug)
         if lost and state.tap_problem is None:
             state.tap_problem = (
                 f"tap(s) {', '.join(lost)} deleted by hand (qemu holds the deleted device): "
-                "re-plugging the NIC where the VM can hot-plug it (pc machine), else the guest "
+                "re-plugging the NIC where the VM can hot-plug it (pc machine, one queue pair: "
+                "qemu aborts when a guest lets go of queues whose tap is gone), else the guest "
                 "is cut off from its bridge until the VM is stopped and started"
             )
             log.warning("VM %s: %s", state.vm_id, state.tap_problem)
