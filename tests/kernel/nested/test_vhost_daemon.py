@@ -8,7 +8,10 @@ is in, 0600 root), with the in-process app and qemu running as the unprivileged 
   opened it: the qemu user could not), NIC 1's netdev names none; each NIC's `fd=` is a tap
   descriptor; the kernel's vhost worker thread `vhost-<qemu pid>` exists, once (qemu's
   VHOST_SET_OWNER at netdev init makes it), and goes with qemu; the devices endpoint reports
-  `vhost` null for both (qemu starts vhost only once a guest's driver starts the device).
+  `vhost` null for both (qemu starts vhost only once a guest's driver starts the device);
+- a third NIC with `vhost: on` hot-plugged into the running qemu (its tap and /dev/vhost-net
+  descriptors passed by QMP getfd, netdev_add's `vhostfd`): a second /dev/vhost-net
+  descriptor and a second worker thread.
 
 No guest boots here: the test guest under TCG inside the TCG nested host did not reach its
 init within 350 s (two guests sharing the nested vCPU, bench/vhost.py, 2026-12-01), far
@@ -161,10 +164,23 @@ def test_vhost_on_and_off_nics_of_one_vm(netns: str, modules: Callable[..., None
             assert os.readlink(f"/proc/{pid}/fd/{tap_fd}") == "/dev/net/tun"
         assert len(vhost_threads(pid)) == 1, "one vhost worker thread: NIC 0's"
 
+        # hot-plug (QMP getfd, then netdev_add with vhostfd): a third NIC with vhost on
+        nic = {"backend": "bridge", "bridge": "br0", "vhost": "on"}
+        plugged = time.monotonic()
+        ok(api.post(f"/v1/vms/{vm['id']}/nics?wait=120", json=nic), 201)
+        until(lambda: len(vhost_fds(pid)) == 2, 60, "qemu holds the plugged NIC's vhost fd")
+        assert len(vhost_threads(pid)) == 2, "a second vhost worker: the plugged NIC's"
+        timings["hotplug"] = time.monotonic() - plugged
+        assert ok(api.get(f"/v1/vms/{vm['id']}"), 200)["status_reason"] is None
+
         # as qemu reports it (x-query-virtio-status), not as asked: no guest driver started
         # either device, so qemu has not started vhost on NIC 0 yet
         devices = ok(api.get(f"/v1/vms/{vm['id']}/devices"), 200)
-        assert [(d["id"], d["vhost"]) for d in devices] == [("nic0", None), ("nic1", None)]
+        assert [(d["id"], d["vhost"]) for d in devices] == [
+            ("nic0", None),
+            ("nic1", None),
+            ("nic2", None),
+        ]
         ok(api.delete(f"/v1/vms/{vm['id']}?force=true&wait=60"), 200, 202, 204)
         until(lambda: not Path(f"/proc/{pid}").exists(), 60, "qemu ends")
         assert not vhost_threads(pid)
