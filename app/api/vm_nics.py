@@ -17,6 +17,7 @@ from fastapi import APIRouter, Path, Request, Response
 from app.api.deps import AppContext, Wait, caller_of, context
 from app.api.presenters import vm_out
 from app.api.strict import StrictRoute
+from app.api.vms import host_facts
 from app.api.waiting import settle_response
 from app.db.models import Vm
 from app.schemas.common import PROBLEM_RESPONSES
@@ -24,7 +25,7 @@ from app.schemas.vms import NicIn, NicOut, NicPatch
 from app.schemas.vms import Vm as VmOut
 from app.services.nic_limits import NicLimitService
 from app.services.vm_nics import VmNicService
-from app.services.vms import HostFacts, VmService
+from app.services.vms import VmService
 
 router = APIRouter(
     prefix="/v1/vms", tags=["vms"], responses=PROBLEM_RESPONSES, route_class=StrictRoute
@@ -55,7 +56,7 @@ async def add_vm_nic(
     with the NIC while the VM has not settled (the VM's operation in the headers), 201 once
     it has (with ?wait=); a plug that failed shows in the VM's `status_reason`."""
     ctx, caller = context(request), caller_of(request)
-    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    host = await host_facts(ctx, [body])
     leases = ctx.inspector.leases
     row, nic, op = await ctx.mutate(
         lambda s: VmNicService(s, caller).add(vm_id, body, host, leases)

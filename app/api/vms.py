@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -17,10 +17,11 @@ from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
 from app.domain.errors import NotFound
+from app.domain.nics import HostLink, nic_driver
 from app.domain.vm_actions import VmVerb
 from app.domain.vms import MTU_MODEL, PERIPHERALS, peripheral_nics
 from app.schemas.common import PROBLEM_RESPONSES
-from app.schemas.vms import DeviceOut, LinkState, VmCreate, VmPage, VmPatch
+from app.schemas.vms import DeviceOut, LinkState, NicIn, VmCreate, VmPage, VmPatch
 from app.schemas.vms import Vm as VmOut
 from app.services.port_security import observed_states
 from app.services.vms import HostFacts, VmPowerService, VmService
@@ -63,16 +64,25 @@ async def create_vm(
 ) -> VmOut | Response:
     """Create a VM; with power_state running (the default) it starts at once."""
     ctx, caller = context(request), caller_of(request)
-    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
-    parents = {nic.parent for nic in body.nics if nic.parent is not None}
-    if parents:  # macvtap NICs: their parents as netlink reports them now
-        looked_up = {name: await ctx.host(ctx.inspector.parent_link, name) for name in parents}
-        host = dataclasses.replace(host, parents=looked_up)
+    host = await host_facts(ctx, body.nics)
     leases = ctx.inspector.leases
     row, _, op = await ctx.mutate(
         lambda s: VmService(s, caller).create(body, host, leases, ctx.tenant_images)
     )
     return await _finish(ctx, response, row, op, wait, 201)
+
+
+async def host_facts(ctx: AppContext, nics: Sequence[NicIn]) -> HostFacts:
+    """The probed host's facts for creating `nics`: the capabilities, each macvtap parent as
+    netlink reports it now, and the SR-IOV pool where a NIC takes a VF."""
+    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    parents = {nic.parent for nic in nics if nic.parent is not None}
+    if parents:  # macvtap NICs: their parents as netlink reports them now
+        looked_up = {name: await ctx.host(ctx.inspector.parent_link, name) for name in parents}
+        host = dataclasses.replace(host, parents=looked_up)
+    if any(nic_driver(nic.backend).host_link is HostLink.VF for nic in nics):
+        host = dataclasses.replace(host, sriov=await ctx.host(ctx.inspector.sriov_pool))
+    return host
 
 
 @router.get("", operation_id="list_vms", response_model=VmPage)

@@ -70,18 +70,20 @@ def validate_pci_address(value: str) -> str:
 
 
 def validate_num_vfs(pf: PhysicalFunction, wanted: int, in_use: set[int]) -> None:
-    """InvalidInput when `wanted` is beyond the device; Conflict when it would remove a VF a
-    NIC holds (`in_use`: indexes of the PF's claimed VFs)."""
+    """InvalidInput when `wanted` is beyond the device; Conflict when the count would change
+    while NICs hold VFs of the PF (`in_use`: their indexes). Any change removes every VF (a
+    non-zero count changes only through 0), and a VF vfio-pci holds for a running qemu would
+    block the removal."""
     if isinstance(wanted, bool) or not 0 <= wanted <= pf.total_vfs:
         raise InvalidInput(
             f"num_vfs of {pf.name} must be between 0 and {pf.total_vfs} (sriov_totalvfs), "
             f"not {wanted}"
         )
-    held = sorted(i for i in in_use if i >= wanted)
-    if held:
+    if in_use and wanted != pf.num_vfs:
+        held = ", ".join(map(str, sorted(in_use)))
         raise Conflict(
-            f"{pf.name}: VF(s) {', '.join(map(str, held))} are held by VM NICs; "
-            f"num_vfs {wanted} would remove them"
+            f"{pf.name}: VF(s) {held} are held by VM NICs; changing num_vfs removes every VF "
+            "(the kernel changes a count only through 0): delete those NICs or VMs first"
         )
 
 

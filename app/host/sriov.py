@@ -30,6 +30,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from app.domain.nics.spec import VfSpec
 from app.domain.sriov import (
     FREE_CONFIG,
     VFIO_DRIVER,
@@ -302,3 +303,33 @@ def unbind_vfio(address: str) -> None:
     if group is not None and (DEV_VFIO / group).exists():
         with contextlib.suppress(OSError):
             os.chown(DEV_VFIO / group, 0, 0)
+
+
+# ---- a VM NIC's VF --------------------------------------------------------------------------
+
+
+def hand_vf(ipr: IPRoute, vf: VfSpec, mac: str, owner: tuple[int, int] | None) -> None:
+    """Make VF `vf` the NIC's: its MAC, VLAN, spoof check and trust set on the PF (read
+    back), then bound to vfio-pci with its group node the qemu user's (`owner`). Order: the
+    settings first, while the VF's own driver may still hold it (the PF's driver takes them
+    either way), so a failure leaves the VF unbound."""
+    pf = find_pf(vf.pf)
+    if pf is None:
+        raise SriovError(f"PF {vf.pf} of VF {vf.pci_address} is gone", errno.ENODEV)
+    at_index = dict(vf_addresses(PCI_DEVICES / pf.pci_address)).get(vf.index)
+    if at_index != vf.pci_address:
+        raise SriovError(
+            f"VF {vf.index} of {vf.pf} is {at_index or 'absent'}, not {vf.pci_address} "
+            "(num_vfs changed under the NIC)",
+            errno.ENODEV,
+        )
+    config = VfConfig(mac=mac, vlan=vf.vlan or 0, spoof_check=vf.spoof_check, trust=vf.trust)
+    configure_vf(ipr, vf.pf, vf.index, config)
+    bind_vfio(vf.pci_address, owner)
+
+
+def release_vf(ipr: IPRoute, vf: VfSpec) -> None:
+    """VF `vf` back to the pool once qemu has let it go: its own driver, free settings."""
+    unbind_vfio(vf.pci_address)
+    if find_pf(vf.pf) is not None and (PCI_DEVICES / vf.pci_address).exists():
+        restore_vf(ipr, vf.pf, vf.index)
