@@ -18,6 +18,7 @@ from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
 from app.domain.errors import NotFound
 from app.domain.nics import HostLink, nic_driver
+from app.domain.sriov import VFIO_DRIVER as VFIO_DEVICE
 from app.domain.vm_actions import VmVerb
 from app.domain.vms import MTU_MODEL, PERIPHERALS, peripheral_nics
 from app.schemas.common import PROBLEM_RESPONSES
@@ -279,6 +280,10 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
             path = f"{PERIPHERALS}/nic{index}"
             kind = str(_qmp(ctx, row.id, "qom-get", path=path, property="type"))
             nic = stored.get(f"nic{index}")
+            if kind == VFIO_DEVICE:  # a VF passed through: no mac property, a host device
+                host = str(_qmp(ctx, row.id, "qom-get", path=path, property="host"))
+                devices.append(DeviceOut(id=f"nic{index}", type=kind, host=host))
+                continue
             devices.append(
                 DeviceOut(
                     id=f"nic{index}",

@@ -727,6 +727,12 @@ class DeviceOut(BaseModel):
     mtu: int | None = Field(
         default=None, description="The MTU qemu advertises to the guest (virtio's host_mtu)"
     )
+    host: str | None = Field(
+        default=None,
+        description="vfio-pci (an SR-IOV NIC): the host PCI device qemu passes through (its "
+        "`host` property); its MAC is the VF's, not a qemu property (null)",
+        examples=["0000:01:10.0"],
+    )
 
 
 class LinkState(RequestModel):

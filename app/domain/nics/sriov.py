@@ -32,11 +32,14 @@ def stored_vf(options: Mapping[str, Any]) -> VfSpec:
     """The VF from an sriov NIC's stored options (KeyError/TypeError/ValueError: damaged)."""
     vlan = options.get("vf_vlan")
     spoof, trust = options.get("spoof_check", True), options.get("trust", False)
+    pf, address = options["pf"], options["vf"]
     if not isinstance(spoof, bool) or not isinstance(trust, bool):
         raise TypeError("spoof_check and trust are booleans")
+    if not isinstance(pf, str) or not isinstance(address, str):
+        raise TypeError("pf and vf are strings")
     return VfSpec(
-        pf=str(options["pf"]),
-        pci_address=str(options["vf"]),
+        pf=pf,
+        pci_address=address,
         index=int(options["vf_index"]),
         vlan=None if vlan is None else int(vlan),
         spoof_check=spoof,
