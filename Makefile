@@ -30,9 +30,12 @@ test: deps qemu-user lint
 
 # the kernel test tier's cache (tests/kernel/README.md): Debian's kernel, modules, kmod and an
 # initramfs under tests/.cache/kernel/; pytest builds it on first use too. REFRESH=1 re-derives
-# the kernel package from `apt-cache depends linux-image-amd64` instead of the pinned one.
+# the kernel package from `apt-cache depends linux-image-amd64` instead of the pinned one. Then
+# QEMU 10 for the qemu that boots the nested host (its emulated igb has SR-IOV), unpacked under
+# tests/.cache/qemu/ through a private apt state, never installed (tests/kernel/outer_qemu.py).
 kernel-tier: deps
 	$(BIN)/python -m tests.kernel.build $(if $(REFRESH),--refresh)
+	$(BIN)/python -m tests.kernel.outer_qemu
 
 # the unprivileged user every qemu runs as by default (settings: qemu_user)
 qemu-user:

@@ -16,8 +16,11 @@ from app.schemas.host import (
     DiagnosticCheck,
     HostInterface,
     HostRoute,
+    SriovNumVfs,
+    SriovPf,
 )
 from app.services.networks import NetworkService
+from app.services.sriov import SriovService
 from app.services.uplinks import UplinkService
 
 # the host's own interfaces, routes, probes and diagnostics are the provider's: admins only
@@ -50,6 +53,34 @@ async def get_host_capabilities(request: Request) -> Capabilities:
     """What this host can do, probed by trying (cached after the first probe)."""
     ctx = context(request)
     return Capabilities(**await ctx.host(ctx.inspector.capabilities))
+
+
+@router.get("/sriov", operation_id="list_sriov_pfs", response_model=list[SriovPf])
+async def list_sriov_pfs(request: Request) -> list[SriovPf]:
+    """The SR-IOV physical functions (PFs) and their virtual functions (VFs): how many each
+    can have and has (sysfs sriov_totalvfs, sriov_numvfs), each VF's PCI address, driver,
+    IOMMU group and settings on the PF (netlink IFLA_VFINFO_LIST: MAC, VLAN, spoof check,
+    trust), and which VM NIC (`backend: sriov`) holds it, or null: free. [] on a host
+    without SR-IOV (capabilities `sriov` says why)."""
+    ctx = context(request)
+    pfs = await ctx.host(ctx.inspector.sriov_pool)
+    return [SriovPf(**pf) for pf in await ctx.read(lambda s: SriovService(s).view(pfs))]
+
+
+@router.put("/sriov/{pf}", operation_id="set_sriov_num_vfs", response_model=SriovPf)
+async def set_sriov_num_vfs(pf: str, body: SriovNumVfs, request: Request) -> SriovPf:
+    """Give PF `pf` `num_vfs` virtual functions (sysfs sriov_numvfs; 0 first when changing a
+    non-zero count, as the kernel requires). Done at once on the host, not by the
+    supervisor: the VF count is the hardware's, not a resource of kvmnetd's. 404 for an
+    unknown PF, 422 beyond its total_vfs, 409 while VM NICs hold VFs of it (a NIC created
+    between the check and the write is refused by the pool it reads: its VF is gone)."""
+    ctx = context(request)
+    pfs = await ctx.host(ctx.inspector.sriov_pool)
+    await ctx.read(lambda s: SriovService(s).check_num_vfs(pfs, pf, body.num_vfs))
+    await ctx.host(ctx.inspector.set_num_vfs, pf, body.num_vfs)
+    after = await ctx.host(ctx.inspector.sriov_pool)
+    shown = await ctx.read(lambda s: SriovService(s).view([p for p in after if p.name == pf]))
+    return SriovPf(**shown[0])
 
 
 @router.get(

@@ -17,7 +17,9 @@ from app.api.strict import StrictRoute
 from app.api.waiting import settle_response
 from app.db.models import Operation, Vm
 from app.domain.errors import Unavailable
+from app.domain.nics import HostLink, nic_driver
 from app.domain.nics.offloads import negotiated
+from app.domain.sriov import VFIO_DRIVER as VFIO_DEVICE
 from app.domain.virtio import backend_path, parse_status
 from app.domain.vm_actions import VmVerb
 from app.domain.vms import MTU_MODEL, PERIPHERALS, peripheral_nics
@@ -61,17 +63,6 @@ NIC_REF = (
 NicRef = Annotated[str, Path(description=NIC_REF, max_length=64)]
 
 
-async def host_facts(ctx: AppContext, nics: Sequence[NicIn] = ()) -> HostFacts:
-    """What validation needs of the host for these NICs: the capabilities, and the parents
-    of macvtap NICs as netlink reports them now."""
-    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
-    parents = {nic.parent for nic in nics if nic.parent is not None}
-    if parents:
-        looked_up = {name: await ctx.host(ctx.inspector.parent_link, name) for name in parents}
-        host = dataclasses.replace(host, parents=looked_up)
-    return host
-
-
 @router.post(
     "",
     operation_id="create_vm",
@@ -90,6 +81,19 @@ async def create_vm(
         lambda s: VmService(s, caller).create(body, host, leases, ctx.tenant_images)
     )
     return await _finish(ctx, response, row, op, wait, 201)
+
+
+async def host_facts(ctx: AppContext, nics: Sequence[NicIn]) -> HostFacts:
+    """The probed host's facts for creating `nics`: the capabilities, each macvtap parent as
+    netlink reports it now, and the SR-IOV pool where a NIC takes a VF."""
+    host = HostFacts.from_capabilities(await ctx.host(ctx.inspector.capabilities))
+    parents = {nic.parent for nic in nics if nic.parent is not None}
+    if parents:  # macvtap NICs: their parents as netlink reports them now
+        looked_up = {name: await ctx.host(ctx.inspector.parent_link, name) for name in parents}
+        host = dataclasses.replace(host, parents=looked_up)
+    if any(nic_driver(nic.backend).host_link is HostLink.VF for nic in nics):
+        host = dataclasses.replace(host, sriov=await ctx.host(ctx.inspector.sriov_pool))
+    return host
 
 
 @router.get("", operation_id="list_vms", response_model=VmPage)
@@ -305,6 +309,10 @@ async def list_vm_devices(vm_id: str, request: Request) -> list[DeviceOut]:
             path = f"{PERIPHERALS}/nic{index}"
             kind = str(_qmp(ctx, row.id, "qom-get", path=path, property="type"))
             nic = stored.get(f"nic{index}")
+            if kind == VFIO_DEVICE:  # a VF passed through: no mac property, a host device
+                host = str(_qmp(ctx, row.id, "qom-get", path=path, property="host"))
+                devices.append(DeviceOut(id=f"nic{index}", type=kind, host=host))
+                continue
             devices.append(
                 DeviceOut(
                     id=f"nic{index}",

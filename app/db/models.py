@@ -50,6 +50,8 @@ def new_id() -> str:
 
 ID_MAX = 2**32 - 2  # uid/gid: (uid_t)-1 means "none" to the kernel
 MAC_GLOB = ":".join(["[0-9a-f][0-9a-f]"] * 6)
+# a PCI address as sysfs names it (app.domain.sriov.PCI_ADDRESS): dddd:bb:dd.f
+PCI_GLOB = "[0-9a-f][0-9a-f][0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-1][0-9a-f].[0-7]"
 
 
 def _check(table: str, what: str, sql: str) -> CheckConstraint:
@@ -321,6 +323,25 @@ class LinkName(Base):
     name: Mapped[str] = mapped_column(String(15), primary_key=True)
     resource: Mapped[str] = mapped_column(String(16))
     resource_id: Mapped[str] = mapped_column(String(36), index=True)
+
+
+class VfClaim(Base):
+    """An SR-IOV virtual function held by one VM NIC (the sriov backend, migration 0026): the
+    primary key makes sure two NICs never get one VF. It goes with the NIC, or with the VM."""
+
+    __tablename__ = "vf_claims"
+
+    pci_address: Mapped[str] = mapped_column(String(12), primary_key=True)
+    pf: Mapped[str] = mapped_column(String(15))
+    vf_index: Mapped[int] = mapped_column(Integer)
+    vm_id: Mapped[str] = mapped_column(String(36), index=True)
+    nic_id: Mapped[str] = mapped_column(String(36))
+
+    __table_args__ = (
+        UniqueConstraint("nic_id", name="uq_vf_claims_nic_id"),
+        _check("vf_claims", "pci_address", f"pci_address GLOB '{PCI_GLOB}'"),
+        _check("vf_claims", "vf_index", "vf_index >= 0"),
+    )
 
 
 class EventSequence(Base):

@@ -125,6 +125,10 @@ def qemu_argv(
         argv += ["-cpu", "host"]
     argv += boot_args(spec)
     for index, nic in spec.indexed_nics():
+        own = nic_driver(nic.backend).qemu_args(index, nic)
+        if own is not None:  # a VF passed through: no netdev
+            argv += own
+            continue
         fds = (tap_fds or {}).get(nic.id)
         vhost = (vhost_fds or {}).get(nic.id, ())
         argv += ["-netdev", netdev_arg(index, nic, vhost_net, fds, vhost)]

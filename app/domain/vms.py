@@ -169,7 +169,13 @@ def validate_nic(
     `vhost_missing`: why /dev/vhost-net does not work here (None: it does)."""
     driver = nic_driver(nic.backend)
     validate_hub(nic, driver)
-    if nic.model is not None:
+    if driver.device_model is not None:
+        if nic.model != driver.device_model:
+            raise InvalidInput(
+                f"the {nic.backend} backend's guest device is {driver.device_model}, "
+                f"not {nic.model!r}"
+            )
+    elif nic.model is not None:
         validate_nic_model(nic.model, machine, available)
     validate_mac(nic.mac)
     bounded("queues", nic.queues, QUEUES)

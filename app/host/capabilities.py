@@ -34,6 +34,7 @@ from app.domain.vlans import FEATURE_SOURCES, KernelFeature
 from app.host.macvtap import macvtap_device
 from app.host.netlink import LinkError
 from app.host.procs import pid_exists
+from app.host.sriov import physical_functions
 from app.host.tc import ensure_limits, police_available
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class ProbeRunner:
 
 PROBE_NETNS_PREFIX = "kvmnetd-probe-"
 NETNS_DIR = Path("/run/netns")
+IOMMU_GROUPS = Path("/sys/kernel/iommu_groups")
 
 
 def _sweep_stale_probe_namespaces() -> None:
@@ -341,6 +343,22 @@ def load_module(runner: ProbeRunner, module: str) -> str | None:
     return f"{modprobe} {module} failed ({outcome}){detail}"
 
 
+def probe_sriov() -> dict[str, Any]:
+    """SR-IOV NICs for the sriov backend: a physical function in sysfs, and an IOMMU
+    (vfio-pci takes a VF only in an IOMMU group; Debian's kernel has no no-IOMMU mode)."""
+    pfs = physical_functions()
+    if not pfs:
+        return {"available": False, "reason": "no SR-IOV physical function"}
+    names = ", ".join(pf.name for pf in pfs)
+    if not any(IOMMU_GROUPS.glob("*")):
+        return {
+            "available": False,
+            "reason": f"no IOMMU (vfio-pci needs one: intel_iommu=on or amd_iommu=on); "
+            f"physical functions: {names}",
+        }
+    return {"available": True, "reason": None}
+
+
 def probe_tun_device() -> dict[str, Any]:
     try:
         os.close(os.open("/dev/net/tun", os.O_RDWR))
@@ -525,6 +543,7 @@ def probe_capabilities(
         "rate_limit": rate_limit,
         "tun_device": probe_tun_device(),
         "vhost_net": probe_vhost_net(runner),
+        "sriov": probe_sriov(),
         "nftables": probe_nftables(runner),
         "qemu": qemu,
         "accelerators": accelerators,

@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute, NetlinkError
 
 from app.domain import port_security
-from app.domain.errors import Unavailable
+from app.domain.errors import Conflict, NotFound, Unavailable
 from app.domain.links import MARK_PREFIX, LinkKind, parse_mark
 from app.domain.nat_rules import drop_counter, network_chain
 from app.domain.nics.macvtap import ParentLink
 from app.domain.path_probe import ProbeTarget
+from app.domain.sriov import PhysicalFunction
 from app.domain.uplinks import attach_steps, dhcp_refusal
 from app.host import nft, rtnl, uplink
 from app.host.addresses import AddressReadError, HostPrefix, check_subnet_clashes, host_prefixes
@@ -37,6 +38,7 @@ from app.host.dnsmasq import DnsmasqPaths, output_tail, read_leases
 from app.host.macvtap import parent_link
 from app.host.netns import enter_for_this_thread
 from app.host.rtnl import RawLink
+from app.host.sriov import SriovError, find_pf, physical_functions, restore_vf, set_num_vfs
 from app.host.vlans import FeatureMissing, VlanError, VlanOps
 
 T = TypeVar("T")
@@ -168,6 +170,34 @@ class LiveHostInspector:
         info = msg.get_attr("IFLA_LINKINFO")
         kind = info.get_attr("IFLA_INFO_KIND") if info else None
         return {"name": name, "kind": kind, "ifindex": msg["index"]}
+
+    def sriov_pool(self) -> list[PhysicalFunction]:
+        """The SR-IOV PFs and their VFs (app.host.sriov), each VF's settings read through
+        netlink on its PF in the managed namespace."""
+
+        def read() -> list[PhysicalFunction]:
+            with IPRoute() as ipr:
+                return physical_functions(ipr)
+
+        return self._on_inspector_thread(read)
+
+    def set_num_vfs(self, pf: str, num_vfs: int) -> None:
+        """`sriov_numvfs` of PF `pf` (app.host.sriov.set_num_vfs); the new VFs get the
+        settings of free ones (the PF's driver may give them others). SriovError on failure."""
+
+        def change() -> None:
+            found = find_pf(pf)
+            if found is None:
+                raise NotFound(f"{pf} is not an SR-IOV physical function on this host")
+            try:
+                set_num_vfs(found, num_vfs)
+                with IPRoute() as ipr:
+                    for index in range(num_vfs):
+                        restore_vf(ipr, pf, index)
+            except SriovError as exc:
+                raise Conflict(f"the kernel refused: {exc}") from exc
+
+        self._on_inspector_thread(change)
 
     def parent_link(self, name: str) -> ParentLink | None:
         """Link `name` as a macvtap parent candidate (app.host.macvtap); None: absent."""

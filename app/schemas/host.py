@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Counters(BaseModel):
@@ -121,6 +121,14 @@ class Capabilities(BaseModel):
     )
     tun_device: Feature
     vhost_net: Feature
+    sriov: Feature = Field(
+        default_factory=lambda: Feature(
+            available=False, reason="not probed", kernel_config=None, module=None
+        ),
+        description="SR-IOV virtual functions for the sriov NIC backend: a physical function "
+        "in sysfs (sriov_totalvfs) and an IOMMU for vfio-pci; reason `no SR-IOV physical "
+        "function` on a host without one (GET /v1/host/sriov lists them)",
+    )
     nftables: Nftables
     qemu: QemuInfo
     accelerators: dict[str, AcceleratorProbe]
@@ -156,3 +164,59 @@ class DiagnosticCheck(BaseModel):
     severity: Literal["error", "warning", "info"]
     detail: str
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class SriovVf(BaseModel):
+    """One virtual function of a physical function (sysfs `virtfnN`), with what the PF's
+    driver reports for it through netlink (IFLA_VFINFO_LIST; ip-link(8) `vf N ...`)."""
+
+    index: int = Field(description="N of the PF's virtfnN (ip-link(8) `vf N`)")
+    pci_address: str = Field(examples=["0000:01:10.0"])
+    driver: str | None = Field(
+        None,
+        description="The driver bound now: its own (igbvf, iavf, ...), vfio-pci while a "
+        "VM's qemu holds it, null: none",
+    )
+    netdev: str | None = Field(
+        None, description="Its network interface, while its own driver holds it"
+    )
+    iommu_group: int | None = Field(
+        None,
+        description="Its IOMMU group (/dev/vfio/<group>); null: no IOMMU, so vfio-pci "
+        "cannot take it (boot with intel_iommu=on or amd_iommu=on)",
+    )
+    mac: str | None = Field(None, description="The MAC the PF set for it; 00:00:00:00:00:00: none")
+    vlan: int | None = Field(None, description="The VLAN (VID) the PF puts it on; 0: none")
+    spoof_check: bool | None = None
+    trust: bool | None = None
+    vm_id: str | None = Field(None, description="The VM whose NIC holds it; null: free")
+    nic_id: str | None = Field(None, description="The NIC that holds it; null: free")
+
+
+class SriovPf(BaseModel):
+    """An SR-IOV physical function: a host NIC whose PCI device can have virtual functions
+    (Documentation/PCI/pci-iov-howto.rst)."""
+
+    name: str = Field(description="Its network interface", examples=["enp1s0f0"])
+    pci_address: str = Field(examples=["0000:01:00.0"])
+    driver: str | None = Field(None, description="Its driver (igb, ixgbe, i40e, ice, mlx5_core)")
+    total_vfs: int = Field(description="How many VFs the device can have (sriov_totalvfs)")
+    num_vfs: int = Field(description="How many VFs it has now (sriov_numvfs)")
+    free_vfs: int = Field(description="VFs no VM NIC holds")
+    vfs: list[SriovVf]
+
+
+class SriovNumVfs(BaseModel):
+    """PUT /v1/host/sriov/{pf}: how many VFs the PF should have."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_vfs: int = Field(
+        ge=0,
+        le=256,
+        strict=True,
+        description="0 to the PF's total_vfs (sysfs sriov_numvfs). Changing a non-zero count "
+        "removes every VF first (the kernel's rule: write 0, then the new count), so every "
+        "VF is made anew with the settings of a free one; hence 409 while any VM NIC holds a "
+        "VF of this PF (delete those NICs or VMs first). The same count: nothing changes",
+    )

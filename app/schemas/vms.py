@@ -346,6 +346,31 @@ class NicIn(RequestModel):
         "omitted: bridge. In bridge mode the guests on one parent reach each other and the "
         "parent's LAN, but never the host's own address on the parent (kernel behaviour)",
     )
+    # sriov backend (issue 13)
+    pf: LinkNameStr | None = Field(
+        None,
+        description="sriov backend: the SR-IOV physical function (its interface, e.g. enp1s0f0; "
+        "GET /v1/host/sriov) whose free virtual function the NIC takes. Null or omitted: the "
+        "first PF with a free VF. 409 when it has none (PUT /v1/host/sriov/{pf} makes more)",
+        examples=["enp1s0f0"],
+    )
+    vf_vlan: VlanId | None = Field(
+        None,
+        description="sriov backend: the VLAN (802.1Q VID, 1-4094) the PF's switch puts the VF's "
+        "untagged frames on (ip-link(8) `vf N vlan`; Neutron's segmentation_id). Null or "
+        "omitted: none",
+        examples=[100],
+    )
+    spoof_check: bool | None = Field(
+        None,
+        description="sriov backend: the PF drops frames from the VF whose source MAC is not the "
+        "NIC's (ip-link(8) `vf N spoofchk`). Null or omitted: on",
+    )
+    trust: bool | None = Field(
+        None,
+        description="sriov backend: the VF may change its MAC and enter promiscuous or "
+        "all-multicast mode (ip-link(8) `vf N trust`). Null or omitted: off",
+    )
     user: UserNetIn | None = None
     socket: SocketNetIn | None = None
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
@@ -396,6 +421,7 @@ class NicIn(RequestModel):
         self._isolation()
         self._rate_limits()
         self._macvtap_fields()
+        self._sriov_fields()
         return self
 
     def _rate_limits(self) -> None:
@@ -419,6 +445,39 @@ class NicIn(RequestModel):
         for name in ("parent", "macvtap_mode"):
             if getattr(self, name) is not None:
                 raise ValueError(f"`{name}` is for the macvtap backend")
+
+    def _sriov_fields(self) -> None:
+        """pf, vf_vlan, spoof_check and trust are the sriov backend's; its guest device is
+        the VF itself (vfio-pci), so a `model` given is that or null."""
+        if self.backend is not Backend.SRIOV:
+            for name in ("pf", "vf_vlan", "spoof_check", "trust"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"`{name}` is for the sriov backend")
+            return
+        if "model" in self.model_fields_set and self.model not in (None, "vfio-pci"):
+            raise ValueError(
+                "the sriov backend passes the VF itself to the guest (vfio-pci): leave `model` "
+                f"out, not {self.model!r}"
+            )
+        if self.hub is not None:
+            raise ValueError("`hub` is not for the sriov backend (the VF is no QEMU netdev)")
+        emulated = [
+            name
+            for name, given in (
+                ("queues", self.queues != 1),
+                ("mtu", self.mtu is not None),
+                ("vhost", self.vhost is Vhost.ON),
+                ("port_security", self.port_security is True),  # spoof_check is the VF's
+                ("allowed_addresses", self.allowed_addresses is not None),
+            )
+            if given
+        ]
+        if emulated:
+            raise ValueError(
+                f"`{emulated[0]}` is not for the sriov backend: the VF itself is the guest's "
+                "NIC (its queues and MTU are the guest driver's, its anti-spoofing is "
+                "`spoof_check`)"
+            )
 
     def _isolation(self) -> None:
         """Isolation is the flag of a bridge port the NIC's own tap is (the bridge backend's
@@ -635,6 +694,12 @@ class NicOut(BaseModel):
     port: str | None = Field(None, description="port backend: the port's id")
     parent: str | None = Field(None, description="macvtap backend: its host interface")
     macvtap_mode: MacvtapMode | None = Field(None, description="macvtap backend: its mode")
+    pf: str | None = Field(None, description="sriov backend: its physical function")
+    vf: str | None = Field(None, description="sriov backend: its VF's PCI address")
+    vf_index: int | None = Field(None, description="sriov backend: its VF's index on the PF")
+    vf_vlan: int | None = Field(None, description="sriov backend: the VF's VLAN (null: none)")
+    spoof_check: bool | None = Field(None, description="sriov backend: the VF's spoof check")
+    trust: bool | None = Field(None, description="sriov backend: whether the VF is trusted")
     vlan_id: str | None = Field(None, description="The VLAN it is an access port of")
     vlan_tagged: list[int] = Field(
         default_factory=list, description="Trunk NIC: the VIDs it carries tagged ([]: none)"
@@ -749,6 +814,12 @@ class DeviceOut(BaseModel):
         default=None,
         description="virtio: the offloads the guest negotiated (from guest_features); null "
         "until the driver has started the device and for other models",
+    )
+    host: str | None = Field(
+        default=None,
+        description="vfio-pci (an SR-IOV NIC): the host PCI device qemu passes through (its "
+        "`host` property); its MAC is the VF's, not a qemu property (null)",
+        examples=["0000:01:10.0"],
     )
 
 

@@ -34,6 +34,11 @@ def refusal(session: Session, nic: VmNic) -> str | None:
             "port_security needs a NIC whose frames enter a bridge through a tap; a macvtap's "
             "go straight to its parent interface"
         )
+    if driver.host_link is HostLink.VF:
+        return (
+            "port_security needs a NIC whose frames enter a bridge through a tap; an SR-IOV "
+            "VF's go through the NIC's own switch (its anti-spoofing is `spoof_check`)"
+        )
     if driver.host_link is HostLink.NONE:
         return (
             f"port_security needs a NIC whose frames enter a bridge through a tap (the bridge "

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from app.domain.networks import HostPrefix
 from app.domain.nics.macvtap import ParentLink
 from app.domain.path_probe import ProbeTarget
+from app.domain.sriov import PhysicalFunction
 
 
 class HostInspector(Protocol):
@@ -20,6 +21,14 @@ class HostInspector(Protocol):
     def foreign_link(self, name: str) -> dict[str, Any] | None:
         """The link called `name` if it exists and is not kvmnetd's: {"name", "kind",
         "ifindex"}; else None."""
+        ...
+
+    def sriov_pool(self) -> list[PhysicalFunction]:
+        """The host's SR-IOV physical functions and their VFs with their settings."""
+        ...
+
+    def set_num_vfs(self, pf: str, num_vfs: int) -> None:
+        """Give PF `pf` `num_vfs` VFs (sysfs sriov_numvfs); a HostError when it cannot."""
         ...
 
     def parent_link(self, name: str) -> ParentLink | None:

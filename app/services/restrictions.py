@@ -44,6 +44,11 @@ MACVTAP = (
     "a macvtap puts the guest straight on a host interface's LAN, past every bridge, "
     "network and rule of kvmnetd's: the operator's choice"
 )
+SRIOV = (
+    "an SR-IOV virtual function puts the guest on a host NIC's wire through the NIC's own "
+    "switch, past every bridge, network and rule of kvmnetd's, and takes one of the host's "
+    "PCI devices: the operator's choice"
+)
 USER_UNRESTRICTED = (
     "QEMU's user networking lets the guest reach the host's loopback services through its "
     "gateway address (10.0.2.2 by default), and QEMU (7.2 to 10) has no option that only "
@@ -110,6 +115,9 @@ def check_nics(caller: Caller, nics: Iterable[NicIn]) -> None:
         if nic.backend is Backend.MACVTAP:
             field = f"nics[{index}].backend"
             require_admin_for(caller, field, MACVTAP, f"`{field}` macvtap")
+        if nic.backend is Backend.SRIOV:
+            field = f"nics[{index}].backend"
+            require_admin_for(caller, field, SRIOV, f"`{field}` sriov")
         if nic.backend is Backend.USER and not (nic.user is not None and nic.user.restrict):
             field = f"nics[{index}].user.restrict"
             require_admin_for(caller, field, USER_UNRESTRICTED, f"a user NIC without `{field}`")

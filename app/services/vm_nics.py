@@ -20,6 +20,7 @@ from app.db.repositories import (
     HostPortRepository,
     LinkNameRepository,
     PortRepository,
+    VfClaimRepository,
     VmRepository,
     vm_spec,
 )
@@ -120,6 +121,7 @@ class VmNicService:
                 f"({', '.join(p.id for p, _ in peers)}): remove them first"
             )
         HostPortRepository(self.session).release([nic.id])
+        VfClaimRepository(self.session).release_nics([nic.id])  # its VF is free again
         unplug_taps(self.session, [nic.tap_id])  # a port it plugged is free again
         vm.next_nic_index = max(vm.next_nic_index or 0, nic.position + 1)
         # its tap's name stays claimed (LinkName) until the VM goes: the worker removes the

@@ -16,11 +16,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.db.models import LinkName, Operation, Tap, Vm, VmNic, new_id
+from app.db.models import LinkName, Operation, Tap, VfClaim, Vm, VmNic, new_id
 from app.db.repositories import (
     HostPortRepository,
     LinkNameRepository,
     PortRepository,
+    VfClaimRepository,
     VmRepository,
     nic_port,
     vm_spec,
@@ -42,6 +43,7 @@ from app.domain.nics.bridge import trunk_vlans
 from app.domain.nics.macvtap import ParentLink, macvtap_name, require_parent
 from app.domain.nics.offloads import Offloads
 from app.domain.segments import Joiner, SegmentKind
+from app.domain.sriov import PhysicalFunction, free_vf
 from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vhost import vhost_net_missing
 from app.domain.vlans import HostLacksFeature, VlanFacts, require_trunk_nic_support
@@ -91,6 +93,9 @@ class HostFacts:
     # link probe was given), and each requested parent as netlink reported it (None: absent)
     macvtap_missing: str | None = None
     parents: Mapping[str, ParentLink | None] = field(default_factory=dict)
+    # sriov backend (issue 13): the host's SR-IOV physical functions and their VFs as sysfs
+    # showed them when the request came (None: not read, the request has no sriov NIC)
+    sriov: Sequence[PhysicalFunction] | None = None
 
     @classmethod
     def from_capabilities(cls, capabilities: dict[str, Any]) -> HostFacts:
@@ -327,6 +332,7 @@ class VmService:
         claims = _NicClaims(self, row, index, vlan_facts, host)
         spec = driver.admit(spec, nic.model_dump(), claims)
         row.mac = spec.mac  # a port's MAC (plug_port)
+        row.model = spec.model  # the sriov backend's guest device is the VF (vfio-pci)
         taken_macs.add(spec.mac)
         row.options = dump_options(spec)
         return row, spec
@@ -422,6 +428,25 @@ class _NicClaims:
         self.row.tap_id, self.row.tap_name = tap.id, tap.ifname
         join_port(self.session, nic_port(self.row), Joiner.VM_NIC)
         return tap.ifname, found.mac_address, found.id
+
+    def virtual_function(self, pf: str | None) -> tuple[str, str, int]:
+        """The first VF of `pf` (None: of any PF) that no NIC holds, as sysfs showed the pool
+        when the request came (`HostFacts.sriov`), claimed in this transaction (the claim's
+        primary key is the VF's PCI address: a concurrent claim of it fails the commit)."""
+        pool = list(self.host.sriov or ()) if self.host is not None else []
+        claims = VfClaimRepository(self.session)
+        found_pf, vf = free_vf(pool, set(claims.claimed()), pf)
+        self.session.add(
+            VfClaim(
+                pci_address=vf.pci_address,
+                pf=found_pf.name,
+                vf_index=vf.index,
+                vm_id=self.row.vm_id,
+                nic_id=self.row.id,
+            )
+        )
+        self.session.flush()  # the next NIC of this request sees the claim
+        return found_pf.name, vf.pci_address, vf.index
 
     def macvtap(self, parent: str) -> str:
         """The parent must be a host interface that is not ours (a link name kvmnetd claims:

@@ -39,11 +39,13 @@ from app.db.repositories import BridgeFacts, port_master
 from app.domain.links import LinkChanges, LinkKind, LinkSpec, tap_mtu
 from app.domain.nics import HostLink, find_driver, nic_driver
 from app.domain.nics.macvtap import stored_macvtap
+from app.domain.nics.spec import VfSpec
 from app.domain.rate_limits import EgressMethod, RateLimit
 from app.domain.vms import NicSpec
 from app.host.macvtap import create_macvtap, open_macvtap
 from app.host.netlink import LinkError, LinkOps, open_tap_queues
 from app.host.netns import enter_for_this_thread
+from app.host.sriov import hand_vf, release_vf
 from app.host.tc import ensure_limits, police_available, remove_ifb
 from app.host.vhost import VhostError, close_all, open_vhost_net
 
@@ -212,6 +214,30 @@ class VmTaps:
 
     async def remove(self, vm_id: str, names: list[str]) -> None:
         await self._run(self._remove_sync, vm_id, names)
+
+    async def hand_vfs(
+        self, vfs: Sequence[tuple[VfSpec, str]], owner: tuple[int, int] | None
+    ) -> None:
+        """Each (VF, MAC) of SR-IOV NICs configured on its PF and bound to vfio-pci, its
+        group node `owner`'s (app.host.sriov.hand_vf); netlink on this thread's namespace,
+        where the PFs are."""
+        await self._run(self._hand_vfs_sync, vfs, owner)
+
+    async def release_vfs(self, vfs: Sequence[VfSpec]) -> None:
+        """VFs qemu no longer holds back to their own driver, as free ones."""
+        await self._run(self._release_vfs_sync, vfs)
+
+    def _hand_vfs_sync(
+        self, vfs: Sequence[tuple[VfSpec, str]], owner: tuple[int, int] | None
+    ) -> None:
+        ipr = self._link_ops().ipr
+        for vf, mac in vfs:
+            hand_vf(ipr, vf, mac, owner)
+
+    def _release_vfs_sync(self, vfs: Sequence[VfSpec]) -> None:
+        ipr = self._link_ops().ipr
+        for vf in vfs:
+            release_vf(ipr, vf)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

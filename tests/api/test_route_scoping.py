@@ -376,6 +376,9 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/v1/host/interfaces"): ok(200, admin_only=True),
     ("GET", "/v1/host/routes"): ok(200, admin_only=True),
     ("GET", "/v1/host/capabilities"): ok(200, admin_only=True),
+    ("GET", "/v1/host/sriov"): ok(200, admin_only=True),
+    # no SR-IOV physical function on this host: 404 for the admin, 403 for the others
+    ("PUT", "/v1/host/sriov/{pf}"): ok(404, admin_only=True, body=lambda w, p: {"num_vfs": 0}),
     ("GET", "/v1/capabilities"): ok(200, projectless=True),  # the summary: every token
     ("GET", "/v1/host/diagnostics"): ok(200, admin_only=True),
     # events and operations
@@ -513,7 +516,7 @@ def test_route_answers_each_role_and_project_as_the_table_says(
             fresh = case.fresh == kind and allowed
             value = world.fresh(kind, where) if fresh else world.ids[where][kind]
             url = url.replace("{" + name + "}", value)
-    url = url.replace("{index}", "0").replace("{tag}", "scoped")
+    url = url.replace("{index}", "0").replace("{tag}", "scoped").replace("{pf}", "eth0")
     url += case.query.replace("{project}", world.projects[where])
     headers = auth(world.tokens[role])
     body = case.body(world, where) if case.body is not None else None

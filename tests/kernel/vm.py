@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from tests.kernel.build import Tier, build_tier
+from tests.kernel.outer_qemu import OuterQemu, outer_qemu
 
 QEMU = "qemu-system-x86_64"
 # util-linux's setpriv sets the parent-death signal, then execs qemu (prctl(2): it is kept
@@ -36,6 +37,11 @@ NESTED_INIT = HERE / "nested-init.sh"
 RUNS_DIR = Path(os.environ.get("KVT_RUNS_DIR") or HERE.parent / ".cache" / "kernel-runs")
 MEMORY_MIB = 1024
 P9_OPTIONS = "security_model=none,multidevs=remap"
+# KVT_OUTER_QEMU=system boots the nested host on the system qemu (no igb) even where QEMU 10
+# can be had; the SR-IOV tests then skip, saying so
+OUTER_QEMU_ENV = "KVT_OUTER_QEMU"
+# the reason the nested host has no SR-IOV NIC, passed into it (empty: it has one)
+NO_SRIOV_ENV = "KVT_NO_SRIOV"
 
 
 @dataclass
@@ -55,8 +61,34 @@ class NestedRun:
         return self.console[-chars:]
 
 
-def qemu_argv(tier: Tier, results: Path, console: Path) -> list[str]:
-    """QEMU under TCG, 1 vCPU (a second one gains nothing on TCG), no NIC, no display."""
+def igb_argv(outer: OuterQemu) -> list[str]:
+    """What QEMU 10 adds for SR-IOV: its ROMs (-L), a q35 machine (PCIe: SR-IOV needs
+    extended config space), an emulated IOMMU (vfio-pci refuses a VF without one; Debian's
+    kernel has no VFIO no-IOMMU mode) and an Intel igb (82576, igb driver; its VFs are igbvf)
+    on a PCIe root port. The IOMMU comes after the 9p devices (given before these words), so
+    they bypass it and it translates only the igb's and its VFs' DMA; the igb's netdev is a
+    hub port with no other port: its frames go nowhere."""
+    return [
+        "-L",
+        str(outer.datadir),
+        "-machine",
+        "q35",
+        "-device",
+        "intel-iommu,caching-mode=on",
+        "-device",
+        "pcie-root-port,id=kvt-rp1,chassis=1,slot=1",
+        "-netdev",
+        "hubport,id=kvt-igb,hubid=0",
+        "-device",
+        "igb,bus=kvt-rp1,netdev=kvt-igb",
+    ]
+
+
+def qemu_argv(
+    tier: Tier, results: Path, console: Path, outer: OuterQemu | None = None
+) -> list[str]:
+    """QEMU under TCG, 1 vCPU (a second one gains nothing on TCG), no NIC, no display; with
+    `outer` (QEMU 10) also an IOMMU and an SR-IOV capable igb (igb_argv)."""
     cmdline = [
         "console=ttyS0",
         "quiet",
@@ -69,8 +101,10 @@ def qemu_argv(tier: Tier, results: Path, console: Path) -> list[str]:
         f"kvt.init={NESTED_INIT}",
         f"kvt.modprobe={tier.modprobe}",
     ]
+    if outer is not None:
+        cmdline.append("intel_iommu=on")
     return [
-        QEMU,
+        QEMU if outer is None else str(outer.binary),
         "-accel",
         "tcg,thread=multi",
         "-cpu",
@@ -100,7 +134,15 @@ def qemu_argv(tier: Tier, results: Path, console: Path) -> list[str]:
         f"local,path={tier.modules},mount_tag=modules,readonly=on,{P9_OPTIONS}",
         "-virtfs",
         f"local,path={results},mount_tag=results,{P9_OPTIONS}",
+        *(igb_argv(outer) if outer is not None else []),
     ]
+
+
+def choose_outer_qemu() -> tuple[OuterQemu | None, str]:
+    """QEMU 10 for the outer qemu unless KVT_OUTER_QEMU=system; else None and why."""
+    if os.environ.get(OUTER_QEMU_ENV) == "system":
+        return None, f"{OUTER_QEMU_ENV}=system: the nested host runs the system qemu, no igb"
+    return outer_qemu()
 
 
 def write_command(results: Path, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> None:
@@ -185,13 +227,15 @@ def run_nested(
     same path inside."""
     if shutil.which(QEMU) is None:
         raise FileNotFoundError(f"{QEMU} is not installed")
-    write_command(results, argv, cwd, os.environ if env is None else env)
+    outer, no_sriov = choose_outer_qemu()
+    env = {**(os.environ if env is None else env), NO_SRIOV_ENV: no_sriov}
+    write_command(results, argv, cwd, env)
     console, errors = results / "console.log", results / "qemu.err"
     started = time.monotonic()
     timed_out = False
     cancel = Cancel() if cancel is None else cancel
     with errors.open("wb") as err:
-        proc = cancel.popen(qemu_argv(tier, results, console), err)
+        proc = cancel.popen(qemu_argv(tier, results, console, outer), err)
         try:
             if proc is not None:
                 proc.wait(timeout=timeout)

@@ -14,7 +14,12 @@ from app.db.repositories.base import (
     ResourceRepository,
     never_created,
 )
-from app.db.repositories.claims import WILDCARD, HostPortRepository, LinkNameRepository
+from app.db.repositories.claims import (
+    WILDCARD,
+    HostPortRepository,
+    LinkNameRepository,
+    VfClaimRepository,
+)
 from app.db.repositories.dependents import DependentsRepository
 from app.db.repositories.links import (
     BridgeFacts,
@@ -168,6 +173,7 @@ __all__ = [
     "TapRepository",
     "UplinkMove",
     "UplinkRepository",
+    "VfClaimRepository",
     "VlanRepository",
     "VlanWork",
     "VmRepository",

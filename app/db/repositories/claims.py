@@ -1,4 +1,5 @@
-"""Claims on shared host names and ports: kernel link names and host ports."""
+"""Claims on shared host names, ports and devices: kernel link names, host ports and SR-IOV
+virtual functions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import HostPort, LinkName
+from app.db.models import HostPort, LinkName, VfClaim
 from app.db.repositories.base import Repository
 
 WILDCARD = "0.0.0.0"
@@ -53,3 +54,16 @@ class LinkNameRepository(Repository[LinkName]):
         """(link name, resource id) of every name this kind of resource holds."""
         query = select(LinkName.name, LinkName.resource_id).where(LinkName.resource == resource)
         return [(name, resource_id) for name, resource_id in self.session.execute(query)]
+
+
+class VfClaimRepository(Repository[VfClaim]):
+    """SR-IOV VFs held by VM NICs (the sriov backend), by PCI address."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, VfClaim)
+
+    def claimed(self) -> dict[str, VfClaim]:
+        return {c.pci_address: c for c in self.session.scalars(select(VfClaim))}
+
+    def release_nics(self, nic_ids: Sequence[str]) -> None:
+        self.session.execute(delete(VfClaim).where(VfClaim.nic_id.in_(nic_ids)))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.db.models import HostPort, LinkName, Vm, VmNic
+from app.db.models import HostPort, LinkName, VfClaim, Vm, VmNic
 from app.db.repositories.base import ResourceRepository
 from app.domain.nics import load_options
 from app.domain.nics.offloads import Offloads
@@ -49,12 +49,13 @@ class VmRepository(ResourceRepository[Vm]):
         return self.session.scalars(query).first()
 
     def forget(self, vm_id: str) -> None:
-        """Remove a VM's rows for good: its NICs' host port claims, its link names, its
-        NICs, then the VM (the order its foreign keys need)."""
+        """Remove a VM's rows for good: its NICs' host port claims, its link names, its VF
+        claims, its NICs, then the VM (the order its foreign keys need)."""
         nic_ids = list(self.session.scalars(select(VmNic.id).where(VmNic.vm_id == vm_id)))
         if nic_ids:
             self.session.execute(delete(HostPort).where(HostPort.owner_id.in_(nic_ids)))
         self.session.execute(delete(LinkName).where(LinkName.resource_id == vm_id))
+        self.session.execute(delete(VfClaim).where(VfClaim.vm_id == vm_id))
         self.session.execute(delete(VmNic).where(VmNic.vm_id == vm_id))
         self.session.execute(delete(Vm).where(Vm.id == vm_id))
 

@@ -4,7 +4,7 @@ module in this package plus its import below (and its request fields in app.sche
 
 from __future__ import annotations
 
-from app.domain.nics import bridge, hub, macvtap, port, socket, tap, user
+from app.domain.nics import bridge, hub, macvtap, port, socket, sriov, tap, user
 from app.domain.nics.registry import (
     HostLink,
     HostLinkNeed,
@@ -26,7 +26,7 @@ from app.domain.nics.registry import (
     validate_hub,
 )
 
-BUILT_IN = (bridge, hub, macvtap, port, socket, tap, user)
+BUILT_IN = (bridge, hub, macvtap, port, socket, sriov, tap, user)
 
 __all__ = [
     "BUILT_IN",

@@ -40,6 +40,7 @@ class HostLink(enum.StrEnum):
     VM_TAP = "vm-tap"  # a tap the VM worker makes for this NIC and attaches to its bridge
     TAP = "tap"  # one of our tap resources, kept by the link worker (maybe a routed tap)
     VM_MACVTAP = "vm-macvtap"  # a macvtap the VM worker makes for this NIC on a host link
+    VF = "vf"  # an SR-IOV virtual function the VM worker hands qemu through vfio-pci
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,11 @@ class NicClaims(Protocol):
         (claimed). 409 when `parent` is absent, unsuitable or one of our links."""
         ...
 
+    def virtual_function(self, pf: str | None) -> tuple[str, str, int]:
+        """A free SR-IOV VF for this NIC (claimed) on PF `pf` (None: any PF with one):
+        (PF name, VF PCI address, VF index). 409 naming why there is none."""
+        ...
+
     def claim_port(self, protocol: str, address: str, port: int) -> None:
         """A host port for this NIC (409 when another holds it)."""
         ...
@@ -117,6 +123,9 @@ class NicDriver:
     hotplug: ClassVar[bool] = False
     # its traffic can go through vhost-net: qemu's tap netdev (app.domain.vhost)
     vhost: ClassVar[bool] = False
+    # the guest device this backend always is (sriov: vfio-pci, the VF itself), instead of
+    # an emulated NIC model; None: the NIC's `model`
+    device_model: ClassVar[str | None] = None
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         """The spec of a NIC from a request's NIC fields (the API's NicIn as plain data)."""
@@ -158,6 +167,11 @@ class NicDriver:
         """QEMU's `-netdev` value for this NIC (`fds`: descriptors of its host link;
         `vhost_fds`: of /dev/vhost-net, one per queue, where it uses vhost-net)."""
         raise NotImplementedError(f"the {self.name} backend has no -netdev")
+
+    def qemu_args(self, index: int, nic: NicSpec) -> list[str] | None:
+        """The whole of this NIC on qemu's command line when it is no `-netdev` with a guest
+        NIC on it (a VF passed through); None: the usual -netdev and -device."""
+        return None
 
     def netdev_qmp(
         self,

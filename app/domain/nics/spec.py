@@ -27,6 +27,7 @@ class Backend(enum.StrEnum):
     HUB = "hub"  # a QEMU-internal hub (the old -net nic,vlan=N)
     PORT = "port"  # one of our port resources (its tap, MAC and fixed IP: Neutron's port)
     MACVTAP = "macvtap"  # a macvtap the daemon makes on a host interface (issue 13)
+    SRIOV = "sriov"  # an SR-IOV virtual function handed to qemu through vfio-pci (issue 13)
 
 
 class Vhost(enum.StrEnum):
@@ -74,6 +75,20 @@ class SocketNet:
 
 
 @dataclass(frozen=True)
+class VfSpec:
+    """An SR-IOV NIC's virtual function: the PF it belongs to, its PCI address and index on
+    the PF, and what the PF's driver sets for it (ip-link(8) `vf N vlan .. spoofchk ..
+    trust ..`; the NIC's MAC is the VF's)."""
+
+    pf: str
+    pci_address: str
+    index: int
+    vlan: int | None = None
+    spoof_check: bool = True
+    trust: bool = False
+
+
+@dataclass(frozen=True)
 class NicSpec:
     """A guest NIC on a backend; or, with no model, a backend that only joins hub `hub`
     (the how-to's `-net tap -net socket` on one vlan: QEMU's hubport with netdev=)."""
@@ -96,6 +111,7 @@ class NicSpec:
     # macvtap backend (issue 13): the host interface it sits on and its IFLA_MACVLAN_MODE
     parent: str | None = None
     macvtap_mode: str | None = None
+    vf: VfSpec | None = None  # sriov backend (issue 13)
 
 
 def bounded(what: str, value: int, bounds: tuple[int, int]) -> None:

@@ -53,6 +53,8 @@ class LaunchSpec:
     sandbox: bool = True  # qemu's seccomp sandbox (needs qemu started as `user`, not -runas)
     name: str | None = None  # guest name qemu reports (query-name); default: vm_id
     pass_fds: tuple[int, ...] = ()  # descriptors qemu inherits (e.g. taps: -netdev tap,fd=)
+    # RLIMIT_MEMLOCK (bytes) qemu starts with; None: the daemon's. VFIO pins guest RAM
+    memlock: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))

@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from app.host.files import remove
 from app.host.netns import enter_for_this_thread
@@ -117,6 +118,30 @@ def _qemu_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"}
 
 
+_MEMLOCK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _memlock(limit: int | None) -> Iterator[None]:
+    """RLIMIT_MEMLOCK of the daemon raised to `limit` (soft and hard) while qemu is forked:
+    a child inherits its parent's limits through fork and exec, and keeps them when it
+    drops to the qemu user (an unprivileged process cannot raise its own hard limit), so
+    qemu starts with them; restored afterwards. Launches that raise it are serialized; a
+    process another thread forks meanwhile inherits the higher limit too (harmless: it
+    only allows locking memory). None: nothing changes."""
+    if limit is None:
+        yield
+        return
+    with _MEMLOCK_LOCK:
+        before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        hard = before[1] if before[1] == resource.RLIM_INFINITY else max(before[1], limit)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (max(before[0], limit), hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, before)
+
+
 def _spawn(spec: LaunchSpec, argv: Sequence[str]) -> subprocess.Popen[bytes]:
     """Fork and exec qemu (synchronously: no await between the spawn and the record, so a
     cancelled launch can never lose a running child)."""
@@ -148,12 +173,13 @@ def _spawn(spec: LaunchSpec, argv: Sequence[str]) -> subprocess.Popen[bytes]:
             errors.append(exc)
 
     try:
-        if spec.netns is None:
-            run()
-        else:  # a thread of its own enters the namespace; ours stays where it is
-            thread = threading.Thread(target=run, name=f"spawn-{spec.vm_id[:8]}")
-            thread.start()
-            thread.join()
+        with _memlock(spec.memlock):
+            if spec.netns is None:
+                run()
+            else:  # a thread of its own enters the namespace; ours stays where it is
+                thread = threading.Thread(target=run, name=f"spawn-{spec.vm_id[:8]}")
+                thread.start()
+                thread.join()
     finally:
         os.close(log_fd)
     if errors:

@@ -21,6 +21,14 @@ from app.supervisor.vms.events import ProcessEvents
 from app.supervisor.vms.hotplug import guest_nic_indexes
 from app.supervisor.vms.state import LAUNCH_TIMEOUT, VmState, log, started_at
 
+VFIO_MEMLOCK_EXTRA = 1 << 30  # bytes beyond guest RAM, as libvirt allows for VFIO
+
+
+def vfio_memlock(memory_mib: int) -> int:
+    """RLIMIT_MEMLOCK (bytes) for a qemu with VFIO devices: VFIO pins all guest RAM for the
+    device's DMA, and an unprivileged qemu may lock only this much (libvirt: RAM + 1 GiB)."""
+    return memory_mib * (1 << 20) + VFIO_MEMLOCK_EXTRA
+
 
 class Launcher(ProcessEvents):
     """Launch: the VM's spec, its bridge taps made and opened, qemu started as its user."""
@@ -54,6 +62,20 @@ class Launcher(ProcessEvents):
                 else:
                     state.held = (intent, reason)
                 return
+        vfs = [(nic.vf, nic.mac) for nic in vm.nics if nic.vf is not None]
+        if vfs:
+            # SR-IOV NICs: each VF configured on its PF and handed to vfio-pci before qemu
+            # starts (it opens /dev/vfio/<group> at once); released when qemu has ended
+            state.vfs.update((vf.pci_address, vf) for vf, _ in vfs)
+            try:
+                await self._vm_taps().hand_vfs(vfs, user)
+            except (HostError, TimeoutError, OSError) as exc:
+                reason = f"handing SR-IOV VFs to vfio-pci: {exc or 'timed out'}"
+                if isinstance(exc, HostError) and is_transient(exc):
+                    self._retry_later(state, reason)
+                else:
+                    state.held = (intent, reason)
+                return
         tap_fds: dict[str, list[int]] = {}
         vhost_fds: dict[str, list[int]] = {}
         vhost_net = self.vhost_net()
@@ -81,6 +103,7 @@ class Launcher(ProcessEvents):
                 sandbox=True,
                 name=row.name,
                 pass_fds=tuple(fd for fds in passed for fd in fds),
+                memlock=vfio_memlock(vm.memory_mib) if vfs else None,
             )
             process = await launch(spec, LAUNCH_TIMEOUT, partial(self._on_qmp_event, state))
         except ValueError as exc:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from app.db.models import Vm
 from app.domain.vms import VmStatus
+from app.host.errors import HostError
 from app.host.netlink import LinkError
 from app.host.qemu import QemuError, ShutdownDeadlines, find_running, shutdown
 from app.supervisor.vm_taps import TapPlan
@@ -76,12 +77,15 @@ class Stopper(ProcessEvents):
             state.stuck = f"a qemu of this VM still runs as pid {running[0]}; not removing"
             return
         await self._drop_taps(state, [tap.name for tap in taps])
-        if state.taps:
-            return  # netlink failed: retried after a backoff
+        if state.taps or state.vfs:
+            return  # netlink or sysfs failed: retried after a backoff
         await asyncio.to_thread(shutil.rmtree, self.vm_dir(state.vm_id), True)
         state.removed = True
 
     async def _drop_taps(self, state: VmState, names: Sequence[str] = ()) -> None:
+        """The VM's taps (and SR-IOV VFs) once qemu does not run."""
+        if state.vfs and not state.running:
+            await self._release_vfs(state)
         wanted = sorted(state.taps.union(names))
         if not wanted:
             return
@@ -92,5 +96,17 @@ class Stopper(ProcessEvents):
             self._retry_later(state, f"removing taps: {exc or 'timed out'}")
             return
         state.taps.difference_update(wanted)
-        if state.retry_at is not None and not state.running:
+        if state.retry_at is not None and not state.running and not state.vfs:
             self._retry_done(state)
+
+    async def _release_vfs(self, state: VmState) -> None:
+        """SR-IOV VFs back to their own driver with free settings (app.host.sriov)."""
+        vfs = list(state.vfs.values())
+        try:
+            await self._vm_taps().release_vfs(vfs)
+        except (HostError, TimeoutError, OSError) as exc:
+            log.warning("VM %s: could not release SR-IOV VFs: %s", state.vm_id, exc)
+            self._retry_later(state, f"releasing SR-IOV VFs: {exc or 'timed out'}")
+            return
+        for vf in vfs:
+            state.vfs.pop(vf.pci_address, None)

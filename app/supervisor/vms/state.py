@@ -4,6 +4,7 @@ its constants, and the pure helpers the pass reads rows with."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -11,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.db.models import Vm, VmNic
+from app.domain.nics import HostLink, find_driver
+from app.domain.nics.spec import VfSpec
+from app.domain.nics.sriov import stored_vf
 from app.domain.vm_plan import RestartRules, VmDesired, VmObserved
 from app.domain.vms import PowerState, RestartPolicy, VmStatus
 from app.host.qemu import QemuProcess, ShutdownDeadlines
@@ -62,6 +66,10 @@ class VmState:
     retry_reason: str | None = None
     retry_attempts: int = 0
     taps: set[str] = field(default_factory=set)  # bridge taps that may exist in the kernel
+    # SR-IOV VFs (by PCI address) that may be bound to vfio-pci for this VM: released (their
+    # own driver, free settings) once qemu does not run
+    vfs: dict[str, VfSpec] = field(default_factory=dict)
+    vfs_noted: bool = False  # the stored NICs' VFs were added to `vfs` once (_note_vfs)
     removed: bool = False  # everything on the host is gone: the pass deletes the rows
     generation: int = 0  # the desired generation last seen
     intent_generation: int = 0  # the last power intent seen (a PATCH is none)
@@ -132,6 +140,23 @@ def _note_stale_taps(state: VmState, claimed: set[str], nics: Sequence[VmNic]) -
     if stale:
         state.stale_taps_seen |= stale
         state.taps |= stale
+
+
+def _note_vfs(state: VmState, nics: Sequence[VmNic]) -> None:
+    """The SR-IOV VFs of the VM's NICs, noted the first time the worker sees the VM: an
+    earlier daemon may have left them bound to vfio-pci for a qemu that has since ended;
+    they are released at the next clean-up while qemu does not run (a no-op for a VF that
+    is free already)."""
+    if state.vfs_noted:
+        return
+    state.vfs_noted = True
+    for nic in nics:
+        driver = find_driver(nic.backend)
+        if driver is None or driver.host_link is not HostLink.VF:
+            continue
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # a damaged row: skipped
+            vf = stored_vf(nic.options or {})
+            state.vfs[vf.pci_address] = vf
 
 
 def _desired(row: Vm) -> VmDesired:

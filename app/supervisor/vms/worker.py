@@ -36,6 +36,7 @@ from app.supervisor.vms.state import (
     VmState,
     _desired,
     _note_stale_taps,
+    _note_vfs,
     log,
 )
 from app.supervisor.vms.write_back import WriteBack
@@ -198,6 +199,7 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
             state = self._state(row)
             nics = nics_by_vm.get(row.id, [])
             _note_stale_taps(state, claimed.get(row.id, set()), nics)
+            _note_vfs(state, nics)
             report, due = self._decide_and_act_safely(row, nics, bridges, state, now)
             reports[row.id] = report
             if due is not None:
@@ -395,7 +397,8 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
     def _clean_taps_if_needed(
         self, state: VmState, status: VmStatus, reason: str | None, now: float
     ) -> None:
-        """A VM that does not run keeps no taps (left by a crash, a failed launch, or a
-        daemon that died)."""
-        if state.taps and not state.running and (state.retry_at is None or now >= state.retry_at):
+        """A VM that does not run keeps no taps and no VFs bound to vfio-pci (left by a
+        crash, a failed launch, or a daemon that died)."""
+        leftover = state.taps or state.vfs
+        if leftover and not state.running and (state.retry_at is None or now >= state.retry_at):
             self._spawn(state, status, reason, self._drop_taps(state))

@@ -118,3 +118,33 @@ def wired_guest(tap_ns: str, tap: str, mac: str | None = None) -> Iterator[str]:
             proc.wait(timeout=30)
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def sriov_pf(modules: ModuleLoader) -> Iterator[str]:
+    """The nested host's emulated igb (tests/kernel/vm.py: QEMU 10 gives it one) as an SR-IOV
+    physical function: igb and igbvf loaded, the PF's link up, no VFs; its interface name.
+    Skips, printing why, when the nested host has no igb (no QEMU >= 8 on the host:
+    KVT_NO_SRIOV holds the reason). Its VFs are removed afterwards."""
+    import os
+
+    from app.host import sriov
+
+    reason = os.environ.get("KVT_NO_SRIOV")
+    if reason:
+        pytest.skip(f"no SR-IOV NIC in the nested host: {reason}")
+    modules("igb", "igbvf")
+    pfs = sriov.physical_functions()
+    if not pfs:
+        pytest.fail("the nested host was booted with an igb, but sysfs shows no SR-IOV PF")
+    pf = pfs[0]
+    subprocess.run(["ip", "link", "set", pf.name, "up"], check=True, timeout=30)
+    sriov.set_num_vfs(pf, 0)
+    try:
+        yield pf.name
+    finally:
+        again = sriov.find_pf(pf.name)
+        if again is not None:
+            for vf in again.vfs:
+                sriov.unbind_vfio(vf.pci_address)
+            sriov.set_num_vfs(again, 0)
