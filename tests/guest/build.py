@@ -376,14 +376,6 @@ def build_guest(variant: str = "virtio", cache_dir: Path = CACHE_DIR) -> Guest:
     return guest
 
 
-def cached_guest(variant: str = "virtio", cache_dir: Path = CACHE_DIR) -> Guest | None:
-    """The newest guest of `variant` already built in `cache_dir`, without apt and without
-    the build lock: for a read-only checkout (the kernel tier's nested host, whose host
-    builds it first: tests/kernel/conftest.py). None when none was built."""
-    built = sorted(cache_dir.glob(f"{variant}-*/guest.json"), key=lambda p: p.stat().st_mtime)
-    return load_guest(built[-1].parent) if built else None
-
-
 # --- booting it ---------------------------------------------------------------------------------
 
 

@@ -49,7 +49,6 @@ from typing import Any
 
 import pytest
 
-from tests.guest.build import GuestBuildError, build_guest
 from tests.kernel.build import TierUnavailable, build_tier
 from tests.kernel.vm import QEMU, RUNS_DIR, Cancel, NestedRun, run_nested
 
@@ -294,7 +293,6 @@ def run_tier(
     except TierUnavailable as exc:
         return TierRun(unavailable=str(exc))
     precompile(rootdir)
-    prebuild_guest()
     runs_dir.mkdir(parents=True, exist_ok=True)
     results = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
     try:
@@ -316,16 +314,6 @@ def run_tier(
         else:
             out.reports.setdefault(data["nodeid"], []).append(data)
     return out
-
-
-def prebuild_guest() -> None:
-    """The shared test guest (tests/guest, virtio variant) built into its cache on the host,
-    where apt and the cache's lock work: nested tests that boot it (test_vhost_daemon.py)
-    find it there with `cached_guest` (the nested root is read-only). Cached: one
-    `apt-cache show`, ~0.6 s. Best effort: offline without a cache, those tests fail with
-    the reason."""
-    with contextlib.suppress(GuestBuildError, OSError, subprocess.SubprocessError):
-        build_guest("virtio")
 
 
 def precompile(rootdir: Path) -> None:
