@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from app.schemas.common import RequestModel
 
 
 class Counters(BaseModel):
@@ -206,15 +208,13 @@ class SriovPf(BaseModel):
     vfs: list[SriovVf]
 
 
-class SriovNumVfs(BaseModel):
-    """PUT /v1/host/sriov/{pf}: how many VFs the PF should have."""
-
-    model_config = ConfigDict(extra="forbid")
+class SriovNumVfs(RequestModel):
+    """PUT /v1/host/sriov/{pf}: how many VFs the PF should have (an integral number: 2.0 is
+    2, as JSON Schema counts it; "2" and true are 422)."""
 
     num_vfs: int = Field(
         ge=0,
         le=256,
-        strict=True,
         description="0 to the PF's total_vfs (sysfs sriov_numvfs). Changing a non-zero count "
         "removes every VF first (the kernel's rule: write 0, then the new count), so every "
         "VF is made anew with the settings of a free one; hence 409 while any VM NIC holds a "
