@@ -121,7 +121,8 @@ def test_the_guest_sees_a_nic_plugged_kept_repaired_and_unplugged(
             f"\nhotplug: POST to settled {plugged_at - started:.1f} s, to the guest answering "
             f"ping on its new NIC (DHCP included) {answered - started:.1f} s"
         )
-        assert f"KVT-HOTPLUG 1 ip={HOT_IP}/24" in console()
+        # the guest answers once udhcpc set the address, a moment before its hook says so
+        wait_for(lambda: f"KVT-HOTPLUG 1 ip={HOT_IP}/24" in console() or None, 10, "the hook")
         assert links(ns)[nic["tap_name"]].master == "br1"
         pid = _vm(client, vm["id"])["pid"]
 
