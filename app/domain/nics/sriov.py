@@ -47,6 +47,18 @@ def stored_vf(options: Mapping[str, Any]) -> VfSpec:
     )
 
 
+def _fields(vf: VfSpec) -> dict[str, Any]:
+    """A VF as stored options (what stored_vf reads back) and as the API shows them."""
+    return {
+        "pf": vf.pf,
+        "vf": vf.pci_address,
+        "vf_index": vf.index,
+        "vf_vlan": vf.vlan,
+        "spoof_check": vf.spoof_check,
+        "trust": vf.trust,
+    }
+
+
 @register
 class SriovDriver(NicDriver):
     name: ClassVar[str] = "sriov"
@@ -83,27 +95,12 @@ class SriovDriver(NicDriver):
         return replace(nic, vf=stored_vf(options))
 
     def dump(self, nic: NicSpec) -> dict[str, Any]:
-        vf = nic.vf
-        assert vf is not None
-        return {
-            "pf": vf.pf,
-            "vf": vf.pci_address,
-            "vf_index": vf.index,
-            "vf_vlan": vf.vlan,
-            "spoof_check": vf.spoof_check,
-            "trust": vf.trust,
-        }
+        assert nic.vf is not None
+        return _fields(nic.vf)
 
     def present(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        vf = stored_vf(options)
-        return {
-            "pf": vf.pf,
-            "vf": vf.pci_address,
-            "vf_index": vf.index,
-            "vf_vlan": vf.vlan,
-            "spoof_check": vf.spoof_check,
-            "trust": vf.trust,
-        }
+        """The stored fields as read back (damaged options raise, as stored_vf says)."""
+        return _fields(stored_vf(options))
 
     def qemu_args(self, index: int, nic: NicSpec) -> list[str] | None:
         """QEMU's vfio-pci device (`-device vfio-pci,host=<address>`): the VF whole."""
