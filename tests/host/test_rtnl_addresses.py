@@ -5,6 +5,7 @@ point-to-point peer included."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 from pyroute2 import IPRoute
@@ -22,6 +23,16 @@ def general_reading(netns: str) -> dict[int, list[str]]:
     return dict(result)
 
 
+def wait_for_link_local(netns: str, indexes: tuple[int, ...], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reading = general_reading(netns)
+        if all(any(a.startswith("fe80:") for a in reading.get(i, [])) for i in indexes):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no link-local address on links {indexes} within {timeout_s} s")
+
+
 def test_addresses_read_minimally_equal_the_general_decoders(netns: str) -> None:
     with IPRoute(netns=netns) as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
@@ -35,6 +46,9 @@ def test_addresses_read_minimally_equal_the_general_decoders(netns: str) -> None
         ipr.addr("add", index=a1, local="10.61.3.1", address="10.61.3.2", prefixlen=32)
         for index in (a0, a1):
             ipr.link("set", index=index, state="up")
+    # the kernel adds each link's fe80:: address a moment after carrier; read once both exist
+    # so the two readings see the same set (CI caught one appearing between them)
+    wait_for_link_local(netns, (a0, a1))
     minimal = call_in(netns, rtnl.dump_addresses)
     assert minimal == general_reading(netns)
     assert "10.61.3.1/32" in minimal[a1] and "10.61.3.2/32" not in minimal[a1]
