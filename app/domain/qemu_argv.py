@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from app.domain.nics import nic_driver
 from app.domain.qemu_options import qemu_options, qemu_value
-from app.domain.vms import Accelerator, Machine, NicSpec, VmSpec
+from app.domain.vms import Accelerator, Machine, NicSpec, VmSpec, boot_nic_index
 
 __all__ = [
     "boot_args",
@@ -36,9 +36,10 @@ def netdev_arg(
     return nic_driver(nic.backend).netdev(f"net{index}", nic, vhost_net, fds, vhost_fds)
 
 
-def device_arg(index: int, nic: NicSpec) -> str:
+def device_arg(index: int, nic: NicSpec, boots: bool = False) -> str:
     """The guest NIC. Multiqueue virtio needs MSI-X vectors: 2 per queue pair + 2. An MTU
-    is virtio's `host_mtu` (validate_nic allows it on virtio-net-pci only)."""
+    is virtio's `host_mtu` (validate_nic allows it on virtio-net-pci only). `boots`: the
+    firmware boots from it first (`bootindex=0`: SeaBIOS runs its iPXE option ROM, PXE)."""
     multiqueue = nic.queues > 1
     assert nic.model is not None
     device = qemu_options(
@@ -48,6 +49,7 @@ def device_arg(index: int, nic: NicSpec) -> str:
         id=f"nic{index}",
         mq="on" if multiqueue else None,
         vectors=2 * nic.queues + 2 if multiqueue else None,
+        bootindex=0 if boots else None,
     )
     # properties spelled with an underscore (hw/net/virtio-net.c), unlike _options' keys
     extra = dict(nic.offloads.qemu_properties())
@@ -76,7 +78,10 @@ def device_qmp(index: int, nic: NicSpec) -> dict[str, object]:
 
 
 def boot_args(spec: VmSpec) -> list[str]:
+    """The boot source's options; none for a network boot (its NIC's `bootindex` says it)."""
     boot = spec.boot
+    if boot.network:
+        return []
     if boot.kernel is not None:
         args = ["-kernel", boot.kernel]
         if boot.initrd:
@@ -124,6 +129,7 @@ def qemu_argv(
     if accelerator is Accelerator.KVM:
         argv += ["-cpu", "host"]
     argv += boot_args(spec)
+    boot_nic = boot_nic_index(spec) if spec.boot.network else None
     for index, nic in spec.indexed_nics():
         own = nic_driver(nic.backend).qemu_args(index, nic)
         if own is not None:  # a VF passed through: no netdev
@@ -135,5 +141,5 @@ def qemu_argv(
         if nic.model is None:  # no guest NIC: the backend joins its hub
             argv += ["-netdev", f"hubport,id=hub{index},hubid={nic.hub},netdev=net{index}"]
         else:
-            argv += ["-device", device_arg(index, nic)]
+            argv += ["-device", device_arg(index, nic, boots=index == boot_nic)]
     return argv

@@ -111,11 +111,15 @@ VCPUS = (1, 256)
 
 @dataclass(frozen=True)
 class BootSpec:
+    """One boot source: a kernel (with optional initrd and cmdline), a raw disk image, or the
+    network (`network`: PXE from the boot NIC's iPXE option ROM, see boot_nic_index)."""
+
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
     disk: str | None = None
     snapshot: bool = False
+    network: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,8 +248,18 @@ def validate_vm(
     bounded("vcpus", spec.vcpus, VCPUS)
     bounded("memory_mib", spec.memory_mib, MEMORY_MIB)
     boot = spec.boot
-    if (boot.kernel is None) == (boot.disk is None):
-        raise InvalidInput("boot from either a kernel (with optional initrd) or a disk image")
+    sources = [boot.kernel is not None, boot.disk is not None, boot.network]
+    if sources.count(True) != 1:
+        raise InvalidInput(
+            "boot from exactly one of a kernel (with optional initrd), a disk image or the "
+            "network (`network`: true)"
+        )
+    if boot.network and boot_nic_index(spec) is None:
+        raise InvalidInput(
+            "boot from the network needs a NIC with an emulated PCI model "
+            f"({', '.join(m for m, bus in NIC_MODELS.items() if bus is Bus.PCI)}): its iPXE "
+            "option ROM does the PXE boot"
+        )
     if boot.kernel is None and (boot.initrd is not None or boot.cmdline is not None):
         raise InvalidInput("initrd and cmdline need a kernel")
     for what, path in (("kernel", boot.kernel), ("initrd", boot.initrd), ("disk", boot.disk)):
@@ -264,6 +278,17 @@ def validate_vm(
         macs.add(nic.mac)
         if nic.tap is not None:
             _one_nic_per_tap(taps, nic.tap, index)
+
+
+def boot_nic_index(spec: VmSpec) -> int | None:
+    """The index of the NIC a network boot (`boot.network`) boots from: the first NIC with an
+    emulated PCI model, each of which QEMU gives an iPXE option ROM (efi-<model>.rom of the
+    ipxe-qemu package); None when there is none (a VF passed through, an ISA card, a hub
+    join)."""
+    for index, nic in spec.indexed_nics():
+        if nic.model is not None and NIC_MODELS.get(nic.model) is Bus.PCI:
+            return index
+    return None
 
 
 def _one_nic_per_tap(taps: dict[str, int], tap: str, index: int) -> None:

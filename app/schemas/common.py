@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -175,18 +175,16 @@ def _not_a_vid(value: Any) -> Any:
 VlanRef = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(_not_a_vid)]
 
 
-def exactly_one_of(*fields: str) -> list[JsonValue]:
+def exactly_one_of(*fields: str, also: Sequence[JsonValue] = ()) -> list[JsonValue]:
     """JSON Schema for "exactly one of these fields is a non-null string, the others absent
-    or null", which a model validator of the same model checks (and explains). Goes into
-    the model's allOf: a oneOf there keeps SDK generators making one model with every field
-    (a top-level oneOf makes them generate one class per branch)."""
-    return [
-        {
-            "oneOf": [
-                {"required": [name], "properties": {name: {"type": "string"}}} for name in fields
-            ]
-        }
+    or null" (or one of the branches `also` names instead), which a model validator of the
+    same model (or the domain's validation) checks and explains. Goes into the model's
+    allOf: a oneOf there keeps SDK generators making one model with every field (a
+    top-level oneOf makes them generate one class per branch)."""
+    branches: list[JsonValue] = [
+        {"required": [name], "properties": {name: {"type": "string"}}} for name in fields
     ]
+    return [{"oneOf": [*branches, *also]}]
 
 
 def _integral_floats_as_ints(value: Any) -> Any:

@@ -6,7 +6,7 @@ import datetime as dt
 from ipaddress import ip_network
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from app.domain.nics import HostLink, backend_options, find_driver
@@ -538,13 +538,17 @@ def _no_nul(path: str) -> str:
 HostPath = Annotated[str, AfterValidator(_no_nul)]
 
 
+_NETWORK_BOOT: JsonValue = {"required": ["network"], "properties": {"network": {"const": True}}}
+
+
 class BootIn(RequestModel):
-    """Exactly one of `kernel` (with optional `initrd` and `cmdline`) or `disk`."""
+    """Exactly one boot source: `kernel` (with optional `initrd` and `cmdline`), `disk`, or
+    `network: true`."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "allOf": [
-                *exactly_one_of("kernel", "disk"),
+                *exactly_one_of("kernel", "disk", also=[_NETWORK_BOOT]),
                 _needs_kernel("initrd"),
                 _needs_kernel("cmdline"),
             ],
@@ -556,6 +560,14 @@ class BootIn(RequestModel):
     cmdline: str | None = Field(None, max_length=4096, description="The kernel's command line")
     disk: HostPath | None = AbsolutePath
     snapshot: bool = False
+    network: bool = Field(
+        False,
+        description="PXE: the firmware (SeaBIOS) boots from the VM's first NIC with an "
+        "emulated PCI model, through its iPXE option ROM (QEMU's efi-<model>.rom, Debian's "
+        "ipxe-qemu): DHCP on that NIC's network, then the boot file the DHCP server names "
+        "(TFTP or HTTP; kvmnetd's own DHCP names none: bring a PXE server). After a failed "
+        "boot SeaBIOS retries every 60 s. Excludes kernel and disk.",
+    )
 
 
 class RunAsIn(RequestModel):
@@ -576,6 +588,7 @@ class BootOut(BaseModel):
     cmdline: str | None = None
     disk: str | None = None
     snapshot: bool = False
+    network: bool = False
 
 
 class RunAsOut(BaseModel):

@@ -65,8 +65,8 @@ def test_models_the_installed_qemu_lacks_are_refused_with_its_list() -> None:
         (vm(memory_mib=8), "memory_mib"),
         (vm(memory_mib=10**9), "memory_mib"),
         (vm(vcpus=0), "vcpus"),
-        (vm(boot=BootSpec()), "either a kernel"),
-        (vm(boot=BootSpec(kernel="/k", disk="/d")), "either a kernel"),
+        (vm(boot=BootSpec()), "exactly one of a kernel"),
+        (vm(boot=BootSpec(kernel="/k", disk="/d")), "exactly one of a kernel"),
         (vm(boot=BootSpec(kernel="vmlinuz")), "absolute path"),
         (vm(boot=BootSpec(disk="images/d.raw")), "absolute path"),
         (vm(nic(mac="01:00:5e:00:00:01")), "multicast"),
@@ -298,3 +298,41 @@ def test_which_nics_use_vhost() -> None:
     assert not nic_driver("tap").uses_vhost(replace(tap, model="e1000"), vhost_net=True)
     assert not nic_driver("user").uses_vhost(nic(), vhost_net=True)  # slirp has no tap
     assert nic_driver("macvtap").uses_vhost(tap, vhost_net=True)
+
+
+def test_a_network_boot_boots_the_first_pci_nic() -> None:
+    """`boot.network`: no -kernel/-drive; the first NIC with an emulated PCI model (each has
+    an iPXE option ROM) gets bootindex=0, the others none; a passed-through VF or an ISA
+    card cannot boot from the network."""
+    spec = vm(
+        nic(id="a", model=None, backend=Backend.TAP, tap="tap1", hub=0),
+        nic(id="b", mac="52:54:00:00:00:02", model="e1000", backend=Backend.HUB, hub=0),
+        nic(id="c", mac="52:54:00:00:00:03"),
+        boot=BootSpec(network=True),
+    )
+    validate_vm(spec, ALL_MODELS)
+    argv = qemu_argv(spec, "qemu", Accelerator.TCG)
+    assert "-kernel" not in argv and "-drive" not in argv
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert [d for d in devices if "bootindex" in d] == [
+        "e1000,netdev=net1,mac=52:54:00:00:00:02,id=nic1,bootindex=0"
+    ]
+    with pytest.raises(InvalidInput, match="needs a NIC with an emulated PCI model"):
+        validate_vm(vm(boot=BootSpec(network=True)), ALL_MODELS)
+    isa = vm(nic(model="ne2k_isa"), machine=Machine.ISAPC, boot=BootSpec(network=True))
+    with pytest.raises(InvalidInput, match="needs a NIC with an emulated PCI model"):
+        validate_vm(isa, ALL_MODELS)
+
+
+@pytest.mark.parametrize(
+    "boot",
+    [
+        BootSpec(),
+        BootSpec(network=True, disk="/images/a.raw"),
+        BootSpec(network=True, kernel="/k/vmlinuz"),
+        BootSpec(kernel="/k/vmlinuz", disk="/images/a.raw"),
+    ],
+)
+def test_exactly_one_boot_source(boot: BootSpec) -> None:
+    with pytest.raises(InvalidInput, match="exactly one of a kernel"):
+        validate_vm(vm(nic(), boot=boot), ALL_MODELS)
