@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
-APT_PACKAGES := iproute2 nftables qemu-system-x86 busybox-static dnsmasq-base python3-venv curl \
-	libkmod2
+APT_PACKAGES := iproute2 nftables qemu-system-x86 ipxe-qemu busybox-static dnsmasq-base \
+	python3-venv curl libkmod2
 # the commands those packages provide, to skip apt when everything is there
 NEEDED_COMMANDS := ip nft qemu-system-x86_64 busybox dnsmasq curl
 
@@ -47,6 +47,7 @@ system-deps:
 	@missing=""; for c in $(NEEDED_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	ldconfig -p | grep -q 'libkmod\.so\.2 ' || missing="$$missing libkmod2"; \
+	test -e /usr/lib/ipxe/qemu/efi-virtio.rom || missing="$$missing ipxe-qemu"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages (missing:$$missing)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \

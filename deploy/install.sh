@@ -7,7 +7,7 @@ prefix=${PREFIX:-/opt/kvmnetd}
 export DEBIAN_FRONTEND=noninteractive
 
 apt-get update -qq
-apt-get install -y -qq iproute2 nftables qemu-system-x86 busybox-static dnsmasq-base \
+apt-get install -y -qq iproute2 nftables qemu-system-x86 ipxe-qemu busybox-static dnsmasq-base \
     python3-venv curl rsync
 
 mkdir -p "$prefix"
