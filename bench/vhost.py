@@ -12,7 +12,7 @@ fetches a blob over HTTP `--fetches` times (the guest's TCP receive throughput: 
 time from the first byte sent until the guest acknowledged the last, measured by the server,
 tests/pxe_http.py), then holds its NIC open while the host pings it (busybox ping, 20 echoes
 0.2 s apart, after 3 to warm ARP). One VM at a time, its one NIC `vhost: on` or `vhost: off`,
-`--rounds` rounds interleaved (vhost, plain, vhost, plain); each path's best round counts. Also
+`--rounds` rounds interleaved (vhost, plain, vhost, plain); each path's best and median count. Also
 reported: the POST to the lease per VM, the devices endpoint's `vhost` (as qemu reports it)
 and the /dev/vhost-net descriptors and `vhost-<pid>` threads of each qemu. Everything runs
 under TCG inside TCG: the figures measure emulation as much as the path and move by ±20 % or
@@ -31,6 +31,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,13 +188,16 @@ def measure(netns: str, base: Path, params: argparse.Namespace) -> dict[str, Any
                     result = one_round(client, netns, pxe, path, params.fetches)
                     progress(f"round {number + 1}, {path}: {result}")
                     rounds.append({"path": path, **result})
-    figures = {
-        path: {
-            "rtt_ms": min(r["rtt_ms"] for r in rounds if r["path"] == path),
-            "mbit_s": max(max(r["mbit_s"]) for r in rounds if r["path"] == path),
+    figures = {}
+    for path in PATHS:
+        rtts = [r["rtt_ms"] for r in rounds if r["path"] == path]
+        rates = [rate for r in rounds if r["path"] == path for rate in r["mbit_s"]]
+        figures[path] = {
+            "rtt_ms": min(rtts),
+            "mbit_s": max(rates),
+            "rtt_ms_median": statistics.median(rtts),
+            "mbit_s_median": statistics.median(rates),
         }
-        for path in PATHS
-    }
     return {"capability": capability, "rounds": rounds, "figures": figures}
 
 
@@ -223,17 +227,26 @@ def inside(params: argparse.Namespace) -> int:
 
 def report(run: dict[str, Any]) -> None:
     figures = run["figures"]
-    print("| path | ping RTT host to guest (avg of 20) | guest's TCP receive |")
+    print(
+        "| path | ping RTT host to guest (avg of 20), best / median round "
+        "| guest's TCP receive, best / median fetch |"
+    )
     print("| --- | --- | --- |")
     for path in PATHS:
         f = figures[path]
-        print(f"| {path} | {f['rtt_ms']:.2f} ms | {f['mbit_s']:.2f} Mbit/s |")
+        print(
+            f"| {path} | {f['rtt_ms']:.2f} / {f['rtt_ms_median']:.2f} ms | "
+            f"{f['mbit_s']:.2f} / {f['mbit_s_median']:.2f} Mbit/s |"
+        )
     vhost, plain = figures["vhost"], figures["plain"]
-    print(
-        f"vhost/plain: RTT {vhost['rtt_ms'] / plain['rtt_ms']:.2f}x, "
-        f"throughput {vhost['mbit_s'] / plain['mbit_s']:.2f}x "
-        "(iPXE under TCG inside the TCG nested host, same run, best of each path's rounds)"
-    )
+    for kind in ("", "_median"):
+        print(
+            f"vhost/plain ({'median' if kind else 'best'}): RTT "
+            f"{vhost['rtt_ms' + kind] / plain['rtt_ms' + kind]:.2f}x, throughput "
+            f"{vhost['mbit_s' + kind] / plain['mbit_s' + kind]:.2f}x "
+            "(iPXE under TCG inside the TCG nested host, same run)"
+        )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     for r in run["rounds"]:
         print(
             f"  {r['path']}: lease {r['lease_s']} s after the POST, fetches {r['mbit_s']} "

@@ -115,10 +115,14 @@ def qemu_argv(
     `vhost_fds` to its /dev/vhost-net descriptors (one per queue; else qemu opens it)."""
     if accelerator is Accelerator.AUTO:
         raise ValueError("resolve the accelerator first (resolve_accelerator)")
+    # a firmware boot (disk, network): SeaBIOS's serial console (QEMU sets its
+    # etc/sercon-port when graphics=off), so the firmware's, a boot loader's and iPXE's
+    # screen text reach the VM's console log; a kernel boot prints there itself
+    firmware_boot = spec.boot.kernel is None
     argv = [
         binary,
         "-machine",
-        spec.machine.value,
+        qemu_options(spec.machine.value, graphics="off" if firmware_boot else None),
         "-accel",
         accelerator.value,
         "-smp",

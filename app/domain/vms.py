@@ -254,12 +254,10 @@ def validate_vm(
             "boot from exactly one of a kernel (with optional initrd), a disk image or the "
             "network (`network`: true)"
         )
-    if boot.network and boot_nic_index(spec) is None:
-        raise InvalidInput(
-            "boot from the network needs a NIC with an emulated PCI model "
-            f"({', '.join(m for m, bus in NIC_MODELS.items() if bus is Bus.PCI)}): its iPXE "
-            "option ROM does the PXE boot"
-        )
+    if boot.snapshot and boot.disk is None:
+        raise InvalidInput("snapshot applies to a disk image (qemu's -drive snapshot=on)")
+    if boot.network:
+        _can_boot_from_the_network(spec)
     if boot.kernel is None and (boot.initrd is not None or boot.cmdline is not None):
         raise InvalidInput("initrd and cmdline need a kernel")
     for what, path in (("kernel", boot.kernel), ("initrd", boot.initrd), ("disk", boot.disk)):
@@ -278,6 +276,20 @@ def validate_vm(
         macs.add(nic.mac)
         if nic.tap is not None:
             _one_nic_per_tap(taps, nic.tap, index)
+
+
+def _can_boot_from_the_network(spec: VmSpec) -> None:
+    if spec.machine is Machine.ISAPC:
+        raise InvalidInput(
+            "the isapc machine cannot boot from the network: it has no PCI bus for a NIC "
+            "with an iPXE option ROM"
+        )
+    if boot_nic_index(spec) is None:
+        models = ", ".join(m for m, bus in NIC_MODELS.items() if bus is Bus.PCI)
+        raise InvalidInput(
+            f"boot from the network needs a NIC whose model has an iPXE option ROM ({models}): "
+            "that ROM does the PXE boot"
+        )
 
 
 def boot_nic_index(spec: VmSpec) -> int | None:

@@ -559,14 +559,20 @@ class BootIn(RequestModel):
     initrd: HostPath | None = AbsolutePath
     cmdline: str | None = Field(None, max_length=4096, description="The kernel's command line")
     disk: HostPath | None = AbsolutePath
-    snapshot: bool = False
+    snapshot: bool = Field(
+        False,
+        description="Disk boots only: qemu's `-drive snapshot=on` (the guest's writes go to "
+        "a temporary file; the image stays unchanged). 422 with a kernel or network boot.",
+    )
     network: bool = Field(
         False,
-        description="PXE: the firmware (SeaBIOS) boots from the VM's first NIC with an "
-        "emulated PCI model, through its iPXE option ROM (QEMU's efi-<model>.rom, Debian's "
-        "ipxe-qemu): DHCP on that NIC's network, then the boot file the DHCP server names "
-        "(TFTP or HTTP; kvmnetd's own DHCP names none: bring a PXE server). After a failed "
-        "boot SeaBIOS retries every 60 s. Excludes kernel and disk.",
+        description="PXE: the firmware (SeaBIOS) boots from the VM's first NIC whose model has "
+        "an iPXE option ROM (virtio-net-pci, e1000, rtl8139, ne2k_pci, pcnet; QEMU's "
+        "efi-<model>.rom from Debian's ipxe-qemu): DHCP on that NIC's network, then the boot "
+        "file the DHCP server names (TFTP or HTTP; kvmnetd's own DHCP names none: bring a PXE "
+        "server). SeaBIOS's and iPXE's screen text go to the VM's console. After a failed boot "
+        "SeaBIOS retries every 60 s. Excludes kernel and disk; a VM that boots from the "
+        "network keeps a NIC it can boot from (removing the last is 409).",
     )
 
 
@@ -581,14 +587,17 @@ class RunAsIn(RequestModel):
 
 
 class BootOut(BaseModel):
-    """How the VM boots, as stored (PATCH `boot` replaces it whole)."""
+    """How the VM boots, as stored (PATCH `boot` replaces it whole): one of `kernel` (with
+    `initrd`, `cmdline`), `disk` or `network` (the fields as in BootIn)."""
 
-    kernel: str | None = None
-    initrd: str | None = None
-    cmdline: str | None = None
-    disk: str | None = None
-    snapshot: bool = False
-    network: bool = False
+    kernel: str | None = Field(
+        default=None, description="The kernel qemu boots (-kernel); null: none"
+    )
+    initrd: str | None = Field(default=None, description="Its initrd (-initrd); null: none")
+    cmdline: str | None = Field(default=None, description="Its command line (-append); null: none")
+    disk: str | None = Field(default=None, description="The raw disk image booted; null: none")
+    snapshot: bool = Field(default=False, description="The disk is used with -drive snapshot=on")
+    network: bool = Field(default=False, description="PXE through the boot NIC's iPXE option ROM")
 
 
 class RunAsOut(BaseModel):

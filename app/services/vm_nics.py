@@ -30,7 +30,14 @@ from app.domain.isolation import require_port_isolation
 from app.domain.tenancy import LOCAL_ADMIN, Caller
 from app.domain.vm_actions import VmVerb
 from app.domain.vm_actions import check as check_action
-from app.domain.vms import Machine, PowerState, VmStatus, hotplug_refusal, validate_vm
+from app.domain.vms import (
+    Machine,
+    PowerState,
+    VmStatus,
+    boot_nic_index,
+    hotplug_refusal,
+    validate_vm,
+)
 from app.schemas.vms import NicIn
 from app.services.nic_limits import find_nic
 from app.services.operations import record_operation
@@ -98,6 +105,19 @@ class VmNicService:
         vm.next_nic_index = index + 1
         return vm, row, self._bump(vm)
 
+    def _keeps_a_boot_nic(self, vm: Vm, nic: VmNic) -> None:
+        """409 when `vm` boots from the network and `nic` is its last NIC that can (the
+        state create refuses: app.domain.vms.boot_nic_index)."""
+        if not (vm.boot or {}).get("network"):
+            return
+        others = [n for n in self.vms.nics(vm.id) if n.id != nic.id]
+        if boot_nic_index(vm_spec(vm, others)) is None:
+            raise Conflict(
+                f"VM {vm.name!r} boots from the network through NIC {nic.position}, its "
+                "last NIC with an iPXE option ROM: change its boot (PATCH) or add another "
+                "such NIC first"
+            )
+
     def remove(self, ref: str, nic_ref: str) -> tuple[Vm, Operation]:
         """Remove a NIC: its fixed address (static lease), host port claims and rules go with
         it, a port it plugged is free again. 409 `in-use` while port forwards target it; 409
@@ -109,6 +129,7 @@ class VmNicService:
             refusal = hotplug_refusal(spec, Machine(vm.machine))
             if refusal is not None:
                 raise Conflict(f"VM {vm.name!r} runs: {refusal}; stop it to remove this NIC")
+        self._keeps_a_boot_nic(vm, nic)
         dependents = DependentsRepository(self.session)
         forwards = dependents.forwards_to_nic(nic.id)
         if forwards:

@@ -134,3 +134,30 @@ def test_a_running_vm_gets_a_nic_plugged_kept_across_a_restart_and_unplugged(lab
         assert answer.status_code == 200, answer.text
         assert _peripherals(client, vm["id"]) == {"nic0"}
         assert answer.json()["status_reason"] is None
+
+
+def test_a_network_booted_vm_keeps_a_nic_to_boot_from(lab: Lab) -> None:
+    """A VM that boots from the network cannot lose its last NIC with an iPXE option ROM
+    (409, nothing changed); one of two can go, and the last can once it boots otherwise."""
+    with lab.app() as client:
+        _bridge(client)
+        vm = create(
+            lab,
+            client,
+            power_state="stopped",
+            boot={"network": True},
+            nics=[NIC, {"backend": "user", "model": "e1000"}],
+        )
+        vm = wait_vm(client, vm["id"], settled("stopped"))
+        gone = client.delete(f"/v1/vms/{vm['id']}/nics/0?wait=10")
+        assert gone.status_code == 200, gone.text
+        last = client.delete(f"/v1/vms/{vm['id']}/nics/1?wait=10")
+        assert last.status_code == 409, last.text
+        assert last.headers["content-type"] == "application/problem+json"
+        assert "boots from the network through NIC 1" in last.json()["detail"]
+        assert [n["index"] for n in get(client, vm["id"])["nics"]] == [1]
+        patched = client.patch(
+            f"/v1/vms/{vm['id']}?wait=10", json={"boot": {"disk": lab.disk("empty.img")}}
+        )
+        assert patched.status_code == 200, patched.text
+        assert client.delete(f"/v1/vms/{vm['id']}/nics/1?wait=10").status_code == 200

@@ -317,11 +317,22 @@ def test_a_network_boot_boots_the_first_pci_nic() -> None:
     assert [d for d in devices if "bootindex" in d] == [
         "e1000,netdev=net1,mac=52:54:00:00:00:02,id=nic1,bootindex=0"
     ]
-    with pytest.raises(InvalidInput, match="needs a NIC with an emulated PCI model"):
+    # SeaBIOS's serial console (etc/sercon-port): iPXE's screen reaches the console log
+    assert argv[argv.index("-machine") + 1] == "pc,graphics=off"
+    with pytest.raises(InvalidInput, match="needs a NIC whose model has an iPXE option ROM"):
         validate_vm(vm(boot=BootSpec(network=True)), ALL_MODELS)
     isa = vm(nic(model="ne2k_isa"), machine=Machine.ISAPC, boot=BootSpec(network=True))
-    with pytest.raises(InvalidInput, match="needs a NIC with an emulated PCI model"):
+    with pytest.raises(InvalidInput, match="isapc machine cannot boot from the network"):
         validate_vm(isa, ALL_MODELS)
+    with pytest.raises(InvalidInput, match="snapshot applies to a disk image"):
+        validate_vm(replace(spec, boot=BootSpec(network=True, snapshot=True)), ALL_MODELS)
+
+
+def test_only_a_kernel_boot_leaves_the_machine_graphics_alone() -> None:
+    kernel = qemu_argv(vm(), "qemu", Accelerator.TCG)
+    disk = qemu_argv(vm(boot=BootSpec(disk="/images/a.raw")), "qemu", Accelerator.TCG)
+    assert kernel[1:3] == ["-machine", "pc"]
+    assert disk[1:3] == ["-machine", "pc,graphics=off"]
 
 
 @pytest.mark.parametrize(
