@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from app.domain.nics import nic_driver
+from app.domain.pcie import nic_ports, root_port_args
 from app.domain.qemu_options import qemu_options, qemu_value
 from app.domain.vms import Accelerator, Machine, NicSpec, VmSpec, boot_nic_index
 
@@ -36,10 +37,11 @@ def netdev_arg(
     return nic_driver(nic.backend).netdev(f"net{index}", nic, vhost_net, fds, vhost_fds)
 
 
-def device_arg(index: int, nic: NicSpec, boots: bool = False) -> str:
+def device_arg(index: int, nic: NicSpec, boots: bool = False, bus: str | None = None) -> str:
     """The guest NIC. Multiqueue virtio needs MSI-X vectors: 2 per queue pair + 2. An MTU
     is virtio's `host_mtu` (validate_nic allows it on virtio-net-pci only). `boots`: the
-    firmware boots from it first (`bootindex=0`: SeaBIOS runs its iPXE option ROM, PXE)."""
+    firmware boots from it first (`bootindex=0`: SeaBIOS runs its iPXE option ROM, PXE).
+    `bus`: the q35 root port it sits on (app.domain.pcie); None: the machine's root bus."""
     multiqueue = nic.queues > 1
     assert nic.model is not None
     device = qemu_options(
@@ -50,6 +52,7 @@ def device_arg(index: int, nic: NicSpec, boots: bool = False) -> str:
         mq="on" if multiqueue else None,
         vectors=2 * nic.queues + 2 if multiqueue else None,
         bootindex=0 if boots else None,
+        bus=bus,
     )
     # properties spelled with an underscore (hw/net/virtio-net.c), unlike _options' keys
     extra = dict(nic.offloads.qemu_properties())
@@ -58,10 +61,10 @@ def device_arg(index: int, nic: NicSpec, boots: bool = False) -> str:
     return ",".join([device, *(f"{key}={value}" for key, value in extra.items())])
 
 
-def device_qmp(index: int, nic: NicSpec) -> dict[str, object]:
+def device_qmp(index: int, nic: NicSpec, bus: str | None = None) -> dict[str, object]:
     """QMP `device_add`'s arguments for the guest NIC of a running qemu: what device_arg
     writes on the command line, as typed values (qemu picks the first free slot of the PCI
-    root bus: no `addr`)."""
+    root bus, or of the q35 root port `bus`: no `addr`)."""
     assert nic.model is not None
     device: dict[str, object] = {
         "driver": nic.model,
@@ -69,6 +72,8 @@ def device_qmp(index: int, nic: NicSpec) -> dict[str, object]:
         "netdev": f"net{index}",
         "mac": nic.mac,
     }
+    if bus is not None:
+        device["bus"] = bus
     if nic.queues > 1:
         device.update(mq=True, vectors=2 * nic.queues + 2)
     if nic.mtu is not None:
@@ -133,6 +138,8 @@ def qemu_argv(
     if accelerator is Accelerator.KVM:
         argv += ["-cpu", "host"]
     argv += boot_args(spec)
+    argv += root_port_args(spec)
+    ports = nic_ports(spec)
     boot_nic = boot_nic_index(spec) if spec.boot.network else None
     for index, nic in spec.indexed_nics():
         own = nic_driver(nic.backend).qemu_args(index, nic)
@@ -145,5 +152,6 @@ def qemu_argv(
         if nic.model is None:  # no guest NIC: the backend joins its hub
             argv += ["-netdev", f"hubport,id=hub{index},hubid={nic.hub},netdev=net{index}"]
         else:
-            argv += ["-device", device_arg(index, nic, boots=index == boot_nic)]
+            device = device_arg(index, nic, boots=index == boot_nic, bus=ports.get(index))
+            argv += ["-device", device]
     return argv

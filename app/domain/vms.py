@@ -315,8 +315,9 @@ def _one_nic_per_tap(taps: dict[str, int], tap: str, index: int) -> None:
 def hotplug_refusal(nic: NicSpec, machine: Machine) -> str | None:
     """Why `nic` cannot be added to (or removed from) a running VM of `machine`; None when it
     can: a guest NIC on a PCI bus the machine hot-plugs (the pc machine's root bus, through
-    ACPI PCI hotplug: the guest must release a device before it goes) on a backend whose
-    netdev takes passed descriptors. Any NIC can be added to a stopped VM."""
+    ACPI PCI hotplug; q35's PCIe root ports, app.domain.pcie: the guest must release a device
+    before it goes) on a backend whose netdev takes passed descriptors. Any NIC can be added
+    to a stopped VM."""
     driver = nic_driver(nic.backend)
     if not driver.hotplug:
         hot = backends_where("hotplug")
@@ -325,11 +326,8 @@ def hotplug_refusal(nic: NicSpec, machine: Machine) -> str | None:
         return "a hub join (model null) is no PCI device qemu can hot-plug"
     if NIC_MODELS.get(nic.model) is not Bus.PCI:
         return f"NIC model {nic.model} is not a PCI device qemu can hot-plug"
-    if machine is not Machine.PC:
-        return (
-            f"the {machine.value} machine has no hot-pluggable PCI slot here (only pc: "
-            "q35's PCIe root bus takes no hotplug without a root port)"
-        )
+    if machine not in (Machine.PC, Machine.Q35):
+        return f"the {machine.value} machine has no hot-pluggable PCI slot"
     return None
 
 

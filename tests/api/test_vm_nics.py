@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from app.domain.pcie import SPARE_ROOT_PORTS
 from app.host.qemu.identity import LaunchRecord
 from app.host.qemu.rundir import RunPaths
 from tests.api.vm_lab import Lab, create, get, settled, wait_vm
@@ -161,3 +162,42 @@ def test_a_network_booted_vm_keeps_a_nic_to_boot_from(lab: Lab) -> None:
         )
         assert patched.status_code == 200, patched.text
         assert client.delete(f"/v1/vms/{vm['id']}/nics/1?wait=10").status_code == 200
+
+
+def _behind_root_ports(client: TestClient, vm_id: str) -> dict[str, str]:
+    """nic<i> -> the device qemu says its bus belongs to (QOM parent_bus: .../rp1/rp1)."""
+    found = {}
+    for nic in sorted(_peripherals(client, vm_id)):
+        path = f"/machine/peripheral/{nic}"
+        bus = _qmp(client, vm_id, "qom-get", path=path, property="parent_bus")
+        found[nic] = bus.rstrip("/").split("/")[-2]
+    return found
+
+
+def test_a_running_q35_vm_gets_nics_plugged_on_its_spare_root_ports(lab: Lab) -> None:
+    """q35 (no guest: SeaBIOS): its NIC sits on a PCIe root port of its own; NICs added while
+    it runs take the spare ports (app.domain.pcie), and one more than the spares waits for
+    the next start, said on the VM."""
+    with lab.app() as client:
+        _bridge(client)
+        vm = create(lab, client, nics=[NIC], machine="q35")
+        vm = wait_vm(client, vm["id"], settled("running"))
+        assert _behind_root_ports(client, vm["id"]) == {"nic0": "rp0"}
+        for index in range(1, SPARE_ROOT_PORTS + 1):
+            answer = client.post(f"/v1/vms/{vm['id']}/nics?wait=20", json=NIC)
+            assert answer.status_code == 201, answer.text
+            assert answer.json()["index"] == index
+        behind = _behind_root_ports(client, vm["id"])
+        assert behind == {f"nic{i}": f"rp{i}" for i in range(SPARE_ROOT_PORTS + 1)}
+        assert get(client, vm["id"])["status_reason"] is None
+        extra = client.post(f"/v1/vms/{vm['id']}/nics?wait=20", json=NIC)
+        assert extra.status_code == 201, extra.text
+        vm = get(client, vm["id"])
+        assert "no free PCIe root port" in (vm["status_reason"] or ""), vm
+        # its next start: every NIC on a port of its own, the spares empty again
+        assert client.post(f"/v1/vms/{vm['id']}/stop?wait=20").status_code == 200
+        started = client.post(f"/v1/vms/{vm['id']}/start?wait=20")
+        assert started.status_code == 200, started.text
+        behind = _behind_root_ports(client, vm["id"])
+        assert behind == {f"nic{i}": f"rp{i}" for i in range(SPARE_ROOT_PORTS + 2)}, started.text
+        assert get(client, vm["id"])["status_reason"] is None

@@ -177,3 +177,54 @@ def test_the_guest_sees_a_nic_plugged_kept_repaired_and_unplugged(
         kept = _vm(client, vm["id"])
         assert (kept["status"], kept["pid"]) == ("running", pid), kept
         assert "KVT-UNPLUGGED 3" not in console()
+
+
+def test_a_q35_guest_sees_a_nic_plugged_on_a_root_port_and_unplugged(
+    host: tuple[str, Path, E2EDaemon, Path],
+) -> None:
+    """q35: a NIC added while the guest runs goes on a spare PCIe root port, the guest's
+    pciehp driver sees it (the interface appears, gets its fixed address, answers ping), and
+    DELETE presses the slot's attention button: the guest lets the device go (PCIe native
+    hotplug, QEMU's docs/pcie.txt) and qemu drops it."""
+    ns, workdir, daemon, _ = host
+    guest = build_guest("virtio")
+    initrd = overlay_initrd(guest, HOOK, {}, workdir / "hotplug.initrd")
+    with daemon.client(timeout=60) as client:
+        for index in (0, 1):
+            ok(client.post("/v1/bridges?wait=10", json={"name": f"br{index}"}), 201)
+            network = {"name": f"nat{index}", "bridge": f"br{index}"}
+            network["subnet"] = f"10.9{3 + index}.0.0/24"
+            ok(client.post("/v1/networks?wait=10", json=network), 201)
+        body = {
+            "name": "hot35",
+            "machine": "q35",
+            "memory_mib": 256,
+            "boot": {
+                "kernel": str(guest.kernel),
+                "initrd": str(initrd),
+                "cmdline": kernel_cmdline(dhcp=True),
+            },
+            "nics": [{"backend": "bridge", "bridge": "br0"}],
+        }
+        vm = ok(client.post("/v1/vms?wait=60", json=body), 201)
+
+        def console() -> str:
+            return str(client.get(f"/v1/vms/{vm['id']}/console").text)
+
+        wait_for(lambda: parse_ready(console()), 120, "guest ready")
+        started = time.monotonic()
+        nic_in = {"backend": "bridge", "bridge": "br1", "ipv4": HOT_IP}
+        nic = ok(client.post(f"/v1/vms/{vm['id']}/nics?wait=30", json=nic_in), 201)
+        wait_for(lambda: _ping(ns, HOT_IP) or None, 90, "the plugged NIC answers")
+        print(f"\nq35 hotplug: POST to the guest answering ping {time.monotonic() - started:.1f} s")
+        wait_for(lambda: f"KVT-HOTPLUG 1 ip={HOT_IP}/24" in console() or None, 10, "the hook")
+
+        started = time.monotonic()
+        gone = ok(client.delete(f"/v1/vms/{vm['id']}/nics/{nic['id']}?wait=60"), 200)
+        assert gone["status_reason"] is None, gone  # released within the unplug timeout
+        print(f"q35 unplug: DELETE to released {time.monotonic() - started:.1f} s")
+        wait_for(lambda: "KVT-UNPLUGGED 1" in console() or None, 30, "unplugged in the guest")
+        devices = ok(client.get(f"/v1/vms/{vm['id']}/devices"), 200)
+        assert [d["id"] for d in devices] == ["nic0"]
+        assert nic["tap_name"] not in links(ns)
+        assert _vm(client, vm["id"])["status"] == "running"

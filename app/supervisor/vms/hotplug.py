@@ -10,11 +10,12 @@ argv). The difference is carried out under the VM's lock, one NIC at a time:
   launch (a bridge NIC's own; a tap resource's or port's exists), opened once per queue,
   each descriptor handed to qemu by `getfd` (SCM_RIGHTS over the QMP socket), then
   `netdev_add` tap,fd=NAME and `device_add` with the NIC's model, MAC and id (qemu takes the
-  first free slot of the pc machine's PCI root bus);
+  first free slot of the pc machine's PCI root bus; on q35 an empty PCIe root port,
+  app.domain.pcie);
 - unplug: `device_del`, then the guest's release seen as DEVICE_DELETED (ACPI PCI hotplug
-  needs the guest's cooperation: a guest that does not answer within `unplug_timeout` leaves
-  it pending, said on the VM, finished when the event comes or at the VM's next stop), then
-  `netdev_del`, then the taps qemu no longer holds go;
+  and PCIe native hotplug need the guest's cooperation: a guest that does not answer within
+  `unplug_timeout` leaves it pending, said on the VM, finished when the event comes or at
+  the VM's next stop), then `netdev_del`, then the taps qemu no longer holds go;
 - re-plug: a running VM's tap deleted by hand is recreated and its NIC unplugged and
   plugged again (a device's netdev cannot be swapped while it exists); not a multi-queue NIC
   (replugs says why).
@@ -28,8 +29,9 @@ from dataclasses import dataclass
 
 from app.db.models import Vm, VmNic
 from app.db.repositories import vm_spec
-from app.domain.errors import DomainError
+from app.domain.errors import Conflict, DomainError
 from app.domain.nics import nic_driver
+from app.domain.pcie import SPARE_ROOT_PORTS, free_root_port, port_of, root_ports
 from app.domain.qemu_argv import device_qmp
 from app.domain.vms import PERIPHERALS, Machine, NicSpec, hotplug_refusal, peripheral_nics
 from app.host.errors import HostError
@@ -116,7 +118,8 @@ class Hotplug(ProcessEvents):
             specs = {nic.id: nic for nic in spec.nics}
             plans = {plan.name: plan for plan in taps}
             for nic in changes.plug:
-                await self._plug(state, process, nic, specs[nic.id], plans.get(nic.tap_name or ""))
+                plan = plans.get(nic.tap_name or "")
+                await self._plug(state, process, nic, specs[nic.id], plan, Machine(row.machine))
         except (HostError, DomainError, OSError, TimeoutError) as exc:
             state.nic_problem = f"NIC hotplug: {exc or 'timed out'}"
             state.nic_retry_at = self.clock() + self.resync_interval
@@ -134,6 +137,7 @@ class Hotplug(ProcessEvents):
         nic: VmNic,
         spec: NicSpec,
         plan: TapPlan | None,
+        machine: Machine,
     ) -> None:
         index = nic.position
         qmp = process.qmp
@@ -170,7 +174,8 @@ class Hotplug(ProcessEvents):
                     await qmp.execute("closefd", {"fdname": name})
             raise
         try:
-            await qmp.execute("device_add", device_qmp(index, spec))
+            bus = await self._free_port(qmp) if machine is Machine.Q35 else None
+            await qmp.execute("device_add", device_qmp(index, spec, bus))
         except QmpError:
             with contextlib.suppress(QmpError):
                 await qmp.execute("netdev_del", {"id": f"net{index}"})
@@ -182,6 +187,25 @@ class Hotplug(ProcessEvents):
         state.lost_taps.discard(nic.tap_name or "")
         log.info("VM %s: NIC %d (%s) plugged", state.vm_id, index, spec.mac)
         self._publish(state, "nic_plugged", f"NIC {index} ({spec.mac}) plugged")
+
+    async def _free_port(self, qmp: Qmp) -> str:
+        """An empty PCIe root port of a q35 qemu (app.domain.pcie), read from QOM: the
+        ports among its peripherals, and each NIC device's `parent_bus`; Conflict when all
+        are taken (the NIC waits for the VM's next start)."""
+        listing = await qmp.execute("qom-list", {"path": PERIPHERALS})
+        taken = set()
+        for index in peripheral_nics(listing):
+            path = f"{PERIPHERALS}/nic{index}"
+            bus = await qmp.execute("qom-get", {"path": path, "property": "parent_bus"})
+            if (port := port_of(bus)) is not None:
+                taken.add(port)
+        port = free_root_port(root_ports(listing), taken)
+        if port is None:
+            raise Conflict(
+                f"no free PCIe root port: a q35 VM starts with {SPARE_ROOT_PORTS} spare ones "
+                "for NICs added while it runs; this NIC is plugged at its next start"
+            )
+        return port
 
     async def _unplug(self, state: VmState, process: QemuProcess, index: int) -> bool:
         """device_del and the guest's release, then netdev_del. False when the guest has
