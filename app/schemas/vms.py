@@ -442,8 +442,10 @@ class NicIn(RequestModel):
         backend = self.backend.value
         for name, owners in field_backends().items():
             if getattr(self, name, None) is not None and backend not in owners:
+                why = f" ({OTHER_FIELD_WHY[name]})" if name in OTHER_FIELD_WHY else ""
                 raise ValueError(
-                    f"`{name}` is for the {either(owners)} backend, not {backend} (leave it out)"
+                    f"`{name}` is for the {either(owners)} backend{why}, not {backend} "
+                    "(leave it out)"
                 )
         driver = find_driver(backend)
         if not self.link_up and driver is not None and driver.device_model is not None:
@@ -541,6 +543,10 @@ class NicIn(RequestModel):
             raise ValueError("a trunk NIC (`vlan_tagged`) needs `bridge`: the trunk")
         if self.native_vlan is not None and self.vlan_tagged is None:
             raise ValueError("`native_vlan` belongs to a trunk NIC: give `vlan_tagged` too")
+
+
+# what a field of only some backends is, where its name does not say it
+OTHER_FIELD_WHY = {"ipv4": "a fixed address on a managed network's bridge or tap"}
 
 
 def _needs_kernel(option: str) -> dict[str, Any]:
