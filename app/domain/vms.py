@@ -209,6 +209,15 @@ def validate_nic(
         raise InvalidInput(f"a hub number is between {HUBS[0]} and {HUBS[1]}")
 
 
+def nic_label(spec: VmSpec, position: int) -> str:
+    """How messages name the NIC at `position` of `spec.nics`: as the request sent it
+    (`nics[1]`) for a VM being created, by its lifelong index (`NIC 3`, as in
+    /v1/vms/{id}/nics/{index}) for a stored one."""
+    if not spec.nic_indexes:
+        return f"nics[{position}]"
+    return f"NIC {spec.nic_indexes[position]}"
+
+
 def _validate_vhost(nic: NicSpec, driver: NicDriver, missing: str | None) -> None:
     """vhost=on: 422 where vhost-net cannot carry this NIC whatever the host, then 409 where
     this host's /dev/vhost-net does not work (app.domain.vhost)."""
@@ -292,15 +301,6 @@ def validate_vm(
         macs.add(nic.mac)
         if nic.tap is not None:
             _one_nic_per_tap(taps, nic.tap, index)
-
-
-def nic_label(spec: VmSpec, position: int) -> str:
-    """How messages name the NIC at `position` of `spec.nics`: as the request sent it
-    (`nics[1]`) for a VM being created, by its lifelong index (`NIC 3`, as in
-    /v1/vms/{id}/nics/{index}) for a stored one."""
-    if not spec.nic_indexes:
-        return f"nics[{position}]"
-    return f"NIC {spec.nic_indexes[position]}"
 
 
 def boot_nic_index(spec: VmSpec) -> int | None:
