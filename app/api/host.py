@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from app.api.deps import admin_only, context
 from app.api.presenters import uplink_diagnostic
 from app.api.strict import StrictRoute
-from app.schemas.common import PROBLEM_RESPONSES
+from app.domain.errors import NotFound
+from app.schemas.common import PROBLEM_RESPONSES, LinkNameStr
 from app.schemas.host import (
     Capabilities,
     CapabilitiesSummary,
@@ -67,13 +68,32 @@ async def list_sriov_pfs(request: Request) -> list[SriovPf]:
     return [SriovPf(**pf) for pf in await ctx.read(lambda s: SriovService(s).view(pfs))]
 
 
+# a PF is named by its interface: a name that is no Linux link name is 422, as in a NIC's `pf`
+PfName = Annotated[
+    LinkNameStr, Path(description="The physical function's interface (e.g. enp1s0f0)")
+]
+
+
+@router.get("/sriov/{pf}", operation_id="get_sriov_pf", response_model=SriovPf)
+async def get_sriov_pf(pf: PfName, request: Request) -> SriovPf:
+    """One physical function as GET /v1/host/sriov lists it. 404 when `pf` is no SR-IOV
+    physical function on this host, 422 when it is no Linux link name."""
+    ctx = context(request)
+    pfs = await ctx.host(ctx.inspector.sriov_pool)
+    shown = await ctx.read(lambda s: SriovService(s).view([p for p in pfs if p.name == pf]))
+    if not shown:
+        raise NotFound(f"{pf} is not an SR-IOV physical function on this host")
+    return SriovPf(**shown[0])
+
+
 @router.put("/sriov/{pf}", operation_id="set_sriov_num_vfs", response_model=SriovPf)
-async def set_sriov_num_vfs(pf: str, body: SriovNumVfs, request: Request) -> SriovPf:
+async def set_sriov_num_vfs(pf: PfName, body: SriovNumVfs, request: Request) -> SriovPf:
     """Give PF `pf` `num_vfs` virtual functions (sysfs sriov_numvfs; 0 first when changing a
     non-zero count, as the kernel requires). Done at once on the host, not by the
     supervisor: the VF count is the hardware's, not a resource of kvmnetd's. 404 for an
-    unknown PF, 422 beyond its total_vfs, 409 while VM NICs hold VFs of it (a NIC created
-    between the check and the write is refused by the pool it reads: its VF is gone)."""
+    unknown PF, 422 beyond its total_vfs or for a `pf` that is no Linux link name, 409 while
+    VM NICs hold VFs of it (a NIC created between the check and the write is refused by the
+    pool it reads: its VF is gone)."""
     ctx = context(request)
     pfs = await ctx.host(ctx.inspector.sriov_pool)
     await ctx.read(lambda s: SriovService(s).check_num_vfs(pfs, pf, body.num_vfs))
@@ -145,6 +165,7 @@ async def get_capabilities_summary(request: Request) -> CapabilitiesSummary:
     features = {name: feature.available for name, feature in caps.links.items()}
     features |= {"tun_device": caps.tun_device.available, "vhost_net": caps.vhost_net.available}
     features["rate_limit"] = caps.rate_limit.available
+    features["sriov"] = caps.sriov.available
     return CapabilitiesSummary(
         features=features,
         accelerators=[

@@ -10,7 +10,11 @@ DEVICE_DELETED, netdev_del, then its tap goes). A stopped VM gets its NICs at it
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import JsonValue
 
 from app.api.deps import AppContext, Wait, caller_of, context
 from app.api.presenters import vm_out
@@ -18,6 +22,9 @@ from app.api.strict import StrictRoute
 from app.api.vms import NicRef, host_facts
 from app.api.waiting import settle_response
 from app.db.models import Vm
+from app.db.session import Session
+from app.domain.tenancy import Caller
+from app.domain.vms import Vhost
 from app.schemas.common import PROBLEM_RESPONSES
 from app.schemas.vms import NicIn, NicOut, NicPatch
 from app.schemas.vms import Vm as VmOut
@@ -89,6 +96,39 @@ async def remove_vm_nic(
     return await _present(ctx, settled)
 
 
+# what a fixed field's null means (as at creation: NicIn), and the fields the daemon observes
+# (they change on their own: never compared)
+FIXED_NULL_MEANS: dict[str, JsonValue] = {"vhost": Vhost.AUTO.value}
+OBSERVED = frozenset({"port_security_state", "observed_ipv4", "address_status_reason"})
+
+
+async def _fixed_unchanged(
+    ctx: AppContext, caller: Caller, vm_id: str, index: str, body: NicPatch
+) -> None:
+    """422 at each field fixed at creation the PATCH sent with another value than the NIC's
+    (as GET shows it); the same value is no change. 404 for an unknown VM or NIC. The fixed
+    fields never change, so reading them before the change's own transaction is no race."""
+    sent = {k: v for k, v in body.fixed_sent().items() if k not in OBSERVED}
+    if not sent:
+        return
+
+    def shown(session: Session) -> dict[str, Any]:
+        service = VmNicService(session, caller)
+        vm = service.vms.get(vm_id)
+        nic = service.find(vm, index)
+        out = vm_out(vm, service.vms.nics(vm.id))
+        return next(n for n in out.nics if n.id == nic.id).model_dump(mode="json")
+
+    nic = await ctx.read(shown)
+    errors = [
+        {"loc": ["body", name], "msg": NicPatch.fixed_messages[name], "type": "fixed_at_creation"}
+        for name, value in sent.items()
+        if name not in nic or nic[name] != (FIXED_NULL_MEANS.get(name) if value is None else value)
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+
+
 async def _present(ctx: AppContext, row: Vm) -> VmOut:
     nics = await ctx.read(lambda s: VmService(s).nics(row.id))
     return vm_out(row, nics)
@@ -116,6 +156,7 @@ async def update_vm_nic(
     422 for a NIC whose backend has no tap of its own (only the bridge backend's have
     limits)."""
     ctx, caller = context(request), caller_of(request)
+    await _fixed_unchanged(ctx, caller, vm_id, index, body)
     row, op = await ctx.mutate(lambda s: NicLimitService(s, caller).update(vm_id, index, body))
     settled = await settle_response(ctx, response, "vms", row, op, wait, 200)
     if isinstance(settled, Response):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class DomainError(Exception):
     """Base of every error a client may see. `kind` is the stable problem type slug."""
@@ -84,3 +87,17 @@ class Unavailable(DomainError):
 class BeingDeleted(Conflict):
     kind = "being-deleted"
     title = "Resource is being deleted"
+
+
+@contextlib.contextmanager
+def naming(where: str) -> Iterator[None]:
+    """A DomainError raised inside says first what it is about (`where: detail`), e.g. which
+    of a request's NICs (`nics[1]: vhost-net only accelerates virtio-net-pci`): rules that
+    see one object name it as the caller's request does, never by an id the client never
+    saw."""
+    try:
+        yield
+    except DomainError as exc:
+        exc.detail = f"{where}: {exc.detail}"
+        exc.args = (exc.detail, *exc.args[1:])
+        raise

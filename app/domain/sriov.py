@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 from app.domain.errors import Conflict, InvalidInput
+from app.domain.vlans import HostLacksFeature
+
+# the capability probe's key (app.host.capabilities.probe_sriov)
+SRIOV = "sriov"
 
 # a PCI address as sysfs names it: domain:bus:device.function
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
@@ -94,9 +99,9 @@ def free_vf(
     which vfio-pci can take (it is in an IOMMU group). Conflict naming why there is none."""
     candidates = [pf for pf in pfs if pf_name is None or pf.name == pf_name]
     if pf_name is not None and not candidates:
-        raise Conflict(f"{pf_name} is not an SR-IOV physical function on this host")
+        _lacks_sriov(f"{pf_name} is not an SR-IOV physical function on this host")
     if not candidates:
-        raise Conflict("this host has no SR-IOV physical function")
+        _lacks_sriov("this host has no SR-IOV physical function")
     for pf in candidates:
         for vf in pf.vfs:
             if vf.pci_address not in claimed and vf.iommu_group is not None:
@@ -104,5 +109,22 @@ def free_vf(
     where = pf_name or "any physical function"
     vfs = [vf for pf in candidates for vf in pf.vfs]
     if vfs and all(vf.iommu_group is None for vf in vfs):
-        raise Conflict(f"the VFs of {where} are in no IOMMU group: vfio-pci needs an IOMMU")
+        _lacks_sriov(f"the VFs of {where} are in no IOMMU group: vfio-pci needs an IOMMU")
     raise Conflict(f"{where} has no free virtual function (set num_vfs to make more)")
+
+
+def _lacks_sriov(reason: str) -> NoReturn:
+    """409 host-lacks-feature with `missing_features` (as vhost-net's and a VLAN's): the host
+    cannot give an sriov NIC a VF at all (a full pool is a plain conflict: it frees up)."""
+    raise HostLacksFeature(
+        f"{reason}; the sriov backend needs an SR-IOV NIC (GET /v1/host/sriov) and an IOMMU",
+        missing_features=[
+            {
+                "feature": SRIOV,
+                "description": "SR-IOV virtual functions (PCI SR-IOV capability, vfio-pci)",
+                "kernel_config": None,
+                "module": None,
+                "reason": reason,
+            }
+        ],
+    )

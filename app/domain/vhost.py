@@ -37,13 +37,14 @@ def vhost_net_missing(capabilities: Mapping[str, Any]) -> str | None:
     return None
 
 
-def require_vhost_net(missing: str | None, what: str) -> None:
+def require_vhost_net(missing: str | None) -> None:
     """409 host-lacks-feature (with `missing_features`, as a VLAN's) when `missing` says why
-    vhost-net does not work here; nothing when it does (None)."""
+    vhost-net does not work here; nothing when it does (None). The caller names the NIC
+    (app.domain.errors.naming)."""
     if missing is None:
         return
     raise HostLacksFeature(
-        f"{what}: vhost=on needs {WHAT}, which does not work on this host: {missing} "
+        f"vhost=on needs {WHAT}, which does not work on this host: {missing} "
         "(vhost=auto uses it only where it works)",
         missing_features=[
             {

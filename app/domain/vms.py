@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from app.domain.errors import InvalidInput
+from app.domain.errors import InvalidInput, naming
 from app.domain.names import validate_mac
 from app.domain.nics import NicDriver, backends_where, nic_driver, validate_hub
 from app.domain.nics.spec import (
@@ -166,6 +166,18 @@ def validate_nic_model(model: str, machine: Machine, available: Iterable[str]) -
         raise InvalidInput(f"{model} is an ISA card: it needs the isapc machine")
 
 
+def validate_passthrough_bus(backend: str, machine: Machine) -> None:
+    """A backend whose guest device is passed through (the sriov backend's VF: vfio-pci, a
+    PCI device) needs a PCI bus: 422 on isapc, as e1000 there. The services ask this before
+    the backend claims anything (a VF), so the refusal is the input's, not the host's."""
+    driver = nic_driver(backend)
+    if driver.device_model is not None and machine is Machine.ISAPC:
+        raise InvalidInput(
+            f"the isapc machine has no PCI bus: the {backend} backend's "
+            f"{driver.device_model} device cannot be used there"
+        )
+
+
 def validate_nic(
     nic: NicSpec, machine: Machine, available: Iterable[str], vhost_missing: str | None
 ) -> None:
@@ -173,12 +185,13 @@ def validate_nic(
     `vhost_missing`: why /dev/vhost-net does not work here (None: it does)."""
     driver = nic_driver(nic.backend)
     validate_hub(nic, driver)
-    if driver.device_model is not None:
+    if driver.device_model is not None:  # a device passed through: a PCI one (vfio-pci)
         if nic.model != driver.device_model:
             raise InvalidInput(
                 f"the {nic.backend} backend's guest device is {driver.device_model}, "
                 f"not {nic.model!r}"
             )
+        validate_passthrough_bus(nic.backend, machine)
     elif nic.model is not None:
         validate_nic_model(nic.model, machine, available)
     validate_mac(nic.mac)
@@ -196,17 +209,26 @@ def validate_nic(
         raise InvalidInput(f"a hub number is between {HUBS[0]} and {HUBS[1]}")
 
 
+def nic_label(spec: VmSpec, position: int) -> str:
+    """How messages name the NIC at `position` of `spec.nics`: as the request sent it
+    (`nics[1]`) for a VM being created, by its lifelong index (`NIC 3`, as in
+    /v1/vms/{id}/nics/{index}) for a stored one."""
+    if not spec.nic_indexes:
+        return f"nics[{position}]"
+    return f"NIC {spec.nic_indexes[position]}"
+
+
 def _validate_vhost(nic: NicSpec, driver: NicDriver, missing: str | None) -> None:
     """vhost=on: 422 where vhost-net cannot carry this NIC whatever the host, then 409 where
     this host's /dev/vhost-net does not work (app.domain.vhost)."""
     if not driver.vhost:
         raise InvalidInput(
-            f"NIC {nic.id}: vhost-net moves a tap's packets, and the {nic.backend} backend "
-            f"has no tap (vhost=on needs a {backends_where('vhost')} backend)"
+            f"vhost-net moves a tap's packets, and the {nic.backend} backend has no tap "
+            f"(vhost=on needs a {backends_where('vhost')} backend)"
         )
     if nic.model != VHOST_MODEL:
-        raise InvalidInput(f"NIC {nic.id}: vhost-net only accelerates {VHOST_MODEL}")
-    require_vhost_net(missing, f"NIC {nic.id}")
+        raise InvalidInput(f"vhost-net only accelerates {VHOST_MODEL}, not {nic.model}")
+    require_vhost_net(missing)
 
 
 def _validate_offloads(nic: NicSpec, driver: NicDriver) -> None:
@@ -270,7 +292,8 @@ def validate_vm(
     macs: set[str] = set()
     taps: dict[str, int] = {}
     for index, nic in enumerate(spec.nics):
-        validate_nic(nic, spec.machine, models, vhost_missing)
+        with naming(nic_label(spec, index)):
+            validate_nic(nic, spec.machine, models, vhost_missing)
         if nic.mac in macs:
             raise InvalidInput(f"MAC {nic.mac} is used twice in this VM")
         macs.add(nic.mac)

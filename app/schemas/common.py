@@ -228,6 +228,12 @@ def _refusal(message: str) -> BeforeValidator:
     return BeforeValidator(refuse)
 
 
+def _sent_field() -> Any:
+    """The annotation of a fixed field that holds what a PATCH sent, for the route to compare
+    with the resource's value: absent from the schema, never dumped."""
+    return SkipJsonSchema[JsonValue]  # type: ignore[misc]
+
+
 def _fixed_field(message: str) -> Any:
     """The annotation of a field a PATCH names only to be told `message` (422 at that field):
     absent from the schema, never dumped."""
@@ -253,6 +259,9 @@ class UpdateModel(RequestModel):
 
     # the fields __init_subclass__ added for `created_by` (each one only refuses)
     fixed_at_creation: ClassVar[frozenset[str]] = frozenset()
+    # with `shown_by`: each fixed field's refusal, given by the route when the value sent is
+    # not the one the resource has (fixed_sent)
+    fixed_messages: ClassVar[Mapping[str, str]] = {}
 
     def __init_subclass__(
         cls,
@@ -260,6 +269,7 @@ class UpdateModel(RequestModel):
         created_by: type[BaseModel] | None = None,
         instead: str = "",
         elsewhere: Mapping[str, str] | None = None,
+        shown_by: type[BaseModel] | None = None,
         **kwargs: Any,
     ) -> None:
         # Runs inside pydantic's metaclass before it collects the fields from the class's
@@ -269,19 +279,31 @@ class UpdateModel(RequestModel):
             return
         annotations = inspect.get_annotations(cls)  # this class's own (a copy)
         inherited = {name for base in cls.__mro__[1:] for name in getattr(base, "model_fields", {})}
-        fixed = set()
+        messages: dict[str, str] = {}
         for name in created_by.model_fields:
             if name in annotations or name in inherited:
                 continue
             if elsewhere is not None and name in elsewhere:
-                message = f"{name} is not changed by PATCH: {elsewhere[name]}"
+                messages[name] = f"{name} is not changed by PATCH: {elsewhere[name]}"
             else:
-                message = f"{name} cannot change: it is fixed at creation; {instead}"
-            annotations[name] = _fixed_field(message)
+                messages[name] = f"{name} cannot change: it is fixed at creation; {instead}"
+        for name in shown_by.model_fields if shown_by is not None else ():
+            if name not in annotations and name not in inherited and name not in messages:
+                messages[name] = f"{name} is the daemon's to say, never set; {instead}"
+        for name, message in messages.items():
+            # with `shown_by`, a fixed field holds what was sent: the same value as the
+            # resource's (a resource read back and sent again) is no change
+            annotations[name] = _sent_field() if shown_by is not None else _fixed_field(message)
             setattr(cls, name, Field(None, exclude=True))
-            fixed.add(name)
         cls.__annotations__ = annotations
-        cls.fixed_at_creation = frozenset(fixed)
+        cls.fixed_at_creation = frozenset(messages)
+        cls.fixed_messages = messages if shown_by is not None else {}
+
+    def fixed_sent(self) -> dict[str, JsonValue]:
+        """The fields fixed at creation this PATCH sent, with their values (`shown_by`
+        models: the route compares them with the resource as shown)."""
+        sent = self.fixed_at_creation & self.model_fields_set
+        return {name: getattr(self, name) for name in sent}
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent, each with the value it means (null already resolved
@@ -320,6 +342,23 @@ class DependentOut(BaseModel):
     )
 
 
+class MissingFeature(BaseModel):
+    """One thing the host lacks for a request (problem type host-lacks-feature), as GET
+    /v1/host/capabilities names it."""
+
+    feature: str = Field(
+        description="The capability: vlan_8021q, vlan_filtering, port_isolation, macvtap, "
+        "vhost_net, sriov, ...",
+        examples=["vhost_net"],
+    )
+    description: str | None = Field(None, examples=["vhost-net"])
+    kernel_config: str | None = Field(
+        None, description="The kernel option that provides it; null: none (hardware)"
+    )
+    module: str | None = Field(None, description="The kernel module that provides it")
+    reason: str | None = Field(None, description="What the probe or the check found")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details. Extension members may follow (e.g. `dependents`)."""
 
@@ -351,6 +390,13 @@ class Problem(BaseModel):
         None,
         description="With types vlan-id-outside-ranges and vlan-ranges-exhausted: the "
         "project's VLAN id ranges, [first, last] pairs",
+    )
+    missing_features: list[MissingFeature] | None = Field(
+        None,
+        description="With type host-lacks-feature (409: the request is valid, but this "
+        "host's kernel or hardware cannot carry it, e.g. a VLAN without 8021q or bridge VLAN "
+        "filtering, `vhost: on` without vhost-net, an sriov NIC without an SR-IOV physical "
+        "function): each missing feature; nothing was stored",
     )
 
 
@@ -386,7 +432,8 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong bearer token",
         403: "The token's role may not do this (a reader's change, an admin-only route)",
         404: "Not found",
-        409: "Conflict",
+        409: "Conflict with the current state; `host-lacks-feature` (urn:kvmnetd:problem:"
+        "host-lacks-feature): the host cannot carry the request, `missing_features` say why",
         413: "Body too large",
         422: "Invalid input",
     }.items()

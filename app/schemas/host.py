@@ -122,7 +122,12 @@ class Capabilities(BaseModel):
         "port_isolation (the bridge port flag `isolated`, set and read back on a probe tap)"
     )
     tun_device: Feature
-    vhost_net: Feature
+    vhost_net: Feature = Field(
+        description="vhost-net for NICs' `vhost` (auto uses it where available; on is 409 "
+        "host-lacks-feature where not): /dev/vhost-net opened by trying (kernel "
+        "CONFIG_VHOST_NET, module vhost_net, which the probe loads with the kernel's modprobe "
+        "where the device node is missing); `reason` says what failed"
+    )
     sriov: Feature = Field(
         default_factory=lambda: Feature(
             available=False, reason="not probed", kernel_config=None, module=None
@@ -144,8 +149,11 @@ class CapabilitiesSummary(BaseModel):
     features: dict[str, bool] = Field(
         description="Feature -> available: the link kinds and bridge features of "
         "/v1/host/capabilities' `links` (vlan_8021q, vlan_filtering, port_isolation, "
-        "macvtap, ...), `tun_device` and `vhost_net`",
-        examples=[{"vlan_8021q": False, "port_isolation": True, "vhost_net": False}],
+        "macvtap, ...), `tun_device`, `vhost_net`, `rate_limit` and `sriov` (SR-IOV virtual "
+        "functions: a physical function and an IOMMU; the sriov backend is the admins')",
+        examples=[
+            {"vlan_8021q": False, "port_isolation": True, "vhost_net": False, "sriov": False}
+        ],
     )
     accelerators: list[str] = Field(
         description="The accelerators that run guests here (e.g. tcg)", examples=[["tcg"]]
@@ -188,9 +196,25 @@ class SriovVf(BaseModel):
         "cannot take it (boot with intel_iommu=on or amd_iommu=on)",
     )
     mac: str | None = Field(None, description="The MAC the PF set for it; 00:00:00:00:00:00: none")
-    vlan: int | None = Field(None, description="The VLAN (VID) the PF puts it on; 0: none")
-    spoof_check: bool | None = None
-    trust: bool | None = None
+    vlan: int | None = Field(
+        None,
+        description="The VLAN (802.1Q VID, 1-4094) the PF's switch puts the VF's untagged "
+        "frames on (ip-link(8) `vf N vlan VLANID`; netlink IFLA_VF_VLAN, where the kernel "
+        "reports VLAN 0 for none). Null: none (as a NIC's `vf_vlan`), or the PF reported "
+        "nothing for the VF (then `mac` is null too)",
+    )
+    spoof_check: bool | None = Field(
+        None,
+        description="Whether the PF drops frames from the VF whose source MAC is not the VF's "
+        "(ip-link(8) `vf N spoofchk on|off`; netlink IFLA_VF_SPOOFCHK; a driver that cannot "
+        "say reports -1, shown as false). Null: the PF reported nothing for the VF",
+    )
+    trust: bool | None = Field(
+        None,
+        description="Whether the VF is trusted: it may change its MAC and enter promiscuous or "
+        "all-multicast mode (ip-link(8) `vf N trust on|off`; netlink IFLA_VF_TRUST; -1 from "
+        "a driver that cannot say is shown as false). Null: the PF reported nothing for the VF",
+    )
     vm_id: str | None = Field(None, description="The VM whose NIC holds it; null: free")
     nic_id: str | None = Field(None, description="The NIC that holds it; null: free")
 

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from app.domain.nics import HostLink, backend_options, find_driver
+from app.domain.nics import HostLink, backend_options, field_backends, find_driver
 from app.domain.nics.macvtap import MacvtapMode
+from app.domain.nics.spec import either
 from app.domain.rate_limits import BURST_KIB as BURST_RANGE
 from app.domain.rate_limits import RATE_KBPS
 from app.domain.vms import (
@@ -92,6 +93,12 @@ VHOST_DOC = (
     "vhost only once the guest's driver has started the device; whether it runs it: "
     "`vhost` in GET /v1/vms/{id}/devices"
 )
+
+
+def _null_is_auto(value: Vhost | None) -> Vhost:
+    """A NIC's `vhost` null means what leaving it out does (auto), as the other options'."""
+    return Vhost.AUTO if value is None else value
+
 
 # offloads (issue 13, app.domain.nics.offloads)
 CHECKSUM = (
@@ -376,7 +383,9 @@ class NicIn(RequestModel):
     hub: int | None = Field(None, ge=0, le=1024, description="hub backend, or a hub join")
     queues: int = Field(1, ge=QUEUES[0], le=QUEUES[1], description=QUEUES_DOC)
     mtu: int | None = Field(None, ge=MTU_RANGE[0], le=MTU_RANGE[1], description=NIC_MTU)
-    vhost: Vhost = Field(Vhost.AUTO, strict=False, description=VHOST_DOC)
+    vhost: Annotated[Vhost | None, AfterValidator(_null_is_auto)] = Field(
+        Vhost.AUTO, strict=False, description=f"{VHOST_DOC}. Null or omitted: auto"
+    )
     offloads: OffloadsIn | None = Field(None, description=OFFLOADS)
     link_up: bool = True
     isolated: Isolated = Field(
@@ -417,12 +426,33 @@ class NicIn(RequestModel):
                 raise ValueError("the bridge backend needs `bridge` or `vlan`")
         elif needed is not None and getattr(self, needed) is None:
             raise ValueError(f"the {self.backend.value} backend needs `{needed}`")
+        self._other_backends_fields()
         self._vlan_fields()
         self._isolation()
         self._rate_limits()
         self._macvtap_fields()
         self._sriov_fields()
         return self
+
+    def _other_backends_fields(self) -> None:
+        """A field of other backends (`bridge` on a user NIC, `tap` on an sriov one, ...) is
+        422 naming who takes it, never dropped; left out or null it is not there. `link_up`
+        false is QEMU's set_link on its netdev: a backend whose guest device is passed
+        through (the sriov backend's VF) has none."""
+        backend = self.backend.value
+        for name, owners in field_backends().items():
+            if getattr(self, name, None) is not None and backend not in owners:
+                why = f" ({OTHER_FIELD_WHY[name]})" if name in OTHER_FIELD_WHY else ""
+                raise ValueError(
+                    f"`{name}` is for the {either(owners)} backend{why}, not {backend} "
+                    "(leave it out)"
+                )
+        driver = find_driver(backend)
+        if not self.link_up and driver is not None and driver.device_model is not None:
+            raise ValueError(
+                f"`link_up` false needs a QEMU netdev (set_link); the {backend} backend's "
+                f"guest device is {driver.device_model}, passed through whole"
+            )
 
     def _rate_limits(self) -> None:
         """Limits are tc on the NIC's own tap (the bridge backend's VM_TAP); a burst needs
@@ -513,6 +543,10 @@ class NicIn(RequestModel):
             raise ValueError("a trunk NIC (`vlan_tagged`) needs `bridge`: the trunk")
         if self.native_vlan is not None and self.vlan_tagged is None:
             raise ValueError("`native_vlan` belongs to a trunk NIC: give `vlan_tagged` too")
+
+
+# what a field of only some backends is, where its name does not say it
+OTHER_FIELD_WHY = {"ipv4": "a fixed address on a managed network's bridge or tap"}
 
 
 def _needs_kernel(option: str) -> dict[str, Any]:
@@ -719,7 +753,12 @@ class NicOut(BaseModel):
     pf: str | None = Field(None, description="sriov backend: its physical function")
     vf: str | None = Field(None, description="sriov backend: its VF's PCI address")
     vf_index: int | None = Field(None, description="sriov backend: its VF's index on the PF")
-    vf_vlan: int | None = Field(None, description="sriov backend: the VF's VLAN (null: none)")
+    vf_vlan: int | None = Field(
+        None,
+        description="sriov backend: the VLAN (802.1Q VID) the PF puts the VF's untagged frames "
+        "on (ip-link(8) `vf N vlan VLANID`, set at each launch); null: none (the kernel's "
+        "VLAN 0, shown as null in GET /v1/host/sriov too)",
+    )
     spoof_check: bool | None = Field(None, description="sriov backend: the VF's spoof check")
     trust: bool | None = Field(None, description="sriov backend: whether the VF is trusted")
     vlan_id: str | None = Field(None, description="The VLAN it is an access port of")
@@ -852,13 +891,17 @@ class LinkState(RequestModel):
 class NicPatch(
     UpdateModel,
     created_by=NicIn,
+    shown_by=NicOut,
     instead="only ingress_kbps, egress_kbps and burst_kib change on a NIC (for the rest, "
     "remove the NIC and add it again: DELETE and POST /v1/vms/{id}/nics)",
 ):
     """Change a VM NIC's rate limits, at once on a running VM (tc on its tap: no restart).
     Omitted fields keep their value; null: no limit (burst_kib: the default). The result
     is checked as a whole (a burst needs a rate: remove both rates and the burst together).
-    Only the bridge backend's NICs have limits (422 otherwise)."""
+    Only the bridge backend's NICs have limits (422 otherwise). Other fields of the NIC (as
+    NicIn takes them or NicOut shows them: a NIC read back and sent again) are no change when
+    they have the NIC's value (`vhost` null: auto; the observed port_security_state,
+    observed_ipv4 and address_status_reason are not compared), 422 otherwise."""
 
     ingress_kbps: int | None = Field(
         None, ge=RATE_KBPS[0], le=RATE_KBPS[1], description=INGRESS_KBPS, examples=[10000]

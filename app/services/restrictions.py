@@ -102,24 +102,27 @@ def tenant_boot(caller: Caller, boot: BootIn, images: Path | None) -> BootIn:
     return boot.model_copy(update=resolved)
 
 
-def check_nics(caller: Caller, nics: Iterable[NicIn]) -> None:
+def check_nics(caller: Caller, nics: Iterable[NicIn], one: bool = False) -> None:
     """A member's NICs stay off the host: no multicast socket NIC, no unrestricted user
     NIC. (A socket NIC listens on loopback only, app.domain.nics.socket, and connects only
-    to a listening NIC of a VM its caller sees: its own project's, else 404.)"""
+    to a listening NIC of a VM its caller sees: its own project's, else 404.) `one`: the
+    body is a NIC itself (POST /v1/vms/{id}/nics), whose fields are named without
+    `nics[i].`."""
     if caller.is_admin:
         return
     for index, nic in enumerate(nics):
+        at = "" if one else f"nics[{index}]."
         if nic.socket is not None and nic.socket.mode == "mcast":
-            field = f"nics[{index}].socket.mode"
+            field = f"{at}socket.mode"
             require_admin_for(caller, field, MCAST, f"`{field}` mcast")
         if nic.backend is Backend.MACVTAP:
-            field = f"nics[{index}].backend"
+            field = f"{at}backend"
             require_admin_for(caller, field, MACVTAP, f"`{field}` macvtap")
         if nic.backend is Backend.SRIOV:
-            field = f"nics[{index}].backend"
+            field = f"{at}backend"
             require_admin_for(caller, field, SRIOV, f"`{field}` sriov")
         if nic.backend is Backend.USER and not (nic.user is not None and nic.user.restrict):
-            field = f"nics[{index}].user.restrict"
+            field = f"{at}user.restrict"
             require_admin_for(caller, field, USER_UNRESTRICTED, f"a user NIC without `{field}`")
 
 

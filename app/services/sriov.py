@@ -36,7 +36,8 @@ class SriovService:
                         "netdev": vf.netdev,
                         "iommu_group": vf.iommu_group,
                         "mac": config.mac if config else None,
-                        "vlan": config.vlan if config else None,
+                        # the kernel's VLAN 0 is none: null, as a NIC's vf_vlan
+                        "vlan": (config.vlan or None) if config else None,
                         "spoof_check": config.spoof_check if config else None,
                         "trust": config.trust if config else None,
                         "vm_id": claim.vm_id if claim else None,

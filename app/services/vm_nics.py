@@ -36,6 +36,8 @@ from app.domain.vms import (
     VmStatus,
     boot_nic_index,
     hotplug_refusal,
+    validate_nic,
+    validate_passthrough_bus,
     validate_vm,
 )
 from app.schemas.vms import NicIn
@@ -86,13 +88,17 @@ class VmNicService:
         """Add a NIC as at create. On a VM whose qemu runs (or is starting), only a NIC that
         can be hot-plugged (app.domain.vms.hotplug_refusal: 409 with the reason otherwise)."""
         vm = self._vm(ref)
-        check_nics(self.caller, [body])
+        check_nics(self.caller, [body], one=True)
         nics = list(self.vms.nics(vm.id))
         if len(nics) >= MAX_NICS:
             raise InvalidInput(f"VM {vm.name!r} has {len(nics)} NICs, the most a VM may have")
+        validate_passthrough_bus(body.backend, Machine(vm.machine))  # before a VF is claimed
         index = self._next_index(vm, nics)
         taken = VmRepository(self.session).nic_macs() | PortRepository(self.session).macs()
         row, spec = self.vms.new_nic(vm.id, index, body, taken, host.vlans, host)
+        # the new NIC alone first: its refusal is about the body sent (no `nics[i]`, no index
+        # it never had); validate_vm below adds the rules between NICs
+        validate_nic(spec, Machine(vm.machine), host.nic_models, host.vhost_missing)
         if body.isolated:
             require_port_isolation(host.isolation_missing)
         if qemu_may_run(vm):

@@ -35,6 +35,7 @@ from app.domain.errors import (
     MacTaken,
     NameTaken,
     NotFound,
+    naming,
 )
 from app.domain.isolation import port_isolation_missing, require_port_isolation
 from app.domain.networks import PortSpan
@@ -53,10 +54,12 @@ from app.domain.vms import (
     BootSpec,
     NicSpec,
     PowerState,
+    Vhost,
     VmSpec,
     VmStatus,
     allocate_mac,
     resolve_accelerator,
+    validate_passthrough_bus,
     validate_vm,
 )
 from app.schemas.vms import PATCH_DEFAULTS, NicIn, VmCreate, VmPatch
@@ -199,6 +202,9 @@ class VmService:
         QuotaGuard(self.session).charge(project_id, vm_asks(body.vcpus, body.memory_mib))
         vm_id = new_id()
         taken_macs = VmRepository(self.session).nic_macs() | PortRepository(self.session).macs()
+        for index, nic in enumerate(body.nics):  # before any NIC claims a VF
+            with naming(f"nics[{index}]"):
+                validate_passthrough_bus(nic.backend, body.machine)
         nics = [
             self._nic(vm_id, index, nic, taken_macs, host.vlans, host)
             for index, nic in enumerate(body.nics)
@@ -308,7 +314,7 @@ class VmService:
             backend=nic.backend.value,
             queues=nic.queues,
             mtu=nic.mtu,
-            vhost=nic.vhost.value,
+            vhost=(nic.vhost or Vhost.AUTO).value,
             link_up=nic.link_up,
             isolated=nic.isolated,  # a bridge backend's (NicIn refuses it elsewhere)
             options={},
@@ -324,7 +330,7 @@ class VmService:
             backend=nic.backend,
             hub=nic.hub,  # a hub NIC, or a backend that joins a hub
             queues=nic.queues,
-            vhost=nic.vhost,
+            vhost=nic.vhost or Vhost.AUTO,  # null is auto (NicIn)
             link_up=nic.link_up,
             mtu=nic.mtu,
             offloads=offloads,

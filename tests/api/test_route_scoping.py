@@ -379,6 +379,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/v1/host/sriov"): ok(200, admin_only=True),
     # no SR-IOV physical function on this host: 404 for the admin, 403 for the others
     ("PUT", "/v1/host/sriov/{pf}"): ok(404, admin_only=True, body=lambda w, p: {"num_vfs": 0}),
+    ("GET", "/v1/host/sriov/{pf}"): ok(404, admin_only=True),
     ("GET", "/v1/capabilities"): ok(200, projectless=True),  # the summary: every token
     ("GET", "/v1/host/diagnostics"): ok(200, admin_only=True),
     # events and operations

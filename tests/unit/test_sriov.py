@@ -13,7 +13,15 @@ from app.domain.nics import dump_options, load_options, present_options
 from app.domain.nics.spec import NicSpec, VfSpec
 from app.domain.qemu_argv import qemu_argv
 from app.domain.sriov import PhysicalFunction, VirtualFunction, free_vf, validate_num_vfs
-from app.domain.vms import Accelerator, BootSpec, VmSpec, validate_vm
+from app.domain.vlans import HostLacksFeature
+from app.domain.vms import (
+    Accelerator,
+    BootSpec,
+    Machine,
+    VmSpec,
+    validate_passthrough_bus,
+    validate_vm,
+)
 
 MAC = "52:54:00:00:00:01"
 
@@ -104,3 +112,26 @@ def test_the_sriov_driver_stores_validates_and_passes_the_vf_to_qemu() -> None:
         bad_spec = VmSpec(id="v1", name="vm1", boot=BootSpec(kernel="/k"), nics=(nic,))
         with pytest.raises(InvalidInput, match=reason):
             validate_vm(bad_spec, ["virtio-net-pci", "e1000"])
+
+
+def test_a_vf_is_a_pci_device_so_isapc_refuses_an_sriov_nic() -> None:
+    vf = VfSpec("eth0", "0000:01:10.0", 0)
+    spec = VmSpec(
+        id="v1", name="vm1", machine=Machine.ISAPC, boot=BootSpec(kernel="/k"), nics=(_nic(vf),)
+    )
+    with pytest.raises(InvalidInput, match=r"^nics\[0\]: the isapc machine has no PCI bus"):
+        validate_vm(spec, ["ne2k_isa"])
+    with pytest.raises(InvalidInput, match="vfio-pci device cannot be used there"):
+        validate_passthrough_bus("sriov", Machine.ISAPC)  # before a VF is claimed
+    validate_passthrough_bus("sriov", Machine.PC)
+    validate_passthrough_bus("bridge", Machine.ISAPC)  # its model decides (validate_nic_model)
+
+
+def test_no_sriov_on_the_host_is_host_lacks_feature_a_full_pool_a_conflict() -> None:
+    with pytest.raises(HostLacksFeature) as refused:
+        free_vf([pf("eth0", 5)], set(), "eth9")
+    (missing,) = refused.value.extra["missing_features"]
+    assert missing["feature"] == "sriov" and missing["reason"].startswith("eth9 is not")
+    with pytest.raises(Conflict) as full:
+        free_vf([pf("eth0")], set(), "eth0")
+    assert not isinstance(full.value, HostLacksFeature)

@@ -347,3 +347,21 @@ def test_only_a_kernel_boot_leaves_the_machine_graphics_alone() -> None:
 def test_exactly_one_boot_source(boot: BootSpec) -> None:
     with pytest.raises(InvalidInput, match="exactly one of a kernel"):
         validate_vm(vm(nic(), boot=boot), ALL_MODELS)
+
+
+def test_a_nics_refusal_names_it_as_the_request_or_by_its_index_never_by_id() -> None:
+    """A VM being created: `nics[i]` as sent; a stored VM (nic_indexes): `NIC <index>`, as
+    /v1/vms/{id}/nics/{index} names it; the NIC's internal id never."""
+    bad = nic(id="4ca5d548-0000-4000-8000-000000000000", mac="52:54:00:00:00:02", model="e1000")
+    spec = vm(nic(), replace(bad, vhost=Vhost.ON))
+    with pytest.raises(InvalidInput) as refused:
+        validate_vm(spec, ALL_MODELS)
+    assert refused.value.detail.startswith("nics[1]: vhost-net moves a tap's packets")
+    assert str(refused.value) == refused.value.detail and "4ca5d548" not in str(refused.value)
+    with pytest.raises(InvalidInput, match=r"^NIC 7: vhost-net moves"):
+        validate_vm(replace(spec, nic_indexes=(0, 7)), ALL_MODELS)
+    tap_e1000 = replace(bad, backend=Backend.TAP, tap="tap1", vhost=Vhost.ON)
+    with pytest.raises(InvalidInput, match=r"^nics\[0\]: vhost-net only accelerates"):
+        validate_vm(vm(tap_e1000), ALL_MODELS)
+    with pytest.raises(HostLacksFeature, match=r"^nics\[0\]: vhost=on needs vhost-net"):
+        validate_vm(vm(nic(backend=Backend.TAP, tap="t", vhost=Vhost.ON)), ALL_MODELS, "gone")

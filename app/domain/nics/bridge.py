@@ -56,6 +56,7 @@ class BridgeDriver(TapNetdev):
     name: ClassVar[str] = "bridge"
     host_link: ClassVar[HostLink] = HostLink.VM_TAP
     option: ClassVar[str | None] = "bridge"
+    fields: ClassVar[tuple[str, ...]] = ("ipv4",)
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         bridge = request.get("bridge")

@@ -112,7 +112,7 @@ class MacvtapDriver(TapNetdev):
     def validate(self, nic: NicSpec) -> None:
         super().validate(nic)
         if nic.parent is None:
-            raise InvalidInput(f"NIC {nic.id}: the macvtap backend needs `parent`")
+            raise InvalidInput("the macvtap backend needs `parent`")
         validate_link_name(nic.parent)
         if nic.macvtap_mode not in MacvtapMode._value2member_map_:
             modes = ", ".join(m.value for m in MacvtapMode)

@@ -20,6 +20,7 @@ class PortDriver(TapNetdev):
     name: ClassVar[str] = "port"
     host_link: ClassVar[HostLink] = HostLink.TAP
     option: ClassVar[str | None] = "port"
+    fields: ClassVar[tuple[str, ...]] = ("ipv4",)  # must be the port's
     plugs_port: ClassVar[bool] = True
     multiqueue: ClassVar[bool] = False  # a port's tap is made with one queue
 

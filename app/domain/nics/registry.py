@@ -118,6 +118,10 @@ class NicDriver:
     plugs_port: ClassVar[bool] = False
     # the request field that says where it attaches (`tap` for the tap backend), None: none
     option: ClassVar[str | None] = None
+    # further request fields only backends that list them take (the user backend's `user`;
+    # `ipv4`: a fixed address on a managed network, for a tap on a bridge): the others refuse
+    # them (422) instead of dropping them
+    fields: ClassVar[tuple[str, ...]] = ()
     # can be added to and removed from a running qemu (QMP netdev_add with descriptors the
     # daemon passes, then device_add: netdev_qmp); the others wait for a stopped VM
     hotplug: ClassVar[bool] = False
@@ -253,6 +257,18 @@ def backends_where(test: str) -> str:
 def backend_options() -> dict[str, str]:
     """Backend -> the request field it needs (the backends that need one)."""
     return {name: d.option for name, d in DRIVERS.items() if d.option is not None}
+
+
+def field_backends() -> dict[str, list[str]]:
+    """A request field only some backends take -> those backends: each one's `option` (but
+    `hub`, which a hub join on any backend with a hub also takes: validate_hub) and its
+    `fields`."""
+    owners: dict[str, list[str]] = {}
+    for name, driver in DRIVERS.items():
+        own = [driver.option] if driver.option not in (None, "hub") else []
+        for field in [*own, *driver.fields]:
+            owners.setdefault(str(field), []).append(name)
+    return owners
 
 
 # ---- the stored `options` JSON of a NIC row ------------------------------------------------

@@ -85,7 +85,7 @@ class SriovDriver(NicDriver):
 
     def validate(self, nic: NicSpec) -> None:
         if nic.vf is None:
-            raise InvalidInput(f"NIC {nic.id}: the sriov backend needs a virtual function")
+            raise InvalidInput("the sriov backend needs a virtual function")
         validate_link_name(nic.vf.pf)
         validate_pci_address(nic.vf.pci_address)
         if nic.vf.vlan is not None:

@@ -25,7 +25,7 @@ class TapNetdev(NicDriver):
 
     def validate(self, nic: NicSpec) -> None:
         if nic.tap is None:
-            raise InvalidInput(f"NIC {nic.id}: the {nic.backend} backend needs a tap")
+            raise InvalidInput(f"the {nic.backend} backend needs a tap")
         validate_link_name(nic.tap)
 
     def netdev(
@@ -88,6 +88,7 @@ class TapDriver(TapNetdev):
     name: ClassVar[str] = "tap"
     host_link: ClassVar[HostLink] = HostLink.TAP
     option: ClassVar[str | None] = "tap"
+    fields: ClassVar[tuple[str, ...]] = ("ipv4",)
 
     def admit(self, nic: NicSpec, request: Mapping[str, Any], claims: NicClaims) -> NicSpec:
         return replace(nic, tap=claims.tap_resource(str(request["tap"]), nic.queues))

@@ -25,6 +25,7 @@ def user_net(raw: Mapping[str, Any] | None) -> UserNet:
 @register
 class UserDriver(NicDriver):
     name: ClassVar[str] = "user"
+    fields: ClassVar[tuple[str, ...]] = ("user",)
     mtu_refused: ClassVar[str | None] = (
         "mtu cannot be set on the user backend: QEMU's user networking (slirp) keeps its "
         "own fixed MTU"
