@@ -572,6 +572,10 @@ def _no_nul(path: str) -> str:
 HostPath = Annotated[str, AfterValidator(_no_nul)]
 
 
+_SNAPSHOT_NEEDS_DISK: JsonValue = {
+    "if": {"required": ["snapshot"], "properties": {"snapshot": {"const": True}}},
+    "then": {"required": ["disk"], "properties": {"disk": {"type": "string"}}},
+}
 _NETWORK_BOOT: JsonValue = {"required": ["network"], "properties": {"network": {"const": True}}}
 
 
@@ -585,6 +589,7 @@ class BootIn(RequestModel):
                 *exactly_one_of("kernel", "disk", also=[_NETWORK_BOOT]),
                 _needs_kernel("initrd"),
                 _needs_kernel("cmdline"),
+                _SNAPSHOT_NEEDS_DISK,
             ],
         }
     )
