@@ -51,9 +51,12 @@ async def add_vm_nic(
     port security, isolation). It gets the next `index` (never one the VM had before).
     A stopped VM gets it at its next start. On a VM whose qemu runs (or is starting) it is
     hot-plugged: only a PCI model (virtio-net-pci, e1000, ...) on the bridge, tap, port or macvtap
-    backend on the pc machine (409 with the reason otherwise: stop the VM first). Answers 202
-    with the NIC while the VM has not settled (the VM's operation in the headers), 201 once
-    it has (with ?wait=); a plug that failed shows in the VM's `status_reason`."""
+    backend of a pc or q35 VM (409 with the reason otherwise: stop the VM first). On q35 it
+    takes one of the 4 spare PCIe root ports the VM started with; with none free it waits for
+    a NIC's removal or the VM's next start (said in the VM's `status_reason`). A VM has at
+    most 16 NICs (422). Answers 202 with the NIC while the VM has not settled (the VM's
+    operation in the headers), 201 once it has (with ?wait=); a plug that failed shows in the
+    VM's `status_reason`."""
     ctx, caller = context(request), caller_of(request)
     host = await host_facts(ctx, [body])
     leases = ctx.inspector.leases
@@ -84,10 +87,11 @@ async def remove_vm_nic(
 ) -> VmOut | Response:
     """Remove a NIC (`index`: its index, or its id). Its fixed address (the static DHCP lease),
     port security rules and host port claims go; a port it plugged is free again. On a
-    running VM the guest must release the device (ACPI PCI hotplug): until then, or when
-    it does not within the unplug deadline, the VM's `status_reason` says so; its tap goes
-    once qemu has let it go. 409 `in-use` while port forwards target the NIC. Answers 202
-    with the VM, 200 once it settled (with ?wait=)."""
+    running VM the guest must release the device (ACPI PCI hotplug on pc, PCIe native hotplug
+    on q35): until then, or when it does not within the unplug deadline (20 s), the VM's
+    `status_reason` says so; its tap goes once qemu has let it go. 409 `in-use` while port
+    forwards target the NIC; 409 for the last NIC a network-booted VM can boot from. Answers
+    202 with the VM, 200 once it settled (with ?wait=)."""
     ctx, caller = context(request), caller_of(request)
     row, op = await ctx.mutate(lambda s: VmNicService(s, caller).remove(vm_id, index))
     settled = await settle_response(ctx, response, "vms", row, op, wait, 200)

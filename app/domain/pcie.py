@@ -14,10 +14,22 @@ the buses. Ports reserve no I/O window (`io-reserve=0`): 16 NICs' worth of
 
 from __future__ import annotations
 
+from app.domain.errors import Conflict
 from app.domain.vms import NIC_MODELS, Bus, Machine, VmSpec
 
 SPARE_ROOT_PORTS = 4
 PORT_PREFIX = "rp"
+
+
+class NoFreeRootPort(Conflict):
+    """Every root port of a q35 VM holds a device: the NIC waits for the VM's next start."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(
+            f"NIC {index} waits for the VM's next start: no free PCIe root port (a q35 VM "
+            f"starts with {SPARE_ROOT_PORTS} spare ones for NICs added while it runs; one is "
+            "free again once a NIC is removed)"
+        )
 
 
 def port_id(number: int) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from app.domain.pcie import SPARE_ROOT_PORTS
 from tests.e2e.helpers import E2EDaemon, ok, overlay_initrd, running_daemon, wait_for
 from tests.guest.build import build_guest, kernel_cmdline
 from tests.guest.console import parse_ready
@@ -228,3 +229,28 @@ def test_a_q35_guest_sees_a_nic_plugged_on_a_root_port_and_unplugged(
         assert [d["id"] for d in devices] == ["nic0"]
         assert nic["tap_name"] not in links(ns)
         assert _vm(client, vm["id"])["status"] == "running"
+
+        # the spare ports full: one more NIC waits (no tap made, none taken for "deleted by
+        # hand"), and is plugged once a removal frees a port
+        more = {"backend": "bridge", "bridge": "br1"}
+        spares = [
+            ok(client.post(f"/v1/vms/{vm['id']}/nics?wait=30", json=more), 201)
+            for _ in range(SPARE_ROOT_PORTS)
+        ]
+        waiting = ok(client.post(f"/v1/vms/{vm['id']}/nics?wait=30", json=more), 201)
+        reason = _vm(client, vm["id"])["status_reason"] or ""
+        assert f"NIC {waiting['index']} waits for the VM's next start" in reason, reason
+        assert waiting["tap_name"] not in links(ns)
+        time.sleep(5)  # passes of the VM worker (reconcile_interval=3): no false alarm
+        reason = _vm(client, vm["id"])["status_reason"] or ""
+        assert "deleted by hand" not in reason and "waits" in reason, reason
+        ok(client.delete(f"/v1/vms/{vm['id']}/nics/{spares[0]['index']}?wait=60"), 200)
+
+        def plugged() -> list[str] | None:
+            ids = [d["id"] for d in ok(client.get(f"/v1/vms/{vm['id']}/devices"), 200)]
+            return ids if f"nic{waiting['index']}" in ids else None
+
+        ids = wait_for(plugged, 30, "the waiting NIC plugged into the freed port")
+        assert f"nic{spares[0]['index']}" not in ids
+        wait_for(lambda: _vm(client, vm["id"])["status_reason"] is None or None, 20, "settled")
+        assert links(ns)[waiting["tap_name"]].master == "br1"

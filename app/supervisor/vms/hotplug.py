@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 from app.db.models import Vm, VmNic
 from app.db.repositories import vm_spec
-from app.domain.errors import Conflict, DomainError
+from app.domain.errors import DomainError
 from app.domain.nics import nic_driver
-from app.domain.pcie import SPARE_ROOT_PORTS, free_root_port, port_of, root_ports
+from app.domain.pcie import NoFreeRootPort, free_root_port, port_of, root_ports
 from app.domain.qemu_argv import device_qmp
 from app.domain.vms import PERIPHERALS, Machine, NicSpec, hotplug_refusal, peripheral_nics
 from app.host.errors import HostError
@@ -81,6 +81,10 @@ class Hotplug(ProcessEvents):
         if state.nic_retry_at is not None and self.clock() < state.nic_retry_at:
             return None
         by_index = {nic.position: nic for nic in nics if nic.model is not None}
+        if state.waiting_for_port - set(by_index):  # a waiting NIC was removed
+            state.waiting_for_port &= set(by_index)
+            if not state.waiting_for_port and state.nic_retry_at is None:
+                state.nic_problem = None
 
         def pluggable(nic: VmNic) -> bool:
             # a NIC the API could not refuse (stored while qemu was being started) waits
@@ -94,7 +98,10 @@ class Hotplug(ProcessEvents):
         }
         unplug = (state.plugged - set(by_index)) | (lost & state.plugged)
         wanted = sorted(set(by_index) - (state.plugged - lost))
-        plug = [by_index[i] for i in wanted if i in lost or pluggable(by_index[i])]
+        waits = state.waiting_for_port
+        plug = [
+            by_index[i] for i in wanted if i in lost or (pluggable(by_index[i]) and i not in waits)
+        ]
         if not unplug and not plug:
             return None
         return NicChanges(tuple(sorted(unplug)), tuple(plug))
@@ -119,7 +126,13 @@ class Hotplug(ProcessEvents):
             plans = {plan.name: plan for plan in taps}
             for nic in changes.plug:
                 plan = plans.get(nic.tap_name or "")
-                await self._plug(state, process, nic, specs[nic.id], plan, Machine(row.machine))
+                try:
+                    await self._plug(state, process, nic, specs[nic.id], plan, Machine(row.machine))
+                except NoFreeRootPort as exc:  # not a failure to retry: it waits for a port
+                    state.waiting_for_port.add(nic.position)
+                    state.nic_problem = str(exc)
+                    log.info("VM %s: %s", state.vm_id, exc)
+                    self._publish(state, "nic_waits", state.nic_problem)
         except (HostError, DomainError, OSError, TimeoutError) as exc:
             state.nic_problem = f"NIC hotplug: {exc or 'timed out'}"
             state.nic_retry_at = self.clock() + self.resync_interval
@@ -141,6 +154,9 @@ class Hotplug(ProcessEvents):
     ) -> None:
         index = nic.position
         qmp = process.qmp
+        # q35: the root port first, before anything is made or handed to qemu (none free:
+        # the NIC waits for the next start, nothing left behind)
+        bus = await self._free_port(qmp, index) if machine is Machine.Q35 else None
         owner = None
         if plan is not None:  # a bridge NIC's own tap, made as at a launch
             state.taps.add(plan.name)
@@ -174,9 +190,10 @@ class Hotplug(ProcessEvents):
                     await qmp.execute("closefd", {"fdname": name})
             raise
         try:
-            bus = await self._free_port(qmp) if machine is Machine.Q35 else None
             await qmp.execute("device_add", device_qmp(index, spec, bus))
-        except QmpError:
+        except Exception:
+            # never leave the netdev behind: it holds the tap, and its id would make the
+            # next try's netdev_add a "Duplicate ID"
             with contextlib.suppress(QmpError):
                 await qmp.execute("netdev_del", {"id": f"net{index}"})
             raise
@@ -185,26 +202,24 @@ class Hotplug(ProcessEvents):
         assert state.plugged is not None
         state.plugged.add(index)
         state.lost_taps.discard(nic.tap_name or "")
-        log.info("VM %s: NIC %d (%s) plugged", state.vm_id, index, spec.mac)
+        where = f" on {bus}" if bus else ""
+        log.info("VM %s: NIC %d (%s) plugged%s", state.vm_id, index, spec.mac, where)
         self._publish(state, "nic_plugged", f"NIC {index} ({spec.mac}) plugged")
 
-    async def _free_port(self, qmp: Qmp) -> str:
+    async def _free_port(self, qmp: Qmp, index: int) -> str:
         """An empty PCIe root port of a q35 qemu (app.domain.pcie), read from QOM: the
-        ports among its peripherals, and each NIC device's `parent_bus`; Conflict when all
-        are taken (the NIC waits for the VM's next start)."""
+        ports among its peripherals, and each NIC device's `parent_bus`; NoFreeRootPort
+        when all are taken."""
         listing = await qmp.execute("qom-list", {"path": PERIPHERALS})
         taken = set()
-        for index in peripheral_nics(listing):
-            path = f"{PERIPHERALS}/nic{index}"
+        for device in peripheral_nics(listing):
+            path = f"{PERIPHERALS}/nic{device}"
             bus = await qmp.execute("qom-get", {"path": path, "property": "parent_bus"})
             if (port := port_of(bus)) is not None:
                 taken.add(port)
         port = free_root_port(root_ports(listing), taken)
         if port is None:
-            raise Conflict(
-                f"no free PCIe root port: a q35 VM starts with {SPARE_ROOT_PORTS} spare ones "
-                "for NICs added while it runs; this NIC is plugged at its next start"
-            )
+            raise NoFreeRootPort(index)
         return port
 
     async def _unplug(self, state: VmState, process: QemuProcess, index: int) -> bool:
@@ -227,6 +242,9 @@ class Hotplug(ProcessEvents):
             await qmp.execute("netdev_del", {"id": f"net{index}"})
         assert state.plugged is not None
         state.plugged.discard(index)
+        if state.waiting_for_port:  # a root port may be free now: the next pass tries them
+            state.waiting_for_port.clear()
+            self._set_wake()
         log.info("VM %s: NIC %d unplugged", state.vm_id, index)
         self._publish(state, "nic_unplugged", f"NIC {index} unplugged")
         return True
@@ -250,8 +268,9 @@ class Hotplug(ProcessEvents):
     def _unplug_pending(self, state: VmState, index: int) -> bool:
         state.nic_problem = (
             f"NIC {index} is being unplugged: the guest has not released the device within "
-            f"{self.unplug_timeout:g} s of device_del (ACPI PCI hotplug needs the guest's "
-            "cooperation); it goes once the guest lets it go, or at the VM's next stop"
+            f"{self.unplug_timeout:g} s of device_del (PCI hotplug, ACPI or PCIe native, needs "
+            "the guest's cooperation); it goes once the guest lets it go, or at the VM's next "
+            "stop"
         )
         state.nic_retry_at = self.clock() + self.resync_interval
         log.warning("VM %s: %s", state.vm_id, state.nic_problem)

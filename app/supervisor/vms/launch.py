@@ -125,6 +125,7 @@ class Launcher(ProcessEvents):
         # the guest NICs it was started with (hotplug changes them from here on)
         state.plugged = guest_nic_indexes(nics)
         state.lost_taps.clear()
+        state.waiting_for_port.clear()
         state.nic_problem = state.nic_retry_at = None
         self._hold(state, process)
         log.info(

@@ -94,9 +94,12 @@ class VmState:
     note: tuple[int, str] | None = None
     # NIC hotplug (app.supervisor.vms.hotplug): the indexes of the guest NIC devices the
     # running qemu holds (None: not known), the bridge taps deleted by hand that wait to be
-    # re-plugged, why the last change failed or waits, and not before when to try again
+    # re-plugged, the NICs that wait for a free q35 root port (tried again once a NIC was
+    # unplugged, else at the next start), why the last change failed or waits, and not
+    # before when to try again
     plugged: set[int] | None = None
     lost_taps: set[str] = field(default_factory=set)
+    waiting_for_port: set[int] = field(default_factory=set)
     nic_problem: str | None = None
     nic_retry_at: float | None = None
     syncing_nics: bool = False  # `task` is a hotplug (cancelled by a stop or delete)

@@ -9,7 +9,7 @@ import concurrent.futures
 import contextlib
 import math
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from functools import partial
 
 from app.db.models import Vm, VmNic
@@ -24,7 +24,7 @@ from app.domain.vm_plan import VmAction, decide
 from app.domain.vms import PowerState, VmStatus
 from app.host.qemu import reap_detached
 from app.supervisor.faults import describe
-from app.supervisor.vm_taps import VmTaps, tap_plans
+from app.supervisor.vm_taps import TapPlan, VmTaps, tap_plans
 from app.supervisor.vms.adoption import Adoption
 from app.supervisor.vms.launch import Launcher
 from app.supervisor.vms.shutdown import Stopper
@@ -323,7 +323,7 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
         elif taps and (limits_due or now - state.taps_checked_at >= self.resync_interval):
             state.taps_checked_at = now
             state.limits_generation = row.generation
-            check = self._check_taps(state, taps)
+            check = self._check_taps(state, held_taps(state, nics, taps))
             self._spawn(state, decision.status, decision.reason or state.tap_problems, check)
             if limits_due:
                 reason = decision.reason or state.tap_problems
@@ -402,3 +402,14 @@ class VmWorker(Adoption, Launcher, Stopper, WriteBack):
         leftover = state.taps or state.vfs
         if leftover and not state.running and (state.retry_at is None or now >= state.retry_at):
             self._spawn(state, status, reason, self._drop_taps(state))
+
+
+def held_taps(state: VmState, nics: Sequence[VmNic], taps: list[TapPlan]) -> list[TapPlan]:
+    """The taps of the NICs whose devices the running qemu holds (all while that is not
+    known): a NIC that waits to be plugged (no free q35 root port, or stored while qemu was
+    starting) has no tap yet, which is no tap deleted by hand."""
+    if state.plugged is None:
+        return taps
+    # a hub join (model null) has no device: it came with the launch (none is hot-plugged)
+    held = {n.tap_name for n in nics if n.model is None or n.position in state.plugged}
+    return [plan for plan in taps if plan.name in held]
