@@ -43,13 +43,13 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.pxe import HTTP_PORT, PxeServer, pxe_server
+from tests.vhost_proc import vhost_fds, vhost_threads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vhost.json"
 RESULT_MARK = "kvmnetd-bench-vhost-result: "
 PATHS = {"vhost": "on", "plain": "off"}  # path -> the NIC's `vhost`
 GATEWAY = "10.64.0.1"
 POOL = ("10.64.0.10", "10.64.0.200")
-VHOST_NET = Path("/dev/vhost-net")
 
 
 def progress(text: str) -> None:
@@ -76,25 +76,6 @@ def until(check: Any, timeout: float, what: str) -> Any:
             raise RuntimeError(f"{what}: not within {timeout} s")
         time.sleep(0.5)
     return result
-
-
-def vhost_descriptors(pid: int) -> int:
-    """How many descriptors of /dev/vhost-net the process holds (/proc/PID/fd)."""
-    device = VHOST_NET.stat().st_rdev
-    held = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            held += fd.stat().st_rdev == device
-    return held
-
-
-def vhost_threads(pid: int) -> int:
-    """How many kernel threads `vhost-<pid>` exist (one per vhost device qemu started)."""
-    count = 0
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        with contextlib.suppress(OSError):
-            count += comm.read_text().strip() == f"vhost-{pid}"
-    return count
 
 
 def ping_avg_ms(netns: str, address: str) -> float:
@@ -165,8 +146,8 @@ def one_round(
             "mbit_s": [round(r["bytes"] * 8 / r["seconds"] / 1e6, 2) for r in blobs],
             "rtt_ms": ping_avg_ms(netns, address),
             "vhost_reported": devices[0]["vhost"],
-            "vhost_fds": vhost_descriptors(pid),
-            "vhost_threads": vhost_threads(pid),
+            "vhost_fds": len(vhost_fds(pid)),
+            "vhost_threads": len(vhost_threads(pid)),
         }
     finally:
         expect(client.delete(f"/v1/vms/{vm['id']}?force=true&wait=60"), 200, 202, 204)

@@ -61,11 +61,8 @@ def root_port_args(spec: VmSpec) -> list[str]:
 
 def root_ports(listing: object) -> list[str]:
     """Our root ports (rp<n>) in a QMP `qom-list /machine/peripheral` answer."""
-    names = (
-        [item.get("name") for item in listing if isinstance(item, dict)]
-        if isinstance(listing, list)
-        else []
-    )
+    items = listing if isinstance(listing, list) else []
+    names = [item.get("name") for item in items if isinstance(item, dict)]
     return [n for n in names if isinstance(n, str) and _number(n) is not None]
 
 

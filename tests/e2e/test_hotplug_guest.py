@@ -78,6 +78,30 @@ def host(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path, E2EDaemon,
         yield ns, workdir, daemon, workdir / "daemon"
 
 
+def _guest_on_nat0(client: Any, workdir: Path, name: str, machine: str) -> dict[str, Any]:
+    """Managed networks nat0 (br0) and nat1 (br1), and a running VM of `machine` booting the
+    test guest with HOOK, its one NIC on br0 (DHCP)."""
+    guest = build_guest("virtio")
+    initrd = overlay_initrd(guest, HOOK, {}, workdir / "hotplug.initrd")
+    for index in (0, 1):
+        ok(client.post("/v1/bridges?wait=10", json={"name": f"br{index}"}), 201)
+        network = {"name": f"nat{index}", "bridge": f"br{index}"}
+        network["subnet"] = f"10.9{3 + index}.0.0/24"
+        ok(client.post("/v1/networks?wait=10", json=network), 201)
+    body = {
+        "name": name,
+        "machine": machine,
+        "memory_mib": 256,
+        "boot": {
+            "kernel": str(guest.kernel),
+            "initrd": str(initrd),
+            "cmdline": kernel_cmdline(dhcp=True),
+        },
+        "nics": [{"backend": "bridge", "bridge": "br0"}],
+    }
+    return dict(ok(client.post("/v1/vms?wait=60", json=body), 201))
+
+
 def _vm(client: Any, vm_id: str) -> dict[str, Any]:
     return dict(ok(client.get(f"/v1/vms/{vm_id}"), 200))
 
@@ -86,25 +110,8 @@ def test_the_guest_sees_a_nic_plugged_kept_repaired_and_unplugged(
     host: tuple[str, Path, E2EDaemon, Path],
 ) -> None:
     ns, workdir, daemon, daemon_dir = host
-    guest = build_guest("virtio")
-    initrd = overlay_initrd(guest, HOOK, {}, workdir / "hotplug.initrd")
     with daemon.client(timeout=60) as client:
-        for index in (0, 1):
-            ok(client.post("/v1/bridges?wait=10", json={"name": f"br{index}"}), 201)
-            network = {"name": f"nat{index}", "bridge": f"br{index}"}
-            network["subnet"] = f"10.9{3 + index}.0.0/24"
-            ok(client.post("/v1/networks?wait=10", json=network), 201)
-        body = {
-            "name": "hot",
-            "memory_mib": 256,
-            "boot": {
-                "kernel": str(guest.kernel),
-                "initrd": str(initrd),
-                "cmdline": kernel_cmdline(dhcp=True),
-            },
-            "nics": [{"backend": "bridge", "bridge": "br0"}],
-        }
-        vm = ok(client.post("/v1/vms?wait=60", json=body), 201)
+        vm = _guest_on_nat0(client, workdir, "hot", "pc")
 
         def console() -> str:
             return str(client.get(f"/v1/vms/{vm['id']}/console").text)
@@ -188,26 +195,8 @@ def test_a_q35_guest_sees_a_nic_plugged_on_a_root_port_and_unplugged(
     DELETE presses the slot's attention button: the guest lets the device go (PCIe native
     hotplug, QEMU's docs/pcie.txt) and qemu drops it."""
     ns, workdir, daemon, _ = host
-    guest = build_guest("virtio")
-    initrd = overlay_initrd(guest, HOOK, {}, workdir / "hotplug.initrd")
     with daemon.client(timeout=60) as client:
-        for index in (0, 1):
-            ok(client.post("/v1/bridges?wait=10", json={"name": f"br{index}"}), 201)
-            network = {"name": f"nat{index}", "bridge": f"br{index}"}
-            network["subnet"] = f"10.9{3 + index}.0.0/24"
-            ok(client.post("/v1/networks?wait=10", json=network), 201)
-        body = {
-            "name": "hot35",
-            "machine": "q35",
-            "memory_mib": 256,
-            "boot": {
-                "kernel": str(guest.kernel),
-                "initrd": str(initrd),
-                "cmdline": kernel_cmdline(dhcp=True),
-            },
-            "nics": [{"backend": "bridge", "bridge": "br0"}],
-        }
-        vm = ok(client.post("/v1/vms?wait=60", json=body), 201)
+        vm = _guest_on_nat0(client, workdir, "hot35", "q35")
 
         def console() -> str:
             return str(client.get(f"/v1/vms/{vm['id']}/console").text)

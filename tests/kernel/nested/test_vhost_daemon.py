@@ -41,6 +41,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.db_template import seed_state_dir
 from tests.pxe import HTTP_PORT, pxe_server
+from tests.vhost_proc import VHOST_NET, vhost_fds, vhost_threads
 
 _TIER_PLUGIN = Path(__file__).resolve().parents[1] / "conftest.py"
 if os.environ.get("KVT_NESTED") != "1" and not _TIER_PLUGIN.is_file():
@@ -49,7 +50,6 @@ if os.environ.get("KVT_NESTED") != "1" and not _TIER_PLUGIN.is_file():
         allow_module_level=True,
     )
 
-VHOST_NET = Path("/dev/vhost-net")
 GATEWAY = "10.66.0.1"
 
 
@@ -95,17 +95,6 @@ def option(netdev: str, key: str) -> str | None:
     return None
 
 
-def vhost_fds(pid: int) -> list[int]:
-    """The descriptor numbers at which the process holds /dev/vhost-net."""
-    device = VHOST_NET.stat().st_rdev
-    found = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            if fd.stat().st_rdev == device:
-                found.append(int(fd.name))
-    return sorted(found)
-
-
 def run_time_ns(thread: int) -> int:
     """How long the thread has run on a CPU (ns; /proc/TID/schedstat's first field)."""
     return int(Path(f"/proc/{thread}/schedstat").read_text().split()[0])
@@ -120,16 +109,6 @@ def ping(netns: str, busybox: str, address: str, count: int) -> str:
     )
     assert f"{count} packets received" in done.stdout, done.stdout + done.stderr
     return done.stdout.strip().splitlines()[-1]
-
-
-def vhost_threads(pid: int) -> list[int]:
-    """The kernel threads named `vhost-<pid>` (one per vhost device qemu owns)."""
-    found = []
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        with contextlib.suppress(OSError):
-            if comm.read_text().strip() == f"vhost-{pid}":
-                found.append(int(comm.parent.name))
-    return found
 
 
 @pytest.mark.timeout(1200)
